@@ -1,0 +1,302 @@
+"""HTTP adapter: REST routes, MCP over HTTP and the live WebSocket, all over the tool registry.
+
+Views only parse, authenticate and delegate: every REST route is generated from the tools'
+``http`` bindings and dispatched through ``registry.call``. ``python src/app.py`` serves the
+app with gunicorn's gthread worker (flask-sock needs it; waitress cannot serve WebSockets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flask import Flask, Response, request  # noqa: E402
+from flask_sock import Sock  # noqa: E402
+from werkzeug.exceptions import HTTPException  # noqa: E402
+
+import registry  # noqa: E402
+from errors import AppError, InvalidInput, Unauthorized, Unavailable, error_body  # noqa: E402
+from registry import Ctx, Tool  # noqa: E402
+from runtime import Runtime  # noqa: E402
+from settings import Settings  # noqa: E402
+from util import clean_json  # noqa: E402
+
+PREFIX = "/agentmemory"
+OPEN_PATHS = {f"{PREFIX}/livez"}
+STREAM_PATH = "/stream/mem-live/viewer"
+log = logging.getLogger("agentmemory.http")
+
+
+# -- request parsing ------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes, what: str = "request body") -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity, bounded nesting; lone surrogates and NULs are
+    cleaned so nothing un-storable reaches the database."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{what} is not valid UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidInput(f"malformed JSON in {what}: {exc}") from None
+    return clean_json(value)
+
+
+def json_body() -> dict[str, Any]:
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    value = parse_json(raw)
+    if not isinstance(value, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return value
+
+
+def query_args() -> dict[str, Any]:
+    return {k: (v if len(v) > 1 else v[0]) for k, v in request.args.lists()}
+
+
+def respond(data: Any, status: int) -> Response:
+    return Response(json.dumps(data, ensure_ascii=False, separators=(",", ":")), status=status,
+                    mimetype="application/json")
+
+
+# -- app factory ------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | None = None) -> Flask:
+    """Build the Flask app.
+
+    :param settings: a Settings, a mapping of environment variables, or None for os.environ.
+    :param runtime: an already-built Runtime to serve (tests share one with in-process calls).
+    """
+    if runtime is None:
+        if not isinstance(settings, Settings):
+            settings = Settings.from_env(settings)
+        runtime = Runtime(settings)
+    rt = runtime
+    app = Flask(__name__, static_folder=None)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config["MAX_CONTENT_LENGTH"] = max(rt.settings.max_body_bytes, rt.settings.max_import_bytes)
+    app.extensions["agentmemory"] = rt
+
+    @app.before_request
+    def _guard() -> None:
+        request.max_content_length = (rt.settings.max_import_bytes if request.path == f"{PREFIX}/import"
+                                      else rt.settings.max_body_bytes)
+        if request.path not in OPEN_PATHS and request.method != "OPTIONS":
+            check_auth(rt.settings.secret, request.headers.get("Authorization"),
+                       request.args.get("token") if request.path == STREAM_PATH else None)
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    _register_error_handlers(app)
+    for tool in registry.REGISTRY.all():
+        for route in tool.routes:
+            app.add_url_rule(PREFIX + route.path, endpoint=f"{tool.name}:{route.method}",
+                             view_func=_tool_view(rt, tool, route.status), methods=[route.method])
+    _register_mcp_http(app, rt)
+    _register_stream(app, rt)
+    return app
+
+
+def check_auth(secret: str | None, header: str | None, token: str | None = None) -> None:
+    """Bearer auth with a constant-time comparison; a no-op when no secret is configured."""
+    if not secret:
+        return
+    presented = header or (f"Bearer {token}" if token else "")
+    if not hmac.compare_digest(presented.encode("utf-8", "replace"), f"Bearer {secret}".encode()):
+        raise Unauthorized("unauthorized: send 'Authorization: Bearer <AGENTMEMORY_SECRET>'")
+
+
+def _tool_view(rt: Runtime, tool: Tool, default_status: int):
+    def view(**path_args: Any) -> Response:
+        args = query_args()
+        if request.method != "GET":
+            args.update(json_body())
+        args.update(path_args)
+        result = registry.call(Ctx(rt, source="rest"), tool.name, args)
+        data, status = registry.unwrap(result)
+        return respond(data, status or default_status)
+
+    view.__name__ = f"view_{tool.name}"
+    return view
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(AppError)
+    def _app_error(exc: AppError) -> Response:
+        return respond(exc.to_dict(), exc.status)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        messages = {
+            404: f"no route {request.method} {request.path}",
+            405: f"method {request.method} not allowed on {request.path}",
+            413: f"request body larger than {request.max_content_length} bytes",
+        }
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return respond(error_body(status, messages.get(status, exc.description or exc.name), code), status)
+
+    @app.errorhandler(sqlite3.OperationalError)
+    def _db_busy(exc: sqlite3.OperationalError) -> Response:
+        if "locked" in str(exc) or "busy" in str(exc):
+            err = Unavailable("the database is busy; retry shortly", code="database_busy")
+            return respond(err.to_dict(), err.status)
+        return _internal(exc)
+
+    @app.errorhandler(Exception)
+    def _internal(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return respond(error_body(500, "internal error; see the server log", "internal_error"), 500)
+
+
+# -- MCP over HTTP (upstream's simple JSON shape, not JSON-RPC) ---------------------------------------
+
+
+def mcp_tool_list(rt: Runtime) -> list[dict[str, Any]]:
+    return [{"name": t.name, "description": t.description, "inputSchema": t.schema}
+            for t in registry.REGISTRY.mcp_tools(rt.settings.tools)]
+
+
+def mcp_call(rt: Runtime, name: Any, arguments: Any, source: str) -> dict[str, Any]:
+    """Run an MCP tool; a tool failure is a result with isError, as MCP specifies."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("missing required field 'name'", field="name")
+    tool = registry.REGISTRY.get(name)
+    if not tool.mcp:
+        raise InvalidInput(f"{name!r} is not an MCP tool", field="name", code="unknown_tool")
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise InvalidInput("'arguments' must be an object", field="arguments")
+    try:
+        result = registry.call(Ctx(rt, source=source), name, arguments)
+    except AppError as exc:
+        return {"content": [{"type": "text", "text": registry.error_text(exc)}], "isError": True}
+    return {"content": [{"type": "text", "text": registry.mcp_text(result)}]}
+
+
+def _register_mcp_http(app: Flask, rt: Runtime) -> None:
+    @app.get(f"{PREFIX}/mcp/tools")
+    def mcp_tools() -> Response:
+        """List MCP tools with their JSON Schemas (honours AGENTMEMORY_TOOLS)."""
+        return respond({"tools": mcp_tool_list(rt)}, 200)
+
+    def call() -> Response:
+        """Call an MCP tool: {name, arguments} -> {content:[{type:"text", text}], isError?}."""
+        body = json_body()
+        return respond(mcp_call(rt, body.get("name"), body.get("arguments"), "mcp"), 200)
+
+    app.add_url_rule(f"{PREFIX}/mcp/call", "mcp_call", call, methods=["POST"])
+    app.add_url_rule(f"{PREFIX}/mcp/tools", "mcp_tools_call", call, methods=["POST"])
+
+
+# -- live stream --------------------------------------------------------------------------------------
+
+
+def _register_stream(app: Flask, rt: Runtime) -> None:
+    sock = Sock(app)
+
+    @sock.route(STREAM_PATH)
+    def stream(ws: Any) -> None:
+        """WebSocket: live events as JSON {type, record}; also answers {id, tool, args} calls."""
+        sub = rt.hub.subscribe()
+        try:
+            ws.send(json.dumps({"type": "hello", "version": rt.version}))
+            while ws.connected and not sub.dropped:
+                message = sub.get(timeout=0.2)
+                if message is not None:
+                    ws.send(json.dumps(message, ensure_ascii=False))
+                incoming = ws.receive(timeout=0)
+                if incoming:
+                    ws.send(json.dumps(_ws_request(rt, incoming), ensure_ascii=False))
+        except Exception:  # noqa: BLE001 - a closed socket ends the stream, nothing else
+            pass
+        finally:
+            sub.close()
+
+
+def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
+    request_id = None
+    try:
+        message = parse_json(raw.encode() if isinstance(raw, str) else raw, "message")
+        if not isinstance(message, dict):
+            raise InvalidInput("message must be a JSON object")
+        request_id = message.get("id")
+        if message.get("type") == "ping":
+            return {"id": request_id, "type": "pong"}
+        result = registry.call(Ctx(rt, source="ws"), str(message.get("tool") or ""), message.get("args") or {})
+        data, _status = registry.unwrap(result)
+        return {"id": request_id, "ok": True, "result": data}
+    except AppError as exc:
+        return {"id": request_id, "ok": False, "error": exc.to_dict()}
+
+
+# -- serving ----------------------------------------------------------------------------------------------
+
+
+def serve(settings: Settings, *, dev: bool = False) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if dev:
+        create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
+        return
+    from gunicorn.app.base import BaseApplication
+
+    class GunicornServer(BaseApplication):
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{settings.host}:{settings.port}", "workers": 1, "worker_class": "gthread",
+                "threads": settings.threads, "timeout": 120, "graceful_timeout": 20,
+                "keepalive": 5, "control_socket_disable": True, "loglevel": settings.log_level,
+                "accesslog": None, "errorlog": "-",
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            # Built in the worker process, so the runtime's threads live where requests run.
+            return create_app(settings)
+
+    GunicornServer().run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="agentmemory-python server")
+    parser.add_argument("--dev", action="store_true", help="use the Werkzeug development server")
+    parser.add_argument("--host", help="interface to bind (default HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default III_REST_PORT / PORT or 3111)")
+    parser.add_argument("--threads", type=int, help="gunicorn gthread threads")
+    opts = parser.parse_args(argv)
+    overrides = {k: v for k, v in (("host", opts.host), ("port", opts.port), ("threads", opts.threads)) if v}
+    settings = Settings.from_env(os.environ, **overrides)
+    print(f"agentmemory-python listening on http://{settings.host}:{settings.port} "
+          f"(database {settings.database_path})", flush=True)
+    serve(settings, dev=opts.dev)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Privacy stripping: secrets and <private> blocks never reach the database.
+
+Applied to every write path (observations, memories, lessons, slots, imports, LLM output).
+Structured values are walked string by string, so the JSON stays valid after stripping, and a
+value stored under a secret-looking key ("password", "api_key", "client_secret", ...) is
+redacted whole even when it does not look like a known token format.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+REDACTED = "[REDACTED]"
+REDACTED_SECRET = "[REDACTED_SECRET]"
+
+_PRIVATE_BLOCK = re.compile(r"<private>.*?</private>", re.IGNORECASE | re.DOTALL)
+# A PEM private key up to its END line, or to the end of the text when the END is missing.
+_PEM_KEY = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+    re.DOTALL,
+)
+# scheme://user:password@host -> scheme://[REDACTED_SECRET]@host
+_URL_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s:@'\"]+:[^/\s@'\"]+@")
+
+_TOKEN_PATTERNS = [
+    # keyword = value assignments (env files, CLI flags, JSON text); the keyword goes too
+    r"(?i:api[_-]?key|secret|token|password|passwd|credential|auth)[\"']?\s*[=:]\s*[\"']?"
+    r"[^\s\"'`<>,;&)]{20,}[\"']?",
+    r"\b(?i:bearer)\s+[A-Za-z0-9._\-+/=]{20,}",
+    r"sk-proj-[A-Za-z0-9_\-]{20,}",
+    r"sk-ant-[A-Za-z0-9_\-]{20,}",
+    r"\b(?:sk|pk|rk|ak)-[A-Za-z0-9][A-Za-z0-9_\-]{19,}",
+    r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
+    r"\bgh[pousr]_[A-Za-z0-9]{36,}",
+    r"\bgithub_pat_[A-Za-z0-9_]{22,}",
+    r"\bxox[abprs]-[A-Za-z0-9\-]+",
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+    r"\bAIza[A-Za-z0-9_\-]{35}",
+    r"\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}",
+    r"\bnpm_[A-Za-z0-9]{36}",
+    r"\bglpat-[A-Za-z0-9_\-]{20,}",
+    r"\bdop_v1_[A-Za-z0-9]{64}",
+    r"\bhf_[A-Za-z0-9]{30,}",
+]
+_TOKENS = re.compile("|".join(f"(?:{p})" for p in _TOKEN_PATTERNS))
+
+# Keys whose string value is a secret whatever it looks like (compared lower-case, without
+# separators): exact names, or names ending in one of the suffixes.
+_SECRET_KEYS = {"apikey", "secret", "token", "password", "passwd", "pwd", "credential",
+                "credentials", "auth", "authorization", "privatekey", "accesskey",
+                "secretkey", "clientsecret", "accesstoken", "refreshtoken", "sessiontoken",
+                "bearer", "xapikey", "hftoken"}
+_SECRET_KEY_SUFFIXES = ("password", "secret", "apikey", "token", "privatekey", "accesskey")
+_KEY_SEPARATORS = re.compile(r"[^a-z0-9]")
+
+
+def strip_text(text: str) -> str:
+    """Redact <private> blocks and every known secret form inside one string."""
+    if not text:
+        return text
+    text = _PRIVATE_BLOCK.sub(REDACTED, text)
+    if "PRIVATE KEY-----" in text:
+        text = _PEM_KEY.sub(REDACTED_SECRET, text)
+    if "://" in text:
+        text = _URL_CREDENTIALS.sub(lambda m: m.group(1) + REDACTED_SECRET + "@", text)
+    return _TOKENS.sub(REDACTED_SECRET, text)
+
+
+def is_secret_key(key: str) -> bool:
+    name = _KEY_SEPARATORS.sub("", key.lower())
+    if name in _SECRET_KEYS:
+        return True
+    return name.endswith(_SECRET_KEY_SUFFIXES)
+
+
+def strip_private_data(value: Any) -> Any:
+    """Return a copy of ``value`` (any decoded JSON) with secrets redacted."""
+    if isinstance(value, str):
+        return strip_text(value)
+    if isinstance(value, list):
+        return [strip_private_data(v) for v in value]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            # Short values under such keys are placeholders ("none", "true"), not secrets.
+            if isinstance(item, str) and len(item) >= 6 and is_secret_key(str(key)):
+                out[key] = REDACTED_SECRET
+            else:
+                out[key] = strip_private_data(item)
+        return out
+    return value

@@ -1,0 +1,140 @@
+"""Retrieval: what goes into the search index and how a query becomes ranked records.
+
+BM25 runs on the SQLite FTS5 table ``search_fts`` (porter + unicode61). Records are indexed in
+the same transaction that stores them, so the index is persistent, incremental and never
+rebuilt at start-up. A query is tokenised, stripped of stop and question words, and its terms
+are quoted and OR-ed: a bare FTS5 MATCH ANDs the terms and finds almost nothing for a natural
+question, and quoting makes any user text (``C++``, ``NEAR``, ``"``, ``*``) safe.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from db import Store
+
+# Field weights for bm25(search_fts, title, body, concepts, files).
+BM25_WEIGHTS = (3.0, 1.0, 2.0, 1.5)
+
+STOPWORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further
+had has have having he her here hers herself him himself his how i if in into is it its itself
+just let me more most my myself no nor not of off on once only or other our ours ourselves out
+over own same she should so some such than that the their theirs them themselves then there
+these they this those through to too under until up very was we were what when where which
+while who whom why will with would you your yours yourself yourselves
+""".split())
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+# Called after a record's row is written: hook(store, rowid, doc, text). The embedding backlog
+# registers here so every indexed record is also queued for a vector.
+INDEX_HOOKS: list[Callable[[Store, int, dict, dict], None]] = []
+
+
+def query_terms(query: str) -> list[str]:
+    """Lower-cased distinct word tokens without stop words (all tokens if every one is a stop
+    word, so "who is he" still searches something)."""
+    words = [w.lower() for w in _WORD.findall(query or "")]
+    words = [w for w in words if w.strip("_")]
+    kept = [w for w in words if w not in STOPWORDS]
+    return list(dict.fromkeys(kept or words))
+
+
+def build_match(query: str) -> str | None:
+    """An FTS5 MATCH expression: every term quoted, OR-ed. None when there is nothing to find."""
+    terms = query_terms(query)
+    if not terms:
+        return None
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+# -- what gets indexed ---------------------------------------------------------------------------
+
+
+def _join(values: Any) -> str:
+    if not values:
+        return ""
+    if isinstance(values, str):
+        return values
+    return " ".join(str(v) for v in values if v)
+
+
+def observation_doc(obs: dict[str, Any]) -> tuple[dict, dict]:
+    doc = {
+        "doc_id": obs["id"], "kind": "observation", "scope": f"mem:obs:{obs['sessionId']}",
+        "key": obs["id"], "session_id": obs.get("sessionId"), "project": obs.get("project"),
+        "agent_id": obs.get("agentId"), "type": obs.get("type"), "ts": obs.get("timestamp") or "",
+    }
+    body = " ".join(p for p in (obs.get("narrative", ""), obs.get("subtitle", ""),
+                                _join(obs.get("facts"))) if p)
+    text = {"title": obs.get("title", ""), "body": body, "concepts": _join(obs.get("concepts")),
+            "files": _join(obs.get("files"))}
+    return doc, text
+
+
+def memory_doc(mem: dict[str, Any]) -> tuple[dict, dict]:
+    doc = {
+        "doc_id": mem["id"], "kind": "memory", "scope": "mem:memories", "key": mem["id"],
+        "session_id": (mem.get("sessionIds") or [None])[0], "project": mem.get("project"),
+        "agent_id": mem.get("agentId"), "type": mem.get("type"),
+        "ts": mem.get("updatedAt") or mem.get("createdAt") or "",
+        "active": mem.get("isLatest", True),
+    }
+    text = {"title": mem.get("title", ""), "body": mem.get("content", ""),
+            "concepts": _join(mem.get("concepts")), "files": _join(mem.get("files"))}
+    return doc, text
+
+
+DOC_BUILDERS: dict[str, Callable[[dict], tuple[dict, dict]]] = {
+    "observation": observation_doc,
+    "memory": memory_doc,
+}
+
+
+# Scopes whose records are indexed, besides every ``mem:obs:{session}`` scope.
+INDEXED_SCOPES: dict[str, str] = {"mem:memories": "memory"}
+
+
+def kind_for_scope(scope: str) -> str | None:
+    if scope.startswith("mem:obs:"):
+        return "observation"
+    return INDEXED_SCOPES.get(scope)
+
+
+def index_record(store: Store, kind: str, record: dict[str, Any]) -> int:
+    doc, text = DOC_BUILDERS[kind](record)
+    rowid = store.index_upsert(doc, text)
+    for hook in INDEX_HOOKS:
+        hook(store, rowid, doc, text)
+    return rowid
+
+
+def unindex(store: Store, doc_ids: list[str]) -> int:
+    return store.index_delete(doc_ids)
+
+
+# -- querying --------------------------------------------------------------------------------------
+
+
+def bm25(store: Store, query: str, *, limit: int, filters: dict[str, Any] | None = None) -> list[dict]:
+    """Ranked index rows (doc_id, kind, scope, key, session_id, project, ts, score)."""
+    match = build_match(query)
+    if match is None:
+        return []
+    return store.fts_search(match, weights=BM25_WEIGHTS, limit=limit, filters=filters or {})
+
+
+def hydrate(store: Store, hits: list[dict]) -> list[tuple[dict, dict]]:
+    """Pair each hit with its stored record, dropping hits whose record is gone."""
+    by_scope: dict[str, list[str]] = {}
+    for hit in hits:
+        by_scope.setdefault(hit["scope"], []).append(hit["key"])
+    records: dict[tuple[str, str], Any] = {}
+    for scope, keys in by_scope.items():
+        for key, value in store.get_many(scope, keys).items():
+            records[(scope, key)] = value
+    return [(hit, records[(hit["scope"], hit["key"])]) for hit in hits
+            if (hit["scope"], hit["key"]) in records]

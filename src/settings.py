@@ -1,0 +1,175 @@
+"""Configuration as data: one table of settings read once from the environment.
+
+Every setting has a name (the attribute on ``Settings``), the environment variables it is read
+from (first one set wins), a default, a type and a help line. The same table drives parsing,
+``GET /agentmemory/config`` (secrets hidden) and the configuration table in README.md, which
+``python src/docs.py`` regenerates and a test keeps in sync.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: tuple[str, ...]
+    default: Any
+    type: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return value
+
+    parse.__name__ = "|".join(allowed)
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _optional_str(text: str) -> str | None:
+    # Hook configs often carry unexpanded "${VAR}" placeholders; treat them as unset.
+    text = text.strip()
+    if not text or (text.startswith("${") and text.endswith("}")):
+        return None
+    return text
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", ("AGENTMEMORY_DATA_DIR",), "~/.agentmemory", str,
+            "Directory for the database and other state; created if missing."),
+    Setting("db_path", ("AGENTMEMORY_DB",), None, _optional_str,
+            "SQLite database file. Default: `<data dir>/agentmemory.db`."),
+    Setting("host", ("HOST",), "127.0.0.1", str,
+            "Interface to bind. Use 0.0.0.0 only behind auth (set AGENTMEMORY_SECRET)."),
+    Setting("port", ("III_REST_PORT", "PORT"), 3111, _positive_int,
+            "TCP port for REST, MCP, WebSocket and viewer."),
+    Setting("threads", ("AGENTMEMORY_THREADS",), 32, _positive_int,
+            "gunicorn gthread worker threads; each open WebSocket holds one."),
+    Setting("secret", ("AGENTMEMORY_SECRET",), None, _optional_str,
+            "Bearer token required on every route except /livez when set.", secret=True),
+    Setting("max_body_bytes", ("AGENTMEMORY_MAX_BODY_BYTES",), 1_048_576, _positive_int,
+            "Largest accepted request body (413 above it)."),
+    Setting("max_import_bytes", ("AGENTMEMORY_MAX_IMPORT_BYTES",), 104_857_600, _positive_int,
+            "Largest accepted body for POST /import."),
+    Setting("max_obs_per_session", ("MAX_OBS_PER_SESSION",), 500, _positive_int,
+            "Hard cap on observations per session (409 above it)."),
+    Setting("token_budget", ("TOKEN_BUDGET",), 2000, _positive_int,
+            "Default token budget of the context block (tokens ~ chars / 3)."),
+    Setting("agent_id", ("AGENT_ID",), None, _optional_str,
+            "Agent id stamped on records written by this server."),
+    Setting("agent_scope", ("AGENTMEMORY_AGENT_SCOPE",), "shared", _choice("shared", "isolated"),
+            "`isolated` limits every read to AGENT_ID and fails closed without one."),
+    Setting("tools", ("AGENTMEMORY_TOOLS",), "all", _choice("all", "core"),
+            "MCP tool list: `core` exposes only the essential tools."),
+    Setting("background_jobs", ("AGENTMEMORY_BACKGROUND_JOBS",), True, _bool,
+            "Run timers (decay sweeps, embedding backlog, expiry sweeps) in the server."),
+    Setting("log_level", ("AGENTMEMORY_LOG_LEVEL",), "info",
+            _choice("debug", "info", "warning", "error"), "Log verbosity."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be parsed; the message names the variable."""
+
+
+class Settings:
+    """Frozen, typed view of the configuration.
+
+    :param values: mapping of setting name -> parsed value (see ``from_env``).
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any]):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Settings are read-only; build a new one with replace()")
+
+    def replace(self, **changes: Any) -> "Settings":
+        unknown = set(changes) - set(self._values)
+        if unknown:
+            raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return Settings({**self._values, **changes})
+
+    def public(self) -> dict[str, Any]:
+        """Values safe to show: secrets are reported only as set / not set."""
+        shown: dict[str, Any] = {}
+        for s in SETTINGS:
+            value = self._values.get(s.name)
+            shown[s.name] = ("***" if value else None) if s.secret else value
+        return shown
+
+    @property
+    def database_path(self) -> Path:
+        if self.db_path:
+            return Path(self.db_path).expanduser()
+        return Path(self.data_dir).expanduser() / "agentmemory.db"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read every setting from ``environ`` (default ``os.environ``), then apply overrides.
+
+        Overrides use setting names (``db_path=...``) and are taken as already-typed values.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for s in SETTINGS:
+            values[s.name] = s.default
+            for var in s.env:
+                raw = env.get(var)
+                if raw is None or raw == "":
+                    continue
+                try:
+                    values[s.name] = s.type(raw)
+                except ValueError as exc:
+                    raise SettingsError(f"{var}: {exc}") from None
+                break
+        for name, value in overrides.items():
+            if name not in _BY_NAME:
+                raise SettingsError(f"unknown setting {name!r}")
+            values[name] = value
+        return cls(values)
+
+
+def markdown_table() -> str:
+    """The README configuration table, generated from SETTINGS."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        names = " / ".join(f"`{v}`" for v in s.env)
+        default = "(unset)" if s.default is None else f"`{s.default}`"
+        lines.append(f"| {names} | {default} | {s.help} |")
+    return "\n".join(lines)

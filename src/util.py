@@ -1,0 +1,168 @@
+"""Small pure helpers shared by the domain modules: ids, time, text, similarity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+import unicodedata
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+# -- ids ----------------------------------------------------------------------------------------
+
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(n: int) -> str:
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = _B36[r] + out
+        if n == 0:
+            return out
+
+
+def new_id(prefix: str) -> str:
+    """``<prefix>_<ms timestamp base36>_<12 hex>``: sortable by creation time, unique."""
+    return f"{prefix}_{_base36(int(time.time() * 1000))}_{uuid.uuid4().hex[:12]}"
+
+
+def fingerprint_id(prefix: str, text: str) -> str:
+    """Content-derived id: ``<prefix>_<16 hex of sha256(lower(trim(text)))>``."""
+    return f"{prefix}_{hashlib.sha256(text.strip().lower().encode('utf-8')).hexdigest()[:16]}"
+
+
+# -- time ---------------------------------------------------------------------------------------
+
+
+class Clock:
+    """Wall clock, injectable so tests can move time (lesson decay, TTLs)."""
+
+    def __init__(self, fixed: Callable[[], float] | None = None):
+        self._source = fixed or time.time
+
+    def time(self) -> float:
+        return self._source()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._source(), tz=timezone.utc)
+
+    def iso(self) -> str:
+        return iso(self.now())
+
+
+def iso(dt: datetime) -> str:
+    """ISO-8601 in UTC with milliseconds and a Z, like upstream's Date.toISOString()."""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> datetime | None:
+    """Parse an ISO-8601 timestamp (Z or offset; date only allowed); None if it is not one."""
+    if not isinstance(text, str) or not text:
+        return None
+    candidate = text.strip()
+    if candidate.endswith("Z") or candidate.endswith("z"):
+        candidate = candidate[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(candidate)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt
+
+
+def normalise_time(text: str | None, clock: Clock) -> str:
+    """A client timestamp in our canonical form; the server time when absent or unparseable."""
+    dt = parse_time(text) if text else None
+    return iso(dt) if dt else clock.iso()
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+
+def truncate(text: str, limit: int) -> str:
+    """Keep at most ``limit`` characters; a cut keeps limit-1 and appends an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 1, 0)]
+    if cut and "\ud800" <= cut[-1] <= "\udbff":
+        cut = cut[:-1]
+    return cut + "…"
+
+
+def stringify(value: Any) -> str:
+    """Text form of a hook field: strings as they are, everything else as compact JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / 3)
+
+
+def clean_text(value: str) -> str:
+    """Replace lone surrogates (which UTF-8 cannot carry) and NUL bytes."""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def clean_json(value: Any, depth: int = 0) -> Any:
+    """Apply ``clean_text`` to every string (keys too) of a decoded JSON value."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [clean_json(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {clean_text(str(k)): clean_json(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+# -- similarity ----------------------------------------------------------------------------------
+
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
+
+
+def jaccard_tokens(text: str) -> set[str]:
+    """Word set used for near-duplicate detection (U§4.4): NFC, whitespace split, tokens longer
+    than 2 characters; CJK runs contribute the run, its characters and its bigrams."""
+    normal = unicodedata.normalize("NFC", text).lower()
+    tokens = {t for t in normal.split() if len(t) > 2}
+    for run in _CJK_RUN.findall(normal):
+        tokens.add(run)
+        tokens.update(run)
+        tokens.update(run[i:i + 2] for i in range(len(run) - 1))
+    return tokens
+
+
+def jaccard(a: str, b: str) -> float:
+    ta, tb = jaccard_tokens(a), jaccard_tokens(b)
+    if not ta or not tb:
+        return 1.0 if " ".join(a.split()) == " ".join(b.split()) else 0.0
+    return len(ta & tb) / len(ta | tb)
+
+
+def as_list(value: Any) -> list:
+    """A list from a list, a comma-separated string, a single value or None."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [value]

@@ -1,0 +1,53 @@
+"""Context compilation: providers, recency order, greedy packing under the budget."""
+
+from xml.sax.saxutils import escape
+
+from conftest import hook
+from context import Block, pack
+
+
+def test_pack_skips_blocks_that_do_not_fit_and_keeps_going():
+    blocks = [Block("a", "x" * 300, "2026-01-03"), Block("b", "y" * 3000, "2026-01-02"),
+              Block("c", "z" * 30, "2026-01-01")]
+    out = pack(blocks, 200, "p")
+    assert out["kinds"] == ["a", "c"] and out["skipped"] == 1
+    assert out["tokens"] <= 200 and out["context"].startswith('<agentmemory-context project="p">')
+
+
+def test_pack_empty_when_nothing_fits():
+    assert pack([Block("a", "x" * 3000, "2026")], 50, "p") == {
+        "context": "", "blocks": 0, "tokens": 0, "budget": 50, "kinds": [], "skipped": 1}
+
+
+def test_past_sessions_block(client):
+    for sid in ("old", "new"):
+        client.post("/agentmemory/session/start", json={"sessionId": sid, "project": "p", "cwd": "/p"})
+        client.post("/agentmemory/observe", json=hook(sid, "post_tool_failure", project="p",
+                                                      data={"tool_name": "Bash", "tool_input": "make <all>",
+                                                            "error": f"{sid} failed"}))
+    r = client.post("/agentmemory/context", json={"sessionId": "new", "project": "p"})
+    text = r.json["context"]
+    assert "old failed" in text and "new failed" not in text  # current session excluded
+    assert escape("make <all>") in text and "<all>" not in text
+    assert r.json["tokens"] <= 2000
+    # Another project sees nothing.
+    assert client.post("/agentmemory/context", json={"sessionId": "x", "project": "q"}).json["context"] == ""
+
+
+def test_summary_preferred_over_observations(client, rt):
+    client.post("/agentmemory/observe", json=hook("s1", "post_tool_failure", project="p",
+                                                  data={"tool_name": "Bash", "error": "boom"}))
+    with rt.db.transaction("test") as tx:
+        tx.set("mem:summaries", "s1", {"sessionId": "s1", "title": "Fixed the build",
+                                       "narrative": "Pinned numpy", "keyDecisions": ["pin numpy"],
+                                       "filesModified": ["requirements.txt"], "createdAt": "2026-01-01"}, now="x")
+    text = client.post("/agentmemory/context", json={"sessionId": "s2", "project": "p", "budget": 500}).json["context"]
+    assert "## Fixed the build" in text and "Decisions: pin numpy" in text and "boom" not in text
+
+
+def test_budget_is_respected(client):
+    for i in range(10):
+        client.post("/agentmemory/observe", json=hook(f"s{i}", "post_tool_failure", project="p",
+                                                      data={"tool_name": "Bash", "error": "e" * 180}))
+    r = client.post("/agentmemory/context", json={"sessionId": "now", "project": "p", "budget": 150})
+    assert 0 < r.json["tokens"] <= 150 and r.json["skipped"] > 0

@@ -1,0 +1,93 @@
+"""Storage: migrations, WAL, read-only readers, transactions and their audit rows."""
+
+import sqlite3
+import threading
+
+import pytest
+
+from db import MIGRATIONS, Database, SchemaTooNew
+from util import Clock
+
+
+def test_fresh_db_is_wal_and_migrated(rt):
+    conn = sqlite3.connect(rt.db.path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.close()
+
+
+def test_default_path_and_directories_created(tmp_path):
+    from settings import Settings
+
+    s = Settings.from_env({"AGENTMEMORY_DATA_DIR": str(tmp_path / "a" / "b")})
+    assert s.database_path == tmp_path / "a" / "b" / "agentmemory.db"
+    s = Settings.from_env({"AGENTMEMORY_DB": str(tmp_path / "x" / "y.db"), "AGENTMEMORY_DATA_DIR": "/nope"})
+    db = Database(s.database_path, now=Clock().iso)
+    assert (tmp_path / "x" / "y.db").exists()
+    db.close()
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    conn.close()
+    with pytest.raises(SchemaTooNew):
+        Database(path, now=Clock().iso)
+
+
+def test_reader_cannot_write(rt):
+    with pytest.raises(sqlite3.OperationalError):
+        rt.db.reader().set("x", "y", {}, now="t")
+
+
+def test_failed_transaction_rolls_back_and_writes_no_audit(rt):
+    with pytest.raises(RuntimeError):
+        with rt.db.transaction("boom") as tx:
+            tx.set("mem:test", "k", {"v": 1}, now="t")
+            raise RuntimeError("fail")
+    assert rt.db.reader().get("mem:test", "k") is None
+    assert rt.db.reader().audit_page(operation=None, limit=10, offset=0)[1] == 0
+
+
+def test_nested_transactions_join_and_audit_once(rt):
+    with rt.db.transaction("outer") as tx:
+        tx.set("mem:test", "a", 1, now="t")
+        with rt.db.transaction("inner") as inner:
+            assert inner is tx
+            inner.set("mem:test", "b", 2, now="t")
+    entries, total = rt.db.reader().audit_page(operation=None, limit=10, offset=0)
+    assert total == 1 and entries[0]["operation"] == "outer"
+    assert entries[0]["targetIds"] == ["mem:test/a", "mem:test/b"]
+
+
+def test_invalid_json_is_rejected_by_the_schema(rt):
+    with pytest.raises(sqlite3.IntegrityError):
+        with rt.db.transaction("raw") as tx:
+            tx.conn.execute("INSERT INTO kv_store VALUES ('s', 'k', '{bad', 't')")
+
+
+def test_values_with_lone_surrogates_are_stored_escaped(rt):
+    with rt.db.transaction("t") as tx:
+        tx.set("mem:test", "k", {"v": "a\ud800b"}, now="t")
+    assert rt.db.reader().get("mem:test", "k") == {"v": "a\ud800b"}
+
+
+def test_concurrent_writers_and_readers(rt):
+    errors = []
+
+    def write(n):
+        try:
+            for i in range(100):
+                with rt.db.transaction("w") as tx:
+                    tx.set("mem:test", f"{n}-{i}", {"i": i}, now="t")
+                rt.db.reader().count("mem:test")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and rt.db.reader().count("mem:test") == 800
