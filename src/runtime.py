@@ -2,8 +2,16 @@
 
 ``Runtime(settings)`` opens the database, builds the live-event hub and starts the subsystems
 that domain modules declared with ``@subsystem`` (vector index, embedder, working-memory
-backend, ...). Subsystems may expose ``health() -> dict`` (merged into /health), ``close()``
-and periodic jobs via ``rt.every``. No module-level state holds data: tests build as many
+backend, ...). A subsystem may expose:
+
+- ``health() -> dict``: merged into GET /health under the subsystem's name; a ``status`` of
+  ``degraded`` or ``critical`` there changes the overall status;
+- ``diagnose() -> list[dict]``: checks ``{name, category, status: pass|warn|fail, message,
+  fix, fixable}`` collected by the diagnose tool;
+- ``heal(dry_run: bool) -> list[dict]``: fixes for its fixable checks;
+- ``close()``: called on shutdown, in reverse order;
+
+and register periodic jobs with ``rt.every(seconds, name, fn)``. No module-level state holds data: tests build as many
 runtimes as they like, each on its own file.
 """
 
