@@ -262,10 +262,12 @@ def agent_observe(ctx: Ctx, args: dict) -> Reply:
     obs = {"id": new_id("obs"), "sessionId": sid, "timestamp": timestamp, "hookType": hook,
            "project": args.get("project"), "cwd": args.get("cwd"), "eventId": event_id,
            **synthetic_compression(hook, raw), "raw": raw}
-    return _store_observation(ctx, obs, args.get("agentId"))
+    return store_observation(ctx, obs, args.get("agentId"))
 
 
-def _store_observation(ctx: Ctx, obs: dict[str, Any], agent_given: str | None) -> Reply:
+def store_observation(ctx: Ctx, obs: dict[str, Any], agent_given: str | None) -> Reply:
+    """Store one compressed observation: dedup by eventId, implicit session, per-session cap,
+    index, audit and broadcast. Used by observe and by importers."""
     rt, sid = ctx.rt, obs["sessionId"]
     now = rt.clock.iso()
     limit = rt.settings.max_obs_per_session

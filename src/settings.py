@@ -88,6 +88,12 @@ SETTINGS: tuple[Setting, ...] = (
             "MCP tool list: `core` exposes only the essential tools."),
     Setting("background_jobs", ("AGENTMEMORY_BACKGROUND_JOBS",), True, _bool,
             "Run timers (decay sweeps, embedding backlog, expiry sweeps) in the server."),
+    Setting("antigravity_dir", ("ANTIGRAVITY_DIR",), "~/.gemini/antigravity", str,
+            "Google Antigravity data directory read by memory_antigravity_sync (brain/<id>/...)."),
+    Setting("antigravity_max_file_bytes", ("ANTIGRAVITY_MAX_FILE_BYTES",), 5_242_880, _positive_int,
+            "Antigravity files larger than this are reported and skipped."),
+    Setting("antigravity_project", ("ANTIGRAVITY_PROJECT",), "antigravity", str,
+            "Project name given to imported Antigravity sessions (a sync may override it)."),
     Setting("log_level", ("AGENTMEMORY_LOG_LEVEL",), "info",
             _choice("debug", "info", "warning", "error"), "Log verbosity."),
 )
