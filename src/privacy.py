@@ -35,7 +35,7 @@ _TOKEN_RULES: list[tuple[tuple[str, ...], str]] = [
     # sk-, sk-proj-, sk-ant-, pk-, rk-, ak- keys
     (("k-",), r"\b(?:sk|pk|rk|ak)-[A-Za-z0-9][A-Za-z0-9_\-]{19,}"),
     (("live_", "test_"), r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}"),
-    (("gh",), r"\bgh[pousr]_[A-Za-z0-9]{36,}|\bgithub_pat_[A-Za-z0-9_]{22,}"),
+    (("gh", "github_pat_"), r"\bgh[pousr]_[A-Za-z0-9]{36,}|\bgithub_pat_[A-Za-z0-9_]{22,}"),
     (("xox",), r"\bxox[abprs]-[A-Za-z0-9\-]+"),
     (("akia", "asia"), r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
     (("aiza",), r"\bAIza[A-Za-z0-9_\-]{35}"),
