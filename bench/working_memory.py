@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,14 +79,13 @@ def measure(n_ops: int, threads: int, op: Callable[[int, int], Any]) -> dict[str
         with lock:
             latencies.extend(mine)
 
-    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
-    for t in pool:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in pool:
-        t.join()
-    elapsed = time.perf_counter() - start
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(worker, t) for t in range(threads)]
+        barrier.wait()
+        start = time.perf_counter()
+        for future in futures:
+            future.result()  # re-raises a worker's error
+        elapsed = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100)
     return {"ops": len(latencies), "ops_per_s": round(len(latencies) / elapsed, 1),
             "p50_ms": round(q[49] * 1000, 3), "p95_ms": round(q[94] * 1000, 3),

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 import registry
@@ -93,8 +95,6 @@ def reply(ctx: Ctx, scope: Scope, body: dict[str, Any], status: int | None = Non
 def expiry_fields(expires_at: float | None, now: float) -> dict[str, Any]:
     if expires_at is None:
         return {"expiresAt": None, "ttlRemainingSeconds": None}
-    from datetime import datetime, timezone
-
     return {"expiresAt": iso(datetime.fromtimestamp(expires_at, tz=timezone.utc)),
             "ttlRemainingSeconds": round(max(expires_at - now, 0.0), 3)}
 
@@ -197,6 +197,8 @@ TASK_FIELDS = dict(
 def _progress(args: dict[str, Any], task: dict[str, Any], steps_changed: bool) -> float:
     if args.get("progressPercent") is not None:
         value = args["progressPercent"]
+        if not math.isfinite(value):
+            raise InvalidInput("'progressPercent' must be a finite number", field="progressPercent")
     elif task["status"] == "completed":
         value = 100
     elif steps_changed and task["totalSteps"] > 0:
@@ -413,7 +415,12 @@ def summarise_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
     if not ctx.rt.settings.working_memory_summarize_on_end:
         return
     sid, own = session["id"], (agent_filter(ctx) if ctx.rt.settings.agent_scope == "isolated" else None)
-    for scope in service(ctx).run(lambda b: b.session_scopes(sid)):
+    try:
+        scopes = service(ctx).run(lambda b: b.session_scopes(sid))
+    except Exception:  # noqa: BLE001 - the session has ended already; the failure is logged
+        log.exception("working memory: listing the scopes of session %s failed", sid)
+        return
+    for scope in scopes:
         if own is not None and scope.agent != own:
             continue
         try:

@@ -570,6 +570,9 @@ def test_bad_input_is_a_clear_400(wm):
         ("memory_working_task", {}, "operation"),
         ("memory_working_task", {"operation": "set", "taskId": "t", "status": "done-ish"}, "status"),
         ("memory_working_task", {"operation": "set", "taskId": "t", "context": {"d": {1, 2}}}, "context"),
+        ("memory_working_task", {"operation": "set", "taskId": "t", "progressPercent": float("nan")},
+         "progressPercent"),
+        ("memory_working_delete", {"operation": "pattern"}, "pattern"),
     ]
     for tool, args, field in cases:
         err = h.error(tool, **args)
