@@ -51,6 +51,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _optional_str(text: str) -> str | None:
     # Hook configs often carry unexpanded "${VAR}" placeholders; treat them as unset.
     text = text.strip()
@@ -96,6 +103,25 @@ SETTINGS: tuple[Setting, ...] = (
             "Project name given to imported Antigravity sessions (a sync may override it)."),
     Setting("log_level", ("AGENTMEMORY_LOG_LEVEL",), "info",
             _choice("debug", "info", "warning", "error"), "Log verbosity."),
+    # -- working memory (working.py)
+    Setting("working_memory_backend", ("WORKING_MEMORY_BACKEND",), "sqlite", _choice("sqlite", "redis"),
+            "Working-memory store: `sqlite` (the database file) or `redis` (REDIS_URL). An unreachable "
+            "Redis falls back to SQLite until restart, reported in stats, /health and diagnose."),
+    Setting("redis_url", ("REDIS_URL",), "redis://127.0.0.1:6379/0", str,
+            "Redis for WORKING_MEMORY_BACKEND=redis (connect timeout 0.5 s, no retries).", secret=True),
+    Setting("working_memory_redis_prefix", ("WORKING_MEMORY_REDIS_PREFIX",), "agentmemory:wm", str,
+            "Prefix of every Redis key the working memory writes."),
+    Setting("working_memory_default_ttl_seconds", ("WORKING_MEMORY_DEFAULT_TTL_SECONDS",), 86400,
+            _non_negative_int, "TTL of a working-memory key set without ttlSeconds; 0 = keys never expire."),
+    Setting("working_memory_max_keys", ("WORKING_MEMORY_MAX_KEYS_PER_SESSION",), 1000, _positive_int,
+            "Live keys per working-memory scope; a new key beyond it is a 409, nothing is evicted."),
+    Setting("working_memory_max_items_per_session", ("WORKING_MEMORY_MAX_ITEMS_PER_SESSION",), 100,
+            _positive_int, "Scratchpad entries kept per scope; the oldest are dropped (and counted)."),
+    Setting("working_memory_max_checkpoints", ("WORKING_MEMORY_MAX_CHECKPOINTS_PER_SESSION",), 20,
+            _positive_int, "Checkpoints kept per scope; creating one more prunes the oldest (listed "
+            "in the reply). Checkpoints never count against keys and never expire."),
+    Setting("working_memory_summarize_on_end", ("WORKING_MEMORY_SUMMARIZE_ON_END",), False, _bool,
+            "On session end, save what its working memory holds as a long-term memory."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -185,3 +185,79 @@ def hook(session: str = "s1", hook_type: str = "post_tool_use", **overrides: Any
 @pytest.fixture
 def make_hook() -> Callable[..., dict[str, Any]]:
     return hook
+
+
+# -- a real redis-server (working-memory tests) ------------------------------------------------------
+
+REDIS_MISSING = "redis-server is not installed (tests/run.sh installs the Debian package when run as root)"
+
+
+class RedisServer:
+    """``redis-server`` on a free 127.0.0.1 port, no persistence, its own temp dir."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.dir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        import redis
+
+        log = open(self.dir / "redis.log", "ab")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 20
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("redis-server did not answer PING within 20 s") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def _redis_server(workdir: Path):
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip(REDIS_MISSING)
+    server = RedisServer(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One redis-server for the session; tests keep apart by key prefix."""
+    yield from _redis_server(tmp_path_factory.mktemp("redis"))
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):
+    """A redis-server this test alone may stop, restart or reconfigure."""
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    yield from _redis_server(workdir)

@@ -14,8 +14,8 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
-# System packages the tests use (none yet beyond Python; later suites add redis-server, chromium).
-SYSTEM_PACKAGES=()
+# System packages the tests use for real (later suites add chromium).
+SYSTEM_PACKAGES=(redis-server)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

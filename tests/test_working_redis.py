@@ -1,0 +1,108 @@
+"""Working memory across backends: identical serialisation, and the Redis -> SQLite fallback
+(at start-up and mid-run) reported in responses, stats, /health and diagnose."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import redis
+
+from conftest import ToolCaller, free_port
+
+VALUES = {
+    "tuple": (1, 2, (3, 4)), "ints": [0, -1, 2**63, 2**70], "floats": [1.5, 0.1, -2.0, 1e-7],
+    "nested": {"a": {"b": [{"c": None, "d": True}]}, "e": []},
+    "unicode": "héllo ✓ 𝄞 日本語 emoji 🙂 \"q\" \\ \n\t", "empty": {}, "text": "plain",
+}
+
+
+def test_json_round_trip_is_identical_on_both_backends(redis_server, make_runtime):
+    seen = {}
+    for backend in ("sqlite", "redis"):
+        rt = make_runtime(working_memory_backend=backend, redis_url=redis_server.url,
+                          working_memory_redis_prefix=f"t-{uuid.uuid4().hex}")
+        call = ToolCaller(rt)
+        for key, value in VALUES.items():
+            call("memory_working_set", sessionId="s", key=key, value=value, ttlSeconds=0)
+        svc = rt.services["working_memory"]
+        assert svc.backend.name == backend
+        stored = {k: v for k, v, _e in svc.backend.items(svc_scope(), 0.0)}  # the raw JSON text
+        seen[backend] = {
+            "get": {k: call("memory_working_get", sessionId="s", key=k)["value"] for k in VALUES},
+            "all": call("memory_working_get", sessionId="s", operation="all")["values"],
+            "stored": stored,
+        }
+    assert seen["sqlite"] == seen["redis"]
+    assert seen["redis"]["get"]["tuple"] == [1, 2, [3, 4]]
+    assert seen["redis"]["get"]["ints"][3] == 2**70
+
+
+def svc_scope():
+    from working_service import Scope
+
+    return Scope("default", "default", "s")
+
+
+def test_unreachable_redis_at_start_falls_back_and_says_so(make_runtime, caplog):
+    port = free_port()  # nothing listens there
+    url = f"redis://user:hunter2pw@127.0.0.1:{port}/0"
+    with caplog.at_level(logging.ERROR, logger="agentmemory.working"):
+        rt = make_runtime(working_memory_backend="redis", redis_url=url)
+    svc = rt.services["working_memory"]
+    assert svc.using_fallback and svc.backend.name == "sqlite"
+    assert any("SQLite fallback" in r.getMessage() for r in caplog.records)
+    assert "hunter2pw" not in caplog.text
+    call = ToolCaller(rt)
+    r = call("memory_working_set", sessionId="s", key="k", value=1)
+    assert r["backend"] == "sqlite" and r["usingFallback"] is True and "SQLite fallback" in r["warning"]
+    assert call("memory_working_stats", sessionId="s")["usingFallback"] is True
+    health = call("health")
+    section = health["working_memory"]
+    assert health["status"] == "degraded" and section["status"] == "degraded"
+    assert section["usingFallback"] is True and section["configuredBackend"] == "redis"
+    assert "hunter2pw" not in section["redisUrl"] and "Connection" in section["fallbackReason"]
+    check = svc.diagnose()[0]
+    assert check["status"] == "fail" and "unreachable" in check["message"]
+
+
+def test_redis_stopped_mid_run_falls_back_and_stays_until_restart(own_redis, make_runtime, caplog):
+    rt = make_runtime(working_memory_backend="redis", redis_url=own_redis.url)
+    call = ToolCaller(rt)
+    svc = rt.services["working_memory"]
+    assert call("memory_working_set", sessionId="s", key="before", value=1)["backend"] == "redis"
+    assert svc.diagnose()[0]["status"] == "pass" and call("health")["status"] == "healthy"
+    own_redis.stop()
+    with caplog.at_level(logging.ERROR, logger="agentmemory.working"):
+        r = call("memory_working_set", sessionId="s", key="after", value=2)
+    assert r["backend"] == "sqlite" and r["usingFallback"] is True
+    assert any("SQLite fallback" in rec.getMessage() for rec in caplog.records)
+    assert call("memory_working_get", sessionId="s", key="after")["value"] == 2
+    # what was written to Redis is not visible during the outage (and the response says why)
+    got = call("memory_working_get", sessionId="s", key="before")
+    assert got["found"] is False and got["usingFallback"] is True
+    stats = call("memory_working_stats", sessionId="s")
+    assert stats["backend"] == "sqlite" and stats["usingFallback"] is True and stats["userKeys"] == 1
+    health = call("health")
+    assert health["status"] == "degraded" and health["working_memory"]["usingFallback"] is True
+    assert svc.diagnose()[0]["status"] == "fail"
+    own_redis.start()  # Redis is back on the same port ...
+    check = svc.diagnose()[0]
+    assert check["status"] == "warn" and "restart" in check["fix"]
+    # ... but this process stays on SQLite, so a session's data never silently splits
+    assert call("memory_working_get", sessionId="s", key="after")["backend"] == "sqlite"
+    rt.jobs.run_now("working_memory_sweep")
+    assert rt.jobs.status()[-1]["errors"] == 0
+
+
+def test_diagnose_warns_when_redis_may_evict(own_redis, make_runtime):
+    rt = make_runtime(working_memory_backend="redis", redis_url=own_redis.url)
+    checks = rt.services["working_memory"].diagnose()
+    assert [c["status"] for c in checks] == ["pass", "pass"]
+    client = redis.Redis.from_url(own_redis.url)
+    try:
+        client.config_set("maxmemory-policy", "allkeys-lru")
+    finally:
+        client.close()
+    eviction = rt.services["working_memory"].diagnose()[1]
+    assert eviction["status"] == "warn" and "allkeys-lru" in eviction["message"]
