@@ -12,6 +12,8 @@ import hmac
 import json
 import logging
 import os
+import secrets
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -19,20 +21,28 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flask import Flask, Response, request  # noqa: E402
+from flask import Flask, Response, g, request  # noqa: E402
 from flask_sock import Sock  # noqa: E402
 from werkzeug.exceptions import HTTPException  # noqa: E402
 
 import registry  # noqa: E402
 from errors import AppError, InvalidInput, Unauthorized, Unavailable, error_body  # noqa: E402
+from live import StreamSession  # noqa: E402
 from registry import Ctx, Tool  # noqa: E402
 from runtime import Runtime  # noqa: E402
 from settings import Settings  # noqa: E402
 from util import clean_json  # noqa: E402
 
 PREFIX = "/agentmemory"
-OPEN_PATHS = {f"{PREFIX}/livez"}
+VIEWER_PATHS = ("/viewer", f"{PREFIX}/viewer")
+# The viewer page holds no data (it asks for the token itself), so it is open like /livez.
+OPEN_PATHS = {f"{PREFIX}/livez", *VIEWER_PATHS}
 STREAM_PATH = "/stream/mem-live/viewer"
+VIEWER_FILE = Path(__file__).resolve().parent / "viewer" / "index.html"
+NONCE_MARK = "__CSP_NONCE__"
+AUTH_MARK = "__AUTH_MODE__"
+# Pings let the socket notice a peer that vanished without closing (and free its thread).
+WS_PING_SECONDS = 25
 log = logging.getLogger("agentmemory.http")
 
 
@@ -97,13 +107,21 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     app.config["MAX_CONTENT_LENGTH"] = max(rt.settings.max_body_bytes, rt.settings.max_import_bytes)
     app.extensions["agentmemory"] = rt
 
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": WS_PING_SECONDS, "max_message_size": 1 << 20}
+
     @app.before_request
     def _guard() -> None:
         request.max_content_length = (rt.settings.max_import_bytes if request.path == f"{PREFIX}/import"
                                       else rt.settings.max_body_bytes)
-        if request.path not in OPEN_PATHS and request.method != "OPTIONS":
-            check_auth(rt.settings.secret, request.headers.get("Authorization"),
-                       request.args.get("token") if request.path == STREAM_PATH else None)
+        if request.path in OPEN_PATHS or request.method == "OPTIONS":
+            return
+        header = request.headers.get("Authorization")
+        token = request.args.get("token") if request.path == STREAM_PATH else None
+        if request.path == STREAM_PATH and not (header or token) and _is_upgrade():
+            g.stream_authenticated = False  # the first message must be {"type":"auth","token":...}
+            return
+        check_auth(rt.settings.secret, header, token)
+        g.stream_authenticated = True
 
     @app.after_request
     def _headers(response: Response) -> Response:
@@ -118,7 +136,12 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
                              view_func=_tool_view(rt, tool, route.status), methods=[route.method])
     _register_mcp_http(app, rt)
     _register_stream(app, rt)
+    _register_viewer(app, rt)
     return app
+
+
+def _is_upgrade() -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 def check_auth(secret: str | None, header: str | None, token: str | None = None) -> None:
@@ -222,21 +245,10 @@ def _register_stream(app: Flask, rt: Runtime) -> None:
 
     @sock.route(STREAM_PATH)
     def stream(ws: Any) -> None:
-        """WebSocket: live events as JSON {type, record}; also answers {id, tool, args} calls."""
-        sub = rt.hub.subscribe()
-        try:
-            ws.send(json.dumps({"type": "hello", "version": rt.version}))
-            while ws.connected and not sub.dropped:
-                message = sub.get(timeout=0.2)
-                if message is not None:
-                    ws.send(json.dumps(message, ensure_ascii=False))
-                incoming = ws.receive(timeout=0)
-                if incoming:
-                    ws.send(json.dumps(_ws_request(rt, incoming), ensure_ascii=False))
-        except Exception:  # noqa: BLE001 - a closed socket ends the stream, nothing else
-            pass
-        finally:
-            sub.close()
+        """WebSocket: hello, then live events as JSON {type, seq, ts, record}; also answers
+        {id, tool, args} calls (auth: bearer header, ?token= or a first {type:"auth"} message)."""
+        StreamSession(rt, ws, authenticated=g.get("stream_authenticated", False), query=query_args(),
+                      answer=lambda raw: _ws_request(rt, raw)).run()
 
 
 def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
@@ -248,11 +260,43 @@ def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
         request_id = message.get("id")
         if message.get("type") == "ping":
             return {"id": request_id, "type": "pong"}
+        if message.get("type") == "auth":  # already authenticated (or no secret): harmless
+            return {"id": request_id, "type": "auth", "ok": True}
         result = registry.call(Ctx(rt, source="ws"), str(message.get("tool") or ""), message.get("args") or {})
         data, _status = registry.unwrap(result)
         return {"id": request_id, "ok": True, "result": data}
     except AppError as exc:
         return {"id": request_id, "ok": False, "error": exc.to_dict()}
+
+
+# -- the viewer page -------------------------------------------------------------------------------------
+
+
+def viewer_csp(nonce: str) -> str:
+    """Only our own nonce-tagged inline script and style run; data goes to this origin only."""
+    return ("default-src 'none'; "
+            f"script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "connect-src 'self' ws: wss:; img-src 'self' data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def _register_viewer(app: Flask, rt: Runtime) -> None:
+    # The page only learns whether to ask for a token; it never holds one or any data.
+    template = VIEWER_FILE.read_text(encoding="utf-8").replace(
+        AUTH_MARK, "required" if rt.settings.secret else "none")
+
+    def viewer() -> Response:
+        """The live viewer: one self-contained HTML page (it holds no data, so it opens without a
+        token and asks for one when the API answers 401)."""
+        nonce = secrets.token_urlsafe(18)
+        response = Response(template.replace(NONCE_MARK, nonce), mimetype="text/html")
+        response.headers["Content-Security-Policy"] = viewer_csp(nonce)
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    for path in VIEWER_PATHS:
+        app.add_url_rule(path, f"viewer:{path}", viewer, methods=["GET"])
 
 
 # -- serving ----------------------------------------------------------------------------------------------
@@ -266,6 +310,11 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
         return
     from gunicorn.app.base import BaseApplication
 
+    if not settings.max_viewers or settings.max_viewers > settings.threads - 4:
+        log.warning("AGENTMEMORY_MAX_VIEWERS=%s with AGENTMEMORY_THREADS=%s: open viewers can take every "
+                    "thread and stall REST calls; keep viewers at least 4 below threads",
+                    settings.max_viewers, settings.threads)
+
     class GunicornServer(BaseApplication):
         def load_config(self) -> None:
             options = {
@@ -276,12 +325,27 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
             }
             for key, value in options.items():
                 self.cfg.set(key, value)
+            self.cfg.set("post_worker_init", _close_streams_on_term)
 
         def load(self) -> Flask:
             # Built in the worker process, so the runtime's threads live where requests run.
             return create_app(settings)
 
     GunicornServer().run()
+
+
+def _close_streams_on_term(worker: Any) -> None:
+    """On SIGTERM, tell open viewer streams to close (1001) before gunicorn's graceful wait,
+    which otherwise waits for every open WebSocket until graceful_timeout."""
+    hub = worker.wsgi.extensions["agentmemory"].hub
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        hub.close()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def main(argv: list[str] | None = None) -> None:

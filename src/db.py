@@ -663,6 +663,33 @@ class Store:
             (session, session, session))
         return [(r[0], r[1]) for r in rows]
 
+    # ---- viewer overviews (overview.py)
+    def scope_counts(self) -> dict[str, int]:
+        """Records per kv scope."""
+        return {scope: n for scope, n in self.conn.execute("SELECT scope, count(*) FROM kv_store GROUP BY scope")}
+
+    def audit_times(self, operation: str, *, limit: int) -> list[str]:
+        """Timestamps of the newest ``limit`` audit rows of one operation, newest first."""
+        rows = self.conn.execute("SELECT ts FROM audit_log WHERE operation = ? ORDER BY id DESC LIMIT ?",
+                                 (operation, limit))
+        return [r[0] for r in rows]
+
+    def docs_total(self, *, filters: dict[str, Any]) -> int:
+        """How many active index rows match ``filters`` (see ``fts_search``)."""
+        where, params = _doc_filters(["d.active = 1"], [], filters)
+        return self.conn.execute(f"SELECT count(*) FROM search_docs d WHERE {' AND '.join(where)}",
+                                 params).fetchone()[0]
+
+    def doc_concepts(self, *, limit: int, filters: dict[str, Any]) -> list[tuple[str | None, str | None, str]]:
+        """(project, session_id, concepts text) of the newest ``limit`` active index rows that
+        have concepts."""
+        where, params = _doc_filters(["d.active = 1", "f.concepts != ''"], [], filters)
+        rows = self.conn.execute(
+            "SELECT d.project, d.session_id, f.concepts FROM search_docs d "
+            f"JOIN search_fts f ON f.rowid = d.id WHERE {' AND '.join(where)} ORDER BY d.id DESC LIMIT ?",
+            (*params, limit))
+        return [(r[0], r[1], r[2]) for r in rows]
+
 
 # -- working-memory helpers -----------------------------------------------------------------------
 

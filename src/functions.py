@@ -84,7 +84,7 @@ def health(ctx: Ctx, args: dict) -> Any:
                "sizeBytes": sizes["db"], "walBytes": sizes["wal"]},
         "counts": {"sessions": store.count(SESSIONS), "observations": counts.get("observation", 0),
                    "memories": counts.get("memory", 0)},
-        "live": {"clients": rt.hub.client_count, "published": rt.hub.published},
+        "live": rt.hub.stats(),
         "jobs": rt.jobs.status(),
         **sections,
     }

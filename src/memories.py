@@ -89,6 +89,8 @@ def memory_save(ctx: Ctx, args: dict) -> dict:
         search.index_record(tx, "memory", memory)
         tx.audit_message = (f"remember {memory['id']}" +
                             (f" (supersedes {old['id']})" if old else ""))
+        if old is not None:  # the superseded version changed too (isLatest, supersededBy)
+            tx.after_commit(lambda: rt.publish("memory", old))
         tx.after_commit(lambda: rt.publish("memory", memory))
     return Reply({"success": True, "memory": memory,
                   "superseded": old["id"] if old else None}, 201)

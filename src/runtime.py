@@ -104,7 +104,8 @@ class Runtime:
         self.version = VERSION
         self.started_at = time.time()
         self.db = Database(settings.database_path, now=self.clock.iso)
-        self.hub = Hub()
+        self.hub = Hub(queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers,
+                       replay_size=settings.viewer_replay)
         self.jobs = Jobs()
         self.services: dict[str, Any] = {}
         for name, factory in SUBSYSTEMS:

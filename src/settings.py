@@ -122,6 +122,17 @@ SETTINGS: tuple[Setting, ...] = (
             "in the reply). Checkpoints never count against keys and never expire."),
     Setting("working_memory_summarize_on_end", ("WORKING_MEMORY_SUMMARIZE_ON_END",), False, _bool,
             "On session end, save what its working memory holds as a long-term memory."),
+    # -- live stream and viewer (events.py, app.py, live.py)
+    Setting("max_viewers", ("AGENTMEMORY_MAX_VIEWERS",), 16, _non_negative_int,
+            "Open viewer WebSockets allowed at once (0 = no limit). Each holds a gthread thread, so "
+            "keep it below AGENTMEMORY_THREADS; one more is closed with code 1013 and a reason."),
+    Setting("viewer_queue_size", ("AGENTMEMORY_VIEWER_QUEUE",), 1000, _positive_int,
+            "Events a viewer may fall behind before it is dropped (close code 4000; it reconnects)."),
+    Setting("viewer_replay", ("AGENTMEMORY_VIEWER_STREAM_MAX",), 500, _non_negative_int,
+            "Recent events kept so a reconnecting viewer (`since=<seq>`) gets what it missed."),
+    Setting("viewer_send_timeout", ("AGENTMEMORY_VIEWER_SEND_TIMEOUT",), 10, _positive_int,
+            "Seconds a send to a viewer may block (a client that stopped reading) before its "
+            "socket is closed and its thread freed."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
