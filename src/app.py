@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException  # noqa: E402
 
 import registry  # noqa: E402
 from errors import AppError, InvalidInput, Unauthorized, Unavailable, error_body  # noqa: E402
-from live import StreamSession  # noqa: E402
+from live import ReaderThread, StreamSession  # noqa: E402
 from registry import Ctx, Tool  # noqa: E402
 from runtime import Runtime  # noqa: E402
 from settings import Settings  # noqa: E402
@@ -107,7 +107,8 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     app.config["MAX_CONTENT_LENGTH"] = max(rt.settings.max_body_bytes, rt.settings.max_import_bytes)
     app.extensions["agentmemory"] = rt
 
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": WS_PING_SECONDS, "max_message_size": 1 << 20}
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": WS_PING_SECONDS, "max_message_size": 1 << 20,
+                                         "thread_class": ReaderThread}
 
     @app.before_request
     def _guard() -> None:

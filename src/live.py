@@ -28,6 +28,7 @@ import json
 import logging
 import socket
 import struct
+import threading
 from typing import Any, Callable
 
 from errors import CapacityExceeded
@@ -71,6 +72,15 @@ def shut(ws: Any) -> None:
             sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+class ReaderThread(threading.Thread):
+    """The WebSocket library's per-socket reader thread, as a daemon: after a close it may wait
+    in select() until its next ping, and must not hold the worker process open meanwhile."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs["daemon"] = True
+        super().__init__(*args, **kwargs)
 
 
 class StreamSession:

@@ -238,7 +238,7 @@ class FolderGraph:
 
 @tool("viewer_graph", params(
     maxFolders=integer("Largest folders to include", minimum=1, maximum=500, default=150),
-    edgesPerFolder=integer("Strongest edges kept per folder", minimum=1, maximum=50, default=6),
+    edgesPerFolder=integer("Strongest edges kept per folder", minimum=1, maximum=50, default=4),
     agentId=AGENT_ID,
 ), http=[("GET", "/viewer/graph")], mcp=False)
 def viewer_graph(ctx: Ctx, args: dict) -> dict:

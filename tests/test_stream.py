@@ -1,0 +1,279 @@
+"""The live stream: the hub in-process, and /stream/mem-live/viewer on a real server process
+(event shapes, auth by query / header / first message, replay after reconnect, the viewer
+limit, a client that never reads, shutdown)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+import requests
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from conftest import hook, post
+from errors import CapacityExceeded
+from events import Hub
+
+STREAM = "/stream/mem-live/viewer"
+
+
+# -- the hub, in-process -------------------------------------------------------------------------------
+
+
+def test_a_client_that_never_reads_is_dropped_and_writers_finish():
+    hub = Hub(queue_size=5)
+    stuck = hub.subscribe()
+    reader = hub.subscribe()
+    received = []
+
+    def drain() -> None:
+        while len(received) < 50:
+            event = reader.get(timeout=5)
+            assert event is not None, "the reading client stopped getting events"
+            received.append(event)
+
+    thread = threading.Thread(target=drain)
+    thread.start()
+    for i in range(50):
+        hub.publish("observation", {"i": i})  # would hang here if a full queue blocked writers
+        while reader.queue.qsize() >= 4:       # let the reader keep up; only `stuck` lags
+            time.sleep(0.001)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert stuck.dropped and not reader.dropped
+    assert [e["record"]["i"] for e in received] == list(range(50))
+    assert [e["seq"] for e in received] == list(range(1, 51))
+    stats = hub.stats()
+    assert stats["clients"] == 1 and stats["droppedClients"] == 1 and stats["published"] == 50
+    reader.close()
+    assert hub.client_count == 0
+
+
+def test_replay_since_a_seq_and_gaps_older_than_the_ring():
+    hub = Hub(queue_size=100, replay_size=10)
+    for i in range(15):
+        hub.publish("memory", {"i": i})
+    sub = hub.subscribe(since=12)
+    assert sub.complete and sub.replayed == 3 and sub.start_seq == 15
+    assert [sub.get(0)["seq"] for _ in range(3)] == [13, 14, 15]
+    assert sub.get(0) is None
+    old = hub.subscribe(since=2)  # 3..5 fell out of the ring
+    assert not old.complete and old.replayed == 10
+    future = hub.subscribe(since=99)  # a seq from an earlier server run
+    assert not future.complete and future.replayed == 0
+    current = hub.subscribe(since=15)
+    assert current.complete and current.replayed == 0
+
+
+def test_max_clients_refuses_one_more():
+    hub = Hub(max_clients=2)
+    first, _second = hub.subscribe(), hub.subscribe()
+    with pytest.raises(CapacityExceeded) as err:
+        hub.subscribe()
+    assert err.value.code == "too_many_viewers" and hub.stats()["refusedClients"] == 1
+    first.close()
+    hub.subscribe().close()  # a freed slot can be taken again
+
+
+# -- over the wire ---------------------------------------------------------------------------------------
+
+
+def ws_url(server, **query) -> str:
+    q = "&".join(f"{k}={v}" for k, v in query.items())
+    return server.url.replace("http", "ws") + STREAM + (f"?{q}" if q else "")
+
+
+def recv(ws, timeout: float = 10) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def next_event(ws, event_type: str, timeout: float = 10) -> dict:
+    """The next message of ``event_type`` (other event types in between are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = recv(ws, max(0.1, deadline - time.monotonic()))
+        if message.get("type") == event_type:
+            return message
+
+
+def close_code(ws, timeout: float = 10) -> tuple[int | None, str]:
+    """Read until the server closes; return its close code and reason."""
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            ws.recv(timeout=timeout)
+    frame = closed.value.rcvd
+    return (frame.code, frame.reason) if frame else (None, "")
+
+
+def test_event_shapes_for_every_record_type_on_main(live_server):
+    server = live_server()
+    with connect(ws_url(server), open_timeout=10) as ws:
+        hello = recv(ws)
+        assert hello["type"] == "hello" and hello["complete"] is True and hello["seq"] == 0
+        assert hello["version"] and hello["epoch"] and hello["auth"] is False
+        post(server.api("/session/start"), {"sessionId": "shape", "project": "demo", "title": "shapes"})
+        event = next_event(ws, "session")
+        assert set(event) == {"type", "seq", "ts", "record"} and event["record"]["id"] == "shape"
+        post(server.api("/observe"), hook("shape"))
+        obs = next_event(ws, "observation")["record"]
+        assert obs["sessionId"] == "shape" and obs["id"].startswith("obs_") and obs["title"]
+        first = post(server.api("/remember"), {"content": "Deploys need the staging flag set first", "project": "demo"}).json()
+        assert next_event(ws, "memory")["record"]["id"] == first["memory"]["id"]
+        second = post(server.api("/remember"), {"content": "Deploys need the staging flag set first today",
+                                                "project": "demo"}).json()
+        assert second["superseded"] == first["memory"]["id"]
+        old, new = next_event(ws, "memory")["record"], next_event(ws, "memory")["record"]
+        assert (old["id"], old["isLatest"], old["supersededBy"]) == (first["memory"]["id"], False, new["id"])
+        assert (new["version"], new["parentId"]) == (2, old["id"])
+        post(server.api("/forget"), {"memoryId": new["id"]})
+        assert next_event(ws, "forget")["record"]["deleted"]["memories"] == 1
+        post(server.api("/session/end"), {"sessionId": "shape"})
+        assert next_event(ws, "session")["record"]["status"] == "completed"
+
+
+# Routes of the memory-model module: (record type, POST path, body, how to find the record).
+MODEL_WRITES = [
+    ("lesson", "/lessons", {"content": "Run migrations before the app starts", "confidence": 0.7}, "content"),
+    ("slot", "/slot", {"label": "stream_test_slot", "content": "live slot", "scope": "global"}, "label"),
+    ("action", "/actions", {"title": "Rotate the staging keys"}, "title"),
+]
+
+
+@pytest.mark.parametrize("event_type,path,body,field", MODEL_WRITES, ids=[w[0] for w in MODEL_WRITES])
+def test_event_shapes_for_lessons_slots_and_actions(live_server, event_type, path, body, field):
+    server = live_server()
+    with connect(ws_url(server), open_timeout=10) as ws:
+        recv(ws)
+        r = post(server.api(path), body)
+        if r.status_code == 404 and r.json().get("code") == "not_found":
+            pytest.xfail(f"POST /agentmemory{path} is not on this branch yet (memory-model module)")
+        assert r.status_code in (200, 201), r.text
+        event = next_event(ws, event_type)
+        assert set(event) == {"type", "seq", "ts", "record"}
+        assert event["record"][field] == body[field]
+
+
+def test_auth_by_query_header_and_first_message(live_server):
+    server = live_server(env={"AGENTMEMORY_SECRET": "stream-secret"})
+    assert requests.get(server.url + STREAM).status_code == 401  # a plain GET still needs the token
+    with connect(ws_url(server, token="stream-secret"), open_timeout=10) as ws:
+        assert recv(ws)["auth"] is True
+    with connect(ws_url(server), additional_headers={"Authorization": "Bearer stream-secret"}, open_timeout=10) as ws:
+        assert recv(ws)["type"] == "hello"
+    with connect(ws_url(server), open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "auth", "token": "stream-secret"}))
+        assert recv(ws)["type"] == "hello"
+        post(server.api("/observe"), hook("auth-msg"), headers={"Authorization": "Bearer stream-secret"})
+        assert next_event(ws, "observation")["record"]["sessionId"] == "auth-msg"
+    for first in ({"type": "auth", "token": "wrong"}, {"id": 1, "tool": "memory_sessions", "args": {}}, "not json"):
+        with connect(ws_url(server), open_timeout=10) as ws:
+            ws.send(first if isinstance(first, str) else json.dumps(first))
+            code, reason = close_code(ws)
+            assert code == 1008 and "unauthorized" in reason
+    with pytest.raises(Exception) as refused:  # a wrong query token fails the handshake itself
+        connect(ws_url(server, token="wrong"), open_timeout=10)
+    assert "401" in str(refused.value)
+
+
+def test_reconnect_with_since_replays_what_was_missed(live_server):
+    server = live_server()
+    with connect(ws_url(server), open_timeout=10) as ws:
+        hello = recv(ws)
+        post(server.api("/observe"), hook("rc", timestamp="2026-01-01T00:00:00Z"))
+        last_seen = next_event(ws, "observation")["seq"]
+    for i in range(3):  # published while the viewer is away
+        post(server.api("/observe"), hook("rc", timestamp=f"2026-01-01T00:00:0{i + 1}Z"))
+    with connect(ws_url(server, since=last_seen, epoch=hello["epoch"]), open_timeout=10) as ws:
+        again = recv(ws)
+        assert again["complete"] is True and again["replayed"] >= 3
+        missed = [recv(ws) for _ in range(again["replayed"])]
+        assert [m["seq"] for m in missed] == list(range(last_seen + 1, again["seq"] + 1))
+        assert sum(m["type"] == "observation" for m in missed) == 3
+    with connect(ws_url(server, since=last_seen, epoch="from-another-run"), open_timeout=10) as ws:
+        stale = recv(ws)
+        assert stale["complete"] is False and stale["replayed"] == 0
+
+
+def test_max_viewers_refuses_with_a_reason_and_rest_keeps_working(live_server):
+    server = live_server(env={"AGENTMEMORY_MAX_VIEWERS": "2", "AGENTMEMORY_THREADS": "4"})
+    with connect(ws_url(server), open_timeout=10) as one, connect(ws_url(server), open_timeout=10) as two:
+        recv(one), recv(two)
+        with connect(ws_url(server), open_timeout=10) as three:
+            code, reason = close_code(three)
+        assert code == 1013 and "AGENTMEMORY_MAX_VIEWERS" in reason
+        assert requests.get(server.api("/health"), timeout=10).json()["live"]["clients"] == 2
+        assert post(server.api("/observe"), hook("busy")).status_code == 201
+        assert next_event(one, "observation")["record"]["sessionId"] == "busy"
+    wait_for(lambda: health(server)["clients"] == 0)
+    with connect(ws_url(server), open_timeout=10) as again:
+        assert recv(again)["type"] == "hello"
+
+
+def health(server) -> dict:
+    return requests.get(server.api("/health"), timeout=10).json()["live"]
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def raw_upgrade(port: int) -> socket.socket:
+    """A WebSocket client that completes the handshake and then never reads again (tiny receive
+    buffer, so the server's sends back up quickly)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {STREAM} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def test_a_client_that_never_reads_is_dropped_without_blocking_writers(live_server):
+    server = live_server(env={"AGENTMEMORY_VIEWER_QUEUE": "8", "AGENTMEMORY_VIEWER_SEND_TIMEOUT": "2",
+                              "AGENTMEMORY_THREADS": "3", "AGENTMEMORY_MAX_VIEWERS": "2",
+                              "MAX_OBS_PER_SESSION": "5000"})
+    stuck = raw_upgrade(server.port)
+    wait_for(lambda: health(server)["clients"] == 1)
+    big = "x" * 40_000
+    with connect(ws_url(server), open_timeout=10, max_size=None) as reader:
+        recv(reader)
+        got: list[int] = []
+        for i in range(150):
+            r = post(server.api("/observe"), hook("flood", timestamp=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
+                                                  data={"tool_name": "Bash", "tool_output": f"{i} {big}"}))
+            assert r.status_code == 201  # every writer completes while one client is stuck
+            got.append(next_event(reader, "observation")["seq"])
+        assert got == sorted(got) and len(got) == 150
+        wait_for(lambda: health(server)["droppedClients"] >= 1)
+        assert health(server)["clients"] == 1  # the dropped client left the hub's count
+    wait_for(lambda: health(server)["clients"] == 0)
+    # Its thread was freed too: with 3 threads, two new viewers and a REST call still fit.
+    with connect(ws_url(server), open_timeout=10) as a, connect(ws_url(server), open_timeout=10) as b:
+        assert recv(a)["type"] == recv(b)["type"] == "hello"
+        assert requests.get(server.api("/sessions"), timeout=10).json()["total"] == 1
+    stuck.close()
+
+
+def test_sigterm_closes_open_streams_with_going_away(live_server):
+    server = live_server()
+    with connect(ws_url(server), open_timeout=10) as ws:
+        recv(ws)
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        code, reason = close_code(ws, timeout=20)
+    assert code == 1001 and "shutting down" in reason
+    assert server.proc.wait(timeout=20) == 0

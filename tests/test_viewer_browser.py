@@ -1,0 +1,351 @@
+"""The viewer in a real browser: Debian's Chromium, driven by Playwright, against real server
+processes seeded through REST. Every tab renders seeded data, live updates arrive over the
+WebSocket, stored HTML never runs, the token prompt works, and 10k records stay paginated.
+
+Screenshots of every tab are saved under pytest's temp dir (the path is printed; run with -s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from playwright.sync_api import Page, expect, sync_playwright
+
+from conftest import LiveServer, hook, post
+
+CHROMIUM = "/usr/bin/chromium"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+TABS = ["dashboard", "sessions", "memories", "graph", "timeline", "lessons", "slots", "replay"]
+
+# Stored HTML that would set window.__xss (or open a dialog) if any of it were parsed as markup.
+XSS_IMG = '<img src=x onerror="window.__xss=1;alert(1)">'
+XSS_SCRIPT = "<script>window.__xss=2</script>"
+XSS_SVG = '"><svg onload="window.__xss=3">'
+SECRET = "viewer-test-secret"
+
+
+# -- fixtures -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (tests/run.sh apt-installs it when run as root)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("viewer-screenshots")
+    print(f"\nviewer screenshots: {directory}")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = LiveServer(tmp_path_factory.mktemp("viewer-server"), {}, [])
+    try:
+        srv.seeded = seed(srv, {})
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory):
+    srv = LiveServer(tmp_path_factory.mktemp("viewer-secured"), {"AGENTMEMORY_SECRET": SECRET}, [])
+    try:
+        post(srv.api("/observe"), hook("locked-session", project="/work/locked"),
+             headers={"Authorization": f"Bearer {SECRET}"})
+        yield srv
+    finally:
+        srv.stop()
+
+
+class Watched:
+    """A page plus everything that must not happen on it: console errors, page errors, dialogs."""
+
+    def __init__(self, page: Page):
+        self.page = page
+        self.problems: list[str] = []
+        page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        page.on("dialog", lambda d: (self.problems.append(f"dialog: {d.message}"), d.dismiss()))
+        page.on("response", lambda r: self.problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+
+    def check(self) -> None:
+        assert self.problems == []
+        assert self.page.evaluate("window.__xss") is None
+
+
+@pytest.fixture
+def watched(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    w = Watched(context.new_page())
+    yield w
+    try:
+        w.check()
+    finally:
+        context.close()
+
+
+# -- seeding through REST ---------------------------------------------------------------------------------
+
+
+def seed(srv: LiveServer, headers: dict) -> dict:
+    """Two projects, sessions with XSS-laden titles and observations, a memory with two versions,
+    and lessons and slots when this server has those routes."""
+    def send(path: str, body: dict, ok=(200, 201)) -> requests.Response:
+        r = post(srv.api(path), body, headers=headers)
+        assert r.status_code in ok, r.text
+        return r
+
+    send("/session/start", {"sessionId": "sess-alpha", "project": "/work/alpha", "cwd": "/work/alpha",
+                            "title": f"{XSS_IMG}Alpha parser session"})
+    for i in range(6):
+        send("/observe", hook("sess-alpha", "prompt_submit", project="/work/alpha", cwd="/work/alpha",
+                              timestamp=f"2026-10-01T09:0{i}:00Z",
+                              data={"prompt": f"{XSS_SCRIPT}step {i} of the parser fix"}))
+    send("/observe", {"sessionId": "sess-alpha", "hookType": "observation", "project": "/work/alpha",
+                      "title": f"{XSS_SVG}alpha note", "content": f"{XSS_IMG} the tokenizer drops escapes",
+                      "concepts": ["parsing", "tokenizer"], "timestamp": "2026-10-01T09:30:00Z"})
+    for i in range(3):
+        send("/observe", hook("sess-beta", project="/work/beta", cwd="/work/beta",
+                              timestamp=f"2026-10-02T10:0{i}:00Z",
+                              data={"tool_name": "Bash", "tool_input": {"command": f"make beta-{i}"},
+                                    "tool_output": "ok"}))
+    v1 = send("/remember", {"content": f"{XSS_IMG} The parser must keep backslash escapes in strings",
+                            "project": "/work/alpha", "concepts": ["parsing", "escapes"]}).json()["memory"]
+    v2 = send("/remember", {"content": f"{XSS_IMG} The parser must keep backslash escapes in strings and chars",
+                            "project": "/work/alpha", "concepts": ["parsing", "escapes"]}).json()
+    assert v2["superseded"] == v1["id"]
+    send("/remember", {"content": "Beta builds reuse the parsing cache", "project": "/work/beta",
+                       "concepts": ["parsing", "cache"]})
+    lessons = post(srv.api("/lessons"), {"content": f"{XSS_SCRIPT}Always run the parser fuzzer",
+                                         "confidence": 0.8, "project": "/work/alpha", "tags": ["parser"]},
+                   headers=headers)
+    slots = post(srv.api("/slot"), {"label": "viewer_slot", "content": f"{XSS_IMG}pinned slot text",
+                                    "description": "seeded by the viewer tests", "scope": "global"},
+                 headers=headers)
+    return {"memory_v1": v1["id"], "memory_v2": v2["memory"]["id"],
+            "lessons": lessons.status_code in (200, 201), "slots": slots.status_code in (200, 201)}
+
+
+def open_viewer(w: Watched, srv: LiveServer, tab: str = "dashboard") -> Page:
+    w.page.goto(f"{srv.url}/viewer#/{tab}")
+    expect(w.page.locator("#conn-text")).to_have_text("live", timeout=15_000)
+    return w.page
+
+
+def show(page: Page, tab: str) -> None:
+    page.click(f"nav button[data-tab={tab}]")
+    expect(page.locator(f"#tab-{tab}")).to_be_visible()
+
+
+# -- tests ------------------------------------------------------------------------------------------------------
+
+
+def test_every_tab_renders_seeded_data(watched, server, shots):
+    page = open_viewer(watched, server)
+    expect(page.locator('[data-count="sessions"] .n')).to_have_text("2")
+    expect(page.locator('[data-count="memories"] .n')).to_have_text("3")
+    expect(page.locator("#tab-dashboard")).to_contain_text("healthy")
+    page.screenshot(path=str(shots / "dashboard.png"))
+
+    show(page, "sessions")
+    row = page.locator('#tab-sessions tr[data-id="sess-alpha"]')
+    expect(row).to_contain_text("Alpha parser session")
+    row.click()
+    expect(page.locator("#tab-sessions .panel")).to_contain_text("Observations (7)")
+    page.screenshot(path=str(shots / "sessions.png"))
+
+    show(page, "memories")
+    page.locator(f'#tab-memories tr[data-id="{server.seeded["memory_v2"]}"]').click()
+    chain = page.locator("#tab-memories .chain .version")
+    expect(chain).to_have_count(2)
+    expect(page.locator("#tab-memories .chain")).to_contain_text("superseded by")
+    page.screenshot(path=str(shots / "memories.png"))
+
+    show(page, "graph")
+    expect(page.locator("#tab-graph .legend")).to_contain_text("alpha")
+    expect(page.locator("#tab-graph .legend")).to_contain_text("beta")
+    nodes = page.evaluate("TABS.graph.nodes.map(n => ({id: n.id, x: n.x, y: n.y, color: n.color}))")
+    assert {n["id"] for n in nodes} == {"/work/alpha", "/work/beta"}
+    assert len({n["color"] for n in nodes}) == 2
+    assert all(n["color"] == page.evaluate("folderColor", n["id"]) for n in nodes)
+    box = page.locator("#graph-canvas").bounding_box()
+    expect(page.locator("#graph-canvas")).to_have_attribute("data-settled", "true")
+    alpha = page.evaluate("(() => { const n = TABS.graph.nodes.find(n => n.id === '/work/alpha'); return {x: n.x, y: n.y}; })()")
+    page.mouse.click(box["x"] + alpha["x"], box["y"] + alpha["y"])
+    expect(page.locator("#tab-graph .panel")).to_contain_text("/work/alpha")
+    page.screenshot(path=str(shots / "graph.png"))
+
+    show(page, "timeline")
+    expect(page.locator("#tab-timeline .vlist")).to_contain_text("step 5 of the parser fix")
+    page.locator("#tab-timeline .vrow", has_text="alpha note").click()
+    expect(page.locator("#tab-timeline .panel")).to_contain_text("the tokenizer drops escapes")
+    page.screenshot(path=str(shots / "timeline.png"))
+
+    for tab in ("lessons", "slots"):  # data or an empty state, never a broken tab
+        show(page, tab)
+        expect(page.locator(f"#tab-{tab} .lesson, #tab-{tab} .slots .panel, #tab-{tab} .empty").first).to_be_visible()
+        page.screenshot(path=str(shots / f"{tab}.png"))
+
+    show(page, "replay")
+    page.select_option("#tab-replay select[aria-label=session]", "sess-alpha")
+    expect(page.locator("#replay-counter")).to_have_text("step 1 / 7")
+    page.select_option("#tab-replay select[aria-label=speed]", "200")
+    page.click("#tab-replay button[aria-label=play]")
+    expect(page.locator("#replay-counter")).to_have_text("step 7 / 7", timeout=10_000)
+    expect(page.locator("#tab-replay button[aria-label=play]")).to_be_visible()  # stopped at the end
+    expect(page.locator("#tab-replay .replay-card")).to_contain_text("the tokenizer drops escapes")
+    page.click("#tab-replay button[aria-label=first]")
+    expect(page.locator("#replay-counter")).to_have_text("step 1 / 7")
+    page.screenshot(path=str(shots / "replay.png"))
+
+
+def _needs(server, feature: str) -> None:
+    if not server.seeded[feature]:
+        pytest.xfail(f"the {feature} routes are not on this branch yet (memory-model module)")
+
+
+def test_lessons_tab_shows_confidence(watched, server, shots):
+    _needs(server, "lessons")
+    page = open_viewer(watched, server, "lessons")
+    lesson = page.locator("#tab-lessons .lesson", has_text="Always run the parser fuzzer")
+    expect(lesson).to_contain_text("confidence 0.80")
+    expect(lesson).to_contain_text(XSS_SCRIPT)
+    page.screenshot(path=str(shots / "lessons-seeded.png"))
+
+
+def test_slots_tab_shows_slot_content(watched, server, shots):
+    _needs(server, "slots")
+    page = open_viewer(watched, server, "slots")
+    slot = page.locator('#tab-slots [data-label="viewer_slot"]')
+    expect(slot).to_contain_text("pinned slot text")
+    expect(slot).to_contain_text(XSS_IMG)
+    page.screenshot(path=str(shots / "slots-seeded.png"))
+
+
+def test_an_observation_posted_over_rest_appears_live_within_2s(watched, server):
+    page = open_viewer(watched, server)
+    title = f"live check {uuid.uuid4().hex[:8]}"
+    assert post(server.api("/observe"), hook("sess-live", "prompt_submit", project="/work/alpha",
+                                             data={"prompt": title})).status_code == 201
+    expect(page.locator("#live-feed")).to_contain_text(title, timeout=2000)
+    show(page, "timeline")
+    expect(page.locator("#tab-timeline .vlist")).to_contain_text(title)
+    second = f"timeline live {uuid.uuid4().hex[:8]}"
+    post(server.api("/observe"), hook("sess-live", "prompt_submit", project="/work/alpha", data={"prompt": second}))
+    expect(page.locator("#tab-timeline .vrow").first).to_contain_text(second, timeout=2000)
+
+
+def test_stored_html_never_runs(watched, server, shots):
+    page = open_viewer(watched, server, "sessions")
+    page.locator('#tab-sessions tr[data-id="sess-alpha"]').click()
+    expect(page.locator("#tab-sessions .panel")).to_contain_text(XSS_SCRIPT + "step 0")
+    show(page, "memories")
+    page.locator(f'#tab-memories tr[data-id="{server.seeded["memory_v2"]}"]').click()
+    expect(page.locator("#tab-memories .chain")).to_contain_text(XSS_IMG)
+    show(page, "timeline")
+    page.locator("#tab-timeline .vrow", has_text="alpha note").click()
+    expect(page.locator("#tab-timeline .panel")).to_contain_text(XSS_SVG)
+    show(page, "replay")
+    page.select_option("#tab-replay select[aria-label=session]", "sess-alpha")
+    page.click("#tab-replay button[aria-label=last]")
+    expect(page.locator("#tab-replay .replay-card")).to_contain_text(XSS_IMG)
+    for tab in TABS:
+        show(page, tab)
+    # A live event carrying markup is rendered as text too.
+    post(server.api("/observe"), hook("sess-xss", "prompt_submit", project="/work/alpha",
+                                      data={"prompt": f"live payload {XSS_IMG}{XSS_SVG}"}))
+    show(page, "dashboard")
+    expect(page.locator("#live-feed")).to_contain_text("live payload")
+    assert page.locator('img[src="x"], svg, main script').count() == 0
+    assert page.evaluate("window.__xss") is None  # and `watched` checks no dialog opened
+    page.screenshot(path=str(shots / "xss-dashboard.png"))
+
+
+def test_token_prompt_and_authenticated_stream(watched, secured, shots):
+    page = watched.page
+    data_calls: list[str] = []
+    page.on("request", lambda r: data_calls.append(r.url) if "/agentmemory/" in r.url else None)
+    page.goto(f"{secured.url}/viewer")
+    overlay = page.locator("#auth")
+    expect(overlay).to_be_visible()
+    assert data_calls == []  # nothing is asked of the API before there is a token
+    page.fill("#auth-token", "not-the-token")
+    page.click("#auth-submit")
+    expect(page.locator("#auth-error")).to_have_text("Wrong token, try again.")
+    expect(overlay).to_be_visible()
+    page.screenshot(path=str(shots / "auth-wrong-token.png"))
+    page.fill("#auth-token", SECRET)
+    page.click("#auth-submit")
+    expect(overlay).to_be_hidden()
+    expect(page.locator('[data-count="sessions"] .n')).to_have_text("1")
+    expect(page.locator("#conn-text")).to_have_text("live")  # the WebSocket authenticated by message
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    assert requests.get(secured.api("/health"), headers=auth).json()["live"]["clients"] >= 1
+    post(secured.api("/observe"), hook("locked-live", "prompt_submit", data={"prompt": "secured live event"}),
+         headers=auth)
+    expect(page.locator("#live-feed")).to_contain_text("secured live event", timeout=2000)
+    assert data_calls and all("token" not in url for url in data_calls)  # the token travels in a header
+    page.reload()  # asks once: the token is kept for the browser session
+    expect(page.locator("#conn-text")).to_have_text("live")
+    expect(overlay).to_be_hidden()
+    page.click("#logout")
+    expect(overlay).to_be_visible()
+    assert page.evaluate("sessionStorage.length + localStorage.length") == 0
+
+
+def test_ten_thousand_records_stay_paginated(browser, tmp_path, shots):
+    srv = LiveServer(tmp_path, {}, [])
+    try:
+        sessions, observations = [], {}
+        for s in range(100):
+            sid = f"bulk-{s:03d}"
+            project = f"/work/bulk/p{s % 10}"
+            sessions.append({"id": sid, "project": project, "cwd": project, "startedAt": f"2026-09-01T00:{s // 60:02d}:{s % 60:02d}.000Z",
+                             "updatedAt": "2026-09-02T00:00:00.000Z", "status": "completed", "observationCount": 100})
+            observations[sid] = [{"id": f"obs_bulk_{s:03d}_{i:03d}", "sessionId": sid, "project": project,
+                                  "timestamp": f"2026-09-0{1 + s // 60}T{i // 60:02d}:{i % 60:02d}:{s % 60:02d}.000Z",
+                                  "hookType": "post_tool_use", "type": "command_run",
+                                  "title": f"bulk step {s:03d}-{i:03d}", "narrative": "make test", "concepts": [f"c{s % 7}"],
+                                  "files": [], "importance": 5} for i in range(100)]
+        export = {"version": "agentmemory-python/1", "sessions": sessions, "observations": observations}
+        r = post(srv.api("/import"), {"exportData": export})
+        assert r.status_code == 200 and r.json()["imported"] == 10_100
+        w = Watched(browser.new_page(viewport={"width": 1400, "height": 900}))
+        try:
+            page = open_viewer(w, srv, "timeline")
+            expect(page.locator("#tab-timeline .toolbar")).to_contain_text("10,000 entries")
+            assert page.locator("#tab-timeline .vrow").count() < 100  # only the visible rows exist
+            page.eval_on_selector("#tab-timeline .vlist", "el => { el.scrollTop = el.scrollHeight; }")
+            expect(page.locator("#tab-timeline .vlist")).to_contain_text("bulk step 000-000")  # the oldest
+            assert page.locator("#tab-timeline .vrow").count() < 100
+            page.screenshot(path=str(shots / "timeline-10k.png"))
+            show(page, "sessions")
+            expect(page.locator("#tab-sessions .pager")).to_contain_text("1–50 of 100")
+            page.click("#tab-sessions .pager button:has-text('Next')")
+            expect(page.locator("#tab-sessions .pager")).to_contain_text("51–100 of 100")
+            assert page.locator("#tab-sessions tbody tr").count() == 50
+            show(page, "graph")
+            expect(page.locator("#tab-graph .toolbar")).to_contain_text("10 folders")
+            expect(page.locator("#graph-canvas")).to_have_attribute("data-settled", "true")
+            page.screenshot(path=str(shots / "graph-10k.png"))
+            show(page, "dashboard")
+            expect(page.locator('[data-count="observations"] .n')).to_have_text("10,000")
+            w.check()
+        finally:
+            w.page.close()
+    finally:
+        srv.stop()
