@@ -232,7 +232,9 @@ def seed_store(data_dir: Path, sessions: int = 3, per_session: int = 4, memories
                     data={"tool_name": "Bash", "tool_input": {"command": f"make target{s}x{i}"},
                           "tool_output": f"compiled module alpha{s} step {i}"}))
         for m in range(memories):
-            registry.call(ctx, "memory_save", {"content": f"Remember fact number {m} about zebra{m} deployments"})
+            # Distinct words, so no memory becomes a new version of another (Jaccard supersede).
+            words = " ".join(f"topic{m}x{k}" for k in range(8))
+            registry.call(ctx, "memory_save", {"content": f"Remember zebra{m} deployments {words}"})
     finally:
         rt.close()
     return {"sessions": sessions, "observations": sessions * per_session, "memories": memories}
