@@ -196,3 +196,13 @@ def test_cli_backup_and_restore_use_sync(hub, tmp_path):
 def test_cli_usage_errors_are_clear(args, tmp_path):
     proc = cli("--db", str(tmp_path / "x.db"), *args)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.strip()
+
+
+def test_every_cli_command_is_in_the_readme():
+    import cli as cli_module
+
+    readme = (SRC.parent / "README.md").read_text().split("## Admin CLI")[1].split("\n## ")[0]
+    parser = cli_module.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name in commands:
+        assert f"python src/cli.py {name}" in readme, name

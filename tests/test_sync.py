@@ -295,3 +295,16 @@ def test_inspect_rejects_a_corrupt_file(tmp_path):
     bad.write_bytes(b"SQLite format 3\x00" + b"\x00" * 200)
     with pytest.raises(sync.SyncError, match="not a usable SQLite database|integrity_check"):
         sync.inspect(bad)
+
+
+def test_every_variable_sync_reads_is_documented():
+    import re
+
+    source = (ROOT / "sync.py").read_text()
+    read = set(re.findall(r'_(?:optional|number|flag)\(env, "([A-Z_]+)"', source))
+    documented = {s.env for s in sync.SYNC_SETTINGS}
+    from settings import SETTINGS  # the database location is the server's own setting
+
+    assert read and read <= documented | {env for s in SETTINGS for env in s.env}, read - documented
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"| `{name}` |" in readme for name in documented)
