@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 try:
     import fcntl
@@ -61,33 +61,6 @@ log = logging.getLogger("agentmemory.sync")
 
 
 # -- configuration -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SyncSetting:
-    env: str
-    default: str
-    help: str
-
-
-# The environment variables sync.py reads (README's backup table is generated from this).
-SYNC_SETTINGS: tuple[SyncSetting, ...] = (
-    SyncSetting("AGENTMEMORY_DATASET_REPO", "(unset)",
-                "Dataset repo `owner/name` for backups; unset disables restore and backup."),
-    SyncSetting("HF_TOKEN", "(unset)", "HuggingFace token with write access to the dataset."),
-    SyncSetting("HF_ENDPOINT", "`https://huggingface.co`", "Hub URL (tests point it at a fake Hub)."),
-    SyncSetting("AGENTMEMORY_BACKUP_INTERVAL", "`60`", "Seconds between backups in `sync.py loop`."),
-    SyncSetting("AGENTMEMORY_BACKUP_KEEP", "`5`",
-                "Timestamped snapshots kept under `backups/` (the newest equals `agentmemory.db`); 0 keeps none."),
-    SyncSetting("AGENTMEMORY_DATASET_PRIVATE", "`true`", "Create the dataset as private when it is missing."),
-    SyncSetting("AGENTMEMORY_HUB_TIMEOUT", "`30`", "Seconds before one Hub request times out (connect: at most 10)."),
-    SyncSetting("AGENTMEMORY_HUB_RETRIES", "`2`",
-                "Retries of a failed Hub request (huggingface_hub's default of 5 takes ~23 s)."),
-    SyncSetting("AGENTMEMORY_RESTORE_ATTEMPTS", "`3`", "Restore attempts at boot (`restore --boot`)."),
-    SyncSetting("AGENTMEMORY_RESTORE_RETRY_DELAY", "`5`", "Seconds between restore attempts at boot."),
-    SyncSetting("AGENTMEMORY_RESTORE_REQUIRED", "`true`",
-                "At boot, refuse to start on an empty database when the restore failed."),
-)
 
 
 class SyncError(Exception):
@@ -106,28 +79,69 @@ class Refused(SyncError):
     exit_code = EXIT_REFUSED
 
 
+def _repo_id(text: str) -> str:
+    if text.count("/") != 1 or not all(text.split("/")):
+        raise ValueError(f"must look like 'owner/name', got {text!r}")
+    return text
+
+
+def _at_least(minimum: float, kind: type = float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)  # ValueError names the bad text
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"expected true/false, got {text!r}")
+    return lowered in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class SyncSetting:
+    field: str
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+# Every environment variable sync.py reads besides the database location (which it resolves as
+# the server does). Config is built from this table and README's backup table is generated from it.
+SYNC_SETTINGS: tuple[SyncSetting, ...] = (
+    SyncSetting("repo", "AGENTMEMORY_DATASET_REPO", None, _repo_id,
+                "Dataset repo `owner/name` for backups; unset disables restore and backup."),
+    SyncSetting("token", "HF_TOKEN", None, str, "HuggingFace token with write access to the dataset."),
+    SyncSetting("endpoint", "HF_ENDPOINT", "https://huggingface.co", lambda t: t.rstrip("/"),
+                "Hub URL (tests point it at a fake Hub)."),
+    SyncSetting("interval", "AGENTMEMORY_BACKUP_INTERVAL", 60.0, _at_least(0.05),
+                "Seconds between backups in `sync.py loop`."),
+    SyncSetting("keep", "AGENTMEMORY_BACKUP_KEEP", 5, _at_least(0, int),
+                "Timestamped snapshots kept under `backups/` (the newest equals `agentmemory.db`); 0 keeps none."),
+    SyncSetting("private", "AGENTMEMORY_DATASET_PRIVATE", True, _bool,
+                "Create the dataset as private when it is missing."),
+    SyncSetting("timeout", "AGENTMEMORY_HUB_TIMEOUT", 30.0, _at_least(0.1),
+                "Seconds before one Hub request times out (connect: at most 10)."),
+    SyncSetting("retries", "AGENTMEMORY_HUB_RETRIES", 2, _at_least(0, int),
+                "Retries of a failed Hub request (huggingface_hub's default of 5 takes ~23 s)."),
+    SyncSetting("restore_attempts", "AGENTMEMORY_RESTORE_ATTEMPTS", 3, _at_least(1, int),
+                "Restore attempts at boot (`restore --boot`)."),
+    SyncSetting("restore_retry_delay", "AGENTMEMORY_RESTORE_RETRY_DELAY", 5.0, _at_least(0),
+                "Seconds between restore attempts at boot."),
+    SyncSetting("restore_required", "AGENTMEMORY_RESTORE_REQUIRED", True, _bool,
+                "At boot, refuse to start on an empty database when the restore failed."),
+)
+
+
 def _optional(env: Mapping[str, str], name: str) -> str | None:
     value = (env.get(name) or "").strip()
     # Hook and Space configs often carry unexpanded "${VAR}" placeholders; treat them as unset.
     return None if not value or (value.startswith("${") and value.endswith("}")) else value
-
-
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float, kind: type = float) -> Any:
-    raw = _optional(env, name)
-    try:
-        value = kind(raw) if raw is not None else default
-    except ValueError:
-        raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}: must be >= {minimum}, got {raw!r}")
-    return value
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (_optional(env, name) or str(default)).lower()
-    if raw not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ConfigError(f"{name}: expected true/false, got {raw!r}")
-    return raw in ("1", "true", "yes", "on")
 
 
 def db_path_from_env(env: Mapping[str, str]) -> Path:
@@ -141,38 +155,33 @@ def db_path_from_env(env: Mapping[str, str]) -> Path:
 @dataclass(frozen=True)
 class Config:
     db_path: Path
-    repo: str | None
-    token: str | None
-    endpoint: str
-    keep: int = 5
+    repo: str | None = None
+    token: str | None = None
+    endpoint: str = "https://huggingface.co"
     interval: float = 60.0
+    keep: int = 5
+    private: bool = True
     timeout: float = 30.0
     retries: int = 2
-    private: bool = True
     restore_attempts: int = 3
     restore_retry_delay: float = 5.0
     restore_required: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        """Read SYNC_SETTINGS from ``env`` (default ``os.environ``); overrides use field names.
+
+        :raise ConfigError: a value cannot be parsed; the message names the variable.
+        """
         env = os.environ if env is None else env
-        repo = _optional(env, "AGENTMEMORY_DATASET_REPO")
-        if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
-            raise ConfigError(f"AGENTMEMORY_DATASET_REPO must look like 'owner/name', got {repo!r}")
-        values = dict(
-            db_path=db_path_from_env(env), repo=repo, token=_optional(env, "HF_TOKEN"),
-            endpoint=(_optional(env, "HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
-            keep=_number(env, "AGENTMEMORY_BACKUP_KEEP", 5, 0, int),
-            interval=_number(env, "AGENTMEMORY_BACKUP_INTERVAL", 60.0, 0.05),
-            timeout=_number(env, "AGENTMEMORY_HUB_TIMEOUT", 30.0, 0.1),
-            retries=_number(env, "AGENTMEMORY_HUB_RETRIES", 2, 0, int),
-            private=_flag(env, "AGENTMEMORY_DATASET_PRIVATE", True),
-            restore_attempts=_number(env, "AGENTMEMORY_RESTORE_ATTEMPTS", 3, 1, int),
-            restore_retry_delay=_number(env, "AGENTMEMORY_RESTORE_RETRY_DELAY", 5.0, 0),
-            restore_required=_flag(env, "AGENTMEMORY_RESTORE_REQUIRED", True),
-        )
-        values.update(overrides)
-        return cls(**values)
+        values: dict[str, Any] = {"db_path": db_path_from_env(env)}
+        for setting in SYNC_SETTINGS:
+            raw = _optional(env, setting.env)
+            try:
+                values[setting.field] = setting.default if raw is None else setting.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{setting.env}: {exc}") from None
+        return cls(**{**values, **overrides})
 
     def require_repo(self) -> str:
         if not self.repo:

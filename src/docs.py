@@ -72,8 +72,15 @@ def backup_settings_table() -> str:
     sys.path.insert(0, str(ROOT))
     import sync
 
+    def shown(value: object) -> str:
+        if value is None:
+            return "(unset)"
+        text = str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) \
+            else str(value)
+        return f"`{text}`"
+
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    lines += [f"| `{s.env}` | {s.default} | {s.help} |" for s in sync.SYNC_SETTINGS]
+    lines += [f"| `{s.env}` | {shown(s.default)} | {s.help} |" for s in sync.SYNC_SETTINGS]
     return "\n".join(lines)
 
 

@@ -52,6 +52,9 @@ def test_export_matches_get_export_and_import_round_trips(client, call, tmp_path
     assert "export: 100%" in cli("--db", str(rt.db.path), "export", "-o", str(out)).stderr  # progress bar
     exported = json.loads(out.read_text())
     assert without_time(exported) == without_time(client.get("/agentmemory/export").json)
+    to_stdout = cli("--db", str(rt.db.path), "-q", "export")
+    assert without_time(json.loads(to_stdout.stdout)) == without_time(exported)
+    assert json.loads(to_stdout.stderr)["records"] == 11
     other = tmp_path / "other.db"
     imported = ok(cli("--db", str(other), "-q", "import", str(out), "--batch", "3"))
     assert imported["imported"] == 11 and imported["counts"]["observations"]["imported"] == 6

@@ -110,7 +110,7 @@ def test_the_healthcheck_command_works(live_server):
 
 def test_the_image_command_runs_outside_docker(tmp_path):
     """CMD with the image's ENV (HOST narrowed to loopback for the test), no backup configured,
-    persistent storage present: data goes under it, SIGTERM stops cleanly."""
+    persistent storage present: data goes under it, SIGINT (Ctrl-C) stops cleanly."""
     persistent = tmp_path / "data"
     persistent.mkdir()
     port = free_port()
@@ -126,7 +126,7 @@ def test_the_image_command_runs_outside_docker(tmp_path):
         assert post(f"http://127.0.0.1:{port}/agentmemory/observe", hook()).status_code == 201
         assert requests.get(f"http://127.0.0.1:{port}/agentmemory/health").json()["db"]["path"] == \
             str(persistent / "agentmemory" / "agentmemory.db")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
@@ -134,3 +134,4 @@ def test_the_image_command_runs_outside_docker(tmp_path):
             proc.wait()
     log = log_path.read_text()
     assert "AGENTMEMORY_DATASET_REPO is not set" in log and "persistent storage found" in log
+    assert "SIGINT received" in log and "server stopped (code 0)" in log
