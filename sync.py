@@ -303,8 +303,10 @@ def install(new: Path, db: Path) -> Path | None:
     if db.exists():
         with contextlib.suppress(sqlite3.Error):
             conn = sqlite3.connect(db)  # fold the WAL into the file while we can
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            conn.close()
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
         kept = _sidecar(db, ".pre-restore")
         for stale in (kept, _sidecar(kept, "-wal"), _sidecar(kept, "-shm")):
             stale.unlink(missing_ok=True)
@@ -316,6 +318,8 @@ def install(new: Path, db: Path) -> Path | None:
             os.replace(_sidecar(db, "-wal"), _sidecar(kept, "-wal"))
     for stale in (_sidecar(db, "-wal"), _sidecar(db, "-shm")):
         stale.unlink(missing_ok=True)
+    with open(new, "rb+") as handle:  # on disk before it takes the real name
+        os.fsync(handle.fileno())
     os.replace(new, db)
     with contextlib.suppress(OSError):
         fd = os.open(db.parent, os.O_RDONLY)
@@ -360,7 +364,7 @@ def _iso(ts: float) -> str:
 
 # -- the Hub -------------------------------------------------------------------------------------------
 
-_configured: set[tuple[float, int]] = set()
+_configured_for: tuple[float, int] | None = None
 
 
 def configure_hub(cfg: Config) -> None:
@@ -371,7 +375,8 @@ def configure_hub(cfg: Config) -> None:
     import httpx2
     from huggingface_hub.utils import http_backoff, http_stream_backoff, set_client_factory
 
-    if (cfg.timeout, cfg.retries) in _configured:
+    global _configured_for
+    if _configured_for == (cfg.timeout, cfg.retries):
         return
     for fn in (http_backoff, getattr(http_stream_backoff, "__wrapped__", None)):
         defaults = getattr(fn, "__kwdefaults__", None)
@@ -390,8 +395,7 @@ def configure_hub(cfg: Config) -> None:
         return client
 
     set_client_factory(client_factory)
-    _configured.clear()
-    _configured.add((cfg.timeout, cfg.retries))
+    _configured_for = (cfg.timeout, cfg.retries)
 
 
 def describe_hub_error(exc: BaseException, cfg: Config) -> str:
@@ -410,8 +414,10 @@ def describe_hub_error(exc: BaseException, cfg: Config) -> str:
     if isinstance(exc, RepositoryNotFoundError):
         return f"dataset {cfg.repo} not found, or HF_TOKEN cannot access it"
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
         detail = exc.server_message or str(exc).splitlines()[0]
-        return f"the Hub answered HTTP {exc.response.status_code}: {detail}"
+        hint = " (check HF_TOKEN: it needs write access to the dataset)" if status in (401, 403) else ""
+        return f"the Hub answered HTTP {status}: {detail}{hint}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -524,6 +530,27 @@ def _operations(snapshot_path: Path, meta: dict[str, Any], files: set[str], keep
     return ops, pruned
 
 
+def _new_meta(info: dict[str, Any], changed_at: float, remote: dict[str, Any] | None) -> dict[str, Any]:
+    now = time.time()
+    return {"format": 1, "id": f"{_stamp(now)}-{info['sha256'][:12]}", "file": LATEST,
+            "history": _history_name(now), "createdAt": _iso(now), "sourceChangedAt": _iso(changed_at),
+            "sourceChangedAtEpoch": changed_at, "host": socket.gethostname(),
+            "previous": remote["id"] if remote else None, **info}
+
+
+def _publish(hub: Hub, state: State, path: Path, meta: dict[str, Any], head: str | None,
+             files: set[str]) -> dict[str, Any]:
+    """One commit: latest, timestamped copy, metadata, pruned history. ``head`` as the parent
+    makes the Hub reject the commit if anyone else committed since we looked."""
+    operations, pruned = _operations(path, meta, files, hub.cfg.keep)
+    # Recorded before the upload: if the Hub commits but the reply is lost, the next run still
+    # recognises the remote backup as its own.
+    state.save(pendingId=meta["id"])
+    commit = hub.commit(operations, f"agentmemory backup {meta['id']}", head)
+    return {"status": "uploaded", "id": meta["id"], "commit": commit, "size": meta["size"],
+            "tables": meta["tables"], "pruned": pruned}
+
+
 def backup(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Upload a snapshot of the database when it changed since the last sync.
 
@@ -548,21 +575,11 @@ def backup(cfg: Config, *, force: bool = False) -> dict[str, Any]:
             if remote is not None and remote.get("sha256") == info["sha256"] and not force:
                 state.save(fingerprint=fingerprint, sha256=info["sha256"], remoteId=remote["id"], pendingId=None)
                 return {"status": "unchanged", "id": remote["id"]}
-            now = time.time()
-            meta = {"format": 1, "id": f"{_stamp(now)}-{info['sha256'][:12]}",
-                    "file": LATEST, "history": _history_name(now), "createdAt": _iso(now),
-                    "sourceChangedAt": _iso(changed_at), "sourceChangedAtEpoch": changed_at,
-                    "host": socket.gethostname(), "previous": remote["id"] if remote else None, **info}
-            operations, pruned = _operations(Path(scratch) / LATEST, meta, files, cfg.keep)
-            # Written before the upload: if the Hub commits but the reply is lost, the next run
-            # still recognises the remote backup as its own.
-            state.save(pendingId=meta["id"])
-            commit = hub.commit(operations, f"agentmemory backup {meta['id']}", head)
-        state.save(fingerprint=fingerprint, sha256=info["sha256"], remoteId=meta["id"], pendingId=None)
+            result = _publish(hub, state, Path(scratch) / LATEST, _new_meta(info, changed_at, remote), head, files)
+        state.save(fingerprint=fingerprint, sha256=info["sha256"], remoteId=result["id"], pendingId=None)
     log.info("uploaded backup %s (%d bytes, schema %s) to %s; pruned %d old snapshot(s)",
-             meta["id"], info["size"], info["schemaVersion"], repo, len(pruned))
-    return {"status": "uploaded", "id": meta["id"], "commit": commit, "size": info["size"],
-            "tables": info["tables"], "pruned": pruned}
+             result["id"], info["size"], info["schemaVersion"], repo, len(result["pruned"]))
+    return result
 
 
 # -- restore -----------------------------------------------------------------------------------------------
@@ -618,9 +635,9 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
             if db_in_use(db):
                 raise SyncError(f"{db} is open in another process (is the server running?); stop it first")
             path = hub.download(LATEST, head, Path(scratch) / "db")
-            info = inspect(path)
-            if meta is not None and meta.get("sha256") != info["sha256"]:
+            if meta is not None and meta.get("sha256") != sha256_file(path):
                 raise SyncError(f"downloaded {LATEST} does not match the sha256 in {META}; not installed")
+            info = inspect(path)
             kept = install(path, db)
         remote_id = meta["id"] if meta else f"unversioned-{info['sha256'][:12]}"
         state.save(fingerprint=_quick_hash(db), sha256=info["sha256"], remoteId=remote_id, pendingId=None)

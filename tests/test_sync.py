@@ -147,6 +147,20 @@ def test_retention_keeps_the_last_n_snapshots(hub, tmp_path):
     assert not [name for name in hub.files(HUB_REPO) if name.startswith("backups/")]
 
 
+def test_a_download_that_does_not_match_its_metadata_is_not_installed(hub, tmp_path):
+    from fake_hub import Blob
+
+    seed_store(tmp_path / "a")
+    result(run_sync(sync_env(hub, tmp_path, tmp_path / "a"), "backup"))
+    seed_store(tmp_path / "other", sessions=1, per_session=1, memories=0)
+    head = hub.repos[HUB_REPO].head
+    head.files[sync.LATEST] = Blob((tmp_path / "other" / "agentmemory.db").read_bytes(), lfs=True)
+    proc = run_sync(sync_env(hub, tmp_path, tmp_path / "b"), "restore")
+    assert proc.returncode == sync.EXIT_FAILED and "does not match the sha256" in proc.stderr
+    assert not (tmp_path / "b" / "agentmemory.db").exists()
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".agentmemory-restore-")]
+
+
 def test_hub_down_is_a_clear_bounded_error_and_the_server_is_unaffected(hub, tmp_path, live_server):
     server = live_server()
     assert post(server.api("/observe"), hook("down")).status_code == 201
@@ -159,6 +173,14 @@ def test_hub_down_is_a_clear_bounded_error_and_the_server_is_unaffected(hub, tmp
     assert requests.get(server.api("/livez")).status_code == 200
     assert post(server.api("/observe"), hook("down", data={"after": "hub down"})).status_code == 201
     assert requests.get(server.api("/sessions")).json()["sessions"][0]["observationCount"] == 2
+
+
+def test_a_wrong_token_is_named(hub, tmp_path):
+    seed_store(tmp_path / "data", sessions=1, per_session=1, memories=0)
+    for command in ("backup", "restore"):
+        proc = run_sync(sync_env(hub, tmp_path, tmp_path / "data", HF_TOKEN="hf_wrong"), command)
+        assert proc.returncode == sync.EXIT_FAILED
+        assert "the Hub answered HTTP 401" in proc.stderr and "check HF_TOKEN" in proc.stderr
 
 
 def test_a_hub_that_never_answers_times_out(tmp_path, hub):
