@@ -6,9 +6,10 @@
 # With AGENTMEMORY_DATASET_REPO set, `sync.py restore --boot` runs first (a missing backup is
 # fine; a Hub that stays down with no local database stops the boot, see README), then the
 # server (`python src/app.py`, honouring HOST/PORT) and `sync.py loop` run side by side.
-# SIGTERM/SIGINT stop the server first (so no write comes after the last snapshot), then the
-# loop (which makes its final backup), then one last `sync.py backup` runs. If the server dies
-# on its own, the same shutdown runs and start.sh exits non-zero.
+# SIGTERM/SIGINT go to both: the loop makes its final backup while the server drains (the
+# platform's stop timeout may be short, so the bulk is saved at once); when both have exited,
+# one last `sync.py backup` saves whatever the server wrote while stopping (usually nothing).
+# If the server dies on its own, the same shutdown runs and start.sh exits non-zero.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
 
@@ -28,11 +29,10 @@ trap 'on_signal SIGINT' INT
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
-# Stop one child and wait for it, even when more signals interrupt the wait; sets child_code.
+# Wait for a child that was told to stop, even when more signals interrupt the wait; sets child_code.
 child_code=0
-stop_child() {
+wait_child() {
   local pid="$1"
-  alive "$pid" && kill -TERM "$pid" 2>/dev/null
   while :; do
     wait "$pid"
     child_code=$?
@@ -104,14 +104,16 @@ while [ "$stopping" = 0 ]; do
   fi
 done
 
-# 4. Shutdown: server first, then the loop (final backup), then one last backup.
+# 4. Shutdown: TERM to both, wait for both, then one last backup.
+[ "$server_died" = 0 ] && alive "$server_pid" && kill -TERM "$server_pid" 2>/dev/null
+[ -n "$loop_pid" ] && alive "$loop_pid" && kill -TERM "$loop_pid" 2>/dev/null
 if [ "$server_died" = 0 ]; then
-  stop_child "$server_pid"
+  wait_child "$server_pid"
   log "server stopped (code $child_code)"
 fi
 status=0
 if [ -n "$loop_pid" ]; then
-  stop_child "$loop_pid"
+  wait_child "$loop_pid"
   log "backup loop stopped (code $child_code)"
 fi
 if [ "$sync_enabled" = 1 ]; then
