@@ -193,7 +193,7 @@ HUB_REPO = "tester/agentmemory-backup"
 
 
 @pytest.fixture
-def hub():
+def hf_hub():
     """A fake HuggingFace Hub on a free 127.0.0.1 port (see tests/fake_hub.py)."""
     from fake_hub import FakeHub
 

@@ -179,10 +179,10 @@ def test_cli_runs_safely_beside_a_live_server(live_server, tmp_path):
     assert len(hits) == min(100, len(written))
 
 
-def test_cli_backup_and_restore_use_sync(hub, tmp_path):
+def test_cli_backup_and_restore_use_sync(hf_hub, tmp_path):
     data = tmp_path / "data"
     seed_store(data)
-    env = sync_env(hub, tmp_path, tmp_path / "unused")
+    env = sync_env(hf_hub, tmp_path, tmp_path / "unused")
     assert ok(cli("--db", db_of(data), "backup", env=env))["status"] == "uploaded"
     restored = tmp_path / "restored.db"
     assert ok(cli("--db", str(restored), "restore", env=env))["status"] == "restored"
@@ -192,7 +192,7 @@ def test_cli_backup_and_restore_use_sync(hub, tmp_path):
     seed_store(tmp_path / "unrelated", sessions=1, per_session=1, memories=0)
     proc = cli("--db", db_of(tmp_path / "unrelated"), "backup", env=env)
     assert proc.returncode == 3 and "Refusing to overwrite" in proc.stderr
-    assert hub.commit_count(HUB_REPO) == 2
+    assert hf_hub.commit_count(HUB_REPO) == 2
 
 
 @pytest.mark.parametrize("args", [["import", "/no/such/file.json"], ["stats", "--bogus"], []])

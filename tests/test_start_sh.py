@@ -57,16 +57,16 @@ class Boot:
                 pass
 
 
-def boot_env(hub, tmp: Path, data_dir: Path, **extra: str) -> dict[str, str]:
-    return sync_env(hub, tmp, data_dir, PORT=str(free_port()), HOST="127.0.0.1", PYTHON=sys.executable,
+def boot_env(hf_hub, tmp: Path, data_dir: Path, **extra: str) -> dict[str, str]:
+    return sync_env(hf_hub, tmp, data_dir, PORT=str(free_port()), HOST="127.0.0.1", PYTHON=sys.executable,
                     AGENTMEMORY_PERSISTENT_DIR=str(tmp / "no-such-dir"), AGENTMEMORY_BACKUP_INTERVAL="3600",
                     **extra)
 
 
-def test_boot_restores_serves_and_backs_up_on_sigterm(hub, tmp_path):
+def test_boot_restores_serves_and_backs_up_on_sigterm(hf_hub, tmp_path):
     seed_store(tmp_path / "previous-life")  # what the last container backed up
-    assert run_sync(sync_env(hub, tmp_path, tmp_path / "previous-life"), "backup").returncode == 0
-    boot = Boot(boot_env(hub, tmp_path, tmp_path / "data"), tmp_path)
+    assert run_sync(sync_env(hf_hub, tmp_path, tmp_path / "previous-life"), "backup").returncode == 0
+    boot = Boot(boot_env(hf_hub, tmp_path, tmp_path / "data"), tmp_path)
     try:
         boot.wait_until_up()
         assert "restored backup" in boot.log()
@@ -75,23 +75,23 @@ def test_boot_restores_serves_and_backs_up_on_sigterm(hub, tmp_path):
         assert post(boot.url + "/agentmemory/observe", hook("after-boot")).status_code == 201
         r = post(boot.url + "/agentmemory/remember", {"content": "written over REST right before SIGTERM"})
         assert r.status_code == 201
-        commits = hub.commit_count(HUB_REPO)
+        commits = hf_hub.commit_count(HUB_REPO)
         boot.proc.send_signal(signal.SIGTERM)  # to start.sh only: it must forward
         assert boot.wait() == 0, boot.log()
     finally:
         boot.cleanup()
     # The loop's final upload, and the last backup if the server's shutdown changed the file.
-    assert hub.commit_count(HUB_REPO) in (commits + 1, commits + 2)
+    assert hf_hub.commit_count(HUB_REPO) in (commits + 1, commits + 2)
     remote = tmp_path / "remote.db"
-    remote.write_bytes(hub.files(HUB_REPO)["agentmemory.db"])
+    remote.write_bytes(hf_hub.files(HUB_REPO)["agentmemory.db"])
     assert sqlite_table_counts(remote)["kv_store"] == 17 + 2 + 1  # + session, observation, memory
     log = boot.log()
     assert "server stopped (code 0)" in log and "backup loop stopped (code 0)" in log
     assert log.index("backup loop stopped") < log.index("last backup done")
 
 
-def test_server_death_makes_start_sh_exit_non_zero_after_a_last_backup(hub, tmp_path):
-    boot = Boot(boot_env(hub, tmp_path, tmp_path / "data"), tmp_path)
+def test_server_death_makes_start_sh_exit_non_zero_after_a_last_backup(hf_hub, tmp_path):
+    boot = Boot(boot_env(hf_hub, tmp_path, tmp_path / "data"), tmp_path)
     try:
         boot.wait_until_up()
         assert "nothing to restore (first boot is fine)" in boot.log()
@@ -102,13 +102,13 @@ def test_server_death_makes_start_sh_exit_non_zero_after_a_last_backup(hub, tmp_
         boot.cleanup()
     assert "server exited on its own" in boot.log()
     remote = tmp_path / "remote.db"
-    remote.write_bytes(hub.files(HUB_REPO)["agentmemory.db"])
+    remote.write_bytes(hf_hub.files(HUB_REPO)["agentmemory.db"])
     assert sqlite_table_counts(remote)["kv_store"] == 2  # what was acknowledged before the crash
 
 
-def test_hub_down_at_first_boot_does_not_start_an_empty_server(hub, tmp_path):
-    hub.stop()
-    boot = Boot(boot_env(hub, tmp_path, tmp_path / "data"), tmp_path)
+def test_hub_down_at_first_boot_does_not_start_an_empty_server(hf_hub, tmp_path):
+    hf_hub.stop()
+    boot = Boot(boot_env(hf_hub, tmp_path, tmp_path / "data"), tmp_path)
     try:
         assert boot.wait() == 1
     finally:

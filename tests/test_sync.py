@@ -38,64 +38,64 @@ def add_memory(data_dir: Path, text: str) -> None:
         rt.close()
 
 
-def remote_db(hub, tmp_path: Path, name: str = sync.LATEST) -> Path:
+def remote_db(hf_hub, tmp_path: Path, name: str = sync.LATEST) -> Path:
     path = tmp_path / f"remote-{name.replace('/', '_')}"
-    path.write_bytes(hub.files(HUB_REPO)[name])
+    path.write_bytes(hf_hub.files(HUB_REPO)[name])
     return path
 
 
-def test_backup_then_restore_into_an_empty_dir_gives_the_same_database(hub, tmp_path):
+def test_backup_then_restore_into_an_empty_dir_gives_the_same_database(hf_hub, tmp_path):
     source = tmp_path / "source"
     seed_store(source)
-    env = sync_env(hub, tmp_path, source)
+    env = sync_env(hf_hub, tmp_path, source)
     uploaded = result(run_sync(env, "backup"))
-    assert uploaded["status"] == "uploaded" and hub.repos[HUB_REPO].private
-    assert sorted(hub.files(HUB_REPO)) == [".gitattributes", sync.LATEST, sync.META,
-                                           json.loads(hub.files(HUB_REPO)[sync.META])["history"]]
+    assert uploaded["status"] == "uploaded" and hf_hub.repos[HUB_REPO].private
+    assert sorted(hf_hub.files(HUB_REPO)) == [".gitattributes", sync.LATEST, sync.META,
+                                           json.loads(hf_hub.files(HUB_REPO)[sync.META])["history"]]
     target = tmp_path / "empty" / "nested"
-    restored = result(run_sync(sync_env(hub, tmp_path, target), "restore"))
+    restored = result(run_sync(sync_env(hf_hub, tmp_path, target), "restore"))
     assert restored["status"] == "restored" and restored["id"] == uploaded["id"]
     counts = sqlite_table_counts(target / "agentmemory.db")
     assert counts == sqlite_table_counts(source / "agentmemory.db")
     assert counts["kv_store"] == 3 + 12 + 2 and counts["search_docs"] == 14
     assert not (target / "agentmemory.db-wal").exists()
-    assert hub.unhandled == []
+    assert hf_hub.unhandled == []
 
 
-def test_an_unchanged_database_is_not_uploaded_and_not_even_asked_about(hub, tmp_path):
+def test_an_unchanged_database_is_not_uploaded_and_not_even_asked_about(hf_hub, tmp_path):
     data = tmp_path / "data"
     seed_store(data)
-    env = sync_env(hub, tmp_path, data)
+    env = sync_env(hf_hub, tmp_path, data)
     first = result(run_sync(env, "backup"))
-    commits, requests_before = hub.commit_count(HUB_REPO), len(hub.requests)
+    commits, requests_before = hf_hub.commit_count(HUB_REPO), len(hf_hub.requests)
     assert result(run_sync(env, "backup")) == {"status": "unchanged", "id": first["id"]}
-    assert hub.commit_count(HUB_REPO) == commits and len(hub.requests) == requests_before
+    assert hf_hub.commit_count(HUB_REPO) == commits and len(hf_hub.requests) == requests_before
     add_memory(data, "a change worth backing up")
     second = result(run_sync(env, "backup"))
-    assert second["status"] == "uploaded" and hub.commit_count(HUB_REPO) == commits + 1
-    meta = json.loads(hub.files(HUB_REPO)[sync.META])
+    assert second["status"] == "uploaded" and hf_hub.commit_count(HUB_REPO) == commits + 1
+    meta = json.loads(hf_hub.files(HUB_REPO)[sync.META])
     assert meta["id"] == second["id"] and meta["previous"] == first["id"]
     assert meta["tables"]["kv_store"] == 18
 
 
-def test_restore_with_no_repo_or_no_file_is_fine(hub, tmp_path):
-    env = sync_env(hub, tmp_path, tmp_path / "data")
+def test_restore_with_no_repo_or_no_file_is_fine(hf_hub, tmp_path):
+    env = sync_env(hf_hub, tmp_path, tmp_path / "data")
     proc = run_sync(env, "restore")
     assert proc.returncode == 0 and json.loads(proc.stdout) == {"status": "no-backup"}
     assert "does not exist yet: nothing to restore" in proc.stderr
-    hub.create(HUB_REPO, private=True)
+    hf_hub.create(HUB_REPO, private=True)
     proc = run_sync(env, "restore")
     assert json.loads(proc.stdout) == {"status": "no-backup"} and f"has no {sync.LATEST} yet" in proc.stderr
     assert not (tmp_path / "data" / "agentmemory.db").exists()
 
 
-def test_a_local_database_newer_than_the_backup_is_not_overwritten(hub, tmp_path):
+def test_a_local_database_newer_than_the_backup_is_not_overwritten(hf_hub, tmp_path):
     seed_store(tmp_path / "a")
-    result(run_sync(sync_env(hub, tmp_path, tmp_path / "a"), "backup"))
+    result(run_sync(sync_env(hf_hub, tmp_path, tmp_path / "a"), "backup"))
     other = tmp_path / "b"
     seed_store(other, sessions=1, per_session=1, memories=0)  # written after the backup
     before = (other / "agentmemory.db").read_bytes()
-    env_b = sync_env(hub, tmp_path, other)
+    env_b = sync_env(hf_hub, tmp_path, other)
     proc = run_sync(env_b, "restore")
     assert proc.returncode == sync.EXIT_REFUSED
     assert "is newer than the remote backup" in proc.stderr and "--force" in proc.stderr
@@ -103,17 +103,17 @@ def test_a_local_database_newer_than_the_backup_is_not_overwritten(hub, tmp_path
     # Nor may the unrelated local database replace the remote backup.
     proc = run_sync(env_b, "backup")
     assert proc.returncode == sync.EXIT_REFUSED and "Refusing to overwrite it" in proc.stderr
-    assert sqlite_table_counts(remote_db(hub, tmp_path))["kv_store"] == 17
+    assert sqlite_table_counts(remote_db(hf_hub, tmp_path))["kv_store"] == 17
     forced = result(run_sync(env_b, "restore", "--force"))
     assert forced["status"] == "restored" and forced["kept"].endswith("agentmemory.db.pre-restore")
     assert sqlite_table_counts(other / "agentmemory.db")["kv_store"] == 17
     assert sqlite_table_counts(Path(forced["kept"]))["kv_store"] == 2  # the replaced one is kept
 
 
-def test_local_changes_after_a_sync_are_kept_and_a_newer_remote_is_taken(hub, tmp_path):
+def test_local_changes_after_a_sync_are_kept_and_a_newer_remote_is_taken(hf_hub, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     seed_store(a)
-    env_a, env_b = sync_env(hub, tmp_path, a), sync_env(hub, tmp_path, b)
+    env_a, env_b = sync_env(hf_hub, tmp_path, a), sync_env(hf_hub, tmp_path, b)
     result(run_sync(env_a, "backup"))
     result(run_sync(env_b, "restore"))
     add_memory(a, "only machine A knows this")
@@ -126,90 +126,90 @@ def test_local_changes_after_a_sync_are_kept_and_a_newer_remote_is_taken(hub, tm
     assert sqlite_table_counts(b / "agentmemory.db")["kv_store"] == 18
 
 
-def test_retention_keeps_the_last_n_snapshots(hub, tmp_path):
+def test_retention_keeps_the_last_n_snapshots(hf_hub, tmp_path):
     data = tmp_path / "data"
     seed_store(data, sessions=1, per_session=1, memories=0)
-    env = sync_env(hub, tmp_path, data, AGENTMEMORY_BACKUP_KEEP="2")
+    env = sync_env(hf_hub, tmp_path, data, AGENTMEMORY_BACKUP_KEEP="2")
     ids = []
     for n in range(4):
         add_memory(data, f"memory number {n} for the retention test")
         ids.append(result(run_sync(env, "backup")))
-    history = sorted(name for name in hub.files(HUB_REPO) if name.startswith("backups/"))
-    metas = [json.loads(hub.files(HUB_REPO, c.oid)[sync.META]) for c in hub.repos[HUB_REPO].commits[1:]]
+    history = sorted(name for name in hf_hub.files(HUB_REPO) if name.startswith("backups/"))
+    metas = [json.loads(hf_hub.files(HUB_REPO, c.oid)[sync.META]) for c in hf_hub.repos[HUB_REPO].commits[1:]]
     assert history == [metas[2]["history"], metas[3]["history"]]
     assert ids[2]["pruned"] == [metas[0]["history"]] and ids[3]["pruned"] == [metas[1]["history"]]
-    newest = hub.files(HUB_REPO)
+    newest = hf_hub.files(HUB_REPO)
     assert newest[history[-1]] == newest[sync.LATEST]
-    assert sqlite_table_counts(remote_db(hub, tmp_path, history[0]))["kv_store"] == 1 + 1 + 3
+    assert sqlite_table_counts(remote_db(hf_hub, tmp_path, history[0]))["kv_store"] == 1 + 1 + 3
     # KEEP=0: no timestamped copies at all, old ones removed in the same commit.
     add_memory(data, "one more")
-    assert len(result(run_sync(sync_env(hub, tmp_path, data, AGENTMEMORY_BACKUP_KEEP="0"), "backup"))["pruned"]) == 2
-    assert not [name for name in hub.files(HUB_REPO) if name.startswith("backups/")]
+    assert len(result(run_sync(sync_env(hf_hub, tmp_path, data, AGENTMEMORY_BACKUP_KEEP="0"), "backup"))["pruned"]) == 2
+    assert not [name for name in hf_hub.files(HUB_REPO) if name.startswith("backups/")]
 
 
-def test_a_download_that_does_not_match_its_metadata_is_not_installed(hub, tmp_path):
+def test_a_download_that_does_not_match_its_metadata_is_not_installed(hf_hub, tmp_path):
     from fake_hub import Blob
 
     seed_store(tmp_path / "a")
-    result(run_sync(sync_env(hub, tmp_path, tmp_path / "a"), "backup"))
+    result(run_sync(sync_env(hf_hub, tmp_path, tmp_path / "a"), "backup"))
     seed_store(tmp_path / "other", sessions=1, per_session=1, memories=0)
-    head = hub.repos[HUB_REPO].head
+    head = hf_hub.repos[HUB_REPO].head
     head.files[sync.LATEST] = Blob((tmp_path / "other" / "agentmemory.db").read_bytes(), lfs=True)
-    proc = run_sync(sync_env(hub, tmp_path, tmp_path / "b"), "restore")
+    proc = run_sync(sync_env(hf_hub, tmp_path, tmp_path / "b"), "restore")
     assert proc.returncode == sync.EXIT_FAILED and "does not match the sha256" in proc.stderr
     assert not (tmp_path / "b" / "agentmemory.db").exists()
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".agentmemory-restore-")]
 
 
-def test_hub_down_is_a_clear_bounded_error_and_the_server_is_unaffected(hub, tmp_path, live_server):
+def test_hub_down_is_a_clear_bounded_error_and_the_server_is_unaffected(hf_hub, tmp_path, live_server):
     server = live_server()
     assert post(server.api("/observe"), hook("down")).status_code == 201
-    env = sync_env(hub, tmp_path, server.data_dir, AGENTMEMORY_HUB_RETRIES="2")
-    hub.stop()  # the port is closed: connection refused, as when the Hub is unreachable
+    env = sync_env(hf_hub, tmp_path, server.data_dir, AGENTMEMORY_HUB_RETRIES="2")
+    hf_hub.stop()  # the port is closed: connection refused, as when the Hub is unreachable
     proc = run_sync(env, "backup")
     assert proc.returncode == sync.EXIT_FAILED
-    assert f"the Hub at {hub.url} is unreachable" in proc.stderr and "Traceback" not in proc.stderr
+    assert f"the Hub at {hf_hub.url} is unreachable" in proc.stderr and "Traceback" not in proc.stderr
     assert "Retry" not in proc.stderr  # the first request is never retried: it fails at once
     assert requests.get(server.api("/livez")).status_code == 200
-    assert post(server.api("/observe"), hook("down", data={"after": "hub down"})).status_code == 201
+    assert post(server.api("/observe"), hook("down", data={"after": "hf_hub down"})).status_code == 201
     assert requests.get(server.api("/sessions")).json()["sessions"][0]["observationCount"] == 2
 
 
-def test_a_wrong_token_is_named(hub, tmp_path):
+def test_a_wrong_token_is_named(hf_hub, tmp_path):
     seed_store(tmp_path / "data", sessions=1, per_session=1, memories=0)
     for command in ("backup", "restore"):
-        proc = run_sync(sync_env(hub, tmp_path, tmp_path / "data", HF_TOKEN="hf_wrong"), command)
+        proc = run_sync(sync_env(hf_hub, tmp_path, tmp_path / "data", HF_TOKEN="hf_wrong"), command)
         assert proc.returncode == sync.EXIT_FAILED
         assert "the Hub answered HTTP 401" in proc.stderr and "check HF_TOKEN" in proc.stderr
 
 
-def test_a_hub_that_never_answers_times_out(tmp_path, hub):
+def test_a_hub_that_never_answers_times_out(tmp_path, hf_hub):
     import socket
 
     seed_store(tmp_path / "data", sessions=1, per_session=1, memories=0)
     with socket.socket() as silent:  # accepts connections (backlog) but never replies
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
-        env = sync_env(hub, tmp_path, tmp_path / "data", AGENTMEMORY_HUB_TIMEOUT="0.5",
+        env = sync_env(hf_hub, tmp_path, tmp_path / "data", AGENTMEMORY_HUB_TIMEOUT="0.5",
                        HF_ENDPOINT=f"http://127.0.0.1:{silent.getsockname()[1]}")
         proc = run_sync(env, "backup")
     assert proc.returncode == sync.EXIT_FAILED
     assert "is unreachable (ReadTimeout" in proc.stderr
 
 
-def test_loop_survives_a_down_hub_uploads_when_it_returns_and_backs_up_on_sigterm(hub, tmp_path):
+def test_loop_survives_a_down_hub_uploads_when_it_returns_and_backs_up_on_sigterm(hf_hub, tmp_path):
     data = tmp_path / "data"
     seed_store(data, sessions=1, per_session=1, memories=0)
-    hub.stop()
+    hf_hub.stop()
     log_path = tmp_path / "loop.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(ROOT / "sync.py"), "loop", "--interval", "0.2"],
-                                env=sync_env(hub, tmp_path, data), stderr=log, stdout=log)
+                                env=sync_env(hf_hub, tmp_path, data), stderr=log, stdout=log)
     try:
         wait_for(lambda: log_path.read_text().count("periodic backup failed") >= 2, proc)
         assert "unreachable" in log_path.read_text()
-        hub.start()  # back on the same port
-        wait_for(lambda: hub.commit_count(HUB_REPO) == 2, proc)
+        hf_hub.start()  # back on the same port
+        wait_for(lambda: hf_hub.commit_count(HUB_REPO) == 2, proc)
         add_memory(data, "written just before shutdown")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -218,7 +218,7 @@ def test_loop_survives_a_down_hub_uploads_when_it_returns_and_backs_up_on_sigter
             proc.kill()
             proc.wait()
     assert "final backup" in log_path.read_text()
-    assert sqlite_table_counts(remote_db(hub, tmp_path))["kv_store"] == 1 + 1 + 1
+    assert sqlite_table_counts(remote_db(hf_hub, tmp_path))["kv_store"] == 1 + 1 + 1
 
 
 def wait_for(condition, proc: subprocess.Popen, limit: float = 60.0) -> None:
@@ -229,46 +229,46 @@ def wait_for(condition, proc: subprocess.Popen, limit: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def test_retries_are_bounded_by_settings(hub, tmp_path):
+def test_retries_are_bounded_by_settings(hf_hub, tmp_path):
     data = tmp_path / "data"
     seed_store(data, sessions=1, per_session=1, memories=0)
-    hub.fail("POST", "/preupload/", 503, times=1)
-    proc = run_sync(sync_env(hub, tmp_path, data, AGENTMEMORY_HUB_RETRIES="0"), "backup")
+    hf_hub.fail("POST", "/preupload/", 503, times=1)
+    proc = run_sync(sync_env(hf_hub, tmp_path, data, AGENTMEMORY_HUB_RETRIES="0"), "backup")
     assert proc.returncode == 1 and "the Hub answered HTTP 503" in proc.stderr
-    hub.fail("POST", "/preupload/", 503, times=1)
-    assert result(run_sync(sync_env(hub, tmp_path, data, AGENTMEMORY_HUB_RETRIES="1"), "backup"))["status"] == "uploaded"
-    assert hub.count("POST", "/preupload/") == 3 and hub.count("POST", "/commit/") == 1
+    hf_hub.fail("POST", "/preupload/", 503, times=1)
+    assert result(run_sync(sync_env(hf_hub, tmp_path, data, AGENTMEMORY_HUB_RETRIES="1"), "backup"))["status"] == "uploaded"
+    assert hf_hub.count("POST", "/preupload/") == 3 and hf_hub.count("POST", "/commit/") == 1
 
 
-def test_a_commit_whose_reply_was_lost_is_still_recognised_as_ours(hub, tmp_path):
+def test_a_commit_whose_reply_was_lost_is_still_recognised_as_ours(hf_hub, tmp_path):
     data = tmp_path / "data"
     seed_store(data, sessions=1, per_session=1, memories=0)
-    env = sync_env(hub, tmp_path, data)
-    hub.fail("POST", "/commit/", 500, after=True)
+    env = sync_env(hf_hub, tmp_path, data)
+    hf_hub.fail("POST", "/commit/", 500, after=True)
     assert run_sync(env, "backup").returncode == 1
-    assert hub.commit_count(HUB_REPO) == 2  # the Hub has it, we never heard back
+    assert hf_hub.commit_count(HUB_REPO) == 2  # the Hub has it, we never heard back
     add_memory(data, "the next change")
     assert result(run_sync(env, "backup"))["status"] == "uploaded"
 
 
-def test_restore_refuses_while_the_server_has_the_database_open(hub, tmp_path, live_server):
+def test_restore_refuses_while_the_server_has_the_database_open(hf_hub, tmp_path, live_server):
     seed_store(tmp_path / "a")
-    result(run_sync(sync_env(hub, tmp_path, tmp_path / "a"), "backup"))
+    result(run_sync(sync_env(hf_hub, tmp_path, tmp_path / "a"), "backup"))
     server = live_server()
     post(server.api("/observe"), hook("busy"))
-    proc = run_sync(sync_env(hub, tmp_path, server.data_dir), "restore", "--force")
+    proc = run_sync(sync_env(hf_hub, tmp_path, server.data_dir), "restore", "--force")
     assert proc.returncode == 1 and "open in another process" in proc.stderr
     assert requests.get(server.api("/sessions")).json()["total"] == 1
 
 
-def test_boot_restore_policy(hub, tmp_path):
-    hub.stop()
-    env = sync_env(hub, tmp_path, tmp_path / "empty")
+def test_boot_restore_policy(hf_hub, tmp_path):
+    hf_hub.stop()
+    env = sync_env(hf_hub, tmp_path, tmp_path / "empty")
     proc = run_sync(env, "restore", "--boot")
     assert proc.returncode == 1 and "not starting" in proc.stderr
     assert run_sync({**env, "AGENTMEMORY_RESTORE_REQUIRED": "false"}, "restore", "--boot").returncode == 0
     seed_store(tmp_path / "existing")
-    proc = run_sync(sync_env(hub, tmp_path, tmp_path / "existing"), "restore", "--boot")
+    proc = run_sync(sync_env(hf_hub, tmp_path, tmp_path / "existing"), "restore", "--boot")
     assert proc.returncode == 0 and "starting with the existing local database" in proc.stderr
 
 
