@@ -664,6 +664,52 @@ class Store:
         return [(r[0], r[1]) for r in rows]
 
 
+    # ---- admin scans (the CLI: paged reads, index repair, counts)
+    def iter_scope(self, scope: str, *, batch: int = 500) -> Iterator[tuple[str, Any]]:
+        """Every (key, value) of a scope in key order, read ``batch`` rows at a time (keyset
+        paging), so a big scope is never in memory at once and no cursor stays open between
+        batches."""
+        after: str | None = None
+        while True:
+            if after is None:
+                rows = self.conn.execute(
+                    "SELECT key, value FROM kv_store WHERE scope = ? ORDER BY key LIMIT ?", (scope, batch)
+                ).fetchall()
+            else:
+                rows = self.conn.execute(
+                    "SELECT key, value FROM kv_store WHERE scope = ? AND key > ? ORDER BY key LIMIT ?",
+                    (scope, after, batch),
+                ).fetchall()
+            for key, value in rows:
+                yield key, loads(value)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def scope_counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT scope, count(*) FROM kv_store GROUP BY scope ORDER BY scope")
+        return {scope: n for scope, n in rows}
+
+    def table_counts(self) -> dict[str, int]:
+        """Rows per table of the schema (FTS5 shadow tables left out)."""
+        names = [r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "AND name NOT LIKE 'search_fts_%' ORDER BY name")]
+        return {name: self.conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in names}
+
+    def index_refs(self, *, after_id: int, limit: int) -> list[tuple[int, str, str, str]]:
+        """(rowid, doc_id, scope, key) of search_docs rows after ``after_id``, in rowid order."""
+        return self.conn.execute(
+            "SELECT id, doc_id, scope, key FROM search_docs WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+
+    def index_prune_orphans(self) -> int:
+        """Delete FTS rows no search_docs row points at; returns how many."""
+        return self.conn.execute(
+            "DELETE FROM search_fts WHERE rowid NOT IN (SELECT id FROM search_docs)").rowcount
+
+
 # -- working-memory helpers -----------------------------------------------------------------------
 
 WMScope = tuple[str, str, str]
@@ -796,6 +842,20 @@ class Database:
             with self._readers_lock:
                 self._readers.append(conn)
         return Store(conn, writable=False)
+
+    @contextmanager
+    def snapshot_reader(self) -> Iterator[Store]:
+        """A read-only Store whose queries all see one state (a single read transaction), for
+        long multi-query reads such as a streaming export. Writers are not blocked (WAL)."""
+        store = self.reader()
+        if store.writable:  # inside this thread's write transaction: already one state
+            yield store
+            return
+        store.conn.execute("BEGIN")
+        try:
+            yield store
+        finally:
+            store.conn.execute("COMMIT")
 
     @contextmanager
     def transaction(self, operation: str, *, agent_id: str | None = None) -> Iterator[Store]:
