@@ -22,7 +22,7 @@ import jsonschema
 from errors import AppError, InvalidInput, NotFound
 
 # Domain modules that register tools; imported (in this order) by load_tools().
-TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall")
+TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall", "timeline", "profile")
 
 
 # -- schema helpers (plain JSON Schema dicts) ------------------------------------------------------

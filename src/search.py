@@ -13,6 +13,7 @@ import re
 from typing import Any, Callable
 
 from db import Store
+from errors import AppError
 
 # Field weights for bm25(search_fts, title, body, concepts, files).
 BM25_WEIGHTS = (3.0, 1.0, 2.0, 1.5)
@@ -34,13 +35,18 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 INDEX_HOOKS: list[Callable[[Store, int, dict, dict], None]] = []
 
 
+# A query longer than this many distinct terms keeps its first ones: bounds the cost of pasted
+# logs used as queries (each OR-ed term is one posting-list scan).
+MAX_QUERY_TERMS = 48
+
+
 def query_terms(query: str) -> list[str]:
     """Lower-cased distinct word tokens without stop words (all tokens if every one is a stop
     word, so "who is he" still searches something)."""
     words = [w.lower() for w in _WORD.findall(query or "")]
     words = [w for w in words if w.strip("_")]
     kept = [w for w in words if w not in STOPWORDS]
-    return list(dict.fromkeys(kept or words))
+    return list(dict.fromkeys(kept or words))[:MAX_QUERY_TERMS]
 
 
 def build_match(query: str) -> str | None:
@@ -120,7 +126,7 @@ def unindex(store: Store, doc_ids: list[str]) -> int:
 
 
 def bm25(store: Store, query: str, *, limit: int, filters: dict[str, Any] | None = None) -> list[dict]:
-    """Ranked index rows (doc_id, kind, scope, key, session_id, project, ts, score)."""
+    """Ranked index rows (doc_id, kind, scope, key, session_id, project, ts, rowid, score)."""
     match = build_match(query)
     if match is None:
         return []
@@ -138,3 +144,65 @@ def hydrate(store: Store, hits: list[dict]) -> list[tuple[dict, dict]]:
             records[(scope, key)] = value
     return [(hit, records[(hit["scope"], hit["key"])]) for hit in hits
             if (hit["scope"], hit["key"]) in records]
+
+
+# -- hybrid: BM25 + vectors, fused by reciprocal rank --------------------------------------------
+
+RRF_K = 60
+# Candidates taken from each ranking before fusion: deep enough that a record ranked modestly by
+# both rankers still surfaces, shallow enough to stay cheap at 100k records.
+CANDIDATE_DEPTH = 100
+SEARCH_MODES = ("auto", "hybrid", "bm25", "vector")
+
+
+def fuse(rankings: list[list[dict]], weights: list[float], k: int = RRF_K) -> list[dict]:
+    """Reciprocal rank fusion: score(d) = sum over rankings of weight / (k + rank of d).
+
+    A record missing from a ranking gets nothing from it. Ties keep the order of the first
+    ranking that saw them (so BM25 breaks ties between equally fused records)."""
+    scores: dict[str, float] = {}
+    first: dict[str, dict] = {}
+    for hits, weight in zip(rankings, weights):
+        for rank, hit in enumerate(hits, 1):
+            doc_id = hit["doc_id"]
+            scores[doc_id] = scores.get(doc_id, 0.0) + weight / (k + rank)
+            first.setdefault(doc_id, hit)
+    order = sorted(first, key=lambda d: -scores[d])
+    return [{**first[d], "score": scores[d]} for d in order]
+
+
+def diversify(hits: list[dict], limit: int, per_session: int) -> list[dict]:
+    """At most ``per_session`` hits from one session first, then backfill with the rest in
+    rank order: one long session cannot crowd out everything else."""
+    chosen: list[dict] = []
+    overflow: list[dict] = []
+    seen: dict[Any, int] = {}
+    for hit in hits:
+        session = hit.get("session_id")
+        if session is not None and seen.get(session, 0) >= per_session:
+            overflow.append(hit)
+            continue
+        seen[session] = seen.get(session, 0) + 1
+        chosen.append(hit)
+    return (chosen + overflow)[:limit]
+
+
+def hybrid(store: Store, query: str, *, limit: int, filters: dict[str, Any], vectors: Any = None,
+           mode: str = "auto", per_session: int = 3) -> tuple[list[dict], str]:
+    """Ranked index rows and the mode that really ran ("hybrid", "bm25" or "vector").
+
+    ``vectors`` is the vector subsystem (or None). Without a provider, with an empty vector
+    index or when the query cannot be embedded (provider down), the answer is BM25's and the
+    mode says so."""
+    depth = max(limit * 2, CANDIDATE_DEPTH)
+    lexical = bm25(store, query, limit=depth, filters=filters) if mode != "vector" else []
+    if mode == "bm25" or vectors is None or not vectors.ready:
+        return lexical[:limit], "bm25"
+    try:
+        dense = vectors.search(store, query, limit=depth, filters=filters)
+    except AppError:
+        return lexical[:limit], "bm25"
+    if mode == "vector":
+        return dense[:limit], "vector"
+    fused = fuse([lexical, dense], [1.0, 1.0])
+    return diversify(fused, limit, per_session), "hybrid"
