@@ -143,6 +143,24 @@ def _m002_vectors(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration("search_context")
+def _m003_search_context(conn: sqlite3.Connection) -> None:
+    """A ``context`` column in the FTS table: the text just before a record in its session (a
+    reply rarely restates the question it answers). Existing rows keep an empty context."""
+    run_script(conn,
+        """
+        CREATE VIRTUAL TABLE search_fts_next USING fts5 (
+            title, body, concepts, files, context,
+            tokenize = 'porter unicode61 remove_diacritics 2'
+        );
+        INSERT INTO search_fts_next (rowid, title, body, concepts, files, context)
+            SELECT rowid, title, body, concepts, files, '' FROM search_fts;
+        DROP TABLE search_fts;
+        ALTER TABLE search_fts_next RENAME TO search_fts;
+        """
+    )
+
+
 class SchemaTooNew(AppError):
     status = 503
     code = "schema_too_new"
@@ -369,11 +387,21 @@ class Store:
                 (doc["doc_id"], *values),
             ).lastrowid
         self.conn.execute(
-            "INSERT INTO search_fts (rowid, title, body, concepts, files) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO search_fts (rowid, title, body, concepts, files, context) VALUES (?, ?, ?, ?, ?, ?)",
             (rowid, text.get("title", ""), text.get("body", ""), text.get("concepts", ""),
-             text.get("files", "")),
+             text.get("files", ""), text.get("context", "")),
         )
         return rowid
+
+    def text_before(self, session_id: str, ts: str, doc_id: str) -> str:
+        """Body of the record just before (ts, doc_id) in a session, or ''."""
+        row = self.conn.execute("SELECT id FROM search_docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        rowid = row[0] if row else 2 ** 62
+        row = self.conn.execute(
+            "SELECT f.body FROM search_docs d JOIN search_fts f ON f.rowid = d.id "
+            "WHERE d.session_id = ? AND d.doc_id != ? AND (d.ts < ? OR (d.ts = ? AND d.id < ?)) "
+            "ORDER BY d.ts DESC, d.id DESC LIMIT 1", (session_id, doc_id, ts, ts, rowid)).fetchone()
+        return row[0] if row else ""
 
     def index_set_active(self, doc_id: str, active: bool) -> None:
         self.conn.execute("UPDATE search_docs SET active = ? WHERE doc_id = ?", (1 if active else 0, doc_id))
@@ -443,11 +471,11 @@ class Store:
     def backlog_take(self, limit: int, now_epoch: float) -> list[dict[str, Any]]:
         """Due backlog rows with the text and metadata of their search row, oldest first."""
         rows = self.conn.execute(
-            "SELECT b.doc_rowid, b.attempts, f.title, f.body, f.concepts, f.files, d.kind, d.project, "
+            "SELECT b.doc_rowid, b.attempts, f.title, f.body, f.concepts, f.context, d.kind, d.project, "
             "d.agent_id, d.session_id FROM embed_backlog b JOIN search_docs d ON d.id = b.doc_rowid "
             "JOIN search_fts f ON f.rowid = b.doc_rowid WHERE b.next_try <= ? "
             "ORDER BY b.next_try, b.doc_rowid LIMIT ?", (now_epoch, limit))
-        cols = ("rowid", "attempts", "title", "body", "concepts", "files", "kind", "project",
+        cols = ("rowid", "attempts", "title", "body", "concepts", "context", "kind", "project",
                 "agent_id", "session_id")
         return [dict(zip(cols, r)) for r in rows]
 
@@ -606,6 +634,10 @@ def _doc_filters(where: list[str], params: list[Any], filters: dict[str, Any]) -
     if filters.get("exclude_session") is not None:
         where.append("(d.session_id IS NULL OR d.session_id != ?)")
         params.append(filters["exclude_session"])
+    months = filters.get("months")
+    if months:
+        where.append(f"CAST(substr(d.ts, 6, 2) AS INTEGER) IN ({','.join('?' * len(months))})")
+        params.extend(months)
     if filters.get("since") is not None:
         where.append("d.ts >= ?")
         params.append(filters["since"])

@@ -12,11 +12,15 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+import dates
 from db import Store
 from errors import AppError
 
-# Field weights for bm25(search_fts, title, body, concepts, files).
-BM25_WEIGHTS = (3.0, 1.0, 2.0, 1.5)
+# Field weights for bm25(search_fts, title, body, concepts, files, context). The context (the
+# text just before a record in its session) helps a reply be found by its question's words,
+# but must never outweigh what the record itself says.
+BM25_WEIGHTS = (3.0, 1.0, 2.0, 1.5, 0.4)
+CONTEXT_CHARS = 300
 
 STOPWORDS = frozenset("""
 a about above after again against all am an and any are as at be because been before being
@@ -76,9 +80,17 @@ def observation_doc(obs: dict[str, Any]) -> tuple[dict, dict]:
     }
     body = " ".join(p for p in (obs.get("narrative", ""), obs.get("subtitle", ""),
                                 _join(obs.get("facts"))) if p)
-    text = {"title": obs.get("title", ""), "body": body, "concepts": _join(obs.get("concepts")),
-            "files": _join(obs.get("files"))}
+    text = {"title": distinct_title(obs.get("title", ""), body), "body": body,
+            "concepts": _join(obs.get("concepts")), "files": _join(obs.get("files"))}
     return doc, text
+
+
+def distinct_title(title: str, body: str) -> str:
+    """The title, unless it only repeats the start of the body (agent notes and prompts are
+    titled by their own first words): counting those words again at title weight would rank
+    records by how they begin rather than by what they say."""
+    head = (title or "").rstrip("…").strip()
+    return "" if head and " ".join(body.split()).startswith(" ".join(head.split())) else title
 
 
 def memory_doc(mem: dict[str, Any]) -> tuple[dict, dict]:
@@ -112,6 +124,8 @@ def kind_for_scope(scope: str) -> str | None:
 
 def index_record(store: Store, kind: str, record: dict[str, Any]) -> int:
     doc, text = DOC_BUILDERS[kind](record)
+    if kind == "observation" and doc.get("session_id") and "context" not in text:
+        text["context"] = store.text_before(doc["session_id"], doc["ts"], doc["doc_id"])[:CONTEXT_CHARS]
     rowid = store.index_upsert(doc, text)
     for hook in INDEX_HOOKS:
         hook(store, rowid, doc, text)
@@ -153,6 +167,11 @@ RRF_K = 60
 # both rankers still surfaces, shallow enough to stay cheap at 100k records.
 CANDIDATE_DEPTH = 100
 SEARCH_MODES = ("auto", "hybrid", "bm25", "vector")
+# RRF weights relative to BM25's 1.0. Measured on LoCoMo (bench/locomo.py): the local MiniLM
+# ranking is a useful second opinion but weaker than BM25 with session context, so it counts
+# less; a ranking restricted to the dates a query names counts as much as BM25.
+VECTOR_WEIGHT = 0.5
+DATE_WEIGHT = 1.0
 
 
 def fuse(rankings: list[list[dict]], weights: list[float], k: int = RRF_K) -> list[dict]:
@@ -188,7 +207,7 @@ def diversify(hits: list[dict], limit: int, per_session: int) -> list[dict]:
 
 
 def hybrid(store: Store, query: str, *, limit: int, filters: dict[str, Any], vectors: Any = None,
-           mode: str = "auto", per_session: int = 3) -> tuple[list[dict], str]:
+           mode: str = "auto", per_session: int = 5) -> tuple[list[dict], str]:
     """Ranked index rows and the mode that really ran ("hybrid", "bm25" or "vector").
 
     ``vectors`` is the vector subsystem (or None). Without a provider, with an empty vector
@@ -196,13 +215,21 @@ def hybrid(store: Store, query: str, *, limit: int, filters: dict[str, Any], vec
     mode says so."""
     depth = max(limit * 2, CANDIDATE_DEPTH)
     lexical = bm25(store, query, limit=depth, filters=filters) if mode != "vector" else []
-    if mode == "bm25" or vectors is None or not vectors.ready:
-        return lexical[:limit], "bm25"
-    try:
-        dense = vectors.search(store, query, limit=depth, filters=filters)
-    except AppError:
-        return lexical[:limit], "bm25"
-    if mode == "vector":
-        return dense[:limit], "vector"
-    fused = fuse([lexical, dense], [1.0, 1.0])
-    return diversify(fused, limit, per_session), "hybrid"
+    dated = [bm25(store, query, limit=depth, filters={**filters, **window})
+             for window in dates.windows(query)] if mode != "vector" else []
+    rankings, weights = [lexical] + dated, [1.0] + [DATE_WEIGHT] * len(dated)
+    used = "bm25"
+    if mode != "bm25" and vectors is not None and vectors.ready:
+        try:
+            dense = vectors.search(store, query, limit=depth, filters=filters)
+        except AppError:
+            dense = None  # the provider is down: answer with BM25 and say so
+        if dense is not None and mode == "vector":
+            return dense[:limit], "vector"
+        if dense is not None:
+            rankings.append(dense)
+            weights.append(VECTOR_WEIGHT)
+            used = "hybrid"
+    if len(rankings) == 1:
+        return lexical[:limit], used
+    return diversify(fuse(rankings, weights), limit, per_session), used

@@ -104,7 +104,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Output dimensionality requested from Gemini (the local model is always 384)."),
     Setting("embed_batch_size", ("AGENTMEMORY_EMBED_BATCH",), 32, _positive_int,
             "Records embedded per batch by the background embedding worker."),
-    Setting("search_max_per_session", ("AGENTMEMORY_SEARCH_MAX_PER_SESSION",), 3, _positive_int,
+    Setting("search_max_per_session", ("AGENTMEMORY_SEARCH_MAX_PER_SESSION",), 5, _positive_int,
             "Hybrid search diversification: at most this many hits per session before backfilling."),
 )
 

@@ -29,6 +29,7 @@ log = logging.getLogger("agentmemory.vectors")
 QUERY_CACHE_SIZE = 512
 RETRY_CAP_SECONDS = 3600.0
 PRUNE_EVERY_SECONDS = 300.0
+CONTEXT_EMBED_CHARS = 200
 
 
 def _stamp() -> str:
@@ -44,13 +45,15 @@ def queue_embedding(store: Store, rowid: int, doc: dict, text: dict) -> None:
 search.INDEX_HOOKS.append(queue_embedding)
 
 
-def embedding_text(title: str, body: str, concepts: str = "") -> str:
+def embedding_text(title: str, body: str, concepts: str = "", context: str = "") -> str:
     """What a record's vector represents: its title and body (the title is skipped when the body
-    already starts with it, as agent notes do), then its concepts."""
+    already starts with it, as agent notes do), its concepts, then the text that came just
+    before it in its session."""
     title, body = (title or "").strip(), (body or "").strip()
     head = title.rstrip("…")
     text = body if head and body.startswith(head) else " ".join(p for p in (title, body) if p)
-    return f"{text} {concepts}".strip() if concepts else text
+    text = f"{text} {concepts}".strip() if concepts else text
+    return f"{text} | {context[:CONTEXT_EMBED_CHARS]}" if context else text
 
 
 class Codes:
@@ -250,7 +253,7 @@ class VectorService:
         if not rows:
             return 0
         rowids = [r["rowid"] for r in rows]
-        texts = [embedding_text(r["title"], r["body"], r["concepts"]) for r in rows]
+        texts = [embedding_text(r["title"], r["body"], r["concepts"], r["context"]) for r in rows]
         try:
             vectors = self.embedder.embed(texts)
         except Exception as exc:  # noqa: BLE001 - provider errors become a retry with backoff
