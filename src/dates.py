@@ -66,8 +66,8 @@ def windows(query: str) -> list[dict[str, Any]]:
         for m in pattern.finditer(query or ""):
             if any(a < m.end() and m.start() < b for a, b in taken):
                 continue  # "3 March 2026" is one day, not also a month and a year
+            taken.append(m.span())
             window = _window(kind, m)
             if window and window not in found:
                 found.append(window)
-                taken.append(m.span())
     return found[:MAX_WINDOWS]

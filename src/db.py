@@ -502,7 +502,8 @@ class Store:
 
     def backlog_requeue_missing(self, model: str, now: str, *, everything: bool = False) -> int:
         """Queue every search row without a vector of ``model`` (or every row); returns how many."""
-        where = "" if everything else (
+        # "WHERE 1": SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT.
+        where = "WHERE 1" if everything else (
             "WHERE NOT EXISTS (SELECT 1 FROM search_vectors v WHERE v.doc_rowid = d.id AND v.model = ?)")
         params: tuple = (now,) if everything else (now, model)
         return self.conn.execute(

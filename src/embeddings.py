@@ -152,8 +152,9 @@ class GeminiEmbedder:
         self.model_id = f"gemini:{self._model.split('/', 1)[1]}"
         self._timeout = timeout
         self._http = requests.Session()
+        self.backoff = 1.0  # seconds before the first retry of a document batch (doubles)
 
-    def _request(self, kind: str, text: str, query: bool) -> dict[str, Any]:
+    def _request(self, text: str, query: bool) -> dict[str, Any]:
         return {"model": self._model, "content": {"parts": [{"text": text[:8000] or " "}]},
                 "taskType": "RETRIEVAL_QUERY" if query else "RETRIEVAL_DOCUMENT",
                 "outputDimensionality": self.dim}
@@ -182,13 +183,13 @@ class GeminiEmbedder:
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         if query and len(texts) == 1:
-            data = self._post("embedContent", self._request("q", texts[0], True), attempts=2, backoff=0.2)
+            data = self._post("embedContent", self._request(texts[0], True), attempts=2, backoff=self.backoff / 5)
             rows = [data["embedding"]["values"]]
         else:
             rows = []
             for start in range(0, len(texts), 100):
-                body = {"requests": [self._request("d", t, query) for t in texts[start:start + 100]]}
-                data = self._post("batchEmbedContents", body, attempts=5, backoff=1.0)
+                body = {"requests": [self._request(t, query) for t in texts[start:start + 100]]}
+                data = self._post("batchEmbedContents", body, attempts=5, backoff=self.backoff)
                 rows.extend(e["values"] for e in data["embeddings"])
         matrix = np.array(rows, dtype=np.float32)
         if matrix.shape != (len(texts), self.dim):

@@ -32,7 +32,7 @@ these they this those through to too under until up very was we were what when w
 while who whom why will with would you your yours yourself yourselves
 """.split())
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+WORDS = re.compile(r"\w+", re.UNICODE)
 
 # Called after a record's row is written: hook(store, rowid, doc, text). The embedding backlog
 # registers here so every indexed record is also queued for a vector.
@@ -47,7 +47,7 @@ MAX_QUERY_TERMS = 48
 def query_terms(query: str) -> list[str]:
     """Lower-cased distinct word tokens without stop words (all tokens if every one is a stop
     word, so "who is he" still searches something)."""
-    words = [w.lower() for w in _WORD.findall(query or "")]
+    words = [w.lower() for w in WORDS.findall(query or "")]
     words = [w for w in words if w.strip("_")]
     kept = [w for w in words if w not in STOPWORDS]
     return list(dict.fromkeys(kept or words))[:MAX_QUERY_TERMS]

@@ -67,8 +67,11 @@ def file_match(files: list[str]) -> str | None:
     phrases: list[str] = []
     for path in files:
         for candidate in (path, posixpath.basename(path.rstrip("/"))):
-            if candidate and search.query_terms(candidate):
-                phrases.append('"' + candidate.replace('"', '""') + '"')
+            # The phrase is the path's word tokens: what the tokenizer made of the stored path,
+            # and nothing FTS5 could read as syntax.
+            words = [w for w in search.WORDS.findall(candidate.lower()) if w.strip("_")]
+            if words:
+                phrases.append('"' + " ".join(words[:32]) + '"')
     phrases = list(dict.fromkeys(phrases))[:40]
     return f"files : ({' OR '.join(phrases)})" if phrases else None
 

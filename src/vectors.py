@@ -95,7 +95,9 @@ class MatrixIndex:
     def upsert(self, rowids: list[int], vectors: np.ndarray, metas: list[dict]) -> None:
         with self._lock:
             if self.n + len(rowids) > self.matrix.shape[0]:
-                self._alloc(max(self.matrix.shape[0] * 2, self.n + len(rowids)))
+                # Grow by a quarter: at 100k x 384 a doubling would cost 150 MB at once.
+                capacity = self.matrix.shape[0]
+                self._alloc(max(capacity + capacity // 4, self.n + len(rowids), capacity + 1024))
             for rowid, vector, meta in zip(rowids, vectors, metas):
                 i = self._pos.get(rowid)
                 if i is None:
@@ -106,6 +108,22 @@ class MatrixIndex:
                 self.meta["rowid"][i], self.meta["alive"][i] = rowid, True
                 for name in ("kind", "project", "agent", "session"):
                     self.meta[name][i] = self.codes[name].code(meta.get(name))
+
+    def bulk_load(self, rows: Iterable[tuple]) -> None:
+        """Fill an empty index from (rowid, blob, kind, project, agent, session) rows, one row
+        at a time so start-up never holds a second copy of the matrix."""
+        with self._lock:
+            for rowid, blob, kind, project, agent, session in rows:
+                if self.n == self.matrix.shape[0]:
+                    self._alloc(self.n + max(1024, self.n // 4))
+                i = self.n
+                self.matrix[i] = np.frombuffer(blob, dtype="<f4")
+                self.meta["rowid"][i], self.meta["alive"][i] = rowid, True
+                for name, value in (("kind", kind), ("project", project), ("agent", agent), ("session", session)):
+                    self.meta[name][i] = self.codes[name].code(value)
+                self._pos[rowid] = i
+                self.n += 1
+            self.alive_count = self.n
 
     def remove(self, rowids: Iterable[int]) -> None:
         with self._lock:
@@ -203,15 +221,10 @@ class VectorService:
         if self.embedder is None:
             return
         dim = self.embedder.dim
-        rowids, blobs, metas = [], [], []
-        for rowid, blob, kind, project, agent, session in self.rt.db.reader().vectors_load(self.model, dim):
-            rowids.append(rowid)
-            blobs.append(blob)
-            metas.append({"kind": kind, "project": project, "agent": agent, "session": session})
-        if rowids:
-            matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(rowids), dim)
-            self.index = MatrixIndex(dim, capacity=max(1024, int(len(rowids) * 1.25)))
-            self.index.upsert(rowids, matrix, metas)
+        store = self.rt.db.reader()
+        count = store.vector_counts().get(f"{self.model}/{dim}", 0)
+        self.index = MatrixIndex(dim, capacity=count + 1024)
+        self.index.bulk_load(store.vectors_load(self.model, dim))
 
     # ---- the backlog worker ---------------------------------------------------------------------
     def _work(self) -> None:
