@@ -7,7 +7,9 @@ For each size: a fresh database is seeded through the product's own ``agent_obse
 search row gets a 384-d vector. Embedding 100k texts with the real model would take 20+ minutes
 on this 2-core machine, so the *stored* vectors are seeded with a fast deterministic generator
 of the same dimension and tagged with the local model's id (the matrix maths per query is the
-same); the *query* side uses the real local MiniLM model, with its query-embedding cache.
+same); the *query* side uses the real local MiniLM model. Each distinct query is asked once
+first (reported separately: that includes embedding it), then 500 timed queries run with the
+query-embedding cache warm, as SPEC §11 specifies.
 Then it measures: in-process start-up (Runtime construction, which loads the vector matrix),
 server start-up (``python src/app.py`` until /livez answers) and its RSS, and 500 smart-search
 queries over HTTP and in-process (p50/p95/p99). Targets (SPEC §11): p95 < 25 ms @10k and
@@ -107,7 +109,11 @@ def in_process(data_dir: str, queries: int) -> dict[str, Any]:
     rt = Runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="local"))
     startup = time.perf_counter() - t0
     ctx, rng, lat, modes = Ctx(rt, source="bench"), random.Random(3), [], set()
-    registry.call(ctx, "memory_smart_search", {"query": "warm up the model"})
+    cold = []
+    for text in QUERIES:  # first sight of each query: embedding included (the cache is then warm)
+        q0 = time.perf_counter()
+        registry.call(ctx, "memory_smart_search", {"query": text, "limit": 10, "includeLessons": False})
+        cold.append((time.perf_counter() - q0) * 1000)
     for _ in range(queries):
         q0 = time.perf_counter()
         data, _ = registry.unwrap(registry.call(ctx, "memory_smart_search", query_args(rng)))
@@ -115,7 +121,8 @@ def in_process(data_dir: str, queries: int) -> dict[str, Any]:
         modes.add(data["mode"])
     vectors_loaded = rt.health_sections()["vectors"]["vectors"]
     rt.close()
-    return {"startup_s": round(startup, 3), "vectors": vectors_loaded, "modes": sorted(modes), **percentiles(lat)}
+    return {"startup_s": round(startup, 3), "vectors": vectors_loaded, "modes": sorted(modes),
+            "cold_query": percentiles(cold[1:]), **percentiles(lat)}
 
 
 def rss_mb(pid: int) -> float:
@@ -155,7 +162,8 @@ def over_http(data_dir: str, queries: int) -> dict[str, Any]:
                 time.sleep(0.02)
         startup = time.perf_counter() - t0
         http, rng, lat = requests.Session(), random.Random(3), []
-        http.post(url + "/smart-search", json={"query": "warm up the model"}, timeout=60)
+        for text in QUERIES:  # warm the server's query-embedding cache
+            http.post(url + "/smart-search", json={"query": text, "includeLessons": False}, timeout=60)
         for _ in range(queries):
             q0 = time.perf_counter()
             resp = http.post(url + "/smart-search", json=query_args(rng), timeout=60)
@@ -186,7 +194,9 @@ def main() -> None:
         report[str(size)] = {"seed": seeded, "db_mb": db_mb, "in_process": local, "http": remote}
         print(f"\n{size} observations (db {db_mb} MB; seeded in {seeded['observe_s']} s + vectors {seeded['vectors_s']} s)")
         print(f"  in-process: start-up {local['startup_s']} s ({local['vectors']} vectors loaded); smart-search "
-              f"p50 {local['p50']} / p95 {local['p95']} / p99 {local['p99']} ms; modes {local['modes']}")
+              f"p50 {local['p50']} / p95 {local['p95']} / p99 {local['p99']} ms (query cache warm); modes "
+              f"{local['modes']}; first sight of a query (embedding it): p50 {local['cold_query']['p50']} / "
+              f"p95 {local['cold_query']['p95']} ms")
         print(f"  HTTP:       start-up {remote['startup_s']} s; RSS {remote['rss_mb']} MB; smart-search "
               f"p50 {remote['p50']} / p95 {remote['p95']} / p99 {remote['p99']} ms")
     print(json.dumps({"benchmark": "search_latency", "queries": opts.queries, "sizes": report}))

@@ -1,4 +1,5 @@
-"""Retrieval: what goes into the search index and how a query becomes ranked records.
+"""Retrieval: what goes into the search index and how a query becomes ranked records
+(BM25 here; vectors in ``vectors.py``; both fused here by reciprocal rank).
 
 BM25 runs on the SQLite FTS5 table ``search_fts`` (porter + unicode61). Records are indexed in
 the same transaction that stores them, so the index is persistent, incremental and never

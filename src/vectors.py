@@ -49,10 +49,8 @@ def embedding_text(title: str, body: str, concepts: str = "", context: str = "")
     """What a record's vector represents: its title and body (the title is skipped when the body
     already starts with it, as agent notes do), its concepts, then the text that came just
     before it in its session."""
-    title, body = (title or "").strip(), (body or "").strip()
-    head = title.rstrip("…")
-    text = body if head and body.startswith(head) else " ".join(p for p in (title, body) if p)
-    text = f"{text} {concepts}".strip() if concepts else text
+    title, body = search.distinct_title((title or "").strip(), (body or "").strip()), (body or "").strip()
+    text = " ".join(p for p in (title, body, concepts) if p)
     return f"{text} | {context[:CONTEXT_EMBED_CHARS]}" if context else text
 
 
