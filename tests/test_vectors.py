@@ -178,3 +178,13 @@ def test_real_local_model_finds_meaning_without_shared_words(make_runtime):
     assert svc.drain() == 5 and svc.model == "all-MiniLM-L6-v2-onnx-int8"
     out = smart(rt, "login authentication bug", mode="vector")
     assert out["mode"] == "vector" and out["results"][0]["obsId"] == target
+
+
+def test_backlog_is_durable_across_restarts(make_runtime):
+    rt = make_runtime(embedding_provider="hash")
+    obs = note(rt, "s1", "queued before the crash")
+    rt.close()  # nothing embedded yet: the queue row is all that is left
+    again = make_runtime(embedding_provider="hash")
+    assert again.db.reader().backlog_stats()["pending"] == 1
+    assert vectors.service(again).drain() == 1
+    assert smart(again, "crash queued", mode="vector")["results"][0]["obsId"] == obs
