@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# One BLAS thread: vector search is a memory-bound matrix-vector product, and on a small shared
+# machine extra BLAS threads only compete with the request threads (set before numpy loads).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 from flask import Flask, Response, request  # noqa: E402
 from flask_sock import Sock  # noqa: E402

@@ -105,8 +105,10 @@ def _m001_core(conn: sqlite3.Connection) -> None:
         CREATE INDEX search_docs_project_ts ON search_docs (project, ts);
         CREATE INDEX search_docs_session_ts ON search_docs (session_id, ts);
         CREATE INDEX search_docs_kind_ts ON search_docs (kind, ts);
+        -- context: the text just before a record in its session (a reply rarely restates
+        -- the question it answers), weighted low in bm25.
         CREATE VIRTUAL TABLE search_fts USING fts5 (
-            title, body, concepts, files,
+            title, body, concepts, files, context,
             tokenize = 'porter unicode61 remove_diacritics 2'
         );
         """
@@ -162,6 +164,36 @@ def _m002_working_memory(conn: sqlite3.Connection) -> None:
             PRIMARY KEY (project, agent, session, checkpoint_id)
         ) WITHOUT ROWID;
         CREATE UNIQUE INDEX wm_checkpoint_order ON wm_checkpoint (project, agent, session, seq);
+        """
+    )
+
+
+@migration("vectors")
+def _m003_vectors(conn: sqlite3.Connection) -> None:
+    """Embeddings keyed to their search row (deleted with it) and the durable embedding backlog.
+
+    Every row already indexed is queued, so an upgraded database gets its vectors in the
+    background instead of at start-up."""
+    run_script(conn,
+        """
+        CREATE TABLE search_vectors (
+            doc_rowid INTEGER PRIMARY KEY REFERENCES search_docs (id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            vector BLOB NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX search_vectors_model ON search_vectors (model);
+        CREATE TABLE embed_backlog (
+            doc_rowid INTEGER PRIMARY KEY REFERENCES search_docs (id) ON DELETE CASCADE,
+            queued_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try REAL NOT NULL DEFAULT 0,
+            last_error TEXT
+        );
+        CREATE INDEX embed_backlog_next ON embed_backlog (next_try, doc_rowid);
+        INSERT INTO embed_backlog (doc_rowid, queued_at)
+            SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM search_docs;
         """
     )
 
@@ -397,11 +429,21 @@ class Store:
                 (doc["doc_id"], *values),
             ).lastrowid
         self.conn.execute(
-            "INSERT INTO search_fts (rowid, title, body, concepts, files) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO search_fts (rowid, title, body, concepts, files, context) VALUES (?, ?, ?, ?, ?, ?)",
             (rowid, text.get("title", ""), text.get("body", ""), text.get("concepts", ""),
-             text.get("files", "")),
+             text.get("files", ""), text.get("context", "")),
         )
         return rowid
+
+    def text_before(self, session_id: str, ts: str, doc_id: str) -> str:
+        """Body of the record just before (ts, doc_id) in a session, or ''."""
+        row = self.conn.execute("SELECT id FROM search_docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        rowid = row[0] if row else 2 ** 62
+        row = self.conn.execute(
+            "SELECT f.body FROM search_docs d JOIN search_fts f ON f.rowid = d.id "
+            "WHERE d.session_id = ? AND d.doc_id != ? AND (d.ts < ? OR (d.ts = ? AND d.id < ?)) "
+            "ORDER BY d.ts DESC, d.id DESC LIMIT 1", (session_id, doc_id, ts, ts, rowid)).fetchone()
+        return row[0] if row else ""
 
     def index_set_active(self, doc_id: str, active: bool) -> None:
         self.conn.execute("UPDATE search_docs SET active = ? WHERE doc_id = ?", (1 if active else 0, doc_id))
@@ -435,12 +477,12 @@ class Store:
         where, params = ["search_fts MATCH ?", "d.active = 1"], [match]
         where, params = _doc_filters(where, params, filters)
         sql = (
-            "SELECT d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts, "
+            "SELECT d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts, d.id, "
             f"-bm25(search_fts, {', '.join(str(float(w)) for w in weights)}) AS score "
             "FROM search_fts JOIN search_docs d ON d.id = search_fts.rowid "
             f"WHERE {' AND '.join(where)} ORDER BY score DESC, d.ts DESC LIMIT ?"
         )
-        cols = ("doc_id", "kind", "scope", "key", "session_id", "project", "ts", "score")
+        cols = ("doc_id", "kind", "scope", "key", "session_id", "project", "ts", "rowid", "score")
         return [dict(zip(cols, row)) for row in self.conn.execute(sql, (*params, limit))]
 
     def docs_recent(self, *, limit: int, offset: int = 0, filters: dict[str, Any]) -> list[dict[str, Any]]:
@@ -458,6 +500,123 @@ class Store:
 
     def fts_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM search_docs").fetchone()[0]
+
+
+    # ---- vectors and the embedding backlog (the vector index subsystem's SQL)
+    def backlog_put(self, rowid: int, now: str) -> None:
+        """Queue one search row for (re-)embedding; a queued row is retried from scratch."""
+        self.conn.execute(
+            "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (?, ?) ON CONFLICT (doc_rowid) "
+            "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL",
+            (rowid, now))
+
+    def backlog_take(self, limit: int, now_epoch: float) -> list[dict[str, Any]]:
+        """Due backlog rows with the text and metadata of their search row, oldest first."""
+        rows = self.conn.execute(
+            "SELECT b.doc_rowid, b.attempts, f.title, f.body, f.concepts, f.context, d.kind, d.project, "
+            "d.agent_id, d.session_id FROM embed_backlog b JOIN search_docs d ON d.id = b.doc_rowid "
+            "JOIN search_fts f ON f.rowid = b.doc_rowid WHERE b.next_try <= ? "
+            "ORDER BY b.next_try, b.doc_rowid LIMIT ?", (now_epoch, limit))
+        cols = ("rowid", "attempts", "title", "body", "concepts", "context", "kind", "project",
+                "agent_id", "session_id")
+        return [dict(zip(cols, r)) for r in rows]
+
+    def backlog_done(self, rowids: list[int], queued_before: str) -> None:
+        """Drop rows embedded by this batch, unless they were re-queued while it ran."""
+        for start in range(0, len(rowids), 500):
+            chunk = rowids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            self.conn.execute(f"DELETE FROM embed_backlog WHERE doc_rowid IN ({marks}) AND queued_at <= ?",
+                              (*chunk, queued_before))
+
+    def backlog_failed(self, rowids: list[int], error: str, retry_at: float) -> None:
+        for rowid in rowids:
+            self.conn.execute(
+                "UPDATE embed_backlog SET attempts = attempts + 1, next_try = ?, last_error = ? "
+                "WHERE doc_rowid = ?", (retry_at, error[:500], rowid))
+
+    def backlog_stats(self) -> dict[str, Any]:
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(sum(attempts > 0), 0), max(attempts), "
+            "(SELECT last_error FROM embed_backlog WHERE last_error IS NOT NULL "
+            " ORDER BY next_try DESC LIMIT 1) FROM embed_backlog").fetchone()
+        return {"pending": row[0], "failing": row[1], "maxAttempts": row[2] or 0, "lastError": row[3]}
+
+    def backlog_requeue_missing(self, model: str, now: str, *, everything: bool = False) -> int:
+        """Queue every search row without a vector of ``model`` (or every row); returns how many."""
+        # "WHERE 1": SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT.
+        where = "WHERE 1" if everything else (
+            "WHERE NOT EXISTS (SELECT 1 FROM search_vectors v WHERE v.doc_rowid = d.id AND v.model = ?)")
+        params: tuple = (now,) if everything else (now, model)
+        return self.conn.execute(
+            "INSERT INTO embed_backlog (doc_rowid, queued_at) SELECT d.id, ? FROM search_docs d "
+            f"{where} ON CONFLICT (doc_rowid) DO UPDATE SET attempts = 0, next_try = 0, last_error = NULL",
+            params).rowcount
+
+    def vector_put(self, rowid: int, model: str, vector: bytes, dim: int, now: str) -> bool:
+        """Store a vector if its search row still exists; False when the row is gone."""
+        return self.conn.execute(
+            "INSERT INTO search_vectors (doc_rowid, model, dim, vector, updated_at) "
+            "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM search_docs WHERE id = ?) "
+            "ON CONFLICT (doc_rowid) DO UPDATE SET model = excluded.model, dim = excluded.dim, "
+            "vector = excluded.vector, updated_at = excluded.updated_at",
+            (rowid, model, dim, vector, now, rowid)).rowcount > 0
+
+    def vectors_load(self, model: str, dim: int) -> Iterator[tuple]:
+        """(rowid, vector bytes, kind, project, agent_id, session_id) of every vector of ``model``."""
+        return self.conn.execute(
+            "SELECT v.doc_rowid, v.vector, d.kind, d.project, d.agent_id, d.session_id "
+            "FROM search_vectors v JOIN search_docs d ON d.id = v.doc_rowid "
+            "WHERE v.model = ? AND v.dim = ? ORDER BY v.doc_rowid", (model, dim))
+
+    def vector_counts(self) -> dict[str, int]:
+        return {m: n for m, n in self.conn.execute(
+            "SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim")}
+
+    def docs_without_vector(self, model: str) -> int:
+        """Search rows with no vector of ``model`` and no backlog entry (lost work)."""
+        return self.conn.execute(
+            "SELECT count(*) FROM search_docs d WHERE NOT EXISTS (SELECT 1 FROM search_vectors v "
+            "WHERE v.doc_rowid = d.id AND v.model = ?) AND NOT EXISTS "
+            "(SELECT 1 FROM embed_backlog b WHERE b.doc_rowid = d.id)", (model,)).fetchone()[0]
+
+    def docs_by_rowid(self, rowids: list[int], model: str, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Active, filter-passing search rows among ``rowids`` that hold a vector of ``model``."""
+        if not rowids:
+            return []
+        where = [f"d.id IN ({','.join('?' * len(rowids))})", "d.active = 1"]
+        where, params = _doc_filters(where, list(rowids), filters)
+        sql = ("SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts "
+               "FROM search_docs d JOIN search_vectors v ON v.doc_rowid = d.id AND v.model = ? "
+               f"WHERE {' AND '.join(where)}")
+        cols = ("rowid", "doc_id", "kind", "scope", "key", "session_id", "project", "ts")
+        return [dict(zip(cols, r)) for r in self.conn.execute(sql, (model, *params))]
+
+    def docs_lookup(self, doc_ids: list[str], filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Search rows by record id (active or not) that pass ``filters``."""
+        if not doc_ids:
+            return []
+        where, params = _doc_filters([f"d.doc_id IN ({','.join('?' * len(doc_ids))})"], list(doc_ids), filters)
+        sql = ("SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts "
+               f"FROM search_docs d WHERE {' AND '.join(where)}")
+        cols = ("rowid", "doc_id", "kind", "scope", "key", "session_id", "project", "ts")
+        return [dict(zip(cols, r)) for r in self.conn.execute(sql, params)]
+
+    def docs_around(self, ts: str, *, rowid: int, before: int, after: int,
+                    filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Active rows at or before the anchor (ts, rowid) (the newest ``before``+1) and after it
+        (the oldest ``after``), in (ts, rowid) order."""
+        cols = ("rowid", "doc_id", "kind", "scope", "key", "session_id", "project", "ts")
+        select = "SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts FROM search_docs d"
+        where, params = _doc_filters(["d.active = 1", "(d.ts < ? OR (d.ts = ? AND d.id <= ?))"],
+                                     [ts, ts, rowid], filters)
+        older = self.conn.execute(f"{select} WHERE {' AND '.join(where)} ORDER BY d.ts DESC, d.id DESC LIMIT ?",
+                                  (*params, before + 1)).fetchall()
+        where, params = _doc_filters(["d.active = 1", "(d.ts > ? OR (d.ts = ? AND d.id > ?))"],
+                                     [ts, ts, rowid], filters)
+        newer = self.conn.execute(f"{select} WHERE {' AND '.join(where)} ORDER BY d.ts, d.id LIMIT ?",
+                                  (*params, after)).fetchall()
+        return [dict(zip(cols, r)) for r in list(reversed(older)) + newer]
 
     # ---- audit
     def audit_insert(self, *, ts: str, agent_id: str | None, operation: str, message: str,
@@ -740,6 +899,10 @@ def _doc_filters(where: list[str], params: list[Any], filters: dict[str, Any]) -
     if kinds:
         where.append(f"d.kind IN ({','.join('?' * len(kinds))})")
         params.extend(kinds)
+    types = filters.get("types")
+    if types:
+        where.append(f"d.type IN ({','.join('?' * len(types))})")
+        params.extend(types)
     if filters.get("project") is not None:
         # Memories and lessons saved without a project are global: visible from every project.
         where.append("(d.project = ? OR (d.project IS NULL AND d.kind != 'observation'))")
@@ -755,6 +918,10 @@ def _doc_filters(where: list[str], params: list[Any], filters: dict[str, Any]) -
     if filters.get("exclude_session") is not None:
         where.append("(d.session_id IS NULL OR d.session_id != ?)")
         params.append(filters["exclude_session"])
+    months = filters.get("months")
+    if months:
+        where.append(f"CAST(substr(d.ts, 6, 2) AS INTEGER) IN ({','.join('?' * len(months))})")
+        params.extend(months)
     if filters.get("since") is not None:
         where.append("d.ts >= ?")
         params.append(filters["since"])

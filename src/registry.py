@@ -22,7 +22,8 @@ import jsonschema
 from errors import AppError, InvalidInput, NotFound
 
 # Domain modules that register tools; imported (in this order) by load_tools().
-TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall", "antigravity", "working")
+TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall", "timeline", "profile",
+                "antigravity", "working")
 
 
 # -- schema helpers (plain JSON Schema dicts) ------------------------------------------------------

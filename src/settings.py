@@ -122,6 +122,22 @@ SETTINGS: tuple[Setting, ...] = (
             "in the reply). Checkpoints never count against keys and never expire."),
     Setting("working_memory_summarize_on_end", ("WORKING_MEMORY_SUMMARIZE_ON_END",), False, _bool,
             "On session end, save what its working memory holds as a long-term memory."),
+    Setting("embedding_provider", ("EMBEDDING_PROVIDER",), "auto",
+            _choice("auto", "local", "gemini", "hash", "none"),
+            "Vectors for hybrid search: `auto` = gemini if a key is set, else local (offline "
+            "MiniLM ONNX) if installed, else none (BM25 only). `hash` is a model-free embedder for tests."),
+    Setting("gemini_api_key", ("GEMINI_API_KEY", "GOOGLE_API_KEY"), None, _optional_str,
+            "Gemini API key (embeddings; LLM features).", secret=True),
+    Setting("gemini_api_base", ("GEMINI_API_BASE",), "https://generativelanguage.googleapis.com", str,
+            "Base URL of the Gemini API (tests point it at a loopback fake)."),
+    Setting("gemini_embed_model", ("GEMINI_EMBED_MODEL",), "gemini-embedding-001", str,
+            "Gemini embedding model."),
+    Setting("embedding_dimensions", ("GEMINI_EMBED_DIMENSIONS",), 768, _positive_int,
+            "Output dimensionality requested from Gemini (the local model is always 384)."),
+    Setting("embed_batch_size", ("AGENTMEMORY_EMBED_BATCH",), 32, _positive_int,
+            "Records embedded per batch by the background embedding worker."),
+    Setting("search_max_per_session", ("AGENTMEMORY_SEARCH_MAX_PER_SESSION",), 5, _positive_int,
+            "Hybrid search diversification: at most this many hits per session before backfilling."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -35,7 +35,9 @@ def pytest_report_header(config: Any) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings.from_env({}, data_dir=str(tmp_path / "data"), background_jobs=False)
+    # Tests that need vectors ask for a provider (hash or local) explicitly; the rest stay BM25.
+    return Settings.from_env({}, data_dir=str(tmp_path / "data"), background_jobs=False,
+                             embedding_provider="none")
 
 
 @pytest.fixture
@@ -44,7 +46,7 @@ def make_runtime(tmp_path: Path):
     made: list[Runtime] = []
 
     def make(clock: Any = None, **overrides: Any) -> Runtime:
-        base = {"data_dir": str(tmp_path / "data"), "background_jobs": False}
+        base = {"data_dir": str(tmp_path / "data"), "background_jobs": False, "embedding_provider": "none"}
         rt = Runtime(Settings.from_env({}, **{**base, **overrides}), clock=clock)
         made.append(rt)
         return rt
@@ -118,7 +120,8 @@ class LiveServer:
         self.data_dir = tmp / f"server-{self.port}"
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(self.data_dir),
-                    "PORT": str(self.port), "HOST": "127.0.0.1", "HOME": str(tmp), **env}
+                    "PORT": str(self.port), "HOST": "127.0.0.1", "HOME": str(tmp),
+                    "EMBEDDING_PROVIDER": "none", **env}
         self.args = args
         self.log_path = tmp / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
