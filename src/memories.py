@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import search
 from errors import InvalidInput, NotFound
@@ -20,6 +20,9 @@ SUPERSEDE_THRESHOLD = 0.7
 # Supersede candidates come from the search index (a near-duplicate shares most terms, so it
 # ranks high); comparing against this many keeps remember O(1) in the number of memories.
 SUPERSEDE_CANDIDATES = 50
+# Run inside remember's transaction once a memory is written: hook(ctx, tx, memory, superseded).
+# relations.py records the `supersedes` relation here.
+REMEMBER_HOOKS: list[Callable[[Ctx, Any, dict, dict | None], None]] = []
 
 _LIST = array(string(max_length=1024), max_items=200)
 REMEMBER = params(
@@ -87,6 +90,8 @@ def memory_save(ctx: Ctx, args: dict) -> dict:
             search.index_record(tx, "memory", old)
         tx.set(MEMORIES, memory["id"], memory, now=now)
         search.index_record(tx, "memory", memory)
+        for hook in REMEMBER_HOOKS:
+            hook(ctx, tx, memory, old)
         tx.audit_message = (f"remember {memory['id']}" +
                             (f" (supersedes {old['id']})" if old else ""))
         tx.after_commit(lambda: rt.publish("memory", memory))

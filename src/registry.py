@@ -22,7 +22,10 @@ import jsonschema
 from errors import AppError, InvalidInput, NotFound
 
 # Domain modules that register tools; imported (in this order) by load_tools().
-TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall")
+TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall",
+                # the memory model (issue 4)
+                "lessons", "slots", "actions", "relations", "summaries", "crystals", "reflect",
+                "consolidate", "retention", "diagnose")
 
 
 # -- schema helpers (plain JSON Schema dicts) ------------------------------------------------------
