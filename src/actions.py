@@ -43,8 +43,17 @@ class Graph:
     def __init__(self, ctx: Ctx, store, requested_agent: str | None = None):
         agent = agent_filter(ctx, requested_agent)
         self.actions = {k: v for k, v in store.list(ACTIONS) if agent is None or v.get("agentId") == agent}
-        self.edges = [e for _k, e in store.list(EDGES)
-                      if e.get("sourceActionId") in self.actions and e.get("targetActionId") in self.actions]
+        self.edges: list[dict] = []
+        self._out: dict[str, list[dict]] = {}
+        self._in: dict[str, list[dict]] = {}
+        for _k, edge in store.list(EDGES):
+            if edge.get("sourceActionId") in self.actions and edge.get("targetActionId") in self.actions:
+                self.add_edge(edge)
+
+    def add_edge(self, edge: dict[str, Any]) -> None:
+        self.edges.append(edge)
+        self._out.setdefault(edge["sourceActionId"], []).append(edge)
+        self._in.setdefault(edge["targetActionId"], []).append(edge)
 
     def get(self, action_id: str, field: str = "actionId") -> dict[str, Any]:
         action = self.actions.get(action_id)
@@ -53,10 +62,13 @@ class Graph:
         return action
 
     def out(self, action_id: str, edge_type: str) -> list[dict]:
-        return [e for e in self.edges if e["sourceActionId"] == action_id and e["type"] == edge_type]
+        return [e for e in self._out.get(action_id, ()) if e["type"] == edge_type]
 
     def into(self, action_id: str, edge_type: str) -> list[dict]:
-        return [e for e in self.edges if e["targetActionId"] == action_id and e["type"] == edge_type]
+        return [e for e in self._in.get(action_id, ()) if e["type"] == edge_type]
+
+    def touching(self, action_id: str) -> list[dict]:
+        return self._out.get(action_id, []) + self._in.get(action_id, [])
 
     def blockers(self, action_id: str) -> list[str]:
         found = [f"requires:{e['targetActionId']}" for e in self.out(action_id, "requires")
@@ -225,7 +237,7 @@ def action_get(ctx: Ctx, args: dict) -> dict:
     """One action with its edges (both directions) and its children."""
     graph = Graph(ctx, ctx.rt.db.reader(), args.get("agentId"))
     action = graph.get(args["actionId"])
-    edges = [e for e in graph.edges if action["id"] in (e["sourceActionId"], e["targetActionId"])]
+    edges = graph.touching(action["id"])
     children = [a for a in graph.actions.values() if a.get("parentId") == action["id"]]
     return {"success": True, "action": action, "edges": edges, "children": children,
             "blockers": graph.blockers(action["id"])}
@@ -244,7 +256,7 @@ def action_edge_create(ctx: Ctx, args: dict) -> Reply:
         _check_edge(graph, args["type"], source["id"], args["targetActionId"], "edge")
         edge = _new_edge(ctx, args["type"], source["id"], args["targetActionId"], now)
         tx.set(EDGES, edge["id"], edge, now=now)
-        graph.edges.append(edge)
+        graph.add_edge(edge)
         if source.get("status") == "pending" and graph.blockers(source["id"]):
             source.update(status="blocked", updatedAt=now)
             tx.set(ACTIONS, source["id"], source, now=now)

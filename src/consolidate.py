@@ -103,8 +103,11 @@ def _save(ctx: Ctx, project: str | None, key: str, draft: dict[str, Any]) -> str
     saved, _status = registry.unwrap(registry.call(ctx, "memory_save", {k: v for k, v in args.items() if v}))
     memory_id = saved["memory"]["id"]
     with ctx.rt.db.transaction("consolidate", agent_id=agent) as tx:
-        tx.set(STATE, state_key, {"key": key, "project": project, "memoryId": memory_id, "sources": sources,
-                                  "updatedAt": ctx.rt.clock.iso()}, now=ctx.rt.clock.iso())
+        state = {"key": key, "project": project, "memoryId": memory_id, "sources": sources,
+                 "updatedAt": ctx.rt.clock.iso()}
+        if agent:
+            state["agentId"] = agent
+        tx.set(STATE, state_key, state, now=state["updatedAt"])
     return memory_id
 
 

@@ -66,7 +66,7 @@ def session_digest(session: dict[str, Any], observations: list[dict]) -> dict[st
     outcomes += [f"Still failing: {label}" for label in list(still_failing)[:5]]
     learned = []
     for failure, _success, between in fixed:
-        error = truncate(" ".join((failure.get("narrative") or "").split()), 160)
+        error = truncate(" ".join(summaries.outcome_text(failure).split()), 160)
         learned.append(f"`{summaries.step_label(failure)}` failed ({error}); "
                        + (f"it passed after changing {', '.join(between[:5])}" if between else "it passed on retry"))
     learned += marked_lessons([o.get("narrative") or "" for o in observations]
@@ -77,7 +77,7 @@ def session_digest(session: dict[str, Any], observations: list[dict]) -> dict[st
 
 
 def actions_digest(items: list[dict]) -> dict[str, Any]:
-    items = sorted(items, key=lambda a: (a.get("createdAt") or "", a["id"]))
+    items = sorted(items, key=lambda a: a.get("createdAt") or "")  # stable: ties keep the caller's order
     narrative = f"{len(items)} action(s) finished: " + "; ".join(
         f"{a.get('title')} ({a.get('status')})" for a in items)
     outcomes = [f"{a.get('title')}: {truncate(a['result'], 200)}" if a.get("result") else f"{a.get('title')} ({a.get('status')})"

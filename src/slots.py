@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape
 
 import context
 from errors import Conflict, Forbidden, NotFound, PayloadTooLarge
-from functions import agent_filter
+from functions import agent_filter, stamp_agent
 from privacy import strip_text
 from registry import PROJECT, Ctx, Reply, boolean, integer, params, string, tool
 from runtime import subsystem
@@ -126,6 +126,9 @@ def store_slot(ctx: Ctx, tx, slot: dict[str, Any], content: str) -> dict[str, An
     slot = {k: v for k, v in slot.items() if k != "default"}
     slot.update(content=content, updatedAt=now)
     slot["createdAt"] = slot.get("createdAt") or now
+    agent = stamp_agent(ctx, None)
+    if agent:
+        slot["agentId"] = agent
     tx.set(storage_scope(ctx, slot["scope"], slot.get("project")), slot["label"], slot, now=now)
     return slot
 

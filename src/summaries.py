@@ -84,12 +84,18 @@ def step_label(obs: dict[str, Any]) -> str:
     return truncate(" ".join((command or obs.get("subtitle") or obs.get("title") or "").split()), 80)
 
 
-def describe(obs: dict[str, Any], limit: int = 160) -> str:
-    """One line about an observation: what ran (or was said) and what came of it."""
+def outcome_text(obs: dict[str, Any]) -> str:
+    """The narrative without the tool input it starts with (the input is the step's label)."""
     narrative = obs.get("narrative") or ""
     subtitle = obs.get("subtitle")
     if subtitle and narrative.startswith(subtitle + " | "):
-        narrative = narrative[len(subtitle) + 3:]  # the input is already in the label
+        narrative = narrative[len(subtitle) + 3:]
+    return narrative
+
+
+def describe(obs: dict[str, Any], limit: int = 160) -> str:
+    """One line about an observation: what ran (or was said) and what came of it."""
+    narrative = outcome_text(obs)
     label = step_label(obs) if obs.get("toolName") else obs.get("title", "")
     text = f"{label}: {narrative}" if narrative and narrative != label else label
     return truncate(" ".join(text.split()), limit)
@@ -107,9 +113,10 @@ def files_touched(observations: list[dict]) -> list[str]:
 def top_terms(observations: list[dict], n: int = 8) -> list[str]:
     """Words that recur in at least two observations (stop words and JSON noise left out)."""
     counts: Counter[str] = Counter()
+    tools = {str(o["toolName"]).lower() for o in observations if o.get("toolName")}
     for o in observations:
         words = {w.lower() for w in _WORD.findall(f"{o.get('title', '')} {o.get('narrative', '')}")}
-        counts.update(w for w in words if w not in STOPWORDS and w not in _NOISE)
+        counts.update(w for w in words if w not in STOPWORDS and w not in _NOISE and w not in tools)
     return [w for w, c in counts.most_common(n * 3) if c >= 2][:n]
 
 
