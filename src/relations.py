@@ -19,6 +19,7 @@ from functions import agent_filter, stamp_agent, visible_to
 from memories import MEMORIES
 from privacy import strip_private_data
 from registry import AGENT_ID, Ctx, Reply, integer, number, obj, params, string, tool
+from runtime import subsystem
 from util import parse_time
 
 RELATIONS = "mem:relations"
@@ -169,3 +170,39 @@ def relations_list(ctx: Ctx, args: dict) -> dict:
                  and (not args.get("type") or r.get("type") == args["type"])]
     relations.sort(key=lambda r: (r.get("updatedAt") or "", r["id"]), reverse=True)
     return {"success": True, "relations": relations[:args["limit"]], "total": len(relations)}
+
+
+# -- subsystem: relations whose memories are gone ------------------------------------------------------
+
+
+class RelationChecks:
+    def __init__(self, rt: Any):
+        self.rt = rt
+
+    def _dangling(self) -> list[str]:
+        store = self.rt.db.reader()
+        relations = [r for _k, r in store.list(RELATIONS)]
+        ends = {r[k] for r in relations for k in ("sourceId", "targetId") if r.get(k)}
+        alive = set(store.get_many(MEMORIES, sorted(ends)))
+        return [r["id"] for r in relations if r.get("sourceId") not in alive or r.get("targetId") not in alive]
+
+    def diagnose(self) -> list[dict[str, Any]]:
+        dangling = self._dangling()
+        return [{"name": "relation_endpoints", "category": "relations", "status": "warn" if dangling else "pass",
+                 "message": f"{len(dangling)} relation(s) point at deleted memories" if dangling
+                 else "every relation connects two existing memories",
+                 "fix": "heal deletes them" if dangling else "", "fixable": bool(dangling)}]
+
+    def heal(self, dry_run: bool) -> list[dict[str, Any]]:
+        dangling = self._dangling()
+        if dangling and not dry_run:
+            with self.rt.db.transaction("heal_relations", agent_id=self.rt.settings.agent_id) as tx:
+                for rid in dangling:
+                    tx.delete(RELATIONS, rid)
+        return [{"name": "relation_endpoints", "category": "relations", "wouldFix": len(dangling),
+                 "fixed": 0 if dry_run else len(dangling)}] if dangling else []
+
+
+@subsystem("relations")
+def _relation_checks(rt: Any) -> RelationChecks:
+    return RelationChecks(rt)

@@ -13,6 +13,8 @@ Both only touch records of the caller's agent scope.
 from __future__ import annotations
 
 import logging
+import math
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -34,22 +36,38 @@ def _cutoff(ctx: Ctx, days: int) -> str:
     return iso(ctx.rt.clock.now() - timedelta(days=days))
 
 
+def _candidate_pairs(sets: list[frozenset]) -> list[tuple[int, int]]:
+    """Pairs that can reach the Jaccard threshold (prefix filtering): with each set's tokens in
+    rarest-first order, two sets with J > t share a token among the first |s| - ceil(t|s|) + 1
+    of each, so only sets meeting in such a prefix are compared."""
+    freq = Counter(token for tokens in sets for token in tokens)
+    seen_in: dict[str, list[int]] = {}
+    pairs: set[tuple[int, int]] = set()
+    for j, tokens in enumerate(sets):
+        ordered = sorted(tokens, key=lambda token: (freq[token], token))
+        for token in ordered[:len(ordered) - math.ceil(NEAR_DUPLICATE * len(ordered)) + 1]:
+            pairs.update((i, j) for i in seen_in.get(token, ()))
+            seen_in.setdefault(token, []).append(j)
+    return sorted(pairs)
+
+
 def near_duplicates(memories: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
     """(older, newer) pairs of latest memories in the same project with Jaccard > 0.9."""
-    by_project: dict[str | None, list[tuple[dict, frozenset]]] = {}
+    by_project: dict[str | None, list[dict]] = {}
     for memory in memories:
-        by_project.setdefault(memory.get("project"), []).append(
-            (memory, frozenset(jaccard_tokens(memory.get("content", "")))))
+        by_project.setdefault(memory.get("project"), []).append(memory)
     pairs, demoted = [], set()
     for group in by_project.values():
-        group.sort(key=lambda item: (item[0].get("createdAt") or "", item[0]["id"]))
-        for i, (older, a) in enumerate(group):
-            for newer, b in group[i + 1:]:
-                if older["id"] in demoted or not a or not b or min(len(a), len(b)) < NEAR_DUPLICATE * max(len(a), len(b)):
-                    continue
-                if len(a & b) / len(a | b) > NEAR_DUPLICATE:
-                    pairs.append((older, newer))
-                    demoted.add(older["id"])
+        group.sort(key=lambda m: (m.get("createdAt") or "", m["id"]))
+        sets = [frozenset(jaccard_tokens(m.get("content", ""))) for m in group]
+        for i, j in _candidate_pairs(sets):
+            older, newer = group[i], group[j]
+            small, big = sorted((len(sets[i]), len(sets[j])))
+            if older["id"] in demoted or not small or small <= NEAR_DUPLICATE * big:
+                continue  # J <= small / big, so sizes alone rule the pair out
+            if len(sets[i] & sets[j]) / len(sets[i] | sets[j]) > NEAR_DUPLICATE:
+                pairs.append((older, newer))
+                demoted.add(older["id"])
     return pairs
 
 

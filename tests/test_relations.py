@@ -61,3 +61,16 @@ def test_create_and_list_relations(client, call):
     assert r.status_code == 400 and r.json["details"]["field"] == "type"
     with pytest.raises(NotFound):
         call("relations_list", memoryId="mem_nope")
+
+
+def test_dangling_relations_are_diagnosed_and_healed(call):
+    a = call("memory_save", content="Service A talks to the queue")["memory"]
+    b = call("memory_save", content="The queue is RabbitMQ in production")["memory"]
+    call("relation_create", sourceId=a["id"], targetId=b["id"], type="extends")
+    checks = {c["name"]: c for c in call("memory_diagnose", categories="relations")["checks"]}
+    assert checks["relation_endpoints"]["status"] == "pass"
+    call("memory_forget", memoryId=b["id"])
+    checks = {c["name"]: c for c in call("memory_diagnose", categories="relations")["checks"]}
+    assert checks["relation_endpoints"]["status"] == "warn" and checks["relation_endpoints"]["fixable"]
+    assert call("diagnostics_heal", categories="relations")["fixed"] == 1
+    assert call("relations_list")["relations"] == []
