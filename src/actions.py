@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from errors import Conflict, InvalidInput, NotFound
-from functions import agent_filter, stamp_agent, visible_to
+from functions import agent_filter, stamp_agent
 from privacy import strip_private_data, strip_text
 from registry import (AGENT_ID, PROJECT, Ctx, Reply, array, integer, obj, params, string, tool)
 from util import new_id, parse_time

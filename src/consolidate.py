@@ -136,7 +136,7 @@ def memory_consolidate(ctx: Ctx, args: dict) -> dict:
         if not isinstance(drafts, list) or len(drafts) != len(groups):
             drafts, method = [draft_memory(key, group) for key, group in groups], None
         result["method"] = method or result["method"]
-        for (key, group), draft in zip(groups, drafts):
+        for (key, group), draft in zip(groups, drafts, strict=True):
             result["groups"].append({"key": key, "project": project, "observations": len(group),
                                      "sessions": len({o.get("sessionId") for o in group})})
             if args["dryRun"]:

@@ -80,8 +80,8 @@ def actions_digest(items: list[dict]) -> dict[str, Any]:
     items = sorted(items, key=lambda a: a.get("createdAt") or "")  # stable: ties keep the caller's order
     narrative = f"{len(items)} action(s) finished: " + "; ".join(
         f"{a.get('title')} ({a.get('status')})" for a in items)
-    outcomes = [f"{a.get('title')}: {truncate(a['result'], 200)}" if a.get("result") else f"{a.get('title')} ({a.get('status')})"
-                for a in items]
+    outcomes = [f"{a.get('title')}: {truncate(a['result'], 200)}" if a.get("result")
+                else f"{a.get('title')} ({a.get('status')})" for a in items]
     files = [f for a in items for f in ((a.get("metadata") or {}).get("files") or []) if isinstance(f, str)]
     texts = [a.get("result") or "" for a in items] + [a.get("description") or "" for a in items]
     return {"narrative": truncate(narrative, 2000), "keyOutcomes": outcomes[:20],
@@ -108,10 +108,9 @@ def _digest(ctx: Ctx, payload: dict, fallback: dict) -> tuple[dict, str]:
     return {k: drafted.get(k) or fallback[k] for k in fallback}, method or SYNTHETIC
 
 
-def crystallize(ctx: Ctx, args: dict) -> dict[str, Any]:
-    rt = ctx.rt
-    store = rt.db.reader()
-    agent = stamp_agent(ctx, None)
+def _draft(ctx: Ctx, store, args: dict, agent: str | None) -> dict[str, Any]:
+    """The crystal before it is stored: a session's (one per session, re-crystallizing updates
+    it) or a set of finished actions' (a new one each time)."""
     if args.get("sessionId"):
         sid = args["sessionId"]
         session = summaries.load_session(ctx, store, sid)
@@ -121,19 +120,25 @@ def crystallize(ctx: Ctx, args: dict) -> dict[str, Any]:
         digest, method = _digest(ctx, {"session": session, "observations": observations},
                                  session_digest(session, observations))
         crystal_id = "crys_" + hashlib.sha256(f"session\x00{agent or ''}\x00{sid}".encode()).hexdigest()[:16]
-        project, sources = args.get("project") or session.get("project"), []
-    else:
-        items = _finished_actions(ctx, store, args["actionIds"])
-        digest, method = _digest(ctx, {"actions": items}, actions_digest(items))
-        crystal_id, project, sid = new_id("crys"), args.get("project"), None
-        sources = [a["id"] for a in items]
+        return {"id": crystal_id, **digest, "sourceActionIds": [], "method": method, "sessionId": sid,
+                "project": args.get("project") or session.get("project")}
+    items = _finished_actions(ctx, store, args["actionIds"])
+    digest, method = _digest(ctx, {"actions": items}, actions_digest(items))
+    return {"id": new_id("crys"), **digest, "sourceActionIds": [a["id"] for a in items], "method": method,
+            "project": args.get("project")}
+
+
+def crystallize(ctx: Ctx, args: dict) -> dict[str, Any]:
+    rt = ctx.rt
+    store = rt.db.reader()
+    agent = stamp_agent(ctx, None)
+    crystal = {k: v for k, v in _draft(ctx, store, args, agent).items() if v is not None}
+    crystal_id, project, sources = crystal["id"], crystal.get("project"), crystal["sourceActionIds"]
     previous = store.get(CRYSTALS, crystal_id) or {}
     now = rt.clock.iso()
-    crystal = {"id": crystal_id, **digest, "sourceActionIds": sources, "createdAt": previous.get("createdAt") or now,
-               "updatedAt": now, "method": method}
-    for key, value in (("sessionId", sid), ("project", project), ("agentId", agent)):
-        if value:
-            crystal[key] = value
+    crystal.update(createdAt=previous.get("createdAt") or now, updatedAt=now)
+    if agent:
+        crystal["agentId"] = agent
     saved = []
     with rt.db.transaction("crystallize", agent_id=agent) as tx:
         tx.set(CRYSTALS, crystal_id, crystal, now=now)
@@ -150,7 +155,7 @@ def crystallize(ctx: Ctx, args: dict) -> dict[str, Any]:
             saved.append(lesson["id"])
         tx.audit_message = f"crystallize {crystal_id} ({len(saved)} new lesson(s))"
     rt.publish("crystal", crystal)
-    return {"success": True, "crystal": crystal, "lessonsSaved": saved, "method": method}
+    return {"success": True, "crystal": crystal, "lessonsSaved": saved, "method": crystal["method"]}
 
 
 @tool("memory_crystallize", params(

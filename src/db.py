@@ -153,6 +153,15 @@ def loads(text: str) -> Any:
     return json.loads(text)
 
 
+def in_chunks(values: Iterable[Any], size: int = 500) -> Iterator[tuple[list[Any], str]]:
+    """Distinct values in chunks small enough for SQLite's parameter limit, each with its
+    ``?,?,...`` placeholder list."""
+    values = list(dict.fromkeys(values))
+    for start in range(0, len(values), size):
+        chunk = values[start:start + size]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 # -- the store: all SQL, bound to one connection --------------------------------------------------
 
 
@@ -189,11 +198,8 @@ class Store:
         return loads(row[0]) if row else None
 
     def get_many(self, scope: str, keys: Iterable[str]) -> dict[str, Any]:
-        keys = list(dict.fromkeys(keys))
         found: dict[str, Any] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in in_chunks(keys):
             rows = self.conn.execute(
                 f"SELECT key, value FROM kv_store WHERE scope = ? AND key IN ({marks})",
                 (scope, *chunk),
@@ -466,11 +472,8 @@ class Store:
     # ---- memory model: relations, retention, consistency (lessons/slots/actions use get/list)
     def relations_touching(self, ids: Iterable[str]) -> list[Any]:
         """Relations whose sourceId or targetId is one of ``ids`` (expression-indexed)."""
-        ids = list(dict.fromkeys(ids))
         found: dict[str, Any] = {}
-        for start in range(0, len(ids), 400):
-            chunk = ids[start:start + 400]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in in_chunks(ids, 400):
             rows = self.conn.execute(
                 "SELECT key, value FROM kv_store WHERE scope = 'mem:relations' AND "
                 f"(json_extract(value, '$.sourceId') IN ({marks}) "
@@ -481,18 +484,13 @@ class Store:
     def memories_where(self, *, forget_before: str | None = None, superseded_before: str | None = None,
                        agent_id: str | None = None, limit: int) -> list[Any]:
         """Memories past their forgetAfter, or non-latest ones last updated before a cutoff."""
-        where, params = ["scope = 'mem:memories'"], []
-        if forget_before is not None:
-            where.append("json_extract(value, '$.forgetAfter') < ?")
-            params.append(forget_before)
-        if superseded_before is not None:
-            where.append("json_extract(value, '$.isLatest') = 0 AND json_extract(value, '$.updatedAt') < ?")
-            params.append(superseded_before)
-        if agent_id is not None:
-            where.append("json_extract(value, '$.agentId') = ?")
-            params.append(agent_id)
-        rows = self.conn.execute(f"SELECT value FROM kv_store WHERE {' AND '.join(where)} LIMIT ?",
-                                 (*params, limit))
+        wanted = [(clause, value) for clause, value in (
+            ("json_extract(value, '$.forgetAfter') < ?", forget_before),
+            ("json_extract(value, '$.isLatest') = 0 AND json_extract(value, '$.updatedAt') < ?", superseded_before),
+            ("json_extract(value, '$.agentId') = ?", agent_id)) if value is not None]
+        where = " AND ".join(["scope = 'mem:memories'", *(clause for clause, _ in wanted)])
+        rows = self.conn.execute(f"SELECT value FROM kv_store WHERE {where} LIMIT ?",
+                                 (*(value for _, value in wanted), limit))
         return [loads(r[0]) for r in rows]
 
     def observations_where(self, *, before: str | None = None, max_importance: float | None = None,

@@ -84,9 +84,9 @@ class DatabaseChecks:
         sizes = self.rt.db.file_sizes()
         free = shutil.disk_usage(self.rt.db.path.parent).free
         mb = free // (1024 * 1024)
-        status_ok = free >= DISK_WARN_BYTES
-        disk = check("disk_space", "disk", status_ok, f"{mb} MB free next to the database",
-                     fix="free disk space or move AGENTMEMORY_DATA_DIR", severity="fail" if free < DISK_FAIL_BYTES else "warn")
+        disk = check("disk_space", "disk", free >= DISK_WARN_BYTES, f"{mb} MB free next to the database",
+                     fix="free disk space or move AGENTMEMORY_DATA_DIR",
+                     severity="fail" if free < DISK_FAIL_BYTES else "warn")
         wal = check("wal_size", "disk", sizes["wal"] < WAL_WARN_BYTES, f"WAL is {sizes['wal'] // 1024} KB",
                     fix="heal checkpoints the WAL into the database", fixable=True, severity="warn")
         return [disk, wal]
@@ -95,6 +95,7 @@ class DatabaseChecks:
         s = self.rt.settings
         exposed = s.host not in ("127.0.0.1", "localhost", "::1") and not s.secret
         isolated_without_id = s.agent_scope == "isolated" and not s.agent_id
+        scope = f"agent scope {s.agent_scope}" + (f" as {s.agent_id}" if s.agent_id else "")
         return [
             check("bind_without_secret", "config", not exposed,
                   f"bound to {s.host} without AGENTMEMORY_SECRET: anyone on the network can read and write"
@@ -102,7 +103,7 @@ class DatabaseChecks:
                   fix="set AGENTMEMORY_SECRET or bind HOST=127.0.0.1", severity="warn"),
             check("agent_scope", "config", not isolated_without_id,
                   "AGENTMEMORY_AGENT_SCOPE=isolated without AGENT_ID: every read fails closed"
-                  if isolated_without_id else f"agent scope {s.agent_scope}" + (f" as {s.agent_id}" if s.agent_id else ""),
+                  if isolated_without_id else scope,
                   fix="set AGENT_ID"),
         ]
 

@@ -210,7 +210,7 @@ def reflect_project(ctx: Ctx, project: str | None, max_clusters: int) -> dict[st
     now, new, reinforced, saved = rt.clock.iso(), 0, 0, []
     agent = stamp_agent(ctx, None)
     with rt.db.transaction("reflect", agent_id=agent) as tx:
-        for (terms, members), draft in zip(usable, drafts):
+        for (terms, members), draft in zip(usable, drafts, strict=True):
             fresh = _insight(ctx, project, terms, members, draft)
             existing = tx.get(INSIGHTS, fresh["id"])
             if existing and not existing.get("deleted"):
@@ -250,7 +250,8 @@ def memory_reflect(ctx: Ctx, args: dict) -> dict:
     maxObservations=integer("Observations of the session to review", minimum=1, maximum=200, default=50),
 ), http=[("POST", "/slot/reflect")], mcp=False)
 def slot_reflect(ctx: Ctx, args: dict) -> dict:
-    """Heuristic slot update from a session: TODOs -> pending_items, counts -> session_patterns, files -> project_context."""
+    """Heuristic slot update from a session: TODOs -> pending_items, counts -> session_patterns,
+    files -> project_context."""
     return reflect_session(ctx, args["sessionId"], args["maxObservations"])
 
 

@@ -167,7 +167,8 @@ def auto_forget_tool(ctx: Ctx, args: dict) -> dict:
 @tool("evict", params(
     dryRun=DRY_RUN,
     maxObservationsPerProject=integer("Cap per project", minimum=1, maximum=10_000_000),
-    lowImportanceMaxDays=integer("Age after which low-importance observations go", minimum=1, maximum=36_500, default=90),
+    lowImportanceMaxDays=integer("Age after which low-importance observations go", minimum=1,
+                                 maximum=36_500, default=90),
     lowImportanceThreshold=integer("Importance below this is low", minimum=1, maximum=10, default=3),
     staleSessionDays=integer("Idle days before an empty session goes", minimum=1, maximum=36_500, default=30),
 ), http=[("POST", "/evict")], mcp=False)

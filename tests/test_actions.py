@@ -49,7 +49,7 @@ def test_frontier_order_with_blockers(clocked):
     low = call("memory_action_create", title="low", priority=2, project="p")["action"]
     high = call("memory_action_create", title="high", priority=8, project="p")["action"]
     blocked = call("memory_action_create", title="blocked", priority=10, project="p", requires=low["id"])["action"]
-    unlocker = call("memory_action_create", title="unlocker", priority=5, project="p",
+    call("memory_action_create", title="unlocker", priority=5, project="p",
                     edges=[{"type": "unlocks", "targetActionId": high["id"]}])["action"]
     active = call("memory_action_create", title="active", priority=3, project="p")["action"]
     call("memory_action_update", actionId=active["id"], status="active")

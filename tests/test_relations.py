@@ -9,9 +9,13 @@ from util import iso, parse_time
 BASE = "The integration tests need a running redis server on port 6379 before pytest starts"
 
 
-def _mem(days_old: float, sessions=(), now=parse_time("2026-06-01T00:00:00Z")):
+NOW = parse_time("2026-06-01T00:00:00Z")
+
+
+def _mem(days_old: float, sessions=()):
     from datetime import timedelta
 
+    now = NOW
     return {"id": "m", "sessionIds": list(sessions), "updatedAt": iso(now - timedelta(days=days_old))}
 
 
