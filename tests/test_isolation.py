@@ -54,13 +54,16 @@ def seed_agent_b(b: ToolCaller) -> dict[str, str]:
     crystal = b("memory_crystallize", sessionId=sid)["crystal"]
     b("memory_consolidate", project=PROJECT, minObservations=1)
     b("memory_reflect", project=PROJECT)
-    return {"session": sid, "obs": obs, "memory": memory["id"], "memory2": memory2["id"], "lesson": lesson["id"],
+    # A second session in a project whose very name is B's: A must not learn it either.
+    b("agent_observe", **hook("session-b2", "post_tool_use", project=f"b-only-{MARK}",
+                              data={"tool_name": "Bash", "tool_input": {"command": WORD}, "tool_output": MARK}))
+    return {"session": sid, "session2": "session-b2", "obs": obs, "memory": memory["id"], "memory2": memory2["id"], "lesson": lesson["id"],
             "slot": "b_notes", "action": action["id"], "done": done["id"], "crystal": crystal["id"]}
 
 
 def known_values(ids: dict[str, str]) -> dict[str, Any]:
     return {
-        "sessionId": ids["session"], "memoryId": ids["memory"], "memoryIds": [ids["memory"]],
+        "sessionId": ids["session2"], "memoryId": ids["memory"], "memoryIds": [ids["memory"]],
         "lessonId": ids["lesson"], "actionId": ids["action"], "actionIds": [ids["done"]],
         "label": ids["slot"], "query": WORD, "project": PROJECT, "sourceId": ids["memory"],
         "targetId": ids["memory2"], "sourceActionId": ids["action"], "targetActionId": ids["done"],
@@ -141,6 +144,8 @@ def _request(client, route: registry.Route, args: dict[str, Any]):
 def test_agent_a_cannot_read_agent_b_through_any_route(agents):
     a, b, ids, secrets = agents
     a("memory_save", content="alphamark private note", project=PROJECT)  # A's own data stays visible to A
+    a("memory_lesson_save", content="alphamark global rule")  # so A's context blocks are never empty
+    a("memory_slot_replace", label="persona", content="alphamark persona")
     client = create_app(runtime=a.rt).test_client()
     answered: set[str] = set()
     calls = 0
