@@ -134,7 +134,7 @@ STATUS = string("Status", enum=STATUSES + tuple(STATUS_ALIASES))
     metadata=obj("Free-form metadata"), sourceObservationIds=_IDS, sourceMemoryIds=_IDS,
 ), http=[("POST", "/actions", 201)])
 def memory_action_create(ctx: Ctx, args: dict) -> Reply:
-    """Create an action with optional parent and edges; any `requires` edge starts it blocked."""
+    """Create an action with optional parent and edges; an unmet `requires` edge starts it blocked."""
     rt, now = ctx.rt, ctx.rt.clock.iso()
     agent = stamp_agent(ctx, None)
     action = {"id": new_id("act"), "title": strip_text(args["title"]),

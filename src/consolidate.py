@@ -114,7 +114,7 @@ def _save(ctx: Ctx, project: str | None, key: str, draft: dict[str, Any]) -> str
 @tool("memory_consolidate", params(
     project=PROJECT, minObservations=integer("Do nothing below this many important observations",
                                              minimum=1, maximum=10_000, default=5),
-    maxGroups=integer("Most memories to write", minimum=1, maximum=50, default=10),
+    maxGroups=integer("Most memories to write per project", minimum=1, maximum=50, default=10),
     dryRun=boolean("Show the groups without saving", default=False),
     tier=string("Accepted for upstream compatibility; every tier runs the same grouping", max_length=40),
     agentId=AGENT_ID,

@@ -145,7 +145,8 @@ _TERM = re.compile(r"[a-z][a-z0-9_\-]{3,}")
 
 
 def _items(ctx: Ctx, store, project: str | None) -> list[dict[str, Any]]:
-    """Lessons, latest memories and crystals of the project (and global ones), as text items."""
+    """Lessons, latest memories and crystals of the project and global ones (every project's
+    when ``project`` is None), as text items."""
     agent = agent_filter(ctx)
     items = []
     sources = ((LESSONS, "lesson", "content", "tags"), (MEMORIES, "memory", "content", "concepts"),
@@ -154,8 +155,10 @@ def _items(ctx: Ctx, store, project: str | None) -> list[dict[str, Any]]:
         for _k, rec in store.list(scope):
             if rec.get("deleted") or rec.get("isLatest") is False:
                 continue
-            if (agent is not None and rec.get("agentId") != agent) or rec.get("project") not in (None, project):
+            if agent is not None and rec.get("agentId") != agent:
                 continue
+            if project is not None and rec.get("project") not in (None, project):
+                continue  # a project's reflection uses its own and global items; none given: all
             tags = [str(t).lower() for t in rec.get(tag_field) or [] if kind != "crystal"]
             text = f"{rec.get('title', '')} {rec.get(text_field, '')}".lower()
             terms = set(tags) | {w for w in _TERM.findall(text) if w not in STOPWORDS}
