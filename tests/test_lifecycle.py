@@ -211,3 +211,26 @@ def test_model_step_goes_first_and_failures_fall_back(client, call):
     assert run_model_steps("summarize", None, {}) == (None, None)
     with pytest.raises(ValueError):
         model_step("nope", "x")
+
+
+def test_memory_model_end_to_end_over_http(live_server):
+    import requests
+
+    from conftest import post
+
+    server = live_server()
+    post(server.api("/session/start"), {"sessionId": "e2e", "project": "shop", "cwd": "/w"})
+    r = post(server.api("/observe"), hook("e2e", "prompt_submit", project="shop",
+                                          data={"prompt": "ship it. TODO: update the changelog"}))
+    assert r.status_code == 201
+    assert post(server.api("/session/end"), {"sessionId": "e2e"}).status_code == 200
+    session = requests.get(server.api("/sessions"), timeout=30).json()["sessions"][0]
+    assert session["summary"]["title"] == "ship it. TODO: update the changelog"
+    slot = requests.get(server.api("/slot"), params={"label": "pending_items", "project": "shop"}, timeout=30).json()
+    assert slot["slot"]["content"] == "- TODO: update the changelog"
+    for expected in (201, 200):
+        assert post(server.api("/lessons"), {"content": "Update the changelog before tagging"}).status_code == expected
+    context = post(server.api("/context"), {"sessionId": "next", "project": "shop"}).json()["context"]
+    assert context.index("## pending_items\n- TODO: update the changelog") < context.index("(0.55) Update the changelog")
+    health = post(server.api("/diagnostics"), {}).json()
+    assert health["summary"]["fail"] == 0 and any(c["name"] == "db_integrity" for c in health["checks"])
