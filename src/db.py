@@ -198,6 +198,23 @@ def _m003_vectors(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration("memory_model_indexes")
+def _m004_memory_model(conn: sqlite3.Connection) -> None:
+    # Relations are looked up from either end; retention finds expired memories; diagnostics
+    # and retention join search rows back to their record by (scope, key).
+    run_script(conn,
+        """
+        CREATE INDEX kv_relations_source ON kv_store (json_extract(value, '$.sourceId'))
+            WHERE scope = 'mem:relations';
+        CREATE INDEX kv_relations_target ON kv_store (json_extract(value, '$.targetId'))
+            WHERE scope = 'mem:relations';
+        CREATE INDEX kv_memories_forget ON kv_store (json_extract(value, '$.forgetAfter'))
+            WHERE scope = 'mem:memories';
+        CREATE INDEX search_docs_scope_key ON search_docs (scope, key);
+        """
+    )
+
+
 class SchemaTooNew(AppError):
     status = 503
     code = "schema_too_new"
@@ -219,6 +236,15 @@ def dumps(value: Any) -> str:
 
 def loads(text: str) -> Any:
     return json.loads(text)
+
+
+def in_chunks(values: Iterable[Any], size: int = 500) -> Iterator[tuple[list[Any], str]]:
+    """Distinct values in chunks small enough for SQLite's parameter limit, each with its
+    ``?,?,...`` placeholder list."""
+    values = list(dict.fromkeys(values))
+    for start in range(0, len(values), size):
+        chunk = values[start:start + size]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 # -- the store: all SQL, bound to one connection --------------------------------------------------
@@ -245,10 +271,12 @@ class Store:
     def _touch(self, scope: str, key: str) -> None:
         self.changed.append(f"{scope}/{key}")
 
-    def note_change(self, target: str, message: str) -> None:
-        """Audit a change made outside this file (e.g. in Redis) with this transaction's row."""
-        self.changed.append(target)
-        self.audit_message = message
+    def record_change(self, what: str, message: str | None = None) -> None:
+        """Audit a change made outside kv_store (Redis, index repairs, ...) with this
+        transaction's row."""
+        self.changed.append(what)
+        if message:
+            self.audit_message = message
 
     # ---- kv_store
     def get(self, scope: str, key: str) -> Any | None:
@@ -258,11 +286,8 @@ class Store:
         return loads(row[0]) if row else None
 
     def get_many(self, scope: str, keys: Iterable[str]) -> dict[str, Any]:
-        keys = list(dict.fromkeys(keys))
         found: dict[str, Any] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in in_chunks(keys):
             rows = self.conn.execute(
                 f"SELECT key, value FROM kv_store WHERE scope = ? AND key IN ({marks})",
                 (scope, *chunk),
@@ -627,8 +652,12 @@ class Store:
             (ts, agent_id, operation, message, dumps(targets), dumps(details)),
         )
 
-    def audit_page(self, *, operation: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
-        where, params = ("WHERE operation = ?", [operation]) if operation else ("", [])
+    def audit_page(self, *, operation: str | None, limit: int, offset: int,
+                   agent_id: str | None = None) -> tuple[list[dict], int]:
+        conditions = [(c, v) for c, v in (("operation = ?", operation), ("agent_id = ?", agent_id))
+                      if v is not None]
+        where = ("WHERE " + " AND ".join(c for c, _ in conditions)) if conditions else ""
+        params = [v for _, v in conditions]
         total = self.conn.execute(f"SELECT count(*) FROM audit_log {where}", params).fetchone()[0]
         rows = self.conn.execute(
             f"SELECT id, ts, agent_id, operation, message, targets, details FROM audit_log {where} "
@@ -867,6 +896,105 @@ class Store:
         """Delete FTS rows no search_docs row points at; returns how many."""
         return self.conn.execute(
             "DELETE FROM search_fts WHERE rowid NOT IN (SELECT id FROM search_docs)").rowcount
+
+    def quick_check(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("PRAGMA quick_check(20)")]
+
+    # ---- memory model: relations, retention, consistency (lessons/slots/actions use get/list)
+    def relations_touching(self, ids: Iterable[str]) -> list[Any]:
+        """Relations whose sourceId or targetId is one of ``ids`` (expression-indexed)."""
+        found: dict[str, Any] = {}
+        for chunk, marks in in_chunks(ids, 400):
+            rows = self.conn.execute(
+                "SELECT key, value FROM kv_store WHERE scope = 'mem:relations' AND "
+                f"(json_extract(value, '$.sourceId') IN ({marks}) "
+                f"OR json_extract(value, '$.targetId') IN ({marks}))", (*chunk, *chunk))
+            found.update((k, loads(v)) for k, v in rows)
+        return list(found.values())
+
+    def memories_where(self, *, forget_before: str | None = None, superseded_before: str | None = None,
+                       agent_id: str | None = None, limit: int) -> list[Any]:
+        """Memories past their forgetAfter, or non-latest ones last updated before a cutoff."""
+        wanted = [(clause, value) for clause, value in (
+            ("json_extract(value, '$.forgetAfter') < ?", forget_before),
+            ("json_extract(value, '$.isLatest') = 0 AND json_extract(value, '$.updatedAt') < ?", superseded_before),
+            ("json_extract(value, '$.agentId') = ?", agent_id)) if value is not None]
+        where = " AND ".join(["scope = 'mem:memories'", *(clause for clause, _ in wanted)])
+        rows = self.conn.execute(f"SELECT value FROM kv_store WHERE {where} LIMIT ?",
+                                 (*(value for _, value in wanted), limit))
+        return [loads(r[0]) for r in rows]
+
+    def observations_where(self, *, before: str | None = None, max_importance: float | None = None,
+                           project: str | None = None, agent_id: str | None = None,
+                           lowest_value_first: bool = False, limit: int) -> list[Any]:
+        """Observations found through the index (kind, ts) filtered on their stored fields."""
+        where, params = ["d.kind = 'observation'"], []
+        for clause, value in (("d.ts < ?", before), ("d.project = ?", project),
+                              ("d.agent_id = ?", agent_id),
+                              ("json_extract(k.value, '$.importance') <= ?", max_importance)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        order = ("json_extract(k.value, '$.importance'), d.ts" if lowest_value_first else "d.ts")
+        rows = self.conn.execute(
+            "SELECT k.value FROM search_docs d JOIN kv_store k ON k.scope = d.scope AND k.key = d.key "
+            f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?", (*params, limit))
+        return [loads(r[0]) for r in rows]
+
+    def observation_counts(self, by: str, agent_id: str | None = None) -> dict[str | None, int]:
+        """Indexed observation counts grouped by ``project`` or ``session_id``."""
+        if by not in ("project", "session_id"):
+            raise ValueError(f"unsupported grouping {by!r}")
+        where, params = "kind = 'observation'", []
+        if agent_id is not None:
+            where += " AND agent_id = ?"
+            params.append(agent_id)
+        rows = self.conn.execute(f"SELECT {by}, count(*) FROM search_docs WHERE {where} GROUP BY {by}", params)
+        return {key: n for key, n in rows}
+
+    def stored_observation_counts(self) -> dict[str, int]:
+        """Observations actually stored per session (``mem:obs:{id}`` row counts)."""
+        rows = self.conn.execute(
+            "SELECT substr(scope, 9), count(*) FROM kv_store WHERE scope >= 'mem:obs:' "
+            "AND scope < 'mem:obs;' GROUP BY scope")
+        return {sid: n for sid, n in rows}
+
+    def unindexed_records(self, scopes: Iterable[str], *, limit: int) -> list[tuple[str, str, Any]]:
+        """Records of indexed scopes (every ``mem:obs:*`` plus ``scopes``) with no search row."""
+        scopes = list(scopes) or [""]
+        rows = self.conn.execute(
+            "SELECT k.scope, k.key, k.value FROM kv_store k LEFT JOIN search_docs d "
+            "ON d.scope = k.scope AND d.key = k.key WHERE d.id IS NULL AND "
+            f"((k.scope >= 'mem:obs:' AND k.scope < 'mem:obs;') OR k.scope IN ({','.join('?' * len(scopes))})) "
+            "LIMIT ?", (*scopes, limit))
+        return [(s, k, loads(v)) for s, k, v in rows]
+
+    def orphan_index_rows(self, *, limit: int) -> list[str]:
+        """doc_ids of search rows whose record no longer exists."""
+        rows = self.conn.execute(
+            "SELECT d.doc_id FROM search_docs d LEFT JOIN kv_store k ON k.scope = d.scope AND k.key = d.key "
+            "WHERE k.key IS NULL LIMIT ?", (limit,))
+        return [r[0] for r in rows]
+
+    def docs_without_text(self, *, limit: int) -> list[tuple[str, str]]:
+        """(scope, key) of search rows whose FTS text row is missing."""
+        rows = self.conn.execute(
+            "SELECT d.scope, d.key FROM search_docs d WHERE NOT EXISTS "
+            "(SELECT 1 FROM search_fts f WHERE f.rowid = d.id) LIMIT ?", (limit,))
+        return [(s, k) for s, k in rows]
+
+    def text_without_docs(self, *, limit: int) -> list[int]:
+        rows = self.conn.execute(
+            "SELECT rowid FROM search_fts WHERE rowid NOT IN (SELECT id FROM search_docs) LIMIT ?", (limit,))
+        return [r[0] for r in rows]
+
+    def delete_text_rows(self, rowids: Iterable[int]) -> int:
+        removed = 0
+        for rowid in rowids:
+            removed += self.conn.execute("DELETE FROM search_fts WHERE rowid = ?", (rowid,)).rowcount
+        if removed:
+            self.record_change(f"search_fts/{removed} row(s)")
+        return removed
 
 
 # -- working-memory helpers -----------------------------------------------------------------------

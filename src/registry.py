@@ -23,6 +23,9 @@ from errors import AppError, InvalidInput, NotFound
 
 # Domain modules that register tools; imported (in this order) by load_tools().
 TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall", "timeline", "profile",
+                # the memory model (issue 4)
+                "lessons", "slots", "actions", "relations", "summaries", "crystals", "reflect",
+                "consolidate", "retention", "diagnose",
                 "antigravity", "working")
 
 

@@ -138,6 +138,22 @@ SETTINGS: tuple[Setting, ...] = (
             "Records embedded per batch by the background embedding worker."),
     Setting("search_max_per_session", ("AGENTMEMORY_SEARCH_MAX_PER_SESSION",), 5, _positive_int,
             "Hybrid search diversification: at most this many hits per session before backfilling."),
+    # -- memory model (lessons, slots, reflection, retention)
+    Setting("lesson_decay_enabled", ("LESSON_DECAY_ENABLED",), True, _bool,
+            "Daily sweep lowering lesson confidence by decayRate per week without reinforcement."),
+    Setting("reflect_on_session_end", ("AGENTMEMORY_REFLECT",), True, _bool,
+            "On session end, reflect its observations into slots (pending_items, session_patterns, "
+            "project_context)."),
+    Setting("auto_forget_enabled", ("AUTO_FORGET_ENABLED",), True, _bool,
+            "Hourly auto-forget: expired memories, near-duplicate memories demoted, old low-value "
+            "observations."),
+    Setting("auto_forget_interval_ms", ("AUTO_FORGET_INTERVAL_MS",), 3_600_000, _positive_int,
+            "Interval of the auto-forget sweep."),
+    Setting("evict_interval_ms", ("AGENTMEMORY_EVICT_INTERVAL_MS",), 21_600_000, _positive_int,
+            "Interval of the eviction sweep (caps and stale records)."),
+    Setting("max_obs_per_project", ("AGENTMEMORY_MAX_OBS_PER_PROJECT",), 10_000, _positive_int,
+            "Eviction keeps at most this many observations per project (lowest importance, "
+            "then oldest, go first)."),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

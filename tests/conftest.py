@@ -26,6 +26,11 @@ from registry import Ctx  # noqa: E402
 from runtime import Runtime  # noqa: E402
 from settings import SETTINGS, Settings  # noqa: E402
 
+# Register every tool in TOOL_MODULES order before any test module imports a domain module
+# directly; otherwise registration order (and so the generated docs tables) would depend on
+# which test file is collected first.
+registry.load_tools()
+
 
 def pytest_report_header(config: Any) -> str:
     import sqlite3

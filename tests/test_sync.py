@@ -132,7 +132,8 @@ def test_retention_keeps_the_last_n_snapshots(hf_hub, tmp_path):
     env = sync_env(hf_hub, tmp_path, data, AGENTMEMORY_BACKUP_KEEP="2")
     ids = []
     for n in range(4):
-        add_memory(data, f"memory number {n} for the retention test")
+        # Distinct words: near-duplicates would become versions (and add a supersede relation).
+        add_memory(data, f"snapshot{n} keeps distinct words like quokka{n} zebra{n} falcon{n}")
         ids.append(result(run_sync(env, "backup")))
     history = sorted(name for name in hf_hub.files(HUB_REPO) if name.startswith("backups/"))
     metas = [json.loads(hf_hub.files(HUB_REPO, c.oid)[sync.META]) for c in hf_hub.repos[HUB_REPO].commits[1:]]
