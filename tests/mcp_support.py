@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jsonschema
 import pytest
@@ -25,24 +25,48 @@ EXPECTED_ERROR_STATUSES = {404}
 DESTRUCTIVE_WORDS = ("forget", "delete", "clear", "evict")
 
 
-def seed(server_api, headers: dict[str, str]) -> dict[str, Any]:
+def seed(post_json: Callable[[str, dict], tuple[int, Any]]) -> dict[str, Any]:
     """Create a session with an observation and a memory; return argument values naming them.
 
-    Keys are argument names; a generated call uses a seed whenever the tool's schema has that
+    ``post_json(path, body) -> (status, json)`` posts to ``/agentmemory{path}``. Keys of the
+    result are argument names: a generated call uses a seed whenever the tool's schema has that
     property, so ids that must exist do exist.
     """
-    r = post(server_api("/observe"), hook("mcp-seed", data={"tool_name": "Edit", "tool_input": {
-        "file_path": "src/auth.py"}, "tool_output": "fixed the pytest fixture"}), headers=headers)
-    assert r.status_code == 201, r.text
-    obs_id = r.json()["observationId"]
-    r = post(server_api("/remember"), {"content": "pytest fixtures live in conftest.py", "project": "demo",
-                                       "sessionId": "mcp-seed"}, headers=headers)
-    assert r.status_code == 201, r.text
-    memory_id = r.json()["memory"]["id"]
+    status, body = post_json("/observe", hook("mcp-seed", data={
+        "tool_name": "Edit", "tool_input": {"file_path": "src/auth.py"}, "tool_output": "fixed the pytest fixture"}))
+    assert status == 201, body
+    obs_id = body["observationId"]
+    status, body = post_json("/remember", {"content": "pytest fixtures live in conftest.py", "project": "demo",
+                                           "sessionId": "mcp-seed"})
+    assert status == 201, body
+    memory_id = body["memory"]["id"]
     return {"sessionId": "mcp-seed", "session_id": "mcp-seed", "memoryId": memory_id, "memoryIds": [memory_id],
             "observationIds": [obs_id], "project": "demo", "query": "pytest fixture",
             "content": "seeded content about pytest fixtures", "task_description": "fix pytest",
             "anchor": "2026-11-01T10:00:00.000Z", "text": "more notes"}
+
+
+def live_poster(server: Any, headers: dict[str, str] | None = None) -> Callable[[str, dict], tuple[int, Any]]:
+    def post_json(path: str, body: dict) -> tuple[int, Any]:
+        r = post(server.api(path), body, headers=headers or {})
+        return r.status_code, r.json()
+
+    return post_json
+
+
+def client_poster(client: Any) -> Callable[[str, dict], tuple[int, Any]]:
+    def post_json(path: str, body: dict) -> tuple[int, Any]:
+        r = client.post(f"/agentmemory{path}", json=body)
+        return r.status_code, r.get_json()
+
+    return post_json
+
+
+def check_result(name: str, text: str, problems: list[str]) -> None:
+    """Record a problem unless ``text`` is a success or an expected not-found error."""
+    error = tool_error(text)
+    if error is not None and error.get("status") not in EXPECTED_ERROR_STATUSES:
+        problems.append(f"{name}: {error.get('status')} {error.get('code')}: {error.get('error')}")
 
 
 def _main_type(schema: dict[str, Any]) -> str | None:
@@ -111,8 +135,10 @@ class StdioPeer:
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
         self._next_id = 0
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
+        self._readers = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True),
+                         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True)]
+        for reader in self._readers:
+            reader.start()
 
     @staticmethod
     def _pump(stream, sink) -> None:
@@ -149,6 +175,11 @@ class StdioPeer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream and not stream.closed:
+                stream.close()
 
 
 # -- npm packages ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from mcp_types.methods import validate_server_result
 
 import mcp_protocol as mp
+from mcp_support import call_order, check_result, client_poster, sample_args, seed, tool_error
 from app import create_app
 
 MODERN = "2026-07-28"
@@ -310,3 +311,20 @@ def test_modern_notification_is_accepted(client):
     r = client.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {}},
                     headers={"MCP-Protocol-Version": MODERN})
     assert r.status_code == 202
+
+
+def test_every_tool_is_callable_with_arguments_generated_from_its_schema(client):
+    seeds = seed(client_poster(client))
+    _r, listed = rpc(client, "tools/list")
+    problems: list[str] = []
+    for tool in call_order(listed["result"]["tools"]):
+        args = sample_args(tool["inputSchema"], seeds)
+        r, body = rpc(client, "tools/call", {"name": tool["name"], "arguments": args})
+        if r.status_code != 200 or "result" not in body:
+            problems.append(f"{tool['name']}: protocol error {body}")
+            continue
+        result = body["result"]
+        if result.get("isError"):
+            assert tool_error(result["content"][0]["text"]) is not None, result  # errors are our JSON envelope
+        check_result(tool["name"], result["content"][0]["text"], problems)
+    assert not problems, "\n".join(problems)

@@ -230,3 +230,37 @@ def test_sdk_streamable_http_client_wrong_token_is_refused(live_server):
     while hasattr(leaves[-1], "exceptions"):
         leaves.append(leaves[-1].exceptions[0])
     assert isinstance(leaves[-1], MCPError) and leaves[-1].message.startswith("unauthorized: send 'Authorization")
+
+
+def readme_mcp_configs() -> list[dict[str, Any]]:
+    from conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## MCP\n")[1].split("\n## ")[0]
+    blocks = section.split("```json\n")[1:]
+    return [json.loads(block.split("```")[0])["mcpServers"]["agentmemory"] for block in blocks]
+
+
+async def _run_config(entry: dict[str, Any], url: str) -> list[str]:
+    from conftest import ROOT
+
+    fix = lambda text: text.replace("/opt/agentmemory-python/.venv/bin/python", sys.executable).replace(  # noqa: E731
+        "/opt/agentmemory-python", str(ROOT))
+    env = {k: (url if k == "AGENTMEMORY_URL" else SECRET) for k in entry["env"]}
+    params = StdioServerParameters(command=fix(entry["command"]), args=[fix(a) for a in entry["args"]], env=env)
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            return [t.name for t in (await session.list_tools()).tools]
+
+
+def test_readme_client_configs_work(live_server):
+    server = live_server(env={"AGENTMEMORY_SECRET": SECRET})
+    configs = readme_mcp_configs()
+    stdio = [c for c in configs if "command" in c]
+    http = [c for c in configs if "url" in c]
+    assert len(stdio) == 2 and len(http) == 1
+    assert http[0]["url"].endswith("/mcp") and http[0]["headers"]["Authorization"].startswith("Bearer ")
+    for entry in stdio:
+        assert entry["args"][-1].endswith("src/mcp_stdio.py") and set(entry["env"]) == {
+            "AGENTMEMORY_URL", "AGENTMEMORY_SECRET"}
+        assert anyio.run(_run_config, entry, server.url) == registry_tools()
