@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 import mcp_types as types
@@ -105,8 +105,18 @@ def _http_error(method: str, path: str, response: requests.Response, payload: An
     return ProxyError(f"{method} {path} failed with HTTP {status}: {text}", status, code)
 
 
-async def call_server(method: str, path: str, body: Any = None) -> Any:
-    return await anyio.to_thread.run_sync(rest, method, path, body)
+async def call_server(method: str, path: str, body: Any = None, *, shape: Any = None,
+                      pick: Callable[[Any], Any] = lambda data: data) -> Any:
+    """``rest`` off the event loop. With ``shape`` (an mcp_types model) the answer, reduced by
+    ``pick``, is validated into it: a server answering something else is a ProxyError."""
+    data = await anyio.to_thread.run_sync(rest, method, path, body)
+    if shape is None:
+        return data
+    try:
+        return shape.model_validate(pick(data))
+    except (ValueError, TypeError, LookupError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
+        raise ProxyError(f"{method} {path} answered an unexpected shape for {shape.__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def _rpc_error(exc: ProxyError) -> MCPError:
@@ -120,59 +130,55 @@ def _rpc_error(exc: ProxyError) -> MCPError:
 
 async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
     try:
-        data = await call_server("GET", "/mcp/tools")
+        return await call_server("GET", "/mcp/tools", shape=types.ListToolsResult)
     except ProxyError as exc:
         raise MCPError(types.INTERNAL_ERROR, f"cannot list tools: {exc}") from None
-    return types.ListToolsResult.model_validate({"tools": data.get("tools", [])})
 
 
 async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
     body = {"name": params.name, "arguments": params.arguments or {}}
     try:
-        data = await call_server("POST", "/mcp/call", body)
+        return await call_server("POST", "/mcp/call", body, shape=types.CallToolResult)
     except ProxyError as exc:
         if exc.code == "unknown_tool":
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}") from None
         return types.CallToolResult(content=[types.TextContent(text=f"Error: {exc}")], is_error=True)
-    return types.CallToolResult.model_validate(data)
 
 
 async def list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
-    data = await _listing("/mcp/resources", "resources")
-    concrete = [r for r in data.get("resources", []) if "{" not in r.get("uri", "")]
-    return types.ListResourcesResult.model_validate({"resources": concrete})
+    # The server lists templates among its resources (as upstream does); MCP lists them apart.
+    return await _listing("/mcp/resources", "resources", types.ListResourcesResult, lambda data: {
+        "resources": [r for r in data["resources"] if "{" not in r.get("uri", "")]})
 
 
 async def list_resource_templates(ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
-    data = await _listing("/mcp/resources", "resource templates")
-    return types.ListResourceTemplatesResult.model_validate(
-        {"resourceTemplates": data.get("resourceTemplates", [])})
+    return await _listing("/mcp/resources", "resource templates", types.ListResourceTemplatesResult,
+                          lambda data: {"resourceTemplates": data["resourceTemplates"]})
 
 
 async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
     try:
-        data = await call_server("POST", "/mcp/resources/read", {"uri": str(params.uri)})
+        return await call_server("POST", "/mcp/resources/read", {"uri": str(params.uri)},
+                                 shape=types.ReadResourceResult)
     except ProxyError as exc:
         raise _rpc_error(exc) from None
-    return types.ReadResourceResult.model_validate(data)
 
 
 async def list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
-    return types.ListPromptsResult.model_validate(await _listing("/mcp/prompts", "prompts"))
+    return await _listing("/mcp/prompts", "prompts", types.ListPromptsResult)
 
 
 async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    body = {"name": params.name, "arguments": params.arguments or {}}
     try:
-        data = await call_server("POST", "/mcp/prompts/get",
-                                 {"name": params.name, "arguments": params.arguments or {}})
+        return await call_server("POST", "/mcp/prompts/get", body, shape=types.GetPromptResult)
     except ProxyError as exc:
         raise _rpc_error(exc) from None
-    return types.GetPromptResult.model_validate(data)
 
 
-async def _listing(path: str, what: str) -> dict[str, Any]:
+async def _listing(path: str, what: str, shape: Any, pick: Callable[[Any], Any] = lambda data: data) -> Any:
     try:
-        return await call_server("GET", path)
+        return await call_server("GET", path, shape=shape, pick=pick)
     except ProxyError as exc:
         raise MCPError(types.INTERNAL_ERROR, f"cannot list {what}: {exc}") from None
 

@@ -25,8 +25,8 @@ def payload(body):
 def seeded(call):
     call("agent_observe", sessionId="r1", project="web app", hookType="prompt_submit",
          data={"prompt": "add a login form"})
-    call("agent_observe", sessionId="r1", project="web app", data={
-        "tool_name": "Edit", "tool_input": {"file_path": "src/login.tsx"}, "tool_output": "ok"}, hookType="post_tool_use")
+    call("agent_observe", sessionId="r1", project="web app", hookType="post_tool_use", data={
+        "tool_name": "Edit", "tool_input": {"file_path": "src/login.tsx"}, "tool_output": "ok"})
     call("agent_observe", sessionId="r2", project="other", hookType="prompt_submit", data={"prompt": "unrelated"})
     saved = call("memory_save", content="Login forms use the shared validation hook", project="web app")
     return saved["memory"]["id"]

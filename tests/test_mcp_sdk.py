@@ -55,7 +55,8 @@ async def _stdio_session_checks(url: str) -> None:
             r = await session.call_tool("agent_observe", {"sessionId": "sdk-1", "content": "ran the sdk test",
                                                            "project": "sdk"})
             assert not r.is_error and text_of(r)["duplicate"] is False
-            r = await session.call_tool("memory_save", {"content": "The SDK stdio client works", "concepts": "sdk,stdio"})
+            r = await session.call_tool("memory_save", {"content": "The SDK stdio client works",
+                                                         "concepts": "sdk,stdio"})
             memory = text_of(r)["memory"]
             assert memory["concepts"] == ["sdk", "stdio"]
             r = await session.call_tool("memory_recall", {"query": "sdk stdio client"})
@@ -124,39 +125,49 @@ def test_sdk_stdio_wrong_secret(live_server):
     anyio.run(_wrong_secret, live_server(env={"AGENTMEMORY_SECRET": SECRET}).url)
 
 
-class _Failing(BaseHTTPRequestHandler):
-    """A loopback server answering 500 to everything, to exercise the proxy's 5xx path."""
+class _Fake(BaseHTTPRequestHandler):
+    """A loopback stand-in for a broken server: every request gets ``status`` and ``body``."""
 
-    def _fail(self) -> None:
-        body = b'{"ok": false, "error": "database exploded", "code": "internal_error", "status": 500}'
-        self.send_response(500)
+    status, body = 500, b'{"ok": false, "error": "database exploded", "code": "internal_error", "status": 500}'
+
+    def _answer(self) -> None:
+        self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(self.body)
 
-    do_GET = do_POST = _fail
+    do_GET = do_POST = _answer
 
     def log_message(self, *args: Any) -> None:
         pass
 
 
-async def _five_hundred(url: str) -> None:
+class _Junk(_Fake):
+    status, body = 200, b'["not", "an", "agentmemory", "answer"]'
+
+
+async def _broken(url: str, expected: str) -> None:
     async with stdio_client(stdio_params(url)) as (read, write):
         async with ClientSession(read, write) as session:
             await session.initialize()
             r = await session.call_tool("memory_sessions", {})
-            assert r.is_error and "HTTP 500: database exploded" in r.content[0].text
-            with pytest.raises(MCPError, match="HTTP 500"):
-                await session.list_tools()
+            assert r.is_error and expected in r.content[0].text
+            for listing in (session.list_tools, session.list_resources, session.list_prompts):
+                with pytest.raises(MCPError, match=expected):
+                    await listing()
+            r = await session.call_tool("memory_sessions", {})  # still serving after all that
+            assert r.is_error
 
 
-def test_sdk_stdio_server_error_is_a_tool_error():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+@pytest.mark.parametrize("handler,expected", [(_Fake, "HTTP 500: database exploded"),
+                                              (_Junk, "unexpected shape")])
+def test_sdk_stdio_broken_server_gives_clear_errors(handler, expected):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
-        anyio.run(_five_hundred, f"http://127.0.0.1:{httpd.server_address[1]}")
+        anyio.run(_broken, f"http://127.0.0.1:{httpd.server_address[1]}", expected)
     finally:
         httpd.shutdown()
         httpd.server_close()
