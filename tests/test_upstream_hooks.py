@@ -155,8 +155,9 @@ def test_a_claude_code_session_through_every_hook(hooks):
     assert by_hook["notification"]["raw"]["title"] == "Permission needed"
     assert by_hook["task_completed"]["raw"]["task_subject"] == "configurable retries"
     assert all(o["project"] == PROJECT for o in observations)
-    assert GITHUB_TOKEN not in json.dumps(observations) and GITHUB_TOKEN not in hooks.server.db_path.read_bytes().decode(
-        "utf-8", "replace")
+    stored = b"".join(f.read_bytes() for f in hooks.server.db_path.parent.glob(hooks.server.db_path.name + "*"))
+    assert GITHUB_TOKEN not in json.dumps(observations) and GITHUB_TOKEN.encode() not in stored
+    assert b"3 passed; used" in stored  # the text around the secret is kept (db and WAL were read)
 
     compact = hooks.run("pre-compact", {"session_id": sid, "trigger": "auto"})
     assert compact.stdout == hooks.post("/context", {"sessionId": sid, "project": PROJECT, "budget": 1500})["context"]
