@@ -43,7 +43,10 @@ def seed(post_json: Callable[[str, dict], tuple[int, Any]]) -> dict[str, Any]:
     return {"sessionId": "mcp-seed", "session_id": "mcp-seed", "memoryId": memory_id, "memoryIds": [memory_id],
             "observationIds": [obs_id], "project": "demo", "query": "pytest fixture",
             "content": "seeded content about pytest fixtures", "task_description": "fix pytest",
-            "anchor": "2026-11-01T10:00:00.000Z", "text": "more notes"}
+            "anchor": "2026-11-01T10:00:00.000Z", "text": "more notes",
+            # Arguments some operations need although the schema cannot say so (working memory).
+            "key": "mcp-seed-key", "value": "seed value", "taskId": "mcp-seed-task",
+            "description": "seeded description"}
 
 
 def live_poster(server: Any, headers: dict[str, str] | None = None) -> Callable[[str, dict], tuple[int, Any]]:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any, Callable
 
 import pytest
@@ -44,7 +45,7 @@ def upstream(tmp_path_factory, node_dir):
     server = LiveServer(tmp, {"AGENTMEMORY_SECRET": SECRET}, [])
     seeds = seed(live_poster(server, AUTH))
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "AGENTMEMORY_URL": server.url,
-           "AGENTMEMORY_SECRET": SECRET}
+           "AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_DEBUG": "1"}
     shim = StdioPeer(["node", str(node_dir / "@agentmemory" / "mcp" / "bin.mjs")], env)
     try:
         init = shim.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
@@ -57,11 +58,28 @@ def upstream(tmp_path_factory, node_dir):
         server.stop()
 
 
+def stderr_barrier(shim: StdioPeer) -> None:
+    """Wait until everything the shim wrote to stderr so far has been collected.
+
+    stdout and stderr are separate pipes read by separate threads, so an answer can arrive
+    before the warning written just ahead of it. With AGENTMEMORY_DEBUG=1 the shim logs every
+    tools/list; once that line is collected, every earlier stderr line is too (one pipe keeps
+    its order).
+    """
+    mark = len(shim.stderr)
+    shim.request("tools/list")
+    deadline = time.monotonic() + 30
+    while not any("tools/list: returning" in line for line in shim.stderr[mark:]):
+        assert time.monotonic() < deadline, "the shim's tools/list debug line never arrived"
+        time.sleep(0.01)
+
+
 def shim_call(shim: StdioPeer, name: str, arguments: dict) -> tuple[dict, str]:
     """(result, the shim's stderr written during the call)."""
     before = len(shim.stderr)
     answer = shim.request("tools/call", {"name": name, "arguments": arguments})
     assert "result" in answer, answer  # never a JSON-RPC (transport) error
+    stderr_barrier(shim)
     return answer["result"], "".join(shim.stderr[before:])
 
 
@@ -71,6 +89,7 @@ def test_shim_proxies_the_whole_registry(upstream):
     expected = registry.REGISTRY.mcp_tools("all")
     assert [t["name"] for t in tools] == [t.name for t in expected]
     assert [t["inputSchema"] for t in tools] == [t.schema for t in expected]
+    stderr_barrier(shim)
     assert "proxying to agentmemory server at " + upstream[0].url in "".join(shim.stderr)
 
 

@@ -80,6 +80,18 @@ class Hooks:
     def session(self, session_id: str) -> dict[str, Any]:
         return self.get("/session", sessionId=session_id)["session"]
 
+    def session_when(self, session_id: str, status: str) -> dict[str, Any]:
+        """The session once it has ``status`` (or as it is after 20 s, for the assertion)."""
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                session = self.session(session_id)
+            except requests.HTTPError:
+                session = {"status": None}
+            if session["status"] == status or time.monotonic() > deadline:
+                return session
+            time.sleep(0.1)
+
 
 @pytest.fixture(scope="module")
 def node_dir():
@@ -164,7 +176,7 @@ def test_a_claude_code_session_through_every_hook(hooks):
     assert compact.stdout  # the previous session is there to inject
 
     hooks.run("stop", {"session_id": sid, "stop_hook_active": False})
-    assert hooks.session(sid)["status"] == "completed"
+    assert hooks.session_when(sid, "completed")["status"] == "completed"
     transcript = hooks.tmp / "transcript.jsonl"
     transcript.write_text("\n".join(json.dumps(line) for line in [
         {"role": "user", "message": {"content": [{"type": "text", "text": "<user_query>\nship it\n</user_query>"}]}},
@@ -183,10 +195,8 @@ def test_hooks_without_context_injection_print_nothing(hooks):
     pre = hooks.run("pre-tool-use", {"session_id": "quiet-1", "tool_name": "Read",
                                      "tool_input": {"file_path": "src/http_client.py"}})
     assert pre.stdout == ""
-    deadline = time.monotonic() + 20
-    while "quiet-1" not in [s["id"] for s in hooks.get("/sessions")["sessions"]] and time.monotonic() < deadline:
-        time.sleep(0.1)  # session-start registers without waiting for the answer
-    assert hooks.session("quiet-1")["project"] == PROJECT
+    session = hooks.session_when("quiet-1", "active")  # registered without waiting for the answer
+    assert session["project"] == PROJECT
 
 
 def test_pre_tool_use_injects_file_context(hooks):
