@@ -29,4 +29,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# npm packages the MCP tests drive for real (upstream's MCP shim and Claude Code hook scripts, the
+# MCP Inspector CLI), installed once into a cache outside the repository.
+NODE_CACHE_DIR="${AGENTMEMORY_TEST_NODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentmemory-python/node}"
+export AGENTMEMORY_TEST_NODE_CACHE="$NODE_CACHE_DIR"
+if command -v npm >/dev/null && command -v node >/dev/null; then
+  mapfile -t node_packages < tests/node-packages.txt
+  marker="$NODE_CACHE_DIR/node_modules/.agentmemory-packages"
+  if [ "$(cat "$marker" 2>/dev/null)" != "$(printf '%s\n' "${node_packages[@]}")" ]; then
+    echo "installing npm packages for the MCP tests into $NODE_CACHE_DIR"
+    mkdir -p "$NODE_CACHE_DIR"
+    npm install --no-audit --no-fund --loglevel=error --prefix "$NODE_CACHE_DIR" "${node_packages[@]}" >/dev/null
+    printf '%s\n' "${node_packages[@]}" > "$marker"
+  fi
+else
+  echo "warning: node/npm not found; the upstream shim, hook-script and Inspector tests will be skipped" >&2
+fi
+
 exec python -m pytest "$@"
