@@ -187,7 +187,10 @@ def _observation(conv: str, rel: str, index: int, heading: str, body: str, mtime
                  project: str, version: str) -> dict[str, Any]:
     name = Path(rel).name
     stem = name.split(".md")[0]
-    obs_type = "conversation" if "/logs/" in rel else _ARTIFACT_TYPES.get(stem, "discovery")
+    if "/logs/" in rel:
+        obs_type = "conversation" if rel.endswith(".jsonl") else "other"
+    else:
+        obs_type = _ARTIFACT_TYPES.get(stem, "discovery")
     title = f"{name}: {heading}" if heading else name
     event = hashlib.sha256(f"{conv}\x00{rel}\x00{index}\x00{version}".encode()).hexdigest()[:32]
     text = strip_text(body.strip())

@@ -20,13 +20,18 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# One BLAS thread: vector search is a memory-bound matrix-vector product, and on a small shared
+# machine extra BLAS threads only compete with the request threads (set before numpy loads).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 from flask import Flask, Response, g, request  # noqa: E402
 from flask_sock import Sock  # noqa: E402
 from werkzeug.exceptions import HTTPException  # noqa: E402
 
+import mcp_protocol  # noqa: E402
 import registry  # noqa: E402
-from errors import AppError, InvalidInput, Unauthorized, Unavailable, error_body  # noqa: E402
+from errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable, error_body  # noqa: E402
 from live import ReaderThread, StreamSession  # noqa: E402
 from registry import Ctx, Tool  # noqa: E402
 from runtime import Runtime  # noqa: E402
@@ -43,6 +48,7 @@ NONCE_MARK = "__CSP_NONCE__"
 AUTH_MARK = "__AUTH_MODE__"
 # Pings let the socket notice a peer that vanished without closing (and free its thread).
 WS_PING_SECONDS = 25
+MCP_PATH = "/mcp"
 log = logging.getLogger("agentmemory.http")
 
 
@@ -171,6 +177,8 @@ def _tool_view(rt: Runtime, tool: Tool, default_status: int):
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(AppError)
     def _app_error(exc: AppError) -> Response:
+        if request.path == MCP_PATH:  # MCP clients show a JSON-RPC error's message to the user
+            return respond(mcp_protocol.transport_error(exc), exc.status)
         return respond(exc.to_dict(), exc.status)
 
     @app.errorhandler(HTTPException)
@@ -197,45 +205,44 @@ def _register_error_handlers(app: Flask) -> None:
         return respond(error_body(500, "internal error; see the server log", "internal_error"), 500)
 
 
-# -- MCP over HTTP (upstream's simple JSON shape, not JSON-RPC) ---------------------------------------
-
-
-def mcp_tool_list(rt: Runtime) -> list[dict[str, Any]]:
-    return [{"name": t.name, "description": t.description, "inputSchema": t.schema}
-            for t in registry.REGISTRY.mcp_tools(rt.settings.tools)]
-
-
-def mcp_call(rt: Runtime, name: Any, arguments: Any, source: str) -> dict[str, Any]:
-    """Run an MCP tool; a tool failure is a result with isError, as MCP specifies."""
-    if not isinstance(name, str) or not name:
-        raise InvalidInput("missing required field 'name'", field="name")
-    tool = registry.REGISTRY.get(name)
-    if not tool.mcp:
-        raise InvalidInput(f"{name!r} is not an MCP tool", field="name", code="unknown_tool")
-    if arguments is None:
-        arguments = {}
-    if not isinstance(arguments, dict):
-        raise InvalidInput("'arguments' must be an object", field="arguments")
-    try:
-        result = registry.call(Ctx(rt, source=source), name, arguments)
-    except AppError as exc:
-        return {"content": [{"type": "text", "text": registry.error_text(exc)}], "isError": True}
-    return {"content": [{"type": "text", "text": registry.mcp_text(result)}]}
+# -- MCP over HTTP: upstream's simple JSON routes and the Streamable HTTP endpoint ---------------------
 
 
 def _register_mcp_http(app: Flask, rt: Runtime) -> None:
     @app.get(f"{PREFIX}/mcp/tools")
     def mcp_tools() -> Response:
         """List MCP tools with their JSON Schemas (honours AGENTMEMORY_TOOLS)."""
-        return respond({"tools": mcp_tool_list(rt)}, 200)
+        return respond({"tools": mcp_protocol.tool_list(rt)}, 200)
 
     def call() -> Response:
         """Call an MCP tool: {name, arguments} -> {content:[{type:"text", text}], isError?}."""
         body = json_body()
-        return respond(mcp_call(rt, body.get("name"), body.get("arguments"), "mcp"), 200)
+        return respond(mcp_protocol.call_tool(rt, body.get("name"), body.get("arguments"), "mcp"), 200)
 
     app.add_url_rule(f"{PREFIX}/mcp/call", "mcp_call", call, methods=["POST"])
     app.add_url_rule(f"{PREFIX}/mcp/tools", "mcp_tools_call", call, methods=["POST"])
+
+    @app.route(MCP_PATH, methods=["GET", "POST", "DELETE"])
+    def mcp_streamable_http() -> Response:
+        """MCP Streamable HTTP: JSON-RPC 2.0 over POST, JSON responses (GET is 405); DELETE ends a session."""
+        if not mcp_protocol.origin_allowed(request.headers.get("Origin"), request.host, rt.settings.host):
+            raise Forbidden(f"origin {request.headers.get('Origin')!r} may not call this server",
+                            code="origin_not_allowed")
+        if request.method == "GET":
+            return Response(status=405, headers={"Allow": "POST, DELETE"})
+        if request.method == "DELETE":
+            reply = mcp_protocol.handle_delete(rt, request.headers)
+        elif not mcp_protocol.accepts_json(request.headers.get("Accept")):
+            return respond(error_body(406, "this endpoint answers application/json only", "not_acceptable"), 406)
+        else:
+            reply = mcp_protocol.handle_post(rt, request.get_data(cache=False), request.headers)
+        if reply.body is None:
+            empty = Response(status=reply.status, headers=reply.headers)
+            empty.headers.pop("Content-Type", None)
+            return empty
+        response = respond(reply.body, reply.status)
+        response.headers.update(reply.headers)
+        return response
 
 
 # -- live stream --------------------------------------------------------------------------------------

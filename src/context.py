@@ -86,10 +86,13 @@ def compile_context(ctx: Ctx, *, session_id: str | None, project: str | None, bu
 ), http=[("POST", "/context")], mcp=False)
 def context_tool(ctx: Ctx, args: dict) -> dict:
     """Compile the context block for a session: pinned slots, profile, lessons, past sessions."""
+    from functions import visible_to  # late import: functions imports this module
+
     project = args.get("project")
     if project is None:
-        session = ctx.rt.db.reader().get("mem:sessions", args["sessionId"]) or {}
-        project = session.get("project")
+        session = ctx.rt.db.reader().get("mem:sessions", args["sessionId"])
+        # Another agent's session (isolated scope) must not even lend its project name.
+        project = session.get("project") if visible_to(ctx, session, args.get("agentId")) else None
     return compile_context(ctx, session_id=args["sessionId"], project=project,
                            budget=args.get("budget") or ctx.rt.settings.token_budget,
                            agent_id=args.get("agentId"))

@@ -105,8 +105,10 @@ def _m001_core(conn: sqlite3.Connection) -> None:
         CREATE INDEX search_docs_project_ts ON search_docs (project, ts);
         CREATE INDEX search_docs_session_ts ON search_docs (session_id, ts);
         CREATE INDEX search_docs_kind_ts ON search_docs (kind, ts);
+        -- context: the text just before a record in its session (a reply rarely restates
+        -- the question it answers), weighted low in bm25.
         CREATE VIRTUAL TABLE search_fts USING fts5 (
-            title, body, concepts, files,
+            title, body, concepts, files, context,
             tokenize = 'porter unicode61 remove_diacritics 2'
         );
         """
@@ -166,6 +168,53 @@ def _m002_working_memory(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration("vectors")
+def _m003_vectors(conn: sqlite3.Connection) -> None:
+    """Embeddings keyed to their search row (deleted with it) and the durable embedding backlog.
+
+    Every row already indexed is queued, so an upgraded database gets its vectors in the
+    background instead of at start-up."""
+    run_script(conn,
+        """
+        CREATE TABLE search_vectors (
+            doc_rowid INTEGER PRIMARY KEY REFERENCES search_docs (id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            vector BLOB NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX search_vectors_model ON search_vectors (model);
+        CREATE TABLE embed_backlog (
+            doc_rowid INTEGER PRIMARY KEY REFERENCES search_docs (id) ON DELETE CASCADE,
+            queued_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try REAL NOT NULL DEFAULT 0,
+            last_error TEXT
+        );
+        CREATE INDEX embed_backlog_next ON embed_backlog (next_try, doc_rowid);
+        INSERT INTO embed_backlog (doc_rowid, queued_at)
+            SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM search_docs;
+        """
+    )
+
+
+@migration("memory_model_indexes")
+def _m004_memory_model(conn: sqlite3.Connection) -> None:
+    # Relations are looked up from either end; retention finds expired memories; diagnostics
+    # and retention join search rows back to their record by (scope, key).
+    run_script(conn,
+        """
+        CREATE INDEX kv_relations_source ON kv_store (json_extract(value, '$.sourceId'))
+            WHERE scope = 'mem:relations';
+        CREATE INDEX kv_relations_target ON kv_store (json_extract(value, '$.targetId'))
+            WHERE scope = 'mem:relations';
+        CREATE INDEX kv_memories_forget ON kv_store (json_extract(value, '$.forgetAfter'))
+            WHERE scope = 'mem:memories';
+        CREATE INDEX search_docs_scope_key ON search_docs (scope, key);
+        """
+    )
+
+
 class SchemaTooNew(AppError):
     status = 503
     code = "schema_too_new"
@@ -187,6 +236,15 @@ def dumps(value: Any) -> str:
 
 def loads(text: str) -> Any:
     return json.loads(text)
+
+
+def in_chunks(values: Iterable[Any], size: int = 500) -> Iterator[tuple[list[Any], str]]:
+    """Distinct values in chunks small enough for SQLite's parameter limit, each with its
+    ``?,?,...`` placeholder list."""
+    values = list(dict.fromkeys(values))
+    for start in range(0, len(values), size):
+        chunk = values[start:start + size]
+        yield chunk, ",".join("?" * len(chunk))
 
 
 # -- the store: all SQL, bound to one connection --------------------------------------------------
@@ -213,10 +271,12 @@ class Store:
     def _touch(self, scope: str, key: str) -> None:
         self.changed.append(f"{scope}/{key}")
 
-    def note_change(self, target: str, message: str) -> None:
-        """Audit a change made outside this file (e.g. in Redis) with this transaction's row."""
-        self.changed.append(target)
-        self.audit_message = message
+    def record_change(self, what: str, message: str | None = None) -> None:
+        """Audit a change made outside kv_store (Redis, index repairs, ...) with this
+        transaction's row."""
+        self.changed.append(what)
+        if message:
+            self.audit_message = message
 
     # ---- kv_store
     def get(self, scope: str, key: str) -> Any | None:
@@ -226,11 +286,8 @@ class Store:
         return loads(row[0]) if row else None
 
     def get_many(self, scope: str, keys: Iterable[str]) -> dict[str, Any]:
-        keys = list(dict.fromkeys(keys))
         found: dict[str, Any] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in in_chunks(keys):
             rows = self.conn.execute(
                 f"SELECT key, value FROM kv_store WHERE scope = ? AND key IN ({marks})",
                 (scope, *chunk),
@@ -397,11 +454,21 @@ class Store:
                 (doc["doc_id"], *values),
             ).lastrowid
         self.conn.execute(
-            "INSERT INTO search_fts (rowid, title, body, concepts, files) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO search_fts (rowid, title, body, concepts, files, context) VALUES (?, ?, ?, ?, ?, ?)",
             (rowid, text.get("title", ""), text.get("body", ""), text.get("concepts", ""),
-             text.get("files", "")),
+             text.get("files", ""), text.get("context", "")),
         )
         return rowid
+
+    def text_before(self, session_id: str, ts: str, doc_id: str) -> str:
+        """Body of the record just before (ts, doc_id) in a session, or ''."""
+        row = self.conn.execute("SELECT id FROM search_docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        rowid = row[0] if row else 2 ** 62
+        row = self.conn.execute(
+            "SELECT f.body FROM search_docs d JOIN search_fts f ON f.rowid = d.id "
+            "WHERE d.session_id = ? AND d.doc_id != ? AND (d.ts < ? OR (d.ts = ? AND d.id < ?)) "
+            "ORDER BY d.ts DESC, d.id DESC LIMIT 1", (session_id, doc_id, ts, ts, rowid)).fetchone()
+        return row[0] if row else ""
 
     def index_set_active(self, doc_id: str, active: bool) -> None:
         self.conn.execute("UPDATE search_docs SET active = ? WHERE doc_id = ?", (1 if active else 0, doc_id))
@@ -435,12 +502,12 @@ class Store:
         where, params = ["search_fts MATCH ?", "d.active = 1"], [match]
         where, params = _doc_filters(where, params, filters)
         sql = (
-            "SELECT d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts, "
+            "SELECT d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts, d.id, "
             f"-bm25(search_fts, {', '.join(str(float(w)) for w in weights)}) AS score "
             "FROM search_fts JOIN search_docs d ON d.id = search_fts.rowid "
             f"WHERE {' AND '.join(where)} ORDER BY score DESC, d.ts DESC LIMIT ?"
         )
-        cols = ("doc_id", "kind", "scope", "key", "session_id", "project", "ts", "score")
+        cols = ("doc_id", "kind", "scope", "key", "session_id", "project", "ts", "rowid", "score")
         return [dict(zip(cols, row)) for row in self.conn.execute(sql, (*params, limit))]
 
     def docs_recent(self, *, limit: int, offset: int = 0, filters: dict[str, Any]) -> list[dict[str, Any]]:
@@ -459,6 +526,123 @@ class Store:
     def fts_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM search_docs").fetchone()[0]
 
+
+    # ---- vectors and the embedding backlog (the vector index subsystem's SQL)
+    def backlog_put(self, rowid: int, now: str) -> None:
+        """Queue one search row for (re-)embedding; a queued row is retried from scratch."""
+        self.conn.execute(
+            "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (?, ?) ON CONFLICT (doc_rowid) "
+            "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL",
+            (rowid, now))
+
+    def backlog_take(self, limit: int, now_epoch: float) -> list[dict[str, Any]]:
+        """Due backlog rows with the text and metadata of their search row, oldest first."""
+        rows = self.conn.execute(
+            "SELECT b.doc_rowid, b.attempts, f.title, f.body, f.concepts, f.context, d.kind, d.project, "
+            "d.agent_id, d.session_id FROM embed_backlog b JOIN search_docs d ON d.id = b.doc_rowid "
+            "JOIN search_fts f ON f.rowid = b.doc_rowid WHERE b.next_try <= ? "
+            "ORDER BY b.next_try, b.doc_rowid LIMIT ?", (now_epoch, limit))
+        cols = ("rowid", "attempts", "title", "body", "concepts", "context", "kind", "project",
+                "agent_id", "session_id")
+        return [dict(zip(cols, r)) for r in rows]
+
+    def backlog_done(self, rowids: list[int], queued_before: str) -> None:
+        """Drop rows embedded by this batch, unless they were re-queued while it ran."""
+        for start in range(0, len(rowids), 500):
+            chunk = rowids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            self.conn.execute(f"DELETE FROM embed_backlog WHERE doc_rowid IN ({marks}) AND queued_at <= ?",
+                              (*chunk, queued_before))
+
+    def backlog_failed(self, rowids: list[int], error: str, retry_at: float) -> None:
+        for rowid in rowids:
+            self.conn.execute(
+                "UPDATE embed_backlog SET attempts = attempts + 1, next_try = ?, last_error = ? "
+                "WHERE doc_rowid = ?", (retry_at, error[:500], rowid))
+
+    def backlog_stats(self) -> dict[str, Any]:
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(sum(attempts > 0), 0), max(attempts), "
+            "(SELECT last_error FROM embed_backlog WHERE last_error IS NOT NULL "
+            " ORDER BY next_try DESC LIMIT 1) FROM embed_backlog").fetchone()
+        return {"pending": row[0], "failing": row[1], "maxAttempts": row[2] or 0, "lastError": row[3]}
+
+    def backlog_requeue_missing(self, model: str, now: str, *, everything: bool = False) -> int:
+        """Queue every search row without a vector of ``model`` (or every row); returns how many."""
+        # "WHERE 1": SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT.
+        where = "WHERE 1" if everything else (
+            "WHERE NOT EXISTS (SELECT 1 FROM search_vectors v WHERE v.doc_rowid = d.id AND v.model = ?)")
+        params: tuple = (now,) if everything else (now, model)
+        return self.conn.execute(
+            "INSERT INTO embed_backlog (doc_rowid, queued_at) SELECT d.id, ? FROM search_docs d "
+            f"{where} ON CONFLICT (doc_rowid) DO UPDATE SET attempts = 0, next_try = 0, last_error = NULL",
+            params).rowcount
+
+    def vector_put(self, rowid: int, model: str, vector: bytes, dim: int, now: str) -> bool:
+        """Store a vector if its search row still exists; False when the row is gone."""
+        return self.conn.execute(
+            "INSERT INTO search_vectors (doc_rowid, model, dim, vector, updated_at) "
+            "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM search_docs WHERE id = ?) "
+            "ON CONFLICT (doc_rowid) DO UPDATE SET model = excluded.model, dim = excluded.dim, "
+            "vector = excluded.vector, updated_at = excluded.updated_at",
+            (rowid, model, dim, vector, now, rowid)).rowcount > 0
+
+    def vectors_load(self, model: str, dim: int) -> Iterator[tuple]:
+        """(rowid, vector bytes, kind, project, agent_id, session_id) of every vector of ``model``."""
+        return self.conn.execute(
+            "SELECT v.doc_rowid, v.vector, d.kind, d.project, d.agent_id, d.session_id "
+            "FROM search_vectors v JOIN search_docs d ON d.id = v.doc_rowid "
+            "WHERE v.model = ? AND v.dim = ? ORDER BY v.doc_rowid", (model, dim))
+
+    def vector_counts(self) -> dict[str, int]:
+        return {m: n for m, n in self.conn.execute(
+            "SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim")}
+
+    def docs_without_vector(self, model: str) -> int:
+        """Search rows with no vector of ``model`` and no backlog entry (lost work)."""
+        return self.conn.execute(
+            "SELECT count(*) FROM search_docs d WHERE NOT EXISTS (SELECT 1 FROM search_vectors v "
+            "WHERE v.doc_rowid = d.id AND v.model = ?) AND NOT EXISTS "
+            "(SELECT 1 FROM embed_backlog b WHERE b.doc_rowid = d.id)", (model,)).fetchone()[0]
+
+    def docs_by_rowid(self, rowids: list[int], model: str, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Active, filter-passing search rows among ``rowids`` that hold a vector of ``model``."""
+        if not rowids:
+            return []
+        where = [f"d.id IN ({','.join('?' * len(rowids))})", "d.active = 1"]
+        where, params = _doc_filters(where, list(rowids), filters)
+        sql = ("SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts "
+               "FROM search_docs d JOIN search_vectors v ON v.doc_rowid = d.id AND v.model = ? "
+               f"WHERE {' AND '.join(where)}")
+        cols = ("rowid", "doc_id", "kind", "scope", "key", "session_id", "project", "ts")
+        return [dict(zip(cols, r)) for r in self.conn.execute(sql, (model, *params))]
+
+    def docs_lookup(self, doc_ids: list[str], filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Search rows by record id (active or not) that pass ``filters``."""
+        if not doc_ids:
+            return []
+        where, params = _doc_filters([f"d.doc_id IN ({','.join('?' * len(doc_ids))})"], list(doc_ids), filters)
+        sql = ("SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts "
+               f"FROM search_docs d WHERE {' AND '.join(where)}")
+        cols = ("rowid", "doc_id", "kind", "scope", "key", "session_id", "project", "ts")
+        return [dict(zip(cols, r)) for r in self.conn.execute(sql, params)]
+
+    def docs_around(self, ts: str, *, rowid: int, before: int, after: int,
+                    filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Active rows at or before the anchor (ts, rowid) (the newest ``before``+1) and after it
+        (the oldest ``after``), in (ts, rowid) order."""
+        cols = ("rowid", "doc_id", "kind", "scope", "key", "session_id", "project", "ts")
+        select = "SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts FROM search_docs d"
+        where, params = _doc_filters(["d.active = 1", "(d.ts < ? OR (d.ts = ? AND d.id <= ?))"],
+                                     [ts, ts, rowid], filters)
+        older = self.conn.execute(f"{select} WHERE {' AND '.join(where)} ORDER BY d.ts DESC, d.id DESC LIMIT ?",
+                                  (*params, before + 1)).fetchall()
+        where, params = _doc_filters(["d.active = 1", "(d.ts > ? OR (d.ts = ? AND d.id > ?))"],
+                                     [ts, ts, rowid], filters)
+        newer = self.conn.execute(f"{select} WHERE {' AND '.join(where)} ORDER BY d.ts, d.id LIMIT ?",
+                                  (*params, after)).fetchall()
+        return [dict(zip(cols, r)) for r in list(reversed(older)) + newer]
+
     # ---- audit
     def audit_insert(self, *, ts: str, agent_id: str | None, operation: str, message: str,
                      targets: list[str], details: dict[str, Any]) -> None:
@@ -468,8 +652,12 @@ class Store:
             (ts, agent_id, operation, message, dumps(targets), dumps(details)),
         )
 
-    def audit_page(self, *, operation: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
-        where, params = ("WHERE operation = ?", [operation]) if operation else ("", [])
+    def audit_page(self, *, operation: str | None, limit: int, offset: int,
+                   agent_id: str | None = None) -> tuple[list[dict], int]:
+        conditions = [(c, v) for c, v in (("operation = ?", operation), ("agent_id = ?", agent_id))
+                      if v is not None]
+        where = ("WHERE " + " AND ".join(c for c, _ in conditions)) if conditions else ""
+        params = [v for _, v in conditions]
         total = self.conn.execute(f"SELECT count(*) FROM audit_log {where}", params).fetchone()[0]
         rows = self.conn.execute(
             f"SELECT id, ts, agent_id, operation, message, targets, details FROM audit_log {where} "
@@ -691,6 +879,151 @@ class Store:
         return [(r[0], r[1], r[2]) for r in rows]
 
 
+    # ---- admin scans (the CLI: paged reads, index repair, counts)
+    def iter_scope(self, scope: str, *, batch: int = 500) -> Iterator[tuple[str, Any]]:
+        """Every (key, value) of a scope in key order, read ``batch`` rows at a time (keyset
+        paging), so a big scope is never in memory at once and no cursor stays open between
+        batches."""
+        after: str | None = None
+        while True:
+            if after is None:
+                rows = self.conn.execute(
+                    "SELECT key, value FROM kv_store WHERE scope = ? ORDER BY key LIMIT ?", (scope, batch)
+                ).fetchall()
+            else:
+                rows = self.conn.execute(
+                    "SELECT key, value FROM kv_store WHERE scope = ? AND key > ? ORDER BY key LIMIT ?",
+                    (scope, after, batch),
+                ).fetchall()
+            for key, value in rows:
+                yield key, loads(value)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def scope_counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT scope, count(*) FROM kv_store GROUP BY scope ORDER BY scope")
+        return {scope: n for scope, n in rows}
+
+    def table_counts(self) -> dict[str, int]:
+        """Rows per table of the schema (FTS5 shadow tables left out)."""
+        names = [r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "AND name NOT LIKE 'search_fts_%' ORDER BY name")]
+        return {name: self.conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in names}
+
+    def index_refs(self, *, after_id: int, limit: int) -> list[tuple[int, str, str, str]]:
+        """(rowid, doc_id, scope, key) of search_docs rows after ``after_id``, in rowid order."""
+        return self.conn.execute(
+            "SELECT id, doc_id, scope, key FROM search_docs WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        ).fetchall()
+
+    def index_prune_orphans(self) -> int:
+        """Delete FTS rows no search_docs row points at; returns how many."""
+        return self.conn.execute(
+            "DELETE FROM search_fts WHERE rowid NOT IN (SELECT id FROM search_docs)").rowcount
+
+    def quick_check(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("PRAGMA quick_check(20)")]
+
+    # ---- memory model: relations, retention, consistency (lessons/slots/actions use get/list)
+    def relations_touching(self, ids: Iterable[str]) -> list[Any]:
+        """Relations whose sourceId or targetId is one of ``ids`` (expression-indexed)."""
+        found: dict[str, Any] = {}
+        for chunk, marks in in_chunks(ids, 400):
+            rows = self.conn.execute(
+                "SELECT key, value FROM kv_store WHERE scope = 'mem:relations' AND "
+                f"(json_extract(value, '$.sourceId') IN ({marks}) "
+                f"OR json_extract(value, '$.targetId') IN ({marks}))", (*chunk, *chunk))
+            found.update((k, loads(v)) for k, v in rows)
+        return list(found.values())
+
+    def memories_where(self, *, forget_before: str | None = None, superseded_before: str | None = None,
+                       agent_id: str | None = None, limit: int) -> list[Any]:
+        """Memories past their forgetAfter, or non-latest ones last updated before a cutoff."""
+        wanted = [(clause, value) for clause, value in (
+            ("json_extract(value, '$.forgetAfter') < ?", forget_before),
+            ("json_extract(value, '$.isLatest') = 0 AND json_extract(value, '$.updatedAt') < ?", superseded_before),
+            ("json_extract(value, '$.agentId') = ?", agent_id)) if value is not None]
+        where = " AND ".join(["scope = 'mem:memories'", *(clause for clause, _ in wanted)])
+        rows = self.conn.execute(f"SELECT value FROM kv_store WHERE {where} LIMIT ?",
+                                 (*(value for _, value in wanted), limit))
+        return [loads(r[0]) for r in rows]
+
+    def observations_where(self, *, before: str | None = None, max_importance: float | None = None,
+                           project: str | None = None, agent_id: str | None = None,
+                           lowest_value_first: bool = False, limit: int) -> list[Any]:
+        """Observations found through the index (kind, ts) filtered on their stored fields."""
+        where, params = ["d.kind = 'observation'"], []
+        for clause, value in (("d.ts < ?", before), ("d.project = ?", project),
+                              ("d.agent_id = ?", agent_id),
+                              ("json_extract(k.value, '$.importance') <= ?", max_importance)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        order = ("json_extract(k.value, '$.importance'), d.ts" if lowest_value_first else "d.ts")
+        rows = self.conn.execute(
+            "SELECT k.value FROM search_docs d JOIN kv_store k ON k.scope = d.scope AND k.key = d.key "
+            f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?", (*params, limit))
+        return [loads(r[0]) for r in rows]
+
+    def observation_counts(self, by: str, agent_id: str | None = None) -> dict[str | None, int]:
+        """Indexed observation counts grouped by ``project`` or ``session_id``."""
+        if by not in ("project", "session_id"):
+            raise ValueError(f"unsupported grouping {by!r}")
+        where, params = "kind = 'observation'", []
+        if agent_id is not None:
+            where += " AND agent_id = ?"
+            params.append(agent_id)
+        rows = self.conn.execute(f"SELECT {by}, count(*) FROM search_docs WHERE {where} GROUP BY {by}", params)
+        return {key: n for key, n in rows}
+
+    def stored_observation_counts(self) -> dict[str, int]:
+        """Observations actually stored per session (``mem:obs:{id}`` row counts)."""
+        rows = self.conn.execute(
+            "SELECT substr(scope, 9), count(*) FROM kv_store WHERE scope >= 'mem:obs:' "
+            "AND scope < 'mem:obs;' GROUP BY scope")
+        return {sid: n for sid, n in rows}
+
+    def unindexed_records(self, scopes: Iterable[str], *, limit: int) -> list[tuple[str, str, Any]]:
+        """Records of indexed scopes (every ``mem:obs:*`` plus ``scopes``) with no search row."""
+        scopes = list(scopes) or [""]
+        rows = self.conn.execute(
+            "SELECT k.scope, k.key, k.value FROM kv_store k LEFT JOIN search_docs d "
+            "ON d.scope = k.scope AND d.key = k.key WHERE d.id IS NULL AND "
+            f"((k.scope >= 'mem:obs:' AND k.scope < 'mem:obs;') OR k.scope IN ({','.join('?' * len(scopes))})) "
+            "LIMIT ?", (*scopes, limit))
+        return [(s, k, loads(v)) for s, k, v in rows]
+
+    def orphan_index_rows(self, *, limit: int) -> list[str]:
+        """doc_ids of search rows whose record no longer exists."""
+        rows = self.conn.execute(
+            "SELECT d.doc_id FROM search_docs d LEFT JOIN kv_store k ON k.scope = d.scope AND k.key = d.key "
+            "WHERE k.key IS NULL LIMIT ?", (limit,))
+        return [r[0] for r in rows]
+
+    def docs_without_text(self, *, limit: int) -> list[tuple[str, str]]:
+        """(scope, key) of search rows whose FTS text row is missing."""
+        rows = self.conn.execute(
+            "SELECT d.scope, d.key FROM search_docs d WHERE NOT EXISTS "
+            "(SELECT 1 FROM search_fts f WHERE f.rowid = d.id) LIMIT ?", (limit,))
+        return [(s, k) for s, k in rows]
+
+    def text_without_docs(self, *, limit: int) -> list[int]:
+        rows = self.conn.execute(
+            "SELECT rowid FROM search_fts WHERE rowid NOT IN (SELECT id FROM search_docs) LIMIT ?", (limit,))
+        return [r[0] for r in rows]
+
+    def delete_text_rows(self, rowids: Iterable[int]) -> int:
+        removed = 0
+        for rowid in rowids:
+            removed += self.conn.execute("DELETE FROM search_fts WHERE rowid = ?", (rowid,)).rowcount
+        if removed:
+            self.record_change(f"search_fts/{removed} row(s)")
+        return removed
+
+
 # -- working-memory helpers -----------------------------------------------------------------------
 
 WMScope = tuple[str, str, str]
@@ -721,6 +1054,10 @@ def _doc_filters(where: list[str], params: list[Any], filters: dict[str, Any]) -
     if kinds:
         where.append(f"d.kind IN ({','.join('?' * len(kinds))})")
         params.extend(kinds)
+    types = filters.get("types")
+    if types:
+        where.append(f"d.type IN ({','.join('?' * len(types))})")
+        params.extend(types)
     if filters.get("project") is not None:
         # Memories and lessons saved without a project are global: visible from every project.
         where.append("(d.project = ? OR (d.project IS NULL AND d.kind != 'observation'))")
@@ -736,6 +1073,10 @@ def _doc_filters(where: list[str], params: list[Any], filters: dict[str, Any]) -
     if filters.get("exclude_session") is not None:
         where.append("(d.session_id IS NULL OR d.session_id != ?)")
         params.append(filters["exclude_session"])
+    months = filters.get("months")
+    if months:
+        where.append(f"CAST(substr(d.ts, 6, 2) AS INTEGER) IN ({','.join('?' * len(months))})")
+        params.extend(months)
     if filters.get("since") is not None:
         where.append("d.ts >= ?")
         params.append(filters["since"])
@@ -823,6 +1164,20 @@ class Database:
             with self._readers_lock:
                 self._readers.append(conn)
         return Store(conn, writable=False)
+
+    @contextmanager
+    def snapshot_reader(self) -> Iterator[Store]:
+        """A read-only Store whose queries all see one state (a single read transaction), for
+        long multi-query reads such as a streaming export. Writers are not blocked (WAL)."""
+        store = self.reader()
+        if store.writable:  # inside this thread's write transaction: already one state
+            yield store
+            return
+        store.conn.execute("BEGIN")
+        try:
+            yield store
+        finally:
+            store.conn.execute("COMMIT")
 
     @contextmanager
     def transaction(self, operation: str, *, agent_id: str | None = None) -> Iterator[Store]:

@@ -3,7 +3,7 @@
 ``python src/docs.py`` rewrites every block between ``<!-- BEGIN <name> -->`` and
 ``<!-- END <name> -->``; ``python src/docs.py --check`` exits 1 when a block is stale (a test
 runs the same check). Blocks: ``config`` (settings), ``routes`` (every HTTP route of the app),
-``tools`` (every MCP tool).
+``tools`` (every MCP tool), ``backupconfig`` (sync.py's environment variables).
 """
 
 from __future__ import annotations
@@ -67,11 +67,29 @@ def tool_names_list() -> str:
     return "\n".join(f"- `{t.name}`" for t in registry.REGISTRY.mcp_tools("all"))
 
 
+def backup_settings_table() -> str:
+    """The environment variables of sync.py (the standalone backup sidecar at the repo root)."""
+    sys.path.insert(0, str(ROOT))
+    import sync
+
+    def shown(value: object) -> str:
+        if value is None:
+            return "(unset)"
+        text = str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) \
+            else str(value)
+        return f"`{text}`"
+
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    lines += [f"| `{s.env}` | {shown(s.default)} | {s.help} |" for s in sync.SYNC_SETTINGS]
+    return "\n".join(lines)
+
+
 GENERATORS = {
     "config": settings_module.markdown_table,
     "routes": routes_table,
     "tools": tools_table,
     "toolnames": tool_names_list,
+    "backupconfig": backup_settings_table,
 }
 
 

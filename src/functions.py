@@ -14,7 +14,7 @@ from typing import Any, Callable
 import context
 import search
 from compress import synthetic_compression
-from errors import CapacityExceeded, Forbidden, InvalidInput, NotFound
+from errors import CapacityExceeded, Conflict, Forbidden, InvalidInput, NotFound
 from privacy import strip_private_data, strip_text
 from registry import (AGENT_ID, PROJECT, SESSION_ID, Ctx, Reply, anything, array,
                       boolean, integer, params, string, tool)
@@ -56,6 +56,13 @@ def stamp_agent(ctx: Ctx, given: str | None) -> str | None:
 def visible_to(ctx: Ctx, record: dict[str, Any] | None, requested: str | None = None) -> bool:
     agent = agent_filter(ctx, requested)
     return record is not None and (agent is None or record.get("agentId") == agent)
+
+
+def claim_session(ctx: Ctx, session: dict[str, Any] | None, session_id: str) -> None:
+    """Refuse to write into a session another agent owns when agents are isolated (the write
+    would change that agent's session and answer with its data)."""
+    if session is not None and ctx.rt.settings.agent_scope == "isolated" and not visible_to(ctx, session):
+        raise Conflict(f"session {session_id!r} belongs to another agent", code="session_owned_by_other_agent")
 
 
 # -- liveness and health ---------------------------------------------------------------------------
@@ -116,7 +123,9 @@ def session_start(ctx: Ctx, args: dict) -> dict:
     now = rt.clock.iso()
     agent = stamp_agent(ctx, args.get("agentId"))
     with rt.db.transaction("session_start", agent_id=agent) as tx:
-        session = tx.get(SESSIONS, sid) or _new_session(ctx, sid, None, None, agent, now)
+        session = tx.get(SESSIONS, sid)
+        claim_session(ctx, session, sid)
+        session = session or _new_session(ctx, sid, None, None, agent, now)
         for field in ("project", "cwd"):
             if args.get(field):
                 session[field] = args[field]
@@ -271,13 +280,14 @@ def store_observation(ctx: Ctx, obs: dict[str, Any], agent_given: str | None) ->
     rt, sid = ctx.rt, obs["sessionId"]
     now = rt.clock.iso()
     limit = rt.settings.max_obs_per_session
-    with rt.db.transaction("observe", agent_id=agent_given or rt.settings.agent_id) as tx:
+    with rt.db.transaction("observe", agent_id=stamp_agent(ctx, agent_given)) as tx:
         prior = tx.event_get(obs["eventId"])
         if prior:
             return Reply({"success": True, "duplicate": True, "deduplicated": True,
                           "observationId": prior["obsId"], "sessionId": prior["sessionId"],
                           "eventId": obs["eventId"]}, 200)
         session = tx.get(SESSIONS, sid)
+        claim_session(ctx, session, sid)
         agent = stamp_agent(ctx, agent_given or (session or {}).get("agentId"))
         if session is None:
             session = _new_session(ctx, sid, obs.get("project"), obs.get("cwd"), agent, now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 
 import search
 from errors import InvalidInput, NotFound
@@ -20,6 +20,9 @@ SUPERSEDE_THRESHOLD = 0.7
 # Supersede candidates come from the search index (a near-duplicate shares most terms, so it
 # ranks high); comparing against this many keeps remember O(1) in the number of memories.
 SUPERSEDE_CANDIDATES = 50
+# Run inside remember's transaction once a memory is written: hook(ctx, tx, memory, superseded).
+# relations.py records the `supersedes` relation here.
+REMEMBER_HOOKS: list[Callable[[Ctx, Any, dict, dict | None], None]] = []
 
 _LIST = array(string(max_length=1024), max_items=200)
 REMEMBER = params(
@@ -35,10 +38,11 @@ REMEMBER = params(
 )
 
 
-def _supersede_target(tx, content: str, project: str | None) -> dict[str, Any] | None:
+def _supersede_target(tx, content: str, project: str | None, agent: str | None) -> dict[str, Any] | None:
     """The latest memory this one replaces: Jaccard > 0.7 within the same project (a memory with
-    no project matches any project, as upstream)."""
-    hits = search.bm25(tx, content[:2000], limit=SUPERSEDE_CANDIDATES, filters={"kinds": ["memory"]})
+    no project matches any project, as upstream) and, with isolated agents, the same agent."""
+    hits = search.bm25(tx, content[:2000], limit=SUPERSEDE_CANDIDATES,
+                       filters={"kinds": ["memory"], "agent_id": agent})
     best, best_score = None, SUPERSEDE_THRESHOLD
     for _hit, mem in search.hydrate(tx, hits):
         if mem.get("isLatest") is False:
@@ -78,7 +82,7 @@ def memory_save(ctx: Ctx, args: dict) -> dict:
     if args.get("ttlDays"):
         memory["forgetAfter"] = iso(now_dt + timedelta(days=args["ttlDays"]))
     with rt.db.transaction("remember", agent_id=agent) as tx:
-        old = _supersede_target(tx, content, project)
+        old = _supersede_target(tx, content, project, agent_filter(ctx))
         if old is not None:
             memory.update(version=old.get("version", 1) + 1, parentId=old["id"], supersedes=[old["id"]])
             memory["sessionIds"] = list(dict.fromkeys(old.get("sessionIds", []) + memory["sessionIds"]))
@@ -87,6 +91,8 @@ def memory_save(ctx: Ctx, args: dict) -> dict:
             search.index_record(tx, "memory", old)
         tx.set(MEMORIES, memory["id"], memory, now=now)
         search.index_record(tx, "memory", memory)
+        for hook in REMEMBER_HOOKS:
+            hook(ctx, tx, memory, old)
         tx.audit_message = (f"remember {memory['id']}" +
                             (f" (supersedes {old['id']})" if old else ""))
         if old is not None:  # the superseded version changed too (isLatest, supersededBy)
@@ -234,10 +240,12 @@ def memory_governance_delete(ctx: Ctx, args: dict) -> dict:
     operation=string("Only this operation (observe, remember, forget, ...)", max_length=64),
     limit=integer("Page size", minimum=1, maximum=1000, default=50),
     offset=integer("Rows to skip", minimum=0, maximum=10_000_000, default=0),
+    agentId=AGENT_ID,
 ), http=[("GET", "/audit")], core=True)
 def memory_audit(ctx: Ctx, args: dict) -> dict:
     """The audit trail, newest first: one entry per change with its operation and targets."""
     entries, total = ctx.rt.db.reader().audit_page(operation=args.get("operation"),
-                                                   limit=args["limit"], offset=args["offset"])
+                                                   limit=args["limit"], offset=args["offset"],
+                                                   agent_id=agent_filter(ctx, args.get("agentId")))
     return {"success": True, "entries": entries, "total": total, "offset": args["offset"],
             "limit": args["limit"], "hasMore": args["offset"] + len(entries) < total}

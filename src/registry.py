@@ -22,7 +22,11 @@ import jsonschema
 from errors import AppError, InvalidInput, NotFound
 
 # Domain modules that register tools; imported (in this order) by load_tools().
-TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall", "antigravity", "working",
+TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall", "timeline", "profile",
+                # the memory model (issue 4)
+                "lessons", "slots", "actions", "relations", "summaries", "crystals", "reflect",
+                "consolidate", "retention", "diagnose",
+                "antigravity", "working", "mcp_resources",
                 "overview")
 
 
@@ -163,6 +167,10 @@ class Ctx:
     agent_id: str | None = None
 
 
+# MCP (2025-11-25) tool names: 1-128 characters of ASCII letters, digits, '_', '-' and '.'.
+MCP_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
 class Registry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
@@ -171,6 +179,8 @@ class Registry:
     def add(self, tool: Tool) -> Tool:
         if tool.name in self._tools:
             raise ValueError(f"duplicate tool {tool.name!r}")
+        if not MCP_TOOL_NAME.match(tool.name):
+            raise ValueError(f"tool name {tool.name!r} is not a valid MCP tool name")
         for route in tool.routes:
             key = (route.method, route.path)
             if key in self._routes:
@@ -193,6 +203,12 @@ class Registry:
 
     def mcp_tools(self, which: str = "all") -> list[Tool]:
         return [t for t in self._tools.values() if t.mcp and (which == "all" or t.core)]
+
+    def for_route(self, method: str, path: str) -> Tool | None:
+        """The tool bound to a REST route, or None; lets adapters use a feature only when
+        the module that provides it is installed."""
+        name = self._routes.get((method, path))
+        return self._tools[name] if name else None
 
 
 REGISTRY = Registry()
@@ -249,6 +265,13 @@ def _coerce(value: Any, schema: dict) -> Any:
         if kind == "boolean" and text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
         if kind == "array":
+            if text.startswith("["):  # a JSON array sent as a string by a loosely typed client
+                try:
+                    decoded = json.loads(text)
+                except ValueError:
+                    decoded = None
+                if isinstance(decoded, list):
+                    return _coerce(decoded, schema)
             parts = [p.strip() for p in text.split(",") if p.strip()]
             return [_coerce(p, schema.get("items", {})) for p in parts]
         if kind == "object" and text.startswith("{"):

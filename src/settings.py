@@ -122,6 +122,38 @@ SETTINGS: tuple[Setting, ...] = (
             "in the reply). Checkpoints never count against keys and never expire."),
     Setting("working_memory_summarize_on_end", ("WORKING_MEMORY_SUMMARIZE_ON_END",), False, _bool,
             "On session end, save what its working memory holds as a long-term memory."),
+    Setting("embedding_provider", ("EMBEDDING_PROVIDER",), "auto",
+            _choice("auto", "local", "gemini", "hash", "none"),
+            "Vectors for hybrid search: `auto` = gemini if a key is set, else local (offline "
+            "MiniLM ONNX) if installed, else none (BM25 only). `hash` is a model-free embedder for tests."),
+    Setting("gemini_api_key", ("GEMINI_API_KEY", "GOOGLE_API_KEY"), None, _optional_str,
+            "Gemini API key (embeddings; LLM features).", secret=True),
+    Setting("gemini_api_base", ("GEMINI_API_BASE",), "https://generativelanguage.googleapis.com", str,
+            "Base URL of the Gemini API (tests point it at a loopback fake)."),
+    Setting("gemini_embed_model", ("GEMINI_EMBED_MODEL",), "gemini-embedding-001", str,
+            "Gemini embedding model."),
+    Setting("embedding_dimensions", ("GEMINI_EMBED_DIMENSIONS",), 768, _positive_int,
+            "Output dimensionality requested from Gemini (the local model is always 384)."),
+    Setting("embed_batch_size", ("AGENTMEMORY_EMBED_BATCH",), 32, _positive_int,
+            "Records embedded per batch by the background embedding worker."),
+    Setting("search_max_per_session", ("AGENTMEMORY_SEARCH_MAX_PER_SESSION",), 5, _positive_int,
+            "Hybrid search diversification: at most this many hits per session before backfilling."),
+    # -- memory model (lessons, slots, reflection, retention)
+    Setting("lesson_decay_enabled", ("LESSON_DECAY_ENABLED",), True, _bool,
+            "Daily sweep lowering lesson confidence by decayRate per week without reinforcement."),
+    Setting("reflect_on_session_end", ("AGENTMEMORY_REFLECT",), True, _bool,
+            "On session end, reflect its observations into slots (pending_items, session_patterns, "
+            "project_context)."),
+    Setting("auto_forget_enabled", ("AUTO_FORGET_ENABLED",), True, _bool,
+            "Hourly auto-forget: expired memories, near-duplicate memories demoted, old low-value "
+            "observations."),
+    Setting("auto_forget_interval_ms", ("AUTO_FORGET_INTERVAL_MS",), 3_600_000, _positive_int,
+            "Interval of the auto-forget sweep."),
+    Setting("evict_interval_ms", ("AGENTMEMORY_EVICT_INTERVAL_MS",), 21_600_000, _positive_int,
+            "Interval of the eviction sweep (caps and stale records)."),
+    Setting("max_obs_per_project", ("AGENTMEMORY_MAX_OBS_PER_PROJECT",), 10_000, _positive_int,
+            "Eviction keeps at most this many observations per project (lowest importance, "
+            "then oldest, go first)."),
     # -- live stream and viewer (events.py, app.py, live.py)
     Setting("max_viewers", ("AGENTMEMORY_MAX_VIEWERS",), 16, _non_negative_int,
             "Open viewer WebSockets allowed at once (0 = no limit). Each holds a gthread thread, so "

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import search
 from errors import InvalidInput
-from functions import SESSIONS, SUMMARIES, obs_scope
+from functions import AGENT_ID, SESSIONS, SUMMARIES, agent_filter, obs_scope
 from memories import MEMORIES
 from privacy import strip_private_data
 from registry import Ctx, integer, obj, params, string, tool
@@ -36,29 +36,42 @@ def _is_core(scope: str) -> bool:
     return scope in (SESSIONS, MEMORIES, SUMMARIES) or scope.startswith("mem:obs:")
 
 
+def _owned_by(agent: str | None):
+    """Filter for one agent's records (every record when agent is None). Records without an
+    agentId belong to nobody, so an agent-scoped export leaves them out (fail closed)."""
+    def keep(value: Any) -> bool:
+        return agent is None or (isinstance(value, dict) and value.get("agentId") == agent)
+    return keep
+
+
 def build_export(store, *, offset: int = 0, max_sessions: int | None = None,
-                 exported_at: str) -> dict[str, Any]:
-    session_rows = store.list(SESSIONS)
+                 exported_at: str, agent: str | None = None) -> dict[str, Any]:
+    keep = _owned_by(agent)
+    session_rows = [(k, v) for k, v in store.list(SESSIONS) if keep(v)]
     total = len(session_rows)
     page = session_rows[offset: offset + max_sessions if max_sessions else None]
-    observations = {key: [value for _k, value in store.list(obs_scope(key))] for key, _ in page}
+    observations = {key: [value for _k, value in store.list(obs_scope(key)) if keep(value)] for key, _ in page}
     export: dict[str, Any] = {
         "version": FORMAT_VERSION, "service": "agentmemory", "exportedAt": exported_at,
         "sessions": [value for _k, value in page], "observations": observations,
     }
     if offset == 0:
-        export["memories"] = [value for _k, value in store.list(MEMORIES)]
-        export["summaries"] = [value for _k, value in store.list(SUMMARIES)]
+        export["memories"] = [value for _k, value in store.list(MEMORIES) if keep(value)]
+        export["summaries"] = [value for _k, value in store.list(SUMMARIES) if keep(value)]
         kv: dict[str, dict[str, Any]] = {}
         for scope in store.scopes():
             if not _is_core(scope):
-                kv[scope] = dict(store.list(scope))
+                rows = {k: v for k, v in store.list(scope) if keep(v)}
+                if rows or agent is None:
+                    kv[scope] = rows
         export["kv"] = kv
         # Sessions whose observations exist but whose session row is gone still export.
         orphan_scopes = [s for s in store.scopes() if s.startswith("mem:obs:")
-                         and s[len("mem:obs:"):] not in {k for k, _ in session_rows}]
+                         and s[len("mem:obs:"):] not in {k for k, _ in store.list(SESSIONS)}]
         for scope in orphan_scopes:
-            observations[scope[len("mem:obs:"):]] = [v for _k, v in store.list(scope)]
+            rows = [v for _k, v in store.list(scope) if keep(v)]
+            if rows:
+                observations[scope[len("mem:obs:"):]] = rows
     export["pagination"] = {"offset": offset, "limit": max_sessions, "total": total,
                             "hasMore": bool(max_sessions) and offset + len(page) < total}
     return export
@@ -67,12 +80,13 @@ def build_export(store, *, offset: int = 0, max_sessions: int | None = None,
 @tool("memory_export", params(
     maxSessions=integer("Sessions per page (default: all)", minimum=1, maximum=100_000),
     offset=integer("Sessions to skip", minimum=0, maximum=10_000_000, default=0),
+    agentId=AGENT_ID,
 ), http=[("GET", "/export")], core=True)
 def memory_export(ctx: Ctx, args: dict) -> dict:
     """Export sessions, observations, memories, summaries and every other record as JSON."""
     store = ctx.rt.db.reader()
     return build_export(store, offset=args["offset"], max_sessions=args.get("maxSessions"),
-                        exported_at=ctx.rt.clock.iso())
+                        exported_at=ctx.rt.clock.iso(), agent=agent_filter(ctx, args.get("agentId")))
 
 
 # -- import -------------------------------------------------------------------------------------

@@ -259,7 +259,7 @@ class SqliteBackend:
             tx.wm_scratch_clear(scope.key)
             tx.wm_scratch_put_many(scope.key, [(e["content"], e["timestamp"])
                                                for e in snapshot["scratchpad"]])
-            tx.note_change("working/" + "/".join(scope.key),
+            tx.record_change("working/" + "/".join(scope.key),
                            f"working memory of {scope.session!r} restored to {checkpoint_id}")
         return restored(meta, rows, dropped, snapshot, version)
 
@@ -365,7 +365,7 @@ class WorkingMemory:
     def _audit(self, operation: str, scope: Scope, message: str) -> None:
         """Audit row for a destructive Redis operation (SQLite ones audit in their transaction)."""
         with self.rt.db.transaction(f"working_{operation}", agent_id=scope.agent) as tx:
-            tx.note_change("working/" + "/".join(scope.key), message)
+            tx.record_change("working/" + "/".join(scope.key), message)
 
     def sweep(self) -> int:
         """Delete expired keys (reads already ignore them); returns how many were removed."""

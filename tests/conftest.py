@@ -26,6 +26,11 @@ from registry import Ctx  # noqa: E402
 from runtime import Runtime  # noqa: E402
 from settings import SETTINGS, Settings  # noqa: E402
 
+# Register every tool in TOOL_MODULES order before any test module imports a domain module
+# directly; otherwise registration order (and so the generated docs tables) would depend on
+# which test file is collected first.
+registry.load_tools()
+
 
 def pytest_report_header(config: Any) -> str:
     import sqlite3
@@ -35,7 +40,9 @@ def pytest_report_header(config: Any) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings.from_env({}, data_dir=str(tmp_path / "data"), background_jobs=False)
+    # Tests that need vectors ask for a provider (hash or local) explicitly; the rest stay BM25.
+    return Settings.from_env({}, data_dir=str(tmp_path / "data"), background_jobs=False,
+                             embedding_provider="none")
 
 
 @pytest.fixture
@@ -44,7 +51,7 @@ def make_runtime(tmp_path: Path):
     made: list[Runtime] = []
 
     def make(clock: Any = None, **overrides: Any) -> Runtime:
-        base = {"data_dir": str(tmp_path / "data"), "background_jobs": False}
+        base = {"data_dir": str(tmp_path / "data"), "background_jobs": False, "embedding_provider": "none"}
         rt = Runtime(Settings.from_env({}, **{**base, **overrides}), clock=clock)
         made.append(rt)
         return rt
@@ -118,7 +125,8 @@ class LiveServer:
         self.data_dir = tmp / f"server-{self.port}"
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(self.data_dir),
-                    "PORT": str(self.port), "HOST": "127.0.0.1", "HOME": str(tmp), **env}
+                    "PORT": str(self.port), "HOST": "127.0.0.1", "HOME": str(tmp),
+                    "EMBEDDING_PROVIDER": "none", **env}
         self.args = args
         self.log_path = tmp / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
@@ -261,3 +269,67 @@ def own_redis(tmp_path: Path):
     workdir = tmp_path / "redis"
     workdir.mkdir()
     yield from _redis_server(workdir)
+# -- HuggingFace backup (sync.py) helpers: a loopback fake Hub and subprocess runners ----------------
+
+HUB_REPO = "tester/agentmemory-backup"
+
+
+@pytest.fixture
+def hf_hub():
+    """A fake HuggingFace Hub on a free 127.0.0.1 port (see tests/fake_hub.py)."""
+    from fake_hub import FakeHub
+
+    fake = FakeHub().start()
+    yield fake
+    fake.stop()
+
+
+def sync_env(hub: Any, tmp: Path, data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for sync.py / start.sh / cli.py subprocesses: our settings cleared, the Hub
+    pointed at the fake (no Xet, no telemetry, its own cache), fast failure (no retry waits)."""
+    env = {k: v for k, v in clean_environ().items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp / "hf-home"),
+               HF_HUB_DISABLE_TELEMETRY="1", HOME=str(tmp), AGENTMEMORY_DATASET_REPO=HUB_REPO,
+               AGENTMEMORY_DATA_DIR=str(data_dir), AGENTMEMORY_HUB_RETRIES="0", AGENTMEMORY_HUB_TIMEOUT="10",
+               AGENTMEMORY_RESTORE_ATTEMPTS="1", AGENTMEMORY_RESTORE_RETRY_DELAY="0")
+    env.update(extra)
+    return env
+
+
+def run_sync(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python sync.py ARGS`` (the timeout only guards against a hang)."""
+    return subprocess.run([sys.executable, str(ROOT / "sync.py"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def seed_store(data_dir: Path, sessions: int = 3, per_session: int = 4, memories: int = 2) -> dict[str, int]:
+    """Fill a database through the tools (as the server would); returns what was written."""
+    rt = Runtime(Settings.from_env({}, data_dir=str(data_dir), background_jobs=False))
+    try:
+        ctx = Ctx(rt, source="test")
+        for s in range(sessions):
+            for i in range(per_session):
+                registry.call(ctx, "agent_observe", hook(
+                    f"seed{s}", timestamp=f"2026-01-0{s + 1}T00:00:{i:02d}Z",
+                    data={"tool_name": "Bash", "tool_input": {"command": f"make target{s}x{i}"},
+                          "tool_output": f"compiled module alpha{s} step {i}"}))
+        for m in range(memories):
+            # Distinct words, so no memory becomes a new version of another (Jaccard supersede).
+            words = " ".join(f"topic{m}x{k}" for k in range(8))
+            registry.call(ctx, "memory_save", {"content": f"Remember zebra{m} deployments {words}"})
+    finally:
+        rt.close()
+    return {"sessions": sessions, "observations": sessions * per_session, "memories": memories}
+
+
+def sqlite_table_counts(path: Path) -> dict[str, int]:
+    """Rows per table of a database file, and that PRAGMA integrity_check says ok."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
+    finally:
+        conn.close()

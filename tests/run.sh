@@ -14,8 +14,8 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
-# System packages the tests use for real (later suites add chromium).
-SYSTEM_PACKAGES=(redis-server)
+# System packages the tests use for real: redis-server (working memory), chromium (the viewer, via Playwright).
+SYSTEM_PACKAGES=(redis-server chromium)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -27,6 +27,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
   else
     echo "warning: missing system packages (tests that need them will report it): ${missing[*]}" >&2
   fi
+fi
+
+# npm packages the MCP tests drive for real (upstream's MCP shim and Claude Code hook scripts, the
+# MCP Inspector CLI), installed once into a cache outside the repository.
+NODE_CACHE_DIR="${AGENTMEMORY_TEST_NODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentmemory-python/node}"
+export AGENTMEMORY_TEST_NODE_CACHE="$NODE_CACHE_DIR"
+if command -v npm >/dev/null && command -v node >/dev/null; then
+  mapfile -t node_packages < tests/node-packages.txt
+  marker="$NODE_CACHE_DIR/node_modules/.agentmemory-packages"
+  if [ "$(cat "$marker" 2>/dev/null)" != "$(printf '%s\n' "${node_packages[@]}")" ]; then
+    echo "installing npm packages for the MCP tests into $NODE_CACHE_DIR"
+    mkdir -p "$NODE_CACHE_DIR"
+    npm install --no-audit --no-fund --loglevel=error --prefix "$NODE_CACHE_DIR" "${node_packages[@]}" >/dev/null
+    printf '%s\n' "${node_packages[@]}" > "$marker"
+  fi
+else
+  echo "warning: node/npm not found; the upstream shim, hook-script and Inspector tests will be skipped" >&2
 fi
 
 exec python -m pytest "$@"

@@ -1,0 +1,206 @@
+"""Smart-search latency, start-up time and memory at 10k and 100k observations.
+
+    python bench/search_latency.py [--sizes 10000,100000] [--queries 500]
+
+For each size: a fresh database is seeded through the product's own ``agent_observe`` tool
+(post_tool_use hook payloads with realistic tools, commands, files and outputs), then every
+search row gets a 384-d vector. Embedding 100k texts with the real model would take 20+ minutes
+on this 2-core machine, so the *stored* vectors are seeded with a fast deterministic generator
+of the same dimension and tagged with the local model's id (the matrix maths per query is the
+same); the *query* side uses the real local MiniLM model. Each distinct query is asked once
+first (reported separately: that includes embedding it), then 500 timed queries run with the
+query-embedding cache warm, as SPEC §11 specifies.
+Then it measures: in-process start-up (Runtime construction, which loads the vector matrix),
+server start-up (``python src/app.py`` until /livez answers) and its RSS, and 500 smart-search
+queries over HTTP and in-process (p50/p95/p99). Targets (SPEC §11): p95 < 25 ms @10k and
+< 100 ms @100k, start-up @100k < 3 s, RSS @100k < 500 MB. Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import registry  # noqa: E402
+from embeddings import LOCAL_DIM, LOCAL_MODEL_ID, to_blob  # noqa: E402
+from ingest import free_port  # noqa: E402
+from registry import Ctx  # noqa: E402
+from runtime import Runtime  # noqa: E402
+from settings import Settings  # noqa: E402
+
+TOOLS = ["Bash", "Edit", "Read", "Grep", "Write"]
+AREAS = ["auth", "billing", "search", "cache", "queue", "export", "upload", "session", "config", "router",
+         "parser", "scheduler", "metrics", "payments", "webhooks", "migrations", "cli", "viewer"]
+VERBS = ["fix", "refactor", "add tests for", "speed up", "document", "debug", "rename", "remove dead code in"]
+ERRORS = ["KeyError", "TimeoutError", "AssertionError", "ConnectionRefusedError", "TypeError", "ValueError"]
+QUERIES = [f"{verb} {area}" for verb in VERBS for area in AREAS][:100] + \
+          [f"{error} in {area}" for error in ERRORS for area in AREAS[:8]]
+
+
+def payload(rng: random.Random, i: int) -> dict[str, Any]:
+    area, tool = rng.choice(AREAS), rng.choice(TOOLS)
+    path = f"src/{area}/{rng.choice(['core', 'api', 'models', 'utils'])}_{i % 97}.py"
+    if tool == "Bash":
+        tool_input: Any = {"command": f"pytest tests/test_{area}.py -k {rng.choice(VERBS).split()[0]} -q"}
+        output = f"{rng.randint(1, 90)} passed, {rng.randint(0, 3)} failed; {rng.choice(ERRORS)} in {area} handler"
+    else:
+        tool_input = {"file_path": path, "pattern": f"def {area}_{i % 13}"}
+        output = f"{rng.choice(VERBS)} {area}: updated {rng.randint(1, 40)} lines in {path}"
+    return {"hookType": "post_tool_use", "sessionId": f"bench-{i // 400}", "project": f"proj-{i % 4}",
+            "cwd": "/work/bench", "timestamp": f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}T10:00:{i % 60:02d}Z",
+            "data": {"tool_name": tool, "tool_input": tool_input, "tool_output": output}}
+
+
+def seed(data_dir: str, size: int) -> dict[str, float]:
+    rt = Runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="none"))
+    ctx, rng = Ctx(rt, source="bench"), random.Random(7)
+    t0 = time.perf_counter()
+    for i in range(size):
+        registry.call(ctx, "agent_observe", payload(rng, i))
+    t1 = time.perf_counter()
+    vectors_rng = np.random.default_rng(11)
+    now = rt.clock.iso()
+    while True:  # the stand-in embedder: the same BLOBs and SQL as the worker, other numbers
+        rows = rt.db.reader().backlog_take(5000, time.time())
+        if not rows:
+            break
+        matrix = vectors_rng.standard_normal((len(rows), LOCAL_DIM)).astype(np.float32)
+        matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        with rt.db.transaction("bench_seed_vectors") as tx:
+            for row, vector in zip(rows, matrix):
+                tx.vector_put(row["rowid"], LOCAL_MODEL_ID, to_blob(vector), LOCAL_DIM, now)
+            tx.backlog_done([r["rowid"] for r in rows], "9999")
+    rt.db.checkpoint()
+    rt.close()
+    return {"observe_s": round(t1 - t0, 1), "vectors_s": round(time.perf_counter() - t1, 1)}
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(len(ordered) * q))], 2)  # noqa: E731
+    return {"p50": round(statistics.median(ordered), 2), "p95": pick(0.95), "p99": pick(0.99)}
+
+
+def query_args(rng: random.Random) -> dict[str, Any]:
+    args: dict[str, Any] = {"query": rng.choice(QUERIES), "limit": 10, "includeLessons": False}
+    if rng.random() < 0.5:
+        args["project"] = f"proj-{rng.randint(0, 3)}"
+    return args
+
+
+def in_process(data_dir: str, queries: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    rt = Runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="local"))
+    startup = time.perf_counter() - t0
+    ctx, rng, lat, modes = Ctx(rt, source="bench"), random.Random(3), [], set()
+    cold = []
+    for text in QUERIES:  # first sight of each query: embedding included (the cache is then warm)
+        q0 = time.perf_counter()
+        registry.call(ctx, "memory_smart_search", {"query": text, "limit": 10, "includeLessons": False})
+        cold.append((time.perf_counter() - q0) * 1000)
+    for _ in range(queries):
+        q0 = time.perf_counter()
+        data, _ = registry.unwrap(registry.call(ctx, "memory_smart_search", query_args(rng)))
+        lat.append((time.perf_counter() - q0) * 1000)
+        modes.add(data["mode"])
+    vectors_loaded = rt.health_sections()["vectors"]["vectors"]
+    rt.close()
+    return {"startup_s": round(startup, 3), "vectors": vectors_loaded, "modes": sorted(modes),
+            "cold_query": percentiles(cold[1:]), **percentiles(lat)}
+
+
+def rss_mb(pid: int) -> float:
+    """RSS of the server: gunicorn's arbiter plus its worker (the process group)."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ProcessLookupError):
+            continue
+    return round(total / 1024, 1)
+
+
+def over_http(data_dir: str, queries: int) -> dict[str, Any]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
+    env.update(AGENTMEMORY_DATA_DIR=data_dir, PORT=str(port), HOST="127.0.0.1", EMBEDDING_PROVIDER="local",
+               AGENTMEMORY_LOG_LEVEL="warning", AGENTMEMORY_THREADS="8")
+    url = f"http://127.0.0.1:{port}/agentmemory"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "app.py")], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                requests.get(url + "/livez", timeout=1)
+                break
+            except requests.RequestException:
+                if proc.poll() is not None or time.perf_counter() - t0 > 60:
+                    raise SystemExit("server did not start")
+                time.sleep(0.02)
+        startup = time.perf_counter() - t0
+        http, rng, lat = requests.Session(), random.Random(3), []
+        for text in QUERIES:  # warm the server's query-embedding cache
+            http.post(url + "/smart-search", json={"query": text, "includeLessons": False}, timeout=60)
+        for _ in range(queries):
+            q0 = time.perf_counter()
+            resp = http.post(url + "/smart-search", json=query_args(rng), timeout=60)
+            lat.append((time.perf_counter() - q0) * 1000)
+            assert resp.status_code == 200, resp.text
+        health = http.get(url + "/health", timeout=30).json()
+        return {"startup_s": round(startup, 3), "rss_mb": rss_mb(proc.pid),
+                "vectors": health["vectors"]["vectors"], **percentiles(lat)}
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--queries", type=int, default=500)
+    opts = parser.parse_args()
+    print("stored vectors: deterministic random 384-d stand-ins tagged with the local model id; "
+          "queries: the real local MiniLM model (query cache on). Timings are noisy: 2 shared cores.")
+    report: dict[str, Any] = {}
+    for size in (int(s) for s in opts.sizes.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            seeded = seed(tmp, size)
+            local = in_process(tmp, opts.queries)
+            remote = over_http(tmp, opts.queries)
+            db_mb = round(sum(p.stat().st_size for p in Path(tmp).glob("agentmemory.db*")) / 2**20, 1)
+        report[str(size)] = {"seed": seeded, "db_mb": db_mb, "in_process": local, "http": remote}
+        print(f"\n{size} observations (db {db_mb} MB; seeded in {seeded['observe_s']} s + vectors {seeded['vectors_s']} s)")
+        print(f"  in-process: start-up {local['startup_s']} s ({local['vectors']} vectors loaded); smart-search "
+              f"p50 {local['p50']} / p95 {local['p95']} / p99 {local['p99']} ms (query cache warm); modes "
+              f"{local['modes']}; first sight of a query (embedding it): p50 {local['cold_query']['p50']} / "
+              f"p95 {local['cold_query']['p95']} ms")
+        print(f"  HTTP:       start-up {remote['startup_s']} s; RSS {remote['rss_mb']} MB; smart-search "
+              f"p50 {remote['p50']} / p95 {remote['p95']} / p99 {remote['p99']} ms")
+    print(json.dumps({"benchmark": "search_latency", "queries": opts.queries, "sizes": report}))
+
+
+if __name__ == "__main__":
+    main()

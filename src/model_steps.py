@@ -1,0 +1,59 @@
+"""Optional model steps in front of the deterministic memory-model functions.
+
+Session summaries, reflection, crystallization and consolidation each have a deterministic
+path that always works without a language model. A model-backed step (the Gemini layer) can
+register itself for an operation with ``@model_step("summarize", "gemini")``; registered steps
+run first, in order, and each may return a result or None to pass. A step that raises is
+logged and skipped, so a model outage is never an error for the caller: the deterministic
+fallback answers, and the result says which ``method`` produced it.
+
+Payloads per operation (all dicts, read-only for the step):
+
+- ``summarize``: ``{session, observations}`` -> a summary dict (title, narrative, keyDecisions,
+  filesModified, concepts).
+- ``crystallize``: ``{session?, observations?, actions?, edges?}`` -> ``{narrative, keyOutcomes,
+  filesAffected, lessons}``.
+- ``reflect``: ``{session, observations, slots}`` -> ``{label: new content}`` for slots to replace.
+- ``insights``: ``{project, clusters: [{terms, items}]}`` -> a list of ``{title, content,
+  confidence}`` (one per cluster, same order; None entries keep the deterministic insight).
+- ``consolidate``: ``{project, groups}`` -> a list of memory drafts (content, type, title,
+  concepts, files, sourceObservationIds).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+OPERATIONS = ("summarize", "crystallize", "reflect", "insights", "consolidate")
+Step = Callable[[Any, dict], Any]
+MODEL_STEPS: dict[str, list[tuple[str, Step]]] = {op: [] for op in OPERATIONS}
+SYNTHETIC = "synthetic"
+log = logging.getLogger("agentmemory.model_steps")
+
+
+def model_step(operation: str, name: str) -> Callable[[Step], Step]:
+    """Register ``fn(ctx, payload)`` as a model step for ``operation``."""
+    if operation not in MODEL_STEPS:
+        raise ValueError(f"unknown operation {operation!r}; expected one of {', '.join(OPERATIONS)}")
+
+    def register(fn: Step) -> Step:
+        if any(n == name for n, _ in MODEL_STEPS[operation]):
+            raise ValueError(f"duplicate model step {name!r} for {operation!r}")
+        MODEL_STEPS[operation].append((name, fn))
+        return fn
+
+    return register
+
+
+def run_model_steps(operation: str, ctx: Any, payload: dict) -> tuple[Any, str | None]:
+    """(result, step name) of the first step that answers, or (None, None)."""
+    for name, step in MODEL_STEPS[operation]:
+        try:
+            result = step(ctx, payload)
+        except Exception:  # noqa: BLE001 - a model failure falls back to the deterministic path
+            log.exception("model step %s for %s failed; using the next one", name, operation)
+            continue
+        if result is not None:
+            return result, name
+    return None, None

@@ -1,0 +1,211 @@
+"""The admin CLI (python src/cli.py) and the maintenance library behind it."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+import maintenance
+import transfer
+from conftest import (HUB_REPO, SRC, ToolCaller, clean_environ, hook, post, seed_store, sqlite_table_counts,
+                      sync_env)
+from db import MIGRATIONS
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SRC / "cli.py"), *args], env=env or clean_environ(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def ok(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def without_time(export: dict) -> dict:
+    return {k: v for k, v in export.items() if k != "exportedAt"}
+
+
+def db_of(data_dir: Path) -> str:
+    return str(data_dir / "agentmemory.db")
+
+
+def test_export_matches_get_export_and_import_round_trips(client, call, tmp_path, rt):
+    for i in range(5):
+        client.post("/agentmemory/observe", json=hook(f"s{i % 2}", timestamp=f"2026-01-01T00:00:0{i}Z"))
+    call("memory_save", content="Use WAL mode for SQLite")
+    with rt.db.transaction("test") as tx:
+        tx.set("mem:summaries", "s0", {"sessionId": "s0", "title": "done"}, now="x")
+        tx.set("mem:lessons", "lsn_1", {"id": "lsn_1", "content": "a lesson"}, now="x")
+        tx.set("mem:obs:orphan", "obs_o", {"id": "obs_o", "sessionId": "orphan", "title": "no session row"}, now="x")
+    out = tmp_path / "export.json"
+    summary = ok(cli("--db", str(rt.db.path), "export", "-o", str(out)))  # while this runtime has it open
+    assert summary["records"] == 2 + 5 + 1 + 1 + 1 + 1 and out.stat().st_size == summary["bytes"]
+    assert "export: 100%" in cli("--db", str(rt.db.path), "export", "-o", str(out)).stderr  # progress bar
+    exported = json.loads(out.read_text())
+    assert without_time(exported) == without_time(client.get("/agentmemory/export").json)
+    to_stdout = cli("--db", str(rt.db.path), "-q", "export")
+    assert without_time(json.loads(to_stdout.stdout)) == without_time(exported)
+    assert json.loads(to_stdout.stderr)["records"] == 11
+    other = tmp_path / "other.db"
+    imported = ok(cli("--db", str(other), "-q", "import", str(out), "--batch", "3"))
+    assert imported["imported"] == 11 and imported["counts"]["observations"]["imported"] == 6
+    again = tmp_path / "again.json"
+    ok(cli("--db", str(other), "-q", "export", "-o", str(again)))
+    assert without_time(json.loads(again.read_text())) == without_time(exported)
+    assert ok(cli("--db", str(other), "-q", "import", str(out), "--strategy", "skip"))["skipped"] == 11
+    replaced = ok(cli("--db", str(other), "-q", "import", str(out), "--strategy", "replace"))
+    assert replaced["imported"] == 11
+
+
+def test_import_validates_everything_before_writing(tmp_path):
+    bad = tmp_path / "bad.json"
+    good_then_bad = {"version": transfer.FORMAT_VERSION, "sessions": [{"id": "fine"}, {"no": "id"}]}
+    bad.write_text(json.dumps(good_then_bad))
+    db = tmp_path / "x.db"
+    proc = cli("--db", str(db), "-q", "import", str(bad), "--batch", "1")
+    assert proc.returncode == 1 and "exportData.sessions[1].id must be a non-empty string" in proc.stderr
+    assert sqlite_table_counts(db)["kv_store"] == 0
+    bad.write_text("{not json")
+    proc = cli("--db", str(db), "import", str(bad))
+    assert proc.returncode == 1 and "cannot read" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reindex_restores_search_after_the_index_is_emptied(tmp_path):
+    data = tmp_path / "data"
+    seed_store(data)
+    db = db_of(data)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DELETE FROM search_fts")
+    conn.execute("INSERT INTO search_docs (doc_id, kind, scope, key, ts) "
+                 "VALUES ('ghost', 'memory', 'mem:memories', 'ghost', 'x')")  # a record that is gone
+    conn.close()
+    from runtime import Runtime
+    from settings import Settings
+
+    def search(query: str) -> list:
+        runtime = Runtime(Settings.from_env({}, db_path=db, background_jobs=False))
+        try:
+            return ToolCaller(runtime)("memory_recall", query=query)["results"]
+        finally:
+            runtime.close()
+
+    assert search("zebra0 deployments") == [] and search("alpha1") == []
+    result = ok(cli("--db", db, "reindex"))
+    assert result["indexed"] == {"observation": 12, "memory": 2} and result["staleRemoved"] == 1
+    assert search("zebra0 deployments")[0]["memory"]["content"].startswith("Remember zebra0 deployments")
+    assert len(search("alpha1")) == 4
+    assert sqlite_table_counts(Path(db))["search_docs"] == 14
+
+
+def test_reindex_hooks_run_after_the_rebuild(rt, call):
+    call("memory_save", content="hooked memory")
+    seen = []
+
+    def reembed(runtime, progress):
+        seen.append(runtime.db.reader().doc_counts())
+        return {"vectors": 1}
+
+    maintenance.REINDEX_HOOKS.append(reembed)
+    try:
+        result = maintenance.reindex(rt)
+    finally:
+        maintenance.REINDEX_HOOKS.remove(reembed)
+    assert seen == [{"memory": 1}] and result["hooks"] == {"reembed": {"vectors": 1}}
+
+
+def test_stats_numbers(tmp_path):
+    data = tmp_path / "data"
+    seed_store(data, sessions=2, per_session=3, memories=4)
+    stats = ok(cli("--db", db_of(data), "stats", "--json"))
+    assert stats["scopes"] == {"mem:memories": 4, "mem:obs:*": 6, "mem:sessions": 2}
+    assert stats["sessionsWithObservations"] == 2 and stats["indexed"] == {"observation": 6, "memory": 4}
+    assert stats["db"]["schemaVersion"] == len(MIGRATIONS)
+    assert stats["db"]["sizeBytes"] == Path(db_of(data)).stat().st_size
+    assert stats["tables"]["kv_store"] == 12 and stats["tables"]["audit_log"] == 10
+    text = cli("--db", db_of(data), "stats").stdout
+    assert "mem:sessions" in text and f"schema v{len(MIGRATIONS)}" in text
+
+
+def test_stream_export_reads_in_batches_and_equals_build_export(rt, call):
+    for i in range(7):
+        call("agent_observe", **hook("s1", timestamp=f"2026-01-01T00:00:0{i}Z", data={"n": i}))
+    out = io.StringIO()
+    assert maintenance.stream_export(rt, out, batch=2)["records"] == 8
+    expected = transfer.build_export(rt.db.reader(), exported_at="t")
+    assert without_time(json.loads(out.getvalue())) == without_time(expected)
+
+
+def test_cli_runs_safely_beside_a_live_server(live_server, tmp_path):
+    server = live_server()
+    stop, failures, written = threading.Event(), [], []
+
+    def writer() -> None:
+        session = requests.Session()
+        n = 0
+        while not stop.is_set() and n < 400:
+            body = hook("live", timestamp=f"2026-02-01T00:{n // 60:02d}:{n % 60:02d}Z",
+                        data={"tool_name": "Bash", "tool_input": {"command": f"pytest -k case{n}"}})
+            r = session.post(server.api("/observe"), json=body)
+            (written if r.status_code == 201 else failures).append(r.status_code)
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        db = str(server.db_path)
+        export_file = tmp_path / "live.json"
+        ok(cli("--db", db, "-q", "export", "-o", str(export_file)))
+        ok(cli("--db", db, "-q", "reindex"))
+        ok(cli("--db", db, "-q", "import", str(export_file)))
+        assert ok(cli("--db", db, "stats", "--json"))["scopes"]["mem:sessions"] == 1
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == [] and written
+    assert "database is locked" not in server.log()
+    stats = ok(cli("--db", str(server.db_path), "stats", "--json"))
+    health = requests.get(server.api("/health")).json()
+    assert stats["scopes"]["mem:obs:*"] == len(written) == health["counts"]["observations"]
+    hits = post(server.api("/search"), {"query": "pytest", "limit": 100}).json()["results"]
+    assert len(hits) == min(100, len(written))
+
+
+def test_cli_backup_and_restore_use_sync(hf_hub, tmp_path):
+    data = tmp_path / "data"
+    seed_store(data)
+    env = sync_env(hf_hub, tmp_path, tmp_path / "unused")
+    assert ok(cli("--db", db_of(data), "backup", env=env))["status"] == "uploaded"
+    restored = tmp_path / "restored.db"
+    assert ok(cli("--db", str(restored), "restore", env=env))["status"] == "restored"
+    assert sqlite_table_counts(restored) == sqlite_table_counts(Path(db_of(data)))
+    proc = cli("--db", str(tmp_path / "fresh.db"), "backup", env=env)
+    assert proc.returncode == 1 and "no database" in proc.stderr
+    seed_store(tmp_path / "unrelated", sessions=1, per_session=1, memories=0)
+    proc = cli("--db", db_of(tmp_path / "unrelated"), "backup", env=env)
+    assert proc.returncode == 3 and "Refusing to overwrite" in proc.stderr
+    assert hf_hub.commit_count(HUB_REPO) == 2
+
+
+@pytest.mark.parametrize("args", [["import", "/no/such/file.json"], ["stats", "--bogus"], []])
+def test_cli_usage_errors_are_clear(args, tmp_path):
+    proc = cli("--db", str(tmp_path / "x.db"), *args)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.strip()
+
+
+def test_every_cli_command_is_in_the_readme():
+    import cli as cli_module
+
+    readme = (SRC.parent / "README.md").read_text().split("## Admin CLI")[1].split("\n## ")[0]
+    parser = cli_module.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name in commands:
+        assert f"python src/cli.py {name}" in readme, name

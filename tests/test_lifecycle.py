@@ -1,0 +1,236 @@
+"""Summaries, reflect, crystallize and consolidate without any LLM: deterministic and useful."""
+
+import pytest
+
+from conftest import hook
+from errors import InvalidInput, NotFound
+from model_steps import MODEL_STEPS, model_step, run_model_steps
+
+
+def bash(session, command, output, hook_type="post_tool_use", ts="2026-11-01T10:00:00Z", project="shop"):
+    key = "error" if hook_type == "post_tool_failure" else "tool_output"
+    return hook(session, hook_type, project=project, timestamp=ts,
+                data={"tool_name": "Bash", "tool_input": {"command": command}, key: output})
+
+
+def edit(session, path, ts, project="shop"):
+    return hook(session, "post_tool_use", project=project, timestamp=ts,
+                data={"tool_name": "Edit", "tool_input": {"file_path": path, "old_string": "a", "new_string": "b"},
+                      "tool_output": "ok"})
+
+
+def record_work_session(client, sid="work", project="shop"):
+    events = [
+        hook(sid, "prompt_submit", project=project, timestamp="2026-11-01T10:00:00Z",
+             data={"prompt": "fix the login lockout bug. TODO: add a regression test for the lockout"}),
+        bash(sid, "pytest -q", "2 failed, 10 passed", ts="2026-11-01T10:01:00Z", project=project),
+        edit(sid, "src/auth.py", "2026-11-01T10:05:00Z", project=project),
+        bash(sid, "pytest -q", "12 passed in 0.5s", ts="2026-11-01T10:06:00Z", project=project),
+        bash(sid, "npm run lint", "eslint: command not found", hook_type="post_tool_failure",
+             ts="2026-11-01T10:07:00Z", project=project),
+        {"sessionId": sid, "hookType": "observation", "project": project, "timestamp": "2026-11-01T10:08:00Z",
+         "content": "lesson: always reset the rate limiter between tests", "type": "decision"},
+        hook(sid, "post_tool_use", project=project, timestamp="2026-11-01T10:09:00Z",
+             data={"tool_name": "Read", "tool_input": {"file_path": "README.md"}, "tool_output": "# Shop"}),
+    ]
+    client.post("/agentmemory/session/start", json={"sessionId": sid, "project": project, "cwd": "/w"})
+    for event in events:
+        assert client.post("/agentmemory/observe", json=event).status_code == 201
+
+
+def test_summary_written_on_session_end(client):
+    record_work_session(client)
+    assert client.post("/agentmemory/session/end", json={"sessionId": "work"}).status_code == 200
+    session = client.get("/agentmemory/sessions").json["sessions"][0]
+    summary = session["summary"]
+    assert summary["title"].startswith("fix the login lockout bug") and summary["observationCount"] == 7
+    assert summary["filesModified"] == ["src/auth.py"] and summary["method"] == "synthetic"
+    assert "7 observations over 9 min" in summary["narrative"] and "Changed 1 file(s): src/auth.py" in summary["narrative"]
+    assert "failure(s); last: npm run lint: eslint: command not found" in summary["narrative"]
+    assert summary["keyDecisions"] == ["lesson: always reset the rate limiter between tests"]
+    assert "pytest" in summary["concepts"] and "bash" not in summary["concepts"]
+    text = client.post("/agentmemory/context", json={"sessionId": "next", "project": "shop"}).json["context"]
+    assert "## fix the login lockout bug" in text and "Files: src/auth.py" in text
+
+
+def test_summarize_route(client):
+    record_work_session(client)
+    r = client.post("/agentmemory/summarize", json={"sessionId": "work"})
+    assert r.status_code == 200 and r.json["success"] and r.json["summary"]["sessionId"] == "work"
+    assert 0 < r.json["qualityScore"] <= 1
+    client.post("/agentmemory/session/start", json={"sessionId": "empty", "project": "shop"})
+    r = client.post("/agentmemory/summarize", json={"sessionId": "empty"})
+    assert r.status_code == 409 and r.json["code"] == "no_observations"
+    assert client.post("/agentmemory/summarize", json={"sessionId": "ghost"}).status_code == 404
+
+
+def test_reflect_on_session_fills_slots(client, call):
+    record_work_session(client)
+    out = call("memory_reflect", sessionId="work")
+    assert out["observationsReviewed"] == 7 and set(out["updated"]) == {"pending_items", "session_patterns",
+                                                                         "project_context"}
+    pending = call("memory_slot_get", label="pending_items", project="shop")["slot"]["content"]
+    assert pending == "- TODO: add a regression test for the lockout"
+    patterns = call("memory_slot_get", label="session_patterns", project="shop")["slot"]["content"]
+    assert "- errors: 2 in last 7 observations" in patterns and "- commands: 2 in last 7" in patterns
+    assert "Bash (3)" in patterns
+    project_context = call("memory_slot_get", label="project_context", project="shop")["slot"]["content"]
+    assert project_context.splitlines() == ["Files touched in recent sessions:", "- src/auth.py", "- README.md"]
+    # Reflecting again adds nothing new to pending_items or project_context.
+    again = call("slot_reflect", sessionId="work")
+    assert not {"pending_items", "project_context"} & set(again["updated"])
+    assert call("memory_slot_get", label="pending_items", project="shop")["slot"]["content"] == pending
+    # Another project's slots are untouched.
+    assert call("memory_slot_get", label="pending_items", project="other")["slot"]["content"] == ""
+
+
+def test_reflect_runs_on_session_end_and_keeps_the_tail(client, call):
+    record_work_session(client)
+    client.post("/agentmemory/session/end", json={"sessionId": "work"})
+    assert "regression test" in call("memory_slot_get", label="pending_items", project="shop")["slot"]["content"]
+    from reflect import fit_tail
+
+    assert fit_tail(["a" * 10, "b" * 10, "c" * 10], 21) == "b" * 10 + "\n" + "c" * 10
+    assert fit_tail(["head", "x" * 10, "y" * 10], 16, keep_first=1) == "head\n" + "y" * 10
+
+
+def test_crystallize_session_digest_and_lessons(client, call):
+    record_work_session(client)
+    r = client.post("/agentmemory/crystals/create", json={"sessionId": "work"})
+    assert r.status_code == 201
+    crystal = r.json["crystal"]
+    assert crystal["sessionId"] == "work" and crystal["project"] == "shop"
+    assert crystal["filesAffected"] == ["src/auth.py"]
+    assert "`pytest -q` passes again after changes to src/auth.py" in crystal["keyOutcomes"]
+    assert "Still failing: npm run lint" in crystal["keyOutcomes"]
+    assert any(o.startswith("Decided: lesson: always reset") for o in crystal["keyOutcomes"])
+    assert crystal["lessons"][0].startswith("`pytest -q` failed (2 failed, 10 passed)")
+    assert "always reset the rate limiter between tests" in crystal["lessons"]
+    lessons = {x["content"]: x for x in call("memory_lessons")["lessons"]}
+    assert lessons["always reset the rate limiter between tests"]["confidence"] == 0.6
+    assert lessons["always reset the rate limiter between tests"]["source"] == "crystal"
+    # Crystallizing the same session again updates the crystal and does not inflate lessons.
+    again = client.post("/agentmemory/crystals/create", json={"sessionId": "work"}).json
+    assert again["crystal"]["id"] == crystal["id"] and again["lessonsSaved"] == []
+    assert all(x["reinforcements"] == 0 for x in call("memory_lessons")["lessons"])
+    listed = client.get("/agentmemory/crystals?project=shop").json
+    assert listed["total"] == 1 and listed["crystals"][0]["id"] == crystal["id"]
+
+
+def test_crystallize_actions(call):
+    a = call("memory_action_create", title="Add retry", project="p")["action"]
+    b = call("memory_action_create", title="Drop the cache", project="p")["action"]
+    open_ = call("memory_action_create", title="Still open")["action"]
+    call("memory_action_update", actionId=a["id"], status="done",
+         result="Retries fixed the flaky upload.\nlesson: retry uploads with backoff")
+    call("memory_action_update", actionId=b["id"], status="cancelled")
+    with pytest.raises(InvalidInput) as err:
+        call("memory_crystallize", actionIds=[a["id"], open_["id"]])
+    assert err.value.details["field"] == "actionIds"
+    with pytest.raises(NotFound):
+        call("memory_crystallize", actionIds=["act_nope"])
+    with pytest.raises(InvalidInput):
+        call("memory_crystallize")
+    out = call("memory_crystallize", actionIds=f"{a['id']},{b['id']}", project="p")
+    crystal = out["crystal"]
+    assert crystal["sourceActionIds"] == [a["id"], b["id"]]
+    assert crystal["narrative"].startswith("2 action(s) finished: Add retry (done); Drop the cache (cancelled)")
+    assert crystal["lessons"] == ["retry uploads with backoff"] and len(out["lessonsSaved"]) == 1
+    assert call("action_get", actionId=a["id"])["action"]["crystallizedInto"] == crystal["id"]
+
+
+def test_consolidate_creates_memories_deterministically(client, call):
+    for i in range(4):
+        sid = f"s{i}"
+        client.post("/agentmemory/observe", json=edit(sid, "src/cart.py", f"2026-11-0{i + 1}T10:00:00Z"))
+        client.post("/agentmemory/observe", json=bash(sid, f"pytest tests/test_cart.py -k checkout{i}",
+                                                      "checkout totals mismatch", hook_type="post_tool_failure",
+                                                      ts=f"2026-11-0{i + 1}T10:01:00Z"))
+    client.post("/agentmemory/observe", json=edit("s9", "src/cart.py", "2026-11-09T10:00:00Z", project="other"))
+    dry = call("memory_consolidate", dryRun=True)
+    assert dry["memories"] == [] and dry["observationsScanned"] == 9
+    keys = {(g["project"], g["key"]) for g in dry["groups"]}
+    assert ("shop", "file:src/cart.py") in keys and ("other", "file:src/cart.py") not in keys
+    out = call("memory_consolidate")
+    assert out["consolidated"] == len(out["memories"]) >= 2
+    memories = {m["id"]: m for m in call("memories_list")["memories"]}
+    cart = next(m for m in memories.values() if m["title"] == "Recurring work on src/cart.py")
+    assert cart["project"] == "shop" and cart["files"] == ["src/cart.py"] and len(cart["sourceObservationIds"]) == 4
+    assert "4 observations across 4 session(s) from 2026-11-01 to 2026-11-04" in cart["content"]
+    bug = next(m for m in memories.values() if "checkout" in m["title"] or m["type"] == "bug")
+    assert bug["type"] == "bug"
+    # Same observations again: nothing new.
+    again = call("memory_consolidate")
+    assert again["memories"] == [] and again["unchanged"] == out["consolidated"]
+    assert len(call("memories_list")["memories"]) == len(memories)
+    assert call("memory_recall", query="cart")["results"]  # written through remember: searchable
+
+
+def test_consolidate_needs_enough_observations(call, client):
+    client.post("/agentmemory/observe", json=edit("s", "a.py", "2026-11-01T10:00:00Z"))
+    out = call("memory_consolidate")
+    assert out["memories"] == [] and "need at least 5" in out["reason"]
+
+
+def test_reflect_project_form_creates_then_reinforces_insights(call):
+    for text in ("Redis connection pool exhausted under load", "Raise the redis pool size for workers",
+                 "Redis timeouts came from the small pool"):
+        call("memory_save", content=text, project="api")
+    call("memory_lesson_save", content="Watch the redis pool metrics", project="api")
+    out = call("memory_reflect", project="api", maxClusters=5)
+    assert out["newInsights"] >= 1 and out["usedFallback"] is True and out["method"] == "synthetic"
+    insight = out["insights"][0]
+    assert "redis" in insight["sourceConceptCluster"] and len(insight["sourceMemoryIds"]) == 3
+    again = call("memory_reflect", project="api", maxClusters=5)
+    assert again["newInsights"] == 0 and again["reinforced"] == out["newInsights"]
+    listed = call("insights_list", project="api")["insights"]
+    assert listed[0]["reinforcements"] == 1 and listed[0]["confidence"] > insight["confidence"]
+    assert call("memory_reflect", project="empty")["clustersProcessed"] == 0
+
+
+def test_model_step_goes_first_and_failures_fall_back(client, call):
+    record_work_session(client)
+    calls = []
+
+    @model_step("summarize", "test-model")
+    def fake(ctx, payload):
+        calls.append(len(payload["observations"]))
+        if len(calls) == 1:
+            raise RuntimeError("model down")
+        return {"title": "Model title", "narrative": "Model narrative"}
+
+    try:
+        first = call("summarize", sessionId="work")["summary"]
+        assert first["method"] == "synthetic" and first["title"].startswith("fix the login")
+        second = call("summarize", sessionId="work")["summary"]
+        assert second["method"] == "test-model" and second["title"] == "Model title"
+        assert second["filesModified"] == ["src/auth.py"]  # fields the model left out come from the fallback
+        assert calls == [7, 7]
+    finally:
+        MODEL_STEPS["summarize"].clear()
+    assert run_model_steps("summarize", None, {}) == (None, None)
+    with pytest.raises(ValueError):
+        model_step("nope", "x")
+
+
+def test_memory_model_end_to_end_over_http(live_server):
+    import requests
+
+    from conftest import post
+
+    server = live_server()
+    post(server.api("/session/start"), {"sessionId": "e2e", "project": "shop", "cwd": "/w"})
+    r = post(server.api("/observe"), hook("e2e", "prompt_submit", project="shop",
+                                          data={"prompt": "ship it. TODO: update the changelog"}))
+    assert r.status_code == 201
+    assert post(server.api("/session/end"), {"sessionId": "e2e"}).status_code == 200
+    session = requests.get(server.api("/sessions"), timeout=30).json()["sessions"][0]
+    assert session["summary"]["title"] == "ship it. TODO: update the changelog"
+    slot = requests.get(server.api("/slot"), params={"label": "pending_items", "project": "shop"}, timeout=30).json()
+    assert slot["slot"]["content"] == "- TODO: update the changelog"
+    for expected in (201, 200):
+        assert post(server.api("/lessons"), {"content": "Update the changelog before tagging"}).status_code == expected
+    context = post(server.api("/context"), {"sessionId": "next", "project": "shop"}).json()["context"]
+    assert context.index("## pending_items\n- TODO: update the changelog") < context.index("(0.55) Update the changelog")
+    health = post(server.api("/diagnostics"), {}).json()
+    assert health["summary"]["fail"] == 0 and any(c["name"] == "db_integrity" for c in health["checks"])

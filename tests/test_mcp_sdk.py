@@ -1,0 +1,277 @@
+"""The official MCP SDK as the client: its stdio client spawning src/mcp_stdio.py against a live
+server, and its Streamable HTTP client against /mcp, in both protocol eras, with and without auth."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client, ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+import mcp_protocol
+import mcp_stdio
+import registry
+import runtime
+from conftest import SRC, free_port
+
+SECRET = "sdk-secret"
+
+
+def registry_tools() -> list[str]:
+    registry.load_tools()
+    return [t.name for t in registry.REGISTRY.mcp_tools("all")]
+
+
+def stdio_params(url: str, secret: str | None = None) -> StdioServerParameters:
+    env = {"AGENTMEMORY_URL": url, "PYTHONUNBUFFERED": "1"}
+    if secret:
+        env["AGENTMEMORY_SECRET"] = secret
+    return StdioServerParameters(command=sys.executable, args=[str(SRC / "mcp_stdio.py")], env=env)
+
+
+def text_of(result: Any) -> dict[str, Any]:
+    return json.loads(result.content[0].text)
+
+
+async def _stdio_session_checks(url: str) -> None:
+    async with stdio_client(stdio_params(url, SECRET)) as (read, write):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            assert init.protocol_version in mcp_protocol.HANDSHAKE_VERSIONS
+            assert init.server_info.name == "agentmemory" and init.server_info.version == runtime.VERSION
+            tools = (await session.list_tools()).tools
+            assert [t.name for t in tools] == registry_tools()
+            assert all(t.input_schema == registry.REGISTRY.get(t.name).schema for t in tools)
+            # Five tools, each result checked.
+            r = await session.call_tool("agent_observe", {"sessionId": "sdk-1", "content": "ran the sdk test",
+                                                           "project": "sdk"})
+            assert not r.is_error and text_of(r)["duplicate"] is False
+            r = await session.call_tool("memory_save", {"content": "The SDK stdio client works",
+                                                         "concepts": "sdk,stdio"})
+            memory = text_of(r)["memory"]
+            assert memory["concepts"] == ["sdk", "stdio"]
+            r = await session.call_tool("memory_recall", {"query": "sdk stdio client"})
+            assert memory["id"] in [h["observation"]["id"] for h in text_of(r)["results"]]
+            r = await session.call_tool("memory_observations", {"sessionId": "sdk-1"})
+            assert [o["narrative"] for o in text_of(r)["observations"]] == ["ran the sdk test"]
+            r = await session.call_tool("memory_sessions", {"limit": 5})
+            assert [s["id"] for s in text_of(r)["sessions"]] == ["sdk-1"]
+            r = await session.call_tool("memory_audit", {"limit": 2})
+            assert {e["operation"] for e in text_of(r)["entries"]} == {"observe", "remember"}
+            # Tool errors are results naming the field; an unknown tool is a protocol error.
+            r = await session.call_tool("memory_recall", {"limit": 3})
+            assert r.is_error and text_of(r)["details"]["field"] == "query"
+            with pytest.raises(MCPError, match="Unknown tool: no_such_tool"):
+                await session.call_tool("no_such_tool", {})
+            # Resources and prompts are proxied too.
+            listed = (await session.list_resources()).resources
+            assert "agentmemory://status" in [str(r.uri) for r in listed]
+            templates = (await session.list_resource_templates()).resource_templates
+            assert "agentmemory://project/{name}/recent" in [t.uri_template for t in templates]
+            status = json.loads((await session.read_resource("agentmemory://status")).contents[0].text)
+            assert status["sessionCount"] == 1 and status["memoryCount"] == 1
+            with pytest.raises(MCPError, match="unknown resource"):
+                await session.read_resource("agentmemory://nope")
+            prompt = await session.get_prompt("session_handoff", {"session_id": "sdk-1"})
+            assert "ran the sdk test" in prompt.messages[0].content.text
+            assert [p.name for p in (await session.list_prompts()).prompts][0] == "recall_context"
+
+
+def test_sdk_stdio_client_against_a_live_server(live_server):
+    server = live_server(env={"AGENTMEMORY_SECRET": SECRET})
+    anyio.run(_stdio_session_checks, server.url)
+
+
+async def _down_then_up(server) -> None:
+    async with stdio_client(stdio_params(server.url)) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()  # the proxy starts without the server
+            with pytest.raises(MCPError, match="cannot list tools: .* is not reachable"):
+                await session.list_tools()
+            r = await session.call_tool("memory_sessions", {})
+            assert r.is_error and "is not reachable" in r.content[0].text and "AGENTMEMORY_URL" in r.content[0].text
+            with pytest.raises(MCPError, match="not reachable"):
+                await session.read_resource("agentmemory://status")
+            await anyio.to_thread.run_sync(server.start)
+            r = await session.call_tool("memory_sessions", {})  # same process, server now up
+            assert not r.is_error and text_of(r)["total"] == 0
+            assert len((await session.list_tools()).tools) == len(registry_tools())
+
+
+def test_sdk_stdio_server_down_is_a_clear_error_then_recovers(live_server):
+    server = live_server()
+    server.stop()
+    anyio.run(_down_then_up, server)
+
+
+async def _wrong_secret(url: str) -> None:
+    async with stdio_client(stdio_params(url, "wrong")) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            r = await session.call_tool("memory_sessions", {})
+            assert r.is_error and "(401)" in r.content[0].text and "AGENTMEMORY_SECRET" in r.content[0].text
+
+
+def test_sdk_stdio_wrong_secret(live_server):
+    anyio.run(_wrong_secret, live_server(env={"AGENTMEMORY_SECRET": SECRET}).url)
+
+
+class _Fake(BaseHTTPRequestHandler):
+    """A loopback stand-in for a broken server: every request gets ``status`` and ``body``."""
+
+    status, body = 500, b'{"ok": false, "error": "database exploded", "code": "internal_error", "status": 500}'
+
+    def _answer(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _Junk(_Fake):
+    status, body = 200, b'["not", "an", "agentmemory", "answer"]'
+
+
+async def _broken(url: str, expected: str) -> None:
+    async with stdio_client(stdio_params(url)) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            r = await session.call_tool("memory_sessions", {})
+            assert r.is_error and expected in r.content[0].text
+            for listing in (session.list_tools, session.list_resources, session.list_prompts):
+                with pytest.raises(MCPError, match=expected):
+                    await listing()
+            r = await session.call_tool("memory_sessions", {})  # still serving after all that
+            assert r.is_error
+
+
+@pytest.mark.parametrize("handler,expected", [(_Fake, "HTTP 500: database exploded"),
+                                              (_Junk, "unexpected shape")])
+def test_sdk_stdio_broken_server_gives_clear_errors(handler, expected):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        anyio.run(_broken, f"http://127.0.0.1:{httpd.server_address[1]}", expected)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_stdio_reads_its_environment_at_call_time(monkeypatch):
+    monkeypatch.setenv("AGENTMEMORY_URL", "http://127.0.0.1:1/")
+    assert mcp_stdio.base_url() == "http://127.0.0.1:1"
+    monkeypatch.setenv("AGENTMEMORY_URL", "${AGENTMEMORY_URL}")  # unexpanded placeholder = unset
+    assert mcp_stdio.base_url() == mcp_stdio.DEFAULT_URL
+    port = free_port()
+    monkeypatch.setenv("AGENTMEMORY_URL", f"http://127.0.0.1:{port}")
+    with pytest.raises(mcp_stdio.ProxyError, match=f"127.0.0.1:{port} is not reachable"):
+        mcp_stdio.rest("GET", "/livez")
+    assert mcp_stdio.VERSION == runtime.VERSION
+
+
+def test_only_mcp_stdio_imports_the_sdk():
+    for path in SRC.glob("*.py"):
+        text = path.read_text()
+        imports_sdk = any(line.startswith(("import mcp", "from mcp")) and not line.startswith(
+            ("import mcp_protocol", "import mcp_resources", "from mcp_protocol", "from mcp_resources"))
+            for line in text.splitlines())
+        assert imports_sdk == (path.name == "mcp_stdio.py"), path.name
+
+
+# -- the SDK's Streamable HTTP client against /mcp --------------------------------------------------------
+
+
+async def _http_checks(url: str, secret: str | None, mode: str) -> str:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        async with Client(streamable_http_client(f"{url}/mcp", http_client=http), mode=mode) as client:
+            assert [t.name for t in (await client.list_tools()).tools] == registry_tools()
+            r = await client.call_tool("memory_save", {"content": f"saved over streamable http in {mode} mode"})
+            assert not r.is_error and text_of(r)["memory"]["title"].endswith(f"{mode} mode")
+            r = await client.call_tool("memory_recall", {"query": "streamable http", "format": "compact"})
+            assert any(h["title"].endswith(f"{mode} mode") for h in text_of(r)["results"])
+            r = await client.call_tool("memory_audit", {"limit": "x"})
+            assert r.is_error and text_of(r)["details"]["field"] == "limit"
+            status = json.loads((await client.read_resource("agentmemory://status")).contents[0].text)
+            assert status["memoryCount"] >= 1
+            prompt = await client.get_prompt("recall_context", {"task_description": "streamable http"})
+            assert "streamable http" in prompt.messages[0].content.text
+            return client.protocol_version
+
+
+def test_sdk_streamable_http_client_with_auth(live_server):
+    server = live_server(env={"AGENTMEMORY_SECRET": SECRET})
+    assert anyio.run(_http_checks, server.url, SECRET, "auto") == "2026-07-28"
+    assert anyio.run(_http_checks, server.url, SECRET, "legacy") == "2025-11-25"
+
+
+def test_sdk_streamable_http_client_without_auth(live_server):
+    server = live_server()
+    assert anyio.run(_http_checks, server.url, None, "auto") == "2026-07-28"
+    assert anyio.run(_http_checks, server.url, None, "legacy") == "2025-11-25"
+
+
+async def _refused(url: str) -> None:
+    async with httpx2.AsyncClient(headers={"Authorization": "Bearer wrong"}, timeout=30) as http:
+        async with Client(streamable_http_client(f"{url}/mcp", http_client=http), mode="legacy"):
+            raise AssertionError("connected with a wrong token")
+
+
+def test_sdk_streamable_http_client_wrong_token_is_refused(live_server):
+    server = live_server(env={"AGENTMEMORY_SECRET": SECRET})
+    with pytest.raises(BaseException) as err:
+        anyio.run(_refused, server.url)
+    leaves = [err.value]
+    while hasattr(leaves[-1], "exceptions"):
+        leaves.append(leaves[-1].exceptions[0])
+    assert isinstance(leaves[-1], MCPError) and leaves[-1].message.startswith("unauthorized: send 'Authorization")
+
+
+def readme_mcp_configs() -> list[dict[str, Any]]:
+    from conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## MCP\n")[1].split("\n## ")[0]
+    blocks = section.split("```json\n")[1:]
+    return [json.loads(block.split("```")[0])["mcpServers"]["agentmemory"] for block in blocks]
+
+
+async def _run_config(entry: dict[str, Any], url: str) -> list[str]:
+    from conftest import ROOT
+
+    fix = lambda text: text.replace("/opt/agentmemory-python/.venv/bin/python", sys.executable).replace(  # noqa: E731
+        "/opt/agentmemory-python", str(ROOT))
+    env = {k: (url if k == "AGENTMEMORY_URL" else SECRET) for k in entry["env"]}
+    params = StdioServerParameters(command=fix(entry["command"]), args=[fix(a) for a in entry["args"]], env=env)
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            return [t.name for t in (await session.list_tools()).tools]
+
+
+def test_readme_client_configs_work(live_server):
+    server = live_server(env={"AGENTMEMORY_SECRET": SECRET})
+    configs = readme_mcp_configs()
+    stdio = [c for c in configs if "command" in c]
+    http = [c for c in configs if "url" in c]
+    assert len(stdio) == 2 and len(http) == 1
+    assert http[0]["url"].endswith("/mcp") and http[0]["headers"]["Authorization"].startswith("Bearer ")
+    for entry in stdio:
+        assert entry["args"][-1].endswith("src/mcp_stdio.py") and set(entry["env"]) == {
+            "AGENTMEMORY_URL", "AGENTMEMORY_SECRET"}
+        assert anyio.run(_run_config, entry, server.url) == registry_tools()

