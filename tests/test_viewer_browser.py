@@ -2,7 +2,8 @@
 processes seeded through REST. Every tab renders seeded data, live updates arrive over the
 WebSocket, stored HTML never runs, the token prompt works, and 10k records stay paginated.
 
-Screenshots of every tab are saved under pytest's temp dir (the path is printed; run with -s)."""
+Screenshots of every tab are saved under pytest's temp dir (the path is printed; run with -s),
+or in $VIEWER_SCREENSHOTS."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ def browser():
 
 @pytest.fixture(scope="module")
 def shots(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("viewer-screenshots")
+    # VIEWER_SCREENSHOTS keeps them somewhere stable (pytest prunes old temp dirs).
+    chosen = os.environ.get("VIEWER_SCREENSHOTS")
+    directory = Path(chosen) if chosen else tmp_path_factory.mktemp("viewer-screenshots")
+    directory.mkdir(parents=True, exist_ok=True)
     print(f"\nviewer screenshots: {directory}")
     return directory
 
