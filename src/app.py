@@ -28,6 +28,7 @@ from flask_sock import Sock  # noqa: E402
 from werkzeug.exceptions import HTTPException  # noqa: E402
 
 import mcp_protocol  # noqa: E402
+import openapi  # noqa: E402
 import registry  # noqa: E402
 from errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable, error_body  # noqa: E402
 from registry import Ctx, Tool  # noqa: E402
@@ -124,6 +125,7 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
                              view_func=_tool_view(rt, tool, route.status), methods=[route.method])
     _register_mcp_http(app, rt)
     _register_stream(app, rt)
+    _register_openapi(app, rt)
     return app
 
 
@@ -219,6 +221,40 @@ def _register_mcp_http(app: Flask, rt: Runtime) -> None:
         response = respond(reply.body, reply.status)
         response.headers.update(reply.headers)
         return response
+
+
+# -- the OpenAPI document ---------------------------------------------------------------------------
+
+_RPC = {"type": ["object", "array"], "description": "A JSON-RPC 2.0 message or batch"}
+# Request/response shapes of the adapter routes (tool routes are described from the registry).
+ADAPTER_DOCS: dict[str, dict[str, Any]] = {
+    "mcp_tools": {"response": {"type": "object", "required": ["tools"],
+                               "properties": {"tools": {"type": "array", "items": {"type": "object"}}}}},
+    "mcp_call": {"request": {"type": "object", "required": ["name"],
+                             "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}},
+                 "response": {"type": "object", "required": ["content"]}},
+    # Errors on /mcp are JSON-RPC responses (what MCP clients parse), not the REST envelope.
+    "mcp_streamable_http": {
+        "POST": {"request": _RPC, "response": _RPC, "success": (200, 202), "error": _RPC,
+                 "extra": {406: "Accept must allow application/json"}},
+        "DELETE": {"success": (200, 204), "error": _RPC},
+        "GET": {"success": (), "error": _RPC, "extra": {405: "No server-sent event stream; use POST"}},
+    },
+    "stream": {"success": (), "extra": {101: "Switching to the WebSocket protocol"}},
+    "openapi_json": {"response": {"type": "object", "required": ["openapi", "paths"]}},
+}
+ADAPTER_DOCS["mcp_tools_call"] = ADAPTER_DOCS["mcp_call"]
+
+
+def _register_openapi(app: Flask, rt: Runtime) -> None:
+    @app.get(f"{PREFIX}/openapi.json")
+    def openapi_json() -> Response:
+        """This OpenAPI 3.1 document, generated from the routes and the tool registry."""
+        return respond(openapi.build(app.url_map, app.view_functions, rt.version), 200)
+
+    for endpoint, doc in ADAPTER_DOCS.items():
+        if endpoint in app.view_functions:
+            app.view_functions[endpoint].openapi = doc
 
 
 # -- live stream --------------------------------------------------------------------------------------
