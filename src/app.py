@@ -30,10 +30,12 @@ from werkzeug.exceptions import HTTPException  # noqa: E402
 import mcp_protocol  # noqa: E402
 import openapi  # noqa: E402
 import registry  # noqa: E402
+from origins import origin_allowed, parse_allowed  # noqa: E402
 from errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable, error_body  # noqa: E402
 from registry import Ctx, Tool  # noqa: E402
 from runtime import Runtime  # noqa: E402
 from settings import Settings  # noqa: E402
+from privacy import strip_text  # noqa: E402
 from util import clean_json  # noqa: E402
 
 PREFIX = "/agentmemory"
@@ -104,18 +106,35 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     app.config["MAX_CONTENT_LENGTH"] = max(rt.settings.max_body_bytes, rt.settings.max_import_bytes)
     app.extensions["agentmemory"] = rt
 
+    allowed_origins = parse_allowed(rt.settings.viewer_allowed_origins)
+
     @app.before_request
-    def _guard() -> None:
+    def _guard() -> Response | None:
         request.max_content_length = (rt.settings.max_import_bytes if request.path == f"{PREFIX}/import"
                                       else rt.settings.max_body_bytes)
-        if request.path not in OPEN_PATHS and request.method != "OPTIONS":
+        origin = request.headers.get("Origin")
+        if not origin_allowed(origin, request.host, rt.settings.host, allowed_origins):
+            raise Forbidden(f"browser origin {origin!r} may not call this server; list it in "
+                            "VIEWER_ALLOWED_ORIGINS to allow it", code="origin_not_allowed")
+        if request.method == "OPTIONS":
+            return Response(status=204)  # a CORS preflight; headers are added below
+        if request.path not in OPEN_PATHS:
             check_auth(rt.settings.secret, request.headers.get("Authorization"),
                        request.args.get("token") if request.path == STREAM_PATH else None)
+        return None
 
     @app.after_request
     def _headers(response: Response) -> Response:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
+        origin = request.headers.get("Origin", "").rstrip("/")
+        # CORS only for origins listed in VIEWER_ALLOWED_ORIGINS: closed by default.
+        if origin and ("*" in allowed_origins or origin in allowed_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Mcp-Session-Id, MCP-Protocol-Version"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Max-Age"] = "600"
+            response.headers.add("Vary", "Origin")
         return response
 
     _register_error_handlers(app)
@@ -179,7 +198,7 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, strip_text(request.path))
         return respond(error_body(500, "internal error; see the server log", "internal_error"), 500)
 
 
@@ -203,9 +222,6 @@ def _register_mcp_http(app: Flask, rt: Runtime) -> None:
     @app.route(MCP_PATH, methods=["GET", "POST", "DELETE"])
     def mcp_streamable_http() -> Response:
         """MCP Streamable HTTP: JSON-RPC 2.0 over POST, JSON responses (GET is 405); DELETE ends a session."""
-        if not mcp_protocol.origin_allowed(request.headers.get("Origin"), request.host, rt.settings.host):
-            raise Forbidden(f"origin {request.headers.get('Origin')!r} may not call this server",
-                            code="origin_not_allowed")
         if request.method == "GET":
             return Response(status=405, headers={"Allow": "POST, DELETE"})
         if request.method == "DELETE":
@@ -314,7 +330,10 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
             options = {
                 "bind": f"{settings.host}:{settings.port}", "workers": 1, "worker_class": "gthread",
                 "threads": settings.threads, "timeout": 120, "graceful_timeout": 20,
-                "keepalive": 5, "control_socket_disable": True, "loglevel": settings.log_level,
+                "keepalive": 5, "control_socket_disable": True,
+                # gunicorn's DEBUG level prints request lines, which may carry a token
+                # (?token= on the WebSocket): its own logger never goes below INFO.
+                "loglevel": "info" if settings.log_level == "debug" else settings.log_level,
                 "accesslog": None, "errorlog": "-",
             }
             for key, value in options.items():
