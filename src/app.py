@@ -30,12 +30,15 @@ from flask_sock import Sock  # noqa: E402
 from werkzeug.exceptions import HTTPException  # noqa: E402
 
 import mcp_protocol  # noqa: E402
+import openapi  # noqa: E402
 import registry  # noqa: E402
+from origins import origin_allowed, parse_allowed  # noqa: E402
 from errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable, error_body  # noqa: E402
 from live import ReaderThread, StreamSession  # noqa: E402
 from registry import Ctx, Tool  # noqa: E402
 from runtime import Runtime  # noqa: E402
 from settings import Settings  # noqa: E402
+from privacy import strip_text  # noqa: E402
 from util import clean_json  # noqa: E402
 
 PREFIX = "/agentmemory"
@@ -115,25 +118,41 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
 
     app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": WS_PING_SECONDS, "max_message_size": 1 << 20,
                                          "thread_class": ReaderThread}
+    allowed_origins = parse_allowed(rt.settings.viewer_allowed_origins)
 
     @app.before_request
-    def _guard() -> None:
+    def _guard() -> Response | None:
         request.max_content_length = (rt.settings.max_import_bytes if request.path == f"{PREFIX}/import"
                                       else rt.settings.max_body_bytes)
-        if request.path in OPEN_PATHS or request.method == "OPTIONS":
-            return
+        origin = request.headers.get("Origin")
+        if not origin_allowed(origin, request.host, rt.settings.host, allowed_origins):
+            raise Forbidden(f"browser origin {origin!r} may not call this server; list it in "
+                            "VIEWER_ALLOWED_ORIGINS to allow it", code="origin_not_allowed")
+        if request.method == "OPTIONS":
+            return Response(status=204)  # a CORS preflight; headers are added below
+        if request.path in OPEN_PATHS:
+            return None
         header = request.headers.get("Authorization")
         token = request.args.get("token") if request.path == STREAM_PATH else None
         if request.path == STREAM_PATH and not (header or token) and _is_upgrade():
             g.stream_authenticated = False  # the first message must be {"type":"auth","token":...}
-            return
+            return None
         check_auth(rt.settings.secret, header, token)
         g.stream_authenticated = True
+        return None
 
     @app.after_request
     def _headers(response: Response) -> Response:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
+        origin = request.headers.get("Origin", "").rstrip("/")
+        # CORS only for origins listed in VIEWER_ALLOWED_ORIGINS: closed by default.
+        if origin and ("*" in allowed_origins or origin in allowed_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Mcp-Session-Id, MCP-Protocol-Version"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Max-Age"] = "600"
+            response.headers.add("Vary", "Origin")
         return response
 
     _register_error_handlers(app)
@@ -144,6 +163,7 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     _register_mcp_http(app, rt)
     _register_stream(app, rt)
     _register_viewer(app, rt)
+    _register_openapi(app, rt)
     return app
 
 
@@ -201,7 +221,7 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, strip_text(request.path))
         return respond(error_body(500, "internal error; see the server log", "internal_error"), 500)
 
 
@@ -225,9 +245,6 @@ def _register_mcp_http(app: Flask, rt: Runtime) -> None:
     @app.route(MCP_PATH, methods=["GET", "POST", "DELETE"])
     def mcp_streamable_http() -> Response:
         """MCP Streamable HTTP: JSON-RPC 2.0 over POST, JSON responses (GET is 405); DELETE ends a session."""
-        if not mcp_protocol.origin_allowed(request.headers.get("Origin"), request.host, rt.settings.host):
-            raise Forbidden(f"origin {request.headers.get('Origin')!r} may not call this server",
-                            code="origin_not_allowed")
         if request.method == "GET":
             return Response(status=405, headers={"Allow": "POST, DELETE"})
         if request.method == "DELETE":
@@ -243,6 +260,41 @@ def _register_mcp_http(app: Flask, rt: Runtime) -> None:
         response = respond(reply.body, reply.status)
         response.headers.update(reply.headers)
         return response
+
+
+# -- the OpenAPI document ---------------------------------------------------------------------------
+
+_RPC = {"type": ["object", "array"], "description": "A JSON-RPC 2.0 message or batch"}
+# Request/response shapes of the adapter routes (tool routes are described from the registry).
+ADAPTER_DOCS: dict[str, dict[str, Any]] = {
+    "mcp_tools": {"response": {"type": "object", "required": ["tools"],
+                               "properties": {"tools": {"type": "array", "items": {"type": "object"}}}}},
+    "mcp_call": {"request": {"type": "object", "required": ["name"],
+                             "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}},
+                 "response": {"type": "object", "required": ["content"]}},
+    # Errors on /mcp are JSON-RPC responses (what MCP clients parse), not the REST envelope.
+    "mcp_streamable_http": {
+        "POST": {"request": _RPC, "response": _RPC, "success": (200, 202), "error": _RPC,
+                 "extra": {406: "Accept must allow application/json"}},
+        "DELETE": {"success": (200, 204), "error": _RPC},
+        "GET": {"success": (), "error": _RPC, "extra": {405: "No server-sent event stream; use POST"}},
+    },
+    "stream": {"success": (), "extra": {101: "Switching to the WebSocket protocol"}},
+    "openapi_json": {"response": {"type": "object", "required": ["openapi", "paths"]}},
+}
+ADAPTER_DOCS["mcp_tools_call"] = ADAPTER_DOCS["mcp_call"]
+ADAPTER_DOCS.update({path: {"html": True} for path in VIEWER_PATHS})
+
+
+def _register_openapi(app: Flask, rt: Runtime) -> None:
+    @app.get(f"{PREFIX}/openapi.json")
+    def openapi_json() -> Response:
+        """This OpenAPI 3.1 document, generated from the routes and the tool registry."""
+        return respond(openapi.build(app.url_map, app.view_functions, rt.version), 200)
+
+    for endpoint, doc in ADAPTER_DOCS.items():
+        if endpoint in app.view_functions:
+            app.view_functions[endpoint].openapi = doc
 
 
 # -- live stream --------------------------------------------------------------------------------------
@@ -295,7 +347,7 @@ def _register_viewer(app: Flask, rt: Runtime) -> None:
 
     def viewer() -> Response:
         """The live viewer: one self-contained HTML page (it holds no data, so it opens without a
-        token and asks for one when the API answers 401)."""
+        token and asks for one when the server has a secret)."""
         nonce = secrets.token_urlsafe(18)
         response = Response(template.replace(NONCE_MARK, nonce), mimetype="text/html")
         response.headers["Content-Security-Policy"] = viewer_csp(nonce)
@@ -303,8 +355,9 @@ def _register_viewer(app: Flask, rt: Runtime) -> None:
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
-    for path in VIEWER_PATHS:
-        app.add_url_rule(path, f"viewer:{path}", viewer, methods=["GET"])
+    viewer.public = True  # type: ignore[attr-defined]  # open by design (tests/test_security.py)
+    for path in VIEWER_PATHS:  # the endpoint is the path, as for other open adapter routes
+        app.add_url_rule(path, path, viewer, methods=["GET"])
 
 
 # -- serving ----------------------------------------------------------------------------------------------
@@ -328,7 +381,10 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
             options = {
                 "bind": f"{settings.host}:{settings.port}", "workers": 1, "worker_class": "gthread",
                 "threads": settings.threads, "timeout": 120, "graceful_timeout": 20,
-                "keepalive": 5, "control_socket_disable": True, "loglevel": settings.log_level,
+                "keepalive": 5, "control_socket_disable": True,
+                # gunicorn's DEBUG level prints request lines, which may carry a token
+                # (?token= on the WebSocket): its own logger never goes below INFO.
+                "loglevel": "info" if settings.log_level == "debug" else settings.log_level,
                 "accesslog": None, "errorlog": "-",
             }
             for key, value in options.items():

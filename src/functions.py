@@ -243,11 +243,11 @@ _HOOK_TYPE = r"^[a-z][a-z0-9_]{0,63}$"
     sessionId=SESSION_ID,
     hookType=string("Hook that fired (session_start, prompt_submit, post_tool_use, "
                     "post_tool_failure, ..., or 'observation' for an agent's own note)",
-                    pattern=_HOOK_TYPE, default="observation"),
+                    pattern=_HOOK_TYPE, max_length=64, default="observation"),
     project=PROJECT, cwd=string("Working directory", max_length=4096),
     timestamp=string("ISO-8601 time of the event", max_length=64),
     data=anything("The hook's payload (any JSON)"),
-    eventId=string("Client event id for exact dedup", pattern=EVENT_ID_PATTERN),
+    eventId=string("Client event id for exact dedup", pattern=EVENT_ID_PATTERN, max_length=128),
     agentId=string("Agent that made the observation", max_length=128),
     content=string("Text of an agent-authored observation", max_length=200_000),
     title=string("Title of an agent-authored observation", max_length=500),

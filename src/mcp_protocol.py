@@ -25,10 +25,10 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
-from urllib.parse import urlsplit
 
 import mcp_resources
 import registry
+from origins import LOOPBACK, origin_allowed  # noqa: F401 - re-exported for callers
 from errors import AppError, InvalidInput
 from registry import Ctx
 from runtime import subsystem
@@ -320,22 +320,6 @@ def dispatch(call: Call) -> dict[str, Any]:
 
 
 # -- Streamable HTTP transport (JSON responses only) ---------------------------------------------------
-
-LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-
-
-def origin_allowed(origin: str | None, host_header: str | None, bind_host: str) -> bool:
-    """DNS-rebinding guard: a browser Origin must be loopback; on a server bound beyond
-    loopback (behind auth) the page's own origin is allowed too."""
-    if origin is None:
-        return True
-    hostname = urlsplit(origin).hostname
-    if hostname in LOOPBACK:
-        return True
-    if bind_host in LOOPBACK or bind_host.startswith("127."):
-        return False
-    return hostname is not None and hostname == urlsplit("//" + (host_header or "")).hostname
-
 
 def accepts_json(accept: str | None) -> bool:
     if not accept:

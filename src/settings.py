@@ -79,6 +79,9 @@ SETTINGS: tuple[Setting, ...] = (
             "gunicorn gthread worker threads; each open WebSocket holds one."),
     Setting("secret", ("AGENTMEMORY_SECRET",), None, _optional_str,
             "Bearer token required on every route except /livez when set.", secret=True),
+    Setting("viewer_allowed_origins", ("VIEWER_ALLOWED_ORIGINS",), "", str,
+            "Browser origins (comma-separated, or `*`) allowed to call the API cross-origin with CORS. "
+            "Other browser origins get 403; the viewer served by this server needs nothing here."),
     Setting("max_body_bytes", ("AGENTMEMORY_MAX_BODY_BYTES",), 1_048_576, _positive_int,
             "Largest accepted request body (413 above it)."),
     Setting("max_import_bytes", ("AGENTMEMORY_MAX_IMPORT_BYTES",), 104_857_600, _positive_int,

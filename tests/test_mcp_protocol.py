@@ -204,9 +204,23 @@ def test_http_level_rules(client):
     r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                     headers={"Origin": "https://evil.example"})
     assert r.status_code == 403 and r.get_json()["error"]["data"]["code"] == "origin_not_allowed"
+    # A browser MCP client on another local port (e.g. the Inspector UI) must be listed in
+    # VIEWER_ALLOWED_ORIGINS, which also gives it the CORS headers it needs to read answers.
     r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                     headers={"Origin": "http://localhost:5173"})
+    assert r.status_code == 403
+    r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                    headers={"Origin": "http://localhost"})  # the server's own origin
     assert r.status_code == 200
+
+
+def test_listed_browser_origin_may_use_mcp(make_runtime):
+    from app import create_app
+
+    client = create_app(runtime=make_runtime(viewer_allowed_origins="http://localhost:6274")).test_client()
+    r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                    headers={"Origin": "http://localhost:6274"})
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "http://localhost:6274"
 
 
 def test_origin_rule_for_servers_bound_beyond_loopback():
