@@ -81,9 +81,8 @@ class Hub:
         with self._lock:
             if self._max_clients and len(self._subs) >= self._max_clients:
                 self.refused_clients += 1
-                raise CapacityExceeded(f"{len(self._subs)} viewers are connected, the maximum "
-                                       "(AGENTMEMORY_MAX_VIEWERS); try again later",
-                                       code="too_many_viewers")
+                raise CapacityExceeded(f"too many viewers (AGENTMEMORY_MAX_VIEWERS={self._max_clients}); "
+                                       "try again later", code="too_many_viewers")
             sub.start_seq = sub.last_seq = self.seq
             if since is not None and since > self.seq:
                 sub.complete = False  # a seq from before a restart: nothing to match it against

@@ -311,6 +311,27 @@ def test_token_prompt_and_authenticated_stream(watched, secured, shots):
     assert page.evaluate("sessionStorage.length + localStorage.length") == 0
 
 
+def test_polling_fallback_then_reconnect(watched, tmp_path):
+    from websockets.sync.client import connect
+
+    srv = LiveServer(tmp_path, {"AGENTMEMORY_MAX_VIEWERS": "1"}, [])
+    try:
+        post(srv.api("/observe"), hook("poll-1"))
+        with connect(srv.url.replace("http", "ws") + "/stream/mem-live/viewer", open_timeout=10) as blocker:
+            blocker.recv(timeout=10)  # the one viewer slot is taken: the page's socket is refused
+            page = watched.page
+            page.goto(f"{srv.url}/viewer")
+            expect(page.locator("#conn-text")).to_contain_text("AGENTMEMORY_MAX_VIEWERS", timeout=15_000)
+            expect(page.locator('[data-count="sessions"] .n')).to_have_text("1")
+            post(srv.api("/observe"), hook("poll-2"))
+            expect(page.locator('[data-count="sessions"] .n')).to_have_text("2", timeout=15_000)  # by polling
+        expect(page.locator("#conn-text")).to_have_text("live", timeout=40_000)  # the backoff retry gets in
+        post(srv.api("/observe"), hook("poll-3", "prompt_submit", data={"prompt": "back on the stream"}))
+        expect(page.locator("#live-feed")).to_contain_text("back on the stream", timeout=2000)
+    finally:
+        srv.stop()
+
+
 def test_ten_thousand_records_stay_paginated(browser, tmp_path, shots):
     srv = LiveServer(tmp_path, {}, [])
     try:
