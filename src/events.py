@@ -53,7 +53,8 @@ class Subscription:
 
 class Hub:
     """:param queue_size: events a client may fall behind before it is dropped.
-    :param max_clients: open subscriptions allowed at once (0 = no limit).
+    :param max_clients: open viewer sockets allowed at once, counted from the upgrade (so a
+        socket still waiting for its auth message holds a slot too); 0 = no limit.
     :param replay_size: recent events kept for reconnecting clients."""
 
     def __init__(self, queue_size: int = 1000, max_clients: int = 0, replay_size: int = 500):
@@ -67,6 +68,7 @@ class Hub:
         self.published = 0
         self.dropped_clients = 0
         self.refused_clients = 0
+        self.sockets = 0
         self.stopping = threading.Event()
 
     def subscribe(self, since: int | None = None) -> Subscription:
@@ -75,14 +77,9 @@ class Hub:
         ``sub.complete`` is False when events after ``since`` were already evicted from the
         ring (or ``since`` is from an earlier run), so the client must reload its snapshot.
 
-        :raise CapacityExceeded: ``max_clients`` subscribers are already connected.
         """
         sub = Subscription(self, self._queue_size)
         with self._lock:
-            if self._max_clients and len(self._subs) >= self._max_clients:
-                self.refused_clients += 1
-                raise CapacityExceeded(f"too many viewers (AGENTMEMORY_MAX_VIEWERS={self._max_clients}); "
-                                       "try again later", code="too_many_viewers")
             sub.start_seq = sub.last_seq = self.seq
             if since is not None and since > self.seq:
                 sub.complete = False  # a seq from before a restart: nothing to match it against
@@ -96,6 +93,22 @@ class Hub:
                 sub.last_seq = since
             self._subs.add(sub)
         return sub
+
+    def open_socket(self) -> None:
+        """Take a viewer slot for a new socket (release it with ``close_socket``).
+
+        :raise CapacityExceeded: ``max_clients`` sockets are already open.
+        """
+        with self._lock:
+            if self._max_clients and self.sockets >= self._max_clients:
+                self.refused_clients += 1
+                raise CapacityExceeded(f"too many viewers (AGENTMEMORY_MAX_VIEWERS={self._max_clients}); "
+                                       "try again later", code="too_many_viewers")
+            self.sockets += 1
+
+    def close_socket(self) -> None:
+        with self._lock:
+            self.sockets -= 1
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
@@ -130,7 +143,7 @@ class Hub:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"clients": len(self._subs), "maxClients": self._max_clients or None,
+            return {"clients": len(self._subs), "sockets": self.sockets, "maxClients": self._max_clients or None,
                     "published": self.published, "seq": self.seq, "epoch": self.epoch,
                     "droppedClients": self.dropped_clients, "refusedClients": self.refused_clients,
                     "queueSize": self._queue_size}

@@ -102,13 +102,19 @@ class StreamSession:
 
     def run(self) -> None:
         bound_sends(self.ws, self.rt.settings.viewer_send_timeout)
-        if not self.authenticated and not self._authenticate():
-            return
         try:
-            sub = self._subscribe()
+            self.rt.hub.open_socket()  # before auth: a socket waiting for its token holds a thread too
         except CapacityExceeded as exc:
             self._close(CLOSE_TRY_AGAIN, exc.message)
             return
+        try:
+            if self.authenticated or self._authenticate():
+                self._stream()
+        finally:
+            self.rt.hub.close_socket()
+
+    def _stream(self) -> None:
+        sub = self._subscribe()
         try:
             self._send(self._hello(sub))
             self._pump(sub)

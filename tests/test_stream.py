@@ -72,14 +72,17 @@ def test_replay_since_a_seq_and_gaps_older_than_the_ring():
     assert current.complete and current.replayed == 0
 
 
-def test_max_clients_refuses_one_more():
+def test_max_clients_refuses_one_more_socket():
     hub = Hub(max_clients=2)
-    first, _second = hub.subscribe(), hub.subscribe()
+    hub.open_socket()
+    hub.open_socket()
     with pytest.raises(CapacityExceeded) as err:
-        hub.subscribe()
-    assert err.value.code == "too_many_viewers" and hub.stats()["refusedClients"] == 1
-    first.close()
-    hub.subscribe().close()  # a freed slot can be taken again
+        hub.open_socket()
+    assert err.value.code == "too_many_viewers" and "AGENTMEMORY_MAX_VIEWERS=2" in err.value.message
+    assert hub.stats()["refusedClients"] == 1 and hub.stats()["sockets"] == 2
+    hub.close_socket()
+    hub.open_socket()  # a freed slot can be taken again
+    assert hub.stats()["sockets"] == 2
 
 
 # -- over the wire ---------------------------------------------------------------------------------------
@@ -182,6 +185,19 @@ def test_auth_by_query_header_and_first_message(live_server):
     assert "401" in str(refused.value)
 
 
+def test_a_socket_waiting_for_its_token_holds_a_viewer_slot(live_server):
+    server = live_server(env={"AGENTMEMORY_SECRET": "slot-secret", "AGENTMEMORY_MAX_VIEWERS": "1"})
+    auth = {"Authorization": "Bearer slot-secret"}
+    with connect(ws_url(server), open_timeout=10) as waiting:  # upgraded, no auth message yet
+        wait_for(lambda: requests.get(server.api("/health"), headers=auth, timeout=10).json()["live"]["sockets"] == 1)
+        with connect(ws_url(server, token="slot-secret"), open_timeout=10) as refused:
+            code, reason = close_code(refused)
+        assert code == 1013 and "AGENTMEMORY_MAX_VIEWERS=1" in reason
+        waiting.send(json.dumps({"type": "auth", "token": "slot-secret"}))
+        assert recv(waiting)["type"] == "hello"
+    wait_for(lambda: requests.get(server.api("/health"), headers=auth, timeout=10).json()["live"]["sockets"] == 0)
+
+
 def test_reconnect_with_since_replays_what_was_missed(live_server):
     server = live_server()
     with connect(ws_url(server), open_timeout=10) as ws:
@@ -248,6 +264,13 @@ def test_a_client_that_never_reads_is_dropped_without_blocking_writers(live_serv
                               "AGENTMEMORY_THREADS": "3", "AGENTMEMORY_MAX_VIEWERS": "2",
                               "MAX_OBS_PER_SESSION": "5000"})
     stuck = raw_upgrade(server.port)
+    try:
+        _flood_past_a_stuck_client(server)
+    finally:
+        stuck.close()
+
+
+def _flood_past_a_stuck_client(server) -> None:
     wait_for(lambda: health(server)["clients"] == 1)
     big = "x" * 40_000
     with connect(ws_url(server), open_timeout=10, max_size=None) as reader:
@@ -261,12 +284,12 @@ def test_a_client_that_never_reads_is_dropped_without_blocking_writers(live_serv
         assert got == sorted(got) and len(got) == 150
         wait_for(lambda: health(server)["droppedClients"] >= 1)
         assert health(server)["clients"] == 1  # the dropped client left the hub's count
-    wait_for(lambda: health(server)["clients"] == 0)
-    # Its thread was freed too: with 3 threads, two new viewers and a REST call still fit.
+    # Its blocked send times out, so its socket and thread are freed too: with 3 threads, two new
+    # viewers and a REST call still fit.
+    wait_for(lambda: health(server)["clients"] == 0 and health(server)["sockets"] == 0)
     with connect(ws_url(server), open_timeout=10) as a, connect(ws_url(server), open_timeout=10) as b:
         assert recv(a)["type"] == recv(b)["type"] == "hello"
         assert requests.get(server.api("/sessions"), timeout=10).json()["total"] == 1
-    stuck.close()
 
 
 def test_sigterm_closes_open_streams_with_going_away(live_server):
