@@ -20,6 +20,7 @@ from websockets.sync.client import connect
 from conftest import hook, post
 from errors import CapacityExceeded
 from events import Hub
+from util import Clock
 
 STREAM = "/stream/mem-live/viewer"
 
@@ -83,6 +84,61 @@ def test_max_clients_refuses_one_more_socket():
     hub.close_socket()
     hub.open_socket()  # a freed slot can be taken again
     assert hub.stats()["sockets"] == 2
+
+
+# -- what gets published (in-process) -----------------------------------------------------------------
+
+
+def drain(sub) -> list[tuple[str, dict]]:
+    events = []
+    while (event := sub.get(timeout=0)) is not None:
+        events.append((event["type"], event["record"]))
+    return events
+
+
+def test_changed_actions_are_published_too(rt, call):
+    sub = rt.hub.subscribe()
+    first = call("memory_action_create", title="Write the migration")["action"]
+    second = call("memory_action_create", title="Deploy it")["action"]
+    drain(sub)
+    call("action_edge_create", sourceActionId=second["id"], targetActionId=first["id"], type="requires")
+    assert [(t, r["id"], r["status"]) for t, r in drain(sub)] == [("action", second["id"], "blocked")]
+    call("memory_action_update", actionId=first["id"], status="done")
+    published = {r["id"]: r["status"] for t, r in drain(sub) if t == "action"}
+    assert published == {first["id"]: "done", second["id"]: "pending"}  # the unblocked one too
+
+
+def test_reflected_slots_and_decayed_lessons_are_published(make_runtime):
+    from conftest import ToolCaller
+
+    now = [1_800_000_000.0]
+    rt = make_runtime(clock=Clock(lambda: now[0]))
+    call = ToolCaller(rt)
+    call("agent_observe", sessionId="refl", hookType="post_tool_use", project="p",
+         data={"tool_name": "Edit", "tool_input": {"file_path": "src/app.py"}, "tool_output": "TODO: add tests"})
+    lesson = call("memory_lesson_save", content="Check the flags before deploying", confidence=0.6)["lesson"]
+    sub = rt.hub.subscribe()
+    call("memory_reflect", sessionId="refl")
+    slots = [r for t, r in drain(sub) if t == "slot"]
+    assert slots and {s["label"] for s in slots} <= {"pending_items", "session_patterns", "project_context"}
+    now[0] += 21 * 86400  # three weeks without reinforcement
+    call("lesson_decay")
+    decayed = [r for t, r in drain(sub) if t == "lesson"]
+    assert [d["id"] for d in decayed] == [lesson["id"]] and decayed[0]["confidence"] < 0.6
+
+
+def test_auto_forget_publishes_what_it_removed(make_runtime):
+    from conftest import ToolCaller
+
+    now = [1_800_000_000.0]
+    rt = make_runtime(clock=Clock(lambda: now[0]))
+    call = ToolCaller(rt)
+    mem = call("memory_save", content="temporary note about the sprint", ttlDays=1)["memory"]
+    sub = rt.hub.subscribe()
+    now[0] += 2 * 86400
+    call("auto_forget")
+    forgets = [r for t, r in drain(sub) if t == "forget"]
+    assert forgets and forgets[0]["memoryIds"] == [mem["id"]] and forgets[0]["reason"] == "auto_forget"
 
 
 # -- over the wire ---------------------------------------------------------------------------------------
