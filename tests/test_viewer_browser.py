@@ -198,6 +198,14 @@ def test_every_tab_renders_seeded_data(watched, server, shots):
     page.locator("#tab-timeline .vrow", has_text="alpha note").click()
     expect(page.locator("#tab-timeline .panel")).to_contain_text("the tokenizer drops escapes")
     page.screenshot(path=str(shots / "timeline.png"))
+    anchor = page.locator("#tab-timeline input[aria-label=anchor]")
+    anchor.fill("tokenizer escapes")
+    anchor.press("Enter")
+    if page.evaluate("features.timeline") is not False:  # POST /timeline (search module)
+        expect(page.locator("#tab-timeline .panel")).to_contain_text("Around “tokenizer escapes”")
+        expect(page.locator("#tab-timeline .panel li.selected")).to_contain_text("alpha note")
+    else:
+        expect(page.locator("#tab-timeline .panel .empty")).to_contain_text("POST /agentmemory/timeline")
 
     for tab in ("lessons", "slots"):  # data or an empty state, never a broken tab
         show(page, tab)
