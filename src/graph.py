@@ -44,6 +44,8 @@ EDGE_TYPES = ("uses", "imports", "modifies", "causes", "fixes", "depends_on", "r
 MAX_SESSIONS = 100
 MAX_SOURCE_IDS = 32
 MAX_ENTITIES_PER_OBSERVATION = 8
+MAX_NODES_PER_SESSION = 300  # the most supported ones; keeps a huge session's graph drawable
+MAX_EDGES_PER_SESSION = 600
 _WORD = re.compile(r"[a-z][a-z0-9_\-]{3,}")
 
 Key = tuple[str, str]  # (type, name)
@@ -162,10 +164,21 @@ def _touch(record: dict[str, Any], obs_ids: list[str], method: str, now: str) ->
     record.update(method=method, updatedAt=now)
 
 
+def _strongest(found: Extraction) -> Extraction:
+    """At most MAX_NODES / MAX_EDGES per session, the best supported first."""
+    ranked = sorted(found.entities, key=lambda k: (-len(found.entities[k]), k))[:MAX_NODES_PER_SESSION]
+    kept = Extraction(found.method, {k: found.entities[k] for k in ranked})
+    relations = [r for r in found.relations if r[0] in kept.entities and r[1] in kept.entities]
+    for rel in sorted(relations, key=lambda r: (-len(found.relations[r]), r))[:MAX_EDGES_PER_SESSION]:
+        kept.relations[rel] = found.relations[rel]
+    return kept
+
+
 def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) -> dict[str, Any]:
     """Replace the session's share of the graph with ``found``; returns what was written."""
     rt, sid = ctx.rt, session["id"]
     agent, project, now = session.get("agentId"), session.get("project"), rt.clock.iso()
+    found = _strongest(found)
     owner = {k: v for k, v in (("project", project), ("agentId", agent)) if v}
     node_ids: dict[Key, str] = {key: _fingerprint("ent_", agent, project, *key) for key in found.entities}
     edge_ids: list[str] = []
@@ -242,8 +255,6 @@ def _graph_fallback(ctx: Ctx, session_id: str, args: dict) -> None:
 def _graph_job(ctx: Ctx, session_id: str, args: dict) -> None:
     try:
         extract_session(ctx, session_id, use_model=llm.service(ctx.rt).uses_model("graph"), wait_for_model=True)
-    except llm.Retry:
-        raise
     except NotFound:
         pass  # the session was deleted since
 
@@ -258,22 +269,29 @@ def _visible(ctx: Ctx, store, args: dict) -> tuple[dict[str, dict], list[dict]]:
         return ((agent is None or record.get("agentId") == agent)
                 and (not args.get("project") or record.get("project") == args["project"]))
 
-    nodes = {n["id"]: n for _k, n in store.list(NODES) if keep(n)}
-    edges = [e for _k, e in store.list(EDGES) if keep(e)]
+    # Imported records (upstream exports) may lack fields; give them the shape the readers expect.
+    nodes = {k: {**n, "id": k, "name": str(n.get("name") or k), "type": str(n.get("type") or "concept")}
+             for k, n in store.list(NODES) if isinstance(n, dict) and keep(n)}
+    edges = [{**e, "id": k, "type": str(e.get("type") or "related_to")}
+             for k, e in store.list(EDGES) if isinstance(e, dict) and keep(e)]
     return nodes, edges
 
 
 def _neighbourhood(start: str, edges: list[dict], depth: int) -> set[str]:
     reached, frontier = {start}, {start}
     for _ in range(depth):
-        nxt = {e[end] for e in edges for end, other in (("targetNodeId", "sourceNodeId"),
-                                                       ("sourceNodeId", "targetNodeId"))
-               if e[other] in frontier} - reached
+        nxt = {e.get(end) for e in edges for end, other in (("targetNodeId", "sourceNodeId"),
+                                                           ("sourceNodeId", "targetNodeId"))
+               if e.get(other) in frontier} - reached - {None}
         if not nxt:
             break
         reached |= nxt
         frontier = nxt
     return reached
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _node_view(n: dict) -> dict[str, Any]:
@@ -306,12 +324,12 @@ def memory_graph_query(ctx: Ctx, args: dict) -> dict:
         needle = (args.get("query") or "").lower()
         candidates = [n for n in nodes.values() if (not args.get("nodeType") or n["type"] == args["nodeType"])
                       and needle in n["name"].lower()
-                      and (not args.get("sessionId") or args["sessionId"] in n.get("sessions", {}))]
-    candidates.sort(key=lambda n: (-int(n.get("mentions") or 0), n["name"]))
+                      and (not args.get("sessionId") or args["sessionId"] in (n.get("sessions") or {}))]
+    candidates.sort(key=lambda n: (-_number(n.get("mentions")), n["name"]))
     chosen = {n["id"] for n in candidates[:args["limit"]]}
-    links = [e for e in edges if e["sourceNodeId"] in chosen and e["targetNodeId"] in chosen
-             and int(e.get("weight") or 0) >= args["minWeight"]]
-    links.sort(key=lambda e: (-int(e.get("weight") or 0), e["id"]))
+    links = [e for e in edges if e.get("sourceNodeId") in chosen and e.get("targetNodeId") in chosen
+             and _number(e.get("weight")) >= args["minWeight"]]
+    links.sort(key=lambda e: (-_number(e.get("weight")), e["id"]))
     return {"success": True, "nodes": [_node_view(n) for n in candidates[:args["limit"]]],
             "edges": [_edge_view(e) for e in links], "totalNodes": len(candidates), "totalEdges": len(links),
             "truncated": len(candidates) > args["limit"]}

@@ -222,7 +222,8 @@ CRYSTAL = Task(
 
 
 def actions_prompt(actions: list[dict]) -> str:
-    lines = [truncate(f"- {a.get('title')} ({a.get('status')}): {a.get('description') or ''}"
+    lines = [truncate(f"- {a.get('title')} ({a.get('status')})"
+                      + (f": {a['description']}" if a.get("description") else "")
                       + (f" | result: {a['result']}" if a.get("result") else ""), 600) for a in actions]
     return "Finished actions, oldest first:\n" + "\n".join(lines) + "\n\nDistil them."
 

@@ -17,7 +17,10 @@ Payloads per operation (all dicts, read-only for the step):
 - ``insights``: ``{project, clusters: [{terms, items}]}`` -> a list of ``{title, content,
   confidence}`` (one per cluster, same order; None entries keep the deterministic insight).
 - ``consolidate``: ``{project, groups}`` -> a list of memory drafts (content, type, title,
-  concepts, files, sourceObservationIds).
+  concepts, files, sourceObservationIds, and optionally ``facts``: texts saved as ``fact``
+  memories next to the group's memory).
+
+The Gemini steps live in llm_steps.py (the LLM layer, llm.py).
 """
 
 from __future__ import annotations
