@@ -1028,10 +1028,14 @@ class Store:
             "attempts = 0, next_try = excluded.next_try, last_error = NULL",
             (kind, ref, dumps(args), now, not_before))
 
-    def llm_jobs_due(self, now_epoch: float, limit: int) -> list[dict[str, Any]]:
+    def llm_jobs_claim(self, now_epoch: float, limit: int, lease_until: float) -> list[dict[str, Any]]:
+        """Take up to ``limit`` due jobs, oldest first, and hide them from other workers until
+        ``lease_until`` (a worker that dies mid-job leaves it to be retried then)."""
         rows = self.conn.execute(
             "SELECT kind, ref, args, queued_at, attempts FROM llm_jobs WHERE next_try <= ? "
-            "ORDER BY next_try, queued_at LIMIT ?", (now_epoch, limit))
+            "ORDER BY next_try, queued_at LIMIT ?", (now_epoch, limit)).fetchall()
+        for kind, ref, *_rest in rows:
+            self.conn.execute("UPDATE llm_jobs SET next_try = ? WHERE kind = ? AND ref = ?", (lease_until, kind, ref))
         return [{"kind": k, "ref": r, "args": loads(a), "queuedAt": q, "attempts": n} for k, r, a, q, n in rows]
 
     def llm_job_done(self, kind: str, ref: str, queued_at: str) -> None:

@@ -128,12 +128,15 @@ def model_extraction(ctx: Ctx, session: dict[str, Any], observations: list[dict]
              for o in observations}
     found, keys = Extraction(llm.PROVIDER), {}
     for entity in answer["entities"]:
-        key = (entity["type"], _name(entity["name"]) if entity["type"] == "file" else _name(entity["name"]).lower())
-        keys[_name(entity["name"]).lower()] = key
+        name = _name(entity["name"])
+        if not name:
+            continue
+        key = (entity["type"], name if entity["type"] == "file" else name.lower())
+        keys[name.lower()] = key
         found.entities.setdefault(key, [i for i, t in texts.items() if key[1].lower() in t][:MAX_SOURCE_IDS])
     for rel in answer["relations"]:
-        a, b = keys[_name(rel["source"]).lower()], keys[_name(rel["target"]).lower()]
-        if a != b:
+        a, b = keys.get(_name(rel["source"]).lower()), keys.get(_name(rel["target"]).lower())
+        if a is not None and b is not None and a != b:
             shared = [i for i in found.entities[a] if i in found.entities[b]]
             found.relation(a, b, rel["type"], shared)
     return found
@@ -174,42 +177,46 @@ def _strongest(found: Extraction) -> Extraction:
     return kept
 
 
+def _drop_stale(tx: Any, session_id: str, previous: dict[str, Any], kept: set[str], now: str) -> None:
+    """Take the session's share out of the nodes and edges it no longer produces; a record left
+    with nothing is deleted."""
+    for scope, ids_field, weight_field in ((NODES, "nodeIds", "mentions"), (EDGES, "edgeIds", "weight")):
+        for stale_id in set(previous.get(ids_field) or []) - kept:
+            stale = tx.get(scope, stale_id)
+            if stale is None:
+                continue
+            _credit(stale, session_id, 0, weight_field)
+            if stale[weight_field]:
+                tx.set(scope, stale_id, stale, now=now)
+            else:
+                tx.delete(scope, stale_id)
+
+
+def _upsert(tx: Any, scope: str, record_id: str, fresh: dict[str, Any], session_id: str, obs_ids: list[str],
+            weight_field: str, method: str, now: str) -> None:
+    record = tx.get(scope, record_id) or {"id": record_id, **fresh, "createdAt": now}
+    _credit(record, session_id, max(1, len(obs_ids)), weight_field)
+    _touch(record, obs_ids, method, now)
+    tx.set(scope, record_id, record, now=now)
+
+
 def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) -> dict[str, Any]:
     """Replace the session's share of the graph with ``found``; returns what was written."""
-    rt, sid = ctx.rt, session["id"]
+    rt, sid, found = ctx.rt, session["id"], _strongest(found)
     agent, project, now = session.get("agentId"), session.get("project"), rt.clock.iso()
-    found = _strongest(found)
     owner = {k: v for k, v in (("project", project), ("agentId", agent)) if v}
-    node_ids: dict[Key, str] = {key: _fingerprint("ent_", agent, project, *key) for key in found.entities}
-    edge_ids: list[str] = []
+    node_ids = {key: _fingerprint("ent_", agent, project, *key) for key in found.entities}
+    edge_ids = {rel: _fingerprint("edge_", rel[2], node_ids[rel[0]], node_ids[rel[1]]) for rel in found.relations}
     with rt.db.transaction("graph_extract", agent_id=agent) as tx:
         for key, obs_ids in found.entities.items():
-            node = tx.get(NODES, node_ids[key]) or {"id": node_ids[key], "type": key[0], "name": key[1],
-                                                   "createdAt": now, **owner}
-            _credit(node, sid, max(1, len(obs_ids)), "mentions")
-            _touch(node, obs_ids, found.method, now)
-            tx.set(NODES, node["id"], node, now=now)
+            _upsert(tx, NODES, node_ids[key], {"type": key[0], "name": key[1], **owner}, sid, obs_ids,
+                    "mentions", found.method, now)
         for (a, b, rel_type), obs_ids in found.relations.items():
-            source, target = node_ids[a], node_ids[b]
-            edge_id = _fingerprint("edge_", rel_type, source, target)
-            edge = tx.get(EDGES, edge_id) or {"id": edge_id, "type": rel_type, "sourceNodeId": source,
-                                              "targetNodeId": target, "createdAt": now, **owner}
-            _credit(edge, sid, max(1, len(obs_ids)), "weight")
-            _touch(edge, obs_ids, found.method, now)
-            tx.set(EDGES, edge_id, edge, now=now)
-            edge_ids.append(edge_id)
-        previous = tx.get(CONTRIBUTIONS, sid) or {}
-        for scope, kept, field_name in ((NODES, set(node_ids.values()), "mentions"),
-                                        (EDGES, set(edge_ids), "weight")):
-            for stale_id in set(previous.get("nodeIds" if scope == NODES else "edgeIds", [])) - kept:
-                stale = tx.get(scope, stale_id)
-                if stale is None:
-                    continue
-                _credit(stale, sid, 0, field_name)
-                tx.set(scope, stale_id, stale, now=now) if stale[field_name] else tx.delete(scope, stale_id)
-        share = {"sessionId": sid, "method": found.method, "nodeIds": sorted(node_ids.values()),
-                 "edgeIds": sorted(edge_ids), "extractedAt": now, **owner}
-        tx.set(CONTRIBUTIONS, sid, share, now=now)
+            fresh = {"type": rel_type, "sourceNodeId": node_ids[a], "targetNodeId": node_ids[b], **owner}
+            _upsert(tx, EDGES, edge_ids[(a, b, rel_type)], fresh, sid, obs_ids, "weight", found.method, now)
+        _drop_stale(tx, sid, tx.get(CONTRIBUTIONS, sid) or {}, set(node_ids.values()) | set(edge_ids.values()), now)
+        tx.set(CONTRIBUTIONS, sid, {"sessionId": sid, "method": found.method, "nodeIds": sorted(node_ids.values()),
+                                    "edgeIds": sorted(edge_ids.values()), "extractedAt": now, **owner}, now=now)
         tx.audit_message = f"graph of session {sid}: {len(node_ids)} node(s), {len(edge_ids)} edge(s)"
     result = {"sessionId": sid, "method": found.method, "nodes": len(node_ids), "edges": len(edge_ids)}
     rt.publish("graph", result)

@@ -21,8 +21,10 @@ in /health and diagnose.
   a whole; every parsed answer goes through ``strip_private_data`` before anyone stores it.
   The key is only ever in a request header.
 - **Jobs.** ``enqueue(tx, kind, ref)`` writes a row of ``llm_jobs`` in the caller's
-  transaction; a worker thread (only with ``AGENTMEMORY_BACKGROUND_JOBS``) runs the handler
-  registered with ``@job_handler(kind)``. While the breaker is open, jobs wait for it; a
+  transaction; worker threads (``AGENTMEMORY_LLM_WORKERS``, only with
+  ``AGENTMEMORY_BACKGROUND_JOBS``) claim due jobs one at a time (a lease hides a claimed job;
+  one whose worker died runs again when it expires) and run the handler registered with
+  ``@job_handler(kind)``. While the breaker is open, jobs wait for it; a
   handler may raise ``Retry``; after ``AGENTMEMORY_LLM_JOB_ATTEMPTS`` a job is dropped (its
   ``on_give_up`` runs) and the deterministic result stands.
 """
@@ -338,10 +340,12 @@ class LLMService:
                                      thinking_budget=s.gemini_thinking_budget)
         self.last_consolidation: dict[str, float] = {}
         self._wake, self._stop = threading.Event(), threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         if s.background_jobs:
-            self._thread = threading.Thread(target=self._work, name="agentmemory-llm", daemon=True)
-            self._thread.start()
+            for n in range(s.llm_workers):
+                thread = threading.Thread(target=self._work, name=f"agentmemory-llm-{n}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     # ---- features and flags
     def feature_on(self, feature: str) -> bool:
@@ -439,8 +443,11 @@ class LLMService:
         tx.after_commit(self._wake.set)
 
     def drain_once(self, limit: int = JOB_BATCH) -> int:
-        """Run the due jobs (at most ``limit``); returns how many were taken."""
-        jobs = self.rt.db.reader().llm_jobs_due(self.rt.clock.time(), limit)
+        """Claim and run due jobs (at most ``limit``); returns how many were taken."""
+        now = self.rt.clock.time()
+        lease = now + self.settings.gemini_timeout_seconds * self.settings.gemini_max_attempts * 2 + 60
+        with self.rt.db.transaction("llm_job_claim") as tx:
+            jobs = tx.llm_jobs_claim(now, limit, lease)
         ctx = Ctx(self.rt, source="llm")
         for job in jobs:
             self._run(ctx, job)
@@ -498,7 +505,7 @@ class LLMService:
     def _work(self) -> None:
         while not self._stop.is_set():
             try:
-                done = self.drain_once()
+                done = self.drain_once(limit=1)  # one at a time: a slow call holds up no other job
             except Exception:  # noqa: BLE001 - the worker must survive anything
                 log.exception("LLM job batch failed")
                 done = 0
@@ -517,7 +524,7 @@ class LLMService:
                 "breaker": breaker, **self.usage.snapshot(),
                 "httpRetries": self.model.transport.retries if self.model else 0,
                 "jobs": self.rt.db.reader().llm_job_stats(),
-                "worker": bool(self._thread and self._thread.is_alive())}
+                "workers": sum(t.is_alive() for t in self._threads)}
 
     def diagnose(self) -> list[dict[str, Any]]:
         s, checks = self.settings, []
@@ -548,8 +555,8 @@ class LLMService:
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
 
 def _check(name: str, status: str, message: str, fix: str) -> dict[str, Any]:

@@ -142,7 +142,9 @@ def apply_compression(ctx: Ctx, session_id: str, obs_id: str, answer: dict[str, 
         obs = tx.get(obs_scope(session_id), obs_id)
         if obs is None:
             return None
-        concepts = list(dict.fromkeys(" ".join(c.lower().split()) for c in answer["concepts"]))
+        # An agent's own concepts (agent_observe notes) stay; the model's are added.
+        concepts = list(dict.fromkeys(" ".join(str(c).lower().split())
+                                      for c in (obs.get("concepts") or []) + answer["concepts"]))[:30]
         obs.update(type=answer["type"], title=truncate(" ".join(answer["title"].split()), 80),
                    facts=answer["facts"], narrative=answer["narrative"], concepts=concepts,
                    files=list(dict.fromkeys((obs.get("files") or []) + answer["files"]))[:50],
@@ -368,4 +370,5 @@ def _reflect_job(ctx: Ctx, session_id: str, args: dict) -> None:
 @llm.job_handler("consolidate")
 def _consolidate_job(ctx: Ctx, project: str, args: dict) -> None:
     llm.service(ctx.rt).last_consolidation[project] = ctx.rt.clock.time()
-    registry.unwrap(registry.call(ctx, "memory_consolidate", {"project": args["project"]} if args.get("project") else {}))
+    scope = {"project": args["project"]} if args.get("project") else {}  # none: every project
+    registry.unwrap(registry.call(ctx, "memory_consolidate", scope))

@@ -204,6 +204,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Circuit breaker: seconds open before one trial call is let through (half-open)."),
     Setting("llm_max_prompt_chars", ("AGENTMEMORY_LLM_MAX_PROMPT_CHARS",), 24_000, _positive_int,
             "Upper bound on the data sent in one prompt (observations are picked and clipped to fit)."),
+    Setting("llm_workers", ("AGENTMEMORY_LLM_WORKERS",), 2, _positive_int,
+            "Threads running background model jobs (each waits on one model call at a time)."),
     Setting("llm_job_attempts", ("AGENTMEMORY_LLM_JOB_ATTEMPTS",), 5, _positive_int,
             "Background LLM jobs wait while the breaker is open (or retry an error) at most this many times."),
     Setting("auto_compress", ("AGENTMEMORY_AUTO_COMPRESS",), False, _bool,

@@ -5,7 +5,7 @@ re-extraction replacing a session's share, agent isolation."""
 import pytest
 
 import llm
-from conftest import ToolCaller, hook
+from conftest import ToolCaller
 from errors import NotFound
 from llm_support import ANSWERS, responder
 
@@ -16,7 +16,8 @@ def note(call, sid, content, concepts=(), files=(), project="demo", ts="2026-11-
 
 
 def seed(call, sid="s1"):
-    note(call, sid, "token refresh broke the login flow", ["auth", "tokens"], ["src/auth.py"], ts="2026-11-01T10:00:00Z")
+    note(call, sid, "token refresh broke the login flow", ["auth", "tokens"], ["src/auth.py"],
+         ts="2026-11-01T10:00:00Z")
     note(call, sid, "fixed token refresh with a grace window", ["tokens"], ["src/auth.py", "src/clock.py"],
          ts="2026-11-01T10:05:00Z")
     note(call, sid, "documented the refresh window", [], ["docs/auth.md"], ts="2026-11-01T10:09:00Z")
@@ -183,7 +184,8 @@ def test_isolated_agents_see_only_their_own_graph(make_runtime):
     note(a, "sa", "alpha works on src/auth.py too", ["auth"], ["src/auth.py"])
     a("graph_extract", sessionId="sa")
     assert {n["name"] for n in a("memory_graph_query")["nodes"]} == {"src/auth.py", "auth"}
-    assert by_name(a("memory_graph_query"))["src/auth.py"]["id"] != by_name(b("memory_graph_query"))["src/auth.py"]["id"]
+    ours, theirs = by_name(a("memory_graph_query")), by_name(b("memory_graph_query"))
+    assert ours["src/auth.py"]["id"] != theirs["src/auth.py"]["id"]
 
 
 def test_an_upstream_export_brings_its_graph(make_runtime):

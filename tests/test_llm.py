@@ -11,7 +11,7 @@ import llm
 import registry
 from conftest import GEMINI_TEST_KEY, ManualClock
 from fake_gemini import Raw
-from gemini_client import GeminiTransport, retry_after_seconds
+from gemini_client import GeminiHTTPError, GeminiTransport, retry_after_seconds
 from llm import CircuitBreaker, Task
 from registry import Ctx
 
@@ -94,7 +94,7 @@ def test_backoff_doubles_and_is_capped():
     slept = []
     transport = GeminiTransport(api_key="k", base_url="http://127.0.0.1:9", timeout=0.2, max_backoff=5.0,
                                 sleep=slept.append)
-    with pytest.raises(Exception):
+    with pytest.raises(GeminiHTTPError):
         transport.post("m", "generateContent", {}, attempts=5, backoff=1.0)  # nothing listens on port 9
     assert slept == [1.0, 2.0, 4.0, 5.0]
     assert retry_after_seconds("12") == 12.0 and retry_after_seconds("soon") is None

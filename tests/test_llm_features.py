@@ -3,6 +3,7 @@ consolidation, reflection, insights and crystals with the model; the determinist
 key, with the breaker open and on bad answers; privacy both ways."""
 
 import json
+import threading
 import time
 
 import pytest
@@ -11,8 +12,9 @@ import llm
 import vectors
 from app import create_app
 from conftest import ManualClock, ToolCaller, hook
-from llm_support import responder, task_of
+from llm_support import ANSWERS, responder, task_of
 
+COMPRESSED = ANSWERS["compress"]
 SECRET_TOKEN = "sk-proj-A1b2C3d4E5f6G7h8I9j0K1l2M3n4"
 PASSWORD = "hunter2-correct-horse-battery"
 MODEL_GITHUB_TOKEN = "ghp_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2"
@@ -64,7 +66,7 @@ def test_invalid_answer_is_retried_once_then_the_synthetic_compression_stays(llm
     call("agent_observe", **edit("s1", "src/auth.py", "2026-11-01T10:00:00Z"))
     call("agent_observe", **edit("s1", "src/cart.py", "2026-11-01T10:01:00Z"))
     fake_gemini.replies = [{"type": "bogus", "title": "x"}, {"type": "decision"},  # first: both invalid
-                           "no json", responder()({"systemInstruction": {"parts": [{"text": "compact memory record"}]}})]
+                           "no json", COMPRESSED]
     assert llm.service(rt).drain() == 2
     first, second = observations(call)
     assert "method" not in first and first["title"] == "Edit"  # kept synthetic
@@ -87,6 +89,34 @@ def test_the_compression_backlog_survives_a_restart(llm_runtime, fake_gemini):
     assert second.db.reader().llm_job_stats()["byKind"] == {"compress": 1}
     assert llm.service(second).drain() == 1
     assert observations(ToolCaller(second))[0]["method"] == "gemini"
+
+
+def test_a_claimed_job_whose_worker_died_runs_again_after_its_lease(llm_runtime, fake_gemini):
+    clock = ManualClock()
+    rt = llm_runtime(clock=clock.clock, auto_compress=True)
+    fake_gemini.responder = responder()
+    call, svc = ToolCaller(rt), llm.service(rt)
+    call("agent_observe", **edit("s1", "src/auth.py", "2026-11-01T10:00:00Z"))
+    with rt.db.transaction("test") as tx:  # a worker claims the job, then its process dies
+        assert len(tx.llm_jobs_claim(clock.now, 8, clock.now + 100)) == 1
+    assert svc.drain() == 0 and fake_gemini.generations() == []
+    clock.advance(100)
+    assert svc.drain() == 1 and observations(call)[0]["method"] == "gemini"
+
+
+def test_concurrent_workers_never_run_the_same_job_twice(llm_runtime, fake_gemini):
+    rt = llm_runtime(auto_compress=True)
+    fake_gemini.responder = responder()
+    call, svc = ToolCaller(rt), llm.service(rt)
+    for i in range(12):
+        call("agent_observe", **edit("s1", f"src/f{i}.py", f"2026-11-01T10:{i:02d}:00Z"))
+    workers = [threading.Thread(target=svc.drain) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(fake_gemini.generations()) == 12 and svc.health()["jobsDone"] == 12
+    assert all(o["method"] == "gemini" for o in observations(call))
 
 
 def test_observe_answers_while_the_model_is_stalled(llm_runtime, fake_gemini):
@@ -149,9 +179,9 @@ def test_500s_open_the_breaker_fallbacks_answer_jobs_wait_then_recover(llm_runti
 def test_secrets_never_reach_the_model_and_its_secrets_never_reach_the_db(llm_runtime, fake_gemini):
     rt = llm_runtime(auto_compress=True)
     call = ToolCaller(rt)
-    leaky = dict(responder()({"systemInstruction": {"parts": [{"text": "compact memory record"}]}}),
-                 title=f"pushed with {MODEL_GITHUB_TOKEN}", narrative=f"used key {MODEL_AWS_KEY} to deploy")
-    fake_gemini.responder = responder(compress=leaky, summarize={"title": "t", "narrative": f"token {MODEL_GITHUB_TOKEN}"})
+    leaky = dict(COMPRESSED, title=f"pushed with {MODEL_GITHUB_TOKEN}", narrative=f"used key {MODEL_AWS_KEY} to deploy")
+    fake_gemini.responder = responder(compress=leaky,
+                                      summarize={"title": "t", "narrative": f"token {MODEL_GITHUB_TOKEN}"})
     call("agent_observe", **hook("s1", data={"tool_name": "Bash", "password": PASSWORD,
                                              "tool_input": {"command": f"export OPENAI_API_KEY={SECRET_TOKEN}"},
                                              "tool_output": "ok"}))
@@ -256,7 +286,8 @@ def test_crystals_insights_and_slot_reflection_use_the_model(llm_runtime, fake_g
     insights = call("memory_reflect", project="api")
     assert insights["method"] == "gemini" and insights["usedFallback"] is False
     assert insights["insights"][0]["title"] == "Model insight 1"
-    assert insights["insights"][0]["content"] == "Model insight content 1." and insights["insights"][0]["confidence"] == 0.7
+    first = insights["insights"][0]
+    assert first["content"] == "Model insight content 1." and first["confidence"] == 0.7
     actions = call("memory_action_create", title="Ship login")["action"]
     call("memory_action_update", actionId=actions["id"], status="done", result="shipped")
     assert call("memory_crystallize", actionIds=[actions["id"]])["method"] == "gemini"
