@@ -337,3 +337,19 @@ def test_consolidation_flag_values(make_runtime, llm_runtime, flag):
     expected = {"auto": (False, True), "true": (True, True), "false": (False, False)}[flag]
     assert llm.service(make_runtime(consolidation_enabled=flag)).consolidation_on() is expected[0]
     assert llm.service(llm_runtime(consolidation_enabled=flag)).consolidation_on() is expected[1]
+
+
+def test_antigravity_imports_are_compressed_and_sync_all_uses_the_model(llm_runtime, fake_gemini, tmp_path):
+    conv = tmp_path / "antigravity" / "brain" / "3f1c2b7e-9a41-4c55-8d0e-2b6f7a9c1d10"
+    conv.mkdir(parents=True)
+    (conv / "task.md").write_text("# Add OAuth login\n- [ ] TODO wire the callback\n\n## Notes\nUse authlib.\n")
+    rt = llm_runtime(auto_compress=True, antigravity_dir=str(tmp_path / "antigravity"))
+    call = ToolCaller(rt)
+    fake_gemini.responder = responder()
+    out = call("memory_antigravity_sync_all")
+    sid = out["sessions"][0]
+    steps = out["followUps"][sid]
+    assert steps["memory_crystallize"]["method"] == "gemini" and steps["memory_reflect"]["method"] == "gemini"
+    assert rt.db.reader().llm_job_stats()["byKind"] == {"compress": out["observations"]}
+    assert llm.service(rt).drain() == out["observations"]
+    assert all(o["method"] == "gemini" for o in observations(call, sid))
