@@ -20,14 +20,13 @@ import importlib.util
 import logging
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
-import requests
 
 from errors import Unavailable
+from gemini_client import GeminiHTTPError, GeminiTransport, model_path
 
 log = logging.getLogger("agentmemory.embeddings")
 LOCAL_MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
@@ -170,16 +169,11 @@ class GeminiEmbedder:
     """Gemini embeddings over HTTP. Documents go through batchEmbedContents (100 per call),
     queries through embedContent with a short retry budget (they are on the request path)."""
 
-    RETRY_STATUS = {429, 500, 502, 503, 504}
-
     def __init__(self, *, api_key: str, base_url: str, model: str, dim: int, timeout: float = 20.0):
-        self._key = api_key
-        self._base = base_url.rstrip("/")
-        self._model = model if model.startswith("models/") else f"models/{model}"
+        self._model = model_path(model)
         self.dim = dim
         self.model_id = f"gemini:{self._model.split('/', 1)[1]}"
-        self._timeout = timeout
-        self._http = requests.Session()
+        self._http = GeminiTransport(api_key=api_key, base_url=base_url, timeout=timeout)
         self.backoff = 1.0  # seconds before the first retry of a document batch (doubles)
 
     def _request(self, text: str, query: bool) -> dict[str, Any]:
@@ -188,26 +182,10 @@ class GeminiEmbedder:
                 "outputDimensionality": self.dim}
 
     def _post(self, method: str, body: dict[str, Any], attempts: int, backoff: float) -> dict[str, Any]:
-        url = f"{self._base}/v1beta/{self._model}:{method}"
-        last = "no attempt made"
-        for attempt in range(attempts):
-            try:
-                resp = self._http.post(url, json=body, timeout=self._timeout,
-                                       headers={"x-goog-api-key": self._key})
-            except requests.RequestException as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if resp.status_code == 200:
-                    return resp.json()
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                if resp.status_code not in self.RETRY_STATUS:
-                    break
-                retry_after = resp.headers.get("Retry-After", "")
-                if retry_after.isdigit():
-                    backoff = max(backoff, min(float(retry_after), 30.0))
-            if attempt + 1 < attempts:
-                time.sleep(backoff * (2 ** attempt))
-        raise Unavailable(f"Gemini {method} failed: {last}", code="embedding_failed")
+        try:
+            return self._http.post(self._model, method, body, attempts=attempts, backoff=backoff)
+        except GeminiHTTPError as exc:
+            raise Unavailable(exc.message, code="embedding_failed") from None
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         if query and len(texts) == 1:
