@@ -91,24 +91,34 @@ def _observations(ctx: Ctx, store, project: str | None, agent: str | None) -> di
     return by_project
 
 
-def _save(ctx: Ctx, project: str | None, key: str, draft: dict[str, Any]) -> str | None:
-    """Save one drafted memory unless the same observations were consolidated before."""
+def _remember(ctx: Ctx, project: str | None, fields: dict[str, Any]) -> str:
+    args = {k: v for k, v in fields.items() if v} | ({"project": project} if project else {})
+    saved, _status = registry.unwrap(registry.call(ctx, "memory_save", args))
+    return saved["memory"]["id"]
+
+
+def _save(ctx: Ctx, project: str | None, key: str, draft: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """Save one drafted memory (and the facts a model step drafted with it, as ``fact``
+    memories) unless the same observations were consolidated before."""
     agent = stamp_agent(ctx, None)
     state_key = "\x1f".join([agent or "", project or "", key])
     sources = draft["sourceObservationIds"]
     previous = ctx.rt.db.reader().get(STATE, state_key)
     if previous and previous.get("sources") == sources:
         return None
-    args = {k: v for k, v in draft.items() if v} | {"project": project}
-    saved, _status = registry.unwrap(registry.call(ctx, "memory_save", {k: v for k, v in args.items() if v}))
-    memory_id = saved["memory"]["id"]
+    memory_id = _remember(ctx, project, {k: v for k, v in draft.items() if k != "facts"})
+    fact_ids = [_remember(ctx, project, {"content": fact, "type": "fact", "concepts": draft.get("concepts"),
+                                         "sourceObservationIds": sources})
+                for fact in draft.get("facts") or []]
     with ctx.rt.db.transaction("consolidate", agent_id=agent) as tx:
         state = {"key": key, "project": project, "memoryId": memory_id, "sources": sources,
                  "updatedAt": ctx.rt.clock.iso()}
+        if fact_ids:
+            state["factIds"] = fact_ids
         if agent:
             state["agentId"] = agent
         tx.set(STATE, state_key, state, now=state["updatedAt"])
-    return memory_id
+    return memory_id, fact_ids
 
 
 @tool("memory_consolidate", params(
@@ -126,7 +136,7 @@ def memory_consolidate(ctx: Ctx, args: dict) -> dict:
     by_project = _observations(ctx, ctx.rt.db.reader(), args.get("project"), agent)
     scanned = sum(len(v) for v in by_project.values())
     result: dict[str, Any] = {"success": True, "dryRun": args["dryRun"], "observationsScanned": scanned,
-                              "groups": [], "memories": [], "unchanged": 0, "method": SYNTHETIC}
+                              "groups": [], "memories": [], "facts": [], "unchanged": 0, "method": SYNTHETIC}
     if scanned < args["minObservations"]:
         result["reason"] = f"{scanned} important observation(s); need at least {args['minObservations']}"
         return result
@@ -141,9 +151,10 @@ def memory_consolidate(ctx: Ctx, args: dict) -> dict:
                                      "sessions": len({o.get("sessionId") for o in group})})
             if args["dryRun"]:
                 continue
-            memory_id = _save(ctx, project, key, draft)
-            if memory_id:
-                result["memories"].append(memory_id)
+            saved = _save(ctx, project, key, draft)
+            if saved:
+                result["memories"].append(saved[0])
+                result["facts"] += saved[1]
             else:
                 result["unchanged"] += 1
     result["consolidated"] = len(result["memories"])

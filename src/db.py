@@ -215,6 +215,28 @@ def _m004_memory_model(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration("llm_jobs")
+def _m005_llm_jobs(conn: sqlite3.Connection) -> None:
+    # Durable queue of background model work (llm.py): an observation to compress, a session to
+    # summarise or graph, a project to consolidate. Written in the same transaction as the
+    # record it is about, so a crash never loses pending work.
+    run_script(conn,
+        """
+        CREATE TABLE llm_jobs (
+            kind TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            args TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(args)),
+            queued_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try REAL NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (kind, ref)
+        );
+        CREATE INDEX llm_jobs_next ON llm_jobs (next_try, queued_at);
+        """
+    )
+
+
 class SchemaTooNew(AppError):
     status = 503
     code = "schema_too_new"
@@ -1022,6 +1044,42 @@ class Store:
         if removed:
             self.record_change(f"search_fts/{removed} row(s)")
         return removed
+
+
+    # ---- the LLM job queue (llm.py)
+    def llm_job_put(self, kind: str, ref: str, args: dict[str, Any], now: str, not_before: float = 0.0) -> None:
+        """Queue (or re-queue from scratch) one job; ``not_before`` is an epoch time."""
+        self.conn.execute(
+            "INSERT INTO llm_jobs (kind, ref, args, queued_at, next_try) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (kind, ref) DO UPDATE SET args = excluded.args, queued_at = excluded.queued_at, "
+            "attempts = 0, next_try = excluded.next_try, last_error = NULL",
+            (kind, ref, dumps(args), now, not_before))
+
+    def llm_jobs_claim(self, now_epoch: float, limit: int, lease_until: float) -> list[dict[str, Any]]:
+        """Take up to ``limit`` due jobs, oldest first, and hide them from other workers until
+        ``lease_until`` (a worker that dies mid-job leaves it to be retried then)."""
+        rows = self.conn.execute(
+            "SELECT kind, ref, args, queued_at, attempts FROM llm_jobs WHERE next_try <= ? "
+            "ORDER BY next_try, queued_at LIMIT ?", (now_epoch, limit)).fetchall()
+        for kind, ref, *_rest in rows:
+            self.conn.execute("UPDATE llm_jobs SET next_try = ? WHERE kind = ? AND ref = ?", (lease_until, kind, ref))
+        return [{"kind": k, "ref": r, "args": loads(a), "queuedAt": q, "attempts": n} for k, r, a, q, n in rows]
+
+    def llm_job_done(self, kind: str, ref: str, queued_at: str) -> None:
+        """Drop a finished job, unless it was queued again while it ran."""
+        self.conn.execute("DELETE FROM llm_jobs WHERE kind = ? AND ref = ? AND queued_at = ?",
+                          (kind, ref, queued_at))
+
+    def llm_job_retry(self, kind: str, ref: str, error: str, next_try: float) -> None:
+        self.conn.execute("UPDATE llm_jobs SET attempts = attempts + 1, next_try = ?, last_error = ? "
+                          "WHERE kind = ? AND ref = ?", (next_try, error[:500], kind, ref))
+
+    def llm_job_stats(self) -> dict[str, Any]:
+        by_kind = {k: n for k, n in self.conn.execute("SELECT kind, count(*) FROM llm_jobs GROUP BY kind")}
+        row = self.conn.execute(
+            "SELECT coalesce(sum(attempts > 0), 0), (SELECT last_error FROM llm_jobs WHERE last_error "
+            "IS NOT NULL ORDER BY next_try DESC LIMIT 1) FROM llm_jobs").fetchone()
+        return {"pending": sum(by_kind.values()), "byKind": by_kind, "waiting": row[0], "lastError": row[1]}
 
 
 # -- working-memory helpers -----------------------------------------------------------------------

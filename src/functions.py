@@ -12,6 +12,7 @@ import json
 from typing import Any, Callable
 
 import context
+import model_steps
 import search
 from compress import synthetic_compression
 from errors import CapacityExceeded, Conflict, Forbidden, InvalidInput, NotFound
@@ -158,8 +159,9 @@ def session_end(ctx: Ctx, args: dict) -> dict:
         tx.set(SESSIONS, sid, session, now=now)
         tx.audit_message = f"session {sid} ended"
         tx.after_commit(lambda: rt.publish("session", session))
-    for hook in SESSION_END_HOOKS:
-        hook(ctx, session)
+    with model_steps.deterministic_only():  # model work after a session end runs in the background
+        for hook in SESSION_END_HOOKS:
+            hook(ctx, session)
     return {"success": True, "ended": True, "session": session}
 
 
@@ -274,6 +276,11 @@ def agent_observe(ctx: Ctx, args: dict) -> Reply:
     return store_observation(ctx, obs, args.get("agentId"))
 
 
+# Run inside store_observation's transaction for each new observation: hook(ctx, tx, obs). The LLM
+# layer queues the background compression here, so a crash cannot lose it.
+OBSERVE_HOOKS: list[Callable[[Ctx, Any, dict], None]] = []
+
+
 def store_observation(ctx: Ctx, obs: dict[str, Any], agent_given: str | None) -> Reply:
     """Store one compressed observation: dedup by eventId, implicit session, per-session cap,
     index, audit and broadcast. Used by observe and by importers."""
@@ -306,6 +313,8 @@ def store_observation(ctx: Ctx, obs: dict[str, Any], agent_given: str | None) ->
         tx.set(SESSIONS, sid, session, now=now)
         tx.event_put(obs["eventId"], sid, obs["id"], now)
         search.index_record(tx, "observation", obs)
+        for hook in OBSERVE_HOOKS:
+            hook(ctx, tx, obs)
         tx.audit_message = f"observe {obs['hookType']} -> {obs['id']} in session {sid}"
         tx.after_commit(lambda: rt.publish("observation", obs))
     return Reply({"success": True, "duplicate": False, "observationId": obs["id"],

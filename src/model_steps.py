@@ -17,19 +17,37 @@ Payloads per operation (all dicts, read-only for the step):
 - ``insights``: ``{project, clusters: [{terms, items}]}`` -> a list of ``{title, content,
   confidence}`` (one per cluster, same order; None entries keep the deterministic insight).
 - ``consolidate``: ``{project, groups}`` -> a list of memory drafts (content, type, title,
-  concepts, files, sourceObservationIds).
+  concepts, files, sourceObservationIds, and optionally ``facts``: texts saved as ``fact``
+  memories next to the group's memory).
+
+The Gemini steps live in llm_steps.py (the LLM layer, llm.py).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 OPERATIONS = ("summarize", "crystallize", "reflect", "insights", "consolidate")
 Step = Callable[[Any, dict], Any]
 MODEL_STEPS: dict[str, list[tuple[str, Step]]] = {op: [] for op in OPERATIONS}
 SYNTHETIC = "synthetic"
 log = logging.getLogger("agentmemory.model_steps")
+# False inside ``deterministic_only()``: the request path of a session end, where a model call
+# would make the client wait; the LLM layer redoes that work in the background instead.
+_INLINE: contextvars.ContextVar[bool] = contextvars.ContextVar("model_steps_inline", default=True)
+
+
+@contextmanager
+def deterministic_only() -> Iterator[None]:
+    """Within this block every operation takes its deterministic path (no model step runs)."""
+    token = _INLINE.set(False)
+    try:
+        yield
+    finally:
+        _INLINE.reset(token)
 
 
 def model_step(operation: str, name: str) -> Callable[[Step], Step]:
@@ -48,6 +66,8 @@ def model_step(operation: str, name: str) -> Callable[[Step], Step]:
 
 def run_model_steps(operation: str, ctx: Any, payload: dict) -> tuple[Any, str | None]:
     """(result, step name) of the first step that answers, or (None, None)."""
+    if not _INLINE.get():
+        return None, None
     for name, step in MODEL_STEPS[operation]:
         try:
             result = step(ctx, payload)

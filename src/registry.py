@@ -27,6 +27,8 @@ TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall", "timel
                 "lessons", "slots", "actions", "relations", "summaries", "crystals", "reflect",
                 "consolidate", "retention", "diagnose",
                 "antigravity", "working", "mcp_resources",
+                # the LLM layer (issue 9): Gemini client, model steps, knowledge graph
+                "llm", "llm_steps", "graph",
                 "overview")
 
 

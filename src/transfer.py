@@ -29,6 +29,7 @@ UPSTREAM_LISTS = {
     "crystals": ("mem:crystals", "id"), "profiles": ("mem:profiles", "project"),
     "semanticMemories": ("mem:semantic", "id"), "proceduralMemories": ("mem:procedural", "id"),
     "relations": ("mem:relations", "id"),
+    "graphNodes": ("mem:graph:nodes", "id"), "graphEdges": ("mem:graph:edges", "id"),
 }
 
 

@@ -333,3 +333,44 @@ def sqlite_table_counts(path: Path) -> dict[str, int]:
         return {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
     finally:
         conn.close()
+
+
+# -- the LLM layer: a loopback fake Gemini (tests/fake_gemini.py) -------------------------------------
+
+# Distinctive and in no known token format, so a test can search logs and replies for it.
+GEMINI_TEST_KEY = "gk-test-8f3a9c2e71d04b5a"
+
+
+@pytest.fixture
+def fake_gemini():
+    """A fake Gemini API (embeddings and generateContent) on a free 127.0.0.1 port."""
+    from fake_gemini import FakeGemini
+
+    fake = FakeGemini(api_key=GEMINI_TEST_KEY)
+    yield fake
+    fake.close()
+
+
+class ManualClock:
+    """A clock that only moves when a test says so (breaker cooldowns, job delays)."""
+
+    def __init__(self, start: float = 1_800_000_000.0):
+        from util import Clock
+
+        self.now = start
+        self.clock = Clock(lambda: self.now)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def llm_runtime(make_runtime, fake_gemini):
+    """Build runtimes wired to the fake Gemini (no retry sleeps); overrides are settings."""
+
+    def make(clock: Any = None, **overrides: Any) -> Runtime:
+        base = {"gemini_api_key": GEMINI_TEST_KEY, "gemini_api_base": fake_gemini.url,
+                "gemini_retry_backoff_seconds": 0.0}
+        return make_runtime(clock=clock, **{**base, **overrides})
+
+    return make

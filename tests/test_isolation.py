@@ -51,6 +51,7 @@ def seed_agent_b(b: ToolCaller) -> dict[str, str]:
     action = b("memory_action_create", title=f"{WORD} open {MARK}", project=PROJECT, requires=done["id"])["action"]
     b("memory_crystallize", actionIds=[done["id"]])
     b("session_end", sessionId=sid)  # summary + slot reflection
+    b("graph_extract", sessionId=sid)  # knowledge-graph nodes named after B's words (incl. the marker)
     crystal = b("memory_crystallize", sessionId=sid)["crystal"]
     b("memory_consolidate", project=PROJECT, minObservations=1)
     b("memory_reflect", project=PROJECT)

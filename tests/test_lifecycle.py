@@ -5,6 +5,7 @@ import pytest
 from conftest import hook
 from errors import InvalidInput, NotFound
 from model_steps import MODEL_STEPS, model_step, run_model_steps
+from registry import Ctx
 
 
 def bash(session, command, output, hook_type="post_tool_use", ts="2026-11-01T10:00:00Z", project="shop"):
@@ -207,8 +208,8 @@ def test_model_step_goes_first_and_failures_fall_back(client, call):
         assert second["filesModified"] == ["src/auth.py"]  # fields the model left out come from the fallback
         assert calls == [7, 7]
     finally:
-        MODEL_STEPS["summarize"].clear()
-    assert run_model_steps("summarize", None, {}) == (None, None)
+        MODEL_STEPS["summarize"][:] = [s for s in MODEL_STEPS["summarize"] if s[0] != "test-model"]
+    assert run_model_steps("summarize", Ctx(call.rt), {}) == (None, None)  # no key: every step passes
     with pytest.raises(ValueError):
         model_step("nope", "x")
 

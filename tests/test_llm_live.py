@@ -1,0 +1,50 @@
+"""End to end: a real server process with the fake Gemini. An observation is stored at once and
+upgraded by the model in the background; a session end produces a model-written summary."""
+
+import time
+
+import requests
+
+from conftest import GEMINI_TEST_KEY, hook, post
+from llm_support import responder
+
+
+def poll(fetch, done, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_live_server_compresses_in_the_background_and_summarises_with_the_model(live_server, fake_gemini):
+    fake_gemini.responder = responder()
+    server = live_server(env={"GEMINI_API_KEY": GEMINI_TEST_KEY, "GEMINI_API_BASE": fake_gemini.url,
+                              "AGENTMEMORY_AUTO_COMPRESS": "true", "GEMINI_RETRY_BACKOFF_SECONDS": "0"})
+    body = hook("live", data={"tool_name": "Edit", "tool_input": {"file_path": "src/auth.py"}, "tool_output": "ok"})
+    created = post(server.api("/observe"), body)
+    assert created.status_code == 201
+
+    def observations():
+        return requests.get(server.api("/observations"), params={"sessionId": "live"}, timeout=10).json()
+
+    listed = poll(observations, lambda v: v["observations"][0].get("method") == "gemini")
+    obs = listed["observations"][0]
+    assert obs["method"] == "gemini" and obs["title"] == "Model: switched auth to tokens"
+    assert obs["id"] == created.json()["observationId"]
+
+    assert post(server.api("/session/end"), {"sessionId": "live"}).json()["ended"] is True
+
+    def session():
+        return requests.get(server.api("/session"), params={"sessionId": "live"}, timeout=10).json()["session"]
+
+    summary = poll(session, lambda s: (s.get("summary") or {}).get("method") == "gemini").get("summary")
+    assert summary["method"] == "gemini" and summary["title"] == "Model summary title"
+
+    health = requests.get(server.api("/health"), timeout=10)
+    section = health.json()["llm"]
+    assert section["provider"] == "gemini" and section["succeeded"] >= 2 and section["totalTokens"] > 0
+    assert section["breaker"]["state"] == "closed" and section["workers"] == 2
+    assert GEMINI_TEST_KEY not in health.text and GEMINI_TEST_KEY not in server.log()
+    assert all(c["headers"]["x-goog-api-key"] == GEMINI_TEST_KEY for c in fake_gemini.calls)
