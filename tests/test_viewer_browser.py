@@ -259,6 +259,14 @@ def test_an_observation_posted_over_rest_appears_live_within_2s(watched, server)
     second = f"timeline live {uuid.uuid4().hex[:8]}"
     post(server.api("/observe"), hook("sess-live", "prompt_submit", project="/work/alpha", data={"prompt": second}))
     expect(page.locator("#tab-timeline .vrow").first).to_contain_text(second, timeout=2000)
+    # The LLM layer rewrites an observation later (`observation_updated`): the row changes in place.
+    row_id = page.locator("#tab-timeline .vrow").first.get_attribute("data-id")
+    record = requests.get(server.api("/observations"), params={"sessionId": "sess-live"}).json()["observations"]
+    updated = {**next(o for o in record if o["id"] == row_id), "title": "rewritten by the model"}
+    page.evaluate("(r) => live.receive(JSON.stringify({type: 'observation_updated', seq: live.lastSeq + 1, "
+                  "ts: Date.now() / 1000, record: r}))", updated)
+    expect(page.locator("#tab-timeline .vrow").first).to_contain_text("rewritten by the model")
+    assert page.locator("#tab-timeline .vrow", has_text=second).count() == 0
 
 
 def test_stored_html_never_runs(watched, server, shots):
