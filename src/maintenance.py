@@ -54,6 +54,29 @@ def no_progress(label: str, total: int) -> Bar:
 REINDEX_HOOKS: list[Callable[[Any, Progress], dict[str, Any] | None]] = []
 
 
+def reembed_vectors(rt: Any, progress: Progress) -> dict[str, Any] | None:
+    """Queue every indexed record for a new vector, then embed them here with a progress bar
+    (a running server's worker shares the backlog, so the two simply finish sooner)."""
+    import vectors  # late: only reindex needs the vector subsystem
+
+    service = vectors.service(rt)
+    if service.embedder is None:
+        return {"queued": 0, "embedded": 0, "reason": "no embedding provider configured"}
+    queued = vectors.requeue_all_embeddings(rt)
+    bar = progress("embed", queued)
+    embedded = 0
+    try:
+        while done := service.drain(max_batches=1):
+            embedded += done
+            bar.update(done)
+    finally:
+        bar.close()
+    return {"queued": queued, "embedded": embedded, "model": service.model}
+
+
+REINDEX_HOOKS.append(reembed_vectors)
+
+
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):

@@ -26,7 +26,7 @@ TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall", "timel
                 # the memory model (issue 4)
                 "lessons", "slots", "actions", "relations", "summaries", "crystals", "reflect",
                 "consolidate", "retention", "diagnose",
-                "antigravity", "working", "mcp_resources",
+                "antigravity", "working", "patterns", "mcp_resources",
                 # the LLM layer (issue 9): Gemini client, model steps, knowledge graph
                 "llm", "llm_steps", "graph",
                 "overview")

@@ -92,14 +92,14 @@ def test_reindex_restores_search_after_the_index_is_emptied(tmp_path):
     from settings import Settings
 
     def search(query: str) -> list:
-        runtime = Runtime(Settings.from_env({}, db_path=db, background_jobs=False))
+        runtime = Runtime(Settings.from_env({}, db_path=db, background_jobs=False, embedding_provider="none"))
         try:
             return ToolCaller(runtime)("memory_recall", query=query)["results"]
         finally:
             runtime.close()
 
     assert search("zebra0 deployments") == [] and search("alpha1") == []
-    result = ok(cli("--db", db, "reindex"))
+    result = ok(cli("--db", db, "reindex", env={**clean_environ(), "EMBEDDING_PROVIDER": "none"}))
     assert result["indexed"] == {"observation": 12, "memory": 2} and result["staleRemoved"] == 1
     assert search("zebra0 deployments")[0]["memory"]["content"].startswith("Remember zebra0 deployments")
     assert len(search("alpha1")) == 4
@@ -119,7 +119,21 @@ def test_reindex_hooks_run_after_the_rebuild(rt, call):
         result = maintenance.reindex(rt)
     finally:
         maintenance.REINDEX_HOOKS.remove(reembed)
-    assert seen == [{"memory": 1}] and result["hooks"] == {"reembed": {"vectors": 1}}
+    assert seen == [{"memory": 1}] and result["hooks"]["reembed"] == {"vectors": 1}
+
+
+def test_reindex_reembeds_every_record(tmp_path):
+    data = tmp_path / "data"
+    seed_store(data)
+    db = db_of(data)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DELETE FROM search_vectors")
+    conn.close()
+    env = {**clean_environ(), "EMBEDDING_PROVIDER": "hash"}
+    result = ok(cli("--db", db, "reindex", env=env))
+    assert result["hooks"]["reembed_vectors"]["embedded"] == 14
+    assert sqlite_table_counts(Path(db))["search_vectors"] == 14
+    assert sqlite_table_counts(Path(db))["embed_backlog"] == 0
 
 
 def test_stats_numbers(tmp_path):

@@ -14,7 +14,8 @@ from test_privacy import SECRETS
 
 
 def test_sigkill_during_ingest_loses_no_acknowledged_observation(live_server):
-    server = live_server()
+    # The hash embedder gives every record a vector quickly, so vectors are checked too.
+    server = live_server(env={"EMBEDDING_PROVIDER": "hash"})
     acknowledged: list[tuple[str, str]] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -59,6 +60,11 @@ def test_sigkill_during_ingest_loses_no_acknowledged_observation(live_server):
     docs = conn.execute("SELECT count(*) FROM search_docs WHERE kind = 'observation'").fetchone()[0]
     conn.close()
     assert kv == docs >= len(acknowledged)
+    # diagnose agrees: FTS and KV consistent, every record has a vector or is queued for one.
+    checks = {c["name"]: c for c in post(server.api("/diagnostics"), {}).json()["checks"]}
+    for name in ("db_integrity", "search_rows_missing", "search_rows_orphaned", "search_text_missing",
+                 "search_text_orphaned", "session_counts", "vector-missing", "vector-stale-model"):
+        assert checks[name]["status"] == "pass", checks[name]
 
 
 def test_planted_secrets_never_reach_the_db_file_or_wal(live_server):
