@@ -102,7 +102,8 @@ def tool_operation(tool: registry.Tool, route: registry.Route) -> dict[str, Any]
 
 
 def adapter_operation(endpoint: str, method: str, doc: dict[str, Any], summary: str) -> dict[str, Any]:
-    op: dict[str, Any] = {"operationId": f"{endpoint}_{method.lower()}", "summary": summary,
+    name = re.sub(r"\W+", "_", endpoint).strip("_")
+    op: dict[str, Any] = {"operationId": f"{name}_{method.lower()}", "summary": summary,
                           "tags": ["adapter"]}
     if doc.get("request") is not None and method != "GET":
         op["requestBody"] = {"required": True, "content": _json(doc["request"])}
