@@ -145,17 +145,23 @@ def memory_get(ctx: Ctx, args: dict) -> dict:
 # -- forgetting ------------------------------------------------------------------------------------
 
 
-def delete_memories(ctx: Ctx, tx, memory_ids: list[str]) -> tuple[list[str], list[str]]:
+def _delete_visible(ctx: Ctx, tx, scope: str, keys: list[str]) -> tuple[list[str], list[str]]:
+    """Delete the records of ``scope`` the caller may see; (deleted, not found) keys. Index
+    rows go with them."""
     deleted, missing = [], []
-    for mid in dict.fromkeys(memory_ids):
-        mem = tx.get(MEMORIES, mid)
-        if mem is None or not visible_to(ctx, mem):
-            missing.append(mid)
+    for key in dict.fromkeys(keys):
+        value = tx.get(scope, key)
+        if value is None or not visible_to(ctx, value):
+            missing.append(key)
             continue
-        tx.delete(MEMORIES, mid)
-        deleted.append(mid)
+        tx.delete(scope, key)
+        deleted.append(key)
     search.unindex(tx, deleted)
     return deleted, missing
+
+
+def delete_memories(ctx: Ctx, tx, memory_ids: list[str]) -> tuple[list[str], list[str]]:
+    return _delete_visible(ctx, tx, MEMORIES, memory_ids)
 
 
 def delete_observations(ctx: Ctx, tx, session_id: str, obs_ids: list[str] | None) -> tuple[list[str], list[str]]:
@@ -163,15 +169,7 @@ def delete_observations(ctx: Ctx, tx, session_id: str, obs_ids: list[str] | None
     scope = obs_scope(session_id)
     if obs_ids is None:
         obs_ids = [key for key, value in tx.list(scope) if visible_to(ctx, value)]
-    deleted, missing = [], []
-    for oid in dict.fromkeys(obs_ids):
-        value = tx.get(scope, oid)
-        if value is None or not visible_to(ctx, value):
-            missing.append(oid)
-            continue
-        tx.delete(scope, oid)
-        deleted.append(oid)
-    search.unindex(tx, deleted)
+    deleted, missing = _delete_visible(ctx, tx, scope, obs_ids)
     tx.events_mark_deleted(deleted)
     session = tx.get(SESSIONS, session_id)
     if session is not None and deleted:
