@@ -335,7 +335,7 @@ class VectorService:
         vector = self.embed_query(query)
         ranked = self.index.search(vector, max(limit * 2, limit + 20), filters)
         scores = dict(ranked)
-        docs = store.docs_by_rowid(list(scores), self.model, filters)
+        docs = store.docs_by_rowid(list(scores), filters)
         for doc in docs:
             doc["score"] = scores[doc["rowid"]]
         docs.sort(key=lambda d: -d["score"])
