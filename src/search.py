@@ -152,10 +152,11 @@ def unindex(store: Store, doc_ids: list[str]) -> int:
 
 # FTS5 computes bm25() for every row an OR of terms matches (about 2 microseconds a row), and
 # cannot stop early. A query made only of words that tens of thousands of records contain would
-# cost 50-100 ms at 100k records. Past this many matching rows, BM25 ranks the records holding
-# every term first and tops up from the rarest terms whose rows fit the budget: the idea of
-# Lucene's common-terms query (frequent words refine a ranking; they do not select records).
-BM25_ROW_BUDGET = 8000
+# cost 50-100 ms at 100k records. Past this many matching rows, BM25 skips the records that hold
+# none of the query's rare terms and not all of its common ones (the idea of Lucene's common-terms
+# query: frequent words refine a ranking; alone they select nothing). Every record it does rank
+# gets its exact score.
+BM25_ROW_BUDGET = 4000
 
 
 def bm25(store: Store, query: str, *, limit: int, filters: dict[str, Any] | None = None) -> list[dict]:
@@ -164,25 +165,38 @@ def bm25(store: Store, query: str, *, limit: int, filters: dict[str, Any] | None
     if not terms:
         return []
     filters = filters or {}
-    match = " OR ".join(_phrase(t) for t in terms)
+    match = _any(terms)
     if len(terms) == 1 or store.fts_match_count(match, BM25_ROW_BUDGET + 1) <= BM25_ROW_BUDGET:
         return store.fts_search(match, weights=BM25_WEIGHTS, limit=limit, filters=filters)
     return bounded_bm25(store, terms, limit=limit, filters=filters)
 
 
+def _any(terms: list[str]) -> str:
+    return " OR ".join(_phrase(t) for t in terms)
+
+
 def bounded_bm25(store: Store, terms: list[str], *, limit: int, filters: dict[str, Any]) -> list[dict]:
-    """BM25 when the OR of ``terms`` matches more rows than the budget: rows holding every term
-    (scored on all of them), then, if those are fewer than ``limit``, rows holding the rarest
-    terms (scored on those), as many terms as fit the budget. Best scores first."""
-    hits = store.fts_search(" AND ".join(_phrase(t) for t in terms), weights=BM25_WEIGHTS,
-                            limit=limit, filters=filters)
-    rare = rarest_terms(store, terms) if len(hits) < limit else []
+    """BM25 over the records holding a rare term or every common one, when an OR of ``terms``
+    matches more rows than the budget. Rare terms are the least frequent ones whose rows fit the
+    budget together; the rest are common. Three small queries, each scoring its rows on every
+    query term they contain (FTS5 scores the phrases of the branches a row matched):
+    rare and common, rare only, all common."""
+    rare = rarest_terms(store, terms)
+    common = [t for t in terms if t not in rare]
+    queries = []
+    if rare and common:
+        queries.append(f"({_any(rare)}) AND ({_any(common)})")
     if rare:
-        seen = {hit["doc_id"] for hit in hits}
-        more = store.fts_search(" OR ".join(_phrase(t) for t in rare), weights=BM25_WEIGHTS,
-                                limit=limit, filters=filters)
-        hits = sorted(hits + [h for h in more if h["doc_id"] not in seen], key=lambda h: -h["score"])
-    return hits[:limit]
+        queries.append(_any(rare))
+    if len(common) > 1 or not rare:
+        queries.append(" AND ".join(_phrase(t) for t in common))
+    best: dict[str, dict] = {}
+    for match in queries:
+        for hit in store.fts_search(match, weights=BM25_WEIGHTS, limit=limit, filters=filters):
+            if hit["doc_id"] not in best:  # the first query to see a row scored all its terms
+                best[hit["doc_id"]] = hit
+    newest_first = sorted(best.values(), key=lambda h: h["ts"], reverse=True)
+    return sorted(newest_first, key=lambda h: -h["score"])[:limit]  # the SQL's order
 
 
 def rarest_terms(store: Store, terms: list[str]) -> list[str]:
