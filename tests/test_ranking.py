@@ -123,3 +123,18 @@ def test_bounded_bm25_with_only_common_terms_ranks_rows_holding_all(rt, common_c
     assert len(search.bm25(store, "deploy", limit=10)) == 8  # one term: nothing to bound
     out = call(rt, "memory_smart_search", query="deploy server kubernetes", project="p")
     assert out["mode"] == "bm25" and len(out["results"]) == 3
+
+
+# -- memory ----------------------------------------------------------------------------------------------
+
+
+def test_each_embedded_batch_hands_freed_memory_back(make_runtime, monkeypatch):
+    rt = make_runtime(embedding_provider="hash", embed_batch_size=2)
+    for i in range(5):
+        note(rt, f"s{i}", f"record {i}")
+    calls = []
+    monkeypatch.setattr(vectors, "release_memory", lambda: calls.append(1))
+    assert vectors.service(rt).drain() == 5 and len(calls) == 3  # batches of 2, 2, 1
+    monkeypatch.undo()
+    assert vectors._TRIM is not None  # glibc's malloc_trim was found (Linux)
+    assert vectors.release_memory() is None
