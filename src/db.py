@@ -482,15 +482,15 @@ class Store:
         )
         return rowid
 
-    def text_before(self, session_id: str, ts: str, doc_id: str) -> str:
-        """Body of the record just before (ts, doc_id) in a session, or ''."""
+    def text_before(self, session_id: str, ts: str, doc_id: str, count: int = 1) -> list[str]:
+        """Bodies of the ``count`` records just before (ts, doc_id) in a session, nearest first."""
         row = self.conn.execute("SELECT id FROM search_docs WHERE doc_id = ?", (doc_id,)).fetchone()
         rowid = row[0] if row else 2 ** 62
-        row = self.conn.execute(
+        rows = self.conn.execute(
             "SELECT f.body FROM search_docs d JOIN search_fts f ON f.rowid = d.id "
             "WHERE d.session_id = ? AND d.doc_id != ? AND (d.ts < ? OR (d.ts = ? AND d.id < ?)) "
-            "ORDER BY d.ts DESC, d.id DESC LIMIT 1", (session_id, doc_id, ts, ts, rowid)).fetchone()
-        return row[0] if row else ""
+            "ORDER BY d.ts DESC, d.id DESC LIMIT ?", (session_id, doc_id, ts, ts, rowid, count))
+        return [r[0] for r in rows]
 
     def index_set_active(self, doc_id: str, active: bool) -> None:
         self.conn.execute("UPDATE search_docs SET active = ? WHERE doc_id = ?", (1 if active else 0, doc_id))
@@ -523,6 +523,7 @@ class Store:
         """
         where, params = ["search_fts MATCH ?", "d.active = 1"], [match]
         where, params = _doc_filters(where, params, filters)
+        # bm25() sits in the projection, so SQLite computes it only for rows that pass the filters.
         sql = (
             "SELECT d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts, d.id, "
             f"-bm25(search_fts, {', '.join(str(float(w)) for w in weights)}) AS score "
@@ -531,6 +532,13 @@ class Store:
         )
         cols = ("doc_id", "kind", "scope", "key", "session_id", "project", "ts", "rowid", "score")
         return [dict(zip(cols, row)) for row in self.conn.execute(sql, (*params, limit))]
+
+    def fts_match_count(self, match: str, cap: int) -> int:
+        """How many index rows an FTS5 expression matches, counting no further than ``cap``
+        (walking a posting list is cheap; scoring it is what costs)."""
+        return self.conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM search_fts WHERE search_fts MATCH ? LIMIT ?)",
+            (match, cap)).fetchone()[0]
 
     def docs_recent(self, *, limit: int, offset: int = 0, filters: dict[str, Any]) -> list[dict[str, Any]]:
         where, params = _doc_filters(["d.active = 1"], [], filters)
@@ -627,17 +635,16 @@ class Store:
             "WHERE v.doc_rowid = d.id AND v.model = ?) AND NOT EXISTS "
             "(SELECT 1 FROM embed_backlog b WHERE b.doc_rowid = d.id)", (model,)).fetchone()[0]
 
-    def docs_by_rowid(self, rowids: list[int], model: str, filters: dict[str, Any]) -> list[dict[str, Any]]:
-        """Active, filter-passing search rows among ``rowids`` that hold a vector of ``model``."""
+    def docs_by_rowid(self, rowids: list[int], filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Active, filter-passing search rows among ``rowids``."""
         if not rowids:
             return []
         where = [f"d.id IN ({','.join('?' * len(rowids))})", "d.active = 1"]
         where, params = _doc_filters(where, list(rowids), filters)
         sql = ("SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts "
-               "FROM search_docs d JOIN search_vectors v ON v.doc_rowid = d.id AND v.model = ? "
-               f"WHERE {' AND '.join(where)}")
+               f"FROM search_docs d WHERE {' AND '.join(where)}")
         cols = ("rowid", "doc_id", "kind", "scope", "key", "session_id", "project", "ts")
-        return [dict(zip(cols, r)) for r in self.conn.execute(sql, (model, *params))]
+        return [dict(zip(cols, r)) for r in self.conn.execute(sql, params)]
 
     def docs_lookup(self, doc_ids: list[str], filters: dict[str, Any]) -> list[dict[str, Any]]:
         """Search rows by record id (active or not) that pass ``filters``."""

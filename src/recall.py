@@ -1,6 +1,6 @@
 """Search tools: recall (POST /search) and smart search (POST /smart-search).
 
-Both rank observations and memories with ``search.hybrid`` (BM25 + vectors fused by RRF, or
+Both rank observations and memories with ``search.hybrid`` (BM25 + vectors fused, or
 BM25 alone when no vectors are available) and say which mode ran. Every filter (project, agent,
 cwd, session) is applied inside both rankers, so no hit from outside the caller's scope can
 appear, whatever the mode.
@@ -56,7 +56,8 @@ def ranked(ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: s
     store = ctx.rt.db.reader()
     hits, used = search.hybrid(store, query, limit=limit, filters=filters,
                                vectors=vectors.service(ctx.rt), mode=mode,
-                               per_session=ctx.rt.settings.search_max_per_session)
+                               per_session=ctx.rt.settings.search_max_per_session,
+                               fusion=ctx.rt.settings.search_fusion)
     return search.hydrate(store, hits), used
 
 

@@ -169,7 +169,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("embed_batch_size", ("AGENTMEMORY_EMBED_BATCH",), 32, _positive_int,
             "Records embedded per batch by the background embedding worker."),
     Setting("search_max_per_session", ("AGENTMEMORY_SEARCH_MAX_PER_SESSION",), 5, _positive_int,
-            "Hybrid search diversification: at most this many hits per session before backfilling."),
+            "Hybrid search diversification: at most this many hits per session (never fewer than "
+            "half the limit) before backfilling."),
+    Setting("search_fusion", ("AGENTMEMORY_SEARCH_FUSION",), "score", _choice("score", "rrf"),
+            "How hybrid search merges the BM25 and vector rankings: score (each ranking's scores "
+            "normalised to 0-1, weighted sum) or rrf (reciprocal rank fusion, k=60)."),
     # -- memory model (lessons, slots, reflection, retention)
     Setting("lesson_decay_enabled", ("LESSON_DECAY_ENABLED",), True, _bool,
             "Daily sweep lowering lesson confidence by decayRate per week without reinforcement."),

@@ -50,10 +50,18 @@ def test_rrf_fusion_order():
 
 
 def test_diversify_caps_sessions_then_backfills():
-    hits = [hit(f"x{i}", "busy") for i in range(5)] + [hit("y", "other"), hit("z", None)]
-    out = search.diversify(hits, 7, 2)
-    assert [h["doc_id"] for h in out] == ["x0", "x1", "y", "z", "x2", "x3", "x4"]
+    hits = [hit(f"x{i}", "busy") for i in range(8)] + [hit("y", "other"), hit("z", None)]
+    out = search.diversify(hits, 6, 2)  # cap: max(2, half of 6) = 3 per session
+    assert [h["doc_id"] for h in out] == ["x0", "x1", "x2", "y", "z", "x3"]
+    out = search.diversify(hits, 4, 3)  # the setting wins when above half the limit
+    assert [h["doc_id"] for h in out] == ["x0", "x1", "x2", "y"]
     assert len(search.diversify(hits, 3, 2)) == 3
+
+
+def test_diversify_keeps_the_best_half_from_one_long_session():
+    hits = [hit(f"x{i}", "long") for i in range(12)] + [hit(f"o{i}", "other") for i in range(4)]
+    out = [h["doc_id"] for h in search.diversify(hits, 20, 5)]
+    assert out[:10] == [f"x{i}" for i in range(10)] and out[10:14] == ["o0", "o1", "o2", "o3"]
 
 
 def test_query_dates_become_windows():
