@@ -1115,39 +1115,33 @@ def glob_filter(names: Iterable[str], pattern: str) -> list[str]:
 
 
 def _doc_filters(where: list[str], params: list[Any], filters: dict[str, Any]) -> tuple[list[str], list[Any]]:
-    kinds = filters.get("kinds")
-    if kinds:
-        where.append(f"d.kind IN ({','.join('?' * len(kinds))})")
-        params.extend(kinds)
-    types = filters.get("types")
-    if types:
-        where.append(f"d.type IN ({','.join('?' * len(types))})")
-        params.extend(types)
+    def one_of(column: str, values: list[Any]) -> None:
+        where.append(f"{column} IN ({','.join('?' * len(values))})")
+        params.extend(values)
+
+    def compare(clause: str, value: Any) -> None:
+        where.append(clause)
+        params.append(value)
+
+    if filters.get("kinds"):
+        one_of("d.kind", filters["kinds"])
+    if filters.get("types"):
+        one_of("d.type", filters["types"])
     if filters.get("project") is not None:
         # Memories and lessons saved without a project are global: visible from every project.
-        where.append("(d.project = ? OR (d.project IS NULL AND d.kind != 'observation'))")
-        params.append(filters["project"])
+        compare("(d.project = ? OR (d.project IS NULL AND d.kind != 'observation'))", filters["project"])
     if filters.get("agent_id") is not None:
-        where.append("d.agent_id = ?")
-        params.append(filters["agent_id"])
-    session_ids = filters.get("session_ids")
-    if session_ids is not None:
-        session_ids = list(session_ids) or [""]
-        where.append(f"d.session_id IN ({','.join('?' * len(session_ids))})")
-        params.extend(session_ids)
+        compare("d.agent_id = ?", filters["agent_id"])
+    if filters.get("session_ids") is not None:
+        one_of("d.session_id", list(filters["session_ids"]) or [""])
     if filters.get("exclude_session") is not None:
-        where.append("(d.session_id IS NULL OR d.session_id != ?)")
-        params.append(filters["exclude_session"])
-    months = filters.get("months")
-    if months:
-        where.append(f"CAST(substr(d.ts, 6, 2) AS INTEGER) IN ({','.join('?' * len(months))})")
-        params.extend(months)
+        compare("(d.session_id IS NULL OR d.session_id != ?)", filters["exclude_session"])
+    if filters.get("months"):
+        one_of("CAST(substr(d.ts, 6, 2) AS INTEGER)", filters["months"])
     if filters.get("since") is not None:
-        where.append("d.ts >= ?")
-        params.append(filters["since"])
+        compare("d.ts >= ?", filters["since"])
     if filters.get("until") is not None:
-        where.append("d.ts <= ?")
-        params.append(filters["until"])
+        compare("d.ts <= ?", filters["until"])
     return where, params
 
 
