@@ -18,12 +18,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
 import re
 import threading
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+
+# Tokenizing on the library's own thread pool would run at normal priority beside the request
+# threads; the backlog worker's lowered priority only covers its own thread.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from errors import Unavailable
 from gemini_client import GeminiHTTPError, GeminiTransport, model_path

@@ -12,7 +12,7 @@ from typing import Any
 
 import search
 from functions import agent_filter
-from profile import SAMPLE, _error_key, derived_concepts
+from profiles import SAMPLE, _error_key, derived_concepts
 from registry import AGENT_ID, PROJECT, Ctx, integer, params, tool
 from util import truncate
 

@@ -22,11 +22,11 @@ import jsonschema
 from errors import AppError, InvalidInput, NotFound
 
 # Domain modules that register tools; imported (in this order) by load_tools().
-TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall", "timeline", "profile",
+TOOL_MODULES = ("functions", "memories", "transfer", "context", "recall", "timeline", "profiles",
                 # the memory model (issue 4)
                 "lessons", "slots", "actions", "relations", "summaries", "crystals", "reflect",
                 "consolidate", "retention", "diagnose",
-                "antigravity", "working", "patterns", "mcp_resources",
+                "antigravity_sync", "working", "patterns", "mcp_resources",
                 # the LLM layer (issue 9): Gemini client, model steps, knowledge graph
                 "llm", "llm_steps", "graph",
                 "overview")

@@ -49,3 +49,11 @@ def test_readme_test_command_is_what_ci_runs():
     command = re.search(r"Run the tests.*?```bash\n(.+?)\n```", README, re.DOTALL).group(1).strip()
     ci = (ROOT / ".ci" / "run").read_text()
     assert command in ci, f"{command!r} is not what .ci/run runs"
+
+
+def test_no_module_shadows_the_standard_library():
+    # src/ is first on sys.path, so src/profile.py once hid the stdlib module that cProfile needs.
+    import sys
+
+    ours = {p.stem for p in (ROOT / "src").glob("*.py")}
+    assert ours & set(sys.stdlib_module_names) == set()
