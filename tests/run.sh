@@ -23,7 +23,11 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing system packages: ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # A failed install must not hide the rest of the suite: the tests that need a missing
+    # package say so themselves.
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+      echo "warning: apt-get could not install: ${missing[*]}" >&2
+    fi
   else
     echo "warning: missing system packages (tests that need them will report it): ${missing[*]}" >&2
   fi
