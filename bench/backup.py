@@ -26,20 +26,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests")]
 os.environ.update(HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
 
-import maintenance  # noqa: E402
-import sync  # noqa: E402
-import transfer  # noqa: E402
+from agentmemory_server.operations import maintenance  # noqa: E402
+from agentmemory_server.operations import hf_sync as sync
+from agentmemory_server.memory import transfer  # noqa: E402
 from fake_hub import FakeHub  # noqa: E402
-from registry import Ctx  # noqa: E402
-from runtime import Runtime  # noqa: E402
-from settings import Settings  # noqa: E402
+from agentmemory_server.kernel.registry import Ctx  # noqa: E402
+from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
+from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 IN_MEMORY_EXPORT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from runtime import Runtime
-from settings import Settings
-import transfer
+from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.kernel.settings import Settings
+from agentmemory_server.memory import transfer
 rt = Runtime(Settings.from_env({}, db_path=sys.argv[2], background_jobs=False))
 text = json.dumps(transfer.build_export(rt.db.reader(), exported_at="now"))
 rt.close()

@@ -26,12 +26,12 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "src"), str(ROOT / "tests")]
 
-import registry  # noqa: E402
+from agentmemory_server.kernel import registry  # noqa: E402
 from fake_gemini import FakeGemini  # noqa: E402
 from ingest import payload, pct, run, start_server  # noqa: E402
-from registry import Ctx  # noqa: E402
-from runtime import Runtime  # noqa: E402
-from settings import Settings  # noqa: E402
+from agentmemory_server.kernel.registry import Ctx  # noqa: E402
+from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
+from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 KEY = "bench-key-0123456789"
 ANSWER = {"type": "command_run", "title": "Ran the test suite", "facts": ["42 tests passed"],

@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-import registry  # noqa: E402
-from registry import Ctx  # noqa: E402
-from runtime import Runtime  # noqa: E402
-from settings import Settings  # noqa: E402
+from agentmemory_server.kernel import registry  # noqa: E402
+from agentmemory_server.kernel.registry import Ctx  # noqa: E402
+from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
+from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 WORDS = ("cache redis timeout retry deploy staging schema migration index query login token session "
          "upload billing invoice queue worker cron lint pytest fixture docker build release").split()

@@ -38,12 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import registry  # noqa: E402
-from embeddings import LOCAL_DIM, LOCAL_MODEL_ID, to_blob  # noqa: E402
+from agentmemory_server.kernel import registry  # noqa: E402
+from agentmemory_server.retrieval.embeddings import LOCAL_DIM, LOCAL_MODEL_ID, to_blob  # noqa: E402
 from ingest import free_port  # noqa: E402
-from registry import Ctx  # noqa: E402
-from runtime import Runtime  # noqa: E402
-from settings import Settings  # noqa: E402
+from agentmemory_server.kernel.registry import Ctx  # noqa: E402
+from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
+from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 TOOLS = ["Bash", "Edit", "Read", "Grep", "Write"]
 AREAS = ["auth", "billing", "search", "cache", "queue", "export", "upload", "session", "config", "router",

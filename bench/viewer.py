@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import registry  # noqa: E402
-from events import Hub  # noqa: E402
-from registry import Ctx  # noqa: E402
-from runtime import Runtime  # noqa: E402
-from settings import Settings  # noqa: E402
+from agentmemory_server.kernel import registry  # noqa: E402
+from agentmemory_server.kernel.events import Hub  # noqa: E402
+from agentmemory_server.kernel.registry import Ctx  # noqa: E402
+from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
+from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -18,13 +18,12 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
-sys.path.insert(0, str(SRC))
 
-import registry  # noqa: E402
-from app import create_app  # noqa: E402
-from registry import Ctx  # noqa: E402
-from runtime import Runtime  # noqa: E402
-from settings import SETTINGS, Settings  # noqa: E402
+from agentmemory_server.kernel import registry
+from agentmemory_server.adapters.web import create_app
+from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.kernel.settings import SETTINGS, Settings
 
 # Register every tool in TOOL_MODULES order before any test module imports a domain module
 # directly; otherwise registration order (and so the generated docs tables) would depend on
@@ -355,7 +354,7 @@ class ManualClock:
     """A clock that only moves when a test says so (breaker cooldowns, job delays)."""
 
     def __init__(self, start: float = 1_800_000_000.0):
-        from util import Clock
+        from agentmemory_server.kernel.util import Clock
 
         self.now = start
         self.clock = Clock(lambda: self.now)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from embeddings import HashEmbedder
+from agentmemory_server.retrieval.embeddings import HashEmbedder
 
 _PATH = re.compile(r"^/v1beta/models/(?P<model>[^/:]+):"
                    r"(?P<method>embedContent|batchEmbedContents|generateContent)$")

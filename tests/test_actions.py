@@ -3,8 +3,8 @@
 import pytest
 
 from conftest import ToolCaller
-from errors import Conflict, InvalidInput, NotFound
-from util import Clock
+from agentmemory_server.errors import Conflict, InvalidInput, NotFound
+from agentmemory_server.kernel.util import Clock
 
 T0 = 1_790_000_000.0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from app import create_app
+from agentmemory_server.adapters.web import create_app
 
 CONV = "3f1c2b7e-9a41-4c55-8d0e-2b6f7a9c1d10"
 OTHER = "8b2d4e6f-1111-4222-8333-944455556666"

@@ -13,15 +13,18 @@ from pathlib import Path
 import pytest
 import requests
 
-import maintenance
-import transfer
+from agentmemory_server.operations import maintenance
+from agentmemory_server.memory import transfer
 from conftest import (HUB_REPO, SRC, ToolCaller, clean_environ, hook, post, seed_store, sqlite_table_counts,
                       sync_env)
-from db import MIGRATIONS
+from agentmemory_server.storage.sqlite.database import MIGRATIONS
+
+# The console script `pip install .` gives (requirements-dev.txt installs the project editable).
+AGENTMEMORY = str(Path(sys.executable).with_name("agentmemory"))
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SRC / "cli.py"), *args], env=env or clean_environ(),
+    return subprocess.run([AGENTMEMORY, *args], env=env or clean_environ(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -88,8 +91,8 @@ def test_reindex_restores_search_after_the_index_is_emptied(tmp_path):
     conn.execute("INSERT INTO search_docs (doc_id, kind, scope, key, ts) "
                  "VALUES ('ghost', 'memory', 'mem:memories', 'ghost', 'x')")  # a record that is gone
     conn.close()
-    from runtime import Runtime
-    from settings import Settings
+    from agentmemory_server.kernel.runtime import Runtime
+    from agentmemory_server.kernel.settings import Settings
 
     def search(query: str) -> list:
         runtime = Runtime(Settings.from_env({}, db_path=db, background_jobs=False, embedding_provider="none"))
@@ -216,7 +219,7 @@ def test_cli_usage_errors_are_clear(args, tmp_path):
 
 
 def test_every_cli_command_is_in_the_readme():
-    import cli as cli_module
+    from agentmemory_server.adapters import cli as cli_module
 
     readme = (SRC.parent / "README.md").read_text().split("## Admin CLI")[1].split("\n## ")[0]
     parser = cli_module.build_parser()

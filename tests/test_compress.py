@@ -2,7 +2,7 @@
 
 import pytest
 
-from compress import classify, extract_files, synthetic_compression
+from agentmemory_server.capture.compress import classify, extract_files, synthetic_compression
 
 
 @pytest.mark.parametrize("hook,tool,expected", [

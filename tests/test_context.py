@@ -3,7 +3,7 @@
 from xml.sax.saxutils import escape
 
 from conftest import hook
-from context import Block, pack
+from agentmemory_server.retrieval.context import Block, pack
 
 
 def test_pack_skips_blocks_that_do_not_fit_and_keeps_going():

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-from db import MIGRATIONS, Database, SchemaTooNew
-from util import Clock
+from agentmemory_server.storage.sqlite.database import MIGRATIONS, Database, SchemaTooNew
+from agentmemory_server.kernel.util import Clock
 
 
 def test_fresh_db_is_wal_and_migrated(rt):
@@ -17,7 +17,7 @@ def test_fresh_db_is_wal_and_migrated(rt):
 
 
 def test_default_path_and_directories_created(tmp_path):
-    from settings import Settings
+    from agentmemory_server.kernel.settings import Settings
 
     s = Settings.from_env({"AGENTMEMORY_DATA_DIR": str(tmp_path / "a" / "b")})
     assert s.database_path == tmp_path / "a" / "b" / "agentmemory.db"

@@ -2,7 +2,7 @@
 
 import sqlite3
 
-import diagnose
+from agentmemory_server.operations import diagnose
 from conftest import hook
 
 

@@ -3,9 +3,9 @@
 import re
 from pathlib import Path
 
-import docs
-import registry
-from settings import SETTINGS
+from agentmemory_server.adapters import docs
+from agentmemory_server.kernel import registry
+from agentmemory_server.kernel.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

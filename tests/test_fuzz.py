@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-import openapi
+from agentmemory_server.adapters import openapi
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 EXAMPLES = 12

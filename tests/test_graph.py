@@ -4,9 +4,9 @@ re-extraction replacing a session's share, agent isolation."""
 
 import pytest
 
-import llm
+from agentmemory_server.models import llm
 from conftest import ToolCaller
-from errors import NotFound
+from agentmemory_server.errors import NotFound
 from llm_support import ANSWERS, responder
 
 
@@ -96,7 +96,7 @@ def test_walk_filters_and_limits(make_runtime):
 
 
 def test_rest_routes(make_runtime):
-    from app import create_app
+    from agentmemory_server.adapters.web import create_app
 
     rt = make_runtime()
     seed(ToolCaller(rt))

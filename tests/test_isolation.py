@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import requests
 
-import registry
-from app import create_app
+from agentmemory_server.kernel import registry
+from agentmemory_server.adapters.web import create_app
 from conftest import ToolCaller, hook, post
 
 MARK = "qqleakqq"          # in the text of every record agent B writes

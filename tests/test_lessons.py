@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import ToolCaller
-from util import Clock
+from agentmemory_server.kernel.util import Clock
 
 DAY = 86_400.0
 T0 = 1_790_000_000.0  # a fixed start time, 2026-09
@@ -41,7 +41,7 @@ def test_confidence_after_three_saves(tools):
 
 
 def test_save_validation(tools):
-    from errors import InvalidInput
+    from agentmemory_server.errors import InvalidInput
 
     with pytest.raises(InvalidInput) as err:
         tools("memory_lesson_save", content="x", confidence=1.5)
@@ -133,7 +133,7 @@ def test_lessons_are_indexed_as_kind_lesson(tools):
     lesson = tools("memory_lesson_save", content="Vacuum the database monthly")["lesson"]
     rows = tools.rt.db.reader().doc_counts()
     assert rows.get("lesson") == 1
-    import search
+    from agentmemory_server.retrieval import search
 
     hits = search.bm25(tools.rt.db.reader(), "vacuum", limit=5, filters={"kinds": ["lesson"]})
     assert [h["doc_id"] for h in hits] == [lesson["id"]]

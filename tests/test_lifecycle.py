@@ -3,9 +3,9 @@
 import pytest
 
 from conftest import hook
-from errors import InvalidInput, NotFound
-from model_steps import MODEL_STEPS, model_step, run_model_steps
-from registry import Ctx
+from agentmemory_server.errors import InvalidInput, NotFound
+from agentmemory_server.kernel.model_steps import MODEL_STEPS, model_step, run_model_steps
+from agentmemory_server.kernel.registry import Ctx
 
 
 def bash(session, command, output, hook_type="post_tool_use", ts="2026-11-01T10:00:00Z", project="shop"):
@@ -89,7 +89,7 @@ def test_reflect_runs_on_session_end_and_keeps_the_tail(client, call):
     record_work_session(client)
     client.post("/agentmemory/session/end", json={"sessionId": "work"})
     assert "regression test" in call("memory_slot_get", label="pending_items", project="shop")["slot"]["content"]
-    from reflect import fit_tail
+    from agentmemory_server.memory.reflect import fit_tail
 
     assert fit_tail(["a" * 10, "b" * 10, "c" * 10], 21) == "b" * 10 + "\n" + "c" * 10
     assert fit_tail(["head", "x" * 10, "y" * 10], 16, keep_first=1) == "head\n" + "y" * 10

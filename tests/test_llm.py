@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
-import llm
-import registry
+from agentmemory_server.models import llm
+from agentmemory_server.kernel import registry
 from conftest import GEMINI_TEST_KEY, ManualClock
 from fake_gemini import Raw
-from gemini_client import GeminiHTTPError, GeminiTransport, retry_after_seconds
-from llm import CircuitBreaker, Task
-from registry import Ctx
+from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport, retry_after_seconds
+from agentmemory_server.models.llm import CircuitBreaker, Task
+from agentmemory_server.kernel.registry import Ctx
 
 NOTE = Task("note", "You write a short note.", {
     "type": "object", "required": ["title", "tags"],

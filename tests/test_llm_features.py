@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-import llm
-import vectors
-from app import create_app
+from agentmemory_server.models import llm
+from agentmemory_server.retrieval import vectors
+from agentmemory_server.adapters.web import create_app
 from conftest import ManualClock, ToolCaller, hook
 from llm_support import ANSWERS, responder, task_of
 

@@ -11,9 +11,9 @@ import json
 import pytest
 from mcp_types.methods import validate_server_result
 
-import mcp_protocol as mp
+from agentmemory_server.adapters import mcp_http as mp
 from mcp_support import call_order, check_result, client_poster, sample_args, seed, tool_error
-from app import create_app
+from agentmemory_server.adapters.web import create_app
 
 MODERN = "2026-07-28"
 ENVELOPE = {mp.META_VERSION: MODERN, mp.META_CAPABILITIES: {}}
@@ -215,7 +215,7 @@ def test_http_level_rules(client):
 
 
 def test_listed_browser_origin_may_use_mcp(make_runtime):
-    from app import create_app
+    from agentmemory_server.adapters.web import create_app
 
     client = create_app(runtime=make_runtime(viewer_allowed_origins="http://localhost:6274")).test_client()
     r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},

@@ -10,9 +10,9 @@ import mcp_types
 import pytest
 from mcp_types.methods import validate_server_result
 
-import mcp_protocol
-import registry
-from app import create_app
+from agentmemory_server.adapters import mcp_http as mcp_protocol
+from agentmemory_server.kernel import registry
+from agentmemory_server.adapters.web import create_app
 from conftest import ROOT
 from mcp_support import sample_value
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-import mcp_resources
-import registry
+from agentmemory_server.operations import resources as mcp_resources
+from agentmemory_server.kernel import registry
 
 
 def read(client, uri):
@@ -150,7 +150,7 @@ def test_prompt_argument_errors(client, name, arguments, status, field):
 
 
 def test_resources_respect_agent_isolation(make_runtime):
-    from registry import Ctx
+    from agentmemory_server.kernel.registry import Ctx
 
     unset = make_runtime(agent_scope="isolated")
     with pytest.raises(registry.AppError) as err:

@@ -17,10 +17,10 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-import mcp_protocol
-import mcp_stdio
-import registry
-import runtime
+from agentmemory_server.adapters import mcp_http as mcp_protocol
+from agentmemory_server.adapters import mcp_stdio
+from agentmemory_server.kernel import registry
+from agentmemory_server.kernel import runtime
 from conftest import SRC, free_port
 
 SECRET = "sdk-secret"
@@ -186,12 +186,12 @@ def test_stdio_reads_its_environment_at_call_time(monkeypatch):
 
 
 def test_only_mcp_stdio_imports_the_sdk():
-    for path in SRC.glob("*.py"):
-        text = path.read_text()
-        imports_sdk = any(line.startswith(("import mcp", "from mcp")) and not line.startswith(
-            ("import mcp_protocol", "import mcp_resources", "from mcp_protocol", "from mcp_resources"))
-            for line in text.splitlines())
-        assert imports_sdk == (path.name == "mcp_stdio.py"), path.name
+    package = SRC / "agentmemory_server"
+    for path in package.rglob("*.py"):
+        imports_sdk = any(line.startswith(("import mcp", "from mcp")) and not line.startswith(("import mcp_", "from mcp_"))
+                          or line.startswith(("import mcp_types", "from mcp_types"))
+                          for line in path.read_text().splitlines())
+        assert imports_sdk == (path.relative_to(package).as_posix() == "adapters/mcp_stdio.py"), path
 
 
 # -- the SDK's Streamable HTTP client against /mcp --------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 import requests
 
-import registry
+from agentmemory_server.kernel import registry
 from conftest import SRC, LiveServer, post
 from mcp_support import (StdioPeer, call_order, check_result, live_poster, node_modules, sample_args,
                          seed)

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import hook
-from util import jaccard
+from agentmemory_server.kernel.util import jaccard
 
 BASE = "The integration tests need a running redis server on port 6379 before pytest starts"
 

@@ -57,7 +57,7 @@ def test_implicit_session_and_first_prompt(client, rt):
 
 
 def test_cap_is_a_clear_error_and_stores_nothing_more(make_runtime):
-    from app import create_app
+    from agentmemory_server.adapters.web import create_app
 
     rt = make_runtime(max_obs_per_session=3)
     client = create_app(runtime=rt).test_client()

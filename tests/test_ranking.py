@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-import registry
-import search
-import vectors
-from registry import Ctx
+from agentmemory_server.kernel import registry
+from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval import vectors
+from agentmemory_server.kernel.registry import Ctx
 
 
 def call(rt, name, **args):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from errors import NotFound
-from relations import relation_confidence
-from util import iso, parse_time
+from agentmemory_server.errors import NotFound
+from agentmemory_server.memory.relations import relation_confidence
+from agentmemory_server.kernel.util import iso, parse_time
 
 BASE = "The integration tests need a running redis server on port 6379 before pytest starts"
 

@@ -4,8 +4,8 @@ dry runs, audit rows and timers."""
 import pytest
 
 from conftest import ToolCaller
-from errors import NotFound
-from util import Clock
+from agentmemory_server.errors import NotFound
+from agentmemory_server.kernel.util import Clock
 
 DAY = 86_400.0
 T0 = 1_790_000_000.0  # 2026-09-21

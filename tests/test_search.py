@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import hook
-from search import build_match, query_terms
+from agentmemory_server.retrieval.search import build_match, query_terms
 
 HOSTILE = ['C++', 'a.b', '"quoted"', '(paren', 'NEAR(a b)', 'x*', '-minus', 'AND OR NOT', "it's",
            '名前は何', '🙂 emoji', '\\', ':', '^', '{}', "'", '""', 'col:value', 'a"b']

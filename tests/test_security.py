@@ -6,8 +6,8 @@ import re
 import pytest
 import requests
 
-import registry
-from app import create_app
+from agentmemory_server.kernel import registry
+from agentmemory_server.adapters.web import create_app
 from conftest import hook, post
 
 SECRET = "sekret-token-0123456789abcdef"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from errors import Conflict, Forbidden, NotFound, PayloadTooLarge
+from agentmemory_server.errors import Conflict, Forbidden, NotFound, PayloadTooLarge
 
 DEFAULTS = {"persona", "user_preferences", "tool_guidelines", "project_context", "guidance",
             "pending_items", "session_patterns", "self_notes"}

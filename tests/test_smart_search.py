@@ -6,13 +6,13 @@ import time
 import pytest
 import requests
 
-import dates
-import registry
-import search
-import vectors
+from agentmemory_server.retrieval import dates
+from agentmemory_server.kernel import registry
+from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval import vectors
 from conftest import post
 from conftest import hook as make_hook
-from registry import REGISTRY, Ctx, Tool, params, string
+from agentmemory_server.kernel.registry import REGISTRY, Ctx, Tool, params, string
 
 
 def call(rt, name, **args):

@@ -18,9 +18,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from conftest import hook, post
-from errors import CapacityExceeded
-from events import Hub
-from util import Clock
+from agentmemory_server.errors import CapacityExceeded
+from agentmemory_server.kernel.events import Hub
+from agentmemory_server.kernel.util import Clock
 
 STREAM = "/stream/mem-live/viewer"
 

@@ -18,11 +18,10 @@ import requests
 
 from conftest import HUB_REPO, ROOT, Settings, hook, post, run_sync, seed_store, sqlite_table_counts, sync_env
 
-sys.path.insert(0, str(ROOT))
-import registry  # noqa: E402
-import sync  # noqa: E402
-from registry import Ctx  # noqa: E402
-from runtime import Runtime  # noqa: E402
+from agentmemory_server.kernel import registry
+from agentmemory_server.operations import hf_sync as sync
+from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.kernel.runtime import Runtime
 
 
 def result(proc: subprocess.CompletedProcess) -> dict:

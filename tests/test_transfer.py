@@ -20,7 +20,7 @@ def strip_time(export):
 
 
 def test_round_trip_into_empty_db_is_identical(client, call, make_runtime, tmp_path):
-    from app import create_app
+    from agentmemory_server.adapters.web import create_app
 
     seed(client, call)
     first = client.get("/agentmemory/export").json

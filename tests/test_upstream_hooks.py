@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-import registry
+from agentmemory_server.kernel import registry
 from conftest import LiveServer, post
 from mcp_support import node_modules
 

@@ -4,11 +4,11 @@ providers (hash, the real local model, a loopback fake Gemini)."""
 import numpy as np
 import pytest
 
-import registry
-import vectors
-from embeddings import GeminiEmbedder, HashEmbedder, from_blob, local_available, to_blob
+from agentmemory_server.kernel import registry
+from agentmemory_server.retrieval import vectors
+from agentmemory_server.retrieval.embeddings import GeminiEmbedder, HashEmbedder, from_blob, local_available, to_blob
 from fake_gemini import FakeGemini
-from registry import Ctx
+from agentmemory_server.kernel.registry import Ctx
 
 
 def note(rt, sid, content, project="p", **extra):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import overview
-from app import VIEWER_FILE, create_app
-from util import Clock
+from agentmemory_server.operations import overview
+from agentmemory_server.adapters.web import VIEWER_FILE, create_app
+from agentmemory_server.kernel.util import Clock
 
 PAGE = VIEWER_FILE.read_text(encoding="utf-8")
 

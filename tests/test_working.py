@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-import registry
-from errors import AppError
-from registry import Ctx
-from util import Clock
+from agentmemory_server.kernel import registry
+from agentmemory_server.errors import AppError
+from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.kernel.util import Clock
 
 BACKENDS = ["sqlite", "redis"]
 

@@ -1,0 +1,492 @@
+"""MCP over HTTP without Flask: upstream's simple JSON routes and a Streamable HTTP endpoint.
+
+Two shapes share the tool registry and ``mcp_resources``:
+
+- upstream's plain JSON (``GET /mcp/tools``, ``POST /mcp/call`` ...): ``tool_list`` / ``call_tool``;
+- JSON-RPC 2.0 at ``POST /mcp`` (MCP Streamable HTTP, always answered with application/json,
+  never SSE): ``handle_post`` / ``handle_delete``.
+
+Protocol eras. Revisions 2024-11-05 .. 2025-11-25 start with an ``initialize`` handshake; the
+server answers with a ``Mcp-Session-Id`` (optional for the client to send back; an unknown one
+is a 404 so the client re-initialises). JSON-RPC batches exist only in 2025-03-26. Revision
+2026-07-28 has no handshake: every request carries ``MCP-Protocol-Version``, ``Mcp-Method``
+(and ``Mcp-Name``) headers and a ``params._meta`` envelope, ``server/discover`` replaces
+``initialize``, results carry ``resultType`` and list/read results carry cache hints.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from agentmemory_server.operations import resources as mcp_resources
+from agentmemory_server.kernel import registry
+from agentmemory_server.adapters.origins import LOOPBACK, origin_allowed  # noqa: F401 - re-exported for callers
+from agentmemory_server.errors import AppError, InvalidInput
+from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.kernel.runtime import subsystem
+from agentmemory_server.kernel.util import clean_json
+
+log = logging.getLogger("agentmemory.mcp")
+
+HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")  # newest first
+MODERN_VERSIONS = ("2026-07-28",)
+SUPPORTED_VERSIONS = HANDSHAKE_VERSIONS + MODERN_VERSIONS
+BATCH_VERSIONS = ("2025-03-26",)  # batching was added in 2025-03-26 and removed in 2025-06-18
+DEFAULT_VERSION = "2025-03-26"  # what the spec says to assume when a request names none
+
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
+    -32700, -32600, -32601, -32602, -32603)
+RESOURCE_NOT_FOUND = -32002  # 2024-11-05 .. 2025-11-25; 2026-07-28 retired it for -32602
+HEADER_MISMATCH = -32020
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+
+META_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# 2026-07-28 maps JSON-RPC errors to HTTP statuses; earlier revisions answer them with 200.
+MODERN_ERROR_STATUS = {PARSE_ERROR: 400, INVALID_REQUEST: 400, INVALID_PARAMS: 400,
+                       HEADER_MISMATCH: 400, UNSUPPORTED_PROTOCOL_VERSION: 400, METHOD_NOT_FOUND: 404}
+CAPABILITIES = {"tools": {"listChanged": False},
+                "resources": {"subscribe": False, "listChanged": False},
+                "prompts": {"listChanged": False}}
+INSTRUCTIONS = ("agentmemory: persistent memory for coding agents. Search what earlier sessions did "
+                "before starting work, save durable decisions and facts, and read the "
+                "agentmemory:// resources for status and per-project history.")
+
+
+# -- upstream's plain JSON shape ---------------------------------------------------------------------
+
+
+def tool_list(rt: Any) -> list[dict[str, Any]]:
+    """Every MCP tool (honouring AGENTMEMORY_TOOLS) with its JSON Schema."""
+    return [{"name": t.name, "description": t.description, "inputSchema": t.schema}
+            for t in registry.REGISTRY.mcp_tools(rt.settings.tools)]
+
+
+def mcp_tool(name: Any) -> registry.Tool:
+    """The MCP tool called ``name``. Tools hidden by AGENTMEMORY_TOOLS=core stay callable: the
+    setting trims what clients advertise to the model, it is not access control."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("missing required field 'name'", field="name")
+    found = registry.REGISTRY.get(name)
+    if not found.mcp:
+        raise InvalidInput(f"{name!r} is not an MCP tool", field="name", code="unknown_tool")
+    return found
+
+
+def call_tool(rt: Any, name: Any, arguments: Any, source: str) -> dict[str, Any]:
+    """Run an MCP tool; a tool failure is a result with isError, as MCP specifies.
+
+    :raise AppError: the name is missing or unknown, or ``arguments`` is not an object.
+    """
+    mcp_tool(name)
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise InvalidInput("'arguments' must be an object", field="arguments")
+    try:
+        result = registry.call(Ctx(rt, source=source), name, arguments)
+    except AppError as exc:
+        return {"content": [{"type": "text", "text": registry.error_text(exc)}], "isError": True}
+    return {"content": [{"type": "text", "text": registry.mcp_text(result)}]}
+
+
+# -- sessions ------------------------------------------------------------------------------------------
+
+
+class Sessions:
+    """Handshake-era sessions: id -> negotiated version, bounded and expiring when idle.
+
+    Sessions only remember the negotiated version (for batching); nothing depends on them, so
+    losing them on restart costs a client one re-initialise.
+    """
+
+    def __init__(self, capacity: int = 1000, idle_seconds: float = 24 * 3600):
+        self.capacity, self.idle_seconds = capacity, idle_seconds
+        self._items: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open(self, version: str) -> str:
+        sid = uuid.uuid4().hex
+        with self._lock:
+            self._items[sid] = (version, time.monotonic())
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return sid
+
+    def version(self, sid: str) -> str | None:
+        """The session's version (refreshing it), or None when unknown or expired."""
+        with self._lock:
+            item = self._items.get(sid)
+            if item is None or time.monotonic() - item[1] > self.idle_seconds:
+                self._items.pop(sid, None)
+                return None
+            self._items[sid] = (item[0], time.monotonic())
+            self._items.move_to_end(sid)
+            return item[0]
+
+    def end(self, sid: str) -> bool:
+        with self._lock:
+            return self._items.pop(sid, None) is not None
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "sessions": len(self._items), "versions": list(SUPPORTED_VERSIONS)}
+
+
+@subsystem("mcp_sessions")
+def _sessions_subsystem(rt: Any) -> Sessions:
+    return Sessions()
+
+
+def sessions_of(rt: Any) -> Sessions:
+    return rt.services.setdefault("mcp_sessions", Sessions())
+
+
+# -- JSON-RPC plumbing ------------------------------------------------------------------------------------
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None):
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+    def body(self, request_id: Any) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+@dataclass
+class HttpReply:
+    status: int
+    body: Any = None  # JSON-able; None means no body
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Call:
+    """One JSON-RPC request being served."""
+
+    rt: Any
+    method: str
+    params: dict[str, Any]
+    version: str
+    modern: bool
+    new_session: str | None = None
+
+    @property
+    def ctx(self) -> Ctx:
+        return Ctx(self.rt, source="mcp")
+
+
+def _from_app_error(exc: AppError, not_found: int = INVALID_PARAMS) -> RpcError:
+    data = exc.to_dict()
+    if exc.status == 404:
+        return RpcError(not_found, exc.message, data)
+    if exc.status == 400:
+        return RpcError(INVALID_PARAMS, exc.message, data)
+    return RpcError(INTERNAL_ERROR, exc.message, data)
+
+
+def _no_cursor(params: dict[str, Any]) -> None:
+    if params.get("cursor") is not None:
+        raise RpcError(INVALID_PARAMS, "invalid cursor: this server returns every item in one page")
+
+
+def _require_str(params: dict[str, Any], key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str) or not value:
+        raise RpcError(INVALID_PARAMS, f"params.{key} must be a non-empty string")
+    return value
+
+
+# -- methods ------------------------------------------------------------------------------------------------
+
+
+def _initialize(call: Call) -> dict[str, Any]:
+    requested = call.params.get("protocolVersion")
+    version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[0]
+    call.new_session = sessions_of(call.rt).open(version)
+    return {"protocolVersion": version, "capabilities": CAPABILITIES,
+            "serverInfo": server_info(call.rt), "instructions": INSTRUCTIONS}
+
+
+def _discover(call: Call) -> dict[str, Any]:
+    return {"supportedVersions": list(SUPPORTED_VERSIONS), "capabilities": CAPABILITIES,
+            "instructions": INSTRUCTIONS}
+
+
+def _ping(call: Call) -> dict[str, Any]:
+    return {}
+
+
+def _tools_list(call: Call) -> dict[str, Any]:
+    _no_cursor(call.params)
+    return {"tools": tool_list(call.rt)}
+
+
+def _tools_call(call: Call) -> dict[str, Any]:
+    name = _require_str(call.params, "name")
+    arguments = call.params.get("arguments")
+    if arguments is not None and not isinstance(arguments, dict):
+        raise RpcError(INVALID_PARAMS, "params.arguments must be an object")
+    try:
+        mcp_tool(name)
+    except AppError:
+        raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}") from None
+    return call_tool(call.rt, name, arguments, "mcp")
+
+
+def _resources_list(call: Call) -> dict[str, Any]:
+    _no_cursor(call.params)
+    return {"resources": [r for r in mcp_resources.resource_listing()["resources"] if "{" not in r["uri"]]}
+
+
+def _resource_templates(call: Call) -> dict[str, Any]:
+    _no_cursor(call.params)
+    return {"resourceTemplates": mcp_resources.resource_listing()["resourceTemplates"]}
+
+
+def _resources_read(call: Call) -> dict[str, Any]:
+    uri = _require_str(call.params, "uri")
+    try:
+        return mcp_resources.read_resource(call.ctx, uri)
+    except AppError as exc:
+        raise _from_app_error(exc, INVALID_PARAMS if call.modern else RESOURCE_NOT_FOUND) from None
+
+
+def _prompts_list(call: Call) -> dict[str, Any]:
+    _no_cursor(call.params)
+    return mcp_resources.prompt_listing()
+
+
+def _prompts_get(call: Call) -> dict[str, Any]:
+    name = _require_str(call.params, "name")
+    try:
+        return mcp_resources.get_prompt(call.ctx, name, call.params.get("arguments"))
+    except AppError as exc:
+        raise _from_app_error(exc) from None
+
+
+Handler = Callable[[Call], dict[str, Any]]
+COMMON: dict[str, Handler] = {
+    "server/discover": _discover, "tools/list": _tools_list, "tools/call": _tools_call,
+    "resources/list": _resources_list, "resources/templates/list": _resource_templates,
+    "resources/read": _resources_read, "prompts/list": _prompts_list, "prompts/get": _prompts_get,
+}
+HANDSHAKE_METHODS: dict[str, Handler] = {**COMMON, "initialize": _initialize, "ping": _ping}
+MODERN_METHODS: dict[str, Handler] = COMMON  # 2026-07-28 removed initialize and ping
+CACHEABLE = {"server/discover", "tools/list", "resources/list", "resources/templates/list",
+             "resources/read", "prompts/list"}
+
+
+def server_info(rt: Any) -> dict[str, str]:
+    return {"name": "agentmemory", "title": "agentmemory-python", "version": rt.version}
+
+
+def _modern_result(call: Call, result: dict[str, Any]) -> dict[str, Any]:
+    out = {**result, "resultType": "complete", "_meta": {META_SERVER_INFO: server_info(call.rt)}}
+    if call.method in CACHEABLE:
+        out.update(ttlMs=0, cacheScope="private")  # results change with every write
+    return out
+
+
+def dispatch(call: Call) -> dict[str, Any]:
+    """Run one request's method; raise RpcError for protocol-level failures."""
+    methods = MODERN_METHODS if call.modern else HANDSHAKE_METHODS
+    handler = methods.get(call.method)
+    if handler is None:
+        raise RpcError(METHOD_NOT_FOUND, f"Method not found: {call.method}")
+    try:
+        result = handler(call)
+    except RpcError:
+        raise
+    except AppError as exc:
+        raise _from_app_error(exc) from None
+    except Exception:
+        log.exception("MCP method %s failed", call.method)
+        raise RpcError(INTERNAL_ERROR, "internal error; see the server log") from None
+    return _modern_result(call, result) if call.modern else result
+
+
+# -- Streamable HTTP transport (JSON responses only) ---------------------------------------------------
+
+def accepts_json(accept: str | None) -> bool:
+    if not accept:
+        return True
+    kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return bool(kinds & {"application/json", "application/*", "*/*"})
+
+
+def _decode_header(value: str | None) -> str | None:
+    """Mcp-Name values that are not plain ASCII arrive as ``=?base64?...?=``."""
+    if value and value.startswith("=?base64?") and value.endswith("?="):
+        try:
+            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return value
+
+
+def _request_id(message: Any) -> Any:
+    if isinstance(message, dict):
+        rid = message.get("id")
+        if isinstance(rid, (str, int)) and not isinstance(rid, bool):
+            return rid
+    return None
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return clean_json(json.loads(raw.decode("utf-8"), parse_constant=_reject_constant))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RpcError(PARSE_ERROR, "Parse error: the body is not valid UTF-8 JSON") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def serve_message(rt: Any, message: Any, version: str, modern: bool,
+                  in_batch: bool = False) -> tuple[dict[str, Any] | None, Call | None]:
+    """Answer one JSON-RPC message: (response or None for notifications/responses, the call)."""
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return RpcError(INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object").body(
+            _request_id(message)), None
+    method = message.get("method")
+    if method is None and ("result" in message or "error" in message):
+        return None, None  # a reply to a server request; this server sends none, so drop it
+    if not isinstance(method, str):
+        return RpcError(INVALID_REQUEST, "Invalid Request: 'method' must be a string").body(
+            _request_id(message)), None
+    if "id" not in message:
+        return None, None  # notifications (initialized, cancelled, ...) need no action here
+    rid = _request_id(message)
+    if rid is None:
+        return RpcError(INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer").body(None), None
+    params = message.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        return RpcError(INVALID_PARAMS, "params must be an object").body(rid), None
+    if in_batch and method == "initialize":
+        return RpcError(INVALID_REQUEST, "initialize must not be part of a batch").body(rid), None
+    call = Call(rt, method, params, version, modern)
+    try:
+        return {"jsonrpc": "2.0", "id": rid, "result": dispatch(call)}, call
+    except RpcError as exc:
+        return exc.body(rid), call
+
+
+def handle_post(rt: Any, raw: bytes, headers: Mapping[str, str]) -> HttpReply:
+    """Serve ``POST /mcp``: one JSON-RPC message (or a 2025-03-26 batch) -> an HttpReply."""
+    headers = {k.lower(): v for k, v in headers.items()}
+    try:
+        message = _parse(raw)
+    except RpcError as exc:
+        return HttpReply(400, exc.body(None))
+    requested = headers.get("mcp-protocol-version")
+    if requested is not None and requested not in SUPPORTED_VERSIONS:
+        return HttpReply(400, _unsupported(requested).body(_request_id(message)))
+    if requested in MODERN_VERSIONS:
+        return _handle_modern(rt, message, headers, requested)
+    return _handle_handshake_era(rt, message, headers, requested)
+
+
+def _unsupported(requested: Any) -> RpcError:
+    return RpcError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
+                    {"supported": list(SUPPORTED_VERSIONS), "requested": requested})
+
+
+def _handle_handshake_era(rt: Any, message: Any, headers: dict[str, str],
+                          requested: str | None) -> HttpReply:
+    sid = headers.get("mcp-session-id")
+    session_version = None
+    starts_session = isinstance(message, dict) and message.get("method") == "initialize"
+    if sid and not starts_session:
+        session_version = sessions_of(rt).version(sid)
+        if session_version is None:  # the spec's signal to start a new session
+            return HttpReply(404, RpcError(INVALID_REQUEST, "Session not found: send initialize again")
+                             .body(_request_id(message)))
+    version = requested or session_version or DEFAULT_VERSION
+    if isinstance(message, list):
+        return _batch(rt, message, version)
+    reply, call = serve_message(rt, message, version, modern=False)
+    if reply is None:
+        return HttpReply(202)
+    status = 400 if "error" in reply and reply["error"]["code"] in (PARSE_ERROR, INVALID_REQUEST) else 200
+    extra = {"Mcp-Session-Id": call.new_session} if call and call.new_session else {}
+    return HttpReply(status, reply, extra)
+
+
+def _batch(rt: Any, messages: list[Any], version: str) -> HttpReply:
+    if version not in BATCH_VERSIONS:
+        return HttpReply(400, RpcError(INVALID_REQUEST, f"JSON-RPC batches are not part of MCP {version} "
+                                       "(only 2025-03-26 has them); send one message per POST").body(None))
+    if not messages:
+        return HttpReply(400, RpcError(INVALID_REQUEST, "Invalid Request: empty batch").body(None))
+    replies = [reply for reply, _call in (serve_message(rt, m, version, False, in_batch=True)
+                                          for m in messages) if reply is not None]
+    return HttpReply(200, replies) if replies else HttpReply(202)
+
+
+def _envelope_error(message: dict[str, Any], headers: dict[str, str]) -> RpcError | None:
+    """2026-07-28 per-request checks: the ``_meta`` envelope and the routing headers."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or META_VERSION not in meta or META_CAPABILITIES not in meta:
+        return RpcError(INVALID_PARAMS, f"params._meta must carry {META_VERSION!r} and {META_CAPABILITIES!r}")
+    method = message.get("method")
+    if headers.get("mcp-protocol-version") != meta[META_VERSION]:
+        return RpcError(HEADER_MISMATCH, "MCP-Protocol-Version header does not match params._meta")
+    if headers.get("mcp-method") != method:
+        return RpcError(HEADER_MISMATCH, "Mcp-Method header does not match the request's method")
+    name_key = NAME_PARAMS.get(method) if isinstance(method, str) else None
+    if name_key and params.get(name_key) is not None and \
+            _decode_header(headers.get("mcp-name")) != params.get(name_key):
+        return RpcError(HEADER_MISMATCH, f"Mcp-Name header does not match params.{name_key}")
+    if meta[META_VERSION] not in MODERN_VERSIONS:
+        return _unsupported(meta[META_VERSION])
+    return None
+
+
+def _handle_modern(rt: Any, message: Any, headers: dict[str, str], version: str) -> HttpReply:
+    if not isinstance(message, dict):
+        return HttpReply(400, RpcError(INVALID_REQUEST, "Body must be a single JSON-RPC request or "
+                                       "notification object").body(None))
+    if "id" not in message:
+        return HttpReply(202)
+    if isinstance(message.get("method"), str) and message.get("jsonrpc") == "2.0":
+        problem = _envelope_error(message, headers)
+        if problem is not None:
+            return HttpReply(MODERN_ERROR_STATUS.get(problem.code, 400), problem.body(_request_id(message)))
+    reply, _call = serve_message(rt, message, version, modern=True)
+    if reply is None:
+        return HttpReply(202)
+    status = MODERN_ERROR_STATUS.get(reply["error"]["code"], 200) if "error" in reply else 200
+    return HttpReply(status, reply)
+
+
+def transport_error(exc: AppError) -> dict[str, Any]:
+    """A JSON-RPC error body for a request refused before it was read (auth, origin)."""
+    return RpcError(INVALID_REQUEST, exc.message, exc.to_dict()).body(None)
+
+
+def handle_delete(rt: Any, headers: Mapping[str, str]) -> HttpReply:
+    """``DELETE /mcp`` ends a handshake-era session."""
+    sid = {k.lower(): v for k, v in headers.items()}.get("mcp-session-id")
+    if not sid:
+        return HttpReply(400, RpcError(INVALID_REQUEST, "Mcp-Session-Id header required").body(None))
+    if sessions_of(rt).end(sid):
+        return HttpReply(204)
+    return HttpReply(404, RpcError(INVALID_REQUEST, "Session not found").body(None))

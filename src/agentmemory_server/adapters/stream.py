@@ -1,0 +1,192 @@
+"""The live stream protocol (``/stream/mem-live/viewer``), free of Flask.
+
+A session on one WebSocket:
+
+1. **Auth.** With ``AGENTMEMORY_SECRET`` set, the upgrade request carries the token (bearer
+   header or ``?token=``) or the client's first message is ``{"type": "auth", "token": ...}``,
+   within ``AUTH_TIMEOUT`` seconds; otherwise the socket is closed with 1008.
+2. **Hello.** ``{"type": "hello", "version", "epoch", "seq", "replayed", "complete"}``. ``seq``
+   is the last event sequence number at subscription. A reconnecting client passes
+   ``since=<last seq it saw>`` and ``epoch`` (query string or auth message) and first receives
+   the events it missed; ``complete: false`` means some were lost (or the server restarted)
+   and it should reload its snapshot.
+3. **Events.** ``{"type", "seq", "ts", "record"}`` for every new or changed record
+   (observation, memory, session, lesson, slot, action, ...).
+4. **Calls.** ``{"id", "tool", "args"}`` runs a registry tool and answers
+   ``{"id", "ok", "result" | "error"}``; ``{"type": "ping"}`` answers ``pong``.
+
+A client that falls ``AGENTMEMORY_VIEWER_QUEUE`` events behind is dropped (close 4000); a send
+that blocks longer than ``AGENTMEMORY_VIEWER_SEND_TIMEOUT`` (a client that stopped reading)
+closes the socket; more than ``AGENTMEMORY_MAX_VIEWERS`` sockets are refused with 1013. None of
+this ever makes a writer wait: the hub only does non-blocking puts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import struct
+import threading
+from typing import Any, Callable
+
+from agentmemory_server.errors import CapacityExceeded
+from agentmemory_server.kernel.events import CLOSE_GOING_AWAY, CLOSE_LAGGING, CLOSE_POLICY, CLOSE_TRY_AGAIN, Subscription
+
+AUTH_TIMEOUT = 10.0
+POLL_SECONDS = 0.1  # how long the loop waits for an event before checking for a client message
+log = logging.getLogger("agentmemory.live")
+
+
+def token_matches(secret: str, token: Any) -> bool:
+    return isinstance(token, str) and hmac.compare_digest(token.encode("utf-8", "replace"),
+                                                          secret.encode("utf-8"))
+
+
+def as_int(value: Any) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 0 else None
+
+
+def bound_sends(ws: Any, seconds: int) -> None:
+    """Make a send that cannot make progress fail after ``seconds`` (SO_SNDTIMEO), so a client
+    that stopped reading frees its thread. The receive side keeps blocking as before."""
+    sock = getattr(ws, "sock", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0))
+    except OSError:  # not every platform accepts it; the hub still drops a lagging client
+        log.debug("SO_SNDTIMEO not supported", exc_info=True)
+
+
+def shut(ws: Any) -> None:
+    """Shut the TCP connection down so the library's reader thread wakes and exits too."""
+    sock = getattr(ws, "sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class ReaderThread(threading.Thread):
+    """The WebSocket library's per-socket reader thread, as a daemon: after a close it may wait
+    in select() until its next ping, and must not hold the worker process open meanwhile."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs["daemon"] = True
+        super().__init__(*args, **kwargs)
+
+
+class StreamSession:
+    """One viewer connection.
+
+    :param rt: the runtime (settings, hub).
+    :param ws: a simple-websocket connection (send, receive, close, connected).
+    :param authenticated: the upgrade request already proved the token (or none is needed).
+    :param query: the request's query arguments (``since``, ``epoch``).
+    :param answer: turns a client message into the reply to send (registry calls).
+    """
+
+    def __init__(self, rt: Any, ws: Any, *, authenticated: bool, query: dict[str, Any],
+                 answer: Callable[[Any], dict[str, Any]]):
+        self.rt, self.ws, self.answer = rt, ws, answer
+        self.authenticated = authenticated or not rt.settings.secret
+        self.since = as_int(query.get("since"))
+        self.epoch = query.get("epoch")
+
+    def run(self) -> None:
+        bound_sends(self.ws, self.rt.settings.viewer_send_timeout)
+        try:
+            self.rt.hub.open_socket()  # before auth: a socket waiting for its token holds a thread too
+        except CapacityExceeded as exc:
+            self._close(CLOSE_TRY_AGAIN, exc.message)
+            return
+        try:
+            if self.authenticated or self._authenticate():
+                self._stream()
+        finally:
+            self.rt.hub.close_socket()
+
+    def _stream(self) -> None:
+        sub = self._subscribe()
+        try:
+            self._send(self._hello(sub))
+            self._pump(sub)
+        except Exception:  # noqa: BLE001 - a closed or stuck socket ends the stream, nothing else
+            log.debug("viewer stream ended", exc_info=True)
+        finally:
+            sub.close()
+            if sub.dropped or not self.ws.connected:
+                shut(self.ws)
+
+    def _authenticate(self) -> bool:
+        raw = self.ws.receive(timeout=AUTH_TIMEOUT)
+        try:
+            message = json.loads(raw) if raw else None
+        except ValueError:
+            message = None
+        if (not isinstance(message, dict) or message.get("type") != "auth"
+                or not token_matches(self.rt.settings.secret, message.get("token"))):
+            self._close(CLOSE_POLICY, "unauthorized: send {\"type\":\"auth\",\"token\":...} first")
+            return False
+        self.since = as_int(message.get("since")) if "since" in message else self.since
+        self.epoch = message.get("epoch", self.epoch)
+        self.authenticated = True
+        return True
+
+    def _subscribe(self) -> Subscription:
+        hub = self.rt.hub
+        if self.since is not None and self.epoch not in (None, hub.epoch):
+            sub = hub.subscribe(None)
+            sub.complete = False  # the client's seq numbers belong to an earlier server run
+            return sub
+        return hub.subscribe(self.since)
+
+    def _hello(self, sub: Subscription) -> dict[str, Any]:
+        return {"type": "hello", "version": self.rt.version, "epoch": self.rt.hub.epoch,
+                "seq": sub.start_seq, "replayed": sub.replayed, "complete": sub.complete,
+                "auth": bool(self.rt.settings.secret)}
+
+    def _pump(self, sub: Subscription) -> None:
+        hub = self.rt.hub
+        while self.ws.connected:
+            if sub.dropped:
+                self._close(CLOSE_LAGGING, f"too slow: fell {hub.stats()['queueSize']} events behind; "
+                                           f"reconnect with since={sub.last_seq}")
+                return
+            if hub.stopping.is_set():
+                self._close(CLOSE_GOING_AWAY, "server shutting down; reconnect later")
+                return
+            event = sub.get(timeout=POLL_SECONDS)
+            if event is not None:
+                sub.last_seq = event["seq"]
+                if self.visible(event):
+                    self._send(event)
+            incoming = self.ws.receive(timeout=0)
+            if incoming:
+                self._send(self.answer(incoming))
+
+    def visible(self, event: dict[str, Any]) -> bool:
+        """Isolated agent scope: a viewer only sees records of this server's AGENT_ID."""
+        settings = self.rt.settings
+        record = event.get("record")
+        if settings.agent_scope != "isolated" or not isinstance(record, dict) or "agentId" not in record:
+            return True
+        return record.get("agentId") == settings.agent_id
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self.ws.send(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+
+    def _close(self, code: int, reason: str) -> None:
+        try:
+            # A close reason may be at most 123 bytes of UTF-8.
+            self.ws.close(code, reason.encode("utf-8")[:123].decode("utf-8", "ignore"))
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+        shut(self.ws)

@@ -1,0 +1,429 @@
+"""HTTP adapter: REST routes, MCP over HTTP and the live WebSocket, all over the tool registry.
+
+Views only parse, authenticate and delegate: every REST route is generated from the tools'
+``http`` bindings and dispatched through ``registry.call``. ``python src/app.py`` serves the
+app with gunicorn's gthread worker (flask-sock needs it; waitress cannot serve WebSockets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import os
+import secrets
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+# One BLAS thread: vector search is a memory-bound matrix-vector product, and on a small shared
+# machine extra BLAS threads only compete with the request threads (set before numpy loads).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from flask import Flask, Response, g, request
+from flask_sock import Sock
+from werkzeug.exceptions import HTTPException
+
+from agentmemory_server.adapters import mcp_http as mcp_protocol
+from agentmemory_server.adapters import openapi
+from agentmemory_server.kernel import registry
+from agentmemory_server.adapters.origins import origin_allowed, parse_allowed
+from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable, error_body
+from agentmemory_server.adapters.stream import ReaderThread, StreamSession
+from agentmemory_server.kernel.registry import Ctx, Tool
+from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.kernel.settings import Settings
+from agentmemory_server.capture.privacy import strip_text
+from agentmemory_server.kernel.util import clean_json
+
+PREFIX = "/agentmemory"
+VIEWER_PATHS = ("/viewer", f"{PREFIX}/viewer")
+# The viewer page holds no data (it asks for the token itself), so it is open like /livez.
+OPEN_PATHS = {f"{PREFIX}/livez", *VIEWER_PATHS}
+STREAM_PATH = "/stream/mem-live/viewer"
+VIEWER_FILE = Path(__file__).resolve().parent.parent / "viewer" / "index.html"
+NONCE_MARK = "__CSP_NONCE__"
+AUTH_MARK = "__AUTH_MODE__"
+# Pings let the socket notice a peer that vanished without closing (and free its thread).
+WS_PING_SECONDS = 25
+MCP_PATH = "/mcp"
+log = logging.getLogger("agentmemory.http")
+
+
+# -- request parsing ------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes, what: str = "request body") -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity, bounded nesting; lone surrogates and NULs are
+    cleaned so nothing un-storable reaches the database."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{what} is not valid UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidInput(f"malformed JSON in {what}: {exc}") from None
+    return clean_json(value)
+
+
+def json_body() -> dict[str, Any]:
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    value = parse_json(raw)
+    if not isinstance(value, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return value
+
+
+def query_args() -> dict[str, Any]:
+    return {k: (v if len(v) > 1 else v[0]) for k, v in request.args.lists()}
+
+
+def respond(data: Any, status: int) -> Response:
+    return Response(json.dumps(data, ensure_ascii=False, separators=(",", ":")), status=status,
+                    mimetype="application/json")
+
+
+# -- app factory ------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | None = None) -> Flask:
+    """Build the Flask app.
+
+    :param settings: a Settings, a mapping of environment variables, or None for os.environ.
+    :param runtime: an already-built Runtime to serve (tests share one with in-process calls).
+    """
+    if runtime is None:
+        if not isinstance(settings, Settings):
+            settings = Settings.from_env(settings)
+        runtime = Runtime(settings)
+    rt = runtime
+    app = Flask(__name__, static_folder=None)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config["MAX_CONTENT_LENGTH"] = max(rt.settings.max_body_bytes, rt.settings.max_import_bytes)
+    app.extensions["agentmemory"] = rt
+
+    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": WS_PING_SECONDS, "max_message_size": 1 << 20,
+                                         "thread_class": ReaderThread}
+    allowed_origins = parse_allowed(rt.settings.viewer_allowed_origins)
+
+    @app.before_request
+    def _guard() -> Response | None:
+        request.max_content_length = (rt.settings.max_import_bytes if request.path == f"{PREFIX}/import"
+                                      else rt.settings.max_body_bytes)
+        origin = request.headers.get("Origin")
+        if not origin_allowed(origin, request.host, rt.settings.host, allowed_origins):
+            raise Forbidden(f"browser origin {origin!r} may not call this server; list it in "
+                            "VIEWER_ALLOWED_ORIGINS to allow it", code="origin_not_allowed")
+        if request.method == "OPTIONS":
+            return Response(status=204)  # a CORS preflight; headers are added below
+        if request.path in OPEN_PATHS:
+            return None
+        header = request.headers.get("Authorization")
+        token = request.args.get("token") if request.path == STREAM_PATH else None
+        if request.path == STREAM_PATH and not (header or token) and _is_upgrade():
+            g.stream_authenticated = False  # the first message must be {"type":"auth","token":...}
+            return None
+        check_auth(rt.settings.secret, header, token)
+        g.stream_authenticated = True
+        return None
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Cache-Control", "no-store")
+        origin = request.headers.get("Origin", "").rstrip("/")
+        # CORS only for origins listed in VIEWER_ALLOWED_ORIGINS: closed by default.
+        if origin and ("*" in allowed_origins or origin in allowed_origins):
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Mcp-Session-Id, MCP-Protocol-Version"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Max-Age"] = "600"
+            response.headers.add("Vary", "Origin")
+        return response
+
+    _register_error_handlers(app)
+    for tool in registry.REGISTRY.all():
+        for route in tool.routes:
+            app.add_url_rule(PREFIX + route.path, endpoint=f"{tool.name}:{route.method}",
+                             view_func=_tool_view(rt, tool, route.status), methods=[route.method])
+    _register_mcp_http(app, rt)
+    _register_stream(app, rt)
+    _register_viewer(app, rt)
+    _register_openapi(app, rt)
+    return app
+
+
+def _is_upgrade() -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def check_auth(secret: str | None, header: str | None, token: str | None = None) -> None:
+    """Bearer auth with a constant-time comparison; a no-op when no secret is configured."""
+    if not secret:
+        return
+    presented = header or (f"Bearer {token}" if token else "")
+    if not hmac.compare_digest(presented.encode("utf-8", "replace"), f"Bearer {secret}".encode()):
+        raise Unauthorized("unauthorized: send 'Authorization: Bearer <AGENTMEMORY_SECRET>'")
+
+
+def _tool_view(rt: Runtime, tool: Tool, default_status: int):
+    def view(**path_args: Any) -> Response:
+        args = query_args()
+        if request.method != "GET":
+            args.update(json_body())
+        args.update(path_args)
+        result = registry.call(Ctx(rt, source="rest"), tool.name, args)
+        data, status = registry.unwrap(result)
+        return respond(data, status or default_status)
+
+    view.__name__ = f"view_{tool.name}"
+    return view
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(AppError)
+    def _app_error(exc: AppError) -> Response:
+        if request.path == MCP_PATH:  # MCP clients show a JSON-RPC error's message to the user
+            return respond(mcp_protocol.transport_error(exc), exc.status)
+        return respond(exc.to_dict(), exc.status)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        messages = {
+            404: f"no route {request.method} {request.path}",
+            405: f"method {request.method} not allowed on {request.path}",
+            413: f"request body larger than {request.max_content_length} bytes",
+        }
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return respond(error_body(status, messages.get(status, exc.description or exc.name), code), status)
+
+    @app.errorhandler(sqlite3.OperationalError)
+    def _db_busy(exc: sqlite3.OperationalError) -> Response:
+        if "locked" in str(exc) or "busy" in str(exc):
+            err = Unavailable("the database is busy; retry shortly", code="database_busy")
+            return respond(err.to_dict(), err.status)
+        return _internal(exc)
+
+    @app.errorhandler(Exception)
+    def _internal(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, strip_text(request.path))
+        return respond(error_body(500, "internal error; see the server log", "internal_error"), 500)
+
+
+# -- MCP over HTTP: upstream's simple JSON routes and the Streamable HTTP endpoint ---------------------
+
+
+def _register_mcp_http(app: Flask, rt: Runtime) -> None:
+    @app.get(f"{PREFIX}/mcp/tools")
+    def mcp_tools() -> Response:
+        """List MCP tools with their JSON Schemas (honours AGENTMEMORY_TOOLS)."""
+        return respond({"tools": mcp_protocol.tool_list(rt)}, 200)
+
+    def call() -> Response:
+        """Call an MCP tool: {name, arguments} -> {content:[{type:"text", text}], isError?}."""
+        body = json_body()
+        return respond(mcp_protocol.call_tool(rt, body.get("name"), body.get("arguments"), "mcp"), 200)
+
+    app.add_url_rule(f"{PREFIX}/mcp/call", "mcp_call", call, methods=["POST"])
+    app.add_url_rule(f"{PREFIX}/mcp/tools", "mcp_tools_call", call, methods=["POST"])
+
+    @app.route(MCP_PATH, methods=["GET", "POST", "DELETE"])
+    def mcp_streamable_http() -> Response:
+        """MCP Streamable HTTP: JSON-RPC 2.0 over POST, JSON responses (GET is 405); DELETE ends a session."""
+        if request.method == "GET":
+            return Response(status=405, headers={"Allow": "POST, DELETE"})
+        if request.method == "DELETE":
+            reply = mcp_protocol.handle_delete(rt, request.headers)
+        elif not mcp_protocol.accepts_json(request.headers.get("Accept")):
+            return respond(error_body(406, "this endpoint answers application/json only", "not_acceptable"), 406)
+        else:
+            reply = mcp_protocol.handle_post(rt, request.get_data(cache=False), request.headers)
+        if reply.body is None:
+            empty = Response(status=reply.status, headers=reply.headers)
+            empty.headers.pop("Content-Type", None)
+            return empty
+        response = respond(reply.body, reply.status)
+        response.headers.update(reply.headers)
+        return response
+
+
+# -- the OpenAPI document ---------------------------------------------------------------------------
+
+_RPC = {"type": ["object", "array"], "description": "A JSON-RPC 2.0 message or batch"}
+# Request/response shapes of the adapter routes (tool routes are described from the registry).
+ADAPTER_DOCS: dict[str, dict[str, Any]] = {
+    "mcp_tools": {"response": {"type": "object", "required": ["tools"],
+                               "properties": {"tools": {"type": "array", "items": {"type": "object"}}}}},
+    "mcp_call": {"request": {"type": "object", "required": ["name"],
+                             "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}},
+                 "response": {"type": "object", "required": ["content"]}},
+    # Errors on /mcp are JSON-RPC responses (what MCP clients parse), not the REST envelope.
+    "mcp_streamable_http": {
+        "POST": {"request": _RPC, "response": _RPC, "success": (200, 202), "error": _RPC,
+                 "extra": {406: "Accept must allow application/json"}},
+        "DELETE": {"success": (200, 204), "error": _RPC},
+        "GET": {"success": (), "error": _RPC, "extra": {405: "No server-sent event stream; use POST"}},
+    },
+    "stream": {"success": (), "extra": {101: "Switching to the WebSocket protocol"}},
+    "openapi_json": {"response": {"type": "object", "required": ["openapi", "paths"]}},
+}
+ADAPTER_DOCS["mcp_tools_call"] = ADAPTER_DOCS["mcp_call"]
+ADAPTER_DOCS.update({path: {"html": True} for path in VIEWER_PATHS})
+
+
+def _register_openapi(app: Flask, rt: Runtime) -> None:
+    @app.get(f"{PREFIX}/openapi.json")
+    def openapi_json() -> Response:
+        """This OpenAPI 3.1 document, generated from the routes and the tool registry."""
+        return respond(openapi.build(app.url_map, app.view_functions, rt.version), 200)
+
+    for endpoint, doc in ADAPTER_DOCS.items():
+        if endpoint in app.view_functions:
+            app.view_functions[endpoint].openapi = doc
+
+
+# -- live stream --------------------------------------------------------------------------------------
+
+
+def _register_stream(app: Flask, rt: Runtime) -> None:
+    sock = Sock(app)
+
+    @sock.route(STREAM_PATH)
+    def stream(ws: Any) -> None:
+        """WebSocket: hello, then live events as JSON {type, seq, ts, record}; also answers
+        {id, tool, args} calls (auth: bearer header, ?token= or a first {type:"auth"} message)."""
+        StreamSession(rt, ws, authenticated=g.get("stream_authenticated", False), query=query_args(),
+                      answer=lambda raw: _ws_request(rt, raw)).run()
+
+
+def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
+    request_id = None
+    try:
+        message = parse_json(raw.encode() if isinstance(raw, str) else raw, "message")
+        if not isinstance(message, dict):
+            raise InvalidInput("message must be a JSON object")
+        request_id = message.get("id")
+        if message.get("type") == "ping":
+            return {"id": request_id, "type": "pong"}
+        if message.get("type") == "auth":  # already authenticated (or no secret): harmless
+            return {"id": request_id, "type": "auth", "ok": True}
+        result = registry.call(Ctx(rt, source="ws"), str(message.get("tool") or ""), message.get("args") or {})
+        data, _status = registry.unwrap(result)
+        return {"id": request_id, "ok": True, "result": data}
+    except AppError as exc:
+        return {"id": request_id, "ok": False, "error": exc.to_dict()}
+
+
+# -- the viewer page -------------------------------------------------------------------------------------
+
+
+def viewer_csp(nonce: str) -> str:
+    """Only our own nonce-tagged inline script and style run; data goes to this origin only."""
+    return ("default-src 'none'; "
+            f"script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "connect-src 'self' ws: wss:; img-src 'self' data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def _register_viewer(app: Flask, rt: Runtime) -> None:
+    # The page only learns whether to ask for a token; it never holds one or any data.
+    template = VIEWER_FILE.read_text(encoding="utf-8").replace(
+        AUTH_MARK, "required" if rt.settings.secret else "none")
+
+    def viewer() -> Response:
+        """The live viewer: one self-contained HTML page (it holds no data, so it opens without a
+        token and asks for one when the server has a secret)."""
+        nonce = secrets.token_urlsafe(18)
+        response = Response(template.replace(NONCE_MARK, nonce), mimetype="text/html")
+        response.headers["Content-Security-Policy"] = viewer_csp(nonce)
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    viewer.public = True  # type: ignore[attr-defined]  # open by design (tests/test_security.py)
+    for path in VIEWER_PATHS:  # the endpoint is the path, as for other open adapter routes
+        app.add_url_rule(path, path, viewer, methods=["GET"])
+
+
+# -- serving ----------------------------------------------------------------------------------------------
+
+
+def serve(settings: Settings, *, dev: bool = False) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if dev:
+        create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
+        return
+    from gunicorn.app.base import BaseApplication
+
+    if not settings.max_viewers or settings.max_viewers > settings.threads - 4:
+        log.warning("AGENTMEMORY_MAX_VIEWERS=%s with AGENTMEMORY_THREADS=%s: open viewers can take every "
+                    "thread and stall REST calls; keep viewers at least 4 below threads",
+                    settings.max_viewers, settings.threads)
+
+    class GunicornServer(BaseApplication):
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{settings.host}:{settings.port}", "workers": 1, "worker_class": "gthread",
+                "threads": settings.threads, "timeout": 120, "graceful_timeout": 20,
+                "keepalive": 5, "control_socket_disable": True,
+                # gunicorn's DEBUG level prints request lines, which may carry a token
+                # (?token= on the WebSocket): its own logger never goes below INFO.
+                "loglevel": "info" if settings.log_level == "debug" else settings.log_level,
+                "accesslog": None, "errorlog": "-",
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+            self.cfg.set("post_worker_init", _close_streams_on_term)
+
+        def load(self) -> Flask:
+            # Built in the worker process, so the runtime's threads live where requests run.
+            return create_app(settings)
+
+    GunicornServer().run()
+
+
+def _close_streams_on_term(worker: Any) -> None:
+    """On SIGTERM, tell open viewer streams to close (1001) before gunicorn's graceful wait,
+    which otherwise waits for every open WebSocket until graceful_timeout."""
+    hub = worker.wsgi.extensions["agentmemory"].hub
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        hub.close()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="agentmemory-python server")
+    parser.add_argument("--dev", action="store_true", help="use the Werkzeug development server")
+    parser.add_argument("--host", help="interface to bind (default HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default III_REST_PORT / PORT or 3111)")
+    parser.add_argument("--threads", type=int, help="gunicorn gthread threads")
+    opts = parser.parse_args(argv)
+    overrides = {k: v for k, v in (("host", opts.host), ("port", opts.port), ("threads", opts.threads)) if v}
+    settings = Settings.from_env(os.environ, **overrides)
+    print(f"agentmemory-python listening on http://{settings.host}:{settings.port} "
+          f"(database {settings.database_path})", flush=True)
+    serve(settings, dev=opts.dev)
+
+
+if __name__ == "__main__":
+    main()

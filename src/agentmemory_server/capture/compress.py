@@ -1,0 +1,144 @@
+"""Synthetic (zero-LLM) compression of a hook event into a searchable observation (U§4.3).
+
+Deterministic and cheap: it runs on the request path of every ``/observe``. The LLM layer may
+later replace these fields with richer ones; nothing here needs a model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from agentmemory_server.kernel.util import stringify, truncate
+
+OBSERVATION_TYPES = (
+    "file_read", "file_write", "file_edit", "command_run", "search", "web_fetch", "conversation",
+    "error", "decision", "discovery", "subagent", "notification", "task", "image", "other",
+)
+
+# Tried in order; the first family with a matching word decides the type.
+_TOOL_WORD_TYPES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("fetch", "http", "web"), "web_fetch"),
+    (("grep", "search", "glob", "find"), "search"),
+    (("bash", "shell", "exec", "run"), "command_run"),
+    (("edit", "update", "patch", "replace"), "file_edit"),
+    (("write", "create"), "file_write"),
+    (("read", "view"), "file_read"),
+    (("task", "agent"), "subagent"),
+)
+_HOOK_TYPES = {
+    "post_tool_failure": "error",
+    "prompt_submit": "conversation",
+    "subagent_stop": "subagent",
+    "subagent_start": "subagent",
+    "task_completed": "subagent",
+    "notification": "notification",
+}
+_FILE_KEYS = ("file_path", "filepath", "path", "filePath", "file", "notebook_path", "pattern")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SEPARATORS = re.compile(r"[\s\-.:/]+")
+
+# Reads and searches are context, errors are what the next session most needs to know.
+_IMPORTANCE = {"error": 7, "file_edit": 6, "file_write": 6, "decision": 7,
+               "file_read": 4, "search": 4}
+
+
+def normalise_tool_name(name: str) -> str:
+    spaced = _CAMEL.sub("_", name.strip())
+    return "_".join(w for w in _SEPARATORS.sub("_", spaced).lower().split("_") if w)
+
+
+def _word_matches(word: str, normalised: str) -> bool:
+    words = normalised.split("_")
+    return (word in words or normalised == word or normalised.startswith(word)
+            or normalised.endswith(word))
+
+
+def classify(hook_type: str, tool_name: str | None) -> str:
+    if hook_type in _HOOK_TYPES:
+        return _HOOK_TYPES[hook_type]
+    if not tool_name:
+        return "other"
+    normalised = normalise_tool_name(tool_name)
+    for words, obs_type in _TOOL_WORD_TYPES:
+        if any(_word_matches(w, normalised) for w in words):
+            return obs_type
+    return "other"
+
+
+def extract_files(tool_input: Any) -> list[str]:
+    if not isinstance(tool_input, dict):
+        return []
+    files: list[str] = []
+    for key in _FILE_KEYS:
+        value = tool_input.get(key)
+        if isinstance(value, str) and value and len(value) < 512 and value not in files:
+            files.append(value)
+    return files
+
+
+def hook_fields(hook_type: str, data: Any) -> dict[str, Any]:
+    """The parts of a hook's ``data`` that matter, under stable names."""
+    d = data if isinstance(data, dict) else {}
+    fields: dict[str, Any] = {
+        "toolName": d.get("tool_name") or d.get("toolName"),
+        "toolInput": d.get("tool_input", d.get("toolInput")),
+        "toolOutput": next((d[k] for k in ("tool_output", "tool_response", "error", "tool_result")
+                            if d.get(k) not in (None, "")), None),
+        "userPrompt": d.get("prompt") or d.get("userPrompt") if hook_type == "prompt_submit" else None,
+        "message": d.get("last_message") or d.get("message") or d.get("task_description"),
+        "label": d.get("title") or d.get("task_subject") or d.get("agent_type"),
+    }
+    if not isinstance(data, dict) and data not in (None, ""):
+        fields["message"] = stringify(data)
+    return fields
+
+
+def agent_note(data: dict[str, Any]) -> dict[str, Any]:
+    """Compression of an observation an agent wrote itself (MCP agent_observe)."""
+    content = stringify(data.get("content"))
+    obs_type = data.get("type") if data.get("type") in OBSERVATION_TYPES else "discovery"
+    title = stringify(data.get("title")) or content
+    files = [f for f in data.get("files") or [] if isinstance(f, str) and len(f) < 512]
+    concepts = [c for c in data.get("concepts") or [] if isinstance(c, str)]
+    return {"type": obs_type, "title": truncate(" ".join(title.split()), 80), "facts": [],
+            "narrative": truncate(content, 4000), "concepts": concepts[:20], "files": files[:50],
+            "importance": _IMPORTANCE.get(obs_type, 6), "confidence": 0.6}
+
+
+def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
+    """type, title, subtitle, facts, narrative, concepts, files, importance, confidence."""
+    if hook_type == "observation" and isinstance(data, dict):
+        return agent_note(data)
+    f = hook_fields(hook_type, data)
+    tool_name = f["toolName"] if isinstance(f["toolName"], str) and f["toolName"] else None
+    obs_type = classify(hook_type, tool_name)
+    input_text = stringify(f["toolInput"])
+    prompt = stringify(f["userPrompt"])
+
+    if prompt:
+        title = prompt
+    elif f["label"] and not tool_name:
+        title = f"{hook_type}: {stringify(f['label'])}"
+    else:
+        title = tool_name or hook_type
+    parts = [prompt, input_text, stringify(f["toolOutput"]), stringify(f["message"])]
+    narrative = " | ".join(p for p in parts if p)
+    if not narrative and data not in (None, "", {}):
+        narrative = stringify(data)
+
+    compressed: dict[str, Any] = {
+        "type": obs_type,
+        "title": truncate(" ".join(title.split()), 80),
+        "facts": [],
+        "narrative": truncate(narrative, 400),
+        "concepts": [],
+        "files": extract_files(f["toolInput"]),
+        "importance": _IMPORTANCE.get(obs_type, 5),
+        "confidence": 0.3,
+    }
+    if input_text:
+        compressed["subtitle"] = truncate(input_text, 120)
+    if tool_name:
+        compressed["toolName"] = tool_name
+    return compressed

@@ -1,0 +1,384 @@
+"""The tool registry: one table of name -> JSON Schema -> handler.
+
+REST routes, MCP (HTTP and stdio), the WebSocket and the CLI all dispatch through ``call()``;
+there is no second path. A tool declares its REST bindings (``http``), whether MCP clients see
+it (``mcp``) and whether it belongs to the ``core`` subset. Arguments are coerced once (strings
+from query strings and MCP clients become ints, booleans and lists; a comma-separated string is
+a list) and validated once against the schema before the handler runs.
+
+Registration keeps order and refuses duplicate names and duplicate (method, path) pairs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+import jsonschema
+
+from agentmemory_server.errors import AppError, InvalidInput, NotFound
+
+# Domain modules that register tools; imported (in this order) by load_tools().
+TOOL_MODULES = (
+    "agentmemory_server.capture.observe",
+    "agentmemory_server.memory.memories",
+    "agentmemory_server.memory.transfer",
+    "agentmemory_server.retrieval.context",
+    "agentmemory_server.retrieval.recall",
+    "agentmemory_server.retrieval.timeline",
+    "agentmemory_server.memory.profiles",
+    "agentmemory_server.memory.lessons",
+    "agentmemory_server.memory.slots",
+    "agentmemory_server.memory.actions",
+    "agentmemory_server.memory.relations",
+    "agentmemory_server.memory.summaries",
+    "agentmemory_server.memory.crystals",
+    "agentmemory_server.memory.reflect",
+    "agentmemory_server.memory.consolidate",
+    "agentmemory_server.memory.retention",
+    "agentmemory_server.operations.diagnose",
+    "agentmemory_server.capture.antigravity",
+    "agentmemory_server.working.tools",
+    "agentmemory_server.memory.patterns",
+    "agentmemory_server.operations.resources",
+    "agentmemory_server.models.llm",
+    "agentmemory_server.models.llm_steps",
+    "agentmemory_server.models.graph",
+    "agentmemory_server.operations.overview",
+)
+
+
+# -- schema helpers (plain JSON Schema dicts) ------------------------------------------------------
+
+
+def string(description: str = "", *, min_length: int | None = 1, max_length: int | None = None,
+           enum: Iterable[str] | None = None, default: Any = None, pattern: str | None = None) -> dict:
+    s: dict[str, Any] = {"type": "string"}
+    if description:
+        s["description"] = description
+    if min_length is not None:
+        s["minLength"] = min_length
+    if max_length is not None:
+        s["maxLength"] = max_length
+    if enum is not None:
+        s["enum"] = list(enum)
+    if pattern is not None:
+        s["pattern"] = pattern
+    if default is not None:
+        s["default"] = default
+    return s
+
+
+def integer(description: str = "", *, minimum: int | None = None, maximum: int | None = None,
+            default: int | None = None) -> dict:
+    s: dict[str, Any] = {"type": "integer"}
+    if description:
+        s["description"] = description
+    if minimum is not None:
+        s["minimum"] = minimum
+    if maximum is not None:
+        s["maximum"] = maximum
+    if default is not None:
+        s["default"] = default
+    return s
+
+
+def number(description: str = "", *, minimum: float | None = None, maximum: float | None = None,
+           default: float | None = None) -> dict:
+    s: dict[str, Any] = {"type": "number"}
+    if description:
+        s["description"] = description
+    if minimum is not None:
+        s["minimum"] = minimum
+    if maximum is not None:
+        s["maximum"] = maximum
+    if default is not None:
+        s["default"] = default
+    return s
+
+
+def boolean(description: str = "", *, default: bool | None = None) -> dict:
+    s: dict[str, Any] = {"type": "boolean"}
+    if description:
+        s["description"] = description
+    if default is not None:
+        s["default"] = default
+    return s
+
+
+def array(items: dict, description: str = "", *, max_items: int | None = None,
+          min_items: int | None = None) -> dict:
+    s: dict[str, Any] = {"type": "array", "items": items}
+    if description:
+        s["description"] = description
+    if max_items is not None:
+        s["maxItems"] = max_items
+    if min_items is not None:
+        s["minItems"] = min_items
+    return s
+
+
+def anything(description: str = "") -> dict:
+    return {"description": description} if description else {}
+
+
+def obj(description: str = "") -> dict:
+    s: dict[str, Any] = {"type": "object"}
+    if description:
+        s["description"] = description
+    return s
+
+
+def params(required: Iterable[str] = (), **properties: dict) -> dict:
+    """An object schema. Unknown keys are allowed (and ignored) like upstream's handlers."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    required = list(required)
+    if required:
+        schema["required"] = required
+    return schema
+
+
+# Shared argument schemas.
+# Ids are free text (upstream clients send anything) but never control characters.
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+SESSION_ID = string("Session id", max_length=256, pattern=ID_PATTERN)
+PROJECT = string("Project name", max_length=512)
+AGENT_ID = string("Agent id filter; '*' means every agent", max_length=128)
+
+
+# -- records ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    status: int = 200
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A handler result with an HTTP status other than the route's default."""
+
+    data: Any
+    status: int = 200
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    schema: dict
+    handler: Callable[["Ctx", dict], Any]
+    routes: tuple[Route, ...] = ()
+    mcp: bool = True
+    core: bool = False
+    validator: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class Ctx:
+    """Who is calling and with what runtime; the one way scope enters a handler."""
+
+    rt: Any
+    source: str = "rest"
+    agent_id: str | None = None
+
+
+# MCP (2025-11-25) tool names: 1-128 characters of ASCII letters, digits, '_', '-' and '.'.
+MCP_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._tools: dict[str, Tool] = {}
+        self._routes: dict[tuple[str, str], str] = {}
+
+    def add(self, tool: Tool) -> Tool:
+        if tool.name in self._tools:
+            raise ValueError(f"duplicate tool {tool.name!r}")
+        if not MCP_TOOL_NAME.match(tool.name):
+            raise ValueError(f"tool name {tool.name!r} is not a valid MCP tool name")
+        for route in tool.routes:
+            key = (route.method, route.path)
+            if key in self._routes:
+                raise ValueError(f"{route.method} {route.path} already bound to {self._routes[key]}")
+            self._routes[key] = tool.name
+        jsonschema.Draft202012Validator.check_schema(tool.schema)
+        validator = jsonschema.Draft202012Validator(tool.schema)
+        tool = replace(tool, validator=validator)
+        self._tools[tool.name] = tool
+        return tool
+
+    def get(self, name: str) -> Tool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise NotFound(f"unknown tool {name!r}", code="unknown_tool") from None
+
+    def all(self) -> list[Tool]:
+        return list(self._tools.values())
+
+    def mcp_tools(self, which: str = "all") -> list[Tool]:
+        return [t for t in self._tools.values() if t.mcp and (which == "all" or t.core)]
+
+    def for_route(self, method: str, path: str) -> Tool | None:
+        """The tool bound to a REST route, or None; lets adapters use a feature only when
+        the module that provides it is installed."""
+        name = self._routes.get((method, path))
+        return self._tools[name] if name else None
+
+
+REGISTRY = Registry()
+
+
+def tool(name: str, schema: dict, *, http: Iterable[tuple] = (), mcp: bool = True,
+         core: bool = False, description: str | None = None) -> Callable:
+    """Register ``fn(ctx, args)`` as a tool. ``http`` items are (method, path[, status]).
+    The description defaults to the first paragraph of the docstring."""
+
+    def register(fn: Callable) -> Callable:
+        doc = description or " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+        if not doc:
+            raise ValueError(f"tool {name!r} needs a description")
+        routes = tuple(Route(*item) for item in http)
+        REGISTRY.add(Tool(name=name, description=doc, schema=schema, handler=fn, routes=routes,
+                          mcp=mcp, core=core))
+        return fn
+
+    return register
+
+
+def load_tools() -> Registry:
+    for module in TOOL_MODULES:
+        importlib.import_module(module)
+    return REGISTRY
+
+
+# -- argument coercion and validation -----------------------------------------------------------------
+
+_INT = re.compile(r"^[+-]?\d+$")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _main_type(schema: dict) -> str | None:
+    t = schema.get("type")
+    if isinstance(t, list):
+        t = next((x for x in t if x != "null"), None)
+    return t
+
+
+def _coerce(value: Any, schema: dict) -> Any:
+    kind = _main_type(schema)
+    if isinstance(value, str):
+        text = value.strip()
+        if kind == "integer" and _INT.match(text):
+            return int(text)
+        if kind == "number":
+            try:
+                return float(text) if not _INT.match(text) else int(text)
+            except ValueError:
+                return value
+        if kind == "boolean" and text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        if kind == "array":
+            if text.startswith("["):  # a JSON array sent as a string by a loosely typed client
+                try:
+                    decoded = json.loads(text)
+                except ValueError:
+                    decoded = None
+                if isinstance(decoded, list):
+                    return _coerce(decoded, schema)
+            parts = [p.strip() for p in text.split(",") if p.strip()]
+            return [_coerce(p, schema.get("items", {})) for p in parts]
+        if kind == "object" and text.startswith("{"):
+            try:
+                return json.loads(text)
+            except ValueError:
+                return value
+    if kind == "integer" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "array" and isinstance(value, list):
+        return [_coerce(v, schema.get("items", {})) for v in value]
+    return value
+
+
+def prepare_args(tool_: Tool, args: dict[str, Any]) -> dict[str, Any]:
+    """Coerce, fill defaults and validate; raise InvalidInput naming the field."""
+    if not isinstance(args, dict):
+        raise InvalidInput("arguments must be a JSON object")
+    props = tool_.schema.get("properties", {})
+    out = dict(args)
+    for key, prop in props.items():
+        if key in out and out[key] is not None:
+            out[key] = _coerce(out[key], prop)
+        elif key in out and out[key] is None:
+            del out[key]  # null means "not given", as upstream's optional fields
+        if key not in out and "default" in prop:
+            out[key] = prop["default"]
+    errors = sorted(tool_.validator.iter_errors(out), key=lambda e: (list(e.path), e.validator))
+    if errors:
+        raise _schema_error(errors[0])
+    return out
+
+
+def _schema_error(error: jsonschema.ValidationError) -> InvalidInput:
+    path = ".".join(str(p) for p in error.path)
+    v, arg = error.validator, error.validator_value
+    if v == "required":
+        missing = next((k for k in arg if k not in (error.instance or {})), "?")
+        field_name = f"{path}.{missing}" if path else missing
+        return InvalidInput(f"missing required field '{field_name}'", field=field_name)
+    label = f"'{path}'" if path else "arguments"
+    article = "an" if str(arg)[:1] in ("a", "e", "i", "o", "u") else "a"
+    messages: dict[str, Callable[[], str]] = {
+        "type": lambda: f"{label} must be {article} {arg}",
+        "minimum": lambda: f"{label} must be >= {arg}",
+        "maximum": lambda: f"{label} must be <= {arg}",
+        "minLength": lambda: (f"{label} must not be empty" if arg == 1
+                              else f"{label} must have at least {arg} characters"),
+        "maxLength": lambda: f"{label} must have at most {arg} characters",
+        "enum": lambda: f"{label} must be one of: {', '.join(map(str, arg))}",
+        "minItems": lambda: f"{label} must have at least {arg} item(s)",
+        "maxItems": lambda: f"{label} must have at most {arg} items",
+        "pattern": lambda: f"{label} has an invalid format",
+    }
+    message = messages[v]() if v in messages else f"{label}: {error.message}"
+    return InvalidInput(message, field=path or None)
+
+
+# -- dispatch ---------------------------------------------------------------------------------------------
+
+
+def call(ctx: Ctx, name: str, args: dict[str, Any] | None) -> Any:
+    """Run one tool: look up, coerce and validate arguments, run the handler.
+
+    :raise NotFound: unknown tool name.
+    :raise InvalidInput: arguments do not satisfy the schema.
+    :raise AppError: whatever the handler raises.
+    """
+    tool_ = REGISTRY.get(name)
+    return tool_.handler(ctx, prepare_args(tool_, args or {}))
+
+
+def unwrap(result: Any) -> tuple[Any, int | None]:
+    """(data, status) of a handler result; status None means the route default."""
+    if isinstance(result, Reply):
+        return result.data, result.status
+    return result, None
+
+
+def mcp_text(result: Any) -> str:
+    """The text block MCP clients get for a result (pretty JSON, or the narrative text)."""
+    data, _ = unwrap(result)
+    if isinstance(data, dict) and data.get("format") == "narrative" and isinstance(data.get("text"), str):
+        return data["text"]
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def error_text(exc: AppError) -> str:
+    return json.dumps(exc.to_dict(), ensure_ascii=False)

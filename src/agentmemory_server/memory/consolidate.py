@@ -1,0 +1,161 @@
+"""Consolidate: recurring observations become long-term memories, deterministically (U§4.8).
+
+Recent important observations are grouped, per project, by what they share: a file, a concept,
+or a distinctive word (one that is neither rare nor in most observations). The biggest groups
+that are not mostly covered by a bigger one become memories through the normal remember path
+(so a near-duplicate of an earlier consolidation becomes its next version). A group whose
+observations have not changed since the last run is skipped, so running it twice is a no-op.
+A model step registered for ``consolidate`` may write the memories instead.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+from agentmemory_server.kernel import registry
+from agentmemory_server.retrieval import search
+from agentmemory_server.capture.observe import agent_filter, stamp_agent
+from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
+from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, integer, params, string, tool
+from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.kernel.util import truncate
+
+STATE = "mem:consolidation"
+SCAN = 1000
+MIN_GROUP = 3
+_WORD = re.compile(r"[a-z][a-z0-9_\-]{3,}")
+_GENERIC = frozenset("bash edit read write file files command output input tool none true false null "
+                     "error errors passed failed test tests json python".split())
+
+
+def observation_keys(obs: dict[str, Any]) -> set[str]:
+    keys = {f"file:{f}" for f in obs.get("files") or []}
+    keys |= {f"concept:{str(c).lower()}" for c in obs.get("concepts") or []}
+    text = f"{obs.get('title', '')} {obs.get('narrative', '')}".lower()
+    keys |= {f"term:{w}" for w in _WORD.findall(text) if w not in STOPWORDS and w not in _GENERIC}
+    return keys
+
+
+def find_groups(observations: list[dict], max_groups: int) -> list[tuple[str, list[dict]]]:
+    """The largest shared-key groups (files before concepts before words on ties), skipping any
+    group whose observations are mostly in an already chosen one."""
+    members: dict[str, list[dict]] = {}
+    for obs in observations:
+        for key in observation_keys(obs):
+            members.setdefault(key, []).append(obs)
+    common = max(MIN_GROUP, len(observations) // 2)
+    rank = {"file": 0, "concept": 1, "term": 2}
+    candidates = [k for k, group in members.items() if len(group) >= MIN_GROUP
+                  and (not k.startswith("term:") or len(group) <= common)]
+    candidates.sort(key=lambda k: (-len(members[k]), rank[k.split(":", 1)[0]], k))
+    chosen, covered = [], set()
+    for key in candidates:
+        ids = {o["id"] for o in members[key]}
+        if len(ids - covered) * 2 < len(ids):
+            continue
+        chosen.append((key, members[key]))
+        covered |= ids
+        if len(chosen) >= max_groups:
+            break
+    return chosen
+
+
+def draft_memory(key: str, group: list[dict]) -> dict[str, Any]:
+    kind, value = key.split(":", 1)
+    label = f"work on {value}" if kind == "file" else f"'{value}'"
+    types = Counter(o.get("type") or "other" for o in group)
+    memory_type = ("bug" if types["error"] * 2 >= len(group) else
+                   "workflow" if types["command_run"] * 2 >= len(group) else "pattern")
+    sessions = list(dict.fromkeys(o.get("sessionId") for o in group))
+    stamps = sorted(o.get("timestamp") or "" for o in group)
+    top = sorted(group, key=lambda o: (-int(o.get("importance") or 0), o.get("timestamp") or ""))[:5]
+    files = list(dict.fromkeys(f for o in group for f in o.get("files") or []))[:10]
+    mix = ", ".join(f"{n} {t}" for t, n in types.most_common(3))
+    content = (f"Recurring {label}: {len(group)} observations across {len(sessions)} session(s) "
+               f"from {stamps[0][:10]} to {stamps[-1][:10]} ({mix}). Highlights: "
+               + "; ".join(truncate(o.get("title", ""), 80) for o in top) + "."
+               + (f" Files: {', '.join(files[:5])}." if files else ""))
+    return {"title": truncate(f"Recurring {label}", 80), "content": content, "type": memory_type,
+            "concepts": [value] if kind != "file" else [], "files": files,
+            "sourceObservationIds": sorted(o["id"] for o in group)}
+
+
+def _observations(ctx: Ctx, store, project: str | None, agent: str | None) -> dict[str | None, list[dict]]:
+    hits = store.docs_recent(limit=SCAN, filters={"kinds": ["observation"], "project": project, "agent_id": agent})
+    by_project: dict[str | None, list[dict]] = {}
+    for _hit, obs in search.hydrate(store, hits):
+        if int(obs.get("importance") or 0) >= 5 and obs.get("title"):
+            by_project.setdefault(obs.get("project"), []).append(obs)
+    return by_project
+
+
+def _remember(ctx: Ctx, project: str | None, fields: dict[str, Any]) -> str:
+    args = {k: v for k, v in fields.items() if v} | ({"project": project} if project else {})
+    saved, _status = registry.unwrap(registry.call(ctx, "memory_save", args))
+    return saved["memory"]["id"]
+
+
+def _save(ctx: Ctx, project: str | None, key: str, draft: dict[str, Any]) -> tuple[str, list[str]] | None:
+    """Save one drafted memory (and the facts a model step drafted with it, as ``fact``
+    memories) unless the same observations were consolidated before."""
+    agent = stamp_agent(ctx, None)
+    state_key = "\x1f".join([agent or "", project or "", key])
+    sources = draft["sourceObservationIds"]
+    previous = ctx.rt.db.reader().get(STATE, state_key)
+    if previous and previous.get("sources") == sources:
+        return None
+    memory_id = _remember(ctx, project, {k: v for k, v in draft.items() if k != "facts"})
+    fact_ids = [_remember(ctx, project, {"content": fact, "type": "fact", "concepts": draft.get("concepts"),
+                                         "sourceObservationIds": sources})
+                for fact in draft.get("facts") or []]
+    with ctx.rt.db.transaction("consolidate", agent_id=agent) as tx:
+        state = {"key": key, "project": project, "memoryId": memory_id, "sources": sources,
+                 "updatedAt": ctx.rt.clock.iso()}
+        if fact_ids:
+            state["factIds"] = fact_ids
+        if agent:
+            state["agentId"] = agent
+        tx.set(STATE, state_key, state, now=state["updatedAt"])
+    return memory_id, fact_ids
+
+
+@tool("memory_consolidate", params(
+    project=PROJECT, minObservations=integer("Do nothing below this many important observations",
+                                             minimum=1, maximum=10_000, default=5),
+    maxGroups=integer("Most memories to write per project", minimum=1, maximum=50, default=10),
+    dryRun=boolean("Show the groups without saving", default=False),
+    tier=string("Accepted for upstream compatibility; every tier runs the same grouping", max_length=40),
+    agentId=AGENT_ID,
+), http=[("POST", "/consolidate")], core=True)
+def memory_consolidate(ctx: Ctx, args: dict) -> dict:
+    """Group recurring observations (shared files, concepts, distinctive words) into long-term
+    memories, per project; re-running without new observations writes nothing."""
+    agent = agent_filter(ctx, args.get("agentId"))
+    by_project = _observations(ctx, ctx.rt.db.reader(), args.get("project"), agent)
+    scanned = sum(len(v) for v in by_project.values())
+    result: dict[str, Any] = {"success": True, "dryRun": args["dryRun"], "observationsScanned": scanned,
+                              "groups": [], "memories": [], "facts": [], "unchanged": 0, "method": SYNTHETIC}
+    if scanned < args["minObservations"]:
+        result["reason"] = f"{scanned} important observation(s); need at least {args['minObservations']}"
+        return result
+    for project in sorted(by_project, key=lambda p: p or ""):
+        groups = find_groups(by_project[project], args["maxGroups"])
+        drafts, method = run_model_steps("consolidate", ctx, {"project": project, "groups": groups})
+        if not isinstance(drafts, list) or len(drafts) != len(groups):
+            drafts, method = [draft_memory(key, group) for key, group in groups], None
+        result["method"] = method or result["method"]
+        for (key, group), draft in zip(groups, drafts, strict=True):
+            result["groups"].append({"key": key, "project": project, "observations": len(group),
+                                     "sessions": len({o.get("sessionId") for o in group})})
+            if args["dryRun"]:
+                continue
+            saved = _save(ctx, project, key, draft)
+            if saved:
+                result["memories"].append(saved[0])
+                result["facts"] += saved[1]
+            else:
+                result["unchanged"] += 1
+    result["consolidated"] = len(result["memories"])
+    return result

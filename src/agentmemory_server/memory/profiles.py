@@ -1,0 +1,140 @@
+"""Project profiles (GET /profile) and the profile block of the context.
+
+A profile sums up a project from its most recent observations: top concepts, most touched
+files, common errors, recent activity. It is deterministic: observations compressed without an
+LLM carry no concepts, so concepts are also derived from their text (frequent content words,
+file stems and command names, counted once per observation). Profiles are cached in
+``mem:profiles`` (key = project) for an hour; ``refresh`` recomputes.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+from xml.sax.saxutils import escape
+
+from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval.context import Block, Request, block_provider
+from agentmemory_server.capture.observe import agent_filter
+from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, params, tool
+from agentmemory_server.kernel.util import parse_time, truncate
+
+PROFILES = "mem:profiles"
+PROFILE_TTL = timedelta(hours=1)
+SAMPLE = 2000  # most recent observations a profile looks at: bounded cost on any store
+TOP = 15
+
+_WORD = re.compile(r"[a-z][a-z0-9_\-]{2,30}")
+_NUMERIC_NOISE = re.compile(r"\d")
+# Words that describe every coding session and so say nothing about a project.
+NOISE = search.STOPWORDS | frozenset("""
+also file files line lines tool tools true false none null error errors output input result
+results value values text code test tests using used use make made need needs new get set run
+runs ran done just like want sure okay yes let see look thing things work works working change
+changes changed add added update updated read write edit bash grep glob task command content
+session prompt user assistant http https www com json path data true string number type
+""".split())
+
+
+def derived_concepts(obs: dict[str, Any]) -> list[str]:
+    """Concepts of one observation: its own, else content words, file stems and the command."""
+    if obs.get("concepts"):
+        return [str(c).lower() for c in obs["concepts"]][:20]
+    text = f"{obs.get('title', '')} {obs.get('narrative', '')}".lower()
+    words = [w.strip("-_") for w in _WORD.findall(text)]
+    concepts = {w for w in words if w not in NOISE and not _NUMERIC_NOISE.search(w) and len(w) > 3}
+    for path in obs.get("files") or []:
+        stem = posixpath.splitext(posixpath.basename(str(path)))[0].lower()
+        if len(stem) > 2 and stem not in NOISE:
+            concepts.add(stem)
+    return sorted(concepts)[:30]
+
+
+def _error_key(obs: dict[str, Any]) -> str:
+    text = " ".join((obs.get("narrative") or obs.get("title") or "").split())
+    parts = [p for p in text.split(" | ") if p]
+    return truncate(parts[-1] if parts else text, 160)
+
+
+def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> dict[str, Any] | None:
+    filters = {"kinds": ["observation"], "project": project, "agent_id": agent_id}
+    docs = store.docs_recent(limit=SAMPLE, filters=filters)
+    if not docs and not store.session_ids_with("project", project):
+        return None
+    observations = [record for _hit, record in search.hydrate(store, docs)]
+    concepts: Counter[str] = Counter()
+    files: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for obs in observations:
+        concepts.update(derived_concepts(obs))
+        files.update(set(str(f) for f in obs.get("files") or []))
+        if obs.get("type") == "error":
+            errors[_error_key(obs)] += 1
+    return {
+        "project": project, "updatedAt": now,
+        "topConcepts": [{"concept": c, "frequency": n} for c, n in concepts.most_common(TOP) if n > 1]
+        or [{"concept": c, "frequency": n} for c, n in concepts.most_common(TOP)],
+        "topFiles": [{"file": f, "frequency": n} for f, n in files.most_common(TOP)],
+        "conventions": [],
+        "commonErrors": [e for e, _n in errors.most_common(10)],
+        "recentActivity": [f"[{o.get('type', 'other')}] {o.get('title', '')}" for o in observations[:10]],
+        "sessionCount": len(store.session_ids_with("project", project)),
+        "totalObservations": len(observations), "sampled": len(observations) >= SAMPLE,
+    }
+
+
+def get_profile(ctx: Ctx, project: str, *, refresh: bool, agent_id: str | None = None) -> tuple[dict | None, bool]:
+    """(profile, served from cache). Cached profiles are shared by every agent of the project,
+    so an agent-filtered request computes its own and does not cache it."""
+    rt = ctx.rt
+    cached = rt.db.reader().get(PROFILES, project) if agent_id is None else None
+    if cached and not refresh:
+        updated = parse_time(cached.get("updatedAt", ""))
+        if updated and rt.clock.now() - updated < PROFILE_TTL:
+            return cached, True
+    profile = build_profile(rt.db.reader(), project, agent_id, rt.clock.iso())
+    if profile is not None and agent_id is None:
+        with rt.db.transaction("profile", agent_id=rt.settings.agent_id) as tx:
+            tx.set(PROFILES, project, profile, now=profile["updatedAt"])
+            tx.audit_message = f"profile of {project!r} refreshed"
+    return profile, False
+
+
+@tool("memory_profile", params(
+    ["project"], project=PROJECT, refresh=boolean("Recompute even if a fresh cached profile exists", default=False),
+    agentId=AGENT_ID,
+), http=[("GET", "/profile")])
+def memory_profile(ctx: Ctx, args: dict) -> dict:
+    """A project's profile: top concepts, files, common errors, recent activity (cached for an hour)."""
+    profile, cached = get_profile(ctx, args["project"], refresh=args["refresh"],
+                                  agent_id=agent_filter(ctx, args.get("agentId")))
+    if profile is None:
+        return {"profile": None, "cached": False, "reason": "no_sessions"}
+    return {"profile": profile, "cached": cached}
+
+
+def profile_text(profile: dict[str, Any]) -> str:
+    lines = ["## Project Profile"]
+    concepts = [c["concept"] for c in profile.get("topConcepts", [])[:8]]
+    files = [f["file"] for f in profile.get("topFiles", [])[:5]]
+    for label, values, sep in (("Concepts", concepts, ", "), ("Key files", files, ", "),
+                               ("Conventions", profile.get("conventions", []), "; "),
+                               ("Common errors", profile.get("commonErrors", [])[:3], "; ")):
+        if values:
+            lines.append(f"{label}: {sep.join(str(v) for v in values)}")
+    return "\n".join(lines)
+
+
+@block_provider("profile")
+def profile_block(req: Request) -> list[Block]:
+    """The project's profile (the cached one; computed once when there is none yet)."""
+    if not req.project:
+        return []
+    profile, _cached = get_profile(req.ctx, req.project, refresh=False, agent_id=req.agent_id)
+    if not profile or len(profile_text(profile).splitlines()) < 2:
+        return []
+    return [Block("profile", escape(profile_text(profile)), profile["updatedAt"], [])]
+

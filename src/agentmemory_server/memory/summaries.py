@@ -1,0 +1,219 @@
+"""Session summaries without a language model, written when a session ends.
+
+A summary is built from the session's observations alone: what kind of work happened (counts
+per type), what was asked, which files changed, the errors, the decisions the agent noted and
+the terms that kept coming up. It is stored in ``mem:summaries`` (upstream's SessionSummary
+shape), so ``/sessions`` and the context block always have one. A model step registered for
+``summarize`` (see model_steps.py) may write a better one; this is the fallback that always works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from typing import Any
+
+from agentmemory_server.capture import observe as functions
+from agentmemory_server.errors import Conflict, NotFound
+from agentmemory_server.capture.observe import SESSIONS, SUMMARIES, agent_filter, visible_to
+from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
+from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
+from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.kernel.util import parse_time, truncate
+
+log = logging.getLogger("agentmemory.summaries")
+MAX_OBSERVATIONS = 5000
+_TYPE_LABELS = {"command_run": "command", "file_edit": "edit", "file_write": "file write",
+                "file_read": "read", "search": "search", "error": "error", "conversation": "prompt",
+                "web_fetch": "web fetch", "subagent": "subagent event", "decision": "decision",
+                "discovery": "discovery", "notification": "notification", "task": "task"}
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{3,}")
+_FAILED_OUTPUT = re.compile(r"\b(\d+ failed|failed with|error:|exception|traceback|exit (?:code|status) [1-9]"
+                            r"|command not found|no such file)", re.IGNORECASE)
+_NOISE = frozenset("true false null none tool_name tool_input tool_output command file_path content "
+                   "description".split())
+
+
+# -- reading a session ------------------------------------------------------------------------------
+
+
+def load_session(ctx: Ctx, store, session_id: str) -> dict[str, Any]:
+    session = store.get(SESSIONS, session_id)
+    if not visible_to(ctx, session):
+        raise NotFound(f"session {session_id!r} not found", code="session_not_found")
+    return session
+
+
+def session_observations(ctx: Ctx, store, session_id: str, last: int | None = None) -> list[dict]:
+    """The session's observations in time order (only the ``last`` n when given)."""
+    agent = agent_filter(ctx)
+    _items, total = store.observations_page(session_id, limit=1, offset=0, agent_id=agent)
+    limit = min(last or MAX_OBSERVATIONS, MAX_OBSERVATIONS)
+    items, _ = store.observations_page(session_id, limit=limit, offset=max(0, total - limit), agent_id=agent)
+    return items
+
+
+# -- facts about a list of observations ----------------------------------------------------------------
+
+
+def is_failure(obs: dict[str, Any]) -> bool:
+    """An error event, or a command whose output says it failed."""
+    return obs.get("type") == "error" or (
+        obs.get("type") == "command_run" and bool(_FAILED_OUTPUT.search(obs.get("narrative") or "")))
+
+
+def step_key(obs: dict[str, Any]) -> tuple[str, str] | None:
+    """What was run (tool + input), to pair a failure with a later success of the same step."""
+    if not obs.get("toolName") or not obs.get("subtitle"):
+        return None
+    return obs["toolName"], obs["subtitle"]
+
+
+def step_label(obs: dict[str, Any]) -> str:
+    raw = (obs.get("raw") or {}) if isinstance(obs.get("raw"), dict) else {}
+    tool_input = raw.get("tool_input") if isinstance(raw.get("tool_input"), dict) else {}
+    command = tool_input.get("command") if isinstance(tool_input.get("command"), str) else None
+    if command is None and obs.get("subtitle"):
+        try:
+            parsed = json.loads(obs["subtitle"])
+            command = parsed.get("command") if isinstance(parsed, dict) else None
+        except ValueError:
+            command = None
+    return truncate(" ".join((command or obs.get("subtitle") or obs.get("title") or "").split()), 80)
+
+
+def outcome_text(obs: dict[str, Any]) -> str:
+    """The narrative without the tool input it starts with (the input is the step's label)."""
+    narrative = obs.get("narrative") or ""
+    subtitle = obs.get("subtitle")
+    if subtitle and narrative.startswith(subtitle + " | "):
+        narrative = narrative[len(subtitle) + 3:]
+    return narrative
+
+
+def describe(obs: dict[str, Any], limit: int = 160) -> str:
+    """One line about an observation: what ran (or was said) and what came of it."""
+    narrative = outcome_text(obs)
+    label = step_label(obs) if obs.get("toolName") else obs.get("title", "")
+    text = f"{label}: {narrative}" if narrative and narrative != label else label
+    return truncate(" ".join(text.split()), limit)
+
+
+def files_changed(observations: list[dict]) -> list[str]:
+    files = [f for o in observations if o.get("type") in ("file_edit", "file_write") for f in o.get("files") or []]
+    return list(dict.fromkeys(files))
+
+
+def files_touched(observations: list[dict]) -> list[str]:
+    return list(dict.fromkeys(f for o in observations for f in o.get("files") or []))
+
+
+def top_terms(observations: list[dict], n: int = 8) -> list[str]:
+    """Words that recur in at least two observations (stop words and JSON noise left out)."""
+    counts: Counter[str] = Counter()
+    tools = {str(o["toolName"]).lower() for o in observations if o.get("toolName")}
+    for o in observations:
+        words = {w.lower() for w in _WORD.findall(f"{o.get('title', '')} {o.get('narrative', '')}")}
+        counts.update(w for w in words if w not in STOPWORDS and w not in _NOISE and w not in tools)
+    return [w for w, c in counts.most_common(n * 3) if c >= 2][:n]
+
+
+def _duration(observations: list[dict]) -> str:
+    start, end = (parse_time(observations[i].get("timestamp") or "") for i in (0, -1))
+    if not start or not end or end <= start:
+        return ""
+    minutes = int((end - start).total_seconds() // 60)
+    return f" over {minutes // 60} h {minutes % 60} min" if minutes >= 60 else f" over {minutes} min"
+
+
+def _type_counts(observations: list[dict]) -> str:
+    counts = Counter(o.get("type") or "other" for o in observations)
+    parts = []
+    for obs_type, count in counts.most_common(5):
+        label = _TYPE_LABELS.get(obs_type, obs_type)
+        parts.append(plural(count, label))
+    return ", ".join(parts)
+
+
+def plural(count: int, noun: str) -> str:
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {noun}{'es' if noun.endswith(('s', 'sh', 'ch')) else 's'}"
+
+
+def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict[str, Any]:
+    """title, narrative, keyDecisions, filesModified and concepts from the observations alone."""
+    prompts = [o.get("title", "") for o in observations if o.get("type") == "conversation" and o.get("title")]
+    changed = files_changed(observations)
+    errors = [o for o in observations if is_failure(o)]
+    title = session.get("title") or session.get("firstPrompt") or (prompts[0] if prompts else "")
+    if not title:
+        title = f"Session {session['id'][:8]}: {_type_counts(observations) or 'no activity'}"
+    parts = [f"{plural(len(observations), 'observation')}{_duration(observations)}: {_type_counts(observations)}."]
+    if prompts:
+        more = f" (+{len(prompts) - 1} more prompts)" if len(prompts) > 1 else ""
+        parts.append(f'Asked: "{truncate(prompts[0], 160)}"{more}.')
+    if changed:
+        parts.append(f"Changed {len(changed)} file(s): {', '.join(changed[:6])}.")
+    if errors:
+        parts.append(f"{len(errors)} failure(s); last: {describe(errors[-1])}.")
+    notable = sorted((o for o in observations if not is_failure(o) and o.get("type") != "conversation"),
+                     key=lambda o: -int(o.get("importance") or 0))[:3]
+    if notable:
+        parts.append("Notable: " + "; ".join(describe(o, 120) for o in notable) + ".")
+    decisions = [o.get("title", "") for o in observations if o.get("type") in ("decision", "discovery")]
+    concepts = list(dict.fromkeys([c for o in observations for c in o.get("concepts") or []]
+                                  + top_terms(observations)))[:12]
+    return {"title": truncate(" ".join(title.split()), 80), "narrative": " ".join(parts),
+            "keyDecisions": [truncate(d, 200) for d in decisions[:10]], "filesModified": changed[:30],
+            "concepts": concepts}
+
+
+# -- writing summaries -------------------------------------------------------------------------------------
+
+
+def summarize(ctx: Ctx, session_id: str) -> dict[str, Any]:
+    """Build and store the summary of one session; a model step may replace the synthetic one.
+
+    :raise NotFound: unknown (or invisible) session.
+    :raise Conflict: the session has no observations.
+    """
+    rt = ctx.rt
+    store = rt.db.reader()
+    session = load_session(ctx, store, session_id)
+    observations = session_observations(ctx, store, session_id)
+    if not observations:
+        raise Conflict(f"session {session_id!r} has no observations to summarise", code="no_observations")
+    fallback = synthetic_summary(session, observations)
+    drafted, method = run_model_steps("summarize", ctx, {"session": session, "observations": observations})
+    fields = {**fallback, **{k: v for k, v in (drafted or {}).items() if k in fallback and v}}
+    summary = {"sessionId": session_id, "project": session.get("project"), "createdAt": rt.clock.iso(),
+               **fields, "observationCount": len(observations), "method": method or SYNTHETIC}
+    if session.get("agentId"):
+        summary["agentId"] = session["agentId"]
+    with rt.db.transaction("summarize", agent_id=rt.settings.agent_id) as tx:
+        tx.set(SUMMARIES, session_id, summary, now=summary["createdAt"])
+    rt.publish("summary", summary)
+    return summary
+
+
+def _summarize_on_end(ctx: Ctx, session: dict[str, Any]) -> None:
+    if not session.get("observationCount"):
+        return
+    try:
+        summarize(ctx, session["id"])
+    except Exception:  # noqa: BLE001 - a failed summary must not fail the session end
+        log.exception("summarising session %s failed", session["id"])
+
+
+functions.SESSION_END_HOOKS.append(_summarize_on_end)
+
+
+@tool("summarize", params(["sessionId"], sessionId=SESSION_ID), http=[("POST", "/summarize")], mcp=False)
+def summarize_tool(ctx: Ctx, args: dict) -> dict:
+    """Summarise a session now (synthetic without an LLM); also runs when a session ends."""
+    summary = summarize(ctx, args["sessionId"])
+    quality = 0.5 if summary["method"] == SYNTHETIC else 0.8
+    return {"success": True, "summary": summary, "qualityScore": quality}

@@ -1,0 +1,363 @@
+"""The knowledge graph: entities (files, concepts, libraries, errors, ...) and the relations
+between them, extracted from each session's observations (upstream's GraphNode / GraphEdge).
+
+With a Gemini key the model names the entities and typed relations (schema-checked, one repair
+round); without one, or when the model fails, the deterministic graph links the files and
+concepts (the observations' own and the session's recurring words) that occur in the same
+observation (``related_to``). Extraction runs after a session ends when
+``GRAPH_EXTRACTION_ENABLED`` (a background job), or on ``POST /graph/extract``.
+
+A node's id is a fingerprint of (agent, project, type, name), an edge's of (type, source,
+target). Each record keeps how much every session contributed (``sessions``, the newest
+``MAX_SESSIONS``; older counts are folded into ``earlier``), and ``mem:graph:sessions`` records
+which nodes and edges a session produced, so extracting a session again replaces its share
+instead of counting it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+from agentmemory_server.capture import observe as functions
+from agentmemory_server.models import llm
+from agentmemory_server.models import llm_steps
+from agentmemory_server.memory import summaries
+from agentmemory_server.errors import NotFound
+from agentmemory_server.capture.observe import agent_filter
+from agentmemory_server.models.llm import Task
+from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, string, tool
+
+log = logging.getLogger("agentmemory.graph")
+NODES = "mem:graph:nodes"
+EDGES = "mem:graph:edges"
+CONTRIBUTIONS = "mem:graph:sessions"
+NODE_TYPES = ("file", "function", "concept", "error", "decision", "pattern", "library", "person", "project",
+              "preference", "location", "organization", "event")
+EDGE_TYPES = ("uses", "imports", "modifies", "causes", "fixes", "depends_on", "related_to", "works_at",
+              "prefers", "blocked_by", "caused_by", "optimizes_for", "rejected", "avoids", "located_in",
+              "succeeded_by")
+MAX_SESSIONS = 100
+MAX_SOURCE_IDS = 32
+MAX_ENTITIES_PER_OBSERVATION = 8
+MAX_NODES_PER_SESSION = 300  # the most supported ones; keeps a huge session's graph drawable
+MAX_EDGES_PER_SESSION = 600
+_WORD = re.compile(r"[a-z][a-z0-9_\-]{3,}")
+
+Key = tuple[str, str]  # (type, name)
+
+
+@dataclass
+class Extraction:
+    """Entities and relations of one session, each with the observations that support it."""
+
+    method: str
+    entities: dict[Key, list[str]] = field(default_factory=dict)
+    relations: dict[tuple[Key, Key, str], list[str]] = field(default_factory=dict)
+
+    def entity(self, key: Key, obs_id: str) -> None:
+        ids = self.entities.setdefault(key, [])
+        if obs_id not in ids:
+            ids.append(obs_id)
+
+    def relation(self, a: Key, b: Key, rel_type: str, obs_ids: list[str]) -> None:
+        ids = self.relations.setdefault((a, b, rel_type), [])
+        ids.extend(i for i in obs_ids if i not in ids)
+
+
+def _name(text: str) -> str:
+    return " ".join(str(text).split())[:200]
+
+
+# -- extraction ------------------------------------------------------------------------------------------
+
+
+def deterministic_extraction(observations: list[dict]) -> Extraction:
+    """Files and concepts that occur together in an observation, linked ``related_to``."""
+    found = Extraction("synthetic")
+    recurring = summaries.top_terms(observations, 12)
+    for obs in observations:
+        words = set(_WORD.findall(f"{obs.get('title', '')} {obs.get('narrative', '')}".lower()))
+        keys = [("file", _name(f)) for f in obs.get("files") or []]
+        keys += [("concept", _name(c).lower()) for c in obs.get("concepts") or []]
+        keys += [("concept", t) for t in recurring if t in words]
+        keys = list(dict.fromkeys(k for k in keys if k[1]))[:MAX_ENTITIES_PER_OBSERVATION]
+        for key in keys:
+            found.entity(key, obs["id"])
+        for a, b in combinations(sorted(keys), 2):
+            found.relation(a, b, "related_to", [obs["id"]])
+    return found
+
+
+def _check_graph(value: dict[str, Any]) -> list[str]:
+    names = {e["name"].strip().lower() for e in value["entities"]}
+    return [f"relations/{n}: '{r[end]}' is not the name of a listed entity"
+            for n, r in enumerate(value["relations"]) for end in ("source", "target")
+            if r[end].strip().lower() not in names][:10]
+
+
+GRAPH = Task(
+    "graph",
+    "You extract a knowledge graph from an AI coding agent's session: the entities that matter (files, "
+    "functions, libraries, concepts, errors, decisions, people, ...) and typed relations between them. "
+    "Use short canonical names (a file by its path); every relation's source and target must be the name "
+    "of a listed entity.",
+    {"type": "object", "required": ["entities", "relations"], "properties": {
+        "entities": {"type": "array", "maxItems": 40, "items": {
+            "type": "object", "required": ["name", "type"],
+            "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
+                           "type": {"enum": list(NODE_TYPES)}}}},
+        "relations": {"type": "array", "maxItems": 60, "items": {
+            "type": "object", "required": ["source", "target", "type"],
+            "properties": {"source": {"type": "string", "minLength": 1}, "target": {"type": "string", "minLength": 1},
+                           "type": {"enum": list(EDGE_TYPES)}}}}}},
+    check=_check_graph,
+)
+
+
+def model_extraction(ctx: Ctx, session: dict[str, Any], observations: list[dict]) -> Extraction:
+    """The model's graph; provenance: the observations whose text names an entity.
+    :raise llm.LLMError: no valid answer."""
+    prompt = llm_steps.session_prompt(ctx, session, observations, "Extract the knowledge graph.")
+    answer = llm.service(ctx.rt).generate_json(GRAPH, prompt)
+    texts = {o["id"]: f"{o.get('title', '')} {o.get('narrative', '')} {' '.join(o.get('files') or [])}".lower()
+             for o in observations}
+    found, keys = Extraction(llm.PROVIDER), {}
+    for entity in answer["entities"]:
+        name = _name(entity["name"])
+        if not name:
+            continue
+        key = (entity["type"], name if entity["type"] == "file" else name.lower())
+        keys[name.lower()] = key
+        found.entities.setdefault(key, [i for i, t in texts.items() if key[1].lower() in t][:MAX_SOURCE_IDS])
+    for rel in answer["relations"]:
+        a, b = keys.get(_name(rel["source"]).lower()), keys.get(_name(rel["target"]).lower())
+        if a is not None and b is not None and a != b:
+            shared = [i for i in found.entities[a] if i in found.entities[b]]
+            found.relation(a, b, rel["type"], shared)
+    return found
+
+
+# -- storage ------------------------------------------------------------------------------------------------
+
+
+def _fingerprint(prefix: str, *parts: str | None) -> str:
+    return prefix + hashlib.sha256("\x00".join(p or "" for p in parts).encode()).hexdigest()[:16]
+
+
+def _credit(record: dict[str, Any], session_id: str, count: int, field_name: str) -> None:
+    """Set one session's share of a node's mentions or an edge's weight (0 removes it)."""
+    sessions = record.setdefault("sessions", {})
+    sessions.pop(session_id, None)
+    if count:
+        sessions[session_id] = count
+    while len(sessions) > MAX_SESSIONS:
+        oldest = next(iter(sessions))
+        record["earlier"] = record.get("earlier", 0) + sessions.pop(oldest)
+    record[field_name] = record.get("earlier", 0) + sum(sessions.values())
+
+
+def _touch(record: dict[str, Any], obs_ids: list[str], method: str, now: str) -> None:
+    record["sourceObservationIds"] = list(dict.fromkeys(obs_ids + record.get("sourceObservationIds", [])))[
+        :MAX_SOURCE_IDS]
+    record.update(method=method, updatedAt=now)
+
+
+def _strongest(found: Extraction) -> Extraction:
+    """At most MAX_NODES / MAX_EDGES per session, the best supported first."""
+    ranked = sorted(found.entities, key=lambda k: (-len(found.entities[k]), k))[:MAX_NODES_PER_SESSION]
+    kept = Extraction(found.method, {k: found.entities[k] for k in ranked})
+    relations = [r for r in found.relations if r[0] in kept.entities and r[1] in kept.entities]
+    for rel in sorted(relations, key=lambda r: (-len(found.relations[r]), r))[:MAX_EDGES_PER_SESSION]:
+        kept.relations[rel] = found.relations[rel]
+    return kept
+
+
+def _drop_stale(tx: Any, session_id: str, previous: dict[str, Any], kept: set[str], now: str) -> None:
+    """Take the session's share out of the nodes and edges it no longer produces; a record left
+    with nothing is deleted."""
+    for scope, ids_field, weight_field in ((NODES, "nodeIds", "mentions"), (EDGES, "edgeIds", "weight")):
+        for stale_id in set(previous.get(ids_field) or []) - kept:
+            stale = tx.get(scope, stale_id)
+            if stale is None:
+                continue
+            _credit(stale, session_id, 0, weight_field)
+            if stale[weight_field]:
+                tx.set(scope, stale_id, stale, now=now)
+            else:
+                tx.delete(scope, stale_id)
+
+
+def _upsert(tx: Any, scope: str, record_id: str, fresh: dict[str, Any], session_id: str, obs_ids: list[str],
+            weight_field: str, method: str, now: str) -> None:
+    record = tx.get(scope, record_id) or {"id": record_id, **fresh, "createdAt": now}
+    _credit(record, session_id, max(1, len(obs_ids)), weight_field)
+    _touch(record, obs_ids, method, now)
+    tx.set(scope, record_id, record, now=now)
+
+
+def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) -> dict[str, Any]:
+    """Replace the session's share of the graph with ``found``; returns what was written."""
+    rt, sid, found = ctx.rt, session["id"], _strongest(found)
+    agent, project, now = session.get("agentId"), session.get("project"), rt.clock.iso()
+    owner = {k: v for k, v in (("project", project), ("agentId", agent)) if v}
+    node_ids = {key: _fingerprint("ent_", agent, project, *key) for key in found.entities}
+    edge_ids = {rel: _fingerprint("edge_", rel[2], node_ids[rel[0]], node_ids[rel[1]]) for rel in found.relations}
+    with rt.db.transaction("graph_extract", agent_id=agent) as tx:
+        for key, obs_ids in found.entities.items():
+            _upsert(tx, NODES, node_ids[key], {"type": key[0], "name": key[1], **owner}, sid, obs_ids,
+                    "mentions", found.method, now)
+        for (a, b, rel_type), obs_ids in found.relations.items():
+            fresh = {"type": rel_type, "sourceNodeId": node_ids[a], "targetNodeId": node_ids[b], **owner}
+            _upsert(tx, EDGES, edge_ids[(a, b, rel_type)], fresh, sid, obs_ids, "weight", found.method, now)
+        _drop_stale(tx, sid, tx.get(CONTRIBUTIONS, sid) or {}, set(node_ids.values()) | set(edge_ids.values()), now)
+        tx.set(CONTRIBUTIONS, sid, {"sessionId": sid, "method": found.method, "nodeIds": sorted(node_ids.values()),
+                                    "edgeIds": sorted(edge_ids.values()), "extractedAt": now, **owner}, now=now)
+        tx.audit_message = f"graph of session {sid}: {len(node_ids)} node(s), {len(edge_ids)} edge(s)"
+    result = {"sessionId": sid, "method": found.method, "nodes": len(node_ids), "edges": len(edge_ids)}
+    rt.publish("graph", result)
+    return result
+
+
+def extract_session(ctx: Ctx, session_id: str, *, use_model: bool, wait_for_model: bool = False) -> dict:
+    """Extract one session's graph: the model's when ``use_model`` and it answers, else the
+    deterministic one. ``wait_for_model``: an open breaker raises ``llm.Retry`` instead."""
+    store = ctx.rt.db.reader()
+    session = summaries.load_session(ctx, store, session_id)
+    observations = summaries.session_observations(ctx, store, session_id)
+    found = None
+    if use_model and observations:
+        try:
+            found = model_extraction(ctx, session, observations)
+        except llm.BreakerOpen as exc:
+            if wait_for_model:
+                raise llm.Retry(exc.message, exc.retry_at) from None
+        except llm.LLMError as exc:
+            log.warning("graph extraction of %s falls back to the deterministic graph: %s", session_id, exc.message)
+    return write_session_graph(ctx, session, found or deterministic_extraction(observations))
+
+
+# -- session end ------------------------------------------------------------------------------------------
+
+
+def _queue_graph(ctx: Ctx, session: dict[str, Any]) -> None:
+    if ctx.rt.settings.graph_extraction_enabled and session.get("observationCount"):
+        svc = llm.service(ctx.rt)
+        with ctx.rt.db.transaction("llm_queue") as tx:
+            svc.enqueue(tx, "graph", session["id"])
+
+
+functions.SESSION_END_HOOKS.append(_queue_graph)
+
+
+def _graph_fallback(ctx: Ctx, session_id: str, args: dict) -> None:
+    extract_session(ctx, session_id, use_model=False)
+
+
+@llm.job_handler("graph", on_give_up=_graph_fallback)
+def _graph_job(ctx: Ctx, session_id: str, args: dict) -> None:
+    try:
+        extract_session(ctx, session_id, use_model=llm.service(ctx.rt).uses_model("graph"), wait_for_model=True)
+    except NotFound:
+        pass  # the session was deleted since
+
+
+# -- reading the graph --------------------------------------------------------------------------------------
+
+
+def _visible(ctx: Ctx, store, args: dict) -> tuple[dict[str, dict], list[dict]]:
+    agent = agent_filter(ctx, args.get("agentId"))
+
+    def keep(record: dict) -> bool:
+        return ((agent is None or record.get("agentId") == agent)
+                and (not args.get("project") or record.get("project") == args["project"]))
+
+    # Imported records (upstream exports) may lack fields; give them the shape the readers expect.
+    nodes = {k: {**n, "id": k, "name": str(n.get("name") or k), "type": str(n.get("type") or "concept")}
+             for k, n in store.list(NODES) if isinstance(n, dict) and keep(n)}
+    edges = [{**e, "id": k, "type": str(e.get("type") or "related_to")}
+             for k, e in store.list(EDGES) if isinstance(e, dict) and keep(e)]
+    return nodes, edges
+
+
+def _neighbourhood(start: str, edges: list[dict], depth: int) -> set[str]:
+    reached, frontier = {start}, {start}
+    for _ in range(depth):
+        nxt = {e.get(end) for e in edges for end, other in (("targetNodeId", "sourceNodeId"),
+                                                           ("sourceNodeId", "targetNodeId"))
+               if e.get(other) in frontier} - reached - {None}
+        if not nxt:
+            break
+        reached |= nxt
+        frontier = nxt
+    return reached
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
+def _node_view(n: dict) -> dict[str, Any]:
+    return {k: n.get(k) for k in ("id", "type", "name", "mentions", "project", "method", "updatedAt")}
+
+
+def _edge_view(e: dict) -> dict[str, Any]:
+    return {k: e.get(k) for k in ("id", "type", "sourceNodeId", "targetNodeId", "weight", "method", "updatedAt")}
+
+
+@tool("memory_graph_query", params(
+    project=PROJECT, sessionId=SESSION_ID | {"description": "Only nodes this session contributed to"},
+    nodeType=string("Only nodes of this type", enum=NODE_TYPES),
+    query=string("Only nodes whose name contains this text", max_length=200),
+    startNodeId=string("Walk the graph from this node", max_length=64),
+    maxDepth=integer("Hops from startNodeId", minimum=1, maximum=5, default=2),
+    minWeight=integer("Only edges at least this heavy", minimum=1, maximum=1_000_000, default=1),
+    limit=integer("Most nodes returned (the most mentioned first)", minimum=1, maximum=1000, default=100),
+    agentId=AGENT_ID,
+), http=[("GET", "/graph"), ("POST", "/graph/query")])
+def memory_graph_query(ctx: Ctx, args: dict) -> dict:
+    """The knowledge graph (entities and relations extracted from sessions) as nodes and edges,
+    for drawing: filtered by project, session, type or name, or walked from a start node."""
+    nodes, edges = _visible(ctx, ctx.rt.db.reader(), args)
+    if args.get("startNodeId"):
+        if args["startNodeId"] not in nodes:
+            raise NotFound(f"graph node {args['startNodeId']!r} not found", code="node_not_found")
+        candidates = [nodes[i] for i in _neighbourhood(args["startNodeId"], edges, args["maxDepth"])]
+    else:
+        needle = (args.get("query") or "").lower()
+        candidates = [n for n in nodes.values() if (not args.get("nodeType") or n["type"] == args["nodeType"])
+                      and needle in n["name"].lower()
+                      and (not args.get("sessionId") or args["sessionId"] in (n.get("sessions") or {}))]
+    candidates.sort(key=lambda n: (-_number(n.get("mentions")), n["name"]))
+    chosen = {n["id"] for n in candidates[:args["limit"]]}
+    links = [e for e in edges if e.get("sourceNodeId") in chosen and e.get("targetNodeId") in chosen
+             and _number(e.get("weight")) >= args["minWeight"]]
+    links.sort(key=lambda e: (-_number(e.get("weight")), e["id"]))
+    return {"success": True, "nodes": [_node_view(n) for n in candidates[:args["limit"]]],
+            "edges": [_edge_view(e) for e in links], "totalNodes": len(candidates), "totalEdges": len(links),
+            "truncated": len(candidates) > args["limit"]}
+
+
+@tool("graph_stats", params(project=PROJECT, agentId=AGENT_ID), http=[("GET", "/graph/stats")], mcp=False)
+def graph_stats(ctx: Ctx, args: dict) -> dict:
+    """Knowledge-graph node and edge counts, by type."""
+    nodes, edges = _visible(ctx, ctx.rt.db.reader(), args)
+    by_node: dict[str, int] = {}
+    by_edge: dict[str, int] = {}
+    for n in nodes.values():
+        by_node[n["type"]] = by_node.get(n["type"], 0) + 1
+    for e in edges:
+        by_edge[e["type"]] = by_edge.get(e["type"], 0) + 1
+    return {"totalNodes": len(nodes), "totalEdges": len(edges), "nodesByType": by_node, "edgesByType": by_edge}
+
+
+@tool("graph_extract", params(["sessionId"], sessionId=SESSION_ID), http=[("POST", "/graph/extract")], mcp=False)
+def graph_extract(ctx: Ctx, args: dict) -> dict:
+    """Extract a session's entities and relations into the knowledge graph now (by the model with a
+    Gemini key, else deterministically); re-extracting replaces the session's share."""
+    result = extract_session(ctx, args["sessionId"], use_model=llm.service(ctx.rt).model is not None)
+    return {"success": True, **result}

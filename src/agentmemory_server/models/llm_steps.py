@@ -1,0 +1,374 @@
+"""What the LLM layer does with the model: compression, summaries, reflection, insights, crystals
+and consolidation, each in front of its deterministic path.
+
+- **Compression** (``AGENTMEMORY_AUTO_COMPRESS``). ``observe`` stores the synthetic compression
+  at once and, in the same transaction, queues a ``compress`` job (``functions.OBSERVE_HOOKS``).
+  The worker asks the model for ``{type, title, facts, narrative, concepts, files, importance}``,
+  validated against a schema with one repair round; a valid answer replaces those fields
+  (``method: "gemini"``), re-indexes the record (which re-queues its embedding) and publishes
+  ``observation_updated``. Anything else leaves the synthetic record as it is.
+- **Model steps** (``model_steps.py``): ``summarize``, ``crystallize``, ``reflect``,
+  ``insights`` and ``consolidate`` ask the model when a key is set and the feature's flag is on;
+  no key, an open breaker or a failed/invalid answer returns None and the deterministic result
+  is used, with ``method: "synthetic"``.
+- **Session end.** The request path stays deterministic (``model_steps.deterministic_only``);
+  this module queues the model upgrades (summary, slot reflection) and the session-end
+  consolidation (``CONSOLIDATION_ENABLED``, once per project per cooldown) as background jobs.
+
+Prompts carry only stored records (already privacy-stripped) in bounded size; answers are
+stripped again by ``llm.generate_json`` before anything is stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentmemory_server.capture import observe as functions
+from agentmemory_server.models import llm
+from agentmemory_server.memory import reflect
+from agentmemory_server.kernel import registry
+from agentmemory_server.retrieval import search
+from agentmemory_server.memory import summaries
+from agentmemory_server.capture.compress import OBSERVATION_TYPES
+from agentmemory_server.errors import AppError
+from agentmemory_server.capture.observe import obs_scope
+from agentmemory_server.models.llm import Task
+from agentmemory_server.memory.memories import MEMORY_TYPES
+from agentmemory_server.kernel.model_steps import model_step
+from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.memory.slots import DEFAULT_SIZE as SLOT_SIZE
+from agentmemory_server.kernel.util import stringify, truncate
+
+RAW_CHARS = 6000  # of a hook payload sent for compression
+LINE_CHARS = 300  # per observation in a session prompt
+HEADER_ROOM = 2000  # prompt characters kept for headers next to the observation lines
+
+
+def _strings(max_items: int, max_length: int, min_length: int = 1) -> dict[str, Any]:
+    return {"type": "array", "maxItems": max_items,
+            "items": {"type": "string", "minLength": min_length, "maxLength": max_length}}
+
+
+def _text(max_length: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length}
+
+
+def _object(required: list[str], **properties: dict) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+# -- prompts ------------------------------------------------------------------------------------------------
+
+
+def obs_line(obs: dict[str, Any]) -> str:
+    when = (obs.get("timestamp") or "")[:16].replace("T", " ")
+    files = obs.get("files") or []
+    tail = f" (files: {', '.join(files[:5])})" if files else ""
+    return truncate(f"- {when} [{obs.get('type') or 'other'}] {summaries.describe(obs, LINE_CHARS)}{tail}",
+                    LINE_CHARS + 100)
+
+
+def observation_block(observations: list[dict], budget: int) -> str:
+    """One line per observation in time order; when they do not all fit in ``budget``
+    characters, the most important (then the latest) are kept."""
+    lines = [obs_line(o) for o in observations]
+    if sum(len(line) + 1 for line in lines) <= budget:
+        return "\n".join(lines)
+    order = sorted(range(len(lines)), key=lambda i: (-int(observations[i].get("importance") or 0), -i))
+    chosen, used = set(), 0
+    for i in order:
+        if used + len(lines[i]) + 1 <= budget:
+            chosen.add(i)
+            used += len(lines[i]) + 1
+    shown = "\n".join(lines[i] for i in sorted(chosen))
+    return f"({len(chosen)} of {len(lines)} observations shown: the most important)\n{shown}"
+
+
+def _model(ctx: Ctx, feature: str) -> llm.LLMService | None:
+    """The LLM service when ``feature`` would use the model now (checked before building a
+    prompt, so no work is wasted without a key)."""
+    svc = llm.service(ctx.rt)
+    return svc if svc.uses_model(feature) else None
+
+
+def _budget(ctx: Ctx) -> int:
+    return max(1000, ctx.rt.settings.llm_max_prompt_chars - HEADER_ROOM)
+
+
+def session_header(session: dict[str, Any]) -> str:
+    parts = [f"Session {session.get('id')}", f"project: {session.get('project') or '(none)'}"]
+    for field in ("title", "firstPrompt", "startedAt", "endedAt"):
+        if session.get(field):
+            parts.append(f"{field}: {truncate(str(session[field]), 200)}")
+    return "\n".join(parts)
+
+
+def session_prompt(ctx: Ctx, session: dict[str, Any], observations: list[dict], ask: str) -> str:
+    return (f"{session_header(session)}\n\nObservations, oldest first:\n"
+            f"{observation_block(observations, _budget(ctx))}\n\n{ask}")
+
+
+# -- compression -----------------------------------------------------------------------------------------
+
+COMPRESS = Task(
+    "compress",
+    "You turn one event recorded from an AI coding agent's session into a compact memory record. "
+    "type: the kind of event. title: what happened, at most 80 characters. facts: short standalone "
+    "facts worth remembering later (may be empty). narrative: one to three sentences. concepts: the key "
+    "technical concepts, lower case. files: file paths the event involves. importance: 1 (noise) to 10 "
+    "(a decision or failure the next session must know). Never repeat secrets, tokens or passwords.",
+    _object(["type", "title", "facts", "narrative", "concepts", "files", "importance"],
+            type={"enum": list(OBSERVATION_TYPES)}, title=_text(120), facts=_strings(12, 400),
+            narrative=_text(3000), concepts=_strings(15, 80), files=_strings(30, 512),
+            importance={"type": "integer", "minimum": 1, "maximum": 10}),
+)
+
+
+def compress_prompt(obs: dict[str, Any]) -> str:
+    head = [f"hookType: {obs.get('hookType')}", f"project: {obs.get('project') or '(none)'}",
+            f"time: {obs.get('timestamp')}"]
+    if obs.get("toolName"):
+        head.append(f"tool: {obs['toolName']}")
+    raw = obs.get("raw")
+    body = truncate(stringify(raw) if raw not in (None, "", {}) else obs.get("narrative") or "", RAW_CHARS)
+    return "\n".join(head) + f"\nevent data (JSON; secrets already redacted):\n{body}"
+
+
+def apply_compression(ctx: Ctx, session_id: str, obs_id: str, answer: dict[str, Any]) -> dict | None:
+    """Replace an observation's synthetic fields with the model's, re-index it (its embedding is
+    re-queued by the index hook) and publish the update. None when the record is gone."""
+    rt = ctx.rt
+    with rt.db.transaction("llm_compress", agent_id=rt.settings.agent_id) as tx:
+        obs = tx.get(obs_scope(session_id), obs_id)
+        if obs is None:
+            return None
+        # An agent's own concepts (agent_observe notes) stay; the model's are added.
+        concepts = list(dict.fromkeys(" ".join(str(c).lower().split())
+                                      for c in (obs.get("concepts") or []) + answer["concepts"]))[:30]
+        obs.update(type=answer["type"], title=truncate(" ".join(answer["title"].split()), 80),
+                   facts=answer["facts"], narrative=answer["narrative"], concepts=concepts,
+                   files=list(dict.fromkeys((obs.get("files") or []) + answer["files"]))[:50],
+                   importance=answer["importance"], confidence=0.8, method=llm.PROVIDER,
+                   compressedAt=rt.clock.iso())
+        tx.set(obs_scope(session_id), obs_id, obs, now=obs["compressedAt"])
+        search.index_record(tx, "observation", obs)
+        tx.audit_message = f"model compression of {obs_id}"
+        tx.after_commit(lambda: rt.publish("observation_updated", obs))
+    vectors = rt.services.get("vectors")
+    if vectors is not None:
+        vectors.notify()
+    return obs
+
+
+def _queue_compression(ctx: Ctx, tx: Any, obs: dict[str, Any]) -> None:
+    svc = llm.service(ctx.rt)
+    if svc.uses_model("compress"):
+        svc.enqueue(tx, "compress", obs["id"], {"sessionId": obs["sessionId"]})
+
+
+functions.OBSERVE_HOOKS.append(_queue_compression)
+
+
+@llm.job_handler("compress")
+def _compress_job(ctx: Ctx, obs_id: str, args: dict) -> None:
+    svc = llm.service(ctx.rt)
+    if not svc.uses_model("compress"):
+        return  # turned off since it was queued: the synthetic record stands
+    obs = ctx.rt.db.reader().get(obs_scope(args["sessionId"]), obs_id)
+    if obs is None or obs.get("method") == llm.PROVIDER:
+        return
+    try:
+        answer = svc.generate_json(COMPRESS, compress_prompt(obs))
+    except llm.BreakerOpen as exc:
+        raise llm.Retry(exc.message, exc.retry_at) from None
+    except (llm.InvalidOutput, llm.ModelRefused):
+        return  # the model cannot do better for this one: keep the synthetic compression
+    except llm.LLMError as exc:
+        raise llm.Retry(exc.message) from None
+    apply_compression(ctx, args["sessionId"], obs_id, answer)
+
+
+# -- summaries and crystals ---------------------------------------------------------------------------------
+
+SUMMARY = Task(
+    "summarize",
+    "You summarise one working session of an AI coding agent for the agent's next session: what was "
+    "asked, what was done and changed, what failed and what is still open. title: at most 80 characters. "
+    "narrative: a short paragraph. keyDecisions: decisions taken. filesModified: files changed. "
+    "concepts: key technical concepts, lower case.",
+    _object(["title", "narrative"], title=_text(120), narrative=_text(4000), keyDecisions=_strings(15, 300),
+            filesModified=_strings(50, 512), concepts=_strings(15, 80)),
+)
+
+
+@model_step("summarize", llm.PROVIDER)
+def summarize_step(ctx: Ctx, payload: dict) -> dict | None:
+    svc = _model(ctx, "summaries")
+    if svc is None:
+        return None
+    prompt = session_prompt(ctx, payload["session"], payload["observations"], "Summarise this session.")
+    answer = svc.answer(SUMMARY, prompt)
+    if answer is not None:
+        answer["title"] = truncate(" ".join(answer["title"].split()), 80)
+    return answer
+
+
+CRYSTAL = Task(
+    "crystallize",
+    "You distil finished work of an AI coding agent into a digest: narrative (what was achieved), "
+    "keyOutcomes (concrete results), filesAffected, and lessons (reusable rules learned, each one "
+    "sentence that stands on its own; empty when nothing was learned).",
+    _object(["narrative", "keyOutcomes", "filesAffected", "lessons"], narrative=_text(4000),
+            keyOutcomes=_strings(20, 300), filesAffected=_strings(50, 512), lessons=_strings(10, 300, 6)),
+)
+
+
+def actions_prompt(actions: list[dict]) -> str:
+    lines = [truncate(f"- {a.get('title')} ({a.get('status')})"
+                      + (f": {a['description']}" if a.get("description") else "")
+                      + (f" | result: {a['result']}" if a.get("result") else ""), 600) for a in actions]
+    return "Finished actions, oldest first:\n" + "\n".join(lines) + "\n\nDistil them."
+
+
+@model_step("crystallize", llm.PROVIDER)
+def crystallize_step(ctx: Ctx, payload: dict) -> dict | None:
+    svc = _model(ctx, "crystallize")
+    if svc is None:
+        return None
+    if payload.get("session") is not None:
+        prompt = session_prompt(ctx, payload["session"], payload["observations"], "Distil this session.")
+    else:
+        prompt = truncate(actions_prompt(payload.get("actions") or []), _budget(ctx))
+    return svc.answer(CRYSTAL, prompt)
+
+
+# -- reflection and insights ----------------------------------------------------------------------------------
+
+REFLECT_RULES = ("pending_items: open TODOs and unfinished work, one '- ' line each, dropping items "
+                 "the session finished. session_patterns: recurring errors, habits and tool usage. "
+                 "project_context: durable facts about the project (layout, key files, conventions).")
+
+
+@model_step("reflect", llm.PROVIDER)
+def reflect_step(ctx: Ctx, payload: dict) -> dict | None:
+    svc = _model(ctx, "reflect")
+    if svc is None:
+        return None
+    current = {label: content or "" for label, content in payload["slots"].items()}
+    task = Task("reflect", "You maintain an AI coding agent's memory slots from what happened in a session. "
+                f"{REFLECT_RULES} Return the complete new content of each slot that should change (keep what "
+                "is still true), and leave out slots that need no change.",
+                _object(["slots"], slots={"type": "object", "additionalProperties": False,
+                                          "properties": {label: _text(SLOT_SIZE) for label in current}}))
+    slots_text = "\n\n".join(f"[{label}]\n{truncate(text, SLOT_SIZE) or '(empty)'}" for label, text in current.items())
+    prompt = session_prompt(ctx, payload["session"], payload["observations"],
+                            f"Current slots:\n{slots_text}\n\nUpdate the slots.")
+    answer = svc.answer(task, prompt)
+    updates = {k: v for k, v in (answer or {}).get("slots", {}).items() if k in current and v.strip()}
+    return updates or None
+
+
+@model_step("insights", llm.PROVIDER)
+def insights_step(ctx: Ctx, payload: dict) -> list | None:
+    clusters, svc = payload["clusters"], _model(ctx, "reflect")
+    if not clusters or svc is None:
+        return None
+    item = _object(["title", "content", "confidence"], title=_text(120), content=_text(1000),
+                   confidence={"type": "number", "minimum": 0, "maximum": 1})
+    task = Task("insights", "You find the insight behind each cluster of related notes from an AI coding "
+                "agent's memory: one title, a content of one to three sentences that generalises the notes, "
+                "and a confidence between 0 and 1. One insight per cluster, in the given order.",
+                _object(["insights"], insights={"type": "array", "items": item, "minItems": len(clusters),
+                                                "maxItems": len(clusters)}))
+    per_cluster = max(400, _budget(ctx) // len(clusters))
+    blocks = [truncate(f"Cluster {n} (terms: {', '.join(c['terms'][:8])}):\n"
+                       + "\n".join(f"- [{i['kind']}] {i['text']}" for i in c["items"][:12]), per_cluster)
+              for n, c in enumerate(clusters, 1)]
+    answer = svc.answer(task, "\n\n".join(blocks))
+    return None if answer is None else answer["insights"]
+
+
+# -- consolidation -----------------------------------------------------------------------------------------------
+
+GROUP_SAMPLE = 8  # most important observations of a group shown to the model (U§4.8)
+
+
+@model_step("consolidate", llm.PROVIDER)
+def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
+    groups, svc = payload["groups"], _model(ctx, "consolidation")
+    if not groups or svc is None:
+        return None
+    memory = _object(["title", "content", "type", "concepts", "facts"], title=_text(120), content=_text(4000),
+                     type={"enum": list(MEMORY_TYPES)}, concepts=_strings(10, 80), facts=_strings(5, 300, 6))
+    task = Task("consolidate", "You turn groups of related observations from an AI coding agent's sessions "
+                "into long-term memories: for each group one memory (title, content that generalises the "
+                "group, type, concepts) and up to five standalone facts worth keeping. One memory per group, "
+                "in the given order.",
+                _object(["memories"], memories={"type": "array", "items": memory, "minItems": len(groups),
+                                                "maxItems": len(groups)}))
+    per_group = max(400, _budget(ctx) // len(groups))
+    blocks = []
+    for n, (key, group) in enumerate(groups, 1):
+        top = sorted(group, key=lambda o: -int(o.get("importance") or 0))[:GROUP_SAMPLE]
+        blocks.append(truncate(f"Group {n} (shared {key}; {len(group)} observations):\n"
+                               + "\n".join(obs_line(o) for o in top), per_group))
+    answer = svc.answer(task, "\n\n".join(blocks))
+    if answer is None:
+        return None
+    drafts = []
+    for (_key, group), item in zip(groups, answer["memories"], strict=True):
+        drafts.append({"title": truncate(" ".join(item["title"].split()), 80), "content": item["content"],
+                       "type": item["type"], "concepts": item["concepts"], "facts": item["facts"],
+                       "files": list(dict.fromkeys(f for o in group for f in o.get("files") or []))[:10],
+                       "sourceObservationIds": sorted(o["id"] for o in group)})
+    return drafts
+
+
+# -- session end: the background jobs ------------------------------------------------------------------------------
+
+
+def _queue_session_work(ctx: Ctx, session: dict[str, Any]) -> None:
+    """Queue the model upgrades of what the session end just wrote deterministically, and the
+    session-end consolidation (at most once per project per cooldown)."""
+    if not session.get("observationCount"):
+        return
+    rt, svc, sid = ctx.rt, llm.service(ctx.rt), session["id"]
+    with rt.db.transaction("llm_queue") as tx:
+        if svc.uses_model("summaries"):
+            svc.enqueue(tx, "summarize", sid)
+        if svc.uses_model("reflect") and rt.settings.reflect_on_session_end:
+            svc.enqueue(tx, "reflect", sid)
+        if svc.consolidation_on():
+            project = session.get("project") or ""
+            last = svc.last_consolidation.get(project)
+            cooldown = rt.settings.consolidation_cooldown_ms / 1000
+            svc.enqueue(tx, "consolidate", project, {"project": session.get("project")},
+                        not_before=last + cooldown if last is not None else 0.0)
+
+
+functions.SESSION_END_HOOKS.append(_queue_session_work)
+
+
+@llm.job_handler("summarize")
+def _summarize_job(ctx: Ctx, session_id: str, args: dict) -> None:
+    if llm.service(ctx.rt).uses_model("summaries"):
+        try:
+            summaries.summarize(ctx, session_id)
+        except AppError:  # the session or its observations are gone
+            pass
+
+
+@llm.job_handler("reflect")
+def _reflect_job(ctx: Ctx, session_id: str, args: dict) -> None:
+    if llm.service(ctx.rt).uses_model("reflect"):
+        try:
+            reflect.reflect_session(ctx, session_id)
+        except AppError:
+            pass
+
+
+@llm.job_handler("consolidate")
+def _consolidate_job(ctx: Ctx, project: str, args: dict) -> None:
+    llm.service(ctx.rt).last_consolidation[project] = ctx.rt.clock.time()
+    scope = {"project": args["project"]} if args.get("project") else {}  # none: every project
+    registry.unwrap(registry.call(ctx, "memory_consolidate", scope))

@@ -1,0 +1,760 @@
+#!/usr/bin/env python3
+"""Back up the agentmemory SQLite database to a private HuggingFace dataset, and restore it.
+
+    python sync.py restore [--force] [--boot]   download the latest backup (before the server starts)
+    python sync.py backup [--force]             upload a snapshot if the database changed
+    python sync.py loop [--interval SECONDS]    back up every interval; a final backup on SIGTERM/SIGINT
+
+A separate process that talks only to the database file and the Hub: it never imports the
+server's code, so it runs beside any version of it. The snapshot comes from SQLite's online
+backup API (a consistent copy even while the server writes; never a file copy of a live WAL
+database) and is integrity-checked before it leaves the machine. Each backup commits, in one
+Hub commit, ``agentmemory.db`` (the latest), ``backups/agentmemory-<UTC time>.db`` (the last
+AGENTMEMORY_BACKUP_KEEP are kept; older ones are deleted in the same commit) and
+``backup-meta.json`` (id, sha256, times, schema version, row counts).
+
+Nothing is overwritten blindly. A state file next to the database
+(``<db>.sync.json``) records which remote backup the local file descends from and its mtime
+fingerprint (``_quick_hash``) at that moment:
+
+- backup skips the upload when the fingerprint is unchanged (no Hub request at all), and
+  refuses to replace a remote backup this database did not come from (another writer, or a
+  fresh empty database after a failed restore) unless ``--force``;
+- restore refuses to replace a local database changed more recently than the remote
+  snapshot's source unless ``--force``; a replaced database is kept as ``<db>.pre-restore``.
+
+Exit codes: 0 done (or nothing to do), 1 failed (Hub unreachable, bad download, ...),
+2 configuration error, 3 refused to overwrite (see the message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows; locks become no-ops there
+    fcntl = None  # type: ignore[assignment]
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3
+LATEST = "agentmemory.db"
+META = "backup-meta.json"
+HISTORY_PREFIX = "backups/agentmemory-"
+log = logging.getLogger("agentmemory.sync")
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+class SyncError(Exception):
+    """A backup or restore failed; the message says why. Nothing local was changed."""
+
+    exit_code = EXIT_FAILED
+
+
+class ConfigError(SyncError):
+    exit_code = EXIT_CONFIG
+
+
+class Refused(SyncError):
+    """Going on would overwrite data that may be newer; ``--force`` overrides."""
+
+    exit_code = EXIT_REFUSED
+
+
+def _repo_id(text: str) -> str:
+    if text.count("/") != 1 or not all(text.split("/")):
+        raise ValueError(f"must look like 'owner/name', got {text!r}")
+    return text
+
+
+def _at_least(minimum: float, kind: type = float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)  # ValueError names the bad text
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"expected true/false, got {text!r}")
+    return lowered in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class SyncSetting:
+    field: str
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+# Every environment variable sync.py reads besides the database location (which it resolves as
+# the server does). Config is built from this table and README's backup table is generated from it.
+SYNC_SETTINGS: tuple[SyncSetting, ...] = (
+    SyncSetting("repo", "AGENTMEMORY_DATASET_REPO", None, _repo_id,
+                "Dataset repo `owner/name` for backups; unset disables restore and backup."),
+    SyncSetting("token", "HF_TOKEN", None, str, "HuggingFace token with write access to the dataset."),
+    SyncSetting("endpoint", "HF_ENDPOINT", "https://huggingface.co", lambda t: t.rstrip("/"),
+                "Hub URL (tests point it at a fake Hub)."),
+    SyncSetting("interval", "AGENTMEMORY_BACKUP_INTERVAL", 60.0, _at_least(0.05),
+                "Seconds between backups in `sync.py loop`."),
+    SyncSetting("keep", "AGENTMEMORY_BACKUP_KEEP", 5, _at_least(0, int),
+                "Timestamped snapshots kept under `backups/` (the newest equals `agentmemory.db`); 0 keeps none."),
+    SyncSetting("private", "AGENTMEMORY_DATASET_PRIVATE", True, _bool,
+                "Create the dataset as private when it is missing."),
+    SyncSetting("timeout", "AGENTMEMORY_HUB_TIMEOUT", 30.0, _at_least(0.1),
+                "Seconds before one Hub request times out (connect: at most 10)."),
+    SyncSetting("retries", "AGENTMEMORY_HUB_RETRIES", 2, _at_least(0, int),
+                "Retries of a failed Hub request (huggingface_hub's default of 5 takes ~23 s)."),
+    SyncSetting("restore_attempts", "AGENTMEMORY_RESTORE_ATTEMPTS", 3, _at_least(1, int),
+                "Restore attempts at boot (`restore --boot`)."),
+    SyncSetting("restore_retry_delay", "AGENTMEMORY_RESTORE_RETRY_DELAY", 5.0, _at_least(0),
+                "Seconds between restore attempts at boot."),
+    SyncSetting("restore_required", "AGENTMEMORY_RESTORE_REQUIRED", True, _bool,
+                "At boot, refuse to start on an empty database when the restore failed."),
+)
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    value = (env.get(name) or "").strip()
+    # Hook and Space configs often carry unexpanded "${VAR}" placeholders; treat them as unset.
+    return None if not value or (value.startswith("${") and value.endswith("}")) else value
+
+
+def db_path_from_env(env: Mapping[str, str]) -> Path:
+    """The database file, resolved exactly as the server's settings do."""
+    explicit = _optional(env, "AGENTMEMORY_DB")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(_optional(env, "AGENTMEMORY_DATA_DIR") or "~/.agentmemory").expanduser() / "agentmemory.db"
+
+
+@dataclass(frozen=True)
+class Config:
+    db_path: Path
+    repo: str | None = None
+    token: str | None = None
+    endpoint: str = "https://huggingface.co"
+    interval: float = 60.0
+    keep: int = 5
+    private: bool = True
+    timeout: float = 30.0
+    retries: int = 2
+    restore_attempts: int = 3
+    restore_retry_delay: float = 5.0
+    restore_required: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+        """Read SYNC_SETTINGS from ``env`` (default ``os.environ``); overrides use field names.
+
+        :raise ConfigError: a value cannot be parsed; the message names the variable.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {"db_path": db_path_from_env(env)}
+        for setting in SYNC_SETTINGS:
+            raw = _optional(env, setting.env)
+            try:
+                values[setting.field] = setting.default if raw is None else setting.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{setting.env}: {exc}") from None
+        return cls(**{**values, **overrides})
+
+    def require_repo(self) -> str:
+        if not self.repo:
+            raise ConfigError("AGENTMEMORY_DATASET_REPO is not set: there is nowhere to back up to")
+        return self.repo
+
+
+# -- the local database file -------------------------------------------------------------------------
+
+
+def _sidecar(db: Path, suffix: str) -> Path:
+    return db.with_name(db.name + suffix)
+
+
+def _quick_hash(db: Path) -> str:
+    """Fingerprint of the database's on-disk state: inode, size and mtime of the file and its
+    WAL. Any committed write changes one of them, so equal fingerprints mean "unchanged"
+    without reading the data. An empty WAL holds nothing and counts as no WAL: opening the
+    database (as the snapshot does) may create one without changing any data."""
+    parts = []
+    for path in (db, _sidecar(db, "-wal")):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            parts.append("-")
+            continue
+        empty_wal = path != db and st.st_size == 0
+        parts.append("-" if empty_wal else f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()
+
+
+def last_change(db: Path) -> float:
+    """When the database (or its WAL) was last written, as a Unix time."""
+    times = [p.stat().st_mtime for p in (db, _sidecar(db, "-wal")) if p.exists()]
+    return max(times) if times else 0.0
+
+
+def db_in_use(db: Path) -> bool:
+    """True when another process has the database open. Every SQLite connection to a WAL
+    database holds a shared lock on byte 128 of the ``-shm`` file (the "dead man switch"), so
+    an exclusive lock there is only granted when nobody else has it open."""
+    shm = _sidecar(db, "-shm")
+    if fcntl is None or not shm.exists():
+        return False
+    fd = os.open(shm, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe lock
+    return False
+
+
+@contextlib.contextmanager
+def file_lock(db: Path) -> Iterator[None]:
+    """Serialise backup/restore runs on one database (the loop and a manual run, say)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(_sidecar(db, ".sync.lock"), "a+") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inspect(path: Path) -> dict[str, Any]:
+    """Integrity-check a database file (read-only) and describe it.
+
+    :raise SyncError: not a database, or ``PRAGMA integrity_check`` is not ok.
+    """
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            names = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+            tables = {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise SyncError(f"{path.name} is not a usable SQLite database: {exc}") from None
+    if result != ["ok"]:
+        raise SyncError(f"{path.name} failed PRAGMA integrity_check: {'; '.join(result[:5])}")
+    return {"sha256": sha256_file(path), "size": path.stat().st_size, "schemaVersion": version,
+            "tables": tables}
+
+
+def snapshot(db: Path, dest: Path) -> dict[str, Any]:
+    """A consistent copy of ``db`` at ``dest`` through SQLite's online backup API, switched to
+    rollback-journal mode so it is one self-contained file, then integrity-checked."""
+    try:
+        source = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            target = sqlite3.connect(dest)
+            try:
+                source.backup(target)  # all pages in one step: one read transaction, one state
+                target.execute("PRAGMA journal_mode = DELETE")
+            finally:
+                target.close()
+        finally:
+            source.close()
+    except sqlite3.Error as exc:
+        raise SyncError(f"could not snapshot {db}: {exc}") from None
+    return inspect(dest)
+
+
+def install(new: Path, db: Path) -> Path | None:
+    """Atomically put ``new`` in place of ``db``. The old database (with its WAL) is kept as
+    ``<db>.pre-restore``; stale ``-wal``/``-shm`` files never meet the new file."""
+    kept = None
+    if db.exists():
+        with contextlib.suppress(sqlite3.Error):
+            conn = sqlite3.connect(db)  # fold the WAL into the file while we can
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+        kept = _sidecar(db, ".pre-restore")
+        for stale in (kept, _sidecar(kept, "-wal"), _sidecar(kept, "-shm")):
+            stale.unlink(missing_ok=True)
+        try:
+            os.link(db, kept)
+        except OSError:
+            shutil.copy2(db, kept)
+        if _sidecar(db, "-wal").exists():
+            os.replace(_sidecar(db, "-wal"), _sidecar(kept, "-wal"))
+    for stale in (_sidecar(db, "-wal"), _sidecar(db, "-shm")):
+        stale.unlink(missing_ok=True)
+    with open(new, "rb+") as handle:  # on disk before it takes the real name
+        os.fsync(handle.fileno())
+    os.replace(new, db)
+    with contextlib.suppress(OSError):
+        fd = os.open(db.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    return kept
+
+
+class State:
+    """What the local database was last synced with: ``<db>.sync.json``."""
+
+    FIELDS = ("repo", "fingerprint", "sha256", "remoteId", "pendingId", "syncedAt")
+
+    def __init__(self, path: Path, values: dict[str, Any]):
+        self.path = path
+        self.values = {k: values.get(k) for k in self.FIELDS}
+
+    @classmethod
+    def load(cls, cfg: Config) -> "State":
+        path = _sidecar(cfg.db_path, ".sync.json")
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError):
+            values = {}
+        if not isinstance(values, dict) or values.get("repo") != cfg.repo:
+            values = {}  # a state about another dataset says nothing about this one
+        return cls(path, {**values, "repo": cfg.repo})
+
+    def get(self, name: str) -> Any:
+        return self.values.get(name)
+
+    def save(self, **changes: Any) -> None:
+        self.values.update(changes, syncedAt=_iso(time.time()))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.values, indent=2))
+        os.replace(tmp, self.path)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- the Hub -------------------------------------------------------------------------------------------
+
+_configured_for: tuple[float, int] | None = None
+
+
+def configure_hub(cfg: Config) -> None:
+    """Bound huggingface_hub's network behaviour. By default it retries a failed request 5 times
+    with back-off (about 23 s when the Hub is down) and has no request timeout at all; the
+    library has no setting for either, so the retry count is set on its backoff helpers'
+    keyword defaults and the timeout on its shared HTTP client."""
+    import httpx2
+    from huggingface_hub.utils import http_backoff, http_stream_backoff, set_client_factory
+
+    global _configured_for
+    if _configured_for == (cfg.timeout, cfg.retries):
+        return
+    for fn in (http_backoff, getattr(http_stream_backoff, "__wrapped__", None)):
+        defaults = getattr(fn, "__kwdefaults__", None)
+        if defaults and "max_retries" in defaults:
+            fn.__kwdefaults__ = {**defaults, "max_retries": cfg.retries,
+                                 "base_wait_time": min(1.0, cfg.timeout), "max_wait_time": 4.0}
+    timeout = httpx2.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0))
+
+    def client_factory() -> Any:
+        try:
+            from huggingface_hub.utils._http import default_client_factory
+            client = default_client_factory()
+        except ImportError:  # the library moved it: a plain client still works
+            client = httpx2.Client(follow_redirects=True)
+        client.timeout = timeout
+        return client
+
+    set_client_factory(client_factory)
+    _configured_for = (cfg.timeout, cfg.retries)
+
+
+def describe_hub_error(exc: BaseException, cfg: Config) -> str:
+    """One clear line for a failed Hub call (huggingface_hub's errors are httpx2 errors, which
+    are not OSErrors, wrapped in its own types)."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for err in chain:
+        if isinstance(err, (httpx2.TransportError, OfflineModeIsEnabled)):
+            return f"the Hub at {cfg.endpoint} is unreachable ({type(err).__name__}: {err})"
+    if isinstance(exc, RepositoryNotFoundError):
+        return f"dataset {cfg.repo} not found, or HF_TOKEN cannot access it"
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        detail = exc.server_message or str(exc).splitlines()[0]
+        hint = " (check HF_TOKEN: it needs write access to the dataset)" if status in (401, 403) else ""
+        return f"the Hub answered HTTP {status}: {detail}{hint}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextlib.contextmanager
+def hub_errors(cfg: Config, doing: str) -> Iterator[None]:
+    """Turn any failure of a Hub call into a SyncError naming what was being done."""
+    try:
+        yield
+    except SyncError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every Hub failure becomes one clear message
+        log.debug("%s failed", doing, exc_info=True)
+        raise SyncError(f"{doing}: {describe_hub_error(exc, cfg)}") from exc
+
+
+class Hub:
+    """The few Hub operations sync needs, on one dataset repo."""
+
+    def __init__(self, cfg: Config):
+        from huggingface_hub import HfApi
+
+        configure_hub(cfg)
+        self.cfg = cfg
+        self.repo = cfg.require_repo()
+        self.api = HfApi(endpoint=cfg.endpoint, token=cfg.token)
+
+    def head(self, *, create: bool) -> tuple[str | None, set[str]]:
+        """(head commit, file names) of the dataset; (None, empty) when it does not exist and
+        ``create`` is false. This first request is never retried, so a Hub that is down fails
+        at once."""
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        with hub_errors(self.cfg, f"reading dataset {self.repo}"):
+            try:
+                info = self.api.dataset_info(self.repo, timeout=self.cfg.timeout)
+            except RepositoryNotFoundError:
+                if not create:
+                    return None, set()
+                self.api.create_repo(self.repo, repo_type="dataset", private=self.cfg.private, exist_ok=True)
+                log.info("created %s dataset %s", "private" if self.cfg.private else "public", self.repo)
+                info = self.api.dataset_info(self.repo, timeout=self.cfg.timeout)
+        return info.sha, {s.rfilename for s in info.siblings or []}
+
+    def download(self, name: str, revision: str, into: Path) -> Path:
+        from huggingface_hub import hf_hub_download
+
+        with hub_errors(self.cfg, f"downloading {name} from {self.repo}"):
+            return Path(hf_hub_download(self.repo, name, repo_type="dataset", revision=revision,
+                                        local_dir=into, token=self.cfg.token, endpoint=self.cfg.endpoint))
+
+    def meta(self, revision: str, files: set[str], scratch: Path) -> dict[str, Any] | None:
+        if META not in files:
+            return None
+        path = self.download(META, revision, scratch)
+        try:
+            meta = json.loads(path.read_text())
+            if not isinstance(meta, dict) or not isinstance(meta.get("id"), str):
+                raise ValueError("no id")
+        except ValueError as exc:
+            raise SyncError(f"{META} in {self.repo} is unreadable ({exc}); fix or delete it") from None
+        return meta
+
+    def commit(self, operations: list[Any], message: str, parent: str | None) -> str:
+        with hub_errors(self.cfg, f"uploading to {self.repo}"):
+            info = self.api.create_commit(self.repo, operations=operations, commit_message=message,
+                                          repo_type="dataset", parent_commit=parent)
+        return info.oid
+
+
+# -- backup ------------------------------------------------------------------------------------------------
+
+
+def _check_lineage(state: State, meta: dict[str, Any] | None, repo: str, force: bool) -> None:
+    """Refuse to replace a remote backup this database does not descend from."""
+    if meta is None or meta["id"] in (state.get("remoteId"), state.get("pendingId")):
+        return
+    if force:
+        log.warning("--force: replacing remote backup %s (made %s) with this database",
+                    meta["id"], meta.get("createdAt"))
+        return
+    known = state.get("remoteId") or "none (never restored from or backed up to this dataset)"
+    raise Refused(
+        f"{repo} holds backup {meta['id']} (made {meta.get('createdAt')} on {meta.get('host')}), but this "
+        f"database descends from {known}. Refusing to overwrite it: run `sync.py restore` to take the "
+        "remote copy, or `sync.py backup --force` to replace it with this database.")
+
+
+def _stamp(ts: float) -> str:
+    """UTC time as ``20261122T101530.123Z``: sorts as text in time order."""
+    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return f"{moment:%Y%m%dT%H%M%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def _history_name(created: float) -> str:
+    return f"{HISTORY_PREFIX}{_stamp(created)}.db"
+
+
+def _operations(snapshot_path: Path, meta: dict[str, Any], files: set[str], keep: int) -> tuple[list, list[str]]:
+    """Commit operations: latest + timestamped copy + metadata, and deletions beyond ``keep``."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    ops = [CommitOperationAdd(path_in_repo=LATEST, path_or_fileobj=str(snapshot_path))]
+    history = sorted(f for f in files if f.startswith(HISTORY_PREFIX) and f.endswith(".db"))
+    if keep > 0:
+        ops.append(CommitOperationAdd(path_in_repo=meta["history"], path_or_fileobj=str(snapshot_path)))
+        history = sorted(set(history) | {meta["history"]})
+    pruned = history[:-keep] if keep > 0 else history
+    ops += [CommitOperationDelete(path_in_repo=name) for name in pruned]
+    ops.append(CommitOperationAdd(path_in_repo=META, path_or_fileobj=json.dumps(meta, indent=2).encode()))
+    return ops, pruned
+
+
+def _new_meta(info: dict[str, Any], changed_at: float, remote: dict[str, Any] | None) -> dict[str, Any]:
+    now = time.time()
+    return {"format": 1, "id": f"{_stamp(now)}-{info['sha256'][:12]}", "file": LATEST,
+            "history": _history_name(now), "createdAt": _iso(now), "sourceChangedAt": _iso(changed_at),
+            "sourceChangedAtEpoch": changed_at, "host": socket.gethostname(),
+            "previous": remote["id"] if remote else None, **info}
+
+
+def _publish(hub: Hub, state: State, path: Path, meta: dict[str, Any], head: str | None,
+             files: set[str]) -> dict[str, Any]:
+    """One commit: latest, timestamped copy, metadata, pruned history. ``head`` as the parent
+    makes the Hub reject the commit if anyone else committed since we looked."""
+    operations, pruned = _operations(path, meta, files, hub.cfg.keep)
+    # Recorded before the upload: if the Hub commits but the reply is lost, the next run still
+    # recognises the remote backup as its own.
+    state.save(pendingId=meta["id"])
+    commit = hub.commit(operations, f"agentmemory backup {meta['id']}", head)
+    return {"status": "uploaded", "id": meta["id"], "commit": commit, "size": meta["size"],
+            "tables": meta["tables"], "pruned": pruned}
+
+
+def backup(cfg: Config, *, force: bool = False) -> dict[str, Any]:
+    """Upload a snapshot of the database when it changed since the last sync.
+
+    :return: ``{"status": "unchanged" | "uploaded", ...}``.
+    :raise SyncError: no database, Hub failure, failed integrity check.
+    :raise Refused: the remote backup is not one this database descends from (see --force).
+    """
+    db, repo = cfg.db_path, cfg.require_repo()
+    if not db.exists():
+        raise SyncError(f"no database at {db}: nothing to back up")
+    with file_lock(db):
+        state = State.load(cfg)
+        fingerprint, changed_at = _quick_hash(db), last_change(db)
+        if not force and state.get("remoteId") and state.get("fingerprint") == fingerprint:
+            return {"status": "unchanged", "id": state.get("remoteId")}
+        hub = Hub(cfg)
+        head, files = hub.head(create=True)
+        with tempfile.TemporaryDirectory(dir=db.parent, prefix=".agentmemory-backup-") as scratch:
+            remote = hub.meta(head, files, Path(scratch))
+            _check_lineage(state, remote, repo, force)
+            info = snapshot(db, Path(scratch) / LATEST)
+            if remote is not None and remote.get("sha256") == info["sha256"] and not force:
+                state.save(fingerprint=fingerprint, sha256=info["sha256"], remoteId=remote["id"], pendingId=None)
+                return {"status": "unchanged", "id": remote["id"]}
+            result = _publish(hub, state, Path(scratch) / LATEST, _new_meta(info, changed_at, remote), head, files)
+        state.save(fingerprint=fingerprint, sha256=info["sha256"], remoteId=result["id"], pendingId=None)
+    log.info("uploaded backup %s (%d bytes, schema %s) to %s; pruned %d old snapshot(s)",
+             result["id"], info["size"], info["schemaVersion"], repo, len(result["pruned"]))
+    return result
+
+
+# -- restore -----------------------------------------------------------------------------------------------
+
+
+def _restore_decision(db: Path, state: State, meta: dict[str, Any] | None, force: bool) -> str | None:
+    """Why to download the remote backup, or None when the local database already has it.
+
+    :raise Refused: the local database changed after the remote snapshot's source did.
+    """
+    if not db.exists() or db.stat().st_size == 0:
+        return "there is no local database"
+    if force:
+        return "--force"
+    remote_id = meta["id"] if meta else None
+    if remote_id and remote_id in (state.get("remoteId"), state.get("pendingId")):
+        return None
+    if state.get("remoteId") and state.get("fingerprint") == _quick_hash(db):
+        return "the local database is unchanged since its last sync and the remote backup is newer"
+    local_at = last_change(db)
+    remote_at = meta.get("sourceChangedAtEpoch") if meta else None
+    if not isinstance(remote_at, (int, float)) or local_at > remote_at:
+        remote_desc = f"backup {remote_id} of a database last changed {meta.get('sourceChangedAt')}" if meta \
+            else "backup (it has no metadata, so its age is unknown)"
+        raise Refused(
+            f"the local database {db} (last changed {_iso(local_at)}) is newer than the remote {remote_desc}; "
+            "not overwriting it. Use `restore --force` to replace it anyway, or `backup --force` to upload it.")
+    return "the remote backup is newer than the local changes (the local copy is kept as .pre-restore)"
+
+
+def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
+    """Download the latest backup into place, unless the local database is as new or newer.
+
+    :return: ``{"status": "no-backup" | "up-to-date" | "restored", ...}``.
+    :raise Refused: the local database is newer than the remote (see --force).
+    :raise SyncError: Hub failure, bad download, or the database is open in another process.
+    """
+    db, repo = cfg.db_path, cfg.require_repo()
+    with file_lock(db):
+        hub = Hub(cfg)
+        head, files = hub.head(create=False)
+        if head is None or LATEST not in files:
+            what = "does not exist yet" if head is None else f"has no {LATEST} yet"
+            log.info("dataset %s %s: nothing to restore (first boot is fine)", repo, what)
+            return {"status": "no-backup"}
+        with tempfile.TemporaryDirectory(dir=db.parent, prefix=".agentmemory-restore-") as scratch:
+            meta = hub.meta(head, files, Path(scratch) / "meta")
+            state = State.load(cfg)
+            reason = _restore_decision(db, state, meta, force)
+            if reason is None:
+                log.info("local database already contains remote backup %s: nothing to restore", meta["id"])
+                return {"status": "up-to-date", "id": meta["id"]}
+            if db_in_use(db):
+                raise SyncError(f"{db} is open in another process (is the server running?); stop it first")
+            path = hub.download(LATEST, head, Path(scratch) / "db")
+            if meta is not None and meta.get("sha256") != sha256_file(path):
+                raise SyncError(f"downloaded {LATEST} does not match the sha256 in {META}; not installed")
+            info = inspect(path)
+            kept = install(path, db)
+        remote_id = meta["id"] if meta else f"unversioned-{info['sha256'][:12]}"
+        state.save(fingerprint=_quick_hash(db), sha256=info["sha256"], remoteId=remote_id, pendingId=None)
+    log.info("restored backup %s into %s (%d bytes, schema %s): %s", remote_id, db, info["size"],
+             info["schemaVersion"], reason)
+    return {"status": "restored", "id": remote_id, "size": info["size"], "tables": info["tables"],
+            "kept": str(kept) if kept else None, "reason": reason}
+
+
+def restore_for_boot(cfg: Config) -> int:
+    """Restore before the server starts: retry a failing Hub, keep a newer local database, and
+    refuse to start on an empty database when no backup could be fetched (serving an empty
+    memory would hide the real one) unless AGENTMEMORY_RESTORE_REQUIRED=false."""
+    for attempt in range(1, cfg.restore_attempts + 1):
+        try:
+            restore(cfg)
+            return EXIT_OK
+        except Refused as exc:
+            log.warning("%s Starting with the local database.", exc)
+            return EXIT_OK
+        except ConfigError:
+            raise
+        except SyncError as exc:
+            log.error("restore attempt %d/%d failed: %s", attempt, cfg.restore_attempts, exc)
+        if attempt < cfg.restore_attempts:
+            time.sleep(cfg.restore_retry_delay)
+    if cfg.db_path.exists():
+        log.warning("could not restore; starting with the existing local database %s", cfg.db_path)
+        return EXIT_OK
+    if not cfg.restore_required:
+        log.warning("could not restore; starting with an empty database (AGENTMEMORY_RESTORE_REQUIRED=false)")
+        return EXIT_OK
+    log.error("could not restore and there is no local database: not starting, because an empty "
+              "database would hide the backup. Set AGENTMEMORY_RESTORE_REQUIRED=false to start anyway.")
+    return EXIT_FAILED
+
+
+# -- loop --------------------------------------------------------------------------------------------------
+
+
+def _backup_logged(cfg: Config, when: str) -> bool:
+    """One backup for the loop: every failure is logged and survived."""
+    try:
+        result = backup(cfg)
+        if result["status"] == "unchanged":
+            log.debug("%s backup: unchanged", when)
+        return True
+    except SyncError as exc:
+        log.error("%s backup failed: %s", when, exc)
+    except Exception:  # noqa: BLE001 - the loop must survive anything and try again next tick
+        log.exception("%s backup failed unexpectedly", when)
+    return False
+
+
+def run_loop(cfg: Config, stop: threading.Event | None = None) -> int:
+    """Back up every ``cfg.interval`` seconds until SIGTERM/SIGINT (or ``stop``), then once more.
+
+    :return: 0, or 1 when the final backup failed.
+    """
+    cfg.require_repo()
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    log.info("backing up %s to dataset %s every %gs", cfg.db_path, cfg.repo, cfg.interval)
+    while not stop.wait(cfg.interval):
+        if cfg.db_path.exists():
+            _backup_logged(cfg, "periodic")
+    log.info("stopping: final backup")
+    if not cfg.db_path.exists():
+        return EXIT_OK
+    return EXIT_OK if _backup_logged(cfg, "final") else EXIT_FAILED
+
+
+# -- command line ------------------------------------------------------------------------------------------
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = "DEBUG" if verbose else (os.environ.get("AGENTMEMORY_LOG_LEVEL") or "info").upper()
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s sync %(levelname)s: %(message)s")
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one INFO line per HTTP request
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bar noise in logs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sync.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    restore_cmd = commands.add_parser("restore", help="download the latest backup into place")
+    restore_cmd.add_argument("--force", action="store_true", help="replace a newer local database")
+    restore_cmd.add_argument("--boot", action="store_true", help="container boot policy (retries, see README)")
+    backup_cmd = commands.add_parser("backup", help="upload a snapshot if the database changed")
+    backup_cmd.add_argument("--force", action="store_true", help="upload even if unchanged or diverged")
+    loop_cmd = commands.add_parser("loop", help="back up periodically; final backup on SIGTERM")
+    loop_cmd.add_argument("--interval", type=float, help="seconds (default AGENTMEMORY_BACKUP_INTERVAL)")
+    opts = parser.parse_args(argv)
+    setup_logging(opts.verbose)
+    try:
+        cfg = Config.from_env()
+        if opts.command == "restore":
+            return restore_for_boot(cfg) if opts.boot else _print(restore(cfg, force=opts.force))
+        if opts.command == "backup":
+            return _print(backup(cfg, force=opts.force))
+        if opts.interval is not None:
+            cfg = Config.from_env(interval=max(opts.interval, 0.05))
+        return run_loop(cfg)
+    except SyncError as exc:
+        log.error("%s failed: %s", opts.command, exc)
+        return exc.exit_code
+
+
+def _print(result: dict[str, Any]) -> int:
+    print(json.dumps(result, sort_keys=True), flush=True)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

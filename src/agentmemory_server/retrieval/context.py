@@ -1,0 +1,144 @@
+"""The context block handed to the next session, packed under a token budget (U§4.6).
+
+Blocks come from providers registered with ``@block_provider``: pinned slots, the project
+profile, lessons and past sessions each contribute blocks with a recency. Blocks are sorted by
+recency (pinned first) and added greedily: a block that does not fit is skipped, not a stop, so
+a big old block never hides a small recent one. Tokens are estimated as ceil(chars / 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from xml.sax.saxutils import escape, quoteattr
+
+from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, tool
+from agentmemory_server.kernel.util import estimate_tokens
+
+PINNED = "9999-12-31T23:59:59.999Z"  # sorts before every real timestamp
+
+
+@dataclass
+class Block:
+    kind: str
+    text: str
+    recency: str
+    source_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Request:
+    """What a provider knows about the context being built."""
+
+    ctx: Ctx
+    session_id: str | None
+    project: str | None
+    agent_id: str | None
+
+
+Provider = Callable[[Request], list[Block]]
+BLOCK_PROVIDERS: list[tuple[str, Provider]] = []
+
+
+def block_provider(name: str) -> Callable[[Provider], Provider]:
+    def register(fn: Provider) -> Provider:
+        if any(n == name for n, _ in BLOCK_PROVIDERS):
+            raise ValueError(f"duplicate context provider {name!r}")
+        BLOCK_PROVIDERS.append((name, fn))
+        return fn
+
+    return register
+
+
+def pack(blocks: list[Block], budget: int, project: str | None) -> dict[str, Any]:
+    opening = f"<agentmemory-context project={quoteattr(project or '')}>"
+    closing = "</agentmemory-context>"
+    remaining = budget - estimate_tokens(opening + "\n\n" + closing)
+    chosen: list[Block] = []
+    for block in sorted(blocks, key=lambda b: b.recency, reverse=True):
+        cost = estimate_tokens(block.text + "\n\n")
+        if cost <= remaining:
+            chosen.append(block)
+            remaining -= cost
+    if not chosen:
+        return {"context": "", "blocks": 0, "tokens": 0, "budget": budget, "kinds": [],
+                "skipped": len(blocks)}
+    text = opening + "\n" + "\n\n".join(b.text for b in chosen) + "\n" + closing
+    return {"context": text, "blocks": len(chosen), "tokens": estimate_tokens(text), "budget": budget,
+            "kinds": [b.kind for b in chosen], "skipped": len(blocks) - len(chosen)}
+
+
+def compile_context(ctx: Ctx, *, session_id: str | None, project: str | None, budget: int,
+                    agent_id: str | None = None) -> dict[str, Any]:
+    from agentmemory_server.capture.observe import agent_filter  # late import: functions imports this module
+
+    request = Request(ctx, session_id, project, agent_filter(ctx, agent_id))
+    blocks: list[Block] = []
+    for _name, provider in BLOCK_PROVIDERS:
+        blocks.extend(provider(request))
+    return pack(blocks, budget, project)
+
+
+@tool("context", params(
+    ["sessionId"], sessionId=SESSION_ID, project=PROJECT,
+    budget=integer("Token budget (default TOKEN_BUDGET)", minimum=1, maximum=100_000),
+    agentId=AGENT_ID,
+), http=[("POST", "/context")], mcp=False)
+def context_tool(ctx: Ctx, args: dict) -> dict:
+    """Compile the context block for a session: pinned slots, profile, lessons, past sessions."""
+    from agentmemory_server.capture.observe import visible_to  # late import: functions imports this module
+
+    project = args.get("project")
+    if project is None:
+        session = ctx.rt.db.reader().get("mem:sessions", args["sessionId"])
+        # Another agent's session (isolated scope) must not even lend its project name.
+        project = session.get("project") if visible_to(ctx, session, args.get("agentId")) else None
+    return compile_context(ctx, session_id=args["sessionId"], project=project,
+                           budget=args.get("budget") or ctx.rt.settings.token_budget,
+                           agent_id=args.get("agentId"))
+
+
+# -- the past-sessions provider ------------------------------------------------------------------
+
+PAST_SESSIONS = 10
+OBS_PER_SESSION = 5
+
+
+def _summary_block(summary: dict[str, Any]) -> str:
+    lines = [f"## {escape(summary.get('title') or 'Session summary')}"]
+    if summary.get("narrative"):
+        lines.append(escape(summary["narrative"]))
+    if summary.get("keyDecisions"):
+        lines.append("Decisions: " + "; ".join(escape(d) for d in summary["keyDecisions"]))
+    if summary.get("filesModified"):
+        lines.append("Files: " + ", ".join(escape(f) for f in summary["filesModified"]))
+    return "\n".join(lines)
+
+
+@block_provider("past_sessions")
+def past_sessions(req: Request) -> list[Block]:
+    if not req.project:
+        return []
+    store = req.ctx.rt.db.reader()
+    sessions, _ = store.sessions_page(project=req.project, agent_id=req.agent_id, status=None,
+                                      limit=PAST_SESSIONS + 1, offset=0)
+    sessions = [s for s in sessions if s["id"] != req.session_id][:PAST_SESSIONS]
+    summaries = store.get_many("mem:summaries", [s["id"] for s in sessions])
+    blocks = []
+    for session in sessions:
+        summary = summaries.get(session["id"])
+        if summary:
+            blocks.append(Block("summary", _summary_block(summary),
+                                summary.get("createdAt") or session["startedAt"], [session["id"]]))
+            continue
+        top = store.top_observations(session["id"], min_importance=5, limit=OBS_PER_SESSION)
+        top = [o for o in top if o.get("title") and (req.agent_id is None or o.get("agentId") == req.agent_id)]
+        if not top:
+            continue
+        lines = [f"## Session {escape(session['id'][:8])} ({session['startedAt']})"]
+        for o in top:
+            narrative = f": {escape(o['narrative'][:200])}" if o.get("narrative") else ""
+            lines.append(f"- [{o.get('type', 'other')}] {escape(o['title'])}{narrative}")
+        blocks.append(Block("observations", "\n".join(lines), session["startedAt"],
+                            [o["id"] for o in top]))
+    return blocks

