@@ -37,10 +37,10 @@ from agentmemory_server.kernel.settings import Settings  # noqa: E402
 IN_MEMORY_EXPORT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.wiring import build_runtime
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.memory import transfer
-rt = Runtime(Settings.from_env({}, db_path=sys.argv[2], background_jobs=False))
+rt = build_runtime(Settings.from_env({}, db_path=sys.argv[2], background_jobs=False))
 text = json.dumps(transfer.build_export(rt.db.reader(), exported_at="now"))
 rt.close()
 print(len(text))
@@ -104,7 +104,7 @@ def main() -> None:
     opts = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-backup-"))
     db = tmp / "data" / "agentmemory.db"
-    rt = Runtime(Settings.from_env({}, db_path=str(db), background_jobs=False))
+    rt = build_runtime(Settings.from_env({}, db_path=str(db), background_jobs=False))
     document = generated_export(opts.observations, opts.per_session)
     seed_s, _ = timed(lambda: maintenance.import_document(Ctx(rt, source="bench"), document, "merge", batch=5000))
     rt.close()

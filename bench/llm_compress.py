@@ -44,7 +44,7 @@ def in_process(n: int, batch: int = 100) -> dict:
     runtimes, times = {}, {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
         for label, on in (("off", False), ("on", True)):
-            runtimes[label] = Runtime(Settings.from_env(
+            runtimes[label] = build_runtime(Settings.from_env(
                 {}, data_dir=f"{tmp}/{label}", background_jobs=False, embedding_provider="none",
                 auto_compress=on, gemini_api_key=KEY if on else None, gemini_api_base="http://127.0.0.1:9"))
         try:

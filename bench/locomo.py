@@ -163,7 +163,7 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None) -> 
     timing = {"ingest_s": 0.0, "embed_s": 0.0, "turns": 0}
     for sample in samples:
         with tempfile.TemporaryDirectory() as tmp:
-            rt = Runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider))
+            rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider))
             try:
                 ctx = Ctx(rt, source="bench")
                 t0 = time.perf_counter()

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     rng = random.Random(7)
     with tempfile.TemporaryDirectory() as tmp:
-        rt = Runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False,
+        rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False,
                                        max_obs_per_session=100_000))
         try:
             seconds = seed(rt, opts, rng)

@@ -69,7 +69,7 @@ def payload(rng: random.Random, i: int) -> dict[str, Any]:
 
 
 def seed(data_dir: str, size: int) -> dict[str, float]:
-    rt = Runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="none"))
+    rt = build_runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="none"))
     ctx, rng = Ctx(rt, source="bench"), random.Random(7)
     t0 = time.perf_counter()
     for i in range(size):
@@ -107,7 +107,7 @@ def query_args(rng: random.Random) -> dict[str, Any]:
 
 def in_process(data_dir: str, queries: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rt = Runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="local"))
+    rt = build_runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="local"))
     startup = time.perf_counter() - t0
     ctx, rng, lat, modes = Ctx(rt, source="bench"), random.Random(3), [], set()
     cold = []

@@ -97,7 +97,7 @@ def bench_hub(n: int = 20_000) -> dict:
 
 def bench_tools(doc: dict, repeat: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        rt = Runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider="none"))
+        rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider="none"))
         try:
             def call(name: str, **args):
                 return registry.unwrap(registry.call(Ctx(rt, source="bench"), name, args))[0]

@@ -134,7 +134,7 @@ def main() -> None:
                 {}, data_dir=str(Path(tmp.name) / backend), background_jobs=False,
                 working_memory_backend=backend, redis_url=redis_proc[1] if redis_proc else None,
                 working_memory_max_items_per_session=1000)
-            rt = Runtime(settings)
+            rt = build_runtime(settings)
             try:
                 assert rt.services["working_memory"].backend.name == backend
                 results["backends"][backend] = {}

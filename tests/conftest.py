@@ -24,11 +24,10 @@ from agentmemory_server.adapters.web import create_app
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import SETTINGS, Settings
-
-# Register every tool in TOOL_MODULES order before any test module imports a domain module
-# directly; otherwise registration order (and so the generated docs tables) would depend on
-# which test file is collected first.
-registry.load_tools()
+# Importing the wiring registers every tool in FEATURE_MODULES order before any test module
+# imports a feature module directly; otherwise registration order (and so the generated docs
+# tables) would depend on which test file is collected first.
+from agentmemory_server.wiring import build_runtime
 
 
 def pytest_report_header(config: Any) -> str:
@@ -51,7 +50,7 @@ def make_runtime(tmp_path: Path):
 
     def make(clock: Any = None, **overrides: Any) -> Runtime:
         base = {"data_dir": str(tmp_path / "data"), "background_jobs": False, "embedding_provider": "none"}
-        rt = Runtime(Settings.from_env({}, **{**base, **overrides}), clock=clock)
+        rt = build_runtime(Settings.from_env({}, **{**base, **overrides}), clock=clock)
         made.append(rt)
         return rt
 
@@ -62,7 +61,7 @@ def make_runtime(tmp_path: Path):
 
 @pytest.fixture
 def rt(settings: Settings):
-    runtime = Runtime(settings)
+    runtime = build_runtime(settings)
     yield runtime
     runtime.close()
 
@@ -303,7 +302,7 @@ def run_sync(env: dict[str, str], *args: str, timeout: float = 120) -> subproces
 
 def seed_store(data_dir: Path, sessions: int = 3, per_session: int = 4, memories: int = 2) -> dict[str, int]:
     """Fill a database through the tools (as the server would); returns what was written."""
-    rt = Runtime(Settings.from_env({}, data_dir=str(data_dir), background_jobs=False))
+    rt = build_runtime(Settings.from_env({}, data_dir=str(data_dir), background_jobs=False))
     try:
         ctx = Ctx(rt, source="test")
         for s in range(sessions):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import dataclasses
 import json
 import sqlite3
 import subprocess
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from agentmemory_server import wiring
 from agentmemory_server.operations import maintenance
+from agentmemory_server.wiring import build_runtime
 from agentmemory_server.memory import transfer
 from conftest import (HUB_REPO, SRC, ToolCaller, clean_environ, hook, post, seed_store, sqlite_table_counts,
                       sync_env)
@@ -91,11 +94,11 @@ def test_reindex_restores_search_after_the_index_is_emptied(tmp_path):
     conn.execute("INSERT INTO search_docs (doc_id, kind, scope, key, ts) "
                  "VALUES ('ghost', 'memory', 'mem:memories', 'ghost', 'x')")  # a record that is gone
     conn.close()
-    from agentmemory_server.kernel.runtime import Runtime
+    from agentmemory_server.wiring import build_runtime
     from agentmemory_server.kernel.settings import Settings
 
     def search(query: str) -> list:
-        runtime = Runtime(Settings.from_env({}, db_path=db, background_jobs=False, embedding_provider="none"))
+        runtime = build_runtime(Settings.from_env({}, db_path=db, background_jobs=False, embedding_provider="none"))
         try:
             return ToolCaller(runtime)("memory_recall", query=query)["results"]
         finally:
@@ -109,19 +112,19 @@ def test_reindex_restores_search_after_the_index_is_emptied(tmp_path):
     assert sqlite_table_counts(Path(db))["search_docs"] == 14
 
 
-def test_reindex_hooks_run_after_the_rebuild(rt, call):
-    call("memory_save", content="hooked memory")
+def test_reindex_hooks_run_after_the_rebuild(settings):
     seen = []
 
     def reembed(runtime, progress):
         seen.append(runtime.db.reader().doc_counts())
         return {"vectors": 1}
 
-    maintenance.REINDEX_HOOKS.append(reembed)
+    rt = build_runtime(settings, hooks=dataclasses.replace(wiring.HOOKS, reindex=(reembed,)))
     try:
+        ToolCaller(rt)("memory_save", content="hooked memory")
         result = maintenance.reindex(rt)
     finally:
-        maintenance.REINDEX_HOOKS.remove(reembed)
+        rt.close()
     assert seen == [{"memory": 1}] and result["hooks"]["reembed"] == {"vectors": 1}
 
 

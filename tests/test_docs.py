@@ -28,7 +28,6 @@ def test_every_setting_is_documented():
 
 
 def test_every_mcp_tool_is_in_readme_and_agents():
-    registry.load_tools()
     for t in registry.REGISTRY.mcp_tools("all"):
         assert f"| `{t.name}` |" in README and f"- `{t.name}`" in AGENTS, t.name
         assert t.description and t.schema["type"] == "object"

@@ -32,7 +32,6 @@ memory_working_scratchpad memory_working_checkpoint memory_working_stats
 
 
 def mcp_names(which: str = "all") -> list[str]:
-    registry.load_tools()
     return [t.name for t in registry.REGISTRY.mcp_tools(which)]
 
 

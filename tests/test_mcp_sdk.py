@@ -27,7 +27,6 @@ SECRET = "sdk-secret"
 
 
 def registry_tools() -> list[str]:
-    registry.load_tools()
     return [t.name for t in registry.REGISTRY.mcp_tools("all")]
 
 

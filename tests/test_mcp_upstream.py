@@ -40,7 +40,6 @@ def node_dir():
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory, node_dir):
     """A live server with auth, seeded, and the shim connected to it over stdio."""
-    registry.load_tools()
     tmp = tmp_path_factory.mktemp("shim")
     server = LiveServer(tmp, {"AGENTMEMORY_SECRET": SECRET}, [])
     seeds = seed(live_poster(server, AUTH))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agentmemory_server.capture.privacy import REDACTED, REDACTED_SECRET, strip_private_data, strip_text
+from agentmemory_server.kernel.privacy import REDACTED, REDACTED_SECRET, strip_private_data, strip_text
 
 SECRETS = {
     "assignment": "api_key=abcdefghijklmnopqrstuvwxyz0123",

@@ -4,7 +4,7 @@ import string
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from agentmemory_server.capture.privacy import strip_private_data, strip_text
+from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 
 ALNUM = string.ascii_letters + string.digits
 TOKEN = ALNUM + "_-"

@@ -107,7 +107,7 @@ def _string_and_array_fields(schema, path=""):
 
 
 def test_every_string_and_list_argument_is_bounded():
-    unbounded = [f"{tool.name}.{field}" for tool in registry.load_tools().all()
+    unbounded = [f"{tool.name}.{field}" for tool in registry.REGISTRY.all()
                  for field, prop, bound in _string_and_array_fields(tool.schema)
                  if bound not in prop and "enum" not in prop and "const" not in prop]
     assert unbounded == []

@@ -21,7 +21,7 @@ from conftest import HUB_REPO, ROOT, Settings, hook, post, run_sync, seed_store,
 from agentmemory_server.kernel import registry
 from agentmemory_server.operations import hf_sync as sync
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.wiring import build_runtime
 
 
 def result(proc: subprocess.CompletedProcess) -> dict:
@@ -30,7 +30,7 @@ def result(proc: subprocess.CompletedProcess) -> dict:
 
 
 def add_memory(data_dir: Path, text: str) -> None:
-    rt = Runtime(Settings.from_env({}, data_dir=str(data_dir), background_jobs=False))
+    rt = build_runtime(Settings.from_env({}, data_dir=str(data_dir), background_jobs=False))
     try:
         registry.call(Ctx(rt), "memory_save", {"content": text})
     finally:

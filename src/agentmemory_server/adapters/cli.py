@@ -29,6 +29,7 @@ from agentmemory_server.operations import hf_sync as sync
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.wiring import build_runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
 
 
@@ -44,7 +45,7 @@ def _progress(quiet: bool) -> maintenance.Progress:
 
 
 def _with_runtime(settings: Settings, work: Callable[[Runtime], Any]) -> Any:
-    rt = Runtime(settings)
+    rt = build_runtime(settings)
     try:
         return work(rt)
     finally:

@@ -53,7 +53,6 @@ def routes_table() -> str:
 
 
 def tools_table() -> str:
-    registry.load_tools()
     lines = ["| Tool | Core | REST route | What it does |", "|---|---|---|---|"]
     for t in registry.REGISTRY.mcp_tools("all"):
         rest = ", ".join(f"{r.method} `/agentmemory{r.path}`" for r in t.routes) or "`POST /agentmemory/mcp/call`"
@@ -62,7 +61,6 @@ def tools_table() -> str:
 
 
 def tool_names_list() -> str:
-    registry.load_tools()
     return "\n".join(f"- `{t.name}`" for t in registry.REGISTRY.mcp_tools("all"))
 
 

@@ -31,7 +31,6 @@ from agentmemory_server.kernel import registry
 from agentmemory_server.adapters.origins import LOOPBACK, origin_allowed  # noqa: F401 - re-exported for callers
 from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.kernel.runtime import subsystem
 from agentmemory_server.kernel.util import clean_json
 
 log = logging.getLogger("agentmemory.mcp")
@@ -141,10 +140,6 @@ class Sessions:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "sessions": len(self._items), "versions": list(SUPPORTED_VERSIONS)}
 
-
-@subsystem("mcp_sessions")
-def _sessions_subsystem(rt: Any) -> Sessions:
-    return Sessions()
 
 
 def sessions_of(rt: Any) -> Sessions:

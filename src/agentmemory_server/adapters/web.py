@@ -36,8 +36,9 @@ from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unautho
 from agentmemory_server.adapters.stream import ReaderThread, StreamSession
 from agentmemory_server.kernel.registry import Ctx, Tool
 from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.wiring import build_runtime
 from agentmemory_server.kernel.settings import Settings
-from agentmemory_server.capture.privacy import strip_text
+from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.util import clean_json
 
 PREFIX = "/agentmemory"
@@ -108,7 +109,7 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     if runtime is None:
         if not isinstance(settings, Settings):
             settings = Settings.from_env(settings)
-        runtime = Runtime(settings)
+        runtime = build_runtime(settings)
     rt = runtime
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]

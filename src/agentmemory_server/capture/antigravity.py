@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from agentmemory_server.kernel import registry
+from agentmemory_server.memory import crystals, reflect
 from agentmemory_server.errors import AppError, NotFound
 from agentmemory_server.capture.observe import store_observation
 from agentmemory_server.memory.memories import delete_observations
-from agentmemory_server.capture.privacy import strip_text
+from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import PROJECT, Ctx, params, string, tool
 from agentmemory_server.kernel.util import iso, truncate
+from agentmemory_server.kernel.scopes import ANTIGRAVITY as STATE
 
-STATE = "mem:antigravity"
 CHUNK_CHARS = 3500
 _CONVERSATION_ID = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
 _ARTIFACT = re.compile(r"^[^/\\]+\.md(\.resolved(\.\d+)?)?$")
@@ -294,9 +295,10 @@ def memory_antigravity_sync_all(ctx: Ctx, args: dict) -> dict:
     follow_ups: dict[str, dict[str, Any]] = {}
     for sid in result["sessions"]:
         steps: dict[str, Any] = {}
-        for name in ("memory_crystallize", "memory_reflect"):
+        for handler in (crystals.memory_crystallize, reflect.memory_reflect):
+            name = handler.__name__
             try:
-                steps[name] = registry.unwrap(registry.call(ctx, name, {"sessionId": sid}))[0]
+                steps[name] = registry.run(handler, ctx, {"sessionId": sid})
             except Exception as exc:  # noqa: BLE001 - one session's failure must not stop the rest
                 steps[name] = {"success": False, "error": getattr(exc, "message", str(exc))}
         follow_ups[sid] = steps

@@ -1,4 +1,4 @@
-"""Sessions, the observation pipeline, liveness and health.
+"""The observation pipeline.
 
 observe: hook payload -> privacy stripping -> event-id dedup -> synthetic compression ->
 stored in ``mem:obs:{session}`` + indexed + session updated + audited, all in one transaction,
@@ -9,208 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable
+from typing import Any
 
-from agentmemory_server.retrieval import context
-from agentmemory_server.kernel import model_steps
-from agentmemory_server.retrieval import search
 from agentmemory_server.capture.compress import synthetic_compression
-from agentmemory_server.errors import CapacityExceeded, Conflict, Forbidden, InvalidInput, NotFound
-from agentmemory_server.capture.privacy import strip_private_data, strip_text
-from agentmemory_server.kernel.registry import (AGENT_ID, PROJECT, SESSION_ID, Ctx, Reply, anything, array,
-                      boolean, integer, params, string, tool)
-from agentmemory_server.kernel.util import new_id, normalise_time, truncate
+from agentmemory_server.kernel.privacy import strip_private_data
+from agentmemory_server.capture.sessions import new_session
+from agentmemory_server.errors import CapacityExceeded, InvalidInput
+from agentmemory_server.kernel.access import agent_filter, claim_session, stamp_agent, visible_to
+from agentmemory_server.kernel.registry import AGENT_ID, SESSION_ID, PROJECT, Ctx, Reply, anything, array, integer, params, string, tool
+from agentmemory_server.kernel.scopes import SESSIONS, obs_scope
+from agentmemory_server.kernel.util import new_id, normalise_time, page_info, truncate
+from agentmemory_server.retrieval import search
 
-SESSIONS = "mem:sessions"
-SUMMARIES = "mem:summaries"
-
-
-def obs_scope(session_id: str) -> str:
-    return f"mem:obs:{session_id}"
-
-
-# -- agent scope ---------------------------------------------------------------------------------
-
-
-def agent_filter(ctx: Ctx, requested: str | None = None) -> str | None:
-    """The agent id every read must be limited to, or None for all agents.
-
-    Shared scope: the caller's ``agentId`` filter, where "*" (or nothing) means every agent.
-    Isolated scope: always this server's AGENT_ID, whatever was asked; without one, fail closed.
-    """
-    settings = ctx.rt.settings
-    if settings.agent_scope == "isolated":
-        if not settings.agent_id:
-            raise Forbidden("AGENTMEMORY_AGENT_SCOPE=isolated but AGENT_ID is not set; refusing to "
-                            "read across agents", code="agent_scope_unset")
-        return settings.agent_id
-    return None if requested in (None, "", "*") else requested
-
-
-def stamp_agent(ctx: Ctx, given: str | None) -> str | None:
-    """The agent id to record on a new record."""
-    if ctx.rt.settings.agent_scope == "isolated":
-        return agent_filter(ctx)
-    return given or ctx.rt.settings.agent_id
-
-
-def visible_to(ctx: Ctx, record: dict[str, Any] | None, requested: str | None = None) -> bool:
-    agent = agent_filter(ctx, requested)
-    return record is not None and (agent is None or record.get("agentId") == agent)
-
-
-def claim_session(ctx: Ctx, session: dict[str, Any] | None, session_id: str) -> None:
-    """Refuse to write into a session another agent owns when agents are isolated (the write
-    would change that agent's session and answer with its data)."""
-    if session is not None and ctx.rt.settings.agent_scope == "isolated" and not visible_to(ctx, session):
-        raise Conflict(f"session {session_id!r} belongs to another agent", code="session_owned_by_other_agent")
-
-
-# -- liveness and health ---------------------------------------------------------------------------
-
-
-@tool("livez", params(), http=[("GET", "/livez")], mcp=False)
-def livez(ctx: Ctx, args: dict) -> dict:
-    """Liveness probe; always open, even with auth on."""
-    return {"status": "ok", "service": "agentmemory", "version": ctx.rt.version}
-
-
-@tool("health", params(), http=[("GET", "/health")], mcp=False)
-def health(ctx: Ctx, args: dict) -> Any:
-    """Health snapshot: database, record counts, background jobs and every subsystem."""
-    rt = ctx.rt
-    store = rt.db.reader()
-    counts = store.doc_counts()
-    sizes = rt.db.file_sizes()
-    sections = rt.health_sections()
-    states = [s.get("status") for s in sections.values() if isinstance(s, dict)]
-    status = "critical" if "critical" in states else "degraded" if "degraded" in states else "healthy"
-    body = {
-        "status": status, "service": "agentmemory", "version": rt.version,
-        "uptimeSeconds": round(rt.clock.time() - rt.started_at, 1),
-        "db": {"path": str(rt.db.path), "schemaVersion": rt.db.schema_version,
-               "sizeBytes": sizes["db"], "walBytes": sizes["wal"]},
-        "counts": {"sessions": store.count(SESSIONS), "observations": counts.get("observation", 0),
-                   "memories": counts.get("memory", 0)},
-        "live": rt.hub.stats(),
-        "jobs": rt.jobs.status(),
-        **sections,
-    }
-    return Reply(body, 503) if status == "critical" else body
-
-
-# -- sessions ----------------------------------------------------------------------------------------
-
-SESSION_END_HOOKS: list[Callable[[Ctx, dict], None]] = []
-
-
-def _new_session(ctx: Ctx, session_id: str, project: str | None, cwd: str | None,
-                 agent_id: str | None, now: str) -> dict[str, Any]:
-    session = {"id": session_id, "project": project, "cwd": cwd, "startedAt": now,
-               "updatedAt": now, "status": "active", "observationCount": 0}
-    if agent_id:
-        session["agentId"] = agent_id
-    return session
-
-
-@tool("session_start", params(
-    ["sessionId"], sessionId=SESSION_ID, project=PROJECT, cwd=string("Working directory", max_length=4096),
-    title=string("Session title", max_length=500), agentId=AGENT_ID,
-    budget=integer("Token budget of the returned context", minimum=1, maximum=100_000),
-), http=[("POST", "/session/start")], mcp=False)
-def session_start(ctx: Ctx, args: dict) -> dict:
-    """Start (or reopen) a session and return the context block for it."""
-    rt, sid = ctx.rt, args["sessionId"]
-    now = rt.clock.iso()
-    agent = stamp_agent(ctx, args.get("agentId"))
-    with rt.db.transaction("session_start", agent_id=agent) as tx:
-        session = tx.get(SESSIONS, sid)
-        claim_session(ctx, session, sid)
-        session = session or _new_session(ctx, sid, None, None, agent, now)
-        for field in ("project", "cwd"):
-            if args.get(field):
-                session[field] = args[field]
-        if args.get("title"):
-            session["title"] = strip_text(args["title"])
-        session.update(status="active", updatedAt=now)
-        session.pop("endedAt", None)
-        tx.set(SESSIONS, sid, session, now=now)
-        tx.audit_message = f"session {sid} started"
-        tx.after_commit(lambda: rt.publish("session", session))
-    block = context.compile_context(ctx, session_id=sid, project=session.get("project"),
-                                    budget=args.get("budget") or rt.settings.token_budget)
-    return {"success": True, "session": session, "context": block["context"]}
-
-
-@tool("session_end", params(["sessionId"], sessionId=SESSION_ID,
-                            final=boolean("false for a turn end that may continue")),
-      http=[("POST", "/session/end")], mcp=False)
-def session_end(ctx: Ctx, args: dict) -> dict:
-    """Mark a session completed; summaries and reflections run after it ends."""
-    rt, sid = ctx.rt, args["sessionId"]
-    now = rt.clock.iso()
-    with rt.db.transaction("session_end", agent_id=rt.settings.agent_id) as tx:
-        session = tx.get(SESSIONS, sid)
-        if session is None or not visible_to(ctx, session):
-            raise NotFound(f"session {sid!r} not found", code="session_not_found")
-        if args.get("final") is False:
-            return {"success": True, "ended": False, "session": session}
-        session.update(status="completed", endedAt=now, updatedAt=now)
-        tx.set(SESSIONS, sid, session, now=now)
-        tx.audit_message = f"session {sid} ended"
-        tx.after_commit(lambda: rt.publish("session", session))
-    with model_steps.deterministic_only():  # model work after a session end runs in the background
-        for hook in SESSION_END_HOOKS:
-            hook(ctx, session)
-    return {"success": True, "ended": True, "session": session}
-
-
-def _with_summaries(store, sessions: list[dict]) -> list[dict]:
-    summaries = store.get_many(SUMMARIES, [s["id"] for s in sessions])
-    return [{**s, "summary": summaries[s["id"]]} if s["id"] in summaries else s for s in sessions]
-
-
-def _page(items: list, total: int, offset: int, limit: int) -> dict[str, Any]:
-    return {"total": total, "offset": offset, "limit": limit, "hasMore": offset + len(items) < total}
-
-
-SESSION_LIST = params(
-    limit=integer("Page size", minimum=1, maximum=1000, default=50),
-    offset=integer("Rows to skip", minimum=0, maximum=10_000_000, default=0),
-    project=PROJECT, agentId=AGENT_ID,
-    status=string("Filter by status", enum=["active", "completed", "abandoned"]),
-)
-
-
-@tool("memory_sessions", SESSION_LIST, http=[("GET", "/sessions")], core=True)
-def memory_sessions(ctx: Ctx, args: dict) -> dict:
-    """List sessions, newest first, each with its summary when one exists."""
-    store = ctx.rt.db.reader()
-    sessions, total = store.sessions_page(
-        project=args.get("project"), agent_id=agent_filter(ctx, args.get("agentId")),
-        status=args.get("status"), limit=args["limit"], offset=args["offset"])
-    return {"sessions": _with_summaries(store, sessions),
-            **_page(sessions, total, args["offset"], args["limit"])}
-
-
-@tool("memory_sessions_list", SESSION_LIST)
-def memory_sessions_list(ctx: Ctx, args: dict) -> dict:
-    """List sessions (alias of memory_sessions for clients of the original design)."""
-    return memory_sessions(ctx, args)
-
-
-@tool("session_get", params(["sessionId"], sessionId=SESSION_ID),
-      http=[("GET", "/session")], mcp=False)
-def session_get(ctx: Ctx, args: dict) -> dict:
-    """One session with its summary."""
-    store = ctx.rt.db.reader()
-    session = store.get(SESSIONS, args["sessionId"])
-    if not visible_to(ctx, session):
-        raise NotFound(f"session {args['sessionId']!r} not found", code="session_not_found")
-    return {"session": _with_summaries(store, [session])[0]}
-
-
-# -- observations --------------------------------------------------------------------------------------
 
 _HOST_ID_FIELDS = ("event_id", "eventId", "tool_use_id", "toolUseId", "tool_call_id", "toolCallId",
                    "call_id", "callId", "prompt_id", "promptId", "message_id", "messageId")
@@ -276,11 +86,6 @@ def agent_observe(ctx: Ctx, args: dict) -> Reply:
     return store_observation(ctx, obs, args.get("agentId"))
 
 
-# Run inside store_observation's transaction for each new observation: hook(ctx, tx, obs). The LLM
-# layer queues the background compression here, so a crash cannot lose it.
-OBSERVE_HOOKS: list[Callable[[Ctx, Any, dict], None]] = []
-
-
 def store_observation(ctx: Ctx, obs: dict[str, Any], agent_given: str | None) -> Reply:
     """Store one compressed observation: dedup by eventId, implicit session, per-session cap,
     index, audit and broadcast. Used by observe and by importers."""
@@ -297,7 +102,7 @@ def store_observation(ctx: Ctx, obs: dict[str, Any], agent_given: str | None) ->
         claim_session(ctx, session, sid)
         agent = stamp_agent(ctx, agent_given or (session or {}).get("agentId"))
         if session is None:
-            session = _new_session(ctx, sid, obs.get("project"), obs.get("cwd"), agent, now)
+            session = new_session(ctx, sid, obs.get("project"), obs.get("cwd"), agent, now)
         if tx.count(obs_scope(sid)) >= limit:
             raise CapacityExceeded(
                 f"session {sid!r} already holds MAX_OBS_PER_SESSION={limit} observations; "
@@ -313,7 +118,7 @@ def store_observation(ctx: Ctx, obs: dict[str, Any], agent_given: str | None) ->
         tx.set(SESSIONS, sid, session, now=now)
         tx.event_put(obs["eventId"], sid, obs["id"], now)
         search.index_record(tx, "observation", obs)
-        for hook in OBSERVE_HOOKS:
+        for hook in rt.hooks.observe:
             hook(ctx, tx, obs)
         tx.audit_message = f"observe {obs['hookType']} -> {obs['id']} in session {sid}"
         tx.after_commit(lambda: rt.publish("observation", obs))
@@ -333,4 +138,5 @@ def memory_observations(ctx: Ctx, args: dict) -> dict:
     items, total = store.observations_page(args["sessionId"], limit=args["limit"], offset=args["offset"],
                                            agent_id=agent_filter(ctx, args.get("agentId")))
     return {"sessionId": args["sessionId"], "observations": items,
-            **_page(items, total, args["offset"], args["limit"])}
+            **page_info(items, total, args["offset"], args["limit"])}
+

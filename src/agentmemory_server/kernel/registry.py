@@ -11,7 +11,6 @@ Registration keeps order and refuses duplicate names and duplicate (method, path
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -20,36 +19,6 @@ from typing import Any, Callable, Iterable
 import jsonschema
 
 from agentmemory_server.errors import AppError, InvalidInput, NotFound
-
-# Domain modules that register tools; imported (in this order) by load_tools().
-TOOL_MODULES = (
-    "agentmemory_server.capture.observe",
-    "agentmemory_server.memory.memories",
-    "agentmemory_server.memory.transfer",
-    "agentmemory_server.retrieval.context",
-    "agentmemory_server.retrieval.recall",
-    "agentmemory_server.retrieval.timeline",
-    "agentmemory_server.memory.profiles",
-    "agentmemory_server.memory.lessons",
-    "agentmemory_server.memory.slots",
-    "agentmemory_server.memory.actions",
-    "agentmemory_server.memory.relations",
-    "agentmemory_server.memory.summaries",
-    "agentmemory_server.memory.crystals",
-    "agentmemory_server.memory.reflect",
-    "agentmemory_server.memory.consolidate",
-    "agentmemory_server.memory.retention",
-    "agentmemory_server.operations.diagnose",
-    "agentmemory_server.capture.antigravity",
-    "agentmemory_server.working.tools",
-    "agentmemory_server.memory.patterns",
-    "agentmemory_server.operations.resources",
-    "agentmemory_server.models.llm",
-    "agentmemory_server.models.llm_steps",
-    "agentmemory_server.models.graph",
-    "agentmemory_server.operations.overview",
-)
-
 
 # -- schema helpers (plain JSON Schema dicts) ------------------------------------------------------
 
@@ -213,6 +182,13 @@ class Registry:
         self._tools[tool.name] = tool
         return tool
 
+    def order_by_module(self, modules: list[str]) -> None:
+        """List tools module by module in the given order (registration order within a module),
+        so the tool list does not depend on which module happened to be imported first."""
+        rank = {name: i for i, name in enumerate(modules)}
+        ordered = sorted(self._tools.values(), key=lambda t: rank.get(t.handler.__module__, len(rank)))
+        self._tools = {t.name: t for t in ordered}
+
     def get(self, name: str) -> Tool:
         try:
             return self._tools[name]
@@ -224,6 +200,13 @@ class Registry:
 
     def mcp_tools(self, which: str = "all") -> list[Tool]:
         return [t for t in self._tools.values() if t.mcp and (which == "all" or t.core)]
+
+    def for_handler(self, handler: Callable[..., Any]) -> Tool:
+        """The tool whose handler is ``handler`` (a feature calling another feature's tool)."""
+        found = next((t for t in self._tools.values() if t.handler is handler), None)
+        if found is None:
+            raise ValueError(f"{getattr(handler, '__name__', handler)!r} is not a registered tool handler")
+        return found
 
     def for_route(self, method: str, path: str) -> Tool | None:
         """The tool bound to a REST route, or None; lets adapters use a feature only when
@@ -250,12 +233,6 @@ def tool(name: str, schema: dict, *, http: Iterable[tuple] = (), mcp: bool = Tru
         return fn
 
     return register
-
-
-def load_tools() -> Registry:
-    for module in TOOL_MODULES:
-        importlib.import_module(module)
-    return REGISTRY
 
 
 # -- argument coercion and validation -----------------------------------------------------------------
@@ -363,6 +340,15 @@ def call(ctx: Ctx, name: str, args: dict[str, Any] | None) -> Any:
     """
     tool_ = REGISTRY.get(name)
     return tool_.handler(ctx, prepare_args(tool_, args or {}))
+
+
+def run(handler: Callable[[Ctx, dict], Any], ctx: Ctx, args: dict[str, Any]) -> Any:
+    """Call another feature's tool by reference: the handler is imported (so the dependency is
+    visible to readers and to the import contracts), its arguments are coerced, defaulted and
+    validated exactly as for any other call, and the data of its result is returned."""
+    tool_ = REGISTRY.for_handler(handler)
+    data, _status = unwrap(handler(ctx, prepare_args(tool_, args)))
+    return data
 
 
 def unwrap(result: Any) -> tuple[Any, int | None]:

@@ -1,8 +1,8 @@
 """The runtime: everything a handler may need, built once per server process.
 
-``Runtime(settings)`` opens the database, builds the live-event hub and starts the subsystems
-that domain modules declared with ``@subsystem`` (vector index, embedder, working-memory
-backend, ...). A subsystem may expose:
+``Runtime(settings, hooks=..., subsystems=...)`` opens the database, builds the live-event hub
+and starts the subsystems ``wiring.py`` lists (vector index, embedder, working-memory backend,
+...). A subsystem may expose:
 
 - ``health() -> dict``: merged into GET /health under the subsystem's name; a ``status`` of
   ``degraded`` or ``critical`` there changes the overall status;
@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from agentmemory_server import __version__
-from agentmemory_server.kernel import registry
+from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.storage.sqlite.database import Database
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.settings import Settings
@@ -32,20 +32,8 @@ from agentmemory_server.kernel.util import Clock
 VERSION = __version__
 log = logging.getLogger("agentmemory")
 
+# A subsystem is built from the runtime it belongs to (usually its class).
 SubsystemFactory = Callable[["Runtime"], Any]
-SUBSYSTEMS: list[tuple[str, SubsystemFactory]] = []
-
-
-def subsystem(name: str) -> Callable[[SubsystemFactory], SubsystemFactory]:
-    """Declare a subsystem built for every runtime, in declaration order."""
-
-    def register(factory: SubsystemFactory) -> SubsystemFactory:
-        if any(n == name for n, _ in SUBSYSTEMS):
-            raise ValueError(f"duplicate subsystem {name!r}")
-        SUBSYSTEMS.append((name, factory))
-        return factory
-
-    return register
 
 
 class Jobs:
@@ -96,11 +84,18 @@ class Jobs:
 
 
 class Runtime:
-    """:param settings: the configuration. :param clock: injectable time source."""
+    """Everything a handler may need, built once per server process (see ``wiring.build_runtime``).
 
-    def __init__(self, settings: Settings, *, clock: Clock | None = None):
-        registry.load_tools()  # modules declare their subsystems as they register tools
+    :param settings: the configuration.
+    :param hooks: the extension points and their order (``wiring.HOOKS``).
+    :param subsystems: ``(name, factory)`` pairs built in order after the database opens.
+    :param clock: injectable time source.
+    """
+
+    def __init__(self, settings: Settings, *, hooks: Hooks | None = None,
+                 subsystems: Iterable[tuple[str, SubsystemFactory]] = (), clock: Clock | None = None):
         self.settings = settings
+        self.hooks = hooks or Hooks()
         self.clock = clock or Clock()
         self.version = VERSION
         self.started_at = time.time()
@@ -109,7 +104,9 @@ class Runtime:
                        replay_size=settings.viewer_replay)
         self.jobs = Jobs()
         self.services: dict[str, Any] = {}
-        for name, factory in SUBSYSTEMS:
+        for name, factory in subsystems:
+            if name in self.services:
+                raise ValueError(f"duplicate subsystem {name!r}")
             self.services[name] = factory(self)
         if settings.background_jobs:
             self.jobs.start()

@@ -166,3 +166,8 @@ def as_list(value: Any) -> list:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return [value]
+
+
+def page_info(items: list[Any], total: int, offset: int, limit: int) -> dict[str, Any]:
+    """The paging fields of a listing: total, offset, limit and whether more rows follow."""
+    return {"total": total, "offset": offset, "limit": limit, "hasMore": offset + len(items) < total}

@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from agentmemory_server.errors import Conflict, InvalidInput, NotFound
-from agentmemory_server.capture.observe import agent_filter, stamp_agent
-from agentmemory_server.capture.privacy import strip_private_data, strip_text
+from agentmemory_server.kernel.access import agent_filter, stamp_agent
+from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import (AGENT_ID, PROJECT, Ctx, Reply, array, integer, obj, params, string, tool)
 from agentmemory_server.kernel.util import new_id, parse_time
+from agentmemory_server.kernel.scopes import ACTIONS, ACTION_EDGES as EDGES
 
-ACTIONS = "mem:actions"
-EDGES = "mem:action-edges"
 STATUSES = ("pending", "active", "done", "blocked", "cancelled")
 STATUS_ALIASES = {"completed": "done", "complete": "done", "discarded": "cancelled",
                   "canceled": "cancelled", "in_progress": "active"}

@@ -15,14 +15,15 @@ from collections import Counter
 from typing import Any
 
 from agentmemory_server.kernel import registry
+from agentmemory_server.memory import memories
 from agentmemory_server.retrieval import search
-from agentmemory_server.capture.observe import agent_filter, stamp_agent
+from agentmemory_server.kernel.access import agent_filter, stamp_agent
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, integer, params, string, tool
 from agentmemory_server.retrieval.search import STOPWORDS
 from agentmemory_server.kernel.util import truncate
+from agentmemory_server.kernel.scopes import CONSOLIDATION as STATE
 
-STATE = "mem:consolidation"
 SCAN = 1000
 MIN_GROUP = 3
 _WORD = re.compile(r"[a-z][a-z0-9_\-]{3,}")
@@ -93,7 +94,7 @@ def _observations(ctx: Ctx, store, project: str | None, agent: str | None) -> di
 
 def _remember(ctx: Ctx, project: str | None, fields: dict[str, Any]) -> str:
     args = {k: v for k, v in fields.items() if v} | ({"project": project} if project else {})
-    saved, _status = registry.unwrap(registry.call(ctx, "memory_save", args))
+    saved = registry.run(memories.memory_save, ctx, args)
     return saved["memory"]["id"]
 
 

@@ -17,14 +17,15 @@ from typing import Any
 
 from agentmemory_server.memory import lessons
 from agentmemory_server.memory import summaries
-from agentmemory_server.memory.actions import ACTIONS, FINISHED
+from agentmemory_server.memory.actions import FINISHED
+from agentmemory_server.kernel.scopes import ACTIONS
 from agentmemory_server.errors import InvalidInput, NotFound
-from agentmemory_server.capture.observe import agent_filter, stamp_agent, visible_to
+from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, Reply, array, integer, params, string, tool
 from agentmemory_server.kernel.util import new_id, truncate
+from agentmemory_server.kernel.scopes import CRYSTALS
 
-CRYSTALS = "mem:crystals"
 LESSON_CONFIDENCE = 0.6
 _MARKED = re.compile(r"(?im)^\W*(?:lesson|lessons learned|learned|til|note to self)\s*[:\-]\s*(.{6,300})$")
 

@@ -13,16 +13,16 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from agentmemory_server.retrieval import context
-from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval import lesson_ranking, search
 from agentmemory_server.errors import InvalidInput, NotFound
-from agentmemory_server.capture.observe import agent_filter, stamp_agent, visible_to
-from agentmemory_server.capture.privacy import strip_private_data, strip_text
+from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
+from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import (AGENT_ID, PROJECT, Ctx, Reply, array, boolean, integer, number, params,
                       string, tool)
-from agentmemory_server.kernel.runtime import subsystem
+from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.util import fingerprint_id, parse_time, truncate
+from agentmemory_server.kernel.scopes import LESSONS
 
-LESSONS = "mem:lessons"
 DEFAULT_CONFIDENCE = 0.5
 DECAY_RATE = 0.05
 DECAY_FLOOR = 0.05
@@ -30,23 +30,6 @@ SOFT_DELETE_AT = 0.1
 SOURCES = ("manual", "crystal", "consolidation")
 CONTEXT_LESSONS = 10
 DAY = 86_400.0
-
-
-# -- indexing (the contract with search.py: kind "lesson") -----------------------------------------
-
-
-def lesson_doc(lesson: dict[str, Any]) -> tuple[dict, dict]:
-    doc = {"doc_id": lesson["id"], "kind": "lesson", "scope": LESSONS, "key": lesson["id"],
-           "session_id": None, "project": lesson.get("project"), "agent_id": lesson.get("agentId"),
-           "type": lesson.get("source"), "ts": lesson.get("updatedAt") or lesson.get("createdAt") or "",
-           "active": not lesson.get("deleted")}
-    text = {"title": lesson.get("content", ""), "body": lesson.get("context", ""),
-            "concepts": " ".join(lesson.get("tags") or []), "files": ""}
-    return doc, text
-
-
-search.DOC_BUILDERS["lesson"] = lesson_doc
-search.INDEXED_SCOPES[LESSONS] = "lesson"
 
 
 # -- the rules ----------------------------------------------------------------------------------------
@@ -137,58 +120,6 @@ def visible_lessons(ctx: Ctx, store, requested_agent: str | None = None) -> list
     return [v for _k, v in store.list(LESSONS) if agent is None or v.get("agentId") == agent]
 
 
-_SUFFIXES = ("ing", "ed", "es", "s", "ly")
-
-
-def _stem(term: str) -> str:
-    for suffix in _SUFFIXES:
-        if term.endswith(suffix) and len(term) - len(suffix) >= 3:
-            return term[: -len(suffix)]
-    return term
-
-
-def coverage(terms: list[str], lesson: dict[str, Any]) -> float:
-    """Share of the query terms found in the lesson (content, context, tags; crude stemming)."""
-    if not terms:
-        return 0.0
-    text = " ".join([lesson.get("content", ""), lesson.get("context", ""), *(lesson.get("tags") or [])]).lower()
-    return sum(1 for t in terms if _stem(t) in text) / len(terms)
-
-
-def recall(ctx: Ctx, args: dict) -> list[dict[str, Any]]:
-    """Lessons matching a query: relevance x confidence x recency, highest first.
-
-    Relevance is mostly the share of query terms a lesson contains (upstream's rule) and partly
-    its BM25 score relative to the best hit: with a handful of lessons BM25's idf collapses
-    for any term most of them share, so it alone cannot rank them. Recency is
-    1 / (1 + 0.01 x days since the last reinforcement)."""
-    store = ctx.rt.db.reader()
-    limit = args["limit"]
-    filters = {"kinds": ["lesson"], "project": args.get("project"),
-               "agent_id": agent_filter(ctx, args.get("agentId"))}
-    hits = search.bm25(store, args["query"], limit=max(limit * 5, 50), filters=filters)
-    best = max((h["score"] for h in hits), default=0.0) or 1.0
-    now_ts = ctx.rt.clock.time()
-    wanted_tags = set(args.get("tags") or [])
-    terms = search.query_terms(args["query"])
-    ranked = []
-    for hit, lesson in search.hydrate(store, hits):
-        confidence = float(lesson.get("confidence", 0))
-        if lesson.get("deleted") or confidence < args["minConfidence"]:
-            continue
-        if args.get("source") and lesson.get("source") != args["source"]:
-            continue
-        if wanted_tags and not wanted_tags & set(lesson.get("tags") or []):
-            continue
-        touched = parse_time(lesson.get("lastReinforcedAt") or lesson.get("createdAt") or "")
-        days = max(0.0, (now_ts - touched.timestamp()) / DAY) if touched else 0.0
-        relevance = 0.8 * coverage(terms, lesson) + 0.2 * (hit["score"] / best)
-        score = confidence * relevance * (1.0 / (1.0 + 0.01 * days))
-        ranked.append({**lesson, "score": round(score, 3)})
-    ranked.sort(key=lambda lesson: (-lesson["score"], lesson["id"]))
-    return ranked[:limit]
-
-
 def sweep_decay(ctx: Ctx, *, dry_run: bool = False) -> dict[str, Any]:
     """Decay every live lesson of this agent scope; soft-delete the ones that faded out."""
     rt = ctx.rt
@@ -257,7 +188,7 @@ _RECALL = dict(query=string("What the lessons should be about", max_length=4000)
 @tool("memory_lesson_recall", params(["query"], **_RECALL), http=[("POST", "/lessons/recall")])
 def memory_lesson_recall(ctx: Ctx, args: dict) -> dict:
     """Lessons relevant to a query, ranked by relevance x confidence x recency (each with a score)."""
-    return {"success": True, "lessons": recall(ctx, args)}
+    return {"success": True, "lessons": lesson_ranking.rank_lessons(ctx, args)}
 
 
 @tool("memory_lesson_search", params(
@@ -265,7 +196,7 @@ def memory_lesson_recall(ctx: Ctx, args: dict) -> dict:
 ), http=[("POST", "/lessons/search")])
 def memory_lesson_search(ctx: Ctx, args: dict) -> dict:
     """Search lessons by text, optionally only one source or tags; ranked like memory_lesson_recall."""
-    return {"success": True, "lessons": recall(ctx, args)}
+    return {"success": True, "lessons": lesson_ranking.rank_lessons(ctx, args)}
 
 
 _LESSON_ID = params(["lessonId"], lessonId=string("Lesson id", max_length=128))
@@ -307,8 +238,7 @@ def lesson_decay(ctx: Ctx, args: dict) -> dict:
 # -- context block ----------------------------------------------------------------------------------
 
 
-@context.block_provider("lessons")
-def lessons_block(req: context.Request) -> list[context.Block]:
+def lessons_block(req: BlockRequest) -> list[Block]:
     """Top lessons for the project: global ones and the project's own (ranked x1.5)."""
     lessons = [x for _k, x in req.ctx.rt.db.reader().list(LESSONS)
                if not x.get("deleted") and x.get("project") in (None, req.project)
@@ -326,7 +256,7 @@ def lessons_block(req: context.Request) -> list[context.Block]:
         tail = f" — {escape(truncate(x['context'], 200))}" if x.get("context") else ""
         lines.append(f"- ({float(x.get('confidence', 0)):.2f}) {escape(truncate(x['content'], 300))}{tail}")
     recency = max(x.get("lastReinforcedAt") or x.get("updatedAt") or "" for x in top)
-    return [context.Block("lessons", "\n".join(lines), recency, [x["id"] for x in top])]
+    return [Block("lessons", "\n".join(lines), recency, [x["id"] for x in top])]
 
 
 # -- subsystem: the decay timer and sanity checks -------------------------------------------------------
@@ -366,7 +296,3 @@ class LessonService:
         return [{"name": "lesson_confidence", "category": "lessons", "fixed": 0 if dry_run else len(bad),
                  "wouldFix": len(bad)}] if bad else []
 
-
-@subsystem("lessons")
-def _lesson_service(rt: Any) -> LessonService:
-    return LessonService(rt)

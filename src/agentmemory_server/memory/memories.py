@@ -7,14 +7,15 @@ from typing import Any, Callable
 
 from agentmemory_server.retrieval import search
 from agentmemory_server.errors import InvalidInput, NotFound
-from agentmemory_server.capture.observe import (AGENT_ID, SESSIONS, SUMMARIES, agent_filter, obs_scope, stamp_agent,
-                       visible_to)
-from agentmemory_server.capture.privacy import strip_private_data, strip_text
+from agentmemory_server.kernel.registry import AGENT_ID
+from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES, obs_scope
+from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
+from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import (PROJECT, SESSION_ID, Ctx, Reply, array, boolean, integer, params, string,
                       tool)
 from agentmemory_server.kernel.util import iso, jaccard, new_id, truncate
+from agentmemory_server.kernel.scopes import MEMORIES
 
-MEMORIES = "mem:memories"
 MEMORY_TYPES = ("pattern", "preference", "architecture", "bug", "workflow", "fact")
 SUPERSEDE_THRESHOLD = 0.7
 # Supersede candidates come from the search index (a near-duplicate shares most terms, so it
@@ -22,7 +23,6 @@ SUPERSEDE_THRESHOLD = 0.7
 SUPERSEDE_CANDIDATES = 50
 # Run inside remember's transaction once a memory is written: hook(ctx, tx, memory, superseded).
 # relations.py records the `supersedes` relation here.
-REMEMBER_HOOKS: list[Callable[[Ctx, Any, dict, dict | None], None]] = []
 
 _LIST = array(string(max_length=1024), max_items=200)
 REMEMBER = params(
@@ -91,7 +91,7 @@ def memory_save(ctx: Ctx, args: dict) -> dict:
             search.index_record(tx, "memory", old)
         tx.set(MEMORIES, memory["id"], memory, now=now)
         search.index_record(tx, "memory", memory)
-        for hook in REMEMBER_HOOKS:
+        for hook in ctx.rt.hooks.remember:
             hook(ctx, tx, memory, old)
         tx.audit_message = (f"remember {memory['id']}" +
                             (f" (supersedes {old['id']})" if old else ""))
@@ -145,31 +145,17 @@ def memory_get(ctx: Ctx, args: dict) -> dict:
 # -- forgetting ------------------------------------------------------------------------------------
 
 
-def _delete_visible(ctx: Ctx, tx, scope: str, keys: list[str]) -> tuple[list[str], list[str]]:
-    """Delete the records of ``scope`` the caller may see; (deleted, not found) keys. Index
-    rows go with them."""
-    deleted, missing = [], []
-    for key in dict.fromkeys(keys):
-        value = tx.get(scope, key)
-        if value is None or not visible_to(ctx, value):
-            missing.append(key)
-            continue
-        tx.delete(scope, key)
-        deleted.append(key)
-    search.unindex(tx, deleted)
-    return deleted, missing
-
-
 def delete_memories(ctx: Ctx, tx, memory_ids: list[str]) -> tuple[list[str], list[str]]:
-    return _delete_visible(ctx, tx, MEMORIES, memory_ids)
+    return search.delete_indexed(ctx, tx, MEMORIES, memory_ids)
 
 
-def delete_observations(ctx: Ctx, tx, session_id: str, obs_ids: list[str] | None) -> tuple[list[str], list[str]]:
-    """Delete some (or, with None, all) observations of a session; keeps the count honest."""
+def delete_observations(ctx: Ctx, tx: Any, session_id: str, obs_ids: list[str] | None) -> tuple[list[str], list[str]]:
+    """Delete some (or, with None, all) observations of a session the caller may see; keeps the
+    session's count honest and their event ids (a replayed event stays a duplicate)."""
     scope = obs_scope(session_id)
     if obs_ids is None:
         obs_ids = [key for key, value in tx.list(scope) if visible_to(ctx, value)]
-    deleted, missing = _delete_visible(ctx, tx, scope, obs_ids)
+    deleted, missing = search.delete_indexed(ctx, tx, scope, obs_ids)
     tx.events_mark_deleted(deleted)
     session = tx.get(SESSIONS, session_id)
     if session is not None and deleted:

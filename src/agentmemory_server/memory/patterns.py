@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from agentmemory_server.retrieval import search
-from agentmemory_server.capture.observe import agent_filter
+from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.memory.profiles import SAMPLE, _error_key, derived_concepts
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, integer, params, tool
 from agentmemory_server.kernel.util import truncate

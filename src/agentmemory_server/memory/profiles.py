@@ -17,12 +17,12 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from agentmemory_server.retrieval import search
-from agentmemory_server.retrieval.context import Block, Request, block_provider
-from agentmemory_server.capture.observe import agent_filter
+from agentmemory_server.kernel.hooks import Block, BlockRequest
+from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, params, tool
 from agentmemory_server.kernel.util import parse_time, truncate
+from agentmemory_server.kernel.scopes import PROFILES
 
-PROFILES = "mem:profiles"
 PROFILE_TTL = timedelta(hours=1)
 SAMPLE = 2000  # most recent observations a profile looks at: bounded cost on any store
 TOP = 15
@@ -128,8 +128,7 @@ def profile_text(profile: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@block_provider("profile")
-def profile_block(req: Request) -> list[Block]:
+def profile_block(req: BlockRequest) -> list[Block]:
     """The project's profile (the cached one; computed once when there is none yet)."""
     if not req.project:
         return []

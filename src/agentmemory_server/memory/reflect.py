@@ -16,20 +16,20 @@ import re
 from collections import Counter
 from typing import Any
 
-from agentmemory_server.capture import observe as functions
 from agentmemory_server.memory import slots
 from agentmemory_server.memory import summaries
-from agentmemory_server.memory.crystals import CRYSTALS
-from agentmemory_server.capture.observe import agent_filter, stamp_agent
-from agentmemory_server.memory.lessons import LESSONS, reinforce
-from agentmemory_server.memory.memories import MEMORIES
+from agentmemory_server.kernel.scopes import CRYSTALS
+from agentmemory_server.kernel.access import agent_filter, stamp_agent
+from agentmemory_server.memory.lessons import reinforce
+from agentmemory_server.kernel.scopes import LESSONS
+from agentmemory_server.kernel.scopes import MEMORIES
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, number, params, tool
 from agentmemory_server.retrieval.search import STOPWORDS
 from agentmemory_server.kernel.util import truncate
+from agentmemory_server.kernel.scopes import INSIGHTS
 
 log = logging.getLogger("agentmemory.reflect")
-INSIGHTS = "mem:insights"
 _TODO = re.compile(r"\b(?:TODO|FIXME)\b[\s:!\-–—)]*(.*)", re.IGNORECASE)
 _SPLIT = re.compile(r"\n| \| |\\n")
 FILES_HEADER = "Files touched in recent sessions:"
@@ -128,7 +128,7 @@ def reflect_session(ctx: Ctx, session_id: str, max_observations: int = 50) -> di
             "updated": updated, "method": method or SYNTHETIC}
 
 
-def _reflect_on_end(ctx: Ctx, session: dict[str, Any]) -> None:
+def reflect_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
     if not ctx.rt.settings.reflect_on_session_end or not session.get("observationCount"):
         return
     try:
@@ -137,7 +137,6 @@ def _reflect_on_end(ctx: Ctx, session: dict[str, Any]) -> None:
         log.exception("reflecting session %s failed", session["id"])
 
 
-functions.SESSION_END_HOOKS.append(_reflect_on_end)
 
 
 # -- project -> insights -------------------------------------------------------------------------------

@@ -15,14 +15,13 @@ from typing import Any
 
 from agentmemory_server.memory import memories
 from agentmemory_server.errors import NotFound
-from agentmemory_server.capture.observe import agent_filter, stamp_agent, visible_to
-from agentmemory_server.memory.memories import MEMORIES
-from agentmemory_server.capture.privacy import strip_private_data
+from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
+from agentmemory_server.kernel.scopes import MEMORIES
+from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, Reply, integer, number, obj, params, string, tool
-from agentmemory_server.kernel.runtime import subsystem
 from agentmemory_server.kernel.util import parse_time
+from agentmemory_server.kernel.scopes import RELATIONS
 
-RELATIONS = "mem:relations"
 TYPES = ("supersedes", "extends", "derives", "contradicts", "related")
 DAY = 86_400.0
 
@@ -69,12 +68,11 @@ def add_relation(ctx: Ctx, tx, rel_type: str, source: dict[str, Any], target: di
     return relation
 
 
-def _record_supersede(ctx: Ctx, tx, memory: dict, superseded: dict | None) -> None:
+def record_supersede_relation(ctx: Ctx, tx, memory: dict, superseded: dict | None) -> None:
     if superseded is not None:
         add_relation(ctx, tx, "supersedes", memory, superseded, agent=memory.get("agentId"))
 
 
-memories.REMEMBER_HOOKS.append(_record_supersede)
 
 
 def _memory(ctx: Ctx, store, memory_id: str, field: str) -> dict[str, Any]:
@@ -202,7 +200,3 @@ class RelationChecks:
         return [{"name": "relation_endpoints", "category": "relations", "wouldFix": len(dangling),
                  "fixed": 0 if dry_run else len(dangling)}] if dangling else []
 
-
-@subsystem("relations")
-def _relation_checks(rt: Any) -> RelationChecks:
-    return RelationChecks(rt)

@@ -21,10 +21,11 @@ from typing import Any
 from agentmemory_server.memory import relations
 from agentmemory_server.retrieval import search
 from agentmemory_server.memory import summaries
-from agentmemory_server.capture.observe import SESSIONS, SUMMARIES, agent_filter
-from agentmemory_server.memory.memories import MEMORIES, delete_memories, delete_observations
+from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
+from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.memory.memories import delete_memories, delete_observations
+from agentmemory_server.kernel.scopes import MEMORIES
 from agentmemory_server.kernel.registry import Ctx, boolean, integer, params, tool
-from agentmemory_server.kernel.runtime import subsystem
 from agentmemory_server.kernel.util import iso, jaccard_tokens
 
 log = logging.getLogger("agentmemory.retention")
@@ -198,7 +199,3 @@ class RetentionService:
             "dryRun": False, "maxObservationsPerProject": self.rt.settings.max_obs_per_project,
             "lowImportanceMaxDays": 90, "lowImportanceThreshold": 3, "staleSessionDays": 30})
 
-
-@subsystem("retention")
-def _retention(rt: Any) -> RetentionService:
-    return RetentionService(rt)

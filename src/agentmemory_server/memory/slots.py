@@ -19,12 +19,12 @@ from xml.sax.saxutils import escape
 
 from agentmemory_server.retrieval import context
 from agentmemory_server.errors import Conflict, Forbidden, NotFound, PayloadTooLarge
-from agentmemory_server.capture.observe import agent_filter, stamp_agent
-from agentmemory_server.capture.privacy import strip_text
+from agentmemory_server.kernel.access import agent_filter, stamp_agent
+from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import PROJECT, Ctx, Reply, boolean, integer, params, string, tool
-from agentmemory_server.kernel.runtime import subsystem
+from agentmemory_server.kernel.hooks import PINNED, Block, BlockRequest
+from agentmemory_server.kernel.scopes import SLOTS
 
-SLOTS = "mem:slots"
 LABEL_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 MAX_SIZE = 20_000
 DEFAULT_SIZE = 2000
@@ -245,15 +245,14 @@ def memory_slot_delete(ctx: Ctx, args: dict) -> dict:
 # -- context block: pinned slots lead ------------------------------------------------------------------
 
 
-@context.block_provider("pinned_slots")
-def pinned_slots_block(req: context.Request) -> list[context.Block]:
+def pinned_slots_block(req: BlockRequest) -> list[Block]:
     slots = [s for s in merged_slots(req.ctx, req.ctx.rt.db.reader(), req.project)
              if s.get("pinned") and (s.get("content") or "").strip()]
     if not slots:
         return []
     parts = ["# agentmemory pinned slots"]
     parts += [f"## {s['label']}\n{escape(s['content'].strip())}" for s in slots]
-    return [context.Block("pinned_slots", "\n".join(parts), context.PINNED, [s["label"] for s in slots])]
+    return [Block("pinned_slots", "\n".join(parts), PINNED, [s["label"] for s in slots])]
 
 
 # -- subsystem: sanity checks ----------------------------------------------------------------------------
@@ -278,7 +277,3 @@ class SlotService:
                  "fix": "" if ok else "raise the slot's sizeLimit (create it again) or replace its content",
                  "fixable": False}]
 
-
-@subsystem("slots")
-def _slot_service(rt: Any) -> SlotService:
-    return SlotService(rt)

@@ -15,9 +15,9 @@ import re
 from collections import Counter
 from typing import Any
 
-from agentmemory_server.capture import observe as functions
 from agentmemory_server.errors import Conflict, NotFound
-from agentmemory_server.capture.observe import SESSIONS, SUMMARIES, agent_filter, visible_to
+from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
+from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.retrieval.search import STOPWORDS
@@ -199,7 +199,7 @@ def summarize(ctx: Ctx, session_id: str) -> dict[str, Any]:
     return summary
 
 
-def _summarize_on_end(ctx: Ctx, session: dict[str, Any]) -> None:
+def summarize_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
     if not session.get("observationCount"):
         return
     try:
@@ -208,7 +208,6 @@ def _summarize_on_end(ctx: Ctx, session: dict[str, Any]) -> None:
         log.exception("summarising session %s failed", session["id"])
 
 
-functions.SESSION_END_HOOKS.append(_summarize_on_end)
 
 
 @tool("summarize", params(["sessionId"], sessionId=SESSION_ID), http=[("POST", "/summarize")], mcp=False)

@@ -14,9 +14,11 @@ from typing import Any, Iterator
 
 from agentmemory_server.retrieval import search
 from agentmemory_server.errors import InvalidInput
-from agentmemory_server.capture.observe import AGENT_ID, SESSIONS, SUMMARIES, agent_filter, obs_scope
-from agentmemory_server.memory.memories import MEMORIES
-from agentmemory_server.capture.privacy import strip_private_data
+from agentmemory_server.kernel.registry import AGENT_ID
+from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES, obs_scope
+from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.scopes import MEMORIES
+from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import Ctx, integer, obj, params, string, tool
 
 FORMAT_VERSION = "agentmemory-python/1"

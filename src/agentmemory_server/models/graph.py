@@ -23,19 +23,16 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from agentmemory_server.capture import observe as functions
 from agentmemory_server.models import llm
 from agentmemory_server.models import llm_steps
 from agentmemory_server.memory import summaries
 from agentmemory_server.errors import NotFound
-from agentmemory_server.capture.observe import agent_filter
+from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.models.llm import Task
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, string, tool
+from agentmemory_server.kernel.scopes import GRAPH_NODES as NODES, GRAPH_EDGES as EDGES, GRAPH_SESSIONS as CONTRIBUTIONS
 
 log = logging.getLogger("agentmemory.graph")
-NODES = "mem:graph:nodes"
-EDGES = "mem:graph:edges"
-CONTRIBUTIONS = "mem:graph:sessions"
 NODE_TYPES = ("file", "function", "concept", "error", "decision", "pattern", "library", "person", "project",
               "preference", "location", "organization", "event")
 EDGE_TYPES = ("uses", "imports", "modifies", "causes", "fixes", "depends_on", "related_to", "works_at",
@@ -244,14 +241,13 @@ def extract_session(ctx: Ctx, session_id: str, *, use_model: bool, wait_for_mode
 # -- session end ------------------------------------------------------------------------------------------
 
 
-def _queue_graph(ctx: Ctx, session: dict[str, Any]) -> None:
+def queue_graph_extraction(ctx: Ctx, session: dict[str, Any]) -> None:
     if ctx.rt.settings.graph_extraction_enabled and session.get("observationCount"):
         svc = llm.service(ctx.rt)
         with ctx.rt.db.transaction("llm_queue") as tx:
             svc.enqueue(tx, "graph", session["id"])
 
 
-functions.SESSION_END_HOOKS.append(_queue_graph)
 
 
 def _graph_fallback(ctx: Ctx, session_id: str, args: dict) -> None:

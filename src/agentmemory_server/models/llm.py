@@ -43,9 +43,9 @@ from typing import Any, Callable
 import jsonschema
 
 from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport
-from agentmemory_server.capture.privacy import strip_private_data, strip_text
+from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.kernel.runtime import Runtime, subsystem
+from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import truncate
 
 log = logging.getLogger("agentmemory.llm")
@@ -562,10 +562,6 @@ class LLMService:
 def _check(name: str, status: str, message: str, fix: str) -> dict[str, Any]:
     return {"name": name, "category": "llm", "status": status, "message": message, "fix": fix, "fixable": False}
 
-
-@subsystem("llm")
-def _llm(rt: Runtime) -> LLMService:
-    return LLMService(rt)
 
 
 def service(rt: Runtime) -> LLMService:

@@ -2,7 +2,7 @@
 and consolidation, each in front of its deterministic path.
 
 - **Compression** (``AGENTMEMORY_AUTO_COMPRESS``). ``observe`` stores the synthetic compression
-  at once and, in the same transaction, queues a ``compress`` job (``functions.OBSERVE_HOOKS``).
+  at once and, in the same transaction, queues a ``compress`` job (an ``observe`` hook).
   The worker asks the model for ``{type, title, facts, narrative, concepts, files, importance}``,
   validated against a schema with one repair round; a valid answer replaces those fields
   (``method: "gemini"``), re-indexes the record (which re-queues its embedding) and publishes
@@ -23,15 +23,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentmemory_server.capture import observe as functions
 from agentmemory_server.models import llm
-from agentmemory_server.memory import reflect
+from agentmemory_server.memory import consolidate, reflect
 from agentmemory_server.kernel import registry
 from agentmemory_server.retrieval import search
 from agentmemory_server.memory import summaries
 from agentmemory_server.capture.compress import OBSERVATION_TYPES
 from agentmemory_server.errors import AppError
-from agentmemory_server.capture.observe import obs_scope
+from agentmemory_server.kernel.scopes import obs_scope
 from agentmemory_server.models.llm import Task
 from agentmemory_server.memory.memories import MEMORY_TYPES
 from agentmemory_server.kernel.model_steps import model_step
@@ -160,13 +159,12 @@ def apply_compression(ctx: Ctx, session_id: str, obs_id: str, answer: dict[str, 
     return obs
 
 
-def _queue_compression(ctx: Ctx, tx: Any, obs: dict[str, Any]) -> None:
+def queue_compression(ctx: Ctx, tx: Any, obs: dict[str, Any]) -> None:
     svc = llm.service(ctx.rt)
     if svc.uses_model("compress"):
         svc.enqueue(tx, "compress", obs["id"], {"sessionId": obs["sessionId"]})
 
 
-functions.OBSERVE_HOOKS.append(_queue_compression)
 
 
 @llm.job_handler("compress")
@@ -327,7 +325,7 @@ def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
 # -- session end: the background jobs ------------------------------------------------------------------------------
 
 
-def _queue_session_work(ctx: Ctx, session: dict[str, Any]) -> None:
+def queue_session_model_work(ctx: Ctx, session: dict[str, Any]) -> None:
     """Queue the model upgrades of what the session end just wrote deterministically, and the
     session-end consolidation (at most once per project per cooldown)."""
     if not session.get("observationCount"):
@@ -346,7 +344,6 @@ def _queue_session_work(ctx: Ctx, session: dict[str, Any]) -> None:
                         not_before=last + cooldown if last is not None else 0.0)
 
 
-functions.SESSION_END_HOOKS.append(_queue_session_work)
 
 
 @llm.job_handler("summarize")
@@ -371,4 +368,4 @@ def _reflect_job(ctx: Ctx, session_id: str, args: dict) -> None:
 def _consolidate_job(ctx: Ctx, project: str, args: dict) -> None:
     llm.service(ctx.rt).last_consolidation[project] = ctx.rt.clock.time()
     scope = {"project": args["project"]} if args.get("project") else {}  # none: every project
-    registry.unwrap(registry.call(ctx, "memory_consolidate", scope))
+    registry.run(consolidate.memory_consolidate, ctx, scope)

@@ -14,9 +14,8 @@ import shutil
 from typing import Any
 
 from agentmemory_server.retrieval import search
-from agentmemory_server.capture.observe import SESSIONS
+from agentmemory_server.kernel.scopes import SESSIONS
 from agentmemory_server.kernel.registry import Ctx, array, boolean, params, string, tool
-from agentmemory_server.kernel.runtime import subsystem
 
 SAMPLE = 1000
 DISK_FAIL_BYTES = 50 * 1024 * 1024
@@ -145,10 +144,6 @@ class DatabaseChecks:
                     session["observationCount"] = counts.get(sid, 0)
                     tx.set(SESSIONS, sid, session, now=now)
 
-
-@subsystem("database")
-def _database_checks(rt: Any) -> DatabaseChecks:
-    return DatabaseChecks(rt)
 
 
 # -- collecting from every subsystem ------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from agentmemory_server.retrieval import search
 from agentmemory_server.memory import transfer
 from agentmemory_server.storage.sqlite.database import Store, dumps
 from agentmemory_server.errors import InvalidInput
-from agentmemory_server.capture.observe import SESSIONS, SUMMARIES, obs_scope
-from agentmemory_server.memory.memories import MEMORIES
+from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES, obs_scope
+from agentmemory_server.kernel.scopes import MEMORIES
 from agentmemory_server.kernel.registry import Ctx
 
 T = TypeVar("T")
@@ -51,7 +51,6 @@ def no_progress(label: str, total: int) -> Bar:
 
 # Run after the FTS rebuild by ``reindex``: hook(rt, progress) -> summary dict or None. The
 # vector index registers its re-embedding here, so one `cli.py reindex` rebuilds both.
-REINDEX_HOOKS: list[Callable[[Any, Progress], dict[str, Any] | None]] = []
 
 
 def reembed_vectors(rt: Any, progress: Progress) -> dict[str, Any] | None:
@@ -74,7 +73,6 @@ def reembed_vectors(rt: Any, progress: Progress) -> dict[str, Any] | None:
     return {"queued": queued, "embedded": embedded, "model": service.model}
 
 
-REINDEX_HOOKS.append(reembed_vectors)
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -126,7 +124,7 @@ def _drop_stale_docs(rt: Any, batch: int) -> int:
 
 def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress) -> dict[str, Any]:
     """Rebuild the FTS index of every indexed kind from the stored records, drop index rows whose
-    record is gone, then run ``REINDEX_HOOKS`` (vector re-embedding). Each batch is its own short
+    record is gone, then run the ``reindex`` hooks (vector re-embedding). Each batch is its own short
     transaction, so a running server keeps serving (searches may miss a record for a moment)."""
     scopes = indexed_scopes(rt.db.reader())
     counts = rt.db.reader().scope_counts()
@@ -143,7 +141,7 @@ def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress) -> d
     removed = _drop_stale_docs(rt, batch)
     with rt.db.transaction("reindex") as tx:
         orphans = tx.index_prune_orphans()
-    hooks = {getattr(hook, "__name__", repr(hook)): hook(rt, progress) for hook in REINDEX_HOOKS}
+    hooks = {getattr(hook, "__name__", repr(hook)): hook(rt, progress) for hook in rt.hooks.reindex}
     return {"indexed": by_kind, "skipped": skipped, "staleRemoved": removed, "orphansRemoved": orphans,
             "hooks": hooks}
 

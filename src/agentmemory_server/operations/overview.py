@@ -13,8 +13,9 @@ from typing import Any
 
 from agentmemory_server.kernel import registry
 from agentmemory_server.retrieval import search
-from agentmemory_server.capture.observe import SESSIONS, agent_filter
-from agentmemory_server.memory.memories import MEMORIES
+from agentmemory_server.kernel.scopes import SESSIONS
+from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.scopes import MEMORIES
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, array, integer, params, string, tool
 from agentmemory_server.retrieval.search import STOPWORDS
 from agentmemory_server.kernel.util import parse_time

@@ -1,54 +1,21 @@
 """The context block handed to the next session, packed under a token budget (U§4.6).
 
-Blocks come from providers registered with ``@block_provider``: pinned slots, the project
-profile, lessons and past sessions each contribute blocks with a recency. Blocks are sorted by
+Blocks come from the providers in ``rt.hooks.context_blocks`` (wiring.py lists them): pinned
+slots, the project profile, lessons and past sessions each contribute blocks with a recency. Blocks are sorted by
 recency (pinned first) and added greedily: a block that does not fit is skipped, not a stop, so
 a big old block never hides a small recent one. Tokens are estimated as ceil(chars / 3).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, tool
+from agentmemory_server.kernel.access import agent_filter, visible_to
+from agentmemory_server.kernel.hooks import Block, BlockRequest
+from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import estimate_tokens
-
-PINNED = "9999-12-31T23:59:59.999Z"  # sorts before every real timestamp
-
-
-@dataclass
-class Block:
-    kind: str
-    text: str
-    recency: str
-    source_ids: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Request:
-    """What a provider knows about the context being built."""
-
-    ctx: Ctx
-    session_id: str | None
-    project: str | None
-    agent_id: str | None
-
-
-Provider = Callable[[Request], list[Block]]
-BLOCK_PROVIDERS: list[tuple[str, Provider]] = []
-
-
-def block_provider(name: str) -> Callable[[Provider], Provider]:
-    def register(fn: Provider) -> Provider:
-        if any(n == name for n, _ in BLOCK_PROVIDERS):
-            raise ValueError(f"duplicate context provider {name!r}")
-        BLOCK_PROVIDERS.append((name, fn))
-        return fn
-
-    return register
-
 
 def pack(blocks: list[Block], budget: int, project: str | None) -> dict[str, Any]:
     opening = f"<agentmemory-context project={quoteattr(project or '')}>"
@@ -70,11 +37,9 @@ def pack(blocks: list[Block], budget: int, project: str | None) -> dict[str, Any
 
 def compile_context(ctx: Ctx, *, session_id: str | None, project: str | None, budget: int,
                     agent_id: str | None = None) -> dict[str, Any]:
-    from agentmemory_server.capture.observe import agent_filter  # late import: functions imports this module
-
-    request = Request(ctx, session_id, project, agent_filter(ctx, agent_id))
+    request = BlockRequest(ctx, session_id, project, agent_filter(ctx, agent_id))
     blocks: list[Block] = []
-    for _name, provider in BLOCK_PROVIDERS:
+    for _name, provider in ctx.rt.hooks.context_blocks:
         blocks.extend(provider(request))
     return pack(blocks, budget, project)
 
@@ -86,11 +51,9 @@ def compile_context(ctx: Ctx, *, session_id: str | None, project: str | None, bu
 ), http=[("POST", "/context")], mcp=False)
 def context_tool(ctx: Ctx, args: dict) -> dict:
     """Compile the context block for a session: pinned slots, profile, lessons, past sessions."""
-    from agentmemory_server.capture.observe import visible_to  # late import: functions imports this module
-
     project = args.get("project")
     if project is None:
-        session = ctx.rt.db.reader().get("mem:sessions", args["sessionId"])
+        session = ctx.rt.db.reader().get(SESSIONS, args["sessionId"])
         # Another agent's session (isolated scope) must not even lend its project name.
         project = session.get("project") if visible_to(ctx, session, args.get("agentId")) else None
     return compile_context(ctx, session_id=args["sessionId"], project=project,
@@ -115,15 +78,14 @@ def _summary_block(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@block_provider("past_sessions")
-def past_sessions(req: Request) -> list[Block]:
+def past_sessions(req: BlockRequest) -> list[Block]:
     if not req.project:
         return []
     store = req.ctx.rt.db.reader()
     sessions, _ = store.sessions_page(project=req.project, agent_id=req.agent_id, status=None,
                                       limit=PAST_SESSIONS + 1, offset=0)
     sessions = [s for s in sessions if s["id"] != req.session_id][:PAST_SESSIONS]
-    summaries = store.get_many("mem:summaries", [s["id"] for s in sessions])
+    summaries = store.get_many(SUMMARIES, [s["id"] for s in sessions])
     blocks = []
     for session in sessions:
         summary = summaries.get(session["id"])

@@ -13,10 +13,10 @@ import logging
 from typing import Any
 
 from agentmemory_server.kernel import registry
-from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval import lesson_ranking, search
 from agentmemory_server.retrieval import vectors
 from agentmemory_server.errors import AppError, InvalidInput
-from agentmemory_server.capture.observe import agent_filter
+from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import (AGENT_ID, PROJECT, SESSION_ID, Ctx, anything, array, boolean, integer, params,
                       string, tool)
 from agentmemory_server.kernel.util import estimate_tokens, truncate
@@ -171,6 +171,10 @@ def expand(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
             "notFound": [i for i in ids if i not in found]}
 
 
+# The lessons tools' default floor (memory_lesson_recall's minConfidence).
+LESSON_MIN_CONFIDENCE = 0.1
+
+
 def lesson_row(lesson: dict[str, Any]) -> dict[str, Any]:
     return {"lessonId": lesson.get("id") or lesson.get("lessonId"),
             "content": truncate(str(lesson.get("content") or ""), LESSON_CHARS),
@@ -180,19 +184,12 @@ def lesson_row(lesson: dict[str, Any]) -> dict[str, Any]:
 
 
 def attach_lessons(ctx: Ctx, query: str, project: str | None, limit: int) -> list[dict[str, Any]]:
-    """Lessons matching the query, through the lessons module's own tool when it is installed.
-    Search must still answer when lessons are missing or failing, so errors only get logged."""
+    """Lessons matching the query. Search must still answer when lesson ranking fails, so
+    errors only get logged."""
+    args: dict[str, Any] = {"query": query, "limit": min(limit, 10), "minConfidence": LESSON_MIN_CONFIDENCE,
+                            "project": project}
     try:
-        registry.REGISTRY.get("memory_lesson_recall")
-    except AppError:
-        return []
-    call_args: dict[str, Any] = {"query": query, "limit": min(limit, 10)}
-    if project:
-        call_args["project"] = project
-    try:
-        data, _status = registry.unwrap(registry.call(ctx, "memory_lesson_recall", call_args))
-        lessons = data.get("lessons") or [] if isinstance(data, dict) else []
-        return [lesson_row(lesson) for lesson in lessons if isinstance(lesson, dict)]
+        return [lesson_row(lesson) for lesson in lesson_ranking.rank_lessons(ctx, args)]
     except Exception:  # noqa: BLE001 - a lessons failure must not fail the search
         log.exception("lesson recall failed during smart-search")
         return []

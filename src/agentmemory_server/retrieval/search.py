@@ -17,6 +17,9 @@ from typing import Any, Callable
 from agentmemory_server.retrieval import dates
 from agentmemory_server.storage.sqlite.database import Store
 from agentmemory_server.errors import AppError
+from agentmemory_server.kernel.access import visible_to
+from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.kernel.scopes import LESSONS, MEMORIES, is_obs_scope, obs_scope
 
 # Field weights for bm25(search_fts, title, body, concepts, files, context). The context (the
 # text just before a record in its session) helps a reply be found by its question's words,
@@ -40,11 +43,6 @@ while who whom why will with would you your yours yourself yourselves
 """.split())
 
 WORDS = re.compile(r"\w+", re.UNICODE)
-
-# Called after a record's row is written: hook(store, rowid, doc, text). The embedding backlog
-# registers here so every indexed record is also queued for a vector.
-INDEX_HOOKS: list[Callable[[Store, int, dict, dict], None]] = []
-
 
 # A query longer than this many distinct terms keeps its first ones: bounds the cost of pasted
 # logs used as queries (each OR-ed term is one posting-list scan).
@@ -85,7 +83,7 @@ def _join(values: Any) -> str:
 
 def observation_doc(obs: dict[str, Any]) -> tuple[dict, dict]:
     doc = {
-        "doc_id": obs["id"], "kind": "observation", "scope": f"mem:obs:{obs['sessionId']}",
+        "doc_id": obs["id"], "kind": "observation", "scope": obs_scope(obs["sessionId"]),
         "key": obs["id"], "session_id": obs.get("sessionId"), "project": obs.get("project"),
         "agent_id": obs.get("agentId"), "type": obs.get("type"), "ts": obs.get("timestamp") or "",
     }
@@ -106,7 +104,7 @@ def distinct_title(title: str, body: str) -> str:
 
 def memory_doc(mem: dict[str, Any]) -> tuple[dict, dict]:
     doc = {
-        "doc_id": mem["id"], "kind": "memory", "scope": "mem:memories", "key": mem["id"],
+        "doc_id": mem["id"], "kind": "memory", "scope": MEMORIES, "key": mem["id"],
         "session_id": (mem.get("sessionIds") or [None])[0], "project": mem.get("project"),
         "agent_id": mem.get("agentId"), "type": mem.get("type"),
         "ts": mem.get("updatedAt") or mem.get("createdAt") or "",
@@ -117,18 +115,30 @@ def memory_doc(mem: dict[str, Any]) -> tuple[dict, dict]:
     return doc, text
 
 
+def lesson_doc(lesson: dict[str, Any]) -> tuple[dict, dict]:
+    doc = {"doc_id": lesson["id"], "kind": "lesson", "scope": LESSONS, "key": lesson["id"],
+           "session_id": None, "project": lesson.get("project"), "agent_id": lesson.get("agentId"),
+           "type": lesson.get("source"), "ts": lesson.get("updatedAt") or lesson.get("createdAt") or "",
+           "active": not lesson.get("deleted")}
+    text = {"title": lesson.get("content", ""), "body": lesson.get("context", ""),
+            "concepts": " ".join(lesson.get("tags") or []), "files": ""}
+    return doc, text
+
+
+# Every searchable kind of record: how its search document is built. A new kind becomes
+# searchable by adding its builder here and its scope to INDEXED_SCOPES.
 DOC_BUILDERS: dict[str, Callable[[dict], tuple[dict, dict]]] = {
     "observation": observation_doc,
     "memory": memory_doc,
+    "lesson": lesson_doc,
 }
 
-
-# Scopes whose records are indexed, besides every ``mem:obs:{session}`` scope.
-INDEXED_SCOPES: dict[str, str] = {"mem:memories": "memory"}
+# Scopes whose records are indexed, besides every observation scope.
+INDEXED_SCOPES: dict[str, str] = {MEMORIES: "memory", LESSONS: "lesson"}
 
 
 def kind_for_scope(scope: str) -> str | None:
-    if scope.startswith("mem:obs:"):
+    if is_obs_scope(scope):
         return "observation"
     return INDEXED_SCOPES.get(scope)
 
@@ -138,14 +148,26 @@ def index_record(store: Store, kind: str, record: dict[str, Any]) -> int:
     if kind == "observation" and doc.get("session_id") and "context" not in text:
         before = store.text_before(doc["session_id"], doc["ts"], doc["doc_id"], CONTEXT_RECORDS)
         text["context"] = " | ".join(body[:CONTEXT_RECORD_CHARS] for body in before if body)
-    rowid = store.index_upsert(doc, text)
-    for hook in INDEX_HOOKS:
-        hook(store, rowid, doc, text)
-    return rowid
+    return store.index_upsert(doc, text)
 
 
 def unindex(store: Store, doc_ids: list[str]) -> int:
     return store.index_delete(doc_ids)
+
+
+def delete_indexed(ctx: Ctx, tx: Store, scope: str, keys: list[str]) -> tuple[list[str], list[str]]:
+    """Delete the records of ``scope`` the caller may see, with their search rows; returns
+    (deleted, not found) keys."""
+    deleted, missing = [], []
+    for key in dict.fromkeys(keys):
+        value = tx.get(scope, key)
+        if value is None or not visible_to(ctx, value):
+            missing.append(key)
+            continue
+        tx.delete(scope, key)
+        deleted.append(key)
+    unindex(tx, deleted)
+    return deleted, missing
 
 
 # -- querying --------------------------------------------------------------------------------------

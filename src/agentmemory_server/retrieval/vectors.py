@@ -1,7 +1,7 @@
 """The vector index: embeddings in SQLite, an in-memory matrix for brute-force cosine search.
 
 Writes never wait for a model. Indexing a record queues its search row in ``embed_backlog``
-inside the same transaction (an ``INDEX_HOOKS`` hook), so a crash loses no work; a background
+inside the same transaction (the search index's storage does it), so a crash loses no work; a background
 worker drains the backlog in batches, stores float32 BLOBs in ``search_vectors`` tagged with
 the model id and dimension, and adds them to the matrix. At start-up the matrix is read from
 SQLite (nothing is embedded); vectors of another model or dimension are ignored and their rows
@@ -26,7 +26,7 @@ from agentmemory_server.retrieval import search
 from agentmemory_server.storage.sqlite.database import Store
 from agentmemory_server.retrieval.embeddings import Embedder, choose_provider, from_blob, make_embedder, to_blob
 from agentmemory_server.errors import Unavailable
-from agentmemory_server.kernel.runtime import Runtime, subsystem
+from agentmemory_server.kernel.runtime import Runtime
 
 log = logging.getLogger("agentmemory.vectors")
 QUERY_CACHE_SIZE = 512
@@ -41,20 +41,10 @@ def _stamp() -> str:
 
 
 # Embedding waits for a lull in writes: it competes with requests for the cores and the GIL
-# (a lowered thread priority covers only the former). Hooks arrive in bursts, so vectors follow
+# (a lowered thread priority covers only the former). Writes arrive in bursts, so vectors follow
 # within a moment of a burst; a steady stream still gets them after MAX_DEFER_SECONDS.
 QUIET_SECONDS = 0.25
 MAX_DEFER_SECONDS = 30.0
-_last_queued = [0.0]  # monotonic time of the last queued record, in this process
-
-
-def queue_embedding(store: Store, rowid: int, doc: dict, text: dict) -> None:
-    """INDEX_HOOKS entry: every (re-)indexed record needs a (new) vector."""
-    store.backlog_put(rowid, _stamp())
-    _last_queued[0] = time.monotonic()
-
-
-search.INDEX_HOOKS.append(queue_embedding)
 
 
 def _malloc_trim() -> Any:
@@ -289,7 +279,7 @@ class VectorService:
         deadline = time.monotonic() + MAX_DEFER_SECONDS
         while not self._stop.is_set():
             now = time.monotonic()
-            quiet_for = now - _last_queued[0]
+            quiet_for = now - self.rt.db.last_write
             if quiet_for >= QUIET_SECONDS or now >= deadline:
                 return
             self._stop.wait(min(QUIET_SECONDS - quiet_for, deadline - now))
@@ -460,10 +450,6 @@ def _check(name: str, status: str, message: str, fix: str, fixable: bool) -> dic
     return {"name": name, "category": "search", "status": status, "message": message, "fix": fix,
             "fixable": fixable}
 
-
-@subsystem("vectors")
-def _vectors(rt: Runtime) -> VectorService:
-    return VectorService(rt)
 
 
 def service(rt: Runtime) -> VectorService:

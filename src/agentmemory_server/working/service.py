@@ -26,8 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from agentmemory_server.storage.sqlite import database as db
 from agentmemory_server.errors import CapacityExceeded, Conflict, InvalidInput, NotFound, PayloadTooLarge
-from agentmemory_server.capture.privacy import strip_private_data
-from agentmemory_server.kernel.runtime import subsystem
+from agentmemory_server.kernel.privacy import strip_private_data
 
 log = logging.getLogger("agentmemory.working")
 
@@ -413,7 +412,3 @@ class WorkingMemory:
         if self.backend is not self.sqlite:
             self.backend.close()
 
-
-@subsystem("working_memory")
-def _working_memory(rt: Any) -> WorkingMemory:
-    return WorkingMemory(rt)

@@ -22,9 +22,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from agentmemory_server.kernel import registry
+from agentmemory_server.memory import memories
 from agentmemory_server.errors import Conflict, Forbidden, InvalidInput, NotFound
-from agentmemory_server.capture.observe import SESSION_END_HOOKS, agent_filter
-from agentmemory_server.capture.privacy import strip_text
+from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import (ID_PATTERN, SESSION_ID, Ctx, Reply, anything, boolean, integer, number,
                       obj, params, string, tool)
 from agentmemory_server.kernel.util import iso, truncate
@@ -410,7 +411,7 @@ def summarise(ctx: Ctx, scope: Scope) -> str | None:
 
 
 def summarise_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
-    """SESSION_END_HOOKS entry: with WORKING_MEMORY_SUMMARIZE_ON_END, save what every working-memory
+    """Session-end hook: with WORKING_MEMORY_SUMMARIZE_ON_END, save what every working-memory
     scope of the ended session holds as a long-term memory (memory_save)."""
     if not ctx.rt.settings.working_memory_summarize_on_end:
         return
@@ -426,7 +427,7 @@ def summarise_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
         try:
             text = summarise(ctx, scope)
             if text:
-                registry.call(ctx, "memory_save", {
+                registry.run(memories.memory_save, ctx, {
                     "content": text, "type": "workflow", "sessionId": sid,
                     "title": f"Working memory of session {sid}", "concepts": ["working-memory"],
                     "project": None if scope.project == DEFAULT_SCOPE_PART else scope.project,
@@ -435,4 +436,3 @@ def summarise_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
             log.exception("working memory: summarising session %s (%s) failed", sid, scope)
 
 
-SESSION_END_HOOKS.append(summarise_on_session_end)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -269,6 +271,11 @@ def in_chunks(values: Iterable[Any], size: int = 500) -> Iterator[tuple[list[Any
         yield chunk, ",".join("?" * len(chunk))
 
 
+def _stamp() -> str:
+    """Wall-clock stamp with microseconds: orders backlog entries against a running batch."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 # -- the store: all SQL, bound to one connection --------------------------------------------------
 
 
@@ -480,6 +487,7 @@ class Store:
             (rowid, text.get("title", ""), text.get("body", ""), text.get("concepts", ""),
              text.get("files", ""), text.get("context", "")),
         )
+        self.backlog_put(rowid, _stamp())  # every (re-)indexed record needs a (new) vector
         return rowid
 
     def text_before(self, session_id: str, ts: str, doc_id: str, count: int = 1) -> list[str]:
@@ -1165,6 +1173,7 @@ class Database:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self.last_write = 0.0  # monotonic time of the last commit that changed something
         self._writer = self._connect(readonly=False)
         self._migrate()
 
@@ -1260,6 +1269,7 @@ class Database:
                 if store.changed:
                     self._write_audit(store, operation, agent_id)
                 conn.execute("COMMIT")
+                self.last_write = time.monotonic()
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise

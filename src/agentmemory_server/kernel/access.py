@@ -1,0 +1,50 @@
+"""The access policy: which agent's records a caller may read and whose name a new record gets.
+
+Every read of records goes through ``agent_filter`` (or ``visible_to``) and every new record is
+stamped with ``stamp_agent``. In shared scope (the default) callers may filter by agent; in
+isolated scope (``AGENTMEMORY_AGENT_SCOPE=isolated``) every read is limited to this server's
+``AGENT_ID`` whatever was asked, and fails closed without one. ``tests/test_isolation.py``
+calls every tool, resource, prompt and transport as one agent with another's ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentmemory_server.errors import Conflict, Forbidden
+from agentmemory_server.kernel.registry import Ctx
+
+
+def agent_filter(ctx: Ctx, requested: str | None = None) -> str | None:
+    """The agent id every read must be limited to, or None for all agents.
+
+    Shared scope: the caller's ``agentId`` filter, where "*" (or nothing) means every agent.
+    Isolated scope: always this server's AGENT_ID, whatever was asked; without one, fail closed.
+    """
+    settings = ctx.rt.settings
+    if settings.agent_scope == "isolated":
+        if not settings.agent_id:
+            raise Forbidden("AGENTMEMORY_AGENT_SCOPE=isolated but AGENT_ID is not set; refusing to "
+                            "read across agents", code="agent_scope_unset")
+        return str(settings.agent_id)
+    return None if requested in (None, "", "*") else requested
+
+
+def stamp_agent(ctx: Ctx, given: str | None) -> str | None:
+    """The agent id to record on a new record."""
+    if ctx.rt.settings.agent_scope == "isolated":
+        return agent_filter(ctx)
+    return given or ctx.rt.settings.agent_id
+
+
+def visible_to(ctx: Ctx, record: dict[str, Any] | None, requested: str | None = None) -> bool:
+    """Whether the caller may see ``record`` (None is never visible)."""
+    agent = agent_filter(ctx, requested)
+    return record is not None and (agent is None or record.get("agentId") == agent)
+
+
+def claim_session(ctx: Ctx, session: dict[str, Any] | None, session_id: str) -> None:
+    """Refuse to write into a session another agent owns when agents are isolated (the write
+    would change that agent's session and answer with its data)."""
+    if session is not None and ctx.rt.settings.agent_scope == "isolated" and not visible_to(ctx, session):
+        raise Conflict(f"session {session_id!r} belongs to another agent", code="session_owned_by_other_agent")

@@ -1,0 +1,91 @@
+"""The one place that assembles the server: which feature modules exist, which subsystems run,
+and every hook in its order.
+
+Importing a feature module registers its tools (``@tool``), model steps (``@model_step``) and
+job handlers (``@job_handler``), all keyed by name, so their import order does not matter.
+Everything whose *order* matters is listed here instead:
+
+- ``FEATURE_MODULES``: every module that registers tools, in the order the tool list (MCP
+  ``tools/list``, README's tool table) shows them;
+- ``SUBSYSTEMS``: long-lived services built for every runtime in this order (and closed in
+  reverse); each may offer ``health()``, ``diagnose()``, ``heal(dry_run)`` and ``close()``;
+- ``HOOKS``: the extension points of ``kernel/hooks.py``, each hook in the order it runs.
+
+``build_runtime(settings)`` is how adapters, the CLI and tests get a runtime.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from agentmemory_server.capture import antigravity, observe, sessions
+from agentmemory_server.kernel.util import Clock
+from agentmemory_server.kernel import registry
+from agentmemory_server.kernel.hooks import Hooks
+from agentmemory_server.kernel.runtime import Runtime, SubsystemFactory
+from agentmemory_server.kernel.settings import Settings
+from agentmemory_server.memory import (
+    actions,
+    consolidate,
+    crystals,
+    lessons,
+    memories,
+    patterns,
+    profiles,
+    reflect,
+    relations,
+    retention,
+    slots,
+    summaries,
+    transfer,
+)
+from agentmemory_server.models import graph, llm, llm_steps
+from agentmemory_server.operations import diagnose, health, maintenance, overview, resources
+from agentmemory_server.retrieval import context, recall, timeline, vectors
+from agentmemory_server.working import service as working_service
+from agentmemory_server.working import tools as working_tools
+
+FEATURE_MODULES: tuple[ModuleType, ...] = (
+    health, sessions, observe, memories, transfer, context, recall, timeline, profiles,
+    lessons, slots, actions, relations, summaries, crystals, reflect, consolidate, retention,
+    diagnose, antigravity, working_tools, patterns, resources,
+    llm, llm_steps, graph,
+    overview, maintenance,
+)
+registry.REGISTRY.order_by_module([module.__name__ for module in FEATURE_MODULES])
+
+SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
+    ("vectors", vectors.VectorService),
+    ("lessons", lessons.LessonService),
+    ("slots", slots.SlotService),
+    ("relations", relations.RelationChecks),
+    ("retention", retention.RetentionService),
+    ("database", diagnose.DatabaseChecks),
+    ("working_memory", working_service.WorkingMemory),
+    ("llm", llm.LLMService),
+)
+
+HOOKS = Hooks(
+    # After a session ends: its summary first (reflection reads it), then slot reflection, the
+    # working-memory summary, and last the model work queued for the background.
+    session_end=(
+        summaries.summarize_on_session_end,
+        reflect.reflect_on_session_end,
+        working_tools.summarise_on_session_end,
+        llm_steps.queue_session_model_work,
+        graph.queue_graph_extraction,
+    ),
+    observe=(llm_steps.queue_compression,),
+    remember=(relations.record_supersede_relation,),
+    reindex=(maintenance.reembed_vectors,),
+    context_blocks=(
+        ("past_sessions", context.past_sessions),
+        ("lessons", lessons.lessons_block),
+        ("profile", profiles.profile_block),
+        ("pinned_slots", slots.pinned_slots_block),
+    ),
+)
+
+
+def build_runtime(settings: Settings, *, clock: Clock | None = None, hooks: Hooks = HOOKS) -> Runtime:
+    """A runtime with every feature of this server (``hooks`` replaces the hook table, for tests)."""
+    return Runtime(settings, hooks=hooks, subsystems=SUBSYSTEMS, clock=clock)
