@@ -56,7 +56,7 @@ def in_process(n: int, batch: int = 100) -> dict:
                         t0 = time.perf_counter()
                         registry.call(ctx, "agent_observe", body)
                         times[label].append(time.perf_counter() - t0)
-            queued = runtimes["on"].db.reader().llm_job_stats()["pending"]
+            queued = runtimes["on"].db.reader().jobs.stats()["pending"]
         finally:
             for rt in runtimes.values():
                 rt.close()

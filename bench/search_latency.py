@@ -78,15 +78,15 @@ def seed(data_dir: str, size: int) -> dict[str, float]:
     vectors_rng = np.random.default_rng(11)
     now = rt.clock.iso()
     while True:  # the stand-in embedder: the same BLOBs and SQL as the worker, other numbers
-        rows = rt.db.reader().backlog_take(5000, time.time())
+        rows = rt.db.reader().vectors.backlog_take(5000, time.time())
         if not rows:
             break
         matrix = vectors_rng.standard_normal((len(rows), LOCAL_DIM)).astype(np.float32)
         matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
         with rt.db.transaction("bench_seed_vectors") as tx:
             for row, vector in zip(rows, matrix):
-                tx.vector_put(row["rowid"], LOCAL_MODEL_ID, to_blob(vector), LOCAL_DIM, now)
-            tx.backlog_done([r["rowid"] for r in rows], "9999")
+                tx.vectors.put(row["rowid"], LOCAL_MODEL_ID, to_blob(vector), LOCAL_DIM, now)
+            tx.vectors.backlog_done([r["rowid"] for r in rows], "9999")
     rt.db.checkpoint()
     rt.close()
     return {"observe_s": round(t1 - t0, 1), "vectors_s": round(time.perf_counter() - t1, 1)}

@@ -49,9 +49,9 @@ def test_export_matches_get_export_and_import_round_trips(client, call, tmp_path
         client.post("/agentmemory/observe", json=hook(f"s{i % 2}", timestamp=f"2026-01-01T00:00:0{i}Z"))
     call("memory_save", content="Use WAL mode for SQLite")
     with rt.db.transaction("test") as tx:
-        tx.set("mem:summaries", "s0", {"sessionId": "s0", "title": "done"}, now="x")
-        tx.set("mem:lessons", "lsn_1", {"id": "lsn_1", "content": "a lesson"}, now="x")
-        tx.set("mem:obs:orphan", "obs_o", {"id": "obs_o", "sessionId": "orphan", "title": "no session row"}, now="x")
+        tx.records.set("mem:summaries", "s0", {"sessionId": "s0", "title": "done"}, now="x")
+        tx.records.set("mem:lessons", "lsn_1", {"id": "lsn_1", "content": "a lesson"}, now="x")
+        tx.records.set("mem:obs:orphan", "obs_o", {"id": "obs_o", "sessionId": "orphan", "title": "no session row"}, now="x")
     out = tmp_path / "export.json"
     summary = ok(cli("--db", str(rt.db.path), "export", "-o", str(out)))  # while this runtime has it open
     assert summary["records"] == 2 + 5 + 1 + 1 + 1 + 1 and out.stat().st_size == summary["bytes"]
@@ -116,7 +116,7 @@ def test_reindex_hooks_run_after_the_rebuild(settings):
     seen = []
 
     def reembed(runtime, progress):
-        seen.append(runtime.db.reader().doc_counts())
+        seen.append(runtime.db.reader().index.kind_counts())
         return {"vectors": 1}
 
     rt = build_runtime(settings, hooks=dataclasses.replace(wiring.HOOKS, reindex=(reembed,)))

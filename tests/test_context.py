@@ -38,7 +38,7 @@ def test_summary_preferred_over_observations(client, rt):
     client.post("/agentmemory/observe", json=hook("s1", "post_tool_failure", project="p",
                                                   data={"tool_name": "Bash", "error": "boom"}))
     with rt.db.transaction("test") as tx:
-        tx.set("mem:summaries", "s1", {"sessionId": "s1", "title": "Fixed the build",
+        tx.records.set("mem:summaries", "s1", {"sessionId": "s1", "title": "Fixed the build",
                                        "narrative": "Pinned numpy", "keyDecisions": ["pin numpy"],
                                        "filesModified": ["requirements.txt"], "createdAt": "2026-01-01"}, now="x")
     text = client.post("/agentmemory/context", json={"sessionId": "s2", "project": "p", "budget": 500}).json["context"]

@@ -38,25 +38,25 @@ def test_newer_schema_is_refused(tmp_path):
 
 def test_reader_cannot_write(rt):
     with pytest.raises(sqlite3.OperationalError):
-        rt.db.reader().set("x", "y", {}, now="t")
+        rt.db.reader().records.set("x", "y", {}, now="t")
 
 
 def test_failed_transaction_rolls_back_and_writes_no_audit(rt):
     with pytest.raises(RuntimeError):
         with rt.db.transaction("boom") as tx:
-            tx.set("mem:test", "k", {"v": 1}, now="t")
+            tx.records.set("mem:test", "k", {"v": 1}, now="t")
             raise RuntimeError("fail")
-    assert rt.db.reader().get("mem:test", "k") is None
-    assert rt.db.reader().audit_page(operation=None, limit=10, offset=0)[1] == 0
+    assert rt.db.reader().records.get("mem:test", "k") is None
+    assert rt.db.reader().audit.page(operation=None, limit=10, offset=0)[1] == 0
 
 
 def test_nested_transactions_join_and_audit_once(rt):
     with rt.db.transaction("outer") as tx:
-        tx.set("mem:test", "a", 1, now="t")
+        tx.records.set("mem:test", "a", 1, now="t")
         with rt.db.transaction("inner") as inner:
             assert inner is tx
-            inner.set("mem:test", "b", 2, now="t")
-    entries, total = rt.db.reader().audit_page(operation=None, limit=10, offset=0)
+            inner.records.set("mem:test", "b", 2, now="t")
+    entries, total = rt.db.reader().audit.page(operation=None, limit=10, offset=0)
     assert total == 1 and entries[0]["operation"] == "outer"
     assert entries[0]["targetIds"] == ["mem:test/a", "mem:test/b"]
 
@@ -69,8 +69,8 @@ def test_invalid_json_is_rejected_by_the_schema(rt):
 
 def test_values_with_lone_surrogates_are_stored_escaped(rt):
     with rt.db.transaction("t") as tx:
-        tx.set("mem:test", "k", {"v": "a\ud800b"}, now="t")
-    assert rt.db.reader().get("mem:test", "k") == {"v": "a\ud800b"}
+        tx.records.set("mem:test", "k", {"v": "a\ud800b"}, now="t")
+    assert rt.db.reader().records.get("mem:test", "k") == {"v": "a\ud800b"}
 
 
 def test_concurrent_writers_and_readers(rt):
@@ -80,8 +80,8 @@ def test_concurrent_writers_and_readers(rt):
         try:
             for i in range(100):
                 with rt.db.transaction("w") as tx:
-                    tx.set("mem:test", f"{n}-{i}", {"i": i}, now="t")
-                rt.db.reader().count("mem:test")
+                    tx.records.set("mem:test", f"{n}-{i}", {"i": i}, now="t")
+                rt.db.reader().records.count("mem:test")
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -90,4 +90,4 @@ def test_concurrent_writers_and_readers(rt):
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and rt.db.reader().count("mem:test") == 800
+    assert errors == [] and rt.db.reader().records.count("mem:test") == 800

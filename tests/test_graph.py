@@ -122,7 +122,7 @@ def test_session_end_extracts_the_graph_in_the_background(make_runtime):
     off = make_runtime(data_dir=str(rt.settings.data_dir) + "-off")
     seed(ToolCaller(off))
     ToolCaller(off)("session_end", sessionId="s1")
-    assert off.db.reader().llm_job_stats()["pending"] == 0  # the flag is off by default
+    assert off.db.reader().jobs.stats()["pending"] == 0  # the flag is off by default
 
 
 def test_the_model_names_typed_entities_and_relations(llm_runtime, fake_gemini):
@@ -157,7 +157,7 @@ def test_model_failure_falls_back_and_the_job_waits_for_an_open_breaker(llm_runt
     assert svc.breaker.state == "open"
     call("session_end", sessionId="s1")
     assert svc.drain() == 1  # deferred, not run
-    assert rt.db.reader().llm_job_stats()["waiting"] == 1
+    assert rt.db.reader().jobs.stats()["waiting"] == 1
 
 
 def test_graph_job_gives_up_to_the_deterministic_graph(llm_runtime, fake_gemini):

@@ -131,7 +131,7 @@ def test_strengthen_delete_and_resave(client):
 
 def test_lessons_are_indexed_as_kind_lesson(tools):
     lesson = tools("memory_lesson_save", content="Vacuum the database monthly")["lesson"]
-    rows = tools.rt.db.reader().doc_counts()
+    rows = tools.rt.db.reader().index.kind_counts()
     assert rows.get("lesson") == 1
     from agentmemory_server.retrieval import search
 

@@ -40,8 +40,8 @@ def test_auto_compress_stores_synthetic_at_once_and_upgrades_in_the_background(l
     stored = observations(call)[0]
     assert stored["title"] == "Edit" and "method" not in stored and stored["concepts"] == []
     assert fake_gemini.generations() == []  # nothing on the request path
-    assert rt.db.reader().llm_job_stats()["byKind"] == {"compress": 1}
-    assert vectors.service(rt).drain() == 1 and rt.db.reader().backlog_stats()["pending"] == 0
+    assert rt.db.reader().jobs.stats()["byKind"] == {"compress": 1}
+    assert vectors.service(rt).drain() == 1 and rt.db.reader().vectors.backlog_stats()["pending"] == 0
 
     assert llm.service(rt).drain() == 1
     upgraded = observations(call)[0]
@@ -54,8 +54,8 @@ def test_auto_compress_stores_synthetic_at_once_and_upgrades_in_the_background(l
     assert "hookType: post_tool_use" in prompt and "src/auth.py" in prompt
     # Re-indexed (a model concept finds it) and its embedding re-queued.
     assert [r["observation"]["id"] for r in call("memory_recall", query="zanzibar")["results"]] == [obs_id]
-    assert rt.db.reader().backlog_stats()["pending"] == 1
-    assert rt.db.reader().llm_job_stats()["pending"] == 0
+    assert rt.db.reader().vectors.backlog_stats()["pending"] == 1
+    assert rt.db.reader().jobs.stats()["pending"] == 0
     seen = [events.get(0.1) for _ in range(6)]
     assert any(e and e["type"] == "observation_updated" and e["record"]["id"] == obs_id for e in seen)
 
@@ -86,7 +86,7 @@ def test_the_compression_backlog_survives_a_restart(llm_runtime, fake_gemini):
     first.close()  # the process dies before the worker ran
     fake_gemini.responder = responder()
     second = llm_runtime(auto_compress=True)
-    assert second.db.reader().llm_job_stats()["byKind"] == {"compress": 1}
+    assert second.db.reader().jobs.stats()["byKind"] == {"compress": 1}
     assert llm.service(second).drain() == 1
     assert observations(ToolCaller(second))[0]["method"] == "gemini"
 
@@ -98,7 +98,7 @@ def test_a_claimed_job_whose_worker_died_runs_again_after_its_lease(llm_runtime,
     call, svc = ToolCaller(rt), llm.service(rt)
     call("agent_observe", **edit("s1", "src/auth.py", "2026-11-01T10:00:00Z"))
     with rt.db.transaction("test") as tx:  # a worker claims the job, then its process dies
-        assert len(tx.llm_jobs_claim(clock.now, 8, clock.now + 100)) == 1
+        assert len(tx.jobs.claim(clock.now, 8, clock.now + 100)) == 1
     assert svc.drain() == 0 and fake_gemini.generations() == []
     clock.advance(100)
     assert svc.drain() == 1 and observations(call)[0]["method"] == "gemini"
@@ -161,7 +161,7 @@ def test_500s_open_the_breaker_fallbacks_answer_jobs_wait_then_recover(llm_runti
     assert len(fake_gemini.calls) == sent  # the open breaker sends nothing
     # The queued compressions wait for the breaker instead of burning the model's quota.
     assert svc.drain() == 3 and len(fake_gemini.calls) == sent
-    jobs = rt.db.reader().llm_job_stats()
+    jobs = rt.db.reader().jobs.stats()
     assert jobs["pending"] == 3 and jobs["waiting"] == 3 and "breaker" in jobs["lastError"]
     assert all("method" not in o for o in observations(call))
     health = call("health")["llm"]
@@ -213,7 +213,7 @@ def test_session_end_stays_deterministic_and_queues_the_model_work(llm_runtime, 
     assert summary["method"] == "synthetic" and summary["title"].startswith("fix login")
     pending = call("memory_slot_get", label="pending_items", project="demo")["slot"]["content"]
     assert "- TODO: add a logout test" in pending
-    assert rt.db.reader().llm_job_stats()["byKind"] == {"summarize": 1, "reflect": 1, "consolidate": 1}
+    assert rt.db.reader().jobs.stats()["byKind"] == {"summarize": 1, "reflect": 1, "consolidate": 1}
     assert llm.service(rt).drain() == 3
     summary = call("session_get", sessionId="s1")["session"]["summary"]
     assert summary["method"] == "gemini" and summary["title"] == "Model summary title"
@@ -250,7 +250,7 @@ def test_consolidation_flag_off_keeps_it_deterministic(llm_runtime, fake_gemini)
     out = call("memory_consolidate", project="demo", minObservations=1)
     assert out["method"] == "synthetic" and out["memories"] and fake_gemini.generations() == []
     call("session_end", sessionId="s1")
-    assert "consolidate" not in rt.db.reader().llm_job_stats()["byKind"]
+    assert "consolidate" not in rt.db.reader().jobs.stats()["byKind"]
 
 
 def test_session_end_consolidation_runs_at_most_once_per_cooldown(llm_runtime, fake_gemini):
@@ -263,7 +263,7 @@ def test_session_end_consolidation_runs_at_most_once_per_cooldown(llm_runtime, f
     assert svc.drain() == 1
     call("agent_observe", **edit("s2", "src/auth.py", "2026-11-02T10:00:00Z"))
     call("session_end", sessionId="s2")
-    assert rt.db.reader().llm_job_stats()["byKind"] == {"consolidate": 1}
+    assert rt.db.reader().jobs.stats()["byKind"] == {"consolidate": 1}
     assert svc.drain() == 0  # within the cooldown
     clock.advance(300)
     assert svc.drain() == 1
@@ -317,7 +317,7 @@ def test_no_key_every_feature_runs_deterministically(make_runtime):
         replies.append(call("agent_observe", **edit("s1", "src/auth.py", f"2026-11-01T10:0{i}:00Z")))
     replies.append(call("agent_observe", **hook("s1", "prompt_submit", data={"prompt": "TODO: add a logout test"})))
     replies.append(call("session_end", sessionId="s1"))
-    assert rt.db.reader().llm_job_stats()["byKind"] == {"consolidate": 1, "graph": 1}  # no model jobs
+    assert rt.db.reader().jobs.stats()["byKind"] == {"consolidate": 1, "graph": 1}  # no model jobs
     assert llm.service(rt).drain() == 2
     replies += [call("summarize", sessionId="s1"), call("memory_crystallize", sessionId="s1"),
                 call("memory_reflect", sessionId="s1"), call("memory_reflect", project="demo"),
@@ -350,6 +350,6 @@ def test_antigravity_imports_are_compressed_and_sync_all_uses_the_model(llm_runt
     sid = out["sessions"][0]
     steps = out["followUps"][sid]
     assert steps["memory_crystallize"]["method"] == "gemini" and steps["memory_reflect"]["method"] == "gemini"
-    assert rt.db.reader().llm_job_stats()["byKind"] == {"compress": out["observations"]}
+    assert rt.db.reader().jobs.stats()["byKind"] == {"compress": out["observations"]}
     assert llm.service(rt).drain() == out["observations"]
     assert all(o["method"] == "gemini" for o in observations(call, sid))

@@ -21,7 +21,7 @@ def test_near_duplicate_supersedes_within_project(call, rt):
     new = second["memory"]
     assert second["superseded"] == first["id"]
     assert new["version"] == 2 and new["parentId"] == first["id"] and new["supersedes"] == [first["id"]]
-    old = rt.db.reader().get("mem:memories", first["id"])
+    old = rt.db.reader().records.get("mem:memories", first["id"])
     assert old["isLatest"] is False and new["isLatest"] is True
     chain = call("memory_get", memoryId=new["id"])["versions"]
     assert [m["id"] for m in chain] == [first["id"], new["id"]]
@@ -61,15 +61,15 @@ def test_forget_memory_observations_and_session_counts(client, call, rt):
     ids = [client.post("/agentmemory/observe", json=hook(timestamp=f"2026-01-01T00:00:0{i}Z")).json["observationId"]
            for i in range(3)]
     with rt.db.transaction("test") as tx:
-        tx.set("mem:summaries", "s1", {"sessionId": "s1"}, now="x")
+        tx.records.set("mem:summaries", "s1", {"sessionId": "s1"}, now="x")
     out = call("memory_forget", sessionId="s1", observationIds=[ids[0], "obs_missing"])
     assert out["deleted"] == 1 and out["notFound"] == ["obs_missing"]
-    assert rt.db.reader().get("mem:sessions", "s1")["observationCount"] == 2
+    assert rt.db.reader().records.get("mem:sessions", "s1")["observationCount"] == 2
     out = call("memory_forget", memoryId=mem["id"], sessionId="s1")
     assert out["details"] == {"memories": 1, "observations": 2, "sessions": 1, "summaries": 1}
     assert out["deleted"] == 5
     store = rt.db.reader()
-    assert store.count("mem:obs:s1") == 0 and store.get("mem:sessions", "s1") is None
+    assert store.records.count("mem:obs:s1") == 0 and store.records.get("mem:sessions", "s1") is None
     assert call("memory_recall", query="pytest passed")["results"] == []
     again = call("memory_forget", memoryId=mem["id"])
     assert again["deleted"] == 0 and again["notFound"] == [mem["id"]]

@@ -11,10 +11,10 @@ def test_observe_stores_compressed_and_stripped(client, rt):
     r = client.post("/agentmemory/observe", json=body)
     assert r.status_code == 201, r.json
     obs_id = r.json["observationId"]
-    stored = rt.db.reader().get("mem:obs:s1", obs_id)
+    stored = rt.db.reader().records.get("mem:obs:s1", obs_id)
     assert stored["type"] == "command_run" and stored["sessionId"] == "s1"
     assert "t" * 30 not in str(stored) and "[REDACTED_SECRET]" in stored["raw"]["tool_input"]["command"]
-    session = rt.db.reader().get("mem:sessions", "s1")
+    session = rt.db.reader().records.get("mem:sessions", "s1")
     assert session["observationCount"] == 1 and session["project"] == "demo"
 
 
@@ -24,7 +24,7 @@ def test_same_event_twice_is_a_duplicate(client, rt):
     assert (first.status_code, second.status_code) == (201, 200)
     assert second.json["duplicate"] is True
     assert second.json["observationId"] == first.json["observationId"]
-    assert rt.db.reader().count("mem:obs:s1") == 1
+    assert rt.db.reader().records.count("mem:obs:s1") == 1
 
 
 def test_identical_prompts_at_different_times_are_both_kept(client, rt):
@@ -33,7 +33,7 @@ def test_identical_prompts_at_different_times_are_both_kept(client, rt):
         r = client.post("/agentmemory/observe", json=hook(hook_type="prompt_submit", timestamp=ts,
                                                           data={"prompt": "continue"}))
         assert r.status_code == 201
-    assert rt.db.reader().count("mem:obs:s1") == 3
+    assert rt.db.reader().records.count("mem:obs:s1") == 3
 
 
 def test_host_ids_and_client_event_ids_decide_identity(client, rt):
@@ -52,7 +52,7 @@ def test_host_ids_and_client_event_ids_decide_identity(client, rt):
 
 def test_implicit_session_and_first_prompt(client, rt):
     client.post("/agentmemory/observe", json=hook("new", "prompt_submit", data={"prompt": "add  OAuth\nlogin"}))
-    session = rt.db.reader().get("mem:sessions", "new")
+    session = rt.db.reader().records.get("mem:sessions", "new")
     assert session["status"] == "active" and session["firstPrompt"] == "add OAuth login"
 
 
@@ -66,13 +66,13 @@ def test_cap_is_a_clear_error_and_stores_nothing_more(make_runtime):
     r = client.post("/agentmemory/observe", json=hook(timestamp="2026-01-01T00:00:09Z"))
     assert r.status_code == 409 and r.json["code"] == "capacity_exceeded"
     assert "MAX_OBS_PER_SESSION=3" in r.json["error"]
-    assert rt.db.reader().count("mem:obs:s1") == 3
+    assert rt.db.reader().records.count("mem:obs:s1") == 3
 
 
 def test_agent_note_via_mcp_tool(call, rt):
     out = call("agent_observe", sessionId="s9", content="Chose FTS5 over bm25s", type="decision")
     assert out["duplicate"] is False
-    obs = rt.db.reader().get("mem:obs:s9", out["observationId"])
+    obs = rt.db.reader().records.get("mem:obs:s9", out["observationId"])
     assert obs["type"] == "decision" and obs["narrative"] == "Chose FTS5 over bm25s"
 
 

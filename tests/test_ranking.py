@@ -7,6 +7,7 @@ import pytest
 
 from agentmemory_server.kernel import registry
 from agentmemory_server.retrieval import search
+from agentmemory_server.storage.sqlite import search_index
 from agentmemory_server.retrieval import vectors
 from agentmemory_server.kernel.registry import Ctx
 
@@ -76,7 +77,7 @@ def test_context_holds_the_two_records_before_nearest_first(rt):
     note(rt, "s1", "what did you do about it?")
     answer = note(rt, "s1", "added a retry with jitter")
     note(rt, "other", "websocket docs updated")
-    rows = {r["rowid"]: r for r in rt.db.reader().backlog_take(10, time.time())}
+    rows = {r["rowid"]: r for r in rt.db.reader().vectors.backlog_take(10, time.time())}
     contexts = sorted(r["context"] for r in rows.values())
     assert "what did you do about it? | the websocket test is flaky on CI" in contexts
     # The reply is found by words two records back, below the records that say them.
@@ -104,10 +105,10 @@ def common_corpus(rt):
 
 def test_bounded_bm25_scores_exactly_and_skips_rows_with_one_common_term(rt, common_corpus, monkeypatch):
     store, query = rt.db.reader(), "deploy server kubernetes"
-    exact = store.fts_search(search.build_match(query), weights=search.BM25_WEIGHTS, limit=50, filters={})
-    assert search.bm25(store, query, limit=50) == exact  # under the budget: the plain OR query
-    monkeypatch.setattr(search, "BM25_ROW_BUDGET", 5)
-    assert search.rarest_terms(store, search.query_terms(query)) == ["kubernetes"]
+    exact = search.bm25(store, query, limit=50)  # under the budget: the plain OR query, every match scored
+    assert len(exact) == len(common_corpus)
+    monkeypatch.setattr(search_index, "BM25_ROW_BUDGET", 5)
+    assert store.index._rarest_terms(search.query_terms(query)) == ["kubernetes"]
     bounded = search.bm25(store, query, limit=50)
     kept = {common_corpus[k] for k in ("rare", "both-1", "both-2")}
     assert {h["doc_id"] for h in bounded} == kept
@@ -116,7 +117,7 @@ def test_bounded_bm25_scores_exactly_and_skips_rows_with_one_common_term(rt, com
 
 
 def test_bounded_bm25_with_only_common_terms_ranks_rows_holding_all(rt, common_corpus, monkeypatch):
-    monkeypatch.setattr(search, "BM25_ROW_BUDGET", 5)
+    monkeypatch.setattr(search_index, "BM25_ROW_BUDGET", 5)
     store = rt.db.reader()
     bounded = search.bm25(store, "deploy server", limit=10)
     assert {h["doc_id"] for h in bounded} == {common_corpus["both-1"], common_corpus["both-2"]}

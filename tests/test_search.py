@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import hook
-from agentmemory_server.retrieval.search import build_match, query_terms
+from agentmemory_server.retrieval.search import query_terms
 
 HOSTILE = ['C++', 'a.b', '"quoted"', '(paren', 'NEAR(a b)', 'x*', '-minus', 'AND OR NOT', "it's",
            '名前は何', '🙂 emoji', '\\', ':', '^', '{}', "'", '""', 'col:value', 'a"b']
@@ -16,10 +16,10 @@ def test_hostile_queries_never_raise(call, client, query):
     assert out["mode"] == "bm25" and isinstance(out["results"], list)
 
 
-def test_terms_are_quoted_ored_and_stopwords_dropped():
-    assert build_match("What did she say about the database migration?") == '"say" OR "database" OR "migration"'
+def test_query_terms_drop_stopwords_and_duplicates():
+    assert query_terms("What did she say about the database migration? The database!") == ["say", "database", "migration"]
     assert query_terms("who is he") == ["who", "is", "he"]  # all stop words: keep them
-    assert build_match("   ") is None and build_match("!!!") is None
+    assert query_terms("   ") == [] and query_terms("!!!") == []
 
 
 def test_or_semantics_find_partial_matches(client, call):

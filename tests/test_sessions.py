@@ -30,7 +30,7 @@ def test_sessions_pagination_filters_and_summary_join(client, rt):
     for i in range(5):
         client.post("/agentmemory/observe", json=hook(f"s{i}", project="p" if i % 2 else "q"))
     with rt.db.transaction("test") as tx:
-        tx.set("mem:summaries", "s1", {"sessionId": "s1", "title": "T"}, now="x")
+        tx.records.set("mem:summaries", "s1", {"sessionId": "s1", "title": "T"}, now="x")
     r = client.get("/agentmemory/sessions?limit=2")
     assert r.json["total"] == 5 and len(r.json["sessions"]) == 2 and r.json["hasMore"]
     r = client.get("/agentmemory/sessions?project=p&limit=10")

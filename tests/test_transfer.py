@@ -11,8 +11,8 @@ def seed(client, call):
                                                       data={"tool_name": "Edit", "tool_input": {"file_path": f"f{i}.py"}}))
     call("memory_save", content="Use WAL mode for SQLite", project="demo")
     with call.rt.db.transaction("test") as tx:
-        tx.set("mem:summaries", "s0", {"sessionId": "s0", "title": "Edited files"}, now="x")
-        tx.set("mem:lessons", "lsn_1", {"id": "lsn_1", "content": "a lesson"}, now="x")
+        tx.records.set("mem:summaries", "s0", {"sessionId": "s0", "title": "Edited files"}, now="x")
+        tx.records.set("mem:lessons", "lsn_1", {"id": "lsn_1", "content": "a lesson"}, now="x")
 
 
 def strip_time(export):
@@ -42,7 +42,7 @@ def test_strategies(client, call):
     mem_id = export["memories"][0]["id"]
     with call.rt.db.transaction("test") as tx:
         changed = dict(export["memories"][0], content="locally edited")
-        tx.set("mem:memories", mem_id, changed, now="x")
+        tx.records.set("mem:memories", mem_id, changed, now="x")
     r = client.post("/agentmemory/import", json={"exportData": export, "strategy": "skip"})
     assert r.json["skipped"] == 8 and r.json["imported"] == 0
     assert call("memory_get", memoryId=mem_id)["memory"]["content"] == "locally edited"

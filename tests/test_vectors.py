@@ -48,10 +48,10 @@ def test_observe_queues_in_the_same_transaction_and_worker_drains(make_runtime):
     rt = make_runtime(embedding_provider="hash")
     svc = vectors.service(rt)
     note(rt, "s1", "the deploy script failed on the staging cluster")
-    assert rt.db.reader().backlog_stats()["pending"] == 1 and svc.index.alive_count == 0
+    assert rt.db.reader().vectors.backlog_stats()["pending"] == 1 and svc.index.alive_count == 0
     assert smart(rt, "deploy")["mode"] == "bm25"  # no vectors yet: honest mode
     assert svc.drain() == 1
-    assert rt.db.reader().backlog_stats()["pending"] == 0 and svc.index.alive_count == 1
+    assert rt.db.reader().vectors.backlog_stats()["pending"] == 0 and svc.index.alive_count == 1
     assert smart(rt, "deploy")["mode"] == "hybrid"
     assert rt.health_sections()["vectors"]["vectors"] == 1
 
@@ -60,15 +60,15 @@ def test_startup_loads_vectors_and_rebuilds_nothing(make_runtime):
     rt = make_runtime(embedding_provider="hash")
     ids = [note(rt, f"s{i % 3}", f"record number {i} about caching and queues") for i in range(30)]
     vectors.service(rt).drain()
-    before = rt.db.reader().fts_count()
-    audit_rows = rt.db.reader().audit_page(operation=None, limit=1, offset=0)[1]
+    before = sum(rt.db.reader().index.kind_counts().values())
+    audit_rows = rt.db.reader().audit.page(operation=None, limit=1, offset=0)[1]
     rt.close()
     again = make_runtime(embedding_provider="hash")
     svc = vectors.service(again)
     assert svc.index.alive_count == 30 and svc.embedded == 0
-    assert again.db.reader().backlog_stats()["pending"] == 0
-    assert again.db.reader().fts_count() == before
-    assert again.db.reader().audit_page(operation=None, limit=1, offset=0)[1] == audit_rows
+    assert again.db.reader().vectors.backlog_stats()["pending"] == 0
+    assert sum(again.db.reader().index.kind_counts().values()) == before
+    assert again.db.reader().audit.page(operation=None, limit=1, offset=0)[1] == audit_rows
     hits = smart(again, "record number 7 caching", mode="vector")["results"]
     assert hits and hits[0]["obsId"] == ids[7]
 
@@ -94,7 +94,7 @@ def test_model_change_ignores_old_vectors_and_reembeds_in_background(make_runtim
     assert checks["vector-stale-model"]["status"] == "warn" and "1 vector" in checks["vector-stale-model"]["message"]
     assert smart(rt2, "postgres pool")["mode"] == "bm25"  # never mixes spaces
     assert svc.reconcile() == 1 and svc.drain() == 1  # what the background worker does first
-    assert rt2.db.reader().vector_counts() == {"gemini:gemini-embedding-001/768": 1}
+    assert rt2.db.reader().vectors.counts() == {"gemini:gemini-embedding-001/768": 1}
     out = smart(rt2, "postgres pool")
     assert out["mode"] == "hybrid" and out["results"][0]["obsId"] == obs
 
@@ -118,7 +118,7 @@ def test_gemini_429_then_success_is_retried(make_runtime, gemini):
     note(rt, "s1", "flaky network during npm install")
     gemini.fail_next = [429, 503]
     assert vectors.service(rt).drain() == 1
-    assert rt.db.reader().backlog_stats()["pending"] == 0
+    assert rt.db.reader().vectors.backlog_stats()["pending"] == 0
     assert [c["path"].rsplit(":", 1)[1] for c in gemini.calls] == ["batchEmbedContents"] * 3
     assert smart(rt, "network install")["mode"] == "hybrid"
 
@@ -137,7 +137,7 @@ def test_gemini_500_falls_back_to_bm25_and_says_so(make_runtime, gemini, client)
     note(rt, "s1", "second record")
     gemini.fail_next = [500] * 5
     assert vectors.service(rt).drain() == 1
-    stats = rt.db.reader().backlog_stats()
+    stats = rt.db.reader().vectors.backlog_stats()
     assert stats["pending"] == 1 and stats["failing"] == 1 and "500" in stats["lastError"]
     assert rt.health_sections()["vectors"]["status"] == "degraded"
 
@@ -185,6 +185,6 @@ def test_backlog_is_durable_across_restarts(make_runtime):
     obs = note(rt, "s1", "queued before the crash")
     rt.close()  # nothing embedded yet: the queue row is all that is left
     again = make_runtime(embedding_provider="hash")
-    assert again.db.reader().backlog_stats()["pending"] == 1
+    assert again.db.reader().vectors.backlog_stats()["pending"] == 1
     assert vectors.service(again).drain() == 1
     assert smart(again, "crash queued", mode="vector")["results"][0]["obsId"] == obs

@@ -19,8 +19,9 @@ class AppError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, code: str | None = None,
-                 details: dict[str, Any] | None = None, status: int | None = None):
+    def __init__(
+        self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None, status: int | None = None
+    ):
         super().__init__(message)
         self.message = message
         if code:
@@ -30,8 +31,7 @@ class AppError(Exception):
         self.details = details or {}
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"ok": False, "error": self.message, "code": self.code,
-                                "status": self.status}
+        body: dict[str, Any] = {"ok": False, "error": self.message, "code": self.code, "status": self.status}
         if self.details:
             body["details"] = self.details
         return body

@@ -17,12 +17,13 @@ Everything whose *order* matters is listed here instead:
 from __future__ import annotations
 
 from types import ModuleType
+
 from agentmemory_server.capture import antigravity, observe, sessions
-from agentmemory_server.kernel.util import Clock
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.runtime import Runtime, SubsystemFactory
 from agentmemory_server.kernel.settings import Settings
+from agentmemory_server.kernel.util import Clock
 from agentmemory_server.memory import (
     actions,
     consolidate,
@@ -45,11 +46,34 @@ from agentmemory_server.working import service as working_service
 from agentmemory_server.working import tools as working_tools
 
 FEATURE_MODULES: tuple[ModuleType, ...] = (
-    health, sessions, observe, memories, transfer, context, recall, timeline, profiles,
-    lessons, slots, actions, relations, summaries, crystals, reflect, consolidate, retention,
-    diagnose, antigravity, working_tools, patterns, resources,
-    llm, llm_steps, graph,
-    overview, maintenance,
+    health,
+    sessions,
+    observe,
+    memories,
+    transfer,
+    context,
+    recall,
+    timeline,
+    profiles,
+    lessons,
+    slots,
+    actions,
+    relations,
+    summaries,
+    crystals,
+    reflect,
+    consolidate,
+    retention,
+    diagnose,
+    antigravity,
+    working_tools,
+    patterns,
+    resources,
+    llm,
+    llm_steps,
+    graph,
+    overview,
+    maintenance,
 )
 registry.REGISTRY.order_by_module([module.__name__ for module in FEATURE_MODULES])
 

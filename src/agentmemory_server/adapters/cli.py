@@ -20,17 +20,17 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-
-from agentmemory_server.operations import maintenance
-from agentmemory_server.operations import hf_sync as sync
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
-from agentmemory_server.wiring import build_runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
+from agentmemory_server.operations import hf_sync as sync
+from agentmemory_server.operations import maintenance
+from agentmemory_server.wiring import build_runtime
 
 
 def _progress(quiet: bool) -> maintenance.Progress:
@@ -66,8 +66,12 @@ def cmd_export(settings: Settings, opts: argparse.Namespace) -> Any:
 
 def cmd_import(settings: Settings, opts: argparse.Namespace) -> Any:
     document = maintenance.load_export(Path(opts.file))
-    return _with_runtime(settings, lambda rt: maintenance.import_document(
-        Ctx(rt, source="cli"), document, opts.strategy, batch=opts.batch, progress=_progress(opts.quiet)))
+    return _with_runtime(
+        settings,
+        lambda rt: maintenance.import_document(
+            Ctx(rt, source="cli"), document, opts.strategy, batch=opts.batch, progress=_progress(opts.quiet)
+        ),
+    )
 
 
 def cmd_reindex(settings: Settings, opts: argparse.Namespace) -> Any:
@@ -93,8 +97,10 @@ def cmd_restore(settings: Settings, opts: argparse.Namespace) -> Any:
 
 def _print_stats(result: dict[str, Any]) -> None:
     db = result["db"]
-    print(f"database   {db['path']}  schema v{db['schemaVersion']}  "
-          f"{db['sizeBytes']:,} bytes + WAL {db['walBytes']:,} bytes")
+    print(
+        f"database   {db['path']}  schema v{db['schemaVersion']}  "
+        f"{db['sizeBytes']:,} bytes + WAL {db['walBytes']:,} bytes"
+    )
     print("records by scope:")
     for scope, n in result["scopes"].items():
         print(f"  {scope:<24} {n:>10,}")
@@ -114,17 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(run=cmd_export)
     imp = commands.add_parser("import", help="import an export file")
     imp.add_argument("file")
-    imp.add_argument("--strategy", choices=("merge", "skip", "replace"), default="merge",
-                     help="merge: imported records win; skip: existing win; replace: wipe first (atomic)")
+    imp.add_argument(
+        "--strategy",
+        choices=("merge", "skip", "replace"),
+        default="merge",
+        help="merge: imported records win; skip: existing win; replace: wipe first (atomic)",
+    )
     imp.add_argument("--batch", type=int, default=1000, help="records per transaction (merge/skip)")
     imp.set_defaults(run=cmd_import)
-    commands.add_parser("reindex", help="rebuild the search index (and vectors) from the records") \
-        .set_defaults(run=cmd_reindex)
+    commands.add_parser("reindex", help="rebuild the search index (and vectors) from the records").set_defaults(
+        run=cmd_reindex
+    )
     stats = commands.add_parser("stats", help="counts, sizes and schema version")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(run=cmd_stats)
-    for name, run, text in (("backup", cmd_backup, "upload a snapshot to the HuggingFace dataset now"),
-                            ("restore", cmd_restore, "download the latest backup (stop the server first)")):
+    for name, run, text in (
+        ("backup", cmd_backup, "upload a snapshot to the HuggingFace dataset now"),
+        ("restore", cmd_restore, "download the latest backup (stop the server first)"),
+    ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--force", action="store_true", help="override the safety checks (see README)")
         sub.set_defaults(run=run)

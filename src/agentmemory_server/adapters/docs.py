@@ -13,7 +13,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel import settings as settings_module
 
@@ -37,8 +36,9 @@ def route_rows() -> list[tuple[str, str, str]]:
             for rule in app.url_map.iter_rules():
                 methods = sorted(m for m in rule.methods if m not in ("HEAD", "OPTIONS"))
                 name = rule.endpoint.split(":")[0]
-                desc = tools[name].description if name in tools else _first_line(
-                    app.view_functions[rule.endpoint].__doc__)
+                desc = (
+                    tools[name].description if name in tools else _first_line(app.view_functions[rule.endpoint].__doc__)
+                )
                 path = re.sub(r"<(?:\w+:)?(\w+)>", r":\1", rule.rule)
                 rows.append((", ".join(methods), path, desc))
         finally:
@@ -71,8 +71,9 @@ def backup_settings_table() -> str:
     def shown(value: object) -> str:
         if value is None:
             return "(unset)"
-        text = str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) \
-            else str(value)
+        text = (
+            str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+        )
         return f"`{text}`"
 
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]

@@ -23,15 +23,16 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from agentmemory_server.operations import resources as mcp_resources
-from agentmemory_server.kernel import registry
 from agentmemory_server.adapters.origins import LOOPBACK, origin_allowed  # noqa: F401 - re-exported for callers
 from agentmemory_server.errors import AppError, InvalidInput
+from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.util import clean_json
+from agentmemory_server.operations import resources as mcp_resources
 
 log = logging.getLogger("agentmemory.mcp")
 
@@ -42,7 +43,12 @@ BATCH_VERSIONS = ("2025-03-26",)  # batching was added in 2025-03-26 and removed
 DEFAULT_VERSION = "2025-03-26"  # what the spec says to assume when a request names none
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
-    -32700, -32600, -32601, -32602, -32603)
+    -32700,
+    -32600,
+    -32601,
+    -32602,
+    -32603,
+)
 RESOURCE_NOT_FOUND = -32002  # 2024-11-05 .. 2025-11-25; 2026-07-28 retired it for -32602
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
@@ -52,14 +58,24 @@ META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 # 2026-07-28 maps JSON-RPC errors to HTTP statuses; earlier revisions answer them with 200.
-MODERN_ERROR_STATUS = {PARSE_ERROR: 400, INVALID_REQUEST: 400, INVALID_PARAMS: 400,
-                       HEADER_MISMATCH: 400, UNSUPPORTED_PROTOCOL_VERSION: 400, METHOD_NOT_FOUND: 404}
-CAPABILITIES = {"tools": {"listChanged": False},
-                "resources": {"subscribe": False, "listChanged": False},
-                "prompts": {"listChanged": False}}
-INSTRUCTIONS = ("agentmemory: persistent memory for coding agents. Search what earlier sessions did "
-                "before starting work, save durable decisions and facts, and read the "
-                "agentmemory:// resources for status and per-project history.")
+MODERN_ERROR_STATUS = {
+    PARSE_ERROR: 400,
+    INVALID_REQUEST: 400,
+    INVALID_PARAMS: 400,
+    HEADER_MISMATCH: 400,
+    UNSUPPORTED_PROTOCOL_VERSION: 400,
+    METHOD_NOT_FOUND: 404,
+}
+CAPABILITIES = {
+    "tools": {"listChanged": False},
+    "resources": {"subscribe": False, "listChanged": False},
+    "prompts": {"listChanged": False},
+}
+INSTRUCTIONS = (
+    "agentmemory: persistent memory for coding agents. Search what earlier sessions did "
+    "before starting work, save durable decisions and facts, and read the "
+    "agentmemory:// resources for status and per-project history."
+)
 
 
 # -- upstream's plain JSON shape ---------------------------------------------------------------------
@@ -67,8 +83,10 @@ INSTRUCTIONS = ("agentmemory: persistent memory for coding agents. Search what e
 
 def tool_list(rt: Any) -> list[dict[str, Any]]:
     """Every MCP tool (honouring AGENTMEMORY_TOOLS) with its JSON Schema."""
-    return [{"name": t.name, "description": t.description, "inputSchema": t.schema}
-            for t in registry.REGISTRY.mcp_tools(rt.settings.tools)]
+    return [
+        {"name": t.name, "description": t.description, "inputSchema": t.schema}
+        for t in registry.REGISTRY.mcp_tools(rt.settings.tools)
+    ]
 
 
 def mcp_tool(name: Any) -> registry.Tool:
@@ -141,7 +159,6 @@ class Sessions:
         return {"status": "ok", "sessions": len(self._items), "versions": list(SUPPORTED_VERSIONS)}
 
 
-
 def sessions_of(rt: Any) -> Sessions:
     return rt.services.setdefault("mcp_sessions", Sessions())
 
@@ -212,13 +229,16 @@ def _initialize(call: Call) -> dict[str, Any]:
     requested = call.params.get("protocolVersion")
     version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[0]
     call.new_session = sessions_of(call.rt).open(version)
-    return {"protocolVersion": version, "capabilities": CAPABILITIES,
-            "serverInfo": server_info(call.rt), "instructions": INSTRUCTIONS}
+    return {
+        "protocolVersion": version,
+        "capabilities": CAPABILITIES,
+        "serverInfo": server_info(call.rt),
+        "instructions": INSTRUCTIONS,
+    }
 
 
 def _discover(call: Call) -> dict[str, Any]:
-    return {"supportedVersions": list(SUPPORTED_VERSIONS), "capabilities": CAPABILITIES,
-            "instructions": INSTRUCTIONS}
+    return {"supportedVersions": list(SUPPORTED_VERSIONS), "capabilities": CAPABILITIES, "instructions": INSTRUCTIONS}
 
 
 def _ping(call: Call) -> dict[str, Any]:
@@ -275,14 +295,25 @@ def _prompts_get(call: Call) -> dict[str, Any]:
 
 Handler = Callable[[Call], dict[str, Any]]
 COMMON: dict[str, Handler] = {
-    "server/discover": _discover, "tools/list": _tools_list, "tools/call": _tools_call,
-    "resources/list": _resources_list, "resources/templates/list": _resource_templates,
-    "resources/read": _resources_read, "prompts/list": _prompts_list, "prompts/get": _prompts_get,
+    "server/discover": _discover,
+    "tools/list": _tools_list,
+    "tools/call": _tools_call,
+    "resources/list": _resources_list,
+    "resources/templates/list": _resource_templates,
+    "resources/read": _resources_read,
+    "prompts/list": _prompts_list,
+    "prompts/get": _prompts_get,
 }
 HANDSHAKE_METHODS: dict[str, Handler] = {**COMMON, "initialize": _initialize, "ping": _ping}
 MODERN_METHODS: dict[str, Handler] = COMMON  # 2026-07-28 removed initialize and ping
-CACHEABLE = {"server/discover", "tools/list", "resources/list", "resources/templates/list",
-             "resources/read", "prompts/list"}
+CACHEABLE = {
+    "server/discover",
+    "tools/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "prompts/list",
+}
 
 
 def server_info(rt: Any) -> dict[str, str]:
@@ -315,6 +346,7 @@ def dispatch(call: Call) -> dict[str, Any]:
 
 
 # -- Streamable HTTP transport (JSON responses only) ---------------------------------------------------
+
 
 def accepts_json(accept: str | None) -> bool:
     if not accept:
@@ -352,18 +384,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def serve_message(rt: Any, message: Any, version: str, modern: bool,
-                  in_batch: bool = False) -> tuple[dict[str, Any] | None, Call | None]:
+def serve_message(
+    rt: Any, message: Any, version: str, modern: bool, in_batch: bool = False
+) -> tuple[dict[str, Any] | None, Call | None]:
     """Answer one JSON-RPC message: (response or None for notifications/responses, the call)."""
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         return RpcError(INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object").body(
-            _request_id(message)), None
+            _request_id(message)
+        ), None
     method = message.get("method")
     if method is None and ("result" in message or "error" in message):
         return None, None  # a reply to a server request; this server sends none, so drop it
     if not isinstance(method, str):
-        return RpcError(INVALID_REQUEST, "Invalid Request: 'method' must be a string").body(
-            _request_id(message)), None
+        return RpcError(INVALID_REQUEST, "Invalid Request: 'method' must be a string").body(_request_id(message)), None
     if "id" not in message:
         return None, None  # notifications (initialized, cancelled, ...) need no action here
     rid = _request_id(message)
@@ -399,20 +432,23 @@ def handle_post(rt: Any, raw: bytes, headers: Mapping[str, str]) -> HttpReply:
 
 
 def _unsupported(requested: Any) -> RpcError:
-    return RpcError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
-                    {"supported": list(SUPPORTED_VERSIONS), "requested": requested})
+    return RpcError(
+        UNSUPPORTED_PROTOCOL_VERSION,
+        "Unsupported protocol version",
+        {"supported": list(SUPPORTED_VERSIONS), "requested": requested},
+    )
 
 
-def _handle_handshake_era(rt: Any, message: Any, headers: dict[str, str],
-                          requested: str | None) -> HttpReply:
+def _handle_handshake_era(rt: Any, message: Any, headers: dict[str, str], requested: str | None) -> HttpReply:
     sid = headers.get("mcp-session-id")
     session_version = None
     starts_session = isinstance(message, dict) and message.get("method") == "initialize"
     if sid and not starts_session:
         session_version = sessions_of(rt).version(sid)
         if session_version is None:  # the spec's signal to start a new session
-            return HttpReply(404, RpcError(INVALID_REQUEST, "Session not found: send initialize again")
-                             .body(_request_id(message)))
+            return HttpReply(
+                404, RpcError(INVALID_REQUEST, "Session not found: send initialize again").body(_request_id(message))
+            )
     version = requested or session_version or DEFAULT_VERSION
     if isinstance(message, list):
         return _batch(rt, message, version)
@@ -426,12 +462,20 @@ def _handle_handshake_era(rt: Any, message: Any, headers: dict[str, str],
 
 def _batch(rt: Any, messages: list[Any], version: str) -> HttpReply:
     if version not in BATCH_VERSIONS:
-        return HttpReply(400, RpcError(INVALID_REQUEST, f"JSON-RPC batches are not part of MCP {version} "
-                                       "(only 2025-03-26 has them); send one message per POST").body(None))
+        return HttpReply(
+            400,
+            RpcError(
+                INVALID_REQUEST,
+                f"JSON-RPC batches are not part of MCP {version} (only 2025-03-26 has them); send one message per POST",
+            ).body(None),
+        )
     if not messages:
         return HttpReply(400, RpcError(INVALID_REQUEST, "Invalid Request: empty batch").body(None))
-    replies = [reply for reply, _call in (serve_message(rt, m, version, False, in_batch=True)
-                                          for m in messages) if reply is not None]
+    replies = [
+        reply
+        for reply, _call in (serve_message(rt, m, version, False, in_batch=True) for m in messages)
+        if reply is not None
+    ]
     return HttpReply(200, replies) if replies else HttpReply(202)
 
 
@@ -447,8 +491,11 @@ def _envelope_error(message: dict[str, Any], headers: dict[str, str]) -> RpcErro
     if headers.get("mcp-method") != method:
         return RpcError(HEADER_MISMATCH, "Mcp-Method header does not match the request's method")
     name_key = NAME_PARAMS.get(method) if isinstance(method, str) else None
-    if name_key and params.get(name_key) is not None and \
-            _decode_header(headers.get("mcp-name")) != params.get(name_key):
+    if (
+        name_key
+        and params.get(name_key) is not None
+        and _decode_header(headers.get("mcp-name")) != params.get(name_key)
+    ):
         return RpcError(HEADER_MISMATCH, f"Mcp-Name header does not match params.{name_key}")
     if meta[META_VERSION] not in MODERN_VERSIONS:
         return _unsupported(meta[META_VERSION])
@@ -457,8 +504,9 @@ def _envelope_error(message: dict[str, Any], headers: dict[str, str]) -> RpcErro
 
 def _handle_modern(rt: Any, message: Any, headers: dict[str, str], version: str) -> HttpReply:
     if not isinstance(message, dict):
-        return HttpReply(400, RpcError(INVALID_REQUEST, "Body must be a single JSON-RPC request or "
-                                       "notification object").body(None))
+        return HttpReply(
+            400, RpcError(INVALID_REQUEST, "Body must be a single JSON-RPC request or notification object").body(None)
+        )
     if "id" not in message:
         return HttpReply(202)
     if isinstance(message.get("method"), str) and message.get("jsonrpc") == "2.0":

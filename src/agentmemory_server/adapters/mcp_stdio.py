@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import mcp_types as types
@@ -79,11 +80,15 @@ def rest(method: str, path: str, body: Any = None) -> Any:
     try:
         response = requests.request(method, url, json=body, headers=headers, timeout=_timeout())
     except requests.Timeout:
-        raise ProxyError(f"agentmemory server at {base_url()} did not answer {method} {path} within "
-                         f"{_timeout():g}s (raise AGENTMEMORY_MCP_TIMEOUT if the call is slow)") from None
+        raise ProxyError(
+            f"agentmemory server at {base_url()} did not answer {method} {path} within "
+            f"{_timeout():g}s (raise AGENTMEMORY_MCP_TIMEOUT if the call is slow)"
+        ) from None
     except requests.RequestException as exc:
-        raise ProxyError(f"agentmemory server at {base_url()} is not reachable ({type(exc).__name__}); "
-                         "start it with 'python src/app.py' or set AGENTMEMORY_URL") from None
+        raise ProxyError(
+            f"agentmemory server at {base_url()} is not reachable ({type(exc).__name__}); "
+            "start it with 'python src/app.py' or set AGENTMEMORY_URL"
+        ) from None
     try:
         payload = response.json()
     except ValueError:
@@ -91,8 +96,10 @@ def rest(method: str, path: str, body: Any = None) -> Any:
     if response.status_code >= 400:
         raise _http_error(method, path, response, payload)
     if payload is None:
-        raise ProxyError(f"{method} {path} answered {response.status_code} without JSON; is "
-                         f"{base_url()} an agentmemory server?", status=response.status_code)
+        raise ProxyError(
+            f"{method} {path} answered {response.status_code} without JSON; is {base_url()} an agentmemory server?",
+            status=response.status_code,
+        )
     return payload
 
 
@@ -107,8 +114,9 @@ def _http_error(method: str, path: str, response: requests.Response, payload: An
     return ProxyError(f"{method} {path} failed with HTTP {status}: {text}", status, code)
 
 
-async def call_server(method: str, path: str, body: Any = None, *, shape: Any = None,
-                      pick: Callable[[Any], Any] = lambda data: data) -> Any:
+async def call_server(
+    method: str, path: str, body: Any = None, *, shape: Any = None, pick: Callable[[Any], Any] = lambda data: data
+) -> Any:
     """``rest`` off the event loop. With ``shape`` (an mcp_types model) the answer, reduced by
     ``pick``, is validated into it: a server answering something else is a ProxyError."""
     data = await anyio.to_thread.run_sync(rest, method, path, body)
@@ -117,8 +125,10 @@ async def call_server(method: str, path: str, body: Any = None, *, shape: Any = 
     try:
         return shape.model_validate(pick(data))
     except (ValueError, TypeError, LookupError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
-        raise ProxyError(f"{method} {path} answered an unexpected shape for {shape.__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ProxyError(
+            f"{method} {path} answered an unexpected shape for {shape.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
 
 
 def _rpc_error(exc: ProxyError) -> MCPError:
@@ -149,19 +159,28 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
 
 async def list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
     # The server lists templates among its resources (as upstream does); MCP lists them apart.
-    return await _listing("/mcp/resources", "resources", types.ListResourcesResult, lambda data: {
-        "resources": [r for r in data["resources"] if "{" not in r.get("uri", "")]})
+    return await _listing(
+        "/mcp/resources",
+        "resources",
+        types.ListResourcesResult,
+        lambda data: {"resources": [r for r in data["resources"] if "{" not in r.get("uri", "")]},
+    )
 
 
 async def list_resource_templates(ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
-    return await _listing("/mcp/resources", "resource templates", types.ListResourceTemplatesResult,
-                          lambda data: {"resourceTemplates": data["resourceTemplates"]})
+    return await _listing(
+        "/mcp/resources",
+        "resource templates",
+        types.ListResourceTemplatesResult,
+        lambda data: {"resourceTemplates": data["resourceTemplates"]},
+    )
 
 
 async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
     try:
-        return await call_server("POST", "/mcp/resources/read", {"uri": str(params.uri)},
-                                 shape=types.ReadResourceResult)
+        return await call_server(
+            "POST", "/mcp/resources/read", {"uri": str(params.uri)}, shape=types.ReadResourceResult
+        )
     except ProxyError as exc:
         raise _rpc_error(exc) from None
 
@@ -187,12 +206,20 @@ async def _listing(path: str, what: str, shape: Any, pick: Callable[[Any], Any] 
 
 def build_server() -> Server:
     return Server(
-        "agentmemory", version=VERSION, title="agentmemory-python",
-        instructions=("Persistent memory for coding agents, proxied to the agentmemory server at "
-                      "AGENTMEMORY_URL. Search earlier work before starting; save durable facts."),
-        on_list_tools=list_tools, on_call_tool=call_tool,
-        on_list_resources=list_resources, on_list_resource_templates=list_resource_templates,
-        on_read_resource=read_resource, on_list_prompts=list_prompts, on_get_prompt=get_prompt,
+        "agentmemory",
+        version=VERSION,
+        title="agentmemory-python",
+        instructions=(
+            "Persistent memory for coding agents, proxied to the agentmemory server at "
+            "AGENTMEMORY_URL. Search earlier work before starting; save durable facts."
+        ),
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_resource_templates,
+        on_read_resource=read_resource,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
     )
 
 
@@ -204,8 +231,9 @@ async def serve() -> None:
 
 def main() -> None:
     # stdout carries the protocol; logs go to stderr only.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     anyio.run(serve)
 
 

@@ -9,7 +9,8 @@ operations, so a route cannot exist without being documented (a test checks it t
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from agentmemory_server.kernel import registry
 
@@ -34,18 +35,20 @@ def _json(schema: dict) -> dict:
 
 
 # Answered by gunicorn itself, before the app sees the request (no JSON body).
-SERVER_LIMITS = {"414": "Request line longer than 4094 bytes (the HTTP server's limit)",
-                 "431": "Request header fields too large (the HTTP server's limit)"}
+SERVER_LIMITS = {
+    "414": "Request line longer than 4094 bytes (the HTTP server's limit)",
+    "431": "Request header fields too large (the HTTP server's limit)",
+}
 
 
-def _responses(success: Iterable[int], body: dict | None = None,
-               error_body: dict | None = None) -> dict[str, Any]:
+def _responses(success: Iterable[int], body: dict | None = None, error_body: dict | None = None) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status in sorted(set(success)):
         responses[str(status)] = {"description": "Success", "content": _json(body or {"type": "object"})}
     for status in ERROR_STATUSES:
-        responses.setdefault(status, {"description": "Error",
-                                      "content": _json(error_body or {"$ref": "#/components/schemas/Error"})})
+        responses.setdefault(
+            status, {"description": "Error", "content": _json(error_body or {"$ref": "#/components/schemas/Error"})}
+        )
     for status, text in SERVER_LIMITS.items():
         responses.setdefault(status, {"description": text})
     return responses
@@ -57,8 +60,7 @@ def _query_parameters(schema: dict, skip: set[str]) -> list[dict[str, Any]]:
     for name, prop in schema.get("properties", {}).items():
         if name in skip:
             continue
-        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required,
-                                 "schema": prop}
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required, "schema": prop}
         if prop.get("description"):
             param["description"] = prop["description"]
         if prop.get("type") == "array":
@@ -87,9 +89,15 @@ def tool_operation(tool: registry.Tool, route: registry.Route) -> dict[str, Any]
         "summary": tool.description.split(". ")[0][:120],
         "description": tool.description,
         "tags": ["mcp-tool" if tool.mcp else "rest"],
-        "parameters": [{"name": n, "in": "path", "required": True,
-                        "schema": tool.schema.get("properties", {}).get(n, {"type": "string"})}
-                       for n in sorted(path_names)],
+        "parameters": [
+            {
+                "name": n,
+                "in": "path",
+                "required": True,
+                "schema": tool.schema.get("properties", {}).get(n, {"type": "string"}),
+            }
+            for n in sorted(path_names)
+        ],
     }
     if route.method == "GET":
         op["parameters"] += _query_parameters(tool.schema, path_names)
@@ -103,14 +111,15 @@ def tool_operation(tool: registry.Tool, route: registry.Route) -> dict[str, Any]
 
 def adapter_operation(endpoint: str, method: str, doc: dict[str, Any], summary: str) -> dict[str, Any]:
     name = re.sub(r"\W+", "_", endpoint).strip("_")
-    op: dict[str, Any] = {"operationId": f"{name}_{method.lower()}", "summary": summary,
-                          "tags": ["adapter"]}
+    op: dict[str, Any] = {"operationId": f"{name}_{method.lower()}", "summary": summary, "tags": ["adapter"]}
     if doc.get("request") is not None and method != "GET":
         op["requestBody"] = {"required": True, "content": _json(doc["request"])}
     if doc.get("query"):
         op["parameters"] = _query_parameters(doc["query"], set())
     if doc.get("html"):
-        op["responses"] = {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}
+        op["responses"] = {
+            "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+        }
     else:
         op["responses"] = _responses(doc.get("success", (200,)), doc.get("response"), doc.get("error"))
     for status, text in doc.get("extra", {}).items():
@@ -127,8 +136,9 @@ def build(url_map: Any, view_functions: dict[str, Any], version: str) -> dict[st
         tool_name = rule.endpoint.split(":")[0]
         for method in sorted(m for m in rule.methods if m not in ("HEAD", "OPTIONS")):
             if tool_name in tools:
-                route = next(r for r in tools[tool_name].routes if r.method == method and
-                             "/agentmemory" + r.path == rule.rule)
+                route = next(
+                    r for r in tools[tool_name].routes if r.method == method and "/agentmemory" + r.path == rule.rule
+                )
                 op = tool_operation(tools[tool_name], route)
             else:
                 view = view_functions[rule.endpoint]
@@ -138,10 +148,13 @@ def build(url_map: Any, view_functions: dict[str, Any], version: str) -> dict[st
             paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "agentmemory-python", "version": version,
-                 "description": "Self-hosted memory server for AI coding agents. Every route except "
-                                "GET /agentmemory/livez needs `Authorization: Bearer <secret>` when "
-                                "AGENTMEMORY_SECRET is set."},
+        "info": {
+            "title": "agentmemory-python",
+            "version": version,
+            "description": "Self-hosted memory server for AI coding agents. Every route except "
+            "GET /agentmemory/livez needs `Authorization: Bearer <secret>` when "
+            "AGENTMEMORY_SECRET is set.",
+        },
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": {"Error": ERROR_SCHEMA},

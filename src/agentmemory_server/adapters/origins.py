@@ -12,7 +12,7 @@ a DNS-rebinding page looks like.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -27,8 +27,7 @@ def parse_allowed(text: str | None) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in (text or "").replace(",", " ").split() if o.strip())
 
 
-def origin_allowed(origin: str | None, host_header: str | None, bind_host: str,
-                   allowed: Iterable[str] = ()) -> bool:
+def origin_allowed(origin: str | None, host_header: str | None, bind_host: str, allowed: Iterable[str] = ()) -> bool:
     if origin is None:
         return True
     allowed = tuple(allowed)

@@ -29,10 +29,17 @@ import logging
 import socket
 import struct
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from agentmemory_server.errors import CapacityExceeded
-from agentmemory_server.kernel.events import CLOSE_GOING_AWAY, CLOSE_LAGGING, CLOSE_POLICY, CLOSE_TRY_AGAIN, Subscription
+from agentmemory_server.kernel.events import (
+    CLOSE_GOING_AWAY,
+    CLOSE_LAGGING,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN,
+    Subscription,
+)
 
 AUTH_TIMEOUT = 10.0
 POLL_SECONDS = 0.1  # how long the loop waits for an event before checking for a client message
@@ -40,8 +47,7 @@ log = logging.getLogger("agentmemory.live")
 
 
 def token_matches(secret: str, token: Any) -> bool:
-    return isinstance(token, str) and hmac.compare_digest(token.encode("utf-8", "replace"),
-                                                          secret.encode("utf-8"))
+    return isinstance(token, str) and hmac.compare_digest(token.encode("utf-8", "replace"), secret.encode("utf-8"))
 
 
 def as_int(value: Any) -> int | None:
@@ -93,8 +99,9 @@ class StreamSession:
     :param answer: turns a client message into the reply to send (registry calls).
     """
 
-    def __init__(self, rt: Any, ws: Any, *, authenticated: bool, query: dict[str, Any],
-                 answer: Callable[[Any], dict[str, Any]]):
+    def __init__(
+        self, rt: Any, ws: Any, *, authenticated: bool, query: dict[str, Any], answer: Callable[[Any], dict[str, Any]]
+    ):
         self.rt, self.ws, self.answer = rt, ws, answer
         self.authenticated = authenticated or not rt.settings.secret
         self.since = as_int(query.get("since"))
@@ -131,9 +138,12 @@ class StreamSession:
             message = json.loads(raw) if raw else None
         except ValueError:
             message = None
-        if (not isinstance(message, dict) or message.get("type") != "auth"
-                or not token_matches(self.rt.settings.secret, message.get("token"))):
-            self._close(CLOSE_POLICY, "unauthorized: send {\"type\":\"auth\",\"token\":...} first")
+        if (
+            not isinstance(message, dict)
+            or message.get("type") != "auth"
+            or not token_matches(self.rt.settings.secret, message.get("token"))
+        ):
+            self._close(CLOSE_POLICY, 'unauthorized: send {"type":"auth","token":...} first')
             return False
         self.since = as_int(message.get("since")) if "since" in message else self.since
         self.epoch = message.get("epoch", self.epoch)
@@ -149,16 +159,24 @@ class StreamSession:
         return hub.subscribe(self.since)
 
     def _hello(self, sub: Subscription) -> dict[str, Any]:
-        return {"type": "hello", "version": self.rt.version, "epoch": self.rt.hub.epoch,
-                "seq": sub.start_seq, "replayed": sub.replayed, "complete": sub.complete,
-                "auth": bool(self.rt.settings.secret)}
+        return {
+            "type": "hello",
+            "version": self.rt.version,
+            "epoch": self.rt.hub.epoch,
+            "seq": sub.start_seq,
+            "replayed": sub.replayed,
+            "complete": sub.complete,
+            "auth": bool(self.rt.settings.secret),
+        }
 
     def _pump(self, sub: Subscription) -> None:
         hub = self.rt.hub
         while self.ws.connected:
             if sub.dropped:
-                self._close(CLOSE_LAGGING, f"too slow: fell {hub.stats()['queueSize']} events behind; "
-                                           f"reconnect with since={sub.last_seq}")
+                self._close(
+                    CLOSE_LAGGING,
+                    f"too slow: fell {hub.stats()['queueSize']} events behind; reconnect with since={sub.last_seq}",
+                )
                 return
             if hub.stopping.is_set():
                 self._close(CLOSE_GOING_AWAY, "server shutting down; reconnect later")

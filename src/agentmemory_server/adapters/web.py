@@ -15,7 +15,6 @@ import os
 import secrets
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,16 @@ from werkzeug.exceptions import HTTPException
 
 from agentmemory_server.adapters import mcp_http as mcp_protocol
 from agentmemory_server.adapters import openapi
-from agentmemory_server.kernel import registry
 from agentmemory_server.adapters.origins import origin_allowed, parse_allowed
-from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable, error_body
 from agentmemory_server.adapters.stream import ReaderThread, StreamSession
+from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable, error_body
+from agentmemory_server.kernel import registry
+from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
 from agentmemory_server.kernel.runtime import Runtime
-from agentmemory_server.wiring import build_runtime
 from agentmemory_server.kernel.settings import Settings
-from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.util import clean_json
+from agentmemory_server.wiring import build_runtime
 
 PREFIX = "/agentmemory"
 VIEWER_PATHS = ("/viewer", f"{PREFIX}/viewer")
@@ -93,8 +92,9 @@ def query_args() -> dict[str, Any]:
 
 
 def respond(data: Any, status: int) -> Response:
-    return Response(json.dumps(data, ensure_ascii=False, separators=(",", ":")), status=status,
-                    mimetype="application/json")
+    return Response(
+        json.dumps(data, ensure_ascii=False, separators=(",", ":")), status=status, mimetype="application/json"
+    )
 
 
 # -- app factory ------------------------------------------------------------------------------------
@@ -116,18 +116,24 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     app.config["MAX_CONTENT_LENGTH"] = max(rt.settings.max_body_bytes, rt.settings.max_import_bytes)
     app.extensions["agentmemory"] = rt
 
-    app.config["SOCK_SERVER_OPTIONS"] = {"ping_interval": WS_PING_SECONDS, "max_message_size": 1 << 20,
-                                         "thread_class": ReaderThread}
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        "ping_interval": WS_PING_SECONDS,
+        "max_message_size": 1 << 20,
+        "thread_class": ReaderThread,
+    }
     allowed_origins = parse_allowed(rt.settings.viewer_allowed_origins)
 
     @app.before_request
     def _guard() -> Response | None:
-        request.max_content_length = (rt.settings.max_import_bytes if request.path == f"{PREFIX}/import"
-                                      else rt.settings.max_body_bytes)
+        request.max_content_length = (
+            rt.settings.max_import_bytes if request.path == f"{PREFIX}/import" else rt.settings.max_body_bytes
+        )
         origin = request.headers.get("Origin")
         if not origin_allowed(origin, request.host, rt.settings.host, allowed_origins):
-            raise Forbidden(f"browser origin {origin!r} may not call this server; list it in "
-                            "VIEWER_ALLOWED_ORIGINS to allow it", code="origin_not_allowed")
+            raise Forbidden(
+                f"browser origin {origin!r} may not call this server; list it in VIEWER_ALLOWED_ORIGINS to allow it",
+                code="origin_not_allowed",
+            )
         if request.method == "OPTIONS":
             return Response(status=204)  # a CORS preflight; headers are added below
         if request.path in OPEN_PATHS:
@@ -149,7 +155,9 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
         # CORS only for origins listed in VIEWER_ALLOWED_ORIGINS: closed by default.
         if origin and ("*" in allowed_origins or origin in allowed_origins):
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Mcp-Session-Id, MCP-Protocol-Version"
+            response.headers["Access-Control-Allow-Headers"] = (
+                "Authorization, Content-Type, Mcp-Session-Id, MCP-Protocol-Version"
+            )
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
             response.headers["Access-Control-Max-Age"] = "600"
             response.headers.add("Vary", "Origin")
@@ -158,8 +166,12 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     _register_error_handlers(app)
     for tool in registry.REGISTRY.all():
         for route in tool.routes:
-            app.add_url_rule(PREFIX + route.path, endpoint=f"{tool.name}:{route.method}",
-                             view_func=_tool_view(rt, tool, route.status), methods=[route.method])
+            app.add_url_rule(
+                PREFIX + route.path,
+                endpoint=f"{tool.name}:{route.method}",
+                view_func=_tool_view(rt, tool, route.status),
+                methods=[route.method],
+            )
     _register_mcp_http(app, rt)
     _register_stream(app, rt)
     _register_viewer(app, rt)
@@ -267,15 +279,30 @@ def _register_mcp_http(app: Flask, rt: Runtime) -> None:
 _RPC = {"type": ["object", "array"], "description": "A JSON-RPC 2.0 message or batch"}
 # Request/response shapes of the adapter routes (tool routes are described from the registry).
 ADAPTER_DOCS: dict[str, dict[str, Any]] = {
-    "mcp_tools": {"response": {"type": "object", "required": ["tools"],
-                               "properties": {"tools": {"type": "array", "items": {"type": "object"}}}}},
-    "mcp_call": {"request": {"type": "object", "required": ["name"],
-                             "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}}},
-                 "response": {"type": "object", "required": ["content"]}},
+    "mcp_tools": {
+        "response": {
+            "type": "object",
+            "required": ["tools"],
+            "properties": {"tools": {"type": "array", "items": {"type": "object"}}},
+        }
+    },
+    "mcp_call": {
+        "request": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}},
+        },
+        "response": {"type": "object", "required": ["content"]},
+    },
     # Errors on /mcp are JSON-RPC responses (what MCP clients parse), not the REST envelope.
     "mcp_streamable_http": {
-        "POST": {"request": _RPC, "response": _RPC, "success": (200, 202), "error": _RPC,
-                 "extra": {406: "Accept must allow application/json"}},
+        "POST": {
+            "request": _RPC,
+            "response": _RPC,
+            "success": (200, 202),
+            "error": _RPC,
+            "extra": {406: "Accept must allow application/json"},
+        },
         "DELETE": {"success": (200, 204), "error": _RPC},
         "GET": {"success": (), "error": _RPC, "extra": {405: "No server-sent event stream; use POST"}},
     },
@@ -307,8 +334,13 @@ def _register_stream(app: Flask, rt: Runtime) -> None:
     def stream(ws: Any) -> None:
         """WebSocket: hello, then live events as JSON {type, seq, ts, record}; also answers
         {id, tool, args} calls (auth: bearer header, ?token= or a first {type:"auth"} message)."""
-        StreamSession(rt, ws, authenticated=g.get("stream_authenticated", False), query=query_args(),
-                      answer=lambda raw: _ws_request(rt, raw)).run()
+        StreamSession(
+            rt,
+            ws,
+            authenticated=g.get("stream_authenticated", False),
+            query=query_args(),
+            answer=lambda raw: _ws_request(rt, raw),
+        ).run()
 
 
 def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
@@ -334,16 +366,17 @@ def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
 
 def viewer_csp(nonce: str) -> str:
     """Only our own nonce-tagged inline script and style run; data goes to this origin only."""
-    return ("default-src 'none'; "
-            f"script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-            "connect-src 'self' ws: wss:; img-src 'self' data:; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return (
+        "default-src 'none'; "
+        f"script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+        "connect-src 'self' ws: wss:; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
 
 
 def _register_viewer(app: Flask, rt: Runtime) -> None:
     # The page only learns whether to ask for a token; it never holds one or any data.
-    template = VIEWER_FILE.read_text(encoding="utf-8").replace(
-        AUTH_MARK, "required" if rt.settings.secret else "none")
+    template = VIEWER_FILE.read_text(encoding="utf-8").replace(AUTH_MARK, "required" if rt.settings.secret else "none")
 
     def viewer() -> Response:
         """The live viewer: one self-contained HTML page (it holds no data, so it opens without a
@@ -364,28 +397,36 @@ def _register_viewer(app: Flask, rt: Runtime) -> None:
 
 
 def serve(settings: Settings, *, dev: bool = False) -> None:
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if dev:
         create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
         return
     from gunicorn.app.base import BaseApplication
 
     if not settings.max_viewers or settings.max_viewers > settings.threads - 4:
-        log.warning("AGENTMEMORY_MAX_VIEWERS=%s with AGENTMEMORY_THREADS=%s: open viewers can take every "
-                    "thread and stall REST calls; keep viewers at least 4 below threads",
-                    settings.max_viewers, settings.threads)
+        log.warning(
+            "AGENTMEMORY_MAX_VIEWERS=%s with AGENTMEMORY_THREADS=%s: open viewers can take every "
+            "thread and stall REST calls; keep viewers at least 4 below threads",
+            settings.max_viewers,
+            settings.threads,
+        )
 
     class GunicornServer(BaseApplication):
         def load_config(self) -> None:
             options = {
-                "bind": f"{settings.host}:{settings.port}", "workers": 1, "worker_class": "gthread",
-                "threads": settings.threads, "timeout": 120, "graceful_timeout": 20,
-                "keepalive": 5, "control_socket_disable": True,
+                "bind": f"{settings.host}:{settings.port}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": settings.threads,
+                "timeout": 120,
+                "graceful_timeout": 20,
+                "keepalive": 5,
+                "control_socket_disable": True,
                 # gunicorn's DEBUG level prints request lines, which may carry a token
                 # (?token= on the WebSocket): its own logger never goes below INFO.
                 "loglevel": "info" if settings.log_level == "debug" else settings.log_level,
-                "accesslog": None, "errorlog": "-",
+                "accesslog": None,
+                "errorlog": "-",
             }
             for key, value in options.items():
                 self.cfg.set(key, value)
@@ -421,8 +462,10 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     overrides = {k: v for k, v in (("host", opts.host), ("port", opts.port), ("threads", opts.threads)) if v}
     settings = Settings.from_env(os.environ, **overrides)
-    print(f"agentmemory-python listening on http://{settings.host}:{settings.port} "
-          f"(database {settings.database_path})", flush=True)
+    print(
+        f"agentmemory-python listening on http://{settings.host}:{settings.port} (database {settings.database_path})",
+        flush=True,
+    )
     serve(settings, dev=opts.dev)
 
 

@@ -18,20 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from agentmemory_server.kernel import registry
-from agentmemory_server.memory import crystals, reflect
-from agentmemory_server.errors import AppError, NotFound
 from agentmemory_server.capture.observe import store_observation
-from agentmemory_server.memory.memories import delete_observations
+from agentmemory_server.errors import AppError, NotFound
+from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import PROJECT, Ctx, params, string, tool
-from agentmemory_server.kernel.util import iso, truncate
 from agentmemory_server.kernel.scopes import ANTIGRAVITY as STATE
+from agentmemory_server.kernel.util import iso, truncate
+from agentmemory_server.memory import crystals, reflect
+from agentmemory_server.memory.memories import delete_observations
 
 CHUNK_CHARS = 3500
 _CONVERSATION_ID = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"
@@ -51,12 +52,16 @@ class SyncReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"success": True, "conversations": len(self.conversations),
-                "sessions": [session_id(c) for c in self.conversations],
-                "files": {"ingested": len(self.ingested), "unchanged": self.unchanged,
-                          "skipped": len(self.skipped)},
-                "ingestedFiles": self.ingested, "observations": self.observations,
-                "replacedObservations": self.replaced, "skipped": self.skipped}
+        return {
+            "success": True,
+            "conversations": len(self.conversations),
+            "sessions": [session_id(c) for c in self.conversations],
+            "files": {"ingested": len(self.ingested), "unchanged": self.unchanged, "skipped": len(self.skipped)},
+            "ingestedFiles": self.ingested,
+            "observations": self.observations,
+            "replacedObservations": self.replaced,
+            "skipped": self.skipped,
+        }
 
 
 def session_id(conversation: str) -> str:
@@ -145,8 +150,14 @@ def jsonl_messages(text: str) -> tuple[list[tuple[str, str]], int]:
         except ValueError:
             bad += 1
             continue
-        role = next((str(record[k]) for k in ("role", "type", "speaker", "author")
-                     if isinstance(record, dict) and isinstance(record.get(k), str)), "message")
+        role = next(
+            (
+                str(record[k])
+                for k in ("role", "type", "speaker", "author")
+                if isinstance(record, dict) and isinstance(record.get(k), str)
+            ),
+            "message",
+        )
         body = _message_text(record).strip()
         if body:
             messages.append((role, body))
@@ -184,8 +195,9 @@ def _read_text(path: Path, limit: int) -> tuple[bytes | None, str | None, str | 
         return raw, None, "not valid UTF-8 text"
 
 
-def _observation(conv: str, rel: str, index: int, heading: str, body: str, mtime: datetime,
-                 project: str, version: str) -> dict[str, Any]:
+def _observation(
+    conv: str, rel: str, index: int, heading: str, body: str, mtime: datetime, project: str, version: str
+) -> dict[str, Any]:
     name = Path(rel).name
     stem = name.split(".md")[0]
     if "/logs/" in rel:
@@ -196,11 +208,21 @@ def _observation(conv: str, rel: str, index: int, heading: str, body: str, mtime
     event = hashlib.sha256(f"{conv}\x00{rel}\x00{index}\x00{version}".encode()).hexdigest()[:32]
     text = strip_text(body.strip())
     return {
-        "id": f"obs_ag_{event[:20]}", "sessionId": session_id(conv), "hookType": "antigravity",
-        "timestamp": iso(mtime + timedelta(milliseconds=index)), "project": project, "cwd": None,
-        "eventId": f"ag_{event}", "type": obs_type, "title": truncate(" ".join(title.split()), 80),
-        "facts": [], "narrative": text, "concepts": ["antigravity", stem], "files": [],
-        "importance": 6 if obs_type in ("task", "decision") else 5, "confidence": 0.6,
+        "id": f"obs_ag_{event[:20]}",
+        "sessionId": session_id(conv),
+        "hookType": "antigravity",
+        "timestamp": iso(mtime + timedelta(milliseconds=index)),
+        "project": project,
+        "cwd": None,
+        "eventId": f"ag_{event}",
+        "type": obs_type,
+        "title": truncate(" ".join(title.split()), 80),
+        "facts": [],
+        "narrative": text,
+        "concepts": ["antigravity", stem],
+        "files": [],
+        "importance": 6 if obs_type in ("task", "decision") else 5,
+        "confidence": 0.6,
         "source": {"kind": "antigravity", "conversation": conv, "path": rel, "chunk": index},
         "raw": None,
     }
@@ -214,14 +236,14 @@ def sync_file(ctx: Ctx, conv: str, path: Path, root: Path, project: str, report:
         report.skipped.append({"path": rel, "reason": reason})
         return
     digest = hashlib.sha256(raw).hexdigest()
-    state = ctx.rt.db.reader().get(STATE, rel)
+    state = ctx.rt.db.reader().records.get(STATE, rel)
     if state and state.get("sha256") == digest:
         report.unchanged += 1
         return
     pieces, bad_lines = file_pieces(path, text)
     if bad_lines:
         report.skipped.append({"path": rel, "reason": f"{bad_lines} malformed JSONL line(s) skipped"})
-    mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+    mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
     sid = session_id(conv)
     # The generation makes a file that returns to an earlier content a new event (its old
     # observations were deleted, and deleted events stay duplicates by design).
@@ -236,9 +258,19 @@ def sync_file(ctx: Ctx, conv: str, path: Path, root: Path, project: str, report:
             obs = _observation(conv, rel, index, heading, body, mtime, project, version)
             reply = store_observation(ctx, obs, None)
             ids.append(reply.data["observationId"])
-        tx.set(STATE, rel, {"sha256": digest, "size": len(raw), "sessionId": sid, "generation": generation,
-                            "observationIds": ids, "syncedAt": ctx.rt.clock.iso()},
-               now=ctx.rt.clock.iso())
+        tx.records.set(
+            STATE,
+            rel,
+            {
+                "sha256": digest,
+                "size": len(raw),
+                "sessionId": sid,
+                "generation": generation,
+                "observationIds": ids,
+                "syncedAt": ctx.rt.clock.iso(),
+            },
+            now=ctx.rt.clock.iso(),
+        )
         tx.audit_message = f"antigravity sync of {rel}: {len(ids)} observation(s)"
     report.ingested.append(rel)
     report.observations += len(ids)
@@ -255,27 +287,29 @@ def sync(ctx: Ctx, conversation: str | None, project: str) -> SyncReport:
     if conversation:
         conv_dirs = [brain / conversation]
         if not conv_dirs[0].is_dir() or not _inside(conv_dirs[0], root):
-            raise NotFound(f"conversation {conversation!r} not found under {brain}",
-                           code="conversation_not_found")
+            raise NotFound(f"conversation {conversation!r} not found under {brain}", code="conversation_not_found")
     else:
-        conv_dirs = [p for p in sorted(brain.iterdir())
-                     if p.is_dir() and re.match(_CONVERSATION_ID, p.name) and _inside(p, root)]
+        conv_dirs = [
+            p for p in sorted(brain.iterdir()) if p.is_dir() and re.match(_CONVERSATION_ID, p.name) and _inside(p, root)
+        ]
     for conv_dir in conv_dirs:
         report.conversations.append(conv_dir.name)
         for path in conversation_files(conv_dir, root, report):
             try:
                 sync_file(ctx, conv_dir.name, path, root, project, report)
             except OSError as exc:
-                report.skipped.append({"path": path.relative_to(root).as_posix(),
-                                       "reason": f"unreadable: {exc.strerror or exc}"})
+                report.skipped.append(
+                    {"path": path.relative_to(root).as_posix(), "reason": f"unreadable: {exc.strerror or exc}"}
+                )
             except AppError as exc:  # e.g. the session reached MAX_OBS_PER_SESSION
                 report.skipped.append({"path": path.relative_to(root).as_posix(), "reason": exc.message})
     return report
 
 
 SYNC_ARGS = params(
-    conversationId=string("One conversation folder name under brain/ (default: all)",
-                          max_length=128, pattern=_CONVERSATION_ID),
+    conversationId=string(
+        "One conversation folder name under brain/ (default: all)", max_length=128, pattern=_CONVERSATION_ID
+    ),
     project=PROJECT,
 )
 

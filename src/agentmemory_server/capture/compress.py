@@ -12,8 +12,21 @@ from typing import Any
 from agentmemory_server.kernel.util import stringify, truncate
 
 OBSERVATION_TYPES = (
-    "file_read", "file_write", "file_edit", "command_run", "search", "web_fetch", "conversation",
-    "error", "decision", "discovery", "subagent", "notification", "task", "image", "other",
+    "file_read",
+    "file_write",
+    "file_edit",
+    "command_run",
+    "search",
+    "web_fetch",
+    "conversation",
+    "error",
+    "decision",
+    "discovery",
+    "subagent",
+    "notification",
+    "task",
+    "image",
+    "other",
 )
 
 # Tried in order; the first family with a matching word decides the type.
@@ -39,8 +52,7 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[\s\-.:/]+")
 
 # Reads and searches are context, errors are what the next session most needs to know.
-_IMPORTANCE = {"error": 7, "file_edit": 6, "file_write": 6, "decision": 7,
-               "file_read": 4, "search": 4}
+_IMPORTANCE = {"error": 7, "file_edit": 6, "file_write": 6, "decision": 7, "file_read": 4, "search": 4}
 
 
 def normalise_tool_name(name: str) -> str:
@@ -50,8 +62,7 @@ def normalise_tool_name(name: str) -> str:
 
 def _word_matches(word: str, normalised: str) -> bool:
     words = normalised.split("_")
-    return (word in words or normalised == word or normalised.startswith(word)
-            or normalised.endswith(word))
+    return word in words or normalised == word or normalised.startswith(word) or normalised.endswith(word)
 
 
 def classify(hook_type: str, tool_name: str | None) -> str:
@@ -83,8 +94,9 @@ def hook_fields(hook_type: str, data: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "toolName": d.get("tool_name") or d.get("toolName"),
         "toolInput": d.get("tool_input", d.get("toolInput")),
-        "toolOutput": next((d[k] for k in ("tool_output", "tool_response", "error", "tool_result")
-                            if d.get(k) not in (None, "")), None),
+        "toolOutput": next(
+            (d[k] for k in ("tool_output", "tool_response", "error", "tool_result") if d.get(k) not in (None, "")), None
+        ),
         "userPrompt": d.get("prompt") or d.get("userPrompt") if hook_type == "prompt_submit" else None,
         "message": d.get("last_message") or d.get("message") or d.get("task_description"),
         "label": d.get("title") or d.get("task_subject") or d.get("agent_type"),
@@ -101,9 +113,16 @@ def agent_note(data: dict[str, Any]) -> dict[str, Any]:
     title = stringify(data.get("title")) or content
     files = [f for f in data.get("files") or [] if isinstance(f, str) and len(f) < 512]
     concepts = [c for c in data.get("concepts") or [] if isinstance(c, str)]
-    return {"type": obs_type, "title": truncate(" ".join(title.split()), 80), "facts": [],
-            "narrative": truncate(content, 4000), "concepts": concepts[:20], "files": files[:50],
-            "importance": _IMPORTANCE.get(obs_type, 6), "confidence": 0.6}
+    return {
+        "type": obs_type,
+        "title": truncate(" ".join(title.split()), 80),
+        "facts": [],
+        "narrative": truncate(content, 4000),
+        "concepts": concepts[:20],
+        "files": files[:50],
+        "importance": _IMPORTANCE.get(obs_type, 6),
+        "confidence": 0.6,
+    }
 
 
 def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:

@@ -24,8 +24,10 @@ def agent_filter(ctx: Ctx, requested: str | None = None) -> str | None:
     settings = ctx.rt.settings
     if settings.agent_scope == "isolated":
         if not settings.agent_id:
-            raise Forbidden("AGENTMEMORY_AGENT_SCOPE=isolated but AGENT_ID is not set; refusing to "
-                            "read across agents", code="agent_scope_unset")
+            raise Forbidden(
+                "AGENTMEMORY_AGENT_SCOPE=isolated but AGENT_ID is not set; refusing to read across agents",
+                code="agent_scope_unset",
+            )
         return str(settings.agent_id)
     return None if requested in (None, "", "*") else requested
 

@@ -23,23 +23,23 @@ from typing import Any
 from agentmemory_server.errors import CapacityExceeded
 
 # WebSocket close codes the stream uses (4000-4999 are for applications).
-CLOSE_GOING_AWAY = 1001       # the server is shutting down; reconnect later
-CLOSE_POLICY = 1008           # authentication failed
-CLOSE_TRY_AGAIN = 1013        # too many viewers are connected
-CLOSE_LAGGING = 4000          # the client fell behind its queue and was dropped
+CLOSE_GOING_AWAY = 1001  # the server is shutting down; reconnect later
+CLOSE_POLICY = 1008  # authentication failed
+CLOSE_TRY_AGAIN = 1013  # too many viewers are connected
+CLOSE_LAGGING = 4000  # the client fell behind its queue and was dropped
 
 
 class Subscription:
     """One viewer's bounded queue of pending events."""
 
-    def __init__(self, hub: "Hub", maxsize: int):
+    def __init__(self, hub: Hub, maxsize: int):
         self.hub = hub
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.dropped = False
-        self.start_seq = 0      # the last event's seq when it subscribed
-        self.last_seq = 0       # the last event's seq it took from its queue
-        self.replayed = 0       # missed events queued for it on subscribe
-        self.complete = True    # False: events after `since` were lost; reload the snapshot
+        self.start_seq = 0  # the last event's seq when it subscribed
+        self.last_seq = 0  # the last event's seq it took from its queue
+        self.replayed = 0  # missed events queued for it on subscribe
+        self.complete = True  # False: events after `since` were lost; reload the snapshot
 
     def get(self, timeout: float) -> dict[str, Any] | None:
         try:
@@ -87,7 +87,7 @@ class Hub:
                 missed = [e for e in self._recent if e["seq"] > since]
                 oldest_kept = self._recent[0]["seq"] if self._recent else self.seq + 1
                 sub.complete = oldest_kept <= since + 1 and len(missed) <= self._queue_size
-                for event in missed[-self._queue_size:]:
+                for event in missed[-self._queue_size :]:
                     sub.queue.put_nowait(event)
                 sub.replayed = min(len(missed), self._queue_size)
                 sub.last_seq = since
@@ -102,8 +102,10 @@ class Hub:
         with self._lock:
             if self._max_clients and self.sockets >= self._max_clients:
                 self.refused_clients += 1
-                raise CapacityExceeded(f"too many viewers (AGENTMEMORY_MAX_VIEWERS={self._max_clients}); "
-                                       "try again later", code="too_many_viewers")
+                raise CapacityExceeded(
+                    f"too many viewers (AGENTMEMORY_MAX_VIEWERS={self._max_clients}); try again later",
+                    code="too_many_viewers",
+                )
             self.sockets += 1
 
     def close_socket(self) -> None:
@@ -143,10 +145,17 @@ class Hub:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"clients": len(self._subs), "sockets": self.sockets, "maxClients": self._max_clients or None,
-                    "published": self.published, "seq": self.seq, "epoch": self.epoch,
-                    "droppedClients": self.dropped_clients, "refusedClients": self.refused_clients,
-                    "queueSize": self._queue_size}
+            return {
+                "clients": len(self._subs),
+                "sockets": self.sockets,
+                "maxClients": self._max_clients or None,
+                "published": self.published,
+                "seq": self.seq,
+                "epoch": self.epoch,
+                "droppedClients": self.dropped_clients,
+                "refusedClients": self.refused_clients,
+                "queueSize": self._queue_size,
+            }
 
     def close(self) -> None:
         """Tell every open stream to say goodbye (server shutdown)."""

@@ -20,8 +20,9 @@ an extension point runs ``ctx.rt.hooks.<point>`` in sequence.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agentmemory_server.kernel.registry import Ctx

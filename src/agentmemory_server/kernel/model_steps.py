@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 OPERATIONS = ("summarize", "crystallize", "reflect", "insights", "consolidate")
 Step = Callable[[Any, dict], Any]

@@ -28,9 +28,11 @@ _URL_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s:@'\"]+:[^/\
 # holds no secret, so stripping stays cheap on the observe hot path.
 _TOKEN_RULES: list[tuple[tuple[str, ...], str]] = [
     # keyword = value assignments (env files, CLI flags, JSON text); the keyword goes too
-    (("key", "secret", "token", "passw", "credential", "auth"),
-     r"(?i:api[_-]?key|secret|token|password|passwd|credential|auth)[\"']?\s*[=:]\s*[\"']?"
-     r"[^\s\"'`<>,;&)]{20,}[\"']?"),
+    (
+        ("key", "secret", "token", "passw", "credential", "auth"),
+        r"(?i:api[_-]?key|secret|token|password|passwd|credential|auth)[\"']?\s*[=:]\s*[\"']?"
+        r"[^\s\"'`<>,;&)]{20,}[\"']?",
+    ),
     (("bearer",), r"\b(?i:bearer)\s+[A-Za-z0-9._\-+/=]{20,}"),
     # sk-, sk-proj-, sk-ant-, pk-, rk-, ak- keys
     (("k-",), r"\b(?:sk|pk|rk|ak)-[A-Za-z0-9][A-Za-z0-9_\-]{19,}"),
@@ -47,10 +49,28 @@ _TOKENS = [(triggers, re.compile(pattern)) for triggers, pattern in _TOKEN_RULES
 
 # Keys whose string value is a secret whatever it looks like (compared lower-case, without
 # separators): exact names, or names ending in one of the suffixes.
-_SECRET_KEYS = {"apikey", "secret", "token", "password", "passwd", "pwd", "credential",
-                "credentials", "auth", "authorization", "privatekey", "accesskey",
-                "secretkey", "clientsecret", "accesstoken", "refreshtoken", "sessiontoken",
-                "bearer", "xapikey", "hftoken"}
+_SECRET_KEYS = {
+    "apikey",
+    "secret",
+    "token",
+    "password",
+    "passwd",
+    "pwd",
+    "credential",
+    "credentials",
+    "auth",
+    "authorization",
+    "privatekey",
+    "accesskey",
+    "secretkey",
+    "clientsecret",
+    "accesstoken",
+    "refreshtoken",
+    "sessiontoken",
+    "bearer",
+    "xapikey",
+    "hftoken",
+}
 _SECRET_KEY_SUFFIXES = ("password", "secret", "apikey", "token", "privatekey", "accesskey")
 _KEY_SEPARATORS = re.compile(r"[^a-z0-9]")
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import jsonschema
 
@@ -23,8 +24,15 @@ from agentmemory_server.errors import AppError, InvalidInput, NotFound
 # -- schema helpers (plain JSON Schema dicts) ------------------------------------------------------
 
 
-def string(description: str = "", *, min_length: int | None = 1, max_length: int | None = None,
-           enum: Iterable[str] | None = None, default: Any = None, pattern: str | None = None) -> dict:
+def string(
+    description: str = "",
+    *,
+    min_length: int | None = 1,
+    max_length: int | None = None,
+    enum: Iterable[str] | None = None,
+    default: Any = None,
+    pattern: str | None = None,
+) -> dict:
     s: dict[str, Any] = {"type": "string"}
     if description:
         s["description"] = description
@@ -41,8 +49,9 @@ def string(description: str = "", *, min_length: int | None = 1, max_length: int
     return s
 
 
-def integer(description: str = "", *, minimum: int | None = None, maximum: int | None = None,
-            default: int | None = None) -> dict:
+def integer(
+    description: str = "", *, minimum: int | None = None, maximum: int | None = None, default: int | None = None
+) -> dict:
     s: dict[str, Any] = {"type": "integer"}
     if description:
         s["description"] = description
@@ -55,8 +64,9 @@ def integer(description: str = "", *, minimum: int | None = None, maximum: int |
     return s
 
 
-def number(description: str = "", *, minimum: float | None = None, maximum: float | None = None,
-           default: float | None = None) -> dict:
+def number(
+    description: str = "", *, minimum: float | None = None, maximum: float | None = None, default: float | None = None
+) -> dict:
     s: dict[str, Any] = {"type": "number"}
     if description:
         s["description"] = description
@@ -78,8 +88,7 @@ def boolean(description: str = "", *, default: bool | None = None) -> dict:
     return s
 
 
-def array(items: dict, description: str = "", *, max_items: int | None = None,
-          min_items: int | None = None) -> dict:
+def array(items: dict, description: str = "", *, max_items: int | None = None, min_items: int | None = None) -> dict:
     s: dict[str, Any] = {"type": "array", "items": items}
     if description:
         s["description"] = description
@@ -141,7 +150,7 @@ class Tool:
     name: str
     description: str
     schema: dict
-    handler: Callable[["Ctx", dict], Any]
+    handler: Callable[[Ctx, dict], Any]
     routes: tuple[Route, ...] = ()
     mcp: bool = True
     core: bool = False
@@ -218,8 +227,15 @@ class Registry:
 REGISTRY = Registry()
 
 
-def tool(name: str, schema: dict, *, http: Iterable[tuple] = (), mcp: bool = True,
-         core: bool = False, description: str | None = None) -> Callable:
+def tool(
+    name: str,
+    schema: dict,
+    *,
+    http: Iterable[tuple] = (),
+    mcp: bool = True,
+    core: bool = False,
+    description: str | None = None,
+) -> Callable:
     """Register ``fn(ctx, args)`` as a tool. ``http`` items are (method, path[, status]).
     The description defaults to the first paragraph of the docstring."""
 
@@ -228,8 +244,7 @@ def tool(name: str, schema: dict, *, http: Iterable[tuple] = (), mcp: bool = Tru
         if not doc:
             raise ValueError(f"tool {name!r} needs a description")
         routes = tuple(Route(*item) for item in http)
-        REGISTRY.add(Tool(name=name, description=doc, schema=schema, handler=fn, routes=routes,
-                          mcp=mcp, core=core))
+        REGISTRY.add(Tool(name=name, description=doc, schema=schema, handler=fn, routes=routes, mcp=mcp, core=core))
         return fn
 
     return register
@@ -316,8 +331,9 @@ def _schema_error(error: jsonschema.ValidationError) -> InvalidInput:
         "type": lambda: f"{label} must be {article} {arg}",
         "minimum": lambda: f"{label} must be >= {arg}",
         "maximum": lambda: f"{label} must be <= {arg}",
-        "minLength": lambda: (f"{label} must not be empty" if arg == 1
-                              else f"{label} must have at least {arg} characters"),
+        "minLength": lambda: (
+            f"{label} must not be empty" if arg == 1 else f"{label} must have at least {arg} characters"
+        ),
         "maxLength": lambda: f"{label} must have at most {arg} characters",
         "enum": lambda: f"{label} must be one of: {', '.join(map(str, arg))}",
         "minItems": lambda: f"{label} must have at least {arg} item(s)",

@@ -20,14 +20,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from agentmemory_server import __version__
-from agentmemory_server.kernel.hooks import Hooks
-from agentmemory_server.storage.sqlite.database import Database
 from agentmemory_server.kernel.events import Hub
+from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.kernel.util import Clock
+from agentmemory_server.kernel.scopes import RECORD_INDEXES
+from agentmemory_server.storage import open_database
 
 VERSION = __version__
 log = logging.getLogger("agentmemory")
@@ -45,8 +47,17 @@ class Jobs:
         self._thread: threading.Thread | None = None
 
     def every(self, seconds: float, name: str, fn: Callable[[], Any]) -> None:
-        self._jobs.append({"name": name, "every": seconds, "fn": fn, "next": time.monotonic() + seconds,
-                           "runs": 0, "errors": 0, "lastError": None})
+        self._jobs.append(
+            {
+                "name": name,
+                "every": seconds,
+                "fn": fn,
+                "next": time.monotonic() + seconds,
+                "runs": 0,
+                "errors": 0,
+                "lastError": None,
+            }
+        )
 
     def start(self) -> None:
         if self._thread is None and self._jobs:
@@ -92,16 +103,23 @@ class Runtime:
     :param clock: injectable time source.
     """
 
-    def __init__(self, settings: Settings, *, hooks: Hooks | None = None,
-                 subsystems: Iterable[tuple[str, SubsystemFactory]] = (), clock: Clock | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        hooks: Hooks | None = None,
+        subsystems: Iterable[tuple[str, SubsystemFactory]] = (),
+        clock: Clock | None = None,
+    ):
         self.settings = settings
         self.hooks = hooks or Hooks()
         self.clock = clock or Clock()
         self.version = VERSION
         self.started_at = time.time()
-        self.db = Database(settings.database_path, now=self.clock.iso)
-        self.hub = Hub(queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers,
-                       replay_size=settings.viewer_replay)
+        self.db = open_database(settings.database_path, now=self.clock.iso, record_indexes=RECORD_INDEXES)
+        self.hub = Hub(
+            queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
+        )
         self.jobs = Jobs()
         self.services: dict[str, Any] = {}
         for name, factory in subsystems:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agentmemory_server.storage.interfaces import RecordIndex
+
 
 @dataclass(frozen=True)
 class ScopeDoc:
@@ -51,68 +53,131 @@ def is_obs_scope(scope: str) -> bool:
 
 def session_of(scope: str) -> str:
     """The session id of an observation scope."""
-    return scope[len(OBSERVATIONS_PREFIX):]
+    return scope[len(OBSERVATIONS_PREFIX) :]
 
 
 SCOPES: tuple[ScopeDoc, ...] = (
-    ScopeDoc(SESSIONS, "session id",
-             "Session: id, project, cwd, startedAt, updatedAt, endedAt?, status, observationCount, "
-             "agentId?, title?, firstPrompt?"),
-    ScopeDoc(OBSERVATIONS_PREFIX + "{sessionId}", "observation id",
-             "Observation: id, sessionId, timestamp, hookType, project, cwd, eventId, agentId?, type, title, "
-             "subtitle?, facts, narrative, concepts, files, importance, confidence, toolName?, raw (stripped "
-             "hook data)"),
-    ScopeDoc(MEMORIES, "memory id",
-             "Memory: id, createdAt, updatedAt, type, title, content, concepts, files, sessionIds, strength, "
-             "version, parentId?, supersedes?, supersededBy?, isLatest, forgetAfter?, project?, agentId?"),
-    ScopeDoc(SUMMARIES, "session id",
-             "Session summary: sessionId, project, createdAt, title, narrative, keyDecisions, filesModified, "
-             "concepts, observationCount, method (`synthetic` or the model step), agentId?"),
-    ScopeDoc(LESSONS, "lesson id (`lsn_` fingerprint)",
-             "Lesson (U§4.5): id, content, context, confidence, reinforcements, source, sourceIds, tags, "
-             "project?, agentId?, createdAt, updatedAt, lastReinforcedAt?, lastDecayedAt?, decayRate, deleted?; "
-             "indexed as search kind `lesson`; target of upstream exports' `lessons`"),
-    ScopeDoc(INSIGHTS, "insight id (`ins_` fingerprint of project + terms)",
-             "Insight from project reflection: title, content, confidence, reinforcements, "
-             "sourceConceptCluster, source*Ids, project?; target of upstream exports' `insights`"),
-    ScopeDoc(ACTIONS, "action id",
-             "Action (U§4.7): id, title, description, status, priority, createdBy, assignedTo?, project?, "
-             "tags, parentId?, result?, metadata?, crystallizedInto?, agentId?; target of upstream exports' "
-             "`actions`"),
-    ScopeDoc(ACTION_EDGES, "edge id",
-             "Action edge: type (requires, unlocks, spawned_by, conflicts_with), sourceActionId, "
-             "targetActionId; target of upstream exports' `actionEdges`"),
-    ScopeDoc(CRYSTALS, "crystal id (a session's is a fingerprint of it)",
-             "Crystal: narrative, keyOutcomes, filesAffected, lessons, sourceActionIds, sessionId?, project?, "
-             "method; target of upstream exports' `crystals`"),
-    ScopeDoc(PROFILES, "project",
-             "Cached project profile (1 h): project, updatedAt, topConcepts, topFiles, conventions, "
-             "commonErrors, recentActivity, sessionCount, totalObservations; target of upstream exports' "
-             "`profiles`"),
+    ScopeDoc(
+        SESSIONS,
+        "session id",
+        "Session: id, project, cwd, startedAt, updatedAt, endedAt?, status, observationCount, "
+        "agentId?, title?, firstPrompt?",
+    ),
+    ScopeDoc(
+        OBSERVATIONS_PREFIX + "{sessionId}",
+        "observation id",
+        "Observation: id, sessionId, timestamp, hookType, project, cwd, eventId, agentId?, type, title, "
+        "subtitle?, facts, narrative, concepts, files, importance, confidence, toolName?, raw (stripped "
+        "hook data)",
+    ),
+    ScopeDoc(
+        MEMORIES,
+        "memory id",
+        "Memory: id, createdAt, updatedAt, type, title, content, concepts, files, sessionIds, strength, "
+        "version, parentId?, supersedes?, supersededBy?, isLatest, forgetAfter?, project?, agentId?",
+    ),
+    ScopeDoc(
+        SUMMARIES,
+        "session id",
+        "Session summary: sessionId, project, createdAt, title, narrative, keyDecisions, filesModified, "
+        "concepts, observationCount, method (`synthetic` or the model step), agentId?",
+    ),
+    ScopeDoc(
+        LESSONS,
+        "lesson id (`lsn_` fingerprint)",
+        "Lesson (U§4.5): id, content, context, confidence, reinforcements, source, sourceIds, tags, "
+        "project?, agentId?, createdAt, updatedAt, lastReinforcedAt?, lastDecayedAt?, decayRate, deleted?; "
+        "indexed as search kind `lesson`; target of upstream exports' `lessons`",
+    ),
+    ScopeDoc(
+        INSIGHTS,
+        "insight id (`ins_` fingerprint of project + terms)",
+        "Insight from project reflection: title, content, confidence, reinforcements, "
+        "sourceConceptCluster, source*Ids, project?; target of upstream exports' `insights`",
+    ),
+    ScopeDoc(
+        ACTIONS,
+        "action id",
+        "Action (U§4.7): id, title, description, status, priority, createdBy, assignedTo?, project?, "
+        "tags, parentId?, result?, metadata?, crystallizedInto?, agentId?; target of upstream exports' "
+        "`actions`",
+    ),
+    ScopeDoc(
+        ACTION_EDGES,
+        "edge id",
+        "Action edge: type (requires, unlocks, spawned_by, conflicts_with), sourceActionId, "
+        "targetActionId; target of upstream exports' `actionEdges`",
+    ),
+    ScopeDoc(
+        CRYSTALS,
+        "crystal id (a session's is a fingerprint of it)",
+        "Crystal: narrative, keyOutcomes, filesAffected, lessons, sourceActionIds, sessionId?, project?, "
+        "method; target of upstream exports' `crystals`",
+    ),
+    ScopeDoc(
+        PROFILES,
+        "project",
+        "Cached project profile (1 h): project, updatedAt, topConcepts, topFiles, conventions, "
+        "commonErrors, recentActivity, sessionCount, totalObservations; target of upstream exports' "
+        "`profiles`",
+    ),
     ScopeDoc(SEMANTIC, "fact id", "Semantic memory; target of upstream exports' `semanticMemories`"),
     ScopeDoc(PROCEDURAL, "procedure id", "Procedural memory; target of upstream exports' `proceduralMemories`"),
-    ScopeDoc(RELATIONS, "relation id (`rel_` fingerprint of type, source, target)",
-             "Relation between memories: type, sourceId, targetId, confidence, metadata?; target of upstream "
-             "exports' `relations`"),
+    ScopeDoc(
+        RELATIONS,
+        "relation id (`rel_` fingerprint of type, source, target)",
+        "Relation between memories: type, sourceId, targetId, confidence, metadata?; target of upstream "
+        "exports' `relations`",
+    ),
     ScopeDoc(SLOTS, "label", "Project-scope slot written without a project (upstream's flat scope)"),
-    ScopeDoc(SLOTS_PREFIX + "global", "label",
-             "Global slot: label, content, sizeLimit, description, pinned, readOnly, scope, createdAt, updatedAt"),
+    ScopeDoc(
+        SLOTS_PREFIX + "global",
+        "label",
+        "Global slot: label, content, sizeLimit, description, pinned, readOnly, scope, createdAt, updatedAt",
+    ),
     ScopeDoc(SLOTS_PREFIX + "project:{project}", "label", "Slot of one project (project name percent-encoded)"),
-    ScopeDoc(SLOTS_PREFIX + "agent:{agentId}[:global|:project:{project}]", "label",
-             "Slots in isolated agent scope: each agent has its own namespace"),
-    ScopeDoc(CONSOLIDATION, "agent + project + group key",
-             "Last consolidation of a group: memoryId and the observation ids it covered (re-runs skip "
-             "unchanged groups)"),
-    ScopeDoc(ANTIGRAVITY, "file path relative to ANTIGRAVITY_DIR",
-             "Sync state of one imported Antigravity file: sha256, size, sessionId, generation, "
-             "observationIds, syncedAt"),
-    ScopeDoc(GRAPH_NODES, "`ent_` fingerprint of agent, project, type, name",
-             "Knowledge-graph node: id, type, name, mentions, sessions {sessionId: count} (newest 100; older "
-             "in `earlier`), sourceObservationIds (<= 32), method (`synthetic` or the model), project?, "
-             "agentId?"),
-    ScopeDoc(GRAPH_EDGES, "`edge_` fingerprint of type, source, target",
-             "Knowledge-graph edge: type, sourceNodeId, targetNodeId, weight, sessions, "
-             "sourceObservationIds, method, project?, agentId?"),
-    ScopeDoc(GRAPH_SESSIONS, "session id",
-             "Which nodes and edges a session's extraction produced (re-extraction replaces that share)"),
+    ScopeDoc(
+        SLOTS_PREFIX + "agent:{agentId}[:global|:project:{project}]",
+        "label",
+        "Slots in isolated agent scope: each agent has its own namespace",
+    ),
+    ScopeDoc(
+        CONSOLIDATION,
+        "agent + project + group key",
+        "Last consolidation of a group: memoryId and the observation ids it covered (re-runs skip unchanged groups)",
+    ),
+    ScopeDoc(
+        ANTIGRAVITY,
+        "file path relative to ANTIGRAVITY_DIR",
+        "Sync state of one imported Antigravity file: sha256, size, sessionId, generation, observationIds, syncedAt",
+    ),
+    ScopeDoc(
+        GRAPH_NODES,
+        "`ent_` fingerprint of agent, project, type, name",
+        "Knowledge-graph node: id, type, name, mentions, sessions {sessionId: count} (newest 100; older "
+        "in `earlier`), sourceObservationIds (<= 32), method (`synthetic` or the model), project?, "
+        "agentId?",
+    ),
+    ScopeDoc(
+        GRAPH_EDGES,
+        "`edge_` fingerprint of type, source, target",
+        "Knowledge-graph edge: type, sourceNodeId, targetNodeId, weight, sessions, "
+        "sourceObservationIds, method, project?, agentId?",
+    ),
+    ScopeDoc(
+        GRAPH_SESSIONS,
+        "session id",
+        "Which nodes and edges a session's extraction produced (re-extraction replaces that share)",
+    ),
+)
+
+
+# Record fields that listings and lookups filter or sort by: the storage keeps an index on each,
+# so none of those reads scans its scope.
+RECORD_INDEXES: tuple[RecordIndex, ...] = (
+    RecordIndex(SESSIONS, ("startedAt",)),
+    RecordIndex(MEMORIES, ("updatedAt",)),
+    RecordIndex(MEMORIES, ("forgetAfter",)),
+    RecordIndex(RELATIONS, ("sourceId",)),
+    RecordIndex(RELATIONS, ("targetId",)),
 )

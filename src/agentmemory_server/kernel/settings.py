@@ -9,9 +9,10 @@ from (first one set wins), a default, a type and a help line. The same table dri
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -96,153 +97,446 @@ def _optional_str(text: str) -> str | None:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("data_dir", ("AGENTMEMORY_DATA_DIR",), "~/.agentmemory", str,
-            "Directory for the database and other state; created if missing."),
-    Setting("db_path", ("AGENTMEMORY_DB",), None, _optional_str,
-            "SQLite database file. Default: `<data dir>/agentmemory.db`."),
-    Setting("host", ("HOST",), "127.0.0.1", str,
-            "Interface to bind. Use 0.0.0.0 only behind auth (set AGENTMEMORY_SECRET)."),
-    Setting("port", ("III_REST_PORT", "PORT"), 3111, _positive_int,
-            "TCP port for REST, MCP, WebSocket and viewer."),
-    Setting("threads", ("AGENTMEMORY_THREADS",), 32, _positive_int,
-            "gunicorn gthread worker threads; each open WebSocket holds one."),
-    Setting("secret", ("AGENTMEMORY_SECRET",), None, _optional_str,
-            "Bearer token required on every route except /livez when set.", secret=True),
-    Setting("viewer_allowed_origins", ("VIEWER_ALLOWED_ORIGINS",), "", str,
-            "Browser origins (comma-separated, or `*`) allowed to call the API cross-origin with CORS. "
-            "Other browser origins get 403; the viewer served by this server needs nothing here."),
-    Setting("max_body_bytes", ("AGENTMEMORY_MAX_BODY_BYTES",), 1_048_576, _positive_int,
-            "Largest accepted request body (413 above it)."),
-    Setting("max_import_bytes", ("AGENTMEMORY_MAX_IMPORT_BYTES",), 104_857_600, _positive_int,
-            "Largest accepted body for POST /import."),
-    Setting("max_obs_per_session", ("MAX_OBS_PER_SESSION",), 500, _positive_int,
-            "Hard cap on observations per session (409 above it)."),
-    Setting("token_budget", ("TOKEN_BUDGET",), 2000, _positive_int,
-            "Default token budget of the context block (tokens ~ chars / 3)."),
-    Setting("agent_id", ("AGENT_ID",), None, _optional_str,
-            "Agent id stamped on records written by this server."),
-    Setting("agent_scope", ("AGENTMEMORY_AGENT_SCOPE",), "shared", _choice("shared", "isolated"),
-            "`isolated` limits every read to AGENT_ID and fails closed without one."),
-    Setting("tools", ("AGENTMEMORY_TOOLS",), "all", _choice("all", "core"),
-            "MCP tool list: `core` exposes only the essential tools."),
-    Setting("background_jobs", ("AGENTMEMORY_BACKGROUND_JOBS",), True, _bool,
-            "Run timers (decay sweeps, embedding backlog, expiry sweeps) in the server."),
-    Setting("antigravity_dir", ("ANTIGRAVITY_DIR",), "~/.gemini/antigravity", str,
-            "Google Antigravity data directory read by memory_antigravity_sync (brain/<id>/...)."),
-    Setting("antigravity_max_file_bytes", ("ANTIGRAVITY_MAX_FILE_BYTES",), 5_242_880, _positive_int,
-            "Antigravity files larger than this are reported and skipped."),
-    Setting("antigravity_project", ("ANTIGRAVITY_PROJECT",), "antigravity", str,
-            "Project name given to imported Antigravity sessions (a sync may override it)."),
-    Setting("log_level", ("AGENTMEMORY_LOG_LEVEL",), "info",
-            _choice("debug", "info", "warning", "error"), "Log verbosity."),
+    Setting(
+        "data_dir",
+        ("AGENTMEMORY_DATA_DIR",),
+        "~/.agentmemory",
+        str,
+        "Directory for the database and other state; created if missing.",
+    ),
+    Setting(
+        "db_path",
+        ("AGENTMEMORY_DB",),
+        None,
+        _optional_str,
+        "SQLite database file. Default: `<data dir>/agentmemory.db`.",
+    ),
+    Setting(
+        "host", ("HOST",), "127.0.0.1", str, "Interface to bind. Use 0.0.0.0 only behind auth (set AGENTMEMORY_SECRET)."
+    ),
+    Setting("port", ("III_REST_PORT", "PORT"), 3111, _positive_int, "TCP port for REST, MCP, WebSocket and viewer."),
+    Setting(
+        "threads",
+        ("AGENTMEMORY_THREADS",),
+        32,
+        _positive_int,
+        "gunicorn gthread worker threads; each open WebSocket holds one.",
+    ),
+    Setting(
+        "secret",
+        ("AGENTMEMORY_SECRET",),
+        None,
+        _optional_str,
+        "Bearer token required on every route except /livez when set.",
+        secret=True,
+    ),
+    Setting(
+        "viewer_allowed_origins",
+        ("VIEWER_ALLOWED_ORIGINS",),
+        "",
+        str,
+        "Browser origins (comma-separated, or `*`) allowed to call the API cross-origin with CORS. "
+        "Other browser origins get 403; the viewer served by this server needs nothing here.",
+    ),
+    Setting(
+        "max_body_bytes",
+        ("AGENTMEMORY_MAX_BODY_BYTES",),
+        1_048_576,
+        _positive_int,
+        "Largest accepted request body (413 above it).",
+    ),
+    Setting(
+        "max_import_bytes",
+        ("AGENTMEMORY_MAX_IMPORT_BYTES",),
+        104_857_600,
+        _positive_int,
+        "Largest accepted body for POST /import.",
+    ),
+    Setting(
+        "max_obs_per_session",
+        ("MAX_OBS_PER_SESSION",),
+        500,
+        _positive_int,
+        "Hard cap on observations per session (409 above it).",
+    ),
+    Setting(
+        "token_budget",
+        ("TOKEN_BUDGET",),
+        2000,
+        _positive_int,
+        "Default token budget of the context block (tokens ~ chars / 3).",
+    ),
+    Setting("agent_id", ("AGENT_ID",), None, _optional_str, "Agent id stamped on records written by this server."),
+    Setting(
+        "agent_scope",
+        ("AGENTMEMORY_AGENT_SCOPE",),
+        "shared",
+        _choice("shared", "isolated"),
+        "`isolated` limits every read to AGENT_ID and fails closed without one.",
+    ),
+    Setting(
+        "tools",
+        ("AGENTMEMORY_TOOLS",),
+        "all",
+        _choice("all", "core"),
+        "MCP tool list: `core` exposes only the essential tools.",
+    ),
+    Setting(
+        "background_jobs",
+        ("AGENTMEMORY_BACKGROUND_JOBS",),
+        True,
+        _bool,
+        "Run timers (decay sweeps, embedding backlog, expiry sweeps) in the server.",
+    ),
+    Setting(
+        "antigravity_dir",
+        ("ANTIGRAVITY_DIR",),
+        "~/.gemini/antigravity",
+        str,
+        "Google Antigravity data directory read by memory_antigravity_sync (brain/<id>/...).",
+    ),
+    Setting(
+        "antigravity_max_file_bytes",
+        ("ANTIGRAVITY_MAX_FILE_BYTES",),
+        5_242_880,
+        _positive_int,
+        "Antigravity files larger than this are reported and skipped.",
+    ),
+    Setting(
+        "antigravity_project",
+        ("ANTIGRAVITY_PROJECT",),
+        "antigravity",
+        str,
+        "Project name given to imported Antigravity sessions (a sync may override it).",
+    ),
+    Setting(
+        "log_level", ("AGENTMEMORY_LOG_LEVEL",), "info", _choice("debug", "info", "warning", "error"), "Log verbosity."
+    ),
     # -- working memory (working.py)
-    Setting("working_memory_backend", ("WORKING_MEMORY_BACKEND",), "sqlite", _choice("sqlite", "redis"),
-            "Working-memory store: `sqlite` (the database file) or `redis` (REDIS_URL). An unreachable "
-            "Redis falls back to SQLite until restart, reported in stats, /health and diagnose."),
-    Setting("redis_url", ("REDIS_URL",), "redis://127.0.0.1:6379/0", str,
-            "Redis for WORKING_MEMORY_BACKEND=redis (connect timeout 0.5 s, no retries).", secret=True),
-    Setting("working_memory_redis_prefix", ("WORKING_MEMORY_REDIS_PREFIX",), "agentmemory:wm", str,
-            "Prefix of every Redis key the working memory writes."),
-    Setting("working_memory_default_ttl_seconds", ("WORKING_MEMORY_DEFAULT_TTL_SECONDS",), 86400,
-            _non_negative_int, "TTL of a working-memory key set without ttlSeconds; 0 = keys never expire."),
-    Setting("working_memory_max_keys", ("WORKING_MEMORY_MAX_KEYS_PER_SESSION",), 1000, _positive_int,
-            "Live keys per working-memory scope; a new key beyond it is a 409, nothing is evicted."),
-    Setting("working_memory_max_items_per_session", ("WORKING_MEMORY_MAX_ITEMS_PER_SESSION",), 100,
-            _positive_int, "Scratchpad entries kept per scope; the oldest are dropped (and counted)."),
-    Setting("working_memory_max_checkpoints", ("WORKING_MEMORY_MAX_CHECKPOINTS_PER_SESSION",), 20,
-            _positive_int, "Checkpoints kept per scope; creating one more prunes the oldest (listed "
-            "in the reply). Checkpoints never count against keys and never expire."),
-    Setting("working_memory_summarize_on_end", ("WORKING_MEMORY_SUMMARIZE_ON_END",), False, _bool,
-            "On session end, save what its working memory holds as a long-term memory."),
-    Setting("embedding_provider", ("EMBEDDING_PROVIDER",), "auto",
-            _choice("auto", "local", "gemini", "hash", "none"),
-            "Vectors for hybrid search: `auto` = gemini if a key is set, else local (offline "
-            "MiniLM ONNX) if installed, else none (BM25 only). `hash` is a model-free embedder for tests."),
-    Setting("gemini_api_key", ("GEMINI_API_KEY", "GOOGLE_API_KEY"), None, _optional_str,
-            "Gemini API key (embeddings; LLM features).", secret=True),
-    Setting("gemini_api_base", ("GEMINI_API_BASE",), "https://generativelanguage.googleapis.com", str,
-            "Base URL of the Gemini API (tests point it at a loopback fake)."),
-    Setting("gemini_embed_model", ("GEMINI_EMBED_MODEL",), "gemini-embedding-001", str,
-            "Gemini embedding model."),
-    Setting("embedding_dimensions", ("GEMINI_EMBED_DIMENSIONS",), 768, _positive_int,
-            "Output dimensionality requested from Gemini (the local model is always 384)."),
-    Setting("embed_batch_size", ("AGENTMEMORY_EMBED_BATCH",), 32, _positive_int,
-            "Records embedded per batch by the background embedding worker."),
-    Setting("search_max_per_session", ("AGENTMEMORY_SEARCH_MAX_PER_SESSION",), 5, _positive_int,
-            "Hybrid search diversification: at most this many hits per session (never fewer than "
-            "half the limit) before backfilling."),
-    Setting("search_fusion", ("AGENTMEMORY_SEARCH_FUSION",), "score", _choice("score", "rrf"),
-            "How hybrid search merges the BM25 and vector rankings: score (each ranking's scores "
-            "normalised to 0-1, weighted sum) or rrf (reciprocal rank fusion, k=60)."),
+    Setting(
+        "working_memory_backend",
+        ("WORKING_MEMORY_BACKEND",),
+        "sqlite",
+        _choice("sqlite", "redis"),
+        "Working-memory store: `sqlite` (the database file) or `redis` (REDIS_URL). An unreachable "
+        "Redis falls back to SQLite until restart, reported in stats, /health and diagnose.",
+    ),
+    Setting(
+        "redis_url",
+        ("REDIS_URL",),
+        "redis://127.0.0.1:6379/0",
+        str,
+        "Redis for WORKING_MEMORY_BACKEND=redis (connect timeout 0.5 s, no retries).",
+        secret=True,
+    ),
+    Setting(
+        "working_memory_redis_prefix",
+        ("WORKING_MEMORY_REDIS_PREFIX",),
+        "agentmemory:wm",
+        str,
+        "Prefix of every Redis key the working memory writes.",
+    ),
+    Setting(
+        "working_memory_default_ttl_seconds",
+        ("WORKING_MEMORY_DEFAULT_TTL_SECONDS",),
+        86400,
+        _non_negative_int,
+        "TTL of a working-memory key set without ttlSeconds; 0 = keys never expire.",
+    ),
+    Setting(
+        "working_memory_max_keys",
+        ("WORKING_MEMORY_MAX_KEYS_PER_SESSION",),
+        1000,
+        _positive_int,
+        "Live keys per working-memory scope; a new key beyond it is a 409, nothing is evicted.",
+    ),
+    Setting(
+        "working_memory_max_items_per_session",
+        ("WORKING_MEMORY_MAX_ITEMS_PER_SESSION",),
+        100,
+        _positive_int,
+        "Scratchpad entries kept per scope; the oldest are dropped (and counted).",
+    ),
+    Setting(
+        "working_memory_max_checkpoints",
+        ("WORKING_MEMORY_MAX_CHECKPOINTS_PER_SESSION",),
+        20,
+        _positive_int,
+        "Checkpoints kept per scope; creating one more prunes the oldest (listed "
+        "in the reply). Checkpoints never count against keys and never expire.",
+    ),
+    Setting(
+        "working_memory_summarize_on_end",
+        ("WORKING_MEMORY_SUMMARIZE_ON_END",),
+        False,
+        _bool,
+        "On session end, save what its working memory holds as a long-term memory.",
+    ),
+    Setting(
+        "embedding_provider",
+        ("EMBEDDING_PROVIDER",),
+        "auto",
+        _choice("auto", "local", "gemini", "hash", "none"),
+        "Vectors for hybrid search: `auto` = gemini if a key is set, else local (offline "
+        "MiniLM ONNX) if installed, else none (BM25 only). `hash` is a model-free embedder for tests.",
+    ),
+    Setting(
+        "gemini_api_key",
+        ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+        None,
+        _optional_str,
+        "Gemini API key (embeddings; LLM features).",
+        secret=True,
+    ),
+    Setting(
+        "gemini_api_base",
+        ("GEMINI_API_BASE",),
+        "https://generativelanguage.googleapis.com",
+        str,
+        "Base URL of the Gemini API (tests point it at a loopback fake).",
+    ),
+    Setting("gemini_embed_model", ("GEMINI_EMBED_MODEL",), "gemini-embedding-001", str, "Gemini embedding model."),
+    Setting(
+        "embedding_dimensions",
+        ("GEMINI_EMBED_DIMENSIONS",),
+        768,
+        _positive_int,
+        "Output dimensionality requested from Gemini (the local model is always 384).",
+    ),
+    Setting(
+        "embed_batch_size",
+        ("AGENTMEMORY_EMBED_BATCH",),
+        32,
+        _positive_int,
+        "Records embedded per batch by the background embedding worker.",
+    ),
+    Setting(
+        "search_max_per_session",
+        ("AGENTMEMORY_SEARCH_MAX_PER_SESSION",),
+        5,
+        _positive_int,
+        "Hybrid search diversification: at most this many hits per session (never fewer than "
+        "half the limit) before backfilling.",
+    ),
+    Setting(
+        "search_fusion",
+        ("AGENTMEMORY_SEARCH_FUSION",),
+        "score",
+        _choice("score", "rrf"),
+        "How hybrid search merges the BM25 and vector rankings: score (each ranking's scores "
+        "normalised to 0-1, weighted sum) or rrf (reciprocal rank fusion, k=60).",
+    ),
     # -- memory model (lessons, slots, reflection, retention)
-    Setting("lesson_decay_enabled", ("LESSON_DECAY_ENABLED",), True, _bool,
-            "Daily sweep lowering lesson confidence by decayRate per week without reinforcement."),
-    Setting("reflect_on_session_end", ("AGENTMEMORY_REFLECT",), True, _bool,
-            "On session end, reflect its observations into slots (pending_items, session_patterns, "
-            "project_context)."),
-    Setting("auto_forget_enabled", ("AUTO_FORGET_ENABLED",), True, _bool,
-            "Hourly auto-forget: expired memories, near-duplicate memories demoted, old low-value "
-            "observations."),
-    Setting("auto_forget_interval_ms", ("AUTO_FORGET_INTERVAL_MS",), 3_600_000, _positive_int,
-            "Interval of the auto-forget sweep."),
-    Setting("evict_interval_ms", ("AGENTMEMORY_EVICT_INTERVAL_MS",), 21_600_000, _positive_int,
-            "Interval of the eviction sweep (caps and stale records)."),
-    Setting("max_obs_per_project", ("AGENTMEMORY_MAX_OBS_PER_PROJECT",), 10_000, _positive_int,
-            "Eviction keeps at most this many observations per project (lowest importance, "
-            "then oldest, go first)."),
+    Setting(
+        "lesson_decay_enabled",
+        ("LESSON_DECAY_ENABLED",),
+        True,
+        _bool,
+        "Daily sweep lowering lesson confidence by decayRate per week without reinforcement.",
+    ),
+    Setting(
+        "reflect_on_session_end",
+        ("AGENTMEMORY_REFLECT",),
+        True,
+        _bool,
+        "On session end, reflect its observations into slots (pending_items, session_patterns, project_context).",
+    ),
+    Setting(
+        "auto_forget_enabled",
+        ("AUTO_FORGET_ENABLED",),
+        True,
+        _bool,
+        "Hourly auto-forget: expired memories, near-duplicate memories demoted, old low-value observations.",
+    ),
+    Setting(
+        "auto_forget_interval_ms",
+        ("AUTO_FORGET_INTERVAL_MS",),
+        3_600_000,
+        _positive_int,
+        "Interval of the auto-forget sweep.",
+    ),
+    Setting(
+        "evict_interval_ms",
+        ("AGENTMEMORY_EVICT_INTERVAL_MS",),
+        21_600_000,
+        _positive_int,
+        "Interval of the eviction sweep (caps and stale records).",
+    ),
+    Setting(
+        "max_obs_per_project",
+        ("AGENTMEMORY_MAX_OBS_PER_PROJECT",),
+        10_000,
+        _positive_int,
+        "Eviction keeps at most this many observations per project (lowest importance, then oldest, go first).",
+    ),
     # -- LLM layer (llm.py, llm_steps.py, graph.py): Gemini with deterministic fallbacks
-    Setting("gemini_model", ("GEMINI_MODEL",), "gemini-2.5-flash", str,
-            "Gemini model for compression, summaries, consolidation, graph extraction, reflection."),
-    Setting("gemini_timeout_seconds", ("GEMINI_TIMEOUT_SECONDS",), 30.0, _positive_float,
-            "Timeout of one generateContent attempt."),
-    Setting("gemini_max_attempts", ("GEMINI_MAX_ATTEMPTS",), 3, _positive_int,
-            "Attempts per model call; 429 and 5xx are retried with exponential backoff (Retry-After honoured)."),
-    Setting("gemini_retry_backoff_seconds", ("GEMINI_RETRY_BACKOFF_SECONDS",), 1.0, _non_negative_float,
-            "Delay before the first retry of a model call (doubles each time, at most 30 s)."),
-    Setting("gemini_max_output_tokens", ("GEMINI_MAX_OUTPUT_TOKENS",), 8192, _positive_int,
-            "maxOutputTokens of every generateContent request."),
-    Setting("gemini_thinking_budget", ("GEMINI_THINKING_BUDGET",), None, _optional_int,
-            "thinkingConfig.thinkingBudget sent to models that think (unset: the model's default)."),
-    Setting("llm_breaker_failures", ("LLM_BREAKER_FAILURES",), 3, _positive_int,
-            "Circuit breaker: failed model calls within the window that open it."),
-    Setting("llm_breaker_window_seconds", ("LLM_BREAKER_WINDOW_SECONDS",), 60.0, _positive_float,
-            "Circuit breaker: the window in which failures are counted."),
-    Setting("llm_breaker_cooldown_seconds", ("LLM_BREAKER_COOLDOWN_SECONDS",), 30.0, _non_negative_float,
-            "Circuit breaker: seconds open before one trial call is let through (half-open)."),
-    Setting("llm_max_prompt_chars", ("AGENTMEMORY_LLM_MAX_PROMPT_CHARS",), 24_000, _positive_int,
-            "Upper bound on the data sent in one prompt (observations are picked and clipped to fit)."),
-    Setting("llm_workers", ("AGENTMEMORY_LLM_WORKERS",), 2, _positive_int,
-            "Threads running background model jobs (each waits on one model call at a time)."),
-    Setting("llm_job_attempts", ("AGENTMEMORY_LLM_JOB_ATTEMPTS",), 5, _positive_int,
-            "Background LLM jobs wait while the breaker is open (or retry an error) at most this many times."),
-    Setting("auto_compress", ("AGENTMEMORY_AUTO_COMPRESS",), False, _bool,
-            "With a Gemini key: observations are stored with the synthetic compression at once and "
-            "upgraded by the model in the background (type, title, facts, narrative, concepts, files, importance)."),
-    Setting("llm_summaries", ("AGENTMEMORY_LLM_SUMMARIES",), True, _bool,
-            "With a Gemini key: session summaries (session end, POST /summarize) are written by the model."),
-    Setting("llm_reflect", ("AGENTMEMORY_LLM_REFLECT",), True, _bool,
-            "With a Gemini key: slot reflection and project insights are written by the model."),
-    Setting("llm_crystallize", ("AGENTMEMORY_LLM_CRYSTALLIZE",), True, _bool,
-            "With a Gemini key: crystals (narrative, outcomes, lessons) are written by the model."),
-    Setting("consolidation_enabled", ("CONSOLIDATION_ENABLED",), "auto", _tri_state,
-            "Consolidate observations into memories and facts after session ends (with the model when "
-            "a key is set, else deterministically); `auto` = on when a Gemini key is set."),
-    Setting("consolidation_cooldown_ms", ("AGENTMEMORY_CONSOLIDATION_COOLDOWN_MS",), 300_000,
-            _non_negative_int, "At most one session-end consolidation per project within this time."),
-    Setting("graph_extraction_enabled", ("GRAPH_EXTRACTION_ENABLED",), False, _bool,
-            "After session ends, extract entities and relations into the knowledge graph (GET /graph): "
-            "by the model with a key, else a file/concept co-occurrence graph."),
+    Setting(
+        "gemini_model",
+        ("GEMINI_MODEL",),
+        "gemini-2.5-flash",
+        str,
+        "Gemini model for compression, summaries, consolidation, graph extraction, reflection.",
+    ),
+    Setting(
+        "gemini_timeout_seconds",
+        ("GEMINI_TIMEOUT_SECONDS",),
+        30.0,
+        _positive_float,
+        "Timeout of one generateContent attempt.",
+    ),
+    Setting(
+        "gemini_max_attempts",
+        ("GEMINI_MAX_ATTEMPTS",),
+        3,
+        _positive_int,
+        "Attempts per model call; 429 and 5xx are retried with exponential backoff (Retry-After honoured).",
+    ),
+    Setting(
+        "gemini_retry_backoff_seconds",
+        ("GEMINI_RETRY_BACKOFF_SECONDS",),
+        1.0,
+        _non_negative_float,
+        "Delay before the first retry of a model call (doubles each time, at most 30 s).",
+    ),
+    Setting(
+        "gemini_max_output_tokens",
+        ("GEMINI_MAX_OUTPUT_TOKENS",),
+        8192,
+        _positive_int,
+        "maxOutputTokens of every generateContent request.",
+    ),
+    Setting(
+        "gemini_thinking_budget",
+        ("GEMINI_THINKING_BUDGET",),
+        None,
+        _optional_int,
+        "thinkingConfig.thinkingBudget sent to models that think (unset: the model's default).",
+    ),
+    Setting(
+        "llm_breaker_failures",
+        ("LLM_BREAKER_FAILURES",),
+        3,
+        _positive_int,
+        "Circuit breaker: failed model calls within the window that open it.",
+    ),
+    Setting(
+        "llm_breaker_window_seconds",
+        ("LLM_BREAKER_WINDOW_SECONDS",),
+        60.0,
+        _positive_float,
+        "Circuit breaker: the window in which failures are counted.",
+    ),
+    Setting(
+        "llm_breaker_cooldown_seconds",
+        ("LLM_BREAKER_COOLDOWN_SECONDS",),
+        30.0,
+        _non_negative_float,
+        "Circuit breaker: seconds open before one trial call is let through (half-open).",
+    ),
+    Setting(
+        "llm_max_prompt_chars",
+        ("AGENTMEMORY_LLM_MAX_PROMPT_CHARS",),
+        24_000,
+        _positive_int,
+        "Upper bound on the data sent in one prompt (observations are picked and clipped to fit).",
+    ),
+    Setting(
+        "llm_workers",
+        ("AGENTMEMORY_LLM_WORKERS",),
+        2,
+        _positive_int,
+        "Threads running background model jobs (each waits on one model call at a time).",
+    ),
+    Setting(
+        "llm_job_attempts",
+        ("AGENTMEMORY_LLM_JOB_ATTEMPTS",),
+        5,
+        _positive_int,
+        "Background LLM jobs wait while the breaker is open (or retry an error) at most this many times.",
+    ),
+    Setting(
+        "auto_compress",
+        ("AGENTMEMORY_AUTO_COMPRESS",),
+        False,
+        _bool,
+        "With a Gemini key: observations are stored with the synthetic compression at once and "
+        "upgraded by the model in the background (type, title, facts, narrative, concepts, files, importance).",
+    ),
+    Setting(
+        "llm_summaries",
+        ("AGENTMEMORY_LLM_SUMMARIES",),
+        True,
+        _bool,
+        "With a Gemini key: session summaries (session end, POST /summarize) are written by the model.",
+    ),
+    Setting(
+        "llm_reflect",
+        ("AGENTMEMORY_LLM_REFLECT",),
+        True,
+        _bool,
+        "With a Gemini key: slot reflection and project insights are written by the model.",
+    ),
+    Setting(
+        "llm_crystallize",
+        ("AGENTMEMORY_LLM_CRYSTALLIZE",),
+        True,
+        _bool,
+        "With a Gemini key: crystals (narrative, outcomes, lessons) are written by the model.",
+    ),
+    Setting(
+        "consolidation_enabled",
+        ("CONSOLIDATION_ENABLED",),
+        "auto",
+        _tri_state,
+        "Consolidate observations into memories and facts after session ends (with the model when "
+        "a key is set, else deterministically); `auto` = on when a Gemini key is set.",
+    ),
+    Setting(
+        "consolidation_cooldown_ms",
+        ("AGENTMEMORY_CONSOLIDATION_COOLDOWN_MS",),
+        300_000,
+        _non_negative_int,
+        "At most one session-end consolidation per project within this time.",
+    ),
+    Setting(
+        "graph_extraction_enabled",
+        ("GRAPH_EXTRACTION_ENABLED",),
+        False,
+        _bool,
+        "After session ends, extract entities and relations into the knowledge graph (GET /graph): "
+        "by the model with a key, else a file/concept co-occurrence graph.",
+    ),
     # -- live stream and viewer (events.py, app.py, live.py)
-    Setting("max_viewers", ("AGENTMEMORY_MAX_VIEWERS",), 16, _non_negative_int,
-            "Open viewer WebSockets allowed at once (0 = no limit). Each holds a gthread thread, so "
-            "keep it below AGENTMEMORY_THREADS; one more is closed with code 1013 and a reason."),
-    Setting("viewer_queue_size", ("AGENTMEMORY_VIEWER_QUEUE",), 1000, _positive_int,
-            "Events a viewer may fall behind before it is dropped (close code 4000; it reconnects)."),
-    Setting("viewer_replay", ("AGENTMEMORY_VIEWER_STREAM_MAX",), 500, _non_negative_int,
-            "Recent events kept so a reconnecting viewer (`since=<seq>`) gets what it missed."),
-    Setting("viewer_send_timeout", ("AGENTMEMORY_VIEWER_SEND_TIMEOUT",), 10, _positive_int,
-            "Seconds a send to a viewer may block (a client that stopped reading) before its "
-            "socket is closed and its thread freed."),
+    Setting(
+        "max_viewers",
+        ("AGENTMEMORY_MAX_VIEWERS",),
+        16,
+        _non_negative_int,
+        "Open viewer WebSockets allowed at once (0 = no limit). Each holds a gthread thread, so "
+        "keep it below AGENTMEMORY_THREADS; one more is closed with code 1013 and a reason.",
+    ),
+    Setting(
+        "viewer_queue_size",
+        ("AGENTMEMORY_VIEWER_QUEUE",),
+        1000,
+        _positive_int,
+        "Events a viewer may fall behind before it is dropped (close code 4000; it reconnects).",
+    ),
+    Setting(
+        "viewer_replay",
+        ("AGENTMEMORY_VIEWER_STREAM_MAX",),
+        500,
+        _non_negative_int,
+        "Recent events kept so a reconnecting viewer (`since=<seq>`) gets what it missed.",
+    ),
+    Setting(
+        "viewer_send_timeout",
+        ("AGENTMEMORY_VIEWER_SEND_TIMEOUT",),
+        10,
+        _positive_int,
+        "Seconds a send to a viewer may block (a client that stopped reading) before its "
+        "socket is closed and its thread freed.",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -272,7 +566,7 @@ class Settings:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Settings are read-only; build a new one with replace()")
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         unknown = set(changes) - set(self._values)
         if unknown:
             raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -293,7 +587,7 @@ class Settings:
         return Path(self.data_dir).expanduser() / "agentmemory.db"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every setting from ``environ`` (default ``os.environ``), then apply overrides.
 
         Overrides use setting names (``db_path=...``) and are taken as already-typed values.

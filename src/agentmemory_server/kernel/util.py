@@ -9,8 +9,9 @@ import re
 import time
 import unicodedata
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 # -- ids ----------------------------------------------------------------------------------------
 
@@ -49,7 +50,7 @@ class Clock:
         return self._source()
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self._source(), tz=timezone.utc)
+        return datetime.fromtimestamp(self._source(), tz=UTC)
 
     def iso(self) -> str:
         return iso(self.now())
@@ -57,7 +58,7 @@ class Clock:
 
 def iso(dt: datetime) -> str:
     """ISO-8601 in UTC with milliseconds and a Z, like upstream's Date.toISOString()."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def parse_time(text: str) -> datetime | None:
@@ -72,7 +73,7 @@ def parse_time(text: str) -> datetime | None:
     except ValueError:
         return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt
 
 
@@ -146,7 +147,7 @@ def jaccard_tokens(text: str) -> set[str]:
     for run in _CJK_RUN.findall(normal):
         tokens.add(run)
         tokens.update(run)
-        tokens.update(run[i:i + 2] for i in range(len(run) - 1))
+        tokens.update(run[i : i + 2] for i in range(len(run) - 1))
     return tokens
 
 

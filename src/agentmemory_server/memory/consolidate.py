@@ -15,20 +15,21 @@ from collections import Counter
 from typing import Any
 
 from agentmemory_server.kernel import registry
-from agentmemory_server.memory import memories
-from agentmemory_server.retrieval import search
 from agentmemory_server.kernel.access import agent_filter, stamp_agent
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, integer, params, string, tool
-from agentmemory_server.retrieval.search import STOPWORDS
-from agentmemory_server.kernel.util import truncate
 from agentmemory_server.kernel.scopes import CONSOLIDATION as STATE
+from agentmemory_server.kernel.util import truncate
+from agentmemory_server.memory import memories
+from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval.search import STOPWORDS
 
 SCAN = 1000
 MIN_GROUP = 3
 _WORD = re.compile(r"[a-z][a-z0-9_\-]{3,}")
-_GENERIC = frozenset("bash edit read write file files command output input tool none true false null "
-                     "error errors passed failed test tests json python".split())
+_GENERIC = frozenset(
+    ["bash", "edit", "read", "write", "file", "files", "command", "output", "input", "tool", "none", "true", "false", "null", "error", "errors", "passed", "failed", "test", "tests", "json", "python"]
+)
 
 
 def observation_keys(obs: dict[str, Any]) -> set[str]:
@@ -48,8 +49,11 @@ def find_groups(observations: list[dict], max_groups: int) -> list[tuple[str, li
             members.setdefault(key, []).append(obs)
     common = max(MIN_GROUP, len(observations) // 2)
     rank = {"file": 0, "concept": 1, "term": 2}
-    candidates = [k for k, group in members.items() if len(group) >= MIN_GROUP
-                  and (not k.startswith("term:") or len(group) <= common)]
+    candidates = [
+        k
+        for k, group in members.items()
+        if len(group) >= MIN_GROUP and (not k.startswith("term:") or len(group) <= common)
+    ]
     candidates.sort(key=lambda k: (-len(members[k]), rank[k.split(":", 1)[0]], k))
     chosen, covered = [], set()
     for key in candidates:
@@ -67,24 +71,37 @@ def draft_memory(key: str, group: list[dict]) -> dict[str, Any]:
     kind, value = key.split(":", 1)
     label = f"work on {value}" if kind == "file" else f"'{value}'"
     types = Counter(o.get("type") or "other" for o in group)
-    memory_type = ("bug" if types["error"] * 2 >= len(group) else
-                   "workflow" if types["command_run"] * 2 >= len(group) else "pattern")
+    memory_type = (
+        "bug"
+        if types["error"] * 2 >= len(group)
+        else "workflow"
+        if types["command_run"] * 2 >= len(group)
+        else "pattern"
+    )
     sessions = list(dict.fromkeys(o.get("sessionId") for o in group))
     stamps = sorted(o.get("timestamp") or "" for o in group)
     top = sorted(group, key=lambda o: (-int(o.get("importance") or 0), o.get("timestamp") or ""))[:5]
     files = list(dict.fromkeys(f for o in group for f in o.get("files") or []))[:10]
     mix = ", ".join(f"{n} {t}" for t, n in types.most_common(3))
-    content = (f"Recurring {label}: {len(group)} observations across {len(sessions)} session(s) "
-               f"from {stamps[0][:10]} to {stamps[-1][:10]} ({mix}). Highlights: "
-               + "; ".join(truncate(o.get("title", ""), 80) for o in top) + "."
-               + (f" Files: {', '.join(files[:5])}." if files else ""))
-    return {"title": truncate(f"Recurring {label}", 80), "content": content, "type": memory_type,
-            "concepts": [value] if kind != "file" else [], "files": files,
-            "sourceObservationIds": sorted(o["id"] for o in group)}
+    content = (
+        f"Recurring {label}: {len(group)} observations across {len(sessions)} session(s) "
+        f"from {stamps[0][:10]} to {stamps[-1][:10]} ({mix}). Highlights: "
+        + "; ".join(truncate(o.get("title", ""), 80) for o in top)
+        + "."
+        + (f" Files: {', '.join(files[:5])}." if files else "")
+    )
+    return {
+        "title": truncate(f"Recurring {label}", 80),
+        "content": content,
+        "type": memory_type,
+        "concepts": [value] if kind != "file" else [],
+        "files": files,
+        "sourceObservationIds": sorted(o["id"] for o in group),
+    }
 
 
 def _observations(ctx: Ctx, store, project: str | None, agent: str | None) -> dict[str | None, list[dict]]:
-    hits = store.docs_recent(limit=SCAN, filters={"kinds": ["observation"], "project": project, "agent_id": agent})
+    hits = store.index.recent(limit=SCAN, filters={"kinds": ["observation"], "project": project, "agent_id": agent})
     by_project: dict[str | None, list[dict]] = {}
     for _hit, obs in search.hydrate(store, hits):
         if int(obs.get("importance") or 0) >= 5 and obs.get("title"):
@@ -104,40 +121,65 @@ def _save(ctx: Ctx, project: str | None, key: str, draft: dict[str, Any]) -> tup
     agent = stamp_agent(ctx, None)
     state_key = "\x1f".join([agent or "", project or "", key])
     sources = draft["sourceObservationIds"]
-    previous = ctx.rt.db.reader().get(STATE, state_key)
+    previous = ctx.rt.db.reader().records.get(STATE, state_key)
     if previous and previous.get("sources") == sources:
         return None
     memory_id = _remember(ctx, project, {k: v for k, v in draft.items() if k != "facts"})
-    fact_ids = [_remember(ctx, project, {"content": fact, "type": "fact", "concepts": draft.get("concepts"),
-                                         "sourceObservationIds": sources})
-                for fact in draft.get("facts") or []]
+    fact_ids = [
+        _remember(
+            ctx,
+            project,
+            {"content": fact, "type": "fact", "concepts": draft.get("concepts"), "sourceObservationIds": sources},
+        )
+        for fact in draft.get("facts") or []
+    ]
     with ctx.rt.db.transaction("consolidate", agent_id=agent) as tx:
-        state = {"key": key, "project": project, "memoryId": memory_id, "sources": sources,
-                 "updatedAt": ctx.rt.clock.iso()}
+        state = {
+            "key": key,
+            "project": project,
+            "memoryId": memory_id,
+            "sources": sources,
+            "updatedAt": ctx.rt.clock.iso(),
+        }
         if fact_ids:
             state["factIds"] = fact_ids
         if agent:
             state["agentId"] = agent
-        tx.set(STATE, state_key, state, now=state["updatedAt"])
+        tx.records.set(STATE, state_key, state, now=state["updatedAt"])
     return memory_id, fact_ids
 
 
-@tool("memory_consolidate", params(
-    project=PROJECT, minObservations=integer("Do nothing below this many important observations",
-                                             minimum=1, maximum=10_000, default=5),
-    maxGroups=integer("Most memories to write per project", minimum=1, maximum=50, default=10),
-    dryRun=boolean("Show the groups without saving", default=False),
-    tier=string("Accepted for upstream compatibility; every tier runs the same grouping", max_length=40),
-    agentId=AGENT_ID,
-), http=[("POST", "/consolidate")], core=True)
+@tool(
+    "memory_consolidate",
+    params(
+        project=PROJECT,
+        minObservations=integer(
+            "Do nothing below this many important observations", minimum=1, maximum=10_000, default=5
+        ),
+        maxGroups=integer("Most memories to write per project", minimum=1, maximum=50, default=10),
+        dryRun=boolean("Show the groups without saving", default=False),
+        tier=string("Accepted for upstream compatibility; every tier runs the same grouping", max_length=40),
+        agentId=AGENT_ID,
+    ),
+    http=[("POST", "/consolidate")],
+    core=True,
+)
 def memory_consolidate(ctx: Ctx, args: dict) -> dict:
     """Group recurring observations (shared files, concepts, distinctive words) into long-term
     memories, per project; re-running without new observations writes nothing."""
     agent = agent_filter(ctx, args.get("agentId"))
     by_project = _observations(ctx, ctx.rt.db.reader(), args.get("project"), agent)
     scanned = sum(len(v) for v in by_project.values())
-    result: dict[str, Any] = {"success": True, "dryRun": args["dryRun"], "observationsScanned": scanned,
-                              "groups": [], "memories": [], "facts": [], "unchanged": 0, "method": SYNTHETIC}
+    result: dict[str, Any] = {
+        "success": True,
+        "dryRun": args["dryRun"],
+        "observationsScanned": scanned,
+        "groups": [],
+        "memories": [],
+        "facts": [],
+        "unchanged": 0,
+        "method": SYNTHETIC,
+    }
     if scanned < args["minObservations"]:
         result["reason"] = f"{scanned} important observation(s); need at least {args['minObservations']}"
         return result
@@ -148,8 +190,14 @@ def memory_consolidate(ctx: Ctx, args: dict) -> dict:
             drafts, method = [draft_memory(key, group) for key, group in groups], None
         result["method"] = method or result["method"]
         for (key, group), draft in zip(groups, drafts, strict=True):
-            result["groups"].append({"key": key, "project": project, "observations": len(group),
-                                     "sessions": len({o.get("sessionId") for o in group})})
+            result["groups"].append(
+                {
+                    "key": key,
+                    "project": project,
+                    "observations": len(group),
+                    "sessions": len({o.get("sessionId") for o in group}),
+                }
+            )
             if args["dryRun"]:
                 continue
             saved = _save(ctx, project, key, draft)

@@ -15,16 +15,25 @@ import hashlib
 import re
 from typing import Any
 
-from agentmemory_server.memory import lessons
-from agentmemory_server.memory import summaries
-from agentmemory_server.memory.actions import FINISHED
-from agentmemory_server.kernel.scopes import ACTIONS
 from agentmemory_server.errors import InvalidInput, NotFound
 from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
-from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, Reply, array, integer, params, string, tool
+from agentmemory_server.kernel.registry import (
+    AGENT_ID,
+    PROJECT,
+    SESSION_ID,
+    Ctx,
+    Reply,
+    array,
+    integer,
+    params,
+    string,
+    tool,
+)
+from agentmemory_server.kernel.scopes import ACTIONS, CRYSTALS
 from agentmemory_server.kernel.util import new_id, truncate
-from agentmemory_server.kernel.scopes import CRYSTALS
+from agentmemory_server.memory import lessons, summaries
+from agentmemory_server.memory.actions import FINISHED
 
 LESSON_CONFIDENCE = 0.6
 _MARKED = re.compile(r"(?im)^\W*(?:lesson|lessons learned|learned|til|note to self)\s*[:\-]\s*(.{6,300})$")
@@ -58,46 +67,64 @@ def session_digest(session: dict[str, Any], observations: list[dict]) -> dict[st
     if summary["filesModified"]:
         outcomes.append(f"Changed {len(summary['filesModified'])} file(s): {', '.join(summary['filesModified'][:8])}")
     for failure, _success, between in fixed:
-        outcomes.append(f"`{summaries.step_label(failure)}` passes again"
-                        + (f" after changes to {', '.join(between[:5])}" if between else ""))
+        outcomes.append(
+            f"`{summaries.step_label(failure)}` passes again"
+            + (f" after changes to {', '.join(between[:5])}" if between else "")
+        )
     outcomes += [f"Decided: {d}" for d in summary["keyDecisions"][:5]]
     outcomes += [f"Completed: {o['title']}" for o in observations if o.get("hookType") == "task_completed"][:5]
-    still_failing = {summaries.step_label(o): o for o in observations
-                     if summaries.is_failure(o) and o["id"] not in fixed_ids}
+    still_failing = {
+        summaries.step_label(o): o for o in observations if summaries.is_failure(o) and o["id"] not in fixed_ids
+    }
     outcomes += [f"Still failing: {label}" for label in list(still_failing)[:5]]
     learned = []
     for failure, _success, between in fixed:
         error = truncate(" ".join(summaries.outcome_text(failure).split()), 160)
-        learned.append(f"`{summaries.step_label(failure)}` failed ({error}); "
-                       + (f"it passed after changing {', '.join(between[:5])}" if between else "it passed on retry"))
-    learned += marked_lessons([o.get("narrative") or "" for o in observations]
-                              + [o.get("title") or "" for o in observations])
-    return {"narrative": summary["narrative"], "keyOutcomes": outcomes[:20],
-            "filesAffected": summary["filesModified"] or summaries.files_touched(observations)[:30],
-            "lessons": learned[:10]}
+        learned.append(
+            f"`{summaries.step_label(failure)}` failed ({error}); "
+            + (f"it passed after changing {', '.join(between[:5])}" if between else "it passed on retry")
+        )
+    learned += marked_lessons(
+        [o.get("narrative") or "" for o in observations] + [o.get("title") or "" for o in observations]
+    )
+    return {
+        "narrative": summary["narrative"],
+        "keyOutcomes": outcomes[:20],
+        "filesAffected": summary["filesModified"] or summaries.files_touched(observations)[:30],
+        "lessons": learned[:10],
+    }
 
 
 def actions_digest(items: list[dict]) -> dict[str, Any]:
     items = sorted(items, key=lambda a: a.get("createdAt") or "")  # stable: ties keep the caller's order
-    narrative = f"{len(items)} action(s) finished: " + "; ".join(
-        f"{a.get('title')} ({a.get('status')})" for a in items)
-    outcomes = [f"{a.get('title')}: {truncate(a['result'], 200)}" if a.get("result")
-                else f"{a.get('title')} ({a.get('status')})" for a in items]
+    narrative = f"{len(items)} action(s) finished: " + "; ".join(f"{a.get('title')} ({a.get('status')})" for a in items)
+    outcomes = [
+        f"{a.get('title')}: {truncate(a['result'], 200)}"
+        if a.get("result")
+        else f"{a.get('title')} ({a.get('status')})"
+        for a in items
+    ]
     files = [f for a in items for f in ((a.get("metadata") or {}).get("files") or []) if isinstance(f, str)]
     texts = [a.get("result") or "" for a in items] + [a.get("description") or "" for a in items]
-    return {"narrative": truncate(narrative, 2000), "keyOutcomes": outcomes[:20],
-            "filesAffected": list(dict.fromkeys(files))[:30], "lessons": marked_lessons(texts)[:10]}
+    return {
+        "narrative": truncate(narrative, 2000),
+        "keyOutcomes": outcomes[:20],
+        "filesAffected": list(dict.fromkeys(files))[:30],
+        "lessons": marked_lessons(texts)[:10],
+    }
 
 
 def _finished_actions(ctx: Ctx, store, action_ids: list[str]) -> list[dict[str, Any]]:
     found = []
     for aid in dict.fromkeys(action_ids):
-        action = store.get(ACTIONS, aid)
+        action = store.records.get(ACTIONS, aid)
         if not visible_to(ctx, action):
             raise NotFound(f"action {aid!r} not found", code="action_not_found", details={"field": "actionIds"})
         if action.get("status") not in FINISHED:
-            raise InvalidInput(f"action {aid!r} is {action.get('status')}; only done or cancelled actions "
-                               "can be crystallized", field="actionIds")
+            raise InvalidInput(
+                f"action {aid!r} is {action.get('status')}; only done or cancelled actions can be crystallized",
+                field="actionIds",
+            )
         found.append(action)
     return found
 
@@ -118,15 +145,27 @@ def _draft(ctx: Ctx, store, args: dict, agent: str | None) -> dict[str, Any]:
         observations = summaries.session_observations(ctx, store, sid)
         if not observations:
             raise InvalidInput(f"session {sid!r} has no observations to crystallize", field="sessionId")
-        digest, method = _digest(ctx, {"session": session, "observations": observations},
-                                 session_digest(session, observations))
+        digest, method = _digest(
+            ctx, {"session": session, "observations": observations}, session_digest(session, observations)
+        )
         crystal_id = "crys_" + hashlib.sha256(f"session\x00{agent or ''}\x00{sid}".encode()).hexdigest()[:16]
-        return {"id": crystal_id, **digest, "sourceActionIds": [], "method": method, "sessionId": sid,
-                "project": args.get("project") or session.get("project")}
+        return {
+            "id": crystal_id,
+            **digest,
+            "sourceActionIds": [],
+            "method": method,
+            "sessionId": sid,
+            "project": args.get("project") or session.get("project"),
+        }
     items = _finished_actions(ctx, store, args["actionIds"])
     digest, method = _digest(ctx, {"actions": items}, actions_digest(items))
-    return {"id": new_id("crys"), **digest, "sourceActionIds": [a["id"] for a in items], "method": method,
-            "project": args.get("project")}
+    return {
+        "id": new_id("crys"),
+        **digest,
+        "sourceActionIds": [a["id"] for a in items],
+        "method": method,
+        "project": args.get("project"),
+    }
 
 
 def crystallize(ctx: Ctx, args: dict) -> dict[str, Any]:
@@ -135,36 +174,46 @@ def crystallize(ctx: Ctx, args: dict) -> dict[str, Any]:
     agent = stamp_agent(ctx, None)
     crystal = {k: v for k, v in _draft(ctx, store, args, agent).items() if v is not None}
     crystal_id, project, sources = crystal["id"], crystal.get("project"), crystal["sourceActionIds"]
-    previous = store.get(CRYSTALS, crystal_id) or {}
+    previous = store.records.get(CRYSTALS, crystal_id) or {}
     now = rt.clock.iso()
     crystal.update(createdAt=previous.get("createdAt") or now, updatedAt=now)
     if agent:
         crystal["agentId"] = agent
     saved = []
     with rt.db.transaction("crystallize", agent_id=agent) as tx:
-        tx.set(CRYSTALS, crystal_id, crystal, now=now)
+        tx.records.set(CRYSTALS, crystal_id, crystal, now=now)
         for aid in sources:
-            action = tx.get(ACTIONS, aid)
+            action = tx.records.get(ACTIONS, aid)
             action.update(crystallizedInto=crystal_id, updatedAt=now)
-            tx.set(ACTIONS, aid, action, now=now)
+            tx.records.set(ACTIONS, aid, action, now=now)
             tx.after_commit(lambda a=action: rt.publish("action", a))
         for text in crystal["lessons"]:
             if text in (previous.get("lessons") or []):
                 continue  # already learned from this crystal; saving again would inflate confidence
-            _action, lesson = lessons.save_lesson(ctx, content=text, context_text=truncate(crystal["narrative"], 300),
-                                                  confidence=LESSON_CONFIDENCE, project=project, source="crystal",
-                                                  source_ids=[crystal_id])
+            _action, lesson = lessons.save_lesson(
+                ctx,
+                content=text,
+                context_text=truncate(crystal["narrative"], 300),
+                confidence=LESSON_CONFIDENCE,
+                project=project,
+                source="crystal",
+                source_ids=[crystal_id],
+            )
             saved.append(lesson["id"])
         tx.audit_message = f"crystallize {crystal_id} ({len(saved)} new lesson(s))"
     rt.publish("crystal", crystal)
     return {"success": True, "crystal": crystal, "lessonsSaved": saved, "method": crystal["method"]}
 
 
-@tool("memory_crystallize", params(
-    sessionId=SESSION_ID | {"description": "Digest this session's observations"},
-    actionIds=array(string(max_length=128), "Or: digest these done/cancelled actions", min_items=1, max_items=200),
-    project=PROJECT,
-), http=[("POST", "/crystals/create", 201)])
+@tool(
+    "memory_crystallize",
+    params(
+        sessionId=SESSION_ID | {"description": "Digest this session's observations"},
+        actionIds=array(string(max_length=128), "Or: digest these done/cancelled actions", min_items=1, max_items=200),
+        project=PROJECT,
+    ),
+    http=[("POST", "/crystals/create", 201)],
+)
 def memory_crystallize(ctx: Ctx, args: dict) -> Reply:
     """Crystallize a session (sessionId) or finished actions (actionIds) into a digest: narrative,
     key outcomes, files affected and lessons (saved as lessons too)."""
@@ -173,15 +222,25 @@ def memory_crystallize(ctx: Ctx, args: dict) -> Reply:
     return Reply(crystallize(ctx, args), 201)
 
 
-@tool("crystals_list", params(
-    project=PROJECT, sessionId=SESSION_ID, limit=integer("Maximum crystals", minimum=1, maximum=500, default=20),
-    agentId=AGENT_ID,
-), http=[("GET", "/crystals")], mcp=False)
+@tool(
+    "crystals_list",
+    params(
+        project=PROJECT,
+        sessionId=SESSION_ID,
+        limit=integer("Maximum crystals", minimum=1, maximum=500, default=20),
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/crystals")],
+    mcp=False,
+)
 def crystals_list(ctx: Ctx, args: dict) -> dict:
     """Crystals, newest first (filters: project, sessionId)."""
     agent = agent_filter(ctx, args.get("agentId"))
-    found = [c for _k, c in ctx.rt.db.reader().list(CRYSTALS)
-             if (agent is None or c.get("agentId") == agent)
-             and all(args.get(k) is None or c.get(k) == args[k] for k in ("project", "sessionId"))]
+    found = [
+        c
+        for _k, c in ctx.rt.db.reader().records.list(CRYSTALS)
+        if (agent is None or c.get("agentId") == agent)
+        and all(args.get(k) is None or c.get(k) == args[k] for k in ("project", "sessionId"))
+    ]
     found.sort(key=lambda c: (c.get("updatedAt") or c.get("createdAt") or "", c["id"]), reverse=True)
-    return {"success": True, "crystals": found[:args["limit"]], "total": len(found)}
+    return {"success": True, "crystals": found[: args["limit"]], "total": len(found)}

@@ -12,16 +12,26 @@ from __future__ import annotations
 from typing import Any
 from xml.sax.saxutils import escape
 
-from agentmemory_server.retrieval import context
-from agentmemory_server.retrieval import lesson_ranking, search
 from agentmemory_server.errors import InvalidInput, NotFound
 from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
-from agentmemory_server.kernel.privacy import strip_private_data, strip_text
-from agentmemory_server.kernel.registry import (AGENT_ID, PROJECT, Ctx, Reply, array, boolean, integer, number, params,
-                      string, tool)
 from agentmemory_server.kernel.hooks import Block, BlockRequest
-from agentmemory_server.kernel.util import fingerprint_id, parse_time, truncate
+from agentmemory_server.kernel.privacy import strip_private_data, strip_text
+from agentmemory_server.kernel.registry import (
+    AGENT_ID,
+    PROJECT,
+    Ctx,
+    Reply,
+    array,
+    boolean,
+    integer,
+    number,
+    params,
+    string,
+    tool,
+)
 from agentmemory_server.kernel.scopes import LESSONS
+from agentmemory_server.kernel.util import fingerprint_id, parse_time, truncate
+from agentmemory_server.retrieval import lesson_ranking, search
 
 DEFAULT_CONFIDENCE = 0.5
 DECAY_RATE = 0.05
@@ -52,7 +62,7 @@ def reinforce(lesson: dict[str, Any], now: str) -> None:
 
 def decay(lesson: dict[str, Any], now_ts: float, now: str) -> bool:
     """Apply decay for every full week since the last decay/reinforcement; True if changed."""
-    baseline = (lesson.get("lastDecayedAt") or lesson.get("lastReinforcedAt") or lesson.get("createdAt"))
+    baseline = lesson.get("lastDecayedAt") or lesson.get("lastReinforcedAt") or lesson.get("createdAt")
     start = parse_time(baseline or "")
     if start is None:
         return False
@@ -67,9 +77,17 @@ def decay(lesson: dict[str, Any], now_ts: float, now: str) -> bool:
     return True
 
 
-def save_lesson(ctx: Ctx, *, content: str, context_text: str = "", confidence: float | None = None,
-                project: str | None = None, tags: list[str] | None = None, source: str = "manual",
-                source_ids: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+def save_lesson(
+    ctx: Ctx,
+    *,
+    content: str,
+    context_text: str = "",
+    confidence: float | None = None,
+    project: str | None = None,
+    tags: list[str] | None = None,
+    source: str = "manual",
+    source_ids: list[str] | None = None,
+) -> tuple[str, dict[str, Any]]:
     """Create a lesson, or strengthen the existing one with the same content.
 
     :return: ("created" | "strengthened", lesson).
@@ -84,7 +102,7 @@ def save_lesson(ctx: Ctx, *, content: str, context_text: str = "", confidence: f
     context_text = strip_text(context_text or "").strip()
     tags = [t for t in strip_private_data(tags or []) if isinstance(t, str) and t.strip()]
     with rt.db.transaction("lesson_save", agent_id=agent) as tx:
-        lesson = tx.get(LESSONS, lid)
+        lesson = tx.records.get(LESSONS, lid)
         if lesson is not None and not lesson.get("deleted"):
             action = "strengthened"
             reinforce(lesson, now)
@@ -94,14 +112,23 @@ def save_lesson(ctx: Ctx, *, content: str, context_text: str = "", confidence: f
             lesson["sourceIds"] = list(dict.fromkeys((lesson.get("sourceIds") or []) + (source_ids or [])))
         else:
             action = "created"
-            lesson = {"id": lid, "content": content, "context": context_text,
-                      "confidence": DEFAULT_CONFIDENCE if confidence is None else confidence,
-                      "reinforcements": 0, "source": source, "sourceIds": list(source_ids or []),
-                      "tags": tags, "createdAt": now, "updatedAt": now, "decayRate": DECAY_RATE}
+            lesson = {
+                "id": lid,
+                "content": content,
+                "context": context_text,
+                "confidence": DEFAULT_CONFIDENCE if confidence is None else confidence,
+                "reinforcements": 0,
+                "source": source,
+                "sourceIds": list(source_ids or []),
+                "tags": tags,
+                "createdAt": now,
+                "updatedAt": now,
+                "decayRate": DECAY_RATE,
+            }
             for key, value in (("project", (project or "").strip() or None), ("agentId", agent)):
                 if value:
                     lesson[key] = value
-        tx.set(LESSONS, lid, lesson, now=now)
+        tx.records.set(LESSONS, lid, lesson, now=now)
         search.index_record(tx, "lesson", lesson)
         tx.audit_message = f"lesson {action}: {lid}"
         tx.after_commit(lambda: rt.publish("lesson", lesson))
@@ -109,7 +136,7 @@ def save_lesson(ctx: Ctx, *, content: str, context_text: str = "", confidence: f
 
 
 def _live_lesson(ctx: Ctx, tx, lesson_id_: str) -> dict[str, Any]:
-    lesson = tx.get(LESSONS, lesson_id_)
+    lesson = tx.records.get(LESSONS, lesson_id_)
     if lesson is None or lesson.get("deleted") or not visible_to(ctx, lesson):
         raise NotFound(f"lesson {lesson_id_!r} not found", code="lesson_not_found")
     return lesson
@@ -117,7 +144,7 @@ def _live_lesson(ctx: Ctx, tx, lesson_id_: str) -> dict[str, Any]:
 
 def visible_lessons(ctx: Ctx, store, requested_agent: str | None = None) -> list[dict[str, Any]]:
     agent = agent_filter(ctx, requested_agent)
-    return [v for _k, v in store.list(LESSONS) if agent is None or v.get("agentId") == agent]
+    return [v for _k, v in store.records.list(LESSONS) if agent is None or v.get("agentId") == agent]
 
 
 def sweep_decay(ctx: Ctx, *, dry_run: bool = False) -> dict[str, Any]:
@@ -131,14 +158,18 @@ def sweep_decay(ctx: Ctx, *, dry_run: bool = False) -> dict[str, Any]:
                 continue
             changed.append(lesson)
             if not dry_run:
-                tx.set(LESSONS, lesson["id"], lesson, now=now)
+                tx.records.set(LESSONS, lesson["id"], lesson, now=now)
                 search.index_record(tx, "lesson", lesson)
                 tx.after_commit(lambda x=lesson: rt.publish("lesson", x))
         tx.audit_details = {"decayed": [x["id"] for x in changed][:100]}
     deleted = [x["id"] for x in changed if x.get("deleted")]
-    return {"success": True, "dryRun": dry_run, "decayed": len(changed), "softDeleted": len(deleted),
-            "lessons": [{"id": x["id"], "confidence": x["confidence"], "deleted": bool(x.get("deleted"))}
-                        for x in changed]}
+    return {
+        "success": True,
+        "dryRun": dry_run,
+        "decayed": len(changed),
+        "softDeleted": len(deleted),
+        "lessons": [{"id": x["id"], "confidence": x["confidence"], "deleted": bool(x.get("deleted"))} for x in changed],
+    }
 
 
 # -- tools ---------------------------------------------------------------------------------------------
@@ -147,42 +178,69 @@ _TAGS = array(string(max_length=200), "Tags (array or comma-separated)", max_ite
 _CONFIDENCE = number("Starting confidence 0-1 (default 0.5)", minimum=0, maximum=1)
 
 
-@tool("memory_lesson_save", params(
-    ["content"], content=string("The lesson, one rule in plain words", max_length=10_000),
-    context=string("When or why it applies", min_length=0, max_length=10_000),
-    confidence=_CONFIDENCE, project=PROJECT, tags=_TAGS,
-    source=string("Where it came from", enum=SOURCES, default="manual"),
-    sourceIds=array(string(max_length=256), "Records it was learned from", max_items=200),
-), http=[("POST", "/lessons", 201)], core=True)
+@tool(
+    "memory_lesson_save",
+    params(
+        ["content"],
+        content=string("The lesson, one rule in plain words", max_length=10_000),
+        context=string("When or why it applies", min_length=0, max_length=10_000),
+        confidence=_CONFIDENCE,
+        project=PROJECT,
+        tags=_TAGS,
+        source=string("Where it came from", enum=SOURCES, default="manual"),
+        sourceIds=array(string(max_length=256), "Records it was learned from", max_items=200),
+    ),
+    http=[("POST", "/lessons", 201)],
+    core=True,
+)
 def memory_lesson_save(ctx: Ctx, args: dict) -> Reply:
     """Save a lesson; saving the same lesson again strengthens it (201 created, 200 strengthened)."""
-    action, lesson = save_lesson(ctx, content=args["content"], context_text=args.get("context", ""),
-                                 confidence=args.get("confidence"), project=args.get("project"),
-                                 tags=args.get("tags"), source=args["source"],
-                                 source_ids=args.get("sourceIds"))
+    action, lesson = save_lesson(
+        ctx,
+        content=args["content"],
+        context_text=args.get("context", ""),
+        confidence=args.get("confidence"),
+        project=args.get("project"),
+        tags=args.get("tags"),
+        source=args["source"],
+        source_ids=args.get("sourceIds"),
+    )
     return Reply({"success": True, "action": action, "lesson": lesson}, 201 if action == "created" else 200)
 
 
-@tool("memory_lessons", params(
-    project=PROJECT, source=string("Only this source", enum=SOURCES),
-    minConfidence=number("Lowest confidence", minimum=0, maximum=1, default=0),
-    includeDeleted=boolean("Include soft-deleted lessons", default=False),
-    limit=integer("Maximum lessons", minimum=1, maximum=1000, default=50), agentId=AGENT_ID,
-), http=[("GET", "/lessons")])
+@tool(
+    "memory_lessons",
+    params(
+        project=PROJECT,
+        source=string("Only this source", enum=SOURCES),
+        minConfidence=number("Lowest confidence", minimum=0, maximum=1, default=0),
+        includeDeleted=boolean("Include soft-deleted lessons", default=False),
+        limit=integer("Maximum lessons", minimum=1, maximum=1000, default=50),
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/lessons")],
+)
 def memory_lessons(ctx: Ctx, args: dict) -> dict:
     """List lessons, most confident first (filters: project, source, minConfidence)."""
-    lessons = [x for x in visible_lessons(ctx, ctx.rt.db.reader(), args.get("agentId"))
-               if (args["includeDeleted"] or not x.get("deleted"))
-               and float(x.get("confidence", 0)) >= args["minConfidence"]
-               and (args.get("project") is None or x.get("project") == args["project"])
-               and (args.get("source") is None or x.get("source") == args["source"])]
+    lessons = [
+        x
+        for x in visible_lessons(ctx, ctx.rt.db.reader(), args.get("agentId"))
+        if (args["includeDeleted"] or not x.get("deleted"))
+        and float(x.get("confidence", 0)) >= args["minConfidence"]
+        and (args.get("project") is None or x.get("project") == args["project"])
+        and (args.get("source") is None or x.get("source") == args["source"])
+    ]
     lessons.sort(key=lambda x: (-float(x.get("confidence", 0)), x["id"]))
-    return {"success": True, "lessons": lessons[:args["limit"]], "total": len(lessons)}
+    return {"success": True, "lessons": lessons[: args["limit"]], "total": len(lessons)}
 
 
-_RECALL = dict(query=string("What the lessons should be about", max_length=4000),
-               project=PROJECT, minConfidence=number("Lowest confidence", minimum=0, maximum=1, default=0.1),
-               limit=integer("Maximum lessons", minimum=1, maximum=100, default=10), agentId=AGENT_ID)
+_RECALL = dict(
+    query=string("What the lessons should be about", max_length=4000),
+    project=PROJECT,
+    minConfidence=number("Lowest confidence", minimum=0, maximum=1, default=0.1),
+    limit=integer("Maximum lessons", minimum=1, maximum=100, default=10),
+    agentId=AGENT_ID,
+)
 
 
 @tool("memory_lesson_recall", params(["query"], **_RECALL), http=[("POST", "/lessons/recall")])
@@ -191,9 +249,16 @@ def memory_lesson_recall(ctx: Ctx, args: dict) -> dict:
     return {"success": True, "lessons": lesson_ranking.rank_lessons(ctx, args)}
 
 
-@tool("memory_lesson_search", params(
-    ["query"], **_RECALL, source=string("Only this source", enum=SOURCES), tags=_TAGS,
-), http=[("POST", "/lessons/search")])
+@tool(
+    "memory_lesson_search",
+    params(
+        ["query"],
+        **_RECALL,
+        source=string("Only this source", enum=SOURCES),
+        tags=_TAGS,
+    ),
+    http=[("POST", "/lessons/search")],
+)
 def memory_lesson_search(ctx: Ctx, args: dict) -> dict:
     """Search lessons by text, optionally only one source or tags; ranked like memory_lesson_recall."""
     return {"success": True, "lessons": lesson_ranking.rank_lessons(ctx, args)}
@@ -209,7 +274,7 @@ def lesson_strengthen(ctx: Ctx, args: dict) -> dict:
     with rt.db.transaction("lesson_strengthen", agent_id=rt.settings.agent_id) as tx:
         lesson = _live_lesson(ctx, tx, args["lessonId"])
         reinforce(lesson, now)
-        tx.set(LESSONS, lesson["id"], lesson, now=now)
+        tx.records.set(LESSONS, lesson["id"], lesson, now=now)
         search.index_record(tx, "lesson", lesson)
     rt.publish("lesson", lesson)
     return {"success": True, "lesson": lesson}
@@ -222,14 +287,18 @@ def lesson_delete(ctx: Ctx, args: dict) -> dict:
     with rt.db.transaction("lesson_delete", agent_id=rt.settings.agent_id) as tx:
         lesson = _live_lesson(ctx, tx, args["lessonId"])
         lesson.update(deleted=True, updatedAt=now)
-        tx.set(LESSONS, lesson["id"], lesson, now=now)
+        tx.records.set(LESSONS, lesson["id"], lesson, now=now)
         search.index_record(tx, "lesson", lesson)
     rt.publish("lesson", lesson)
     return {"success": True, "lesson": lesson}
 
 
-@tool("lesson_decay", params(dryRun=boolean("Report without changing anything", default=False)),
-      http=[("POST", "/lessons/decay")], mcp=False)
+@tool(
+    "lesson_decay",
+    params(dryRun=boolean("Report without changing anything", default=False)),
+    http=[("POST", "/lessons/decay")],
+    mcp=False,
+)
 def lesson_decay(ctx: Ctx, args: dict) -> dict:
     """Run the lesson decay sweep now (it also runs daily)."""
     return sweep_decay(ctx, dry_run=args["dryRun"])
@@ -240,9 +309,13 @@ def lesson_decay(ctx: Ctx, args: dict) -> dict:
 
 def lessons_block(req: BlockRequest) -> list[Block]:
     """Top lessons for the project: global ones and the project's own (ranked x1.5)."""
-    lessons = [x for _k, x in req.ctx.rt.db.reader().list(LESSONS)
-               if not x.get("deleted") and x.get("project") in (None, req.project)
-               and (req.agent_id is None or x.get("agentId") == req.agent_id)]
+    lessons = [
+        x
+        for _k, x in req.ctx.rt.db.reader().records.list(LESSONS)
+        if not x.get("deleted")
+        and x.get("project") in (None, req.project)
+        and (req.agent_id is None or x.get("agentId") == req.agent_id)
+    ]
     if not lessons:
         return []
 
@@ -272,16 +345,25 @@ class LessonService:
         return sweep_decay(Ctx(self.rt, source="job"))
 
     def _out_of_range(self) -> list[dict[str, Any]]:
-        return [v for _k, v in self.rt.db.reader().list(LESSONS)
-                if not 0.0 <= float(v.get("confidence", 0) or 0) <= 1.0]
+        return [
+            v for _k, v in self.rt.db.reader().records.list(LESSONS) if not 0.0 <= float(v.get("confidence", 0) or 0) <= 1.0
+        ]
 
     def diagnose(self) -> list[dict[str, Any]]:
         bad = self._out_of_range()
         ok = not bad
-        return [{"name": "lesson_confidence", "category": "lessons", "status": "pass" if ok else "fail",
-                 "message": "every lesson confidence is within 0-1" if ok else
-                 f"{len(bad)} lesson(s) have a confidence outside 0-1: {', '.join(b['id'] for b in bad[:5])}",
-                 "fix": "" if ok else "heal clamps the confidences into 0-1", "fixable": not ok}]
+        return [
+            {
+                "name": "lesson_confidence",
+                "category": "lessons",
+                "status": "pass" if ok else "fail",
+                "message": "every lesson confidence is within 0-1"
+                if ok
+                else f"{len(bad)} lesson(s) have a confidence outside 0-1: {', '.join(b['id'] for b in bad[:5])}",
+                "fix": "" if ok else "heal clamps the confidences into 0-1",
+                "fixable": not ok,
+            }
+        ]
 
     def heal(self, dry_run: bool) -> list[dict[str, Any]]:
         bad = self._out_of_range()
@@ -290,9 +372,18 @@ class LessonService:
             with self.rt.db.transaction("heal_lessons", agent_id=self.rt.settings.agent_id) as tx:
                 for lesson in bad:
                     lesson["confidence"] = min(1.0, max(0.0, float(lesson.get("confidence") or 0)))
-                    tx.set(LESSONS, lesson["id"], lesson, now=now)
+                    tx.records.set(LESSONS, lesson["id"], lesson, now=now)
                     search.index_record(tx, "lesson", lesson)
                     tx.after_commit(lambda x=lesson: self.rt.publish("lesson", x))
-        return [{"name": "lesson_confidence", "category": "lessons", "fixed": 0 if dry_run else len(bad),
-                 "wouldFix": len(bad)}] if bad else []
-
+        return (
+            [
+                {
+                    "name": "lesson_confidence",
+                    "category": "lessons",
+                    "fixed": 0 if dry_run else len(bad),
+                    "wouldFix": len(bad),
+                }
+            ]
+            if bad
+            else []
+        )

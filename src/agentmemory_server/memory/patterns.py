@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from agentmemory_server.retrieval import search
 from agentmemory_server.kernel.access import agent_filter
-from agentmemory_server.memory.profiles import SAMPLE, _error_key, derived_concepts
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, integer, params, tool
 from agentmemory_server.kernel.util import truncate
+from agentmemory_server.memory.profiles import SAMPLE, _error_key, derived_concepts
+from agentmemory_server.retrieval import search
 
 MIN_SESSIONS = 2
 
@@ -32,7 +32,7 @@ def _facets(obs: dict[str, Any]) -> list[tuple[str, str]]:
 
 def detect(store: Any, project: str | None, agent_id: str | None, limit: int) -> list[dict[str, Any]]:
     filters = {"kinds": ["observation"], "project": project, "agent_id": agent_id}
-    docs = store.docs_recent(limit=SAMPLE, filters=filters)
+    docs = store.index.recent(limit=SAMPLE, filters=filters)
     sessions: dict[tuple[str, str], set[str]] = defaultdict(set)
     counts: dict[tuple[str, str], int] = defaultdict(int)
     examples: dict[tuple[str, str], str] = {}
@@ -45,18 +45,29 @@ def detect(store: Any, project: str | None, agent_id: str | None, limit: int) ->
     # Errors and commands say more about a project's habits than a common word does.
     weight = {"error": 3, "command": 2, "file": 2, "concept": 1}
     recurring.sort(key=lambda f: (len(sessions[f]) * weight[f[0]], counts[f]), reverse=True)
-    return [{"kind": kind, "pattern": key, "sessions": len(sessions[(kind, key)]),
-             "occurrences": counts[(kind, key)], "example": examples[(kind, key)]}
-            for kind, key in recurring[:limit]]
+    return [
+        {
+            "kind": kind,
+            "pattern": key,
+            "sessions": len(sessions[(kind, key)]),
+            "occurrences": counts[(kind, key)],
+            "example": examples[(kind, key)],
+        }
+        for kind, key in recurring[:limit]
+    ]
 
 
-@tool("patterns", params(
-    project=PROJECT, agentId=AGENT_ID,
-    limit=integer("Most patterns to return", minimum=1, maximum=100, default=20),
-), http=[("POST", "/patterns")], mcp=False)
+@tool(
+    "patterns",
+    params(
+        project=PROJECT,
+        agentId=AGENT_ID,
+        limit=integer("Most patterns to return", minimum=1, maximum=100, default=20),
+    ),
+    http=[("POST", "/patterns")],
+    mcp=False,
+)
 def patterns(ctx: Ctx, args: dict) -> dict:
     """Recurring errors, files, commands and concepts seen in at least two sessions."""
-    found = detect(ctx.rt.db.reader(), args.get("project"), agent_filter(ctx, args.get("agentId")),
-                   args["limit"])
-    return {"success": True, "project": args.get("project"), "patterns": found,
-            "minSessions": MIN_SESSIONS}
+    found = detect(ctx.rt.db.reader(), args.get("project"), agent_filter(ctx, args.get("agentId")), args["limit"])
+    return {"success": True, "project": args.get("project"), "patterns": found, "minSessions": MIN_SESSIONS}

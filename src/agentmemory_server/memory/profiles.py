@@ -16,12 +16,13 @@ from datetime import timedelta
 from typing import Any
 from xml.sax.saxutils import escape
 
-from agentmemory_server.retrieval import search
-from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, params, tool
-from agentmemory_server.kernel.util import parse_time, truncate
 from agentmemory_server.kernel.scopes import PROFILES
+from agentmemory_server.kernel.util import parse_time, truncate
+from agentmemory_server.retrieval import search
+from agentmemory_server.kernel import listings
 
 PROFILE_TTL = timedelta(hours=1)
 SAMPLE = 2000  # most recent observations a profile looks at: bounded cost on any store
@@ -30,13 +31,9 @@ TOP = 15
 _WORD = re.compile(r"[a-z][a-z0-9_\-]{2,30}")
 _NUMERIC_NOISE = re.compile(r"\d")
 # Words that describe every coding session and so say nothing about a project.
-NOISE = search.STOPWORDS | frozenset("""
-also file files line lines tool tools true false none null error errors output input result
-results value values text code test tests using used use make made need needs new get set run
-runs ran done just like want sure okay yes let see look thing things work works working change
-changes changed add added update updated read write edit bash grep glob task command content
-session prompt user assistant http https www com json path data true string number type
-""".split())
+NOISE = search.STOPWORDS | frozenset(
+    ["also", "file", "files", "line", "lines", "tool", "tools", "true", "false", "none", "null", "error", "errors", "output", "input", "result", "results", "value", "values", "text", "code", "test", "tests", "using", "used", "use", "make", "made", "need", "needs", "new", "get", "set", "run", "runs", "ran", "done", "just", "like", "want", "sure", "okay", "yes", "let", "see", "look", "thing", "things", "work", "works", "working", "change", "changes", "changed", "add", "added", "update", "updated", "read", "write", "edit", "bash", "grep", "glob", "task", "command", "content", "session", "prompt", "user", "assistant", "http", "https", "www", "com", "json", "path", "data", "true", "string", "number", "type"]
+)
 
 
 def derived_concepts(obs: dict[str, Any]) -> list[str]:
@@ -61,8 +58,8 @@ def _error_key(obs: dict[str, Any]) -> str:
 
 def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> dict[str, Any] | None:
     filters = {"kinds": ["observation"], "project": project, "agent_id": agent_id}
-    docs = store.docs_recent(limit=SAMPLE, filters=filters)
-    if not docs and not store.session_ids_with("project", project):
+    docs = store.index.recent(limit=SAMPLE, filters=filters)
+    if not docs and not listings.session_ids_with(store, project=project):
         return None
     observations = [record for _hit, record in search.hydrate(store, docs)]
     concepts: Counter[str] = Counter()
@@ -74,15 +71,17 @@ def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> d
         if obs.get("type") == "error":
             errors[_error_key(obs)] += 1
     return {
-        "project": project, "updatedAt": now,
+        "project": project,
+        "updatedAt": now,
         "topConcepts": [{"concept": c, "frequency": n} for c, n in concepts.most_common(TOP) if n > 1]
         or [{"concept": c, "frequency": n} for c, n in concepts.most_common(TOP)],
         "topFiles": [{"file": f, "frequency": n} for f, n in files.most_common(TOP)],
         "conventions": [],
         "commonErrors": [e for e, _n in errors.most_common(10)],
         "recentActivity": [f"[{o.get('type', 'other')}] {o.get('title', '')}" for o in observations[:10]],
-        "sessionCount": len(store.session_ids_with("project", project)),
-        "totalObservations": len(observations), "sampled": len(observations) >= SAMPLE,
+        "sessionCount": len(listings.session_ids_with(store, project=project)),
+        "totalObservations": len(observations),
+        "sampled": len(observations) >= SAMPLE,
     }
 
 
@@ -90,7 +89,7 @@ def get_profile(ctx: Ctx, project: str, *, refresh: bool, agent_id: str | None =
     """(profile, served from cache). Cached profiles are shared by every agent of the project,
     so an agent-filtered request computes its own and does not cache it."""
     rt = ctx.rt
-    cached = rt.db.reader().get(PROFILES, project) if agent_id is None else None
+    cached = rt.db.reader().records.get(PROFILES, project) if agent_id is None else None
     if cached and not refresh:
         updated = parse_time(cached.get("updatedAt", ""))
         if updated and rt.clock.now() - updated < PROFILE_TTL:
@@ -98,19 +97,26 @@ def get_profile(ctx: Ctx, project: str, *, refresh: bool, agent_id: str | None =
     profile = build_profile(rt.db.reader(), project, agent_id, rt.clock.iso())
     if profile is not None and agent_id is None:
         with rt.db.transaction("profile", agent_id=rt.settings.agent_id) as tx:
-            tx.set(PROFILES, project, profile, now=profile["updatedAt"])
+            tx.records.set(PROFILES, project, profile, now=profile["updatedAt"])
             tx.audit_message = f"profile of {project!r} refreshed"
     return profile, False
 
 
-@tool("memory_profile", params(
-    ["project"], project=PROJECT, refresh=boolean("Recompute even if a fresh cached profile exists", default=False),
-    agentId=AGENT_ID,
-), http=[("GET", "/profile")])
+@tool(
+    "memory_profile",
+    params(
+        ["project"],
+        project=PROJECT,
+        refresh=boolean("Recompute even if a fresh cached profile exists", default=False),
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/profile")],
+)
 def memory_profile(ctx: Ctx, args: dict) -> dict:
     """A project's profile: top concepts, files, common errors, recent activity (cached for an hour)."""
-    profile, cached = get_profile(ctx, args["project"], refresh=args["refresh"],
-                                  agent_id=agent_filter(ctx, args.get("agentId")))
+    profile, cached = get_profile(
+        ctx, args["project"], refresh=args["refresh"], agent_id=agent_filter(ctx, args.get("agentId"))
+    )
     if profile is None:
         return {"profile": None, "cached": False, "reason": "no_sessions"}
     return {"profile": profile, "cached": cached}
@@ -120,9 +126,12 @@ def profile_text(profile: dict[str, Any]) -> str:
     lines = ["## Project Profile"]
     concepts = [c["concept"] for c in profile.get("topConcepts", [])[:8]]
     files = [f["file"] for f in profile.get("topFiles", [])[:5]]
-    for label, values, sep in (("Concepts", concepts, ", "), ("Key files", files, ", "),
-                               ("Conventions", profile.get("conventions", []), "; "),
-                               ("Common errors", profile.get("commonErrors", [])[:3], "; ")):
+    for label, values, sep in (
+        ("Concepts", concepts, ", "),
+        ("Key files", files, ", "),
+        ("Conventions", profile.get("conventions", []), "; "),
+        ("Common errors", profile.get("commonErrors", [])[:3], "; "),
+    ):
         if values:
             lines.append(f"{label}: {sep.join(str(v) for v in values)}")
     return "\n".join(lines)
@@ -136,4 +145,3 @@ def profile_block(req: BlockRequest) -> list[Block]:
     if not profile or len(profile_text(profile).splitlines()) < 2:
         return []
     return [Block("profile", escape(profile_text(profile)), profile["updatedAt"], [])]
-

@@ -16,18 +16,14 @@ import re
 from collections import Counter
 from typing import Any
 
-from agentmemory_server.memory import slots
-from agentmemory_server.memory import summaries
-from agentmemory_server.kernel.scopes import CRYSTALS
 from agentmemory_server.kernel.access import agent_filter, stamp_agent
-from agentmemory_server.memory.lessons import reinforce
-from agentmemory_server.kernel.scopes import LESSONS
-from agentmemory_server.kernel.scopes import MEMORIES
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, number, params, tool
-from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.kernel.scopes import CRYSTALS, INSIGHTS, LESSONS, MEMORIES
 from agentmemory_server.kernel.util import truncate
-from agentmemory_server.kernel.scopes import INSIGHTS
+from agentmemory_server.memory import slots, summaries
+from agentmemory_server.memory.lessons import reinforce
+from agentmemory_server.retrieval.search import STOPWORDS
 
 log = logging.getLogger("agentmemory.reflect")
 _TODO = re.compile(r"\b(?:TODO|FIXME)\b[\s:!\-–—)]*(.*)", re.IGNORECASE)
@@ -66,17 +62,20 @@ def pattern_lines(session_id: str, observations: list[dict], now: str) -> list[s
     errors = sum(1 for o in observations if summaries.is_failure(o))
     commands = sum(1 for o in observations if o.get("type") == "command_run")
     tools = Counter(o["toolName"] for o in observations if o.get("toolName"))
-    lines = [f"last reflection: {now} (session {session_id})",
-             f"- errors: {errors} in last {n} observations",
-             f"- commands: {commands} in last {n} observations",
-             f"- files edited: {len(summaries.files_changed(observations))}"]
+    lines = [
+        f"last reflection: {now} (session {session_id})",
+        f"- errors: {errors} in last {n} observations",
+        f"- commands: {commands} in last {n} observations",
+        f"- files edited: {len(summaries.files_changed(observations))}",
+    ]
     if tools:
         lines.append("- most used tools: " + ", ".join(f"{t} ({c})" for t, c in tools.most_common(5)))
     return lines
 
 
-def _deterministic_updates(session_id: str, observations: list[dict], current: dict[str, dict],
-                           now: str) -> dict[str, str]:
+def _deterministic_updates(
+    session_id: str, observations: list[dict], current: dict[str, dict], now: str
+) -> dict[str, str]:
     updates: dict[str, str] = {}
     pending = current["pending_items"]
     existing = (pending.get("content") or "").splitlines()
@@ -109,8 +108,11 @@ def reflect_session(ctx: Ctx, session_id: str, max_observations: int = 50) -> di
     project = session.get("project")
     labels = ("pending_items", "session_patterns", "project_context")
     current = {label: slots.load_slot(ctx, store, label, project) for label in labels}
-    drafted, method = run_model_steps("reflect", ctx, {"session": session, "observations": observations,
-                                                       "slots": {k: v.get("content") for k, v in current.items()}})
+    drafted, method = run_model_steps(
+        "reflect",
+        ctx,
+        {"session": session, "observations": observations, "slots": {k: v.get("content") for k, v in current.items()}},
+    )
     updates = drafted or _deterministic_updates(session_id, observations, current, rt.clock.iso())
     updated = []
     with rt.db.transaction("slot_reflect", agent_id=rt.settings.agent_id) as tx:
@@ -124,8 +126,13 @@ def reflect_session(ctx: Ctx, session_id: str, max_observations: int = 50) -> di
             tx.after_commit(lambda s=stored: rt.publish("slot", s))
             updated.append(label)
         tx.audit_message = f"reflect session {session_id} into slots: {', '.join(updated) or 'none'}"
-    return {"success": True, "applied": len(updated), "observationsReviewed": len(observations),
-            "updated": updated, "method": method or SYNTHETIC}
+    return {
+        "success": True,
+        "applied": len(updated),
+        "observationsReviewed": len(observations),
+        "updated": updated,
+        "method": method or SYNTHETIC,
+    }
 
 
 def reflect_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
@@ -135,8 +142,6 @@ def reflect_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
         reflect_session(ctx, session["id"])
     except Exception:  # noqa: BLE001 - reflection must not fail the session end
         log.exception("reflecting session %s failed", session["id"])
-
-
 
 
 # -- project -> insights -------------------------------------------------------------------------------
@@ -149,10 +154,13 @@ def _items(ctx: Ctx, store, project: str | None) -> list[dict[str, Any]]:
     when ``project`` is None), as text items."""
     agent = agent_filter(ctx)
     items = []
-    sources = ((LESSONS, "lesson", "content", "tags"), (MEMORIES, "memory", "content", "concepts"),
-               (CRYSTALS, "crystal", "narrative", "lessons"))
+    sources = (
+        (LESSONS, "lesson", "content", "tags"),
+        (MEMORIES, "memory", "content", "concepts"),
+        (CRYSTALS, "crystal", "narrative", "lessons"),
+    )
     for scope, kind, text_field, tag_field in sources:
-        for _k, rec in store.list(scope):
+        for _k, rec in store.records.list(scope):
             if rec.get("deleted") or rec.get("isLatest") is False:
                 continue
             if agent is not None and rec.get("agentId") != agent:
@@ -162,8 +170,9 @@ def _items(ctx: Ctx, store, project: str | None) -> list[dict[str, Any]]:
             tags = [str(t).lower() for t in rec.get(tag_field) or [] if kind != "crystal"]
             text = f"{rec.get('title', '')} {rec.get(text_field, '')}".lower()
             terms = set(tags) | {w for w in _TERM.findall(text) if w not in STOPWORDS}
-            items.append({"id": rec["id"], "kind": kind, "text": truncate(rec.get(text_field) or "", 120),
-                          "terms": terms})
+            items.append(
+                {"id": rec["id"], "kind": kind, "text": truncate(rec.get(text_field) or "", 120), "terms": terms}
+            )
     return items
 
 
@@ -179,8 +188,7 @@ def clusters(items: list[dict], max_clusters: int) -> list[tuple[list[str], list
     for seed in terms:
         if seed in used:
             continue
-        group = [t for t in terms if t not in used and
-                 len(docs[t] & docs[seed]) / len(docs[t] | docs[seed]) > 0.3]
+        group = [t for t in terms if t not in used and len(docs[t] & docs[seed]) / len(docs[t] | docs[seed]) > 0.3]
         used.update(group)
         members = sorted(set().union(*(docs[t] for t in group)))
         found.append((group, [items[i] for i in members]))
@@ -193,53 +201,81 @@ def _insight(ctx: Ctx, project: str | None, terms: list[str], members: list[dict
     key = "\x00".join([project or "", stamp_agent(ctx, None) or "", *sorted(terms[:6])])
     insight_id = "ins_" + hashlib.sha256(key.encode()).hexdigest()[:16]
     highlights = "; ".join(m["text"] for m in members[:3] if m["text"])
-    content = (f"Recurring theme ({', '.join(terms[:5])}) across {len(members)} items: {highlights}")
+    content = f"Recurring theme ({', '.join(terms[:5])}) across {len(members)} items: {highlights}"
     draft = drafted or {}
     ids = {kind: [m["id"] for m in members if m["kind"] == kind] for kind in ("memory", "lesson", "crystal")}
-    return {"id": insight_id, "title": draft.get("title") or f"Theme: {terms[0]}",
-            "content": draft.get("content") or content,
-            "confidence": draft.get("confidence") or round(min(0.9, 0.3 + 0.1 * len(members)), 3),
-            "sourceConceptCluster": terms[:10], "sourceMemoryIds": ids["memory"],
-            "sourceLessonIds": ids["lesson"], "sourceCrystalIds": ids["crystal"], "tags": terms[:5]}
+    return {
+        "id": insight_id,
+        "title": draft.get("title") or f"Theme: {terms[0]}",
+        "content": draft.get("content") or content,
+        "confidence": draft.get("confidence") or round(min(0.9, 0.3 + 0.1 * len(members)), 3),
+        "sourceConceptCluster": terms[:10],
+        "sourceMemoryIds": ids["memory"],
+        "sourceLessonIds": ids["lesson"],
+        "sourceCrystalIds": ids["crystal"],
+        "tags": terms[:5],
+    }
 
 
 def reflect_project(ctx: Ctx, project: str | None, max_clusters: int) -> dict[str, Any]:
     rt = ctx.rt
     found = clusters(_items(ctx, rt.db.reader(), project), max_clusters)
     usable = [(t, m) for t, m in found if len(m) >= 3][:max_clusters]
-    drafts, method = run_model_steps("insights", ctx, {"project": project, "clusters": [
-        {"terms": t, "items": m} for t, m in usable]})
+    drafts, method = run_model_steps(
+        "insights", ctx, {"project": project, "clusters": [{"terms": t, "items": m} for t, m in usable]}
+    )
     drafts = drafts if isinstance(drafts, list) and len(drafts) == len(usable) else [None] * len(usable)
     now, new, reinforced, saved = rt.clock.iso(), 0, 0, []
     agent = stamp_agent(ctx, None)
     with rt.db.transaction("reflect", agent_id=agent) as tx:
         for (terms, members), draft in zip(usable, drafts, strict=True):
             fresh = _insight(ctx, project, terms, members, draft)
-            existing = tx.get(INSIGHTS, fresh["id"])
+            existing = tx.records.get(INSIGHTS, fresh["id"])
             if existing and not existing.get("deleted"):
                 reinforce(existing, now)
-                existing.update({k: fresh[k] for k in ("content", "sourceMemoryIds", "sourceLessonIds",
-                                                       "sourceCrystalIds")})
+                existing.update(
+                    {k: fresh[k] for k in ("content", "sourceMemoryIds", "sourceLessonIds", "sourceCrystalIds")}
+                )
                 insight, reinforced = existing, reinforced + 1
             else:
-                insight = {**fresh, "reinforcements": 0, "createdAt": now, "updatedAt": now, "decayRate": 0.05,
-                           **({"project": project} if project else {}), **({"agentId": agent} if agent else {})}
+                insight = {
+                    **fresh,
+                    "reinforcements": 0,
+                    "createdAt": now,
+                    "updatedAt": now,
+                    "decayRate": 0.05,
+                    **({"project": project} if project else {}),
+                    **({"agentId": agent} if agent else {}),
+                }
                 new += 1
-            tx.set(INSIGHTS, insight["id"], insight, now=now)
+            tx.records.set(INSIGHTS, insight["id"], insight, now=now)
             saved.append(insight)
-    return {"success": True, "newInsights": new, "reinforced": reinforced, "clustersProcessed": len(usable),
-            "clustersSkipped": len(found) - len(usable), "usedFallback": method is None,
-            "method": method or SYNTHETIC, "insights": saved}
+    return {
+        "success": True,
+        "newInsights": new,
+        "reinforced": reinforced,
+        "clustersProcessed": len(usable),
+        "clustersSkipped": len(found) - len(usable),
+        "usedFallback": method is None,
+        "method": method or SYNTHETIC,
+        "insights": saved,
+    }
 
 
 # -- tools ----------------------------------------------------------------------------------------------------
 
 
-@tool("memory_reflect", params(
-    sessionId=SESSION_ID,
-    maxObservations=integer("Observations of the session to review", minimum=1, maximum=200, default=50),
-    project=PROJECT, maxClusters=integer("Most themes to extract (project form)", minimum=1, maximum=20, default=10),
-), http=[("POST", "/reflect")], core=True)
+@tool(
+    "memory_reflect",
+    params(
+        sessionId=SESSION_ID,
+        maxObservations=integer("Observations of the session to review", minimum=1, maximum=200, default=50),
+        project=PROJECT,
+        maxClusters=integer("Most themes to extract (project form)", minimum=1, maximum=20, default=10),
+    ),
+    http=[("POST", "/reflect")],
+    core=True,
+)
 def memory_reflect(ctx: Ctx, args: dict) -> dict:
     """Reflect a session into slots (sessionId: TODOs, error/command counts, touched files), or a
     project's lessons, memories and crystals into recurring-theme insights (project/maxClusters)."""
@@ -248,26 +284,43 @@ def memory_reflect(ctx: Ctx, args: dict) -> dict:
     return reflect_project(ctx, args.get("project"), args["maxClusters"])
 
 
-@tool("slot_reflect", params(
-    ["sessionId"], sessionId=SESSION_ID,
-    maxObservations=integer("Observations of the session to review", minimum=1, maximum=200, default=50),
-), http=[("POST", "/slot/reflect")], mcp=False)
+@tool(
+    "slot_reflect",
+    params(
+        ["sessionId"],
+        sessionId=SESSION_ID,
+        maxObservations=integer("Observations of the session to review", minimum=1, maximum=200, default=50),
+    ),
+    http=[("POST", "/slot/reflect")],
+    mcp=False,
+)
 def slot_reflect(ctx: Ctx, args: dict) -> dict:
     """Heuristic slot update from a session: TODOs -> pending_items, counts -> session_patterns,
     files -> project_context."""
     return reflect_session(ctx, args["sessionId"], args["maxObservations"])
 
 
-@tool("insights_list", params(
-    project=PROJECT, minConfidence=number("Lowest confidence", minimum=0, maximum=1, default=0),
-    limit=integer("Maximum insights", minimum=1, maximum=500, default=50), agentId=AGENT_ID,
-), http=[("GET", "/insights")], mcp=False)
+@tool(
+    "insights_list",
+    params(
+        project=PROJECT,
+        minConfidence=number("Lowest confidence", minimum=0, maximum=1, default=0),
+        limit=integer("Maximum insights", minimum=1, maximum=500, default=50),
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/insights")],
+    mcp=False,
+)
 def insights_list(ctx: Ctx, args: dict) -> dict:
     """Insights found by project reflection, most confident first."""
     agent = agent_filter(ctx, args.get("agentId"))
-    found = [i for _k, i in ctx.rt.db.reader().list(INSIGHTS)
-             if not i.get("deleted") and (agent is None or i.get("agentId") == agent)
-             and float(i.get("confidence", 0)) >= args["minConfidence"]
-             and (args.get("project") is None or i.get("project") == args["project"])]
+    found = [
+        i
+        for _k, i in ctx.rt.db.reader().records.list(INSIGHTS)
+        if not i.get("deleted")
+        and (agent is None or i.get("agentId") == agent)
+        and float(i.get("confidence", 0)) >= args["minConfidence"]
+        and (args.get("project") is None or i.get("project") == args["project"])
+    ]
     found.sort(key=lambda i: (-float(i.get("confidence", 0)), i["id"]))
-    return {"success": True, "insights": found[:args["limit"]]}
+    return {"success": True, "insights": found[: args["limit"]]}

@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from agentmemory_server.memory import memories
 from agentmemory_server.errors import NotFound
 from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
-from agentmemory_server.kernel.scopes import MEMORIES
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, Reply, integer, number, obj, params, string, tool
+from agentmemory_server.kernel.scopes import MEMORIES, RELATIONS
 from agentmemory_server.kernel.util import parse_time
-from agentmemory_server.kernel.scopes import RELATIONS
+from agentmemory_server.storage.interfaces import UnitOfWork, Where
 
 TYPES = ("supersedes", "extends", "derives", "contradicts", "related")
 DAY = 86_400.0
@@ -48,23 +47,37 @@ def relation_confidence(rel_type: str, a: dict[str, Any], b: dict[str, Any], now
     return round(min(1.0, max(0.0, score)), 3)
 
 
-def add_relation(ctx: Ctx, tx, rel_type: str, source: dict[str, Any], target: dict[str, Any], *,
-                 confidence: float | None = None, metadata: dict | None = None,
-                 agent: str | None = None) -> dict[str, Any]:
+def add_relation(
+    ctx: Ctx,
+    tx,
+    rel_type: str,
+    source: dict[str, Any],
+    target: dict[str, Any],
+    *,
+    confidence: float | None = None,
+    metadata: dict | None = None,
+    agent: str | None = None,
+) -> dict[str, Any]:
     """Record (or update) one relation inside the caller's transaction."""
     now = ctx.rt.clock.iso()
     rid = relation_id(rel_type, source["id"], target["id"])
-    relation = tx.get(RELATIONS, rid) or {"id": rid, "type": rel_type, "sourceId": source["id"],
-                                          "targetId": target["id"], "createdAt": now}
-    relation["confidence"] = (confidence if confidence is not None
-                              else relation_confidence(rel_type, source, target, ctx.rt.clock.time()))
+    relation = tx.records.get(RELATIONS, rid) or {
+        "id": rid,
+        "type": rel_type,
+        "sourceId": source["id"],
+        "targetId": target["id"],
+        "createdAt": now,
+    }
+    relation["confidence"] = (
+        confidence if confidence is not None else relation_confidence(rel_type, source, target, ctx.rt.clock.time())
+    )
     relation["updatedAt"] = now
     if metadata:
         relation["metadata"] = strip_private_data(metadata)
     agent = agent or stamp_agent(ctx, None)
     if agent:
         relation["agentId"] = agent
-    tx.set(RELATIONS, rid, relation, now=now)
+    tx.records.set(RELATIONS, rid, relation, now=now)
     return relation
 
 
@@ -73,10 +86,8 @@ def record_supersede_relation(ctx: Ctx, tx, memory: dict, superseded: dict | Non
         add_relation(ctx, tx, "supersedes", memory, superseded, agent=memory.get("agentId"))
 
 
-
-
 def _memory(ctx: Ctx, store, memory_id: str, field: str) -> dict[str, Any]:
-    memory = store.get(MEMORIES, memory_id)
+    memory = store.records.get(MEMORIES, memory_id)
     if not visible_to(ctx, memory):
         raise NotFound(f"memory {memory_id!r} not found", code="memory_not_found", details={"field": field})
     return memory
@@ -88,34 +99,59 @@ def supersede_chain(store, memory: dict[str, Any]) -> list[dict[str, Any]]:
     for link, prepend in (("parentId", True), ("supersededBy", False)):
         node = memory
         while node.get(link) and node[link] not in seen and len(chain) < 200:
-            nxt = store.get(MEMORIES, node[link])
+            nxt = store.records.get(MEMORIES, node[link])
             if nxt is None:
                 break
             seen.add(nxt["id"])
             chain.insert(0, nxt) if prepend else chain.append(nxt)
             node = nxt
-    return [{"id": m["id"], "version": m.get("version", 1), "isLatest": m.get("isLatest", True),
-             "title": m.get("title", ""), "updatedAt": m.get("updatedAt")} for m in chain]
+    return [
+        {
+            "id": m["id"],
+            "version": m.get("version", 1),
+            "isLatest": m.get("isLatest", True),
+            "title": m.get("title", ""),
+            "updatedAt": m.get("updatedAt"),
+        }
+        for m in chain
+    ]
 
 
 # -- tools ------------------------------------------------------------------------------------------------
 
 
-@tool("relation_create", params(
-    ["sourceId", "targetId", "type"], sourceId=string("Memory the relation starts from", max_length=128),
-    targetId=string("Memory it points to", max_length=128), type=string("Relation type", enum=TYPES),
-    confidence=number("0-1 (default: computed)", minimum=0, maximum=1), metadata=obj("Free-form details"),
-), http=[("POST", "/relations", 201)], mcp=False)
+@tool(
+    "relation_create",
+    params(
+        ["sourceId", "targetId", "type"],
+        sourceId=string("Memory the relation starts from", max_length=128),
+        targetId=string("Memory it points to", max_length=128),
+        type=string("Relation type", enum=TYPES),
+        confidence=number("0-1 (default: computed)", minimum=0, maximum=1),
+        metadata=obj("Free-form details"),
+    ),
+    http=[("POST", "/relations", 201)],
+    mcp=False,
+)
 def relation_create(ctx: Ctx, args: dict) -> Reply:
     """Record a relation between two memories (the same type, source and target updates it)."""
     rt = ctx.rt
     with rt.db.transaction("relation_create", agent_id=rt.settings.agent_id) as tx:
         source = _memory(ctx, tx, args["sourceId"], "sourceId")
         target = _memory(ctx, tx, args["targetId"], "targetId")
-        relation = add_relation(ctx, tx, args["type"], source, target, confidence=args.get("confidence"),
-                                metadata=args.get("metadata"))
+        relation = add_relation(
+            ctx, tx, args["type"], source, target, confidence=args.get("confidence"), metadata=args.get("metadata")
+        )
     rt.publish("relation", relation)
     return Reply({"success": True, "relation": relation}, 201)
+
+
+def relations_touching(store: UnitOfWork, ids: list[str]) -> list[dict]:
+    """Relations with ``ids`` at either end (each end is indexed)."""
+    found: dict[str, dict] = {}
+    for end in ("sourceId", "targetId"):
+        found.update((r["id"], r) for r in store.records.query(RELATIONS, [Where(end, "in", ids)]))
+    return list(found.values())
 
 
 def _walk(ctx: Ctx, store, start: str, hops: int, args: dict) -> list[dict[str, Any]]:
@@ -124,7 +160,7 @@ def _walk(ctx: Ctx, store, start: str, hops: int, args: dict) -> list[dict[str, 
     frontier, seen = [start], {start}
     for _ in range(hops):
         nxt = []
-        for rel in store.relations_touching(frontier):
+        for rel in relations_touching(store, frontier):
             if (agent is not None and rel.get("agentId") != agent) or rel["id"] in found:
                 continue
             if float(rel.get("confidence", 0)) < args["minConfidence"]:
@@ -142,13 +178,19 @@ def _walk(ctx: Ctx, store, start: str, hops: int, args: dict) -> list[dict[str, 
     return list(found.values())
 
 
-@tool("relations_list", params(
-    memoryId=string("Relations of this memory (omit to list all)", max_length=128),
-    type=string("Only this type", enum=TYPES),
-    minConfidence=number("Lowest confidence", minimum=0, maximum=1, default=0),
-    maxHops=integer("How far to follow relations from memoryId", minimum=1, maximum=5, default=1),
-    limit=integer("Maximum relations", minimum=1, maximum=1000, default=100), agentId=AGENT_ID,
-), http=[("GET", "/relations")], mcp=False)
+@tool(
+    "relations_list",
+    params(
+        memoryId=string("Relations of this memory (omit to list all)", max_length=128),
+        type=string("Only this type", enum=TYPES),
+        minConfidence=number("Lowest confidence", minimum=0, maximum=1, default=0),
+        maxHops=integer("How far to follow relations from memoryId", minimum=1, maximum=5, default=1),
+        limit=integer("Maximum relations", minimum=1, maximum=1000, default=100),
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/relations")],
+    mcp=False,
+)
 def relations_list(ctx: Ctx, args: dict) -> dict:
     """Relations of a memory (following up to maxHops, with its supersede chain), or all of them."""
     store = ctx.rt.db.reader()
@@ -156,18 +198,24 @@ def relations_list(ctx: Ctx, args: dict) -> dict:
         memory = _memory(ctx, store, args["memoryId"], "memoryId")
         relations = _walk(ctx, store, memory["id"], args["maxHops"], args)
         ids = {r[k] for r in relations for k in ("sourceId", "targetId")} - {memory["id"]}
-        related = [m for m in store.get_many(MEMORIES, sorted(ids)).values() if visible_to(ctx, m)]
-        return {"success": True, "memoryId": memory["id"], "relations": relations[:args["limit"]],
-                "memories": [{k: m.get(k) for k in ("id", "title", "type", "isLatest", "version")}
-                             for m in related],
-                "chain": supersede_chain(store, memory)}
+        related = [m for m in store.records.get_many(MEMORIES, sorted(ids)).values() if visible_to(ctx, m)]
+        return {
+            "success": True,
+            "memoryId": memory["id"],
+            "relations": relations[: args["limit"]],
+            "memories": [{k: m.get(k) for k in ("id", "title", "type", "isLatest", "version")} for m in related],
+            "chain": supersede_chain(store, memory),
+        }
     agent = agent_filter(ctx, args.get("agentId"))
-    relations = [r for _k, r in store.list(RELATIONS)
-                 if (agent is None or r.get("agentId") == agent)
-                 and float(r.get("confidence", 0)) >= args["minConfidence"]
-                 and (not args.get("type") or r.get("type") == args["type"])]
+    relations = [
+        r
+        for _k, r in store.records.list(RELATIONS)
+        if (agent is None or r.get("agentId") == agent)
+        and float(r.get("confidence", 0)) >= args["minConfidence"]
+        and (not args.get("type") or r.get("type") == args["type"])
+    ]
     relations.sort(key=lambda r: (r.get("updatedAt") or "", r["id"]), reverse=True)
-    return {"success": True, "relations": relations[:args["limit"]], "total": len(relations)}
+    return {"success": True, "relations": relations[: args["limit"]], "total": len(relations)}
 
 
 # -- subsystem: relations whose memories are gone ------------------------------------------------------
@@ -179,24 +227,41 @@ class RelationChecks:
 
     def _dangling(self) -> list[str]:
         store = self.rt.db.reader()
-        relations = [r for _k, r in store.list(RELATIONS)]
+        relations = [r for _k, r in store.records.list(RELATIONS)]
         ends = {r[k] for r in relations for k in ("sourceId", "targetId") if r.get(k)}
-        alive = set(store.get_many(MEMORIES, sorted(ends)))
+        alive = set(store.records.get_many(MEMORIES, sorted(ends)))
         return [r["id"] for r in relations if r.get("sourceId") not in alive or r.get("targetId") not in alive]
 
     def diagnose(self) -> list[dict[str, Any]]:
         dangling = self._dangling()
-        return [{"name": "relation_endpoints", "category": "relations", "status": "warn" if dangling else "pass",
-                 "message": f"{len(dangling)} relation(s) point at deleted memories" if dangling
-                 else "every relation connects two existing memories",
-                 "fix": "heal deletes them" if dangling else "", "fixable": bool(dangling)}]
+        return [
+            {
+                "name": "relation_endpoints",
+                "category": "relations",
+                "status": "warn" if dangling else "pass",
+                "message": f"{len(dangling)} relation(s) point at deleted memories"
+                if dangling
+                else "every relation connects two existing memories",
+                "fix": "heal deletes them" if dangling else "",
+                "fixable": bool(dangling),
+            }
+        ]
 
     def heal(self, dry_run: bool) -> list[dict[str, Any]]:
         dangling = self._dangling()
         if dangling and not dry_run:
             with self.rt.db.transaction("heal_relations", agent_id=self.rt.settings.agent_id) as tx:
                 for rid in dangling:
-                    tx.delete(RELATIONS, rid)
-        return [{"name": "relation_endpoints", "category": "relations", "wouldFix": len(dangling),
-                 "fixed": 0 if dry_run else len(dangling)}] if dangling else []
-
+                    tx.records.delete(RELATIONS, rid)
+        return (
+            [
+                {
+                    "name": "relation_endpoints",
+                    "category": "relations",
+                    "wouldFix": len(dangling),
+                    "fixed": 0 if dry_run else len(dangling),
+                }
+            ]
+            if dangling
+            else []
+        )

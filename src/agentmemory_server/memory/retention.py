@@ -18,15 +18,16 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from agentmemory_server.memory import relations
-from agentmemory_server.retrieval import search
-from agentmemory_server.memory import summaries
-from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.access import agent_filter
-from agentmemory_server.memory.memories import delete_memories, delete_observations
-from agentmemory_server.kernel.scopes import MEMORIES
 from agentmemory_server.kernel.registry import Ctx, boolean, integer, params, tool
+from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import iso, jaccard_tokens
+from agentmemory_server.memory import relations, summaries
+from agentmemory_server.memory.memories import delete_memories, delete_observations
+from agentmemory_server.retrieval import search
+from agentmemory_server.kernel import listings
+from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX
+from agentmemory_server.storage.interfaces import UnitOfWork, Where, equal
 
 log = logging.getLogger("agentmemory.retention")
 BATCH = 5000
@@ -46,7 +47,7 @@ def _candidate_pairs(sets: list[frozenset]) -> list[tuple[int, int]]:
     pairs: set[tuple[int, int]] = set()
     for j, tokens in enumerate(sets):
         ordered = sorted(tokens, key=lambda token: (freq[token], token))
-        for token in ordered[:len(ordered) - math.ceil(NEAR_DUPLICATE * len(ordered)) + 1]:
+        for token in ordered[: len(ordered) - math.ceil(NEAR_DUPLICATE * len(ordered)) + 1]:
             pairs.update((i, j) for i in seen_in.get(token, ()))
             seen_in.setdefault(token, []).append(j)
     return sorted(pairs)
@@ -79,6 +80,25 @@ def _by_session(observations: list[dict]) -> dict[str, list[str]]:
     return grouped
 
 
+def expired_memories(store: UnitOfWork, now: str, agent: str | None) -> list[dict]:
+    """Memories whose forgetAfter has passed."""
+    return store.records.query(MEMORIES, [Where("forgetAfter", "<", now), *equal(agentId=agent)], limit=BATCH)
+
+
+def observations_where(store: UnitOfWork, *, before: str | None = None, max_importance: float | None = None,
+                       project: str | None = None, agent_id: str | None = None, lowest_value_first: bool = False,
+                       limit: int) -> list[dict]:
+    """Observations of every session older than ``before`` and no more important than
+    ``max_importance`` (each when given), oldest first or lowest importance first."""
+    where = equal(project=project, agentId=agent_id)
+    if before is not None:
+        where.append(Where("timestamp", "<", before))
+    if max_importance is not None:
+        where.append(Where("importance", "<=", max_importance))
+    order = [("importance", False), ("timestamp", False)] if lowest_value_first else [("timestamp", False)]
+    return store.records.query(OBSERVATIONS_PREFIX, where, order_by=order, limit=limit, prefix=True)
+
+
 def _delete_observations(ctx: Ctx, tx, observations: list[dict]) -> int:
     return sum(len(delete_observations(ctx, tx, sid, ids)[0]) for sid, ids in _by_session(observations).items())
 
@@ -86,14 +106,18 @@ def _delete_observations(ctx: Ctx, tx, observations: list[dict]) -> int:
 def auto_forget(ctx: Ctx, *, dry_run: bool = False) -> dict[str, Any]:
     rt, agent = ctx.rt, agent_filter(ctx)
     store = rt.db.reader()
-    expired = store.memories_where(forget_before=rt.clock.iso(), agent_id=agent, limit=BATCH)
-    latest, _ = store.memories_page(project=None, agent_id=agent, latest_only=True, limit=1000, offset=0)
+    expired = expired_memories(store, rt.clock.iso(), agent)
+    latest, _ = listings.memories_page(store, agent_id=agent, latest_only=True, limit=1000)
     expired_ids = {m["id"] for m in expired}
     pairs = [(o, n) for o, n in near_duplicates(latest) if o["id"] not in expired_ids]
-    old_obs = store.observations_where(before=_cutoff(ctx, 180), max_importance=2, agent_id=agent, limit=BATCH)
-    result = {"success": True, "dryRun": dry_run, "expiredMemories": sorted(expired_ids),
-              "demoted": [{"id": o["id"], "supersededBy": n["id"]} for o, n in pairs],
-              "lowValueObservations": [o["id"] for o in old_obs]}
+    old_obs = observations_where(store, before=_cutoff(ctx, 180), max_importance=2, agent_id=agent, limit=BATCH)
+    result = {
+        "success": True,
+        "dryRun": dry_run,
+        "expiredMemories": sorted(expired_ids),
+        "demoted": [{"id": o["id"], "supersededBy": n["id"]} for o, n in pairs],
+        "lowValueObservations": [o["id"] for o in old_obs],
+    }
     if dry_run or not (expired or pairs or old_obs):
         return result
     now = rt.clock.iso()
@@ -101,24 +125,30 @@ def auto_forget(ctx: Ctx, *, dry_run: bool = False) -> dict[str, Any]:
         delete_memories(ctx, tx, sorted(expired_ids))
         for older, newer in pairs:
             older.update(isLatest=False, supersededBy=newer["id"], updatedAt=now)
-            tx.set(MEMORIES, older["id"], older, now=now)
+            tx.records.set(MEMORIES, older["id"], older, now=now)
             search.index_record(tx, "memory", older)
             tx.after_commit(lambda m=older: rt.publish("memory", m))
             relations.add_relation(ctx, tx, "supersedes", newer, older, metadata={"reason": "near-duplicate"})
         result["observationsDeleted"] = _delete_observations(ctx, tx, old_obs)
         tx.audit_details = {k: result[k] for k in ("expiredMemories", "demoted")} | {
-            "lowValueObservations": len(old_obs)}
-    rt.publish("forget", {"reason": "auto_forget", "memoryIds": sorted(expired_ids),
-                          "observations": result["observationsDeleted"]})
+            "lowValueObservations": len(old_obs)
+        }
+    rt.publish(
+        "forget",
+        {"reason": "auto_forget", "memoryIds": sorted(expired_ids), "observations": result["observationsDeleted"]},
+    )
     return result
 
 
 def _stale_sessions(ctx: Ctx, store, days: int) -> tuple[list[dict], list[dict]]:
     """(empty idle sessions to delete, idle sessions with observations but no summary)."""
     agent, cutoff = agent_filter(ctx), _cutoff(ctx, days)
-    idle = [s for _k, s in store.list(SESSIONS) if (agent is None or s.get("agentId") == agent)
-            and (s.get("updatedAt") or s.get("startedAt") or "") < cutoff]
-    summarised = store.get_many(SUMMARIES, [s["id"] for s in idle])
+    idle = [
+        s
+        for _k, s in store.records.list(SESSIONS)
+        if (agent is None or s.get("agentId") == agent) and (s.get("updatedAt") or s.get("startedAt") or "") < cutoff
+    ]
+    summarised = store.records.get_many(SUMMARIES, [s["id"] for s in idle])
     empty = [s for s in idle if not s.get("observationCount") and s["id"] not in summarised]
     unsummarised = [s for s in idle if s.get("observationCount") and s["id"] not in summarised]
     return empty, unsummarised
@@ -128,20 +158,39 @@ def evict(ctx: Ctx, args: dict) -> dict[str, Any]:
     rt, agent, dry_run = ctx.rt, agent_filter(ctx), args["dryRun"]
     store = rt.db.reader()
     over_cap: list[dict] = []
-    for project, count in store.observation_counts("project", agent).items():
+    for project, count in store.index.group_counts("project", {"kinds": ["observation"], "agent_id": agent}).items():
         if project is not None and count > args["maxObservationsPerProject"]:
-            over_cap += store.observations_where(project=project, agent_id=agent, lowest_value_first=True,
-                                                 limit=count - args["maxObservationsPerProject"])
-    low = store.observations_where(before=_cutoff(ctx, args["lowImportanceMaxDays"]),
-                                   max_importance=args["lowImportanceThreshold"] - 1, agent_id=agent, limit=BATCH)
+            over_cap += observations_where(
+                store,
+                project=project,
+                agent_id=agent,
+                lowest_value_first=True,
+                limit=count - args["maxObservationsPerProject"],
+            )
+    low = observations_where(
+        store,
+        before=_cutoff(ctx, args["lowImportanceMaxDays"]),
+        max_importance=args["lowImportanceThreshold"] - 1,
+        agent_id=agent,
+        limit=BATCH,
+    )
     victims = list({o["id"]: o for o in over_cap + low}.values())
-    expired = store.memories_where(forget_before=rt.clock.iso(), agent_id=agent, limit=BATCH)
-    superseded = store.memories_where(superseded_before=_cutoff(ctx, 90), agent_id=agent, limit=BATCH)
+    expired = expired_memories(store, rt.clock.iso(), agent)
+    superseded = store.records.query(
+        MEMORIES, [Where("isLatest", "=", False), Where("updatedAt", "<", _cutoff(ctx, 90)), *equal(agentId=agent)], limit=BATCH
+    )
     empty, unsummarised = _stale_sessions(ctx, store, args["staleSessionDays"])
     memory_ids = sorted({m["id"] for m in expired + superseded})
-    result = {"success": True, "dryRun": dry_run, "observations": len(victims), "overCap": len(over_cap),
-              "lowImportance": len(low), "memories": memory_ids, "emptySessions": [s["id"] for s in empty],
-              "summarised": [s["id"] for s in unsummarised]}
+    result = {
+        "success": True,
+        "dryRun": dry_run,
+        "observations": len(victims),
+        "overCap": len(over_cap),
+        "lowImportance": len(low),
+        "memories": memory_ids,
+        "emptySessions": [s["id"] for s in empty],
+        "summarised": [s["id"] for s in unsummarised],
+    }
     if dry_run:
         return result
     for session in unsummarised:
@@ -151,11 +200,21 @@ def evict(ctx: Ctx, args: dict) -> dict[str, Any]:
             _delete_observations(ctx, tx, victims)
             delete_memories(ctx, tx, memory_ids)
             for session in empty:
-                tx.delete(SESSIONS, session["id"])
-            tx.audit_details = {"observations": len(victims), "memories": memory_ids[:100],
-                                "emptySessions": result["emptySessions"][:100]}
-        rt.publish("forget", {"reason": "evict", "memoryIds": memory_ids, "observations": len(victims),
-                              "sessions": result["emptySessions"]})
+                tx.records.delete(SESSIONS, session["id"])
+            tx.audit_details = {
+                "observations": len(victims),
+                "memories": memory_ids[:100],
+                "emptySessions": result["emptySessions"][:100],
+            }
+        rt.publish(
+            "forget",
+            {
+                "reason": "evict",
+                "memoryIds": memory_ids,
+                "observations": len(victims),
+                "sessions": result["emptySessions"],
+            },
+        )
     return result
 
 
@@ -170,14 +229,20 @@ def auto_forget_tool(ctx: Ctx, args: dict) -> dict:
     return auto_forget(ctx, dry_run=args["dryRun"])
 
 
-@tool("evict", params(
-    dryRun=DRY_RUN,
-    maxObservationsPerProject=integer("Cap per project", minimum=1, maximum=10_000_000),
-    lowImportanceMaxDays=integer("Age after which low-importance observations go", minimum=1,
-                                 maximum=36_500, default=90),
-    lowImportanceThreshold=integer("Importance below this is low", minimum=1, maximum=10, default=3),
-    staleSessionDays=integer("Idle days before an empty session goes", minimum=1, maximum=36_500, default=30),
-), http=[("POST", "/evict")], mcp=False)
+@tool(
+    "evict",
+    params(
+        dryRun=DRY_RUN,
+        maxObservationsPerProject=integer("Cap per project", minimum=1, maximum=10_000_000),
+        lowImportanceMaxDays=integer(
+            "Age after which low-importance observations go", minimum=1, maximum=36_500, default=90
+        ),
+        lowImportanceThreshold=integer("Importance below this is low", minimum=1, maximum=10, default=3),
+        staleSessionDays=integer("Idle days before an empty session goes", minimum=1, maximum=36_500, default=30),
+    ),
+    http=[("POST", "/evict")],
+    mcp=False,
+)
 def evict_tool(ctx: Ctx, args: dict) -> dict:
     """Enforce the retention caps now (per-project observation cap, old low-value records, stale sessions)."""
     args.setdefault("maxObservationsPerProject", ctx.rt.settings.max_obs_per_project)
@@ -195,7 +260,13 @@ class RetentionService:
         return auto_forget(Ctx(self.rt, source="job"))
 
     def run_evict(self) -> dict[str, Any]:
-        return evict(Ctx(self.rt, source="job"), {
-            "dryRun": False, "maxObservationsPerProject": self.rt.settings.max_obs_per_project,
-            "lowImportanceMaxDays": 90, "lowImportanceThreshold": 3, "staleSessionDays": 30})
-
+        return evict(
+            Ctx(self.rt, source="job"),
+            {
+                "dryRun": False,
+                "maxObservationsPerProject": self.rt.settings.max_obs_per_project,
+                "lowImportanceMaxDays": 90,
+                "lowImportanceThreshold": 3,
+                "staleSessionDays": 30,
+            },
+        )

@@ -16,31 +16,47 @@ from collections import Counter
 from typing import Any
 
 from agentmemory_server.errors import Conflict, NotFound
-from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
-from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import parse_time, truncate
+from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.kernel import listings
 
 log = logging.getLogger("agentmemory.summaries")
 MAX_OBSERVATIONS = 5000
-_TYPE_LABELS = {"command_run": "command", "file_edit": "edit", "file_write": "file write",
-                "file_read": "read", "search": "search", "error": "error", "conversation": "prompt",
-                "web_fetch": "web fetch", "subagent": "subagent event", "decision": "decision",
-                "discovery": "discovery", "notification": "notification", "task": "task"}
+_TYPE_LABELS = {
+    "command_run": "command",
+    "file_edit": "edit",
+    "file_write": "file write",
+    "file_read": "read",
+    "search": "search",
+    "error": "error",
+    "conversation": "prompt",
+    "web_fetch": "web fetch",
+    "subagent": "subagent event",
+    "decision": "decision",
+    "discovery": "discovery",
+    "notification": "notification",
+    "task": "task",
+}
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_\-]{3,}")
-_FAILED_OUTPUT = re.compile(r"\b(\d+ failed|failed with|error:|exception|traceback|exit (?:code|status) [1-9]"
-                            r"|command not found|no such file)", re.IGNORECASE)
-_NOISE = frozenset("true false null none tool_name tool_input tool_output command file_path content "
-                   "description".split())
+_FAILED_OUTPUT = re.compile(
+    r"\b(\d+ failed|failed with|error:|exception|traceback|exit (?:code|status) [1-9]"
+    r"|command not found|no such file)",
+    re.IGNORECASE,
+)
+_NOISE = frozenset(
+    ["true", "false", "null", "none", "tool_name", "tool_input", "tool_output", "command", "file_path", "content", "description"]
+)
 
 
 # -- reading a session ------------------------------------------------------------------------------
 
 
 def load_session(ctx: Ctx, store, session_id: str) -> dict[str, Any]:
-    session = store.get(SESSIONS, session_id)
+    session = store.records.get(SESSIONS, session_id)
     if not visible_to(ctx, session):
         raise NotFound(f"session {session_id!r} not found", code="session_not_found")
     return session
@@ -49,9 +65,9 @@ def load_session(ctx: Ctx, store, session_id: str) -> dict[str, Any]:
 def session_observations(ctx: Ctx, store, session_id: str, last: int | None = None) -> list[dict]:
     """The session's observations in time order (only the ``last`` n when given)."""
     agent = agent_filter(ctx)
-    _items, total = store.observations_page(session_id, limit=1, offset=0, agent_id=agent)
+    _items, total = listings.observations_page(store, session_id, limit=1, offset=0, agent_id=agent)
     limit = min(last or MAX_OBSERVATIONS, MAX_OBSERVATIONS)
-    items, _ = store.observations_page(session_id, limit=limit, offset=max(0, total - limit), agent_id=agent)
+    items, _ = listings.observations_page(store, session_id, limit=limit, offset=max(0, total - limit), agent_id=agent)
     return items
 
 
@@ -61,7 +77,8 @@ def session_observations(ctx: Ctx, store, session_id: str, last: int | None = No
 def is_failure(obs: dict[str, Any]) -> bool:
     """An error event, or a command whose output says it failed."""
     return obs.get("type") == "error" or (
-        obs.get("type") == "command_run" and bool(_FAILED_OUTPUT.search(obs.get("narrative") or "")))
+        obs.get("type") == "command_run" and bool(_FAILED_OUTPUT.search(obs.get("narrative") or ""))
+    )
 
 
 def step_key(obs: dict[str, Any]) -> tuple[str, str] | None:
@@ -89,7 +106,7 @@ def outcome_text(obs: dict[str, Any]) -> str:
     narrative = obs.get("narrative") or ""
     subtitle = obs.get("subtitle")
     if subtitle and narrative.startswith(subtitle + " | "):
-        narrative = narrative[len(subtitle) + 3:]
+        narrative = narrative[len(subtitle) + 3 :]
     return narrative
 
 
@@ -159,16 +176,23 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
         parts.append(f"Changed {len(changed)} file(s): {', '.join(changed[:6])}.")
     if errors:
         parts.append(f"{len(errors)} failure(s); last: {describe(errors[-1])}.")
-    notable = sorted((o for o in observations if not is_failure(o) and o.get("type") != "conversation"),
-                     key=lambda o: -int(o.get("importance") or 0))[:3]
+    notable = sorted(
+        (o for o in observations if not is_failure(o) and o.get("type") != "conversation"),
+        key=lambda o: -int(o.get("importance") or 0),
+    )[:3]
     if notable:
         parts.append("Notable: " + "; ".join(describe(o, 120) for o in notable) + ".")
     decisions = [o.get("title", "") for o in observations if o.get("type") in ("decision", "discovery")]
-    concepts = list(dict.fromkeys([c for o in observations for c in o.get("concepts") or []]
-                                  + top_terms(observations)))[:12]
-    return {"title": truncate(" ".join(title.split()), 80), "narrative": " ".join(parts),
-            "keyDecisions": [truncate(d, 200) for d in decisions[:10]], "filesModified": changed[:30],
-            "concepts": concepts}
+    concepts = list(
+        dict.fromkeys([c for o in observations for c in o.get("concepts") or []] + top_terms(observations))
+    )[:12]
+    return {
+        "title": truncate(" ".join(title.split()), 80),
+        "narrative": " ".join(parts),
+        "keyDecisions": [truncate(d, 200) for d in decisions[:10]],
+        "filesModified": changed[:30],
+        "concepts": concepts,
+    }
 
 
 # -- writing summaries -------------------------------------------------------------------------------------
@@ -189,12 +213,18 @@ def summarize(ctx: Ctx, session_id: str) -> dict[str, Any]:
     fallback = synthetic_summary(session, observations)
     drafted, method = run_model_steps("summarize", ctx, {"session": session, "observations": observations})
     fields = {**fallback, **{k: v for k, v in (drafted or {}).items() if k in fallback and v}}
-    summary = {"sessionId": session_id, "project": session.get("project"), "createdAt": rt.clock.iso(),
-               **fields, "observationCount": len(observations), "method": method or SYNTHETIC}
+    summary = {
+        "sessionId": session_id,
+        "project": session.get("project"),
+        "createdAt": rt.clock.iso(),
+        **fields,
+        "observationCount": len(observations),
+        "method": method or SYNTHETIC,
+    }
     if session.get("agentId"):
         summary["agentId"] = session["agentId"]
     with rt.db.transaction("summarize", agent_id=rt.settings.agent_id) as tx:
-        tx.set(SUMMARIES, session_id, summary, now=summary["createdAt"])
+        tx.records.set(SUMMARIES, session_id, summary, now=summary["createdAt"])
     rt.publish("summary", summary)
     return summary
 
@@ -206,8 +236,6 @@ def summarize_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
         summarize(ctx, session["id"])
     except Exception:  # noqa: BLE001 - a failed summary must not fail the session end
         log.exception("summarising session %s failed", session["id"])
-
-
 
 
 @tool("summarize", params(["sessionId"], sessionId=SESSION_ID), http=[("POST", "/summarize")], mcp=False)

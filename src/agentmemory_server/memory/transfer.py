@@ -10,28 +10,32 @@ accepted too; their extra lists are mapped onto our scopes.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from agentmemory_server.retrieval import search
 from agentmemory_server.errors import InvalidInput
-from agentmemory_server.kernel.registry import AGENT_ID
-from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES, obs_scope
 from agentmemory_server.kernel.access import agent_filter
-from agentmemory_server.kernel.scopes import MEMORIES
 from agentmemory_server.kernel.privacy import strip_private_data
-from agentmemory_server.kernel.registry import Ctx, integer, obj, params, string, tool
+from agentmemory_server.kernel.registry import AGENT_ID, Ctx, integer, obj, params, string, tool
+from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, obs_scope
+from agentmemory_server.retrieval import search
 
 FORMAT_VERSION = "agentmemory-python/1"
 _UPSTREAM_VERSION = re.compile(r"^0\.\d+\.\d+$")
 STRATEGIES = ("merge", "replace", "skip")
 # Upstream ExportData lists -> (our scope, field holding the key).
 UPSTREAM_LISTS = {
-    "lessons": ("mem:lessons", "id"), "insights": ("mem:insights", "id"),
-    "actions": ("mem:actions", "id"), "actionEdges": ("mem:action-edges", "id"),
-    "crystals": ("mem:crystals", "id"), "profiles": ("mem:profiles", "project"),
-    "semanticMemories": ("mem:semantic", "id"), "proceduralMemories": ("mem:procedural", "id"),
+    "lessons": ("mem:lessons", "id"),
+    "insights": ("mem:insights", "id"),
+    "actions": ("mem:actions", "id"),
+    "actionEdges": ("mem:action-edges", "id"),
+    "crystals": ("mem:crystals", "id"),
+    "profiles": ("mem:profiles", "project"),
+    "semanticMemories": ("mem:semantic", "id"),
+    "proceduralMemories": ("mem:procedural", "id"),
     "relations": ("mem:relations", "id"),
-    "graphNodes": ("mem:graph:nodes", "id"), "graphEdges": ("mem:graph:edges", "id"),
+    "graphNodes": ("mem:graph:nodes", "id"),
+    "graphEdges": ("mem:graph:edges", "id"),
 }
 
 
@@ -42,54 +46,77 @@ def _is_core(scope: str) -> bool:
 def _owned_by(agent: str | None):
     """Filter for one agent's records (every record when agent is None). Records without an
     agentId belong to nobody, so an agent-scoped export leaves them out (fail closed)."""
+
     def keep(value: Any) -> bool:
         return agent is None or (isinstance(value, dict) and value.get("agentId") == agent)
+
     return keep
 
 
-def build_export(store, *, offset: int = 0, max_sessions: int | None = None,
-                 exported_at: str, agent: str | None = None) -> dict[str, Any]:
+def build_export(
+    store, *, offset: int = 0, max_sessions: int | None = None, exported_at: str, agent: str | None = None
+) -> dict[str, Any]:
     keep = _owned_by(agent)
-    session_rows = [(k, v) for k, v in store.list(SESSIONS) if keep(v)]
+    session_rows = [(k, v) for k, v in store.records.list(SESSIONS) if keep(v)]
     total = len(session_rows)
-    page = session_rows[offset: offset + max_sessions if max_sessions else None]
-    observations = {key: [value for _k, value in store.list(obs_scope(key)) if keep(value)] for key, _ in page}
+    page = session_rows[offset : offset + max_sessions if max_sessions else None]
+    observations = {key: [value for _k, value in store.records.list(obs_scope(key)) if keep(value)] for key, _ in page}
     export: dict[str, Any] = {
-        "version": FORMAT_VERSION, "service": "agentmemory", "exportedAt": exported_at,
-        "sessions": [value for _k, value in page], "observations": observations,
+        "version": FORMAT_VERSION,
+        "service": "agentmemory",
+        "exportedAt": exported_at,
+        "sessions": [value for _k, value in page],
+        "observations": observations,
     }
     if offset == 0:
-        export["memories"] = [value for _k, value in store.list(MEMORIES) if keep(value)]
-        export["summaries"] = [value for _k, value in store.list(SUMMARIES) if keep(value)]
+        export["memories"] = [value for _k, value in store.records.list(MEMORIES) if keep(value)]
+        export["summaries"] = [value for _k, value in store.records.list(SUMMARIES) if keep(value)]
         kv: dict[str, dict[str, Any]] = {}
-        for scope in store.scopes():
+        for scope in store.records.scopes():
             if not _is_core(scope):
-                rows = {k: v for k, v in store.list(scope) if keep(v)}
+                rows = {k: v for k, v in store.records.list(scope) if keep(v)}
                 if rows or agent is None:
                     kv[scope] = rows
         export["kv"] = kv
         # Sessions whose observations exist but whose session row is gone still export.
-        orphan_scopes = [s for s in store.scopes() if s.startswith("mem:obs:")
-                         and s[len("mem:obs:"):] not in {k for k, _ in store.list(SESSIONS)}]
+        orphan_scopes = [
+            s
+            for s in store.records.scopes()
+            if s.startswith("mem:obs:") and s[len("mem:obs:") :] not in {k for k, _ in store.records.list(SESSIONS)}
+        ]
         for scope in orphan_scopes:
-            rows = [v for _k, v in store.list(scope) if keep(v)]
+            rows = [v for _k, v in store.records.list(scope) if keep(v)]
             if rows:
-                observations[scope[len("mem:obs:"):]] = rows
-    export["pagination"] = {"offset": offset, "limit": max_sessions, "total": total,
-                            "hasMore": bool(max_sessions) and offset + len(page) < total}
+                observations[scope[len("mem:obs:") :]] = rows
+    export["pagination"] = {
+        "offset": offset,
+        "limit": max_sessions,
+        "total": total,
+        "hasMore": bool(max_sessions) and offset + len(page) < total,
+    }
     return export
 
 
-@tool("memory_export", params(
-    maxSessions=integer("Sessions per page (default: all)", minimum=1, maximum=100_000),
-    offset=integer("Sessions to skip", minimum=0, maximum=10_000_000, default=0),
-    agentId=AGENT_ID,
-), http=[("GET", "/export")], core=True)
+@tool(
+    "memory_export",
+    params(
+        maxSessions=integer("Sessions per page (default: all)", minimum=1, maximum=100_000),
+        offset=integer("Sessions to skip", minimum=0, maximum=10_000_000, default=0),
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/export")],
+    core=True,
+)
 def memory_export(ctx: Ctx, args: dict) -> dict:
     """Export sessions, observations, memories, summaries and every other record as JSON."""
     store = ctx.rt.db.reader()
-    return build_export(store, offset=args["offset"], max_sessions=args.get("maxSessions"),
-                        exported_at=ctx.rt.clock.iso(), agent=agent_filter(ctx, args.get("agentId")))
+    return build_export(
+        store,
+        offset=args["offset"],
+        max_sessions=args.get("maxSessions"),
+        exported_at=ctx.rt.clock.iso(),
+        agent=agent_filter(ctx, args.get("agentId")),
+    )
 
 
 # -- import -------------------------------------------------------------------------------------
@@ -105,23 +132,28 @@ def _records(export: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]
         for i, item in enumerate(items):
             key = item.get(key_field) if isinstance(item, dict) else None
             if not isinstance(key, str) or not key:
-                raise InvalidInput(f"exportData.{name}[{i}].{key_field} must be a non-empty string",
-                                   field=f"exportData.{name}[{i}].{key_field}")
+                raise InvalidInput(
+                    f"exportData.{name}[{i}].{key_field} must be a non-empty string",
+                    field=f"exportData.{name}[{i}].{key_field}",
+                )
             yield scope_of(item), key, item
 
     yield from rows("sessions", "id", lambda _i: SESSIONS)
     observations = export.get("observations") or {}
     if not isinstance(observations, dict):
-        raise InvalidInput("exportData.observations must be an object of sessionId -> list",
-                           field="exportData.observations")
+        raise InvalidInput(
+            "exportData.observations must be an object of sessionId -> list", field="exportData.observations"
+        )
     for sid, items in observations.items():
         if not isinstance(items, list):
-            raise InvalidInput(f"exportData.observations[{sid!r}] must be a list",
-                               field=f"exportData.observations.{sid}")
+            raise InvalidInput(
+                f"exportData.observations[{sid!r}] must be a list", field=f"exportData.observations.{sid}"
+            )
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-                raise InvalidInput(f"exportData.observations[{sid!r}][{i}].id must be a string",
-                                   field=f"exportData.observations.{sid}")
+                raise InvalidInput(
+                    f"exportData.observations[{sid!r}][{i}].id must be a string", field=f"exportData.observations.{sid}"
+                )
             yield obs_scope(sid), item["id"], {**item, "sessionId": sid}
     yield from rows("memories", "id", lambda _i: MEMORIES)
     yield from rows("summaries", "sessionId", lambda _i: SUMMARIES)
@@ -141,8 +173,11 @@ def _records(export: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]
 def _check_version(export: dict[str, Any]) -> None:
     version = export.get("version")
     if version != FORMAT_VERSION and not (isinstance(version, str) and _UPSTREAM_VERSION.match(version)):
-        raise InvalidInput(f"unsupported export version {version!r}; expected {FORMAT_VERSION!r} "
-                           "or an upstream agentmemory 0.x.y export", field="exportData.version")
+        raise InvalidInput(
+            f"unsupported export version {version!r}; expected {FORMAT_VERSION!r} "
+            "or an upstream agentmemory 0.x.y export",
+            field="exportData.version",
+        )
 
 
 def import_export(ctx: Ctx, export: dict[str, Any], strategy: str) -> dict[str, Any]:
@@ -152,35 +187,45 @@ def import_export(ctx: Ctx, export: dict[str, Any], strategy: str) -> dict[str, 
     now = ctx.rt.clock.iso()
     with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
         if strategy == "replace":
-            tx.wipe_records()
+            tx.admin.wipe_records()
         for scope, key, value in records:
             section = "observations" if scope.startswith("mem:obs:") else scope
             tally = counts.setdefault(section, {"imported": 0, "skipped": 0})
-            if strategy == "skip" and tx.get(scope, key) is not None:
+            if strategy == "skip" and tx.records.get(scope, key) is not None:
                 tally["skipped"] += 1
                 continue
             value = strip_private_data(value)
-            tx.set(scope, key, value, now=now)
+            tx.records.set(scope, key, value, now=now)
             kind = search.kind_for_scope(scope)
             if kind and isinstance(value, dict):
                 search.index_record(tx, kind, value)
             if scope.startswith("mem:obs:") and isinstance(value, dict) and value.get("eventId"):
-                if tx.event_get(value["eventId"]) is None:
-                    tx.event_put(value["eventId"], value["sessionId"], key, now)
+                if tx.events.get(value["eventId"]) is None:
+                    tx.events.put(value["eventId"], value["sessionId"], key, now)
             tally["imported"] += 1
         tx.audit_message = f"import ({strategy}) of {len(records)} record(s)"
         tx.audit_details = {"strategy": strategy, "counts": counts}
     ctx.rt.publish("import", {"strategy": strategy, "counts": counts})
-    return {"success": True, "strategy": strategy, "counts": counts,
-            "imported": sum(c["imported"] for c in counts.values()),
-            "skipped": sum(c["skipped"] for c in counts.values())}
+    return {
+        "success": True,
+        "strategy": strategy,
+        "counts": counts,
+        "imported": sum(c["imported"] for c in counts.values()),
+        "skipped": sum(c["skipped"] for c in counts.values()),
+    }
 
 
-@tool("import", params(
-    exportData=obj("A document produced by GET /export (or upstream agentmemory's export)"),
-    strategy=string("merge: imported records win; skip: keep existing; replace: wipe first",
-                    enum=STRATEGIES, default="merge"),
-), http=[("POST", "/import")], mcp=False)
+@tool(
+    "import",
+    params(
+        exportData=obj("A document produced by GET /export (or upstream agentmemory's export)"),
+        strategy=string(
+            "merge: imported records win; skip: keep existing; replace: wipe first", enum=STRATEGIES, default="merge"
+        ),
+    ),
+    http=[("POST", "/import")],
+    mcp=False,
+)
 def import_tool(ctx: Ctx, args: dict) -> dict:
     """Import an export; re-indexes everything it writes."""
     export = args.get("exportData")

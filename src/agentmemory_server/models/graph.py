@@ -23,21 +23,50 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from agentmemory_server.models import llm
-from agentmemory_server.models import llm_steps
-from agentmemory_server.memory import summaries
 from agentmemory_server.errors import NotFound
 from agentmemory_server.kernel.access import agent_filter
-from agentmemory_server.models.llm import Task
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, string, tool
-from agentmemory_server.kernel.scopes import GRAPH_NODES as NODES, GRAPH_EDGES as EDGES, GRAPH_SESSIONS as CONTRIBUTIONS
+from agentmemory_server.kernel.scopes import GRAPH_EDGES as EDGES
+from agentmemory_server.kernel.scopes import GRAPH_NODES as NODES
+from agentmemory_server.kernel.scopes import GRAPH_SESSIONS as CONTRIBUTIONS
+from agentmemory_server.memory import summaries
+from agentmemory_server.models import llm, llm_steps
+from agentmemory_server.models.llm import Task
 
 log = logging.getLogger("agentmemory.graph")
-NODE_TYPES = ("file", "function", "concept", "error", "decision", "pattern", "library", "person", "project",
-              "preference", "location", "organization", "event")
-EDGE_TYPES = ("uses", "imports", "modifies", "causes", "fixes", "depends_on", "related_to", "works_at",
-              "prefers", "blocked_by", "caused_by", "optimizes_for", "rejected", "avoids", "located_in",
-              "succeeded_by")
+NODE_TYPES = (
+    "file",
+    "function",
+    "concept",
+    "error",
+    "decision",
+    "pattern",
+    "library",
+    "person",
+    "project",
+    "preference",
+    "location",
+    "organization",
+    "event",
+)
+EDGE_TYPES = (
+    "uses",
+    "imports",
+    "modifies",
+    "causes",
+    "fixes",
+    "depends_on",
+    "related_to",
+    "works_at",
+    "prefers",
+    "blocked_by",
+    "caused_by",
+    "optimizes_for",
+    "rejected",
+    "avoids",
+    "located_in",
+    "succeeded_by",
+)
 MAX_SESSIONS = 100
 MAX_SOURCE_IDS = 32
 MAX_ENTITIES_PER_OBSERVATION = 8
@@ -92,9 +121,12 @@ def deterministic_extraction(observations: list[dict]) -> Extraction:
 
 def _check_graph(value: dict[str, Any]) -> list[str]:
     names = {e["name"].strip().lower() for e in value["entities"]}
-    return [f"relations/{n}: '{r[end]}' is not the name of a listed entity"
-            for n, r in enumerate(value["relations"]) for end in ("source", "target")
-            if r[end].strip().lower() not in names][:10]
+    return [
+        f"relations/{n}: '{r[end]}' is not the name of a listed entity"
+        for n, r in enumerate(value["relations"])
+        for end in ("source", "target")
+        if r[end].strip().lower() not in names
+    ][:10]
 
 
 GRAPH = Task(
@@ -103,15 +135,37 @@ GRAPH = Task(
     "functions, libraries, concepts, errors, decisions, people, ...) and typed relations between them. "
     "Use short canonical names (a file by its path); every relation's source and target must be the name "
     "of a listed entity.",
-    {"type": "object", "required": ["entities", "relations"], "properties": {
-        "entities": {"type": "array", "maxItems": 40, "items": {
-            "type": "object", "required": ["name", "type"],
-            "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
-                           "type": {"enum": list(NODE_TYPES)}}}},
-        "relations": {"type": "array", "maxItems": 60, "items": {
-            "type": "object", "required": ["source", "target", "type"],
-            "properties": {"source": {"type": "string", "minLength": 1}, "target": {"type": "string", "minLength": 1},
-                           "type": {"enum": list(EDGE_TYPES)}}}}}},
+    {
+        "type": "object",
+        "required": ["entities", "relations"],
+        "properties": {
+            "entities": {
+                "type": "array",
+                "maxItems": 40,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "type"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "type": {"enum": list(NODE_TYPES)},
+                    },
+                },
+            },
+            "relations": {
+                "type": "array",
+                "maxItems": 60,
+                "items": {
+                    "type": "object",
+                    "required": ["source", "target", "type"],
+                    "properties": {
+                        "source": {"type": "string", "minLength": 1},
+                        "target": {"type": "string", "minLength": 1},
+                        "type": {"enum": list(EDGE_TYPES)},
+                    },
+                },
+            },
+        },
+    },
     check=_check_graph,
 )
 
@@ -121,8 +175,10 @@ def model_extraction(ctx: Ctx, session: dict[str, Any], observations: list[dict]
     :raise llm.LLMError: no valid answer."""
     prompt = llm_steps.session_prompt(ctx, session, observations, "Extract the knowledge graph.")
     answer = llm.service(ctx.rt).generate_json(GRAPH, prompt)
-    texts = {o["id"]: f"{o.get('title', '')} {o.get('narrative', '')} {' '.join(o.get('files') or [])}".lower()
-             for o in observations}
+    texts = {
+        o["id"]: f"{o.get('title', '')} {o.get('narrative', '')} {' '.join(o.get('files') or [])}".lower()
+        for o in observations
+    }
     found, keys = Extraction(llm.PROVIDER), {}
     for entity in answer["entities"]:
         name = _name(entity["name"])
@@ -160,7 +216,8 @@ def _credit(record: dict[str, Any], session_id: str, count: int, field_name: str
 
 def _touch(record: dict[str, Any], obs_ids: list[str], method: str, now: str) -> None:
     record["sourceObservationIds"] = list(dict.fromkeys(obs_ids + record.get("sourceObservationIds", [])))[
-        :MAX_SOURCE_IDS]
+        :MAX_SOURCE_IDS
+    ]
     record.update(method=method, updatedAt=now)
 
 
@@ -179,22 +236,31 @@ def _drop_stale(tx: Any, session_id: str, previous: dict[str, Any], kept: set[st
     with nothing is deleted."""
     for scope, ids_field, weight_field in ((NODES, "nodeIds", "mentions"), (EDGES, "edgeIds", "weight")):
         for stale_id in set(previous.get(ids_field) or []) - kept:
-            stale = tx.get(scope, stale_id)
+            stale = tx.records.get(scope, stale_id)
             if stale is None:
                 continue
             _credit(stale, session_id, 0, weight_field)
             if stale[weight_field]:
-                tx.set(scope, stale_id, stale, now=now)
+                tx.records.set(scope, stale_id, stale, now=now)
             else:
-                tx.delete(scope, stale_id)
+                tx.records.delete(scope, stale_id)
 
 
-def _upsert(tx: Any, scope: str, record_id: str, fresh: dict[str, Any], session_id: str, obs_ids: list[str],
-            weight_field: str, method: str, now: str) -> None:
-    record = tx.get(scope, record_id) or {"id": record_id, **fresh, "createdAt": now}
+def _upsert(
+    tx: Any,
+    scope: str,
+    record_id: str,
+    fresh: dict[str, Any],
+    session_id: str,
+    obs_ids: list[str],
+    weight_field: str,
+    method: str,
+    now: str,
+) -> None:
+    record = tx.records.get(scope, record_id) or {"id": record_id, **fresh, "createdAt": now}
     _credit(record, session_id, max(1, len(obs_ids)), weight_field)
     _touch(record, obs_ids, method, now)
-    tx.set(scope, record_id, record, now=now)
+    tx.records.set(scope, record_id, record, now=now)
 
 
 def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) -> dict[str, Any]:
@@ -206,14 +272,34 @@ def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) ->
     edge_ids = {rel: _fingerprint("edge_", rel[2], node_ids[rel[0]], node_ids[rel[1]]) for rel in found.relations}
     with rt.db.transaction("graph_extract", agent_id=agent) as tx:
         for key, obs_ids in found.entities.items():
-            _upsert(tx, NODES, node_ids[key], {"type": key[0], "name": key[1], **owner}, sid, obs_ids,
-                    "mentions", found.method, now)
+            _upsert(
+                tx,
+                NODES,
+                node_ids[key],
+                {"type": key[0], "name": key[1], **owner},
+                sid,
+                obs_ids,
+                "mentions",
+                found.method,
+                now,
+            )
         for (a, b, rel_type), obs_ids in found.relations.items():
             fresh = {"type": rel_type, "sourceNodeId": node_ids[a], "targetNodeId": node_ids[b], **owner}
             _upsert(tx, EDGES, edge_ids[(a, b, rel_type)], fresh, sid, obs_ids, "weight", found.method, now)
-        _drop_stale(tx, sid, tx.get(CONTRIBUTIONS, sid) or {}, set(node_ids.values()) | set(edge_ids.values()), now)
-        tx.set(CONTRIBUTIONS, sid, {"sessionId": sid, "method": found.method, "nodeIds": sorted(node_ids.values()),
-                                    "edgeIds": sorted(edge_ids.values()), "extractedAt": now, **owner}, now=now)
+        _drop_stale(tx, sid, tx.records.get(CONTRIBUTIONS, sid) or {}, set(node_ids.values()) | set(edge_ids.values()), now)
+        tx.records.set(
+            CONTRIBUTIONS,
+            sid,
+            {
+                "sessionId": sid,
+                "method": found.method,
+                "nodeIds": sorted(node_ids.values()),
+                "edgeIds": sorted(edge_ids.values()),
+                "extractedAt": now,
+                **owner,
+            },
+            now=now,
+        )
         tx.audit_message = f"graph of session {sid}: {len(node_ids)} node(s), {len(edge_ids)} edge(s)"
     result = {"sessionId": sid, "method": found.method, "nodes": len(node_ids), "edges": len(edge_ids)}
     rt.publish("graph", result)
@@ -248,8 +334,6 @@ def queue_graph_extraction(ctx: Ctx, session: dict[str, Any]) -> None:
             svc.enqueue(tx, "graph", session["id"])
 
 
-
-
 def _graph_fallback(ctx: Ctx, session_id: str, args: dict) -> None:
     extract_session(ctx, session_id, use_model=False)
 
@@ -269,23 +353,37 @@ def _visible(ctx: Ctx, store, args: dict) -> tuple[dict[str, dict], list[dict]]:
     agent = agent_filter(ctx, args.get("agentId"))
 
     def keep(record: dict) -> bool:
-        return ((agent is None or record.get("agentId") == agent)
-                and (not args.get("project") or record.get("project") == args["project"]))
+        return (agent is None or record.get("agentId") == agent) and (
+            not args.get("project") or record.get("project") == args["project"]
+        )
 
     # Imported records (upstream exports) may lack fields; give them the shape the readers expect.
-    nodes = {k: {**n, "id": k, "name": str(n.get("name") or k), "type": str(n.get("type") or "concept")}
-             for k, n in store.list(NODES) if isinstance(n, dict) and keep(n)}
-    edges = [{**e, "id": k, "type": str(e.get("type") or "related_to")}
-             for k, e in store.list(EDGES) if isinstance(e, dict) and keep(e)]
+    nodes = {
+        k: {**n, "id": k, "name": str(n.get("name") or k), "type": str(n.get("type") or "concept")}
+        for k, n in store.records.list(NODES)
+        if isinstance(n, dict) and keep(n)
+    }
+    edges = [
+        {**e, "id": k, "type": str(e.get("type") or "related_to")}
+        for k, e in store.records.list(EDGES)
+        if isinstance(e, dict) and keep(e)
+    ]
     return nodes, edges
 
 
 def _neighbourhood(start: str, edges: list[dict], depth: int) -> set[str]:
     reached, frontier = {start}, {start}
     for _ in range(depth):
-        nxt = {e.get(end) for e in edges for end, other in (("targetNodeId", "sourceNodeId"),
-                                                           ("sourceNodeId", "targetNodeId"))
-               if e.get(other) in frontier} - reached - {None}
+        nxt = (
+            {
+                e.get(end)
+                for e in edges
+                for end, other in (("targetNodeId", "sourceNodeId"), ("sourceNodeId", "targetNodeId"))
+                if e.get(other) in frontier
+            }
+            - reached
+            - {None}
+        )
         if not nxt:
             break
         reached |= nxt
@@ -305,16 +403,21 @@ def _edge_view(e: dict) -> dict[str, Any]:
     return {k: e.get(k) for k in ("id", "type", "sourceNodeId", "targetNodeId", "weight", "method", "updatedAt")}
 
 
-@tool("memory_graph_query", params(
-    project=PROJECT, sessionId=SESSION_ID | {"description": "Only nodes this session contributed to"},
-    nodeType=string("Only nodes of this type", enum=NODE_TYPES),
-    query=string("Only nodes whose name contains this text", max_length=200),
-    startNodeId=string("Walk the graph from this node", max_length=64),
-    maxDepth=integer("Hops from startNodeId", minimum=1, maximum=5, default=2),
-    minWeight=integer("Only edges at least this heavy", minimum=1, maximum=1_000_000, default=1),
-    limit=integer("Most nodes returned (the most mentioned first)", minimum=1, maximum=1000, default=100),
-    agentId=AGENT_ID,
-), http=[("GET", "/graph"), ("POST", "/graph/query")])
+@tool(
+    "memory_graph_query",
+    params(
+        project=PROJECT,
+        sessionId=SESSION_ID | {"description": "Only nodes this session contributed to"},
+        nodeType=string("Only nodes of this type", enum=NODE_TYPES),
+        query=string("Only nodes whose name contains this text", max_length=200),
+        startNodeId=string("Walk the graph from this node", max_length=64),
+        maxDepth=integer("Hops from startNodeId", minimum=1, maximum=5, default=2),
+        minWeight=integer("Only edges at least this heavy", minimum=1, maximum=1_000_000, default=1),
+        limit=integer("Most nodes returned (the most mentioned first)", minimum=1, maximum=1000, default=100),
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/graph"), ("POST", "/graph/query")],
+)
 def memory_graph_query(ctx: Ctx, args: dict) -> dict:
     """The knowledge graph (entities and relations extracted from sessions) as nodes and edges,
     for drawing: filtered by project, session, type or name, or walked from a start node."""
@@ -325,17 +428,31 @@ def memory_graph_query(ctx: Ctx, args: dict) -> dict:
         candidates = [nodes[i] for i in _neighbourhood(args["startNodeId"], edges, args["maxDepth"])]
     else:
         needle = (args.get("query") or "").lower()
-        candidates = [n for n in nodes.values() if (not args.get("nodeType") or n["type"] == args["nodeType"])
-                      and needle in n["name"].lower()
-                      and (not args.get("sessionId") or args["sessionId"] in (n.get("sessions") or {}))]
+        candidates = [
+            n
+            for n in nodes.values()
+            if (not args.get("nodeType") or n["type"] == args["nodeType"])
+            and needle in n["name"].lower()
+            and (not args.get("sessionId") or args["sessionId"] in (n.get("sessions") or {}))
+        ]
     candidates.sort(key=lambda n: (-_number(n.get("mentions")), n["name"]))
-    chosen = {n["id"] for n in candidates[:args["limit"]]}
-    links = [e for e in edges if e.get("sourceNodeId") in chosen and e.get("targetNodeId") in chosen
-             and _number(e.get("weight")) >= args["minWeight"]]
+    chosen = {n["id"] for n in candidates[: args["limit"]]}
+    links = [
+        e
+        for e in edges
+        if e.get("sourceNodeId") in chosen
+        and e.get("targetNodeId") in chosen
+        and _number(e.get("weight")) >= args["minWeight"]
+    ]
     links.sort(key=lambda e: (-_number(e.get("weight")), e["id"]))
-    return {"success": True, "nodes": [_node_view(n) for n in candidates[:args["limit"]]],
-            "edges": [_edge_view(e) for e in links], "totalNodes": len(candidates), "totalEdges": len(links),
-            "truncated": len(candidates) > args["limit"]}
+    return {
+        "success": True,
+        "nodes": [_node_view(n) for n in candidates[: args["limit"]]],
+        "edges": [_edge_view(e) for e in links],
+        "totalNodes": len(candidates),
+        "totalEdges": len(links),
+        "truncated": len(candidates) > args["limit"],
+    }
 
 
 @tool("graph_stats", params(project=PROJECT, agentId=AGENT_ID), http=[("GET", "/graph/stats")], mcp=False)

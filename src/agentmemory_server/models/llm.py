@@ -36,23 +36,25 @@ import logging
 import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import jsonschema
 
-from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import truncate
+from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport
 
 log = logging.getLogger("agentmemory.llm")
 PROVIDER = "gemini"
 # finishReasons that mean the model declined to answer (MAX_TOKENS is parsed: it may be usable).
-REFUSALS = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "LANGUAGE",
-                      "IMAGE_SAFETY", "OTHER"})
+REFUSALS = frozenset(
+    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "LANGUAGE", "IMAGE_SAFETY", "OTHER"}
+)
 FEATURES = ("compress", "summaries", "reflect", "crystallize", "consolidation", "graph")
 MAX_REPAIR_ECHO = 4000  # characters of a bad answer quoted back to the model
 JOB_BATCH = 8
@@ -155,12 +157,16 @@ class CircuitBreaker:
         with self._lock:
             state = self._state()
             retry = None if self._opened_at is None else self._opened_at + self.cooldown
-            return {"state": state, "recentFailures": len(self._failures), "timesOpened": self.times_opened,
-                    "retryAt": _iso(retry) if retry is not None else None}
+            return {
+                "state": state,
+                "recentFailures": len(self._failures),
+                "timesOpened": self.times_opened,
+                "retryAt": _iso(retry) if retry is not None else None,
+            }
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 # -- usage counters -------------------------------------------------------------------------------------
@@ -169,8 +175,21 @@ def _iso(epoch: float) -> str:
 class Usage:
     """Counters shown in /health; thread-safe."""
 
-    FIELDS = ("calls", "succeeded", "failed", "refused", "skippedBreakerOpen", "invalidOutputs", "repaired",
-              "promptTokens", "outputTokens", "totalTokens", "jobsDone", "jobsRetried", "jobsAbandoned")
+    FIELDS = (
+        "calls",
+        "succeeded",
+        "failed",
+        "refused",
+        "skippedBreakerOpen",
+        "invalidOutputs",
+        "repaired",
+        "promptTokens",
+        "outputTokens",
+        "totalTokens",
+        "jobsDone",
+        "jobsRetried",
+        "jobsAbandoned",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -221,30 +240,47 @@ def parse_generation(data: dict[str, Any]) -> Generation:
     if not text.strip():
         raise ModelRefused(f"Gemini answered with no text (finishReason {reason})")
     usage = data.get("usageMetadata") or {}
-    return Generation(text, reason, int(usage.get("promptTokenCount") or 0),
-                      int(usage.get("candidatesTokenCount") or 0), int(usage.get("totalTokenCount") or 0))
+    return Generation(
+        text,
+        reason,
+        int(usage.get("promptTokenCount") or 0),
+        int(usage.get("candidatesTokenCount") or 0),
+        int(usage.get("totalTokenCount") or 0),
+    )
 
 
 class GeminiModel:
     """generateContent for one model."""
 
-    def __init__(self, transport: GeminiTransport, model: str, *, attempts: int, backoff: float,
-                 max_output_tokens: int, thinking_budget: int | None):
+    def __init__(
+        self,
+        transport: GeminiTransport,
+        model: str,
+        *,
+        attempts: int,
+        backoff: float,
+        max_output_tokens: int,
+        thinking_budget: int | None,
+    ):
         self.transport, self.model = transport, model
         self.attempts, self.backoff = attempts, backoff
         self.max_output_tokens, self.thinking_budget = max_output_tokens, thinking_budget
 
     def request(self, system: str, contents: list[dict[str, Any]]) -> dict[str, Any]:
-        config: dict[str, Any] = {"responseMimeType": "application/json", "temperature": 0.2,
-                                  "candidateCount": 1, "maxOutputTokens": self.max_output_tokens}
+        config: dict[str, Any] = {
+            "responseMimeType": "application/json",
+            "temperature": 0.2,
+            "candidateCount": 1,
+            "maxOutputTokens": self.max_output_tokens,
+        }
         if self.thinking_budget is not None:
             config["thinkingConfig"] = {"thinkingBudget": self.thinking_budget}
-        return {"systemInstruction": {"parts": [{"text": system}]}, "contents": contents,
-                "generationConfig": config}
+        return {"systemInstruction": {"parts": [{"text": system}]}, "contents": contents, "generationConfig": config}
 
     def generate(self, system: str, contents: list[dict[str, Any]]) -> Generation:
-        data = self.transport.post(self.model, "generateContent", self.request(system, contents),
-                                   attempts=self.attempts, backoff=self.backoff)
+        data = self.transport.post(
+            self.model, "generateContent", self.request(system, contents), attempts=self.attempts, backoff=self.backoff
+        )
         return parse_generation(data)
 
 
@@ -273,8 +309,10 @@ def validate_answer(task: Task, text: str) -> tuple[Any, list[str]]:
     except ValueError as exc:
         return None, [f"the answer is not valid JSON ({exc})"]
     validator = jsonschema.Draft202012Validator(task.schema)
-    errors = [f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {truncate(e.message, 200)}"
-              for e in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))]
+    errors = [
+        f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {truncate(e.message, 200)}"
+        for e in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
+    ]
     if not errors and task.check is not None:
         errors = task.check(value)
     return value, errors[:10]
@@ -282,8 +320,10 @@ def validate_answer(task: Task, text: str) -> tuple[Any, list[str]]:
 
 def repair_request(errors: list[str]) -> str:
     lines = "\n".join(f"- {e}" for e in errors)
-    return (f"Your answer does not match the required JSON Schema:\n{lines}\n"
-            "Reply again with only the corrected JSON object.")
+    return (
+        f"Your answer does not match the required JSON Schema:\n{lines}\n"
+        "Reply again with only the corrected JSON object."
+    )
 
 
 # -- the subsystem ---------------------------------------------------------------------------------------------
@@ -308,17 +348,19 @@ JOB_KINDS: dict[str, JobKind] = {}
 
 def job_handler(kind: str, *, on_give_up: Callable[[Ctx, str, dict], None] | None = None):
     """Register ``fn(ctx, ref, args)`` as the handler of background jobs of ``kind``."""
+
     def register(fn: Callable[[Ctx, str, dict], None]) -> Callable[[Ctx, str, dict], None]:
         if kind in JOB_KINDS:
             raise ValueError(f"duplicate LLM job kind {kind!r}")
         JOB_KINDS[kind] = JobKind(fn, on_give_up)
         return fn
+
     return register
 
 
 def _stamp() -> str:
     """Wall-clock stamp with microseconds: tells a re-queued job from the one that ran."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LLMService:
@@ -328,16 +370,25 @@ class LLMService:
         s = rt.settings
         self.rt, self.settings = rt, s
         self.usage = Usage()
-        self.breaker = CircuitBreaker(threshold=s.llm_breaker_failures, window=s.llm_breaker_window_seconds,
-                                      cooldown=s.llm_breaker_cooldown_seconds, clock=rt.clock.time)
+        self.breaker = CircuitBreaker(
+            threshold=s.llm_breaker_failures,
+            window=s.llm_breaker_window_seconds,
+            cooldown=s.llm_breaker_cooldown_seconds,
+            clock=rt.clock.time,
+        )
         self.model: GeminiModel | None = None
         if s.gemini_api_key:
-            transport = GeminiTransport(api_key=s.gemini_api_key, base_url=s.gemini_api_base,
-                                        timeout=s.gemini_timeout_seconds)
-            self.model = GeminiModel(transport, s.gemini_model, attempts=s.gemini_max_attempts,
-                                     backoff=s.gemini_retry_backoff_seconds,
-                                     max_output_tokens=s.gemini_max_output_tokens,
-                                     thinking_budget=s.gemini_thinking_budget)
+            transport = GeminiTransport(
+                api_key=s.gemini_api_key, base_url=s.gemini_api_base, timeout=s.gemini_timeout_seconds
+            )
+            self.model = GeminiModel(
+                transport,
+                s.gemini_model,
+                attempts=s.gemini_max_attempts,
+                backoff=s.gemini_retry_backoff_seconds,
+                max_output_tokens=s.gemini_max_output_tokens,
+                thinking_budget=s.gemini_thinking_budget,
+            )
         self.last_consolidation: dict[str, float] = {}
         self._wake, self._stop = threading.Event(), threading.Event()
         self._threads: list[threading.Thread] = []
@@ -350,9 +401,14 @@ class LLMService:
     # ---- features and flags
     def feature_on(self, feature: str) -> bool:
         s = self.settings
-        return {"compress": s.auto_compress, "summaries": s.llm_summaries, "reflect": s.llm_reflect,
-                "crystallize": s.llm_crystallize, "consolidation": self.consolidation_on(),
-                "graph": s.graph_extraction_enabled}[feature]
+        return {
+            "compress": s.auto_compress,
+            "summaries": s.llm_summaries,
+            "reflect": s.llm_reflect,
+            "crystallize": s.llm_crystallize,
+            "consolidation": self.consolidation_on(),
+            "graph": s.graph_extraction_enabled,
+        }[feature]
 
     def consolidation_on(self) -> bool:
         flag = self.settings.consolidation_enabled
@@ -391,8 +447,12 @@ class LLMService:
                 raise LLMError(message) from None
             self.breaker.success()
             verdict = True
-            self.usage.add(succeeded=1, promptTokens=generation.prompt_tokens,
-                           outputTokens=generation.output_tokens, totalTokens=generation.total_tokens)
+            self.usage.add(
+                succeeded=1,
+                promptTokens=generation.prompt_tokens,
+                outputTokens=generation.output_tokens,
+                totalTokens=generation.total_tokens,
+            )
             return generation
         finally:
             if not verdict:
@@ -406,15 +466,19 @@ class LLMService:
         """
         limit = self.settings.llm_max_prompt_chars
         prompt = strip_text(prompt if len(prompt) <= limit else truncate(prompt, limit))
-        system = (f"{task.instructions}\n\nAnswer with a single JSON object that matches this JSON Schema, "
-                  f"and nothing else:\n{json.dumps(task.schema, separators=(',', ':'))}")
+        system = (
+            f"{task.instructions}\n\nAnswer with a single JSON object that matches this JSON Schema, "
+            f"and nothing else:\n{json.dumps(task.schema, separators=(',', ':'))}"
+        )
         contents = [{"role": "user", "parts": [{"text": prompt}]}]
         generation = self.complete(system, contents)
         value, errors = validate_answer(task, generation.text)
         if errors:
             self.usage.add(invalidOutputs=1)
-            contents += [{"role": "model", "parts": [{"text": strip_text(generation.text[:MAX_REPAIR_ECHO])}]},
-                         {"role": "user", "parts": [{"text": strip_text(repair_request(errors))}]}]
+            contents += [
+                {"role": "model", "parts": [{"text": strip_text(generation.text[:MAX_REPAIR_ECHO])}]},
+                {"role": "user", "parts": [{"text": strip_text(repair_request(errors))}]},
+            ]
             value, errors = validate_answer(task, self.complete(system, contents).text)
             if errors:
                 self.usage.add(invalidOutputs=1)
@@ -434,12 +498,13 @@ class LLMService:
             return None
 
     # ---- background jobs
-    def enqueue(self, tx: Any, kind: str, ref: str, args: dict[str, Any] | None = None,
-                not_before: float = 0.0) -> None:
+    def enqueue(
+        self, tx: Any, kind: str, ref: str, args: dict[str, Any] | None = None, not_before: float = 0.0
+    ) -> None:
         """Queue a job inside the caller's transaction (it runs once that commits)."""
         if kind not in JOB_KINDS:
             raise ValueError(f"unknown LLM job kind {kind!r}")
-        tx.llm_job_put(kind, ref, args or {}, _stamp(), not_before)
+        tx.jobs.put(kind, ref, args or {}, _stamp(), not_before)
         tx.after_commit(self._wake.set)
 
     def drain_once(self, limit: int = JOB_BATCH) -> int:
@@ -447,7 +512,7 @@ class LLMService:
         now = self.rt.clock.time()
         lease = now + self.settings.gemini_timeout_seconds * self.settings.gemini_max_attempts * 2 + 60
         with self.rt.db.transaction("llm_job_claim") as tx:
-            jobs = tx.llm_jobs_claim(now, limit, lease)
+            jobs = tx.jobs.claim(now, limit, lease)
         ctx = Ctx(self.rt, source="llm")
         for job in jobs:
             self._run(ctx, job)
@@ -480,16 +545,17 @@ class LLMService:
             self._retry(ctx, job, kind, f"{type(exc).__name__}: {exc}", None)
             return
         with self.rt.db.transaction("llm_job_done") as tx:
-            tx.llm_job_done(job["kind"], job["ref"], job["queuedAt"])
+            tx.jobs.done(job["kind"], job["ref"], job["queuedAt"])
         self.usage.add(jobsDone=1)
 
-    def _retry(self, ctx: Ctx, job: dict[str, Any], kind: JobKind | None, reason: str,
-               not_before: float | None) -> None:
+    def _retry(
+        self, ctx: Ctx, job: dict[str, Any], kind: JobKind | None, reason: str, not_before: float | None
+    ) -> None:
         attempts = job["attempts"] + 1
         if attempts < self.settings.llm_job_attempts:
-            next_try = max(self.rt.clock.time() + min(JOB_RETRY_CAP, 5.0 * 2 ** attempts), not_before or 0.0)
+            next_try = max(self.rt.clock.time() + min(JOB_RETRY_CAP, 5.0 * 2**attempts), not_before or 0.0)
             with self.rt.db.transaction("llm_job_retry") as tx:
-                tx.llm_job_retry(job["kind"], job["ref"], strip_text(reason), next_try)
+                tx.jobs.retry(job["kind"], job["ref"], strip_text(reason), next_try)
             self.usage.add(jobsRetried=1)
             return
         log.warning("giving up LLM job %s %s after %d attempts: %s", job["kind"], job["ref"], attempts, reason)
@@ -499,7 +565,7 @@ class LLMService:
             except Exception:  # noqa: BLE001
                 log.exception("fallback of LLM job %s %s failed", job["kind"], job["ref"])
         with self.rt.db.transaction("llm_job_abandoned") as tx:
-            tx.llm_job_done(job["kind"], job["ref"], job["queuedAt"])
+            tx.jobs.done(job["kind"], job["ref"], job["queuedAt"])
         self.usage.add(jobsAbandoned=1)
 
     def _work(self) -> None:
@@ -517,39 +583,75 @@ class LLMService:
     def health(self) -> dict[str, Any]:
         breaker = self.breaker.snapshot()
         degraded = self.model is not None and breaker["state"] != CircuitBreaker.CLOSED
-        return {"status": "degraded" if degraded else "healthy", "provider": PROVIDER if self.model else None,
-                "model": self.model.model if self.model else None,
-                "mode": "model with deterministic fallback" if self.model else "deterministic",
-                "features": {f: {"enabled": self.feature_on(f), "usesModel": self.uses_model(f)} for f in FEATURES},
-                "breaker": breaker, **self.usage.snapshot(),
-                "httpRetries": self.model.transport.retries if self.model else 0,
-                "jobs": self.rt.db.reader().llm_job_stats(),
-                "workers": sum(t.is_alive() for t in self._threads)}
+        return {
+            "status": "degraded" if degraded else "healthy",
+            "provider": PROVIDER if self.model else None,
+            "model": self.model.model if self.model else None,
+            "mode": "model with deterministic fallback" if self.model else "deterministic",
+            "features": {f: {"enabled": self.feature_on(f), "usesModel": self.uses_model(f)} for f in FEATURES},
+            "breaker": breaker,
+            **self.usage.snapshot(),
+            "httpRetries": self.model.transport.retries if self.model else 0,
+            "jobs": self.rt.db.reader().jobs.stats(),
+            "workers": sum(t.is_alive() for t in self._threads),
+        }
 
     def diagnose(self) -> list[dict[str, Any]]:
         s, checks = self.settings, []
         if self.model is None:
-            checks.append(_check("llm-provider", "pass", "no Gemini key: compression, summaries, consolidation, "
-                                 "graph extraction, reflection and crystals run deterministically", ""))
+            checks.append(
+                _check(
+                    "llm-provider",
+                    "pass",
+                    "no Gemini key: compression, summaries, consolidation, "
+                    "graph extraction, reflection and crystals run deterministically",
+                    "",
+                )
+            )
             if s.auto_compress:
-                checks.append(_check("llm-auto-compress", "warn", "AGENTMEMORY_AUTO_COMPRESS is on but no "
-                                     "GEMINI_API_KEY / GOOGLE_API_KEY is set: observations keep the synthetic "
-                                     "compression", "set GEMINI_API_KEY, or turn AGENTMEMORY_AUTO_COMPRESS off"))
+                checks.append(
+                    _check(
+                        "llm-auto-compress",
+                        "warn",
+                        "AGENTMEMORY_AUTO_COMPRESS is on but no "
+                        "GEMINI_API_KEY / GOOGLE_API_KEY is set: observations keep the synthetic "
+                        "compression",
+                        "set GEMINI_API_KEY, or turn AGENTMEMORY_AUTO_COMPRESS off",
+                    )
+                )
             return checks
         usage, breaker = self.usage.snapshot(), self.breaker.snapshot()
-        checks.append(_check("llm-provider", "pass", f"Gemini model {self.model.model}: {usage['succeeded']} "
-                             f"answer(s), {usage['failed']} failure(s) since start", ""))
+        checks.append(
+            _check(
+                "llm-provider",
+                "pass",
+                f"Gemini model {self.model.model}: {usage['succeeded']} "
+                f"answer(s), {usage['failed']} failure(s) since start",
+                "",
+            )
+        )
         closed = breaker["state"] == CircuitBreaker.CLOSED
-        checks.append(_check("llm-breaker", "pass" if closed else "warn",
-                             "circuit breaker closed" if closed else
-                             f"circuit breaker {breaker['state']} (last error: {usage['lastError']}); model "
-                             f"features use their deterministic paths until {breaker['retryAt']}",
-                             "" if closed else "check GEMINI_API_KEY, GEMINI_API_BASE and the Gemini quota"))
-        jobs = self.rt.db.reader().llm_job_stats()
-        checks.append(_check("llm-jobs", "warn" if jobs["waiting"] else "pass",
-                             f"{jobs['pending']} background model job(s) queued, {jobs['waiting']} waiting to "
-                             "retry" + (f" (last error: {jobs['lastError']})" if jobs["lastError"] else ""),
-                             "they run when the model answers again" if jobs["waiting"] else ""))
+        checks.append(
+            _check(
+                "llm-breaker",
+                "pass" if closed else "warn",
+                "circuit breaker closed"
+                if closed
+                else f"circuit breaker {breaker['state']} (last error: {usage['lastError']}); model "
+                f"features use their deterministic paths until {breaker['retryAt']}",
+                "" if closed else "check GEMINI_API_KEY, GEMINI_API_BASE and the Gemini quota",
+            )
+        )
+        jobs = self.rt.db.reader().jobs.stats()
+        checks.append(
+            _check(
+                "llm-jobs",
+                "warn" if jobs["waiting"] else "pass",
+                f"{jobs['pending']} background model job(s) queued, {jobs['waiting']} waiting to "
+                "retry" + (f" (last error: {jobs['lastError']})" if jobs["lastError"] else ""),
+                "they run when the model answers again" if jobs["waiting"] else "",
+            )
+        )
         return checks
 
     def close(self) -> None:
@@ -561,7 +663,6 @@ class LLMService:
 
 def _check(name: str, status: str, message: str, fix: str) -> dict[str, Any]:
     return {"name": name, "category": "llm", "status": status, "message": message, "fix": fix, "fixable": False}
-
 
 
 def service(rt: Runtime) -> LLMService:

@@ -23,20 +23,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentmemory_server.models import llm
-from agentmemory_server.memory import consolidate, reflect
-from agentmemory_server.kernel import registry
-from agentmemory_server.retrieval import search
-from agentmemory_server.memory import summaries
 from agentmemory_server.capture.compress import OBSERVATION_TYPES
 from agentmemory_server.errors import AppError
-from agentmemory_server.kernel.scopes import obs_scope
-from agentmemory_server.models.llm import Task
-from agentmemory_server.memory.memories import MEMORY_TYPES
+from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.model_steps import model_step
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.memory.slots import DEFAULT_SIZE as SLOT_SIZE
+from agentmemory_server.kernel.scopes import obs_scope
 from agentmemory_server.kernel.util import stringify, truncate
+from agentmemory_server.memory import consolidate, reflect, summaries
+from agentmemory_server.memory.memories import MEMORY_TYPES
+from agentmemory_server.memory.slots import DEFAULT_SIZE as SLOT_SIZE
+from agentmemory_server.models import llm
+from agentmemory_server.models.llm import Task
+from agentmemory_server.retrieval import search
 
 RAW_CHARS = 6000  # of a hook payload sent for compression
 LINE_CHARS = 300  # per observation in a session prompt
@@ -44,8 +43,11 @@ HEADER_ROOM = 2000  # prompt characters kept for headers next to the observation
 
 
 def _strings(max_items: int, max_length: int, min_length: int = 1) -> dict[str, Any]:
-    return {"type": "array", "maxItems": max_items,
-            "items": {"type": "string", "minLength": min_length, "maxLength": max_length}}
+    return {
+        "type": "array",
+        "maxItems": max_items,
+        "items": {"type": "string", "minLength": min_length, "maxLength": max_length},
+    }
 
 
 def _text(max_length: int) -> dict[str, Any]:
@@ -63,8 +65,9 @@ def obs_line(obs: dict[str, Any]) -> str:
     when = (obs.get("timestamp") or "")[:16].replace("T", " ")
     files = obs.get("files") or []
     tail = f" (files: {', '.join(files[:5])})" if files else ""
-    return truncate(f"- {when} [{obs.get('type') or 'other'}] {summaries.describe(obs, LINE_CHARS)}{tail}",
-                    LINE_CHARS + 100)
+    return truncate(
+        f"- {when} [{obs.get('type') or 'other'}] {summaries.describe(obs, LINE_CHARS)}{tail}", LINE_CHARS + 100
+    )
 
 
 def observation_block(observations: list[dict], budget: int) -> str:
@@ -103,8 +106,10 @@ def session_header(session: dict[str, Any]) -> str:
 
 
 def session_prompt(ctx: Ctx, session: dict[str, Any], observations: list[dict], ask: str) -> str:
-    return (f"{session_header(session)}\n\nObservations, oldest first:\n"
-            f"{observation_block(observations, _budget(ctx))}\n\n{ask}")
+    return (
+        f"{session_header(session)}\n\nObservations, oldest first:\n"
+        f"{observation_block(observations, _budget(ctx))}\n\n{ask}"
+    )
 
 
 # -- compression -----------------------------------------------------------------------------------------
@@ -116,16 +121,25 @@ COMPRESS = Task(
     "facts worth remembering later (may be empty). narrative: one to three sentences. concepts: the key "
     "technical concepts, lower case. files: file paths the event involves. importance: 1 (noise) to 10 "
     "(a decision or failure the next session must know). Never repeat secrets, tokens or passwords.",
-    _object(["type", "title", "facts", "narrative", "concepts", "files", "importance"],
-            type={"enum": list(OBSERVATION_TYPES)}, title=_text(120), facts=_strings(12, 400),
-            narrative=_text(3000), concepts=_strings(15, 80), files=_strings(30, 512),
-            importance={"type": "integer", "minimum": 1, "maximum": 10}),
+    _object(
+        ["type", "title", "facts", "narrative", "concepts", "files", "importance"],
+        type={"enum": list(OBSERVATION_TYPES)},
+        title=_text(120),
+        facts=_strings(12, 400),
+        narrative=_text(3000),
+        concepts=_strings(15, 80),
+        files=_strings(30, 512),
+        importance={"type": "integer", "minimum": 1, "maximum": 10},
+    ),
 )
 
 
 def compress_prompt(obs: dict[str, Any]) -> str:
-    head = [f"hookType: {obs.get('hookType')}", f"project: {obs.get('project') or '(none)'}",
-            f"time: {obs.get('timestamp')}"]
+    head = [
+        f"hookType: {obs.get('hookType')}",
+        f"project: {obs.get('project') or '(none)'}",
+        f"time: {obs.get('timestamp')}",
+    ]
     if obs.get("toolName"):
         head.append(f"tool: {obs['toolName']}")
     raw = obs.get("raw")
@@ -138,18 +152,26 @@ def apply_compression(ctx: Ctx, session_id: str, obs_id: str, answer: dict[str, 
     re-queued by the index hook) and publish the update. None when the record is gone."""
     rt = ctx.rt
     with rt.db.transaction("llm_compress", agent_id=rt.settings.agent_id) as tx:
-        obs = tx.get(obs_scope(session_id), obs_id)
+        obs = tx.records.get(obs_scope(session_id), obs_id)
         if obs is None:
             return None
         # An agent's own concepts (agent_observe notes) stay; the model's are added.
-        concepts = list(dict.fromkeys(" ".join(str(c).lower().split())
-                                      for c in (obs.get("concepts") or []) + answer["concepts"]))[:30]
-        obs.update(type=answer["type"], title=truncate(" ".join(answer["title"].split()), 80),
-                   facts=answer["facts"], narrative=answer["narrative"], concepts=concepts,
-                   files=list(dict.fromkeys((obs.get("files") or []) + answer["files"]))[:50],
-                   importance=answer["importance"], confidence=0.8, method=llm.PROVIDER,
-                   compressedAt=rt.clock.iso())
-        tx.set(obs_scope(session_id), obs_id, obs, now=obs["compressedAt"])
+        concepts = list(
+            dict.fromkeys(" ".join(str(c).lower().split()) for c in (obs.get("concepts") or []) + answer["concepts"])
+        )[:30]
+        obs.update(
+            type=answer["type"],
+            title=truncate(" ".join(answer["title"].split()), 80),
+            facts=answer["facts"],
+            narrative=answer["narrative"],
+            concepts=concepts,
+            files=list(dict.fromkeys((obs.get("files") or []) + answer["files"]))[:50],
+            importance=answer["importance"],
+            confidence=0.8,
+            method=llm.PROVIDER,
+            compressedAt=rt.clock.iso(),
+        )
+        tx.records.set(obs_scope(session_id), obs_id, obs, now=obs["compressedAt"])
         search.index_record(tx, "observation", obs)
         tx.audit_message = f"model compression of {obs_id}"
         tx.after_commit(lambda: rt.publish("observation_updated", obs))
@@ -165,14 +187,12 @@ def queue_compression(ctx: Ctx, tx: Any, obs: dict[str, Any]) -> None:
         svc.enqueue(tx, "compress", obs["id"], {"sessionId": obs["sessionId"]})
 
 
-
-
 @llm.job_handler("compress")
 def _compress_job(ctx: Ctx, obs_id: str, args: dict) -> None:
     svc = llm.service(ctx.rt)
     if not svc.uses_model("compress"):
         return  # turned off since it was queued: the synthetic record stands
-    obs = ctx.rt.db.reader().get(obs_scope(args["sessionId"]), obs_id)
+    obs = ctx.rt.db.reader().records.get(obs_scope(args["sessionId"]), obs_id)
     if obs is None or obs.get("method") == llm.PROVIDER:
         return
     try:
@@ -194,8 +214,14 @@ SUMMARY = Task(
     "asked, what was done and changed, what failed and what is still open. title: at most 80 characters. "
     "narrative: a short paragraph. keyDecisions: decisions taken. filesModified: files changed. "
     "concepts: key technical concepts, lower case.",
-    _object(["title", "narrative"], title=_text(120), narrative=_text(4000), keyDecisions=_strings(15, 300),
-            filesModified=_strings(50, 512), concepts=_strings(15, 80)),
+    _object(
+        ["title", "narrative"],
+        title=_text(120),
+        narrative=_text(4000),
+        keyDecisions=_strings(15, 300),
+        filesModified=_strings(50, 512),
+        concepts=_strings(15, 80),
+    ),
 )
 
 
@@ -216,15 +242,26 @@ CRYSTAL = Task(
     "You distil finished work of an AI coding agent into a digest: narrative (what was achieved), "
     "keyOutcomes (concrete results), filesAffected, and lessons (reusable rules learned, each one "
     "sentence that stands on its own; empty when nothing was learned).",
-    _object(["narrative", "keyOutcomes", "filesAffected", "lessons"], narrative=_text(4000),
-            keyOutcomes=_strings(20, 300), filesAffected=_strings(50, 512), lessons=_strings(10, 300, 6)),
+    _object(
+        ["narrative", "keyOutcomes", "filesAffected", "lessons"],
+        narrative=_text(4000),
+        keyOutcomes=_strings(20, 300),
+        filesAffected=_strings(50, 512),
+        lessons=_strings(10, 300, 6),
+    ),
 )
 
 
 def actions_prompt(actions: list[dict]) -> str:
-    lines = [truncate(f"- {a.get('title')} ({a.get('status')})"
-                      + (f": {a['description']}" if a.get("description") else "")
-                      + (f" | result: {a['result']}" if a.get("result") else ""), 600) for a in actions]
+    lines = [
+        truncate(
+            f"- {a.get('title')} ({a.get('status')})"
+            + (f": {a['description']}" if a.get("description") else "")
+            + (f" | result: {a['result']}" if a.get("result") else ""),
+            600,
+        )
+        for a in actions
+    ]
     return "Finished actions, oldest first:\n" + "\n".join(lines) + "\n\nDistil them."
 
 
@@ -242,9 +279,11 @@ def crystallize_step(ctx: Ctx, payload: dict) -> dict | None:
 
 # -- reflection and insights ----------------------------------------------------------------------------------
 
-REFLECT_RULES = ("pending_items: open TODOs and unfinished work, one '- ' line each, dropping items "
-                 "the session finished. session_patterns: recurring errors, habits and tool usage. "
-                 "project_context: durable facts about the project (layout, key files, conventions).")
+REFLECT_RULES = (
+    "pending_items: open TODOs and unfinished work, one '- ' line each, dropping items "
+    "the session finished. session_patterns: recurring errors, habits and tool usage. "
+    "project_context: durable facts about the project (layout, key files, conventions)."
+)
 
 
 @model_step("reflect", llm.PROVIDER)
@@ -253,14 +292,24 @@ def reflect_step(ctx: Ctx, payload: dict) -> dict | None:
     if svc is None:
         return None
     current = {label: content or "" for label, content in payload["slots"].items()}
-    task = Task("reflect", "You maintain an AI coding agent's memory slots from what happened in a session. "
-                f"{REFLECT_RULES} Return the complete new content of each slot that should change (keep what "
-                "is still true), and leave out slots that need no change.",
-                _object(["slots"], slots={"type": "object", "additionalProperties": False,
-                                          "properties": {label: _text(SLOT_SIZE) for label in current}}))
+    task = Task(
+        "reflect",
+        "You maintain an AI coding agent's memory slots from what happened in a session. "
+        f"{REFLECT_RULES} Return the complete new content of each slot that should change (keep what "
+        "is still true), and leave out slots that need no change.",
+        _object(
+            ["slots"],
+            slots={
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {label: _text(SLOT_SIZE) for label in current},
+            },
+        ),
+    )
     slots_text = "\n\n".join(f"[{label}]\n{truncate(text, SLOT_SIZE) or '(empty)'}" for label, text in current.items())
-    prompt = session_prompt(ctx, payload["session"], payload["observations"],
-                            f"Current slots:\n{slots_text}\n\nUpdate the slots.")
+    prompt = session_prompt(
+        ctx, payload["session"], payload["observations"], f"Current slots:\n{slots_text}\n\nUpdate the slots."
+    )
     answer = svc.answer(task, prompt)
     updates = {k: v for k, v in (answer or {}).get("slots", {}).items() if k in current and v.strip()}
     return updates or None
@@ -271,17 +320,31 @@ def insights_step(ctx: Ctx, payload: dict) -> list | None:
     clusters, svc = payload["clusters"], _model(ctx, "reflect")
     if not clusters or svc is None:
         return None
-    item = _object(["title", "content", "confidence"], title=_text(120), content=_text(1000),
-                   confidence={"type": "number", "minimum": 0, "maximum": 1})
-    task = Task("insights", "You find the insight behind each cluster of related notes from an AI coding "
-                "agent's memory: one title, a content of one to three sentences that generalises the notes, "
-                "and a confidence between 0 and 1. One insight per cluster, in the given order.",
-                _object(["insights"], insights={"type": "array", "items": item, "minItems": len(clusters),
-                                                "maxItems": len(clusters)}))
+    item = _object(
+        ["title", "content", "confidence"],
+        title=_text(120),
+        content=_text(1000),
+        confidence={"type": "number", "minimum": 0, "maximum": 1},
+    )
+    task = Task(
+        "insights",
+        "You find the insight behind each cluster of related notes from an AI coding "
+        "agent's memory: one title, a content of one to three sentences that generalises the notes, "
+        "and a confidence between 0 and 1. One insight per cluster, in the given order.",
+        _object(
+            ["insights"],
+            insights={"type": "array", "items": item, "minItems": len(clusters), "maxItems": len(clusters)},
+        ),
+    )
     per_cluster = max(400, _budget(ctx) // len(clusters))
-    blocks = [truncate(f"Cluster {n} (terms: {', '.join(c['terms'][:8])}):\n"
-                       + "\n".join(f"- [{i['kind']}] {i['text']}" for i in c["items"][:12]), per_cluster)
-              for n, c in enumerate(clusters, 1)]
+    blocks = [
+        truncate(
+            f"Cluster {n} (terms: {', '.join(c['terms'][:8])}):\n"
+            + "\n".join(f"- [{i['kind']}] {i['text']}" for i in c["items"][:12]),
+            per_cluster,
+        )
+        for n, c in enumerate(clusters, 1)
+    ]
     answer = svc.answer(task, "\n\n".join(blocks))
     return None if answer is None else answer["insights"]
 
@@ -296,29 +359,50 @@ def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
     groups, svc = payload["groups"], _model(ctx, "consolidation")
     if not groups or svc is None:
         return None
-    memory = _object(["title", "content", "type", "concepts", "facts"], title=_text(120), content=_text(4000),
-                     type={"enum": list(MEMORY_TYPES)}, concepts=_strings(10, 80), facts=_strings(5, 300, 6))
-    task = Task("consolidate", "You turn groups of related observations from an AI coding agent's sessions "
-                "into long-term memories: for each group one memory (title, content that generalises the "
-                "group, type, concepts) and up to five standalone facts worth keeping. One memory per group, "
-                "in the given order.",
-                _object(["memories"], memories={"type": "array", "items": memory, "minItems": len(groups),
-                                                "maxItems": len(groups)}))
+    memory = _object(
+        ["title", "content", "type", "concepts", "facts"],
+        title=_text(120),
+        content=_text(4000),
+        type={"enum": list(MEMORY_TYPES)},
+        concepts=_strings(10, 80),
+        facts=_strings(5, 300, 6),
+    )
+    task = Task(
+        "consolidate",
+        "You turn groups of related observations from an AI coding agent's sessions "
+        "into long-term memories: for each group one memory (title, content that generalises the "
+        "group, type, concepts) and up to five standalone facts worth keeping. One memory per group, "
+        "in the given order.",
+        _object(
+            ["memories"], memories={"type": "array", "items": memory, "minItems": len(groups), "maxItems": len(groups)}
+        ),
+    )
     per_group = max(400, _budget(ctx) // len(groups))
     blocks = []
     for n, (key, group) in enumerate(groups, 1):
         top = sorted(group, key=lambda o: -int(o.get("importance") or 0))[:GROUP_SAMPLE]
-        blocks.append(truncate(f"Group {n} (shared {key}; {len(group)} observations):\n"
-                               + "\n".join(obs_line(o) for o in top), per_group))
+        blocks.append(
+            truncate(
+                f"Group {n} (shared {key}; {len(group)} observations):\n" + "\n".join(obs_line(o) for o in top),
+                per_group,
+            )
+        )
     answer = svc.answer(task, "\n\n".join(blocks))
     if answer is None:
         return None
     drafts = []
     for (_key, group), item in zip(groups, answer["memories"], strict=True):
-        drafts.append({"title": truncate(" ".join(item["title"].split()), 80), "content": item["content"],
-                       "type": item["type"], "concepts": item["concepts"], "facts": item["facts"],
-                       "files": list(dict.fromkeys(f for o in group for f in o.get("files") or []))[:10],
-                       "sourceObservationIds": sorted(o["id"] for o in group)})
+        drafts.append(
+            {
+                "title": truncate(" ".join(item["title"].split()), 80),
+                "content": item["content"],
+                "type": item["type"],
+                "concepts": item["concepts"],
+                "facts": item["facts"],
+                "files": list(dict.fromkeys(f for o in group for f in o.get("files") or []))[:10],
+                "sourceObservationIds": sorted(o["id"] for o in group),
+            }
+        )
     return drafts
 
 
@@ -340,10 +424,13 @@ def queue_session_model_work(ctx: Ctx, session: dict[str, Any]) -> None:
             project = session.get("project") or ""
             last = svc.last_consolidation.get(project)
             cooldown = rt.settings.consolidation_cooldown_ms / 1000
-            svc.enqueue(tx, "consolidate", project, {"project": session.get("project")},
-                        not_before=last + cooldown if last is not None else 0.0)
-
-
+            svc.enqueue(
+                tx,
+                "consolidate",
+                project,
+                {"project": session.get("project")},
+                not_before=last + cooldown if last is not None else 0.0,
+            )
 
 
 @llm.job_handler("summarize")

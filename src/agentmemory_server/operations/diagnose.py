@@ -13,9 +13,11 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from agentmemory_server.retrieval import search
-from agentmemory_server.kernel.scopes import SESSIONS
 from agentmemory_server.kernel.registry import Ctx, array, boolean, params, string, tool
+from agentmemory_server.kernel.scopes import SESSIONS
+from agentmemory_server.retrieval import search
+from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, session_of
+from agentmemory_server.storage.interfaces import UnitOfWork
 
 SAMPLE = 1000
 DISK_FAIL_BYTES = 50 * 1024 * 1024
@@ -23,15 +25,27 @@ DISK_WARN_BYTES = 500 * 1024 * 1024
 WAL_WARN_BYTES = 256 * 1024 * 1024
 
 
-def check(name: str, category: str, ok: bool, message: str, *, fix: str = "", fixable: bool = False,
-          severity: str = "fail") -> dict[str, Any]:
-    return {"name": name, "category": category, "status": "pass" if ok else severity, "message": message,
-            "fix": "" if ok else fix, "fixable": fixable and not ok}
+def check(
+    name: str, category: str, ok: bool, message: str, *, fix: str = "", fixable: bool = False, severity: str = "fail"
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "category": category,
+        "status": "pass" if ok else severity,
+        "message": message,
+        "fix": "" if ok else fix,
+        "fixable": fixable and not ok,
+    }
 
 
 def _sample(items: list, n: int = 5) -> str:
     shown = ", ".join(str(i) for i in items[:n])
     return shown + (", ..." if len(items) > n else "")
+
+
+def stored_observation_counts(store: UnitOfWork) -> dict[str, int]:
+    """Observations actually stored per session id."""
+    return {session_of(scope): n for scope, n in store.records.scope_counts(OBSERVATIONS_PREFIX).items()}
 
 
 class DatabaseChecks:
@@ -42,40 +56,86 @@ class DatabaseChecks:
 
     def _found(self) -> dict[str, list]:
         store = self.rt.db.reader()
-        stored = store.stored_observation_counts()
-        drift = [s["id"] for _k, s in store.list(SESSIONS)
-                 if int(s.get("observationCount") or 0) != stored.get(s["id"], 0)]
-        return {"unindexed": store.unindexed_records(search.INDEXED_SCOPES, limit=SAMPLE),
-                "orphans": store.orphan_index_rows(limit=SAMPLE),
-                "no_text": store.docs_without_text(limit=SAMPLE),
-                "stray_text": store.text_without_docs(limit=SAMPLE), "drift": drift}
+        stored = stored_observation_counts(store)
+        drift = [
+            s["id"] for _k, s in store.records.list(SESSIONS) if int(s.get("observationCount") or 0) != stored.get(s["id"], 0)
+        ]
+        return {
+            "unindexed": store.index.unindexed(search.INDEXED_SCOPES, OBSERVATIONS_PREFIX, limit=SAMPLE),
+            "orphans": store.index.orphans(limit=SAMPLE),
+            "no_text": store.index.rows_without_text(limit=SAMPLE),
+            "stray_text": store.index.text_without_rows(limit=SAMPLE),
+            "drift": drift,
+        }
 
     def diagnose(self) -> list[dict[str, Any]]:
         rt, found = self.rt, self._found()
-        problems = rt.db.reader().quick_check()
-        checks = [check("db_integrity", "database", problems == ["ok"],
-                        "SQLite quick_check: ok" if problems == ["ok"] else "; ".join(problems[:5]),
-                        fix="stop the server, back up the file, then restore it from the last backup "
-                            "or run `sqlite3 agentmemory.db .recover`")]
+        problems = rt.db.reader().admin.quick_check()
+        checks = [
+            check(
+                "db_integrity",
+                "database",
+                problems == ["ok"],
+                "SQLite quick_check: ok" if problems == ["ok"] else "; ".join(problems[:5]),
+                fix="stop the server, back up the file, then restore it from the last backup "
+                "or run `sqlite3 agentmemory.db .recover`",
+            )
+        ]
         unindexed = [f"{s}/{k}" for s, k, _v in found["unindexed"]]
         checks += [
-            check("search_rows_missing", "search", not unindexed,
-                  f"{len(unindexed)} record(s) have no search row: {_sample(unindexed)}" if unindexed
-                  else "every indexed record has a search row", fix="heal re-indexes them", fixable=True),
-            check("search_rows_orphaned", "search", not found["orphans"],
-                  f"{len(found['orphans'])} search row(s) point at deleted records: {_sample(found['orphans'])}"
-                  if found["orphans"] else "every search row has its record", fix="heal removes them",
-                  fixable=True, severity="warn"),
-            check("search_text_missing", "search", not found["no_text"],
-                  f"{len(found['no_text'])} search row(s) have no full-text entry" if found["no_text"]
-                  else "every search row has its full-text entry", fix="heal re-indexes them", fixable=True),
-            check("search_text_orphaned", "search", not found["stray_text"],
-                  f"{len(found['stray_text'])} full-text entries have no search row" if found["stray_text"]
-                  else "no stray full-text entries", fix="heal removes them", fixable=True, severity="warn"),
-            check("session_counts", "sessions", not found["drift"],
-                  f"{len(found['drift'])} session(s) report a wrong observationCount: {_sample(found['drift'])}"
-                  if found["drift"] else "session observation counts match", fix="heal recounts them",
-                  fixable=True, severity="warn"),
+            check(
+                "search_rows_missing",
+                "search",
+                not unindexed,
+                f"{len(unindexed)} record(s) have no search row: {_sample(unindexed)}"
+                if unindexed
+                else "every indexed record has a search row",
+                fix="heal re-indexes them",
+                fixable=True,
+            ),
+            check(
+                "search_rows_orphaned",
+                "search",
+                not found["orphans"],
+                f"{len(found['orphans'])} search row(s) point at deleted records: {_sample(found['orphans'])}"
+                if found["orphans"]
+                else "every search row has its record",
+                fix="heal removes them",
+                fixable=True,
+                severity="warn",
+            ),
+            check(
+                "search_text_missing",
+                "search",
+                not found["no_text"],
+                f"{len(found['no_text'])} search row(s) have no full-text entry"
+                if found["no_text"]
+                else "every search row has its full-text entry",
+                fix="heal re-indexes them",
+                fixable=True,
+            ),
+            check(
+                "search_text_orphaned",
+                "search",
+                not found["stray_text"],
+                f"{len(found['stray_text'])} full-text entries have no search row"
+                if found["stray_text"]
+                else "no stray full-text entries",
+                fix="heal removes them",
+                fixable=True,
+                severity="warn",
+            ),
+            check(
+                "session_counts",
+                "sessions",
+                not found["drift"],
+                f"{len(found['drift'])} session(s) report a wrong observationCount: {_sample(found['drift'])}"
+                if found["drift"]
+                else "session observation counts match",
+                fix="heal recounts them",
+                fixable=True,
+                severity="warn",
+            ),
         ]
         return checks + self._disk() + self._config()
 
@@ -83,11 +143,23 @@ class DatabaseChecks:
         sizes = self.rt.db.file_sizes()
         free = shutil.disk_usage(self.rt.db.path.parent).free
         mb = free // (1024 * 1024)
-        disk = check("disk_space", "disk", free >= DISK_WARN_BYTES, f"{mb} MB free next to the database",
-                     fix="free disk space or move AGENTMEMORY_DATA_DIR",
-                     severity="fail" if free < DISK_FAIL_BYTES else "warn")
-        wal = check("wal_size", "disk", sizes["wal"] < WAL_WARN_BYTES, f"WAL is {sizes['wal'] // 1024} KB",
-                    fix="heal checkpoints the WAL into the database", fixable=True, severity="warn")
+        disk = check(
+            "disk_space",
+            "disk",
+            free >= DISK_WARN_BYTES,
+            f"{mb} MB free next to the database",
+            fix="free disk space or move AGENTMEMORY_DATA_DIR",
+            severity="fail" if free < DISK_FAIL_BYTES else "warn",
+        )
+        wal = check(
+            "wal_size",
+            "disk",
+            sizes["wal"] < WAL_WARN_BYTES,
+            f"WAL is {sizes['wal'] // 1024} KB",
+            fix="heal checkpoints the WAL into the database",
+            fixable=True,
+            severity="warn",
+        )
         return [disk, wal]
 
     def _config(self) -> list[dict[str, Any]]:
@@ -96,28 +168,50 @@ class DatabaseChecks:
         isolated_without_id = s.agent_scope == "isolated" and not s.agent_id
         scope = f"agent scope {s.agent_scope}" + (f" as {s.agent_id}" if s.agent_id else "")
         return [
-            check("bind_without_secret", "config", not exposed,
-                  f"bound to {s.host} without AGENTMEMORY_SECRET: anyone on the network can read and write"
-                  if exposed else f"bound to {s.host}" + (" with a secret" if s.secret else ""),
-                  fix="set AGENTMEMORY_SECRET or bind HOST=127.0.0.1", severity="warn"),
-            check("agent_scope", "config", not isolated_without_id,
-                  "AGENTMEMORY_AGENT_SCOPE=isolated without AGENT_ID: every read fails closed"
-                  if isolated_without_id else scope,
-                  fix="set AGENT_ID"),
+            check(
+                "bind_without_secret",
+                "config",
+                not exposed,
+                f"bound to {s.host} without AGENTMEMORY_SECRET: anyone on the network can read and write"
+                if exposed
+                else f"bound to {s.host}" + (" with a secret" if s.secret else ""),
+                fix="set AGENTMEMORY_SECRET or bind HOST=127.0.0.1",
+                severity="warn",
+            ),
+            check(
+                "agent_scope",
+                "config",
+                not isolated_without_id,
+                "AGENTMEMORY_AGENT_SCOPE=isolated without AGENT_ID: every read fails closed"
+                if isolated_without_id
+                else scope,
+                fix="set AGENT_ID",
+            ),
         ]
 
     def heal(self, dry_run: bool) -> list[dict[str, Any]]:
         found = self._found()
         wal_big = self.rt.db.file_sizes()["wal"] >= WAL_WARN_BYTES
-        plan = {"search_rows_missing": len(found["unindexed"]) + len(found["no_text"]),
-                "search_rows_orphaned": len(found["orphans"]), "search_text_orphaned": len(found["stray_text"]),
-                "session_counts": len(found["drift"])}
+        plan = {
+            "search_rows_missing": len(found["unindexed"]) + len(found["no_text"]),
+            "search_rows_orphaned": len(found["orphans"]),
+            "search_text_orphaned": len(found["stray_text"]),
+            "session_counts": len(found["drift"]),
+        }
         if not dry_run and any(plan.values()):
             self._repair(found)
         if not dry_run and wal_big:
             self.rt.db.checkpoint()
-        details = [{"name": name, "category": "sessions" if name == "session_counts" else "search",
-                    "wouldFix": n, "fixed": 0 if dry_run else n} for name, n in plan.items() if n]
+        details = [
+            {
+                "name": name,
+                "category": "sessions" if name == "session_counts" else "search",
+                "wouldFix": n,
+                "fixed": 0 if dry_run else n,
+            }
+            for name, n in plan.items()
+            if n
+        ]
         if wal_big:
             details.append({"name": "wal_size", "category": "disk", "wouldFix": 1, "fixed": 0 if dry_run else 1})
         return details
@@ -129,21 +223,20 @@ class DatabaseChecks:
                 search.index_record(tx, search.kind_for_scope(scope), value)
                 tx.record_change(f"search_docs/{key}")
             for scope, key in found["no_text"]:
-                value = tx.get(scope, key)
+                value = tx.records.get(scope, key)
                 if value is not None and search.kind_for_scope(scope):
                     search.index_record(tx, search.kind_for_scope(scope), value)
                     tx.record_change(f"search_fts/{key}")
             if found["orphans"]:
                 search.unindex(tx, found["orphans"])
                 tx.record_change(f"search_docs/{len(found['orphans'])} orphan(s)")
-            tx.delete_text_rows(found["stray_text"])
-            counts = tx.stored_observation_counts()
+            tx.index.delete_text_rows(found["stray_text"])
+            counts = stored_observation_counts(tx)
             for sid in found["drift"]:
-                session = tx.get(SESSIONS, sid)
+                session = tx.records.get(SESSIONS, sid)
                 if session is not None:
                     session["observationCount"] = counts.get(sid, 0)
-                    tx.set(SESSIONS, sid, session, now=now)
-
+                    tx.records.set(SESSIONS, sid, session, now=now)
 
 
 # -- collecting from every subsystem ------------------------------------------------------------------------
@@ -158,16 +251,32 @@ def run_checks(rt: Any, categories: list[str] | None) -> list[dict[str, Any]]:
         try:
             checks += diagnose()
         except Exception as exc:  # noqa: BLE001 - one broken subsystem must not hide the others
-            checks.append(check(f"{name}_diagnose", name, False, f"diagnose() raised: {str(exc)[:300]}",
-                                fix=f"see the server log for the {name} subsystem"))
+            checks.append(
+                check(
+                    f"{name}_diagnose",
+                    name,
+                    False,
+                    f"diagnose() raised: {str(exc)[:300]}",
+                    fix=f"see the server log for the {name} subsystem",
+                )
+            )
     wanted = set(categories or [])
     return [c for c in checks if not wanted or c.get("category") in wanted]
 
 
-@tool("memory_diagnose", params(
-    categories=array(string(max_length=64), "Only these categories (database, search, sessions, disk, config, "
-                     "lessons, slots, and those of other subsystems)", max_items=50),
-), http=[("POST", "/diagnostics")], core=True)
+@tool(
+    "memory_diagnose",
+    params(
+        categories=array(
+            string(max_length=64),
+            "Only these categories (database, search, sessions, disk, config, "
+            "lessons, slots, and those of other subsystems)",
+            max_items=50,
+        ),
+    ),
+    http=[("POST", "/diagnostics")],
+    core=True,
+)
 def memory_diagnose(ctx: Ctx, args: dict) -> dict:
     """Health checks over every subsystem: database integrity, search index against records,
     disk, configuration, lessons, slots, vectors, working memory; each with a fix hint."""
@@ -178,10 +287,15 @@ def memory_diagnose(ctx: Ctx, args: dict) -> dict:
     return {"success": True, "status": overall, "checks": checks, "summary": summary}
 
 
-@tool("diagnostics_heal", params(
-    dryRun=boolean("Report what would be fixed without changing anything", default=False),
-    categories=array(string(max_length=64), "Only subsystems with checks in these categories", max_items=50),
-), http=[("POST", "/diagnostics/heal")], mcp=False)
+@tool(
+    "diagnostics_heal",
+    params(
+        dryRun=boolean("Report what would be fixed without changing anything", default=False),
+        categories=array(string(max_length=64), "Only subsystems with checks in these categories", max_items=50),
+    ),
+    http=[("POST", "/diagnostics/heal")],
+    mcp=False,
+)
 def diagnostics_heal(ctx: Ctx, args: dict) -> dict:
     """Fix what diagnostics marked fixable (re-index, remove orphans, recount, checkpoint, ...)."""
     wanted = set(args.get("categories") or [])
@@ -194,6 +308,12 @@ def diagnostics_heal(ctx: Ctx, args: dict) -> dict:
             continue  # a subsystem heals all of its own checks, so skip those outside the request
         details += heal(args["dryRun"])
     remaining = [c for c in run_checks(ctx.rt, list(wanted) or None) if c["status"] != "pass" and not c["fixable"]]
-    return {"success": True, "dryRun": args["dryRun"], "fixed": sum(d.get("fixed", 0) for d in details),
-            "wouldFix": sum(d.get("wouldFix", 0) for d in details), "skipped": len(remaining),
-            "details": details, "unfixable": [c["name"] for c in remaining]}
+    return {
+        "success": True,
+        "dryRun": args["dryRun"],
+        "fixed": sum(d.get("fixed", 0) for d in details),
+        "wouldFix": sum(d.get("wouldFix", 0) for d in details),
+        "skipped": len(remaining),
+        "details": details,
+        "unfixable": [c["name"] for c in remaining],
+    }

@@ -19,18 +19,27 @@ def health(ctx: Ctx, args: dict) -> Any:
     """Health snapshot: database, record counts, background jobs and every subsystem."""
     rt = ctx.rt
     store = rt.db.reader()
-    counts = store.doc_counts()
+    counts = store.index.kind_counts()
     sizes = rt.db.file_sizes()
     sections = rt.health_sections()
     states = [s.get("status") for s in sections.values() if isinstance(s, dict)]
     status = "critical" if "critical" in states else "degraded" if "degraded" in states else "healthy"
     body = {
-        "status": status, "service": "agentmemory", "version": rt.version,
+        "status": status,
+        "service": "agentmemory",
+        "version": rt.version,
         "uptimeSeconds": round(rt.clock.time() - rt.started_at, 1),
-        "db": {"path": str(rt.db.path), "schemaVersion": rt.db.schema_version,
-               "sizeBytes": sizes["db"], "walBytes": sizes["wal"]},
-        "counts": {"sessions": store.count(SESSIONS), "observations": counts.get("observation", 0),
-                   "memories": counts.get("memory", 0)},
+        "db": {
+            "path": str(rt.db.path),
+            "schemaVersion": rt.db.schema_version,
+            "sizeBytes": sizes["db"],
+            "walBytes": sizes["wal"],
+        },
+        "counts": {
+            "sessions": store.records.count(SESSIONS),
+            "observations": counts.get("observation", 0),
+            "memories": counts.get("memory", 0),
+        },
         "live": rt.hub.stats(),
         "jobs": rt.jobs.status(),
         **sections,

@@ -43,10 +43,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 try:
     import fcntl
@@ -114,27 +115,69 @@ class SyncSetting:
 # Every environment variable sync.py reads besides the database location (which it resolves as
 # the server does). Config is built from this table and README's backup table is generated from it.
 SYNC_SETTINGS: tuple[SyncSetting, ...] = (
-    SyncSetting("repo", "AGENTMEMORY_DATASET_REPO", None, _repo_id,
-                "Dataset repo `owner/name` for backups; unset disables restore and backup."),
+    SyncSetting(
+        "repo",
+        "AGENTMEMORY_DATASET_REPO",
+        None,
+        _repo_id,
+        "Dataset repo `owner/name` for backups; unset disables restore and backup.",
+    ),
     SyncSetting("token", "HF_TOKEN", None, str, "HuggingFace token with write access to the dataset."),
-    SyncSetting("endpoint", "HF_ENDPOINT", "https://huggingface.co", lambda t: t.rstrip("/"),
-                "Hub URL (tests point it at a fake Hub)."),
-    SyncSetting("interval", "AGENTMEMORY_BACKUP_INTERVAL", 60.0, _at_least(0.05),
-                "Seconds between backups in `sync.py loop`."),
-    SyncSetting("keep", "AGENTMEMORY_BACKUP_KEEP", 5, _at_least(0, int),
-                "Timestamped snapshots kept under `backups/` (the newest equals `agentmemory.db`); 0 keeps none."),
-    SyncSetting("private", "AGENTMEMORY_DATASET_PRIVATE", True, _bool,
-                "Create the dataset as private when it is missing."),
-    SyncSetting("timeout", "AGENTMEMORY_HUB_TIMEOUT", 30.0, _at_least(0.1),
-                "Seconds before one Hub request times out (connect: at most 10)."),
-    SyncSetting("retries", "AGENTMEMORY_HUB_RETRIES", 2, _at_least(0, int),
-                "Retries of a failed Hub request (huggingface_hub's default of 5 takes ~23 s)."),
-    SyncSetting("restore_attempts", "AGENTMEMORY_RESTORE_ATTEMPTS", 3, _at_least(1, int),
-                "Restore attempts at boot (`restore --boot`)."),
-    SyncSetting("restore_retry_delay", "AGENTMEMORY_RESTORE_RETRY_DELAY", 5.0, _at_least(0),
-                "Seconds between restore attempts at boot."),
-    SyncSetting("restore_required", "AGENTMEMORY_RESTORE_REQUIRED", True, _bool,
-                "At boot, refuse to start on an empty database when the restore failed."),
+    SyncSetting(
+        "endpoint",
+        "HF_ENDPOINT",
+        "https://huggingface.co",
+        lambda t: t.rstrip("/"),
+        "Hub URL (tests point it at a fake Hub).",
+    ),
+    SyncSetting(
+        "interval", "AGENTMEMORY_BACKUP_INTERVAL", 60.0, _at_least(0.05), "Seconds between backups in `sync.py loop`."
+    ),
+    SyncSetting(
+        "keep",
+        "AGENTMEMORY_BACKUP_KEEP",
+        5,
+        _at_least(0, int),
+        "Timestamped snapshots kept under `backups/` (the newest equals `agentmemory.db`); 0 keeps none.",
+    ),
+    SyncSetting(
+        "private", "AGENTMEMORY_DATASET_PRIVATE", True, _bool, "Create the dataset as private when it is missing."
+    ),
+    SyncSetting(
+        "timeout",
+        "AGENTMEMORY_HUB_TIMEOUT",
+        30.0,
+        _at_least(0.1),
+        "Seconds before one Hub request times out (connect: at most 10).",
+    ),
+    SyncSetting(
+        "retries",
+        "AGENTMEMORY_HUB_RETRIES",
+        2,
+        _at_least(0, int),
+        "Retries of a failed Hub request (huggingface_hub's default of 5 takes ~23 s).",
+    ),
+    SyncSetting(
+        "restore_attempts",
+        "AGENTMEMORY_RESTORE_ATTEMPTS",
+        3,
+        _at_least(1, int),
+        "Restore attempts at boot (`restore --boot`).",
+    ),
+    SyncSetting(
+        "restore_retry_delay",
+        "AGENTMEMORY_RESTORE_RETRY_DELAY",
+        5.0,
+        _at_least(0),
+        "Seconds between restore attempts at boot.",
+    ),
+    SyncSetting(
+        "restore_required",
+        "AGENTMEMORY_RESTORE_REQUIRED",
+        True,
+        _bool,
+        "At boot, refuse to start on an empty database when the restore failed.",
+    ),
 )
 
 
@@ -168,7 +211,7 @@ class Config:
     restore_required: bool = True
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Config":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Read SYNC_SETTINGS from ``env`` (default ``os.environ``); overrides use field names.
 
         :raise ConfigError: a value cannot be parsed; the message names the variable.
@@ -264,8 +307,12 @@ def inspect(path: Path) -> dict[str, Any]:
         try:
             result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            names = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+            ]
             tables = {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
         finally:
             conn.close()
@@ -273,8 +320,7 @@ def inspect(path: Path) -> dict[str, Any]:
         raise SyncError(f"{path.name} is not a usable SQLite database: {exc}") from None
     if result != ["ok"]:
         raise SyncError(f"{path.name} failed PRAGMA integrity_check: {'; '.join(result[:5])}")
-    return {"sha256": sha256_file(path), "size": path.stat().st_size, "schemaVersion": version,
-            "tables": tables}
+    return {"sha256": sha256_file(path), "size": path.stat().st_size, "schemaVersion": version, "tables": tables}
 
 
 def snapshot(db: Path, dest: Path) -> dict[str, Any]:
@@ -338,7 +384,7 @@ class State:
         self.values = {k: values.get(k) for k in self.FIELDS}
 
     @classmethod
-    def load(cls, cfg: Config) -> "State":
+    def load(cls, cfg: Config) -> State:
         path = _sidecar(cfg.db_path, ".sync.json")
         try:
             values = json.loads(path.read_text())
@@ -359,7 +405,7 @@ class State:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- the Hub -------------------------------------------------------------------------------------------
@@ -381,13 +427,18 @@ def configure_hub(cfg: Config) -> None:
     for fn in (http_backoff, getattr(http_stream_backoff, "__wrapped__", None)):
         defaults = getattr(fn, "__kwdefaults__", None)
         if defaults and "max_retries" in defaults:
-            fn.__kwdefaults__ = {**defaults, "max_retries": cfg.retries,
-                                 "base_wait_time": min(1.0, cfg.timeout), "max_wait_time": 4.0}
+            fn.__kwdefaults__ = {
+                **defaults,
+                "max_retries": cfg.retries,
+                "base_wait_time": min(1.0, cfg.timeout),
+                "max_wait_time": 4.0,
+            }
     timeout = httpx2.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0))
 
     def client_factory() -> Any:
         try:
             from huggingface_hub.utils._http import default_client_factory
+
             client = default_client_factory()
         except ImportError:  # the library moved it: a plain client still works
             client = httpx2.Client(follow_redirects=True)
@@ -465,8 +516,17 @@ class Hub:
         from huggingface_hub import hf_hub_download
 
         with hub_errors(self.cfg, f"downloading {name} from {self.repo}"):
-            return Path(hf_hub_download(self.repo, name, repo_type="dataset", revision=revision,
-                                        local_dir=into, token=self.cfg.token, endpoint=self.cfg.endpoint))
+            return Path(
+                hf_hub_download(
+                    self.repo,
+                    name,
+                    repo_type="dataset",
+                    revision=revision,
+                    local_dir=into,
+                    token=self.cfg.token,
+                    endpoint=self.cfg.endpoint,
+                )
+            )
 
     def meta(self, revision: str, files: set[str], scratch: Path) -> dict[str, Any] | None:
         if META not in files:
@@ -482,8 +542,9 @@ class Hub:
 
     def commit(self, operations: list[Any], message: str, parent: str | None) -> str:
         with hub_errors(self.cfg, f"uploading to {self.repo}"):
-            info = self.api.create_commit(self.repo, operations=operations, commit_message=message,
-                                          repo_type="dataset", parent_commit=parent)
+            info = self.api.create_commit(
+                self.repo, operations=operations, commit_message=message, repo_type="dataset", parent_commit=parent
+            )
         return info.oid
 
 
@@ -495,19 +556,21 @@ def _check_lineage(state: State, meta: dict[str, Any] | None, repo: str, force: 
     if meta is None or meta["id"] in (state.get("remoteId"), state.get("pendingId")):
         return
     if force:
-        log.warning("--force: replacing remote backup %s (made %s) with this database",
-                    meta["id"], meta.get("createdAt"))
+        log.warning(
+            "--force: replacing remote backup %s (made %s) with this database", meta["id"], meta.get("createdAt")
+        )
         return
     known = state.get("remoteId") or "none (never restored from or backed up to this dataset)"
     raise Refused(
         f"{repo} holds backup {meta['id']} (made {meta.get('createdAt')} on {meta.get('host')}), but this "
         f"database descends from {known}. Refusing to overwrite it: run `sync.py restore` to take the "
-        "remote copy, or `sync.py backup --force` to replace it with this database.")
+        "remote copy, or `sync.py backup --force` to replace it with this database."
+    )
 
 
 def _stamp(ts: float) -> str:
     """UTC time as ``20261122T101530.123Z``: sorts as text in time order."""
-    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    moment = datetime.fromtimestamp(ts, tz=UTC)
     return f"{moment:%Y%m%dT%H%M%S}.{moment.microsecond // 1000:03d}Z"
 
 
@@ -532,14 +595,23 @@ def _operations(snapshot_path: Path, meta: dict[str, Any], files: set[str], keep
 
 def _new_meta(info: dict[str, Any], changed_at: float, remote: dict[str, Any] | None) -> dict[str, Any]:
     now = time.time()
-    return {"format": 1, "id": f"{_stamp(now)}-{info['sha256'][:12]}", "file": LATEST,
-            "history": _history_name(now), "createdAt": _iso(now), "sourceChangedAt": _iso(changed_at),
-            "sourceChangedAtEpoch": changed_at, "host": socket.gethostname(),
-            "previous": remote["id"] if remote else None, **info}
+    return {
+        "format": 1,
+        "id": f"{_stamp(now)}-{info['sha256'][:12]}",
+        "file": LATEST,
+        "history": _history_name(now),
+        "createdAt": _iso(now),
+        "sourceChangedAt": _iso(changed_at),
+        "sourceChangedAtEpoch": changed_at,
+        "host": socket.gethostname(),
+        "previous": remote["id"] if remote else None,
+        **info,
+    }
 
 
-def _publish(hub: Hub, state: State, path: Path, meta: dict[str, Any], head: str | None,
-             files: set[str]) -> dict[str, Any]:
+def _publish(
+    hub: Hub, state: State, path: Path, meta: dict[str, Any], head: str | None, files: set[str]
+) -> dict[str, Any]:
     """One commit: latest, timestamped copy, metadata, pruned history. ``head`` as the parent
     makes the Hub reject the commit if anyone else committed since we looked."""
     operations, pruned = _operations(path, meta, files, hub.cfg.keep)
@@ -547,8 +619,14 @@ def _publish(hub: Hub, state: State, path: Path, meta: dict[str, Any], head: str
     # recognises the remote backup as its own.
     state.save(pendingId=meta["id"])
     commit = hub.commit(operations, f"agentmemory backup {meta['id']}", head)
-    return {"status": "uploaded", "id": meta["id"], "commit": commit, "size": meta["size"],
-            "tables": meta["tables"], "pruned": pruned}
+    return {
+        "status": "uploaded",
+        "id": meta["id"],
+        "commit": commit,
+        "size": meta["size"],
+        "tables": meta["tables"],
+        "pruned": pruned,
+    }
 
 
 def backup(cfg: Config, *, force: bool = False) -> dict[str, Any]:
@@ -577,8 +655,14 @@ def backup(cfg: Config, *, force: bool = False) -> dict[str, Any]:
                 return {"status": "unchanged", "id": remote["id"]}
             result = _publish(hub, state, Path(scratch) / LATEST, _new_meta(info, changed_at, remote), head, files)
         state.save(fingerprint=fingerprint, sha256=info["sha256"], remoteId=result["id"], pendingId=None)
-    log.info("uploaded backup %s (%d bytes, schema %s) to %s; pruned %d old snapshot(s)",
-             result["id"], info["size"], info["schemaVersion"], repo, len(result["pruned"]))
+    log.info(
+        "uploaded backup %s (%d bytes, schema %s) to %s; pruned %d old snapshot(s)",
+        result["id"],
+        info["size"],
+        info["schemaVersion"],
+        repo,
+        len(result["pruned"]),
+    )
     return result
 
 
@@ -602,11 +686,15 @@ def _restore_decision(db: Path, state: State, meta: dict[str, Any] | None, force
     local_at = last_change(db)
     remote_at = meta.get("sourceChangedAtEpoch") if meta else None
     if not isinstance(remote_at, (int, float)) or local_at > remote_at:
-        remote_desc = f"backup {remote_id} of a database last changed {meta.get('sourceChangedAt')}" if meta \
+        remote_desc = (
+            f"backup {remote_id} of a database last changed {meta.get('sourceChangedAt')}"
+            if meta
             else "backup (it has no metadata, so its age is unknown)"
+        )
         raise Refused(
             f"the local database {db} (last changed {_iso(local_at)}) is newer than the remote {remote_desc}; "
-            "not overwriting it. Use `restore --force` to replace it anyway, or `backup --force` to upload it.")
+            "not overwriting it. Use `restore --force` to replace it anyway, or `backup --force` to upload it."
+        )
     return "the remote backup is newer than the local changes (the local copy is kept as .pre-restore)"
 
 
@@ -641,10 +729,22 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
             kept = install(path, db)
         remote_id = meta["id"] if meta else f"unversioned-{info['sha256'][:12]}"
         state.save(fingerprint=_quick_hash(db), sha256=info["sha256"], remoteId=remote_id, pendingId=None)
-    log.info("restored backup %s into %s (%d bytes, schema %s): %s", remote_id, db, info["size"],
-             info["schemaVersion"], reason)
-    return {"status": "restored", "id": remote_id, "size": info["size"], "tables": info["tables"],
-            "kept": str(kept) if kept else None, "reason": reason}
+    log.info(
+        "restored backup %s into %s (%d bytes, schema %s): %s",
+        remote_id,
+        db,
+        info["size"],
+        info["schemaVersion"],
+        reason,
+    )
+    return {
+        "status": "restored",
+        "id": remote_id,
+        "size": info["size"],
+        "tables": info["tables"],
+        "kept": str(kept) if kept else None,
+        "reason": reason,
+    }
 
 
 def restore_for_boot(cfg: Config) -> int:
@@ -670,8 +770,10 @@ def restore_for_boot(cfg: Config) -> int:
     if not cfg.restore_required:
         log.warning("could not restore; starting with an empty database (AGENTMEMORY_RESTORE_REQUIRED=false)")
         return EXIT_OK
-    log.error("could not restore and there is no local database: not starting, because an empty "
-              "database would hide the backup. Set AGENTMEMORY_RESTORE_REQUIRED=false to start anyway.")
+    log.error(
+        "could not restore and there is no local database: not starting, because an empty "
+        "database would hide the backup. Set AGENTMEMORY_RESTORE_REQUIRED=false to start anyway."
+    )
     return EXIT_FAILED
 
 

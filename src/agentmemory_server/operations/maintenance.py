@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
-from agentmemory_server.kernel import registry
-from agentmemory_server.retrieval import search
-from agentmemory_server.memory import transfer
-from agentmemory_server.storage.sqlite.database import Store, dumps
 from agentmemory_server.errors import InvalidInput
-from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES, obs_scope
-from agentmemory_server.kernel.scopes import MEMORIES
+from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, obs_scope
+from agentmemory_server.memory import transfer
+from agentmemory_server.retrieval import search
+from agentmemory_server.storage.codec import dumps
+from agentmemory_server.storage.interfaces import UnitOfWork as Store
 
 T = TypeVar("T")
 
@@ -73,8 +74,6 @@ def reembed_vectors(rt: Any, progress: Progress) -> dict[str, Any] | None:
     return {"queued": queued, "embedded": embedded, "model": service.model}
 
 
-
-
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
@@ -86,12 +85,12 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def indexed_scopes(store: Store) -> list[tuple[str, str]]:
     """(scope, kind) of every scope in the store whose records are searchable."""
-    return [(scope, kind) for scope in store.scopes() if (kind := search.kind_for_scope(scope))]
+    return [(scope, kind) for scope in store.records.scopes() if (kind := search.kind_for_scope(scope))]
 
 
 def _rebuild_scope(rt: Any, scope: str, kind: str, batch: int, bar: Bar) -> tuple[int, int]:
     indexed = skipped = 0
-    for rows in chunked(rt.db.reader().iter_scope(scope, batch=batch), batch):
+    for rows in chunked(rt.db.reader().records.iter_scope(scope, batch=batch), batch):
         with rt.db.transaction("reindex") as tx:
             for _key, value in rows:
                 try:
@@ -106,19 +105,18 @@ def _rebuild_scope(rt: Any, scope: str, kind: str, batch: int, bar: Bar) -> tupl
 def _drop_stale_docs(rt: Any, batch: int) -> int:
     """Remove index rows whose record is gone (or whose scope is no longer indexed)."""
     removed, after = 0, 0
-    while refs := rt.db.reader().index_refs(after_id=after, limit=batch):
+    while refs := rt.db.reader().index.refs(after_id=after, limit=batch):
         after = refs[-1][0]
         by_scope: dict[str, list[tuple[str, str]]] = {}
         for _rowid, doc_id, scope, key in refs:
             by_scope.setdefault(scope, []).append((doc_id, key))
         stale = []
         for scope, docs in by_scope.items():
-            present = rt.db.reader().get_many(scope, [key for _d, key in docs]) \
-                if search.kind_for_scope(scope) else {}
+            present = rt.db.reader().records.get_many(scope, [key for _d, key in docs]) if search.kind_for_scope(scope) else {}
             stale += [doc_id for doc_id, key in docs if key not in present]
         if stale:
             with rt.db.transaction("reindex") as tx:
-                removed += tx.index_delete(stale)
+                removed += tx.index.delete(stale)
     return removed
 
 
@@ -127,7 +125,7 @@ def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress) -> d
     record is gone, then run the ``reindex`` hooks (vector re-embedding). Each batch is its own short
     transaction, so a running server keeps serving (searches may miss a record for a moment)."""
     scopes = indexed_scopes(rt.db.reader())
-    counts = rt.db.reader().scope_counts()
+    counts = rt.db.reader().records.scope_counts()
     bar = progress("reindex", sum(counts.get(scope, 0) for scope, _k in scopes))
     by_kind: dict[str, int] = {}
     skipped = 0
@@ -140,10 +138,9 @@ def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress) -> d
         bar.close()
     removed = _drop_stale_docs(rt, batch)
     with rt.db.transaction("reindex") as tx:
-        orphans = tx.index_prune_orphans()
+        orphans = tx.index.prune_orphan_text()
     hooks = {getattr(hook, "__name__", repr(hook)): hook(rt, progress) for hook in rt.hooks.reindex}
-    return {"indexed": by_kind, "skipped": skipped, "staleRemoved": removed, "orphansRemoved": orphans,
-            "hooks": hooks}
+    return {"indexed": by_kind, "skipped": skipped, "staleRemoved": removed, "orphansRemoved": orphans, "hooks": hooks}
 
 
 # -- export -----------------------------------------------------------------------------------------
@@ -176,7 +173,7 @@ class _JsonWriter:
 
 
 def _write_scope(w: _JsonWriter, store: Store, scope: str, batch: int, bar: Bar, *, as_object: bool) -> None:
-    for rows in chunked(store.iter_scope(scope, batch=batch), batch):
+    for rows in chunked(store.records.iter_scope(scope, batch=batch), batch):
         for key, value in rows:
             w.value(value, key if as_object else None)
         bar.update(len(rows))
@@ -184,15 +181,15 @@ def _write_scope(w: _JsonWriter, store: Store, scope: str, batch: int, bar: Bar,
 
 def _write_observations(w: _JsonWriter, store: Store, batch: int, bar: Bar) -> None:
     w.open("{", "observations")
-    for session_ids in chunked((key for key, _v in store.iter_scope(SESSIONS, batch=batch)), batch):
+    for session_ids in chunked((key for key, _v in store.records.iter_scope(SESSIONS, batch=batch)), batch):
         for sid in session_ids:
             w.open("[", sid)
             _write_scope(w, store, obs_scope(sid), batch, bar, as_object=False)
             w.close("]")
     # Observations whose session row is gone still export (as GET /export does).
-    for scope in store.scopes():
-        sid = scope[len("mem:obs:"):]
-        if scope.startswith("mem:obs:") and store.get(SESSIONS, sid) is None:
+    for scope in store.records.scopes():
+        sid = scope[len("mem:obs:") :]
+        if scope.startswith("mem:obs:") and store.records.get(SESSIONS, sid) is None:
             w.open("[", sid)
             _write_scope(w, store, scope, batch, bar, as_object=False)
             w.close("]")
@@ -203,13 +200,16 @@ def stream_export(rt: Any, out: TextIO, *, batch: int = 500, progress: Progress 
     """Write the same document as ``GET /export`` to ``out``, reading ``batch`` records at a time
     inside one read transaction (a consistent export while the server keeps writing)."""
     with rt.db.snapshot_reader() as store:
-        counts = store.scope_counts()
+        counts = store.records.scope_counts()
         bar = progress("export", sum(counts.values()))
         try:
             w = _JsonWriter(out)
             w.open("{")
-            for key, value in (("version", transfer.FORMAT_VERSION), ("service", "agentmemory"),
-                               ("exportedAt", rt.clock.iso())):
+            for key, value in (
+                ("version", transfer.FORMAT_VERSION),
+                ("service", "agentmemory"),
+                ("exportedAt", rt.clock.iso()),
+            ):
                 w.value(value, key)
             w.open("[", "sessions")
             _write_scope(w, store, SESSIONS, batch, bar, as_object=False)
@@ -220,7 +220,7 @@ def stream_export(rt: Any, out: TextIO, *, batch: int = 500, progress: Progress 
                 _write_scope(w, store, scope, batch, bar, as_object=False)
                 w.close("]")
             w.open("{", "kv")
-            for scope in store.scopes():
+            for scope in store.records.scopes():
                 if not transfer._is_core(scope):
                     w.open("{", scope)
                     _write_scope(w, store, scope, batch, bar, as_object=True)
@@ -249,8 +249,9 @@ def load_export(path: Path) -> dict[str, Any]:
     return document
 
 
-def import_document(ctx: Ctx, document: dict[str, Any], strategy: str, *, batch: int = 1000,
-                    progress: Progress = no_progress) -> dict[str, Any]:
+def import_document(
+    ctx: Ctx, document: dict[str, Any], strategy: str, *, batch: int = 1000, progress: Progress = no_progress
+) -> dict[str, Any]:
     """Import an export through the ``import`` tool. merge and skip run in batches of ``batch``
     records, each its own transaction (idempotent, so an interrupted import can simply be run
     again, and the server's writers never wait long); replace runs as one transaction so it is
@@ -266,8 +267,9 @@ def import_document(ctx: Ctx, document: dict[str, Any], strategy: str, *, batch:
             kv: dict[str, dict[str, Any]] = {}
             for scope, key, value in rows:
                 kv.setdefault(scope, {})[key] = value
-            result = registry.call(ctx, "import", {"exportData": {"version": transfer.FORMAT_VERSION, "kv": kv},
-                                                   "strategy": strategy})
+            result = registry.call(
+                ctx, "import", {"exportData": {"version": transfer.FORMAT_VERSION, "kv": kv}, "strategy": strategy}
+            )
             for section, tally in result["counts"].items():
                 total = totals.setdefault(section, {"imported": 0, "skipped": 0})
                 for field in total:
@@ -275,9 +277,13 @@ def import_document(ctx: Ctx, document: dict[str, Any], strategy: str, *, batch:
             bar.update(len(rows))
     finally:
         bar.close()
-    return {"success": True, "strategy": strategy, "counts": totals,
-            "imported": sum(c["imported"] for c in totals.values()),
-            "skipped": sum(c["skipped"] for c in totals.values())}
+    return {
+        "success": True,
+        "strategy": strategy,
+        "counts": totals,
+        "imported": sum(c["imported"] for c in totals.values()),
+        "skipped": sum(c["skipped"] for c in totals.values()),
+    }
 
 
 # -- stats ------------------------------------------------------------------------------------------
@@ -286,16 +292,21 @@ def import_document(ctx: Ctx, document: dict[str, Any], strategy: str, *, batch:
 def stats(rt: Any) -> dict[str, Any]:
     """Record counts per scope and per indexed kind, table sizes, database and WAL size, schema."""
     store = rt.db.reader()
-    scopes = store.scope_counts()
+    scopes = store.records.scope_counts()
     per_scope = {scope: n for scope, n in scopes.items() if not scope.startswith("mem:obs:")}
     observation_scopes = {scope: n for scope, n in scopes.items() if scope.startswith("mem:obs:")}
     per_scope["mem:obs:*"] = sum(observation_scopes.values())
     sizes = rt.db.file_sizes()
     return {
-        "db": {"path": str(rt.db.path), "schemaVersion": rt.db.schema_version, "sizeBytes": sizes["db"],
-               "walBytes": sizes["wal"], "shmBytes": sizes["shm"]},
+        "db": {
+            "path": str(rt.db.path),
+            "schemaVersion": rt.db.schema_version,
+            "sizeBytes": sizes["db"],
+            "walBytes": sizes["wal"],
+            "shmBytes": sizes["shm"],
+        },
         "scopes": dict(sorted(per_scope.items())),
         "sessionsWithObservations": len(observation_scopes),
-        "indexed": store.doc_counts(),
-        "tables": store.table_counts(),
+        "indexed": store.index.kind_counts(),
+        "tables": store.admin.table_counts(),
     }

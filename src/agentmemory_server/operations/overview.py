@@ -12,16 +12,16 @@ from datetime import timedelta
 from typing import Any
 
 from agentmemory_server.kernel import registry
-from agentmemory_server.retrieval import search
-from agentmemory_server.kernel.scopes import SESSIONS
 from agentmemory_server.kernel.access import agent_filter
-from agentmemory_server.kernel.scopes import MEMORIES
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, array, integer, params, string, tool
-from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS
 from agentmemory_server.kernel.util import parse_time
+from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.storage.interfaces import equal
 
 INGEST_WINDOW_MINUTES = 60
-INGEST_SCAN_LIMIT = 5000   # audit rows read per operation; a busier hour is reported as capped
+INGEST_SCAN_LIMIT = 5000  # audit rows read per operation; a busier hour is reported as capped
 NO_PROJECT = "(no project)"
 CONCEPT_SCAN_LIMIT = 20_000
 TOP_CONCEPTS = 25
@@ -39,12 +39,15 @@ def record_counts(ctx: Ctx) -> dict[str, int]:
     store = ctx.rt.db.reader()
     agent = agent_filter(ctx)
     if agent is not None:
-        _, sessions = store.sessions_page(project=None, agent_id=agent, status=None, limit=1, offset=0)
-        _, memories = store.memories_page(project=None, agent_id=agent, latest_only=False, limit=1, offset=0)
-        return {"sessions": sessions, "memories": memories,
-                "observations": store.docs_total(filters={"kinds": ["observation"], "agent_id": agent})}
+        sessions = store.records.count_where(SESSIONS, equal(agentId=agent))
+        memories = store.records.count_where(MEMORIES, equal(agentId=agent))
+        return {
+            "sessions": sessions,
+            "memories": memories,
+            "observations": store.index.total(filters={"kinds": ["observation"], "agent_id": agent}),
+        }
     counts: Counter = Counter()
-    for scope, n in store.scope_counts().items():
+    for scope, n in store.records.scope_counts().items():
         parts = scope.split(":")
         if len(parts) > 1 and parts[0] == "mem":
             counts[_FAMILY_NAMES.get(parts[1], parts[1])] += n
@@ -57,7 +60,7 @@ def ingest_rate(ctx: Ctx, operation: str) -> dict[str, Any]:
     """Changes per minute over the last hour, from the audit log (oldest minute first)."""
     now = ctx.rt.clock.now().replace(second=0, microsecond=0)
     buckets = [0] * INGEST_WINDOW_MINUTES
-    times = ctx.rt.db.reader().audit_times(operation, limit=INGEST_SCAN_LIMIT)
+    times = ctx.rt.db.reader().audit.times(operation, limit=INGEST_SCAN_LIMIT)
     for ts in times:
         when = parse_time(ts)
         if when is None:
@@ -67,14 +70,23 @@ def ingest_rate(ctx: Ctx, operation: str) -> dict[str, Any]:
             break  # newest first: everything after this is older still
         if age >= 0:
             buckets[INGEST_WINDOW_MINUTES - 1 - age] += 1
-    return {"perMinute": buckets, "lastMinute": buckets[-1], "lastHour": sum(buckets),
-            "capped": len(times) >= INGEST_SCAN_LIMIT and sum(buckets) >= len(times)}
+    return {
+        "perMinute": buckets,
+        "lastMinute": buckets[-1],
+        "lastHour": sum(buckets),
+        "capped": len(times) >= INGEST_SCAN_LIMIT and sum(buckets) >= len(times),
+    }
 
 
 # Routes other modules may add; the viewer asks for them only when this server has them.
-OPTIONAL_ROUTES = {"lessons": ("GET", "/lessons"), "slots": ("GET", "/slots"), "actions": ("GET", "/actions"),
-                   "relations": ("GET", "/relations"), "timeline": ("POST", "/timeline"),
-                   "profile": ("GET", "/profile")}
+OPTIONAL_ROUTES = {
+    "lessons": ("GET", "/lessons"),
+    "slots": ("GET", "/slots"),
+    "actions": ("GET", "/actions"),
+    "relations": ("GET", "/relations"),
+    "timeline": ("POST", "/timeline"),
+    "profile": ("GET", "/profile"),
+}
 
 
 def features() -> dict[str, bool]:
@@ -86,10 +98,18 @@ def features() -> dict[str, bool]:
 def viewer_overview(ctx: Ctx, args: dict) -> dict:
     """Dashboard numbers: records per kind, observations and memories ingested per minute over the
     last hour, the live stream's state and which optional routes this server has."""
-    return {"counts": record_counts(ctx), "features": features(),
-            "ingest": {"windowMinutes": INGEST_WINDOW_MINUTES, "observations": ingest_rate(ctx, "observe"),
-                       "memories": ingest_rate(ctx, "remember")},
-            "live": ctx.rt.hub.stats(), "version": ctx.rt.version, "now": ctx.rt.clock.iso()}
+    return {
+        "counts": record_counts(ctx),
+        "features": features(),
+        "ingest": {
+            "windowMinutes": INGEST_WINDOW_MINUTES,
+            "observations": ingest_rate(ctx, "observe"),
+            "memories": ingest_rate(ctx, "remember"),
+        },
+        "live": ctx.rt.hub.stats(),
+        "version": ctx.rt.version,
+        "now": ctx.rt.clock.iso(),
+    }
 
 
 # -- activity ----------------------------------------------------------------------------------------------
@@ -100,28 +120,49 @@ def _slim(kind: str, record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "raw"} if kind == "observation" else record
 
 
-@tool("viewer_activity", params(
-    limit=integer("Page size", minimum=1, maximum=500, default=100),
-    offset=integer("Rows to skip", minimum=0, maximum=10_000_000, default=0),
-    kinds=array(string(enum=["observation", "memory"]), "Kinds to include (default both)", max_items=2),
-    project=PROJECT, sessionId=SESSION_ID, agentId=AGENT_ID,
-), http=[("GET", "/viewer/activity")], mcp=False)
+@tool(
+    "viewer_activity",
+    params(
+        limit=integer("Page size", minimum=1, maximum=500, default=100),
+        offset=integer("Rows to skip", minimum=0, maximum=10_000_000, default=0),
+        kinds=array(string(enum=["observation", "memory"]), "Kinds to include (default both)", max_items=2),
+        project=PROJECT,
+        sessionId=SESSION_ID,
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/viewer/activity")],
+    mcp=False,
+)
 def viewer_activity(ctx: Ctx, args: dict) -> dict:
     """Observations and latest memories across all sessions, newest first (paginated, with the
     total), without raw hook payloads."""
-    filters: dict[str, Any] = {"kinds": args.get("kinds") or ["observation", "memory"],
-                               "project": args.get("project"),
-                               "agent_id": agent_filter(ctx, args.get("agentId"))}
+    filters: dict[str, Any] = {
+        "kinds": args.get("kinds") or ["observation", "memory"],
+        "project": args.get("project"),
+        "agent_id": agent_filter(ctx, args.get("agentId")),
+    }
     if args.get("sessionId"):
         filters["session_ids"] = [args["sessionId"]]
     store = ctx.rt.db.reader()
-    docs = store.docs_recent(limit=args["limit"], offset=args["offset"], filters=filters)
-    items = [{"kind": hit["kind"], "ts": hit["ts"], "sessionId": hit["session_id"],
-              "project": hit["project"], "record": _slim(hit["kind"], record)}
-             for hit, record in search.hydrate(store, docs)]
-    total = store.docs_total(filters=filters)
-    return {"items": items, "total": total, "offset": args["offset"], "limit": args["limit"],
-            "hasMore": args["offset"] + len(docs) < total}
+    docs = store.index.recent(limit=args["limit"], offset=args["offset"], filters=filters)
+    items = [
+        {
+            "kind": hit["kind"],
+            "ts": hit["ts"],
+            "sessionId": hit["session_id"],
+            "project": hit["project"],
+            "record": _slim(hit["kind"], record),
+        }
+        for hit, record in search.hydrate(store, docs)
+    ]
+    total = store.index.total(filters=filters)
+    return {
+        "items": items,
+        "total": total,
+        "offset": args["offset"],
+        "limit": args["limit"],
+        "hasMore": args["offset"] + len(docs) < total,
+    }
 
 
 # -- the project-folder graph ------------------------------------------------------------------------------
@@ -170,8 +211,7 @@ class FolderGraph:
 
     def folder(self, key: str) -> dict[str, Any]:
         if key not in self.folders:
-            self.folders[key] = {"id": key, "sessions": 0, "memories": 0, "observations": 0,
-                                 "lastActive": None}
+            self.folders[key] = {"id": key, "sessions": 0, "memories": 0, "observations": 0, "lastActive": None}
             self.cwds[key], self.concepts[key] = Counter(), Counter()
         return self.folders[key]
 
@@ -214,8 +254,12 @@ class FolderGraph:
             folder["path"] = self.path(folder["id"])
             folder["label"] = posixpath.basename(folder["path"].rstrip("/\\")) or folder["path"]
             folder["concepts"] = [c for c, _ in self.concepts[folder["id"]].most_common(8)]
-        return {"folders": shown, "edges": self.edges(shown, edges_per_folder),
-                "totalFolders": len(self.folders), "truncated": len(self.folders) > len(shown)}
+        return {
+            "folders": shown,
+            "edges": self.edges(shown, edges_per_folder),
+            "totalFolders": len(self.folders),
+            "truncated": len(self.folders) > len(shown),
+        }
 
     def edges(self, shown: list[dict[str, Any]], per_folder: int) -> list[dict[str, Any]]:
         top = {f["id"]: {c for c, _ in self.concepts[f["id"]].most_common(TOP_CONCEPTS)} for f in shown}
@@ -224,8 +268,15 @@ class FolderGraph:
             shared = sorted(top[a["id"]] & top[b["id"]])
             parent = shared_parent(a["path"], b["path"])
             if shared or parent:
-                candidates.append({"source": a["id"], "target": b["id"], "concepts": shared[:8],
-                                   "parent": parent, "weight": len(shared) + (2 if parent else 0)})
+                candidates.append(
+                    {
+                        "source": a["id"],
+                        "target": b["id"],
+                        "concepts": shared[:8],
+                        "parent": parent,
+                        "weight": len(shared) + (2 if parent else 0),
+                    }
+                )
         candidates.sort(key=lambda e: (-e["weight"], e["source"], e["target"]))
         degree: Counter = Counter()
         kept = []
@@ -237,24 +288,30 @@ class FolderGraph:
         return kept
 
 
-@tool("viewer_graph", params(
-    maxFolders=integer("Largest folders to include", minimum=1, maximum=500, default=150),
-    edgesPerFolder=integer("Strongest edges kept per folder", minimum=1, maximum=50, default=4),
-    agentId=AGENT_ID,
-), http=[("GET", "/viewer/graph")], mcp=False)
+@tool(
+    "viewer_graph",
+    params(
+        maxFolders=integer("Largest folders to include", minimum=1, maximum=500, default=150),
+        edgesPerFolder=integer("Strongest edges kept per folder", minimum=1, maximum=50, default=4),
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/viewer/graph")],
+    mcp=False,
+)
 def viewer_graph(ctx: Ctx, args: dict) -> dict:
     """Sessions and latest memories grouped into project folders, with edges between folders that
     share concepts or a parent directory."""
     store = ctx.rt.db.reader()
     agent = agent_filter(ctx, args.get("agentId"))
     graph = FolderGraph()
-    for _key, session in store.list(SESSIONS):
+    for _key, session in store.records.list(SESSIONS):
         if agent is None or session.get("agentId") == agent:
             graph.add_session(session)
-    for _key, memory in store.list(MEMORIES):
+    for _key, memory in store.records.list(MEMORIES):
         if memory.get("isLatest", True) and (agent is None or memory.get("agentId") == agent):
             graph.add_memory(memory)
-    for project, session_id, text in store.doc_concepts(
-            limit=CONCEPT_SCAN_LIMIT, filters={"kinds": ["observation"], "agent_id": agent}):
+    for project, session_id, text in store.index.concepts(
+        limit=CONCEPT_SCAN_LIMIT, filters={"kinds": ["observation"], "agent_id": agent}
+    ):
         graph.add_concepts(project, session_id, text)
     return graph.render(args["maxFolders"], args["edgesPerFolder"])

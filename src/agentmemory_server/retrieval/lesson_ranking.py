@@ -43,8 +43,7 @@ def rank_lessons(ctx: Ctx, args: dict) -> list[dict[str, Any]]:
     1 / (1 + 0.01 x days since the last reinforcement)."""
     store = ctx.rt.db.reader()
     limit = args["limit"]
-    filters = {"kinds": ["lesson"], "project": args.get("project"),
-               "agent_id": agent_filter(ctx, args.get("agentId"))}
+    filters = {"kinds": ["lesson"], "project": args.get("project"), "agent_id": agent_filter(ctx, args.get("agentId"))}
     hits = search.bm25(store, args["query"], limit=max(limit * 5, 50), filters=filters)
     best = max((h["score"] for h in hits), default=0.0) or 1.0
     now_ts = ctx.rt.clock.time()

@@ -12,29 +12,49 @@ import json
 import logging
 from typing import Any
 
-from agentmemory_server.kernel import registry
-from agentmemory_server.retrieval import lesson_ranking, search
-from agentmemory_server.retrieval import vectors
-from agentmemory_server.errors import AppError, InvalidInput
+from agentmemory_server.errors import InvalidInput
 from agentmemory_server.kernel.access import agent_filter
-from agentmemory_server.kernel.registry import (AGENT_ID, PROJECT, SESSION_ID, Ctx, anything, array, boolean, integer, params,
-                      string, tool)
+from agentmemory_server.kernel.registry import (
+    AGENT_ID,
+    PROJECT,
+    SESSION_ID,
+    Ctx,
+    anything,
+    array,
+    boolean,
+    integer,
+    params,
+    string,
+    tool,
+)
 from agentmemory_server.kernel.util import estimate_tokens, truncate
+from agentmemory_server.retrieval import lesson_ranking, search, vectors
+from agentmemory_server.kernel import listings
 
 log = logging.getLogger("agentmemory.recall")
 FORMATS = ("full", "compact", "narrative")
 RESULT_KINDS = ["observation", "memory"]  # lessons are attached separately by smart-search
-MODE = string("auto: hybrid when vectors are available, else bm25; or force bm25 / hybrid / vector",
-              enum=search.SEARCH_MODES, default="auto")
+MODE = string(
+    "auto: hybrid when vectors are available, else bm25; or force bm25 / hybrid / vector",
+    enum=search.SEARCH_MODES,
+    default="auto",
+)
 
 
 def memory_as_observation(mem: dict[str, Any]) -> dict[str, Any]:
     """Upstream clients read search hits as observations; a memory is shown as one."""
-    return {"id": mem["id"], "sessionId": (mem.get("sessionIds") or ["memory"])[0],
-            "timestamp": mem.get("updatedAt"), "type": "decision", "title": mem.get("title", ""),
-            "narrative": mem.get("content", ""), "concepts": mem.get("concepts", []),
-            "files": mem.get("files", []), "importance": mem.get("strength", 7),
-            "project": mem.get("project")}
+    return {
+        "id": mem["id"],
+        "sessionId": (mem.get("sessionIds") or ["memory"])[0],
+        "timestamp": mem.get("updatedAt"),
+        "type": "decision",
+        "title": mem.get("title", ""),
+        "narrative": mem.get("content", ""),
+        "concepts": mem.get("concepts", []),
+        "files": mem.get("files", []),
+        "importance": mem.get("strength", 7),
+        "project": mem.get("project"),
+    }
 
 
 def as_observation(hit: dict, record: dict) -> dict:
@@ -44,28 +64,43 @@ def as_observation(hit: dict, record: dict) -> dict:
     if hit["kind"] == "memory":
         return memory_as_observation(record)
     text = record.get("content") or record.get("narrative") or record.get("title") or ""
-    return {"id": record.get("id", hit["key"]), "sessionId": hit.get("session_id") or hit["kind"],
-            "timestamp": record.get("updatedAt") or record.get("createdAt") or hit.get("ts"),
-            "type": hit["kind"], "title": record.get("title") or truncate(" ".join(text.split()), 80),
-            "narrative": text, "concepts": record.get("concepts") or record.get("tags") or [],
-            "files": record.get("files") or [], "project": record.get("project")}
+    return {
+        "id": record.get("id", hit["key"]),
+        "sessionId": hit.get("session_id") or hit["kind"],
+        "timestamp": record.get("updatedAt") or record.get("createdAt") or hit.get("ts"),
+        "type": hit["kind"],
+        "title": record.get("title") or truncate(" ".join(text.split()), 80),
+        "narrative": text,
+        "concepts": record.get("concepts") or record.get("tags") or [],
+        "files": record.get("files") or [],
+        "project": record.get("project"),
+    }
 
 
 def ranked(ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: str) -> tuple[list, str]:
     """(hits paired with their records, mode that ran) for a query within ``filters``."""
     store = ctx.rt.db.reader()
-    hits, used = search.hybrid(store, query, limit=limit, filters=filters,
-                               vectors=vectors.service(ctx.rt), mode=mode,
-                               per_session=ctx.rt.settings.search_max_per_session,
-                               fusion=ctx.rt.settings.search_fusion)
+    hits, used = search.hybrid(
+        store,
+        query,
+        limit=limit,
+        filters=filters,
+        vectors=vectors.service(ctx.rt),
+        mode=mode,
+        per_session=ctx.rt.settings.search_max_per_session,
+        fusion=ctx.rt.settings.search_fusion,
+    )
     return search.hydrate(store, hits), used
 
 
 def search_filters(ctx: Ctx, args: dict[str, Any], kinds: list[str]) -> dict[str, Any]:
-    filters: dict[str, Any] = {"kinds": kinds, "project": args.get("project"),
-                               "agent_id": agent_filter(ctx, args.get("agentId"))}
+    filters: dict[str, Any] = {
+        "kinds": kinds,
+        "project": args.get("project"),
+        "agent_id": agent_filter(ctx, args.get("agentId")),
+    }
     if args.get("cwd"):
-        filters["session_ids"] = ctx.rt.db.reader().session_ids_with("cwd", args["cwd"])
+        filters["session_ids"] = listings.session_ids_with(ctx.rt.db.reader(), cwd=args["cwd"])
     if args.get("sessionId"):
         filters["session_ids"] = [args["sessionId"]]
     return filters
@@ -77,12 +112,19 @@ def format_results(pairs: list[tuple[dict, dict]], fmt: str) -> list[dict[str, A
         obs = as_observation(hit, record)
         score = round(hit.get("score", 0.0), 4)
         if fmt == "compact":
-            results.append({"obsId": obs["id"], "sessionId": obs.get("sessionId"), "kind": hit["kind"],
-                            "title": obs.get("title", ""), "type": obs.get("type"), "score": score,
-                            "timestamp": obs.get("timestamp")})
+            results.append(
+                {
+                    "obsId": obs["id"],
+                    "sessionId": obs.get("sessionId"),
+                    "kind": hit["kind"],
+                    "title": obs.get("title", ""),
+                    "type": obs.get("type"),
+                    "score": score,
+                    "timestamp": obs.get("timestamp"),
+                }
+            )
         else:
-            entry = {"kind": hit["kind"], "observation": obs, "score": score,
-                     "sessionId": obs.get("sessionId")}
+            entry = {"kind": hit["kind"], "observation": obs, "score": score, "sessionId": obs.get("sessionId")}
             if hit["kind"] == "memory":
                 entry["memory"] = record
             results.append(entry)
@@ -101,28 +143,48 @@ def apply_budget(results: list[dict], budget: int | None) -> tuple[list[dict], i
     return kept, used, False
 
 
-@tool("memory_recall", params(
-    ["query"],
-    query=string("What to look for", max_length=4000),
-    limit=integer("Maximum results", minimum=1, maximum=100, default=20),
-    format=string("full records, compact rows or a narrative text", enum=FORMATS, default="full"),
-    token_budget=integer("Stop adding results past this many tokens", minimum=1, maximum=1_000_000),
-    project=PROJECT, cwd=string("Only sessions started in this directory", max_length=4096),
-    sessionId=SESSION_ID, agentId=AGENT_ID, mode=MODE,
-), http=[("POST", "/search")], core=True)
+@tool(
+    "memory_recall",
+    params(
+        ["query"],
+        query=string("What to look for", max_length=4000),
+        limit=integer("Maximum results", minimum=1, maximum=100, default=20),
+        format=string("full records, compact rows or a narrative text", enum=FORMATS, default="full"),
+        token_budget=integer("Stop adding results past this many tokens", minimum=1, maximum=1_000_000),
+        project=PROJECT,
+        cwd=string("Only sessions started in this directory", max_length=4096),
+        sessionId=SESSION_ID,
+        agentId=AGENT_ID,
+        mode=MODE,
+    ),
+    http=[("POST", "/search")],
+    core=True,
+)
 def memory_recall(ctx: Ctx, args: dict) -> dict:
     """Search observations and memories (hybrid BM25 + vectors when available; says which mode ran)."""
-    pairs, mode = ranked(ctx, args["query"], limit=args["limit"], mode=args["mode"],
-                         filters=search_filters(ctx, args, RESULT_KINDS))
+    pairs, mode = ranked(
+        ctx, args["query"], limit=args["limit"], mode=args["mode"], filters=search_filters(ctx, args, RESULT_KINDS)
+    )
     fmt = args["format"]
     results, used, truncated = apply_budget(format_results(pairs, fmt), args.get("token_budget"))
-    body: dict[str, Any] = {"format": fmt, "mode": mode, "query": args["query"], "results": results,
-                            "count": len(results), "tokens_used": used,
-                            "tokens_budget": args.get("token_budget"), "truncated": truncated}
+    body: dict[str, Any] = {
+        "format": fmt,
+        "mode": mode,
+        "query": args["query"],
+        "results": results,
+        "count": len(results),
+        "tokens_used": used,
+        "tokens_budget": args.get("token_budget"),
+        "truncated": truncated,
+    }
     if fmt == "narrative":
-        body["text"] = "\n\n".join(
-            f"{i}. {r['observation'].get('title', '')}\n{r['observation'].get('narrative', '')}"
-            for i, r in enumerate(results, 1)) or "No results."
+        body["text"] = (
+            "\n\n".join(
+                f"{i}. {r['observation'].get('title', '')}\n{r['observation'].get('narrative', '')}"
+                for i, r in enumerate(results, 1)
+            )
+            or "No results."
+        )
     return body
 
 
@@ -134,9 +196,16 @@ LESSON_CHARS = 240
 
 def compact_row(hit: dict, record: dict) -> dict[str, Any]:
     obs = as_observation(hit, record)
-    return {"obsId": obs["id"], "sessionId": obs.get("sessionId"), "kind": hit["kind"],
-            "title": obs.get("title", ""), "type": obs.get("type"), "score": round(hit.get("score", 0.0), 6),
-            "timestamp": obs.get("timestamp"), "project": hit.get("project")}
+    return {
+        "obsId": obs["id"],
+        "sessionId": obs.get("sessionId"),
+        "kind": hit["kind"],
+        "title": obs.get("title", ""),
+        "type": obs.get("type"),
+        "score": round(hit.get("score", 0.0), 6),
+        "timestamp": obs.get("timestamp"),
+        "project": hit.get("project"),
+    }
 
 
 def _expand_ids(raw: list[Any]) -> list[str]:
@@ -157,18 +226,26 @@ def expand(ctx: Ctx, args: dict[str, Any]) -> dict[str, Any]:
     ids = ids[:MAX_EXPAND]
     store = ctx.rt.db.reader()
     filters = search_filters(ctx, args, [])
-    docs = {d["doc_id"]: d for d in store.docs_lookup(ids, filters)}
+    docs = {d["doc_id"]: d for d in store.index.lookup(ids, filters)}
     pairs = search.hydrate(store, [docs[i] for i in ids if i in docs])
     results = []
     for hit, record in pairs:
-        entry: dict[str, Any] = {"obsId": hit["doc_id"], "sessionId": hit.get("session_id"),
-                                 "kind": hit["kind"], "observation": as_observation(hit, record)}
+        entry: dict[str, Any] = {
+            "obsId": hit["doc_id"],
+            "sessionId": hit.get("session_id"),
+            "kind": hit["kind"],
+            "observation": as_observation(hit, record),
+        }
         if hit["kind"] != "observation":
             entry["memory" if hit["kind"] == "memory" else "record"] = record
         results.append(entry)
     found = {r["obsId"] for r in results}
-    return {"mode": "expanded", "results": results, "truncated": truncated,
-            "notFound": [i for i in ids if i not in found]}
+    return {
+        "mode": "expanded",
+        "results": results,
+        "truncated": truncated,
+        "notFound": [i for i in ids if i not in found],
+    }
 
 
 # The lessons tools' default floor (memory_lesson_recall's minConfidence).
@@ -176,18 +253,26 @@ LESSON_MIN_CONFIDENCE = 0.1
 
 
 def lesson_row(lesson: dict[str, Any]) -> dict[str, Any]:
-    return {"lessonId": lesson.get("id") or lesson.get("lessonId"),
-            "content": truncate(str(lesson.get("content") or ""), LESSON_CHARS),
-            "confidence": lesson.get("confidence"), "score": lesson.get("score"),
-            "createdAt": lesson.get("createdAt"), "project": lesson.get("project"),
-            "tags": lesson.get("tags") or []}
+    return {
+        "lessonId": lesson.get("id") or lesson.get("lessonId"),
+        "content": truncate(str(lesson.get("content") or ""), LESSON_CHARS),
+        "confidence": lesson.get("confidence"),
+        "score": lesson.get("score"),
+        "createdAt": lesson.get("createdAt"),
+        "project": lesson.get("project"),
+        "tags": lesson.get("tags") or [],
+    }
 
 
 def attach_lessons(ctx: Ctx, query: str, project: str | None, limit: int) -> list[dict[str, Any]]:
     """Lessons matching the query. Search must still answer when lesson ranking fails, so
     errors only get logged."""
-    args: dict[str, Any] = {"query": query, "limit": min(limit, 10), "minConfidence": LESSON_MIN_CONFIDENCE,
-                            "project": project}
+    args: dict[str, Any] = {
+        "query": query,
+        "limit": min(limit, 10),
+        "minConfidence": LESSON_MIN_CONFIDENCE,
+        "project": project,
+    }
     try:
         return [lesson_row(lesson) for lesson in lesson_ranking.rank_lessons(ctx, args)]
     except Exception:  # noqa: BLE001 - a lessons failure must not fail the search
@@ -195,16 +280,25 @@ def attach_lessons(ctx: Ctx, query: str, project: str | None, limit: int) -> lis
         return []
 
 
-@tool("memory_smart_search", params(
-    query=string("What to look for (or give expandIds)", max_length=4000),
-    expandIds=array(anything("an id, or {obsId, sessionId}"), "Ids from a compact answer to return in full",
-                    max_items=100),
-    limit=integer("Maximum results", minimum=1, maximum=100, default=10),
-    project=PROJECT, cwd=string("Only sessions started in this directory", max_length=4096),
-    sessionId=SESSION_ID, agentId=AGENT_ID,
-    includeLessons=boolean("Attach matching lessons", default=True),
-    mode=MODE, source=string("Who is asking (recorded for diagnostics)", max_length=64),
-), http=[("POST", "/smart-search")], core=True)
+@tool(
+    "memory_smart_search",
+    params(
+        query=string("What to look for (or give expandIds)", max_length=4000),
+        expandIds=array(
+            anything("an id, or {obsId, sessionId}"), "Ids from a compact answer to return in full", max_items=100
+        ),
+        limit=integer("Maximum results", minimum=1, maximum=100, default=10),
+        project=PROJECT,
+        cwd=string("Only sessions started in this directory", max_length=4096),
+        sessionId=SESSION_ID,
+        agentId=AGENT_ID,
+        includeLessons=boolean("Attach matching lessons", default=True),
+        mode=MODE,
+        source=string("Who is asking (recorded for diagnostics)", max_length=64),
+    ),
+    http=[("POST", "/smart-search")],
+    core=True,
+)
 def memory_smart_search(ctx: Ctx, args: dict) -> dict:
     """Hybrid search (BM25 + vectors, fused) returning compact rows; expandIds returns full records."""
     if args.get("expandIds"):
@@ -212,10 +306,14 @@ def memory_smart_search(ctx: Ctx, args: dict) -> dict:
     query = (args.get("query") or "").strip()
     if not query:
         raise InvalidInput("give 'query' or 'expandIds'", field="query")
-    pairs, mode = ranked(ctx, query, limit=args["limit"], mode=args["mode"],
-                         filters=search_filters(ctx, args, RESULT_KINDS))
-    body: dict[str, Any] = {"format": "compact", "mode": mode, "query": query,
-                            "results": [compact_row(hit, record) for hit, record in pairs]}
-    body["lessons"] = (attach_lessons(ctx, query, args.get("project"), args["limit"])
-                       if args["includeLessons"] else [])
+    pairs, mode = ranked(
+        ctx, query, limit=args["limit"], mode=args["mode"], filters=search_filters(ctx, args, RESULT_KINDS)
+    )
+    body: dict[str, Any] = {
+        "format": "compact",
+        "mode": mode,
+        "query": query,
+        "results": [compact_row(hit, record) for hit, record in pairs],
+    }
+    body["lessons"] = attach_lessons(ctx, query, args.get("project"), args["limit"]) if args["includeLessons"] else []
     return body

@@ -2,24 +2,24 @@
 (BM25 here; vectors in ``vectors.py``; both fused here on normalised scores, or by reciprocal
 rank when ``SEARCH_FUSION=rrf``).
 
-BM25 runs on the SQLite FTS5 table ``search_fts`` (porter + unicode61). Records are indexed in
-the same transaction that stores them, so the index is persistent, incremental and never
-rebuilt at start-up. A query is tokenised, stripped of stop and question words, and its terms
-are quoted and OR-ed: a bare FTS5 MATCH ANDs the terms and finds almost nothing for a natural
-question, and quoting makes any user text (``C++``, ``NEAR``, ``"``, ``*``) safe.
+BM25 runs on the storage's lexical index (``SearchIndex.lexical``). Records are indexed in the
+same transaction that stores them, so the index is persistent, incremental and never rebuilt at
+start-up. A query is tokenised and stripped of stop and question words here; the index ORs the
+terms.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from agentmemory_server.retrieval import dates
-from agentmemory_server.storage.sqlite.database import Store
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel.access import visible_to
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.scopes import LESSONS, MEMORIES, is_obs_scope, obs_scope
+from agentmemory_server.retrieval import dates
+from agentmemory_server.storage.interfaces import UnitOfWork
 
 # Field weights for bm25(search_fts, title, body, concepts, files, context). The context (the
 # text just before a record in its session) helps a reply be found by its question's words,
@@ -32,15 +32,9 @@ BM25_WEIGHTS = (3.0, 1.0, 2.0, 1.5, 0.4)
 CONTEXT_RECORDS = 2
 CONTEXT_RECORD_CHARS = 200
 
-STOPWORDS = frozenset("""
-a about above after again against all am an and any are as at be because been before being
-below between both but by can could did do does doing down during each few for from further
-had has have having he her here hers herself him himself his how i if in into is it its itself
-just let me more most my myself no nor not of off on once only or other our ours ourselves out
-over own same she should so some such than that the their theirs them themselves then there
-these they this those through to too under until up very was we were what when where which
-while who whom why will with would you your yours yourself yourselves
-""".split())
+STOPWORDS = frozenset(
+    ["a", "about", "above", "after", "again", "against", "all", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "let", "me", "more", "most", "my", "myself", "no", "nor", "not", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yourself", "yourselves"]
+)
 
 WORDS = re.compile(r"\w+", re.UNICODE)
 
@@ -58,18 +52,6 @@ def query_terms(query: str) -> list[str]:
     return list(dict.fromkeys(kept or words))[:MAX_QUERY_TERMS]
 
 
-def _phrase(term: str) -> str:
-    return '"' + term.replace('"', '""') + '"'
-
-
-def build_match(query: str) -> str | None:
-    """An FTS5 MATCH expression: every term quoted, OR-ed. None when there is nothing to find."""
-    terms = query_terms(query)
-    if not terms:
-        return None
-    return " OR ".join(_phrase(t) for t in terms)
-
-
 # -- what gets indexed ---------------------------------------------------------------------------
 
 
@@ -83,14 +65,23 @@ def _join(values: Any) -> str:
 
 def observation_doc(obs: dict[str, Any]) -> tuple[dict, dict]:
     doc = {
-        "doc_id": obs["id"], "kind": "observation", "scope": obs_scope(obs["sessionId"]),
-        "key": obs["id"], "session_id": obs.get("sessionId"), "project": obs.get("project"),
-        "agent_id": obs.get("agentId"), "type": obs.get("type"), "ts": obs.get("timestamp") or "",
+        "doc_id": obs["id"],
+        "kind": "observation",
+        "scope": obs_scope(obs["sessionId"]),
+        "key": obs["id"],
+        "session_id": obs.get("sessionId"),
+        "project": obs.get("project"),
+        "agent_id": obs.get("agentId"),
+        "type": obs.get("type"),
+        "ts": obs.get("timestamp") or "",
     }
-    body = " ".join(p for p in (obs.get("narrative", ""), obs.get("subtitle", ""),
-                                _join(obs.get("facts"))) if p)
-    text = {"title": distinct_title(obs.get("title", ""), body), "body": body,
-            "concepts": _join(obs.get("concepts")), "files": _join(obs.get("files"))}
+    body = " ".join(p for p in (obs.get("narrative", ""), obs.get("subtitle", ""), _join(obs.get("facts"))) if p)
+    text = {
+        "title": distinct_title(obs.get("title", ""), body),
+        "body": body,
+        "concepts": _join(obs.get("concepts")),
+        "files": _join(obs.get("files")),
+    }
     return doc, text
 
 
@@ -104,24 +95,45 @@ def distinct_title(title: str, body: str) -> str:
 
 def memory_doc(mem: dict[str, Any]) -> tuple[dict, dict]:
     doc = {
-        "doc_id": mem["id"], "kind": "memory", "scope": MEMORIES, "key": mem["id"],
-        "session_id": (mem.get("sessionIds") or [None])[0], "project": mem.get("project"),
-        "agent_id": mem.get("agentId"), "type": mem.get("type"),
+        "doc_id": mem["id"],
+        "kind": "memory",
+        "scope": MEMORIES,
+        "key": mem["id"],
+        "session_id": (mem.get("sessionIds") or [None])[0],
+        "project": mem.get("project"),
+        "agent_id": mem.get("agentId"),
+        "type": mem.get("type"),
         "ts": mem.get("updatedAt") or mem.get("createdAt") or "",
         "active": mem.get("isLatest", True),
     }
-    text = {"title": mem.get("title", ""), "body": mem.get("content", ""),
-            "concepts": _join(mem.get("concepts")), "files": _join(mem.get("files"))}
+    text = {
+        "title": mem.get("title", ""),
+        "body": mem.get("content", ""),
+        "concepts": _join(mem.get("concepts")),
+        "files": _join(mem.get("files")),
+    }
     return doc, text
 
 
 def lesson_doc(lesson: dict[str, Any]) -> tuple[dict, dict]:
-    doc = {"doc_id": lesson["id"], "kind": "lesson", "scope": LESSONS, "key": lesson["id"],
-           "session_id": None, "project": lesson.get("project"), "agent_id": lesson.get("agentId"),
-           "type": lesson.get("source"), "ts": lesson.get("updatedAt") or lesson.get("createdAt") or "",
-           "active": not lesson.get("deleted")}
-    text = {"title": lesson.get("content", ""), "body": lesson.get("context", ""),
-            "concepts": " ".join(lesson.get("tags") or []), "files": ""}
+    doc = {
+        "doc_id": lesson["id"],
+        "kind": "lesson",
+        "scope": LESSONS,
+        "key": lesson["id"],
+        "session_id": None,
+        "project": lesson.get("project"),
+        "agent_id": lesson.get("agentId"),
+        "type": lesson.get("source"),
+        "ts": lesson.get("updatedAt") or lesson.get("createdAt") or "",
+        "active": not lesson.get("deleted"),
+    }
+    text = {
+        "title": lesson.get("content", ""),
+        "body": lesson.get("context", ""),
+        "concepts": " ".join(lesson.get("tags") or []),
+        "files": "",
+    }
     return doc, text
 
 
@@ -143,28 +155,30 @@ def kind_for_scope(scope: str) -> str | None:
     return INDEXED_SCOPES.get(scope)
 
 
-def index_record(store: Store, kind: str, record: dict[str, Any]) -> int:
+def index_record(store: UnitOfWork, kind: str, record: dict[str, Any]) -> int:
     doc, text = DOC_BUILDERS[kind](record)
+    # Memories and lessons saved without a project are global: every project's searches see them.
+    doc["global"] = doc.get("project") is None and kind != "observation"
     if kind == "observation" and doc.get("session_id") and "context" not in text:
-        before = store.text_before(doc["session_id"], doc["ts"], doc["doc_id"], CONTEXT_RECORDS)
+        before = store.index.text_before(doc["session_id"], doc["ts"], doc["doc_id"], CONTEXT_RECORDS)
         text["context"] = " | ".join(body[:CONTEXT_RECORD_CHARS] for body in before if body)
-    return store.index_upsert(doc, text)
+    return store.index.upsert(doc, text)
 
 
-def unindex(store: Store, doc_ids: list[str]) -> int:
-    return store.index_delete(doc_ids)
+def unindex(store: UnitOfWork, doc_ids: list[str]) -> int:
+    return store.index.delete(doc_ids)
 
 
-def delete_indexed(ctx: Ctx, tx: Store, scope: str, keys: list[str]) -> tuple[list[str], list[str]]:
+def delete_indexed(ctx: Ctx, tx: UnitOfWork, scope: str, keys: list[str]) -> tuple[list[str], list[str]]:
     """Delete the records of ``scope`` the caller may see, with their search rows; returns
     (deleted, not found) keys."""
     deleted, missing = [], []
     for key in dict.fromkeys(keys):
-        value = tx.get(scope, key)
+        value = tx.records.get(scope, key)
         if value is None or not visible_to(ctx, value):
             missing.append(key)
             continue
-        tx.delete(scope, key)
+        tx.records.delete(scope, key)
         deleted.append(key)
     unindex(tx, deleted)
     return deleted, missing
@@ -172,78 +186,21 @@ def delete_indexed(ctx: Ctx, tx: Store, scope: str, keys: list[str]) -> tuple[li
 
 # -- querying --------------------------------------------------------------------------------------
 
-# FTS5 computes bm25() for every row an OR of terms matches (about 2 microseconds a row), and
-# cannot stop early. A query made only of words that tens of thousands of records contain would
-# cost 50-100 ms at 100k records. Past this many matching rows, BM25 skips the records that hold
-# none of the query's rare terms and not all of its common ones (the idea of Lucene's common-terms
-# query: frequent words refine a ranking; alone they select nothing). Every record it does rank
-# gets its exact score.
-BM25_ROW_BUDGET = 4000
-
-
-def bm25(store: Store, query: str, *, limit: int, filters: dict[str, Any] | None = None) -> list[dict]:
+def bm25(store: UnitOfWork, query: str, *, limit: int, filters: dict[str, Any] | None = None) -> list[dict]:
     """Ranked index rows (doc_id, kind, scope, key, session_id, project, ts, rowid, score)."""
-    terms = query_terms(query)
-    if not terms:
-        return []
-    filters = filters or {}
-    match = _any(terms)
-    if len(terms) == 1 or store.fts_match_count(match, BM25_ROW_BUDGET + 1) <= BM25_ROW_BUDGET:
-        return store.fts_search(match, weights=BM25_WEIGHTS, limit=limit, filters=filters)
-    return bounded_bm25(store, terms, limit=limit, filters=filters)
+    return store.index.lexical(query_terms(query), weights=BM25_WEIGHTS, limit=limit, filters=filters or {})
 
 
-def _any(terms: list[str]) -> str:
-    return " OR ".join(_phrase(t) for t in terms)
-
-
-def bounded_bm25(store: Store, terms: list[str], *, limit: int, filters: dict[str, Any]) -> list[dict]:
-    """BM25 over the records holding a rare term or every common one, when an OR of ``terms``
-    matches more rows than the budget. Rare terms are the least frequent ones whose rows fit the
-    budget together; the rest are common. Three small queries, each scoring its rows on every
-    query term they contain (FTS5 scores the phrases of the branches a row matched):
-    rare and common, rare only, all common."""
-    rare = rarest_terms(store, terms)
-    common = [t for t in terms if t not in rare]
-    queries = []
-    if rare and common:
-        queries.append(f"({_any(rare)}) AND ({_any(common)})")
-    if rare:
-        queries.append(_any(rare))
-    if len(common) > 1 or not rare:
-        queries.append(" AND ".join(_phrase(t) for t in common))
-    best: dict[str, dict] = {}
-    for match in queries:
-        for hit in store.fts_search(match, weights=BM25_WEIGHTS, limit=limit, filters=filters):
-            if hit["doc_id"] not in best:  # the first query to see a row scored all its terms
-                best[hit["doc_id"]] = hit
-    newest_first = sorted(best.values(), key=lambda h: h["ts"], reverse=True)
-    return sorted(newest_first, key=lambda h: -h["score"])[:limit]  # the SQL's order
-
-
-def rarest_terms(store: Store, terms: list[str]) -> list[str]:
-    """The least frequent terms whose matching rows add up to at most the budget."""
-    counts = sorted((store.fts_match_count(_phrase(t), BM25_ROW_BUDGET + 1), i, t) for i, t in enumerate(terms))
-    chosen, total = [], 0
-    for count, _, term in counts:
-        if total + count > BM25_ROW_BUDGET:
-            break
-        chosen.append(term)
-        total += count
-    return chosen
-
-
-def hydrate(store: Store, hits: list[dict]) -> list[tuple[dict, dict]]:
+def hydrate(store: UnitOfWork, hits: list[dict]) -> list[tuple[dict, dict]]:
     """Pair each hit with its stored record, dropping hits whose record is gone."""
     by_scope: dict[str, list[str]] = {}
     for hit in hits:
         by_scope.setdefault(hit["scope"], []).append(hit["key"])
     records: dict[tuple[str, str], Any] = {}
     for scope, keys in by_scope.items():
-        for key, value in store.get_many(scope, keys).items():
+        for key, value in store.records.get_many(scope, keys).items():
             records[(scope, key)] = value
-    return [(hit, records[(hit["scope"], hit["key"])]) for hit in hits
-            if (hit["scope"], hit["key"]) in records]
+    return [(hit, records[(hit["scope"], hit["key"])]) for hit in hits if (hit["scope"], hit["key"]) in records]
 
 
 # -- hybrid: BM25 + vectors, fused ------------------------------------------------------------------
@@ -271,7 +228,7 @@ class Ranking:
         self.floor = floor if floor is not None else min((h["score"] for h in hits), default=0.0)
 
     @classmethod
-    def lexical(cls, hits: list[dict], weight: float, depth: int) -> "Ranking":
+    def lexical(cls, hits: list[dict], weight: float, depth: int) -> Ranking:
         return cls(hits, weight, None if len(hits) >= depth else 0.0)
 
 
@@ -331,7 +288,7 @@ def diversify(hits: list[dict], limit: int, per_session: int) -> list[dict]:
     return (chosen + overflow)[:limit]
 
 
-def lexical_rankings(store: Store, query: str, filters: dict[str, Any], depth: int) -> list[Ranking]:
+def lexical_rankings(store: UnitOfWork, query: str, filters: dict[str, Any], depth: int) -> list[Ranking]:
     """BM25 over everything, plus one BM25 ranking per date window the query names."""
     rankings = [Ranking.lexical(bm25(store, query, limit=depth, filters=filters), 1.0, depth)]
     for window in dates.windows(query):
@@ -340,8 +297,17 @@ def lexical_rankings(store: Store, query: str, filters: dict[str, Any], depth: i
     return rankings
 
 
-def hybrid(store: Store, query: str, *, limit: int, filters: dict[str, Any], vectors: Any = None,
-           mode: str = "auto", per_session: int = 5, fusion: str = "score") -> tuple[list[dict], str]:
+def hybrid(
+    store: UnitOfWork,
+    query: str,
+    *,
+    limit: int,
+    filters: dict[str, Any],
+    vectors: Any = None,
+    mode: str = "auto",
+    per_session: int = 5,
+    fusion: str = "score",
+) -> tuple[list[dict], str]:
     """Ranked index rows and the mode that really ran ("hybrid", "bm25" or "vector").
 
     ``vectors`` is the vector subsystem (or None). Without a provider, with an empty vector

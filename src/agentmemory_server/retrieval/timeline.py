@@ -6,13 +6,13 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from agentmemory_server.retrieval import search
 from agentmemory_server.errors import InvalidInput
-from agentmemory_server.retrieval.recall import ranked, search_filters
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, array, integer, params, string, tool
 from agentmemory_server.kernel.util import estimate_tokens, iso, parse_time, truncate
+from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval.recall import ranked, search_filters
 
-MAX_ROWID = 2 ** 62
+MAX_ROWID = 2**62
 
 
 # -- timeline ----------------------------------------------------------------------------------------
@@ -30,14 +30,21 @@ def _anchor(ctx: Ctx, args: dict[str, Any], filters: dict[str, Any]) -> tuple[st
     return hit["ts"], hit["rowid"]
 
 
-@tool("memory_timeline", params(
-    ["anchor"],
-    anchor=string("An ISO date/time, or words describing the moment (its best match is the anchor)",
-                  max_length=500),
-    project=PROJECT, agentId=AGENT_ID, sessionId=SESSION_ID,
-    before=integer("Observations before the anchor", minimum=0, maximum=100, default=5),
-    after=integer("Observations after the anchor", minimum=0, maximum=100, default=5),
-), http=[("POST", "/timeline")])
+@tool(
+    "memory_timeline",
+    params(
+        ["anchor"],
+        anchor=string(
+            "An ISO date/time, or words describing the moment (its best match is the anchor)", max_length=500
+        ),
+        project=PROJECT,
+        agentId=AGENT_ID,
+        sessionId=SESSION_ID,
+        before=integer("Observations before the anchor", minimum=0, maximum=100, default=5),
+        after=integer("Observations after the anchor", minimum=0, maximum=100, default=5),
+    ),
+    http=[("POST", "/timeline")],
+)
 def memory_timeline(ctx: Ctx, args: dict) -> dict:
     """Observations around an anchor (a time, or the best match for some words), in time order."""
     filters = search_filters(ctx, args, ["observation"])
@@ -45,40 +52,41 @@ def memory_timeline(ctx: Ctx, args: dict) -> dict:
     if anchor is None:
         return {"entries": [], "anchorIndex": None, "reason": "no_match"}
     store = ctx.rt.db.reader()
-    docs = store.docs_around(anchor[0], rowid=anchor[1], before=args["before"], after=args["after"],
-                             filters=filters)
+    docs = store.index.around(anchor[0], rowid=anchor[1], before=args["before"], after=args["after"], filters=filters)
     if not docs:
         return {"entries": [], "anchorIndex": None, "reason": "no_observations"}
     at_or_before = [i for i, d in enumerate(docs) if (d["ts"], d["rowid"]) <= anchor]
     anchor_index = at_or_before[-1] if at_or_before else 0
     position = {d["doc_id"]: i for i, d in enumerate(docs)}
-    entries = [{"observation": record, "sessionId": hit["session_id"],
-                "relativePosition": position[hit["doc_id"]] - anchor_index}
-               for hit, record in search.hydrate(store, docs)]
+    entries = [
+        {
+            "observation": record,
+            "sessionId": hit["session_id"],
+            "relativePosition": position[hit["doc_id"]] - anchor_index,
+        }
+        for hit, record in search.hydrate(store, docs)
+    ]
     return {"entries": entries, "anchorIndex": anchor_index, "anchor": {"ts": anchor[0]}}
 
 
 # -- past observations about files ---------------------------------------------------------------------
 
 
-def file_match(files: list[str]) -> str | None:
-    """FTS5 expression over the ``files`` column: each path and its base name as a quoted
-    phrase (a path stored absolute still matches a relative one through its base name)."""
-    phrases: list[str] = []
+def file_phrases(files: list[str]) -> list[list[str]]:
+    """Each path and its base name as a phrase of word tokens (a path stored absolute still
+    matches a relative one through its base name): what the tokenizer made of stored paths."""
+    phrases: list[tuple[str, ...]] = []
     for path in files:
         for candidate in (path, posixpath.basename(path.rstrip("/"))):
-            # The phrase is the path's word tokens: what the tokenizer made of the stored path,
-            # and nothing FTS5 could read as syntax.
-            words = [w for w in search.WORDS.findall(candidate.lower()) if w.strip("_")]
+            words = tuple(w for w in search.WORDS.findall(candidate.lower()) if w.strip("_"))
             if words:
-                phrases.append('"' + " ".join(words[:32]) + '"')
-    phrases = list(dict.fromkeys(phrases))[:40]
-    return f"files : ({' OR '.join(phrases)})" if phrases else None
+                phrases.append(words[:32])
+    return [list(p) for p in list(dict.fromkeys(phrases))[:40]]
 
 
 def file_hits(ctx: Ctx, args: dict[str, Any], *, limit: int, types: list[str] | None = None) -> list:
-    match = file_match(args.get("files") or [])
-    if match is None:
+    phrases = file_phrases(args.get("files") or [])
+    if not phrases:
         return []
     filters = search_filters(ctx, {k: v for k, v in args.items() if k != "sessionId"}, ["observation"])
     if args.get("sessionId"):
@@ -86,7 +94,7 @@ def file_hits(ctx: Ctx, args: dict[str, Any], *, limit: int, types: list[str] | 
     if types:
         filters["types"] = types
     store = ctx.rt.db.reader()
-    hits = store.fts_search(match, weights=search.BM25_WEIGHTS, limit=limit, filters=filters)
+    hits = store.index.lexical_files(phrases, weights=search.BM25_WEIGHTS, limit=limit, filters=filters)
     return search.hydrate(store, hits)
 
 
@@ -94,7 +102,9 @@ def observation_line(obs: dict[str, Any], width: int = 160) -> str:
     when = (obs.get("timestamp") or "")[:10]
     narrative = " ".join((obs.get("narrative") or "").split())
     tail = f": {truncate(narrative, width)}" if narrative and narrative != obs.get("title") else ""
-    return f"- [{obs.get('type', 'other')}] {obs.get('title', '')} ({when}, session {str(obs.get('sessionId'))[:8]}){tail}"
+    return (
+        f"- [{obs.get('type', 'other')}] {obs.get('title', '')} ({when}, session {str(obs.get('sessionId'))[:8]}){tail}"
+    )
 
 
 def fit(sections: list[tuple[str, list[str]]], budget: int) -> tuple[str, bool]:
@@ -118,12 +128,20 @@ def fit(sections: list[tuple[str, list[str]]], budget: int) -> tuple[str, bool]:
 FILES_ARG = array(string(max_length=1024), "File paths", max_items=50)
 
 
-@tool("file_context", params(
-    ["files"], files=FILES_ARG, sessionId=string("Current session (excluded)", max_length=256),
-    project=PROJECT, agentId=AGENT_ID,
-    limit=integer("Maximum observations", minimum=1, maximum=50, default=10),
-    budget=integer("Token budget of the text", minimum=1, maximum=20_000, default=600),
-), http=[("POST", "/file-context")], mcp=False)
+@tool(
+    "file_context",
+    params(
+        ["files"],
+        files=FILES_ARG,
+        sessionId=string("Current session (excluded)", max_length=256),
+        project=PROJECT,
+        agentId=AGENT_ID,
+        limit=integer("Maximum observations", minimum=1, maximum=50, default=10),
+        budget=integer("Token budget of the text", minimum=1, maximum=20_000, default=600),
+    ),
+    http=[("POST", "/file-context")],
+    mcp=False,
+)
 def file_context(ctx: Ctx, args: dict) -> dict:
     """Past observations about some files (other sessions), as a short text."""
     pairs = file_hits(ctx, args, limit=args["limit"])
@@ -133,12 +151,20 @@ def file_context(ctx: Ctx, args: dict) -> dict:
     return {"context": text, "count": len(pairs), "truncated": truncated}
 
 
-@tool("enrich", params(
-    files=FILES_ARG, terms=array(string(max_length=500), "Search terms (e.g. a grep pattern)", max_items=20),
-    sessionId=string("Current session (excluded)", max_length=256), toolName=string("Tool about to run", max_length=200),
-    project=PROJECT, agentId=AGENT_ID,
-    budget=integer("Token budget of the text", minimum=1, maximum=20_000, default=800),
-), http=[("POST", "/enrich")], mcp=False)
+@tool(
+    "enrich",
+    params(
+        files=FILES_ARG,
+        terms=array(string(max_length=500), "Search terms (e.g. a grep pattern)", max_items=20),
+        sessionId=string("Current session (excluded)", max_length=256),
+        toolName=string("Tool about to run", max_length=200),
+        project=PROJECT,
+        agentId=AGENT_ID,
+        budget=integer("Token budget of the text", minimum=1, maximum=20_000, default=800),
+    ),
+    http=[("POST", "/enrich")],
+    mcp=False,
+)
 def enrich(ctx: Ctx, args: dict) -> dict:
     """Context for a tool call about to run (the PreToolUse hook): file history, memories, past errors."""
     files, terms = args.get("files") or [], args.get("terms") or []
@@ -152,8 +178,11 @@ def enrich(ctx: Ctx, args: dict) -> dict:
         filters = search_filters(ctx, {k: v for k, v in args.items() if k != "sessionId"}, ["memory"])
         pairs, _mode = ranked(ctx, query, limit=5, filters=filters, mode="auto")
         for hit, record in pairs:
-            memories.append(f"- {record.get('title', '')}: {truncate(' '.join(record.get('content', '').split()), 200)}")
-    text, truncated = fit([("## Past work on these files", history), ("## Related memories", memories),
-                           ("## Past errors", errors)], args["budget"])
+            memories.append(
+                f"- {record.get('title', '')}: {truncate(' '.join(record.get('content', '').split()), 200)}"
+            )
+    text, truncated = fit(
+        [("## Past work on these files", history), ("## Related memories", memories), ("## Past errors", errors)],
+        args["budget"],
+    )
     return {"context": text, "truncated": truncated}
-

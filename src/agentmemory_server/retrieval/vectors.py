@@ -17,16 +17,17 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
-from agentmemory_server.retrieval import search
-from agentmemory_server.storage.sqlite.database import Store
-from agentmemory_server.retrieval.embeddings import Embedder, choose_provider, from_blob, make_embedder, to_blob
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval.embeddings import Embedder, choose_provider, make_embedder, to_blob
+from agentmemory_server.storage.interfaces import UnitOfWork
 
 log = logging.getLogger("agentmemory.vectors")
 QUERY_CACHE_SIZE = 512
@@ -37,7 +38,7 @@ CONTEXT_EMBED_CHARS = 200
 
 def _stamp() -> str:
     """Wall-clock stamp with microseconds: orders queue entries against a running batch."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # Embedding waits for a lull in writes: it competes with requests for the cores and the GIL
@@ -115,12 +116,15 @@ class MatrixIndex:
     def _alloc(self, capacity: int) -> None:
         old = getattr(self, "matrix", None)
         matrix = np.zeros((capacity, self.dim), dtype=np.float32)
-        arrays = {"rowid": np.zeros(capacity, np.int64), "alive": np.zeros(capacity, bool),
-                  **{name: np.zeros(capacity, np.int32) for name in self.codes}}
+        arrays = {
+            "rowid": np.zeros(capacity, np.int64),
+            "alive": np.zeros(capacity, bool),
+            **{name: np.zeros(capacity, np.int32) for name in self.codes},
+        }
         if old is not None:
-            matrix[:self.n] = old[:self.n]
+            matrix[: self.n] = old[: self.n]
             for name, arr in arrays.items():
-                arr[:self.n] = self.meta[name][:self.n]
+                arr[: self.n] = self.meta[name][: self.n]
         self.matrix, self.meta = matrix, arrays
 
     def upsert(self, rowids: list[int], vectors: np.ndarray, metas: list[dict]) -> None:
@@ -167,12 +171,12 @@ class MatrixIndex:
                 self._compact()
 
     def _compact(self) -> None:
-        keep = np.flatnonzero(self.meta["alive"][:self.n])
-        self.matrix[:len(keep)] = self.matrix[keep]
+        keep = np.flatnonzero(self.meta["alive"][: self.n])
+        self.matrix[: len(keep)] = self.matrix[keep]
         for arr in self.meta.values():
-            arr[:len(keep)] = arr[keep]
+            arr[: len(keep)] = arr[keep]
         self.n = len(keep)
-        self._pos = {int(r): i for i, r in enumerate(self.meta["rowid"][:self.n])}
+        self._pos = {int(r): i for i, r in enumerate(self.meta["rowid"][: self.n])}
 
     def rowids(self) -> set[int]:
         with self._lock:
@@ -253,9 +257,9 @@ class VectorService:
             return
         dim = self.embedder.dim
         store = self.rt.db.reader()
-        count = store.vector_counts().get(f"{self.model}/{dim}", 0)
+        count = store.vectors.counts().get(f"{self.model}/{dim}", 0)
         self.index = MatrixIndex(dim, capacity=count + 1024)
-        self.index.bulk_load(store.vectors_load(self.model, dim))
+        self.index.bulk_load(store.vectors.load(self.model, dim))
 
     # ---- the backlog worker ---------------------------------------------------------------------
     def _work(self) -> None:
@@ -290,12 +294,12 @@ class VectorService:
         if self.embedder is None:
             return 0
         with self.rt.db.transaction("vector_reconcile") as tx:
-            return tx.backlog_requeue_missing(self.model, _stamp())
+            return tx.vectors.backlog_requeue_missing(self.model, _stamp())
 
     def requeue_all(self) -> int:
         """Re-embed everything (the CLI's reindex): every search row goes back on the backlog."""
         with self.rt.db.transaction("vector_requeue") as tx:
-            count = tx.backlog_requeue_missing(self.model or "", _stamp(), everything=True)
+            count = tx.vectors.backlog_requeue_missing(self.model or "", _stamp(), everything=True)
         self._wake.set()
         return count
 
@@ -304,7 +308,7 @@ class VectorService:
         if self.embedder is None:
             return 0
         started = _stamp()
-        rows = self.rt.db.reader().backlog_take(self.rt.settings.embed_batch_size, time.time())
+        rows = self.rt.db.reader().vectors.backlog_take(self.rt.settings.embed_batch_size, time.time())
         if not rows:
             return 0
         rowids = [r["rowid"] for r in rows]
@@ -313,24 +317,29 @@ class VectorService:
             vectors = self.embedder.embed(texts)
         except Exception as exc:  # noqa: BLE001 - provider errors become a retry with backoff
             attempts = max(r["attempts"] for r in rows) + 1
-            delay = min(RETRY_CAP_SECONDS, 5.0 * 2 ** attempts)
+            delay = min(RETRY_CAP_SECONDS, 5.0 * 2**attempts)
             self.failed_batches += 1
             self.error = f"{type(exc).__name__}: {exc}"[:300]
             with self.rt.db.transaction("embed_failed") as tx:
-                tx.backlog_failed(rowids, self.error, time.time() + delay)
+                tx.vectors.backlog_failed(rowids, self.error, time.time() + delay)
             return len(rows)
         now = self.rt.clock.iso()
         stored = []
         with self.rt.db.transaction("embed") as tx:
             for row, vector in zip(rows, vectors):
-                if tx.vector_put(row["rowid"], self.model, to_blob(vector), self.embedder.dim, now):
+                if tx.vectors.put(row["rowid"], self.model, to_blob(vector), self.embedder.dim, now):
                     stored.append(row)
-            tx.backlog_done(rowids, started)
+            tx.vectors.backlog_done(rowids, started)
         release_memory()
         keep = {r["rowid"] for r in stored}
-        self.index.upsert([r["rowid"] for r in stored], vectors[[i for i, r in enumerate(rows) if r["rowid"] in keep]],
-                          [{"kind": r["kind"], "project": r["project"], "agent": r["agent_id"],
-                            "session": r["session_id"]} for r in stored])
+        self.index.upsert(
+            [r["rowid"] for r in stored],
+            vectors[[i for i, r in enumerate(rows) if r["rowid"] in keep]],
+            [
+                {"kind": r["kind"], "project": r["project"], "agent": r["agent_id"], "session": r["session_id"]}
+                for r in stored
+            ],
+        )
         self.embedded += len(stored)
         self.error = None
         return len(rows)
@@ -352,7 +361,7 @@ class VectorService:
         """Drop matrix rows whose search row is gone (deleted records); returns how many."""
         if self.embedder is None:
             return 0
-        stored = {r for r, *_ in self.rt.db.reader().vectors_load(self.model, self.embedder.dim)}
+        stored = {r for r, *_ in self.rt.db.reader().vectors.load(self.model, self.embedder.dim)}
         gone = self.index.rowids() - stored
         self.index.remove(gone)
         release_memory()  # and what queries left behind, every few minutes
@@ -375,13 +384,13 @@ class VectorService:
                 self._cache.popitem(last=False)
         return vector
 
-    def search(self, store: Store, query: str, *, limit: int, filters: dict[str, Any]) -> list[dict]:
+    def search(self, store: UnitOfWork, query: str, *, limit: int, filters: dict[str, Any]) -> list[dict]:
         """Ranked search rows by cosine similarity, checked against SQLite (deleted, inactive and
         filtered-out rows dropped). Raises Unavailable when no query vector can be made."""
         vector = self.embed_query(query)
         ranked = self.index.search(vector, max(limit * 2, limit + 20), filters)
         scores = dict(ranked)
-        docs = store.docs_by_rowid(list(scores), filters)
+        docs = store.index.by_rowid(list(scores), filters)
         for doc in docs:
             doc["score"] = scores[doc["rowid"]]
         docs.sort(key=lambda d: -d["score"])
@@ -393,46 +402,72 @@ class VectorService:
 
     # ---- subsystem contract ------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        stats = self.rt.db.reader().backlog_stats() if self.embedder else {}
+        stats = self.rt.db.reader().vectors.backlog_stats() if self.embedder else {}
         status = "degraded" if self.error and (self.embedder is None or stats.get("failing")) else "healthy"
-        return {"status": status, "provider": self.provider, "model": self.model,
-                "dimensions": self.embedder.dim if self.embedder else None,
-                "vectors": self.index.alive_count, "backlog": stats.get("pending", 0),
-                "failing": stats.get("failing", 0), "embeddedSinceStart": self.embedded,
-                "loadSeconds": self.load_seconds, "worker": bool(self._thread and self._thread.is_alive()),
-                "lastError": self.error or stats.get("lastError")}
+        return {
+            "status": status,
+            "provider": self.provider,
+            "model": self.model,
+            "dimensions": self.embedder.dim if self.embedder else None,
+            "vectors": self.index.alive_count,
+            "backlog": stats.get("pending", 0),
+            "failing": stats.get("failing", 0),
+            "embeddedSinceStart": self.embedded,
+            "loadSeconds": self.load_seconds,
+            "worker": bool(self._thread and self._thread.is_alive()),
+            "lastError": self.error or stats.get("lastError"),
+        }
 
     def diagnose(self) -> list[dict[str, Any]]:
         if self.embedder is None:
             ok = self.provider == "none"
-            return [_check("vector-provider", "pass" if ok else "fail",
-                           "embeddings off (EMBEDDING_PROVIDER=none): search is BM25 only" if ok
-                           else f"embedding provider {self.provider!r} unavailable: {self.error}",
-                           "install requirements.txt or set the provider's key", False)]
+            return [
+                _check(
+                    "vector-provider",
+                    "pass" if ok else "fail",
+                    "embeddings off (EMBEDDING_PROVIDER=none): search is BM25 only"
+                    if ok
+                    else f"embedding provider {self.provider!r} unavailable: {self.error}",
+                    "install requirements.txt or set the provider's key",
+                    False,
+                )
+            ]
         store = self.rt.db.reader()
-        stats, counts = store.backlog_stats(), store.vector_counts()
+        stats, counts = store.vectors.backlog_stats(), store.vectors.counts()
         current = f"{self.model}/{self.embedder.dim}"
         other = sum(n for key, n in counts.items() if key != current)
-        missing = store.docs_without_vector(self.model)
+        missing = store.vectors.missing(self.model)
         return [
             _check("vector-provider", "pass", f"{self.provider}: {self.model} ({self.embedder.dim}-d)", "", False),
-            _check("vector-backlog", "warn" if stats["failing"] else "pass",
-                   f"{stats['pending']} record(s) waiting for a vector, {stats['failing']} failing"
-                   + (f" (last error: {stats['lastError']})" if stats["lastError"] else ""),
-                   "check the provider; failed rows are retried with backoff", False),
-            _check("vector-missing", "fail" if missing else "pass",
-                   f"{missing} indexed record(s) have no vector and are not queued",
-                   "heal re-queues them", bool(missing)),
-            _check("vector-stale-model", "warn" if other else "pass",
-                   f"{other} vector(s) of another model or dimension are ignored until re-embedded",
-                   "heal re-queues them", bool(other)),
+            _check(
+                "vector-backlog",
+                "warn" if stats["failing"] else "pass",
+                f"{stats['pending']} record(s) waiting for a vector, {stats['failing']} failing"
+                + (f" (last error: {stats['lastError']})" if stats["lastError"] else ""),
+                "check the provider; failed rows are retried with backoff",
+                False,
+            ),
+            _check(
+                "vector-missing",
+                "fail" if missing else "pass",
+                f"{missing} indexed record(s) have no vector and are not queued",
+                "heal re-queues them",
+                bool(missing),
+            ),
+            _check(
+                "vector-stale-model",
+                "warn" if other else "pass",
+                f"{other} vector(s) of another model or dimension are ignored until re-embedded",
+                "heal re-queues them",
+                bool(other),
+            ),
         ]
 
     def heal(self, dry_run: bool = False) -> list[dict[str, Any]]:
         if self.embedder is None:
             return []
         store = self.rt.db.reader()
-        missing = store.docs_without_vector(self.model)
+        missing = store.vectors.missing(self.model)
         if dry_run:
             return [{"name": "vector-missing", "wouldQueue": missing}]
         queued = self.reconcile()
@@ -447,9 +482,7 @@ class VectorService:
 
 
 def _check(name: str, status: str, message: str, fix: str, fixable: bool) -> dict[str, Any]:
-    return {"name": name, "category": "search", "status": status, "message": message, "fix": fix,
-            "fixable": fixable}
-
+    return {"name": name, "category": "search", "status": status, "message": message, "fix": fix, "fixable": fixable}
 
 
 def service(rt: Runtime) -> VectorService:

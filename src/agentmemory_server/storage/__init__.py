@@ -1,0 +1,18 @@
+"""Storage: the repository interfaces (interfaces.py) and their implementations.
+
+``open_database`` is the one place a backend is chosen; everything else depends only on the
+protocols in ``interfaces.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from agentmemory_server.storage.interfaces import Database, RecordIndex
+from agentmemory_server.storage.sqlite import Database as SqliteDatabase
+
+
+def open_database(path: Path, *, now: Callable[[], str], record_indexes: Iterable[RecordIndex] = ()) -> Database:
+    """Open (creating and migrating as needed) the database at ``path``."""
+    return SqliteDatabase(path, now=now, record_indexes=record_indexes)

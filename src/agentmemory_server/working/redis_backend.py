@@ -26,17 +26,27 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote, unquote
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from agentmemory_server.storage.sqlite import database as db
 from agentmemory_server.errors import Unavailable
-from agentmemory_server.working.service import (BackendDown, Scope, build_snapshot, capacity_error,
-                             checkpoint_meta, checkpoint_missing, restore_rows, restored)
+from agentmemory_server.storage import codec
+from agentmemory_server.storage.sqlite.working import glob_filter
+from agentmemory_server.working.service import (
+    BackendDown,
+    Scope,
+    build_snapshot,
+    capacity_error,
+    checkpoint_meta,
+    checkpoint_missing,
+    restore_rows,
+    restored,
+)
 
 CONNECT_TIMEOUT = 0.5
 SOCKET_TIMEOUT = 5.0
@@ -55,7 +65,9 @@ end
 
 # KEYS kv, exp, scopes; ARGV key, value, expires_at ('' = never), now, max_keys, token.
 # Returns 1 created, 0 replaced, -1 at capacity (nothing written).
-_SET = _PURGE + """
+_SET = (
+    _PURGE
+    + """
 purge(KEYS[1], KEYS[2], ARGV[4])
 local existed = redis.call('HEXISTS', KEYS[1], ARGV[1])
 if existed == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return -1 end
@@ -66,6 +78,7 @@ redis.call('SADD', KEYS[3], ARGV[6])
 if existed == 0 then return 1 end
 return 0
 """
+)
 
 _SWEEP = _PURGE + "return purge(KEYS[1], KEYS[2], ARGV[1])"
 
@@ -89,9 +102,14 @@ return pruned
 
 def connect(url: str) -> redis.Redis:
     """A client that fails fast: redis-py 8 otherwise retries with backoff for seconds."""
-    return redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT,
-                                socket_timeout=SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 0),
-                                decode_responses=True, health_check_interval=0)
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+        health_check_interval=0,
+    )
 
 
 def probe(url: str) -> bool:
@@ -109,14 +127,15 @@ def _guarded(fn: Callable) -> Callable:
     """Connection failures become BackendDown (-> fallback); other Redis errors a clear 503."""
 
     @functools.wraps(fn)
-    def wrapper(self: "RedisBackend", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: RedisBackend, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self, *args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BackendDown(f"{type(exc).__name__}: {exc}") from exc
         except redis.RedisError as exc:
-            raise Unavailable(f"Redis refused the working-memory operation: {exc}",
-                              code="working_memory_unavailable") from exc
+            raise Unavailable(
+                f"Redis refused the working-memory operation: {exc}", code="working_memory_unavailable"
+            ) from exc
 
     return wrapper
 
@@ -163,11 +182,11 @@ class RedisBackend:
 
     # ---- user keys
     @_guarded
-    def set_key(self, scope: Scope, key: str, value: str, expires_at: float | None, now: float,
-                max_keys: int) -> bool:
-        result = self._set(keys=[self._k(scope, "kv"), self._k(scope, "exp"), self._scopes],
-                           args=[key, value, "" if expires_at is None else repr(expires_at),
-                                 repr(now), max_keys, self._token(scope)])
+    def set_key(self, scope: Scope, key: str, value: str, expires_at: float | None, now: float, max_keys: int) -> bool:
+        result = self._set(
+            keys=[self._k(scope, "kv"), self._k(scope, "exp"), self._scopes],
+            args=[key, value, "" if expires_at is None else repr(expires_at), repr(now), max_keys, self._token(scope)],
+        )
         if result == -1:
             raise capacity_error(scope, max_keys)
         return result == 1
@@ -181,11 +200,12 @@ class RedisBackend:
         return (value, expiry) if value is not None and _live(expiry, now) else None
 
     @_guarded
-    def items(self, scope: Scope, now: float, pattern: str | None = None,
-              values: bool = True) -> list[tuple[str, str | None, float | None]]:
+    def items(
+        self, scope: Scope, now: float, pattern: str | None = None, values: bool = True
+    ) -> list[tuple[str, str | None, float | None]]:
         found, expiries = self._read(scope, values)
         names = [k for k in found if _live(expiries.get(k), now)]
-        names = db.glob_filter(names, pattern) if pattern is not None else sorted(names)
+        names = glob_filter(names, pattern) if pattern is not None else sorted(names)
         return [(k, found[k] if values else None, expiries.get(k)) for k in names]
 
     @_guarded
@@ -205,7 +225,7 @@ class RedisBackend:
             # WATCHed: if any key of the scope changes before EXEC, redis-py runs this again,
             # so the match and the delete see the same set of keys.
             expiries = dict(pipe.zrange(exp, 0, -1, withscores=True))
-            matched = db.glob_filter(pipe.hkeys(kv), pattern)
+            matched = glob_filter(pipe.hkeys(kv), pattern)
             pipe.multi()
             if matched:
                 pipe.hdel(kv, *matched)
@@ -245,7 +265,7 @@ class RedisBackend:
             current_version = int(version) if version is not None else 0
             task = mutate(json.loads(raw) if raw is not None else None, current_version)
             pipe.multi()
-            pipe.hset(key, mapping={"task": db.dumps(task), "version": current_version + 1})
+            pipe.hset(key, mapping={"task": codec.dumps(task), "version": current_version + 1})
             pipe.sadd(self._scopes, self._token(scope))
             return task, current_version + 1
 
@@ -262,7 +282,7 @@ class RedisBackend:
     @_guarded
     def scratch_append(self, scope: Scope, entry: dict, cap: int) -> tuple[int, int]:
         pipe = self.r.pipeline(transaction=True)
-        pipe.rpush(self._k(scope, "scratch"), db.dumps(entry))
+        pipe.rpush(self._k(scope, "scratch"), codec.dumps(entry))
         pipe.ltrim(self._k(scope, "scratch"), -cap, -1)
         pipe.sadd(self._scopes, self._token(scope))
         length = pipe.execute()[0]
@@ -285,8 +305,9 @@ class RedisBackend:
 
     # ---- checkpoints
     @_guarded
-    def checkpoint_create(self, scope: Scope, checkpoint_id: str, description: str, now: float,
-                          keep: int, created_at: str) -> tuple[dict, list[str]]:
+    def checkpoint_create(
+        self, scope: Scope, checkpoint_id: str, description: str, now: float, keep: int, created_at: str
+    ) -> tuple[dict, list[str]]:
         pipe = self.r.pipeline(transaction=True)  # one MULTI: a point-in-time read
         pipe.hgetall(self._k(scope, "kv"))
         pipe.zrange(self._k(scope, "exp"), 0, -1, withscores=True)
@@ -295,19 +316,20 @@ class RedisBackend:
         values, expiries, (task, version), scratch = pipe.execute()
         expiries = dict(expiries)
         items = [(k, values[k], expiries.get(k)) for k in sorted(values) if _live(expiries.get(k), now)]
-        snapshot = build_snapshot(items, json.loads(task) if task else None, int(version or 0),
-                                  [json.loads(e) for e in scratch])
+        snapshot = build_snapshot(
+            items, json.loads(task) if task else None, int(version or 0), [json.loads(e) for e in scratch]
+        )
         meta = checkpoint_meta(checkpoint_id, description, created_at, snapshot)
         pruned = self._checkpoint(
             keys=[self._k(scope, p) for p in ("cps", "cpmeta", "cpdata", "cpseq")] + [self._scopes],
-            args=[checkpoint_id, db.dumps(meta), db.dumps(snapshot), keep, self._token(scope)])
+            args=[checkpoint_id, codec.dumps(meta), codec.dumps(snapshot), keep, self._token(scope)],
+        )
         if pruned:
             self._audit("checkpoint_prune", scope, f"pruned checkpoints {', '.join(pruned)}")
         return meta, list(pruned)
 
     @_guarded
-    def checkpoint_restore(self, scope: Scope, checkpoint_id: str, now: float,
-                           max_keys: int) -> dict[str, Any]:
+    def checkpoint_restore(self, scope: Scope, checkpoint_id: str, now: float, max_keys: int) -> dict[str, Any]:
         k = {p: self._k(scope, p) for p in ("kv", "exp", "task", "scratch", "cpmeta", "cpdata")}
 
         def attempt(pipe: Any) -> dict[str, Any]:
@@ -327,14 +349,13 @@ class RedisBackend:
             version = None
             if snapshot["task"] is not None:
                 version = max(int(current or 0), snapshot["taskVersion"]) + 1
-                pipe.hset(k["task"], mapping={"task": db.dumps(snapshot["task"]), "version": version})
+                pipe.hset(k["task"], mapping={"task": codec.dumps(snapshot["task"]), "version": version})
             if snapshot["scratchpad"]:
-                pipe.rpush(k["scratch"], *[db.dumps(e) for e in snapshot["scratchpad"]])
+                pipe.rpush(k["scratch"], *[codec.dumps(e) for e in snapshot["scratchpad"]])
             return restored(json.loads(meta), rows, dropped, snapshot, version)
 
         result = self.r.transaction(attempt, k["cpdata"], k["task"], value_from_callable=True)
-        self._audit("checkpoint_restore", scope,
-                    f"working memory of {scope.session!r} restored to {checkpoint_id}")
+        self._audit("checkpoint_restore", scope, f"working memory of {scope.session!r} restored to {checkpoint_id}")
         return result
 
     @_guarded
@@ -366,8 +387,13 @@ class RedisBackend:
         pipe.llen(self._k(scope, "scratch"))
         pipe.zcard(self._k(scope, "cps"))
         total, expired, task, scratch, checkpoints = pipe.execute()
-        return {"userKeys": total - expired, "expiredKeys": expired, "scratchpadEntries": scratch,
-                "checkpoints": checkpoints, "task": task}
+        return {
+            "userKeys": total - expired,
+            "expiredKeys": expired,
+            "scratchpadEntries": scratch,
+            "checkpoints": checkpoints,
+            "task": task,
+        }
 
     def _tokens(self) -> list[tuple[str, Scope]]:
         out = []
@@ -379,8 +405,10 @@ class RedisBackend:
 
     @_guarded
     def sweep(self, now: float) -> int:
-        return sum(self._purge(keys=[self._k(scope, "kv"), self._k(scope, "exp")], args=[repr(now)])
-                   for _token, scope in self._tokens())
+        return sum(
+            self._purge(keys=[self._k(scope, "kv"), self._k(scope, "exp")], args=[repr(now)])
+            for _token, scope in self._tokens()
+        )
 
     @_guarded
     def session_scopes(self, session: str) -> list[Scope]:
@@ -392,19 +420,23 @@ class RedisBackend:
         try:
             policy = self.r.config_get("maxmemory-policy").get("maxmemory-policy", "unknown")
         except redis.RedisError as exc:
-            return {**check, "status": "warn", "message": f"could not read maxmemory-policy: {exc}",
-                    "fix": "make sure Redis runs with maxmemory-policy noeviction"}
+            return {
+                **check,
+                "status": "warn",
+                "message": f"could not read maxmemory-policy: {exc}",
+                "fix": "make sure Redis runs with maxmemory-policy noeviction",
+            }
         if policy == "noeviction":
-            return {**check, "status": "pass", "message": "Redis maxmemory-policy is noeviction",
-                    "fix": None}
-        return {**check, "status": "warn",
-                "message": f"Redis maxmemory-policy is {policy}: Redis may evict working memory "
-                           "without telling anyone",
-                "fix": "CONFIG SET maxmemory-policy noeviction (and persist it in redis.conf)"}
+            return {**check, "status": "pass", "message": "Redis maxmemory-policy is noeviction", "fix": None}
+        return {
+            **check,
+            "status": "warn",
+            "message": f"Redis maxmemory-policy is {policy}: Redis may evict working memory without telling anyone",
+            "fix": "CONFIG SET maxmemory-policy noeviction (and persist it in redis.conf)",
+        }
 
     def close(self) -> None:
         try:
             self.r.close()
         except redis.RedisError:
             pass
-

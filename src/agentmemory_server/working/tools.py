@@ -18,17 +18,29 @@ import json
 import logging
 import math
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from agentmemory_server.kernel import registry
-from agentmemory_server.memory import memories
 from agentmemory_server.errors import Conflict, Forbidden, InvalidInput, NotFound
+from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.privacy import strip_text
-from agentmemory_server.kernel.registry import (ID_PATTERN, SESSION_ID, Ctx, Reply, anything, boolean, integer, number,
-                      obj, params, string, tool)
+from agentmemory_server.kernel.registry import (
+    ID_PATTERN,
+    SESSION_ID,
+    Ctx,
+    Reply,
+    anything,
+    boolean,
+    integer,
+    number,
+    obj,
+    params,
+    string,
+    tool,
+)
 from agentmemory_server.kernel.util import iso, truncate
+from agentmemory_server.memory import memories
 from agentmemory_server.working.service import DEFAULT_SCOPE_PART, Scope, WorkingMemory, encode_value
 
 log = logging.getLogger("agentmemory.working")
@@ -39,13 +51,14 @@ MAX_TTL_SECONDS = 10 * 365 * 86400
 SCOPE_ARGS = {
     "sessionId": SESSION_ID,
     "project": string("Project (default 'default')", max_length=512, pattern=ID_PATTERN),
-    "agentId": string("Agent instance (default AGENT_ID, else 'default')", max_length=128,
-                      pattern=ID_PATTERN),
+    "agentId": string("Agent instance (default AGENT_ID, else 'default')", max_length=128, pattern=ID_PATTERN),
 }
 KEY = string("Key; keys starting with '_' are reserved", max_length=512, pattern=ID_PATTERN)
-PATTERN = string("Glob over key names, SQLite GLOB rules: * any run, ? one character, [abc], "
-                 "[a-z], [^abc]; case-sensitive; no backslash escape (match a literal * with [*])",
-                 max_length=512)
+PATTERN = string(
+    "Glob over key names, SQLite GLOB rules: * any run, ? one character, [abc], "
+    "[a-z], [^abc]; case-sensitive; no backslash escape (match a literal * with [*])",
+    max_length=512,
+)
 
 
 def wm_params(required: tuple[str, ...] = (), **properties: dict) -> dict:
@@ -69,8 +82,11 @@ def resolve_scope(ctx: Ctx, args: dict[str, Any]) -> Scope:
     if settings.agent_scope == "isolated":
         own = agent_filter(ctx)
         if requested and requested != own:
-            raise Forbidden(f"AGENTMEMORY_AGENT_SCOPE=isolated: working memory of agent {requested!r} "
-                            "is not accessible from this server", code="agent_scope_violation")
+            raise Forbidden(
+                f"AGENTMEMORY_AGENT_SCOPE=isolated: working memory of agent {requested!r} "
+                "is not accessible from this server",
+                code="agent_scope_violation",
+            )
         agent = own
     else:
         agent = requested or settings.agent_id or DEFAULT_SCOPE_PART
@@ -83,8 +99,9 @@ def user_key(args: dict[str, Any]) -> str:
     if not key:
         raise InvalidInput("missing required field 'key'", field="key")
     if key.startswith("_"):
-        raise InvalidInput(f"key {key!r} is reserved: keys starting with '_' belong to the server",
-                           field="key", code="reserved_key")
+        raise InvalidInput(
+            f"key {key!r} is reserved: keys starting with '_' belong to the server", field="key", code="reserved_key"
+        )
     return key
 
 
@@ -96,8 +113,10 @@ def reply(ctx: Ctx, scope: Scope, body: dict[str, Any], status: int | None = Non
 def expiry_fields(expires_at: float | None, now: float) -> dict[str, Any]:
     if expires_at is None:
         return {"expiresAt": None, "ttlRemainingSeconds": None}
-    return {"expiresAt": iso(datetime.fromtimestamp(expires_at, tz=timezone.utc)),
-            "ttlRemainingSeconds": round(max(expires_at - now, 0.0), 3)}
+    return {
+        "expiresAt": iso(datetime.fromtimestamp(expires_at, tz=UTC)),
+        "ttlRemainingSeconds": round(max(expires_at - now, 0.0), 3),
+    }
 
 
 def _run(ctx: Ctx, op) -> Any:
@@ -107,12 +126,20 @@ def _run(ctx: Ctx, op) -> Any:
 # -- keys ----------------------------------------------------------------------------------------------
 
 
-@tool("memory_working_set", wm_params(
-    ("key", "value"), key=KEY,
-    value=anything("Any JSON value (null is not a value: use memory_working_delete)"),
-    ttlSeconds=integer("Seconds until the key expires; 0 = never; default "
-                       "WORKING_MEMORY_DEFAULT_TTL_SECONDS", minimum=0, maximum=MAX_TTL_SECONDS),
-), http=[("POST", "/working/set")])
+@tool(
+    "memory_working_set",
+    wm_params(
+        ("key", "value"),
+        key=KEY,
+        value=anything("Any JSON value (null is not a value: use memory_working_delete)"),
+        ttlSeconds=integer(
+            "Seconds until the key expires; 0 = never; default WORKING_MEMORY_DEFAULT_TTL_SECONDS",
+            minimum=0,
+            maximum=MAX_TTL_SECONDS,
+        ),
+    ),
+    http=[("POST", "/working/set")],
+)
 def memory_working_set(ctx: Ctx, args: dict) -> Any:
     """Set a working-memory key of a session to a JSON value, with an optional TTL. A full
     scope is a 409 (nothing is evicted); keys starting with '_' are reserved."""
@@ -121,17 +148,24 @@ def memory_working_set(ctx: Ctx, args: dict) -> Any:
     settings, now = ctx.rt.settings, ctx.rt.clock.time()
     ttl = args.get("ttlSeconds", settings.working_memory_default_ttl_seconds)
     expires_at = round(now + ttl, 3) if ttl else None
-    created = _run(ctx, lambda b: b.set_key(scope, key, value, expires_at, now,
-                                            settings.working_memory_max_keys))
+    created = _run(ctx, lambda b: b.set_key(scope, key, value, expires_at, now, settings.working_memory_max_keys))
     return reply(ctx, scope, {"key": key, "created": created, **expiry_fields(expires_at, now)})
 
 
-@tool("memory_working_get", wm_params(
-    operation=string("get one key, check it exists, list key names, or get all values",
-                     enum=("get", "exists", "list", "all"), default="get"),
-    key=KEY, default=anything("Returned (with found=false) when the key is missing or expired"),
-    pattern={**PATTERN, "description": "For list: " + PATTERN["description"], "default": "*"},
-), http=[("GET", "/working/get"), ("POST", "/working/get")])
+@tool(
+    "memory_working_get",
+    wm_params(
+        operation=string(
+            "get one key, check it exists, list key names, or get all values",
+            enum=("get", "exists", "list", "all"),
+            default="get",
+        ),
+        key=KEY,
+        default=anything("Returned (with found=false) when the key is missing or expired"),
+        pattern={**PATTERN, "description": "For list: " + PATTERN["description"], "default": "*"},
+    ),
+    http=[("GET", "/working/get"), ("POST", "/working/get")],
+)
 def memory_working_get(ctx: Ctx, args: dict) -> Any:
     """Read working memory: one key (with a default), whether a key exists, key names matching
     a glob, or every key and value of the session."""
@@ -142,23 +176,33 @@ def memory_working_get(ctx: Ctx, args: dict) -> Any:
         if op == "exists":
             return reply(ctx, scope, {"key": key, "exists": found is not None})
         value = json.loads(found[0]) if found else args.get("default")
-        return reply(ctx, scope, {"key": key, "found": found is not None, "value": value,
-                                  **expiry_fields(found[1] if found else None, now)})
+        return reply(
+            ctx,
+            scope,
+            {"key": key, "found": found is not None, "value": value, **expiry_fields(found[1] if found else None, now)},
+        )
     if op == "list":
         rows = _run(ctx, lambda b: b.items(scope, now, args["pattern"], values=False))
-        return reply(ctx, scope, {"pattern": args["pattern"], "keys": [k for k, _v, _e in rows],
-                                  "count": len(rows)})
+        return reply(ctx, scope, {"pattern": args["pattern"], "keys": [k for k, _v, _e in rows], "count": len(rows)})
     rows = _run(ctx, lambda b: b.items(scope, now))
     return reply(ctx, scope, {"values": {k: json.loads(v) for k, v, _e in rows}, "count": len(rows)})
 
 
-@tool("memory_working_delete", wm_params(
-    operation=string("key: one key; pattern: every key matching a glob; clear: every key "
-                     "(task state, scratchpad and checkpoints are kept)",
-                     enum=("key", "pattern", "clear"), default="key"),
-    key=KEY, pattern=PATTERN,
-    confirm=boolean("Required for a pattern of only '*'s (every key)", default=False),
-), http=[("POST", "/working/delete")])
+@tool(
+    "memory_working_delete",
+    wm_params(
+        operation=string(
+            "key: one key; pattern: every key matching a glob; clear: every key "
+            "(task state, scratchpad and checkpoints are kept)",
+            enum=("key", "pattern", "clear"),
+            default="key",
+        ),
+        key=KEY,
+        pattern=PATTERN,
+        confirm=boolean("Required for a pattern of only '*'s (every key)", default=False),
+    ),
+    http=[("POST", "/working/delete")],
+)
 def memory_working_delete(ctx: Ctx, args: dict) -> Any:
     """Delete working-memory keys: one key, every key matching a glob, or all keys (clear keeps
     task state, scratchpad and checkpoints and returns how many keys it removed)."""
@@ -173,8 +217,11 @@ def memory_working_delete(ctx: Ctx, args: dict) -> Any:
     if not pattern:
         raise InvalidInput("operation 'pattern' needs a non-empty 'pattern'", field="pattern")
     if set(pattern) == {"*"} and not args["confirm"]:
-        raise InvalidInput(f"pattern {pattern!r} deletes every key; send confirm=true to do that",
-                           field="confirm", code="confirmation_required")
+        raise InvalidInput(
+            f"pattern {pattern!r} deletes every key; send confirm=true to do that",
+            field="confirm",
+            code="confirmation_required",
+        )
     deleted = _run(ctx, lambda b: b.delete_glob(scope, pattern, now))
     return reply(ctx, scope, {"pattern": pattern, "deleted": len(deleted), "keys": deleted})
 
@@ -212,8 +259,11 @@ def _progress(args: dict[str, Any], task: dict[str, Any], steps_changed: bool) -
 def _check_version(args: dict[str, Any], version: int) -> None:
     expected = args.get("expectedVersion")
     if expected is not None and expected != version:
-        raise Conflict(f"task state is at version {version}, not {expected}; re-read and retry",
-                       code="task_version_conflict", details={"version": version, "expected": expected})
+        raise Conflict(
+            f"task state is at version {version}, not {expected}; re-read and retry",
+            code="task_version_conflict",
+            details={"version": version, "expected": expected},
+        )
 
 
 def _new_task(ctx: Ctx, args: dict[str, Any]):
@@ -225,10 +275,16 @@ def _new_task(ctx: Ctx, args: dict[str, Any]):
     def mutate(current: dict | None, version: int) -> dict:
         _check_version(args, version)
         same = current is not None and current.get("taskId") == args["taskId"]
-        task = {"taskId": args["taskId"], "description": strip_text(args.get("description") or ""),
-                "status": args.get("status") or "in_progress", "currentStep": args.get("currentStep", 0),
-                "totalSteps": args.get("totalSteps", 0), "startedAt": current["startedAt"] if same else stamp,
-                "updatedAt": stamp, "context": context}
+        task = {
+            "taskId": args["taskId"],
+            "description": strip_text(args.get("description") or ""),
+            "status": args.get("status") or "in_progress",
+            "currentStep": args.get("currentStep", 0),
+            "totalSteps": args.get("totalSteps", 0),
+            "startedAt": current["startedAt"] if same else stamp,
+            "updatedAt": stamp,
+            "context": context,
+        }
         task["progressPercent"] = _progress(args, task, True)
         return task
 
@@ -257,11 +313,15 @@ def _progress_update(ctx: Ctx, args: dict[str, Any]):
     return mutate
 
 
-@tool("memory_working_task", wm_params(
-    ("operation",), operation=string("What to do with the session's task state",
-                                     enum=("set", "get", "update_progress", "clear")),
-    **TASK_FIELDS,
-), http=[("POST", "/working/task")])
+@tool(
+    "memory_working_task",
+    wm_params(
+        ("operation",),
+        operation=string("What to do with the session's task state", enum=("set", "get", "update_progress", "clear")),
+        **TASK_FIELDS,
+    ),
+    http=[("POST", "/working/task")],
+)
 def memory_working_task(ctx: Ctx, args: dict) -> Any:
     """The session's task state (taskId, description, status, currentStep, totalSteps,
     progressPercent 0-100, startedAt, updatedAt, context): set, get, update_progress
@@ -269,8 +329,7 @@ def memory_working_task(ctx: Ctx, args: dict) -> Any:
     scope, op = resolve_scope(ctx, args), args["operation"]
     if op == "get":
         found = _run(ctx, lambda b: b.task_get(scope))
-        return reply(ctx, scope, {"task": found[0] if found else None,
-                                  "version": found[1] if found else None})
+        return reply(ctx, scope, {"task": found[0] if found else None, "version": found[1] if found else None})
     if op == "clear":
         return reply(ctx, scope, {"cleared": _run(ctx, lambda b: b.task_clear(scope))})
     mutate = _new_task(ctx, args) if op == "set" else _progress_update(ctx, args)
@@ -287,14 +346,17 @@ def working_task_get(ctx: Ctx, args: dict) -> Any:
 # -- scratchpad ----------------------------------------------------------------------------------------
 
 
-@tool("memory_working_scratchpad", wm_params(
-    ("operation",), operation=string("append an entry, get entries or clear them",
-                                     enum=("append", "get", "clear")),
-    content=string("Entry text (append)", max_length=100_000),
-    withTimestamps=boolean("get: entries as {content, timestamp} instead of plain strings",
-                           default=False),
-    limit=integer("get: only the newest N entries", minimum=1, maximum=100_000),
-), http=[("POST", "/working/scratchpad")])
+@tool(
+    "memory_working_scratchpad",
+    wm_params(
+        ("operation",),
+        operation=string("append an entry, get entries or clear them", enum=("append", "get", "clear")),
+        content=string("Entry text (append)", max_length=100_000),
+        withTimestamps=boolean("get: entries as {content, timestamp} instead of plain strings", default=False),
+        limit=integer("get: only the newest N entries", minimum=1, maximum=100_000),
+    ),
+    http=[("POST", "/working/scratchpad")],
+)
 def memory_working_scratchpad(ctx: Ctx, args: dict) -> Any:
     """The session's scratchpad: append a timestamped entry (capped at
     WORKING_MEMORY_MAX_ITEMS_PER_SESSION, oldest dropped and counted), get entries, clear."""
@@ -313,10 +375,15 @@ def memory_working_scratchpad(ctx: Ctx, args: dict) -> Any:
     return reply(ctx, scope, {"entries": shown, "count": len(entries)})
 
 
-@tool("working_scratchpad_get", wm_params(
-    withTimestamps=boolean("Entries as {content, timestamp}", default=False),
-    limit=integer("Only the newest N entries", minimum=1, maximum=100_000),
-), http=[("GET", "/working/scratchpad")], mcp=False)
+@tool(
+    "working_scratchpad_get",
+    wm_params(
+        withTimestamps=boolean("Entries as {content, timestamp}", default=False),
+        limit=integer("Only the newest N entries", minimum=1, maximum=100_000),
+    ),
+    http=[("GET", "/working/scratchpad")],
+    mcp=False,
+)
 def working_scratchpad_get(ctx: Ctx, args: dict) -> Any:
     """The session's scratchpad entries, oldest first."""
     return memory_working_scratchpad(ctx, {**args, "operation": "get"})
@@ -325,12 +392,16 @@ def working_scratchpad_get(ctx: Ctx, args: dict) -> Any:
 # -- checkpoints ---------------------------------------------------------------------------------------
 
 
-@tool("memory_working_checkpoint", wm_params(
-    ("operation",), operation=string("create, restore, list or delete checkpoints",
-                                     enum=("create", "restore", "list", "delete")),
-    checkpointId=string("Checkpoint id (restore, delete)", max_length=64),
-    description=string("What this checkpoint is (create)", min_length=None, max_length=2000),
-), http=[("POST", "/working/checkpoint")])
+@tool(
+    "memory_working_checkpoint",
+    wm_params(
+        ("operation",),
+        operation=string("create, restore, list or delete checkpoints", enum=("create", "restore", "list", "delete")),
+        checkpointId=string("Checkpoint id (restore, delete)", max_length=64),
+        description=string("What this checkpoint is (create)", min_length=None, max_length=2000),
+    ),
+    http=[("POST", "/working/checkpoint")],
+)
 def memory_working_checkpoint(ctx: Ctx, args: dict) -> Any:
     """Checkpoints of a session's working memory: create (a point-in-time snapshot of keys with
     their expiry, task state and scratchpad; returns a uuid4), restore (exact and all-or-nothing;
@@ -342,8 +413,9 @@ def memory_working_checkpoint(ctx: Ctx, args: dict) -> Any:
         return reply(ctx, scope, {"checkpoints": items, "count": len(items)})
     if op == "create":
         cid, note, stamp = str(uuid.uuid4()), strip_text(args.get("description") or ""), ctx.rt.clock.iso()
-        meta, pruned = _run(ctx, lambda b: b.checkpoint_create(
-            scope, cid, note, now, settings.working_memory_max_checkpoints, stamp))
+        meta, pruned = _run(
+            ctx, lambda b: b.checkpoint_create(scope, cid, note, now, settings.working_memory_max_checkpoints, stamp)
+        )
         return reply(ctx, scope, {"checkpointId": cid, "checkpoint": meta, "pruned": pruned}, 201)
     cid = args.get("checkpointId")
     if not cid:
@@ -371,15 +443,24 @@ def memory_working_stats(ctx: Ctx, args: dict) -> Any:
     total and user keys, checkpoints, scratchpad entries, whether task state is set, limits."""
     scope, settings = resolve_scope(ctx, args), ctx.rt.settings
     counts = _run(ctx, lambda b: b.counts(scope, ctx.rt.clock.time()))
-    return reply(ctx, scope, {
-        "totalKeys": counts["userKeys"] + counts["task"] + counts["scratchpadEntries"] + counts["checkpoints"],
-        "userKeys": counts["userKeys"], "checkpointCount": counts["checkpoints"],
-        "scratchpadEntries": counts["scratchpadEntries"], "hasTaskState": bool(counts["task"]),
-        "expiredKeysPendingSweep": counts["expiredKeys"],
-        "limits": {"maxKeys": settings.working_memory_max_keys,
-                   "maxScratchpadItems": settings.working_memory_max_items_per_session,
-                   "maxCheckpoints": settings.working_memory_max_checkpoints,
-                   "defaultTtlSeconds": settings.working_memory_default_ttl_seconds}})
+    return reply(
+        ctx,
+        scope,
+        {
+            "totalKeys": counts["userKeys"] + counts["task"] + counts["scratchpadEntries"] + counts["checkpoints"],
+            "userKeys": counts["userKeys"],
+            "checkpointCount": counts["checkpoints"],
+            "scratchpadEntries": counts["scratchpadEntries"],
+            "hasTaskState": bool(counts["task"]),
+            "expiredKeysPendingSweep": counts["expiredKeys"],
+            "limits": {
+                "maxKeys": settings.working_memory_max_keys,
+                "maxScratchpadItems": settings.working_memory_max_items_per_session,
+                "maxCheckpoints": settings.working_memory_max_checkpoints,
+                "defaultTtlSeconds": settings.working_memory_default_ttl_seconds,
+            },
+        },
+    )
 
 
 # -- session end: summarise into long-term memory (opt-in) --------------------------------------------
@@ -393,12 +474,15 @@ def summarise(ctx: Ctx, scope: Scope) -> str | None:
     rows = svc.run(lambda b: b.items(scope, now))
     if not (task or entries or rows):
         return None
-    lines = [f"Working memory of session {scope.session} (project {scope.project}, agent {scope.agent}) "
-             "at session end."]
+    lines = [
+        f"Working memory of session {scope.session} (project {scope.project}, agent {scope.agent}) at session end."
+    ]
     if task:
         t = task[0]
-        lines.append(f"Task {t['taskId']}: {t['description']} - {t['status']}, step {t['currentStep']}"
-                     f"/{t['totalSteps']}, {t['progressPercent']}%")
+        lines.append(
+            f"Task {t['taskId']}: {t['description']} - {t['status']}, step {t['currentStep']}"
+            f"/{t['totalSteps']}, {t['progressPercent']}%"
+        )
         if t.get("context"):
             lines.append("Task context: " + truncate(json.dumps(t["context"], ensure_ascii=False), 1000))
     if entries:
@@ -427,12 +511,18 @@ def summarise_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
         try:
             text = summarise(ctx, scope)
             if text:
-                registry.run(memories.memory_save, ctx, {
-                    "content": text, "type": "workflow", "sessionId": sid,
-                    "title": f"Working memory of session {sid}", "concepts": ["working-memory"],
-                    "project": None if scope.project == DEFAULT_SCOPE_PART else scope.project,
-                    "agentId": None if scope.agent == DEFAULT_SCOPE_PART else scope.agent})
+                registry.run(
+                    memories.memory_save,
+                    ctx,
+                    {
+                        "content": text,
+                        "type": "workflow",
+                        "sessionId": sid,
+                        "title": f"Working memory of session {sid}",
+                        "concepts": ["working-memory"],
+                        "project": None if scope.project == DEFAULT_SCOPE_PART else scope.project,
+                        "agentId": None if scope.agent == DEFAULT_SCOPE_PART else scope.agent,
+                    },
+                )
         except Exception:  # noqa: BLE001 - a summary must not fail the session end; logged
             log.exception("working memory: summarising session %s (%s) failed", sid, scope)
-
-

@@ -1,0 +1,51 @@
+"""The durable queue of background model work on SQLite (``llm_jobs``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentmemory_server.storage.sqlite.common import Unit, dumps, loads
+
+
+class SqliteJobQueue:
+    def __init__(self, unit: Unit):
+        self.conn = unit.conn
+
+    def put(self, kind: str, ref: str, args: dict[str, Any], now: str, not_before: float = 0.0) -> None:
+        """Queue (or re-queue from scratch) one job; ``not_before`` is an epoch time."""
+        self.conn.execute(
+            "INSERT INTO llm_jobs (kind, ref, args, queued_at, next_try) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (kind, ref) DO UPDATE SET args = excluded.args, queued_at = excluded.queued_at, "
+            "attempts = 0, next_try = excluded.next_try, last_error = NULL",
+            (kind, ref, dumps(args), now, not_before),
+        )
+
+    def claim(self, now_epoch: float, limit: int, lease_until: float) -> list[dict[str, Any]]:
+        """Take up to ``limit`` due jobs, oldest first, and hide them from other workers until
+        ``lease_until`` (a worker that dies mid-job leaves it to be retried then)."""
+        rows = self.conn.execute(
+            "SELECT kind, ref, args, queued_at, attempts FROM llm_jobs WHERE next_try <= ? "
+            "ORDER BY next_try, queued_at LIMIT ?",
+            (now_epoch, limit),
+        ).fetchall()
+        for kind, ref, *_rest in rows:
+            self.conn.execute("UPDATE llm_jobs SET next_try = ? WHERE kind = ? AND ref = ?", (lease_until, kind, ref))
+        return [{"kind": k, "ref": r, "args": loads(a), "queuedAt": q, "attempts": n} for k, r, a, q, n in rows]
+
+    def done(self, kind: str, ref: str, queued_at: str) -> None:
+        """Drop a finished job, unless it was queued again while it ran."""
+        self.conn.execute("DELETE FROM llm_jobs WHERE kind = ? AND ref = ? AND queued_at = ?", (kind, ref, queued_at))
+
+    def retry(self, kind: str, ref: str, error: str, next_try: float) -> None:
+        self.conn.execute(
+            "UPDATE llm_jobs SET attempts = attempts + 1, next_try = ?, last_error = ? WHERE kind = ? AND ref = ?",
+            (next_try, error[:500], kind, ref),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        by_kind = dict(self.conn.execute("SELECT kind, count(*) FROM llm_jobs GROUP BY kind").fetchall())
+        row = self.conn.execute(
+            "SELECT coalesce(sum(attempts > 0), 0), (SELECT last_error FROM llm_jobs WHERE last_error "
+            "IS NOT NULL ORDER BY next_try DESC LIMIT 1) FROM llm_jobs"
+        ).fetchone()
+        return {"pending": sum(by_kind.values()), "byKind": by_kind, "waiting": row[0], "lastError": row[1]}

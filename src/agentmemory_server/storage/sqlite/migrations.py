@@ -1,0 +1,248 @@
+"""The SQLite schema, as an ordered list of migrations.
+
+``PRAGMA user_version`` records how many have run; ``Database`` applies the rest at open, each in
+its own transaction, and refuses a file written by a newer schema. Never edit a released
+migration: add a new one at the end (tests open databases made by every earlier schema).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(name: str) -> Callable[[Migration], Migration]:
+    """Register a schema migration. Order of registration is the order applied; PRAGMA
+    user_version records how many have run. Names must be unique."""
+
+    def register(fn: Migration) -> Migration:
+        if any(existing == name for existing, _ in MIGRATIONS):
+            raise ValueError(f"duplicate migration {name!r}")
+        MIGRATIONS.append((name, fn))
+        return fn
+
+    return register
+
+
+def run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Execute several statements inside the caller's transaction (``executescript`` would
+    commit first, which would make a failed migration half-applied)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {statement[:80]!r}")
+
+
+@migration("core")
+def _m001_core(conn: sqlite3.Connection) -> None:
+    run_script(
+        conn,
+        """
+        CREATE TABLE kv_store (
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL CHECK (json_valid(value)),
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (scope, key)
+        );
+        CREATE INDEX kv_sessions_started ON kv_store (json_extract(value, '$.startedAt'))
+            WHERE scope = 'mem:sessions';
+        CREATE INDEX kv_memories_updated ON kv_store (json_extract(value, '$.updatedAt'))
+            WHERE scope = 'mem:memories';
+
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts TEXT NOT NULL,
+            agent_id TEXT,
+            operation TEXT NOT NULL,
+            message TEXT NOT NULL,
+            targets TEXT NOT NULL DEFAULT '[]',
+            details TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX audit_log_operation ON audit_log (operation, id);
+
+        CREATE TABLE capture_events (
+            event_id TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL,
+            obs_id TEXT,
+            created_at TEXT NOT NULL,
+            deleted INTEGER NOT NULL DEFAULT 0
+        );
+
+        CREATE TABLE search_docs (
+            id INTEGER PRIMARY KEY,
+            doc_id TEXT NOT NULL UNIQUE,
+            kind TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            key TEXT NOT NULL,
+            session_id TEXT,
+            project TEXT,
+            agent_id TEXT,
+            type TEXT,
+            ts TEXT NOT NULL,
+            active INTEGER NOT NULL DEFAULT 1
+        );
+        CREATE INDEX search_docs_project_ts ON search_docs (project, ts);
+        CREATE INDEX search_docs_session_ts ON search_docs (session_id, ts);
+        CREATE INDEX search_docs_kind_ts ON search_docs (kind, ts);
+        -- context: the text just before a record in its session (a reply rarely restates
+        -- the question it answers), weighted low in bm25.
+        CREATE VIRTUAL TABLE search_fts USING fts5 (
+            title, body, concepts, files, context,
+            tokenize = 'porter unicode61 remove_diacritics 2'
+        );
+        """,
+    )
+
+
+@migration("working_memory")
+def _m002_working_memory(conn: sqlite3.Connection) -> None:
+    # Session-scoped working memory (working.py). Every primary key starts with the scope
+    # (project, agent, session); reserved data (task, scratchpad, checkpoints) has its own table,
+    # so no key pattern can reach it and checkpoints sit outside key TTL and key capacity.
+    run_script(
+        conn,
+        """
+        CREATE TABLE wm_kv (
+            project TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            session TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL CHECK (json_valid(value)),
+            expires_at REAL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (project, agent, session, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX wm_kv_expires ON wm_kv (expires_at) WHERE expires_at IS NOT NULL;
+
+        CREATE TABLE wm_scratchpad (
+            project TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            session TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            content TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (project, agent, session, seq)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE wm_task (
+            project TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            session TEXT NOT NULL,
+            task TEXT NOT NULL CHECK (json_valid(task)),
+            version INTEGER NOT NULL,
+            PRIMARY KEY (project, agent, session)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE wm_checkpoint (
+            project TEXT NOT NULL,
+            agent TEXT NOT NULL,
+            session TEXT NOT NULL,
+            checkpoint_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            meta TEXT NOT NULL CHECK (json_valid(meta)),
+            snapshot TEXT NOT NULL CHECK (json_valid(snapshot)),
+            PRIMARY KEY (project, agent, session, checkpoint_id)
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX wm_checkpoint_order ON wm_checkpoint (project, agent, session, seq);
+        """,
+    )
+
+
+@migration("vectors")
+def _m003_vectors(conn: sqlite3.Connection) -> None:
+    """Embeddings keyed to their search row (deleted with it) and the durable embedding backlog.
+
+    Every row already indexed is queued, so an upgraded database gets its vectors in the
+    background instead of at start-up."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE search_vectors (
+            doc_rowid INTEGER PRIMARY KEY REFERENCES search_docs (id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            vector BLOB NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX search_vectors_model ON search_vectors (model);
+        CREATE TABLE embed_backlog (
+            doc_rowid INTEGER PRIMARY KEY REFERENCES search_docs (id) ON DELETE CASCADE,
+            queued_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try REAL NOT NULL DEFAULT 0,
+            last_error TEXT
+        );
+        CREATE INDEX embed_backlog_next ON embed_backlog (next_try, doc_rowid);
+        INSERT INTO embed_backlog (doc_rowid, queued_at)
+            SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', 'now') FROM search_docs;
+        """,
+    )
+
+
+@migration("memory_model_indexes")
+def _m004_memory_model(conn: sqlite3.Connection) -> None:
+    # Relations are looked up from either end; retention finds expired memories; diagnostics
+    # and retention join search rows back to their record by (scope, key).
+    run_script(
+        conn,
+        """
+        CREATE INDEX kv_relations_source ON kv_store (json_extract(value, '$.sourceId'))
+            WHERE scope = 'mem:relations';
+        CREATE INDEX kv_relations_target ON kv_store (json_extract(value, '$.targetId'))
+            WHERE scope = 'mem:relations';
+        CREATE INDEX kv_memories_forget ON kv_store (json_extract(value, '$.forgetAfter'))
+            WHERE scope = 'mem:memories';
+        CREATE INDEX search_docs_scope_key ON search_docs (scope, key);
+        """,
+    )
+
+
+@migration("llm_jobs")
+def _m005_llm_jobs(conn: sqlite3.Connection) -> None:
+    # Durable queue of background model work (llm.py): an observation to compress, a session to
+    # summarise or graph, a project to consolidate. Written in the same transaction as the
+    # record it is about, so a crash never loses pending work.
+    run_script(
+        conn,
+        """
+        CREATE TABLE llm_jobs (
+            kind TEXT NOT NULL,
+            ref TEXT NOT NULL,
+            args TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(args)),
+            queued_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try REAL NOT NULL DEFAULT 0,
+            last_error TEXT,
+            PRIMARY KEY (kind, ref)
+        );
+        CREATE INDEX llm_jobs_next ON llm_jobs (next_try, queued_at);
+        """,
+    )
+
+
+@migration("search_docs_global")
+def _m006_search_docs_global(conn: sqlite3.Connection) -> None:
+    # Whether a search row is visible from every project (a memory or lesson saved without a
+    # project) becomes a column the indexer sets, instead of a rule on kinds inside the filter
+    # SQL. The record indexes of the first migrations are now declared by the features
+    # (kernel/scopes.py RECORD_INDEXES) and created by name at open; the old ones go.
+    run_script(
+        conn,
+        """
+        ALTER TABLE search_docs ADD COLUMN global INTEGER NOT NULL DEFAULT 0;
+        UPDATE search_docs SET global = 1 WHERE project IS NULL AND kind != 'observation';
+        DROP INDEX IF EXISTS kv_sessions_started;
+        DROP INDEX IF EXISTS kv_memories_updated;
+        DROP INDEX IF EXISTS kv_relations_source;
+        DROP INDEX IF EXISTS kv_relations_target;
+        DROP INDEX IF EXISTS kv_memories_forget;
+        """,
+    )

@@ -1,0 +1,164 @@
+"""Records (``kv_store``) and the capture log (``capture_events``) on SQLite."""
+
+from __future__ import annotations
+
+import builtins
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from agentmemory_server.storage.interfaces import RecordIndex, Where
+from agentmemory_server.storage.sqlite.common import Unit, dumps, field, in_chunks, loads, where_sql
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def index_statement(spec: RecordIndex) -> str:
+    """CREATE INDEX for a declared record index: partial on its scope, so rows of other scopes
+    (most of them observations) cost nothing. Its name is derived from the declaration."""
+    digest = hashlib.sha256(f"{spec.scope}\x00{','.join(spec.fields)}".encode()).hexdigest()[:12]
+    columns = ", ".join(field(name) for name in spec.fields)
+    return (f"CREATE INDEX IF NOT EXISTS kv_idx_{digest} ON kv_store ({columns}) "
+            f"WHERE scope = {_quoted(spec.scope)}")
+
+
+def ensure_indexes(conn: sqlite3.Connection, specs: Iterable[RecordIndex]) -> None:
+    """Create the declared record indexes that do not exist yet (a no-op when they all do)."""
+    for spec in specs:
+        conn.execute(index_statement(spec))
+
+
+class SqliteRecords:
+    def __init__(self, unit: Unit):
+        self.unit = unit
+        self.conn = unit.conn
+
+    def get(self, scope: str, key: str) -> Any | None:
+        row = self.conn.execute("SELECT value FROM kv_store WHERE scope = ? AND key = ?", (scope, key)).fetchone()
+        return loads(row[0]) if row else None
+
+    def get_many(self, scope: str, keys: Iterable[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for chunk, marks in in_chunks(keys):
+            rows = self.conn.execute(
+                f"SELECT key, value FROM kv_store WHERE scope = ? AND key IN ({marks})", (scope, *chunk)
+            )
+            found.update((k, loads(v)) for k, v in rows)
+        return found
+
+    def list(self, scope: str) -> builtins.list[tuple[str, Any]]:
+        rows = self.conn.execute("SELECT key, value FROM kv_store WHERE scope = ? ORDER BY key", (scope,))
+        return [(k, loads(v)) for k, v in rows]
+
+    def list_prefix(self, scope_prefix: str) -> builtins.list[tuple[str, str, Any]]:
+        """Every (scope, key, value) whose scope starts with ``scope_prefix``."""
+        rows = self.conn.execute(
+            "SELECT scope, key, value FROM kv_store WHERE scope >= ? AND scope < ? ORDER BY scope, key",
+            (scope_prefix, scope_prefix + "\U0010ffff"),
+        )
+        return [(s, k, loads(v)) for s, k, v in rows]
+
+    def iter_scope(self, scope: str, *, batch: int = 500) -> Iterator[tuple[str, Any]]:
+        """Every (key, value) of a scope in key order, read ``batch`` rows at a time (keyset
+        paging), so a big scope is never in memory at once and no cursor stays open between
+        batches."""
+        after = ""
+        while True:
+            rows = self.conn.execute(
+                "SELECT key, value FROM kv_store WHERE scope = ? AND key > ? ORDER BY key LIMIT ?",
+                (scope, after, batch),
+            ).fetchall()
+            for key, value in rows:
+                yield key, loads(value)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def scopes(self) -> builtins.list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT scope FROM kv_store ORDER BY scope")]
+
+    def count(self, scope: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM kv_store WHERE scope = ?", (scope,)).fetchone()[0]
+
+    def scope_counts(self, prefix: str = "") -> dict[str, int]:
+        """Records per scope (only scopes starting with ``prefix``), in scope order."""
+        rows = self.conn.execute(
+            "SELECT scope, count(*) FROM kv_store WHERE scope >= ? AND scope < ? GROUP BY scope ORDER BY scope",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return dict(rows.fetchall())
+
+    def set(self, scope: str, key: str, value: Any, *, now: str) -> None:
+        self.conn.execute(
+            "INSERT INTO kv_store (scope, key, value, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            (scope, key, dumps(value), now),
+        )
+        self.unit.touch(scope, key)
+
+    def delete(self, scope: str, key: str) -> bool:
+        deleted = self.conn.execute("DELETE FROM kv_store WHERE scope = ? AND key = ?", (scope, key)).rowcount > 0
+        if deleted:
+            self.unit.touch(scope, key)
+        return deleted
+
+    def delete_scope(self, scope: str) -> int:
+        n = self.conn.execute("DELETE FROM kv_store WHERE scope = ?", (scope,)).rowcount
+        if n:
+            self.unit.touch(scope, "*")
+        return n
+
+    # ---- queries on record fields
+    def _scope_terms(self, scope: str, prefix: bool) -> tuple[builtins.list[str], builtins.list[Any]]:
+        if prefix:
+            return ["scope >= ?", "scope < ?"], [scope, scope + "\U0010ffff"]
+        return ["scope = ?"], [scope]
+
+    def query(self, scope: str, where: Sequence[Where] = (), *, order_by: Sequence[tuple[str, bool]] = (),
+              limit: int | None = None, offset: int = 0, prefix: bool = False) -> builtins.list[Any]:
+        terms, params = self._scope_terms(scope, prefix)
+        more_terms, more_params = where_sql(where)
+        order = [f"{field(name)} {'DESC' if descending else 'ASC'}" for name, descending in order_by]
+        sql = (f"SELECT value FROM kv_store WHERE {' AND '.join(terms + more_terms)} "
+               f"ORDER BY {', '.join([*order, 'scope', 'key'])} LIMIT ? OFFSET ?")
+        rows = self.conn.execute(sql, (*params, *more_params, -1 if limit is None else limit, offset))
+        return [loads(r[0]) for r in rows]
+
+    def count_where(self, scope: str, where: Sequence[Where] = ()) -> int:
+        terms, params = where_sql(where)
+        sql = f"SELECT count(*) FROM kv_store WHERE {' AND '.join(['scope = ?', *terms])}"
+        return self.conn.execute(sql, (scope, *params)).fetchone()[0]
+
+    def keys_where(self, scope: str, where: Sequence[Where]) -> builtins.list[str]:
+        terms, params = where_sql(where)
+        sql = f"SELECT key FROM kv_store WHERE {' AND '.join(['scope = ?', *terms])} ORDER BY key"
+        return [r[0] for r in self.conn.execute(sql, (scope, *params))]
+
+
+class SqliteCaptureLog:
+    def __init__(self, unit: Unit):
+        self.conn = unit.conn
+
+    def get(self, event_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT event_id, session_id, obs_id, created_at, deleted FROM capture_events WHERE event_id = ?",
+            (event_id,),
+        ).fetchone()
+        if not row:
+            return None
+        return {"eventId": row[0], "sessionId": row[1], "obsId": row[2], "createdAt": row[3], "deleted": bool(row[4])}
+
+    def put(self, event_id: str, session_id: str, obs_id: str, now: str) -> None:
+        self.conn.execute(
+            "INSERT INTO capture_events (event_id, session_id, obs_id, created_at) VALUES (?,?,?,?)",
+            (event_id, session_id, obs_id, now),
+        )
+
+    def mark_deleted(self, obs_ids: list[str]) -> None:
+        # The event row stays so that a replay of a deleted event is still a duplicate.
+        for chunk, marks in in_chunks(obs_ids):
+            self.conn.execute(f"UPDATE capture_events SET deleted = 1 WHERE obs_id IN ({marks})", chunk)

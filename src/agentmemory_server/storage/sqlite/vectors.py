@@ -1,0 +1,102 @@
+"""Embeddings (``search_vectors``) and the embedding backlog (``embed_backlog``) on SQLite.
+Both rows are deleted with their search row (foreign keys with ON DELETE CASCADE)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from agentmemory_server.storage.sqlite.common import Unit, in_chunks
+
+
+class SqliteVectorStore:
+    def __init__(self, unit: Unit):
+        self.conn = unit.conn
+
+    def backlog_put(self, rowid: int, now: str) -> None:
+        """Queue one search row for (re-)embedding; a queued row is retried from scratch."""
+        self.conn.execute(
+            "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (?, ?) ON CONFLICT (doc_rowid) "
+            "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL",
+            (rowid, now),
+        )
+
+    def backlog_take(self, limit: int, now_epoch: float) -> list[dict[str, Any]]:
+        """Due backlog rows with the text and metadata of their search row, oldest first."""
+        rows = self.conn.execute(
+            "SELECT b.doc_rowid, b.attempts, f.title, f.body, f.concepts, f.context, d.kind, d.project, "
+            "d.agent_id, d.session_id FROM embed_backlog b JOIN search_docs d ON d.id = b.doc_rowid "
+            "JOIN search_fts f ON f.rowid = b.doc_rowid WHERE b.next_try <= ? "
+            "ORDER BY b.next_try, b.doc_rowid LIMIT ?",
+            (now_epoch, limit),
+        )
+        cols = ("rowid", "attempts", "title", "body", "concepts", "context", "kind", "project", "agent_id",
+                "session_id")
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def backlog_done(self, rowids: list[int], queued_before: str) -> None:
+        """Drop rows embedded by this batch, unless they were re-queued while it ran."""
+        for chunk, marks in in_chunks(rowids):
+            self.conn.execute(
+                f"DELETE FROM embed_backlog WHERE doc_rowid IN ({marks}) AND queued_at <= ?", (*chunk, queued_before)
+            )
+
+    def backlog_failed(self, rowids: list[int], error: str, retry_at: float) -> None:
+        for rowid in rowids:
+            self.conn.execute(
+                "UPDATE embed_backlog SET attempts = attempts + 1, next_try = ?, last_error = ? WHERE doc_rowid = ?",
+                (retry_at, error[:500], rowid),
+            )
+
+    def backlog_stats(self) -> dict[str, Any]:
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(sum(attempts > 0), 0), max(attempts), "
+            "(SELECT last_error FROM embed_backlog WHERE last_error IS NOT NULL "
+            " ORDER BY next_try DESC LIMIT 1) FROM embed_backlog"
+        ).fetchone()
+        return {"pending": row[0], "failing": row[1], "maxAttempts": row[2] or 0, "lastError": row[3]}
+
+    def backlog_requeue_missing(self, model: str, now: str, *, everything: bool = False) -> int:
+        """Queue every search row without a vector of ``model`` (or every row); returns how many."""
+        # "WHERE 1": SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT.
+        where = "WHERE 1" if everything else (
+            "WHERE NOT EXISTS (SELECT 1 FROM search_vectors v WHERE v.doc_rowid = d.id AND v.model = ?)")
+        params: tuple[Any, ...] = (now,) if everything else (now, model)
+        return self.conn.execute(
+            "INSERT INTO embed_backlog (doc_rowid, queued_at) SELECT d.id, ? FROM search_docs d "
+            f"{where} ON CONFLICT (doc_rowid) DO UPDATE SET attempts = 0, next_try = 0, last_error = NULL",
+            params,
+        ).rowcount
+
+    def put(self, rowid: int, model: str, vector: bytes, dim: int, now: str) -> bool:
+        """Store a vector if its search row still exists; False when the row is gone."""
+        return self.conn.execute(
+            "INSERT INTO search_vectors (doc_rowid, model, dim, vector, updated_at) "
+            "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM search_docs WHERE id = ?) "
+            "ON CONFLICT (doc_rowid) DO UPDATE SET model = excluded.model, dim = excluded.dim, "
+            "vector = excluded.vector, updated_at = excluded.updated_at",
+            (rowid, model, dim, vector, now, rowid),
+        ).rowcount > 0
+
+    def load(self, model: str, dim: int) -> Iterator[tuple[int, bytes, str, str | None, str | None, str | None]]:
+        """(rowid, vector bytes, kind, project, agent_id, session_id) of every vector of ``model``."""
+        return self.conn.execute(
+            "SELECT v.doc_rowid, v.vector, d.kind, d.project, d.agent_id, d.session_id "
+            "FROM search_vectors v JOIN search_docs d ON d.id = v.doc_rowid "
+            "WHERE v.model = ? AND v.dim = ? ORDER BY v.doc_rowid",
+            (model, dim),
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Vectors per ``model/dim``."""
+        return dict(self.conn.execute(
+            "SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim").fetchall())
+
+    def missing(self, model: str) -> int:
+        """Search rows with no vector of ``model`` and no backlog entry (lost work)."""
+        return self.conn.execute(
+            "SELECT count(*) FROM search_docs d WHERE NOT EXISTS (SELECT 1 FROM search_vectors v "
+            "WHERE v.doc_rowid = d.id AND v.model = ?) AND NOT EXISTS "
+            "(SELECT 1 FROM embed_backlog b WHERE b.doc_rowid = d.id)",
+            (model,),
+        ).fetchone()[0]
