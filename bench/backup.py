@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests")]
 os.environ.update(HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
 
 from agentmemory_server.operations import maintenance  # noqa: E402
-from agentmemory_server.operations import hf_sync as sync
+from agentmemory_server.storage.sqlite import hf_sync as sync
 from agentmemory_server.memory import transfer  # noqa: E402
 from fake_hub import FakeHub  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402

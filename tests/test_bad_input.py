@@ -75,7 +75,7 @@ def test_huge_bodies_are_413(server):
     before = snapshot(server)
     big = json.dumps(hook("big", data={"tool_output": "x" * (5 * MB)}))
     r = requests.post(server.api("/observe"), data=big, headers={"Content-Type": "application/json"}, timeout=60)
-    assert r.status_code == 413 and r.json()["code"] == "request_entity_too_large"
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large" and r.json()["details"]["setting"] == "AGENTMEMORY_MAX_BODY_BYTES"
     assert snapshot(server) == before
 
 

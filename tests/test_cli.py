@@ -155,13 +155,28 @@ def test_stats_numbers(tmp_path):
     assert "mem:sessions" in text and f"schema v{len(MIGRATIONS)}" in text
 
 
-def test_stream_export_reads_in_batches_and_equals_build_export(rt, call):
+def test_stream_export_reads_in_batches_and_equals_get_export(rt, call):
     for i in range(7):
         call("agent_observe", **hook("s1", timestamp=f"2026-01-01T00:00:0{i}Z", data={"n": i}))
+    with rt.db.transaction("test") as tx:  # observations whose session row is gone export too
+        tx.records.set("mem:obs:gone", "obs_g", {"id": "obs_g", "sessionId": "gone"}, now="x")
     out = io.StringIO()
-    assert maintenance.stream_export(rt, out, batch=2)["records"] == 8
-    expected = transfer.build_export(rt.db.reader(), exported_at="t")
+    assert maintenance.stream_export(rt, out, batch=2)["records"] == 9
+    expected = call("memory_export")
     assert without_time(json.loads(out.getvalue())) == without_time(expected)
+    assert set(expected["observations"]) == {"s1", "gone"} and len(expected["observations"]["s1"]) == 7
+
+
+def test_export_pages_sessions_and_filters_by_agent(rt, call):
+    for i in range(5):
+        call("agent_observe", **hook(f"s{i}", timestamp=f"2026-01-01T00:00:0{i}Z"), agentId="ann" if i % 2 else "bob")
+    call("memory_save", content="only bob knows", agentId="bob")
+    page = call("memory_export", maxSessions=2, offset=1)
+    assert [s["id"] for s in page["sessions"]] == ["s1", "s2"] and set(page["observations"]) == {"s1", "s2"}
+    assert "memories" not in page and page["pagination"] == {"offset": 1, "limit": 2, "total": 5, "hasMore": True}
+    ann = call("memory_export", agentId="ann")
+    assert [s["id"] for s in ann["sessions"]] == ["s1", "s3"] and ann["memories"] == []
+    assert ann["pagination"]["total"] == 2 and ann["pagination"]["hasMore"] is False
 
 
 def test_cli_runs_safely_beside_a_live_server(live_server, tmp_path):
@@ -224,8 +239,10 @@ def test_cli_usage_errors_are_clear(args, tmp_path):
 def test_every_cli_command_is_in_the_readme():
     from agentmemory_server.adapters import cli as cli_module
 
-    readme = (SRC.parent / "README.md").read_text().split("## Admin CLI")[1].split("\n## ")[0]
+    readme = (SRC.parent / "README.md").read_text().split("<!-- BEGIN cli -->")[1].split("<!-- END cli -->")[0]
     parser = cli_module.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     for name in commands:
-        assert f"python src/cli.py {name}" in readme, name
+        assert f"| `agentmemory {name}` |" in readme, name
+
+

@@ -83,7 +83,14 @@ def test_websocket_stream_and_calls(live_server):
         reply = json.loads(ws.recv(timeout=5))
         assert reply == {"id": 7, "ok": True, "result": reply["result"]} and reply["result"]["total"] == 1
         ws.send(json.dumps({"id": 8, "tool": "memory_sessions", "args": {"limit": -5}}))
-        assert json.loads(ws.recv(timeout=5))["error"]["code"] == "invalid_input"
+        error = json.loads(ws.recv(timeout=5))
+        # The REST error envelope plus the request id: the same body on every transport.
+        assert error["id"] == 8 and error["ok"] is False and error["code"] == "invalid_input"
+        assert error["status"] == 400 and error["details"] == {"field": "limit"} and "limit" in error["error"]
+        ws.send(json.dumps({"id": 9, "tool": "no_such_tool", "args": {}}))
+        assert json.loads(ws.recv(timeout=5))["code"] == "unknown_tool"
+        ws.send(json.dumps({"id": 10, "tool": "memory_sessions", "args": {}}))
+        assert json.loads(ws.recv(timeout=5))["ok"] is True  # still open after the errors
 
 
 def test_concurrent_observe_8x250(live_server):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from agentmemory_server.errors import CATALOGUE
+
 import pytest
 from mcp_types.methods import validate_server_result
 
@@ -142,6 +144,8 @@ def test_jsonrpc_errors(client, raw, code, status):
         assert "result" in body
         return
     assert body["jsonrpc"] == "2.0" and body["error"]["code"] == code and body["error"]["message"]
+    data = body["error"]["data"]  # the REST error envelope rides inside every JSON-RPC error
+    assert data["ok"] is False and data["code"] in CATALOGUE and data["error"] and data["status"] >= 400
     try:
         sent = json.loads(raw)
     except ValueError:
@@ -193,7 +197,9 @@ def test_batches_only_in_2025_03_26(client):
 def test_unknown_protocol_version_header_is_400(client):
     r, body = rpc(client, "ping", headers={"MCP-Protocol-Version": "2099-01-01"})
     assert r.status_code == 400 and body["error"]["code"] == mp.UNSUPPORTED_PROTOCOL_VERSION
-    assert body["error"]["data"] == {"supported": list(mp.SUPPORTED_VERSIONS), "requested": "2099-01-01"}
+    data = body["error"]["data"]
+    assert data["supported"] == list(mp.SUPPORTED_VERSIONS) and data["requested"] == "2099-01-01"
+    assert data["code"] == "unsupported_protocol_version" and data["status"] == 400 and data["ok"] is False
 
 
 def test_http_level_rules(client):
@@ -250,7 +256,9 @@ def test_body_size_limit(tmp_path):
     try:
         r = app.test_client().post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
             "name": "memory_save", "arguments": {"content": "x" * 5000}}})
-        assert r.status_code == 413
+        assert r.status_code == 413 and r.get_json()["jsonrpc"] == "2.0"
+        data = r.get_json()["error"]["data"]
+        assert data["code"] == "payload_too_large" and data["details"]["setting"] == "AGENTMEMORY_MAX_BODY_BYTES"
     finally:
         app.extensions["agentmemory"].close()
 

@@ -71,31 +71,18 @@ def test_bad_resource_uris(client, uri, status, code):
     assert r.status_code == status and body["code"] == code
 
 
-@pytest.mark.parametrize("uri,method,path", [
-    ("agentmemory://project/web%20app/profile", "GET", "/profile"),
-    ("agentmemory://graph/stats", "GET", "/graph/stats"),
-    ("agentmemory://team/t1/profile", "GET", "/team/profile"),
-])
-def test_feature_backed_resources_light_up_when_the_feature_exists(client, seeded, uri, method, path):
-    r, body = read(client, uri)
-    if registry.REGISTRY.for_route(method, path) is None:
-        assert r.status_code == 501 and body["code"] == "feature_unavailable"
-        assert f"{method} /agentmemory{path}" in body["error"]
-    else:
-        assert r.status_code == 200 and isinstance(payload(body), dict)
+def test_feature_backed_resources_answer_from_their_tools(client, seeded, call):
+    r, body = read(client, "agentmemory://project/web%20app/profile")
+    profile = payload(body)["profile"]
+    assert r.status_code == 200 and profile["project"] == "web app" and profile["sessionCount"] == 1
+    assert profile == call("memory_profile", project="web app")["profile"]
+    r, body = read(client, "agentmemory://graph/stats")
+    assert r.status_code == 200 and payload(body) == call("graph_stats")
 
 
-def test_feature_lookup_uses_the_registered_tool(rt, call, monkeypatch):
-    reg = registry.Registry()
-    for existing in registry.REGISTRY.all():
-        if registry.Route("GET", "/graph/stats") not in existing.routes:  # graph.py serves it now
-            reg.add(existing)
-    reg.add(registry.Tool("fake_graph_stats", "Graph statistics for the test.", registry.params(),
-                          lambda ctx, args: {"totalNodes": 3}, routes=(registry.Route("GET", "/graph/stats"),),
-                          mcp=False))
-    monkeypatch.setattr(registry, "REGISTRY", reg)
-    body = mcp_resources.read_resource(registry.Ctx(rt), "agentmemory://graph/stats")
-    assert json.loads(body["contents"][0]["text"]) == {"totalNodes": 3}
+def test_team_profile_is_a_clear_501(client):
+    r, body = read(client, "agentmemory://team/t1/profile")
+    assert r.status_code == 501 and body["code"] == "feature_unavailable" and "team memory" in body["error"]
 
 
 def test_prompt_listing(client):
@@ -127,12 +114,11 @@ def test_session_handoff_prompt(client, seeded):
     assert r.status_code == 404 and body["code"] == "session_not_found"
 
 
-def test_detect_patterns_prompt_needs_the_patterns_feature(client):
-    r, body = get_prompt(client, "detect_patterns", {})
-    if registry.REGISTRY.for_route("POST", "/patterns") is None:
-        assert r.status_code == 501 and "POST /agentmemory/patterns" in body["error"]
-    else:
-        assert r.status_code == 200 and body["messages"][0]["content"]["text"]
+def test_detect_patterns_prompt(client, seeded):
+    r, body = get_prompt(client, "detect_patterns", {"project": "web app"})
+    text = body["messages"][0]["content"]["text"]
+    assert r.status_code == 200 and text.startswith("Recurring patterns agentmemory found in web app")
+    assert json.loads(text.split("\n\n", 1)[1])["project"] == "web app"
 
 
 @pytest.mark.parametrize("name,arguments,status,field", [

@@ -356,3 +356,19 @@ def test_sigterm_closes_open_streams_with_going_away(live_server):
         code, reason = close_code(ws, timeout=20)
     assert code == 1001 and "shutting down" in reason
     assert server.proc.wait(timeout=20) == 0
+
+
+def test_an_unexpected_exception_on_a_call_answers_an_error(rt):
+    """A handler that fails with a non-AppError (here: a damaged lesson record makes lesson
+    ranking divide strings) answers internal_error with the request id; nothing closes."""
+    from agentmemory_server.adapters.web import _ws_request
+    from agentmemory_server.retrieval import search
+
+    lesson = {"id": "lsn_damaged", "content": "cache warmup", "confidence": "high", "createdAt": "2026-01-01"}
+    with rt.db.transaction("test") as tx:
+        tx.records.set("mem:lessons", lesson["id"], lesson, now="x")
+        search.index_record(tx, "lesson", lesson)
+    reply = _ws_request(rt, json.dumps({"id": "q1", "tool": "memory_lesson_recall", "args": {"query": "cache"}}))
+    assert reply == {"id": "q1", "ok": False, "error": "internal error; see the server log",
+                     "code": "internal_error", "status": 500}
+    assert _ws_request(rt, '{"id": 2, "tool": "memory_sessions"}')["ok"] is True

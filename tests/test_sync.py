@@ -19,7 +19,7 @@ import requests
 from conftest import HUB_REPO, ROOT, Settings, hook, post, run_sync, seed_store, sqlite_table_counts, sync_env
 
 from agentmemory_server.kernel import registry
-from agentmemory_server.operations import hf_sync as sync
+from agentmemory_server.storage.sqlite import hf_sync as sync
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.wiring import build_runtime
 

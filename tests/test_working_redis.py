@@ -39,7 +39,7 @@ def test_json_round_trip_is_identical_on_both_backends(redis_server, make_runtim
 
 
 def svc_scope():
-    from agentmemory_server.working.service import Scope
+    from agentmemory_server.working.model import Scope
 
     return Scope("default", "default", "s")
 

@@ -1,27 +1,121 @@
-"""The one error model shared by REST, MCP, WebSocket and the CLI.
+"""The one error model shared by REST, MCP, the WebSocket and the CLI, and the catalogue of
+every error code a client can see.
 
-Domain code raises an ``AppError`` subclass; each adapter has exactly one renderer that turns it
-into its own envelope. The JSON body is always::
+Code raises an ``AppError`` subclass; each adapter has exactly one renderer that turns it into
+its transport's envelope, and every envelope carries the same body::
 
     {"ok": false, "error": "<human message>", "code": "<stable_snake_case>", "status": 400,
      "details": {...}}          # details only when there is something to add
 
+- REST: that body with ``status`` as the HTTP status;
+- WebSocket: that body plus the request's ``id``;
+- MCP tools: a result with ``isError: true`` whose text is that body;
+- JSON-RPC (``POST /mcp``): a JSON-RPC error whose ``data`` is that body.
+
 ``error`` stays a plain string because upstream agentmemory clients print ``body.error``.
-Callers may add keys but must not remove these.
+Callers may add keys but must not remove these. Every ``code`` is declared in ``CATALOGUE``
+(README's error-code table is generated from it and a test checks the code uses no other).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: int
+    meaning: str
+
+
+CATALOGUE: dict[str, ErrorCode] = {}
+
+
+def _declare(code: str, status: int, meaning: str) -> str:
+    if code in CATALOGUE:
+        raise ValueError(f"duplicate error code {code!r}")
+    CATALOGUE[code] = ErrorCode(code, status, meaning)
+    return code
+
+
+# -- generic codes (one per AppError subclass) ----------------------------------------------------
+INVALID_INPUT = _declare("invalid_input", 400, "A field is missing, malformed or out of range; `details.field` names it.")
+UNAUTHORIZED = _declare("unauthorized", 401, "No valid `Authorization: Bearer <token>`.")
+FORBIDDEN = _declare("forbidden", 403, "The caller may not do this.")
+NOT_FOUND = _declare("not_found", 404, "No such record or route.")
+CONFLICT = _declare("conflict", 409, "The request conflicts with the stored state.")
+CAPACITY_EXCEEDED = _declare("capacity_exceeded", 409, "A hard cap was reached; nothing was evicted to make room.")
+PAYLOAD_TOO_LARGE = _declare("payload_too_large", 413, "The request body is over the limit; `details` names the setting.")
+UNAVAILABLE = _declare("unavailable", 503, "A dependency is down or the server is stopping; retry later.")
+INTERNAL_ERROR = _declare("internal_error", 500, "A bug: the server log has the traceback.")
+
+# -- transport ------------------------------------------------------------------------------------
+METHOD_NOT_ALLOWED = _declare("method_not_allowed", 405, "The route exists but not with this HTTP method.")
+NOT_ACCEPTABLE = _declare("not_acceptable", 406, "`/mcp` answers application/json only; send a matching Accept.")
+HTTP_ERROR = _declare("http_error", 400, "Another HTTP-level refusal (the message says which).")
+ORIGIN_NOT_ALLOWED = _declare("origin_not_allowed", 403, "A browser origin not listed in VIEWER_ALLOWED_ORIGINS.")
+DATABASE_BUSY = _declare("database_busy", 503, "The database stayed locked past the busy timeout; retry.")
+DATABASE_CLOSED = _declare("database_closed", 503, "The server is shutting down.")
+SCHEMA_TOO_NEW = _declare("schema_too_new", 503, "The database was written by a newer version of this server.")
+TOO_MANY_VIEWERS = _declare("too_many_viewers", 409, "AGENTMEMORY_MAX_VIEWERS live streams are already open.")
+FEATURE_UNAVAILABLE = _declare("feature_unavailable", 501, "The resource or prompt needs a feature this server does not have.")
+# JSON-RPC protocol failures on POST /mcp (the JSON-RPC error code is in `error.code`).
+INVALID_JSON = _declare("invalid_json", 400, "JSON-RPC parse error: the body is not UTF-8 JSON.")
+INVALID_REQUEST = _declare("invalid_request", 400, "Not a valid JSON-RPC 2.0 request.")
+METHOD_NOT_FOUND = _declare("method_not_found", 404, "No such JSON-RPC method in the negotiated protocol version.")
+HEADER_MISMATCH = _declare("header_mismatch", 400, "MCP headers disagree with the JSON-RPC body.")
+UNSUPPORTED_PROTOCOL_VERSION = _declare("unsupported_protocol_version", 400, "An MCP protocol version this server does not speak.")
+SESSION_EXPIRED = _declare("session_expired", 404, "Unknown `Mcp-Session-Id`: initialize again.")
+
+# -- tools, resources, prompts -----------------------------------------------------------------------
+UNKNOWN_TOOL = _declare("unknown_tool", 404, "No tool (or no MCP tool) by that name.")
+RESOURCE_NOT_FOUND = _declare("resource_not_found", 404, "No MCP resource matches the URI.")
+PROMPT_NOT_FOUND = _declare("prompt_not_found", 404, "No MCP prompt by that name.")
+
+# -- access ---------------------------------------------------------------------------------------------
+AGENT_SCOPE_UNSET = _declare("agent_scope_unset", 403, "AGENTMEMORY_AGENT_SCOPE=isolated without AGENT_ID: reads fail closed.")
+AGENT_SCOPE_VIOLATION = _declare("agent_scope_violation", 403, "Isolated agent scope: another agent's id was asked for.")
+SESSION_OWNED_BY_OTHER_AGENT = _declare("session_owned_by_other_agent", 409, "Isolated agent scope: the session belongs to another agent.")
+
+# -- records -------------------------------------------------------------------------------------------
+SESSION_NOT_FOUND = _declare("session_not_found", 404, "No session with that id (visible to the caller).")
+MEMORY_NOT_FOUND = _declare("memory_not_found", 404, "No memory with that id.")
+LESSON_NOT_FOUND = _declare("lesson_not_found", 404, "No live lesson with that id.")
+ACTION_NOT_FOUND = _declare("action_not_found", 404, "No action with that id.")
+NODE_NOT_FOUND = _declare("node_not_found", 404, "No knowledge-graph node with that id.")
+NO_OBSERVATIONS = _declare("no_observations", 409, "The session has no observations to work from.")
+DEPENDENCY_CYCLE = _declare("dependency_cycle", 409, "The action edge would make the dependencies circular.")
+CONFIRMATION_REQUIRED = _declare("confirmation_required", 400, "A bulk delete of everything needs `confirm: true`.")
+
+# -- slots ----------------------------------------------------------------------------------------------
+SLOT_NOT_FOUND = _declare("slot_not_found", 404, "No slot with that label in that scope.")
+SLOT_EXISTS = _declare("slot_exists", 409, "A slot with that label already exists in that scope.")
+SLOT_READ_ONLY = _declare("slot_read_only", 403, "The slot is read-only.")
+SLOT_TOO_LARGE = _declare("slot_too_large", 413, "The slot's content would exceed its sizeLimit; `details` has the sizes.")
+
+# -- working memory -------------------------------------------------------------------------------------
+RESERVED_KEY = _declare("reserved_key", 400, "Working-memory keys starting with `_` are reserved.")
+TASK_NOT_FOUND = _declare("task_not_found", 404, "The working-memory scope has no task state.")
+TASK_CONFLICT = _declare("task_conflict", 409, "The task state changed during the update; retry.")
+TASK_VERSION_CONFLICT = _declare("task_version_conflict", 409, "`expectedVersion` is not the stored version.")
+CHECKPOINT_NOT_FOUND = _declare("checkpoint_not_found", 404, "No checkpoint with that id in that scope.")
+WORKING_MEMORY_UNAVAILABLE = _declare("working_memory_unavailable", 503, "The Redis working-memory backend failed.")
+
+# -- embeddings and imports ---------------------------------------------------------------------------
+EMBEDDING_FAILED = _declare("embedding_failed", 503, "The embedding provider failed; search answers with BM25.")
+MODEL_CHECKSUM = _declare("model_checksum", 503, "The bundled embedding model does not match its checksum.")
+ANTIGRAVITY_NOT_FOUND = _declare("antigravity_not_found", 404, "ANTIGRAVITY_DIR holds no brain/ folder.")
+CONVERSATION_NOT_FOUND = _declare("conversation_not_found", 404, "No Antigravity conversation with that id.")
 
 
 class AppError(Exception):
     status = 500
-    code = "internal_error"
+    code = INTERNAL_ERROR
 
-    def __init__(
-        self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None, status: int | None = None
-    ):
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None,
+                 status: int | None = None):
         super().__init__(message)
         self.message = message
         if code:
@@ -31,17 +125,14 @@ class AppError(Exception):
         self.details = details or {}
 
     def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"ok": False, "error": self.message, "code": self.code, "status": self.status}
-        if self.details:
-            body["details"] = self.details
-        return body
+        return envelope(self.status, self.message, self.code, self.details)
 
 
 class InvalidInput(AppError):
     """Bad input from the caller (400). ``field`` names the offending argument."""
 
     status = 400
-    code = "invalid_input"
+    code = INVALID_INPUT
 
     def __init__(self, message: str, *, field: str | None = None, **kwargs: Any):
         details = kwargs.pop("details", None) or {}
@@ -52,41 +143,49 @@ class InvalidInput(AppError):
 
 class Unauthorized(AppError):
     status = 401
-    code = "unauthorized"
+    code = UNAUTHORIZED
 
 
 class Forbidden(AppError):
     status = 403
-    code = "forbidden"
+    code = FORBIDDEN
 
 
 class NotFound(AppError):
     status = 404
-    code = "not_found"
+    code = NOT_FOUND
 
 
 class Conflict(AppError):
     status = 409
-    code = "conflict"
+    code = CONFLICT
 
 
 class CapacityExceeded(AppError):
     """A hard cap was hit. Nothing is evicted to make room; the caller must act."""
 
     status = 409
-    code = "capacity_exceeded"
+    code = CAPACITY_EXCEEDED
 
 
 class PayloadTooLarge(AppError):
     status = 413
-    code = "payload_too_large"
+    code = PAYLOAD_TOO_LARGE
 
 
 class Unavailable(AppError):
     status = 503
-    code = "unavailable"
+    code = UNAVAILABLE
+
+
+def envelope(status: int, message: str, code: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The error body every transport carries (see the module docstring)."""
+    body: dict[str, Any] = {"ok": False, "error": message, "code": code, "status": status}
+    if details:
+        body["details"] = details
+    return body
 
 
 def error_body(status: int, message: str, code: str) -> dict[str, Any]:
-    """Envelope for errors that do not start as AppError (HTTP routing, body limits)."""
-    return AppError(message, code=code, status=status).to_dict()
+    """Envelope for errors that do not start as an AppError (HTTP routing, body limits)."""
+    return envelope(status, message, code)

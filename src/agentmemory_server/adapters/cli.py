@@ -1,17 +1,19 @@
-"""Admin command line for an agentmemory database.
+"""The ``agentmemory`` command: run the server and administer its database.
 
-    python src/cli.py [--db PATH] export [-o FILE]             stream everything as JSON (GET /export's format)
-    python src/cli.py [--db PATH] import FILE [--strategy S]   merge (default) | skip | replace
-    python src/cli.py [--db PATH] reindex                      rebuild the search index from the records
-    python src/cli.py [--db PATH] stats [--json]               counts, sizes, schema version
-    python src/cli.py [--db PATH] backup [--force]             upload a snapshot now (sync.py backup)
-    python src/cli.py [--db PATH] restore [--force]            download the latest backup (sync.py restore)
+    agentmemory serve [--host H] [--port P] [--threads N] [--dev]   run the server
+    agentmemory stats [--json]                                      counts, sizes, schema version
+    agentmemory export [-o FILE]                                    everything as JSON (GET /export's format)
+    agentmemory import FILE [--strategy S]                          merge (default) | skip | replace
+    agentmemory reindex                                             rebuild the search index (and vectors)
+    agentmemory backup [--force]                                    upload a snapshot to the HF dataset now
+    agentmemory restore [--force]                                   download the latest backup
 
-A thin adapter: each command calls one library function (``maintenance``, the tool registry, or
-``sync.py``'s functions) in this process, on the database from the settings (AGENTMEMORY_DB /
-AGENTMEMORY_DATA_DIR) or ``--db``. Safe beside a running server on the same file: work runs in
-short transactions and waits for the server's writer instead of failing. Progress bars go to
-stderr (``--quiet`` turns them off); results go to stdout as JSON.
+(``python src/cli.py ...`` is the same from a checkout.) A thin adapter: each admin command calls
+the library function a tool also calls (``maintenance``, ``transfer``) or ``hf_sync``, in this
+process, on the database from the settings (AGENTMEMORY_DB / AGENTMEMORY_DATA_DIR) or ``--db``.
+Safe beside a running server on the same file: work runs in short transactions and waits for the
+server's writer instead of failing. Progress bars go to stderr (``--quiet`` turns them off);
+results go to stdout as JSON.
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ from agentmemory_server.errors import AppError
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
-from agentmemory_server.operations import hf_sync as sync
 from agentmemory_server.operations import maintenance
+from agentmemory_server.storage.sqlite import hf_sync
 from agentmemory_server.wiring import build_runtime
+
+PROG = "agentmemory"
 
 
 def _progress(quiet: bool) -> maintenance.Progress:
     if quiet:
         return maintenance.no_progress
-    from tqdm import tqdm
+    from tqdm import tqdm  # only a terminal run draws bars
 
     def make_bar(label: str, total: int) -> maintenance.Bar:
         return tqdm(total=total, desc=label, unit="rec", file=sys.stderr, mininterval=0.25, dynamic_ncols=True)
@@ -50,6 +54,13 @@ def _with_runtime(settings: Settings, work: Callable[[Runtime], Any]) -> Any:
         return work(rt)
     finally:
         rt.close()
+
+
+def cmd_serve(settings: Settings, opts: argparse.Namespace) -> Any:
+    from agentmemory_server.adapters import server  # the HTTP stack loads only to serve
+
+    server.announce_and_serve(settings, dev=opts.dev)
+    return None
 
 
 def cmd_export(settings: Settings, opts: argparse.Namespace) -> Any:
@@ -82,17 +93,17 @@ def cmd_stats(settings: Settings, opts: argparse.Namespace) -> Any:
     return _with_runtime(settings, maintenance.stats)
 
 
-def _sync_config(settings: Settings) -> sync.Config:
-    sync.setup_logging()
-    return sync.Config.from_env(os.environ, db_path=settings.database_path)
+def _sync_config(settings: Settings) -> hf_sync.Config:
+    hf_sync.setup_logging()
+    return hf_sync.Config.from_env(os.environ, db_path=settings.database_path)
 
 
 def cmd_backup(settings: Settings, opts: argparse.Namespace) -> Any:
-    return sync.backup(_sync_config(settings), force=opts.force)
+    return hf_sync.backup(_sync_config(settings), force=opts.force)
 
 
 def cmd_restore(settings: Settings, opts: argparse.Namespace) -> Any:
-    return sync.restore(_sync_config(settings), force=opts.force)
+    return hf_sync.restore(_sync_config(settings), force=opts.force)
 
 
 def _print_stats(result: dict[str, Any]) -> None:
@@ -111,10 +122,21 @@ def _print_stats(result: dict[str, Any]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cli.py", description="agentmemory admin commands")
-    parser.add_argument("--db", help="database file (default: AGENTMEMORY_DB or <AGENTMEMORY_DATA_DIR>/agentmemory.db)")
+    parser = argparse.ArgumentParser(prog=PROG, description="agentmemory-python: the server and its admin commands")
+    parser.add_argument(
+        "--db", help="database file (default: AGENTMEMORY_DB or <AGENTMEMORY_DATA_DIR>/agentmemory.db)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    serve = commands.add_parser("serve", help="run the server (gunicorn; --dev for Werkzeug)")
+    serve.add_argument("--dev", action="store_true", help="use the Werkzeug development server")
+    serve.add_argument("--host", help="interface to bind (default HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default III_REST_PORT / PORT or 3111)")
+    serve.add_argument("--threads", type=int, help="gunicorn gthread threads")
+    serve.set_defaults(run=cmd_serve)
+    stats = commands.add_parser("stats", help="counts, sizes and schema version")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(run=cmd_stats)
     export = commands.add_parser("export", help="stream every record as one JSON document")
     export.add_argument("-o", "--output", help="file to write (default: stdout)")
     export.set_defaults(run=cmd_export)
@@ -131,9 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("reindex", help="rebuild the search index (and vectors) from the records").set_defaults(
         run=cmd_reindex
     )
-    stats = commands.add_parser("stats", help="counts, sizes and schema version")
-    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    stats.set_defaults(run=cmd_stats)
     for name, run, text in (
         ("backup", cmd_backup, "upload a snapshot to the HuggingFace dataset now"),
         ("restore", cmd_restore, "download the latest backup (stop the server first)"),
@@ -144,17 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_for(opts: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if opts.db:
+        overrides["db_path"] = str(Path(opts.db).expanduser())
+    if opts.command == "serve":
+        overrides.update({k: v for k in ("host", "port", "threads") if (v := getattr(opts, k))})
+    else:
+        overrides["background_jobs"] = False  # an admin command does its work and exits
+    return Settings.from_env(os.environ, **overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
     try:
-        overrides: dict[str, Any] = {"background_jobs": False}
-        if opts.db:
-            overrides["db_path"] = str(Path(opts.db).expanduser())
-        settings = Settings.from_env(os.environ, **overrides)
-        result = opts.run(settings, opts)
-    except (AppError, SettingsError, sync.SyncError) as exc:
+        result = opts.run(settings_for(opts), opts)
+    except (AppError, SettingsError, hf_sync.SyncError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 1)
+        return int(getattr(exc, "exit_code", 1))
+    if opts.command == "serve":
+        return 0
     if opts.command == "export" and opts.output in (None, "-"):
         print(json.dumps(result), file=sys.stderr)
     elif opts.command == "stats" and not opts.json:

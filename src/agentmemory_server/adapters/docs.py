@@ -1,19 +1,22 @@
 """Regenerate the tables in README.md and AGENTS.md from the code.
 
-``python src/docs.py`` rewrites every block between ``<!-- BEGIN <name> -->`` and
-``<!-- END <name> -->``; ``python src/docs.py --check`` exits 1 when a block is stale (a test
+``python -m agentmemory_server.adapters.docs`` rewrites every block between ``<!-- BEGIN <name> -->`` and
+``<!-- END <name> -->``; ``... --check`` exits 1 when a block is stale (a test
 runs the same check). Blocks: ``config`` (settings), ``routes`` (every HTTP route of the app),
 ``tools`` (every MCP tool), ``backupconfig`` (sync.py's environment variables).
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import tempfile
 from pathlib import Path
 
-from agentmemory_server.kernel import registry
+from agentmemory_server import errors
+from agentmemory_server.adapters import cli
+from agentmemory_server.kernel import events, registry, scopes
 from agentmemory_server.kernel import settings as settings_module
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -66,7 +69,7 @@ def tool_names_list() -> str:
 
 def backup_settings_table() -> str:
     """The environment variables of sync.py (the standalone backup sidecar at the repo root)."""
-    from agentmemory_server.operations import hf_sync as sync
+    from agentmemory_server.storage.sqlite import hf_sync as sync
 
     def shown(value: object) -> str:
         if value is None:
@@ -81,7 +84,45 @@ def backup_settings_table() -> str:
     return "\n".join(lines)
 
 
+def errors_table() -> str:
+    lines = ["| Code | Status | Meaning |", "|---|---|---|"]
+    lines += [f"| `{e.code}` | {e.status} | {e.meaning} |" for e in errors.CATALOGUE.values()]
+    return "\n".join(lines)
+
+
+def scopes_table() -> str:
+    lines = ["| Scope | Key | Value |", "|---|---|---|"]
+    lines += [f"| `{s.name}` | {s.key} | {s.value} |" for s in scopes.SCOPES]
+    return "\n".join(lines)
+
+
+def events_table() -> str:
+    lines = ["| Event `type` | `record` |", "|---|---|"]
+    lines += [f"| `{name}` | {meaning} |" for name, meaning in events.EVENT_TYPES.items()]
+    return "\n".join(lines)
+
+
+def cli_table() -> str:
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in commands._choices_actions}
+    lines = ["| Command | Options | What it does |", "|---|---|---|"]
+    for name, sub in commands.choices.items():
+        options = []
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS or action.dest == "help":
+                continue
+            flag = action.option_strings[-1] if action.option_strings else action.dest.upper()
+            options.append(f"`{flag}{' ' + action.dest.upper() if action.option_strings and action.nargs != 0 else ''}`")
+        lines.append(f"| `agentmemory {name}` | {' '.join(options)} | {helps.get(name, '')} |")
+    return "\n".join(lines)
+
+
 GENERATORS = {
+    "errors": errors_table,
+    "scopes": scopes_table,
+    "events": events_table,
+    "cli": cli_table,
     "config": settings_module.markdown_table,
     "routes": routes_table,
     "tools": tools_table,
@@ -115,7 +156,7 @@ def main(argv: list[str]) -> int:
             if "--check" not in argv:
                 path.write_text(fresh, encoding="utf-8")
     if stale and "--check" in argv:
-        print(f"stale generated blocks in {', '.join(stale)}; run: python src/docs.py", file=sys.stderr)
+        print(f"stale generated blocks in {', '.join(stale)}; run: python -m agentmemory_server.adapters.docs", file=sys.stderr)
         return 1
     print("updated " + ", ".join(stale) if stale else "docs are up to date")
     return 0

@@ -1,6 +1,6 @@
 """MCP over HTTP without Flask: upstream's simple JSON routes and a Streamable HTTP endpoint.
 
-Two shapes share the tool registry and ``mcp_resources``:
+Two shapes share the tool registry (resources and prompts are tools too):
 
 - upstream's plain JSON (``GET /mcp/tools``, ``POST /mcp/call`` ...): ``tool_list`` / ``call_tool``;
 - JSON-RPC 2.0 at ``POST /mcp`` (MCP Streamable HTTP, always answered with application/json,
@@ -27,12 +27,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.adapters.origins import LOOPBACK, origin_allowed  # noqa: F401 - re-exported for callers
 from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.util import clean_json
-from agentmemory_server.operations import resources as mcp_resources
 
 log = logging.getLogger("agentmemory.mcp")
 
@@ -96,7 +96,7 @@ def mcp_tool(name: Any) -> registry.Tool:
         raise InvalidInput("missing required field 'name'", field="name")
     found = registry.REGISTRY.get(name)
     if not found.mcp:
-        raise InvalidInput(f"{name!r} is not an MCP tool", field="name", code="unknown_tool")
+        raise InvalidInput(f"{name!r} is not an MCP tool", field="name", code=errors.UNKNOWN_TOOL)
     return found
 
 
@@ -166,16 +166,33 @@ def sessions_of(rt: Any) -> Sessions:
 # -- JSON-RPC plumbing ------------------------------------------------------------------------------------
 
 
+# JSON-RPC error codes and the catalogue code (and HTTP-like status) their ``data`` carries.
+RPC_CODES = {
+    PARSE_ERROR: (errors.INVALID_JSON, 400),
+    INVALID_REQUEST: (errors.INVALID_REQUEST, 400),
+    METHOD_NOT_FOUND: (errors.METHOD_NOT_FOUND, 404),
+    INVALID_PARAMS: (errors.INVALID_INPUT, 400),
+    INTERNAL_ERROR: (errors.INTERNAL_ERROR, 500),
+    RESOURCE_NOT_FOUND: (errors.RESOURCE_NOT_FOUND, 404),
+    HEADER_MISMATCH: (errors.HEADER_MISMATCH, 400),
+    UNSUPPORTED_PROTOCOL_VERSION: (errors.UNSUPPORTED_PROTOCOL_VERSION, 400),
+}
+
+
 class RpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None):
+    """A JSON-RPC error. ``data`` is always the server's error envelope (errors.py), so a client
+    reads the same ``code``, ``status`` and ``details`` as over REST."""
+
+    def __init__(self, code: int, message: str, data: dict[str, Any] | None = None, *, app_code: str | None = None,
+                 extra: dict[str, Any] | None = None):
         super().__init__(message)
-        self.code, self.message, self.data = code, message, data
+        self.code, self.message = code, message
+        default_code, status = RPC_CODES.get(code, (errors.INTERNAL_ERROR, 500))
+        envelope = data if data is not None else errors.envelope(status, message, app_code or default_code)
+        self.data = {**envelope, **(extra or {})}  # extra: keys the MCP spec defines for this error
 
     def body(self, request_id: Any) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            error["data"] = self.data
-        return {"jsonrpc": "2.0", "id": request_id, "error": error}
+        return {"jsonrpc": "2.0", "id": request_id, "error": {"code": self.code, "message": self.message, "data": self.data}}
 
 
 @dataclass
@@ -258,37 +275,44 @@ def _tools_call(call: Call) -> dict[str, Any]:
     try:
         mcp_tool(name)
     except AppError:
-        raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}") from None
+        raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}", app_code=errors.UNKNOWN_TOOL) from None
     return call_tool(call.rt, name, arguments, "mcp")
+
+
+def _run(call: Call, tool_name: str, args: dict[str, Any]) -> Any:
+    """Resources and prompts are tools too: JSON-RPC reaches them through the registry."""
+    data, _status = registry.unwrap(registry.call(call.ctx, tool_name, args))
+    return data
 
 
 def _resources_list(call: Call) -> dict[str, Any]:
     _no_cursor(call.params)
-    return {"resources": [r for r in mcp_resources.resource_listing()["resources"] if "{" not in r["uri"]]}
+    return {"resources": [r for r in _run(call, "mcp_resources", {})["resources"] if "{" not in r["uri"]]}
 
 
 def _resource_templates(call: Call) -> dict[str, Any]:
     _no_cursor(call.params)
-    return {"resourceTemplates": mcp_resources.resource_listing()["resourceTemplates"]}
+    return {"resourceTemplates": _run(call, "mcp_resources", {})["resourceTemplates"]}
 
 
 def _resources_read(call: Call) -> dict[str, Any]:
     uri = _require_str(call.params, "uri")
     try:
-        return mcp_resources.read_resource(call.ctx, uri)
+        return _run(call, "mcp_resource_read", {"uri": uri})
     except AppError as exc:
         raise _from_app_error(exc, INVALID_PARAMS if call.modern else RESOURCE_NOT_FOUND) from None
 
 
 def _prompts_list(call: Call) -> dict[str, Any]:
     _no_cursor(call.params)
-    return mcp_resources.prompt_listing()
+    return _run(call, "mcp_prompts", {})
 
 
 def _prompts_get(call: Call) -> dict[str, Any]:
     name = _require_str(call.params, "name")
+    arguments = call.params.get("arguments")
     try:
-        return mcp_resources.get_prompt(call.ctx, name, call.params.get("arguments"))
+        return _run(call, "mcp_prompt_get", {"name": name, **({"arguments": arguments} if arguments is not None else {})})
     except AppError as exc:
         raise _from_app_error(exc) from None
 
@@ -435,7 +459,7 @@ def _unsupported(requested: Any) -> RpcError:
     return RpcError(
         UNSUPPORTED_PROTOCOL_VERSION,
         "Unsupported protocol version",
-        {"supported": list(SUPPORTED_VERSIONS), "requested": requested},
+        extra={"supported": list(SUPPORTED_VERSIONS), "requested": requested},
     )
 
 
@@ -447,7 +471,7 @@ def _handle_handshake_era(rt: Any, message: Any, headers: dict[str, str], reques
         session_version = sessions_of(rt).version(sid)
         if session_version is None:  # the spec's signal to start a new session
             return HttpReply(
-                404, RpcError(INVALID_REQUEST, "Session not found: send initialize again").body(_request_id(message))
+                404, RpcError(INVALID_REQUEST, "Session not found: send initialize again", app_code=errors.SESSION_EXPIRED).body(_request_id(message))
             )
     version = requested or session_version or DEFAULT_VERSION
     if isinstance(message, list):
@@ -520,9 +544,12 @@ def _handle_modern(rt: Any, message: Any, headers: dict[str, str], version: str)
     return HttpReply(status, reply)
 
 
-def transport_error(exc: AppError) -> dict[str, Any]:
-    """A JSON-RPC error body for a request refused before it was read (auth, origin)."""
-    return RpcError(INVALID_REQUEST, exc.message, exc.to_dict()).body(None)
+def error_reply(envelope: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-RPC body for a request refused before it was read (auth, origin, body limits,
+    routing): the envelope rides in ``data``."""
+    status = envelope["status"]
+    code = METHOD_NOT_FOUND if status in (404, 405) else INVALID_REQUEST if status < 500 else INTERNAL_ERROR
+    return RpcError(code, envelope["error"], envelope).body(None)
 
 
 def handle_delete(rt: Any, headers: Mapping[str, str]) -> HttpReply:
@@ -532,4 +559,4 @@ def handle_delete(rt: Any, headers: Mapping[str, str]) -> HttpReply:
         return HttpReply(400, RpcError(INVALID_REQUEST, "Mcp-Session-Id header required").body(None))
     if sessions_of(rt).end(sid):
         return HttpReply(204)
-    return HttpReply(404, RpcError(INVALID_REQUEST, "Session not found").body(None))
+    return HttpReply(404, RpcError(INVALID_REQUEST, "Session not found", app_code=errors.SESSION_EXPIRED).body(None))

@@ -13,7 +13,9 @@ A session on one WebSocket:
 3. **Events.** ``{"type", "seq", "ts", "record"}`` for every new or changed record
    (observation, memory, session, lesson, slot, action, ...).
 4. **Calls.** ``{"id", "tool", "args"}`` runs a registry tool and answers
-   ``{"id", "ok", "result" | "error"}``; ``{"type": "ping"}`` answers ``pong``.
+   ``{"id", "ok": true, "result"}``, or on failure the REST error envelope plus ``id``
+   (``{"id", "ok": false, "error", "code", "status", "details"}``); ``{"type": "ping"}`` answers
+   ``pong``.
 
 A client that falls ``AGENTMEMORY_VIEWER_QUEUE`` events behind is dropped (close 4000); a send
 that blocks longer than ``AGENTMEMORY_VIEWER_SEND_TIMEOUT`` (a client that stopped reading)

@@ -7,31 +7,24 @@ app with gunicorn's gthread worker (flask-sock needs it; waitress cannot serve W
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import json
 import logging
-import os
 import secrets
-import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
-
-# One BLAS thread: vector search is a memory-bound matrix-vector product, and on a small shared
-# machine extra BLAS threads only compete with the request threads (set before numpy loads).
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
 
 from flask import Flask, Response, g, request
 from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 
+from agentmemory_server import errors
 from agentmemory_server.adapters import mcp_http as mcp_protocol
 from agentmemory_server.adapters import openapi
 from agentmemory_server.adapters.origins import origin_allowed, parse_allowed
 from agentmemory_server.adapters.stream import ReaderThread, StreamSession
-from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable, error_body
+from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
@@ -132,7 +125,7 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
         if not origin_allowed(origin, request.host, rt.settings.host, allowed_origins):
             raise Forbidden(
                 f"browser origin {origin!r} may not call this server; list it in VIEWER_ALLOWED_ORIGINS to allow it",
-                code="origin_not_allowed",
+                code=errors.ORIGIN_NOT_ALLOWED,
             )
         if request.method == "OPTIONS":
             return Response(status=204)  # a CORS preflight; headers are added below
@@ -206,35 +199,50 @@ def _tool_view(rt: Runtime, tool: Tool, default_status: int):
     return view
 
 
+# HTTP-level refusals (routing, body limits) and the catalogue code each one gets.
+HTTP_ERROR_CODES = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED, 413: errors.PAYLOAD_TOO_LARGE}
+
+
+def render_error(body: dict[str, Any]) -> Response:
+    """One error envelope, in the transport's own shape: JSON-RPC on ``/mcp`` (MCP clients show
+    a JSON-RPC error's message to the user), the REST body everywhere else."""
+    if request.path == MCP_PATH:
+        return respond(mcp_protocol.error_reply(body), body["status"])
+    return respond(body, body["status"])
+
+
+def _http_error_body(exc: HTTPException) -> dict[str, Any]:
+    status = exc.code or 500
+    if status == 413:
+        limit = request.max_content_length
+        setting = "AGENTMEMORY_MAX_IMPORT_BYTES" if request.path == f"{PREFIX}/import" else "AGENTMEMORY_MAX_BODY_BYTES"
+        return errors.envelope(413, f"request body larger than {limit} bytes (raise {setting} to accept more)",
+                               errors.PAYLOAD_TOO_LARGE, {"limitBytes": limit, "setting": setting})
+    messages = {404: f"no route {request.method} {request.path}",
+                405: f"method {request.method} not allowed on {request.path}"}
+    message = messages.get(status) or exc.description or exc.name or "HTTP error"
+    return errors.envelope(status, message, HTTP_ERROR_CODES.get(status, errors.HTTP_ERROR))
+
+
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(AppError)
     def _app_error(exc: AppError) -> Response:
-        if request.path == MCP_PATH:  # MCP clients show a JSON-RPC error's message to the user
-            return respond(mcp_protocol.transport_error(exc), exc.status)
-        return respond(exc.to_dict(), exc.status)
+        return render_error(exc.to_dict())
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        messages = {
-            404: f"no route {request.method} {request.path}",
-            405: f"method {request.method} not allowed on {request.path}",
-            413: f"request body larger than {request.max_content_length} bytes",
-        }
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return respond(error_body(status, messages.get(status, exc.description or exc.name), code), status)
+        return render_error(_http_error_body(exc))
 
     @app.errorhandler(sqlite3.OperationalError)
     def _db_busy(exc: sqlite3.OperationalError) -> Response:
         if "locked" in str(exc) or "busy" in str(exc):
-            err = Unavailable("the database is busy; retry shortly", code="database_busy")
-            return respond(err.to_dict(), err.status)
+            return render_error(Unavailable("the database is busy; retry shortly", code=errors.DATABASE_BUSY).to_dict())
         return _internal(exc)
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, strip_text(request.path))
-        return respond(error_body(500, "internal error; see the server log", "internal_error"), 500)
+        return render_error(errors.envelope(500, "internal error; see the server log", errors.INTERNAL_ERROR))
 
 
 # -- MCP over HTTP: upstream's simple JSON routes and the Streamable HTTP endpoint ---------------------
@@ -262,7 +270,7 @@ def _register_mcp_http(app: Flask, rt: Runtime) -> None:
         if request.method == "DELETE":
             reply = mcp_protocol.handle_delete(rt, request.headers)
         elif not mcp_protocol.accepts_json(request.headers.get("Accept")):
-            return respond(error_body(406, "this endpoint answers application/json only", "not_acceptable"), 406)
+            return render_error(errors.envelope(406, "this endpoint answers application/json only", errors.NOT_ACCEPTABLE))
         else:
             reply = mcp_protocol.handle_post(rt, request.get_data(cache=False), request.headers)
         if reply.body is None:
@@ -344,6 +352,9 @@ def _register_stream(app: Flask, rt: Runtime) -> None:
 
 
 def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
+    """Answer one client message: ``{id, tool, args}`` runs a tool through the registry and
+    answers ``{id, ok: true, result}``; any failure answers the REST error envelope with the
+    request's ``id`` (an unexpected exception too: the socket stays open)."""
     request_id = None
     try:
         message = parse_json(raw.encode() if isinstance(raw, str) else raw, "message")
@@ -358,7 +369,10 @@ def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
         data, _status = registry.unwrap(result)
         return {"id": request_id, "ok": True, "result": data}
     except AppError as exc:
-        return {"id": request_id, "ok": False, "error": exc.to_dict()}
+        return {"id": request_id, **exc.to_dict()}
+    except Exception:
+        log.exception("unhandled error answering a WebSocket call")
+        return {"id": request_id, **errors.envelope(500, "internal error; see the server log", errors.INTERNAL_ERROR)}
 
 
 # -- the viewer page -------------------------------------------------------------------------------------
@@ -391,83 +405,3 @@ def _register_viewer(app: Flask, rt: Runtime) -> None:
     viewer.public = True  # type: ignore[attr-defined]  # open by design (tests/test_security.py)
     for path in VIEWER_PATHS:  # the endpoint is the path, as for other open adapter routes
         app.add_url_rule(path, path, viewer, methods=["GET"])
-
-
-# -- serving ----------------------------------------------------------------------------------------------
-
-
-def serve(settings: Settings, *, dev: bool = False) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if dev:
-        create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
-        return
-    from gunicorn.app.base import BaseApplication
-
-    if not settings.max_viewers or settings.max_viewers > settings.threads - 4:
-        log.warning(
-            "AGENTMEMORY_MAX_VIEWERS=%s with AGENTMEMORY_THREADS=%s: open viewers can take every "
-            "thread and stall REST calls; keep viewers at least 4 below threads",
-            settings.max_viewers,
-            settings.threads,
-        )
-
-    class GunicornServer(BaseApplication):
-        def load_config(self) -> None:
-            options = {
-                "bind": f"{settings.host}:{settings.port}",
-                "workers": 1,
-                "worker_class": "gthread",
-                "threads": settings.threads,
-                "timeout": 120,
-                "graceful_timeout": 20,
-                "keepalive": 5,
-                "control_socket_disable": True,
-                # gunicorn's DEBUG level prints request lines, which may carry a token
-                # (?token= on the WebSocket): its own logger never goes below INFO.
-                "loglevel": "info" if settings.log_level == "debug" else settings.log_level,
-                "accesslog": None,
-                "errorlog": "-",
-            }
-            for key, value in options.items():
-                self.cfg.set(key, value)
-            self.cfg.set("post_worker_init", _close_streams_on_term)
-
-        def load(self) -> Flask:
-            # Built in the worker process, so the runtime's threads live where requests run.
-            return create_app(settings)
-
-    GunicornServer().run()
-
-
-def _close_streams_on_term(worker: Any) -> None:
-    """On SIGTERM, tell open viewer streams to close (1001) before gunicorn's graceful wait,
-    which otherwise waits for every open WebSocket until graceful_timeout."""
-    hub = worker.wsgi.extensions["agentmemory"].hub
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Any) -> None:
-        hub.close()
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="agentmemory-python server")
-    parser.add_argument("--dev", action="store_true", help="use the Werkzeug development server")
-    parser.add_argument("--host", help="interface to bind (default HOST or 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (default III_REST_PORT / PORT or 3111)")
-    parser.add_argument("--threads", type=int, help="gunicorn gthread threads")
-    opts = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("host", opts.host), ("port", opts.port), ("threads", opts.threads)) if v}
-    settings = Settings.from_env(os.environ, **overrides)
-    print(
-        f"agentmemory-python listening on http://{settings.host}:{settings.port} (database {settings.database_path})",
-        flush=True,
-    )
-    serve(settings, dev=opts.dev)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.capture.observe import store_observation
 from agentmemory_server.errors import AppError, NotFound
 from agentmemory_server.kernel import registry
@@ -282,12 +283,12 @@ def sync(ctx: Ctx, conversation: str | None, project: str) -> SyncReport:
     report = SyncReport()
     if not brain.is_dir():
         if conversation:
-            raise NotFound(f"no Antigravity brain directory at {brain}", code="antigravity_not_found")
+            raise NotFound(f"no Antigravity brain directory at {brain}", code=errors.ANTIGRAVITY_NOT_FOUND)
         return report
     if conversation:
         conv_dirs = [brain / conversation]
         if not conv_dirs[0].is_dir() or not _inside(conv_dirs[0], root):
-            raise NotFound(f"conversation {conversation!r} not found under {brain}", code="conversation_not_found")
+            raise NotFound(f"conversation {conversation!r} not found under {brain}", code=errors.CONVERSATION_NOT_FOUND)
     else:
         conv_dirs = [
             p for p in sorted(brain.iterdir()) if p.is_dir() and re.match(_CONVERSATION_ID, p.name) and _inside(p, root)

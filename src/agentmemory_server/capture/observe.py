@@ -14,6 +14,7 @@ from typing import Any
 from agentmemory_server.capture.compress import synthetic_compression
 from agentmemory_server.capture.sessions import new_session
 from agentmemory_server.errors import CapacityExceeded, InvalidInput
+from agentmemory_server.kernel import listings
 from agentmemory_server.kernel.access import agent_filter, claim_session, stamp_agent
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import (
@@ -32,7 +33,6 @@ from agentmemory_server.kernel.registry import (
 from agentmemory_server.kernel.scopes import SESSIONS, obs_scope
 from agentmemory_server.kernel.util import new_id, normalise_time, page_info, truncate
 from agentmemory_server.retrieval import search
-from agentmemory_server.kernel import listings
 
 _HOST_ID_FIELDS = (
     "event_id",

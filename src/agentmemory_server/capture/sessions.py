@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import NotFound
-from agentmemory_server.kernel import model_steps
+from agentmemory_server.kernel import listings, model_steps
 from agentmemory_server.kernel.access import agent_filter, claim_session, stamp_agent, visible_to
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import (
@@ -24,7 +25,6 @@ from agentmemory_server.kernel.registry import (
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import page_info
 from agentmemory_server.retrieval import context
-from agentmemory_server.kernel import listings
 
 
 def new_session(
@@ -96,7 +96,7 @@ def session_end(ctx: Ctx, args: dict) -> dict:
     with rt.db.transaction("session_end", agent_id=rt.settings.agent_id) as tx:
         session = tx.records.get(SESSIONS, sid)
         if session is None or not visible_to(ctx, session):
-            raise NotFound(f"session {sid!r} not found", code="session_not_found")
+            raise NotFound(f"session {sid!r} not found", code=errors.SESSION_NOT_FOUND)
         if args.get("final") is False:
             return {"success": True, "ended": False, "session": session}
         session.update(status="completed", endedAt=now, updatedAt=now)
@@ -149,5 +149,5 @@ def session_get(ctx: Ctx, args: dict) -> dict:
     store = ctx.rt.db.reader()
     session = store.records.get(SESSIONS, args["sessionId"])
     if not visible_to(ctx, session):
-        raise NotFound(f"session {args['sessionId']!r} not found", code="session_not_found")
+        raise NotFound(f"session {args['sessionId']!r} not found", code=errors.SESSION_NOT_FOUND)
     return {"session": _with_summaries(store, [session])[0]}

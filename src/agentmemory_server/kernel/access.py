@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, Forbidden
 from agentmemory_server.kernel.registry import Ctx
 
@@ -26,7 +27,7 @@ def agent_filter(ctx: Ctx, requested: str | None = None) -> str | None:
         if not settings.agent_id:
             raise Forbidden(
                 "AGENTMEMORY_AGENT_SCOPE=isolated but AGENT_ID is not set; refusing to read across agents",
-                code="agent_scope_unset",
+                code=errors.AGENT_SCOPE_UNSET,
             )
         return str(settings.agent_id)
     return None if requested in (None, "", "*") else requested
@@ -49,4 +50,4 @@ def claim_session(ctx: Ctx, session: dict[str, Any] | None, session_id: str) -> 
     """Refuse to write into a session another agent owns when agents are isolated (the write
     would change that agent's session and answer with its data)."""
     if session is not None and ctx.rt.settings.agent_scope == "isolated" and not visible_to(ctx, session):
-        raise Conflict(f"session {session_id!r} belongs to another agent", code="session_owned_by_other_agent")
+        raise Conflict(f"session {session_id!r} belongs to another agent", code=errors.SESSION_OWNED_BY_OTHER_AGENT)

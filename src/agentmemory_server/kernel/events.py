@@ -20,7 +20,26 @@ import threading
 import time
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import CapacityExceeded
+
+# Every event type the server publishes, with what its ``record`` is. README's event table is
+# generated from this, and publishing any other type is a programming error.
+EVENT_TYPES: dict[str, str] = {
+    "observation": "A new observation (the stored record).",
+    "observation_updated": "An observation rewritten in place (e.g. by background LLM compression).",
+    "session": "A session started, changed or ended (the session record).",
+    "memory": "A memory saved, superseded or changed (the memory record).",
+    "summary": "A session summary written (the summary record).",
+    "lesson": "A lesson saved, reinforced, decayed or deleted (the lesson record).",
+    "slot": "A pinned slot created, changed or deleted (the slot; `deleted: true` on delete).",
+    "action": "An action created or updated, or unblocked by another's completion (the action).",
+    "relation": "A relation between memories recorded (the relation).",
+    "crystal": "A crystal (a session's or actions' digest) written (the crystal).",
+    "graph": "Knowledge-graph nodes and edges of a session extracted (counts and ids).",
+    "forget": "Records deleted (a summary: reason, ids and counts; never the deleted content).",
+    "import": "An import finished (strategy and counts).",
+}
 
 # WebSocket close codes the stream uses (4000-4999 are for applications).
 CLOSE_GOING_AWAY = 1001  # the server is shutting down; reconnect later
@@ -104,7 +123,7 @@ class Hub:
                 self.refused_clients += 1
                 raise CapacityExceeded(
                     f"too many viewers (AGENTMEMORY_MAX_VIEWERS={self._max_clients}); try again later",
-                    code="too_many_viewers",
+                    code=errors.TOO_MANY_VIEWERS,
                 )
             self.sockets += 1
 
@@ -124,6 +143,8 @@ class Hub:
     def publish(self, event_type: str, record: Any) -> int:
         """Queue ``{type, seq, ts, record}`` for every subscriber without ever waiting.
         Returns the event's sequence number."""
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type!r}; declare it in EVENT_TYPES")
         with self._lock:
             # Sequence, ring and fan-out under one lock: every client sees events in seq order
             # and a subscribe() in between neither misses nor duplicates one. put_nowait never

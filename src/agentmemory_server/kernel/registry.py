@@ -19,6 +19,7 @@ from typing import Any
 
 import jsonschema
 
+from agentmemory_server import errors
 from agentmemory_server.errors import AppError, InvalidInput, NotFound
 
 # -- schema helpers (plain JSON Schema dicts) ------------------------------------------------------
@@ -202,7 +203,7 @@ class Registry:
         try:
             return self._tools[name]
         except KeyError:
-            raise NotFound(f"unknown tool {name!r}", code="unknown_tool") from None
+            raise NotFound(f"unknown tool {name!r}", code=errors.UNKNOWN_TOOL) from None
 
     def all(self) -> list[Tool]:
         return list(self._tools.values())

@@ -26,9 +26,9 @@ from typing import Any
 from agentmemory_server import __version__
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
+from agentmemory_server.kernel.scopes import RECORD_INDEXES
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.kernel.util import Clock
-from agentmemory_server.kernel.scopes import RECORD_INDEXES
 from agentmemory_server.storage import open_database
 
 VERSION = __version__

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, InvalidInput, NotFound
 from agentmemory_server.kernel.access import agent_filter, stamp_agent
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
@@ -63,7 +64,7 @@ class Graph:
     def get(self, action_id: str, field: str = "actionId") -> dict[str, Any]:
         action = self.actions.get(action_id)
         if action is None:
-            raise NotFound(f"action {action_id!r} not found", code="action_not_found", details={"field": field})
+            raise NotFound(f"action {action_id!r} not found", code=errors.ACTION_NOT_FOUND, details={"field": field})
         return action
 
     def out(self, action_id: str, edge_type: str) -> list[dict]:
@@ -118,7 +119,7 @@ def _check_edge(graph: Graph, edge_type: str, source: str, target: str, field: s
     if source == target:
         raise InvalidInput("an action cannot have an edge to itself", field=f"{field}.targetActionId")
     if edge_type == "requires" and graph.reaches(target, source):
-        raise Conflict(f"{source} requires {target} would make a dependency cycle", code="dependency_cycle")
+        raise Conflict(f"{source} requires {target} would make a dependency cycle", code=errors.DEPENDENCY_CYCLE)
 
 
 # -- tools ----------------------------------------------------------------------------------------------

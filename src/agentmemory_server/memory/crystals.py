@@ -15,6 +15,7 @@ import hashlib
 import re
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import InvalidInput, NotFound
 from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
@@ -119,7 +120,7 @@ def _finished_actions(ctx: Ctx, store, action_ids: list[str]) -> list[dict[str, 
     for aid in dict.fromkeys(action_ids):
         action = store.records.get(ACTIONS, aid)
         if not visible_to(ctx, action):
-            raise NotFound(f"action {aid!r} not found", code="action_not_found", details={"field": "actionIds"})
+            raise NotFound(f"action {aid!r} not found", code=errors.ACTION_NOT_FOUND, details={"field": "actionIds"})
         if action.get("status") not in FINISHED:
             raise InvalidInput(
                 f"action {aid!r} is {action.get('status')}; only done or cancelled actions can be crystallized",

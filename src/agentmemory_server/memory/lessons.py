@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 from xml.sax.saxutils import escape
 
+from agentmemory_server import errors
 from agentmemory_server.errors import InvalidInput, NotFound
 from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
 from agentmemory_server.kernel.hooks import Block, BlockRequest
@@ -138,7 +139,7 @@ def save_lesson(
 def _live_lesson(ctx: Ctx, tx, lesson_id_: str) -> dict[str, Any]:
     lesson = tx.records.get(LESSONS, lesson_id_)
     if lesson is None or lesson.get("deleted") or not visible_to(ctx, lesson):
-        raise NotFound(f"lesson {lesson_id_!r} not found", code="lesson_not_found")
+        raise NotFound(f"lesson {lesson_id_!r} not found", code=errors.LESSON_NOT_FOUND)
     return lesson
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import InvalidInput, NotFound
+from agentmemory_server.kernel import listings
 from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import (
@@ -24,7 +26,6 @@ from agentmemory_server.kernel.registry import (
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, obs_scope
 from agentmemory_server.kernel.util import iso, jaccard, new_id, truncate
 from agentmemory_server.retrieval import search
-from agentmemory_server.kernel import listings
 
 MEMORY_TYPES = ("pattern", "preference", "architecture", "bug", "workflow", "fact")
 SUPERSEDE_THRESHOLD = 0.7
@@ -167,7 +168,7 @@ def memory_get(ctx: Ctx, args: dict) -> dict:
     store = ctx.rt.db.reader()
     memory = store.records.get(MEMORIES, args["memoryId"])
     if not visible_to(ctx, memory):
-        raise NotFound(f"memory {args['memoryId']!r} not found", code="memory_not_found")
+        raise NotFound(f"memory {args['memoryId']!r} not found", code=errors.MEMORY_NOT_FOUND)
     chain, seen, parent = [], {memory["id"]}, memory.get("parentId")
     while parent and parent not in seen and len(chain) < 100:
         seen.add(parent)

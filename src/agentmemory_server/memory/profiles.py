@@ -16,13 +16,13 @@ from datetime import timedelta
 from typing import Any
 from xml.sax.saxutils import escape
 
+from agentmemory_server.kernel import listings
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, params, tool
 from agentmemory_server.kernel.scopes import PROFILES
 from agentmemory_server.kernel.util import parse_time, truncate
 from agentmemory_server.retrieval import search
-from agentmemory_server.kernel import listings
 
 PROFILE_TTL = timedelta(hours=1)
 SAMPLE = 2000  # most recent observations a profile looks at: bounded cost on any store

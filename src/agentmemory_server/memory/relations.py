@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import NotFound
 from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
 from agentmemory_server.kernel.privacy import strip_private_data
@@ -89,7 +90,7 @@ def record_supersede_relation(ctx: Ctx, tx, memory: dict, superseded: dict | Non
 def _memory(ctx: Ctx, store, memory_id: str, field: str) -> dict[str, Any]:
     memory = store.records.get(MEMORIES, memory_id)
     if not visible_to(ctx, memory):
-        raise NotFound(f"memory {memory_id!r} not found", code="memory_not_found", details={"field": field})
+        raise NotFound(f"memory {memory_id!r} not found", code=errors.MEMORY_NOT_FOUND, details={"field": field})
     return memory
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, Forbidden, NotFound, PayloadTooLarge
 from agentmemory_server.kernel.access import agent_filter, stamp_agent
 from agentmemory_server.kernel.hooks import PINNED, Block, BlockRequest
@@ -99,7 +100,7 @@ def load_slot(ctx: Ctx, store, label: str, project: str | None, scope: str | Non
 def require_slot(ctx: Ctx, store, label: str, project: str | None, scope: str | None) -> dict[str, Any]:
     slot = load_slot(ctx, store, label, project, scope)
     if slot is None:
-        raise NotFound(f"slot {label!r} not found", code="slot_not_found", details={"label": label})
+        raise NotFound(f"slot {label!r} not found", code=errors.SLOT_NOT_FOUND, details={"label": label})
     return slot
 
 
@@ -117,7 +118,7 @@ def check_size(slot: dict[str, Any], content: str) -> None:
     if len(content) > limit:
         raise PayloadTooLarge(
             f"slot {slot['label']!r} would hold {len(content)} characters; its sizeLimit is {limit}",
-            code="slot_too_large",
+            code=errors.SLOT_TOO_LARGE,
             details={
                 "label": slot["label"],
                 "size": len(content),
@@ -129,7 +130,7 @@ def check_size(slot: dict[str, Any], content: str) -> None:
 
 def writable(slot: dict[str, Any]) -> None:
     if slot.get("readOnly"):
-        raise Forbidden(f"slot {slot['label']!r} is read-only", code="slot_read_only", details={"label": slot["label"]})
+        raise Forbidden(f"slot {slot['label']!r} is read-only", code=errors.SLOT_READ_ONLY, details={"label": slot["label"]})
 
 
 def store_slot(ctx: Ctx, tx, slot: dict[str, Any], content: str) -> dict[str, Any]:
@@ -224,7 +225,7 @@ def memory_slot_create(ctx: Ctx, args: dict) -> Reply:
         if existing is not None or (default is not None and default["scope"] == scope):
             raise Conflict(
                 f"slot {label!r} already exists in {scope} scope",
-                code="slot_exists",
+                code=errors.SLOT_EXISTS,
                 details={"label": label, "scope": scope},
             )
         slot = store_slot(ctx, tx, slot, content)
@@ -280,7 +281,7 @@ def memory_slot_delete(ctx: Ctx, args: dict) -> dict:
         writable(slot)
         if slot.get("default"):
             raise NotFound(
-                f"slot {label!r} has no stored content to delete", code="slot_not_found", details={"label": label}
+                f"slot {label!r} has no stored content to delete", code=errors.SLOT_NOT_FOUND, details={"label": label}
             )
         tx.records.delete(storage_scope(ctx, slot["scope"], slot.get("project")), label)
     rt.publish("slot", {"label": label, "deleted": True})

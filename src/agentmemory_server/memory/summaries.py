@@ -15,14 +15,15 @@ import re
 from collections import Counter
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, NotFound
+from agentmemory_server.kernel import listings
 from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import parse_time, truncate
 from agentmemory_server.retrieval.search import STOPWORDS
-from agentmemory_server.kernel import listings
 
 log = logging.getLogger("agentmemory.summaries")
 MAX_OBSERVATIONS = 5000
@@ -58,7 +59,7 @@ _NOISE = frozenset(
 def load_session(ctx: Ctx, store, session_id: str) -> dict[str, Any]:
     session = store.records.get(SESSIONS, session_id)
     if not visible_to(ctx, session):
-        raise NotFound(f"session {session_id!r} not found", code="session_not_found")
+        raise NotFound(f"session {session_id!r} not found", code=errors.SESSION_NOT_FOUND)
     return session
 
 
@@ -209,7 +210,7 @@ def summarize(ctx: Ctx, session_id: str) -> dict[str, Any]:
     session = load_session(ctx, store, session_id)
     observations = session_observations(ctx, store, session_id)
     if not observations:
-        raise Conflict(f"session {session_id!r} has no observations to summarise", code="no_observations")
+        raise Conflict(f"session {session_id!r} has no observations to summarise", code=errors.NO_OBSERVATIONS)
     fallback = synthetic_summary(session, observations)
     drafted, method = run_model_steps("summarize", ctx, {"session": session, "observations": observations})
     fields = {**fallback, **{k: v for k, v in (drafted or {}).items() if k in fallback and v}}

@@ -9,15 +9,19 @@ accepted too; their extra lists are mapped onto our scopes.
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TextIO
 
 from agentmemory_server.errors import InvalidInput
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, integer, obj, params, string, tool
-from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, obs_scope
+from agentmemory_server.kernel import scopes
+from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, is_obs_scope, obs_scope, session_of
+from agentmemory_server.storage import codec
+from agentmemory_server.storage.interfaces import UnitOfWork
 from agentmemory_server.retrieval import search
 
 FORMAT_VERSION = "agentmemory-python/1"
@@ -25,25 +29,25 @@ _UPSTREAM_VERSION = re.compile(r"^0\.\d+\.\d+$")
 STRATEGIES = ("merge", "replace", "skip")
 # Upstream ExportData lists -> (our scope, field holding the key).
 UPSTREAM_LISTS = {
-    "lessons": ("mem:lessons", "id"),
-    "insights": ("mem:insights", "id"),
-    "actions": ("mem:actions", "id"),
-    "actionEdges": ("mem:action-edges", "id"),
-    "crystals": ("mem:crystals", "id"),
-    "profiles": ("mem:profiles", "project"),
-    "semanticMemories": ("mem:semantic", "id"),
-    "proceduralMemories": ("mem:procedural", "id"),
-    "relations": ("mem:relations", "id"),
-    "graphNodes": ("mem:graph:nodes", "id"),
-    "graphEdges": ("mem:graph:edges", "id"),
+    "lessons": (scopes.LESSONS, "id"),
+    "insights": (scopes.INSIGHTS, "id"),
+    "actions": (scopes.ACTIONS, "id"),
+    "actionEdges": (scopes.ACTION_EDGES, "id"),
+    "crystals": (scopes.CRYSTALS, "id"),
+    "profiles": (scopes.PROFILES, "project"),
+    "semanticMemories": (scopes.SEMANTIC, "id"),
+    "proceduralMemories": (scopes.PROCEDURAL, "id"),
+    "relations": (scopes.RELATIONS, "id"),
+    "graphNodes": (scopes.GRAPH_NODES, "id"),
+    "graphEdges": (scopes.GRAPH_EDGES, "id"),
 }
 
 
 def _is_core(scope: str) -> bool:
-    return scope in (SESSIONS, MEMORIES, SUMMARIES) or scope.startswith("mem:obs:")
+    return scope in (SESSIONS, MEMORIES, SUMMARIES) or is_obs_scope(scope)
 
 
-def _owned_by(agent: str | None):
+def _owned_by(agent: str | None) -> Callable[[Any], bool]:
     """Filter for one agent's records (every record when agent is None). Records without an
     agentId belong to nobody, so an agent-scoped export leaves them out (fail closed)."""
 
@@ -53,48 +57,135 @@ def _owned_by(agent: str | None):
     return keep
 
 
-def build_export(
-    store, *, offset: int = 0, max_sessions: int | None = None, exported_at: str, agent: str | None = None
-) -> dict[str, Any]:
+class Sink(Protocol):
+    """Where an export goes, piece by piece: containers open and close, values go in them."""
+
+    def open(self, bracket: str, key: str | None = None) -> None: ...
+    def close(self, bracket: str) -> None: ...
+    def value(self, value: Any, key: str | None = None) -> None: ...
+
+
+class TreeSink:
+    """Builds the export as Python objects (GET /export answers it as one JSON body)."""
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[Any, str | None]] = []
+        self.result: Any = None
+
+    def open(self, bracket: str, key: str | None = None) -> None:
+        self._stack.append(([] if bracket == "[" else {}, key))
+
+    def close(self, bracket: str) -> None:
+        container, key = self._stack.pop()
+        self.value(container, key)
+
+    def value(self, value: Any, key: str | None = None) -> None:
+        if not self._stack:
+            self.result = value
+        elif key is None:
+            self._stack[-1][0].append(value)
+        else:
+            self._stack[-1][0][key] = value
+
+
+class JsonTextSink:
+    """Writes the export as JSON text as it is produced, so a big store is never in memory at
+    once (the admin CLI's export)."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self._first = [True]
+
+    def _separate(self, key: str | None) -> None:
+        if not self._first[-1]:
+            self.out.write(",")
+        self._first[-1] = False
+        if key is not None:
+            self.out.write(json.dumps(key) + ":")
+
+    def open(self, bracket: str, key: str | None = None) -> None:
+        self._separate(key)
+        self.out.write(bracket)
+        self._first.append(True)
+
+    def close(self, bracket: str) -> None:
+        self._first.pop()
+        self.out.write("]" if bracket == "[" else "}")
+
+    def value(self, value: Any, key: str | None = None) -> None:
+        self._separate(key)
+        self.out.write(codec.dumps(value))
+
+
+def write_export(store: UnitOfWork, sink: Sink, *, exported_at: str, agent: str | None = None, offset: int = 0,
+                 max_sessions: int | None = None, batch: int = 500,
+                 tick: Callable[[int], Any] = lambda n: None) -> dict[str, int]:
+    """Write the export document to ``sink``, reading ``batch`` records at a time. The one export
+    implementation: GET /export builds it with ``TreeSink``, the CLI streams it with
+    ``JsonTextSink``. ``offset``/``max_sessions`` page the sessions (and their observations);
+    the other sections come with the first page. ``tick(n)`` reports records read."""
     keep = _owned_by(agent)
-    session_rows = [(k, v) for k, v in store.records.list(SESSIONS) if keep(v)]
-    total = len(session_rows)
-    page = session_rows[offset : offset + max_sessions if max_sessions else None]
-    observations = {key: [value for _k, value in store.records.list(obs_scope(key)) if keep(value)] for key, _ in page}
-    export: dict[str, Any] = {
-        "version": FORMAT_VERSION,
-        "service": "agentmemory",
-        "exportedAt": exported_at,
-        "sessions": [value for _k, value in page],
-        "observations": observations,
-    }
+    records = 0
+
+    def rows(scope: str) -> Iterator[tuple[str, Any]]:
+        nonlocal records
+        for key, value in store.records.iter_scope(scope, batch=batch):
+            records += 1
+            tick(1)
+            if keep(value):
+                yield key, value
+
+    def write_list(key: str, scope: str, *, lazily: bool = False) -> None:
+        opened = False
+        for _key, value in rows(scope):
+            if not opened:
+                sink.open("[", key)
+                opened = True
+            sink.value(value)
+        if not opened and not lazily:
+            sink.open("[", key)
+            opened = True
+        if opened:
+            sink.close("[")
+
+    sink.open("{")
+    for key, value in (("version", FORMAT_VERSION), ("service", "agentmemory"), ("exportedAt", exported_at)):
+        sink.value(value, key)
+    sink.open("[", "sessions")
+    total, page = 0, []
+    for key, value in rows(SESSIONS):
+        if total >= offset and (max_sessions is None or len(page) < max_sessions):
+            sink.value(value)
+            page.append(key)
+        total += 1
+    sink.close("[")
+    sink.open("{", "observations")
+    for sid in page:
+        write_list(sid, obs_scope(sid))
+    if offset == 0:  # observations whose session row is gone still export, once
+        for scope in store.records.scopes():
+            if is_obs_scope(scope) and store.records.get(SESSIONS, session_of(scope)) is None:
+                write_list(session_of(scope), scope, lazily=True)
+    sink.close("{")
     if offset == 0:
-        export["memories"] = [value for _k, value in store.records.list(MEMORIES) if keep(value)]
-        export["summaries"] = [value for _k, value in store.records.list(SUMMARIES) if keep(value)]
-        kv: dict[str, dict[str, Any]] = {}
+        write_list("memories", MEMORIES)
+        write_list("summaries", SUMMARIES)
+        sink.open("{", "kv")
         for scope in store.records.scopes():
             if not _is_core(scope):
-                rows = {k: v for k, v in store.records.list(scope) if keep(v)}
-                if rows or agent is None:
-                    kv[scope] = rows
-        export["kv"] = kv
-        # Sessions whose observations exist but whose session row is gone still export.
-        orphan_scopes = [
-            s
-            for s in store.records.scopes()
-            if s.startswith("mem:obs:") and s[len("mem:obs:") :] not in {k for k, _ in store.records.list(SESSIONS)}
-        ]
-        for scope in orphan_scopes:
-            rows = [v for _k, v in store.records.list(scope) if keep(v)]
-            if rows:
-                observations[scope[len("mem:obs:") :]] = rows
-    export["pagination"] = {
-        "offset": offset,
-        "limit": max_sessions,
-        "total": total,
-        "hasMore": bool(max_sessions) and offset + len(page) < total,
-    }
-    return export
+                opened = False
+                for key, value in rows(scope):
+                    if not opened:
+                        sink.open("{", scope)
+                        opened = True
+                    sink.value(value, key)
+                if opened:
+                    sink.close("{")
+        sink.close("{")
+    more = max_sessions is not None and offset + len(page) < total
+    sink.value({"offset": offset, "limit": max_sessions, "total": total, "hasMore": more}, "pagination")
+    sink.close("{")
+    return {"records": records, "sessions": total}
 
 
 @tool(
@@ -109,20 +200,17 @@ def build_export(
 )
 def memory_export(ctx: Ctx, args: dict) -> dict:
     """Export sessions, observations, memories, summaries and every other record as JSON."""
-    store = ctx.rt.db.reader()
-    return build_export(
-        store,
-        offset=args["offset"],
-        max_sessions=args.get("maxSessions"),
-        exported_at=ctx.rt.clock.iso(),
-        agent=agent_filter(ctx, args.get("agentId")),
-    )
+    sink = TreeSink()
+    with ctx.rt.db.snapshot_reader() as store:
+        write_export(store, sink, exported_at=ctx.rt.clock.iso(), agent=agent_filter(ctx, args.get("agentId")),
+                     offset=args["offset"], max_sessions=args.get("maxSessions"))
+    return sink.result
 
 
 # -- import -------------------------------------------------------------------------------------
 
 
-def _records(export: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+def export_records(export: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(scope, key, value) of every record in an export; raises InvalidInput naming the path."""
 
     def rows(name: str, key_field: str, scope_of) -> Iterator[tuple[str, str, dict]]:
@@ -170,7 +258,7 @@ def _records(export: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]
             yield scope, key, value
 
 
-def _check_version(export: dict[str, Any]) -> None:
+def check_version(export: dict[str, Any]) -> None:
     version = export.get("version")
     if version != FORMAT_VERSION and not (isinstance(version, str) and _UPSTREAM_VERSION.match(version)):
         raise InvalidInput(
@@ -181,15 +269,15 @@ def _check_version(export: dict[str, Any]) -> None:
 
 
 def import_export(ctx: Ctx, export: dict[str, Any], strategy: str) -> dict[str, Any]:
-    _check_version(export)
-    records = list(_records(export))  # validate everything before touching the database
+    check_version(export)
+    records = list(export_records(export))  # validate everything before touching the database
     counts: dict[str, dict[str, int]] = {}
     now = ctx.rt.clock.iso()
     with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
         if strategy == "replace":
             tx.admin.wipe_records()
         for scope, key, value in records:
-            section = "observations" if scope.startswith("mem:obs:") else scope
+            section = "observations" if is_obs_scope(scope) else scope
             tally = counts.setdefault(section, {"imported": 0, "skipped": 0})
             if strategy == "skip" and tx.records.get(scope, key) is not None:
                 tally["skipped"] += 1
@@ -199,7 +287,7 @@ def import_export(ctx: Ctx, export: dict[str, Any], strategy: str) -> dict[str, 
             kind = search.kind_for_scope(scope)
             if kind and isinstance(value, dict):
                 search.index_record(tx, kind, value)
-            if scope.startswith("mem:obs:") and isinstance(value, dict) and value.get("eventId"):
+            if is_obs_scope(scope) and isinstance(value, dict) and value.get("eventId"):
                 if tx.events.get(value["eventId"]) is None:
                     tx.events.put(value["eventId"], value["sessionId"], key, now)
             tally["imported"] += 1

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import NotFound
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, string, tool
@@ -424,7 +425,7 @@ def memory_graph_query(ctx: Ctx, args: dict) -> dict:
     nodes, edges = _visible(ctx, ctx.rt.db.reader(), args)
     if args.get("startNodeId"):
         if args["startNodeId"] not in nodes:
-            raise NotFound(f"graph node {args['startNodeId']!r} not found", code="node_not_found")
+            raise NotFound(f"graph node {args['startNodeId']!r} not found", code=errors.NODE_NOT_FOUND)
         candidates = [nodes[i] for i in _neighbourhood(args["startNodeId"], edges, args["maxDepth"])]
     else:
         needle = (args.get("query") or "").lower()

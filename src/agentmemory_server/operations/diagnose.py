@@ -14,9 +14,8 @@ import shutil
 from typing import Any
 
 from agentmemory_server.kernel.registry import Ctx, array, boolean, params, string, tool
-from agentmemory_server.kernel.scopes import SESSIONS
+from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, SESSIONS, session_of
 from agentmemory_server.retrieval import search
-from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, session_of
 from agentmemory_server.storage.interfaces import UnitOfWork
 
 SAMPLE = 1000

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, Reply, params, tool
-from agentmemory_server.kernel.scopes import SESSIONS
+from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS
+from agentmemory_server.storage.interfaces import equal
+
+# Scope families shown under another name in counts (kv scopes are "mem:<family>[:...]").
+_FAMILY_NAMES = {"obs": "observations", "action-edges": "actionEdges"}
 
 
 @tool("livez", params(), http=[("GET", "/livez")], mcp=False)
@@ -18,8 +24,6 @@ def livez(ctx: Ctx, args: dict) -> dict:
 def health(ctx: Ctx, args: dict) -> Any:
     """Health snapshot: database, record counts, background jobs and every subsystem."""
     rt = ctx.rt
-    store = rt.db.reader()
-    counts = store.index.kind_counts()
     sizes = rt.db.file_sizes()
     sections = rt.health_sections()
     states = [s.get("status") for s in sections.values() if isinstance(s, dict)]
@@ -35,13 +39,42 @@ def health(ctx: Ctx, args: dict) -> Any:
             "sizeBytes": sizes["db"],
             "walBytes": sizes["wal"],
         },
-        "counts": {
-            "sessions": store.records.count(SESSIONS),
-            "observations": counts.get("observation", 0),
-            "memories": counts.get("memory", 0),
-        },
+        "counts": core_counts(ctx),
         "live": rt.hub.stats(),
         "jobs": rt.jobs.status(),
         **sections,
     }
     return Reply(body, 503) if status == "critical" else body
+
+
+def core_counts(ctx: Ctx) -> dict[str, int]:
+    """Sessions, observations and memories (only the caller's in isolated agent scope)."""
+    if agent_filter(ctx) is not None:
+        return record_counts(ctx)
+    store = ctx.rt.db.reader()
+    indexed = store.index.kind_counts()
+    return {"sessions": store.records.count(SESSIONS), "observations": indexed.get("observation", 0),
+            "memories": indexed.get("memory", 0)}
+
+
+def record_counts(ctx: Ctx) -> dict[str, int]:
+    """Records per family of kv scopes (observations summed over sessions, slots over scopes).
+    With an agent filter (isolated scope) only the agent's sessions, observations and memories."""
+    store = ctx.rt.db.reader()
+    agent = agent_filter(ctx)
+    if agent is not None:
+        sessions = store.records.count_where(SESSIONS, equal(agentId=agent))
+        memories = store.records.count_where(MEMORIES, equal(agentId=agent))
+        return {
+            "sessions": sessions,
+            "memories": memories,
+            "observations": store.index.total(filters={"kinds": ["observation"], "agent_id": agent}),
+        }
+    counts: Counter = Counter()
+    for scope, n in store.records.scope_counts().items():
+        parts = scope.split(":")
+        if len(parts) > 1 and parts[0] == "mem":
+            counts[_FAMILY_NAMES.get(parts[1], parts[1])] += n
+    for family in ("sessions", "observations", "memories"):
+        counts.setdefault(family, 0)
+    return dict(counts)

@@ -1,6 +1,6 @@
 """Maintenance of a store: rebuild the search index, stream an export, import in batches, stats.
 
-Library code behind the admin CLI (``src/cli.py``). Everything goes through ``db.Store`` methods
+Library code behind the admin CLI (``agentmemory``) and the ``stats`` / ``reindex`` tools. Everything goes through ``db.Store`` methods
 and the domain modules, in short transactions, so it is safe to run while the server is serving
 the same file (WAL lets readers and one writer work together; ``busy_timeout`` makes the two
 processes' writers wait for each other instead of failing).
@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
 
-from agentmemory_server.errors import InvalidInput
-from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, obs_scope
+from agentmemory_server import errors
+from agentmemory_server.errors import Forbidden, InvalidInput
+from agentmemory_server.kernel.registry import Ctx, params, tool
+from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, is_obs_scope
 from agentmemory_server.memory import transfer
-from agentmemory_server.retrieval import search
-from agentmemory_server.storage.codec import dumps
+from agentmemory_server.retrieval import search, vectors
 from agentmemory_server.storage.interfaces import UnitOfWork as Store
 
 T = TypeVar("T")
@@ -57,8 +56,6 @@ def no_progress(label: str, total: int) -> Bar:
 def reembed_vectors(rt: Any, progress: Progress) -> dict[str, Any] | None:
     """Queue every indexed record for a new vector, then embed them here with a progress bar
     (a running server's worker shares the backlog, so the two simply finish sooner)."""
-    from agentmemory_server.retrieval import vectors  # late: only reindex needs the vector subsystem
-
     service = vectors.service(rt)
     if service.embedder is None:
         return {"queued": 0, "embedded": 0, "reason": "no embedding provider configured"}
@@ -72,6 +69,12 @@ def reembed_vectors(rt: Any, progress: Progress) -> dict[str, Any] | None:
     finally:
         bar.close()
     return {"queued": queued, "embedded": embedded, "model": service.model}
+
+
+def _requeue_vectors(rt: Any) -> int:
+    """Queue every indexed record for a new vector; the vector worker embeds them."""
+    service = vectors.service(rt)
+    return vectors.requeue_all_embeddings(rt) if service.embedder is not None else 0
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -120,7 +123,7 @@ def _drop_stale_docs(rt: Any, batch: int) -> int:
     return removed
 
 
-def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress) -> dict[str, Any]:
+def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress, embed_now: bool = True) -> dict[str, Any]:
     """Rebuild the FTS index of every indexed kind from the stored records, drop index rows whose
     record is gone, then run the ``reindex`` hooks (vector re-embedding). Each batch is its own short
     transaction, so a running server keeps serving (searches may miss a record for a moment)."""
@@ -139,100 +142,27 @@ def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress) -> d
     removed = _drop_stale_docs(rt, batch)
     with rt.db.transaction("reindex") as tx:
         orphans = tx.index.prune_orphan_text()
-    hooks = {getattr(hook, "__name__", repr(hook)): hook(rt, progress) for hook in rt.hooks.reindex}
+    hooks = {getattr(hook, "__name__", repr(hook)): hook(rt, progress) for hook in rt.hooks.reindex} \
+        if embed_now else {"reembed_vectors": {"queued": _requeue_vectors(rt)}}
     return {"indexed": by_kind, "skipped": skipped, "staleRemoved": removed, "orphansRemoved": orphans, "hooks": hooks}
 
 
 # -- export -----------------------------------------------------------------------------------------
 
 
-class _JsonWriter:
-    """Writes one JSON document piece by piece (objects and arrays nest)."""
-
-    def __init__(self, out: TextIO):
-        self.out = out
-        self.first = [True]
-
-    def _sep(self) -> None:
-        if not self.first[-1]:
-            self.out.write(",")
-        self.first[-1] = False
-
-    def open(self, bracket: str, key: str | None = None) -> None:
-        self._sep()
-        self.out.write((json.dumps(key) + ":" if key is not None else "") + bracket)
-        self.first.append(True)
-
-    def close(self, bracket: str) -> None:
-        self.first.pop()
-        self.out.write(bracket)
-
-    def value(self, value: Any, key: str | None = None) -> None:
-        self._sep()
-        self.out.write((json.dumps(key) + ":" if key is not None else "") + dumps(value))
-
-
-def _write_scope(w: _JsonWriter, store: Store, scope: str, batch: int, bar: Bar, *, as_object: bool) -> None:
-    for rows in chunked(store.records.iter_scope(scope, batch=batch), batch):
-        for key, value in rows:
-            w.value(value, key if as_object else None)
-        bar.update(len(rows))
-
-
-def _write_observations(w: _JsonWriter, store: Store, batch: int, bar: Bar) -> None:
-    w.open("{", "observations")
-    for session_ids in chunked((key for key, _v in store.records.iter_scope(SESSIONS, batch=batch)), batch):
-        for sid in session_ids:
-            w.open("[", sid)
-            _write_scope(w, store, obs_scope(sid), batch, bar, as_object=False)
-            w.close("]")
-    # Observations whose session row is gone still export (as GET /export does).
-    for scope in store.records.scopes():
-        sid = scope[len("mem:obs:") :]
-        if scope.startswith("mem:obs:") and store.records.get(SESSIONS, sid) is None:
-            w.open("[", sid)
-            _write_scope(w, store, scope, batch, bar, as_object=False)
-            w.close("]")
-    w.close("}")
-
-
 def stream_export(rt: Any, out: TextIO, *, batch: int = 500, progress: Progress = no_progress) -> dict[str, int]:
-    """Write the same document as ``GET /export`` to ``out``, reading ``batch`` records at a time
-    inside one read transaction (a consistent export while the server keeps writing)."""
+    """Write the same document as ``GET /export`` to ``out`` (``transfer.write_export``, the one
+    export implementation), inside one read transaction: a consistent export while the server
+    keeps writing."""
     with rt.db.snapshot_reader() as store:
-        counts = store.records.scope_counts()
-        bar = progress("export", sum(counts.values()))
+        bar = progress("export", sum(store.records.scope_counts().values()))
         try:
-            w = _JsonWriter(out)
-            w.open("{")
-            for key, value in (
-                ("version", transfer.FORMAT_VERSION),
-                ("service", "agentmemory"),
-                ("exportedAt", rt.clock.iso()),
-            ):
-                w.value(value, key)
-            w.open("[", "sessions")
-            _write_scope(w, store, SESSIONS, batch, bar, as_object=False)
-            w.close("]")
-            _write_observations(w, store, batch, bar)
-            for name, scope in (("memories", MEMORIES), ("summaries", SUMMARIES)):
-                w.open("[", name)
-                _write_scope(w, store, scope, batch, bar, as_object=False)
-                w.close("]")
-            w.open("{", "kv")
-            for scope in store.records.scopes():
-                if not transfer._is_core(scope):
-                    w.open("{", scope)
-                    _write_scope(w, store, scope, batch, bar, as_object=True)
-                    w.close("}")
-            w.close("}")
-            sessions = counts.get(SESSIONS, 0)
-            w.value({"offset": 0, "limit": None, "total": sessions, "hasMore": False}, "pagination")
-            w.close("}")
+            summary = transfer.write_export(store, transfer.JsonTextSink(out), exported_at=rt.clock.iso(),
+                                            batch=batch, tick=bar.update)
             out.write("\n")
         finally:
             bar.close()
-    return {"records": sum(counts.values()), "sessions": counts.get(SESSIONS, 0)}
+    return summary
 
 
 # -- import -----------------------------------------------------------------------------------------
@@ -257,9 +187,9 @@ def import_document(
     again, and the server's writers never wait long); replace runs as one transaction so it is
     all or nothing. Everything is validated before anything is written."""
     if strategy == "replace":
-        return registry.call(ctx, "import", {"exportData": document, "strategy": "replace"})
-    transfer._check_version(document)
-    records = list(transfer._records(document))
+        return transfer.import_export(ctx, document, "replace")
+    transfer.check_version(document)
+    records = list(transfer.export_records(document))
     bar = progress("import", len(records))
     totals: dict[str, dict[str, int]] = {}
     try:
@@ -267,9 +197,7 @@ def import_document(
             kv: dict[str, dict[str, Any]] = {}
             for scope, key, value in rows:
                 kv.setdefault(scope, {})[key] = value
-            result = registry.call(
-                ctx, "import", {"exportData": {"version": transfer.FORMAT_VERSION, "kv": kv}, "strategy": strategy}
-            )
+            result = transfer.import_export(ctx, {"version": transfer.FORMAT_VERSION, "kv": kv}, strategy)
             for section, tally in result["counts"].items():
                 total = totals.setdefault(section, {"imported": 0, "skipped": 0})
                 for field in total:
@@ -293,9 +221,9 @@ def stats(rt: Any) -> dict[str, Any]:
     """Record counts per scope and per indexed kind, table sizes, database and WAL size, schema."""
     store = rt.db.reader()
     scopes = store.records.scope_counts()
-    per_scope = {scope: n for scope, n in scopes.items() if not scope.startswith("mem:obs:")}
-    observation_scopes = {scope: n for scope, n in scopes.items() if scope.startswith("mem:obs:")}
-    per_scope["mem:obs:*"] = sum(observation_scopes.values())
+    per_scope = {scope: n for scope, n in scopes.items() if not is_obs_scope(scope)}
+    observation_scopes = {scope: n for scope, n in scopes.items() if is_obs_scope(scope)}
+    per_scope[OBSERVATIONS_PREFIX + "*"] = sum(observation_scopes.values())
     sizes = rt.db.file_sizes()
     return {
         "db": {
@@ -310,3 +238,26 @@ def stats(rt: Any) -> dict[str, Any]:
         "indexed": store.index.kind_counts(),
         "tables": store.admin.table_counts(),
     }
+
+
+# -- the same operations as tools (admin routes; the CLI calls the functions above directly) --------
+
+
+@tool("stats", params(), http=[("GET", "/stats")], mcp=False)
+def stats_tool(ctx: Ctx, args: dict) -> dict[str, Any]:
+    """Record counts per scope and per indexed kind, table sizes, database and WAL size, schema."""
+    if ctx.rt.settings.agent_scope == "isolated":
+        raise Forbidden("stats count every agent's records; not available in isolated agent scope",
+                        code=errors.AGENT_SCOPE_VIOLATION)
+    return stats(ctx.rt)
+
+
+@tool("reindex", params(), http=[("POST", "/reindex")], mcp=False)
+def reindex_tool(ctx: Ctx, args: dict) -> dict[str, Any]:
+    """Rebuild the search index from the records and queue every record for a new vector (the
+    background worker embeds them); for big stores prefer ``agentmemory reindex``, which shows
+    progress."""
+    if ctx.rt.settings.agent_scope == "isolated":
+        raise Forbidden("reindex touches every agent's records; not available in isolated agent scope",
+                        code=errors.AGENT_SCOPE_VIOLATION)
+    return reindex(ctx.rt, embed_now=False)

@@ -16,9 +16,9 @@ from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, array, integer, params, string, tool
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS
 from agentmemory_server.kernel.util import parse_time
+from agentmemory_server.operations import health
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval.search import STOPWORDS
-from agentmemory_server.storage.interfaces import equal
 
 INGEST_WINDOW_MINUTES = 60
 INGEST_SCAN_LIMIT = 5000  # audit rows read per operation; a busier hour is reported as capped
@@ -26,34 +26,9 @@ NO_PROJECT = "(no project)"
 CONCEPT_SCAN_LIMIT = 20_000
 TOP_CONCEPTS = 25
 _TERM = re.compile(r"[\w][\w.+#-]*", re.UNICODE)
-# kv scopes are "mem:<family>[:...]"; these families are shown under another name.
-_FAMILY_NAMES = {"obs": "observations", "action-edges": "actionEdges"}
 
 
 # -- overview --------------------------------------------------------------------------------------
-
-
-def record_counts(ctx: Ctx) -> dict[str, int]:
-    """Records per family of kv scopes (observations summed over sessions, slots over scopes).
-    With an agent filter (isolated scope) only the agent's sessions, observations and memories."""
-    store = ctx.rt.db.reader()
-    agent = agent_filter(ctx)
-    if agent is not None:
-        sessions = store.records.count_where(SESSIONS, equal(agentId=agent))
-        memories = store.records.count_where(MEMORIES, equal(agentId=agent))
-        return {
-            "sessions": sessions,
-            "memories": memories,
-            "observations": store.index.total(filters={"kinds": ["observation"], "agent_id": agent}),
-        }
-    counts: Counter = Counter()
-    for scope, n in store.records.scope_counts().items():
-        parts = scope.split(":")
-        if len(parts) > 1 and parts[0] == "mem":
-            counts[_FAMILY_NAMES.get(parts[1], parts[1])] += n
-    for family in ("sessions", "observations", "memories"):
-        counts.setdefault(family, 0)
-    return dict(counts)
 
 
 def ingest_rate(ctx: Ctx, operation: str) -> dict[str, Any]:
@@ -99,7 +74,7 @@ def viewer_overview(ctx: Ctx, args: dict) -> dict:
     """Dashboard numbers: records per kind, observations and memories ingested per minute over the
     last hour, the live stream's state and which optional routes this server has."""
     return {
-        "counts": record_counts(ctx),
+        "counts": health.record_counts(ctx),
         "features": features(),
         "ingest": {
             "windowMinutes": INGEST_WINDOW_MINUTES,

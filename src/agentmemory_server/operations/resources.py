@@ -1,11 +1,11 @@
 """MCP resources and prompts (U§2.3), served over plain HTTP and by the JSON-RPC endpoint.
 
 Resources are read-only JSON views addressed by ``agentmemory://`` URIs; prompts are canned
-user messages filled with what the server remembers. Both are built from the registry's tools,
-so agent scoping, validation and privacy behave exactly as for a direct tool call. A resource
-or prompt backed by a feature that another module provides (profile, graph, team, patterns)
-looks that feature up by its REST route and answers a clear ``feature_unavailable`` error
-until the module is installed.
+user messages filled with what the server remembers. Both call the tools they are built from
+(imported, through ``registry.run``), so agent scoping, validation and privacy behave exactly as
+for a direct tool call. Listing, reading and rendering are tools too, so REST, JSON-RPC and the
+stdio proxy all reach them through the registry. The team profile answers 501
+``feature_unavailable``: this server has no team feature.
 """
 
 from __future__ import annotations
@@ -17,9 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from agentmemory_server import errors
+from agentmemory_server.capture import observe, sessions
 from agentmemory_server.errors import AppError, InvalidInput, NotFound
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.registry import Ctx, obj, params, string, tool
+from agentmemory_server.memory import memories, patterns, profiles
+from agentmemory_server.models import graph
+from agentmemory_server.operations import health
+from agentmemory_server.retrieval import recall
 
 JSON_MIME = "application/json"
 RECENT_SESSIONS = 5
@@ -27,21 +33,9 @@ LATEST_MEMORIES = 10
 HANDOFF_OBSERVATIONS = 20
 
 
-def run_tool(ctx: Ctx, name: str, args: dict[str, Any]) -> Any:
-    data, _status = registry.unwrap(registry.call(ctx, name, args))
-    return data
-
-
-def run_route(ctx: Ctx, method: str, path: str, args: dict[str, Any], feature: str) -> Any:
-    """Call whichever tool serves ``method path``; 501 when no installed module provides it."""
-    found = registry.REGISTRY.for_route(method, path)
-    if found is None:
-        raise AppError(
-            f"{feature} is not available on this server (no tool serves {method} /agentmemory{path})",
-            code="feature_unavailable",
-            status=501,
-        )
-    return run_tool(ctx, found.name, args)
+def unavailable(feature: str) -> AppError:
+    """What a resource or prompt answers when this server has no such feature."""
+    return AppError(f"{feature} is not available on this server", code=errors.FEATURE_UNAVAILABLE, status=501)
 
 
 # -- resources --------------------------------------------------------------------------------------
@@ -81,46 +75,45 @@ def decode_segment(text: str) -> str:
 
 
 def _status(ctx: Ctx, _vars: dict[str, str]) -> dict[str, Any]:
-    store = ctx.rt.db.reader()
-    health = run_tool(ctx, "health", {})
+    counts = health.record_counts(ctx)  # only the caller's records in isolated agent scope
     return {
-        "sessionCount": store.records.count("mem:sessions"),
-        "memoryCount": store.records.count("mem:memories"),
-        "observationCount": health.get("counts", {}).get("observations", 0),
-        "healthStatus": health.get("status"),
+        "sessionCount": counts["sessions"],
+        "memoryCount": counts["memories"],
+        "observationCount": counts["observations"],
+        "healthStatus": registry.run(health.health, ctx, {})["status"],
         "version": ctx.rt.version,
     }
 
 
 def _latest_memories(ctx: Ctx, _vars: dict[str, str]) -> dict[str, Any]:
-    page = run_tool(ctx, "memories_list", {"latest": True, "limit": LATEST_MEMORIES})
+    page = registry.run(memories.memories_list, ctx, {"latest": True, "limit": LATEST_MEMORIES})
     keep = ("id", "title", "type", "strength", "project", "updatedAt")
     return {"memories": [{k: m.get(k) for k in keep} for m in page["memories"]]}
 
 
 def _project_recent(ctx: Ctx, vars_: dict[str, str]) -> dict[str, Any]:
-    page = run_tool(ctx, "memory_sessions", {"project": vars_["name"], "limit": RECENT_SESSIONS})
-    sessions = page["sessions"]
+    page = registry.run(sessions.memory_sessions, ctx, {"project": vars_["name"], "limit": RECENT_SESSIONS})
+    found = page["sessions"]
     return {
         "project": vars_["name"],
-        "summaries": [s["summary"] for s in sessions if s.get("summary")],
+        "summaries": [s["summary"] for s in found if s.get("summary")],
         "sessions": [
             {k: s.get(k) for k in ("id", "title", "status", "startedAt", "endedAt", "observationCount", "firstPrompt")}
-            for s in sessions
+            for s in found
         ],
     }
 
 
 def _project_profile(ctx: Ctx, vars_: dict[str, str]) -> Any:
-    return run_route(ctx, "GET", "/profile", {"project": vars_["name"]}, "the project profile")
+    return registry.run(profiles.memory_profile, ctx, {"project": vars_["name"]})
 
 
 def _graph_stats(ctx: Ctx, _vars: dict[str, str]) -> Any:
-    return run_route(ctx, "GET", "/graph/stats", {}, "the knowledge graph")
+    return registry.run(graph.graph_stats, ctx, {})
 
 
 def _team_profile(ctx: Ctx, vars_: dict[str, str]) -> Any:
-    return run_route(ctx, "GET", "/team/profile", {"teamId": vars_["id"]}, "team memory")
+    raise unavailable("team memory")
 
 
 RESOURCES: tuple[Resource, ...] = (
@@ -166,7 +159,7 @@ def read_resource(ctx: Ctx, uri: str) -> dict[str, Any]:
             data = resource.read(ctx, found)
             text = json.dumps(data, indent=2, ensure_ascii=False)
             return {"contents": [{"uri": uri, "mimeType": JSON_MIME, "text": text}]}
-    raise NotFound(f"unknown resource {uri!r}", code="resource_not_found", details={"uri": uri})
+    raise NotFound(f"unknown resource {uri!r}", code=errors.RESOURCE_NOT_FOUND, details={"uri": uri})
 
 
 @tool("mcp_resources", params(), http=[("GET", "/mcp/resources")], mcp=False)
@@ -199,7 +192,7 @@ class Prompt:
 
 def _recall_context(ctx: Ctx, args: dict[str, str]) -> str:
     task = args["task_description"]
-    found = run_tool(ctx, "memory_recall", {"query": task, "limit": 10, "format": "compact"})
+    found = registry.run(recall.memory_recall, ctx, {"query": task, "limit": 10, "format": "compact"})
     latest = _latest_memories(ctx, {})["memories"][:5]
     return (
         f"Context from agentmemory for the task: {task}\n\n"
@@ -212,11 +205,11 @@ def _recall_context(ctx: Ctx, args: dict[str, str]) -> str:
 
 def _session_handoff(ctx: Ctx, args: dict[str, str]) -> str:
     sid = args["session_id"]
-    session = run_tool(ctx, "session_get", {"sessionId": sid})["session"]
-    total = run_tool(ctx, "memory_observations", {"sessionId": sid, "limit": 1})["total"]
-    tail = run_tool(
+    session = registry.run(sessions.session_get, ctx, {"sessionId": sid})["session"]
+    total = registry.run(observe.memory_observations, ctx, {"sessionId": sid, "limit": 1})["total"]
+    tail = registry.run(
+        observe.memory_observations,
         ctx,
-        "memory_observations",
         {"sessionId": sid, "limit": HANDOFF_OBSERVATIONS, "offset": max(0, total - HANDOFF_OBSERVATIONS)},
     )
     steps = [{k: o.get(k) for k in ("timestamp", "type", "title", "files")} for o in tail["observations"]]
@@ -230,7 +223,7 @@ def _session_handoff(ctx: Ctx, args: dict[str, str]) -> str:
 
 def _detect_patterns(ctx: Ctx, args: dict[str, str]) -> str:
     query = {"project": args["project"]} if args.get("project") else {}
-    found = run_route(ctx, "POST", "/patterns", query, "pattern detection")
+    found = registry.run(patterns.patterns, ctx, query)
     return (
         "Recurring patterns agentmemory found"
         + (f" in {args['project']}" if query else "")
@@ -277,7 +270,7 @@ def prompt_listing() -> dict[str, list[dict[str, Any]]]:
 def get_prompt(ctx: Ctx, name: str, arguments: Any) -> dict[str, Any]:
     prompt = next((p for p in PROMPTS if p.name == name), None)
     if prompt is None:
-        raise NotFound(f"unknown prompt {name!r}", code="prompt_not_found", details={"name": name})
+        raise NotFound(f"unknown prompt {name!r}", code=errors.PROMPT_NOT_FOUND, details={"name": name})
     if arguments is None:
         arguments = {}
     if not isinstance(arguments, dict):

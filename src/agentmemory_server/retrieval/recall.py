@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from agentmemory_server.errors import InvalidInput
+from agentmemory_server.kernel import listings
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import (
     AGENT_ID,
@@ -29,7 +30,6 @@ from agentmemory_server.kernel.registry import (
 )
 from agentmemory_server.kernel.util import estimate_tokens, truncate
 from agentmemory_server.retrieval import lesson_ranking, search, vectors
-from agentmemory_server.kernel import listings
 
 log = logging.getLogger("agentmemory.recall")
 FORMATS = ("full", "compact", "narrative")

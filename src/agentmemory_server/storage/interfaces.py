@@ -27,7 +27,6 @@ handler reads its own writes.
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass

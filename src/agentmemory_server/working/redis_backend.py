@@ -34,10 +34,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from agentmemory_server import errors
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.storage import codec
 from agentmemory_server.storage.sqlite.working import glob_filter
-from agentmemory_server.working.service import (
+from agentmemory_server.working.model import (
     BackendDown,
     Scope,
     build_snapshot,
@@ -134,7 +135,7 @@ def _guarded(fn: Callable) -> Callable:
             raise BackendDown(f"{type(exc).__name__}: {exc}") from exc
         except redis.RedisError as exc:
             raise Unavailable(
-                f"Redis refused the working-memory operation: {exc}", code="working_memory_unavailable"
+                f"Redis refused the working-memory operation: {exc}", code=errors.WORKING_MEMORY_UNAVAILABLE
             ) from exc
 
     return wrapper

@@ -21,6 +21,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, Forbidden, InvalidInput, NotFound
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter
@@ -41,7 +42,8 @@ from agentmemory_server.kernel.registry import (
 )
 from agentmemory_server.kernel.util import iso, truncate
 from agentmemory_server.memory import memories
-from agentmemory_server.working.service import DEFAULT_SCOPE_PART, Scope, WorkingMemory, encode_value
+from agentmemory_server.working.model import DEFAULT_SCOPE_PART, Scope, encode_value
+from agentmemory_server.working.service import WorkingMemory
 
 log = logging.getLogger("agentmemory.working")
 
@@ -85,7 +87,7 @@ def resolve_scope(ctx: Ctx, args: dict[str, Any]) -> Scope:
             raise Forbidden(
                 f"AGENTMEMORY_AGENT_SCOPE=isolated: working memory of agent {requested!r} "
                 "is not accessible from this server",
-                code="agent_scope_violation",
+                code=errors.AGENT_SCOPE_VIOLATION,
             )
         agent = own
     else:
@@ -100,7 +102,7 @@ def user_key(args: dict[str, Any]) -> str:
         raise InvalidInput("missing required field 'key'", field="key")
     if key.startswith("_"):
         raise InvalidInput(
-            f"key {key!r} is reserved: keys starting with '_' belong to the server", field="key", code="reserved_key"
+            f"key {key!r} is reserved: keys starting with '_' belong to the server", field="key", code=errors.RESERVED_KEY
         )
     return key
 
@@ -220,7 +222,7 @@ def memory_working_delete(ctx: Ctx, args: dict) -> Any:
         raise InvalidInput(
             f"pattern {pattern!r} deletes every key; send confirm=true to do that",
             field="confirm",
-            code="confirmation_required",
+            code=errors.CONFIRMATION_REQUIRED,
         )
     deleted = _run(ctx, lambda b: b.delete_glob(scope, pattern, now))
     return reply(ctx, scope, {"pattern": pattern, "deleted": len(deleted), "keys": deleted})
@@ -261,7 +263,7 @@ def _check_version(args: dict[str, Any], version: int) -> None:
     if expected is not None and expected != version:
         raise Conflict(
             f"task state is at version {version}, not {expected}; re-read and retry",
-            code="task_version_conflict",
+            code=errors.TASK_VERSION_CONFLICT,
             details={"version": version, "expected": expected},
         )
 
@@ -297,7 +299,7 @@ def _progress_update(ctx: Ctx, args: dict[str, Any]):
 
     def mutate(current: dict | None, version: int) -> dict:
         if current is None:
-            raise NotFound("no task state in this scope; set one first", code="task_not_found")
+            raise NotFound("no task state in this scope; set one first", code=errors.TASK_NOT_FOUND)
         _check_version(args, version)
         task = dict(current)
         step = args["currentStep"] if "currentStep" in args else task["currentStep"]
@@ -424,7 +426,7 @@ def memory_working_checkpoint(ctx: Ctx, args: dict) -> Any:
         result = _run(ctx, lambda b: b.checkpoint_restore(scope, cid, now, settings.working_memory_max_keys))
         return reply(ctx, scope, result)
     if not _run(ctx, lambda b: b.checkpoint_delete(scope, cid)):
-        raise NotFound(f"checkpoint {cid!r} not found in this scope", code="checkpoint_not_found")
+        raise NotFound(f"checkpoint {cid!r} not found in this scope", code=errors.CHECKPOINT_NOT_FOUND)
     return reply(ctx, scope, {"checkpointId": cid, "deleted": True})
 
 

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces
 from agentmemory_server.storage.interfaces import RecordIndex
@@ -38,7 +39,7 @@ from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 
 class SchemaTooNew(AppError):
     status = 503
-    code = "schema_too_new"
+    code = errors.SCHEMA_TOO_NEW
 
 
 class SqliteUnitOfWork:
@@ -151,7 +152,7 @@ class Database:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             if self._closed:
-                raise Unavailable("database is closed", code="database_closed")
+                raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
             conn = self._connect(readonly=True)
             self._local.conn = conn
             with self._readers_lock:
@@ -184,7 +185,7 @@ class Database:
             return
         with self._lock:
             if self._closed:
-                raise Unavailable("database is closed", code="database_closed")
+                raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             store = SqliteUnitOfWork(conn, writable=True)

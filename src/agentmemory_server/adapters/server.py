@@ -1,0 +1,99 @@
+"""Serving the app: gunicorn's gthread worker (flask-sock needs it; waitress cannot serve
+WebSockets), or Werkzeug with ``--dev``. ``agentmemory serve`` and ``python src/app.py`` both
+land in ``main``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from typing import Any
+
+from flask import Flask
+
+from agentmemory_server.adapters.web import create_app
+from agentmemory_server.kernel.settings import Settings
+
+log = logging.getLogger("agentmemory.http")
+
+
+def serve(settings: Settings, *, dev: bool = False) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if dev:
+        create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
+        return
+    from gunicorn.app.base import BaseApplication
+
+    if not settings.max_viewers or settings.max_viewers > settings.threads - 4:
+        log.warning(
+            "AGENTMEMORY_MAX_VIEWERS=%s with AGENTMEMORY_THREADS=%s: open viewers can take every "
+            "thread and stall REST calls; keep viewers at least 4 below threads",
+            settings.max_viewers,
+            settings.threads,
+        )
+
+    class GunicornServer(BaseApplication):
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{settings.host}:{settings.port}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": settings.threads,
+                "timeout": 120,
+                "graceful_timeout": 20,
+                "keepalive": 5,
+                "control_socket_disable": True,
+                # gunicorn's DEBUG level prints request lines, which may carry a token
+                # (?token= on the WebSocket): its own logger never goes below INFO.
+                "loglevel": "info" if settings.log_level == "debug" else settings.log_level,
+                "accesslog": None,
+                "errorlog": "-",
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+            self.cfg.set("post_worker_init", _close_streams_on_term)
+
+        def load(self) -> Flask:
+            # Built in the worker process, so the runtime's threads live where requests run.
+            return create_app(settings)
+
+    GunicornServer().run()
+
+
+def _close_streams_on_term(worker: Any) -> None:
+    """On SIGTERM, tell open viewer streams to close (1001) before gunicorn's graceful wait,
+    which otherwise waits for every open WebSocket until graceful_timeout."""
+    hub = worker.wsgi.extensions["agentmemory"].hub
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        hub.close()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+def announce_and_serve(settings: Settings, *, dev: bool = False) -> None:
+    print(
+        f"agentmemory-python listening on http://{settings.host}:{settings.port} (database {settings.database_path})",
+        flush=True,
+    )
+    serve(settings, dev=dev)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python src/app.py``: the same options as ``agentmemory serve``."""
+    parser = argparse.ArgumentParser(description="agentmemory-python server")
+    parser.add_argument("--dev", action="store_true", help="use the Werkzeug development server")
+    parser.add_argument("--host", help="interface to bind (default HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default III_REST_PORT / PORT or 3111)")
+    parser.add_argument("--threads", type=int, help="gunicorn gthread threads")
+    opts = parser.parse_args(argv)
+    overrides = {k: v for k, v in (("host", opts.host), ("port", opts.port), ("threads", opts.threads)) if v}
+    announce_and_serve(Settings.from_env(os.environ, **overrides), dev=opts.dev)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The SQLite working-memory backend: each operation is one transaction on the server's
+database (``storage.WorkingStore``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from agentmemory_server import errors
+from agentmemory_server.errors import Conflict
+from agentmemory_server.storage import codec
+from agentmemory_server.storage.interfaces import Database
+from agentmemory_server.working.model import (
+    Scope,
+    build_snapshot,
+    capacity_error,
+    checkpoint_meta,
+    checkpoint_missing,
+    restore_rows,
+    restored,
+)
+
+
+class SqliteBackend:
+    """Working memory in the server's SQLite file (wm_* tables); every method is one
+    transaction (reads: one statement or one read transaction)."""
+
+    name = "sqlite"
+
+    def __init__(self, database: Database, clock_iso: Callable[[], str]):
+        self.db = database
+        self._iso = clock_iso
+
+    def _tx(self, operation: str, scope: Scope):
+        return self.db.transaction(f"working_{operation}", agent_id=scope.agent)
+
+    def set_key(self, scope: Scope, key: str, value: str, expires_at: float | None, now: float, max_keys: int) -> bool:
+        with self._tx("set", scope) as tx:
+            exists = tx.working.kv_get(scope.key, key, now) is not None
+            if not exists and tx.working.kv_count(scope.key, now) >= max_keys:
+                raise capacity_error(scope, max_keys)
+            tx.working.kv_put_many(scope.key, [(key, value, expires_at)], self._iso())
+        return not exists
+
+    def get_key(self, scope: Scope, key: str, now: float) -> tuple[str, float | None] | None:
+        return self.db.reader().working.kv_get(scope.key, key, now)
+
+    def items(
+        self, scope: Scope, now: float, pattern: str | None = None, values: bool = True
+    ) -> list[tuple[str, str | None, float | None]]:
+        return self.db.reader().working.kv_items(scope.key, now, pattern=pattern, values=values)
+
+    def delete_key(self, scope: Scope, key: str, now: float) -> bool:
+        with self._tx("delete", scope) as tx:
+            return tx.working.kv_delete(scope.key, key, now)
+
+    def delete_glob(self, scope: Scope, pattern: str, now: float) -> list[str]:
+        with self._tx("delete_pattern", scope) as tx:
+            return tx.working.kv_delete_glob(scope.key, pattern, now)
+
+    def clear_keys(self, scope: Scope, now: float) -> int:
+        with self._tx("clear", scope) as tx:
+            return tx.working.kv_clear(scope.key, now)
+
+    def task_get(self, scope: Scope) -> tuple[dict, int] | None:
+        row = self.db.reader().working.task_get(scope.key)
+        return (json.loads(row[0]), row[1]) if row else None
+
+    def task_write(self, scope: Scope, mutate: Callable[[dict | None, int], dict]) -> tuple[dict, int]:
+        """Read-modify-write of the task under the write lock, committed by compare-and-set."""
+        with self._tx("task", scope) as tx:
+            row = tx.working.task_get(scope.key)
+            current, version = (json.loads(row[0]), row[1]) if row else (None, 0)
+            task = mutate(current, version)
+            if not tx.working.task_put(scope.key, codec.dumps(task), version + 1, version if row else None):
+                raise Conflict("the task state changed during the update; retry", code=errors.TASK_CONFLICT)
+        return task, version + 1
+
+    def task_clear(self, scope: Scope) -> bool:
+        with self._tx("task_clear", scope) as tx:
+            return tx.working.task_delete(scope.key)
+
+    def scratch_append(self, scope: Scope, entry: dict, cap: int) -> tuple[int, int]:
+        with self._tx("scratchpad_append", scope) as tx:
+            return tx.working.scratch_append(scope.key, entry["content"], entry["timestamp"], cap)
+
+    def scratch_get(self, scope: Scope, limit: int | None) -> list[dict]:
+        rows = self.db.reader().working.scratch_list(scope.key, limit)
+        return [{"content": c, "timestamp": t} for c, t in rows]
+
+    def scratch_clear(self, scope: Scope) -> int:
+        with self._tx("scratchpad_clear", scope) as tx:
+            return tx.working.scratch_clear(scope.key)
+
+    def checkpoint_create(
+        self, scope: Scope, checkpoint_id: str, description: str, now: float, keep: int, created_at: str
+    ) -> tuple[dict, list[str]]:
+        # BEGIN IMMEDIATE holds the writer lock: no write lands between the reads below, so
+        # the snapshot is one point in time.
+        with self._tx("checkpoint_create", scope) as tx:
+            task = tx.working.task_get(scope.key)
+            snapshot = build_snapshot(
+                tx.working.kv_items(scope.key, now),
+                json.loads(task[0]) if task else None,
+                task[1] if task else 0,
+                [{"content": c, "timestamp": t} for c, t in tx.working.scratch_list(scope.key)],
+            )
+            meta = checkpoint_meta(checkpoint_id, description, created_at, snapshot)
+            tx.working.checkpoint_insert(scope.key, checkpoint_id, codec.dumps(meta), codec.dumps(snapshot))
+            pruned = tx.working.checkpoint_prune(scope.key, keep)
+        return meta, pruned
+
+    def checkpoint_restore(self, scope: Scope, checkpoint_id: str, now: float, max_keys: int) -> dict[str, Any]:
+        with self._tx("checkpoint_restore", scope) as tx:
+            found = tx.working.checkpoint_get(scope.key, checkpoint_id)
+            if found is None:
+                raise checkpoint_missing(checkpoint_id)
+            meta, snapshot = json.loads(found[0]), json.loads(found[1])
+            rows, dropped = restore_rows(snapshot, now, max_keys)
+            tx.working.kv_clear(scope.key, now)
+            tx.working.kv_put_many(scope.key, rows, self._iso())
+            current = tx.working.task_get(scope.key)
+            tx.working.task_delete(scope.key)
+            version = None
+            if snapshot["task"] is not None:
+                # A new version number (never the snapshot's) so a stale expectedVersion
+                # taken before the restore cannot match by accident.
+                version = max(current[1] if current else 0, snapshot["taskVersion"]) + 1
+                tx.working.task_put(scope.key, codec.dumps(snapshot["task"]), version, None)
+            tx.working.scratch_clear(scope.key)
+            tx.working.scratch_put_many(scope.key, [(e["content"], e["timestamp"]) for e in snapshot["scratchpad"]])
+            tx.record_change(
+                "working/" + "/".join(scope.key), f"working memory of {scope.session!r} restored to {checkpoint_id}"
+            )
+        return restored(meta, rows, dropped, snapshot, version)
+
+    def checkpoint_list(self, scope: Scope) -> list[dict]:
+        return [json.loads(meta) for _seq, meta in self.db.reader().working.checkpoint_list(scope.key)]
+
+    def checkpoint_delete(self, scope: Scope, checkpoint_id: str) -> bool:
+        with self._tx("checkpoint_delete", scope) as tx:
+            return tx.working.checkpoint_delete(scope.key, checkpoint_id)
+
+    def counts(self, scope: Scope, now: float) -> dict[str, int]:
+        return self.db.reader().working.counts(scope.key, now)
+
+    def sweep(self, now: float) -> int:
+        with self.db.transaction("working_sweep") as tx:
+            return tx.working.kv_sweep(now)
+
+    def session_scopes(self, session: str) -> list[Scope]:
+        return [Scope(p, a, session) for p, a in self.db.reader().working.session_scopes(session)]
+
+    def close(self) -> None:
+        """The database belongs to the runtime; nothing to release."""

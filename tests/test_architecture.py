@@ -1,0 +1,169 @@
+"""The architecture rules of AGENTS.md, checked on the code itself.
+
+- imports flow one way (adapters -> wiring -> features -> kernel -> storage), as the import-linter
+  contracts in pyproject.toml say, and no module imports itself in a circle;
+- every SQL statement lives in ``storage/``;
+- nothing edits ``sys.path``;
+- the SQLite backend implements every repository of the storage interface.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import sys
+from pathlib import Path
+
+import subprocess
+
+import grimp
+import pytest
+
+from agentmemory_server.storage import interfaces
+from agentmemory_server.storage.sqlite import SqliteUnitOfWork
+from conftest import ROOT, SRC
+
+PACKAGE = SRC / "agentmemory_server"
+SQL = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|PRAGMA|BEGIN|COMMIT|ROLLBACK|WITH)\b.*"
+                 r"\b(FROM|INTO|SET|TABLE|INDEX|VALUES|WHERE|TRANSACTION|IMMEDIATE|user_version|journal_mode|"
+                 r"integrity_check|quick_check|wal_checkpoint)\b", re.IGNORECASE | re.DOTALL)
+
+
+def python_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_import_contracts_hold():
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    proc = subprocess.run([str(lint_imports), "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=SRC,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"Contracts: ([2-9]|\d\d+) kept, 0 broken", proc.stdout), proc.stdout
+
+
+def strongly_connected(graph: grimp.ImportGraph) -> list[set[str]]:
+    """Groups of modules that import each other in a circle (Tarjan's algorithm, iteratively)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    groups: list[set[str]] = []
+    counter = 0
+    for root in sorted(graph.modules):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph.find_modules_directly_imported_by(root))))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in graph.modules:
+                    continue
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child)))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.add(member)
+                    if member == node:
+                        break
+                groups.append(group)
+    return groups
+
+
+def test_no_import_cycles():
+    graph = grimp.build_graph("agentmemory_server", exclude_type_checking_imports=True)
+    cycles = [sorted(g) for g in strongly_connected(graph) if len(g) > 1]
+    assert len(graph.modules) > 50 and cycles == []
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    graph = grimp.ImportGraph()
+    for name in ("pkg", "pkg.a", "pkg.b", "pkg.c"):
+        graph.add_module(name)
+    graph.add_import(importer="pkg.a", imported="pkg.b")
+    graph.add_import(importer="pkg.b", imported="pkg.a")
+    graph.add_import(importer="pkg.c", imported="pkg.a")
+    assert [sorted(g) for g in strongly_connected(graph) if len(g) > 1] == [["pkg.a", "pkg.b"]]
+
+
+def sql_strings(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), str(path))
+    in_fstrings = {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in in_fstrings:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.match(node.value):
+            found.append((node.lineno, node.value[:60]))
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str))
+            if SQL.match(text):
+                found.append((node.lineno, text[:60]))
+    return found
+
+
+def test_sql_lives_only_in_storage():
+    outside = {str(p.relative_to(PACKAGE)): hits for p in python_files(PACKAGE)
+               if "storage" not in p.relative_to(PACKAGE).parts and (hits := sql_strings(p))}
+    inside = sum(len(sql_strings(p)) for p in python_files(PACKAGE / "storage"))
+    assert outside == {} and inside > 50
+
+
+def test_the_sql_finder_sees_sql_in_fstrings(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('table = "kv"\nq = f"SELECT value FROM {table} WHERE scope = ?"\nr = "select the best"\n')
+    assert [line for line, _ in sql_strings(sample)] == [2]
+
+
+@pytest.mark.parametrize("root", ["src", "tests"])
+def test_nothing_edits_sys_path(root):
+    offenders = [str(p.relative_to(ROOT)) for p in python_files(ROOT / root)
+                 if re.search(r"sys\.path(\.insert|\.append|\[[^\]]*\]\s*=)", p.read_text())
+                 and p.name != "test_architecture.py"]
+    assert offenders == []
+
+
+REPOSITORIES = {
+    "records": interfaces.Records, "events": interfaces.CaptureLog, "index": interfaces.SearchIndex,
+    "vectors": interfaces.VectorStore, "audit": interfaces.AuditLog, "jobs": interfaces.JobQueue,
+    "working": interfaces.WorkingStore, "admin": interfaces.Admin,
+}
+
+
+@pytest.mark.parametrize("area", sorted(REPOSITORIES))
+def test_sqlite_implements_every_repository_method(rt, area):
+    protocol = REPOSITORIES[area]
+    implementation = getattr(rt.db.reader(), area)
+    assert isinstance(rt.db.reader(), SqliteUnitOfWork)
+    for name, member in inspect.getmembers(protocol, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        impl = getattr(implementation, name, None)
+        assert callable(impl), f"{area}.{name} is missing"
+        wanted = [p for p in inspect.signature(member).parameters if p != "self"]
+        assert list(inspect.signature(impl).parameters) == wanted, f"{area}.{name} takes other parameters"
+
+
+def test_entry_points_stay_where_users_look():
+    for name in ("app.py", "db.py", "functions.py", "search.py", "cli.py", "mcp_stdio.py", "viewer/index.html"):
+        assert (SRC / name).exists(), name
+    assert (ROOT / "sync.py").exists() and (ROOT / "start.sh").exists()
+    assert "agentmemory_server" not in sys.builtin_module_names
