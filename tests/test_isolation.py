@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
 
 from agentmemory_server.kernel import registry
-from agentmemory_server.adapters.web import create_app
-from conftest import ToolCaller, hook, post
+from agentmemory_server.adapters.web import _ws_request, create_app
+from agentmemory_server.operations import resources as mcp_resources
+from conftest import ToolCaller, clean_environ, hook, post
 
 MARK = "qqleakqq"          # in the text of every record agent B writes
 WORD = "zebracorn"         # what A's queries use to find B's records
@@ -179,6 +184,96 @@ def test_agent_a_cannot_read_agent_b_through_any_route(agents):
     lessons = {x["id"]: x for x in b("memory_lessons")["lessons"]}
     assert lessons[ids["lesson"]]["reinforcements"] == 0 and not lessons[ids["lesson"]].get("deleted")
     assert b("session_get", sessionId=ids["session"])["session"]["observationCount"] == 6
+
+
+def _rpc(client, method: str, params: dict[str, Any], rid: int = 1):
+    return client.post("/mcp", json={"jsonrpc": "2.0", "id": rid, "method": method, "params": params},
+                       headers={"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"})
+
+
+def resource_uris(ids: dict[str, str]) -> list[tuple[str, str]]:
+    """(uri, name asked for) of every resource, templates filled with B's project names."""
+    uris = []
+    for resource in mcp_resources.RESOURCES:
+        for name in (PROJECT, f"b-only-{MARK}"):
+            uris.append((resource.uri.replace("{name}", quote(name, safe="")).replace("{id}", ids["session"]), name))
+    return list(dict.fromkeys(uris))
+
+
+PROMPT_ARGUMENTS = [("recall_context", {"task_description": f"{WORD} checklist"}),
+                    ("session_handoff", {"session_id": "session-b"}),
+                    ("session_handoff", {"session_id": "session-b2"}),
+                    ("detect_patterns", {"project": PROJECT}), ("detect_patterns", {})]
+
+
+def test_agent_a_cannot_read_agent_b_through_mcp_resources_prompts_jsonrpc_or_the_websocket(agents):
+    """The other transports: MCP resources and prompts (REST and JSON-RPC), JSON-RPC tools/call,
+    and the WebSocket call protocol (``_ws_request`` is exactly what a socket message runs)."""
+    a, b, ids, secrets = agents
+    a("memory_save", content="alphamark private note", project=PROJECT)
+    client = create_app(runtime=a.rt).test_client()
+    b_client = create_app(runtime=b.rt).test_client()
+    # The status resource counts only A's records (it once counted every agent's).
+    status = json.loads(client.post("/agentmemory/mcp/resources/read", json={"uri": "agentmemory://status"})
+                        .get_json()["contents"][0]["text"])
+    assert status["sessionCount"] == 0 and status["memoryCount"] == 1
+    b_status = json.loads(b_client.post("/agentmemory/mcp/resources/read", json={"uri": "agentmemory://status"})
+                          .get_json()["contents"][0]["text"])
+    assert b_status["sessionCount"] == 2 and b_status["memoryCount"] >= 3
+    checked = 0
+    for uri, name in resource_uris(ids):
+        for r in (client.post("/agentmemory/mcp/resources/read", json={"uri": uri}),
+                  _rpc(client, "resources/read", {"uri": uri})):
+            # A's own question (the URI, the project name) comes back; nothing else of B's may.
+            answer = r.get_data(as_text=True).replace(uri, "").replace(name, "")
+            assert r.status_code in (200, 400, 404, 501) and not leaked(answer, secrets), (uri, answer[:400])
+            checked += 1
+    for name, arguments_ in PROMPT_ARGUMENTS:
+        for r in (client.post("/agentmemory/mcp/prompts/get", json={"name": name, "arguments": arguments_}),
+                  _rpc(client, "prompts/get", {"name": name, "arguments": arguments_})):
+            assert r.status_code < 500 and not leaked(r.get_data(as_text=True), secrets), (name, arguments_)
+            checked += 1
+    for tool in registry.REGISTRY.all():
+        for args in arguments(tool, ids):
+            if tool.mcp:
+                r = _rpc(client, "tools/call", {"name": tool.name, "arguments": args})
+                assert r.status_code < 500 and not leaked(r.get_data(as_text=True), secrets), (tool.name, "jsonrpc")
+            reply = json.dumps(_ws_request(a.rt, json.dumps({"id": 1, "tool": tool.name, "args": args})))
+            assert not leaked(reply, secrets), (tool.name, "ws", args)
+            checked += 1
+    assert checked > 150
+    # Positive controls: the same channels show each agent its own records.
+    recall = _rpc(client, "prompts/get", {"name": "recall_context", "arguments": {"task_description": "alphamark"}})
+    assert "alphamark" in recall.get_data(as_text=True)
+    b_recall = _rpc(b_client, "prompts/get", {"name": "recall_context", "arguments": {"task_description": WORD}})
+    assert MARK in b_recall.get_data(as_text=True)
+    handoff = _rpc(b_client, "prompts/get", {"name": "session_handoff", "arguments": {"session_id": "session-b"}})
+    assert MARK in handoff.get_data(as_text=True)
+    ws = _ws_request(b.rt, json.dumps({"id": 2, "tool": "memory_recall", "args": {"query": WORD}}))
+    assert ws["ok"] is True and MARK in json.dumps(ws)
+    assert "alphamark" in json.dumps(_ws_request(a.rt, '{"id": 3, "tool": "memory_recall", "args": {"query": "alphamark"}}'))
+
+
+def test_the_cli_keeps_agents_apart(agents, make_runtime, tmp_path):
+    """The admin CLI on the same file: in isolated scope its export holds only AGENT_ID's records
+    and stats (every agent's counts) are refused; without isolation an operator sees everything."""
+    a, _b, _ids, secrets = agents
+    a("memory_save", content="alphamark private note", project=PROJECT)
+    db = str(a.rt.db.path)
+    base = {**clean_environ(), "AGENTMEMORY_DB": db, "EMBEDDING_PROVIDER": "none"}
+    isolated = {**base, "AGENTMEMORY_AGENT_SCOPE": "isolated", "AGENT_ID": "agent-alpha"}
+    agentmemory = str(Path(sys.executable).with_name("agentmemory"))
+    run = lambda env, *args: subprocess.run([agentmemory, "-q", *args], env=env, capture_output=True, text=True,  # noqa: E731
+                                            timeout=120)
+    export = run(isolated, "export")
+    assert export.returncode == 0, export.stderr
+    assert "alphamark" in export.stdout and not leaked(export.stdout, secrets)
+    stats = run(isolated, "stats", "--json")
+    assert stats.returncode != 0 and "isolated agent scope" in stats.stderr and MARK not in stats.stdout
+    nobody = run({**base, "AGENTMEMORY_AGENT_SCOPE": "isolated"}, "export")
+    assert nobody.returncode != 0 and "AGENT_ID is not set" in nobody.stderr and MARK not in nobody.stdout
+    everything = run(base, "export")  # shared scope: the operator's own tool sees every agent
+    assert everything.returncode == 0 and MARK in everything.stdout and "alphamark" in everything.stdout
 
 
 def test_isolated_without_agent_id_fails_closed(agents, make_runtime):

@@ -41,13 +41,17 @@ def _declare(code: str, status: int, meaning: str) -> str:
 
 
 # -- generic codes (one per AppError subclass) ----------------------------------------------------
-INVALID_INPUT = _declare("invalid_input", 400, "A field is missing, malformed or out of range; `details.field` names it.")
+INVALID_INPUT = _declare(
+    "invalid_input", 400, "A field is missing, malformed or out of range; `details.field` names it."
+)
 UNAUTHORIZED = _declare("unauthorized", 401, "No valid `Authorization: Bearer <token>`.")
 FORBIDDEN = _declare("forbidden", 403, "The caller may not do this.")
 NOT_FOUND = _declare("not_found", 404, "No such record or route.")
 CONFLICT = _declare("conflict", 409, "The request conflicts with the stored state.")
 CAPACITY_EXCEEDED = _declare("capacity_exceeded", 409, "A hard cap was reached; nothing was evicted to make room.")
-PAYLOAD_TOO_LARGE = _declare("payload_too_large", 413, "The request body is over the limit; `details` names the setting.")
+PAYLOAD_TOO_LARGE = _declare(
+    "payload_too_large", 413, "The request body is over the limit; `details` names the setting."
+)
 UNAVAILABLE = _declare("unavailable", 503, "A dependency is down or the server is stopping; retry later.")
 INTERNAL_ERROR = _declare("internal_error", 500, "A bug: the server log has the traceback.")
 
@@ -60,13 +64,17 @@ DATABASE_BUSY = _declare("database_busy", 503, "The database stayed locked past 
 DATABASE_CLOSED = _declare("database_closed", 503, "The server is shutting down.")
 SCHEMA_TOO_NEW = _declare("schema_too_new", 503, "The database was written by a newer version of this server.")
 TOO_MANY_VIEWERS = _declare("too_many_viewers", 409, "AGENTMEMORY_MAX_VIEWERS live streams are already open.")
-FEATURE_UNAVAILABLE = _declare("feature_unavailable", 501, "The resource or prompt needs a feature this server does not have.")
+FEATURE_UNAVAILABLE = _declare(
+    "feature_unavailable", 501, "The resource or prompt needs a feature this server does not have."
+)
 # JSON-RPC protocol failures on POST /mcp (the JSON-RPC error code is in `error.code`).
 INVALID_JSON = _declare("invalid_json", 400, "JSON-RPC parse error: the body is not UTF-8 JSON.")
 INVALID_REQUEST = _declare("invalid_request", 400, "Not a valid JSON-RPC 2.0 request.")
 METHOD_NOT_FOUND = _declare("method_not_found", 404, "No such JSON-RPC method in the negotiated protocol version.")
 HEADER_MISMATCH = _declare("header_mismatch", 400, "MCP headers disagree with the JSON-RPC body.")
-UNSUPPORTED_PROTOCOL_VERSION = _declare("unsupported_protocol_version", 400, "An MCP protocol version this server does not speak.")
+UNSUPPORTED_PROTOCOL_VERSION = _declare(
+    "unsupported_protocol_version", 400, "An MCP protocol version this server does not speak."
+)
 SESSION_EXPIRED = _declare("session_expired", 404, "Unknown `Mcp-Session-Id`: initialize again.")
 
 # -- tools, resources, prompts -----------------------------------------------------------------------
@@ -75,9 +83,15 @@ RESOURCE_NOT_FOUND = _declare("resource_not_found", 404, "No MCP resource matche
 PROMPT_NOT_FOUND = _declare("prompt_not_found", 404, "No MCP prompt by that name.")
 
 # -- access ---------------------------------------------------------------------------------------------
-AGENT_SCOPE_UNSET = _declare("agent_scope_unset", 403, "AGENTMEMORY_AGENT_SCOPE=isolated without AGENT_ID: reads fail closed.")
-AGENT_SCOPE_VIOLATION = _declare("agent_scope_violation", 403, "Isolated agent scope: another agent's id was asked for.")
-SESSION_OWNED_BY_OTHER_AGENT = _declare("session_owned_by_other_agent", 409, "Isolated agent scope: the session belongs to another agent.")
+AGENT_SCOPE_UNSET = _declare(
+    "agent_scope_unset", 403, "AGENTMEMORY_AGENT_SCOPE=isolated without AGENT_ID: reads fail closed."
+)
+AGENT_SCOPE_VIOLATION = _declare(
+    "agent_scope_violation", 403, "Isolated agent scope: another agent's id was asked for."
+)
+SESSION_OWNED_BY_OTHER_AGENT = _declare(
+    "session_owned_by_other_agent", 409, "Isolated agent scope: the session belongs to another agent."
+)
 
 # -- records -------------------------------------------------------------------------------------------
 SESSION_NOT_FOUND = _declare("session_not_found", 404, "No session with that id (visible to the caller).")
@@ -93,7 +107,9 @@ CONFIRMATION_REQUIRED = _declare("confirmation_required", 400, "A bulk delete of
 SLOT_NOT_FOUND = _declare("slot_not_found", 404, "No slot with that label in that scope.")
 SLOT_EXISTS = _declare("slot_exists", 409, "A slot with that label already exists in that scope.")
 SLOT_READ_ONLY = _declare("slot_read_only", 403, "The slot is read-only.")
-SLOT_TOO_LARGE = _declare("slot_too_large", 413, "The slot's content would exceed its sizeLimit; `details` has the sizes.")
+SLOT_TOO_LARGE = _declare(
+    "slot_too_large", 413, "The slot's content would exceed its sizeLimit; `details` has the sizes."
+)
 
 # -- working memory -------------------------------------------------------------------------------------
 RESERVED_KEY = _declare("reserved_key", 400, "Working-memory keys starting with `_` are reserved.")
@@ -114,8 +130,9 @@ class AppError(Exception):
     status = 500
     code = INTERNAL_ERROR
 
-    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None,
-                 status: int | None = None):
+    def __init__(
+        self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None, status: int | None = None
+    ):
         super().__init__(message)
         self.message = message
         if code:

@@ -37,7 +37,7 @@ def route_rows() -> list[tuple[str, str, str]]:
             tools = {t.name: t for t in registry.REGISTRY.all()}
             rows = []
             for rule in app.url_map.iter_rules():
-                methods = sorted(m for m in rule.methods if m not in ("HEAD", "OPTIONS"))
+                methods = sorted(m for m in rule.methods or () if m not in ("HEAD", "OPTIONS"))
                 name = rule.endpoint.split(":")[0]
                 desc = (
                     tools[name].description if name in tools else _first_line(app.view_functions[rule.endpoint].__doc__)
@@ -113,7 +113,9 @@ def cli_table() -> str:
             if action.help == argparse.SUPPRESS or action.dest == "help":
                 continue
             flag = action.option_strings[-1] if action.option_strings else action.dest.upper()
-            options.append(f"`{flag}{' ' + action.dest.upper() if action.option_strings and action.nargs != 0 else ''}`")
+            options.append(
+                f"`{flag}{' ' + action.dest.upper() if action.option_strings and action.nargs != 0 else ''}`"
+            )
         lines.append(f"| `agentmemory {name}` | {' '.join(options)} | {helps.get(name, '')} |")
     return "\n".join(lines)
 
@@ -156,7 +158,10 @@ def main(argv: list[str]) -> int:
             if "--check" not in argv:
                 path.write_text(fresh, encoding="utf-8")
     if stale and "--check" in argv:
-        print(f"stale generated blocks in {', '.join(stale)}; run: python -m agentmemory_server.adapters.docs", file=sys.stderr)
+        print(
+            f"stale generated blocks in {', '.join(stale)}; run: python -m agentmemory_server.adapters.docs",
+            file=sys.stderr,
+        )
         return 1
     print("updated " + ", ".join(stale) if stale else "docs are up to date")
     return 0

@@ -183,8 +183,15 @@ class RpcError(Exception):
     """A JSON-RPC error. ``data`` is always the server's error envelope (errors.py), so a client
     reads the same ``code``, ``status`` and ``details`` as over REST."""
 
-    def __init__(self, code: int, message: str, data: dict[str, Any] | None = None, *, app_code: str | None = None,
-                 extra: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        data: dict[str, Any] | None = None,
+        *,
+        app_code: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.code, self.message = code, message
         default_code, status = RPC_CODES.get(code, (errors.INTERNAL_ERROR, 500))
@@ -192,7 +199,11 @@ class RpcError(Exception):
         self.data = {**envelope, **(extra or {})}  # extra: keys the MCP spec defines for this error
 
     def body(self, request_id: Any) -> dict[str, Any]:
-        return {"jsonrpc": "2.0", "id": request_id, "error": {"code": self.code, "message": self.message, "data": self.data}}
+        return {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "error": {"code": self.code, "message": self.message, "data": self.data},
+        }
 
 
 @dataclass
@@ -312,7 +323,9 @@ def _prompts_get(call: Call) -> dict[str, Any]:
     name = _require_str(call.params, "name")
     arguments = call.params.get("arguments")
     try:
-        return _run(call, "mcp_prompt_get", {"name": name, **({"arguments": arguments} if arguments is not None else {})})
+        return _run(
+            call, "mcp_prompt_get", {"name": name, **({"arguments": arguments} if arguments is not None else {})}
+        )
     except AppError as exc:
         raise _from_app_error(exc) from None
 
@@ -471,7 +484,10 @@ def _handle_handshake_era(rt: Any, message: Any, headers: dict[str, str], reques
         session_version = sessions_of(rt).version(sid)
         if session_version is None:  # the spec's signal to start a new session
             return HttpReply(
-                404, RpcError(INVALID_REQUEST, "Session not found: send initialize again", app_code=errors.SESSION_EXPIRED).body(_request_id(message))
+                404,
+                RpcError(
+                    INVALID_REQUEST, "Session not found: send initialize again", app_code=errors.SESSION_EXPIRED
+                ).body(_request_id(message)),
             )
     version = requested or session_version or DEFAULT_VERSION
     if isinstance(message, list):
@@ -515,11 +531,8 @@ def _envelope_error(message: dict[str, Any], headers: dict[str, str]) -> RpcErro
     if headers.get("mcp-method") != method:
         return RpcError(HEADER_MISMATCH, "Mcp-Method header does not match the request's method")
     name_key = NAME_PARAMS.get(method) if isinstance(method, str) else None
-    if (
-        name_key
-        and params.get(name_key) is not None
-        and _decode_header(headers.get("mcp-name")) != params.get(name_key)
-    ):
+    named = params.get(name_key) if name_key and isinstance(params, dict) else None
+    if named is not None and _decode_header(headers.get("mcp-name")) != named:
         return RpcError(HEADER_MISMATCH, f"Mcp-Name header does not match params.{name_key}")
     if meta[META_VERSION] not in MODERN_VERSIONS:
         return _unsupported(meta[META_VERSION])

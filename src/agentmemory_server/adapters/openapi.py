@@ -45,12 +45,13 @@ def _responses(success: Iterable[int], body: dict | None = None, error_body: dic
     responses: dict[str, Any] = {}
     for status in sorted(set(success)):
         responses[str(status)] = {"description": "Success", "content": _json(body or {"type": "object"})}
-    for status in ERROR_STATUSES:
+    for error_status in ERROR_STATUSES:
         responses.setdefault(
-            status, {"description": "Error", "content": _json(error_body or {"$ref": "#/components/schemas/Error"})}
+            error_status,
+            {"description": "Error", "content": _json(error_body or {"$ref": "#/components/schemas/Error"})},
         )
-    for status, text in SERVER_LIMITS.items():
-        responses.setdefault(status, {"description": text})
+    for limit_status, text in SERVER_LIMITS.items():
+        responses.setdefault(limit_status, {"description": text})
     return responses
 
 

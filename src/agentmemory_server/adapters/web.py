@@ -216,10 +216,16 @@ def _http_error_body(exc: HTTPException) -> dict[str, Any]:
     if status == 413:
         limit = request.max_content_length
         setting = "AGENTMEMORY_MAX_IMPORT_BYTES" if request.path == f"{PREFIX}/import" else "AGENTMEMORY_MAX_BODY_BYTES"
-        return errors.envelope(413, f"request body larger than {limit} bytes (raise {setting} to accept more)",
-                               errors.PAYLOAD_TOO_LARGE, {"limitBytes": limit, "setting": setting})
-    messages = {404: f"no route {request.method} {request.path}",
-                405: f"method {request.method} not allowed on {request.path}"}
+        return errors.envelope(
+            413,
+            f"request body larger than {limit} bytes (raise {setting} to accept more)",
+            errors.PAYLOAD_TOO_LARGE,
+            {"limitBytes": limit, "setting": setting},
+        )
+    messages = {
+        404: f"no route {request.method} {request.path}",
+        405: f"method {request.method} not allowed on {request.path}",
+    }
     message = messages.get(status) or exc.description or exc.name or "HTTP error"
     return errors.envelope(status, message, HTTP_ERROR_CODES.get(status, errors.HTTP_ERROR))
 
@@ -268,11 +274,13 @@ def _register_mcp_http(app: Flask, rt: Runtime) -> None:
         if request.method == "GET":
             return Response(status=405, headers={"Allow": "POST, DELETE"})
         if request.method == "DELETE":
-            reply = mcp_protocol.handle_delete(rt, request.headers)
+            reply = mcp_protocol.handle_delete(rt, dict(request.headers))
         elif not mcp_protocol.accepts_json(request.headers.get("Accept")):
-            return render_error(errors.envelope(406, "this endpoint answers application/json only", errors.NOT_ACCEPTABLE))
+            return render_error(
+                errors.envelope(406, "this endpoint answers application/json only", errors.NOT_ACCEPTABLE)
+            )
         else:
-            reply = mcp_protocol.handle_post(rt, request.get_data(cache=False), request.headers)
+            reply = mcp_protocol.handle_post(rt, request.get_data(cache=False), dict(request.headers))
         if reply.body is None:
             empty = Response(status=reply.status, headers=reply.headers)
             empty.headers.pop("Content-Type", None)
@@ -329,7 +337,7 @@ def _register_openapi(app: Flask, rt: Runtime) -> None:
 
     for endpoint, doc in ADAPTER_DOCS.items():
         if endpoint in app.view_functions:
-            app.view_functions[endpoint].openapi = doc
+            app.view_functions[endpoint].openapi = doc  # type: ignore[union-attr]
 
 
 # -- live stream --------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def markdown_sections(text: str) -> list[tuple[str, str]]:
     marks = list(_HEADING.finditer(text))
     bounds = [0] + [m.start() for m in marks] + [len(text)]
     sections = []
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in zip(bounds, bounds[1:], strict=False):
         body = text[start:end]
         if not body.strip():
             continue
@@ -233,8 +233,8 @@ def sync_file(ctx: Ctx, conv: str, path: Path, root: Path, project: str, report:
     rel = path.relative_to(root).as_posix()
     limit = ctx.rt.settings.antigravity_max_file_bytes
     raw, text, reason = _read_text(path, limit)
-    if reason:
-        report.skipped.append({"path": rel, "reason": reason})
+    if reason or raw is None or text is None:
+        report.skipped.append({"path": rel, "reason": reason or "unreadable"})
         return
     digest = hashlib.sha256(raw).hexdigest()
     state = ctx.rt.db.reader().records.get(STATE, rel)

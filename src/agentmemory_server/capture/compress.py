@@ -120,7 +120,7 @@ def agent_note(data: dict[str, Any]) -> dict[str, Any]:
         "narrative": truncate(content, 4000),
         "concepts": concepts[:20],
         "files": files[:50],
-        "importance": _IMPORTANCE.get(obs_type, 6),
+        "importance": _IMPORTANCE.get(str(obs_type), 6),
         "confidence": 0.6,
     }
 

@@ -194,7 +194,11 @@ def memory_observations(ctx: Ctx, args: dict) -> dict:
     """A session's observations in time order (paginated)."""
     store = ctx.rt.db.reader()
     items, total = listings.observations_page(
-        store, args["sessionId"], limit=args["limit"], offset=args["offset"], agent_id=agent_filter(ctx, args.get("agentId"))
+        store,
+        args["sessionId"],
+        limit=args["limit"],
+        offset=args["offset"],
+        agent_id=agent_filter(ctx, args.get("agentId")),
     )
     return {
         "sessionId": args["sessionId"],

@@ -127,7 +127,8 @@ SESSION_LIST = params(
 def memory_sessions(ctx: Ctx, args: dict) -> dict:
     """List sessions, newest first, each with its summary when one exists."""
     store = ctx.rt.db.reader()
-    sessions, total = listings.sessions_page(store, 
+    sessions, total = listings.sessions_page(
+        store,
         project=args.get("project"),
         agent_id=agent_filter(ctx, args.get("agentId")),
         status=args.get("status"),

@@ -9,16 +9,24 @@ from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, obs_scope
 from agentmemory_server.storage.interfaces import UnitOfWork, Where, equal
 
 
-def sessions_page(store: UnitOfWork, *, project: str | None = None, agent_id: str | None = None,
-                  status: str | None = None, limit: int, offset: int = 0) -> tuple[list[Any], int]:
+def sessions_page(
+    store: UnitOfWork,
+    *,
+    project: str | None = None,
+    agent_id: str | None = None,
+    status: str | None = None,
+    limit: int,
+    offset: int = 0,
+) -> tuple[list[Any], int]:
     """Sessions newest first (by start time) and how many match."""
     where = equal(project=project, agentId=agent_id, status=status)
     items = store.records.query(SESSIONS, where, order_by=[("startedAt", True)], limit=limit, offset=offset)
     return items, store.records.count_where(SESSIONS, where)
 
 
-def observations_page(store: UnitOfWork, session_id: str, *, agent_id: str | None = None, limit: int,
-                      offset: int = 0) -> tuple[list[Any], int]:
+def observations_page(
+    store: UnitOfWork, session_id: str, *, agent_id: str | None = None, limit: int, offset: int = 0
+) -> tuple[list[Any], int]:
     """A session's observations in time order and how many match."""
     scope, where = obs_scope(session_id), equal(agentId=agent_id)
     items = store.records.query(scope, where, order_by=[("timestamp", False)], limit=limit, offset=offset)
@@ -27,12 +35,20 @@ def observations_page(store: UnitOfWork, session_id: str, *, agent_id: str | Non
 
 def top_observations(store: UnitOfWork, session_id: str, *, min_importance: int, limit: int) -> list[Any]:
     """A session's most important observations, most important first."""
-    return store.records.query(obs_scope(session_id), [Where("importance", ">=", min_importance)],
-                               order_by=[("importance", True)], limit=limit)
+    return store.records.query(
+        obs_scope(session_id), [Where("importance", ">=", min_importance)], order_by=[("importance", True)], limit=limit
+    )
 
 
-def memories_page(store: UnitOfWork, *, project: str | None = None, agent_id: str | None = None,
-                  latest_only: bool = False, limit: int, offset: int = 0) -> tuple[list[Any], int]:
+def memories_page(
+    store: UnitOfWork,
+    *,
+    project: str | None = None,
+    agent_id: str | None = None,
+    latest_only: bool = False,
+    limit: int,
+    offset: int = 0,
+) -> tuple[list[Any], int]:
     """Memories most recently updated first and how many match."""
     where = equal(project=project, agentId=agent_id, isLatest=True if latest_only else None)
     items = store.records.query(MEMORIES, where, order_by=[("updatedAt", True)], limit=limit, offset=offset)

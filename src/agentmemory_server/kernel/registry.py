@@ -265,34 +265,45 @@ def _main_type(schema: dict) -> str | None:
     return t
 
 
+def _decoded(text: str, kind: type) -> Any:
+    """``text`` parsed as JSON when it is a JSON value of ``kind``, else None."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def _coerce_text(text: str, kind: str | None, schema: dict) -> Any:
+    """A string argument as the type the schema wants (query strings and loosely typed MCP
+    clients send everything as text); ``_UNCHANGED`` when it is not one."""
+    if kind == "integer" and _INT.match(text):
+        return int(text)
+    if kind == "number":
+        try:
+            return int(text) if _INT.match(text) else float(text)
+        except ValueError:
+            return _UNCHANGED
+    if kind == "boolean" and text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    if kind == "array":
+        as_list = _decoded(text, list) if text.startswith("[") else None  # a JSON array sent as a string
+        parts = as_list if as_list is not None else [p.strip() for p in text.split(",") if p.strip()]
+        return [_coerce(p, schema.get("items", {})) for p in parts]
+    if kind == "object" and text.startswith("{"):
+        found = _decoded(text, dict)
+        return found if found is not None else _UNCHANGED
+    return _UNCHANGED
+
+
+_UNCHANGED = object()
+
+
 def _coerce(value: Any, schema: dict) -> Any:
     kind = _main_type(schema)
     if isinstance(value, str):
-        text = value.strip()
-        if kind == "integer" and _INT.match(text):
-            return int(text)
-        if kind == "number":
-            try:
-                return float(text) if not _INT.match(text) else int(text)
-            except ValueError:
-                return value
-        if kind == "boolean" and text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        if kind == "array":
-            if text.startswith("["):  # a JSON array sent as a string by a loosely typed client
-                try:
-                    decoded = json.loads(text)
-                except ValueError:
-                    decoded = None
-                if isinstance(decoded, list):
-                    return _coerce(decoded, schema)
-            parts = [p.strip() for p in text.split(",") if p.strip()]
-            return [_coerce(p, schema.get("items", {})) for p in parts]
-        if kind == "object" and text.startswith("{"):
-            try:
-                return json.loads(text)
-            except ValueError:
-                return value
+        coerced = _coerce_text(value.strip(), kind, schema)
+        return value if coerced is _UNCHANGED else coerced
     if kind == "integer" and isinstance(value, float) and value.is_integer():
         return int(value)
     if kind == "array" and isinstance(value, list):

@@ -28,7 +28,30 @@ SCAN = 1000
 MIN_GROUP = 3
 _WORD = re.compile(r"[a-z][a-z0-9_\-]{3,}")
 _GENERIC = frozenset(
-    ["bash", "edit", "read", "write", "file", "files", "command", "output", "input", "tool", "none", "true", "false", "null", "error", "errors", "passed", "failed", "test", "tests", "json", "python"]
+    [
+        "bash",
+        "edit",
+        "read",
+        "write",
+        "file",
+        "files",
+        "command",
+        "output",
+        "input",
+        "tool",
+        "none",
+        "true",
+        "false",
+        "null",
+        "error",
+        "errors",
+        "passed",
+        "failed",
+        "test",
+        "tests",
+        "json",
+        "python",
+    ]
 )
 
 
@@ -55,7 +78,8 @@ def find_groups(observations: list[dict], max_groups: int) -> list[tuple[str, li
         if len(group) >= MIN_GROUP and (not k.startswith("term:") or len(group) <= common)
     ]
     candidates.sort(key=lambda k: (-len(members[k]), rank[k.split(":", 1)[0]], k))
-    chosen, covered = [], set()
+    chosen: list[tuple[str, list[dict]]] = []
+    covered: set[str] = set()
     for key in candidates:
         ids = {o["id"] for o in members[key]}
         if len(ids - covered) * 2 < len(ids):

@@ -46,7 +46,8 @@ def marked_lessons(texts: list[str]) -> list[str]:
 
 def fixed_failures(observations: list[dict]) -> list[tuple[dict, dict, list[str]]]:
     """(failure, later success of the same step, files changed in between), first failure each."""
-    pairs, open_failures = [], {}
+    pairs: list[tuple[Any, Any, list[str]]] = []
+    open_failures: dict[Any, Any] = {}
     for i, obs in enumerate(observations):
         key = summaries.step_key(obs)
         if key is None:

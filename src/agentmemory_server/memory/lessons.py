@@ -235,13 +235,13 @@ def memory_lessons(ctx: Ctx, args: dict) -> dict:
     return {"success": True, "lessons": lessons[: args["limit"]], "total": len(lessons)}
 
 
-_RECALL = dict(
-    query=string("What the lessons should be about", max_length=4000),
-    project=PROJECT,
-    minConfidence=number("Lowest confidence", minimum=0, maximum=1, default=0.1),
-    limit=integer("Maximum lessons", minimum=1, maximum=100, default=10),
-    agentId=AGENT_ID,
-)
+_RECALL = {
+    "query": string("What the lessons should be about", max_length=4000),
+    "project": PROJECT,
+    "minConfidence": number("Lowest confidence", minimum=0, maximum=1, default=0.1),
+    "limit": integer("Maximum lessons", minimum=1, maximum=100, default=10),
+    "agentId": AGENT_ID,
+}
 
 
 @tool("memory_lesson_recall", params(["query"], **_RECALL), http=[("POST", "/lessons/recall")])
@@ -347,7 +347,9 @@ class LessonService:
 
     def _out_of_range(self) -> list[dict[str, Any]]:
         return [
-            v for _k, v in self.rt.db.reader().records.list(LESSONS) if not 0.0 <= float(v.get("confidence", 0) or 0) <= 1.0
+            v
+            for _k, v in self.rt.db.reader().records.list(LESSONS)
+            if not 0.0 <= float(v.get("confidence", 0) or 0) <= 1.0
         ]
 
     def diagnose(self) -> list[dict[str, Any]]:

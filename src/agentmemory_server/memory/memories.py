@@ -68,7 +68,7 @@ def _supersede_target(tx, content: str, project: str | None, agent: str | None) 
 
 
 @tool("memory_save", REMEMBER, http=[("POST", "/remember", 201)], core=True)
-def memory_save(ctx: Ctx, args: dict) -> dict:
+def memory_save(ctx: Ctx, args: dict) -> Reply:
     """Save a long-term memory; a near-duplicate in the same project becomes its new version."""
     rt = ctx.rt
     content = strip_text(args["content"]).strip()
@@ -121,7 +121,7 @@ def memory_save(ctx: Ctx, args: dict) -> dict:
 
 
 @tool("agent_remember", REMEMBER)
-def agent_remember(ctx: Ctx, args: dict) -> dict:
+def agent_remember(ctx: Ctx, args: dict) -> Reply:
     """Save a long-term memory on behalf of an agent (memory_save stamped with agentId)."""
     return memory_save(ctx, args)
 
@@ -169,7 +169,8 @@ def memory_get(ctx: Ctx, args: dict) -> dict:
     memory = store.records.get(MEMORIES, args["memoryId"])
     if not visible_to(ctx, memory):
         raise NotFound(f"memory {args['memoryId']!r} not found", code=errors.MEMORY_NOT_FOUND)
-    chain, seen, parent = [], {memory["id"]}, memory.get("parentId")
+    chain: list[dict[str, Any]] = []
+    seen, parent = {memory["id"]}, memory.get("parentId")
     while parent and parent not in seen and len(chain) < 100:
         seen.add(parent)
         previous = store.records.get(MEMORIES, parent)

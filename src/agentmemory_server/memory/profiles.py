@@ -32,7 +32,90 @@ _WORD = re.compile(r"[a-z][a-z0-9_\-]{2,30}")
 _NUMERIC_NOISE = re.compile(r"\d")
 # Words that describe every coding session and so say nothing about a project.
 NOISE = search.STOPWORDS | frozenset(
-    ["also", "file", "files", "line", "lines", "tool", "tools", "true", "false", "none", "null", "error", "errors", "output", "input", "result", "results", "value", "values", "text", "code", "test", "tests", "using", "used", "use", "make", "made", "need", "needs", "new", "get", "set", "run", "runs", "ran", "done", "just", "like", "want", "sure", "okay", "yes", "let", "see", "look", "thing", "things", "work", "works", "working", "change", "changes", "changed", "add", "added", "update", "updated", "read", "write", "edit", "bash", "grep", "glob", "task", "command", "content", "session", "prompt", "user", "assistant", "http", "https", "www", "com", "json", "path", "data", "true", "string", "number", "type"]
+    [
+        "also",
+        "file",
+        "files",
+        "line",
+        "lines",
+        "tool",
+        "tools",
+        "true",
+        "false",
+        "none",
+        "null",
+        "error",
+        "errors",
+        "output",
+        "input",
+        "result",
+        "results",
+        "value",
+        "values",
+        "text",
+        "code",
+        "test",
+        "tests",
+        "using",
+        "used",
+        "use",
+        "make",
+        "made",
+        "need",
+        "needs",
+        "new",
+        "get",
+        "set",
+        "run",
+        "runs",
+        "ran",
+        "done",
+        "just",
+        "like",
+        "want",
+        "sure",
+        "okay",
+        "yes",
+        "let",
+        "see",
+        "look",
+        "thing",
+        "things",
+        "work",
+        "works",
+        "working",
+        "change",
+        "changes",
+        "changed",
+        "add",
+        "added",
+        "update",
+        "updated",
+        "read",
+        "write",
+        "edit",
+        "bash",
+        "grep",
+        "glob",
+        "task",
+        "command",
+        "content",
+        "session",
+        "prompt",
+        "user",
+        "assistant",
+        "http",
+        "https",
+        "www",
+        "com",
+        "json",
+        "path",
+        "data",
+        "true",
+        "string",
+        "number",
+        "type",
+    ]
 )
 
 
@@ -59,7 +142,7 @@ def _error_key(obs: dict[str, Any]) -> str:
 def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> dict[str, Any] | None:
     filters = {"kinds": ["observation"], "project": project, "agent_id": agent_id}
     docs = store.index.recent(limit=SAMPLE, filters=filters)
-    if not docs and not listings.session_ids_with(store, project=project):
+    if not docs and not listings.session_ids_with(store, project=project, agentId=agent_id):
         return None
     observations = [record for _hit, record in search.hydrate(store, docs)]
     concepts: Counter[str] = Counter()
@@ -67,7 +150,7 @@ def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> d
     errors: Counter[str] = Counter()
     for obs in observations:
         concepts.update(derived_concepts(obs))
-        files.update(set(str(f) for f in obs.get("files") or []))
+        files.update({str(f) for f in obs.get("files") or []})
         if obs.get("type") == "error":
             errors[_error_key(obs)] += 1
     return {
@@ -79,7 +162,7 @@ def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> d
         "conventions": [],
         "commonErrors": [e for e, _n in errors.most_common(10)],
         "recentActivity": [f"[{o.get('type', 'other')}] {o.get('title', '')}" for o in observations[:10]],
-        "sessionCount": len(listings.session_ids_with(store, project=project)),
+        "sessionCount": len(listings.session_ids_with(store, project=project, agentId=agent_id)),
         "totalObservations": len(observations),
         "sampled": len(observations) >= SAMPLE,
     }

@@ -107,7 +107,8 @@ def reflect_session(ctx: Ctx, session_id: str, max_observations: int = 50) -> di
         return {"success": True, "applied": 0, "observationsReviewed": 0, "updated": [], "method": SYNTHETIC}
     project = session.get("project")
     labels = ("pending_items", "session_patterns", "project_context")
-    current = {label: slots.load_slot(ctx, store, label, project) for label in labels}
+    # Labels with no slot (no default template applies) are simply not reflected into.
+    current = {label: slot for label in labels if (slot := slots.load_slot(ctx, store, label, project)) is not None}
     drafted, method = run_model_steps(
         "reflect",
         ctx,

@@ -84,9 +84,16 @@ def expired_memories(store: UnitOfWork, now: str, agent: str | None) -> list[dic
     return store.records.query(MEMORIES, [Where("forgetAfter", "<", now), *equal(agentId=agent)], limit=BATCH)
 
 
-def observations_where(store: UnitOfWork, *, before: str | None = None, max_importance: float | None = None,
-                       project: str | None = None, agent_id: str | None = None, lowest_value_first: bool = False,
-                       limit: int) -> list[dict]:
+def observations_where(
+    store: UnitOfWork,
+    *,
+    before: str | None = None,
+    max_importance: float | None = None,
+    project: str | None = None,
+    agent_id: str | None = None,
+    lowest_value_first: bool = False,
+    limit: int,
+) -> list[dict]:
     """Observations of every session older than ``before`` and no more important than
     ``max_importance`` (each when given), oldest first or lowest importance first."""
     where = equal(project=project, agentId=agent_id)
@@ -176,7 +183,9 @@ def evict(ctx: Ctx, args: dict) -> dict[str, Any]:
     victims = list({o["id"]: o for o in over_cap + low}.values())
     expired = expired_memories(store, rt.clock.iso(), agent)
     superseded = store.records.query(
-        MEMORIES, [Where("isLatest", "=", False), Where("updatedAt", "<", _cutoff(ctx, 90)), *equal(agentId=agent)], limit=BATCH
+        MEMORIES,
+        [Where("isLatest", "=", False), Where("updatedAt", "<", _cutoff(ctx, 90)), *equal(agentId=agent)],
+        limit=BATCH,
     )
     empty, unsummarised = _stale_sessions(ctx, store, args["staleSessionDays"])
     memory_ids = sorted({m["id"] for m in expired + superseded})

@@ -24,7 +24,7 @@ from agentmemory_server.kernel.access import agent_filter, stamp_agent
 from agentmemory_server.kernel.hooks import PINNED, Block, BlockRequest
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import PROJECT, Ctx, Reply, boolean, integer, params, string, tool
-from agentmemory_server.kernel.scopes import SLOTS
+from agentmemory_server.kernel.scopes import SLOTS, SLOTS_PREFIX
 
 LABEL_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 MAX_SIZE = 20_000
@@ -53,7 +53,7 @@ def storage_scope(ctx: Ctx, scope: str, project: str | None) -> str:
     two namespaces collide."""
     base = SLOTS
     if ctx.rt.settings.agent_scope == "isolated":
-        base = f"mem:slots:agent:{quote(agent_filter(ctx), safe='')}"
+        base = f"{SLOTS_PREFIX}agent:{quote(agent_filter(ctx) or '', safe='')}"
     if scope == "global":
         return f"{base}:global"
     return f"{base}:project:{quote(project, safe='')}" if project else base
@@ -106,7 +106,7 @@ def require_slot(ctx: Ctx, store, label: str, project: str | None, scope: str | 
 
 def merged_slots(ctx: Ctx, store, project: str | None) -> list[dict[str, Any]]:
     """Every slot visible from ``project``: defaults, then global, then project (shadowing)."""
-    merged = {label: template(label, project) for label in _DEFAULTS}
+    merged: dict[str, dict[str, Any]] = {label: slot for label in _DEFAULTS if (slot := template(label, project))}
     for scope in ("global", "project"):
         for label, slot in store.records.list(storage_scope(ctx, scope, project)):
             merged[label] = slot
@@ -130,7 +130,9 @@ def check_size(slot: dict[str, Any], content: str) -> None:
 
 def writable(slot: dict[str, Any]) -> None:
     if slot.get("readOnly"):
-        raise Forbidden(f"slot {slot['label']!r} is read-only", code=errors.SLOT_READ_ONLY, details={"label": slot["label"]})
+        raise Forbidden(
+            f"slot {slot['label']!r} is read-only", code=errors.SLOT_READ_ONLY, details={"label": slot["label"]}
+        )
 
 
 def store_slot(ctx: Ctx, tx, slot: dict[str, Any], content: str) -> dict[str, Any]:

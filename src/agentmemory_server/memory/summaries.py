@@ -49,7 +49,19 @@ _FAILED_OUTPUT = re.compile(
     re.IGNORECASE,
 )
 _NOISE = frozenset(
-    ["true", "false", "null", "none", "tool_name", "tool_input", "tool_output", "command", "file_path", "content", "description"]
+    [
+        "true",
+        "false",
+        "null",
+        "none",
+        "tool_name",
+        "tool_input",
+        "tool_output",
+        "command",
+        "file_path",
+        "content",
+        "description",
+    ]
 )
 
 
@@ -90,8 +102,8 @@ def step_key(obs: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def step_label(obs: dict[str, Any]) -> str:
-    raw = (obs.get("raw") or {}) if isinstance(obs.get("raw"), dict) else {}
-    tool_input = raw.get("tool_input") if isinstance(raw.get("tool_input"), dict) else {}
+    raw: dict[str, Any] = obs["raw"] if isinstance(obs.get("raw"), dict) else {}
+    tool_input: dict[str, Any] = raw["tool_input"] if isinstance(raw.get("tool_input"), dict) else {}
     command = tool_input.get("command") if isinstance(tool_input.get("command"), str) else None
     if command is None and obs.get("subtitle"):
         try:

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TextIO
 
 from agentmemory_server.errors import InvalidInput
+from agentmemory_server.kernel import scopes
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, integer, obj, params, string, tool
-from agentmemory_server.kernel import scopes
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, is_obs_scope, obs_scope, session_of
+from agentmemory_server.retrieval import search
 from agentmemory_server.storage import codec
 from agentmemory_server.storage.interfaces import UnitOfWork
-from agentmemory_server.retrieval import search
 
 FORMAT_VERSION = "agentmemory-python/1"
 _UPSTREAM_VERSION = re.compile(r"^0\.\d+\.\d+$")
@@ -117,75 +117,97 @@ class JsonTextSink:
         self.out.write(codec.dumps(value))
 
 
-def write_export(store: UnitOfWork, sink: Sink, *, exported_at: str, agent: str | None = None, offset: int = 0,
-                 max_sessions: int | None = None, batch: int = 500,
-                 tick: Callable[[int], Any] = lambda n: None) -> dict[str, int]:
+class _ExportWriter:
+    """Writes the export document of ``write_export`` to a sink (one instance per export)."""
+
+    def __init__(
+        self, store: UnitOfWork, sink: Sink, keep: Callable[[Any], bool], batch: int, tick: Callable[[int], Any]
+    ):
+        self.store, self.sink, self.keep, self.batch, self.tick = store, sink, keep, batch, tick
+        self.records = 0
+
+    def rows(self, scope: str) -> Iterator[tuple[str, Any]]:
+        """The records of ``scope`` the export keeps, read a batch at a time."""
+        for key, value in self.store.records.iter_scope(scope, batch=self.batch):
+            self.records += 1
+            self.tick(1)
+            if self.keep(value):
+                yield key, value
+
+    def section(self, bracket: str, key: str, scope: str, *, always: bool = True) -> None:
+        """One scope as a list (``[``) or an object by key (``{``); opened only once it has a
+        record unless ``always``."""
+        opened = False
+        for record_key, value in self.rows(scope):
+            if not opened:
+                self.sink.open(bracket, key)
+                opened = True
+            self.sink.value(value, record_key if bracket == "{" else None)
+        if always and not opened:
+            self.sink.open(bracket, key)
+            opened = True
+        if opened:
+            self.sink.close(bracket)
+
+    def sessions(self, offset: int, max_sessions: int | None) -> tuple[list[str], int]:
+        """The sessions list (the requested page); returns the page's ids and the total."""
+        self.sink.open("[", "sessions")
+        total, page = 0, list[str]()
+        for key, value in self.rows(SESSIONS):
+            if total >= offset and (max_sessions is None or len(page) < max_sessions):
+                self.sink.value(value)
+                page.append(key)
+            total += 1
+        self.sink.close("[")
+        return page, total
+
+    def observations(self, page: list[str], with_orphans: bool) -> None:
+        self.sink.open("{", "observations")
+        for sid in page:
+            self.section("[", sid, obs_scope(sid))
+        if with_orphans:  # observations whose session row is gone still export, once
+            for scope in self.store.records.scopes():
+                if is_obs_scope(scope) and self.store.records.get(SESSIONS, session_of(scope)) is None:
+                    self.section("[", session_of(scope), scope, always=False)
+        self.sink.close("{")
+
+    def other_scopes(self) -> None:
+        self.sink.open("{", "kv")
+        for scope in self.store.records.scopes():
+            if not _is_core(scope):
+                self.section("{", scope, scope, always=False)
+        self.sink.close("{")
+
+
+def write_export(
+    store: UnitOfWork,
+    sink: Sink,
+    *,
+    exported_at: str,
+    agent: str | None = None,
+    offset: int = 0,
+    max_sessions: int | None = None,
+    batch: int = 500,
+    tick: Callable[[int], Any] = lambda n: None,
+) -> dict[str, int]:
     """Write the export document to ``sink``, reading ``batch`` records at a time. The one export
     implementation: GET /export builds it with ``TreeSink``, the CLI streams it with
     ``JsonTextSink``. ``offset``/``max_sessions`` page the sessions (and their observations);
     the other sections come with the first page. ``tick(n)`` reports records read."""
-    keep = _owned_by(agent)
-    records = 0
-
-    def rows(scope: str) -> Iterator[tuple[str, Any]]:
-        nonlocal records
-        for key, value in store.records.iter_scope(scope, batch=batch):
-            records += 1
-            tick(1)
-            if keep(value):
-                yield key, value
-
-    def write_list(key: str, scope: str, *, lazily: bool = False) -> None:
-        opened = False
-        for _key, value in rows(scope):
-            if not opened:
-                sink.open("[", key)
-                opened = True
-            sink.value(value)
-        if not opened and not lazily:
-            sink.open("[", key)
-            opened = True
-        if opened:
-            sink.close("[")
-
+    writer = _ExportWriter(store, sink, _owned_by(agent), batch, tick)
     sink.open("{")
     for key, value in (("version", FORMAT_VERSION), ("service", "agentmemory"), ("exportedAt", exported_at)):
         sink.value(value, key)
-    sink.open("[", "sessions")
-    total, page = 0, []
-    for key, value in rows(SESSIONS):
-        if total >= offset and (max_sessions is None or len(page) < max_sessions):
-            sink.value(value)
-            page.append(key)
-        total += 1
-    sink.close("[")
-    sink.open("{", "observations")
-    for sid in page:
-        write_list(sid, obs_scope(sid))
-    if offset == 0:  # observations whose session row is gone still export, once
-        for scope in store.records.scopes():
-            if is_obs_scope(scope) and store.records.get(SESSIONS, session_of(scope)) is None:
-                write_list(session_of(scope), scope, lazily=True)
-    sink.close("{")
+    page, total = writer.sessions(offset, max_sessions)
+    writer.observations(page, with_orphans=offset == 0)
     if offset == 0:
-        write_list("memories", MEMORIES)
-        write_list("summaries", SUMMARIES)
-        sink.open("{", "kv")
-        for scope in store.records.scopes():
-            if not _is_core(scope):
-                opened = False
-                for key, value in rows(scope):
-                    if not opened:
-                        sink.open("{", scope)
-                        opened = True
-                    sink.value(value, key)
-                if opened:
-                    sink.close("{")
-        sink.close("{")
+        writer.section("[", "memories", MEMORIES)
+        writer.section("[", "summaries", SUMMARIES)
+        writer.other_scopes()
     more = max_sessions is not None and offset + len(page) < total
     sink.value({"offset": offset, "limit": max_sessions, "total": total, "hasMore": more}, "pagination")
     sink.close("{")
-    return {"records": records, "sessions": total}
+    return {"records": writer.records, "sessions": total}
 
 
 @tool(
@@ -202,31 +224,36 @@ def memory_export(ctx: Ctx, args: dict) -> dict:
     """Export sessions, observations, memories, summaries and every other record as JSON."""
     sink = TreeSink()
     with ctx.rt.db.snapshot_reader() as store:
-        write_export(store, sink, exported_at=ctx.rt.clock.iso(), agent=agent_filter(ctx, args.get("agentId")),
-                     offset=args["offset"], max_sessions=args.get("maxSessions"))
+        write_export(
+            store,
+            sink,
+            exported_at=ctx.rt.clock.iso(),
+            agent=agent_filter(ctx, args.get("agentId")),
+            offset=args["offset"],
+            max_sessions=args.get("maxSessions"),
+        )
     return sink.result
 
 
 # -- import -------------------------------------------------------------------------------------
 
 
-def export_records(export: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(scope, key, value) of every record in an export; raises InvalidInput naming the path."""
+def _listed(export: dict[str, Any], name: str, key_field: str, scope: str) -> Iterator[tuple[str, str, dict]]:
+    """(scope, key, item) of one list section of an export, each item keyed by ``key_field``."""
+    items = export.get(name) or []
+    if not isinstance(items, list):
+        raise InvalidInput(f"exportData.{name} must be a list", field=f"exportData.{name}")
+    for i, item in enumerate(items):
+        key = item.get(key_field) if isinstance(item, dict) else None
+        if not isinstance(key, str) or not key:
+            raise InvalidInput(
+                f"exportData.{name}[{i}].{key_field} must be a non-empty string",
+                field=f"exportData.{name}[{i}].{key_field}",
+            )
+        yield scope, key, item
 
-    def rows(name: str, key_field: str, scope_of) -> Iterator[tuple[str, str, dict]]:
-        items = export.get(name) or []
-        if not isinstance(items, list):
-            raise InvalidInput(f"exportData.{name} must be a list", field=f"exportData.{name}")
-        for i, item in enumerate(items):
-            key = item.get(key_field) if isinstance(item, dict) else None
-            if not isinstance(key, str) or not key:
-                raise InvalidInput(
-                    f"exportData.{name}[{i}].{key_field} must be a non-empty string",
-                    field=f"exportData.{name}[{i}].{key_field}",
-                )
-            yield scope_of(item), key, item
 
-    yield from rows("sessions", "id", lambda _i: SESSIONS)
+def _observations(export: dict[str, Any]) -> Iterator[tuple[str, str, dict]]:
     observations = export.get("observations") or {}
     if not isinstance(observations, dict):
         raise InvalidInput(
@@ -243,19 +270,28 @@ def export_records(export: dict[str, Any]) -> Iterator[tuple[str, str, dict[str,
                     f"exportData.observations[{sid!r}][{i}].id must be a string", field=f"exportData.observations.{sid}"
                 )
             yield obs_scope(sid), item["id"], {**item, "sessionId": sid}
-    yield from rows("memories", "id", lambda _i: MEMORIES)
-    yield from rows("summaries", "sessionId", lambda _i: SUMMARIES)
-    for name, (scope, key_field) in UPSTREAM_LISTS.items():
-        if name in export:
-            yield from rows(name, key_field, lambda _i, s=scope: s)
+
+
+def _kv(export: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
     kv = export.get("kv") or {}
     if not isinstance(kv, dict):
         raise InvalidInput("exportData.kv must be an object of scope -> {key: value}", field="exportData.kv")
     for scope, entries in kv.items():
         if not isinstance(entries, dict):
             raise InvalidInput(f"exportData.kv[{scope!r}] must be an object", field=f"exportData.kv.{scope}")
-        for key, value in entries.items():
-            yield scope, key, value
+        yield from ((scope, key, value) for key, value in entries.items())
+
+
+def export_records(export: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """(scope, key, value) of every record in an export; raises InvalidInput naming the path."""
+    yield from _listed(export, "sessions", "id", SESSIONS)
+    yield from _observations(export)
+    yield from _listed(export, "memories", "id", MEMORIES)
+    yield from _listed(export, "summaries", "sessionId", SUMMARIES)
+    for name, (scope, key_field) in UPSTREAM_LISTS.items():
+        if name in export:
+            yield from _listed(export, name, key_field, scope)
+    yield from _kv(export)
 
 
 def check_version(export: dict[str, Any]) -> None:
@@ -287,9 +323,9 @@ def import_export(ctx: Ctx, export: dict[str, Any], strategy: str) -> dict[str, 
             kind = search.kind_for_scope(scope)
             if kind and isinstance(value, dict):
                 search.index_record(tx, kind, value)
-            if is_obs_scope(scope) and isinstance(value, dict) and value.get("eventId"):
-                if tx.events.get(value["eventId"]) is None:
-                    tx.events.put(value["eventId"], value["sessionId"], key, now)
+            event_id = value.get("eventId") if is_obs_scope(scope) and isinstance(value, dict) else None
+            if event_id and tx.events.get(event_id) is None:
+                tx.events.put(event_id, value["sessionId"], key, now)
             tally["imported"] += 1
         tx.audit_message = f"import ({strategy}) of {len(records)} record(s)"
         tx.audit_details = {"strategy": strategy, "counts": counts}

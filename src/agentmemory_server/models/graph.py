@@ -287,7 +287,9 @@ def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) ->
         for (a, b, rel_type), obs_ids in found.relations.items():
             fresh = {"type": rel_type, "sourceNodeId": node_ids[a], "targetNodeId": node_ids[b], **owner}
             _upsert(tx, EDGES, edge_ids[(a, b, rel_type)], fresh, sid, obs_ids, "weight", found.method, now)
-        _drop_stale(tx, sid, tx.records.get(CONTRIBUTIONS, sid) or {}, set(node_ids.values()) | set(edge_ids.values()), now)
+        _drop_stale(
+            tx, sid, tx.records.get(CONTRIBUTIONS, sid) or {}, set(node_ids.values()) | set(edge_ids.values()), now
+        )
         tx.records.set(
             CONTRIBUTIONS,
             sid,
@@ -375,16 +377,12 @@ def _visible(ctx: Ctx, store, args: dict) -> tuple[dict[str, dict], list[dict]]:
 def _neighbourhood(start: str, edges: list[dict], depth: int) -> set[str]:
     reached, frontier = {start}, {start}
     for _ in range(depth):
-        nxt = (
-            {
-                e.get(end)
-                for e in edges
-                for end, other in (("targetNodeId", "sourceNodeId"), ("sourceNodeId", "targetNodeId"))
-                if e.get(other) in frontier
-            }
-            - reached
-            - {None}
-        )
+        nxt = {
+            str(e[end])
+            for e in edges
+            for end, other in (("targetNodeId", "sourceNodeId"), ("sourceNodeId", "targetNodeId"))
+            if e.get(other) in frontier and e.get(end) is not None
+        } - reached
         if not nxt:
             break
         reached |= nxt

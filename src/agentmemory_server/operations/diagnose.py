@@ -57,7 +57,9 @@ class DatabaseChecks:
         store = self.rt.db.reader()
         stored = stored_observation_counts(store)
         drift = [
-            s["id"] for _k, s in store.records.list(SESSIONS) if int(s.get("observationCount") or 0) != stored.get(s["id"], 0)
+            s["id"]
+            for _k, s in store.records.list(SESSIONS)
+            if int(s.get("observationCount") or 0) != stored.get(s["id"], 0)
         ]
         return {
             "unindexed": store.index.unindexed(search.INDEXED_SCOPES, OBSERVATIONS_PREFIX, limit=SAMPLE),
@@ -219,12 +221,14 @@ class DatabaseChecks:
         now = self.rt.clock.iso()
         with self.rt.db.transaction("heal_index", agent_id=self.rt.settings.agent_id) as tx:
             for scope, key, value in found["unindexed"]:
-                search.index_record(tx, search.kind_for_scope(scope), value)
+                if (kind := search.kind_for_scope(scope)) is None:
+                    continue
+                search.index_record(tx, kind, value)
                 tx.record_change(f"search_docs/{key}")
             for scope, key in found["no_text"]:
                 value = tx.records.get(scope, key)
-                if value is not None and search.kind_for_scope(scope):
-                    search.index_record(tx, search.kind_for_scope(scope), value)
+                if value is not None and (kind := search.kind_for_scope(scope)):
+                    search.index_record(tx, kind, value)
                     tx.record_change(f"search_fts/{key}")
             if found["orphans"]:
                 search.unindex(tx, found["orphans"])

@@ -53,8 +53,11 @@ def core_counts(ctx: Ctx) -> dict[str, int]:
         return record_counts(ctx)
     store = ctx.rt.db.reader()
     indexed = store.index.kind_counts()
-    return {"sessions": store.records.count(SESSIONS), "observations": indexed.get("observation", 0),
-            "memories": indexed.get("memory", 0)}
+    return {
+        "sessions": store.records.count(SESSIONS),
+        "observations": indexed.get("observation", 0),
+        "memories": indexed.get("memory", 0),
+    }
 
 
 def record_counts(ctx: Ctx) -> dict[str, int]:

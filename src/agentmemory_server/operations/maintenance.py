@@ -1,9 +1,10 @@
 """Maintenance of a store: rebuild the search index, stream an export, import in batches, stats.
 
-Library code behind the admin CLI (``agentmemory``) and the ``stats`` / ``reindex`` tools. Everything goes through ``db.Store`` methods
-and the domain modules, in short transactions, so it is safe to run while the server is serving
-the same file (WAL lets readers and one writer work together; ``busy_timeout`` makes the two
-processes' writers wait for each other instead of failing).
+Library code behind the admin CLI (``agentmemory``) and the ``stats`` / ``reindex`` tools.
+Everything goes through the storage repositories and the domain modules, in short
+transactions, so it is safe to run while the server is serving the same file (WAL lets readers
+and one writer work together; ``busy_timeout`` makes the two processes' writers wait for each
+other instead of failing).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 from agentmemory_server import errors
 from agentmemory_server.errors import Forbidden, InvalidInput
+from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, params, tool
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, is_obs_scope
 from agentmemory_server.memory import transfer
@@ -115,7 +117,11 @@ def _drop_stale_docs(rt: Any, batch: int) -> int:
             by_scope.setdefault(scope, []).append((doc_id, key))
         stale = []
         for scope, docs in by_scope.items():
-            present = rt.db.reader().records.get_many(scope, [key for _d, key in docs]) if search.kind_for_scope(scope) else {}
+            present = (
+                rt.db.reader().records.get_many(scope, [key for _d, key in docs])
+                if search.kind_for_scope(scope)
+                else {}
+            )
             stale += [doc_id for doc_id, key in docs if key not in present]
         if stale:
             with rt.db.transaction("reindex") as tx:
@@ -142,8 +148,11 @@ def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress, embe
     removed = _drop_stale_docs(rt, batch)
     with rt.db.transaction("reindex") as tx:
         orphans = tx.index.prune_orphan_text()
-    hooks = {getattr(hook, "__name__", repr(hook)): hook(rt, progress) for hook in rt.hooks.reindex} \
-        if embed_now else {"reembed_vectors": {"queued": _requeue_vectors(rt)}}
+    hooks = (
+        {getattr(hook, "__name__", repr(hook)): hook(rt, progress) for hook in rt.hooks.reindex}
+        if embed_now
+        else {"reembed_vectors": {"queued": _requeue_vectors(rt)}}
+    )
     return {"indexed": by_kind, "skipped": skipped, "staleRemoved": removed, "orphansRemoved": orphans, "hooks": hooks}
 
 
@@ -153,12 +162,14 @@ def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress, embe
 def stream_export(rt: Any, out: TextIO, *, batch: int = 500, progress: Progress = no_progress) -> dict[str, int]:
     """Write the same document as ``GET /export`` to ``out`` (``transfer.write_export``, the one
     export implementation), inside one read transaction: a consistent export while the server
-    keeps writing."""
+    keeps writing. In isolated agent scope only this AGENT_ID's records, as over HTTP."""
+    agent = agent_filter(Ctx(rt, source="cli"))
     with rt.db.snapshot_reader() as store:
         bar = progress("export", sum(store.records.scope_counts().values()))
         try:
-            summary = transfer.write_export(store, transfer.JsonTextSink(out), exported_at=rt.clock.iso(),
-                                            batch=batch, tick=bar.update)
+            summary = transfer.write_export(
+                store, transfer.JsonTextSink(out), exported_at=rt.clock.iso(), agent=agent, batch=batch, tick=bar.update
+            )
             out.write("\n")
         finally:
             bar.close()
@@ -218,7 +229,13 @@ def import_document(
 
 
 def stats(rt: Any) -> dict[str, Any]:
-    """Record counts per scope and per indexed kind, table sizes, database and WAL size, schema."""
+    """Record counts per scope and per indexed kind, table sizes, database and WAL size, schema.
+    Refused in isolated agent scope: the counts are every agent's."""
+    if rt.settings.agent_scope == "isolated":
+        raise Forbidden(
+            "stats count every agent's records; not available in isolated agent scope",
+            code=errors.AGENT_SCOPE_VIOLATION,
+        )
     store = rt.db.reader()
     scopes = store.records.scope_counts()
     per_scope = {scope: n for scope, n in scopes.items() if not is_obs_scope(scope)}
@@ -246,9 +263,6 @@ def stats(rt: Any) -> dict[str, Any]:
 @tool("stats", params(), http=[("GET", "/stats")], mcp=False)
 def stats_tool(ctx: Ctx, args: dict) -> dict[str, Any]:
     """Record counts per scope and per indexed kind, table sizes, database and WAL size, schema."""
-    if ctx.rt.settings.agent_scope == "isolated":
-        raise Forbidden("stats count every agent's records; not available in isolated agent scope",
-                        code=errors.AGENT_SCOPE_VIOLATION)
     return stats(ctx.rt)
 
 
@@ -258,6 +272,8 @@ def reindex_tool(ctx: Ctx, args: dict) -> dict[str, Any]:
     background worker embeds them); for big stores prefer ``agentmemory reindex``, which shows
     progress."""
     if ctx.rt.settings.agent_scope == "isolated":
-        raise Forbidden("reindex touches every agent's records; not available in isolated agent scope",
-                        code=errors.AGENT_SCOPE_VIOLATION)
+        raise Forbidden(
+            "reindex touches every agent's records; not available in isolated agent scope",
+            code=errors.AGENT_SCOPE_VIOLATION,
+        )
     return reindex(ctx.rt, embed_now=False)

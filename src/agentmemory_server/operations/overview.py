@@ -161,7 +161,7 @@ def shared_parent(a: str, b: str) -> str | None:
     sa, sb = path_segments(a), path_segments(b)
     if not sa or not sb or sa == sb:
         return None
-    common = list(itertools.takewhile(lambda pair: pair[0] == pair[1], zip(sa, sb)))
+    common = list(itertools.takewhile(lambda pair: pair[0] == pair[1], zip(sa, sb, strict=False)))
     depth = len(common)
     siblings = depth == len(sa) - 1 == len(sb) - 1
     nested = depth == min(len(sa), len(sb))

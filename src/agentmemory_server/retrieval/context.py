@@ -101,8 +101,8 @@ def past_sessions(req: BlockRequest) -> list[Block]:
     if not req.project:
         return []
     store = req.ctx.rt.db.reader()
-    sessions, _ = listings.sessions_page(store, 
-        project=req.project, agent_id=req.agent_id, status=None, limit=PAST_SESSIONS + 1, offset=0
+    sessions, _ = listings.sessions_page(
+        store, project=req.project, agent_id=req.agent_id, status=None, limit=PAST_SESSIONS + 1, offset=0
     )
     sessions = [s for s in sessions if s["id"] != req.session_id][:PAST_SESSIONS]
     summaries = store.records.get_many(SUMMARIES, [s["id"] for s in sessions])

@@ -233,7 +233,7 @@ class HashEmbedder:
 
     def _vector(self, text: str) -> np.ndarray:
         words = [w.lower() for w in _TOKEN.findall(text)]
-        features = words + [a + " " + b for a, b in zip(words, words[1:])]
+        features = words + [a + " " + b for a, b in zip(words, words[1:], strict=False)]
         vector = np.zeros(self.dim, dtype=np.float32)
         for feature in features:
             h = int.from_bytes(hashlib.blake2b(feature.encode("utf-8", "replace"), digest_size=8).digest(), "little")

@@ -133,7 +133,7 @@ def format_results(pairs: list[tuple[dict, dict]], fmt: str) -> list[dict[str, A
 
 def apply_budget(results: list[dict], budget: int | None) -> tuple[list[dict], int, bool]:
     """Keep results in rank order while their cumulative token estimate fits the budget."""
-    used, kept = 0, []
+    used, kept = 0, list[dict[str, Any]]()
     for item in results:
         cost = estimate_tokens(json.dumps(item, ensure_ascii=False))
         if budget is not None and used + cost > budget:

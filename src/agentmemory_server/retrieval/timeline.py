@@ -177,7 +177,7 @@ def enrich(ctx: Ctx, args: dict) -> dict:
     if search.query_terms(query):
         filters = search_filters(ctx, {k: v for k, v in args.items() if k != "sessionId"}, ["memory"])
         pairs, _mode = ranked(ctx, query, limit=5, filters=filters, mode="auto")
-        for hit, record in pairs:
+        for _hit, record in pairs:
             memories.append(
                 f"- {record.get('title', '')}: {truncate(' '.join(record.get('content', '').split()), 200)}"
             )

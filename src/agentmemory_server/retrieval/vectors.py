@@ -111,10 +111,12 @@ class MatrixIndex:
         self._lock = threading.Lock()
         self._pos: dict[int, int] = {}
         self.codes = {"kind": Codes(), "project": Codes(), "agent": Codes(), "session": Codes()}
+        self.matrix: np.ndarray
+        self.meta: dict[str, np.ndarray] = {}
         self._alloc(capacity)
 
     def _alloc(self, capacity: int) -> None:
-        old = getattr(self, "matrix", None)
+        old = self.matrix if self.meta else None
         matrix = np.zeros((capacity, self.dim), dtype=np.float32)
         arrays = {
             "rowid": np.zeros(capacity, np.int64),
@@ -133,7 +135,7 @@ class MatrixIndex:
                 # Grow by a quarter: at 100k x 384 a doubling would cost 150 MB at once.
                 capacity = self.matrix.shape[0]
                 self._alloc(max(capacity + capacity // 4, self.n + len(rowids), capacity + 1024))
-            for rowid, vector, meta in zip(rowids, vectors, metas):
+            for rowid, vector, meta in zip(rowids, vectors, metas, strict=True):
                 i = self._pos.get(rowid)
                 if i is None:
                     i, self.n = self.n, self.n + 1
@@ -259,7 +261,7 @@ class VectorService:
         store = self.rt.db.reader()
         count = store.vectors.counts().get(f"{self.model}/{dim}", 0)
         self.index = MatrixIndex(dim, capacity=count + 1024)
-        self.index.bulk_load(store.vectors.load(self.model, dim))
+        self.index.bulk_load(store.vectors.load(self.embedder.model_id, dim))
 
     # ---- the backlog worker ---------------------------------------------------------------------
     def _work(self) -> None:
@@ -294,7 +296,7 @@ class VectorService:
         if self.embedder is None:
             return 0
         with self.rt.db.transaction("vector_reconcile") as tx:
-            return tx.vectors.backlog_requeue_missing(self.model, _stamp())
+            return tx.vectors.backlog_requeue_missing(self.embedder.model_id, _stamp())
 
     def requeue_all(self) -> int:
         """Re-embed everything (the CLI's reindex): every search row goes back on the backlog."""
@@ -326,8 +328,8 @@ class VectorService:
         now = self.rt.clock.iso()
         stored = []
         with self.rt.db.transaction("embed") as tx:
-            for row, vector in zip(rows, vectors):
-                if tx.vectors.put(row["rowid"], self.model, to_blob(vector), self.embedder.dim, now):
+            for row, vector in zip(rows, vectors, strict=True):
+                if tx.vectors.put(row["rowid"], self.embedder.model_id, to_blob(vector), self.embedder.dim, now):
                     stored.append(row)
             tx.vectors.backlog_done(rowids, started)
         release_memory()
@@ -361,7 +363,7 @@ class VectorService:
         """Drop matrix rows whose search row is gone (deleted records); returns how many."""
         if self.embedder is None:
             return 0
-        stored = {r for r, *_ in self.rt.db.reader().vectors.load(self.model, self.embedder.dim)}
+        stored = {r for r, *_ in self.rt.db.reader().vectors.load(self.embedder.model_id, self.embedder.dim)}
         gone = self.index.rowids() - stored
         self.index.remove(gone)
         release_memory()  # and what queries left behind, every few minutes
@@ -436,7 +438,7 @@ class VectorService:
         stats, counts = store.vectors.backlog_stats(), store.vectors.counts()
         current = f"{self.model}/{self.embedder.dim}"
         other = sum(n for key, n in counts.items() if key != current)
-        missing = store.vectors.missing(self.model)
+        missing = store.vectors.missing(self.embedder.model_id)
         return [
             _check("vector-provider", "pass", f"{self.provider}: {self.model} ({self.embedder.dim}-d)", "", False),
             _check(
@@ -467,7 +469,7 @@ class VectorService:
         if self.embedder is None:
             return []
         store = self.rt.db.reader()
-        missing = store.vectors.missing(self.model)
+        missing = store.vectors.missing(self.embedder.model_id)
         if dry_run:
             return [{"name": "vector-missing", "wouldQueue": missing}]
         queued = self.reconcile()

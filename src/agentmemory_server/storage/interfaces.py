@@ -81,8 +81,16 @@ class Records(Protocol):
     def delete(self, scope: str, key: str) -> bool: ...
     def delete_scope(self, scope: str) -> int: ...
 
-    def query(self, scope: str, where: Sequence[Where] = (), *, order_by: Sequence[tuple[str, bool]] = (),
-              limit: int | None = None, offset: int = 0, prefix: bool = False) -> builtins.list[Any]:
+    def query(
+        self,
+        scope: str,
+        where: Sequence[Where] = (),
+        *,
+        order_by: Sequence[tuple[str, bool]] = (),
+        limit: int | None = None,
+        offset: int = 0,
+        prefix: bool = False,
+    ) -> builtins.list[Any]:
         """Values of ``scope`` (or, with ``prefix``, of every scope starting with it) matching
         all conditions, ordered by ``(field, descending)`` pairs then key."""
         ...
@@ -116,14 +124,16 @@ class SearchIndex(Protocol):
     def set_active(self, doc_id: str, active: bool) -> None: ...
     def text_before(self, session_id: str, ts: str, doc_id: str, count: int = 1) -> list[str]: ...
 
-    def lexical(self, terms: Sequence[str], *, weights: Sequence[float], limit: int,
-                filters: Mapping[str, Any]) -> list[Doc]:
+    def lexical(
+        self, terms: Sequence[str], *, weights: Sequence[float], limit: int, filters: Mapping[str, Any]
+    ) -> list[Doc]:
         """BM25 over rows holding any of ``terms``, best first, with ``rowid`` and a positive
         ``score``; ``weights`` are the field weights (title, body, concepts, files, context)."""
         ...
 
-    def lexical_files(self, phrases: Sequence[Sequence[str]], *, weights: Sequence[float], limit: int,
-                      filters: Mapping[str, Any]) -> list[Doc]:
+    def lexical_files(
+        self, phrases: Sequence[Sequence[str]], *, weights: Sequence[float], limit: int, filters: Mapping[str, Any]
+    ) -> list[Doc]:
         """BM25 over rows whose ``files`` field holds any of the phrases (each a list of word
         tokens of one path), best first."""
         ...
@@ -134,7 +144,9 @@ class SearchIndex(Protocol):
     def around(self, ts: str, *, rowid: int, before: int, after: int, filters: Mapping[str, Any]) -> list[Doc]: ...
     def total(self, *, filters: Mapping[str, Any]) -> int: ...
     def kind_counts(self) -> dict[str, int]: ...
-    def group_counts(self, by: Literal["project", "session_id"], filters: Mapping[str, Any]) -> dict[str | None, int]: ...
+    def group_counts(
+        self, by: Literal["project", "session_id"], filters: Mapping[str, Any]
+    ) -> dict[str | None, int]: ...
     def concepts(self, *, limit: int, filters: Mapping[str, Any]) -> list[tuple[str | None, str | None, str]]: ...
 
     # consistency with the records (diagnose, reindex)
@@ -163,10 +175,19 @@ class VectorStore(Protocol):
 
 
 class AuditLog(Protocol):
-    def insert(self, *, ts: str, agent_id: str | None, operation: str, message: str, targets: list[str],
-               details: dict[str, Any]) -> None: ...
-    def page(self, *, operation: str | None, limit: int, offset: int,
-             agent_id: str | None = None) -> tuple[list[dict[str, Any]], int]: ...
+    def insert(
+        self,
+        *,
+        ts: str,
+        agent_id: str | None,
+        operation: str,
+        message: str,
+        targets: list[str],
+        details: dict[str, Any],
+    ) -> None: ...
+    def page(
+        self, *, operation: str | None, limit: int, offset: int, agent_id: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]: ...
     def times(self, operation: str, *, limit: int) -> list[str]: ...
 
 
@@ -185,8 +206,9 @@ class WorkingStore(Protocol):
     read even before the sweep deletes it."""
 
     def kv_get(self, scope: WMScope, key: str, now: float) -> tuple[str, float | None] | None: ...
-    def kv_items(self, scope: WMScope, now: float, *, pattern: str | None = None,
-                 values: bool = True) -> list[tuple[str, str | None, float | None]]: ...
+    def kv_items(
+        self, scope: WMScope, now: float, *, pattern: str | None = None, values: bool = True
+    ) -> list[tuple[str, str | None, float | None]]: ...
     def kv_count(self, scope: WMScope, now: float) -> int: ...
     def kv_put_many(self, scope: WMScope, rows: Iterable[tuple[str, str, float | None]], stamp: str) -> None: ...
     def kv_delete(self, scope: WMScope, key: str, now: float) -> bool: ...

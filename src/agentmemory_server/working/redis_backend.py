@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import quote, unquote
 
 import redis
@@ -145,6 +145,9 @@ def _live(expiry: float | None, now: float) -> bool:
     return expiry is None or expiry > now
 
 
+T = TypeVar("T")
+
+
 class RedisBackend:
     """Working memory in Redis; see the module docstring for the key layout."""
 
@@ -166,6 +169,11 @@ class RedisBackend:
     # ---- keys
     def _token(self, scope: Scope) -> str:
         return ":".join(quote(part, safe="") for part in scope.key)
+
+    def _transaction(self, attempt: Callable[[Any], T], *watched: str) -> T:
+        """Run ``attempt(pipe)`` as a WATCH/MULTI/EXEC transaction (redis-py re-runs it when a
+        watched key changed) and return what it returned."""
+        return cast(T, self.r.transaction(attempt, *watched, value_from_callable=True))  # type: ignore[arg-type]
 
     def _k(self, scope: Scope, part: str) -> str:
         return f"{self.prefix}:{self._token(scope)}:{part}"
@@ -233,7 +241,7 @@ class RedisBackend:
                 pipe.zrem(exp, *matched)
             return matched, [k for k in matched if _live(expiries.get(k), now)]
 
-        matched, live = self.r.transaction(attempt, kv, exp, value_from_callable=True)
+        matched, live = self._transaction(attempt, kv, exp)
         if matched:
             self._audit("delete_pattern", scope, f"deleted {len(matched)} key(s) matching {pattern!r}")
         return live
@@ -253,7 +261,7 @@ class RedisBackend:
     @_guarded
     def task_get(self, scope: Scope) -> tuple[dict, int] | None:
         task, version = self.r.hmget(self._k(scope, "task"), ["task", "version"])
-        return (json.loads(task), int(version)) if task is not None else None
+        return (json.loads(task), int(version or 0)) if task is not None else None
 
     @_guarded
     def task_write(self, scope: Scope, mutate: Callable[[dict | None, int], dict]) -> tuple[dict, int]:
@@ -270,7 +278,7 @@ class RedisBackend:
             pipe.sadd(self._scopes, self._token(scope))
             return task, current_version + 1
 
-        return self.r.transaction(attempt, key, value_from_callable=True)
+        return self._transaction(attempt, key)
 
     @_guarded
     def task_clear(self, scope: Scope) -> bool:
@@ -355,7 +363,7 @@ class RedisBackend:
                 pipe.rpush(k["scratch"], *[codec.dumps(e) for e in snapshot["scratchpad"]])
             return restored(json.loads(meta), rows, dropped, snapshot, version)
 
-        result = self.r.transaction(attempt, k["cpdata"], k["task"], value_from_callable=True)
+        result = self._transaction(attempt, k["cpdata"], k["task"])
         self._audit("checkpoint_restore", scope, f"working memory of {scope.session!r} restored to {checkpoint_id}")
         return result
 

@@ -89,7 +89,7 @@ def resolve_scope(ctx: Ctx, args: dict[str, Any]) -> Scope:
                 "is not accessible from this server",
                 code=errors.AGENT_SCOPE_VIOLATION,
             )
-        agent = own
+        agent = own or DEFAULT_SCOPE_PART
     else:
         agent = requested or settings.agent_id or DEFAULT_SCOPE_PART
     project = (args.get("project") or "").strip() or DEFAULT_SCOPE_PART
@@ -102,7 +102,9 @@ def user_key(args: dict[str, Any]) -> str:
         raise InvalidInput("missing required field 'key'", field="key")
     if key.startswith("_"):
         raise InvalidInput(
-            f"key {key!r} is reserved: keys starting with '_' belong to the server", field="key", code=errors.RESERVED_KEY
+            f"key {key!r} is reserved: keys starting with '_' belong to the server",
+            field="key",
+            code=errors.RESERVED_KEY,
         )
     return key
 
@@ -230,18 +232,18 @@ def memory_working_delete(ctx: Ctx, args: dict) -> Any:
 
 # -- task state ----------------------------------------------------------------------------------------
 
-TASK_FIELDS = dict(
-    taskId=string("Task id (set)", max_length=256, pattern=ID_PATTERN),
-    description=string("What the task is (set)", min_length=None, max_length=10_000),
-    status=string("Task status", enum=TASK_STATUSES),
-    currentStep=integer("Current step", minimum=0, maximum=1_000_000),
-    totalSteps=integer("Total steps (set)", minimum=0, maximum=1_000_000),
-    progressPercent=number("Progress; clamped to 0-100. Default: currentStep / totalSteps"),
-    context=obj("Free-form JSON context (set)"),
-    contextUpdate=obj("Keys merged into the context (update_progress)"),
-    advance=integer("Add this to currentStep (update_progress)", minimum=-1_000_000, maximum=1_000_000),
-    expectedVersion=integer("Only apply if the task state is at this version (else 409)", minimum=0),
-)
+TASK_FIELDS = {
+    "taskId": string("Task id (set)", max_length=256, pattern=ID_PATTERN),
+    "description": string("What the task is (set)", min_length=None, max_length=10_000),
+    "status": string("Task status", enum=TASK_STATUSES),
+    "currentStep": integer("Current step", minimum=0, maximum=1_000_000),
+    "totalSteps": integer("Total steps (set)", minimum=0, maximum=1_000_000),
+    "progressPercent": number("Progress; clamped to 0-100. Default: currentStep / totalSteps"),
+    "context": obj("Free-form JSON context (set)"),
+    "contextUpdate": obj("Keys merged into the context (update_progress)"),
+    "advance": integer("Add this to currentStep (update_progress)", minimum=-1_000_000, maximum=1_000_000),
+    "expectedVersion": integer("Only apply if the task state is at this version (else 409)", minimum=0),
+}
 
 
 def _progress(args: dict[str, Any], task: dict[str, Any], steps_changed: bool) -> float:
@@ -283,7 +285,7 @@ def _new_task(ctx: Ctx, args: dict[str, Any]):
             "status": args.get("status") or "in_progress",
             "currentStep": args.get("currentStep", 0),
             "totalSteps": args.get("totalSteps", 0),
-            "startedAt": current["startedAt"] if same else stamp,
+            "startedAt": current["startedAt"] if same and current is not None else stamp,
             "updatedAt": stamp,
             "context": context,
         }
@@ -419,7 +421,7 @@ def memory_working_checkpoint(ctx: Ctx, args: dict) -> Any:
             ctx, lambda b: b.checkpoint_create(scope, cid, note, now, settings.working_memory_max_checkpoints, stamp)
         )
         return reply(ctx, scope, {"checkpointId": cid, "checkpoint": meta, "pruned": pruned}, 201)
-    cid = args.get("checkpointId")
+    cid = str(args.get("checkpointId") or "")
     if not cid:
         raise InvalidInput(f"operation {op!r} needs 'checkpointId'", field="checkpointId")
     if op == "restore":

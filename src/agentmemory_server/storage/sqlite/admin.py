@@ -18,9 +18,13 @@ class SqliteAdmin:
 
     def table_counts(self) -> dict[str, int]:
         """Rows per table of the schema (FTS5 shadow tables left out)."""
-        names = [r[0] for r in self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-            "AND name NOT LIKE 'search_fts_%' ORDER BY name")]
+        names = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+                "AND name NOT LIKE 'search_fts_%' ORDER BY name"
+            )
+        ]
         return {name: self.conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in names}
 
     def wipe_records(self) -> None:

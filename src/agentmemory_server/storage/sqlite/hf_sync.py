@@ -425,9 +425,9 @@ def configure_hub(cfg: Config) -> None:
     if _configured_for == (cfg.timeout, cfg.retries):
         return
     for fn in (http_backoff, getattr(http_stream_backoff, "__wrapped__", None)):
-        defaults = getattr(fn, "__kwdefaults__", None)
+        defaults = getattr(fn, "__kwdefaults__", None) if fn is not None else None
         if defaults and "max_retries" in defaults:
-            fn.__kwdefaults__ = {
+            fn.__kwdefaults__ = {  # type: ignore[union-attr]
                 **defaults,
                 "max_retries": cfg.retries,
                 "base_wait_time": min(1.0, cfg.timeout),
@@ -455,7 +455,8 @@ def describe_hub_error(exc: BaseException, cfg: Config) -> str:
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
-    chain, seen = [], exc
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
     while seen is not None and len(chain) < 10:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
@@ -582,7 +583,9 @@ def _operations(snapshot_path: Path, meta: dict[str, Any], files: set[str], keep
     """Commit operations: latest + timestamped copy + metadata, and deletions beyond ``keep``."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-    ops = [CommitOperationAdd(path_in_repo=LATEST, path_or_fileobj=str(snapshot_path))]
+    ops: list[CommitOperationAdd | CommitOperationDelete] = [
+        CommitOperationAdd(path_in_repo=LATEST, path_or_fileobj=str(snapshot_path))
+    ]
     history = sorted(f for f in files if f.startswith(HISTORY_PREFIX) and f.endswith(".db"))
     if keep > 0:
         ops.append(CommitOperationAdd(path_in_repo=meta["history"], path_or_fileobj=str(snapshot_path)))
@@ -646,6 +649,8 @@ def backup(cfg: Config, *, force: bool = False) -> dict[str, Any]:
             return {"status": "unchanged", "id": state.get("remoteId")}
         hub = Hub(cfg)
         head, files = hub.head(create=True)
+        if head is None:  # head(create=True) creates the dataset; a None here is the Hub's bug
+            raise SyncError(f"the Hub returned no commit for {repo} after creating it")
         with tempfile.TemporaryDirectory(dir=db.parent, prefix=".agentmemory-backup-") as scratch:
             remote = hub.meta(head, files, Path(scratch))
             _check_lineage(state, remote, repo, force)
@@ -717,7 +722,7 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
             meta = hub.meta(head, files, Path(scratch) / "meta")
             state = State.load(cfg)
             reason = _restore_decision(db, state, meta, force)
-            if reason is None:
+            if reason is None and meta is not None:  # None only when the remote id is the local one
                 log.info("local database already contains remote backup %s: nothing to restore", meta["id"])
                 return {"status": "up-to-date", "id": meta["id"]}
             if db_in_use(db):

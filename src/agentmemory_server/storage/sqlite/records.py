@@ -21,8 +21,7 @@ def index_statement(spec: RecordIndex) -> str:
     (most of them observations) cost nothing. Its name is derived from the declaration."""
     digest = hashlib.sha256(f"{spec.scope}\x00{','.join(spec.fields)}".encode()).hexdigest()[:12]
     columns = ", ".join(field(name) for name in spec.fields)
-    return (f"CREATE INDEX IF NOT EXISTS kv_idx_{digest} ON kv_store ({columns}) "
-            f"WHERE scope = {_quoted(spec.scope)}")
+    return f"CREATE INDEX IF NOT EXISTS kv_idx_{digest} ON kv_store ({columns}) WHERE scope = {_quoted(spec.scope)}"
 
 
 def ensure_indexes(conn: sqlite3.Connection, specs: Iterable[RecordIndex]) -> None:
@@ -117,13 +116,23 @@ class SqliteRecords:
             return ["scope >= ?", "scope < ?"], [scope, scope + "\U0010ffff"]
         return ["scope = ?"], [scope]
 
-    def query(self, scope: str, where: Sequence[Where] = (), *, order_by: Sequence[tuple[str, bool]] = (),
-              limit: int | None = None, offset: int = 0, prefix: bool = False) -> builtins.list[Any]:
+    def query(
+        self,
+        scope: str,
+        where: Sequence[Where] = (),
+        *,
+        order_by: Sequence[tuple[str, bool]] = (),
+        limit: int | None = None,
+        offset: int = 0,
+        prefix: bool = False,
+    ) -> builtins.list[Any]:
         terms, params = self._scope_terms(scope, prefix)
         more_terms, more_params = where_sql(where)
         order = [f"{field(name)} {'DESC' if descending else 'ASC'}" for name, descending in order_by]
-        sql = (f"SELECT value FROM kv_store WHERE {' AND '.join(terms + more_terms)} "
-               f"ORDER BY {', '.join([*order, 'scope', 'key'])} LIMIT ? OFFSET ?")
+        sql = (
+            f"SELECT value FROM kv_store WHERE {' AND '.join(terms + more_terms)} "
+            f"ORDER BY {', '.join([*order, 'scope', 'key'])} LIMIT ? OFFSET ?"
+        )
         rows = self.conn.execute(sql, (*params, *more_params, -1 if limit is None else limit, offset))
         return [loads(r[0]) for r in rows]
 

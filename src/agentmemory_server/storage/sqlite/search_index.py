@@ -93,14 +93,20 @@ class SqliteSearchIndex:
             )
             self.conn.execute("DELETE FROM search_fts WHERE rowid = ?", (rowid,))
         else:
+            columns, marks = ", ".join(DOC_FIELDS), ", ".join("?" * len(DOC_FIELDS))
             rowid = self.conn.execute(
-                f"INSERT INTO search_docs (doc_id, {', '.join(DOC_FIELDS)}) VALUES (?, {', '.join('?' * len(DOC_FIELDS))})",
-                (doc["doc_id"], *values),
+                f"INSERT INTO search_docs (doc_id, {columns}) VALUES (?, {marks})", (doc["doc_id"], *values)
             ).lastrowid
         self.conn.execute(
             "INSERT INTO search_fts (rowid, title, body, concepts, files, context) VALUES (?, ?, ?, ?, ?, ?)",
-            (rowid, text.get("title", ""), text.get("body", ""), text.get("concepts", ""), text.get("files", ""),
-             text.get("context", "")),
+            (
+                rowid,
+                text.get("title", ""),
+                text.get("body", ""),
+                text.get("concepts", ""),
+                text.get("files", ""),
+                text.get("context", ""),
+            ),
         )
         self._vectors.backlog_put(rowid, _stamp())  # every (re-)indexed record needs a (new) vector
         return int(rowid)
@@ -131,8 +137,9 @@ class SqliteSearchIndex:
         return [r[0] for r in rows]
 
     # ---- lexical search
-    def lexical(self, terms: Sequence[str], *, weights: Sequence[float], limit: int,
-                filters: Mapping[str, Any]) -> list[Doc]:
+    def lexical(
+        self, terms: Sequence[str], *, weights: Sequence[float], limit: int, filters: Mapping[str, Any]
+    ) -> list[Doc]:
         if not terms:
             return []
         match = _any(terms)
@@ -140,8 +147,9 @@ class SqliteSearchIndex:
             return self._bm25(match, weights, limit, filters)
         return self._bounded_bm25(list(terms), weights, limit, filters)
 
-    def lexical_files(self, phrases: Sequence[Sequence[str]], *, weights: Sequence[float], limit: int,
-                      filters: Mapping[str, Any]) -> list[Doc]:
+    def lexical_files(
+        self, phrases: Sequence[Sequence[str]], *, weights: Sequence[float], limit: int, filters: Mapping[str, Any]
+    ) -> list[Doc]:
         quoted = [_phrase(" ".join(words)) for words in phrases if words]
         if not quoted:
             return []
@@ -165,8 +173,9 @@ class SqliteSearchIndex:
             "SELECT count(*) FROM (SELECT 1 FROM search_fts WHERE search_fts MATCH ? LIMIT ?)", (match, cap)
         ).fetchone()[0]
 
-    def _bounded_bm25(self, terms: list[str], weights: Sequence[float], limit: int,
-                      filters: Mapping[str, Any]) -> list[Doc]:
+    def _bounded_bm25(
+        self, terms: list[str], weights: Sequence[float], limit: int, filters: Mapping[str, Any]
+    ) -> list[Doc]:
         """BM25 over the records holding a rare term or every common one, when an OR of ``terms``
         matches more rows than the budget. Rare terms are the least frequent ones whose rows fit
         the budget together; the rest are common. Three small queries, each scoring its rows on
@@ -200,15 +209,15 @@ class SqliteSearchIndex:
         return chosen
 
     # ---- listings
-    def _rows(self, select: str, where: list[str], params: list[Any], tail: str,
-              cols: tuple[str, ...]) -> list[Doc]:
+    def _rows(self, select: str, where: list[str], params: list[Any], tail: str, cols: tuple[str, ...]) -> list[Doc]:
         sql = f"SELECT {select} FROM search_docs d WHERE {' AND '.join(where) or '1'} {tail}"
         return [dict(zip(cols, r, strict=True)) for r in self.conn.execute(sql, params)]
 
     def recent(self, *, limit: int, offset: int = 0, filters: Mapping[str, Any]) -> list[Doc]:
         where, params = doc_filters(["d.active = 1"], [], filters)
-        return self._rows(ROW, where, [*params, limit, offset], "ORDER BY d.ts DESC, d.id DESC LIMIT ? OFFSET ?",
-                          ROW_COLUMNS)
+        return self._rows(
+            ROW, where, [*params, limit, offset], "ORDER BY d.ts DESC, d.id DESC LIMIT ? OFFSET ?", ROW_COLUMNS
+        )
 
     def lookup(self, doc_ids: Sequence[str], filters: Mapping[str, Any]) -> list[Doc]:
         """Rows by record id (active or not) that pass ``filters``."""
@@ -221,25 +230,27 @@ class SqliteSearchIndex:
         """Active, filter-passing rows among ``rowids``."""
         if not rowids:
             return []
-        where, params = doc_filters([f"d.id IN ({','.join('?' * len(rowids))})", "d.active = 1"], list(rowids),
-                                    filters)
+        where, params = doc_filters([f"d.id IN ({','.join('?' * len(rowids))})", "d.active = 1"], list(rowids), filters)
         return self._rows(ROWID_ROW, where, params, "", ROWID_COLUMNS)
 
     def around(self, ts: str, *, rowid: int, before: int, after: int, filters: Mapping[str, Any]) -> list[Doc]:
         """Active rows at or before the anchor (ts, rowid) (the newest ``before``+1) and after it
         (the oldest ``after``), in (ts, rowid) order."""
-        where, params = doc_filters(["d.active = 1", "(d.ts < ? OR (d.ts = ? AND d.id <= ?))"], [ts, ts, rowid],
-                                    filters)
-        older = self._rows(ROWID_ROW, where, [*params, before + 1], "ORDER BY d.ts DESC, d.id DESC LIMIT ?",
-                           ROWID_COLUMNS)
-        where, params = doc_filters(["d.active = 1", "(d.ts > ? OR (d.ts = ? AND d.id > ?))"], [ts, ts, rowid],
-                                    filters)
+        where, params = doc_filters(
+            ["d.active = 1", "(d.ts < ? OR (d.ts = ? AND d.id <= ?))"], [ts, ts, rowid], filters
+        )
+        older = self._rows(
+            ROWID_ROW, where, [*params, before + 1], "ORDER BY d.ts DESC, d.id DESC LIMIT ?", ROWID_COLUMNS
+        )
+        where, params = doc_filters(["d.active = 1", "(d.ts > ? OR (d.ts = ? AND d.id > ?))"], [ts, ts, rowid], filters)
         newer = self._rows(ROWID_ROW, where, [*params, after], "ORDER BY d.ts, d.id LIMIT ?", ROWID_COLUMNS)
         return list(reversed(older)) + newer
 
     def total(self, *, filters: Mapping[str, Any]) -> int:
         where, params = doc_filters(["d.active = 1"], [], filters)
-        return self.conn.execute(f"SELECT count(*) FROM search_docs d WHERE {' AND '.join(where)}", params).fetchone()[0]
+        return self.conn.execute(f"SELECT count(*) FROM search_docs d WHERE {' AND '.join(where)}", params).fetchone()[
+            0
+        ]
 
     def kind_counts(self) -> dict[str, int]:
         return dict(self.conn.execute("SELECT kind, count(*) FROM search_docs GROUP BY kind").fetchall())

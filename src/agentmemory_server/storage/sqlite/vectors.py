@@ -30,8 +30,18 @@ class SqliteVectorStore:
             "ORDER BY b.next_try, b.doc_rowid LIMIT ?",
             (now_epoch, limit),
         )
-        cols = ("rowid", "attempts", "title", "body", "concepts", "context", "kind", "project", "agent_id",
-                "session_id")
+        cols = (
+            "rowid",
+            "attempts",
+            "title",
+            "body",
+            "concepts",
+            "context",
+            "kind",
+            "project",
+            "agent_id",
+            "session_id",
+        )
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def backlog_done(self, rowids: list[int], queued_before: str) -> None:
@@ -59,8 +69,11 @@ class SqliteVectorStore:
     def backlog_requeue_missing(self, model: str, now: str, *, everything: bool = False) -> int:
         """Queue every search row without a vector of ``model`` (or every row); returns how many."""
         # "WHERE 1": SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT.
-        where = "WHERE 1" if everything else (
-            "WHERE NOT EXISTS (SELECT 1 FROM search_vectors v WHERE v.doc_rowid = d.id AND v.model = ?)")
+        where = (
+            "WHERE 1"
+            if everything
+            else ("WHERE NOT EXISTS (SELECT 1 FROM search_vectors v WHERE v.doc_rowid = d.id AND v.model = ?)")
+        )
         params: tuple[Any, ...] = (now,) if everything else (now, model)
         return self.conn.execute(
             "INSERT INTO embed_backlog (doc_rowid, queued_at) SELECT d.id, ? FROM search_docs d "
@@ -70,13 +83,16 @@ class SqliteVectorStore:
 
     def put(self, rowid: int, model: str, vector: bytes, dim: int, now: str) -> bool:
         """Store a vector if its search row still exists; False when the row is gone."""
-        return self.conn.execute(
-            "INSERT INTO search_vectors (doc_rowid, model, dim, vector, updated_at) "
-            "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM search_docs WHERE id = ?) "
-            "ON CONFLICT (doc_rowid) DO UPDATE SET model = excluded.model, dim = excluded.dim, "
-            "vector = excluded.vector, updated_at = excluded.updated_at",
-            (rowid, model, dim, vector, now, rowid),
-        ).rowcount > 0
+        return (
+            self.conn.execute(
+                "INSERT INTO search_vectors (doc_rowid, model, dim, vector, updated_at) "
+                "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM search_docs WHERE id = ?) "
+                "ON CONFLICT (doc_rowid) DO UPDATE SET model = excluded.model, dim = excluded.dim, "
+                "vector = excluded.vector, updated_at = excluded.updated_at",
+                (rowid, model, dim, vector, now, rowid),
+            ).rowcount
+            > 0
+        )
 
     def load(self, model: str, dim: int) -> Iterator[tuple[int, bytes, str, str | None, str | None, str | None]]:
         """(rowid, vector bytes, kind, project, agent_id, session_id) of every vector of ``model``."""
@@ -89,8 +105,9 @@ class SqliteVectorStore:
 
     def counts(self) -> dict[str, int]:
         """Vectors per ``model/dim``."""
-        return dict(self.conn.execute(
-            "SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim").fetchall())
+        return dict(
+            self.conn.execute("SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim").fetchall()
+        )
 
     def missing(self, model: str) -> int:
         """Search rows with no vector of ``model`` and no backlog entry (lost work)."""
