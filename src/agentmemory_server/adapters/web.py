@@ -108,54 +108,14 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["MAX_CONTENT_LENGTH"] = max(rt.settings.max_body_bytes, rt.settings.max_import_bytes)
     app.extensions["agentmemory"] = rt
-
     app.config["SOCK_SERVER_OPTIONS"] = {
         "ping_interval": WS_PING_SECONDS,
         "max_message_size": 1 << 20,
         "thread_class": ReaderThread,
     }
     allowed_origins = parse_allowed(rt.settings.viewer_allowed_origins)
-
-    @app.before_request
-    def _guard() -> Response | None:
-        request.max_content_length = (
-            rt.settings.max_import_bytes if request.path == f"{PREFIX}/import" else rt.settings.max_body_bytes
-        )
-        origin = request.headers.get("Origin")
-        if not origin_allowed(origin, request.host, rt.settings.host, allowed_origins):
-            raise Forbidden(
-                f"browser origin {origin!r} may not call this server; list it in VIEWER_ALLOWED_ORIGINS to allow it",
-                code=errors.ORIGIN_NOT_ALLOWED,
-            )
-        if request.method == "OPTIONS":
-            return Response(status=204)  # a CORS preflight; headers are added below
-        if request.path in OPEN_PATHS:
-            return None
-        header = request.headers.get("Authorization")
-        token = request.args.get("token") if request.path == STREAM_PATH else None
-        if request.path == STREAM_PATH and not (header or token) and _is_upgrade():
-            g.stream_authenticated = False  # the first message must be {"type":"auth","token":...}
-            return None
-        check_auth(rt.settings.secret, header, token)
-        g.stream_authenticated = True
-        return None
-
-    @app.after_request
-    def _headers(response: Response) -> Response:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Cache-Control", "no-store")
-        origin = request.headers.get("Origin", "").rstrip("/")
-        # CORS only for origins listed in VIEWER_ALLOWED_ORIGINS: closed by default.
-        if origin and ("*" in allowed_origins or origin in allowed_origins):
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Headers"] = (
-                "Authorization, Content-Type, Mcp-Session-Id, MCP-Protocol-Version"
-            )
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-            response.headers["Access-Control-Max-Age"] = "600"
-            response.headers.add("Vary", "Origin")
-        return response
-
+    app.before_request(lambda: _guard(rt, allowed_origins))
+    app.after_request(lambda response: _security_headers(response, allowed_origins))
     _register_error_handlers(app)
     for tool in registry.REGISTRY.all():
         for route in tool.routes:
@@ -170,6 +130,48 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     _register_viewer(app, rt)
     _register_openapi(app, rt)
     return app
+
+
+def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
+    """Before every request: the body limit of its route, the browser-origin policy, then auth
+    (the WebSocket may authenticate with its first message instead)."""
+    request.max_content_length = (
+        rt.settings.max_import_bytes if request.path == f"{PREFIX}/import" else rt.settings.max_body_bytes
+    )
+    origin = request.headers.get("Origin")
+    if not origin_allowed(origin, request.host, rt.settings.host, allowed_origins):
+        raise Forbidden(
+            f"browser origin {origin!r} may not call this server; list it in VIEWER_ALLOWED_ORIGINS to allow it",
+            code=errors.ORIGIN_NOT_ALLOWED,
+        )
+    if request.method == "OPTIONS":
+        return Response(status=204)  # a CORS preflight; headers are added after the request
+    if request.path in OPEN_PATHS:
+        return None
+    header = request.headers.get("Authorization")
+    token = request.args.get("token") if request.path == STREAM_PATH else None
+    if request.path == STREAM_PATH and not (header or token) and _is_upgrade():
+        g.stream_authenticated = False  # the first message must be {"type":"auth","token":...}
+        return None
+    check_auth(rt.settings.secret, header, token)
+    g.stream_authenticated = True
+    return None
+
+
+def _security_headers(response: Response, allowed_origins: tuple[str, ...]) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Cache-Control", "no-store")
+    origin = request.headers.get("Origin", "").rstrip("/")
+    # CORS only for origins listed in VIEWER_ALLOWED_ORIGINS: closed by default.
+    if origin and ("*" in allowed_origins or origin in allowed_origins):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Headers"] = (
+            "Authorization, Content-Type, Mcp-Session-Id, MCP-Protocol-Version"
+        )
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        response.headers["Access-Control-Max-Age"] = "600"
+        response.headers.add("Vary", "Origin")
+    return response
 
 
 def _is_upgrade() -> bool:
