@@ -197,7 +197,7 @@ def test_event_shapes_for_every_record_type_on_main(live_server):
         assert next_event(ws, "session")["record"]["status"] == "completed"
 
 
-# Routes of the memory-model module: (record type, POST path, body, how to find the record).
+# Routes of the memory model: (record type, POST path, body, how to find the record).
 MODEL_WRITES = [
     ("lesson", "/lessons", {"content": "Run migrations before the app starts", "confidence": 0.7}, "content"),
     ("slot", "/slot", {"label": "stream_test_slot", "content": "live slot", "scope": "global"}, "label"),
@@ -211,9 +211,7 @@ def test_event_shapes_for_lessons_slots_and_actions(live_server, event_type, pat
     with connect(ws_url(server), open_timeout=10) as ws:
         recv(ws)
         r = post(server.api(path), body)
-        if r.status_code == 404 and r.json().get("code") == "not_found":
-            pytest.xfail(f"POST /agentmemory{path} is not on this branch yet (memory-model module)")
-        assert r.status_code in (200, 201), r.text
+        assert r.status_code in (200, 201), f"POST /agentmemory{path}: {r.status_code} {r.text}"
         event = next_event(ws, event_type)
         assert set(event) == {"type", "seq", "ts", "record"}
         assert event["record"][field] == body[field]
