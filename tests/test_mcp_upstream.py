@@ -1,6 +1,6 @@
 """Real upstream clients against a real server: the MCP shim of ``@agentmemory/mcp@0.9.29`` and
 the MCP Inspector CLI 0.15.0 (Node). The packages come from tests/node-packages.txt, installed by
-tests/run.sh into a cache outside the repository; these tests skip only when node/npm are absent.
+tests/run.sh into a cache outside the repository; without node/npm these tests fail and say so.
 """
 
 from __future__ import annotations
