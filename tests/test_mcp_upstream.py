@@ -9,14 +9,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any, Callable
 
 import pytest
 import requests
 
 from agentmemory_server.kernel import registry
-from conftest import SRC, LiveServer, post
+from conftest import SRC, LiveServer, post, wait_for
 from mcp_support import (StdioPeer, call_order, check_result, live_poster, node_modules, sample_args,
                          seed)
 
@@ -43,18 +42,20 @@ def upstream(tmp_path_factory, node_dir):
     registry.load_tools()
     tmp = tmp_path_factory.mktemp("shim")
     server = LiveServer(tmp, {"AGENTMEMORY_SECRET": SECRET}, [])
-    seeds = seed(live_poster(server, AUTH))
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "AGENTMEMORY_URL": server.url,
-           "AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_DEBUG": "1"}
-    shim = StdioPeer(["node", str(node_dir / "@agentmemory" / "mcp" / "bin.mjs")], env)
     try:
-        init = shim.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                           "clientInfo": {"name": "pytest", "version": "1"}})
-        assert init["result"]["protocolVersion"] == "2025-06-18"
-        shim.notify("notifications/initialized")
-        yield server, shim, seeds
+        seeds = seed(live_poster(server, AUTH))
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "AGENTMEMORY_URL": server.url,
+               "AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_DEBUG": "1"}
+        shim = StdioPeer(["node", str(node_dir / "@agentmemory" / "mcp" / "bin.mjs")], env)
+        try:
+            init = shim.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                               "clientInfo": {"name": "pytest", "version": "1"}})
+            assert init["result"]["protocolVersion"] == "2025-06-18"
+            shim.notify("notifications/initialized")
+            yield server, shim, seeds
+        finally:
+            shim.close()
     finally:
-        shim.close()
         server.stop()
 
 
@@ -68,10 +69,8 @@ def stderr_barrier(shim: StdioPeer) -> None:
     """
     mark = len(shim.stderr)
     shim.request("tools/list")
-    deadline = time.monotonic() + 30
-    while not any("tools/list: returning" in line for line in shim.stderr[mark:]):
-        assert time.monotonic() < deadline, "the shim's tools/list debug line never arrived"
-        time.sleep(0.01)
+    wait_for(lambda: any("tools/list: returning" in line for line in shim.stderr[mark:]), interval=0.01,
+             message="the shim's tools/list debug line never arrived")
 
 
 def shim_call(shim: StdioPeer, name: str, arguments: dict) -> tuple[dict, str]:
