@@ -71,31 +71,40 @@ def test_bad_resource_uris(client, uri, status, code):
     assert r.status_code == status and body["code"] == code
 
 
-@pytest.mark.parametrize("uri,method,path", [
-    ("agentmemory://project/web%20app/profile", "GET", "/profile"),
-    ("agentmemory://graph/stats", "GET", "/graph/stats"),
-    ("agentmemory://team/t1/profile", "GET", "/team/profile"),
-])
-def test_feature_backed_resources_light_up_when_the_feature_exists(client, seeded, uri, method, path):
-    r, body = read(client, uri)
-    if registry.REGISTRY.for_route(method, path) is None:
-        assert r.status_code == 501 and body["code"] == "feature_unavailable"
-        assert f"{method} /agentmemory{path}" in body["error"]
-    else:
-        assert r.status_code == 200 and isinstance(payload(body), dict)
+def test_the_graph_resource_is_what_the_graph_route_serves(client, call, seeded):
+    call("graph_extract", sessionId="r1")
+    r, body = read(client, "agentmemory://graph/stats")
+    assert r.status_code == 200
+    stats = payload(body)
+    assert stats == client.get("/agentmemory/graph/stats").get_json() and stats["totalNodes"] > 0
 
 
-def test_feature_lookup_uses_the_registered_tool(rt, call, monkeypatch):
-    reg = registry.Registry()
-    for existing in registry.REGISTRY.all():
-        if registry.Route("GET", "/graph/stats") not in existing.routes:  # graph.py serves it now
-            reg.add(existing)
-    reg.add(registry.Tool("fake_graph_stats", "Graph statistics for the test.", registry.params(),
-                          lambda ctx, args: {"totalNodes": 3}, routes=(registry.Route("GET", "/graph/stats"),),
-                          mcp=False))
-    monkeypatch.setattr(registry, "REGISTRY", reg)
-    body = mcp_resources.read_resource(registry.Ctx(rt), "agentmemory://graph/stats")
-    assert json.loads(body["contents"][0]["text"]) == {"totalNodes": 3}
+def test_the_project_profile_resource_is_what_the_profile_route_serves(client, seeded):
+    r, body = read(client, "agentmemory://project/web%20app/profile")
+    assert r.status_code == 200
+    profile = payload(body)
+    assert profile["cached"] is False and "src/login.tsx" in json.dumps(profile["profile"])  # the seeded session
+    # The resource ran the route's tool, which cached the profile: the route now serves that copy.
+    served = client.get("/agentmemory/profile", query_string={"project": "web app"}).get_json()
+    assert served["cached"] is True and served["profile"] == profile["profile"]
+
+
+def test_a_resource_whose_feature_no_module_serves_is_a_501(client, seeded):
+    # No installed module serves GET /team/profile (team memory). When one does, this resource
+    # answers 200 like the two above and this test must change with it.
+    r, body = read(client, "agentmemory://team/t1/profile")
+    assert r.status_code == 501 and body["code"] == "feature_unavailable"
+    assert "team memory is not available" in body["error"] and "GET /agentmemory/team/profile" in body["error"]
+
+
+def test_run_route_dispatches_to_the_registered_tool_or_refuses_with_501(rt):
+    ctx = registry.Ctx(rt)
+    assert mcp_resources.run_route(ctx, "GET", "/graph/stats", {}, "the knowledge graph") == \
+        mcp_resources.run_tool(ctx, "graph_stats", {})
+    with pytest.raises(registry.AppError) as err:
+        mcp_resources.run_route(ctx, "POST", "/no-such-feature", {}, "time travel")
+    assert (err.value.code, err.value.status) == ("feature_unavailable", 501)
+    assert "time travel is not available" in str(err.value) and "POST /agentmemory/no-such-feature" in str(err.value)
 
 
 def test_prompt_listing(client):
@@ -127,12 +136,13 @@ def test_session_handoff_prompt(client, seeded):
     assert r.status_code == 404 and body["code"] == "session_not_found"
 
 
-def test_detect_patterns_prompt_needs_the_patterns_feature(client):
-    r, body = get_prompt(client, "detect_patterns", {})
-    if registry.REGISTRY.for_route("POST", "/patterns") is None:
-        assert r.status_code == 501 and "POST /agentmemory/patterns" in body["error"]
-    else:
-        assert r.status_code == 200 and body["messages"][0]["content"]["text"]
+def test_detect_patterns_prompt_carries_what_the_patterns_route_finds(client, seeded):
+    r, body = get_prompt(client, "detect_patterns", {"project": "web app"})
+    assert r.status_code == 200
+    text = body["messages"][0]["content"]["text"]
+    found = client.post("/agentmemory/patterns", json={"project": "web app"}).get_json()
+    assert text.startswith("Recurring patterns agentmemory found in web app")
+    assert text.endswith(json.dumps(found, indent=2, ensure_ascii=False))
 
 
 @pytest.mark.parametrize("name,arguments,status,field", [
