@@ -189,20 +189,28 @@ def end_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: 
     """Stop a child started with ``start_new_session=True`` and everything in its process group:
     ``sig`` first, SIGKILL after ``grace`` seconds, then SIGKILL for whatever the leader left behind
     (the workers of a server that died). Always reaps the leader."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+    if proc.poll() is None:  # alive, or exited but not reaped: either way its pid (the group id) is ours
+        os.killpg(proc.pid, sig)
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    kill_orphans(proc.pid)
+
+
+def kill_orphans(pgid: int) -> None:
+    """SIGKILL what is left of process group ``pgid`` once its leader has been reaped.
+
+    Pids are reused (pid_max may be 32768), so this must never signal a stranger's group: while any
+    member of our group is left, the kernel keeps the number reserved, so no new process can have
+    it as its pid. A live process with that pid therefore means our group is gone and the number
+    belongs to someone else."""
+    if not Path(f"/proc/{pgid}").exists() and group_members(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:  # they ended meanwhile
             pass
-    try:  # the group outlives its leader only while members remain, so its id is still ours
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
 
 
 class LiveServer:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import LiveServer, RedisServer, free_port, group_members, wait_for
+from conftest import LiveServer, RedisServer, end_process_group, free_port, group_members, kill_orphans, wait_for
 
 Failed = pytest.fail.Exception
 
@@ -100,3 +100,20 @@ def test_a_redis_server_that_never_answers_is_stopped_when_the_wait_times_out(tm
         server.start()
     assert "not reached within 2s" in str(err.value)
     assert server.proc.returncode is not None and group_members(server.proc.pid) == []
+
+
+def test_ending_a_group_whose_leader_died_kills_what_it_left_behind():
+    # The leader starts a long sleeper in its own group and exits at once (a server master that
+    # crashed and left its workers): the sleeper must not outlive the cleanup.
+    leader = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; print(subprocess.Popen("
+                               "[sys.executable, '-c', 'import time; time.sleep(120)']).pid)"],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    orphan = int(leader.stdout.readline())
+    leader.stdout.close()
+    try:
+        assert leader.wait(timeout=30) == 0
+        assert group_members(leader.pid) == [orphan]
+        end_process_group(leader)
+        assert wait_for(lambda: group_members(leader.pid) == [], timeout=10, message="the orphan survived")
+    finally:
+        kill_orphans(leader.pid)
