@@ -10,6 +10,13 @@
 # platform's stop timeout may be short, so the bulk is saved at once); when both have exited,
 # one last `sync.py backup` saves whatever the server wrote while stopping (usually nothing).
 # If the server dies on its own, the same shutdown runs and start.sh exits non-zero.
+#
+# SIGTERM is the signal that matters: it is what a container runtime sends, and it always works.
+# SIGINT (Ctrl-C) works only when this script did not inherit it as ignored: anything started
+# from a background job (`cmd &`, nohup, many CI runners) does, and bash cannot trap a signal that
+# was ignored on entry. The children always get SIGTERM, whatever stopped this script. A signal
+# during the restore lets the restore finish (an interrupted restore is not a clean stop), then
+# exits without starting the server.
 set -uo pipefail
 cd "$(dirname "$0")" || exit 1
 
@@ -19,6 +26,9 @@ server_pid=""
 loop_pid=""
 
 log() { echo "[start.sh] $*" >&2; }
+if [ -n "$(trap -p INT)" ]; then  # before our own trap: only an inherited "ignore" shows here
+  log "SIGINT is ignored (inherited from whatever started this script): stop it with SIGTERM"
+fi
 # shellcheck disable=SC2329  # invoked by the traps below
 on_signal() {
   stopping=1

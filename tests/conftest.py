@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import pytest
 import requests
@@ -102,23 +102,124 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_responds(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05,
+             message: str | Callable[[], str] = "condition not reached", *,
+             ignore: tuple[type[Exception], ...] = (), proc: subprocess.Popen | None = None) -> T:
+    """Poll ``predicate`` until it returns something truthy and return that value.
+
+    Fails the test with ``message`` (a string, or a callable for text that is only worth building
+    on failure, such as a log) and the last value seen when ``timeout`` seconds pass, or at once
+    when ``proc`` is given and exits. Exceptions listed in ``ignore`` count as "not yet" (a port
+    that does not answer yet); any other exception propagates.
+    """
+    __tracebackhide__ = True
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+    last: Any = None
+    while True:
+        if proc is not None and proc.poll() is not None:
+            problem = f"the process exited with code {proc.returncode}"
+            break
         try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise RuntimeError(f"server did not answer {url} within {timeout}s")
+            last = predicate()
+        except ignore as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            problem = f"not reached within {timeout:g}s"
+            break
+        time.sleep(interval)
+    text = message() if callable(message) else message
+    pytest.fail(f"{text} ({problem}; last value: {last!r})")
+
+
+def wait_until_responds(url: str, proc: subprocess.Popen, timeout: float = 20.0,
+                        message: str | Callable[[], str] | None = None) -> None:
+    """Wait until ``url`` answers HTTP (any status) while ``proc`` keeps running."""
+    __tracebackhide__ = True
+    wait_for(lambda: requests.get(url, timeout=1), timeout=timeout, interval=0.1,
+             message=message or f"nothing answered {url}", ignore=(requests.RequestException,), proc=proc)
+
+
+# A suite launched from a background job (`cmd &`, nohup, some CI runners) inherits SIGINT as
+# ignored, and so does every child: a non-interactive bash cannot even trap a signal that was ignored
+# when it started. Tests that depend on SIGINT set it explicitly in the child. Exec keeps the pid.
+_EXEC_WITH_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, getattr(signal, sys.argv[1])); "
+                     "os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+def with_sigint(disposition: str, argv: list[str]) -> list[str]:
+    """``argv`` run with SIGINT at its default action (``"SIG_DFL"``) or ignored (``"SIG_IGN"``),
+    whatever this process inherited."""
+    assert disposition in ("SIG_DFL", "SIG_IGN")
+    return [sys.executable, "-c", _EXEC_WITH_SIGINT, disposition, *argv]
+
+
+def sigint_disposition(pid: int) -> str:
+    """How process ``pid`` treats SIGINT: "ignored", "caught" or "default" (from /proc)."""
+    fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                  if ":\t" in line)
+    bit = 1 << (signal.SIGINT - 1)
+    if int(fields["SigIgn"], 16) & bit:
+        return "ignored"
+    return "caught" if int(fields["SigCgt"], 16) & bit else "default"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses
+        state, _ppid, pgrp = text[text.rindex(")") + 2:].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+def end_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 20.0) -> None:
+    """Stop a child started with ``start_new_session=True`` and everything in its process group:
+    ``sig`` first, SIGKILL after ``grace`` seconds, then SIGKILL for whatever the leader left behind
+    (the workers of a server that died). Always reaps the leader."""
+    if proc.poll() is None:  # alive, or exited but not reaped: either way its pid (the group id) is ours
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    kill_orphans(proc.pid)
+
+
+def kill_orphans(pgid: int) -> None:
+    """SIGKILL what is left of process group ``pgid`` once its leader has been reaped.
+
+    Pids are reused (pid_max may be 32768), so this must never signal a stranger's group: while any
+    member of our group is left, the kernel keeps the number reserved, so no new process can have
+    it as its pid. A live process with that pid therefore means our group is gone and the number
+    belongs to someone else."""
+    if not Path(f"/proc/{pgid}").exists() and group_members(pgid):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:  # they ended meanwhile
+            pass
 
 
 class LiveServer:
-    """A real ``python src/app.py`` process on a free 127.0.0.1 port."""
+    """A real ``python src/app.py`` process on a free 127.0.0.1 port.
 
-    def __init__(self, tmp: Path, env: dict[str, str], args: list[str]):
+    If the server does not come up (it exits, or ``ready_timeout`` passes), its process group is
+    killed before the test fails, so a failed start leaves nothing running."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], args: list[str], *, ready_timeout: float = 20.0,
+                 start: bool = True):
         self.port = free_port()
         self.data_dir = tmp / f"server-{self.port}"
         self.url = f"http://127.0.0.1:{self.port}"
@@ -126,20 +227,26 @@ class LiveServer:
                     "PORT": str(self.port), "HOST": "127.0.0.1", "HOME": str(tmp),
                     "EMBEDDING_PROVIDER": "none", **env}
         self.args = args
+        self.ready_timeout = ready_timeout
         self.log_path = tmp / f"server-{self.port}.log"
         self.proc: subprocess.Popen | None = None
-        self.start()
+        if start:
+            self.start()
 
     @property
     def db_path(self) -> Path:
         return Path(self.env.get("AGENTMEMORY_DB") or self.data_dir / "agentmemory.db")
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, str(SRC / "app.py"), *self.args], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        wait_until_responds(self.url + "/agentmemory/livez", self.proc)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, str(SRC / "app.py"), *self.args], env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until_responds(self.url + "/agentmemory/livez", self.proc, timeout=self.ready_timeout,
+                                message=lambda: f"the server did not start; its log:\n{self.log()[-4000:]}")
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
 
     def api(self, path: str) -> str:
         return f"{self.url}/agentmemory{path}"
@@ -148,13 +255,8 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            end_process_group(self.proc, sig)
 
 
 @pytest.fixture
@@ -195,59 +297,60 @@ def make_hook() -> Callable[..., dict[str, Any]]:
 
 # -- a real redis-server (working-memory tests) ------------------------------------------------------
 
-REDIS_MISSING = "redis-server is not installed (tests/run.sh installs the Debian package when run as root)"
+REDIS_MISSING = ("redis-server is not installed: install the Debian package redis-server "
+                 "(tests/run.sh apt-installs it when run as root)")
 
 
 class RedisServer:
-    """``redis-server`` on a free 127.0.0.1 port, no persistence, its own temp dir."""
+    """``redis-server`` on a free 127.0.0.1 port, no persistence, its own temp dir. ``extra`` are
+    more command-line options. A redis-server that does not answer PING is killed before the test
+    fails."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, extra: tuple[str, ...] = (), *, ready_timeout: float = 20.0,
+                 start: bool = True):
         self.port = free_port()
         self.dir = workdir
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.extra = extra
+        self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
-        self.start()
+        if start:
+            self.start()
 
     def start(self) -> None:
         import redis
 
-        log = open(self.dir / "redis.log", "ab")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 20
+        with open(self.dir / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                 "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no", *self.extra],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # No client-side retries: wait_for polls, and redis-py's default backoff would add ~3 s per try.
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
         try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("redis-server did not answer PING within 20 s") from None
-                    time.sleep(0.05)
+            wait_for(client.ping, timeout=self.ready_timeout, ignore=(redis.ConnectionError, redis.TimeoutError),
+                     proc=self.proc,
+                     message=lambda: "redis-server did not answer PING; its log:\n" +
+                     (self.dir / "redis.log").read_text(errors="replace")[-2000:])
+        except BaseException:
+            self.stop()
+            raise
         finally:
             client.close()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            end_process_group(self.proc, grace=10)
 
 
 def _redis_server(workdir: Path):
     import shutil
 
     if shutil.which("redis-server") is None:
-        pytest.skip(REDIS_MISSING)
+        pytest.fail(REDIS_MISSING)
     server = RedisServer(workdir)
     try:
         yield server

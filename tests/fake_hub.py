@@ -21,6 +21,11 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
+class _HubServer(ThreadingHTTPServer):
+    allow_reuse_address = True  # restart on the same port right after stop() (the Hub comes back)
+    daemon_threads = True
+
+
 def git_blob_oid(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
@@ -76,7 +81,7 @@ class FakeHub:
         self.unhandled: list[tuple[str, str]] = []
         self._faults: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _HubServer | None = None
         self.port = 0
 
     # ---- lifecycle
@@ -86,9 +91,7 @@ class FakeHub:
         class Handler(_Handler):
             fake = hub
 
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = _HubServer(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

@@ -197,9 +197,11 @@ def node_cache_dir() -> Path:
 
 
 def node_modules() -> Path:
-    """The installed npm packages; installs them when missing; skips only without node/npm."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node/npm are not installed: the upstream shim, hook and Inspector tests need them")
+    """The installed npm packages; installs them when missing. Without node/npm the test fails."""
+    missing = [name for name in ("node", "npm") if shutil.which(name) is None]
+    if missing:
+        pytest.fail(f"{' and '.join(missing)} not found: install Node.js 18 or newer with npm (for example "
+                    "`apt-get install nodejs npm`); the upstream shim, hook-script and Inspector tests run them")
     cache = node_cache_dir()
     marker = cache / "node_modules" / ".agentmemory-packages"
     if not marker.exists() or marker.read_text().split() != NODE_PACKAGES:

@@ -1,11 +1,40 @@
 #!/usr/bin/env bash
 # Run the whole test suite: ./tests/run.sh [pytest args...]
 #
-# Uses the active virtualenv, or creates ./.venv, and installs what the tests need first:
-# the Python dev requirements and, when missing, the system packages some tests drive for real
-# (installed with apt-get when running as root; otherwise those tests say what is missing).
+# Uses the active virtualenv, or creates ./.venv, and installs what the tests need first: the
+# system packages some tests drive for real (apt-get, when running as root), Node.js/npm and the
+# npm packages, and the Python dev requirements. Anything that cannot be installed stops the run
+# here with a non-zero exit: a missing dependency must fail CI, never turn tests into skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+die() { echo "tests/run.sh: $*" >&2; exit 1; }
+
+# System packages the tests use for real, as "Debian package:command it provides":
+# redis-server (working memory), chromium (the viewer, via Playwright).
+SYSTEM_PACKAGES=(redis-server:redis-server chromium:chromium)
+missing=()
+for entry in "${SYSTEM_PACKAGES[@]}"; do
+  command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    die "missing system packages: ${missing[*]} (install them, e.g. sudo apt-get install ${missing[*]}, or run this script as root on Debian/Ubuntu)"
+  fi
+  echo "installing system packages: ${missing[*]}"
+  apt-get update -qq || die "apt-get update failed; cannot install: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || die "apt-get install failed for: ${missing[*]}"
+  for entry in "${SYSTEM_PACKAGES[@]}"; do
+    command -v "${entry#*:}" >/dev/null 2>&1 || die "${entry#*:} is still missing after installing ${entry%%:*}"
+  done
+fi
+
+# Node.js and npm run upstream's MCP shim, its Claude Code hook scripts and the MCP Inspector CLI.
+# They are not apt-installed here (distributions and NodeSource package them differently).
+for cmd in node npm; do
+  command -v "$cmd" >/dev/null || die "$cmd not found: install Node.js 18 or newer with npm (e.g. apt-get install nodejs npm, or from nodejs.org)"
+done
 
 if [ -z "${VIRTUAL_ENV:-}" ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
@@ -14,40 +43,24 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
-# System packages the tests use for real: redis-server (working memory), chromium (the viewer, via Playwright).
-SYSTEM_PACKAGES=(redis-server chromium)
-missing=()
-for pkg in "${SYSTEM_PACKAGES[@]}"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing system packages: ${missing[*]}"
-    # A failed install must not hide the rest of the suite: the tests that need a missing
-    # package say so themselves.
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
-      echo "warning: apt-get could not install: ${missing[*]}" >&2
-    fi
-  else
-    echo "warning: missing system packages (tests that need them will report it): ${missing[*]}" >&2
-  fi
-fi
-
-# npm packages the MCP tests drive for real (upstream's MCP shim and Claude Code hook scripts, the
-# MCP Inspector CLI), installed once into a cache outside the repository.
+# The npm packages the MCP tests drive for real, installed once into a cache outside the repository.
 NODE_CACHE_DIR="${AGENTMEMORY_TEST_NODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentmemory-python/node}"
 export AGENTMEMORY_TEST_NODE_CACHE="$NODE_CACHE_DIR"
-if command -v npm >/dev/null && command -v node >/dev/null; then
-  mapfile -t node_packages < tests/node-packages.txt
-  marker="$NODE_CACHE_DIR/node_modules/.agentmemory-packages"
-  if [ "$(cat "$marker" 2>/dev/null)" != "$(printf '%s\n' "${node_packages[@]}")" ]; then
-    echo "installing npm packages for the MCP tests into $NODE_CACHE_DIR"
-    mkdir -p "$NODE_CACHE_DIR"
-    npm install --no-audit --no-fund --loglevel=error --prefix "$NODE_CACHE_DIR" "${node_packages[@]}" >/dev/null
-    printf '%s\n' "${node_packages[@]}" > "$marker"
-  fi
-else
-  echo "warning: node/npm not found; the upstream shim, hook-script and Inspector tests will be skipped" >&2
+mapfile -t node_packages < tests/node-packages.txt
+marker="$NODE_CACHE_DIR/node_modules/.agentmemory-packages"
+if [ "$(cat "$marker" 2>/dev/null)" != "$(printf '%s\n' "${node_packages[@]}")" ]; then
+  echo "installing npm packages for the MCP tests into $NODE_CACHE_DIR"
+  mkdir -p "$NODE_CACHE_DIR"
+  npm install --no-audit --no-fund --loglevel=error --prefix "$NODE_CACHE_DIR" "${node_packages[@]}" >/dev/null \
+    || die "npm install failed for: ${node_packages[*]}"
+  printf '%s\n' "${node_packages[@]}" > "$marker"
 fi
+
+# Lint, format, types and the import contracts over the package, before any test runs.
+echo "checking src/: ruff, ruff format, mypy, import contracts"
+python -m ruff check --quiet src || die "ruff found problems (python -m ruff check src)"
+python -m ruff format --check --quiet src || die "code is not formatted (python -m ruff format src)"
+python -m mypy --no-error-summary || die "mypy found type errors (python -m mypy)"
+lint-imports --config pyproject.toml >/dev/null || die "an import contract is broken (lint-imports)"
 
 exec python -m pytest "$@"

@@ -16,10 +16,13 @@ def server(tmp_path_factory):
     from conftest import LiveServer
 
     s = LiveServer(tmp_path_factory.mktemp("bad"), {}, [])
-    post(s.api("/observe"), hook("keep", data={"tool_name": "Bash", "tool_input": "baseline command"}))
-    post(s.api("/remember"), {"content": "baseline memory"})
-    yield s
-    s.stop()
+    try:
+        assert post(s.api("/observe"), hook("keep", data={"tool_name": "Bash",
+                                                          "tool_input": "baseline command"})).status_code == 201
+        assert post(s.api("/remember"), {"content": "baseline memory"}).status_code == 201
+        yield s
+    finally:
+        s.stop()
 
 
 def snapshot(server):

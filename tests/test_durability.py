@@ -5,11 +5,10 @@ import json
 import signal
 import sqlite3
 import threading
-import time
 
 import requests
 
-from conftest import hook, post
+from conftest import hook, post, wait_for
 from test_privacy import SECRETS
 
 
@@ -39,12 +38,13 @@ def test_sigkill_during_ingest_loses_no_acknowledged_observation(live_server):
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
-    server.stop(signal.SIGKILL)
-    stop.set()
-    for t in threads:
-        t.join(timeout=10)
-    assert len(acknowledged) > 50, "the burst did not get going"
+    try:  # kill it mid-burst, once the burst is well under way
+        wait_for(lambda: len(acknowledged) > 50, interval=0.01, message="the burst did not get going")
+    finally:
+        server.stop(signal.SIGKILL)
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
 
     server.start()
     stored = set()

@@ -4,14 +4,13 @@ key, with the breaker open and on bad answers; privacy both ways."""
 
 import json
 import threading
-import time
 
 import pytest
 
 from agentmemory_server.models import llm
 from agentmemory_server.retrieval import vectors
 from agentmemory_server.adapters.web import create_app
-from conftest import ManualClock, ToolCaller, hook
+from conftest import ManualClock, ToolCaller, hook, wait_for
 from llm_support import ANSWERS, responder, task_of
 
 COMPRESSED = ANSWERS["compress"]
@@ -134,13 +133,11 @@ def test_observe_answers_while_the_model_is_stalled(llm_runtime, fake_gemini):
         assert [o.get("method") for o in listed] == [None, None] and [o["title"] for o in listed] == ["Edit"] * 2
     finally:
         fake_gemini.release()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        listed = client.get("/agentmemory/observations?sessionId=s1").json["observations"]
-        if all(o.get("method") == "gemini" for o in listed):
-            break
-        time.sleep(0.05)
-    assert [o.get("method") for o in listed] == ["gemini", "gemini"]
+
+    def methods() -> list:
+        return [o.get("method") for o in client.get("/agentmemory/observations?sessionId=s1").json["observations"]]
+
+    wait_for(lambda: methods() == ["gemini", "gemini"], message="both observations were not rewritten by the model")
 
 
 def test_500s_open_the_breaker_fallbacks_answer_jobs_wait_then_recover(llm_runtime, fake_gemini):

@@ -1,21 +1,10 @@
 """End to end: a real server process with the fake Gemini. An observation is stored at once and
 upgraded by the model in the background; a session end produces a model-written summary."""
 
-import time
-
 import requests
 
-from conftest import GEMINI_TEST_KEY, hook, post
+from conftest import GEMINI_TEST_KEY, hook, post, wait_for
 from llm_support import responder
-
-
-def poll(fetch, done, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if done(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def test_live_server_compresses_in_the_background_and_summarises_with_the_model(live_server, fake_gemini):
@@ -29,8 +18,11 @@ def test_live_server_compresses_in_the_background_and_summarises_with_the_model(
     def observations():
         return requests.get(server.api("/observations"), params={"sessionId": "live"}, timeout=10).json()
 
-    listed = poll(observations, lambda v: v["observations"][0].get("method") == "gemini")
-    obs = listed["observations"][0]
+    def rewritten() -> dict | None:
+        obs = observations()["observations"][0]
+        return obs if obs.get("method") == "gemini" else None
+
+    obs = wait_for(rewritten, interval=0.1, message="the model never rewrote the observation")
     assert obs["method"] == "gemini" and obs["title"] == "Model: switched auth to tokens"
     assert obs["id"] == created.json()["observationId"]
 
@@ -39,7 +31,11 @@ def test_live_server_compresses_in_the_background_and_summarises_with_the_model(
     def session():
         return requests.get(server.api("/session"), params={"sessionId": "live"}, timeout=10).json()["session"]
 
-    summary = poll(session, lambda s: (s.get("summary") or {}).get("method") == "gemini").get("summary")
+    def model_summary() -> dict | None:
+        summary = session().get("summary") or {}
+        return summary if summary.get("method") == "gemini" else None
+
+    summary = wait_for(model_summary, interval=0.1, message="the session never got a model-written summary")
     assert summary["method"] == "gemini" and summary["title"] == "Model summary title"
 
     health = requests.get(server.api("/health"), timeout=10)

@@ -71,13 +71,22 @@ def test_bad_resource_uris(client, uri, status, code):
     assert r.status_code == status and body["code"] == code
 
 
-def test_feature_backed_resources_answer_from_their_tools(client, seeded, call):
-    r, body = read(client, "agentmemory://project/web%20app/profile")
-    profile = payload(body)["profile"]
-    assert r.status_code == 200 and profile["project"] == "web app" and profile["sessionCount"] == 1
-    assert profile == call("memory_profile", project="web app")["profile"]
+def test_the_graph_resource_is_what_the_graph_route_serves(client, call, seeded):
+    call("graph_extract", sessionId="r1")
     r, body = read(client, "agentmemory://graph/stats")
-    assert r.status_code == 200 and payload(body) == call("graph_stats")
+    assert r.status_code == 200
+    stats = payload(body)
+    assert stats == client.get("/agentmemory/graph/stats").get_json() and stats["totalNodes"] > 0
+
+
+def test_the_project_profile_resource_is_what_the_profile_route_serves(client, seeded):
+    r, body = read(client, "agentmemory://project/web%20app/profile")
+    assert r.status_code == 200
+    profile = payload(body)
+    assert profile["cached"] is False and "src/login.tsx" in json.dumps(profile["profile"])  # the seeded session
+    # The resource ran the route's tool, which cached the profile: the route now serves that copy.
+    served = client.get("/agentmemory/profile", query_string={"project": "web app"}).get_json()
+    assert served["cached"] is True and served["profile"] == profile["profile"]
 
 
 def test_team_profile_is_a_clear_501(client):
@@ -114,11 +123,13 @@ def test_session_handoff_prompt(client, seeded):
     assert r.status_code == 404 and body["code"] == "session_not_found"
 
 
-def test_detect_patterns_prompt(client, seeded):
+def test_detect_patterns_prompt_carries_what_the_patterns_route_finds(client, seeded):
     r, body = get_prompt(client, "detect_patterns", {"project": "web app"})
+    assert r.status_code == 200
     text = body["messages"][0]["content"]["text"]
-    assert r.status_code == 200 and text.startswith("Recurring patterns agentmemory found in web app")
-    assert json.loads(text.split("\n\n", 1)[1])["project"] == "web app"
+    found = client.post("/agentmemory/patterns", json={"project": "web app"}).get_json()
+    assert text.startswith("Recurring patterns agentmemory found in web app")
+    assert text.endswith(json.dumps(found, indent=2, ensure_ascii=False))
 
 
 @pytest.mark.parametrize("name,arguments,status,field", [

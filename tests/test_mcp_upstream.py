@@ -1,6 +1,6 @@
 """Real upstream clients against a real server: the MCP shim of ``@agentmemory/mcp@0.9.29`` and
 the MCP Inspector CLI 0.15.0 (Node). The packages come from tests/node-packages.txt, installed by
-tests/run.sh into a cache outside the repository; these tests skip only when node/npm are absent.
+tests/run.sh into a cache outside the repository; without node/npm these tests fail and say so.
 """
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import Any, Callable
 
 import pytest
 import requests
 
 from agentmemory_server.kernel import registry
-from conftest import SRC, LiveServer, post
+from conftest import SRC, LiveServer, post, wait_for
 from mcp_support import (StdioPeer, call_order, check_result, live_poster, node_modules, sample_args,
                          seed)
 
@@ -42,18 +41,20 @@ def upstream(tmp_path_factory, node_dir):
     """A live server with auth, seeded, and the shim connected to it over stdio."""
     tmp = tmp_path_factory.mktemp("shim")
     server = LiveServer(tmp, {"AGENTMEMORY_SECRET": SECRET}, [])
-    seeds = seed(live_poster(server, AUTH))
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "AGENTMEMORY_URL": server.url,
-           "AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_DEBUG": "1"}
-    shim = StdioPeer(["node", str(node_dir / "@agentmemory" / "mcp" / "bin.mjs")], env)
     try:
-        init = shim.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                           "clientInfo": {"name": "pytest", "version": "1"}})
-        assert init["result"]["protocolVersion"] == "2025-06-18"
-        shim.notify("notifications/initialized")
-        yield server, shim, seeds
+        seeds = seed(live_poster(server, AUTH))
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "AGENTMEMORY_URL": server.url,
+               "AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_DEBUG": "1"}
+        shim = StdioPeer(["node", str(node_dir / "@agentmemory" / "mcp" / "bin.mjs")], env)
+        try:
+            init = shim.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                               "clientInfo": {"name": "pytest", "version": "1"}})
+            assert init["result"]["protocolVersion"] == "2025-06-18"
+            shim.notify("notifications/initialized")
+            yield server, shim, seeds
+        finally:
+            shim.close()
     finally:
-        shim.close()
         server.stop()
 
 
@@ -67,10 +68,8 @@ def stderr_barrier(shim: StdioPeer) -> None:
     """
     mark = len(shim.stderr)
     shim.request("tools/list")
-    deadline = time.monotonic() + 30
-    while not any("tools/list: returning" in line for line in shim.stderr[mark:]):
-        assert time.monotonic() < deadline, "the shim's tools/list debug line never arrived"
-        time.sleep(0.01)
+    wait_for(lambda: any("tools/list: returning" in line for line in shim.stderr[mark:]), interval=0.01,
+             message="the shim's tools/list debug line never arrived")
 
 
 def shim_call(shim: StdioPeer, name: str, arguments: dict) -> tuple[dict, str]:

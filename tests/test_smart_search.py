@@ -1,7 +1,6 @@
 """Hybrid ranking, smart-search, timeline, profile, file-context, enrich and the context profile
 block; project and agent filters on every search route."""
 
-import time
 
 import pytest
 import requests
@@ -10,9 +9,9 @@ from agentmemory_server.retrieval import dates
 from agentmemory_server.kernel import registry
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval import vectors
-from conftest import post
+from conftest import post, wait_for
 from conftest import hook as make_hook
-from agentmemory_server.kernel.registry import REGISTRY, Ctx, Tool, params, string
+from agentmemory_server.kernel.registry import Ctx
 
 
 def call(rt, name, **args):
@@ -95,22 +94,25 @@ def test_smart_search_needs_a_query(client):
     assert r.status_code == 400 and r.json["details"]["field"] == "query"
 
 
-def test_smart_search_attaches_lessons_and_tolerates_failure(rt):
+def test_smart_search_attaches_lessons_and_tolerates_failure(rt, caplog):
     note(rt, "s1", "ci pipeline timed out")
-    saved = call(rt, "memory_lesson_save", content="ci pipeline runs need a warm cache " + "x" * 500,
-                 project="p", tags=["ci"])
+    content = "Retry the ci pipeline once before paging anyone. " + "It is usually the shared runner. " * 20
+    saved = call(rt, "memory_lesson_save", content=content, confidence=0.8, project="p", tags=["ci"])["lesson"]
     out = call(rt, "memory_smart_search", query="ci pipeline", project="p")
-    lesson = out["lessons"][0]
-    assert lesson["lessonId"] == saved["lesson"]["id"] and len(lesson["content"]) == 240
-    assert lesson["project"] == "p" and lesson["tags"] == ["ci"]
+    (lesson,) = out["lessons"]
+    assert lesson["lessonId"] == saved["id"] and lesson["project"] == "p" and lesson["tags"] == ["ci"]
+    assert len(lesson["content"]) == 240 and content.startswith(lesson["content"][:200])
     assert call(rt, "memory_smart_search", query="ci", includeLessons=False)["lessons"] == []
-    # A damaged lesson record makes lesson ranking fail; the search itself must still answer.
-    damaged = {**saved["lesson"], "confidence": "not a number"}
-    with rt.db.transaction("test") as tx:
-        tx.records.set("mem:lessons", damaged["id"], damaged, now="x")
-        search.index_record(tx, "lesson", damaged)
+    # A malformed lesson (an upstream export with a non-numeric confidence) makes the lessons
+    # module's recall raise; search still answers, without lessons, and logs why.
+    bad = {"id": "lsn_bad", "content": "ci pipeline lore", "confidence": "high", "createdAt": "2026-01-01T00:00:00Z"}
+    assert call(rt, "import", exportData={"version": "0.9.29", "sessions": [], "observations": {},
+                                          "lessons": [bad]})["success"] is True
+    with pytest.raises(ValueError):
+        call(rt, "memory_lesson_recall", query="ci pipeline")
     out = call(rt, "memory_smart_search", query="ci pipeline")
     assert out["lessons"] == [] and len(out["results"]) == 1
+    assert "lesson recall failed during smart-search" in caplog.text
 
 
 # -- filters on every route --------------------------------------------------------------------------
@@ -235,14 +237,12 @@ def test_live_server_embeds_in_background_and_reports_progress(live_server):
     for i in range(5):
         assert post(server.api("/observe"), make_hook(f"s{i}", data={"tool_name": "Bash",
                     "tool_input": {"command": f"make release-{i}"}})).status_code == 201
-    deadline = time.monotonic() + 30
-    health = {}
-    while time.monotonic() < deadline:
-        health = requests.get(server.api("/health"), timeout=10).json()
-        if health["vectors"]["vectors"] == 5 and health["vectors"]["backlog"] == 0:
-            break
-        time.sleep(0.2)
-    assert health["vectors"]["vectors"] == 5 and health["vectors"]["worker"] is True
+    def embedded() -> dict | None:
+        vectors = requests.get(server.api("/health"), timeout=10).json()["vectors"]
+        return vectors if vectors["vectors"] == 5 and vectors["backlog"] == 0 else None
+
+    vectors = wait_for(embedded, timeout=30, interval=0.2, message="the worker did not embed all 5 observations")
+    assert vectors["worker"] is True
     out = post(server.api("/smart-search"), {"query": "make release", "project": "demo"}).json()
     assert out["mode"] == "hybrid" and len(out["results"]) == 5
     out = post(server.api("/search"), {"query": "release", "mode": "bm25", "format": "compact"}).json()

@@ -7,54 +7,47 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
-from conftest import HUB_REPO, ROOT, free_port, hook, post, run_sync, seed_store, sqlite_table_counts, sync_env
+from conftest import (HUB_REPO, ROOT, end_process_group, free_port, group_members, hook, post, run_sync, seed_store,
+                      sigint_disposition, sqlite_table_counts, sync_env, wait_until_responds, with_sigint)
 
 
 class Boot:
-    """``./start.sh`` in its own process group, its output in a log file."""
+    """``./start.sh`` in its own process group, its output in a log file. ``sigint`` is how it
+    treats SIGINT (see conftest.with_sigint); by default ignored, as under a container runtime or
+    a background job, so only SIGTERM can stop it."""
 
-    def __init__(self, env: dict[str, str], tmp: Path):
+    def __init__(self, env: dict[str, str], tmp: Path, sigint: str = "SIG_IGN"):
         self.port = int(env["PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"start-{self.port}.log"
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([str(ROOT / "start.sh")], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(with_sigint(sigint, [str(ROOT / "start.sh")]), env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def wait_until_up(self, limit: float = 60.0) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"start.sh exited early:\n{self.log()}"
-            try:
-                requests.get(self.url + "/agentmemory/livez", timeout=1)
-                return
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise AssertionError(f"server did not come up:\n{self.log()}")
+        wait_until_responds(self.url + "/agentmemory/livez", self.proc, timeout=limit,
+                            message=lambda: f"the server did not come up under start.sh:\n{self.log()}")
+
+    def pid_of(self, what: str) -> int:
+        """The pid start.sh logged for "server" or "backup loop"."""
+        return int(re.search(rf"{what} started \(pid (\d+)\)", self.log()).group(1))
 
     def server_pid(self) -> int:
-        return int(re.search(r"server started \(pid (\d+)\)", self.log()).group(1))
+        return self.pid_of("server")
 
     def wait(self, limit: float = 90.0) -> int:
         return self.proc.wait(timeout=limit)
 
     def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        else:
-            try:  # children left behind if start.sh died first
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """Kill start.sh and whatever it started (children left behind if start.sh died first)."""
+        end_process_group(self.proc, signal.SIGKILL)
 
 
 def boot_env(hf_hub, tmp: Path, data_dir: Path, **extra: str) -> dict[str, str]:
@@ -64,11 +57,14 @@ def boot_env(hf_hub, tmp: Path, data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def test_boot_restores_serves_and_backs_up_on_sigterm(hf_hub, tmp_path):
+    """A container runtime's stop: SIGTERM to start.sh alone, SIGINT ignored throughout."""
     seed_store(tmp_path / "previous-life")  # what the last container backed up
     assert run_sync(sync_env(hf_hub, tmp_path, tmp_path / "previous-life"), "backup").returncode == 0
-    boot = Boot(boot_env(hf_hub, tmp_path, tmp_path / "data"), tmp_path)
+    boot = Boot(boot_env(hf_hub, tmp_path, tmp_path / "data"), tmp_path, sigint="SIG_IGN")
     try:
         boot.wait_until_up()
+        assert sigint_disposition(boot.proc.pid) == "ignored"  # SIGTERM is all there is
+        children = [boot.pid_of("server"), boot.pid_of("backup loop")]
         assert "restored backup" in boot.log()
         sessions = requests.get(boot.url + "/agentmemory/sessions").json()
         assert sessions["total"] == 3  # the restored data is served
@@ -78,6 +74,9 @@ def test_boot_restores_serves_and_backs_up_on_sigterm(hf_hub, tmp_path):
         commits = hf_hub.commit_count(HUB_REPO)
         boot.proc.send_signal(signal.SIGTERM)  # to start.sh only: it must forward
         assert boot.wait() == 0, boot.log()
+        assert group_members(boot.proc.pid) == []  # the server and the loop are gone too
+        for pid in children:
+            assert not Path(f"/proc/{pid}").exists(), f"pid {pid} outlived start.sh"
     finally:
         boot.cleanup()
     # The loop's final upload, and the last backup if the server's shutdown changed the file.
@@ -87,6 +86,7 @@ def test_boot_restores_serves_and_backs_up_on_sigterm(hf_hub, tmp_path):
     assert sqlite_table_counts(remote)["kv_store"] == 17 + 2 + 1  # + session, observation, memory
     log = boot.log()
     assert "server stopped (code 0)" in log and "backup loop stopped (code 0)" in log
+    assert "SIGINT is ignored (inherited" in log and "SIGTERM received" in log
     assert log.index("backup loop stopped") < log.index("last backup done")
 
 

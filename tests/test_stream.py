@@ -10,14 +10,13 @@ import os
 import signal
 import socket
 import threading
-import time
 
 import pytest
 import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import hook, post
+from conftest import hook, post, wait_for
 from agentmemory_server.errors import CapacityExceeded
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.util import Clock
@@ -44,8 +43,8 @@ def test_a_client_that_never_reads_is_dropped_and_writers_finish():
     thread.start()
     for i in range(50):
         hub.publish("observation", {"i": i})  # would hang here if a full queue blocked writers
-        while reader.queue.qsize() >= 4:       # let the reader keep up; only `stuck` lags
-            time.sleep(0.001)
+        # let the reader keep up; only `stuck` lags
+        wait_for(lambda: reader.queue.qsize() < 4, interval=0.001, message="the reading client stopped draining")
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert stuck.dropped and not reader.dropped
@@ -155,11 +154,12 @@ def recv(ws, timeout: float = 10) -> dict:
 
 def next_event(ws, event_type: str, timeout: float = 10) -> dict:
     """The next message of ``event_type`` (other event types in between are skipped)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        message = recv(ws, max(0.1, deadline - time.monotonic()))
-        if message.get("type") == event_type:
-            return message
+    def matching() -> dict | None:
+        message = recv(ws, 0.5)
+        return message if message.get("type") == event_type else None
+
+    return wait_for(matching, timeout=timeout, interval=0, ignore=(TimeoutError,),
+                    message=f"no {event_type!r} event arrived")
 
 
 def close_code(ws, timeout: float = 10) -> tuple[int | None, str]:
@@ -197,7 +197,7 @@ def test_event_shapes_for_every_record_type_on_main(live_server):
         assert next_event(ws, "session")["record"]["status"] == "completed"
 
 
-# Routes of the memory-model module: (record type, POST path, body, how to find the record).
+# Routes of the memory model: (record type, POST path, body, how to find the record).
 MODEL_WRITES = [
     ("lesson", "/lessons", {"content": "Run migrations before the app starts", "confidence": 0.7}, "content"),
     ("slot", "/slot", {"label": "stream_test_slot", "content": "live slot", "scope": "global"}, "label"),
@@ -211,9 +211,7 @@ def test_event_shapes_for_lessons_slots_and_actions(live_server, event_type, pat
     with connect(ws_url(server), open_timeout=10) as ws:
         recv(ws)
         r = post(server.api(path), body)
-        if r.status_code == 404 and r.json().get("code") == "not_found":
-            pytest.xfail(f"POST /agentmemory{path} is not on this branch yet (memory-model module)")
-        assert r.status_code in (200, 201), r.text
+        assert r.status_code in (200, 201), f"POST /agentmemory{path}: {r.status_code} {r.text}"
         event = next_event(ws, event_type)
         assert set(event) == {"type", "seq", "ts", "record"}
         assert event["record"][field] == body[field]
@@ -290,13 +288,6 @@ def test_max_viewers_refuses_with_a_reason_and_rest_keeps_working(live_server):
 
 def health(server) -> dict:
     return requests.get(server.api("/health"), timeout=10).json()["live"]
-
-
-def wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def raw_upgrade(port: int) -> socket.socket:

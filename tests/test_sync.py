@@ -10,13 +10,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import HUB_REPO, ROOT, Settings, hook, post, run_sync, seed_store, sqlite_table_counts, sync_env
+from conftest import (HUB_REPO, ROOT, Settings, hook, post, run_sync, seed_store, sqlite_table_counts, sync_env,
+                      wait_for)
 
 from agentmemory_server.kernel import registry
 from agentmemory_server.storage.sqlite import hf_sync as sync
@@ -206,10 +206,12 @@ def test_loop_survives_a_down_hub_uploads_when_it_returns_and_backs_up_on_sigter
         proc = subprocess.Popen([sys.executable, str(ROOT / "sync.py"), "loop", "--interval", "0.2"],
                                 env=sync_env(hf_hub, tmp_path, data), stderr=log, stdout=log)
     try:
-        wait_for(lambda: log_path.read_text().count("periodic backup failed") >= 2, proc)
+        wait_for(lambda: log_path.read_text().count("periodic backup failed") >= 2, timeout=60, proc=proc,
+                 message="the loop did not report two failed backups")
         assert "unreachable" in log_path.read_text()
         hf_hub.start()  # back on the same port
-        wait_for(lambda: hf_hub.commit_count(HUB_REPO) == 2, proc)
+        wait_for(lambda: hf_hub.commit_count(HUB_REPO) == 2, timeout=60, proc=proc,
+                 message="the loop did not upload once the Hub was back")
         add_memory(data, "written just before shutdown")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -219,14 +221,6 @@ def test_loop_survives_a_down_hub_uploads_when_it_returns_and_backs_up_on_sigter
             proc.wait()
     assert "final backup" in log_path.read_text()
     assert sqlite_table_counts(remote_db(hf_hub, tmp_path))["kv_store"] == 1 + 1 + 1
-
-
-def wait_for(condition, proc: subprocess.Popen, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert proc.poll() is None, "the process exited early"
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def test_retries_are_bounded_by_settings(hf_hub, tmp_path):

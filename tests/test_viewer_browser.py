@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,8 @@ SECRET = "viewer-test-secret"
 @pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
-        pytest.skip("Debian chromium is not installed (tests/run.sh apt-installs it when run as root)")
+        pytest.fail(f"{CHROMIUM} not found: install the Debian package chromium "
+                    "(tests/run.sh apt-installs it when run as root)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         yield b
@@ -107,7 +109,7 @@ def watched(browser):
 
 def seed(srv: LiveServer, headers: dict) -> dict:
     """Two projects, sessions with XSS-laden titles and observations, a memory with two versions,
-    and lessons and slots when this server has those routes."""
+    a lesson and a slot."""
     def send(path: str, body: dict, ok=(200, 201)) -> requests.Response:
         r = post(srv.api(path), body, headers=headers)
         assert r.status_code in ok, r.text
@@ -134,14 +136,11 @@ def seed(srv: LiveServer, headers: dict) -> dict:
     assert v2["superseded"] == v1["id"]
     send("/remember", {"content": "Beta builds reuse the parsing cache", "project": "/work/beta",
                        "concepts": ["parsing", "cache"]})
-    lessons = post(srv.api("/lessons"), {"content": f"{XSS_SCRIPT}Always run the parser fuzzer",
-                                         "confidence": 0.8, "project": "/work/alpha", "tags": ["parser"]},
-                   headers=headers)
-    slots = post(srv.api("/slot"), {"label": "viewer_slot", "content": f"{XSS_IMG}pinned slot text",
-                                    "description": "seeded by the viewer tests", "scope": "global"},
-                 headers=headers)
-    return {"memory_v1": v1["id"], "memory_v2": v2["memory"]["id"],
-            "lessons": lessons.status_code in (200, 201), "slots": slots.status_code in (200, 201)}
+    send("/lessons", {"content": f"{XSS_SCRIPT}Always run the parser fuzzer", "confidence": 0.8,
+                      "project": "/work/alpha", "tags": ["parser"]})
+    send("/slot", {"label": "viewer_slot", "content": f"{XSS_IMG}pinned slot text",
+                   "description": "seeded by the viewer tests", "scope": "global"})
+    return {"memory_v1": v1["id"], "memory_v2": v2["memory"]["id"]}
 
 
 def open_viewer(w: Watched, srv: LiveServer, tab: str = "dashboard") -> Page:
@@ -201,15 +200,13 @@ def test_every_tab_renders_seeded_data(watched, server, shots):
     anchor = page.locator("#tab-timeline input[aria-label=anchor]")
     anchor.fill("tokenizer escapes")
     anchor.press("Enter")
-    if page.evaluate("features.timeline") is not False:  # POST /timeline (search module)
-        expect(page.locator("#tab-timeline .panel")).to_contain_text("Around “tokenizer escapes”")
-        expect(page.locator("#tab-timeline .panel li.selected")).to_contain_text("alpha note")
-    else:
-        expect(page.locator("#tab-timeline .panel .empty")).to_contain_text("POST /agentmemory/timeline")
+    expect(page.locator("#tab-timeline .panel")).to_contain_text("Around “tokenizer escapes”")  # POST /timeline
+    expect(page.locator("#tab-timeline .panel li.selected")).to_contain_text("alpha note")
+    assert page.evaluate("features.timeline") is not False
 
-    for tab in ("lessons", "slots"):  # data or an empty state, never a broken tab
+    for tab, item in (("lessons", "#tab-lessons .lesson"), ("slots", "#tab-slots .slots .panel")):  # seeded data
         show(page, tab)
-        expect(page.locator(f"#tab-{tab} .lesson, #tab-{tab} .slots .panel, #tab-{tab} .empty").first).to_be_visible()
+        expect(page.locator(item).first).to_be_visible()
         page.screenshot(path=str(shots / f"{tab}.png"))
 
     show(page, "replay")
@@ -225,13 +222,7 @@ def test_every_tab_renders_seeded_data(watched, server, shots):
     page.screenshot(path=str(shots / "replay.png"))
 
 
-def _needs(server, feature: str) -> None:
-    if not server.seeded[feature]:
-        pytest.xfail(f"the {feature} routes are not on this branch yet (memory-model module)")
-
-
 def test_lessons_tab_shows_confidence(watched, server, shots):
-    _needs(server, "lessons")
     page = open_viewer(watched, server, "lessons")
     lesson = page.locator("#tab-lessons .lesson", has_text="Always run the parser fuzzer")
     expect(lesson).to_contain_text("confidence 0.80")
@@ -240,7 +231,6 @@ def test_lessons_tab_shows_confidence(watched, server, shots):
 
 
 def test_slots_tab_shows_slot_content(watched, server, shots):
-    _needs(server, "slots")
     page = open_viewer(watched, server, "slots")
     slot = page.locator('#tab-slots [data-label="viewer_slot"]')
     expect(slot).to_contain_text("pinned slot text")
@@ -256,8 +246,15 @@ def test_an_observation_posted_over_rest_appears_live_within_2s(watched, server)
     expect(page.locator("#live-feed")).to_contain_text(title, timeout=2000)
     show(page, "timeline")
     expect(page.locator("#tab-timeline .vlist")).to_contain_text(title)
+    # Wait for the tab's first page (a seeded row only comes from it): today an event that lands
+    # while that fetch is in flight is overwritten by the fetched rows, a known viewer race that is
+    # not what this test is about.
+    expect(page.locator("#tab-timeline .vlist")).to_contain_text("step 5 of the parser fix")
     second = f"timeline live {uuid.uuid4().hex[:8]}"
-    post(server.api("/observe"), hook("sess-live", "prompt_submit", project="/work/alpha", data={"prompt": second}))
+    # Stamped now, so it is the newest entry whatever today's date (the seeded memories are from today).
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    post(server.api("/observe"), hook("sess-live", "prompt_submit", project="/work/alpha", timestamp=now,
+                                      data={"prompt": second}))
     expect(page.locator("#tab-timeline .vrow").first).to_contain_text(second, timeout=2000)
     # The LLM layer rewrites an observation later (`observation_updated`): the row changes in place.
     row_id = page.locator("#tab-timeline .vrow").first.get_attribute("data-id")
