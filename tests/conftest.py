@@ -40,7 +40,7 @@ def pytest_report_header(config: Any) -> str:
 def settings(tmp_path: Path) -> Settings:
     # Tests that need vectors ask for a provider (hash or local) explicitly; the rest stay BM25.
     return Settings.from_env({}, data_dir=str(tmp_path / "data"), background_jobs=False,
-                             embedding_provider="none")
+                             embedding_provider="none", auth="off")
 
 
 @pytest.fixture
@@ -49,7 +49,8 @@ def make_runtime(tmp_path: Path):
     made: list[Runtime] = []
 
     def make(clock: Any = None, **overrides: Any) -> Runtime:
-        base = {"data_dir": str(tmp_path / "data"), "background_jobs": False, "embedding_provider": "none"}
+        base = {"data_dir": str(tmp_path / "data"), "background_jobs": False, "embedding_provider": "none",
+                "auth": "off"}
         rt = build_runtime(Settings.from_env({}, **{**base, **overrides}), clock=clock)
         made.append(rt)
         return rt
@@ -91,9 +92,13 @@ def call(rt: Runtime) -> ToolCaller:
 
 
 def clean_environ() -> dict[str, str]:
-    """os.environ without any of our settings, so a developer's shell cannot leak into tests."""
+    """os.environ without any of our settings, so a developer's shell cannot leak into tests.
+
+    Auth is on by default (a generated token); these tests run with it off unless they set
+    AGENTMEMORY_SECRET (which always wins). tests/test_auth_default.py covers the default."""
     ours = {var for s in SETTINGS for var in s.env}
-    return {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("AGENTMEMORY_")}
+    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("AGENTMEMORY_")}
+    return {**env, "AGENTMEMORY_AUTH": "off"}
 
 
 def free_port() -> int:

@@ -61,6 +61,6 @@ echo "checking src/: ruff, ruff format, mypy, import contracts"
 python -m ruff check --quiet src || die "ruff found problems (python -m ruff check src)"
 python -m ruff format --check --quiet src || die "code is not formatted (python -m ruff format src)"
 python -m mypy --no-error-summary || die "mypy found type errors (python -m mypy)"
-lint-imports --config pyproject.toml >/dev/null || die "an import contract is broken (lint-imports)"
+lint-imports pyproject.toml >/dev/null || die "an import contract is broken (lint-imports)"
 
 exec python -m pytest "$@"

@@ -36,7 +36,7 @@ def python_files(root: Path) -> list[Path]:
 
 def test_import_contracts_hold():
     lint_imports = Path(sys.executable).with_name("lint-imports")
-    proc = subprocess.run([str(lint_imports), "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=SRC,
+    proc = subprocess.run([str(lint_imports), str(ROOT / "pyproject.toml"), "--no-cache"], cwd=SRC,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"Contracts: ([2-9]|\d\d+) kept, 0 broken", proc.stdout), proc.stdout

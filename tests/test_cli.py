@@ -98,7 +98,7 @@ def test_reindex_restores_search_after_the_index_is_emptied(tmp_path):
     from agentmemory_server.kernel.settings import Settings
 
     def search(query: str) -> list:
-        runtime = build_runtime(Settings.from_env({}, db_path=db, background_jobs=False, embedding_provider="none"))
+        runtime = build_runtime(Settings.from_env({}, db_path=db, background_jobs=False, embedding_provider="none", auth="off"))
         try:
             return ToolCaller(runtime)("memory_recall", query=query)["results"]
         finally:

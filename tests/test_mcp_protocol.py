@@ -251,7 +251,7 @@ def test_auth_applies_to_mcp(tmp_path):
 
 
 def test_body_size_limit(tmp_path):
-    app = create_app({"AGENTMEMORY_DATA_DIR": str(tmp_path), "AGENTMEMORY_MAX_BODY_BYTES": "1000",
+    app = create_app({"AGENTMEMORY_DATA_DIR": str(tmp_path), "AGENTMEMORY_MAX_BODY_BYTES": "1000", "AGENTMEMORY_AUTH": "off",
                       "AGENTMEMORY_BACKGROUND_JOBS": "false"})
     try:
         r = app.test_client().post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {

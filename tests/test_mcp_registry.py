@@ -85,7 +85,7 @@ def test_tool_names_are_checked_at_registration():
 
 
 def test_agentmemory_tools_core_limits_every_list(tmp_path):
-    app = create_app({"AGENTMEMORY_DATA_DIR": str(tmp_path), "AGENTMEMORY_TOOLS": "core",
+    app = create_app({"AGENTMEMORY_DATA_DIR": str(tmp_path), "AGENTMEMORY_TOOLS": "core", "AGENTMEMORY_AUTH": "off",
                       "AGENTMEMORY_BACKGROUND_JOBS": "false"})
     try:
         client = app.test_client()

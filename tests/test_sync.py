@@ -30,7 +30,7 @@ def result(proc: subprocess.CompletedProcess) -> dict:
 
 
 def add_memory(data_dir: Path, text: str) -> None:
-    rt = build_runtime(Settings.from_env({}, data_dir=str(data_dir), background_jobs=False))
+    rt = build_runtime(Settings.from_env({}, data_dir=str(data_dir), background_jobs=False, auth="off"))
     try:
         registry.call(Ctx(rt), "memory_save", {"content": text})
     finally:

@@ -35,6 +35,8 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from agentmemory_server import __version__
+from agentmemory_server.kernel import auth
+from agentmemory_server.kernel.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:3111"
 DEFAULT_TIMEOUT = 120.0  # consolidation and reflection can be slow; upstream's 15 s was not enough
@@ -56,6 +58,15 @@ def _env(name: str) -> str | None:
     return None if not value or (value.startswith("${") and value.endswith("}")) else value
 
 
+def _secret_file_token() -> str | None:
+    """The token the local server generated (``~/.agentmemory/secret`` unless configured), read
+    at every call so a server started after this wrapper still works."""
+    try:
+        return auth.read_secret_file(Settings.from_env(os.environ).secret_path)
+    except (OSError, ValueError):
+        return None
+
+
 def base_url() -> str:
     return (_env("AGENTMEMORY_URL") or DEFAULT_URL).rstrip("/")
 
@@ -74,7 +85,7 @@ def rest(method: str, path: str, body: Any = None) -> Any:
     """
     url = f"{base_url()}/agentmemory{path}"
     headers = {"Accept": "application/json"}
-    secret = _env("AGENTMEMORY_SECRET")
+    secret = _env("AGENTMEMORY_SECRET") or _secret_file_token()
     if secret:
         headers["Authorization"] = f"Bearer {secret}"
     try:
@@ -108,7 +119,7 @@ def _http_error(method: str, path: str, response: requests.Response, payload: An
     detail = payload.get("error") if isinstance(payload, dict) else None
     code = payload.get("code") if isinstance(payload, dict) else None
     if status == 401:
-        hint = "set AGENTMEMORY_SECRET to the server's secret"
+        hint = "set AGENTMEMORY_SECRET to the server's token (by default it is in ~/.agentmemory/secret)"
         return ProxyError(f"agentmemory server at {base_url()} refused the request (401): {hint}", 401, code)
     text = detail if isinstance(detail, str) else response.text[:300]
     return ProxyError(f"{method} {path} failed with HTTP {status}: {text}", status, code)

@@ -15,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+from agentmemory_server.kernel.auth import LOOPBACK_HOSTS as LOOPBACK
+from agentmemory_server.kernel.auth import is_loopback
 
-
-def is_loopback(hostname: str | None) -> bool:
-    return hostname is not None and (hostname in LOOPBACK or hostname.startswith("127."))
+__all__ = ["LOOPBACK", "is_loopback", "origin_allowed", "parse_allowed"]
 
 
 def parse_allowed(text: str | None) -> tuple[str, ...]:

@@ -13,7 +13,8 @@ from typing import Any
 from flask import Flask
 
 from agentmemory_server.adapters.web import create_app
-from agentmemory_server.kernel.settings import Settings
+from agentmemory_server.kernel import auth
+from agentmemory_server.kernel.settings import Settings, SettingsError
 
 log = logging.getLogger("agentmemory.http")
 
@@ -76,8 +77,20 @@ def _close_streams_on_term(worker: Any) -> None:
 
 
 def announce_and_serve(settings: Settings, *, dev: bool = False) -> None:
+    """Check the settings that can stop a start-up (auth off on a public interface) before
+    anything binds, print where the server listens and where its token is, then serve."""
+    chosen = bool(settings.secret)
+    settings = auth.resolve(settings)  # creates the token file once, before gunicorn forks
+    token = (
+        "auth off"
+        if not settings.secret
+        else "token from AGENTMEMORY_SECRET"
+        if chosen
+        else (f"token in {settings.secret_path}")
+    )
     print(
-        f"agentmemory-python listening on http://{settings.host}:{settings.port} (database {settings.database_path})",
+        f"agentmemory-python listening on http://{settings.host}:{settings.port} "
+        f"(database {settings.database_path}; {token})",
         flush=True,
     )
     serve(settings, dev=dev)
@@ -92,7 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="gunicorn gthread threads")
     opts = parser.parse_args(argv)
     overrides = {k: v for k, v in (("host", opts.host), ("port", opts.port), ("threads", opts.threads)) if v}
-    announce_and_serve(Settings.from_env(os.environ, **overrides), dev=opts.dev)
+    try:
+        announce_and_serve(Settings.from_env(os.environ, **overrides), dev=opts.dev)
+    except SettingsError as exc:
+        raise SystemExit(f"agentmemory-python: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agentmemory_server import __version__
+from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
@@ -111,7 +112,7 @@ class Runtime:
         subsystems: Iterable[tuple[str, SubsystemFactory]] = (),
         clock: Clock | None = None,
     ):
-        self.settings = settings
+        self.settings = auth.resolve(settings)  # the token every transport enforces (None: auth off)
         self.hooks = hooks or Hooks()
         self.clock = clock or Clock()
         self.version = VERSION

@@ -111,9 +111,7 @@ SETTINGS: tuple[Setting, ...] = (
         _optional_str,
         "SQLite database file. Default: `<data dir>/agentmemory.db`.",
     ),
-    Setting(
-        "host", ("HOST",), "127.0.0.1", str, "Interface to bind. Use 0.0.0.0 only behind auth (set AGENTMEMORY_SECRET)."
-    ),
+    Setting("host", ("HOST",), "127.0.0.1", str, "Interface to bind (auth stays on unless AGENTMEMORY_AUTH=off)."),
     Setting("port", ("III_REST_PORT", "PORT"), 3111, _positive_int, "TCP port for REST, MCP, WebSocket and viewer."),
     Setting(
         "threads",
@@ -127,8 +125,33 @@ SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_SECRET",),
         None,
         _optional_str,
-        "Bearer token required on every route except /livez when set.",
+        "Bearer token required on every route except /livez and the viewer page. Unset: the token in "
+        "the secret file (generated on first start).",
         secret=True,
+    ),
+    Setting(
+        "auth",
+        ("AGENTMEMORY_AUTH",),
+        "on",
+        _choice("on", "off"),
+        "`off` serves every route without a token; refused unless the server binds loopback only (or "
+        "AGENTMEMORY_ALLOW_OPEN_BIND=true).",
+    ),
+    Setting(
+        "secret_file",
+        ("AGENTMEMORY_SECRET_FILE",),
+        None,
+        _optional_str,
+        "Where the generated token lives (mode 0600); the CLI, the MCP wrapper and `connect` read it too. "
+        "Default: `secret` beside the database (`~/.agentmemory/secret`).",
+    ),
+    Setting(
+        "allow_open_bind",
+        ("AGENTMEMORY_ALLOW_OPEN_BIND",),
+        False,
+        _bool,
+        "Allow AGENTMEMORY_AUTH=off on an interface other than loopback (anyone who reaches the port "
+        "reads and writes everything).",
     ),
     Setting(
         "viewer_allowed_origins",
@@ -579,6 +602,13 @@ class Settings:
             value = self._values.get(s.name)
             shown[s.name] = ("***" if value else None) if s.secret else value
         return shown
+
+    @property
+    def secret_path(self) -> Path:
+        """Where the generated token lives: beside the database unless set."""
+        if self.secret_file:
+            return Path(self.secret_file).expanduser()
+        return self.database_path.parent / "secret"
 
     @property
     def database_path(self) -> Path:

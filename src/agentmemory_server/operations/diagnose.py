@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from agentmemory_server.kernel.auth import is_loopback
 from agentmemory_server.kernel.registry import Ctx, array, boolean, params, string, tool
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, SESSIONS, session_of
 from agentmemory_server.retrieval import search
@@ -165,7 +166,7 @@ class DatabaseChecks:
 
     def _config(self) -> list[dict[str, Any]]:
         s = self.rt.settings
-        exposed = s.host not in ("127.0.0.1", "localhost", "::1") and not s.secret
+        exposed = not is_loopback(s.host) and not s.secret
         isolated_without_id = s.agent_scope == "isolated" and not s.agent_id
         scope = f"agent scope {s.agent_scope}" + (f" as {s.agent_id}" if s.agent_id else "")
         return [
@@ -173,10 +174,11 @@ class DatabaseChecks:
                 "bind_without_secret",
                 "config",
                 not exposed,
-                f"bound to {s.host} without AGENTMEMORY_SECRET: anyone on the network can read and write"
+                f"bound to {s.host} with auth off (AGENTMEMORY_ALLOW_OPEN_BIND): anyone on the network can read "
+                "and write"
                 if exposed
-                else f"bound to {s.host}" + (" with a secret" if s.secret else ""),
-                fix="set AGENTMEMORY_SECRET or bind HOST=127.0.0.1",
+                else f"bound to {s.host}" + (" with a token" if s.secret else ""),
+                fix="turn auth on (unset AGENTMEMORY_AUTH, or set AGENTMEMORY_SECRET) or bind HOST=127.0.0.1",
                 severity="warn",
             ),
             check(

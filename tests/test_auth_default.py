@@ -1,0 +1,107 @@
+"""Auth is on by default (upstream 0.9.30): a token is generated into a 0600 file beside the
+database, every client of this machine reads it from there, and turning auth off is an explicit
+setting refused on a public interface."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from agentmemory_server.kernel import auth
+from agentmemory_server.kernel.settings import Settings, SettingsError
+from conftest import SRC, LiveServer, clean_environ, wait_for
+
+
+def default_env() -> dict[str, str]:
+    """Our test environment minus the test suite's AGENTMEMORY_AUTH=off: the product default."""
+    env = clean_environ()
+    env.pop("AGENTMEMORY_AUTH")
+    return env
+
+
+@pytest.fixture
+def default_server(tmp_path):
+    servers: list[LiveServer] = []
+
+    def start(**env: str) -> LiveServer:
+        server = LiveServer(tmp_path, {}, [], start=False)
+        server.env = {k: v for k, v in server.env.items() if k != "AGENTMEMORY_AUTH"} | env
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_a_server_started_with_no_settings_requires_a_generated_token(default_server):
+    server = default_server()
+    secret = server.data_dir / "secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    token = secret.read_text().strip()
+    assert len(token) >= 40
+    assert requests.get(server.api("/livez"), timeout=10).status_code == 200  # open by design
+    refused = requests.get(server.api("/health"), timeout=10)
+    assert refused.status_code == 401 and refused.json()["code"] == "unauthorized"
+    headers = {"Authorization": f"Bearer {token}"}
+    assert requests.get(server.api("/health"), headers=headers, timeout=10).status_code == 200
+    log = server.log_path.read_text()
+    assert str(secret) in log and token not in log  # where the token is, never the token
+    server.stop()
+    server.start()  # a restart keeps the same token
+    assert secret.read_text().strip() == token
+    assert requests.get(server.api("/health"), headers=headers, timeout=10).status_code == 200
+
+
+def test_an_explicit_secret_wins_and_no_file_is_written(default_server):
+    server = default_server(AGENTMEMORY_SECRET="chosen-token-0123456789")
+    assert not (server.data_dir / "secret").exists()
+    ok = requests.get(server.api("/health"), headers={"Authorization": "Bearer chosen-token-0123456789"}, timeout=10)
+    assert ok.status_code == 200
+    assert requests.get(server.api("/health"), timeout=10).status_code == 401
+
+
+def test_the_mcp_wrapper_reads_the_token_file(default_server):
+    server = default_server()
+    env = {**default_env(), "AGENTMEMORY_URL": server.url, "AGENTMEMORY_DATA_DIR": str(server.data_dir)}
+    probe = ("from agentmemory_server.adapters import mcp_stdio; "
+             "print(len(mcp_stdio.rest('GET', '/mcp/tools')['tools']))")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=SRC, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and int(out.stdout) > 30, out.stderr
+    env.pop("AGENTMEMORY_DATA_DIR")  # no token to be found: a 401 that says where the token lives
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "HOME": str(server.data_dir.parent)}, cwd=SRC,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "401" in out.stderr and "~/.agentmemory/secret" in out.stderr
+
+
+def test_auth_off_is_refused_on_a_public_interface(tmp_path):
+    settings = Settings.from_env({}, data_dir=str(tmp_path), auth="off", host="0.0.0.0")
+    with pytest.raises(SettingsError, match="AGENTMEMORY_AUTH=off with HOST=0.0.0.0"):
+        auth.resolve(settings)
+    assert auth.resolve(settings.replace(allow_open_bind=True)).secret is None  # explicitly allowed
+    assert auth.resolve(settings.replace(host="127.0.0.1")).secret is None
+    assert not (tmp_path / "secret").exists()
+    # The server says so in one line and binds nothing.
+    env = {**default_env(), "AGENTMEMORY_DATA_DIR": str(tmp_path), "AGENTMEMORY_AUTH": "off", "HOST": "0.0.0.0",
+           "PORT": "9"}
+    proc = subprocess.run([sys.executable, str(SRC / "app.py")], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "AGENTMEMORY_ALLOW_OPEN_BIND" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_two_processes_creating_the_token_agree(tmp_path):
+    settings = Settings.from_env({}, data_dir=str(tmp_path))
+    first = auth.resolve(settings).secret
+    assert first and auth.resolve(settings).secret == first == auth.client_token(settings)
+    (tmp_path / "secret").unlink()
+    fd = os.open(tmp_path / "secret", os.O_WRONLY | os.O_CREAT, 0o600)  # someone else's token appears
+    os.write(fd, b"theirs-0123456789\n")
+    os.close(fd)
+    assert auth.resolve(settings).secret == "theirs-0123456789"
+    wait_for(lambda: (tmp_path / "secret").exists(), timeout=1, message="token file")
