@@ -105,3 +105,18 @@ def test_two_processes_creating_the_token_agree(tmp_path):
     os.close(fd)
     assert auth.resolve(settings).secret == "theirs-0123456789"
     wait_for(lambda: (tmp_path / "secret").exists(), timeout=1, message="token file")
+
+
+def test_refused_requests_are_counted_logged_and_audited_without_the_token(default_server):
+    server = default_server(AGENTMEMORY_SECRET="right-token-0123456789")
+    for header in ({}, {"Authorization": "Bearer wrong-token-9876543210"}, {"Authorization": "Bearer wrong-token-9876543210"}):
+        assert requests.post(server.api("/observe"), json={"sessionId": "s"}, headers=header, timeout=10).status_code == 401
+    good = {"Authorization": "Bearer right-token-0123456789"}
+    auth_health = requests.get(server.api("/health"), headers=good, timeout=10).json()["auth"]
+    assert auth_health["denied"] == 3 and auth_health["byReason"] == {"missing token": 1, "wrong token": 2}
+    assert auth_health["lastDenied"]["path"] == "/agentmemory/observe"
+    audit = requests.get(server.api("/audit"), params={"operation": "auth_denied"}, headers=good, timeout=10).json()
+    assert audit["entries"] and audit["entries"][0]["details"]["count"] == 1  # one aggregate row a minute
+    log = wait_for(lambda: (t := server.log_path.read_text()) and "refused 1 request(s)" in t and t,
+                   timeout=10, message="a log line about the refused request")
+    assert "wrong-token" not in log and "right-token" not in log and log.count("refused ") == 1  # rate-limited

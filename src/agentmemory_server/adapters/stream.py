@@ -145,6 +145,7 @@ class StreamSession:
             or message.get("type") != "auth"
             or not token_matches(self.rt.settings.secret, message.get("token"))
         ):
+            self.rt.deny("wrong token", "/stream/mem-live/viewer (auth message)", None)
             self._close(CLOSE_POLICY, 'unauthorized: send {"type":"auth","token":...} first')
             return False
         self.since = as_int(message.get("since")) if "since" in message else self.since

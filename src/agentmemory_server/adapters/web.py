@@ -153,7 +153,11 @@ def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
     if request.path == STREAM_PATH and not (header or token) and _is_upgrade():
         g.stream_authenticated = False  # the first message must be {"type":"auth","token":...}
         return None
-    check_auth(rt.settings.secret, header, token)
+    try:
+        check_auth(rt.settings.secret, header, token)
+    except Unauthorized:
+        rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
+        raise
     g.stream_authenticated = True
     return None
 
@@ -184,7 +188,10 @@ def check_auth(secret: str | None, header: str | None, token: str | None = None)
         return
     presented = header or (f"Bearer {token}" if token else "")
     if not hmac.compare_digest(presented.encode("utf-8", "replace"), f"Bearer {secret}".encode()):
-        raise Unauthorized("unauthorized: send 'Authorization: Bearer <AGENTMEMORY_SECRET>'")
+        raise Unauthorized(
+            "unauthorized: send 'Authorization: Bearer <token>' (AGENTMEMORY_SECRET, or the token in "
+            "the server's secret file, ~/.agentmemory/secret by default)"
+        )
 
 
 def _tool_view(rt: Runtime, tool: Tool, default_status: int):

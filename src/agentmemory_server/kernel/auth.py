@@ -12,7 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agentmemory_server.kernel.settings import Settings, SettingsError
 
@@ -74,3 +78,56 @@ def resolve(settings: Settings, *, create: bool = True) -> Settings:
 def client_token(settings: Settings) -> str | None:
     """The token a local client should send: AGENTMEMORY_SECRET, else the secret file's."""
     return settings.secret or read_secret_file(settings.secret_path)
+
+
+class Denials:
+    """Refused requests, counted and reported without letting a flood of them flood the log.
+
+    A client with a wrong or missing token is usually a hook script that exits 0 on a 401, so the
+    server is the only place the lost data can show up: every denial is counted (in /health and
+    the viewer), logged at most once per ``LOG_EVERY`` seconds with the count since the last line,
+    and written to the audit log at most once per ``AUDIT_EVERY`` seconds. Tokens are never logged.
+    """
+
+    LOG_EVERY = 10.0
+    AUDIT_EVERY = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.total = 0
+        self.by_reason: dict[str, int] = {}
+        self.last: dict[str, Any] | None = None
+        self._since_log = 0
+        self._since_audit = 0
+        self._logged_at = float("-inf")
+        self._audited_at = float("-inf")
+
+    def record(self, reason: str, path: str, remote: str | None, wall_time: str) -> dict[str, Any] | None:
+        """Count one denial; returns what to audit now (an aggregate), or None."""
+        with self._lock:
+            now = self._clock()
+            self.total += 1
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+            self.last = {"at": wall_time, "reason": reason, "path": path, "remote": remote}
+            self._since_log += 1
+            self._since_audit += 1
+            if now - self._logged_at >= self.LOG_EVERY:
+                log.warning(
+                    "refused %d request(s) without a valid token (latest: %s %s from %s); clients must "
+                    "send 'Authorization: Bearer <token>'",
+                    self._since_log,
+                    reason,
+                    path,
+                    remote or "?",
+                )
+                self._logged_at, self._since_log = now, 0
+            if now - self._audited_at < self.AUDIT_EVERY:
+                return None
+            summary = {"count": self._since_audit, **self.last}
+            self._audited_at, self._since_audit = now, 0
+            return summary
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            return {"denied": self.total, "byReason": dict(self.by_reason), "lastDenied": self.last}

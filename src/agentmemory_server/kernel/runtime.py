@@ -122,6 +122,7 @@ class Runtime:
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
         )
         self.jobs = Jobs()
+        self.denials = auth.Denials()
         self.services: dict[str, Any] = {}
         for name, factory in subsystems:
             if name in self.services:
@@ -136,8 +137,20 @@ class Runtime:
     def publish(self, event_type: str, record: Any) -> None:
         self.hub.publish(event_type, record)
 
+    def deny(self, reason: str, path: str, remote: str | None) -> None:
+        """Count a refused request (bad or missing token); see ``auth.Denials``."""
+        summary = self.denials.record(reason, path, remote, self.clock.iso())
+        if summary is not None:
+            with self.db.transaction("auth_denied") as tx:
+                tx.record_change(
+                    "auth",
+                    f"refused {summary['count']} request(s) without a valid token "
+                    f"(latest: {summary['reason']} {summary['path']})",
+                )
+                tx.audit_details = summary
+
     def health_sections(self) -> dict[str, Any]:
-        sections: dict[str, Any] = {}
+        sections: dict[str, Any] = {"auth": self.denials.health()}
         for name, service in self.services.items():
             health = getattr(service, "health", None)
             if callable(health):
