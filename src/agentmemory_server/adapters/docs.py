@@ -32,7 +32,9 @@ def route_rows() -> list[tuple[str, str, str]]:
     from agentmemory_server.adapters.web import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app({"AGENTMEMORY_DATA_DIR": tmp, "AGENTMEMORY_BACKGROUND_JOBS": "false"})
+        app = create_app(
+            {"AGENTMEMORY_DATA_DIR": tmp, "AGENTMEMORY_BACKGROUND_JOBS": "false", "AGENTMEMORY_AUTH": "off"}
+        )
         try:
             tools = {t.name: t for t in registry.REGISTRY.all()}
             rows = []
