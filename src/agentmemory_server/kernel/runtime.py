@@ -117,7 +117,13 @@ class Runtime:
         self.clock = clock or Clock()
         self.version = VERSION
         self.started_at = time.time()
-        self.db = open_database(settings.database_path, now=self.clock.iso, record_indexes=RECORD_INDEXES)
+        self.db = open_database(
+            settings.database_path,
+            now=self.clock.iso,
+            record_indexes=RECORD_INDEXES,
+            lexical_engine=settings.lexical_engine,
+            background=settings.background_jobs,
+        )
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
         )
@@ -150,7 +156,7 @@ class Runtime:
                 tx.audit_details = summary
 
     def health_sections(self) -> dict[str, Any]:
-        sections: dict[str, Any] = {"auth": self.denials.health()}
+        sections: dict[str, Any] = {"auth": self.denials.health(), "storage": self.db.health()}
         for name, service in self.services.items():
             health = getattr(service, "health", None)
             if callable(health):
