@@ -28,6 +28,7 @@ from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
+from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.kernel.util import Clock
 from agentmemory_server.storage import open_database
@@ -122,6 +123,7 @@ class Runtime:
             now=self.clock.iso,
             record_indexes=RECORD_INDEXES,
             lexical_engine=settings.lexical_engine,
+            lexical_weights=TEXT_WEIGHTS,
             background=settings.background_jobs,
         )
         self.hub = Hub(

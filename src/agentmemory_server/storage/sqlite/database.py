@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,7 @@ class Database:
         now: Callable[[], str],
         record_indexes: Iterable[RecordIndex] = (),
         lexical_engine: str = "tantivy",
+        lexical_weights: Mapping[str, float] | None = None,
         background: bool = True,
     ):
         self.path = Path(path)
@@ -111,7 +112,9 @@ class Database:
         self.lexical: TantivyLexical | None = None
         stale = self._engine_switched(lexical_engine)
         if lexical_engine == "tantivy":
-            self.lexical = TantivyLexical(Path(f"{self.path}.tantivy"), self, stale=stale, background=background)
+            self.lexical = TantivyLexical(
+                Path(f"{self.path}.tantivy"), self, weights=lexical_weights or {}, stale=stale, background=background
+            )
 
     def _engine_switched(self, engine: str) -> bool:
         """Record which lexical engine serves writes; True when the Tantivy index may have missed

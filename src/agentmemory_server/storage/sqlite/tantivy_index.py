@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 import tantivy
 
 from agentmemory_server.storage.interfaces import Doc
-from agentmemory_server.storage.sqlite.tantivy_tail import TEXT_FIELDS, PendingIndex, Statistics
+from agentmemory_server.storage.sqlite.tantivy_tail import (
+    COLUMNS,
+    FILES,
+    WEIGHTED,
+    PendingIndex,
+    Statistics,
+    column_repeats,
+)
 from agentmemory_server.threads import lower_thread_priority
 
 if TYPE_CHECKING:
@@ -61,8 +68,8 @@ def build_schema() -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_unsigned_field("rowid", indexed=True, fast=True)
     builder.add_unsigned_field("meta_seq", fast=True)
-    for name in TEXT_FIELDS:  # files keeps positions: file-context searches match path phrases
-        builder.add_text_field(name, tokenizer_name=ANALYZER, index_option="position" if name == "files" else "freq")
+    builder.add_text_field(WEIGHTED, tokenizer_name=ANALYZER, index_option="freq")
+    builder.add_text_field(FILES, tokenizer_name=ANALYZER, index_option="position")
     for name in ("kind", "type", "project", "agent_id", "session_id"):
         builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
     builder.add_unsigned_field("global", indexed=True)
@@ -94,9 +101,10 @@ def ts_millis(ts: str | None) -> int:
 class TantivyLexical:
     """The Tantivy engine of one process. :param background: run the applier thread."""
 
-    def __init__(self, directory: Path, db: Database, *, stale: bool, background: bool):
+    def __init__(self, directory: Path, db: Database, *, weights: Mapping[str, float], stale: bool, background: bool):
         self.dir = directory
         self._db = db
+        self.repeats = column_repeats(weights)  # {} (no weights given) repeats every column once
         self.schema = build_schema()
         self.analyzer = build_analyzer()
         self._lock = threading.RLock()  # the writer and the applier's state
@@ -107,7 +115,7 @@ class TantivyLexical:
         self._uncommitted = 0
         self._last_commit = time.monotonic()
         self._avg: tuple[float, dict[str, float]] | None = None
-        self.pending = PendingIndex(self.analyze)
+        self.pending = PendingIndex(self.analyze, self.repeats)
         self.building: dict[str, int] | None = None
         self.last_error: str | None = None
         self._wake, self._stop = threading.Event(), threading.Event()
@@ -189,15 +197,10 @@ class TantivyLexical:
     def search(
         self, conn: Any, terms: Sequence[str], weights: Sequence[float], limit: int, filters: Mapping[str, Any]
     ) -> list[Doc] | None:
+        # ``weights`` were applied when the records were indexed (column_repeats).
         tokens = list(dict.fromkeys(tok for term in terms for tok in self.analyze(term)))
-        boosts = dict(zip(TEXT_FIELDS, weights, strict=True))
-        clauses = [
-            (tantivy.Occur.Should, tantivy.Query.boost_query(tantivy.Query.term_query(self.schema, name, tok), w))
-            for tok in tokens
-            for name, w in boosts.items()
-            if w > 0
-        ]
-        return self._run_query(conn, clauses, tokens, boosts, limit, filters, files=None)
+        clauses = [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, WEIGHTED, tok)) for tok in tokens]
+        return self._run_query(conn, clauses, tokens, {WEIGHTED: 1.0}, limit, filters, files=None)
 
     def search_files(
         self,
@@ -208,17 +211,17 @@ class TantivyLexical:
         filters: Mapping[str, Any],
     ) -> list[Doc] | None:
         token_phrases = [toks for words in phrases if (toks := [t for w in words for t in self.analyze(w)])]
-        boost = dict(zip(TEXT_FIELDS, weights, strict=True))["files"]
+        boost = dict(zip(COLUMNS, weights, strict=True))[FILES]
         clauses = []
         for toks in token_phrases:
             query = (
-                tantivy.Query.term_query(self.schema, "files", toks[0])
+                tantivy.Query.term_query(self.schema, FILES, toks[0])
                 if len(toks) == 1
-                else tantivy.Query.phrase_query(self.schema, "files", list[str | tuple[int, str]](toks))
+                else tantivy.Query.phrase_query(self.schema, FILES, list[str | tuple[int, str]](toks))
             )
             clauses.append((tantivy.Occur.Should, tantivy.Query.boost_query(query, boost)))
         tokens = list(dict.fromkeys(t for toks in token_phrases for t in toks))
-        return self._run_query(conn, clauses, tokens, {"files": boost}, limit, filters, files=token_phrases)
+        return self._run_query(conn, clauses, tokens, {FILES: boost}, limit, filters, files=token_phrases)
 
     def _run_query(
         self,
@@ -314,11 +317,14 @@ class TantivyLexical:
             "SELECT title, body, concepts, files, context FROM search_fts WHERE rowid >= ? LIMIT ?",
             (start, AVG_LEN_SAMPLE),
         ).fetchall()
-        sums = dict.fromkeys(TEXT_FIELDS, 0)
+        sums = {WEIGHTED: 0, FILES: 0}
         for row in rows:
-            for name, text in zip(TEXT_FIELDS, row, strict=True):
-                sums[name] += len(self.analyze(text or ""))
-        averages = {name: (sums[name] / len(rows) if rows else 1.0) for name in TEXT_FIELDS}
+            for column, text in zip(COLUMNS, row, strict=True):
+                n = len(self.analyze(text or ""))
+                sums[WEIGHTED] += n * self.repeats[column]
+                if column == FILES:
+                    sums[FILES] += n
+        averages = {name: (total / len(rows) if rows else 1.0) for name, total in sums.items()}
         self._avg = (now, averages)
         return averages
 
@@ -415,9 +421,12 @@ class TantivyLexical:
         rowid, kind, type_, project, agent_id, session_id, ts, _active, is_global = row[:9]
         doc = tantivy.Document()
         doc.add_unsigned("rowid", int(rowid))
-        for name, text in zip(TEXT_FIELDS, row[9:], strict=True):
-            if text:
-                doc.add_text(name, text)
+        texts = dict(zip(COLUMNS, row[9:], strict=True))
+        weighted = " ".join(" ".join([texts[c]] * self.repeats[c]) for c in COLUMNS if texts[c])
+        if weighted:
+            doc.add_text(WEIGHTED, weighted)
+        if texts[FILES]:
+            doc.add_text(FILES, texts[FILES])
         for name, value in (
             ("kind", kind),
             ("type", type_),
