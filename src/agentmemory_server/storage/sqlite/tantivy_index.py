@@ -49,6 +49,8 @@ ANALYZER = "agentmemory_en"
 META_ROWID = 0  # the document that carries the applied outbox sequence
 COMMIT_SECONDS = 1.0
 APPLY_BATCH = 5000
+# A commit costs an fsync and a segment: catching up commits once a second, or at this many changes.
+COMMIT_MAX_CHANGES = 100_000
 # More pending records than this and searches are answered by FTS5 until the applier catches up
 # (a crash with a long outbox, a bulk import): scoring them in Python would cost more than that.
 PENDING_LIMIT = 2000
@@ -370,15 +372,16 @@ class TantivyLexical:
             ).fetchall()
             if rows:
                 self._apply_rows(conn, writer, rows)
-            due = time.monotonic() - self._last_commit >= COMMIT_SECONDS or self._uncommitted >= APPLY_BATCH
+            due = time.monotonic() - self._last_commit >= COMMIT_SECONDS or self._uncommitted >= COMMIT_MAX_CHANGES
             if self._uncommitted and (commit_due or due):
                 self._commit(writer)
             return len(rows)
 
     def flush(self) -> None:
         """Apply the whole outbox and commit now (admin commands, shutdown, tests)."""
-        while self.apply(commit_due=True):
+        while self.apply(commit_due=False):
             pass
+        self.apply(commit_due=True)
 
     def _resume(self, conn: Any) -> None:
         seq = self.committed_seq(self.index.searcher())
