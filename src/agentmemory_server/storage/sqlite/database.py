@@ -27,13 +27,14 @@ from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces
 from agentmemory_server.storage.interfaces import RecordIndex
+from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite.admin import SqliteAdmin
 from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
+from agentmemory_server.storage.sqlite.lexical_feed import SqliteFeeds
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
-from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 
@@ -113,7 +114,11 @@ class Database:
         stale = self._engine_switched(lexical_engine)
         if lexical_engine == "tantivy":
             self.lexical = TantivyLexical(
-                Path(f"{self.path}.tantivy"), self, weights=lexical_weights or {}, stale=stale, background=background
+                Path(f"{self.path}.tantivy"),
+                SqliteFeeds(self),
+                weights=lexical_weights or {},
+                stale=stale,
+                background=background,
             )
 
     def _engine_switched(self, engine: str) -> bool:

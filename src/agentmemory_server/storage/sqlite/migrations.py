@@ -268,3 +268,11 @@ def _m007_lexical_outbox(conn: sqlite3.Connection) -> None:
         );
         """,
     )
+
+
+@migration("lexical_outbox_time")
+def _m008_lexical_outbox_time(conn: sqlite3.Connection) -> None:
+    # When each outbox entry was written (epoch seconds): applied entries stay a while, so the
+    # searchers of other worker processes, which reload the index a moment after each commit,
+    # still find the entries their index does not hold yet. Older entries count as old enough.
+    run_script(conn, "ALTER TABLE lexical_outbox ADD COLUMN at REAL NOT NULL DEFAULT 0;")
