@@ -125,6 +125,9 @@ class Runtime:
             lexical_engine=settings.lexical_engine,
             lexical_weights=TEXT_WEIGHTS,
             background=settings.background_jobs,
+            url=settings.database_url,
+            pool_size=settings.database_pool,
+            node=settings.node_id,
         )
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay

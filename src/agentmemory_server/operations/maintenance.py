@@ -294,7 +294,7 @@ def stats(rt: Any) -> dict[str, Any]:
     sizes = rt.db.file_sizes()
     return {
         "db": {
-            "path": str(rt.db.path),
+            "path": rt.db.location,
             "schemaVersion": rt.db.schema_version,
             "sizeBytes": sizes["db"],
             "walBytes": sizes["wal"],

@@ -12,6 +12,12 @@ from pathlib import Path
 from agentmemory_server.storage.interfaces import Database, RecordIndex
 from agentmemory_server.storage.sqlite import Database as SqliteDatabase
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(POSTGRES_SCHEMES)
+
 
 def open_database(
     path: Path,
@@ -21,18 +27,44 @@ def open_database(
     lexical_engine: str = "tantivy",
     lexical_weights: Mapping[str, float] | None = None,
     background: bool = True,
+    url: str | None = None,
+    pool_size: int = 10,
+    node: str | None = None,
 ) -> Database:
-    """Open (creating and migrating as needed) the database at ``path``.
+    """Open (creating and migrating as needed) the database: PostgreSQL when ``url`` is a
+    ``postgresql://`` URL, else the SQLite file at ``path``.
 
-    :param lexical_engine: ``tantivy`` (kept in ``<path>.tantivy``) or ``fts5``.
+    :param path: the SQLite file; with PostgreSQL, where this node keeps local state beside it.
+    :param lexical_engine: ``tantivy`` (an index on this node), or the database's own full text
+        (``builtin``; ``fts5`` is its name on SQLite).
     :param lexical_weights: BM25 weight per text column; Tantivy applies them at indexing time.
     :param background: whether derived indexes may keep themselves up to date on threads.
+    :param pool_size: PostgreSQL connections this process may open.
+    :param node: PostgreSQL: this node's name among those sharing the database (default: host
+        name and index directory).
     """
+    builtin = lexical_engine in ("builtin", "fts5")
+    if url:
+        if not is_postgres_url(url):
+            raise ValueError(f"AGENTMEMORY_DATABASE_URL must start with postgresql://, got {url.split(':')[0]!r}")
+        from agentmemory_server.storage.postgres import PostgresDatabase
+
+        return PostgresDatabase(
+            url,
+            local_path=path,
+            now=now,
+            record_indexes=record_indexes,
+            lexical_engine="builtin" if builtin else lexical_engine,
+            lexical_weights=lexical_weights,
+            background=background,
+            pool_size=pool_size,
+            node=node,
+        )
     return SqliteDatabase(
         path,
         now=now,
         record_indexes=record_indexes,
-        lexical_engine=lexical_engine,
+        lexical_engine="fts5" if builtin else lexical_engine,
         lexical_weights=lexical_weights,
         background=background,
     )

@@ -281,10 +281,13 @@ class UnitOfWork(Protocol):
 
 
 class Database(Protocol):
-    """An open store. ``last_write`` is the monotonic time of the last commit that changed
-    something (background work waits for a lull in writes)."""
+    """An open store. ``path`` is the local file (SQLite) or where this node keeps its local
+    state (PostgreSQL); ``location`` names the store for people (a path, or a URL without its
+    password). ``last_write`` is the monotonic time of the last commit that changed something
+    in this process (background work waits for a lull in writes)."""
 
     path: Path
+    location: str
     last_write: float
 
     @property

@@ -482,6 +482,8 @@ class TantivyLexical:
     def _rebuild(self, feed: LexicalFeed, writer: tantivy.IndexWriter) -> None:
         """Index every active record again, in rowid order, then resume from the outbox."""
         start_seq = feed.newest_seq()
+        with self._feeds.writing() as claim:  # other nodes keep the outbox after start_seq for us
+            claim.applied(self.node, start_seq, time.time(), keep_seconds=KEEP_APPLIED_SECONDS)
         total = feed.active_count()
         self.building = {"done": 0, "total": total}
         log.warning("building the lexical index of %d records in %s (searches use FTS5 meanwhile)", total, self.dir)

@@ -99,6 +99,7 @@ class Database:
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.location = str(self.path)
         self._now = now
         self._lock = threading.RLock()
         self._local = threading.local()
