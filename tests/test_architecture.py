@@ -146,7 +146,7 @@ def test_nothing_edits_sys_path(root):
 REPOSITORIES = {
     "records": interfaces.Records, "events": interfaces.CaptureLog, "index": interfaces.SearchIndex,
     "vectors": interfaces.VectorStore, "audit": interfaces.AuditLog, "jobs": interfaces.JobQueue,
-    "working": interfaces.WorkingStore, "admin": interfaces.Admin,
+    "working": interfaces.WorkingStore, "admin": interfaces.Admin, "live": interfaces.EventLog,
 }
 
 

@@ -38,7 +38,7 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
         def load_config(self) -> None:
             options = {
                 "bind": f"{settings.host}:{settings.port}",
-                "workers": 1,
+                "workers": settings.workers,
                 "worker_class": "gthread",
                 "threads": settings.threads,
                 "timeout": 120,

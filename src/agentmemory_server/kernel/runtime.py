@@ -25,6 +25,7 @@ from typing import Any
 
 from agentmemory_server import __version__
 from agentmemory_server.kernel import auth
+from agentmemory_server.kernel.bus import EventBus
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
@@ -132,6 +133,8 @@ class Runtime:
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
         )
+        # Several processes (workers, nodes) share events through the database (kernel/bus.py).
+        self.bus = EventBus(self.db, self.hub) if settings.database_url or settings.workers > 1 else None
         self.jobs = Jobs()
         self.denials = auth.Denials()
         self.services: dict[str, Any] = {}
@@ -173,6 +176,8 @@ class Runtime:
 
     def close(self) -> None:
         self.jobs.stop()
+        if self.bus is not None:
+            self.bus.close()
         for service in reversed(list(self.services.values())):
             close = getattr(service, "close", None)
             if callable(close):

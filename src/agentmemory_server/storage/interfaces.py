@@ -12,6 +12,7 @@ Features never see SQL. They open a unit of work (``db.transaction(operation)`` 
 ``jobs``        the durable queue of background model work
 ``working``     session working memory (keys with TTL, task state, scratchpad, checkpoints)
 ``admin``       integrity checks, table counts, wiping (import with strategy=replace)
+``live``        live events shared by worker processes and nodes (the event bus)
 ==============  ==================================================================================
 
 Every method takes plain values. Field names of records appear only as arguments (``Where``,
@@ -232,6 +233,25 @@ class WorkingStore(Protocol):
     def session_scopes(self, session: str) -> list[tuple[str, str]]: ...
 
 
+class EventLog(Protocol):
+    """Live events shared by every worker process and node (``kernel/bus.py``): appended in
+    order, read back after a sequence number by each process, which fans them out to its viewers."""
+
+    def append(self, events: Sequence[tuple[str, str, float, str]]) -> int:
+        """Store (type, record JSON, epoch time, origin) in order; returns the last sequence."""
+        ...
+
+    def after(self, seq: int, limit: int) -> list[tuple[int, str, str, float, str]]:
+        """(seq, type, record JSON, time, origin) after ``seq``, oldest first."""
+        ...
+
+    def newest(self) -> int: ...
+
+    def prune(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` events; returns how many went."""
+        ...
+
+
 class Admin(Protocol):
     def integrity_check(self) -> str: ...
     def quick_check(self) -> list[str]: ...
@@ -266,6 +286,9 @@ class UnitOfWork(Protocol):
     @property
     def admin(self) -> Admin: ...
 
+    @property
+    def live(self) -> EventLog: ...
+
     writable: bool
     audit_message: str | None
     audit_details: dict[str, Any]
@@ -278,6 +301,18 @@ class UnitOfWork(Protocol):
         """Audit a change made outside the records (Redis, index repairs, ...) with this
         transaction's audit row."""
         ...
+
+
+class EventSignal(Protocol):
+    """Wakes a process when another one appended live events (PostgreSQL: LISTEN/NOTIFY;
+    SQLite: a short poll)."""
+
+    def wait(self, timeout: float) -> None: ...
+    def notify(self, unit: UnitOfWork) -> None:
+        """Inside the transaction that appended events: wake the waiters once it commits."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Database(Protocol):
@@ -298,5 +333,6 @@ class Database(Protocol):
     def file_sizes(self) -> dict[str, int]: ...
     def health(self) -> dict[str, Any]: ...
     def flush(self) -> None: ...
+    def event_signal(self) -> EventSignal: ...
     def checkpoint(self) -> None: ...
     def close(self) -> None: ...

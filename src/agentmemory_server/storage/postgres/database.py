@@ -40,6 +40,7 @@ from agentmemory_server.storage.postgres.audit import PgAuditLog
 from agentmemory_server.storage.postgres.common import Result, SqlConn
 from agentmemory_server.storage.postgres.jobs import PgJobQueue
 from agentmemory_server.storage.postgres.lexical_feed import PgFeeds
+from agentmemory_server.storage.postgres.live import NotifySignal, PgEventLog
 from agentmemory_server.storage.postgres.migrations import MIGRATIONS
 from agentmemory_server.storage.postgres.records import PgCaptureLog, PgRecords, ensure_indexes
 from agentmemory_server.storage.postgres.search_index import PgSearchIndex
@@ -143,6 +144,7 @@ class PostgresUnitOfWork:
         self.jobs = PgJobQueue(self)
         self.working = PgWorkingStore(self)
         self.admin = PgAdmin(self, self.index)
+        self.live = PgEventLog(self)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         self._after_commit.append(fn)
@@ -351,6 +353,9 @@ class PostgresDatabase:
         pool = {k: stats.get(k, 0) for k in ("pool_size", "pool_available", "requests_waiting", "requests_errors")}
         return {"backend": "postgresql", "lexical": lexical, "pool": pool}
 
+    def event_signal(self) -> NotifySignal:
+        return NotifySignal(self.url)
+
     def flush(self) -> None:
         if self.lexical is not None:
             self.lexical.flush()
@@ -377,6 +382,7 @@ def _implements_the_interface(unit: PostgresUnitOfWork, db: PostgresDatabase) ->
     jobs: interfaces.JobQueue = unit.jobs
     working: interfaces.WorkingStore = unit.working
     admin: interfaces.Admin = unit.admin
+    live: interfaces.EventLog = unit.live
     whole: interfaces.UnitOfWork = unit
-    del records, events, index, vectors, audit, jobs, working, admin, whole
+    del records, events, index, vectors, audit, jobs, working, admin, live, whole
     return db

@@ -210,3 +210,21 @@ def _m002_working_memory(conn: Any) -> None:
         )
         """,
     )
+
+
+@migration("live_events")
+def _m003_live_events(conn: Any) -> None:
+    # Live events shared by every worker process and node (kernel/bus.py); appends are
+    # serialised by the write lock, so seq order is commit order.
+    run_script(
+        conn,
+        """
+        CREATE TABLE live_events (
+            seq BIGSERIAL PRIMARY KEY,
+            type TEXT NOT NULL,
+            record TEXT NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            origin TEXT NOT NULL
+        )
+        """,
+    )

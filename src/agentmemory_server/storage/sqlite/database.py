@@ -32,6 +32,7 @@ from agentmemory_server.storage.sqlite.admin import SqliteAdmin
 from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
 from agentmemory_server.storage.sqlite.lexical_feed import SqliteFeeds
+from agentmemory_server.storage.sqlite.live import PollSignal, SqliteEventLog
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
@@ -65,6 +66,7 @@ class SqliteUnitOfWork:
         self.jobs = SqliteJobQueue(self)
         self.working = SqliteWorkingStore(self)
         self.admin = SqliteAdmin(self, self.index)
+        self.live = SqliteEventLog(self)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         self._after_commit.append(fn)
@@ -166,12 +168,17 @@ class Database:
                 f"{self.path} has schema version {version} but this server knows {len(MIGRATIONS)}; "
                 "upgrade agentmemory-python before opening it"
             )
-        for number, (_name, fn) in enumerate(MIGRATIONS[version:], start=version + 1):
+        while version < len(MIGRATIONS):
             with self._lock:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    fn(conn)
-                    conn.execute(f"PRAGMA user_version = {number}")
+                    # Read again under the write lock: another process (a worker starting at the
+                    # same moment) may have applied it meanwhile.
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if version < len(MIGRATIONS):
+                        MIGRATIONS[version][1](conn)
+                        version += 1
+                        conn.execute(f"PRAGMA user_version = {version}")
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -268,6 +275,9 @@ class Database:
         lexical = self.lexical.health() if self.lexical is not None else {"engine": "fts5", "state": "ready"}
         return {"lexical": lexical}
 
+    def event_signal(self) -> PollSignal:
+        return PollSignal()
+
     def flush(self) -> None:
         """Bring derived indexes up to date with the records now (admin commands, benchmarks)."""
         if self.lexical is not None:
@@ -309,6 +319,7 @@ def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interface
     jobs: interfaces.JobQueue = unit.jobs
     working: interfaces.WorkingStore = unit.working
     admin: interfaces.Admin = unit.admin
+    live: interfaces.EventLog = unit.live
     whole: interfaces.UnitOfWork = unit
-    del records, events, index, vectors, audit, jobs, working, admin, whole
+    del records, events, index, vectors, audit, jobs, working, admin, live, whole
     return db

@@ -276,3 +276,21 @@ def _m008_lexical_outbox_time(conn: sqlite3.Connection) -> None:
     # searchers of other worker processes, which reload the index a moment after each commit,
     # still find the entries their index does not hold yet. Older entries count as old enough.
     run_script(conn, "ALTER TABLE lexical_outbox ADD COLUMN at REAL NOT NULL DEFAULT 0;")
+
+
+@migration("live_events")
+def _m009_live_events(conn: sqlite3.Connection) -> None:
+    # Live events shared by the worker processes of one node (kernel/bus.py): each process
+    # appends what it publishes and tails the table to feed its own viewers, in seq order.
+    run_script(
+        conn,
+        """
+        CREATE TABLE live_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            type TEXT NOT NULL,
+            record TEXT NOT NULL,
+            ts REAL NOT NULL,
+            origin TEXT NOT NULL
+        );
+        """,
+    )
