@@ -42,7 +42,7 @@ def pytest_report_header(config: Any) -> str:
 # AGENTMEMORY_TEST_BACKEND=postgresql runs every runtime-based test of the suite on PostgreSQL only.
 BOTH_BACKENDS = {
     "test_db", "test_search", "test_smart_search", "test_memories", "test_sessions", "test_observe",
-    "test_transfer", "test_lexical_engine", "test_working", "test_postgres",
+    "test_transfer", "test_lexical_engine", "test_working", "test_tokens", "test_migrate",
 }
 
 

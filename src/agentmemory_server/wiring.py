@@ -40,7 +40,7 @@ from agentmemory_server.memory import (
     transfer,
 )
 from agentmemory_server.models import graph, llm, llm_steps
-from agentmemory_server.operations import diagnose, health, maintenance, overview, resources
+from agentmemory_server.operations import diagnose, health, maintenance, overview, resources, tokens
 from agentmemory_server.retrieval import context, recall, timeline, vectors
 from agentmemory_server.working import service as working_service
 from agentmemory_server.working import tools as working_tools
@@ -74,6 +74,7 @@ FEATURE_MODULES: tuple[ModuleType, ...] = (
     graph,
     overview,
     maintenance,
+    tokens,
 )
 registry.REGISTRY.order_by_module([module.__name__ for module in FEATURE_MODULES])
 

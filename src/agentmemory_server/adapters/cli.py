@@ -5,6 +5,9 @@
     agentmemory export [-o FILE] [--jsonl]                          everything as JSON (GET /export's format)
     agentmemory import FILE [--strategy S]                          merge (default) | skip | replace
     agentmemory reindex                                             rebuild the search index (and vectors)
+    agentmemory migrate --to postgresql://...|FILE.db               copy the store to another backend (resumable)
+    agentmemory tokens create PRINCIPAL [--kind K] [--project P]... [--rights read,write]
+    agentmemory tokens list | tokens revoke ID                      API tokens for people and agents
     agentmemory backup [--force]                                    upload a snapshot to the HF dataset now
     agentmemory restore [--force]                                   download the latest backup
 
@@ -27,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from agentmemory_server.errors import AppError, InvalidInput
+from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
-from agentmemory_server.operations import maintenance
+from agentmemory_server.operations import maintenance, migrate, tokens
+from agentmemory_server.storage import is_postgres_url
 from agentmemory_server.storage.sqlite import hf_sync
 from agentmemory_server.wiring import build_runtime
 
@@ -108,6 +113,42 @@ def cmd_stats(settings: Settings, opts: argparse.Namespace) -> Any:
     return _with_runtime(settings, maintenance.stats)
 
 
+def cmd_migrate(settings: Settings, opts: argparse.Namespace) -> Any:
+    if is_postgres_url(opts.to):
+        target_settings = settings.replace(database_url=opts.to)
+    else:
+        target_settings = settings.replace(database_url=None, db_path=str(Path(opts.to).expanduser()))
+    if (
+        target_settings.database_url == settings.database_url
+        and target_settings.database_path == settings.database_path
+    ):
+        raise InvalidInput("--to names the store being migrated from")
+    source = build_runtime(settings)
+    try:
+        target = build_runtime(target_settings)
+        try:
+            data_dir = settings.database_path.parent
+            return migrate.migrate(source, target, data_dir, progress=_progress(opts.quiet), batch=opts.batch or 5000)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def cmd_tokens(settings: Settings, opts: argparse.Namespace) -> Any:
+    def work(rt: Runtime) -> Any:
+        ctx = Ctx(rt, source="cli")
+        if opts.action == "create":
+            args = {"principal": opts.principal, "kind": opts.kind, "projects": opts.project or []}
+            args["rights"] = [r.strip() for r in opts.rights.split(",") if r.strip()]
+            return registry.run(tokens.tokens_create, ctx, {**args, **({"note": opts.note} if opts.note else {})})
+        if opts.action == "revoke":
+            return registry.run(tokens.tokens_revoke, ctx, {"id": opts.principal})
+        return registry.run(tokens.tokens_list, ctx, {})
+
+    return _with_runtime(settings, work)
+
+
 def _sync_config(settings: Settings) -> hf_sync.Config:
     hf_sync.setup_logging()
     return hf_sync.Config.from_env(os.environ, db_path=settings.database_path)
@@ -169,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("reindex", help="rebuild the search index (and vectors) from the records").set_defaults(
         run=cmd_reindex
     )
+    move = commands.add_parser("migrate", help="copy every record to another store (PostgreSQL or SQLite), resumably")
+    move.add_argument("--to", required=True, help="postgresql://user:password@host/db, or a SQLite file path")
+    move.add_argument("--batch", type=int, help="records per transaction (default 5000)")
+    move.set_defaults(run=cmd_migrate)
+    toks = commands.add_parser("tokens", help="API tokens for people and agents: create, list, revoke")
+    toks.add_argument("action", choices=("create", "list", "revoke"))
+    toks.add_argument("principal", nargs="?", help="create: who it speaks for; revoke: the token id")
+    toks.add_argument("--kind", choices=("person", "agent"), default="agent")
+    toks.add_argument("--project", action="append", help="a project it may touch (repeat; default: all)")
+    toks.add_argument("--rights", default="read,write", help="comma-separated: read, write, admin")
+    toks.add_argument("--note", help="what the token is for")
+    toks.set_defaults(run=cmd_tokens)
     for name, run, text in (
         ("backup", cmd_backup, "upload a snapshot to the HuggingFace dataset now"),
         ("restore", cmd_restore, "download the latest backup (stop the server first)"),

@@ -25,7 +25,7 @@ from agentmemory_server.adapters import openapi
 from agentmemory_server.adapters.origins import origin_allowed, parse_allowed
 from agentmemory_server.adapters.stream import ReaderThread, StreamSession
 from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable
-from agentmemory_server.kernel import registry
+from agentmemory_server.kernel import principals, registry
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
 from agentmemory_server.kernel.runtime import Runtime
@@ -115,6 +115,7 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     }
     allowed_origins = parse_allowed(rt.settings.viewer_allowed_origins)
     app.before_request(lambda: _guard(rt, allowed_origins))
+    app.teardown_request(_forget_caller)
     app.after_request(lambda response: _security_headers(response, allowed_origins))
     _register_error_handlers(app)
     for tool in registry.REGISTRY.all():
@@ -153,13 +154,21 @@ def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
     if request.path == STREAM_PATH and not (header or token) and _is_upgrade():
         g.stream_authenticated = False  # the first message must be {"type":"auth","token":...}
         return None
-    try:
-        check_auth(rt.settings.secret, header, token)
-    except Unauthorized:
-        rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
-        raise
+    if rt.settings.secret:
+        presented = token or (header[7:].strip() if header and header[:7].lower() == "bearer " else None)
+        principal = principals.authenticate(rt, presented)
+        if principal is None:
+            rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
+            raise unauthorized()
+        g.principal_reset = principals.CALLER.set(principal)
     g.stream_authenticated = True
     return None
+
+
+def _forget_caller(_exc: BaseException | None) -> None:
+    reset = g.pop("principal_reset", None)
+    if reset is not None:
+        principals.CALLER.reset(reset)
 
 
 def _security_headers(response: Response, allowed_origins: tuple[str, ...]) -> Response:
@@ -182,16 +191,21 @@ def _is_upgrade() -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
+def unauthorized() -> Unauthorized:
+    return Unauthorized(
+        "unauthorized: send 'Authorization: Bearer <token>' (AGENTMEMORY_SECRET, the token in the server's "
+        "secret file, ~/.agentmemory/secret by default, or an API token from `agentmemory tokens create`)"
+    )
+
+
 def check_auth(secret: str | None, header: str | None, token: str | None = None) -> None:
-    """Bearer auth with a constant-time comparison; a no-op when no secret is configured."""
+    """Bearer auth against the server's secret alone, with a constant-time comparison; a no-op
+    when no secret is configured."""
     if not secret:
         return
     presented = header or (f"Bearer {token}" if token else "")
     if not hmac.compare_digest(presented.encode("utf-8", "replace"), f"Bearer {secret}".encode()):
-        raise Unauthorized(
-            "unauthorized: send 'Authorization: Bearer <token>' (AGENTMEMORY_SECRET, or the token in "
-            "the server's secret file, ~/.agentmemory/secret by default)"
-        )
+        raise unauthorized()
 
 
 def _tool_view(rt: Runtime, tool: Tool, default_status: int):

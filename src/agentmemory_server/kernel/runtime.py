@@ -28,6 +28,7 @@ from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.bus import EventBus
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
+from agentmemory_server.kernel.principals import TokenCache
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
 from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
 from agentmemory_server.kernel.settings import Settings
@@ -137,6 +138,7 @@ class Runtime:
         self.bus = EventBus(self.db, self.hub) if settings.database_url or settings.workers > 1 else None
         self.jobs = Jobs()
         self.denials = auth.Denials()
+        self.tokens = TokenCache()
         self.services: dict[str, Any] = {}
         for name, factory in subsystems:
             if name in self.services:

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TextIO, TypeVar
 
 from agentmemory_server import errors
 from agentmemory_server.errors import Forbidden, InvalidInput
-from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.access import agent_filter, isolated
 from agentmemory_server.kernel.registry import Ctx, params, tool
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, is_obs_scope
 from agentmemory_server.memory import transfer
@@ -232,11 +232,20 @@ def _json_lines(path: Path, bar: Bar) -> Iterator[tuple[int, Any]]:
 
 
 def import_lines(
-    ctx: Ctx, path: Path, strategy: str, *, batch: int = 5000, progress: Progress = no_progress
+    ctx: Ctx,
+    path: Path,
+    strategy: str,
+    *,
+    batch: int = 5000,
+    progress: Progress = no_progress,
+    skip_lines: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Stream a JSON Lines export (``agentmemory export --jsonl``) into the store in batches of
     ``batch`` records, in constant memory. The first line is the header naming the format
-    version; each further line is an export document of its own. A line that does not hold
+    version; each further line is an export document of its own. ``skip_lines`` resumes after
+    that many lines (the header is always read); ``on_batch(line)`` is told after each committed
+    batch that every line up to ``line`` is stored. A line that does not hold
     valid records stops the import there, naming the line: the batches before it are written
     (merge and skip are idempotent, so run it again once the file is fixed). ``replace`` wipes
     the store with the first batch."""
@@ -244,12 +253,15 @@ def import_lines(
     totals: dict[str, dict[str, int]] = {}
     pending: list[tuple[str, str, Any]] = []
     first_batch = True
+    line_seen = 0
 
     def write() -> None:
         nonlocal first_batch
         transfer.add_counts(totals, transfer.import_records(ctx, pending, strategy, wipe_first=first_batch))
         first_batch = False
         pending.clear()
+        if on_batch is not None:
+            on_batch(line_seen)
 
     try:
         lines = _json_lines(path, bar)
@@ -258,6 +270,9 @@ def import_lines(
             raise InvalidInput(f"{path}, line {number or 1}: the first line must be the header with a 'version'")
         transfer.check_version(header)
         for number, document in lines:
+            if number <= skip_lines:
+                continue
+            line_seen = number
             if not isinstance(document, dict):
                 raise InvalidInput(f"{path}, line {number}: expected a JSON object")
             try:
@@ -321,7 +336,7 @@ def reindex_tool(ctx: Ctx, args: dict) -> dict[str, Any]:
     """Rebuild the search index from the records and queue every record for a new vector (the
     background worker embeds them); for big stores prefer ``agentmemory reindex``, which shows
     progress."""
-    if ctx.rt.settings.agent_scope == "isolated":
+    if isolated(ctx):
         raise Forbidden(
             "reindex touches every agent's records; not available in isolated agent scope",
             code=errors.AGENT_SCOPE_VIOLATION,
