@@ -152,3 +152,34 @@ def test_several_worker_processes_over_one_sqlite_file(live_server):
     pids = {requests.get(server.api("/health"), headers={"Connection": "close"}, timeout=10).json()["live"]["bus"]
             ["origin"] for _ in range(12)}
     assert len(pids) >= 2, f"every request reached one worker: {pids}"
+
+
+def test_a_token_for_one_project_can_neither_read_nor_write_another_on_either_node(live_server, pg_cluster):
+    url = pg_cluster.create_database()
+    try:
+        env = {"AGENTMEMORY_DATABASE_URL": url, "AGENTMEMORY_SECRET": "cluster-admin"}
+        a, b = live_server(env=env), live_server(env=env)
+        admin = {"Authorization": "Bearer cluster-admin"}
+        made = requests.post(a.api("/tokens"), json={"principal": "x-bot", "projects": ["x"]}, headers=admin,
+                             timeout=30)
+        assert made.status_code == 201, made.text
+        x_bot = {"Authorization": f"Bearer {made.json()['token']}"}
+        assert post(a.api("/observe"), hook("y1", project="y", data={"prompt": "project y secret plan"}),
+                    headers=admin).status_code == 201
+        for node in (a, b):  # the token made on A works on B too: tokens live in the shared database
+            wrote = post(node.api("/observe"), hook(f"x-{node.port}", project="x"), headers=x_bot)
+            assert wrote.status_code == 201, wrote.text
+            refused = post(node.api("/observe"), hook(f"y-{node.port}", project="y"), headers=x_bot)
+            assert refused.status_code == 403 and refused.json()["code"] == "token_project"
+            refused = post(node.api("/smart-search"), {"query": "secret plan", "project": "y"}, headers=x_bot)
+            assert refused.status_code == 403
+            unscoped = post(node.api("/smart-search"), {"query": "project y secret plan"}, headers=x_bot).json()
+            assert all(r.get("sessionId") != "y1" for r in unscoped["results"])
+            sessions = requests.get(node.api("/sessions"), headers=x_bot, timeout=30).json()["sessions"]
+            assert sessions and all(s["project"] == "x" for s in sessions)
+        revoke = requests.post(b.api("/tokens/revoke"), json={"id": made.json()["id"]}, headers=admin, timeout=30)
+        assert revoke.status_code == 200
+        wait_for(lambda: requests.get(a.api("/sessions"), headers=x_bot, timeout=10).status_code == 401,
+                 timeout=15, message="the token revoked on B is refused on A")
+    finally:
+        pg_cluster.drop_database(url)

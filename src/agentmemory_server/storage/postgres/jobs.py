@@ -1,5 +1,7 @@
-"""The durable queue of background model work on PostgreSQL (``llm_jobs``). Claims take their
-rows with ``FOR UPDATE SKIP LOCKED``, so workers on different nodes never claim the same job."""
+"""The durable queue of background model work on PostgreSQL (``llm_jobs``), periodic jobs run
+once per database (``periodic_jobs``) and the heartbeats of background workers (``workers``).
+Claims take their rows with ``FOR UPDATE SKIP LOCKED``, so workers on different nodes never claim
+the same job; a periodic run is claimed by one conditional update, so it runs on one node."""
 
 from __future__ import annotations
 
@@ -49,3 +51,53 @@ class PgJobQueue:
             "IS NOT NULL ORDER BY next_try DESC LIMIT 1) FROM llm_jobs"
         ).fetchone()
         return {"pending": sum(by_kind.values()), "byKind": by_kind, "waiting": int(row[0]), "lastError": row[1]}
+
+    # ---- periodic jobs, once per database
+    def claim_periodic(self, name: str, now_epoch: float, next_run: float, holder: str) -> bool:
+        """Claim the due run of ``name`` (moving its next run to ``next_run``); False when it is
+        not due or another worker claimed it first. A job never seen is due at ``next_run``."""
+        self.conn.execute(
+            "INSERT INTO periodic_jobs (name, next_run) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+            (name, next_run),
+        )
+        return (
+            self.conn.execute(
+                "UPDATE periodic_jobs SET next_run = %s, holder = %s WHERE name = %s AND next_run <= %s",
+                (next_run, holder, name, now_epoch),
+            ).rowcount
+            == 1
+        )
+
+    def periodic_done(self, name: str, now_epoch: float, error: str | None) -> None:
+        self.conn.execute(
+            "UPDATE periodic_jobs SET runs = runs + 1, errors = errors + %s, last_run = %s, "
+            "last_error = coalesce(%s, last_error) WHERE name = %s",
+            (1 if error else 0, now_epoch, error[:300].replace("\x00", " ") if error else None, name),
+        )
+
+    def periodic_status(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT name, next_run, holder, runs, errors, last_run, last_error FROM periodic_jobs ORDER BY name"
+        )
+        cols = ("name", "nextRun", "holder", "runs", "errors", "lastRun", "lastError")
+        return [dict(zip(cols, row, strict=True)) for row in rows]
+
+    # ---- worker heartbeats
+    def worker_beat(
+        self, worker_id: str, host: str, pid: int, started_at: float, now_epoch: float, info: dict[str, Any]
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO workers (id, host, pid, started_at, beat_at, info) VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at, info = excluded.info",
+            (worker_id, host, pid, started_at, now_epoch, Jsonb(info)),
+        )
+
+    def worker_gone(self, worker_id: str) -> None:
+        self.conn.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
+
+    def workers(self, since_epoch: float) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT id, host, pid, started_at, beat_at, info FROM workers WHERE beat_at >= %s ORDER BY started_at",
+            (since_epoch,),
+        )
+        return [{"id": i, "host": h, "pid": p, "startedAt": s, "beatAt": b, **info} for i, h, p, s, b, info in rows]

@@ -228,3 +228,31 @@ def _m003_live_events(conn: Any) -> None:
         )
         """,
     )
+
+
+@migration("background_work")
+def _m004_background_work(conn: Any) -> None:
+    # Periodic jobs run once per database (a conditional update claims a due run, so two nodes
+    # never run one together); background workers say they are alive with a heartbeat row.
+    run_script(
+        conn,
+        """
+        CREATE TABLE periodic_jobs (
+            name TEXT PRIMARY KEY,
+            next_run DOUBLE PRECISION NOT NULL,
+            holder TEXT,
+            runs INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            last_run DOUBLE PRECISION,
+            last_error TEXT
+        );
+        CREATE TABLE workers (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            beat_at DOUBLE PRECISION NOT NULL,
+            info JSONB NOT NULL DEFAULT '{}'
+        )
+        """,
+    )

@@ -127,7 +127,8 @@ class PgVectorStore:
                 (model, dim, after),
             ).fetchall()
             for rowid, vector, kind, project, agent, session in rows:
-                yield int(rowid), np.asarray(vector, dtype="<f4").tobytes(), kind, project, agent, session
+                values = vector.to_numpy() if hasattr(vector, "to_numpy") else vector
+                yield int(rowid), np.asarray(values, dtype="<f4").tobytes(), kind, project, agent, session
             if len(rows) < 2000:
                 return
             after = rows[-1][0]
