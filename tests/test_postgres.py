@@ -107,8 +107,11 @@ def test_a_periodic_run_is_claimed_by_one_node_only(url, make_runtime, tmp_path)
     lock = threading.Lock()
     start = 1_900_000_000.0
 
+    barrier = threading.Barrier(4)
+
     def tick(rt, holder: str) -> None:
-        for period in range(1, 31):  # 30 periods of 60 s, every node trying each
+        for period in range(1, 31):  # 30 periods of 60 s, every worker of both nodes trying each
+            barrier.wait(timeout=60)  # one clock for all: nobody is in the next period yet
             now = start + period * 60
             with rt.db.transaction("periodic") as tx:
                 won = tx.jobs.claim_periodic("retention", now, now + 60, holder)
