@@ -95,22 +95,30 @@ def node_dir():
 
 
 @pytest.fixture
-def make_hooks(node_dir, tmp_path):
+def make_hooks(node_dir, tmp_path, request):
     servers: list[LiveServer] = []
+    databases: list[str] = []
 
-    def make(secret: str | None) -> Hooks:
-        server = LiveServer(tmp_path, {"AGENTMEMORY_SECRET": secret} if secret else {}, [])
+    def make(secret: str | None, backend: str = "sqlite") -> Hooks:
+        env = {"AGENTMEMORY_SECRET": secret} if secret else {}
+        if backend == "postgresql":
+            databases.append(request.getfixturevalue("pg_cluster").create_database())
+            env["AGENTMEMORY_DATABASE_URL"] = databases[-1]
+        server = LiveServer(tmp_path, env, [])
         servers.append(server)
         return Hooks(node_dir, server, tmp_path, secret)
 
     yield make
     for server in servers:
         server.stop()
+    for url in databases:
+        request.getfixturevalue("pg_cluster").drop_database(url)
 
 
-@pytest.fixture(params=[None, "hook-secret"], ids=["open", "secret"])
+@pytest.fixture(params=[(None, "sqlite"), ("hook-secret", "sqlite"), ("hook-secret", "postgresql")],
+                ids=["open", "secret", "secret-postgresql"])
 def hooks(request, make_hooks):
-    return make_hooks(request.param)
+    return make_hooks(*request.param)
 
 
 def _previous_session(hooks: Hooks) -> None:
