@@ -476,7 +476,7 @@ def llm_runtime(make_runtime, fake_gemini):
 
     def make(clock: Any = None, **overrides: Any) -> Runtime:
         base = {"gemini_api_key": GEMINI_TEST_KEY, "gemini_api_base": fake_gemini.url,
-                "gemini_retry_backoff_seconds": 0.0}
+                "llm_retry_backoff_seconds": 0.0}
         return make_runtime(clock=clock, **{**base, **overrides})
 
     return make
