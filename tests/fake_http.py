@@ -7,7 +7,7 @@ next generation answers (a dict/list is the JSON answer, a str raw text, ``Raw(b
 whole response body); otherwise ``responder(prompt)`` answers, given a ``Prompt`` (system
 text, user/assistant texts, the raw body). ``delay`` slows every generation down (a slow
 model); ``stall()`` holds every generation until ``release()`` (``entered`` is set when one
-arrives). Every request is recorded in ``calls`` (path, body, headers).
+arrives). Every request is recorded in ``calls`` (path, body, headers, and the 200 response).
 
 A subclass says how its protocol looks: ``route(path)`` -> ``"generate"`` / ``"embed"`` / None,
 ``authorised(headers)``, ``error_body(status, message, code)``, ``prompt(body)``,
@@ -165,8 +165,9 @@ class LoopbackModel:
                     fake._open.wait(timeout=60)
                     if fake.delay:
                         time.sleep(fake.delay)
+                record = {"path": self.path, "body": body, "headers": dict(self.headers), "response": None}
                 with fake._lock:
-                    fake.calls.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                    fake.calls.append(record)
                     scripted = fake.fail_next.pop(0) if fake.fail_next else 200
                 status, headers, code = (tuple(scripted) + (None, None))[:3] if isinstance(scripted, tuple) \
                     else (scripted, None, None)
@@ -178,7 +179,8 @@ class LoopbackModel:
                     return self._send(status, fake.error_body(status, "scripted failure", code), headers)
                 if kind == "generate" and body.get("stream"):  # the fakes serve whole answers only
                     return self._send(400, fake.error_body(400, "only stream: false is served", None))
-                return self._send(200, fake._answer(kind, body))
+                record["response"] = fake._answer(kind, body)
+                return self._send(200, record["response"])
 
         return Handler
 

@@ -398,6 +398,18 @@ class LLMService:
             "completionTokens": generation.output_tokens,
         }
 
+    def check(self) -> dict[str, Any]:
+        """``agentmemory llm test``: the provider, one tiny request, and what each feature would use."""
+        budget = self.accounting.budget(FEATURES)
+        return {
+            "provider": self.clients.choice.name,
+            "baseUrl": self.clients.transport.base if self.clients.transport else None,
+            "problem": self.clients.choice.problem,
+            "request": self.probe() if self.has_model else None,
+            "features": {f: self.plan(f, budget) for f in FEATURES},
+            "budget": budget,
+        }
+
     # ---- subsystem contract
     def mode(self, budget: dict[str, Any]) -> str:
         if not self.has_model:

@@ -5,7 +5,8 @@ answer. An observation is low-value when it is
 
 - ``empty``: an event that carries no data and no text at all;
 - ``trivial``: a successful tool call that only looks around or keeps the agent's to-do list:
-  a to-do or directory-listing tool (TodoWrite, TodoRead, LS, list_directory), or a shell command
+  a to-do or directory-listing tool (TodoWrite, TodoRead, TaskUpdate, TaskList, TaskGet, LS,
+  list_directory), or a shell command
   whose every part (split on ``&&``, ``||``, ``;``, ``|``) is one of ``ls, ll, pwd, cd, echo,
   clear, which, whoami, date, true, tree, type``;
 - ``duplicate``: a tool event with the same tool, input and output (``contentHash``, set by the
@@ -28,7 +29,11 @@ from agentmemory_server.capture.compress import classify, content_hash, extract_
 from agentmemory_server.kernel.scopes import obs_scope
 from agentmemory_server.storage.interfaces import Where
 
-TRIVIAL_TOOLS = frozenset({"todo_write", "todo_read", "ls", "list_directory", "list_dir"})
+# To-do bookkeeping (Claude Code's TodoWrite/TodoRead, later TaskUpdate/TaskList/TaskGet; a new
+# task, TaskCreate, is kept: it states intent) and directory listings.
+TRIVIAL_TOOLS = frozenset(
+    {"todo_write", "todo_read", "task_update", "task_list", "task_get", "ls", "list_directory", "list_dir"}
+)
 TRIVIAL_COMMANDS = frozenset(
     {"ls", "ll", "pwd", "cd", "echo", "clear", "which", "whoami", "date", "true", "tree", "type"}
 )
