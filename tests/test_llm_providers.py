@@ -51,7 +51,7 @@ def model_of(name: str, call: dict) -> str:
 def assert_wire_shape(name: str, call: dict, key: str) -> None:
     body, headers, path = call["body"], call["headers"], call["path"]
     assert key not in path
-    system_hint = "Answer with a single JSON object that matches this JSON Schema"
+    system_hint = 'Answer with a single JSON object that matches this JSON Schema, and nothing else:\n{"type":"object"'
     if name == "gemini":
         assert path == "/v1beta/models/gemini-2.5-flash:generateContent" and headers["x-goog-api-key"] == key
         assert body["contents"] == [{"role": "user", "parts": [{"text": "write about foxes"}]}]
@@ -67,7 +67,10 @@ def assert_wire_shape(name: str, call: dict, key: str) -> None:
     else:
         assert path == "/v1/messages" and headers["x-api-key"] == key
         assert headers["anthropic-version"] == "2023-06-01"
-        assert system_hint in body["system"] and body["stream"] is False and body["max_tokens"] == 8192
+        # The tool definition carries the schema: the system text does not repeat it.
+        assert body["system"] == "You write a short note.\n\nAnswer by calling the provided tool with a JSON " \
+            "object for its schema."
+        assert body["stream"] is False and body["max_tokens"] == 8192
         assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "write about foxes"}]}]
         assert body["tools"] == [{"name": "record_note", "description": "Record the answer as JSON.",
                                   "input_schema": NOTE.schema}]

@@ -331,10 +331,7 @@ class LLMService:
         """
         limit = self.settings.llm_max_prompt_chars
         prompt = strip_text(prompt if len(prompt) <= limit else truncate(prompt, limit))
-        system = (
-            f"{task.instructions}\n\nAnswer with a single JSON object that matches this JSON Schema, "
-            f"and nothing else:\n{json.dumps(task.schema, separators=(',', ':'))}"
-        )
+        system = self.system_text(task)
         request = ChatRequest(system, [Turn(USER, prompt)], task.schema, task.name)
         generation = self.complete(task.feature, request)
         value, errors = validate_answer(task, generation.text)
@@ -355,6 +352,19 @@ class LLMService:
                 raise failure
             self.usage.add(repaired=1)
         return strip_private_data(value)
+
+    def system_text(self, task: Task) -> str:
+        """The task's instructions and how to answer. The schema is spelled out unless the provider
+        hands it to the model itself (Anthropic's tool definition): sent twice it costs ~250 tokens
+        a call for nothing. OpenAI-compatible servers get it in the text too, because some of
+        them (Ollama) ignore ``response_format``'s schema."""
+        client = self.clients.client(task.feature)
+        if client is not None and getattr(client, "carries_schema", False):
+            return f"{task.instructions}\n\nAnswer by calling the provided tool with a JSON object for its schema."
+        return (
+            f"{task.instructions}\n\nAnswer with a single JSON object that matches this JSON Schema, "
+            f"and nothing else:\n{json.dumps(task.schema, separators=(',', ':'))}"
+        )
 
     def answer(self, task: Task, prompt: str) -> Any | None:
         """``generate_json`` for a model step: None (use the deterministic path) when the model

@@ -6,8 +6,9 @@
 - **Structured output by a forced tool call.** The request declares one tool whose
   ``input_schema`` is the answer's JSON Schema and sets ``tool_choice: {type: tool, name}``, so
   the model answers with a ``tool_use`` content block whose ``input`` is the JSON object; that
-  works on every Claude model (the newer ``output_config`` JSON mode does not). A plain text
-  answer is taken as it is and validated like any other.
+  works on every Claude model (the newer ``output_config`` JSON mode does not). The schema is
+  therefore not repeated in the system text (``carries_schema``). A plain text answer is taken
+  as it is and validated like any other.
 - **Repair round.** The model's ``tool_use`` block is sent back as its assistant turn and our
   complaint as the ``tool_result`` for that block (``is_error: true``), which is how the API
   expects a tool call to be answered.
@@ -97,6 +98,7 @@ class AnthropicChat:
     """Messages for one model."""
 
     provider = PROVIDER
+    carries_schema = True  # the tool definition gives the model the answer's schema
 
     def __init__(self, transport: JsonTransport, model: str, *, attempts: int, backoff: float, max_output_tokens: int):
         self.transport, self.model = transport, model
