@@ -203,3 +203,16 @@ def test_the_filter_decides_from_stored_records_alone(make_runtime):
 ])
 def test_trivial_commands(command, trivial):
     assert trivial_command(command) is trivial
+
+
+def test_old_usage_rows_are_pruned_after_400_days(make_runtime):
+    from agentmemory_server.storage.interfaces import ModelCall
+
+    clock = ManualClock(ELEVEN_PM)
+    rt = make_runtime(clock=clock.clock)
+    accounting = llm.service(rt).accounting
+    with rt.db.transaction("test") as tx:
+        for day in ("2025-09-26", "2025-09-27", "2026-11-01"):
+            tx.usage.add(ModelCall(day, "gemini", "m", "compress", calls=1, prompt_tokens=10))
+    assert accounting.prune() == 1  # 2026-11-01 minus 400 days is 2025-09-27: older rows go
+    assert [r["day"] for r in usage_rows(rt)] == ["2025-09-27", "2026-11-01"]

@@ -318,3 +318,14 @@ def test_openai_embeddings_are_put_back_in_index_order_and_a_wrong_width_is_expl
         unset.embed(["x"])
     assert "set OPENAI_EMBED_DIMENSIONS=64" in caught.value.message
     assert "dimensions" not in fake_openai.calls[-1]["body"]  # not sent unless configured
+
+
+def test_a_thinking_gemini_models_thoughts_are_counted_as_output(llm_runtime, fake_gemini):
+    rt = llm_runtime()
+    fake_gemini.replies = [Raw({"candidates": [{"content": {"role": "model", "parts": [
+        {"text": "weighing the answer", "thought": True}, {"text": json.dumps(GOOD)}]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 120, "candidatesTokenCount": 15, "thoughtsTokenCount": 400,
+                          "totalTokenCount": 535}})]
+    assert llm.service(rt).generate_json(NOTE, "write") == GOOD
+    [row] = usage_rows(rt)
+    assert (row["promptTokens"], row["completionTokens"]) == (120, 415)  # 535 billed, 535 counted

@@ -7,8 +7,8 @@ transport the Gemini embedder uses.
 - **Chat.** ``systemInstruction``, ``contents`` (user/model turns) and ``generationConfig`` with
   ``responseMimeType: application/json`` (the schema itself is in the system instruction and
   checked by the LLM layer); the answer is ``candidates[0].content.parts[].text`` without
-  thought parts; ``usageMetadata`` (promptTokenCount, candidatesTokenCount, totalTokenCount)
-  gives the tokens. ``promptFeedback.blockReason`` or a safety ``finishReason`` is a refusal;
+  thought parts; ``usageMetadata`` gives the tokens: promptTokenCount, and candidatesTokenCount
+  plus thoughtsTokenCount (a thinking model's thoughts are billed as output). ``promptFeedback.blockReason`` or a safety ``finishReason`` is a refusal;
   MAX_TOKENS is parsed (the repair round may still save it).
 """
 
@@ -53,7 +53,9 @@ def post_model(
 def parse_generation(data: dict[str, Any]) -> Generation:
     """The text of ``candidates[0]`` and the usage counts. :raise Refusal: blocked or empty."""
     usage = data.get("usageMetadata") or {}
-    prompt, output = count(usage.get("promptTokenCount")), count(usage.get("candidatesTokenCount"))
+    # A thinking model's thoughts are billed as output but counted apart from the candidates.
+    prompt = count(usage.get("promptTokenCount"))
+    output = count(usage.get("candidatesTokenCount")) + count(usage.get("thoughtsTokenCount"))
     blocked = (data.get("promptFeedback") or {}).get("blockReason")
     if blocked:
         raise Refusal(f"Gemini blocked the prompt: {blocked}", prompt, output)
@@ -68,8 +70,7 @@ def parse_generation(data: dict[str, Any]) -> Generation:
         raise Refusal(f"Gemini stopped the answer: finishReason {reason}", prompt, output)
     if not text.strip():
         raise Refusal(f"Gemini answered with no text (finishReason {reason})", prompt, output)
-    total = count(usage.get("totalTokenCount")) or prompt + output
-    return Generation(text, reason, prompt, output, total)
+    return Generation(text, reason, prompt, output, prompt + output)
 
 
 class GeminiChat:
