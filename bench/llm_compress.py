@@ -185,8 +185,8 @@ def in_process(name: str, n: int, batch: int = 100) -> dict:
         for label, on in (("off", False), ("on", True)):  # no model call is made here: only jobs are queued
             provider = provider_settings(name, nowhere) if on else {}
             runtimes[label] = build_runtime(Settings.from_env(
-                {}, data_dir=f"{tmp}/{label}", background_jobs=False, embedding_provider="none", auto_compress=on,
-                **provider))
+                {}, data_dir=f"{tmp}/{label}", background_jobs=False, embedding_provider="none", auth="off",
+                auto_compress=on, **provider))
         try:
             for start in range(0, n, batch):
                 for label, rt in runtimes.items():

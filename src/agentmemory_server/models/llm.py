@@ -359,7 +359,7 @@ class LLMService:
         a call for nothing. OpenAI-compatible servers get it in the text too, because some of
         them (Ollama) ignore ``response_format``'s schema."""
         client = self.clients.client(task.feature)
-        if client is not None and getattr(client, "carries_schema", False):
+        if client is not None and client.carries_schema:
             return f"{task.instructions}\n\nAnswer by calling the provided tool with a JSON object for its schema."
         return (
             f"{task.instructions}\n\nAnswer with a single JSON object that matches this JSON Schema, "

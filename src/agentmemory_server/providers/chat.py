@@ -69,6 +69,7 @@ class ChatClient(Protocol):
     provider: str
     model: str
     transport: JsonTransport
+    carries_schema: bool  # the request hands the answer's schema to the model (no need to spell it out)
 
     def generate(self, request: ChatRequest) -> Generation:
         """:raise Refusal: no usable answer. :raise ProviderHTTPError: transport failure.

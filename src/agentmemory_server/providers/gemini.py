@@ -8,8 +8,9 @@ transport the Gemini embedder uses.
   ``responseMimeType: application/json`` (the schema itself is in the system instruction and
   checked by the LLM layer); the answer is ``candidates[0].content.parts[].text`` without
   thought parts; ``usageMetadata`` gives the tokens: promptTokenCount, and candidatesTokenCount
-  plus thoughtsTokenCount (a thinking model's thoughts are billed as output). ``promptFeedback.blockReason`` or a safety ``finishReason`` is a refusal;
-  MAX_TOKENS is parsed (the repair round may still save it).
+  plus thoughtsTokenCount (a thinking model's thoughts are billed as output).
+  ``promptFeedback.blockReason`` or a safety ``finishReason`` is a refusal; MAX_TOKENS is parsed
+  (the repair round may still save it).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class GeminiChat:
     """generateContent for one model."""
 
     provider = PROVIDER
+    carries_schema = False
 
     def __init__(
         self,

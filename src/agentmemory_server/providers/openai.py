@@ -73,6 +73,7 @@ class OpenAIChat:
     """Chat Completions for one model."""
 
     provider = PROVIDER
+    carries_schema = False
 
     def __init__(
         self,
