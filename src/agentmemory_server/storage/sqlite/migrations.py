@@ -248,8 +248,30 @@ def _m006_search_docs_global(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration("lexical_outbox")
+def _m007_lexical_outbox(conn: sqlite3.Connection) -> None:
+    # The change feed of the search index for a lexical engine kept outside SQLite (Tantivy):
+    # every change to a search row appends its rowid here in the same transaction; the engine
+    # applies entries in order and prunes them once its own commit holds them. rowid -1 marks a
+    # wipe of every row. lexical_state remembers which engine served the last writes, so an
+    # engine that missed some (the store ran with another one) rebuilds itself.
+    run_script(
+        conn,
+        """
+        CREATE TABLE lexical_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            rowid INTEGER NOT NULL
+        );
+        CREATE TABLE lexical_state (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """,
+    )
+
+
 @migration("llm_usage")
-def _m007_llm_usage(conn: sqlite3.Connection) -> None:
+def _m008_llm_usage(conn: sqlite3.Connection) -> None:
     # Model calls summed per UTC day, provider, model and feature (models/accounting.py): the
     # token counts /health, the viewer and `agentmemory stats` show, and what the daily token
     # budget is checked against. Aggregated in place, so the table grows by a few rows a day.
