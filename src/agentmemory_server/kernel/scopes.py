@@ -67,8 +67,9 @@ SCOPES: tuple[ScopeDoc, ...] = (
         OBSERVATIONS_PREFIX + "{sessionId}",
         "observation id",
         "Observation: id, sessionId, timestamp, hookType, project, cwd, eventId, agentId?, type, title, "
-        "subtitle?, facts, narrative, concepts, files, importance, confidence, toolName?, raw (stripped "
-        "hook data)",
+        "subtitle?, facts, narrative, concepts, files, importance, confidence, toolName?, contentHash? (tool "
+        "events: fingerprint of tool, input and output), method? and compressedAt? (model compression), raw "
+        "(stripped hook data)",
     ),
     ScopeDoc(
         MEMORIES,

@@ -21,6 +21,7 @@ from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, params, tool
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, is_obs_scope
 from agentmemory_server.memory import transfer
+from agentmemory_server.models import llm
 from agentmemory_server.retrieval import search, vectors
 from agentmemory_server.storage.interfaces import UnitOfWork as Store
 
@@ -279,7 +280,8 @@ def import_lines(
 
 
 def stats(rt: Any) -> dict[str, Any]:
-    """Record counts per scope and per indexed kind, table sizes, database and WAL size, schema.
+    """Record counts per scope and per indexed kind, table sizes, database and WAL size, schema,
+    and the model tokens of the last days (per day and, today, per feature).
     Refused in isolated agent scope: the counts are every agent's."""
     if rt.settings.agent_scope == "isolated":
         raise Forbidden(
@@ -304,6 +306,7 @@ def stats(rt: Any) -> dict[str, Any]:
         "sessionsWithObservations": len(observation_scopes),
         "indexed": store.index.kind_counts(),
         "tables": store.admin.table_counts(),
+        "llm": llm.service(rt).accounting.report(llm.FEATURES),
     }
 
 

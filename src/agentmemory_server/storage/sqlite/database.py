@@ -34,6 +34,7 @@ from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
 from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
+from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 
@@ -62,6 +63,7 @@ class SqliteUnitOfWork:
         self.index = SqliteSearchIndex(self, self.vectors, engine)
         self.audit = SqliteAuditLog(self)
         self.jobs = SqliteJobQueue(self)
+        self.usage = SqliteModelUsage(self)
         self.working = SqliteWorkingStore(self)
         self.admin = SqliteAdmin(self, self.index)
 
@@ -301,8 +303,9 @@ def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interface
     vectors: interfaces.VectorStore = unit.vectors
     audit: interfaces.AuditLog = unit.audit
     jobs: interfaces.JobQueue = unit.jobs
+    usage: interfaces.ModelUsage = unit.usage
     working: interfaces.WorkingStore = unit.working
     admin: interfaces.Admin = unit.admin
     whole: interfaces.UnitOfWork = unit
-    del records, events, index, vectors, audit, jobs, working, admin, whole
+    del records, events, index, vectors, audit, jobs, usage, working, admin, whole
     return db

@@ -268,3 +268,30 @@ def _m007_lexical_outbox(conn: sqlite3.Connection) -> None:
         );
         """,
     )
+
+
+@migration("llm_usage")
+def _m008_llm_usage(conn: sqlite3.Connection) -> None:
+    # Model calls summed per UTC day, provider, model and feature (models/accounting.py): the
+    # token counts /health, the viewer and `agentmemory stats` show, and what the daily token
+    # budget is checked against. Aggregated in place, so the table grows by a few rows a day.
+    run_script(
+        conn,
+        """
+        CREATE TABLE llm_usage (
+            day TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            calls INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            latency_ms_total REAL NOT NULL DEFAULT 0,
+            latency_ms_max REAL NOT NULL DEFAULT 0,
+            skipped_budget INTEGER NOT NULL DEFAULT 0,
+            skipped_low_value INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, provider, model, feature)
+        ) WITHOUT ROWID;
+        """,
+    )
