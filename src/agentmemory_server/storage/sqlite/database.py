@@ -262,6 +262,11 @@ class Database:
         lexical = self.lexical.health() if self.lexical is not None else {"engine": "fts5", "state": "ready"}
         return {"lexical": lexical}
 
+    def verify_index(self) -> None:
+        """Ask the derived indexes to check themselves against the records soon (and repair)."""
+        if self.lexical is not None:
+            self.lexical.request_verify()
+
     def flush(self) -> None:
         """Bring derived indexes up to date with the records now (admin commands, benchmarks)."""
         if self.lexical is not None:
