@@ -182,6 +182,8 @@ RECORD_INDEXES: tuple[RecordIndex, ...] = (
     RecordIndex(MEMORIES, ("isLatest", "updatedAt")),  # GET /memories?latest and its count
     RecordIndex(MEMORIES, ("project", "updatedAt")),
     RecordIndex(MEMORIES, ("forgetAfter",)),
+    RecordIndex(OBSERVATIONS_PREFIX, ("timestamp",), prefix=True),  # a session's observations in order
+    RecordIndex(OBSERVATIONS_PREFIX, ("importance",), prefix=True),  # its most important (context)
     RecordIndex(LESSONS, ("confidence",)),  # the context block's most confident lessons
     RecordIndex(LESSONS, ("project", "confidence")),
     RecordIndex(RELATIONS, ("sourceId",)),

@@ -30,8 +30,11 @@ from agentmemory_server.retrieval import search
 MEMORY_TYPES = ("pattern", "preference", "architecture", "bug", "workflow", "fact")
 SUPERSEDE_THRESHOLD = 0.7
 # Supersede candidates come from the search index (a near-duplicate shares most terms, so it
-# ranks high); comparing against this many keeps remember O(1) in the number of memories.
-SUPERSEDE_CANDIDATES = 50
+# ranks high); comparing against this many keeps remember O(1) in the number of memories. The
+# query is the content's first distinct words: a near-duplicate (Jaccard > 0.7) holds most of
+# them, and a longer OR query only costs the engine time.
+SUPERSEDE_CANDIDATES = 20
+SUPERSEDE_QUERY_WORDS = 32
 # Run inside remember's transaction once a memory is written: hook(ctx, tx, memory, superseded).
 # relations.py records the `supersedes` relation here.
 
@@ -54,7 +57,8 @@ REMEMBER = params(
 def _supersede_target(tx, content: str, project: str | None, agent: str | None) -> dict[str, Any] | None:
     """The latest memory this one replaces: Jaccard > 0.7 within the same project (a memory with
     no project matches any project, as upstream) and, with isolated agents, the same agent."""
-    hits = search.bm25(tx, content[:2000], limit=SUPERSEDE_CANDIDATES, filters={"kinds": ["memory"], "agent_id": agent})
+    query = " ".join(list(dict.fromkeys(content.lower().split()))[:SUPERSEDE_QUERY_WORDS])
+    hits = search.bm25(tx, query, limit=SUPERSEDE_CANDIDATES, filters={"kinds": ["memory"], "agent_id": agent})
     best, best_score = None, SUPERSEDE_THRESHOLD
     for _hit, mem in search.hydrate(tx, hits):
         if mem.get("isLatest") is False:

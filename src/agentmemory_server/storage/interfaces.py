@@ -61,10 +61,12 @@ def equal(**fields: Any) -> list[Where]:
 @dataclass(frozen=True)
 class RecordIndex:
     """An index the features need on record fields of one scope, so listings and lookups by
-    those fields never scan the scope (``kernel/scopes.py`` declares them)."""
+    those fields never scan the scope (``kernel/scopes.py`` declares them). ``prefix``: the
+    index serves every scope starting with ``scope`` (one session's observations, say)."""
 
     scope: str
     fields: tuple[str, ...]
+    prefix: bool = False
 
 
 class Records(Protocol):

@@ -56,10 +56,12 @@ class SqliteUnitOfWork:
         writable: bool,
         engine: TantivyLexical | None = None,
         record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+        prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
     ):
         self.conn = conn
         self.writable = writable
         self.record_indexes = record_indexes or {}  # scope -> the field lists of its declared indexes
+        self.prefix_indexes = prefix_indexes or {}  # scope prefix -> the same
         self.lexical_changed = False  # the lexical outbox grew: wake the engine after commit
         self.changed: list[str] = []
         self.audit_message: str | None = None
@@ -119,8 +121,10 @@ class Database:
         self._migrate()
         record_indexes = tuple(record_indexes)
         self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         for spec in record_indexes:
-            self._record_indexes[spec.scope] = (*self._record_indexes.get(spec.scope, ()), tuple(spec.fields))
+            into = self._prefix_indexes if spec.prefix else self._record_indexes
+            into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
         with self._lock:
             ensure_indexes(self._writer, record_indexes)
         self.lexical: TantivyLexical | None = None
@@ -203,7 +207,13 @@ class Database:
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        return SqliteUnitOfWork(conn, writable=False, engine=self.lexical, record_indexes=self._record_indexes)
+        return SqliteUnitOfWork(
+            conn,
+            writable=False,
+            engine=self.lexical,
+            record_indexes=self._record_indexes,
+            prefix_indexes=self._prefix_indexes,
+        )
 
     @contextmanager
     def snapshot_reader(self) -> Iterator[SqliteUnitOfWork]:
@@ -234,7 +244,13 @@ class Database:
                 raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
-            store = SqliteUnitOfWork(conn, writable=True, engine=self.lexical, record_indexes=self._record_indexes)
+            store = SqliteUnitOfWork(
+                conn,
+                writable=True,
+                engine=self.lexical,
+                record_indexes=self._record_indexes,
+                prefix_indexes=self._prefix_indexes,
+            )
             self._local.tx = store
             try:
                 yield store
