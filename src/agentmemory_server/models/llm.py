@@ -21,8 +21,8 @@ in /health and diagnose.
   a whole; every parsed answer goes through ``strip_private_data`` before anyone stores it.
   The key is only ever in a request header.
 - **Jobs.** ``enqueue(tx, kind, ref)`` writes a row of ``llm_jobs`` in the caller's
-  transaction; worker threads (``AGENTMEMORY_LLM_WORKERS``, only with
-  ``AGENTMEMORY_BACKGROUND_JOBS``) claim due jobs one at a time (a lease hides a claimed job;
+  transaction; worker threads (``AGENTMEMORY_LLM_WORKERS``, in the background worker process:
+  see ``kernel/background.py``) claim due jobs one at a time (a lease hides a claimed job;
   one whose worker died runs again when it expires) and run the handler registered with
   ``@job_handler(kind)``. While the breaker is open, jobs wait for it; a
   handler may raise ``Retry``; after ``AGENTMEMORY_LLM_JOB_ATTEMPTS`` a job is dropped (its
@@ -392,7 +392,7 @@ class LLMService:
         self.last_consolidation: dict[str, float] = {}
         self._wake, self._stop = threading.Event(), threading.Event()
         self._threads: list[threading.Thread] = []
-        if s.background_jobs:
+        if rt.runs_background:  # the worker process (or inline threads), never a request process
             for n in range(s.llm_workers):
                 thread = threading.Thread(target=self._work, name=f"agentmemory-llm-{n}", daemon=True)
                 thread.start()

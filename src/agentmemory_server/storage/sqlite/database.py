@@ -33,6 +33,7 @@ from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
+from agentmemory_server.storage.sqlite.vector_index import SqliteVectorIndex
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 
@@ -47,8 +48,9 @@ class SqliteUnitOfWork:
     write and tracks what it changes for the audit row; one from ``Database.reader`` is read-only
     (the connection is opened with ``mode=ro``)."""
 
-    def __init__(self, conn: sqlite3.Connection, *, writable: bool):
+    def __init__(self, conn: sqlite3.Connection, *, writable: bool, vector_index: Any = None):
         self.conn = conn
+        self.vector_index = vector_index  # Database.vector_index: the ANN behind vectors.search
         self.writable = writable
         self.changed: list[str] = []
         self.audit_message: str | None = None
@@ -93,6 +95,8 @@ class Database:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._vector_indexes: dict[tuple[str, int], SqliteVectorIndex] = {}
+        self._vector_indexes_lock = threading.Lock()
         self.last_write = 0.0  # monotonic time of the last commit that changed something
         self._writer = self._connect(readonly=False)
         self._migrate()
@@ -157,7 +161,7 @@ class Database:
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        return SqliteUnitOfWork(conn, writable=False)
+        return SqliteUnitOfWork(conn, writable=False, vector_index=self.vector_index)
 
     @contextmanager
     def snapshot_reader(self) -> Iterator[SqliteUnitOfWork]:
@@ -188,7 +192,7 @@ class Database:
                 raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
-            store = SqliteUnitOfWork(conn, writable=True)
+            store = SqliteUnitOfWork(conn, writable=True, vector_index=self.vector_index)
             self._local.tx = store
             try:
                 yield store
@@ -215,6 +219,23 @@ class Database:
             ts=self._now(), agent_id=agent_id, operation=operation, message=message, targets=targets, details=details
         )
 
+    # ---- the nearest-neighbour index beside the file
+    def vector_index(self, model: str, dim: int) -> SqliteVectorIndex:
+        """The persistent index of ``model``'s vectors, opened (loaded from its files, or queued
+        for a rebuild) on first use in this process."""
+        with self._vector_indexes_lock:
+            index = self._vector_indexes.get((model, dim))
+            if index is None:
+                index = SqliteVectorIndex(
+                    self.path, model, dim, connect=lambda: self.reader().conn, write=self._write_statement
+                )
+                self._vector_indexes[(model, dim)] = index
+            return index
+
+    def _write_statement(self, sql: str, params: tuple) -> None:
+        with self.transaction("vector_index") as tx:
+            tx.conn.execute(sql, params)
+
     # ---- file facts and lifecycle
     def file_sizes(self) -> dict[str, int]:
         sizes = {}
@@ -228,6 +249,11 @@ class Database:
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
+        with self._vector_indexes_lock:
+            indexes, self._vector_indexes = list(self._vector_indexes.values()), {}
+        if not self._closed:
+            for index in indexes:  # saved while the database is still open (log pruning)
+                index.close()
         with self._lock:
             if self._closed:
                 return
