@@ -357,8 +357,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_EMBED_MAX_TOKENS",),
         0,
         _non_negative_int,
-        "Tokens of a record the local model reads (0 = what the model was trained on: 256 for "
-        "minilm-l6, 128 for minilm-l3).",
+        "Tokens of a record the local model reads (0 = the model's default: 128).",
     ),
     Setting(
         "embed_batch_size",

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from agentmemory_server.storage.sqlite.ann import ENGINE, EXACT_LIMIT, AnnIndex
+from agentmemory_server.storage.sqlite.ann import ENGINE, EXACT_LIMIT, AnnIndex, dot_rows
 
 log = logging.getLogger("agentmemory.vectors")
 APPLY_CHUNK = 16  # rows added under the write lock at once: searches wait at most this long
@@ -288,7 +288,7 @@ class SqliteVectorIndex:
         if not found:
             return []
         matrix = np.vstack([np.frombuffer(blob, dtype="<f4") for _rowid, blob in found])
-        scores = matrix @ np.asarray(query, dtype=np.float32)
+        scores = dot_rows(matrix, np.asarray(query, dtype=np.float32))
         order = np.argsort(-scores, kind="stable")[:k]
         return [(int(found[i][0]), float(scores[i])) for i in order]
 
