@@ -98,39 +98,51 @@ def build(path: Path) -> dict[str, Any]:
     return out
 
 
-def query(path: Path, workdir: Path, queries: int) -> dict[str, Any]:
+CASES = ("unfiltered", "project", "session")
+
+
+def ground_truth(workdir: Path, queries: int) -> None:
+    """Queries, their filters and the exact top 10 (float32 brute force), saved for the query
+    step, so its process holds nothing but the database and the index."""
+    data = np.load(workdir / "data.npy", mmap_mode="r")
+    rowids = np.load(workdir / "rowids.npy")
+    rng = np.random.default_rng(5)
+    picks = rng.integers(0, len(data), queries)
+    qs = data[picks] + 0.5 * rng.standard_normal((queries, DIM)).astype(np.float32) / np.sqrt(DIM) * 3
+    qs = (qs / np.linalg.norm(qs, axis=1, keepdims=True)).astype(np.float32)
+    metas = [meta(int(i)) for i in picks]
+    filters = {
+        "unfiltered": [{} for _ in picks],
+        "project": [{"project": m["project"] or "proj-0"} for m in metas],
+        "session": [{"session_ids": [m["session"]]} for m in metas],
+    }
+    truth = {case: rowids[exact(data, qs, [allowed_rows(len(data), f) for f in fs])] for case, fs in filters.items()}
+    np.save(workdir / "queries.npy", qs)
+    np.savez(workdir / "truth.npz", **truth)
+    (workdir / "filters.json").write_text(json.dumps(filters))
+
+
+def query(path: Path, workdir: Path) -> dict[str, Any]:
     """A fresh process: open the database and its index as a server start does, then search."""
+    qs = np.load(workdir / "queries.npy")
+    filters = json.loads((workdir / "filters.json").read_text())
+    with np.load(workdir / "truth.npz") as data:
+        truth = {case: data[case] for case in CASES}
     base = rss_mb()
     t0 = time.perf_counter()
     db = open_db(path)
     index = db.vector_index(MODEL, DIM)
     load_s = time.perf_counter() - t0
     assert index.status()["repair"] is None, index.status()
-    loaded_rss = rss_mb() - base
-    data = np.load(workdir / "data.npy", mmap_mode="r")
-    rowids = np.load(workdir / "rowids.npy")
-    size = len(data)
-    rng = np.random.default_rng(5)
-    picks = rng.integers(0, size, queries)
-    qs = data[picks] + 0.5 * rng.standard_normal((queries, DIM)).astype(np.float32) / np.sqrt(DIM) * 3
-    qs = (qs / np.linalg.norm(qs, axis=1, keepdims=True)).astype(np.float32)
-    metas = [meta(int(i)) for i in picks]
-    cases = {
-        "unfiltered": [{} for _ in picks],
-        "project": [{"project": m["project"] or "proj-0"} for m in metas],
-        "session": [{"session_ids": [m["session"]]} for m in metas],
-    }
-    out: dict[str, Any] = {"load_s": round(load_s, 2), "rss_after_load_mb": round(loaded_rss)}
+    out: dict[str, Any] = {"load_s": round(load_s, 2), "rss_after_load_mb": round(rss_mb() - base)}
     store = db.reader()
-    for case, filters in cases.items():
-        allowed = [allowed_rows(size, f) for f in filters]
-        truth = exact(data, qs, allowed)
+    for case in CASES:
         times, hits = [], 0
         for i, q in enumerate(qs):
             t = time.perf_counter()
-            found = store.vectors.search(MODEL, DIM, q, 10, filters[i])
+            found = store.vectors.search(MODEL, DIM, q, 10, filters[case][i])
             times.append((time.perf_counter() - t) * 1000)
-            hits += len({r for r, _ in found} & {int(rowids[j]) for j in truth[i]})
+            hits += len({r for r, _ in found} & set(truth[case][i].tolist()))
         times.sort()
         out[case] = {"p50_ms": round(times[len(times) // 2], 2), "p95_ms": round(times[int(len(times) * 0.95)], 2),
                      "p99_ms": round(times[int(len(times) * 0.99)], 2), "recall@10": round(hits / (10 * len(qs)), 4)}
@@ -178,7 +190,7 @@ def main() -> None:
     opts = parser.parse_args()
     if opts.child:
         step, db, workdir = opts.child
-        result = build(Path(db)) if step == "build" else query(Path(db), Path(workdir), opts.queries)
+        result = build(Path(db)) if step == "build" else query(Path(db), Path(workdir))
         print(json.dumps(result))
         return
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, {os.cpu_count()} cores, "
@@ -191,6 +203,7 @@ def main() -> None:
         if not db.exists():
             result["seed_s"] = round(seed(db, opts.size, workdir), 1)
             print(f"seeded in {result['seed_s']} s", flush=True)
+        ground_truth(workdir, opts.queries)
         for step in ("build", "query"):
             done = subprocess.run([sys.executable, __file__, "--queries", str(opts.queries), "--child", step, str(db),
                                    str(workdir)], capture_output=True, text=True)

@@ -30,8 +30,8 @@ import numpy as np
 
 EXACT_LIMIT = 10_000  # rows: an exact scan of this many codes takes ~2-3 ms here
 M = 16  # graph degree (32 links a vector on the base layer)
-EF_CONSTRUCTION = 40
-EF_SEARCH = 64
+EF_CONSTRUCTION = 64
+EF_SEARCH = 128
 RANGE = (-0.5, 1.0)  # quantiser: components in [vmin, vmin + vdiff]
 FIELDS = ("kind", "project", "agent", "session")
 ALIVE, GLOBAL = 1, 2
