@@ -147,7 +147,7 @@ def main() -> None:
         kwargs, settings = OPTIONS[name]
         row: dict[str, Any] = {corpus: measure(kwargs, texts) for corpus, texts in corpora.items()}
         if opts.quality:
-            summary = locomo.run(locomo.default_data(), ["vector", "hybrid"], "local", None, settings)
+            summary = locomo.run(locomo.default_data(), ["vector", "hybrid"], "local", None, overrides=settings)
             row["locomo"] = {mode: {k: summary["modes"][mode]["overall 1-4"][k] for k in ("R@10", "NDCG@10")}
                              for mode in ("vector", "hybrid")}
         row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

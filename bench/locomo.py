@@ -33,7 +33,6 @@ sys.path.insert(0, str(ROOT / "src"))
 from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.retrieval import vectors  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
-from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
 from agentmemory_server.kernel.settings import SETTINGS, Settings  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 
@@ -156,7 +155,7 @@ def print_table(mode: str, per_question: list[tuple[int, dict[str, float]]]) -> 
 # -- main ---------------------------------------------------------------------------------------------------------
 
 
-def run(data_path: Path, modes: list[str], provider: str, limit: int | None,
+def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy",
         overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     samples = json.loads(data_path.read_text())[:limit]
     results: dict[str, list[tuple[int, dict[str, float]]]] = {m: [] for m in modes}
@@ -166,11 +165,12 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None,
     for sample in samples:
         with tempfile.TemporaryDirectory() as tmp:
             rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
-                                                 **(overrides or {})))
+                                                 lexical_engine=engine, auth="off", **(overrides or {})))
             try:
                 ctx = Ctx(rt, source="bench")
                 t0 = time.perf_counter()
                 mapping = ingest(ctx, sample)
+                rt.db.flush()  # searches read the committed lexical index, as on a running server
                 t1 = time.perf_counter()
                 vectors.service(rt).drain()
                 t2 = time.perf_counter()
@@ -226,13 +226,14 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the runtime, by its name in kernel/settings.py (repeatable), "
                              "e.g. local_model=minilm-l3 or embed_max_tokens=128")
+    parser.add_argument("--engine", default="tantivy", choices=["tantivy", "fts5"], help="lexical engine")
     opts = parser.parse_args()
     overrides = {}
     for item in opts.setting:
         name, _, value = item.partition("=")
         spec = next(s for s in SETTINGS if s.name == name)
         overrides[name] = spec.type(value)
-    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, overrides)
+    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine, overrides)
     headline = {mode: {k: summary["modes"][mode]["overall 1-4"][k] for k in ("n", "R@5", "R@10", "R@20", "NDCG@10", "MRR")}
                 for mode in summary["modes"]}
     print(json.dumps({"benchmark": "locomo-dev", "provider": opts.provider, "settings": opts.setting, "overall_1_4": headline,

@@ -129,11 +129,3 @@ def lower_priority(niceness: int = 19) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, max(current, niceness))
     except (AttributeError, OSError):
         pass
-
-
-def lower_thread_priority(niceness: int = 19) -> None:
-    """Only the calling thread yields (Linux: a thread has its own nice value); a no-op elsewhere."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError):
-        pass

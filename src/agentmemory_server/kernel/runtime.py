@@ -30,6 +30,7 @@ from agentmemory_server.kernel import auth, background
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
+from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.kernel.util import Clock
 from agentmemory_server.storage import open_database
@@ -160,7 +161,16 @@ class Runtime:
         self.runs_background = background.runs_loops(settings.background, settings.background_jobs, role)
         self.started_at = time.time()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{int(self.started_at)}"
-        self.db = open_database(settings.database_path, now=self.clock.iso, record_indexes=RECORD_INDEXES)
+        self.db = open_database(
+            settings.database_path,
+            now=self.clock.iso,
+            record_indexes=RECORD_INDEXES,
+            lexical_engine=settings.lexical_engine,
+            lexical_weights=TEXT_WEIGHTS,
+            # Derived indexes are kept up to date by request processes: a worker at the lowest
+            # priority holding Tantivy's writer lock would leave searches a growing pending tail.
+            background=settings.background_jobs and role == "server",
+        )
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
         )
@@ -207,7 +217,7 @@ class Runtime:
                 tx.audit_details = summary
 
     def health_sections(self) -> dict[str, Any]:
-        sections: dict[str, Any] = {"auth": self.denials.health()}
+        sections: dict[str, Any] = {"auth": self.denials.health(), "storage": self.db.health()}
         for name, service in self.services.items():
             health = getattr(service, "health", None)
             if callable(health):

@@ -26,11 +26,11 @@ import numpy as np
 
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel import background
-from agentmemory_server.kernel.background import lower_thread_priority
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval.embeddings import Embedder, choose_provider, make_embedder, to_blob
 from agentmemory_server.storage.interfaces import UnitOfWork, VectorIndex
+from agentmemory_server.threads import lower_thread_priority
 
 log = logging.getLogger("agentmemory.vectors")
 QUERY_CACHE_SIZE = 512

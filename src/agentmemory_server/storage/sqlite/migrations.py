@@ -248,8 +248,30 @@ def _m006_search_docs_global(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration("lexical_outbox")
+def _m007_lexical_outbox(conn: sqlite3.Connection) -> None:
+    # The change feed of the search index for a lexical engine kept outside SQLite (Tantivy):
+    # every change to a search row appends its rowid here in the same transaction; the engine
+    # applies entries in order and prunes them once its own commit holds them. rowid -1 marks a
+    # wipe of every row. lexical_state remembers which engine served the last writes, so an
+    # engine that missed some (the store ran with another one) rebuilds itself.
+    run_script(
+        conn,
+        """
+        CREATE TABLE lexical_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            rowid INTEGER NOT NULL
+        );
+        CREATE TABLE lexical_state (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """,
+    )
+
+
 @migration("vector_log")
-def _m007_vector_log(conn: sqlite3.Connection) -> None:
+def _m008_vector_log(conn: sqlite3.Connection) -> None:
     # Every change to search_vectors (cascaded deletes too) appends the row's id here, in commit
     # order (one writer at a time): a process's vector index applies the log past the seq it
     # holds and so catches up with vectors any process wrote (vector_index.py). AUTOINCREMENT:
@@ -269,7 +291,7 @@ def _m007_vector_log(conn: sqlite3.Connection) -> None:
 
 
 @migration("background_work")
-def _m008_background_work(conn: sqlite3.Connection) -> None:
+def _m009_background_work(conn: sqlite3.Connection) -> None:
     # Periodic jobs run once per database, whichever worker gets there first (a conditional
     # update claims a due run); background workers say they are alive with a heartbeat row.
     run_script(
