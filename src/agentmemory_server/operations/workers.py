@@ -38,8 +38,13 @@ class BackgroundStatus:
             info["embedded"] = vectors.embedded
             info["model"] = vectors.model
         llm = services.get("llm")
-        if llm is not None:
-            info["llmJobsDone"] = llm.usage.snapshot().get("jobsDone", 0)
+        if llm is not None:  # this worker's model calls (request processes make none of them)
+            usage = llm.usage.snapshot()
+            info["llm"] = {
+                **{k: usage.get(k, 0) for k in ("calls", "succeeded", "failed", "totalTokens", "jobsDone")},
+                "breaker": llm.breaker.state,
+                "workers": sum(t.is_alive() for t in llm._threads),
+            }
         return info
 
     def beat(self) -> None:
