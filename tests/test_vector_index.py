@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from agentmemory_server.retrieval import vectors
-from agentmemory_server.storage.sqlite import ann
+from agentmemory_server.storage.sqlite import ann, vector_index
 from conftest import hook as make_hook, post, wait_for
 
 DIM = 384
@@ -161,6 +161,33 @@ def test_dead_rows_are_skipped_and_replaced_rows_hold_their_new_vector(make_runt
     with rt.db.transaction("test_delete") as tx:
         tx.index.delete(["d1", "d2"])  # the vectors go by cascade; the log tells the index
     assert index.refresh() == 2 and len(index) == 48 and index.status()["graphSlots"] == 51
+
+
+def test_a_graph_full_of_dead_rows_is_rebuilt_aside_while_it_keeps_serving(make_runtime, monkeypatch):
+    monkeypatch.setattr(vector_index, "REBUILD_MIN_VECTORS", 10)
+    rt = make_runtime()
+    rng = np.random.default_rng(8)
+    vecs, metas = seed(rt.db, 60, rng)
+    index = rt.db.vector_index(MODEL, DIM)
+    while index.refresh():
+        pass
+    with rt.db.transaction("test_delete") as tx:
+        tx.index.delete([f"d{i}" for i in range(25)])
+    gone = {r for r, m in metas.items() if int(m["doc_id"][1:]) < 25}
+    for rowid in gone:
+        vecs.pop(rowid)
+    assert index.refresh() == 25  # applies the deletes
+    assert index.refresh(10) == 0  # nothing new; 25 dead of 60 slots: a rebuild starts beside
+    assert index.refresh(10) == 10  # 10 rows a step
+    status = index.status()
+    assert status["repair"]["reason"].endswith("deleted rows") and status["graphSlots"] == 60
+    query = unit(rng, 1)[0]
+    store = rt.db.reader()
+    assert [r for r, _ in store.vectors.search(MODEL, DIM, query, 10, {})] == brute_force(vecs, metas, query, 10, {})
+    while index.refresh(10):
+        pass
+    assert index.status()["repair"] is None and index.status()["graphSlots"] == 35 and len(index) == 35
+    assert [r for r, _ in store.vectors.search(MODEL, DIM, query, 10, {})] == brute_force(vecs, metas, query, 10, {})
 
 
 def _search_rows(server, query: str) -> list[str]:

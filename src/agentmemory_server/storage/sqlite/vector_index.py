@@ -38,6 +38,7 @@ log = logging.getLogger("agentmemory.vectors")
 APPLY_CHUNK = 16  # rows added under the write lock at once: searches wait at most this long
 KEEP_LOG = 50_000  # log rows kept behind the saved index, for other processes still catching up
 REBUILD_DEAD_RATIO = 0.3  # rebuild when this share of the graph is deleted or replaced rows
+REBUILD_MIN_VECTORS = 10_000  # (below that, dead slots cost next to nothing)
 
 
 class RWLock:
@@ -101,6 +102,7 @@ class SqliteVectorIndex:
         self._rw = RWLock()
         self._refresh_lock = threading.Lock()  # one refresher (and saver) at a time
         self.ann = AnnIndex(dim)
+        self._next: AnnIndex | None = None  # a rebuild in progress beside the serving index
         self.seq = 0
         self.dirty = 0
         self.saved: dict[str, Any] = {}
@@ -186,8 +188,14 @@ class SqliteVectorIndex:
         with self._refresh_lock:
             self._start_repair(reason)
 
-    def _start_repair(self, reason: str) -> None:
-        self.ann = AnnIndex(self.dim)
+    def _start_repair(self, reason: str, *, aside: bool = False) -> None:
+        """Rebuild from the stored vectors. ``aside``: the current index is still right (it only
+        carries dead slots), so it keeps serving and following the log while the new one is
+        built next to it (for a while both are in memory); otherwise searches use what is built
+        so far."""
+        self._next = AnnIndex(self.dim) if aside else None
+        if not aside:
+            self.ann = AnnIndex(self.dim)
         self.repair = {"reason": reason, "done": 0, "total": None, "cursor": 0, "fromSeq": None}
 
     def refresh(self, budget: int = 2000) -> int:
@@ -197,11 +205,16 @@ class SqliteVectorIndex:
                 applied = 0
                 if self.repair is not None:
                     applied = self._repair_step(budget)
-                    if self.repair is not None:
+                    if self.repair is not None and self._next is None:
                         return applied
                 applied += self._catch_up(budget)
-                if applied == 0 and len(self.ann) > 10_000 and self.ann.dead_ratio() > REBUILD_DEAD_RATIO:
-                    self._start_repair(f"{self.ann.dead_ratio():.0%} of the graph is deleted rows")
+                if (
+                    applied == 0
+                    and self.repair is None
+                    and len(self.ann) > REBUILD_MIN_VECTORS
+                    and self.ann.dead_ratio() > REBUILD_DEAD_RATIO
+                ):
+                    self._start_repair(f"{self.ann.dead_ratio():.0%} of the graph is deleted rows", aside=True)
                 self.last_error = None
                 return applied
             except sqlite3.Error as exc:
@@ -231,13 +244,18 @@ class SqliteVectorIndex:
         self.dirty += len(rows)
         return len(rows)
 
-    def _apply(self, rows: list[tuple]) -> None:
-        """Add rows shaped (seq, rowid, model, dim, vector, kind, project, agent, session, global)."""
+    def _apply(self, rows: list[tuple], target: AnnIndex | None = None) -> None:
+        """Add rows shaped (seq, rowid, model, dim, vector, kind, project, agent, session, global)
+        to the serving index (or to ``target``, an index being built aside: no lock needed)."""
         for start in range(0, len(rows), APPLY_CHUNK):
             part = rows[start : start + APPLY_CHUNK]
             vectors = np.vstack([np.frombuffer(r[4], dtype="<f4") for r in part])
+            args = ([r[1] for r in part], vectors, [_meta(r[5:10]) for r in part])
+            if target is not None:
+                target.upsert(*args)
+                continue
             with self._rw.write():
-                self.ann.upsert([r[1] for r in part], vectors, [_meta(r[5:10]) for r in part])
+                self.ann.upsert(*args)
 
     def _repair_step(self, budget: int) -> int:
         assert self.repair is not None
@@ -253,11 +271,14 @@ class SqliteVectorIndex:
             "AND v.doc_rowid > ? ORDER BY v.doc_rowid LIMIT ?",
             (self.model, self.dim, self.repair["cursor"], budget),
         ).fetchall()
-        self._apply(rows)
+        self._apply(rows, self._next)
         self.repair["done"] += len(rows)
         if rows:
             self.repair["cursor"] = rows[-1][1]
         if len(rows) < budget:  # done: changes made meanwhile come from the log, re-applied
+            if self._next is not None:
+                with self._rw.write():
+                    self.ann, self._next = self._next, None
             self.seq, self.dirty = int(self.repair["fromSeq"]), self.dirty + len(rows) + 1
             log.info("vector index %s rebuilt: %d vectors", self.name, len(self.ann))
             self.repair = None
