@@ -32,6 +32,7 @@ EXACT_LIMIT = 10_000  # rows: an exact scan of this many codes takes ~2-3 ms her
 M = 16  # graph degree (32 links a vector on the base layer)
 EF_CONSTRUCTION = 64
 EF_SEARCH = 128
+MAX_EF_SEARCH = 2048
 RANGE = (-0.5, 1.0)  # quantiser: components in [vmin, vmin + vdiff]
 FIELDS = ("kind", "project", "agent", "session")
 ALIVE, GLOBAL = 1, 2
@@ -193,8 +194,9 @@ class AnnIndex:
             bits = np.packbits(mask, bitorder="little")
             params.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
             # A filter that keeps a fraction f of the rows hides most of each step's neighbours:
-            # widen the beam by 1/f (at most 16x) so the walk still reaches ``want`` rows.
-            params.efSearch = int(params.efSearch * min(16.0, self.total / allowed))
+            # widen the beam to about want / f (bounded) so the walk still reaches ``want`` rows.
+            widened = want * min(16.0, self.total / allowed) * 1.5
+            params.efSearch = int(min(MAX_EF_SEARCH, max(params.efSearch, widened)))
         _, ids = self.graph.search(q, want, params=params)
         return ids[0][ids[0] >= 0]
 

@@ -293,7 +293,7 @@ class SqliteVectorIndex:
         self, conn: sqlite3.Connection, query: np.ndarray, k: int, filters: Mapping[str, Any]
     ) -> list[tuple[int, float]]:
         """The ``k`` best (rowid, cosine) passing the filters, re-scored exactly on ``conn``."""
-        want = int(k * 1.25) + 10
+        want = k + max(10, k // 4)  # a margin for the 8-bit ordering, re-scored exactly below
         with self._rw.read():
             rowids = self.ann.candidates(query, want, dict(filters))
         if not rowids:
