@@ -61,6 +61,10 @@ OPTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"model": "minilm-l6", "threads": CORES, "batch": 16, "max_tokens": 128},
         {"local_model": "minilm-l6", "embed_max_tokens": 128},
     ),
+    f"minilm-l6, {CORES} threads, sorted batches of 16, 64 tokens": (
+        {"model": "minilm-l6", "threads": CORES, "batch": 16, "max_tokens": 64},
+        {"local_model": "minilm-l6", "embed_max_tokens": 64},
+    ),
     f"minilm-l6, {CORES} threads, sorted batches of 64, 128 tokens": (
         {"model": "minilm-l6", "threads": CORES, "batch": 64, "max_tokens": 128},
         {"local_model": "minilm-l6", "embed_max_tokens": 128},
