@@ -43,7 +43,7 @@ class BackgroundStatus:
             info["llm"] = {
                 **{k: usage.get(k, 0) for k in ("calls", "succeeded", "failed", "totalTokens", "jobsDone")},
                 "breaker": llm.breaker.state,
-                "workers": sum(t.is_alive() for t in llm._threads),
+                "workers": sum(t.is_alive() for t in llm.jobs.threads),
             }
         return info
 

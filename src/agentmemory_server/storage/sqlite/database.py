@@ -34,6 +34,7 @@ from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
 from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
+from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
 from agentmemory_server.storage.sqlite.vector_index import SqliteVectorIndex
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
@@ -56,10 +57,12 @@ class SqliteUnitOfWork:
         writable: bool,
         engine: TantivyLexical | None = None,
         vector_index: Any = None,
+        record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
     ):
         self.conn = conn
         self.vector_index = vector_index  # Database.vector_index: the ANN behind vectors.search
         self.writable = writable
+        self.record_indexes = record_indexes or {}  # scope -> the field lists of its declared indexes
         self.lexical_changed = False  # the lexical outbox grew: wake the engine after commit
         self.changed: list[str] = []
         self.audit_message: str | None = None
@@ -71,6 +74,7 @@ class SqliteUnitOfWork:
         self.index = SqliteSearchIndex(self, self.vectors, engine)
         self.audit = SqliteAuditLog(self)
         self.jobs = SqliteJobQueue(self)
+        self.usage = SqliteModelUsage(self)
         self.working = SqliteWorkingStore(self)
         self.admin = SqliteAdmin(self, self.index)
 
@@ -118,6 +122,10 @@ class Database:
         self.last_write = 0.0  # monotonic time of the last commit that changed something
         self._writer = self._connect(readonly=False)
         self._migrate()
+        record_indexes = tuple(record_indexes)
+        self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        for spec in record_indexes:
+            self._record_indexes[spec.scope] = (*self._record_indexes.get(spec.scope, ()), tuple(spec.fields))
         with self._lock:
             ensure_indexes(self._writer, record_indexes)
         self.lexical: TantivyLexical | None = None
@@ -200,7 +208,13 @@ class Database:
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        return SqliteUnitOfWork(conn, writable=False, engine=self.lexical, vector_index=self.vector_index)
+        return SqliteUnitOfWork(
+            conn,
+            writable=False,
+            engine=self.lexical,
+            record_indexes=self._record_indexes,
+            vector_index=self.vector_index,
+        )
 
     @contextmanager
     def snapshot_reader(self) -> Iterator[SqliteUnitOfWork]:
@@ -231,7 +245,13 @@ class Database:
                 raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
-            store = SqliteUnitOfWork(conn, writable=True, engine=self.lexical, vector_index=self.vector_index)
+            store = SqliteUnitOfWork(
+                conn,
+                writable=True,
+                engine=self.lexical,
+                record_indexes=self._record_indexes,
+                vector_index=self.vector_index,
+            )
             self._local.tx = store
             try:
                 yield store
@@ -290,6 +310,11 @@ class Database:
         lexical = self.lexical.health() if self.lexical is not None else {"engine": "fts5", "state": "ready"}
         return {"lexical": lexical}
 
+    def verify_index(self) -> None:
+        """Ask the derived indexes to check themselves against the records soon (and repair)."""
+        if self.lexical is not None:
+            self.lexical.request_verify()
+
     def flush(self) -> None:
         """Bring derived indexes up to date with the records now (admin commands, benchmarks)."""
         if self.lexical is not None:
@@ -334,8 +359,9 @@ def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interface
     vectors: interfaces.VectorStore = unit.vectors
     audit: interfaces.AuditLog = unit.audit
     jobs: interfaces.JobQueue = unit.jobs
+    usage: interfaces.ModelUsage = unit.usage
     working: interfaces.WorkingStore = unit.working
     admin: interfaces.Admin = unit.admin
     whole: interfaces.UnitOfWork = unit
-    del records, events, index, vectors, audit, jobs, working, admin, whole
+    del records, events, index, vectors, audit, jobs, usage, working, admin, whole
     return db
