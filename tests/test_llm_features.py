@@ -119,7 +119,7 @@ def test_concurrent_workers_never_run_the_same_job_twice(llm_runtime, fake_gemin
 
 
 def test_observe_answers_while_the_model_is_stalled(llm_runtime, fake_gemini):
-    rt = llm_runtime(auto_compress=True, background_jobs=True)
+    rt = llm_runtime(auto_compress=True, background_jobs=True, background="inline")  # worker threads here
     client = create_app(runtime=rt).test_client()
     fake_gemini.responder = responder()
     fake_gemini.stall()

@@ -40,7 +40,7 @@ from agentmemory_server.memory import (
     transfer,
 )
 from agentmemory_server.models import graph, llm, llm_steps
-from agentmemory_server.operations import diagnose, health, maintenance, overview, resources
+from agentmemory_server.operations import diagnose, health, maintenance, overview, resources, workers
 from agentmemory_server.retrieval import context, recall, timeline, vectors
 from agentmemory_server.working import service as working_service
 from agentmemory_server.working import tools as working_tools
@@ -86,6 +86,7 @@ SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
     ("database", diagnose.DatabaseChecks),
     ("working_memory", working_service.WorkingMemory),
     ("llm", llm.LLMService),
+    ("background", workers.BackgroundStatus),
 )
 
 HOOKS = Hooks(
@@ -110,6 +111,9 @@ HOOKS = Hooks(
 )
 
 
-def build_runtime(settings: Settings, *, clock: Clock | None = None, hooks: Hooks = HOOKS) -> Runtime:
-    """A runtime with every feature of this server (``hooks`` replaces the hook table, for tests)."""
-    return Runtime(settings, hooks=hooks, subsystems=SUBSYSTEMS, clock=clock)
+def build_runtime(
+    settings: Settings, *, clock: Clock | None = None, hooks: Hooks = HOOKS, role: str = "server"
+) -> Runtime:
+    """A runtime with every feature of this server (``hooks`` replaces the hook table, for tests;
+    ``role``: server, worker or tool, see ``kernel/background.py``)."""
+    return Runtime(settings, hooks=hooks, subsystems=SUBSYSTEMS, clock=clock, role=role)

@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask
 
+from agentmemory_server.adapters.supervisor import start_for
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.settings import Settings, SettingsError
@@ -22,7 +23,13 @@ log = logging.getLogger("agentmemory.http")
 def serve(settings: Settings, *, dev: bool = False) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if dev:
-        create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
+        app = create_app(settings)
+        rt = app.extensions["agentmemory"]
+        supervisor = start_for(settings, rt)
+        try:
+            app.run(host=settings.host, port=settings.port, threaded=True)
+        finally:
+            _shutdown(rt, supervisor)
         return
     from gunicorn.app.base import BaseApplication
 
@@ -54,10 +61,14 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
             for key, value in options.items():
                 self.cfg.set(key, value)
             self.cfg.set("post_worker_init", _close_streams_on_term)
+            self.cfg.set("worker_exit", _on_worker_exit)
 
         def load(self) -> Flask:
-            # Built in the worker process, so the runtime's threads live where requests run.
-            return create_app(settings)
+            # Built in the worker process, so the runtime's threads live where requests run; the
+            # background worker process is started from here too (its parent is this process).
+            app = create_app(settings)
+            start_for(settings, app.extensions["agentmemory"])
+            return app
 
     GunicornServer().run()
 
@@ -74,6 +85,18 @@ def _close_streams_on_term(worker: Any) -> None:
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def _shutdown(rt: Any, supervisor: Any) -> None:
+    """Stop the background worker, then close the runtime (saves the vector index)."""
+    if supervisor is not None:
+        supervisor.stop()
+    rt.close()
+
+
+def _on_worker_exit(_server: Any, worker: Any) -> None:
+    rt = worker.wsgi.extensions["agentmemory"]
+    _shutdown(rt, getattr(rt, "supervisor", None))
 
 
 def announce_and_serve(settings: Settings, *, dev: bool = False) -> None:

@@ -114,6 +114,8 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
         "thread_class": ReaderThread,
     }
     allowed_origins = parse_allowed(rt.settings.viewer_allowed_origins)
+    if rt.activity is not None:  # the background worker backs off while requests are served
+        _count_activity(app, rt.activity)
     app.before_request(lambda: _guard(rt, allowed_origins))
     app.after_request(lambda response: _security_headers(response, allowed_origins))
     _register_error_handlers(app)
@@ -130,6 +132,22 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     _register_viewer(app, rt)
     _register_openapi(app, rt)
     return app
+
+
+def _count_activity(app: Flask, board: Any) -> None:
+    """Requests in flight on the activity board; an open viewer WebSocket is not a request."""
+
+    def begin() -> None:
+        if not _is_upgrade():
+            board.begin()
+            g.activity_counted = True
+
+    def end(_exc: BaseException | None) -> None:
+        if g.pop("activity_counted", False):
+            board.end()
+
+    app.before_request(begin)
+    app.teardown_request(end)
 
 
 def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:

@@ -144,7 +144,16 @@ SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_BACKGROUND_JOBS",),
         True,
         _bool,
-        "Run timers (decay sweeps, embedding backlog, expiry sweeps) in the server.",
+        "Run background work at all (embedding backlog, LLM jobs, decay and expiry sweeps); `false` leaves it queued.",
+    ),
+    Setting(
+        "background",
+        ("AGENTMEMORY_BACKGROUND",),
+        "process",
+        _choice("process", "external", "inline"),
+        "Where background work runs: `process` = a low-priority worker process the server starts "
+        "and restarts (`agentmemory worker`); `external` = you run `agentmemory worker` yourself "
+        "(one per machine); `inline` = threads inside the server process.",
     ),
     Setting(
         "antigravity_dir",
@@ -261,6 +270,30 @@ SETTINGS: tuple[Setting, ...] = (
         768,
         _positive_int,
         "Output dimensionality requested from Gemini (the local model is always 384).",
+    ),
+    Setting(
+        "local_model",
+        ("AGENTMEMORY_LOCAL_MODEL",),
+        "minilm-l6",
+        _choice("minilm-l6", "minilm-l3", "minilm-l3-int8"),
+        "Bundled model of the `local` provider: `minilm-l6` (all-MiniLM-L6-v2 int8), `minilm-l3` "
+        "(paraphrase-MiniLM-L3-v2, faster, weaker), `minilm-l3-int8` (the same quantised on first use; "
+        "needs the `onnx` package). Changing it re-embeds every record in the background.",
+    ),
+    Setting(
+        "embed_threads",
+        ("AGENTMEMORY_EMBED_THREADS",),
+        0,
+        _non_negative_int,
+        "Threads the background embedder uses (0 = every core; it runs at the lowest priority and "
+        "backs off while requests are served).",
+    ),
+    Setting(
+        "embed_max_tokens",
+        ("AGENTMEMORY_EMBED_MAX_TOKENS",),
+        0,
+        _non_negative_int,
+        "Tokens of a record the local model reads (0 = the model's default: 128).",
     ),
     Setting(
         "embed_batch_size",

@@ -35,6 +35,7 @@ from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRe
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
 from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
+from agentmemory_server.storage.sqlite.vector_index import SqliteVectorIndex
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 
@@ -55,10 +56,12 @@ class SqliteUnitOfWork:
         *,
         writable: bool,
         engine: TantivyLexical | None = None,
+        vector_index: Any = None,
         record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
         prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
     ):
         self.conn = conn
+        self.vector_index = vector_index  # Database.vector_index: the ANN behind vectors.search
         self.writable = writable
         self.record_indexes = record_indexes or {}  # scope -> the field lists of its declared indexes
         self.prefix_indexes = prefix_indexes or {}  # scope prefix -> the same
@@ -116,6 +119,8 @@ class Database:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._vector_indexes: dict[tuple[str, int], SqliteVectorIndex] = {}
+        self._vector_indexes_lock = threading.Lock()
         self.last_write = 0.0  # monotonic time of the last commit that changed something
         self._writer = self._connect(readonly=False)
         self._migrate()
@@ -213,6 +218,7 @@ class Database:
             engine=self.lexical,
             record_indexes=self._record_indexes,
             prefix_indexes=self._prefix_indexes,
+            vector_index=self.vector_index,
         )
 
     @contextmanager
@@ -250,6 +256,7 @@ class Database:
                 engine=self.lexical,
                 record_indexes=self._record_indexes,
                 prefix_indexes=self._prefix_indexes,
+                vector_index=self.vector_index,
             )
             self._local.tx = store
             try:
@@ -279,6 +286,23 @@ class Database:
             ts=self._now(), agent_id=agent_id, operation=operation, message=message, targets=targets, details=details
         )
 
+    # ---- the nearest-neighbour index beside the file
+    def vector_index(self, model: str, dim: int) -> SqliteVectorIndex:
+        """The persistent index of ``model``'s vectors, opened (loaded from its files, or queued
+        for a rebuild) on first use in this process."""
+        with self._vector_indexes_lock:
+            index = self._vector_indexes.get((model, dim))
+            if index is None:
+                index = SqliteVectorIndex(
+                    self.path, model, dim, connect=lambda: self.reader().conn, write=self._write_statement
+                )
+                self._vector_indexes[(model, dim)] = index
+            return index
+
+    def _write_statement(self, sql: str, params: tuple) -> None:
+        with self.transaction("vector_index") as tx:
+            tx.conn.execute(sql, params)
+
     # ---- file facts and lifecycle
     def file_sizes(self) -> dict[str, int]:
         sizes = {}
@@ -307,6 +331,11 @@ class Database:
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
+        with self._vector_indexes_lock:
+            indexes, self._vector_indexes = list(self._vector_indexes.values()), {}
+        if not self._closed:
+            for index in indexes:  # saved while the database is still open (log pruning)
+                index.close()
         if self.lexical is not None and not self._closed:
             self.lexical.close()  # its last commit needs the database still open
         with self._lock:

@@ -324,3 +324,51 @@ def _m009_search_counts(conn: sqlite3.Connection) -> None:
         END;
         """,
     )
+
+
+@migration("vector_log")
+def _m010_vector_log(conn: sqlite3.Connection) -> None:
+    # Every change to search_vectors (cascaded deletes too) appends the row's id here, in commit
+    # order (one writer at a time): a process's vector index applies the log past the seq it
+    # holds and so catches up with vectors any process wrote (vector_index.py). AUTOINCREMENT:
+    # a seq is never reused, even after the newest entries are pruned.
+    run_script(
+        conn,
+        """
+        CREATE TABLE vector_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, doc_rowid INTEGER NOT NULL);
+        CREATE TRIGGER search_vectors_logged_insert AFTER INSERT ON search_vectors
+            BEGIN INSERT INTO vector_log (doc_rowid) VALUES (new.doc_rowid); END;
+        CREATE TRIGGER search_vectors_logged_update AFTER UPDATE ON search_vectors
+            BEGIN INSERT INTO vector_log (doc_rowid) VALUES (new.doc_rowid); END;
+        CREATE TRIGGER search_vectors_logged_delete AFTER DELETE ON search_vectors
+            BEGIN INSERT INTO vector_log (doc_rowid) VALUES (old.doc_rowid); END;
+        """,
+    )
+
+
+@migration("background_work")
+def _m011_background_work(conn: sqlite3.Connection) -> None:
+    # Periodic jobs run once per database, whichever worker gets there first (a conditional
+    # update claims a due run); background workers say they are alive with a heartbeat row.
+    run_script(
+        conn,
+        """
+        CREATE TABLE periodic_jobs (
+            name TEXT PRIMARY KEY,
+            next_run REAL NOT NULL,
+            holder TEXT,
+            runs INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            last_run REAL,
+            last_error TEXT
+        );
+        CREATE TABLE workers (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            beat_at REAL NOT NULL,
+            info TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(info))
+        );
+        """,
+    )
