@@ -31,10 +31,9 @@ def test_tool_event_fields():
     c = synthetic_compression("post_tool_use", {
         "tool_name": "Edit", "tool_input": {"file_path": "src/app.py", "old_string": "a"},
         "tool_output": "ok"})
-    assert c["type"] == "file_edit" and c["title"] == "Edit"
-    assert c["files"] == ["src/app.py"]
+    assert c["type"] == "file_edit" and c["title"] == "Edit src/app.py: delete 1 line"
+    assert c["files"] == ["src/app.py"] and c["toolName"] == "Edit"
     assert c["subtitle"].startswith("{") and "src/app.py" in c["narrative"]
-    assert c["narrative"].endswith("| ok")
     assert c["facts"] == [] and c["concepts"] == [] and c["confidence"] == 0.3
 
 

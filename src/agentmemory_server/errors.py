@@ -119,6 +119,16 @@ TASK_VERSION_CONFLICT = _declare("task_version_conflict", 409, "`expectedVersion
 CHECKPOINT_NOT_FOUND = _declare("checkpoint_not_found", 404, "No checkpoint with that id in that scope.")
 WORKING_MEMORY_UNAVAILABLE = _declare("working_memory_unavailable", 503, "The Redis working-memory backend failed.")
 
+# -- capture and images ---------------------------------------------------------------------------------
+CAPTURE_INBOX_FULL = _declare(
+    "capture_inbox_full", 503, "Storing an event failed and the capture inbox is full; resend it later."
+)
+CAPTURE_EVENT_NOT_FOUND = _declare("capture_event_not_found", 404, "No event with that id in the capture inbox.")
+IMAGE_NOT_FOUND = _declare("image_not_found", 404, "No image with that id (sha256) in the image store.")
+IMAGE_EVICTED = _declare(
+    "image_evicted", 410, "The image store quota (AGENTMEMORY_IMAGE_STORE_MAX_BYTES) evicted this image's file."
+)
+
 # -- embeddings and imports ---------------------------------------------------------------------------
 EMBEDDING_FAILED = _declare("embedding_failed", 503, "The embedding provider failed; search answers with BM25.")
 MODEL_CHECKSUM = _declare("model_checksum", 503, "The bundled embedding model does not match its checksum.")

@@ -140,10 +140,15 @@ class Route:
 
 @dataclass(frozen=True)
 class Reply:
-    """A handler result with an HTTP status other than the route's default."""
+    """A handler result with an HTTP status other than the route's default.
+
+    ``content`` is ``(body, mimetype)`` for REST routes that answer something other than JSON:
+    bytes (an image) always replace ``data`` there; ``text/html`` does when the client prefers
+    HTML (``Accept`` or ``?format=html``). Every other transport gets ``data``."""
 
     data: Any
     status: int = 200
+    content: tuple[bytes | str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -61,14 +61,16 @@ SCOPES: tuple[ScopeDoc, ...] = (
         SESSIONS,
         "session id",
         "Session: id, project, cwd, startedAt, updatedAt, endedAt?, status, observationCount, "
-        "agentId?, title?, firstPrompt?",
+        "agentId?, title?, firstPrompt?, finalizeAfter? (idle finalizer due time), reopenedAt?, reopens?",
     ),
     ScopeDoc(
         OBSERVATIONS_PREFIX + "{sessionId}",
         "observation id",
         "Observation: id, sessionId, timestamp, hookType, project, cwd, eventId, agentId?, type, title, "
         "subtitle?, facts, narrative, concepts, files, importance, confidence, toolName?, raw (stripped "
-        "hook data)",
+        "hook data, images replaced by placeholders), originalHookType? (an unknown hook stored as "
+        "`other`), images? [{id (sha256), mime, bytes, field}], imageRef?, modality? (`image`/`mixed`), "
+        "truncated? {fields, chars}",
     ),
     ScopeDoc(
         MEMORIES,
@@ -176,8 +178,12 @@ SCOPES: tuple[ScopeDoc, ...] = (
 # so none of those reads scans its scope.
 RECORD_INDEXES: tuple[RecordIndex, ...] = (
     RecordIndex(SESSIONS, ("startedAt",)),
+    RecordIndex(SESSIONS, ("finalizeAfter",)),  # the idle finalizer's due sessions
+    RecordIndex(MEMORIES, ("createdAt",)),  # GET /memories, newest first by keyset cursor
     RecordIndex(MEMORIES, ("updatedAt",)),
     RecordIndex(MEMORIES, ("forgetAfter",)),
     RecordIndex(RELATIONS, ("sourceId",)),
     RecordIndex(RELATIONS, ("targetId",)),
+    RecordIndex(GRAPH_EDGES, ("sourceNodeId",)),  # GET /graph/node
+    RecordIndex(GRAPH_EDGES, ("targetNodeId",)),
 )

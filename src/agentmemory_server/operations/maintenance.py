@@ -22,6 +22,7 @@ from agentmemory_server.kernel.registry import Ctx, params, tool
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, is_obs_scope
 from agentmemory_server.memory import transfer
 from agentmemory_server.retrieval import search, vectors
+from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import UnitOfWork as Store
 
 T = TypeVar("T")
@@ -168,7 +169,13 @@ def stream_export(rt: Any, out: TextIO, *, batch: int = 500, progress: Progress 
         bar = progress("export", sum(store.records.scope_counts().values()))
         try:
             summary = transfer.write_export(
-                store, transfer.JsonTextSink(out), exported_at=rt.clock.iso(), agent=agent, batch=batch, tick=bar.update
+                store,
+                transfer.JsonTextSink(out),
+                exported_at=rt.clock.iso(),
+                agent=agent,
+                batch=batch,
+                tick=bar.update,
+                blobs=BlobStore(images_dir(rt.db.path)),
             )
             out.write("\n")
         finally:
@@ -203,6 +210,11 @@ def import_document(
     records = list(transfer.export_records(document))
     bar = progress("import", len(records))
     totals: dict[str, dict[str, int]] = {}
+    if document.get("images"):  # first, so the records that reference them find them
+        result = transfer.import_export(
+            ctx, {"version": transfer.FORMAT_VERSION, "images": document["images"]}, strategy
+        )
+        totals.update(result["counts"])
     try:
         for rows in chunked(records, batch):
             kv: dict[str, dict[str, Any]] = {}

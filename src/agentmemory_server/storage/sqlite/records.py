@@ -136,6 +136,21 @@ class SqliteRecords:
         rows = self.conn.execute(sql, (*params, *more_params, -1 if limit is None else limit, offset))
         return [loads(r[0]) for r in rows]
 
+    def newest(
+        self, scope: str, where: Sequence[Where], *, by: str, before: tuple[Any, str] | None, limit: int
+    ) -> builtins.list[tuple[str, Any]]:
+        terms, params = where_sql(where)
+        column = field(by)
+        if before is not None:
+            # The first term is a range the record index serves; the second breaks ties by key.
+            terms += [f"{column} <= ?", f"({column} < ? OR key < ?)"]
+            params += [before[0], before[0], before[1]]
+        sql = (
+            f"SELECT key, value FROM kv_store WHERE {' AND '.join(['scope = ?', *terms])} "
+            f"ORDER BY {column} DESC, key DESC LIMIT ?"
+        )
+        return [(k, loads(v)) for k, v in self.conn.execute(sql, (scope, *params, limit))]
+
     def count_where(self, scope: str, where: Sequence[Where] = ()) -> int:
         terms, params = where_sql(where)
         sql = f"SELECT count(*) FROM kv_store WHERE {' AND '.join(['scope = ?', *terms])}"
