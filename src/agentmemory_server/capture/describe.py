@@ -96,6 +96,8 @@ def _edit(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
         return title, f"Edited {path} in {len(edits)} places ({changed} lines replaced)"
     old, new = tool_input.get("old_string") or "", tool_input.get("new_string") or ""
     before, after = _lines(old), _lines(new)
+    if not old and not new:
+        return f"Edit {path}", f"Edited {path}"
     if not old:
         title = f"Edit {path}: insert {_n(after, 'line')}"
     elif not new:
@@ -206,6 +208,7 @@ def describe(tool_name: str, tool_input: Any, output: Any, *, failed: bool = Fal
     if failed and "-> exit" not in title:
         reason = _first_line(_output_text(output), 80)
         title = f"{title} -> failed" + (f": {reason}" if reason else "")
-    if failed:
-        narrative = f"FAILED: {narrative}"
+    if failed:  # the error is what the next session needs to recognise; it ends the narrative
+        error = " ".join(_output_text(output).split())[-300:]
+        narrative = f"{narrative} | {error}" if error else f"{narrative} | failed"
     return title, narrative

@@ -155,6 +155,7 @@ def store(ctx: Ctx) -> ImageStore:
     params(["imageId"], imageId=string("Image id (the sha256 of its bytes)", max_length=64)),
     http=[("GET", "/images/<imageId>")],
     mcp=False,
+    content=("image/*",),
 )
 def image_get(ctx: Ctx, args: dict) -> Reply:
     """One stored image: its bytes over REST (auth applies), its facts elsewhere; 410 once the

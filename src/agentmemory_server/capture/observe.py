@@ -63,6 +63,9 @@ _HOST_ID_FIELDS = (
     "message_id",
     "messageId",
 )
+# Stored text is cut to AGENTMEMORY_MAX_FIELD_CHARS with a marker; this bound only refuses what no
+# body under the 16 MiB default could carry anyway.
+MAX_TEXT = 16_777_216
 EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{7,127}$"
 
 
@@ -114,7 +117,9 @@ class Prepared:
         data=anything("The hook's payload (any JSON); base64 images in it move to the image store"),
         eventId=string("Client event id for exact dedup", pattern=EVENT_ID_PATTERN, max_length=128),
         agentId=string("Agent that made the observation", max_length=128),
-        content=string("Text of an agent-authored observation (cut past AGENTMEMORY_MAX_FIELD_CHARS)"),
+        content=string(
+            "Text of an agent-authored observation (cut past AGENTMEMORY_MAX_FIELD_CHARS)", max_length=MAX_TEXT
+        ),
         title=string("Title of an agent-authored observation", max_length=500),
         type=string("Type of an agent-authored observation", max_length=40),
         files=array(string(max_length=1024), "Files the observation is about", max_items=200),

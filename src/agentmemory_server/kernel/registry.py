@@ -160,6 +160,7 @@ class Tool:
     routes: tuple[Route, ...] = ()
     mcp: bool = True
     core: bool = False
+    content: tuple[str, ...] = ()  # media types a REST answer may have besides JSON (see Reply)
     validator: Any = field(default=None, compare=False, repr=False)
 
 
@@ -241,8 +242,10 @@ def tool(
     mcp: bool = True,
     core: bool = False,
     description: str | None = None,
+    content: tuple[str, ...] = (),
 ) -> Callable:
-    """Register ``fn(ctx, args)`` as a tool. ``http`` items are (method, path[, status]).
+    """Register ``fn(ctx, args)`` as a tool. ``http`` items are (method, path[, status]);
+    ``content`` lists media types its REST answer may have besides JSON (``Reply.content``).
     The description defaults to the first paragraph of the docstring."""
 
     def register(fn: Callable) -> Callable:
@@ -250,7 +253,18 @@ def tool(
         if not doc:
             raise ValueError(f"tool {name!r} needs a description")
         routes = tuple(Route(*item) for item in http)
-        REGISTRY.add(Tool(name=name, description=doc, schema=schema, handler=fn, routes=routes, mcp=mcp, core=core))
+        REGISTRY.add(
+            Tool(
+                name=name,
+                description=doc,
+                schema=schema,
+                handler=fn,
+                routes=routes,
+                mcp=mcp,
+                core=core,
+                content=content,
+            )
+        )
         return fn
 
     return register

@@ -44,7 +44,7 @@ SUPERSEDE_CANDIDATES = 50
 _IDS = array(string(max_length=1024, min_length=None), max_items=200)
 REMEMBER = params(
     ["content"],
-    content=string("What to remember (cut past AGENTMEMORY_MAX_FIELD_CHARS, with a marker)"),
+    content=string("What to remember (cut past AGENTMEMORY_MAX_FIELD_CHARS, with a marker)", max_length=16_777_216),
     type=string(
         "Kind of memory: " + ", ".join(MEMORY_TYPES) + " (anything else is stored as fact, as upstream does)",
         max_length=200,

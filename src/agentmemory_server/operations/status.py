@@ -148,13 +148,19 @@ def render_html(report: dict[str, Any]) -> str:
     )
 
 
-@tool("status", params(format=string("json or html", enum=["json", "html"])), http=[("GET", "/status")], mcp=False)
+@tool(
+    "status",
+    params(format=string("json or html", enum=["json", "html"])),
+    http=[("GET", "/status")],
+    mcp=False,
+    content=("text/html",),
+)
 def status(ctx: Ctx, args: dict) -> Reply:
     """What is wrong and how to fix it: alerts with fixes, index, capture and auth state; HTML when
     the client prefers it (a browser, or ?format=html)."""
     agent_filter(ctx)  # isolated scope without an agent id fails closed, as every read
     report = status_report(ctx)
-    return Reply(report, 200, content=(render_html(report), "text/html; charset=utf-8"))
+    return Reply(report, 200, content=(render_html(report), "text/html"))
 
 
 @tool("counts", params(agentId=AGENT_ID), http=[("GET", "/counts")], mcp=False)
