@@ -59,6 +59,9 @@ INTERNAL_ERROR = _declare("internal_error", 500, "A bug: the server log has the 
 METHOD_NOT_ALLOWED = _declare("method_not_allowed", 405, "The route exists but not with this HTTP method.")
 NOT_ACCEPTABLE = _declare("not_acceptable", 406, "`/mcp` answers application/json only; send a matching Accept.")
 HTTP_ERROR = _declare("http_error", 400, "Another HTTP-level refusal (the message says which).")
+UNSUPPORTED_MEDIA_TYPE = _declare(
+    "unsupported_media_type", 415, "A request body must be sent as `Content-Type: application/json` (upstream 0.9.30)."
+)
 ORIGIN_NOT_ALLOWED = _declare("origin_not_allowed", 403, "A browser origin not listed in VIEWER_ALLOWED_ORIGINS.")
 DATABASE_BUSY = _declare("database_busy", 503, "The database stayed locked past the busy timeout; retry.")
 DATABASE_CLOSED = _declare("database_closed", 503, "The server is shutting down.")

@@ -14,7 +14,7 @@ from typing import Any
 
 from agentmemory_server.kernel import registry
 
-ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "503")
+ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "415", "503")
 _PATH_PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
 
 ERROR_SCHEMA = {

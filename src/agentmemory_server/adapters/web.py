@@ -159,7 +159,28 @@ def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
         rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
         raise
     g.stream_authenticated = True
+    _require_json_body()
     return None
+
+
+def _require_json_body() -> None:
+    """Upstream 0.9.30: a write with a body must say it is JSON. A browser can send a "simple"
+    cross-site request (form or text/plain, no preflight) to a local server; it cannot send
+    application/json without asking first."""
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+        return
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if not (request.content_length or chunked):
+        return
+    mimetype = request.mimetype or ""
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        return
+    discard_body()
+    raise AppError(
+        f"send the body as 'Content-Type: application/json' (got {mimetype or 'no Content-Type'!r})",
+        code=errors.UNSUPPORTED_MEDIA_TYPE,
+        status=415,
+    )
 
 
 def _security_headers(response: Response, allowed_origins: tuple[str, ...]) -> Response:
