@@ -191,13 +191,8 @@ def memories_list(ctx: Ctx, args: dict) -> dict:
         isLatest=True if args["latest"] else None,
     )
     before = listings.decode_cursor(args["cursor"]) if args.get("cursor") else None
-    if before is None and args["offset"]:
-        items = store.records.query(
-            MEMORIES, where, order_by=[("createdAt", True)], limit=args["limit"] + 1, offset=args["offset"]
-        )
-        pairs = [(m["id"], m) for m in items]
-    else:
-        pairs = store.records.newest(MEMORIES, where, by="createdAt", before=before, limit=args["limit"] + 1)
+    offset = 0 if before is not None else args["offset"]
+    pairs = store.records.newest(MEMORIES, where, by="createdAt", before=before, limit=args["limit"] + 1, offset=offset)
     more = len(pairs) > args["limit"]
     page = [value for _key, value in pairs[: args["limit"]]]
     last = pairs[args["limit"] - 1] if more else None

@@ -99,11 +99,19 @@ class Records(Protocol):
         ...
 
     def newest(
-        self, scope: str, where: Sequence[Where], *, by: str, before: tuple[Any, str] | None, limit: int
+        self,
+        scope: str,
+        where: Sequence[Where],
+        *,
+        by: str,
+        before: tuple[Any, str] | None,
+        limit: int,
+        offset: int = 0,
     ) -> builtins.list[tuple[str, Any]]:
         """(key, value) of ``scope`` matching ``where``, ordered by the field ``by`` then key, both
         descending, starting after the ``(field value, key)`` position ``before`` (keyset paging:
-        each page costs the same however deep it is, given a RecordIndex on ``by``)."""
+        each page costs the same however deep it is, given a RecordIndex on ``by``); ``offset``
+        skips rows along the same index walk."""
         ...
 
     def count_where(self, scope: str, where: Sequence[Where] = ()) -> int: ...

@@ -141,7 +141,14 @@ class SqliteRecords:
         return [loads(r[0]) for r in rows]
 
     def newest(
-        self, scope: str, where: Sequence[Where], *, by: str, before: tuple[Any, str] | None, limit: int
+        self,
+        scope: str,
+        where: Sequence[Where],
+        *,
+        by: str,
+        before: tuple[Any, str] | None,
+        limit: int,
+        offset: int = 0,
     ) -> builtins.list[tuple[str, Any]]:
         terms, params = where_sql(where)
         column = field(by)
@@ -156,9 +163,9 @@ class SqliteRecords:
         hint = f" INDEXED BY {name}" if self._has_index(name) else ""
         sql = (
             f"SELECT key, value FROM kv_store{hint} WHERE {' AND '.join([f'scope = {_quoted(scope)}', *terms])} "
-            f"ORDER BY {column} DESC, key DESC LIMIT ?"
+            f"ORDER BY {column} DESC, key DESC LIMIT ? OFFSET ?"
         )
-        return [(k, loads(v)) for k, v in self.conn.execute(sql, (*params, limit))]
+        return [(k, loads(v)) for k, v in self.conn.execute(sql, (*params, limit, offset))]
 
     def _has_index(self, name: str) -> bool:
         return bool(
