@@ -196,6 +196,24 @@ def test_cli_export_and_import_carry_images(make_runtime, tmp_path):
     assert target.services["images"].read(sha(png(30)))[1] == png(30)
 
 
+@pytest.mark.parametrize("strategy", ["merge", "replace"])
+def test_json_lines_export_and_import_carry_images(make_runtime, tmp_path, strategy):
+    from agentmemory_server.kernel.registry import Ctx
+    from agentmemory_server.operations import maintenance
+
+    source = make_runtime(data_dir=str(tmp_path / "a"))
+    create_app(runtime=source).test_client().post("/agentmemory/observe", json=screenshot_hook("s1", png(31)))
+    out = tmp_path / "export.jsonl"
+    with open(out, "w", encoding="utf-8") as handle:
+        maintenance.stream_export(source, handle, lines=True)
+    assert any('"images"' in line for line in out.read_text().splitlines()[1:])
+    target = make_runtime(data_dir=str(tmp_path / "b"))
+    result = maintenance.import_lines(Ctx(target, source="cli"), out, strategy)
+    assert result["counts"]["images"]["imported"] == 1
+    assert target.services["images"].read(sha(png(31)))[1] == png(31)
+    assert target.db.reader().images.get(sha(png(31)))["refs"] == 1
+
+
 @pytest.mark.parametrize("strategy", ["replace"])
 def test_replace_import_releases_the_old_images(make_runtime, tmp_path, strategy):
     now = [1_800_000_000.0]
