@@ -13,7 +13,7 @@ repairs instead of refusing. Refusing them here would lose what that client mean
 | 5 | remember: empty or non-string source ids dropped (remember.ts)              | test_source_ids...            |
 | 6 | remember: agentId trimmed, cut to 128 characters (remember.ts)              | test_agent_id...              |
 | 7 | lessons: confidence outside [0, 1] or not a number -> 0.5 (U§4.5)            | test_lesson_confidence...     |
-| 8 | lessons: tags csv or array (U§1.2 /lessons)                                 | test_lesson_tags...           |
+| 8 | lessons: tags csv or array (U§1.2 /lessons); blank project -> none          | test_lesson_tags..., ..._blank_project |
 | 9 | actions: priority 0 -> 5, below 1 -> 1, above 10 -> 10 (U§4.7)             | test_action_priority...       |
 |10 | booleans and numbers sent as text ("true", "5") (MCP registry, U§2.2)       | test_text_booleans...         |
 |11 | a JSON array sent as a string -> the array (MCP clients)                    | test_json_array_string...     |
@@ -74,6 +74,10 @@ def test_agent_id_is_trimmed_and_cut(call):
 def test_lesson_confidence_outside_the_range_starts_at_half(call, sent, kept):
     lesson = call("memory_lesson_save", content=f"lesson for {sent!r}", confidence=sent)["lesson"]
     assert lesson["confidence"] == kept
+
+
+def test_lesson_blank_project_means_none(call):
+    assert "project" not in call("memory_lesson_save", content="global lesson", project="  ")["lesson"]
 
 
 def test_lesson_tags_csv_or_array(call):
