@@ -67,8 +67,9 @@ SCOPES: tuple[ScopeDoc, ...] = (
         OBSERVATIONS_PREFIX + "{sessionId}",
         "observation id",
         "Observation: id, sessionId, timestamp, hookType, project, cwd, eventId, agentId?, type, title, "
-        "subtitle?, facts, narrative, concepts, files, importance, confidence, toolName?, raw (stripped "
-        "hook data, images replaced by placeholders), originalHookType? (an unknown hook stored as "
+        "subtitle?, facts, narrative, concepts, files, importance, confidence, toolName?, contentHash? (tool "
+        "events: fingerprint of tool, input and output), method? and compressedAt? (model compression), raw "
+        "(stripped hook data, images replaced by placeholders), originalHookType? (an unknown hook stored as "
         "`other`), images? [{id (sha256), mime, bytes, field}], imageRef?, modality? (`image`/`mixed`), "
         "truncated? {fields, chars}",
     ),
@@ -178,10 +179,19 @@ SCOPES: tuple[ScopeDoc, ...] = (
 # so none of those reads scans its scope.
 RECORD_INDEXES: tuple[RecordIndex, ...] = (
     RecordIndex(SESSIONS, ("startedAt",)),
-    RecordIndex(SESSIONS, ("finalizeAfter",)),  # the idle finalizer's due sessions
-    RecordIndex(MEMORIES, ("createdAt",)),  # GET /memories, newest first by keyset cursor
+    RecordIndex(SESSIONS, ("project", "startedAt")),  # a project's sessions, newest first (context, /sessions)
+    RecordIndex(SESSIONS, ("status", "finalizeAfter")),  # the idle finalizer's due sessions
     RecordIndex(MEMORIES, ("updatedAt",)),
+    RecordIndex(MEMORIES, ("isLatest", "updatedAt")),  # GET /memories?latest and its count
+    RecordIndex(MEMORIES, ("project", "updatedAt")),
     RecordIndex(MEMORIES, ("forgetAfter",)),
+    # GET /memories: newest first by creation (an immutable field, so a keyset cursor never
+    # skips or repeats a memory that changed while a client paged), alone or by latest/project.
+    RecordIndex(MEMORIES, ("createdAt",)),
+    RecordIndex(MEMORIES, ("isLatest", "createdAt")),
+    RecordIndex(MEMORIES, ("project", "createdAt")),
+    RecordIndex(LESSONS, ("confidence",)),  # the context block's most confident lessons
+    RecordIndex(LESSONS, ("project", "confidence")),
     RecordIndex(RELATIONS, ("sourceId",)),
     RecordIndex(RELATIONS, ("targetId",)),
     RecordIndex(GRAPH_EDGES, ("sourceNodeId",)),  # GET /graph/node

@@ -413,11 +413,14 @@ def import_records(
     strategy: str,
     *,
     wipe_first: bool | None = None,
+    stripped: bool = False,
     pictures: list[tuple[str, str, bytes]] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write validated (scope, key, value) records (and the images they reference) in one
     transaction and index them; returns imported/skipped counts per section. ``replace`` wipes
-    first unless ``wipe_first`` is False (the later batches of a streamed replace)."""
+    first unless ``wipe_first`` is False (the later batches of a streamed replace). ``stripped``:
+    the values went through ``strip_private_data`` already (a bulk import strips in a worker
+    process)."""
     counts: dict[str, dict[str, int]] = {}
     now = ctx.rt.clock.iso()
     with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
@@ -435,7 +438,8 @@ def import_records(
             if strategy == "skip" and tx.records.get(scope, key) is not None:
                 tally["skipped"] += 1
                 continue
-            value = strip_private_data(value)
+            if not stripped:
+                value = strip_private_data(value)
             tx.records.set(scope, key, value, now=now)
             kind = search.kind_for_scope(scope)
             if kind and isinstance(value, dict):
