@@ -5,9 +5,11 @@ land in ``main``."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 from typing import Any
 
 from flask import Flask
@@ -95,13 +97,34 @@ def _shutdown(rt: Any, supervisor: Any) -> None:
 
 
 def _on_worker_exit(_server: Any, worker: Any) -> None:
-    rt = worker.wsgi.extensions["agentmemory"]
-    _shutdown(rt, getattr(rt, "supervisor", None))
+    """When a worker exits (SIGTERM, SIGINT, a restart), stop its background worker and close its
+    runtime: jobs stop, subsystems close and the database checkpoints its WAL into the main file,
+    so the .db file alone holds everything after a clean stop."""
+    rt = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("agentmemory")
+    if rt is not None:
+        _shutdown(rt, getattr(rt, "supervisor", None))
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding ``host:port`` fails because something already listens there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def announce_and_serve(settings: Settings, *, dev: bool = False) -> None:
     """Check the settings that can stop a start-up (auth off on a public interface) before
     anything binds, print where the server listens and where its token is, then serve."""
+    if port_in_use(settings.host, settings.port):
+        raise SettingsError(
+            f"port {settings.port} on {settings.host} is already in use (another agentmemory server?); "
+            "stop it or choose another port with --port or PORT"
+        )
     chosen = bool(settings.secret)
     settings = auth.resolve(settings)  # creates the token file once, before gunicorn forks
     token = (

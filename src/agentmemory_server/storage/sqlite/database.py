@@ -29,6 +29,8 @@ from agentmemory_server.storage import interfaces
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.sqlite.admin import SqliteAdmin
 from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
+from agentmemory_server.storage.sqlite.capture import SqliteCaptureInbox
+from agentmemory_server.storage.sqlite.images import SqliteImageIndex
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
@@ -72,6 +74,8 @@ class SqliteUnitOfWork:
         self._after_commit: list[Callable[[], None]] = []
         self.records = SqliteRecords(self)
         self.events = SqliteCaptureLog(self)
+        self.inbox = SqliteCaptureInbox(self)
+        self.images = SqliteImageIndex(self)
         self.vectors = SqliteVectorStore(self)
         self.index = SqliteSearchIndex(self, self.vectors, engine)
         self.audit = SqliteAuditLog(self)
@@ -351,6 +355,12 @@ class Database:
                 self._readers.clear()
             try:
                 self._writer.execute("PRAGMA optimize")
+                # Everything committed moves from the WAL into the main file, and the WAL is
+                # emptied: after a clean stop, copying agentmemory.db alone copies everything.
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            try:
                 self._writer.close()
             except sqlite3.Error:
                 pass
@@ -361,6 +371,8 @@ def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interface
     interface (a missing or mismatched method fails ``mypy``)."""
     records: interfaces.Records = unit.records
     events: interfaces.CaptureLog = unit.events
+    inbox: interfaces.CaptureInbox = unit.inbox
+    images: interfaces.ImageIndex = unit.images
     index: interfaces.SearchIndex = unit.index
     vectors: interfaces.VectorStore = unit.vectors
     audit: interfaces.AuditLog = unit.audit
@@ -369,5 +381,5 @@ def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interface
     working: interfaces.WorkingStore = unit.working
     admin: interfaces.Admin = unit.admin
     whole: interfaces.UnitOfWork = unit
-    del records, events, index, vectors, audit, jobs, usage, working, admin, whole
+    del records, events, inbox, images, index, vectors, audit, jobs, usage, working, admin, whole
     return db

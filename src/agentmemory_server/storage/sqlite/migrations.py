@@ -372,3 +372,60 @@ def _m011_background_work(conn: sqlite3.Connection) -> None:
         );
         """,
     )
+
+
+@migration("capture_inbox_and_images")
+def _m012_capture_inbox_and_images(conn: sqlite3.Connection) -> None:
+    # The capture inbox keeps hook events that did not become an observation (processing failed,
+    # the session was full, a capture filter refused the tool) with their attempts, so nothing is
+    # lost without a trace; capture_counts counts what the pipeline changed or refused (unknown
+    # hook types, truncated fields, filtered tools). Images moved out of hook payloads live as
+    # files named by their sha256 beside the database; `images` knows each file and
+    # `image_links` which search row references it (deleted with the row, so a forgotten record
+    # releases its images without any caller remembering to).
+    run_script(
+        conn,
+        """
+        CREATE TABLE capture_inbox (
+            event_id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            session_id TEXT,
+            hook_type TEXT,
+            tool_name TEXT,
+            agent_id TEXT,
+            body TEXT NOT NULL CHECK (json_valid(body)),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try REAL NOT NULL DEFAULT 0,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX capture_inbox_due ON capture_inbox (status, next_try);
+        CREATE INDEX capture_inbox_age ON capture_inbox (status, updated_at, event_id);
+        CREATE INDEX capture_inbox_recent ON capture_inbox (updated_at, event_id);
+
+        CREATE TABLE capture_counts (
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            count INTEGER NOT NULL DEFAULT 0,
+            last_at TEXT NOT NULL,
+            PRIMARY KEY (kind, name)
+        );
+
+        CREATE TABLE images (
+            id TEXT PRIMARY KEY,
+            mime TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            evicted_at TEXT
+        );
+        CREATE INDEX images_created ON images (created_at);
+        CREATE TABLE image_links (
+            doc_rowid INTEGER NOT NULL REFERENCES search_docs (id) ON DELETE CASCADE,
+            image_id TEXT NOT NULL,
+            PRIMARY KEY (doc_rowid, image_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX image_links_image ON image_links (image_id);
+        """,
+    )

@@ -168,6 +168,30 @@ class SqliteRecords:
         rows = self.conn.execute(sql, (*params, *more_params, -1 if limit is None else limit, offset))
         return [loads(r[0]) for r in rows]
 
+    def newest(
+        self,
+        scope: str,
+        where: Sequence[Where],
+        *,
+        by: str,
+        before: tuple[Any, str] | None,
+        limit: int,
+        offset: int = 0,
+    ) -> builtins.list[tuple[str, Any]]:
+        terms, params = self._scope_terms(scope)
+        more_terms, more_params = where_sql(where)
+        column = field(by)
+        if before is not None:
+            # The first term is a range the record index serves; the second breaks ties by key.
+            more_terms += [f"{column} <= ?", f"({column} < ? OR key < ?)"]
+            more_params += [before[0], before[0], before[1]]
+        hint = self._ordered_index(scope, where, [(by, True)])
+        sql = (
+            f"SELECT key, value FROM kv_store{hint} WHERE {' AND '.join(terms + more_terms)} "
+            f"ORDER BY {column} DESC, key DESC LIMIT ? OFFSET ?"
+        )
+        return [(k, loads(v)) for k, v in self.conn.execute(sql, (*params, *more_params, limit, offset))]
+
     def _ordered_index(self, scope: str, where: Sequence[Where], order_by: Sequence[tuple[str, bool]]) -> str:
         """``INDEXED BY`` the declared index that reads this listing in order: its fields are
         equality-filtered fields followed by the sort fields (all sorted one way). Without the
