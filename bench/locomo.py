@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.retrieval import vectors  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
+from agentmemory_server.kernel.settings import SETTINGS, Settings  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
-from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 KS = (1, 5, 10, 20)
@@ -187,7 +187,7 @@ class ScratchDatabases:
 
 
 def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy",
-        database_url: str | None = None) -> dict[str, Any]:
+        database_url: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     samples = json.loads(data_path.read_text())[:limit]
     results: dict[str, list[tuple[int, dict[str, float]]]] = {m: [] for m in modes}
     latencies: dict[str, list[float]] = {m: [] for m in modes}
@@ -198,7 +198,8 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None, eng
         with tempfile.TemporaryDirectory() as tmp:
             url = scratch.create()
             rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
-                                                 lexical_engine=engine, auth="off", database_url=url))
+                                                 lexical_engine=engine, auth="off", database_url=url,
+                                                 **(overrides or {})))
             try:
                 ctx = Ctx(rt, source="bench")
                 t0 = time.perf_counter()
@@ -257,17 +258,26 @@ def main() -> None:
     parser.add_argument("--modes", default="bm25,vector,hybrid")
     parser.add_argument("--provider", default="local", choices=["local", "hash", "gemini", "none"])
     parser.add_argument("--limit", type=int, help="only the first N conversations")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the runtime, by its name in kernel/settings.py (repeatable), "
+                             "e.g. local_model=minilm-l3 or embed_max_tokens=128")
     parser.add_argument("--engine", default="tantivy", choices=["tantivy", "fts5", "builtin"], help="lexical engine")
     parser.add_argument("--database-url", help="run on PostgreSQL: a server URL (a scratch database per conversation)")
     opts = parser.parse_args()
+    overrides = {}
+    for item in opts.setting:
+        name, _, value = item.partition("=")
+        spec = next(s for s in SETTINGS if s.name == name)
+        overrides[name] = spec.type(value)
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     print(f"locomo-dev on {'postgresql' if opts.database_url else 'sqlite'}, "
           f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit or '?'}", flush=True)
-    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine, opts.database_url)
+    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine, opts.database_url,
+                  overrides)
     headline = {mode: {k: summary["modes"][mode]["overall 1-4"][k] for k in ("n", "R@5", "R@10", "R@20", "NDCG@10", "MRR")}
                 for mode in summary["modes"]}
-    print(json.dumps({"benchmark": "locomo-dev", "provider": opts.provider,
+    print(json.dumps({"benchmark": "locomo-dev", "provider": opts.provider, "settings": opts.setting,
                       "backend": "postgresql" if opts.database_url else "sqlite", "overall_1_4": headline,
                       "timing": summary["timing"]}))
 

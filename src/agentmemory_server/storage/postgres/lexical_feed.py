@@ -119,3 +119,8 @@ class PgFeeds:
     def writing(self) -> Iterator[PgLexicalFeed]:
         with self._db.transaction("lexical_commit") as unit:
             yield PgLexicalFeed(unit.conn)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[PgLexicalFeed]:
+        with self._db.snapshot_reader() as store:
+            yield PgLexicalFeed(store.conn)

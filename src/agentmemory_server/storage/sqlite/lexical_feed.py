@@ -114,3 +114,8 @@ class SqliteFeeds:
     def writing(self) -> Iterator[SqliteLexicalFeed]:
         with self._db.transaction("lexical_commit") as unit:
             yield SqliteLexicalFeed(unit.conn)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[SqliteLexicalFeed]:
+        with self._db.snapshot_reader() as store:
+            yield SqliteLexicalFeed(store.conn)
