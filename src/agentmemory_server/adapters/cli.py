@@ -5,8 +5,11 @@
     agentmemory export [-o FILE]                                    everything as JSON (GET /export's format)
     agentmemory import FILE [--strategy S]                          merge (default) | skip | replace
     agentmemory reindex                                             rebuild the search index (and vectors)
-    agentmemory backup [--force]                                    upload a snapshot to the HF dataset now
-    agentmemory restore [--force]                                   download the latest backup
+    agentmemory backup [--force] [--local]                          upload a snapshot to the HF dataset now
+                                                                    (--local: a verified snapshot on this disk)
+    agentmemory restore [--force] [--from-backup]                   download the latest backup (--from-backup:
+                                                                    the newest good local or HF backup replaces
+                                                                    a damaged database)
 
 (``python src/cli.py ...`` is the same from a checkout.) A thin adapter: each admin command calls
 the library function a tool also calls (``maintenance``, ``transfer``) or ``hf_sync``, in this
@@ -31,7 +34,7 @@ from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
 from agentmemory_server.operations import maintenance
-from agentmemory_server.storage.sqlite import hf_sync
+from agentmemory_server.storage.sqlite import hf_sync, local_backup
 from agentmemory_server.wiring import build_runtime
 
 PROG = "agentmemory"
@@ -99,10 +102,22 @@ def _sync_config(settings: Settings) -> hf_sync.Config:
 
 
 def cmd_backup(settings: Settings, opts: argparse.Namespace) -> Any:
+    if opts.local:
+        return local_backup.take(
+            settings.database_path,
+            settings.local_backup_path,
+            keep=settings.local_backup_keep,
+            reserve_bytes=settings.disk_reserve_mb * 1024 * 1024,
+        )
     return hf_sync.backup(_sync_config(settings), force=opts.force)
 
 
 def cmd_restore(settings: Settings, opts: argparse.Namespace) -> Any:
+    if opts.from_backup:
+        config = _sync_config(settings)
+        return local_backup.restore_last_good(
+            settings.database_path, settings.local_backup_path, config if config.repo else None, force=opts.force
+        )
     return hf_sync.restore(_sync_config(settings), force=opts.force)
 
 
@@ -152,12 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_reindex
     )
     for name, run, text in (
-        ("backup", cmd_backup, "upload a snapshot to the HuggingFace dataset now"),
+        ("backup", cmd_backup, "upload a snapshot to the HuggingFace dataset now (--local: to this disk)"),
         ("restore", cmd_restore, "download the latest backup (stop the server first)"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--force", action="store_true", help="override the safety checks (see README)")
         sub.set_defaults(run=run)
+        if name == "backup":
+            sub.add_argument(
+                "--local", action="store_true", help="a verified snapshot in AGENTMEMORY_LOCAL_BACKUP_DIR instead"
+            )
+        else:
+            sub.add_argument(
+                "--from-backup",
+                action="store_true",
+                help="replace a damaged database with the newest good backup (local snapshot or HF dataset)",
+            )
     return parser
 
 

@@ -12,7 +12,9 @@ from typing import Any
 
 from flask import Flask
 
+from agentmemory_server import storage
 from agentmemory_server.adapters.web import create_app
+from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.settings import Settings, SettingsError
 
@@ -81,6 +83,12 @@ def announce_and_serve(settings: Settings, *, dev: bool = False) -> None:
     anything binds, print where the server listens and where its token is, then serve."""
     chosen = bool(settings.secret)
     settings = auth.resolve(settings)  # creates the token file once, before gunicorn forks
+    try:
+        storage.preflight(settings.database_path)  # a newer schema or a file that is no database
+    except AppError as exc:
+        fix = exc.details.get("fix")
+        message = f"agentmemory-python: not serving: {exc.message}" + (f". To fix: {fix}" if fix else "")
+        raise SystemExit(message) from None
     token = (
         "auth off"
         if not settings.secret

@@ -11,7 +11,6 @@ import hmac
 import json
 import logging
 import secrets
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from agentmemory_server.adapters import mcp_http as mcp_protocol
 from agentmemory_server.adapters import openapi
 from agentmemory_server.adapters.origins import origin_allowed, parse_allowed
 from agentmemory_server.adapters.stream import ReaderThread, StreamSession
-from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable
+from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
@@ -116,7 +115,7 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     allowed_origins = parse_allowed(rt.settings.viewer_allowed_origins)
     app.before_request(lambda: _guard(rt, allowed_origins))
     app.after_request(lambda response: _security_headers(response, allowed_origins))
-    _register_error_handlers(app)
+    _register_error_handlers(app, rt)
     for tool in registry.REGISTRY.all():
         for route in tool.routes:
             app.add_url_rule(
@@ -239,23 +238,31 @@ def _http_error_body(exc: HTTPException) -> dict[str, Any]:
     return errors.envelope(status, message, HTTP_ERROR_CODES.get(status, errors.HTTP_ERROR))
 
 
-def _register_error_handlers(app: Flask) -> None:
+def _register_error_handlers(app: Flask, rt: Runtime) -> None:
     @app.errorhandler(AppError)
     def _app_error(exc: AppError) -> Response:
-        return render_error(exc.to_dict())
+        response = render_error(exc.to_dict())
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         return render_error(_http_error_body(exc))
 
-    @app.errorhandler(sqlite3.OperationalError)
-    def _db_busy(exc: sqlite3.OperationalError) -> Response:
-        if "locked" in str(exc) or "busy" in str(exc):
-            return render_error(Unavailable("the database is busy; retry shortly", code=errors.DATABASE_BUSY).to_dict())
-        return _internal(exc)
+    @app.errorhandler(TimeoutError)
+    def _timeout(exc: TimeoutError) -> Response:
+        # A body over the preread limit stalled mid-read (the socket timeout of the connection worker).
+        message = f"the request body did not arrive within {rt.settings.request_timeout:g}s"
+        response = render_error(errors.envelope(408, message, errors.REQUEST_TIMEOUT))
+        response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Response:
+        fault = rt.db.app_error(exc)  # disk full, read-only, damaged or busy storage: the client can act on it
+        if fault is not None:
+            return _app_error(fault)
         log.exception("unhandled error on %s %s", request.method, strip_text(request.path))
         return render_error(errors.envelope(500, "internal error; see the server log", errors.INTERNAL_ERROR))
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agentmemory_server import __version__
+from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
@@ -33,6 +34,7 @@ from agentmemory_server.kernel.util import Clock
 from agentmemory_server.storage import open_database
 
 VERSION = __version__
+MB = 1024 * 1024
 log = logging.getLogger("agentmemory")
 
 # A subsystem is built from the runtime it belongs to (usually its class).
@@ -75,6 +77,10 @@ class Jobs:
         try:
             job["fn"]()
             job["runs"] += 1
+        except AppError as exc:  # a known condition (disk full, damaged file): one line, no traceback
+            job["errors"] += 1
+            job["lastError"] = exc.message[:300]
+            log.warning("background job %s: %s", job["name"], exc.message)
         except Exception as exc:  # noqa: BLE001 - a job must not kill the scheduler
             job["errors"] += 1
             job["lastError"] = str(exc)[:300]
@@ -117,7 +123,15 @@ class Runtime:
         self.clock = clock or Clock()
         self.version = VERSION
         self.started_at = time.time()
-        self.db = open_database(settings.database_path, now=self.clock.iso, record_indexes=RECORD_INDEXES)
+        self.db = open_database(
+            settings.database_path,
+            now=self.clock.iso,
+            record_indexes=RECORD_INDEXES,
+            reserve_bytes=settings.disk_reserve_mb * MB,
+            warn_bytes=settings.disk_warn_mb * MB,
+            check_seconds=settings.startup_check_seconds,
+            fsync_every_commit=settings.durability == "disk",
+        )
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
         )
@@ -140,7 +154,9 @@ class Runtime:
     def deny(self, reason: str, path: str, remote: str | None) -> None:
         """Count a refused request (bad or missing token); see ``auth.Denials``."""
         summary = self.denials.record(reason, path, remote, self.clock.iso())
-        if summary is not None:
+        if summary is None:
+            return
+        try:
             with self.db.transaction("auth_denied") as tx:
                 tx.record_change(
                     "auth",
@@ -148,6 +164,8 @@ class Runtime:
                     f"(latest: {summary['reason']} {summary['path']})",
                 )
                 tx.audit_details = summary
+        except AppError as exc:  # a full disk must not turn a 401 into a 507; the count stays in /health
+            log.warning("could not audit refused requests: %s", exc.message)
 
     def health_sections(self) -> dict[str, Any]:
         sections: dict[str, Any] = {"auth": self.denials.health()}

@@ -560,6 +560,122 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a send to a viewer may block (a client that stopped reading) before its "
         "socket is closed and its thread freed.",
     ),
+    # -- faults, floods and slow clients (storage faults, the connection worker, rate limits, queues)
+    Setting(
+        "disk_warn_mb",
+        ("AGENTMEMORY_DISK_WARN_MB",),
+        512,
+        _non_negative_int,
+        "/health (status degraded) and the viewer warn while less than this many MB are free next to the database.",
+    ),
+    Setting(
+        "disk_reserve_mb",
+        ("AGENTMEMORY_DISK_RESERVE_MB",),
+        16,
+        _non_negative_int,
+        "Writes are refused with 507 `disk_full` while less than this many MB are free (room kept for the "
+        "WAL checkpoint); they resume by themselves once space is freed. 0 = only when SQLite finds the disk full.",
+    ),
+    Setting(
+        "durability",
+        ("AGENTMEMORY_DURABILITY",),
+        "process",
+        _choice("process", "disk"),
+        "`process`: an acknowledged write survives the server being killed (SQLite synchronous=NORMAL). "
+        "`disk`: it also survives the OS crashing, power loss or the filesystem failing (synchronous=FULL: "
+        "one fsync per write, a few ms each).",
+    ),
+    Setting(
+        "startup_check_seconds",
+        ("AGENTMEMORY_STARTUP_CHECK_SECONDS",),
+        10.0,
+        _non_negative_float,
+        "Time budget of the integrity check (PRAGMA quick_check) when the database opens; 0 = none. A damaged "
+        "file is served read-only (writes answer 503 `database_damaged`).",
+    ),
+    Setting(
+        "integrity_check_interval",
+        ("AGENTMEMORY_INTEGRITY_CHECK_INTERVAL",),
+        3600.0,
+        _non_negative_float,
+        "Seconds between background integrity checks (0 = none); damage found stops writes.",
+    ),
+    Setting(
+        "local_backup_dir",
+        ("AGENTMEMORY_LOCAL_BACKUP_DIR",),
+        None,
+        _optional_str,
+        "Where `agentmemory backup --local` and the periodic local snapshots go. Default: `backups/` beside "
+        "the database.",
+    ),
+    Setting(
+        "local_backup_interval",
+        ("AGENTMEMORY_LOCAL_BACKUP_INTERVAL",),
+        0.0,
+        _non_negative_float,
+        "Seconds between local snapshots taken by the server (0 = none; `agentmemory backup --local` any time).",
+    ),
+    Setting(
+        "local_backup_keep",
+        ("AGENTMEMORY_LOCAL_BACKUP_KEEP",),
+        3,
+        _positive_int,
+        "Local snapshots kept (the oldest go once a newer one passed its integrity check).",
+    ),
+    Setting(
+        "max_connections",
+        ("AGENTMEMORY_MAX_CONNECTIONS",),
+        1000,
+        _positive_int,
+        "Open client connections per server process; one more is answered 503 `too_many_connections` with "
+        "Retry-After and closed. Waiting connections hold no thread.",
+    ),
+    Setting(
+        "request_timeout",
+        ("AGENTMEMORY_REQUEST_TIMEOUT",),
+        10.0,
+        _positive_float,
+        "Seconds a client has to send a request's head and body (a request over the preread limit: to send each "
+        "part of it); slower clients get 408 and are closed.",
+    ),
+    Setting(
+        "keepalive_seconds",
+        ("AGENTMEMORY_KEEPALIVE",),
+        5.0,
+        _positive_float,
+        "Seconds an idle keep-alive connection stays open between requests.",
+    ),
+    Setting(
+        "rate_limit",
+        ("AGENTMEMORY_RATE_LIMIT",),
+        200.0,
+        _non_negative_float,
+        "Writes (POST/PUT/PATCH/DELETE, WebSocket calls) per second per token (per client IP with auth off), "
+        "as a token bucket; over it: 429 `rate_limited` with Retry-After. 0 = no limit.",
+    ),
+    Setting(
+        "rate_burst",
+        ("AGENTMEMORY_RATE_BURST",),
+        400,
+        _positive_int,
+        "Token-bucket size: writes a client may send at once before AGENTMEMORY_RATE_LIMIT applies.",
+    ),
+    Setting(
+        "embed_backlog_max",
+        ("AGENTMEMORY_EMBED_BACKLOG_MAX",),
+        100_000,
+        _positive_int,
+        "Records waiting for a vector at most; beyond it new records stay BM25-only (counted as shed in "
+        "/health; `agentmemory reindex` or heal queues them again).",
+    ),
+    Setting(
+        "llm_jobs_max",
+        ("AGENTMEMORY_LLM_JOBS_MAX",),
+        10_000,
+        _positive_int,
+        "Background model jobs queued at most; beyond it new work keeps its deterministic result (shed, counted "
+        "in /health).",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -609,6 +725,13 @@ class Settings:
         if self.secret_file:
             return Path(self.secret_file).expanduser()
         return self.database_path.parent / "secret"
+
+    @property
+    def local_backup_path(self) -> Path:
+        """Where local snapshots go: ``backups/`` beside the database unless set."""
+        if self.local_backup_dir:
+            return Path(self.local_backup_dir).expanduser()
+        return self.database_path.parent / "backups"
 
     @property
     def database_path(self) -> Path:

@@ -46,7 +46,7 @@ import jsonschema
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
-from agentmemory_server.kernel.util import truncate
+from agentmemory_server.kernel.util import WorkerFailures, truncate
 from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport
 
 log = logging.getLogger("agentmemory.llm")
@@ -569,11 +569,12 @@ class LLMService:
         self.usage.add(jobsAbandoned=1)
 
     def _work(self) -> None:
+        failures = WorkerFailures(log, "LLM job batch")
         while not self._stop.is_set():
             try:
                 done = self.drain_once(limit=1)  # one at a time: a slow call holds up no other job
-            except Exception:  # noqa: BLE001 - the worker must survive anything
-                log.exception("LLM job batch failed")
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+                failures.failed(exc)
                 done = 0
             if done == 0:
                 self._wake.wait(2.0)

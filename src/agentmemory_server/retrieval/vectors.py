@@ -25,6 +25,7 @@ import numpy as np
 
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.kernel.util import WorkerFailures
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval.embeddings import Embedder, choose_provider, make_embedder, to_blob
 from agentmemory_server.storage.interfaces import UnitOfWork
@@ -268,14 +269,15 @@ class VectorService:
         lower_thread_priority()
         try:
             self.reconcile()
-        except Exception:  # noqa: BLE001 - the worker must survive anything
-            log.exception("vector reconcile failed")
+        except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+            WorkerFailures(log, "vector reconcile").failed(exc)
+        failures = WorkerFailures(log, "embedding batch")
         while not self._stop.is_set():
             self._wait_for_lull()
             try:
                 done = self.drain_once()
-            except Exception:  # noqa: BLE001
-                log.exception("embedding batch failed")
+            except Exception as exc:  # noqa: BLE001
+                failures.failed(exc)
                 done = 0
             if done == 0:
                 self._wake.wait(2.0)

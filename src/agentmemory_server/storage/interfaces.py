@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from agentmemory_server.errors import AppError
+
 # A search row as the index returns it: doc_id, kind, scope, key, session_id, project, ts (and
 # rowid, score where the method says so).
 Doc = dict[str, Any]
@@ -282,10 +284,21 @@ class UnitOfWork(Protocol):
 
 class Database(Protocol):
     """An open store. ``last_write`` is the monotonic time of the last commit that changed
-    something (background work waits for a lull in writes)."""
+    something (background work waits for a lull in writes).
+
+    Faults: ``damage`` is None, or what an integrity check found (every write transaction is
+    then refused with ``database_damaged``; reads go on); ``app_error(exc)`` turns a backend
+    failure into the client-facing AppError (disk full, read-only, damaged, busy) or None;
+    ``storage_health()`` reports disk space and integrity for /health."""
 
     path: Path
     last_write: float
+    damage: dict[str, Any] | None
+
+    def run_integrity_check(self, budget_seconds: float, source: str) -> list[str] | None: ...
+    def mark_damaged(self, problems: list[str], source: str) -> None: ...
+    def app_error(self, exc: BaseException) -> AppError | None: ...
+    def storage_health(self) -> dict[str, Any]: ...
 
     @property
     def schema_version(self) -> int: ...
