@@ -641,8 +641,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "keepalive_seconds",
         ("AGENTMEMORY_KEEPALIVE",),
-        5.0,
-        _positive_float,
+        5,
+        _positive_int,
         "Seconds an idle keep-alive connection stays open between requests.",
     ),
     Setting(
