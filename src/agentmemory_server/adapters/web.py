@@ -25,6 +25,7 @@ from agentmemory_server.adapters.origins import origin_allowed, parse_allowed
 from agentmemory_server.adapters.stream import ReaderThread, StreamSession
 from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized
 from agentmemory_server.kernel import registry
+from agentmemory_server.kernel.limits import client_key
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
 from agentmemory_server.kernel.runtime import Runtime
@@ -43,6 +44,8 @@ AUTH_MARK = "__AUTH_MODE__"
 # Pings let the socket notice a peer that vanished without closing (and free its thread).
 WS_PING_SECONDS = 25
 MCP_PATH = "/mcp"
+# Requests that count against the client's write rate limit (AGENTMEMORY_RATE_LIMIT).
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 log = logging.getLogger("agentmemory.http")
 
 
@@ -158,6 +161,8 @@ def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
         rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
         raise
     g.stream_authenticated = True
+    if request.method in WRITE_METHODS:
+        rt.limiter.take(client_key(rt.settings.secret, request.remote_addr), f"{request.method} {request.path}")
     return None
 
 
@@ -389,6 +394,7 @@ def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
             return {"id": request_id, "type": "pong"}
         if message.get("type") == "auth":  # already authenticated (or no secret): harmless
             return {"id": request_id, "type": "auth", "ok": True}
+        rt.limiter.take(client_key(rt.settings.secret, request.remote_addr), f"ws {message.get('tool')}")
         result = registry.call(Ctx(rt, source="ws"), str(message.get("tool") or ""), message.get("args") or {})
         data, _status = registry.unwrap(result)
         return {"id": request_id, "ok": True, "result": data}

@@ -28,6 +28,7 @@ from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
+from agentmemory_server.kernel.limits import RateLimiter
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.kernel.util import Clock
@@ -131,12 +132,14 @@ class Runtime:
             warn_bytes=settings.disk_warn_mb * MB,
             check_seconds=settings.startup_check_seconds,
             fsync_every_commit=settings.durability == "disk",
+            queue_limits={"embed_backlog": settings.embed_backlog_max, "llm_jobs": settings.llm_jobs_max},
         )
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
         )
         self.jobs = Jobs()
         self.denials = auth.Denials()
+        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
         self.services: dict[str, Any] = {}
         for name, factory in subsystems:
             if name in self.services:
@@ -168,7 +171,7 @@ class Runtime:
             log.warning("could not audit refused requests: %s", exc.message)
 
     def health_sections(self) -> dict[str, Any]:
-        sections: dict[str, Any] = {"auth": self.denials.health()}
+        sections: dict[str, Any] = {"auth": self.denials.health(), "rateLimit": self.limiter.health()}
         for name, service in self.services.items():
             health = getattr(service, "health", None)
             if callable(health):

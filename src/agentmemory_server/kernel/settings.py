@@ -648,15 +648,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "rate_limit",
         ("AGENTMEMORY_RATE_LIMIT",),
-        200.0,
+        100.0,
         _non_negative_float,
         "Writes (POST/PUT/PATCH/DELETE, WebSocket calls) per second per token (per client IP with auth off), "
-        "as a token bucket; over it: 429 `rate_limited` with Retry-After. 0 = no limit.",
+        "as a token bucket, per server process; over it: 429 `rate_limited` with Retry-After. 0 = no limit. "
+        "A coding agent's hooks send a few per second.",
     ),
     Setting(
         "rate_burst",
         ("AGENTMEMORY_RATE_BURST",),
-        400,
+        500,
         _positive_int,
         "Token-bucket size: writes a client may send at once before AGENTMEMORY_RATE_LIMIT applies.",
     ),

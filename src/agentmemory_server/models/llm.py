@@ -43,6 +43,7 @@ from typing import Any
 
 import jsonschema
 
+from agentmemory_server.errors import CapacityExceeded
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
@@ -370,6 +371,7 @@ class LLMService:
         s = rt.settings
         self.rt, self.settings = rt, s
         self.usage = Usage()
+        self._shed_log = WorkerFailures(log, "LLM job queue")
         self.breaker = CircuitBreaker(
             threshold=s.llm_breaker_failures,
             window=s.llm_breaker_window_seconds,
@@ -501,11 +503,17 @@ class LLMService:
     def enqueue(
         self, tx: Any, kind: str, ref: str, args: dict[str, Any] | None = None, not_before: float = 0.0
     ) -> None:
-        """Queue a job inside the caller's transaction (it runs once that commits)."""
+        """Queue a job inside the caller's transaction (it runs once that commits). When the queue
+        is at AGENTMEMORY_LLM_JOBS_MAX the job is shed: the record keeps its deterministic result
+        (counted in /health as ``jobsShed``, logged at most once a minute)."""
         if kind not in JOB_KINDS:
             raise ValueError(f"unknown LLM job kind {kind!r}")
-        tx.jobs.put(kind, ref, args or {}, _stamp(), not_before)
-        tx.after_commit(self._wake.set)
+        if tx.jobs.put(kind, ref, args or {}, _stamp(), not_before):
+            tx.after_commit(self._wake.set)
+        else:
+            self._shed_log.failed(
+                CapacityExceeded(f"the model job queue is full ({self.settings.llm_jobs_max} jobs): {kind} {ref} shed")
+            )
 
     def drain_once(self, limit: int = JOB_BATCH) -> int:
         """Claim and run due jobs (at most ``limit``); returns how many were taken."""
@@ -593,7 +601,11 @@ class LLMService:
             "breaker": breaker,
             **self.usage.snapshot(),
             "httpRetries": self.model.transport.retries if self.model else 0,
-            "jobs": self.rt.db.reader().jobs.stats(),
+            "jobs": {
+                **self.rt.db.reader().jobs.stats(),
+                "max": self.settings.llm_jobs_max,
+                "shed": self.rt.db.queue_stats().get("llm_jobs", {}).get("shed", 0),
+            },
             "workers": sum(t.is_alive() for t in self._threads),
         }
 

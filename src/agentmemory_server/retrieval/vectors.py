@@ -233,6 +233,8 @@ class VectorService:
         except Unavailable as exc:  # a broken provider degrades search to BM25, never start-up
             self.error = exc.message
             log.warning("embeddings disabled: %s", exc.message)
+        if self.embedder is None:  # nothing here would ever drain the backlog: queue nothing
+            rt.db.close_queue("embed_backlog")
         self.index = MatrixIndex(self.embedder.dim if self.embedder else 1)
         self.embedded = 0
         self.failed_batches = 0
@@ -272,16 +274,26 @@ class VectorService:
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything
             WorkerFailures(log, "vector reconcile").failed(exc)
         failures = WorkerFailures(log, "embedding batch")
+        shed_seen, more_missing = self._shed(), True
         while not self._stop.is_set():
             self._wait_for_lull()
             try:
                 done = self.drain_once()
+                if done == 0 and (more_missing or self._shed() > shed_seen):
+                    # Rows the bounded backlog could not take (shed, or beyond its room at the
+                    # last reconcile) are queued once it has drained.
+                    shed_seen = self._shed()
+                    done = self.reconcile()
+                    more_missing = done > 0
             except Exception as exc:  # noqa: BLE001
                 failures.failed(exc)
                 done = 0
             if done == 0:
                 self._wake.wait(2.0)
                 self._wake.clear()
+
+    def _shed(self) -> int:
+        return self.rt.db.queue_stats().get("embed_backlog", {}).get("shed", 0)
 
     def _wait_for_lull(self) -> None:
         deadline = time.monotonic() + MAX_DEFER_SECONDS
@@ -415,6 +427,8 @@ class VectorService:
             "dimensions": self.embedder.dim if self.embedder else None,
             "vectors": self.index.alive_count,
             "backlog": stats.get("pending", 0),
+            "backlogMax": self.rt.settings.embed_backlog_max,
+            "backlogShed": self._shed(),
             "failing": stats.get("failing", 0),
             "embeddedSinceStart": self.embedded,
             "loadSeconds": self.load_seconds,

@@ -6,7 +6,7 @@ protocols in ``interfaces.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from agentmemory_server.storage.interfaces import Database, RecordIndex
@@ -23,11 +23,13 @@ def open_database(
     warn_bytes: int = 0,
     check_seconds: float = 0.0,
     fsync_every_commit: bool = False,
+    queue_limits: Mapping[str, int] | None = None,
 ) -> Database:
     """Open (creating and migrating as needed) the database at ``path``: writes are refused
     while less than ``reserve_bytes`` is free, health warns below ``warn_bytes``, and an
     integrity check of at most ``check_seconds`` runs first; ``fsync_every_commit`` makes every
-    commit durable against OS and disk failures too (see ``sqlite.Database``)."""
+    commit durable against OS and disk failures too; ``queue_limits`` bound the durable queues
+    (see ``sqlite.Database``)."""
     return SqliteDatabase(
         path,
         now=now,
@@ -36,6 +38,7 @@ def open_database(
         warn_bytes=warn_bytes,
         check_seconds=check_seconds,
         fsync_every_commit=fsync_every_commit,
+        queue_limits=queue_limits,
     )
 
 

@@ -59,6 +59,7 @@ class Unit(Protocol):
 
     conn: Any
     changed: list[str]
+    bounds: Any  # bounds.QueueBounds of the database (limits on the durable queues)
 
     def touch(self, scope: str, key: str) -> None: ...
 

@@ -19,7 +19,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from agentmemory_server.storage import interfaces
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.sqlite.admin import SqliteAdmin
 from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
+from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.faults import FreeSpace, classify, damaged
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
@@ -81,9 +82,10 @@ class SqliteUnitOfWork:
     write and tracks what it changes for the audit row; one from ``Database.reader`` is read-only
     (the connection is opened with ``mode=ro``)."""
 
-    def __init__(self, conn: sqlite3.Connection, *, writable: bool):
+    def __init__(self, conn: sqlite3.Connection, *, writable: bool, bounds: QueueBounds | None = None):
         self.conn = conn
         self.writable = writable
+        self.bounds = bounds or QueueBounds({})
         self.changed: list[str] = []
         self.audit_message: str | None = None
         self.audit_details: dict[str, Any] = {}
@@ -118,6 +120,8 @@ class Database:
     :param reserve_bytes: write transactions are refused (507) while less is free on the disk.
     :param warn_bytes: ``storage_health`` warns while less is free.
     :param check_seconds: time budget of the integrity check at open (0: no check).
+    :param queue_limits: most entries of the durable queues (``embed_backlog``, ``llm_jobs``);
+        beyond them new entries are shed (see ``bounds.QueueBounds``).
     :param fsync_every_commit: synchronous=FULL: a commit survives an OS crash or a failing
         filesystem, not only the process dying (NORMAL).
     :raise SchemaTooNew: the file was written by a newer version of this server.
@@ -138,8 +142,10 @@ class Database:
         warn_bytes: int = 0,
         check_seconds: float = 0.0,
         fsync_every_commit: bool = False,
+        queue_limits: Mapping[str, int] | None = None,
     ):
         self.path = Path(path)
+        self.bounds = QueueBounds(queue_limits or {})
         self._synchronous = "FULL" if fsync_every_commit else "NORMAL"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._now = now
@@ -260,6 +266,14 @@ class Database:
             self.space.read_only_seen = True
         return error
 
+    def close_queue(self, name: str) -> None:
+        """Accept no entries into queue ``name`` from now on (see ``QueueBounds.close``)."""
+        self.bounds.close(name)
+
+    def queue_stats(self) -> dict[str, Any]:
+        """Size, bound and entries shed of each bounded queue."""
+        return self.bounds.stats()
+
     def storage_health(self) -> dict[str, Any]:
         """Disk space and integrity, for /health."""
         disk = self.space.health()
@@ -322,7 +336,7 @@ class Database:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise self.app_error(exc) or exc from exc
-            store = SqliteUnitOfWork(conn, writable=True)
+            store = SqliteUnitOfWork(conn, writable=True, bounds=self.bounds)
             self._local.tx = store
             try:
                 yield store
