@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agentmemory_server.errors import AppError
+from agentmemory_server.kernel import privacy
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
@@ -200,7 +201,9 @@ def settings_for(opts: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
     try:
-        result = opts.run(settings_for(opts), opts)
+        settings = settings_for(opts)
+        privacy.redact_logs([*settings.secret_values(), os.environ.get("HF_TOKEN")])
+        result = opts.run(settings, opts)
     except (AppError, SettingsError, hf_sync.SyncError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 1))

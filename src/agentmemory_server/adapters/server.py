@@ -16,7 +16,7 @@ from agentmemory_server import storage
 from agentmemory_server.adapters.connections import GuardedThreadWorker
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.errors import AppError
-from agentmemory_server.kernel import auth
+from agentmemory_server.kernel import auth, privacy
 from agentmemory_server.kernel.settings import Settings, SettingsError
 
 log = logging.getLogger("agentmemory.http")
@@ -24,6 +24,8 @@ log = logging.getLogger("agentmemory.http")
 
 def serve(settings: Settings, *, dev: bool = False) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before gunicorn forks: every log line of every process, ours or a library's, is redacted.
+    privacy.redact_logs([*settings.secret_values(), os.environ.get("HF_TOKEN")])
     if dev:
         create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
         return

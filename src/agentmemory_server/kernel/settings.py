@@ -720,6 +720,12 @@ class Settings:
             shown[s.name] = ("***" if value else None) if s.secret else value
         return shown
 
+    def secret_values(self) -> list[str]:
+        """The values of secret settings, to mask literally in logs. URLs are left out: their
+        credentials are stripped by pattern (``user:password@``), the rest of a URL is no secret."""
+        values = [self._values.get(s.name) for s in SETTINGS if s.secret]
+        return [v for v in values if isinstance(v, str) and "://" not in v]
+
     @property
     def secret_path(self) -> Path:
         """Where the generated token lives: beside the database unless set."""

@@ -861,9 +861,25 @@ def run_loop(cfg: Config, stop: threading.Event | None = None) -> int:
 # -- command line ------------------------------------------------------------------------------------------
 
 
+class _MaskToken(logging.Filter):
+    def __init__(self, token: str):
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.token in message:
+            record.msg, record.args = message.replace(self.token, "[REDACTED_SECRET]"), ()
+        return True
+
+
 def setup_logging(verbose: bool = False) -> None:
     level = "DEBUG" if verbose else (os.environ.get("AGENTMEMORY_LOG_LEVEL") or "info").upper()
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s sync %(levelname)s: %(message)s")
+    token = (os.environ.get("HF_TOKEN") or "").strip()
+    if len(token) >= 8:  # standalone (no server code here): at least the Hub token never reaches a log
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_MaskToken(token))
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one INFO line per HTTP request
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if not sys.stderr.isatty():
