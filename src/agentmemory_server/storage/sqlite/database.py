@@ -158,6 +158,7 @@ class Database:
         self.space = FreeSpace(self.path, reserve=reserve_bytes, warn=warn_bytes)
         self.damage: dict[str, Any] | None = None
         self.last_check: dict[str, Any] | None = None
+        preflight(self.path)  # before the writer switches the file to WAL: a newer file stays untouched
         try:
             self._writer = self._connect(readonly=False)
         except sqlite3.DatabaseError as exc:

@@ -246,3 +246,27 @@ def _m006_search_docs_global(conn: sqlite3.Connection) -> None:
         DROP INDEX IF EXISTS kv_memories_forget;
         """,
     )
+
+
+@migration("search_fts_context")
+def _m007_search_fts_context(conn: sqlite3.Connection) -> None:
+    # Migration 1 was edited after release (the `context` column came later), so a database made
+    # by the first releases has a four-column search_fts and every new search row failed on it
+    # (found by tests/test_schema_upgrades.py with a database from that release). FTS5 tables
+    # have no ADD COLUMN: copy the text into a five-column table and swap it in. The context of
+    # old rows starts empty (it is weighted low); `agentmemory reindex` fills it.
+    if "context" in {row[1] for row in conn.execute("PRAGMA table_info(search_fts)")}:
+        return
+    run_script(
+        conn,
+        """
+        CREATE VIRTUAL TABLE search_fts_v7 USING fts5 (
+            title, body, concepts, files, context,
+            tokenize = 'porter unicode61 remove_diacritics 2'
+        );
+        INSERT INTO search_fts_v7 (rowid, title, body, concepts, files, context)
+            SELECT rowid, title, body, concepts, files, '' FROM search_fts;
+        DROP TABLE search_fts;
+        ALTER TABLE search_fts_v7 RENAME TO search_fts;
+        """,
+    )
