@@ -34,8 +34,12 @@ def connect(server: LiveServer) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=10)
 
 
+_unread: dict[int, bytes] = {}  # bytes of the next response already received, per socket
+
+
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
+    """One HTTP response; what arrived of the next one (pipelining) is kept for the next call."""
+    data = _unread.pop(sock.fileno(), b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
@@ -43,6 +47,7 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 "), f"no response, the connection was closed: {data!r}"
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     length = int(headers.get("content-length", "0"))
     while len(body) < length:
@@ -50,6 +55,8 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         if not chunk:
             break
         body += chunk
+    if body[length:]:
+        _unread[sock.fileno()] = body[length:]
     return int(lines[0].split()[1]), headers, body[:length]
 
 
@@ -164,6 +171,7 @@ def test_beyond_the_connection_cap_a_client_gets_503_and_retry_after_at_once(tmp
 
 def test_requests_through_the_gate_are_plain_http(tmp_path):
     server = LiveServer(tmp_path, {"AGENTMEMORY_REQUEST_TIMEOUT": "5"}, [])
+    sock = None
     try:
         # Two pipelined requests in one send, answered in order on one connection.
         sock = connect(server)
@@ -178,7 +186,6 @@ def test_requests_through_the_gate_are_plain_http(tmp_path):
             time.sleep(0.01)
         status, _headers, reply = read_response(sock)
         assert status == 201 and json.loads(reply)["observationId"]
-        sock.close()
         # Expect: 100-continue, and a body larger than the preread limit (read on the thread).
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         document = {"version": "0.9.0", "memories": [{"id": f"mem_{i}", "title": f"note {i}", "content": "x" * 2000,
@@ -193,4 +200,7 @@ def test_requests_through_the_gate_are_plain_http(tmp_path):
         conn.close()
         assert requests.get(server.api("/health")).json()["counts"]["memories"] == 700
     finally:
+        if sock is not None:
+            _unread.pop(sock.fileno(), None)
+            sock.close()
         server.stop()

@@ -376,12 +376,13 @@ def _register_stream(app: Flask, rt: Runtime) -> None:
             ws,
             authenticated=g.get("stream_authenticated", False),
             query=query_args(),
-            answer=lambda raw: _ws_request(rt, raw),
+            answer=lambda raw, remote=request.remote_addr: _ws_request(rt, raw, remote),
         ).run()
 
 
-def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
-    """Answer one client message: ``{id, tool, args}`` runs a tool through the registry and
+def _ws_request(rt: Runtime, raw: Any, remote: str | None = None) -> dict[str, Any]:
+    """Answer one client message (``remote``: the client's address, its write-rate bucket when
+    auth is off): ``{id, tool, args}`` runs a tool through the registry and
     answers ``{id, ok: true, result}``; any failure answers the REST error envelope with the
     request's ``id`` (an unexpected exception too: the socket stays open)."""
     request_id = None
@@ -394,7 +395,7 @@ def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
             return {"id": request_id, "type": "pong"}
         if message.get("type") == "auth":  # already authenticated (or no secret): harmless
             return {"id": request_id, "type": "auth", "ok": True}
-        rt.limiter.take(client_key(rt.settings.secret, request.remote_addr), f"ws {message.get('tool')}")
+        rt.limiter.take(client_key(rt.settings.secret, remote), f"ws {message.get('tool')}")
         result = registry.call(Ctx(rt, source="ws"), str(message.get("tool") or ""), message.get("args") or {})
         data, _status = registry.unwrap(result)
         return {"id": request_id, "ok": True, "result": data}
