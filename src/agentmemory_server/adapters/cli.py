@@ -2,7 +2,7 @@
 
     agentmemory serve [--host H] [--port P] [--threads N] [--dev]   run the server
     agentmemory stats [--json]                                      counts, sizes, schema version
-    agentmemory export [-o FILE]                                    everything as JSON (GET /export's format)
+    agentmemory export [-o FILE] [--jsonl]                          everything as JSON (GET /export's format)
     agentmemory import FILE [--strategy S]                          merge (default) | skip | replace
     agentmemory reindex                                             rebuild the search index (and vectors)
     agentmemory backup [--force] [--local]                          upload a snapshot to the HF dataset now
@@ -10,6 +10,7 @@
     agentmemory restore [--force] [--from-backup]                   download the latest backup (--from-backup:
                                                                     the newest good local or HF backup replaces
                                                                     a damaged database)
+    agentmemory llm test [--json]                                   one tiny request to the model provider
 
 (``python src/cli.py ...`` is the same from a checkout.) A thin adapter: each admin command calls
 the library function a tool also calls (``maintenance``, ``transfer``) or ``hf_sync``, in this
@@ -29,14 +30,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agentmemory_server.errors import AppError
+from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import privacy
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
+from agentmemory_server.models import llm
 from agentmemory_server.operations import maintenance
 from agentmemory_server.storage.sqlite import hf_sync, local_backup
 from agentmemory_server.wiring import build_runtime
+
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 
 PROG = "agentmemory"
 
@@ -69,22 +73,35 @@ def cmd_serve(settings: Settings, opts: argparse.Namespace) -> Any:
 
 def cmd_export(settings: Settings, opts: argparse.Namespace) -> Any:
     progress = _progress(opts.quiet)
+    lines = opts.jsonl or (opts.output or "").endswith(JSON_LINES_SUFFIXES)
     if opts.output in (None, "-"):
-        return _with_runtime(settings, lambda rt: maintenance.stream_export(rt, sys.stdout, progress=progress))
+        return _with_runtime(
+            settings, lambda rt: maintenance.stream_export(rt, sys.stdout, progress=progress, lines=lines)
+        )
     target = Path(opts.output)
     partial = target.with_name(target.name + ".partial")  # never leave half a file under the real name
     with open(partial, "w", encoding="utf-8") as out:
-        summary = _with_runtime(settings, lambda rt: maintenance.stream_export(rt, out, progress=progress))
+        summary = _with_runtime(settings, lambda rt: maintenance.stream_export(rt, out, progress=progress, lines=lines))
     os.replace(partial, target)
     return {**summary, "file": str(target), "bytes": target.stat().st_size}
 
 
 def cmd_import(settings: Settings, opts: argparse.Namespace) -> Any:
-    document = maintenance.load_export(Path(opts.file))
+    path = Path(opts.file)
+    if path.name.endswith(JSON_LINES_SUFFIXES):
+        if not path.is_file():
+            raise InvalidInput(f"cannot read {path}: no such file")
+        return _with_runtime(
+            settings,
+            lambda rt: maintenance.import_lines(
+                Ctx(rt, source="cli"), path, opts.strategy, batch=opts.batch or 5000, progress=_progress(opts.quiet)
+            ),
+        )
+    document = maintenance.load_export(path)
     return _with_runtime(
         settings,
         lambda rt: maintenance.import_document(
-            Ctx(rt, source="cli"), document, opts.strategy, batch=opts.batch, progress=_progress(opts.quiet)
+            Ctx(rt, source="cli"), document, opts.strategy, batch=opts.batch or 1000, progress=_progress(opts.quiet)
         ),
     )
 
@@ -135,6 +152,63 @@ def _print_stats(result: dict[str, Any]) -> None:
     print("indexed for search:")
     for kind, n in sorted(result["indexed"].items()):
         print(f"  {kind:<24} {n:>10,}")
+    _print_tokens(result["llm"])
+
+
+def _print_tokens(report: dict[str, Any]) -> None:
+    budget = report["budget"]
+    limit = f"budget {budget['daily']:,}/day" if budget["daily"] else "no daily budget"
+    print(f"model tokens per UTC day ({limit}; resets {budget['resetsAt']}):")
+    for day in report["byDay"]:
+        print(f"  {day['day']:<12} {day['totalTokens']:>12,} tokens {day['calls']:>7,} calls")
+    print(f"today ({report['day']}) by feature:")
+    if not report["byFeature"]:
+        print("  (no model calls)")
+    for feature, row in report["byFeature"].items():
+        skipped = row["skippedBudget"] + row["skippedLowValue"]
+        print(
+            f"  {feature:<14} {row['totalTokens']:>10,} tokens {row['calls']:>6,} calls "
+            f"{row['failed']:>4,} failed {skipped:>6,} skipped"
+        )
+
+
+# -- agentmemory llm ... (model provider commands) ------------------------------------------------------
+
+
+def cmd_llm_test(settings: Settings, opts: argparse.Namespace) -> Any:
+    return _with_runtime(settings, lambda rt: llm.service(rt).check())
+
+
+def llm_test_failed(result: dict[str, Any]) -> bool:
+    return not (result["request"] or {}).get("ok")
+
+
+def _print_llm_test(result: dict[str, Any]) -> None:
+    if result["provider"] is None:
+        print("provider   none: every LLM feature runs deterministically (set AGENTMEMORY_LLM_PROVIDER)")
+    else:
+        print(f"provider   {result['provider']}  {result['baseUrl'] or ''}")
+    if result["problem"]:
+        print(f"problem    {result['problem']}")
+    request = result["request"]
+    if request is not None:
+        if request["ok"]:
+            valid = "valid JSON" if request["validJson"] else f"not the asked JSON: {request['answer']!r}"
+            print(
+                f"request    ok: {request['model']} answered in {request['latencyMs']} ms "
+                f"({request['promptTokens']} prompt + {request['completionTokens']} completion tokens, {valid})"
+            )
+        else:
+            print(f"request    FAILED: {request['model']}: {request['error']}")
+    print(f"{'feature':<14} {'enabled':<8} {'model call':<11} {'provider':<10} {'model':<28} budget left today")
+    for feature, plan in result["features"].items():
+        left = "no limit" if plan["budgetLeft"] is None else f"{plan['budgetLeft']:,}"
+        if plan["budgetReached"]:
+            left += " (reached)"
+        print(
+            f"{feature:<14} {'yes' if plan['enabled'] else 'no':<8} {'yes' if plan['usesModel'] else 'no':<11} "
+            f"{plan['provider'] or '-':<10} {plan['model'] or '-':<28} {left}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,9 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(run=cmd_stats)
     export = commands.add_parser("export", help="stream every record as one JSON document")
-    export.add_argument("-o", "--output", help="file to write (default: stdout)")
+    export.add_argument("-o", "--output", help="file to write (default: stdout); .jsonl/.ndjson writes JSON Lines")
+    export.add_argument("--jsonl", action="store_true", help="JSON Lines: a header line, then one record a line")
     export.set_defaults(run=cmd_export)
-    imp = commands.add_parser("import", help="import an export file")
+    imp = commands.add_parser("import", help="import an export file (.json, or .jsonl streamed in batches)")
     imp.add_argument("file")
     imp.add_argument(
         "--strategy",
@@ -162,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="merge",
         help="merge: imported records win; skip: existing win; replace: wipe first (atomic)",
     )
-    imp.add_argument("--batch", type=int, default=1000, help="records per transaction (merge/skip)")
+    imp.add_argument(
+        "--batch", type=int, help="records per transaction (default 1000; 5000 for JSON Lines, replace included)"
+    )
     imp.set_defaults(run=cmd_import)
     commands.add_parser("reindex", help="rebuild the search index (and vectors) from the records").set_defaults(
         run=cmd_reindex
@@ -184,7 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="replace a damaged database with the newest good backup (local snapshot or HF dataset)",
             )
+    _add_llm_commands(commands)
     return parser
+
+
+def _add_llm_commands(commands: Any) -> None:
+    group = commands.add_parser("llm", help="model provider: `llm test` sends one tiny request and shows each feature")
+    sub = group.add_subparsers(dest="llm_command", required=True, metavar="llm_command")
+    test = sub.add_parser("test", help="one tiny request: latency, and each feature's provider, model and budget")
+    test.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    test.set_defaults(run=cmd_llm_test, show=_print_llm_test, failed=llm_test_failed)
 
 
 def settings_for(opts: argparse.Namespace) -> Settings:
@@ -213,9 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result), file=sys.stderr)
     elif opts.command == "stats" and not opts.json:
         _print_stats(result)
+    elif getattr(opts, "show", None) and not opts.json:
+        opts.show(result)
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
-    return 0
+    failed = getattr(opts, "failed", None)
+    return 1 if failed is not None and failed(result) else 0
 
 
 if __name__ == "__main__":

@@ -371,12 +371,13 @@ def _register_stream(app: Flask, rt: Runtime) -> None:
     def stream(ws: Any) -> None:
         """WebSocket: hello, then live events as JSON {type, seq, ts, record}; also answers
         {id, tool, args} calls (auth: bearer header, ?token= or a first {type:"auth"} message)."""
+        remote = request.remote_addr  # read here, where the request context is
+
+        def answer(raw: Any) -> dict[str, Any]:
+            return _ws_request(rt, raw, remote)
+
         StreamSession(
-            rt,
-            ws,
-            authenticated=g.get("stream_authenticated", False),
-            query=query_args(),
-            answer=lambda raw, remote=request.remote_addr: _ws_request(rt, raw, remote),
+            rt, ws, authenticated=g.get("stream_authenticated", False), query=query_args(), answer=answer
         ).run()
 
 

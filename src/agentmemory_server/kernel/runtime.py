@@ -30,6 +30,7 @@ from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.limits import RateLimiter
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
+from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.kernel.util import Clock
 from agentmemory_server.storage import open_database
@@ -133,6 +134,9 @@ class Runtime:
             check_seconds=settings.startup_check_seconds,
             fsync_every_commit=settings.durability == "disk",
             queue_limits={"embed_backlog": settings.embed_backlog_max, "llm_jobs": settings.llm_jobs_max},
+            lexical_engine=settings.lexical_engine,
+            lexical_weights=TEXT_WEIGHTS,
+            background=settings.background_jobs,
         )
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
@@ -171,7 +175,11 @@ class Runtime:
             log.warning("could not audit refused requests: %s", exc.message)
 
     def health_sections(self) -> dict[str, Any]:
-        sections: dict[str, Any] = {"auth": self.denials.health(), "rateLimit": self.limiter.health()}
+        sections: dict[str, Any] = {
+            "auth": self.denials.health(),
+            "rateLimit": self.limiter.health(),
+            "storage": self.db.health(),
+        }
         for name, service in self.services.items():
             health = getattr(service, "health", None)
             if callable(health):

@@ -24,12 +24,21 @@ def open_database(
     check_seconds: float = 0.0,
     fsync_every_commit: bool = False,
     queue_limits: Mapping[str, int] | None = None,
+    lexical_engine: str = "tantivy",
+    lexical_weights: Mapping[str, float] | None = None,
+    background: bool = True,
 ) -> Database:
-    """Open (creating and migrating as needed) the database at ``path``: writes are refused
-    while less than ``reserve_bytes`` is free, health warns below ``warn_bytes``, and an
-    integrity check of at most ``check_seconds`` runs first; ``fsync_every_commit`` makes every
-    commit durable against OS and disk failures too; ``queue_limits`` bound the durable queues
-    (see ``sqlite.Database``)."""
+    """Open (creating and migrating as needed) the database at ``path``.
+
+    :param reserve_bytes: writes are refused while less is free on its disk.
+    :param warn_bytes: health warns while less is free.
+    :param check_seconds: time budget of the integrity check run first.
+    :param fsync_every_commit: every commit durable against OS and disk failures too.
+    :param queue_limits: bounds of the durable queues (see ``sqlite.Database``).
+    :param lexical_engine: ``tantivy`` (kept in ``<path>.tantivy``) or ``fts5``.
+    :param lexical_weights: BM25 weight per text column; Tantivy applies them at indexing time.
+    :param background: whether derived indexes may keep themselves up to date on threads.
+    """
     return SqliteDatabase(
         path,
         now=now,
@@ -39,6 +48,9 @@ def open_database(
         check_seconds=check_seconds,
         fsync_every_commit=fsync_every_commit,
         queue_limits=queue_limits,
+        lexical_engine=lexical_engine,
+        lexical_weights=lexical_weights,
+        background=background,
     )
 
 

@@ -36,6 +36,8 @@ from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
+from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
+from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 
@@ -82,9 +84,19 @@ class SqliteUnitOfWork:
     write and tracks what it changes for the audit row; one from ``Database.reader`` is read-only
     (the connection is opened with ``mode=ro``)."""
 
-    def __init__(self, conn: sqlite3.Connection, *, writable: bool, bounds: QueueBounds | None = None):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        writable: bool,
+        engine: TantivyLexical | None = None,
+        record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+        bounds: QueueBounds | None = None,
+    ):
         self.conn = conn
         self.writable = writable
+        self.record_indexes = record_indexes or {}  # scope -> the field lists of its declared indexes
+        self.lexical_changed = False  # the lexical outbox grew: wake the engine after commit
         self.bounds = bounds or QueueBounds({})
         self.changed: list[str] = []
         self.audit_message: str | None = None
@@ -93,11 +105,12 @@ class SqliteUnitOfWork:
         self.records = SqliteRecords(self)
         self.events = SqliteCaptureLog(self)
         self.vectors = SqliteVectorStore(self)
-        self.index = SqliteSearchIndex(self, self.vectors)
+        self.index = SqliteSearchIndex(self, self.vectors, engine)
         self.audit = SqliteAuditLog(self)
         self.jobs = SqliteJobQueue(self)
+        self.usage = SqliteModelUsage(self)
         self.working = SqliteWorkingStore(self)
-        self.admin = SqliteAdmin(self)
+        self.admin = SqliteAdmin(self, self.index)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         self._after_commit.append(fn)
@@ -143,6 +156,9 @@ class Database:
         check_seconds: float = 0.0,
         fsync_every_commit: bool = False,
         queue_limits: Mapping[str, int] | None = None,
+        lexical_engine: str = "tantivy",
+        lexical_weights: Mapping[str, float] | None = None,
+        background: bool = True,
     ):
         self.path = Path(path)
         self.bounds = QueueBounds(queue_limits or {})
@@ -165,10 +181,36 @@ class Database:
             raise classify(exc, self.path) or exc from None
         if check_seconds > 0:
             self.run_integrity_check(check_seconds, "start-up check")
-        if self.damage is None:
-            self._migrate()
-            with self._lock:
-                ensure_indexes(self._writer, record_indexes)
+        record_indexes = tuple(record_indexes)
+        self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        for spec in record_indexes:
+            self._record_indexes[spec.scope] = (*self._record_indexes.get(spec.scope, ()), tuple(spec.fields))
+        self.lexical: TantivyLexical | None = None
+        if self.damage is not None:
+            return  # served as it is: no migration, index or engine state is written into a damaged file
+        self._migrate()
+        with self._lock:
+            ensure_indexes(self._writer, record_indexes)
+        stale = self._engine_switched(lexical_engine)
+        if lexical_engine == "tantivy":
+            self.lexical = TantivyLexical(
+                Path(f"{self.path}.tantivy"), self, weights=lexical_weights or {}, stale=stale, background=background
+            )
+
+    def _engine_switched(self, engine: str) -> bool:
+        """Record which lexical engine serves writes; True when the Tantivy index may have missed
+        some (another engine served them since it last did)."""
+        with self._lock:
+            row = self._writer.execute("SELECT value FROM lexical_state WHERE name = 'engine'").fetchone()
+            if row is None or row[0] != engine:
+                self._writer.execute(
+                    "INSERT INTO lexical_state (name, value) VALUES ('engine', ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (engine,),
+                )
+                if engine != "tantivy":  # nobody prunes the outbox now
+                    self._writer.execute("DELETE FROM lexical_outbox")
+        return row is not None and row[0] != engine
 
     # ---- connections
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
@@ -302,7 +344,7 @@ class Database:
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        return SqliteUnitOfWork(conn, writable=False)
+        return SqliteUnitOfWork(conn, writable=False, engine=self.lexical, record_indexes=self._record_indexes)
 
     @contextmanager
     def snapshot_reader(self) -> Iterator[SqliteUnitOfWork]:
@@ -337,7 +379,9 @@ class Database:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise self.app_error(exc) or exc from exc
-            store = SqliteUnitOfWork(conn, writable=True, bounds=self.bounds)
+            store = SqliteUnitOfWork(
+                conn, writable=True, engine=self.lexical, record_indexes=self._record_indexes, bounds=self.bounds
+            )
             self._local.tx = store
             try:
                 yield store
@@ -354,6 +398,8 @@ class Database:
                 raise
             finally:
                 self._local.tx = None
+        if store.lexical_changed and self.lexical is not None:
+            self.lexical.notify()
         for fn in store._after_commit:
             fn()
 
@@ -385,11 +431,28 @@ class Database:
             sizes["db" if not suffix else suffix[1:]] = p.stat().st_size if p.exists() else 0
         return sizes
 
+    def health(self) -> dict[str, Any]:
+        """The state of the storage's derived indexes (for /health)."""
+        lexical = self.lexical.health() if self.lexical is not None else {"engine": "fts5", "state": "ready"}
+        return {"lexical": lexical}
+
+    def verify_index(self) -> None:
+        """Ask the derived indexes to check themselves against the records soon (and repair)."""
+        if self.lexical is not None:
+            self.lexical.request_verify()
+
+    def flush(self) -> None:
+        """Bring derived indexes up to date with the records now (admin commands, benchmarks)."""
+        if self.lexical is not None:
+            self.lexical.flush()
+
     def checkpoint(self) -> None:
         with self._lock:
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
+        if self.lexical is not None and not self._closed:
+            self.lexical.close()  # its last commit needs the database still open
         with self._lock:
             if self._closed:
                 return
@@ -417,8 +480,9 @@ def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interface
     vectors: interfaces.VectorStore = unit.vectors
     audit: interfaces.AuditLog = unit.audit
     jobs: interfaces.JobQueue = unit.jobs
+    usage: interfaces.ModelUsage = unit.usage
     working: interfaces.WorkingStore = unit.working
     admin: interfaces.Admin = unit.admin
     whole: interfaces.UnitOfWork = unit
-    del records, events, index, vectors, audit, jobs, working, admin, whole
+    del records, events, index, vectors, audit, jobs, usage, working, admin, whole
     return db

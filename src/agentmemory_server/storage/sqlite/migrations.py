@@ -248,8 +248,86 @@ def _m006_search_docs_global(conn: sqlite3.Connection) -> None:
     )
 
 
+@migration("lexical_outbox")
+def _m007_lexical_outbox(conn: sqlite3.Connection) -> None:
+    # The change feed of the search index for a lexical engine kept outside SQLite (Tantivy):
+    # every change to a search row appends its rowid here in the same transaction; the engine
+    # applies entries in order and prunes them once its own commit holds them. rowid -1 marks a
+    # wipe of every row. lexical_state remembers which engine served the last writes, so an
+    # engine that missed some (the store ran with another one) rebuilds itself.
+    run_script(
+        conn,
+        """
+        CREATE TABLE lexical_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            rowid INTEGER NOT NULL
+        );
+        CREATE TABLE lexical_state (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """,
+    )
+
+
+@migration("llm_usage")
+def _m008_llm_usage(conn: sqlite3.Connection) -> None:
+    # Model calls summed per UTC day, provider, model and feature (models/accounting.py): the
+    # token counts /health, the viewer and `agentmemory stats` show, and what the daily token
+    # budget is checked against. Aggregated in place, so the table grows by a few rows a day.
+    run_script(
+        conn,
+        """
+        CREATE TABLE llm_usage (
+            day TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            calls INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            latency_ms_total REAL NOT NULL DEFAULT 0,
+            latency_ms_max REAL NOT NULL DEFAULT 0,
+            skipped_budget INTEGER NOT NULL DEFAULT 0,
+            skipped_low_value INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, provider, model, feature)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
+@migration("search_counts")
+def _m009_search_counts(conn: sqlite3.Connection) -> None:
+    # Search rows per kind, kept by triggers, so /health's counts cost one small read instead of
+    # a GROUP BY over every row (100+ ms at a million records, on every health probe).
+    run_script(
+        conn,
+        """
+        CREATE TABLE search_counts (
+            kind TEXT PRIMARY KEY,
+            n INTEGER NOT NULL
+        );
+        INSERT INTO search_counts (kind, n) SELECT kind, count(*) FROM search_docs GROUP BY kind;
+        CREATE TRIGGER search_counts_insert AFTER INSERT ON search_docs BEGIN
+            INSERT INTO search_counts (kind, n) VALUES (new.kind, 1)
+            ON CONFLICT (kind) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER search_counts_delete AFTER DELETE ON search_docs BEGIN
+            UPDATE search_counts SET n = n - 1 WHERE kind = old.kind;
+        END;
+        CREATE TRIGGER search_counts_kind AFTER UPDATE OF kind ON search_docs
+        WHEN old.kind IS NOT new.kind BEGIN
+            UPDATE search_counts SET n = n - 1 WHERE kind = old.kind;
+            INSERT INTO search_counts (kind, n) VALUES (new.kind, 1)
+            ON CONFLICT (kind) DO UPDATE SET n = n + 1;
+        END;
+        """,
+    )
+
+
 @migration("search_fts_context")
-def _m007_search_fts_context(conn: sqlite3.Connection) -> None:
+def _m010_search_fts_context(conn: sqlite3.Connection) -> None:
     # Migration 1 was edited after release (the `context` column came later), so a database made
     # by the first releases has a four-column search_fts and every new search row failed on it
     # (found by tests/test_schema_upgrades.py with a database from that release). FTS5 tables
@@ -260,13 +338,13 @@ def _m007_search_fts_context(conn: sqlite3.Connection) -> None:
     run_script(
         conn,
         """
-        CREATE VIRTUAL TABLE search_fts_v7 USING fts5 (
+        CREATE VIRTUAL TABLE search_fts_v10 USING fts5 (
             title, body, concepts, files, context,
             tokenize = 'porter unicode61 remove_diacritics 2'
         );
-        INSERT INTO search_fts_v7 (rowid, title, body, concepts, files, context)
+        INSERT INTO search_fts_v10 (rowid, title, body, concepts, files, context)
             SELECT rowid, title, body, concepts, files, '' FROM search_fts;
         DROP TABLE search_fts;
-        ALTER TABLE search_fts_v7 RENAME TO search_fts;
+        ALTER TABLE search_fts_v10 RENAME TO search_fts;
         """,
     )
