@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from agentmemory_server import errors
 from agentmemory_server.capture import antigravity, image_store, inbox, observe, retry, sessions
-from agentmemory_server.kernel import registry
+from agentmemory_server.kernel import privacy, registry
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.runtime import Runtime, SubsystemFactory
 from agentmemory_server.kernel.settings import Settings
@@ -41,6 +42,7 @@ from agentmemory_server.memory import (
 )
 from agentmemory_server.models import graph, llm, llm_steps
 from agentmemory_server.operations import (
+    backups,
     diagnose,
     health,
     maintenance,
@@ -90,6 +92,8 @@ FEATURE_MODULES: tuple[ModuleType, ...] = (
     tokens,
 )
 registry.REGISTRY.order_by_module([module.__name__ for module in FEATURE_MODULES])
+# Error messages may quote what a client sent: none carries a secret back to it or into a log.
+errors.redact_with(privacy.strip_private_data)
 
 SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
     ("images", image_store.ImageStore),
@@ -102,6 +106,7 @@ SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
     ("relations", relations.RelationChecks),
     ("retention", retention.RetentionService),
     ("database", diagnose.DatabaseChecks),
+    ("backups", backups.LocalBackups),
     ("working_memory", working_service.WorkingMemory),
     ("llm", llm.LLMService),
     ("background", workers.BackgroundStatus),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agentmemory_server.storage.interfaces import Database, RecordIndex
 from agentmemory_server.storage.sqlite import Database as SqliteDatabase
+from agentmemory_server.storage.sqlite import preflight as sqlite_preflight
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -24,6 +25,11 @@ def open_database(
     *,
     now: Callable[[], str],
     record_indexes: Iterable[RecordIndex] = (),
+    reserve_bytes: int = 0,
+    warn_bytes: int = 0,
+    check_seconds: float = 0.0,
+    fsync_every_commit: bool = False,
+    queue_limits: Mapping[str, int] | None = None,
     lexical_engine: str = "tantivy",
     lexical_weights: Mapping[str, float] | None = None,
     background: bool = True,
@@ -35,6 +41,12 @@ def open_database(
     ``postgresql://`` URL, else the SQLite file at ``path``.
 
     :param path: the SQLite file; with PostgreSQL, where this node keeps local state beside it.
+    :param reserve_bytes: writes are refused while less is free on its disk (SQLite).
+    :param warn_bytes: health warns while less is free (SQLite).
+    :param check_seconds: time budget of the integrity check run first (SQLite).
+    :param fsync_every_commit: every commit durable against OS and disk failures too (SQLite;
+        PostgreSQL's durability is the server's ``synchronous_commit``).
+    :param queue_limits: bounds of the durable queues (see ``sqlite.Database``).
     :param lexical_engine: ``tantivy`` (an index on this node), or the database's own full text
         (``builtin``; ``fts5`` is its name on SQLite).
     :param lexical_weights: BM25 weight per text column; Tantivy applies them at indexing time.
@@ -59,12 +71,24 @@ def open_database(
             background=background,
             pool_size=pool_size,
             node=node,
+            queue_limits=queue_limits,
         )
     return SqliteDatabase(
         path,
         now=now,
         record_indexes=record_indexes,
+        reserve_bytes=reserve_bytes,
+        warn_bytes=warn_bytes,
+        check_seconds=check_seconds,
+        fsync_every_commit=fsync_every_commit,
+        queue_limits=queue_limits,
         lexical_engine="fts5" if builtin else lexical_engine,
         lexical_weights=lexical_weights,
         background=background,
     )
+
+
+def preflight(path: Path) -> None:
+    """Before serving: refuse a database a newer version wrote, or a file that is no database
+    (raises the AppError that says so and what to do)."""
+    sqlite_preflight(path)
