@@ -58,15 +58,19 @@ def test_vectors_get_an_hnsw_index_per_model_and_nearest_uses_it(url, make_runti
     assert rt.db.reader().vectors.counts() == {"test-model/8": 20}
     loaded = {rowid: np.frombuffer(blob, "<f4") for rowid, blob, *_ in rt.db.reader().vectors.load("test-model", 8)}
     assert len(loaded) == 20
-    best = rt.db.reader().vectors.nearest("test-model", 8, vectors[3], 3)
-    assert best[0][0] == rows[3]["rowid"] and best[0][1] == pytest.approx(1.0, abs=1e-5)
+    best = rt.db.reader().vectors.search("test-model", 8, vectors[3], 3, {})
+    assert best[0][0] == rows[3]["rowid"] and best[0][1] == pytest.approx(1.0, abs=1e-5) and len(best) == 3
+    assert rt.db.reader().vectors.search("test-model", 8, vectors[3], 3, {"kinds": ["no-such-kind"]}) == []
+    assert rt.db.vector_index("test-model", 8).status()["vectors"] == 20
     with psycopg.connect(url) as conn:
+        conn.execute("SET enable_seqscan = off")  # 20 rows: without this the planner scans
         plan = "\n".join(r[0] for r in conn.execute(
-            "EXPLAIN SELECT doc_rowid FROM search_vectors WHERE model = 'test-model' AND dim = 8 "
-            "ORDER BY vector::vector(8) <=> '[1,0,0,0,0,0,0,0]'::vector(8) LIMIT 3"))
+            "EXPLAIN SELECT v.doc_rowid FROM search_vectors v JOIN search_docs d ON d.id = v.doc_rowid "
+            "WHERE v.model = 'test-model' AND v.dim = 8 "
+            "ORDER BY v.vector::vector(8) <=> '[1,0,0,0,0,0,0,0]'::vector(8) LIMIT 3"))
         indexes = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'search_vectors'")]
     assert any("hnsw" in d and "vector_cosine_ops" in d for d in indexes), indexes
-    assert "search_vectors_hnsw" in plan or "Seq Scan" in plan  # the planner may prefer a scan for 20 rows
+    assert "search_vectors_hnsw" in plan, plan  # the search's query shape can use the model's index
 
 
 def test_each_node_keeps_its_own_index_and_the_outbox_waits_for_the_slowest(url, make_runtime, tmp_path):

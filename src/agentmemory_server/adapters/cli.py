@@ -166,7 +166,16 @@ def _sync_config(settings: Settings) -> hf_sync.Config:
     return hf_sync.Config.from_env(os.environ, db_path=settings.database_path)
 
 
+def _sqlite_only(settings: Settings, command: str) -> None:
+    if settings.database_url:
+        raise InvalidInput(
+            f"`agentmemory {command}` copies the SQLite file; this store is PostgreSQL: back it up with the "
+            "server's own tools (pg_dump, base backups) or `agentmemory export --jsonl`"
+        )
+
+
 def cmd_backup(settings: Settings, opts: argparse.Namespace) -> Any:
+    _sqlite_only(settings, "backup")
     if opts.local:
         return local_backup.take(
             settings.database_path,
@@ -178,6 +187,7 @@ def cmd_backup(settings: Settings, opts: argparse.Namespace) -> Any:
 
 
 def cmd_restore(settings: Settings, opts: argparse.Namespace) -> Any:
+    _sqlite_only(settings, "restore")
     if opts.from_backup:
         config = _sync_config(settings)
         return local_backup.restore_last_good(

@@ -7,11 +7,18 @@ from agentmemory_server.storage.postgres.search_index import PgSearchIndex
 
 TABLES = (
     "audit_log",
+    "capture_counts",
     "capture_events",
+    "capture_inbox",
     "embed_backlog",
+    "image_links",
+    "images",
     "kv_store",
     "lexical_outbox",
+    "live_events",
     "llm_jobs",
+    "llm_usage",
+    "periodic_jobs",
     "search_docs",
     "search_text",
     "search_vectors",
@@ -19,6 +26,7 @@ TABLES = (
     "wm_kv",
     "wm_scratchpad",
     "wm_task",
+    "workers",
 )
 
 

@@ -4,7 +4,7 @@ fields as SQL, and the unit-of-work protocol."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from psycopg.types.json import Jsonb
@@ -67,7 +67,10 @@ class Unit(Protocol):
 
     conn: SqlConn
     changed: list[str]
+    bounds: Any  # storage/bounds.QueueBounds of the database (limits on the durable queues)
     lexical_changed: bool
+    record_indexes: Mapping[str, tuple[tuple[str, ...], ...]]
+    prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]]
 
     def touch(self, scope: str, key: str) -> None: ...
 

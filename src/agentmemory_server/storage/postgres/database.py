@@ -31,21 +31,27 @@ import psycopg_pool
 from pgvector.psycopg import register_vector
 
 from agentmemory_server import errors
-from agentmemory_server.errors import AppError, InvalidInput, Unavailable
+from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.postgres.admin import PgAdmin
 from agentmemory_server.storage.postgres.audit import PgAuditLog
+from agentmemory_server.storage.postgres.capture import PgCaptureInbox
 from agentmemory_server.storage.postgres.common import Result, SqlConn
+from agentmemory_server.storage.postgres.faults import classify, damaged
+from agentmemory_server.storage.postgres.images import PgImageIndex
 from agentmemory_server.storage.postgres.jobs import PgJobQueue
 from agentmemory_server.storage.postgres.lexical_feed import PgFeeds
 from agentmemory_server.storage.postgres.live import NotifySignal, PgEventLog
 from agentmemory_server.storage.postgres.migrations import MIGRATIONS
 from agentmemory_server.storage.postgres.records import PgCaptureLog, PgRecords, ensure_indexes
 from agentmemory_server.storage.postgres.search_index import PgSearchIndex
-from agentmemory_server.storage.postgres.vectors import PgVectorStore
+from agentmemory_server.storage.postgres.usage import PgModelUsage
+from agentmemory_server.storage.postgres.vectors import PgVectorIndex, PgVectorStore
 from agentmemory_server.storage.postgres.working import PgWorkingStore
+from agentmemory_server.storage.sqlite.bounds import QueueBounds
+from agentmemory_server.storage.sqlite.faults import FreeSpace
 
 log = logging.getLogger("agentmemory.postgres")
 
@@ -70,9 +76,19 @@ def redacted(url: str) -> str:
 
 
 def translate(exc: psycopg.Error) -> AppError:
-    if isinstance(exc, psycopg.DataError):
-        return InvalidInput(f"the database refused a value: {str(exc).splitlines()[0][:200]}")
-    return Unavailable(f"the database is unavailable ({type(exc).__name__}); retry shortly", code=errors.DATABASE_BUSY)
+    return classify(exc, "the database") or Unavailable(
+        f"the database failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); retry shortly",
+        code=errors.DATABASE_BUSY,
+    )
+
+
+def configure_connection(conn: psycopg.Connection) -> None:
+    """Every pooled connection: pgvector's type, and HNSW scans that continue past the first
+    candidates while a filter (a project, an agent) drops them, so a filtered search still
+    returns its k rows (pgvector 0.8's iterative index scans)."""
+    register_vector(conn)
+    conn.execute("SET hnsw.iterative_scan = relaxed_order")
+    conn.execute("SET hnsw.ef_search = 100")
 
 
 class Rows:
@@ -128,9 +144,21 @@ class TxConnection:
 class PostgresUnitOfWork:
     """The repositories bound to one connection (a transaction's, or the pooled reader)."""
 
-    def __init__(self, conn: SqlConn, *, writable: bool, engine: TantivyLexical | None = None):
+    def __init__(
+        self,
+        conn: SqlConn,
+        *,
+        writable: bool,
+        engine: TantivyLexical | None = None,
+        bounds: QueueBounds | None = None,
+        record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+        prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+    ):
         self.conn = conn
         self.writable = writable
+        self.bounds = bounds or QueueBounds({})
+        self.record_indexes = record_indexes or {}
+        self.prefix_indexes = prefix_indexes or {}
         self.lexical_changed = False
         self.changed: list[str] = []
         self.audit_message: str | None = None
@@ -138,10 +166,13 @@ class PostgresUnitOfWork:
         self._after_commit: list[Callable[[], None]] = []
         self.records = PgRecords(self)
         self.events = PgCaptureLog(self)
+        self.inbox = PgCaptureInbox(self)
+        self.images = PgImageIndex(self)
         self.vectors = PgVectorStore(self)
         self.index = PgSearchIndex(self, self.vectors, engine)
         self.audit = PgAuditLog(self)
         self.jobs = PgJobQueue(self)
+        self.usage = PgModelUsage(self)
         self.working = PgWorkingStore(self)
         self.admin = PgAdmin(self, self.index)
         self.live = PgEventLog(self)
@@ -165,7 +196,13 @@ class PostgresDatabase:
     :param local_path: where this node keeps its own state (its parent directory holds the
         Tantivy index); the database itself is the URL's.
     :param pool_size: most connections this process opens.
+    :param queue_limits: most entries of the durable queues (see ``sqlite.bounds.QueueBounds``;
+        counted per process, as on SQLite).
     :raise SchemaTooNew: the database was written by a newer version of this server.
+
+    Faults (``storage/postgres/faults.py``): damaged data reported by the server marks this
+    node's view damaged (writes refused until restart); /health's disk is this node's own disk
+    (its Tantivy index and images), the server's disk being the server's to watch.
     """
 
     def __init__(
@@ -180,6 +217,7 @@ class PostgresDatabase:
         background: bool = True,
         pool_size: int = 10,
         node: str | None = None,
+        queue_limits: Mapping[str, int] | None = None,
     ):
         self.url = url
         self.location = redacted(url)
@@ -189,13 +227,24 @@ class PostgresDatabase:
         self._local = threading.local()
         self._closed = False
         self.last_write = 0.0
+        self.bounds = QueueBounds(queue_limits or {})
+        self.space = FreeSpace(self.path, reserve=0, warn=0)
+        self.damage: dict[str, Any] | None = None
+        self.last_check: dict[str, Any] | None = None
+        record_indexes = tuple(record_indexes)
+        self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        for spec in record_indexes:
+            into = self._prefix_indexes if spec.prefix else self._record_indexes
+            into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
+        self._vector_indexes: dict[tuple[str, int], PgVectorIndex] = {}
         database_id = self._migrate(record_indexes)
         self.pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
             max_size=max(2, pool_size),
             kwargs={"autocommit": True},
-            configure=register_vector,
+            configure=configure_connection,
             name="agentmemory",
             open=True,
         )
@@ -272,13 +321,23 @@ class PostgresDatabase:
         return int(self.reader().conn.execute("SELECT version FROM agentmemory_schema").fetchone()[0])
 
     # ---- units of work
+    def _unit(self, conn: SqlConn, *, writable: bool) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(
+            conn,
+            writable=writable,
+            engine=self.lexical,
+            bounds=self.bounds,
+            record_indexes=self._record_indexes,
+            prefix_indexes=self._prefix_indexes,
+        )
+
     def reader(self) -> PostgresUnitOfWork:
         tx = getattr(self._local, "tx", None)
         if tx is not None:
             return tx
         if self._closed:
             raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
-        return PostgresUnitOfWork(PooledReader(self), writable=False, engine=self.lexical)
+        return self._unit(PooledReader(self), writable=False)
 
     @contextmanager
     def snapshot_reader(self) -> Iterator[PostgresUnitOfWork]:
@@ -290,9 +349,17 @@ class PostgresDatabase:
         with self._connection() as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
-                yield PostgresUnitOfWork(TxConnection(conn), writable=False, engine=self.lexical)
+                yield self._unit(TxConnection(conn), writable=False)
             finally:
                 conn.execute("COMMIT")
+
+    @contextmanager
+    def _classified(self) -> Iterator[None]:
+        """A failure of the commit itself (outside TxConnection) becomes its AppError."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise self.app_error(exc) or translate(exc) from exc
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -314,10 +381,12 @@ class PostgresDatabase:
         if outer is not None:
             yield outer
             return
-        with self._connection() as conn:
+        if self.damage is not None:
+            raise damaged(self.location, self.damage["problems"])
+        with self._connection() as conn, self._classified():
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-                store = PostgresUnitOfWork(TxConnection(conn), writable=True, engine=self.lexical)
+                store = self._unit(TxConnection(conn), writable=True)
                 self._local.tx = store
                 try:
                     yield store
@@ -341,6 +410,70 @@ class PostgresDatabase:
         store.audit.insert(
             ts=self._now(), agent_id=agent_id, operation=operation, message=message, targets=targets, details=details
         )
+
+    # ---- faults
+    def run_integrity_check(self, budget_seconds: float, source: str) -> list[str] | None:
+        """The records' own consistency (``Admin.integrity_check``) under a statement timeout;
+        PostgreSQL checksums its pages itself and reports damage on the query that meets it."""
+        started = time.monotonic()
+        problems: list[str] | None
+        try:
+            with self._connection() as conn:
+                conn.execute(f"SET statement_timeout = {max(1, int(budget_seconds * 1000))}")
+                try:
+                    problems = [self._unit(TxConnection(conn), writable=False).admin.integrity_check()]
+                finally:
+                    conn.execute("RESET statement_timeout")
+        except AppError as exc:
+            problems = None if exc.code == errors.DATABASE_BUSY else [exc.message]
+        self.last_check = {
+            "at": self._now(),
+            "source": source,
+            "seconds": round(time.monotonic() - started, 3),
+            "result": "unfinished" if problems is None else "ok" if problems == ["ok"] else "damaged",
+        }
+        if problems is not None and problems != ["ok"]:
+            self.mark_damaged(problems, source)
+        return problems
+
+    def mark_damaged(self, problems: list[str], source: str) -> None:
+        if self.damage is not None:
+            return
+        error = damaged(self.location, problems)
+        self.damage = {"at": self._now(), "source": source, "problems": problems[:20], "fix": error.details["fix"]}
+        log.error("%s: %s. To recover: %s", source, error.message, error.details["fix"])
+
+    def app_error(self, exc: BaseException) -> AppError | None:
+        error = classify(exc, self.location)
+        if error is not None and error.code == errors.DATABASE_DAMAGED:
+            self.mark_damaged(error.details["problems"], "a query")
+        return error
+
+    def storage_health(self) -> dict[str, Any]:
+        integrity = {"status": "critical" if self.damage else "healthy", "lastCheck": self.last_check}
+        if self.damage:
+            integrity["damaged"] = self.damage
+        return {"disk": self.space.health(), "integrity": integrity}
+
+    def queue_stats(self) -> dict[str, Any]:
+        return self.bounds.stats()
+
+    def close_queue(self, name: str) -> None:
+        self.bounds.close(name)
+
+    def vector_index(self, model: str, dim: int) -> PgVectorIndex:
+        index = self._vector_indexes.get((model, dim))
+        if index is None:
+            index = PgVectorIndex(lambda: self._vector_count(model, dim), model, dim)
+            self._vector_indexes[(model, dim)] = index
+        return index
+
+    def _vector_count(self, model: str, dim: int) -> int:
+        return self.reader().vectors.counts().get(f"{model}/{dim}", 0)
+
+    def verify_index(self) -> None:
+        if self.lexical is not None:
+            self.lexical.request_verify()
 
     # ---- facts and lifecycle
     def file_sizes(self) -> dict[str, int]:
@@ -376,13 +509,17 @@ def _implements_the_interface(unit: PostgresUnitOfWork, db: PostgresDatabase) ->
     """Never called: the type checker proves here that this backend implements the interface."""
     records: interfaces.Records = unit.records
     events: interfaces.CaptureLog = unit.events
+    inbox: interfaces.CaptureInbox = unit.inbox
+    images: interfaces.ImageIndex = unit.images
     index: interfaces.SearchIndex = unit.index
     vectors: interfaces.VectorStore = unit.vectors
     audit: interfaces.AuditLog = unit.audit
     jobs: interfaces.JobQueue = unit.jobs
+    usage: interfaces.ModelUsage = unit.usage
     working: interfaces.WorkingStore = unit.working
     admin: interfaces.Admin = unit.admin
     live: interfaces.EventLog = unit.live
     whole: interfaces.UnitOfWork = unit
-    del records, events, index, vectors, audit, jobs, working, admin, live, whole
+    vector_index: interfaces.VectorIndex = db.vector_index("model", 1)
+    del records, events, inbox, images, index, vectors, audit, jobs, usage, working, admin, live, whole, vector_index
     return db

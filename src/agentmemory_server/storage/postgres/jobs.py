@@ -9,18 +9,28 @@ from typing import Any
 
 from agentmemory_server.storage.postgres.common import Jsonb, Unit
 
+JOBS = "llm_jobs"
+
 
 class PgJobQueue:
     def __init__(self, unit: Unit):
         self.conn = unit.conn
+        self.bounds = unit.bounds
 
-    def put(self, kind: str, ref: str, args: dict[str, Any], now: str, not_before: float = 0.0) -> None:
+    def _size(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM llm_jobs").fetchone()[0])
+
+    def put(self, kind: str, ref: str, args: dict[str, Any], now: str, not_before: float = 0.0) -> bool:
+        """Queue (or re-queue from scratch) one job; False: the queue is at its bound (shed)."""
+        if not self.bounds.admit(JOBS, self._size):
+            return False
         self.conn.execute(
             "INSERT INTO llm_jobs (kind, ref, args, queued_at, next_try) VALUES (%s, %s, %s, %s, %s) "
             "ON CONFLICT (kind, ref) DO UPDATE SET args = excluded.args, queued_at = excluded.queued_at, "
             "attempts = 0, next_try = excluded.next_try, last_error = NULL",
             (kind, ref, Jsonb(args), now, not_before),
         )
+        return True
 
     def claim(self, now_epoch: float, limit: int, lease_until: float) -> list[dict[str, Any]]:
         rows = self.conn.execute(
@@ -34,9 +44,10 @@ class PgJobQueue:
         return [{"kind": k, "ref": r, "args": a, "queuedAt": q, "attempts": n} for k, r, a, q, n in rows]
 
     def done(self, kind: str, ref: str, queued_at: str) -> None:
-        self.conn.execute(
+        removed = self.conn.execute(
             "DELETE FROM llm_jobs WHERE kind = %s AND ref = %s AND queued_at = %s", (kind, ref, queued_at)
-        )
+        ).rowcount
+        self.bounds.removed(JOBS, removed)
 
     def retry(self, kind: str, ref: str, error: str, next_try: float) -> None:
         self.conn.execute(

@@ -5,6 +5,7 @@ commits, to every node)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,12 +46,16 @@ class PgEventLog:
 
 
 class NotifySignal:
-    """A connection of its own that LISTENs; reconnects after losing it (a poll meanwhile)."""
+    """A connection of its own that LISTENs; reconnects after losing it (a poll meanwhile).
+    The thread inside ``wait`` owns the connection; ``close`` from another thread closes it at
+    once when nobody waits, else the waiter closes it on its way out."""
 
     def __init__(self, url: str):
         self._url = url
         self._conn: psycopg.Connection | None = None
         self._closed = False
+        self._waiting = False
+        self._lock = threading.Lock()
 
     def _listening(self) -> psycopg.Connection | None:
         if self._conn is None or self._conn.closed:
@@ -59,11 +64,13 @@ class NotifySignal:
                 self._conn.execute(f"LISTEN {CHANNEL}")
             except psycopg.Error as exc:
                 log.warning("cannot LISTEN for live events (%s); polling", exc)
-                self._conn = None
+                self._drop()
         return self._conn
 
     def wait(self, timeout: float) -> None:
-        conn = None if self._closed else self._listening()
+        with self._lock:
+            conn = None if self._closed else self._listening()
+            self._waiting = conn is not None
         if conn is None:
             time.sleep(min(timeout, 1.0))
             return
@@ -71,9 +78,13 @@ class NotifySignal:
             for _note in conn.notifies(timeout=timeout, stop_after=1):
                 pass
         except psycopg.Error:
-            self._drop()
-        if self._closed:  # the waiting thread owns the connection: it closes it
-            self._drop()
+            with self._lock:
+                self._drop()
+        finally:
+            with self._lock:
+                self._waiting = False
+                if self._closed:
+                    self._drop()
 
     def notify(self, unit: Any) -> None:
         unit.conn.execute(f"NOTIFY {CHANNEL}")
@@ -87,4 +98,7 @@ class NotifySignal:
                 pass
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            if not self._waiting:
+                self._drop()

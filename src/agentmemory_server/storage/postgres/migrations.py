@@ -256,3 +256,70 @@ def _m004_background_work(conn: Any) -> None:
         )
         """,
     )
+
+
+@migration("capture_inbox_images_usage")
+def _m005_capture_inbox_images_usage(conn: Any) -> None:
+    # The tables of SQLite's migrations 8 (llm_usage) and 12 (capture inbox, capture counters,
+    # images and their links to search rows). search_counts (SQLite's 9) is not needed: counting
+    # search rows per kind is an index-only scan here. vector_log (SQLite's 10) neither: pgvector
+    # keeps its index itself.
+    run_script(
+        conn,
+        """
+        CREATE TABLE llm_usage (
+            day TEXT COLLATE "C" NOT NULL,
+            provider TEXT COLLATE "C" NOT NULL,
+            model TEXT COLLATE "C" NOT NULL,
+            feature TEXT COLLATE "C" NOT NULL,
+            calls BIGINT NOT NULL DEFAULT 0,
+            failed BIGINT NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            latency_ms_total DOUBLE PRECISION NOT NULL DEFAULT 0,
+            latency_ms_max DOUBLE PRECISION NOT NULL DEFAULT 0,
+            skipped_budget BIGINT NOT NULL DEFAULT 0,
+            skipped_low_value BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, provider, model, feature)
+        );
+        CREATE TABLE capture_inbox (
+            event_id TEXT COLLATE "C" PRIMARY KEY,
+            status TEXT COLLATE "C" NOT NULL,
+            reason TEXT NOT NULL,
+            session_id TEXT COLLATE "C",
+            hook_type TEXT,
+            tool_name TEXT,
+            agent_id TEXT COLLATE "C",
+            body TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try DOUBLE PRECISION NOT NULL DEFAULT 0,
+            last_error TEXT,
+            created_at TEXT COLLATE "C" NOT NULL,
+            updated_at TEXT COLLATE "C" NOT NULL
+        );
+        CREATE INDEX capture_inbox_due ON capture_inbox (status, next_try);
+        CREATE INDEX capture_inbox_age ON capture_inbox (status, updated_at, event_id);
+        CREATE INDEX capture_inbox_recent ON capture_inbox (updated_at, event_id);
+        CREATE TABLE capture_counts (
+            kind TEXT COLLATE "C" NOT NULL,
+            name TEXT COLLATE "C" NOT NULL,
+            count BIGINT NOT NULL DEFAULT 0,
+            last_at TEXT NOT NULL,
+            PRIMARY KEY (kind, name)
+        );
+        CREATE TABLE images (
+            id TEXT COLLATE "C" PRIMARY KEY,
+            mime TEXT NOT NULL,
+            bytes BIGINT NOT NULL,
+            created_at TEXT COLLATE "C" NOT NULL,
+            evicted_at TEXT
+        );
+        CREATE INDEX images_created ON images (created_at);
+        CREATE TABLE image_links (
+            doc_rowid BIGINT NOT NULL REFERENCES search_docs (id) ON DELETE CASCADE,
+            image_id TEXT COLLATE "C" NOT NULL,
+            PRIMARY KEY (doc_rowid, image_id)
+        );
+        CREATE INDEX image_links_image ON image_links (image_id)
+        """,
+    )

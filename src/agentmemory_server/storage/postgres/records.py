@@ -38,17 +38,45 @@ def decode(value: Any, raw: str | None) -> Any:
     return loads(raw) if raw is not None else value
 
 
+INDEX_PREFIX = "kv_idx_"
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def index_name(spec: RecordIndex) -> str:
+    """The name of a declared record index, derived from its declaration (as SQLite's)."""
+    kind = "prefix" if spec.prefix else "key"
+    return INDEX_PREFIX + hashlib.sha256(f"{spec.scope}\x00{','.join(spec.fields)}\x00{kind}".encode()).hexdigest()[:12]
+
+
 def index_statement(spec: RecordIndex) -> str:
-    """CREATE INDEX for a declared record index, partial on its scope (same names as SQLite's)."""
-    digest = hashlib.sha256(f"{spec.scope}\x00{','.join(spec.fields)}".encode()).hexdigest()[:12]
-    columns = ", ".join(f"({field(name)})" for name in spec.fields)
-    scope = "'" + spec.scope.replace("'", "''") + "'"
-    return f"CREATE INDEX IF NOT EXISTS kv_idx_{digest} ON kv_store ({columns}) WHERE scope = {scope}"
+    """CREATE INDEX for a declared record index, ending with the key so a listing ordered by the
+    fields then the key reads it in order. One scope's index is partial on it; a scope prefix's
+    leads with the scope (a listing of one scope under the prefix is a range of it)."""
+    columns = ", ".join([*(f"({field(name)})" for name in spec.fields), "key"])
+    if spec.prefix:
+        return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store (scope, {columns})"
+    return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store ({columns}) WHERE scope = {_quoted(spec.scope)}"
 
 
 def ensure_indexes(conn: SqlConn, specs: Iterable[RecordIndex]) -> None:
-    for spec in specs:
-        conn.execute(index_statement(spec))
+    """Create the declared record indexes that do not exist yet, and drop those no longer
+    declared (a no-op when nothing changed)."""
+    wanted = {index_name(spec): spec for spec in specs}
+    existing = {
+        row[0]
+        for row in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'kv_store' AND indexname LIKE %s",
+            (INDEX_PREFIX.replace("_", "\\_") + "%",),
+        )
+    }
+    for name in existing - wanted.keys():
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
+    for name, spec in wanted.items():
+        if name not in existing:
+            conn.execute(index_statement(spec))
 
 
 class PgRecords:
@@ -150,12 +178,38 @@ class PgRecords:
         more_terms, more_params = where_sql(where)
         # NULLS FIRST ascending and LAST descending: where SQLite puts a missing field.
         order = [f"{field(name)} {'DESC NULLS LAST' if desc else 'ASC NULLS FIRST'}" for name, desc in order_by]
+        # Ties go by key in the direction of the last sort field (the order of a declared index).
+        tie = "DESC" if order_by and order_by[-1][1] else "ASC"
+        order += ["scope", f"key {tie}"] if prefix else [f"key {tie}"]
         sql = (
             f"SELECT value, raw FROM kv_store WHERE {' AND '.join(terms + more_terms)} "
-            f"ORDER BY {', '.join([*order, 'scope', 'key'])} LIMIT %s OFFSET %s"
+            f"ORDER BY {', '.join(order)} LIMIT %s OFFSET %s"
         )
         rows = self.conn.execute(sql, (*params, *more_params, limit, offset))
         return [decode(v, r) for v, r in rows]
+
+    def newest(
+        self,
+        scope: str,
+        where: Sequence[Where],
+        *,
+        by: str,
+        before: tuple[Any, str] | None,
+        limit: int,
+        offset: int = 0,
+    ) -> builtins.list[tuple[str, Any]]:
+        """Keyset paging, newest ``by`` first (see ``Records.newest``)."""
+        terms, params = self._scope_terms(scope, False)
+        more_terms, more_params = where_sql(where)
+        column = field(by)
+        if before is not None:
+            more_terms += [f"{column} <= %s::jsonb", f"({column} < %s::jsonb OR key < %s)"]
+            more_params += [Jsonb(before[0]), Jsonb(before[0]), before[1]]
+        sql = (
+            f"SELECT key, value, raw FROM kv_store WHERE {' AND '.join(terms + more_terms)} "
+            f"ORDER BY {column} DESC NULLS LAST, key DESC LIMIT %s OFFSET %s"
+        )
+        return [(k, decode(v, r)) for k, v, r in self.conn.execute(sql, (*params, *more_params, limit, offset))]
 
     def count_where(self, scope: str, where: Sequence[Where] = ()) -> int:
         terms, params = where_sql(where)
