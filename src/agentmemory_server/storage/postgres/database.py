@@ -469,7 +469,7 @@ class PostgresDatabase:
         return index
 
     def _vector_count(self, model: str, dim: int) -> int:
-        return self.reader().vectors.counts().get(f"{model}/{dim}", 0)
+        return self.reader().vectors.count(model, dim)
 
     def verify_index(self) -> None:
         if self.lexical is not None:

@@ -8,7 +8,6 @@ query for it never scans the table."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -215,6 +214,13 @@ class PgVectorStore:
                 return
             after = rows[-1][0]
 
+    def count(self, model: str, dim: int) -> int:
+        return int(
+            self.conn.execute(
+                f"SELECT count(*) FROM search_vectors WHERE model = {literal(model)} AND dim = {int(dim)}"
+            ).fetchone()[0]
+        )
+
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim")
         return {k: int(n) for k, n in rows}
@@ -232,15 +238,12 @@ class PgVectorStore:
 
 class PgVectorIndex:
     """The ``VectorIndex`` of a pgvector store: the database keeps the HNSW index itself, so
-    there is nothing to follow, save or rebuild in a process; only its size is read (cached a
-    few seconds, as search readiness asks for it on every query)."""
-
-    SIZE_SECONDS = 5.0
+    there is nothing to follow, save or rebuild in a process; its size is the stored vectors of
+    the model (an index-only count on ``search_vectors (model, dim)``)."""
 
     def __init__(self, count: Callable[[], int], model: str, dim: int):
         self._count = count
         self.model, self.dim = model, dim
-        self._size: tuple[float, int] | None = None
 
     def refresh(self, budget: int = 2000) -> int:
         return 0
@@ -255,10 +258,14 @@ class PgVectorIndex:
         return 0
 
     def __len__(self) -> int:
-        now = time.monotonic()
-        if self._size is None or (self._size[1] == 0 or now - self._size[0] >= self.SIZE_SECONDS):
-            self._size = (now, self._count())
-        return self._size[1]
+        return self._count()
 
     def status(self) -> dict[str, Any]:
-        return {"engine": "pgvector-hnsw", "model": self.model, "dim": self.dim, "vectors": len(self)}
+        return {
+            "engine": "pgvector-hnsw",
+            "model": self.model,
+            "dim": self.dim,
+            "vectors": len(self),
+            "repair": None,
+            "lastError": None,
+        }
