@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pg  # noqa: E402
 import scale  # noqa: E402
 from ingest import payload, start_server  # noqa: E402
+from load import rss_mb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_CLIENT = {
@@ -66,6 +67,13 @@ class Databases:
         self._admin(f"CREATE DATABASE {name}")
         self.made.append(name)
         return urlunsplit(urlsplit(self.url)._replace(path=f"/{name}"))
+
+    def size_bytes(self, url: str) -> int:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else 0
 
     def drop_all(self) -> None:
         for name in self.made:
@@ -107,6 +115,8 @@ def measure_backend(label: str, data_dir: str, env: dict[str, str], size: int, s
     try:
         rows = one_client(url, size // 200, seconds)
         scale.print_rows(f"{label}, 1 client", rows)
+        rows["rss_mb"] = rss_mb(proc.pid)  # the request process after the runs
+        print(f"  RSS of the request process: {rows['rss_mb']} MB", flush=True)
     finally:
         stop(proc)
     return rows
@@ -180,6 +190,11 @@ def run_size(size: int, args: argparse.Namespace, dbs: Databases, tmp: str, firs
     report["import_sqlite"] = scale.bulk_import(sqlite_dir, source, env_for(None))
     report["import_postgresql"] = scale.bulk_import(str(Path(tmp) / f"pgnode-{size}"), source, env_for(pg_url))
     source.unlink()
+    report["postgresql_bytes"] = dbs.size_bytes(pg_url)
+    sqlite_file = Path(sqlite_dir) / "agentmemory.db"
+    report["sqlite_bytes"] = sqlite_file.stat().st_size if sqlite_file.exists() else None
+    print(f"  stored: PostgreSQL {report['postgresql_bytes'] / 1e6:.0f} MB, SQLite "
+          f"{(report['sqlite_bytes'] or 0) / 1e6:.0f} MB", flush=True)
     print(f"  bulk import: SQLite {report['import_sqlite']['per_s']:,}/s, "
           f"PostgreSQL {report['import_postgresql']['per_s']:,}/s", flush=True)
     report["sqlite"] = measure_backend("SQLite", sqlite_dir, env_for(None), size, args.seconds)
