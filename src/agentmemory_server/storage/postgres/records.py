@@ -47,18 +47,25 @@ def _quoted(text: str) -> str:
 
 def index_name(spec: RecordIndex) -> str:
     """The name of a declared record index, derived from its declaration (as SQLite's)."""
-    kind = "prefix" if spec.prefix else "key"
+    kind = "substr-prefix" if spec.prefix else "key"
     return INDEX_PREFIX + hashlib.sha256(f"{spec.scope}\x00{','.join(spec.fields)}\x00{kind}".encode()).hexdigest()[:12]
 
 
 def index_statement(spec: RecordIndex) -> str:
     """CREATE INDEX for a declared record index, ending with the key so a listing ordered by the
-    fields then the key reads it in order. One scope's index is partial on it; a scope prefix's
-    leads with the scope (a listing of one scope under the prefix is a range of it)."""
+    fields then the key reads it in order. It is partial: on its scope, or for a scope prefix on
+    ``prefix_term``, a term every query of a scope under the prefix repeats word for word (so the
+    planner matches it whatever the scope parameter, and queries of other scopes never pick it)."""
     columns = ", ".join([*(f"({field(name)})" for name in spec.fields), "key"])
     if spec.prefix:
-        return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store (scope, {columns})"
+        where = prefix_term(spec.scope)
+        return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store (scope, {columns}) WHERE {where}"
     return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store ({columns}) WHERE scope = {_quoted(spec.scope)}"
+
+
+def prefix_term(prefix: str) -> str:
+    """The WHERE term of a prefix index; a query of a scope under ``prefix`` repeats it."""
+    return f"substr(scope, 1, {len(prefix)}) = {_quoted(prefix)}"
 
 
 def ensure_indexes(conn: SqlConn, specs: Iterable[RecordIndex]) -> None:
@@ -162,7 +169,12 @@ class PgRecords:
     def _scope_terms(self, scope: str, prefix: bool) -> tuple[builtins.list[str], builtins.list[Any]]:
         if prefix:
             return ["scope >= %s", "scope < %s"], [scope, scope + TOP]
-        return ["scope = %s"], [scope]
+        if scope in self.unit.record_indexes:
+            # A literal: a partial index (WHERE scope = '...') serves a generic plan only when the
+            # query names the same constant.
+            return [f"scope = {_quoted(scope)}"], []
+        under = [prefix_term(p) for p in self.unit.prefix_indexes if scope.startswith(p)]
+        return ["scope = %s", *under], [scope]
 
     def query(
         self,
@@ -212,14 +224,16 @@ class PgRecords:
         return [(k, decode(v, r)) for k, v, r in self.conn.execute(sql, (*params, *more_params, limit, offset))]
 
     def count_where(self, scope: str, where: Sequence[Where] = ()) -> int:
+        scope_terms, scope_params = self._scope_terms(scope, False)
         terms, params = where_sql(where)
-        sql = f"SELECT count(*) FROM kv_store WHERE {' AND '.join(['scope = %s', *terms])}"
-        return self.conn.execute(sql, (scope, *params)).fetchone()[0]
+        sql = f"SELECT count(*) FROM kv_store WHERE {' AND '.join([*scope_terms, *terms])}"
+        return self.conn.execute(sql, (*scope_params, *params)).fetchone()[0]
 
     def keys_where(self, scope: str, where: Sequence[Where]) -> builtins.list[str]:
+        scope_terms, scope_params = self._scope_terms(scope, False)
         terms, params = where_sql(where)
-        sql = f"SELECT key FROM kv_store WHERE {' AND '.join(['scope = %s', *terms])} ORDER BY key"
-        return [r[0] for r in self.conn.execute(sql, (scope, *params))]
+        sql = f"SELECT key FROM kv_store WHERE {' AND '.join([*scope_terms, *terms])} ORDER BY key"
+        return [r[0] for r in self.conn.execute(sql, (*scope_params, *params))]
 
 
 class PgCaptureLog:
