@@ -98,7 +98,8 @@ def one_client(url: str, sessions: int, seconds: float) -> dict[str, dict]:
 
 def serve(data_dir: str, env: dict[str, str], workers: int = 1) -> tuple[subprocess.Popen, str]:
     extra = {k: v for k, v in env.items() if k.startswith(("AGENTMEMORY_", "EMBEDDING_"))}
-    extra.pop("AGENTMEMORY_LOG_LEVEL", None)  # start_server sets it
+    for name in ("AGENTMEMORY_LOG_LEVEL", "AGENTMEMORY_AUTH"):  # start_server sets them
+        extra.pop(name, None)
     extra["AGENTMEMORY_WORKERS"] = str(workers)
     proc, url = start_server(data_dir, 32, extra)
     scale.wait_until(lambda: scale.lexical_ready(url), 1800)
