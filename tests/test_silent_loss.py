@@ -10,6 +10,7 @@ data (or told nobody) on the previous main.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -20,7 +21,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import SRC, clean_environ, free_port, hook, post
+import requests
+
+from conftest import SRC, clean_environ, free_port, hook, post, wait_for
 
 LIMIT = 200_000  # AGENTMEMORY_MAX_BODY_BYTES for these servers
 BIG = 12 * 1024 * 1024  # well past it, and past what loopback socket buffers swallow unread (3 MB did)
@@ -108,3 +111,35 @@ def test_a_port_in_use_gives_one_clear_line(tmp_path):
             assert f"port {port}" in output and "--port" in output and "PORT" in output
             assert "listening" not in output and "Retrying" not in output
     assert not Path(tmp_path / "data" / "agentmemory.db").exists()
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_a_sigterm_to_the_server_alone_stops_its_busy_worker_and_checkpoints(live_server, tmp_path):
+    """``docker stop`` and ``kill <pid>`` signal the server process only: it must stop the background
+    worker it spawned (busy embedding the backlog, so writing too) before folding the WAL into the
+    main file, or the worker's open connection keeps the WAL from being truncated."""
+    server = live_server(env={"EMBEDDING_PROVIDER": "hash"})
+    health = lambda: requests.get(server.api("/health"), timeout=10).json()  # noqa: E731
+    worker = wait_for(lambda: (s := health()["background"]["supervisor"]) and s["alive"] and s["pid"], timeout=30,
+                      message="the background worker did not start")
+    for i in range(150):
+        assert post(server.api("/observe"), hook(f"w{i % 3}", timestamp=f"2026-11-01T11:{i // 60:02d}:{i % 60:02d}Z",
+                                                 data={"tool_name": "Bash", "tool_input": {"command": f"deploy {i}"},
+                                                       "tool_output": "rolled out " * 50})).status_code == 201
+    os.kill(server.proc.pid, signal.SIGTERM)  # not the process group: the worker gets no signal of its own
+    assert server.proc.wait(timeout=60) == 0
+    assert not _alive(worker), "the background worker outlived its server"
+    wal = server.db_path.with_name(server.db_path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, f"WAL left with {wal.stat().st_size} bytes"
+    copy = tmp_path / "copied.db"
+    shutil.copyfile(server.db_path, copy)
+    conn = sqlite3.connect(copy)
+    try:
+        observations = conn.execute("SELECT count(*) FROM kv_store WHERE scope LIKE 'mem:obs:%'").fetchone()[0]
+    finally:
+        conn.close()
+    assert observations == 150

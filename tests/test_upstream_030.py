@@ -12,7 +12,7 @@ import requests
 
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.kernel.util import Clock
-from conftest import hook, post
+from conftest import hook, post, wait_for
 
 SECRET = "upstream-030-token"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -189,3 +189,19 @@ def test_the_memories_listing_uses_its_index(rt, monkeypatch):
     assert len(plans) == 2
     for plan in plans:
         assert "USING INDEX kv_idx_" in plan and "TEMP B-TREE FOR ORDER BY" not in plan.replace("RIGHT PART OF ", "X"), plan
+
+
+def test_the_idle_finalizer_runs_in_a_real_servers_background_worker(live_server):
+    """Periodic jobs run in the background worker process (AGENTMEMORY_BACKGROUND=process, the
+    default), not in the process serving requests: the finalizer must still complete the session."""
+    server = live_server(env={"AGENTMEMORY_FINALIZE_IDLE_MS": "1000"})
+    assert post(server.api("/observe"), hook("idle-live")).status_code == 201
+    turn = post(server.api("/session/end"), {"sessionId": "idle-live", "final": False}).json()
+    assert turn["ended"] is False and turn["session"]["status"] == "active"
+    session = lambda: requests.get(server.api("/session"), params={"sessionId": "idle-live"},  # noqa: E731
+                                   timeout=10).json()["session"]
+    done = wait_for(lambda: (s := session())["status"] == "completed" and s, timeout=60, interval=0.3,
+                    message=lambda: f"the session was never finalized; server log:\n{server.log()[-3000:]}")
+    assert done["endedAt"] and "finalizeAfter" not in done
+    workers = requests.get(server.api("/health"), timeout=10).json()["background"]
+    assert workers["runsHere"] is False and workers["supervisor"]["alive"]
