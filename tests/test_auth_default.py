@@ -148,3 +148,33 @@ def test_a_body_must_be_sent_as_json(tmp_path):
         assert client.post("/agentmemory/capture/drain").status_code == 200  # no body: nothing to declare
     finally:
         rt.close()
+
+
+def test_the_mcp_wrapper_sends_the_local_token_file_only_to_this_machine(tmp_path, monkeypatch):
+    """Upstream 0.9.30's clients read the secret file only for a loopback URL: a wrapper pointed at
+    a team server elsewhere must not hand it this machine's token."""
+    from agentmemory_server.adapters import mcp_stdio
+
+    for name in [k for k in os.environ if k.startswith("AGENTMEMORY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AGENTMEMORY_DATA_DIR", str(tmp_path))
+    token = auth.resolve(Settings.from_env({}, data_dir=str(tmp_path))).secret
+    for url in ("http://127.0.0.1:3111", "http://localhost:3111/", "http://[::1]:3111", "http://127.0.0.2:9"):
+        assert mcp_stdio.token_for(url + "/agentmemory/mcp/tools") == token, url
+    for url in ("http://10.0.0.7:3111", "https://memory.example.com", "http://localhost.example.com:3111"):
+        assert mcp_stdio.token_for(url + "/agentmemory/mcp/tools") is None, url
+    monkeypatch.setenv("AGENTMEMORY_SECRET", "explicit-token-0123456789")  # an explicit secret goes anywhere
+    assert mcp_stdio.token_for("https://memory.example.com/agentmemory/mcp/tools") == "explicit-token-0123456789"
+
+
+def test_cli_processes_never_log_the_generated_token(tmp_path):
+    """The background worker and the admin commands are started without AGENTMEMORY_SECRET: they
+    mask the token from the secret file in their logs, as the server does."""
+    token = auth.resolve(Settings.from_env({}, data_dir=str(tmp_path))).secret
+    probe = ("import logging, sys; from agentmemory_server.adapters import cli; cli.main(['stats']); "
+             "logging.getLogger('agentmemory.probe').warning('leaked %s', open(sys.argv[1]).read().strip())")
+    env = {**default_env(), "AGENTMEMORY_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "secret")], env=env, cwd=SRC,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "leaked " in out.stderr and token not in out.stderr + out.stdout
