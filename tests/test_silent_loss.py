@@ -143,3 +143,29 @@ def test_a_sigterm_to_the_server_alone_stops_its_busy_worker_and_checkpoints(liv
     finally:
         conn.close()
     assert observations == 150
+
+
+def test_a_refused_big_body_still_gets_its_answer(live_server):
+    """A hook with a wrong token (or over the rate limit) that sends a big body must read the 401,
+    not a reset connection: the refusal is answered after the body is read and dropped."""
+    server = live_server(env={"AGENTMEMORY_MAX_BODY_BYTES": str(LIMIT), "AGENTMEMORY_SECRET": "right-token-0123456789"})
+    for headers in ({}, {"Authorization": "Bearer wrong-token-9876543210"}):
+        request = urllib.request.Request(server.api("/observe"), data=big_body(), method="POST",
+                                         headers={"Content-Type": "application/json", **headers})
+        try:
+            urllib.request.urlopen(request, timeout=60)
+            raise AssertionError("a request without the token was accepted")
+        except urllib.error.HTTPError as exc:  # before: ConnectionResetError / BrokenPipeError
+            assert exc.code == 401 and json.loads(exc.read())["code"] == "unauthorized"
+
+
+def test_writes_refused_by_the_rate_limit_are_reported_with_the_fix(live_server):
+    """A 429 loses the event for hook scripts that do not spool (upstream before 0.9.30): the status
+    report says so, with the settings to change."""
+    server = live_server(env={"AGENTMEMORY_RATE_LIMIT": "0.2", "AGENTMEMORY_RATE_BURST": "2"})
+    answers = [post(server.api("/observe"), hook(f"r{i}")).status_code for i in range(4)]
+    assert answers[:2] == [201, 201] and 429 in answers[2:]
+    alerts = requests.get(server.api("/status"), timeout=10).json()["alerts"]
+    limited = [a for a in alerts if "rate limit" in a["message"]]
+    assert limited and "POST /agentmemory/observe" in limited[0]["message"]
+    assert "AGENTMEMORY_RATE_LIMIT" in limited[0]["fix"]
