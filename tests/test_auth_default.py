@@ -178,3 +178,29 @@ def test_cli_processes_never_log_the_generated_token(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "leaked " in out.stderr and token not in out.stderr + out.stdout
+
+
+def test_the_readme_quick_start_works_as_written_with_auth_on(default_server, tmp_path):
+    """README's quick start, run as a new user would against a server started with no settings
+    (auth on, the token generated into ~/.agentmemory/secret): only the port differs."""
+    import json
+    import re
+    from pathlib import Path
+
+    readme = (SRC.parent / "README.md").read_text()
+    start = readme.split("## Quick start")[1].split("\n## ")[0]
+    block = next(b for b in re.findall(r"```bash\n(.+?)\n```", start, re.DOTALL) if "curl" in b)
+    server = default_server(AGENTMEMORY_DATA_DIR=str(tmp_path / ".agentmemory"))  # the default data dir of HOME
+    assert server.env["HOME"] == str(tmp_path)
+    script = block.replace("localhost:3111", f"localhost:{server.port}")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env={**default_env(), "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    decoder, answers, at = json.JSONDecoder(), [], 0
+    while at < len(done.stdout.strip()):  # curl -s prints the two answers back to back
+        answer, at = decoder.raw_decode(done.stdout, at)
+        answers.append(answer)
+    observed, found = answers
+    assert observed.get("observationId"), done.stdout
+    assert found["count"] == 1 and found["results"][0]["observation"]["id"] == observed["observationId"]
+    assert Path(tmp_path / ".agentmemory" / "secret").exists()
