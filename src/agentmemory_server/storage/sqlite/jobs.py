@@ -107,9 +107,9 @@ class SqliteJobQueue:
 
     def workers(self, since_epoch: float) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            "SELECT id, host, pid, started_at, beat_at, info FROM workers WHERE beat_at >= ? ORDER BY started_at",
-            (since_epoch,),
-        )
+            "SELECT id, host, pid, started_at, beat_at, info FROM workers WHERE beat_at >= ?", (since_epoch,)
+        ).fetchall()
+        rows.sort(key=lambda row: row[3])  # a row per live worker: sorted here, no sort step in the plan
         return [
             {"id": i, "host": h, "pid": p, "startedAt": s, "beatAt": b, **loads(info)} for i, h, p, s, b, info in rows
         ]
