@@ -1,6 +1,7 @@
 """Retrieval quality on the LoCoMo development split, through the product's own paths.
 
     python bench/locomo.py [DATA] [--modes bm25,vector,hybrid] [--provider local|hash] [--limit N]
+        [--set module.NAME=VALUE ...] [--grid module.NAME=V1,V2 ...] [--out FILE] [--compare FILE]
 
 DATA defaults to ../shared/bench/locomo-dev.json (relative to the repository); it is read for
 evaluation only and never copied. Each conversation is loaded into a fresh temporary database
@@ -10,16 +11,28 @@ backlog is drained by the vector subsystem's own worker code, and every question
 through ``memory_smart_search`` restricted to that project. Hits map back to dia_ids through the
 observation ids ``agent_observe`` returned. Metrics (macro-averaged per question): Recall@1/5/
 10/20, Any@k, All@k, NDCG@10 (binary gains), MRR; categories 1-4 are the headline, category 5
-(adversarial) is reported separately. Ends with one JSON line.
+(adversarial) is reported separately, each with a 95% bootstrap interval.
+
+Generalisation (``--grid``): a product constant read at query time (``search.VECTOR_WEIGHT``,
+a name under ``agentmemory_server.retrieval``) is tried at each value; leave-one-conversation-out
+picks the value on four conversations and scores it on the fifth, rotated, and the pooled
+held-out figure is printed beside the plain one (the product's current values). ``--out`` keeps
+per-question rows; ``--compare`` prints paired differences with intervals against such a file: a
+change counts when its interval excludes zero. Embeddings are cached on disk keyed by model and
+text hash (``embed_cache.py``), so only the first run embeds. Ends with one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
+import itertools
 import json
 import math
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +48,11 @@ from agentmemory_server.retrieval import vectors  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from embed_cache import CachedEmbedder, default_dir  # noqa: E402
+from locomo_eval import HEADLINE, Rows, best_in_sample, cross_validate, paired  # noqa: E402
+from locomo_eval import summary as summary_of  # noqa: E402
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 KS = (1, 5, 10, 20)
@@ -152,19 +170,75 @@ def print_table(mode: str, per_question: list[tuple[int, dict[str, float]]]) -> 
     return summary
 
 
+# -- parameters, tuned or set -------------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_params(items: list[str]) -> dict[str, list[Any]]:
+    """``module.NAME=v1,v2`` -> {module.NAME: [v1, v2]} (module under agentmemory_server.retrieval)."""
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        name, _, raw = item.partition("=")
+        out[name.strip()] = [parse_value(v) for v in raw.split(",")]
+    return out
+
+
+def assign(values: dict[str, Any]) -> dict[str, Any]:
+    """Set module constants of the product (a parameter as the code reads it); returns the old values."""
+    old = {}
+    for name, value in values.items():
+        module_name, _, attr = name.rpartition(".")
+        module = importlib.import_module(f"agentmemory_server.retrieval.{module_name}")
+        if not hasattr(module, attr):
+            raise SystemExit(f"no parameter {name} in the product")
+        old[name] = getattr(module, attr)
+        setattr(module, attr, value)
+    return old
+
+
+def configurations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid; the first is the product's current values."""
+    current = assign({})
+    for name in grid:
+        module_name, _, attr = name.rpartition(".")
+        current[name] = getattr(importlib.import_module(f"agentmemory_server.retrieval.{module_name}"), attr)
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    return [current] + [c for c in combos if c != current]
+
+
+def label(config: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items()) or "defaults"
+
+
 # -- main ---------------------------------------------------------------------------------------------------------
 
 
-def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy") -> dict[str, Any]:
+def runtime_for(tmp: str, provider: str, engine: str, cache: Path | None) -> Any:
+    rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
+                                         lexical_engine=engine, auth="off"))
+    service = vectors.service(rt)
+    if cache is not None and service.embedder is not None:
+        service.embedder = CachedEmbedder(service.embedder, cache)
+    return rt
+
+
+def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy",
+        grid: dict[str, list[Any]] | None = None, cache: Path | None = None) -> dict[str, Any]:
     samples = json.loads(data_path.read_text())[:limit]
-    results: dict[str, list[tuple[int, dict[str, float]]]] = {m: [] for m in modes}
+    configs = configurations(grid or {})
+    rows: dict[str, dict[str, Rows]] = {m: {label(c): [] for c in configs} for m in modes}
     latencies: dict[str, list[float]] = {m: [] for m in modes}
     modes_seen: dict[str, set[str]] = {m: set() for m in modes}
     timing = {"ingest_s": 0.0, "embed_s": 0.0, "turns": 0}
     for sample in samples:
         with tempfile.TemporaryDirectory() as tmp:
-            rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
-                                                 lexical_engine=engine, auth="off"))
+            rt = runtime_for(tmp, provider, engine, cache)
             try:
                 ctx = Ctx(rt, source="bench")
                 t0 = time.perf_counter()
@@ -177,34 +251,98 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None, eng
                 timing["embed_s"] += t2 - t1
                 timing["turns"] += len(mapping)
                 known = set(mapping.values())
-                for qa in sample["qa"]:
+                for number, qa in enumerate(sample["qa"]):
                     evidence = repair_evidence(qa.get("evidence") or [], known)
                     if not evidence:
                         continue
-                    for mode in modes:
-                        q0 = time.perf_counter()
-                        hits, used = ask(ctx, sample["sample_id"], qa["question"], mode)
-                        latencies[mode].append((time.perf_counter() - q0) * 1000)
-                        modes_seen[mode].add(used)
-                        ranked = list(dict.fromkeys(mapping[h["obsId"]] for h in hits if h["obsId"] in mapping))
-                        results[mode].append((qa["category"], score(ranked, evidence)))
+                    for c, config in enumerate(configs):
+                        old = assign(config)
+                        try:
+                            for mode in modes:
+                                q0 = time.perf_counter()
+                                hits, used = ask(ctx, sample["sample_id"], qa["question"], mode)
+                                if c == 0:
+                                    latencies[mode].append((time.perf_counter() - q0) * 1000)
+                                modes_seen[mode].add(used)
+                                ranked = list(dict.fromkeys(mapping[h["obsId"]] for h in hits if h["obsId"] in mapping))
+                                rows[mode][label(config)].append({"conv": sample["sample_id"], "q": number,
+                                                                  "cat": qa["category"], "m": score(ranked, evidence)})
+                        finally:
+                            assign(old)
             finally:
                 rt.close()
         print(f"{sample['sample_id']}: {len(mapping)} turns", flush=True)
     turns = max(timing["turns"], 1)
     print(f"\ningest: {timing['turns']} turns in {timing['ingest_s']:.1f} s "
           f"({timing['ingest_s'] / turns * 1000:.2f} ms/turn); embedding ({provider}): {timing['embed_s']:.1f} s "
-          f"({timing['turns'] / max(timing['embed_s'], 1e-9):.0f} turns/s)")
+          f"({timing['turns'] / max(timing['embed_s'], 1e-9):.0f} turns/s{', cached' if cache else ''})")
     summary: dict[str, Any] = {}
     for mode in modes:
+        by_config = rows[mode]
+        plain = by_config[label(configs[0])]
+        summary[mode] = print_table(f"{mode} (plain: {label(configs[0])})", [(r["cat"], r["m"]) for r in plain])
+        summary[mode]["rows"] = {"plain": plain}
+        summary[mode]["ci"] = {"plain": intervals(plain)}
+        if len(configs) > 1:
+            best = best_in_sample(by_config, TUNE_METRICS)
+            pooled, chosen = cross_validate(by_config, TUNE_METRICS)
+            summary[mode]["ci"]["in_sample_best"] = intervals(by_config[best])
+            summary[mode]["in_sample_best"] = best
+            print_table(f"{mode} (cross-validated, leave one conversation out)", [(r["cat"], r["m"]) for r in pooled])
+            summary[mode]["rows"]["cv"] = pooled
+            summary[mode]["ci"]["cv"] = intervals(pooled)
+            summary[mode]["chosen"] = chosen
+            print(f"best on all conversations (in-sample): {best}")
+            for conv, config in chosen.items():
+                print(f"  held out {conv}: tuned on the others -> {config}")
+        print_intervals(summary[mode]["ci"])
         lat = sorted(latencies[mode])
-        summary[mode] = print_table(mode, results[mode])
         summary[mode]["latency_ms"] = {"p50": round(statistics.median(lat), 2),
                                        "p95": round(lat[int(len(lat) * 0.95) - 1], 2)}
         summary[mode]["reported_modes"] = sorted(modes_seen[mode])
         print(f"query latency ({mode}, in-process smart-search): p50 {summary[mode]['latency_ms']['p50']} ms, "
               f"p95 {summary[mode]['latency_ms']['p95']} ms; modes reported: {sorted(modes_seen[mode])}")
     return {"timing": {k: round(v, 2) for k, v in timing.items()}, "modes": summary}
+
+
+TUNE_METRICS = ("R@10", "NDCG@10")
+CI_METRICS = ("R@10", "NDCG@10")
+
+
+def intervals(rows: Rows) -> dict[str, Any]:
+    """Bootstrap intervals of the headline metrics, overall (1-4) and per category."""
+    out: dict[str, Any] = {}
+    for name, cats in [("overall 1-4", HEADLINE)] + [(CATEGORIES[c], (c,)) for c in HEADLINE]:
+        out[name] = {m: summary_of(rows, m, cats) for m in CI_METRICS}
+    return out
+
+
+def print_intervals(ci: dict[str, Any]) -> None:
+    print("95% bootstrap intervals (over questions):")
+    for kind, table in ci.items():
+        for name, metrics in table.items():
+            text = "; ".join(f"{m} {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" for m, v in metrics.items())
+            print(f"  {kind:<15} {name:<12} {text}")
+
+
+def compare(summary: dict[str, Any], baseline_path: Path) -> dict[str, Any]:
+    """Paired differences against an earlier ``--out`` file (plain vs plain, cv vs cv)."""
+    baseline = json.loads(baseline_path.read_text())["modes"]
+    out: dict[str, Any] = {}
+    print(f"\n== against {baseline_path} (paired bootstrap, 95%) ==")
+    for mode, data in summary["modes"].items():
+        if mode not in baseline:
+            continue
+        for kind, new_rows in data["rows"].items():
+            old_rows = baseline[mode]["rows"].get(kind) or baseline[mode]["rows"]["plain"]
+            for name, cats in [("overall 1-4", HEADLINE)] + [(CATEGORIES[c], (c,)) for c in HEADLINE]:
+                for metric in CI_METRICS:
+                    d = paired(new_rows, old_rows, metric, cats)
+                    out[f"{mode}/{kind}/{name}/{metric}"] = d
+                    flag = "  *" if d["significant"] else ""
+                    print(f"  {mode:<7}{kind:<6}{name:<12}{metric:<8} {d['delta']:+.4f} [{d['lo']:+.4f}, "
+                          f"{d['hi']:+.4f}]{flag}")
+    return out
 
 
 def default_data() -> Path:
@@ -223,12 +361,39 @@ def main() -> None:
     parser.add_argument("--provider", default="local", choices=["local", "hash", "gemini", "none"])
     parser.add_argument("--limit", type=int, help="only the first N conversations")
     parser.add_argument("--engine", default="tantivy", choices=["tantivy", "fts5"], help="lexical engine")
+    parser.add_argument("--set", action="append", default=[], metavar="module.NAME=VALUE",
+                        help="run with a product constant changed, e.g. search.VECTOR_WEIGHT=0.7 (repeatable)")
+    parser.add_argument("--grid", action="append", default=[], metavar="module.NAME=V1,V2",
+                        help="tune a query-time constant over these values, leave one conversation out (repeatable)")
+    parser.add_argument("--out", help="write per-question results here (JSON), for --compare later")
+    parser.add_argument("--compare", help="an earlier --out file: print paired differences with 95%% intervals")
+    parser.add_argument("--no-cache", action="store_true", help="embed everything again (no disk cache)")
     opts = parser.parse_args()
-    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine)
+    fixed = {k: v[0] for k, v in parse_params(opts.set).items()}
+    assign(fixed)
+    cache = None if opts.no_cache else default_dir()
+    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine,
+                  parse_params(opts.grid), cache)
+    stamp = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "set": opts.set, "grid": opts.grid,
+             "engine": opts.engine, "provider": opts.provider}
+    if opts.compare:
+        summary["compare"] = compare(summary, Path(opts.compare))
+    if opts.out:
+        Path(opts.out).write_text(json.dumps({**stamp, **summary}))
     headline = {mode: {k: summary["modes"][mode]["overall 1-4"][k] for k in ("n", "R@5", "R@10", "R@20", "NDCG@10", "MRR")}
                 for mode in summary["modes"]}
-    print(json.dumps({"benchmark": "locomo-dev", "provider": opts.provider, "overall_1_4": headline,
+    cv = {mode: {m: v["mean"] for m, v in data["ci"]["cv"]["overall 1-4"].items()}
+          for mode, data in summary["modes"].items() if "cv" in data["ci"]}
+    print(json.dumps({"benchmark": "locomo-dev", **stamp, "overall_1_4": headline, "cross_validated": cv,
                       "timing": summary["timing"]}))
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        return out.stdout.strip()
+    except OSError:
+        return "?"
 
 
 if __name__ == "__main__":
