@@ -70,3 +70,32 @@ class CachedEmbedder:
 
     def __getattr__(self, name: str) -> Any:  # anything else the service asks of its embedder
         return getattr(self.inner, name)
+
+
+class CachedCrossEncoder:
+    """A cross-encoder's (query, text) scores cached on disk the same way: a grid over how the
+    scores are used (depth, weight) scores each pair once."""
+
+    def __init__(self, inner: Any, directory: Path | None = None):
+        self.inner = inner
+        directory = directory or default_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", inner.model_id)
+        self._db = sqlite3.connect(directory / f"{name}-pairs.sqlite3", check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS score (key TEXT PRIMARY KEY, v REAL)")
+        self._lock = threading.Lock()
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        keys = [hashlib.sha256(f"{query}\x00{t}".encode("utf-8", "replace")).hexdigest() for t in texts]
+        with self._lock:
+            marks = ",".join("?" * len(keys))
+            found = dict(self._db.execute(f"SELECT key, v FROM score WHERE key IN ({marks})", keys).fetchall())
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        if missing:
+            fresh = self.inner.score(query, [texts[i] for i in missing])
+            with self._lock:
+                self._db.executemany("INSERT OR REPLACE INTO score VALUES (?, ?)",
+                                     [(keys[i], float(v)) for i, v in zip(missing, fresh, strict=True)])
+                self._db.commit()
+            found.update({keys[i]: float(v) for i, v in zip(missing, fresh, strict=True)})
+        return np.array([found[k] for k in keys], dtype=np.float32)

@@ -44,13 +44,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from agentmemory_server.kernel import registry  # noqa: E402
-from agentmemory_server.retrieval import vectors  # noqa: E402
+from agentmemory_server.retrieval import rerank, vectors  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from embed_cache import CachedEmbedder, default_dir  # noqa: E402
+from embed_cache import CachedCrossEncoder, CachedEmbedder, default_dir  # noqa: E402
 from locomo_eval import HEADLINE, Rows, best_in_sample, cross_validate, paired  # noqa: E402
 from locomo_eval import summary as summary_of  # noqa: E402
 
@@ -122,9 +122,13 @@ def ingest(ctx: Ctx, sample: dict[str, Any]) -> dict[str, str]:
     return mapping
 
 
+RERANK = False  # --rerank: ask for the cross-encoder second stage
+
+
 def ask(ctx: Ctx, project: str, question: str, mode: str) -> tuple[list[dict], str]:
     data, _ = registry.unwrap(registry.call(ctx, "memory_smart_search", {
-        "query": question, "project": project, "limit": 20, "includeLessons": False, "mode": mode}))
+        "query": question, "project": project, "limit": 20, "includeLessons": False, "mode": mode,
+        "rerank": RERANK}))
     return data["results"], data["mode"]
 
 
@@ -219,12 +223,21 @@ def label(config: dict[str, Any]) -> str:
 # -- main ---------------------------------------------------------------------------------------------------------
 
 
+EMBEDDER: str | None = None  # --embedder: a candidate from bench/candidates.py instead of the provider's
+
+
 def runtime_for(tmp: str, provider: str, engine: str, cache: Path | None) -> Any:
     rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
                                          lexical_engine=engine, auth="off"))
     service = vectors.service(rt)
+    if EMBEDDER:
+        import candidates
+
+        service.embedder = candidates.make(EMBEDDER)
     if cache is not None and service.embedder is not None:
         service.embedder = CachedEmbedder(service.embedder, cache)
+    if cache is not None and RERANK and not isinstance(rerank._shared, CachedCrossEncoder):
+        rerank._shared = CachedCrossEncoder(rerank.CrossEncoder(), cache)  # type: ignore[assignment]
     return rt
 
 
@@ -368,14 +381,19 @@ def main() -> None:
     parser.add_argument("--out", help="write per-question results here (JSON), for --compare later")
     parser.add_argument("--compare", help="an earlier --out file: print paired differences with 95%% intervals")
     parser.add_argument("--no-cache", action="store_true", help="embed everything again (no disk cache)")
+    parser.add_argument("--rerank", action="store_true", help="ask smart-search to rerank with the cross-encoder")
+    parser.add_argument("--embedder", help="a candidate local embedder (bench/candidates.py), e.g. bge-small")
     opts = parser.parse_args()
+    global EMBEDDER, RERANK
+    EMBEDDER, RERANK = opts.embedder, opts.rerank
     fixed = {k: v[0] for k, v in parse_params(opts.set).items()}
     assign(fixed)
     cache = None if opts.no_cache else default_dir()
     summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine,
                   parse_params(opts.grid), cache)
     stamp = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "set": opts.set, "grid": opts.grid,
-             "engine": opts.engine, "provider": opts.provider}
+             "engine": opts.engine, "provider": opts.provider,
+             "embedder": opts.embedder, "rerank": opts.rerank}
     if opts.compare:
         summary["compare"] = compare(summary, Path(opts.compare))
     if opts.out:

@@ -357,6 +357,14 @@ SETTINGS: tuple[Setting, ...] = (
         "How hybrid search merges the BM25 and vector rankings: score (each ranking's scores "
         "normalised to 0-1, weighted sum) or rrf (reciprocal rank fusion, k=60).",
     ),
+    Setting(
+        "search_rerank",
+        ("AGENTMEMORY_SEARCH_RERANK",),
+        False,
+        _bool,
+        "Rerank the top hybrid candidates with a cross-encoder by default (a search's own "
+        "'rerank' wins). Off by default: it costs tens of ms per query on two cores.",
+    ),
     # -- memory model (lessons, slots, reflection, retention)
     Setting(
         "lesson_decay_enabled",
