@@ -102,6 +102,7 @@ HOOKS = Hooks(
     remember=(relations.record_supersede_relation,),
     reindex=(maintenance.reembed_vectors,),
     context_blocks=(
+        ("relevant", context.relevant_records),
         ("past_sessions", context.past_sessions),
         ("lessons", lessons.lessons_block),
         ("profile", profiles.profile_block),
