@@ -193,25 +193,41 @@ def parse_params(items: list[str]) -> dict[str, list[Any]]:
     return out
 
 
+CURRENT_RT: Any = None  # the runtime being asked: ``settings.NAME`` parameters are set on it
+
+
+def _target(name: str) -> tuple[Any, str]:
+    module_name, _, attr = name.rpartition(".")
+    if module_name == "settings":
+        return CURRENT_RT.settings._values, attr
+    return importlib.import_module(f"agentmemory_server.retrieval.{module_name}"), attr
+
+
 def assign(values: dict[str, Any]) -> dict[str, Any]:
-    """Set module constants of the product (a parameter as the code reads it); returns the old values."""
+    """Set product parameters as the code reads them: a module constant under
+    ``agentmemory_server.retrieval`` (``search.VECTOR_WEIGHT``) or a setting of the runtime being
+    asked (``settings.search_max_per_session``); returns the old values."""
     old = {}
     for name, value in values.items():
-        module_name, _, attr = name.rpartition(".")
-        module = importlib.import_module(f"agentmemory_server.retrieval.{module_name}")
-        if not hasattr(module, attr):
+        target, attr = _target(name)
+        if isinstance(target, dict):
+            if attr not in target:
+                raise SystemExit(f"no setting {attr}")
+            old[name], target[attr] = target[attr], value
+            continue
+        if not hasattr(target, attr):
             raise SystemExit(f"no parameter {name} in the product")
-        old[name] = getattr(module, attr)
-        setattr(module, attr, value)
+        old[name] = getattr(target, attr)
+        setattr(target, attr, value)
     return old
 
 
 def configurations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Every combination of the grid; the first is the product's current values."""
-    current = assign({})
+    current = {}
     for name in grid:
-        module_name, _, attr = name.rpartition(".")
-        current[name] = getattr(importlib.import_module(f"agentmemory_server.retrieval.{module_name}"), attr)
+        target, attr = _target(name)
+        current[name] = target[attr] if isinstance(target, dict) else getattr(target, attr)
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     return [current] + [c for c in combos if c != current]
 
@@ -243,15 +259,23 @@ def runtime_for(tmp: str, provider: str, engine: str, cache: Path | None) -> Any
 
 def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy",
         grid: dict[str, list[Any]] | None = None, cache: Path | None = None) -> dict[str, Any]:
+    global CURRENT_RT
     samples = json.loads(data_path.read_text())[:limit]
-    configs = configurations(grid or {})
+    if any(name.startswith("settings.") for name in grid or {}):
+        with tempfile.TemporaryDirectory() as tmp:  # the settings' current values, from a throwaway runtime
+            CURRENT_RT = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, auth="off",
+                                                         embedding_provider="none"))
+            configs = configurations(grid or {})
+            CURRENT_RT.close()
+    else:
+        configs = configurations(grid or {})
     rows: dict[str, dict[str, Rows]] = {m: {label(c): [] for c in configs} for m in modes}
     latencies: dict[str, list[float]] = {m: [] for m in modes}
     modes_seen: dict[str, set[str]] = {m: set() for m in modes}
     timing = {"ingest_s": 0.0, "embed_s": 0.0, "turns": 0}
     for sample in samples:
         with tempfile.TemporaryDirectory() as tmp:
-            rt = runtime_for(tmp, provider, engine, cache)
+            rt = CURRENT_RT = runtime_for(tmp, provider, engine, cache)
             try:
                 ctx = Ctx(rt, source="bench")
                 t0 = time.perf_counter()
