@@ -239,6 +239,7 @@ def label(config: dict[str, Any]) -> str:
 # -- main ---------------------------------------------------------------------------------------------------------
 
 
+CACHES: list[Any] = []  # the disk caches in use, for their hit counts
 EMBEDDER: str | None = None  # --embedder: a candidate from bench/candidates.py instead of the provider's
 
 
@@ -252,6 +253,7 @@ def runtime_for(tmp: str, provider: str, engine: str, cache: Path | None) -> Any
         service.embedder = candidates.make(EMBEDDER)
     if cache is not None and service.embedder is not None:
         service.embedder = CachedEmbedder(service.embedder, cache)
+        CACHES.append(service.embedder)
     if cache is not None and RERANK and not isinstance(rerank._shared, CachedCrossEncoder):
         rerank._shared = CachedCrossEncoder(rerank.CrossEncoder(), cache)  # type: ignore[assignment]
     return rt
@@ -312,7 +314,8 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None, eng
     turns = max(timing["turns"], 1)
     print(f"\ningest: {timing['turns']} turns in {timing['ingest_s']:.1f} s "
           f"({timing['ingest_s'] / turns * 1000:.2f} ms/turn); embedding ({provider}): {timing['embed_s']:.1f} s "
-          f"({timing['turns'] / max(timing['embed_s'], 1e-9):.0f} turns/s{', cached' if cache else ''})")
+          f"({timing['turns'] / max(timing['embed_s'], 1e-9):.0f} turns/s; disk cache: "
+          f"{sum(c.hits for c in CACHES)} hits, {sum(c.misses for c in CACHES)} embedded)")
     summary: dict[str, Any] = {}
     for mode in modes:
         by_config = rows[mode]
