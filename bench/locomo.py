@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.retrieval import rerank, vectors  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
+from agentmemory_server.kernel.settings import SETTINGS, Settings  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
-from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from embed_cache import CachedCrossEncoder, CachedEmbedder, default_dir  # noqa: E402
@@ -241,11 +241,12 @@ def label(config: dict[str, Any]) -> str:
 
 CACHES: list[Any] = []  # the disk caches in use, for their hit counts
 EMBEDDER: str | None = None  # --embedder: a candidate from bench/candidates.py instead of the provider's
+OVERRIDES: dict[str, Any] = {}  # --setting: runtime settings by name
 
 
 def runtime_for(tmp: str, provider: str, engine: str, cache: Path | None) -> Any:
     rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
-                                         lexical_engine=engine, auth="off"))
+                                         lexical_engine=engine, auth="off", **OVERRIDES))
     service = vectors.service(rt)
     if EMBEDDER:
         import candidates
@@ -400,6 +401,9 @@ def main() -> None:
     parser.add_argument("--modes", default="bm25,vector,hybrid")
     parser.add_argument("--provider", default="local", choices=["local", "hash", "gemini", "none"])
     parser.add_argument("--limit", type=int, help="only the first N conversations")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the runtime, by its name in kernel/settings.py (repeatable), "
+                             "e.g. local_model=minilm-l3 or embed_max_tokens=128")
     parser.add_argument("--engine", default="tantivy", choices=["tantivy", "fts5"], help="lexical engine")
     parser.add_argument("--set", action="append", default=[], metavar="module.NAME=VALUE",
                         help="run with a product constant changed, e.g. search.VECTOR_WEIGHT=0.7 (repeatable)")
@@ -413,6 +417,10 @@ def main() -> None:
     opts = parser.parse_args()
     global EMBEDDER, RERANK
     EMBEDDER, RERANK = opts.embedder, opts.rerank
+    for item in opts.setting:
+        name, _, value = item.partition("=")
+        spec = next(s for s in SETTINGS if s.name == name)
+        OVERRIDES[name] = spec.type(value)
     fixed = {k: v[0] for k, v in parse_params(opts.set).items()}
     assign(fixed)
     cache = None if opts.no_cache else default_dir()
@@ -420,7 +428,7 @@ def main() -> None:
                   parse_params(opts.grid), cache)
     stamp = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "set": opts.set, "grid": opts.grid,
              "engine": opts.engine, "provider": opts.provider,
-             "embedder": opts.embedder, "rerank": opts.rerank}
+             "embedder": opts.embedder, "rerank": opts.rerank, "settings": opts.setting}
     if opts.compare:
         summary["compare"] = compare(summary, Path(opts.compare))
     if opts.out:

@@ -6,9 +6,12 @@ later replace these fields with richer ones; nothing here needs a model.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
 
+from agentmemory_server.capture.describe import describe
 from agentmemory_server.kernel.util import stringify, truncate
 
 OBSERVATION_TYPES = (
@@ -143,6 +146,8 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         title = tool_name or hook_type
     parts = [prompt, input_text, stringify(f["toolOutput"]), stringify(f["message"])]
     narrative = " | ".join(p for p in parts if p)
+    if tool_name and not prompt:
+        title, narrative = describe(tool_name, f["toolInput"], f["toolOutput"], failed=hook_type == "post_tool_failure")
     if not narrative and data not in (None, "", {}):
         narrative = stringify(data)
 
@@ -160,4 +165,18 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         compressed["subtitle"] = truncate(input_text, 120)
     if tool_name:
         compressed["toolName"] = tool_name
+        compressed["contentHash"] = content_hash(hook_type, f, obs_type)
     return compressed
+
+
+def content_hash(hook_type: str, fields: dict[str, Any], obs_type: str) -> str:
+    """Fingerprint of what a tool event carries: two events of a session with the same one are
+    repeats (model compression skips the later, see models/triage.py). A file read is keyed by
+    its path and output, so reading the same unchanged content again matches whatever the
+    offsets or tool were."""
+    if obs_type == "file_read":
+        key = [hook_type, obs_type, extract_files(fields["toolInput"]), fields["toolOutput"]]
+    else:
+        key = [hook_type, normalise_tool_name(str(fields["toolName"])), fields["toolInput"], fields["toolOutput"]]
+    text = json.dumps(key, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]

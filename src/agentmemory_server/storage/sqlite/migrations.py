@@ -268,3 +268,164 @@ def _m007_lexical_outbox(conn: sqlite3.Connection) -> None:
         );
         """,
     )
+
+
+@migration("llm_usage")
+def _m008_llm_usage(conn: sqlite3.Connection) -> None:
+    # Model calls summed per UTC day, provider, model and feature (models/accounting.py): the
+    # token counts /health, the viewer and `agentmemory stats` show, and what the daily token
+    # budget is checked against. Aggregated in place, so the table grows by a few rows a day.
+    run_script(
+        conn,
+        """
+        CREATE TABLE llm_usage (
+            day TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            calls INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            latency_ms_total REAL NOT NULL DEFAULT 0,
+            latency_ms_max REAL NOT NULL DEFAULT 0,
+            skipped_budget INTEGER NOT NULL DEFAULT 0,
+            skipped_low_value INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, provider, model, feature)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
+@migration("search_counts")
+def _m009_search_counts(conn: sqlite3.Connection) -> None:
+    # Search rows per kind, kept by triggers, so /health's counts cost one small read instead of
+    # a GROUP BY over every row (100+ ms at a million records, on every health probe).
+    run_script(
+        conn,
+        """
+        CREATE TABLE search_counts (
+            kind TEXT PRIMARY KEY,
+            n INTEGER NOT NULL
+        );
+        INSERT INTO search_counts (kind, n) SELECT kind, count(*) FROM search_docs GROUP BY kind;
+        CREATE TRIGGER search_counts_insert AFTER INSERT ON search_docs BEGIN
+            INSERT INTO search_counts (kind, n) VALUES (new.kind, 1)
+            ON CONFLICT (kind) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER search_counts_delete AFTER DELETE ON search_docs BEGIN
+            UPDATE search_counts SET n = n - 1 WHERE kind = old.kind;
+        END;
+        CREATE TRIGGER search_counts_kind AFTER UPDATE OF kind ON search_docs
+        WHEN old.kind IS NOT new.kind BEGIN
+            UPDATE search_counts SET n = n - 1 WHERE kind = old.kind;
+            INSERT INTO search_counts (kind, n) VALUES (new.kind, 1)
+            ON CONFLICT (kind) DO UPDATE SET n = n + 1;
+        END;
+        """,
+    )
+
+
+@migration("vector_log")
+def _m010_vector_log(conn: sqlite3.Connection) -> None:
+    # Every change to search_vectors (cascaded deletes too) appends the row's id here, in commit
+    # order (one writer at a time): a process's vector index applies the log past the seq it
+    # holds and so catches up with vectors any process wrote (vector_index.py). AUTOINCREMENT:
+    # a seq is never reused, even after the newest entries are pruned.
+    run_script(
+        conn,
+        """
+        CREATE TABLE vector_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, doc_rowid INTEGER NOT NULL);
+        CREATE TRIGGER search_vectors_logged_insert AFTER INSERT ON search_vectors
+            BEGIN INSERT INTO vector_log (doc_rowid) VALUES (new.doc_rowid); END;
+        CREATE TRIGGER search_vectors_logged_update AFTER UPDATE ON search_vectors
+            BEGIN INSERT INTO vector_log (doc_rowid) VALUES (new.doc_rowid); END;
+        CREATE TRIGGER search_vectors_logged_delete AFTER DELETE ON search_vectors
+            BEGIN INSERT INTO vector_log (doc_rowid) VALUES (old.doc_rowid); END;
+        """,
+    )
+
+
+@migration("background_work")
+def _m011_background_work(conn: sqlite3.Connection) -> None:
+    # Periodic jobs run once per database, whichever worker gets there first (a conditional
+    # update claims a due run); background workers say they are alive with a heartbeat row.
+    run_script(
+        conn,
+        """
+        CREATE TABLE periodic_jobs (
+            name TEXT PRIMARY KEY,
+            next_run REAL NOT NULL,
+            holder TEXT,
+            runs INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            last_run REAL,
+            last_error TEXT
+        );
+        CREATE TABLE workers (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            beat_at REAL NOT NULL,
+            info TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(info))
+        );
+        """,
+    )
+
+
+@migration("capture_inbox_and_images")
+def _m012_capture_inbox_and_images(conn: sqlite3.Connection) -> None:
+    # The capture inbox keeps hook events that did not become an observation (processing failed,
+    # the session was full, a capture filter refused the tool) with their attempts, so nothing is
+    # lost without a trace; capture_counts counts what the pipeline changed or refused (unknown
+    # hook types, truncated fields, filtered tools). Images moved out of hook payloads live as
+    # files named by their sha256 beside the database; `images` knows each file and
+    # `image_links` which search row references it (deleted with the row, so a forgotten record
+    # releases its images without any caller remembering to).
+    run_script(
+        conn,
+        """
+        CREATE TABLE capture_inbox (
+            event_id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            session_id TEXT,
+            hook_type TEXT,
+            tool_name TEXT,
+            agent_id TEXT,
+            body TEXT NOT NULL CHECK (json_valid(body)),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try REAL NOT NULL DEFAULT 0,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX capture_inbox_due ON capture_inbox (status, next_try);
+        CREATE INDEX capture_inbox_age ON capture_inbox (status, updated_at, event_id);
+        CREATE INDEX capture_inbox_recent ON capture_inbox (updated_at, event_id);
+
+        CREATE TABLE capture_counts (
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            count INTEGER NOT NULL DEFAULT 0,
+            last_at TEXT NOT NULL,
+            PRIMARY KEY (kind, name)
+        );
+
+        CREATE TABLE images (
+            id TEXT PRIMARY KEY,
+            mime TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            evicted_at TEXT
+        );
+        CREATE INDEX images_created ON images (created_at);
+        CREATE TABLE image_links (
+            doc_rowid INTEGER NOT NULL REFERENCES search_docs (id) ON DELETE CASCADE,
+            image_id TEXT NOT NULL,
+            PRIMARY KEY (doc_rowid, image_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX image_links_image ON image_links (image_id);
+        """,
+    )

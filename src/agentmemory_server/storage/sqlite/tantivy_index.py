@@ -12,7 +12,9 @@ rebuilt at start-up in the normal case. Records not committed yet are scored by
 
 When the index is missing, unreadable, or older than the records (it was built while another
 engine served writes), it is rebuilt in the background with progress in /health, and searches
-are answered by FTS5 meanwhile (``search`` returns None).
+are answered by FTS5 meanwhile (``search`` returns None). An idle applier also checks now and
+then that the index holds exactly one document per active search row; a difference (a lost
+segment, a bug) is repaired by a rebuild while the old index keeps answering.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +56,10 @@ COMMIT_MAX_CHANGES = 100_000
 # More pending records than this and searches are answered by FTS5 until the applier catches up
 # (a crash with a long outbox, a bulk import): scoring them in Python would cost more than that.
 PENDING_LIMIT = 2000
+# How often an idle applier compares the index with the search rows (the first check runs soon
+# after start-up); diagnose's heal asks for one at once.
+VERIFY_SECONDS = 600.0
+FIRST_VERIFY_SECONDS = 30.0
 AVG_LEN_SAMPLE = 1000
 AVG_LEN_SECONDS = 600.0
 DOC_SQL = (
@@ -120,7 +126,11 @@ class TantivyLexical:
         self.pending = PendingIndex(self.analyze, self.repeats)
         self.building: dict[str, int] | None = None
         self.last_error: str | None = None
+        self.verified: dict[str, Any] | None = None
+        self.repairs = 0
+        self._next_verify = time.monotonic() + FIRST_VERIFY_SECONDS
         self._wake, self._stop = threading.Event(), threading.Event()
+        self._view: tuple[tantivy.Searcher, int | None] | None = None
         self.index = self._open(stale)
         # A store with no search rows yet needs no build: its outbox holds every change to come.
         self._fresh = self._read_meta(self.index.searcher()) is None and not self._has_docs()
@@ -153,6 +163,7 @@ class TantivyLexical:
             writer.delete_documents_by_query(self._rowid_query(META_ROWID))
             writer.commit()
             index.reload()
+            self._view = None
 
     def _rowid_query(self, rowid: int) -> tantivy.Query:
         # A term query, not delete_documents_by_term: the latter takes a Python int as an i64
@@ -163,6 +174,19 @@ class TantivyLexical:
         return self.analyzer.analyze(text) if text else []
 
     # ---- state -------------------------------------------------------------------------------------
+    def _reload(self) -> None:
+        self.index.reload()
+        self._view = None
+
+    def view(self) -> tuple[tantivy.Searcher, int | None]:
+        """The current searcher and the outbox sequence its commit holds (``committed_seq``),
+        read once per reload rather than by a metadata query on every search."""
+        view = self._view
+        if view is None:
+            searcher = self.index.searcher()
+            view = self._view = (searcher, self.committed_seq(searcher))
+        return view
+
     def committed_seq(self, searcher: tantivy.Searcher) -> int | None:
         """The outbox sequence the searcher's commit includes; None: the index is not built."""
         seq = self._read_meta(searcher)
@@ -179,8 +203,7 @@ class TantivyLexical:
         return bool(self._db.reader().conn.execute("SELECT EXISTS (SELECT 1 FROM search_docs)").fetchone()[0])
 
     def health(self) -> dict[str, Any]:
-        searcher = self.index.searcher()
-        committed = self.committed_seq(searcher)
+        searcher, committed = self.view()
         conn = self._db.reader().conn
         newest = conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0]
         state = "building" if self.building else "ready" if committed is not None else "not built"
@@ -192,6 +215,8 @@ class TantivyLexical:
             "pending": max(0, newest - (committed or 0)) if committed is not None else None,
             "applier": self._writer is not None,
             "rebuild": self.building,
+            "verified": self.verified,
+            "repairs": self.repairs,
             "lastError": self.last_error,
         }
 
@@ -235,10 +260,8 @@ class TantivyLexical:
         filters: Mapping[str, Any],
         files: list[list[str]] | None,
     ) -> list[Doc] | None:
-        if self.building:
-            return None
-        searcher = self.index.searcher()
-        committed = self.committed_seq(searcher)
+        # During a rebuild the last commit keeps answering (a repair), or there is none (FTS5 answers).
+        searcher, committed = self.view()
         if committed is None:
             return None
         if not clauses:
@@ -247,24 +270,34 @@ class TantivyLexical:
             if not self.pending.sync(conn, committed, PENDING_LIMIT):
                 return None
             hidden = self.pending.hidden
-            stats = Statistics(
-                max(0, searcher.num_docs - 1), searcher.doc_freq, self._avg_len(conn), self.pending.live()
-            )
+            stats = Statistics(max(0, searcher.num_docs - 1), searcher.doc_freq, self._avg_len(conn), self.pending)
             tail = self.pending.score(tokens, boosts, stats, filters)
             if files is not None:
                 matching = {d.rowid for d in self.pending.files_matching(files, filters)}
                 tail = [(s, d) for s, d in tail if d.rowid in matching]
-        query = self._with_filters(tantivy.Query.boolean_query(clauses), filters)
-        found = searcher.search(query, limit + len(hidden), count=False)
+        # Filters are Must clauses scoring 0, so scores equal the unfiltered query's. (Ranking
+        # the unfiltered query, which block-max WAND prunes, for more hits and filtering them
+        # was measured slower at 100k records with common-word queries: bench/scale.py corpus.)
+        scored = self._top(searcher, self._with_filters(tantivy.Query.boolean_query(clauses), filters), hidden, limit)
+        scored += [(score, doc.rowid) for score, doc in tail]
+        scored.sort(key=lambda pair: -pair[0])
+        return self._docs(conn, scored[:limit])
+
+    def _top(
+        self, searcher: tantivy.Searcher, query: tantivy.Query, hidden: set[int], limit: int
+    ) -> list[tuple[float, int]]:
+        """(score, rowid) of the best ``limit`` committed records, without the ``hidden`` ones
+        (committed copies that pending records replace, excluded inside the engine)."""
+        if hidden:
+            stale = tantivy.Query.term_set_query(self.schema, "rowid", sorted(hidden))
+            query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), (tantivy.Occur.MustNot, stale)])
+        found = searcher.search(query, limit, count=False)
         rowids = searcher.fast_field_values("rowid", [address for _score, address in found.hits])
-        scored = [
+        return [
             (float(score), rowid)
             for (score, _a), rowid in zip(found.hits, rowids, strict=True)
             if isinstance(rowid, int) and rowid not in hidden
         ]
-        scored += [(score, doc.rowid) for score, doc in tail]
-        scored.sort(key=lambda pair: -pair[0])
-        return self._docs(conn, scored[:limit])
 
     def _with_filters(self, text: tantivy.Query, filters: Mapping[str, Any]) -> tantivy.Query:
         """The text query restricted by the index filters (see ``SearchIndex``); filters score 0."""
@@ -344,7 +377,8 @@ class TantivyLexical:
         lower_thread_priority(10)
         while not self._stop.is_set():
             try:
-                self.apply(commit_due=False)
+                if not self.apply(commit_due=False):
+                    self.verify()
             except Exception as exc:  # noqa: BLE001 - the applier must survive anything; searches fall back
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.exception("applying the lexical outbox failed")
@@ -376,6 +410,42 @@ class TantivyLexical:
             if self._uncommitted and (commit_due or due):
                 self._commit(writer)
             return len(rows)
+
+    def request_verify(self) -> None:
+        """Check the index against the records on the applier's next idle moment."""
+        self._next_verify = 0.0
+        self._wake.set()
+
+    def verify(self, *, force: bool = False) -> dict[str, Any] | None:
+        """When due (or ``force``) and nothing is waiting to be applied, compare the index's
+        document count with the active search rows in one consistent read; rebuild on a
+        difference. Returns the comparison, or None when it did not run."""
+        with self._lock:
+            if not force and time.monotonic() < self._next_verify:
+                return None
+            writer = self._acquire_writer()
+            if writer is None or self._uncommitted or self.building is not None:
+                return None
+            with self._db.snapshot_reader() as store:
+                conn = store.conn
+                newest = conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0]
+                records = conn.execute("SELECT count(*) FROM search_docs WHERE active = 1").fetchone()[0]
+            if newest > self._committed:
+                return None  # writes arrived since; the next idle moment compares
+            self._next_verify = time.monotonic() + VERIFY_SECONDS
+            self._reload()
+            documents = max(0, self.view()[0].num_docs - 1)
+            self.verified = {
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "documents": documents,
+                "records": records,
+                "ok": documents == records,
+            }
+            if documents != records:
+                self.repairs += 1
+                log.warning("the lexical index holds %d documents for %d records; rebuilding it", documents, records)
+                self._rebuild(self._db.reader().conn, writer)
+            return self.verified
 
     def flush(self) -> None:
         """Apply the whole outbox and commit now (admin commands, shutdown, tests)."""
@@ -453,7 +523,7 @@ class TantivyLexical:
         meta.add_unsigned("meta_seq", self._applied)
         writer.add_document(meta)
         writer.commit()
-        self.index.reload()
+        self._reload()
         self._committed, self._uncommitted, self._last_commit = self._applied, 0, time.monotonic()
         with self._db.transaction("lexical_commit") as unit:
             unit.conn.execute("DELETE FROM lexical_outbox WHERE seq <= ?", (self._committed,))
