@@ -252,6 +252,8 @@ def runtime_for(tmp: str, provider: str, engine: str, cache: Path | None) -> Any
         import candidates
 
         service.embedder = candidates.make(EMBEDDER)
+        service._index = None  # the nearest-neighbour index is per model: open this one's
+        service.index  # noqa: B018 - opened now, so draining the backlog also fills it
     if cache is not None and service.embedder is not None:
         service.embedder = CachedEmbedder(service.embedder, cache)
         CACHES.append(service.embedder)
