@@ -335,6 +335,10 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None, eng
             summary[mode]["rows"]["cv"] = pooled
             summary[mode]["ci"]["cv"] = intervals(pooled)
             summary[mode]["chosen"] = chosen
+            for name, config_rows in by_config.items():
+                means = {m: statistics.fmean(r["m"][m] for r in config_rows if r["cat"] in HEADLINE)
+                         for m in TUNE_METRICS}
+                print(f"  in-sample {name}: " + ", ".join(f"{m} {v:.4f}" for m, v in means.items()))
             print(f"best on all conversations (in-sample): {best}")
             for conv, config in chosen.items():
                 print(f"  held out {conv}: tuned on the others -> {config}")

