@@ -335,7 +335,8 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         _bool,
         "Rerank the top hybrid candidates with a cross-encoder by default (a search's own "
-        "'rerank' wins). Off by default: it costs tens of ms per query on two cores.",
+        "'rerank' wins). Off by default: the cross-encoder reads 40 candidates per query, far more CPU "
+        "than smart-search's 25 ms p95 budget allows on two cores (docs/retrieval.md).",
     ),
     # -- memory model (lessons, slots, reflection, retention)
     Setting(
