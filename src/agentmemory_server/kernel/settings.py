@@ -286,10 +286,11 @@ SETTINGS: tuple[Setting, ...] = (
         "local_model",
         ("AGENTMEMORY_LOCAL_MODEL",),
         "minilm-l6",
-        _choice("minilm-l6", "minilm-l3", "minilm-l3-int8"),
+        _choice("minilm-l6", "minilm-l3", "minilm-l3-int8", "bge-small"),
         "Bundled model of the `local` provider: `minilm-l6` (all-MiniLM-L6-v2 int8), `minilm-l3` "
         "(paraphrase-MiniLM-L3-v2, faster, weaker), `minilm-l3-int8` (the same quantised on first use; "
-        "needs the `onnx` package). Changing it re-embeds every record in the background.",
+        "needs the `onnx` package), `bge-small` (bge-small-en-v1.5 int8 from the reranker's wheel: "
+        "better by vectors alone). Changing it re-embeds every record in the background.",
     ),
     Setting(
         "embed_threads",
