@@ -1,7 +1,8 @@
 """Retrieval quality on the LoCoMo development split, through the product's own paths.
 
     python bench/locomo.py [DATA] [--modes bm25,vector,hybrid] [--provider local|hash] [--limit N]
-                           [--database-url postgresql://.../postgres]
+        [--set module.NAME=VALUE ...] [--grid module.NAME=V1,V2 ...] [--out FILE] [--compare FILE]
+        [--database-url postgresql://.../postgres]
 
 DATA defaults to ../shared/bench/locomo-dev.json (relative to the repository); it is read for
 evaluation only and never copied. Each conversation is loaded into a fresh temporary database
@@ -11,12 +12,23 @@ backlog is drained by the vector subsystem's own worker code, and every question
 through ``memory_smart_search`` restricted to that project. Hits map back to dia_ids through the
 observation ids ``agent_observe`` returned. Metrics (macro-averaged per question): Recall@1/5/
 10/20, Any@k, All@k, NDCG@10 (binary gains), MRR; categories 1-4 are the headline, category 5
-(adversarial) is reported separately. Ends with one JSON line.
+(adversarial) is reported separately, each with a 95% bootstrap interval.
+
+Generalisation (``--grid``): a product constant read at query time (``search.VECTOR_WEIGHT``,
+a name under ``agentmemory_server.retrieval``) is tried at each value; leave-one-conversation-out
+picks the value on four conversations and scores it on the fifth, rotated, and the pooled
+held-out figure is printed beside the plain one (the product's current values). ``--out`` keeps
+per-question rows; ``--compare`` prints paired differences with intervals against such a file: a
+change counts when its interval excludes zero. Embeddings are cached on disk keyed by model and
+text hash (``embed_cache.py``), so only the first run embeds. Ends with one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
+import itertools
 import json
 import math
 import os
@@ -35,10 +47,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from agentmemory_server.kernel import registry  # noqa: E402
-from agentmemory_server.retrieval import vectors  # noqa: E402
+from agentmemory_server.retrieval import rerank, vectors  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.kernel.settings import SETTINGS, Settings  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from embed_cache import CachedCrossEncoder, CachedEmbedder, default_dir  # noqa: E402
+from locomo_eval import HEADLINE, Rows, best_in_sample, cross_validate, paired  # noqa: E402
+from locomo_eval import summary as summary_of  # noqa: E402
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 KS = (1, 5, 10, 20)
@@ -108,9 +125,13 @@ def ingest(ctx: Ctx, sample: dict[str, Any]) -> dict[str, str]:
     return mapping
 
 
+RERANK = False  # --rerank: ask for the cross-encoder second stage
+
+
 def ask(ctx: Ctx, project: str, question: str, mode: str) -> tuple[list[dict], str]:
     data, _ = registry.unwrap(registry.call(ctx, "memory_smart_search", {
-        "query": question, "project": project, "limit": 20, "includeLessons": False, "mode": mode}))
+        "query": question, "project": project, "limit": 20, "includeLessons": False, "mode": mode,
+        "rerank": RERANK}))
     return data["results"], data["mode"]
 
 
@@ -156,6 +177,68 @@ def print_table(mode: str, per_question: list[tuple[int, dict[str, float]]]) -> 
     return summary
 
 
+# -- parameters, tuned or set -------------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_params(items: list[str]) -> dict[str, list[Any]]:
+    """``module.NAME=v1,v2`` -> {module.NAME: [v1, v2]} (module under agentmemory_server.retrieval)."""
+    out: dict[str, list[Any]] = {}
+    for item in items:
+        name, _, raw = item.partition("=")
+        out[name.strip()] = [parse_value(v) for v in raw.split(",")]
+    return out
+
+
+CURRENT_RT: Any = None  # the runtime being asked: ``settings.NAME`` parameters are set on it
+
+
+def _target(name: str) -> tuple[Any, str]:
+    module_name, _, attr = name.rpartition(".")
+    if module_name == "settings":
+        return CURRENT_RT.settings._values, attr
+    return importlib.import_module(f"agentmemory_server.retrieval.{module_name}"), attr
+
+
+def assign(values: dict[str, Any]) -> dict[str, Any]:
+    """Set product parameters as the code reads them: a module constant under
+    ``agentmemory_server.retrieval`` (``search.VECTOR_WEIGHT``) or a setting of the runtime being
+    asked (``settings.search_max_per_session``); returns the old values."""
+    old = {}
+    for name, value in values.items():
+        target, attr = _target(name)
+        if isinstance(target, dict):
+            if attr not in target:
+                raise SystemExit(f"no setting {attr}")
+            old[name], target[attr] = target[attr], value
+            continue
+        if not hasattr(target, attr):
+            raise SystemExit(f"no parameter {name} in the product")
+        old[name] = getattr(target, attr)
+        setattr(target, attr, value)
+    return old
+
+
+def configurations(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid; the first is the product's current values."""
+    current = {}
+    for name in grid:
+        target, attr = _target(name)
+        current[name] = target[attr] if isinstance(target, dict) else getattr(target, attr)
+    combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    return [current] + [c for c in combos if c != current]
+
+
+def label(config: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items()) or "defaults"
+
+
 # -- main ---------------------------------------------------------------------------------------------------------
 
 
@@ -186,20 +269,50 @@ class ScratchDatabases:
             self._admin(f"DROP DATABASE IF EXISTS {urlsplit(url).path.strip('/')} WITH (FORCE)")
 
 
+SCRATCH = ScratchDatabases(None)  # --database-url: run every conversation on PostgreSQL
+CACHES: list[Any] = []  # the disk caches in use, for their hit counts
+EMBEDDER: str | None = None  # --embedder: a candidate from bench/candidates.py instead of the provider's
+OVERRIDES: dict[str, Any] = {}  # --setting: runtime settings by name
+
+
+def runtime_for(tmp: str, provider: str, engine: str, cache: Path | None, database_url: str | None = None) -> Any:
+    rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
+                                         lexical_engine=engine, auth="off", database_url=database_url, **OVERRIDES))
+    service = vectors.service(rt)
+    if EMBEDDER:
+        import candidates
+
+        service.embedder = candidates.make(EMBEDDER)
+        service._index = None  # the nearest-neighbour index is per model: open this one's
+        service.index  # noqa: B018 - opened now, so draining the backlog also fills it
+    if cache is not None and service.embedder is not None:
+        service.embedder = CachedEmbedder(service.embedder, cache)
+        CACHES.append(service.embedder)
+    if cache is not None and RERANK and not isinstance(rerank._shared, CachedCrossEncoder):
+        rerank._shared = CachedCrossEncoder(rerank.CrossEncoder(), cache)  # type: ignore[assignment]
+    return rt
+
+
 def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy",
-        database_url: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        grid: dict[str, list[Any]] | None = None, cache: Path | None = None) -> dict[str, Any]:
+    global CURRENT_RT
     samples = json.loads(data_path.read_text())[:limit]
-    results: dict[str, list[tuple[int, dict[str, float]]]] = {m: [] for m in modes}
+    if any(name.startswith("settings.") for name in grid or {}):
+        with tempfile.TemporaryDirectory() as tmp:  # the settings' current values, from a throwaway runtime
+            CURRENT_RT = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, auth="off",
+                                                         embedding_provider="none"))
+            configs = configurations(grid or {})
+            CURRENT_RT.close()
+    else:
+        configs = configurations(grid or {})
+    rows: dict[str, dict[str, Rows]] = {m: {label(c): [] for c in configs} for m in modes}
     latencies: dict[str, list[float]] = {m: [] for m in modes}
     modes_seen: dict[str, set[str]] = {m: set() for m in modes}
     timing = {"ingest_s": 0.0, "embed_s": 0.0, "turns": 0}
-    scratch = ScratchDatabases(database_url)
     for sample in samples:
         with tempfile.TemporaryDirectory() as tmp:
-            url = scratch.create()
-            rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
-                                                 lexical_engine=engine, auth="off", database_url=url,
-                                                 **(overrides or {})))
+            url = SCRATCH.create()
+            rt = CURRENT_RT = runtime_for(tmp, provider, engine, cache, url)
             try:
                 ctx = Ctx(rt, source="bench")
                 t0 = time.perf_counter()
@@ -212,35 +325,104 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None, eng
                 timing["embed_s"] += t2 - t1
                 timing["turns"] += len(mapping)
                 known = set(mapping.values())
-                for qa in sample["qa"]:
+                for number, qa in enumerate(sample["qa"]):
                     evidence = repair_evidence(qa.get("evidence") or [], known)
                     if not evidence:
                         continue
-                    for mode in modes:
-                        q0 = time.perf_counter()
-                        hits, used = ask(ctx, sample["sample_id"], qa["question"], mode)
-                        latencies[mode].append((time.perf_counter() - q0) * 1000)
-                        modes_seen[mode].add(used)
-                        ranked = list(dict.fromkeys(mapping[h["obsId"]] for h in hits if h["obsId"] in mapping))
-                        results[mode].append((qa["category"], score(ranked, evidence)))
+                    for c, config in enumerate(configs):
+                        old = assign(config)
+                        try:
+                            for mode in modes:
+                                q0 = time.perf_counter()
+                                hits, used = ask(ctx, sample["sample_id"], qa["question"], mode)
+                                if c == 0:
+                                    latencies[mode].append((time.perf_counter() - q0) * 1000)
+                                modes_seen[mode].add(used)
+                                ranked = list(dict.fromkeys(mapping[h["obsId"]] for h in hits if h["obsId"] in mapping))
+                                rows[mode][label(config)].append({"conv": sample["sample_id"], "q": number,
+                                                                  "cat": qa["category"], "m": score(ranked, evidence)})
+                        finally:
+                            assign(old)
             finally:
                 rt.close()
-                scratch.drop(url)
+                SCRATCH.drop(url)
         print(f"{sample['sample_id']}: {len(mapping)} turns", flush=True)
     turns = max(timing["turns"], 1)
     print(f"\ningest: {timing['turns']} turns in {timing['ingest_s']:.1f} s "
           f"({timing['ingest_s'] / turns * 1000:.2f} ms/turn); embedding ({provider}): {timing['embed_s']:.1f} s "
-          f"({timing['turns'] / max(timing['embed_s'], 1e-9):.0f} turns/s)")
+          f"({timing['turns'] / max(timing['embed_s'], 1e-9):.0f} turns/s; disk cache: "
+          f"{sum(c.hits for c in CACHES)} hits, {sum(c.misses for c in CACHES)} embedded)")
     summary: dict[str, Any] = {}
     for mode in modes:
+        by_config = rows[mode]
+        plain = by_config[label(configs[0])]
+        summary[mode] = print_table(f"{mode} (plain: {label(configs[0])})", [(r["cat"], r["m"]) for r in plain])
+        summary[mode]["rows"] = {"plain": plain}
+        summary[mode]["ci"] = {"plain": intervals(plain)}
+        if len(configs) > 1:
+            best = best_in_sample(by_config, TUNE_METRICS)
+            pooled, chosen = cross_validate(by_config, TUNE_METRICS)
+            summary[mode]["ci"]["in_sample_best"] = intervals(by_config[best])
+            summary[mode]["in_sample_best"] = best
+            print_table(f"{mode} (cross-validated, leave one conversation out)", [(r["cat"], r["m"]) for r in pooled])
+            summary[mode]["rows"]["cv"] = pooled
+            summary[mode]["ci"]["cv"] = intervals(pooled)
+            summary[mode]["chosen"] = chosen
+            for name, config_rows in by_config.items():
+                means = {m: statistics.fmean(r["m"][m] for r in config_rows if r["cat"] in HEADLINE)
+                         for m in TUNE_METRICS}
+                print(f"  in-sample {name}: " + ", ".join(f"{m} {v:.4f}" for m, v in means.items()))
+            print(f"best on all conversations (in-sample): {best}")
+            for conv, config in chosen.items():
+                print(f"  held out {conv}: tuned on the others -> {config}")
+        print_intervals(summary[mode]["ci"])
         lat = sorted(latencies[mode])
-        summary[mode] = print_table(mode, results[mode])
         summary[mode]["latency_ms"] = {"p50": round(statistics.median(lat), 2),
                                        "p95": round(lat[int(len(lat) * 0.95) - 1], 2)}
         summary[mode]["reported_modes"] = sorted(modes_seen[mode])
         print(f"query latency ({mode}, in-process smart-search): p50 {summary[mode]['latency_ms']['p50']} ms, "
               f"p95 {summary[mode]['latency_ms']['p95']} ms; modes reported: {sorted(modes_seen[mode])}")
     return {"timing": {k: round(v, 2) for k, v in timing.items()}, "modes": summary}
+
+
+TUNE_METRICS = ("R@10", "NDCG@10")
+CI_METRICS = ("R@10", "NDCG@10")
+
+
+def intervals(rows: Rows) -> dict[str, Any]:
+    """Bootstrap intervals of the headline metrics, overall (1-4) and per category."""
+    out: dict[str, Any] = {}
+    for name, cats in [("overall 1-4", HEADLINE)] + [(CATEGORIES[c], (c,)) for c in HEADLINE]:
+        out[name] = {m: summary_of(rows, m, cats) for m in CI_METRICS}
+    return out
+
+
+def print_intervals(ci: dict[str, Any]) -> None:
+    print("95% bootstrap intervals (over questions):")
+    for kind, table in ci.items():
+        for name, metrics in table.items():
+            text = "; ".join(f"{m} {v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" for m, v in metrics.items())
+            print(f"  {kind:<15} {name:<12} {text}")
+
+
+def compare(summary: dict[str, Any], baseline_path: Path) -> dict[str, Any]:
+    """Paired differences against an earlier ``--out`` file (plain vs plain, cv vs cv)."""
+    baseline = json.loads(baseline_path.read_text())["modes"]
+    out: dict[str, Any] = {}
+    print(f"\n== against {baseline_path} (paired bootstrap, 95%) ==")
+    for mode, data in summary["modes"].items():
+        if mode not in baseline:
+            continue
+        for kind, new_rows in data["rows"].items():
+            old_rows = baseline[mode]["rows"].get(kind) or baseline[mode]["rows"]["plain"]
+            for name, cats in [("overall 1-4", HEADLINE)] + [(CATEGORIES[c], (c,)) for c in HEADLINE]:
+                for metric in CI_METRICS:
+                    d = paired(new_rows, old_rows, metric, cats)
+                    out[f"{mode}/{kind}/{name}/{metric}"] = d
+                    flag = "  *" if d["significant"] else ""
+                    print(f"  {mode:<7}{kind:<6}{name:<12}{metric:<8} {d['delta']:+.4f} [{d['lo']:+.4f}, "
+                          f"{d['hi']:+.4f}]{flag}")
+    return out
 
 
 def default_data() -> Path:
@@ -263,23 +445,50 @@ def main() -> None:
                              "e.g. local_model=minilm-l3 or embed_max_tokens=128")
     parser.add_argument("--engine", default="tantivy", choices=["tantivy", "fts5", "builtin"], help="lexical engine")
     parser.add_argument("--database-url", help="run on PostgreSQL: a server URL (a scratch database per conversation)")
+    parser.add_argument("--set", action="append", default=[], metavar="module.NAME=VALUE",
+                        help="run with a product constant changed, e.g. search.VECTOR_WEIGHT=0.7 (repeatable)")
+    parser.add_argument("--grid", action="append", default=[], metavar="module.NAME=V1,V2",
+                        help="tune a query-time constant over these values, leave one conversation out (repeatable)")
+    parser.add_argument("--out", help="write per-question results here (JSON), for --compare later")
+    parser.add_argument("--compare", help="an earlier --out file: print paired differences with 95%% intervals")
+    parser.add_argument("--no-cache", action="store_true", help="embed everything again (no disk cache)")
+    parser.add_argument("--rerank", action="store_true", help="ask smart-search to rerank with the cross-encoder")
+    parser.add_argument("--embedder", help="a candidate local embedder (bench/candidates.py), e.g. bge-small")
     opts = parser.parse_args()
-    overrides = {}
+    global EMBEDDER, RERANK
+    EMBEDDER, RERANK = opts.embedder, opts.rerank
+    SCRATCH.url = opts.database_url
     for item in opts.setting:
         name, _, value = item.partition("=")
         spec = next(s for s in SETTINGS if s.name == name)
-        overrides[name] = spec.type(value)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    print(f"locomo-dev on {'postgresql' if opts.database_url else 'sqlite'}, "
-          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit or '?'}", flush=True)
-    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine, opts.database_url,
-                  overrides)
+        OVERRIDES[name] = spec.type(value)
+    fixed = {k: v[0] for k, v in parse_params(opts.set).items()}
+    assign(fixed)
+    cache = None if opts.no_cache else default_dir()
+    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine,
+                  parse_params(opts.grid), cache)
+    stamp = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "set": opts.set, "grid": opts.grid,
+             "engine": opts.engine, "provider": opts.provider,
+             "embedder": opts.embedder, "rerank": opts.rerank, "settings": opts.setting,
+             "backend": "postgresql" if opts.database_url else "sqlite"}
+    if opts.compare:
+        summary["compare"] = compare(summary, Path(opts.compare))
+    if opts.out:
+        Path(opts.out).write_text(json.dumps({**stamp, **summary}))
     headline = {mode: {k: summary["modes"][mode]["overall 1-4"][k] for k in ("n", "R@5", "R@10", "R@20", "NDCG@10", "MRR")}
                 for mode in summary["modes"]}
-    print(json.dumps({"benchmark": "locomo-dev", "provider": opts.provider, "settings": opts.setting,
-                      "backend": "postgresql" if opts.database_url else "sqlite", "overall_1_4": headline,
+    cv = {mode: {m: v["mean"] for m, v in data["ci"]["cv"]["overall 1-4"].items()}
+          for mode, data in summary["modes"].items() if "cv" in data["ci"]}
+    print(json.dumps({"benchmark": "locomo-dev", **stamp, "overall_1_4": headline, "cross_validated": cv,
                       "timing": summary["timing"]}))
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        return out.stdout.strip()
+    except OSError:
+        return "?"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Smart-search latency, start-up time and memory at 10k and 100k observations.
 
-    python bench/search_latency.py [--sizes 10000,100000] [--queries 500]
+    python bench/search_latency.py [--sizes 10000,100000] [--queries 500] [--rerank]
 
 For each size: a fresh database is seeded through the product's own ``agent_observe`` tool
 (post_tool_use hook payloads with realistic tools, commands, files and outputs), then every
@@ -14,7 +14,9 @@ Then it measures: in-process start-up (Runtime construction, which loads the vec
 server start-up (``python src/app.py`` until /livez answers), 500 smart-search queries over HTTP
 and in-process (p50/p95/p99), and the server's RSS and PSS after its worker has also embedded a
 batch of new records (the embedder's batch path is where onnxruntime's memory peaks). Targets (SPEC §11): p95 < 25 ms @10k and
-< 100 ms @100k, start-up @100k < 3 s, RSS @100k < 500 MB. Ends with one JSON line.
+< 100 ms @100k, start-up @100k < 3 s, RSS @100k < 500 MB. ``--rerank`` measures every
+smart-search a second time with ``rerank: true`` (the cross-encoder over the top candidates), on
+the same database, in-process and over HTTP. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -99,32 +101,34 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(ordered), 2), "p95": pick(0.95), "p99": pick(0.99)}
 
 
-def query_args(rng: random.Random) -> dict[str, Any]:
-    args: dict[str, Any] = {"query": rng.choice(QUERIES), "limit": 10, "includeLessons": False}
+def query_args(rng: random.Random, rerank: bool = False) -> dict[str, Any]:
+    args: dict[str, Any] = {"query": rng.choice(QUERIES), "limit": 10, "includeLessons": False, "rerank": rerank}
     if rng.random() < 0.5:
         args["project"] = f"proj-{rng.randint(0, 3)}"
     return args
 
 
-def in_process(data_dir: str, queries: int) -> dict[str, Any]:
+def in_process(data_dir: str, queries: int, rerank: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     rt = build_runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="local"))
     startup = time.perf_counter() - t0
     ctx, rng, lat, modes = Ctx(rt, source="bench"), random.Random(3), [], set()
-    cold = []
+    cold, cpu = [], []
     for text in QUERIES:  # first sight of each query: embedding included (the cache is then warm)
         q0 = time.perf_counter()
-        registry.call(ctx, "memory_smart_search", {"query": text, "limit": 10, "includeLessons": False})
+        registry.call(ctx, "memory_smart_search", {"query": text, "limit": 10, "includeLessons": False,
+                                                   "rerank": rerank})
         cold.append((time.perf_counter() - q0) * 1000)
     for _ in range(queries):
-        q0 = time.perf_counter()
-        data, _ = registry.unwrap(registry.call(ctx, "memory_smart_search", query_args(rng)))
+        q0, c0 = time.perf_counter(), time.thread_time()
+        data, _ = registry.unwrap(registry.call(ctx, "memory_smart_search", query_args(rng, rerank)))
         lat.append((time.perf_counter() - q0) * 1000)
+        cpu.append((time.thread_time() - c0) * 1000)  # this thread's CPU: what other load cannot inflate
         modes.add(data["mode"])
     vectors_loaded = rt.health_sections()["vectors"]["vectors"]
     rt.close()
     return {"startup_s": round(startup, 3), "vectors": vectors_loaded, "modes": sorted(modes),
-            "cold_query": percentiles(cold[1:]), **percentiles(lat)}
+            "cold_query": percentiles(cold[1:]), "cpu_ms": percentiles(cpu), **percentiles(lat)}
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -158,11 +162,12 @@ def embed_a_batch(http: requests.Session, url: str, rng: random.Random) -> None:
         time.sleep(0.5)
 
 
-def over_http(data_dir: str, queries: int) -> dict[str, Any]:
+def over_http(data_dir: str, queries: int, rerank: bool = False) -> dict[str, Any]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
     env.update(AGENTMEMORY_DATA_DIR=data_dir, PORT=str(port), HOST="127.0.0.1", EMBEDDING_PROVIDER="local",
-               AGENTMEMORY_LOG_LEVEL="warning", AGENTMEMORY_THREADS="8")
+               AGENTMEMORY_LOG_LEVEL="warning", AGENTMEMORY_THREADS="8",
+               AGENTMEMORY_AUTH="off")  # loopback only; auth is on by default
     url = f"http://127.0.0.1:{port}/agentmemory"
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "app.py")], env=env, start_new_session=True,
@@ -179,10 +184,11 @@ def over_http(data_dir: str, queries: int) -> dict[str, Any]:
         startup = time.perf_counter() - t0
         http, rng, lat = requests.Session(), random.Random(3), []
         for text in QUERIES:  # warm the server's query-embedding cache
-            http.post(url + "/smart-search", json={"query": text, "includeLessons": False}, timeout=60)
+            http.post(url + "/smart-search", json={"query": text, "includeLessons": False, "rerank": rerank},
+                      timeout=60)
         for _ in range(queries):
             q0 = time.perf_counter()
-            resp = http.post(url + "/smart-search", json=query_args(rng), timeout=60)
+            resp = http.post(url + "/smart-search", json=query_args(rng, rerank), timeout=60)
             lat.append((time.perf_counter() - q0) * 1000)
             assert resp.status_code == 200, resp.text
         embed_a_batch(http, url, rng)
@@ -198,6 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--rerank", action="store_true", help="also measure smart-search with rerank: true")
     opts = parser.parse_args()
     print("stored vectors: deterministic random 384-d stand-ins tagged with the local model id; "
           "queries: the real local MiniLM model (query cache on). Timings are noisy: 2 shared cores.")
@@ -207,16 +214,28 @@ def main() -> None:
             seeded = seed(tmp, size)
             local = in_process(tmp, opts.queries)
             remote = over_http(tmp, opts.queries)
+            if opts.rerank:
+                reranked = {"in_process": in_process(tmp, opts.queries, True),
+                            "http": over_http(tmp, opts.queries, True)}
             db_mb = round(sum(p.stat().st_size for p in Path(tmp).glob("agentmemory.db*")) / 2**20, 1)
         report[str(size)] = {"seed": seeded, "db_mb": db_mb, "in_process": local, "http": remote}
+        if opts.rerank:
+            report[str(size)]["rerank"] = reranked
         print(f"\n{size} observations (db {db_mb} MB; seeded in {seeded['observe_s']} s + vectors {seeded['vectors_s']} s)")
         print(f"  in-process: start-up {local['startup_s']} s ({local['vectors']} vectors loaded); smart-search "
-              f"p50 {local['p50']} / p95 {local['p95']} / p99 {local['p99']} ms (query cache warm); modes "
+              f"p50 {local['p50']} / p95 {local['p95']} / p99 {local['p99']} ms (query cache warm; CPU of the "
+              f"query's thread p50 {local['cpu_ms']['p50']} / p95 {local['cpu_ms']['p95']} ms); modes "
               f"{local['modes']}; first sight of a query (embedding it): p50 {local['cold_query']['p50']} / "
               f"p95 {local['cold_query']['p95']} ms")
         print(f"  HTTP:       start-up {remote['startup_s']} s; RSS {remote['rss_mb']} MB (PSS "
               f"{remote['pss_mb']} MB, after embedding a batch of 64 new records); smart-search "
               f"p50 {remote['p50']} / p95 {remote['p95']} / p99 {remote['p99']} ms")
+        if opts.rerank:
+            ri, rh = reranked["in_process"], reranked["http"]
+            print(f"  rerank:     in-process p50 {ri['p50']} / p95 {ri['p95']} / p99 {ri['p99']} ms (CPU p50 "
+                  f"{ri['cpu_ms']['p50']} / p95 {ri['cpu_ms']['p95']} ms; first sight "
+                  f"p95 {ri['cold_query']['p95']} ms); HTTP p50 {rh['p50']} / p95 {rh['p95']} / p99 {rh['p99']} ms; "
+                  f"RSS {rh['rss_mb']} MB (PSS {rh['pss_mb']} MB)")
     print(json.dumps({"benchmark": "search_latency", "queries": opts.queries, "sizes": report}))
 
 

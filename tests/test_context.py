@@ -53,6 +53,27 @@ def test_budget_is_respected(client):
     assert 0 < r.json["tokens"] <= 150 and r.json["skipped"] > 0
 
 
+def test_the_first_prompt_brings_its_relevant_records_first(client, rt):
+    notes = ["The billing service keeps invoices in PostgreSQL 16.", "Lunch: pizza on Friday.",
+             "CI runs the test suite on two cores with pytest -n 2."] + [f"Routine note number {i}." for i in range(12)]
+    for i, text in enumerate(notes):
+        client.post("/agentmemory/observe", json={"sessionId": f"old{i}", "project": "p", "hookType": "observation",
+                                                  "content": text})
+    client.post("/agentmemory/observe", json=hook("new", "prompt_submit", project="p",
+                                                  data={"prompt": "where do billing invoices live?"}))
+    rt.db.flush()
+    out = client.post("/agentmemory/context", json={"sessionId": "new", "project": "p"}).json
+    text = out["context"]
+    assert out["kinds"][:2] == ["relevant", "relevant"]
+    head = text.index("Relevant to this session's first prompt")
+    assert head < text.index("invoices in PostgreSQL 16") < text.index("## Session")
+    assert "where do billing invoices live" not in text  # the session's own prompt is not fed back
+    # A session without a first prompt gets no relevant block; nor does a tight budget break packing.
+    client.post("/agentmemory/observe", json={"sessionId": "quiet", "project": "p", "hookType": "observation",
+                                              "content": "nothing asked"})
+    assert "relevant" not in client.post("/agentmemory/context", json={"sessionId": "quiet", "project": "p"}).json["kinds"]
+    small = client.post("/agentmemory/context", json={"sessionId": "new", "project": "p", "budget": 60}).json
+    assert small["tokens"] <= 60 and small["kinds"] and set(small["kinds"]) == {"relevant"}
 def test_saved_memories_reach_the_context_block(client):
     """On the previous main saved memories never appeared in the context block (only in
     pre-tool-use enrichment): a new session did not learn what the last one decided to keep."""

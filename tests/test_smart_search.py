@@ -256,3 +256,4 @@ def test_live_server_embeds_in_background_and_reports_progress(live_server):
     assert out["mode"] == "hybrid" and len(out["results"]) == 5
     out = post(server.api("/search"), {"query": "release", "mode": "bm25", "format": "compact"}).json()
     assert out["mode"] == "bm25" and out["format"] == "compact"
+

@@ -182,6 +182,23 @@ def test_real_local_model_finds_meaning_without_shared_words(make_runtime):
     assert out["mode"] == "vector" and out["results"][0]["obsId"] == target
 
 
+def test_bge_small_is_a_bundled_choice_with_its_own_pooling_and_query_instruction(make_runtime):
+    rt = make_runtime(embedding_provider="local", local_model="bge-small")
+    target = note(rt, "s1", "The sign-in page rejects users whose password contains a space")
+    for i, text in enumerate(["Bumped the numpy pin to 2.4 in requirements", "Rewrote the CSV export to stream rows",
+                              "The dashboard chart colours were too pale", "Added a retry around the S3 upload"]):
+        note(rt, f"o{i}", text)
+    svc = vectors.service(rt)
+    assert svc.drain() == 5 and svc.model == "bge-small-en-v1.5-onnx-int8"
+    out = smart(rt, "login authentication bug", mode="vector")
+    assert out["mode"] == "vector" and out["results"][0]["obsId"] == target
+    # A query is embedded with the model's retrieval instruction, a document without it.
+    embedder = svc.embedder
+    query, document = embedder.embed(["login bug"], query=True)[0], embedder.embed(["login bug"])[0]
+    assert query.shape == (384,) and abs(float(np.linalg.norm(query)) - 1) < 1e-4
+    assert float(query @ document) < 0.999
+
+
 def test_backlog_is_durable_across_restarts(make_runtime):
     rt = make_runtime(embedding_provider="hash")
     obs = note(rt, "s1", "queued before the crash")

@@ -127,6 +127,7 @@ HOOKS = Hooks(
     reindex=(maintenance.reembed_vectors,),
     context_blocks=(
         ("memories", memories.memories_block),
+        ("relevant", context.relevant_records),
         ("past_sessions", context.past_sessions),
         ("lessons", lessons.lessons_block),
         ("profile", profiles.profile_block),

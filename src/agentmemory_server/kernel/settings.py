@@ -326,10 +326,11 @@ SETTINGS: tuple[Setting, ...] = (
         "local_model",
         ("AGENTMEMORY_LOCAL_MODEL",),
         "minilm-l6",
-        _choice("minilm-l6", "minilm-l3", "minilm-l3-int8"),
+        _choice("minilm-l6", "minilm-l3", "minilm-l3-int8", "bge-small"),
         "Bundled model of the `local` provider: `minilm-l6` (all-MiniLM-L6-v2 int8), `minilm-l3` "
         "(paraphrase-MiniLM-L3-v2, faster, weaker), `minilm-l3-int8` (the same quantised on first use; "
-        "needs the `onnx` package). Changing it re-embeds every record in the background.",
+        "needs the `onnx` package), `bge-small` (bge-small-en-v1.5 int8 from the reranker's wheel: "
+        "better by vectors alone). Changing it re-embeds every record in the background.",
     ),
     Setting(
         "embed_threads",
@@ -368,6 +369,15 @@ SETTINGS: tuple[Setting, ...] = (
         _choice("score", "rrf"),
         "How hybrid search merges the BM25 and vector rankings: score (each ranking's scores "
         "normalised to 0-1, weighted sum) or rrf (reciprocal rank fusion, k=60).",
+    ),
+    Setting(
+        "search_rerank",
+        ("AGENTMEMORY_SEARCH_RERANK",),
+        False,
+        _bool,
+        "Rerank the top hybrid candidates with a cross-encoder by default (a search's own "
+        "'rerank' wins). Off by default: the cross-encoder reads 40 candidates per query, far more CPU "
+        "than smart-search's 25 ms p95 budget allows on two cores (docs/retrieval.md).",
     ),
     # -- memory model (lessons, slots, reflection, retention)
     Setting(

@@ -1,7 +1,8 @@
 """The context block handed to the next session, packed under a token budget (U§4.6).
 
 Blocks come from the providers in ``rt.hooks.context_blocks`` (wiring.py lists them): pinned
-slots, the project profile, lessons and past sessions each contribute blocks with a recency. Blocks are sorted by
+slots, the records the session's first prompt finds (ranked as smart-search ranks them), the
+project profile, lessons and past sessions each contribute blocks with a recency. Blocks are sorted by
 recency (pinned first) and added greedily: a block that does not fit is skipped, not a stop, so
 a big old block never hides a small recent one. Tokens are estimated as ceil(chars / 3).
 """
@@ -16,7 +17,8 @@ from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
-from agentmemory_server.kernel.util import estimate_tokens
+from agentmemory_server.kernel.util import estimate_tokens, truncate
+from agentmemory_server.retrieval import recall
 
 
 def pack(blocks: list[Block], budget: int, project: str | None) -> dict[str, Any]:
@@ -65,7 +67,8 @@ def compile_context(
     mcp=False,
 )
 def context_tool(ctx: Ctx, args: dict) -> dict:
-    """Compile the context block for a session: pinned slots, profile, lessons, past sessions."""
+    """Compile the context block for a session: pinned slots, observations relevant to its first
+    prompt, saved memories, profile, lessons, past sessions."""
     project = args.get("project")
     if project is None:
         session = ctx.rt.db.reader().records.get(SESSIONS, args["sessionId"])
@@ -128,4 +131,43 @@ def past_sessions(req: BlockRequest) -> list[Block]:
             narrative = f": {escape(o['narrative'][:200])}" if o.get("narrative") else ""
             lines.append(f"- [{o.get('type', 'other')}] {escape(o['title'])}{narrative}")
         blocks.append(Block("observations", "\n".join(lines), session["startedAt"], [o["id"] for o in top]))
+    return blocks
+
+
+# -- the relevant-records provider -------------------------------------------------------------------
+
+# How many records the session's first prompt brings in, and how much of each is shown. Ten, as
+# a search's first page; a record's first 240 characters say what it is about.
+RELEVANT_RECORDS = 10
+RELEVANT_CHARS = 240
+# Relevant records come right after pinned slots, best first, ahead of every dated block: what
+# the session asked about matters more than what happened last. Recency strings between the
+# latest possible timestamp and PINNED keep that order inside ``pack``.
+_RELEVANT_RECENCY = "9999-12-31T23:59:59.{:03d}Z"
+
+
+def relevant_records(req: BlockRequest) -> list[Block]:
+    """The records the session's first prompt finds, ranked as smart-search ranks them (hybrid,
+    reranked when AGENTMEMORY_SEARCH_RERANK is on), the session's own records left out. Each
+    record is its own block, so the budget keeps as many of the best as fit. Observations only:
+    saved memories have their own block (memory/memories.py), and showing one twice wastes budget."""
+    if not req.project or not req.session_id:
+        return []
+    session = req.ctx.rt.db.reader().records.get(SESSIONS, req.session_id) or {}
+    prompt = str(session.get("firstPrompt") or "").strip()
+    if not prompt:
+        return []
+    filters = {"kinds": ["observation"], "project": req.project, "agent_id": req.agent_id}
+    pairs, _mode, _reranked = recall.ranked(req.ctx, prompt, limit=RELEVANT_RECORDS + 5, filters=filters, mode="auto")
+    pairs = [(hit, record) for hit, record in pairs if hit.get("session_id") != req.session_id][:RELEVANT_RECORDS]
+    if not pairs:
+        return []
+    blocks = [Block("relevant", "## Relevant to this session's first prompt", _RELEVANT_RECENCY.format(998), [])]
+    for rank, (hit, record) in enumerate(pairs):
+        obs = recall.as_observation(hit, record)
+        body = " ".join(str(obs.get("narrative") or obs.get("title") or "").split())
+        day = str(obs.get("timestamp") or "")[:10]
+        text = escape(truncate(body, RELEVANT_CHARS))
+        line = f"- ({escape(day)}) {text}" if day else f"- {text}"
+        blocks.append(Block("relevant", line, _RELEVANT_RECENCY.format(997 - rank), [hit["doc_id"]]))
     return blocks

@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any
 
-from agentmemory_server.errors import InvalidInput
+from agentmemory_server.errors import InvalidInput, Unavailable
 from agentmemory_server.kernel import listings
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import (
@@ -29,7 +29,7 @@ from agentmemory_server.kernel.registry import (
     tool,
 )
 from agentmemory_server.kernel.util import estimate_tokens, truncate
-from agentmemory_server.retrieval import lesson_ranking, search, vectors
+from agentmemory_server.retrieval import lesson_ranking, rerank, search, vectors
 
 log = logging.getLogger("agentmemory.recall")
 FORMATS = ("full", "compact", "narrative")
@@ -39,6 +39,7 @@ MODE = string(
     enum=search.SEARCH_MODES,
     default="auto",
 )
+RERANK = boolean("Rerank the top candidates with a cross-encoder (default: AGENTMEMORY_SEARCH_RERANK)")
 
 
 def memory_as_observation(mem: dict[str, Any]) -> dict[str, Any]:
@@ -77,20 +78,41 @@ def as_observation(hit: dict, record: dict) -> dict:
     }
 
 
-def ranked(ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: str) -> tuple[list, str]:
-    """(hits paired with their records, mode that ran) for a query within ``filters``."""
+def ranked(
+    ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: str, rerank_top: bool | None = None
+) -> tuple[list, str, bool]:
+    """(hits paired with their records, mode that ran, whether a cross-encoder reranked them)
+    for a query within ``filters``."""
     store = ctx.rt.db.reader()
+    wanted = ctx.rt.settings.search_rerank if rerank_top is None else rerank_top
+    depth = max(limit, rerank.RERANK_DEPTH) if wanted else limit
     hits, used = search.hybrid(
         store,
         query,
-        limit=limit,
+        limit=depth,
         filters=filters,
         vectors=vectors.service(ctx.rt),
         mode=mode,
         per_session=ctx.rt.settings.search_max_per_session,
         fusion=ctx.rt.settings.search_fusion,
     )
-    return search.hydrate(store, hits), used
+    pairs = search.hydrate(store, hits)
+    if not wanted or len(pairs) < 2:
+        return pairs[:limit], used, False
+    try:
+        pairs = rerank.rerank_pairs(rerank.shared(), query, pairs, record_text)
+    except Unavailable as exc:  # no reranker installed: the first stage's order stands
+        log.warning("reranking skipped: %s", exc.message)
+        return pairs[:limit], used, False
+    return pairs[:limit], used, True
+
+
+def record_text(hit: dict, record: dict) -> str:
+    """What the cross-encoder reads of a record: its title (unless the body starts with it) and body."""
+    obs = as_observation(hit, record)
+    body = " ".join(str(obs.get(k) or "") for k in ("narrative", "subtitle")).strip()
+    title = search.distinct_title(str(obs.get("title") or ""), body)
+    return f"{title}. {body}" if title else body
 
 
 def search_filters(ctx: Ctx, args: dict[str, Any], kinds: list[str]) -> dict[str, Any]:
@@ -156,20 +178,27 @@ def apply_budget(results: list[dict], budget: int | None) -> tuple[list[dict], i
         sessionId=SESSION_ID,
         agentId=AGENT_ID,
         mode=MODE,
+        rerank=RERANK,
     ),
     http=[("POST", "/search")],
     core=True,
 )
 def memory_recall(ctx: Ctx, args: dict) -> dict:
     """Search observations and memories (hybrid BM25 + vectors when available; says which mode ran)."""
-    pairs, mode = ranked(
-        ctx, args["query"], limit=args["limit"], mode=args["mode"], filters=search_filters(ctx, args, RESULT_KINDS)
+    pairs, mode, reranked = ranked(
+        ctx,
+        args["query"],
+        limit=args["limit"],
+        mode=args["mode"],
+        filters=search_filters(ctx, args, RESULT_KINDS),
+        rerank_top=args.get("rerank"),
     )
     fmt = args["format"]
     results, used, truncated = apply_budget(format_results(pairs, fmt), args.get("token_budget"))
     body: dict[str, Any] = {
         "format": fmt,
         "mode": mode,
+        "reranked": reranked,
         "query": args["query"],
         "results": results,
         "count": len(results),
@@ -294,6 +323,7 @@ def attach_lessons(ctx: Ctx, query: str, project: str | None, limit: int) -> lis
         agentId=AGENT_ID,
         includeLessons=boolean("Attach matching lessons", default=True),
         mode=MODE,
+        rerank=RERANK,
         source=string("Who is asking (recorded for diagnostics)", max_length=64),
     ),
     http=[("POST", "/smart-search")],
@@ -306,12 +336,18 @@ def memory_smart_search(ctx: Ctx, args: dict) -> dict:
     query = (args.get("query") or "").strip()
     if not query:
         raise InvalidInput("give 'query' or 'expandIds'", field="query")
-    pairs, mode = ranked(
-        ctx, query, limit=args["limit"], mode=args["mode"], filters=search_filters(ctx, args, RESULT_KINDS)
+    pairs, mode, reranked = ranked(
+        ctx,
+        query,
+        limit=args["limit"],
+        mode=args["mode"],
+        filters=search_filters(ctx, args, RESULT_KINDS),
+        rerank_top=args.get("rerank"),
     )
     body: dict[str, Any] = {
         "format": "compact",
         "mode": mode,
+        "reranked": reranked,
         "query": query,
         "results": [compact_row(hit, record) for hit, record in pairs],
     }

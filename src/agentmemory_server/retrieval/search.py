@@ -10,6 +10,7 @@ terms.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -400,11 +401,16 @@ def fuse(rankings: list[list[dict]], weights: list[float], k: int = RRF_K) -> li
     return [{**first[d], "score": scores[d]} for d in order]
 
 
+# The per-session cap is never below this share of the limit, so a search inside one long
+# session still gets its best hits in order.
+MIN_SESSION_SHARE = 0.5
+
+
 def diversify(hits: list[dict], limit: int, per_session: int) -> list[dict]:
     """At most ``per_session`` hits from one session first, then backfill with the rest in
-    rank order: one long session cannot crowd out everything else. The cap is never below half
-    the limit, so a search inside one long session still gets its best hits in order."""
-    cap = max(per_session, -(-limit // 2))
+    rank order: one long session cannot crowd out everything else. The cap is never below
+    ``MIN_SESSION_SHARE`` of the limit."""
+    cap = max(per_session, math.ceil(limit * MIN_SESSION_SHARE))
     chosen: list[dict] = []
     overflow: list[dict] = []
     seen: dict[Any, int] = {}

