@@ -93,7 +93,8 @@ def product_texts(records: int) -> dict[str, list[str]]:
     """The texts the worker would embed for ``records`` coding observations and LoCoMo turns."""
     corpora: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider="none"))
+        # "hash": a provider must exist, or nothing is queued for embedding.
+        rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider="hash"))
         try:
             ctx, rng = Ctx(rt, source="bench"), random.Random(7)
             for i in range(records):
