@@ -75,7 +75,7 @@ class Server:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
         self.env.update(AGENTMEMORY_DATA_DIR=data_dir, PORT=str(self.port), HOST="127.0.0.1",
                         AGENTMEMORY_AUTH="off", AGENTMEMORY_LOG_LEVEL="warning", EMBEDDING_PROVIDER="local",
-                        AGENTMEMORY_BACKGROUND="external")
+                        AGENTMEMORY_BACKGROUND="external", AGENTMEMORY_RATE_LIMIT="0")
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "app.py")], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.worker: subprocess.Popen | None = None

@@ -72,7 +72,8 @@ def payload(rng: random.Random, i: int) -> dict[str, Any]:
 
 
 def seed(data_dir: str, size: int) -> dict[str, float]:
-    rt = build_runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="none"))
+    # "hash", not "none": with no provider nothing is queued for embedding (no vectors to seed).
+    rt = build_runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="hash"))
     ctx, rng = Ctx(rt, source="bench"), random.Random(7)
     t0 = time.perf_counter()
     for i in range(size):

@@ -87,6 +87,22 @@ def test_external_mode_spawns_nothing_and_a_worker_started_by_hand_drains_the_ba
     assert wait_for(lambda: _background(server)["workers"] == [], timeout=10, interval=0.2)
 
 
+def test_rows_a_request_process_shed_are_embedded_by_the_worker_once_the_backlog_drains(live_server):
+    server = live_server(env={"EMBEDDING_PROVIDER": "hash", "AGENTMEMORY_EMBED_BACKLOG_MAX": "3"})
+    pid = wait_for(lambda: _background(server)["workers"], timeout=30, interval=0.2)[0]["pid"]
+    time.sleep(3.0)  # the worker's start-up reconcile found nothing: it now only embeds the backlog
+    os.kill(pid, signal.SIGSTOP)  # the backlog fills while the worker cannot take from it
+    try:
+        ids = _observe(server, 8, "s")
+        queue = requests.get(server.api("/health"), timeout=10).json()["queues"]["embedBacklog"]
+        assert queue["size"] == 3 and queue["shed"] == 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # The server shed them, not the worker: the board tells the worker, which queues them again.
+    assert wait_for(lambda: _vector_hits(server, "rollout shard canary fleet") >= set(ids), timeout=60,
+                    interval=0.3, message="records shed by the server were never embedded")
+
+
 def test_a_worker_whose_server_died_stops(tmp_path):
     """The server is SIGKILLed: its worker notices its parent is gone and leaves."""
     env = {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(tmp_path / "data"), "EMBEDDING_PROVIDER": "hash"}
@@ -145,6 +161,8 @@ def test_the_activity_board_shows_requests_in_flight(tmp_path):
         assert background.busy(db, 0.05)
         board.end()
         assert background.busy(db, 10.0) and wait_for(lambda: not background.busy(db, 0.05), timeout=2)
+        board.post_shed(4)
+        assert background.shed_by_process(db) == {os.getpid(): 4}
     finally:
         board.close()
     stale = background.board_dir(db) / "999999999.bin"  # a process that died without cleaning up

@@ -16,11 +16,13 @@ periodic jobs):
 CLI's admin commands do theirs and exit).
 
 The **activity board** tells the worker when requests are being served: each request-serving
-process keeps a 16-byte file in ``<database>.activity/`` (requests in flight, monotonic time the
-last one ended; written through ``mmap``, no system call per request), and the worker reads them
-all. While any process is busy the worker embeds in small slices and rests between them; when
-requests stop it drains at full speed. The board is per machine, which is where CPU contention
-is: several server processes and one worker on a node share it.
+process keeps a 24-byte file in ``<database>.activity/`` (requests in flight, monotonic time the
+last one ended, records its bounded embedding backlog shed; written through ``mmap``, no system
+call per request), and the worker reads them all. While any process is busy the worker embeds in
+small slices and rests between them; when requests stop it drains at full speed. A process that
+shed records (the backlog was full) tells the worker to queue them again once it has drained.
+The board is per machine, which is where CPU contention is: several server processes and one
+worker on a node share it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROLES = ("server", "worker", "tool")
-_SLOT = struct.Struct("<qq")  # requests in flight, monotonic ns when the last one ended
+# requests in flight, monotonic ns when the last one ended, embedding-backlog entries shed
+_SLOT = struct.Struct("<qqq")
 
 
 def runs_loops(background: str, background_jobs: bool, role: str) -> bool:
@@ -56,7 +59,7 @@ class ActivityBoard:
         self.path = board_dir(database_path) / f"{os.getpid()}.bin"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "wb") as fh:
-            fh.write(_SLOT.pack(0, time.monotonic_ns()))
+            fh.write(_SLOT.pack(0, time.monotonic_ns(), 0))
         self._file = open(self.path, "r+b")  # noqa: SIM115 - kept open for the mmap's lifetime
         self._map = mmap.mmap(self._file.fileno(), _SLOT.size)
         self._lock = threading.Lock()
@@ -70,7 +73,11 @@ class ActivityBoard:
     def end(self) -> None:
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
-            self._map[:] = _SLOT.pack(self._in_flight, time.monotonic_ns())
+            self._map[:16] = struct.pack("<qq", self._in_flight, time.monotonic_ns())
+
+    def post_shed(self, shed: int) -> None:
+        """How many embedding-backlog entries this process has shed so far."""
+        self._map[16:24] = struct.pack("<q", shed)
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[None]:
@@ -98,28 +105,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def busy(database_path: Path, quiet_seconds: float) -> bool:
-    """Is any request-serving process on this machine serving a request, or did one end less
-    than ``quiet_seconds`` ago? Slots of processes that died are removed."""
-    directory = board_dir(database_path)
-    now = time.monotonic_ns()
+def _slots(database_path: Path) -> Iterator[tuple[int, int, int, int]]:
+    """(pid, in flight, last end, shed) of each live slot; slots of dead processes are removed."""
     try:
-        entries = list(os.scandir(directory))
+        entries = list(os.scandir(board_dir(database_path)))
     except FileNotFoundError:
-        return False
+        return
     for entry in entries:
         try:
             pid = int(entry.name.removesuffix(".bin"))
-            with open(entry.path, "rb") as fh:
-                in_flight, last_end = _SLOT.unpack(fh.read(_SLOT.size))
-        except (ValueError, OSError, struct.error):
+        except ValueError:
             continue
         if not _alive(pid):
             Path(entry.path).unlink(missing_ok=True)
             continue
-        if in_flight > 0 or now - last_end < quiet_seconds * 1e9:
-            return True
-    return False
+        try:
+            with open(entry.path, "rb") as fh:
+                in_flight, last_end, shed = _SLOT.unpack(fh.read(_SLOT.size))
+        except (OSError, struct.error):  # being created, or an older server's shorter slot
+            continue
+        yield pid, in_flight, last_end, shed
+
+
+def busy(database_path: Path, quiet_seconds: float) -> bool:
+    """Is any request-serving process on this machine serving a request, or did one end less
+    than ``quiet_seconds`` ago?"""
+    now = time.monotonic_ns()
+    return any(
+        in_flight > 0 or now - last_end < quiet_seconds * 1e9 for _, in_flight, last_end, _ in _slots(database_path)
+    )
+
+
+def shed_by_process(database_path: Path) -> dict[int, int]:
+    """Embedding-backlog entries shed so far by each live request-serving process."""
+    return {pid: shed for pid, _, _, shed in _slots(database_path)}
 
 
 def lower_priority(niceness: int = 19) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -162,6 +163,8 @@ class VectorService:
             try:
                 done = self.index.refresh(2000)
                 self._maybe_save()
+                if self.rt.activity is not None:  # the worker queues shed rows again once drained
+                    self.rt.activity.post_shed(self._shed())
             except Exception:  # noqa: BLE001 - the follower must survive anything
                 log.exception("vector index refresh failed")
                 done = 0
@@ -186,16 +189,17 @@ class VectorService:
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything
             WorkerFailures(log, "vector reconcile").failed(exc)
         failures = WorkerFailures(log, "embedding batch")
-        shed_seen, more_missing = self._shed(), True
+        shed_seen: dict[int, int] = {}
+        self._shed_since(shed_seen)  # what was shed before start is queued by the reconcile above
+        more_missing = True
         while not self._stop.is_set():
             limit = self._pace()
             started = time.monotonic()
             try:
                 done = self.drain_once(limit)
-                if done == 0 and (more_missing or self._shed() > shed_seen):
-                    # Rows the bounded backlog could not take (shed, or beyond its room at the
-                    # last reconcile) are queued once it has drained.
-                    shed_seen = self._shed()
+                if done == 0 and (self._shed_since(shed_seen) or more_missing):
+                    # Rows the bounded backlog could not take (shed by any process, or beyond its
+                    # room at the last reconcile) are queued once it has drained.
                     done = self.reconcile()
                     more_missing = done > 0
             except Exception as exc:  # noqa: BLE001
@@ -223,7 +227,18 @@ class VectorService:
             return tx.vectors.backlog_release(time.time())
 
     def _shed(self) -> int:
+        """Backlog entries this process shed (the backlog was at its bound)."""
         return self.rt.db.queue_stats().get("embed_backlog", {}).get("shed", 0)
+
+    def _shed_since(self, seen: dict[int, int]) -> bool:
+        """Did this process or a request process on the activity board shed entries since the
+        last call with ``seen`` (pid -> count, updated)?"""
+        counts = background.shed_by_process(self.rt.settings.database_path)
+        counts[os.getpid()] = self._shed()
+        grew = any(count > seen.get(pid, 0) for pid, count in counts.items())
+        seen.clear()
+        seen.update(counts)
+        return grew
 
     def reconcile(self) -> int:
         """Queue every search row that has no vector of the current model (new model, lost
