@@ -57,6 +57,9 @@ REST_FACTOR = 1.0
 LEASE_SECONDS = 600.0  # a claimed batch is hidden this long from other workers
 FOLLOW_SECONDS = 0.25  # how often a request process looks for vectors written elsewhere
 SAVE_AFTER_SECONDS, SAVE_AFTER_CHANGES, SAVE_AT_MOST_EVERY = 60.0, 1000, 600.0
+# Rows the bounded backlog shed in another process (a request process; the shed count this
+# worker sees is its own) are found by a reconcile this often while the backlog is empty.
+RECONCILE_IDLE_SECONDS = 30.0
 
 
 def _malloc_trim() -> Any:
@@ -186,16 +189,18 @@ class VectorService:
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything
             WorkerFailures(log, "vector reconcile").failed(exc)
         failures = WorkerFailures(log, "embedding batch")
-        shed_seen, more_missing = self._shed(), True
+        shed_seen, more_missing, reconciled_at = self._shed(), True, time.monotonic()
         while not self._stop.is_set():
             limit = self._pace()
             started = time.monotonic()
             try:
                 done = self.drain_once(limit)
-                if done == 0 and (more_missing or self._shed() > shed_seen):
-                    # Rows the bounded backlog could not take (shed, or beyond its room at the
-                    # last reconcile) are queued once it has drained.
-                    shed_seen = self._shed()
+                idle_for = time.monotonic() - reconciled_at
+                if done == 0 and (more_missing or self._shed() > shed_seen or idle_for >= RECONCILE_IDLE_SECONDS):
+                    # Rows the bounded backlog could not take (shed here or in a request
+                    # process, or beyond its room at the last reconcile) are queued once it
+                    # has drained.
+                    shed_seen, reconciled_at = self._shed(), time.monotonic()
                     done = self.reconcile()
                     more_missing = done > 0
             except Exception as exc:  # noqa: BLE001
