@@ -475,7 +475,12 @@ class Database:
             index = self._vector_indexes.get((model, dim))
             if index is None:
                 index = SqliteVectorIndex(
-                    self.path, model, dim, connect=lambda: self.reader().conn, write=self._write_statement
+                    self.path,
+                    model,
+                    dim,
+                    connect=lambda: self.reader().conn,
+                    write=self._write_statement,
+                    space=self.space,
                 )
                 self._vector_indexes[(model, dim)] = index
             return index

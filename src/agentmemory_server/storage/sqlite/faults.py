@@ -95,6 +95,18 @@ def classify(exc: BaseException, path: Path) -> AppError | None:
     return None
 
 
+def classify_os_error(exc: BaseException, path: Path) -> AppError | None:
+    """What a failed write of a file beside the database means (None: not a storage fault).
+    Native libraries (faiss) report the errno only in their message."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT) or os.strerror(errno.ENOSPC) in text:
+        return disk_full(path)
+    if code == errno.EROFS or os.strerror(errno.EROFS) in text:
+        return storage_read_only(path)
+    return None
+
+
 def writable(directory: Path) -> bool:
     """Whether a file can be created in ``directory`` right now. statvfs does not always tell:
     ext4 turned read-only by an error (errors=remount-ro) still reports ``rw`` there."""
@@ -169,6 +181,22 @@ class FreeSpace:
         if free < self.reserve:
             self.note_full()
             raise disk_full(self.path, free, self.reserve)
+
+    def check_room(self, needed: int, what: str) -> None:
+        """Before writing a file of up to ``needed`` bytes (``what``) beside the database.
+
+        :raise InsufficientStorage: it would leave less than the reserve free (nothing written).
+        """
+        try:
+            free = disk_usage(self.path.parent).free
+        except OSError:
+            return
+        if free - needed < self.reserve:
+            raise InsufficientStorage(
+                f"not writing {what} ({_mb(needed)}): {_mb(free)} free on the disk holding {self.path.parent} "
+                f"and at least {_mb(self.reserve)} must stay free; it is written once space is freed",
+                details={"fix": f"free space next to {self.path}", "freeBytes": free, "neededBytes": needed},
+            )
 
     def health(self) -> dict[str, Any]:
         usage = disk_usage(self.path.parent)
