@@ -329,7 +329,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict:
         print(f"  bulk import: {loaded['records']:,} records in {loaded['seconds']} s ({loaded['per_s']:,}/s)")
         spawned = time.perf_counter()
         proc, url = start_server(
-            data_dir, args.threads, {"AGENTMEMORY_AUTH": "off", "EMBEDDING_PROVIDER": args.embedder}
+            data_dir, args.threads, {"EMBEDDING_PROVIDER": args.embedder}
         )
         up = time.perf_counter() - spawned
         try:

@@ -25,9 +25,12 @@ from agentmemory_server.storage import open_database
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 
 FIXTURES = ROOT / "tests" / "fixtures" / "schemas"
-# Schemas 3 and 10 never reached main: the merge that brought the vector index (460d0e8) added
-# migrations 3 and 4 at once, the one that brought the background worker (6779f5d) 10 and 11.
-NEVER_RELEASED = {3, 10}
+# Schema 3 never reached main: the merge that brought the vector index (460d0e8) added migrations
+# 3 and 4 at once, so no released database has user_version 3.
+# Schemas 10-12 neither: issues 14, 18 and 20 of one round each added a migration, merged together
+# (13 is the first released after 9). main carried 11 and 12 for a few minutes between those
+# merges, so v11.db and v12.db exist anyway: more coverage, not a requirement.
+NEVER_RELEASED = {3, 10, 11, 12}
 VERSIONS = sorted(int(p.stem[1:]) for p in FIXTURES.glob("v*.db"))
 PRESERVED_TABLES = ("kv_store", "capture_events", "wm_kv", "wm_scratchpad", "wm_task", "wm_checkpoint")
 
@@ -76,8 +79,7 @@ def test_there_is_a_fixture_for_every_released_schema():
     for version in VERSIONS:
         manifest = json.loads((FIXTURES / f"v{version}.json").read_text())
         assert manifest["schemaVersion"] == version == schema_version(FIXTURES / f"v{version}.db")
-        # Small: every table and index takes at least one 4 KB page, so the files grow with the schema.
-        assert (FIXTURES / f"v{version}.db").stat().st_size < 512 * 1024
+        assert (FIXTURES / f"v{version}.db").stat().st_size < 256 * 1024  # small
 
 
 @pytest.mark.parametrize("version", VERSIONS)
