@@ -79,7 +79,9 @@ def test_there_is_a_fixture_for_every_released_schema():
     for version in VERSIONS:
         manifest = json.loads((FIXTURES / f"v{version}.json").read_text())
         assert manifest["schemaVersion"] == version == schema_version(FIXTURES / f"v{version}.db")
-        assert (FIXTURES / f"v{version}.db").stat().st_size < 256 * 1024  # small
+        # Small: every table and index takes at least one 4 KB page, so the files grow with the
+        # schema (a schema-12 database with one record of each kind is 344 KB).
+        assert (FIXTURES / f"v{version}.db").stat().st_size < 512 * 1024
 
 
 @pytest.mark.parametrize("version", VERSIONS)
