@@ -71,7 +71,11 @@ class DatabaseChecks:
 
     def _check_every(self, interval: float) -> None:
         lower_thread_priority(10)
-        while not self._stop.wait(interval):
+        # A start-up check cut short by its budget (a big file) is finished here at once, while
+        # requests are already served, rather than an interval later.
+        unfinished = (self.rt.db.last_check or {}).get("result") == "unfinished"
+        while not self._stop.wait(0 if unfinished else interval):
+            unfinished = False
             if self.rt.db.damage is not None:
                 return  # found: nothing more to learn until a restore and a restart
             try:

@@ -29,7 +29,7 @@ from agentmemory_server.errors import AppError, InsufficientStorage, Unavailable
 
 log = logging.getLogger("agentmemory.storage")
 RECENTLY_FULL_SECONDS = 30.0
-DAMAGE_MARKER_SUFFIX = ".damaged"  # hf_sync.py (standalone) spells it out too
+DAMAGE_MARKER_SUFFIX = ".damaged"  # backup_files.py (standalone) spells it out too
 RESTORE_HINT = (
     "stop the server and run `agentmemory restore --from-backup` (the newest good local snapshot or "
     "HF dataset backup; the damaged file is kept as <db>.pre-restore), or salvage it with "
@@ -230,7 +230,7 @@ class DamageMarker:
     worker by default), and a request may hit a damaged page in any server process: each of
     them writes this file, and every process looks for it (at most once a second) before a
     write and in /health, so all of them stop writing within a second. A restore removes it
-    (``hf_sync.install``), and a start-up check that finds the file sound removes a stale one.
+    (``backup_files.install``), and a start-up check that finds the file sound removes a stale one.
     """
 
     POLL_SECONDS = 1.0
