@@ -1,11 +1,12 @@
 """Latency of normal requests while hostile connections are held open against the real server.
 
-    python bench/connections.py [--idle 500] [--slowloris 50] [--stalled 50] [--websockets 20]
-                                [--requests 600] [--stock-gthread]
+    python bench/connections.py [--idle 500] [--kept-alive 200] [--slowloris 50] [--stalled 50]
+                                [--websockets 20] [--requests 600] [--stock-gthread]
 
 Starts the server (``python src/app.py``: gunicorn with the gated gthread worker of
 adapters/connections.py) on a free 127.0.0.1 port, opens ``--idle`` connections that send
-nothing, ``--slowloris`` connections dribbling a request head a byte every 0.5 s,
+nothing, ``--kept-alive`` connections that make one request and then sit idle in keep-alive
+(the server's keep-alive is raised to 300 s so they stay open throughout), ``--slowloris`` connections dribbling a request head a byte every 0.5 s,
 ``--stalled`` POSTs whose body stops after 5 of 1000 bytes and ``--websockets`` WebSockets that
 complete the handshake and then never read or answer a ping. A separate keep-alive client
 then sends ``--requests`` requests (two GET /sessions for every POST /observe) and the script
@@ -47,7 +48,8 @@ def start_server(data_dir: str, stock: bool) -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
     env.update(AGENTMEMORY_DATA_DIR=data_dir, PORT=str(port), HOST="127.0.0.1", AGENTMEMORY_AUTH="off",
-               AGENTMEMORY_LOG_LEVEL="warning", EMBEDDING_PROVIDER="none", AGENTMEMORY_RATE_LIMIT="0")
+               AGENTMEMORY_LOG_LEVEL="warning", EMBEDDING_PROVIDER="none", AGENTMEMORY_RATE_LIMIT="0",
+               AGENTMEMORY_KEEPALIVE="300")
     if stock:  # gunicorn's own gthread worker, as configured before the gate
         argv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "32", "--keep-alive", "5",
                 "-b", f"127.0.0.1:{port}", "agentmemory_server.adapters.web:create_app()"]
@@ -83,6 +85,16 @@ def open_hostile(port: int, args: argparse.Namespace) -> tuple[list[socket.socke
         return socket.create_connection(("127.0.0.1", port), timeout=10)
 
     idle = [connect() for _ in range(args.idle)]
+    for _ in range(args.kept_alive):  # one request answered, then idle in keep-alive
+        sock = connect()
+        sock.sendall(b"GET /agentmemory/livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise SystemExit("a keep-alive connection was closed after its first request")
+            answer += chunk
+        idle.append(sock)
     slow = [connect() for _ in range(args.slowloris)]
     stalled = [connect() for _ in range(args.stalled)]
     for sock in stalled:
@@ -139,6 +151,7 @@ def pct(values: list[float], p: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--idle", type=int, default=500)
+    ap.add_argument("--kept-alive", type=int, default=200)
     ap.add_argument("--slowloris", type=int, default=50)
     ap.add_argument("--stalled", type=int, default=50)
     ap.add_argument("--websockets", type=int, default=20)
@@ -164,12 +177,13 @@ def main() -> None:
             result = {
                 "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
                 "worker": "stock gthread" if args.stock_gthread else "gated gthread",
-                "hostile": {"idle": args.idle, "slowloris": args.slowloris, "stalled": args.stalled,
+                "hostile": {"idle": args.idle, "keptAlive": args.kept_alive, "slowloris": args.slowloris, "stalled": args.stalled,
                             "websockets": args.websockets},
                 "requests": len(latencies), "errors": errors,
                 "quiet_p50_ms": pct(baseline, 50), "quiet_p95_ms": pct(baseline, 95),
                 "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99),
                 "max_ms": round(max(latencies) * 1000, 2), "server_rss_mb": round(rss_mb(proc.pid), 1),
+                "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
             }
             print(f"{result['worker']}, {len(held)} hostile connections: {result['requests']} requests, "
                   f"{errors} errors, p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms "

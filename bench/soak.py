@@ -9,7 +9,8 @@ does not grow an in-memory vector index, which is data, not a leak). ``--clients
 keep-alive clients send observations as fast as the server answers them (every 25th request is
 a search, every 200th a memory save, every 400th a session end), so the rate is whatever the
 server sustains; a live viewer WebSocket stays connected throughout. Every ``--sample`` seconds
-it prints the server's RSS (leader and worker), the request rate, p95 latency and the bounded
+it prints the server's RSS (gunicorn's leader and worker, and the background worker process
+the latter spawns; the background worker's share apart), the request rate, p95 latency and the bounded
 queues from /health. At the end: the RSS slope over the second half (MB per minute, least
 squares), and whether every acknowledged observation is stored.
 """
@@ -59,16 +60,35 @@ def start_server(data_dir: str) -> tuple[subprocess.Popen, int]:
     raise SystemExit("server did not start")
 
 
-def rss_mb(leader: int) -> float:
-    total = 0
+def process_tree(leader: int) -> dict[int, tuple[float, str]]:
+    """RSS (MB) and command line of ``leader`` and every process below it: gunicorn's workers and
+    the background worker each of them spawns (``agentmemory worker``)."""
+    procs: dict[int, tuple[int, float]] = {}
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
         except OSError:
             continue
-        if int(fields.get("Tgid", "0")) == leader or int(fields.get("PPid", "0")) == leader:
-            total += int(fields.get("VmRSS", "0 kB").split()[0])
-    return total / 1024
+        if fields.get("Tgid") == fields.get("Pid"):
+            procs[int(fields["Pid"])] = (int(fields["PPid"]), int(fields.get("VmRSS", "0 kB").split()[0]) / 1024)
+    tree, todo = {}, [leader]
+    while todo:
+        pid = todo.pop()
+        if pid in procs:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                cmdline = ""
+            tree[pid] = (procs[pid][1], cmdline)
+            todo += [child for child, (parent, _rss) in procs.items() if parent == pid]
+    return tree
+
+
+def rss_mb(leader: int) -> tuple[float, float]:
+    """(RSS of the whole server, of which the background worker process), MB."""
+    tree = process_tree(leader)
+    background = sum(rss for rss, cmd in tree.values() if " worker --parent-pid" in cmd)
+    return sum(rss for rss, _cmd in tree.values()), background
 
 
 class Load:
@@ -173,25 +193,27 @@ def main() -> None:
         threads = [threading.Thread(target=load.run_client, args=(n,), daemon=True) for n in range(args.clients)]
         threads.append(threading.Thread(target=viewer, args=(port, load.stop, events), daemon=True))
         samples: list[tuple[float, float]] = []
+        background_samples: list[tuple[float, float]] = []
         rates: list[float] = []
         try:
             for t in threads:
                 t.start()
             started = time.monotonic()
-            print(" t(s)  rss_mb   req/s  p95_ms  backlog  llm_jobs  viewer_q")
+            print(" t(s)  rss_mb  bg_mb   req/s  p95_ms  backlog  llm_jobs  inbox  viewer_q")
             while time.monotonic() - started < args.minutes * 60:
                 time.sleep(args.sample)
                 count, lat = load.take_window()
                 elapsed = time.monotonic() - started
                 health = requests.get(f"http://127.0.0.1:{port}/agentmemory/health", timeout=30).json()
                 queues = health["queues"]
-                rss = rss_mb(proc.pid)
+                rss, background = rss_mb(proc.pid)
                 samples.append((elapsed, rss))
+                background_samples.append((elapsed, background))
                 rates.append(count / args.sample)
                 p95 = statistics.quantiles(lat, n=20)[18] * 1000 if len(lat) > 20 else 0.0
-                print(f"{elapsed:5.0f}  {rss:6.1f}  {count / args.sample:6.1f}  {p95:6.1f}  "
+                print(f"{elapsed:5.0f}  {rss:6.1f}  {background:5.1f}  {count / args.sample:6.1f}  {p95:6.1f}  "
                       f"{queues['embedBacklog']['size']:7d}  {queues['llmJobs']['size']:8d}  "
-                      f"{queues['viewerEvents']['size']:8d}", flush=True)
+                      f"{queues['captureInbox']['size']:5d}  {queues['viewerEvents']['size']:8d}", flush=True)
             load.stop.set()
             for t in threads:
                 t.join(timeout=60)
@@ -202,6 +224,10 @@ def main() -> None:
                 "rss_first_mb": round(samples[0][1], 1), "rss_last_mb": round(samples[-1][1], 1),
                 "rss_max_mb": round(max(r for _, r in samples), 1),
                 "rss_slope_second_half_mb_per_min": round(slope_mb_per_min(second_half), 3),
+                "background_worker_rss_last_mb": round(background_samples[-1][1], 1),
+                "background_worker_slope_second_half_mb_per_min": round(
+                    slope_mb_per_min(background_samples[len(background_samples) // 2:]), 3),
+                "cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
                 "viewer_events_received": events[0], "errors": load.errors,
                 **verify(port, load.acked),
                 "db_mb": round(sum(p.stat().st_size for p in Path(tmp).glob("agentmemory.db*")) / 1048576, 1),

@@ -1,5 +1,5 @@
 """Slow and idle clients against a real server process, over raw sockets: hundreds of idle
-connections, slowloris heads dribbled a byte at a time, stalled bodies and half-open
+connections (never a byte, or idle in keep-alive after a request), slowloris heads dribbled a byte at a time, stalled bodies and half-open
 WebSockets never starve another client; the connection cap answers 503 with Retry-After; what
 the gate hands to threads is still plain HTTP/1.1 (keep-alive, pipelining, large bodies,
 100-continue). Real percentiles come from bench/connections.py; the bound here is only a sanity
@@ -94,19 +94,24 @@ class Dribbler(threading.Thread):
 
 def test_idle_slowloris_stalled_and_half_open_clients_never_starve_another_client(tmp_path):
     raise_open_files(4096)
-    server = LiveServer(tmp_path, {"AGENTMEMORY_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT)}, [])
+    server = LiveServer(tmp_path, {"AGENTMEMORY_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
+                                   "AGENTMEMORY_KEEPALIVE": "120"}, [])
     hostile: list[socket.socket] = []
     dribbler = None
     try:
         assert post(server.api("/observe"), hook("seed")).status_code == 201
         idle = [connect(server) for _ in range(500)]
+        kept_alive = [connect(server) for _ in range(200)]  # one request each, then idle in keep-alive
+        for sock in kept_alive:
+            sock.sendall(b"GET /agentmemory/livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[0] == 200
         slowloris = [connect(server) for _ in range(50)]
         stalled = [connect(server) for _ in range(50)]
         for sock in stalled:  # a head announcing 1000 bytes, then 5 of them
             sock.sendall(b"POST /agentmemory/observe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 1000\r\n\r\n{\"a\":")
         websockets = [half_open_websocket(server) for _ in range(20)]  # more than AGENTMEMORY_MAX_VIEWERS (16)
-        hostile = idle + slowloris + stalled + websockets
+        hostile = idle + kept_alive + slowloris + stalled + websockets
         dribbler = Dribbler(slowloris)
         dribbler.start()
 
@@ -134,6 +139,9 @@ def test_idle_slowloris_stalled_and_half_open_clients_never_starve_another_clien
             assert status == 408 and json.loads(body)["code"] == "request_timeout"
         idle[0].settimeout(5)
         assert idle[0].recv(100) == b""  # closed without a word
+        # A kept-alive connection is still open (AGENTMEMORY_KEEPALIVE) and serves its next request.
+        kept_alive[0].sendall(b"GET /agentmemory/livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(kept_alive[0])[0] == 200
         # The stalled bodies never reached a handler: nothing half-written was stored.
         r = requests.get(server.api("/health"), timeout=10)
         assert r.json()["counts"]["observations"] == 1 + 50  # the seed and every third of the 150 requests

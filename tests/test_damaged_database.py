@@ -104,6 +104,10 @@ def test_damage_found_by_the_periodic_check_stops_writes_while_running(tmp_path)
     server = LiveServer(tmp_path, {"AGENTMEMORY_INTEGRITY_CHECK_INTERVAL": "1"}, [])
     try:
         good = seed(server, "good", 10)
+        # Every process checks for itself; damage the file once the background worker process is
+        # up (else its start-up check, not a periodic one, may be the first to find the damage).
+        wait_for(lambda: requests.get(server.api("/health"), timeout=10).json()["background"]["workers"],
+                 timeout=60, message="the background worker never started")
         faults.damage_index_page(server.db_path, INDEX)  # checkpoints first, under the running server
         wait_for(lambda: requests.get(server.api("/health"), timeout=10).status_code == 503, timeout=30,
                  message="the periodic check did not find the damaged page")
@@ -168,3 +172,58 @@ def test_a_sigkilled_server_with_most_data_in_the_wal_is_recovered_at_the_next_s
         assert post(server.api("/observe"), hook("wal")).status_code == 201
     finally:
         server.stop()
+
+
+def test_damage_found_in_one_process_stops_writes_in_every_other_until_restored(tmp_path):
+    """Two openers of one file stand for the server's processes (request workers, the background
+    worker): the one that finds damage leaves <db>.damaged, the other refuses writes within a
+    second; installing a restored file removes the marker, and so does a sound start-up check."""
+    import time
+
+    import pytest
+
+    from agentmemory_server.errors import AppError
+    from agentmemory_server.storage import open_database
+    from agentmemory_server.storage.sqlite import hf_sync
+
+    db_path = tmp_path / "agentmemory.db"
+    now = lambda: "2026-12-05T00:00:00.000Z"  # noqa: E731
+    finder = open_database(db_path, now=now, lexical_engine="fts5", background=False)
+    other = open_database(db_path, now=now, lexical_engine="fts5", background=False)
+    try:
+        with other.transaction("before") as tx:
+            tx.records.set("mem:test", "a", {"id": "a"}, now=now())
+        finder.mark_damaged(["Page 13: btreeInitPage() returns error code 11"], "periodic integrity check")
+        marker = Path(str(db_path) + ".damaged")
+        assert marker.exists()
+        time.sleep(1.1)  # the marker is looked for at most once a second
+        with pytest.raises(AppError) as refused:
+            with other.transaction("after") as tx:
+                tx.records.set("mem:test", "b", {"id": "b"}, now=now())
+        assert refused.value.code == "database_damaged" and "restore --from-backup" in refused.value.details["fix"]
+        assert other.storage_health()["integrity"]["damaged"]["source"] == "periodic integrity check"
+        assert other.reader().records.get("mem:test", "a") == {"id": "a"}  # reads go on
+        assert other.reader().records.get("mem:test", "b") is None
+    finally:
+        finder.close()
+        other.close()
+    # A stale marker with a sound file: the start-up check clears it.
+    reopened = open_database(db_path, now=now, lexical_engine="fts5", background=False, check_seconds=30)
+    try:
+        assert reopened.damage is None and not marker.exists()
+    finally:
+        reopened.close()
+    # Installing a restored file removes the marker too.
+    marker.write_text(json.dumps({"problems": ["found by hand"]}))
+    copy = tmp_path / "copy.db"
+    shutil_copy(db_path, copy)
+    hf_sync.install(copy, db_path)
+    assert not marker.exists()
+
+
+def shutil_copy(source: Path, target: Path) -> None:
+    conn = sqlite3.connect(source)
+    try:
+        conn.execute("VACUUM INTO ?", (str(target),))
+    finally:
+        conn.close()

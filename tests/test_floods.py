@@ -11,7 +11,7 @@ import time
 import requests
 from websockets.sync.client import connect as ws_connect
 
-from conftest import GEMINI_TEST_KEY, LiveServer, ToolCaller, hook
+from conftest import GEMINI_TEST_KEY, LiveServer, ToolCaller, hook, wait_for
 from agentmemory_server.models import llm
 from agentmemory_server.retrieval import vectors
 
@@ -140,3 +140,55 @@ def test_viewer_event_queues_are_bounded_and_reported(make_runtime):
     queues = ToolCaller(rt)("health")["queues"]["viewerEvents"]
     assert queues["max"] == 3 and queues["shed"] == 1 and sub.dropped
     assert "reconnects" in queues["whenFull"]
+
+
+def test_the_capture_inbox_is_bounded_and_reported(tmp_path, make_hook):
+    """Events whose storing fails wait in the capture inbox; a flood of them stops at its bound
+    with 503 ``capture_inbox_full`` (the hook keeps the event) and /health shows the queue."""
+    from agentmemory_server.adapters.web import create_app
+    from agentmemory_server.kernel.settings import Settings
+    from agentmemory_server.wiring import HOOKS, build_runtime
+    from agentmemory_server.kernel.hooks import Hooks
+
+    def failing_store(ctx, tx, obs):  # the observe extension point, failing as a bug would
+        raise OSError("disk I/O error (injected)")
+
+    hooks = Hooks(**{**HOOKS.__dict__, "observe": (*HOOKS.observe, failing_store)})
+    rt = build_runtime(Settings.from_env({}, data_dir=str(tmp_path / "data"), background_jobs=False,
+                                         embedding_provider="none", auth="off", capture_inbox_max=2), hooks=hooks)
+    try:
+        client = create_app(runtime=rt).test_client()
+        statuses = [client.post("/agentmemory/observe", json=make_hook(
+            "inbox", timestamp=f"2026-05-01T12:00:{i:02d}Z")).status_code for i in range(5)]
+        assert statuses == [202, 202, 503, 503, 503]
+        queue = ToolCaller(rt)("health")["queues"]["captureInbox"]
+        assert queue["size"] == 2 and queue["max"] == 2 and queue["shed"] == 3
+        assert "capture_inbox_full" in queue["whenFull"]
+    finally:
+        rt.close()
+
+
+def test_rows_shed_by_a_request_process_get_their_vectors_from_the_background_worker(tmp_path):
+    """With the background worker in its own process, the rows a server process sheds are counted
+    in that process: it posts its shed count on the activity board, the worker reconciles once
+    its backlog drained, and every record ends up with a vector."""
+    server = LiveServer(tmp_path, {"EMBEDDING_PROVIDER": "hash", "AGENTMEMORY_EMBED_BACKLOG_MAX": "2"}, [])
+    try:
+        # First the worker is up and idle (its start-up reconcile would find everything anyway).
+        assert requests.post(server.api("/remember"), json={"content": "before the flood"}, timeout=30).ok
+        wait_for(lambda: requests.get(server.api("/health"), timeout=30).json()["vectors"]["vectors"] == 1,
+                 timeout=60, message="the background worker never embedded the first memory")
+        memories = [{"id": f"mem_flood_{i}", "createdAt": "2026-05-01T10:00:00.000Z",
+                     "updatedAt": "2026-05-01T10:00:00.000Z", "type": "fact", "title": f"flood note {i}",
+                     "content": f"flood note {i} word{i}x", "concepts": [], "files": [], "sessionIds": [],
+                     "strength": 5, "version": 1, "isLatest": True} for i in range(20)]
+        export = {"version": "agentmemory-python/1", "service": "agentmemory", "memories": memories}
+        r = requests.post(server.api("/import"), json={"exportData": export}, timeout=60)
+        assert r.status_code == 200, r.text
+        health = requests.get(server.api("/health"), timeout=30).json()
+        assert health["queues"]["embedBacklog"]["shed"] >= 18  # one transaction: only 2 fit
+        wait_for(lambda: requests.get(server.api("/health"), timeout=30).json()["vectors"]["vectors"] == 21,
+                 timeout=90,
+                 message="the shed rows never got their vectors")
+    finally:
+        server.stop()

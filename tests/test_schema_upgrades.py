@@ -29,7 +29,8 @@ FIXTURES = ROOT / "tests" / "fixtures" / "schemas"
 # 3 and 4 at once, so no released database has user_version 3.
 # Schemas 10-12 neither: issues 14, 18 and 20 of one round each added a migration, merged together
 # (13 is the first released after 9). Issue 15 of the same round adds 14 and 15 on top: until a
-# release ships 15, neither 13 nor 14 reached a user alone.
+# release ships 15, neither 13 nor 14 reached a user alone. main carried 11 and 12 for a few
+# minutes between those merges, so v11.db and v12.db exist anyway: more coverage, not a requirement.
 NEVER_RELEASED = {3, 10, 11, 12, 13, 14}
 VERSIONS = sorted(int(p.stem[1:]) for p in FIXTURES.glob("v*.db"))
 PRESERVED_TABLES = ("kv_store", "capture_events", "wm_kv", "wm_scratchpad", "wm_task", "wm_checkpoint")
@@ -79,7 +80,9 @@ def test_there_is_a_fixture_for_every_released_schema():
     for version in VERSIONS:
         manifest = json.loads((FIXTURES / f"v{version}.json").read_text())
         assert manifest["schemaVersion"] == version == schema_version(FIXTURES / f"v{version}.db")
-        assert (FIXTURES / f"v{version}.db").stat().st_size < 256 * 1024  # small
+        # Small: every table and index takes at least one 4 KB page, so the files grow with the
+        # schema (a schema-12 database with one record of each kind is 344 KB).
+        assert (FIXTURES / f"v{version}.db").stat().st_size < 512 * 1024
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 
 import faults
@@ -159,3 +160,52 @@ def test_the_viewer_warns_when_the_disk_runs_low(tmp_path, browser):
             page.close()
     finally:
         server.stop()
+
+
+def test_the_vector_index_is_never_saved_into_the_reserve_nor_left_half_written(tmp_path):
+    """The nearest-neighbour index beside the database is saved as a whole new copy: on a nearly
+    full disk the save is refused before writing (the reserve stays free for SQLite), on a full
+    disk a save that runs out of room leaves no partial file; both say disk_full, and the save
+    goes through once space is back."""
+    import numpy as np
+
+    from agentmemory_server.errors import AppError
+    from agentmemory_server.storage import open_database
+
+    dim, model = 384, "fault-model"
+    with faults.tmpfs(tmp_path / "disk", 24) as disk:
+        db = open_database(disk / "agentmemory.db", now=lambda: "2026-12-05T00:00:00.000Z", lexical_engine="fts5",
+                           background=False, reserve_bytes=4 * faults.MB)
+        try:
+            rng = np.random.default_rng(7)
+            with db.transaction("seed") as tx:
+                for i in range(2000):  # ~3 MB of vectors and graph once saved
+                    doc = {"doc_id": f"d{i}", "scope": "t", "key": f"k{i}", "type": None,
+                           "ts": "2026-12-01T00:00:00Z", "active": True, "global": False, "kind": "observation",
+                           "project": "p", "agent_id": None, "session_id": "s"}
+                    rowid = tx.index.upsert(doc, {"title": f"row {i}"})
+                    vector = rng.standard_normal(dim).astype("<f4")
+                    tx.vectors.put(rowid, model, (vector / np.linalg.norm(vector)).tobytes(), dim, "2026-12-01")
+            index = db.vector_index(model, dim)
+            while index.refresh(5000):
+                pass
+            assert len(index) == 2000
+            files = disk / "agentmemory.db.vectors"
+            # Less free than the reserve plus the copy: refused before anything is written.
+            filler = faults.fill(disk, leave_bytes=5 * faults.MB)
+            with pytest.raises(AppError) as refused:
+                index.save()
+            assert refused.value.code == "disk_full" and "the vector index" in refused.value.message
+            assert not list(files.glob("*.faiss")) and faults.free_bytes(disk) >= 4 * faults.MB
+            filler.unlink()
+            # Without a reserve check (a disk filled behind our back): ENOSPC midway, nothing left behind.
+            index._space = None
+            filler = faults.fill(disk, leave_bytes=256 * 1024)
+            with pytest.raises(AppError) as full:
+                index.save()
+            assert full.value.code == "disk_full"
+            assert not [p for p in files.glob("*") if not p.name.startswith("state-")]
+            filler.unlink()
+            assert index.save() and len(list(files.glob("*.faiss"))) == 1
+        finally:
+            db.close()

@@ -122,8 +122,8 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_EMBED_BACKLOG_MAX",),
         100_000,
         _positive_int,
-        "Records waiting for a vector at most; beyond it new records stay BM25-only (counted as shed in "
-        "/health; `agentmemory reindex` or heal queues them again).",
+        "Records waiting for a vector at most; beyond it new records stay BM25-only until the backlog "
+        "drains, then the background worker queues them again (counted as shed in /health).",
     ),
     Setting(
         "llm_jobs_max",

@@ -66,12 +66,29 @@ def queue_sizes(ctx: Ctx) -> dict[str, Any]:
             "shed": bounded.get("llm_jobs", {}).get("shed", 0),
             "whenFull": "new model work is skipped: the record keeps its deterministic result",
         },
+        "captureInbox": capture_inbox_queue(rt),
         "viewerEvents": {
             "size": live["deepestQueue"],
             "max": live["queueSize"],
             "shed": live["droppedClients"],
             "whenFull": "the lagging viewer is disconnected (close 4000) and reconnects with since=<seq>",
         },
+    }
+
+
+def capture_inbox_queue(rt: Any) -> dict[str, Any]:
+    """Hook events waiting for a retry (failed dead letters and filtered events are trimmed to
+    AGENTMEMORY_CAPTURE_DEAD_MAX, oldest first)."""
+    capture = rt.services.get("capture")
+    if capture is None:
+        return {}
+    status = capture.status()
+    return {
+        "size": status["inbox"]["pending"],
+        "max": capture.inbox_max,
+        "shed": capture.since_start.get("rejected", 0),
+        "whenFull": "a hook event that failed to store is refused with 503 capture_inbox_full; the hook "
+        "keeps it and resends",
     }
 
 

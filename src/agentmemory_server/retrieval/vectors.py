@@ -159,14 +159,15 @@ class VectorService:
 
     def _follow(self) -> None:
         lower_thread_priority(10)  # below requests, above the embedder
+        failures = WorkerFailures(log, "vector index")  # a full disk: one line a minute, not 4 a second
         while not self._stop.is_set():
             try:
                 done = self.index.refresh(2000)
                 self._maybe_save()
                 if self.rt.activity is not None:  # the worker queues shed rows again once drained
                     self.rt.activity.post_shed(self._shed())
-            except Exception:  # noqa: BLE001 - the follower must survive anything
-                log.exception("vector index refresh failed")
+            except Exception as exc:  # noqa: BLE001 - the follower must survive anything
+                failures.failed(exc)
                 done = 0
             if done == 0:
                 self._stop.wait(FOLLOW_SECONDS)
@@ -177,8 +178,8 @@ class VectorService:
         if unsaved and (
             (unsaved >= SAVE_AFTER_CHANGES and waited >= SAVE_AFTER_SECONDS) or waited >= SAVE_AT_MOST_EVERY
         ):
+            self._saved_at = time.monotonic()  # a failed save (no room) is tried again as late
             self.index.save()
-            self._saved_at = time.monotonic()
 
     # ---- the backlog worker (where the background loops run) ---------------------------------
     def _work(self) -> None:

@@ -489,7 +489,9 @@ class Database(Protocol):
     path: Path
     location: str
     last_write: float
-    damage: dict[str, Any] | None
+
+    @property
+    def damage(self) -> dict[str, Any] | None: ...
 
     def run_integrity_check(self, budget_seconds: float, source: str) -> list[str] | None: ...
     def mark_damaged(self, problems: list[str], source: str) -> None: ...

@@ -24,6 +24,7 @@ LATEST = "agentmemory.db"
 # The server's image store (capture/image_store.py; not imported: this process stays standalone).
 IMAGES_DIR = "images"
 IMAGES_PREFIX = IMAGES_DIR + "/"
+DAMAGE_MARKER = ".damaged"  # faults.DamageMarker: a restored file is no longer damaged
 log = logging.getLogger("agentmemory.sync")
 
 # -- the local database file -------------------------------------------------------------------------
@@ -172,7 +173,7 @@ def install(new: Path, db: Path) -> Path | None:
             shutil.copy2(db, kept)
         if _sidecar(db, "-wal").exists():
             os.replace(_sidecar(db, "-wal"), _sidecar(kept, "-wal"))
-    for stale in (_sidecar(db, "-wal"), _sidecar(db, "-shm")):
+    for stale in (_sidecar(db, "-wal"), _sidecar(db, "-shm"), _sidecar(db, DAMAGE_MARKER)):
         stale.unlink(missing_ok=True)
     with open(new, "rb+") as handle:  # on disk before it takes the real name
         os.fsync(handle.fileno())

@@ -33,7 +33,7 @@ from agentmemory_server.storage.sqlite.admin import SqliteAdmin
 from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.capture import SqliteCaptureInbox
-from agentmemory_server.storage.sqlite.faults import FreeSpace, classify, damaged
+from agentmemory_server.storage.sqlite.faults import DamageMarker, FreeSpace, classify, damaged
 from agentmemory_server.storage.sqlite.images import SqliteImageIndex
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
 from agentmemory_server.storage.sqlite.lexical_feed import SqliteFeeds
@@ -187,15 +187,16 @@ class Database:
         self._vector_indexes_lock = threading.Lock()
         self.last_write = 0.0  # monotonic time of the last commit that changed something
         self.space = FreeSpace(self.path, reserve=reserve_bytes, warn=warn_bytes)
-        self.damage: dict[str, Any] | None = None
+        self._damage: dict[str, Any] | None = None
+        self._marker = DamageMarker(self.path)
         self.last_check: dict[str, Any] | None = None
         preflight(self.path)  # before the writer switches the file to WAL: a newer file stays untouched
         try:
             self._writer = self._connect(readonly=False)
         except sqlite3.DatabaseError as exc:
             raise classify(exc, self.path) or exc from None
-        if check_seconds > 0:
-            self.run_integrity_check(check_seconds, "start-up check")
+        if check_seconds > 0 and self.run_integrity_check(check_seconds, "start-up check") == ["ok"]:
+            self._marker.clear()  # restored or repaired since another process found damage
         record_indexes = tuple(record_indexes)
         self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
@@ -315,12 +316,28 @@ class Database:
             self.mark_damaged(problems, source)
         return problems
 
+    @property
+    def damage(self) -> dict[str, Any] | None:
+        """What made the file count as damaged (here or in another process), or None."""
+        if self._damage is None and (found := self._marker.poll()) is not None:
+            error = damaged(self.path, [str(p) for p in found["problems"]])
+            self._damage = {
+                "at": found.get("at") or self._now(),
+                "source": str(found.get("source") or "another process"),
+                "problems": error.details["problems"],
+                "fix": error.details["fix"],
+            }
+            log.error("%s found: %s. To recover: %s", self._damage["source"], error.message, error.details["fix"])
+        return self._damage
+
     def mark_damaged(self, problems: list[str], source: str) -> None:
-        """Refuse every write from now on (reads go on); logged once with what to do."""
+        """Refuse every write from now on, in every process using the file (reads go on);
+        logged once with what to do."""
         if self.damage is not None:
             return
         error = damaged(self.path, problems)
-        self.damage = {"at": self._now(), "source": source, "problems": problems[:20], "fix": error.details["fix"]}
+        self._damage = {"at": self._now(), "source": source, "problems": problems[:20], "fix": error.details["fix"]}
+        self._marker.write(self._damage)
         log.error("%s: %s. To recover: %s", source, error.message, error.details["fix"])
 
     def app_error(self, exc: BaseException) -> AppError | None:
@@ -346,9 +363,10 @@ class Database:
     def storage_health(self) -> dict[str, Any]:
         """Disk space and integrity, for /health."""
         disk = self.space.health()
-        integrity = {"status": "critical" if self.damage else "healthy", "lastCheck": self.last_check}
-        if self.damage:
-            integrity["damaged"] = self.damage
+        damage = self.damage
+        integrity = {"status": "critical" if damage else "healthy", "lastCheck": self.last_check}
+        if damage:
+            integrity["damaged"] = damage
         return {"disk": disk, "integrity": integrity}
 
     def _refuse_writes_if_unsafe(self) -> None:
@@ -470,7 +488,12 @@ class Database:
             index = self._vector_indexes.get((model, dim))
             if index is None:
                 index = SqliteVectorIndex(
-                    self.path, model, dim, connect=lambda: self.reader().conn, write=self._write_statement
+                    self.path,
+                    model,
+                    dim,
+                    connect=lambda: self.reader().conn,
+                    write=self._write_statement,
+                    space=self.space,
                 )
                 self._vector_indexes[(model, dim)] = index
             return index

@@ -15,6 +15,8 @@ checkpoint and lets writes resume by themselves once space returns.
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 import sqlite3
 import time
@@ -25,7 +27,9 @@ from typing import Any
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, InsufficientStorage, Unavailable
 
+log = logging.getLogger("agentmemory.storage")
 RECENTLY_FULL_SECONDS = 30.0
+DAMAGE_MARKER_SUFFIX = ".damaged"  # backup_files.py (standalone) spells it out too
 RESTORE_HINT = (
     "stop the server and run `agentmemory restore --from-backup` (the newest good local snapshot or "
     "HF dataset backup; the damaged file is kept as <db>.pre-restore), or salvage it with "
@@ -88,6 +92,18 @@ def classify(exc: BaseException, path: Path) -> AppError | None:
         return Unavailable("the database is busy; retry shortly", code=errors.DATABASE_BUSY, retry_after=1)
     if name.startswith("SQLITE_READONLY") or name.startswith("SQLITE_IOERR") or name == "SQLITE_CANTOPEN":
         return _io_error(path, text)
+    return None
+
+
+def classify_os_error(exc: BaseException, path: Path) -> AppError | None:
+    """What a failed write of a file beside the database means (None: not a storage fault).
+    Native libraries (faiss) report the errno only in their message."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT) or os.strerror(errno.ENOSPC) in text:
+        return disk_full(path)
+    if code == errno.EROFS or os.strerror(errno.EROFS) in text:
+        return storage_read_only(path)
     return None
 
 
@@ -166,6 +182,22 @@ class FreeSpace:
             self.note_full()
             raise disk_full(self.path, free, self.reserve)
 
+    def check_room(self, needed: int, what: str) -> None:
+        """Before writing a file of up to ``needed`` bytes (``what``) beside the database.
+
+        :raise InsufficientStorage: it would leave less than the reserve free (nothing written).
+        """
+        try:
+            free = disk_usage(self.path.parent).free
+        except OSError:
+            return
+        if free - needed < self.reserve:
+            raise InsufficientStorage(
+                f"not writing {what} ({_mb(needed)}): {_mb(free)} free on the disk holding {self.path.parent} "
+                f"and at least {_mb(self.reserve)} must stay free; it is written once space is freed",
+                details={"fix": f"free space next to {self.path}", "freeBytes": free, "neededBytes": needed},
+            )
+
     def health(self) -> dict[str, Any]:
         usage = disk_usage(self.path.parent)
         recently_full = self.last_full is not None and time.monotonic() - self.last_full < RECENTLY_FULL_SECONDS
@@ -189,3 +221,49 @@ class FreeSpace:
             "reserveBytes": self.reserve,
             "refusedWrites": self.refused,
         }
+
+
+class DamageMarker:
+    """``<db>.damaged``: damage one process found, seen by every process using the file.
+
+    The periodic check runs once per database in whichever process claims it (the background
+    worker by default), and a request may hit a damaged page in any server process: each of
+    them writes this file, and every process looks for it (at most once a second) before a
+    write and in /health, so all of them stop writing within a second. A restore removes it
+    (``backup_files.install``), and a start-up check that finds the file sound removes a stale one.
+    """
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, db: Path):
+        self.path = Path(str(db) + DAMAGE_MARKER_SUFFIX)
+        self._polled = 0.0
+
+    def write(self, damage: dict[str, Any]) -> None:
+        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            partial.write_text(json.dumps(damage))
+            os.replace(partial, self.path)
+        except OSError as exc:  # a full or read-only disk: this process still refuses writes
+            log.warning("could not write %s: %s", self.path, exc)
+            partial.unlink(missing_ok=True)
+
+    def poll(self) -> dict[str, Any] | None:
+        """The damage another process recorded (None: none, or looked less than a second ago)."""
+        now = time.monotonic()
+        if now - self._polled < self.POLL_SECONDS:
+            return None
+        self._polled = now
+        try:
+            found = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:  # half-written by hand, unreadable: still damage
+            found = {"problems": [f"unreadable damage marker {self.path}: {exc}"]}
+        return found if isinstance(found, dict) and found.get("problems") else None
+
+    def clear(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", self.path, exc)

@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from agentmemory_server.errors import AppError
 from agentmemory_server.storage.sqlite.ann import ENGINE, EXACT_LIMIT, AnnIndex, dot_rows
+from agentmemory_server.storage.sqlite.faults import FreeSpace, classify_os_error
 
 log = logging.getLogger("agentmemory.vectors")
 APPLY_CHUNK = 16  # rows added under the write lock at once: searches wait at most this long
@@ -94,11 +96,12 @@ class SqliteVectorIndex:
         *,
         connect: Callable[[], sqlite3.Connection],
         write: Callable[[str, tuple], None],
+        space: FreeSpace | None = None,
     ):
         self.model, self.dim = model, dim
         self.dir = Path(str(db_path) + ".vectors")
         self.name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model}-{dim}")
-        self._connect, self._write = connect, write
+        self._connect, self._write, self._space = connect, write, space
         self._rw = RWLock()
         self._refresh_lock = threading.Lock()  # one refresher (and saver) at a time
         self.ann = AnnIndex(dim)
@@ -160,21 +163,29 @@ class SqliteVectorIndex:
                 return False
             self.dir.mkdir(parents=True, exist_ok=True)
             stem, seq = f"{self.name}.{self.seq}", self.seq
-            with self._rw.read():  # searches go on; no change can happen (we hold the refresh lock)
-                self.ann.save(self.dir, stem)
-                vectors = len(self.ann)
-            state = {
-                "engine": ENGINE,
-                "model": self.model,
-                "dim": self.dim,
-                "seq": seq,
-                "stem": stem,
-                "vectors": vectors,
-                "savedAt": time.time(),
-            }
+            if self._space is not None:  # the new copy is written before the old one goes
+                self._space.check_room(self._save_size(), "the vector index")
             partial = self.state_path.with_suffix(f".{os.getpid()}.partial")
-            partial.write_text(json.dumps(state))
-            os.replace(partial, self.state_path)
+            try:
+                with self._rw.read():  # searches go on; nothing changes (we hold the refresh lock)
+                    self.ann.save(self.dir, stem)
+                    vectors = len(self.ann)
+                state = {
+                    "engine": ENGINE,
+                    "model": self.model,
+                    "dim": self.dim,
+                    "seq": seq,
+                    "stem": stem,
+                    "vectors": vectors,
+                    "savedAt": time.time(),
+                }
+                partial.write_text(json.dumps(state))
+                os.replace(partial, self.state_path)
+            except (OSError, RuntimeError) as exc:  # ENOSPC, EROFS: no half-written copy stays behind
+                half_written = self.dir.glob(f"{stem}.*") if stem != self.saved.get("stem") else ()
+                for path in (*half_written, partial):
+                    path.unlink(missing_ok=True)
+                raise classify_os_error(exc, self.state_path) or exc from exc
             old, self.saved, self.dirty = self.saved.get("stem"), state, 0
         if old and old != stem:
             for path in self.dir.glob(f"{old}.*"):
@@ -182,6 +193,13 @@ class SqliteVectorIndex:
         _first, last = self._log_bounds()
         self._write("DELETE FROM vector_log WHERE seq <= ?", (min(seq, last - KEEP_LOG),))
         return True
+
+    def _save_size(self) -> int:
+        """Bytes the next save may take: the last saved copy's size, or an estimate (vectors,
+        graph links and slot rows)."""
+        stem = self.saved.get("stem")
+        saved = sum(p.stat().st_size for p in self.dir.glob(f"{stem}.*")) if stem else 0
+        return max(saved, len(self.ann) * (self.dim * 4 + 320))
 
     # ---- keeping up with the database ------------------------------------------------------------
     def rebuild(self, reason: str) -> None:
@@ -338,5 +356,7 @@ class SqliteVectorIndex:
     def close(self) -> None:
         try:
             self.save()
+        except AppError as exc:  # a full or read-only disk: one line, the log replays at start-up
+            log.warning("not saving the vector index %s: %s (replayed at start-up)", self.name, exc.message)
         except (OSError, sqlite3.Error, RuntimeError):
             log.exception("saving the vector index %s failed (it is rebuilt or replayed at start-up)", self.name)
