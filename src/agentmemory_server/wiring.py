@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from agentmemory_server.capture import antigravity, observe, sessions
+from agentmemory_server.capture import antigravity, client_hooks, observe, sessions
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.runtime import Runtime, SubsystemFactory
@@ -49,6 +49,7 @@ FEATURE_MODULES: tuple[ModuleType, ...] = (
     health,
     sessions,
     observe,
+    client_hooks,
     memories,
     transfer,
     context,
