@@ -54,7 +54,8 @@ def _normalised(name: str, section: dict[str, Any]) -> dict[str, Any]:
         return out
     if name == "UserPromptSubmit":
         return {"prompt": section.get("prompt")}
-    metadata = section.get("taskMetadata") if isinstance(section.get("taskMetadata"), dict) else {}
+    found = section.get("taskMetadata")
+    metadata: dict[str, Any] = found if isinstance(found, dict) else {}
     return {"message": metadata.get("initialTask")} if metadata.get("initialTask") else {}
 
 
