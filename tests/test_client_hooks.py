@@ -81,6 +81,7 @@ CONTEXT_ANSWER = {
     and "<agentmemory-context" in a["hookSpecificOutput"]["additionalContext"],
     "codex": lambda a: "<agentmemory-context" in a["hookSpecificOutput"]["additionalContext"],
     "antigravity": lambda a: "<agentmemory-context" in a["hookSpecificOutput"]["additionalContext"],
+    "gemini": lambda a: "<agentmemory-context" in a["hookSpecificOutput"]["additionalContext"],
     "cursor": lambda a: "<agentmemory-context" in a["additional_context"],
     "cline": lambda a: a["cancel"] is False and "<agentmemory-context" in a["contextModification"],
     "copilot": lambda a: a == {},  # Copilot CLI does not read sessionStart output
