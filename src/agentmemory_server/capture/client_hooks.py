@@ -49,13 +49,16 @@ def hook_event(ctx: Ctx, args: dict) -> dict:
     if event.skip:
         return mapper.reply(event, None)
     project = project_of(event.cwd)
+    # A start compiles its context first, so the block holds what earlier sessions left and not
+    # the start that was just recorded.
+    context = start_session(ctx, event, project) if event.lifecycle == START else None
     try:
         registry.run(agent_observe, ctx, observe_args(ctx, event, project))
     except CapacityExceeded:
         if event.lifecycle != START and not event.prompt:
             raise
         log.warning("session %s is full; answering its %s without storing it", event.session_id, event.event)
-    return mapper.reply(event, after_store(ctx, event, project))
+    return mapper.reply(event, context if event.lifecycle == START else after_store(ctx, event, project))
 
 
 def project_of(cwd: str | None) -> str | None:
@@ -102,14 +105,17 @@ def described(event: HookEvent) -> dict[str, Any]:
     return data
 
 
+def start_session(ctx: Ctx, event: HookEvent, project: str | None) -> str | None:
+    """Open (or reopen) the session; the context block to hand back, if any."""
+    started = registry.run(session_start, ctx, {"sessionId": event.session_id, "project": project, "cwd": event.cwd})
+    if ctx.rt.settings.hook_context == "off" or not started["context"]:
+        return None
+    return truncate(started["context"], MAX_CONTEXT_CHARS)
+
+
 def after_store(ctx: Ctx, event: HookEvent, project: str | None) -> str | None:
     """What the event means for its session; the context to hand back, if any."""
     mode = ctx.rt.settings.hook_context
-    if event.lifecycle == START:
-        started = registry.run(
-            session_start, ctx, {"sessionId": event.session_id, "project": project, "cwd": event.cwd}
-        )
-        return truncate(started["context"], MAX_CONTEXT_CHARS) if mode != "off" and started["context"] else None
     if event.lifecycle in (TURN_END, END):
         registry.run(session_end, ctx, {"sessionId": event.session_id, "final": event.lifecycle == END})
         return None
