@@ -50,14 +50,12 @@ def _rpc(client, method, params=None, headers=None):
     return r.get_json()
 
 
-def test_rest_mcp_http_jsonrpc_readme_and_agents_lists_are_the_same(client):
+def test_rest_mcp_http_jsonrpc_and_readme_lists_are_the_same(client):
     expected = mcp_names()
     assert [t["name"] for t in client.get("/agentmemory/mcp/tools").get_json()["tools"]] == expected
     assert [t["name"] for t in _rpc(client, "tools/list")["result"]["tools"]] == expected
     readme = (ROOT / "README.md").read_text().split("<!-- BEGIN tools -->")[1].split("<!-- END tools -->")[0]
-    agents = (ROOT / "AGENTS.md").read_text().split("<!-- BEGIN toolnames -->")[1].split("<!-- END toolnames -->")[0]
     assert re.findall(r"^\| `([\w.-]+)` \|", readme, re.M) == expected
-    assert re.findall(r"^- `([\w.-]+)`$", agents, re.M) == expected
 
 
 @pytest.mark.parametrize("name", mcp_names())

@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -242,35 +243,48 @@ def test_sdk_streamable_http_client_wrong_token_is_refused(live_server):
     assert isinstance(leaves[-1], MCPError) and leaves[-1].message.startswith("unauthorized: send 'Authorization")
 
 
-def readme_mcp_configs() -> list[dict[str, Any]]:
+def documented_mcp_configs() -> list[dict[str, Any]]:
+    """Every `mcpServers` entry of a JSON block in README.md and docs/mcp.md."""
     from conftest import ROOT
 
-    section = (ROOT / "README.md").read_text().split("## MCP\n")[1].split("\n## ")[0]
-    blocks = section.split("```json\n")[1:]
-    return [json.loads(block.split("```")[0])["mcpServers"]["agentmemory"] for block in blocks]
+    entries = []
+    for path in (ROOT / "README.md", ROOT / "docs" / "mcp.md"):
+        for block in path.read_text().split("```json\n")[1:]:
+            entries.append(json.loads(block.split("```")[0])["mcpServers"]["agentmemory"])
+    return entries
 
 
-async def _run_config(entry: dict[str, Any], url: str) -> list[str]:
+async def _run_config(entry: dict[str, Any], url: str, token_file: str) -> list[str]:
     from conftest import ROOT
 
-    fix = lambda text: text.replace("/opt/agentmemory-python/.venv/bin/python", sys.executable).replace(  # noqa: E731
-        "/opt/agentmemory-python", str(ROOT))
+    def fix(text: str) -> str:
+        if text == "agentmemory-mcp":  # the installed command, from this virtualenv
+            return str(Path(sys.executable).with_name("agentmemory-mcp"))
+        return text.replace("/opt/agentmemory-python/.venv/bin/python", sys.executable).replace(
+            "/opt/agentmemory-python", str(ROOT))
+
     env = {k: (url if k == "AGENTMEMORY_URL" else SECRET) for k in entry["env"]}
-    params = StdioServerParameters(command=fix(entry["command"]), args=[fix(a) for a in entry["args"]], env=env)
+    if "AGENTMEMORY_SECRET" not in env:  # the wrapper reads the server's token file itself
+        env["AGENTMEMORY_SECRET_FILE"] = token_file
+    params = StdioServerParameters(command=fix(entry["command"]), args=[fix(a) for a in entry.get("args", [])],
+                                   env=env)
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as session:
             await session.initialize()
             return [t.name for t in (await session.list_tools()).tools]
 
 
-def test_readme_client_configs_work(live_server):
+def test_documented_client_configs_work(live_server, tmp_path):
     server = live_server(env={"AGENTMEMORY_SECRET": SECRET})
-    configs = readme_mcp_configs()
+    token_file = tmp_path / "secret"
+    token_file.write_text(SECRET + "\n")
+    configs = documented_mcp_configs()
     stdio = [c for c in configs if "command" in c]
     http = [c for c in configs if "url" in c]
-    assert len(stdio) == 2 and len(http) == 1
+    assert len(stdio) == 3 and len(http) == 1
     assert http[0]["url"].endswith("/mcp") and http[0]["headers"]["Authorization"].startswith("Bearer ")
+    assert [c["command"] for c in stdio].count("agentmemory-mcp") == 2
+    assert any(c.get("args", [""])[-1].endswith("src/mcp_stdio.py") for c in stdio)
     for entry in stdio:
-        assert entry["args"][-1].endswith("src/mcp_stdio.py") and set(entry["env"]) == {
-            "AGENTMEMORY_URL", "AGENTMEMORY_SECRET"}
-        assert anyio.run(_run_config, entry, server.url) == registry_tools()
+        assert "AGENTMEMORY_URL" in entry["env"] and set(entry["env"]) <= {"AGENTMEMORY_URL", "AGENTMEMORY_SECRET"}
+        assert anyio.run(_run_config, entry, server.url, str(token_file)) == registry_tools()

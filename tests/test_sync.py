@@ -332,5 +332,5 @@ def test_every_sync_setting_is_a_config_field_and_documented():
 
     fields = {f.name for f in dataclasses.fields(sync.Config)} - {"db_path"}
     assert {s.field for s in sync.SYNC_SETTINGS} == fields
-    readme = (ROOT / "README.md").read_text()
-    assert all(f"| `{s.env}` |" in readme for s in sync.SYNC_SETTINGS)
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert all(f"| `{s.env}` |" in operations for s in sync.SYNC_SETTINGS)

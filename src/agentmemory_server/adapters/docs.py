@@ -1,9 +1,12 @@
-"""Regenerate the tables in README.md and AGENTS.md from the code.
+"""Regenerate the tables in README.md, AGENTS.md and docs/*.md from the code.
 
-``python -m agentmemory_server.adapters.docs`` rewrites every block between ``<!-- BEGIN <name> -->`` and
-``<!-- END <name> -->``; ``... --check`` exits 1 when a block is stale (a test
-runs the same check). Blocks: ``config`` (settings), ``routes`` (every HTTP route of the app),
-``tools`` (every MCP tool), ``backupconfig`` (sync.py's environment variables).
+``.venv/bin/python -m agentmemory_server.adapters.docs`` rewrites every block between
+``<!-- BEGIN <name> -->`` and ``<!-- END <name> -->`` in those files; ``... --check`` changes
+nothing and exits 1 when a block is stale (tests/test_docs.py runs the same check). Blocks:
+``config`` (settings), ``routes`` (every HTTP route of the app), ``tools`` (every MCP tool),
+``errors`` (the error-code catalogue), ``scopes`` (record scopes), ``events`` (live event
+types), ``cli`` (the ``agentmemory`` commands), ``backupconfig`` (the backup sidecar's
+environment variables). A block name this module does not know is left as it is.
 """
 
 from __future__ import annotations
@@ -63,10 +66,6 @@ def tools_table() -> str:
         rest = ", ".join(f"{r.method} `/agentmemory{r.path}`" for r in t.routes) or "`POST /agentmemory/mcp/call`"
         lines.append(f"| `{t.name}` | {'yes' if t.core else ''} | {rest} | {t.description} |")
     return "\n".join(lines)
-
-
-def tool_names_list() -> str:
-    return "\n".join(f"- `{t.name}`" for t in registry.REGISTRY.mcp_tools("all"))
 
 
 def backup_settings_table() -> str:
@@ -130,7 +129,6 @@ GENERATORS = {
     "config": settings_module.markdown_table,
     "routes": routes_table,
     "tools": tools_table,
-    "toolnames": tool_names_list,
     "backupconfig": backup_settings_table,
 }
 
@@ -149,19 +147,23 @@ def render(text: str) -> str:
     return BLOCK.sub(replace, text)
 
 
+def documents() -> list[Path]:
+    """Every file that may hold generated blocks: README.md, AGENTS.md and docs/*.md."""
+    return [ROOT / "README.md", ROOT / "AGENTS.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main(argv: list[str]) -> int:
     stale = []
-    for name in ("README.md", "AGENTS.md"):
-        path = ROOT / name
+    for path in documents():
         current = path.read_text(encoding="utf-8")
         fresh = render(current)
         if fresh != current:
-            stale.append(name)
+            stale.append(str(path.relative_to(ROOT)))
             if "--check" not in argv:
                 path.write_text(fresh, encoding="utf-8")
     if stale and "--check" in argv:
         print(
-            f"stale generated blocks in {', '.join(stale)}; run: python -m agentmemory_server.adapters.docs",
+            f"stale generated blocks in {', '.join(stale)}; run: .venv/bin/python -m agentmemory_server.adapters.docs",
             file=sys.stderr,
         )
         return 1
