@@ -91,8 +91,9 @@ def options(
         scope=scope,
         home=home or Path.home(),
         cwd=cwd or Path.cwd(),
-        hook_command=shlex.quote(command_path("agentmemory")),
-        mcp_command=command_path("agentmemory-mcp"),
+        # A project's config is committed and shared: it names the commands, found on each PATH.
+        hook_command=shlex.quote(command_path("agentmemory")) if scope == "user" else "agentmemory",
+        mcp_command=command_path("agentmemory-mcp") if scope == "user" else "agentmemory-mcp",
         mcp=mcp,
         token=token if write_token and not in_env else None,
         data_dir=settings.secret_path.parent,
