@@ -17,7 +17,7 @@ import pytest
 import requests
 
 import client_schemas
-from conftest import LiveServer, clean_environ
+from conftest import LiveServer, clean_environ, wait_for
 
 SECRET = "connect-test-secret-0123456789"
 FIXTURES = Path(__file__).parent / "fixtures" / "clients"
@@ -143,12 +143,16 @@ const hooks = await AgentMemory({{ directory: "/home/u/game" }});
 await hooks.event({{ event: {{ type: "session.created", properties: {{ info: {{ id: "oc-plugin", directory: "/home/u/game" }} }} }} }});
 await hooks["tool.execute.before"]({{ tool: "edit", sessionID: "oc-plugin", callID: "c1" }}, {{ args: {{ filePath: "a.ts" }} }});
 await hooks["tool.execute.after"]({{ tool: "edit", sessionID: "oc-plugin", callID: "c1" }}, {{ title: "a.ts", output: "ok", metadata: {{}} }});
-await new Promise((resolve) => setTimeout(resolve, 1500));
+setInterval(() => {{}}, 1000);  // stay up like OpenCode does; the test stops this process
 """
-    done = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60,
-                          env=env_for(home))
-    assert done.returncode == 0, done.stderr
-    stored = observations(server, "oc-plugin")
+    node = subprocess.Popen(["node", "--input-type=module", "-e", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env_for(home))
+    try:  # the plugin does not wait for its posts: wait for them to arrive
+        stored = wait_for(lambda: len(observations(server, "oc-plugin")) >= 2 and observations(server, "oc-plugin"),
+                          timeout=30, message=lambda: "the plugin's events did not arrive", proc=node)
+    finally:
+        node.kill()
+        node.communicate(timeout=10)
     assert [o["hookType"] for o in stored] == ["session_start", "post_tool_use"]
     assert stored[1]["files"] == ["a.ts"] and stored[1]["raw"]["tool_input"] == {"filePath": "a.ts"}
 
