@@ -30,7 +30,7 @@ from agentmemory_server.kernel import registry  # noqa: E402
 from fake_gemini import FakeGemini  # noqa: E402
 from ingest import payload, pct, run, start_server  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
-from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
+from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 KEY = "bench-key-0123456789"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.retrieval import vectors  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
-from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
+from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}

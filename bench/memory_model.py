@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
+from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 WORDS = ("cache redis timeout retry deploy staging schema migration index query login token session "

@@ -42,7 +42,7 @@ from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.retrieval.embeddings import LOCAL_DIM, LOCAL_MODEL_ID, to_blob  # noqa: E402
 from ingest import free_port  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
-from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
+from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 TOOLS = ["Bash", "Edit", "Read", "Grep", "Write"]
