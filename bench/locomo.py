@@ -155,7 +155,7 @@ def print_table(mode: str, per_question: list[tuple[int, dict[str, float]]]) -> 
 # -- main ---------------------------------------------------------------------------------------------------------
 
 
-def run(data_path: Path, modes: list[str], provider: str, limit: int | None) -> dict[str, Any]:
+def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy") -> dict[str, Any]:
     samples = json.loads(data_path.read_text())[:limit]
     results: dict[str, list[tuple[int, dict[str, float]]]] = {m: [] for m in modes}
     latencies: dict[str, list[float]] = {m: [] for m in modes}
@@ -163,11 +163,13 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None) -> 
     timing = {"ingest_s": 0.0, "embed_s": 0.0, "turns": 0}
     for sample in samples:
         with tempfile.TemporaryDirectory() as tmp:
-            rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider))
+            rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
+                                                 lexical_engine=engine, auth="off"))
             try:
                 ctx = Ctx(rt, source="bench")
                 t0 = time.perf_counter()
                 mapping = ingest(ctx, sample)
+                rt.db.flush()  # searches read the committed lexical index, as on a running server
                 t1 = time.perf_counter()
                 vectors.service(rt).drain()
                 t2 = time.perf_counter()
@@ -220,8 +222,9 @@ def main() -> None:
     parser.add_argument("--modes", default="bm25,vector,hybrid")
     parser.add_argument("--provider", default="local", choices=["local", "hash", "gemini", "none"])
     parser.add_argument("--limit", type=int, help="only the first N conversations")
+    parser.add_argument("--engine", default="tantivy", choices=["tantivy", "fts5"], help="lexical engine")
     opts = parser.parse_args()
-    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit)
+    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine)
     headline = {mode: {k: summary["modes"][mode]["overall 1-4"][k] for k in ("n", "R@5", "R@10", "R@20", "NDCG@10", "MRR")}
                 for mode in summary["modes"]}
     print(json.dumps({"benchmark": "locomo-dev", "provider": opts.provider, "overall_1_4": headline,

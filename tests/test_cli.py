@@ -85,6 +85,49 @@ def test_import_validates_everything_before_writing(tmp_path):
     assert proc.returncode == 1 and "cannot read" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_json_lines_export_and_import_round_trip(client, call, tmp_path, rt):
+    """export --jsonl writes a header line and one record a line; importing it (streamed, in
+    batches) into an empty store gives back the same export."""
+    for i in range(5):
+        client.post("/agentmemory/observe", json=hook(f"s{i % 2}", timestamp=f"2026-01-01T00:00:0{i}Z"))
+    call("memory_save", content="Use WAL mode for SQLite")
+    with rt.db.transaction("test") as tx:
+        tx.records.set("mem:lessons", "lsn_1", {"id": "lsn_1", "content": "a lesson"}, now="x")
+    lines_file = tmp_path / "export.jsonl"
+    summary = ok(cli("--db", str(rt.db.path), "-q", "export", "-o", str(lines_file)))
+    lines = [json.loads(line) for line in lines_file.read_text().splitlines()]
+    assert lines[0]["version"] == transfer.FORMAT_VERSION and len(lines) == 1 + summary["records"]
+    assert {"observations": {"s0": [lines[3]["observations"]["s0"][0]]}} == lines[3]  # one record a line
+    assert lines[-1] == {"kv": {"mem:lessons": {"lsn_1": {"id": "lsn_1", "content": "a lesson"}}}}
+    other = tmp_path / "other.db"
+    imported = ok(cli("--db", str(other), "-q", "import", str(lines_file), "--batch", "2"))
+    assert imported["imported"] == summary["records"] and imported["counts"]["observations"]["imported"] == 5
+    again = tmp_path / "again.json"
+    ok(cli("--db", str(other), "-q", "export", "-o", str(again)))
+    assert without_time(json.loads(again.read_text())) == without_time(client.get("/agentmemory/export").json)
+    found = ok(cli("--db", str(other), "-q", "import", str(lines_file), "--strategy", "skip"))
+    assert found["skipped"] == summary["records"]
+
+
+def test_json_lines_import_names_the_bad_line_and_keeps_earlier_batches(tmp_path):
+    good = {"sessions": [{"id": "fine"}]}
+    path = tmp_path / "bad.jsonl"
+    db = tmp_path / "x.db"
+    path.write_text(json.dumps(good) + "\n")
+    proc = cli("--db", str(db), "-q", "import", str(path))
+    assert proc.returncode == 1 and "line 1: the first line must be the header" in proc.stderr
+    header = json.dumps({"version": transfer.FORMAT_VERSION})
+    path.write_text("\n".join([header, json.dumps(good), "", json.dumps({"sessions": [{"no": "id"}]})]) + "\n")
+    proc = cli("--db", str(db), "-q", "import", str(path), "--batch", "1")
+    assert proc.returncode == 1 and "line 4:" in proc.stderr and "must be a non-empty string" in proc.stderr
+    assert sqlite_table_counts(db)["kv_store"] == 1  # the batch before the bad line was written
+    path.write_text(header + "\n{oops\n")
+    proc = cli("--db", str(db), "-q", "import", str(path))
+    assert proc.returncode == 1 and "line 2: not JSON" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("--db", str(db), "-q", "import", str(tmp_path / "missing.jsonl"))
+    assert proc.returncode == 1 and "no such file" in proc.stderr
+
+
 def test_reindex_restores_search_after_the_index_is_emptied(tmp_path):
     data = tmp_path / "data"
     seed_store(data)

@@ -193,7 +193,9 @@ def test_secrets_never_reach_the_model_and_its_secrets_never_reach_the_db(llm_ru
     summary = call("session_get", sessionId="s1")["session"]["summary"]
     assert summary["method"] == "gemini" and summary["narrative"] == "token [REDACTED_SECRET]"
     rt.db.checkpoint()
-    on_disk = b"".join(p.read_bytes() for p in rt.db.path.parent.iterdir() if p.name.startswith("agentmemory.db"))
+    data = rt.db.path.parent  # the database, its WAL and the search index directory beside it
+    on_disk = b"".join(p.read_bytes() for p in data.rglob("*")
+                       if p.is_file() and p.relative_to(data).parts[0].startswith("agentmemory.db"))
     for secret in (SECRET_TOKEN, PASSWORD, MODEL_GITHUB_TOKEN, MODEL_AWS_KEY):
         assert secret.encode() not in on_disk
 

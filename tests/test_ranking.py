@@ -7,7 +7,7 @@ import pytest
 
 from agentmemory_server.kernel import registry
 from agentmemory_server.retrieval import search
-from agentmemory_server.storage.sqlite import search_index
+from agentmemory_server.storage.sqlite import lexical_fts5
 from agentmemory_server.retrieval import vectors
 from agentmemory_server.kernel.registry import Ctx
 
@@ -89,9 +89,16 @@ def test_context_holds_the_two_records_before_nearest_first(rt):
 
 
 @pytest.fixture
-def common_corpus(rt):
+def fts5_rt(make_runtime):
+    """Bounded BM25 belongs to the FTS5 engine (the fallback): test it there."""
+    return make_runtime(lexical_engine="fts5")
+
+
+@pytest.fixture
+def common_corpus(fts5_rt):
     """'deploy' and 'server' in many records, together in two, 'kubernetes' in one; each record
     in its own session so no context column mixes them."""
+    rt = fts5_rt
     ids = {}
     fillers = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
     for i, word in enumerate(fillers):
@@ -103,12 +110,12 @@ def common_corpus(rt):
     return ids
 
 
-def test_bounded_bm25_scores_exactly_and_skips_rows_with_one_common_term(rt, common_corpus, monkeypatch):
-    store, query = rt.db.reader(), "deploy server kubernetes"
+def test_bounded_bm25_scores_exactly_and_skips_rows_with_one_common_term(fts5_rt, common_corpus, monkeypatch):
+    store, query = fts5_rt.db.reader(), "deploy server kubernetes"
     exact = search.bm25(store, query, limit=50)  # under the budget: the plain OR query, every match scored
     assert len(exact) == len(common_corpus)
-    monkeypatch.setattr(search_index, "BM25_ROW_BUDGET", 5)
-    assert store.index._rarest_terms(search.query_terms(query)) == ["kubernetes"]
+    monkeypatch.setattr(lexical_fts5, "BM25_ROW_BUDGET", 5)
+    assert lexical_fts5.Fts5Lexical(store.conn).rarest_terms(search.query_terms(query)) == ["kubernetes"]
     bounded = search.bm25(store, query, limit=50)
     kept = {common_corpus[k] for k in ("rare", "both-1", "both-2")}
     assert {h["doc_id"] for h in bounded} == kept
@@ -116,8 +123,9 @@ def test_bounded_bm25_scores_exactly_and_skips_rows_with_one_common_term(rt, com
     assert [h["doc_id"] for h in bounded] == [h["doc_id"] for h in exact[:3]]
 
 
-def test_bounded_bm25_with_only_common_terms_ranks_rows_holding_all(rt, common_corpus, monkeypatch):
-    monkeypatch.setattr(search_index, "BM25_ROW_BUDGET", 5)
+def test_bounded_bm25_with_only_common_terms_ranks_rows_holding_all(fts5_rt, common_corpus, monkeypatch):
+    rt = fts5_rt
+    monkeypatch.setattr(lexical_fts5, "BM25_ROW_BUDGET", 5)
     store = rt.db.reader()
     bounded = search.bm25(store, "deploy server", limit=10)
     assert {h["doc_id"] for h in bounded} == {common_corpus["both-1"], common_corpus["both-2"]}

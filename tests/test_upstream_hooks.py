@@ -163,7 +163,9 @@ def test_a_claude_code_session_through_every_hook(hooks):
     assert by_hook["notification"]["raw"]["title"] == "Permission needed"
     assert by_hook["task_completed"]["raw"]["task_subject"] == "configurable retries"
     assert all(o["project"] == PROJECT for o in observations)
-    stored = b"".join(f.read_bytes() for f in hooks.server.db_path.parent.glob(hooks.server.db_path.name + "*"))
+    # The database, its WAL and the search index beside it (a directory of segment files).
+    stored = b"".join(f.read_bytes() for f in hooks.server.db_path.parent.rglob("*")
+                      if f.is_file() and f.relative_to(hooks.server.db_path.parent).parts[0].startswith(hooks.server.db_path.name))
     assert GITHUB_TOKEN not in json.dumps(observations) and GITHUB_TOKEN.encode() not in stored
     assert b"3 passed; used" in stored  # the text around the secret is kept (db and WAL were read)
 

@@ -2,7 +2,7 @@
 
     agentmemory serve [--host H] [--port P] [--threads N] [--dev]   run the server
     agentmemory stats [--json]                                      counts, sizes, schema version
-    agentmemory export [-o FILE]                                    everything as JSON (GET /export's format)
+    agentmemory export [-o FILE] [--jsonl]                          everything as JSON (GET /export's format)
     agentmemory import FILE [--strategy S]                          merge (default) | skip | replace
     agentmemory reindex                                             rebuild the search index (and vectors)
     agentmemory backup [--force]                                    upload a snapshot to the HF dataset now
@@ -28,7 +28,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.adapters import connect, hook_client, service
-from agentmemory_server.errors import AppError
+from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
@@ -36,6 +36,8 @@ from agentmemory_server.kernel.settings import Settings, SettingsError
 from agentmemory_server.operations import maintenance
 from agentmemory_server.storage.sqlite import hf_sync
 from agentmemory_server.wiring import build_runtime
+
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 
 PROG = "agentmemory"
 
@@ -68,22 +70,35 @@ def cmd_serve(settings: Settings, opts: argparse.Namespace) -> Any:
 
 def cmd_export(settings: Settings, opts: argparse.Namespace) -> Any:
     progress = _progress(opts.quiet)
+    lines = opts.jsonl or (opts.output or "").endswith(JSON_LINES_SUFFIXES)
     if opts.output in (None, "-"):
-        return _with_runtime(settings, lambda rt: maintenance.stream_export(rt, sys.stdout, progress=progress))
+        return _with_runtime(
+            settings, lambda rt: maintenance.stream_export(rt, sys.stdout, progress=progress, lines=lines)
+        )
     target = Path(opts.output)
     partial = target.with_name(target.name + ".partial")  # never leave half a file under the real name
     with open(partial, "w", encoding="utf-8") as out:
-        summary = _with_runtime(settings, lambda rt: maintenance.stream_export(rt, out, progress=progress))
+        summary = _with_runtime(settings, lambda rt: maintenance.stream_export(rt, out, progress=progress, lines=lines))
     os.replace(partial, target)
     return {**summary, "file": str(target), "bytes": target.stat().st_size}
 
 
 def cmd_import(settings: Settings, opts: argparse.Namespace) -> Any:
-    document = maintenance.load_export(Path(opts.file))
+    path = Path(opts.file)
+    if path.name.endswith(JSON_LINES_SUFFIXES):
+        if not path.is_file():
+            raise InvalidInput(f"cannot read {path}: no such file")
+        return _with_runtime(
+            settings,
+            lambda rt: maintenance.import_lines(
+                Ctx(rt, source="cli"), path, opts.strategy, batch=opts.batch or 5000, progress=_progress(opts.quiet)
+            ),
+        )
+    document = maintenance.load_export(path)
     return _with_runtime(
         settings,
         lambda rt: maintenance.import_document(
-            Ctx(rt, source="cli"), document, opts.strategy, batch=opts.batch, progress=_progress(opts.quiet)
+            Ctx(rt, source="cli"), document, opts.strategy, batch=opts.batch or 1000, progress=_progress(opts.quiet)
         ),
     )
 
@@ -248,9 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(run=cmd_stats)
     export = commands.add_parser("export", help="stream every record as one JSON document")
-    export.add_argument("-o", "--output", help="file to write (default: stdout)")
+    export.add_argument("-o", "--output", help="file to write (default: stdout); .jsonl/.ndjson writes JSON Lines")
+    export.add_argument("--jsonl", action="store_true", help="JSON Lines: a header line, then one record a line")
     export.set_defaults(run=cmd_export)
-    imp = commands.add_parser("import", help="import an export file")
+    imp = commands.add_parser("import", help="import an export file (.json, or .jsonl streamed in batches)")
     imp.add_argument("file")
     imp.add_argument(
         "--strategy",
@@ -258,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="merge",
         help="merge: imported records win; skip: existing win; replace: wipe first (atomic)",
     )
-    imp.add_argument("--batch", type=int, default=1000, help="records per transaction (merge/skip)")
+    imp.add_argument(
+        "--batch", type=int, help="records per transaction (default 1000; 5000 for JSON Lines, replace included)"
+    )
     imp.set_defaults(run=cmd_import)
     commands.add_parser("reindex", help="rebuild the search index (and vectors) from the records").set_defaults(
         run=cmd_reindex

@@ -24,8 +24,8 @@ _PEM_KEY = re.compile(
 _URL_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^/\s:@'\"]+:[^/\s@'\"]+@")
 
 # (triggers, pattern): a pattern runs only when one of its lower-case trigger substrings occurs
-# in the lower-cased text. A substring test is ~100x cheaper than a regex scan, and most text
-# holds no secret, so stripping stays cheap on the observe hot path.
+# in the lower-cased text. One scan finds every trigger (overlapping ones too) and most text
+# holds no secret, so stripping stays cheap on the observe and bulk import paths.
 _TOKEN_RULES: list[tuple[tuple[str, ...], str]] = [
     # keyword = value assignments (env files, CLI flags, JSON text); the keyword goes too
     (
@@ -43,9 +43,15 @@ _TOKEN_RULES: list[tuple[tuple[str, ...], str]] = [
     (("aiza",), r"\bAIza[A-Za-z0-9_\-]{35}"),
     (("eyj",), r"\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}"),
     (("glpat-",), r"\bglpat-[A-Za-z0-9_\-]{20,}"),
-    (("_",), r"\bnpm_[A-Za-z0-9]{36}|\bdop_v1_[A-Za-z0-9]{64}|\bhf_[A-Za-z0-9]{30,}"),
+    (("npm_", "dop_v1_", "hf_"), r"\bnpm_[A-Za-z0-9]{36}|\bdop_v1_[A-Za-z0-9]{64}|\bhf_[A-Za-z0-9]{30,}"),
 ]
-_TOKENS = [(triggers, re.compile(pattern)) for triggers, pattern in _TOKEN_RULES]
+_TOKENS = [(frozenset(triggers), re.compile(pattern)) for triggers, pattern in _TOKEN_RULES]
+# Every trigger at every position (a lookahead, so "key" does not hide an "eyj" starting inside it).
+_TRIGGERS = re.compile(
+    "(?=("
+    + "|".join(re.escape(t) for t in sorted({t for ts, _ in _TOKEN_RULES for t in ts}, key=len, reverse=True))
+    + "))"
+)
 
 # Keys whose string value is a secret whatever it looks like (compared lower-case, without
 # separators): exact names, or names ending in one of the suffixes.
@@ -79,15 +85,17 @@ def strip_text(text: str) -> str:
     """Redact <private> blocks and every known secret form inside one string."""
     if not text:
         return text
-    text = _PRIVATE_BLOCK.sub(REDACTED, text)
+    if "<" in text:
+        text = _PRIVATE_BLOCK.sub(REDACTED, text)
     if "PRIVATE KEY-----" in text:
         text = _PEM_KEY.sub(REDACTED_SECRET, text)
     if "://" in text:
         text = _URL_CREDENTIALS.sub(lambda m: m.group(1) + REDACTED_SECRET + "@", text)
-    lowered = text.lower()
-    for triggers, pattern in _TOKENS:
-        if any(t in lowered for t in triggers):
-            text = pattern.sub(REDACTED_SECRET, text)
+    found = set(_TRIGGERS.findall(text.lower()))
+    if found:
+        for triggers, pattern in _TOKENS:
+            if not triggers.isdisjoint(found):
+                text = pattern.sub(REDACTED_SECRET, text)
     return text
 
 

@@ -28,6 +28,7 @@ from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
+from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.kernel.util import Clock
 from agentmemory_server.storage import open_database
@@ -117,7 +118,14 @@ class Runtime:
         self.clock = clock or Clock()
         self.version = VERSION
         self.started_at = time.time()
-        self.db = open_database(settings.database_path, now=self.clock.iso, record_indexes=RECORD_INDEXES)
+        self.db = open_database(
+            settings.database_path,
+            now=self.clock.iso,
+            record_indexes=RECORD_INDEXES,
+            lexical_engine=settings.lexical_engine,
+            lexical_weights=TEXT_WEIGHTS,
+            background=settings.background_jobs,
+        )
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
         )
@@ -150,7 +158,7 @@ class Runtime:
                 tx.audit_details = summary
 
     def health_sections(self) -> dict[str, Any]:
-        sections: dict[str, Any] = {"auth": self.denials.health()}
+        sections: dict[str, Any] = {"auth": self.denials.health(), "storage": self.db.health()}
         for name, service in self.services.items():
             health = getattr(service, "health", None)
             if callable(health):

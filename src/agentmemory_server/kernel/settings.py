@@ -154,6 +154,14 @@ SETTINGS: tuple[Setting, ...] = (
         "reads and writes everything).",
     ),
     Setting(
+        "lexical_engine",
+        ("AGENTMEMORY_LEXICAL_ENGINE",),
+        "tantivy",
+        _choice("tantivy", "fts5"),
+        "BM25 engine: `tantivy` (an index beside the database; milliseconds at any size) or `fts5` (SQLite's "
+        "own, cost grows with the store). Switching rebuilds Tantivy's index in the background.",
+    ),
+    Setting(
         "viewer_allowed_origins",
         ("VIEWER_ALLOWED_ORIGINS",),
         "",

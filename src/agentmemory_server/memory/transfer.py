@@ -117,6 +117,48 @@ class JsonTextSink:
         self.out.write(codec.dumps(value))
 
 
+class JsonLinesSink:
+    """Writes the export as JSON Lines: a header line (``version``, ``service``, ``exportedAt``),
+    then one line per record, each a small export document of its own (``{"memories": [m]}``,
+    ``{"observations": {"ses_1": [o]}}``, ``{"kv": {scope: {key: value}}}``). Any line imports
+    on its own, so a bulk load streams in constant memory (``agentmemory import FILE.jsonl``)."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self._path: list[tuple[str, str | None]] = []  # open containers below the root
+        self._header: dict[str, Any] | None = {}
+        self._depth = 0
+
+    def open(self, bracket: str, key: str | None = None) -> None:
+        self._depth += 1
+        if self._depth > 1:
+            self._flush_header()
+            self._path.append((bracket, key))
+
+    def close(self, bracket: str) -> None:
+        self._depth -= 1
+        if self._path and self._depth >= 1:
+            self._path.pop()
+
+    def value(self, value: Any, key: str | None = None) -> None:
+        if not self._path:  # a scalar of the root: header fields; pagination means nothing here
+            if self._header is not None and key is not None:
+                self._header[key] = value
+            return
+        bracket, _ = self._path[-1]
+        line: Any = [value] if bracket == "[" else {key: value}
+        for (_bracket, name), (parent, _) in zip(
+            reversed(self._path), reversed([("{", None), *self._path[:-1]]), strict=True
+        ):
+            line = {name: line} if parent == "{" else [line]
+        self.out.write(codec.dumps(line) + "\n")
+
+    def _flush_header(self) -> None:
+        if self._header is not None:
+            self.out.write(json.dumps(self._header) + "\n")
+            self._header = None
+
+
 class _ExportWriter:
     """Writes the export document of ``write_export`` to a sink (one instance per export)."""
 
@@ -305,12 +347,24 @@ def check_version(export: dict[str, Any]) -> None:
 
 
 def import_export(ctx: Ctx, export: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """Import one export document in one transaction (validated before anything is written)."""
     check_version(export)
     records = list(export_records(export))  # validate everything before touching the database
+    counts = import_records(ctx, records, strategy)
+    ctx.rt.publish("import", {"strategy": strategy, "counts": counts})
+    return import_result(strategy, counts)
+
+
+def import_records(
+    ctx: Ctx, records: list[tuple[str, str, Any]], strategy: str, *, wipe_first: bool | None = None
+) -> dict[str, dict[str, int]]:
+    """Write validated (scope, key, value) records in one transaction and index them; returns
+    imported/skipped counts per section. ``replace`` wipes first unless ``wipe_first`` is False
+    (the later batches of a streamed replace)."""
     counts: dict[str, dict[str, int]] = {}
     now = ctx.rt.clock.iso()
     with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
-        if strategy == "replace":
+        if strategy == "replace" and wipe_first is not False:
             tx.admin.wipe_records()
         for scope, key, value in records:
             section = "observations" if is_obs_scope(scope) else scope
@@ -329,7 +383,17 @@ def import_export(ctx: Ctx, export: dict[str, Any], strategy: str) -> dict[str, 
             tally["imported"] += 1
         tx.audit_message = f"import ({strategy}) of {len(records)} record(s)"
         tx.audit_details = {"strategy": strategy, "counts": counts}
-    ctx.rt.publish("import", {"strategy": strategy, "counts": counts})
+    return counts
+
+
+def add_counts(total: dict[str, dict[str, int]], counts: dict[str, dict[str, int]]) -> None:
+    for section, tally in counts.items():
+        into = total.setdefault(section, {"imported": 0, "skipped": 0})
+        for field, n in tally.items():
+            into[field] += n
+
+
+def import_result(strategy: str, counts: dict[str, dict[str, int]]) -> dict[str, Any]:
     return {
         "success": True,
         "strategy": strategy,

@@ -159,18 +159,23 @@ def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress, embe
 # -- export -----------------------------------------------------------------------------------------
 
 
-def stream_export(rt: Any, out: TextIO, *, batch: int = 500, progress: Progress = no_progress) -> dict[str, int]:
+def stream_export(
+    rt: Any, out: TextIO, *, batch: int = 500, progress: Progress = no_progress, lines: bool = False
+) -> dict[str, int]:
     """Write the same document as ``GET /export`` to ``out`` (``transfer.write_export``, the one
     export implementation), inside one read transaction: a consistent export while the server
-    keeps writing. In isolated agent scope only this AGENT_ID's records, as over HTTP."""
+    keeps writing. In isolated agent scope only this AGENT_ID's records, as over HTTP.
+    ``lines``: JSON Lines, one record a line (``transfer.JsonLinesSink``)."""
     agent = agent_filter(Ctx(rt, source="cli"))
     with rt.db.snapshot_reader() as store:
         bar = progress("export", sum(store.records.scope_counts().values()))
+        sink = transfer.JsonLinesSink(out) if lines else transfer.JsonTextSink(out)
         try:
             summary = transfer.write_export(
-                store, transfer.JsonTextSink(out), exported_at=rt.clock.iso(), agent=agent, batch=batch, tick=bar.update
+                store, sink, exported_at=rt.clock.iso(), agent=agent, batch=batch, tick=bar.update
             )
-            out.write("\n")
+            if not lines:
+                out.write("\n")
         finally:
             bar.close()
     return summary
@@ -205,24 +210,69 @@ def import_document(
     totals: dict[str, dict[str, int]] = {}
     try:
         for rows in chunked(records, batch):
-            kv: dict[str, dict[str, Any]] = {}
-            for scope, key, value in rows:
-                kv.setdefault(scope, {})[key] = value
-            result = transfer.import_export(ctx, {"version": transfer.FORMAT_VERSION, "kv": kv}, strategy)
-            for section, tally in result["counts"].items():
-                total = totals.setdefault(section, {"imported": 0, "skipped": 0})
-                for field in total:
-                    total[field] += tally[field]
+            transfer.add_counts(totals, transfer.import_records(ctx, rows, strategy))
             bar.update(len(rows))
     finally:
         bar.close()
-    return {
-        "success": True,
-        "strategy": strategy,
-        "counts": totals,
-        "imported": sum(c["imported"] for c in totals.values()),
-        "skipped": sum(c["skipped"] for c in totals.values()),
-    }
+    ctx.rt.publish("import", {"strategy": strategy, "counts": totals})
+    return transfer.import_result(strategy, totals)
+
+
+def _json_lines(path: Path, bar: Bar) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed line) of a JSON Lines file, skipping blank lines."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            bar.update(len(raw))
+            if not raw.strip():
+                continue
+            try:
+                yield number, json.loads(raw)
+            except ValueError as exc:
+                raise InvalidInput(f"{path}, line {number}: not JSON ({exc})") from None
+
+
+def import_lines(
+    ctx: Ctx, path: Path, strategy: str, *, batch: int = 5000, progress: Progress = no_progress
+) -> dict[str, Any]:
+    """Stream a JSON Lines export (``agentmemory export --jsonl``) into the store in batches of
+    ``batch`` records, in constant memory. The first line is the header naming the format
+    version; each further line is an export document of its own. A line that does not hold
+    valid records stops the import there, naming the line: the batches before it are written
+    (merge and skip are idempotent, so run it again once the file is fixed). ``replace`` wipes
+    the store with the first batch."""
+    bar = progress("import", path.stat().st_size)
+    totals: dict[str, dict[str, int]] = {}
+    pending: list[tuple[str, str, Any]] = []
+    first_batch = True
+
+    def write() -> None:
+        nonlocal first_batch
+        transfer.add_counts(totals, transfer.import_records(ctx, pending, strategy, wipe_first=first_batch))
+        first_batch = False
+        pending.clear()
+
+    try:
+        lines = _json_lines(path, bar)
+        number, header = next(lines, (0, None))
+        if not isinstance(header, dict) or "version" not in header:
+            raise InvalidInput(f"{path}, line {number or 1}: the first line must be the header with a 'version'")
+        transfer.check_version(header)
+        for number, document in lines:
+            if not isinstance(document, dict):
+                raise InvalidInput(f"{path}, line {number}: expected a JSON object")
+            try:
+                pending.extend(transfer.export_records(document))
+            except InvalidInput as exc:
+                raise InvalidInput(f"{path}, line {number}: {exc.message}") from None
+            if len(pending) >= batch:
+                write()
+        if pending or first_batch:
+            write()
+    finally:
+        bar.close()
+    ctx.rt.db.flush()  # hand the search engine everything now rather than on its next tick
+    ctx.rt.publish("import", {"strategy": strategy, "counts": totals})
+    return transfer.import_result(strategy, totals)
 
 
 # -- stats ------------------------------------------------------------------------------------------

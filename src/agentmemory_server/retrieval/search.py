@@ -18,13 +18,12 @@ from agentmemory_server.errors import AppError
 from agentmemory_server.kernel.access import visible_to
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.scopes import LESSONS, MEMORIES, is_obs_scope, obs_scope
+from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
 from agentmemory_server.retrieval import dates
 from agentmemory_server.storage.interfaces import UnitOfWork
 
-# Field weights for bm25(search_fts, title, body, concepts, files, context). The context (the
-# text just before a record in its session) helps a reply be found by its question's words,
-# but must never outweigh what the record itself says.
-BM25_WEIGHTS = (3.0, 1.0, 2.0, 1.5, 0.4)
+# Field weights of BM25, in the index's column order (kernel/search_fields.py says why).
+BM25_WEIGHTS = tuple(TEXT_WEIGHTS.values())
 # The context is the bodies of the records just before, nearest first, each clipped. Two, not
 # one: a reply often comes two records after the words that name its topic (a statement, a
 # question about it, then the answer; a prompt, a tool call, then its result). Measured on

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -28,6 +27,7 @@ from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval.embeddings import Embedder, choose_provider, make_embedder, to_blob
 from agentmemory_server.storage.interfaces import UnitOfWork
+from agentmemory_server.threads import lower_thread_priority
 
 log = logging.getLogger("agentmemory.vectors")
 QUERY_CACHE_SIZE = 512
@@ -89,16 +89,6 @@ class Codes:
 
     def find(self, value: str | None) -> int:
         return self._codes.get(value, -1)
-
-
-def lower_thread_priority(niceness: int = 19) -> None:
-    """Make the calling thread yield the CPU to request threads (Linux: a thread has its own
-    nice value). Embedding a batch keeps a core busy for seconds; at normal priority it took
-    a quarter of observe's throughput on a 2-core machine. Elsewhere this is a no-op."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError):
-        pass
 
 
 class MatrixIndex:

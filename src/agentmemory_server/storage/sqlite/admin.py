@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from agentmemory_server.storage.sqlite.common import Unit
+from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
 
 
 class SqliteAdmin:
-    def __init__(self, unit: Unit):
+    def __init__(self, unit: Unit, index: SqliteSearchIndex):
         self.unit = unit
         self.conn = unit.conn
+        self._index = index
 
     def integrity_check(self) -> str:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
@@ -31,4 +33,5 @@ class SqliteAdmin:
         """Remove every record and index row (import with strategy=replace). Audit is kept."""
         for table in ("kv_store", "search_docs", "search_fts", "capture_events"):
             self.conn.execute(f"DELETE FROM {table}")
+        self._index.wiped()
         self.unit.touch("*", "*")

@@ -59,6 +59,7 @@ class Unit(Protocol):
 
     conn: Any
     changed: list[str]
+    lexical_changed: bool
 
     def touch(self, scope: str, key: str) -> None: ...
 

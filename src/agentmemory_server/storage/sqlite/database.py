@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
+from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 
@@ -47,9 +48,10 @@ class SqliteUnitOfWork:
     write and tracks what it changes for the audit row; one from ``Database.reader`` is read-only
     (the connection is opened with ``mode=ro``)."""
 
-    def __init__(self, conn: sqlite3.Connection, *, writable: bool):
+    def __init__(self, conn: sqlite3.Connection, *, writable: bool, engine: TantivyLexical | None = None):
         self.conn = conn
         self.writable = writable
+        self.lexical_changed = False  # the lexical outbox grew: wake the engine after commit
         self.changed: list[str] = []
         self.audit_message: str | None = None
         self.audit_details: dict[str, Any] = {}
@@ -57,11 +59,11 @@ class SqliteUnitOfWork:
         self.records = SqliteRecords(self)
         self.events = SqliteCaptureLog(self)
         self.vectors = SqliteVectorStore(self)
-        self.index = SqliteSearchIndex(self, self.vectors)
+        self.index = SqliteSearchIndex(self, self.vectors, engine)
         self.audit = SqliteAuditLog(self)
         self.jobs = SqliteJobQueue(self)
         self.working = SqliteWorkingStore(self)
-        self.admin = SqliteAdmin(self)
+        self.admin = SqliteAdmin(self, self.index)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         self._after_commit.append(fn)
@@ -84,7 +86,16 @@ class Database:
     :raise SchemaTooNew: the file was written by a newer version of this server.
     """
 
-    def __init__(self, path: Path | str, *, now: Callable[[], str], record_indexes: Iterable[RecordIndex] = ()):
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        now: Callable[[], str],
+        record_indexes: Iterable[RecordIndex] = (),
+        lexical_engine: str = "tantivy",
+        lexical_weights: Mapping[str, float] | None = None,
+        background: bool = True,
+    ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._now = now
@@ -98,6 +109,27 @@ class Database:
         self._migrate()
         with self._lock:
             ensure_indexes(self._writer, record_indexes)
+        self.lexical: TantivyLexical | None = None
+        stale = self._engine_switched(lexical_engine)
+        if lexical_engine == "tantivy":
+            self.lexical = TantivyLexical(
+                Path(f"{self.path}.tantivy"), self, weights=lexical_weights or {}, stale=stale, background=background
+            )
+
+    def _engine_switched(self, engine: str) -> bool:
+        """Record which lexical engine serves writes; True when the Tantivy index may have missed
+        some (another engine served them since it last did)."""
+        with self._lock:
+            row = self._writer.execute("SELECT value FROM lexical_state WHERE name = 'engine'").fetchone()
+            if row is None or row[0] != engine:
+                self._writer.execute(
+                    "INSERT INTO lexical_state (name, value) VALUES ('engine', ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (engine,),
+                )
+                if engine != "tantivy":  # nobody prunes the outbox now
+                    self._writer.execute("DELETE FROM lexical_outbox")
+        return row is not None and row[0] != engine
 
     # ---- connections
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
@@ -157,7 +189,7 @@ class Database:
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        return SqliteUnitOfWork(conn, writable=False)
+        return SqliteUnitOfWork(conn, writable=False, engine=self.lexical)
 
     @contextmanager
     def snapshot_reader(self) -> Iterator[SqliteUnitOfWork]:
@@ -188,7 +220,7 @@ class Database:
                 raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
-            store = SqliteUnitOfWork(conn, writable=True)
+            store = SqliteUnitOfWork(conn, writable=True, engine=self.lexical)
             self._local.tx = store
             try:
                 yield store
@@ -201,6 +233,8 @@ class Database:
                 raise
             finally:
                 self._local.tx = None
+        if store.lexical_changed and self.lexical is not None:
+            self.lexical.notify()
         for fn in store._after_commit:
             fn()
 
@@ -223,11 +257,23 @@ class Database:
             sizes["db" if not suffix else suffix[1:]] = p.stat().st_size if p.exists() else 0
         return sizes
 
+    def health(self) -> dict[str, Any]:
+        """The state of the storage's derived indexes (for /health)."""
+        lexical = self.lexical.health() if self.lexical is not None else {"engine": "fts5", "state": "ready"}
+        return {"lexical": lexical}
+
+    def flush(self) -> None:
+        """Bring derived indexes up to date with the records now (admin commands, benchmarks)."""
+        if self.lexical is not None:
+            self.lexical.flush()
+
     def checkpoint(self) -> None:
         with self._lock:
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
+        if self.lexical is not None and not self._closed:
+            self.lexical.close()  # its last commit needs the database still open
         with self._lock:
             if self._closed:
                 return

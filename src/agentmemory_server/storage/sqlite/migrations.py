@@ -246,3 +246,25 @@ def _m006_search_docs_global(conn: sqlite3.Connection) -> None:
         DROP INDEX IF EXISTS kv_memories_forget;
         """,
     )
+
+
+@migration("lexical_outbox")
+def _m007_lexical_outbox(conn: sqlite3.Connection) -> None:
+    # The change feed of the search index for a lexical engine kept outside SQLite (Tantivy):
+    # every change to a search row appends its rowid here in the same transaction; the engine
+    # applies entries in order and prunes them once its own commit holds them. rowid -1 marks a
+    # wipe of every row. lexical_state remembers which engine served the last writes, so an
+    # engine that missed some (the store ran with another one) rebuilds itself.
+    run_script(
+        conn,
+        """
+        CREATE TABLE lexical_outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            rowid INTEGER NOT NULL
+        );
+        CREATE TABLE lexical_state (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """,
+    )

@@ -1,8 +1,8 @@
 """The search index on SQLite: ``search_docs`` (one row per searchable record) and the FTS5 table
 ``search_fts`` (porter + unicode61) holding its text, both changed in the record's transaction.
 
-Lexical search quotes every term and ORs them: a bare FTS5 MATCH ANDs the terms and finds almost
-nothing for a natural question, and quoting makes any text (``C++``, ``NEAR``, ``"``, ``*``) safe.
+Lexical search runs on Tantivy (tantivy_index.py, fed from ``lexical_outbox``) and falls back to
+FTS5 (lexical_fts5.py) when Tantivy is off (AGENTMEMORY_LEXICAL_ENGINE=fts5) or still building.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from agentmemory_server.storage.interfaces import Doc
 from agentmemory_server.storage.sqlite.common import Unit, loads
+from agentmemory_server.storage.sqlite.lexical_fts5 import Fts5Lexical, doc_filters
+from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
 
 DOC_FIELDS = ("kind", "scope", "key", "session_id", "project", "agent_id", "type", "ts", "active", "global")
 ROW = "d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts"
@@ -20,65 +22,30 @@ ROW_COLUMNS = ("doc_id", "kind", "scope", "key", "session_id", "project", "ts")
 ROWID_ROW = "d.id, " + ROW
 ROWID_COLUMNS = ("rowid", *ROW_COLUMNS)
 
-# FTS5 computes bm25() for every row an OR of terms matches (about 2 microseconds a row), and
-# cannot stop early. A query made only of words that tens of thousands of records contain would
-# cost 50-100 ms at 100k records. Past this many matching rows, BM25 skips the records that hold
-# none of the query's rare terms and not all of its common ones (the idea of Lucene's common-terms
-# query: frequent words refine a ranking; alone they select nothing). Every record it does rank
-# gets its exact score.
-BM25_ROW_BUDGET = 4000
-
 
 def _stamp() -> str:
     """Wall-clock stamp with microseconds: orders backlog entries against a running batch."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _phrase(term: str) -> str:
-    return '"' + term.replace('"', '""') + '"'
-
-
-def _any(terms: Sequence[str]) -> str:
-    return " OR ".join(_phrase(t) for t in terms)
-
-
-def doc_filters(where: list[str], params: list[Any], filters: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
-    """Add the SQL for the index filters (see ``SearchIndex``) to ``where``/``params``."""
-
-    def one_of(column: str, values: list[Any]) -> None:
-        where.append(f"{column} IN ({','.join('?' * len(values))})")
-        params.extend(values)
-
-    def compare(clause: str, value: Any) -> None:
-        where.append(clause)
-        params.append(value)
-
-    if filters.get("kinds"):
-        one_of("d.kind", list(filters["kinds"]))
-    if filters.get("types"):
-        one_of("d.type", list(filters["types"]))
-    if filters.get("project") is not None:
-        compare("(d.project = ? OR d.global = 1)", filters["project"])
-    if filters.get("agent_id") is not None:
-        compare("d.agent_id = ?", filters["agent_id"])
-    if filters.get("session_ids") is not None:
-        one_of("d.session_id", list(filters["session_ids"]) or [""])
-    if filters.get("exclude_session") is not None:
-        compare("(d.session_id IS NULL OR d.session_id != ?)", filters["exclude_session"])
-    if filters.get("months"):
-        one_of("CAST(substr(d.ts, 6, 2) AS INTEGER)", list(filters["months"]))
-    if filters.get("since") is not None:
-        compare("d.ts >= ?", filters["since"])
-    if filters.get("until") is not None:
-        compare("d.ts <= ?", filters["until"])
-    return where, params
-
-
 class SqliteSearchIndex:
-    def __init__(self, unit: Unit, vectors: Any):
+    """:param engine: the Tantivy engine, or None when FTS5 answers every lexical search."""
+
+    def __init__(self, unit: Unit, vectors: Any, engine: TantivyLexical | None):
         self.unit = unit
         self.conn = unit.conn
         self._vectors = vectors
+        self._engine = engine
+
+    def _changed(self, rowid: int) -> None:
+        """Feed the lexical engine kept outside SQLite (same transaction as the change)."""
+        if self._engine is not None:
+            self.conn.execute("INSERT INTO lexical_outbox (rowid) VALUES (?)", (rowid,))
+            self.unit.lexical_changed = True
+
+    def wiped(self) -> None:
+        """Every row was deleted (import with strategy=replace): the engine clears its index."""
+        self._changed(-1)
 
     # ---- writes
     def upsert(self, doc: Doc, text: Mapping[str, str]) -> int:
@@ -109,6 +76,7 @@ class SqliteSearchIndex:
             ),
         )
         self._vectors.backlog_put(rowid, _stamp())  # every (re-)indexed record needs a (new) vector
+        self._changed(int(rowid))
         return int(rowid)
 
     def delete(self, doc_ids: Iterable[str]) -> int:
@@ -118,11 +86,16 @@ class SqliteSearchIndex:
             if row:
                 self.conn.execute("DELETE FROM search_fts WHERE rowid = ?", (row[0],))
                 self.conn.execute("DELETE FROM search_docs WHERE id = ?", (row[0],))
+                self._changed(row[0])
                 removed += 1
         return removed
 
     def set_active(self, doc_id: str, active: bool) -> None:
-        self.conn.execute("UPDATE search_docs SET active = ? WHERE doc_id = ?", (1 if active else 0, doc_id))
+        row = self.conn.execute(
+            "UPDATE search_docs SET active = ? WHERE doc_id = ? RETURNING id", (1 if active else 0, doc_id)
+        ).fetchone()
+        if row:
+            self._changed(row[0])
 
     def text_before(self, session_id: str, ts: str, doc_id: str, count: int = 1) -> list[str]:
         """Bodies of the ``count`` records just before (ts, doc_id) in a session, nearest first."""
@@ -142,71 +115,20 @@ class SqliteSearchIndex:
     ) -> list[Doc]:
         if not terms:
             return []
-        match = _any(terms)
-        if len(terms) == 1 or self._match_count(match, BM25_ROW_BUDGET + 1) <= BM25_ROW_BUDGET:
-            return self._bm25(match, weights, limit, filters)
-        return self._bounded_bm25(list(terms), weights, limit, filters)
+        if self._engine is not None:
+            found = self._engine.search(self.conn, terms, weights, limit, filters)
+            if found is not None:
+                return found
+        return Fts5Lexical(self.conn).search(terms, weights, limit, filters)
 
     def lexical_files(
         self, phrases: Sequence[Sequence[str]], *, weights: Sequence[float], limit: int, filters: Mapping[str, Any]
     ) -> list[Doc]:
-        quoted = [_phrase(" ".join(words)) for words in phrases if words]
-        if not quoted:
-            return []
-        return self._bm25(f"files : ({' OR '.join(quoted)})", weights, limit, filters)
-
-    def _bm25(self, match: str, weights: Sequence[float], limit: int, filters: Mapping[str, Any]) -> list[Doc]:
-        where, params = doc_filters(["search_fts MATCH ?", "d.active = 1"], [match], filters)
-        # bm25() sits in the projection, so SQLite computes it only for rows that pass the filters.
-        sql = (
-            f"SELECT {ROW}, d.id, -bm25(search_fts, {', '.join(str(float(w)) for w in weights)}) AS score "
-            "FROM search_fts JOIN search_docs d ON d.id = search_fts.rowid "
-            f"WHERE {' AND '.join(where)} ORDER BY score DESC, d.ts DESC LIMIT ?"
-        )
-        cols = (*ROW_COLUMNS, "rowid", "score")
-        return [dict(zip(cols, row, strict=True)) for row in self.conn.execute(sql, (*params, limit))]
-
-    def _match_count(self, match: str, cap: int) -> int:
-        """How many rows an FTS5 expression matches, counting no further than ``cap`` (walking a
-        posting list is cheap; scoring it is what costs)."""
-        return self.conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM search_fts WHERE search_fts MATCH ? LIMIT ?)", (match, cap)
-        ).fetchone()[0]
-
-    def _bounded_bm25(
-        self, terms: list[str], weights: Sequence[float], limit: int, filters: Mapping[str, Any]
-    ) -> list[Doc]:
-        """BM25 over the records holding a rare term or every common one, when an OR of ``terms``
-        matches more rows than the budget. Rare terms are the least frequent ones whose rows fit
-        the budget together; the rest are common. Three small queries, each scoring its rows on
-        every query term they contain (FTS5 scores the phrases of the branches a row matched):
-        rare and common, rare only, all common."""
-        rare = self._rarest_terms(terms)
-        common = [t for t in terms if t not in rare]
-        queries = []
-        if rare and common:
-            queries.append(f"({_any(rare)}) AND ({_any(common)})")
-        if rare:
-            queries.append(_any(rare))
-        if len(common) > 1 or not rare:
-            queries.append(" AND ".join(_phrase(t) for t in common))
-        best: dict[str, Doc] = {}
-        for match in queries:
-            for hit in self._bm25(match, weights, limit, filters):
-                best.setdefault(hit["doc_id"], hit)  # the first query to see a row scored all its terms
-        newest_first = sorted(best.values(), key=lambda h: h["ts"], reverse=True)
-        return sorted(newest_first, key=lambda h: -h["score"])[:limit]  # the SQL's order
-
-    def _rarest_terms(self, terms: list[str]) -> list[str]:
-        """The least frequent terms whose matching rows add up to at most the budget."""
-        counts = sorted((self._match_count(_phrase(t), BM25_ROW_BUDGET + 1), i, t) for i, t in enumerate(terms))
-        chosen, total = [], 0
-        for count, _, term in counts:
-            if total + count > BM25_ROW_BUDGET:
-                break
-            chosen.append(term)
-            total += count
-        return chosen
+        if self._engine is not None:
+            found = self._engine.search_files(self.conn, phrases, weights, limit, filters)
+            if found is not None:
+                return found
+        return Fts5Lexical(self.conn).search_files(phrases, weights, limit, filters)
 
     # ---- listings
     def _rows(self, select: str, where: list[str], params: list[Any], tail: str, cols: tuple[str, ...]) -> list[Doc]:

@@ -1,0 +1,497 @@
+"""Lexical search on Tantivy: BM25 with block-max WAND, so a query made of words most records hold
+costs milliseconds however big the store grows (SQLite FTS5 scores every matching row).
+
+The index is derived data kept in a directory beside the database (``<db>.tantivy``); SQLite
+stays the source of truth. Every change to a search row also appends its rowid to
+``lexical_outbox`` in the same transaction. An applier (a thread in whichever process holds
+Tantivy's writer lock) feeds the outbox into the index and commits about once a second, storing
+the last applied sequence number inside the commit itself (a metadata document), then prunes the
+outbox. So after a crash the index resumes from its last commit and replays the rest; nothing is
+rebuilt at start-up in the normal case. Records not committed yet are scored by
+``tantivy_tail.PendingIndex``, so a write is searchable as soon as it is acknowledged.
+
+When the index is missing, unreadable, or older than the records (it was built while another
+engine served writes), it is rebuilt in the background with progress in /health, and searches
+are answered by FTS5 meanwhile (``search`` returns None).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tantivy
+
+from agentmemory_server.storage.interfaces import Doc
+from agentmemory_server.storage.sqlite.tantivy_tail import (
+    COLUMNS,
+    FILES,
+    WEIGHTED,
+    PendingIndex,
+    Statistics,
+    column_repeats,
+)
+from agentmemory_server.threads import lower_thread_priority
+
+if TYPE_CHECKING:
+    from agentmemory_server.storage.sqlite.database import Database
+
+log = logging.getLogger("agentmemory.lexical")
+
+ANALYZER = "agentmemory_en"
+META_ROWID = 0  # the document that carries the applied outbox sequence
+COMMIT_SECONDS = 1.0
+APPLY_BATCH = 5000
+# A commit costs an fsync and a segment: catching up commits once a second, or at this many changes.
+COMMIT_MAX_CHANGES = 100_000
+# More pending records than this and searches are answered by FTS5 until the applier catches up
+# (a crash with a long outbox, a bulk import): scoring them in Python would cost more than that.
+PENDING_LIMIT = 2000
+AVG_LEN_SAMPLE = 1000
+AVG_LEN_SECONDS = 600.0
+DOC_SQL = (
+    "SELECT d.id, d.kind, d.type, d.project, d.agent_id, d.session_id, d.ts, d.active, d.global, "
+    "f.title, f.body, f.concepts, f.files, f.context FROM search_docs d JOIN search_fts f ON f.rowid = d.id "
+)
+ROW_SQL = (
+    "SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts FROM search_docs d WHERE d.id IN "
+)
+ROW_COLUMNS = ("rowid", "doc_id", "kind", "scope", "key", "session_id", "project", "ts")
+
+
+def build_schema() -> tantivy.Schema:
+    builder = tantivy.SchemaBuilder()
+    builder.add_unsigned_field("rowid", indexed=True, fast=True)
+    builder.add_unsigned_field("meta_seq", fast=True)
+    builder.add_text_field(WEIGHTED, tokenizer_name=ANALYZER, index_option="freq")
+    builder.add_text_field(FILES, tokenizer_name=ANALYZER, index_option="position")
+    for name in ("kind", "type", "project", "agent_id", "session_id"):
+        builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
+    builder.add_unsigned_field("global", indexed=True)
+    builder.add_unsigned_field("month", indexed=True)
+    builder.add_integer_field("ts_ms", indexed=True, fast=True)
+    return builder.build()
+
+
+def build_analyzer() -> tantivy.TextAnalyzer:
+    """Words (Unicode letters and digits), lower-cased, accents folded, English-stemmed: the
+    same treatment FTS5's porter/unicode61/remove_diacritics tokenizer gives."""
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        .filter(tantivy.Filter.remove_long(40))
+        .filter(tantivy.Filter.lowercase())
+        .filter(tantivy.Filter.ascii_fold())
+        .filter(tantivy.Filter.stemmer("english"))
+        .build()
+    )
+
+
+def ts_millis(ts: str | None) -> int:
+    try:
+        return int(datetime.fromisoformat((ts or "").replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
+class TantivyLexical:
+    """The Tantivy engine of one process. :param background: run the applier thread."""
+
+    def __init__(self, directory: Path, db: Database, *, weights: Mapping[str, float], stale: bool, background: bool):
+        self.dir = directory
+        self._db = db
+        self.repeats = column_repeats(weights)  # {} (no weights given) repeats every column once
+        self.schema = build_schema()
+        self.analyzer = build_analyzer()
+        self._lock = threading.RLock()  # the writer and the applier's state
+        self._pending_lock = threading.Lock()
+        self._writer: tantivy.IndexWriter | None = None
+        self._applied = 0
+        self._committed = 0
+        self._uncommitted = 0
+        self._last_commit = time.monotonic()
+        self._avg: tuple[float, dict[str, float]] | None = None
+        self.pending = PendingIndex(self.analyze, self.repeats)
+        self.building: dict[str, int] | None = None
+        self.last_error: str | None = None
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self.index = self._open(stale)
+        # A store with no search rows yet needs no build: its outbox holds every change to come.
+        self._fresh = self._read_meta(self.index.searcher()) is None and not self._has_docs()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._run, name="agentmemory-lexical", daemon=True)
+            self._thread.start()
+
+    # ---- opening -----------------------------------------------------------------------------------
+    def _open(self, stale: bool) -> tantivy.Index:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            index = tantivy.Index(self.schema, path=str(self.dir), reuse=True)
+        except (OSError, ValueError) as exc:  # unreadable or from another schema: start over
+            log.error("the lexical index in %s cannot be opened (%s); rebuilding it", self.dir, exc)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir.mkdir(parents=True)
+            index = tantivy.Index(self.schema, path=str(self.dir), reuse=False)
+            stale = True
+        index.register_tokenizer(ANALYZER, self.analyzer)
+        index.reload()
+        if stale:
+            self._clear_meta(index)
+        return index
+
+    def _clear_meta(self, index: tantivy.Index) -> None:
+        """Forget the applied sequence, so the index counts as not built until a rebuild ends."""
+        writer = self._acquire_writer(index)
+        if writer is not None:
+            writer.delete_documents_by_query(self._rowid_query(META_ROWID))
+            writer.commit()
+            index.reload()
+
+    def _rowid_query(self, rowid: int) -> tantivy.Query:
+        # A term query, not delete_documents_by_term: the latter takes a Python int as an i64
+        # term and silently matches nothing in a u64 field.
+        return tantivy.Query.term_query(self.schema, "rowid", rowid)
+
+    def analyze(self, text: str) -> list[str]:
+        return self.analyzer.analyze(text) if text else []
+
+    # ---- state -------------------------------------------------------------------------------------
+    def committed_seq(self, searcher: tantivy.Searcher) -> int | None:
+        """The outbox sequence the searcher's commit includes; None: the index is not built."""
+        seq = self._read_meta(searcher)
+        return 0 if seq is None and self._fresh else seq
+
+    def _read_meta(self, searcher: tantivy.Searcher) -> int | None:
+        found = searcher.search(tantivy.Query.term_query(self.schema, "rowid", META_ROWID), 1, count=False)
+        if not found.hits:
+            return None
+        (value,) = searcher.fast_field_values("meta_seq", [found.hits[0][1]])
+        return int(value) if isinstance(value, int) else 0
+
+    def _has_docs(self) -> bool:
+        return bool(self._db.reader().conn.execute("SELECT EXISTS (SELECT 1 FROM search_docs)").fetchone()[0])
+
+    def health(self) -> dict[str, Any]:
+        searcher = self.index.searcher()
+        committed = self.committed_seq(searcher)
+        conn = self._db.reader().conn
+        newest = conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0]
+        state = "building" if self.building else "ready" if committed is not None else "not built"
+        return {
+            "engine": "tantivy",
+            "state": state,
+            "documents": max(0, searcher.num_docs - 1),
+            "committedSeq": committed,
+            "pending": max(0, newest - (committed or 0)) if committed is not None else None,
+            "applier": self._writer is not None,
+            "rebuild": self.building,
+            "lastError": self.last_error,
+        }
+
+    # ---- searching ---------------------------------------------------------------------------------
+    def search(
+        self, conn: Any, terms: Sequence[str], weights: Sequence[float], limit: int, filters: Mapping[str, Any]
+    ) -> list[Doc] | None:
+        # ``weights`` were applied when the records were indexed (column_repeats).
+        tokens = list(dict.fromkeys(tok for term in terms for tok in self.analyze(term)))
+        clauses = [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, WEIGHTED, tok)) for tok in tokens]
+        return self._run_query(conn, clauses, tokens, {WEIGHTED: 1.0}, limit, filters, files=None)
+
+    def search_files(
+        self,
+        conn: Any,
+        phrases: Sequence[Sequence[str]],
+        weights: Sequence[float],
+        limit: int,
+        filters: Mapping[str, Any],
+    ) -> list[Doc] | None:
+        token_phrases = [toks for words in phrases if (toks := [t for w in words for t in self.analyze(w)])]
+        boost = dict(zip(COLUMNS, weights, strict=True))[FILES]
+        clauses = []
+        for toks in token_phrases:
+            query = (
+                tantivy.Query.term_query(self.schema, FILES, toks[0])
+                if len(toks) == 1
+                else tantivy.Query.phrase_query(self.schema, FILES, list[str | tuple[int, str]](toks))
+            )
+            clauses.append((tantivy.Occur.Should, tantivy.Query.boost_query(query, boost)))
+        tokens = list(dict.fromkeys(t for toks in token_phrases for t in toks))
+        return self._run_query(conn, clauses, tokens, {FILES: boost}, limit, filters, files=token_phrases)
+
+    def _run_query(
+        self,
+        conn: Any,
+        clauses: list,
+        tokens: list[str],
+        boosts: Mapping[str, float],
+        limit: int,
+        filters: Mapping[str, Any],
+        files: list[list[str]] | None,
+    ) -> list[Doc] | None:
+        if self.building:
+            return None
+        searcher = self.index.searcher()
+        committed = self.committed_seq(searcher)
+        if committed is None:
+            return None
+        if not clauses:
+            return []
+        with self._pending_lock:
+            if not self.pending.sync(conn, committed, PENDING_LIMIT):
+                return None
+            hidden = self.pending.hidden
+            stats = Statistics(
+                max(0, searcher.num_docs - 1), searcher.doc_freq, self._avg_len(conn), self.pending.live()
+            )
+            tail = self.pending.score(tokens, boosts, stats, filters)
+            if files is not None:
+                matching = {d.rowid for d in self.pending.files_matching(files, filters)}
+                tail = [(s, d) for s, d in tail if d.rowid in matching]
+        query = self._with_filters(tantivy.Query.boolean_query(clauses), filters)
+        found = searcher.search(query, limit + len(hidden), count=False)
+        rowids = searcher.fast_field_values("rowid", [address for _score, address in found.hits])
+        scored = [
+            (float(score), rowid)
+            for (score, _a), rowid in zip(found.hits, rowids, strict=True)
+            if isinstance(rowid, int) and rowid not in hidden
+        ]
+        scored += [(score, doc.rowid) for score, doc in tail]
+        scored.sort(key=lambda pair: -pair[0])
+        return self._docs(conn, scored[:limit])
+
+    def _with_filters(self, text: tantivy.Query, filters: Mapping[str, Any]) -> tantivy.Query:
+        """The text query restricted by the index filters (see ``SearchIndex``); filters score 0."""
+        must: list[tantivy.Query] = []
+        must_not: list[tantivy.Query] = []
+        for key, name in (("kinds", "kind"), ("types", "type"), ("session_ids", "session_id"), ("months", "month")):
+            if filters.get(key) is not None and (key == "session_ids" or filters.get(key)):
+                values = [int(v) for v in filters[key]] if name == "month" else [str(v) for v in filters[key]]
+                must.append(tantivy.Query.term_set_query(self.schema, name, values or [""]))
+        if filters.get("project") is not None:
+            must.append(
+                tantivy.Query.boolean_query(
+                    [
+                        (tantivy.Occur.Should, tantivy.Query.term_query(self.schema, "project", filters["project"])),
+                        (tantivy.Occur.Should, tantivy.Query.term_query(self.schema, "global", 1)),
+                    ]
+                )
+            )
+        if filters.get("agent_id") is not None:
+            must.append(tantivy.Query.term_query(self.schema, "agent_id", filters["agent_id"]))
+        if filters.get("exclude_session") is not None:
+            must_not.append(tantivy.Query.term_query(self.schema, "session_id", filters["exclude_session"]))
+        if filters.get("since") is not None or filters.get("until") is not None:
+            low = ts_millis(filters["since"]) if filters.get("since") else None
+            high = ts_millis(filters["until"]) if filters.get("until") else None
+            must.append(tantivy.Query.range_query(self.schema, "ts_ms", tantivy.FieldType.Integer, low, high))
+        if not must and not must_not:
+            return text
+        clauses = [(tantivy.Occur.Must, text)]
+        clauses += [(tantivy.Occur.Must, tantivy.Query.const_score_query(q, 0.0)) for q in must]
+        clauses += [(tantivy.Occur.MustNot, q) for q in must_not]
+        return tantivy.Query.boolean_query(clauses)
+
+    def _docs(self, conn: Any, scored: list[tuple[float, int]]) -> list[Doc]:
+        if not scored:
+            return []
+        scores = {rowid: score for score, rowid in scored}
+        rows = conn.execute(ROW_SQL + f"({','.join('?' * len(scores))}) AND d.active = 1", list(scores)).fetchall()
+        docs = [{**dict(zip(ROW_COLUMNS, row, strict=True)), "score": scores[row[0]]} for row in rows]
+        docs.sort(key=lambda d: d["ts"] or "", reverse=True)  # ties: newest first, as FTS5 orders them
+        docs.sort(key=lambda d: -d["score"])
+        return docs
+
+    def _avg_len(self, conn: Any) -> dict[str, float]:
+        """Average field lengths in tokens, from a sample of stored records (refreshed now and then)."""
+        now = time.monotonic()
+        if self._avg is not None and now - self._avg[0] < AVG_LEN_SECONDS:
+            return self._avg[1]
+        top = conn.execute("SELECT coalesce(max(id), 0) FROM search_docs").fetchone()[0]
+        start = random.randint(1, max(1, top - AVG_LEN_SAMPLE))
+        rows = conn.execute(
+            "SELECT title, body, concepts, files, context FROM search_fts WHERE rowid >= ? LIMIT ?",
+            (start, AVG_LEN_SAMPLE),
+        ).fetchall()
+        sums = {WEIGHTED: 0, FILES: 0}
+        for row in rows:
+            for column, text in zip(COLUMNS, row, strict=True):
+                n = len(self.analyze(text or ""))
+                sums[WEIGHTED] += n * self.repeats[column]
+                if column == FILES:
+                    sums[FILES] += n
+        averages = {name: (total / len(rows) if rows else 1.0) for name, total in sums.items()}
+        self._avg = (now, averages)
+        return averages
+
+    # ---- applying the outbox -----------------------------------------------------------------------
+    def _acquire_writer(self, index: tantivy.Index | None = None) -> tantivy.IndexWriter | None:
+        """This process's writer, or None while another process holds Tantivy's writer lock."""
+        if self._writer is None:
+            try:
+                self._writer = (index or self.index).writer(heap_size=30_000_000, num_threads=1)
+            except ValueError:  # LockBusy: another process applies the outbox
+                return None
+        return self._writer
+
+    def _run(self) -> None:
+        lower_thread_priority(10)
+        while not self._stop.is_set():
+            try:
+                self.apply(commit_due=False)
+            except Exception as exc:  # noqa: BLE001 - the applier must survive anything; searches fall back
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.exception("applying the lexical outbox failed")
+                self._stop.wait(5.0)
+            self._wake.wait(COMMIT_SECONDS / 2)
+            self._wake.clear()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def apply(self, *, commit_due: bool) -> int:
+        """Feed outbox entries into the index; commit when a second has passed (or ``commit_due``).
+        Returns how many entries were applied."""
+        with self._lock:
+            writer = self._acquire_writer()
+            if writer is None:
+                return 0
+            conn = self._db.reader().conn
+            if self._committed == 0 and self._applied == 0:
+                self._resume(conn)
+            if self.building is not None or self._needs_rebuild(conn):
+                self._rebuild(conn, writer)
+            rows = conn.execute(
+                "SELECT seq, rowid FROM lexical_outbox WHERE seq > ? ORDER BY seq LIMIT ?", (self._applied, APPLY_BATCH)
+            ).fetchall()
+            if rows:
+                self._apply_rows(conn, writer, rows)
+            due = time.monotonic() - self._last_commit >= COMMIT_SECONDS or self._uncommitted >= COMMIT_MAX_CHANGES
+            if self._uncommitted and (commit_due or due):
+                self._commit(writer)
+            return len(rows)
+
+    def flush(self) -> None:
+        """Apply the whole outbox and commit now (admin commands, shutdown, tests)."""
+        while self.apply(commit_due=False):
+            pass
+        self.apply(commit_due=True)
+
+    def _resume(self, conn: Any) -> None:
+        seq = self.committed_seq(self.index.searcher())
+        if seq is not None:
+            self._applied = self._committed = seq
+
+    def _needs_rebuild(self, conn: Any) -> bool:
+        if self._read_meta(self.index.searcher()) is not None:
+            return False
+        if self._fresh:  # commit the (empty) state now so other processes see a built index
+            self._uncommitted = max(self._uncommitted, 1)
+            return False
+        return True
+
+    def _apply_rows(self, conn: Any, writer: tantivy.IndexWriter, rows: list[tuple[int, int]]) -> None:
+        changed: dict[int, int] = {}
+        for seq, rowid in rows:
+            if rowid < 0:  # everything before this entry was wiped
+                self._apply_changed(conn, writer, changed)
+                changed = {}
+                writer.delete_all_documents()
+            else:
+                changed[rowid] = seq
+        self._apply_changed(conn, writer, changed)
+        self._applied = rows[-1][0]
+        self._uncommitted += len(rows)
+
+    def _apply_changed(self, conn: Any, writer: tantivy.IndexWriter, changed: dict[int, int]) -> None:
+        rowids = list(changed)
+        for start in range(0, len(rowids), 500):
+            chunk = rowids[start : start + 500]
+            rows = {r[0]: r for r in conn.execute(DOC_SQL + f"WHERE d.id IN ({','.join('?' * len(chunk))})", chunk)}
+            for rowid in chunk:
+                writer.delete_documents_by_query(self._rowid_query(rowid))
+                row = rows.get(rowid)
+                if row is not None and row[7]:  # stored and active
+                    writer.add_document(self._document(row))
+
+    def _document(self, row: Sequence[Any]) -> tantivy.Document:
+        rowid, kind, type_, project, agent_id, session_id, ts, _active, is_global = row[:9]
+        doc = tantivy.Document()
+        doc.add_unsigned("rowid", int(rowid))
+        texts = dict(zip(COLUMNS, row[9:], strict=True))
+        weighted = " ".join(" ".join([texts[c]] * self.repeats[c]) for c in COLUMNS if texts[c])
+        if weighted:
+            doc.add_text(WEIGHTED, weighted)
+        if texts[FILES]:
+            doc.add_text(FILES, texts[FILES])
+        for name, value in (
+            ("kind", kind),
+            ("type", type_),
+            ("project", project),
+            ("agent_id", agent_id),
+            ("session_id", session_id),
+        ):
+            if value is not None:
+                doc.add_text(name, str(value))
+        doc.add_unsigned("global", 1 if is_global else 0)
+        month = (ts or "")[5:7]
+        if month.isdigit():
+            doc.add_unsigned("month", int(month))
+        doc.add_integer("ts_ms", ts_millis(ts))
+        return doc
+
+    def _commit(self, writer: tantivy.IndexWriter) -> None:
+        writer.delete_documents_by_query(self._rowid_query(META_ROWID))
+        meta = tantivy.Document()
+        meta.add_unsigned("rowid", META_ROWID)
+        meta.add_unsigned("meta_seq", self._applied)
+        writer.add_document(meta)
+        writer.commit()
+        self.index.reload()
+        self._committed, self._uncommitted, self._last_commit = self._applied, 0, time.monotonic()
+        with self._db.transaction("lexical_commit") as unit:
+            unit.conn.execute("DELETE FROM lexical_outbox WHERE seq <= ?", (self._committed,))
+
+    def _rebuild(self, conn: Any, writer: tantivy.IndexWriter) -> None:
+        """Index every active record again, in rowid order, then resume from the outbox."""
+        start_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0]
+        total = conn.execute("SELECT count(*) FROM search_docs WHERE active = 1").fetchone()[0]
+        self.building = {"done": 0, "total": total}
+        log.warning("building the lexical index of %d records in %s (searches use FTS5 meanwhile)", total, self.dir)
+        writer.delete_all_documents()
+        after = 0
+        while rows := conn.execute(
+            DOC_SQL + "WHERE d.id > ? AND d.active = 1 ORDER BY d.id LIMIT ?", (after, APPLY_BATCH)
+        ).fetchall():
+            for row in rows:
+                writer.add_document(self._document(row))
+            after = rows[-1][0]
+            self.building["done"] += len(rows)
+            if self._stop.is_set():
+                return  # resumed (from scratch) by the next process
+        self._applied = start_seq
+        self._uncommitted = max(self._uncommitted, 1)
+        self._commit(writer)
+        self.building, self._fresh = None, False
+        log.warning("the lexical index is built (%d records)", total)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._lock:
+            if self._writer is not None:
+                try:
+                    if self._uncommitted and self.building is None:
+                        self._commit(self._writer)
+                    self._writer.wait_merging_threads()
+                except Exception:  # noqa: BLE001 - closing: the outbox replays what was not committed
+                    log.exception("closing the lexical index")
+                self._writer = None

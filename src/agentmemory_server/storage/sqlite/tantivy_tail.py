@@ -1,0 +1,219 @@
+"""The records Tantivy has not committed yet, searchable at once.
+
+A Tantivy commit costs tens of milliseconds (it syncs files to disk), so the index commits about
+once a second; until then a new record lives only in SQLite and in ``lexical_outbox``. Each
+process keeps those pending records in a small in-memory inverted index (this module) and
+scores them with the BM25 formula Tantivy uses, taking document frequencies from the committed
+index, so a record is found by the next search after its write is acknowledged. Pending records
+also hide their committed, older versions (an edit, a deletion, a deactivation).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# The text columns of a search row, in storage order.
+COLUMNS = ("title", "body", "concepts", "files", "context")
+# Index fields: every column in one weighted field (FTS5's bm25 semantics: one idf and one
+# document length over all columns), and the file paths alone, with positions, for path phrases.
+WEIGHTED, FILES = "text", "files"
+
+
+def column_repeats(weights: Mapping[str, float]) -> dict[str, int]:
+    """How many times each column's tokens go into the weighted field: its weight relative to
+    the lightest column, rounded up (FTS5 multiplies term frequencies the same way). Measured on
+    LoCoMo (bench/locomo.py, BM25 only): within a point of FTS5's R@10 and NDCG@10."""
+    positive = [w for w in weights.values() if w > 0] or [1.0]
+    base = min(positive)
+    return {c: math.ceil(weights.get(c, 1.0) / base - 1e-9) if weights.get(c, 1.0) > 0 else 0 for c in COLUMNS}
+
+
+# Tantivy's BM25 constants.
+K1, B = 1.2, 0.75
+# Rows selected with each pending record: its metadata and text.
+PENDING_SQL = (
+    "SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.agent_id, d.type, d.ts, d.active, "
+    "d.global, f.title, f.body, f.concepts, f.files, f.context FROM search_docs d "
+    "JOIN search_fts f ON f.rowid = d.id WHERE d.id IN ({marks})"
+)
+
+
+@dataclass
+class PendingDoc:
+    rowid: int
+    meta: dict[str, Any]
+    terms: dict[str, Counter[str]] = field(default_factory=dict)  # field -> token counts
+    tokens: dict[str, list[str]] = field(default_factory=dict)  # field -> tokens (files only, for phrases)
+
+    def length(self, name: str) -> int:
+        return sum(self.terms.get(name, Counter()).values())
+
+
+def passes(meta: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    """The index filters (see ``SearchIndex``) evaluated on one record's metadata."""
+    checks: list[Callable[[], bool]] = [
+        lambda: not filters.get("kinds") or meta["kind"] in filters["kinds"],
+        lambda: not filters.get("types") or meta["type"] in filters["types"],
+        lambda: filters.get("project") is None or meta["project"] == filters["project"] or bool(meta["global"]),
+        lambda: filters.get("agent_id") is None or meta["agent_id"] == filters["agent_id"],
+        lambda: filters.get("session_ids") is None or meta["session_id"] in filters["session_ids"],
+        lambda: filters.get("exclude_session") is None or meta["session_id"] != filters["exclude_session"],
+        lambda: not filters.get("months") or _month(meta["ts"]) in filters["months"],
+        lambda: filters.get("since") is None or (meta["ts"] or "") >= filters["since"],
+        lambda: filters.get("until") is None or (meta["ts"] or "") <= filters["until"],
+    ]
+    return all(check() for check in checks)
+
+
+def _month(ts: str | None) -> int | None:
+    try:
+        return int((ts or "")[5:7])
+    except ValueError:
+        return None
+
+
+class Statistics:
+    """What BM25 needs from the whole corpus: document count, per-field document frequencies
+    (the committed index's plus the pending records') and average field lengths."""
+
+    def __init__(
+        self,
+        num_docs: int,
+        doc_freq: Callable[[str, str], int],
+        avg_len: Mapping[str, float],
+        pending: Sequence[PendingDoc],
+    ):
+        self.num_docs = num_docs + len(pending)
+        self._doc_freq = doc_freq
+        self._pending = pending
+        self.avg_len = avg_len
+        self._idf: dict[tuple[str, str], float] = {}
+
+    def idf(self, name: str, token: str) -> float:
+        key = (name, token)
+        if key not in self._idf:
+            df = self._doc_freq(name, token) + sum(1 for d in self._pending if d.terms.get(name, Counter())[token])
+            self._idf[key] = math.log(1.0 + (self.num_docs - df + 0.5) / (df + 0.5))
+        return self._idf[key]
+
+
+class PendingIndex:
+    """Pending records by rowid, refreshed from ``lexical_outbox`` on every search."""
+
+    def __init__(self, analyze: Callable[[str], list[str]], repeats: Mapping[str, int]):
+        self.analyze = analyze
+        self.repeats = repeats
+        self.docs: dict[int, PendingDoc | None] = {}  # None: deleted or inactive, hides the committed copy
+        self._loaded: dict[int, int] = {}  # rowid -> outbox seq it was loaded at
+        self.seen_seq = 0
+
+    def sync(self, conn: sqlite3.Connection, committed_seq: int, limit: int) -> bool:
+        """Catch up with the outbox after ``committed_seq``; False when more than ``limit``
+        records are pending (the caller answers from another engine meanwhile)."""
+        for rowid in [r for r, seq in self._loaded.items() if seq <= committed_seq]:
+            self._loaded.pop(rowid)
+            self.docs.pop(rowid, None)
+        self.seen_seq = max(self.seen_seq, committed_seq)
+        pending = conn.execute("SELECT count(*) FROM lexical_outbox WHERE seq > ?", (committed_seq,)).fetchone()[0]
+        if pending > limit:
+            return False
+        changed: dict[int, int] = {}
+        for seq, rowid in conn.execute(
+            "SELECT seq, rowid FROM lexical_outbox WHERE seq > ? ORDER BY seq", (self.seen_seq,)
+        ):
+            changed[rowid] = seq
+            self.seen_seq = max(self.seen_seq, seq)
+        if changed:
+            self._load(conn, changed)
+        return True
+
+    def _load(self, conn: sqlite3.Connection, changed: dict[int, int]) -> None:
+        rowids = [r for r in changed if r >= 0]
+        found: dict[int, PendingDoc] = {}
+        for start in range(0, len(rowids), 500):
+            chunk = rowids[start : start + 500]
+            for row in conn.execute(PENDING_SQL.format(marks=",".join("?" * len(chunk))), chunk):
+                found[row[0]] = self._pending_doc(row)
+        for rowid, seq in changed.items():
+            if rowid < 0:
+                continue  # a wipe marker: the applier clears the index; nothing to score here
+            doc = found.get(rowid)
+            self.docs[rowid] = doc if doc is not None and doc.meta["active"] else None
+            self._loaded[rowid] = seq
+
+    def _pending_doc(self, row: Sequence[Any]) -> PendingDoc:
+        keys = (
+            "rowid",
+            "doc_id",
+            "kind",
+            "scope",
+            "key",
+            "session_id",
+            "project",
+            "agent_id",
+            "type",
+            "ts",
+            "active",
+            "global",
+        )
+        meta = dict(zip(keys, row[:12], strict=True))
+        doc = PendingDoc(int(row[0]), meta)
+        weighted: Counter[str] = Counter()
+        for column, text in zip(COLUMNS, row[12:], strict=True):
+            tokens = self.analyze(text or "")
+            for token, n in Counter(tokens).items():
+                weighted[token] += n * self.repeats[column]
+            if column == FILES:
+                doc.terms[FILES] = Counter(tokens)
+                doc.tokens[FILES] = tokens
+        doc.terms[WEIGHTED] = weighted
+        return doc
+
+    @property
+    def hidden(self) -> set[int]:
+        """Rowids whose committed copy (if any) is out of date."""
+        return set(self.docs)
+
+    def live(self) -> list[PendingDoc]:
+        return [d for d in self.docs.values() if d is not None]
+
+    def score(
+        self, tokens: Sequence[str], weights: Mapping[str, float], stats: Statistics, filters: Mapping[str, Any]
+    ) -> list[tuple[float, PendingDoc]]:
+        """BM25 (Tantivy's formula: per field, boosted, summed) of each pending record."""
+        hits = []
+        for doc in self.live():
+            if not passes(doc.meta, filters):
+                continue
+            total = 0.0
+            for name, boost in weights.items():
+                counts = doc.terms.get(name)
+                if not counts:
+                    continue
+                norm = K1 * (1 - B + B * doc.length(name) / max(stats.avg_len.get(name, 1.0), 1.0))
+                for token in tokens:
+                    tf = counts.get(token, 0)
+                    if tf:
+                        total += boost * stats.idf(name, token) * (K1 + 1) * tf / (tf + norm)
+            if total > 0:
+                hits.append((total, doc))
+        return hits
+
+    def files_matching(self, phrases: Sequence[Sequence[str]], filters: Mapping[str, Any]) -> list[PendingDoc]:
+        """Pending records whose files field holds one of the token phrases."""
+        found = []
+        for doc in self.live():
+            tokens = doc.tokens.get(FILES, [])
+            if passes(doc.meta, filters) and any(_contains(tokens, list(p)) for p in phrases if p):
+                found.append(doc)
+        return found
+
+
+def _contains(tokens: list[str], phrase: list[str]) -> bool:
+    n = len(phrase)
+    return any(tokens[i : i + n] == phrase for i in range(len(tokens) - n + 1))
