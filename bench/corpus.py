@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 COMMON = (
-    "fix test error file function update add run check code module auth config build failing "
-    "the in for with".split()
+    "fix test error file function update add run check code module auth config build failing the in for with".split()
 )
 STEMS = (
     "token session cache parser schema query index retry timeout worker queue deploy release "

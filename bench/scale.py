@@ -321,7 +321,8 @@ def run_size(size: int, args: argparse.Namespace) -> dict:
         source = Path(tmp) / "corpus.jsonl"
         started = time.perf_counter()
         lines = write_corpus(source, size, args.memories)
-        print(f"  corpus: {lines:,} records, {source.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - started:.0f} s")
+        took = time.perf_counter() - started
+        print(f"  corpus: {lines:,} records, {source.stat().st_size / 1e6:.0f} MB in {took:.0f} s")
         data_dir = str(Path(tmp) / "data")
         loaded = bulk_import(data_dir, source, env)
         source.unlink()
@@ -360,6 +361,35 @@ def run_size(size: int, args: argparse.Namespace) -> dict:
     }
 
 
+def targets(size: dict, clients: int) -> list[tuple[str, float, str, bool]]:
+    """(what, measured, target, met) for the issue's targets that apply at this size."""
+    one, many = size["results"]["1 client"], size["results"][f"{clients} clients"]
+    observe = size["results"]["8 clients observe"]["observe"]
+    search_p95 = max(v["p95"] for k, v in one.items() if k.startswith("search"))
+    n = size["observations"]
+    rows = [
+        ("observe /s with 8 clients", observe["per_s"], ">= 800", observe["per_s"] >= 800),
+        ("observe p95 ms with 8 clients", observe["p95"], "< 20", observe["p95"] < 20),
+    ]
+    if n >= 1_000_000:
+        rows += [
+            ("smart-search p95 ms, 1 client, any query", search_p95, "<= 40", search_p95 <= 40),
+            ("start-up s", size["startup_s"], "< 3", size["startup_s"] < 3),
+            ("RSS MB", size["rss_after_mb"], "< 1536", size["rss_after_mb"] < 1536),
+            ("bulk import records/s", size["import"]["per_s"], ">= 5000", size["import"]["per_s"] >= 5000),
+        ]
+    elif n >= 100_000:
+        searches = many["search"]["per_s"]
+        rows += [
+            ("smart-search p95 ms, 1 client, any query", search_p95, "<= 15", search_p95 <= 15),
+            (f"searches/s with {clients} clients", searches, ">= 150", searches >= 150),
+        ]
+    else:
+        for name in ("remember", "memories latest"):
+            rows.append((f"{name} p50 ms with {clients} clients", many[name]["p50"], "<= 20", many[name]["p50"] <= 20))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10k,100k", help="observation counts, e.g. 10k,100k,1m")
@@ -372,6 +402,11 @@ def main() -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     print(f"bench/scale.py, {stamp}, commit {commit()}, {os.cpu_count()} cpus, embedder {args.embedder}")
     report = [run_size(parse_size(s), args) for s in args.sizes.split(",")]
+    print("\ntargets (issue 14):")
+    for size in report:
+        for what, value, target, met in targets(size, args.clients):
+            verdict = "met" if met else "MISSED"
+            print(f"  {size['observations']:>9,} obs  {what:42s} {value:>9}  target {target:8s} {verdict}")
     print(json.dumps({"date": stamp, "commit": commit(), "embedder": args.embedder, "sizes": report}))
 
 

@@ -476,7 +476,85 @@ def llm_runtime(make_runtime, fake_gemini):
 
     def make(clock: Any = None, **overrides: Any) -> Runtime:
         base = {"gemini_api_key": GEMINI_TEST_KEY, "gemini_api_base": fake_gemini.url,
-                "gemini_retry_backoff_seconds": 0.0}
+                "llm_retry_backoff_seconds": 0.0}
         return make_runtime(clock=clock, **{**base, **overrides})
+
+    return make
+
+
+# -- the LLM layer with every provider: loopback fakes of OpenAI-compatible and Anthropic APIs --------
+
+OPENAI_TEST_KEY = "oa-test-7c1e5d9b2a4f6083"
+ANTHROPIC_TEST_KEY = "an-test-3b9d1f7e5c2a8046"
+
+
+@pytest.fixture
+def fake_openai():
+    """A fake OpenAI-compatible API (chat completions, embeddings) on a free 127.0.0.1 port."""
+    from fake_openai import FakeOpenAI
+
+    fake = FakeOpenAI(api_key=OPENAI_TEST_KEY)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def fake_anthropic():
+    """A fake Anthropic Messages API on a free 127.0.0.1 port."""
+    from fake_anthropic import FakeAnthropic
+
+    fake = FakeAnthropic(api_key=ANTHROPIC_TEST_KEY)
+    yield fake
+    fake.close()
+
+
+class ModelAPI:
+    """One provider under test: its fake, key, and the settings (or environment) that select it."""
+
+    def __init__(self, name: str, fake: Any, key: str):
+        self.name, self.fake, self.key = name, fake, key
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        if self.name == "gemini":
+            return {"llm_provider": "gemini", "gemini_api_key": self.key, "gemini_api_base": self.fake.url}
+        if self.name == "openai":
+            return {"llm_provider": "openai", "openai_api_key": self.key, "openai_base_url": self.fake.base}
+        return {"llm_provider": "anthropic", "anthropic_api_key": self.key, "anthropic_base_url": self.fake.url}
+
+    @property
+    def env(self) -> dict[str, str]:
+        names = {"gemini_api_key": "GEMINI_API_KEY", "gemini_api_base": "GEMINI_API_BASE",
+                 "openai_api_key": "OPENAI_API_KEY", "openai_base_url": "OPENAI_BASE_URL",
+                 "anthropic_api_key": "ANTHROPIC_API_KEY", "anthropic_base_url": "ANTHROPIC_BASE_URL",
+                 "llm_provider": "AGENTMEMORY_LLM_PROVIDER"}
+        return {names[k]: v for k, v in self.settings.items()}
+
+
+def start_model_api(name: str) -> ModelAPI:
+    if name == "gemini":
+        from fake_gemini import FakeGemini
+        return ModelAPI(name, FakeGemini(api_key=GEMINI_TEST_KEY), GEMINI_TEST_KEY)
+    if name == "openai":
+        from fake_openai import FakeOpenAI
+        return ModelAPI(name, FakeOpenAI(api_key=OPENAI_TEST_KEY), OPENAI_TEST_KEY)
+    from fake_anthropic import FakeAnthropic
+    return ModelAPI(name, FakeAnthropic(api_key=ANTHROPIC_TEST_KEY), ANTHROPIC_TEST_KEY)
+
+
+@pytest.fixture(params=["gemini", "openai", "anthropic"])
+def model_api(request):
+    """Each provider in turn, behind its loopback fake."""
+    api = start_model_api(request.param)
+    yield api
+    api.fake.close()
+
+
+@pytest.fixture
+def provider_runtime(make_runtime, model_api):
+    """Build runtimes wired to ``model_api``'s fake (no retry sleeps); overrides are settings."""
+
+    def make(clock: Any = None, **overrides: Any) -> Runtime:
+        return make_runtime(clock=clock, **{**model_api.settings, "llm_retry_backoff_seconds": 0.0, **overrides})
 
     return make

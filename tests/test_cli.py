@@ -15,6 +15,8 @@ import pytest
 import requests
 
 from agentmemory_server import wiring
+from agentmemory_server.errors import AppError
+from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.operations import maintenance
 from agentmemory_server.wiring import build_runtime
 from agentmemory_server.memory import transfer
@@ -126,6 +128,28 @@ def test_json_lines_import_names_the_bad_line_and_keeps_earlier_batches(tmp_path
     assert proc.returncode == 1 and "line 2: not JSON" in proc.stderr and "Traceback" not in proc.stderr
     proc = cli("--db", str(db), "-q", "import", str(tmp_path / "missing.jsonl"))
     assert proc.returncode == 1 and "no such file" in proc.stderr
+
+
+def test_a_big_json_lines_import_parses_in_a_second_process(make_runtime, tmp_path, monkeypatch):
+    """Past PARALLEL_IMPORT_BYTES the lines are parsed and stripped in a worker process: the same
+    records arrive, secrets stripped, and a bad line deep in the file is still named."""
+    monkeypatch.setattr(maintenance, "PARALLEL_IMPORT_BYTES", 0)
+    monkeypatch.setattr(maintenance.os, "cpu_count", lambda: 2)
+    lines = [json.dumps({"version": transfer.FORMAT_VERSION})]
+    for i in range(30):
+        memory = {"id": f"mem_{i}", "content": f"note {i} api_key=sk-{'a' * 40}", "type": "fact",
+                  "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z", "isLatest": True}
+        lines.append(json.dumps({"memories": [memory]}))
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    rt = make_runtime()
+    result = maintenance.import_lines(Ctx(rt, source="cli"), path, "merge", batch=7)
+    assert result["imported"] == 30
+    stored = rt.db.reader().records.get("mem:memories", "mem_29")
+    assert "sk-aaaa" not in json.dumps(stored) and "[REDACTED_SECRET]" in stored["content"]
+    path.write_text("\n".join([*lines, "[1, 2]"]) + "\n")
+    with pytest.raises(AppError, match=r"line 32: expected a JSON object"):
+        maintenance.import_lines(Ctx(rt, source="cli"), path, "skip", batch=7)
 
 
 def test_reindex_restores_search_after_the_index_is_emptied(tmp_path):

@@ -148,7 +148,7 @@ def test_the_model_names_typed_entities_and_relations(llm_runtime, fake_gemini):
 
 
 def test_model_failure_falls_back_and_the_job_waits_for_an_open_breaker(llm_runtime, fake_gemini):
-    rt = llm_runtime(graph_extraction_enabled=True, gemini_max_attempts=1, llm_breaker_failures=1,
+    rt = llm_runtime(graph_extraction_enabled=True, llm_max_attempts=1, llm_breaker_failures=1,
                      llm_summaries=False, llm_reflect=False, consolidation_enabled="false")
     call, svc = ToolCaller(rt), llm.service(rt)
     seed(call)
@@ -162,7 +162,7 @@ def test_model_failure_falls_back_and_the_job_waits_for_an_open_breaker(llm_runt
 
 def test_graph_job_gives_up_to_the_deterministic_graph(llm_runtime, fake_gemini):
     rt = llm_runtime(graph_extraction_enabled=True, llm_job_attempts=1, llm_breaker_failures=1,
-                     gemini_max_attempts=1, llm_summaries=False, llm_reflect=False, consolidation_enabled="false")
+                     llm_max_attempts=1, llm_summaries=False, llm_reflect=False, consolidation_enabled="false")
     call, svc = ToolCaller(rt), llm.service(rt)
     seed(call)
     fake_gemini.fail_next = [500]

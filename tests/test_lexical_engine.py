@@ -12,6 +12,7 @@ import signal
 import pytest
 import requests
 
+from agentmemory_server.adapters.web import create_app
 from agentmemory_server.retrieval import search
 from conftest import ToolCaller, hook, post, wait_for
 
@@ -141,6 +142,45 @@ def test_switching_engines_rebuilds_what_tantivy_missed(make_runtime, tmp_path):
     assert back.db.lexical.health()["state"] == "not built"
     back.db.flush()
     assert len(search.bm25(back.db.reader(), "heron otter", limit=10)) == 2
+
+
+def test_a_lost_document_is_found_by_verification_and_repaired(make_runtime):
+    """The engine compares itself with the search rows; a document that vanished from the index
+    (behind the outbox's back) is noticed, reported by diagnose, and rebuilt by heal."""
+    rt = make_runtime()
+    seed(ToolCaller(rt))
+    rt.db.flush()
+    engine = rt.db.lexical
+    assert engine.verify(force=True) == {**engine.verified, "documents": 43, "records": 43, "ok": True}
+    expected = matching_ids(rt, "warm cache", {})
+    lost = search.bm25(rt.db.reader(), "warm cache", limit=1)[0]["rowid"]
+    writer = engine._acquire_writer()
+    writer.delete_documents_by_query(engine._rowid_query(lost))  # lose it without an outbox entry
+    writer.commit()
+    engine.index.reload()
+    assert matching_ids(rt, "warm cache", {}) != expected
+    checks = {c["name"]: c for c in ToolCaller(rt)("memory_diagnose")["checks"]}
+    assert checks["lexical_index"]["status"] == "pass"  # not compared yet: nothing is known to be wrong
+    result = engine.verify(force=True)
+    assert result is not None and (result["documents"], result["records"], result["ok"]) == (42, 43, False)
+    health = create_app(runtime=rt).test_client().get("/agentmemory/health").get_json()["storage"]["lexical"]
+    assert health["repairs"] == 1 and health["documents"] == 43 and health["rebuild"] is None
+    assert matching_ids(rt, "warm cache", {}) == expected
+    assert engine.verify(force=True)["ok"] is True
+
+
+def test_diagnose_reports_a_mismatch_and_heal_asks_for_a_check(make_runtime):
+    rt = make_runtime()
+    seed(ToolCaller(rt))
+    rt.db.flush()
+    engine = rt.db.lexical
+    engine.verified = {"at": "2026-12-04T00:00:00+00:00", "documents": 40, "records": 43, "ok": False}
+    checks = {c["name"]: c for c in ToolCaller(rt)("memory_diagnose")["checks"]}
+    assert checks["lexical_index"]["status"] == "warn" and "40 documents for 43 records" in checks["lexical_index"]["message"]
+    assert checks["lexical_index"]["fixable"] is True
+    engine._next_verify = float("inf")
+    ToolCaller(rt)("diagnostics_heal")
+    assert engine._next_verify == 0.0  # the applier compares on its next idle moment
 
 
 def test_an_acknowledged_write_is_searchable_after_sigkill(live_server):

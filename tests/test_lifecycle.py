@@ -167,6 +167,19 @@ def test_consolidate_creates_memories_deterministically(client, call):
     assert call("memory_recall", query="cart")["results"]  # written through remember: searchable
 
 
+def test_consolidating_a_group_larger_than_a_memory_can_cite_keeps_the_newest_sources(call, client):
+    for i in range(230):  # one file edited 230 times: more than memory_save's 200 source ids
+        client.post("/agentmemory/observe", json=edit(f"s{i % 3}", "src/cart.py",
+                                                      f"2026-11-01T{i // 60:02d}:{i % 60:02d}:00Z"))
+    out = call("memory_consolidate")
+    cart = next(m for m in call("memories_list")["memories"] if m["title"] == "Recurring work on src/cart.py")
+    assert out["consolidated"] >= 1 and len(cart["sourceObservationIds"]) == 200
+    newest = sorted(o["id"] for sid in ("s0", "s1", "s2")
+                    for o in call("memory_observations", sessionId=sid)["observations"])[-200:]
+    assert cart["sourceObservationIds"] == newest
+    assert call("memory_consolidate")["unchanged"] == out["consolidated"]  # the state keeps all 230
+
+
 def test_consolidate_needs_enough_observations(call, client):
     client.post("/agentmemory/observe", json=edit("s", "a.py", "2026-11-01T10:00:00Z"))
     out = call("memory_consolidate")

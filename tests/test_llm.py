@@ -1,5 +1,6 @@
-"""The Gemini client against the loopback fake: the real generateContent JSON, usage counts, one
-repair round for invalid answers, retries with Retry-After, refusals, the circuit breaker."""
+"""The LLM layer with the Gemini provider against the loopback fake: the real generateContent JSON,
+usage counts, one repair round for invalid answers, retries with Retry-After, refusals, the
+circuit breaker. (The same behaviour with the other providers: test_llm_providers.py.)"""
 
 import json
 import logging
@@ -11,7 +12,9 @@ from agentmemory_server.models import llm
 from agentmemory_server.kernel import registry
 from conftest import GEMINI_TEST_KEY, ManualClock
 from fake_gemini import Raw
-from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport, retry_after_seconds
+from agentmemory_server.providers.chat import ChatRequest
+from agentmemory_server.providers.gemini import gemini_transport, post_model
+from agentmemory_server.providers.http import ProviderHTTPError, retry_after_seconds
 from agentmemory_server.models.llm import CircuitBreaker, Task
 from agentmemory_server.kernel.registry import Ctx
 
@@ -81,7 +84,7 @@ def test_an_answer_invalid_twice_is_an_error_after_exactly_two_calls(llm_runtime
 def test_429_is_retried_after_the_retry_after_delay(llm_runtime, fake_gemini):
     svc = service(llm_runtime())
     slept = []
-    svc.model.transport.sleep = slept.append
+    svc.clients.transport.sleep = slept.append
     fake_gemini.fail_next = [(429, {"Retry-After": "7"}), 503]
     fake_gemini.replies = [GOOD]
     assert svc.generate_json(NOTE, "write") == GOOD
@@ -92,10 +95,10 @@ def test_429_is_retried_after_the_retry_after_delay(llm_runtime, fake_gemini):
 
 def test_backoff_doubles_and_is_capped():
     slept = []
-    transport = GeminiTransport(api_key="k", base_url="http://127.0.0.1:9", timeout=0.2, max_backoff=5.0,
-                                sleep=slept.append)
-    with pytest.raises(GeminiHTTPError):
-        transport.post("m", "generateContent", {}, attempts=5, backoff=1.0)  # nothing listens on port 9
+    transport = gemini_transport(api_key="k", base_url="http://127.0.0.1:9", timeout=0.2, max_backoff=5.0,
+                                 sleep=slept.append)
+    with pytest.raises(ProviderHTTPError):
+        post_model(transport, "m", "generateContent", {}, attempts=5, backoff=1.0)  # nothing listens on port 9
     assert slept == [1.0, 2.0, 4.0, 5.0]
     assert retry_after_seconds("12") == 12.0 and retry_after_seconds("soon") is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
@@ -109,7 +112,7 @@ def test_400_is_not_retried_and_the_key_is_never_echoed(llm_runtime, fake_gemini
     with pytest.raises(llm.LLMError) as caught:
         svc.generate_json(NOTE, "write")
     assert "HTTP 400" in caught.value.message and len(fake_gemini.calls) == 1
-    transport = GeminiTransport(api_key="sekrit-key-123", base_url="http://x", timeout=1)
+    transport = gemini_transport(api_key="sekrit-key-123", base_url="http://x", timeout=1)
     assert transport.scrub("failed for sekrit-key-123") == "failed for [REDACTED]"
     ctx = Ctx(rt)
     shown = json.dumps([registry.unwrap(registry.call(ctx, name, {}))[0] for name in ("health", "memory_diagnose")]
@@ -119,7 +122,7 @@ def test_400_is_not_retried_and_the_key_is_never_echoed(llm_runtime, fake_gemini
 
 
 def test_timeout_counts_as_a_failure(llm_runtime, fake_gemini):
-    svc = service(llm_runtime(gemini_timeout_seconds=0.3, gemini_max_attempts=1))
+    svc = service(llm_runtime(llm_timeout_seconds=0.3, llm_max_attempts=1))
     fake_gemini.stall()
     try:
         with pytest.raises(llm.LLMError) as caught:
@@ -153,7 +156,7 @@ def test_truncated_answer_max_tokens_goes_through_the_repair_round(llm_runtime, 
 
 def test_breaker_opens_after_three_failures_and_recovers_through_one_trial(llm_runtime, fake_gemini):
     clock = ManualClock()
-    svc = service(llm_runtime(clock=clock.clock, gemini_max_attempts=2))
+    svc = service(llm_runtime(clock=clock.clock, llm_max_attempts=2))
     fake_gemini.fail_next = [500] * 6  # three calls of two attempts each
     for _ in range(3):
         with pytest.raises(llm.LLMError):
@@ -221,4 +224,4 @@ def test_no_key_means_deterministic_and_healthy(make_runtime):
     checks = {c["name"]: c for c in svc.diagnose()}
     assert checks["llm-provider"]["status"] == "pass" and checks["llm-auto-compress"]["status"] == "warn"
     with pytest.raises(llm.LLMError):
-        svc.complete("system", [])
+        svc.complete("compress", ChatRequest("system", []))

@@ -142,7 +142,7 @@ def test_observe_answers_while_the_model_is_stalled(llm_runtime, fake_gemini):
 
 def test_500s_open_the_breaker_fallbacks_answer_jobs_wait_then_recover(llm_runtime, fake_gemini):
     clock = ManualClock()
-    rt = llm_runtime(clock=clock.clock, auto_compress=True, gemini_max_attempts=1)
+    rt = llm_runtime(clock=clock.clock, auto_compress=True, llm_max_attempts=1)
     call, svc = ToolCaller(rt), llm.service(rt)
     fake_gemini.responder = responder()
     for i in range(3):
@@ -218,7 +218,7 @@ def test_session_end_stays_deterministic_and_queues_the_model_work(llm_runtime, 
     assert summary["method"] == "gemini" and summary["title"] == "Model summary title"
     assert summary["filesModified"] == ["src/auth.py"] and summary["keyDecisions"] == ["use tokens"]
     assert call("memory_slot_get", label="pending_items", project="demo")["slot"]["content"] == "- model pending item"
-    assert sorted(task_of(b) for b in fake_gemini.generations()) == ["reflect", "summarize"]
+    assert sorted(task_of(p) for p in fake_gemini.requests()) == ["reflect", "summarize"]
 
 
 def test_consolidation_with_the_model_writes_memories_and_facts_through_remember(llm_runtime, fake_gemini):

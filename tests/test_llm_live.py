@@ -44,3 +44,27 @@ def test_live_server_compresses_in_the_background_and_summarises_with_the_model(
     assert section["breaker"]["state"] == "closed" and section["workers"] == 2
     assert GEMINI_TEST_KEY not in health.text and GEMINI_TEST_KEY not in server.log()
     assert all(c["headers"]["x-goog-api-key"] == GEMINI_TEST_KEY for c in fake_gemini.calls)
+
+
+def test_live_server_with_an_openai_compatible_model(live_server, fake_openai):
+    """A local-model setup (Ollama, llama.cpp, vLLM ...): no key, a base URL on loopback."""
+    fake_openai.api_key = None  # local servers take no key
+    fake_openai.responder = responder()
+    server = live_server(env={"AGENTMEMORY_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": fake_openai.base,
+                              "AGENTMEMORY_LLM_MODEL": "qwen2.5-coder:7b", "AGENTMEMORY_AUTO_COMPRESS": "true"})
+    body = hook("local", data={"tool_name": "Edit", "tool_input": {"file_path": "src/auth.py"}, "tool_output": "ok"})
+    assert post(server.api("/observe"), body).status_code == 201
+
+    def rewritten() -> dict | None:
+        obs = requests.get(server.api("/observations"), params={"sessionId": "local"}, timeout=10).json()
+        first = obs["observations"][0]
+        return first if first.get("method") == "openai" else None
+
+    assert wait_for(rewritten, interval=0.1, message="the model never rewrote the observation")["title"] \
+        == "Model: switched auth to tokens"
+    [call] = fake_openai.calls
+    assert call["body"]["model"] == "qwen2.5-coder:7b" and "Authorization" not in call["headers"]
+    section = requests.get(server.api("/health"), timeout=10).json()["llm"]
+    assert section["provider"] == "openai" and section["features"]["compress"]["usesModel"] is True
+    usage = call["response"]["usage"]
+    assert section["tokens"]["byFeature"]["compress"]["totalTokens"] == usage["total_tokens"]

@@ -387,3 +387,35 @@ def test_ten_thousand_records_stay_paginated(browser, tmp_path, shots):
             w.page.close()
     finally:
         srv.stop()
+
+
+def test_dashboard_shows_model_tokens_per_day_and_feature(watched, tmp_path, fake_anthropic, shots):
+    from conftest import ANTHROPIC_TEST_KEY, wait_for
+    from llm_support import responder
+
+    fake_anthropic.responder = responder()
+    srv = LiveServer(tmp_path, {"AGENTMEMORY_LLM_PROVIDER": "anthropic", "ANTHROPIC_API_KEY": ANTHROPIC_TEST_KEY,
+                                "ANTHROPIC_BASE_URL": fake_anthropic.url, "AGENTMEMORY_AUTO_COMPRESS": "true",
+                                "AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET": "500000"}, [])
+    try:
+        post(srv.api("/observe"), hook("tok-1", data={"tool_name": "Edit", "tool_input": {"file_path": "src/a.py"},
+                                                      "tool_output": "ok"}))
+
+        def accounted() -> dict | None:
+            today = requests.get(srv.api("/health"), timeout=10).json()["llm"]["tokens"]["today"]
+            return today if today["calls"] else None
+
+        tokens = wait_for(accounted, message="the compression call was never made and accounted")
+        page = open_viewer(watched, srv)
+        panel = page.locator("#model-tokens")
+        expect(panel).to_contain_text("anthropic · claude-haiku-4-5")
+        expect(page.locator("#token-budget")).to_contain_text(f"{tokens['totalTokens']:,} of 500,000 tokens used today")
+        today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        expect(panel.locator(f'tr[data-day="{today}"]')).to_contain_text(f"{tokens['totalTokens']:,}")
+        row = panel.locator('tr[data-feature="compress"]')
+        expect(row).to_contain_text("model")
+        expect(row).to_contain_text(f"{tokens['totalTokens']:,}")
+        expect(panel.locator('tr[data-feature="graph"]')).to_contain_text("off")
+        page.screenshot(path=str(shots / "dashboard-model-tokens.png"))
+    finally:
+        srv.stop()

@@ -140,6 +140,9 @@ EMBEDDING_FAILED = _declare("embedding_failed", 503, "The embedding provider fai
 MODEL_CHECKSUM = _declare("model_checksum", 503, "The bundled embedding model does not match its checksum.")
 ANTIGRAVITY_NOT_FOUND = _declare("antigravity_not_found", 404, "ANTIGRAVITY_DIR holds no brain/ folder.")
 CONVERSATION_NOT_FOUND = _declare("conversation_not_found", 404, "No Antigravity conversation with that id.")
+IMPORT_FAILED = _declare(
+    "import_failed", 500, "A bulk import stopped part-way (its parsing process died); run it again to finish it."
+)
 
 
 class AppError(Exception):

@@ -7,6 +7,7 @@
     agentmemory reindex                                             rebuild the search index (and vectors)
     agentmemory backup [--force]                                    upload a snapshot to the HF dataset now
     agentmemory restore [--force]                                   download the latest backup
+    agentmemory llm test [--json]                                   one tiny request to the model provider
 
 (``python src/cli.py ...`` is the same from a checkout.) A thin adapter: each admin command calls
 the library function a tool also calls (``maintenance``, ``transfer``) or ``hf_sync``, in this
@@ -33,6 +34,7 @@ from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
+from agentmemory_server.models import llm
 from agentmemory_server.operations import maintenance
 from agentmemory_server.storage.sqlite import hf_sync
 from agentmemory_server.wiring import build_runtime
@@ -137,6 +139,63 @@ def _print_stats(result: dict[str, Any]) -> None:
     print("indexed for search:")
     for kind, n in sorted(result["indexed"].items()):
         print(f"  {kind:<24} {n:>10,}")
+    _print_tokens(result["llm"])
+
+
+def _print_tokens(report: dict[str, Any]) -> None:
+    budget = report["budget"]
+    limit = f"budget {budget['daily']:,}/day" if budget["daily"] else "no daily budget"
+    print(f"model tokens per UTC day ({limit}; resets {budget['resetsAt']}):")
+    for day in report["byDay"]:
+        print(f"  {day['day']:<12} {day['totalTokens']:>12,} tokens {day['calls']:>7,} calls")
+    print(f"today ({report['day']}) by feature:")
+    if not report["byFeature"]:
+        print("  (no model calls)")
+    for feature, row in report["byFeature"].items():
+        skipped = row["skippedBudget"] + row["skippedLowValue"]
+        print(
+            f"  {feature:<14} {row['totalTokens']:>10,} tokens {row['calls']:>6,} calls "
+            f"{row['failed']:>4,} failed {skipped:>6,} skipped"
+        )
+
+
+# -- agentmemory llm ... (model provider commands) ------------------------------------------------------
+
+
+def cmd_llm_test(settings: Settings, opts: argparse.Namespace) -> Any:
+    return _with_runtime(settings, lambda rt: llm.service(rt).check())
+
+
+def llm_test_failed(result: dict[str, Any]) -> bool:
+    return not (result["request"] or {}).get("ok")
+
+
+def _print_llm_test(result: dict[str, Any]) -> None:
+    if result["provider"] is None:
+        print("provider   none: every LLM feature runs deterministically (set AGENTMEMORY_LLM_PROVIDER)")
+    else:
+        print(f"provider   {result['provider']}  {result['baseUrl'] or ''}")
+    if result["problem"]:
+        print(f"problem    {result['problem']}")
+    request = result["request"]
+    if request is not None:
+        if request["ok"]:
+            valid = "valid JSON" if request["validJson"] else f"not the asked JSON: {request['answer']!r}"
+            print(
+                f"request    ok: {request['model']} answered in {request['latencyMs']} ms "
+                f"({request['promptTokens']} prompt + {request['completionTokens']} completion tokens, {valid})"
+            )
+        else:
+            print(f"request    FAILED: {request['model']}: {request['error']}")
+    print(f"{'feature':<14} {'enabled':<8} {'model call':<11} {'provider':<10} {'model':<28} budget left today")
+    for feature, plan in result["features"].items():
+        left = "no limit" if plan["budgetLeft"] is None else f"{plan['budgetLeft']:,}"
+        if plan["budgetReached"]:
+            left += " (reached)"
+        print(
+            f"{feature:<14} {'yes' if plan['enabled'] else 'no':<8} {'yes' if plan['usesModel'] else 'no':<11} "
+            f"{plan['provider'] or '-':<10} {plan['model'] or '-':<28} {left}"
+        )
 
 
 # -- connecting coding agents and running as a service (adapters/connect, adapters/service) -------------
@@ -289,7 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--force", action="store_true", help="override the safety checks (see README)")
         sub.set_defaults(run=run)
     _add_agent_commands(commands)
+    _add_llm_commands(commands)
     return parser
+
+
+def _add_llm_commands(commands: Any) -> None:
+    group = commands.add_parser("llm", help="model provider: `llm test` sends one tiny request and shows each feature")
+    sub = group.add_subparsers(dest="llm_command", required=True, metavar="llm_command")
+    test = sub.add_parser("test", help="one tiny request: latency, and each feature's provider, model and budget")
+    test.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    test.set_defaults(run=cmd_llm_test, show=_print_llm_test, failed=llm_test_failed)
 
 
 def settings_for(opts: argparse.Namespace) -> Settings:
@@ -316,9 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result), file=sys.stderr)
     elif opts.command == "stats" and not opts.json:
         _print_stats(result)
+    elif getattr(opts, "show", None) and not opts.json:
+        opts.show(result)
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
-    return 0
+    failed = getattr(opts, "failed", None)
+    return 1 if failed is not None and failed(result) else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ later replace these fields with richer ones; nothing here needs a model.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
 
@@ -164,4 +166,18 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         compressed["subtitle"] = truncate(input_text, 120)
     if tool_name:
         compressed["toolName"] = tool_name
+        compressed["contentHash"] = content_hash(hook_type, f, obs_type)
     return compressed
+
+
+def content_hash(hook_type: str, fields: dict[str, Any], obs_type: str) -> str:
+    """Fingerprint of what a tool event carries: two events of a session with the same one are
+    repeats (model compression skips the later, see models/triage.py). A file read is keyed by
+    its path and output, so reading the same unchanged content again matches whatever the
+    offsets or tool were."""
+    if obs_type == "file_read":
+        key = [hook_type, obs_type, extract_files(fields["toolInput"]), fields["toolOutput"]]
+    else:
+        key = [hook_type, normalise_tool_name(str(fields["toolName"])), fields["toolInput"], fields["toolOutput"]]
+    text = json.dumps(key, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:32]

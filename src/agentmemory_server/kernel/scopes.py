@@ -67,8 +67,9 @@ SCOPES: tuple[ScopeDoc, ...] = (
         OBSERVATIONS_PREFIX + "{sessionId}",
         "observation id",
         "Observation: id, sessionId, timestamp, hookType, project, cwd, eventId, agentId?, type, title, "
-        "subtitle?, facts, narrative, concepts, files, importance, confidence, toolName?, raw (stripped "
-        "hook data)",
+        "subtitle?, facts, narrative, concepts, files, importance, confidence, toolName?, contentHash? (tool "
+        "events: fingerprint of tool, input and output), method? and compressedAt? (model compression), raw "
+        "(stripped hook data)",
     ),
     ScopeDoc(
         MEMORIES,
@@ -176,8 +177,13 @@ SCOPES: tuple[ScopeDoc, ...] = (
 # so none of those reads scans its scope.
 RECORD_INDEXES: tuple[RecordIndex, ...] = (
     RecordIndex(SESSIONS, ("startedAt",)),
+    RecordIndex(SESSIONS, ("project", "startedAt")),  # a project's sessions, newest first (context, /sessions)
     RecordIndex(MEMORIES, ("updatedAt",)),
+    RecordIndex(MEMORIES, ("isLatest", "updatedAt")),  # GET /memories?latest and its count
+    RecordIndex(MEMORIES, ("project", "updatedAt")),
     RecordIndex(MEMORIES, ("forgetAfter",)),
+    RecordIndex(LESSONS, ("confidence",)),  # the context block's most confident lessons
+    RecordIndex(LESSONS, ("project", "confidence")),
     RecordIndex(RELATIONS, ("sourceId",)),
     RecordIndex(RELATIONS, ("targetId",)),
 )

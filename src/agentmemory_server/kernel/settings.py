@@ -9,92 +9,19 @@ from (first one set wins), a default, a type and a help line. The same table dri
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Setting:
-    name: str
-    env: tuple[str, ...]
-    default: Any
-    type: Callable[[str], Any]
-    help: str
-    secret: bool = False
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"expected true/false, got {text!r}")
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
-        return value
-
-    parse.__name__ = "|".join(allowed)
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also refuses nan
-        raise ValueError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise ValueError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _tri_state(text: str) -> str:
-    """auto | true | false (upstream: 1/0 and yes/no too; auto decides at run time)."""
-    lowered = text.strip().lower()
-    if lowered == "auto":
-        return "auto"
-    return "true" if _bool(lowered) else "false"
-
-
-_tri_state.__name__ = "auto|true|false"
-
-
-def _optional_int(text: str) -> int | None:
-    return None if not text.strip() else _non_negative_int(text)
-
-
-def _optional_str(text: str) -> str | None:
-    # Hook configs often carry unexpanded "${VAR}" placeholders; treat them as unset.
-    text = text.strip()
-    if not text or (text.startswith("${") and text.endswith("}")):
-        return None
-    return text
-
+from agentmemory_server.kernel.setting_types import (
+    Setting,
+    _bool,
+    _choice,
+    _non_negative_int,
+    _optional_str,
+    _positive_int,
+)
+from agentmemory_server.kernel.settings_llm import LLM_SETTINGS
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -339,16 +266,17 @@ SETTINGS: tuple[Setting, ...] = (
         "embedding_provider",
         ("EMBEDDING_PROVIDER",),
         "auto",
-        _choice("auto", "local", "gemini", "hash", "none"),
+        _choice("auto", "local", "gemini", "openai", "hash", "none"),
         "Vectors for hybrid search: `auto` = gemini if a key is set, else local (offline "
-        "MiniLM ONNX) if installed, else none (BM25 only). `hash` is a model-free embedder for tests.",
+        "MiniLM ONNX) if installed, else none (BM25 only). `openai` = the /embeddings endpoint of "
+        "OPENAI_BASE_URL (OpenAI, Ollama, llama.cpp, vLLM, LM Studio). `hash` is a model-free embedder for tests.",
     ),
     Setting(
         "gemini_api_key",
         ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
         None,
         _optional_str,
-        "Gemini API key (embeddings; LLM features).",
+        "Gemini API key (embeddings; LLM features with the gemini provider).",
         secret=True,
     ),
     Setting(
@@ -432,143 +360,7 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_int,
         "Eviction keeps at most this many observations per project (lowest importance, then oldest, go first).",
     ),
-    # -- LLM layer (llm.py, llm_steps.py, graph.py): Gemini with deterministic fallbacks
-    Setting(
-        "gemini_model",
-        ("GEMINI_MODEL",),
-        "gemini-2.5-flash",
-        str,
-        "Gemini model for compression, summaries, consolidation, graph extraction, reflection.",
-    ),
-    Setting(
-        "gemini_timeout_seconds",
-        ("GEMINI_TIMEOUT_SECONDS",),
-        30.0,
-        _positive_float,
-        "Timeout of one generateContent attempt.",
-    ),
-    Setting(
-        "gemini_max_attempts",
-        ("GEMINI_MAX_ATTEMPTS",),
-        3,
-        _positive_int,
-        "Attempts per model call; 429 and 5xx are retried with exponential backoff (Retry-After honoured).",
-    ),
-    Setting(
-        "gemini_retry_backoff_seconds",
-        ("GEMINI_RETRY_BACKOFF_SECONDS",),
-        1.0,
-        _non_negative_float,
-        "Delay before the first retry of a model call (doubles each time, at most 30 s).",
-    ),
-    Setting(
-        "gemini_max_output_tokens",
-        ("GEMINI_MAX_OUTPUT_TOKENS",),
-        8192,
-        _positive_int,
-        "maxOutputTokens of every generateContent request.",
-    ),
-    Setting(
-        "gemini_thinking_budget",
-        ("GEMINI_THINKING_BUDGET",),
-        None,
-        _optional_int,
-        "thinkingConfig.thinkingBudget sent to models that think (unset: the model's default).",
-    ),
-    Setting(
-        "llm_breaker_failures",
-        ("LLM_BREAKER_FAILURES",),
-        3,
-        _positive_int,
-        "Circuit breaker: failed model calls within the window that open it.",
-    ),
-    Setting(
-        "llm_breaker_window_seconds",
-        ("LLM_BREAKER_WINDOW_SECONDS",),
-        60.0,
-        _positive_float,
-        "Circuit breaker: the window in which failures are counted.",
-    ),
-    Setting(
-        "llm_breaker_cooldown_seconds",
-        ("LLM_BREAKER_COOLDOWN_SECONDS",),
-        30.0,
-        _non_negative_float,
-        "Circuit breaker: seconds open before one trial call is let through (half-open).",
-    ),
-    Setting(
-        "llm_max_prompt_chars",
-        ("AGENTMEMORY_LLM_MAX_PROMPT_CHARS",),
-        24_000,
-        _positive_int,
-        "Upper bound on the data sent in one prompt (observations are picked and clipped to fit).",
-    ),
-    Setting(
-        "llm_workers",
-        ("AGENTMEMORY_LLM_WORKERS",),
-        2,
-        _positive_int,
-        "Threads running background model jobs (each waits on one model call at a time).",
-    ),
-    Setting(
-        "llm_job_attempts",
-        ("AGENTMEMORY_LLM_JOB_ATTEMPTS",),
-        5,
-        _positive_int,
-        "Background LLM jobs wait while the breaker is open (or retry an error) at most this many times.",
-    ),
-    Setting(
-        "auto_compress",
-        ("AGENTMEMORY_AUTO_COMPRESS",),
-        False,
-        _bool,
-        "With a Gemini key: observations are stored with the synthetic compression at once and "
-        "upgraded by the model in the background (type, title, facts, narrative, concepts, files, importance).",
-    ),
-    Setting(
-        "llm_summaries",
-        ("AGENTMEMORY_LLM_SUMMARIES",),
-        True,
-        _bool,
-        "With a Gemini key: session summaries (session end, POST /summarize) are written by the model.",
-    ),
-    Setting(
-        "llm_reflect",
-        ("AGENTMEMORY_LLM_REFLECT",),
-        True,
-        _bool,
-        "With a Gemini key: slot reflection and project insights are written by the model.",
-    ),
-    Setting(
-        "llm_crystallize",
-        ("AGENTMEMORY_LLM_CRYSTALLIZE",),
-        True,
-        _bool,
-        "With a Gemini key: crystals (narrative, outcomes, lessons) are written by the model.",
-    ),
-    Setting(
-        "consolidation_enabled",
-        ("CONSOLIDATION_ENABLED",),
-        "auto",
-        _tri_state,
-        "Consolidate observations into memories and facts after session ends (with the model when "
-        "a key is set, else deterministically); `auto` = on when a Gemini key is set.",
-    ),
-    Setting(
-        "consolidation_cooldown_ms",
-        ("AGENTMEMORY_CONSOLIDATION_COOLDOWN_MS",),
-        300_000,
-        _non_negative_int,
-        "At most one session-end consolidation per project within this time.",
-    ),
-    Setting(
-        "graph_extraction_enabled",
-        ("GRAPH_EXTRACTION_ENABLED",),
-        False,
-        _bool,
-        "After session ends, extract entities and relations into the knowledge graph (GET /graph): "
-        "by the model with a key, else a file/concept co-occurrence graph.",
-    ),
+    *LLM_SETTINGS,
     # -- live stream and viewer (events.py, app.py, live.py)
     Setting(
         "max_viewers",

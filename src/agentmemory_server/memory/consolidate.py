@@ -26,6 +26,7 @@ from agentmemory_server.retrieval.search import STOPWORDS
 
 SCAN = 1000
 MIN_GROUP = 3
+MAX_SOURCE_IDS = 200  # what memory_save accepts; the group state keeps them all
 _WORD = re.compile(r"[a-z][a-z0-9_\-]{3,}")
 _GENERIC = frozenset(
     [
@@ -135,6 +136,8 @@ def _observations(ctx: Ctx, store, project: str | None, agent: str | None) -> di
 
 def _remember(ctx: Ctx, project: str | None, fields: dict[str, Any]) -> str:
     args = {k: v for k, v in fields.items() if v} | ({"project": project} if project else {})
+    if "sourceObservationIds" in args:  # a memory keeps the newest (ids sort by creation time)
+        args["sourceObservationIds"] = args["sourceObservationIds"][-MAX_SOURCE_IDS:]
     saved = registry.run(memories.memory_save, ctx, args)
     return saved["memory"]["id"]
 

@@ -33,6 +33,7 @@ from agentmemory_server.kernel.registry import (
 from agentmemory_server.kernel.scopes import LESSONS
 from agentmemory_server.kernel.util import fingerprint_id, parse_time, truncate
 from agentmemory_server.retrieval import lesson_ranking, search
+from agentmemory_server.storage.interfaces import equal
 
 DEFAULT_CONFIDENCE = 0.5
 DECAY_RATE = 0.05
@@ -40,6 +41,7 @@ DECAY_FLOOR = 0.05
 SOFT_DELETE_AT = 0.1
 SOURCES = ("manual", "crystal", "consolidation")
 CONTEXT_LESSONS = 10
+CONTEXT_CANDIDATES = 500
 DAY = 86_400.0
 
 
@@ -308,15 +310,24 @@ def lesson_decay(ctx: Ctx, args: dict) -> dict:
 # -- context block ----------------------------------------------------------------------------------
 
 
+def _context_candidates(req: BlockRequest) -> list[dict[str, Any]]:
+    """The most confident lessons overall and the project's own, read through the confidence
+    index: a bounded set however many lessons there are (a global lesson can be missed only
+    when more than CONTEXT_CANDIDATES lessons of other projects are more confident)."""
+    store = req.ctx.rt.db.reader()
+    by_confidence = [("confidence", True)]
+    agent = equal(agentId=req.agent_id)
+    found = store.records.query(LESSONS, agent, order_by=by_confidence, limit=CONTEXT_CANDIDATES)
+    if req.project:
+        own = equal(agentId=req.agent_id, project=req.project)
+        found += store.records.query(LESSONS, own, order_by=by_confidence, limit=CONTEXT_LESSONS * 5)
+    unique = {x["id"]: x for x in found if isinstance(x, dict) and "id" in x}
+    return [x for x in unique.values() if not x.get("deleted") and x.get("project") in (None, req.project)]
+
+
 def lessons_block(req: BlockRequest) -> list[Block]:
     """Top lessons for the project: global ones and the project's own (ranked x1.5)."""
-    lessons = [
-        x
-        for _k, x in req.ctx.rt.db.reader().records.list(LESSONS)
-        if not x.get("deleted")
-        and x.get("project") in (None, req.project)
-        and (req.agent_id is None or x.get("agentId") == req.agent_id)
-    ]
+    lessons = _context_candidates(req)
     if not lessons:
         return []
 

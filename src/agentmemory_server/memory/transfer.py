@@ -356,11 +356,17 @@ def import_export(ctx: Ctx, export: dict[str, Any], strategy: str) -> dict[str, 
 
 
 def import_records(
-    ctx: Ctx, records: list[tuple[str, str, Any]], strategy: str, *, wipe_first: bool | None = None
+    ctx: Ctx,
+    records: list[tuple[str, str, Any]],
+    strategy: str,
+    *,
+    wipe_first: bool | None = None,
+    stripped: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Write validated (scope, key, value) records in one transaction and index them; returns
     imported/skipped counts per section. ``replace`` wipes first unless ``wipe_first`` is False
-    (the later batches of a streamed replace)."""
+    (the later batches of a streamed replace). ``stripped``: the values went through
+    ``strip_private_data`` already (a bulk import strips in a worker process)."""
     counts: dict[str, dict[str, int]] = {}
     now = ctx.rt.clock.iso()
     with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
@@ -372,7 +378,8 @@ def import_records(
             if strategy == "skip" and tx.records.get(scope, key) is not None:
                 tally["skipped"] += 1
                 continue
-            value = strip_private_data(value)
+            if not stripped:
+                value = strip_private_data(value)
             tx.records.set(scope, key, value, now=now)
             kind = search.kind_for_scope(scope)
             if kind and isinstance(value, dict):

@@ -1,7 +1,7 @@
 """The knowledge graph: entities (files, concepts, libraries, errors, ...) and the relations
 between them, extracted from each session's observations (upstream's GraphNode / GraphEdge).
 
-With a Gemini key the model names the entities and typed relations (schema-checked, one repair
+With a model provider the model names the entities and typed relations (schema-checked, one repair
 round); without one, or when the model fails, the deterministic graph links the files and
 concepts (the observations' own and the session's recurring words) that occur in the same
 observation (``related_to``). Extraction runs after a session ends when
@@ -168,6 +168,7 @@ GRAPH = Task(
         },
     },
     check=_check_graph,
+    feature="graph",
 )
 
 
@@ -180,7 +181,7 @@ def model_extraction(ctx: Ctx, session: dict[str, Any], observations: list[dict]
         o["id"]: f"{o.get('title', '')} {o.get('narrative', '')} {' '.join(o.get('files') or [])}".lower()
         for o in observations
     }
-    found, keys = Extraction(llm.PROVIDER), {}
+    found, keys = Extraction(llm.service(ctx.rt).provider or "synthetic"), {}
     for entity in answer["entities"]:
         name = _name(entity["name"])
         if not name:
@@ -470,6 +471,6 @@ def graph_stats(ctx: Ctx, args: dict) -> dict:
 @tool("graph_extract", params(["sessionId"], sessionId=SESSION_ID), http=[("POST", "/graph/extract")], mcp=False)
 def graph_extract(ctx: Ctx, args: dict) -> dict:
     """Extract a session's entities and relations into the knowledge graph now (by the model with a
-    Gemini key, else deterministically); re-extracting replaces the session's share."""
-    result = extract_session(ctx, args["sessionId"], use_model=llm.service(ctx.rt).model is not None)
+    model provider, else deterministically); re-extracting replaces the session's share."""
+    result = extract_session(ctx, args["sessionId"], use_model=llm.service(ctx.rt).has_model)
     return {"success": True, **result}

@@ -1,32 +1,24 @@
-"""The Gemini LLM layer: one model client behind a circuit breaker, JSON answers checked against a
-schema (one repair round), usage counts, and a durable queue of background model work.
+"""The LLM layer: one chat interface over Gemini, OpenAI-compatible servers and Anthropic, behind a
+circuit breaker and a daily token budget; JSON answers checked against a schema (one repair
+round); token accounting; and a durable queue of background model work.
 
-Everything built on it has a deterministic path. With no key, with the breaker open, or on any
-model failure the caller gets None from ``answer`` (or an ``LLMError`` it turns into the
-fallback), never an error for its own caller; nothing here runs on the request path of
-``observe``. The subsystem ``llm`` reports calls, tokens, failures, the breaker and the job queue
-in /health and diagnose.
+Everything built on it has a deterministic path. With no provider, with the breaker open, with
+the budget used up, or on any model failure the caller gets None from ``answer`` (or an
+``LLMError`` it turns into the fallback), never an error for its own caller; nothing here runs
+on the request path of ``observe``. The subsystem ``llm`` reports the provider, the model of
+each feature, calls, tokens per day and feature, the budget, the breaker and the job queue in
+/health and diagnose.
 
-- **Client.** ``generateContent`` on ``{GEMINI_API_BASE}/v1beta/models/{GEMINI_MODEL}`` with
-  ``systemInstruction``, ``contents`` (user/model turns) and ``generationConfig`` asking for
-  ``application/json``; the answer is ``candidates[0].content.parts[].text``; ``usageMetadata``
-  feeds the token counts; a ``promptFeedback.blockReason`` or a safety ``finishReason`` is a
-  refusal. Transport retries (429/5xx, Retry-After) are in ``gemini_client.py``, shared with
-  the embeddings.
-- **Breaker.** Closed; open after ``LLM_BREAKER_FAILURES`` failed calls within
-  ``LLM_BREAKER_WINDOW_SECONDS``; after ``LLM_BREAKER_COOLDOWN_SECONDS`` half-open: exactly one
-  trial call goes through, its success closes the breaker, its failure opens it again. A
-  refusal is an answer, so it counts as a success for the breaker.
+- **Providers** (providers/: gemini.py, openai.py, anthropic.py over one http.py transport)
+  take a ``ChatRequest`` (system, turns, schema) and return a ``Generation`` (text, tokens);
+  model_config.py picks the provider and each feature's model from the settings.
+- **Breaker** (breaker.py). A refusal is an answer, so it counts as a success.
+- **Budget and accounting** (accounting.py): checked before every call, every call recorded.
 - **Privacy.** Prompts are built from stored (already stripped) records and stripped again as
   a whole; every parsed answer goes through ``strip_private_data`` before anyone stores it.
-  The key is only ever in a request header.
-- **Jobs.** ``enqueue(tx, kind, ref)`` writes a row of ``llm_jobs`` in the caller's
-  transaction; worker threads (``AGENTMEMORY_LLM_WORKERS``, only with
-  ``AGENTMEMORY_BACKGROUND_JOBS``) claim due jobs one at a time (a lease hides a claimed job;
-  one whose worker died runs again when it expires) and run the handler registered with
-  ``@job_handler(kind)``. While the breaker is open, jobs wait for it; a
-  handler may raise ``Retry``; after ``AGENTMEMORY_LLM_JOB_ATTEMPTS`` a job is dropped (its
-  ``on_give_up`` runs) and the deterministic result stands.
+  Keys are only ever in request headers and scrubbed from every error.
+- **Jobs** (llm_jobs.py): ``enqueue(tx, kind, ref)`` in the caller's transaction; they wait
+  while the breaker is open.
 """
 
 from __future__ import annotations
@@ -35,34 +27,31 @@ import json
 import logging
 import re
 import threading
-from collections import deque
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
 
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
-from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import truncate
-from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport
+from agentmemory_server.models.accounting import Accounting
+from agentmemory_server.models.breaker import CircuitBreaker
+from agentmemory_server.models.llm_jobs import JOB_KINDS, JobRunner, Retry, job_handler
+from agentmemory_server.models.model_config import FEATURES, PROVIDERS, Clients
+from agentmemory_server.providers.chat import USER, ChatRequest, Generation, Refusal, Turn
+from agentmemory_server.providers.http import ProviderHTTPError
+
+__all__ = ["FEATURES", "JOB_KINDS", "PROVIDERS", "Generation", "LLMService", "Retry", "Task", "job_handler", "service"]
 
 log = logging.getLogger("agentmemory.llm")
-PROVIDER = "gemini"
-# finishReasons that mean the model declined to answer (MAX_TOKENS is parsed: it may be usable).
-REFUSALS = frozenset(
-    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "LANGUAGE", "IMAGE_SAFETY", "OTHER"}
-)
-FEATURES = ("compress", "summaries", "reflect", "crystallize", "consolidation", "graph")
 MAX_REPAIR_ECHO = 4000  # characters of a bad answer quoted back to the model
-JOB_BATCH = 8
-JOB_RETRY_CAP = 3600.0
 
 
 class LLMError(Exception):
-    """The model gave no usable answer (transport, HTTP, refusal, breaker open, invalid output)."""
+    """The model gave no usable answer (transport, HTTP, refusal, breaker open, budget, invalid output)."""
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -71,8 +60,12 @@ class LLMError(Exception):
 
 class BreakerOpen(LLMError):
     def __init__(self, retry_at: float | None):
-        super().__init__("the Gemini circuit breaker is open")
+        super().__init__("the model circuit breaker is open")
         self.retry_at = retry_at
+
+
+class BudgetReached(LLMError):
+    """A daily token budget is used up: no call was made."""
 
 
 class ModelRefused(LLMError):
@@ -85,91 +78,7 @@ class InvalidOutput(LLMError):
         self.errors = errors
 
 
-# -- the circuit breaker ----------------------------------------------------------------------------
-
-
-class CircuitBreaker:
-    """Thread-safe closed -> open -> half-open breaker on an injectable clock."""
-
-    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-
-    def __init__(self, *, threshold: int, window: float, cooldown: float, clock: Callable[[], float]):
-        self.threshold, self.window, self.cooldown = threshold, window, cooldown
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures: deque[float] = deque()
-        self._opened_at: float | None = None
-        self._trial = False  # the half-open trial call is in flight
-        self.times_opened = 0
-
-    def _state(self) -> str:
-        if self._opened_at is None:
-            return self.CLOSED
-        return self.HALF_OPEN if self._clock() - self._opened_at >= self.cooldown else self.OPEN
-
-    @property
-    def state(self) -> str:
-        with self._lock:
-            return self._state()
-
-    def retry_at(self) -> float | None:
-        """When an open breaker lets its trial call through (None when closed)."""
-        with self._lock:
-            return None if self._opened_at is None else self._opened_at + self.cooldown
-
-    def acquire(self) -> bool:
-        """May a call go now? In half-open state only the first caller may (the trial)."""
-        with self._lock:
-            state = self._state()
-            if state == self.CLOSED:
-                return True
-            if state == self.HALF_OPEN and not self._trial:
-                self._trial = True
-                return True
-            return False
-
-    def success(self) -> None:
-        with self._lock:
-            self._failures.clear()
-            self._opened_at, self._trial = None, False
-
-    def failure(self) -> None:
-        with self._lock:
-            now = self._clock()
-            if self._opened_at is not None:  # the trial (or a straggler) failed: open again
-                self._opened_at, self._trial = now, False
-                self.times_opened += 1
-                return
-            self._failures.append(now)
-            while self._failures and now - self._failures[0] > self.window:
-                self._failures.popleft()
-            if len(self._failures) >= self.threshold:
-                self._opened_at = now
-                self._failures.clear()
-                self.times_opened += 1
-
-    def release(self) -> None:
-        """Give the trial slot back when a call ended without a verdict."""
-        with self._lock:
-            self._trial = False
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            state = self._state()
-            retry = None if self._opened_at is None else self._opened_at + self.cooldown
-            return {
-                "state": state,
-                "recentFailures": len(self._failures),
-                "timesOpened": self.times_opened,
-                "retryAt": _iso(retry) if retry is not None else None,
-            }
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-# -- usage counters -------------------------------------------------------------------------------------
+# -- usage counters (since start; the durable per-day account is in accounting.py) -------------------
 
 
 class Usage:
@@ -181,6 +90,8 @@ class Usage:
         "failed",
         "refused",
         "skippedBreakerOpen",
+        "skippedBudget",
+        "skippedLowValue",
         "invalidOutputs",
         "repaired",
         "promptTokens",
@@ -194,6 +105,7 @@ class Usage:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(self.FIELDS, 0)
+        self._reasons: dict[str, int] = {}
         self.last_error: str | None = None
         self.last_error_at: str | None = None
 
@@ -202,86 +114,22 @@ class Usage:
             for name, n in counts.items():
                 self._counts[name] += n
 
+    def reason(self, name: str) -> None:
+        with self._lock:
+            self._reasons[name] = self._reasons.get(name, 0) + 1
+
     def error(self, message: str, when: str) -> None:
         with self._lock:
             self.last_error, self.last_error_at = truncate(strip_text(message), 300), when
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {**self._counts, "lastError": self.last_error, "lastErrorAt": self.last_error_at}
-
-
-# -- the model client ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    finish_reason: str
-    prompt_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-
-
-def parse_generation(data: dict[str, Any]) -> Generation:
-    """The text of ``candidates[0]`` and the usage counts. :raise ModelRefused: blocked or empty."""
-    blocked = (data.get("promptFeedback") or {}).get("blockReason")
-    if blocked:
-        raise ModelRefused(f"Gemini blocked the prompt: {blocked}")
-    candidates = data.get("candidates") or []
-    if not candidates or not isinstance(candidates[0], dict):
-        raise ModelRefused("Gemini answered without candidates")
-    first = candidates[0]
-    reason = str(first.get("finishReason") or "STOP")
-    parts = (first.get("content") or {}).get("parts") or []
-    text = "".join(p.get("text") or "" for p in parts if isinstance(p, dict) and not p.get("thought"))
-    if reason in REFUSALS:
-        raise ModelRefused(f"Gemini stopped the answer: finishReason {reason}")
-    if not text.strip():
-        raise ModelRefused(f"Gemini answered with no text (finishReason {reason})")
-    usage = data.get("usageMetadata") or {}
-    return Generation(
-        text,
-        reason,
-        int(usage.get("promptTokenCount") or 0),
-        int(usage.get("candidatesTokenCount") or 0),
-        int(usage.get("totalTokenCount") or 0),
-    )
-
-
-class GeminiModel:
-    """generateContent for one model."""
-
-    def __init__(
-        self,
-        transport: GeminiTransport,
-        model: str,
-        *,
-        attempts: int,
-        backoff: float,
-        max_output_tokens: int,
-        thinking_budget: int | None,
-    ):
-        self.transport, self.model = transport, model
-        self.attempts, self.backoff = attempts, backoff
-        self.max_output_tokens, self.thinking_budget = max_output_tokens, thinking_budget
-
-    def request(self, system: str, contents: list[dict[str, Any]]) -> dict[str, Any]:
-        config: dict[str, Any] = {
-            "responseMimeType": "application/json",
-            "temperature": 0.2,
-            "candidateCount": 1,
-            "maxOutputTokens": self.max_output_tokens,
-        }
-        if self.thinking_budget is not None:
-            config["thinkingConfig"] = {"thinkingBudget": self.thinking_budget}
-        return {"systemInstruction": {"parts": [{"text": system}]}, "contents": contents, "generationConfig": config}
-
-    def generate(self, system: str, contents: list[dict[str, Any]]) -> Generation:
-        data = self.transport.post(
-            self.model, "generateContent", self.request(system, contents), attempts=self.attempts, backoff=self.backoff
-        )
-        return parse_generation(data)
+            return {
+                **self._counts,
+                "lowValueReasons": dict(self._reasons),
+                "lastError": self.last_error,
+                "lastErrorAt": self.last_error_at,
+            }
 
 
 # -- tasks: a JSON answer of a known shape ----------------------------------------------------------------
@@ -290,12 +138,14 @@ class GeminiModel:
 @dataclass(frozen=True)
 class Task:
     """:param name: for stats and logs. :param instructions: the system instruction.
-    :param schema: JSON Schema of the answer. :param check: extra checks -> error messages."""
+    :param schema: JSON Schema of the answer. :param check: extra checks -> error messages.
+    :param feature: the LLM feature it serves (its model, its budget, its token account)."""
 
     name: str
     instructions: str
     schema: dict[str, Any]
     check: Callable[[Any], list[str]] | None = None
+    feature: str = "other"
 
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
@@ -328,43 +178,18 @@ def repair_request(errors: list[str]) -> str:
 
 # -- the subsystem ---------------------------------------------------------------------------------------------
 
-
-class Retry(Exception):
-    """Raised by a job handler: run the job again later (not before ``not_before``, epoch s)."""
-
-    def __init__(self, reason: str, not_before: float | None = None):
-        super().__init__(reason)
-        self.reason, self.not_before = reason, not_before
-
-
-@dataclass(frozen=True)
-class JobKind:
-    run: Callable[[Ctx, str, dict], None]
-    on_give_up: Callable[[Ctx, str, dict], None] | None = None
-
-
-JOB_KINDS: dict[str, JobKind] = {}
-
-
-def job_handler(kind: str, *, on_give_up: Callable[[Ctx, str, dict], None] | None = None):
-    """Register ``fn(ctx, ref, args)`` as the handler of background jobs of ``kind``."""
-
-    def register(fn: Callable[[Ctx, str, dict], None]) -> Callable[[Ctx, str, dict], None]:
-        if kind in JOB_KINDS:
-            raise ValueError(f"duplicate LLM job kind {kind!r}")
-        JOB_KINDS[kind] = JobKind(fn, on_give_up)
-        return fn
-
-    return register
-
-
-def _stamp() -> str:
-    """Wall-clock stamp with microseconds: tells a re-queued job from the one that ran."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+PING = Task(
+    "ping",
+    'You answer connectivity checks. Reply with the JSON object {"ok": true} and nothing else.',
+    {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}},
+    feature="test",
+)
+PING_OUTPUT_TOKENS = 256  # room for a model that thinks before its five-token answer
 
 
 class LLMService:
-    """The ``llm`` subsystem: model client (None without a key), breaker, usage, job worker."""
+    """The ``llm`` subsystem: provider clients (none without a provider), breaker, budget,
+    usage, job workers."""
 
     def __init__(self, rt: Runtime):
         s = rt.settings
@@ -376,29 +201,25 @@ class LLMService:
             cooldown=s.llm_breaker_cooldown_seconds,
             clock=rt.clock.time,
         )
-        self.model: GeminiModel | None = None
-        if s.gemini_api_key:
-            transport = GeminiTransport(
-                api_key=s.gemini_api_key, base_url=s.gemini_api_base, timeout=s.gemini_timeout_seconds
-            )
-            self.model = GeminiModel(
-                transport,
-                s.gemini_model,
-                attempts=s.gemini_max_attempts,
-                backoff=s.gemini_retry_backoff_seconds,
-                max_output_tokens=s.gemini_max_output_tokens,
-                thinking_budget=s.gemini_thinking_budget,
-            )
+        self.clients = Clients(s)
+        self.accounting = Accounting(rt)
         self.last_consolidation: dict[str, float] = {}
-        self._wake, self._stop = threading.Event(), threading.Event()
-        self._threads: list[threading.Thread] = []
+        self.jobs = JobRunner(rt, paused=self._paused, count=self.usage.add)
         if s.background_jobs:
-            for n in range(s.llm_workers):
-                thread = threading.Thread(target=self._work, name=f"agentmemory-llm-{n}", daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            self.jobs.start(s.llm_workers)
+            rt.every(86_400, "llm-usage-prune", self.accounting.prune)
+        self.enqueue, self.drain, self.drain_once = self.jobs.enqueue, self.jobs.drain, self.jobs.drain_once
 
-    # ---- features and flags
+    # ---- provider, features and flags
+    @property
+    def provider(self) -> str | None:
+        """The provider every feature uses (None: deterministic only)."""
+        return self.clients.provider
+
+    @property
+    def has_model(self) -> bool:
+        return self.clients.provider is not None
+
     def feature_on(self, feature: str) -> bool:
         s = self.settings
         return {
@@ -412,74 +233,118 @@ class LLMService:
 
     def consolidation_on(self) -> bool:
         flag = self.settings.consolidation_enabled
-        return flag == "true" or (flag == "auto" and self.model is not None)
+        return flag == "true" or (flag == "auto" and self.has_model)
 
     def uses_model(self, feature: str) -> bool:
-        """Would ``feature`` ask the model now (a key, its flag on)?"""
-        return self.model is not None and self.feature_on(feature)
+        """Would ``feature`` ask the model (a provider, its flag on)? The budget is checked per call."""
+        return self.has_model and self.feature_on(feature)
+
+    def plan(self, feature: str, budget: dict[str, Any]) -> dict[str, Any]:
+        """What ``feature`` would use now: provider, model, whether it is on, the tokens it has left."""
+        cap = budget["features"].get(feature)
+        lefts = [left for left in (budget["left"], cap["left"] if cap else None) if left is not None]
+        reached = budget["reached"] or bool(cap and cap["reached"])
+        return {
+            "enabled": self.feature_on(feature),
+            "usesModel": self.uses_model(feature) and not reached,
+            "provider": self.provider,
+            "model": self.clients.model_for(feature),
+            "budgetReached": reached,
+            "budgetLeft": min(lefts) if lefts else None,
+        }
+
+    def skip_low_value(self, feature: str, reason: str) -> None:
+        """Count a model call not made because its input was judged low-value (triage.py)."""
+        self.usage.add(skippedLowValue=1)
+        self.usage.reason(reason)
+        self.accounting.skipped(self.provider or "", self.clients.model_for(feature) or "", feature, low_value=1)
+
+    def _paused(self) -> tuple[str, float | None] | None:
+        if self.has_model and self.breaker.state == CircuitBreaker.OPEN:
+            return "the model circuit breaker is open", self.breaker.retry_at()
+        return None
 
     # ---- one model call
-    def complete(self, system: str, contents: list[dict[str, Any]]) -> Generation:
-        """One generateContent call through the breaker. :raise LLMError: no usable answer."""
-        if self.model is None:
-            raise LLMError("no Gemini key is configured")
+    def complete(self, feature: str, request: ChatRequest) -> Generation:
+        """One call for ``feature`` through the budget and the breaker, accounted.
+        :raise LLMError: no usable answer (BudgetReached / BreakerOpen: nothing was sent)."""
+        client = self.clients.client(feature)
+        if client is None:
+            raise LLMError(self.clients.choice.problem or "no model provider is configured")
+        blocked = self.accounting.blocked(feature)
+        if blocked is not None:
+            self.usage.add(skippedBudget=1)
+            self.accounting.skipped(client.provider, client.model, feature, budget=1)
+            raise BudgetReached(blocked)
         if not self.breaker.acquire():
             self.usage.add(skippedBreakerOpen=1)
             raise BreakerOpen(self.breaker.retry_at())
         verdict = False
         try:
             self.usage.add(calls=1)
+            started = time.perf_counter()
             try:
-                generation = self.model.generate(system, contents)
-            except ModelRefused as exc:
+                generation = client.generate(request)
+            except Refusal as exc:
                 self.breaker.success()  # the service answered; the content was the problem
                 verdict = True
+                self._account(client, feature, started, exc.prompt_tokens, exc.output_tokens)
                 self.usage.add(refused=1)
                 self.usage.error(exc.message, self.rt.clock.iso())
-                raise
+                raise ModelRefused(exc.message) from None
             except Exception as exc:  # noqa: BLE001 - any transport or decoding failure counts
                 self.breaker.failure()
                 verdict = True
-                message = exc.message if isinstance(exc, GeminiHTTPError) else f"{type(exc).__name__}: {exc}"
-                message = self.model.transport.scrub(message)
+                self._account(client, feature, started, failed=1)
+                message = exc.message if isinstance(exc, ProviderHTTPError) else f"{type(exc).__name__}: {exc}"
+                message = self.clients.scrub(message)
                 self.usage.add(failed=1)
                 self.usage.error(message, self.rt.clock.iso())
                 raise LLMError(message) from None
             self.breaker.success()
             verdict = True
-            self.usage.add(
-                succeeded=1,
-                promptTokens=generation.prompt_tokens,
-                outputTokens=generation.output_tokens,
-                totalTokens=generation.total_tokens,
-            )
+            self._account(client, feature, started, generation.prompt_tokens, generation.output_tokens)
+            self.usage.add(succeeded=1)
             return generation
         finally:
             if not verdict:
                 self.breaker.release()
 
+    def _account(self, client: Any, feature: str, started: float, prompt: int = 0, output: int = 0, failed: int = 0):
+        latency = (time.perf_counter() - started) * 1000
+        self.usage.add(promptTokens=prompt, outputTokens=output, totalTokens=prompt + output)
+        self.accounting.call(
+            client.provider,
+            client.model,
+            feature,
+            failed=failed,
+            prompt_tokens=prompt,
+            completion_tokens=output,
+            latency_ms=latency,
+        )
+
     def generate_json(self, task: Task, prompt: str) -> Any:
         """The model's answer to ``prompt``, valid against ``task.schema`` and privacy-stripped.
         An invalid answer gets one repair round quoting what is wrong.
 
-        :raise LLMError: (BreakerOpen, ModelRefused, InvalidOutput, ...) no valid answer.
+        :raise LLMError: (BreakerOpen, BudgetReached, ModelRefused, InvalidOutput, ...) no valid answer.
         """
         limit = self.settings.llm_max_prompt_chars
         prompt = strip_text(prompt if len(prompt) <= limit else truncate(prompt, limit))
-        system = (
-            f"{task.instructions}\n\nAnswer with a single JSON object that matches this JSON Schema, "
-            f"and nothing else:\n{json.dumps(task.schema, separators=(',', ':'))}"
-        )
-        contents = [{"role": "user", "parts": [{"text": prompt}]}]
-        generation = self.complete(system, contents)
+        system = self.system_text(task)
+        request = ChatRequest(system, [Turn(USER, prompt)], task.schema, task.name)
+        generation = self.complete(task.feature, request)
         value, errors = validate_answer(task, generation.text)
         if errors:
             self.usage.add(invalidOutputs=1)
-            contents += [
-                {"role": "model", "parts": [{"text": strip_text(generation.text[:MAX_REPAIR_ECHO])}]},
-                {"role": "user", "parts": [{"text": strip_text(repair_request(errors))}]},
-            ]
-            value, errors = validate_answer(task, self.complete(system, contents).text)
+            echo = Turn(
+                generation.turn().role,
+                strip_text(generation.text[:MAX_REPAIR_ECHO]),
+                strip_private_data(generation.native),
+            )
+            turns = [*request.turns, echo, Turn(USER, strip_text(repair_request(errors)))]
+            retry = ChatRequest(system, turns, task.schema, task.name)
+            value, errors = validate_answer(task, self.complete(task.feature, retry).text)
             if errors:
                 self.usage.add(invalidOutputs=1)
                 failure = InvalidOutput(task.name, errors)
@@ -487,6 +352,19 @@ class LLMService:
                 raise failure
             self.usage.add(repaired=1)
         return strip_private_data(value)
+
+    def system_text(self, task: Task) -> str:
+        """The task's instructions and how to answer. The schema is spelled out unless the provider
+        hands it to the model itself (Anthropic's tool definition): sent twice it costs ~250 tokens
+        a call for nothing. OpenAI-compatible servers get it in the text too, because some of
+        them (Ollama) ignore ``response_format``'s schema."""
+        client = self.clients.client(task.feature)
+        if client is not None and client.carries_schema:
+            return f"{task.instructions}\n\nAnswer by calling the provided tool with a JSON object for its schema."
+        return (
+            f"{task.instructions}\n\nAnswer with a single JSON object that matches this JSON Schema, "
+            f"and nothing else:\n{json.dumps(task.schema, separators=(',', ':'))}"
+        )
 
     def answer(self, task: Task, prompt: str) -> Any | None:
         """``generate_json`` for a model step: None (use the deterministic path) when the model
@@ -497,139 +375,93 @@ class LLMService:
             log.warning("%s: model step fell back to the deterministic path: %s", task.name, exc.message)
             return None
 
-    # ---- background jobs
-    def enqueue(
-        self, tx: Any, kind: str, ref: str, args: dict[str, Any] | None = None, not_before: float = 0.0
-    ) -> None:
-        """Queue a job inside the caller's transaction (it runs once that commits)."""
-        if kind not in JOB_KINDS:
-            raise ValueError(f"unknown LLM job kind {kind!r}")
-        tx.jobs.put(kind, ref, args or {}, _stamp(), not_before)
-        tx.after_commit(self._wake.set)
-
-    def drain_once(self, limit: int = JOB_BATCH) -> int:
-        """Claim and run due jobs (at most ``limit``); returns how many were taken."""
-        now = self.rt.clock.time()
-        lease = now + self.settings.gemini_timeout_seconds * self.settings.gemini_max_attempts * 2 + 60
-        with self.rt.db.transaction("llm_job_claim") as tx:
-            jobs = tx.jobs.claim(now, limit, lease)
-        ctx = Ctx(self.rt, source="llm")
-        for job in jobs:
-            self._run(ctx, job)
-        return len(jobs)
-
-    def drain(self, max_rounds: int = 1000) -> int:
-        """Run jobs until none is due (for tests and tools)."""
-        total = 0
-        for _ in range(max_rounds):
-            done = self.drain_once()
-            if done == 0:
-                break
-            total += done
-        return total
-
-    def _run(self, ctx: Ctx, job: dict[str, Any]) -> None:
-        kind = JOB_KINDS.get(job["kind"])
+    def probe(self) -> dict[str, Any]:
+        """One tiny request to the configured provider (``agentmemory llm test``): whether it
+        answered, how fast, and what it said. Bypasses the breaker and the budget (a person
+        asked for it) but is accounted under feature ``test``."""
+        client = self.clients.client(None)
+        if client is None:
+            return {"ok": False, "provider": self.clients.choice.name, "error": self.clients.choice.problem}
+        request = ChatRequest(PING.instructions, [Turn(USER, "ping")], PING.schema, PING.name, PING_OUTPUT_TOKENS)
+        started = time.perf_counter()
+        result: dict[str, Any] = {"provider": client.provider, "model": client.model}
         try:
-            if kind is None:
-                log.warning("dropping an LLM job of unknown kind %r", job["kind"])
-            elif self.model is not None and self.breaker.state == CircuitBreaker.OPEN:
-                raise Retry("the Gemini circuit breaker is open", self.breaker.retry_at())
-            else:
-                kind.run(ctx, job["ref"], job["args"])
-        except Retry as retry:
-            self._retry(ctx, job, kind, retry.reason, retry.not_before)
-            return
-        except Exception as exc:  # noqa: BLE001 - a job must never kill the worker
-            log.exception("LLM job %s %s failed", job["kind"], job["ref"])
-            self._retry(ctx, job, kind, f"{type(exc).__name__}: {exc}", None)
-            return
-        with self.rt.db.transaction("llm_job_done") as tx:
-            tx.jobs.done(job["kind"], job["ref"], job["queuedAt"])
-        self.usage.add(jobsDone=1)
+            generation = client.generate(request)
+        except Refusal as exc:
+            self._account(client, PING.feature, started, exc.prompt_tokens, exc.output_tokens)
+            return {**result, "ok": False, "reachable": True, "error": exc.message, "latencyMs": _ms(started)}
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            self._account(client, PING.feature, started, failed=1)
+            message = exc.message if isinstance(exc, ProviderHTTPError) else f"{type(exc).__name__}: {exc}"
+            return {**result, "ok": False, "reachable": False, "error": self.clients.scrub(message)}
+        latency = _ms(started)
+        self._account(client, PING.feature, started, generation.prompt_tokens, generation.output_tokens)
+        _value, errors = validate_answer(PING, generation.text)
+        return {
+            **result,
+            "ok": True,
+            "reachable": True,
+            "latencyMs": latency,
+            "validJson": not errors,
+            "answer": truncate(strip_text(generation.text), 200),
+            "promptTokens": generation.prompt_tokens,
+            "completionTokens": generation.output_tokens,
+        }
 
-    def _retry(
-        self, ctx: Ctx, job: dict[str, Any], kind: JobKind | None, reason: str, not_before: float | None
-    ) -> None:
-        attempts = job["attempts"] + 1
-        if attempts < self.settings.llm_job_attempts:
-            next_try = max(self.rt.clock.time() + min(JOB_RETRY_CAP, 5.0 * 2**attempts), not_before or 0.0)
-            with self.rt.db.transaction("llm_job_retry") as tx:
-                tx.jobs.retry(job["kind"], job["ref"], strip_text(reason), next_try)
-            self.usage.add(jobsRetried=1)
-            return
-        log.warning("giving up LLM job %s %s after %d attempts: %s", job["kind"], job["ref"], attempts, reason)
-        if kind is not None and kind.on_give_up is not None:
-            try:
-                kind.on_give_up(ctx, job["ref"], job["args"])
-            except Exception:  # noqa: BLE001
-                log.exception("fallback of LLM job %s %s failed", job["kind"], job["ref"])
-        with self.rt.db.transaction("llm_job_abandoned") as tx:
-            tx.jobs.done(job["kind"], job["ref"], job["queuedAt"])
-        self.usage.add(jobsAbandoned=1)
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            try:
-                done = self.drain_once(limit=1)  # one at a time: a slow call holds up no other job
-            except Exception:  # noqa: BLE001 - the worker must survive anything
-                log.exception("LLM job batch failed")
-                done = 0
-            if done == 0:
-                self._wake.wait(2.0)
-                self._wake.clear()
+    def check(self) -> dict[str, Any]:
+        """``agentmemory llm test``: the provider, one tiny request, and what each feature would use."""
+        budget = self.accounting.budget(FEATURES)
+        return {
+            "provider": self.clients.choice.name,
+            "baseUrl": self.clients.transport.base if self.clients.transport else None,
+            "problem": self.clients.choice.problem,
+            "request": self.probe() if self.has_model else None,
+            "features": {f: self.plan(f, budget) for f in FEATURES},
+            "budget": budget,
+        }
 
     # ---- subsystem contract
+    def mode(self, budget: dict[str, Any]) -> str:
+        if not self.has_model:
+            return "deterministic"
+        if budget["reached"]:
+            return f"deterministic until {budget['resetsAt']}: the daily token budget is used up"
+        return "model with deterministic fallback"
+
     def health(self) -> dict[str, Any]:
         breaker = self.breaker.snapshot()
-        degraded = self.model is not None and breaker["state"] != CircuitBreaker.CLOSED
+        degraded = self.has_model and breaker["state"] != CircuitBreaker.CLOSED
+        tokens = self.accounting.report(FEATURES)
+        budget = tokens.pop("budget")
         return {
             "status": "degraded" if degraded else "healthy",
-            "provider": PROVIDER if self.model else None,
-            "model": self.model.model if self.model else None,
-            "mode": "model with deterministic fallback" if self.model else "deterministic",
-            "features": {f: {"enabled": self.feature_on(f), "usesModel": self.uses_model(f)} for f in FEATURES},
+            "provider": self.provider,
+            "model": self.clients.model_for(None),
+            "problem": self.clients.choice.problem,
+            "mode": self.mode(budget),
+            "features": {f: self.plan(f, budget) for f in FEATURES},
             "breaker": breaker,
             **self.usage.snapshot(),
-            "httpRetries": self.model.transport.retries if self.model else 0,
+            "httpRetries": self.clients.transport.retries if self.clients.transport else 0,
+            "tokens": tokens,
+            "budget": budget,
             "jobs": self.rt.db.reader().jobs.stats(),
-            "workers": sum(t.is_alive() for t in self._threads),
+            "workers": self.jobs.alive(),
         }
 
     def diagnose(self) -> list[dict[str, Any]]:
-        s, checks = self.settings, []
-        if self.model is None:
-            checks.append(
-                _check(
-                    "llm-provider",
-                    "pass",
-                    "no Gemini key: compression, summaries, consolidation, "
-                    "graph extraction, reflection and crystals run deterministically",
-                    "",
-                )
-            )
-            if s.auto_compress:
-                checks.append(
-                    _check(
-                        "llm-auto-compress",
-                        "warn",
-                        "AGENTMEMORY_AUTO_COMPRESS is on but no "
-                        "GEMINI_API_KEY / GOOGLE_API_KEY is set: observations keep the synthetic "
-                        "compression",
-                        "set GEMINI_API_KEY, or turn AGENTMEMORY_AUTO_COMPRESS off",
-                    )
-                )
-            return checks
+        if not self.has_model:
+            return self._diagnose_without_model()
         usage, breaker = self.usage.snapshot(), self.breaker.snapshot()
-        checks.append(
+        checks = [
             _check(
                 "llm-provider",
                 "pass",
-                f"Gemini model {self.model.model}: {usage['succeeded']} "
+                f"{self.provider} model {self.clients.model_for(None)}: {usage['succeeded']} "
                 f"answer(s), {usage['failed']} failure(s) since start",
                 "",
             )
-        )
+        ]
         closed = breaker["state"] == CircuitBreaker.CLOSED
         checks.append(
             _check(
@@ -639,7 +471,22 @@ class LLMService:
                 if closed
                 else f"circuit breaker {breaker['state']} (last error: {usage['lastError']}); model "
                 f"features use their deterministic paths until {breaker['retryAt']}",
-                "" if closed else "check GEMINI_API_KEY, GEMINI_API_BASE and the Gemini quota",
+                "" if closed else f"check the {self.provider} key, base URL and quota",
+            )
+        )
+        budget = self.accounting.budget(FEATURES)
+        capped = sorted(f for f, cap in budget["features"].items() if cap["reached"])
+        checks.append(
+            _check(
+                "llm-budget",
+                "warn" if budget["reached"] or capped else "pass",
+                f"{budget['used']:,} tokens used today"
+                + (f" of {budget['daily']:,}" if budget["daily"] else " (no daily budget)")
+                + (f"; used up, deterministic until {budget['resetsAt']}" if budget["reached"] else "")
+                + (f"; feature caps reached: {', '.join(capped)}" if capped else ""),
+                "raise AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET (or a feature's cap) or wait for midnight UTC"
+                if budget["reached"] or capped
+                else "",
             )
         )
         jobs = self.rt.db.reader().jobs.stats()
@@ -654,11 +501,38 @@ class LLMService:
         )
         return checks
 
+    def _diagnose_without_model(self) -> list[dict[str, Any]]:
+        problem = self.clients.choice.problem
+        if problem:
+            return [_check("llm-provider", "warn", f"{problem}: every LLM feature runs deterministically", problem)]
+        checks = [
+            _check(
+                "llm-provider",
+                "pass",
+                "no model provider: compression, summaries, consolidation, "
+                "graph extraction, reflection and crystals run deterministically",
+                "",
+            )
+        ]
+        if self.settings.auto_compress:
+            checks.append(
+                _check(
+                    "llm-auto-compress",
+                    "warn",
+                    "AGENTMEMORY_AUTO_COMPRESS is on but no model provider is configured: observations "
+                    "keep the synthetic compression",
+                    "set AGENTMEMORY_LLM_PROVIDER and its key (or GEMINI_API_KEY), or turn "
+                    "AGENTMEMORY_AUTO_COMPRESS off",
+                )
+            )
+        return checks
+
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        for thread in self._threads:
-            thread.join(timeout=10)
+        self.jobs.close()
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def _check(name: str, status: str, message: str, fix: str) -> dict[str, Any]:

@@ -3,14 +3,18 @@ and consolidation, each in front of its deterministic path.
 
 - **Compression** (``AGENTMEMORY_AUTO_COMPRESS``). ``observe`` stores the synthetic compression
   at once and, in the same transaction, queues a ``compress`` job (an ``observe`` hook).
-  The worker asks the model for ``{type, title, facts, narrative, concepts, files, importance}``,
-  validated against a schema with one repair round; a valid answer replaces those fields
-  (``method: "gemini"``), re-indexes the record (which re-queues its embedding) and publishes
-  ``observation_updated``. Anything else leaves the synthetic record as it is.
+  The worker first drops low-value observations (triage.py: empty, trivial, repeated, re-read
+  unchanged; counted, no call made), then asks the model for ``{type, title, facts, narrative,
+  concepts, files, importance}``, validated against a schema with one repair round; a valid
+  answer replaces those fields (``method``: the provider, e.g. ``"openai"``), re-indexes the
+  record (which re-queues its embedding) and publishes ``observation_updated``. Anything else
+  (including a used-up token budget) leaves the synthetic record as it is.
 - **Model steps** (``model_steps.py``): ``summarize``, ``crystallize``, ``reflect``,
-  ``insights`` and ``consolidate`` ask the model when a key is set and the feature's flag is on;
-  no key, an open breaker or a failed/invalid answer returns None and the deterministic result
-  is used, with ``method: "synthetic"``.
+  ``insights`` and ``consolidate`` are registered once per provider (``@provider_step``); the
+  step of the configured provider asks the model when the feature's flag is on, so the result's
+  ``method`` names the provider. No provider, an open breaker, a reached budget or a
+  failed/invalid answer returns None and the deterministic result is used, with
+  ``method: "synthetic"``.
 - **Session end.** The request path stays deterministic (``model_steps.deterministic_only``);
   this module queues the model upgrades (summary, slot reflection) and the session-end
   consolidation (``CONSOLIDATION_ENABLED``, once per project per cooldown) as background jobs.
@@ -21,12 +25,13 @@ stripped again by ``llm.generate_json`` before anything is stored.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agentmemory_server.capture.compress import OBSERVATION_TYPES
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.model_steps import model_step
+from agentmemory_server.kernel.model_steps import Step, model_step
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.scopes import obs_scope
 from agentmemory_server.kernel.util import stringify, truncate
@@ -35,6 +40,7 @@ from agentmemory_server.memory.memories import MEMORY_TYPES
 from agentmemory_server.memory.slots import DEFAULT_SIZE as SLOT_SIZE
 from agentmemory_server.models import llm
 from agentmemory_server.models.llm import Task
+from agentmemory_server.models.triage import low_value_reason
 from agentmemory_server.retrieval import search
 
 RAW_CHARS = 6000  # of a hook payload sent for compression
@@ -86,6 +92,25 @@ def observation_block(observations: list[dict], budget: int) -> str:
     return f"({len(chosen)} of {len(lines)} observations shown: the most important)\n{shown}"
 
 
+def provider_step(operation: str) -> Callable[[Step], Step]:
+    """Register ``fn`` as the model step of ``operation`` once per provider; each copy answers
+    only while its provider is the configured one, so ``method`` names the provider that wrote."""
+
+    def register(fn: Step) -> Step:
+        for name in llm.PROVIDERS:
+            model_step(operation, name)(_only_for(name, fn))
+        return fn
+
+    return register
+
+
+def _only_for(provider: str, fn: Step) -> Step:
+    def step(ctx: Ctx, payload: dict) -> Any:
+        return fn(ctx, payload) if llm.service(ctx.rt).provider == provider else None
+
+    return step
+
+
 def _model(ctx: Ctx, feature: str) -> llm.LLMService | None:
     """The LLM service when ``feature`` would use the model now (checked before building a
     prompt, so no work is wasted without a key)."""
@@ -131,6 +156,7 @@ COMPRESS = Task(
         files=_strings(30, 512),
         importance={"type": "integer", "minimum": 1, "maximum": 10},
     ),
+    feature="compress",
 )
 
 
@@ -168,7 +194,7 @@ def apply_compression(ctx: Ctx, session_id: str, obs_id: str, answer: dict[str, 
             files=list(dict.fromkeys((obs.get("files") or []) + answer["files"]))[:50],
             importance=answer["importance"],
             confidence=0.8,
-            method=llm.PROVIDER,
+            method=llm.service(rt).provider,
             compressedAt=rt.clock.iso(),
         )
         tx.records.set(obs_scope(session_id), obs_id, obs, now=obs["compressedAt"])
@@ -192,15 +218,20 @@ def _compress_job(ctx: Ctx, obs_id: str, args: dict) -> None:
     svc = llm.service(ctx.rt)
     if not svc.uses_model("compress"):
         return  # turned off since it was queued: the synthetic record stands
-    obs = ctx.rt.db.reader().records.get(obs_scope(args["sessionId"]), obs_id)
-    if obs is None or obs.get("method") == llm.PROVIDER:
+    store = ctx.rt.db.reader()
+    obs = store.records.get(obs_scope(args["sessionId"]), obs_id)
+    if obs is None or obs.get("method") in llm.PROVIDERS:
+        return
+    reason = low_value_reason(store, obs) if ctx.rt.settings.compress_skip_low_value else None
+    if reason is not None:
+        svc.skip_low_value("compress", reason)
         return
     try:
         answer = svc.generate_json(COMPRESS, compress_prompt(obs))
     except llm.BreakerOpen as exc:
         raise llm.Retry(exc.message, exc.retry_at) from None
-    except (llm.InvalidOutput, llm.ModelRefused):
-        return  # the model cannot do better for this one: keep the synthetic compression
+    except (llm.InvalidOutput, llm.ModelRefused, llm.BudgetReached):
+        return  # no better answer for this one today: keep the synthetic compression
     except llm.LLMError as exc:
         raise llm.Retry(exc.message) from None
     apply_compression(ctx, args["sessionId"], obs_id, answer)
@@ -222,10 +253,11 @@ SUMMARY = Task(
         filesModified=_strings(50, 512),
         concepts=_strings(15, 80),
     ),
+    feature="summaries",
 )
 
 
-@model_step("summarize", llm.PROVIDER)
+@provider_step("summarize")
 def summarize_step(ctx: Ctx, payload: dict) -> dict | None:
     svc = _model(ctx, "summaries")
     if svc is None:
@@ -249,6 +281,7 @@ CRYSTAL = Task(
         filesAffected=_strings(50, 512),
         lessons=_strings(10, 300, 6),
     ),
+    feature="crystallize",
 )
 
 
@@ -265,7 +298,7 @@ def actions_prompt(actions: list[dict]) -> str:
     return "Finished actions, oldest first:\n" + "\n".join(lines) + "\n\nDistil them."
 
 
-@model_step("crystallize", llm.PROVIDER)
+@provider_step("crystallize")
 def crystallize_step(ctx: Ctx, payload: dict) -> dict | None:
     svc = _model(ctx, "crystallize")
     if svc is None:
@@ -286,7 +319,7 @@ REFLECT_RULES = (
 )
 
 
-@model_step("reflect", llm.PROVIDER)
+@provider_step("reflect")
 def reflect_step(ctx: Ctx, payload: dict) -> dict | None:
     svc = _model(ctx, "reflect")
     if svc is None:
@@ -305,6 +338,7 @@ def reflect_step(ctx: Ctx, payload: dict) -> dict | None:
                 "properties": {label: _text(SLOT_SIZE) for label in current},
             },
         ),
+        feature="reflect",
     )
     slots_text = "\n\n".join(f"[{label}]\n{truncate(text, SLOT_SIZE) or '(empty)'}" for label, text in current.items())
     prompt = session_prompt(
@@ -315,7 +349,7 @@ def reflect_step(ctx: Ctx, payload: dict) -> dict | None:
     return updates or None
 
 
-@model_step("insights", llm.PROVIDER)
+@provider_step("insights")
 def insights_step(ctx: Ctx, payload: dict) -> list | None:
     clusters, svc = payload["clusters"], _model(ctx, "reflect")
     if not clusters or svc is None:
@@ -335,6 +369,7 @@ def insights_step(ctx: Ctx, payload: dict) -> list | None:
             ["insights"],
             insights={"type": "array", "items": item, "minItems": len(clusters), "maxItems": len(clusters)},
         ),
+        feature="reflect",
     )
     per_cluster = max(400, _budget(ctx) // len(clusters))
     blocks = [
@@ -354,7 +389,7 @@ def insights_step(ctx: Ctx, payload: dict) -> list | None:
 GROUP_SAMPLE = 8  # most important observations of a group shown to the model (U§4.8)
 
 
-@model_step("consolidate", llm.PROVIDER)
+@provider_step("consolidate")
 def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
     groups, svc = payload["groups"], _model(ctx, "consolidation")
     if not groups or svc is None:
@@ -376,6 +411,7 @@ def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
         _object(
             ["memories"], memories={"type": "array", "items": memory, "minItems": len(groups), "maxItems": len(groups)}
         ),
+        feature="consolidation",
     )
     per_group = max(400, _budget(ctx) // len(groups))
     blocks = []

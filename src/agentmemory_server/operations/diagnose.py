@@ -139,7 +139,32 @@ class DatabaseChecks:
                 severity="warn",
             ),
         ]
-        return checks + self._disk() + self._config()
+        return checks + [self._lexical()] + self._disk() + self._config()
+
+    def _lexical(self) -> dict[str, Any]:
+        """The lexical engine against the search rows (the engine checks itself when idle)."""
+        state = self.rt.db.health()["lexical"]
+        verified, building = state.get("verified"), state.get("rebuild")
+        if building:
+            message = f"the {state['engine']} index is being rebuilt: {building['done']} of {building['total']} records"
+        elif state.get("state") not in (None, "ready"):
+            message = f"the {state['engine']} index is {state['state']}"
+        elif verified and not verified["ok"]:
+            message = f"the index held {verified['documents']} documents for {verified['records']} records"
+        else:
+            message = f"the {state['engine']} index is ready" + (
+                f" ({verified['documents']} documents, checked {verified['at']})" if verified else ""
+            )
+        healthy = not building and state.get("state") in (None, "ready") and (not verified or verified["ok"])
+        return check(
+            "lexical_index",
+            "search",
+            healthy,
+            message,
+            fix="heal asks the engine to compare itself with the records now and rebuild if they differ",
+            fixable=not building,
+            severity="warn",
+        )
 
     def _disk(self) -> list[dict[str, Any]]:
         sizes = self.rt.db.file_sizes()
@@ -205,6 +230,8 @@ class DatabaseChecks:
             self._repair(found)
         if not dry_run and wal_big:
             self.rt.db.checkpoint()
+        if not dry_run:
+            self.rt.db.verify_index()  # cheap: the engine compares counts on its next idle moment
         details = [
             {
                 "name": name,

@@ -1,52 +1,42 @@
-"""HTTP to the Gemini API (Generative Language ``v1beta``), shared by embeddings and the LLM layer.
+"""The Gemini API (Generative Language ``v1beta``): generateContent for the LLM layer and the
+transport the Gemini embedder uses.
 
-``GeminiTransport.post(model, method, body)`` sends one JSON POST to
-``{base}/v1beta/models/{model}:{method}`` and retries what is worth retrying: 429 and 5xx
-answers, connection errors and timeouts, with exponential backoff that honours a
-``Retry-After`` header (seconds or an HTTP date, capped). Other statuses fail at once. The API
-key travels in the ``x-goog-api-key`` header, never in the URL, and is scrubbed from every error
-message, so it cannot reach logs, /health or a reply.
+- **Transport.** ``gemini_transport`` is a ``JsonTransport`` (http.py: retries, Retry-After,
+  timeouts, scrubbing) with the key in the ``x-goog-api-key`` header, never in the URL;
+  ``post_model(transport, model, method, body)`` posts to ``/v1beta/models/{model}:{method}``.
+- **Chat.** ``systemInstruction``, ``contents`` (user/model turns) and ``generationConfig`` with
+  ``responseMimeType: application/json`` (the schema itself is in the system instruction and
+  checked by the LLM layer); the answer is ``candidates[0].content.parts[].text`` without
+  thought parts; ``usageMetadata`` gives the tokens: promptTokenCount, and candidatesTokenCount
+  plus thoughtsTokenCount (a thinking model's thoughts are billed as output).
+  ``promptFeedback.blockReason`` or a safety ``finishReason`` is a refusal; MAX_TOKENS is parsed
+  (the repair round may still save it).
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
-import requests
+from agentmemory_server.providers.chat import ASSISTANT, ChatRequest, Generation, Refusal, count
+from agentmemory_server.providers.http import JsonTransport
 
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-MAX_BACKOFF_SECONDS = 30.0
-
-
-class GeminiHTTPError(Exception):
-    """A request that failed for good. ``status`` is the last HTTP status (None: no answer)."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.status = status
+PROVIDER = "gemini"
+DEFAULT_BASE = "https://generativelanguage.googleapis.com"
+# finishReasons that mean the model declined to answer (MAX_TOKENS is parsed: it may be usable).
+REFUSALS = frozenset(
+    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "LANGUAGE", "IMAGE_SAFETY", "OTHER"}
+)
 
 
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Seconds asked for by a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now if now is not None else datetime.now(UTC).timestamp()
-    return max(0.0, when.timestamp() - current)
+def gemini_transport(*, api_key: str, base_url: str, timeout: float, **options: Any) -> JsonTransport:
+    return JsonTransport(
+        name="Gemini",
+        base_url=base_url,
+        headers={"x-goog-api-key": api_key},
+        secrets=(api_key,),
+        timeout=timeout,
+        **options,
+    )
 
 
 def model_path(model: str) -> str:
@@ -54,62 +44,81 @@ def model_path(model: str) -> str:
     return model if model.startswith("models/") else f"models/{model}"
 
 
-class GeminiTransport:
-    """:param api_key: the secret (header only). :param base_url: GEMINI_API_BASE.
-    :param timeout: seconds per attempt. :param sleep: injectable for tests (records delays)."""
+def post_model(
+    transport: JsonTransport, model: str, method: str, body: dict[str, Any], *, attempts: int, backoff: float
+) -> dict[str, Any]:
+    """POST ``/v1beta/models/{model}:{method}``. :raise ProviderHTTPError: failed for good."""
+    return transport.post(f"/v1beta/{model_path(model)}:{method}", body, attempts=attempts, backoff=backoff)
+
+
+def parse_generation(data: dict[str, Any]) -> Generation:
+    """The text of ``candidates[0]`` and the usage counts. :raise Refusal: blocked or empty."""
+    usage = data.get("usageMetadata") or {}
+    # A thinking model's thoughts are billed as output but counted apart from the candidates.
+    prompt = count(usage.get("promptTokenCount"))
+    output = count(usage.get("candidatesTokenCount")) + count(usage.get("thoughtsTokenCount"))
+    blocked = (data.get("promptFeedback") or {}).get("blockReason")
+    if blocked:
+        raise Refusal(f"Gemini blocked the prompt: {blocked}", prompt, output)
+    candidates = data.get("candidates") or []
+    if not candidates or not isinstance(candidates[0], dict):
+        raise Refusal("Gemini answered without candidates", prompt, output)
+    first = candidates[0]
+    reason = str(first.get("finishReason") or "STOP")
+    parts = (first.get("content") or {}).get("parts") or []
+    text = "".join(p.get("text") or "" for p in parts if isinstance(p, dict) and not p.get("thought"))
+    if reason in REFUSALS:
+        raise Refusal(f"Gemini stopped the answer: finishReason {reason}", prompt, output)
+    if not text.strip():
+        raise Refusal(f"Gemini answered with no text (finishReason {reason})", prompt, output)
+    return Generation(text, reason, prompt, output, prompt + output)
+
+
+class GeminiChat:
+    """generateContent for one model."""
+
+    provider = PROVIDER
+    carries_schema = False
 
     def __init__(
         self,
+        transport: JsonTransport,
+        model: str,
         *,
-        api_key: str,
-        base_url: str,
-        timeout: float,
-        max_backoff: float = MAX_BACKOFF_SECONDS,
-        sleep: Callable[[float], None] = time.sleep,
+        attempts: int,
+        backoff: float,
+        max_output_tokens: int,
+        thinking_budget: int | None = None,
     ):
-        self._key = api_key
-        self.base = base_url.rstrip("/")
-        self.timeout = timeout
-        self.max_backoff = max_backoff
-        self.sleep = sleep
-        self.retries = 0  # attempts beyond the first, over the transport's life
-        self._local = threading.local()  # one requests.Session per thread
+        self.transport, self.model = transport, model
+        self.attempts, self.backoff = attempts, backoff
+        self.max_output_tokens, self.thinking_budget = max_output_tokens, thinking_budget
 
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-        return session
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "responseMimeType": "application/json",
+            "temperature": 0.2,
+            "candidateCount": 1,
+            "maxOutputTokens": request.max_output_tokens or self.max_output_tokens,
+        }
+        if self.thinking_budget is not None:
+            config["thinkingConfig"] = {"thinkingBudget": self.thinking_budget}
+        contents = [
+            {"role": "model" if t.role == ASSISTANT else "user", "parts": [{"text": t.text}]} for t in request.turns
+        ]
+        return {
+            "systemInstruction": {"parts": [{"text": request.system}]},
+            "contents": contents,
+            "generationConfig": config,
+        }
 
-    def scrub(self, text: str) -> str:
-        """``text`` without the API key (an error message must never carry it)."""
-        return text.replace(self._key, "[REDACTED]") if self._key else text
-
-    def url(self, model: str, method: str) -> str:
-        return f"{self.base}/v1beta/{model_path(model)}:{method}"
-
-    def post(self, model: str, method: str, body: dict[str, Any], *, attempts: int, backoff: float) -> dict[str, Any]:
-        """The decoded JSON answer. :raise GeminiHTTPError: after the last failed attempt."""
-        url, last, status = self.url(model, method), "no attempt made", None
-        for attempt in range(max(1, attempts)):
-            wait = backoff * (2**attempt)
-            try:
-                resp = self._session().post(url, json=body, timeout=self.timeout, headers={"x-goog-api-key": self._key})
-            except requests.RequestException as exc:
-                last, status = f"{type(exc).__name__}: {exc}", None
-            else:
-                if resp.status_code == 200:
-                    try:
-                        return resp.json()
-                    except ValueError:
-                        raise GeminiHTTPError("Gemini answered 200 with a body that is not JSON", 200) from None
-                last, status = f"HTTP {resp.status_code}: {resp.text[:200]}", resp.status_code
-                if resp.status_code not in RETRY_STATUS:
-                    break
-                asked = retry_after_seconds(resp.headers.get("Retry-After"))
-                if asked is not None:
-                    wait = max(wait, asked)
-            if attempt + 1 < attempts:
-                self.retries += 1
-                self.sleep(min(wait, self.max_backoff))
-        raise GeminiHTTPError(self.scrub(f"Gemini {method} failed: {last}"), status)
+    def generate(self, request: ChatRequest) -> Generation:
+        data = post_model(
+            self.transport,
+            self.model,
+            "generateContent",
+            self.body(request),
+            attempts=self.attempts,
+            backoff=self.backoff,
+        )
+        return parse_generation(data)

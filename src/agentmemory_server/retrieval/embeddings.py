@@ -6,6 +6,9 @@
   before it is loaded.
 - ``gemini``: the Generative Language API (``embedContent`` / ``batchEmbedContents``) over
   requests, 768-d by default, with retries and backoff on 429 and 5xx.
+- ``openai``: ``POST {OPENAI_BASE_URL}/embeddings`` of any OpenAI-compatible server (OpenAI,
+  Ollama, llama.cpp, vLLM, LM Studio), ``OPENAI_EMBED_DIMENSIONS`` (default 1536) wide.
+  Both remote embedders share the providers' HTTP transport (providers/http.py).
 - ``hash``: a deterministic feature-hashing embedder (no model) for fast tests and benchmarks.
 - ``none``: no vectors; search is BM25 only.
 
@@ -33,7 +36,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from agentmemory_server import errors
 from agentmemory_server.errors import Unavailable
-from agentmemory_server.providers.gemini import GeminiHTTPError, GeminiTransport, model_path
+from agentmemory_server.providers import openai
+from agentmemory_server.providers.gemini import gemini_transport, model_path, post_model
+from agentmemory_server.providers.http import ProviderHTTPError
 
 log = logging.getLogger("agentmemory.embeddings")
 LOCAL_MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
@@ -182,7 +187,7 @@ class GeminiEmbedder:
         self._model = model_path(model)
         self.dim = dim
         self.model_id = f"gemini:{self._model.split('/', 1)[1]}"
-        self._http = GeminiTransport(api_key=api_key, base_url=base_url, timeout=timeout)
+        self._http = gemini_transport(api_key=api_key, base_url=base_url, timeout=timeout)
         self.backoff = 1.0  # seconds before the first retry of a document batch (doubles)
 
     def _request(self, text: str, query: bool) -> dict[str, Any]:
@@ -195,8 +200,8 @@ class GeminiEmbedder:
 
     def _post(self, method: str, body: dict[str, Any], attempts: int, backoff: float) -> dict[str, Any]:
         try:
-            return self._http.post(self._model, method, body, attempts=attempts, backoff=backoff)
-        except GeminiHTTPError as exc:
+            return post_model(self._http, self._model, method, body, attempts=attempts, backoff=backoff)
+        except ProviderHTTPError as exc:
             raise Unavailable(exc.message, code=errors.EMBEDDING_FAILED) from None
 
     def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
@@ -213,6 +218,59 @@ class GeminiEmbedder:
         if matrix.shape != (len(texts), self.dim):
             raise Unavailable(
                 f"Gemini returned vectors of shape {matrix.shape}, expected ({len(texts)}, {self.dim})",
+                code=errors.EMBEDDING_FAILED,
+            )
+        return normalise_rows(matrix)
+
+
+# -- OpenAI-compatible ---------------------------------------------------------------------------------
+
+OPENAI_DEFAULT_DIM = 1536  # text-embedding-3-small
+OPENAI_BATCH = 64
+
+
+class OpenAIEmbedder:
+    """``/embeddings`` of an OpenAI-compatible server. Documents go 64 per request with a patient
+    retry budget; a query gets two quick attempts (it is on the request path)."""
+
+    def __init__(
+        self, *, api_key: str | None, base_url: str, model: str, dimensions: int | None, timeout: float = 20.0
+    ):
+        self._model, self._dimensions = model, dimensions
+        self.dim = dimensions or OPENAI_DEFAULT_DIM
+        self.model_id = f"openai:{model}"
+        self._http = openai.openai_transport(api_key=api_key, base_url=base_url, timeout=timeout)
+        self.backoff = 1.0  # seconds before the first retry of a document batch (doubles)
+        self.tokens = 0  # prompt tokens the server reported, over the embedder's life
+
+    def _post(self, texts: list[str], attempts: int, backoff: float) -> list[list[float]]:
+        try:
+            rows, tokens = openai.embed(
+                self._http, self._model, texts, dimensions=self._dimensions, attempts=attempts, backoff=backoff
+            )
+        except ProviderHTTPError as exc:
+            raise Unavailable(exc.message, code=errors.EMBEDDING_FAILED) from None
+        self.tokens += tokens
+        return rows
+
+    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
+        clipped = [t[:8000] or " " for t in texts]
+        rows: list[list[float]] = []
+        for start in range(0, len(clipped), OPENAI_BATCH):
+            chunk = clipped[start : start + OPENAI_BATCH]
+            if query:
+                rows.extend(self._post(chunk, attempts=2, backoff=self.backoff / 5))
+            else:
+                rows.extend(self._post(chunk, attempts=5, backoff=self.backoff))
+        try:
+            matrix = np.array(rows, dtype=np.float32)
+        except ValueError:  # ragged rows
+            matrix = np.zeros((0, 0), dtype=np.float32)
+        if matrix.shape != (len(texts), self.dim):
+            got = matrix.shape[1] if matrix.ndim == 2 and matrix.shape[0] else "?"
+            raise Unavailable(
+                f"the embeddings server returned vectors of shape {matrix.shape}, expected ({len(texts)}, "
+                f"{self.dim}); set OPENAI_EMBED_DIMENSIONS={got} for model {self._model}",
                 code=errors.EMBEDDING_FAILED,
             )
         return normalise_rows(matrix)
@@ -250,7 +308,8 @@ class HashEmbedder:
 
 
 def choose_provider(settings: Any) -> str:
-    """The provider ``EMBEDDING_PROVIDER`` resolves to (auto -> gemini | local | none)."""
+    """The provider ``EMBEDDING_PROVIDER`` resolves to (auto -> gemini | local | none; openai only
+    when asked for)."""
     wanted = settings.embedding_provider
     if wanted != "auto":
         return wanted
@@ -266,6 +325,13 @@ def make_embedder(settings: Any) -> Embedder | None:
         return None
     if provider == "hash":
         return HashEmbedder()
+    if provider == "openai":
+        return OpenAIEmbedder(
+            api_key=settings.openai_api_key,
+            base_url=settings.openai_base_url,
+            model=settings.openai_embed_model,
+            dimensions=settings.openai_embed_dimensions,
+        )
     if provider == "gemini":
         if not settings.gemini_api_key:
             raise Unavailable("EMBEDDING_PROVIDER=gemini needs GEMINI_API_KEY or GOOGLE_API_KEY")

@@ -10,6 +10,7 @@ Features never see SQL. They open a unit of work (``db.transaction(operation)`` 
 ``vectors``     embeddings of search rows and the backlog of rows waiting for one
 ``audit``       the audit log (one row per transaction that changed something, written for you)
 ``jobs``        the durable queue of background model work
+``usage``       model calls and their tokens, summed per day, provider, model and feature
 ``working``     session working memory (keys with TTL, task state, scratchpad, checkpoints)
 ``admin``       integrity checks, table counts, wiping (import with strategy=replace)
 ==============  ==================================================================================
@@ -201,6 +202,39 @@ class JobQueue(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
+@dataclass(frozen=True)
+class ModelCall:
+    """What to add to one day's account of a provider, model and feature: calls made (and how
+    many failed), their tokens and latency, and calls not made (budget reached, low-value
+    input skipped)."""
+
+    day: str  # UTC date, YYYY-MM-DD
+    provider: str
+    model: str
+    feature: str
+    calls: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    skipped_budget: int = 0
+    skipped_low_value: int = 0
+
+
+class ModelUsage(Protocol):
+    """Model calls summed per (day, provider, model, feature): one small row per combination,
+    so adding a call is one upsert and a day's budget check reads a handful of rows."""
+
+    def add(self, call: ModelCall) -> None: ...
+    def rows(self, first_day: str, last_day: str) -> list[dict[str, Any]]:
+        """Rows of days in [first_day, last_day], each with day, provider, model, feature, calls,
+        failed, promptTokens, completionTokens, latencyMsTotal, latencyMsMax, skippedBudget,
+        skippedLowValue."""
+        ...
+
+    def prune(self, before_day: str) -> int: ...
+
+
 class WorkingStore(Protocol):
     """Working memory. ``now`` is epoch seconds: a key whose expires_at <= now is gone for every
     read even before the sweep deletes it."""
@@ -261,6 +295,9 @@ class UnitOfWork(Protocol):
     def jobs(self) -> JobQueue: ...
 
     @property
+    def usage(self) -> ModelUsage: ...
+
+    @property
     def working(self) -> WorkingStore: ...
 
     @property
@@ -295,5 +332,6 @@ class Database(Protocol):
     def file_sizes(self) -> dict[str, int]: ...
     def health(self) -> dict[str, Any]: ...
     def flush(self) -> None: ...
+    def verify_index(self) -> None: ...
     def checkpoint(self) -> None: ...
     def close(self) -> None: ...

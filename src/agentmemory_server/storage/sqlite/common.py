@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from agentmemory_server.storage.codec import dumps, loads
@@ -60,6 +60,7 @@ class Unit(Protocol):
     conn: Any
     changed: list[str]
     lexical_changed: bool
+    record_indexes: Mapping[str, tuple[tuple[str, ...], ...]]
 
     def touch(self, scope: str, key: str) -> None: ...
 

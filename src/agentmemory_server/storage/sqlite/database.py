@@ -34,6 +34,7 @@ from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
 from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
+from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 
@@ -48,9 +49,17 @@ class SqliteUnitOfWork:
     write and tracks what it changes for the audit row; one from ``Database.reader`` is read-only
     (the connection is opened with ``mode=ro``)."""
 
-    def __init__(self, conn: sqlite3.Connection, *, writable: bool, engine: TantivyLexical | None = None):
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        writable: bool,
+        engine: TantivyLexical | None = None,
+        record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+    ):
         self.conn = conn
         self.writable = writable
+        self.record_indexes = record_indexes or {}  # scope -> the field lists of its declared indexes
         self.lexical_changed = False  # the lexical outbox grew: wake the engine after commit
         self.changed: list[str] = []
         self.audit_message: str | None = None
@@ -62,6 +71,7 @@ class SqliteUnitOfWork:
         self.index = SqliteSearchIndex(self, self.vectors, engine)
         self.audit = SqliteAuditLog(self)
         self.jobs = SqliteJobQueue(self)
+        self.usage = SqliteModelUsage(self)
         self.working = SqliteWorkingStore(self)
         self.admin = SqliteAdmin(self, self.index)
 
@@ -107,6 +117,10 @@ class Database:
         self.last_write = 0.0  # monotonic time of the last commit that changed something
         self._writer = self._connect(readonly=False)
         self._migrate()
+        record_indexes = tuple(record_indexes)
+        self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        for spec in record_indexes:
+            self._record_indexes[spec.scope] = (*self._record_indexes.get(spec.scope, ()), tuple(spec.fields))
         with self._lock:
             ensure_indexes(self._writer, record_indexes)
         self.lexical: TantivyLexical | None = None
@@ -189,7 +203,7 @@ class Database:
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        return SqliteUnitOfWork(conn, writable=False, engine=self.lexical)
+        return SqliteUnitOfWork(conn, writable=False, engine=self.lexical, record_indexes=self._record_indexes)
 
     @contextmanager
     def snapshot_reader(self) -> Iterator[SqliteUnitOfWork]:
@@ -220,7 +234,7 @@ class Database:
                 raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
-            store = SqliteUnitOfWork(conn, writable=True, engine=self.lexical)
+            store = SqliteUnitOfWork(conn, writable=True, engine=self.lexical, record_indexes=self._record_indexes)
             self._local.tx = store
             try:
                 yield store
@@ -262,6 +276,11 @@ class Database:
         lexical = self.lexical.health() if self.lexical is not None else {"engine": "fts5", "state": "ready"}
         return {"lexical": lexical}
 
+    def verify_index(self) -> None:
+        """Ask the derived indexes to check themselves against the records soon (and repair)."""
+        if self.lexical is not None:
+            self.lexical.request_verify()
+
     def flush(self) -> None:
         """Bring derived indexes up to date with the records now (admin commands, benchmarks)."""
         if self.lexical is not None:
@@ -301,8 +320,9 @@ def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interface
     vectors: interfaces.VectorStore = unit.vectors
     audit: interfaces.AuditLog = unit.audit
     jobs: interfaces.JobQueue = unit.jobs
+    usage: interfaces.ModelUsage = unit.usage
     working: interfaces.WorkingStore = unit.working
     admin: interfaces.Admin = unit.admin
     whole: interfaces.UnitOfWork = unit
-    del records, events, index, vectors, audit, jobs, working, admin, whole
+    del records, events, index, vectors, audit, jobs, usage, working, admin, whole
     return db

@@ -268,3 +268,59 @@ def _m007_lexical_outbox(conn: sqlite3.Connection) -> None:
         );
         """,
     )
+
+
+@migration("llm_usage")
+def _m008_llm_usage(conn: sqlite3.Connection) -> None:
+    # Model calls summed per UTC day, provider, model and feature (models/accounting.py): the
+    # token counts /health, the viewer and `agentmemory stats` show, and what the daily token
+    # budget is checked against. Aggregated in place, so the table grows by a few rows a day.
+    run_script(
+        conn,
+        """
+        CREATE TABLE llm_usage (
+            day TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            feature TEXT NOT NULL,
+            calls INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            latency_ms_total REAL NOT NULL DEFAULT 0,
+            latency_ms_max REAL NOT NULL DEFAULT 0,
+            skipped_budget INTEGER NOT NULL DEFAULT 0,
+            skipped_low_value INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (day, provider, model, feature)
+        ) WITHOUT ROWID;
+        """,
+    )
+
+
+@migration("search_counts")
+def _m009_search_counts(conn: sqlite3.Connection) -> None:
+    # Search rows per kind, kept by triggers, so /health's counts cost one small read instead of
+    # a GROUP BY over every row (100+ ms at a million records, on every health probe).
+    run_script(
+        conn,
+        """
+        CREATE TABLE search_counts (
+            kind TEXT PRIMARY KEY,
+            n INTEGER NOT NULL
+        );
+        INSERT INTO search_counts (kind, n) SELECT kind, count(*) FROM search_docs GROUP BY kind;
+        CREATE TRIGGER search_counts_insert AFTER INSERT ON search_docs BEGIN
+            INSERT INTO search_counts (kind, n) VALUES (new.kind, 1)
+            ON CONFLICT (kind) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER search_counts_delete AFTER DELETE ON search_docs BEGIN
+            UPDATE search_counts SET n = n - 1 WHERE kind = old.kind;
+        END;
+        CREATE TRIGGER search_counts_kind AFTER UPDATE OF kind ON search_docs
+        WHEN old.kind IS NOT new.kind BEGIN
+            UPDATE search_counts SET n = n - 1 WHERE kind = old.kind;
+            INSERT INTO search_counts (kind, n) VALUES (new.kind, 1)
+            ON CONFLICT (kind) DO UPDATE SET n = n + 1;
+        END;
+        """,
+    )

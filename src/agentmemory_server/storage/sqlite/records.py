@@ -16,18 +16,37 @@ def _quoted(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+INDEX_PREFIX = "kv_idx_"
+
+
+def index_name(spec: RecordIndex) -> str:
+    """The name of a declared record index, derived from its declaration (and layout version)."""
+    return INDEX_PREFIX + hashlib.sha256(f"{spec.scope}\x00{','.join(spec.fields)}\x00key".encode()).hexdigest()[:12]
+
+
 def index_statement(spec: RecordIndex) -> str:
     """CREATE INDEX for a declared record index: partial on its scope, so rows of other scopes
-    (most of them observations) cost nothing. Its name is derived from the declaration."""
-    digest = hashlib.sha256(f"{spec.scope}\x00{','.join(spec.fields)}".encode()).hexdigest()[:12]
-    columns = ", ".join(field(name) for name in spec.fields)
-    return f"CREATE INDEX IF NOT EXISTS kv_idx_{digest} ON kv_store ({columns}) WHERE scope = {_quoted(spec.scope)}"
+    (most of them observations) cost nothing, and ending with the key, so a listing ordered by
+    the fields then the key reads the index in order and stops at its LIMIT."""
+    columns = ", ".join([*(field(name) for name in spec.fields), "key"])
+    return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store ({columns}) WHERE scope = {_quoted(spec.scope)}"
 
 
 def ensure_indexes(conn: sqlite3.Connection, specs: Iterable[RecordIndex]) -> None:
-    """Create the declared record indexes that do not exist yet (a no-op when they all do)."""
-    for spec in specs:
-        conn.execute(index_statement(spec))
+    """Create the declared record indexes that do not exist yet, and drop record indexes no
+    longer declared (a no-op when nothing changed)."""
+    wanted = {index_name(spec): spec for spec in specs}
+    existing = {
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'kv\\_idx\\_%' ESCAPE '\\'"
+        )
+    }
+    for name in existing - wanted.keys():
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
+    for name, spec in wanted.items():
+        if name not in existing:
+            conn.execute(index_statement(spec))
 
 
 class SqliteRecords:
@@ -111,9 +130,13 @@ class SqliteRecords:
         return n
 
     # ---- queries on record fields
-    def _scope_terms(self, scope: str, prefix: bool) -> tuple[builtins.list[str], builtins.list[Any]]:
+    def _scope_terms(self, scope: str, prefix: bool = False) -> tuple[builtins.list[str], builtins.list[Any]]:
         if prefix:
             return ["scope >= ?", "scope < ?"], [scope, scope + "\U0010ffff"]
+        if scope in self.unit.record_indexes:
+            # A literal: SQLite uses a partial index (WHERE scope = '...') only when the query's
+            # own WHERE names the same constant; a bound parameter would hide it.
+            return [f"scope = {_quoted(scope)}"], []
         return ["scope = ?"], [scope]
 
     def query(
@@ -129,22 +152,43 @@ class SqliteRecords:
         terms, params = self._scope_terms(scope, prefix)
         more_terms, more_params = where_sql(where)
         order = [f"{field(name)} {'DESC' if descending else 'ASC'}" for name, descending in order_by]
+        # Ties go by key in the direction of the last sort field, the order of a declared index.
+        tie = "DESC" if order_by and order_by[-1][1] else "ASC"
+        order += ["scope", f"key {tie}"] if prefix else [f"key {tie}"]
+        hint = "" if prefix else self._ordered_index(scope, where, order_by)
         sql = (
-            f"SELECT value FROM kv_store WHERE {' AND '.join(terms + more_terms)} "
-            f"ORDER BY {', '.join([*order, 'scope', 'key'])} LIMIT ? OFFSET ?"
+            f"SELECT value FROM kv_store{hint} WHERE {' AND '.join(terms + more_terms)} "
+            f"ORDER BY {', '.join(order)} LIMIT ? OFFSET ?"
         )
         rows = self.conn.execute(sql, (*params, *more_params, -1 if limit is None else limit, offset))
         return [loads(r[0]) for r in rows]
 
+    def _ordered_index(self, scope: str, where: Sequence[Where], order_by: Sequence[tuple[str, bool]]) -> str:
+        """``INDEXED BY`` the declared index that reads this listing in order: its fields are
+        equality-filtered fields followed by the sort fields (all sorted one way). Without the
+        hint SQLite, lacking statistics, often prefers the primary key and sorts the scope."""
+        sort = tuple(name for name, _descending in order_by)
+        if not sort or len({descending for _name, descending in order_by}) > 1:
+            return ""
+        equal_fields = {w.field for w in where if w.op == "="}
+        best: tuple[str, ...] = ()
+        for fields in self.unit.record_indexes.get(scope, ()):
+            lead = fields[: len(fields) - len(sort)]
+            if fields[len(lead) :] == sort and set(lead) <= equal_fields and len(fields) > len(best):
+                best = fields
+        return f" INDEXED BY {index_name(RecordIndex(scope, best))}" if best else ""
+
     def count_where(self, scope: str, where: Sequence[Where] = ()) -> int:
+        scope_terms, scope_params = self._scope_terms(scope)
         terms, params = where_sql(where)
-        sql = f"SELECT count(*) FROM kv_store WHERE {' AND '.join(['scope = ?', *terms])}"
-        return self.conn.execute(sql, (scope, *params)).fetchone()[0]
+        sql = f"SELECT count(*) FROM kv_store WHERE {' AND '.join([*scope_terms, *terms])}"
+        return self.conn.execute(sql, (*scope_params, *params)).fetchone()[0]
 
     def keys_where(self, scope: str, where: Sequence[Where]) -> builtins.list[str]:
+        scope_terms, scope_params = self._scope_terms(scope)
         terms, params = where_sql(where)
-        sql = f"SELECT key FROM kv_store WHERE {' AND '.join(['scope = ?', *terms])} ORDER BY key"
-        return [r[0] for r in self.conn.execute(sql, (scope, *params))]
+        sql = f"SELECT key FROM kv_store WHERE {' AND '.join([*scope_terms, *terms])} ORDER BY key"
+        return [r[0] for r in self.conn.execute(sql, (*scope_params, *params))]
 
 
 class SqliteCaptureLog:

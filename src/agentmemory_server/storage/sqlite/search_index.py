@@ -175,7 +175,8 @@ class SqliteSearchIndex:
         ]
 
     def kind_counts(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT kind, count(*) FROM search_docs GROUP BY kind").fetchall())
+        """Search rows per kind (kept by triggers: no scan)."""
+        return dict(self.conn.execute("SELECT kind, n FROM search_counts WHERE n > 0 ORDER BY kind").fetchall())
 
     def group_counts(self, by: Literal["project", "session_id"], filters: Mapping[str, Any]) -> dict[str | None, int]:
         """Row counts (active or not) grouped by ``project`` or ``session_id``."""

@@ -12,7 +12,9 @@ rebuilt at start-up in the normal case. Records not committed yet are scored by
 
 When the index is missing, unreadable, or older than the records (it was built while another
 engine served writes), it is rebuilt in the background with progress in /health, and searches
-are answered by FTS5 meanwhile (``search`` returns None).
+are answered by FTS5 meanwhile (``search`` returns None). An idle applier also checks now and
+then that the index holds exactly one document per active search row; a difference (a lost
+segment, a bug) is repaired by a rebuild while the old index keeps answering.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +56,10 @@ COMMIT_MAX_CHANGES = 100_000
 # More pending records than this and searches are answered by FTS5 until the applier catches up
 # (a crash with a long outbox, a bulk import): scoring them in Python would cost more than that.
 PENDING_LIMIT = 2000
+# How often an idle applier compares the index with the search rows (the first check runs soon
+# after start-up); diagnose's heal asks for one at once.
+VERIFY_SECONDS = 600.0
+FIRST_VERIFY_SECONDS = 30.0
 AVG_LEN_SAMPLE = 1000
 AVG_LEN_SECONDS = 600.0
 DOC_SQL = (
@@ -120,6 +126,9 @@ class TantivyLexical:
         self.pending = PendingIndex(self.analyze, self.repeats)
         self.building: dict[str, int] | None = None
         self.last_error: str | None = None
+        self.verified: dict[str, Any] | None = None
+        self.repairs = 0
+        self._next_verify = time.monotonic() + FIRST_VERIFY_SECONDS
         self._wake, self._stop = threading.Event(), threading.Event()
         self.index = self._open(stale)
         # A store with no search rows yet needs no build: its outbox holds every change to come.
@@ -192,6 +201,8 @@ class TantivyLexical:
             "pending": max(0, newest - (committed or 0)) if committed is not None else None,
             "applier": self._writer is not None,
             "rebuild": self.building,
+            "verified": self.verified,
+            "repairs": self.repairs,
             "lastError": self.last_error,
         }
 
@@ -235,8 +246,7 @@ class TantivyLexical:
         filters: Mapping[str, Any],
         files: list[list[str]] | None,
     ) -> list[Doc] | None:
-        if self.building:
-            return None
+        # During a rebuild the last commit keeps answering (a repair), or there is none (FTS5 answers).
         searcher = self.index.searcher()
         committed = self.committed_seq(searcher)
         if committed is None:
@@ -344,7 +354,8 @@ class TantivyLexical:
         lower_thread_priority(10)
         while not self._stop.is_set():
             try:
-                self.apply(commit_due=False)
+                if not self.apply(commit_due=False):
+                    self.verify()
             except Exception as exc:  # noqa: BLE001 - the applier must survive anything; searches fall back
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.exception("applying the lexical outbox failed")
@@ -376,6 +387,42 @@ class TantivyLexical:
             if self._uncommitted and (commit_due or due):
                 self._commit(writer)
             return len(rows)
+
+    def request_verify(self) -> None:
+        """Check the index against the records on the applier's next idle moment."""
+        self._next_verify = 0.0
+        self._wake.set()
+
+    def verify(self, *, force: bool = False) -> dict[str, Any] | None:
+        """When due (or ``force``) and nothing is waiting to be applied, compare the index's
+        document count with the active search rows in one consistent read; rebuild on a
+        difference. Returns the comparison, or None when it did not run."""
+        with self._lock:
+            if not force and time.monotonic() < self._next_verify:
+                return None
+            writer = self._acquire_writer()
+            if writer is None or self._uncommitted or self.building is not None:
+                return None
+            with self._db.snapshot_reader() as store:
+                conn = store.conn
+                newest = conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0]
+                records = conn.execute("SELECT count(*) FROM search_docs WHERE active = 1").fetchone()[0]
+            if newest > self._committed:
+                return None  # writes arrived since; the next idle moment compares
+            self._next_verify = time.monotonic() + VERIFY_SECONDS
+            self.index.reload()
+            documents = max(0, self.index.searcher().num_docs - 1)
+            self.verified = {
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "documents": documents,
+                "records": records,
+                "ok": documents == records,
+            }
+            if documents != records:
+                self.repairs += 1
+                log.warning("the lexical index holds %d documents for %d records; rebuilding it", documents, records)
+                self._rebuild(self._db.reader().conn, writer)
+            return self.verified
 
     def flush(self) -> None:
         """Apply the whole outbox and commit now (admin commands, shutdown, tests)."""

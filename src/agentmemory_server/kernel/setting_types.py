@@ -1,0 +1,88 @@
+"""The building blocks of the settings table: one ``Setting`` and the parsers of its values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: tuple[str, ...]
+    default: Any
+    type: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
+        return value
+
+    parse.__name__ = "|".join(allowed)
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise ValueError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise ValueError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _tri_state(text: str) -> str:
+    """auto | true | false (upstream: 1/0 and yes/no too; auto decides at run time)."""
+    lowered = text.strip().lower()
+    if lowered == "auto":
+        return "auto"
+    return "true" if _bool(lowered) else "false"
+
+
+_tri_state.__name__ = "auto|true|false"
+
+
+def _optional_int(text: str) -> int | None:
+    return None if not text.strip() else _non_negative_int(text)
+
+
+def _optional_str(text: str) -> str | None:
+    # Hook configs often carry unexpanded "${VAR}" placeholders; treat them as unset.
+    text = text.strip()
+    if not text or (text.startswith("${") and text.endswith("}")):
+        return None
+    return text

@@ -1,0 +1,154 @@
+"""One JSON-over-HTTP transport for every model provider (Gemini, OpenAI-compatible, Anthropic).
+
+``JsonTransport.post(path, body, attempts=, backoff=)`` sends one JSON POST to ``{base}{path}``
+with the provider's headers and retries what is worth retrying: 429, 5xx and Anthropic's 529
+("overloaded"), connection errors and timeouts, with exponential backoff that honours a
+``Retry-After`` header (seconds or an HTTP date, capped). Other statuses fail at once, and so
+does a 429 whose error code says money or quota ran out (retrying cannot help; the caller's
+breaker and deterministic fallback take over). Every attempt has a timeout.
+
+Secrets (API keys) travel only in headers and are scrubbed from every error message, so they
+cannot reach logs, /health or a reply. Error messages quote the provider's own error
+(``error.message`` / ``error.type`` / ``error.code``, the shape all three APIs share).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+
+# 529 is Anthropic's "overloaded_error"; 408 a proxy's request timeout.
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504, 529})
+MAX_BACKOFF_SECONDS = 30.0
+# Error codes of a 429 that will not clear by waiting a few seconds (OpenAI's exhausted credit,
+# Anthropic's monthly spend cap): fail at once instead of burning the attempts.
+PERMANENT_CODES = frozenset(
+    {"insufficient_quota", "billing_hard_limit_reached", "enforced_spend_limit_reached", "credit_balance_exhausted"}
+)
+REDACTED = "[REDACTED]"
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+
+
+class ProviderHTTPError(Exception):
+    """A request that failed for good. ``status`` is the last HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds asked for by a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if _SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now if now is not None else datetime.now(UTC).timestamp()
+    return max(0.0, when.timestamp() - current)
+
+
+def error_summary(resp: requests.Response) -> tuple[str, str | None]:
+    """(one-line description, error code) of an error answer: the provider's ``error`` object
+    when the body has one (``{"error": {"message", "type"|"status", "code"}}``), else its text."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:200], None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return resp.text[:200], None
+    details = error.get("details")
+    details = details if isinstance(details, dict) else {}
+    code = error.get("code") or details.get("error_code")
+    kind = error.get("type") or error.get("status")
+    label = " ".join(str(p) for p in (kind, code if code != kind else None) if p)
+    message = str(error.get("message") or "")[:200]
+    return (f"{label}: {message}" if label else message), (str(code) if code is not None else None)
+
+
+class JsonTransport:
+    """:param name: the provider, for error messages. :param base_url: everything before the
+    request path. :param headers: sent with every request (the key goes here).
+    :param secrets: strings scrubbed from error messages. :param timeout: seconds per attempt.
+    :param sleep: injectable for tests (records delays)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        secrets: Iterable[str | None] = (),
+        timeout: float,
+        max_backoff: float = MAX_BACKOFF_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.name = name
+        self.base = base_url.rstrip("/")
+        self._headers = dict(headers)
+        self._secrets = tuple(s for s in secrets if s)
+        self.timeout = timeout
+        self.max_backoff = max_backoff
+        self.sleep = sleep
+        self.retries = 0  # attempts beyond the first, over the transport's life
+        self._local = threading.local()  # one requests.Session per thread
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def scrub(self, text: str) -> str:
+        """``text`` without any secret (an error message must never carry one)."""
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def post(self, path: str, body: dict[str, Any], *, attempts: int, backoff: float) -> dict[str, Any]:
+        """The decoded JSON answer. :raise ProviderHTTPError: after the last failed attempt."""
+        url, last, status = self.base + path, "no attempt made", None
+        for attempt in range(max(1, attempts)):
+            wait = backoff * (2**attempt)
+            try:
+                resp = self._session().post(url, json=body, timeout=self.timeout, headers=self._headers)
+            except requests.RequestException as exc:
+                last, status = f"{type(exc).__name__}: {exc}", None
+            else:
+                if resp.status_code == 200:
+                    return self._decode(resp, path)
+                summary, code = error_summary(resp)
+                last, status = f"HTTP {resp.status_code} {summary}".rstrip(), resp.status_code
+                if resp.status_code not in RETRY_STATUS or code in PERMANENT_CODES:
+                    break
+                asked = retry_after_seconds(resp.headers.get("Retry-After"))
+                if asked is not None:
+                    wait = max(wait, asked)
+            if attempt + 1 < attempts:
+                self.retries += 1
+                self.sleep(min(wait, self.max_backoff))
+        raise ProviderHTTPError(self.scrub(f"{self.name} {path} failed: {last}"), status)
+
+    def _decode(self, resp: requests.Response, path: str) -> dict[str, Any]:
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise ProviderHTTPError(f"{self.name} {path} answered 200 with a body that is not a JSON object", 200)
+        return data

@@ -1,0 +1,190 @@
+"""The plumbing the loopback model fakes share (fake_gemini.py, fake_openai.py, fake_anthropic.py):
+a threaded HTTP server on a free 127.0.0.1 port and the scripting every test uses.
+
+Scripting: ``fail_next`` holds error statuses (or ``(status, headers)``, or ``(status, headers,
+code)`` with a provider error code) for the next requests of any kind; ``replies`` holds the
+next generation answers (a dict/list is the JSON answer, a str raw text, ``Raw(body)`` the
+whole response body); otherwise ``responder(prompt)`` answers, given a ``Prompt`` (system
+text, user/assistant texts, the raw body). ``delay`` slows every generation down (a slow
+model); ``stall()`` holds every generation until ``release()`` (``entered`` is set when one
+arrives). Every request is recorded in ``calls`` (path, body, headers, and the 200 response).
+
+A subclass says how its protocol looks: ``route(path)`` -> ``"generate"`` / ``"embed"`` / None,
+``authorised(headers)``, ``error_body(status, message, code)``, ``prompt(body)``,
+``generation(body, reply)`` and ``embedding(body)``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A whole generation response body (blocked prompts, odd finish reasons, ...)."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A generation request in protocol-neutral form."""
+
+    system: str
+    turns: list[tuple[str, str]]  # (role "user" | "assistant", text)
+    body: dict[str, Any] = field(repr=False)
+
+    @property
+    def user(self) -> str:
+        """The first user message (the task's prompt)."""
+        return next(text for role, text in self.turns if role == "user")
+
+    @property
+    def text(self) -> str:
+        """Everything sent: system instruction and every turn."""
+        return "\n".join([self.system, *(text for _, text in self.turns)])
+
+
+def tokens(text: str) -> int:
+    """The fakes' token count: about four characters a token, at least one."""
+    return max(1, len(text) // 4)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up (a timeout test) is not an error of the fake
+
+
+class LoopbackModel:
+    name = "model"
+
+    def __init__(self, api_key: str | None = "test-key"):
+        self.api_key = api_key
+        self.calls: list[dict[str, Any]] = []
+        self.fail_next: list[Any] = []
+        self.replies: list[Any] = []
+        self.responder: Callable[[Prompt], Any] | None = None
+        self.delay = 0.0
+        self.entered = threading.Event()
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+        self.server = _Server(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+
+    # ---- test helpers
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def stall(self) -> None:
+        self.entered.clear()
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def generations(self) -> list[dict[str, Any]]:
+        """The raw bodies of the generation requests received, oldest first."""
+        with self._lock:
+            return [c["body"] for c in self.calls if self.route(c["path"]) == "generate"]
+
+    def requests(self) -> list[Prompt]:
+        return [self.prompt(b) for b in self.generations()]
+
+    def prompts(self) -> list[str]:
+        """Everything each generation request sent, as text."""
+        return [p.text for p in self.requests()]
+
+    # ---- the protocol (subclasses)
+    def route(self, path: str) -> str | None:
+        raise NotImplementedError
+
+    def authorised(self, headers: Any) -> bool:
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str, code: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def prompt(self, body: dict[str, Any]) -> Prompt:
+        raise NotImplementedError
+
+    def generation(self, body: dict[str, Any], reply: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def embedding(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.error_body(404, "this fake serves no embeddings", None)
+
+    # ---- serving
+    def _reply_for(self, body: dict[str, Any]) -> Any:
+        with self._lock:
+            reply = self.replies.pop(0) if self.replies else None
+        if reply is None:
+            reply = self.responder(self.prompt(body)) if self.responder else {}
+        return reply
+
+    def _answer(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        if kind == "embed":
+            return self.embedding(body)
+        reply = self._reply_for(body)
+        return reply.body if isinstance(reply, Raw) else self.generation(body, reply)
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                kind = fake.route(self.path)
+                if kind == "generate":
+                    fake.entered.set()
+                    fake._open.wait(timeout=60)
+                    if fake.delay:
+                        time.sleep(fake.delay)
+                record = {"path": self.path, "body": body, "headers": dict(self.headers), "response": None}
+                with fake._lock:
+                    fake.calls.append(record)
+                    scripted = fake.fail_next.pop(0) if fake.fail_next else 200
+                status, headers, code = (tuple(scripted) + (None, None))[:3] if isinstance(scripted, tuple) \
+                    else (scripted, None, None)
+                if not fake.authorised(self.headers):
+                    return self._send(401, fake.error_body(401, "invalid API key", "invalid_api_key"))
+                if kind is None:
+                    return self._send(404, fake.error_body(404, f"no route {self.path}", None))
+                if status != 200:
+                    return self._send(status, fake.error_body(status, "scripted failure", code), headers)
+                if kind == "generate" and body.get("stream"):  # the fakes serve whole answers only
+                    return self._send(400, fake.error_body(400, "only stream: false is served", None))
+                record["response"] = fake._answer(kind, body)
+                return self._send(200, record["response"])
+
+        return Handler
+
+
+def reply_text(reply: Any) -> str:
+    """A scripted reply as the text a model would have written."""
+    return reply if isinstance(reply, str) else json.dumps(reply)
