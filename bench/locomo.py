@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.retrieval import vectors  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
+from agentmemory_server.kernel.settings import SETTINGS, Settings  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
-from agentmemory_server.kernel.settings import Settings  # noqa: E402
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 KS = (1, 5, 10, 20)
@@ -155,7 +155,8 @@ def print_table(mode: str, per_question: list[tuple[int, dict[str, float]]]) -> 
 # -- main ---------------------------------------------------------------------------------------------------------
 
 
-def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy") -> dict[str, Any]:
+def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy",
+        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     samples = json.loads(data_path.read_text())[:limit]
     results: dict[str, list[tuple[int, dict[str, float]]]] = {m: [] for m in modes}
     latencies: dict[str, list[float]] = {m: [] for m in modes}
@@ -164,7 +165,7 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None, eng
     for sample in samples:
         with tempfile.TemporaryDirectory() as tmp:
             rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
-                                                 lexical_engine=engine, auth="off"))
+                                                 lexical_engine=engine, auth="off", **(overrides or {})))
             try:
                 ctx = Ctx(rt, source="bench")
                 t0 = time.perf_counter()
@@ -222,12 +223,20 @@ def main() -> None:
     parser.add_argument("--modes", default="bm25,vector,hybrid")
     parser.add_argument("--provider", default="local", choices=["local", "hash", "gemini", "none"])
     parser.add_argument("--limit", type=int, help="only the first N conversations")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the runtime, by its name in kernel/settings.py (repeatable), "
+                             "e.g. local_model=minilm-l3 or embed_max_tokens=128")
     parser.add_argument("--engine", default="tantivy", choices=["tantivy", "fts5"], help="lexical engine")
     opts = parser.parse_args()
-    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine)
+    overrides = {}
+    for item in opts.setting:
+        name, _, value = item.partition("=")
+        spec = next(s for s in SETTINGS if s.name == name)
+        overrides[name] = spec.type(value)
+    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine, overrides)
     headline = {mode: {k: summary["modes"][mode]["overall 1-4"][k] for k in ("n", "R@5", "R@10", "R@20", "NDCG@10", "MRR")}
                 for mode in summary["modes"]}
-    print(json.dumps({"benchmark": "locomo-dev", "provider": opts.provider, "overall_1_4": headline,
+    print(json.dumps({"benchmark": "locomo-dev", "provider": opts.provider, "settings": opts.setting, "overall_1_4": headline,
                       "timing": summary["timing"]}))
 
 

@@ -30,6 +30,7 @@ from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
+from agentmemory_server.wiring import build_runtime  # noqa: E402
 
 WORDS = ("cache redis timeout retry deploy staging schema migration index query login token session "
          "upload billing invoice queue worker cron lint pytest fixture docker build release").split()

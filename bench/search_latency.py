@@ -44,6 +44,7 @@ from ingest import free_port  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
+from agentmemory_server.wiring import build_runtime  # noqa: E402
 
 TOOLS = ["Bash", "Edit", "Read", "Grep", "Write"]
 AREAS = ["auth", "billing", "search", "cache", "queue", "export", "upload", "session", "config", "router",

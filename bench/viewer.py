@@ -37,6 +37,7 @@ from agentmemory_server.kernel.events import Hub  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
+from agentmemory_server.wiring import build_runtime  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:

@@ -34,6 +34,7 @@ from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
+from agentmemory_server.wiring import build_runtime  # noqa: E402
 
 
 def free_port() -> int:

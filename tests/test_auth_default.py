@@ -120,3 +120,31 @@ def test_refused_requests_are_counted_logged_and_audited_without_the_token(defau
     log = wait_for(lambda: (t := server.log_path.read_text()) and "refused 1 request(s)" in t and t,
                    timeout=10, message="a log line about the refused request")
     assert "wrong-token" not in log and "right-token" not in log and log.count("refused ") == 1  # rate-limited
+    # The viewer's one-call snapshot and the status report carry the count too (the dashboard
+    # shows it; tests/test_viewer_browser.py checks the page).
+    snap = requests.get(server.api("/viewer/snapshot"), headers=good, timeout=10).json()
+    assert snap["health"]["auth"]["denied"] == 3
+    alerts = requests.get(server.api("/status"), headers=good, timeout=10).json()["alerts"]
+    assert any(a["message"].startswith("3 request(s) refused") and "AGENTMEMORY_SECRET" in a["fix"] for a in alerts)
+
+
+def test_a_body_must_be_sent_as_json(tmp_path):
+    """Upstream 0.9.30: writes with a body need Content-Type: application/json (a browser cannot send
+    that cross-site without a preflight, so a page cannot post into a local server)."""
+    from agentmemory_server.adapters.web import create_app
+    from agentmemory_server.wiring import build_runtime
+
+    rt = build_runtime(Settings.from_env({}, data_dir=str(tmp_path), auth="off", background_jobs=False,
+                                         embedding_provider="none"))
+    try:
+        client = create_app(runtime=rt).test_client()
+        body = '{"sessionId": "s", "content": "from a form"}'
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            r = client.post("/agentmemory/observe", data=body, headers=headers)
+            assert r.status_code == 415 and r.json["code"] == "unsupported_media_type", content_type
+        assert client.post("/agentmemory/observe", data=body,
+                           headers={"Content-Type": "application/json; charset=utf-8"}).status_code == 201
+        assert client.post("/agentmemory/capture/drain").status_code == 200  # no body: nothing to declare
+    finally:
+        rt.close()

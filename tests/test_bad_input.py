@@ -41,7 +41,7 @@ CASES = [
     ("POST", "/observe", json.dumps({"hookType": "post_tool_use"}).encode()),
     ("POST", "/observe", json.dumps({"sessionId": 42, "hookType": "x"}).encode()),
     ("POST", "/observe", json.dumps({"sessionId": "", "hookType": "x"}).encode()),
-    ("POST", "/observe", json.dumps({"sessionId": "s", "hookType": "Bad Hook!"}).encode()),
+    ("POST", "/observe", json.dumps({"sessionId": "s", "hookType": "bad\u0001hook"}).encode()),
     ("POST", "/observe", json.dumps({"sessionId": "a\nb"}).encode()),
     ("POST", "/observe", json.dumps({"sessionId": "x" * 300}).encode()),
     ("POST", "/remember", json.dumps({"content": ["list"]}).encode()),
@@ -76,7 +76,7 @@ def test_bad_input_is_a_named_4xx(server, method, path, body):
 
 def test_huge_bodies_are_413(server):
     before = snapshot(server)
-    big = json.dumps(hook("big", data={"tool_output": "x" * (5 * MB)}))
+    big = json.dumps(hook("big", data={"tool_output": "x" * (20 * MB)}))  # the limit is 16 MiB
     r = requests.post(server.api("/observe"), data=big, headers={"Content-Type": "application/json"}, timeout=60)
     assert r.status_code == 413 and r.json()["code"] == "payload_too_large" and r.json()["details"]["setting"] == "AGENTMEMORY_MAX_BODY_BYTES"
     assert snapshot(server) == before

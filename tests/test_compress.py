@@ -31,10 +31,9 @@ def test_tool_event_fields():
     c = synthetic_compression("post_tool_use", {
         "tool_name": "Edit", "tool_input": {"file_path": "src/app.py", "old_string": "a"},
         "tool_output": "ok"})
-    assert c["type"] == "file_edit" and c["title"] == "Edit"
-    assert c["files"] == ["src/app.py"]
+    assert c["type"] == "file_edit" and c["title"] == "Edit src/app.py: delete 1 line"
+    assert c["files"] == ["src/app.py"] and c["toolName"] == "Edit"
     assert c["subtitle"].startswith("{") and "src/app.py" in c["narrative"]
-    assert c["narrative"].endswith("| ok")
     assert c["facts"] == [] and c["concepts"] == [] and c["confidence"] == 0.3
 
 
@@ -62,3 +61,57 @@ def test_agent_note():
                                               "files": ["src/db.py"]})
     assert c["type"] == "decision" and c["title"] == "Decided to use WAL mode"
     assert c["files"] == ["src/db.py"]
+
+
+@pytest.mark.parametrize("hook_type,data,title,narrative", [
+    ("post_tool_use", {"tool_name": "Edit", "tool_input": {"file_path": "src/auth/login.py",
+                                                          "old_string": "a\n" * 12, "new_string": "b\n" * 12}},
+     "Edit src/auth/login.py: replace 12 lines", "Edited src/auth/login.py: `a` -> `b`"),
+    ("post_tool_use", {"tool_name": "Edit", "tool_input": {"file_path": "x.py", "old_string": "a\nb",
+                                                          "new_string": "a\nb\nc\nd"}},
+     "Edit x.py: replace 2 lines with 4", "Edited x.py"),
+    ("post_tool_use", {"tool_name": "MultiEdit", "tool_input": {"file_path": "x.py", "edits": [
+        {"old_string": "a", "new_string": "b"}, {"old_string": "c\nd", "new_string": "e"}]}},
+     "Edit x.py: 2 edits, 3 lines replaced", "Edited x.py in 2 places"),
+    ("post_tool_failure", {"tool_name": "Bash", "tool_input": {"command": "pytest tests/test_auth.py"},
+                           "error": "Exit code 1\n==== 3 failed, 12 passed in 2.1s ===="},
+     "Bash: pytest tests/test_auth.py -> exit 1, 3 failed, 12 passed", "Ran `pytest tests/test_auth.py` (exit 1"),
+    ("post_tool_use", {"tool_name": "Bash", "tool_input": {"command": "ls -la"},
+                       "tool_response": {"stdout": "a\nb", "stderr": "", "interrupted": False}},
+     "Bash: ls -la", "Ran `ls -la`. Output: a\nb"),
+    ("post_tool_use", {"tool_name": "Write", "tool_input": {"file_path": "notes.md", "content": "# Title\nbody\n"}},
+     "Write notes.md: 2 lines", "Wrote notes.md (2 lines): # Title"),
+    ("post_tool_use", {"tool_name": "Read", "tool_input": {"file_path": "a.py", "offset": 10, "limit": 20},
+                       "tool_response": "import os"}, "Read a.py lines 10-30", "Read a.py lines 10-30: import os"),
+    ("post_tool_use", {"tool_name": "Grep", "tool_input": {"pattern": "TODO", "path": "src"},
+                       "tool_response": "src/a.py:3:TODO x\nsrc/b.py:9:TODO y"},
+     "Grep 'TODO' in src: 2 matches", "Searched for `TODO` in src: 2 matches: src/a.py:3:TODO x"),
+    ("post_tool_use", {"tool_name": "Glob", "tool_input": {"pattern": "**/*.py"}, "tool_response": "a.py\nb.py"},
+     "Glob **/*.py: 2 files", "Listed **/*.py: 2 files: a.py, b.py"),
+    ("post_tool_use", {"tool_name": "Task", "tool_input": {"description": "Review the auth module",
+                                                          "subagent_type": "reviewer"}},
+     "Task (reviewer): Review the auth module", "Delegated to reviewer: Review the auth module"),
+    ("post_tool_use", {"tool_name": "TodoWrite", "tool_input": {"todos": [
+        {"content": "write tests", "status": "completed"}, {"content": "fix bug", "status": "pending"}]}},
+     "TodoWrite: 2 todos, 1 done", "Todo list: [completed] write tests; [pending] fix bug"),
+    ("post_tool_use", {"tool_name": "mcp__github__create_issue", "tool_input": {"title": "Crash on start"},
+                       "tool_response": "created #12"},
+     "mcp__github__create_issue: Crash on start", "mcp__github__create_issue {\"title\":\"Crash on start\"} -> created #12"),
+])
+def test_tool_observations_say_what_happened(hook_type, data, title, narrative):
+    c = synthetic_compression(hook_type, data)
+    assert c["title"] == title and c["narrative"].startswith(narrative)
+    assert len(c["title"]) <= 80
+
+
+def test_a_long_command_gives_way_to_its_outcome_in_the_title():
+    c = synthetic_compression("post_tool_use", {"tool_name": "Bash", "tool_input": {"command": "pytest " + "x/" * 80},
+                                                "tool_response": {"stdout": "1 failed, 2 passed", "exit_code": 1}})
+    assert len(c["title"]) <= 80 and c["title"].endswith("-> exit 1, 1 failed, 2 passed")
+
+
+def test_odd_inputs_fall_back_to_the_generic_form():
+    c = synthetic_compression("post_tool_use", {"tool_name": "Edit", "tool_input": "not a dict"})
+    assert c["title"] == "Edit: not a dict"
+    c = synthetic_compression("post_tool_use", {"tool_name": "Bash", "tool_input": {"command": 42}})
+    assert c["title"].startswith("Bash")

@@ -51,3 +51,45 @@ def test_budget_is_respected(client):
                                                       data={"tool_name": "Bash", "error": "e" * 180}))
     r = client.post("/agentmemory/context", json={"sessionId": "now", "project": "p", "budget": 150})
     assert 0 < r.json["tokens"] <= 150 and r.json["skipped"] > 0
+
+
+def test_saved_memories_reach_the_context_block(client):
+    """On the previous main saved memories never appeared in the context block (only in
+    pre-tool-use enrichment): a new session did not learn what the last one decided to keep."""
+    client.post("/agentmemory/remember", json={"content": "The auth service signs tokens with RS256; never HS256",
+                                               "type": "architecture", "project": "api"})
+    client.post("/agentmemory/remember", json={"content": "Deploys to staging need the VPN", "project": "web"})
+    client.post("/agentmemory/remember", json={"content": "Prefer small commits with tests", "type": "preference"})
+    r = client.post("/agentmemory/session/start", json={"sessionId": "new", "project": "api", "cwd": "/api"})
+    text = r.json["context"]
+    assert "## Memories" in text and "[architecture] The auth service signs tokens with RS256" in text
+    assert "Prefer small commits" in text  # a memory without a project is global
+    assert "VPN" not in text  # another project's memory stays there
+    assert client.post("/agentmemory/session/start", json={"sessionId": "none", "cwd": "/x"}).json["context"] == ""
+
+
+def test_memories_matching_the_first_prompt_come_first(client):
+    for i in range(12):
+        client.post("/agentmemory/remember", json={"content": f"Unrelated convention number {i} for topic{i}",
+                                                   "project": "api"})
+    client.post("/agentmemory/remember", json={"content": "Flaky login test: clear the redis session cache first",
+                                               "project": "api"})
+    for i in range(12, 20):  # newer than the relevant one: recency alone would bury it
+        client.post("/agentmemory/remember", json={"content": f"Unrelated convention number {i} for topic{i}",
+                                                   "project": "api"})
+    client.post("/agentmemory/observe", json=hook("s2", "prompt_submit", project="api",
+                                                  data={"prompt": "why does the login test fail randomly?"}))
+    text = client.post("/agentmemory/context", json={"sessionId": "s2", "project": "api"}).json["context"]
+    memories = text.split("## Memories")[1]
+    assert memories.splitlines()[1].endswith("Flaky login test: clear the redis session cache first")
+    assert memories.count("\n- [") <= 8
+
+
+def test_memories_lessons_and_pinned_slots_share_the_budget(client, call):
+    call("memory_save", content="Use the repository pattern for data access", project="api")
+    call("memory_lesson_save", content="Run migrations before the test suite", project="api")
+    call("memory_slot_create", label="team_rules", content="Reviews need two approvals", pinned=True, project="api")
+    out = client.post("/agentmemory/context", json={"sessionId": "s", "project": "api", "budget": 400}).json
+    assert {"memories", "lessons", "pinned_slots"} <= set(out["kinds"]) and out["tokens"] <= 400
+    tight = client.post("/agentmemory/context", json={"sessionId": "s", "project": "api", "budget": 60}).json
+    assert tight["tokens"] <= 60

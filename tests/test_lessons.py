@@ -43,9 +43,9 @@ def test_confidence_after_three_saves(tools):
 def test_save_validation(tools):
     from agentmemory_server.errors import InvalidInput
 
-    with pytest.raises(InvalidInput) as err:
-        tools("memory_lesson_save", content="x", confidence=1.5)
-    assert err.value.details["field"] == "confidence"
+    # upstream's rule (U§4.5): a confidence outside [0, 1] (or not a number) starts at 0.5
+    assert tools("memory_lesson_save", content="x", confidence=1.5)["lesson"]["confidence"] == 0.5
+    assert tools("memory_lesson_save", content="y", confidence="high")["lesson"]["confidence"] == 0.5
     with pytest.raises(InvalidInput):
         tools("memory_lesson_save", content="   ")
     out = tools("memory_lesson_save", content="token ghp_" + "a" * 36 + " leaked", confidence=0.9, tags="ci,git")

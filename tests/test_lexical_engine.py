@@ -157,7 +157,7 @@ def test_a_lost_document_is_found_by_verification_and_repaired(make_runtime):
     writer = engine._acquire_writer()
     writer.delete_documents_by_query(engine._rowid_query(lost))  # lose it without an outbox entry
     writer.commit()
-    engine.index.reload()
+    engine._reload()
     assert matching_ids(rt, "warm cache", {}) != expected
     checks = {c["name"]: c for c in ToolCaller(rt)("memory_diagnose")["checks"]}
     assert checks["lexical_index"]["status"] == "pass"  # not compared yet: nothing is known to be wrong

@@ -37,7 +37,7 @@ def test_auto_compress_stores_synthetic_at_once_and_upgrades_in_the_background(l
     events = rt.hub.subscribe()
     obs_id = call("agent_observe", **edit("s1", "src/auth.py", "2026-11-01T10:00:00Z"))["observationId"]
     stored = observations(call)[0]
-    assert stored["title"] == "Edit" and "method" not in stored and stored["concepts"] == []
+    assert stored["title"].startswith("Edit src/auth.py") and "method" not in stored and stored["concepts"] == []
     assert fake_gemini.generations() == []  # nothing on the request path
     assert rt.db.reader().jobs.stats()["byKind"] == {"compress": 1}
     assert vectors.service(rt).drain() == 1 and rt.db.reader().vectors.backlog_stats()["pending"] == 0
@@ -68,7 +68,7 @@ def test_invalid_answer_is_retried_once_then_the_synthetic_compression_stays(llm
                            "no json", COMPRESSED]
     assert llm.service(rt).drain() == 2
     first, second = observations(call)
-    assert "method" not in first and first["title"] == "Edit"  # kept synthetic
+    assert "method" not in first and first["title"].startswith("Edit src/auth.py")  # kept synthetic
     assert second["method"] == "gemini"  # repaired on its retry
     prompts = fake_gemini.generations()
     assert len(prompts) == 4
@@ -119,7 +119,7 @@ def test_concurrent_workers_never_run_the_same_job_twice(llm_runtime, fake_gemin
 
 
 def test_observe_answers_while_the_model_is_stalled(llm_runtime, fake_gemini):
-    rt = llm_runtime(auto_compress=True, background_jobs=True)
+    rt = llm_runtime(auto_compress=True, background_jobs=True, background="inline")  # worker threads here
     client = create_app(runtime=rt).test_client()
     fake_gemini.responder = responder()
     fake_gemini.stall()
@@ -130,7 +130,8 @@ def test_observe_answers_while_the_model_is_stalled(llm_runtime, fake_gemini):
         second = client.post("/agentmemory/observe", json=edit("s1", "src/b.py", "2026-11-01T10:01:00Z"))
         assert second.status_code == 201
         listed = client.get("/agentmemory/observations?sessionId=s1").json["observations"]
-        assert [o.get("method") for o in listed] == [None, None] and [o["title"] for o in listed] == ["Edit"] * 2
+        assert [o.get("method") for o in listed] == [None, None]
+        assert [o["title"].split(":")[0] for o in listed] == ["Edit src/a.py", "Edit src/b.py"]
     finally:
         fake_gemini.release()
 

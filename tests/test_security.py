@@ -114,8 +114,11 @@ def test_every_string_and_list_argument_is_bounded():
 
 
 def test_an_oversized_field_is_a_named_400(client):
+    r = client.post("/agentmemory/remember", json={"content": "x", "title": "t" * 201})
+    assert r.status_code == 400 and r.json["details"]["field"] == "title"
+    # Stored text (memory content, observation payloads) is cut with a marker instead: never lost.
     r = client.post("/agentmemory/remember", json={"content": "x" * 100_001})
-    assert r.status_code == 400 and r.json["details"]["field"] == "content"
+    assert r.status_code == 201 and r.json["truncated"] == {"fields": ["content"], "chars": 100_001 - 65_536}
     r = client.post("/agentmemory/search", json={"query": "q" * 5000})
     assert r.status_code == 400 and r.json["details"]["field"] == "query"
 

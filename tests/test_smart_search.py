@@ -242,7 +242,16 @@ def test_live_server_embeds_in_background_and_reports_progress(live_server):
         return vectors if vectors["vectors"] == 5 and vectors["backlog"] == 0 else None
 
     vectors = wait_for(embedded, timeout=30, interval=0.2, message="the worker did not embed all 5 observations")
-    assert vectors["worker"] is True
+    # The server embeds nothing itself: its background worker process did, and it is alive.
+    assert vectors["embedsHere"] is False and vectors["embeddedSinceStart"] == 0
+    def reported() -> dict | None:  # the worker's heartbeat (every few seconds) carries its counts
+        background = requests.get(server.api("/health"), timeout=10).json()["background"]
+        workers = background["workers"]
+        return background if workers and workers[0].get("embedded") == 5 else None
+
+    background = wait_for(reported, timeout=30, interval=0.5, message="no heartbeat from the worker")
+    assert background["mode"] == "process" and background["supervisor"]["alive"] is True
+    assert [w["pid"] for w in background["workers"]] == [background["supervisor"]["pid"]]
     out = post(server.api("/smart-search"), {"query": "make release", "project": "demo"}).json()
     assert out["mode"] == "hybrid" and len(out["results"]) == 5
     out = post(server.api("/search"), {"query": "release", "mode": "bm25", "format": "compact"}).json()

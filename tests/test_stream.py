@@ -325,7 +325,7 @@ def _flood_past_a_stuck_client(server) -> None:
         got: list[int] = []
         for i in range(150):
             r = post(server.api("/observe"), hook("flood", timestamp=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
-                                                  data={"tool_name": "Bash", "tool_output": f"{i} {big}"}))
+                                                  data={"tool_name": "Bash", "tool_input": f"{i} {big}"}))  # under the field cap
             assert r.status_code == 201  # every writer completes while one client is stuck
             got.append(next_event(reader, "observation")["seq"])
         assert got == sorted(got) and len(got) == 150

@@ -48,10 +48,10 @@ def test_observe_queues_in_the_same_transaction_and_worker_drains(make_runtime):
     rt = make_runtime(embedding_provider="hash")
     svc = vectors.service(rt)
     note(rt, "s1", "the deploy script failed on the staging cluster")
-    assert rt.db.reader().vectors.backlog_stats()["pending"] == 1 and svc.index.alive_count == 0
+    assert rt.db.reader().vectors.backlog_stats()["pending"] == 1 and len(svc.index) == 0
     assert smart(rt, "deploy")["mode"] == "bm25"  # no vectors yet: honest mode
     assert svc.drain() == 1
-    assert rt.db.reader().vectors.backlog_stats()["pending"] == 0 and svc.index.alive_count == 1
+    assert rt.db.reader().vectors.backlog_stats()["pending"] == 0 and len(svc.index) == 1
     assert smart(rt, "deploy")["mode"] == "hybrid"
     assert rt.health_sections()["vectors"]["vectors"] == 1
 
@@ -65,7 +65,7 @@ def test_startup_loads_vectors_and_rebuilds_nothing(make_runtime):
     rt.close()
     again = make_runtime(embedding_provider="hash")
     svc = vectors.service(again)
-    assert svc.index.alive_count == 30 and svc.embedded == 0
+    assert len(svc.index) == 30 and svc.embedded == 0
     assert again.db.reader().vectors.backlog_stats()["pending"] == 0
     assert sum(again.db.reader().index.kind_counts().values()) == before
     assert again.db.reader().audit.page(operation=None, limit=1, offset=0)[1] == audit_rows
@@ -79,7 +79,7 @@ def test_deleted_records_leave_the_vector_index(make_runtime):
     vectors.service(rt).drain()
     registry.call(Ctx(rt), "memory_forget", {"sessionId": "b"})
     assert [h["obsId"] for h in smart(rt, "alpha release", mode="vector")["results"]] == [keep]
-    assert vectors.service(rt).prune() == 1 and vectors.service(rt).index.alive_count == 1
+    assert len(vectors.service(rt).index) == 1  # the cascade delete reached the index through vector_log
 
 
 def test_model_change_ignores_old_vectors_and_reembeds_in_background(make_runtime, gemini):
@@ -89,7 +89,7 @@ def test_model_change_ignores_old_vectors_and_reembeds_in_background(make_runtim
     rt.close()
     rt2 = gemini_runtime(make_runtime, gemini)  # another model and dimension (768)
     svc = vectors.service(rt2)
-    assert svc.index.alive_count == 0 and svc.model == "gemini:gemini-embedding-001"
+    assert len(svc.index) == 0 and svc.model == "gemini:gemini-embedding-001"
     checks = {c["name"]: c for c in svc.diagnose()}
     assert checks["vector-stale-model"]["status"] == "warn" and "1 vector" in checks["vector-stale-model"]["message"]
     assert smart(rt2, "postgres pool")["mode"] == "bm25"  # never mixes spaces

@@ -324,6 +324,42 @@ def test_token_prompt_and_authenticated_stream(watched, secured, shots):
     assert page.evaluate("sessionStorage.length + localStorage.length") == 0
 
 
+def test_dashboard_counts_refused_requests_and_observations_show_thumbnails(watched, tmp_path, shots):
+    """A hook with a wrong token exits 0 and its event is lost: the dashboard must show the
+    refusals. Images moved to the image store come back as thumbnails (fetched with the token)."""
+    import base64
+
+    from test_images import png
+
+    srv = LiveServer(tmp_path, {"AGENTMEMORY_SECRET": SECRET}, [])
+    try:
+        auth = {"Authorization": f"Bearer {SECRET}"}
+        shot = png(99, size=32)
+        post(srv.api("/observe"), hook("shots", project="/work/pics", data={
+            "tool_name": "Screenshot", "tool_input": {"url": "http://localhost:3000"},
+            "tool_response": {"image": "data:image/png;base64," + base64.b64encode(shot).decode()}}), headers=auth)
+        for token in ("stale-token", None):  # a hook with an old token, one with none
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            assert post(srv.api("/observe"), hook("lost"), headers=headers).status_code == 401
+        page = watched.page
+        page.goto(f"{srv.url}/viewer")
+        page.fill("#auth-token", SECRET)
+        page.click("#auth-submit")
+        expect(page.locator("#auth-denied")).to_contain_text("2 refused")
+        expect(page.locator("#auth-denied")).to_contain_text("/agentmemory/observe")
+        expect(page.locator("#capture-inbox")).to_contain_text("0 dead letters")
+        page.screenshot(path=str(shots / "dashboard-refused.png"))
+        show(page, "sessions")
+        page.locator('#tab-sessions tr[data-id="shots"]').click()
+        thumb = page.locator("#tab-sessions .thumbs img")
+        expect(thumb).to_have_count(1)
+        expect(thumb).to_have_attribute("src", "data:image/png;base64," + base64.b64encode(shot).decode())
+        assert page.evaluate("document.querySelector('#tab-sessions .thumbs img').naturalWidth") == 32
+        page.screenshot(path=str(shots / "thumbnail.png"))
+    finally:
+        srv.stop()
+
+
 def test_polling_fallback_then_reconnect(watched, tmp_path):
     from websockets.sync.client import connect
 

@@ -59,6 +59,9 @@ INTERNAL_ERROR = _declare("internal_error", 500, "A bug: the server log has the 
 METHOD_NOT_ALLOWED = _declare("method_not_allowed", 405, "The route exists but not with this HTTP method.")
 NOT_ACCEPTABLE = _declare("not_acceptable", 406, "`/mcp` answers application/json only; send a matching Accept.")
 HTTP_ERROR = _declare("http_error", 400, "Another HTTP-level refusal (the message says which).")
+UNSUPPORTED_MEDIA_TYPE = _declare(
+    "unsupported_media_type", 415, "A request body must be sent as `Content-Type: application/json` (upstream 0.9.30)."
+)
 ORIGIN_NOT_ALLOWED = _declare("origin_not_allowed", 403, "A browser origin not listed in VIEWER_ALLOWED_ORIGINS.")
 DATABASE_BUSY = _declare("database_busy", 503, "The database stayed locked past the busy timeout; retry.")
 DATABASE_CLOSED = _declare("database_closed", 503, "The server is shutting down.")
@@ -134,6 +137,16 @@ TASK_CONFLICT = _declare("task_conflict", 409, "The task state changed during th
 TASK_VERSION_CONFLICT = _declare("task_version_conflict", 409, "`expectedVersion` is not the stored version.")
 CHECKPOINT_NOT_FOUND = _declare("checkpoint_not_found", 404, "No checkpoint with that id in that scope.")
 WORKING_MEMORY_UNAVAILABLE = _declare("working_memory_unavailable", 503, "The Redis working-memory backend failed.")
+
+# -- capture and images ---------------------------------------------------------------------------------
+CAPTURE_INBOX_FULL = _declare(
+    "capture_inbox_full", 503, "Storing an event failed and the capture inbox is full; resend it later."
+)
+CAPTURE_EVENT_NOT_FOUND = _declare("capture_event_not_found", 404, "No event with that id in the capture inbox.")
+IMAGE_NOT_FOUND = _declare("image_not_found", 404, "No image with that id (sha256) in the image store.")
+IMAGE_EVICTED = _declare(
+    "image_evicted", 410, "The image store quota (AGENTMEMORY_IMAGE_STORE_MAX_BYTES) evicted this image's file."
+)
 
 # -- embeddings and imports ---------------------------------------------------------------------------
 EMBEDDING_FAILED = _declare("embedding_failed", 503, "The embedding provider failed; search answers with BM25.")

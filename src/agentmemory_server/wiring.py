@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from agentmemory_server.capture import antigravity, client_hooks, observe, sessions
+from agentmemory_server.capture import (
+    antigravity,
+    client_hooks,
+    image_store,
+    inbox,
+    observe,
+    retry,
+    sessions,
+)
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.runtime import Runtime, SubsystemFactory
@@ -40,7 +48,7 @@ from agentmemory_server.memory import (
     transfer,
 )
 from agentmemory_server.models import graph, llm, llm_steps
-from agentmemory_server.operations import diagnose, health, maintenance, overview, resources
+from agentmemory_server.operations import diagnose, health, maintenance, overview, resources, status, workers
 from agentmemory_server.retrieval import context, recall, timeline, vectors
 from agentmemory_server.working import service as working_service
 from agentmemory_server.working import tools as working_tools
@@ -49,6 +57,9 @@ FEATURE_MODULES: tuple[ModuleType, ...] = (
     health,
     sessions,
     observe,
+    inbox,
+    retry,
+    image_store,
     client_hooks,
     memories,
     transfer,
@@ -74,11 +85,16 @@ FEATURE_MODULES: tuple[ModuleType, ...] = (
     llm_steps,
     graph,
     overview,
+    status,
     maintenance,
 )
 registry.REGISTRY.order_by_module([module.__name__ for module in FEATURE_MODULES])
 
 SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
+    ("images", image_store.ImageStore),
+    ("capture", inbox.CaptureInbox),
+    ("capture_retry", retry.RetryWorker),
+    ("session_finalizer", sessions.SessionFinalizer),
     ("vectors", vectors.VectorService),
     ("lessons", lessons.LessonService),
     ("slots", slots.SlotService),
@@ -87,6 +103,7 @@ SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
     ("database", diagnose.DatabaseChecks),
     ("working_memory", working_service.WorkingMemory),
     ("llm", llm.LLMService),
+    ("background", workers.BackgroundStatus),
 )
 
 HOOKS = Hooks(
@@ -103,6 +120,7 @@ HOOKS = Hooks(
     remember=(relations.record_supersede_relation,),
     reindex=(maintenance.reembed_vectors,),
     context_blocks=(
+        ("memories", memories.memories_block),
         ("past_sessions", context.past_sessions),
         ("lessons", lessons.lessons_block),
         ("profile", profiles.profile_block),
@@ -111,6 +129,9 @@ HOOKS = Hooks(
 )
 
 
-def build_runtime(settings: Settings, *, clock: Clock | None = None, hooks: Hooks = HOOKS) -> Runtime:
-    """A runtime with every feature of this server (``hooks`` replaces the hook table, for tests)."""
-    return Runtime(settings, hooks=hooks, subsystems=SUBSYSTEMS, clock=clock)
+def build_runtime(
+    settings: Settings, *, clock: Clock | None = None, hooks: Hooks = HOOKS, role: str = "server"
+) -> Runtime:
+    """A runtime with every feature of this server (``hooks`` replaces the hook table, for tests;
+    ``role``: server, worker or tool, see ``kernel/background.py``)."""
+    return Runtime(settings, hooks=hooks, subsystems=SUBSYSTEMS, clock=clock, role=role)

@@ -1,6 +1,7 @@
 """The ``agentmemory`` command: run the server and administer its database.
 
     agentmemory serve [--host H] [--port P] [--threads N] [--dev]   run the server
+    agentmemory worker                                              run the background work (see AGENTMEMORY_BACKGROUND)
     agentmemory stats [--json]                                      counts, sizes, schema version
     agentmemory export [-o FILE] [--jsonl]                          everything as JSON (GET /export's format)
     agentmemory import FILE [--strategy S]                          merge (default) | skip | replace
@@ -56,7 +57,7 @@ def _progress(quiet: bool) -> maintenance.Progress:
 
 
 def _with_runtime(settings: Settings, work: Callable[[Runtime], Any]) -> Any:
-    rt = build_runtime(settings)
+    rt = build_runtime(settings, role="tool")
     try:
         return work(rt)
     finally:
@@ -68,6 +69,12 @@ def cmd_serve(settings: Settings, opts: argparse.Namespace) -> Any:
 
     server.announce_and_serve(settings, dev=opts.dev)
     return None
+
+
+def cmd_worker(settings: Settings, opts: argparse.Namespace) -> Any:
+    from agentmemory_server.adapters.worker import run_worker
+
+    return run_worker(settings, parent_pid=opts.parent_pid)
 
 
 def cmd_export(settings: Settings, opts: argparse.Namespace) -> Any:
@@ -318,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default III_REST_PORT / PORT or 3111)")
     serve.add_argument("--threads", type=int, help="gunicorn gthread threads")
     serve.set_defaults(run=cmd_serve)
+    worker = commands.add_parser(
+        "worker", help="run the background work (embeddings, model jobs, sweeps) at low priority"
+    )
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # set by the server that starts it
+    worker.set_defaults(run=cmd_worker)
     stats = commands.add_parser("stats", help="counts, sizes and schema version")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(run=cmd_stats)
@@ -366,7 +378,7 @@ def settings_for(opts: argparse.Namespace) -> Settings:
         overrides["db_path"] = str(Path(opts.db).expanduser())
     if opts.command == "serve":
         overrides.update({k: v for k in ("host", "port", "threads") if (v := getattr(opts, k))})
-    else:
+    elif opts.command != "worker":
         overrides["background_jobs"] = False  # an admin command does its work and exits
     return Settings.from_env(os.environ, **overrides)
 
@@ -378,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AppError, SettingsError, hf_sync.SyncError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 1))
-    if opts.command == "serve" or result is None:
+    if opts.command in ("serve", "worker"):
+        return int(result or 0)
+    if result is None:
         return 0
     if opts.command == "export" and opts.output in (None, "-"):
         print(json.dumps(result), file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Any
 
 from agentmemory_server.kernel import registry
 
-ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "503")
+ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "415", "503")
 _PATH_PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
 
 ERROR_SCHEMA = {
@@ -107,6 +107,9 @@ def tool_operation(tool: registry.Tool, route: registry.Route) -> dict[str, Any]
         op["requestBody"] = {"required": bool(body.get("required")), "content": _json(body)}
     success = {route.status, 200} | ({201} if route.method == "POST" else set())
     op["responses"] = _responses(success)
+    for media_type in tool.content:  # the same answer in another form (an image, an HTML page)
+        schema = {"type": "string", "format": "binary"} if media_type.startswith("image/") else {"type": "string"}
+        op["responses"][str(route.status)]["content"][media_type] = {"schema": schema}
     return op
 
 

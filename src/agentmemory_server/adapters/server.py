@@ -5,13 +5,16 @@ land in ``main``."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 from typing import Any
 
 from flask import Flask
 
+from agentmemory_server.adapters.supervisor import start_for
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.settings import Settings, SettingsError
@@ -22,7 +25,13 @@ log = logging.getLogger("agentmemory.http")
 def serve(settings: Settings, *, dev: bool = False) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if dev:
-        create_app(settings).run(host=settings.host, port=settings.port, threaded=True)
+        app = create_app(settings)
+        rt = app.extensions["agentmemory"]
+        supervisor = start_for(settings, rt)
+        try:
+            app.run(host=settings.host, port=settings.port, threaded=True)
+        finally:
+            _shutdown(rt, supervisor)
         return
     from gunicorn.app.base import BaseApplication
 
@@ -54,10 +63,14 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
             for key, value in options.items():
                 self.cfg.set(key, value)
             self.cfg.set("post_worker_init", _close_streams_on_term)
+            self.cfg.set("worker_exit", _on_worker_exit)
 
         def load(self) -> Flask:
-            # Built in the worker process, so the runtime's threads live where requests run.
-            return create_app(settings)
+            # Built in the worker process, so the runtime's threads live where requests run; the
+            # background worker process is started from here too (its parent is this process).
+            app = create_app(settings)
+            start_for(settings, app.extensions["agentmemory"])
+            return app
 
     GunicornServer().run()
 
@@ -76,9 +89,42 @@ def _close_streams_on_term(worker: Any) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
+def _shutdown(rt: Any, supervisor: Any) -> None:
+    """Stop the background worker, then close the runtime (saves the vector index)."""
+    if supervisor is not None:
+        supervisor.stop()
+    rt.close()
+
+
+def _on_worker_exit(_server: Any, worker: Any) -> None:
+    """When a worker exits (SIGTERM, SIGINT, a restart), stop its background worker and close its
+    runtime: jobs stop, subsystems close and the database checkpoints its WAL into the main file,
+    so the .db file alone holds everything after a clean stop."""
+    rt = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("agentmemory")
+    if rt is not None:
+        _shutdown(rt, getattr(rt, "supervisor", None))
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether binding ``host:port`` fails because something already listens there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
 def announce_and_serve(settings: Settings, *, dev: bool = False) -> None:
     """Check the settings that can stop a start-up (auth off on a public interface) before
     anything binds, print where the server listens and where its token is, then serve."""
+    if port_in_use(settings.host, settings.port):
+        raise SettingsError(
+            f"port {settings.port} on {settings.host} is already in use (another agentmemory server?); "
+            "stop it or choose another port with --port or PORT"
+        )
     chosen = bool(settings.secret)
     settings = auth.resolve(settings)  # creates the token file once, before gunicorn forks
     token = (

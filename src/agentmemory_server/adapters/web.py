@@ -117,6 +117,8 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
         "thread_class": ReaderThread,
     }
     allowed_origins = parse_allowed(rt.settings.viewer_allowed_origins)
+    if rt.activity is not None:  # the background worker backs off while requests are served
+        _count_activity(app, rt.activity)
     app.before_request(lambda: _guard(rt, allowed_origins))
     app.after_request(lambda response: _security_headers(response, allowed_origins))
     _register_error_handlers(app)
@@ -133,6 +135,22 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     _register_viewer(app, rt)
     _register_openapi(app, rt)
     return app
+
+
+def _count_activity(app: Flask, board: Any) -> None:
+    """Requests in flight on the activity board; an open viewer WebSocket is not a request."""
+
+    def begin() -> None:
+        if not _is_upgrade():
+            board.begin()
+            g.activity_counted = True
+
+    def end(_exc: BaseException | None) -> None:
+        if g.pop("activity_counted", False):
+            board.end()
+
+    app.before_request(begin)
+    app.teardown_request(end)
 
 
 def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
@@ -160,6 +178,7 @@ def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
         rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
         raise
     g.stream_authenticated = True
+    _require_json_body()
     return None
 
 
@@ -170,6 +189,26 @@ def body_limit(settings: Settings, path: str) -> int:
     if path.startswith(HOOKS_PATH):
         return settings.hook_max_body_bytes
     return settings.max_body_bytes
+
+
+def _require_json_body() -> None:
+    """Upstream 0.9.30: a write with a body must say it is JSON. A browser can send a "simple"
+    cross-site request (form or text/plain, no preflight) to a local server; it cannot send
+    application/json without asking first."""
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+        return
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if not (request.content_length or chunked):
+        return
+    mimetype = request.mimetype or ""
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        return
+    discard_body()
+    raise AppError(
+        f"send the body as 'Content-Type: application/json' (got {mimetype or 'no Content-Type'!r})",
+        code=errors.UNSUPPORTED_MEDIA_TYPE,
+        status=415,
+    )
 
 
 def _security_headers(response: Response, allowed_origins: tuple[str, ...]) -> Response:
@@ -212,10 +251,63 @@ def _tool_view(rt: Runtime, tool: Tool, default_status: int):
         args.update(path_args)
         result = registry.call(Ctx(rt, source="rest"), tool.name, args)
         data, status = registry.unwrap(result)
+        content = result.content if isinstance(result, registry.Reply) else None
+        if content is not None and (not content[1].startswith("text/html") or prefers_html()):
+            return _content_response(content, status or default_status)
         return respond(data, status or default_status)
 
     view.__name__ = f"view_{tool.name}"
     return view
+
+
+def prefers_html() -> bool:
+    """Whether the client asked for HTML (a browser's Accept, or ``?format=html``)."""
+    if request.args.get("format"):
+        return request.args["format"].lower() == "html"
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html" and request.accept_mimetypes["text/html"] > request.accept_mimetypes["application/json"]
+
+
+def _content_response(content: tuple[bytes | str, str], status: int) -> Response:
+    body, mimetype = content
+    response = Response(body, status=status, mimetype=mimetype)
+    if mimetype.startswith("text/html"):
+        nonce = secrets.token_urlsafe(18)
+        response.set_data(response.get_data(as_text=True).replace(NONCE_MARK, nonce))
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'none'; style-src 'nonce-{nonce}'; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'"
+        )
+    return response
+
+
+# A body over the limit is still read (and thrown away) up to this many bytes before the 413 is
+# sent: a client that is still sending when the server answers and closes sees a reset
+# connection (EPIPE) instead of the answer. Past it the connection is closed after the answer.
+DISCARD_LIMIT = 256 * 1024 * 1024
+DISCARD_CHUNK = 1 << 16
+
+
+def discard_body(limit: int = DISCARD_LIMIT) -> bool:
+    """Read and drop what is left of the request body (at most ``limit`` bytes); True when the
+    whole body was read, so the connection can stay open."""
+    stream = request.environ.get("wsgi.input")
+    if stream is None:
+        return True
+    remaining = request.content_length
+    read = 0
+    while read < limit:
+        want = DISCARD_CHUNK if remaining is None else min(DISCARD_CHUNK, remaining - read)
+        if want <= 0:
+            return True
+        try:
+            chunk = stream.read(want)
+        except (OSError, ValueError):
+            return False
+        if not chunk:
+            return True
+        read += len(chunk)
+    return False
 
 
 # HTTP-level refusals (routing, body limits) and the catalogue code each one gets.
@@ -262,7 +354,11 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        return render_error(_http_error_body(exc))
+        drained = discard_body() if exc.code == 413 else True
+        response = render_error(_http_error_body(exc))
+        if not drained:
+            response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(sqlite3.OperationalError)
     def _db_busy(exc: sqlite3.OperationalError) -> Response:

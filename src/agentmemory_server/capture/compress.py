@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any
 
+from agentmemory_server.capture.describe import describe
 from agentmemory_server.kernel.util import stringify, truncate
 
 OBSERVATION_TYPES = (
@@ -149,6 +150,8 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         title = tool_name or hook_type
     parts = [prompt, input_text, stringify(f["toolOutput"]), stringify(f["message"])]
     narrative = " | ".join(p for p in parts if p)
+    if tool_name and not prompt:
+        title, narrative = describe(tool_name, f["toolInput"], f["toolOutput"], failed=hook_type == "post_tool_failure")
     if not narrative and data not in (None, "", {}):
         narrative = stringify(data)
 

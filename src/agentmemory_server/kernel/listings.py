@@ -3,8 +3,12 @@ tools and blocks of several features. Each is one indexed query plus its count."
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from typing import Any
 
+from agentmemory_server.errors import InvalidInput
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, obs_scope
 from agentmemory_server.storage.interfaces import UnitOfWork, Where, equal
 
@@ -58,3 +62,24 @@ def memories_page(
 def session_ids_with(store: UnitOfWork, **fields: Any) -> list[str]:
     """Ids of the sessions whose fields equal the given values (e.g. ``project=...``)."""
     return store.records.keys_where(SESSIONS, equal(**fields))
+
+
+def encode_cursor(value: Any, key: str) -> str:
+    """An opaque keyset cursor: the (sort value, key) of the last row of a page."""
+    return base64.urlsafe_b64encode(json.dumps([value, key], separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[Any, str]:
+    """The position a cursor from ``encode_cursor`` stands for.
+
+    :raise InvalidInput: the text is not such a cursor.
+    """
+    try:
+        value, key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(key, str):
+            raise ValueError(key)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidInput(
+            "'cursor' is not a cursor this server gave out (use nextCursor as it is)", field="cursor"
+        ) from None
+    return value, key

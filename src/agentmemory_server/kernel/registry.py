@@ -140,10 +140,15 @@ class Route:
 
 @dataclass(frozen=True)
 class Reply:
-    """A handler result with an HTTP status other than the route's default."""
+    """A handler result with an HTTP status other than the route's default.
+
+    ``content`` is ``(body, mimetype)`` for REST routes that answer something other than JSON:
+    bytes (an image) always replace ``data`` there; ``text/html`` does when the client prefers
+    HTML (``Accept`` or ``?format=html``). Every other transport gets ``data``."""
 
     data: Any
     status: int = 200
+    content: tuple[bytes | str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,7 @@ class Tool:
     routes: tuple[Route, ...] = ()
     mcp: bool = True
     core: bool = False
+    content: tuple[str, ...] = ()  # media types a REST answer may have besides JSON (see Reply)
     validator: Any = field(default=None, compare=False, repr=False)
 
 
@@ -236,8 +242,10 @@ def tool(
     mcp: bool = True,
     core: bool = False,
     description: str | None = None,
+    content: tuple[str, ...] = (),
 ) -> Callable:
-    """Register ``fn(ctx, args)`` as a tool. ``http`` items are (method, path[, status]).
+    """Register ``fn(ctx, args)`` as a tool. ``http`` items are (method, path[, status]);
+    ``content`` lists media types its REST answer may have besides JSON (``Reply.content``).
     The description defaults to the first paragraph of the docstring."""
 
     def register(fn: Callable) -> Callable:
@@ -245,7 +253,18 @@ def tool(
         if not doc:
             raise ValueError(f"tool {name!r} needs a description")
         routes = tuple(Route(*item) for item in http)
-        REGISTRY.add(Tool(name=name, description=doc, schema=schema, handler=fn, routes=routes, mcp=mcp, core=core))
+        REGISTRY.add(
+            Tool(
+                name=name,
+                description=doc,
+                schema=schema,
+                handler=fn,
+                routes=routes,
+                mcp=mcp,
+                core=core,
+                content=content,
+            )
+        )
         return fn
 
     return register

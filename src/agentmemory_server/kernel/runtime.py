@@ -18,13 +18,15 @@ runtimes as they like, each on its own file.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from agentmemory_server import __version__
-from agentmemory_server.kernel import auth
+from agentmemory_server.kernel import auth, background
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
@@ -41,12 +43,23 @@ SubsystemFactory = Callable[["Runtime"], Any]
 
 
 class Jobs:
-    """Periodic background jobs on one daemon thread; a failing job is logged, never fatal."""
+    """Periodic background jobs on one daemon thread; a failing job is logged, never fatal.
 
-    def __init__(self) -> None:
+    With ``claim`` (the runtime passes one backed by the database) a due run must be claimed
+    first, so however many workers run, each run happens once per database, and a restart
+    neither repeats a run nor forgets the schedule. ``run_now`` runs a job here without asking."""
+
+    POLL_SECONDS = 0.5
+
+    def __init__(
+        self,
+        claim: Callable[[str, float], bool] | None = None,
+        done: Callable[[str, str | None], None] | None = None,
+    ) -> None:
         self._jobs: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._claim, self._done = claim, done
 
     def every(self, seconds: float, name: str, fn: Callable[[], Any]) -> None:
         self._jobs.append(
@@ -54,7 +67,7 @@ class Jobs:
                 "name": name,
                 "every": seconds,
                 "fn": fn,
-                "next": time.monotonic() + seconds,
+                "next": time.monotonic() + min(seconds, 60.0),
                 "runs": 0,
                 "errors": 0,
                 "lastError": None,
@@ -67,20 +80,38 @@ class Jobs:
             self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._stop.wait(self.POLL_SECONDS):
             for job in self._jobs:
                 if time.monotonic() >= job["next"]:
-                    self.run(job)
+                    self._due(job)
+
+    def _due(self, job: dict[str, Any]) -> None:
+        # Ask the database again within a minute at most: another worker may own the schedule.
+        job["next"] = time.monotonic() + min(job["every"], 60.0)
+        try:
+            claimed = self._claim is None or self._claim(job["name"], job["every"])
+        except Exception:  # noqa: BLE001 - a database hiccup: try at the next poll
+            log.exception("claiming background job %s failed", job["name"])
+            return
+        if claimed:
+            self.run(job)
 
     def run(self, job: dict[str, Any]) -> None:
+        error = None
         try:
             job["fn"]()
             job["runs"] += 1
         except Exception as exc:  # noqa: BLE001 - a job must not kill the scheduler
             job["errors"] += 1
-            job["lastError"] = str(exc)[:300]
+            job["lastError"] = error = str(exc)[:300]
             log.exception("background job %s failed", job["name"])
-        job["next"] = time.monotonic() + job["every"]
+        if self._claim is None:
+            job["next"] = time.monotonic() + job["every"]
+        if self._done is not None:
+            try:
+                self._done(job["name"], error)
+            except Exception:  # noqa: BLE001
+                log.exception("recording background job %s failed", job["name"])
 
     def run_now(self, name: str) -> None:
         for job in self._jobs:
@@ -89,6 +120,10 @@ class Jobs:
 
     def status(self) -> list[dict[str, Any]]:
         return [{k: j[k] for k in ("name", "every", "runs", "errors", "lastError")} for j in self._jobs]
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         self._stop.set()
@@ -103,6 +138,8 @@ class Runtime:
     :param hooks: the extension points and their order (``wiring.HOOKS``).
     :param subsystems: ``(name, factory)`` pairs built in order after the database opens.
     :param clock: injectable time source.
+    :param role: ``server`` (serves requests), ``worker`` (``agentmemory worker``: runs the
+        background loops) or ``tool`` (an admin command: no loops). See ``kernel/background.py``.
     """
 
     def __init__(
@@ -112,32 +149,54 @@ class Runtime:
         hooks: Hooks | None = None,
         subsystems: Iterable[tuple[str, SubsystemFactory]] = (),
         clock: Clock | None = None,
+        role: str = "server",
     ):
+        if role not in background.ROLES:
+            raise ValueError(f"unknown runtime role {role!r}")
         self.settings = auth.resolve(settings)  # the token every transport enforces (None: auth off)
         self.hooks = hooks or Hooks()
         self.clock = clock or Clock()
         self.version = VERSION
+        self.role = role
+        self.runs_background = background.runs_loops(settings.background, settings.background_jobs, role)
         self.started_at = time.time()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{int(self.started_at)}"
         self.db = open_database(
             settings.database_path,
             now=self.clock.iso,
             record_indexes=RECORD_INDEXES,
             lexical_engine=settings.lexical_engine,
             lexical_weights=TEXT_WEIGHTS,
-            background=settings.background_jobs,
+            # Derived indexes are kept up to date by request processes: a worker at the lowest
+            # priority holding Tantivy's writer lock would leave searches a growing pending tail.
+            background=settings.background_jobs and role == "server",
         )
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
         )
-        self.jobs = Jobs()
+        # Request-serving processes post their load on the board the background worker reads.
+        self.activity = (
+            background.ActivityBoard(settings.database_path) if role == "server" and settings.background_jobs else None
+        )
+        self.jobs = Jobs(claim=self._claim_periodic, done=self._periodic_done)
+        self.supervisor: Any = None  # the background worker's supervisor, when this server started one
         self.denials = auth.Denials()
         self.services: dict[str, Any] = {}
         for name, factory in subsystems:
             if name in self.services:
                 raise ValueError(f"duplicate subsystem {name!r}")
             self.services[name] = factory(self)
-        if settings.background_jobs:
+        if self.runs_background:
             self.jobs.start()
+
+    def _claim_periodic(self, name: str, every: float) -> bool:
+        now = time.time()
+        with self.db.transaction("periodic_claim") as tx:
+            return tx.jobs.claim_periodic(name, now, now + every, self.worker_id)
+
+    def _periodic_done(self, name: str, error: str | None) -> None:
+        with self.db.transaction("periodic_done") as tx:
+            tx.jobs.periodic_done(name, time.time(), error)
 
     def every(self, seconds: float, name: str, fn: Callable[[], Any]) -> None:
         self.jobs.every(seconds, name, fn)
@@ -170,6 +229,8 @@ class Runtime:
 
     def close(self) -> None:
         self.jobs.stop()
+        if self.activity is not None:
+            self.activity.close()
         for service in reversed(list(self.services.values())):
             close = getattr(service, "close", None)
             if callable(close):

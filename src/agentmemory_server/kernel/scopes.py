@@ -61,7 +61,7 @@ SCOPES: tuple[ScopeDoc, ...] = (
         SESSIONS,
         "session id",
         "Session: id, project, cwd, startedAt, updatedAt, endedAt?, status, observationCount, "
-        "agentId?, title?, firstPrompt?",
+        "agentId?, title?, firstPrompt?, finalizeAfter? (idle finalizer due time), reopenedAt?, reopens?",
     ),
     ScopeDoc(
         OBSERVATIONS_PREFIX + "{sessionId}",
@@ -69,7 +69,9 @@ SCOPES: tuple[ScopeDoc, ...] = (
         "Observation: id, sessionId, timestamp, hookType, project, cwd, eventId, agentId?, type, title, "
         "subtitle?, facts, narrative, concepts, files, importance, confidence, toolName?, contentHash? (tool "
         "events: fingerprint of tool, input and output), method? and compressedAt? (model compression), raw "
-        "(stripped hook data)",
+        "(stripped hook data, images replaced by placeholders), originalHookType? (an unknown hook stored as "
+        "`other`), images? [{id (sha256), mime, bytes, field}], imageRef?, modality? (`image`/`mixed`), "
+        "truncated? {fields, chars}",
     ),
     ScopeDoc(
         MEMORIES,
@@ -178,12 +180,22 @@ SCOPES: tuple[ScopeDoc, ...] = (
 RECORD_INDEXES: tuple[RecordIndex, ...] = (
     RecordIndex(SESSIONS, ("startedAt",)),
     RecordIndex(SESSIONS, ("project", "startedAt")),  # a project's sessions, newest first (context, /sessions)
+    RecordIndex(SESSIONS, ("status", "finalizeAfter")),  # the idle finalizer's due sessions
     RecordIndex(MEMORIES, ("updatedAt",)),
     RecordIndex(MEMORIES, ("isLatest", "updatedAt")),  # GET /memories?latest and its count
     RecordIndex(MEMORIES, ("project", "updatedAt")),
     RecordIndex(MEMORIES, ("forgetAfter",)),
+    # GET /memories: newest first by creation (an immutable field, so a keyset cursor never
+    # skips or repeats a memory that changed while a client paged), alone or by latest/project.
+    RecordIndex(MEMORIES, ("createdAt",)),
+    RecordIndex(MEMORIES, ("isLatest", "createdAt")),
+    RecordIndex(MEMORIES, ("project", "createdAt")),
+    RecordIndex(OBSERVATIONS_PREFIX, ("timestamp",), prefix=True),  # a session's observations in order
+    RecordIndex(OBSERVATIONS_PREFIX, ("importance",), prefix=True),  # its most important (context)
     RecordIndex(LESSONS, ("confidence",)),  # the context block's most confident lessons
     RecordIndex(LESSONS, ("project", "confidence")),
     RecordIndex(RELATIONS, ("sourceId",)),
     RecordIndex(RELATIONS, ("targetId",)),
+    RecordIndex(GRAPH_EDGES, ("sourceNodeId",)),  # GET /graph/node
+    RecordIndex(GRAPH_EDGES, ("targetNodeId",)),
 )

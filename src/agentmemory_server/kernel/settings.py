@@ -99,9 +99,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_body_bytes",
         ("AGENTMEMORY_MAX_BODY_BYTES",),
-        1_048_576,
+        16_777_216,
         _positive_int,
-        "Largest accepted request body (413 above it).",
+        "Largest accepted request body; a bigger one is read (up to 256 MiB) and answered with a JSON 413 "
+        "naming this setting. Oversized fields of accepted bodies are cut, never refused "
+        "(AGENTMEMORY_MAX_FIELD_CHARS).",
+    ),
+    Setting(
+        "max_field_chars",
+        ("AGENTMEMORY_MAX_FIELD_CHARS",),
+        65_536,
+        _positive_int,
+        "A text field of a hook payload, observation or memory longer than this is cut, with a marker "
+        "saying how much was cut (counted in GET /capture); the record is always stored.",
     ),
     Setting(
         "max_import_bytes",
@@ -144,7 +154,16 @@ SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_BACKGROUND_JOBS",),
         True,
         _bool,
-        "Run timers (decay sweeps, embedding backlog, expiry sweeps) in the server.",
+        "Run background work at all (embedding backlog, LLM jobs, decay and expiry sweeps); `false` leaves it queued.",
+    ),
+    Setting(
+        "background",
+        ("AGENTMEMORY_BACKGROUND",),
+        "process",
+        _choice("process", "external", "inline"),
+        "Where background work runs: `process` = a low-priority worker process the server starts "
+        "and restarts (`agentmemory worker`); `external` = you run `agentmemory worker` yourself "
+        "(one per machine); `inline` = threads inside the server process.",
     ),
     Setting(
         "antigravity_dir",
@@ -295,6 +314,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Output dimensionality requested from Gemini (the local model is always 384).",
     ),
     Setting(
+        "local_model",
+        ("AGENTMEMORY_LOCAL_MODEL",),
+        "minilm-l6",
+        _choice("minilm-l6", "minilm-l3", "minilm-l3-int8"),
+        "Bundled model of the `local` provider: `minilm-l6` (all-MiniLM-L6-v2 int8), `minilm-l3` "
+        "(paraphrase-MiniLM-L3-v2, faster, weaker), `minilm-l3-int8` (the same quantised on first use; "
+        "needs the `onnx` package). Changing it re-embeds every record in the background.",
+    ),
+    Setting(
+        "embed_threads",
+        ("AGENTMEMORY_EMBED_THREADS",),
+        0,
+        _non_negative_int,
+        "Threads the background embedder uses (0 = every core; it runs at the lowest priority and "
+        "backs off while requests are served).",
+    ),
+    Setting(
+        "embed_max_tokens",
+        ("AGENTMEMORY_EMBED_MAX_TOKENS",),
+        0,
+        _non_negative_int,
+        "Tokens of a record the local model reads (0 = the model's default: 128).",
+    ),
+    Setting(
         "embed_batch_size",
         ("AGENTMEMORY_EMBED_BATCH",),
         32,
@@ -361,6 +404,83 @@ SETTINGS: tuple[Setting, ...] = (
         "Eviction keeps at most this many observations per project (lowest importance, then oldest, go first).",
     ),
     *LLM_SETTINGS,
+    # -- capture (capture/observe.py, capture/inbox.py, capture/images.py, capture/sessions.py)
+    Setting(
+        "capture_allow",
+        ("AGENTMEMORY_CAPTURE_ALLOW",),
+        "",
+        str,
+        "Only tools matching these names are captured (comma or space separated, `*` globs; "
+        "`mcp__server__tool` also matches by its last part). Set, it replaces every deny rule.",
+    ),
+    Setting(
+        "capture_deny",
+        ("AGENTMEMORY_CAPTURE_DENY",),
+        "",
+        str,
+        "Tools never captured, besides the built-in `memory_*`, `toolsearch`, `listmcpresources`, "
+        "`fetchmcpresource`. A refused event is kept in the capture inbox as `filtered` (GET /capture).",
+    ),
+    Setting(
+        "capture_output_max",
+        ("AGENTMEMORY_CAPTURE_OUTPUT_MAX",),
+        8000,
+        _positive_int,
+        "A tool's output (tool_output / tool_response / tool_result) is cut to this many characters "
+        "with a `[...truncated]` marker, as upstream's hooks do.",
+    ),
+    Setting(
+        "capture_max_attempts",
+        ("AGENTMEMORY_CAPTURE_MAX_ATTEMPTS",),
+        5,
+        _positive_int,
+        "Attempts to store a hook event whose processing failed before it becomes a dead letter.",
+    ),
+    Setting(
+        "capture_retry_interval_ms",
+        ("AGENTMEMORY_CAPTURE_RETRY_INTERVAL_MS",),
+        10_000,
+        _positive_int,
+        "First retry delay of a failed hook event (doubles per attempt, at most 15 minutes).",
+    ),
+    Setting(
+        "capture_inbox_max",
+        ("AGENTMEMORY_CAPTURE_INBOX_MAX",),
+        10_000,
+        _positive_int,
+        "Hook events waiting for a retry; when full, a failing event gets 503 (hooks keep it and resend).",
+    ),
+    Setting(
+        "capture_dead_max",
+        ("AGENTMEMORY_CAPTURE_DEAD_MAX",),
+        1000,
+        _positive_int,
+        "Dead letters and filtered events kept each (the oldest go first).",
+    ),
+    Setting(
+        "finalize_idle_ms",
+        ("AGENTMEMORY_FINALIZE_IDLE_MS",),
+        120_000,
+        _positive_int,
+        "A session whose turn ended (`/session/end` with `final:false`, upstream's Stop hook) is "
+        "completed once it has been idle this long; a new observation reopens a completed session.",
+    ),
+    Setting(
+        "image_store_max_bytes",
+        ("AGENTMEMORY_IMAGE_STORE_MAX_BYTES",),
+        524_288_000,
+        _positive_int,
+        "Quota of the image store (`images/` beside the database). Above it the oldest images are "
+        "evicted (their records keep the reference and say so); unreferenced images go after 30 s.",
+    ),
+    Setting(
+        "import_root",
+        ("AGENTMEMORY_IMPORT_ROOT",),
+        None,
+        _optional_str,
+        "The only directory (besides the data directory) from which the server reads a file a client "
+        "names, such as an `image_path` in a hook payload. Unset: only the data directory.",
+    ),
     # -- live stream and viewer (events.py, app.py, live.py)
     Setting(
         "max_viewers",

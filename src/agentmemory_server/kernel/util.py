@@ -96,6 +96,21 @@ def truncate(text: str, limit: int) -> str:
     return cut + "…"
 
 
+def cut_with_marker(text: str, limit: int, marker: str) -> str:
+    """``text`` cut so that it ends with ``marker`` and is at most ``limit`` characters."""
+    return marker[:limit] if limit <= len(marker) else text[: limit - len(marker)] + marker
+
+
+def cut_text(text: str, limit: int) -> tuple[str, int]:
+    """``text`` within ``limit`` characters, ending with a marker saying how much was cut (and
+    which setting to raise); returns the text and the number of characters removed."""
+    if len(text) <= limit:
+        return text, 0
+    cut = len(text) - limit
+    marker = f"\n[...truncated {cut} characters: AGENTMEMORY_MAX_FIELD_CHARS]"
+    return cut_with_marker(text, limit, marker), cut
+
+
 def stringify(value: Any) -> str:
     """Text form of a hook field: strings as they are, everything else as compact JSON."""
     if value is None:

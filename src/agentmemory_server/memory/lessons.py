@@ -22,6 +22,7 @@ from agentmemory_server.kernel.registry import (
     PROJECT,
     Ctx,
     Reply,
+    anything,
     array,
     boolean,
     integer,
@@ -178,7 +179,18 @@ def sweep_decay(ctx: Ctx, *, dry_run: bool = False) -> dict[str, Any]:
 # -- tools ---------------------------------------------------------------------------------------------
 
 _TAGS = array(string(max_length=200), "Tags (array or comma-separated)", max_items=50)
-_CONFIDENCE = number("Starting confidence 0-1 (default 0.5)", minimum=0, maximum=1)
+_CONFIDENCE = anything("Starting confidence 0-1 (anything else, as upstream: 0.5)")
+
+
+def starting_confidence(value: Any) -> float | None:
+    """upstream's rule (U§4.5): a number within [0, 1] is kept, anything else means the default."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if 0.0 <= number <= 1.0 else None
 
 
 @tool(
@@ -188,7 +200,7 @@ _CONFIDENCE = number("Starting confidence 0-1 (default 0.5)", minimum=0, maximum
         content=string("The lesson, one rule in plain words", max_length=10_000),
         context=string("When or why it applies", min_length=0, max_length=10_000),
         confidence=_CONFIDENCE,
-        project=PROJECT,
+        project=string("Project name (trimmed; blank means none)", max_length=512, min_length=None),
         tags=_TAGS,
         source=string("Where it came from", enum=SOURCES, default="manual"),
         sourceIds=array(string(max_length=256), "Records it was learned from", max_items=200),
@@ -202,8 +214,8 @@ def memory_lesson_save(ctx: Ctx, args: dict) -> Reply:
         ctx,
         content=args["content"],
         context_text=args.get("context", ""),
-        confidence=args.get("confidence"),
-        project=args.get("project"),
+        confidence=starting_confidence(args.get("confidence")),
+        project=(args.get("project") or "").strip() or None,
         tags=args.get("tags"),
         source=args["source"],
         source_ids=args.get("sourceIds"),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
+from xml.sax.saxutils import escape
 
 from agentmemory_server import errors
 from agentmemory_server.errors import InvalidInput, NotFound
 from agentmemory_server.kernel import listings
 from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
+from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import (
     AGENT_ID,
@@ -16,6 +19,7 @@ from agentmemory_server.kernel.registry import (
     SESSION_ID,
     Ctx,
     Reply,
+    anything,
     array,
     boolean,
     integer,
@@ -24,37 +28,74 @@ from agentmemory_server.kernel.registry import (
     tool,
 )
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, obs_scope
-from agentmemory_server.kernel.util import iso, jaccard, new_id, truncate
+from agentmemory_server.kernel.util import cut_text, iso, jaccard, new_id, truncate
 from agentmemory_server.retrieval import search
+from agentmemory_server.storage.interfaces import equal
 
+log = logging.getLogger("agentmemory.memories")
 MEMORY_TYPES = ("pattern", "preference", "architecture", "bug", "workflow", "fact")
 SUPERSEDE_THRESHOLD = 0.7
 # Supersede candidates come from the search index (a near-duplicate shares most terms, so it
-# ranks high); comparing against this many keeps remember O(1) in the number of memories.
-SUPERSEDE_CANDIDATES = 50
+# ranks high); comparing against this many keeps remember O(1) in the number of memories. The
+# query is the content's first distinct words: a near-duplicate (Jaccard > 0.7) holds most of
+# them, and a longer OR query only costs the engine time.
+SUPERSEDE_CANDIDATES = 20
+SUPERSEDE_QUERY_WORDS = 32
 # Run inside remember's transaction once a memory is written: hook(ctx, tx, memory, superseded).
 # relations.py records the `supersedes` relation here.
 
-_LIST = array(string(max_length=1024), max_items=200)
+_IDS = array(string(max_length=1024, min_length=None), max_items=200)
 REMEMBER = params(
     ["content"],
-    content=string("What to remember", max_length=100_000),
-    type=string("Kind of memory", enum=MEMORY_TYPES, default="fact"),
+    content=string("What to remember (cut past AGENTMEMORY_MAX_FIELD_CHARS, with a marker)", max_length=16_777_216),
+    type=string(
+        "Kind of memory: " + ", ".join(MEMORY_TYPES) + " (anything else is stored as fact, as upstream does)",
+        max_length=200,
+        default="fact",
+        min_length=None,
+    ),
     title=string("Title (default: the first 80 characters)", max_length=200),
     concepts=array(string(max_length=200), "Concepts (array or comma-separated)", max_items=100),
     files=array(string(max_length=1024), "Files (array or comma-separated)", max_items=200),
-    ttlDays=integer("Forget after this many days", minimum=1, maximum=36_500),
-    sourceObservationIds=_LIST,
+    ttlDays=anything("Forget after this many days (ignored unless a positive number)"),
+    sourceObservationIds=_IDS,
     sessionId=SESSION_ID,
-    project=PROJECT,
-    agentId=string("Agent that owns the memory", max_length=128),
+    project=string("Project name (trimmed; blank means none)", max_length=512, min_length=None),
+    agentId=string("Agent that owns the memory (trimmed, at most 128 characters kept)", max_length=4096),
 )
+
+
+def coerce_remember(args: dict[str, Any], field_max: int) -> dict[str, Any]:
+    """upstream's rules for a memory's arguments (U§4.4), applied before anything is stored:
+    a type outside the six is ``fact``; the project is trimmed and a blank one is none; a
+    ``ttlDays`` that is not a positive number is ignored; empty source ids are dropped; the agent
+    id is trimmed and cut to 128 characters; content past the field limit is cut with a marker."""
+    out = dict(args)
+    out["type"] = args.get("type") if args.get("type") in MEMORY_TYPES else "fact"
+    out["project"] = (args.get("project") or "").strip() or None
+    out["ttlDays"] = _positive_number(args.get("ttlDays"))
+    out["sourceObservationIds"] = [i for i in args.get("sourceObservationIds") or [] if isinstance(i, str) and i]
+    out["agentId"] = (args.get("agentId") or "").strip()[:128] or None
+    out["content"], cut = cut_text(args["content"], field_max)
+    out["truncatedChars"] = cut
+    return out
+
+
+def _positive_number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if 0 < number <= 36_500 else None
 
 
 def _supersede_target(tx, content: str, project: str | None, agent: str | None) -> dict[str, Any] | None:
     """The latest memory this one replaces: Jaccard > 0.7 within the same project (a memory with
     no project matches any project, as upstream) and, with isolated agents, the same agent."""
-    hits = search.bm25(tx, content[:2000], limit=SUPERSEDE_CANDIDATES, filters={"kinds": ["memory"], "agent_id": agent})
+    query = " ".join(list(dict.fromkeys(content.lower().split()))[:SUPERSEDE_QUERY_WORDS])
+    hits = search.bm25(tx, query, limit=SUPERSEDE_CANDIDATES, filters={"kinds": ["memory"], "agent_id": agent})
     best, best_score = None, SUPERSEDE_THRESHOLD
     for _hit, mem in search.hydrate(tx, hits):
         if mem.get("isLatest") is False:
@@ -71,13 +112,14 @@ def _supersede_target(tx, content: str, project: str | None, agent: str | None) 
 def memory_save(ctx: Ctx, args: dict) -> Reply:
     """Save a long-term memory; a near-duplicate in the same project becomes its new version."""
     rt = ctx.rt
+    args = coerce_remember(args, rt.settings.max_field_chars)
     content = strip_text(args["content"]).strip()
     if not content:
         raise InvalidInput("'content' must not be blank", field="content")
     now_dt = rt.clock.now()
     now = rt.clock.iso()
-    project = (args.get("project") or "").strip() or None
-    agent = stamp_agent(ctx, args.get("agentId"))
+    project = args["project"]
+    agent = stamp_agent(ctx, args["agentId"])
     memory: dict[str, Any] = {
         "id": new_id("mem"),
         "createdAt": now,
@@ -99,7 +141,7 @@ def memory_save(ctx: Ctx, args: dict) -> Reply:
     ):
         if value:
             memory[key] = value
-    if args.get("ttlDays"):
+    if args["ttlDays"]:
         memory["forgetAfter"] = iso(now_dt + timedelta(days=args["ttlDays"]))
     with rt.db.transaction("remember", agent_id=agent) as tx:
         old = _supersede_target(tx, content, project, agent_filter(ctx))
@@ -117,7 +159,10 @@ def memory_save(ctx: Ctx, args: dict) -> Reply:
         if old is not None:  # the superseded version changed too (isLatest, supersededBy)
             tx.after_commit(lambda: rt.publish("memory", old))
         tx.after_commit(lambda: rt.publish("memory", memory))
-    return Reply({"success": True, "memory": memory, "superseded": old["id"] if old else None}, 201)
+    reply: dict[str, Any] = {"success": True, "memory": memory, "superseded": old["id"] if old else None}
+    if args["truncatedChars"]:
+        reply["truncated"] = {"fields": ["content"], "chars": args["truncatedChars"]}
+    return Reply(reply, 201)
 
 
 @tool("agent_remember", REMEMBER)
@@ -133,28 +178,38 @@ def agent_remember(ctx: Ctx, args: dict) -> Reply:
         project=PROJECT,
         agentId=AGENT_ID,
         limit=integer("Page size", minimum=1, maximum=5000, default=100),
-        offset=integer("Rows to skip", minimum=0, maximum=10_000_000, default=0),
+        cursor=string("nextCursor of the previous page", max_length=1000),
+        offset=integer("Rows to skip (without a cursor)", minimum=0, maximum=10_000_000, default=0),
+        count=boolean("Also count every match (the first page always does)", default=False),
     ),
     http=[("GET", "/memories")],
     mcp=False,
 )
 def memories_list(ctx: Ctx, args: dict) -> dict:
-    """List memories, most recently updated first."""
-    items, total = listings.memories_page(
-        ctx.rt.db.reader(),
+    """List memories newest first (by creation). Page with ``cursor`` = the previous page's
+    ``nextCursor`` (each page costs the same at any depth); ``offset`` still works."""
+    store = ctx.rt.db.reader()
+    where = equal(
         project=args.get("project"),
-        agent_id=agent_filter(ctx, args.get("agentId")),
-        latest_only=args["latest"],
-        limit=args["limit"],
-        offset=args["offset"],
+        agentId=agent_filter(ctx, args.get("agentId")),
+        isLatest=True if args["latest"] else None,
     )
-    return {
-        "memories": items,
-        "total": total,
+    before = listings.decode_cursor(args["cursor"]) if args.get("cursor") else None
+    offset = 0 if before is not None else args["offset"]
+    pairs = store.records.newest(MEMORIES, where, by="createdAt", before=before, limit=args["limit"] + 1, offset=offset)
+    more = len(pairs) > args["limit"]
+    page = [value for _key, value in pairs[: args["limit"]]]
+    last = pairs[args["limit"] - 1] if more else None
+    body: dict[str, Any] = {
+        "memories": page,
+        "nextCursor": listings.encode_cursor(last[1].get("createdAt"), last[0]) if last else None,
+        "hasMore": more,
         "offset": args["offset"],
         "limit": args["limit"],
-        "hasMore": args["offset"] + len(items) < total,
     }
+    if before is None or args["count"]:
+        body["total"] = store.records.count_where(MEMORIES, where)
+    return body
 
 
 @tool(
@@ -184,8 +239,25 @@ def memory_get(ctx: Ctx, args: dict) -> dict:
 # -- forgetting ------------------------------------------------------------------------------------
 
 
-def delete_memories(ctx: Ctx, tx, memory_ids: list[str]) -> tuple[list[str], list[str]]:
-    return search.delete_indexed(ctx, tx, MEMORIES, memory_ids)
+def delete_memories(
+    ctx: Ctx, tx, memory_ids: list[str], failures: list[dict[str, str]] | None = None
+) -> tuple[list[str], list[str]]:
+    """Delete memories one by one: (deleted, not found); an id whose delete raised goes to
+    ``failures`` (upstream 0.9.30 reports them instead of failing the whole request)."""
+    deleted: list[str] = []
+    missing: list[str] = []
+    for memory_id in dict.fromkeys(memory_ids):
+        try:
+            gone, absent = search.delete_indexed(ctx, tx, MEMORIES, [memory_id])
+        except Exception:  # noqa: BLE001 - reported per id; the statement was rolled back
+            log.exception("deleting memory %s failed", memory_id)
+            if failures is None:
+                raise
+            failures.append({"id": memory_id, "error": "delete_failed"})
+            continue
+        deleted += gone
+        missing += absent
+    return deleted, missing
 
 
 def delete_observations(ctx: Ctx, tx: Any, session_id: str, obs_ids: list[str] | None) -> tuple[list[str], list[str]]:
@@ -224,9 +296,10 @@ def memory_forget(ctx: Ctx, args: dict) -> dict:
         raise InvalidInput("give 'memoryId', 'memoryIds' or 'sessionId'", field="memoryId")
     result: dict[str, Any] = {"memories": 0, "observations": 0, "sessions": 0, "summaries": 0}
     not_found: list[str] = []
+    failures: list[dict[str, str]] = []
     with ctx.rt.db.transaction("forget", agent_id=ctx.rt.settings.agent_id) as tx:
         if memory_ids:
-            deleted, missing = delete_memories(ctx, tx, memory_ids)
+            deleted, missing = delete_memories(ctx, tx, memory_ids, failures)
             result["memories"] = len(deleted)
             not_found += missing
         if sid:
@@ -241,11 +314,20 @@ def memory_forget(ctx: Ctx, args: dict) -> dict:
                     result["summaries"] = int(tx.records.delete(SUMMARIES, sid))
                 elif not deleted:
                     not_found.append(sid)
-        tx.audit_details = {"deleted": result, "notFound": not_found[:100]}
+        tx.audit_details = {"deleted": result, "notFound": not_found[:100], "failed": len(failures)}
     total = sum(result.values())
     if total:
         ctx.rt.publish("forget", {"deleted": result})
-    return {"success": True, "deleted": total, "details": result, "notFound": not_found}
+    reply: dict[str, Any] = {
+        "success": not failures,
+        "deleted": total,
+        "details": result,
+        "notFound": not_found,
+        "failed": len(failures),
+    }
+    if failures:
+        reply["failures"] = failures
+    return reply
 
 
 @tool(
@@ -260,18 +342,29 @@ def memory_forget(ctx: Ctx, args: dict) -> dict:
 )
 def memory_governance_delete(ctx: Ctx, args: dict) -> dict:
     """Delete memories by id with an audited reason."""
+    failures: list[dict[str, str]] = []
     with ctx.rt.db.transaction("governance_delete", agent_id=ctx.rt.settings.agent_id) as tx:
-        deleted, missing = delete_memories(ctx, tx, args["memoryIds"])
-        tx.audit_details = {"reason": args.get("reason") or "", "deleted": deleted, "notFound": missing}
+        deleted, missing = delete_memories(ctx, tx, args["memoryIds"], failures)
+        tx.audit_details = {
+            "reason": args.get("reason") or "",
+            "deleted": deleted,
+            "notFound": missing,
+            "failed": len(failures),
+        }
     if deleted:
         ctx.rt.publish("forget", {"memoryIds": deleted})
-    return {
-        "success": True,
+    reply: dict[str, Any] = {
+        "success": not failures,
         "deleted": len(deleted),
+        "total": len(args["memoryIds"]),
         "deletedIds": deleted,
         "notFound": missing,
+        "failed": len(failures),
         "reason": args.get("reason") or "",
     }
+    if failures:
+        reply["failures"] = failures
+    return reply
 
 
 @tool(
@@ -296,8 +389,51 @@ def memory_audit(ctx: Ctx, args: dict) -> dict:
     return {
         "success": True,
         "entries": entries,
+        # upstream 0.9.30 moved its audit into monthly scopes and reports a frozen legacy log;
+        # this server's audit log was always one table, so nothing is frozen.
+        "legacyFrozen": False,
+        "legacyFrozenBytes": 0,
         "total": total,
         "offset": args["offset"],
         "limit": args["limit"],
         "hasMore": args["offset"] + len(entries) < total,
     }
+
+
+# -- the memories context block ------------------------------------------------------------------
+
+CONTEXT_MEMORIES = 8
+CONTEXT_MEMORY_CHARS = 240
+
+
+def relevant_memories(req: BlockRequest, limit: int = CONTEXT_MEMORIES) -> list[dict[str, Any]]:
+    """The latest memories of the request's project (and global ones): those matching the
+    session's first prompt first, then the newest."""
+    if not req.project:
+        return []  # memories belong to projects; none leaks into a session without one
+    store = req.ctx.rt.db.reader()
+    filters: dict[str, Any] = {"kinds": ["memory"], "project": req.project, "agent_id": req.agent_id}
+    session = store.records.get(SESSIONS, req.session_id) if req.session_id else None
+    prompt = (session or {}).get("firstPrompt") or ""
+    found: dict[str, dict[str, Any]] = {}
+    if prompt.strip():
+        for _hit, memory in search.hydrate(store, search.bm25(store, prompt, limit=limit * 2, filters=filters)):
+            found.setdefault(memory["id"], memory)
+    if len(found) < limit:
+        for _hit, memory in search.hydrate(store, store.index.recent(limit=limit * 2, filters=filters)):
+            found.setdefault(memory["id"], memory)
+    latest = [m for m in found.values() if m.get("isLatest", True)]
+    return latest[:limit]
+
+
+def memories_block(req: BlockRequest) -> list[Block]:
+    """Saved memories worth knowing at the start of a session (before: only pre-tool enrichment
+    showed them). Ranked above dated history: its recency is now."""
+    chosen = relevant_memories(req)
+    if not chosen:
+        return []
+    lines = ["## Memories"]
+    for memory in chosen:
+        text = " ".join(str(memory.get("content") or "").split())
+        lines.append(f"- [{escape(str(memory.get('type') or 'fact'))}] {escape(truncate(text, CONTEXT_MEMORY_CHARS))}")
+    return [Block("memories", "\n".join(lines), req.ctx.rt.clock.iso(), [m["id"] for m in chosen])]

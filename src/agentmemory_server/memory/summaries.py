@@ -22,7 +22,7 @@ from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
-from agentmemory_server.kernel.util import parse_time, truncate
+from agentmemory_server.kernel.util import parse_time, stringify, truncate
 from agentmemory_server.retrieval.search import STOPWORDS
 
 log = logging.getLogger("agentmemory.summaries")
@@ -114,8 +114,20 @@ def step_label(obs: dict[str, Any]) -> str:
     return truncate(" ".join((command or obs.get("subtitle") or obs.get("title") or "").split()), 80)
 
 
+_OUTPUT_KEYS = ("tool_output", "tool_response", "error", "tool_result")
+_MESSAGE_KEYS = ("last_message", "message", "task_description")
+
+
 def outcome_text(obs: dict[str, Any]) -> str:
-    """The narrative without the tool input it starts with (the input is the step's label)."""
+    """What came of a step: a tool's output (and message) from the stored hook data, else the
+    narrative without the tool input it starts with (the input is the step's label)."""
+    raw = obs.get("raw")
+    if obs.get("toolName") and isinstance(raw, dict):
+        output = next((raw[k] for k in _OUTPUT_KEYS if raw.get(k) not in (None, "")), None)
+        message = next((raw[k] for k in _MESSAGE_KEYS if raw.get(k)), None)
+        text = " | ".join(p for p in (stringify(output), stringify(message)) if p)
+        if text:
+            return truncate(text, 400)
     narrative = obs.get("narrative") or ""
     subtitle = obs.get("subtitle")
     if subtitle and narrative.startswith(subtitle + " | "):

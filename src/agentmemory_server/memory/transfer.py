@@ -3,12 +3,17 @@
 The export keeps upstream's top-level shape for the core records (``sessions``,
 ``observations`` by session, ``memories``, ``summaries``) and carries every other scope
 verbatim under ``kv``, so nothing is lost and export -> import into an empty DB -> export gives
-the same document (apart from ``exportedAt``). Imports of upstream agentmemory exports are
-accepted too; their extra lists are mapped onto our scopes.
+the same document (apart from ``exportedAt``). The images the exported records reference travel
+in ``images`` (id -> mime, bytes, base64 data; an image the quota evicted is listed without data).
+Imports of upstream agentmemory exports are accepted too; their extra lists are mapped onto our
+scopes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -22,6 +27,7 @@ from agentmemory_server.kernel.registry import AGENT_ID, Ctx, integer, obj, para
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, is_obs_scope, obs_scope, session_of
 from agentmemory_server.retrieval import search
 from agentmemory_server.storage import codec
+from agentmemory_server.storage.blobs import BlobStore, images_dir, is_blob_id
 from agentmemory_server.storage.interfaces import UnitOfWork
 
 FORMAT_VERSION = "agentmemory-python/1"
@@ -167,6 +173,7 @@ class _ExportWriter:
     ):
         self.store, self.sink, self.keep, self.batch, self.tick = store, sink, keep, batch, tick
         self.records = 0
+        self.image_ids: set[str] = set()
 
     def rows(self, scope: str) -> Iterator[tuple[str, Any]]:
         """The records of ``scope`` the export keeps, read a batch at a time."""
@@ -174,7 +181,25 @@ class _ExportWriter:
             self.records += 1
             self.tick(1)
             if self.keep(value):
+                if isinstance(value, dict) and value.get("images"):
+                    self.image_ids.update(i["id"] for i in value["images"] if isinstance(i, dict) and "id" in i)
                 yield key, value
+
+    def images(self, blobs: BlobStore | None) -> None:
+        """The images the exported records reference, each once."""
+        self.sink.open("{", "images")
+        for image_id in sorted(self.image_ids):
+            meta = self.store.images.get(image_id) if is_blob_id(image_id) else None
+            if meta is None:
+                continue
+            data = None if meta["evictedAt"] or blobs is None else blobs.read(image_id)
+            entry: dict[str, Any] = {"mime": meta["mime"], "bytes": meta["bytes"]}
+            if data is None:
+                entry["evicted"] = True
+            else:
+                entry["data"] = base64.b64encode(data).decode("ascii")
+            self.sink.value(entry, image_id)
+        self.sink.close("{")
 
     def section(self, bracket: str, key: str, scope: str, *, always: bool = True) -> None:
         """One scope as a list (``[``) or an object by key (``{``); opened only once it has a
@@ -231,6 +256,7 @@ def write_export(
     max_sessions: int | None = None,
     batch: int = 500,
     tick: Callable[[int], Any] = lambda n: None,
+    blobs: BlobStore | None = None,
 ) -> dict[str, int]:
     """Write the export document to ``sink``, reading ``batch`` records at a time. The one export
     implementation: GET /export builds it with ``TreeSink``, the CLI streams it with
@@ -246,6 +272,7 @@ def write_export(
         writer.section("[", "memories", MEMORIES)
         writer.section("[", "summaries", SUMMARIES)
         writer.other_scopes()
+    writer.images(blobs)
     more = max_sessions is not None and offset + len(page) < total
     sink.value({"offset": offset, "limit": max_sessions, "total": total, "hasMore": more}, "pagination")
     sink.close("{")
@@ -273,6 +300,7 @@ def memory_export(ctx: Ctx, args: dict) -> dict:
             agent=agent_filter(ctx, args.get("agentId")),
             offset=args["offset"],
             max_sessions=args.get("maxSessions"),
+            blobs=BlobStore(images_dir(ctx.rt.db.path)),
         )
     return sink.result
 
@@ -346,11 +374,35 @@ def check_version(export: dict[str, Any]) -> None:
         )
 
 
+def export_images(export: dict[str, Any]) -> list[tuple[str, str, bytes]]:
+    """(id, mime, bytes) of every image an export carries (evicted ones have no bytes and are
+    skipped); raises InvalidInput when an image's bytes do not hash to its id."""
+    section = export.get("images") or {}
+    if not isinstance(section, dict):
+        raise InvalidInput("exportData.images must be an object of id -> image", field="exportData.images")
+    found = []
+    for image_id, entry in section.items():
+        if not isinstance(entry, dict) or entry.get("evicted") or "data" not in entry:
+            continue
+        try:
+            data = base64.b64decode(str(entry["data"]), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(
+                f"exportData.images[{image_id!r}].data is not base64", field="exportData.images"
+            ) from None
+        if not is_blob_id(image_id) or hashlib.sha256(data).hexdigest() != image_id:
+            raise InvalidInput(
+                f"exportData.images[{image_id!r}]: the bytes do not hash to the id (sha256)", field="exportData.images"
+            )
+        found.append((image_id, str(entry.get("mime") or "application/octet-stream"), data))
+    return found
+
+
 def import_export(ctx: Ctx, export: dict[str, Any], strategy: str) -> dict[str, Any]:
     """Import one export document in one transaction (validated before anything is written)."""
     check_version(export)
     records = list(export_records(export))  # validate everything before touching the database
-    counts = import_records(ctx, records, strategy)
+    counts = import_records(ctx, records, strategy, pictures=export_images(export))
     ctx.rt.publish("import", {"strategy": strategy, "counts": counts})
     return import_result(strategy, counts)
 
@@ -362,16 +414,24 @@ def import_records(
     *,
     wipe_first: bool | None = None,
     stripped: bool = False,
+    pictures: list[tuple[str, str, bytes]] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Write validated (scope, key, value) records in one transaction and index them; returns
-    imported/skipped counts per section. ``replace`` wipes first unless ``wipe_first`` is False
-    (the later batches of a streamed replace). ``stripped``: the values went through
-    ``strip_private_data`` already (a bulk import strips in a worker process)."""
+    """Write validated (scope, key, value) records (and the images they reference) in one
+    transaction and index them; returns imported/skipped counts per section. ``replace`` wipes
+    first unless ``wipe_first`` is False (the later batches of a streamed replace). ``stripped``:
+    the values went through ``strip_private_data`` already (a bulk import strips in a worker
+    process)."""
     counts: dict[str, dict[str, int]] = {}
     now = ctx.rt.clock.iso()
     with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
         if strategy == "replace" and wipe_first is not False:
             tx.admin.wipe_records()
+        if pictures:
+            blobs = BlobStore(images_dir(ctx.rt.db.path))
+            for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
+                blobs.put(data)
+                tx.images.put(image_id, mime, len(data), now)
+            counts["images"] = {"imported": len(pictures), "skipped": 0}
         for scope, key, value in records:
             section = "observations" if is_obs_scope(scope) else scope
             tally = counts.setdefault(section, {"imported": 0, "skipped": 0})

@@ -25,7 +25,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.errors import NotFound
-from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, string, tool
 from agentmemory_server.kernel.scopes import GRAPH_EDGES as EDGES
 from agentmemory_server.kernel.scopes import GRAPH_NODES as NODES
@@ -33,6 +33,7 @@ from agentmemory_server.kernel.scopes import GRAPH_SESSIONS as CONTRIBUTIONS
 from agentmemory_server.memory import summaries
 from agentmemory_server.models import llm, llm_steps
 from agentmemory_server.models.llm import Task
+from agentmemory_server.storage.interfaces import Where
 
 log = logging.getLogger("agentmemory.graph")
 NODE_TYPES = (
@@ -474,3 +475,32 @@ def graph_extract(ctx: Ctx, args: dict) -> dict:
     model provider, else deterministically); re-extracting replaces the session's share."""
     result = extract_session(ctx, args["sessionId"], use_model=llm.service(ctx.rt).has_model)
     return {"success": True, **result}
+
+
+@tool(
+    "graph_node",
+    params(["nodeId"], nodeId=string("Node id", max_length=64), agentId=AGENT_ID),
+    http=[("GET", "/graph/node")],
+    mcp=False,
+)
+def graph_node(ctx: Ctx, args: dict) -> dict:
+    """One knowledge-graph node with its edges and neighbours (the viewer's node panel)."""
+    store = ctx.rt.db.reader()
+    node = store.records.get(NODES, args["nodeId"])
+    if not isinstance(node, dict) or not visible_to(ctx, node, args.get("agentId")):
+        raise NotFound(f"graph node {args['nodeId']!r} not found", code=errors.NODE_NOT_FOUND)
+    edges = [
+        e
+        for end in ("sourceNodeId", "targetNodeId")
+        for e in store.records.query(EDGES, [Where(end, "=", args["nodeId"])], limit=500)
+        if isinstance(e, dict) and visible_to(ctx, e, args.get("agentId"))
+    ]
+    others = {str(e.get(end)) for e in edges for end in ("sourceNodeId", "targetNodeId")} - {args["nodeId"]}
+    neighbours = [n for n in store.records.get_many(NODES, others).values() if visible_to(ctx, n, args.get("agentId"))]
+    edges.sort(key=lambda e: (-_number(e.get("weight")), str(e.get("id"))))
+    return {
+        "success": True,
+        "node": {**node, "id": args["nodeId"]},
+        "edges": [_edge_view({**e, "id": e.get("id")}) for e in edges],
+        "neighbors": [_node_view(n) for n in sorted(neighbours, key=lambda n: str(n.get("name")))],
+    }

@@ -18,7 +18,8 @@ each feature, calls, tokens per day and feature, the budget, the breaker and the
   a whole; every parsed answer goes through ``strip_private_data`` before anyone stores it.
   Keys are only ever in request headers and scrubbed from every error.
 - **Jobs** (llm_jobs.py): ``enqueue(tx, kind, ref)`` in the caller's transaction; they wait
-  while the breaker is open.
+  while the breaker is open. The job workers run where the background loops run (the worker
+  process by default, see ``kernel/background.py``), never in a request process.
 """
 
 from __future__ import annotations
@@ -205,8 +206,9 @@ class LLMService:
         self.accounting = Accounting(rt)
         self.last_consolidation: dict[str, float] = {}
         self.jobs = JobRunner(rt, paused=self._paused, count=self.usage.add)
-        if s.background_jobs:
+        if rt.runs_background:  # the worker process (or inline threads), never a request process
             self.jobs.start(s.llm_workers)
+        if s.background_jobs:
             rt.every(86_400, "llm-usage-prune", self.accounting.prune)
         self.enqueue, self.drain, self.drain_once = self.jobs.enqueue, self.jobs.drain, self.jobs.drain_once
 

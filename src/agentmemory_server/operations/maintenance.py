@@ -29,6 +29,7 @@ from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, is_obs_scope
 from agentmemory_server.memory import transfer
 from agentmemory_server.models import llm
 from agentmemory_server.retrieval import search, vectors
+from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import UnitOfWork as Store
 
 T = TypeVar("T")
@@ -179,7 +180,13 @@ def stream_export(
         sink = transfer.JsonLinesSink(out) if lines else transfer.JsonTextSink(out)
         try:
             summary = transfer.write_export(
-                store, sink, exported_at=rt.clock.iso(), agent=agent, batch=batch, tick=bar.update
+                store,
+                sink,
+                exported_at=rt.clock.iso(),
+                agent=agent,
+                batch=batch,
+                tick=bar.update,
+                blobs=BlobStore(images_dir(rt.db.path)),
             )
             if not lines:
                 out.write("\n")
@@ -215,6 +222,9 @@ def import_document(
     records = list(transfer.export_records(document))
     bar = progress("import", len(records))
     totals: dict[str, dict[str, int]] = {}
+    pictures = transfer.export_images(document)
+    if pictures:  # first, so the records that reference them find them
+        transfer.add_counts(totals, transfer.import_records(ctx, [], strategy, pictures=pictures))
     try:
         for rows in chunked(records, batch):
             transfer.add_counts(totals, transfer.import_records(ctx, rows, strategy))
@@ -243,27 +253,34 @@ def _raw_chunks(handle: BinaryIO, size: int) -> Iterator[list[tuple[int, bytes]]
         yield chunk
 
 
-def parse_lines(path_name: str, chunk: list[tuple[int, bytes]]) -> tuple[list[tuple[str, str, Any]], str | None, int]:
+Parsed = tuple[list[tuple[str, str, Any]], list[tuple[str, str, bytes]], str | None, int]
+
+
+def parse_lines(path_name: str, chunk: list[tuple[int, bytes]]) -> Parsed:
     """Parse, validate and privacy-strip lines of a JSON Lines export (in a worker process for big
-    files). Returns (records, the first problem or None, bytes read); records stop at a problem."""
+    files). Returns (records, images, the first problem or None, bytes read); both stop at a
+    problem."""
     records: list[tuple[str, str, Any]] = []
+    pictures: list[tuple[str, str, bytes]] = []
+    size = sum(len(r) for _n, r in chunk)
     for number, raw in chunk:
         try:
             document = json.loads(raw)
         except ValueError as exc:
-            return records, f"{path_name}, line {number}: not JSON ({exc})", sum(len(r) for _n, r in chunk)
+            return records, pictures, f"{path_name}, line {number}: not JSON ({exc})", size
         if not isinstance(document, dict):
-            return records, f"{path_name}, line {number}: expected a JSON object", sum(len(r) for _n, r in chunk)
+            return records, pictures, f"{path_name}, line {number}: expected a JSON object", size
         try:
             records += [
                 (scope, key, strip_private_data(value)) for scope, key, value in transfer.export_records(document)
             ]
+            pictures += transfer.export_images(document)
         except InvalidInput as exc:
-            return records, f"{path_name}, line {number}: {exc.message}", sum(len(r) for _n, r in chunk)
-    return records, None, sum(len(r) for _n, r in chunk)
+            return records, pictures, f"{path_name}, line {number}: {exc.message}", size
+    return records, pictures, None, size
 
 
-def _parsed_chunks(path: Path, handle: BinaryIO, batch: int) -> Iterator[tuple[list, str | None, int]]:
+def _parsed_chunks(path: Path, handle: BinaryIO, batch: int) -> Iterator[Parsed]:
     """``parse_lines`` over the file's chunks: in a second process, two chunks ahead, when the file
     is big and there is a second core; in this process otherwise."""
     chunks = _raw_chunks(handle, batch)
@@ -314,9 +331,11 @@ def import_lines(
     try:
         with open(path, "rb") as handle:
             _read_header(path, handle)
-            for records, problem, size in _parsed_chunks(path, handle, batch):
-                if records or first_batch:
-                    counts = transfer.import_records(ctx, records, strategy, wipe_first=first_batch, stripped=True)
+            for records, pictures, problem, size in _parsed_chunks(path, handle, batch):
+                if records or pictures or first_batch:
+                    counts = transfer.import_records(
+                        ctx, records, strategy, wipe_first=first_batch, stripped=True, pictures=pictures
+                    )
                     transfer.add_counts(totals, counts)
                     first_batch = False
                 if problem:

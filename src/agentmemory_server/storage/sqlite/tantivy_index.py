@@ -130,6 +130,7 @@ class TantivyLexical:
         self.repairs = 0
         self._next_verify = time.monotonic() + FIRST_VERIFY_SECONDS
         self._wake, self._stop = threading.Event(), threading.Event()
+        self._view: tuple[tantivy.Searcher, int | None] | None = None
         self.index = self._open(stale)
         # A store with no search rows yet needs no build: its outbox holds every change to come.
         self._fresh = self._read_meta(self.index.searcher()) is None and not self._has_docs()
@@ -162,6 +163,7 @@ class TantivyLexical:
             writer.delete_documents_by_query(self._rowid_query(META_ROWID))
             writer.commit()
             index.reload()
+            self._view = None
 
     def _rowid_query(self, rowid: int) -> tantivy.Query:
         # A term query, not delete_documents_by_term: the latter takes a Python int as an i64
@@ -172,6 +174,19 @@ class TantivyLexical:
         return self.analyzer.analyze(text) if text else []
 
     # ---- state -------------------------------------------------------------------------------------
+    def _reload(self) -> None:
+        self.index.reload()
+        self._view = None
+
+    def view(self) -> tuple[tantivy.Searcher, int | None]:
+        """The current searcher and the outbox sequence its commit holds (``committed_seq``),
+        read once per reload rather than by a metadata query on every search."""
+        view = self._view
+        if view is None:
+            searcher = self.index.searcher()
+            view = self._view = (searcher, self.committed_seq(searcher))
+        return view
+
     def committed_seq(self, searcher: tantivy.Searcher) -> int | None:
         """The outbox sequence the searcher's commit includes; None: the index is not built."""
         seq = self._read_meta(searcher)
@@ -188,8 +203,7 @@ class TantivyLexical:
         return bool(self._db.reader().conn.execute("SELECT EXISTS (SELECT 1 FROM search_docs)").fetchone()[0])
 
     def health(self) -> dict[str, Any]:
-        searcher = self.index.searcher()
-        committed = self.committed_seq(searcher)
+        searcher, committed = self.view()
         conn = self._db.reader().conn
         newest = conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0]
         state = "building" if self.building else "ready" if committed is not None else "not built"
@@ -247,8 +261,7 @@ class TantivyLexical:
         files: list[list[str]] | None,
     ) -> list[Doc] | None:
         # During a rebuild the last commit keeps answering (a repair), or there is none (FTS5 answers).
-        searcher = self.index.searcher()
-        committed = self.committed_seq(searcher)
+        searcher, committed = self.view()
         if committed is None:
             return None
         if not clauses:
@@ -257,24 +270,34 @@ class TantivyLexical:
             if not self.pending.sync(conn, committed, PENDING_LIMIT):
                 return None
             hidden = self.pending.hidden
-            stats = Statistics(
-                max(0, searcher.num_docs - 1), searcher.doc_freq, self._avg_len(conn), self.pending.live()
-            )
+            stats = Statistics(max(0, searcher.num_docs - 1), searcher.doc_freq, self._avg_len(conn), self.pending)
             tail = self.pending.score(tokens, boosts, stats, filters)
             if files is not None:
                 matching = {d.rowid for d in self.pending.files_matching(files, filters)}
                 tail = [(s, d) for s, d in tail if d.rowid in matching]
-        query = self._with_filters(tantivy.Query.boolean_query(clauses), filters)
-        found = searcher.search(query, limit + len(hidden), count=False)
+        # Filters are Must clauses scoring 0, so scores equal the unfiltered query's. (Ranking
+        # the unfiltered query, which block-max WAND prunes, for more hits and filtering them
+        # was measured slower at 100k records with common-word queries: bench/scale.py corpus.)
+        scored = self._top(searcher, self._with_filters(tantivy.Query.boolean_query(clauses), filters), hidden, limit)
+        scored += [(score, doc.rowid) for score, doc in tail]
+        scored.sort(key=lambda pair: -pair[0])
+        return self._docs(conn, scored[:limit])
+
+    def _top(
+        self, searcher: tantivy.Searcher, query: tantivy.Query, hidden: set[int], limit: int
+    ) -> list[tuple[float, int]]:
+        """(score, rowid) of the best ``limit`` committed records, without the ``hidden`` ones
+        (committed copies that pending records replace, excluded inside the engine)."""
+        if hidden:
+            stale = tantivy.Query.term_set_query(self.schema, "rowid", sorted(hidden))
+            query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), (tantivy.Occur.MustNot, stale)])
+        found = searcher.search(query, limit, count=False)
         rowids = searcher.fast_field_values("rowid", [address for _score, address in found.hits])
-        scored = [
+        return [
             (float(score), rowid)
             for (score, _a), rowid in zip(found.hits, rowids, strict=True)
             if isinstance(rowid, int) and rowid not in hidden
         ]
-        scored += [(score, doc.rowid) for score, doc in tail]
-        scored.sort(key=lambda pair: -pair[0])
-        return self._docs(conn, scored[:limit])
 
     def _with_filters(self, text: tantivy.Query, filters: Mapping[str, Any]) -> tantivy.Query:
         """The text query restricted by the index filters (see ``SearchIndex``); filters score 0."""
@@ -410,8 +433,8 @@ class TantivyLexical:
             if newest > self._committed:
                 return None  # writes arrived since; the next idle moment compares
             self._next_verify = time.monotonic() + VERIFY_SECONDS
-            self.index.reload()
-            documents = max(0, self.index.searcher().num_docs - 1)
+            self._reload()
+            documents = max(0, self.view()[0].num_docs - 1)
             self.verified = {
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "documents": documents,
@@ -500,7 +523,7 @@ class TantivyLexical:
         meta.add_unsigned("meta_seq", self._applied)
         writer.add_document(meta)
         writer.commit()
-        self.index.reload()
+        self._reload()
         self._committed, self._uncommitted, self._last_commit = self._applied, 0, time.monotonic()
         with self._db.transaction("lexical_commit") as unit:
             unit.conn.execute("DELETE FROM lexical_outbox WHERE seq <= ?", (self._committed,))

@@ -49,25 +49,32 @@ class PendingDoc:
     meta: dict[str, Any]
     terms: dict[str, Counter[str]] = field(default_factory=dict)  # field -> token counts
     tokens: dict[str, list[str]] = field(default_factory=dict)  # field -> tokens (files only, for phrases)
+    lengths: dict[str, int] = field(default_factory=dict)  # field -> token count
 
     def length(self, name: str) -> int:
-        return sum(self.terms.get(name, Counter()).values())
+        return self.lengths.get(name, 0)
 
 
 def passes(meta: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
     """The index filters (see ``SearchIndex``) evaluated on one record's metadata."""
-    checks: list[Callable[[], bool]] = [
-        lambda: not filters.get("kinds") or meta["kind"] in filters["kinds"],
-        lambda: not filters.get("types") or meta["type"] in filters["types"],
-        lambda: filters.get("project") is None or meta["project"] == filters["project"] or bool(meta["global"]),
-        lambda: filters.get("agent_id") is None or meta["agent_id"] == filters["agent_id"],
-        lambda: filters.get("session_ids") is None or meta["session_id"] in filters["session_ids"],
-        lambda: filters.get("exclude_session") is None or meta["session_id"] != filters["exclude_session"],
-        lambda: not filters.get("months") or _month(meta["ts"]) in filters["months"],
-        lambda: filters.get("since") is None or (meta["ts"] or "") >= filters["since"],
-        lambda: filters.get("until") is None or (meta["ts"] or "") <= filters["until"],
-    ]
-    return all(check() for check in checks)
+    get = filters.get
+    if get("kinds") and meta["kind"] not in filters["kinds"]:
+        return False
+    if get("types") and meta["type"] not in filters["types"]:
+        return False
+    if get("project") is not None and meta["project"] != filters["project"] and not meta["global"]:
+        return False
+    if get("agent_id") is not None and meta["agent_id"] != filters["agent_id"]:
+        return False
+    if get("session_ids") is not None and meta["session_id"] not in filters["session_ids"]:
+        return False
+    if get("exclude_session") is not None and meta["session_id"] == filters["exclude_session"]:
+        return False
+    if get("months") and _month(meta["ts"]) not in filters["months"]:
+        return False
+    if get("since") is not None and (meta["ts"] or "") < filters["since"]:
+        return False
+    return not (get("until") is not None and (meta["ts"] or "") > filters["until"])
 
 
 def _month(ts: str | None) -> int | None:
@@ -86,9 +93,9 @@ class Statistics:
         num_docs: int,
         doc_freq: Callable[[str, str], int],
         avg_len: Mapping[str, float],
-        pending: Sequence[PendingDoc],
+        pending: PendingIndex,
     ):
-        self.num_docs = num_docs + len(pending)
+        self.num_docs = num_docs + pending.live_count
         self._doc_freq = doc_freq
         self._pending = pending
         self.avg_len = avg_len
@@ -97,18 +104,22 @@ class Statistics:
     def idf(self, name: str, token: str) -> float:
         key = (name, token)
         if key not in self._idf:
-            df = self._doc_freq(name, token) + sum(1 for d in self._pending if d.terms.get(name, Counter())[token])
+            df = self._doc_freq(name, token) + len(self._pending.postings.get(key, ()))
             self._idf[key] = math.log(1.0 + (self.num_docs - df + 0.5) / (df + 0.5))
         return self._idf[key]
 
 
 class PendingIndex:
-    """Pending records by rowid, refreshed from ``lexical_outbox`` on every search."""
+    """Pending records by rowid, refreshed from ``lexical_outbox`` on every search, with an
+    inverted index (field, token) -> rowids so a search scores only the records holding one of
+    its tokens, and document frequencies come without a pass over the records."""
 
     def __init__(self, analyze: Callable[[str], list[str]], repeats: Mapping[str, int]):
         self.analyze = analyze
         self.repeats = repeats
         self.docs: dict[int, PendingDoc | None] = {}  # None: deleted or inactive, hides the committed copy
+        self.postings: dict[tuple[str, str], set[int]] = {}
+        self.live_count = 0
         self._loaded: dict[int, int] = {}  # rowid -> outbox seq it was loaded at
         self.seen_seq = 0
 
@@ -117,7 +128,7 @@ class PendingIndex:
         records are pending (the caller answers from another engine meanwhile)."""
         for rowid in [r for r, seq in self._loaded.items() if seq <= committed_seq]:
             self._loaded.pop(rowid)
-            self.docs.pop(rowid, None)
+            self._put(rowid, None, keep=False)
         self.seen_seq = max(self.seen_seq, committed_seq)
         pending = conn.execute("SELECT count(*) FROM lexical_outbox WHERE seq > ?", (committed_seq,)).fetchone()[0]
         if pending > limit:
@@ -132,6 +143,28 @@ class PendingIndex:
             self._load(conn, changed)
         return True
 
+    def _put(self, rowid: int, doc: PendingDoc | None, *, keep: bool = True) -> None:
+        """Replace what is held for ``rowid`` (``keep``: remember it even as None, to hide the
+        committed copy), keeping the postings and the live count in step."""
+        old = self.docs.pop(rowid, None)
+        if old is not None:
+            self.live_count -= 1
+            for name, counts in old.terms.items():
+                for token in counts:
+                    rowids = self.postings.get((name, token))
+                    if rowids is not None:
+                        rowids.discard(rowid)
+                        if not rowids:
+                            del self.postings[(name, token)]
+        if not keep:
+            return
+        self.docs[rowid] = doc
+        if doc is not None:
+            self.live_count += 1
+            for name, counts in doc.terms.items():
+                for token in counts:
+                    self.postings.setdefault((name, token), set()).add(rowid)
+
     def _load(self, conn: sqlite3.Connection, changed: dict[int, int]) -> None:
         rowids = [r for r in changed if r >= 0]
         found: dict[int, PendingDoc] = {}
@@ -143,7 +176,7 @@ class PendingIndex:
             if rowid < 0:
                 continue  # a wipe marker: the applier clears the index; nothing to score here
             doc = found.get(rowid)
-            self.docs[rowid] = doc if doc is not None and doc.meta["active"] else None
+            self._put(rowid, doc if doc is not None and doc.meta["active"] else None)
             self._loaded[rowid] = seq
 
     def _pending_doc(self, row: Sequence[Any]) -> PendingDoc:
@@ -172,6 +205,7 @@ class PendingIndex:
                 doc.terms[FILES] = Counter(tokens)
                 doc.tokens[FILES] = tokens
         doc.terms[WEIGHTED] = weighted
+        doc.lengths = {name: sum(counts.values()) for name, counts in doc.terms.items()}
         return doc
 
     @property
@@ -179,15 +213,20 @@ class PendingIndex:
         """Rowids whose committed copy (if any) is out of date."""
         return set(self.docs)
 
-    def live(self) -> list[PendingDoc]:
-        return [d for d in self.docs.values() if d is not None]
+    def _holding(self, tokens: Sequence[str], names: Sequence[str]) -> list[PendingDoc]:
+        """The live pending records holding any of ``tokens`` in any of the fields ``names``."""
+        rowids: set[int] = set()
+        for name in names:
+            for token in tokens:
+                rowids |= self.postings.get((name, token), set())
+        return [doc for rowid in rowids if (doc := self.docs.get(rowid)) is not None]
 
     def score(
         self, tokens: Sequence[str], weights: Mapping[str, float], stats: Statistics, filters: Mapping[str, Any]
     ) -> list[tuple[float, PendingDoc]]:
         """BM25 (Tantivy's formula: per field, boosted, summed) of each pending record."""
         hits = []
-        for doc in self.live():
+        for doc in self._holding(tokens, list(weights)):
             if not passes(doc.meta, filters):
                 continue
             total = 0.0
@@ -207,7 +246,7 @@ class PendingIndex:
     def files_matching(self, phrases: Sequence[Sequence[str]], filters: Mapping[str, Any]) -> list[PendingDoc]:
         """Pending records whose files field holds one of the token phrases."""
         found = []
-        for doc in self.live():
+        for doc in self._holding([p[0] for p in phrases if p], [FILES]):
             tokens = doc.tokens.get(FILES, [])
             if passes(doc.meta, filters) and any(_contains(tokens, list(p)) for p in phrases if p):
                 found.append(doc)

@@ -3,8 +3,10 @@ Both rows are deleted with their search row (foreign keys with ON DELETE CASCADE
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+import numpy as np
 
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks
 
@@ -12,6 +14,17 @@ from agentmemory_server.storage.sqlite.common import Unit, in_chunks
 class SqliteVectorStore:
     def __init__(self, unit: Unit):
         self.conn = unit.conn
+        self._index = getattr(unit, "vector_index", None)
+
+    def search(
+        self, model: str, dim: int, query: np.ndarray, k: int, filters: Mapping[str, Any]
+    ) -> list[tuple[int, float]]:
+        """The ``k`` nearest rows of ``model`` to ``query`` that pass the filters (kinds, project
+        with global rows, agent_id, session_ids; the caller applies the rest), best first, with
+        their exact cosine. Served by the persistent index beside the database file."""
+        if self._index is None:
+            return []
+        return self._index(model, dim).search(self.conn, query, k, filters)
 
     def backlog_put(self, rowid: int, now: str) -> None:
         """Queue one search row for (re-)embedding; a queued row is retried from scratch."""
@@ -43,6 +56,21 @@ class SqliteVectorStore:
             "session_id",
         )
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def backlog_claim(self, limit: int, now_epoch: float, lease_until: float) -> list[dict[str, Any]]:
+        """Due rows as ``backlog_take``, moved out of sight until ``lease_until``."""
+        rows = self.backlog_take(limit, now_epoch)
+        for chunk, marks in in_chunks([r["rowid"] for r in rows]):
+            self.conn.execute(
+                f"UPDATE embed_backlog SET next_try = ? WHERE doc_rowid IN ({marks})", (lease_until, *chunk)
+            )
+        return rows
+
+    def backlog_release(self, now_epoch: float) -> int:
+        """Make leased (claimed, not failed) rows due again; returns how many."""
+        return self.conn.execute(
+            "UPDATE embed_backlog SET next_try = 0 WHERE next_try > ? AND last_error IS NULL", (now_epoch,)
+        ).rowcount
 
     def backlog_done(self, rowids: list[int], queued_before: str) -> None:
         """Drop rows embedded by this batch, unless they were re-queued while it ran."""

@@ -1,0 +1,164 @@
+"""Throughput of the offline embedder, option by option, with its LoCoMo quality.
+
+    python bench/embed_throughput.py [--records 2000] [--options all|NAME,...] [--quality]
+
+Texts are what the product embeds: records are written through the product's own tools into a
+temporary database (``agent_observe`` with coding-agent tool calls from bench/search_latency.py,
+and LoCoMo conversation turns written as bench/locomo.py writes them), then taken from the
+embedding backlog and turned into text by ``vectors.embedding_text``, exactly as the worker does.
+Each option embeds every text in this process (documents, as the background worker does) after a
+short warm-up; it prints records/s (wall clock: what "records/s on 2 cores" means), records per
+CPU-second (steadier on a shared machine) and the process's peak RSS. With ``--quality`` each
+option also runs bench/locomo.py's vector-only and hybrid evaluation (several minutes each).
+Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import locomo  # noqa: E402
+import search_latency  # noqa: E402
+
+from agentmemory_server.kernel import registry  # noqa: E402
+from agentmemory_server.kernel.registry import Ctx  # noqa: E402
+from agentmemory_server.kernel.settings import Settings  # noqa: E402
+from agentmemory_server.retrieval.local_models import LocalEmbedder  # noqa: E402
+from agentmemory_server.retrieval.vectors import embedding_text  # noqa: E402
+from agentmemory_server.wiring import build_runtime  # noqa: E402
+
+CORES = os.cpu_count() or 1
+# name -> (LocalEmbedder keyword arguments, the settings that select it in the product)
+OPTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "main: minilm-l6, 1 thread, batches of 4 in arrival order, 256 tokens": (
+        {"model": "minilm-l6", "threads": 1, "batch": 4, "sort_by_length": False, "max_tokens": 256},
+        {"local_model": "minilm-l6", "embed_max_tokens": 256},
+    ),
+    "minilm-l6, 1 thread, sorted batches of 16": (
+        {"model": "minilm-l6", "threads": 1, "batch": 16, "max_tokens": 256},
+        {"local_model": "minilm-l6", "embed_max_tokens": 256},
+    ),
+    f"minilm-l6, {CORES} threads, sorted batches of 16": (
+        {"model": "minilm-l6", "threads": CORES, "batch": 16, "max_tokens": 256},
+        {"local_model": "minilm-l6", "embed_max_tokens": 256},
+    ),
+    f"minilm-l6, {CORES} threads, sorted batches of 16, 128 tokens (default)": (
+        {"model": "minilm-l6", "threads": CORES, "batch": 16, "max_tokens": 128},
+        {"local_model": "minilm-l6", "embed_max_tokens": 128},
+    ),
+    f"minilm-l6, {CORES} threads, sorted batches of 16, 64 tokens": (
+        {"model": "minilm-l6", "threads": CORES, "batch": 16, "max_tokens": 64},
+        {"local_model": "minilm-l6", "embed_max_tokens": 64},
+    ),
+    f"minilm-l6, {CORES} threads, sorted batches of 64, 128 tokens": (
+        {"model": "minilm-l6", "threads": CORES, "batch": 64, "max_tokens": 128},
+        {"local_model": "minilm-l6", "embed_max_tokens": 128},
+    ),
+    f"minilm-l3 fp32, {CORES} threads, sorted batches of 16, 128 tokens": (
+        {"model": "minilm-l3", "threads": CORES, "batch": 16, "max_tokens": 128},
+        {"local_model": "minilm-l3", "embed_max_tokens": 128},
+    ),
+    f"minilm-l3 int8, {CORES} threads, sorted batches of 16, 128 tokens": (
+        {"model": "minilm-l3-int8", "threads": CORES, "batch": 16, "max_tokens": 128},
+        {"local_model": "minilm-l3-int8", "embed_max_tokens": 128},
+    ),
+}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def product_texts(records: int) -> dict[str, list[str]]:
+    """The texts the worker would embed for ``records`` coding observations and LoCoMo turns."""
+    corpora: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider="none"))
+        try:
+            ctx, rng = Ctx(rt, source="bench"), random.Random(7)
+            for i in range(records):
+                registry.call(ctx, "agent_observe", search_latency.payload(rng, i))
+            corpora["coding"] = _backlog_texts(rt)
+            with rt.db.transaction("bench") as tx:
+                tx.vectors.backlog_done([r["rowid"] for r in tx.vectors.backlog_take(10**9, time.time())], "9999")
+            samples = json.loads(locomo.default_data().read_text())
+            done = 0
+            for sample in samples:
+                for number, _date, turns in locomo.sessions_of(sample["conversation"]):
+                    for turn in turns:
+                        if done < records:
+                            registry.call(ctx, "agent_observe", {
+                                "sessionId": f"{sample['sample_id']}-{number}", "project": sample["sample_id"],
+                                "hookType": "observation", "content": locomo.turn_text(turn), "type": "conversation"})
+                            done += 1
+            corpora["locomo"] = _backlog_texts(rt)
+        finally:
+            rt.close()
+    return corpora
+
+
+def _backlog_texts(rt: Any) -> list[str]:
+    rows = rt.db.reader().vectors.backlog_take(10**9, time.time())
+    return [embedding_text(r["title"], r["body"], r["concepts"], r["context"]) for r in rows]
+
+
+def measure(kwargs: dict[str, Any], texts: list[str]) -> dict[str, float]:
+    # A quantised model file is made once in this directory, outside the timing.
+    embedder = LocalEmbedder(**kwargs, data_dir=Path(tempfile.gettempdir()) / "agentmemory-bench-models")
+    embedder.embed(texts[:32])
+    wall, cpu = time.perf_counter(), time.process_time()
+    embedder.embed(texts)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"records_per_s": round(len(texts) / wall, 1), "records_per_cpu_s": round(len(texts) / cpu, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=2000, help="records per corpus")
+    parser.add_argument("--options", default="all", help="comma-separated option numbers (1-based) or 'all'")
+    parser.add_argument("--quality", action="store_true", help="also run LoCoMo vector-only + hybrid per option")
+    opts = parser.parse_args()
+    names = list(OPTIONS)
+    chosen = names if opts.options == "all" else [names[int(n) - 1] for n in opts.options.split(",")]
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, {CORES} cores, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    corpora = product_texts(opts.records)
+    for name, texts in corpora.items():
+        lengths = sorted(len(t) for t in texts)
+        print(f"corpus {name}: {len(texts)} records, text chars p50 {lengths[len(lengths) // 2]}, "
+              f"p95 {lengths[int(len(lengths) * 0.95)]}")
+    results: dict[str, Any] = {}
+    for name in chosen:
+        kwargs, settings = OPTIONS[name]
+        row: dict[str, Any] = {corpus: measure(kwargs, texts) for corpus, texts in corpora.items()}
+        if opts.quality:
+            summary = locomo.run(locomo.default_data(), ["vector", "hybrid"], "local", None, overrides=settings)
+            row["locomo"] = {mode: {k: summary["modes"][mode]["overall 1-4"][k] for k in ("R@10", "NDCG@10")}
+                             for mode in ("vector", "hybrid")}
+        row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        results[name] = row
+        print(f"{name}: {json.dumps(row)}", flush=True)
+    print(json.dumps({"benchmark": "embed_throughput", "records": opts.records, "cores": CORES, "options": results}))
+
+
+if __name__ == "__main__":
+    main()

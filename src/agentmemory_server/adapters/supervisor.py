@@ -1,0 +1,115 @@
+"""The server's background worker: spawned, watched, restarted, stopped.
+
+With ``AGENTMEMORY_BACKGROUND=process`` (the default) the request-serving process starts
+``agentmemory worker --parent-pid <its pid>`` on the same database, restarts it when it exits
+(after 1 s, doubling up to 30 s while it keeps dying young), and stops it on shutdown: SIGTERM,
+then SIGKILL after a grace period. Nothing queued is lost when the worker dies: the backlog and
+the model jobs are durable and their leases expire or are taken over by the next worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from agentmemory_server.kernel.settings import Settings
+
+log = logging.getLogger("agentmemory.supervisor")
+STOP_GRACE_SECONDS = 15.0
+MAX_BACKOFF_SECONDS = 30.0
+HEALTHY_AFTER_SECONDS = 60.0  # a worker that lived this long resets the backoff
+
+
+class Supervisor:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.last_exit: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "agentmemory_server.adapters.cli",
+            "--db",
+            str(self.settings.database_path),
+            "worker",
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+
+    def start(self) -> Supervisor:
+        self._thread = threading.Thread(target=self._watch, name="agentmemory-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        # Same environment and settings; the worker's output joins the server's log.
+        proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL)
+        self.starts += 1
+        log.info("background worker started (pid %d, start %d)", proc.pid, self.starts)
+        return proc
+
+    def _watch(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self.proc = proc = self._spawn()
+            started = time.monotonic()
+            code = proc.wait()
+            lived = time.monotonic() - started
+            self.last_exit = {"pid": proc.pid, "code": code, "at": time.time(), "livedSeconds": round(lived, 1)}
+            if self._stop.is_set():
+                return
+            backoff = 1.0 if lived >= HEALTHY_AFTER_SECONDS else min(MAX_BACKOFF_SECONDS, backoff * 2)
+            log.warning(
+                "background worker %d exited with %s after %.0f s; restarting in %.0f s", proc.pid, code, lived, backoff
+            )
+            self._stop.wait(backoff)
+
+    def status(self) -> dict[str, Any]:
+        proc = self.proc
+        return {
+            "pid": proc.pid if proc is not None else None,
+            "alive": proc is not None and proc.poll() is None,
+            "starts": self.starts,
+            "restarts": max(0, self.starts - 1),
+            "lastExit": self.last_exit,
+            "command": " ".join(self.command()[1:4]) + " worker",
+        }
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop.set()
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def start_for(settings: Settings, rt: Any) -> Supervisor | None:
+    """Start the worker for a server runtime when the settings say so (and attach the
+    supervisor to ``rt`` for /health)."""
+    if not (settings.background_jobs and settings.background == "process"):
+        return None
+    supervisor = Supervisor(settings).start()
+    rt.supervisor = supervisor
+    return supervisor

@@ -1,0 +1,46 @@
+"""``agentmemory worker``: the process where background work runs.
+
+It builds a runtime in the ``worker`` role (the backlog embedder, the LLM job workers and the
+periodic jobs run; no HTTP), lowers its own CPU priority to the minimum first (every thread it
+starts inherits it, onnxruntime's included), writes a heartbeat, and stops cleanly on SIGTERM or
+SIGINT: the batch in hand finishes or, if it is killed, its lease expires and another worker
+(or this one restarted) takes it over. Started by the server (``AGENTMEMORY_BACKGROUND=process``,
+``--parent-pid`` makes it leave when that server goes away) or by hand (``external``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from agentmemory_server.kernel.background import lower_priority
+from agentmemory_server.kernel.settings import Settings
+from agentmemory_server.wiring import build_runtime
+
+log = logging.getLogger("agentmemory.worker")
+
+
+def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lower_priority(19)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("worker %d: signal %d, stopping", os.getpid(), signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    rt = build_runtime(settings, role="worker")
+    log.info("background worker %d running on %s (mode %s)", os.getpid(), settings.database_path, settings.background)
+    try:
+        while not stop.wait(1.0):
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.warning("worker %d: the server that started it (%d) is gone; stopping", os.getpid(), parent_pid)
+                break
+    finally:
+        rt.close()
+    return 0

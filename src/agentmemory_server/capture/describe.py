@@ -1,0 +1,214 @@
+"""Deterministic titles and narratives for tool events: what happened, not the tool's name.
+
+"Edit src/auth/login.py: replace 12 lines", "Bash: pytest tests/test_auth.py -> exit 1, 3 failed",
+"Grep 'TODO' in src: 7 matches". Each known tool (Claude Code's names; Codex, Cursor and MCP tools
+fall back to a generic form) has a describer reading its input and output; anything it cannot
+read falls back to "<tool>: <the input's most telling value>". No model is involved: this runs on
+the request path of every observe.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from agentmemory_server.kernel.util import stringify, truncate
+
+Describer = Callable[[dict[str, Any], Any], tuple[str, str]]
+_EXIT = re.compile(r"(?:exit(?:ed with)?(?: code| status)?|returned)\s*[:=]?\s*(-?\d+)", re.IGNORECASE)
+# Test-runner summaries: pytest "3 failed, 10 passed", jest "Tests: 3 failed, 10 passed", go/cargo.
+_TEST_COUNTS = re.compile(r"\b(\d+) (failed|passed|errors?|skipped|failures?|xfailed|tests? failed)\b", re.IGNORECASE)
+TITLE_CHARS = 80
+_TAIL_CHARS = 240
+
+
+def _lines(text: Any) -> int:
+    return len(text.splitlines()) if isinstance(text, str) and text else 0
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _first_line(text: Any, limit: int = 60) -> str:
+    line = next((ln.strip() for ln in str(text or "").splitlines() if ln.strip()), "")
+    return truncate(line, limit)
+
+
+def _path(tool_input: dict[str, Any]) -> str:
+    for key in ("file_path", "filePath", "notebook_path", "path", "file", "filename"):
+        if isinstance(tool_input.get(key), str) and tool_input[key]:
+            return tool_input[key]
+    return ""
+
+
+def _output_text(output: Any) -> str:
+    """The text of a tool output: a string, or the stdout/stderr/content fields of an object."""
+    if isinstance(output, dict):
+        parts = [output.get(k) for k in ("stdout", "stderr", "output", "content", "result", "error", "message")]
+        text = "\n".join(str(p) for p in parts if isinstance(p, str) and p)
+        return text or stringify(output)
+    if isinstance(output, list):
+        return "\n".join(_output_text(o) for o in output)
+    return stringify(output)
+
+
+def exit_code(output: Any) -> int | None:
+    if isinstance(output, dict):
+        for key in ("exit_code", "exitCode", "returncode", "returnCode", "status_code"):
+            if isinstance(output.get(key), int) and not isinstance(output.get(key), bool):
+                return int(output[key])
+    match = _EXIT.search(_output_text(output)[:2000])
+    return int(match.group(1)) if match else None
+
+
+def test_summary(text: str) -> str:
+    """'3 failed, 10 passed' from a test runner's output (the last summary line wins)."""
+    counts: dict[str, str] = {}
+    for number, word in _TEST_COUNTS.findall(text[-4000:]):
+        key = "failed" if word.lower().startswith(("fail", "tests failed", "test failed")) else word.lower()
+        key = "errors" if key.startswith("error") else key
+        counts[key] = number
+    order = ("failed", "errors", "passed", "skipped", "xfailed")
+    return ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
+
+
+def _bash(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
+    command = " ".join(str(tool_input.get("command") or tool_input.get("cmd") or "").split())
+    text = _output_text(output)
+    code = exit_code(output)
+    outcome = ", ".join(p for p in (f"exit {code}" if code is not None else "", test_summary(text)) if p)
+    suffix = f" -> {outcome}" if outcome else ""
+    # The outcome matters most: the command gives way so the title stays within 80 characters.
+    title = f"Bash: {truncate(command, max(20, TITLE_CHARS - len('Bash: ') - len(suffix)))}{suffix}"
+    tail = text.strip()[-_TAIL_CHARS:]
+    narrative = f"Ran `{command}`" + (f" ({outcome})" if outcome else "") + (f". Output: {tail}" if tail else "")
+    return title, narrative
+
+
+def _edit(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
+    path = _path(tool_input)
+    edits = tool_input.get("edits")
+    if isinstance(edits, list) and edits:
+        changed = sum(_lines(e.get("old_string")) for e in edits if isinstance(e, dict))
+        title = f"Edit {path}: {len(edits)} edits, {changed} lines replaced"
+        return title, f"Edited {path} in {len(edits)} places ({changed} lines replaced)"
+    old, new = tool_input.get("old_string") or "", tool_input.get("new_string") or ""
+    before, after = _lines(old), _lines(new)
+    if not old and not new:
+        return f"Edit {path}", f"Edited {path}"
+    if not old:
+        title = f"Edit {path}: insert {_n(after, 'line')}"
+    elif not new:
+        title = f"Edit {path}: delete {_n(before, 'line')}"
+    elif before == after:
+        title = f"Edit {path}: replace {_n(before, 'line')}"
+    else:
+        title = f"Edit {path}: replace {_n(before, 'line')} with {after}"
+    every = " (every occurrence)" if tool_input.get("replace_all") else ""
+    narrative = f"Edited {path}{every}: `{_first_line(old)}` -> `{_first_line(new)}`"
+    return title, narrative
+
+
+def _write(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
+    path, content = _path(tool_input), tool_input.get("content") or ""
+    return (
+        f"Write {path}: {_lines(content)} lines",
+        f"Wrote {path} ({_lines(content)} lines): {_first_line(content, 200)}",
+    )
+
+
+def _read(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
+    path = _path(tool_input)
+    start, count = tool_input.get("offset"), tool_input.get("limit")
+    span = f" lines {start}-{int(start) + int(count)}" if isinstance(start, int) and isinstance(count, int) else ""
+    return f"Read {path}{span}", f"Read {path}{span}: {_first_line(_output_text(output), 200)}"
+
+
+def _grep(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
+    pattern, where = tool_input.get("pattern") or "", tool_input.get("path") or tool_input.get("glob") or ""
+    found = [ln for ln in _output_text(output).splitlines() if ln.strip()]
+    place = f" in {where}" if where else ""
+    title = f"Grep '{truncate(str(pattern), 40)}'{place}: {len(found)} matches"
+    return title, f"Searched for `{pattern}`{place}: {len(found)} matches: " + "; ".join(found[:5])
+
+
+def _glob(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
+    pattern = tool_input.get("pattern") or ""
+    found = [ln for ln in _output_text(output).splitlines() if ln.strip()]
+    return f"Glob {pattern}: {len(found)} files", f"Listed {pattern}: {len(found)} files: " + ", ".join(found[:8])
+
+
+def _fetch(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
+    target = tool_input.get("url") or tool_input.get("query") or ""
+    return f"Fetch {truncate(str(target), 70)}", f"Fetched {target}: {_first_line(_output_text(output), 200)}"
+
+
+def _task(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
+    kind = tool_input.get("subagent_type") or "agent"
+    what = tool_input.get("description") or tool_input.get("prompt") or ""
+    return f"Task ({kind}): {truncate(str(what), 60)}", f"Delegated to {kind}: {what}"
+
+
+def _todos(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
+    todos = [t for t in tool_input.get("todos") or [] if isinstance(t, dict)]
+    done = sum(1 for t in todos if t.get("status") == "completed")
+    items = "; ".join(f"[{t.get('status', '?')}] {t.get('content', '')}" for t in todos[:8])
+    return f"TodoWrite: {len(todos)} todos, {done} done", f"Todo list: {items}"
+
+
+DESCRIBERS: dict[str, Describer] = {
+    "bash": _bash,
+    "shell": _bash,
+    "exec": _bash,
+    "run_terminal_cmd": _bash,
+    "edit": _edit,
+    "multiedit": _edit,
+    "str_replace": _edit,
+    "str_replace_editor": _edit,
+    "write": _write,
+    "create": _write,
+    "read": _read,
+    "view": _read,
+    "grep": _grep,
+    "search": _grep,
+    "glob": _glob,
+    "webfetch": _fetch,
+    "websearch": _fetch,
+    "task": _task,
+    "agent": _task,
+    "todowrite": _todos,
+}
+
+
+def _generic(tool_name: str, tool_input: Any, output: Any) -> tuple[str, str]:
+    if isinstance(tool_input, dict):
+        telling = next((v for v in tool_input.values() if isinstance(v, str) and v.strip()), "")
+    else:
+        telling = stringify(tool_input)
+    title = f"{tool_name}: {truncate(' '.join(telling.split()), 60)}" if telling else tool_name
+    narrative = f"{tool_name} {stringify(tool_input)}".strip()
+    result = _output_text(output).strip()
+    return title, narrative + (f" -> {result}" if result else "")
+
+
+def describe(tool_name: str, tool_input: Any, output: Any, *, failed: bool = False) -> tuple[str, str]:
+    """(title, narrative) saying what a tool call did."""
+    key = re.sub(r"[^a-z]", "", tool_name.rsplit("__", 1)[-1].lower())
+    describer = DESCRIBERS.get(key)
+    try:
+        title, narrative = (
+            describer(tool_input, output)
+            if describer and isinstance(tool_input, dict)
+            else _generic(tool_name, tool_input, output)
+        )
+    except (TypeError, ValueError, AttributeError):  # an input of an unexpected shape
+        title, narrative = _generic(tool_name, tool_input, output)
+    if failed and "-> exit" not in title:
+        reason = _first_line(_output_text(output), 80)
+        title = f"{title} -> failed" + (f": {reason}" if reason else "")
+    if failed:  # the error is what the next session needs to recognise; it ends the narrative
+        error = " ".join(_output_text(output).split())[-300:]
+        narrative = f"{narrative} | {error}" if error else f"{narrative} | failed"
+    return title, narrative

@@ -1,0 +1,232 @@
+"""The capture inbox: hook events that did not become an observation, kept so none is lost silently.
+
+Upstream 0.9.30 stores every event in an inbox before processing it. Here an event is processed
+in one transaction with its observation, so the inbox holds only the events that did not make it:
+
+- ``pending``: storing failed (a bug, a full disk, a locked database): retried in the background
+  every ``AGENTMEMORY_CAPTURE_RETRY_INTERVAL_MS``, doubling, up to
+  ``AGENTMEMORY_CAPTURE_MAX_ATTEMPTS``; then ``dead``. The client got 202 (accepted, retrying).
+- ``dead``: out of attempts, or refused for good (the session already holds
+  MAX_OBS_PER_SESSION observations; the client got the 409). ``POST /capture/retry`` tries again.
+- ``filtered``: a capture filter refused its tool (``AGENTMEMORY_CAPTURE_ALLOW``/``DENY``); the
+  client got 202. ``POST /capture/retry`` with its ``eventId`` stores it anyway.
+
+Entries hold the prepared observation (privacy-stripped, fields cut), never the raw payload.
+Dead and filtered entries are capped at ``AGENTMEMORY_CAPTURE_DEAD_MAX`` each (oldest go first);
+pending ones at ``AGENTMEMORY_CAPTURE_INBOX_MAX`` (beyond it a failing event gets 503, which
+upstream's hooks answer by keeping the event in their own spool). The counters of what the
+pipeline changed (unknown hook types, cut fields, images, filtered tools) live here too.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from agentmemory_server import errors
+from agentmemory_server.capture.filters import ToolFilter
+from agentmemory_server.errors import Unavailable
+from agentmemory_server.kernel.access import agent_filter, stamp_agent
+from agentmemory_server.kernel.registry import AGENT_ID, Ctx, Reply, integer, params, string, tool
+from agentmemory_server.kernel.util import iso, truncate
+
+log = logging.getLogger("agentmemory.capture")
+STATUSES = ("pending", "dead", "filtered")
+MAX_BACKOFF_SECONDS = 15 * 60
+
+
+class CaptureInbox:
+    """Subsystem ``capture``: the tool filter, the inbox bookkeeping and its counters."""
+
+    def __init__(self, rt: Any):
+        self.rt = rt
+        settings = rt.settings
+        self.tool_filter = ToolFilter.from_settings(settings.capture_allow, settings.capture_deny)
+        self.max_attempts = settings.capture_max_attempts
+        self.interval = settings.capture_retry_interval_ms / 1000
+        self.inbox_max = settings.capture_inbox_max
+        self.dead_max = settings.capture_dead_max
+        self.since_start: Counter = Counter()
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before the next attempt after ``attempts`` failed ones."""
+        return min(self.interval * 2 ** max(0, attempts - 1), MAX_BACKOFF_SECONDS)
+
+    # -- keeping events ------------------------------------------------------------------------
+
+    def _entry(self, ctx: Ctx, obs: dict[str, Any], agent_given: str | None, status: str, reason: str) -> dict:
+        raw = obs.get("raw") if isinstance(obs.get("raw"), dict) else {}
+        return {
+            "eventId": obs["eventId"],
+            "status": status,
+            "reason": truncate(reason, 500),
+            "sessionId": obs["sessionId"],
+            "hookType": obs.get("originalHookType") or obs.get("hookType"),
+            "toolName": obs.get("toolName") or (raw or {}).get("tool_name"),
+            "agentId": stamp_agent(ctx, agent_given),
+            "body": {"obs": obs, "agentId": agent_given},
+        }
+
+    def keep_filtered(self, ctx: Ctx, obs: dict[str, Any], agent_given: str | None, reason: str) -> Reply:
+        """Keep an event a capture filter refused; its images are not stored."""
+        obs = {k: v for k, v in obs.items() if k not in ("images", "imageRef", "modality")}
+        entry = self._entry(ctx, obs, agent_given, "filtered", f"tool {obs.get('toolName')!r} refused: {reason}")
+        now = self.rt.clock.iso()
+        with self.rt.db.transaction("capture_filtered", agent_id=entry["agentId"]) as tx:
+            tx.inbox.put(entry, now)
+            tx.inbox.bump("filtered_tool", str(entry["toolName"])[:64], now)
+            tx.inbox.trim("filtered", self.dead_max)
+        self.since_start["filtered"] += 1
+        return Reply(
+            {
+                "success": True,
+                "stored": False,
+                "filtered": True,
+                "reason": entry["reason"],
+                "eventId": obs["eventId"],
+                "sessionId": obs["sessionId"],
+                "hint": "GET /agentmemory/capture lists it; POST /agentmemory/capture/retry {eventId} stores it anyway",
+            },
+            202,
+        )
+
+    def keep_dead(self, ctx: Ctx, prepared: Any, agent_given: str | None, reason: str) -> None:
+        """Keep an event refused for good (the client hears the refusal itself)."""
+        entry = self._entry(ctx, prepared.obs, agent_given, "dead", reason)
+        entry["body"]["images"] = _encoded(prepared.images)
+        with self.rt.db.transaction("capture_dead_letter", agent_id=entry["agentId"]) as tx:
+            tx.inbox.put(entry, self.rt.clock.iso())
+            tx.inbox.trim("dead", self.dead_max)
+        self.since_start["deadLettered"] += 1
+
+    def keep_for_retry(self, ctx: Ctx, prepared: Any, agent_given: str | None, exc: Exception) -> Reply:
+        """Keep an event whose storing failed, for the background retry; 503 when that fails too."""
+        entry = self._entry(ctx, prepared.obs, agent_given, "pending", f"{type(exc).__name__}: {exc}")
+        entry.update(attempts=1, nextTry=self.rt.clock.time() + self.backoff(1), lastError=entry["reason"])
+        entry["body"]["images"] = _encoded(prepared.images)
+        try:
+            with self.rt.db.transaction("capture_retry_later", agent_id=entry["agentId"]) as tx:
+                if tx.inbox.summary()["byStatus"].get("pending", 0) >= self.inbox_max:
+                    raise Unavailable(
+                        f"storing the event failed and the capture inbox is full (AGENTMEMORY_CAPTURE_INBOX_MAX="
+                        f"{self.inbox_max}); resend it later",
+                        code=errors.CAPTURE_INBOX_FULL,
+                    )
+                tx.inbox.put(entry, self.rt.clock.iso())
+        except Unavailable:
+            self.since_start["rejected"] += 1
+            raise
+        except Exception as second:  # noqa: BLE001 - the database refuses writes: the client keeps it
+            self.since_start["rejected"] += 1
+            log.error("could not keep event %s in the capture inbox either: %s", entry["eventId"], second)
+            raise Unavailable(
+                "the server could not store the event; resend it later", code=errors.UNAVAILABLE
+            ) from second
+        self.since_start["retrying"] += 1
+        return Reply(
+            {
+                "success": True,
+                "accepted": True,
+                "retrying": True,
+                "stored": False,
+                "eventId": entry["eventId"],
+                "sessionId": entry["sessionId"],
+                "error": entry["reason"],
+            },
+            202,
+        )
+
+    # -- reports -----------------------------------------------------------------------------------
+
+    def status(self, agent: str | None = None) -> dict[str, Any]:
+        store = self.rt.db.reader()
+        summary = store.inbox.summary(agent)
+        counts = {status: summary["byStatus"].get(status, 0) for status in STATUSES}
+        return {
+            "inbox": {
+                **counts,
+                "oldestPendingAt": summary["oldestPendingAt"],
+                "nextAttemptAt": _iso(summary["nextTry"]),
+                "lastError": summary["lastError"],
+            },
+            "policy": {
+                "maxAttempts": self.max_attempts,
+                "retryIntervalMs": int(self.interval * 1000),
+                "inboxMax": self.inbox_max,
+                "deadMax": self.dead_max,
+            },
+            "filters": {**self.tool_filter.describe(), "outputMax": self.rt.settings.capture_output_max},
+            "counts": store.inbox.counters() if agent is None else {},
+            "sinceStart": dict(self.since_start),
+        }
+
+    def health(self) -> dict[str, Any]:
+        status = self.status()
+        inbox = status["inbox"]
+        return {
+            "status": "degraded" if inbox["pending"] >= self.inbox_max else "ok",
+            "pending": inbox["pending"],
+            "dead": inbox["dead"],
+            "filtered": inbox["filtered"],
+            "unknownHookTypes": sum(status["counts"].get("unknown_hook", {}).values()),
+            "truncatedFields": sum(status["counts"].get("truncated", {}).values()),
+        }
+
+
+def _encoded(images: list[Any]) -> list[dict[str, Any]]:
+    """Images of a kept event, as base64 (only events that failed carry them)."""
+    return [{"id": i.id, "mime": i.mime, "path": i.path, "data": base64.b64encode(i.data).decode()} for i in images]
+
+
+def _iso(epoch: float | None) -> str | None:
+    return iso(datetime.fromtimestamp(epoch, UTC)) if epoch else None
+
+
+def inbox_service(ctx: Ctx) -> CaptureInbox:
+    service: CaptureInbox = ctx.rt.services["capture"]
+    return service
+
+
+def _public(entry: dict[str, Any]) -> dict[str, Any]:
+    """An inbox entry as listed: a preview instead of the whole stored observation."""
+    obs = (entry.get("body") or {}).get("obs") or {}
+    preview = f"{entry.get('toolName') or entry.get('hookType')}: {obs.get('title') or ''}"
+    return {
+        **{k: v for k, v in entry.items() if k not in ("body", "nextTry")},
+        "nextAttemptAt": _iso(entry.get("nextTry")) if entry.get("status") == "pending" else None,
+        "preview": truncate(preview, 160),
+        "images": len((entry.get("body") or {}).get("images") or []),
+    }
+
+
+@tool(
+    "capture_status",
+    params(
+        status=string("Only entries with this status", enum=STATUSES),
+        limit=integer("Entries listed", minimum=1, maximum=500, default=50),
+        offset=integer("Entries to skip", minimum=0, maximum=10_000_000, default=0),
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/capture")],
+    mcp=False,
+)
+def capture_status(ctx: Ctx, args: dict) -> dict:
+    """The capture inbox: events waiting for a retry, dead letters and filtered events (newest
+    first), the filters and counts of what capture changed (unknown hook types, cut fields)."""
+    agent = agent_filter(ctx, args.get("agentId"))
+    service = inbox_service(ctx)
+    items, total = ctx.rt.db.reader().inbox.page(
+        status=args.get("status"), limit=args["limit"], offset=args["offset"], agent_id=agent
+    )
+    return {
+        **service.status(agent),
+        "items": [_public(e) for e in items],
+        "total": total,
+        "offset": args["offset"],
+        "limit": args["limit"],
+        "hasMore": args["offset"] + len(items) < total,
+        "spool": None,  # upstream's hook spool lives on the client machine, not here
+    }

@@ -1,0 +1,133 @@
+"""Retrying the capture inbox: the background worker and ``POST /capture/retry`` / ``/capture/drain``.
+
+An attempt stores the kept observation exactly as ``/observe`` would have (dedup by event id
+included, so an event the client also resent is stored once). A pending entry that fails again
+waits twice as long; after ``AGENTMEMORY_CAPTURE_MAX_ATTEMPTS`` it becomes a dead letter.
+``/capture/retry`` tries dead letters (all, or one by ``eventId``) and a filtered event by its
+``eventId`` (stored despite the filter) at once; ``/capture/drain`` runs every pending entry now
+instead of waiting for its turn (upstream drains the hooks' local spool there; this server has
+no spool of its own, the inbox is its equivalent).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from agentmemory_server import errors
+from agentmemory_server.capture.images import FoundImage
+from agentmemory_server.capture.inbox import inbox_service
+from agentmemory_server.capture.observe import Prepared, store_observation
+from agentmemory_server.errors import InvalidInput, NotFound
+from agentmemory_server.kernel.access import agent_filter, visible_to
+from agentmemory_server.kernel.registry import Ctx, boolean, params, string, tool
+from agentmemory_server.kernel.util import truncate
+
+log = logging.getLogger("agentmemory.capture")
+BATCH = 100
+
+
+class RetryWorker:
+    """Subsystem ``capture_retry``: runs due retries every retry interval."""
+
+    def __init__(self, rt: Any):
+        self.rt = rt
+        self.last_run: dict[str, Any] | None = None
+        rt.every(rt.settings.capture_retry_interval_ms / 1000, "capture_retry", self.run)
+
+    def run(self) -> dict[str, int]:
+        ctx = Ctx(self.rt, source="capture_retry")
+        due = self.rt.db.reader().inbox.due(self.rt.clock.time(), BATCH)
+        outcome = attempt_all(ctx, due, force=False)
+        self.last_run = {"at": self.rt.clock.iso(), **outcome}
+        return outcome
+
+
+def _prepared(entry: dict[str, Any]) -> Prepared:
+    body = entry.get("body") or {}
+    found = [
+        FoundImage(i["id"], i["mime"], base64.b64decode(i["data"]), i.get("path", "")) for i in body.get("images") or []
+    ]
+    return Prepared(dict(body["obs"]), found)
+
+
+def attempt(ctx: Ctx, entry: dict[str, Any], *, force: bool) -> str:
+    """One try at storing a kept event: ``recovered``, ``waiting`` (will retry) or ``dead``."""
+    rt, service = ctx.rt, inbox_service(ctx)
+    attempts = 1 if force else int(entry.get("attempts") or 0) + 1
+    prepared = _prepared(entry)
+    try:
+        store_observation(ctx, prepared.obs, (entry.get("body") or {}).get("agentId"), prepared=prepared)
+    except Exception as exc:  # noqa: BLE001 - a failed retry is recorded, never raised
+        error = truncate(f"{type(exc).__name__}: {getattr(exc, 'message', exc)}", 500)
+        permanent = isinstance(exc, errors.AppError) and exc.status < 500
+        dead = permanent or attempts >= service.max_attempts
+        changes = {"attempts": attempts, "lastError": error, "status": "dead" if dead else "pending"}
+        if not dead:
+            changes["nextTry"] = rt.clock.time() + service.backoff(attempts)
+        with rt.db.transaction("capture_retry") as tx:
+            tx.inbox.update(entry["eventId"], changes, rt.clock.iso())
+            if dead:
+                tx.inbox.trim("dead", service.dead_max)
+        service.since_start["deadLettered" if dead else "retried"] += 1
+        log.warning("capture retry of %s failed (attempt %d): %s", entry["eventId"], attempts, error)
+        return "dead" if dead else "waiting"
+    with rt.db.transaction("capture_recovered") as tx:
+        tx.inbox.delete(entry["eventId"])
+    service.since_start["recovered"] += 1
+    return "recovered"
+
+
+def attempt_all(ctx: Ctx, entries: list[dict[str, Any]], *, force: bool) -> dict[str, int]:
+    counts = {"matched": len(entries), "recovered": 0, "dead": 0, "waiting": 0}
+    for entry in entries:
+        counts[attempt(ctx, entry, force=force)] += 1
+    return counts
+
+
+def _visible(ctx: Ctx, entry: dict[str, Any] | None, agent: str | None) -> bool:
+    return entry is not None and visible_to(ctx, {"agentId": entry.get("agentId")}, agent)
+
+
+@tool(
+    "capture_retry",
+    params(
+        eventId=string("The event to retry (a dead letter, a filtered or a pending event)", max_length=128),
+        all=boolean("Retry every dead letter"),
+        agentId=string("Agent whose entries to retry", max_length=128),
+    ),
+    http=[("POST", "/capture/retry")],
+    mcp=False,
+)
+def capture_retry(ctx: Ctx, args: dict) -> dict:
+    """Try kept events again now: one by eventId (a filtered event is then stored despite the
+    filter), or every dead letter with all=true."""
+    agent = agent_filter(ctx, args.get("agentId"))
+    store = ctx.rt.db.reader()
+    if args.get("eventId"):
+        entry = store.inbox.get(args["eventId"])
+        if not _visible(ctx, entry, args.get("agentId")):
+            raise NotFound(f"no event {args['eventId']!r} in the capture inbox", code=errors.CAPTURE_EVENT_NOT_FOUND)
+        entries = [entry]
+    elif args.get("all"):
+        ids = store.inbox.event_ids("dead", agent_id=agent, limit=10_000)
+        entries = [e for e in (store.inbox.get(i) for i in ids) if e is not None]
+    else:
+        raise InvalidInput("give 'eventId', or 'all': true to retry every dead letter", field="eventId")
+    return {"success": True, **attempt_all(ctx, entries, force=True)}
+
+
+@tool(
+    "capture_drain",
+    params(agentId=string("Agent whose entries to run", max_length=128)),
+    http=[("POST", "/capture/drain")],
+    mcp=False,
+)
+def capture_drain(ctx: Ctx, args: dict) -> dict:
+    """Run every pending capture-inbox entry now instead of at its next retry time."""
+    agent = agent_filter(ctx, args.get("agentId"))
+    store = ctx.rt.db.reader()
+    entries, _ = store.inbox.page(status="pending", limit=10_000, offset=0, agent_id=agent)
+    outcome = attempt_all(ctx, entries, force=False)
+    return {"success": True, **outcome, "results": [{"source": "server-inbox", **outcome}]}

@@ -1,0 +1,131 @@
+"""Where background work runs, and how it keeps out of the way of requests.
+
+``AGENTMEMORY_BACKGROUND`` decides where the loops run (embedding the backlog, LLM jobs,
+periodic jobs):
+
+- ``process`` (default): a separate worker process (``agentmemory worker``) that the server
+  spawns, restarts when it dies and stops on shutdown (``adapters/supervisor.py``). It runs at
+  the lowest CPU priority and has its own GIL, so embedding cannot take a request's core or
+  interpreter; request processes run none of those loops.
+- ``external``: the same, but the operator runs ``agentmemory worker`` (one per machine, e.g.
+  beside several server processes or nodes); the server spawns nothing.
+- ``inline``: the loops run as threads inside the server process (tests that need determinism,
+  or a single-process deployment).
+
+``AGENTMEMORY_BACKGROUND_JOBS=false`` turns every loop off (tests drive the work by hand, the
+CLI's admin commands do theirs and exit).
+
+The **activity board** tells the worker when requests are being served: each request-serving
+process keeps a 16-byte file in ``<database>.activity/`` (requests in flight, monotonic time the
+last one ended; written through ``mmap``, no system call per request), and the worker reads them
+all. While any process is busy the worker embeds in small slices and rests between them; when
+requests stop it drains at full speed. The board is per machine, which is where CPU contention
+is: several server processes and one worker on a node share it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROLES = ("server", "worker", "tool")
+_SLOT = struct.Struct("<qq")  # requests in flight, monotonic ns when the last one ended
+
+
+def runs_loops(background: str, background_jobs: bool, role: str) -> bool:
+    """Do the background loops run in a process of ``role`` with these settings?"""
+    if not background_jobs or role == "tool":
+        return False
+    return role == "worker" or background == "inline"
+
+
+def board_dir(database_path: Path) -> Path:
+    return Path(str(database_path) + ".activity")
+
+
+class ActivityBoard:
+    """This process's slot on the board (request-serving processes only)."""
+
+    def __init__(self, database_path: Path):
+        self.path = board_dir(database_path) / f"{os.getpid()}.bin"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "wb") as fh:
+            fh.write(_SLOT.pack(0, time.monotonic_ns()))
+        self._file = open(self.path, "r+b")  # noqa: SIM115 - kept open for the mmap's lifetime
+        self._map = mmap.mmap(self._file.fileno(), _SLOT.size)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+
+    def begin(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._map[:8] = struct.pack("<q", self._in_flight)
+
+    def end(self) -> None:
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+            self._map[:] = _SLOT.pack(self._in_flight, time.monotonic_ns())
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        self.begin()
+        try:
+            yield
+        finally:
+            self.end()
+
+    def close(self) -> None:
+        try:
+            self._map.close()
+            self._file.close()
+        finally:
+            self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def busy(database_path: Path, quiet_seconds: float) -> bool:
+    """Is any request-serving process on this machine serving a request, or did one end less
+    than ``quiet_seconds`` ago? Slots of processes that died are removed."""
+    directory = board_dir(database_path)
+    now = time.monotonic_ns()
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return False
+    for entry in entries:
+        try:
+            pid = int(entry.name.removesuffix(".bin"))
+            with open(entry.path, "rb") as fh:
+                in_flight, last_end = _SLOT.unpack(fh.read(_SLOT.size))
+        except (ValueError, OSError, struct.error):
+            continue
+        if not _alive(pid):
+            Path(entry.path).unlink(missing_ok=True)
+            continue
+        if in_flight > 0 or now - last_end < quiet_seconds * 1e9:
+            return True
+    return False
+
+
+def lower_priority(niceness: int = 19) -> None:
+    """The whole process (and every thread it starts later) yields the CPU to others."""
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, max(current, niceness))
+    except (AttributeError, OSError):
+        pass

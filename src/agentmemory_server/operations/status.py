@@ -1,0 +1,234 @@
+"""Upstream 0.9.30's one-call views: ``GET /status`` ("what is wrong and how to fix it", JSON or
+HTML), ``GET /viewer/snapshot`` (everything the viewer shows), ``GET /counts`` and
+``GET /observations/locate`` (where an observation is, for deep links).
+
+The status report turns the health of every part into a short list of alerts, each with the fix,
+so a user who sees no memories learns why (refused tokens, dead letters, unknown hook types,
+an embedding backlog, an open model breaker, images evicted by the quota, ...).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from agentmemory_server import errors
+from agentmemory_server.errors import NotFound
+from agentmemory_server.kernel import registry
+from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.registry import AGENT_ID, Ctx, Reply, integer, params, string, tool
+from agentmemory_server.kernel.scopes import obs_scope
+from agentmemory_server.operations import health, overview
+from agentmemory_server.storage.interfaces import Where
+
+NONCE_MARK = "__CSP_NONCE__"  # the HTTP adapter puts a fresh nonce here
+
+
+def _alert(level: str, what: str, fix: str) -> dict[str, str]:
+    return {"level": level, "message": what, "fix": fix}
+
+
+def _capture_alerts(capture: dict[str, Any]) -> list[dict[str, str]]:
+    alerts = []
+    if capture.get("pending"):
+        alerts.append(
+            _alert(
+                "warn",
+                f"{capture['pending']} hook event(s) could not be stored yet and wait for a retry",
+                "see GET /agentmemory/capture for the error; POST /agentmemory/capture/drain retries now",
+            )
+        )
+    if capture.get("dead"):
+        alerts.append(
+            _alert(
+                "warn",
+                f"{capture['dead']} hook event(s) are dead letters (not stored)",
+                "see GET /agentmemory/capture?status=dead; fix the cause, then POST /agentmemory/capture/retry "
+                '{"all": true}',
+            )
+        )
+    if capture.get("unknownHookTypes"):
+        alerts.append(
+            _alert(
+                "info",
+                f"{capture['unknownHookTypes']} event(s) had a hookType this server does not know (stored as 'other')",
+                "GET /agentmemory/capture lists the names; update the hook scripts or the client",
+            )
+        )
+    return alerts
+
+
+def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
+    """What is wrong, each with its fix, from the health sections."""
+    alerts: list[dict[str, str]] = []
+    denied = (sections.get("auth") or {}).get("denied", 0)
+    if denied:
+        last = (sections["auth"].get("lastDenied") or {}) or {}
+        alerts.append(
+            _alert(
+                "warn",
+                f"{denied} request(s) refused without a valid token since start (latest: {last.get('reason')} "
+                f"{last.get('path')}); hook scripts exit 0 on a 401, so their events were lost",
+                "give clients AGENTMEMORY_SECRET (or let them read the server's secret file)",
+            )
+        )
+    alerts += _capture_alerts(sections.get("capture") or {})
+    images = sections.get("images") or {}
+    if images.get("evicted"):
+        alerts.append(
+            _alert(
+                "info",
+                f"{images['evicted']} image(s) were evicted by the image store quota",
+                "raise AGENTMEMORY_IMAGE_STORE_MAX_BYTES to keep more images",
+            )
+        )
+    vectors = sections.get("vectors") or {}
+    if vectors.get("backlog"):
+        alerts.append(
+            _alert(
+                "info",
+                f"{vectors['backlog']} record(s) wait for an embedding; search uses BM25 for them meanwhile",
+                "nothing to do: the embedding worker drains it in the background",
+            )
+        )
+    for name, section in sections.items():
+        if isinstance(section, dict) and section.get("status") in ("degraded", "critical", "error"):
+            detail = section.get("lastError") or section.get("error") or section.get("status")
+            alerts.append(_alert("error", f"{name} is {section['status']}: {detail}", "see GET /agentmemory/health"))
+    return alerts
+
+
+def status_report(ctx: Ctx) -> dict[str, Any]:
+    rt = ctx.rt
+    report = registry.run(health.health, ctx, {})
+    sections = rt.health_sections()
+    llm = sections.get("llm") or {}
+    vectors = sections.get("vectors") or {}
+    return {
+        "service": "agentmemory",
+        "version": rt.version,
+        "status": report["status"],
+        "uptimeSeconds": report["uptimeSeconds"],
+        "ports": {"rest": rt.settings.port, "streams": rt.settings.port, "viewer": rt.settings.port},
+        "alerts": alerts_of(sections),
+        "provider": llm.get("provider") or "noop",
+        "embeddingProvider": vectors.get("provider") or "none",
+        "index": {
+            "bm25Documents": sum(rt.db.reader().index.kind_counts().values()),
+            "vectorDocuments": vectors.get("vectors"),
+            "pendingVectorBackfill": vectors.get("backlog", 0),
+        },
+        "counts": report["counts"],
+        "db": report["db"],
+        "auth": sections.get("auth"),
+        "capture": sections.get("capture"),
+        "images": sections.get("images"),
+        "generatedAt": rt.clock.iso(),
+    }
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report as a small page (every value escaped; styles carry the response's nonce)."""
+    esc = html.escape
+    rows = (
+        "".join(
+            f"<li class='{esc(a['level'])}'><b>{esc(a['message'])}</b><br>fix: {esc(a['fix'])}</li>"
+            for a in report["alerts"]
+        )
+        or "<li class='ok'>Nothing is wrong.</li>"
+    )
+    counts = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in report["counts"].items())
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>agentmemory status</title>"
+        f"<style nonce='{NONCE_MARK}'>body{{font:14px system-ui;margin:2em;max-width:60em}}"
+        ".warn{color:#a60}.error{color:#b00}.ok{color:#070}.info{color:#356}li{margin:.5em 0}</style></head><body>"
+        f"<h1>agentmemory {esc(report['version'])}: {esc(report['status'])}</h1>"
+        f"<p>up {esc(str(report['uptimeSeconds']))} s, generated {esc(report['generatedAt'])}</p>"
+        f"<h2>What needs attention</h2><ul>{rows}</ul><h2>Records</h2><table>{counts}</table></body></html>"
+    )
+
+
+@tool(
+    "status",
+    params(format=string("json or html", enum=["json", "html"])),
+    http=[("GET", "/status")],
+    mcp=False,
+    content=("text/html",),
+)
+def status(ctx: Ctx, args: dict) -> Reply:
+    """What is wrong and how to fix it: alerts with fixes, index, capture and auth state; HTML when
+    the client prefers it (a browser, or ?format=html)."""
+    agent_filter(ctx)  # isolated scope without an agent id fails closed, as every read
+    report = status_report(ctx)
+    return Reply(report, 200, content=(render_html(report), "text/html"))
+
+
+@tool("counts", params(agentId=AGENT_ID), http=[("GET", "/counts")], mcp=False)
+def counts(ctx: Ctx, args: dict) -> dict:
+    """Live record counts by kind (only the caller's in isolated agent scope)."""
+    return {"counts": health.record_counts(ctx)}
+
+
+@tool("viewer_snapshot", params(agentId=AGENT_ID), http=[("GET", "/viewer/snapshot")], mcp=False)
+def viewer_snapshot(ctx: Ctx, args: dict) -> dict:
+    """Everything the viewer's dashboard shows, in one call: status report, health, counts,
+    ingest rates, indexes, capture inbox and refused requests."""
+    report = status_report(ctx)
+    view = registry.run(overview.viewer_overview, ctx, {})
+    return {
+        "version": report["version"],
+        "service": "agentmemory",
+        "ports": report["ports"],
+        "provider": report["provider"],
+        "embeddingProvider": report["embeddingProvider"],
+        "status": report["status"],
+        "health": {k: report[k] for k in ("db", "auth", "capture", "images")},
+        "counts": view["counts"],
+        "ingest": view["ingest"],
+        "live": view["live"],
+        "features": view["features"],
+        "indexes": report["index"],
+        "report": {"alerts": report["alerts"]},
+        "generatedAt": report["generatedAt"],
+    }
+
+
+@tool(
+    "observation_locate",
+    params(
+        ["observationId"],
+        observationId=string("Observation id", max_length=128),
+        pageSize=integer("Page size the viewer uses for a session's observations", minimum=1, maximum=1000, default=50),
+        agentId=AGENT_ID,
+    ),
+    http=[("GET", "/observations/locate")],
+    mcp=False,
+)
+def observation_locate(ctx: Ctx, args: dict) -> dict:
+    """Where an observation is: its session, position in the session (time order) and the page
+    offset a viewer opens to show it (deep links)."""
+    store = ctx.rt.db.reader()
+    agent = agent_filter(ctx, args.get("agentId"))
+    hits = store.index.lookup([args["observationId"]], {"kinds": ["observation"], "agent_id": agent})
+    record = store.records.get(hits[0]["scope"], hits[0]["key"]) if hits else None
+    if record is None:
+        raise NotFound(f"observation {args['observationId']!r} not found", code=errors.NOT_FOUND)
+    scope = obs_scope(record["sessionId"])
+    before = store.records.count_where(scope, [Where("timestamp", "<", record["timestamp"])])
+    position = before + sum(
+        1
+        for other in store.records.query(
+            scope, [Where("timestamp", "=", record["timestamp"])], order_by=[("timestamp", False)]
+        )
+        if other["id"] < record["id"]
+    )
+    return {
+        "found": True,
+        "observationId": record["id"],
+        "sessionId": record["sessionId"],
+        "project": record.get("project"),
+        "timestamp": record["timestamp"],
+        "position": position,
+        "offset": position - position % args["pageSize"],
+        "pageSize": args["pageSize"],
+    }

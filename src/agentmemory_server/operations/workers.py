@@ -1,0 +1,114 @@
+"""The ``background`` subsystem: where background work runs and whether a worker is alive.
+
+A worker process (``agentmemory worker``) writes a heartbeat row every few seconds with what it
+has done; every process's /health shows the live workers, the supervisor's view when this
+server started the worker itself (``AGENTMEMORY_BACKGROUND=process``), and the periodic jobs'
+schedule (run once per database, whichever worker claims them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger("agentmemory.background")
+BEAT_SECONDS = 5.0
+ALIVE_WITHIN = 30.0  # a worker without a heartbeat for this long counts as gone
+
+
+class BackgroundStatus:
+    def __init__(self, rt: Any):
+        self.rt = rt
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if rt.role == "worker":
+            self.beat()
+            self._thread = threading.Thread(target=self._beat_loop, name="agentmemory-heartbeat", daemon=True)
+            self._thread.start()
+
+    def _info(self) -> dict[str, Any]:
+        services = self.rt.services
+        info: dict[str, Any] = {"jobs": [j["name"] for j in self.rt.jobs.status()]}
+        vectors = services.get("vectors")
+        if vectors is not None:
+            info["embedded"] = vectors.embedded
+            info["model"] = vectors.model
+        llm = services.get("llm")
+        if llm is not None:  # this worker's model calls (request processes make none of them)
+            usage = llm.usage.snapshot()
+            info["llm"] = {
+                **{k: usage.get(k, 0) for k in ("calls", "succeeded", "failed", "totalTokens", "jobsDone")},
+                "breaker": llm.breaker.state,
+                "workers": sum(t.is_alive() for t in llm.jobs.threads),
+            }
+        return info
+
+    def beat(self) -> None:
+        with self.rt.db.transaction("worker_heartbeat") as tx:
+            tx.jobs.worker_beat(
+                self.rt.worker_id, socket.gethostname(), os.getpid(), self.rt.started_at, time.time(), self._info()
+            )
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(BEAT_SECONDS):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - a missed beat is not fatal
+                log.exception("worker heartbeat failed")
+
+    def health(self) -> dict[str, Any]:
+        settings = self.rt.settings
+        store = self.rt.db.reader()
+        workers = store.jobs.workers(time.time() - ALIVE_WITHIN)
+        supervisor = getattr(self.rt, "supervisor", None)
+        expected = settings.background_jobs and settings.background != "inline"
+        starting = time.time() - self.rt.started_at < ALIVE_WITHIN
+        status = "degraded" if expected and not workers and not starting else "healthy"
+        return {
+            "status": status,
+            "mode": settings.background if settings.background_jobs else "off",
+            "runsHere": self.rt.runs_background,
+            "workers": workers,
+            "supervisor": supervisor.status() if supervisor is not None else None,
+            "periodic": store.jobs.periodic_status(),
+        }
+
+    def diagnose(self) -> list[dict[str, Any]]:
+        health = self.health()
+        ok = health["status"] == "healthy"
+        message = (
+            f"{len(health['workers'])} background worker(s) alive (mode {health['mode']})"
+            if ok
+            else f"no background worker has reported for {ALIVE_WITHIN:.0f} s (mode {health['mode']}): "
+            "embeddings, model jobs and sweeps wait"
+        )
+        fix = (
+            ""
+            if ok
+            else "start `agentmemory worker` (AGENTMEMORY_BACKGROUND=external) or check the server log for "
+            "worker crashes (process)"
+        )
+        return [
+            {
+                "name": "background-worker",
+                "category": "background",
+                "status": "pass" if ok else "warn",
+                "message": message,
+                "fix": fix,
+                "fixable": False,
+            }
+        ]
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            try:
+                with self.rt.db.transaction("worker_gone") as tx:
+                    tx.jobs.worker_gone(self.rt.worker_id)
+            except Exception:  # noqa: BLE001 - the row expires by itself
+                log.exception("removing the worker heartbeat failed")

@@ -1,0 +1,101 @@
+"""Which images exist (``images``) and which search rows use them (``image_links``) on SQLite.
+
+The bytes are files beside the database (storage/blobs.py); a link row is deleted with its
+search row (foreign key, ON DELETE CASCADE), so forgetting a record releases its images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from agentmemory_server.storage.sqlite.common import Unit, in_chunks
+
+
+class SqliteImageIndex:
+    def __init__(self, unit: Unit):
+        self.unit = unit
+        self.conn = unit.conn
+
+    def put(self, image_id: str, mime: str, size: int, now: str) -> None:
+        """Know an image (again): a file the quota had evicted counts as present once more."""
+        self.conn.execute(
+            "INSERT INTO images (id, mime, bytes, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET evicted_at = NULL, created_at = CASE WHEN images.evicted_at "
+            "IS NULL THEN images.created_at ELSE excluded.created_at END",
+            (image_id, mime, size, now),
+        )
+
+    def link(self, doc_rowid: int, image_ids: Sequence[str]) -> None:
+        """The images search row ``doc_rowid`` references are exactly ``image_ids``."""
+        current = {
+            r[0] for r in self.conn.execute("SELECT image_id FROM image_links WHERE doc_rowid = ?", (doc_rowid,))
+        }
+        wanted = set(image_ids)
+        if current == wanted:
+            return
+        self.conn.execute("DELETE FROM image_links WHERE doc_rowid = ?", (doc_rowid,))
+        self.conn.executemany(
+            "INSERT INTO image_links (doc_rowid, image_id) VALUES (?, ?)", [(doc_rowid, i) for i in sorted(wanted)]
+        )
+
+    def get(self, image_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT id, mime, bytes, created_at, evicted_at, "
+            "(SELECT count(*) FROM image_links WHERE image_id = images.id) FROM images WHERE id = ?",
+            (image_id,),
+        ).fetchone()
+        if not row:
+            return None
+        return {
+            "id": row[0],
+            "mime": row[1],
+            "bytes": row[2],
+            "createdAt": row[3],
+            "evictedAt": row[4],
+            "refs": row[5],
+        }
+
+    def unreferenced(self, *, created_before: str, limit: int) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT id FROM images WHERE created_at < ? AND NOT EXISTS "
+            "(SELECT 1 FROM image_links WHERE image_id = images.id) ORDER BY created_at LIMIT ?",
+            (created_before, limit),
+        )
+        return [r[0] for r in rows]
+
+    def oldest(self, *, created_before: str, limit: int) -> list[tuple[str, int]]:
+        """Images whose file is still kept, oldest first (the quota's eviction order)."""
+        rows = self.conn.execute(
+            "SELECT id, bytes FROM images WHERE evicted_at IS NULL AND created_at < ? ORDER BY created_at, id LIMIT ?",
+            (created_before, limit),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def delete(self, image_ids: Iterable[str]) -> None:
+        for chunk, marks in in_chunks(image_ids):
+            self.conn.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
+            for image_id in chunk:
+                self.unit.record_change(f"images/{image_id}")
+
+    def mark_evicted(self, image_ids: Iterable[str], now: str) -> None:
+        for chunk, marks in in_chunks(image_ids):
+            self.conn.execute(f"UPDATE images SET evicted_at = ? WHERE id IN ({marks})", (now, *chunk))
+            for image_id in chunk:
+                self.unit.record_change(f"images/{image_id}")
+
+    def known(self, image_ids: Iterable[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk, marks in in_chunks(image_ids):
+            found.update(r[0] for r in self.conn.execute(f"SELECT id FROM images WHERE id IN ({marks})", chunk))
+        return found
+
+    def stats(self) -> dict[str, int]:
+        images, kept_bytes, evicted = self.conn.execute(
+            "SELECT count(*), coalesce(sum(CASE WHEN evicted_at IS NULL THEN bytes END), 0), "
+            "coalesce(sum(evicted_at IS NOT NULL), 0) FROM images"
+        ).fetchone()
+        unreferenced = self.conn.execute(
+            "SELECT count(*) FROM images WHERE NOT EXISTS (SELECT 1 FROM image_links WHERE image_id = images.id)"
+        ).fetchone()[0]
+        return {"images": images, "bytes": kept_bytes, "evicted": evicted, "unreferenced": unreferenced}

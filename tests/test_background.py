@@ -1,0 +1,158 @@
+"""Background work in its own process: the server spawns the worker, restarts it after SIGKILL
+without losing queued work, stops it on shutdown; external mode; a worker orphaned by its
+server leaves; periodic jobs run once per database; leases; the activity board."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from agentmemory_server.kernel import background
+from agentmemory_server.retrieval import vectors
+from conftest import SRC, clean_environ, end_process_group, hook, post, wait_for
+
+
+def _background(server) -> dict:
+    return requests.get(server.api("/health"), timeout=10).json()["background"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+
+
+def _observe(server, n: int, tag: str) -> list[str]:
+    return [post(server.api("/observe"), hook(f"{tag}{i}", data={"tool_name": "Bash", "tool_input": {
+        "command": f"rollout {tag} shard {i} to the canary fleet"}})).json()["observationId"] for i in range(n)]
+
+
+def _vector_hits(server, query: str) -> set[str]:
+    body = post(server.api("/smart-search"), {"query": query, "mode": "vector", "limit": 100}).json()
+    return {r["obsId"] for r in body["results"]} if body["mode"] == "vector" else set()
+
+
+def test_the_server_spawns_a_low_priority_worker_and_restarts_it_after_sigkill(live_server):
+    server = live_server(env={"EMBEDDING_PROVIDER": "hash"})
+    first = wait_for(lambda: _background(server)["supervisor"], timeout=20, interval=0.2)
+    pid = first["pid"]
+    assert first["alive"] and _alive(pid)
+    assert "agentmemory_server.adapters.cli" in Path(f"/proc/{pid}/cmdline").read_text()
+    assert wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) == 19, timeout=20)  # the lowest CPU priority
+    ids = _observe(server, 6, "a")
+    assert wait_for(lambda: _vector_hits(server, "rollout shard canary fleet") >= set(ids), timeout=60,
+                    interval=0.3, message="the worker's vectors never reached the server")
+
+    os.kill(pid, signal.SIGKILL)
+    more = _observe(server, 6, "b")  # queued while the worker is dead or restarting
+    restarted = wait_for(lambda: (s := _background(server)["supervisor"])["pid"] != pid and s["alive"] and s,
+                         timeout=30, interval=0.2, message="the supervisor did not restart the worker")
+    assert restarted["restarts"] == 1 and restarted["lastExit"]["code"] == -signal.SIGKILL
+    assert wait_for(lambda: _vector_hits(server, "rollout shard canary fleet") >= set(ids + more), timeout=60,
+                    interval=0.3, message="work queued around the crash was lost")
+    health = requests.get(server.api("/health"), timeout=10).json()
+    assert health["vectors"]["backlog"] == 0 and health["vectors"]["embeddedSinceStart"] == 0
+
+    new_pid = restarted["pid"]
+    server.stop()  # SIGTERM to the group: the server stops its worker too
+    assert not _alive(new_pid)
+
+
+def test_external_mode_spawns_nothing_and_a_worker_started_by_hand_drains_the_backlog(live_server, tmp_path):
+    server = live_server(env={"EMBEDDING_PROVIDER": "hash", "AGENTMEMORY_BACKGROUND": "external"})
+    ids = _observe(server, 5, "x")
+    time.sleep(1.0)
+    health = requests.get(server.api("/health"), timeout=10).json()
+    assert health["background"]["supervisor"] is None and health["background"]["workers"] == []
+    assert health["vectors"]["backlog"] == 5  # nobody embeds: no worker yet
+    env = {**server.env}
+    worker = subprocess.Popen([sys.executable, "-m", "agentmemory_server.adapters.cli", "worker"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_for(lambda: _vector_hits(server, "rollout shard canary fleet") >= set(ids), timeout=60,
+                        interval=0.3, message="the external worker did not embed the backlog", proc=worker)
+        workers = wait_for(lambda: _background(server)["workers"], timeout=20, interval=0.3)
+        assert [w["pid"] for w in workers] == [worker.pid]
+    finally:
+        end_process_group(worker)
+    assert worker.returncode == 0  # SIGTERM is a clean stop
+    assert wait_for(lambda: _background(server)["workers"] == [], timeout=10, interval=0.2)
+
+
+def test_a_worker_whose_server_died_stops(tmp_path):
+    """The server is SIGKILLed: its worker notices its parent is gone and leaves."""
+    env = {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(tmp_path / "data"), "EMBEDDING_PROVIDER": "hash"}
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, subprocess, sys, time; "
+         "p = subprocess.Popen([sys.executable, '-m', 'agentmemory_server.adapters.cli', 'worker', "
+         "'--parent-pid', str(os.getpid())]); print(p.pid, flush=True); time.sleep(120)"],
+        env=env, stdout=subprocess.PIPE, text=True, start_new_session=True, cwd=str(SRC))
+    try:
+        worker_pid = int(parent.stdout.readline())
+        wait_for(lambda: _alive(worker_pid) and (tmp_path / "data" / "agentmemory.db").exists(), timeout=20)
+        time.sleep(1.5)
+        assert _alive(worker_pid)
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: not _alive(worker_pid), timeout=15, message="the orphaned worker kept running")
+    finally:
+        end_process_group(parent)
+        parent.stdout.close()
+
+
+def test_periodic_jobs_run_once_per_database_across_workers(make_runtime):
+    a = make_runtime()
+    b = make_runtime()
+    assert not a._claim_periodic("nightly", 3600)  # first sight: due one period from now
+    with a.db.transaction("test") as tx:  # make it due
+        tx.conn.execute("UPDATE periodic_jobs SET next_run = 0 WHERE name = 'nightly'")
+    claims = [a._claim_periodic("nightly", 3600), b._claim_periodic("nightly", 3600)]
+    assert claims == [True, False]  # the second worker sees the run taken
+    a._periodic_done("nightly", None)
+    status = b.db.reader().jobs.periodic_status()
+    assert status[0]["name"] == "nightly" and status[0]["runs"] == 1 and status[0]["holder"] == a.worker_id
+
+
+def test_a_claimed_batch_of_a_dead_worker_is_taken_over(make_runtime):
+    rt = make_runtime(embedding_provider="hash")
+    registry_call = __import__("agentmemory_server.kernel.registry", fromlist=["call"])
+    for i in range(3):
+        registry_call.call(registry_call.Ctx(rt), "agent_observe", {"sessionId": "s", "content": f"note {i}"})
+    now = time.time()
+    with rt.db.transaction("dead_worker") as tx:  # a worker claims the batch, then dies
+        assert len(tx.vectors.backlog_claim(10, now, now + 600)) == 3
+    svc = vectors.service(rt)
+    assert svc.drain() == 0  # hidden by the lease
+    assert svc.release_leases() == 3 and svc.drain() == 3  # what a starting worker does
+    assert rt.db.reader().vectors.backlog_stats()["pending"] == 0 and len(svc.index) == 3
+
+
+def test_the_activity_board_shows_requests_in_flight(tmp_path):
+    db = tmp_path / "x.db"
+    assert not background.busy(db, 0.05)
+    board = background.ActivityBoard(db)
+    try:
+        board.begin()
+        assert background.busy(db, 0.05)
+        board.end()
+        assert background.busy(db, 10.0) and wait_for(lambda: not background.busy(db, 0.05), timeout=2)
+    finally:
+        board.close()
+    stale = background.board_dir(db) / "999999999.bin"  # a process that died without cleaning up
+    stale.write_bytes(b"\x01" + b"\x00" * 15)
+    assert not background.busy(db, 0.05) and not stale.exists()
+
+
+def test_roles_decide_where_loops_run():
+    assert background.runs_loops("process", True, "worker") and background.runs_loops("external", True, "worker")
+    assert not background.runs_loops("process", True, "server") and background.runs_loops("inline", True, "server")
+    assert not background.runs_loops("inline", False, "server") and not background.runs_loops("inline", True, "tool")

@@ -1,0 +1,237 @@
+"""The persistent nearest-neighbour index behind ``store.vectors.search``: exact filters on both
+paths (exact scan and graph walk), exact scores, survival of restarts and SIGKILL, repair of a
+lost or foreign index file in the background, and catching up with vectors another process wrote."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import requests
+
+from agentmemory_server.retrieval import vectors
+from agentmemory_server.storage.sqlite import ann, vector_index
+from conftest import hook as make_hook, post, wait_for
+
+DIM = 384
+MODEL = "test-model"
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def seed(db, n: int, rng: np.random.Generator) -> tuple[dict[int, np.ndarray], dict[int, dict]]:
+    """n search rows with vectors and varied metadata, through the storage interface."""
+    vecs, metas = {}, {}
+    block = unit(rng, n)
+    with db.transaction("test_seed") as tx:
+        for i in range(n):
+            is_memory = i % 7 == 0
+            meta = {"kind": "memory" if is_memory else "observation",
+                    "project": None if i % 14 == 0 else f"p{i % 3}",
+                    "agent_id": f"a{i % 2}", "session_id": f"s{i % 10}"}
+            doc = {"doc_id": f"d{i}", "scope": "t", "key": f"k{i}", "type": None, "ts": "2026-12-01T00:00:00Z",
+                   "active": True, "global": meta["project"] is None and is_memory, **meta}
+            rowid = tx.index.upsert(doc, {"title": f"row {i}"})
+            tx.vectors.put(rowid, MODEL, block[i].astype("<f4").tobytes(), DIM, "2026-12-01T00:00:00Z")
+            vecs[rowid], metas[rowid] = block[i], doc
+    return vecs, metas
+
+
+def brute_force(vecs, metas, query, k, filters) -> list[int]:
+    def passes(m) -> bool:
+        if filters.get("kinds") and m["kind"] not in filters["kinds"]:
+            return False
+        if filters.get("project") is not None and not (m["project"] == filters["project"] or m["global"]):
+            return False
+        if filters.get("agent_id") is not None and m["agent_id"] != filters["agent_id"]:
+            return False
+        return filters.get("session_ids") is None or m["session_id"] in filters["session_ids"]
+
+    scored = sorted(((float(v @ query), r) for r, v in vecs.items() if passes(metas[r])), reverse=True)
+    return [r for _, r in scored[:k]]
+
+
+FILTERS = [{}, {"project": "p1"}, {"kinds": ["memory"]}, {"agent_id": "a0", "project": "p2"},
+           {"session_ids": ["s3", "s4"]}, {"project": "nope"}, {"kinds": ["observation"], "session_ids": ["s1"]}]
+
+
+@pytest.mark.parametrize("exact_limit", [10_000, 20], ids=["exact-scan", "graph-walk"])
+def test_filters_are_exact_and_scores_are_exact_cosines(make_runtime, monkeypatch, exact_limit):
+    monkeypatch.setattr(ann, "EXACT_LIMIT", exact_limit)
+    rt = make_runtime()
+    rng = np.random.default_rng(3)
+    vecs, metas = seed(rt.db, 400, rng)
+    index = rt.db.vector_index(MODEL, DIM)
+    while index.refresh():
+        pass
+    assert len(index) == 400
+    store = rt.db.reader()
+    for query in unit(rng, 5):
+        for filters in FILTERS:
+            want = brute_force(vecs, metas, query, 10, filters)
+            got = store.vectors.search(MODEL, DIM, query, 10, filters)
+            assert [r for r, _ in got] == want, filters
+            for rowid, score in got:  # re-scored against the stored float32 vectors
+                assert score == pytest.approx(float(vecs[rowid] @ query), abs=1e-5)
+            if filters.get("project") == "nope":
+                assert {metas[r]["global"] for r, _ in got} <= {True}  # only global rows
+
+
+def test_index_is_saved_and_replays_the_log_after_a_restart(make_runtime):
+    rt = make_runtime()
+    rng = np.random.default_rng(4)
+    vecs, metas = seed(rt.db, 120, rng)
+    index = rt.db.vector_index(MODEL, DIM)
+    while index.refresh():
+        pass
+    assert index.save() and index.status()["savedSeq"] == index.seq
+    more, more_metas = seed_more(rt.db, rng)  # written after the save: only the log has them
+    rt.close()
+    again = make_runtime()
+    reopened = again.db.vector_index(MODEL, DIM)
+    assert reopened.status()["repair"] is None and len(reopened) == 120  # loaded, not rebuilt
+    assert reopened.lag() == len(more) and reopened.refresh() == len(more)
+    assert len(reopened) == 120 + len(more)
+    vecs.update(more)
+    metas.update(more_metas)
+    query = unit(rng, 1)[0]
+    got = again.db.reader().vectors.search(MODEL, DIM, query, 10, {})
+    assert [r for r, _ in got] == brute_force(vecs, metas, query, 10, {})
+
+
+def seed_more(db, rng):
+    vecs, metas = {}, {}
+    with db.transaction("test_more") as tx:
+        for i, vector in enumerate(unit(rng, 15)):
+            doc = {"doc_id": f"late{i}", "kind": "observation", "scope": "t", "key": f"late{i}", "session_id": "s9",
+                   "project": "p1", "agent_id": "a1", "type": None, "ts": "2026-12-02T00:00:00Z", "active": True,
+                   "global": False}
+            rowid = tx.index.upsert(doc, {"title": "late"})
+            tx.vectors.put(rowid, MODEL, vector.astype("<f4").tobytes(), DIM, "2026-12-02T00:00:00Z")
+            vecs[rowid], metas[rowid] = vector, doc
+    return vecs, metas
+
+
+def test_a_foreign_or_damaged_index_file_is_rebuilt(make_runtime):
+    rt = make_runtime()
+    rng = np.random.default_rng(5)
+    seed(rt.db, 60, rng)
+    index = rt.db.vector_index(MODEL, DIM)
+    while index.refresh():
+        pass
+    index.save()
+    state = json.loads(index.state_path.read_text())
+    rt.close()
+    # The saved index claims more history than the database has: an older copy was restored.
+    index.state_path.write_text(json.dumps({**state, "seq": state["seq"] + 1000}))
+    again = make_runtime()
+    reopened = again.db.vector_index(MODEL, DIM)
+    assert reopened.status()["repair"]["reason"].startswith("the saved index is ahead")
+    assert len(reopened) == 0
+    while reopened.refresh(7):  # bounded steps
+        pass
+    assert reopened.status()["repair"] is None and len(reopened) == 60
+    reopened.save()
+    again.close()
+    (index.dir / f"{json.loads(index.state_path.read_text())['stem']}.faiss").write_bytes(b"garbage")
+    third = make_runtime()
+    damaged = third.db.vector_index(MODEL, DIM)
+    assert damaged.status()["repair"]["reason"].startswith("unreadable index file")
+
+
+def test_dead_rows_are_skipped_and_replaced_rows_hold_their_new_vector(make_runtime):
+    rt = make_runtime()
+    rng = np.random.default_rng(6)
+    vecs, metas = seed(rt.db, 50, rng)
+    index = rt.db.vector_index(MODEL, DIM)
+    while index.refresh():
+        pass
+    target = next(iter(vecs))
+    query = unit(rng, 1)[0]
+    with rt.db.transaction("test_replace") as tx:  # re-embedded: its vector is now the query
+        tx.vectors.put(target, MODEL, query.astype("<f4").tobytes(), DIM, "2026-12-03T00:00:00Z")
+    index.refresh()
+    best = rt.db.reader().vectors.search(MODEL, DIM, query, 1, {})
+    assert best[0][0] == target and best[0][1] == pytest.approx(1.0, abs=1e-5)
+    with rt.db.transaction("test_delete") as tx:
+        tx.index.delete(["d1", "d2"])  # the vectors go by cascade; the log tells the index
+    assert index.refresh() == 2 and len(index) == 48 and index.status()["graphSlots"] == 51
+
+
+def test_a_graph_full_of_dead_rows_is_rebuilt_aside_while_it_keeps_serving(make_runtime, monkeypatch):
+    monkeypatch.setattr(vector_index, "REBUILD_MIN_VECTORS", 10)
+    rt = make_runtime()
+    rng = np.random.default_rng(8)
+    vecs, metas = seed(rt.db, 60, rng)
+    index = rt.db.vector_index(MODEL, DIM)
+    while index.refresh():
+        pass
+    with rt.db.transaction("test_delete") as tx:
+        tx.index.delete([f"d{i}" for i in range(25)])
+    gone = {r for r, m in metas.items() if int(m["doc_id"][1:]) < 25}
+    for rowid in gone:
+        vecs.pop(rowid)
+    assert index.refresh() == 25  # applies the deletes
+    assert index.refresh(10) == 0  # nothing new; 25 dead of 60 slots: a rebuild starts beside
+    assert index.refresh(10) == 10  # 10 rows a step
+    status = index.status()
+    assert status["repair"]["reason"].endswith("deleted rows") and status["graphSlots"] == 60
+    query = unit(rng, 1)[0]
+    store = rt.db.reader()
+    assert [r for r, _ in store.vectors.search(MODEL, DIM, query, 10, {})] == brute_force(vecs, metas, query, 10, {})
+    while index.refresh(10):
+        pass
+    assert index.status()["repair"] is None and index.status()["graphSlots"] == 35 and len(index) == 35
+    assert [r for r, _ in store.vectors.search(MODEL, DIM, query, 10, {})] == brute_force(vecs, metas, query, 10, {})
+
+
+def _search_rows(server, query: str) -> list[str]:
+    """Vector-mode hits ([] while the server has no vector yet: it answers with BM25 and says so)."""
+    body = post(server.api("/smart-search"), {"query": query, "mode": "vector", "limit": 50}).json()
+    return sorted(r["obsId"] for r in body["results"]) if body["mode"] == "vector" else []
+
+
+def test_index_survives_sigkill_and_repairs_a_lost_file(live_server):
+    """Real server and worker processes: vectors the worker wrote are searchable in the server;
+    after SIGKILL the index comes back (saved file + log replay); a deleted index file is
+    rebuilt in the background with its progress in /health and diagnose."""
+    env = {"EMBEDDING_PROVIDER": "hash"}
+    server = live_server(env=env)
+    ids = [post(server.api("/observe"), make_hook(f"s{i}", data={"tool_name": "Bash", "tool_input": {
+        "command": f"deploy service number {i} to staging"}})).json()["observationId"] for i in range(12)]
+
+    def searchable() -> list[str] | None:
+        rows = _search_rows(server, "deploy service to staging")
+        return rows if len(rows) == 12 else None
+
+    assert wait_for(searchable, timeout=60, interval=0.3, message="worker vectors never became searchable") == sorted(ids)
+    server.stop(signal.SIGKILL)  # no clean shutdown: nothing saved since start
+    server.start()
+    health = requests.get(server.api("/health"), timeout=10).json()["vectors"]["index"]
+    assert health["repair"] is None  # nothing lost, nothing to rebuild: the log replays
+    assert wait_for(searchable, timeout=30, interval=0.3, message="vectors lost after SIGKILL") == sorted(ids)
+    server.stop()  # clean: the index is saved
+    vectors_dir = server.db_path.parent / (server.db_path.name + ".vectors")
+    assert any(vectors_dir.glob("*.faiss"))
+    for path in vectors_dir.iterdir():
+        path.unlink()
+    server.start()
+    status = wait_for(lambda: requests.get(server.api("/health"), timeout=10).json()["vectors"]["index"],
+                      timeout=10, interval=0.2)
+    assert status["repair"] is None or status["repair"]["reason"] == "no saved index"
+    assert wait_for(searchable, timeout=60, interval=0.3, message="the index was not rebuilt") == sorted(ids)
+    checks = post(server.api("/diagnostics"), {}).json()["checks"]
+    index_check = next(c for c in checks if c["name"] == "vector-index")
+    assert index_check["status"] == "pass", index_check
+
+
+def test_the_service_reports_the_index_in_health(make_runtime):
+    rt = make_runtime(embedding_provider="hash")
+    health = rt.health_sections()["vectors"]
+    assert health["index"]["engine"] == ann.ENGINE and health["index"]["vectors"] == 0
+    assert health["embedsHere"] is False and vectors.service(rt).ready is False
