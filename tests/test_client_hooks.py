@@ -71,7 +71,8 @@ def seed_past_session(server: LiveServer, project_cwd: str, words: str) -> None:
     sid = f"seed-{Path(project_cwd).name}"
     body = {"hookType": "post_tool_use", "sessionId": sid, "project": Path(project_cwd).name, "cwd": project_cwd,
             "timestamp": "2026-11-30T10:00:00.000Z",
-            "data": {"tool_name": "Edit", "tool_input": {"file_path": "notes.md"}, "tool_response": words}}
+            "data": {"tool_name": "Edit", "tool_input": {"file_path": "notes.md", "old_string": "TODO", "new_string": words},
+                     "tool_response": "The file notes.md has been updated."}}
     assert post(server.api("/observe"), body, headers=auth()).status_code == 201
     assert post(server.api("/session/end"), {"sessionId": sid}, headers=auth()).status_code == 200
 

@@ -49,6 +49,11 @@ _HOOK_TYPES = {
     "subagent_start": "subagent",
     "task_completed": "subagent",
     "notification": "notification",
+    "error_occurred": "error",
+    "stop_failure": "error",
+    "session_error": "error",
+    "assistant_response": "conversation",
+    "agent_thought": "conversation",
 }
 _FILE_KEYS = ("file_path", "filepath", "path", "filePath", "file", "notebook_path", "pattern")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")

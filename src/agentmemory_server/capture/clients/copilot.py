@@ -88,8 +88,10 @@ def _tool_fields(payload: dict[str, Any]) -> dict[str, Any]:
         "error" if kind in ("failure", "error", "denied") else "tool_response": text,
     }
     error = payload.get("error")
-    if isinstance(error, dict):
+    if isinstance(error, dict):  # errorOccurred: {message, name, stack}
         out["error"] = error.get("message") or error.get("name")
+    elif isinstance(error, str) and error.strip():  # postToolUseFailure: the message itself
+        out["error"] = error
     return {k: v for k, v in out.items() if v is not None}
 
 
