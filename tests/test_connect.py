@@ -232,3 +232,31 @@ def test_status_reports_connected_clients_and_the_server(home: Path, server: Liv
     connected = {row["client"] for row in report["clients"] if row["connected"]}
     assert connected == {"windsurf"}
     assert shutil.which("node")  # the OpenCode plugin test runs the plugin with node
+
+
+def test_connect_before_the_server_ever_ran_creates_the_token_it_will_use(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "project").mkdir(parents=True)
+    data_dir = home / ".agentmemory"  # the default data directory, shared by connect and the server
+    live = LiveServer(tmp_path, {"HOME": str(home), "AGENTMEMORY_AUTH": "on", "AGENTMEMORY_DATA_DIR": str(data_dir)},
+                      [], start=False)
+    env = {**clean_environ(), "HOME": str(home)}
+    env.pop("AGENTMEMORY_AUTH")  # auth on, as installed
+    done = subprocess.run([*CLI, "connect", "claude-code", "--yes", "--url", live.url], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=home / "project")
+    assert done.returncode == 0, done.stderr
+    secret = data_dir / "secret"
+    token = secret.read_text().strip()
+    assert len(token) >= 32 and secret.stat().st_mode & 0o777 == 0o600
+    settings = client_schemas.load_json(home / ".claude" / "settings.json")
+    assert settings["env"]["AGENTMEMORY_SECRET"] == token
+    assert "<token>" in done.stdout and token not in done.stdout  # the diff never shows it
+    try:
+        live.start()
+        hook = settings["hooks"]["PostToolUse"][-1]["hooks"][-1]
+        payload = {"session_id": "first-run", "cwd": str(home / "project"), "hook_event_name": "PostToolUse",
+                   "tool_name": "Read", "tool_input": {"file_path": "a.py"}, "tool_response": "x = 1"}
+        answer = requests.post(hook["url"], json=payload, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+    finally:
+        live.stop()

@@ -230,6 +230,10 @@ def _connect_options(settings: Settings, opts: argparse.Namespace) -> connect.Op
 
 
 def cmd_connect(settings: Settings, opts: argparse.Namespace) -> Any:
+    if settings.auth == "on" and not opts.no_token:
+        # Connecting before the server ever ran: create the token it will generate, so the
+        # agent's config and the server agree from the first start.
+        auth.resolve(settings)
     o = _connect_options(settings, opts)
     changes, text = connect.prepare(opts.client, o)
     title = connect.CLIENTS[opts.client].title
