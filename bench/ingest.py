@@ -38,7 +38,8 @@ def start_server(data_dir: str, threads: int, extra_env: dict[str, str] | None =
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
     env.update(AGENTMEMORY_DATA_DIR=data_dir, PORT=str(port), HOST="127.0.0.1",
-               AGENTMEMORY_THREADS=str(threads), AGENTMEMORY_LOG_LEVEL="warning", **(extra_env or {}))
+               AGENTMEMORY_THREADS=str(threads), AGENTMEMORY_LOG_LEVEL="warning", AGENTMEMORY_RATE_LIMIT="0",
+               AGENTMEMORY_AUTH="off", **(extra_env or {}))
     proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "app.py")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -77,10 +77,14 @@ def test_damaged_index_fails_then_heals(client, call, rt):
     assert call("memory_audit", operation="heal_index")["total"] == 1
 
 
-def test_disk_thresholds_and_failing_subsystem(call, rt, monkeypatch):
-    monkeypatch.setattr(diagnose, "DISK_FAIL_BYTES", 1 << 62)
-    monkeypatch.setattr(diagnose, "DISK_WARN_BYTES", 1 << 62)
-    checks = checks_by_name(call)[1]
+def test_disk_thresholds_and_failing_subsystem(call, rt, make_runtime):
+    from conftest import ToolCaller
+
+    # The thresholds are settings: more than any disk has makes the real free space "low".
+    low = ToolCaller(make_runtime(data_dir=str(rt.settings.database_path.parent / "low"), disk_warn_mb=1 << 40))
+    assert checks_by_name(low)[1]["disk_space"]["status"] == "warn"
+    full = ToolCaller(make_runtime(data_dir=str(rt.settings.database_path.parent / "full"), disk_reserve_mb=1 << 40))
+    checks = checks_by_name(full)[1]
     assert checks["disk_space"]["status"] == "fail" and "MB free" in checks["disk_space"]["message"]
 
     class Broken:

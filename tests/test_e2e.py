@@ -94,7 +94,8 @@ def test_websocket_stream_and_calls(live_server):
 
 
 def test_concurrent_observe_8x250(live_server):
-    server = live_server()
+    # Concurrency of the write path, not the flood limit (tests/test_floods.py covers that).
+    server = live_server(env={"AGENTMEMORY_RATE_LIMIT": "0"})
     failures: list[str] = []
 
     def worker(n: int) -> None:

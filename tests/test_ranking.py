@@ -72,7 +72,9 @@ def test_vector_mode_without_vectors_answers_with_bm25_and_says_so(rt):
 # -- session context ---------------------------------------------------------------------------------
 
 
-def test_context_holds_the_two_records_before_nearest_first(rt):
+def test_context_holds_the_two_records_before_nearest_first(make_runtime):
+    # An embedder, so records are queued for a vector (the backlog row carries the context text).
+    rt = make_runtime(embedding_provider="hash")
     note(rt, "s1", "the websocket test is flaky on CI")
     note(rt, "s1", "what did you do about it?")
     answer = note(rt, "s1", "added a retry with jitter")

@@ -19,6 +19,7 @@ Callers may add keys but must not remove these. Every ``code`` is declared in ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,35 @@ ORIGIN_NOT_ALLOWED = _declare("origin_not_allowed", 403, "A browser origin not l
 DATABASE_BUSY = _declare("database_busy", 503, "The database stayed locked past the busy timeout; retry.")
 DATABASE_CLOSED = _declare("database_closed", 503, "The server is shutting down.")
 SCHEMA_TOO_NEW = _declare("schema_too_new", 503, "The database was written by a newer version of this server.")
+DISK_FULL = _declare(
+    "disk_full",
+    507,
+    "The disk holding the database is full (or below AGENTMEMORY_DISK_RESERVE_MB free): nothing was written. "
+    "Reads still work; writes resume by themselves once space is freed (`Retry-After`).",
+)
+STORAGE_READ_ONLY = _declare(
+    "storage_read_only", 503, "The database's filesystem is read-only: writes are refused, reads still work."
+)
+STORAGE_IO_ERROR = _declare(
+    "storage_io_error", 503, "The disk reported an I/O error; nothing was written. Retry later."
+)
+DATABASE_DAMAGED = _declare(
+    "database_damaged",
+    503,
+    "The database file failed its integrity check: writes are refused until it is restored "
+    "(`agentmemory restore --from-backup`); `details.fix` says what to do.",
+)
+RATE_LIMITED = _declare(
+    "rate_limited", 429, "Too many writes from this client (AGENTMEMORY_RATE_LIMIT); retry after `Retry-After` seconds."
+)
+TOO_MANY_CONNECTIONS = _declare(
+    "too_many_connections",
+    503,
+    "AGENTMEMORY_MAX_CONNECTIONS connections are open; the server answered at once and closed (`Retry-After`).",
+)
+REQUEST_TIMEOUT = _declare(
+    "request_timeout", 408, "The request head or body did not arrive within AGENTMEMORY_REQUEST_TIMEOUT seconds."
+)
 TOO_MANY_VIEWERS = _declare("too_many_viewers", 409, "AGENTMEMORY_MAX_VIEWERS live streams are already open.")
 FEATURE_UNAVAILABLE = _declare(
     "feature_unavailable", 501, "The resource or prompt needs a feature this server does not have."
@@ -159,11 +189,21 @@ IMPORT_FAILED = _declare(
 
 
 class AppError(Exception):
+    """``retry_after`` (seconds) becomes a ``Retry-After`` header on REST and
+    ``details.retryAfterSeconds`` on every transport."""
+
     status = 500
     code = INTERNAL_ERROR
+    retry_after: int | None = None
 
     def __init__(
-        self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None, status: int | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+        status: int | None = None,
+        retry_after: int | None = None,
     ):
         super().__init__(message)
         self.message = message
@@ -171,7 +211,11 @@ class AppError(Exception):
             self.code = code
         if status:
             self.status = status
+        if retry_after is not None:
+            self.retry_after = retry_after
         self.details = details or {}
+        if self.retry_after is not None:
+            self.details.setdefault("retryAfterSeconds", self.retry_after)
 
     def to_dict(self) -> dict[str, Any]:
         return envelope(self.status, self.message, self.code, self.details)
@@ -227,11 +271,36 @@ class Unavailable(AppError):
     code = UNAVAILABLE
 
 
+class InsufficientStorage(AppError):
+    """The disk is full: nothing was written; retry once space is freed."""
+
+    status = 507
+    code = DISK_FULL
+    retry_after = 30
+
+
+class RateLimited(AppError):
+    status = 429
+    code = RATE_LIMITED
+
+
+# Every message and detail a client sees passes this filter; ``wiring.py`` installs the privacy
+# filter (errors.py sits below kernel/privacy.py, so it cannot import it). An error message may
+# quote input ("unknown tool 'sk-...'"), and must not hand a secret back or into a log.
+_redact: Callable[[Any], Any] = lambda value: value  # noqa: E731 - replaced at start-up
+
+
+def redact_with(fn: Callable[[Any], Any]) -> None:
+    """Set the filter applied to every error message and its details (decoded JSON in, out)."""
+    global _redact
+    _redact = fn
+
+
 def envelope(status: int, message: str, code: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """The error body every transport carries (see the module docstring)."""
-    body: dict[str, Any] = {"ok": False, "error": message, "code": code, "status": status}
+    body: dict[str, Any] = {"ok": False, "error": _redact(message), "code": code, "status": status}
     if details:
-        body["details"] = details
+        body["details"] = _redact(details)
     return body
 
 

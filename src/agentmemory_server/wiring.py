@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from agentmemory_server import errors
 from agentmemory_server.capture import (
     antigravity,
     client_hooks,
@@ -27,7 +28,7 @@ from agentmemory_server.capture import (
     retry,
     sessions,
 )
-from agentmemory_server.kernel import registry
+from agentmemory_server.kernel import privacy, registry
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.runtime import Runtime, SubsystemFactory
 from agentmemory_server.kernel.settings import Settings
@@ -48,7 +49,7 @@ from agentmemory_server.memory import (
     transfer,
 )
 from agentmemory_server.models import graph, llm, llm_steps
-from agentmemory_server.operations import diagnose, health, maintenance, overview, resources, status, workers
+from agentmemory_server.operations import backups, diagnose, health, maintenance, overview, resources, status, workers
 from agentmemory_server.retrieval import context, recall, timeline, vectors
 from agentmemory_server.working import service as working_service
 from agentmemory_server.working import tools as working_tools
@@ -89,6 +90,8 @@ FEATURE_MODULES: tuple[ModuleType, ...] = (
     maintenance,
 )
 registry.REGISTRY.order_by_module([module.__name__ for module in FEATURE_MODULES])
+# Error messages may quote what a client sent: none carries a secret back to it or into a log.
+errors.redact_with(privacy.strip_private_data)
 
 SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
     ("images", image_store.ImageStore),
@@ -101,6 +104,7 @@ SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
     ("relations", relations.RelationChecks),
     ("retention", retention.RetentionService),
     ("database", diagnose.DatabaseChecks),
+    ("backups", backups.LocalBackups),
     ("working_memory", working_service.WorkingMemory),
     ("llm", llm.LLMService),
     ("background", workers.BackgroundStatus),

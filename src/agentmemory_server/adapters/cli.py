@@ -6,8 +6,11 @@
     agentmemory export [-o FILE] [--jsonl]                          everything as JSON (GET /export's format)
     agentmemory import FILE [--strategy S]                          merge (default) | skip | replace
     agentmemory reindex                                             rebuild the search index (and vectors)
-    agentmemory backup [--force]                                    upload a snapshot to the HF dataset now
-    agentmemory restore [--force]                                   download the latest backup
+    agentmemory backup [--force] [--local]                          upload a snapshot to the HF dataset now
+                                                                    (--local: a verified snapshot on this disk)
+    agentmemory restore [--force] [--from-backup]                   download the latest backup (--from-backup:
+                                                                    the newest good local or HF backup replaces
+                                                                    a damaged database)
     agentmemory llm test [--json]                                   one tiny request to the model provider
 
 (``python src/cli.py ...`` is the same from a checkout.) A thin adapter: each admin command calls
@@ -31,13 +34,13 @@ from typing import Any
 from agentmemory_server import errors
 from agentmemory_server.adapters import connect, hook_client, service
 from agentmemory_server.errors import AppError, InvalidInput
-from agentmemory_server.kernel import auth
+from agentmemory_server.kernel import auth, privacy
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
 from agentmemory_server.models import llm
 from agentmemory_server.operations import maintenance
-from agentmemory_server.storage.sqlite import hf_sync
+from agentmemory_server.storage.sqlite import hf_sync, local_backup
 from agentmemory_server.wiring import build_runtime
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
@@ -126,10 +129,22 @@ def _sync_config(settings: Settings) -> hf_sync.Config:
 
 
 def cmd_backup(settings: Settings, opts: argparse.Namespace) -> Any:
+    if opts.local:
+        return local_backup.take(
+            settings.database_path,
+            settings.local_backup_path,
+            keep=settings.local_backup_keep,
+            reserve_bytes=settings.disk_reserve_mb * 1024 * 1024,
+        )
     return hf_sync.backup(_sync_config(settings), force=opts.force)
 
 
 def cmd_restore(settings: Settings, opts: argparse.Namespace) -> Any:
+    if opts.from_backup:
+        config = _sync_config(settings)
+        return local_backup.restore_last_good(
+            settings.database_path, settings.local_backup_path, config if config.repo else None, force=opts.force
+        )
     return hf_sync.restore(_sync_config(settings), force=opts.force)
 
 
@@ -357,12 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_reindex
     )
     for name, run, text in (
-        ("backup", cmd_backup, "upload a snapshot to the HuggingFace dataset now"),
+        ("backup", cmd_backup, "upload a snapshot to the HuggingFace dataset now (--local: to this disk)"),
         ("restore", cmd_restore, "download the latest backup (stop the server first)"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--force", action="store_true", help="override the safety checks (see README)")
         sub.set_defaults(run=run)
+        if name == "backup":
+            sub.add_argument(
+                "--local", action="store_true", help="a verified snapshot in AGENTMEMORY_LOCAL_BACKUP_DIR instead"
+            )
+        else:
+            sub.add_argument(
+                "--from-backup",
+                action="store_true",
+                help="replace a damaged database with the newest good backup (local snapshot or HF dataset)",
+            )
     _add_agent_commands(commands)
     _add_llm_commands(commands)
     return parser
@@ -390,7 +415,9 @@ def settings_for(opts: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
     try:
-        result = opts.run(settings_for(opts), opts)
+        settings = settings_for(opts)
+        privacy.redact_logs([*settings.secret_values(), os.environ.get("HF_TOKEN")])
+        result = opts.run(settings, opts)
     except (AppError, SettingsError, hf_sync.SyncError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 1))

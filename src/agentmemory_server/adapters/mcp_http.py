@@ -197,6 +197,7 @@ class RpcError(Exception):
         default_code, status = RPC_CODES.get(code, (errors.INTERNAL_ERROR, 500))
         envelope = data if data is not None else errors.envelope(status, message, app_code or default_code)
         self.data = {**envelope, **(extra or {})}  # extra: keys the MCP spec defines for this error
+        self.message = envelope.get("error", message)  # the envelope's, which passed the privacy filter
 
     def body(self, request_id: Any) -> dict[str, Any]:
         return {

@@ -14,9 +14,12 @@ from typing import Any
 
 from flask import Flask
 
+from agentmemory_server import storage
+from agentmemory_server.adapters.connections import GuardedThreadWorker
 from agentmemory_server.adapters.supervisor import start_for
 from agentmemory_server.adapters.web import create_app
-from agentmemory_server.kernel import auth
+from agentmemory_server.errors import AppError
+from agentmemory_server.kernel import auth, privacy
 from agentmemory_server.kernel.settings import Settings, SettingsError
 
 log = logging.getLogger("agentmemory.http")
@@ -24,6 +27,8 @@ log = logging.getLogger("agentmemory.http")
 
 def serve(settings: Settings, *, dev: bool = False) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before gunicorn forks: every log line of every process, ours or a library's, is redacted.
+    privacy.redact_logs([*settings.secret_values(), os.environ.get("HF_TOKEN")])
     if dev:
         app = create_app(settings)
         rt = app.extensions["agentmemory"]
@@ -45,22 +50,7 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
 
     class GunicornServer(BaseApplication):
         def load_config(self) -> None:
-            options = {
-                "bind": f"{settings.host}:{settings.port}",
-                "workers": 1,
-                "worker_class": "gthread",
-                "threads": settings.threads,
-                "timeout": 120,
-                "graceful_timeout": 20,
-                "keepalive": 5,
-                "control_socket_disable": True,
-                # gunicorn's DEBUG level prints request lines, which may carry a token
-                # (?token= on the WebSocket): its own logger never goes below INFO.
-                "loglevel": "info" if settings.log_level == "debug" else settings.log_level,
-                "accesslog": None,
-                "errorlog": "-",
-            }
-            for key, value in options.items():
+            for key, value in gunicorn_options(settings).items():
                 self.cfg.set(key, value)
             self.cfg.set("post_worker_init", _close_streams_on_term)
             self.cfg.set("worker_exit", _on_worker_exit)
@@ -73,6 +63,35 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
             return app
 
     GunicornServer().run()
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    """gunicorn's configuration. The worker is gthread's thread pool behind a gate
+    (``connections.GuardedThreadWorker``): a connection reaches a thread only once its request
+    has arrived (within AGENTMEMORY_REQUEST_TIMEOUT), at most AGENTMEMORY_MAX_CONNECTIONS are
+    open per process and one more is answered 503 at once. ``worker_connections`` is one above
+    that cap so gunicorn never stops accepting (a refused client gets an answer, not a hang)."""
+    return {
+        "bind": f"{settings.host}:{settings.port}",
+        "workers": 1,
+        "worker_class": GuardedThreadWorker.configure(
+            max_connections=settings.max_connections,
+            request_timeout=settings.request_timeout,
+            preread_bytes=settings.max_body_bytes,
+        ),
+        "threads": settings.threads,
+        "worker_connections": settings.max_connections + 1,
+        "http_protocols": "h1",  # the gate reads HTTP/1 heads; no h2c prior knowledge
+        "timeout": 120,
+        "graceful_timeout": 20,
+        "keepalive": settings.keepalive_seconds,
+        "control_socket_disable": True,
+        # gunicorn's DEBUG level prints request lines, which may carry a token
+        # (?token= on the WebSocket): its own logger never goes below INFO.
+        "loglevel": "info" if settings.log_level == "debug" else settings.log_level,
+        "accesslog": None,
+        "errorlog": "-",
+    }
 
 
 def _close_streams_on_term(worker: Any) -> None:
@@ -127,6 +146,12 @@ def announce_and_serve(settings: Settings, *, dev: bool = False) -> None:
         )
     chosen = bool(settings.secret)
     settings = auth.resolve(settings)  # creates the token file once, before gunicorn forks
+    try:
+        storage.preflight(settings.database_path)  # a newer schema or a file that is no database
+    except AppError as exc:
+        fix = exc.details.get("fix")
+        message = f"agentmemory-python: not serving: {exc.message}" + (f". To fix: {fix}" if fix else "")
+        raise SystemExit(message) from None
     token = (
         "auth off"
         if not settings.secret

@@ -66,6 +66,12 @@ def bound_sends(ws: Any, seconds: int) -> None:
     sock = getattr(ws, "sock", None)
     if sock is None:
         return
+    if sock.gettimeout() is not None:
+        # The connection worker gave the socket a Python-level timeout (its reads and writes
+        # poll): the kernel's SO_SNDTIMEO would never apply, so the viewer's own bound replaces it.
+        # Reads are unaffected: the WebSocket's reader thread only reads once select() says so.
+        sock.settimeout(seconds)
+        return
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, 0))
     except OSError:  # not every platform accepts it; the hub still drops a lagging client

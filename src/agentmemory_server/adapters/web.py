@@ -11,7 +11,6 @@ import hmac
 import json
 import logging
 import secrets
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,9 @@ from agentmemory_server.adapters import mcp_http as mcp_protocol
 from agentmemory_server.adapters import openapi
 from agentmemory_server.adapters.origins import origin_allowed, parse_allowed
 from agentmemory_server.adapters.stream import ReaderThread, StreamSession
-from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized, Unavailable
+from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized
 from agentmemory_server.kernel import registry
+from agentmemory_server.kernel.limits import client_key
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
 from agentmemory_server.kernel.runtime import Runtime
@@ -45,6 +45,8 @@ AUTH_MARK = "__AUTH_MODE__"
 WS_PING_SECONDS = 25
 MCP_PATH = "/mcp"
 HOOKS_PATH = f"{PREFIX}/hooks/"
+# Requests that count against the client's write rate limit (AGENTMEMORY_RATE_LIMIT).
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 log = logging.getLogger("agentmemory.http")
 
 
@@ -121,7 +123,7 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
         _count_activity(app, rt.activity)
     app.before_request(lambda: _guard(rt, allowed_origins))
     app.after_request(lambda response: _security_headers(response, allowed_origins))
-    _register_error_handlers(app)
+    _register_error_handlers(app, rt)
     for tool in registry.REGISTRY.all():
         for route in tool.routes:
             app.add_url_rule(
@@ -178,6 +180,8 @@ def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
         rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
         raise
     g.stream_authenticated = True
+    if request.method in WRITE_METHODS:
+        rt.limiter.take(client_key(rt.settings.secret, request.remote_addr), f"{request.method} {request.path}")
     _require_json_body()
     return None
 
@@ -195,7 +199,7 @@ def _require_json_body() -> None:
     """Upstream 0.9.30: a write with a body must say it is JSON. A browser can send a "simple"
     cross-site request (form or text/plain, no preflight) to a local server; it cannot send
     application/json without asking first."""
-    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
+    if request.method not in WRITE_METHODS:
         return
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if not (request.content_length or chunked):
@@ -347,10 +351,13 @@ def _http_error_body(exc: HTTPException) -> dict[str, Any]:
     return errors.envelope(status, message, HTTP_ERROR_CODES.get(status, errors.HTTP_ERROR))
 
 
-def _register_error_handlers(app: Flask) -> None:
+def _register_error_handlers(app: Flask, rt: Runtime) -> None:
     @app.errorhandler(AppError)
     def _app_error(exc: AppError) -> Response:
-        return render_error(exc.to_dict())
+        response = render_error(exc.to_dict())
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -360,14 +367,19 @@ def _register_error_handlers(app: Flask) -> None:
             response.headers["Connection"] = "close"
         return response
 
-    @app.errorhandler(sqlite3.OperationalError)
-    def _db_busy(exc: sqlite3.OperationalError) -> Response:
-        if "locked" in str(exc) or "busy" in str(exc):
-            return render_error(Unavailable("the database is busy; retry shortly", code=errors.DATABASE_BUSY).to_dict())
-        return _internal(exc)
+    @app.errorhandler(TimeoutError)
+    def _timeout(exc: TimeoutError) -> Response:
+        # A body over the preread limit stalled mid-read (the socket timeout of the connection worker).
+        message = f"the request body did not arrive within {rt.settings.request_timeout:g}s"
+        response = render_error(errors.envelope(408, message, errors.REQUEST_TIMEOUT))
+        response.headers["Connection"] = "close"
+        return response
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Response:
+        fault = rt.db.app_error(exc)  # disk full, read-only, damaged or busy storage: the client can act on it
+        if fault is not None:
+            return _app_error(fault)
         log.exception("unhandled error on %s %s", request.method, strip_text(request.path))
         return render_error(errors.envelope(500, "internal error; see the server log", errors.INTERNAL_ERROR))
 
@@ -471,17 +483,19 @@ def _register_stream(app: Flask, rt: Runtime) -> None:
     def stream(ws: Any) -> None:
         """WebSocket: hello, then live events as JSON {type, seq, ts, record}; also answers
         {id, tool, args} calls (auth: bearer header, ?token= or a first {type:"auth"} message)."""
+        remote = request.remote_addr  # read here, where the request context is
+
+        def answer(raw: Any) -> dict[str, Any]:
+            return _ws_request(rt, raw, remote)
+
         StreamSession(
-            rt,
-            ws,
-            authenticated=g.get("stream_authenticated", False),
-            query=query_args(),
-            answer=lambda raw: _ws_request(rt, raw),
+            rt, ws, authenticated=g.get("stream_authenticated", False), query=query_args(), answer=answer
         ).run()
 
 
-def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
-    """Answer one client message: ``{id, tool, args}`` runs a tool through the registry and
+def _ws_request(rt: Runtime, raw: Any, remote: str | None = None) -> dict[str, Any]:
+    """Answer one client message (``remote``: the client's address, its write-rate bucket when
+    auth is off): ``{id, tool, args}`` runs a tool through the registry and
     answers ``{id, ok: true, result}``; any failure answers the REST error envelope with the
     request's ``id`` (an unexpected exception too: the socket stays open)."""
     request_id = None
@@ -494,6 +508,7 @@ def _ws_request(rt: Runtime, raw: Any) -> dict[str, Any]:
             return {"id": request_id, "type": "pong"}
         if message.get("type") == "auth":  # already authenticated (or no secret): harmless
             return {"id": request_id, "type": "auth", "ok": True}
+        rt.limiter.take(client_key(rt.settings.secret, remote), f"ws {message.get('tool')}")
         result = registry.call(Ctx(rt, source="ws"), str(message.get("tool") or ""), message.get("args") or {})
         data, _status = registry.unwrap(result)
         return {"id": request_id, "ok": True, "result": data}

@@ -176,6 +176,7 @@ class Hub:
                 "droppedClients": self.dropped_clients,
                 "refusedClients": self.refused_clients,
                 "queueSize": self._queue_size,
+                "deepestQueue": max((sub.queue.qsize() for sub in self._subs), default=0),
             }
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""Privacy stripping: secrets and <private> blocks never reach the database.
+"""Privacy stripping: secrets and <private> blocks never reach the database, a log line or an
+error message (``redact_logs``; ``errors.redact_with`` for error envelopes).
 
 Applied to every write path (observations, memories, lessons, slots, imports, LLM output).
 Structured values are walked string by string, so the JSON stays valid after stripping, and a
@@ -8,7 +9,10 @@ redacted whole even when it does not look like a known token format.
 
 from __future__ import annotations
 
+import logging
 import re
+import traceback
+from collections.abc import Iterable
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -122,3 +126,61 @@ def strip_private_data(value: Any) -> Any:
                 out[key] = strip_private_data(item)
         return out
     return value
+
+
+# -- logs -----------------------------------------------------------------------------------------------
+
+MIN_LITERAL = 8  # shorter configured values are not worth masking (and would mask common words)
+
+
+def redact_log_text(text: str, literals: Iterable[str] = ()) -> str:
+    """A log line with the configured secrets (``literals``) and every known secret form removed."""
+    for literal in literals:
+        if literal in text:
+            text = text.replace(literal, REDACTED_SECRET)
+    return strip_text(text)
+
+
+def redact_logs(literals: Iterable[str | None] = ()) -> None:
+    """From now on, in this process and the processes it forks, every log record is redacted when
+    it is created, whichever logger or handler it goes through (ours, gunicorn's, werkzeug's,
+    huggingface_hub's): its message, its traceback and its stack. ``literals`` are configured
+    secrets that may look like nothing in particular (the bearer token, API keys): they are
+    masked wherever they appear. Calling it again adds literals."""
+    wanted = {value for value in literals if value and len(value) >= MIN_LITERAL}
+    current = logging.getLogRecordFactory()
+    known: set[str] | None = getattr(current, "redacted_literals", None)
+    if known is not None:
+        known |= wanted
+        return
+    make_record = current
+
+    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        _redact_record(record, redacting_factory.redacted_literals)  # type: ignore[attr-defined]
+        return record
+
+    redacting_factory.redacted_literals = wanted  # type: ignore[attr-defined]
+    redacting_factory.previous = make_record  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacting_factory)
+
+
+def stop_redacting_logs() -> None:
+    """Undo ``redact_logs`` (tests)."""
+    current = logging.getLogRecordFactory()
+    previous = getattr(current, "previous", None)
+    if previous is not None:
+        logging.setLogRecordFactory(previous)
+
+
+def _redact_record(record: logging.LogRecord, literals: set[str]) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a malformed call still logs, redacted
+        message = f"{record.msg} {record.args}"
+    record.msg, record.args = redact_log_text(message, literals), ()
+    if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+        formatted = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        record.exc_text = redact_log_text(formatted, literals)
+    if record.stack_info:
+        record.stack_info = redact_log_text(record.stack_info, literals)

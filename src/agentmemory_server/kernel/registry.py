@@ -386,7 +386,18 @@ def call(ctx: Ctx, name: str, args: dict[str, Any] | None) -> Any:
     :raise AppError: whatever the handler raises.
     """
     tool_ = REGISTRY.get(name)
-    return tool_.handler(ctx, prepare_args(tool_, args or {}))
+    prepared = prepare_args(tool_, args or {})
+    try:
+        return tool_.handler(ctx, prepared)
+    except AppError:
+        raise
+    except Exception as exc:
+        # A storage failure outside a write transaction (a read of a damaged page, a busy file)
+        # is a 503 the client can act on, not a 500.
+        fault = ctx.rt.db.app_error(exc)
+        if fault is None:
+            raise
+        raise fault from exc
 
 
 def run(handler: Callable[[Ctx, dict], Any], ctx: Ctx, args: dict[str, Any]) -> Any:

@@ -26,9 +26,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agentmemory_server import __version__
+from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import auth, background
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
+from agentmemory_server.kernel.limits import RateLimiter
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
 from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
 from agentmemory_server.kernel.settings import Settings
@@ -36,6 +38,7 @@ from agentmemory_server.kernel.util import Clock
 from agentmemory_server.storage import open_database
 
 VERSION = __version__
+MB = 1024 * 1024
 log = logging.getLogger("agentmemory")
 
 # A subsystem is built from the runtime it belongs to (usually its class).
@@ -101,6 +104,10 @@ class Jobs:
         try:
             job["fn"]()
             job["runs"] += 1
+        except AppError as exc:  # a known condition (disk full, damaged file): one line, no traceback
+            job["errors"] += 1
+            job["lastError"] = exc.message[:300]
+            log.warning("background job %s: %s", job["name"], exc.message)
         except Exception as exc:  # noqa: BLE001 - a job must not kill the scheduler
             job["errors"] += 1
             job["lastError"] = error = str(exc)[:300]
@@ -165,6 +172,11 @@ class Runtime:
             settings.database_path,
             now=self.clock.iso,
             record_indexes=RECORD_INDEXES,
+            reserve_bytes=settings.disk_reserve_mb * MB,
+            warn_bytes=settings.disk_warn_mb * MB,
+            check_seconds=settings.startup_check_seconds,
+            fsync_every_commit=settings.durability == "disk",
+            queue_limits={"embed_backlog": settings.embed_backlog_max, "llm_jobs": settings.llm_jobs_max},
             lexical_engine=settings.lexical_engine,
             lexical_weights=TEXT_WEIGHTS,
             # Derived indexes are kept up to date by request processes: a worker at the lowest
@@ -181,6 +193,7 @@ class Runtime:
         self.jobs = Jobs(claim=self._claim_periodic, done=self._periodic_done)
         self.supervisor: Any = None  # the background worker's supervisor, when this server started one
         self.denials = auth.Denials()
+        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
         self.services: dict[str, Any] = {}
         for name, factory in subsystems:
             if name in self.services:
@@ -207,7 +220,9 @@ class Runtime:
     def deny(self, reason: str, path: str, remote: str | None) -> None:
         """Count a refused request (bad or missing token); see ``auth.Denials``."""
         summary = self.denials.record(reason, path, remote, self.clock.iso())
-        if summary is not None:
+        if summary is None:
+            return
+        try:
             with self.db.transaction("auth_denied") as tx:
                 tx.record_change(
                     "auth",
@@ -215,9 +230,15 @@ class Runtime:
                     f"(latest: {summary['reason']} {summary['path']})",
                 )
                 tx.audit_details = summary
+        except AppError as exc:  # a full disk must not turn a 401 into a 507; the count stays in /health
+            log.warning("could not audit refused requests: %s", exc.message)
 
     def health_sections(self) -> dict[str, Any]:
-        sections: dict[str, Any] = {"auth": self.denials.health(), "storage": self.db.health()}
+        sections: dict[str, Any] = {
+            "auth": self.denials.health(),
+            "rateLimit": self.limiter.health(),
+            "storage": self.db.health(),
+        }
         for name, service in self.services.items():
             health = getattr(service, "health", None)
             if callable(health):

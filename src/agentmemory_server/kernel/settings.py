@@ -21,6 +21,7 @@ from agentmemory_server.kernel.setting_types import (
     _optional_str,
     _positive_int,
 )
+from agentmemory_server.kernel.settings_faults import FAULT_SETTINGS
 from agentmemory_server.kernel.settings_llm import LLM_SETTINGS
 
 SETTINGS: tuple[Setting, ...] = (
@@ -512,6 +513,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a send to a viewer may block (a client that stopped reading) before its "
         "socket is closed and its thread freed.",
     ),
+    *FAULT_SETTINGS,
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -555,12 +557,25 @@ class Settings:
             shown[s.name] = ("***" if value else None) if s.secret else value
         return shown
 
+    def secret_values(self) -> list[str]:
+        """The values of secret settings, to mask literally in logs. URLs are left out: their
+        credentials are stripped by pattern (``user:password@``), the rest of a URL is no secret."""
+        values = [self._values.get(s.name) for s in SETTINGS if s.secret]
+        return [v for v in values if isinstance(v, str) and "://" not in v]
+
     @property
     def secret_path(self) -> Path:
         """Where the generated token lives: beside the database unless set."""
         if self.secret_file:
             return Path(self.secret_file).expanduser()
         return self.database_path.parent / "secret"
+
+    @property
+    def local_backup_path(self) -> Path:
+        """Where local snapshots go: ``backups/`` beside the database unless set."""
+        if self.local_backup_dir:
+            return Path(self.local_backup_dir).expanduser()
+        return self.database_path.parent / "backups"
 
     @property
     def database_path(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import time
@@ -12,6 +13,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+from agentmemory_server.errors import AppError
 
 # -- ids ----------------------------------------------------------------------------------------
 
@@ -187,3 +190,26 @@ def as_list(value: Any) -> list:
 def page_info(items: list[Any], total: int, offset: int, limit: int) -> dict[str, Any]:
     """The paging fields of a listing: total, offset, limit and whether more rows follow."""
     return {"total": total, "offset": offset, "limit": limit, "hasMore": offset + len(items) < total}
+
+
+class WorkerFailures:
+    """How a background worker logs a failed round. A known condition (an ``AppError``: disk
+    full, read-only storage, a damaged database) repeats every round until someone acts, so it
+    is one warning line per ``every`` seconds; anything else is a bug and keeps its traceback."""
+
+    def __init__(self, logger: logging.Logger, what: str, every: float = 60.0):
+        self.log, self.what, self.every = logger, what, every
+        self._last = float("-inf")
+        self._quiet = 0
+
+    def failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, AppError):
+            self.log.exception("%s failed", self.what, exc_info=exc)
+            return
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._quiet += 1
+            return
+        more = f" ({self._quiet} more since the last message)" if self._quiet else ""
+        self.log.warning("%s: %s%s", self.what, exc.message, more)
+        self._last, self._quiet = now, 0

@@ -447,7 +447,11 @@ class LLMService:
             "httpRetries": self.clients.transport.retries if self.clients.transport else 0,
             "tokens": tokens,
             "budget": budget,
-            "jobs": self.rt.db.reader().jobs.stats(),
+            "jobs": {
+                **self.rt.db.reader().jobs.stats(),
+                "max": self.settings.llm_jobs_max,
+                "shed": self.rt.db.queue_stats().get("llm_jobs", {}).get("shed", 0),
+            },
             "workers": self.jobs.alive(),
         }
 

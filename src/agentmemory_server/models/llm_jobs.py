@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from agentmemory_server.errors import CapacityExceeded
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.kernel.util import WorkerFailures
 
 log = logging.getLogger("agentmemory.llm")
 JOB_BATCH = 8
@@ -75,6 +77,7 @@ class JobRunner:
         self.rt, self.settings = rt, rt.settings
         self.paused, self.count = paused, count
         self._wake, self._stop = threading.Event(), threading.Event()
+        self._shed_log = WorkerFailures(log, "LLM job queue")
         self.threads: list[threading.Thread] = []
 
     def start(self, workers: int) -> None:
@@ -86,11 +89,17 @@ class JobRunner:
     def enqueue(
         self, tx: Any, kind: str, ref: str, args: dict[str, Any] | None = None, not_before: float = 0.0
     ) -> None:
-        """Queue a job inside the caller's transaction (it runs once that commits)."""
+        """Queue a job inside the caller's transaction (it runs once that commits). When the queue
+        is at AGENTMEMORY_LLM_JOBS_MAX the job is shed: the record keeps its deterministic result
+        (counted in /health, logged at most once a minute)."""
         if kind not in JOB_KINDS:
             raise ValueError(f"unknown LLM job kind {kind!r}")
-        tx.jobs.put(kind, ref, args or {}, _stamp(), not_before)
-        tx.after_commit(self._wake.set)
+        if tx.jobs.put(kind, ref, args or {}, _stamp(), not_before):
+            tx.after_commit(self._wake.set)
+        else:
+            self._shed_log.failed(
+                CapacityExceeded(f"the model job queue is full ({self.settings.llm_jobs_max} jobs): {kind} {ref} shed")
+            )
 
     def drain_once(self, limit: int = JOB_BATCH) -> int:
         """Claim and run due jobs (at most ``limit``); returns how many were taken."""
@@ -155,11 +164,12 @@ class JobRunner:
         self.count(jobsAbandoned=1)
 
     def _work(self) -> None:
+        failures = WorkerFailures(log, "LLM job batch")
         while not self._stop.is_set():
             try:
                 done = self.drain_once(limit=1)  # one at a time: a slow call holds up no other job
-            except Exception:  # noqa: BLE001 - the worker must survive anything
-                log.exception("LLM job batch failed")
+            except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+                failures.failed(exc)
                 done = 0
             if done == 0:
                 self._wake.wait(2.0)

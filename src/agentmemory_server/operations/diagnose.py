@@ -10,7 +10,6 @@ runs every repair (or reports what it would do).
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from agentmemory_server.kernel.auth import is_loopback
@@ -20,9 +19,8 @@ from agentmemory_server.retrieval import search
 from agentmemory_server.storage.interfaces import UnitOfWork
 
 SAMPLE = 1000
-DISK_FAIL_BYTES = 50 * 1024 * 1024
-DISK_WARN_BYTES = 500 * 1024 * 1024
 WAL_WARN_BYTES = 256 * 1024 * 1024
+PERIODIC_CHECK_SECONDS = 600.0
 
 
 def check(
@@ -49,10 +47,25 @@ def stored_observation_counts(store: UnitOfWork) -> dict[str, int]:
 
 
 class DatabaseChecks:
-    """Storage-level checks and repairs."""
+    """Storage-level checks and repairs; /health's ``database`` section (free disk space against
+    AGENTMEMORY_DISK_WARN_MB / AGENTMEMORY_DISK_RESERVE_MB, integrity) and the periodic integrity
+    check (AGENTMEMORY_INTEGRITY_CHECK_INTERVAL), which stops writes when it finds damage."""
 
     def __init__(self, rt: Any):
         self.rt = rt
+        interval = rt.settings.integrity_check_interval
+        if interval > 0:
+            rt.every(interval, "integrity_check", self.periodic_check)
+
+    def periodic_check(self) -> None:
+        # Generous budget: it runs on the background thread on a connection of its own.
+        self.rt.db.run_integrity_check(PERIODIC_CHECK_SECONDS, "periodic integrity check")
+
+    def health(self) -> dict[str, Any]:
+        storage = self.rt.db.storage_health()
+        states = [part.get("status") for part in storage.values()]
+        status = "critical" if "critical" in states else "degraded" if "degraded" in states else "healthy"
+        return {"status": status, **storage}
 
     def _found(self) -> dict[str, list]:
         store = self.rt.db.reader()
@@ -71,18 +84,11 @@ class DatabaseChecks:
         }
 
     def diagnose(self) -> list[dict[str, Any]]:
-        rt, found = self.rt, self._found()
-        problems = rt.db.reader().admin.quick_check()
-        checks = [
-            check(
-                "db_integrity",
-                "database",
-                problems == ["ok"],
-                "SQLite quick_check: ok" if problems == ["ok"] else "; ".join(problems[:5]),
-                fix="stop the server, back up the file, then restore it from the last backup "
-                "or run `sqlite3 agentmemory.db .recover`",
-            )
-        ]
+        integrity = self._integrity()
+        if self.rt.db.damage is not None:  # the other checks read the damaged file: they would only add noise
+            return [integrity, *self._disk()]
+        found = self._found()
+        checks = [integrity]
         unindexed = [f"{s}/{k}" for s, k, _v in found["unindexed"]]
         checks += [
             check(
@@ -166,17 +172,28 @@ class DatabaseChecks:
             severity="warn",
         )
 
+    def _integrity(self) -> dict[str, Any]:
+        db = self.rt.db
+        problems = db.run_integrity_check(PERIODIC_CHECK_SECONDS, "diagnose")
+        if db.damage is not None:
+            message, ok = "; ".join(db.damage["problems"][:5]), False
+        elif problems is None:
+            message, ok = f"quick_check did not finish within {PERIODIC_CHECK_SECONDS:g}s", False
+        else:
+            message, ok = "SQLite quick_check: ok", True
+        fix = db.damage["fix"] if db.damage else "run diagnose again when the server is less busy"
+        return check("db_integrity", "database", ok, message, fix=fix)
+
     def _disk(self) -> list[dict[str, Any]]:
         sizes = self.rt.db.file_sizes()
-        free = shutil.disk_usage(self.rt.db.path.parent).free
-        mb = free // (1024 * 1024)
+        disk_health = self.rt.db.storage_health()["disk"]
         disk = check(
             "disk_space",
             "disk",
-            free >= DISK_WARN_BYTES,
-            f"{mb} MB free next to the database",
-            fix="free disk space or move AGENTMEMORY_DATA_DIR",
-            severity="fail" if free < DISK_FAIL_BYTES else "warn",
+            disk_health["status"] == "healthy",
+            f"{disk_health['message']} next to the database",
+            fix="free disk space or move AGENTMEMORY_DATA_DIR (AGENTMEMORY_DISK_WARN_MB / _RESERVE_MB set the limits)",
+            severity="fail" if disk_health["status"] == "critical" else "warn",
         )
         wal = check(
             "wal_size",
@@ -218,6 +235,8 @@ class DatabaseChecks:
         ]
 
     def heal(self, dry_run: bool) -> list[dict[str, Any]]:
+        if self.rt.db.damage is not None:
+            return []  # nothing is written into a damaged file; restoring it is the fix
         found = self._found()
         wal_big = self.rt.db.file_sizes()["wal"] >= WAL_WARN_BYTES
         plan = {

@@ -41,10 +41,38 @@ def health(ctx: Ctx, args: dict) -> Any:
         },
         "counts": core_counts(ctx),
         "live": rt.hub.stats(),
+        "queues": queue_sizes(ctx),
         "jobs": rt.jobs.status(),
         **sections,
     }
     return Reply(body, 503) if status == "critical" else body
+
+
+def queue_sizes(ctx: Ctx) -> dict[str, Any]:
+    """Every bounded queue: its size now, its bound and what was shed, with the policy when full."""
+    rt, store = ctx.rt, ctx.rt.db.reader()
+    bounded = rt.db.queue_stats()
+    live = rt.hub.stats()
+    return {
+        "embedBacklog": {
+            "size": store.vectors.backlog_stats()["pending"],
+            "max": rt.settings.embed_backlog_max,
+            "shed": bounded.get("embed_backlog", {}).get("shed", 0),
+            "whenFull": "new records stay BM25-only until the backlog drains, then are queued again",
+        },
+        "llmJobs": {
+            "size": store.jobs.stats()["pending"],
+            "max": rt.settings.llm_jobs_max,
+            "shed": bounded.get("llm_jobs", {}).get("shed", 0),
+            "whenFull": "new model work is skipped: the record keeps its deterministic result",
+        },
+        "viewerEvents": {
+            "size": live["deepestQueue"],
+            "max": live["queueSize"],
+            "shed": live["droppedClients"],
+            "whenFull": "the lagging viewer is disconnected (close 4000) and reconnects with since=<seq>",
+        },
+    }
 
 
 def core_counts(ctx: Ctx) -> dict[str, int]:

@@ -27,6 +27,7 @@ import numpy as np
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel import background
 from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.kernel.util import WorkerFailures
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval.embeddings import Embedder, choose_provider, make_embedder, to_blob
 from agentmemory_server.storage.interfaces import UnitOfWork, VectorIndex
@@ -106,6 +107,8 @@ class VectorService:
         except Unavailable as exc:  # a broken provider degrades search to BM25, never start-up
             self.error = exc.message
             log.warning("embeddings disabled: %s", exc.message)
+        if self.embedder is None:  # nothing here would ever drain the backlog: queue nothing
+            rt.db.close_queue("embed_backlog")
         self.embedded = 0
         self.failed_batches = 0
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -180,15 +183,23 @@ class VectorService:
         try:
             self.release_leases()
             self.reconcile()
-        except Exception:  # noqa: BLE001 - the worker must survive anything
-            log.exception("vector reconcile failed")
+        except Exception as exc:  # noqa: BLE001 - the worker must survive anything
+            WorkerFailures(log, "vector reconcile").failed(exc)
+        failures = WorkerFailures(log, "embedding batch")
+        shed_seen, more_missing = self._shed(), True
         while not self._stop.is_set():
             limit = self._pace()
             started = time.monotonic()
             try:
                 done = self.drain_once(limit)
-            except Exception:  # noqa: BLE001
-                log.exception("embedding batch failed")
+                if done == 0 and (more_missing or self._shed() > shed_seen):
+                    # Rows the bounded backlog could not take (shed, or beyond its room at the
+                    # last reconcile) are queued once it has drained.
+                    shed_seen = self._shed()
+                    done = self.reconcile()
+                    more_missing = done > 0
+            except Exception as exc:  # noqa: BLE001
+                failures.failed(exc)
                 done = 0
             if done == 0:
                 self._wake.wait(2.0)
@@ -210,6 +221,9 @@ class VectorService:
         over; with several workers one batch may be embedded twice, which changes nothing)."""
         with self.rt.db.transaction("embed_release") as tx:
             return tx.vectors.backlog_release(time.time())
+
+    def _shed(self) -> int:
+        return self.rt.db.queue_stats().get("embed_backlog", {}).get("shed", 0)
 
     def reconcile(self) -> int:
         """Queue every search row that has no vector of the current model (new model, lost
@@ -328,6 +342,8 @@ class VectorService:
             "dimensions": self.embedder.dim if self.embedder else None,
             "vectors": len(self._index) if self._index is not None else None,
             "backlog": stats.get("pending", 0),
+            "backlogMax": self.rt.settings.embed_backlog_max,
+            "backlogShed": self._shed(),
             "failing": stats.get("failing", 0),
             "embeddedSinceStart": self.embedded,
             "loadSeconds": self.load_seconds,

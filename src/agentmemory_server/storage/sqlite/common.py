@@ -59,6 +59,7 @@ class Unit(Protocol):
 
     conn: Any
     changed: list[str]
+    bounds: Any  # bounds.QueueBounds of the database (limits on the durable queues)
     lexical_changed: bool
     record_indexes: Mapping[str, tuple[tuple[str, ...], ...]]
     prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]]

@@ -15,6 +15,7 @@ opens, migrates and hands out units of work.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -29,7 +30,9 @@ from agentmemory_server.storage import interfaces
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.sqlite.admin import SqliteAdmin
 from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
+from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.capture import SqliteCaptureInbox
+from agentmemory_server.storage.sqlite.faults import FreeSpace, classify, damaged
 from agentmemory_server.storage.sqlite.images import SqliteImageIndex
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
@@ -41,10 +44,42 @@ from agentmemory_server.storage.sqlite.vector_index import SqliteVectorIndex
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 
+log = logging.getLogger("agentmemory.storage")
+
 
 class SchemaTooNew(AppError):
     status = 503
     code = errors.SCHEMA_TOO_NEW
+
+
+def preflight(path: Path) -> None:
+    """Check, before a server starts, that ``path`` can be served: not written by a newer schema,
+    and a SQLite database at all. A missing file is fine (it will be created).
+
+    :raise SchemaTooNew: written by a newer version of this server.
+    :raise AppError: ``database_damaged`` (not a database), ``storage_read_only``, ...
+    """
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(str(path), timeout=30)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise classify(exc, path) or exc from None
+    if version > len(MIGRATIONS):
+        raise _too_new(path, version)
+
+
+def _too_new(path: Path, version: int) -> SchemaTooNew:
+    return SchemaTooNew(
+        f"{path} has schema version {version} but this server knows {len(MIGRATIONS)}: it was written by a "
+        "newer agentmemory-python. Upgrade agentmemory-python before opening it (a downgrade would lose data); "
+        "nothing was changed",
+        details={"schemaVersion": version, "supported": len(MIGRATIONS)},
+    )
 
 
 class SqliteUnitOfWork:
@@ -61,6 +96,7 @@ class SqliteUnitOfWork:
         vector_index: Any = None,
         record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
         prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+        bounds: QueueBounds | None = None,
     ):
         self.conn = conn
         self.vector_index = vector_index  # Database.vector_index: the ANN behind vectors.search
@@ -68,6 +104,7 @@ class SqliteUnitOfWork:
         self.record_indexes = record_indexes or {}  # scope -> the field lists of its declared indexes
         self.prefix_indexes = prefix_indexes or {}  # scope prefix -> the same
         self.lexical_changed = False  # the lexical outbox grew: wake the engine after commit
+        self.bounds = bounds or QueueBounds({})
         self.changed: list[str] = []
         self.audit_message: str | None = None
         self.audit_details: dict[str, Any] = {}
@@ -102,7 +139,19 @@ class Database:
     :param path: database file; parent directories are created.
     :param now: callable returning the current ISO-8601 timestamp (injectable for tests).
     :param record_indexes: the record indexes the features declare (created when missing).
+    :param reserve_bytes: write transactions are refused (507) while less is free on the disk.
+    :param warn_bytes: ``storage_health`` warns while less is free.
+    :param check_seconds: time budget of the integrity check at open (0: no check).
+    :param queue_limits: most entries of the durable queues (``embed_backlog``, ``llm_jobs``);
+        beyond them new entries are shed (see ``bounds.QueueBounds``).
+    :param fsync_every_commit: synchronous=FULL: a commit survives an OS crash or a failing
+        filesystem, not only the process dying (NORMAL).
     :raise SchemaTooNew: the file was written by a newer version of this server.
+    :raise AppError: ``database_damaged`` when the file is not a database at all.
+
+    A file that fails the check at open (or later, ``mark_damaged``) is served read-only: reads
+    that still work go on, every write transaction is refused with ``database_damaged``, and no
+    migration runs on it.
     """
 
     def __init__(
@@ -111,11 +160,18 @@ class Database:
         *,
         now: Callable[[], str],
         record_indexes: Iterable[RecordIndex] = (),
+        reserve_bytes: int = 0,
+        warn_bytes: int = 0,
+        check_seconds: float = 0.0,
+        fsync_every_commit: bool = False,
+        queue_limits: Mapping[str, int] | None = None,
         lexical_engine: str = "tantivy",
         lexical_weights: Mapping[str, float] | None = None,
         background: bool = True,
     ):
         self.path = Path(path)
+        self.bounds = QueueBounds(queue_limits or {})
+        self._synchronous = "FULL" if fsync_every_commit else "NORMAL"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._now = now
         self._lock = threading.RLock()
@@ -126,17 +182,28 @@ class Database:
         self._vector_indexes: dict[tuple[str, int], SqliteVectorIndex] = {}
         self._vector_indexes_lock = threading.Lock()
         self.last_write = 0.0  # monotonic time of the last commit that changed something
-        self._writer = self._connect(readonly=False)
-        self._migrate()
+        self.space = FreeSpace(self.path, reserve=reserve_bytes, warn=warn_bytes)
+        self.damage: dict[str, Any] | None = None
+        self.last_check: dict[str, Any] | None = None
+        preflight(self.path)  # before the writer switches the file to WAL: a newer file stays untouched
+        try:
+            self._writer = self._connect(readonly=False)
+        except sqlite3.DatabaseError as exc:
+            raise classify(exc, self.path) or exc from None
+        if check_seconds > 0:
+            self.run_integrity_check(check_seconds, "start-up check")
         record_indexes = tuple(record_indexes)
         self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         for spec in record_indexes:
             into = self._prefix_indexes if spec.prefix else self._record_indexes
             into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
+        self.lexical: TantivyLexical | None = None
+        if self.damage is not None:
+            return  # served as it is: no migration, index or engine state is written into a damaged file
+        self._migrate()
         with self._lock:
             ensure_indexes(self._writer, record_indexes)
-        self.lexical: TantivyLexical | None = None
         stale = self._engine_switched(lexical_engine)
         if lexical_engine == "tantivy":
             self.lexical = TantivyLexical(
@@ -172,7 +239,7 @@ class Database:
         else:
             conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
             conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA cache_size = -16000")
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -183,10 +250,7 @@ class Database:
         conn = self._writer
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
-            raise SchemaTooNew(
-                f"{self.path} has schema version {version} but this server knows {len(MIGRATIONS)}; "
-                "upgrade agentmemory-python before opening it"
-            )
+            raise _too_new(self.path, version)
         for number, (_name, fn) in enumerate(MIGRATIONS[version:], start=version + 1):
             with self._lock:
                 conn.execute("BEGIN IMMEDIATE")
@@ -201,6 +265,83 @@ class Database:
     @property
     def schema_version(self) -> int:
         return self._writer.execute("PRAGMA user_version").fetchone()[0]
+
+    # ---- faults: damage, full or read-only disks
+    def run_integrity_check(self, budget_seconds: float, source: str) -> list[str] | None:
+        """``PRAGMA quick_check`` on a fresh connection (so it reads the file, not a cache),
+        stopped after ``budget_seconds``. Marks the database damaged when it finds problems.
+
+        :return: the problems (``["ok"]`` when none), or None when the budget ran out first.
+        """
+        started = time.monotonic()
+        deadline = started + budget_seconds
+        problems: list[str] | None
+        try:
+            conn = self._connect(readonly=True)
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        else:
+            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+            try:
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+            except sqlite3.OperationalError as exc:
+                problems = None if "interrupt" in str(exc) else [str(exc)]
+            except sqlite3.DatabaseError as exc:
+                problems = [str(exc)]
+            finally:
+                conn.close()
+        self.last_check = {
+            "at": self._now(),
+            "source": source,
+            "seconds": round(time.monotonic() - started, 3),
+            "result": "unfinished" if problems is None else "ok" if problems == ["ok"] else "damaged",
+        }
+        if problems is None:
+            log.warning("%s of %s did not finish within %gs; the next one will", source, self.path, budget_seconds)
+        elif problems != ["ok"]:
+            self.mark_damaged(problems, source)
+        return problems
+
+    def mark_damaged(self, problems: list[str], source: str) -> None:
+        """Refuse every write from now on (reads go on); logged once with what to do."""
+        if self.damage is not None:
+            return
+        error = damaged(self.path, problems)
+        self.damage = {"at": self._now(), "source": source, "problems": problems[:20], "fix": error.details["fix"]}
+        log.error("%s: %s. To recover: %s", source, error.message, error.details["fix"])
+
+    def app_error(self, exc: BaseException) -> AppError | None:
+        """What a storage failure means to the client (None: not a storage failure). Damage
+        found this way marks the database damaged."""
+        error = classify(exc, self.path)
+        if error is not None and error.code == errors.DATABASE_DAMAGED:
+            self.mark_damaged(error.details["problems"], "a query")
+        elif error is not None and error.code == errors.DISK_FULL:
+            self.space.note_full()
+        elif error is not None and error.code == errors.STORAGE_READ_ONLY:
+            self.space.read_only_seen = True
+        return error
+
+    def close_queue(self, name: str) -> None:
+        """Accept no entries into queue ``name`` from now on (see ``QueueBounds.close``)."""
+        self.bounds.close(name)
+
+    def queue_stats(self) -> dict[str, Any]:
+        """Size, bound and entries shed of each bounded queue."""
+        return self.bounds.stats()
+
+    def storage_health(self) -> dict[str, Any]:
+        """Disk space and integrity, for /health."""
+        disk = self.space.health()
+        integrity = {"status": "critical" if self.damage else "healthy", "lastCheck": self.last_check}
+        if self.damage:
+            integrity["damaged"] = self.damage
+        return {"disk": disk, "integrity": integrity}
+
+    def _refuse_writes_if_unsafe(self) -> None:
+        if self.damage is not None:
+            raise damaged(self.path, self.damage["problems"])
+        self.space.check_write()
 
     def reader(self) -> SqliteUnitOfWork:
         """A read-only Store on this thread's own connection (inside a write transaction on
@@ -252,8 +393,12 @@ class Database:
         with self._lock:
             if self._closed:
                 raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
+            self._refuse_writes_if_unsafe()
             conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self.app_error(exc) or exc from exc
             store = SqliteUnitOfWork(
                 conn,
                 writable=True,
@@ -261,6 +406,7 @@ class Database:
                 record_indexes=self._record_indexes,
                 prefix_indexes=self._prefix_indexes,
                 vector_index=self.vector_index,
+                bounds=self.bounds,
             )
             self._local.tx = store
             try:
@@ -269,8 +415,12 @@ class Database:
                     self._write_audit(store, operation, agent_id)
                 conn.execute("COMMIT")
                 self.last_write = time.monotonic()
-            except BaseException:
-                conn.execute("ROLLBACK")
+                self.space.read_only_seen = False
+            except BaseException as exc:
+                self._rollback(conn)
+                fault = self.app_error(exc) if isinstance(exc, sqlite3.Error) else None
+                if fault is not None:
+                    raise fault from exc  # nothing was committed: the client must not count it as stored
                 raise
             finally:
                 self._local.tx = None
@@ -278,6 +428,15 @@ class Database:
             self.lexical.notify()
         for fn in store._after_commit:
             fn()
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        # A full disk or an I/O error may already have rolled the transaction back.
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.warning("ROLLBACK failed after a failed transaction", exc_info=True)
 
     def _write_audit(self, store: SqliteUnitOfWork, operation: str, agent_id: str | None) -> None:
         targets = list(dict.fromkeys(store.changed))

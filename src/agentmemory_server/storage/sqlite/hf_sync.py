@@ -165,6 +165,14 @@ SYNC_SETTINGS: tuple[SyncSetting, ...] = (
         "Retries of a failed Hub request (huggingface_hub's default of 5 takes ~23 s).",
     ),
     SyncSetting(
+        "reserve_mb",
+        "AGENTMEMORY_DISK_RESERVE_MB",
+        16,
+        _at_least(0, int),
+        "A backup's snapshot is skipped (an error, nothing written) when it would leave less than this many "
+        "MB free next to the database (the server's write reserve too).",
+    ),
+    SyncSetting(
         "restore_attempts",
         "AGENTMEMORY_RESTORE_ATTEMPTS",
         3,
@@ -213,6 +221,7 @@ class Config:
     private: bool = True
     timeout: float = 30.0
     retries: int = 2
+    reserve_mb: int = 16
     restore_attempts: int = 3
     restore_retry_delay: float = 5.0
     restore_required: bool = True
@@ -328,6 +337,22 @@ def inspect(path: Path) -> dict[str, Any]:
     if result != ["ok"]:
         raise SyncError(f"{path.name} failed PRAGMA integrity_check: {'; '.join(result[:5])}")
     return {"sha256": sha256_file(path), "size": path.stat().st_size, "schemaVersion": version, "tables": tables}
+
+
+def check_room(db: Path, reserve_bytes: int) -> None:
+    """Refuse a snapshot next to ``db`` that would leave less than ``reserve_bytes`` free: the
+    copy is at most the database plus its WAL, and the disk is the one the server writes to.
+
+    :raise SyncError: not enough room (nothing was written).
+    """
+    needed = sum(p.stat().st_size for p in (db, _sidecar(db, "-wal")) if p.exists())
+    free = shutil.disk_usage(db.parent).free
+    if free - needed < reserve_bytes:
+        raise SyncError(
+            f"not enough free space for a snapshot of {db}: it needs up to {needed // 1048576 + 1} MB, "
+            f"{free // 1048576} MB are free and {reserve_bytes // 1048576} MB must stay free "
+            "(AGENTMEMORY_DISK_RESERVE_MB); nothing was written"
+        )
 
 
 def snapshot(db: Path, dest: Path) -> dict[str, Any]:
@@ -643,14 +668,14 @@ def _check_lineage(state: State, meta: dict[str, Any] | None, repo: str, force: 
     )
 
 
-def _stamp(ts: float) -> str:
+def stamp(ts: float) -> str:
     """UTC time as ``20261122T101530.123Z``: sorts as text in time order."""
     moment = datetime.fromtimestamp(ts, tz=UTC)
     return f"{moment:%Y%m%dT%H%M%S}.{moment.microsecond // 1000:03d}Z"
 
 
 def _history_name(created: float) -> str:
-    return f"{HISTORY_PREFIX}{_stamp(created)}.db"
+    return f"{HISTORY_PREFIX}{stamp(created)}.db"
 
 
 def _operations(snapshot_path: Path, meta: dict[str, Any], files: set[str], keep: int) -> tuple[list, list[str]]:
@@ -680,7 +705,7 @@ def _new_meta(info: dict[str, Any], changed_at: float, remote: dict[str, Any] | 
     now = time.time()
     return {
         "format": 1,
-        "id": f"{_stamp(now)}-{info['sha256'][:12]}",
+        "id": f"{stamp(now)}-{info['sha256'][:12]}",
         "file": LATEST,
         "history": _history_name(now),
         "createdAt": _iso(now),
@@ -731,6 +756,7 @@ def backup(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         fingerprint, changed_at = _quick_hash(db), last_change(db)
         if not force and state.get("remoteId") and state.get("fingerprint") == fingerprint:
             return {"status": "unchanged", "id": state.get("remoteId")}
+        check_room(db, cfg.reserve_mb * 1024 * 1024)  # before anything is written, here or on the Hub
         hub = Hub(cfg)
         head, files = hub.head(create=True)
         if head is None:  # head(create=True) creates the dataset; a None here is the Hub's bug
@@ -839,6 +865,19 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     }
 
 
+def latest_backup_time(cfg: Config) -> float | None:
+    """When the dataset's latest backup was taken (Unix time), or None when it has none."""
+    hub = Hub(cfg)
+    head, files = hub.head(create=False)
+    if head is None or LATEST not in files:
+        return None
+    with tempfile.TemporaryDirectory(prefix=".agentmemory-meta-") as scratch:
+        meta = hub.meta(head, files, Path(scratch))
+    if meta is None or not isinstance(meta.get("createdAt"), str):
+        return 0.0  # a backup of unknown age: older than any dated local snapshot
+    return datetime.fromisoformat(meta["createdAt"].replace("Z", "+00:00")).timestamp()
+
+
 def restore_for_boot(cfg: Config) -> int:
     """Restore before the server starts: retry a failing Hub, keep a newer local database, and
     refuse to start on an empty database when no backup could be fetched (serving an empty
@@ -909,9 +948,25 @@ def run_loop(cfg: Config, stop: threading.Event | None = None) -> int:
 # -- command line ------------------------------------------------------------------------------------------
 
 
+class _MaskToken(logging.Filter):
+    def __init__(self, token: str):
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.token in message:
+            record.msg, record.args = message.replace(self.token, "[REDACTED_SECRET]"), ()
+        return True
+
+
 def setup_logging(verbose: bool = False) -> None:
     level = "DEBUG" if verbose else (os.environ.get("AGENTMEMORY_LOG_LEVEL") or "info").upper()
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s sync %(levelname)s: %(message)s")
+    token = (os.environ.get("HF_TOKEN") or "").strip()
+    if len(token) >= 8:  # standalone (no server code here): at least the Hub token never reaches a log
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_MaskToken(token))
     for noisy in ("httpx", "httpx2", "httpcore", "httpcore2"):  # one INFO line per HTTP request
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if not sys.stderr.isatty():

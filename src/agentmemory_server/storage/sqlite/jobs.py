@@ -6,19 +6,29 @@ from typing import Any
 
 from agentmemory_server.storage.sqlite.common import Unit, dumps, loads
 
+JOBS = "llm_jobs"
+
 
 class SqliteJobQueue:
     def __init__(self, unit: Unit):
         self.conn = unit.conn
+        self.bounds = unit.bounds
 
-    def put(self, kind: str, ref: str, args: dict[str, Any], now: str, not_before: float = 0.0) -> None:
-        """Queue (or re-queue from scratch) one job; ``not_before`` is an epoch time."""
+    def _size(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM llm_jobs").fetchone()[0]
+
+    def put(self, kind: str, ref: str, args: dict[str, Any], now: str, not_before: float = 0.0) -> bool:
+        """Queue (or re-queue from scratch) one job; ``not_before`` is an epoch time. False: the
+        queue is at its bound and the job was shed."""
+        if not self.bounds.admit(JOBS, self._size):
+            return False
         self.conn.execute(
             "INSERT INTO llm_jobs (kind, ref, args, queued_at, next_try) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (kind, ref) DO UPDATE SET args = excluded.args, queued_at = excluded.queued_at, "
             "attempts = 0, next_try = excluded.next_try, last_error = NULL",
             (kind, ref, dumps(args), now, not_before),
         )
+        return True
 
     def claim(self, now_epoch: float, limit: int, lease_until: float) -> list[dict[str, Any]]:
         """Take up to ``limit`` due jobs, oldest first, and hide them from other workers until
@@ -34,7 +44,10 @@ class SqliteJobQueue:
 
     def done(self, kind: str, ref: str, queued_at: str) -> None:
         """Drop a finished job, unless it was queued again while it ran."""
-        self.conn.execute("DELETE FROM llm_jobs WHERE kind = ? AND ref = ? AND queued_at = ?", (kind, ref, queued_at))
+        removed = self.conn.execute(
+            "DELETE FROM llm_jobs WHERE kind = ? AND ref = ? AND queued_at = ?", (kind, ref, queued_at)
+        ).rowcount
+        self.bounds.removed(JOBS, removed)
 
     def retry(self, kind: str, ref: str, error: str, next_try: float) -> None:
         self.conn.execute(

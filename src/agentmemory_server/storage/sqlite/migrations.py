@@ -429,3 +429,27 @@ def _m012_capture_inbox_and_images(conn: sqlite3.Connection) -> None:
         CREATE INDEX image_links_image ON image_links (image_id);
         """,
     )
+
+
+@migration("search_fts_context")
+def _m013_search_fts_context(conn: sqlite3.Connection) -> None:
+    # Migration 1 was edited after release (the `context` column came later), so a database made
+    # by the first releases has a four-column search_fts and every new search row failed on it
+    # (found by tests/test_schema_upgrades.py with a database from that release). FTS5 tables
+    # have no ADD COLUMN: copy the text into a five-column table and swap it in. The context of
+    # old rows starts empty (it is weighted low); `agentmemory reindex` fills it.
+    if "context" in {row[1] for row in conn.execute("PRAGMA table_info(search_fts)")}:
+        return
+    run_script(
+        conn,
+        """
+        CREATE VIRTUAL TABLE search_fts_v10 USING fts5 (
+            title, body, concepts, files, context,
+            tokenize = 'porter unicode61 remove_diacritics 2'
+        );
+        INSERT INTO search_fts_v10 (rowid, title, body, concepts, files, context)
+            SELECT rowid, title, body, concepts, files, '' FROM search_fts;
+        DROP TABLE search_fts;
+        ALTER TABLE search_fts_v10 RENAME TO search_fts;
+        """,
+    )

@@ -10,10 +10,13 @@ import numpy as np
 
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks
 
+BACKLOG = "embed_backlog"
+
 
 class SqliteVectorStore:
     def __init__(self, unit: Unit):
         self.conn = unit.conn
+        self.bounds = unit.bounds
         self._index = getattr(unit, "vector_index", None)
 
     def search(
@@ -26,13 +29,20 @@ class SqliteVectorStore:
             return []
         return self._index(model, dim).search(self.conn, query, k, filters)
 
-    def backlog_put(self, rowid: int, now: str) -> None:
-        """Queue one search row for (re-)embedding; a queued row is retried from scratch."""
+    def _backlog_size(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM embed_backlog").fetchone()[0]
+
+    def backlog_put(self, rowid: int, now: str) -> bool:
+        """Queue one search row for (re-)embedding; a queued row is retried from scratch. False:
+        the backlog is at its bound and the row was shed (``backlog_requeue_missing`` finds it)."""
+        if not self.bounds.admit(BACKLOG, self._backlog_size):
+            return False
         self.conn.execute(
             "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (?, ?) ON CONFLICT (doc_rowid) "
             "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL",
             (rowid, now),
         )
+        return True
 
     def backlog_take(self, limit: int, now_epoch: float) -> list[dict[str, Any]]:
         """Due backlog rows with the text and metadata of their search row, oldest first."""
@@ -75,9 +85,10 @@ class SqliteVectorStore:
     def backlog_done(self, rowids: list[int], queued_before: str) -> None:
         """Drop rows embedded by this batch, unless they were re-queued while it ran."""
         for chunk, marks in in_chunks(rowids):
-            self.conn.execute(
+            removed = self.conn.execute(
                 f"DELETE FROM embed_backlog WHERE doc_rowid IN ({marks}) AND queued_at <= ?", (*chunk, queued_before)
-            )
+            ).rowcount
+            self.bounds.removed(BACKLOG, removed)
 
     def backlog_failed(self, rowids: list[int], error: str, retry_at: float) -> None:
         for rowid in rowids:
@@ -94,8 +105,15 @@ class SqliteVectorStore:
         ).fetchone()
         return {"pending": row[0], "failing": row[1], "maxAttempts": row[2] or 0, "lastError": row[3]}
 
-    def backlog_requeue_missing(self, model: str, now: str, *, everything: bool = False) -> int:
-        """Queue every search row without a vector of ``model`` (or every row); returns how many."""
+    def backlog_requeue_missing(
+        self, model: str, now: str, *, everything: bool = False, limit: int | None = None
+    ) -> int:
+        """Queue search rows without a vector of ``model`` (or every row: a deliberate re-embed,
+        not held to the backlog's bound), at most ``limit`` (and, for missing rows, as many as the
+        bound leaves room for: the rest are found again once the backlog drained); returns how
+        many."""
+        room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
+        limit = room if limit is None else limit if room is None else min(limit, room)
         # "WHERE 1": SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT.
         where = (
             "WHERE 1"
@@ -103,11 +121,14 @@ class SqliteVectorStore:
             else ("WHERE NOT EXISTS (SELECT 1 FROM search_vectors v WHERE v.doc_rowid = d.id AND v.model = ?)")
         )
         params: tuple[Any, ...] = (now,) if everything else (now, model)
-        return self.conn.execute(
+        queued = self.conn.execute(
             "INSERT INTO embed_backlog (doc_rowid, queued_at) SELECT d.id, ? FROM search_docs d "
-            f"{where} ON CONFLICT (doc_rowid) DO UPDATE SET attempts = 0, next_try = 0, last_error = NULL",
-            params,
+            f"{where} ORDER BY d.id LIMIT ? ON CONFLICT (doc_rowid) DO UPDATE SET attempts = 0, next_try = 0, "
+            "last_error = NULL",
+            (*params, -1 if limit is None else limit),
         ).rowcount
+        self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
+        return queued
 
     def put(self, rowid: int, model: str, vector: bytes, dim: int, now: str) -> bool:
         """Store a vector if its search row still exists; False when the row is gone."""

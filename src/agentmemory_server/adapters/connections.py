@@ -1,0 +1,271 @@
+"""The gunicorn worker: gthread, except a connection only reaches a thread with a whole request.
+
+gunicorn's gthread worker hands every accepted connection to a pool thread, which then blocks
+reading the request (27.x waits up to 5 s for a first byte, then blocks in the parser without a
+timeout). Measured (measured-2026-12.md section 4): 350 sockets that connect and send nothing,
+or half a request line, took every thread and 50 of 50 normal requests from another client
+timed out after 5 s.
+
+``GuardedThreadWorker`` keeps gthread's pool, keep-alive handling and shutdown, and changes
+what happens before a thread is involved. On the main thread's poller (epoll), holding no
+thread, each connection accumulates its request until
+
+- the head and a body of at most ``preread_bytes`` have fully arrived: the bytes go into the
+  connection's parser and the connection goes to the pool, where parsing never waits;
+- the head announces a larger (or chunked) body, an upgrade, or ``Expect: 100-continue``: it goes
+  to the pool after the head, and every read there is bounded by ``request_timeout``;
+- ``request_timeout`` passes first (slowloris, a stalled body): 408 and close; a connection
+  that never sent a byte is closed silently;
+- the peer closes: dropped.
+
+Kept-alive connections go through the same gate for their next request. Beyond
+``max_connections`` open connections (waiting, running or kept alive), a new one is answered
+``503 too_many_connections`` with ``Retry-After`` at once and closed, instead of waiting
+unseen in the listen backlog. Threads only ever run requests whose bytes are already here (or
+bounded reads of large bodies), so idle, slow and half-sent connections cannot starve the pool.
+
+The worker is per process: with N gunicorn workers each has its own cap and pool.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import selectors
+import socket
+import time
+from collections import deque
+from functools import partial
+from typing import Any
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from agentmemory_server import errors
+
+MAX_HEAD_BYTES = 65536  # a larger head goes to the parser, which answers 431/400
+RECV_BYTES = 65536
+LINGER_SECONDS = 1.0  # a refused connection is drained this long so the client reads the answer
+MAX_LINGERING = 256
+
+
+def _response(status: int, reason: str, body: dict[str, Any], retry_after: int | None = None) -> bytes:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    head = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(payload)}"]
+    if retry_after is not None:
+        head.append(f"Retry-After: {retry_after}")
+    head += ["Connection: close", "", ""]
+    return "\r\n".join(head).encode() + payload
+
+
+def request_ready(buffer: bytes | bytearray, preread_bytes: int) -> bool:
+    """Whether a thread may take the connection: the whole request has arrived, or its head has
+    and the body is to be read on the thread (too large, chunked, an upgrade, 100-continue),
+    or the head is too large to wait for."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return len(buffer) > MAX_HEAD_BYTES
+    headers: dict[str, str] = {}
+    for line in bytes(buffer[:end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        key = name.strip().lower().decode("latin-1")
+        if key in headers:  # a repeated header: the parser decides (400)
+            return True
+        headers[key] = value.strip().decode("latin-1").lower()
+    if "transfer-encoding" in headers or "upgrade" in headers or "100-continue" in headers.get("expect", ""):
+        return True
+    try:
+        length = int(headers.get("content-length", "0"))
+    except ValueError:
+        return True  # the parser answers 400
+    return length > preread_bytes or len(buffer) - (end + 4) >= length
+
+
+class TimedSocket(socket.socket):
+    """A client socket whose blocking mode has a timeout: gunicorn sets a socket blocking before
+    every request, and each read or write on a worker thread is then bounded."""
+
+    io_timeout: float | None = None
+
+    def setblocking(self, flag: bool) -> None:
+        if flag and self.io_timeout is not None:
+            self.settimeout(self.io_timeout)
+        else:
+            super().setblocking(flag)
+
+
+class GuardedThreadWorker(ThreadWorker):
+    """See the module docstring. ``configure`` makes a subclass with the limits."""
+
+    max_connections = 1000
+    request_timeout = 10.0
+    preread_bytes = 1 << 20
+
+    @classmethod
+    def configure(cls, *, max_connections: int, request_timeout: float, preread_bytes: int) -> type:
+        return type(
+            "GuardedThreadWorker",
+            (cls,),
+            {"max_connections": max_connections, "request_timeout": request_timeout, "preread_bytes": preread_bytes},
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.waiting: deque[TConn] = deque()  # connections whose request is still arriving, by deadline
+        self.lingering: deque[tuple[float, socket.socket]] = deque()
+        self.refused = 0
+        self.timed_out = 0
+
+    # -- accepting --------------------------------------------------------------------------------
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            raw, addr = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        if self.nr_conns >= self.max_connections:
+            self._refuse(raw)
+            return
+        sock = TimedSocket(fileno=raw.detach())
+        sock.io_timeout = self.request_timeout
+        self.nr_conns += 1
+        conn = TConn(self.cfg, sock, addr, listener.getsockname())  # non-blocking from here
+        self._wait_for_request(conn, b"")
+
+    def _refuse(self, sock: socket.socket) -> None:
+        self.refused += 1
+        body = errors.envelope(
+            503,
+            f"the server has {self.max_connections} connections open (AGENTMEMORY_MAX_CONNECTIONS); retry shortly",
+            errors.TOO_MANY_CONNECTIONS,
+            {"retryAfterSeconds": 1},
+        )
+        self._close_after(sock, _response(503, "Service Unavailable", body, retry_after=1))
+
+    def _close_after(self, sock: socket.socket, response: bytes) -> None:
+        """Send a short answer without blocking, then drain what the client sent so closing does
+        not reset the connection before it has read the answer."""
+        try:
+            sock.setblocking(False)
+            sock.send(response)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(self.lingering) >= MAX_LINGERING:
+            sock.close()
+            return
+        self.lingering.append((time.monotonic() + LINGER_SECONDS, sock))
+        self.poller.register(sock, selectors.EVENT_READ, partial(self._drain, sock))
+
+    def _drain(self, sock: socket.socket, _fileobj: Any = None) -> None:
+        try:
+            if sock.recv(RECV_BYTES):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._forget_lingering(sock)
+
+    def _forget_lingering(self, sock: socket.socket) -> None:
+        try:
+            self.poller.unregister(sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        sock.close()
+        self.lingering = deque(item for item in self.lingering if item[1] is not sock)
+
+    # -- waiting for a whole request, on the poller ------------------------------------------------
+    def _wait_for_request(self, conn: TConn, received: bytes) -> None:
+        conn.pending = bytearray(received)
+        conn.deadline = time.monotonic() + self.request_timeout
+        if received and request_ready(conn.pending, self.preread_bytes):
+            self._hand_over(conn)
+            return
+        self.waiting.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_request_bytes, conn))
+
+    def _on_request_bytes(self, conn: TConn, _fileobj: Any = None) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away before finishing its request
+            self._stop_waiting(conn)
+            self._drop(conn)
+            return
+        conn.pending += data
+        if request_ready(conn.pending, self.preread_bytes):
+            self._stop_waiting(conn)
+            self._hand_over(conn)
+
+    def _stop_waiting(self, conn: TConn) -> None:
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        try:
+            self.waiting.remove(conn)
+        except ValueError:
+            pass
+
+    def _hand_over(self, conn: TConn) -> None:
+        conn.data_ready = True  # gthread's own wait-for-first-byte is not needed any more
+        self.enqueue_req(conn)
+
+    def _drop(self, conn: TConn) -> None:
+        self.nr_conns -= 1
+        conn.close()
+
+    def handle(self, conn: TConn) -> Any:
+        """On the worker thread: feed what the poller gathered to the parser, then gthread's
+        usual handling (which never waits for bytes that have not arrived, except bounded reads
+        of a body larger than the preread limit)."""
+        pending = getattr(conn, "pending", None)
+        if pending:
+            conn.pending = None
+            conn.sock.setblocking(True)
+            conn.init()
+            conn.parser.unreader.unread(bytes(pending))
+        return super().handle(conn)
+
+    # -- keep-alive: the next request goes through the same gate ----------------------------------
+    def on_client_socket_readable(self, conn: TConn, client: Any) -> None:
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._wait_for_request(conn, b"")
+        self._on_request_bytes(conn)
+
+    def finish_request(self, conn: TConn, fs: Any) -> None:
+        # A request pipelined behind the last one may be partial: it waits on the poller too.
+        try:
+            keep = not fs.cancelled() and fs.result()
+        except Exception:  # noqa: BLE001 - gthread's own handler closes it
+            keep = False
+        leftover = conn.parser is not None and keep and self.alive and conn.parser.unreader.buf.getvalue()
+        if leftover:
+            conn.sock.setblocking(False)
+            self._wait_for_request(conn, conn.parser.unreader.take_buffered())
+            return
+        super().finish_request(conn, fs)
+
+    # -- timeouts (called by gthread's loop about once a second, also while stopping) --------------
+    def murder_pending(self) -> None:
+        super().murder_pending()
+        now = time.monotonic()
+        while self.waiting and (self.waiting[0].deadline <= now or not self.alive):
+            conn = self.waiting[0]
+            self._stop_waiting(conn)
+            self.nr_conns -= 1
+            if conn.pending and self.alive:  # started a request and stalled: say so
+                self.timed_out += 1
+                message = f"the request did not arrive within {self.request_timeout:g}s (AGENTMEMORY_REQUEST_TIMEOUT)"
+                body = errors.envelope(408, message, errors.REQUEST_TIMEOUT)
+                self._close_after(conn.sock, _response(408, "Request Timeout", body))
+            else:  # an idle connection (or a stopping server): closed, nothing to say
+                conn.close()
+        while self.lingering and (self.lingering[0][0] <= now or not self.alive):
+            self._forget_lingering(self.lingering[0][1])

@@ -1,0 +1,135 @@
+"""The settings for faults, floods and slow clients: disk space and durability, integrity checks,
+local snapshots, the connection worker, write rate limits and the bounds of the durable queues.
+Part of ``settings.SETTINGS`` (kept in its own module so the main table stays readable).
+"""
+
+from __future__ import annotations
+
+from agentmemory_server.kernel.setting_types import (
+    Setting,
+    _choice,
+    _non_negative_float,
+    _non_negative_int,
+    _optional_str,
+    _positive_float,
+    _positive_int,
+)
+
+FAULT_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "disk_warn_mb",
+        ("AGENTMEMORY_DISK_WARN_MB",),
+        512,
+        _non_negative_int,
+        "/health (status degraded) and the viewer warn while less than this many MB are free next to the database.",
+    ),
+    Setting(
+        "disk_reserve_mb",
+        ("AGENTMEMORY_DISK_RESERVE_MB",),
+        16,
+        _non_negative_int,
+        "Writes are refused with 507 `disk_full` while less than this many MB are free (room kept for the "
+        "WAL checkpoint); they resume by themselves once space is freed. 0 = only when SQLite finds the disk full.",
+    ),
+    Setting(
+        "durability",
+        ("AGENTMEMORY_DURABILITY",),
+        "process",
+        _choice("process", "disk"),
+        "`process`: an acknowledged write survives the server being killed (SQLite synchronous=NORMAL). "
+        "`disk`: it also survives the OS crashing, power loss or the filesystem failing (synchronous=FULL: "
+        "one fsync per write, a few ms each).",
+    ),
+    Setting(
+        "startup_check_seconds",
+        ("AGENTMEMORY_STARTUP_CHECK_SECONDS",),
+        10.0,
+        _non_negative_float,
+        "Time budget of the integrity check (PRAGMA quick_check) when the database opens; 0 = none. A damaged "
+        "file is served read-only (writes answer 503 `database_damaged`).",
+    ),
+    Setting(
+        "integrity_check_interval",
+        ("AGENTMEMORY_INTEGRITY_CHECK_INTERVAL",),
+        3600.0,
+        _non_negative_float,
+        "Seconds between background integrity checks (0 = none); damage found stops writes.",
+    ),
+    Setting(
+        "local_backup_dir",
+        ("AGENTMEMORY_LOCAL_BACKUP_DIR",),
+        None,
+        _optional_str,
+        "Where `agentmemory backup --local` and the periodic local snapshots go. Default: `backups/` beside "
+        "the database.",
+    ),
+    Setting(
+        "local_backup_interval",
+        ("AGENTMEMORY_LOCAL_BACKUP_INTERVAL",),
+        0.0,
+        _non_negative_float,
+        "Seconds between local snapshots taken by the server (0 = none; `agentmemory backup --local` any time).",
+    ),
+    Setting(
+        "local_backup_keep",
+        ("AGENTMEMORY_LOCAL_BACKUP_KEEP",),
+        3,
+        _positive_int,
+        "Local snapshots kept (the oldest go once a newer one passed its integrity check).",
+    ),
+    Setting(
+        "max_connections",
+        ("AGENTMEMORY_MAX_CONNECTIONS",),
+        1000,
+        _positive_int,
+        "Open client connections per server process; one more is answered 503 `too_many_connections` with "
+        "Retry-After and closed. Waiting connections hold no thread.",
+    ),
+    Setting(
+        "request_timeout",
+        ("AGENTMEMORY_REQUEST_TIMEOUT",),
+        10.0,
+        _positive_float,
+        "Seconds a client has to send a request's head and body (a request over the preread limit: to send each "
+        "part of it); slower clients get 408 and are closed.",
+    ),
+    Setting(
+        "keepalive_seconds",
+        ("AGENTMEMORY_KEEPALIVE",),
+        5,
+        _positive_int,
+        "Seconds an idle keep-alive connection stays open between requests.",
+    ),
+    Setting(
+        "rate_limit",
+        ("AGENTMEMORY_RATE_LIMIT",),
+        100.0,
+        _non_negative_float,
+        "Writes (POST/PUT/PATCH/DELETE, WebSocket calls) per second per token (per client IP with auth off), "
+        "as a token bucket, per server process; over it: 429 `rate_limited` with Retry-After. 0 = no limit. "
+        "A coding agent's hooks send a few per second.",
+    ),
+    Setting(
+        "rate_burst",
+        ("AGENTMEMORY_RATE_BURST",),
+        500,
+        _positive_int,
+        "Token-bucket size: writes a client may send at once before AGENTMEMORY_RATE_LIMIT applies.",
+    ),
+    Setting(
+        "embed_backlog_max",
+        ("AGENTMEMORY_EMBED_BACKLOG_MAX",),
+        100_000,
+        _positive_int,
+        "Records waiting for a vector at most; beyond it new records stay BM25-only (counted as shed in "
+        "/health; `agentmemory reindex` or heal queues them again).",
+    ),
+    Setting(
+        "llm_jobs_max",
+        ("AGENTMEMORY_LLM_JOBS_MAX",),
+        10_000,
+        _positive_int,
+        "Background model jobs queued at most; beyond it new work keeps its deterministic result (shed, counted "
+        "in /health).",
+    ),
+)

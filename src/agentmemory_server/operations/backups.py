@@ -1,0 +1,56 @@
+"""Local snapshots taken by the server (AGENTMEMORY_LOCAL_BACKUP_INTERVAL), so a damaged
+database can be restored from this disk with ``agentmemory restore --from-backup`` even without
+an HF dataset. ``agentmemory backup --local`` takes one any time (storage/sqlite/local_backup.py)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agentmemory_server.storage.sqlite import local_backup
+from agentmemory_server.storage.sqlite.hf_sync import SyncError
+
+log = logging.getLogger("agentmemory.backup")
+
+
+class LocalBackups:
+    """The ``backups`` subsystem: the periodic snapshot job and its state in /health."""
+
+    def __init__(self, rt: Any):
+        self.rt = rt
+        self.directory = rt.settings.local_backup_path
+        self.last: dict[str, Any] | None = None
+        self.last_error: str | None = None
+        if rt.settings.local_backup_interval > 0:
+            rt.every(rt.settings.local_backup_interval, "local_backup", self.take)
+
+    def take(self) -> dict[str, Any] | None:
+        """One snapshot, unless the database is damaged (a copy of it would push a good one out)
+        or the disk has no room for it; either is recorded for /health, never raised."""
+        if self.rt.db.damage is not None:
+            self.last_error = "not taken: the database is damaged"
+            return None
+        try:
+            self.last = local_backup.take(
+                self.rt.db.path,
+                self.directory,
+                keep=self.rt.settings.local_backup_keep,
+                reserve_bytes=self.rt.settings.disk_reserve_mb * 1024 * 1024,
+            )
+        except SyncError as exc:
+            self.last_error = str(exc)
+            log.warning("local snapshot skipped: %s", exc)
+            return None
+        self.last_error = None
+        return self.last
+
+    def health(self) -> dict[str, Any]:
+        found = local_backup.snapshots(self.directory)
+        return {
+            "status": "degraded" if self.last_error else "healthy",
+            "dir": str(self.directory),
+            "intervalSeconds": self.rt.settings.local_backup_interval,
+            "snapshots": len(found),
+            "latest": found[0].name if found else None,
+            "lastError": self.last_error,
+        }

@@ -1,0 +1,170 @@
+"""A damaged database file, for real: a bit-rotted index page, a file that is not a database,
+and a server SIGKILLed with most of its data still in the WAL.
+
+Damage is found at start-up and by the periodic check; the server then refuses every write
+(503 ``database_damaged`` saying what to do) while reads that still work go on, and
+``agentmemory restore --from-backup`` brings back the last good state from a local snapshot or
+the HF dataset."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+import faults
+from conftest import HUB_REPO, LiveServer, clean_environ, hook, post, sync_env, wait_for
+
+AGENTMEMORY = str(Path(sys.executable).with_name("agentmemory"))
+INDEX = "search_docs_project_ts"  # an index page: the records still read, quick_check finds it
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([AGENTMEMORY, *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def seed(server: LiveServer, session: str, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        r = post(server.api("/observe"), hook(session, timestamp=f"2026-04-01T09:00:{i % 60:02d}.{i:03d}Z",
+                                                data={"tool_name": "Bash", "tool_output": f"built module {i}"}))
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["observationId"])
+    return ids
+
+
+def observation_ids(server: LiveServer, session: str) -> set[str]:
+    r = requests.get(server.api("/observations"), params={"sessionId": session, "limit": 1000}, timeout=30)
+    assert r.status_code == 200, r.text
+    return {o["id"] for o in r.json()["observations"]}
+
+
+def server_env(server: LiveServer) -> dict[str, str]:
+    return {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(server.data_dir), "HOME": server.env["HOME"]}
+
+
+def assert_refuses_writes_and_says_what_to_do(server: LiveServer) -> None:
+    health = requests.get(server.api("/health"), timeout=30)
+    assert health.status_code == 503 and health.json()["status"] == "critical"
+    damaged = health.json()["database"]["integrity"]["damaged"]
+    assert "restore --from-backup" in damaged["fix"] and damaged["problems"]
+    refused = post(server.api("/observe"), hook("after-damage"))
+    assert refused.status_code == 503, refused.text
+    body = refused.json()
+    assert body["code"] == "database_damaged" and "writes are refused" in body["error"]
+    assert "restore --from-backup" in body["details"]["fix"]
+    assert post(server.api("/remember"), {"content": "not into a damaged file"}).json()["code"] == "database_damaged"
+    checks = {c["name"]: c for c in post(server.api("/diagnostics"), {}).json()["checks"]}
+    assert checks["db_integrity"]["status"] == "fail" and "restore --from-backup" in checks["db_integrity"]["fix"]
+    assert "restore --from-backup" in server.log()
+
+
+def test_damage_found_at_start_up_refuses_writes_and_restore_from_a_local_snapshot(tmp_path):
+    server = LiveServer(tmp_path, {}, [])
+    try:
+        good = seed(server, "good", 12)
+        snap = cli(server_env(server), "backup", "--local")
+        assert snap.returncode == 0, snap.stderr
+        assert json.loads(snap.stdout)["status"] == "snapshot"
+        late = seed(server, "late", 3)  # written after the snapshot: lost by the restore, by design
+        server.stop()
+        faults.damage_index_page(server.db_path, INDEX)
+        server.start()
+        assert_refuses_writes_and_says_what_to_do(server)
+        assert observation_ids(server, "good") == set(good)  # reads that still work go on
+        assert observation_ids(server, "late") == set(late)
+        # While the server has the file open, restore refuses.
+        busy = cli(server_env(server), "restore", "--from-backup")
+        assert busy.returncode == 1 and "is open in another process" in busy.stderr
+        server.stop()
+        restored = cli(server_env(server), "restore", "--from-backup")
+        assert restored.returncode == 0, restored.stderr
+        result = json.loads(restored.stdout)
+        assert result["source"] == "local" and result["reason"] == "the database is damaged"
+        assert Path(result["kept"]).exists()  # the damaged file is kept for a salvage attempt
+        server.start()
+        health = requests.get(server.api("/health")).json()
+        assert health["status"] in ("healthy", "degraded") and "damaged" not in health["database"]["integrity"]
+        assert observation_ids(server, "good") == set(good) and observation_ids(server, "late") == set()
+        assert post(server.api("/observe"), hook("after-restore")).status_code == 201
+        # A healthy database is not replaced without --force.
+        server.stop()
+        refused = cli(server_env(server), "restore", "--from-backup")
+        assert refused.returncode == 3 and "passes its integrity check" in refused.stderr
+    finally:
+        server.stop()
+
+
+def test_damage_found_by_the_periodic_check_stops_writes_while_running(tmp_path):
+    server = LiveServer(tmp_path, {"AGENTMEMORY_INTEGRITY_CHECK_INTERVAL": "1"}, [])
+    try:
+        good = seed(server, "good", 10)
+        faults.damage_index_page(server.db_path, INDEX)  # checkpoints first, under the running server
+        wait_for(lambda: requests.get(server.api("/health"), timeout=10).status_code == 503, timeout=30,
+                 message="the periodic check did not find the damaged page")
+        assert_refuses_writes_and_says_what_to_do(server)
+        assert observation_ids(server, "good") == set(good)
+        assert "periodic integrity check" in requests.get(server.api("/health")).json()["database"]["integrity"][
+            "damaged"]["source"]
+    finally:
+        server.stop()
+
+
+def test_restore_from_backup_takes_the_hf_dataset_when_there_is_no_local_snapshot(tmp_path, hf_hub):
+    server = LiveServer(tmp_path, {}, [])
+    try:
+        good = seed(server, "good", 8)
+        env = sync_env(hf_hub, tmp_path, server.data_dir)
+        uploaded = cli(env, "backup")
+        assert uploaded.returncode == 0 and json.loads(uploaded.stdout)["status"] == "uploaded", uploaded.stderr
+        server.stop()
+        faults.damage_index_page(server.db_path, INDEX)
+        restored = cli(env, "restore", "--from-backup")
+        assert restored.returncode == 0, restored.stderr
+        assert json.loads(restored.stdout)["source"] == "hf" and hf_hub.commit_count(HUB_REPO) >= 1
+        server.start()
+        assert observation_ids(server, "good") == set(good)
+        assert requests.get(server.api("/health")).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_file_that_is_not_a_database_is_refused_at_start_with_what_to_do(tmp_path):
+    server = LiveServer(tmp_path, {}, [], start=False)
+    server.data_dir.mkdir(parents=True)
+    server.db_path.write_bytes(b"this is not a database, it is a text file that took its place\n" * 200)
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "src" / "app.py")], env=server.env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "not serving" in proc.stderr and "restore --from-backup" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_sigkilled_server_with_most_data_in_the_wal_is_recovered_at_the_next_start(tmp_path):
+    server = LiveServer(tmp_path, {"AGENTMEMORY_INTEGRITY_CHECK_INTERVAL": "0"}, [])
+    try:
+        acknowledged = seed(server, "wal", 150)
+        wal = Path(str(server.db_path) + "-wal")
+        server.stop(signal.SIGKILL)
+        # Most of the data never reached the database file: it is only in the WAL.
+        assert wal.stat().st_size > server.db_path.stat().st_size
+        conn = sqlite3.connect(f"{server.db_path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:  # the main file alone (immutable: no WAL) does not have them
+            in_file = conn.execute("SELECT count(*) FROM kv_store WHERE scope = 'mem:obs:wal'").fetchone()[0]
+        finally:
+            conn.close()
+        assert in_file < len(acknowledged)
+        Path(str(server.db_path) + "-shm").unlink()  # a stale index of the WAL is rebuilt, not trusted
+        server.start()
+        assert observation_ids(server, "wal") == set(acknowledged)
+        health = requests.get(server.api("/health")).json()
+        assert health["database"]["integrity"]["lastCheck"]["result"] == "ok"
+        assert health["counts"]["observations"] == len(acknowledged)
+        assert post(server.api("/observe"), hook("wal")).status_code == 201
+    finally:
+        server.stop()

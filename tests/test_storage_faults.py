@@ -1,0 +1,161 @@
+"""A disk that fills up and a filesystem that turns read-only, injected for real under a real
+server process: a tmpfs filled to the byte, a loop-mounted ext4 forced read-only by an error.
+
+What the client sees (507 ``disk_full`` / 503 ``storage_read_only`` with Retry-After, never a
+500), what keeps working (reads), what is stored (every acknowledged write, after recovery) and
+how it recovers (by itself when space returns). Needs root for the mounts (see tests/faults.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+import faults
+from conftest import HUB_REPO, LiveServer, clean_environ, hook, post, sync_env
+from test_viewer_browser import browser  # noqa: F401 - the Chromium fixture
+
+AGENTMEMORY = str(Path(sys.executable).with_name("agentmemory"))
+
+
+def observe(server: LiveServer, session: str, i: int, size: int = 4000) -> requests.Response:
+    body = hook(session, timestamp=f"2026-03-01T10:{i // 60:02d}:{i % 60:02d}.000Z",
+                data={"tool_name": "Bash", "tool_input": {"command": f"step {i}"}, "tool_output": f"out{i} " * (size // 5)})
+    return post(server.api("/observe"), body)
+
+
+def stored_ids(server: LiveServer, sessions: set[str]) -> set[str]:
+    ids: set[str] = set()
+    for session in sessions:
+        r = requests.get(server.api("/observations"), params={"sessionId": session, "limit": 1000}, timeout=30)
+        assert r.status_code == 200, r.text
+        ids |= {o["id"] for o in r.json()["observations"]}
+    return ids
+
+
+def disk_section(server: LiveServer) -> tuple[int, dict]:
+    r = requests.get(server.api("/health"), timeout=30)
+    return r.status_code, r.json()["database"]["disk"]
+
+
+def write_until_refused(server: LiveServer, session: str, acknowledged: list[str], limit: int = 400) -> requests.Response:
+    """Post observations until one is refused; every 201 is recorded as acknowledged."""
+    for i in range(limit):
+        r = observe(server, session, len(acknowledged) + i)
+        assert r.status_code in (201, 507), r.text  # never a 500
+        if r.status_code == 507:
+            return r
+        acknowledged.append(r.json()["observationId"])
+    raise AssertionError(f"{limit} writes were all accepted on a full disk")
+
+
+def test_a_full_disk_answers_507_keeps_reads_and_writes_resume_by_themselves(tmp_path):
+    # No reserve: SQLite itself runs into ENOSPC (the 500 of the measured run).
+    with faults.tmpfs(tmp_path / "disk", 48) as disk:
+        server = LiveServer(tmp_path, {"AGENTMEMORY_DATA_DIR": str(disk), "AGENTMEMORY_DISK_RESERVE_MB": "0",
+                                       "AGENTMEMORY_DISK_WARN_MB": "8"}, [])
+        try:
+            acknowledged = [observe(server, "before", i).json()["observationId"] for i in range(20)]
+            filler = faults.fill(disk)
+            assert faults.free_bytes(disk) < 64 * 1024
+            refused = write_until_refused(server, "during", acknowledged)
+            body = refused.json()
+            assert body["code"] == "disk_full" and body["status"] == 507 and "nothing was written" in body["error"]
+            assert refused.headers["Retry-After"] == "30" and body["details"]["retryAfterSeconds"] == 30
+            # Reads keep working on a full disk; health says why writes fail.
+            assert stored_ids(server, {"before", "during"}) == set(acknowledged)
+            assert post(server.api("/search"), {"query": "out3", "limit": 5}).status_code == 200
+            status, disk_health = disk_section(server)
+            assert status == 503 and disk_health["status"] == "critical" and disk_health["refusedWrites"] >= 1
+            # Space comes back: the next write succeeds, no restart.
+            filler.unlink()
+            after = observe(server, "after", 0)
+            assert after.status_code == 201, after.text
+            acknowledged.append(after.json()["observationId"])
+            assert disk_section(server)[1]["status"] == "healthy"
+            server.stop()
+            server.start()
+            assert stored_ids(server, {"before", "during", "after"}) == set(acknowledged)
+            checks = {c["name"]: c for c in post(server.api("/diagnostics"), {}).json()["checks"]}
+            assert checks["db_integrity"]["status"] == "pass" and checks["search_rows_missing"]["status"] == "pass"
+        finally:
+            server.stop()
+
+
+def test_writes_stop_at_the_reserve_health_warns_before_and_backups_never_fill_the_disk(tmp_path, hf_hub):
+    with faults.tmpfs(tmp_path / "disk", 40) as disk:
+        env = {"AGENTMEMORY_DATA_DIR": str(disk), "AGENTMEMORY_DISK_RESERVE_MB": "4", "AGENTMEMORY_DISK_WARN_MB": "16"}
+        server = LiveServer(tmp_path, env, [])
+        try:
+            acknowledged = [observe(server, "s", i).json()["observationId"] for i in range(10)]
+            assert disk_section(server)[1]["status"] == "healthy"
+            # Below the warning threshold: still writing, but /health says so.
+            faults.fill(disk, leave_bytes=10 * faults.MB, name="filler1")
+            status, warned = disk_section(server)
+            assert status == 200 and warned["status"] == "degraded" and "writes stop below 4.0 MB" in warned["message"]
+            assert requests.get(server.api("/health")).json()["status"] == "degraded"
+            assert observe(server, "s", 100).status_code == 201
+            # A snapshot would leave less than the reserve: neither kind of backup writes anything.
+            big = faults.fill(disk, leave_bytes=5 * faults.MB, name="filler2")
+            free_before = faults.free_bytes(disk)
+            local = subprocess.run([AGENTMEMORY, "backup", "--local"], env={**clean_environ(), **env},
+                                   capture_output=True, text=True, timeout=120)
+            assert local.returncode == 1 and "not taking a snapshot" in local.stderr, local.stderr
+            assert not list((disk / "backups").glob("*")) and faults.free_bytes(disk) >= free_before - 64 * 1024
+            hf_env = sync_env(hf_hub, tmp_path, disk, AGENTMEMORY_DISK_RESERVE_MB="4")
+            remote = subprocess.run([AGENTMEMORY, "backup"], env=hf_env, capture_output=True, text=True, timeout=120)
+            assert remote.returncode == 1 and "not enough free space for a snapshot" in remote.stderr, remote.stderr
+            assert hf_hub.commit_count(HUB_REPO) == 0 and not list(disk.glob(".agentmemory-backup-*"))
+            # Below the reserve: refused before SQLite could run out of room mid-transaction.
+            faults.fill(disk, leave_bytes=2 * faults.MB, name="filler3")
+            refused = observe(server, "s", 101)
+            assert refused.status_code == 507 and refused.json()["code"] == "disk_full"
+            assert refused.json()["details"]["reserveBytes"] == 4 * faults.MB
+            assert disk_section(server)[1]["status"] == "critical"
+            big.unlink()
+            assert observe(server, "s", 102).status_code == 201
+        finally:
+            server.stop()
+
+
+def test_a_filesystem_that_turns_read_only_refuses_writes_and_loses_nothing_acknowledged(tmp_path):
+    with faults.ext4(tmp_path / "disk", 64) as disk:
+        server = LiveServer(tmp_path, {"AGENTMEMORY_DATA_DIR": str(disk), "AGENTMEMORY_DURABILITY": "disk"}, [])
+        try:
+            acknowledged = [observe(server, "ro", i).json()["observationId"] for i in range(40)]
+            faults.force_read_only(disk)
+            refused = observe(server, "ro", 99)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "storage_read_only" and refused.headers["Retry-After"] == "60"
+            assert stored_ids(server, {"ro"}) == set(acknowledged)  # reads go on
+            health = requests.get(server.api("/health"))
+            assert health.status_code == 503 and health.json()["database"]["disk"]["readOnly"] is True
+        finally:
+            server.stop()
+        # The operator repairs the filesystem and starts the server again: everything acknowledged is there.
+        faults.remount_after_repair(disk)
+        server.start()
+        try:
+            assert stored_ids(server, {"ro"}) == set(acknowledged)
+            assert observe(server, "ro", 100).status_code == 201
+        finally:
+            server.stop()
+
+
+def test_the_viewer_warns_when_the_disk_runs_low(tmp_path, browser):
+    # More than any disk has as the warning threshold makes today's free space "low".
+    server = LiveServer(tmp_path, {"AGENTMEMORY_DISK_WARN_MB": str(1 << 30)}, [])
+    try:
+        page = browser.new_page()
+        try:
+            page.goto(server.url + "/viewer")
+            banner = page.locator("#storage-banner")
+            banner.wait_for(state="visible", timeout=15000)
+            assert "disk" in banner.inner_text().lower() and "free" in banner.inner_text().lower()
+        finally:
+            page.close()
+    finally:
+        server.stop()
