@@ -66,6 +66,12 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _unit_word(value: str) -> str:
+    """A value quoted for a unit file line: systemd resolves ``%`` specifiers even inside
+    quotes, so a literal ``%`` is doubled."""
+    return _quote(value).replace("%", "%%")
+
+
 def systemd_unit(serve: str, plain: Mapping[str, str], env_file: Path | None) -> str:
     lines = [
         "# written by agentmemory service install; agentmemory service uninstall removes it",
@@ -75,9 +81,9 @@ def systemd_unit(serve: str, plain: Mapping[str, str], env_file: Path | None) ->
         "",
         "[Service]",
         "Type=simple",
-        f"ExecStart={_quote(serve) if ' ' in serve else serve} serve",
-        *(f"Environment={_quote(f'{k}={v}')}" for k, v in sorted(plain.items())),
-        *([f"EnvironmentFile={env_file}"] if env_file else []),
+        f"ExecStart={_unit_word(serve) if ' ' in serve else serve.replace('%', '%%')} serve",
+        *(f"Environment={_unit_word(f'{k}={v}')}" for k, v in sorted(plain.items())),
+        *([f"EnvironmentFile={str(env_file).replace('%', '%%')}"] if env_file else []),
         "Restart=on-failure",
         "RestartSec=2",
         "",
