@@ -205,13 +205,6 @@ SETTINGS: tuple[Setting, ...] = (
         "Token budget of the memories a prompt hook gets back (tokens ~ chars / 3).",
     ),
     Setting(
-        "capture_output_max",
-        ("AGENTMEMORY_CAPTURE_OUTPUT_MAX",),
-        8000,
-        _positive_int,
-        "Characters kept of each long string of a raw hook payload (tool output, file contents) before it is stored.",
-    ),
-    Setting(
         "hook_max_body_bytes",
         ("AGENTMEMORY_HOOK_MAX_BODY_BYTES",),
         16_777_216,
@@ -428,7 +421,8 @@ SETTINGS: tuple[Setting, ...] = (
         8000,
         _positive_int,
         "A tool's output (tool_output / tool_response / tool_result) is cut to this many characters "
-        "with a `[...truncated]` marker, as upstream's hooks do.",
+        "with a `[...truncated]` marker, as upstream's hooks do; so is each long string of a raw hook "
+        "payload (`/hooks/<client>`: tool output, file contents).",
     ),
     Setting(
         "capture_max_attempts",
