@@ -329,7 +329,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict:
         print(f"  bulk import: {loaded['records']:,} records in {loaded['seconds']} s ({loaded['per_s']:,}/s)")
         spawned = time.perf_counter()
         proc, url = start_server(
-            data_dir, args.threads, {"AGENTMEMORY_AUTH": "off", "EMBEDDING_PROVIDER": args.embedder}
+            data_dir, args.threads, {"EMBEDDING_PROVIDER": args.embedder, "AGENTMEMORY_WORKERS": str(args.workers)}
         )
         up = time.perf_counter() - spawned
         try:
@@ -398,16 +398,21 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--embedder", default="none", choices=("none", "local"))
+    ap.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (AGENTMEMORY_WORKERS)")
     args = ap.parse_args()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    print(f"bench/scale.py, {stamp}, commit {commit()}, {os.cpu_count()} cpus, embedder {args.embedder}")
+    print(
+        f"bench/scale.py, {stamp}, commit {commit()}, {os.cpu_count()} cpus, embedder {args.embedder}, "
+        f"{args.workers} worker process(es)"
+    )
     report = [run_size(parse_size(s), args) for s in args.sizes.split(",")]
     print("\ntargets (issue 14):")
     for size in report:
         for what, value, target, met in targets(size, args.clients):
             verdict = "met" if met else "MISSED"
             print(f"  {size['observations']:>9,} obs  {what:42s} {value:>9}  target {target:8s} {verdict}")
-    print(json.dumps({"date": stamp, "commit": commit(), "embedder": args.embedder, "sizes": report}))
+    summary = {"date": stamp, "commit": commit(), "embedder": args.embedder, "workers": args.workers}
+    print(json.dumps({**summary, "sizes": report}))
 
 
 if __name__ == "__main__":

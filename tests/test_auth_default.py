@@ -148,3 +148,59 @@ def test_a_body_must_be_sent_as_json(tmp_path):
         assert client.post("/agentmemory/capture/drain").status_code == 200  # no body: nothing to declare
     finally:
         rt.close()
+
+
+def test_the_mcp_wrapper_sends_the_local_token_file_only_to_this_machine(tmp_path, monkeypatch):
+    """Upstream 0.9.30's clients read the secret file only for a loopback URL: a wrapper pointed at
+    a team server elsewhere must not hand it this machine's token."""
+    from agentmemory_server.adapters import mcp_stdio
+
+    for name in [k for k in os.environ if k.startswith("AGENTMEMORY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AGENTMEMORY_DATA_DIR", str(tmp_path))
+    token = auth.resolve(Settings.from_env({}, data_dir=str(tmp_path))).secret
+    for url in ("http://127.0.0.1:3111", "http://localhost:3111/", "http://[::1]:3111", "http://127.0.0.2:9"):
+        assert mcp_stdio.token_for(url + "/agentmemory/mcp/tools") == token, url
+    for url in ("http://10.0.0.7:3111", "https://memory.example.com", "http://localhost.example.com:3111"):
+        assert mcp_stdio.token_for(url + "/agentmemory/mcp/tools") is None, url
+    monkeypatch.setenv("AGENTMEMORY_SECRET", "explicit-token-0123456789")  # an explicit secret goes anywhere
+    assert mcp_stdio.token_for("https://memory.example.com/agentmemory/mcp/tools") == "explicit-token-0123456789"
+
+
+def test_cli_processes_never_log_the_generated_token(tmp_path):
+    """The background worker and the admin commands are started without AGENTMEMORY_SECRET: they
+    mask the token from the secret file in their logs, as the server does."""
+    token = auth.resolve(Settings.from_env({}, data_dir=str(tmp_path))).secret
+    probe = ("import logging, sys; from agentmemory_server.adapters import cli; cli.main(['stats']); "
+             "logging.getLogger('agentmemory.probe').warning('leaked %s', open(sys.argv[1]).read().strip())")
+    env = {**default_env(), "AGENTMEMORY_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "secret")], env=env, cwd=SRC,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "leaked " in out.stderr and token not in out.stderr + out.stdout
+
+
+def test_the_readme_quick_start_works_as_written_with_auth_on(default_server, tmp_path):
+    """README's quick start, run as a new user would against a server started with no settings
+    (auth on, the token generated into ~/.agentmemory/secret): only the port differs."""
+    import json
+    import re
+    from pathlib import Path
+
+    readme = (SRC.parent / "README.md").read_text()
+    start = readme.split("## Quick start")[1].split("\n## ")[0]
+    block = next(b for b in re.findall(r"```bash\n(.+?)\n```", start, re.DOTALL) if "curl" in b)
+    server = default_server(AGENTMEMORY_DATA_DIR=str(tmp_path / ".agentmemory"))  # the default data dir of HOME
+    assert server.env["HOME"] == str(tmp_path)
+    script = block.replace("localhost:3111", f"localhost:{server.port}")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env={**default_env(), "HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    decoder, answers, at = json.JSONDecoder(), [], 0
+    while at < len(done.stdout.strip()):  # curl -s prints the two answers back to back
+        answer, at = decoder.raw_decode(done.stdout, at)
+        answers.append(answer)
+    observed, found = answers
+    assert observed.get("observationId"), done.stdout
+    assert found["count"] == 1 and found["results"][0]["observation"]["id"] == observed["observationId"]
+    assert Path(tmp_path / ".agentmemory" / "secret").exists()

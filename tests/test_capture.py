@@ -8,6 +8,7 @@ import pytest
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.capture import filters
 from agentmemory_server.kernel.hooks import Hooks
+from agentmemory_server.kernel.privacy import REDACTED_SECRET
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.wiring import HOOKS, build_runtime
 from conftest import hook
@@ -113,6 +114,27 @@ def test_an_oversized_field_is_cut_with_a_marker_never_dropped(make_runtime):
     assert client.get("/agentmemory/capture").json["counts"]["truncated"] == {"content": 1}
     note = client.post("/agentmemory/observe", json={"sessionId": "n", "content": "z" * 5000}).json
     assert note["truncated"]["chars"] == 4000
+
+
+def test_a_huge_field_is_cut_before_stripping_and_a_secret_at_the_cut_is_still_stripped(make_runtime):
+    """Stripping secrets reads every character, so text far past its limit is shortened first
+    (a 12 MB Write took seconds); a secret that starts before the cut point must still go, and the
+    counts must be those of the text as sent."""
+    rt = make_runtime(max_field_chars=1000, capture_output_max=500)
+    client = create_app(runtime=rt).test_client()
+    secret = "ghp_" + "A1b2C3d4E5" * 4  # a GitHub token across the cut point
+    content = "x " * 460 + secret + "\n" + "y" * 3_000_000  # the kept head would end inside the token
+    output = "z " * 235 + secret + "\n" + "w" * 2_000_000
+    r = client.post("/agentmemory/observe", json=hook(data={
+        "tool_name": "Write", "tool_input": {"file_path": "big.txt", "content": content}, "tool_output": output}))
+    assert r.status_code == 201
+    assert sorted(r.json["truncated"]["fields"]) == ["tool_input.content", "tool_output"]
+    shorter = len(secret) - len(REDACTED_SECRET)  # the counts are of the stripped text, as before
+    assert r.json["truncated"]["chars"] == (len(content) - 1000) + (len(output) - 500) - 2 * shorter
+    raw = observations(client)[0]["raw"]
+    kept = raw["tool_input"]["content"]
+    assert f"truncated {len(content) - 1000 - shorter} characters" in kept and "A1b2C3" not in kept
+    assert len(raw["tool_output"]) == 500 and "A1b2C3" not in raw["tool_output"]
 
 
 # -- events that could not be stored ------------------------------------------------------------------

@@ -273,3 +273,23 @@ def test_images_round_trip_through_backup_and_restore_against_the_hub(hf_hub, tm
     second = result(run_sync(env, "backup"))
     assert second["images"]["deleted"] == 1 and second["images"]["uploaded"] == 0
     assert {n for n in hf_hub.files(HUB_REPO) if n.startswith("images/")} == {sync.remote_image_name(sha(shots[1]))}
+
+
+def test_an_export_too_big_for_one_answer_is_a_413_saying_where_it_stopped(make_runtime):
+    """Images make GET /export big; built in memory it must stop at a bound (upstream 0.9.30's
+    413 {oversized, bytes, limitBytes, stoppedAt}) instead of growing the server without one."""
+    import os
+
+    rt = make_runtime(max_export_bytes=60_000)
+    client = create_app(runtime=rt).test_client()
+    photos = [b"\xff\xd8\xff\xe0" + os.urandom(15_000) + b"\xff\xd9" for _ in range(3)]
+    for i, photo in enumerate(photos):
+        client.post("/agentmemory/observe", json=hook(f"p{i}", timestamp=f"2026-11-01T10:00:0{i}Z",
+                                                      data={"tool_name": "Read", "image_data": b64(photo)}))
+    r = client.get("/agentmemory/export")
+    assert r.status_code == 413 and r.json["code"] == "export_too_large"
+    details = r.json["details"]
+    assert details["oversized"] is True and details["limitBytes"] == 60_000 and details["bytes"] > 60_000
+    assert details["stoppedAt"].startswith("images.") and details["setting"] == "AGENTMEMORY_MAX_EXPORT_BYTES"
+    page = client.get("/agentmemory/export?maxSessions=1")  # a page of one session fits
+    assert page.status_code == 200 and len(page.json["images"]) == 1 and page.json["pagination"]["hasMore"]

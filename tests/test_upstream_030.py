@@ -12,7 +12,7 @@ import requests
 
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.kernel.util import Clock
-from conftest import hook, post
+from conftest import hook, post, wait_for
 
 SECRET = "upstream-030-token"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -90,6 +90,11 @@ def test_the_routes_of_0_9_30_clients(live_server):
     where = get("/observations/locate", observationId=obs_id).json()
     assert (where["sessionId"], where["position"], where["offset"]) == ("s-030", 0, 0)
     assert get("/observations/locate", observationId="obs_missing").status_code == 404
+    layers = get("/consolidation/status").json()
+    assert layers["enabled"] is False and layers["llmConfigured"] is False  # no model provider
+    assert (layers["summaries"], layers["relations"], layers["lastRun"]) == (1, 0, None)  # s-030 was summarized
+    compact = post(server.api("/graph/compact"), {"scope": "edges"}, headers=AUTH).json()
+    assert compact["nextOffset"] is None and compact["compacted"] == 0
     # The viewer's snapshot and status need the token like everything else.
     assert requests.get(server.api("/viewer/snapshot"), timeout=30).status_code == 401
 
@@ -189,3 +194,47 @@ def test_the_memories_listing_uses_its_index(rt, monkeypatch):
     assert len(plans) == 2
     for plan in plans:
         assert "USING INDEX kv_idx_" in plan and "TEMP B-TREE FOR ORDER BY" not in plan.replace("RIGHT PART OF ", "X"), plan
+
+
+def test_the_idle_finalizer_runs_in_a_real_servers_background_worker(live_server):
+    """Periodic jobs run in the background worker process (AGENTMEMORY_BACKGROUND=process, the
+    default), not in the process serving requests: the finalizer must still complete the session."""
+    server = live_server(env={"AGENTMEMORY_FINALIZE_IDLE_MS": "1000"})
+    assert post(server.api("/observe"), hook("idle-live")).status_code == 201
+    turn = post(server.api("/session/end"), {"sessionId": "idle-live", "final": False}).json()
+    assert turn["ended"] is False and turn["session"]["status"] == "active"
+    session = lambda: requests.get(server.api("/session"), params={"sessionId": "idle-live"},  # noqa: E731
+                                   timeout=10).json()["session"]
+    done = wait_for(lambda: (s := session())["status"] == "completed" and s, timeout=60, interval=0.3,
+                    message=lambda: f"the session was never finalized; server log:\n{server.log()[-3000:]}")
+    assert done["endedAt"] and "finalizeAfter" not in done
+    workers = requests.get(server.api("/health"), timeout=10).json()["background"]
+    assert workers["runsHere"] is False and workers["supervisor"]["alive"]
+
+
+def test_consolidation_status_counts_the_layers_and_the_last_run(call):
+    for i in range(6):
+        call("agent_observe", **hook(f"c{i}", timestamp=f"2026-11-01T10:00:0{i}Z", data={
+            "tool_name": "Edit", "tool_input": {"file_path": "src/billing/invoice.py", "old_string": "a",
+                                                "new_string": "b"}}))
+    before = call("consolidation_status")
+    assert before["lastRun"] is None and before["recurringPatterns"] == 0
+    assert call("memory_consolidate", minObservations=1)["consolidated"] >= 1
+    after = call("consolidation_status")
+    assert after["lastRun"] and after["recurringPatterns"] >= 1
+
+
+def test_graph_compact_trims_imported_provenance_page_by_page(client):
+    """Nodes imported from an older upstream may carry thousands of source ids; 0.9.30 caps them
+    at 32 and compacts old records with POST /graph/compact."""
+    nodes = [{"id": f"gn_{i:02d}", "type": "file", "name": f"src/f{i}.py",
+              "sourceObservationIds": [f"obs_{i}_{j}" for j in range(100 if i % 2 else 10)]} for i in range(5)]
+    r = client.post("/agentmemory/import", json={"exportData": {"version": "0.9.29", "graphNodes": nodes}})
+    assert r.status_code == 200, r.json
+    first = client.post("/agentmemory/graph/compact", json={"scope": "nodes", "limit": 3}).json
+    assert (first["scanned"], first["compacted"], first["nextOffset"]) == (3, 1, 3)
+    rest = client.post("/agentmemory/graph/compact", json={"scope": "nodes", "offset": 3, "limit": 3}).json
+    assert (rest["scanned"], rest["compacted"], rest["nextOffset"]) == (2, 1, None)
+    kept = client.get("/agentmemory/graph/node?nodeId=gn_01").json["node"]["sourceObservationIds"]
+    assert kept == [f"obs_1_{j}" for j in range(32)]
+    assert len(client.get("/agentmemory/graph/node?nodeId=gn_00").json["node"]["sourceObservationIds"]) == 10

@@ -214,3 +214,7 @@ def test_a_wrong_secret_stores_nothing(make_hooks):
     hooks.run("prompt-submit", {"session_id": "owner", "prompt": "the real user"})
     assert len(hooks.observations("owner", 1)) == 1
     assert [s["id"] for s in hooks.get("/sessions")["sessions"]] == ["owner"]
+    # Upstream's hooks exit 0 on the 401, so the server is where the loss shows: counted, alerted.
+    denied = hooks.get("/health")["auth"]
+    assert denied["denied"] == 2 and denied["byReason"] == {"wrong token": 2}
+    assert any("refused without a valid token" in a["message"] for a in hooks.get("/status")["alerts"])

@@ -53,6 +53,12 @@ CAPACITY_EXCEEDED = _declare("capacity_exceeded", 409, "A hard cap was reached; 
 PAYLOAD_TOO_LARGE = _declare(
     "payload_too_large", 413, "The request body is over the limit; `details` names the setting."
 )
+EXPORT_TOO_LARGE = _declare(
+    "export_too_large",
+    413,
+    "GET /export would answer more than AGENTMEMORY_MAX_EXPORT_BYTES; `details` say where it stopped "
+    "(page it with maxSessions/offset, or stream it with `agentmemory export`).",
+)
 UNAVAILABLE = _declare("unavailable", 503, "A dependency is down or the server is stopping; retry later.")
 INTERNAL_ERROR = _declare("internal_error", 500, "A bug: the server log has the traceback.")
 

@@ -412,11 +412,19 @@ def settings_for(opts: argparse.Namespace) -> Settings:
     return Settings.from_env(os.environ, **overrides)
 
 
+def _token_file(settings: Settings) -> str | None:
+    """The generated token, so a worker or admin command never logs it either."""
+    try:
+        return auth.read_secret_file(settings.secret_path)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
     try:
         settings = settings_for(opts)
-        privacy.redact_logs([*settings.secret_values(), os.environ.get("HF_TOKEN")])
+        privacy.redact_logs([*settings.secret_values(), os.environ.get("HF_TOKEN"), _token_file(settings)])
         result = opts.run(settings, opts)
     except (AppError, SettingsError, hf_sync.SyncError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -26,6 +26,7 @@ import os
 import sys
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import mcp_types as types
@@ -67,6 +68,17 @@ def _secret_file_token() -> str | None:
         return None
 
 
+def _is_local(url: str) -> bool:
+    """Whether ``url`` names this machine: only then is the local token file sent (as upstream's
+    clients do), so pointing AGENTMEMORY_URL at another server never hands it this machine's token."""
+    return auth.is_loopback(urlsplit(url).hostname)
+
+
+def token_for(url: str) -> str | None:
+    """AGENTMEMORY_SECRET, else the local token file when ``url`` is on this machine."""
+    return _env("AGENTMEMORY_SECRET") or (_secret_file_token() if _is_local(url) else None)
+
+
 def base_url() -> str:
     return (_env("AGENTMEMORY_URL") or DEFAULT_URL).rstrip("/")
 
@@ -85,7 +97,7 @@ def rest(method: str, path: str, body: Any = None) -> Any:
     """
     url = f"{base_url()}/agentmemory{path}"
     headers = {"Accept": "application/json"}
-    secret = _env("AGENTMEMORY_SECRET") or _secret_file_token()
+    secret = token_for(url)
     if secret:
         headers["Authorization"] = f"Bearer {secret}"
     try:
@@ -119,7 +131,11 @@ def _http_error(method: str, path: str, response: requests.Response, payload: An
     detail = payload.get("error") if isinstance(payload, dict) else None
     code = payload.get("code") if isinstance(payload, dict) else None
     if status == 401:
-        hint = "set AGENTMEMORY_SECRET to the server's token (by default it is in ~/.agentmemory/secret)"
+        hint = (
+            "set AGENTMEMORY_SECRET to the server's token (by default it is in ~/.agentmemory/secret)"
+            if _is_local(base_url())
+            else "set AGENTMEMORY_SECRET to that server's token (the local token file is only sent to this machine)"
+        )
         return ProxyError(f"agentmemory server at {base_url()} refused the request (401): {hint}", 401, code)
     text = detail if isinstance(detail, str) else response.text[:300]
     return ProxyError(f"{method} {path} failed with HTTP {status}: {text}", status, code)

@@ -15,6 +15,8 @@ from typing import Any
 from agentmemory_server.kernel import registry
 
 ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "415", "503")
+# Writes may also meet the rate limit (429 rate_limited, with Retry-After) and a full disk (507).
+WRITE_ERROR_STATUSES = ("429", "507")
 _PATH_PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
 
 ERROR_SCHEMA = {
@@ -41,11 +43,13 @@ SERVER_LIMITS = {
 }
 
 
-def _responses(success: Iterable[int], body: dict | None = None, error_body: dict | None = None) -> dict[str, Any]:
+def _responses(
+    success: Iterable[int], body: dict | None = None, error_body: dict | None = None, *, write: bool = False
+) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status in sorted(set(success)):
         responses[str(status)] = {"description": "Success", "content": _json(body or {"type": "object"})}
-    for error_status in ERROR_STATUSES:
+    for error_status in ERROR_STATUSES + (WRITE_ERROR_STATUSES if write else ()):
         responses.setdefault(
             error_status,
             {"description": "Error", "content": _json(error_body or {"$ref": "#/components/schemas/Error"})},
@@ -106,7 +110,7 @@ def tool_operation(tool: registry.Tool, route: registry.Route) -> dict[str, Any]
         body = _without(tool.schema, path_names)
         op["requestBody"] = {"required": bool(body.get("required")), "content": _json(body)}
     success = {route.status, 200} | ({201} if route.method == "POST" else set())
-    op["responses"] = _responses(success)
+    op["responses"] = _responses(success, write=route.method != "GET")
     for media_type in tool.content:  # the same answer in another form (an image, an HTML page)
         schema = {"type": "string", "format": "binary"} if media_type.startswith("image/") else {"type": "string"}
         op["responses"][str(route.status)]["content"][media_type] = {"schema": schema}
@@ -125,7 +129,9 @@ def adapter_operation(endpoint: str, method: str, doc: dict[str, Any], summary: 
             "200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
         }
     else:
-        op["responses"] = _responses(doc.get("success", (200,)), doc.get("response"), doc.get("error"))
+        op["responses"] = _responses(
+            doc.get("success", (200,)), doc.get("response"), doc.get("error"), write=method != "GET"
+        )
     for status, text in doc.get("extra", {}).items():
         op["responses"][str(status)] = {"description": text}
     return op

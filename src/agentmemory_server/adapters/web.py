@@ -157,7 +157,19 @@ def _count_activity(app: Flask, board: Any) -> None:
 
 def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
     """Before every request: the body limit of its route, the browser-origin policy, then auth
-    (the WebSocket may authenticate with its first message instead)."""
+    (the WebSocket may authenticate with its first message instead), the rate limit and JSON.
+
+    A refusal here comes before anything read the body: it is read and dropped first (up to a
+    bound), or a client still sending a big body sees a reset connection instead of the 401/429."""
+    try:
+        return _checks(rt, allowed_origins)
+    except AppError:
+        if request.method in WRITE_METHODS and not discard_body():
+            g.close_connection = True
+        raise
+
+
+def _checks(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
     request.max_content_length = body_limit(rt.settings, request.path)
     origin = request.headers.get("Origin")
     if not origin_allowed(origin, request.host, rt.settings.host, allowed_origins):
@@ -207,7 +219,6 @@ def _require_json_body() -> None:
     mimetype = request.mimetype or ""
     if mimetype == "application/json" or mimetype.endswith("+json"):
         return
-    discard_body()
     raise AppError(
         f"send the body as 'Content-Type: application/json' (got {mimetype or 'no Content-Type'!r})",
         code=errors.UNSUPPORTED_MEDIA_TYPE,
@@ -357,6 +368,8 @@ def _register_error_handlers(app: Flask, rt: Runtime) -> None:
         response = render_error(exc.to_dict())
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
+        if g.get("close_connection"):  # the body was too big to drop: the connection cannot be reused
+            response.headers["Connection"] = "close"
         return response
 
     @app.errorhandler(HTTPException)

@@ -137,13 +137,51 @@ class Trimmed:
     chars: int = 0  # characters removed in all
 
 
-def trim_payload(data: Any, *, output_max: int, field_max: int) -> tuple[Any, Trimmed]:
-    """``data`` with tool outputs cut to ``output_max`` and every other string to ``field_max``."""
+STRIP_MARGIN = 4096  # characters kept past a cut point until secrets are stripped
+
+
+def pre_cut(data: Any, *, output_max: int, field_max: int) -> tuple[Any, dict[str, int]]:
+    """``data`` with the strings far past their limit shortened *before* secret stripping, which
+    reads every character (seconds for a 12 MB Write) of text that is cut anyway. Each keeps
+    ``STRIP_MARGIN`` characters past its limit, so a secret that starts before the cut point is
+    still whole when it is stripped. Returns the payload and the characters removed by field
+    path, which ``trim_payload`` adds to what it reports."""
+    removed: dict[str, int] = {}
+
+    def walk(value: Any, path: str, depth: int, limit: int) -> Any:
+        if isinstance(value, str):
+            keep = limit + STRIP_MARGIN
+            if len(value) <= keep:
+                return value
+            removed[path or "data"] = len(value) - keep
+            return value[:keep]
+        if depth >= MAX_DEPTH:
+            return value
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                child = f"{path}.{key}" if path else str(key)
+                own = min(output_max, field_max) if depth == 0 and key in OUTPUT_KEYS else field_max
+                out[key] = walk(item, child, depth + 1, own)
+            return out
+        if isinstance(value, list):
+            return [walk(item, f"{path}[{i}]", depth + 1, field_max) for i, item in enumerate(value)]
+        return value
+
+    return walk(data, "", 0, field_max), removed
+
+
+def trim_payload(
+    data: Any, *, output_max: int, field_max: int, removed: dict[str, int] | None = None
+) -> tuple[Any, Trimmed]:
+    """``data`` with tool outputs cut to ``output_max`` and every other string to ``field_max``;
+    ``removed``: what ``pre_cut`` took off already, by field path (counted as cut here)."""
     report = Trimmed()
+    removed = dict(removed or {})
 
     def walk(value: Any, path: str, depth: int) -> Any:
         if isinstance(value, str):
-            cut_value, cut = cut_text(value, field_max)
+            cut_value, cut = cut_text(value, field_max, removed.pop(path or "data", 0))
             if cut:
                 report.fields.append(path or "data")
                 report.chars += cut
@@ -158,7 +196,7 @@ def trim_payload(data: Any, *, output_max: int, field_max: int) -> tuple[Any, Tr
                     item, cut = cut_output(item, output_max)
                     if cut:
                         report.fields.append(child)
-                        report.chars += cut
+                        report.chars += cut + removed.pop(child, 0)
                 out[key] = walk(item, child, depth + 1)
             return out
         if isinstance(value, list):

@@ -163,9 +163,9 @@ def prepare(ctx: Ctx, args: dict) -> Prepared:
         payload = args.get("data")
     reader = images.confined_reader(_readable_roots(ctx), settings.max_body_bytes)
     found = images.extract_images(payload, reader)  # before stripping: base64 is not text
-    raw, trimmed = filters.trim_payload(
-        strip_private_data(found.payload), output_max=settings.capture_output_max, field_max=settings.max_field_chars
-    )
+    limits = {"output_max": settings.capture_output_max, "field_max": settings.max_field_chars}
+    bounded, removed = filters.pre_cut(found.payload, **limits)  # stripping 12 MB that is cut anyway takes seconds
+    raw, trimmed = filters.trim_payload(strip_private_data(bounded), **limits, removed=removed)
     event_id = args.get("eventId") or derive_event_id(
         sid, hook if original is None else original, client_ts or timestamp, raw
     )

@@ -37,7 +37,7 @@ from agentmemory_server.retrieval import context
 from agentmemory_server.storage.interfaces import Where
 
 log = logging.getLogger("agentmemory.sessions")
-FINALIZE_TICK_SECONDS = 30
+FINALIZE_TICK_SECONDS = 30  # at most; a shorter idle time is checked twice per idle period
 FINALIZE_BATCH = 50
 
 
@@ -184,7 +184,8 @@ class SessionFinalizer:
     def __init__(self, rt: Any):
         self.rt = rt
         self.finalized = 0
-        rt.every(FINALIZE_TICK_SECONDS, "session_finalize", self.run)
+        tick = min(FINALIZE_TICK_SECONDS, max(1.0, rt.settings.finalize_idle_ms / 2000))
+        rt.every(tick, "session_finalize", self.run)
 
     def run(self) -> dict[str, int]:
         ctx = Ctx(self.rt, source="finalizer")

@@ -122,6 +122,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest accepted body for POST /import.",
     ),
     Setting(
+        "max_export_bytes",
+        ("AGENTMEMORY_MAX_EXPORT_BYTES",),
+        104_857_600,
+        _positive_int,
+        "Largest answer of GET /export (the same default as an import body, so an export can be posted "
+        "back); over it: 413 `export_too_large` saying where it stopped. `agentmemory export` streams "
+        "any size.",
+    ),
+    Setting(
         "max_obs_per_session",
         ("MAX_OBS_PER_SESSION",),
         500,

@@ -104,12 +104,13 @@ def cut_with_marker(text: str, limit: int, marker: str) -> str:
     return marker[:limit] if limit <= len(marker) else text[: limit - len(marker)] + marker
 
 
-def cut_text(text: str, limit: int) -> tuple[str, int]:
+def cut_text(text: str, limit: int, already: int = 0) -> tuple[str, int]:
     """``text`` within ``limit`` characters, ending with a marker saying how much was cut (and
-    which setting to raise); returns the text and the number of characters removed."""
+    which setting to raise); returns the text and the number of characters removed. ``already``:
+    characters removed from the end of ``text`` before (counted in the marker too)."""
     if len(text) <= limit:
         return text, 0
-    cut = len(text) - limit
+    cut = len(text) - limit + already
     marker = f"\n[...truncated {cut} characters: AGENTMEMORY_MAX_FIELD_CHARS]"
     return cut_with_marker(text, limit, marker), cut
 

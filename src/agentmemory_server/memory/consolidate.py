@@ -19,6 +19,7 @@ from agentmemory_server.kernel.access import agent_filter, stamp_agent
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, integer, params, string, tool
 from agentmemory_server.kernel.scopes import CONSOLIDATION as STATE
+from agentmemory_server.kernel.scopes import PROCEDURAL, RELATIONS, SEMANTIC, SUMMARIES
 from agentmemory_server.kernel.util import truncate
 from agentmemory_server.memory import memories
 from agentmemory_server.retrieval import search
@@ -235,3 +236,24 @@ def memory_consolidate(ctx: Ctx, args: dict) -> dict:
                 result["unchanged"] += 1
     result["consolidated"] = len(result["memories"])
     return result
+
+
+@tool("consolidation_status", params(), http=[("GET", "/consolidation/status")], mcp=False)
+def consolidation_status(ctx: Ctx, args: dict) -> dict:
+    """The memory layers consolidation builds (upstream 0.9.30): whether it runs after session
+    ends, whether a model writes it, the records of each layer and when a run last wrote."""
+    agent_filter(ctx)  # isolated scope without an agent id fails closed, as every read
+    llm = ctx.rt.services.get("llm")
+    store = ctx.rt.db.reader()
+    last = store.audit.times("consolidate", limit=1)
+    return {
+        "success": True,
+        "enabled": bool(llm is not None and llm.consolidation_on()),
+        "llmConfigured": bool(llm is not None and llm.has_model),
+        "summaries": store.records.count(SUMMARIES),
+        "recurringPatterns": store.records.count(STATE),
+        "semanticFacts": store.records.count(SEMANTIC),
+        "procedures": store.records.count(PROCEDURAL),
+        "relations": store.records.count(RELATIONS),
+        "lastRun": last[0] if last else None,
+    }

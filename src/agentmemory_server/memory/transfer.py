@@ -19,7 +19,8 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TextIO
 
-from agentmemory_server.errors import InvalidInput
+from agentmemory_server import errors
+from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import scopes
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.privacy import strip_private_data
@@ -72,20 +73,46 @@ class Sink(Protocol):
 
 
 class TreeSink:
-    """Builds the export as Python objects (GET /export answers it as one JSON body)."""
+    """Builds the export as Python objects (GET /export answers it as one JSON body). With
+    ``limit_bytes``, a document growing past it stops with 413 ``export_too_large`` (upstream
+    0.9.30's ``{oversized, bytes, limitBytes, stoppedAt}``) before it fills the memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit_bytes: int | None = None) -> None:
         self._stack: list[tuple[Any, str | None]] = []
         self.result: Any = None
+        self.limit, self.bytes = limit_bytes, 0
 
     def open(self, bracket: str, key: str | None = None) -> None:
         self._stack.append(([] if bracket == "[" else {}, key))
 
     def close(self, bracket: str) -> None:
         container, key = self._stack.pop()
-        self.value(container, key)
+        self._put(container, key)
 
     def value(self, value: Any, key: str | None = None) -> None:
+        if self.limit is not None:
+            self.bytes += len(json.dumps(value, separators=(",", ":"), default=str)) + len(key or "") + 4
+            if self.bytes > self.limit:
+                self._too_large(key)
+        self._put(value, key)
+
+    def _too_large(self, key: str | None) -> None:
+        where = ".".join(k for k in [*(k for _, k in self._stack), key] if k)
+        raise AppError(
+            f"the export would be larger than {self.limit} bytes (it stopped at {where}); page it with "
+            "maxSessions and offset, raise AGENTMEMORY_MAX_EXPORT_BYTES, or stream it with `agentmemory export`",
+            code=errors.EXPORT_TOO_LARGE,
+            status=413,
+            details={
+                "oversized": True,
+                "bytes": self.bytes,
+                "limitBytes": self.limit,
+                "stoppedAt": where,
+                "setting": "AGENTMEMORY_MAX_EXPORT_BYTES",
+            },
+        )
+
+    def _put(self, value: Any, key: str | None) -> None:
         if not self._stack:
             self.result = value
         elif key is None:
@@ -291,7 +318,7 @@ def write_export(
 )
 def memory_export(ctx: Ctx, args: dict) -> dict:
     """Export sessions, observations, memories, summaries and every other record as JSON."""
-    sink = TreeSink()
+    sink = TreeSink(ctx.rt.settings.max_export_bytes)
     with ctx.rt.db.snapshot_reader() as store:
         write_export(
             store,

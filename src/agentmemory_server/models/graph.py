@@ -504,3 +504,54 @@ def graph_node(ctx: Ctx, args: dict) -> dict:
         "edges": [_edge_view({**e, "id": e.get("id")}) for e in edges],
         "neighbors": [_node_view(n) for n in sorted(neighbours, key=lambda n: str(n.get("name")))],
     }
+
+
+@tool(
+    "graph_compact",
+    params(
+        scope=string(
+            "What to compact: nodes or edges (history and snapshot are accepted, nothing to do)",
+            enum=["nodes", "edges", "history", "snapshot"],
+            default="nodes",
+        ),
+        offset=integer(
+            "Records to skip (the nextOffset of the previous call)", minimum=0, maximum=10_000_000, default=0
+        ),
+        limit=integer("Records to look at in this call", minimum=1, maximum=5000, default=500),
+    ),
+    http=[("POST", "/graph/compact")],
+    mcp=False,
+)
+def graph_compact(ctx: Ctx, args: dict) -> dict:
+    """Trim each node's or edge's provenance to 32 observation ids, the newest (upstream 0.9.30).
+    New records never hold more; ones imported from an older upstream may hold thousands. Call
+    again with ``nextOffset`` until it is null."""
+    agent_filter(ctx)  # a write for everyone's graph: not in isolated scope without an agent id
+    scope = {"nodes": NODES, "edges": EDGES}.get(args["scope"])
+    if scope is None:  # this server keeps no graph history or snapshot records
+        return {"success": True, "scope": args["scope"], "scanned": 0, "compacted": 0, "nextOffset": None}
+    scanned = compacted = 0
+    with ctx.rt.db.transaction("graph_compact") as tx:
+        for index, (key, record) in enumerate(tx.records.iter_scope(scope)):
+            if index < args["offset"]:
+                continue
+            if scanned == args["limit"]:
+                return _compacted(args, scanned, compacted, args["offset"] + scanned)
+            scanned += 1
+            ids = record.get("sourceObservationIds") if isinstance(record, dict) else None
+            if isinstance(ids, list) and len(ids) > MAX_SOURCE_IDS:
+                tx.records.set(
+                    scope, key, {**record, "sourceObservationIds": ids[:MAX_SOURCE_IDS]}, now=ctx.rt.clock.iso()
+                )
+                compacted += 1
+    return _compacted(args, scanned, compacted, None)
+
+
+def _compacted(args: dict, scanned: int, compacted: int, next_offset: int | None) -> dict:
+    return {
+        "success": True,
+        "scope": args["scope"],
+        "scanned": scanned,
+        "compacted": compacted,
+        "nextOffset": next_offset,
+    }

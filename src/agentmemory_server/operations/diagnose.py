@@ -10,6 +10,8 @@ runs every repair (or reports what it would do).
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 from agentmemory_server.kernel.auth import is_loopback
@@ -17,7 +19,9 @@ from agentmemory_server.kernel.registry import Ctx, array, boolean, params, stri
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, SESSIONS, session_of
 from agentmemory_server.retrieval import search
 from agentmemory_server.storage.interfaces import UnitOfWork
+from agentmemory_server.threads import lower_thread_priority
 
+log = logging.getLogger("agentmemory.diagnose")
 SAMPLE = 1000
 WAL_WARN_BYTES = 256 * 1024 * 1024
 PERIODIC_CHECK_SECONDS = 600.0
@@ -53,13 +57,40 @@ class DatabaseChecks:
 
     def __init__(self, rt: Any):
         self.rt = rt
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         interval = rt.settings.integrity_check_interval
-        if interval > 0:
-            rt.every(interval, "integrity_check", self.periodic_check)
+        # Every process checks for itself, on a thread of its own, instead of once per database
+        # through rt.every: what damage stops is this process's writes (Database.damage), so a
+        # request process must not rely on the background worker process finding it.
+        if interval > 0 and (rt.role == "server" or rt.runs_background):
+            self._thread = threading.Thread(
+                target=self._check_every, args=(interval,), name="agentmemory-integrity", daemon=True
+            )
+            self._thread.start()
+
+    def _check_every(self, interval: float) -> None:
+        lower_thread_priority(10)
+        # A start-up check cut short by its budget (a big file) is finished here at once, while
+        # requests are already served, rather than an interval later.
+        unfinished = (self.rt.db.last_check or {}).get("result") == "unfinished"
+        while not self._stop.wait(0 if unfinished else interval):
+            unfinished = False
+            if self.rt.db.damage is not None:
+                return  # found: nothing more to learn until a restore and a restart
+            try:
+                self.periodic_check()
+            except Exception:  # noqa: BLE001 - a closed database at shutdown, a read error: try again later
+                log.exception("periodic integrity check failed")
 
     def periodic_check(self) -> None:
-        # Generous budget: it runs on the background thread on a connection of its own.
+        # Generous budget: it runs on a thread and a connection of its own.
         self.rt.db.run_integrity_check(PERIODIC_CHECK_SECONDS, "periodic integrity check")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     def health(self) -> dict[str, Any]:
         storage = self.rt.db.storage_health()

@@ -72,6 +72,18 @@ def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
                 "give clients AGENTMEMORY_SECRET (or let them read the server's secret file)",
             )
         )
+    limited = (sections.get("rateLimit") or {}).get("limited", 0)
+    if limited:
+        last = (sections["rateLimit"].get("lastLimited") or {}) or {}
+        alerts.append(
+            _alert(
+                "warn",
+                f"{limited} write(s) refused by the rate limit since start (latest: {last.get('what')}); "
+                "hook scripts before 0.9.30 drop an event answered 429",
+                "raise AGENTMEMORY_RATE_LIMIT / AGENTMEMORY_RATE_BURST, or find the client that floods "
+                "(GET /agentmemory/health rateLimit.limitedByClient)",
+            )
+        )
     alerts += _capture_alerts(sections.get("capture") or {})
     images = sections.get("images") or {}
     if images.get("evicted"):

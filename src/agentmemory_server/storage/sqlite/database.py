@@ -493,6 +493,23 @@ class Database:
         with self._lock:
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def _final_checkpoint(self, attempts: int = 10) -> None:
+        """Move everything committed from the WAL into the main file and empty the WAL: after a
+        clean stop, copying agentmemory.db alone copies everything. Another process still reading
+        (a background worker finishing its batch) makes the checkpoint busy; it is retried for a
+        moment, then the stop says so instead of leaving the data in the WAL silently."""
+        for _ in range(attempts):
+            busy = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return
+            time.sleep(0.05)
+        log.warning(
+            "closing %s: another connection kept the WAL busy; committed data stays in %s-wal until the "
+            "last connection closes (copy both files together meanwhile)",
+            self.path,
+            self.path,
+        )
+
     def close(self) -> None:
         with self._vector_indexes_lock:
             indexes, self._vector_indexes = list(self._vector_indexes.values()), {}
@@ -514,11 +531,9 @@ class Database:
                 self._readers.clear()
             try:
                 self._writer.execute("PRAGMA optimize")
-                # Everything committed moves from the WAL into the main file, and the WAL is
-                # emptied: after a clean stop, copying agentmemory.db alone copies everything.
-                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
+                self._final_checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("closing %s: the WAL could not be checkpointed: %s", self.path, exc)
             try:
                 self._writer.close()
             except sqlite3.Error:

@@ -106,12 +106,13 @@ class SqliteJobQueue:
         self.conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
 
     def workers(self, since_epoch: float) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            "SELECT id, host, pid, started_at, beat_at, info FROM workers WHERE beat_at >= ?", (since_epoch,)
-        ).fetchall()
-        # One row per live worker process: sorted here rather than through a temporary b-tree
-        # (tests/test_query_plans.py reads /health's plans).
+        # A handful of live workers: sorted here rather than by a temporary B-tree in SQL.
+        rows = sorted(
+            self.conn.execute(
+                "SELECT id, host, pid, started_at, beat_at, info FROM workers WHERE beat_at >= ?", (since_epoch,)
+            ),
+            key=lambda row: row[3],
+        )
         return [
-            {"id": i, "host": h, "pid": p, "startedAt": s, "beatAt": b, **loads(info)}
-            for i, h, p, s, b, info in sorted(rows, key=lambda row: row[3])
+            {"id": i, "host": h, "pid": p, "startedAt": s, "beatAt": b, **loads(info)} for i, h, p, s, b, info in rows
         ]

@@ -21,20 +21,26 @@ INDEX_PREFIX = "kv_idx_"
 
 def index_name(spec: RecordIndex) -> str:
     """The name of a declared record index, derived from its declaration (and layout version)."""
-    kind = "prefix" if spec.prefix else "key"
+    kind = "substr-prefix" if spec.prefix else "key"
     return INDEX_PREFIX + hashlib.sha256(f"{spec.scope}\x00{','.join(spec.fields)}\x00{kind}".encode()).hexdigest()[:12]
 
 
 def index_statement(spec: RecordIndex) -> str:
     """CREATE INDEX for a declared record index, ending with the key, so a listing ordered by the
-    fields then the key reads the index in order and stops at its LIMIT. One scope's index is
-    partial on it, so rows of other scopes (most of them observations) cost nothing. A scope
-    prefix's index leads with the scope instead (SQLite cannot tell that ``scope = 'mem:obs:x'``
-    falls in a partial index's range), so it holds a (mostly NULL) entry for every record."""
+    fields then the key reads the index in order and stops at its LIMIT. It is partial, so rows of
+    other scopes cost nothing: on its scope, or for a scope prefix on ``prefix_term`` (SQLite
+    cannot tell that ``scope = 'mem:obs:x'`` falls in a range, but it does match a term the query
+    repeats word for word), which also keeps queries of other scopes from ever choosing it."""
     columns = ", ".join([*(field(name) for name in spec.fields), "key"])
     if spec.prefix:
-        return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store (scope, {columns})"
+        where = prefix_term(spec.scope)
+        return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store (scope, {columns}) WHERE {where}"
     return f"CREATE INDEX IF NOT EXISTS {index_name(spec)} ON kv_store ({columns}) WHERE scope = {_quoted(spec.scope)}"
+
+
+def prefix_term(prefix: str) -> str:
+    """The WHERE term of a prefix index; a query of a scope under ``prefix`` repeats it."""
+    return f"substr(scope, 1, {len(prefix)}) = {_quoted(prefix)}"
 
 
 def ensure_indexes(conn: sqlite3.Connection, specs: Iterable[RecordIndex]) -> None:
@@ -142,7 +148,8 @@ class SqliteRecords:
             # A literal: SQLite uses a partial index (WHERE scope = '...') only when the query's
             # own WHERE names the same constant; a bound parameter would hide it.
             return [f"scope = {_quoted(scope)}"], []
-        return ["scope = ?"], [scope]
+        under = [prefix_term(p) for p in self.unit.prefix_indexes if scope.startswith(p)]
+        return ["scope = ?", *under], [scope]
 
     def query(
         self,

@@ -158,13 +158,13 @@ class SqliteSearchIndex:
     def around(self, ts: str, *, rowid: int, before: int, after: int, filters: Mapping[str, Any]) -> list[Doc]:
         """Active rows at or before the anchor (ts, rowid) (the newest ``before``+1) and after it
         (the oldest ``after``), in (ts, rowid) order."""
-        where, params = doc_filters(
-            ["d.active = 1", "(d.ts < ? OR (d.ts = ? AND d.id <= ?))"], [ts, ts, rowid], filters
-        )
+        # "ts <= ?" first: a range the (kind, ts) index serves; the OR alone hid it from the planner
+        # and a timeline in the middle of 100k records walked half of them (28 ms).
+        where, params = doc_filters(["d.active = 1", "d.ts <= ?", "(d.ts < ? OR d.id <= ?)"], [ts, ts, rowid], filters)
         older = self._rows(
             ROWID_ROW, where, [*params, before + 1], "ORDER BY d.ts DESC, d.id DESC LIMIT ?", ROWID_COLUMNS
         )
-        where, params = doc_filters(["d.active = 1", "(d.ts > ? OR (d.ts = ? AND d.id > ?))"], [ts, ts, rowid], filters)
+        where, params = doc_filters(["d.active = 1", "d.ts >= ?", "(d.ts > ? OR d.id > ?)"], [ts, ts, rowid], filters)
         newer = self._rows(ROWID_ROW, where, [*params, after], "ORDER BY d.ts, d.id LIMIT ?", ROWID_COLUMNS)
         return list(reversed(older)) + newer
 
