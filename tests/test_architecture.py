@@ -21,6 +21,8 @@ import grimp
 import pytest
 
 from agentmemory_server.storage import interfaces
+from agentmemory_server.storage.postgres import PostgresDatabase, PostgresUnitOfWork
+from agentmemory_server.storage.sqlite import Database as SqliteDatabase
 from agentmemory_server.storage.sqlite import SqliteUnitOfWork
 from conftest import ROOT, SRC
 
@@ -144,15 +146,11 @@ def test_nothing_edits_sys_path(root):
 REPOSITORIES = {
     "records": interfaces.Records, "events": interfaces.CaptureLog, "index": interfaces.SearchIndex,
     "vectors": interfaces.VectorStore, "audit": interfaces.AuditLog, "jobs": interfaces.JobQueue,
-    "working": interfaces.WorkingStore, "admin": interfaces.Admin,
+    "working": interfaces.WorkingStore, "admin": interfaces.Admin, "live": interfaces.EventLog,
 }
 
 
-@pytest.mark.parametrize("area", sorted(REPOSITORIES))
-def test_sqlite_implements_every_repository_method(rt, area):
-    protocol = REPOSITORIES[area]
-    implementation = getattr(rt.db.reader(), area)
-    assert isinstance(rt.db.reader(), SqliteUnitOfWork)
+def assert_implements(protocol: type, implementation: object, area: str) -> None:
     for name, member in inspect.getmembers(protocol, inspect.isfunction):
         if name.startswith("_"):
             continue
@@ -160,6 +158,27 @@ def test_sqlite_implements_every_repository_method(rt, area):
         assert callable(impl), f"{area}.{name} is missing"
         wanted = [p for p in inspect.signature(member).parameters if p != "self"]
         assert list(inspect.signature(impl).parameters) == wanted, f"{area}.{name} takes other parameters"
+
+
+@pytest.mark.parametrize("area", sorted(REPOSITORIES))
+def test_sqlite_implements_every_repository_method(rt, area):
+    assert isinstance(rt.db.reader(), SqliteUnitOfWork)
+    assert_implements(REPOSITORIES[area], getattr(rt.db.reader(), area), area)
+
+
+@pytest.mark.parametrize("area", sorted(REPOSITORIES))
+def test_postgres_implements_every_repository_method(area):
+    # The repositories only keep the connection they are given, so no server is needed here;
+    # tests/test_postgres.py and the suites run on both backends exercise them for real.
+    unit = PostgresUnitOfWork(conn=None, writable=False)
+    assert_implements(REPOSITORIES[area], getattr(unit, area), area)
+
+
+def test_both_databases_offer_the_database_interface():
+    for cls in (SqliteDatabase, PostgresDatabase):
+        for name, member in inspect.getmembers(interfaces.Database, inspect.isfunction):
+            if not name.startswith("_"):
+                assert callable(getattr(cls, name, None)), f"{cls.__name__}.{name} is missing"
 
 
 def test_entry_points_stay_where_users_look():

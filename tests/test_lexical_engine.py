@@ -118,8 +118,9 @@ def test_a_missing_index_is_rebuilt_while_fts5_answers(make_runtime, tmp_path):
     seed(ToolCaller(rt))
     rt.db.flush()
     expected = matching_ids(rt, "deploy cache", {})
+    index_dir = rt.db.lexical.dir  # <db>.tantivy beside a SQLite file; per database id on PostgreSQL
     rt.close()
-    shutil.rmtree(data / "agentmemory.db.tantivy")
+    shutil.rmtree(index_dir)
     again = make_runtime(data_dir=str(data))
     assert again.db.lexical.health()["state"] == "not built"
     assert matching_ids(again, "deploy cache", {}) == expected  # FTS5 answers meanwhile

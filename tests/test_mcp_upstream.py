@@ -36,11 +36,16 @@ def node_dir():
     return node_modules()
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory, node_dir):
-    """A live server with auth, seeded, and the shim connected to it over stdio."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def upstream(tmp_path_factory, node_dir, request):
+    """A live server with auth (on SQLite, then on PostgreSQL), seeded, and the shim connected
+    to it over stdio."""
     tmp = tmp_path_factory.mktemp("shim")
-    server = LiveServer(tmp, {"AGENTMEMORY_SECRET": SECRET}, [])
+    server_env = {"AGENTMEMORY_SECRET": SECRET}
+    cluster = request.getfixturevalue("pg_cluster") if request.param == "postgresql" else None
+    if cluster is not None:
+        server_env["AGENTMEMORY_DATABASE_URL"] = cluster.create_database()
+    server = LiveServer(tmp, server_env, [])
     try:
         seeds = seed(live_poster(server, AUTH))
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "AGENTMEMORY_URL": server.url,
@@ -56,6 +61,8 @@ def upstream(tmp_path_factory, node_dir):
             shim.close()
     finally:
         server.stop()
+        if cluster is not None:
+            cluster.drop_database(server_env["AGENTMEMORY_DATABASE_URL"])
 
 
 def stderr_barrier(shim: StdioPeer) -> None:

@@ -1,6 +1,5 @@
 """The observation pipeline: dedup, implicit sessions, the per-session cap, agent notes."""
 
-import sqlite3
 
 from conftest import hook
 
@@ -90,7 +89,5 @@ def test_observations_listing_is_paginated_and_ordered(client):
 def test_observe_writes_one_audit_row_and_duplicate_none(client, rt):
     client.post("/agentmemory/observe", json=hook())
     client.post("/agentmemory/observe", json=hook())
-    conn = sqlite3.connect(rt.db.path)
-    rows = conn.execute("SELECT operation, targets FROM audit_log").fetchall()
-    conn.close()
-    assert len(rows) == 1 and rows[0][0] == "observe" and "mem:sessions/s1" in rows[0][1]
+    entries, total = rt.db.reader().audit.page(operation=None, limit=10, offset=0)
+    assert total == 1 and entries[0]["operation"] == "observe" and "mem:sessions/s1" in entries[0]["targetIds"]

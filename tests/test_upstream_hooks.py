@@ -95,22 +95,50 @@ def node_dir():
 
 
 @pytest.fixture
-def make_hooks(node_dir, tmp_path):
+def make_hooks(node_dir, tmp_path, request):
     servers: list[LiveServer] = []
+    databases: list[str] = []
 
-    def make(secret: str | None) -> Hooks:
-        server = LiveServer(tmp_path, {"AGENTMEMORY_SECRET": secret} if secret else {}, [])
+    def make(secret: str | None, backend: str = "sqlite") -> Hooks:
+        env = {"AGENTMEMORY_SECRET": secret} if secret else {}
+        if backend == "postgresql":
+            databases.append(request.getfixturevalue("pg_cluster").create_database())
+            env["AGENTMEMORY_DATABASE_URL"] = databases[-1]
+        server = LiveServer(tmp_path, env, [])
         servers.append(server)
         return Hooks(node_dir, server, tmp_path, secret)
 
     yield make
     for server in servers:
         server.stop()
+    for url in databases:
+        request.getfixturevalue("pg_cluster").drop_database(url)
 
 
-@pytest.fixture(params=[None, "hook-secret"], ids=["open", "secret"])
+@pytest.fixture(params=[(None, "sqlite"), ("hook-secret", "sqlite"), ("hook-secret", "postgresql")],
+                ids=["open", "secret", "secret-postgresql"])
 def hooks(request, make_hooks):
-    return make_hooks(request.param)
+    return make_hooks(*request.param)
+
+
+def stored_bytes(server: LiveServer) -> bytes:
+    """Everything the server stored: on SQLite the database, its WAL and the search index beside
+    it (a directory of segment files); on PostgreSQL every text the database holds (records,
+    search text, audit) and the node's files (its Tantivy index)."""
+    files = b"".join(f.read_bytes() for f in server.db_path.parent.rglob("*")
+                     if f.is_file() and f.relative_to(server.db_path.parent).parts[0].startswith(server.db_path.name))
+    url = server.env.get("AGENTMEMORY_DATABASE_URL")
+    if not url:
+        return files
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        texts = [r[0] or "" for r in conn.execute(
+            "SELECT value::text || coalesce(raw, '') FROM kv_store UNION ALL "
+            "SELECT title || body || concepts || files || context FROM search_text UNION ALL "
+            "SELECT message || targets::text || details::text FROM audit_log")]
+    local = b"".join(f.read_bytes() for f in server.data_dir.rglob("*") if f.is_file())
+    return "\n".join(texts).encode() + files + local
 
 
 def _previous_session(hooks: Hooks) -> None:
@@ -163,9 +191,7 @@ def test_a_claude_code_session_through_every_hook(hooks):
     assert by_hook["notification"]["raw"]["title"] == "Permission needed"
     assert by_hook["task_completed"]["raw"]["task_subject"] == "configurable retries"
     assert all(o["project"] == PROJECT for o in observations)
-    # The database, its WAL and the search index beside it (a directory of segment files).
-    stored = b"".join(f.read_bytes() for f in hooks.server.db_path.parent.rglob("*")
-                      if f.is_file() and f.relative_to(hooks.server.db_path.parent).parts[0].startswith(hooks.server.db_path.name))
+    stored = stored_bytes(hooks.server)
     assert GITHUB_TOKEN not in json.dumps(observations) and GITHUB_TOKEN.encode() not in stored
     assert b"3 passed; used" in stored  # the text around the secret is kept (db and WAL were read)
 

@@ -128,6 +128,8 @@ AGENT_SCOPE_UNSET = _declare(
 AGENT_SCOPE_VIOLATION = _declare(
     "agent_scope_violation", 403, "Isolated agent scope: another agent's id was asked for."
 )
+TOKEN_RIGHTS = _declare("token_rights", 403, "The caller's API token lacks the right this call needs.")
+TOKEN_PROJECT = _declare("token_project", 403, "The caller's API token is not valid for that project.")
 SESSION_OWNED_BY_OTHER_AGENT = _declare(
     "session_owned_by_other_agent", 409, "Isolated agent scope: the session belongs to another agent."
 )

@@ -49,7 +49,17 @@ from agentmemory_server.memory import (
     transfer,
 )
 from agentmemory_server.models import graph, llm, llm_steps
-from agentmemory_server.operations import backups, diagnose, health, maintenance, overview, resources, status, workers
+from agentmemory_server.operations import (
+    backups,
+    diagnose,
+    health,
+    maintenance,
+    overview,
+    resources,
+    status,
+    tokens,
+    workers,
+)
 from agentmemory_server.retrieval import context, recall, timeline, vectors
 from agentmemory_server.working import service as working_service
 from agentmemory_server.working import tools as working_tools
@@ -88,6 +98,7 @@ FEATURE_MODULES: tuple[ModuleType, ...] = (
     overview,
     status,
     maintenance,
+    tokens,
 )
 registry.REGISTRY.order_by_module([module.__name__ for module in FEATURE_MODULES])
 # Error messages may quote what a client sent: none carries a secret back to it or into a log.

@@ -6,6 +6,9 @@
     agentmemory export [-o FILE] [--jsonl]                          everything as JSON (GET /export's format)
     agentmemory import FILE [--strategy S]                          merge (default) | skip | replace
     agentmemory reindex                                             rebuild the search index (and vectors)
+    agentmemory migrate --to postgresql://...|FILE.db               copy the store to another backend (resumable)
+    agentmemory tokens create PRINCIPAL [--kind K] [--project P]... [--rights read,write]
+    agentmemory tokens list | tokens revoke ID                      API tokens for people and agents
     agentmemory backup [--force] [--local]                          upload a snapshot to the HF dataset now
                                                                     (--local: a verified snapshot on this disk)
     agentmemory restore [--force] [--from-backup]                   download the latest backup (--from-backup:
@@ -34,12 +37,13 @@ from typing import Any
 from agentmemory_server import errors
 from agentmemory_server.adapters import connect, hook_client, service
 from agentmemory_server.errors import AppError, InvalidInput
-from agentmemory_server.kernel import auth, privacy
+from agentmemory_server.kernel import auth, privacy, registry
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
 from agentmemory_server.models import llm
-from agentmemory_server.operations import maintenance
+from agentmemory_server.operations import maintenance, migrate, tokens
+from agentmemory_server.storage import is_postgres_url
 from agentmemory_server.storage.sqlite import hf_sync, local_backup
 from agentmemory_server.wiring import build_runtime
 
@@ -123,12 +127,57 @@ def cmd_stats(settings: Settings, opts: argparse.Namespace) -> Any:
     return _with_runtime(settings, maintenance.stats)
 
 
+def cmd_migrate(settings: Settings, opts: argparse.Namespace) -> Any:
+    if is_postgres_url(opts.to):
+        target_settings = settings.replace(database_url=opts.to)
+    else:
+        target_settings = settings.replace(database_url=None, db_path=str(Path(opts.to).expanduser()))
+    if (
+        target_settings.database_url == settings.database_url
+        and target_settings.database_path == settings.database_path
+    ):
+        raise InvalidInput("--to names the store being migrated from")
+    source = build_runtime(settings)
+    try:
+        target = build_runtime(target_settings)
+        try:
+            data_dir = settings.database_path.parent
+            return migrate.migrate(source, target, data_dir, progress=_progress(opts.quiet), batch=opts.batch or 5000)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def cmd_tokens(settings: Settings, opts: argparse.Namespace) -> Any:
+    def work(rt: Runtime) -> Any:
+        ctx = Ctx(rt, source="cli")
+        if opts.action == "create":
+            args = {"principal": opts.principal, "kind": opts.kind, "projects": opts.project or []}
+            args["rights"] = [r.strip() for r in opts.rights.split(",") if r.strip()]
+            return registry.run(tokens.tokens_create, ctx, {**args, **({"note": opts.note} if opts.note else {})})
+        if opts.action == "revoke":
+            return registry.run(tokens.tokens_revoke, ctx, {"id": opts.principal})
+        return registry.run(tokens.tokens_list, ctx, {})
+
+    return _with_runtime(settings, work)
+
+
 def _sync_config(settings: Settings) -> hf_sync.Config:
     hf_sync.setup_logging()
     return hf_sync.Config.from_env(os.environ, db_path=settings.database_path)
 
 
+def _sqlite_only(settings: Settings, command: str) -> None:
+    if settings.database_url:
+        raise InvalidInput(
+            f"`agentmemory {command}` copies the SQLite file; this store is PostgreSQL: back it up with the "
+            "server's own tools (pg_dump, base backups) or `agentmemory export --jsonl`"
+        )
+
+
 def cmd_backup(settings: Settings, opts: argparse.Namespace) -> Any:
+    _sqlite_only(settings, "backup")
     if opts.local:
         return local_backup.take(
             settings.database_path,
@@ -140,6 +189,7 @@ def cmd_backup(settings: Settings, opts: argparse.Namespace) -> Any:
 
 
 def cmd_restore(settings: Settings, opts: argparse.Namespace) -> Any:
+    _sqlite_only(settings, "restore")
     if opts.from_backup:
         config = _sync_config(settings)
         return local_backup.restore_last_good(
@@ -371,6 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("reindex", help="rebuild the search index (and vectors) from the records").set_defaults(
         run=cmd_reindex
     )
+    move = commands.add_parser("migrate", help="copy every record to another store (PostgreSQL or SQLite), resumably")
+    move.add_argument("--to", required=True, help="postgresql://user:password@host/db, or a SQLite file path")
+    move.add_argument("--batch", type=int, help="records per transaction (default 5000)")
+    move.set_defaults(run=cmd_migrate)
+    toks = commands.add_parser("tokens", help="API tokens for people and agents: create, list, revoke")
+    toks.add_argument("action", choices=("create", "list", "revoke"))
+    toks.add_argument("principal", nargs="?", help="create: who it speaks for; revoke: the token id")
+    toks.add_argument("--kind", choices=("person", "agent"), default="agent")
+    toks.add_argument("--project", action="append", help="a project it may touch (repeat; default: all)")
+    toks.add_argument("--rights", default="read,write", help="comma-separated: read, write, admin")
+    toks.add_argument("--note", help="what the token is for")
+    toks.set_defaults(run=cmd_tokens)
     for name, run, text in (
         ("backup", cmd_backup, "upload a snapshot to the HuggingFace dataset now (--local: to this disk)"),
         ("restore", cmd_restore, "download the latest backup (stop the server first)"),

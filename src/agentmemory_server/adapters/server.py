@@ -73,7 +73,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     that cap so gunicorn never stops accepting (a refused client gets an answer, not a hang)."""
     return {
         "bind": f"{settings.host}:{settings.port}",
-        "workers": 1,
+        "workers": settings.workers,
         "worker_class": GuardedThreadWorker.configure(
             max_connections=settings.max_connections,
             request_timeout=settings.request_timeout,
@@ -147,7 +147,8 @@ def announce_and_serve(settings: Settings, *, dev: bool = False) -> None:
     chosen = bool(settings.secret)
     settings = auth.resolve(settings)  # creates the token file once, before gunicorn forks
     try:
-        storage.preflight(settings.database_path)  # a newer schema or a file that is no database
+        if not settings.database_url:  # PostgreSQL: the schema is checked under its migration lock
+            storage.preflight(settings.database_path)  # a newer schema or a file that is no database
     except AppError as exc:
         fix = exc.details.get("fix")
         message = f"agentmemory-python: not serving: {exc.message}" + (f". To fix: {fix}" if fix else "")

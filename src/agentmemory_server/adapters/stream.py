@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agentmemory_server.errors import CapacityExceeded
+from agentmemory_server.kernel import principals
 from agentmemory_server.kernel.events import (
     CLOSE_GOING_AWAY,
     CLOSE_LAGGING,
@@ -114,6 +115,7 @@ class StreamSession:
         self.authenticated = authenticated or not rt.settings.secret
         self.since = as_int(query.get("since"))
         self.epoch = query.get("epoch")
+        self._caller: Any = None
 
     def run(self) -> None:
         bound_sends(self.ws, self.rt.settings.viewer_send_timeout)
@@ -127,6 +129,8 @@ class StreamSession:
                 self._stream()
         finally:
             self.rt.hub.close_socket()
+            if self._caller is not None:
+                principals.CALLER.reset(self._caller)
 
     def _stream(self) -> None:
         sub = self._subscribe()
@@ -146,14 +150,14 @@ class StreamSession:
             message = json.loads(raw) if raw else None
         except ValueError:
             message = None
-        if (
-            not isinstance(message, dict)
-            or message.get("type") != "auth"
-            or not token_matches(self.rt.settings.secret, message.get("token"))
-        ):
+        token = message.get("token") if isinstance(message, dict) and message.get("type") == "auth" else None
+        principal = principals.authenticate(self.rt, token if isinstance(token, str) else None)
+        if principal is None:
             self.rt.deny("wrong token", "/stream/mem-live/viewer (auth message)", None)
             self._close(CLOSE_POLICY, 'unauthorized: send {"type":"auth","token":...} first')
             return False
+        assert isinstance(message, dict)
+        self._caller = principals.CALLER.set(principal)  # calls on this socket act as the principal
         self.since = as_int(message.get("since")) if "since" in message else self.since
         self.epoch = message.get("epoch", self.epoch)
         self.authenticated = True
@@ -200,9 +204,13 @@ class StreamSession:
                 self._send(self.answer(incoming))
 
     def visible(self, event: dict[str, Any]) -> bool:
-        """Isolated agent scope: a viewer only sees records of this server's AGENT_ID."""
+        """Isolated agent scope: a viewer only sees records of this server's AGENT_ID. A viewer
+        with a principal's token sees only records stamped with that principal."""
         settings = self.rt.settings
         record = event.get("record")
+        principal = principals.current()
+        if principal is not None and not principal.is_admin_token:
+            return isinstance(record, dict) and record.get("agentId") == principal.name
         if settings.agent_scope != "isolated" or not isinstance(record, dict) or "agentId" not in record:
             return True
         return record.get("agentId") == settings.agent_id

@@ -5,10 +5,16 @@ With ``AGENTMEMORY_BACKGROUND=process`` (the default) the request-serving proces
 (after 1 s, doubling up to 30 s while it keeps dying young), and stops it on shutdown: SIGTERM,
 then SIGKILL after a grace period. Nothing queued is lost when the worker dies: the backlog and
 the model jobs are durable and their leases expire or are taken over by the next worker.
+
+With several gunicorn worker processes (AGENTMEMORY_WORKERS) each has a supervisor, but only the
+one holding ``<db>.supervisor.lock`` (an exclusive ``flock``) spawns: one background worker per
+node, not one per request process. The others stand by and take the lock over within seconds
+when its holder exits (the kernel releases a dead process's lock).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -24,6 +30,7 @@ log = logging.getLogger("agentmemory.supervisor")
 STOP_GRACE_SECONDS = 15.0
 MAX_BACKOFF_SECONDS = 30.0
 HEALTHY_AFTER_SECONDS = 60.0  # a worker that lived this long resets the backoff
+STANDBY_POLL_SECONDS = 2.0
 
 
 class Supervisor:
@@ -35,6 +42,23 @@ class Supervisor:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._lock_file: Any = None
+        self.standby = True  # another request process of this node holds the spawn lock
+
+    def _take_spawn_lock(self) -> bool:
+        """Hold ``<db>.supervisor.lock`` (kept open for this process's life), or wait for it."""
+        path = f"{self.settings.database_path}.supervisor.lock"
+        handle = open(path, "a+b")  # noqa: SIM115 - held until the process exits
+        while not self._stop.is_set():
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._stop.wait(STANDBY_POLL_SECONDS)
+                continue
+            self._lock_file, self.standby = handle, False
+            return True
+        handle.close()
+        return False
 
     def command(self) -> list[str]:
         return [
@@ -61,6 +85,8 @@ class Supervisor:
         return proc
 
     def _watch(self) -> None:
+        if not self._take_spawn_lock():
+            return
         backoff = 1.0
         while not self._stop.is_set():
             with self._lock:
@@ -84,6 +110,7 @@ class Supervisor:
         return {
             "pid": proc.pid if proc is not None else None,
             "alive": proc is not None and proc.poll() is None,
+            "standby": self.standby,
             "starts": self.starts,
             "restarts": max(0, self.starts - 1),
             "lastExit": self.last_exit,
@@ -103,6 +130,9 @@ class Supervisor:
                 proc.wait(timeout=5)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock: another request process may spawn
+            self._lock_file = None
 
 
 def start_for(settings: Settings, rt: Any) -> Supervisor | None:

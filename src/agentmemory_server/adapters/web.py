@@ -24,7 +24,7 @@ from agentmemory_server.adapters import openapi
 from agentmemory_server.adapters.origins import origin_allowed, parse_allowed
 from agentmemory_server.adapters.stream import ReaderThread, StreamSession
 from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized
-from agentmemory_server.kernel import registry
+from agentmemory_server.kernel import principals, registry
 from agentmemory_server.kernel.limits import client_key
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
@@ -122,6 +122,7 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     if rt.activity is not None:  # the background worker backs off while requests are served
         _count_activity(app, rt.activity)
     app.before_request(lambda: _guard(rt, allowed_origins))
+    app.teardown_request(_forget_caller)
     app.after_request(lambda response: _security_headers(response, allowed_origins))
     _register_error_handlers(app, rt)
     for tool in registry.REGISTRY.all():
@@ -186,11 +187,13 @@ def _checks(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
     if request.path == STREAM_PATH and not (header or token) and _is_upgrade():
         g.stream_authenticated = False  # the first message must be {"type":"auth","token":...}
         return None
-    try:
-        check_auth(rt.settings.secret, header, token)
-    except Unauthorized:
-        rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
-        raise
+    if rt.settings.secret:
+        presented = token or (header[7:].strip() if header and header[:7].lower() == "bearer " else None)
+        principal = principals.authenticate(rt, presented)
+        if principal is None:
+            rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
+            raise unauthorized()
+        g.principal_reset = principals.CALLER.set(principal)
     g.stream_authenticated = True
     if request.method in WRITE_METHODS:
         rt.limiter.take(client_key(rt.settings.secret, request.remote_addr), f"{request.method} {request.path}")
@@ -205,6 +208,12 @@ def body_limit(settings: Settings, path: str) -> int:
     if path.startswith(HOOKS_PATH):
         return settings.hook_max_body_bytes
     return settings.max_body_bytes
+
+
+def _forget_caller(_exc: BaseException | None) -> None:
+    reset = g.pop("principal_reset", None)
+    if reset is not None:
+        principals.CALLER.reset(reset)
 
 
 def _require_json_body() -> None:
@@ -246,16 +255,21 @@ def _is_upgrade() -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
+def unauthorized() -> Unauthorized:
+    return Unauthorized(
+        "unauthorized: send 'Authorization: Bearer <token>' (AGENTMEMORY_SECRET, the token in the server's "
+        "secret file, ~/.agentmemory/secret by default, or an API token from `agentmemory tokens create`)"
+    )
+
+
 def check_auth(secret: str | None, header: str | None, token: str | None = None) -> None:
-    """Bearer auth with a constant-time comparison; a no-op when no secret is configured."""
+    """Bearer auth against the server's secret alone, with a constant-time comparison; a no-op
+    when no secret is configured."""
     if not secret:
         return
     presented = header or (f"Bearer {token}" if token else "")
     if not hmac.compare_digest(presented.encode("utf-8", "replace"), f"Bearer {secret}".encode()):
-        raise Unauthorized(
-            "unauthorized: send 'Authorization: Bearer <token>' (AGENTMEMORY_SECRET, or the token in "
-            "the server's secret file, ~/.agentmemory/secret by default)"
-        )
+        raise unauthorized()
 
 
 def _tool_view(rt: Runtime, tool: Tool, default_status: int):

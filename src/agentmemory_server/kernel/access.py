@@ -16,13 +16,30 @@ from agentmemory_server.errors import Conflict, Forbidden
 from agentmemory_server.kernel.registry import Ctx
 
 
+def token_principal(ctx: Ctx) -> str | None:
+    """The principal of the caller's API token, when it speaks for one (not the admin secret):
+    such a caller works in an isolated scope of its own (kernel/principals.py)."""
+    principal = getattr(ctx, "principal", None)
+    return None if principal is None or principal.is_admin_token else str(principal.name)
+
+
+def isolated(ctx: Ctx) -> bool:
+    """Whether reads are limited to one agent: AGENTMEMORY_AGENT_SCOPE=isolated, or a caller
+    with a principal's token."""
+    return ctx.rt.settings.agent_scope == "isolated" or token_principal(ctx) is not None
+
+
 def agent_filter(ctx: Ctx, requested: str | None = None) -> str | None:
     """The agent id every read must be limited to, or None for all agents.
 
     Shared scope: the caller's ``agentId`` filter, where "*" (or nothing) means every agent.
     Isolated scope: always this server's AGENT_ID, whatever was asked; without one, fail closed.
+    A principal's token: always that principal.
     """
     settings = ctx.rt.settings
+    principal = token_principal(ctx)
+    if principal is not None:
+        return principal
     if settings.agent_scope == "isolated":
         if not settings.agent_id:
             raise Forbidden(
@@ -35,7 +52,7 @@ def agent_filter(ctx: Ctx, requested: str | None = None) -> str | None:
 
 def stamp_agent(ctx: Ctx, given: str | None) -> str | None:
     """The agent id to record on a new record."""
-    if ctx.rt.settings.agent_scope == "isolated":
+    if isolated(ctx):
         return agent_filter(ctx)
     return given or ctx.rt.settings.agent_id
 
@@ -49,5 +66,5 @@ def visible_to(ctx: Ctx, record: dict[str, Any] | None, requested: str | None = 
 def claim_session(ctx: Ctx, session: dict[str, Any] | None, session_id: str) -> None:
     """Refuse to write into a session another agent owns when agents are isolated (the write
     would change that agent's session and answer with its data)."""
-    if session is not None and ctx.rt.settings.agent_scope == "isolated" and not visible_to(ctx, session):
+    if session is not None and isolated(ctx) and not visible_to(ctx, session):
         raise Conflict(f"session {session_id!r} belongs to another agent", code=errors.SESSION_OWNED_BY_OTHER_AGENT)

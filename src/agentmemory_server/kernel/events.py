@@ -83,6 +83,7 @@ class Hub:
         self._max_clients = max_clients
         self._recent: collections.deque = collections.deque(maxlen=replay_size)
         self.epoch = secrets.token_hex(6)  # changes on restart: seq numbers start again
+        self.bus: Any = None  # kernel/bus.EventBus when events are shared across processes
         self.seq = 0
         self.published = 0
         self.dropped_clients = 0
@@ -142,16 +143,23 @@ class Hub:
 
     def publish(self, event_type: str, record: Any) -> int:
         """Queue ``{type, seq, ts, record}`` for every subscriber without ever waiting.
-        Returns the event's sequence number."""
+        Returns the event's sequence number (0 when a bus numbers it: see ``kernel/bus.py``)."""
         if event_type not in EVENT_TYPES:
             raise ValueError(f"unknown event type {event_type!r}; declare it in EVENT_TYPES")
+        if self.bus is not None:
+            self.bus.send(event_type, record)
+            return 0
+        return self.deliver(self.seq + 1, event_type, time.time(), record)
+
+    def deliver(self, seq: int, event_type: str, ts: float, record: Any) -> int:
+        """Fan out one event numbered ``seq`` (the next local number, or the bus's)."""
         with self._lock:
             # Sequence, ring and fan-out under one lock: every client sees events in seq order
             # and a subscribe() in between neither misses nor duplicates one. put_nowait never
             # blocks, so the lock is held for O(clients) quick operations.
-            self.seq += 1
+            self.seq = max(self.seq, seq)
             self.published += 1
-            message = {"type": event_type, "seq": self.seq, "ts": time.time(), "record": record}
+            message = {"type": event_type, "seq": seq, "ts": ts, "record": record}
             self._recent.append(message)
             for sub in list(self._subs):
                 try:
@@ -162,7 +170,7 @@ class Hub:
                     sub.dropped = True
                     self._subs.discard(sub)
                     self.dropped_clients += 1
-            return self.seq
+            return seq
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -177,6 +185,7 @@ class Hub:
                 "refusedClients": self.refused_clients,
                 "queueSize": self._queue_size,
                 "deepestQueue": max((sub.queue.qsize() for sub in self._subs), default=0),
+                **({"bus": self.bus.stats()} if self.bus is not None else {}),
             }
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ import jsonschema
 
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, InvalidInput, NotFound
+from agentmemory_server.kernel import principals
 
 # -- schema helpers (plain JSON Schema dicts) ------------------------------------------------------
 
@@ -171,6 +172,8 @@ class Ctx:
     rt: Any
     source: str = "rest"
     agent_id: str | None = None
+    # kernel.principals.Principal of the caller's token (the request being served); None: trusted
+    principal: Any = field(default_factory=principals.current)
 
 
 # MCP (2025-11-25) tool names: 1-128 characters of ASCII letters, digits, '_', '-' and '.'.
@@ -387,6 +390,8 @@ def call(ctx: Ctx, name: str, args: dict[str, Any] | None) -> Any:
     """
     tool_ = REGISTRY.get(name)
     prepared = prepare_args(tool_, args or {})
+    if ctx.principal is not None:
+        principals.scope_call(ctx, tool_, prepared)
     try:
         return tool_.handler(ctx, prepared)
     except AppError:

@@ -28,9 +28,11 @@ from typing import Any
 from agentmemory_server import __version__
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import auth, background
+from agentmemory_server.kernel.bus import EventBus
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.limits import RateLimiter
+from agentmemory_server.kernel.principals import TokenCache
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
 from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
 from agentmemory_server.kernel.settings import Settings
@@ -182,10 +184,15 @@ class Runtime:
             # Derived indexes are kept up to date by request processes: a worker at the lowest
             # priority holding Tantivy's writer lock would leave searches a growing pending tail.
             background=settings.background_jobs and role == "server",
+            url=settings.database_url,
+            pool_size=settings.database_pool,
+            node=settings.node_id,
         )
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
         )
+        # Several processes (workers, nodes) share events through the database (kernel/bus.py).
+        self.bus = EventBus(self.db, self.hub) if settings.database_url or settings.workers > 1 else None
         # Request-serving processes post their load on the board the background worker reads.
         self.activity = (
             background.ActivityBoard(settings.database_path) if role == "server" and settings.background_jobs else None
@@ -193,6 +200,7 @@ class Runtime:
         self.jobs = Jobs(claim=self._claim_periodic, done=self._periodic_done)
         self.supervisor: Any = None  # the background worker's supervisor, when this server started one
         self.denials = auth.Denials()
+        self.tokens = TokenCache()
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
         self.services: dict[str, Any] = {}
         for name, factory in subsystems:
@@ -250,6 +258,8 @@ class Runtime:
 
     def close(self) -> None:
         self.jobs.stop()
+        if self.bus is not None:
+            self.bus.close()
         if self.activity is not None:
             self.activity.close()
         for service in reversed(list(self.services.values())):

@@ -40,6 +40,7 @@ ANTIGRAVITY = "mem:antigravity"
 GRAPH_NODES = "mem:graph:nodes"
 GRAPH_EDGES = "mem:graph:edges"
 GRAPH_SESSIONS = "mem:graph:sessions"
+TOKENS = "mem:tokens"
 
 
 def obs_scope(session_id: str) -> str:
@@ -171,6 +172,12 @@ SCOPES: tuple[ScopeDoc, ...] = (
         GRAPH_SESSIONS,
         "session id",
         "Which nodes and edges a session's extraction produced (re-extraction replaces that share)",
+    ),
+    ScopeDoc(
+        TOKENS,
+        "SHA-256 of the token (the token itself is never stored)",
+        "API token: id (first 12 hex of the hash), principal, kind (person or agent), projects (`*` = all), "
+        "rights (read, write, admin), createdAt, revokedAt?, note?",
     ),
 )
 

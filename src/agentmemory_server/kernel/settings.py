@@ -39,6 +39,36 @@ SETTINGS: tuple[Setting, ...] = (
         _optional_str,
         "SQLite database file. Default: `<data dir>/agentmemory.db`.",
     ),
+    Setting(
+        "database_url",
+        ("AGENTMEMORY_DATABASE_URL",),
+        None,
+        _optional_str,
+        "`postgresql://user:password@host:5432/db` stores everything in PostgreSQL (with pgvector) instead of "
+        "the SQLite file, so several worker processes and nodes share one store (docs/deploy.md).",
+        secret=True,
+    ),
+    Setting(
+        "database_pool",
+        ("AGENTMEMORY_DATABASE_POOL",),
+        10,
+        _positive_int,
+        "PostgreSQL: most connections one worker process opens.",
+    ),
+    Setting(
+        "workers",
+        ("AGENTMEMORY_WORKERS",),
+        1,
+        _positive_int,
+        "gunicorn worker processes of this server (each with AGENTMEMORY_THREADS threads).",
+    ),
+    Setting(
+        "node_id",
+        ("AGENTMEMORY_NODE_ID",),
+        None,
+        _optional_str,
+        "PostgreSQL: this node's name among the nodes sharing the database. Default: host name and index directory.",
+    ),
     Setting("host", ("HOST",), "127.0.0.1", str, "Interface to bind (auth stays on unless AGENTMEMORY_AUTH=off)."),
     Setting("port", ("III_REST_PORT", "PORT"), 3111, _positive_int, "TCP port for REST, MCP, WebSocket and viewer."),
     Setting(
@@ -85,9 +115,10 @@ SETTINGS: tuple[Setting, ...] = (
         "lexical_engine",
         ("AGENTMEMORY_LEXICAL_ENGINE",),
         "tantivy",
-        _choice("tantivy", "fts5"),
-        "BM25 engine: `tantivy` (an index beside the database; milliseconds at any size) or `fts5` (SQLite's "
-        "own, cost grows with the store). Switching rebuilds Tantivy's index in the background.",
+        _choice("tantivy", "fts5", "builtin"),
+        "BM25 engine: `tantivy` (an index beside the database, one per node; milliseconds at any size) or "
+        "`builtin`, the database's own full text (`fts5` on SQLite, `tsvector` on PostgreSQL; cost grows with "
+        "the store). Switching rebuilds Tantivy's index in the background.",
     ),
     Setting(
         "viewer_allowed_origins",

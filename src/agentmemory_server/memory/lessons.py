@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape
 
 from agentmemory_server import errors
 from agentmemory_server.errors import InvalidInput, NotFound
-from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
+from agentmemory_server.kernel.access import agent_filter, isolated, stamp_agent, visible_to
 from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import (
@@ -52,7 +52,7 @@ DAY = 86_400.0
 def lesson_id(ctx: Ctx, content: str) -> str:
     """Fingerprint id. In isolated agent scope the agent is part of it, so two agents saving the
     same words keep two lessons and neither learns the other exists."""
-    if ctx.rt.settings.agent_scope == "isolated":
+    if isolated(ctx):
         return fingerprint_id("lsn", f"{agent_filter(ctx)}\x00{content}")
     return fingerprint_id("lsn", content)
 

@@ -20,7 +20,7 @@ from xml.sax.saxutils import escape
 
 from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, Forbidden, NotFound, PayloadTooLarge
-from agentmemory_server.kernel.access import agent_filter, stamp_agent
+from agentmemory_server.kernel.access import agent_filter, isolated, stamp_agent
 from agentmemory_server.kernel.hooks import PINNED, Block, BlockRequest
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import PROJECT, Ctx, Reply, boolean, integer, params, string, tool
@@ -52,7 +52,7 @@ def storage_scope(ctx: Ctx, scope: str, project: str | None) -> str:
     """The kv scope of a slot. Parts are percent-encoded so no project or agent id can make
     two namespaces collide."""
     base = SLOTS
-    if ctx.rt.settings.agent_scope == "isolated":
+    if isolated(ctx):
         base = f"{SLOTS_PREFIX}agent:{quote(agent_filter(ctx) or '', safe='')}"
     if scope == "global":
         return f"{base}:global"

@@ -21,7 +21,9 @@ class LocalBackups:
         self.directory = rt.settings.local_backup_path
         self.last: dict[str, Any] | None = None
         self.last_error: str | None = None
-        if rt.settings.local_backup_interval > 0:
+        # A PostgreSQL store is backed up by the database server (pg_dump, base backups).
+        self.applies = not rt.settings.database_url
+        if rt.settings.local_backup_interval > 0 and self.applies:
             rt.every(rt.settings.local_backup_interval, "local_backup", self.take)
 
     def take(self) -> dict[str, Any] | None:
@@ -45,6 +47,8 @@ class LocalBackups:
         return self.last
 
     def health(self) -> dict[str, Any]:
+        if not self.applies:
+            return {"status": "healthy", "message": "PostgreSQL: backed up by the database server, not by this node"}
         found = local_backup.snapshots(self.directory)
         return {
             "status": "degraded" if self.last_error else "healthy",

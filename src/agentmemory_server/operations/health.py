@@ -34,7 +34,7 @@ def health(ctx: Ctx, args: dict) -> Any:
         "version": rt.version,
         "uptimeSeconds": round(rt.clock.time() - rt.started_at, 1),
         "db": {
-            "path": str(rt.db.path),
+            "path": rt.db.location,
             "schemaVersion": rt.db.schema_version,
             "sizeBytes": sizes["db"],
             "walBytes": sizes["wal"],

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Protocol, TextIO, TypeVar
 
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Forbidden, InvalidInput
-from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.access import agent_filter, isolated
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import Ctx, params, tool
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, is_obs_scope
@@ -240,11 +240,12 @@ def import_document(
 PARALLEL_IMPORT_BYTES = 8 * 1024 * 1024
 
 
-def _raw_chunks(handle: BinaryIO, size: int) -> Iterator[list[tuple[int, bytes]]]:
-    """Lists of (line number, raw line) from the second line on, ``size`` non-blank lines each."""
+def _raw_chunks(handle: BinaryIO, size: int, skip_lines: int = 0) -> Iterator[list[tuple[int, bytes]]]:
+    """Lists of (line number, raw line) from the second line on (after line ``skip_lines``),
+    ``size`` non-blank lines each."""
     chunk: list[tuple[int, bytes]] = []
     for number, raw in enumerate(handle, 2):
-        if raw.strip():
+        if number > skip_lines and raw.strip():
             chunk.append((number, raw))
             if len(chunk) >= size:
                 yield chunk
@@ -280,22 +281,25 @@ def parse_lines(path_name: str, chunk: list[tuple[int, bytes]]) -> Parsed:
     return records, pictures, None, size
 
 
-def _parsed_chunks(path: Path, handle: BinaryIO, batch: int) -> Iterator[Parsed]:
-    """``parse_lines`` over the file's chunks: in a second process, two chunks ahead, when the file
-    is big and there is a second core; in this process otherwise."""
-    chunks = _raw_chunks(handle, batch)
+def _parsed_chunks(path: Path, handle: BinaryIO, batch: int, skip_lines: int) -> Iterator[tuple[Parsed, int]]:
+    """``parse_lines`` over the file's chunks, each with its last line number: in a second
+    process, two chunks ahead, when the file is big and there is a second core; in this process
+    otherwise."""
+    chunks = _raw_chunks(handle, batch, skip_lines)
     if path.stat().st_size < PARALLEL_IMPORT_BYTES or (os.cpu_count() or 1) < 2:
-        yield from (parse_lines(str(path), chunk) for chunk in chunks)
+        yield from ((parse_lines(str(path), chunk), chunk[-1][0]) for chunk in chunks)
         return
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        ahead: deque[Future] = deque()
+        ahead: deque[tuple[Future, int]] = deque()
         try:
             for chunk in chunks:
-                ahead.append(pool.submit(parse_lines, str(path), chunk))
+                ahead.append((pool.submit(parse_lines, str(path), chunk), chunk[-1][0]))
                 if len(ahead) > 2:
-                    yield ahead.popleft().result()
+                    future, last = ahead.popleft()
+                    yield future.result(), last
             while ahead:
-                yield ahead.popleft().result()
+                future, last = ahead.popleft()
+                yield future.result(), last
         except BrokenProcessPool:
             raise AppError(
                 "the import's parsing process died (out of memory?); what was written is kept: run the same "
@@ -317,11 +321,20 @@ def _read_header(path: Path, handle: BinaryIO) -> None:
 
 
 def import_lines(
-    ctx: Ctx, path: Path, strategy: str, *, batch: int = 5000, progress: Progress = no_progress
+    ctx: Ctx,
+    path: Path,
+    strategy: str,
+    *,
+    batch: int = 5000,
+    progress: Progress = no_progress,
+    skip_lines: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Stream a JSON Lines export (``agentmemory export --jsonl``) into the store in batches of
     about ``batch`` records, in constant memory. The first line is the header naming the format
-    version; each further line is an export document of its own. A line that does not hold
+    version; each further line is an export document of its own. ``skip_lines`` resumes after
+    that many lines (the header is always read); ``on_batch(line)`` is told after each committed
+    batch that every line up to ``line`` is stored. A line that does not hold
     valid records stops the import there, naming the line: the batches before it are written
     (merge and skip are idempotent, so run it again once the file is fixed). ``replace`` wipes
     the store with the first batch."""
@@ -331,7 +344,7 @@ def import_lines(
     try:
         with open(path, "rb") as handle:
             _read_header(path, handle)
-            for records, pictures, problem, size in _parsed_chunks(path, handle, batch):
+            for (records, pictures, problem, size), last_line in _parsed_chunks(path, handle, batch, skip_lines):
                 if records or pictures or first_batch:
                     counts = transfer.import_records(
                         ctx, records, strategy, wipe_first=first_batch, stripped=True, pictures=pictures
@@ -340,6 +353,8 @@ def import_lines(
                     first_batch = False
                 if problem:
                     raise InvalidInput(problem)
+                if on_batch is not None:
+                    on_batch(last_line)
                 bar.update(size)
             if first_batch:
                 transfer.add_counts(totals, transfer.import_records(ctx, [], strategy, wipe_first=True))
@@ -370,7 +385,7 @@ def stats(rt: Any) -> dict[str, Any]:
     sizes = rt.db.file_sizes()
     return {
         "db": {
-            "path": str(rt.db.path),
+            "path": rt.db.location,
             "schemaVersion": rt.db.schema_version,
             "sizeBytes": sizes["db"],
             "walBytes": sizes["wal"],
@@ -398,7 +413,7 @@ def reindex_tool(ctx: Ctx, args: dict) -> dict[str, Any]:
     """Rebuild the search index from the records and queue every record for a new vector (the
     background worker embeds them); for big stores prefer ``agentmemory reindex``, which shows
     progress."""
-    if ctx.rt.settings.agent_scope == "isolated":
+    if isolated(ctx):
         raise Forbidden(
             "reindex touches every agent's records; not available in isolated agent scope",
             code=errors.AGENT_SCOPE_VIOLATION,

@@ -13,6 +13,12 @@ from agentmemory_server.storage.interfaces import Database, RecordIndex
 from agentmemory_server.storage.sqlite import Database as SqliteDatabase
 from agentmemory_server.storage.sqlite import preflight as sqlite_preflight
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(POSTGRES_SCHEMES)
+
 
 def open_database(
     path: Path,
@@ -27,18 +33,46 @@ def open_database(
     lexical_engine: str = "tantivy",
     lexical_weights: Mapping[str, float] | None = None,
     background: bool = True,
+    url: str | None = None,
+    pool_size: int = 10,
+    node: str | None = None,
 ) -> Database:
-    """Open (creating and migrating as needed) the database at ``path``.
+    """Open (creating and migrating as needed) the database: PostgreSQL when ``url`` is a
+    ``postgresql://`` URL, else the SQLite file at ``path``.
 
-    :param reserve_bytes: writes are refused while less is free on its disk.
-    :param warn_bytes: health warns while less is free.
-    :param check_seconds: time budget of the integrity check run first.
-    :param fsync_every_commit: every commit durable against OS and disk failures too.
+    :param path: the SQLite file; with PostgreSQL, where this node keeps local state beside it.
+    :param reserve_bytes: writes are refused while less is free on its disk (SQLite).
+    :param warn_bytes: health warns while less is free (SQLite).
+    :param check_seconds: time budget of the integrity check run first (SQLite).
+    :param fsync_every_commit: every commit durable against OS and disk failures too (SQLite;
+        PostgreSQL's durability is the server's ``synchronous_commit``).
     :param queue_limits: bounds of the durable queues (see ``sqlite.Database``).
-    :param lexical_engine: ``tantivy`` (kept in ``<path>.tantivy``) or ``fts5``.
+    :param lexical_engine: ``tantivy`` (an index on this node), or the database's own full text
+        (``builtin``; ``fts5`` is its name on SQLite).
     :param lexical_weights: BM25 weight per text column; Tantivy applies them at indexing time.
     :param background: whether derived indexes may keep themselves up to date on threads.
+    :param pool_size: PostgreSQL connections this process may open.
+    :param node: PostgreSQL: this node's name among those sharing the database (default: host
+        name and index directory).
     """
+    builtin = lexical_engine in ("builtin", "fts5")
+    if url:
+        if not is_postgres_url(url):
+            raise ValueError(f"AGENTMEMORY_DATABASE_URL must start with postgresql://, got {url.split(':')[0]!r}")
+        from agentmemory_server.storage.postgres import PostgresDatabase
+
+        return PostgresDatabase(
+            url,
+            local_path=path,
+            now=now,
+            record_indexes=record_indexes,
+            lexical_engine="builtin" if builtin else lexical_engine,
+            lexical_weights=lexical_weights,
+            background=background,
+            pool_size=pool_size,
+            node=node,
+            queue_limits=queue_limits,
+        )
     return SqliteDatabase(
         path,
         now=now,
@@ -48,7 +82,7 @@ def open_database(
         check_seconds=check_seconds,
         fsync_every_commit=fsync_every_commit,
         queue_limits=queue_limits,
-        lexical_engine=lexical_engine,
+        lexical_engine="fts5" if builtin else lexical_engine,
         lexical_weights=lexical_weights,
         background=background,
     )

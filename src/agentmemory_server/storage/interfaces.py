@@ -16,6 +16,7 @@ Features never see SQL. They open a unit of work (``db.transaction(operation)`` 
 ``usage``       model calls and their tokens, summed per day, provider, model and feature
 ``working``     session working memory (keys with TTL, task state, scratchpad, checkpoints)
 ``admin``       integrity checks, table counts, wiping (import with strategy=replace)
+``live``        live events shared by worker processes and nodes (the event bus)
 ==============  ==================================================================================
 
 Every method takes plain values. Field names of records appear only as arguments (``Where``,
@@ -383,6 +384,25 @@ class WorkingStore(Protocol):
     def session_scopes(self, session: str) -> list[tuple[str, str]]: ...
 
 
+class EventLog(Protocol):
+    """Live events shared by every worker process and node (``kernel/bus.py``): appended in
+    order, read back after a sequence number by each process, which fans them out to its viewers."""
+
+    def append(self, events: Sequence[tuple[str, str, float, str]]) -> int:
+        """Store (type, record JSON, epoch time, origin) in order; returns the last sequence."""
+        ...
+
+    def after(self, seq: int, limit: int) -> list[tuple[int, str, str, float, str]]:
+        """(seq, type, record JSON, time, origin) after ``seq``, oldest first."""
+        ...
+
+    def newest(self) -> int: ...
+
+    def prune(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` events; returns how many went."""
+        ...
+
+
 class Admin(Protocol):
     def integrity_check(self) -> str: ...
     def quick_check(self) -> list[str]: ...
@@ -426,6 +446,9 @@ class UnitOfWork(Protocol):
     @property
     def admin(self) -> Admin: ...
 
+    @property
+    def live(self) -> EventLog: ...
+
     writable: bool
     audit_message: str | None
     audit_details: dict[str, Any]
@@ -440,9 +463,23 @@ class UnitOfWork(Protocol):
         ...
 
 
+class EventSignal(Protocol):
+    """Wakes a process when another one appended live events (PostgreSQL: LISTEN/NOTIFY;
+    SQLite: a short poll)."""
+
+    def wait(self, timeout: float) -> None: ...
+    def notify(self, unit: UnitOfWork) -> None:
+        """Inside the transaction that appended events: wake the waiters once it commits."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Database(Protocol):
-    """An open store. ``last_write`` is the monotonic time of the last commit that changed
-    something (background work waits for a lull in writes).
+    """An open store. ``path`` is the local file (SQLite) or where this node keeps its local
+    state (PostgreSQL); ``location`` names the store for people (a path, or a URL without its
+    password). ``last_write`` is the monotonic time of the last commit that changed something
+    in this process (background work waits for a lull in writes).
 
     Faults: ``damage`` is None, or what an integrity check found (every write transaction is
     then refused with ``database_damaged``; reads go on); ``app_error(exc)`` turns a backend
@@ -450,6 +487,7 @@ class Database(Protocol):
     ``storage_health()`` reports disk space and integrity for /health."""
 
     path: Path
+    location: str
     last_write: float
     damage: dict[str, Any] | None
 
@@ -469,6 +507,7 @@ class Database(Protocol):
     def file_sizes(self) -> dict[str, int]: ...
     def health(self) -> dict[str, Any]: ...
     def flush(self) -> None: ...
+    def event_signal(self) -> EventSignal: ...
     def verify_index(self) -> None: ...
     def checkpoint(self) -> None: ...
     def close(self) -> None: ...

@@ -24,7 +24,7 @@ from typing import Any
 from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, Forbidden, InvalidInput, NotFound
 from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.access import agent_filter, isolated
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import (
     ID_PATTERN,
@@ -81,7 +81,7 @@ def resolve_scope(ctx: Ctx, args: dict[str, Any]) -> Scope:
     requested = args.get("agentId")
     if requested == "*":
         raise InvalidInput("'agentId' must name one agent instance, not '*'", field="agentId")
-    if settings.agent_scope == "isolated":
+    if isolated(ctx):
         own = agent_filter(ctx)
         if requested and requested != own:
             raise Forbidden(
@@ -503,7 +503,7 @@ def summarise_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
     scope of the ended session holds as a long-term memory (memory_save)."""
     if not ctx.rt.settings.working_memory_summarize_on_end:
         return
-    sid, own = session["id"], (agent_filter(ctx) if ctx.rt.settings.agent_scope == "isolated" else None)
+    sid, own = session["id"], (agent_filter(ctx) if isolated(ctx) else None)
     try:
         scopes = service(ctx).run(lambda b: b.session_scopes(sid))
     except Exception:  # noqa: BLE001 - the session has ended already; the failure is logged

@@ -28,6 +28,7 @@ from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces
 from agentmemory_server.storage.interfaces import RecordIndex
+from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite.admin import SqliteAdmin
 from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
@@ -35,10 +36,11 @@ from agentmemory_server.storage.sqlite.capture import SqliteCaptureInbox
 from agentmemory_server.storage.sqlite.faults import FreeSpace, classify, damaged
 from agentmemory_server.storage.sqlite.images import SqliteImageIndex
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
+from agentmemory_server.storage.sqlite.lexical_feed import SqliteFeeds
+from agentmemory_server.storage.sqlite.live import PollSignal, SqliteEventLog
 from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
 from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
 from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
-from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
 from agentmemory_server.storage.sqlite.vector_index import SqliteVectorIndex
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
@@ -120,6 +122,7 @@ class SqliteUnitOfWork:
         self.usage = SqliteModelUsage(self)
         self.working = SqliteWorkingStore(self)
         self.admin = SqliteAdmin(self, self.index)
+        self.live = SqliteEventLog(self)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         self._after_commit.append(fn)
@@ -173,6 +176,7 @@ class Database:
         self.bounds = QueueBounds(queue_limits or {})
         self._synchronous = "FULL" if fsync_every_commit else "NORMAL"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.location = str(self.path)
         self._now = now
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -207,7 +211,11 @@ class Database:
         stale = self._engine_switched(lexical_engine)
         if lexical_engine == "tantivy":
             self.lexical = TantivyLexical(
-                Path(f"{self.path}.tantivy"), self, weights=lexical_weights or {}, stale=stale, background=background
+                Path(f"{self.path}.tantivy"),
+                SqliteFeeds(self),
+                weights=lexical_weights or {},
+                stale=stale,
+                background=background,
             )
 
     def _engine_switched(self, engine: str) -> bool:
@@ -251,12 +259,17 @@ class Database:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
             raise _too_new(self.path, version)
-        for number, (_name, fn) in enumerate(MIGRATIONS[version:], start=version + 1):
+        while version < len(MIGRATIONS):
             with self._lock:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    fn(conn)
-                    conn.execute(f"PRAGMA user_version = {number}")
+                    # Read again under the write lock: another process (a worker starting at the
+                    # same moment) may have applied it meanwhile.
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if version < len(MIGRATIONS):
+                        MIGRATIONS[version][1](conn)
+                        version += 1
+                        conn.execute(f"PRAGMA user_version = {version}")
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -479,6 +492,9 @@ class Database:
         lexical = self.lexical.health() if self.lexical is not None else {"engine": "fts5", "state": "ready"}
         return {"lexical": lexical}
 
+    def event_signal(self) -> PollSignal:
+        return PollSignal()
+
     def verify_index(self) -> None:
         """Ask the derived indexes to check themselves against the records soon (and repair)."""
         if self.lexical is not None:
@@ -554,6 +570,7 @@ def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interface
     usage: interfaces.ModelUsage = unit.usage
     working: interfaces.WorkingStore = unit.working
     admin: interfaces.Admin = unit.admin
+    live: interfaces.EventLog = unit.live
     whole: interfaces.UnitOfWork = unit
-    del records, events, inbox, images, index, vectors, audit, jobs, usage, working, admin, whole
+    del records, events, inbox, images, index, vectors, audit, jobs, usage, working, admin, live, whole
     return db

@@ -35,20 +35,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import sqlite3
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,377 +54,43 @@ try:
 except ImportError:  # pragma: no cover - not on Windows; locks become no-ops there
     fcntl = None  # type: ignore[assignment]
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_REFUSED = 0, 1, 2, 3
-LATEST = "agentmemory.db"
-META = "backup-meta.json"
-HISTORY_PREFIX = "backups/agentmemory-"
-# The server's image store (storage/blobs.py; not imported: this process stays standalone).
-IMAGES_DIR = "images"
-IMAGES_PREFIX = IMAGES_DIR + "/"
-log = logging.getLogger("agentmemory.sync")
-
-
-# -- configuration -------------------------------------------------------------------------------
-
-
-class SyncError(Exception):
-    """A backup or restore failed; the message says why. Nothing local was changed."""
-
-    exit_code = EXIT_FAILED
-
-
-class ConfigError(SyncError):
-    exit_code = EXIT_CONFIG
-
-
-class Refused(SyncError):
-    """Going on would overwrite data that may be newer; ``--force`` overrides."""
-
-    exit_code = EXIT_REFUSED
-
-
-def _repo_id(text: str) -> str:
-    if text.count("/") != 1 or not all(text.split("/")):
-        raise ValueError(f"must look like 'owner/name', got {text!r}")
-    return text
-
-
-def _at_least(minimum: float, kind: type = float) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)  # ValueError names the bad text
-        if value < minimum:
-            raise ValueError(f"must be >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ValueError(f"expected true/false, got {text!r}")
-    return lowered in ("1", "true", "yes", "on")
-
-
-@dataclass(frozen=True)
-class SyncSetting:
-    field: str
-    env: str
-    default: Any
-    parse: Callable[[str], Any]
-    help: str
-
-
-# Every environment variable sync.py reads besides the database location (which it resolves as
-# the server does). Config is built from this table and README's backup table is generated from it.
-SYNC_SETTINGS: tuple[SyncSetting, ...] = (
-    SyncSetting(
-        "repo",
-        "AGENTMEMORY_DATASET_REPO",
-        None,
-        _repo_id,
-        "Dataset repo `owner/name` for backups; unset disables restore and backup.",
-    ),
-    SyncSetting("token", "HF_TOKEN", None, str, "HuggingFace token with write access to the dataset."),
-    SyncSetting(
-        "endpoint",
-        "HF_ENDPOINT",
-        "https://huggingface.co",
-        lambda t: t.rstrip("/"),
-        "Hub URL (tests point it at a fake Hub).",
-    ),
-    SyncSetting(
-        "interval", "AGENTMEMORY_BACKUP_INTERVAL", 60.0, _at_least(0.05), "Seconds between backups in `sync.py loop`."
-    ),
-    SyncSetting(
-        "keep",
-        "AGENTMEMORY_BACKUP_KEEP",
-        5,
-        _at_least(0, int),
-        "Timestamped snapshots kept under `backups/` (the newest equals `agentmemory.db`); 0 keeps none.",
-    ),
-    SyncSetting(
-        "private", "AGENTMEMORY_DATASET_PRIVATE", True, _bool, "Create the dataset as private when it is missing."
-    ),
-    SyncSetting(
-        "timeout",
-        "AGENTMEMORY_HUB_TIMEOUT",
-        30.0,
-        _at_least(0.1),
-        "Seconds before one Hub request times out (connect: at most 10).",
-    ),
-    SyncSetting(
-        "retries",
-        "AGENTMEMORY_HUB_RETRIES",
-        2,
-        _at_least(0, int),
-        "Retries of a failed Hub request (huggingface_hub's default of 5 takes ~23 s).",
-    ),
-    SyncSetting(
-        "reserve_mb",
-        "AGENTMEMORY_DISK_RESERVE_MB",
-        16,
-        _at_least(0, int),
-        "A backup's snapshot is skipped (an error, nothing written) when it would leave less than this many "
-        "MB free next to the database (the server's write reserve too).",
-    ),
-    SyncSetting(
-        "restore_attempts",
-        "AGENTMEMORY_RESTORE_ATTEMPTS",
-        3,
-        _at_least(1, int),
-        "Restore attempts at boot (`restore --boot`).",
-    ),
-    SyncSetting(
-        "restore_retry_delay",
-        "AGENTMEMORY_RESTORE_RETRY_DELAY",
-        5.0,
-        _at_least(0),
-        "Seconds between restore attempts at boot.",
-    ),
-    SyncSetting(
-        "restore_required",
-        "AGENTMEMORY_RESTORE_REQUIRED",
-        True,
-        _bool,
-        "At boot, refuse to start on an empty database when the restore failed.",
-    ),
+# The configuration and the local-file work live in two modules of their own; their names are
+# re-exported here, so ``hf_sync`` stays the one module callers and tests know.
+from agentmemory_server.storage.sqlite.backup_config import (  # noqa: F401
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    SYNC_SETTINGS,
+    Config,
+    ConfigError,
+    Refused,
+    SyncError,
+    SyncSetting,
+    db_path_from_env,
+)
+from agentmemory_server.storage.sqlite.backup_files import (  # noqa: F401
+    IMAGES_DIR,
+    IMAGES_PREFIX,
+    LATEST,
+    _quick_hash,
+    _sidecar,
+    check_room,
+    db_in_use,
+    file_lock,
+    image_ids,
+    image_path,
+    inspect,
+    install,
+    last_change,
+    remote_image_name,
+    sha256_file,
+    snapshot,
 )
 
-
-def _optional(env: Mapping[str, str], name: str) -> str | None:
-    value = (env.get(name) or "").strip()
-    # Hook and Space configs often carry unexpanded "${VAR}" placeholders; treat them as unset.
-    return None if not value or (value.startswith("${") and value.endswith("}")) else value
-
-
-def db_path_from_env(env: Mapping[str, str]) -> Path:
-    """The database file, resolved exactly as the server's settings do."""
-    explicit = _optional(env, "AGENTMEMORY_DB")
-    if explicit:
-        return Path(explicit).expanduser()
-    return Path(_optional(env, "AGENTMEMORY_DATA_DIR") or "~/.agentmemory").expanduser() / "agentmemory.db"
-
-
-@dataclass(frozen=True)
-class Config:
-    db_path: Path
-    repo: str | None = None
-    token: str | None = None
-    endpoint: str = "https://huggingface.co"
-    interval: float = 60.0
-    keep: int = 5
-    private: bool = True
-    timeout: float = 30.0
-    retries: int = 2
-    reserve_mb: int = 16
-    restore_attempts: int = 3
-    restore_retry_delay: float = 5.0
-    restore_required: bool = True
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
-        """Read SYNC_SETTINGS from ``env`` (default ``os.environ``); overrides use field names.
-
-        :raise ConfigError: a value cannot be parsed; the message names the variable.
-        """
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {"db_path": db_path_from_env(env)}
-        for setting in SYNC_SETTINGS:
-            raw = _optional(env, setting.env)
-            try:
-                values[setting.field] = setting.default if raw is None else setting.parse(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{setting.env}: {exc}") from None
-        return cls(**{**values, **overrides})
-
-    def require_repo(self) -> str:
-        if not self.repo:
-            raise ConfigError("AGENTMEMORY_DATASET_REPO is not set: there is nowhere to back up to")
-        return self.repo
-
-
-# -- the local database file -------------------------------------------------------------------------
-
-
-def _sidecar(db: Path, suffix: str) -> Path:
-    return db.with_name(db.name + suffix)
-
-
-def _quick_hash(db: Path) -> str:
-    """Fingerprint of the database's on-disk state: inode, size and mtime of the file and its
-    WAL. Any committed write changes one of them, so equal fingerprints mean "unchanged"
-    without reading the data. An empty WAL holds nothing and counts as no WAL: opening the
-    database (as the snapshot does) may create one without changing any data."""
-    parts = []
-    for path in (db, _sidecar(db, "-wal")):
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            parts.append("-")
-            continue
-        empty_wal = path != db and st.st_size == 0
-        parts.append("-" if empty_wal else f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()
-
-
-def last_change(db: Path) -> float:
-    """When the database (or its WAL) was last written, as a Unix time."""
-    times = [p.stat().st_mtime for p in (db, _sidecar(db, "-wal")) if p.exists()]
-    return max(times) if times else 0.0
-
-
-def db_in_use(db: Path) -> bool:
-    """True when another process has the database open. Every SQLite connection to a WAL
-    database holds a shared lock on byte 128 of the ``-shm`` file (the "dead man switch"), so
-    an exclusive lock there is only granted when nobody else has it open."""
-    shm = _sidecar(db, "-shm")
-    if fcntl is None or not shm.exists():
-        return False
-    fd = os.open(shm, os.O_RDWR)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)  # also releases the probe lock
-    return False
-
-
-@contextlib.contextmanager
-def file_lock(db: Path) -> Iterator[None]:
-    """Serialise backup/restore runs on one database (the loop and a manual run, say)."""
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(_sidecar(db, ".sync.lock"), "a+") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def inspect(path: Path) -> dict[str, Any]:
-    """Integrity-check a database file (read-only) and describe it.
-
-    :raise SyncError: not a database, or ``PRAGMA integrity_check`` is not ok.
-    """
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            result = [row[0] for row in conn.execute("PRAGMA integrity_check")]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            names = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-                )
-            ]
-            tables = {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise SyncError(f"{path.name} is not a usable SQLite database: {exc}") from None
-    if result != ["ok"]:
-        raise SyncError(f"{path.name} failed PRAGMA integrity_check: {'; '.join(result[:5])}")
-    return {"sha256": sha256_file(path), "size": path.stat().st_size, "schemaVersion": version, "tables": tables}
-
-
-def check_room(db: Path, reserve_bytes: int) -> None:
-    """Refuse a snapshot next to ``db`` that would leave less than ``reserve_bytes`` free: the
-    copy is at most the database plus its WAL, and the disk is the one the server writes to.
-
-    :raise SyncError: not enough room (nothing was written).
-    """
-    needed = sum(p.stat().st_size for p in (db, _sidecar(db, "-wal")) if p.exists())
-    free = shutil.disk_usage(db.parent).free
-    if free - needed < reserve_bytes:
-        raise SyncError(
-            f"not enough free space for a snapshot of {db}: it needs up to {needed // 1048576 + 1} MB, "
-            f"{free // 1048576} MB are free and {reserve_bytes // 1048576} MB must stay free "
-            "(AGENTMEMORY_DISK_RESERVE_MB); nothing was written"
-        )
-
-
-def snapshot(db: Path, dest: Path) -> dict[str, Any]:
-    """A consistent copy of ``db`` at ``dest`` through SQLite's online backup API, switched to
-    rollback-journal mode so it is one self-contained file, then integrity-checked."""
-    try:
-        source = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        try:
-            target = sqlite3.connect(dest)
-            try:
-                source.backup(target)  # all pages in one step: one read transaction, one state
-                target.execute("PRAGMA journal_mode = DELETE")
-            finally:
-                target.close()
-        finally:
-            source.close()
-    except sqlite3.Error as exc:
-        raise SyncError(f"could not snapshot {db}: {exc}") from None
-    return inspect(dest)
-
-
-def install(new: Path, db: Path) -> Path | None:
-    """Atomically put ``new`` in place of ``db``. The old database (with its WAL) is kept as
-    ``<db>.pre-restore``; stale ``-wal``/``-shm`` files never meet the new file."""
-    kept = None
-    if db.exists():
-        with contextlib.suppress(sqlite3.Error):
-            conn = sqlite3.connect(db)  # fold the WAL into the file while we can
-            try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                conn.close()
-        kept = _sidecar(db, ".pre-restore")
-        for stale in (kept, _sidecar(kept, "-wal"), _sidecar(kept, "-shm")):
-            stale.unlink(missing_ok=True)
-        try:
-            os.link(db, kept)
-        except OSError:
-            shutil.copy2(db, kept)
-        if _sidecar(db, "-wal").exists():
-            os.replace(_sidecar(db, "-wal"), _sidecar(kept, "-wal"))
-    for stale in (_sidecar(db, "-wal"), _sidecar(db, "-shm")):
-        stale.unlink(missing_ok=True)
-    with open(new, "rb+") as handle:  # on disk before it takes the real name
-        os.fsync(handle.fileno())
-    os.replace(new, db)
-    with contextlib.suppress(OSError):
-        fd = os.open(db.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    return kept
-
-
-# -- the image store ---------------------------------------------------------------------------------------
-
-
-def image_ids(snapshot_db: Path) -> set[str]:
-    """The images a database file knows and still keeps (an older schema has none)."""
-    try:
-        conn = sqlite3.connect(f"{snapshot_db.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'images'").fetchone():
-                return set()
-            return {r[0] for r in conn.execute("SELECT id FROM images WHERE evicted_at IS NULL")}
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise SyncError(f"could not list the images of {snapshot_db.name}: {exc}") from None
-
-
-def image_path(db: Path, image_id: str) -> Path:
-    return db.parent / IMAGES_DIR / image_id[:2] / image_id
-
-
-def remote_image_name(image_id: str) -> str:
-    return f"{IMAGES_PREFIX}{image_id[:2]}/{image_id}"
+META = "backup-meta.json"
+HISTORY_PREFIX = "backups/agentmemory-"
+log = logging.getLogger("agentmemory.sync")
 
 
 def _image_operations(db: Path, wanted: set[str], files: set[str]) -> tuple[list, dict[str, int]]:

@@ -453,3 +453,29 @@ def _m013_search_fts_context(conn: sqlite3.Connection) -> None:
         ALTER TABLE search_fts_v10 RENAME TO search_fts;
         """,
     )
+
+
+@migration("lexical_outbox_time")
+def _m014_lexical_outbox_time(conn: sqlite3.Connection) -> None:
+    # When each outbox entry was written (epoch seconds): applied entries stay a while, so the
+    # searchers of other worker processes, which reload the index a moment after each commit,
+    # still find the entries their index does not hold yet. Older entries count as old enough.
+    run_script(conn, "ALTER TABLE lexical_outbox ADD COLUMN at REAL NOT NULL DEFAULT 0;")
+
+
+@migration("live_events")
+def _m015_live_events(conn: sqlite3.Connection) -> None:
+    # Live events shared by the worker processes of one node (kernel/bus.py): each process
+    # appends what it publishes and tails the table to feed its own viewers, in seq order.
+    run_script(
+        conn,
+        """
+        CREATE TABLE live_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            type TEXT NOT NULL,
+            record TEXT NOT NULL,
+            ts REAL NOT NULL,
+            origin TEXT NOT NULL
+        );
+        """,
+    )

@@ -1,7 +1,7 @@
 """The search index on SQLite: ``search_docs`` (one row per searchable record) and the FTS5 table
 ``search_fts`` (porter + unicode61) holding its text, both changed in the record's transaction.
 
-Lexical search runs on Tantivy (tantivy_index.py, fed from ``lexical_outbox``) and falls back to
+Lexical search runs on Tantivy (storage/lexical/, fed from ``lexical_outbox`` by lexical_feed.py) and falls back to
 FTS5 (lexical_fts5.py) when Tantivy is off (AGENTMEMORY_LEXICAL_ENGINE=fts5) or still building.
 """
 
@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from agentmemory_server.storage.interfaces import Doc
+from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite.common import Unit, loads
+from agentmemory_server.storage.sqlite.lexical_feed import NOW_EPOCH, SqliteLexicalFeed
 from agentmemory_server.storage.sqlite.lexical_fts5 import Fts5Lexical, doc_filters
-from agentmemory_server.storage.sqlite.tantivy_index import TantivyLexical
 
 DOC_FIELDS = ("kind", "scope", "key", "session_id", "project", "agent_id", "type", "ts", "active", "global")
 ROW = "d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts"
@@ -40,7 +41,7 @@ class SqliteSearchIndex:
     def _changed(self, rowid: int) -> None:
         """Feed the lexical engine kept outside SQLite (same transaction as the change)."""
         if self._engine is not None:
-            self.conn.execute("INSERT INTO lexical_outbox (rowid) VALUES (?)", (rowid,))
+            self.conn.execute(f"INSERT INTO lexical_outbox (rowid, at) VALUES (?, {NOW_EPOCH})", (rowid,))
             self.unit.lexical_changed = True
 
     def wiped(self) -> None:
@@ -116,7 +117,7 @@ class SqliteSearchIndex:
         if not terms:
             return []
         if self._engine is not None:
-            found = self._engine.search(self.conn, terms, weights, limit, filters)
+            found = self._engine.search(SqliteLexicalFeed(self.conn), terms, weights, limit, filters)
             if found is not None:
                 return found
         return Fts5Lexical(self.conn).search(terms, weights, limit, filters)
@@ -125,7 +126,7 @@ class SqliteSearchIndex:
         self, phrases: Sequence[Sequence[str]], *, weights: Sequence[float], limit: int, filters: Mapping[str, Any]
     ) -> list[Doc]:
         if self._engine is not None:
-            found = self._engine.search_files(self.conn, phrases, weights, limit, filters)
+            found = self._engine.search_files(SqliteLexicalFeed(self.conn), phrases, weights, limit, filters)
             if found is not None:
                 return found
         return Fts5Lexical(self.conn).search_files(phrases, weights, limit, filters)

@@ -1,38 +1,42 @@
 """Lexical search on Tantivy: BM25 with block-max WAND, so a query made of words most records hold
 costs milliseconds however big the store grows (SQLite FTS5 scores every matching row).
 
-The index is derived data kept in a directory beside the database (``<db>.tantivy``); SQLite
-stays the source of truth. Every change to a search row also appends its rowid to
-``lexical_outbox`` in the same transaction. An applier (a thread in whichever process holds
-Tantivy's writer lock) feeds the outbox into the index and commits about once a second, storing
-the last applied sequence number inside the commit itself (a metadata document), then prunes the
-outbox. So after a crash the index resumes from its last commit and replays the rest; nothing is
-rebuilt at start-up in the normal case. Records not committed yet are scored by
+The index is derived data kept in a directory on the node (``<db>.tantivy`` beside a SQLite
+file); the database stays the source of truth. Every change to a search row also appends its
+rowid to the backend's outbox in the same transaction (feed.py). An applier (a thread in
+whichever process of the node holds Tantivy's writer lock) feeds the outbox into the index and
+commits about once a second, storing the last applied sequence number inside the commit itself
+(a metadata document), then records it in the database, which prunes the outbox below what
+every live node has committed. Other processes of the node only search: Tantivy reloads their
+searcher a moment after each commit. So after a crash the index resumes from its last commit
+and replays the rest; nothing is rebuilt at start-up in the normal case. Records not committed yet are scored by
 ``tantivy_tail.PendingIndex``, so a write is searchable as soon as it is acknowledged.
 
 When the index is missing, unreadable, or older than the records (it was built while another
 engine served writes), it is rebuilt in the background with progress in /health, and searches
-are answered by FTS5 meanwhile (``search`` returns None). An idle applier also checks now and
-then that the index holds exactly one document per active search row; a difference (a lost
-segment, a bug) is repaired by a rebuild while the old index keeps answering.
+are answered by the database's own full-text engine meanwhile (``search`` returns None). An idle
+applier also checks now and then that the index holds exactly one document per active search
+row; a difference (a lost segment, a bug) is repaired by a rebuild while the old index keeps
+answering.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import shutil
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import tantivy
 
 from agentmemory_server.storage.interfaces import Doc
-from agentmemory_server.storage.sqlite.tantivy_tail import (
+from agentmemory_server.storage.lexical.feed import LexicalFeed
+from agentmemory_server.storage.lexical.tantivy_tail import (
     COLUMNS,
     FILES,
     WEIGHTED,
@@ -41,9 +45,6 @@ from agentmemory_server.storage.sqlite.tantivy_tail import (
     column_repeats,
 )
 from agentmemory_server.threads import lower_thread_priority
-
-if TYPE_CHECKING:
-    from agentmemory_server.storage.sqlite.database import Database
 
 log = logging.getLogger("agentmemory.lexical")
 
@@ -62,14 +63,29 @@ VERIFY_SECONDS = 600.0
 FIRST_VERIFY_SECONDS = 30.0
 AVG_LEN_SAMPLE = 1000
 AVG_LEN_SECONDS = 600.0
-DOC_SQL = (
-    "SELECT d.id, d.kind, d.type, d.project, d.agent_id, d.session_id, d.ts, d.active, d.global, "
-    "f.title, f.body, f.concepts, f.files, f.context FROM search_docs d JOIN search_fts f ON f.rowid = d.id "
-)
-ROW_SQL = (
-    "SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.ts FROM search_docs d WHERE d.id IN "
-)
+# Applied outbox entries stay this long: searchers of this node in other processes reload the
+# index a moment after a commit (Tantivy watches its meta file) and read the pending tail from
+# the outbox until then.
+KEEP_APPLIED_SECONDS = 30.0
+# How long a searching-only process keeps one searcher (well inside KEEP_APPLIED_SECONDS).
+VIEW_SECONDS = 0.25
 ROW_COLUMNS = ("rowid", "doc_id", "kind", "scope", "key", "session_id", "project", "ts")
+
+
+class FeedSource(Protocol):
+    """How the engine reaches its backend's change feed outside a request."""
+
+    def reading(self) -> LexicalFeed:
+        """A feed on a reader (each call may use another connection)."""
+        ...
+
+    def writing(self) -> AbstractContextManager[LexicalFeed]:
+        """A feed inside a short write transaction (pruning the outbox)."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[LexicalFeed]:
+        """A feed whose queries all see one state (comparing the index with the records)."""
+        ...
 
 
 def build_schema() -> tantivy.Schema:
@@ -107,11 +123,27 @@ def ts_millis(ts: str | None) -> int:
 
 
 class TantivyLexical:
-    """The Tantivy engine of one process. :param background: run the applier thread."""
+    """The Tantivy engine of one process.
 
-    def __init__(self, directory: Path, db: Database, *, weights: Mapping[str, float], stale: bool, background: bool):
+    :param directory: this node's index (processes of one node share it; one of them applies).
+    :param feeds: the backend's change feed.
+    :param node: names this index among the nodes sharing the outbox (the outbox is pruned only
+        below what every live node has committed).
+    :param background: run the applier thread."""
+
+    def __init__(
+        self,
+        directory: Path,
+        feeds: FeedSource,
+        *,
+        weights: Mapping[str, float],
+        stale: bool,
+        background: bool,
+        node: str = "local",
+    ):
         self.dir = directory
-        self._db = db
+        self._feeds = feeds
+        self.node = node
         self.repeats = column_repeats(weights)  # {} (no weights given) repeats every column once
         self.schema = build_schema()
         self.analyzer = build_analyzer()
@@ -131,6 +163,7 @@ class TantivyLexical:
         self._next_verify = time.monotonic() + FIRST_VERIFY_SECONDS
         self._wake, self._stop = threading.Event(), threading.Event()
         self._view: tuple[tantivy.Searcher, int | None] | None = None
+        self._view_at = 0.0
         self.index = self._open(stale)
         # A store with no search rows yet needs no build: its outbox holds every change to come.
         self._fresh = self._read_meta(self.index.searcher()) is None and not self._has_docs()
@@ -180,11 +213,15 @@ class TantivyLexical:
 
     def view(self) -> tuple[tantivy.Searcher, int | None]:
         """The current searcher and the outbox sequence its commit holds (``committed_seq``),
-        read once per reload rather than by a metadata query on every search."""
+        read once per reload rather than by a metadata query on every search. A process that
+        does not apply (another worker of the node) never reloads itself: Tantivy reloads its
+        reader after another process's commit, so its view is read again every ``VIEW_SECONDS``."""
         view = self._view
-        if view is None:
+        now = time.monotonic()
+        if view is None or (self._writer is None and now - self._view_at >= VIEW_SECONDS):
             searcher = self.index.searcher()
             view = self._view = (searcher, self.committed_seq(searcher))
+            self._view_at = now
         return view
 
     def committed_seq(self, searcher: tantivy.Searcher) -> int | None:
@@ -200,15 +237,15 @@ class TantivyLexical:
         return int(value) if isinstance(value, int) else 0
 
     def _has_docs(self) -> bool:
-        return bool(self._db.reader().conn.execute("SELECT EXISTS (SELECT 1 FROM search_docs)").fetchone()[0])
+        return self._feeds.reading().has_docs()
 
     def health(self) -> dict[str, Any]:
         searcher, committed = self.view()
-        conn = self._db.reader().conn
-        newest = conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0]
+        newest = self._feeds.reading().newest_seq()
         state = "building" if self.building else "ready" if committed is not None else "not built"
         return {
             "engine": "tantivy",
+            "node": self.node,
             "state": state,
             "documents": max(0, searcher.num_docs - 1),
             "committedSeq": committed,
@@ -222,16 +259,16 @@ class TantivyLexical:
 
     # ---- searching ---------------------------------------------------------------------------------
     def search(
-        self, conn: Any, terms: Sequence[str], weights: Sequence[float], limit: int, filters: Mapping[str, Any]
+        self, feed: LexicalFeed, terms: Sequence[str], weights: Sequence[float], limit: int, filters: Mapping[str, Any]
     ) -> list[Doc] | None:
         # ``weights`` were applied when the records were indexed (column_repeats).
         tokens = list(dict.fromkeys(tok for term in terms for tok in self.analyze(term)))
         clauses = [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, WEIGHTED, tok)) for tok in tokens]
-        return self._run_query(conn, clauses, tokens, {WEIGHTED: 1.0}, limit, filters, files=None)
+        return self._run_query(feed, clauses, tokens, {WEIGHTED: 1.0}, limit, filters, files=None)
 
     def search_files(
         self,
-        conn: Any,
+        feed: LexicalFeed,
         phrases: Sequence[Sequence[str]],
         weights: Sequence[float],
         limit: int,
@@ -248,11 +285,11 @@ class TantivyLexical:
             )
             clauses.append((tantivy.Occur.Should, tantivy.Query.boost_query(query, boost)))
         tokens = list(dict.fromkeys(t for toks in token_phrases for t in toks))
-        return self._run_query(conn, clauses, tokens, {FILES: boost}, limit, filters, files=token_phrases)
+        return self._run_query(feed, clauses, tokens, {FILES: boost}, limit, filters, files=token_phrases)
 
     def _run_query(
         self,
-        conn: Any,
+        feed: LexicalFeed,
         clauses: list,
         tokens: list[str],
         boosts: Mapping[str, float],
@@ -267,10 +304,10 @@ class TantivyLexical:
         if not clauses:
             return []
         with self._pending_lock:
-            if not self.pending.sync(conn, committed, PENDING_LIMIT):
+            if not self.pending.sync(feed, committed, PENDING_LIMIT):
                 return None
             hidden = self.pending.hidden
-            stats = Statistics(max(0, searcher.num_docs - 1), searcher.doc_freq, self._avg_len(conn), self.pending)
+            stats = Statistics(max(0, searcher.num_docs - 1), searcher.doc_freq, self._avg_len(feed), self.pending)
             tail = self.pending.score(tokens, boosts, stats, filters)
             if files is not None:
                 matching = {d.rowid for d in self.pending.files_matching(files, filters)}
@@ -281,7 +318,7 @@ class TantivyLexical:
         scored = self._top(searcher, self._with_filters(tantivy.Query.boolean_query(clauses), filters), hidden, limit)
         scored += [(score, doc.rowid) for score, doc in tail]
         scored.sort(key=lambda pair: -pair[0])
-        return self._docs(conn, scored[:limit])
+        return self._docs(feed, scored[:limit])
 
     def _top(
         self, searcher: tantivy.Searcher, query: tantivy.Query, hidden: set[int], limit: int
@@ -331,27 +368,22 @@ class TantivyLexical:
         clauses += [(tantivy.Occur.MustNot, q) for q in must_not]
         return tantivy.Query.boolean_query(clauses)
 
-    def _docs(self, conn: Any, scored: list[tuple[float, int]]) -> list[Doc]:
+    def _docs(self, feed: LexicalFeed, scored: list[tuple[float, int]]) -> list[Doc]:
         if not scored:
             return []
         scores = {rowid: score for score, rowid in scored}
-        rows = conn.execute(ROW_SQL + f"({','.join('?' * len(scores))}) AND d.active = 1", list(scores)).fetchall()
+        rows = feed.results(list(scores))
         docs = [{**dict(zip(ROW_COLUMNS, row, strict=True)), "score": scores[row[0]]} for row in rows]
         docs.sort(key=lambda d: d["ts"] or "", reverse=True)  # ties: newest first, as FTS5 orders them
         docs.sort(key=lambda d: -d["score"])
         return docs
 
-    def _avg_len(self, conn: Any) -> dict[str, float]:
+    def _avg_len(self, feed: LexicalFeed) -> dict[str, float]:
         """Average field lengths in tokens, from a sample of stored records (refreshed now and then)."""
         now = time.monotonic()
         if self._avg is not None and now - self._avg[0] < AVG_LEN_SECONDS:
             return self._avg[1]
-        top = conn.execute("SELECT coalesce(max(id), 0) FROM search_docs").fetchone()[0]
-        start = random.randint(1, max(1, top - AVG_LEN_SAMPLE))
-        rows = conn.execute(
-            "SELECT title, body, concepts, files, context FROM search_fts WHERE rowid >= ? LIMIT ?",
-            (start, AVG_LEN_SAMPLE),
-        ).fetchall()
+        rows = feed.text_sample(AVG_LEN_SAMPLE)
         sums = {WEIGHTED: 0, FILES: 0}
         for row in rows:
             for column, text in zip(COLUMNS, row, strict=True):
@@ -396,16 +428,14 @@ class TantivyLexical:
             writer = self._acquire_writer()
             if writer is None:
                 return 0
-            conn = self._db.reader().conn
+            feed = self._feeds.reading()
             if self._committed == 0 and self._applied == 0:
-                self._resume(conn)
-            if self.building is not None or self._needs_rebuild(conn):
-                self._rebuild(conn, writer)
-            rows = conn.execute(
-                "SELECT seq, rowid FROM lexical_outbox WHERE seq > ? ORDER BY seq LIMIT ?", (self._applied, APPLY_BATCH)
-            ).fetchall()
+                self._resume()
+            if self.building is not None or self._needs_rebuild(feed):
+                self._rebuild(feed, writer)
+            rows = feed.entries_after(self._applied, APPLY_BATCH)
             if rows:
-                self._apply_rows(conn, writer, rows)
+                self._apply_rows(feed, writer, rows)
             due = time.monotonic() - self._last_commit >= COMMIT_SECONDS or self._uncommitted >= COMMIT_MAX_CHANGES
             if self._uncommitted and (commit_due or due):
                 self._commit(writer)
@@ -426,10 +456,8 @@ class TantivyLexical:
             writer = self._acquire_writer()
             if writer is None or self._uncommitted or self.building is not None:
                 return None
-            with self._db.snapshot_reader() as store:
-                conn = store.conn
-                newest = conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0]
-                records = conn.execute("SELECT count(*) FROM search_docs WHERE active = 1").fetchone()[0]
+            with self._feeds.snapshot() as snapshot:
+                newest, records = snapshot.newest_seq(), snapshot.active_count()
             if newest > self._committed:
                 return None  # writes arrived since; the next idle moment compares
             self._next_verify = time.monotonic() + VERIFY_SECONDS
@@ -444,7 +472,7 @@ class TantivyLexical:
             if documents != records:
                 self.repairs += 1
                 log.warning("the lexical index holds %d documents for %d records; rebuilding it", documents, records)
-                self._rebuild(self._db.reader().conn, writer)
+                self._rebuild(self._feeds.reading(), writer)
             return self.verified
 
     def flush(self) -> None:
@@ -453,37 +481,40 @@ class TantivyLexical:
             pass
         self.apply(commit_due=True)
 
-    def _resume(self, conn: Any) -> None:
+    def _resume(self) -> None:
         seq = self.committed_seq(self.index.searcher())
         if seq is not None:
             self._applied = self._committed = seq
 
-    def _needs_rebuild(self, conn: Any) -> bool:
-        if self._read_meta(self.index.searcher()) is not None:
-            return False
+    def _needs_rebuild(self, feed: LexicalFeed) -> bool:
+        committed = self._read_meta(self.index.searcher())
+        if committed is not None:
+            # Entries this index never applied were pruned (this node was away longer than the
+            # other nodes keep the outbox for it): only a rebuild brings it back.
+            return feed.pruned_through() > self._applied
         if self._fresh:  # commit the (empty) state now so other processes see a built index
             self._uncommitted = max(self._uncommitted, 1)
             return False
         return True
 
-    def _apply_rows(self, conn: Any, writer: tantivy.IndexWriter, rows: list[tuple[int, int]]) -> None:
+    def _apply_rows(self, feed: LexicalFeed, writer: tantivy.IndexWriter, rows: list[tuple[int, int]]) -> None:
         changed: dict[int, int] = {}
         for seq, rowid in rows:
             if rowid < 0:  # everything before this entry was wiped
-                self._apply_changed(conn, writer, changed)
+                self._apply_changed(feed, writer, changed)
                 changed = {}
                 writer.delete_all_documents()
             else:
                 changed[rowid] = seq
-        self._apply_changed(conn, writer, changed)
+        self._apply_changed(feed, writer, changed)
         self._applied = rows[-1][0]
         self._uncommitted += len(rows)
 
-    def _apply_changed(self, conn: Any, writer: tantivy.IndexWriter, changed: dict[int, int]) -> None:
+    def _apply_changed(self, feed: LexicalFeed, writer: tantivy.IndexWriter, changed: dict[int, int]) -> None:
         rowids = list(changed)
         for start in range(0, len(rowids), 500):
             chunk = rowids[start : start + 500]
-            rows = {r[0]: r for r in conn.execute(DOC_SQL + f"WHERE d.id IN ({','.join('?' * len(chunk))})", chunk)}
+            rows = {r[0]: r for r in feed.documents(chunk)}
             for rowid in chunk:
                 writer.delete_documents_by_query(self._rowid_query(rowid))
                 row = rows.get(rowid)
@@ -525,20 +556,20 @@ class TantivyLexical:
         writer.commit()
         self._reload()
         self._committed, self._uncommitted, self._last_commit = self._applied, 0, time.monotonic()
-        with self._db.transaction("lexical_commit") as unit:
-            unit.conn.execute("DELETE FROM lexical_outbox WHERE seq <= ?", (self._committed,))
+        with self._feeds.writing() as feed:
+            feed.applied(self.node, self._committed, time.time(), keep_seconds=KEEP_APPLIED_SECONDS)
 
-    def _rebuild(self, conn: Any, writer: tantivy.IndexWriter) -> None:
+    def _rebuild(self, feed: LexicalFeed, writer: tantivy.IndexWriter) -> None:
         """Index every active record again, in rowid order, then resume from the outbox."""
-        start_seq = conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0]
-        total = conn.execute("SELECT count(*) FROM search_docs WHERE active = 1").fetchone()[0]
+        start_seq = feed.newest_seq()
+        with self._feeds.writing() as claim:  # other nodes keep the outbox after start_seq for us
+            claim.applied(self.node, start_seq, time.time(), keep_seconds=KEEP_APPLIED_SECONDS)
+        total = feed.active_count()
         self.building = {"done": 0, "total": total}
         log.warning("building the lexical index of %d records in %s (searches use FTS5 meanwhile)", total, self.dir)
         writer.delete_all_documents()
         after = 0
-        while rows := conn.execute(
-            DOC_SQL + "WHERE d.id > ? AND d.active = 1 ORDER BY d.id LIMIT ?", (after, APPLY_BATCH)
-        ).fetchall():
+        while rows := feed.documents_after(after, APPLY_BATCH):
             for row in rows:
                 writer.add_document(self._document(row))
             after = rows[-1][0]

@@ -1,7 +1,7 @@
 """The records Tantivy has not committed yet, searchable at once.
 
 A Tantivy commit costs tens of milliseconds (it syncs files to disk), so the index commits about
-once a second; until then a new record lives only in SQLite and in ``lexical_outbox``. Each
+once a second; until then a new record lives only in the database and its outbox. Each
 process keeps those pending records in a small in-memory inverted index (this module) and
 scores them with the BM25 formula Tantivy uses, taking document frequencies from the committed
 index, so a record is found by the next search after its write is acknowledged. Pending records
@@ -11,11 +11,12 @@ also hide their committed, older versions (an edit, a deletion, a deactivation).
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from agentmemory_server.storage.lexical.feed import LexicalFeed
 
 # The text columns of a search row, in storage order.
 COLUMNS = ("title", "body", "concepts", "files", "context")
@@ -35,12 +36,6 @@ def column_repeats(weights: Mapping[str, float]) -> dict[str, int]:
 
 # Tantivy's BM25 constants.
 K1, B = 1.2, 0.75
-# Rows selected with each pending record: its metadata and text.
-PENDING_SQL = (
-    "SELECT d.id, d.doc_id, d.kind, d.scope, d.key, d.session_id, d.project, d.agent_id, d.type, d.ts, d.active, "
-    "d.global, f.title, f.body, f.concepts, f.files, f.context FROM search_docs d "
-    "JOIN search_fts f ON f.rowid = d.id WHERE d.id IN ({marks})"
-)
 
 
 @dataclass
@@ -123,24 +118,21 @@ class PendingIndex:
         self._loaded: dict[int, int] = {}  # rowid -> outbox seq it was loaded at
         self.seen_seq = 0
 
-    def sync(self, conn: sqlite3.Connection, committed_seq: int, limit: int) -> bool:
+    def sync(self, feed: LexicalFeed, committed_seq: int, limit: int) -> bool:
         """Catch up with the outbox after ``committed_seq``; False when more than ``limit``
         records are pending (the caller answers from another engine meanwhile)."""
         for rowid in [r for r, seq in self._loaded.items() if seq <= committed_seq]:
             self._loaded.pop(rowid)
             self._put(rowid, None, keep=False)
         self.seen_seq = max(self.seen_seq, committed_seq)
-        pending = conn.execute("SELECT count(*) FROM lexical_outbox WHERE seq > ?", (committed_seq,)).fetchone()[0]
-        if pending > limit:
+        if feed.count_after(committed_seq) > limit:
             return False
         changed: dict[int, int] = {}
-        for seq, rowid in conn.execute(
-            "SELECT seq, rowid FROM lexical_outbox WHERE seq > ? ORDER BY seq", (self.seen_seq,)
-        ):
+        for seq, rowid in feed.entries_after(self.seen_seq):
             changed[rowid] = seq
             self.seen_seq = max(self.seen_seq, seq)
         if changed:
-            self._load(conn, changed)
+            self._load(feed, changed)
         return True
 
     def _put(self, rowid: int, doc: PendingDoc | None, *, keep: bool = True) -> None:
@@ -165,12 +157,11 @@ class PendingIndex:
                 for token in counts:
                     self.postings.setdefault((name, token), set()).add(rowid)
 
-    def _load(self, conn: sqlite3.Connection, changed: dict[int, int]) -> None:
+    def _load(self, feed: LexicalFeed, changed: dict[int, int]) -> None:
         rowids = [r for r in changed if r >= 0]
         found: dict[int, PendingDoc] = {}
         for start in range(0, len(rowids), 500):
-            chunk = rowids[start : start + 500]
-            for row in conn.execute(PENDING_SQL.format(marks=",".join("?" * len(chunk))), chunk):
+            for row in feed.pending(rowids[start : start + 500]):
                 found[row[0]] = self._pending_doc(row)
         for rowid, seq in changed.items():
             if rowid < 0:

@@ -1,0 +1,226 @@
+"""People and agents: who a token speaks for, and what it may do.
+
+``AGENTMEMORY_SECRET`` (or the generated secret file) stays the admin token, so upstream's hooks
+and MCP shim work unchanged. Other tokens are created with ``agentmemory tokens create`` (or the
+admin routes) and stored hashed (SHA-256 of a 256-bit random token: nothing to brute-force) as
+records of ``mem:tokens``. Each names a principal (a person or an agent), the projects it may
+touch (``*`` = all) and its rights:
+
+- ``read``: tools that only read (GET routes, searches, context);
+- ``write``: everything else that changes memory;
+- ``admin``: import, export, reindex, stats, audit, heal, governance deletes, tokens.
+
+A caller with a principal token works in an isolated scope of its own, the proven isolated
+agent scope (``kernel/access.py``) with the principal as the agent: records it writes are
+stamped with it and it reads only those. A project outside its list is refused (403) whenever a
+call names one. Lookups are cached for ``CACHE_SECONDS`` per process, so a revoked token stops
+working on every node within that time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from agentmemory_server import errors
+from agentmemory_server.errors import Forbidden, InvalidInput
+from agentmemory_server.kernel.scopes import TOKENS
+
+CACHE_SECONDS = 5.0
+RIGHTS = ("read", "write", "admin")
+KINDS = ("person", "agent")
+_PRINCIPAL = re.compile(r"^[A-Za-z0-9_.@\-]{1,64}$")
+TOKEN_PREFIX = "amk_"
+
+# Tools that change nothing although they are reached by POST (searches and packing context).
+READ_TOOLS = frozenset(
+    {
+        "context",
+        "memory_recall",
+        "memory_smart_search",
+        "memory_timeline",
+        "file_context",
+        "memory_lesson_recall",
+        "memory_lesson_search",
+        "memory_sessions_list",
+        "memory_diagnose",
+        "patterns",
+        "mcp_resource_read",
+        "mcp_prompt_get",
+        "memory_working_get",
+        "memory_working_stats",
+        "memory_graph_query",
+    }
+)
+# Tools that act on the whole store, or on who may use it.
+ADMIN_TOOLS = frozenset(
+    {
+        "import",
+        "memory_export",
+        "reindex",
+        "stats",
+        "memory_audit",
+        "diagnostics_heal",
+        "memory_governance_delete",
+        "auto_forget",
+        "evict",
+        "lesson_decay",
+        "tokens_create",
+        "tokens_list",
+        "tokens_revoke",
+    }
+)
+
+
+def right_needed(tool: Any) -> str:
+    """``read``, ``write`` or ``admin`` for a registry tool."""
+    if tool.name in ADMIN_TOOLS:
+        return "admin"
+    if tool.name in READ_TOOLS or (tool.routes and all(r.method == "GET" for r in tool.routes)):
+        return "read"
+    return "write"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling. ``admin`` is the secret's holder: every right, every project, no scope."""
+
+    name: str
+    kind: str = "agent"
+    projects: tuple[str, ...] = ("*",)
+    rights: frozenset[str] = frozenset(RIGHTS)
+    token_id: str | None = None
+
+    @property
+    def is_admin_token(self) -> bool:
+        return self.token_id is None
+
+    def may(self, right: str) -> bool:
+        return right in self.rights
+
+    def allows_project(self, project: str | None) -> bool:
+        return project is None or "*" in self.projects or project in self.projects
+
+
+ADMIN = Principal("admin", kind="person")
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_record(principal: str, kind: str, projects: Iterable[str], rights: Iterable[str], now: str) -> dict:
+    """A new token's stored record (without the token); raises InvalidInput on bad fields."""
+    if not _PRINCIPAL.match(principal or ""):
+        raise InvalidInput("principal: 1-64 letters, digits, '_', '.', '@' or '-'", field="principal")
+    if kind not in KINDS:
+        raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", field="kind")
+    chosen = sorted(set(rights), key=RIGHTS.index) if set(rights) <= set(RIGHTS) else None
+    if not chosen:
+        raise InvalidInput(f"rights: one or more of {', '.join(RIGHTS)}", field="rights")
+    listed = sorted({p.strip() for p in projects if p and p.strip()}) or ["*"]
+    return {"principal": principal, "kind": kind, "projects": listed, "rights": chosen, "createdAt": now}
+
+
+def principal_of(record: dict[str, Any], token_id: str) -> Principal:
+    return Principal(
+        name=record["principal"],
+        kind=record.get("kind", "agent"),
+        projects=tuple(record.get("projects") or ("*",)),
+        rights=frozenset(record.get("rights") or ()),
+        token_id=token_id,
+    )
+
+
+class TokenCache:
+    """Token hash -> Principal (or None for unknown/revoked), per process, for CACHE_SECONDS."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    def lookup(self, db: Any, token: str) -> Principal | None:
+        digest = hash_token(token)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(digest)
+        if hit is not None and now - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        record = db.reader().records.get(TOKENS, digest)
+        found = None if record is None or record.get("revokedAt") else principal_of(record, digest[:12])
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[digest] = (now, found)
+        return found
+
+    def forget(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def authorize(principal: Principal | None, tool: Any, args: dict[str, Any]) -> None:
+    """Refuse a call the principal's token does not allow (403, counted by the caller)."""
+    if principal is None or principal.is_admin_token:
+        return
+    needed = right_needed(tool)
+    if not principal.may(needed):
+        raise Forbidden(
+            f"the token of {principal.name!r} lacks the {needed!r} right that {tool.name} needs",
+            code=errors.TOKEN_RIGHTS,
+        )
+    project = args.get("project")
+    if isinstance(project, str) and not principal.allows_project(project):
+        raise Forbidden(
+            f"the token of {principal.name!r} is not valid for project {project!r}", code=errors.TOKEN_PROJECT
+        )
+
+
+def scope_call(ctx: Any, tool: Any, args: dict[str, Any]) -> None:
+    """Check a call against the caller's token before it runs; a refusal is counted and logged
+    with the other denials (``auth.Denials``). A token limited to one project writes there when
+    a call names none."""
+    principal = ctx.principal
+    if principal.is_admin_token:
+        return
+    try:
+        authorize(principal, tool, args)
+    except Forbidden as exc:
+        ctx.rt.deny(exc.code, f"{tool.name} as {principal.name}", ctx.source)
+        raise
+    projects = [p for p in principal.projects if p != "*"]
+    takes_project = "project" in (tool.schema.get("properties") or {})
+    if takes_project and args.get("project") is None and len(projects) == 1 and "*" not in principal.projects:
+        args["project"] = projects[0]
+
+
+# The principal of the request this thread is serving (set by the HTTP adapter for the request's
+# lifetime); every Ctx made while serving it carries it (kernel/registry.Ctx).
+CALLER: ContextVar[Principal | None] = ContextVar("agentmemory_caller", default=None)
+
+
+def current() -> Principal | None:
+    return CALLER.get()
+
+
+def authenticate(rt: Any, token: str | None) -> Principal | None:
+    """The principal a presented token speaks for: ADMIN for the server's secret, a principal
+    for a live API token, None for anything else (refuse it)."""
+    secret = rt.settings.secret
+    if not token:
+        return None
+    if secret and hmac.compare_digest(token.encode("utf-8", "replace"), secret.encode("utf-8")):
+        return ADMIN
+    return rt.tokens.lookup(rt.db, token)

@@ -1,0 +1,525 @@
+"""PostgreSQL storage: the connection pool, transactions and units of work.
+
+Concurrency discipline. Reads borrow a pooled connection for one statement at a time
+(autocommit, READ COMMITTED), so a reader never holds a connection between statements and a
+worker's threads share a small pool. Every write transaction first takes one cluster-wide
+advisory lock (``WRITE_LOCK``): writes are serialised as they are on SQLite (one writer at a
+time, whatever the node), so every read-modify-write in the features stays correct without
+retries, and outbox sequence numbers commit in order (lexical_feed.py relies on it). A write
+transaction holds the lock for its few statements only; measured in bench/cluster.py.
+
+The repositories (records.py, search_index.py, ...) hold every SQL statement; this module only
+connects, migrates and hands out units of work. A psycopg error becomes an ``AppError``: a
+value PostgreSQL cannot store is a 400, a lost or exhausted connection a 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+from pgvector.psycopg import register_vector
+
+from agentmemory_server import errors
+from agentmemory_server.errors import AppError, Unavailable
+from agentmemory_server.storage import interfaces
+from agentmemory_server.storage.interfaces import RecordIndex
+from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
+from agentmemory_server.storage.postgres.admin import PgAdmin
+from agentmemory_server.storage.postgres.audit import PgAuditLog
+from agentmemory_server.storage.postgres.capture import PgCaptureInbox
+from agentmemory_server.storage.postgres.common import Result, SqlConn
+from agentmemory_server.storage.postgres.faults import classify, damaged
+from agentmemory_server.storage.postgres.images import PgImageIndex
+from agentmemory_server.storage.postgres.jobs import PgJobQueue
+from agentmemory_server.storage.postgres.lexical_feed import PgFeeds
+from agentmemory_server.storage.postgres.live import NotifySignal, PgEventLog
+from agentmemory_server.storage.postgres.migrations import MIGRATIONS
+from agentmemory_server.storage.postgres.records import PgCaptureLog, PgRecords, ensure_indexes
+from agentmemory_server.storage.postgres.search_index import PgSearchIndex
+from agentmemory_server.storage.postgres.usage import PgModelUsage
+from agentmemory_server.storage.postgres.vectors import PgVectorIndex, PgVectorStore
+from agentmemory_server.storage.postgres.working import PgWorkingStore
+from agentmemory_server.storage.sqlite.bounds import QueueBounds
+from agentmemory_server.storage.sqlite.faults import FreeSpace
+
+log = logging.getLogger("agentmemory.postgres")
+
+# Advisory lock keys (one 64-bit namespace per database).
+WRITE_LOCK = 0x616D_0001
+MIGRATE_LOCK = 0x616D_0002
+POOL_TIMEOUT_SECONDS = 30.0
+
+
+class SchemaTooNew(AppError):
+    status = 503
+    code = errors.SCHEMA_TOO_NEW
+
+
+def redacted(url: str) -> str:
+    """The URL without its password (for /health, logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def translate(exc: psycopg.Error) -> AppError:
+    return classify(exc, "the database") or Unavailable(
+        f"the database failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); retry shortly",
+        code=errors.DATABASE_BUSY,
+    )
+
+
+def configure_connection(conn: psycopg.Connection) -> None:
+    """Every pooled connection: pgvector's type, and HNSW scans that continue past the first
+    candidates while a filter (a project, an agent) drops them, so a filtered search still
+    returns its k rows (pgvector 0.8's iterative index scans)."""
+    register_vector(conn)
+    conn.execute("SET hnsw.iterative_scan = relaxed_order")
+    conn.execute("SET hnsw.ef_search = 100")
+
+
+class Rows:
+    """The rows of one statement, fetched before its pooled connection went back."""
+
+    def __init__(self, rows: list[Any], rowcount: int):
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+class PooledReader:
+    """A connection-like object for readers: each statement borrows a pooled connection."""
+
+    def __init__(self, db: PostgresDatabase):
+        self._db = db
+
+    def execute(self, query: Any, params: Sequence[Any] | None = None) -> Result:
+        if not str(query).lstrip()[:6].upper() == "SELECT":
+            raise PermissionError(f"a reader cannot run {str(query)[:40]!r}; open a transaction to write")
+        try:
+            with self._db.pool.connection(timeout=POOL_TIMEOUT_SECONDS) as conn:
+                cur = conn.execute(query, params)
+                rows = cur.fetchall() if cur.description is not None else []
+                return Rows(rows, cur.rowcount)
+        except psycopg_pool.PoolTimeout as exc:
+            raise Unavailable("no database connection free; retry shortly", code=errors.DATABASE_BUSY) from exc
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+
+class TxConnection:
+    """The connection of one transaction (or snapshot), with errors translated."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.raw = conn
+
+    def execute(self, query: Any, params: Sequence[Any] | None = None) -> Result:
+        try:
+            return self.raw.execute(query, params)  # type: ignore[return-value]
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+
+class PostgresUnitOfWork:
+    """The repositories bound to one connection (a transaction's, or the pooled reader)."""
+
+    def __init__(
+        self,
+        conn: SqlConn,
+        *,
+        writable: bool,
+        engine: TantivyLexical | None = None,
+        bounds: QueueBounds | None = None,
+        record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+        prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+    ):
+        self.conn = conn
+        self.writable = writable
+        self.bounds = bounds or QueueBounds({})
+        self.record_indexes = record_indexes or {}
+        self.prefix_indexes = prefix_indexes or {}
+        self.lexical_changed = False
+        self.changed: list[str] = []
+        self.audit_message: str | None = None
+        self.audit_details: dict[str, Any] = {}
+        self._after_commit: list[Callable[[], None]] = []
+        self.records = PgRecords(self)
+        self.events = PgCaptureLog(self)
+        self.inbox = PgCaptureInbox(self)
+        self.images = PgImageIndex(self)
+        self.vectors = PgVectorStore(self)
+        self.index = PgSearchIndex(self, self.vectors, engine)
+        self.audit = PgAuditLog(self)
+        self.jobs = PgJobQueue(self)
+        self.usage = PgModelUsage(self)
+        self.working = PgWorkingStore(self)
+        self.admin = PgAdmin(self, self.index)
+        self.live = PgEventLog(self)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._after_commit.append(fn)
+
+    def touch(self, scope: str, key: str) -> None:
+        self.changed.append(f"{scope}/{key}")
+
+    def record_change(self, what: str, message: str | None = None) -> None:
+        self.changed.append(what)
+        if message:
+            self.audit_message = message
+
+
+class PostgresDatabase:
+    """Owns the pool for one PostgreSQL database.
+
+    :param url: ``postgresql://user:password@host:port/dbname`` (libpq URI or key=value).
+    :param local_path: where this node keeps its own state (its parent directory holds the
+        Tantivy index); the database itself is the URL's.
+    :param pool_size: most connections this process opens.
+    :param queue_limits: most entries of the durable queues (see ``sqlite.bounds.QueueBounds``;
+        counted per process, as on SQLite).
+    :raise SchemaTooNew: the database was written by a newer version of this server.
+
+    Faults (``storage/postgres/faults.py``): damaged data reported by the server marks this
+    node's view damaged (writes refused until restart); /health's disk is this node's own disk
+    (its Tantivy index and images), the server's disk being the server's to watch.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        local_path: Path,
+        now: Callable[[], str],
+        record_indexes: Iterable[RecordIndex] = (),
+        lexical_engine: str = "tantivy",
+        lexical_weights: Mapping[str, float] | None = None,
+        background: bool = True,
+        pool_size: int = 10,
+        node: str | None = None,
+        queue_limits: Mapping[str, int] | None = None,
+    ):
+        self.url = url
+        self.location = redacted(url)
+        self.path = Path(local_path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._now = now
+        self._local = threading.local()
+        self._closed = False
+        self.last_write = 0.0
+        self.bounds = QueueBounds(queue_limits or {})
+        self.space = FreeSpace(self.path, reserve=0, warn=0)
+        self.damage: dict[str, Any] | None = None
+        self.last_check: dict[str, Any] | None = None
+        record_indexes = tuple(record_indexes)
+        self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
+        for spec in record_indexes:
+            into = self._prefix_indexes if spec.prefix else self._record_indexes
+            into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
+        self._vector_indexes: dict[tuple[str, int], PgVectorIndex] = {}
+        database_id = self._migrate(record_indexes)
+        self.pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max(2, pool_size),
+            kwargs={"autocommit": True},
+            configure=configure_connection,
+            name="agentmemory",
+            open=True,
+        )
+        self.lexical: TantivyLexical | None = None
+        stale = self._engine_switched(lexical_engine)
+        if lexical_engine == "tantivy":
+            directory = self.path.parent / f"tantivy-{database_id}"
+            self.lexical = TantivyLexical(
+                directory,
+                PgFeeds(self),
+                weights=lexical_weights or {},
+                stale=stale,
+                background=background,
+                node=node or f"{socket.gethostname()}:{directory}",
+            )
+
+    # ---- schema
+    def _migrate(self, record_indexes: Iterable[RecordIndex]) -> str:
+        """Apply missing migrations and record indexes under an advisory lock; returns the
+        database's id (names this node's index directory, so two databases never share one)."""
+        try:
+            conn = psycopg.connect(self.url, autocommit=True)
+        except psycopg.Error as exc:
+            raise Unavailable(f"cannot connect to {self.location}: {exc}", code=errors.DATABASE_BUSY) from exc
+        with conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS agentmemory_schema (version INTEGER NOT NULL, id TEXT NOT NULL)")
+            row = conn.execute("SELECT version, id FROM agentmemory_schema").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO agentmemory_schema VALUES (0, %s)", (secrets.token_hex(6),))
+                row = conn.execute("SELECT version, id FROM agentmemory_schema").fetchone()
+            assert row is not None
+            version, database_id = row
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(
+                    f"{self.location} has schema version {version} but this server knows {len(MIGRATIONS)}; "
+                    "upgrade agentmemory-python before opening it"
+                )
+            for number, (_name, fn) in enumerate(MIGRATIONS[version:], start=version + 1):
+                with conn.transaction():
+                    fn(conn)
+                    conn.execute("UPDATE agentmemory_schema SET version = %s", (number,))
+            ensure_indexes(TxConnection(conn), record_indexes)
+            self._check_collation(conn)
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+        return str(database_id)
+
+    def _check_collation(self, conn: psycopg.Connection) -> None:
+        row = conn.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()").fetchone()
+        collation = row[0] if row else None
+        if collation not in ("C", "POSIX", "C.UTF-8", "C.utf8", "ucs_basic"):
+            log.warning(
+                "database collation is %s: record fields compare as JSON strings in that order; create the "
+                "database with LC_COLLATE 'C' (as SQLite compares) for identical listings",
+                collation,
+            )
+
+    def _engine_switched(self, engine: str) -> bool:
+        with self.transaction("lexical_engine") as unit:
+            conn = unit.conn
+            row = conn.execute("SELECT value FROM lexical_state WHERE name = 'engine'").fetchone()
+            if row is None or row[0] != engine:
+                conn.execute(
+                    "INSERT INTO lexical_state (name, value) VALUES ('engine', %s) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (engine,),
+                )
+                if engine != "tantivy":
+                    conn.execute("DELETE FROM lexical_outbox")
+        return row is not None and row[0] != engine
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.reader().conn.execute("SELECT version FROM agentmemory_schema").fetchone()[0])
+
+    # ---- units of work
+    def _unit(self, conn: SqlConn, *, writable: bool) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(
+            conn,
+            writable=writable,
+            engine=self.lexical,
+            bounds=self.bounds,
+            record_indexes=self._record_indexes,
+            prefix_indexes=self._prefix_indexes,
+        )
+
+    def reader(self) -> PostgresUnitOfWork:
+        tx = getattr(self._local, "tx", None)
+        if tx is not None:
+            return tx
+        if self._closed:
+            raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
+        return self._unit(PooledReader(self), writable=False)
+
+    @contextmanager
+    def snapshot_reader(self) -> Iterator[PostgresUnitOfWork]:
+        """One REPEATABLE READ transaction: every query sees one state (a streaming export)."""
+        outer = getattr(self._local, "tx", None)
+        if outer is not None:
+            yield outer
+            return
+        with self._connection() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield self._unit(TxConnection(conn), writable=False)
+            finally:
+                conn.execute("COMMIT")
+
+    @contextmanager
+    def _classified(self) -> Iterator[None]:
+        """A failure of the commit itself (outside TxConnection) becomes its AppError."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise self.app_error(exc) or translate(exc) from exc
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        if self._closed:
+            raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
+        try:
+            with self.pool.connection(timeout=POOL_TIMEOUT_SECONDS) as conn:
+                yield conn
+        except psycopg_pool.PoolTimeout as exc:
+            raise Unavailable("no database connection free; retry shortly", code=errors.DATABASE_BUSY) from exc
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    @contextmanager
+    def transaction(self, operation: str, *, agent_id: str | None = None) -> Iterator[PostgresUnitOfWork]:
+        """One short write transaction under the write lock. Nested calls on one thread join the
+        outer one. On commit, one audit row records ``operation``, the agent and what changed."""
+        outer = getattr(self._local, "tx", None)
+        if outer is not None:
+            yield outer
+            return
+        if self.damage is not None:
+            raise damaged(self.location, self.damage["problems"])
+        with self._connection() as conn, self._classified():
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                store = self._unit(TxConnection(conn), writable=True)
+                self._local.tx = store
+                try:
+                    yield store
+                    if store.changed:
+                        self._write_audit(store, operation, agent_id)
+                finally:
+                    self._local.tx = None
+            self.last_write = time.monotonic()
+        if store.lexical_changed and self.lexical is not None:
+            self.lexical.notify()
+        for fn in store._after_commit:
+            fn()
+
+    def _write_audit(self, store: PostgresUnitOfWork, operation: str, agent_id: str | None) -> None:
+        targets = list(dict.fromkeys(store.changed))
+        message = store.audit_message or f"{operation}: {len(targets)} record(s) changed"
+        details = dict(store.audit_details)
+        if len(targets) > 50:
+            details["targetCount"] = len(targets)
+            targets = targets[:50]
+        store.audit.insert(
+            ts=self._now(), agent_id=agent_id, operation=operation, message=message, targets=targets, details=details
+        )
+
+    # ---- faults
+    def run_integrity_check(self, budget_seconds: float, source: str) -> list[str] | None:
+        """The records' own consistency (``Admin.integrity_check``) under a statement timeout;
+        PostgreSQL checksums its pages itself and reports damage on the query that meets it."""
+        started = time.monotonic()
+        problems: list[str] | None
+        try:
+            with self._connection() as conn:
+                conn.execute(f"SET statement_timeout = {max(1, int(budget_seconds * 1000))}")
+                try:
+                    problems = [self._unit(TxConnection(conn), writable=False).admin.integrity_check()]
+                finally:
+                    conn.execute("RESET statement_timeout")
+        except AppError as exc:
+            problems = None if exc.code == errors.DATABASE_BUSY else [exc.message]
+        self.last_check = {
+            "at": self._now(),
+            "source": source,
+            "seconds": round(time.monotonic() - started, 3),
+            "result": "unfinished" if problems is None else "ok" if problems == ["ok"] else "damaged",
+        }
+        if problems is not None and problems != ["ok"]:
+            self.mark_damaged(problems, source)
+        return problems
+
+    def mark_damaged(self, problems: list[str], source: str) -> None:
+        if self.damage is not None:
+            return
+        error = damaged(self.location, problems)
+        self.damage = {"at": self._now(), "source": source, "problems": problems[:20], "fix": error.details["fix"]}
+        log.error("%s: %s. To recover: %s", source, error.message, error.details["fix"])
+
+    def app_error(self, exc: BaseException) -> AppError | None:
+        error = classify(exc, self.location)
+        if error is not None and error.code == errors.DATABASE_DAMAGED:
+            self.mark_damaged(error.details["problems"], "a query")
+        return error
+
+    def storage_health(self) -> dict[str, Any]:
+        integrity = {"status": "critical" if self.damage else "healthy", "lastCheck": self.last_check}
+        if self.damage:
+            integrity["damaged"] = self.damage
+        return {"disk": self.space.health(), "integrity": integrity}
+
+    def queue_stats(self) -> dict[str, Any]:
+        return self.bounds.stats()
+
+    def close_queue(self, name: str) -> None:
+        self.bounds.close(name)
+
+    def vector_index(self, model: str, dim: int) -> PgVectorIndex:
+        index = self._vector_indexes.get((model, dim))
+        if index is None:
+            index = PgVectorIndex(lambda: self._vector_count(model, dim), model, dim)
+            self._vector_indexes[(model, dim)] = index
+        return index
+
+    def _vector_count(self, model: str, dim: int) -> int:
+        return self.reader().vectors.count(model, dim)
+
+    def verify_index(self) -> None:
+        if self.lexical is not None:
+            self.lexical.request_verify()
+
+    # ---- facts and lifecycle
+    def file_sizes(self) -> dict[str, int]:
+        size = self.reader().conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        return {"db": int(size), "wal": 0, "shm": 0}
+
+    def health(self) -> dict[str, Any]:
+        lexical = self.lexical.health() if self.lexical is not None else {"engine": "builtin", "state": "ready"}
+        stats = self.pool.get_stats()
+        pool = {k: stats.get(k, 0) for k in ("pool_size", "pool_available", "requests_waiting", "requests_errors")}
+        return {"backend": "postgresql", "lexical": lexical, "pool": pool}
+
+    def event_signal(self) -> NotifySignal:
+        return NotifySignal(self.url)
+
+    def flush(self) -> None:
+        if self.lexical is not None:
+            self.lexical.flush()
+
+    def checkpoint(self) -> None:
+        """Nothing to do: PostgreSQL checkpoints its own WAL."""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self.lexical is not None:
+            self.lexical.close()  # its last commit records progress in the database
+        self._closed = True
+        self.pool.close()
+
+
+def _implements_the_interface(unit: PostgresUnitOfWork, db: PostgresDatabase) -> interfaces.Database:
+    """Never called: the type checker proves here that this backend implements the interface."""
+    records: interfaces.Records = unit.records
+    events: interfaces.CaptureLog = unit.events
+    inbox: interfaces.CaptureInbox = unit.inbox
+    images: interfaces.ImageIndex = unit.images
+    index: interfaces.SearchIndex = unit.index
+    vectors: interfaces.VectorStore = unit.vectors
+    audit: interfaces.AuditLog = unit.audit
+    jobs: interfaces.JobQueue = unit.jobs
+    usage: interfaces.ModelUsage = unit.usage
+    working: interfaces.WorkingStore = unit.working
+    admin: interfaces.Admin = unit.admin
+    live: interfaces.EventLog = unit.live
+    whole: interfaces.UnitOfWork = unit
+    vector_index: interfaces.VectorIndex = db.vector_index("model", 1)
+    del records, events, inbox, images, index, vectors, audit, jobs, usage, working, admin, live, whole, vector_index
+    return db

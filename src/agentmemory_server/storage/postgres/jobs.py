@@ -1,0 +1,114 @@
+"""The durable queue of background model work on PostgreSQL (``llm_jobs``), periodic jobs run
+once per database (``periodic_jobs``) and the heartbeats of background workers (``workers``).
+Claims take their rows with ``FOR UPDATE SKIP LOCKED``, so workers on different nodes never claim
+the same job; a periodic run is claimed by one conditional update, so it runs on one node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentmemory_server.storage.postgres.common import Jsonb, Unit
+
+JOBS = "llm_jobs"
+
+
+class PgJobQueue:
+    def __init__(self, unit: Unit):
+        self.conn = unit.conn
+        self.bounds = unit.bounds
+
+    def _size(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM llm_jobs").fetchone()[0])
+
+    def put(self, kind: str, ref: str, args: dict[str, Any], now: str, not_before: float = 0.0) -> bool:
+        """Queue (or re-queue from scratch) one job; False: the queue is at its bound (shed)."""
+        if not self.bounds.admit(JOBS, self._size):
+            return False
+        self.conn.execute(
+            "INSERT INTO llm_jobs (kind, ref, args, queued_at, next_try) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (kind, ref) DO UPDATE SET args = excluded.args, queued_at = excluded.queued_at, "
+            "attempts = 0, next_try = excluded.next_try, last_error = NULL",
+            (kind, ref, Jsonb(args), now, not_before),
+        )
+        return True
+
+    def claim(self, now_epoch: float, limit: int, lease_until: float) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "UPDATE llm_jobs j SET next_try = %s FROM (SELECT kind, ref FROM llm_jobs WHERE next_try <= %s "
+            "ORDER BY next_try, queued_at LIMIT %s FOR UPDATE SKIP LOCKED) due "
+            "WHERE j.kind = due.kind AND j.ref = due.ref "
+            "RETURNING j.kind, j.ref, j.args, j.queued_at, j.attempts",
+            (lease_until, now_epoch, limit),
+        ).fetchall()
+        rows.sort(key=lambda r: r[3])
+        return [{"kind": k, "ref": r, "args": a, "queuedAt": q, "attempts": n} for k, r, a, q, n in rows]
+
+    def done(self, kind: str, ref: str, queued_at: str) -> None:
+        removed = self.conn.execute(
+            "DELETE FROM llm_jobs WHERE kind = %s AND ref = %s AND queued_at = %s", (kind, ref, queued_at)
+        ).rowcount
+        self.bounds.removed(JOBS, removed)
+
+    def retry(self, kind: str, ref: str, error: str, next_try: float) -> None:
+        self.conn.execute(
+            "UPDATE llm_jobs SET attempts = attempts + 1, next_try = %s, last_error = %s WHERE kind = %s AND ref = %s",
+            (next_try, error[:500].replace("\x00", " "), kind, ref),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        by_kind = {k: int(n) for k, n in self.conn.execute("SELECT kind, count(*) FROM llm_jobs GROUP BY kind")}
+        row = self.conn.execute(
+            "SELECT count(*) FILTER (WHERE attempts > 0), (SELECT last_error FROM llm_jobs WHERE last_error "
+            "IS NOT NULL ORDER BY next_try DESC LIMIT 1) FROM llm_jobs"
+        ).fetchone()
+        return {"pending": sum(by_kind.values()), "byKind": by_kind, "waiting": int(row[0]), "lastError": row[1]}
+
+    # ---- periodic jobs, once per database
+    def claim_periodic(self, name: str, now_epoch: float, next_run: float, holder: str) -> bool:
+        """Claim the due run of ``name`` (moving its next run to ``next_run``); False when it is
+        not due or another worker claimed it first. A job never seen is due at ``next_run``."""
+        self.conn.execute(
+            "INSERT INTO periodic_jobs (name, next_run) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+            (name, next_run),
+        )
+        return (
+            self.conn.execute(
+                "UPDATE periodic_jobs SET next_run = %s, holder = %s WHERE name = %s AND next_run <= %s",
+                (next_run, holder, name, now_epoch),
+            ).rowcount
+            == 1
+        )
+
+    def periodic_done(self, name: str, now_epoch: float, error: str | None) -> None:
+        self.conn.execute(
+            "UPDATE periodic_jobs SET runs = runs + 1, errors = errors + %s, last_run = %s, "
+            "last_error = coalesce(%s, last_error) WHERE name = %s",
+            (1 if error else 0, now_epoch, error[:300].replace("\x00", " ") if error else None, name),
+        )
+
+    def periodic_status(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT name, next_run, holder, runs, errors, last_run, last_error FROM periodic_jobs ORDER BY name"
+        )
+        cols = ("name", "nextRun", "holder", "runs", "errors", "lastRun", "lastError")
+        return [dict(zip(cols, row, strict=True)) for row in rows]
+
+    # ---- worker heartbeats
+    def worker_beat(
+        self, worker_id: str, host: str, pid: int, started_at: float, now_epoch: float, info: dict[str, Any]
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO workers (id, host, pid, started_at, beat_at, info) VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at, info = excluded.info",
+            (worker_id, host, pid, started_at, now_epoch, Jsonb(info)),
+        )
+
+    def worker_gone(self, worker_id: str) -> None:
+        self.conn.execute("DELETE FROM workers WHERE id = %s", (worker_id,))
+
+    def workers(self, since_epoch: float) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT id, host, pid, started_at, beat_at, info FROM workers WHERE beat_at >= %s ORDER BY started_at",
+            (since_epoch,),
+        )
+        return [{"id": i, "host": h, "pid": p, "startedAt": s, "beatAt": b, **info} for i, h, p, s, b, info in rows]

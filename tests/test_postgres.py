@@ -1,0 +1,134 @@
+"""What only the PostgreSQL backend has: jsonb records that keep any text, its schema lock,
+pgvector's HNSW index, the per-node Tantivy outbox and periodic runs claimed once per database.
+Everything else runs on both backends through the shared suites (conftest.BOTH_BACKENDS)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import psycopg
+import pytest
+
+from agentmemory_server.kernel.util import Clock
+from agentmemory_server.retrieval import search
+from agentmemory_server.storage.postgres import PostgresDatabase
+from agentmemory_server.storage.postgres.database import SchemaTooNew, redacted
+from conftest import ToolCaller
+
+
+@pytest.fixture
+def url(pg_cluster):
+    made = pg_cluster.create_database()
+    yield made
+    pg_cluster.drop_database(made)
+
+
+def test_records_keep_text_jsonb_cannot_hold(url, make_runtime):
+    rt = make_runtime(database_url=url)
+    odd = {"nul": "a\x00b", "lone": "x\ud800y", "emoji": "ok \U0001f600", "nested": {"k\x00": ["\x00"]}}
+    with rt.db.transaction("t") as tx:
+        tx.records.set("mem:test", "odd", odd, now="t")
+        tx.records.set("mem:test", "plain", {"n": 1}, now="t")
+    store = rt.db.reader()
+    assert store.records.get("mem:test", "odd") == odd and store.records.get("mem:test", "plain") == {"n": 1}
+    ToolCaller(rt)("memory_save", content="binary junk \x00 in a memory about zebras")
+    assert search.bm25(rt.db.reader(), "zebras", limit=5)
+
+
+def test_the_location_hides_the_password_and_a_newer_schema_is_refused(url, tmp_path):
+    assert redacted("postgresql://me:s3cret@db:5432/mem") == "postgresql://me:***@db:5432/mem"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE agentmemory_schema SET version = version + 5")
+    with pytest.raises(SchemaTooNew):
+        PostgresDatabase(url, local_path=tmp_path / "x.db", now=Clock().iso, background=False)
+
+
+def test_vectors_get_an_hnsw_index_per_model_and_nearest_uses_it(url, make_runtime):
+    rt = make_runtime(database_url=url)
+    call = ToolCaller(rt)
+    ids = [call("memory_save", content=" ".join(f"v{i}x{k}" for k in range(6)))["memory"]["id"] for i in range(20)]
+    rng = np.random.default_rng(7)
+    vectors = rng.normal(size=(20, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = rt.db.reader().index.lookup(ids, {})
+    with rt.db.transaction("embed") as tx:
+        for row, vector in zip(rows, vectors, strict=True):
+            assert tx.vectors.put(row["rowid"], "test-model", vector.astype("<f4").tobytes(), 8, "t")
+    assert rt.db.reader().vectors.counts() == {"test-model/8": 20}
+    loaded = {rowid: np.frombuffer(blob, "<f4") for rowid, blob, *_ in rt.db.reader().vectors.load("test-model", 8)}
+    assert len(loaded) == 20
+    best = rt.db.reader().vectors.search("test-model", 8, vectors[3], 3, {})
+    assert best[0][0] == rows[3]["rowid"] and best[0][1] == pytest.approx(1.0, abs=1e-5) and len(best) == 3
+    assert rt.db.reader().vectors.search("test-model", 8, vectors[3], 3, {"kinds": ["no-such-kind"]}) == []
+    assert rt.db.vector_index("test-model", 8).status()["vectors"] == 20
+    with psycopg.connect(url) as conn:
+        conn.execute("SET enable_seqscan = off")  # 20 rows: without this the planner scans
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT v.doc_rowid FROM search_vectors v JOIN search_docs d ON d.id = v.doc_rowid "
+            "WHERE v.model = 'test-model' AND v.dim = 8 "
+            "ORDER BY v.vector::vector(8) <=> '[1,0,0,0,0,0,0,0]'::vector(8) LIMIT 3"))
+        indexes = [r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'search_vectors'")]
+    assert any("hnsw" in d and "vector_cosine_ops" in d for d in indexes), indexes
+    assert "search_vectors_hnsw" in plan, plan  # the search's query shape can use the model's index
+
+
+def test_each_node_keeps_its_own_index_and_the_outbox_waits_for_the_slowest(url, make_runtime, tmp_path):
+    a = make_runtime(data_dir=str(tmp_path / "a"), database_url=url, node_id="node-a")
+    b = make_runtime(data_dir=str(tmp_path / "b"), database_url=url, node_id="node-b")
+    assert a.db.lexical.dir != b.db.lexical.dir
+    call = ToolCaller(a)
+    for i in range(10):  # distinct words: no memory supersedes another
+        call("memory_save", content=f"platypus " + " ".join(f"w{i}x{k}" for k in range(6)))
+    a.db.flush()
+    b.db.flush()
+    assert b.db.lexical.health()["documents"] == 10  # B applied what A wrote
+    with psycopg.connect(url) as conn:
+        nodes = dict(conn.execute("SELECT node, applied_seq FROM lexical_nodes").fetchall())
+        conn.execute("UPDATE lexical_outbox SET at = 0")  # old enough to prune
+        conn.execute("UPDATE lexical_nodes SET applied_seq = 0 WHERE node = 'node-b'")  # B is behind
+    assert set(nodes) == {"node-a", "node-b"}
+    call("memory_save", content="platypus one more entirely different statement")
+    a.db.flush()
+    with psycopg.connect(url) as conn:
+        kept = conn.execute("SELECT count(*) FROM lexical_outbox").fetchone()[0]
+    assert kept >= 11  # nothing B has not applied was pruned
+    hits = search.bm25(b.db.reader(), "platypus", limit=20)
+    assert len(hits) == 11  # B finds the newest one from its pending tail
+
+
+def test_full_text_answers_while_a_node_builds_its_index(url, make_runtime, tmp_path):
+    a = make_runtime(data_dir=str(tmp_path / "a"), database_url=url)
+    ToolCaller(a)("memory_save", content="the kingfisher dives for fish")
+    builtin = make_runtime(data_dir=str(tmp_path / "c"), database_url=url, lexical_engine="builtin")
+    hits = search.bm25(builtin.db.reader(), "kingfisher fish", limit=5)
+    assert hits and hits[0]["score"] > 0
+
+
+def test_a_periodic_run_is_claimed_by_one_node_only(url, make_runtime, tmp_path):
+    nodes = [make_runtime(data_dir=str(tmp_path / n), database_url=url) for n in ("a", "b")]
+    claims: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    start = 1_900_000_000.0
+
+    barrier = threading.Barrier(4)
+
+    def tick(rt, holder: str) -> None:
+        for period in range(1, 31):  # 30 periods of 60 s, every worker of both nodes trying each
+            barrier.wait(timeout=60)  # one clock for all: nobody is in the next period yet
+            now = start + period * 60
+            with rt.db.transaction("periodic") as tx:
+                won = tx.jobs.claim_periodic("retention", now, now + 60, holder)
+            if won:
+                with lock:
+                    claims.append((holder, now))
+
+    threads = [threading.Thread(target=tick, args=(rt, f"node-{i}-t{t}")) for i, rt in enumerate(nodes)
+               for t in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    times = [now for _holder, now in claims]
+    assert len(times) == len(set(times)), "two workers claimed the same run"
+    assert len(times) == 29  # the first sight of a job schedules it one period later, then one run a period

@@ -1,0 +1,105 @@
+"""API tokens for people and agents: hashed, scoped to projects and rights, isolated per
+principal; the server's secret stays the admin token (upstream's hooks and shim unchanged)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agentmemory_server.adapters import cli
+from agentmemory_server.adapters.web import create_app
+from agentmemory_server.kernel.scopes import TOKENS
+from conftest import hook
+
+SECRET = "admin-secret-for-tokens"
+
+
+@pytest.fixture
+def app(make_runtime):
+    rt = make_runtime(secret=SECRET, auth="on")
+    return rt, create_app(runtime=rt).test_client()
+
+
+def as_(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def create(client, **body) -> dict:
+    reply = client.post("/agentmemory/tokens", json=body, headers=as_(SECRET))
+    assert reply.status_code == 201, reply.get_json()
+    return reply.get_json()
+
+
+def test_tokens_are_stored_hashed_and_listed_without_the_token(app):
+    rt, client = app
+    made = create(client, principal="ann", kind="person", projects=["alpha"], rights=["read", "write"])
+    assert made["token"].startswith("amk_") and made["principal"] == "ann" and made["projects"] == ["alpha"]
+    stored = rt.db.reader().records.list(TOKENS)
+    assert len(stored) == 1 and made["token"] not in json.dumps(stored)
+    listed = client.get("/agentmemory/tokens", headers=as_(SECRET)).get_json()["tokens"]
+    assert [t["id"] for t in listed] == [made["id"]] and made["token"] not in json.dumps(listed)
+
+
+def test_a_project_token_writes_and_reads_only_its_project_and_its_own_records(app):
+    rt, client = app
+    ann = create(client, principal="ann", projects=["alpha"])["token"]
+    bob = create(client, principal="bob", projects=["alpha", "beta"])["token"]
+    assert client.post("/agentmemory/observe", json=hook("s-ann", project="alpha"), headers=as_(ann)).status_code == 201
+    refused = client.post("/agentmemory/observe", json=hook("s-ann2", project="beta"), headers=as_(ann))
+    assert refused.status_code == 403 and refused.get_json()["code"] == "token_project"
+    refused = client.post("/agentmemory/smart-search", json={"query": "pytest", "project": "beta"}, headers=as_(ann))
+    assert refused.status_code == 403
+    assert client.post("/agentmemory/observe", json=hook("s-bob", project="beta"), headers=as_(bob)).status_code == 201
+    # Records are stamped with the principal, and each principal reads only its own.
+    sessions = {s["id"]: s for s in client.get("/agentmemory/sessions", headers=as_(ann)).get_json()["sessions"]}
+    assert set(sessions) == {"s-ann"} and sessions["s-ann"]["agentId"] == "ann"
+    found = client.post("/agentmemory/smart-search", json={"query": "pytest passed"}, headers=as_(ann)).get_json()
+    assert found["results"] and all(r.get("sessionId", "s-ann") == "s-ann" for r in found["results"])
+    everything = client.get("/agentmemory/sessions", headers=as_(SECRET)).get_json()["sessions"]
+    assert {s["id"] for s in everything} == {"s-ann", "s-bob"}  # the admin token sees every principal
+
+
+def test_rights_are_enforced_and_denials_counted(app):
+    rt, client = app
+    reader = create(client, principal="viewer-bot", rights=["read"])["token"]
+    assert client.post("/agentmemory/smart-search", json={"query": "x"}, headers=as_(reader)).status_code == 200
+    refused = client.post("/agentmemory/remember", json={"content": "not allowed"}, headers=as_(reader))
+    assert refused.status_code == 403 and refused.get_json()["code"] == "token_rights"
+    writer = create(client, principal="writer-bot")["token"]
+    assert client.get("/agentmemory/tokens", headers=as_(writer)).status_code == 403  # admin only
+    assert client.get("/agentmemory/stats", headers=as_(writer)).status_code == 403
+    auth = client.get("/agentmemory/health", headers=as_(SECRET)).get_json()["auth"]
+    assert auth["byReason"].get("token_rights", 0) >= 3
+
+
+def test_revoked_and_unknown_tokens_are_refused(app):
+    rt, client = app
+    made = create(client, principal="temp")
+    assert client.get("/agentmemory/sessions", headers=as_(made["token"])).status_code == 200
+    revoked = client.post("/agentmemory/tokens/revoke", json={"id": made["id"]}, headers=as_(SECRET))
+    assert revoked.status_code == 200 and revoked.get_json()["revokedAt"]
+    assert client.get("/agentmemory/sessions", headers=as_(made["token"])).status_code == 401
+    assert client.get("/agentmemory/sessions", headers=as_("amk_not-a-token")).status_code == 401
+    assert client.get("/agentmemory/sessions", headers=as_(SECRET)).status_code == 200  # the secret still works
+    assert rt.denials.health()["byReason"]["wrong token"] >= 2
+
+
+def test_bad_token_requests_get_clear_400s(app):
+    _rt, client = app
+    for body in ({"principal": "has space"}, {"principal": "ok", "rights": ["root"]}, {"principal": "ok", "kind": "x"}):
+        reply = client.post("/agentmemory/tokens", json=body, headers=as_(SECRET))
+        assert reply.status_code == 400, body
+
+
+def test_the_cli_creates_lists_and_revokes_tokens(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AGENTMEMORY_DATA_DIR", str(tmp_path / "cli"))
+    monkeypatch.setenv("EMBEDDING_PROVIDER", "none")
+    assert cli.main(["-q", "tokens", "create", "carol", "--kind", "person", "--project", "alpha",
+                     "--rights", "read"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["principal"] == "carol" and made["rights"] == ["read"] and made["token"].startswith("amk_")
+    assert cli.main(["-q", "tokens", "list"]) == 0
+    assert [t["principal"] for t in json.loads(capsys.readouterr().out)["tokens"]] == ["carol"]
+    assert cli.main(["-q", "tokens", "revoke", made["id"]]) == 0
+    assert json.loads(capsys.readouterr().out)["revoked"] is True
