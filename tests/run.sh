@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 die() { echo "tests/run.sh: $*" >&2; exit 1; }
 
 # System packages the tests use for real, as "Debian package:command it provides":
-# redis-server (working memory), chromium (the viewer, via Playwright).
-SYSTEM_PACKAGES=(redis-server:redis-server chromium:chromium)
+# redis-server (working memory), chromium (the viewer, via Playwright), systemd-analyze (checks the
+# unit `agentmemory service install` writes).
+SYSTEM_PACKAGES=(redis-server:redis-server chromium:chromium systemd:systemd-analyze)
 missing=()
 for entry in "${SYSTEM_PACKAGES[@]}"; do
   command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")

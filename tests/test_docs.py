@@ -71,6 +71,13 @@ def test_every_mcp_tool_is_in_the_tool_table_and_nothing_else():
         assert t.description and t.schema["type"] == "object", t.name
 
 
+def test_every_setting_is_declared_once():
+    names = [s.name for s in SETTINGS]
+    variables = [var for s in SETTINGS for var in s.env]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
+    assert sorted({v for v in variables if variables.count(v) > 1}) == []
+
+
 def test_every_setting_is_in_the_settings_table():
     table = block("config")
     for s in SETTINGS:

@@ -152,6 +152,22 @@ SLOT_TOO_LARGE = _declare(
     "slot_too_large", 413, "The slot's content would exceed its sizeLimit; `details` has the sizes."
 )
 
+# -- connecting coding agents (`agentmemory connect`, `agentmemory service`) --------------------------
+CLIENT_CONFIG_UNREADABLE = _declare(
+    "client_config_unreadable",
+    400,
+    "An agent's config file is not plain JSON/TOML/YAML (comments, syntax errors); nothing was written.",
+)
+CLIENT_CONFIG_CONFLICT = _declare(
+    "client_config_conflict", 409, "A file `connect` would create already exists and is not agentmemory's."
+)
+CLIENT_SCOPE_UNSUPPORTED = _declare(
+    "client_scope_unsupported", 400, "The agent has no config file for that --scope (the message names the one it has)."
+)
+CONFIRMATION_DECLINED = _declare(
+    "confirmation_declined", 400, "The change was shown but not applied (declined, or --yes missing off a terminal)."
+)
+
 # -- working memory -------------------------------------------------------------------------------------
 RESERVED_KEY = _declare("reserved_key", 400, "Working-memory keys starting with `_` are reserved.")
 TASK_NOT_FOUND = _declare("task_not_found", 404, "The working-memory scope has no task state.")

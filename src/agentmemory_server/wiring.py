@@ -19,7 +19,15 @@ from __future__ import annotations
 from types import ModuleType
 
 from agentmemory_server import errors
-from agentmemory_server.capture import antigravity, image_store, inbox, observe, retry, sessions
+from agentmemory_server.capture import (
+    antigravity,
+    client_hooks,
+    image_store,
+    inbox,
+    observe,
+    retry,
+    sessions,
+)
 from agentmemory_server.kernel import privacy, registry
 from agentmemory_server.kernel.hooks import Hooks
 from agentmemory_server.kernel.runtime import Runtime, SubsystemFactory
@@ -63,6 +71,7 @@ FEATURE_MODULES: tuple[ModuleType, ...] = (
     inbox,
     retry,
     image_store,
+    client_hooks,
     memories,
     transfer,
     context,

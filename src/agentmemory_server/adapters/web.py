@@ -44,6 +44,7 @@ AUTH_MARK = "__AUTH_MODE__"
 # Pings let the socket notice a peer that vanished without closing (and free its thread).
 WS_PING_SECONDS = 25
 MCP_PATH = "/mcp"
+HOOKS_PATH = f"{PREFIX}/hooks/"
 # Requests that count against the client's write rate limit (AGENTMEMORY_RATE_LIMIT).
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 log = logging.getLogger("agentmemory.http")
@@ -108,7 +109,9 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     rt = runtime
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.config["MAX_CONTENT_LENGTH"] = max(rt.settings.max_body_bytes, rt.settings.max_import_bytes)
+    app.config["MAX_CONTENT_LENGTH"] = max(
+        rt.settings.max_body_bytes, rt.settings.max_import_bytes, rt.settings.hook_max_body_bytes
+    )
     app.extensions["agentmemory"] = rt
     app.config["SOCK_SERVER_OPTIONS"] = {
         "ping_interval": WS_PING_SECONDS,
@@ -168,9 +171,7 @@ def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
 
 
 def _checks(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
-    request.max_content_length = (
-        rt.settings.max_import_bytes if request.path == f"{PREFIX}/import" else rt.settings.max_body_bytes
-    )
+    request.max_content_length = body_limit(rt.settings, request.path)
     origin = request.headers.get("Origin")
     if not origin_allowed(origin, request.host, rt.settings.host, allowed_origins):
         raise Forbidden(
@@ -198,6 +199,15 @@ def _checks(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
         rt.limiter.take(client_key(rt.settings.secret, request.remote_addr), f"{request.method} {request.path}")
     _require_json_body()
     return None
+
+
+def body_limit(settings: Settings, path: str) -> int:
+    """The largest body a route accepts: imports and raw agent hooks carry more than a tool call."""
+    if path == f"{PREFIX}/import":
+        return settings.max_import_bytes
+    if path.startswith(HOOKS_PATH):
+        return settings.hook_max_body_bytes
+    return settings.max_body_bytes
 
 
 def _forget_caller(_exc: BaseException | None) -> None:
@@ -345,7 +355,13 @@ def _http_error_body(exc: HTTPException) -> dict[str, Any]:
     status = exc.code or 500
     if status == 413:
         limit = request.max_content_length
-        setting = "AGENTMEMORY_MAX_IMPORT_BYTES" if request.path == f"{PREFIX}/import" else "AGENTMEMORY_MAX_BODY_BYTES"
+        setting = (
+            "AGENTMEMORY_MAX_IMPORT_BYTES"
+            if request.path == f"{PREFIX}/import"
+            else "AGENTMEMORY_HOOK_MAX_BODY_BYTES"
+            if request.path.startswith(HOOKS_PATH)
+            else "AGENTMEMORY_MAX_BODY_BYTES"
+        )
         return errors.envelope(
             413,
             f"request body larger than {limit} bytes (raise {setting} to accept more)",

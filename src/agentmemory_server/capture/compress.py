@@ -49,6 +49,11 @@ _HOOK_TYPES = {
     "subagent_start": "subagent",
     "task_completed": "subagent",
     "notification": "notification",
+    "error_occurred": "error",
+    "stop_failure": "error",
+    "session_error": "error",
+    "assistant_response": "conversation",
+    "agent_thought": "conversation",
 }
 _FILE_KEYS = ("file_path", "filepath", "path", "filePath", "file", "notebook_path", "pattern")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -56,6 +61,10 @@ _SEPARATORS = re.compile(r"[\s\-.:/]+")
 
 # Reads and searches are context, errors are what the next session most needs to know.
 _IMPORTANCE = {"error": 7, "file_edit": 6, "file_write": 6, "decision": 7, "file_read": 4, "search": 4}
+# Session bookkeeping (raw client hooks record every start, turn end and compaction): kept for the
+# timeline, ranked below anything a next session should be told about.
+_LIFECYCLE_HOOKS = frozenset({"session_start", "session_end", "stop", "pre_compact", "post_compact"})
+LIFECYCLE_IMPORTANCE = 2
 
 
 def normalise_tool_name(name: str) -> str:
@@ -158,7 +167,7 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         "narrative": truncate(narrative, 400),
         "concepts": [],
         "files": extract_files(f["toolInput"]),
-        "importance": _IMPORTANCE.get(obs_type, 5),
+        "importance": LIFECYCLE_IMPORTANCE if hook_type in _LIFECYCLE_HOOKS else _IMPORTANCE.get(obs_type, 5),
         "confidence": 0.3,
     }
     if input_text:

@@ -27,9 +27,14 @@ STRING_MARKER = "\n[...truncated]"
 OBJECT_MARKER = "...[truncated]"
 MAX_DEPTH = 32  # deeper values are kept as they are (parse_json already bounds nesting)
 
-# Upstream's hook types (U§3, plus 0.9.30's permission_request and post_compact), and ours for
-# an agent's own note.
-KNOWN_HOOK_TYPES = frozenset(
+# Events of other coding agents that upstream has no type for (capture/clients maps them):
+# failures outside a tool call, and what the agent said or thought.
+CLIENT_HOOK_TYPES = frozenset(
+    {"error_occurred", "stop_failure", "session_error", "assistant_response", "agent_thought"}
+)
+# Upstream's hook types (U§3, plus 0.9.30's permission_request and post_compact), ours for an
+# agent's own note, and the client events above.
+KNOWN_HOOK_TYPES = CLIENT_HOOK_TYPES | frozenset(
     {
         "session_start",
         "prompt_submit",

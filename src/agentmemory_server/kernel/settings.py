@@ -227,6 +227,31 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "Project name given to imported Antigravity sessions (a sync may override it).",
     ),
+    # -- capture straight from coding agents (capture/client_hooks.py, `agentmemory connect`)
+    Setting(
+        "hook_context",
+        ("AGENTMEMORY_HOOK_CONTEXT",),
+        "all",
+        _choice("all", "session", "off"),
+        "What `POST /agentmemory/hooks/<client>` hands back to the agent: `all` = the context block at "
+        "session start and the memories relevant to each prompt, `session` = only at session start, "
+        "`off` = nothing (capture only).",
+    ),
+    Setting(
+        "hook_prompt_budget",
+        ("AGENTMEMORY_HOOK_PROMPT_BUDGET",),
+        400,
+        _positive_int,
+        "Token budget of the memories a prompt hook gets back (tokens ~ chars / 3).",
+    ),
+    Setting(
+        "hook_max_body_bytes",
+        ("AGENTMEMORY_HOOK_MAX_BODY_BYTES",),
+        16_777_216,
+        _positive_int,
+        "Largest accepted raw hook payload (hooks post whole tool outputs; they are clipped to "
+        "AGENTMEMORY_CAPTURE_OUTPUT_MAX before storing).",
+    ),
     Setting(
         "log_level", ("AGENTMEMORY_LOG_LEVEL",), "info", _choice("debug", "info", "warning", "error"), "Log verbosity."
     ),
@@ -446,7 +471,8 @@ SETTINGS: tuple[Setting, ...] = (
         8000,
         _positive_int,
         "A tool's output (tool_output / tool_response / tool_result) is cut to this many characters "
-        "with a `[...truncated]` marker, as upstream's hooks do.",
+        "with a `[...truncated]` marker, as upstream's hooks do; so is each long string of a raw hook "
+        "payload (`/hooks/<client>`: tool output, file contents).",
     ),
     Setting(
         "capture_max_attempts",

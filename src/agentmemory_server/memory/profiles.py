@@ -119,6 +119,9 @@ NOISE = search.STOPWORDS | frozenset(
 )
 
 
+MIN_IMPORTANCE = 3
+
+
 def derived_concepts(obs: dict[str, Any]) -> list[str]:
     """Concepts of one observation: its own, else content words, file stems and the command."""
     if obs.get("concepts"):
@@ -149,6 +152,8 @@ def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> d
     files: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     for obs in observations:
+        if obs.get("importance", 5) < MIN_IMPORTANCE:
+            continue  # session bookkeeping (a start, a turn end) says nothing about the project
         concepts.update(derived_concepts(obs))
         files.update({str(f) for f in obs.get("files") or []})
         if obs.get("type") == "error":

@@ -86,6 +86,7 @@ def context_tool(ctx: Ctx, args: dict) -> dict:
 # -- the past-sessions provider ------------------------------------------------------------------
 
 PAST_SESSIONS = 10
+SCAN_SESSIONS = 3 * PAST_SESSIONS
 OBS_PER_SESSION = 5
 
 
@@ -104,13 +105,17 @@ def past_sessions(req: BlockRequest) -> list[Block]:
     if not req.project:
         return []
     store = req.ctx.rt.db.reader()
+    # Sessions that left nothing (a start and a /clear) are passed over, so a burst of them does
+    # not push the last real work out of the window.
     sessions, _ = listings.sessions_page(
-        store, project=req.project, agent_id=req.agent_id, status=None, limit=PAST_SESSIONS + 1, offset=0
+        store, project=req.project, agent_id=req.agent_id, status=None, limit=SCAN_SESSIONS + 1, offset=0
     )
-    sessions = [s for s in sessions if s["id"] != req.session_id][:PAST_SESSIONS]
+    sessions = [s for s in sessions if s["id"] != req.session_id][:SCAN_SESSIONS]
     summaries = store.records.get_many(SUMMARIES, [s["id"] for s in sessions])
-    blocks = []
+    blocks: list[Block] = []
     for session in sessions:
+        if len(blocks) >= PAST_SESSIONS:
+            break
         summary = summaries.get(session["id"])
         if summary:
             blocks.append(

@@ -1,0 +1,163 @@
+"""``agentmemory connect <client>`` / ``disconnect`` / ``status``: an agent's hook and MCP config.
+
+Each client is a function from ``Options`` to the ``Edit``s of its config files (``agents.py``,
+``others.py``); ``core.py`` shows the diff, keeps the originals and writes. docs/clients.md says
+which documentation each format comes from and how each client gets the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from agentmemory_server.adapters.connect import agents, others
+from agentmemory_server.adapters.connect.core import Change, Edit, Manifest, Options, apply, diff, plan, revert
+from agentmemory_server.adapters.hook_client import local_url
+from agentmemory_server.kernel import auth
+from agentmemory_server.kernel.settings import Settings
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    title: str
+    build: Callable[[Options], list[Edit]]
+    hooks: bool  # False: MCP only
+    token_in_config: bool = False  # needs the token written (Claude Code's http hooks)
+
+
+NOTES = {
+    "claude-code": "Restart Claude Code to load the hooks. SessionStart runs `agentmemory hook claude-code` "
+    "(Claude Code takes only command hooks there); every other event posts to the server directly.",
+    "codex": "Open /hooks in Codex once to review and trust the new hooks: Codex skips hooks it has not trusted.",
+    "cursor": "Cursor reloads hooks.json on save; its Hooks output channel shows each run.",
+    "antigravity": "The MCP server goes to ~/.gemini/config/mcp_config.json, which every workspace shares.",
+    "gemini": "Restart Gemini CLI to load the hooks.",
+    "opencode": "Restart OpenCode to load the plugin.",
+    "cline": "Cline runs one script per hook type; turn hooks on in Cline's settings if they are off.",
+    "copilot": "Copilot CLI loads hooks when a session starts.",
+}
+
+CLIENTS: dict[str, Client] = {
+    c.name: c
+    for c in (
+        Client("claude-code", "Claude Code", agents.claude_code, True, token_in_config=True),
+        Client("codex", "Codex CLI", agents.codex, True),
+        Client("cursor", "Cursor", agents.cursor, True),
+        Client("antigravity", "Antigravity CLI", agents.antigravity, True),
+        Client("gemini", "Gemini CLI", agents.gemini, True),
+        Client("opencode", "OpenCode", others.opencode, True),
+        Client("cline", "Cline", others.cline, True),
+        Client("copilot", "GitHub Copilot CLI", agents.copilot, True),
+        Client("continue", "Continue", others.continue_dev, False),
+        Client("zed", "Zed", others.zed, False),
+        Client("goose", "Goose", others.goose, False),
+        Client("windsurf", "Windsurf", others.windsurf, False),
+    )
+}
+
+
+def command_path(name: str) -> str:
+    """The installed console script ``name`` (beside this Python first, then on PATH)."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    return shutil.which(name) or name
+
+
+def options(
+    settings: Settings,
+    *,
+    url: str | None,
+    scope: str,
+    mcp: str,
+    write_token: bool,
+    home: Path | None = None,
+    cwd: Path | None = None,
+) -> Options:
+    """Options from the settings and flags; the token is only included where it will be written
+    (AGENTMEMORY_SECRET already in the environment means the agent gets it from there)."""
+    token = auth.client_token(settings)
+    in_env = bool(os.environ.get("AGENTMEMORY_SECRET"))
+    return Options(
+        url=(url or local_url(settings)).rstrip("/"),
+        scope=scope,
+        home=home or Path.home(),
+        cwd=cwd or Path.cwd(),
+        # A project's config is committed and shared: it names the commands, found on each PATH.
+        hook_command=shlex.quote(command_path("agentmemory")) if scope == "user" else "agentmemory",
+        mcp_command=command_path("agentmemory-mcp") if scope == "user" else "agentmemory-mcp",
+        mcp=mcp,
+        token=token if write_token and not in_env else None,
+        data_dir=settings.secret_path.parent,
+    )
+
+
+def _manifest(o: Options, name: str) -> Manifest:
+    stem = f"{name}-{o.scope}"
+    if o.scope == "project":
+        stem += "-" + hashlib.sha256(str(o.cwd.resolve()).encode()).hexdigest()[:12]
+    return Manifest.load(o.data_dir / "connect" / f"{stem}.json")
+
+
+def edits_for(name: str, o: Options) -> list[Edit]:
+    client = CLIENTS[name]
+    if not client.token_in_config:
+        o = replace(o, token=None if o.mcp != "http" else o.token)
+    return client.build(o)
+
+
+def prepare(name: str, o: Options) -> tuple[list[Change], str]:
+    changes = plan(edits_for(name, o))
+    return changes, diff(changes, (o.token or "",))
+
+
+def connect(name: str, o: Options, changes: list[Change]) -> dict[str, Any]:
+    manifest = _manifest(o, name)
+    if not any(c.changed for c in changes):
+        return {"client": name, "changed": [], "files": [str(c.edit.path) for c in changes]}
+    manifest.url = o.url
+    written = apply(changes, manifest, manifest.path.with_suffix(".backups"))
+    return {"client": name, "changed": [str(p) for p in written], "files": [str(c.edit.path) for c in changes]}
+
+
+def disconnect(name: str, o: Options) -> dict[str, Any]:
+    manifest = _manifest(o, name)
+    done = revert(edits_for(name, replace(o, url=manifest.url or o.url)), manifest)
+    return {"client": name, "files": [{"path": str(p), "result": r} for p, r in done]}
+
+
+MARKERS = ("/agentmemory/hooks/", " hook ", "agentmemory-mcp", "agentmemory connect", '"agentmemory":', "agentmemory:")
+
+
+def connected_files(name: str, o: Options) -> list[str]:
+    """Which of a client's config files hold agentmemory's entries now."""
+    found = []
+    for edit in edits_for(name, o):
+        try:
+            text = edit.path.read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            continue
+        if "agentmemory" in text and any(marker in text for marker in MARKERS):
+            found.append(str(edit.path))
+    return found
+
+
+def status(o: Options) -> list[dict[str, Any]]:
+    rows = []
+    for name, client in CLIENTS.items():
+        try:
+            files = connected_files(name, o)
+        except others.ScopeError:
+            files = []
+        rows.append(
+            {"client": name, "title": client.title, "hooks": client.hooks, "connected": bool(files), "files": files}
+        )
+    return rows

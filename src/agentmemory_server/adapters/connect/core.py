@@ -1,0 +1,222 @@
+"""Writing an agent's config files reversibly: edits, the manifest, backups and diffs.
+
+A client spec turns the options into ``Edit``s: a file, how to add agentmemory's entries to its
+current text, and how to take them out again. ``apply`` writes every changed file (0600 when it
+holds the token), after saving the original once under ``<data dir>/connect/``; a manifest records,
+per file, whether it existed, its mode and the hash of what was written. ``revert`` puts back the
+original bytes when a file is still exactly what was written, and otherwise removes only
+agentmemory's entries, so changes made since then survive. Running ``apply`` twice writes nothing
+the second time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentmemory_server import errors
+from agentmemory_server.errors import AppError
+
+Transform = Callable[[str | None], str]
+Untransform = Callable[[str], str | None]
+
+
+class ConnectError(AppError):
+    status = 400
+    code = errors.CLIENT_CONFIG_UNREADABLE
+
+
+@dataclass(frozen=True)
+class Options:
+    """What ``connect`` writes: where the server is, which scope, and how agents reach it."""
+
+    url: str
+    scope: str  # "user" | "project"
+    home: Path
+    cwd: Path
+    hook_command: str  # shell-quoted path of the ``agentmemory`` command
+    mcp_command: str  # path of ``agentmemory-mcp``
+    mcp: str = "stdio"  # "stdio" | "http" | "none"
+    token: str | None = None  # written only where a client cannot read it itself (0600 file)
+    data_dir: Path = Path("~/.agentmemory")
+
+    def hook(self, client: str, *extra: str) -> str:
+        return " ".join([self.hook_command, "hook", client, *extra, "--url", self.url])
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: Path
+    add: Transform
+    remove: Untransform
+    mode: int | None = None  # file mode to set (0o755 for hook executables)
+    secret: bool = False  # holds the token: written 0600
+
+
+@dataclass
+class Change:
+    edit: Edit
+    before: str | None
+    after: str
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+@dataclass
+class Manifest:
+    path: Path
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    url: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return cls(path)
+        return cls(path, {f["path"]: f for f in data.get("files", [])}, data.get("url"))
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"url": self.url, "files": list(self.files.values())}
+        write_private(self.path, json.dumps(body, indent=2) + "\n")
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        raise ConnectError(f"{path} is not UTF-8 text; nothing was written") from None
+
+
+def write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def plan(edits: list[Edit]) -> list[Change]:
+    """The new text of every file (nothing is written)."""
+    changes = []
+    for edit in edits:
+        before = read_text(edit.path)
+        changes.append(Change(edit, before, edit.add(before)))
+    return changes
+
+
+def diff(changes: list[Change], secrets: tuple[str, ...] = ()) -> str:
+    """A unified diff of the changes, with the token shown as a placeholder."""
+    out = []
+    for change in changes:
+        if not change.changed:
+            continue
+        old = (change.before or "").splitlines(keepends=True)
+        new = change.after.splitlines(keepends=True)
+        label = str(change.edit.path)
+        lines = difflib.unified_diff(old, new, "/dev/null" if change.before is None else label, label)
+        out.append("".join(lines))
+    text = "".join(piece if piece.endswith("\n") else piece + "\n" for piece in out)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<token>")
+    return text
+
+
+def apply(changes: list[Change], manifest: Manifest, backups: Path) -> list[Path]:
+    """Write the changed files, keeping each original once; returns the files written."""
+    written = []
+    for change in changes:
+        path = change.edit.path
+        entry = manifest.files.get(str(path))
+        if entry is None:
+            entry = {"path": str(path), "created": change.before is None, "backup": None, "mode": None}
+            if change.before is not None:
+                entry["mode"] = path.stat().st_mode & 0o7777
+                entry["backup"] = str(_backup(path, backups))
+            manifest.files[str(path)] = entry
+        if change.changed:
+            _write(change)
+            written.append(path)
+        entry["written"] = sha256(change.after)
+    manifest.save()
+    return written
+
+
+def _backup(path: Path, backups: Path) -> Path:
+    backups.mkdir(parents=True, exist_ok=True)
+    target = backups / (hashlib.sha256(str(path).encode()).hexdigest()[:16] + ".orig")
+    target.write_bytes(path.read_bytes())
+    os.chmod(target, 0o600)
+    return target
+
+
+def _write(change: Change) -> None:
+    path = change.edit.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if change.edit.secret:
+        write_private(path, change.after)
+        return
+    mode = change.edit.mode
+    if mode is None and change.before is not None:
+        mode = path.stat().st_mode & 0o7777
+    path.write_text(change.after, encoding="utf-8")
+    if mode is not None:
+        os.chmod(path, mode)
+
+
+def revert(edits: list[Edit], manifest: Manifest) -> list[tuple[Path, str]]:
+    """Undo ``apply``: originals back byte for byte where untouched since, else only our entries
+    removed. Returns (file, what happened)."""
+    done = []
+    for edit in edits:
+        path = edit.path
+        current = read_text(path)
+        entry = manifest.files.get(str(path))
+        if current is None:
+            continue
+        if entry and entry.get("written") == sha256(current):
+            done.append((path, _restore(path, entry)))
+            continue
+        remaining = edit.remove(current)
+        if remaining is None:
+            path.unlink()
+            done.append((path, "removed"))
+        elif remaining != current:
+            path.write_text(remaining, encoding="utf-8")
+            done.append((path, "agentmemory entries removed (the file changed since connect)"))
+    handled = {str(edit.path) for edit in edits}
+    for key, entry in manifest.files.items():
+        current = read_text(Path(key))
+        if key not in handled and current is not None and entry.get("written") == sha256(current):
+            done.append((Path(key), _restore(Path(key), entry)))
+    for entry in manifest.files.values():
+        if entry.get("backup"):
+            Path(entry["backup"]).unlink(missing_ok=True)
+    manifest.path.unlink(missing_ok=True)
+    return done
+
+
+def _restore(path: Path, entry: dict[str, Any]) -> str:
+    if entry.get("created"):
+        path.unlink()
+        return "removed (connect created it)"
+    original = Path(entry["backup"]).read_bytes()
+    path.write_bytes(original)
+    if entry.get("mode") is not None:
+        os.chmod(path, entry["mode"])
+    return "restored"

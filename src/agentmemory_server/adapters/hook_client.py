@@ -1,0 +1,127 @@
+"""``agentmemory hook <client>``: the hook command for agents that can only run commands.
+
+Codex, Cursor, Gemini/Antigravity, Cline and Copilot CLI run a command per hook event with the
+event's JSON on stdin and read the answer from stdout (Claude Code too, for SessionStart, which
+takes no ``http`` hooks). This command posts stdin unchanged to ``POST
+{url}/agentmemory/hooks/<client>`` and prints the server's answer, which is already in the
+client's own output format. It needs no Node and nothing beyond this package, reads the token
+the way every local client does (``AGENTMEMORY_SECRET``, else the secret file), and never blocks
+the agent: when the server cannot be reached it prints a neutral answer, says why on stderr and
+exits 0. It imports only the standard library and the settings, so it starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import IO
+
+from agentmemory_server.kernel import auth
+from agentmemory_server.kernel.settings import Settings, SettingsError
+
+# What a client reads as "nothing to do" (Cline requires ``cancel``; the others take ``{}``).
+NEUTRAL = {"cline": '{"cancel":false}'}
+MAX_STDIN_BYTES = 64 << 20
+
+
+def local_url(settings: Settings) -> str:
+    """This machine's server address from the settings (a wildcard bind is reached on loopback)."""
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.port}"
+
+
+def _settings(environ: Mapping[str, str]) -> Settings | None:
+    try:
+        return Settings.from_env(environ)
+    except SettingsError:
+        return None
+
+
+def _with_event(body: bytes, event: str | None) -> bytes:
+    """Copilot CLI's camelCase payloads carry no event name: add the one the config names."""
+    if not event:
+        return body
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return body  # the server answers malformed JSON with a 400 that names the problem
+    if isinstance(payload, dict):
+        payload["agentmemory_event"] = event
+        return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    return body
+
+
+def post(url: str, client: str, body: bytes, token: str | None, timeout: float) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/agentmemory/hooks/{client}",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (a configured URL)
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def run(
+    opts: argparse.Namespace, stdin: IO[bytes], stdout: IO[str], stderr: IO[str], environ: Mapping[str, str]
+) -> int:
+    settings = _settings(environ)
+    url = opts.url or environ.get("AGENTMEMORY_URL") or (local_url(settings) if settings else "http://127.0.0.1:3111")
+    token = environ.get("AGENTMEMORY_SECRET") or (auth.client_token(settings) if settings else None)
+    body = _with_event(stdin.read(MAX_STDIN_BYTES), opts.event)
+    neutral = NEUTRAL.get(opts.client, "{}")
+    try:
+        status, answer = post(url, opts.client, body, token, opts.timeout)
+    except (OSError, ValueError) as exc:
+        print(f"agentmemory hook: {url} not reachable ({exc}); nothing recorded", file=stderr)
+        print(neutral, file=stdout)
+        return 0
+    if 200 <= status < 300:
+        print(answer.decode("utf-8", "replace").strip() or neutral, file=stdout)
+        return 0
+    print(f"agentmemory hook: the server answered {status}: {answer[:300].decode('utf-8', 'replace')}", file=stderr)
+    print(neutral, file=stdout)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("client", help="whose hook format stdin is in (claude-code, codex, cursor, ...)")
+    parser.add_argument("--url", help="server address (default: AGENTMEMORY_URL, else http://HOST:PORT)")
+    parser.add_argument("--event", help="event name to add to the payload (Copilot CLI camelCase hooks)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="agentmemory hook", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv), sys.stdin.buffer, sys.stdout, sys.stderr, os.environ)
+
+
+def main_with(opts: argparse.Namespace) -> None:
+    """``agentmemory hook`` reached through the full CLI parser (same behaviour, slower start)."""
+    run(opts, sys.stdin.buffer, sys.stdout, sys.stderr, os.environ)
+
+
+def probe(url: str, token: str | None, timeout: float = 3.0) -> str:
+    """One line on whether the server at ``url`` answers and takes the token."""
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/agentmemory/health", headers={"Authorization": f"Bearer {token}"} if token else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (a configured URL)
+            return f"up (HTTP {response.status})"
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            return "up, but it refuses this machine's token (401): check AGENTMEMORY_SECRET / the secret file"
+        return f"up (HTTP {exc.code})"
+    except (OSError, ValueError) as exc:
+        return f"not reachable ({exc}): start it with `agentmemory serve` or `agentmemory service install`"

@@ -1,0 +1,158 @@
+"""Raw hook payloads from coding agents: ``POST /agentmemory/hooks/<client>``.
+
+A coding agent's own hook (Claude Code's ``http`` hooks post here directly; the command-only
+clients reach it through ``agentmemory hook <client>``) sends its JSON as it is. The client's
+mapper (``capture/clients``) reads it; the event is stored through the observation pipeline
+(``agent_observe``: privacy stripping, dedup, compression, index); session start reopens the
+session and answers with the context block, a prompt gets the memories relevant to it, a turn end
+and a session end go through ``session_end`` (``final`` false and true, like upstream 0.9.30).
+The answer is in the client's own output format, so the hook can hand it back unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from agentmemory_server.capture.clients import MAPPERS
+from agentmemory_server.capture.clients.base import END, START, TURN_END, HookEvent
+from agentmemory_server.capture.observe import agent_observe, derive_event_id
+from agentmemory_server.capture.sessions import session_end, session_start
+from agentmemory_server.errors import CapacityExceeded
+from agentmemory_server.kernel import registry
+from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.registry import Ctx, params, string, tool
+from agentmemory_server.kernel.util import estimate_tokens, truncate
+from agentmemory_server.retrieval import recall, search
+
+log = logging.getLogger("agentmemory.hooks")
+# Claude Code replaces additionalContext above 10,000 characters with a file path and a preview.
+MAX_CONTEXT_CHARS = 9500
+PROMPT_HITS = 5
+
+
+@tool(
+    "hook_event",
+    params(["client"], client=string("Which agent's hook format the body is in", enum=sorted(MAPPERS))),
+    http=[("POST", "/hooks/<client>")],
+    mcp=False,
+)
+def hook_event(ctx: Ctx, args: dict) -> dict:
+    """Take one raw hook payload from a coding agent (Claude Code, Codex, Cursor, Gemini/Antigravity,
+    Cline, Copilot CLI, OpenCode), store it as an observation and answer in that agent's own hook
+    output format (the context block at session start, relevant memories for a prompt)."""
+    mapper = MAPPERS[args["client"]]
+    payload = {k: v for k, v in args.items() if k != "client"}
+    event = mapper.parse(payload, ctx.rt.settings.capture_output_max)
+    if event.skip:
+        return mapper.reply(event, None)
+    project = project_of(event.cwd)
+    # A start compiles its context first, so the block holds what earlier sessions left and not
+    # the start that was just recorded.
+    context = start_session(ctx, event, project) if event.lifecycle == START else None
+    try:
+        registry.run(agent_observe, ctx, observe_args(ctx, event, project))
+    except CapacityExceeded:
+        if event.lifecycle != START and not event.prompt:
+            raise
+        log.warning("session %s is full; answering its %s without storing it", event.session_id, event.event)
+    return mapper.reply(event, context if event.lifecycle == START else after_store(ctx, event, project))
+
+
+def project_of(cwd: str | None) -> str | None:
+    """The project an agent works on: the last part of its working directory."""
+    if not cwd:
+        return None
+    name = posixpath.basename(cwd.replace("\\", "/").rstrip("/"))
+    return name[:512] or None
+
+
+def observe_args(ctx: Ctx, event: HookEvent, project: str | None) -> dict[str, Any]:
+    now = ctx.rt.clock.iso()
+    if event.key:  # the host's own id: a replay of this event is a duplicate
+        event_id = derive_event_id(event.session_id, event.hook_type, now, {"event_id": event.key})
+    else:  # without one, the same content at another moment is another event (wrapped, so that
+        # ids every event of a turn shares, like Claude Code's prompt_id, do not merge them)
+        event_id = derive_event_id(event.session_id, event.hook_type, now, {"payload": event.data})
+    args: dict[str, Any] = {
+        "sessionId": event.session_id,
+        "hookType": event.hook_type,
+        "timestamp": now,
+        "data": described(event),
+        "eventId": event_id,
+    }
+    if project:
+        args["project"] = project
+    if event.cwd:
+        args["cwd"] = event.cwd[:4096]
+    return args
+
+
+CONTENT_FIELDS = ("prompt", "tool_name", "message", "last_message", "error", "title")
+DETAIL_FIELDS = ("source", "reason", "trigger", "notification_type", "status", "agent_type")
+
+
+def described(event: HookEvent) -> dict[str, Any]:
+    """The data to store, with a one-line ``message`` for events that carry no content of their
+    own (a session start, a turn end), so their narrative says what happened instead of echoing
+    ids and paths."""
+    data = {**event.data, "hook_event_name": event.event}
+    if not any(data.get(f) for f in CONTENT_FIELDS):
+        details = [str(data[f]) for f in DETAIL_FIELDS if isinstance(data.get(f), (str, int)) and data.get(f)]
+        data["message"] = event.event + (f" ({', '.join(details)})" if details else "")
+    return data
+
+
+def start_session(ctx: Ctx, event: HookEvent, project: str | None) -> str | None:
+    """Open (or reopen) the session; the context block to hand back, if any."""
+    started = registry.run(session_start, ctx, {"sessionId": event.session_id, "project": project, "cwd": event.cwd})
+    if ctx.rt.settings.hook_context == "off" or not started["context"]:
+        return None
+    return truncate(started["context"], MAX_CONTEXT_CHARS)
+
+
+def after_store(ctx: Ctx, event: HookEvent, project: str | None) -> str | None:
+    """What the event means for its session; the context to hand back, if any."""
+    mode = ctx.rt.settings.hook_context
+    if event.lifecycle in (TURN_END, END):
+        registry.run(session_end, ctx, {"sessionId": event.session_id, "final": event.lifecycle == END})
+        return None
+    if event.prompt and mode == "all":
+        return relevant_memories(ctx, event.session_id, project, event.prompt)
+    return None
+
+
+def relevant_memories(ctx: Ctx, session_id: str, project: str | None, prompt: str) -> str | None:
+    """Memories and past observations matching a prompt, as a small block (BM25: it runs before
+    every prompt, so it stays cheap); None when nothing from another session matches."""
+    filters = {"kinds": recall.RESULT_KINDS, "project": project, "agent_id": agent_filter(ctx, None)}
+    query = prompt[:2000]
+    terms = {t.lower() for t in search.query_terms(query)}
+    pairs, _mode = recall.ranked(ctx, query, limit=PROMPT_HITS * 3, filters=filters, mode="bm25")
+    opening = f"<agentmemory-relevant project={quoteattr(project or '')}>"
+    closing = "</agentmemory-relevant>"
+    remaining = ctx.rt.settings.hook_prompt_budget - estimate_tokens(opening + closing)
+    lines: list[str] = []
+    for hit, record in pairs:
+        row = recall.as_observation(hit, record)
+        if row.get("sessionId") == session_id or not row.get("title") or not mentions(row, terms):
+            continue
+        narrative = f": {truncate(' '.join(str(row.get('narrative') or '').split()), 200)}"
+        line = f"- [{row.get('type', 'other')}] {escape(str(row['title']))}{escape(narrative)}"
+        cost = estimate_tokens(line + "\n")
+        if cost > remaining:
+            break
+        lines.append(line)
+        remaining -= cost
+        if len(lines) >= PROMPT_HITS:
+            break
+    return f"{opening}\n" + "\n".join(lines) + f"\n{closing}" if lines else None
+
+
+def mentions(row: dict[str, Any], terms: set[str]) -> bool:
+    """Whether a hit's own text contains one of the query's terms (ranking alone would also hand
+    back the best of nothing)."""
+    text = f"{row.get('title') or ''} {row.get('narrative') or ''}".lower()
+    return any(term in text for term in terms)

@@ -1,0 +1,262 @@
+"""``agentmemory connect`` for every client in a temporary HOME: the files it writes match each
+agent's documented format (tests/client_schemas.py), the user's own settings survive, a second run
+changes nothing, the hook commands it configures reach a real server, and ``disconnect`` restores
+every file byte for byte (and removes the ones it created)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+import client_schemas
+from conftest import LiveServer, clean_environ, wait_for
+
+SECRET = "connect-test-secret-0123456789"
+FIXTURES = Path(__file__).parent / "fixtures" / "clients"
+CLI = [sys.executable, "-m", "agentmemory_server.adapters.entry"]
+SCOPES = {"continue": "project"}
+EXISTING = {  # the user's own config before connect
+    ".claude/settings.json": '{\n    "model": "opus",\n    "hooks": {"PostToolUse": [{"matcher": "Bash", '
+    '"hooks": [{"type": "command", "command": "echo formatted"}]}]}\n}\n',
+    ".codex/config.toml": '# my codex config\nmodel = "gpt-5-codex"   # keep me\n\n[mcp_servers.docs]\n'
+    'command = "docs-mcp"\n',
+    ".cursor/hooks.json": '{"version": 1, "hooks": {"afterFileEdit": [{"command": "./hooks/format.sh"}]}}',
+    ".cursor/mcp.json": '{"mcpServers": {"other": {"command": "other-mcp"}}}\n',
+    ".gemini/settings.json": '{\n  "theme": "GitHub",\n  "mcpServers": {"fs": {"command": "fs-mcp"}}\n}\n',
+    ".config/opencode/opencode.json": '{"$schema": "https://opencode.ai/config.json", "theme": "dark"}\n',
+    ".config/zed/settings.json": '{\n  "theme": "One Dark",\n  "context_servers": {}\n}\n',
+    ".config/goose/config.yaml": 'GOOSE_PROVIDER: "anthropic"\nextensions:\n  developer:\n    bundled: true\n'
+    "    enabled: true\n    name: developer\n    timeout: 300\n    type: builtin\n",
+    ".codeium/windsurf/mcp_config.json": '{"mcpServers": {"github": {"command": "gh-mcp", "args": []}}}\n',
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    live = LiveServer(tmp_path_factory.mktemp("connect"), {"AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_AUTH": "on"}, [])
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    for rel, text in EXISTING.items():
+        (home / rel).parent.mkdir(parents=True, exist_ok=True)
+        (home / rel).write_text(text)
+        os.chmod(home / rel, 0o644)
+    (home / ".agentmemory").mkdir()
+    (home / ".agentmemory" / "secret").write_text(SECRET + "\n")
+    os.chmod(home / ".agentmemory" / "secret", 0o600)
+    (home / "project").mkdir()
+    return home
+
+
+def env_for(home: Path) -> dict[str, str]:
+    return {**clean_environ(), "HOME": str(home)}
+
+
+def agentmemory(home: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=120,
+                          env=env_for(home), cwd=home / "project")
+
+
+def snapshot(home: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under HOME except agentmemory's own state."""
+    out = {}
+    for path in home.rglob("*"):
+        if path.is_file() and ".agentmemory" not in path.parts:
+            out[str(path.relative_to(home))] = (path.read_bytes(), path.stat().st_mode & 0o777)
+    return out
+
+
+def connect(home: Path, client: str, url: str) -> subprocess.CompletedProcess:
+    return agentmemory(home, "connect", client, "--yes", "--url", url, "--scope", SCOPES.get(client, "user"))
+
+
+def start_payload(client: str, session: str) -> tuple[dict[str, Any], str | None]:
+    case = json.loads((FIXTURES / f"{client}.json").read_text())["cases"][0]
+    payload = dict(case["payload"])
+    for key in ("session_id", "conversation_id", "taskId", "sessionId"):
+        if key in payload:
+            payload[key] = session
+    return payload, case.get("event")
+
+
+def run_shell(command: str, payload: dict[str, Any], home: Path, cwd: Path) -> dict[str, Any]:
+    """Run a configured hook command the way a client does: a shell, the event JSON on stdin."""
+    done = subprocess.run(["sh", "-c", command], input=json.dumps(payload), capture_output=True, text=True,
+                          timeout=60, env=env_for(home), cwd=cwd)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    return json.loads(done.stdout)
+
+
+def session_start_command(client: str, home: Path) -> tuple[str, Path]:
+    """The command the client's config runs at session start, and the directory it runs in."""
+    load = client_schemas.load_json
+    if client == "claude-code":
+        groups = load(home / ".claude" / "settings.json")["hooks"]["SessionStart"]
+    elif client == "codex":
+        groups = load(home / ".codex" / "hooks.json")["hooks"]["SessionStart"]
+    elif client in ("antigravity", "gemini"):
+        groups = load(home / ".gemini" / "settings.json")["hooks"]["SessionStart"]
+    elif client == "cursor":
+        return load(home / ".cursor" / "hooks.json")["hooks"]["sessionStart"][-1]["command"], home / ".cursor"
+    elif client == "copilot":
+        return load(home / ".copilot" / "hooks" / "agentmemory.json")["hooks"]["sessionStart"][-1]["bash"], home
+    else:  # cline: the TaskStart script itself
+        return str(home / "Documents" / "Cline" / "Hooks" / "TaskStart"), home
+    return groups[-1]["hooks"][-1]["command"], home
+
+
+def observations(server: LiveServer, session: str) -> list[dict[str, Any]]:
+    response = requests.get(server.api("/observations"), params={"sessionId": session},
+                            headers={"Authorization": f"Bearer {SECRET}"}, timeout=10)
+    return response.json().get("observations", [])
+
+
+def exercise_hook(client: str, home: Path, server: LiveServer) -> None:
+    session = f"connect-{client}"
+    if client in ("opencode", "continue", "zed", "goose", "windsurf"):
+        return
+    payload, event = start_payload(client, session)
+    command, cwd = session_start_command(client, home)
+    answer = run_shell(command, payload, home, cwd)
+    assert isinstance(answer, dict)
+    assert [o["hookType"] for o in observations(server, session)] == ["session_start"]
+
+
+def test_opencode_plugin_forwards_events(home: Path, server: LiveServer) -> None:
+    assert connect(home, "opencode", server.url).returncode == 0
+    plugin = home / ".config" / "opencode" / "plugins" / "agentmemory.js"
+    script = f"""
+import {{ AgentMemory }} from {json.dumps(plugin.as_uri())};
+const hooks = await AgentMemory({{ directory: "/home/u/game" }});
+await hooks.event({{ event: {{ type: "session.created", properties: {{ info: {{ id: "oc-plugin", directory: "/home/u/game" }} }} }} }});
+await hooks["tool.execute.before"]({{ tool: "edit", sessionID: "oc-plugin", callID: "c1" }}, {{ args: {{ filePath: "a.ts" }} }});
+await hooks["tool.execute.after"]({{ tool: "edit", sessionID: "oc-plugin", callID: "c1" }}, {{ title: "a.ts", output: "ok", metadata: {{}} }});
+setInterval(() => {{}}, 1000);  // stay up like OpenCode does; the test stops this process
+"""
+    node = subprocess.Popen(["node", "--input-type=module", "-e", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env_for(home))
+    try:  # the plugin does not wait for its posts: wait for them to arrive
+        stored = wait_for(lambda: len(observations(server, "oc-plugin")) >= 2 and observations(server, "oc-plugin"),
+                          timeout=30, message=lambda: "the plugin's events did not arrive", proc=node)
+    finally:
+        node.kill()
+        node.communicate(timeout=10)
+    # fire and forget: the two posts may land in either order
+    by_type = {o["hookType"]: o for o in stored}
+    assert sorted(by_type) == ["post_tool_use", "session_start"] and len(stored) == 2
+    tool = by_type["post_tool_use"]
+    assert tool["files"] == ["a.ts"] and tool["raw"]["tool_input"] == {"filePath": "a.ts"}
+
+
+@pytest.mark.parametrize("client", sorted(client_schemas.VALIDATORS))
+def test_connect_writes_documented_config_and_disconnect_restores(home: Path, server: LiveServer, client: str) -> None:
+    before = snapshot(home)
+    done = connect(home, client, server.url)
+    assert done.returncode == 0, done.stderr
+    assert SECRET not in done.stdout  # the diff shows the token as a placeholder
+    written = client_schemas.validate(client, home, home / "project")
+    for rel, text in EXISTING.items():  # the user's own entries are all still there
+        path = home / rel
+        if path in written and path.suffix == ".json":
+            assert _contains(json.loads(path.read_text()), json.loads(text)), rel
+        elif path in written:
+            assert all(line in path.read_text() for line in text.splitlines()), rel
+    after = snapshot(home)
+
+    again = connect(home, client, server.url)
+    assert again.returncode == 0 and "already connected" in again.stdout
+    assert snapshot(home) == after
+
+    exercise_hook(client, home, server)
+    gone = agentmemory(home, "disconnect", client, "--scope", SCOPES.get(client, "user"))
+    assert gone.returncode == 0, gone.stderr
+    assert snapshot(home) == before
+
+
+def _contains(doc: Any, original: Any) -> bool:
+    """Whether every key/value of ``original`` is still in ``doc`` (lists may have grown)."""
+    if isinstance(original, dict):
+        return isinstance(doc, dict) and all(k in doc and _contains(doc[k], v) for k, v in original.items())
+    if isinstance(original, list):
+        return isinstance(doc, list) and all(any(_contains(d, o) for d in doc) for o in original)
+    return doc == original
+
+
+def test_disconnect_keeps_changes_made_after_connect(home: Path, server: LiveServer) -> None:
+    assert connect(home, "cursor", server.url).returncode == 0
+    hooks_file = home / ".cursor" / "hooks.json"
+    doc = json.loads(hooks_file.read_text())
+    doc["hooks"]["beforeReadFile"] = [{"command": "./hooks/redact.sh"}]
+    hooks_file.write_text(json.dumps(doc))
+    assert agentmemory(home, "disconnect", "cursor").returncode == 0
+    left = json.loads(hooks_file.read_text())
+    assert left == {"version": 1, "hooks": {"afterFileEdit": [{"command": "./hooks/format.sh"}],
+                                            "beforeReadFile": [{"command": "./hooks/redact.sh"}]}}
+
+
+def test_connect_never_waits_or_clobbers(home: Path, server: LiveServer) -> None:
+    before = snapshot(home)
+    shown = agentmemory(home, "connect", "codex", "--url", server.url)  # no --yes, stdin not a terminal
+    assert shown.returncode == 1 and "--yes" in shown.stderr and "+++" in shown.stdout
+    hooks_dir = home / "Documents" / "Cline" / "Hooks"
+    hooks_dir.mkdir(parents=True)
+    (hooks_dir / "PostToolUse").write_text("#!/bin/sh\necho mine\n")
+    clash = connect(home, "cline", server.url)
+    assert clash.returncode == 1 and "not agentmemory's" in clash.stderr
+    (home / ".config" / "zed" / "settings.json").write_text('{\n  // my theme\n  "theme": "One Dark"\n}\n')
+    jsonc = connect(home, "zed", server.url)
+    assert jsonc.returncode == 1 and "not plain JSON" in jsonc.stderr
+    scope = agentmemory(home, "connect", "goose", "--yes", "--scope", "project")
+    assert scope.returncode == 1 and "--scope user" in scope.stderr
+    after = snapshot(home)
+    assert {k: v for k, v in after.items() if "Cline" not in k and "zed" not in k} == \
+        {k: v for k, v in before.items() if "zed" not in k}
+
+
+def test_status_reports_connected_clients_and_the_server(home: Path, server: LiveServer) -> None:
+    assert connect(home, "windsurf", server.url).returncode == 0
+    report = json.loads(agentmemory(home, "status", "--json", "--url", server.url).stdout)
+    assert report["server"].startswith("up (HTTP 200)")
+    connected = {row["client"] for row in report["clients"] if row["connected"]}
+    assert connected == {"windsurf"}
+    assert shutil.which("node")  # the OpenCode plugin test runs the plugin with node
+
+
+def test_connect_before_the_server_ever_ran_creates_the_token_it_will_use(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "project").mkdir(parents=True)
+    data_dir = home / ".agentmemory"  # the default data directory, shared by connect and the server
+    live = LiveServer(tmp_path, {"HOME": str(home), "AGENTMEMORY_AUTH": "on", "AGENTMEMORY_DATA_DIR": str(data_dir)},
+                      [], start=False)
+    env = {**clean_environ(), "HOME": str(home)}
+    env.pop("AGENTMEMORY_AUTH")  # auth on, as installed
+    done = subprocess.run([*CLI, "connect", "claude-code", "--yes", "--url", live.url], capture_output=True,
+                          text=True, timeout=120, env=env, cwd=home / "project")
+    assert done.returncode == 0, done.stderr
+    secret = data_dir / "secret"
+    token = secret.read_text().strip()
+    assert len(token) >= 32 and secret.stat().st_mode & 0o777 == 0o600
+    settings = client_schemas.load_json(home / ".claude" / "settings.json")
+    assert settings["env"]["AGENTMEMORY_SECRET"] == token
+    assert "<token>" in done.stdout and token not in done.stdout  # the diff never shows it
+    try:
+        live.start()
+        hook = settings["hooks"]["PostToolUse"][-1]["hooks"][-1]
+        payload = {"session_id": "first-run", "cwd": str(home / "project"), "hook_event_name": "PostToolUse",
+                   "tool_name": "Read", "tool_input": {"file_path": "a.py"}, "tool_response": "x = 1"}
+        answer = requests.post(hook["url"], json=payload, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+    finally:
+        live.stop()
