@@ -201,3 +201,19 @@ def test_several_request_processes_of_a_node_run_one_background_worker(live_serv
                     interval=0.3, message="the node's one worker did not embed the backlog")
     time.sleep(2.5)  # the standby supervisors poll the lock every 2 s: none may spawn meanwhile
     assert seen()[0] == workers
+
+
+def test_the_background_worker_finds_the_package_without_an_install(tmp_path):
+    # README's quick start runs `python src/app.py` from a checkout with only requirements.txt
+    # installed: the worker child (`python -m agentmemory_server...`) must find the package
+    # through its environment. `-S` hides the editable install the test virtualenv has.
+    from agentmemory_server.adapters import supervisor
+
+    code = "import agentmemory_server; print(agentmemory_server.__file__)"
+    bare = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert bare.returncode != 0  # the control: nothing else makes it importable here
+    found = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                           env=supervisor.worker_env())
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()).resolve() == Path(supervisor.agentmemory_server.__file__).resolve()

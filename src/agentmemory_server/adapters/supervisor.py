@@ -22,8 +22,10 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import agentmemory_server
 from agentmemory_server.kernel.settings import Settings
 
 log = logging.getLogger("agentmemory.supervisor")
@@ -61,6 +63,7 @@ class Supervisor:
         return False
 
     def command(self) -> list[str]:
+        """The worker's command line (run with ``worker_env()``)."""
         return [
             sys.executable,
             "-m",
@@ -79,7 +82,7 @@ class Supervisor:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         # Same environment and settings; the worker's output joins the server's log.
-        proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, env=worker_env())
         self.starts += 1
         log.info("background worker started (pid %d, start %d)", proc.pid, self.starts)
         return proc
@@ -143,3 +146,12 @@ def start_for(settings: Settings, rt: Any) -> Supervisor | None:
     supervisor = Supervisor(settings).start()
     rt.supervisor = supervisor
     return supervisor
+
+
+def worker_env() -> dict[str, str]:
+    """This process's environment with the directory holding ``agentmemory_server`` first on
+    PYTHONPATH. README's quick start runs ``python src/app.py`` from a checkout without installing
+    the package: the server finds it beside its script, but ``python -m`` in a child would not."""
+    root = str(Path(agentmemory_server.__file__).resolve().parent.parent)
+    inherited = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, inherited) if p)}
