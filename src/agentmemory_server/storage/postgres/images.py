@@ -27,18 +27,14 @@ class PgImageIndex:
 
     def link(self, doc_rowid: int, image_ids: Sequence[str]) -> None:
         """The images search row ``doc_rowid`` references are exactly ``image_ids``."""
-        current = {
-            r[0] for r in self.conn.execute("SELECT image_id FROM image_links WHERE doc_rowid = %s", (doc_rowid,))
-        }
-        wanted = set(image_ids)
-        if current == wanted:
-            return
-        self.conn.execute("DELETE FROM image_links WHERE doc_rowid = %s", (doc_rowid,))
-        if wanted:
-            self.conn.execute(
-                "INSERT INTO image_links (doc_rowid, image_id) SELECT %s, unnest(%s::text[])",
-                (doc_rowid, sorted(wanted)),
-            )
+        # One statement nobody waits for (a pipelined transaction sends it on with the others):
+        # drop the links not wanted, add the missing ones; unchanged links are not rewritten.
+        wanted = sorted(set(image_ids))
+        self.conn.execute(
+            "WITH gone AS (DELETE FROM image_links WHERE doc_rowid = %s AND image_id <> ALL(%s::text[])) "
+            "INSERT INTO image_links (doc_rowid, image_id) SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+            (doc_rowid, wanted, doc_rowid, wanted),
+        )
 
     def get(self, image_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(

@@ -255,6 +255,13 @@ class PgCaptureLog:
             (event_id, session_id, obs_id, now),
         )
 
+    def known(self, event_ids: Sequence[str]) -> set[str]:
+        wanted = list(dict.fromkeys(event_ids))
+        if not wanted:
+            return set()
+        rows = self.conn.execute("SELECT event_id FROM capture_events WHERE event_id = ANY(%s::text[])", (wanted,))
+        return {r[0] for r in rows}
+
     def mark_deleted(self, obs_ids: list[str]) -> None:
         # The event row stays so that a replay of a deleted event is still a duplicate.
         if obs_ids:

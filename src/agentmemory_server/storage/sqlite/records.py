@@ -255,6 +255,13 @@ class SqliteCaptureLog:
             (event_id, session_id, obs_id, now),
         )
 
+    def known(self, event_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk, marks in in_chunks(list(dict.fromkeys(event_ids))):
+            rows = self.conn.execute(f"SELECT event_id FROM capture_events WHERE event_id IN ({marks})", chunk)
+            found.update(r[0] for r in rows)
+        return found
+
     def mark_deleted(self, obs_ids: list[str]) -> None:
         # The event row stays so that a replay of a deleted event is still a duplicate.
         for chunk, marks in in_chunks(obs_ids):
