@@ -472,6 +472,7 @@ def _write_records(
     statement a record and a few round trips a batch, not several of each a record."""
     to_index: list[tuple[str, dict[str, Any]]] = []
     events: list[tuple[str, str, str]] = []
+    written: list[tuple[str, str, Any]] = []
     for scope, key, value in records:
         section = "observations" if is_obs_scope(scope) else scope
         tally = counts.setdefault(section, {"imported": 0, "skipped": 0})
@@ -480,7 +481,7 @@ def _write_records(
             continue
         if not stripped:
             value = strip_private_data(value)
-        tx.records.set(scope, key, value, now=now)
+        written.append((scope, key, value))
         kind = search.kind_for_scope(scope)
         if kind and isinstance(value, dict):
             to_index.append((kind, value))
@@ -488,12 +489,15 @@ def _write_records(
         if event_id:
             events.append((event_id, value["sessionId"], key))
         tally["imported"] += 1
+    tx.records.set_many(written, now=now)
     search.index_records(tx, to_index)
     known = tx.events.known([event_id for event_id, _sid, _key in events])
-    for event_id, sid, key in events:
-        if event_id not in known:
-            tx.events.put(event_id, sid, key, now)
-            known.add(event_id)
+    new = []
+    for event in events:
+        if event[0] not in known:
+            new.append(event)
+            known.add(event[0])
+    tx.events.put_many(new, now)
 
 
 def add_counts(total: dict[str, dict[str, int]], counts: dict[str, dict[str, int]]) -> None:

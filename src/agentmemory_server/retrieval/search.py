@@ -349,8 +349,9 @@ class _BatchIndexer:
 
     def flush(self) -> None:
         rowids = self.store.index.upsert_many([(doc, text) for doc, text, _images in self.pending])
-        for rowid, (_doc, _text, images) in zip(rowids, self.pending, strict=True):
-            self.store.images.link(rowid, images)
+        self.store.images.link_many(
+            [(rowid, images) for rowid, (_d, _t, images) in zip(rowids, self.pending, strict=True)]
+        )
         self.indexed.update(self.trail)  # their rows are in the index now
         self.pending, self.trail, self.newest, self.doc_ids = [], {}, {}, set()
 

@@ -36,6 +36,19 @@ class PgImageIndex:
             (doc_rowid, wanted, doc_rowid, wanted),
         )
 
+    def link_many(self, links: Sequence[tuple[int, Sequence[str]]]) -> None:
+        """One statement for the batch: drop the links not wanted, add the missing ones."""
+        if not links:
+            return
+        pairs = [(rowid, image_id) for rowid, ids in links for image_id in sorted(set(ids))]
+        self.conn.execute(
+            "WITH w AS (SELECT * FROM unnest(%s::bigint[], %s::text[]) AS w(doc_rowid, image_id)), "
+            "gone AS (DELETE FROM image_links l WHERE l.doc_rowid = ANY(%s::bigint[]) AND NOT EXISTS "
+            "(SELECT 1 FROM w WHERE w.doc_rowid = l.doc_rowid AND w.image_id = l.image_id)) "
+            "INSERT INTO image_links (doc_rowid, image_id) SELECT doc_rowid, image_id FROM w ON CONFLICT DO NOTHING",
+            ([p[0] for p in pairs], [p[1] for p in pairs], [rowid for rowid, _ids in links]),
+        )
+
     def get(self, image_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT id, mime, bytes, created_at, evicted_at, "
