@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -58,6 +58,12 @@ log = logging.getLogger("agentmemory.postgres")
 # Advisory lock keys (one 64-bit namespace per database).
 WRITE_LOCK = 0x616D_0001
 MIGRATE_LOCK = 0x616D_0002
+LIVE_LOCK = 0x616D_0003
+# Transactions that order themselves under a lock of their own instead of the write lock: the
+# live event log's appends (kernel/bus.py) write no other table, and only their sequence
+# numbers must commit in order, so they neither wait for the record writers nor hold them up
+# (every write request is followed by one: bench/pg_statements.py).
+OWN_LOCKS = {"live_events": LIVE_LOCK}
 POOL_TIMEOUT_SECONDS = 30.0
 
 
@@ -131,38 +137,57 @@ class PooledReader:
 class TxConnection:
     """The connection of one transaction (or snapshot), with errors translated.
 
-    :param pipeline: the connection's pipeline when the transaction runs in pipeline mode: a
+    :param pipelined: the transaction runs in pipeline mode: a
         statement is then sent without waiting for its answer, and the round trip is paid only
         when a result is read (``fetch*``, ``rowcount``) or at commit. A write request's inserts
         and updates travel together instead of one round trip each (bench/pg_statements.py).
     """
 
-    def __init__(self, conn: psycopg.Connection, pipeline: psycopg.Pipeline | None = None):
+    def __init__(self, conn: psycopg.Connection, *, pipelined: bool = False):
         self.raw = conn
-        self._pipeline = pipeline
+        self._pipelined = pipelined
 
     def execute(self, query: Any, params: Sequence[Any] | None = None) -> Result:
         try:
             cursor = self.raw.execute(query, params)
         except psycopg.Error as exc:
             raise translate(exc) from exc
-        if self._pipeline is None:
+        if not self._pipelined:
             return cursor
-        return PipelinedRows(cursor, self._pipeline)
+        return PipelinedRows(cursor, self.raw)
+
+
+def _collect(conn: psycopg.Connection) -> None:
+    """Wait for what a failing pipelined transaction sent (its first error is being raised
+    already), so that leaving the pipeline finds nothing pending."""
+    try:
+        conn.execute("SELECT 1").fetchone()
+    except psycopg.Error:
+        pass
+
+
+def _roll_back(conn: psycopg.Connection) -> None:
+    """Roll back unless the server ended the failed transaction itself."""
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # a broken connection: the pool discards it
 
 
 class PipelinedRows:
     """A statement sent in pipeline mode: reading its rows or its row count waits for the
     answer; an error of any earlier statement surfaces here, translated."""
 
-    def __init__(self, cursor: psycopg.Cursor, pipeline: psycopg.Pipeline):
+    def __init__(self, cursor: psycopg.Cursor, conn: psycopg.Connection):
         self._cursor = cursor
-        self._pipeline = pipeline
+        self._conn = conn
 
     @property
     def rowcount(self) -> int:
+        # The answers come in order: reading a later statement's waits for this one's too.
         try:
-            self._pipeline.sync()
+            self._conn.execute("SELECT 1").fetchone()
         except psycopg.Error as exc:
             raise translate(exc) from exc
         return self._cursor.rowcount
@@ -426,19 +451,33 @@ class PostgresDatabase:
             return
         if self.damage is not None:
             raise damaged(self.location, self.damage["problems"])
-        with self._writer_turn(), self._connection() as conn, self._classified():
-            with conn.pipeline() as pipeline, conn.transaction():
-                # Waited for here (BEGIN and the lock in one round trip), before the block runs:
-                # the write lock comes first in every thread's lock order.
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,)).fetchone()
-                store = self._unit(TxConnection(conn, pipeline), writable=True)
-                self._local.tx = store
-                try:
-                    yield store
-                    if store.changed:
-                        self._write_audit(store, operation, agent_id)
-                finally:
-                    self._local.tx = None
+        lock = OWN_LOCKS.get(operation, WRITE_LOCK)
+        turn = self._writer_turn() if lock == WRITE_LOCK else nullcontext()
+        with turn, self._connection() as conn, self._classified():
+            # BEGIN and COMMIT are sent by hand: psycopg's transaction() in pipeline mode syncs
+            # on entry and exit (four more round trips a write). The pipeline's exit sends the
+            # COMMIT and waits for it (Pipeline.sync() can stall with megabytes unsent).
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    # Waited for here (with BEGIN, one round trip), before the block runs: the
+                    # write lock comes first in every thread's lock order.
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,)).fetchone()
+                    store = self._unit(TxConnection(conn, pipelined=True), writable=True)
+                    self._local.tx = store
+                    try:
+                        yield store
+                        if store.changed:
+                            self._write_audit(store, operation, agent_id)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        _collect(conn)
+                        raise
+                    finally:
+                        self._local.tx = None
+            except BaseException:
+                _roll_back(conn)
+                raise
             self.last_write = time.monotonic()
         if store.lexical_changed and self.lexical is not None:
             self.lexical.notify()
