@@ -45,6 +45,7 @@ from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
 from agentmemory_server.storage.sqlite.vector_index import SqliteVectorIndex
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
+from agentmemory_server.storage.sqlite.write_gate import ProcessWriteGate
 
 log = logging.getLogger("agentmemory.storage")
 
@@ -179,6 +180,7 @@ class Database:
         self.location = str(self.path)
         self._now = now
         self._lock = threading.RLock()
+        self._gate = ProcessWriteGate(self.path)  # orders the writers of other processes too
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -421,7 +423,7 @@ class Database:
         if outer is not None:
             yield outer
             return
-        with self._lock:
+        with self._lock, self._gate:
             if self._closed:
                 raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
             self._refuse_writes_if_unsafe()
@@ -573,6 +575,7 @@ class Database:
                 self._final_checkpoint()
             except sqlite3.Error as exc:
                 log.warning("closing %s: the WAL could not be checkpointed: %s", self.path, exc)
+            self._gate.close()
             try:
                 self._writer.close()
             except sqlite3.Error:
