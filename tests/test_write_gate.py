@@ -21,8 +21,6 @@ from agentmemory_server.storage.sqlite.write_gate import ProcessWriteGate
 
 pytestmark = pytest.mark.sqlite_only
 
-SRC = Path(__file__).resolve().parent.parent / "src"
-
 HOLD = textwrap.dedent("""
     import fcntl, os, sys, time
     fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
@@ -33,11 +31,10 @@ HOLD = textwrap.dedent("""
 
 INCREMENT = textwrap.dedent("""
     import sys
-    sys.path.insert(0, sys.argv[2])
     from agentmemory_server.kernel.util import Clock
     from agentmemory_server.storage.sqlite.database import Database
     db = Database(sys.argv[1], now=Clock().iso, background=False)
-    for _ in range(int(sys.argv[3])):
+    for _ in range(int(sys.argv[2])):
         with db.transaction("count") as tx:
             row = tx.records.get("mem:counter", "n") or {"n": 0}
             tx.records.set("mem:counter", "n", {"n": row["n"] + 1}, now="2026-12-05T00:00:00Z")
@@ -96,7 +93,7 @@ def test_transactions_wait_for_another_process_and_go_on_when_it_releases(tmp_pa
 def test_concurrent_processes_lose_no_update(tmp_path):
     path = tmp_path / "shared.db"
     Database(path, now=Clock().iso, background=False).close()  # migrated once, before the race
-    runs = [subprocess.Popen([sys.executable, "-c", INCREMENT, str(path), str(SRC), "150"]) for _ in range(3)]
+    runs = [subprocess.Popen([sys.executable, "-c", INCREMENT, str(path), "150"]) for _ in range(3)]
     for run in runs:
         assert run.wait(timeout=120) == 0
     db = Database(path, now=Clock().iso, background=False)
