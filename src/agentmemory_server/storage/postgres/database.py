@@ -95,6 +95,10 @@ def configure_connection(conn: psycopg.Connection) -> None:
     register_vector(conn)
     conn.execute("SET hnsw.iterative_scan = relaxed_order")
     conn.execute("SET hnsw.ef_search = 100")
+    # psycopg prepares a statement run five times; PostgreSQL would then switch it to a generic
+    # plan, blind to the parameters: a project's newest rows became a sort of the whole project
+    # (bench/cluster.py at 100k: context p50 350 ms). Prepared statements still skip parsing.
+    conn.execute("SET plan_cache_mode = force_custom_plan")
 
 
 class Rows:
