@@ -135,11 +135,10 @@ def test_a_periodic_run_is_claimed_by_one_node_only(url, make_runtime, tmp_path)
 
 
 def test_writers_waiting_for_the_lock_leave_a_search_its_connection(url, make_runtime):
-    """A remember searches inside its write transaction while other writers wait for the lock
-    and other requests search, with as few pooled connections as that: every call finishes.
-    (Writers waiting for the cluster lock used to hold every connection while a search holding
-    the search engine's pending lock waited for one, and the lock holder waited for that
-    search: a deadlock the pool's 30 s timeout broke with a 503.)"""
+    """Writers and searches at once with two pooled connections: every call finishes. (Writers
+    waiting for the cluster lock used to hold every connection while a search holding the
+    search engine's pending lock waited for one, and the lock holder, searching inside its
+    transaction, waited for that search: a deadlock the pool's 30 s timeout broke with a 503.)"""
     rt = make_runtime(database_url=url, database_pool=2)
     call = ToolCaller(rt)
     call("memory_save", content="the heron queue drains at night")
