@@ -32,6 +32,25 @@ def test_the_bundled_cross_encoder_reads_query_and_text_together():
     assert encoder.score("anything", []).shape == (0,)
 
 
+def test_a_pair_scores_the_same_whatever_else_is_a_candidate():
+    # one pair per model call: neither padding nor the int8 model's per-call activation ranges
+    # let the other candidates change a record's score
+    encoder = rerank.CrossEncoder()
+    query, record = "which database does the billing service use?", "Billing keeps invoices in PostgreSQL."
+    alone = encoder.score(query, [record])[0]
+    among = encoder.score(query, ["ok", record, "a much longer record about deployment " * 20])[1]
+    assert alone == among
+
+
+def test_a_query_longer_than_the_pair_limit_is_cut_not_refused(make_runtime):
+    # a pasted log as the query: more tokens than a pair may hold, before any record text
+    rt = make_runtime(embedding_provider="none")
+    _seed(rt)
+    query = "billing invoices, " + ",".join("x" * 3 for _ in range(300))
+    data = call(rt, "memory_smart_search", query=query, project="p", rerank=True)
+    assert data["reranked"] is True and data["results"]
+
+
 def test_blend_weights_the_two_stages():
     first = [3.0, 2.0, 1.0]
     cross = np.array([-5.0, 0.0, 5.0], dtype=np.float32)
