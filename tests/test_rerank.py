@@ -146,3 +146,23 @@ def test_rerank_is_an_option_of_the_mcp_search_tools(client, rt):
     data = json.loads(result["content"][0]["text"])
     assert data["reranked"] is True and "PostgreSQL" in data["results"][0]["title"]
 
+
+
+def test_reranking_also_reads_the_session_neighbours_of_the_top_hits(make_runtime):
+    # the record that answers shares no word with the query; the one after it names the topic
+    rt = make_runtime(embedding_provider="none")
+    turns = [
+        "Lunch order: the team wants pizza on Friday.",
+        "PostgreSQL 16 with a read replica, since March.",
+        "That is where the billing invoices are kept now.",
+        "The release train leaves on Thursdays.",
+    ]
+    for text in turns:
+        call(rt, "agent_observe", sessionId="s1", project="p", content=text)
+    rt.db.flush()
+    query = "where are billing invoices kept"
+    plain = call(rt, "memory_smart_search", query=query, project="p")
+    assert not any("PostgreSQL" in r["title"] for r in plain["results"])
+    reranked = call(rt, "memory_smart_search", query=query, project="p", rerank=True)
+    titles = [r["title"] for r in reranked["results"]]
+    assert any("PostgreSQL" in t for t in titles)
