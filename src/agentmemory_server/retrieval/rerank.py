@@ -40,7 +40,7 @@ RERANK_WEIGHT = 0.65
 # cross-encoder can then tell whether the turn next to a match is the answer. Chosen by
 # leave-one-conversation-out on LoCoMo (docs/retrieval.md); without a reranker the same
 # expansion did not help beyond its interval, so the first stage alone does not use it.
-NEIGHBOUR_WEIGHT = 0.7
+NEIGHBOUR_WEIGHT = 0.9
 # Query and record together are cut to this many tokens: a record's opening says what it is
 # about, and the cost of a pair grows with its length. 96 ranked as well as 128 on LoCoMo
 # (cross-validated, docs/retrieval.md); 64 lost a point of R@10.
