@@ -49,7 +49,7 @@ MAX_PAIR_TOKENS = 96
 # every pair to the longest (LoCoMo-like records run from 30 to 120 tokens), and the int8
 # model quantises its activations per call, so padding both cost CPU and made a record's score
 # depend on which other records were candidates. One pair per call halved the CPU at depth 40
-# (bench/rerank_cost.py: 525 -> 256 ms p50), and a pair's score is now a function of the pair.
+# (bench/rerank_cost.py: 504 -> 249 ms CPU p50), and a pair's score is now a function of the pair.
 
 
 def available() -> bool:

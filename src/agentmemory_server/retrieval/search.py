@@ -503,7 +503,7 @@ def with_neighbours(store: UnitOfWork, hits: list[dict], filters: dict[str, Any]
     missing = [h["doc_id"] for h in seeds if h.get("rowid") is None]
     rowids = {d["doc_id"]: d["rowid"] for d in store.index.lookup(missing, {})} if missing else {}
     for seed in seeds:
-        rowid = seed.get("rowid", rowids.get(seed["doc_id"]))
+        rowid = seed.get("rowid") or rowids.get(seed["doc_id"])
         if rowid is None:
             continue
         session = {**filters, "session_ids": [seed["session_id"]]}
