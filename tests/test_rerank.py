@@ -148,9 +148,10 @@ def test_rerank_is_an_option_of_the_mcp_search_tools(client, rt):
 
 
 
-def test_reranking_also_reads_the_session_neighbours_of_the_top_hits(make_runtime):
+@pytest.mark.parametrize("engine", ["tantivy", "fts5"])  # FTS5 hits carry no rowid: looked up
+def test_reranking_also_reads_the_session_neighbours_of_the_top_hits(make_runtime, engine):
     # the record that answers shares no word with the query; the one after it names the topic
-    rt = make_runtime(embedding_provider="none")
+    rt = make_runtime(embedding_provider="none", lexical_engine=engine)
     turns = [
         "Lunch order: the team wants pizza on Friday.",
         "PostgreSQL 16 with a read replica, since March.",
