@@ -88,7 +88,12 @@ class CachedCrossEncoder:
         self._lock = threading.Lock()
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
-        keys = [hashlib.sha256(f"{query}\x00{t}".encode("utf-8", "replace")).hexdigest() for t in texts]
+        from agentmemory_server.retrieval import rerank
+
+        # A pair cut to another length is another input; "1" = one pair per model call (scores
+        # from padded batches, the earlier way, are not reused).
+        cut = f"{rerank.MAX_PAIR_TOKENS}:1\x00"
+        keys = [hashlib.sha256(f"{cut}{query}\x00{t}".encode("utf-8", "replace")).hexdigest() for t in texts]
         with self._lock:
             marks = ",".join("?" * len(keys))
             found = dict(self._db.execute(f"SELECT key, v FROM score WHERE key IN ({marks})", keys).fetchall())

@@ -32,6 +32,25 @@ def test_the_bundled_cross_encoder_reads_query_and_text_together():
     assert encoder.score("anything", []).shape == (0,)
 
 
+def test_a_pair_scores_the_same_whatever_else_is_a_candidate():
+    # one pair per model call: neither padding nor the int8 model's per-call activation ranges
+    # let the other candidates change a record's score
+    encoder = rerank.CrossEncoder()
+    query, record = "which database does the billing service use?", "Billing keeps invoices in PostgreSQL."
+    alone = encoder.score(query, [record])[0]
+    among = encoder.score(query, ["ok", record, "a much longer record about deployment " * 20])[1]
+    assert alone == among
+
+
+def test_a_query_longer_than_the_pair_limit_is_cut_not_refused(make_runtime):
+    # a pasted log as the query: more tokens than a pair may hold, before any record text
+    rt = make_runtime(embedding_provider="none")
+    _seed(rt)
+    query = "billing invoices, " + ",".join("x" * 3 for _ in range(300))
+    data = call(rt, "memory_smart_search", query=query, project="p", rerank=True)
+    assert data["reranked"] is True and data["results"]
+
+
 def test_blend_weights_the_two_stages():
     first = [3.0, 2.0, 1.0]
     cross = np.array([-5.0, 0.0, 5.0], dtype=np.float32)
@@ -127,3 +146,24 @@ def test_rerank_is_an_option_of_the_mcp_search_tools(client, rt):
     data = json.loads(result["content"][0]["text"])
     assert data["reranked"] is True and "PostgreSQL" in data["results"][0]["title"]
 
+
+
+@pytest.mark.parametrize("engine", ["tantivy", "fts5"])  # FTS5 hits carry no rowid: looked up
+def test_reranking_also_reads_the_session_neighbours_of_the_top_hits(make_runtime, engine):
+    # the record that answers shares no word with the query; the one after it names the topic
+    rt = make_runtime(embedding_provider="none", lexical_engine=engine)
+    turns = [
+        "Lunch order: the team wants pizza on Friday.",
+        "PostgreSQL 16 with a read replica, since March.",
+        "That is where the billing invoices are kept now.",
+        "The release train leaves on Thursdays.",
+    ]
+    for text in turns:
+        call(rt, "agent_observe", sessionId="s1", project="p", content=text)
+    rt.db.flush()
+    query = "where are billing invoices kept"
+    plain = call(rt, "memory_smart_search", query=query, project="p")
+    assert not any("PostgreSQL" in r["title"] for r in plain["results"])
+    reranked = call(rt, "memory_smart_search", query=query, project="p", rerank=True)
+    titles = [r["title"] for r in reranked["results"]]
+    assert any("PostgreSQL" in t for t in titles)

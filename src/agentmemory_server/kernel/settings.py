@@ -407,8 +407,8 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         _bool,
         "Rerank the top hybrid candidates with a cross-encoder by default (a search's own "
-        "'rerank' wins). Off by default: the cross-encoder reads 40 candidates per query, far more CPU "
-        "than smart-search's 25 ms p95 budget allows on two cores (docs/retrieval.md).",
+        "'rerank' wins). Off by default: the cross-encoder reads 40 candidates per query (about 250 ms "
+        "of CPU), far more than smart-search's 25 ms p95 budget allows on two cores (docs/retrieval.md).",
     ),
     # -- memory model (lessons, slots, reflection, retention)
     Setting(

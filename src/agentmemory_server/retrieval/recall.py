@@ -95,6 +95,7 @@ def ranked(
         mode=mode,
         per_session=ctx.rt.settings.search_max_per_session,
         fusion=ctx.rt.settings.search_fusion,
+        neighbour_weight=rerank.NEIGHBOUR_WEIGHT if wanted and rerank.available() else 0.0,
     )
     pairs = search.hydrate(store, hits)
     if not wanted or len(pairs) < 2:

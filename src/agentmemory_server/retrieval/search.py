@@ -417,6 +417,12 @@ FUSIONS = ("score", "rrf")
 # less; a ranking restricted to the dates a query names counts as much as BM25.
 VECTOR_WEIGHT = 0.5
 DATE_WEIGHT = 1.0
+# Session-neighbour expansion (``hybrid(neighbour_weight=...)``, used when a reranker follows):
+# the records up to ``NEIGHBOUR_SPAN`` before and after each of the top ``NEIGHBOUR_SEEDS``
+# fused hits (same session) join the candidates at that weight x the hit's score, unless they
+# already score higher: the answer is often a turn next to the one that names its topic.
+NEIGHBOUR_SEEDS = 10
+NEIGHBOUR_SPAN = 2
 
 
 class Ranking:
@@ -513,9 +519,11 @@ def hybrid(
     mode: str = "auto",
     per_session: int = 5,
     fusion: str = "score",
+    neighbour_weight: float = 0.0,
 ) -> tuple[list[dict], str]:
     """Ranked index rows and the mode that really ran ("hybrid", "bm25" or "vector").
 
+    ``neighbour_weight`` > 0 adds the top hits' session neighbours (``with_neighbours``).
     ``vectors`` is the vector subsystem (or None). Without a provider, with an empty vector
     index or when the query cannot be embedded (provider down), the answer is BM25's and the
     mode says so (also when "vector" was asked for)."""
@@ -531,15 +539,49 @@ def hybrid(
     rankings = lexical_rankings(store, query, filters, depth)
     if dense is not None:
         rankings.append(Ranking(dense, VECTOR_WEIGHT))
-    return combine(rankings, limit, per_session, fusion), "bm25" if dense is None else "hybrid"
+    expand = (lambda hits: with_neighbours(store, hits, filters, neighbour_weight)) if neighbour_weight > 0 else None
+    return combine(rankings, limit, per_session, fusion, expand), "bm25" if dense is None else "hybrid"
 
 
-def combine(rankings: list[Ranking], limit: int, per_session: int, fusion: str) -> list[dict]:
-    """One ranking as it is; several fused ("score" or "rrf") and diversified across sessions."""
-    if len(rankings) == 1:
+def combine(
+    rankings: list[Ranking],
+    limit: int,
+    per_session: int,
+    fusion: str,
+    expand: Callable[[list[dict]], list[dict]] | None = None,
+) -> list[dict]:
+    """One ranking as it is; several fused ("score" or "rrf") and diversified across sessions.
+    ``expand`` may add candidates to the fused list before it is cut."""
+    if len(rankings) == 1 and expand is None:
         return rankings[0].hits[:limit]
-    if fusion == "rrf":
+    if len(rankings) == 1:
+        merged = rankings[0].hits
+    elif fusion == "rrf":
         merged = fuse([r.hits for r in rankings], [r.weight for r in rankings])
     else:
         merged = fuse_scores(rankings)
-    return diversify(merged, limit, per_session)
+    if expand is not None:
+        merged = expand(merged)
+    return diversify(merged, limit, per_session) if len(rankings) > 1 else merged[:limit]
+
+
+def with_neighbours(store: UnitOfWork, hits: list[dict], filters: dict[str, Any], weight: float) -> list[dict]:
+    """``hits`` plus the session neighbours of the top ones at ``weight`` x their score, best first."""
+    scores = {h["doc_id"]: h["score"] for h in hits}
+    rows = {h["doc_id"]: h for h in hits}
+    seeds = [h for h in hits[:NEIGHBOUR_SEEDS] if h.get("session_id")]
+    missing = [h["doc_id"] for h in seeds if h.get("rowid") is None]
+    rowids = {d["doc_id"]: d["rowid"] for d in store.index.lookup(missing, {})} if missing else {}
+    for seed in seeds:
+        rowid = seed.get("rowid") or rowids.get(seed["doc_id"])
+        if rowid is None:
+            continue
+        session = {**filters, "session_ids": [seed["session_id"]]}
+        near = store.index.around(seed["ts"], rowid=rowid, before=NEIGHBOUR_SPAN, after=NEIGHBOUR_SPAN, filters=session)
+        for row in near:
+            value = weight * seed["score"]
+            if value > scores.get(row["doc_id"], 0.0):
+                scores[row["doc_id"]] = value
+                rows.setdefault(row["doc_id"], row)
+    order = sorted(rows, key=lambda d: -scores[d])
+    return [{**rows[d], "score": scores[d]} for d in order]
