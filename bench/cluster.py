@@ -4,8 +4,8 @@
 
 Without --database-url it starts a local PostgreSQL with pgvector (bench/pg.py). For each size
 it writes the synthetic coding-agent corpus (bench/corpus.py) as JSON Lines and bulk-loads it
-(``agentmemory import FILE.jsonl``) into a SQLite file and into a fresh PostgreSQL database,
-then on each backend starts one server (one worker process) and measures, one client at a time:
+(``agentmemory import FILE.jsonl``) into a SQLite file and into a fresh PostgreSQL database
+(then VACUUM ANALYZE, as autovacuum would shortly after a load), then on each backend starts one server (one worker process) and measures, one client at a time:
 
 - per-request p50/p95 of observe, smart-search, remember and context (bench/scale.py's
   requests); on PostgreSQL also smart-search with the database's own full text
@@ -67,6 +67,15 @@ class Databases:
         self._admin(f"CREATE DATABASE {name}")
         self.made.append(name)
         return urlunsplit(urlsplit(self.url)._replace(path=f"/{name}"))
+
+    def settle(self, url: str) -> None:
+        """What autovacuum does in the minutes after a bulk load (statistics for the planner,
+        the GIN index's pending list merged), done before measuring so that the figures are
+        the steady state rather than the load's aftermath."""
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM (ANALYZE)")
 
     def size_bytes(self, url: str) -> int:
         import psycopg
@@ -190,6 +199,7 @@ def run_size(size: int, args: argparse.Namespace, dbs: Databases, tmp: str, firs
     report: dict = {"observations": size, "memories": args.memories}
     report["import_sqlite"] = scale.bulk_import(sqlite_dir, source, env_for(None))
     report["import_postgresql"] = scale.bulk_import(str(Path(tmp) / f"pgnode-{size}"), source, env_for(pg_url))
+    dbs.settle(pg_url)
     source.unlink()
     report["postgresql_bytes"] = dbs.size_bytes(pg_url)
     sqlite_file = Path(sqlite_dir) / "agentmemory.db"

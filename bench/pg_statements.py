@@ -4,9 +4,12 @@
 
 Loads a small store into a fresh database (default: the local server of bench/pg.py), then
 sends bench/scale.py's requests in process (Flask's test client, no HTTP) while counting the
-statements the repositories run, and times ``SELECT 1`` through the pool. Statements x round
-trip is the floor of a request's time on PostgreSQL, the part SQLite does not pay (its calls
-stay in the process): the capacity model in docs/deploy.md rests on it. Prints date and commit.
+statements the repositories run and the round trips they cost (a write transaction runs in
+pipeline mode: BEGIN with its lock, each answer read, and COMMIT wait; the rest is sent on),
+and times ``SELECT 1`` through the pool. Round trips x round trip time is the floor of a
+request's time on PostgreSQL, the part SQLite does not pay (its calls stay in the process): the
+capacity model in docs/deploy.md rests on it. Counts include the server's own threads (the
+live event bus, the search index's applier). Prints date and commit.
 """
 
 from __future__ import annotations
@@ -34,14 +37,31 @@ from agentmemory_server.wiring import build_runtime  # noqa: E402
 COUNTS: Counter[str] = Counter()
 
 
-def counting(cls: type) -> None:
-    original = cls.execute
+def counting(cls: type, name: str, *counters: str) -> None:
+    original = getattr(cls, name)
 
-    def execute(self, query, params=None):  # type: ignore[no-untyped-def]
-        COUNTS["statements"] += 1
-        return original(self, query, params)
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        for counter in counters:
+            COUNTS[counter] += 1
+        return original(self, *args, **kwargs)
 
-    cls.execute = execute  # type: ignore[method-assign]
+    setattr(cls, name, counted)
+
+
+def count_round_trips() -> None:
+    import psycopg
+
+    counting(pgdb.PooledReader, "execute", "statements", "round trips")
+    counting(pgdb.TxConnection, "execute", "statements")
+    counting(pgdb.PipelinedRows, "fetchone", "round trips")
+    counting(pgdb.PipelinedRows, "fetchall", "round trips")
+    original = psycopg.Connection.pipeline
+
+    def pipeline(self):  # type: ignore[no-untyped-def]
+        COUNTS["round trips"] += 2  # BEGIN with the lock; COMMIT
+        return original(self)
+
+    psycopg.Connection.pipeline = pipeline  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -58,8 +78,7 @@ def main() -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     url = urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
-    counting(pgdb.PooledReader)
-    counting(pgdb.TxConnection)
+    count_round_trips()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             rt = build_runtime(Settings.from_env({}, data_dir=tmp, background_jobs=False, embedding_provider="none",
@@ -78,7 +97,8 @@ def main() -> None:
                         method, path, body = build(w)
                         reply = client.open(path, method=method, data=body, content_type="application/json")
                         assert reply.status_code < 300, reply.get_data(as_text=True)[:300]
-                    print(f"  {name_:13} {COUNTS['statements'] / args.requests:6.1f} statements per request")
+                    print(f"  {name_:13} {COUNTS['statements'] / args.requests:6.1f} statements, "
+                          f"{COUNTS['round trips'] / args.requests:6.1f} round trips per request")
                 trips = []
                 for _ in range(500):
                     started = time.perf_counter()

@@ -84,3 +84,64 @@ def test_a_difference_fails_the_verification(make_runtime, tmp_path):
     ToolCaller(target)("memory_save", content="only in the source now")
     check = migrate.verify(source, target)
     assert not check["ok"] and check["sampleMismatches"]
+
+
+@pytest.mark.sqlite_only  # the source is a SQLite file, the target PostgreSQL, whatever the backend
+def test_a_killed_migration_to_postgresql_resumes_and_keeps_every_record(make_runtime, pg_cluster, tmp_path):
+    """SIGKILL of ``agentmemory migrate`` between (or inside) its batched transactions: a second
+    run resumes from the last committed line and the target ends with every record, equal, and
+    a search row for every searchable one."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from agentmemory_server.kernel.registry import Ctx
+    from agentmemory_server.memory import transfer
+    from conftest import clean_environ
+
+    source_dir = tmp_path / "sqlite"
+    source = make_runtime(data_dir=str(source_dir), database_url=None)
+    seed(source)
+    bulk = [(f"mem:obs:bulk-{i % 40}", f"obs_bulk_{i}",
+             {"id": f"obs_bulk_{i}", "sessionId": f"bulk-{i % 40}", "hookType": "post_tool_use", "type": "other",
+              "title": f"bulk step {i}", "narrative": f"the osprey pipeline step {i} " + "detail " * 40,
+              "timestamp": f"2026-11-01T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z", "project": "alpha"})
+            for i in range(4000)]
+    transfer.import_records(Ctx(source, source="test"), bulk, "merge")
+    url = pg_cluster.create_database()
+    agentmemory = str(Path(sys.executable).with_name("agentmemory"))
+    command = [agentmemory, "--quiet", "migrate", "--to", url, "--batch", "100"]
+    env = {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(source_dir), "EMBEDDING_PROVIDER": "none"}
+    state_path = migrate.spool_paths(source_dir)[1]
+    try:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 300
+            while migrate.read_state(state_path).get("imported", 0) < 1000 and proc.poll() is None:
+                assert time.monotonic() < deadline, "the migration never got past its first batches"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(timeout=60)
+        stopped_at = migrate.read_state(state_path)["imported"]
+        total_lines = len(migrate.spool_paths(source_dir)[0].read_text().splitlines())
+        assert proc.returncode == -signal.SIGKILL and 1000 <= stopped_at < total_lines - 1
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-2000:]
+        result = json.loads(again.stdout)
+        counts = source.db.reader().records.scope_counts()
+        assert result["verified"]["ok"] and result["records"] == sum(counts.values())
+        assert result["import"]["imported"] < sum(counts.values())  # the second run only wrote what was left
+        target = make_runtime(data_dir=str(tmp_path / "pgnode"), database_url=url)
+        src, dst = source.db.reader(), target.db.reader()
+        assert dst.records.scope_counts() == counts
+        for scope in counts:  # every record, not a sample
+            assert dict(dst.records.iter_scope(scope)) == dict(src.records.iter_scope(scope)), scope
+        assert dst.index.kind_counts() == src.index.kind_counts()
+        target.db.flush()
+        assert search.bm25(dst, "osprey pipeline step 3999", limit=3)[0]["key"] == "obs_bulk_3999"
+        target.close()
+    finally:
+        pg_cluster.drop_database(url)

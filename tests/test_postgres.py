@@ -132,3 +132,32 @@ def test_a_periodic_run_is_claimed_by_one_node_only(url, make_runtime, tmp_path)
     times = [now for _holder, now in claims]
     assert len(times) == len(set(times)), "two workers claimed the same run"
     assert len(times) == 29  # the first sight of a job schedules it one period later, then one run a period
+
+
+def test_writers_waiting_for_the_lock_leave_a_search_its_connection(url, make_runtime):
+    """Writers and searches at once with two pooled connections: every call finishes. (Writers
+    waiting for the cluster lock used to hold every connection while a search holding the
+    search engine's pending lock waited for one, and the lock holder, searching inside its
+    transaction, waited for that search: a deadlock the pool's 30 s timeout broke with a 503.)"""
+    rt = make_runtime(database_url=url, database_pool=2)
+    call = ToolCaller(rt)
+    call("memory_save", content="the heron queue drains at night")
+    failures: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(6):
+                if i % 2:
+                    call("memory_save", content=f"heron queue note {i} {j}", project="p")
+                else:
+                    call("memory_smart_search", query="heron queue")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not [t for t in threads if t.is_alive()] and not failures, failures[:3]
+    assert rt.db.reader().records.count("mem:memories") == 1 + 4 * 6  # every save kept (as a version)

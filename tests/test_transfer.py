@@ -92,3 +92,53 @@ def test_export_pagination(client, call):
     page = client.get("/agentmemory/export?maxSessions=1&offset=1").json
     assert len(page["sessions"]) == 1 and page["pagination"]["total"] == 2
     assert "memories" not in page and page["pagination"]["hasMore"] is False
+
+
+def _observation(n: int, session: str, ts: str, body: str) -> dict:
+    return {"id": f"obs_{n}", "sessionId": session, "timestamp": ts, "title": f"step {n}", "narrative": body,
+            "type": "command_run", "hookType": "post_tool_use", "project": "p"}
+
+
+def _search_rows(rt) -> list:
+    return sorted(tuple(row) for row in rt.db.lexical._feeds.reading().documents_after(0, 10_000))
+
+
+def test_a_batch_is_indexed_exactly_as_one_record_at_a_time(make_runtime, tmp_path):
+    """The bulk import's batched indexing (search.index_records) writes the same search rows,
+    context included, as index_record called for each record in turn: sessions already
+    indexed, interleaved sessions, records out of time order, a record repeated, equal
+    timestamps, an empty body and a memory naming a session."""
+    from agentmemory_server.retrieval import search
+
+    t = "2026-11-01T10:00:{:02d}.000Z".format
+    earlier = _observation(0, "old", t(0), "the old session's first step")
+    records = [
+        ("observation", _observation(1, "old", t(5), "old session resumes with the heron deploy")),
+        ("observation", _observation(2, "a", t(1), "a one: compile the ibis module")),
+        ("observation", _observation(3, "b", t(1), "b one: run the yak tests")),
+        ("observation", _observation(4, "a", t(2), "a two: fix the ibis import")),
+        ("memory", {"id": "mem_1", "title": "ibis", "content": "ibis needs python 3.11", "sessionIds": ["a"],
+                    "createdAt": t(3), "updatedAt": t(3)}),
+        ("observation", _observation(5, "a", t(4), "a three: ibis passes")),
+        ("observation", _observation(6, "c", t(9), "c late step first")),
+        ("observation", _observation(7, "c", t(3), "c early step second")),
+        ("observation", _observation(8, "b", t(2), "")),
+        ("observation", _observation(9, "b", t(2), "b tie on the timestamp")),
+        ("observation", _observation(4, "a", t(2), "a two again: the ibis import, rewritten")),
+        ("observation", _observation(10, "a", t(6), "a four: after the repeat")),
+        ("observation", _observation(11, "old", t(7), "old session ends")),
+    ]
+    stores = [make_runtime(data_dir=str(tmp_path / name)) for name in ("one", "batch")]
+    for rt in stores:
+        with rt.db.transaction("seed") as tx:
+            search.index_record(tx, "observation", earlier)
+    with stores[0].db.transaction("one at a time") as tx:
+        for kind, record in records:
+            search.index_record(tx, kind, record)
+    with stores[1].db.transaction("batch") as tx:
+        search.index_records(tx, records)
+    one, batch = (_search_rows(rt) for rt in stores)
+    assert batch == one
+    contexts = [row[-1] for row in batch]
+    assert len(batch) == 13 and sum(1 for c in contexts if c) == 7
+    assert any(c.startswith("a three: ibis passes | ibis needs python") for c in contexts)  # obs 10's

@@ -459,25 +459,45 @@ def import_records(
                 blobs.put(data)
                 tx.images.put(image_id, mime, len(data), now)
             counts["images"] = {"imported": len(pictures), "skipped": 0}
-        for scope, key, value in records:
-            section = "observations" if is_obs_scope(scope) else scope
-            tally = counts.setdefault(section, {"imported": 0, "skipped": 0})
-            if strategy == "skip" and tx.records.get(scope, key) is not None:
-                tally["skipped"] += 1
-                continue
-            if not stripped:
-                value = strip_private_data(value)
-            tx.records.set(scope, key, value, now=now)
-            kind = search.kind_for_scope(scope)
-            if kind and isinstance(value, dict):
-                search.index_record(tx, kind, value)
-            event_id = value.get("eventId") if is_obs_scope(scope) and isinstance(value, dict) else None
-            if event_id and tx.events.get(event_id) is None:
-                tx.events.put(event_id, value["sessionId"], key, now)
-            tally["imported"] += 1
+        _write_records(tx, records, strategy, counts, stripped=stripped, now=now)
         tx.audit_message = f"import ({strategy}) of {len(records)} record(s)"
         tx.audit_details = {"strategy": strategy, "counts": counts}
     return counts
+
+
+def _write_records(
+    tx: UnitOfWork, records: list[tuple[str, str, Any]], strategy: str, counts: dict, *, stripped: bool, now: str
+) -> None:
+    """The records, their search rows and their capture events, batched: on PostgreSQL a
+    statement a record and a few round trips a batch, not several of each a record."""
+    to_index: list[tuple[str, dict[str, Any]]] = []
+    events: list[tuple[str, str, str]] = []
+    written: list[tuple[str, str, Any]] = []
+    for scope, key, value in records:
+        section = "observations" if is_obs_scope(scope) else scope
+        tally = counts.setdefault(section, {"imported": 0, "skipped": 0})
+        if strategy == "skip" and tx.records.get(scope, key) is not None:
+            tally["skipped"] += 1
+            continue
+        if not stripped:
+            value = strip_private_data(value)
+        written.append((scope, key, value))
+        kind = search.kind_for_scope(scope)
+        if kind and isinstance(value, dict):
+            to_index.append((kind, value))
+        event_id = value.get("eventId") if is_obs_scope(scope) and isinstance(value, dict) else None
+        if event_id:
+            events.append((event_id, value["sessionId"], key))
+        tally["imported"] += 1
+    tx.records.set_many(written, now=now)
+    search.index_records(tx, to_index)
+    known = tx.events.known([event_id for event_id, _sid, _key in events])
+    new = []
+    for event in events:
+        if event[0] not in known:
+            new.append(event)
+            known.add(event[0])
+    tx.events.put_many(new, now)
 
 
 def add_counts(total: dict[str, dict[str, int]], counts: dict[str, dict[str, int]]) -> None:

@@ -282,17 +282,87 @@ def kind_for_scope(scope: str) -> str | None:
     return INDEXED_SCOPES.get(scope)
 
 
-def index_record(store: UnitOfWork, kind: str, record: dict[str, Any]) -> int:
+def _search_row(kind: str, record: dict[str, Any]) -> tuple[dict, dict]:
     doc, text = DOC_BUILDERS[kind](record)
     # Memories and lessons saved without a project are global: every project's searches see them.
     doc["global"] = doc.get("project") is None and kind != "observation"
-    if kind == "observation" and doc.get("session_id") and "context" not in text:
+    return doc, text
+
+
+def _needs_context(kind: str, doc: dict, text: dict) -> bool:
+    return kind == "observation" and bool(doc.get("session_id")) and "context" not in text
+
+
+def _context(bodies: list[str]) -> str:
+    """The text of the records just before one in its session (nearest first)."""
+    return " | ".join(body[:CONTEXT_RECORD_CHARS] for body in bodies if body)
+
+
+def _image_ids(record: dict[str, Any]) -> list[str]:
+    return [i["id"] for i in record.get("images") or [] if isinstance(i, dict) and "id" in i]
+
+
+def index_record(store: UnitOfWork, kind: str, record: dict[str, Any]) -> int:
+    doc, text = _search_row(kind, record)
+    if _needs_context(kind, doc, text):
         before = store.index.text_before(doc["session_id"], doc["ts"], doc["doc_id"], CONTEXT_RECORDS)
-        text["context"] = " | ".join(body[:CONTEXT_RECORD_CHARS] for body in before if body)
+        text["context"] = _context(before)
     rowid = store.index.upsert(doc, text)
     # The images a record references are held through its search row (released with it).
-    store.images.link(rowid, [i["id"] for i in record.get("images") or [] if isinstance(i, dict) and "id" in i])
+    store.images.link(rowid, _image_ids(record))
     return rowid
+
+
+class _BatchIndexer:
+    """``index_record`` over many records in order with the same rows, in a few statements:
+    an observation's context comes from the records before it in the batch when its session
+    has no search row yet and the batch holds that session's records in time order (a fresh
+    import, a migration); anything else (a session already indexed, a record out of order or
+    repeated) first writes what is pending and asks the index, as ``index_record`` does."""
+
+    def __init__(self, store: UnitOfWork, sessions: set[str]):
+        self.store = store
+        self.indexed = store.index.sessions_indexed(sessions)  # their context needs the index
+        self.trail: dict[str, list[str]] = {}  # session -> bodies pending, in order (the last few)
+        self.newest: dict[str, str] = {}  # session -> the latest ts pending
+        self.pending: list[tuple[dict, dict, list[str]]] = []
+        self.doc_ids: set[str] = set()
+
+    def add(self, kind: str, record: dict[str, Any]) -> None:
+        doc, text = _search_row(kind, record)
+        sid = str(doc.get("session_id") or "")
+        ts = str(doc.get("ts") or "")
+        if doc["doc_id"] in self.doc_ids or (sid and self.newest.get(sid, "") > ts):
+            self.flush()
+        if _needs_context(kind, doc, text):
+            if sid in self.indexed:
+                self.flush()
+                before = self.store.index.text_before(sid, doc["ts"], doc["doc_id"], CONTEXT_RECORDS)
+            else:
+                before = list(reversed(self.trail.get(sid, [])))
+            text["context"] = _context(before)
+        self.pending.append((doc, text, _image_ids(record)))
+        self.doc_ids.add(doc["doc_id"])
+        if sid:
+            self.trail[sid] = [*self.trail.get(sid, []), text.get("body", "")][-CONTEXT_RECORDS:]
+            self.newest[sid] = ts
+
+    def flush(self) -> None:
+        rowids = self.store.index.upsert_many([(doc, text) for doc, text, _images in self.pending])
+        self.store.images.link_many(
+            [(rowid, images) for rowid, (_d, _t, images) in zip(rowids, self.pending, strict=True)]
+        )
+        self.indexed.update(self.trail)  # their rows are in the index now
+        self.pending, self.trail, self.newest, self.doc_ids = [], {}, {}, set()
+
+
+def index_records(store: UnitOfWork, records: list[tuple[str, dict[str, Any]]]) -> None:
+    """``index_record`` of each (kind, record) in order, batched (a bulk import)."""
+    sessions = {str(r["sessionId"]) for kind, r in records if kind == "observation" and r.get("sessionId")}
+    batch = _BatchIndexer(store, sessions)
+    for kind, record in records:
+        batch.add(kind, record)
+    batch.flush()
 
 
 def unindex(store: UnitOfWork, doc_ids: list[str]) -> int:

@@ -31,7 +31,10 @@ class LexicalFeed(Protocol):
         """The highest outbox sequence (0 when the outbox is empty)."""
         ...
 
-    def count_after(self, seq: int) -> int: ...
+    def entries_pending(self, committed_seq: int, seen_seq: int, limit: int) -> list[tuple[int, int]] | None:
+        """(seq, rowid) outbox entries after ``seen_seq``, in order; None when more than
+        ``limit`` entries follow ``committed_seq`` (a search's catch-up: one statement)."""
+        ...
 
     def entries_after(self, seq: int, limit: int | None = None) -> list[tuple[int, int]]:
         """(seq, rowid) outbox entries after ``seq``, in order."""

@@ -125,10 +125,11 @@ class PendingIndex:
             self._loaded.pop(rowid)
             self._put(rowid, None, keep=False)
         self.seen_seq = max(self.seen_seq, committed_seq)
-        if feed.count_after(committed_seq) > limit:
+        entries = feed.entries_pending(committed_seq, self.seen_seq, limit)
+        if entries is None:
             return False
         changed: dict[int, int] = {}
-        for seq, rowid in feed.entries_after(self.seen_seq):
+        for seq, rowid in entries:
             changed[rowid] = seq
             self.seen_seq = max(self.seen_seq, seq)
         if changed:

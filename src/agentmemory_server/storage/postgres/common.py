@@ -18,7 +18,8 @@ __all__ = ["Jsonb", "Result", "SqlConn", "Unit", "dumps", "field", "loads", "whe
 class Result(Protocol):
     """What ``execute`` returns: a psycopg cursor, or the rows a pooled reader already fetched."""
 
-    rowcount: int
+    @property
+    def rowcount(self) -> int: ...
 
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -58,6 +58,12 @@ log = logging.getLogger("agentmemory.postgres")
 # Advisory lock keys (one 64-bit namespace per database).
 WRITE_LOCK = 0x616D_0001
 MIGRATE_LOCK = 0x616D_0002
+LIVE_LOCK = 0x616D_0003
+# Transactions that order themselves under a lock of their own instead of the write lock: the
+# live event log's appends (kernel/bus.py) write no other table, and only their sequence
+# numbers must commit in order, so they neither wait for the record writers nor hold them up
+# (every write request is followed by one: bench/pg_statements.py).
+OWN_LOCKS = {"live_events": LIVE_LOCK}
 POOL_TIMEOUT_SECONDS = 30.0
 
 
@@ -89,6 +95,10 @@ def configure_connection(conn: psycopg.Connection) -> None:
     register_vector(conn)
     conn.execute("SET hnsw.iterative_scan = relaxed_order")
     conn.execute("SET hnsw.ef_search = 100")
+    # psycopg prepares a statement run five times; PostgreSQL would then switch it to a generic
+    # plan, blind to the parameters: a project's newest rows became a sort of the whole project
+    # (bench/cluster.py at 100k: context p50 350 ms). Prepared statements still skip parsing.
+    conn.execute("SET plan_cache_mode = force_custom_plan")
 
 
 class Rows:
@@ -129,16 +139,77 @@ class PooledReader:
 
 
 class TxConnection:
-    """The connection of one transaction (or snapshot), with errors translated."""
+    """The connection of one transaction (or snapshot), with errors translated.
 
-    def __init__(self, conn: psycopg.Connection):
+    :param pipelined: the transaction runs in pipeline mode: a
+        statement is then sent without waiting for its answer, and the round trip is paid only
+        when a result is read (``fetch*``, ``rowcount``) or at commit. A write request's inserts
+        and updates travel together instead of one round trip each (bench/pg_statements.py).
+    """
+
+    def __init__(self, conn: psycopg.Connection, *, pipelined: bool = False):
         self.raw = conn
+        self._pipelined = pipelined
 
     def execute(self, query: Any, params: Sequence[Any] | None = None) -> Result:
         try:
-            return self.raw.execute(query, params)  # type: ignore[return-value]
+            cursor = self.raw.execute(query, params)
         except psycopg.Error as exc:
             raise translate(exc) from exc
+        if not self._pipelined:
+            return cursor
+        return PipelinedRows(cursor, self.raw)
+
+
+def _collect(conn: psycopg.Connection) -> None:
+    """Wait for what a failing pipelined transaction sent (its first error is being raised
+    already), so that leaving the pipeline finds nothing pending."""
+    try:
+        conn.execute("SELECT 1").fetchone()
+    except psycopg.Error:
+        pass
+
+
+def _roll_back(conn: psycopg.Connection) -> None:
+    """Roll back unless the server ended the failed transaction itself."""
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # a broken connection: the pool discards it
+
+
+class PipelinedRows:
+    """A statement sent in pipeline mode: reading its rows or its row count waits for the
+    answer; an error of any earlier statement surfaces here, translated."""
+
+    def __init__(self, cursor: psycopg.Cursor, conn: psycopg.Connection):
+        self._cursor = cursor
+        self._conn = conn
+
+    @property
+    def rowcount(self) -> int:
+        # The answers come in order: reading a later statement's waits for this one's too.
+        try:
+            self._conn.execute("SELECT 1").fetchone()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        return self._cursor.rowcount
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cursor.fetchone()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cursor.fetchall()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
 
 
 class PostgresUnitOfWork:
@@ -225,6 +296,7 @@ class PostgresDatabase:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._now = now
         self._local = threading.local()
+        self._write_mutex = threading.Lock()
         self._closed = False
         self.last_write = 0.0
         self.bounds = QueueBounds(queue_limits or {})
@@ -383,22 +455,52 @@ class PostgresDatabase:
             return
         if self.damage is not None:
             raise damaged(self.location, self.damage["problems"])
-        with self._connection() as conn, self._classified():
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
-                store = self._unit(TxConnection(conn), writable=True)
-                self._local.tx = store
-                try:
-                    yield store
-                    if store.changed:
-                        self._write_audit(store, operation, agent_id)
-                finally:
-                    self._local.tx = None
+        lock = OWN_LOCKS.get(operation, WRITE_LOCK)
+        turn = self._writer_turn() if lock == WRITE_LOCK else nullcontext()
+        with turn, self._connection() as conn, self._classified():
+            # BEGIN and COMMIT are sent by hand: psycopg's transaction() in pipeline mode syncs
+            # on entry and exit (four more round trips a write). The pipeline's exit sends the
+            # COMMIT and waits for it (Pipeline.sync() can stall with megabytes unsent).
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    # Waited for here (with BEGIN, one round trip), before the block runs: the
+                    # write lock comes first in every thread's lock order.
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,)).fetchone()
+                    store = self._unit(TxConnection(conn, pipelined=True), writable=True)
+                    self._local.tx = store
+                    try:
+                        yield store
+                        if store.changed:
+                            self._write_audit(store, operation, agent_id)
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        _collect(conn)
+                        raise
+                    finally:
+                        self._local.tx = None
+            except BaseException:
+                _roll_back(conn)
+                raise
             self.last_write = time.monotonic()
         if store.lexical_changed and self.lexical is not None:
             self.lexical.notify()
         for fn in store._after_commit:
             fn()
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """This process's turn to write, taken before a pooled connection: the threads waiting
+        for the cluster's write lock hold no connection meanwhile. Otherwise writers waiting for
+        the lock could hold every connection while the lock holder waits for a thread that
+        needs one to go on (a search holding the lexical engine's pending lock): a deadlock
+        only the pool timeout broke (bench/cluster.py, 10 clients: 18 requests/s)."""
+        if not self._write_mutex.acquire(timeout=POOL_TIMEOUT_SECONDS):
+            raise Unavailable("the database is busy writing; retry shortly", code=errors.DATABASE_BUSY)
+        try:
+            yield
+        finally:
+            self._write_mutex.release()
 
     def _write_audit(self, store: PostgresUnitOfWork, operation: str, agent_id: str | None) -> None:
         targets = list(dict.fromkeys(store.changed))

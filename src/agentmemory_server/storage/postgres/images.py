@@ -27,18 +27,27 @@ class PgImageIndex:
 
     def link(self, doc_rowid: int, image_ids: Sequence[str]) -> None:
         """The images search row ``doc_rowid`` references are exactly ``image_ids``."""
-        current = {
-            r[0] for r in self.conn.execute("SELECT image_id FROM image_links WHERE doc_rowid = %s", (doc_rowid,))
-        }
-        wanted = set(image_ids)
-        if current == wanted:
+        # One statement nobody waits for (a pipelined transaction sends it on with the others):
+        # drop the links not wanted, add the missing ones; unchanged links are not rewritten.
+        wanted = sorted(set(image_ids))
+        self.conn.execute(
+            "WITH gone AS (DELETE FROM image_links WHERE doc_rowid = %s AND image_id <> ALL(%s::text[])) "
+            "INSERT INTO image_links (doc_rowid, image_id) SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+            (doc_rowid, wanted, doc_rowid, wanted),
+        )
+
+    def link_many(self, links: Sequence[tuple[int, Sequence[str]]]) -> None:
+        """One statement for the batch: drop the links not wanted, add the missing ones."""
+        if not links:
             return
-        self.conn.execute("DELETE FROM image_links WHERE doc_rowid = %s", (doc_rowid,))
-        if wanted:
-            self.conn.execute(
-                "INSERT INTO image_links (doc_rowid, image_id) SELECT %s, unnest(%s::text[])",
-                (doc_rowid, sorted(wanted)),
-            )
+        pairs = [(rowid, image_id) for rowid, ids in links for image_id in sorted(set(ids))]
+        self.conn.execute(
+            "WITH w AS (SELECT * FROM unnest(%s::bigint[], %s::text[]) AS w(doc_rowid, image_id)), "
+            "gone AS (DELETE FROM image_links l WHERE l.doc_rowid = ANY(%s::bigint[]) AND NOT EXISTS "
+            "(SELECT 1 FROM w WHERE w.doc_rowid = l.doc_rowid AND w.image_id = l.image_id)) "
+            "INSERT INTO image_links (doc_rowid, image_id) SELECT doc_rowid, image_id FROM w ON CONFLICT DO NOTHING",
+            ([p[0] for p in pairs], [p[1] for p in pairs], [rowid for rowid, _ids in links]),
+        )
 
     def get(self, image_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(

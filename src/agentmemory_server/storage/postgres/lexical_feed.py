@@ -42,8 +42,18 @@ class PgLexicalFeed:
     def newest_seq(self) -> int:
         return int(self.conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0])
 
-    def count_after(self, seq: int) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM lexical_outbox WHERE seq > %s", (seq,)).fetchone()[0])
+    def entries_pending(self, committed_seq: int, seen_seq: int, limit: int) -> list[tuple[int, int]] | None:
+        # One round trip per search: the count and the entries together (a row of NULLs when
+        # nothing is new or too much is).
+        rows = self.conn.execute(
+            "SELECT c.n, o.seq, o.rowid FROM (SELECT count(*) AS n FROM lexical_outbox WHERE seq > %s) c "
+            "LEFT JOIN LATERAL (SELECT seq, rowid FROM lexical_outbox WHERE seq > %s AND c.n <= %s ORDER BY seq) o "
+            "ON true ORDER BY o.seq",
+            (committed_seq, seen_seq, limit),
+        ).fetchall()
+        if rows[0][0] > limit:
+            return None
+        return [(int(seq), int(rowid)) for _n, seq, rowid in rows if seq is not None]
 
     def entries_after(self, seq: int, limit: int | None = None) -> list[tuple[int, int]]:
         rows = self.conn.execute(

@@ -23,12 +23,17 @@ class PgEventLog:
         self.conn = unit.conn
 
     def append(self, events: Sequence[tuple[str, str, float, str]]) -> int:
-        last = 0
-        for event in events:
-            last = self.conn.execute(
-                "INSERT INTO live_events (type, record, ts, origin) VALUES (%s, %s, %s, %s) RETURNING seq", event
-            ).fetchone()[0]
-        return int(last)
+        if not events:
+            return 0
+        # One statement for the batch; sequence numbers follow the batch's order.
+        types, records, stamps, origins = (list(column) for column in zip(*events, strict=True))
+        row = self.conn.execute(
+            "WITH added AS (INSERT INTO live_events (type, record, ts, origin) "
+            "SELECT t, r, s, o FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]) "
+            "WITH ORDINALITY AS e(t, r, s, o, n) ORDER BY n RETURNING seq) SELECT max(seq) FROM added",
+            (types, records, stamps, origins),
+        ).fetchone()
+        return int(row[0])
 
     def after(self, seq: int, limit: int) -> list[tuple[int, str, str, float, str]]:
         rows = self.conn.execute(

@@ -34,6 +34,14 @@ def encode(value: Any) -> tuple[Jsonb, str | None]:
     return Jsonb(value, dumps=lambda _v: text), None
 
 
+def encode_text(value: Any) -> tuple[str, str | None]:
+    """``encode`` as JSON text (for arrays of rows)."""
+    text = dumps(value)
+    if "\\u0000" in text or "\\ud" in text:
+        return dumps(scrub(value)), text
+    return text, None
+
+
 def decode(value: Any, raw: str | None) -> Any:
     return loads(raw) if raw is not None else value
 
@@ -153,6 +161,25 @@ class PgRecords:
         )
         self.unit.touch(scope, key)
 
+    def set_many(self, items: Sequence[tuple[str, str, Any]], *, now: str) -> None:
+        """One statement for the batch (one row per key: a statement may not change a row twice)."""
+        latest = {(scope, key): value for scope, key, value in items}
+        if not latest:
+            return
+        columns: list[list[Any]] = [[], [], [], []]
+        for (scope, key), value in latest.items():
+            stored, raw = encode_text(value)
+            for column, item in zip(columns, (scope, key, stored, raw), strict=True):
+                column.append(item)
+            self.unit.touch(scope, key)
+        self.conn.execute(
+            "INSERT INTO kv_store (scope, key, value, raw, updated_at) SELECT s, k, v::jsonb, r, %s "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS i(s, k, v, r) "
+            "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, raw = excluded.raw, "
+            "updated_at = excluded.updated_at",
+            (now, *columns),
+        )
+
     def delete(self, scope: str, key: str) -> bool:
         deleted = self.conn.execute("DELETE FROM kv_store WHERE scope = %s AND key = %s", (scope, key)).rowcount > 0
         if deleted:
@@ -254,6 +281,22 @@ class PgCaptureLog:
             "INSERT INTO capture_events (event_id, session_id, obs_id, created_at) VALUES (%s, %s, %s, %s)",
             (event_id, session_id, obs_id, now),
         )
+
+    def put_many(self, events: Sequence[tuple[str, str, str]], now: str) -> None:
+        if events:
+            columns = [list(column) for column in zip(*events, strict=True)]
+            self.conn.execute(
+                "INSERT INTO capture_events (event_id, session_id, obs_id, created_at) "
+                "SELECT e, s, o, %s FROM unnest(%s::text[], %s::text[], %s::text[]) AS i(e, s, o)",
+                (now, *columns),
+            )
+
+    def known(self, event_ids: Sequence[str]) -> set[str]:
+        wanted = list(dict.fromkeys(event_ids))
+        if not wanted:
+            return set()
+        rows = self.conn.execute("SELECT event_id FROM capture_events WHERE event_id = ANY(%s::text[])", (wanted,))
+        return {r[0] for r in rows}
 
     def mark_deleted(self, obs_ids: list[str]) -> None:
         # The event row stays so that a replay of a deleted event is still a duplicate.

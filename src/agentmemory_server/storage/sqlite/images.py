@@ -39,6 +39,10 @@ class SqliteImageIndex:
             "INSERT INTO image_links (doc_rowid, image_id) VALUES (?, ?)", [(doc_rowid, i) for i in sorted(wanted)]
         )
 
+    def link_many(self, links: Sequence[tuple[int, Sequence[str]]]) -> None:
+        for doc_rowid, image_ids in links:
+            self.link(doc_rowid, image_ids)
+
     def get(self, image_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT id, mime, bytes, created_at, evicted_at, "

@@ -43,8 +43,11 @@ class SqliteLexicalFeed:
     def newest_seq(self) -> int:
         return self.conn.execute("SELECT coalesce(max(seq), 0) FROM lexical_outbox").fetchone()[0]
 
-    def count_after(self, seq: int) -> int:
-        return self.conn.execute("SELECT count(*) FROM lexical_outbox WHERE seq > ?", (seq,)).fetchone()[0]
+    def entries_pending(self, committed_seq: int, seen_seq: int, limit: int) -> list[tuple[int, int]] | None:
+        pending = self.conn.execute("SELECT count(*) FROM lexical_outbox WHERE seq > ?", (committed_seq,)).fetchone()
+        if pending[0] > limit:
+            return None
+        return self.entries_after(seen_seq)
 
     def entries_after(self, seq: int, limit: int | None = None) -> list[tuple[int, int]]:
         rows = self.conn.execute(

@@ -128,6 +128,10 @@ class SqliteRecords:
         )
         self.unit.touch(scope, key)
 
+    def set_many(self, items: Sequence[tuple[str, str, Any]], *, now: str) -> None:
+        for scope, key, value in items:
+            self.set(scope, key, value, now=now)
+
     def delete(self, scope: str, key: str) -> bool:
         deleted = self.conn.execute("DELETE FROM kv_store WHERE scope = ? AND key = ?", (scope, key)).rowcount > 0
         if deleted:
@@ -254,6 +258,19 @@ class SqliteCaptureLog:
             "INSERT INTO capture_events (event_id, session_id, obs_id, created_at) VALUES (?,?,?,?)",
             (event_id, session_id, obs_id, now),
         )
+
+    def put_many(self, events: Sequence[tuple[str, str, str]], now: str) -> None:
+        self.conn.executemany(
+            "INSERT INTO capture_events (event_id, session_id, obs_id, created_at) VALUES (?,?,?,?)",
+            [(*event, now) for event in events],
+        )
+
+    def known(self, event_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk, marks in in_chunks(list(dict.fromkeys(event_ids))):
+            rows = self.conn.execute(f"SELECT event_id FROM capture_events WHERE event_id IN ({marks})", chunk)
+            found.update(r[0] for r in rows)
+        return found
 
     def mark_deleted(self, obs_ids: list[str]) -> None:
         # The event row stays so that a replay of a deleted event is still a duplicate.

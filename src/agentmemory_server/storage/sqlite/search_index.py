@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from agentmemory_server.storage.interfaces import Doc
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
-from agentmemory_server.storage.sqlite.common import Unit, loads
+from agentmemory_server.storage.sqlite.common import Unit, in_chunks, loads
 from agentmemory_server.storage.sqlite.lexical_feed import NOW_EPOCH, SqliteLexicalFeed
 from agentmemory_server.storage.sqlite.lexical_fts5 import Fts5Lexical, doc_filters
 
@@ -79,6 +79,18 @@ class SqliteSearchIndex:
         self._vectors.backlog_put(rowid, _stamp())  # every (re-)indexed record needs a (new) vector
         self._changed(int(rowid))
         return int(rowid)
+
+    def upsert_many(self, rows: Sequence[tuple[Doc, Mapping[str, str]]]) -> list[int]:
+        # In process, a statement costs no round trip: one at a time is as fast.
+        return [self.upsert(doc, text) for doc, text in rows]
+
+    def sessions_indexed(self, session_ids: Iterable[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk, marks in in_chunks(list(dict.fromkeys(session_ids))):
+            sql = f"SELECT DISTINCT session_id FROM search_docs WHERE session_id IN ({marks})"
+            rows = self.conn.execute(sql, chunk)
+            found.update(r[0] for r in rows)
+        return found
 
     def delete(self, doc_ids: Iterable[str]) -> int:
         removed = 0
