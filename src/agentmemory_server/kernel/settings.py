@@ -515,8 +515,9 @@ SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_IMAGE_STORE_MAX_BYTES",),
         524_288_000,
         _positive_int,
-        "Quota of the image store (`images/` beside the database). Above it the oldest images are "
-        "evicted (their records keep the reference and say so); unreferenced images go after 30 s.",
+        "Quota of the image store (`images/` beside a SQLite database; the `images` table on PostgreSQL). "
+        "Above it the oldest images are evicted (their records keep the reference and say so); "
+        "unreferenced images go after 30 s.",
     ),
     Setting(
         "import_root",

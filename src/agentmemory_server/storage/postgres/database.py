@@ -33,6 +33,7 @@ from pgvector.psycopg import register_vector
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces
+from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.postgres.admin import PgAdmin
@@ -153,6 +154,7 @@ class PostgresUnitOfWork:
         bounds: QueueBounds | None = None,
         record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
         prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+        legacy_images: BlobStore,
     ):
         self.conn = conn
         self.writable = writable
@@ -167,7 +169,7 @@ class PostgresUnitOfWork:
         self.records = PgRecords(self)
         self.events = PgCaptureLog(self)
         self.inbox = PgCaptureInbox(self)
-        self.images = PgImageIndex(self)
+        self.images = PgImageIndex(self, legacy_images)
         self.vectors = PgVectorStore(self)
         self.index = PgSearchIndex(self, self.vectors, engine)
         self.audit = PgAuditLog(self)
@@ -202,7 +204,7 @@ class PostgresDatabase:
 
     Faults (``storage/postgres/faults.py``): damaged data reported by the server marks this
     node's view damaged (writes refused until restart); /health's disk is this node's own disk
-    (its Tantivy index and images), the server's disk being the server's to watch.
+    (its Tantivy index), the server's disk being the server's to watch.
     """
 
     def __init__(
@@ -223,6 +225,7 @@ class PostgresDatabase:
         self.location = redacted(url)
         self.path = Path(local_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.legacy_images = BlobStore(images_dir(self.path))  # image bytes stored before migration 6
         self._now = now
         self._local = threading.local()
         self._closed = False
@@ -329,6 +332,7 @@ class PostgresDatabase:
             bounds=self.bounds,
             record_indexes=self._record_indexes,
             prefix_indexes=self._prefix_indexes,
+            legacy_images=self.legacy_images,
         )
 
     def reader(self) -> PostgresUnitOfWork:
