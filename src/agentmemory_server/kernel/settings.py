@@ -269,7 +269,8 @@ SETTINGS: tuple[Setting, ...] = (
         ("REDIS_URL",),
         "redis://127.0.0.1:6379/0",
         str,
-        "Redis for WORKING_MEMORY_BACKEND=redis (connect timeout 0.5 s, no retries).",
+        "Redis for WORKING_MEMORY_BACKEND=redis and AGENTMEMORY_RATE_LIMIT_STORE=redis (connect timeout 0.5 s, "
+        "no retries).",
         secret=True,
     ),
     Setting(
