@@ -44,6 +44,9 @@ class EventBus:
         self._pruned_at = time.monotonic()
         self.sent = 0
         self.received = 0
+        self._queued = 0  # events this process sent, and of those, how many came back through the log
+        self._returned = 0
+        self._returned_changed = threading.Condition()
         self.errors = 0
         self.last_error: str | None = None
         self.last_seq = db.reader().live.newest()  # viewers see what happens from now on
@@ -59,7 +62,16 @@ class EventBus:
 
     def send(self, event_type: str, record: Any) -> None:
         """Queue an event for the bus (never waits; the publisher thread writes it)."""
+        with self._returned_changed:
+            self._queued += 1
         self._outbox.put((event_type, dumps(record), time.time(), self.origin))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every event this process sent so far has reached its own viewers (through
+        the log, as other processes get it); False if ``timeout`` passed first."""
+        with self._returned_changed:
+            target = self._queued
+            return self._returned_changed.wait_for(lambda: self._returned >= target, timeout)
 
     # ---- out: this process's events into the log
     def _publish_loop(self) -> None:
@@ -105,10 +117,16 @@ class EventBus:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 self._stop.wait(1.0)
                 continue
-            for seq, event_type, record, ts, _origin in rows:
+            own = 0
+            for seq, event_type, record, ts, origin in rows:
                 self.hub.deliver(seq, event_type, ts, loads(record))
                 self.last_seq = seq
                 self.received += 1
+                own += origin == self.origin
+            if own:
+                with self._returned_changed:
+                    self._returned += own
+                    self._returned_changed.notify_all()
             if len(rows) < BATCH:
                 self._signal.wait(WAIT_SECONDS)
 

@@ -200,6 +200,8 @@ class PostgresDatabase:
     :param pool_size: most connections this process opens.
     :param queue_limits: most entries of the durable queues (see ``sqlite.bounds.QueueBounds``;
         counted per process, as on SQLite).
+    :param disk_reserve_bytes: /health's disk is critical while less is free on this node's disk.
+    :param disk_warn_bytes: /health's disk warns while less is free on this node's disk.
     :raise SchemaTooNew: the database was written by a newer version of this server.
 
     Faults (``storage/postgres/faults.py``): damaged data reported by the server marks this
@@ -220,6 +222,8 @@ class PostgresDatabase:
         pool_size: int = 10,
         node: str | None = None,
         queue_limits: Mapping[str, int] | None = None,
+        disk_reserve_bytes: int = 0,
+        disk_warn_bytes: int = 0,
     ):
         self.url = url
         self.location = redacted(url)
@@ -231,7 +235,8 @@ class PostgresDatabase:
         self._closed = False
         self.last_write = 0.0
         self.bounds = QueueBounds(queue_limits or {})
-        self.space = FreeSpace(self.path, reserve=0, warn=0)
+        # This node's own disk (its Tantivy index): watched in /health, never a reason to refuse writes.
+        self.space = FreeSpace(self.path, reserve=disk_reserve_bytes, warn=disk_warn_bytes)
         self.damage: dict[str, Any] | None = None
         self.last_check: dict[str, Any] | None = None
         record_indexes = tuple(record_indexes)
