@@ -38,7 +38,7 @@ class EventBus:
         self.db = db
         self.hub = hub
         self.origin = origin or f"{os.uname().nodename}:{os.getpid()}"
-        self._outbox: queue.Queue[tuple[str, str, float, str]] = queue.Queue()
+        self._outbox: queue.Queue[tuple[str, str, float, str] | None] = queue.Queue()  # None: stop
         self._signal = db.event_signal()
         self._stop = threading.Event()
         self._pruned_at = time.monotonic()
@@ -80,12 +80,18 @@ class EventBus:
                 first = self._outbox.get(timeout=WAIT_SECONDS)
             except queue.Empty:
                 continue
+            if first is None:
+                return
             batch = [first]
             while len(batch) < BATCH:
                 try:
-                    batch.append(self._outbox.get_nowait())
+                    event = self._outbox.get_nowait()
                 except queue.Empty:
                     break
+                if event is None:
+                    self._append(batch)
+                    return
+                batch.append(event)
             self._append(batch)
 
     def _append(self, batch: list[tuple[str, str, float, str]]) -> None:
@@ -148,6 +154,7 @@ class EventBus:
         while not self._outbox.empty() and time.monotonic() < deadline:
             time.sleep(0.02)
         self._stop.set()
+        self._outbox.put(None)  # wakes the publisher now rather than at its next poll
         self._signal.close()
         for thread in self._threads:
             thread.join(timeout=5.0)
