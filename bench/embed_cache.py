@@ -33,7 +33,9 @@ class CachedEmbedder:
         self.model_id, self.dim = inner.model_id, inner.dim
         directory = directory or default_dir()
         directory.mkdir(parents=True, exist_ok=True)
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model_id)
+        # The token limit changes the vectors but not the model id: a file per limit.
+        tokens = getattr(inner, "max_tokens", None)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model_id + (f"-t{tokens}" if tokens else ""))
         self._db = sqlite3.connect(directory / f"{name}-{self.dim}.sqlite3", check_same_thread=False)
         self._db.execute("CREATE TABLE IF NOT EXISTS vec (key TEXT PRIMARY KEY, v BLOB)")
         self._lock = threading.Lock()

@@ -58,11 +58,11 @@ OPTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"model": "minilm-l6", "threads": CORES, "batch": 16, "max_tokens": 256},
         {"local_model": "minilm-l6", "embed_max_tokens": 256},
     ),
-    f"minilm-l6, {CORES} threads, sorted batches of 16, 128 tokens (default)": (
+    f"minilm-l6, {CORES} threads, sorted batches of 16, 128 tokens": (
         {"model": "minilm-l6", "threads": CORES, "batch": 16, "max_tokens": 128},
         {"local_model": "minilm-l6", "embed_max_tokens": 128},
     ),
-    f"minilm-l6, {CORES} threads, sorted batches of 16, 64 tokens": (
+    f"minilm-l6, {CORES} threads, sorted batches of 16, 64 tokens (default)": (
         {"model": "minilm-l6", "threads": CORES, "batch": 16, "max_tokens": 64},
         {"local_model": "minilm-l6", "embed_max_tokens": 64},
     ),

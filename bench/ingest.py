@@ -123,7 +123,8 @@ def main() -> None:
         proc, url = start_server(tmp.name, args.threads)
     try:
         run(url, args.clients, min(400, args.requests), "warmup")
-        lat, elapsed, errors = run(url, args.clients, args.requests, "main")
+        # A fresh run id: against a running server (--url) a repeated run would only post duplicates.
+        lat, elapsed, errors = run(url, args.clients, args.requests, f"main-{os.getpid()}-{time.time_ns()}")
         n = len(lat)
         result = {"clients": args.clients, "observations": n, "errors": errors,
                   "seconds": round(elapsed, 2), "obs_per_s": round(n / elapsed, 1),

@@ -398,9 +398,11 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--embedder", default="none", choices=("none", "local"))
-    ap.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (AGENTMEMORY_WORKERS)")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="gunicorn worker processes (AGENTMEMORY_WORKERS; 0: the server's default, one per core)")
     args = ap.parse_args()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    args.workers = args.workers or min(os.cpu_count() or 1, 4)  # what the server picks (settings.MAX_AUTO_WORKERS)
     print(
         f"bench/scale.py, {stamp}, commit {commit()}, {os.cpu_count()} cpus, embedder {args.embedder}, "
         f"{args.workers} worker process(es)"

@@ -232,7 +232,10 @@ def clean_environ() -> dict[str, str]:
     AGENTMEMORY_SECRET (which always wins). tests/test_auth_default.py covers the default."""
     ours = {var for s in SETTINGS for var in s.env}
     env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("AGENTMEMORY_")}
-    return {**env, "AGENTMEMORY_AUTH": "off"}
+    # One request process unless a test asks for more: counters a test reads back (rate limits,
+    # /health) are per process, and a second process per server would slow the suite.
+    # tests/test_workers_default.py covers the default (one per core).
+    return {**env, "AGENTMEMORY_AUTH": "off", "AGENTMEMORY_WORKERS": "1"}
 
 
 def free_port() -> int:

@@ -150,7 +150,9 @@ def test_a_file_that_is_not_a_database_is_refused_at_start_with_what_to_do(tmp_p
 
 
 def test_a_sigkilled_server_with_most_data_in_the_wal_is_recovered_at_the_next_start(tmp_path):
-    server = LiveServer(tmp_path, {"AGENTMEMORY_INTEGRITY_CHECK_INTERVAL": "0"}, [])
+    # Checkpoints left to the commits (SQLite's default), so the data stays in the WAL.
+    server = LiveServer(tmp_path, {"AGENTMEMORY_INTEGRITY_CHECK_INTERVAL": "0", "AGENTMEMORY_WAL_CHECKPOINT_SECONDS": "0"},
+                        [])
     try:
         acknowledged = seed(server, "wal", 150)
         wal = Path(str(server.db_path) + "-wal")

@@ -2,6 +2,7 @@
 
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -93,3 +94,37 @@ def test_concurrent_writers_and_readers(rt):
     for t in threads:
         t.join()
     assert errors == [] and rt.db.reader().records.count("mem:test") == 800
+
+
+@pytest.mark.sqlite_only
+def test_a_server_database_checkpoints_the_wal_in_a_thread_not_in_commits(tmp_path):
+    from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES
+
+    db = Database(tmp_path / "x.db", now=Clock().iso, background=True, lexical_engine="fts5", checkpoint_seconds=0.5)
+    try:
+        assert db._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == SAFETY_NET_PAGES
+        for i in range(300):
+            with db.transaction("fill") as tx:
+                tx.records.set("mem:fill", f"k{i}", {"text": "x" * 3000}, now="2026-12-05T00:00:00Z")
+        deadline = time.monotonic() + 10
+        while db.checkpointer.runs < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        state = db.health()["walCheckpoints"]
+        assert state["thread"] and state["runs"] >= 2 and state["error"] is None, state
+        # Everything committed was moved into the main file by the thread.
+        busy, frames, moved = sqlite3.connect(db.path).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert busy == 0 and moved == frames
+        assert db.reader().records.get("mem:fill", "k299") == {"text": "x" * 3000}
+    finally:
+        db.close()
+    assert not db.checkpointer.health()["thread"]  # stopped with the database
+
+
+def test_an_in_process_database_keeps_sqlite_automatic_checkpoints(tmp_path):
+    db = Database(tmp_path / "x.db", now=Clock().iso, background=False)
+    try:
+        assert db.checkpointer is None
+        assert db._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+        assert "walCheckpoints" not in db.health()
+    finally:
+        db.close()

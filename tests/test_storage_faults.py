@@ -16,7 +16,7 @@ import pytest
 import requests
 
 import faults
-from conftest import HUB_REPO, LiveServer, clean_environ, hook, post, sync_env
+from conftest import HUB_REPO, LiveServer, clean_environ, hook, post, sync_env, wait_for
 from test_viewer_browser import browser  # noqa: F401 - the Chromium fixture
 
 AGENTMEMORY = str(Path(sys.executable).with_name("agentmemory"))
@@ -40,6 +40,16 @@ def stored_ids(server: LiveServer, sessions: set[str]) -> set[str]:
 def disk_section(server: LiveServer) -> tuple[int, dict]:
     r = requests.get(server.api("/health"), timeout=30)
     return r.status_code, r.json()["database"]["disk"]
+
+
+def wal_drained(server: LiveServer) -> None:
+    """Wait until the server's checkpoint thread has moved every committed page into the file."""
+
+    def drained() -> bool:
+        state = requests.get(server.api("/health"), timeout=30).json()["storage"]["walCheckpoints"]
+        return bool(state["last"]) and not state["last"]["busy"] and state["last"]["moved"] == state["last"]["walFrames"]
+
+    wait_for(drained, timeout=15, message="the WAL checkpoint thread did not catch up")
 
 
 def write_until_refused(server: LiveServer, session: str, acknowledged: list[str], limit: int = 400) -> requests.Response:
@@ -101,6 +111,7 @@ def test_writes_stop_at_the_reserve_health_warns_before_and_backups_never_fill_t
             assert observe(server, "s", 100).status_code == 201
             # A snapshot would leave less than the reserve: neither kind of backup writes anything.
             big = faults.fill(disk, leave_bytes=5 * faults.MB, name="filler2")
+            wal_drained(server)  # the server's checkpoint thread must not move pages while we measure
             free_before = faults.free_bytes(disk)
             local = subprocess.run([AGENTMEMORY, "backup", "--local"], env={**clean_environ(), **env},
                                    capture_output=True, text=True, timeout=120)

@@ -40,6 +40,9 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
         return
     from gunicorn.app.base import BaseApplication
 
+    # Resolved before the fork: each process's runtime must know it has siblings (the event bus).
+    settings = settings.replace(workers=settings.worker_processes)
+
     if not settings.max_viewers or settings.max_viewers > settings.threads - 4:
         log.warning(
             "AGENTMEMORY_MAX_VIEWERS=%s with AGENTMEMORY_THREADS=%s: open viewers can take every "
@@ -73,7 +76,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     that cap so gunicorn never stops accepting (a refused client gets an answer, not a hang)."""
     return {
         "bind": f"{settings.host}:{settings.port}",
-        "workers": settings.workers,
+        "workers": settings.worker_processes,
         "worker_class": GuardedThreadWorker.configure(
             max_connections=settings.max_connections,
             request_timeout=settings.request_timeout,

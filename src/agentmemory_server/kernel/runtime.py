@@ -178,6 +178,7 @@ class Runtime:
             warn_bytes=settings.disk_warn_mb * MB,
             check_seconds=settings.startup_check_seconds,
             fsync_every_commit=settings.durability == "disk",
+            checkpoint_seconds=settings.wal_checkpoint_seconds,
             queue_limits={"embed_backlog": settings.embed_backlog_max, "llm_jobs": settings.llm_jobs_max},
             lexical_engine=settings.lexical_engine,
             lexical_weights=TEXT_WEIGHTS,

@@ -24,6 +24,11 @@ from agentmemory_server.kernel.setting_types import (
 from agentmemory_server.kernel.settings_faults import FAULT_SETTINGS
 from agentmemory_server.kernel.settings_llm import LLM_SETTINGS
 
+# Request processes chosen when AGENTMEMORY_WORKERS is 0. Each holds its own query embedder
+# (~100 MB) and searcher, and SQLite takes one writer at a time, so past a few processes a
+# node gains little; set AGENTMEMORY_WORKERS to go beyond.
+MAX_AUTO_WORKERS = 4
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "data_dir",
@@ -58,9 +63,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "workers",
         ("AGENTMEMORY_WORKERS",),
-        1,
-        _positive_int,
-        "gunicorn worker processes of this server (each with AGENTMEMORY_THREADS threads).",
+        0,
+        _non_negative_int,
+        "gunicorn worker processes of this server, each with AGENTMEMORY_THREADS threads "
+        f"(0 = one per core, at most {MAX_AUTO_WORKERS}).",
     ),
     Setting(
         "node_id",
@@ -371,7 +377,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_EMBED_MAX_TOKENS",),
         0,
         _non_negative_int,
-        "Tokens of a record the local model reads (0 = the model's default: 128).",
+        "Tokens of a record the local model reads (0 = the model's default: 64 for minilm-l6, 128 for the others).",
     ),
     Setting(
         "embed_batch_size",
@@ -622,6 +628,13 @@ class Settings:
         if self.local_backup_dir:
             return Path(self.local_backup_dir).expanduser()
         return self.database_path.parent / "backups"
+
+    @property
+    def worker_processes(self) -> int:
+        """How many request-serving processes: AGENTMEMORY_WORKERS, or one per core (capped).
+        Python runs one thread at a time per process, so a second process is what lets a
+        second core serve requests (bench/scale.py --workers)."""
+        return self.workers or min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
 
     @property
     def database_path(self) -> Path:

@@ -32,6 +32,14 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         "WAL checkpoint); they resume by themselves once space is freed. 0 = only when SQLite finds the disk full.",
     ),
     Setting(
+        "wal_checkpoint_seconds",
+        ("AGENTMEMORY_WAL_CHECKPOINT_SECONDS",),
+        1.0,
+        _non_negative_float,
+        "SQLite: a server moves committed pages from the WAL into the database file on a thread this often "
+        "(0 = inside the commit that fills the WAL, SQLite's default, which puts the copy and its sync on a request).",
+    ),
+    Setting(
         "durability",
         ("AGENTMEMORY_DURABILITY",),
         "process",

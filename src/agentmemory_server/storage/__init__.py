@@ -29,6 +29,7 @@ def open_database(
     warn_bytes: int = 0,
     check_seconds: float = 0.0,
     fsync_every_commit: bool = False,
+    checkpoint_seconds: float = 0.0,
     queue_limits: Mapping[str, int] | None = None,
     lexical_engine: str = "tantivy",
     lexical_weights: Mapping[str, float] | None = None,
@@ -47,6 +48,8 @@ def open_database(
     :param check_seconds: time budget of the integrity check run first (SQLite).
     :param fsync_every_commit: every commit durable against OS and disk failures too (SQLite;
         PostgreSQL's durability is the server's ``synchronous_commit``).
+    :param checkpoint_seconds: SQLite: with ``background``, a thread checkpoints the WAL this often
+        instead of the commits (0: the commits, SQLite's default).
     :param queue_limits: bounds of the durable queues (see ``sqlite.Database``).
     :param lexical_engine: ``tantivy`` (an index on this node), or the database's own full text
         (``builtin``; ``fts5`` is its name on SQLite).
@@ -84,6 +87,7 @@ def open_database(
         warn_bytes=warn_bytes,
         check_seconds=check_seconds,
         fsync_every_commit=fsync_every_commit,
+        checkpoint_seconds=checkpoint_seconds,
         queue_limits=queue_limits,
         lexical_engine="fts5" if builtin else lexical_engine,
         lexical_weights=lexical_weights,

@@ -113,7 +113,7 @@ class PendingIndex:
         self.analyze = analyze
         self.repeats = repeats
         self.docs: dict[int, PendingDoc | None] = {}  # None: deleted or inactive, hides the committed copy
-        self.postings: dict[tuple[str, str], set[int]] = {}
+        self.postings: dict[tuple[str, str], dict[int, int]] = {}  # (field, token) -> {rowid: tf}
         self.live_count = 0
         self._loaded: dict[int, int] = {}  # rowid -> outbox seq it was loaded at
         self.seen_seq = 0
@@ -145,7 +145,7 @@ class PendingIndex:
                 for token in counts:
                     rowids = self.postings.get((name, token))
                     if rowids is not None:
-                        rowids.discard(rowid)
+                        rowids.pop(rowid, None)
                         if not rowids:
                             del self.postings[(name, token)]
         if not keep:
@@ -154,8 +154,8 @@ class PendingIndex:
         if doc is not None:
             self.live_count += 1
             for name, counts in doc.terms.items():
-                for token in counts:
-                    self.postings.setdefault((name, token), set()).add(rowid)
+                for token, tf in counts.items():
+                    self.postings.setdefault((name, token), {})[rowid] = tf
 
     def _load(self, feed: LexicalFeed, changed: dict[int, int]) -> None:
         rowids = [r for r in changed if r >= 0]
@@ -209,28 +209,38 @@ class PendingIndex:
         rowids: set[int] = set()
         for name in names:
             for token in tokens:
-                rowids |= self.postings.get((name, token), set())
+                rowids.update(self.postings.get((name, token), ()))
         return [doc for rowid in rowids if (doc := self.docs.get(rowid)) is not None]
 
     def score(
         self, tokens: Sequence[str], weights: Mapping[str, float], stats: Statistics, filters: Mapping[str, Any]
     ) -> list[tuple[float, PendingDoc]]:
-        """BM25 (Tantivy's formula: per field, boosted, summed) of each pending record."""
-        hits = []
-        for doc in self._holding(tokens, list(weights)):
-            if not passes(doc.meta, filters):
-                continue
-            total = 0.0
-            for name, boost in weights.items():
-                counts = doc.terms.get(name)
-                if not counts:
+        """BM25 (Tantivy's formula: per field, boosted, summed) of each pending record.
+
+        Walks the postings of the query's tokens rather than every token of every candidate: a
+        long query (remember's supersede check reads a whole memory) against a busy second's
+        worth of records is thousands of (record, token) pairs, most of which do not match."""
+        totals: dict[int, float] = {}
+        times = Counter(tokens)  # a repeated query token counts again, as in Tantivy's query
+        for name, boost in weights.items():
+            avg_len = max(stats.avg_len.get(name, 1.0), 1.0)
+            norms: dict[int, float] = {}  # BM25's length normalisation, once per record and field
+            for token, repeats in times.items():
+                postings = self.postings.get((name, token))
+                if not postings:
                     continue
-                norm = K1 * (1 - B + B * doc.length(name) / max(stats.avg_len.get(name, 1.0), 1.0))
-                for token in tokens:
-                    tf = counts.get(token, 0)
-                    if tf:
-                        total += boost * stats.idf(name, token) * (K1 + 1) * tf / (tf + norm)
-            if total > 0:
+                weight = boost * stats.idf(name, token) * (K1 + 1) * repeats
+                for rowid, tf in postings.items():
+                    norm = norms.get(rowid)
+                    if norm is None:
+                        doc = self.docs.get(rowid)
+                        length = doc.lengths.get(name, 0) if doc is not None else 0
+                        norm = norms[rowid] = K1 * (1 - B + B * length / avg_len)
+                    totals[rowid] = totals.get(rowid, 0.0) + weight * tf / (tf + norm)
+        hits = []
+        for rowid, total in totals.items():
+            doc = self.docs[rowid]
+            if total > 0 and doc is not None and passes(doc.meta, filters):
                 hits.append((total, doc))
         return hits
 

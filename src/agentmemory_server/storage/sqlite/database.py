@@ -34,6 +34,7 @@ from agentmemory_server.storage.sqlite.admin import SqliteAdmin
 from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.capture import SqliteCaptureInbox
+from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES, WalCheckpointer, final_checkpoint
 from agentmemory_server.storage.sqlite.faults import DamageMarker, FreeSpace, classify, damaged
 from agentmemory_server.storage.sqlite.images import SqliteImageIndex
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
@@ -46,6 +47,7 @@ from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
 from agentmemory_server.storage.sqlite.vector_index import SqliteVectorIndex
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
+from agentmemory_server.storage.sqlite.write_gate import ProcessWriteGate
 
 log = logging.getLogger("agentmemory.storage")
 
@@ -149,6 +151,8 @@ class Database:
     :param check_seconds: time budget of the integrity check at open (0: no check).
     :param queue_limits: most entries of the durable queues (``embed_backlog``, ``llm_jobs``);
         beyond them new entries are shed (see ``bounds.QueueBounds``).
+    :param checkpoint_seconds: with ``background``, a thread checkpoints the WAL this often and
+        commits leave it alone (see ``checkpoint.py``); 0: the commits do, SQLite's default.
     :param fsync_every_commit: synchronous=FULL: a commit survives an OS crash or a failing
         filesystem, not only the process dying (NORMAL).
     :raise SchemaTooNew: the file was written by a newer version of this server.
@@ -169,6 +173,7 @@ class Database:
         warn_bytes: int = 0,
         check_seconds: float = 0.0,
         fsync_every_commit: bool = False,
+        checkpoint_seconds: float = 0.0,
         queue_limits: Mapping[str, int] | None = None,
         lexical_engine: str = "tantivy",
         lexical_weights: Mapping[str, float] | None = None,
@@ -182,6 +187,7 @@ class Database:
         self.blobs = BlobStore(images_dir(self.path))  # the bytes of the images (ImageIndex)
         self._now = now
         self._lock = threading.RLock()
+        self._gate = ProcessWriteGate(self.path)  # orders the writers of other processes too
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -207,12 +213,17 @@ class Database:
             into = self._prefix_indexes if spec.prefix else self._record_indexes
             into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
         self.lexical: TantivyLexical | None = None
+        self.checkpointer: WalCheckpointer | None = None
         if self.damage is not None:
             return  # served as it is: no migration, index or engine state is written into a damaged file
         self._migrate()
         with self._lock:
             ensure_indexes(self._writer, record_indexes)
         stale = self._engine_switched(lexical_engine)
+        if background and checkpoint_seconds > 0:  # a server: commits leave WAL checkpoints to a thread
+            self._writer.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_NET_PAGES}")
+            self.checkpointer = WalCheckpointer(lambda: self._connect(readonly=False), interval=checkpoint_seconds)
+            self.checkpointer.start()
         if lexical_engine == "tantivy":
             self.lexical = TantivyLexical(
                 Path(f"{self.path}.tantivy"),
@@ -425,7 +436,7 @@ class Database:
         if outer is not None:
             yield outer
             return
-        with self._lock:
+        with self._lock, self._gate:
             if self._closed:
                 raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
             self._refuse_writes_if_unsafe()
@@ -518,7 +529,9 @@ class Database:
     def health(self) -> dict[str, Any]:
         """The state of the storage's derived indexes (for /health)."""
         lexical = self.lexical.health() if self.lexical is not None else {"engine": "fts5", "state": "ready"}
-        return {"lexical": lexical}
+        if self.checkpointer is None:
+            return {"lexical": lexical}
+        return {"lexical": lexical, "walCheckpoints": self.checkpointer.health()}
 
     def event_signal(self) -> PollSignal:
         return PollSignal()
@@ -537,23 +550,6 @@ class Database:
         with self._lock:
             self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def _final_checkpoint(self, attempts: int = 10) -> None:
-        """Move everything committed from the WAL into the main file and empty the WAL: after a
-        clean stop, copying agentmemory.db alone copies everything. Another process still reading
-        (a background worker finishing its batch) makes the checkpoint busy; it is retried for a
-        moment, then the stop says so instead of leaving the data in the WAL silently."""
-        for _ in range(attempts):
-            busy = self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-            if not busy:
-                return
-            time.sleep(0.05)
-        log.warning(
-            "closing %s: another connection kept the WAL busy; committed data stays in %s-wal until the "
-            "last connection closes (copy both files together meanwhile)",
-            self.path,
-            self.path,
-        )
-
     def close(self) -> None:
         with self._vector_indexes_lock:
             indexes, self._vector_indexes = list(self._vector_indexes.values()), {}
@@ -562,6 +558,8 @@ class Database:
                 index.close()
         if self.lexical is not None and not self._closed:
             self.lexical.close()  # its last commit needs the database still open
+        if self.checkpointer is not None:
+            self.checkpointer.stop()  # before the final checkpoint, which empties the WAL
         with self._lock:
             if self._closed:
                 return
@@ -575,9 +573,10 @@ class Database:
                 self._readers.clear()
             try:
                 self._writer.execute("PRAGMA optimize")
-                self._final_checkpoint()
+                final_checkpoint(self._writer, self.path)
             except sqlite3.Error as exc:
                 log.warning("closing %s: the WAL could not be checkpointed: %s", self.path, exc)
+            self._gate.close()
             try:
                 self._writer.close()
             except sqlite3.Error:

@@ -1,0 +1,92 @@
+"""WAL checkpoints off the request path.
+
+By default SQLite checkpoints inside the COMMIT that takes the WAL past 1,000 pages: that
+request copies the pages into the database file and syncs it. Measured on observe (in-process,
+2,000 observations after 1,000): 1.04 ms of CPU each with those checkpoints, 0.66 ms without,
+and the syncs land as latency spikes on whichever request happens to commit. In a server the
+writer connection leaves checkpoints to this thread, which runs a PASSIVE checkpoint (it never
+blocks readers or writers) every second on its own connection. The writer keeps a far higher
+automatic threshold as a safety net, should this thread fall behind or stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("agentmemory.storage")
+
+CHECKPOINT_SECONDS = 1.0
+# The writer's own automatic checkpoint, in pages (4 KiB): only reached if this thread stalls.
+SAFETY_NET_PAGES = 25_000
+
+
+class WalCheckpointer:
+    """A daemon thread checkpointing the WAL every ``interval`` seconds on its own connection."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], *, interval: float = CHECKPOINT_SECONDS):
+        self._connect = connect
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agentmemory-checkpoint", daemon=True)
+        self.runs = 0
+        self.last: dict[str, Any] | None = None  # the latest result: busy, WAL frames, frames moved
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("the WAL checkpoint thread could not open the database (%s); commits checkpoint", exc)
+            return
+        try:
+            while not self._stop.wait(self.interval):
+                self.run_once(conn)
+        finally:
+            conn.close()
+
+    def run_once(self, conn: sqlite3.Connection) -> None:
+        try:
+            busy, frames, moved = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # a full disk, an I/O error: the next round tries again
+            if self.last_error is None:
+                log.warning("WAL checkpoint failed: %s", exc)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.runs += 1
+        self.last, self.last_error = {"busy": bool(busy), "walFrames": frames, "moved": moved}, None
+
+    def health(self) -> dict[str, Any]:
+        return {"thread": self._thread.is_alive(), "runs": self.runs, "last": self.last, "error": self.last_error}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+
+def final_checkpoint(conn: sqlite3.Connection, path: Path, attempts: int = 10) -> None:
+    """Move everything committed from the WAL into the main file and empty the WAL: after a
+    clean stop, copying agentmemory.db alone copies everything. Another process still reading
+    (a background worker finishing its batch) makes the checkpoint busy; it is retried for a
+    moment, then the stop says so instead of leaving the data in the WAL silently."""
+    for _ in range(attempts):
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if not busy:
+            return
+        time.sleep(0.05)
+    log.warning(
+        "closing %s: another connection kept the WAL busy; committed data stays in %s-wal until the "
+        "last connection closes (copy both files together meanwhile)",
+        path,
+        path,
+    )
