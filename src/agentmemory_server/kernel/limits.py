@@ -15,9 +15,10 @@ Where the buckets are counted (``AGENTMEMORY_RATE_LIMIT_STORE``) decides what th
   Redis is tried again every ``REDIS_RETRY_SECONDS``.
 
 ``auto`` picks ``redis`` when the working memory uses Redis (Redis is part of the deployment),
-else ``node`` with several worker processes, else ``process``. In-memory buckets are at most
-``max_clients``: the least recently seen is forgotten first (a bucket left alone refills anyway,
-so forgetting it only forgives a client that has gone quiet).
+else ``node`` with several worker processes (the server's resolved AGENTMEMORY_WORKERS), else
+``process``. In-memory buckets are at most ``max_clients``: the least recently seen is forgotten
+first (a bucket left alone refills anyway, so forgetting it only forgives a client that has gone
+quiet).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         "Where rate-limit buckets are counted: `process` (each worker process alone), `node` (a file shared "
         "by the worker processes of a node), `redis` (REDIS_URL: one limit across every node; while Redis is "
         "down each node counts alone, noted in /health). `auto`: `redis` when WORKING_MEMORY_BACKEND=redis, "
-        "else `node` with AGENTMEMORY_WORKERS > 1, else `process`.",
+        "else `node` with more than one worker process (AGENTMEMORY_WORKERS), else `process`.",
     ),
     Setting(
         "rate_limit_redis_prefix",
