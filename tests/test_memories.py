@@ -1,5 +1,8 @@
 """remember with Jaccard supersede, forget with honest counts, governance delete, audit."""
 
+import threading
+import time
+
 import pytest
 
 from conftest import hook
@@ -28,6 +31,33 @@ def test_near_duplicate_supersedes_within_project(call, rt):
     # Superseded versions stop showing in search; the latest is found.
     hits = call("memory_recall", query="redis integration tests")["results"]
     assert [h["observation"]["id"] for h in hits if h["kind"] == "memory"] == [new["id"]]
+
+
+def test_a_near_duplicate_committed_while_remember_waits_for_the_lock_is_superseded(call, rt):
+    """remember searches for near-duplicates on a reader, before the writer lock: one committed
+    after that search (here: while another transaction holds the lock) is still found."""
+    from agentmemory_server.memory import memories
+
+    outcome: dict = {}
+    with rt.db.transaction("hold the lock") as tx:
+        first = call("memory_save", content=BASE, project="api")["memory"]  # joins this transaction
+        seen: list = []
+        elsewhere = threading.Thread(target=lambda: seen.append(memories._supersede_target(rt.db.reader(), BASE,
+                                                                                          "api", None)))
+        elsewhere.start()
+        elsewhere.join(timeout=30)
+        assert seen == [None]  # another thread's reader does not see it yet
+
+        def remember() -> None:
+            outcome["reply"] = call("memory_save", content=BASE + " locally", project="api")
+
+        waiting = threading.Thread(target=remember)
+        waiting.start()
+        time.sleep(0.3)  # it searches (and finds nothing) and then waits for this transaction
+        assert "reply" not in outcome and tx is not None
+    waiting.join(timeout=30)
+    assert outcome["reply"]["superseded"] == first["id"]
+    assert rt.db.reader().records.get("mem:memories", first["id"])["isLatest"] is False
 
 
 def test_other_project_is_not_superseded_but_unscoped_matches(call):

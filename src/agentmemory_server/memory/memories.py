@@ -41,6 +41,9 @@ SUPERSEDE_THRESHOLD = 0.7
 # them, and a longer OR query only costs the engine time.
 SUPERSEDE_CANDIDATES = 20
 SUPERSEDE_QUERY_WORDS = 32
+# Memories written between that search (on a reader) and the write lock are compared one by one,
+# up to this many; past it the search runs again under the lock.
+RECHECK_LIMIT = 32
 # Run inside remember's transaction once a memory is written: hook(ctx, tx, memory, superseded).
 # relations.py records the `supersedes` relation here.
 
@@ -91,14 +94,18 @@ def _positive_number(value: Any) -> float | None:
     return number if 0 < number <= 36_500 else None
 
 
-def _supersede_target(tx, content: str, project: str | None, agent: str | None) -> dict[str, Any] | None:
+def _supersede_target(store, content: str, project: str | None, agent: str | None) -> dict[str, Any] | None:
     """The latest memory this one replaces: Jaccard > 0.7 within the same project (a memory with
     no project matches any project, as upstream) and, with isolated agents, the same agent."""
     query = " ".join(list(dict.fromkeys(content.lower().split()))[:SUPERSEDE_QUERY_WORDS])
-    hits = search.bm25(tx, query, limit=SUPERSEDE_CANDIDATES, filters={"kinds": ["memory"], "agent_id": agent})
+    hits = search.bm25(store, query, limit=SUPERSEDE_CANDIDATES, filters={"kinds": ["memory"], "agent_id": agent})
+    return _closest([mem for _hit, mem in search.hydrate(store, hits)], content, project, agent)
+
+
+def _closest(memories: list[dict[str, Any]], content: str, project: str | None, agent: str | None) -> Any:
     best, best_score = None, SUPERSEDE_THRESHOLD
-    for _hit, mem in search.hydrate(tx, hits):
-        if mem.get("isLatest") is False:
+    for mem in memories:
+        if mem.get("isLatest") is False or (agent is not None and mem.get("agentId") != agent):
             continue
         if project and mem.get("project") and mem["project"] != project:
             continue
@@ -106,6 +113,27 @@ def _supersede_target(tx, content: str, project: str | None, agent: str | None) 
         if score > best_score:
             best, best_score = mem, score
     return best
+
+
+def _confirm_target(
+    tx, found: dict[str, Any] | None, content: str, project: str | None, agent: str | None, since: str
+) -> dict[str, Any] | None:
+    """Under the writer lock: ``found`` (the search's answer on a reader) as it is now, or a
+    memory written since the search began that is closer; after a burst of writes, the search
+    again. ``since`` is the newest ``updatedAt`` the reader saw before searching; remember reads
+    its timestamp under the lock, so a memory committed later carries one at least as late (on
+    one clock: nodes whose clocks disagree may each keep a near-duplicate written at once)."""
+    recent = [
+        m
+        for _key, m in tx.records.newest(
+            MEMORIES, equal(isLatest=True), by="updatedAt", before=None, limit=RECHECK_LIMIT + 1
+        )
+        if (m.get("updatedAt") or "") >= since
+    ]
+    if len(recent) > RECHECK_LIMIT:
+        return _supersede_target(tx, content, project, agent)
+    current = tx.records.get(MEMORIES, found["id"]) if found is not None else None
+    return _closest([*recent, *([current] if current is not None else [])], content, project, agent)
 
 
 @tool("memory_save", REMEMBER, http=[("POST", "/remember", 201)], core=True)
@@ -117,13 +145,10 @@ def memory_save(ctx: Ctx, args: dict) -> Reply:
     if not content:
         raise InvalidInput("'content' must not be blank", field="content")
     now_dt = rt.clock.now()
-    now = rt.clock.iso()
     project = args["project"]
     agent = stamp_agent(ctx, args["agentId"])
     memory: dict[str, Any] = {
         "id": new_id("mem"),
-        "createdAt": now,
-        "updatedAt": now,
         "type": args["type"],
         "title": truncate(strip_text(args.get("title") or " ".join(content.split())), 80),
         "content": content,
@@ -143,8 +168,17 @@ def memory_save(ctx: Ctx, args: dict) -> Reply:
             memory[key] = value
     if args["ttlDays"]:
         memory["forgetAfter"] = iso(now_dt + timedelta(days=args["ttlDays"]))
+    # The near-duplicate search, most of remember's work, runs on a reader: the writer lock
+    # (cluster-wide on PostgreSQL) is held only for the writes and a check of what changed since.
+    agents = agent_filter(ctx)
+    reader = rt.db.reader()
+    seen = reader.records.newest(MEMORIES, equal(isLatest=True), by="updatedAt", before=None, limit=1)
+    since = (seen[0][1].get("updatedAt") or "") if seen else ""
+    found = _supersede_target(reader, content, project, agents)
     with rt.db.transaction("remember", agent_id=agent) as tx:
-        old = _supersede_target(tx, content, project, agent_filter(ctx))
+        now = rt.clock.iso()
+        memory = {"id": memory.pop("id"), "createdAt": now, "updatedAt": now, **memory}
+        old = _confirm_target(tx, found, content, project, agents, since)
         if old is not None:
             memory.update(version=old.get("version", 1) + 1, parentId=old["id"], supersedes=[old["id"]])
             memory["sessionIds"] = list(dict.fromkeys(old.get("sessionIds", []) + memory["sessionIds"]))

@@ -44,7 +44,6 @@ from agentmemory_server.storage.lexical.tantivy_tail import (
     Statistics,
     column_repeats,
 )
-from agentmemory_server.threads import lower_thread_priority
 
 log = logging.getLogger("agentmemory.lexical")
 
@@ -54,6 +53,10 @@ COMMIT_SECONDS = 1.0
 APPLY_BATCH = 5000
 # A commit costs an fsync and a segment: catching up commits once a second, or at this many changes.
 COMMIT_MAX_CHANGES = 100_000
+# Once caught up, the applier also commits at this many changes: every search scores the
+# uncommitted records (the pending tail) in Python, and under a steady write load a second's
+# worth of them was a third of remember's CPU.
+TAIL_COMMIT_CHANGES = 128
 # More pending records than this and searches are answered by FTS5 until the applier catches up
 # (a crash with a long outbox, a bulk import): scoring them in Python would cost more than that.
 PENDING_LIMIT = 2000
@@ -406,7 +409,9 @@ class TantivyLexical:
         return self._writer
 
     def _run(self) -> None:
-        lower_thread_priority(10)
+        # Normal priority, unlike the other background threads: what the applier leaves undone,
+        # every search pays for in the pending tail (at nice 10 on a busy machine it fell 800
+        # records behind, at normal priority 200).
         while not self._stop.is_set():
             try:
                 if not self.apply(commit_due=False):
@@ -436,7 +441,12 @@ class TantivyLexical:
             rows = feed.entries_after(self._applied, APPLY_BATCH)
             if rows:
                 self._apply_rows(feed, writer, rows)
-            due = time.monotonic() - self._last_commit >= COMMIT_SECONDS or self._uncommitted >= COMMIT_MAX_CHANGES
+            caught_up = len(rows) < APPLY_BATCH
+            due = (
+                time.monotonic() - self._last_commit >= COMMIT_SECONDS
+                or self._uncommitted >= COMMIT_MAX_CHANGES
+                or (caught_up and self._uncommitted >= TAIL_COMMIT_CHANGES)
+            )
             if self._uncommitted and (commit_due or due):
                 self._commit(writer)
             return len(rows)
