@@ -51,7 +51,9 @@ def pytest_generate_tests(metafunc: Any) -> None:
     if "backend" not in metafunc.fixturenames or metafunc.definition.get_closest_marker("sqlite_only"):
         return
     forced = os.environ.get("AGENTMEMORY_TEST_BACKEND")
-    if forced:
+    if metafunc.definition.get_closest_marker("postgresql_only"):
+        metafunc.parametrize("backend", ["postgresql"], indirect=True)
+    elif forced:
         metafunc.parametrize("backend", [forced], indirect=True)
     elif metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS:
         metafunc.parametrize("backend", ["sqlite", "postgresql"], indirect=True)

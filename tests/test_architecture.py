@@ -21,6 +21,7 @@ import grimp
 import pytest
 
 from agentmemory_server.storage import interfaces
+from agentmemory_server.storage.blobs import BlobStore
 from agentmemory_server.storage.postgres import PostgresDatabase, PostgresUnitOfWork
 from agentmemory_server.storage.sqlite import Database as SqliteDatabase
 from agentmemory_server.storage.sqlite import SqliteUnitOfWork
@@ -147,6 +148,7 @@ REPOSITORIES = {
     "records": interfaces.Records, "events": interfaces.CaptureLog, "index": interfaces.SearchIndex,
     "vectors": interfaces.VectorStore, "audit": interfaces.AuditLog, "jobs": interfaces.JobQueue,
     "working": interfaces.WorkingStore, "admin": interfaces.Admin, "live": interfaces.EventLog,
+    "images": interfaces.ImageIndex, "inbox": interfaces.CaptureInbox, "usage": interfaces.ModelUsage,
 }
 
 
@@ -160,6 +162,7 @@ def assert_implements(protocol: type, implementation: object, area: str) -> None
         assert list(inspect.signature(impl).parameters) == wanted, f"{area}.{name} takes other parameters"
 
 
+@pytest.mark.sqlite_only  # the SQLite classes themselves; PostgreSQL's are checked below
 @pytest.mark.parametrize("area", sorted(REPOSITORIES))
 def test_sqlite_implements_every_repository_method(rt, area):
     assert isinstance(rt.db.reader(), SqliteUnitOfWork)
@@ -170,7 +173,7 @@ def test_sqlite_implements_every_repository_method(rt, area):
 def test_postgres_implements_every_repository_method(area):
     # The repositories only keep the connection they are given, so no server is needed here;
     # tests/test_postgres.py and the suites run on both backends exercise them for real.
-    unit = PostgresUnitOfWork(conn=None, writable=False)
+    unit = PostgresUnitOfWork(conn=None, writable=False, legacy_images=BlobStore(Path("/nonexistent")))
     assert_implements(REPOSITORIES[area], getattr(unit, area), area)
 
 

@@ -33,6 +33,13 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
                           capture_output=True, text=True, timeout=timeout)
 
 
+def env_of(rt) -> dict[str, str]:
+    """The environment that points the CLI at ``rt``'s store (its PostgreSQL database, if any;
+    ``--db`` names its file or local path)."""
+    url = rt.settings.database_url
+    return {**clean_environ(), **({"AGENTMEMORY_DATABASE_URL": url} if url else {})}
+
+
 def ok(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -55,12 +62,12 @@ def test_export_matches_get_export_and_import_round_trips(client, call, tmp_path
         tx.records.set("mem:lessons", "lsn_1", {"id": "lsn_1", "content": "a lesson"}, now="x")
         tx.records.set("mem:obs:orphan", "obs_o", {"id": "obs_o", "sessionId": "orphan", "title": "no session row"}, now="x")
     out = tmp_path / "export.json"
-    summary = ok(cli("--db", str(rt.db.path), "export", "-o", str(out)))  # while this runtime has it open
+    summary = ok(cli("--db", str(rt.db.path), "export", "-o", str(out), env=env_of(rt)))  # while this runtime has it open
     assert summary["records"] == 2 + 5 + 1 + 1 + 1 + 1 and out.stat().st_size == summary["bytes"]
-    assert "export: 100%" in cli("--db", str(rt.db.path), "export", "-o", str(out)).stderr  # progress bar
+    assert "export: 100%" in cli("--db", str(rt.db.path), "export", "-o", str(out), env=env_of(rt)).stderr  # progress bar
     exported = json.loads(out.read_text())
     assert without_time(exported) == without_time(client.get("/agentmemory/export").json)
-    to_stdout = cli("--db", str(rt.db.path), "-q", "export")
+    to_stdout = cli("--db", str(rt.db.path), "-q", "export", env=env_of(rt))
     assert without_time(json.loads(to_stdout.stdout)) == without_time(exported)
     assert json.loads(to_stdout.stderr)["records"] == 11
     other = tmp_path / "other.db"
@@ -96,7 +103,7 @@ def test_json_lines_export_and_import_round_trip(client, call, tmp_path, rt):
     with rt.db.transaction("test") as tx:
         tx.records.set("mem:lessons", "lsn_1", {"id": "lsn_1", "content": "a lesson"}, now="x")
     lines_file = tmp_path / "export.jsonl"
-    summary = ok(cli("--db", str(rt.db.path), "-q", "export", "-o", str(lines_file)))
+    summary = ok(cli("--db", str(rt.db.path), "-q", "export", "-o", str(lines_file), env=env_of(rt)))
     lines = [json.loads(line) for line in lines_file.read_text().splitlines()]
     assert lines[0]["version"] == transfer.FORMAT_VERSION and len(lines) == 1 + summary["records"]
     assert {"observations": {"s0": [lines[3]["observations"]["s0"][0]]}} == lines[3]  # one record a line

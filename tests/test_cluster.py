@@ -98,6 +98,23 @@ def test_a_viewer_reconnecting_to_the_other_node_is_replayed_what_it_missed(two_
         assert replayed["seq"] > seen["seq"]
 
 
+def test_an_image_captured_on_one_node_is_served_by_the_other(two_nodes):
+    """Image bytes live in PostgreSQL: no node keeps a file, each serves them."""
+    from test_images import b64, png, sha
+
+    a, b = two_nodes
+    shot = png(77, size=32)
+    screenshot = {"tool_name": "Screenshot", "tool_input": {"url": "http://x"},
+                  "tool_response": {"image": f"data:image/png;base64,{b64(shot)}"}}
+    reply = post(a.api("/observe"), hook("img", data=screenshot))
+    assert reply.status_code == 201 and reply.json()["images"] == [sha(shot)], reply.text
+    for node in (b, a):
+        got = requests.get(node.api(f"/images/{sha(shot)}"), timeout=30)
+        assert got.status_code == 200 and got.headers["Content-Type"] == "image/png" and got.content == shot
+        assert not list((node.data_dir / "images").rglob("*")), "an image file was written on a node"
+        assert requests.get(node.api("/health"), timeout=30).json()["images"]["storedIn"] == "database"
+
+
 def test_sigkill_of_a_node_mid_burst_loses_no_acknowledged_write(two_nodes):
     a, b = two_nodes
     acknowledged: list[str] = []

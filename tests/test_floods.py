@@ -105,6 +105,8 @@ def test_a_full_embedding_backlog_sheds_new_rows_which_are_queued_again_once_it_
     queues = call("health")["queues"]
     assert queues["embedBacklog"] == {**queues["embedBacklog"], "size": 5, "max": 5, "shed": 7}
     assert "BM25" in queues["embedBacklog"]["whenFull"]
+    # The shed counts are the answering process's own, and /health says so.
+    assert queues["embedBacklog"]["perProcess"] == ["shed"] and queues["viewerEvents"]["perProcess"] == ["size", "shed"]
     assert call("health")["vectors"]["backlogShed"] == 7
     # Every record is stored and found by BM25 meanwhile.
     assert {r["observation"]["id"] for r in call("memory_recall", query="release", limit=20)["results"]} == set(ids)

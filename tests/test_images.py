@@ -1,12 +1,14 @@
-"""Images move out of hook payloads into the content-addressed image store beside the database:
-detection, the reference and modality kept on the observation, the authenticated image route,
+"""Images move out of hook payloads into the content-addressed image store (files beside a SQLite
+database, rows of a PostgreSQL one): detection, the reference and modality kept on the observation, the authenticated image route,
 reference counting through forgetting, the quota's oldest-first eviction, and export/import."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.capture import images
 from agentmemory_server.kernel.util import Clock
+from agentmemory_server.storage.blobs import BlobStore
 from conftest import hook
 
 
@@ -88,7 +91,11 @@ def screenshot_hook(session: str, data: bytes, when: str = "2026-11-01T10:00:00Z
                                                 **extra})
 
 
-def test_an_image_moves_to_the_store_and_is_served(client, rt):
+def image_file(rt, image_id: str) -> Path:
+    return rt.db.path.parent / "images" / image_id[:2] / image_id
+
+
+def test_an_image_moves_to_the_store_and_is_served(client, rt, backend):
     shot = png(5)
     r = client.post("/agentmemory/observe", json=screenshot_hook("s1", shot))
     assert r.status_code == 201 and r.json["images"] == [sha(shot)]
@@ -96,8 +103,10 @@ def test_an_image_moves_to_the_store_and_is_served(client, rt):
     assert obs["images"] == [{"id": sha(shot), "mime": "image/png", "bytes": len(shot), "field": "tool_response.image"}]
     assert obs["imageRef"] == sha(shot) and obs["modality"] == "mixed"
     assert b64(shot) not in str(obs) and f"[image sha256:{sha(shot)}" in obs["raw"]["tool_response"]["image"]
-    stored = rt.db.path.parent / "images" / sha(shot)[:2] / sha(shot)
-    assert stored.read_bytes() == shot
+    if backend == "sqlite":  # a file beside the database
+        assert image_file(rt, sha(shot)).read_bytes() == shot
+    else:  # in the database, so that every node serves it
+        assert not image_file(rt, sha(shot)).exists() and rt.db.reader().images.read(sha(shot)) == shot
     got = client.get(f"/agentmemory/images/{sha(shot)}")
     assert got.status_code == 200 and got.mimetype == "image/png" and got.data == shot
     missing = client.get("/agentmemory/images/" + "0" * 64)
@@ -129,7 +138,7 @@ def test_the_same_image_is_stored_once_and_released_when_forgotten(make_runtime)
     now[0] += 31
     assert store.sweep()["removed"] == 1
     assert client.get(f"/agentmemory/images/{sha(shot)}").status_code == 404
-    assert not (rt.db.path.parent / "images" / sha(shot)[:2] / sha(shot)).exists()
+    assert not image_file(rt, sha(shot)).exists() and rt.db.reader().images.read(sha(shot)) is None
 
 
 def test_the_quota_evicts_the_oldest_images_and_says_so(make_runtime):
@@ -147,11 +156,55 @@ def test_the_quota_evicts_the_oldest_images_and_says_so(make_runtime):
     assert all(client.get(f"/agentmemory/images/{sha(s)}").status_code == 200 for s in shots[1:])
     obs = client.get("/agentmemory/observations?sessionId=s0").json["observations"][0]
     assert obs["imageRef"] == sha(shots[0])  # the record keeps its reference
+    assert rt.db.reader().images.read(sha(shots[0])) is None and not image_file(rt, sha(shots[0])).exists()
     health = client.get("/agentmemory/health").json["images"]
     assert health["evicted"] == 1 and health["images"] == 3 and health["bytes"] <= health["quotaBytes"]
     # The same image sent again is stored again.
     client.post("/agentmemory/observe", json=screenshot_hook("again", shots[0], when="2026-11-02T00:00:00Z"))
     assert client.get(f"/agentmemory/images/{sha(shots[0])}").status_code == 200
+
+
+def test_bytes_no_row_owns_are_swept_and_health_says_where_bytes_are_kept(make_runtime, backend):
+    rt = make_runtime()
+    client = create_app(runtime=rt).test_client()
+    kept = png(40)
+    client.post("/agentmemory/observe", json=screenshot_hook("s", kept))
+    # What a transaction that failed after writing its file leaves behind, and a crash's temp file.
+    stray = BlobStore(rt.db.path.parent / "images")
+    lost = stray.put(png(41))
+    temp = stray.root / lost[:2] / ".tmp-crashed"
+    temp.write_bytes(b"half")
+    old = time.time() - 3600
+    for path in (image_file(rt, lost), temp, *([image_file(rt, sha(kept))] if backend == "sqlite" else [])):
+        os.utime(path, (old, old))
+    with rt.db.transaction("image_sweep") as tx:
+        removed = tx.images.sweep_leftovers(time.time() - 60)
+    health = client.get("/agentmemory/health").json["images"]
+    if backend == "sqlite":
+        assert removed == 2 and not image_file(rt, lost).exists() and not temp.exists()
+        assert health["storedIn"] == str(rt.db.path.parent / "images")
+    else:  # bytes live in their rows, written in one transaction: nothing can be left over
+        assert removed == 0 and health["storedIn"] == "database"
+    assert client.get(f"/agentmemory/images/{sha(kept)}").data == kept
+
+
+@pytest.mark.postgresql_only
+def test_an_image_stored_as_a_file_before_bytes_moved_into_postgresql_is_still_served(make_runtime, backend):
+    """Rows written before PostgreSQL migration 6 have no bytes: their file in the node's images
+    directory (a shared volume, as the docs said then) answers, and goes when the row goes."""
+    now = [1_800_000_000.0]
+    rt = make_runtime(clock=Clock(lambda: now[0]))
+    client = create_app(runtime=rt).test_client()
+    shot = png(42)
+    client.post("/agentmemory/observe", json=screenshot_hook("old", shot))
+    with rt.db.transaction("test") as tx:  # as an earlier version left it: the file, no bytes in the row
+        tx.conn.execute("UPDATE images SET data = NULL")
+    BlobStore(rt.db.path.parent / "images").put(shot)
+    assert client.get(f"/agentmemory/images/{sha(shot)}").data == shot
+    client.post("/agentmemory/forget", json={"sessionId": "old"})
+    now[0] += 31
+    assert rt.services["images"].sweep()["removed"] == 1
+    assert not image_file(rt, sha(shot)).exists()
 
 
 def test_images_round_trip_through_export_and_import(make_runtime, tmp_path):

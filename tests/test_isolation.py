@@ -261,6 +261,8 @@ def test_the_cli_keeps_agents_apart(agents, make_runtime, tmp_path):
     a("memory_save", content="alphamark private note", project=PROJECT)
     db = str(a.rt.db.path)
     base = {**clean_environ(), "AGENTMEMORY_DB": db, "EMBEDDING_PROVIDER": "none"}
+    if a.rt.settings.database_url:  # the same PostgreSQL database
+        base["AGENTMEMORY_DATABASE_URL"] = a.rt.settings.database_url
     isolated = {**base, "AGENTMEMORY_AGENT_SCOPE": "isolated", "AGENT_ID": "agent-alpha"}
     agentmemory = str(Path(sys.executable).with_name("agentmemory"))
     run = lambda env, *args: subprocess.run([agentmemory, "-q", *args], env=env, capture_output=True, text=True,  # noqa: E731

@@ -72,6 +72,7 @@ def captured(rt, run) -> list[str]:
     return statements
 
 
+@pytest.mark.sqlite_only("SQLite's EXPLAIN QUERY PLAN of its own statements")
 @pytest.mark.parametrize(("tool", "args"), CALLS, ids=lambda v: v if isinstance(v, str) else ",".join(v) or "-")
 def test_tools_read_through_indexes(seeded, tool, args):
     statements = captured(seeded, lambda: ToolCaller(seeded)(tool, **args))
@@ -79,6 +80,7 @@ def test_tools_read_through_indexes(seeded, tool, args):
     assert full_scans(seeded, statements) == []
 
 
+@pytest.mark.sqlite_only("SQLite's EXPLAIN QUERY PLAN of its own statements")
 def test_context_and_health_read_through_indexes(seeded):
     client = create_app(runtime=seeded).test_client()
     for method, path, body in (("POST", "/agentmemory/context", {"sessionId": "new", "project": "p"}),

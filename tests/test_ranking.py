@@ -112,6 +112,7 @@ def common_corpus(fts5_rt):
     return ids
 
 
+@pytest.mark.sqlite_only("bounded BM25 is the FTS5 engine's, SQLite's full text")
 def test_bounded_bm25_scores_exactly_and_skips_rows_with_one_common_term(fts5_rt, common_corpus, monkeypatch):
     store, query = fts5_rt.db.reader(), "deploy server kubernetes"
     exact = search.bm25(store, query, limit=50)  # under the budget: the plain OR query, every match scored
@@ -125,6 +126,7 @@ def test_bounded_bm25_scores_exactly_and_skips_rows_with_one_common_term(fts5_rt
     assert [h["doc_id"] for h in bounded] == [h["doc_id"] for h in exact[:3]]
 
 
+@pytest.mark.sqlite_only("bounded BM25 is the FTS5 engine's, SQLite's full text")
 def test_bounded_bm25_with_only_common_terms_ranks_rows_holding_all(fts5_rt, common_corpus, monkeypatch):
     rt = fts5_rt
     monkeypatch.setattr(lexical_fts5, "BM25_ROW_BUDGET", 5)

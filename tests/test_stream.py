@@ -88,7 +88,11 @@ def test_max_clients_refuses_one_more_socket():
 # -- what gets published (in-process) -----------------------------------------------------------------
 
 
-def drain(sub) -> list[tuple[str, dict]]:
+def drain(sub, rt) -> list[tuple[str, dict]]:
+    """What ``sub`` received so far. With several processes (or PostgreSQL) events reach viewers
+    through the database's event log: wait until this runtime's own have come back."""
+    if rt.bus is not None:
+        assert rt.bus.flush(), "this runtime's events did not come back through the event log"
     events = []
     while (event := sub.get(timeout=0)) is not None:
         events.append((event["type"], event["record"]))
@@ -99,11 +103,11 @@ def test_changed_actions_are_published_too(rt, call):
     sub = rt.hub.subscribe()
     first = call("memory_action_create", title="Write the migration")["action"]
     second = call("memory_action_create", title="Deploy it")["action"]
-    drain(sub)
+    drain(sub, rt)
     call("action_edge_create", sourceActionId=second["id"], targetActionId=first["id"], type="requires")
-    assert [(t, r["id"], r["status"]) for t, r in drain(sub)] == [("action", second["id"], "blocked")]
+    assert [(t, r["id"], r["status"]) for t, r in drain(sub, rt)] == [("action", second["id"], "blocked")]
     call("memory_action_update", actionId=first["id"], status="done")
-    published = {r["id"]: r["status"] for t, r in drain(sub) if t == "action"}
+    published = {r["id"]: r["status"] for t, r in drain(sub, rt) if t == "action"}
     assert published == {first["id"]: "done", second["id"]: "pending"}  # the unblocked one too
 
 
@@ -118,11 +122,11 @@ def test_reflected_slots_and_decayed_lessons_are_published(make_runtime):
     lesson = call("memory_lesson_save", content="Check the flags before deploying", confidence=0.6)["lesson"]
     sub = rt.hub.subscribe()
     call("memory_reflect", sessionId="refl")
-    slots = [r for t, r in drain(sub) if t == "slot"]
+    slots = [r for t, r in drain(sub, rt) if t == "slot"]
     assert slots and {s["label"] for s in slots} <= {"pending_items", "session_patterns", "project_context"}
     now[0] += 21 * 86400  # three weeks without reinforcement
     call("lesson_decay")
-    decayed = [r for t, r in drain(sub) if t == "lesson"]
+    decayed = [r for t, r in drain(sub, rt) if t == "lesson"]
     assert [d["id"] for d in decayed] == [lesson["id"]] and decayed[0]["confidence"] < 0.6
 
 
@@ -136,7 +140,7 @@ def test_auto_forget_publishes_what_it_removed(make_runtime):
     sub = rt.hub.subscribe()
     now[0] += 2 * 86400
     call("auto_forget")
-    forgets = [r for t, r in drain(sub) if t == "forget"]
+    forgets = [r for t, r in drain(sub, rt) if t == "forget"]
     assert forgets and forgets[0]["memoryIds"] == [mem["id"]] and forgets[0]["reason"] == "auto_forget"
 
 

@@ -8,6 +8,7 @@ protocol (U§1.2, U§4.2, U§5)."""
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from agentmemory_server.adapters.web import create_app
@@ -171,6 +172,7 @@ def test_memories_cursor_pages_stay_correct_when_memories_share_a_time(make_runt
     assert bad.status_code == 400 and bad.json["details"]["field"] == "cursor"
 
 
+@pytest.mark.sqlite_only("SQLite's EXPLAIN QUERY PLAN of the listing's statement")
 def test_the_memories_listing_uses_its_index(rt, monkeypatch):
     """Issue 14 needs GET /memories to stay fast at 100k+: every page (first or deep) must be an
     index walk on the declared record index, never a scan and sort of the scope."""

@@ -82,6 +82,7 @@ def test_filters_are_exact_and_scores_are_exact_cosines(make_runtime, monkeypatc
                 assert {metas[r]["global"] for r, _ in got} <= {True}  # only global rows
 
 
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
 def test_index_is_saved_and_replays_the_log_after_a_restart(make_runtime):
     rt = make_runtime()
     rng = np.random.default_rng(4)
@@ -117,6 +118,7 @@ def seed_more(db, rng):
     return vecs, metas
 
 
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
 def test_a_foreign_or_damaged_index_file_is_rebuilt(make_runtime):
     rt = make_runtime()
     rng = np.random.default_rng(5)
@@ -144,6 +146,7 @@ def test_a_foreign_or_damaged_index_file_is_rebuilt(make_runtime):
     assert damaged.status()["repair"]["reason"].startswith("unreadable index file")
 
 
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
 def test_dead_rows_are_skipped_and_replaced_rows_hold_their_new_vector(make_runtime):
     rt = make_runtime()
     rng = np.random.default_rng(6)
@@ -163,6 +166,7 @@ def test_dead_rows_are_skipped_and_replaced_rows_hold_their_new_vector(make_runt
     assert index.refresh() == 2 and len(index) == 48 and index.status()["graphSlots"] == 51
 
 
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
 def test_a_graph_full_of_dead_rows_is_rebuilt_aside_while_it_keeps_serving(make_runtime, monkeypatch):
     monkeypatch.setattr(vector_index, "REBUILD_MIN_VECTORS", 10)
     rt = make_runtime()
@@ -230,8 +234,9 @@ def test_index_survives_sigkill_and_repairs_a_lost_file(live_server):
     assert index_check["status"] == "pass", index_check
 
 
-def test_the_service_reports_the_index_in_health(make_runtime):
+def test_the_service_reports_the_index_in_health(make_runtime, backend):
     rt = make_runtime(embedding_provider="hash")
     health = rt.health_sections()["vectors"]
-    assert health["index"]["engine"] == ann.ENGINE and health["index"]["vectors"] == 0
+    engine = ann.ENGINE if backend == "sqlite" else "pgvector-hnsw"
+    assert health["index"]["engine"] == engine and health["index"]["vectors"] == 0
     assert health["embedsHere"] is False and vectors.service(rt).ready is False

@@ -77,6 +77,8 @@ def test_overview_counts_ingest_rate_and_features(make_runtime):
     now[0] += 120  # two minutes later
     call("agent_observe", sessionId="s2", hookType="post_tool_use", data={"tool_name": "Bash", "tool_input": "ls"})
     call("memory_save", content="The build needs make 4.3", project="p")
+    if rt.bus is not None:  # PostgreSQL, several workers: events reach the hub through the event log
+        assert rt.bus.flush()
     result = call("viewer_overview")
     assert result["counts"]["sessions"] == 2 and result["counts"]["observations"] == 4
     assert result["counts"]["memories"] == 1

@@ -85,20 +85,20 @@ def _mcp_flow(server, backend: str) -> None:
     assert not err and body["userKeys"] == 0 and body["scratchpadEntries"] == 1 and body["hasTaskState"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_rest_and_mcp_end_to_end(live_server, request, backend):
-    env = {"WORKING_MEMORY_BACKEND": backend, "WORKING_MEMORY_MAX_KEYS_PER_SESSION": "3"}
-    if backend == "redis":
+@pytest.mark.parametrize("working_backend", ["sqlite", "redis"])
+def test_rest_and_mcp_end_to_end(live_server, request, working_backend):
+    env = {"WORKING_MEMORY_BACKEND": working_backend, "WORKING_MEMORY_MAX_KEYS_PER_SESSION": "3"}
+    if working_backend == "redis":
         env.update(REDIS_URL=request.getfixturevalue("redis_server").url,
                    WORKING_MEMORY_REDIS_PREFIX=f"live-{uuid.uuid4().hex}")
     server = live_server(env=env)
-    _rest_flow(server, backend)
-    _mcp_flow(server, backend)
+    _rest_flow(server, working_backend)
+    _mcp_flow(server, working_backend)
     health = requests.get(server.api("/health")).json()
     assert health["status"] == "healthy"
-    assert health["working_memory"] == {"status": "ok", "backend": backend, "configuredBackend": backend,
+    assert health["working_memory"] == {"status": "ok", "backend": working_backend, "configuredBackend": working_backend,
                                         "usingFallback": False,
-                                        **({"redisUrl": env["REDIS_URL"]} if backend == "redis" else {})}
+                                        **({"redisUrl": env["REDIS_URL"]} if working_backend == "redis" else {})}
 
 
 def test_live_server_falls_back_when_redis_stops(live_server, own_redis):

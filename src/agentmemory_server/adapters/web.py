@@ -25,7 +25,7 @@ from agentmemory_server.adapters.origins import origin_allowed, parse_allowed
 from agentmemory_server.adapters.stream import ReaderThread, StreamSession
 from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized
 from agentmemory_server.kernel import principals, registry
-from agentmemory_server.kernel.limits import client_key
+from agentmemory_server.kernel.limits import caller_key, client_key
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
 from agentmemory_server.kernel.runtime import Runtime
@@ -187,6 +187,7 @@ def _checks(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
     if request.path == STREAM_PATH and not (header or token) and _is_upgrade():
         g.stream_authenticated = False  # the first message must be {"type":"auth","token":...}
         return None
+    presented = None
     if rt.settings.secret:
         presented = token or (header[7:].strip() if header and header[:7].lower() == "bearer " else None)
         principal = principals.authenticate(rt, presented)
@@ -196,7 +197,7 @@ def _checks(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
         g.principal_reset = principals.CALLER.set(principal)
     g.stream_authenticated = True
     if request.method in WRITE_METHODS:
-        rt.limiter.take(client_key(rt.settings.secret, request.remote_addr), f"{request.method} {request.path}")
+        rt.limiter.take(client_key(presented, request.remote_addr), f"{request.method} {request.path}")
     _require_json_body()
     return None
 
@@ -535,7 +536,7 @@ def _ws_request(rt: Runtime, raw: Any, remote: str | None = None) -> dict[str, A
             return {"id": request_id, "type": "pong"}
         if message.get("type") == "auth":  # already authenticated (or no secret): harmless
             return {"id": request_id, "type": "auth", "ok": True}
-        rt.limiter.take(client_key(rt.settings.secret, remote), f"ws {message.get('tool')}")
+        rt.limiter.take(caller_key(principals.current(), rt.settings.secret, remote), f"ws {message.get('tool')}")
         result = registry.call(Ctx(rt, source="ws"), str(message.get("tool") or ""), message.get("args") or {})
         data, _status = registry.unwrap(result)
         return {"id": request_id, "ok": True, "result": data}

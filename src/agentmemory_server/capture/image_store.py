@@ -1,13 +1,15 @@
-"""The image store: images moved out of hook payloads, as files named by their sha256 beside the
-database (``images/``), reference-counted through the search rows that use them.
+"""The image store: images moved out of hook payloads, named by their sha256 and
+reference-counted through the search rows that use them. The storage keeps the bytes
+(``ImageIndex``): files beside a SQLite database (``images/``), rows of the database on
+PostgreSQL, so any node of a cluster serves any image.
 
-Saving happens inside the observation's transaction (file first, then its row), and the sweep
-deletes files inside its own transaction: both hold the writer lock, so a file is never deleted
-between an observation deciding to reuse it and committing. Every ``SWEEP_SECONDS`` the sweep
-drops images no record references any more (after a ``GRACE_SECONDS`` grace, so an image written
-by a transaction still in flight is never taken), then, while the kept files exceed
-``AGENTMEMORY_IMAGE_STORE_MAX_BYTES``, evicts the oldest: the file goes, the row stays marked
-evicted, and the records keep their reference (GET /images/<id> answers 410 saying why).
+Saving happens inside the observation's transaction, and the sweep drops bytes inside its own
+transaction, so bytes are never dropped between an observation deciding to reuse them and
+committing. Every ``SWEEP_SECONDS`` the sweep drops images no record references any more (after
+a ``GRACE_SECONDS`` grace, so an image written by a transaction still in flight is never taken),
+then, while the kept bytes exceed ``AGENTMEMORY_IMAGE_STORE_MAX_BYTES``, evicts the oldest: the
+bytes go, the row stays marked evicted, and the records keep their reference (GET /images/<id>
+answers 410 saying why).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from agentmemory_server.capture.images import FoundImage
 from agentmemory_server.errors import NotFound
 from agentmemory_server.kernel.registry import Ctx, Reply, params, string, tool
 from agentmemory_server.kernel.util import iso
-from agentmemory_server.storage.blobs import BlobStore, images_dir, is_blob_id
+from agentmemory_server.storage.blobs import is_blob_id
 from agentmemory_server.storage.interfaces import UnitOfWork
 
 log = logging.getLogger("agentmemory.images")
@@ -37,7 +39,6 @@ class ImageStore:
 
     def __init__(self, rt: Any):
         self.rt = rt
-        self.blobs = BlobStore(images_dir(rt.db.path))
         self.max_bytes = rt.settings.image_store_max_bytes
         self.evicted = 0
         self.removed = 0
@@ -45,26 +46,20 @@ class ImageStore:
         rt.every(SWEEP_SECONDS, "image_store_sweep", self.sweep)
 
     def save(self, tx: UnitOfWork, images: list[FoundImage], now: str) -> None:
-        """Store the files and rows of ``images`` inside the caller's transaction."""
+        """Store the bytes and rows of ``images`` inside the caller's transaction."""
         for image in images:
-            self.blobs.put(image.data)
-            tx.images.put(image.id, image.mime, len(image.data), now)
-
-    def add_file(self, tx: UnitOfWork, data: bytes, mime: str, now: str) -> str:
-        """Store one image given as bytes (an import); returns its id."""
-        image_id = self.blobs.put(data)
-        tx.images.put(image_id, mime, len(data), now)
-        return image_id
+            tx.images.put(image.id, image.mime, image.data, now)
 
     def read(self, image_id: str) -> tuple[dict[str, Any], bytes]:
         """The image's facts and bytes.
 
         :raise NotFound: no such image (404), or its file was evicted by the quota (410).
         """
-        meta = self.rt.db.reader().images.get(image_id) if is_blob_id(image_id) else None
+        store = self.rt.db.reader()
+        meta = store.images.get(image_id) if is_blob_id(image_id) else None
         if meta is None:
             raise NotFound(f"no image {image_id!r} in the image store", code=errors.IMAGE_NOT_FOUND)
-        data = None if meta["evictedAt"] else self.blobs.read(image_id)
+        data = None if meta["evictedAt"] else store.images.read(image_id)
         if data is None:
             raise NotFound(
                 f"image {image_id} was evicted from the image store at {meta['evictedAt'] or 'an unknown time'} "
@@ -86,12 +81,8 @@ class ImageStore:
         with rt.db.transaction("image_sweep") as tx:
             unused = tx.images.unreferenced(created_before=cutoff, limit=BATCH)
             tx.images.delete(unused)
-            for image_id in unused:
-                self.blobs.delete(image_id)
             victims = self._over_quota(tx, cutoff)
             tx.images.mark_evicted(victims, rt.clock.iso())
-            for image_id in victims:
-                self.blobs.delete(image_id)
             if victims:
                 tx.audit_details = {"evicted": len(victims), "quotaBytes": self.max_bytes}
         self.removed += len(unused)
@@ -103,7 +94,9 @@ class ImageStore:
                 len(victims),
             )
         if time.monotonic() - self._last_orphan_scan >= ORPHAN_FILES_EVERY:
-            self._remove_orphan_files()
+            self._last_orphan_scan = time.monotonic()
+            with rt.db.transaction("image_sweep") as tx:  # the writer lock keeps saves out meanwhile
+                tx.images.sweep_leftovers(time.time() - GRACE_SECONDS)
         return {"removed": len(unused), "evicted": len(victims)}
 
     def _over_quota(self, tx: UnitOfWork, cutoff: str) -> list[str]:
@@ -121,25 +114,12 @@ class ImageStore:
                 excess -= size
         return victims
 
-    def _remove_orphan_files(self) -> None:
-        """Files without a row (a transaction that failed after writing its file) and temporary
-        files a crash left behind."""
-        self._last_orphan_scan = time.monotonic()
-        old = time.time() - GRACE_SECONDS
-        candidates = [name for name, _size, mtime in self.blobs.files() if mtime < old]
-        with self.rt.db.transaction("image_sweep") as tx:  # the writer lock keeps saves out meanwhile
-            for start in range(0, len(candidates), BATCH):
-                chunk = candidates[start : start + BATCH]
-                for name in set(chunk) - tx.images.known(chunk):
-                    self.blobs.delete(name)
-        self.blobs.remove_strays(old)
-
     def health(self) -> dict[str, Any]:
-        stats = self.rt.db.reader().images.stats()
+        store = self.rt.db.reader()
         return {
-            **stats,
+            **store.images.stats(),
             "quotaBytes": self.max_bytes,
-            "dir": str(self.blobs.root),
+            "storedIn": store.images.location(),
             "evictedSinceStart": self.evicted,
             "removedSinceStart": self.removed,
         }

@@ -38,12 +38,15 @@ class EventBus:
         self.db = db
         self.hub = hub
         self.origin = origin or f"{os.uname().nodename}:{os.getpid()}"
-        self._outbox: queue.Queue[tuple[str, str, float, str]] = queue.Queue()
+        self._outbox: queue.Queue[tuple[str, str, float, str] | None] = queue.Queue()  # None: stop
         self._signal = db.event_signal()
         self._stop = threading.Event()
         self._pruned_at = time.monotonic()
         self.sent = 0
         self.received = 0
+        self._queued = 0  # events this process sent, and of those, how many came back through the log
+        self._returned = 0
+        self._returned_changed = threading.Condition()
         self.errors = 0
         self.last_error: str | None = None
         self.last_seq = db.reader().live.newest()  # viewers see what happens from now on
@@ -59,7 +62,16 @@ class EventBus:
 
     def send(self, event_type: str, record: Any) -> None:
         """Queue an event for the bus (never waits; the publisher thread writes it)."""
+        with self._returned_changed:
+            self._queued += 1
         self._outbox.put((event_type, dumps(record), time.time(), self.origin))
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every event this process sent so far has reached its own viewers (through
+        the log, as other processes get it); False if ``timeout`` passed first."""
+        with self._returned_changed:
+            target = self._queued
+            return self._returned_changed.wait_for(lambda: self._returned >= target, timeout)
 
     # ---- out: this process's events into the log
     def _publish_loop(self) -> None:
@@ -68,12 +80,18 @@ class EventBus:
                 first = self._outbox.get(timeout=WAIT_SECONDS)
             except queue.Empty:
                 continue
+            if first is None:
+                return
             batch = [first]
             while len(batch) < BATCH:
                 try:
-                    batch.append(self._outbox.get_nowait())
+                    event = self._outbox.get_nowait()
                 except queue.Empty:
                     break
+                if event is None:
+                    self._append(batch)
+                    return
+                batch.append(event)
             self._append(batch)
 
     def _append(self, batch: list[tuple[str, str, float, str]]) -> None:
@@ -105,10 +123,16 @@ class EventBus:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 self._stop.wait(1.0)
                 continue
-            for seq, event_type, record, ts, _origin in rows:
+            own = 0
+            for seq, event_type, record, ts, origin in rows:
                 self.hub.deliver(seq, event_type, ts, loads(record))
                 self.last_seq = seq
                 self.received += 1
+                own += origin == self.origin
+            if own:
+                with self._returned_changed:
+                    self._returned += own
+                    self._returned_changed.notify_all()
             if len(rows) < BATCH:
                 self._signal.wait(WAIT_SECONDS)
 
@@ -130,6 +154,7 @@ class EventBus:
         while not self._outbox.empty() and time.monotonic() < deadline:
             time.sleep(0.02)
         self._stop.set()
+        self._outbox.put(None)  # wakes the publisher now rather than at its next poll
         self._signal.close()
         for thread in self._threads:
             thread.join(timeout=5.0)

@@ -31,7 +31,7 @@ from agentmemory_server.kernel import auth, background
 from agentmemory_server.kernel.bus import EventBus
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.hooks import Hooks
-from agentmemory_server.kernel.limits import RateLimiter
+from agentmemory_server.kernel.limits_shared import build_limiter
 from agentmemory_server.kernel.principals import TokenCache
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
 from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
@@ -202,7 +202,7 @@ class Runtime:
         self.supervisor: Any = None  # the background worker's supervisor, when this server started one
         self.denials = auth.Denials()
         self.tokens = TokenCache()
-        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        self.limiter = build_limiter(settings)
         self.services: dict[str, Any] = {}
         for name, factory in subsystems:
             if name in self.services:
@@ -270,4 +270,5 @@ class Runtime:
                     close()
                 except Exception:  # noqa: BLE001 - keep closing the rest
                     log.exception("closing a subsystem failed")
+        self.limiter.close()
         self.db.close()

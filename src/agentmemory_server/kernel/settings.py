@@ -275,7 +275,8 @@ SETTINGS: tuple[Setting, ...] = (
         ("REDIS_URL",),
         "redis://127.0.0.1:6379/0",
         str,
-        "Redis for WORKING_MEMORY_BACKEND=redis (connect timeout 0.5 s, no retries).",
+        "Redis for WORKING_MEMORY_BACKEND=redis and AGENTMEMORY_RATE_LIMIT_STORE=redis (connect timeout 0.5 s, "
+        "no retries).",
         secret=True,
     ),
     Setting(
@@ -521,8 +522,9 @@ SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_IMAGE_STORE_MAX_BYTES",),
         524_288_000,
         _positive_int,
-        "Quota of the image store (`images/` beside the database). Above it the oldest images are "
-        "evicted (their records keep the reference and say so); unreferenced images go after 30 s.",
+        "Quota of the image store (`images/` beside a SQLite database; the `images` table on PostgreSQL). "
+        "Above it the oldest images are evicted (their records keep the reference and say so); "
+        "unreferenced images go after 30 s.",
     ),
     Setting(
         "import_root",

@@ -115,8 +115,8 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         100.0,
         _non_negative_float,
         "Writes (POST/PUT/PATCH/DELETE, WebSocket calls) per second per token (per client IP with auth off), "
-        "as a token bucket, per server process; over it: 429 `rate_limited` with Retry-After. 0 = no limit. "
-        "A coding agent's hooks send a few per second.",
+        "as a token bucket counted where AGENTMEMORY_RATE_LIMIT_STORE says; over it: 429 `rate_limited` with "
+        "Retry-After. 0 = no limit. A coding agent's hooks send a few per second.",
     ),
     Setting(
         "rate_burst",
@@ -124,6 +124,23 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         500,
         _positive_int,
         "Token-bucket size: writes a client may send at once before AGENTMEMORY_RATE_LIMIT applies.",
+    ),
+    Setting(
+        "rate_limit_store",
+        ("AGENTMEMORY_RATE_LIMIT_STORE",),
+        "auto",
+        _choice("auto", "process", "node", "redis"),
+        "Where rate-limit buckets are counted: `process` (each worker process alone), `node` (a file shared "
+        "by the worker processes of a node), `redis` (REDIS_URL: one limit across every node; while Redis is "
+        "down each node counts alone, noted in /health). `auto`: `redis` when WORKING_MEMORY_BACKEND=redis, "
+        "else `node` with more than one worker process (AGENTMEMORY_WORKERS), else `process`.",
+    ),
+    Setting(
+        "rate_limit_redis_prefix",
+        ("AGENTMEMORY_RATE_LIMIT_REDIS_PREFIX",),
+        "agentmemory:rl",
+        str,
+        "Prefix of the Redis keys of the rate limits (nodes sharing it share the limits).",
     ),
     Setting(
         "embed_backlog_max",

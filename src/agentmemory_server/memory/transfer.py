@@ -28,7 +28,7 @@ from agentmemory_server.kernel.registry import AGENT_ID, Ctx, integer, obj, para
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, is_obs_scope, obs_scope, session_of
 from agentmemory_server.retrieval import search
 from agentmemory_server.storage import codec
-from agentmemory_server.storage.blobs import BlobStore, images_dir, is_blob_id
+from agentmemory_server.storage.blobs import is_blob_id
 from agentmemory_server.storage.interfaces import UnitOfWork
 
 FORMAT_VERSION = "agentmemory-python/1"
@@ -212,14 +212,14 @@ class _ExportWriter:
                     self.image_ids.update(i["id"] for i in value["images"] if isinstance(i, dict) and "id" in i)
                 yield key, value
 
-    def images(self, blobs: BlobStore | None) -> None:
+    def images(self) -> None:
         """The images the exported records reference, each once."""
         self.sink.open("{", "images")
         for image_id in sorted(self.image_ids):
             meta = self.store.images.get(image_id) if is_blob_id(image_id) else None
             if meta is None:
                 continue
-            data = None if meta["evictedAt"] or blobs is None else blobs.read(image_id)
+            data = None if meta["evictedAt"] else self.store.images.read(image_id)
             entry: dict[str, Any] = {"mime": meta["mime"], "bytes": meta["bytes"]}
             if data is None:
                 entry["evicted"] = True
@@ -283,7 +283,6 @@ def write_export(
     max_sessions: int | None = None,
     batch: int = 500,
     tick: Callable[[int], Any] = lambda n: None,
-    blobs: BlobStore | None = None,
 ) -> dict[str, int]:
     """Write the export document to ``sink``, reading ``batch`` records at a time. The one export
     implementation: GET /export builds it with ``TreeSink``, the CLI streams it with
@@ -299,7 +298,7 @@ def write_export(
         writer.section("[", "memories", MEMORIES)
         writer.section("[", "summaries", SUMMARIES)
         writer.other_scopes()
-    writer.images(blobs)
+    writer.images()
     more = max_sessions is not None and offset + len(page) < total
     sink.value({"offset": offset, "limit": max_sessions, "total": total, "hasMore": more}, "pagination")
     sink.close("{")
@@ -327,7 +326,6 @@ def memory_export(ctx: Ctx, args: dict) -> dict:
             agent=agent_filter(ctx, args.get("agentId")),
             offset=args["offset"],
             max_sessions=args.get("maxSessions"),
-            blobs=BlobStore(images_dir(ctx.rt.db.path)),
         )
     return sink.result
 
@@ -454,10 +452,8 @@ def import_records(
         if strategy == "replace" and wipe_first is not False:
             tx.admin.wipe_records()
         if pictures:
-            blobs = BlobStore(images_dir(ctx.rt.db.path))
             for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
-                blobs.put(data)
-                tx.images.put(image_id, mime, len(data), now)
+                tx.images.put(image_id, mime, data, now)
             counts["images"] = {"imported": len(pictures), "skipped": 0}
         _write_records(tx, records, strategy, counts, stripped=stripped, now=now)
         tx.audit_message = f"import ({strategy}) of {len(records)} record(s)"

@@ -49,7 +49,9 @@ def health(ctx: Ctx, args: dict) -> Any:
 
 
 def queue_sizes(ctx: Ctx) -> dict[str, Any]:
-    """Every bounded queue: its size now, its bound and what was shed, with the policy when full."""
+    """Every bounded queue: its size now, its bound and what was shed, with the policy when full.
+    ``perProcess`` names the fields counted by the answering worker process alone, since it
+    started (with several workers or nodes, each counts its own); the others are the database's."""
     rt, store = ctx.rt, ctx.rt.db.reader()
     bounded = rt.db.queue_stats()
     live = rt.hub.stats()
@@ -59,12 +61,14 @@ def queue_sizes(ctx: Ctx) -> dict[str, Any]:
             "max": rt.settings.embed_backlog_max,
             "shed": bounded.get("embed_backlog", {}).get("shed", 0),
             "whenFull": "new records stay BM25-only until the backlog drains, then are queued again",
+            "perProcess": ["shed"],
         },
         "llmJobs": {
             "size": store.jobs.stats()["pending"],
             "max": rt.settings.llm_jobs_max,
             "shed": bounded.get("llm_jobs", {}).get("shed", 0),
             "whenFull": "new model work is skipped: the record keeps its deterministic result",
+            "perProcess": ["shed"],
         },
         "captureInbox": capture_inbox_queue(rt),
         "viewerEvents": {
@@ -72,6 +76,7 @@ def queue_sizes(ctx: Ctx) -> dict[str, Any]:
             "max": live["queueSize"],
             "shed": live["droppedClients"],
             "whenFull": "the lagging viewer is disconnected (close 4000) and reconnects with since=<seq>",
+            "perProcess": ["size", "shed"],
         },
     }
 
@@ -89,6 +94,7 @@ def capture_inbox_queue(rt: Any) -> dict[str, Any]:
         "shed": capture.since_start.get("rejected", 0),
         "whenFull": "a hook event that failed to store is refused with 503 capture_inbox_full; the hook "
         "keeps it and resends",
+        "perProcess": ["shed"],
     }
 
 

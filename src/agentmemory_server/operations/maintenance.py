@@ -29,7 +29,6 @@ from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, is_obs_scope
 from agentmemory_server.memory import transfer
 from agentmemory_server.models import llm
 from agentmemory_server.retrieval import search, vectors
-from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import UnitOfWork as Store
 
 T = TypeVar("T")
@@ -186,7 +185,6 @@ def stream_export(
                 agent=agent,
                 batch=batch,
                 tick=bar.update,
-                blobs=BlobStore(images_dir(rt.db.path)),
             )
             if not lines:
                 out.write("\n")

@@ -42,8 +42,9 @@ def open_database(
     ``postgresql://`` URL, else the SQLite file at ``path``.
 
     :param path: the SQLite file; with PostgreSQL, where this node keeps local state beside it.
-    :param reserve_bytes: writes are refused while less is free on its disk (SQLite).
-    :param warn_bytes: health warns while less is free (SQLite).
+    :param reserve_bytes: writes are refused while less is free on its disk (SQLite; on
+        PostgreSQL health turns critical while less is free on this node's disk).
+    :param warn_bytes: health warns while less is free (on PostgreSQL: on this node's disk).
     :param check_seconds: time budget of the integrity check run first (SQLite).
     :param fsync_every_commit: every commit durable against OS and disk failures too (SQLite;
         PostgreSQL's durability is the server's ``synchronous_commit``).
@@ -75,6 +76,8 @@ def open_database(
             pool_size=pool_size,
             node=node,
             queue_limits=queue_limits,
+            disk_reserve_bytes=reserve_bytes,
+            disk_warn_bytes=warn_bytes,
         )
     return SqliteDatabase(
         path,

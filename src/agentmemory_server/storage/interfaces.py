@@ -8,7 +8,7 @@ Features never see SQL. They open a unit of work (``db.transaction(operation)`` 
 ``events``      hook event ids already stored (exact dedup; kept after a forget)
 ``inbox``       hook events that did not become an observation (retries, dead letters, filtered)
                 and the capture pipeline's counters
-``images``      the images moved out of payloads (files named by sha256) and which rows use them
+``images``      images taken out of payloads (named by sha256), their bytes, the rows using them
 ``index``       the search index: one row per searchable record, lexical (BM25) search, timelines
 ``vectors``     embeddings of search rows and the backlog of rows waiting for one
 ``audit``       the audit log (one row per transaction that changed something, written for you)
@@ -170,10 +170,19 @@ class CaptureInbox(Protocol):
 
 
 class ImageIndex(Protocol):
-    """Images stored as files named by their sha256 (``id``): what each is, when it came, whether
-    the quota evicted its file, and which search rows reference it (a link goes with its row)."""
+    """Images named by the sha256 of their bytes (``id``): what each is, when it came, whether
+    the quota evicted its bytes, which search rows reference it (a link goes with its row), and
+    the bytes themselves. Where the bytes live is the backend's business: files beside a SQLite
+    database, the database itself on PostgreSQL (so every node serves every image).
 
-    def put(self, image_id: str, mime: str, size: int, now: str) -> None: ...
+    ``put`` stores the bytes with the row (an evicted image is kept again); ``read`` answers the
+    kept bytes or None; ``delete`` and ``mark_evicted`` drop the bytes with (or from) the row;
+    ``sweep_leftovers`` removes bytes no row owns that are older than epoch ``older_than`` (a
+    write that failed after storing its file) and answers how many; ``location`` says where the
+    bytes are kept, for /health."""
+
+    def put(self, image_id: str, mime: str, data: bytes, now: str) -> None: ...
+    def read(self, image_id: str) -> bytes | None: ...
     def link(self, doc_rowid: int, image_ids: Sequence[str]) -> None: ...
     def link_many(self, links: Sequence[tuple[int, Sequence[str]]]) -> None:
         """``link`` of each (doc_rowid, image_ids), distinct rowids (a bulk import)."""
@@ -185,6 +194,8 @@ class ImageIndex(Protocol):
     def delete(self, image_ids: Iterable[str]) -> None: ...
     def mark_evicted(self, image_ids: Iterable[str], now: str) -> None: ...
     def known(self, image_ids: Iterable[str]) -> set[str]: ...
+    def sweep_leftovers(self, older_than: float) -> int: ...
+    def location(self) -> str: ...
     def stats(self) -> dict[str, int]: ...
 
 

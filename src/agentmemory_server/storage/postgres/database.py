@@ -33,6 +33,7 @@ from pgvector.psycopg import register_vector
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces
+from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.postgres.admin import PgAdmin
@@ -224,6 +225,7 @@ class PostgresUnitOfWork:
         bounds: QueueBounds | None = None,
         record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
         prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
+        legacy_images: BlobStore,
     ):
         self.conn = conn
         self.writable = writable
@@ -238,7 +240,7 @@ class PostgresUnitOfWork:
         self.records = PgRecords(self)
         self.events = PgCaptureLog(self)
         self.inbox = PgCaptureInbox(self)
-        self.images = PgImageIndex(self)
+        self.images = PgImageIndex(self, legacy_images)
         self.vectors = PgVectorStore(self)
         self.index = PgSearchIndex(self, self.vectors, engine)
         self.audit = PgAuditLog(self)
@@ -269,11 +271,13 @@ class PostgresDatabase:
     :param pool_size: most connections this process opens.
     :param queue_limits: most entries of the durable queues (see ``sqlite.bounds.QueueBounds``;
         counted per process, as on SQLite).
+    :param disk_reserve_bytes: /health's disk is critical while less is free on this node's disk.
+    :param disk_warn_bytes: /health's disk warns while less is free on this node's disk.
     :raise SchemaTooNew: the database was written by a newer version of this server.
 
     Faults (``storage/postgres/faults.py``): damaged data reported by the server marks this
     node's view damaged (writes refused until restart); /health's disk is this node's own disk
-    (its Tantivy index and images), the server's disk being the server's to watch.
+    (its Tantivy index), the server's disk being the server's to watch.
     """
 
     def __init__(
@@ -289,18 +293,22 @@ class PostgresDatabase:
         pool_size: int = 10,
         node: str | None = None,
         queue_limits: Mapping[str, int] | None = None,
+        disk_reserve_bytes: int = 0,
+        disk_warn_bytes: int = 0,
     ):
         self.url = url
         self.location = redacted(url)
         self.path = Path(local_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.legacy_images = BlobStore(images_dir(self.path))  # image bytes stored before migration 6
         self._now = now
         self._local = threading.local()
         self._write_mutex = threading.Lock()
         self._closed = False
         self.last_write = 0.0
         self.bounds = QueueBounds(queue_limits or {})
-        self.space = FreeSpace(self.path, reserve=0, warn=0)
+        # This node's own disk (its Tantivy index): watched in /health, never a reason to refuse writes.
+        self.space = FreeSpace(self.path, reserve=disk_reserve_bytes, warn=disk_warn_bytes)
         self.damage: dict[str, Any] | None = None
         self.last_check: dict[str, Any] | None = None
         record_indexes = tuple(record_indexes)
@@ -401,6 +409,7 @@ class PostgresDatabase:
             bounds=self.bounds,
             record_indexes=self._record_indexes,
             prefix_indexes=self._prefix_indexes,
+            legacy_images=self.legacy_images,
         )
 
     def reader(self) -> PostgresUnitOfWork:

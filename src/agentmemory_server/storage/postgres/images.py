@@ -1,29 +1,47 @@
-"""Which images exist (``images``) and which search rows use them (``image_links``) on
-PostgreSQL; a link row is deleted with its search row (ON DELETE CASCADE). The bytes are files
-in the node's images directory (storage/blobs.py): several nodes share them through one volume
-mounted at the same place (deploy/docker-compose.yml)."""
+"""Which images exist (``images``), their bytes, and which search rows use them
+(``image_links``) on PostgreSQL; a link row is deleted with its search row (ON DELETE CASCADE).
+
+The bytes are in the ``images`` row (``data``), written in the observation's transaction, so
+every node serves every image, nothing is left behind by a failed write, and a database backup
+holds them. The quota (AGENTMEMORY_IMAGE_STORE_MAX_BYTES) bounds them as it bounds files on
+SQLite: eviction sets ``data`` to NULL. Rows stored before migration 6 have no ``data``: their
+bytes are still read from (and deleted in) the node's images directory, where earlier versions
+kept them."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from agentmemory_server.storage.blobs import BlobStore
 from agentmemory_server.storage.postgres.common import Unit
 
 
 class PgImageIndex:
-    def __init__(self, unit: Unit):
+    """:param legacy: the node's images directory, where rows without ``data`` keep their bytes."""
+
+    def __init__(self, unit: Unit, legacy: BlobStore):
         self.unit = unit
         self.conn = unit.conn
+        self.legacy = legacy
 
-    def put(self, image_id: str, mime: str, size: int, now: str) -> None:
-        """Know an image (again): a file the quota had evicted counts as present once more."""
+    def put(self, image_id: str, mime: str, data: bytes, now: str) -> None:
+        """Keep an image (again): an evicted one is kept once more, a known one keeps its bytes."""
+        if hashlib.sha256(data).hexdigest() != image_id:
+            raise ValueError(f"image {image_id} does not match the sha256 of its bytes")
         self.conn.execute(
-            "INSERT INTO images (id, mime, bytes, created_at) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (id) DO UPDATE SET evicted_at = NULL, created_at = CASE WHEN images.evicted_at "
-            "IS NULL THEN images.created_at ELSE excluded.created_at END",
-            (image_id, mime, size, now),
+            "INSERT INTO images (id, mime, bytes, created_at, data) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET evicted_at = NULL, data = coalesce(images.data, excluded.data), "
+            "created_at = CASE WHEN images.evicted_at IS NULL THEN images.created_at ELSE excluded.created_at END",
+            (image_id, mime, len(data), now, data),
         )
+
+    def read(self, image_id: str) -> bytes | None:
+        row = self.conn.execute("SELECT data, evicted_at FROM images WHERE id = %s", (image_id,)).fetchone()
+        if row is None or row[1] is not None:
+            return None
+        return bytes(row[0]) if row[0] is not None else self.legacy.read(image_id)
 
     def link(self, doc_rowid: int, image_ids: Sequence[str]) -> None:
         """The images search row ``doc_rowid`` references are exactly ``image_ids``."""
@@ -82,14 +100,24 @@ class PgImageIndex:
         if ids:
             self.conn.execute("DELETE FROM images WHERE id = ANY(%s)", (ids,))
         for image_id in ids:
+            self.legacy.delete(image_id)
             self.unit.record_change(f"images/{image_id}")
 
     def mark_evicted(self, image_ids: Iterable[str], now: str) -> None:
         ids = list(dict.fromkeys(image_ids))
         if ids:
-            self.conn.execute("UPDATE images SET evicted_at = %s WHERE id = ANY(%s)", (now, ids))
+            self.conn.execute("UPDATE images SET evicted_at = %s, data = NULL WHERE id = ANY(%s)", (now, ids))
         for image_id in ids:
+            self.legacy.delete(image_id)
             self.unit.record_change(f"images/{image_id}")
+
+    def sweep_leftovers(self, older_than: float) -> int:
+        """Nothing to do: the bytes are written in their row's transaction. (Files of the images
+        directory are the legacy rows' bytes, deleted with them.)"""
+        return 0
+
+    def location(self) -> str:
+        return "database"
 
     def known(self, image_ids: Iterable[str]) -> set[str]:
         ids = list(dict.fromkeys(image_ids))

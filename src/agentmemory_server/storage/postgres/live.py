@@ -105,5 +105,12 @@ class NotifySignal:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if not self._waiting:
+            waiting = self._waiting
+            if not waiting:
                 self._drop()
+        if waiting:  # wake the waiter now rather than at its timeout (other listeners just look once more)
+            try:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=2) as conn:
+                    conn.execute(f"NOTIFY {CHANNEL}")
+            except psycopg.Error:
+                pass

@@ -323,3 +323,17 @@ def _m005_capture_inbox_images_usage(conn: Any) -> None:
         CREATE INDEX image_links_image ON image_links (image_id)
         """,
     )
+
+
+@migration("image_bytes")
+def _m006_image_bytes(conn: Any) -> None:
+    # Image bytes live in the database, so any node serves any image. PNG and JPEG are already
+    # compressed: EXTERNAL stores them out of line without trying to compress them again. Rows
+    # from before keep data NULL; their files are read from the node's images directory.
+    run_script(
+        conn,
+        """
+        ALTER TABLE images ADD COLUMN data BYTEA;
+        ALTER TABLE images ALTER COLUMN data SET STORAGE EXTERNAL
+        """,
+    )

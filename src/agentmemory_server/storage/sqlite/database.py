@@ -27,6 +27,7 @@ from typing import Any
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces
+from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite.admin import SqliteAdmin
@@ -101,6 +102,7 @@ class SqliteUnitOfWork:
         record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
         prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
         bounds: QueueBounds | None = None,
+        blobs: BlobStore,
     ):
         self.conn = conn
         self.vector_index = vector_index  # Database.vector_index: the ANN behind vectors.search
@@ -116,7 +118,7 @@ class SqliteUnitOfWork:
         self.records = SqliteRecords(self)
         self.events = SqliteCaptureLog(self)
         self.inbox = SqliteCaptureInbox(self)
-        self.images = SqliteImageIndex(self)
+        self.images = SqliteImageIndex(self, blobs)
         self.vectors = SqliteVectorStore(self)
         self.index = SqliteSearchIndex(self, self.vectors, engine)
         self.audit = SqliteAuditLog(self)
@@ -182,6 +184,7 @@ class Database:
         self._synchronous = "FULL" if fsync_every_commit else "NORMAL"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.location = str(self.path)
+        self.blobs = BlobStore(images_dir(self.path))  # the bytes of the images (ImageIndex)
         self._now = now
         self._lock = threading.RLock()
         self._gate = ProcessWriteGate(self.path)  # orders the writers of other processes too
@@ -406,6 +409,7 @@ class Database:
             record_indexes=self._record_indexes,
             prefix_indexes=self._prefix_indexes,
             vector_index=self.vector_index,
+            blobs=self.blobs,
         )
 
     @contextmanager
@@ -449,6 +453,7 @@ class Database:
                 prefix_indexes=self._prefix_indexes,
                 vector_index=self.vector_index,
                 bounds=self.bounds,
+                blobs=self.blobs,
             )
             self._local.tx = store
             try:

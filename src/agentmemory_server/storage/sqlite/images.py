@@ -1,7 +1,9 @@
 """Which images exist (``images``) and which search rows use them (``image_links``) on SQLite.
 
-The bytes are files beside the database (storage/blobs.py); a link row is deleted with its
-search row (foreign key, ON DELETE CASCADE), so forgetting a record releases its images.
+The bytes are files beside the database (storage/blobs.py), written before their row and
+deleted with it inside the writer's transaction, so the sweep never deletes a file that a
+transaction in flight is about to reuse. A link row is deleted with its search row (foreign key,
+ON DELETE CASCADE), so forgetting a record releases its images.
 """
 
 from __future__ import annotations
@@ -9,22 +11,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from agentmemory_server.storage.blobs import BlobStore
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks
 
 
 class SqliteImageIndex:
-    def __init__(self, unit: Unit):
+    def __init__(self, unit: Unit, blobs: BlobStore):
         self.unit = unit
         self.conn = unit.conn
+        self.blobs = blobs
 
-    def put(self, image_id: str, mime: str, size: int, now: str) -> None:
-        """Know an image (again): a file the quota had evicted counts as present once more."""
+    def put(self, image_id: str, mime: str, data: bytes, now: str) -> None:
+        """Keep an image (again): its file first, then its row; an evicted image is kept once more."""
+        if self.blobs.put(data) != image_id:
+            raise ValueError(f"image {image_id} does not match the sha256 of its bytes")
         self.conn.execute(
             "INSERT INTO images (id, mime, bytes, created_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET evicted_at = NULL, created_at = CASE WHEN images.evicted_at "
             "IS NULL THEN images.created_at ELSE excluded.created_at END",
-            (image_id, mime, size, now),
+            (image_id, mime, len(data), now),
         )
+
+    def read(self, image_id: str) -> bytes | None:
+        return self.blobs.read(image_id)
 
     def link(self, doc_rowid: int, image_ids: Sequence[str]) -> None:
         """The images search row ``doc_rowid`` references are exactly ``image_ids``."""
@@ -80,13 +89,28 @@ class SqliteImageIndex:
         for chunk, marks in in_chunks(image_ids):
             self.conn.execute(f"DELETE FROM images WHERE id IN ({marks})", chunk)
             for image_id in chunk:
+                self.blobs.delete(image_id)
                 self.unit.record_change(f"images/{image_id}")
 
     def mark_evicted(self, image_ids: Iterable[str], now: str) -> None:
         for chunk, marks in in_chunks(image_ids):
             self.conn.execute(f"UPDATE images SET evicted_at = ? WHERE id IN ({marks})", (now, *chunk))
             for image_id in chunk:
+                self.blobs.delete(image_id)
                 self.unit.record_change(f"images/{image_id}")
+
+    def sweep_leftovers(self, older_than: float) -> int:
+        """Files without a row (a transaction that failed after writing its file) and temporary
+        files a crash left behind, modified before epoch ``older_than``."""
+        candidates = [name for name, _size, mtime in self.blobs.files() if mtime < older_than]
+        removed = 0
+        for chunk, _marks in in_chunks(candidates):
+            for name in set(chunk) - self.known(chunk):
+                removed += self.blobs.delete(name)
+        return removed + self.blobs.remove_strays(older_than)
+
+    def location(self) -> str:
+        return str(self.blobs.root)
 
     def known(self, image_ids: Iterable[str]) -> set[str]:
         found: set[str] = set()
