@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole test suite: ./tests/run.sh [pytest args...]
+# (no arguments: the suite, then its runtime-based tests again on PostgreSQL)
 #
 # Uses the active virtualenv, or creates ./.venv, and installs what the tests need first: the
 # system packages some tests drive for real (apt-get, when running as root), Node.js/npm and the
@@ -87,4 +88,12 @@ print(f"pip-audit: {len(deps) - len(skipped)} dependencies audited, no known vul
 SUMMARY
 rm -f "$audit_report"
 
-exec python -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+  exec python -m pytest "$@"
+fi
+# With no arguments (README's command, and CI): the suite, then every runtime-based test again on
+# PostgreSQL only. The modules in conftest.BOTH_BACKENDS run on both backends in the first pass
+# already; the second pass covers the rest of the suite's storage paths on PostgreSQL.
+python -m pytest
+echo "again on PostgreSQL: AGENTMEMORY_TEST_BACKEND=postgresql python -m pytest -q -k postgresql"
+AGENTMEMORY_TEST_BACKEND=postgresql exec python -m pytest -q -k postgresql
