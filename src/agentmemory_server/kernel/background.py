@@ -36,6 +36,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from agentmemory_server.kernel.util import process_alive
+
 ROLES = ("server", "worker", "tool")
 # requests in flight, monotonic ns when the last one ended, embedding-backlog entries shed
 _SLOT = struct.Struct("<qqq")
@@ -95,16 +97,6 @@ class ActivityBoard:
             self.path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _slots(database_path: Path) -> Iterator[tuple[int, int, int, int]]:
     """(pid, in flight, last end, shed) of each live slot; slots of dead processes are removed."""
     try:
@@ -116,7 +108,7 @@ def _slots(database_path: Path) -> Iterator[tuple[int, int, int, int]]:
             pid = int(entry.name.removesuffix(".bin"))
         except ValueError:
             continue
-        if not _alive(pid):
+        if not process_alive(pid):
             Path(entry.path).unlink(missing_ok=True)
             continue
         try:

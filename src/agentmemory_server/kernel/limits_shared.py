@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from agentmemory_server.kernel.limits import SHOWN_CLIENTS, Buckets, ProcessBuckets, RateLimiter, StoreDown
+from agentmemory_server.kernel.util import process_alive
 
 NODE_FILE = "ratelimit.bin"
 SLOTS = 4096
@@ -44,16 +45,6 @@ _SLOT = struct.Struct("<Qddq64s")  # key hash (0: empty), tokens, at (CLOCK_MONO
 _SIZE = _HEADER_SIZE + SLOTS * _SLOT.size
 REDIS_TIMEOUT = 0.5
 MAX_COUNTED_CLIENTS = 1000  # clients counted by name in Redis; the total counts everyone
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 def _hash(key: str) -> int:
@@ -82,7 +73,7 @@ class NodeBuckets:
                 if os.fstat(fd).st_size < _SIZE:
                     os.ftruncate(fd, _SIZE)  # never shrunk: another process may have it mapped
                 magic, slots, owner, _ = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
-                if magic != _MAGIC or slots != SLOTS or (owner != os.getppid() and not _alive(owner)):
+                if magic != _MAGIC or slots != SLOTS or (owner != os.getppid() and not process_alive(owner)):
                     os.pwrite(fd, bytes(_SIZE), 0)  # a new node start (or a new layout): start afresh
                     os.pwrite(fd, _HEADER.pack(_MAGIC, SLOTS, os.getppid(), 0), 0)
             finally:

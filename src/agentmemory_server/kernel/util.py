@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 import unicodedata
@@ -214,3 +215,17 @@ class WorkerFailures:
         more = f" ({self._quiet} more since the last message)" if self._quiet else ""
         self.log.warning("%s: %s%s", self.what, exc.message, more)
         self._last, self._quiet = now, 0
+
+
+def process_alive(pid: int) -> bool:
+    """Is there a process ``pid`` (ours or another user's)? Not for 0 or negative ids, which
+    ``kill`` reads as process groups."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
