@@ -367,6 +367,8 @@ def import_lines(
                     )
                     transfer.add_counts(totals, counts)
                     first_batch = False
+                    # Tantivy indexes this batch on its own thread while the next one is written.
+                    ctx.rt.db.flush(commit=False)
                 if problem:
                     raise InvalidInput(problem)
                 if on_batch is not None:

@@ -600,9 +600,9 @@ class PostgresDatabase:
     def event_signal(self) -> NotifySignal:
         return NotifySignal(self.url)
 
-    def flush(self) -> None:
+    def flush(self, *, commit: bool = True) -> None:
         if self.lexical is not None:
-            self.lexical.flush()
+            self.lexical.flush(commit=commit)
 
     def checkpoint(self) -> None:
         """Nothing to do: PostgreSQL checkpoints its own WAL."""

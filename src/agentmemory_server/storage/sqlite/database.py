@@ -541,10 +541,11 @@ class Database:
         if self.lexical is not None:
             self.lexical.request_verify()
 
-    def flush(self) -> None:
-        """Bring derived indexes up to date with the records now (admin commands, benchmarks)."""
+    def flush(self, *, commit: bool = True) -> None:
+        """Bring derived indexes up to date with the records now (admin commands, benchmarks);
+        ``commit`` False: without making that durable yet (see ``Database.flush``)."""
         if self.lexical is not None:
-            self.lexical.flush()
+            self.lexical.flush(commit=commit)
 
     def checkpoint(self) -> None:
         with self._lock:
