@@ -358,7 +358,7 @@ def import_lines(
     totals: dict[str, dict[str, int]] = {}
     first_batch = True
     try:
-        with _cyclic_gc_paused(), open(path, "rb") as handle:
+        with _cyclic_gc_paused(), ctx.rt.db.bulk_load(), open(path, "rb") as handle:
             _read_header(path, handle)
             for (records, pictures, problem, size), last_line in _parsed_chunks(path, handle, batch, skip_lines):
                 if records or pictures or first_batch:

@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -606,6 +606,10 @@ class PostgresDatabase:
 
     def checkpoint(self) -> None:
         """Nothing to do: PostgreSQL checkpoints its own WAL."""
+
+    def bulk_load(self) -> AbstractContextManager[None]:
+        """Nothing to tune: the batches are already a few statements each."""
+        return nullcontext()
 
     def close(self) -> None:
         if self._closed:
