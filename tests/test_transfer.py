@@ -276,12 +276,47 @@ def test_sqlite_batches_with_repeats_and_a_full_backlog_match_single_writes(make
     """Beyond what the interface promises (distinct doc_ids and rowids in a batch), SQLite's
     batched writes give a repeated doc_id or rowid the effect of writing it again, and ask the
     embedding backlog's bound row by row: every table row is the one single writes leave."""
+    dumps, shed, images, old = _repeated_batch(make_runtime, tmp_path, bound=4, drained=False)
+    assert dumps[1] == dumps[0]
+    assert shed[1] == shed[0]
+    rowids, tables = dumps[0]
+    assert rowids[0] == rowids[3] and len(set(rowids)) == 4  # the repeated doc_id kept its row
+    assert (rowids[0], "ibis", "ibis one rewritten") in [r[:3] for r in tables["search_fts"]]
+    assert len(tables["embed_backlog"]) == 3  # the bound of 4 counts each queued row: the rest were shed
+    assert tables["image_links"] == sorted([(old, images[0]), (rowids[0], images[0])])
+
+
+@pytest.mark.sqlite_only
+def test_sqlite_batches_recount_a_drained_backlog_as_single_writes_do(make_runtime, tmp_path, monkeypatch):
+    """Another process (the background worker) drained the backlog, so this process's count of
+    it is stale: the bound recounts, and that count must see the rows the batch queued before
+    it, as one at a time would (counted too early, a batch of 20 let 3 rows past a bound of 2)."""
+    from agentmemory_server.storage.sqlite import bounds
+
+    monkeypatch.setattr(bounds, "RECOUNT_SECONDS", 0.0)
+    dumps, shed, _images, _old = _repeated_batch(make_runtime, tmp_path, bound=3, drained=True)
+    assert dumps[1] == dumps[0]
+    assert shed[1] == shed[0]
+    assert len(dumps[0][1]["embed_backlog"]) == 3 and shed[0]["embed_backlog"]["shed"] == 2
+
+
+def _repeated_batch(make_runtime, tmp_path, *, bound: int, drained: bool):
+    """The batch with a repeated doc_id and rowid, written one at a time then batched, into
+    stores whose embedding backlog holds ``bound`` rows (emptied behind the store's back first
+    when ``drained``): (rowids, tables) and queue stats of each, the image ids, the seeded rowid."""
+    import sqlite3
+
     records, rows = _batch_items()
     rows = [*rows, (_doc("obs_1"), _text("ibis one rewritten")), (_doc("obs_3"), _text("ibis three"))]
     dumps, shed = [], []
     for name, batched in (("single", False), ("batched", True)):
-        rt = make_runtime(data_dir=str(tmp_path / name), embedding_provider="hash", embed_backlog_max=4)
+        rt = make_runtime(data_dir=str(tmp_path / name), embedding_provider="hash", embed_backlog_max=bound)
         images, old = _seed_conflicts(rt)
+        if drained:
+            other = sqlite3.connect(rt.settings.database_path)
+            other.execute("DELETE FROM embed_backlog")
+            other.commit()
+            other.close()
         with rt.db.transaction("batch") as tx:
             if batched:
                 tx.records.set_many(records, now=NOW)
@@ -298,10 +333,4 @@ def test_sqlite_batches_with_repeats_and_a_full_backlog_match_single_writes(make
                     tx.images.link(rowid, image_ids)
         dumps.append((rowids, _tables(rt)))
         shed.append(rt.db.queue_stats())
-    assert dumps[1] == dumps[0]
-    assert shed[1] == shed[0]
-    rowids, tables = dumps[0]
-    assert rowids[0] == rowids[3] and len(set(rowids)) == 4  # the repeated doc_id kept its row
-    assert (rowids[0], "ibis", "ibis one rewritten") in [r[:3] for r in tables["search_fts"]]
-    assert len(tables["embed_backlog"]) == 3  # the bound of 4 counts each queued row: the rest were shed
-    assert tables["image_links"] == sorted([(old, images[0]), (rowids[0], images[0])])
+    return dumps, shed, images, old

@@ -46,10 +46,23 @@ class SqliteVectorStore:
 
     def backlog_put_many(self, rowids: Sequence[int], now: str) -> int:
         """``backlog_put`` of each row in order, in one prepared statement; returns how many were
-        queued (the bound is asked row by row, as one at a time would)."""
-        admitted = [(rowid, now) for rowid in rowids if self.bounds.admit(BACKLOG, self._backlog_size)]
-        self.conn.executemany(QUEUE, admitted)
-        return len(admitted)
+        queued. The bound is asked row by row, as one at a time would; when it recounts the
+        backlog (its count went stale: another process drained rows), the rows admitted so far
+        are written first, so the count sees them as it would have."""
+        pending: list[tuple[int, str]] = []
+
+        def size() -> int:
+            self.conn.executemany(QUEUE, pending)
+            pending.clear()
+            return self._backlog_size()
+
+        queued = 0
+        for rowid in rowids:
+            if self.bounds.admit(BACKLOG, size):
+                pending.append((rowid, now))
+                queued += 1
+        self.conn.executemany(QUEUE, pending)
+        return queued
 
     def backlog_take(self, limit: int, now_epoch: float) -> list[dict[str, Any]]:
         """Due backlog rows with the text and metadata of their search row, oldest first."""
