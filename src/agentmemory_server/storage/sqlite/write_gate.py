@@ -24,7 +24,6 @@ except ImportError:  # not POSIX: SQLite's busy handler alone orders the writers
 from agentmemory_server import errors
 from agentmemory_server.errors import Unavailable
 
-
 # The longest sleep between tries. A waiting writer sleeps this long at most after the holder
 # releases, and the lock is busy most of the time when writers queue (measured: 8 observe
 # clients on two processes hold it half the time), so every millisecond lost between holders
