@@ -11,8 +11,10 @@ import socket
 import time
 from pathlib import Path
 
+import requests
+
 from agentmemory_server.adapters.connections import ConnectionBoard
-from conftest import hook
+from conftest import hook, wait_for
 from test_connections import connect, read_response
 from test_workers_default import _request_processes
 
@@ -70,6 +72,10 @@ def test_kept_alive_connections_spread_over_both_request_processes(live_server):
     assert server.proc is not None
     _request_processes(server.proc.pid, 2)
     workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == server.proc.pid]
+    # Both processes answer before the clients come (a process still loading the app accepts nothing).
+    wait_for(lambda: len({requests.get(server.api("/health"), headers={"Connection": "close"}, timeout=10)
+                          .json()["live"]["bus"]["origin"] for _ in range(6)}) == 2,
+             message="the second request process never answered")
     sockets = []
     try:
         held: dict[int, int] = {}

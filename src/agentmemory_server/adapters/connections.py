@@ -190,11 +190,11 @@ class GuardedThreadWorker(ThreadWorker):
         self._paused_until = 0.0
         self._queued_lock = threading.Lock()
 
-    def init_process(self) -> None:
-        # In the forked process: on the board from the start, so a sibling that is already
-        # accepting sees this one idle (a process absent from the board counts as not there).
+    def run(self) -> None:
+        # On the board once the app is loaded and this process is about to accept: a sibling
+        # that left connections to a process still loading would wait a pause each time.
         self.nr_conns = self.nr_conns
-        super().init_process()
+        super().run()
 
     # -- accepting --------------------------------------------------------------------------------
     def accept(self, listener: socket.socket) -> None:
