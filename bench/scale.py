@@ -20,6 +20,10 @@ requests/s per endpoint:
 With ``--embedder local`` the import queues every record for a vector, so the runs happen while
 the embedder drains that backlog (the /health backlog is printed before and after). Ends with
 one JSON line holding everything, the date and the commit.
+
+``--import-only`` stops after the bulk import of each size (no server, no workloads) and adds the
+peak RSS of the import's processes; ``--corpus FILE`` keeps the corpus there and reuses it when
+it exists (written for the first size only), so repeated import runs skip writing it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import http.client
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -74,6 +79,7 @@ def write_corpus(path: Path, observations: int, memories: int) -> int:
 
 
 def bulk_import(data_dir: str, path: Path, env: dict[str, str]) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(ROOT / "src" / "cli.py"), "--quiet", "import", str(path)],
@@ -85,7 +91,42 @@ def bulk_import(data_dir: str, path: Path, env: dict[str, str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"import failed: {proc.stderr[-2000:]}")
     result = json.loads(proc.stdout)
-    return {"records": result["imported"], "seconds": round(seconds, 1), "per_s": round(result["imported"] / seconds)}
+    # the largest peak of any child waited for so far: the import (or its parsing process)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_mb = round(after.ru_maxrss / 1024)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime  # the import and its parser
+    return {
+        "records": result["imported"],
+        "seconds": round(seconds, 1),
+        "per_s": round(result["imported"] / seconds),
+        "peak_rss_mb": peak_mb,
+        "cpu_s": round(cpu, 1),
+    }
+
+
+def import_only(size: int, args: argparse.Namespace) -> dict:
+    """Write (or reuse) the corpus and time the bulk import alone."""
+    print(f"\n== {size:,} observations + {args.memories:,} memories (import only)")
+    with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+        source = Path(args.corpus) if args.corpus else Path(tmp) / "corpus.jsonl"
+        if not source.exists():
+            started = time.perf_counter()
+            lines = write_corpus(source, size, args.memories)
+            took = time.perf_counter() - started
+            print(f"  corpus: {lines:,} records, {source.stat().st_size / 1e6:.0f} MB in {took:.0f} s")
+        else:
+            print(f"  corpus: reusing {source} ({source.stat().st_size / 1e6:.0f} MB)")
+        data_dir = str(Path(tmp) / "data")
+        load_before = os.getloadavg()[0]
+        loaded = bulk_import(data_dir, source, server_env(args.embedder))
+        load_after = os.getloadavg()[0]
+        db_bytes = sum(f.stat().st_size for f in Path(data_dir).rglob("*") if f.is_file())
+    print(
+        f"  bulk import: {loaded['records']:,} records in {loaded['seconds']} s ({loaded['per_s']:,}/s), "
+        f"CPU {loaded['cpu_s']} s, peak RSS {loaded['peak_rss_mb']} MB, data {db_bytes / 1e6:.0f} MB, "
+        f"load {load_before:.2f} before / {load_after:.2f} after"
+    )
+    return {"observations": size, "memories": args.memories, "import": loaded, "data_mb": round(db_bytes / 1e6)}
 
 
 def server_env(embedder: str) -> dict[str, str]:
@@ -400,6 +441,8 @@ def main() -> None:
     ap.add_argument("--embedder", default="none", choices=("none", "local"))
     ap.add_argument("--workers", type=int, default=0,
                     help="gunicorn worker processes (AGENTMEMORY_WORKERS; 0: the server's default, one per core)")
+    ap.add_argument("--import-only", action="store_true", help="time only the bulk import of each size")
+    ap.add_argument("--corpus", help="keep the corpus in this file and reuse it when it exists")
     args = ap.parse_args()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     args.workers = args.workers or min(os.cpu_count() or 1, 4)  # what the server picks (settings.MAX_AUTO_WORKERS)
@@ -407,6 +450,10 @@ def main() -> None:
         f"bench/scale.py, {stamp}, commit {commit()}, {os.cpu_count()} cpus, embedder {args.embedder}, "
         f"{args.workers} worker process(es)"
     )
+    if args.import_only:
+        report = [import_only(parse_size(s), args) for s in args.sizes.split(",")]
+        print(json.dumps({"date": stamp, "commit": commit(), "import_only": report}))
+        return
     report = [run_size(parse_size(s), args) for s in args.sizes.split(",")]
     print("\ntargets (issue 14):")
     for size in report:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import dataclasses
+import gc
 import json
 import sqlite3
 import subprocess
@@ -152,6 +153,11 @@ def test_a_big_json_lines_import_parses_in_a_second_process(make_runtime, tmp_pa
     rt = make_runtime()
     result = maintenance.import_lines(Ctx(rt, source="cli"), path, "merge", batch=7)
     assert result["imported"] == 30
+    # Tantivy got each batch uncommitted and the end committed them all: every record is in the
+    # committed index (verify runs only once nothing is left uncommitted), and the import's
+    # pause of the cyclic garbage collector is over.
+    assert rt.db.lexical.verify(force=True) == {**rt.db.lexical.verified, "documents": 30, "records": 30, "ok": True}
+    assert gc.isenabled()
     stored = rt.db.reader().records.get("mem:memories", "mem_29")
     assert "sk-aaaa" not in json.dumps(stored) and "[REDACTED_SECRET]" in stored["content"]
     path.write_text("\n".join([*lines, "[1, 2]"]) + "\n")

@@ -128,3 +128,27 @@ def test_an_in_process_database_keeps_sqlite_automatic_checkpoints(tmp_path):
         assert "walCheckpoints" not in db.health()
     finally:
         db.close()
+
+
+def test_bulk_load_checkpoints_less_often_and_restores_the_setting(tmp_path):
+    """A bulk import copies the WAL into the file every SAFETY_NET_PAGES, not every ~1,000
+    pages; afterwards (even after a failure) the writer is back to its own setting, and the
+    commits inside stay as durable (same synchronous mode)."""
+    from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES
+
+    db = Database(tmp_path / "bulk.db", now=Clock().iso)
+    try:
+        def setting(name: str) -> int:
+            return db._writer.execute(f"PRAGMA {name}").fetchone()[0]
+
+        before, synchronous = setting("wal_autocheckpoint"), setting("synchronous")
+        with pytest.raises(RuntimeError), db.bulk_load():
+            assert setting("wal_autocheckpoint") == SAFETY_NET_PAGES > before
+            with db.transaction("bulk") as tx:
+                tx.records.set("mem:memories", "m1", {"id": "m1"}, now="x")
+            assert setting("synchronous") == synchronous
+            raise RuntimeError("the import failed")
+        assert setting("wal_autocheckpoint") == before
+        assert db.reader().records.get("mem:memories", "m1") == {"id": "m1"}
+    finally:
+        db.close()

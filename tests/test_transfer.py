@@ -1,6 +1,9 @@
 """Export and import: round trip, strategies, upstream documents, validation."""
 
+import hashlib
 import json
+
+import pytest
 
 from conftest import hook
 
@@ -142,3 +145,192 @@ def test_a_batch_is_indexed_exactly_as_one_record_at_a_time(make_runtime, tmp_pa
     contexts = [row[-1] for row in batch]
     assert len(batch) == 13 and sum(1 for c in contexts if c) == 7
     assert any(c.startswith("a three: ibis passes | ibis needs python") for c in contexts)  # obs 10's
+
+
+# -- the batched storage writes of a bulk import: the same rows as one at a time ------------------
+
+NOW = "2026-11-02T08:00:00.000Z"
+PICTURES = [b"\x89PNG first picture", b"\x89PNG second picture"]
+
+
+def _doc(doc_id: str, kind: str = "observation", session: str | None = "s1", **extra) -> dict:
+    scope = "mem:memories" if kind == "memory" else f"mem:obs:{session}"
+    return {"doc_id": doc_id, "kind": kind, "scope": scope, "key": doc_id, "session_id": session,
+            "project": "p", "agent_id": None, "type": "note", "ts": f"2026-11-01T00:00:{len(doc_id):02d}Z",
+            "active": True, "global": False, **extra}
+
+
+def _text(words: str) -> dict:
+    return {"title": words.split()[0], "body": words, "concepts": "", "files": "src/a.py", "context": ""}
+
+
+def _seed_conflicts(rt) -> tuple[list[str], int]:
+    """Rows the batch then changes: a record, a search row (another kind, image linked), an image."""
+    ids = [hashlib.sha256(data).hexdigest() for data in PICTURES]
+    with rt.db.transaction("seed") as tx:
+        for image_id, data in zip(ids, PICTURES):
+            tx.images.put(image_id, "image/png", data, NOW)
+        tx.records.set("mem:memories", "mem_old", {"id": "mem_old", "content": "before"}, now=NOW)
+        tx.records.set("mem:obs:s1", "obs_keep", {"id": "obs_keep"}, now=NOW)
+        old = tx.index.upsert(_doc("mem_old", kind="observation"), _text("heron before the batch"))
+        tx.index.upsert(_doc("obs_keep"), _text("untouched by the batch"))
+        tx.images.link(old, [ids[0]])
+    return ids, old
+
+
+def _batch_items() -> tuple[list, list]:
+    records = [
+        ("mem:obs:s1", "obs_1", {"id": "obs_1", "narrative": "ibis one"}),
+        ("mem:memories", "mem_old", {"id": "mem_old", "content": "after"}),  # conflict: updated
+        ("mem:obs:s2", "obs_2", {"id": "obs_2", "tags": ["ünïcode", "\u2028"]}),
+        ("mem:obs:s1", "obs_1", {"id": "obs_1", "narrative": "ibis one, again"}),  # repeated: later wins
+    ]
+    rows = [
+        (_doc("obs_1"), _text("ibis one")),
+        (_doc("mem_old", kind="memory", session=None, active=False), _text("heron after the batch")),  # kind changes
+        (_doc("obs_2", session="s2", **{"global": True}), _text("yak two")),
+    ]
+    return records, rows
+
+
+def _write_batch(rt, batched: bool, images: list[str]) -> list[int]:
+    records, rows = _batch_items()
+    with rt.db.transaction("batch") as tx:
+        if batched:
+            tx.records.set_many(records, now=NOW)
+            rowids = tx.index.upsert_many(rows)
+        else:
+            for scope, key, value in records:
+                tx.records.set(scope, key, value, now=NOW)
+            rowids = [tx.index.upsert(doc, text) for doc, text in rows]
+        links = [(rowids[0], [images[1], images[0]]), (rowids[1], [images[1]]), (rowids[2], [])]
+        if batched:
+            tx.images.link_many(links)
+        else:
+            for rowid, image_ids in links:
+                tx.images.link(rowid, image_ids)
+    return rowids
+
+
+def _stored_state(rt, images: list[str]) -> dict:
+    """Everything the writes leave, read through the repositories (any backend)."""
+    reader = rt.db.reader()
+    feed = rt.db.lexical._feeds.reading()
+    audit = reader.audit.page(operation="batch", limit=5, offset=0)[0]
+    return {
+        "records": reader.records.list_prefix(""),
+        "search rows": sorted(tuple(row) for row in feed.documents_after(0, 1000)),
+        "all rows": sorted(tuple(sorted(d.items())) for d in reader.index.lookup(["obs_1", "mem_old", "obs_2"], {})),
+        "kinds": reader.index.kind_counts(),
+        "outbox": [rowid for _seq, rowid in feed.entries_after(0)],
+        "backlog": reader.vectors.backlog_stats(),
+        "image refs": [reader.images.get(i)["refs"] for i in images],
+        "audit targets": [(e["targetIds"], e["details"]) for e in audit],
+    }
+
+
+def test_batched_storage_writes_leave_the_rows_of_single_writes(make_runtime, tmp_path, backend):
+    """records.set_many, index.upsert_many and images.link_many (the bulk import's writes) against
+    set / upsert / link one at a time: a record updated and one repeated in the batch, a search row
+    changing kind and going inactive, new rows, links added, swapped and dropped; every row, the
+    per-kind counts, the change feed to the lexical engine (order included), the embedding
+    backlog and the audit trail come out the same."""
+    states, rowids = [], []
+    for name, batched in (("single", False), ("batched", True)):
+        rt = make_runtime(data_dir=str(tmp_path / name), embedding_provider="hash")
+        images, _old = _seed_conflicts(rt)
+        rowids.append(_write_batch(rt, batched, images))
+        states.append(_stored_state(rt, images))
+    assert rowids[1] == rowids[0]
+    assert states[1] == states[0]
+    single = states[0]
+    assert ("mem:obs:s1", "obs_1", {"id": "obs_1", "narrative": "ibis one, again"}) in single["records"]
+    assert ("mem:memories", "mem_old", {"id": "mem_old", "content": "after"}) in single["records"]
+    assert single["kinds"] == {"observation": 3, "memory": 1} and single["image refs"] == [1, 2]
+    assert single["backlog"]["pending"] == 4 and len(single["outbox"]) == 5  # mem_old keeps its rowid
+
+
+def _tables(rt) -> dict:
+    """Every row the writes touch, straight from the SQLite file (the backlog's wall-clock
+    stamp and the outbox's time left out)."""
+    import sqlite3
+
+    queries = {
+        "kv_store": "SELECT scope, key, value, updated_at FROM kv_store ORDER BY scope, key",
+        "search_docs": "SELECT * FROM search_docs ORDER BY id",
+        "search_fts": "SELECT rowid, title, body, concepts, files, context FROM search_fts ORDER BY rowid",
+        "search_counts": "SELECT kind, n FROM search_counts ORDER BY kind",
+        "embed_backlog": "SELECT doc_rowid, attempts, next_try, last_error FROM embed_backlog ORDER BY doc_rowid",
+        "lexical_outbox": "SELECT seq, rowid FROM lexical_outbox ORDER BY seq",
+        "image_links": "SELECT doc_rowid, image_id FROM image_links ORDER BY doc_rowid, image_id",
+    }
+    conn = sqlite3.connect(rt.settings.database_path)
+    try:
+        return {name: conn.execute(sql).fetchall() for name, sql in queries.items()}
+    finally:
+        conn.close()
+
+
+@pytest.mark.sqlite_only
+def test_sqlite_batches_with_repeats_and_a_full_backlog_match_single_writes(make_runtime, tmp_path):
+    """Beyond what the interface promises (distinct doc_ids and rowids in a batch), SQLite's
+    batched writes give a repeated doc_id or rowid the effect of writing it again, and ask the
+    embedding backlog's bound row by row: every table row is the one single writes leave."""
+    dumps, shed, images, old = _repeated_batch(make_runtime, tmp_path, bound=4, drained=False)
+    assert dumps[1] == dumps[0]
+    assert shed[1] == shed[0]
+    rowids, tables = dumps[0]
+    assert rowids[0] == rowids[3] and len(set(rowids)) == 4  # the repeated doc_id kept its row
+    assert (rowids[0], "ibis", "ibis one rewritten") in [r[:3] for r in tables["search_fts"]]
+    assert len(tables["embed_backlog"]) == 3  # the bound of 4 counts each queued row: the rest were shed
+    assert tables["image_links"] == sorted([(old, images[0]), (rowids[0], images[0])])
+
+
+@pytest.mark.sqlite_only
+def test_sqlite_batches_recount_a_drained_backlog_as_single_writes_do(make_runtime, tmp_path, monkeypatch):
+    """Another process (the background worker) drained the backlog, so this process's count of
+    it is stale: the bound recounts, and that count must see the rows the batch queued before
+    it, as one at a time would (counted too early, a batch of 20 let 3 rows past a bound of 2)."""
+    from agentmemory_server.storage.sqlite import bounds
+
+    monkeypatch.setattr(bounds, "RECOUNT_SECONDS", 0.0)
+    dumps, shed, _images, _old = _repeated_batch(make_runtime, tmp_path, bound=3, drained=True)
+    assert dumps[1] == dumps[0]
+    assert shed[1] == shed[0]
+    assert len(dumps[0][1]["embed_backlog"]) == 3 and shed[0]["embed_backlog"]["shed"] == 2
+
+
+def _repeated_batch(make_runtime, tmp_path, *, bound: int, drained: bool):
+    """The batch with a repeated doc_id and rowid, written one at a time then batched, into
+    stores whose embedding backlog holds ``bound`` rows (emptied behind the store's back first
+    when ``drained``): (rowids, tables) and queue stats of each, the image ids, the seeded rowid."""
+    import sqlite3
+
+    records, rows = _batch_items()
+    rows = [*rows, (_doc("obs_1"), _text("ibis one rewritten")), (_doc("obs_3"), _text("ibis three"))]
+    dumps, shed = [], []
+    for name, batched in (("single", False), ("batched", True)):
+        rt = make_runtime(data_dir=str(tmp_path / name), embedding_provider="hash", embed_backlog_max=bound)
+        images, old = _seed_conflicts(rt)
+        if drained:
+            other = sqlite3.connect(rt.settings.database_path)
+            other.execute("DELETE FROM embed_backlog")
+            other.commit()
+            other.close()
+        with rt.db.transaction("batch") as tx:
+            if batched:
+                tx.records.set_many(records, now=NOW)
+                rowids = tx.index.upsert_many(rows)
+            else:
+                for scope, key, value in records:
+                    tx.records.set(scope, key, value, now=NOW)
+                rowids = [tx.index.upsert(doc, text) for doc, text in rows]
+            links = [(rowids[0], [images[1]]), (old, [images[0]]), (rowids[0], [images[0]]), (rowids[2], [])]
+            if batched:
+                tx.images.link_many(links)
+            else:
+                for rowid, image_ids in links:
+                    tx.images.link(rowid, image_ids)
+        dumps.append((rowids, _tables(rt)))
+        shed.append(rt.db.queue_stats())
+    return dumps, shed, images, old

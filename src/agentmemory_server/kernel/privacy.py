@@ -50,12 +50,13 @@ _TOKEN_RULES: list[tuple[tuple[str, ...], str]] = [
     (("npm_", "dop_v1_", "hf_"), r"\bnpm_[A-Za-z0-9]{36}|\bdop_v1_[A-Za-z0-9]{64}|\bhf_[A-Za-z0-9]{30,}"),
 ]
 _TOKENS = [(frozenset(triggers), re.compile(pattern)) for triggers, pattern in _TOKEN_RULES]
-# Every trigger at every position (a lookahead, so "key" does not hide an "eyj" starting inside it).
-_TRIGGERS = re.compile(
-    "(?=("
-    + "|".join(re.escape(t) for t in sorted({t for ts, _ in _TOKEN_RULES for t in ts}, key=len, reverse=True))
-    + "))"
-)
+# Characters at least one of which a rule's match holds (rules by position in _TOKEN_RULES): the
+# keyword rule needs its "=" or ":", and most text naming a token or auth holds neither.
+_NEEDS: dict[int, tuple[str, ...]] = {0: ("=", ":")}
+# Every trigger, each looked for on its own: a substring test per trigger is several times
+# cheaper than one regular expression trying them all at every position, and finds the same set
+# (overlapping ones too: "key" does not hide an "eyj" starting inside it).
+_TRIGGERS = tuple(sorted({t for ts, _ in _TOKEN_RULES for t in ts}))
 
 # Keys whose string value is a secret whatever it looks like (compared lower-case, without
 # separators): exact names, or names ending in one of the suffixes.
@@ -95,11 +96,14 @@ def strip_text(text: str) -> str:
         text = _PEM_KEY.sub(REDACTED_SECRET, text)
     if "://" in text:
         text = _URL_CREDENTIALS.sub(lambda m: m.group(1) + REDACTED_SECRET + "@", text)
-    found = set(_TRIGGERS.findall(text.lower()))
+    lowered = text.lower()
+    found = {trigger for trigger in _TRIGGERS if trigger in lowered}
     if found:
-        for triggers, pattern in _TOKENS:
-            if not triggers.isdisjoint(found):
-                text = pattern.sub(REDACTED_SECRET, text)
+        for rule, (triggers, pattern) in enumerate(_TOKENS):
+            needs = _NEEDS.get(rule)
+            if triggers.isdisjoint(found) or (needs and not any(c in text for c in needs)):
+                continue
+            text = pattern.sub(REDACTED_SECRET, text)
     return text
 
 

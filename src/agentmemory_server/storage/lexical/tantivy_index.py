@@ -431,8 +431,9 @@ class TantivyLexical:
     def notify(self) -> None:
         self._wake.set()
 
-    def apply(self, *, commit_due: bool) -> int:
-        """Feed outbox entries into the index; commit when a second has passed (or ``commit_due``).
+    def apply(self, *, commit_due: bool, hold: bool = False) -> int:
+        """Feed outbox entries into the index; commit when a second has passed (or ``commit_due``);
+        ``hold``: only at COMMIT_MAX_CHANGES (a bulk import feeds each batch, then commits once).
         Returns how many entries were applied."""
         with self._lock:
             writer = self._acquire_writer()
@@ -447,10 +448,12 @@ class TantivyLexical:
             if rows:
                 self._apply_rows(feed, writer, rows)
             caught_up = len(rows) < APPLY_BATCH
-            due = (
-                time.monotonic() - self._last_commit >= COMMIT_SECONDS
-                or self._uncommitted >= COMMIT_MAX_CHANGES
-                or (caught_up and self._uncommitted >= TAIL_COMMIT_CHANGES)
+            due = self._uncommitted >= COMMIT_MAX_CHANGES or (
+                not hold
+                and (
+                    time.monotonic() - self._last_commit >= COMMIT_SECONDS
+                    or (caught_up and self._uncommitted >= TAIL_COMMIT_CHANGES)
+                )
             )
             if self._uncommitted and (commit_due or due):
                 self._commit(writer)
@@ -490,11 +493,14 @@ class TantivyLexical:
                 self._rebuild(self._feeds.reading(), writer)
             return self.verified
 
-    def flush(self) -> None:
-        """Apply the whole outbox and commit now (admin commands, shutdown, tests)."""
-        while self.apply(commit_due=False):
+    def flush(self, *, commit: bool = True) -> None:
+        """Apply the whole outbox and commit now (admin commands, shutdown, tests). ``commit``
+        False: hand Tantivy the outbox without committing (a bulk import after each batch: its
+        indexing threads work while the next batch is written; a crash replays the outbox)."""
+        while self.apply(commit_due=False, hold=not commit):
             pass
-        self.apply(commit_due=True)
+        if commit:
+            self.apply(commit_due=True)
 
     def _resume(self) -> None:
         seq = self.committed_seq(self.index.searcher())

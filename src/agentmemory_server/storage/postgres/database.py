@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -600,12 +600,16 @@ class PostgresDatabase:
     def event_signal(self) -> NotifySignal:
         return NotifySignal(self.url)
 
-    def flush(self) -> None:
+    def flush(self, *, commit: bool = True) -> None:
         if self.lexical is not None:
-            self.lexical.flush()
+            self.lexical.flush(commit=commit)
 
     def checkpoint(self) -> None:
         """Nothing to do: PostgreSQL checkpoints its own WAL."""
+
+    def bulk_load(self) -> AbstractContextManager[None]:
+        """Nothing to tune: the batches are already a few statements each."""
+        return nullcontext()
 
     def close(self) -> None:
         if self._closed:

@@ -49,8 +49,24 @@ class SqliteImageIndex:
         )
 
     def link_many(self, links: Sequence[tuple[int, Sequence[str]]]) -> None:
-        for doc_rowid, image_ids in links:
-            self.link(doc_rowid, image_ids)
+        """``link`` of each (doc_rowid, image_ids) in order, reading the current links in one
+        query a chunk and writing only the rows whose set changes (a bulk import's records
+        mostly have no image and had none)."""
+        current: dict[int, set[str]] = {rowid: set() for rowid, _ids in links}
+        for chunk, marks in in_chunks(current):
+            rows = self.conn.execute(f"SELECT doc_rowid, image_id FROM image_links WHERE doc_rowid IN ({marks})", chunk)
+            for rowid, image_id in rows:
+                current[rowid].add(image_id)
+        changed: dict[int, set[str]] = {}
+        for rowid, image_ids in links:  # a rowid met again compares with what the earlier one set
+            wanted = set(image_ids)
+            if current[rowid] != wanted:
+                current[rowid] = changed[rowid] = wanted
+        self.conn.executemany("DELETE FROM image_links WHERE doc_rowid = ?", [(rowid,) for rowid in changed])
+        self.conn.executemany(
+            "INSERT INTO image_links (doc_rowid, image_id) VALUES (?, ?)",
+            [(rowid, i) for rowid, wanted in changed.items() for i in sorted(wanted)],
+        )
 
     def get(self, image_id: str) -> dict[str, Any] | None:
         row = self.conn.execute(

@@ -18,6 +18,11 @@ def _quoted(text: str) -> str:
 
 INDEX_PREFIX = "kv_idx_"
 
+UPSERT = (
+    "INSERT INTO kv_store (scope, key, value, updated_at) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+)
+
 
 def index_name(spec: RecordIndex) -> str:
     """The name of a declared record index, derived from its declaration (and layout version)."""
@@ -121,16 +126,15 @@ class SqliteRecords:
         return dict(rows.fetchall())
 
     def set(self, scope: str, key: str, value: Any, *, now: str) -> None:
-        self.conn.execute(
-            "INSERT INTO kv_store (scope, key, value, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            (scope, key, dumps(value), now),
-        )
+        self.conn.execute(UPSERT, (scope, key, dumps(value), now))
         self.unit.touch(scope, key)
 
     def set_many(self, items: Sequence[tuple[str, str, Any]], *, now: str) -> None:
-        for scope, key, value in items:
-            self.set(scope, key, value, now=now)
+        """One prepared statement stepped over every row, in order (a later row of the same key
+        wins, as with ``set`` one at a time)."""
+        self.conn.executemany(UPSERT, [(scope, key, dumps(value), now) for scope, key, value in items])
+        for scope, key, _value in items:
+            self.unit.touch(scope, key)
 
     def delete(self, scope: str, key: str) -> bool:
         deleted = self.conn.execute("DELETE FROM kv_store WHERE scope = ? AND key = ?", (scope, key)).rowcount > 0

@@ -3,7 +3,7 @@ Both rows are deleted with their search row (foreign keys with ON DELETE CASCADE
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,6 +11,10 @@ import numpy as np
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks
 
 BACKLOG = "embed_backlog"
+QUEUE = (
+    "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (?, ?) ON CONFLICT (doc_rowid) "
+    "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL"
+)
 
 
 class SqliteVectorStore:
@@ -37,12 +41,28 @@ class SqliteVectorStore:
         the backlog is at its bound and the row was shed (``backlog_requeue_missing`` finds it)."""
         if not self.bounds.admit(BACKLOG, self._backlog_size):
             return False
-        self.conn.execute(
-            "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (?, ?) ON CONFLICT (doc_rowid) "
-            "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL",
-            (rowid, now),
-        )
+        self.conn.execute(QUEUE, (rowid, now))
         return True
+
+    def backlog_put_many(self, rowids: Sequence[int], now: str) -> int:
+        """``backlog_put`` of each row in order, in one prepared statement; returns how many were
+        queued. The bound is asked row by row, as one at a time would; when it recounts the
+        backlog (its count went stale: another process drained rows), the rows admitted so far
+        are written first, so the count sees them as it would have."""
+        pending: list[tuple[int, str]] = []
+
+        def size() -> int:
+            self.conn.executemany(QUEUE, pending)
+            pending.clear()
+            return self._backlog_size()
+
+        queued = 0
+        for rowid in rowids:
+            if self.bounds.admit(BACKLOG, size):
+                pending.append((rowid, now))
+                queued += 1
+        self.conn.executemany(QUEUE, pending)
+        return queued
 
     def backlog_take(self, limit: int, now_epoch: float) -> list[dict[str, Any]]:
         """Due backlog rows with the text and metadata of their search row, oldest first."""
