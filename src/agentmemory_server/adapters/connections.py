@@ -31,8 +31,13 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
+import os
+import select
 import selectors
 import socket
+import struct
+import threading
 import time
 from collections import deque
 from functools import partial
@@ -46,6 +51,51 @@ MAX_HEAD_BYTES = 65536  # a larger head goes to the parser, which answers 431/40
 RECV_BYTES = 65536
 LINGER_SECONDS = 1.0  # a refused connection is drained this long so the client reads the answer
 MAX_LINGERING = 256
+# After answering on a kept-alive connection, a thread waits this long for the client's next
+# request before handing the connection back to the poller. A client sending requests back to
+# back (a hook burst, an MCP session, a bulk load) is then served by the same thread without the
+# poller round trip (a wake-up pipe, epoll registrations and two thread hand-offs per request).
+NEXT_REQUEST_WAIT_SECONDS = 0.002
+MAX_REQUESTS_PER_HANDOVER = 64  # then the connection queues behind the others again
+# A request process holding more connections than a sibling stops listening this long, so the
+# sibling accepts the waiting connection (see GuardedThreadWorker._leave_it_to_a_sibling).
+ACCEPT_PAUSE_SECONDS = 0.01
+
+
+class ConnectionBoard:
+    """How many connections each request process holds, in memory shared by the processes
+    gunicorn forks. Kept-alive connections stay with the process that accepted them, and
+    clients that connect together (a pool, a bench, agents starting at once) are accepted by
+    whichever process wakes first: without this, 8 clients on 2 processes often split 6:2 and
+    one core idles while the other queues. One slot per process, written only by its owner."""
+
+    _SLOT = struct.Struct("qq")  # pid, open connections
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self._memory = mmap.mmap(-1, self._SLOT.size * slots)  # anonymous and shared across fork
+
+    def publish(self, slot: int, pid: int, open_connections: int) -> None:
+        self._SLOT.pack_into(self._memory, slot * self._SLOT.size, pid, open_connections)
+
+    def fewest_elsewhere(self, slot: int) -> int | None:
+        """The fewest connections any other live process holds (None: no other process)."""
+        counts = []
+        for other in range(self.slots):
+            if other != slot:
+                pid, held = self._SLOT.unpack_from(self._memory, other * self._SLOT.size)
+                if pid:
+                    counts.append(held)
+        return min(counts, default=None)
+
+    def claim(self, taken: set[int]) -> int | None:
+        """A free slot for a process about to be forked (its own count starts at 0)."""
+        free = [slot for slot in range(self.slots) if slot not in taken]
+        return free[0] if free else None
+
+    def release(self, slot: int | None) -> None:
+        if slot is not None:
+            self.publish(slot, 0, 0)
 
 
 def _response(status: int, reason: str, body: dict[str, Any], retry_after: int | None = None) -> bytes:
@@ -99,14 +149,34 @@ class GuardedThreadWorker(ThreadWorker):
     max_connections = 1000
     request_timeout = 10.0
     preread_bytes = 1 << 20
+    board: ConnectionBoard | None = None
+    board_slot: int | None = None  # set on the worker object by the arbiter before the fork
+    _open = 0
 
     @classmethod
-    def configure(cls, *, max_connections: int, request_timeout: float, preread_bytes: int) -> type:
+    def configure(
+        cls, *, max_connections: int, request_timeout: float, preread_bytes: int, board: ConnectionBoard | None = None
+    ) -> type:
         return type(
             "GuardedThreadWorker",
             (cls,),
-            {"max_connections": max_connections, "request_timeout": request_timeout, "preread_bytes": preread_bytes},
+            {
+                "max_connections": max_connections,
+                "request_timeout": request_timeout,
+                "preread_bytes": preread_bytes,
+                "board": board,
+            },
         )
+
+    @property
+    def nr_conns(self) -> int:
+        return self._open
+
+    @nr_conns.setter
+    def nr_conns(self, value: int) -> None:  # gthread counts in place; the siblings see it too
+        self._open = value
+        if self.board is not None and self.board_slot is not None:
+            self.board.publish(self.board_slot, os.getpid(), value)
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -114,9 +184,22 @@ class GuardedThreadWorker(ThreadWorker):
         self.lingering: deque[tuple[float, socket.socket]] = deque()
         self.refused = 0
         self.timed_out = 0
+        self.queued = 0  # connections handed to the pool and not yet picked up by a thread
+        self._left_at = 0.0  # when this process last left a connection to a sibling
+        self._fewest_when_left = 0  # and the sibling's count then
+        self._paused_until = 0.0
+        self._queued_lock = threading.Lock()
+
+    def run(self) -> None:
+        # On the board once the app is loaded and this process is about to accept: a sibling
+        # that left connections to a process still loading would wait a pause each time.
+        self.nr_conns = self.nr_conns
+        super().run()
 
     # -- accepting --------------------------------------------------------------------------------
     def accept(self, listener: socket.socket) -> None:
+        if self._leave_it_to_a_sibling():
+            return
         try:
             raw, addr = listener.accept()
         except OSError as exc:
@@ -131,6 +214,37 @@ class GuardedThreadWorker(ThreadWorker):
         self.nr_conns += 1
         conn = TConn(self.cfg, sock, addr, listener.getsockname())  # non-blocking from here
         self._wait_for_request(conn, b"")
+
+    def _leave_it_to_a_sibling(self) -> bool:
+        """Whether to leave a waiting connection to a sibling process that holds fewer
+        connections (it is woken by the same connection). This process then stops listening for
+        ACCEPT_PAUSE_SECONDS (else the still-waiting connection would wake its loop again and
+        again). If, when it listens again, a connection still waits and the sibling has taken
+        none meanwhile (stuck, or starved of CPU), this process takes it: a client is delayed
+        by one pause at most."""
+        if self.board is None or self.board_slot is None:
+            return False
+        fewest = self.board.fewest_elsewhere(self.board_slot)
+        if fewest is None or self.nr_conns <= fewest:
+            return False
+        now = time.monotonic()
+        if now - self._left_at < ACCEPT_PAUSE_SECONDS * 5 and fewest == self._fewest_when_left:
+            return False
+        self._left_at, self._fewest_when_left = now, fewest
+        self._paused_until = now + ACCEPT_PAUSE_SECONDS
+        self.set_accept_enabled(False)
+        return True
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gthread's loop re-enables accepting on every turn; a pause above holds it off.
+        if enabled and time.monotonic() < self._paused_until:
+            return
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        if not self._accepting and self._paused_until:  # wake when the pause ends, to listen again
+            timeout = max(0.0, min(timeout, self._paused_until - time.monotonic()))
+        super().wait_for_and_dispatch_events(timeout)
 
     def _refuse(self, sock: socket.socket) -> None:
         self.refused += 1
@@ -216,6 +330,11 @@ class GuardedThreadWorker(ThreadWorker):
         conn.data_ready = True  # gthread's own wait-for-first-byte is not needed any more
         self.enqueue_req(conn)
 
+    def enqueue_req(self, conn: TConn) -> None:
+        with self._queued_lock:
+            self.queued += 1
+        super().enqueue_req(conn)
+
     def _drop(self, conn: TConn) -> None:
         self.nr_conns -= 1
         conn.close()
@@ -224,13 +343,33 @@ class GuardedThreadWorker(ThreadWorker):
         """On the worker thread: feed what the poller gathered to the parser, then gthread's
         usual handling (which never waits for bytes that have not arrived, except bounded reads
         of a body larger than the preread limit)."""
+        with self._queued_lock:
+            self.queued -= 1
         pending = getattr(conn, "pending", None)
         if pending:
             conn.pending = None
             conn.sock.setblocking(True)
             conn.init()
             conn.parser.unreader.unread(bytes(pending))
-        return super().handle(conn)
+        keep = super().handle(conn)
+        served = 1
+        while keep is True and served < MAX_REQUESTS_PER_HANDOVER and self._next_request_arrived(conn):
+            keep = super().handle(conn)
+            served += 1
+        return keep
+
+    def _next_request_arrived(self, conn: TConn) -> bool:
+        """Whether the client's next request arrived whole within NEXT_REQUEST_WAIT_SECONDS, so
+        this thread may serve it at once. Not while other connections wait for a thread (they go
+        first), nor for bytes read ahead (pipelining: ``finish_request`` gates those)."""
+        if not self.alive or self.queued > 0 or conn.parser.unreader.buf.getvalue():
+            return False
+        try:
+            readable, _, _ = select.select([conn.sock], [], [], NEXT_REQUEST_WAIT_SECONDS)
+            head = conn.sock.recv(RECV_BYTES, socket.MSG_PEEK) if readable else b""
+        except (OSError, ValueError):
+            return False
+        return bool(head) and request_ready(head, self.preread_bytes)
 
     # -- keep-alive: the next request goes through the same gate ----------------------------------
     def on_client_socket_readable(self, conn: TConn, client: Any) -> None:

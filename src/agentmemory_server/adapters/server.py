@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask
 
 from agentmemory_server import storage
-from agentmemory_server.adapters.connections import GuardedThreadWorker
+from agentmemory_server.adapters.connections import ConnectionBoard, GuardedThreadWorker
 from agentmemory_server.adapters.supervisor import start_for
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.errors import AppError
@@ -56,6 +56,8 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
             for key, value in gunicorn_options(settings).items():
                 self.cfg.set(key, value)
             self.cfg.set("post_worker_init", _close_streams_on_term)
+            self.cfg.set("pre_fork", _assign_board_slot)
+            self.cfg.set("child_exit", _free_board_slot)
             self.cfg.set("worker_exit", _on_worker_exit)
 
         def load(self) -> Flask:
@@ -81,6 +83,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
             max_connections=settings.max_connections,
             request_timeout=settings.request_timeout,
             preread_bytes=settings.max_body_bytes,
+            board=ConnectionBoard(settings.worker_processes) if settings.worker_processes > 1 else None,
         ),
         "threads": settings.threads,
         "worker_connections": settings.max_connections + 1,
@@ -95,6 +98,18 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "accesslog": None,
         "errorlog": "-",
     }
+
+
+def _assign_board_slot(server: Any, worker: Any) -> None:
+    """In the arbiter, before forking ``worker``: its slot on the connection board."""
+    if worker.board is not None:
+        worker.board_slot = worker.board.claim({w.board_slot for w in server.WORKERS.values()})
+
+
+def _free_board_slot(_server: Any, worker: Any) -> None:
+    """In the arbiter, once ``worker`` has exited (however it died): its slot is free again."""
+    if getattr(worker, "board", None) is not None:
+        worker.board.release(worker.board_slot)
 
 
 def _close_streams_on_term(worker: Any) -> None:

@@ -124,12 +124,15 @@ def extract_images(payload: Any, read_file: Callable[[str], bytes | None] = lamb
 
 
 def confined_reader(roots: list[Path], max_bytes: int) -> Callable[[str], bytes | None]:
-    """Reads a file only when it resolves under one of ``roots`` and is at most ``max_bytes``."""
-    resolved = [r.expanduser().resolve() for r in roots]
+    """Reads a file only when it resolves under one of ``roots`` and is at most ``max_bytes``.
+    The roots are resolved on the first read: most payloads name no file, and resolving costs a
+    system call per path component on every observation."""
+    resolved: list[Path] = []
 
     def read(name: str) -> bytes | None:
         try:
             path = Path(name).expanduser().resolve()
+            resolved[:] = resolved or [r.expanduser().resolve() for r in roots]
         except (OSError, RuntimeError, ValueError):
             return None
         if not any(path.is_relative_to(root) for root in resolved):

@@ -30,7 +30,7 @@ from agentmemory_server.kernel.registry import (
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, obs_scope
 from agentmemory_server.kernel.util import cut_text, iso, jaccard, new_id, truncate
 from agentmemory_server.retrieval import search
-from agentmemory_server.storage.interfaces import equal
+from agentmemory_server.storage.interfaces import Where, equal
 
 log = logging.getLogger("agentmemory.memories")
 MEMORY_TYPES = ("pattern", "preference", "architecture", "bug", "workflow", "fact")
@@ -123,12 +123,11 @@ def _confirm_target(
     again. ``since`` is the newest ``updatedAt`` the reader saw before searching; remember reads
     its timestamp under the lock, so a memory committed later carries one at least as late (on
     one clock: nodes whose clocks disagree may each keep a near-duplicate written at once)."""
+    # Only what was written since is read (and decoded): this runs while the lock is held.
+    written_since = [*equal(isLatest=True), Where("updatedAt", ">=", since)]
     recent = [
         m
-        for _key, m in tx.records.newest(
-            MEMORIES, equal(isLatest=True), by="updatedAt", before=None, limit=RECHECK_LIMIT + 1
-        )
-        if (m.get("updatedAt") or "") >= since
+        for _key, m in tx.records.newest(MEMORIES, written_since, by="updatedAt", before=None, limit=RECHECK_LIMIT + 1)
     ]
     if len(recent) > RECHECK_LIMIT:
         return _supersede_target(tx, content, project, agent)

@@ -57,6 +57,10 @@ COMMIT_MAX_CHANGES = 100_000
 # uncommitted records (the pending tail) in Python, and under a steady write load a second's
 # worth of them was a third of remember's CPU.
 TAIL_COMMIT_CHANGES = 128
+# Woken by a commit, the applier waits this long for more before applying: under a stream of
+# writes it then applies them a few at a time instead of one by one (about 4% of an observe's
+# CPU at 700/s). Searches do not wait for it: they score what is not committed yet themselves.
+APPLY_GATHER_SECONDS = 0.005
 # More pending records than this and searches are answered by FTS5 until the applier catches up
 # (a crash with a long outbox, a bulk import): scoring them in Python would cost more than that.
 PENDING_LIMIT = 2000
@@ -420,7 +424,8 @@ class TantivyLexical:
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.exception("applying the lexical outbox failed")
                 self._stop.wait(5.0)
-            self._wake.wait(COMMIT_SECONDS / 2)
+            if self._wake.wait(COMMIT_SECONDS / 2):
+                self._stop.wait(APPLY_GATHER_SECONDS)
             self._wake.clear()
 
     def notify(self) -> None:
