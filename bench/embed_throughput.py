@@ -70,6 +70,14 @@ OPTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"model": "minilm-l6", "threads": CORES, "batch": 64, "max_tokens": 128},
         {"local_model": "minilm-l6", "embed_max_tokens": 128},
     ),
+    f"bge-small int8, {CORES} threads, sorted batches of 16, 64 tokens": (
+        {"model": "bge-small", "threads": CORES, "batch": 16, "max_tokens": 64},
+        {"local_model": "bge-small", "embed_max_tokens": 64},
+    ),
+    f"bge-small int8, {CORES} threads, sorted batches of 16, 128 tokens": (
+        {"model": "bge-small", "threads": CORES, "batch": 16, "max_tokens": 128},
+        {"local_model": "bge-small", "embed_max_tokens": 128},
+    ),
     f"minilm-l3 fp32, {CORES} threads, sorted batches of 16, 128 tokens": (
         {"model": "minilm-l3", "threads": CORES, "batch": 16, "max_tokens": 128},
         {"local_model": "minilm-l3", "embed_max_tokens": 128},
@@ -140,12 +148,33 @@ def measure(kwargs: dict[str, Any], texts: list[str], repeat: int) -> dict[str, 
             "records_per_cpu_s": round(statistics.median(cpus), 1), "load": round(os.getloadavg()[0], 2)}
 
 
+def query_latency(kwargs: dict[str, Any], questions: list[str]) -> dict[str, Any]:
+    """Embedding one query at a time on one thread, as a request process does (the query-side
+    cost of a search whose query is not in the cache): wall and CPU ms p50/p95."""
+    models = Path(tempfile.gettempdir()) / "agentmemory-bench-models"
+    embedder = LocalEmbedder(kwargs["model"], threads=1, max_tokens=kwargs.get("max_tokens"), data_dir=models)
+    embedder.embed(questions[:8], query=True)
+    walls, cpus = [], []
+    for question in questions:
+        wall, cpu = time.perf_counter(), time.process_time()
+        embedder.embed([question], query=True)
+        walls.append((time.perf_counter() - wall) * 1000)
+        cpus.append((time.process_time() - cpu) * 1000)
+    walls.sort()
+    cpus.sort()
+    pick = lambda xs, q: round(xs[min(len(xs) - 1, int(len(xs) * q))], 2)  # noqa: E731
+    return {"query_ms_p50": pick(walls, 0.5), "query_ms_p95": pick(walls, 0.95),
+            "query_cpu_ms_p50": pick(cpus, 0.5), "query_cpu_ms_p95": pick(cpus, 0.95), "queries": len(questions)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=2000, help="records per corpus")
     parser.add_argument("--options", default="all", help="comma-separated option numbers (1-based) or 'all'")
     parser.add_argument("--quality", action="store_true", help="also run LoCoMo vector-only + hybrid per option")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per option and corpus (median)")
+    parser.add_argument("--queries", type=int, default=0,
+                        help="also embed this many LoCoMo questions one at a time (query latency, 1 thread)")
     opts = parser.parse_args()
     names = list(OPTIONS)
     chosen = names if opts.options == "all" else [names[int(n) - 1] for n in opts.options.split(",")]
@@ -168,6 +197,10 @@ def main() -> None:
                 quality[key] = {mode: {k: summary["modes"][mode]["overall 1-4"][k] for k in ("R@10", "NDCG@10")}
                                 for mode in ("vector", "hybrid")}
             row["locomo"] = quality[key]
+        if opts.queries:
+            questions = [qa["question"] for sample in json.loads(locomo.default_data().read_text())
+                         for qa in sample["qa"]][: opts.queries]
+            row["query"] = query_latency(kwargs, questions)
         row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         results[name] = row
         print(f"{name}: {json.dumps(row)}", flush=True)

@@ -83,6 +83,47 @@ def test_rerank_pairs_reorders_only_the_head(monkeypatch):
     assert encoder.calls == [("q", ["t0", "t1", "t2"])]
 
 
+def test_the_second_round_reads_what_the_best_candidates_lead_to(monkeypatch):
+    # the seeds are the best after the blend; what they lead to is scored and joins the head
+    monkeypatch.setattr(rerank, "RERANK_DEPTH", 3)
+    monkeypatch.setattr(rerank, "RERANK_WEIGHT", 1.0)
+    monkeypatch.setattr(rerank, "SECOND_ROUND_SEEDS", 1)
+    pairs = [({"doc_id": f"d{i}", "score": 10.0 - i}, {"text": f"t{i}"}) for i in range(5)]
+    asked = []
+
+    def more(seeds, seen):
+        asked.append(([hit["doc_id"] for hit, _ in seeds], sorted(seen)))
+        return [({"doc_id": "d4", "score": 1.0}, {"text": "t4"}), ({"doc_id": "x", "score": 0.5}, {"text": "tx"})]
+
+    encoder = Reversing()
+    out = rerank.rerank_pairs(encoder, "q", pairs, lambda hit, record: record["text"], more)
+    assert asked == [(["d2"], ["d0", "d1", "d2"])]
+    assert encoder.calls == [("q", ["t0", "t1", "t2"]), ("q", ["t4", "tx"])]
+    # cross scores 0,1,2 for the head and 0,1 for the newcomers: with weight 1 the order is theirs
+    assert [hit["doc_id"] for hit, _ in out] == ["d2", "d1", "x", "d0", "d4", "d3"]
+    monkeypatch.setattr(rerank, "SECOND_ROUND_SEEDS", 0)
+    assert len(rerank.rerank_pairs(Reversing(), "q", pairs, lambda hit, record: record["text"], more)) == 5
+
+
+def test_reranking_finds_a_record_through_the_words_of_its_best_hit(make_runtime, monkeypatch):
+    # the kiln record shares no word with the query (BM25 alone never returns it); it shares
+    # "pottery" with the record that answers, so the second round brings it to the cross-encoder
+    rt = make_runtime(embedding_provider="none")
+    call(rt, "agent_observe", sessionId="a", project="p", content="Ana said her favourite hobby is pottery.")
+    call(rt, "agent_observe", sessionId="b", project="p", content="Bo said his hobby is chess.")
+    call(rt, "agent_observe", sessionId="c", project="p", content="The kiln fired her pottery bowls overnight.")
+    rt.db.flush()
+    query = "what hobby does Ana have"
+    plain = call(rt, "memory_smart_search", query=query, project="p")
+    assert not any("kiln" in r["title"] for r in plain["results"])
+    reranked = call(rt, "memory_smart_search", query=query, project="p", rerank=True)
+    assert "pottery" in reranked["results"][0]["title"]
+    assert any("kiln" in r["title"] for r in reranked["results"])
+    monkeypatch.setattr(rerank, "SECOND_ROUND_SEEDS", 0)
+    without = call(rt, "memory_smart_search", query=query, project="p", rerank=True)
+    assert not any("kiln" in r["title"] for r in without["results"])
+
+
 NOTES = [
     "Deploy script for the billing service pushes a docker image to the registry.",
     "Lunch order: the team wants pizza on Friday.",

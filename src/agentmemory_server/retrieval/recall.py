@@ -101,11 +101,37 @@ def ranked(
     if not wanted or len(pairs) < 2:
         return pairs[:limit], used, False
     try:
-        pairs = rerank.rerank_pairs(rerank.shared(), query, pairs, record_text)
+        more = second_round(ctx, store, query, filters, mode)
+        pairs = rerank.rerank_pairs(rerank.shared(), query, pairs, record_text, more)
     except Unavailable as exc:  # no reranker installed: the first stage's order stands
         log.warning("reranking skipped: %s", exc.message)
         return pairs[:limit], used, False
     return pairs[:limit], used, True
+
+
+def second_round(ctx: Ctx, store: Any, query: str, filters: dict[str, Any], mode: str) -> rerank.MoreFrom:
+    """How the reranker's second round finds records from its seeds: the query joined to a seed's
+    text, searched like the first stage (without neighbours), records not yet candidates kept."""
+
+    def more(seeds: rerank.Pairs, seen: set[str]) -> rerank.Pairs:
+        found: list[dict] = []
+        for hit, record in seeds:
+            hits, _ = search.hybrid(
+                store,
+                f"{query} {record_text(hit, record)}",
+                limit=rerank.SECOND_ROUND_DEPTH + len(seen),
+                filters=filters,
+                vectors=vectors.service(ctx.rt),
+                mode=mode,
+                per_session=ctx.rt.settings.search_max_per_session,
+                fusion=ctx.rt.settings.search_fusion,
+            )
+            new = [h for h in hits if h["doc_id"] not in seen][: rerank.SECOND_ROUND_DEPTH]
+            seen = seen | {h["doc_id"] for h in new}
+            found += new
+        return search.hydrate(store, found)
+
+    return more
 
 
 def record_text(hit: dict, record: dict) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,16 @@ MAX_PAIR_TOKENS = 96
 # model quantises its activations per call, so padding both cost CPU and made a record's score
 # depend on which other records were candidates. One pair per call halved the CPU at depth 40
 # (bench/rerank_cost.py: 504 -> 249 ms CPU p50), and a pair's score is now a function of the pair.
+# A second round: the text of the ``SECOND_ROUND_SEEDS`` best candidates after the blend, each
+# joined to the query, is searched again (search.hybrid), and up to ``SECOND_ROUND_DEPTH`` records
+# of each that were not candidates yet are read by the cross-encoder too. Evidence spread over
+# several records (what someone did on several occasions, a decision and its follow-ups) often
+# shares the words of the first good hit rather than the query's. Reading 20 more first-stage
+# candidates instead (depth 60) did not help; these 20 did, leave-one-conversation-out on LoCoMo:
+# R@10 +0.5 [+0.1, +0.9] on the MiniLM first stage, +0.5 [-0.1, +1.2] on bge-small's, at ~+200 ms
+# CPU a query (docs/retrieval.md). No LLM: the seeds' own words are the expansion.
+SECOND_ROUND_SEEDS = 2
+SECOND_ROUND_DEPTH = 10
 
 
 def available() -> bool:
@@ -151,12 +161,28 @@ def blend(first_stage: Sequence[float], cross: np.ndarray, weight: float) -> np.
     return (1 - weight) * _unit(np.asarray(first_stage, dtype=np.float32)) + weight * _unit(cross)
 
 
-def rerank_pairs(encoder: Any, query: str, pairs: list[tuple[dict, dict]], text_of: Any) -> list[tuple[dict, dict]]:
+Pairs = list[tuple[dict, dict]]
+# (seeds, doc ids already candidates) -> (hit, record) pairs of records found from the seeds
+MoreFrom = Callable[[Pairs, set[str]], Pairs]
+
+
+def rerank_pairs(encoder: Any, query: str, pairs: Pairs, text_of: Any, more: MoreFrom | None = None) -> Pairs:
     """The first ``RERANK_DEPTH`` (hit, record) pairs reordered by the blend of their first-stage
     score and the cross-encoder's (ties keep the first-stage order); the rest follow unchanged.
-    Each reordered hit's score becomes the blended one."""
+    Each reordered hit's score becomes the blended one. With ``more``, the second round's records
+    join the reordered head (as if last in the first stage) and leave the tail."""
     head, tail = pairs[:RERANK_DEPTH], pairs[RERANK_DEPTH:]
     cross = encoder.score(query, [text_of(hit, record) for hit, record in head])
-    mixed = blend([float(hit.get("score", 0.0)) for hit, _ in head], cross, RERANK_WEIGHT)
+    first = [float(hit.get("score", 0.0)) for hit, _ in head]
+    if more is not None and SECOND_ROUND_SEEDS > 0 and head:
+        mixed = blend(first, cross, RERANK_WEIGHT)
+        seeds = [head[i] for i in sorted(range(len(head)), key=lambda i: (-mixed[i], i))[:SECOND_ROUND_SEEDS]]
+        extra = more(seeds, {hit["doc_id"] for hit, _ in head})
+        if extra:
+            added = {hit["doc_id"] for hit, _ in extra}
+            cross = np.concatenate([cross, encoder.score(query, [text_of(hit, record) for hit, record in extra])])
+            head, first = head + extra, first + [min(first)] * len(extra)
+            tail = [pair for pair in tail if pair[0]["doc_id"] not in added]
+    mixed = blend(first, cross, RERANK_WEIGHT)
     order = sorted(range(len(head)), key=lambda i: (-mixed[i], i))
     return [({**head[i][0], "score": float(mixed[i])}, head[i][1]) for i in order] + tail
