@@ -193,16 +193,20 @@ def _batch_items() -> tuple[list, list]:
     return records, rows
 
 
+def _write_records(tx, batched: bool, records, rows) -> list[int]:
+    """The records and their search rows, through the batch methods or one at a time."""
+    if batched:
+        tx.records.set_many(records, now=NOW)
+        return tx.index.upsert_many(rows)
+    for scope, key, value in records:
+        tx.records.set(scope, key, value, now=NOW)
+    return [tx.index.upsert(doc, text) for doc, text in rows]
+
+
 def _write_batch(rt, batched: bool, images: list[str]) -> list[int]:
     records, rows = _batch_items()
     with rt.db.transaction("batch") as tx:
-        if batched:
-            tx.records.set_many(records, now=NOW)
-            rowids = tx.index.upsert_many(rows)
-        else:
-            for scope, key, value in records:
-                tx.records.set(scope, key, value, now=NOW)
-            rowids = [tx.index.upsert(doc, text) for doc, text in rows]
+        rowids = _write_records(tx, batched, records, rows)
         links = [(rowids[0], [images[1], images[0]]), (rowids[1], [images[1]]), (rowids[2], [])]
         if batched:
             tx.images.link_many(links)
@@ -318,13 +322,7 @@ def _repeated_batch(make_runtime, tmp_path, *, bound: int, drained: bool):
             other.commit()
             other.close()
         with rt.db.transaction("batch") as tx:
-            if batched:
-                tx.records.set_many(records, now=NOW)
-                rowids = tx.index.upsert_many(rows)
-            else:
-                for scope, key, value in records:
-                    tx.records.set(scope, key, value, now=NOW)
-                rowids = [tx.index.upsert(doc, text) for doc, text in rows]
+            rowids = _write_records(tx, batched, records, rows)
             links = [(rowids[0], [images[1]]), (old, [images[0]]), (rowids[0], [images[0]]), (rowids[2], [])]
             if batched:
                 tx.images.link_many(links)
