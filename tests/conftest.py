@@ -10,8 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 import requests
@@ -399,6 +401,38 @@ class LiveServer:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
             end_process_group(self.proc, sig)
+
+    def origin(self, session: requests.Session | None = None) -> str:
+        """The request process (its event-bus origin) that answers on this session's connection."""
+        getter = session.get if session is not None else partial(requests.get, headers={"Connection": "close"})
+        return getter(self.api("/health"), timeout=10).json()["live"]["bus"]["origin"]
+
+    @contextmanager
+    def pinned_sessions(self, wanted: int = 2, attempts: int = 40) -> Iterator[list[requests.Session]]:
+        """Kept-alive sessions held open on ``wanted`` different request processes of this server.
+
+        Tests of several processes must not hope the kernel spreads fresh connections (on a busy machine one
+        process can win every accept). A kept-alive connection stays with the process that accepted it, and a
+        process already holding one leaves the next new connection to an idler sibling, so a few attempts find
+        distinct processes. Fails the test if they cannot be found.
+        """
+        by_origin: dict[str, requests.Session] = {}
+        try:
+            for _ in range(attempts):
+                session = requests.Session()
+                origin = self.origin(session)
+                if origin in by_origin:
+                    session.close()
+                else:
+                    by_origin[origin] = session
+                if len(by_origin) >= wanted:
+                    break
+            assert len(by_origin) >= wanted, f"connections reached only {sorted(by_origin)}"
+            yield list(by_origin.values())
+            assert {self.origin(s) for s in by_origin.values()} == set(by_origin), "a session changed process"
+        finally:
+            for session in by_origin.values():
+                session.close()
 
 
 @pytest.fixture

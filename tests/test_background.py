@@ -179,12 +179,12 @@ def test_roles_decide_where_loops_run():
 def test_several_request_processes_of_a_node_run_one_background_worker(live_server):
     server = live_server(env={"EMBEDDING_PROVIDER": "hash", "AGENTMEMORY_WORKERS": "3", "AGENTMEMORY_THREADS": "8"})
 
-    def seen() -> tuple[set[int], set[int], set[int]]:
-        """Over fresh connections (spread over the request processes): workers alive in the
-        database, and supervisors that spawned or stand by."""
+    def seen(sessions: list[requests.Session]) -> tuple[set[int], set[int], set[int]]:
+        """Asked of every request process: workers alive in the database, and supervisors that spawned or
+        stand by."""
         workers, spawning, standing_by = set(), set(), set()
-        for _ in range(15):
-            health = requests.get(server.api("/health"), headers={"Connection": "close"}, timeout=10).json()
+        for session in sessions:
+            health = session.get(server.api("/health"), timeout=10).json()
             workers |= {w["pid"] for w in health["background"]["workers"]}
             supervisor = health["background"]["supervisor"]
             if supervisor and not supervisor["standby"]:
@@ -193,14 +193,15 @@ def test_several_request_processes_of_a_node_run_one_background_worker(live_serv
                 standing_by.add(health["live"]["bus"]["origin"])
         return workers, spawning, standing_by
 
-    workers, spawning, standing_by = wait_for(lambda: (s := seen())[0] and s, timeout=30, interval=0.5)
-    assert len(workers) == 1 and spawning == workers, (workers, spawning)
-    assert standing_by, "every request reached the process that spawned: cannot tell"
-    ids = _observe(server, 4, "one")
-    assert wait_for(lambda: _vector_hits(server, "rollout shard canary fleet") >= set(ids), timeout=60,
-                    interval=0.3, message="the node's one worker did not embed the backlog")
-    time.sleep(2.5)  # the standby supervisors poll the lock every 2 s: none may spawn meanwhile
-    assert seen()[0] == workers
+    with server.pinned_sessions(3) as sessions:
+        workers, spawning, standing_by = wait_for(lambda: (s := seen(sessions))[0] and s, timeout=30, interval=0.5)
+        assert len(workers) == 1 and spawning == workers, (workers, spawning)
+        assert len(standing_by) == 2, f"two of the three processes stand by: {standing_by}"
+        ids = _observe(server, 4, "one")
+        assert wait_for(lambda: _vector_hits(server, "rollout shard canary fleet") >= set(ids), timeout=60,
+                        interval=0.3, message="the node's one worker did not embed the backlog")
+        time.sleep(2.5)  # the standby supervisors poll the lock every 2 s: none may spawn meanwhile
+        assert seen(sessions)[0] == workers
 
 
 def test_the_background_worker_finds_the_package_without_an_install(tmp_path):
