@@ -85,7 +85,7 @@ def ranked(
     for a query within ``filters``."""
     store = ctx.rt.db.reader()
     wanted = ctx.rt.settings.search_rerank if rerank_top is None else rerank_top
-    depth = max(limit, rerank.RERANK_DEPTH, rerank.DEEPER_DEPTH) if wanted else limit
+    depth = max(limit, rerank.RERANK_DEPTH) if wanted else limit
     hits, used = search.hybrid(
         store,
         query,
@@ -119,15 +119,13 @@ def second_round(ctx: Ctx, store: Any, query: str, filters: dict[str, Any], mode
             hits, _ = search.hybrid(
                 store,
                 f"{query} {record_text(hit, record)}",
-                limit=(rerank.SECOND_ROUND_DEPTH + len(seen)) * (2 if rerank.SECOND_ROUND_OTHER_SESSIONS else 1),
+                limit=rerank.SECOND_ROUND_DEPTH + len(seen),
                 filters=filters,
                 vectors=vectors.service(ctx.rt),
-                mode=mode if rerank.SECOND_ROUND_MODE == "auto" else rerank.SECOND_ROUND_MODE,
+                mode=mode,
                 per_session=ctx.rt.settings.search_max_per_session,
                 fusion=ctx.rt.settings.search_fusion,
             )
-            if rerank.SECOND_ROUND_OTHER_SESSIONS:
-                hits = [h for h in hits if h.get("session_id") != hit.get("session_id")]
             new = [h for h in hits if h["doc_id"] not in seen][: rerank.SECOND_ROUND_DEPTH]
             seen = seen | {h["doc_id"] for h in new}
             found += new

@@ -61,17 +61,6 @@ MAX_PAIR_TOKENS = 96
 # CPU a query (docs/retrieval.md). No LLM: the seeds' own words are the expansion.
 SECOND_ROUND_SEEDS = 2
 SECOND_ROUND_DEPTH = 10
-# Experiments of the fourth round (docs/retrieval.md), off at these values, removed when not kept:
-# the second round keeps only records of other sessions than its seed's; searches in another
-# first-stage mode; picks its seeds by the cross-encoder alone; and the reranker reads up to
-# DEEPER_DEPTH candidates when the DEEPER_RANK-th best cross-encoder score of the first
-# RERANK_DEPTH is above DEEPER_ABOVE (a list still full of plausible records may hold more).
-SECOND_ROUND_OTHER_SESSIONS = False
-SECOND_ROUND_MODE = "auto"
-SECOND_ROUND_SEED_BY = "blend"
-DEEPER_DEPTH = 0
-DEEPER_RANK = 10
-DEEPER_ABOVE = 0.0
 
 
 def available() -> bool:
@@ -185,12 +174,8 @@ def rerank_pairs(encoder: Any, query: str, pairs: Pairs, text_of: Any, more: Mor
     head, tail = pairs[:RERANK_DEPTH], pairs[RERANK_DEPTH:]
     cross = encoder.score(query, [text_of(hit, record) for hit, record in head])
     first = [float(hit.get("score", 0.0)) for hit, _ in head]
-    if len(head) < DEEPER_DEPTH and len(cross) >= DEEPER_RANK and np.sort(cross)[-DEEPER_RANK] > DEEPER_ABOVE:
-        deeper, tail = tail[: DEEPER_DEPTH - len(head)], tail[DEEPER_DEPTH - len(head) :]
-        cross = np.concatenate([cross, encoder.score(query, [text_of(hit, record) for hit, record in deeper])])
-        head, first = head + deeper, first + [float(hit.get("score", 0.0)) for hit, _ in deeper]
     if more is not None and SECOND_ROUND_SEEDS > 0 and head:
-        mixed = blend(first, cross, RERANK_WEIGHT) if SECOND_ROUND_SEED_BY == "blend" else cross
+        mixed = blend(first, cross, RERANK_WEIGHT)
         seeds = [head[i] for i in sorted(range(len(head)), key=lambda i: (-mixed[i], i))[:SECOND_ROUND_SEEDS]]
         extra = more(seeds, {hit["doc_id"] for hit, _ in head})
         if extra:
