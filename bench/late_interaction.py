@@ -26,6 +26,10 @@ included), and the ``rerank.RERANK_DEPTH`` the cross-encoder reads are the best 
 (1 - weight) x first-stage score + weight x MaxSim (each min-max normalised), instead of the first
 ``RERANK_DEPTH``; their first-stage scores are kept for the final blend.
 
+Alone (``--alone``): the MaxSim scan as the only ranker over each conversation's records, every
+question of categories 1-4, R@10 and NDCG@10 by category (compare bench/locomo.py ``--modes
+vector``).
+
 Cost (``--cost``): CPU ms to encode one record (one thread, one record a call, as a background
 worker would), bytes per record stored as int8 with one scale per record, and CPU ms of one
 MaxSim scan over N synthetic records (int8 in memory, dequantised block by block).
@@ -176,6 +180,43 @@ def quality() -> None:
     locomo.main()
 
 
+def alone() -> None:
+    """R@10 / NDCG@10 of the MaxSim scan by itself, per category."""
+    import tempfile
+
+    from agentmemory_server.kernel.registry import Ctx
+    from embed_cache import default_dir
+
+    global MODEL
+    MODEL = LateModel()
+    rows: list[tuple[int, dict[str, float]]] = []
+    for sample in json.loads(locomo.default_data().read_text()):
+        with tempfile.TemporaryDirectory() as tmp:
+            rt = locomo.runtime_for(tmp, "local", "tantivy", default_dir())
+            try:
+                mapping = ingest_and_encode(Ctx(rt, source="bench"), sample)
+                scan, known = SCANS[sample["sample_id"]], set(mapping.values())
+                for qa in sample["qa"]:
+                    evidence = locomo.repair_evidence(qa.get("evidence") or [], known)
+                    if evidence and qa["category"] in (1, 2, 3, 4):
+                        ranked = [mapping[d] for d in scan.rank(MODEL.encode(qa["question"], query=True))]
+                        rows.append((qa["category"], locomo.score(ranked, evidence)))
+            finally:
+                rt.close()
+    summary = locomo.print_table("late interaction alone (MaxSim over every record)", rows)
+    print(
+        json.dumps(
+            {
+                "benchmark": "late_interaction_alone",
+                "date": time.strftime("%Y-%m-%d"),
+                "commit": locomo.commit(),
+                "overall_1_4": summary["overall 1-4"],
+                "multi_hop": summary["multi-hop"],
+            }
+        )
+    )
+
+
 def cost(records: int, tokens: int) -> None:
     model = LateModel()
     sample = json.loads(locomo.default_data().read_text())[0]
@@ -229,5 +270,7 @@ if __name__ == "__main__":
         parser.add_argument("--tokens", type=int, default=DOC_TOKENS)
         opts = parser.parse_args()
         cost(opts.records, opts.tokens)
+    elif "--alone" in sys.argv:
+        alone()
     else:
         quality()
