@@ -1,6 +1,7 @@
 """Scale: request latency and throughput at 10k, 100k and 1M records with 1 and 10 HTTP clients.
 
     bench/scale.py [--sizes 10k,100k] [--memories 10000] [--seconds 10] [--embedder none|local]
+                   [--only concurrent:remember,observe]
 
 For each size: writes a synthetic coding-agent corpus (bench/corpus.py: tool calls, edits,
 errors, prompts; Zipf-like words, a few common words in most records) as JSON Lines, loads it
@@ -305,32 +306,62 @@ def print_rows(title: str, rows: dict[str, dict]) -> None:
         )
 
 
-def run_workloads(url: str, sessions: int, seconds: float, clients: int) -> dict[str, dict]:
+PHASES = ("single", "concurrent", "observe", "mixed")
+
+
+def run_workloads(url: str, sessions: int, seconds: float, clients: int, only: Only) -> dict[str, dict]:
     results: dict[str, dict] = {}
-    single: dict[str, dict] = {}
-    for name, build in SINGLE.items():
-        single.update(summarize(*drive(url, sessions, 1, seconds, lambda w, n=name, b=build: (n, b(w)))))
-    results["1 client"] = single
-    print_rows("1 client, one endpoint at a time", single)
-    many: dict[str, dict] = {}
-    for name, build in CONCURRENT.items():
-        many.update(summarize(*drive(url, sessions, clients, seconds, lambda w, n=name, b=build: (n, b(w)))))
-    results[f"{clients} clients"] = many
-    print_rows(f"{clients} clients, one endpoint at a time", many)
-    observe = summarize(*drive(url, sessions, 8, seconds, lambda w: ("observe", w.observe())))
-    results["8 clients observe"] = observe
-    print_rows("8 clients posting observations", observe)
-    builds, weights = zip(*MIXED, strict=True)
-    names = dict(zip(builds, MIXED_NAMES, strict=True))
+    if only.wants("single"):
+        single: dict[str, dict] = {}
+        for name, build in only.endpoints(SINGLE).items():
+            single.update(summarize(*drive(url, sessions, 1, seconds, lambda w, n=name, b=build: (n, b(w)))))
+        results["1 client"] = single
+        print_rows("1 client, one endpoint at a time", single)
+    if only.wants("concurrent"):
+        many: dict[str, dict] = {}
+        for name, build in only.endpoints(CONCURRENT).items():
+            many.update(summarize(*drive(url, sessions, clients, seconds, lambda w, n=name, b=build: (n, b(w)))))
+        results[f"{clients} clients"] = many
+        print_rows(f"{clients} clients, one endpoint at a time", many)
+    if only.wants("observe"):
+        observe = summarize(*drive(url, sessions, 8, seconds, lambda w: ("observe", w.observe())))
+        results["8 clients observe"] = observe
+        print_rows("8 clients posting observations", observe)
+    if only.wants("mixed"):
+        builds, weights = zip(*MIXED, strict=True)
+        names = dict(zip(builds, MIXED_NAMES, strict=True))
 
-    def mixed(w: Workload) -> tuple[str, Request]:
-        build = w.rng.choices(builds, weights)[0]
-        return names[build], build(w)
+        def mixed(w: Workload) -> tuple[str, Request]:
+            build = w.rng.choices(builds, weights)[0]
+            return names[build], build(w)
 
-    mix = summarize(*drive(url, sessions, clients, seconds, mixed))
-    results[f"{clients} clients mixed"] = mix
-    print_rows(f"{clients} clients, mixed workload", mix)
+        mix = summarize(*drive(url, sessions, clients, seconds, mixed))
+        results[f"{clients} clients mixed"] = mix
+        print_rows(f"{clients} clients, mixed workload", mix)
     return results
+
+
+class Only:
+    """``--only``: the phases (single, concurrent, observe, mixed) and endpoints to run; empty runs all.
+    ``--only concurrent:remember`` runs remember with the concurrent clients and nothing else."""
+
+    def __init__(self, spec: str):
+        self.phases: dict[str, set[str]] = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            phase, _, endpoint = part.partition(":")
+            if phase not in PHASES:
+                raise SystemExit(f"--only: unknown phase {phase!r}; phases are {', '.join(PHASES)}")
+            self.phases.setdefault(phase, set()).update([endpoint] if endpoint else [])
+
+    def wants(self, phase: str) -> bool:
+        return not self.phases or phase in self.phases
+
+    def endpoints(self, table: dict[str, Callable]) -> dict[str, Callable]:
+        chosen = set().union(*self.phases.values()) if self.phases else set()
+        unknown = chosen - set(SINGLE) - set(CONCURRENT)
+        if unknown:
+            raise SystemExit(f"--only: unknown endpoint(s) {', '.join(sorted(unknown))}")
+        return {name: build for name, build in table.items() if not chosen or name in chosen}
 
 
 # -- one size --------------------------------------------------------------------------------------
@@ -382,7 +413,7 @@ def run_size(size: int, args: argparse.Namespace) -> dict:
                 f"lexical index caught up after {ready:.1f} s more; RSS {rss} MB; "
                 f"vector backlog {backlog(url)}"
             )
-            results = run_workloads(url, size // 200, args.seconds, args.clients)
+            results = run_workloads(url, size // 200, args.seconds, args.clients, Only(args.only))
             rss_after = rss_mb(proc.pid)
             print(f"  RSS after the runs {rss_after} MB; vector backlog {backlog(url)}")
         finally:
@@ -443,7 +474,9 @@ def main() -> None:
                     help="gunicorn worker processes (AGENTMEMORY_WORKERS; 0: the server's default, one per core)")
     ap.add_argument("--import-only", action="store_true", help="time only the bulk import of each size")
     ap.add_argument("--corpus", help="keep the corpus in this file and reuse it when it exists")
+    ap.add_argument("--only", default="", help="phases[:endpoint] to run, e.g. concurrent:remember,observe")
     args = ap.parse_args()
+    Only(args.only)  # a typo fails before the corpus is written
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     args.workers = args.workers or min(os.cpu_count() or 1, 4)  # what the server picks (settings.MAX_AUTO_WORKERS)
     print(
@@ -455,8 +488,8 @@ def main() -> None:
         print(json.dumps({"date": stamp, "commit": commit(), "import_only": report}))
         return
     report = [run_size(parse_size(s), args) for s in args.sizes.split(",")]
-    print("\ntargets (issue 14):")
-    for size in report:
+    print("\ntargets (issue 14):" if not args.only else "\n(--only: the targets need every phase)")
+    for size in report if not args.only else []:
         for what, value, target, met in targets(size, args.clients):
             verdict = "met" if met else "MISSED"
             print(f"  {size['observations']:>9,} obs  {what:42s} {value:>9}  target {target:8s} {verdict}")
