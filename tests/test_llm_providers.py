@@ -17,7 +17,7 @@ from agentmemory_server.models.llm import Task
 from agentmemory_server.models.model_config import choose_provider
 from agentmemory_server.retrieval import vectors
 from agentmemory_server.retrieval.embeddings import HashEmbedder, OpenAIEmbedder
-from conftest import OPENAI_TEST_KEY, ToolCaller, hook
+from conftest import OPENAI_TEST_KEY, ToolCaller, hook, wait_for
 from fake_http import Raw
 from llm_support import responder
 
@@ -195,6 +195,10 @@ def test_a_slow_model_times_out_and_one_in_time_has_its_latency_recorded(provide
     assert "Timeout" in caught.value.message and svc.health()["failed"] == 1
     [row] = usage_rows(rt)
     assert (row["calls"], row["failed"], row["promptTokens"]) == (1, 1, 0)
+    # The fake picks its reply after sleeping: let the abandoned request finish first, or it could
+    # take the reply meant for the next one (it did on PostgreSQL, where a runtime starts slowly).
+    calls = model_api.fake.calls
+    wait_for(lambda: calls and calls[0]["response"] is not None, timeout=10, message="the slow request never ended")
     patient = provider_runtime(data_dir=str(rt.settings.data_dir) + "-patient")
     model_api.fake.delay = 0.25
     model_api.fake.replies = [GOOD]
