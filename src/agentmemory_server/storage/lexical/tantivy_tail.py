@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentmemory_server.similarity import band_keys
 from agentmemory_server.storage.lexical.feed import LexicalFeed
 
 # The text columns of a search row, in storage order.
@@ -23,6 +24,10 @@ COLUMNS = ("title", "body", "concepts", "files", "context")
 # Index fields: every column in one weighted field (FTS5's bm25 semantics: one idf and one
 # document length over all columns), and the file paths alone, with positions, for path phrases.
 WEIGHTED, FILES = "text", "files"
+# The MinHash band keys of the body (similarity.band_keys) of these kinds of record: remember
+# finds a memory's near-duplicates by the keys they share instead of a long BM25 query.
+NEAR_DUP = "near_dup"
+SIGNED_KINDS = frozenset({"memory"})
 
 
 def column_repeats(weights: Mapping[str, float]) -> dict[str, int]:
@@ -198,6 +203,8 @@ class PendingIndex:
                 doc.tokens[FILES] = tokens
         doc.terms[WEIGHTED] = weighted
         doc.lengths = {name: sum(counts.values()) for name, counts in doc.terms.items()}
+        if meta["kind"] in SIGNED_KINDS:
+            doc.terms[NEAR_DUP] = Counter(band_keys(row[12 + COLUMNS.index("body")] or ""))
         return doc
 
     @property
@@ -244,6 +251,13 @@ class PendingIndex:
             if total > 0 and doc is not None and passes(doc.meta, filters):
                 hits.append((total, doc))
         return hits
+
+    def sharing_keys(self, keys: Sequence[str], filters: Mapping[str, Any]) -> list[tuple[int, PendingDoc]]:
+        """(keys shared, record) of each live pending record holding one of the band ``keys``."""
+        shared: Counter[int] = Counter()
+        for key in set(keys):
+            shared.update(self.postings.get((NEAR_DUP, key), ()))
+        return [(n, doc) for rowid, n in shared.items() if (doc := self.docs.get(rowid)) and passes(doc.meta, filters)]
 
     def files_matching(self, phrases: Sequence[Sequence[str]], filters: Mapping[str, Any]) -> list[PendingDoc]:
         """Pending records whose files field holds one of the token phrases."""
