@@ -16,9 +16,9 @@ match costs a comparison, never a wrong answer.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
+import zlib
 from functools import lru_cache
 
 import numpy as np
@@ -27,9 +27,27 @@ _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf
 
 BANDS = 50
 ROWS = 5
-# Fixed seeds: band keys are stored in the index, so they must not change between processes,
+# Fixed constants: band keys are stored in the index, so they must not change between processes,
 # runs or releases (changing them, or BANDS and ROWS, needs the index rebuilt; see tantivy_index).
-_SEEDS = np.random.default_rng(0x5EED_0A7E).integers(1, 2**63, size=BANDS * ROWS, dtype=np.uint64)
+
+
+def _splitmix64(seed: int, count: int) -> np.ndarray:
+    """``count`` pseudo-random 64-bit words from ``seed``, in plain integer arithmetic (a library's
+    random generator may change its stream between versions)."""
+    out, state, mask = [], seed, (1 << 64) - 1
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return np.array(out, dtype=np.uint64)
+
+
+_MULTIPLIERS = _splitmix64(1, BANDS * ROWS) | np.uint64(1)  # odd: each is a bijection of 64-bit words
+_OFFSETS = _splitmix64(2, BANDS * ROWS)
+_ROW_WEIGHTS = _splitmix64(3, ROWS) | np.uint64(1)
+_BAND_SALTS = np.arange(1, BANDS + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
@@ -57,30 +75,39 @@ def jaccard_of(ta: set[str], a: str, b: str) -> float:
     return len(ta & tb) / len(ta | tb)
 
 
-def _hash64(data: str) -> int:
-    # Python's hash() differs between processes; the keys are stored, so they must not.
-    return int.from_bytes(hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+def _word_hashes(tokens: set[str]) -> np.ndarray:
+    # Two CRC-32s of each word (different seeds) make a 64-bit hash that is the same in every
+    # process, run and release (Python's hash() is not); the mixing below spreads it.
+    crc = zlib.crc32
+    words = [t.encode("utf-8", "surrogatepass") for t in tokens]
+    return np.fromiter(((crc(w) << 32) | crc(w, 0x9E3779B9) for w in words), dtype=np.uint64, count=len(words))
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, element-wise (multiplication wraps modulo 2**64 on purpose)."""
+    with np.errstate(over="ignore"):
+        values = (values ^ (values >> np.uint64(30))) * _MIX1
+        values = (values ^ (values >> np.uint64(27))) * _MIX2
+        return values ^ (values >> np.uint64(31))
 
 
 @lru_cache(maxsize=512)
-def band_keys(text: str) -> list[str]:
-    """The MinHash band keys of ``text``'s word set (``BANDS`` of them, as short hex strings).
+def band_keys(text: str) -> tuple[int, ...]:
+    """The MinHash band keys of ``text``'s word set: ``BANDS`` unsigned 64-bit integers, each the
+    hash of one band's ``ROWS`` minima and of the band's number (equal minima in two different
+    bands make different keys).
 
     A text with no word longer than two characters has one key, for its whitespace-normalised
     self, lower-cased: such texts are near-duplicates only when equal (remember compares them
     lower-cased). Cached: a memory's keys are wanted by its remember, then by each process's
-    pending tail and by the index applier. The list returned is shared: do not change it."""
+    pending tail and by the index applier."""
     tokens = jaccard_tokens(text)
     if not tokens:
-        return ["=" + format(_hash64(" ".join(text.lower().split())), "016x")]
-    words = np.fromiter((_hash64(t) for t in tokens), dtype=np.uint64, count=len(tokens))
-    with np.errstate(over="ignore"):  # the mixing multiplies modulo 2**64 on purpose
-        mixed = words[:, None] ^ _SEEDS[None, :]  # one splitmix64 finaliser per hash function
-        mixed = (mixed ^ (mixed >> np.uint64(30))) * _MIX1
-        mixed = (mixed ^ (mixed >> np.uint64(27))) * _MIX2
-        mixed ^= mixed >> np.uint64(31)
-    minima = mixed.min(axis=0).reshape(BANDS, ROWS)
-    return [
-        format(band, "02d") + hashlib.blake2b(row.tobytes(), digest_size=6).hexdigest()
-        for band, row in enumerate(minima)
-    ]
+        return (int(_mix(_word_hashes({" ".join(text.lower().split())}))[0]),)
+    words = _mix(_word_hashes(tokens))
+    with np.errstate(over="ignore"):  # multiplication modulo 2**64 on purpose
+        # One multiply-add per hash function and word (a universal family over the mixed words).
+        minima = (words[:, None] * _MULTIPLIERS[None, :] + _OFFSETS[None, :]).min(axis=0).reshape(BANDS, ROWS)
+        # A band's key: its minima weighted and summed, salted with the band's number, mixed.
+        keys = _mix((minima * _ROW_WEIGHTS[None, :]).sum(axis=1, dtype=np.uint64) ^ _BAND_SALTS)
+    return tuple(keys.tolist())

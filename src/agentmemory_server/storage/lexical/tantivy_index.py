@@ -104,7 +104,7 @@ def build_schema() -> tantivy.Schema:
     builder.add_unsigned_field("meta_seq", fast=True)
     builder.add_text_field(WEIGHTED, tokenizer_name=ANALYZER, index_option="freq")
     builder.add_text_field(FILES, tokenizer_name=ANALYZER, index_option="position")
-    builder.add_text_field(NEAR_DUP, tokenizer_name="raw", index_option="basic")
+    builder.add_unsigned_field(NEAR_DUP, indexed=True)
     for name in ("kind", "type", "project", "agent_id", "session_id"):
         builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
     builder.add_unsigned_field("global", indexed=True)
@@ -595,7 +595,7 @@ class TantivyLexical:
             doc.add_text(FILES, texts[FILES])
         if kind in SIGNED_KINDS:
             for key in band_keys(texts["body"] or ""):
-                doc.add_text(NEAR_DUP, key)
+                doc.add_unsigned(NEAR_DUP, key)
         for name, value in (
             ("kind", kind),
             ("type", type_),

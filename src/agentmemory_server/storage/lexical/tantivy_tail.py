@@ -47,7 +47,7 @@ K1, B = 1.2, 0.75
 class PendingDoc:
     rowid: int
     meta: dict[str, Any]
-    terms: dict[str, Counter[str]] = field(default_factory=dict)  # field -> token counts
+    terms: dict[str, Counter[Any]] = field(default_factory=dict)  # field -> token (or band key) counts
     tokens: dict[str, list[str]] = field(default_factory=dict)  # field -> tokens (files only, for phrases)
     lengths: dict[str, int] = field(default_factory=dict)  # field -> token count
 
@@ -118,7 +118,8 @@ class PendingIndex:
         self.analyze = analyze
         self.repeats = repeats
         self.docs: dict[int, PendingDoc | None] = {}  # None: deleted or inactive, hides the committed copy
-        self.postings: dict[tuple[str, str], dict[int, int]] = {}  # (field, token) -> {rowid: tf}
+        # (field, token) -> {rowid: tf}; the tokens of NEAR_DUP are band keys (integers)
+        self.postings: dict[tuple[str, str | int], dict[int, int]] = {}
         self.live_count = 0
         self._loaded: dict[int, int] = {}  # rowid -> outbox seq it was loaded at
         self.seen_seq = 0
@@ -252,7 +253,7 @@ class PendingIndex:
                 hits.append((total, doc))
         return hits
 
-    def sharing_keys(self, keys: Sequence[str], filters: Mapping[str, Any]) -> list[tuple[int, PendingDoc]]:
+    def sharing_keys(self, keys: Sequence[int], filters: Mapping[str, Any]) -> list[tuple[int, PendingDoc]]:
         """(keys shared, record) of each live pending record holding one of the band ``keys``."""
         shared: Counter[int] = Counter()
         for key in set(keys):
