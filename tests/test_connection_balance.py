@@ -183,7 +183,7 @@ def test_connections_piled_on_one_process_are_handed_to_its_sibling(live_server)
         os.kill(stopped, signal.SIGCONT)
     try:
         moved = 0
-        for _ in range(30):
+        for _ in range(50):
             moved += sum(ask(i) for i in range(len(sockets)))
             if split() == [3, 3]:
                 break

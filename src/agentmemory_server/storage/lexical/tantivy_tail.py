@@ -145,16 +145,20 @@ class PendingIndex:
     def _put(self, rowid: int, doc: PendingDoc | None, *, keep: bool = True) -> None:
         """Replace what is held for ``rowid`` (``keep``: remember it even as None, to hide the
         committed copy), keeping the postings and the live count in step."""
+        # Every write passes here in every process (twice: loaded, then dropped once committed),
+        # so the loops stay plain: no empty dict made per token just to be thrown away.
+        postings = self.postings
         old = self.docs.pop(rowid, None)
         if old is not None:
             self.live_count -= 1
             for name, counts in old.terms.items():
                 for token in counts:
-                    rowids = self.postings.get((name, token))
+                    key = (name, token)
+                    rowids = postings.get(key)
                     if rowids is not None:
                         rowids.pop(rowid, None)
                         if not rowids:
-                            del self.postings[(name, token)]
+                            del postings[key]
         if not keep:
             return
         self.docs[rowid] = doc
@@ -162,7 +166,12 @@ class PendingIndex:
             self.live_count += 1
             for name, counts in doc.terms.items():
                 for token, tf in counts.items():
-                    self.postings.setdefault((name, token), {})[rowid] = tf
+                    key = (name, token)
+                    rowids = postings.get(key)
+                    if rowids is None:
+                        postings[key] = {rowid: tf}
+                    else:
+                        rowids[rowid] = tf
 
     def _load(self, feed: LexicalFeed, changed: dict[int, int]) -> None:
         rowids = [r for r in changed if r >= 0]
@@ -196,9 +205,11 @@ class PendingIndex:
         doc = PendingDoc(int(row[0]), meta)
         weighted: Counter[str] = Counter()
         for column, text in zip(COLUMNS, row[12:], strict=True):
-            tokens = self.analyze(text or "")
-            for token, n in Counter(tokens).items():
-                weighted[token] += n * self.repeats[column]
+            if not text:
+                continue
+            tokens = self.analyze(text)
+            for _ in range(self.repeats[column]):  # a column weighted n counts its tokens n times
+                weighted.update(tokens)
             if column == FILES:
                 doc.terms[FILES] = Counter(tokens)
                 doc.tokens[FILES] = tokens
