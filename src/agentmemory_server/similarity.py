@@ -27,8 +27,10 @@ _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf
 
 BANDS = 50
 ROWS = 5
-# Fixed constants: band keys are stored in the index, so they must not change between processes,
-# runs or releases (changing them, or BANDS and ROWS, needs the index rebuilt; see tantivy_index).
+# Band keys are stored in the index, so they must not change between processes, runs or
+# releases. Whoever changes how they are made (the constants below, BANDS, ROWS, the word sets)
+# raises this: the lexical index names its key field after it, so the index is rebuilt.
+KEYS_VERSION = 1
 
 
 def _splitmix64(seed: int, count: int) -> np.ndarray:

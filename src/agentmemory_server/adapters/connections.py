@@ -61,13 +61,15 @@ MAX_REQUESTS_PER_HANDOVER = 64  # then the connection queues behind the others a
 # sibling accepts the waiting connection (see GuardedThreadWorker._leave_it_to_a_sibling).
 ACCEPT_PAUSE_SECONDS = 0.01
 # Connections already kept alive stay where they are, so an uneven split (clients that connected
-# while a sibling was still starting, or was restarted) would last: a process holding this many
-# more connections than a sibling answers one request with ``Connection: close``; the client
-# reconnects (HTTP clients do so by themselves) and the sibling accepts it. At most one per
-# REBALANCE_SECONDS, so the count seen on the board has settled before the next, and while the
-# sibling has taken none since the last one (stuck, or starved of CPU: the client came back
-# here), one per REBALANCE_STUCK_SECONDS.
+# while a sibling was still starting, or was restarted) would last: a process that has held this
+# many more connections than a sibling for REBALANCE_AFTER_SECONDS (not a moment's difference
+# while closed connections are being counted) answers one request with ``Connection: close``;
+# the client reconnects (HTTP clients do so by themselves) and the sibling accepts it. Then one
+# per REBALANCE_SECONDS while the split stays uneven, so the count seen on the board has settled
+# before the next, and while the sibling has taken none since the last one (stuck, or starved of
+# CPU: the client came back here), one per REBALANCE_STUCK_SECONDS.
 REBALANCE_EXCESS = 2
+REBALANCE_AFTER_SECONDS = 1.0
 REBALANCE_SECONDS = 0.05
 REBALANCE_STUCK_SECONDS = 1.0
 
@@ -199,6 +201,7 @@ class GuardedThreadWorker(ThreadWorker):
         self._left_at = 0.0  # when this process last left a connection to a sibling
         self._shed_at = 0.0  # when it last closed a kept-alive connection to even the split
         self._fewest_when_shed = -1  # and the sibling's count then
+        self._uneven_since: float | None = None  # since when it has held REBALANCE_EXCESS more
         self._fewest_when_left = 0  # and the sibling's count then
         self._paused_until = 0.0
         self._queued_lock = threading.Lock()
@@ -382,14 +385,21 @@ class GuardedThreadWorker(ThreadWorker):
         if self.board is None or self.board_slot is None or not self.alive:
             return False
         fewest = self.board.fewest_elsewhere(self.board_slot)
+        now = time.monotonic()
         if fewest is None or self.nr_conns - fewest < REBALANCE_EXCESS:
+            self._uneven_since = None
             return False
         if any(name == "UPGRADE" for name, _value in req.headers):  # a WebSocket stays put
             return False
-        now = time.monotonic()
         with self._queued_lock:
+            if self._uneven_since is None:
+                self._uneven_since = now
             since = now - self._shed_at
-            if since < REBALANCE_SECONDS or (fewest == self._fewest_when_shed and since < REBALANCE_STUCK_SECONDS):
+            if (
+                now - self._uneven_since < REBALANCE_AFTER_SECONDS
+                or since < REBALANCE_SECONDS
+                or (fewest == self._fewest_when_shed and since < REBALANCE_STUCK_SECONDS)
+            ):
                 return False
             self._shed_at, self._fewest_when_shed = now, fewest
         self.rebalanced += 1

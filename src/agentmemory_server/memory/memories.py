@@ -100,7 +100,7 @@ def _positive_number(value: Any) -> float | None:
 def _supersede_target(store, content: str, project: str | None, agent: str | None) -> dict[str, Any] | None:
     """The latest memory this one replaces: Jaccard > 0.7 within the same project (a memory with
     no project matches any project, as upstream) and, with isolated agents, the same agent."""
-    # Rows of the project and global rows (memories with no project); any row without a project.
+    # In a project: its memories and those with no project; with no project: every memory.
     filters = {"kinds": ["memory"], "agent_id": agent, **({"project": project} if project else {})}
     hits = store.index.near_duplicates(content, limit=SUPERSEDE_CANDIDATES, filters=filters)
     if hits is None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentmemory_server.similarity import band_keys
+from agentmemory_server.similarity import KEYS_VERSION, band_keys
 from agentmemory_server.storage.lexical.feed import LexicalFeed
 
 # The text columns of a search row, in storage order.
@@ -26,7 +26,7 @@ COLUMNS = ("title", "body", "concepts", "files", "context")
 WEIGHTED, FILES = "text", "files"
 # The MinHash band keys of the body (similarity.band_keys) of these kinds of record: remember
 # finds a memory's near-duplicates by the keys they share instead of a long BM25 query.
-NEAR_DUP = "near_dup"
+NEAR_DUP = f"near_dup_v{KEYS_VERSION}"  # new keys, new field: an index with other keys is rebuilt
 SIGNED_KINDS = frozenset({"memory"})
 
 
