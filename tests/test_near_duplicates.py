@@ -111,27 +111,14 @@ def test_without_the_index_remember_finds_near_duplicates_by_bm25(make_runtime):
     assert call("memory_save", content=QUERY + " twice", project="p")["superseded"] == first["id"]
 
 
-def test_an_index_from_before_band_keys_is_rebuilt_with_them(make_runtime, tmp_path, monkeypatch):
+def test_an_index_with_other_band_keys_is_rebuilt_with_these(make_runtime, tmp_path, monkeypatch):
+    """Keys made another way (an older KEYS_VERSION, or none at all before they existed) live in
+    another field, so the index has another schema and is rebuilt at start-up; remember finds
+    near-duplicates by BM25 meanwhile."""
     data = str(tmp_path / "upgrade")
-
-    def schema_without_keys():
-        builder = tantivy_index.tantivy.SchemaBuilder()
-        builder.add_unsigned_field("rowid", indexed=True, fast=True)
-        builder.add_unsigned_field("meta_seq", fast=True)
-        builder.add_text_field(tantivy_tail.WEIGHTED, tokenizer_name=tantivy_index.ANALYZER, index_option="freq")
-        builder.add_text_field(tantivy_tail.FILES, tokenizer_name=tantivy_index.ANALYZER, index_option="position")
-        for name in ("kind", "type", "project", "agent_id", "session_id"):
-            builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
-        builder.add_unsigned_field("global", indexed=True)
-        builder.add_unsigned_field("month", indexed=True)
-        builder.add_integer_field("ts_ms", indexed=True, fast=True)
-        return builder.build()
-
-    with monkeypatch.context() as old_release:
-        old_release.setattr(tantivy_index, "build_schema", schema_without_keys)
-        old_release.setattr(tantivy_index, "SIGNED_KINDS", frozenset())
-        old_release.setattr(tantivy_tail, "SIGNED_KINDS", frozenset())
-        old_release.setattr(tantivy_index.TantivyLexical, "near_duplicates", lambda *_args: None)
+    with monkeypatch.context() as older:
+        older.setattr(tantivy_index, "NEAR_DUP", "near_dup_v0")
+        older.setattr(tantivy_tail, "NEAR_DUP", "near_dup_v0")
         rt = make_runtime(data_dir=data)
         first = ToolCaller(rt)("memory_save", content=QUERY, project="p")["memory"]
         rt.db.flush()

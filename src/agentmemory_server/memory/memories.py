@@ -36,13 +36,16 @@ from agentmemory_server.storage.interfaces import Where, equal
 log = logging.getLogger("agentmemory.memories")
 MEMORY_TYPES = ("pattern", "preference", "architecture", "bug", "workflow", "fact")
 SUPERSEDE_THRESHOLD = 0.7
-# Supersede candidates are the memories sharing the most MinHash band keys with the new one
-# (similarity.py: a memory at the threshold shares one with probability 0.9999), looked up in the
-# lexical index by a few exact keys; comparing against this many keeps remember O(1) in the
-# number of memories. Where that index cannot answer (FTS5 only, or rebuilding), a BM25 search
-# for the content's first distinct words finds them instead: a near-duplicate holds most of
-# them, so it ranks high.
-SUPERSEDE_CANDIDATES = 20
+# Supersede candidates are the memories sharing the most MinHash band keys with the new one,
+# looked up in the lexical index by a few exact keys (similarity.py). A memory at the threshold
+# shares at least one of the 50 keys with probability 0.9999 and about 8 on average; one at a
+# Jaccard of 0.5 about 1.6, at 0.3 hardly any: the ten sharing the most hold the near-duplicates,
+# and comparing against only those keeps remember O(1) in the number of memories. Where that
+# index cannot answer (FTS5 only, or rebuilding), a BM25 search for the content's first distinct
+# words finds them instead (a near-duplicate holds most of them, so it ranks high), looking a
+# little further down its ranking.
+SUPERSEDE_CANDIDATES = 10
+SUPERSEDE_BM25_CANDIDATES = 20
 SUPERSEDE_QUERY_WORDS = 32
 # Memories written between that search (on a reader) and the write lock are compared one by one,
 # up to this many; past it the search runs again under the lock.
@@ -105,7 +108,7 @@ def _supersede_target(store, content: str, project: str | None, agent: str | Non
     hits = store.index.near_duplicates(content, limit=SUPERSEDE_CANDIDATES, filters=filters)
     if hits is None:
         query = " ".join(list(dict.fromkeys(content.lower().split()))[:SUPERSEDE_QUERY_WORDS])
-        hits = search.bm25(store, query, limit=SUPERSEDE_CANDIDATES, filters=filters)
+        hits = search.bm25(store, query, limit=SUPERSEDE_BM25_CANDIDATES, filters=filters)
     return _closest([mem for _hit, mem in search.hydrate(store, hits)], content, project, agent)
 
 
