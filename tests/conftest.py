@@ -408,25 +408,26 @@ class LiveServer:
         return getter(self.api("/health"), timeout=10).json()["live"]["bus"]["origin"]
 
     @contextmanager
-    def pinned_sessions(self, wanted: int = 2, attempts: int = 40) -> Iterator[list[requests.Session]]:
+    def pinned_sessions(self, wanted: int = 2, timeout: float = 60.0) -> Iterator[list[requests.Session]]:
         """Kept-alive sessions held open on ``wanted`` different request processes of this server.
 
         Tests of several processes must not hope the kernel spreads fresh connections (on a busy machine one
         process can win every accept). A kept-alive connection stays with the process that accepted it, and a
         process already holding one leaves the next new connection to an idler sibling, so a few attempts find
-        distinct processes. Fails the test if they cannot be found.
+        distinct processes, once every process has started (on a loaded machine that can take seconds). Fails
+        the test if they cannot be found within ``timeout``.
         """
         by_origin: dict[str, requests.Session] = {}
+        deadline = time.monotonic() + timeout
         try:
-            for _ in range(attempts):
+            while len(by_origin) < wanted and time.monotonic() < deadline:
                 session = requests.Session()
                 origin = self.origin(session)
                 if origin in by_origin:
                     session.close()
+                    time.sleep(0.1)  # a sibling still starting joins the board when it can accept
                 else:
                     by_origin[origin] = session
-                if len(by_origin) >= wanted:
-                    break
             assert len(by_origin) >= wanted, f"connections reached only {sorted(by_origin)}"
             yield list(by_origin.values())
             assert {self.origin(s) for s in by_origin.values()} == set(by_origin), "a session changed process"

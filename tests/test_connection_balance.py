@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -38,6 +39,9 @@ def _holder(pids: list[int], inode: str) -> int | None:
         except OSError:
             continue
     return None
+
+
+LIVEZ = b"GET /agentmemory/livez HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
 def _observe_request(name: str) -> bytes:
@@ -133,3 +137,62 @@ def test_back_to_back_requests_on_one_connection_then_a_stalled_one_times_out(li
         sock.close()
         if other is not None:
             other.close()
+
+
+def test_connections_piled_on_one_process_are_handed_to_its_sibling(live_server):
+    """Clients that connected while the other process could not accept (starting, restarted,
+    here stopped) all sit on one process; once the sibling is back, that process closes one
+    kept-alive connection at a time after its answer, the client reconnects, and the sibling
+    takes it, until the two hold as many as each other."""
+    server = live_server(env={"AGENTMEMORY_WORKERS": "2", "AGENTMEMORY_THREADS": "8"})
+    assert server.proc is not None
+    _request_processes(server.proc.pid, 2)
+    workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == server.proc.pid]
+    workers = [pid for pid in workers if " worker --parent-pid " not in _cmdline(pid)]
+    with server.pinned_sessions(2):  # both processes are up and on the board
+        pass
+    sockets: list[socket.socket] = []
+
+    def ask(i: int) -> bool:
+        """A request on connection ``i``; reconnects when told to close. True if it was."""
+        sockets[i].sendall(LIVEZ)
+        status, headers, _body = read_response(sockets[i])
+        assert status == 200
+        if headers.get("connection", "").lower() != "close":
+            return False
+        sockets[i].close()
+        sockets[i] = connect(server)
+        ask(i)  # answered: the new connection has been accepted
+        return True
+
+    def split() -> list[int]:
+        holders = [_holder(workers, _server_side_inode(server.port, s.getsockname()[1]) or "") for s in sockets]
+        return sorted(holders.count(pid) for pid in workers)
+
+    stopped = workers[0]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        handed = 0
+        for i in range(6):  # the stopped process accepts nothing: the other takes each after a pause
+            sockets.append(connect(server))
+            handed += ask(i)
+        # It tried to hand one over; the client came back; it does not try again while the
+        # sibling takes nothing (not within a second).
+        assert split() == [0, 6] and handed <= 1
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    try:
+        moved = 0
+        for _ in range(50):
+            moved += sum(ask(i) for i in range(len(sockets)))
+            if split() == [3, 3]:
+                break
+            time.sleep(0.2)  # one hand-over per 50 ms at most
+        assert split() == [3, 3] and moved >= 3
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")

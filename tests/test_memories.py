@@ -6,7 +6,7 @@ import time
 import pytest
 
 from conftest import hook
-from agentmemory_server.kernel.util import jaccard
+from agentmemory_server.similarity import jaccard
 
 BASE = "The integration tests need a running redis server on port 6379 before pytest starts"
 

@@ -60,6 +60,18 @@ MAX_REQUESTS_PER_HANDOVER = 64  # then the connection queues behind the others a
 # A request process holding more connections than a sibling stops listening this long, so the
 # sibling accepts the waiting connection (see GuardedThreadWorker._leave_it_to_a_sibling).
 ACCEPT_PAUSE_SECONDS = 0.01
+# Connections already kept alive stay where they are, so an uneven split (clients that connected
+# while a sibling was still starting, or was restarted) would last: a process that has held this
+# many more connections than a sibling for REBALANCE_AFTER_SECONDS (not a moment's difference
+# while closed connections are being counted) answers one request with ``Connection: close``;
+# the client reconnects (HTTP clients do so by themselves) and the sibling accepts it. Then one
+# per REBALANCE_SECONDS while the split stays uneven, so the count seen on the board has settled
+# before the next, and while the sibling has taken none since the last one (stuck, or starved of
+# CPU: the client came back here), one per REBALANCE_STUCK_SECONDS.
+REBALANCE_EXCESS = 2
+REBALANCE_AFTER_SECONDS = 1.0
+REBALANCE_SECONDS = 0.05
+REBALANCE_STUCK_SECONDS = 1.0
 
 
 class ConnectionBoard:
@@ -184,8 +196,12 @@ class GuardedThreadWorker(ThreadWorker):
         self.lingering: deque[tuple[float, socket.socket]] = deque()
         self.refused = 0
         self.timed_out = 0
+        self.rebalanced = 0  # kept-alive connections closed to even the split between processes
         self.queued = 0  # connections handed to the pool and not yet picked up by a thread
         self._left_at = 0.0  # when this process last left a connection to a sibling
+        self._shed_at = 0.0  # when it last closed a kept-alive connection to even the split
+        self._fewest_when_shed = -1  # and the sibling's count then
+        self._uneven_since: float | None = None  # since when it has held REBALANCE_EXCESS more
         self._fewest_when_left = 0  # and the sibling's count then
         self._paused_until = 0.0
         self._queued_lock = threading.Lock()
@@ -357,6 +373,37 @@ class GuardedThreadWorker(ThreadWorker):
             keep = super().handle(conn)
             served += 1
         return keep
+
+    def handle_request(self, req: Any, conn: TConn) -> Any:
+        if self._hand_to_a_sibling(req):
+            req.must_close = True  # answered with Connection: close, then closed
+        return super().handle_request(req, conn)
+
+    def _hand_to_a_sibling(self, req: Any) -> bool:
+        """Whether this request's connection should close after its answer, to even out how
+        many connections the request processes hold (see REBALANCE_EXCESS)."""
+        if self.board is None or self.board_slot is None or not self.alive:
+            return False
+        fewest = self.board.fewest_elsewhere(self.board_slot)
+        now = time.monotonic()
+        if fewest is None or self.nr_conns - fewest < REBALANCE_EXCESS:
+            self._uneven_since = None
+            return False
+        if any(name == "UPGRADE" for name, _value in req.headers):  # a WebSocket stays put
+            return False
+        with self._queued_lock:
+            if self._uneven_since is None:
+                self._uneven_since = now
+            since = now - self._shed_at
+            if (
+                now - self._uneven_since < REBALANCE_AFTER_SECONDS
+                or since < REBALANCE_SECONDS
+                or (fewest == self._fewest_when_shed and since < REBALANCE_STUCK_SECONDS)
+            ):
+                return False
+            self._shed_at, self._fewest_when_shed = now, fewest
+        self.rebalanced += 1
+        return True
 
     def _next_request_arrived(self, conn: TConn) -> bool:
         """Whether the client's next request arrived whole within NEXT_REQUEST_WAIT_SECONDS, so

@@ -7,9 +7,7 @@ import json
 import logging
 import math
 import os
-import re
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -152,30 +150,6 @@ def clean_json(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         return {clean_text(str(k)): clean_json(v, depth + 1) for k, v in value.items()}
     return value
-
-
-# -- similarity ----------------------------------------------------------------------------------
-
-_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
-
-
-def jaccard_tokens(text: str) -> set[str]:
-    """Word set used for near-duplicate detection (U§4.4): NFC, whitespace split, tokens longer
-    than 2 characters; CJK runs contribute the run, its characters and its bigrams."""
-    normal = unicodedata.normalize("NFC", text).lower()
-    tokens = {t for t in normal.split() if len(t) > 2}
-    for run in _CJK_RUN.findall(normal):
-        tokens.add(run)
-        tokens.update(run)
-        tokens.update(run[i : i + 2] for i in range(len(run) - 1))
-    return tokens
-
-
-def jaccard(a: str, b: str) -> float:
-    ta, tb = jaccard_tokens(a), jaccard_tokens(b)
-    if not ta or not tb:
-        return 1.0 if " ".join(a.split()) == " ".join(b.split()) else 0.0
-    return len(ta & tb) / len(ta | tb)
 
 
 def as_list(value: Any) -> list:

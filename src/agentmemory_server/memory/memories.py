@@ -28,18 +28,24 @@ from agentmemory_server.kernel.registry import (
     tool,
 )
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, obs_scope
-from agentmemory_server.kernel.util import cut_text, iso, jaccard, new_id, truncate
+from agentmemory_server.kernel.util import cut_text, iso, new_id, truncate
 from agentmemory_server.retrieval import search
+from agentmemory_server.similarity import jaccard_of, jaccard_tokens
 from agentmemory_server.storage.interfaces import Where, equal
 
 log = logging.getLogger("agentmemory.memories")
 MEMORY_TYPES = ("pattern", "preference", "architecture", "bug", "workflow", "fact")
 SUPERSEDE_THRESHOLD = 0.7
-# Supersede candidates come from the search index (a near-duplicate shares most terms, so it
-# ranks high); comparing against this many keeps remember O(1) in the number of memories. The
-# query is the content's first distinct words: a near-duplicate (Jaccard > 0.7) holds most of
-# them, and a longer OR query only costs the engine time.
-SUPERSEDE_CANDIDATES = 20
+# Supersede candidates are the memories sharing the most MinHash band keys with the new one,
+# looked up in the lexical index by a few exact keys (similarity.py). A memory at the threshold
+# shares at least one of the 50 keys with probability 0.9999 and about 8 on average; one at a
+# Jaccard of 0.5 about 1.6, at 0.3 hardly any: the ten sharing the most hold the near-duplicates,
+# and comparing against only those keeps remember O(1) in the number of memories. Where that
+# index cannot answer (FTS5 only, or rebuilding), a BM25 search for the content's first distinct
+# words finds them instead (a near-duplicate holds most of them, so it ranks high), looking a
+# little further down its ranking.
+SUPERSEDE_CANDIDATES = 10
+SUPERSEDE_BM25_CANDIDATES = 20
 SUPERSEDE_QUERY_WORDS = 32
 # Memories written between that search (on a reader) and the write lock are compared one by one,
 # up to this many; past it the search runs again under the lock.
@@ -97,19 +103,25 @@ def _positive_number(value: Any) -> float | None:
 def _supersede_target(store, content: str, project: str | None, agent: str | None) -> dict[str, Any] | None:
     """The latest memory this one replaces: Jaccard > 0.7 within the same project (a memory with
     no project matches any project, as upstream) and, with isolated agents, the same agent."""
-    query = " ".join(list(dict.fromkeys(content.lower().split()))[:SUPERSEDE_QUERY_WORDS])
-    hits = search.bm25(store, query, limit=SUPERSEDE_CANDIDATES, filters={"kinds": ["memory"], "agent_id": agent})
+    # In a project: its memories and those with no project; with no project: every memory.
+    filters = {"kinds": ["memory"], "agent_id": agent, **({"project": project} if project else {})}
+    hits = store.index.near_duplicates(content, limit=SUPERSEDE_CANDIDATES, filters=filters)
+    if hits is None:
+        query = " ".join(list(dict.fromkeys(content.lower().split()))[:SUPERSEDE_QUERY_WORDS])
+        hits = search.bm25(store, query, limit=SUPERSEDE_BM25_CANDIDATES, filters=filters)
     return _closest([mem for _hit, mem in search.hydrate(store, hits)], content, project, agent)
 
 
 def _closest(memories: list[dict[str, Any]], content: str, project: str | None, agent: str | None) -> Any:
     best, best_score = None, SUPERSEDE_THRESHOLD
+    lowered = content.lower()  # texts without long words match when equal but for case
+    words = jaccard_tokens(lowered)
     for mem in memories:
         if mem.get("isLatest") is False or (agent is not None and mem.get("agentId") != agent):
             continue
         if project and mem.get("project") and mem["project"] != project:
             continue
-        score = jaccard(content.lower(), mem.get("content", "").lower())
+        score = jaccard_of(words, lowered, mem.get("content", "").lower())
         if score > best_score:
             best, best_score = mem, score
     return best

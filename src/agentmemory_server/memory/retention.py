@@ -22,10 +22,11 @@ from agentmemory_server.kernel import listings
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, boolean, integer, params, tool
 from agentmemory_server.kernel.scopes import MEMORIES, OBSERVATIONS_PREFIX, SESSIONS, SUMMARIES
-from agentmemory_server.kernel.util import iso, jaccard_tokens
+from agentmemory_server.kernel.util import iso
 from agentmemory_server.memory import relations, summaries
 from agentmemory_server.memory.memories import delete_memories, delete_observations
 from agentmemory_server.retrieval import search
+from agentmemory_server.similarity import jaccard_tokens
 from agentmemory_server.storage.interfaces import UnitOfWork, Where, equal
 
 log = logging.getLogger("agentmemory.retention")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentmemory_server.similarity import KEYS_VERSION, band_keys
 from agentmemory_server.storage.lexical.feed import LexicalFeed
 
 # The text columns of a search row, in storage order.
@@ -23,6 +24,10 @@ COLUMNS = ("title", "body", "concepts", "files", "context")
 # Index fields: every column in one weighted field (FTS5's bm25 semantics: one idf and one
 # document length over all columns), and the file paths alone, with positions, for path phrases.
 WEIGHTED, FILES = "text", "files"
+# The MinHash band keys of the body (similarity.band_keys) of these kinds of record: remember
+# finds a memory's near-duplicates by the keys they share instead of a long BM25 query.
+NEAR_DUP = f"near_dup_v{KEYS_VERSION}"  # new keys, new field: an index with other keys is rebuilt
+SIGNED_KINDS = frozenset({"memory"})
 
 
 def column_repeats(weights: Mapping[str, float]) -> dict[str, int]:
@@ -42,7 +47,7 @@ K1, B = 1.2, 0.75
 class PendingDoc:
     rowid: int
     meta: dict[str, Any]
-    terms: dict[str, Counter[str]] = field(default_factory=dict)  # field -> token counts
+    terms: dict[str, Counter[Any]] = field(default_factory=dict)  # field -> token (or band key) counts
     tokens: dict[str, list[str]] = field(default_factory=dict)  # field -> tokens (files only, for phrases)
     lengths: dict[str, int] = field(default_factory=dict)  # field -> token count
 
@@ -113,7 +118,8 @@ class PendingIndex:
         self.analyze = analyze
         self.repeats = repeats
         self.docs: dict[int, PendingDoc | None] = {}  # None: deleted or inactive, hides the committed copy
-        self.postings: dict[tuple[str, str], dict[int, int]] = {}  # (field, token) -> {rowid: tf}
+        # (field, token) -> {rowid: tf}; the tokens of NEAR_DUP are band keys (integers)
+        self.postings: dict[tuple[str, str | int], dict[int, int]] = {}
         self.live_count = 0
         self._loaded: dict[int, int] = {}  # rowid -> outbox seq it was loaded at
         self.seen_seq = 0
@@ -139,16 +145,20 @@ class PendingIndex:
     def _put(self, rowid: int, doc: PendingDoc | None, *, keep: bool = True) -> None:
         """Replace what is held for ``rowid`` (``keep``: remember it even as None, to hide the
         committed copy), keeping the postings and the live count in step."""
+        # Every write passes here in every process (twice: loaded, then dropped once committed),
+        # so the loops stay plain: no empty dict made per token just to be thrown away.
+        postings = self.postings
         old = self.docs.pop(rowid, None)
         if old is not None:
             self.live_count -= 1
             for name, counts in old.terms.items():
                 for token in counts:
-                    rowids = self.postings.get((name, token))
+                    key = (name, token)
+                    rowids = postings.get(key)
                     if rowids is not None:
                         rowids.pop(rowid, None)
                         if not rowids:
-                            del self.postings[(name, token)]
+                            del postings[key]
         if not keep:
             return
         self.docs[rowid] = doc
@@ -156,7 +166,12 @@ class PendingIndex:
             self.live_count += 1
             for name, counts in doc.terms.items():
                 for token, tf in counts.items():
-                    self.postings.setdefault((name, token), {})[rowid] = tf
+                    key = (name, token)
+                    rowids = postings.get(key)
+                    if rowids is None:
+                        postings[key] = {rowid: tf}
+                    else:
+                        rowids[rowid] = tf
 
     def _load(self, feed: LexicalFeed, changed: dict[int, int]) -> None:
         rowids = [r for r in changed if r >= 0]
@@ -190,14 +205,18 @@ class PendingIndex:
         doc = PendingDoc(int(row[0]), meta)
         weighted: Counter[str] = Counter()
         for column, text in zip(COLUMNS, row[12:], strict=True):
-            tokens = self.analyze(text or "")
-            for token, n in Counter(tokens).items():
-                weighted[token] += n * self.repeats[column]
+            if not text:
+                continue
+            tokens = self.analyze(text)
+            for _ in range(self.repeats[column]):  # a column weighted n counts its tokens n times
+                weighted.update(tokens)
             if column == FILES:
                 doc.terms[FILES] = Counter(tokens)
                 doc.tokens[FILES] = tokens
         doc.terms[WEIGHTED] = weighted
         doc.lengths = {name: sum(counts.values()) for name, counts in doc.terms.items()}
+        if meta["kind"] in SIGNED_KINDS:
+            doc.terms[NEAR_DUP] = Counter(band_keys(row[12 + COLUMNS.index("body")] or ""))
         return doc
 
     @property
@@ -244,6 +263,13 @@ class PendingIndex:
             if total > 0 and doc is not None and passes(doc.meta, filters):
                 hits.append((total, doc))
         return hits
+
+    def sharing_keys(self, keys: Sequence[int], filters: Mapping[str, Any]) -> list[tuple[int, PendingDoc]]:
+        """(keys shared, record) of each live pending record holding one of the band ``keys``."""
+        shared: Counter[int] = Counter()
+        for key in set(keys):
+            shared.update(self.postings.get((NEAR_DUP, key), ()))
+        return [(n, doc) for rowid, n in shared.items() if (doc := self.docs.get(rowid)) and passes(doc.meta, filters)]
 
     def files_matching(self, phrases: Sequence[Sequence[str]], filters: Mapping[str, Any]) -> list[PendingDoc]:
         """Pending records whose files field holds one of the token phrases."""

@@ -179,6 +179,11 @@ class PgSearchIndex:
                 return found
         return PgFullText(self.conn).search_files(phrases, weights, limit, filters)
 
+    def near_duplicates(self, text: str, *, limit: int, filters: Mapping[str, Any]) -> list[Doc] | None:
+        if self._engine is None:
+            return None
+        return self._engine.near_duplicates(PgLexicalFeed(self.conn), text, limit, filters)
+
     # ---- listings
     def _rows(self, select: str, where: list[str], params: list[Any], tail: str, cols: tuple[str, ...]) -> list[Doc]:
         sql = f"SELECT {select} FROM search_docs d WHERE {' AND '.join(where) or 'true'} {tail}"

@@ -205,6 +205,11 @@ class SqliteSearchIndex:
                 return found
         return Fts5Lexical(self.conn).search_files(phrases, weights, limit, filters)
 
+    def near_duplicates(self, text: str, *, limit: int, filters: Mapping[str, Any]) -> list[Doc] | None:
+        if self._engine is None:
+            return None
+        return self._engine.near_duplicates(SqliteLexicalFeed(self.conn), text, limit, filters)
+
     # ---- listings
     def _rows(self, select: str, where: list[str], params: list[Any], tail: str, cols: tuple[str, ...]) -> list[Doc]:
         sql = f"SELECT {select} FROM search_docs d WHERE {' AND '.join(where) or '1'} {tail}"
