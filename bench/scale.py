@@ -130,10 +130,24 @@ def import_only(size: int, args: argparse.Namespace) -> dict:
     return {"observations": size, "memories": args.memories, "import": loaded, "data_mb": round(db_bytes / 1e6)}
 
 
-def server_env(embedder: str) -> dict[str, str]:
+def server_env(embedder: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the bulk import: this shell's without its AGENTMEMORY_* settings, then
+    the bench's own and ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
     env.update(AGENTMEMORY_AUTH="off", EMBEDDING_PROVIDER=embedder, AGENTMEMORY_LOG_LEVEL="warning")
-    return env
+    return {**env, **(extra or {})}
+
+
+def extra_settings(items: list[str]) -> dict[str, str]:
+    """``--server-env NAME=VALUE`` items: settings given to the server under test (and its
+    bulk import), to measure one setting's effect."""
+    found = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--server-env wants NAME=VALUE, got {item!r}")
+        found[name] = value
+    return found
 
 
 # -- one client ------------------------------------------------------------------------------------
@@ -388,7 +402,8 @@ def backlog(url: str) -> int | None:
 
 def run_size(size: int, args: argparse.Namespace) -> dict:
     print(f"\n== {size:,} observations + {args.memories:,} memories")
-    env = server_env(args.embedder)
+    extra = extra_settings(args.server_env)
+    env = server_env(args.embedder, extra)
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         source = Path(tmp) / "corpus.jsonl"
         started = time.perf_counter()
@@ -401,7 +416,8 @@ def run_size(size: int, args: argparse.Namespace) -> dict:
         print(f"  bulk import: {loaded['records']:,} records in {loaded['seconds']} s ({loaded['per_s']:,}/s)")
         spawned = time.perf_counter()
         proc, url = start_server(
-            data_dir, args.threads, {"EMBEDDING_PROVIDER": args.embedder, "AGENTMEMORY_WORKERS": str(args.workers)}
+            data_dir, args.threads,
+            {"EMBEDDING_PROVIDER": args.embedder, "AGENTMEMORY_WORKERS": str(args.workers), **extra},
         )
         up = time.perf_counter() - spawned
         try:
@@ -474,6 +490,8 @@ def main() -> None:
                     help="gunicorn worker processes (AGENTMEMORY_WORKERS; 0: the server's default, one per core)")
     ap.add_argument("--import-only", action="store_true", help="time only the bulk import of each size")
     ap.add_argument("--corpus", help="keep the corpus in this file and reuse it when it exists")
+    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for the server under test (repeatable), e.g. AGENTMEMORY_BACKGROUND=external")
     ap.add_argument("--only", default="", help="phases[:endpoint] to run, e.g. concurrent:remember,observe")
     args = ap.parse_args()
     Only(args.only)  # a typo fails before the corpus is written

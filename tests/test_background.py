@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,16 +41,34 @@ def _vector_hits(server, query: str) -> set[str]:
     return {r["obsId"] for r in body["results"]} if body["mode"] == "vector" else set()
 
 
-def test_the_server_spawns_a_low_priority_worker_and_restarts_it_after_sigkill(live_server):
+def _thread_niceness(pid: int) -> dict[int, int]:
+    """Thread id -> nice value of each thread of ``pid`` (Linux: nice is per thread)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        found[int(task.name)] = int(fields[16])  # field 19 of stat; fields[0] is field 3
+    return found
+
+
+def test_the_server_spawns_a_worker_whose_model_runs_at_low_priority_and_restarts_it_after_sigkill(live_server):
     server = live_server(env={"EMBEDDING_PROVIDER": "hash"})
     first = wait_for(lambda: _background(server)["supervisor"], timeout=20, interval=0.2)
     pid = first["pid"]
     assert first["alive"] and _alive(pid)
-    assert "agentmemory_server.adapters.cli" in Path(f"/proc/{pid}/cmdline").read_text()
-    assert wait_for(lambda: os.getpriority(os.PRIO_PROCESS, pid) == 19, timeout=20)  # the lowest CPU priority
+    # Until the child has exec'd, its command line is still its parent's.
+    assert wait_for(lambda: "agentmemory_server.adapters.cli" in Path(f"/proc/{pid}/cmdline").read_text(), timeout=20)
     ids = _observe(server, 6, "a")
     assert wait_for(lambda: _vector_hits(server, "rollout shard canary fleet") >= set(ids), timeout=60,
                     interval=0.3, message="the worker's vectors never reached the server")
+    # The model's thread (started by the first batch) yields the CPU to requests; the process
+    # itself, and the thread that writes the batch under the database's write lock, do not.
+    niceness = _thread_niceness(pid)
+    assert niceness[pid] == 0, niceness
+    assert 19 in niceness.values(), niceness
+    assert sum(n == 0 for n in niceness.values()) >= 2, niceness  # main thread + the backlog's writer
 
     os.kill(pid, signal.SIGKILL)
     more = _observe(server, 6, "b")  # queued while the worker is dead or restarting
@@ -218,3 +237,27 @@ def test_the_background_worker_finds_the_package_without_an_install(tmp_path):
                            env=supervisor.worker_env())
     assert found.returncode == 0, found.stderr
     assert Path(found.stdout.strip()).resolve() == Path(supervisor.agentmemory_server.__file__).resolve()
+
+
+def test_the_model_runs_on_a_low_priority_thread_and_the_batch_is_written_from_the_caller(make_runtime):
+    """A batch's transactions must not run at the lowest priority: a thread that holds the
+    database's write lock and waits for a core stalls every writer."""
+    rt = make_runtime(embedding_provider="hash")
+    registry_call = __import__("agentmemory_server.kernel.registry", fromlist=["call"])
+    for i in range(3):
+        registry_call.call(registry_call.Ctx(rt), "agent_observe", {"sessionId": "s", "content": f"note {i}"})
+    svc = vectors.service(rt)
+    model, seen = svc.embedder.embed, []
+
+    def embed_and_note_the_thread(texts, **kwargs):
+        tid = threading.get_native_id()
+        seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+        return model(texts, **kwargs)
+
+    svc.embedder.embed = embed_and_note_the_thread
+    caller = threading.get_native_id()
+    assert os.getpriority(os.PRIO_PROCESS, caller) == 0
+    assert svc.drain() == 3
+    assert seen and all(tid != caller and nice == 19 for tid, nice in seen), seen
+    assert os.getpriority(os.PRIO_PROCESS, caller) == 0  # the writer kept its priority
+    assert rt.db.reader().vectors.backlog_stats()["pending"] == 0 and len(svc.index) == 3

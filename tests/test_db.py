@@ -152,3 +152,126 @@ def test_bulk_load_checkpoints_less_often_and_restores_the_setting(tmp_path):
         assert db.reader().records.get("mem:memories", "m1") == {"id": "m1"}
     finally:
         db.close()
+
+
+# -- write(): group commit ---------------------------------------------------------------------
+
+def test_a_write_has_its_own_audit_row_after_commit_and_failure_and_joins_an_outer_transaction(rt):
+    ran_after: list[str] = []
+
+    def good(tx):
+        tx.records.set("mem:test", "good", {"v": 1}, now="t")
+        tx.after_commit(lambda: ran_after.append("good"))
+        return "stored"
+
+    def bad(tx):
+        tx.records.set("mem:test", "bad", {"v": 2}, now="t")
+        tx.after_commit(lambda: ran_after.append("bad"))
+        raise ValueError("refused")
+
+    assert rt.db.write("good_op", good, agent_id="agent-1") == "stored"
+    with pytest.raises(ValueError, match="refused"):
+        rt.db.write("bad_op", bad)
+    reader = rt.db.reader()
+    assert reader.records.get("mem:test", "good") == {"v": 1} and reader.records.get("mem:test", "bad") is None
+    assert ran_after == ["good"]  # a failed write's callbacks never run
+    entries, total = reader.audit.page(operation=None, limit=10, offset=0)
+    assert total == 1 and entries[0]["operation"] == "good_op" and entries[0]["targetIds"] == ["mem:test/good"]
+    with rt.db.transaction("outer") as tx:
+        assert rt.db.write("inner", lambda inner: inner is tx)  # joins: same unit, no audit of its own
+    assert rt.db.reader().audit.page(operation="inner", limit=10, offset=0)[1] == 0
+
+
+@pytest.mark.sqlite_only
+def test_writes_queued_behind_the_writer_commit_as_one_group_each_with_its_own_outcome(rt):
+    """Five threads write while the writer is busy: one of them commits all five in one
+    transaction. Each keeps its audit row, its caller's context, its callbacks (on its own
+    thread) and its own failure: the one that raises leaves nothing, the others are stored."""
+    import contextvars
+
+    caller_name: contextvars.ContextVar[str] = contextvars.ContextVar("caller_name", default="?")
+    ran_on: dict[int, int] = {}
+    seen_caller: dict[int, str] = {}
+    callbacks_on: dict[int, int] = {}
+    outcomes: dict[int, object] = {}
+
+    def writer(n: int) -> None:
+        caller_name.set(f"caller-{n}")
+        me = threading.get_ident()
+
+        def work(tx):
+            ran_on[n] = threading.get_ident()
+            seen_caller[n] = caller_name.get()
+            tx.records.set("mem:group", f"k{n}", {"n": n}, now="t")
+            tx.after_commit(lambda: callbacks_on.__setitem__(n, threading.get_ident()))
+            if n == 2:
+                raise ValueError(f"write {n} refused")
+            return n * 10
+
+        try:
+            outcomes[n] = (me, rt.db.write(f"op{n}", work))
+        except ValueError as exc:
+            outcomes[n] = (me, exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(5)]
+    with rt.db.transaction("hold"):  # the writer is busy: every write() queues
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while len(rt.db._queue._queued) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(rt.db._queue._queued) == 5
+    for t in threads:
+        t.join(timeout=10)
+    assert len(set(ran_on.values())) == 1  # one thread ran the whole group
+    assert seen_caller == {n: f"caller-{n}" for n in range(5)}
+    for n in range(5):
+        me, outcome = outcomes[n]
+        if n == 2:
+            assert isinstance(outcome, ValueError) and n not in callbacks_on
+        else:
+            assert outcome == n * 10 and callbacks_on[n] == me  # run on the caller's own thread
+    reader = rt.db.reader()
+    assert [n for n in range(5) if reader.records.get("mem:group", f"k{n}")] == [0, 1, 3, 4]
+    ops = {e["operation"] for e in reader.audit.page(operation=None, limit=20, offset=0)[0]}
+    assert ops == {"op0", "op1", "op3", "op4"}  # the held transaction changed nothing: no row
+
+
+@pytest.mark.sqlite_only
+def test_a_group_that_cannot_begin_fails_every_write_in_it(tmp_path):
+    """Writes refused before the transaction starts (here: the disk reserve) all hear why, and
+    none is half-stored."""
+    db = Database(tmp_path / "x.db", now=Clock().iso, background=False, reserve_bytes=2**62)
+    try:
+        errors = []
+        for n in range(3):
+            try:
+                db.write("op", lambda tx, n=n: tx.records.set("mem:x", f"k{n}", 1, now="t"))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(getattr(exc, "code", type(exc).__name__))
+        assert errors == ["disk_full"] * 3
+        assert db.reader().records.get("mem:x", "k0") is None
+    finally:
+        db.close()
+
+
+@pytest.mark.sqlite_only
+def test_a_background_worker_leaves_wal_checkpoints_to_a_thread(tmp_path):
+    """A worker's commits that checkpoint hold the write lock every request waits for."""
+    from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES
+    from agentmemory_server.kernel.settings import Settings
+    from agentmemory_server.wiring import build_runtime
+
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), embedding_provider="none", auth="off",
+                                 background_jobs=True, wal_checkpoint_seconds=1.0)
+    worker = build_runtime(settings, role="worker")
+    try:
+        assert worker.db.checkpointer is not None
+        assert worker.db._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == SAFETY_NET_PAGES
+    finally:
+        worker.close()
+    tool = build_runtime(settings, role="tool")
+    try:
+        assert tool.db.checkpointer is None  # a one-shot command checkpoints in its commits
+    finally:
+        tool.close()

@@ -1,10 +1,12 @@
 """``agentmemory worker``: the process where background work runs.
 
 It builds a runtime in the ``worker`` role (the backlog embedder, the LLM job workers and the
-periodic jobs run; no HTTP), lowers its own CPU priority to the minimum first (every thread it
-starts inherits it, onnxruntime's included), writes a heartbeat, and stops cleanly on SIGTERM or
-SIGINT: the batch in hand finishes or, if it is killed, its lease expires and another worker
-(or this one restarted) takes it over. Started by the server (``AGENTMEMORY_BACKGROUND=process``,
+periodic jobs run; no HTTP), writes a heartbeat, and stops cleanly on SIGTERM or SIGINT: the
+batch in hand finishes or, if it is killed, its lease expires and another worker (or this one
+restarted) takes it over. The process keeps normal priority: the threads that compute (the
+embedding model and its onnxruntime threads, LLM jobs, periodic jobs) lower their own, while
+the database writes that hold the write lock run at normal priority, so no request waits for a
+lock held by a thread that cannot get a core. Started by the server (``AGENTMEMORY_BACKGROUND=process``,
 ``--parent-pid`` makes it leave when that server goes away) or by hand (``external``).
 """
 
@@ -16,7 +18,6 @@ import signal
 import threading
 from typing import Any
 
-from agentmemory_server.kernel.background import lower_priority
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.wiring import build_runtime
 
@@ -25,7 +26,6 @@ log = logging.getLogger("agentmemory.worker")
 
 def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    lower_priority(19)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

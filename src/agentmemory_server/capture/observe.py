@@ -211,33 +211,44 @@ def store_observation(
     """Store one compressed observation: dedup by eventId, implicit session (a completed one
     reopens), per-session cap, images, index, audit and broadcast. Used by observe, the capture
     inbox's retries and importers."""
+    rt, now = ctx.rt, ctx.rt.clock.iso()
+
+    def store(tx: Any) -> Reply:
+        return _store(ctx, tx, obs, agent_given, prepared, now)
+
+    # Observe is the hottest write: the calls of concurrent clients commit together.
+    return rt.db.write("observe", store, agent_id=stamp_agent(ctx, agent_given))
+
+
+def _store(
+    ctx: Ctx, tx: Any, obs: dict[str, Any], agent_given: str | None, prepared: Prepared | None, now: str
+) -> Reply:
+    """``store_observation`` inside its write transaction."""
     rt, sid = ctx.rt, obs["sessionId"]
-    now = rt.clock.iso()
-    with rt.db.transaction("observe", agent_id=stamp_agent(ctx, agent_given)) as tx:
-        prior = tx.events.get(obs["eventId"])
-        if prior:
-            return _duplicate(ctx, obs, prior, now)
-        session = _session_for(ctx, tx, obs, agent_given, now)
-        obs["project"] = obs.get("project") or session.get("project")
-        if prepared is not None and prepared.images:
-            image_store(ctx).save(tx, prepared.images, now)
-        tx.records.set(obs_scope(sid), obs["id"], obs, now=now)
-        reopened = note_activity(ctx, session, now)
-        session["observationCount"] = session.get("observationCount", 0) + 1
-        if obs["hookType"] == "prompt_submit" and not session.get("firstPrompt"):
-            session["firstPrompt"] = truncate(" ".join(obs["title"].split()), 200)
-        tx.records.set(SESSIONS, sid, session, now=now)
-        tx.events.put(obs["eventId"], sid, obs["id"], now)
-        search.index_record(tx, "observation", obs)
-        _count(tx, obs, prepared, now)
-        for hook in rt.hooks.observe:
-            hook(ctx, tx, obs)
-        tx.audit_message = f"observe {obs['hookType']} -> {obs['id']} in session {sid}" + (
-            " (session reopened)" if reopened else ""
-        )
-        tx.after_commit(lambda: rt.publish("observation", obs))
-        if reopened:
-            tx.after_commit(lambda: rt.publish("session", session))
+    prior = tx.events.get(obs["eventId"])
+    if prior:
+        return _duplicate(ctx, obs, prior, now)
+    session = _session_for(ctx, tx, obs, agent_given, now)
+    obs["project"] = obs.get("project") or session.get("project")
+    if prepared is not None and prepared.images:
+        image_store(ctx).save(tx, prepared.images, now)
+    tx.records.set(obs_scope(sid), obs["id"], obs, now=now)
+    reopened = note_activity(ctx, session, now)
+    session["observationCount"] = session.get("observationCount", 0) + 1
+    if obs["hookType"] == "prompt_submit" and not session.get("firstPrompt"):
+        session["firstPrompt"] = truncate(" ".join(obs["title"].split()), 200)
+    tx.records.set(SESSIONS, sid, session, now=now)
+    tx.events.put(obs["eventId"], sid, obs["id"], now)
+    search.index_record(tx, "observation", obs)
+    _count(tx, obs, prepared, now)
+    for hook in rt.hooks.observe:
+        hook(ctx, tx, obs)
+    tx.audit_message = f"observe {obs['hookType']} -> {obs['id']} in session {sid}" + (
+        " (session reopened)" if reopened else ""
+    )
+    tx.after_commit(lambda: rt.publish("observation", obs))
+    if reopened:
+        tx.after_commit(lambda: rt.publish("session", session))
     return _stored(ctx, obs, reopened, now)
 
 

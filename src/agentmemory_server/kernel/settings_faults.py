@@ -36,7 +36,8 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_WAL_CHECKPOINT_SECONDS",),
         1.0,
         _non_negative_float,
-        "SQLite: a server moves committed pages from the WAL into the database file on a thread this often "
+        "SQLite: a server and its background worker move committed pages from the WAL into the database file "
+        "on a thread this often "
         "(0 = inside the commit that fills the WAL, SQLite's default, which puts the copy and its sync on a request).",
     ),
     Setting(

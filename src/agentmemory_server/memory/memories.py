@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from xml.sax.saxutils import escape
@@ -186,28 +187,53 @@ def memory_save(ctx: Ctx, args: dict) -> Reply:
     seen = reader.records.newest(MEMORIES, equal(isLatest=True), by="updatedAt", before=None, limit=1)
     since = (seen[0][1].get("updatedAt") or "") if seen else ""
     found = _supersede_target(reader, content, project, agents)
-    with rt.db.transaction("remember", agent_id=agent) as tx:
-        now = rt.clock.iso()
-        memory = {"id": memory.pop("id"), "createdAt": now, "updatedAt": now, **memory}
-        old = _confirm_target(tx, found, content, project, agents, since)
-        if old is not None:
-            memory.update(version=old.get("version", 1) + 1, parentId=old["id"], supersedes=[old["id"]])
-            memory["sessionIds"] = list(dict.fromkeys(old.get("sessionIds", []) + memory["sessionIds"]))
-            old.update(isLatest=False, updatedAt=now, supersededBy=memory["id"])
-            tx.records.set(MEMORIES, old["id"], old, now=now)
-            search.index_record(tx, "memory", old)
-        tx.records.set(MEMORIES, memory["id"], memory, now=now)
-        search.index_record(tx, "memory", memory)
-        for hook in ctx.rt.hooks.remember:
-            hook(ctx, tx, memory, old)
-        tx.audit_message = f"remember {memory['id']}" + (f" (supersedes {old['id']})" if old else "")
-        if old is not None:  # the superseded version changed too (isLatest, supersededBy)
-            tx.after_commit(lambda: rt.publish("memory", old))
-        tx.after_commit(lambda: rt.publish("memory", memory))
+
+    def store(tx: Any) -> dict[str, Any] | None:
+        return _store_memory(ctx, tx, memory, _Found(found, content, project, agents, since))
+
+    # Concurrent remembers commit together (each re-checks what the ones before it wrote).
+    old = rt.db.write("remember", store, agent_id=agent)
     reply: dict[str, Any] = {"success": True, "memory": memory, "superseded": old["id"] if old else None}
     if args["truncatedChars"]:
         reply["truncated"] = {"fields": ["content"], "chars": args["truncatedChars"]}
     return Reply(reply, 201)
+
+
+@dataclass
+class _Found:
+    """What remember's search found before the write, and what to check it against under the lock."""
+
+    target: Any
+    content: str
+    project: str | None
+    agents: Any
+    since: str
+
+
+def _store_memory(ctx: Ctx, tx: Any, memory: dict[str, Any], found: _Found) -> dict[str, Any] | None:
+    """remember inside its write transaction: stamps ``memory`` (id first), supersedes the
+    near-duplicate confirmed under the lock and stores both; returns the superseded version."""
+    rt = ctx.rt
+    now = rt.clock.iso()
+    stamped = {"id": memory.pop("id"), "createdAt": now, "updatedAt": now, **memory}
+    memory.clear()
+    memory.update(stamped)
+    old = _confirm_target(tx, found.target, found.content, found.project, found.agents, found.since)
+    if old is not None:
+        memory.update(version=old.get("version", 1) + 1, parentId=old["id"], supersedes=[old["id"]])
+        memory["sessionIds"] = list(dict.fromkeys(old.get("sessionIds", []) + memory["sessionIds"]))
+        old.update(isLatest=False, updatedAt=now, supersededBy=memory["id"])
+        tx.records.set(MEMORIES, old["id"], old, now=now)
+        search.index_record(tx, "memory", old)
+    tx.records.set(MEMORIES, memory["id"], memory, now=now)
+    search.index_record(tx, "memory", memory)
+    for hook in rt.hooks.remember:
+        hook(ctx, tx, memory, old)
+    tx.audit_message = f"remember {memory['id']}" + (f" (supersedes {old['id']})" if old else "")
+    if old is not None:  # the superseded version changed too (isLatest, supersededBy)
+        tx.after_commit(lambda: rt.publish("memory", old))
+    tx.after_commit(lambda: rt.publish("memory", memory))
+    return old
 
 
 @tool("agent_remember", REMEMBER)

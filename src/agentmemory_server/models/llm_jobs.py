@@ -23,6 +23,7 @@ from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import WorkerFailures
+from agentmemory_server.threads import lower_thread_priority
 
 log = logging.getLogger("agentmemory.llm")
 JOB_BATCH = 8
@@ -164,6 +165,7 @@ class JobRunner:
         self.count(jobsAbandoned=1)
 
     def _work(self) -> None:
+        lower_thread_priority()  # a job's own work (parsing, merging) yields to requests
         failures = WorkerFailures(log, "LLM job batch")
         while not self._stop.is_set():
             try:

@@ -48,8 +48,8 @@ def open_database(
     :param check_seconds: time budget of the integrity check run first (SQLite).
     :param fsync_every_commit: every commit durable against OS and disk failures too (SQLite;
         PostgreSQL's durability is the server's ``synchronous_commit``).
-    :param checkpoint_seconds: SQLite: with ``background``, a thread checkpoints the WAL this often
-        instead of the commits (0: the commits, SQLite's default).
+    :param checkpoint_seconds: SQLite: a thread checkpoints the WAL this often instead of the
+        commits (0: the commits, SQLite's default).
     :param queue_limits: bounds of the durable queues (see ``sqlite.Database``).
     :param lexical_engine: ``tantivy`` (an index on this node), or the database's own full text
         (``builtin``; ``fts5`` is its name on SQLite).

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from agentmemory_server.errors import AppError
 
@@ -45,6 +45,7 @@ from agentmemory_server.errors import AppError
 Doc = dict[str, Any]
 # Working memory is addressed by (project, agent, session).
 WMScope = tuple[str, str, str]
+T = TypeVar("T")
 
 Operator = Literal["=", "!=", "<", "<=", ">", ">=", "in"]
 
@@ -548,6 +549,12 @@ class Database(Protocol):
     def reader(self) -> UnitOfWork: ...
     def snapshot_reader(self) -> AbstractContextManager[UnitOfWork]: ...
     def transaction(self, operation: str, *, agent_id: str | None = None) -> AbstractContextManager[UnitOfWork]: ...
+    def write(self, operation: str, work: Callable[[UnitOfWork], T], *, agent_id: str | None = None) -> T:
+        """``work(tx)`` in a write transaction, as ``transaction``; the backend may commit the
+        calls several threads make at once together (each keeps its own audit row, after-commit
+        callbacks and failure). For hot, short writes (observe)."""
+        ...
+
     def file_sizes(self) -> dict[str, int]: ...
     def health(self) -> dict[str, Any]: ...
     def flush(self, *, commit: bool = True) -> None:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -55,6 +55,7 @@ from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.faults import FreeSpace
 
 log = logging.getLogger("agentmemory.postgres")
+T = TypeVar("T")
 
 # Advisory lock keys (one 64-bit namespace per database).
 WRITE_LOCK = 0x616D_0001
@@ -496,6 +497,12 @@ class PostgresDatabase:
             self.lexical.notify()
         for fn in store._after_commit:
             fn()
+
+    def write(self, operation: str, work: Callable[[PostgresUnitOfWork], T], *, agent_id: str | None = None) -> T:
+        """``work(tx)`` in its own write transaction (``transaction``; the interface lets SQLite
+        commit several threads' calls together)."""
+        with self.transaction(operation, agent_id=agent_id) as tx:
+            return work(tx)
 
     @contextmanager
     def _writer_turn(self) -> Iterator[None]:

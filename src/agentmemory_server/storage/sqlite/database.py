@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
@@ -36,6 +36,7 @@ from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.capture import SqliteCaptureInbox
 from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES, WalCheckpointer, final_checkpoint
 from agentmemory_server.storage.sqlite.faults import DamageMarker, FreeSpace, classify, damaged
+from agentmemory_server.storage.sqlite.group_commit import Queued, WriteQueue, run_group
 from agentmemory_server.storage.sqlite.images import SqliteImageIndex
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
 from agentmemory_server.storage.sqlite.lexical_feed import SqliteFeeds
@@ -50,6 +51,7 @@ from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 from agentmemory_server.storage.sqlite.write_gate import ProcessWriteGate
 
 log = logging.getLogger("agentmemory.storage")
+T = TypeVar("T")
 
 
 class SchemaTooNew(AppError):
@@ -151,8 +153,8 @@ class Database:
     :param check_seconds: time budget of the integrity check at open (0: no check).
     :param queue_limits: most entries of the durable queues (``embed_backlog``, ``llm_jobs``);
         beyond them new entries are shed (see ``bounds.QueueBounds``).
-    :param checkpoint_seconds: with ``background``, a thread checkpoints the WAL this often and
-        commits leave it alone (see ``checkpoint.py``); 0: the commits do, SQLite's default.
+    :param checkpoint_seconds: a thread checkpoints the WAL this often and commits leave it
+        alone (see ``checkpoint.py``); 0: the commits do, SQLite's default.
     :param fsync_every_commit: synchronous=FULL: a commit survives an OS crash or a failing
         filesystem, not only the process dying (NORMAL).
     :raise SchemaTooNew: the file was written by a newer version of this server.
@@ -188,6 +190,7 @@ class Database:
         self._now = now
         self._lock = threading.RLock()
         self._gate = ProcessWriteGate(self.path)  # orders the writers of other processes too
+        self._queue = WriteQueue()  # ``write`` calls waiting for a thread to commit them
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -220,7 +223,7 @@ class Database:
         with self._lock:
             ensure_indexes(self._writer, record_indexes)
         stale = self._engine_switched(lexical_engine)
-        if background and checkpoint_seconds > 0:  # a server: commits leave WAL checkpoints to a thread
+        if checkpoint_seconds > 0:  # a long-running process: commits leave WAL checkpoints to a thread
             self._writer.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_NET_PAGES}")
             self.checkpointer = WalCheckpointer(lambda: self._connect(readonly=False), interval=checkpoint_seconds)
             self.checkpointer.start()
@@ -437,32 +440,14 @@ class Database:
             yield outer
             return
         with self._lock, self._gate:
-            if self._closed:
-                raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
-            self._refuse_writes_if_unsafe()
-            conn = self._writer
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self.app_error(exc) or exc from exc
-            store = SqliteUnitOfWork(
-                conn,
-                writable=True,
-                engine=self.lexical,
-                record_indexes=self._record_indexes,
-                prefix_indexes=self._prefix_indexes,
-                vector_index=self.vector_index,
-                bounds=self.bounds,
-                blobs=self.blobs,
-            )
+            conn = self._begin()
+            store = self._write_unit()
             self._local.tx = store
             try:
                 yield store
                 if store.changed:
                     self._write_audit(store, operation, agent_id)
-                conn.execute("COMMIT")
-                self.last_write = time.monotonic()
-                self.space.read_only_seen = False
+                self._commit(conn)
             except BaseException as exc:
                 self._rollback(conn)
                 fault = self.app_error(exc) if isinstance(exc, sqlite3.Error) else None
@@ -475,6 +460,75 @@ class Database:
             self.lexical.notify()
         for fn in store._after_commit:
             fn()
+
+    def write(self, operation: str, work: Callable[[SqliteUnitOfWork], T], *, agent_id: str | None = None) -> T:
+        """``work(tx)`` in a write transaction, as ``transaction`` (audit row, after-commit
+        callbacks, nested calls join), which other threads of this process may share: their
+        calls queued meanwhile commit together (``group_commit.py``)."""
+        outer = getattr(self._local, "tx", None)
+        if outer is not None:
+            return work(outer)
+        queued: Queued[T] = self._queue.put(operation, work, agent_id)
+        with self._lock:
+            if not queued.finished:  # no thread took it into its group: lead one
+                self._commit_group(self._queue.take())
+        return queued.outcome()
+
+    def _commit_group(self, group: list[Queued[Any]]) -> None:
+        try:
+            with self._gate:
+                conn = self._begin()
+                try:
+                    run_group(conn, group, self._write_unit, self._write_audit, self._local, self._client_error)
+                    self._commit(conn)
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+        except BaseException as exc:
+            for queued in group:
+                queued.fail(self._client_error(exc))  # nothing of the group was committed
+            return
+        if self.lexical is not None and any(q.unit is not None and q.unit.lexical_changed for q in group):
+            self.lexical.notify()
+        for queued in group:
+            queued.committed()
+
+    def _client_error(self, exc: BaseException) -> BaseException:
+        """A storage failure as the AppError a client understands (disk full, damaged, ...)."""
+        fault = self.app_error(exc) if isinstance(exc, sqlite3.Error) else None
+        if fault is None:
+            return exc
+        fault.__cause__ = exc
+        return fault
+
+    def _begin(self) -> sqlite3.Connection:
+        """BEGIN IMMEDIATE on the writer (its caller holds the write locks)."""
+        if self._closed:
+            raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
+        self._refuse_writes_if_unsafe()
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self.app_error(exc) or exc from exc
+        return conn
+
+    def _write_unit(self) -> SqliteUnitOfWork:
+        return SqliteUnitOfWork(
+            self._writer,
+            writable=True,
+            engine=self.lexical,
+            record_indexes=self._record_indexes,
+            prefix_indexes=self._prefix_indexes,
+            vector_index=self.vector_index,
+            bounds=self.bounds,
+            blobs=self.blobs,
+        )
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+        self.last_write = time.monotonic()
+        self.space.read_only_seen = False
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
