@@ -12,6 +12,11 @@ conversation is loaded (a fresh database per value, so the index really holds th
   normalize(v_i + a * v_(i-1)) with v_(i-1) the previous record's own vector in its session
   (``VECTOR_SPAN`` records back, weights a, a^2, ...): no extra embedding, one pass over
   vectors that exist already.
+- ``CONTEXT_RANKING``: the context column searched on its own, as a separate BM25 ranking fused
+  at this weight (a query-time constant, so it is tuned with ``--grid``; only the FTS5 engine
+  weighs columns at query time, so run it with ``--engine fts5``). With
+  ``search_fields.context=0`` the main ranking ignores the context: context then counts only
+  through its own field and boost, not through extra term frequency in the record's document.
 - ``EMBED_CONTEXT_FIRST``: the text embedded is "context | record" instead of the product's
   "record | context" (the embedder reads the first 64 tokens, so the order decides how much
   of each it sees); ``EMBED_CONTEXT_CHARS`` caps the context part (the product's 200).
@@ -34,10 +39,22 @@ FORWARD_CHARS = 200
 VECTOR_BLEND = 0.0
 VECTOR_SPAN = 1
 EMBED_CONTEXT_FIRST = False
+CONTEXT_RANKING = 0.0
 EMBED_CONTEXT_CHARS = vectors.CONTEXT_EMBED_CHARS
 
 _index_record = search.index_record
 _embedding_text = vectors.embedding_text
+_lexical_rankings = search.lexical_rankings
+CONTEXT_ONLY = (0.0, 0.0, 0.0, 0.0, 1.0)  # title, body, concepts, files, context
+
+
+def lexical_rankings(store: Any, query: str, filters: dict[str, Any], depth: int) -> list[Any]:
+    rankings = _lexical_rankings(store, query, filters, depth)
+    if CONTEXT_RANKING > 0:
+        hits = store.index.lexical(search.query_terms(query), weights=CONTEXT_ONLY, limit=depth, filters=filters)
+        hits = [h for h in hits if h["score"] > 0]  # rows that matched outside the context only
+        rankings.append(search.Ranking(hits, CONTEXT_RANKING, 0.0))
+    return rankings
 
 
 def index_record(store: Any, kind: str, record: dict[str, Any]) -> int:
@@ -91,9 +108,9 @@ def blend_vectors(rt: Any, service: Any) -> int:
     if VECTOR_BLEND <= 0 or service.embedder is None:
         return 0
     model, dim = service.embedder.model_id, service.embedder.dim
-    with rt.db.reader() as store:
-        raw = {rowid: from_blob(blob, dim).astype(np.float32) for rowid, blob, *_ in store.vectors.load(model, dim)}
-        docs = store.index.by_rowid(list(raw), {})
+    store = rt.db.reader()
+    raw = {rowid: from_blob(blob, dim).astype(np.float32) for rowid, blob, *_ in store.vectors.load(model, dim)}
+    docs = store.index.by_rowid(list(raw), {})
     by_session: dict[str, list[dict]] = {}
     for doc in docs:
         if doc.get("session_id") and doc.get("kind") == "observation":
@@ -116,3 +133,4 @@ def blend_vectors(rt: Any, service: Any) -> int:
 def install() -> None:
     search.index_record = index_record  # type: ignore[assignment]
     vectors.embedding_text = embedding_text  # type: ignore[assignment]
+    search.lexical_rankings = lexical_rankings  # type: ignore[assignment]
