@@ -10,8 +10,8 @@ conversation is loaded (a fresh database per value, so the index really holds th
   statement that names a topic can be found through the reply that follows it.
 - ``VECTOR_BLEND``: after the backlog is embedded, each record's vector becomes
   normalize(v_i + a * v_(i-1)) with v_(i-1) the previous record's own vector in its session
-  (``VECTOR_SPAN`` records back, weights a, a^2, ...): no extra embedding, one pass over
-  vectors that exist already.
+  (``VECTOR_SPAN`` records back, weights a, a^2, ...), and with ``VECTOR_AFTER`` = b the records
+  after it as well (b, b^2, ...): no extra embedding, one pass over vectors that exist already.
 - ``CONTEXT_RANKING``: the context column searched on its own, as a separate BM25 ranking fused
   at this weight (a query-time constant, so it is tuned with ``--grid``; only the FTS5 engine
   weighs columns at query time, so run it with ``--engine fts5``). With
@@ -38,6 +38,7 @@ FORWARD_RECORDS = 0
 FORWARD_CHARS = 200
 VECTOR_BLEND = 0.0
 VECTOR_SPAN = 1
+VECTOR_AFTER = 0.0
 EMBED_CONTEXT_FIRST = False
 CONTEXT_RANKING = 0.0
 EMBED_CONTEXT_CHARS = vectors.CONTEXT_EMBED_CHARS
@@ -105,7 +106,7 @@ def embedding_text(title: str, body: str, concepts: str = "", context: str = "")
 def blend_vectors(rt: Any, service: Any) -> int:
     """Each observation's vector mixed with its session predecessors' (``VECTOR_BLEND``);
     returns how many vectors were rewritten."""
-    if VECTOR_BLEND <= 0 or service.embedder is None:
+    if (VECTOR_BLEND <= 0 and VECTOR_AFTER <= 0) or service.embedder is None:
         return 0
     model, dim = service.embedder.model_id, service.embedder.dim
     store = rt.db.reader()
@@ -121,9 +122,11 @@ def blend_vectors(rt: Any, service: Any) -> int:
             rows.sort(key=lambda d: (d["ts"], d["rowid"]))
             for i, doc in enumerate(rows):
                 mixed = raw[doc["rowid"]].copy()
-                for back in range(1, VECTOR_SPAN + 1):
-                    if i - back >= 0:
-                        mixed += (VECTOR_BLEND**back) * raw[rows[i - back]["rowid"]]
+                for step in range(1, VECTOR_SPAN + 1):
+                    if i - step >= 0:
+                        mixed += (VECTOR_BLEND**step) * raw[rows[i - step]["rowid"]]
+                    if VECTOR_AFTER > 0 and i + step < len(rows):
+                        mixed += (VECTOR_AFTER**step) * raw[rows[i + step]["rowid"]]
                 mixed /= max(float(np.linalg.norm(mixed)), 1e-12)
                 changed += tx.vectors.put(doc["rowid"], model, to_blob(mixed), dim, stamp)
     service.catch_up()
