@@ -41,6 +41,7 @@ from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
 from agentmemory_server.retrieval.local_models import LocalEmbedder  # noqa: E402
 from agentmemory_server.retrieval.vectors import embedding_text  # noqa: E402
+from agentmemory_server.retrieval import vectors  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 
 CORES = os.cpu_count() or 1
@@ -175,7 +176,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per option and corpus (median)")
     parser.add_argument("--queries", type=int, default=0,
                         help="also embed this many LoCoMo questions one at a time (query latency, 1 thread)")
+    parser.add_argument("--context-chars", type=int,
+                        help="embed this many characters of a record's session context (the product's "
+                             "vectors.CONTEXT_EMBED_CHARS; 0: the record alone)")
     opts = parser.parse_args()
+    if opts.context_chars is not None:
+        vectors.CONTEXT_EMBED_CHARS = opts.context_chars
     names = list(OPTIONS)
     chosen = names if opts.options == "all" else [names[int(n) - 1] for n in opts.options.split(",")]
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, {CORES} cores, "

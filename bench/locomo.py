@@ -47,12 +47,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from agentmemory_server.kernel import registry  # noqa: E402
-from agentmemory_server.retrieval import rerank, vectors  # noqa: E402
+from agentmemory_server.kernel import search_fields  # noqa: E402
+from agentmemory_server.retrieval import rerank, search, vectors  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.kernel.settings import SETTINGS, Settings  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+import contextual  # noqa: E402
 from embed_cache import CachedCrossEncoder, CachedEmbedder, default_dir  # noqa: E402
 from locomo_eval import HEADLINE, Rows, best_in_sample, cross_validate, paired  # noqa: E402
 from locomo_eval import summary as summary_of  # noqa: E402
@@ -203,7 +205,14 @@ def _target(name: str) -> tuple[Any, str]:
     module_name, _, attr = name.rpartition(".")
     if module_name == "settings":
         return CURRENT_RT.settings._values, attr
+    if module_name == "search_fields":  # a BM25 field weight (index-time on Tantivy)
+        return search_fields.TEXT_WEIGHTS, attr
+    if module_name in BENCH_MODULES:
+        return BENCH_MODULES[module_name], attr
     return importlib.import_module(f"agentmemory_server.retrieval.{module_name}"), attr
+
+
+BENCH_MODULES = {"contextual": contextual}  # bench-side variants the grids may set
 
 
 def assign(values: dict[str, Any]) -> dict[str, Any]:
@@ -222,6 +231,7 @@ def assign(values: dict[str, Any]) -> dict[str, Any]:
             raise SystemExit(f"no parameter {name} in the product")
         old[name] = getattr(target, attr)
         setattr(target, attr, value)
+    search.BM25_WEIGHTS = tuple(search_fields.TEXT_WEIGHTS.values())  # the query-time copy of the weights
     return old
 
 
@@ -294,8 +304,10 @@ def runtime_for(tmp: str, provider: str, engine: str, cache: Path | None, databa
 
 
 def run(data_path: Path, modes: list[str], provider: str, limit: int | None, engine: str = "tantivy",
-        grid: dict[str, list[Any]] | None = None, cache: Path | None = None) -> dict[str, Any]:
+        grid: dict[str, list[Any]] | None = None, cache: Path | None = None,
+        index_grid: dict[str, list[Any]] | None = None) -> dict[str, Any]:
     global CURRENT_RT
+    index_configs = configurations(index_grid or {})
     samples = json.loads(data_path.read_text())[:limit]
     if any(name.startswith("settings.") for name in grid or {}):
         with tempfile.TemporaryDirectory() as tmp:  # the settings' current values, from a throwaway runtime
@@ -305,49 +317,22 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None, eng
             CURRENT_RT.close()
     else:
         configs = configurations(grid or {})
-    rows: dict[str, dict[str, Rows]] = {m: {label(c): [] for c in configs} for m in modes}
+    labels = [label({**i, **c}) for i in index_configs for c in configs]
+    rows: dict[str, dict[str, Rows]] = {m: {name: [] for name in labels} for m in modes}
     latencies: dict[str, list[float]] = {m: [] for m in modes}
     modes_seen: dict[str, set[str]] = {m: set() for m in modes}
     timing = {"ingest_s": 0.0, "embed_s": 0.0, "turns": 0}
     for sample in samples:
-        with tempfile.TemporaryDirectory() as tmp:
-            url = SCRATCH.create()
-            rt = CURRENT_RT = runtime_for(tmp, provider, engine, cache, url)
+        for i, index_config in enumerate(index_configs):
+            old_index = assign(index_config)  # index-time constants: in force while loading and asking
             try:
-                ctx = Ctx(rt, source="bench")
-                t0 = time.perf_counter()
-                mapping = ingest(ctx, sample)
-                rt.db.flush()  # searches read the committed lexical index, as on a running server
-                t1 = time.perf_counter()
-                vectors.service(rt).drain()
-                t2 = time.perf_counter()
-                timing["ingest_s"] += t1 - t0
-                timing["embed_s"] += t2 - t1
-                timing["turns"] += len(mapping)
-                known = set(mapping.values())
-                for number, qa in enumerate(sample["qa"]):
-                    evidence = repair_evidence(qa.get("evidence") or [], known)
-                    if not evidence:
-                        continue
-                    for c, config in enumerate(configs):
-                        old = assign(config)
-                        try:
-                            for mode in modes:
-                                q0 = time.perf_counter()
-                                hits, used = ask(ctx, sample["sample_id"], qa["question"], mode)
-                                if c == 0:
-                                    latencies[mode].append((time.perf_counter() - q0) * 1000)
-                                modes_seen[mode].add(used)
-                                ranked = list(dict.fromkeys(mapping[h["obsId"]] for h in hits if h["obsId"] in mapping))
-                                rows[mode][label(config)].append({"conv": sample["sample_id"], "q": number,
-                                                                  "cat": qa["category"], "m": score(ranked, evidence)})
-                        finally:
-                            assign(old)
+                mapping = load_and_ask(sample, provider, engine, cache, configs, index_config, rows,
+                                       latencies if i == 0 else None, modes_seen, timing)
             finally:
-                rt.close()
-                SCRATCH.drop(url)
+                assign(old_index)
         print(f"{sample['sample_id']}: {len(mapping)} turns", flush=True)
     turns = max(timing["turns"], 1)
+    configs = [{**i, **c} for i in index_configs for c in configs]
     print(f"\ningest: {timing['turns']} turns in {timing['ingest_s']:.1f} s "
           f"({timing['ingest_s'] / turns * 1000:.2f} ms/turn); embedding ({provider}): {timing['embed_s']:.1f} s "
           f"({timing['turns'] / max(timing['embed_s'], 1e-9):.0f} turns/s; disk cache: "
@@ -383,6 +368,54 @@ def run(data_path: Path, modes: list[str], provider: str, limit: int | None, eng
         print(f"query latency ({mode}, in-process smart-search): p50 {summary[mode]['latency_ms']['p50']} ms, "
               f"p95 {summary[mode]['latency_ms']['p95']} ms; modes reported: {sorted(modes_seen[mode])}")
     return {"timing": {k: round(v, 2) for k, v in timing.items()}, "modes": summary}
+
+
+def load_and_ask(sample: dict[str, Any], provider: str, engine: str, cache: Path | None,
+                 configs: list[dict[str, Any]], index_config: dict[str, Any], rows: dict[str, dict[str, Rows]],
+                 latencies: dict[str, list[float]] | None, modes_seen: dict[str, set[str]],
+                 timing: dict[str, float]) -> dict[str, str]:
+    """One conversation into a fresh database, then every question under every query-time config."""
+    global CURRENT_RT
+    modes = list(rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = SCRATCH.create()
+        rt = CURRENT_RT = runtime_for(tmp, provider, engine, cache, url)
+        try:
+            ctx = Ctx(rt, source="bench")
+            t0 = time.perf_counter()
+            mapping = ingest(ctx, sample)
+            rt.db.flush()  # searches read the committed lexical index, as on a running server
+            t1 = time.perf_counter()
+            vectors.service(rt).drain()
+            contextual.blend_vectors(rt, vectors.service(rt))
+            t2 = time.perf_counter()
+            timing["ingest_s"] += t1 - t0
+            timing["embed_s"] += t2 - t1
+            timing["turns"] += len(mapping)
+            known = set(mapping.values())
+            for number, qa in enumerate(sample["qa"]):
+                evidence = repair_evidence(qa.get("evidence") or [], known)
+                if not evidence:
+                    continue
+                for c, config in enumerate(configs):
+                    old = assign(config)
+                    try:
+                        for mode in modes:
+                            q0 = time.perf_counter()
+                            hits, used = ask(ctx, sample["sample_id"], qa["question"], mode)
+                            if c == 0 and latencies is not None:
+                                latencies[mode].append((time.perf_counter() - q0) * 1000)
+                            modes_seen[mode].add(used)
+                            ranked = list(dict.fromkeys(mapping[h["obsId"]] for h in hits if h["obsId"] in mapping))
+                            rows[mode][label({**index_config, **config})].append(
+                                {"conv": sample["sample_id"], "q": number, "cat": qa["category"],
+                                 "m": score(ranked, evidence)})
+                    finally:
+                        assign(old)
+        finally:
+            rt.close()
+            SCRATCH.drop(url)
+    return mapping
 
 
 TUNE_METRICS = ("R@10", "NDCG@10")
@@ -449,6 +482,9 @@ def main() -> None:
                         help="run with a product constant changed, e.g. search.VECTOR_WEIGHT=0.7 (repeatable)")
     parser.add_argument("--grid", action="append", default=[], metavar="module.NAME=V1,V2",
                         help="tune a query-time constant over these values, leave one conversation out (repeatable)")
+    parser.add_argument("--index-grid", action="append", default=[], metavar="module.NAME=V1,V2",
+                        help="tune an index-time constant (search_fields.context, search.CONTEXT_RECORDS, "
+                             "contextual.VECTOR_BLEND ...): every conversation is loaded again per value")
     parser.add_argument("--out", help="write per-question results here (JSON), for --compare later")
     parser.add_argument("--compare", help="an earlier --out file: print paired differences with 95%% intervals")
     parser.add_argument("--no-cache", action="store_true", help="embed everything again (no disk cache)")
@@ -465,9 +501,11 @@ def main() -> None:
     fixed = {k: v[0] for k, v in parse_params(opts.set).items()}
     assign(fixed)
     cache = None if opts.no_cache else default_dir()
+    contextual.install()
     summary = run(Path(opts.data), opts.modes.split(","), opts.provider, opts.limit, opts.engine,
-                  parse_params(opts.grid), cache)
+                  parse_params(opts.grid), cache, parse_params(opts.index_grid))
     stamp = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "set": opts.set, "grid": opts.grid,
+             "index_grid": opts.index_grid,
              "engine": opts.engine, "provider": opts.provider,
              "embedder": opts.embedder, "rerank": opts.rerank, "settings": opts.setting,
              "backend": "postgresql" if opts.database_url else "sqlite"}
