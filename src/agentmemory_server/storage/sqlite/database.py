@@ -405,15 +405,7 @@ class Database:
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        return SqliteUnitOfWork(
-            conn,
-            writable=False,
-            engine=self.lexical,
-            record_indexes=self._record_indexes,
-            prefix_indexes=self._prefix_indexes,
-            vector_index=self.vector_index,
-            blobs=self.blobs,
-        )
+        return self._unit(conn, writable=False)
 
     @contextmanager
     def snapshot_reader(self) -> Iterator[SqliteUnitOfWork]:
@@ -514,14 +506,17 @@ class Database:
         return conn
 
     def _write_unit(self) -> SqliteUnitOfWork:
+        return self._unit(self._writer, writable=True)
+
+    def _unit(self, conn: sqlite3.Connection, *, writable: bool) -> SqliteUnitOfWork:
         return SqliteUnitOfWork(
-            self._writer,
-            writable=True,
+            conn,
+            writable=writable,
             engine=self.lexical,
             record_indexes=self._record_indexes,
             prefix_indexes=self._prefix_indexes,
             vector_index=self.vector_index,
-            bounds=self.bounds,
+            bounds=self.bounds if writable else None,
             blobs=self.blobs,
         )
 
