@@ -30,6 +30,7 @@ from agentmemory_server.storage import interfaces
 from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
+from agentmemory_server.storage.sqlite import lexical_fts5
 from agentmemory_server.storage.sqlite.admin import SqliteAdmin
 from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
@@ -249,6 +250,7 @@ class Database:
                 )
                 if engine != "tantivy":  # nobody prunes the outbox now
                     self._writer.execute("DELETE FROM lexical_outbox")
+            lexical_fts5.tune_merging(self._writer, answering=engine != "tantivy")
         return row is not None and row[0] != engine
 
     # ---- connections
