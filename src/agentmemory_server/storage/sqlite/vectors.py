@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks
+from agentmemory_server.storage.vector_sql import missing_vectors_sql
 
 BACKLOG = "embed_backlog"
 QUEUE = (
@@ -129,7 +130,13 @@ class SqliteVectorStore:
         return {"pending": row[0], "failing": row[1], "maxAttempts": row[2] or 0, "lastError": row[3]}
 
     def backlog_requeue_missing(
-        self, model: str, now: str, *, everything: bool = False, limit: int | None = None
+        self,
+        model: str,
+        now: str,
+        *,
+        everything: bool = False,
+        limit: int | None = None,
+        tokens_model: str | None = None,
     ) -> int:
         """Queue search rows without a vector of ``model`` (or every row: a deliberate re-embed,
         not held to the backlog's bound), at most ``limit`` (and, for missing rows, as many as the
@@ -138,12 +145,9 @@ class SqliteVectorStore:
         room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
         limit = room if limit is None else limit if room is None else min(limit, room)
         # "WHERE 1": SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT.
-        where = (
-            "WHERE 1"
-            if everything
-            else ("WHERE NOT EXISTS (SELECT 1 FROM search_vectors v WHERE v.doc_rowid = d.id AND v.model = ?)")
-        )
-        params: tuple[Any, ...] = (now,) if everything else (now, model)
+        missing, missing_params = missing_vectors_sql(model, tokens_model, "?")
+        where = "WHERE 1" if everything else f"WHERE {missing}"
+        params: tuple[Any, ...] = (now,) if everything else (now, *missing_params)
         queued = self.conn.execute(
             "INSERT INTO embed_backlog (doc_rowid, queued_at) SELECT d.id, ? FROM search_docs d "
             f"{where} ORDER BY d.id LIMIT ? ON CONFLICT (doc_rowid) DO UPDATE SET attempts = 0, next_try = 0, "
@@ -166,6 +170,29 @@ class SqliteVectorStore:
             > 0
         )
 
+    def put_tokens(self, rowid: int, model: str, tokens: bytes) -> bool:
+        """Store a record's token vectors if its search row still exists; False when it is gone."""
+        return (
+            self.conn.execute(
+                "INSERT INTO search_tokens (doc_rowid, model, tokens) "
+                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM search_docs WHERE id = ?) "
+                "ON CONFLICT (doc_rowid) DO UPDATE SET model = excluded.model, tokens = excluded.tokens",
+                (rowid, model, tokens, rowid),
+            ).rowcount
+            > 0
+        )
+
+    def tokens(self, rowids: Sequence[int], model: str) -> dict[int, bytes]:
+        """The token vectors of ``model`` stored for these rows (rows without any are left out)."""
+        if not rowids:
+            return {}
+        rows = self.conn.execute(
+            f"SELECT doc_rowid, tokens FROM search_tokens WHERE doc_rowid IN ({', '.join(['?'] * len(rowids))}) "
+            "AND model = ?",
+            (*rowids, model),
+        )
+        return {int(rowid): bytes(blob) for rowid, blob in rows}
+
     def load(self, model: str, dim: int) -> Iterator[tuple[int, bytes, str, str | None, str | None, str | None]]:
         """(rowid, vector bytes, kind, project, agent_id, session_id) of every vector of ``model``."""
         return self.conn.execute(
@@ -181,11 +208,12 @@ class SqliteVectorStore:
             self.conn.execute("SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim").fetchall()
         )
 
-    def missing(self, model: str) -> int:
-        """Search rows with no vector of ``model`` and no backlog entry (lost work)."""
+    def missing(self, model: str, tokens_model: str | None = None) -> int:
+        """Search rows with no vector of ``model`` (or no token vectors of ``tokens_model``) and no
+        backlog entry (lost work)."""
+        missing, params = missing_vectors_sql(model, tokens_model, "?")
         return self.conn.execute(
-            "SELECT count(*) FROM search_docs d WHERE NOT EXISTS (SELECT 1 FROM search_vectors v "
-            "WHERE v.doc_rowid = d.id AND v.model = ?) AND NOT EXISTS "
+            f"SELECT count(*) FROM search_docs d WHERE ({missing}) AND NOT EXISTS "
             "(SELECT 1 FROM embed_backlog b WHERE b.doc_rowid = d.id)",
-            (model,),
+            params,
         ).fetchone()[0]
