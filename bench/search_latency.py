@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.retrieval import rerank  # noqa: E402
+from agentmemory_server.retrieval import late_interaction  # noqa: E402
 from agentmemory_server.retrieval.embeddings import LOCAL_DIM, LOCAL_MODEL_ID, to_blob  # noqa: E402
 from ingest import free_port  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
@@ -91,6 +92,10 @@ def seed(data_dir: str, size: int) -> dict[str, float]:
         with rt.db.transaction("bench_seed_vectors") as tx:
             for row, vector in zip(rows, matrix):
                 tx.vectors.put(row["rowid"], LOCAL_MODEL_ID, to_blob(vector), LOCAL_DIM, now)
+                # late interaction's token vectors, 24-64 of them as these records' texts give
+                tokens = vectors_rng.standard_normal((int(vectors_rng.integers(24, 65)), late_interaction.DIMS))
+                tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
+                tx.vectors.put_tokens(row["rowid"], late_interaction.MODEL_ID, late_interaction.pack(tokens))
             tx.vectors.backlog_done([r["rowid"] for r in rows], "9999")
     rt.db.checkpoint()
     rt.close()
@@ -110,9 +115,10 @@ def query_args(rng: random.Random, rerank: bool = False) -> dict[str, Any]:
     return args
 
 
-def in_process(data_dir: str, queries: int, rerank: bool = False) -> dict[str, Any]:
+def in_process(data_dir: str, queries: int, rerank: bool = False, late: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rt = build_runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="local"))
+    rt = build_runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="local",
+                                         search_late_interaction=late))
     startup = time.perf_counter() - t0
     ctx, rng, lat, modes = Ctx(rt, source="bench"), random.Random(3), [], set()
     cold, cpu = [], []
@@ -207,6 +213,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--rerank", action="store_true", help="also measure smart-search with rerank: true")
+    parser.add_argument("--late-cost", action="store_true",
+                        help="also measure in-process smart-search with late interaction off (what it costs)")
     parser.add_argument("--second-round-cost", action="store_true",
                         help="with --rerank: also rerank in-process without the second round (what it costs)")
     opts = parser.parse_args()
@@ -217,6 +225,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             seeded = seed(tmp, size)
             local = in_process(tmp, opts.queries)
+            without_late = in_process(tmp, opts.queries, late=False) if opts.late_cost else None
             remote = over_http(tmp, opts.queries)
             if opts.rerank:
                 reranked = {"in_process": in_process(tmp, opts.queries, True),
@@ -229,12 +238,19 @@ def main() -> None:
         report[str(size)] = {"seed": seeded, "db_mb": db_mb, "in_process": local, "http": remote}
         if opts.rerank:
             report[str(size)]["rerank"] = reranked
+        if without_late is not None:
+            report[str(size)]["in_process_without_late"] = without_late
         print(f"\n{size} observations (db {db_mb} MB; seeded in {seeded['observe_s']} s + vectors {seeded['vectors_s']} s)")
         print(f"  in-process: start-up {local['startup_s']} s ({local['vectors']} vectors loaded); smart-search "
               f"p50 {local['p50']} / p95 {local['p95']} / p99 {local['p99']} ms (query cache warm; CPU of the "
               f"query's thread p50 {local['cpu_ms']['p50']} / p95 {local['cpu_ms']['p95']} ms); modes "
               f"{local['modes']}; first sight of a query (embedding it): p50 {local['cold_query']['p50']} / "
               f"p95 {local['cold_query']['p95']} ms")
+        if without_late is not None:
+            w = without_late
+            print(f"  in-process, late interaction off: p50 {w['p50']} / p95 {w['p95']} ms (CPU p50 "
+                  f"{w['cpu_ms']['p50']} / p95 {w['cpu_ms']['p95']} ms); first sight p50 {w['cold_query']['p50']} "
+                  f"/ p95 {w['cold_query']['p95']} ms")
         print(f"  HTTP:       start-up {remote['startup_s']} s; RSS {remote['rss_mb']} MB (PSS "
               f"{remote['pss_mb']} MB, after embedding a batch of 64 new records); smart-search "
               f"p50 {remote['p50']} / p95 {remote['p95']} / p99 {remote['p99']} ms")

@@ -136,3 +136,26 @@ def test_a_damaged_model_turns_late_interaction_off_and_embedding_goes_on(make_r
     section = rt.health_sections()["vectors"]["lateInteraction"]
     assert section["model"] is None and "sha256" in section["error"]
     assert smart(rt, "billing", project="p")["results"]  # search answers, in hybrid's order
+
+
+def test_a_long_backlog_gets_dense_vectors_first_and_token_vectors_after(make_runtime, monkeypatch):
+    monkeypatch.setattr(vectors, "LATE_DEFER_BACKLOG", 4)
+    rt = make_runtime(embedding_provider="hash", embed_batch_size=3)
+    for i, text in enumerate(RECORDS):
+        note(rt, f"s{i}", text)
+    svc = vectors.service(rt)
+    # ten records queued: the batches taken while four or more wait get dense vectors only, and
+    # those records are queued again (and counted again) once the backlog has drained
+    assert svc.drain() > len(RECORDS)
+    store = rt.db.reader()
+    model = svc.model
+    assert store.vectors.missing(model) == 0 and store.vectors.missing(model, late_interaction.MODEL_ID) == 0
+    rowids = [d["rowid"] for d in store.index.lookup([h["doc_id"] for h in _ranked(rt, "billing", 20)], {})]
+    assert len(store.vectors.tokens(rowids, late_interaction.MODEL_ID)) == len(RECORDS)
+    note(rt, "late", "one more record after the burst")
+    for i in range(len(RECORDS)):
+        note(rt, "burst", f"burst record number {i} of the import")
+    assert svc.drain_once() == 3 and svc.tokens_deferred  # 11 waiting: dense only
+    assert store.vectors.missing(model, late_interaction.MODEL_ID) > 0
+    svc.drain()
+    assert not svc.tokens_deferred and store.vectors.missing(model, late_interaction.MODEL_ID) == 0

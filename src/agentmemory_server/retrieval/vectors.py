@@ -59,6 +59,11 @@ REST_FACTOR = 1.0
 LEASE_SECONDS = 600.0  # a claimed batch is hidden this long from other workers
 FOLLOW_SECONDS = 0.25  # how often a request process looks for vectors written elsewhere
 SAVE_AFTER_SECONDS, SAVE_AFTER_CHANGES, SAVE_AT_MOST_EVERY = 60.0, 1000, 600.0
+# Token vectors for late interaction cost about as much CPU again as the dense vector. While at
+# least this many records wait, batches get their dense vector only (the backlog drains at the
+# dense model's rate: new records become searchable by meaning as fast as before), and the
+# records left without token vectors are queued again once the backlog is empty.
+LATE_DEFER_BACKLOG = 500
 
 
 def _malloc_trim() -> Any:
@@ -114,6 +119,7 @@ class VectorService:
             rt.db.close_queue("embed_backlog")
         self.embedded = 0
         self.failed_batches = 0
+        self.tokens_deferred = False  # a batch went without token vectors: reconcile once drained
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._wake = threading.Event()
@@ -224,9 +230,10 @@ class VectorService:
             started = time.monotonic()
             try:
                 done = self.drain_once(limit)
-                if done == 0 and (self._shed_since(shed_seen) or more_missing):
+                if done == 0 and (self._shed_since(shed_seen) or more_missing or self.tokens_deferred):
                     # Rows the bounded backlog could not take (shed by any process, or beyond its
                     # room at the last reconcile) are queued once it has drained.
+                    self.tokens_deferred = False
                     done = self.reconcile()
                     more_missing = done > 0
             except Exception as exc:  # noqa: BLE001
@@ -290,12 +297,14 @@ class VectorService:
         now = time.time()
         with self.rt.db.transaction("embed_claim") as tx:
             rows = tx.vectors.backlog_claim(limit or self.rt.settings.embed_batch_size, now, now + LEASE_SECONDS)
+            with_tokens = self.late is not None and not tx.vectors.backlog_at_least(LATE_DEFER_BACKLOG)
         if not rows:
             return 0
+        self.tokens_deferred |= self.late is not None and not with_tokens
         rowids = [r["rowid"] for r in rows]
         texts = [embedding_text(r["title"], r["body"], r["concepts"], r["context"]) for r in rows]
         # Token vectors read the record alone: with its session context too, LoCoMo R@10 fell a point.
-        own = [embedding_text(r["title"], r["body"], r["concepts"]) for r in rows] if self.late else []
+        own = [embedding_text(r["title"], r["body"], r["concepts"]) for r in rows] if with_tokens else []
         try:
             vectors, tokens = self._embed_documents(texts, own)
         except Exception as exc:  # noqa: BLE001 - provider errors become a retry with backoff
@@ -346,6 +355,10 @@ class VectorService:
         total, batches = 0, 0
         while max_batches is None or batches < max_batches:
             done = self.drain_once()
+            if done == 0 and self.tokens_deferred:  # then the records left without token vectors
+                self.tokens_deferred = False
+                self.reconcile()
+                continue
             if done == 0:
                 break
             total, batches = total + done, batches + 1

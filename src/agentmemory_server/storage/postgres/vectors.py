@@ -152,6 +152,12 @@ class PgVectorStore:
         ).fetchone()
         return {"pending": int(row[0]), "failing": int(row[1]), "maxAttempts": row[2] or 0, "lastError": row[3]}
 
+    def backlog_at_least(self, count: int) -> bool:
+        """Do ``count`` or more records wait (reads at most that many index entries)?"""
+        return self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM embed_backlog LIMIT 1 OFFSET %s)", (max(0, count - 1),)
+        ).fetchone()[0] in (1, True)
+
     def backlog_requeue_missing(
         self,
         model: str,

@@ -129,6 +129,12 @@ class SqliteVectorStore:
         ).fetchone()
         return {"pending": row[0], "failing": row[1], "maxAttempts": row[2] or 0, "lastError": row[3]}
 
+    def backlog_at_least(self, count: int) -> bool:
+        """Do ``count`` or more records wait (reads at most that many index entries)?"""
+        return self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM embed_backlog LIMIT 1 OFFSET ?)", (max(0, count - 1),)
+        ).fetchone()[0] in (1, True)
+
     def backlog_requeue_missing(
         self,
         model: str,
