@@ -1,5 +1,6 @@
-"""What a late-interaction (ColBERT-style) ranker over every record would add to the reranked
-path, and what it would cost. A measurement, not a product feature: nothing here is shipped.
+"""What a late-interaction (ColBERT-style) ranker adds to the reranked path and to the default
+path, and what it would cost. A measurement: the product's own late interaction is
+``retrieval/late_interaction.py``.
 
     python bench/late_interaction.py [bench/locomo.py options] --grid rerank.LATE_INTERACTION_K=0,5,10,20
     python bench/late_interaction.py --cost [--records 10000] [--tokens 64]
@@ -25,6 +26,15 @@ the reranked path's first stage is asked for ``LATE_PRERANK_DEPTH`` candidates (
 included), and the ``rerank.RERANK_DEPTH`` the cross-encoder reads are the best of them by
 (1 - weight) x first-stage score + weight x MaxSim (each min-max normalised), instead of the first
 ``RERANK_DEPTH``; their first-stage scores are kept for the final blend.
+
+Default path (``--grid rerank.LATE_FIRST_DEPTH=0,30,50,100 --grid rerank.LATE_FIRST_WEIGHT=...``,
+without ``--rerank``): hybrid search's best ``LATE_FIRST_DEPTH`` hits reordered by (1 - weight) x
+their fused score + weight x MaxSim. This is what the product now does
+(``retrieval/late_interaction.py``, with token vectors the worker stores); this wrapper encodes
+each record alone, one a call, from the text the cross-encoder reads, and takes its knobs from
+the environment: ``LATE_DIMS`` (128), ``LATE_DOC_TOKENS`` (64), ``LATE_DOC_TEXT`` (``record``, or
+``embedded``: the text the dense vector reads, session context included) and ``LATE_QUANT``
+(``none``, or ``int8``: one scale a record, as stored).
 
 Alone (``--alone``): the MaxSim scan as the only ranker over each conversation's records, every
 question of categories 1-4, R@10 and NDCG@10 by category (compare bench/locomo.py ``--modes

@@ -8,7 +8,8 @@ dimension. Searching asks the storage (``store.vectors.search``): SQLite answers
 persistent nearest-neighbour index beside the file that each request process keeps caught up
 with the vectors any process writes (a follower thread here; ``storage/sqlite/vector_index.py``).
 Vectors of another model or dimension are ignored and their rows re-queued, so a model change
-neither mixes vector spaces nor blocks start-up.
+neither mixes vector spaces nor blocks start-up. With late interaction on, the worker also stores
+each record's token vectors (``late_interaction.py``), and ``late_scores`` reads them for a search.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ SAVE_AFTER_SECONDS, SAVE_AFTER_CHANGES, SAVE_AT_MOST_EVERY = 60.0, 1000, 600.0
 # Token vectors for late interaction cost about as much CPU again as the dense vector. While at
 # least this many records wait, batches get their dense vector only (the backlog drains at the
 # dense model's rate: new records become searchable by meaning as fast as before), and the
-# records left without token vectors are queued again once the backlog is empty.
+# records left without token vectors are queued again once the backlog is empty; those batches
+# get token vectors whatever the backlog's length, until it is empty again.
 LATE_DEFER_BACKLOG = 500
 
 
@@ -120,6 +122,7 @@ class VectorService:
         self.embedded = 0
         self.failed_batches = 0
         self.tokens_deferred = False  # a batch went without token vectors: reconcile once drained
+        self._catching_up = False  # the backlog holds records queued again for their token vectors
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._wake = threading.Event()
@@ -233,8 +236,7 @@ class VectorService:
                 if done == 0 and (self._shed_since(shed_seen) or more_missing or self.tokens_deferred):
                     # Rows the bounded backlog could not take (shed by any process, or beyond its
                     # room at the last reconcile) are queued once it has drained.
-                    self.tokens_deferred = False
-                    done = self.reconcile()
+                    done = self._reconcile_after_drain()
                     more_missing = done > 0
             except Exception as exc:  # noqa: BLE001
                 failures.failed(exc)
@@ -282,6 +284,12 @@ class VectorService:
         with self.rt.db.transaction("vector_reconcile") as tx:
             return tx.vectors.backlog_requeue_missing(self.embedder.model_id, _stamp(), tokens_model=self.tokens_model)
 
+    def _reconcile_after_drain(self) -> int:
+        """``reconcile`` once the backlog is empty; records queued again for the token vectors a
+        long backlog went without get them, however many they are."""
+        self._catching_up, self.tokens_deferred = self.tokens_deferred, False
+        return self.reconcile()
+
     def requeue_all(self) -> int:
         """Re-embed everything (the CLI's reindex): every search row goes back on the backlog."""
         with self.rt.db.transaction("vector_requeue") as tx:
@@ -297,8 +305,11 @@ class VectorService:
         now = time.time()
         with self.rt.db.transaction("embed_claim") as tx:
             rows = tx.vectors.backlog_claim(limit or self.rt.settings.embed_batch_size, now, now + LEASE_SECONDS)
-            with_tokens = self.late is not None and not tx.vectors.backlog_at_least(LATE_DEFER_BACKLOG)
+            with_tokens = self.late is not None and (
+                self._catching_up or not tx.vectors.backlog_at_least(LATE_DEFER_BACKLOG)
+            )
         if not rows:
+            self._catching_up = False
             return 0
         self.tokens_deferred |= self.late is not None and not with_tokens
         rowids = [r["rowid"] for r in rows]
@@ -356,8 +367,7 @@ class VectorService:
         while max_batches is None or batches < max_batches:
             done = self.drain_once()
             if done == 0 and self.tokens_deferred:  # then the records left without token vectors
-                self.tokens_deferred = False
-                self.reconcile()
+                self._reconcile_after_drain()
                 continue
             if done == 0:
                 break
