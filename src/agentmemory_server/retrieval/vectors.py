@@ -63,8 +63,8 @@ SAVE_AFTER_SECONDS, SAVE_AFTER_CHANGES, SAVE_AT_MOST_EVERY = 60.0, 1000, 600.0
 # Token vectors for late interaction cost about as much CPU again as the dense vector. While at
 # least this many records wait, batches get their dense vector only (the backlog drains at the
 # dense model's rate: new records become searchable by meaning as fast as before), and the
-# records left without token vectors are queued again once the backlog is empty; those batches
-# get token vectors whatever the backlog's length, until it is empty again.
+# records left without token vectors are queued again once the backlog is empty, for their token
+# vectors alone (whatever the backlog's length then).
 LATE_DEFER_BACKLOG = 500
 
 
@@ -122,7 +122,6 @@ class VectorService:
         self.embedded = 0
         self.failed_batches = 0
         self.tokens_deferred = False  # a batch went without token vectors: reconcile once drained
-        self._catching_up = False  # the backlog holds records queued again for their token vectors
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._wake = threading.Event()
@@ -285,9 +284,9 @@ class VectorService:
             return tx.vectors.backlog_requeue_missing(self.embedder.model_id, _stamp(), tokens_model=self.tokens_model)
 
     def _reconcile_after_drain(self) -> int:
-        """``reconcile`` once the backlog is empty; records queued again for the token vectors a
-        long backlog went without get them, however many they are."""
-        self._catching_up, self.tokens_deferred = self.tokens_deferred, False
+        """``reconcile`` once the backlog is empty: it queues the records a long backlog left
+        without token vectors, for those alone (``tokens_only``: never deferred)."""
+        self.tokens_deferred = False
         return self.reconcile()
 
     def requeue_all(self) -> int:
@@ -305,17 +304,16 @@ class VectorService:
         now = time.time()
         with self.rt.db.transaction("embed_claim") as tx:
             rows = tx.vectors.backlog_claim(limit or self.rt.settings.embed_batch_size, now, now + LEASE_SECONDS)
-            with_tokens = self.late is not None and (
-                self._catching_up or not tx.vectors.backlog_at_least(LATE_DEFER_BACKLOG)
-            )
+            defer = self.late is not None and tx.vectors.backlog_at_least(LATE_DEFER_BACKLOG)
         if not rows:
-            self._catching_up = False
             return 0
-        self.tokens_deferred |= self.late is not None and not with_tokens
         rowids = [r["rowid"] for r in rows]
-        texts = [embedding_text(r["title"], r["body"], r["concepts"], r["context"]) for r in rows]
+        full = [r for r in rows if not r["tokens_only"]]  # the others were queued for token vectors alone
+        tokened = [r for r in rows if r["tokens_only"] or not defer] if self.late is not None else []
+        self.tokens_deferred |= len(tokened) < len(rows) and self.late is not None
+        texts = [embedding_text(r["title"], r["body"], r["concepts"], r["context"]) for r in full]
         # Token vectors read the record alone: with its session context too, LoCoMo R@10 fell a point.
-        own = [embedding_text(r["title"], r["body"], r["concepts"]) for r in rows] if with_tokens else []
+        own = [embedding_text(r["title"], r["body"], r["concepts"]) for r in tokened]
         try:
             vectors, tokens = self._embed_documents(texts, own)
         except Exception as exc:  # noqa: BLE001 - provider errors become a retry with backoff
@@ -328,11 +326,11 @@ class VectorService:
             return len(rows)
         stamp, stored = self.rt.clock.iso(), 0
         with self.rt.db.transaction("embed") as tx:
-            for row, vector in zip(rows, vectors, strict=True):
+            for row, vector in zip(full, vectors, strict=True):
                 stored += tx.vectors.put(
                     row["rowid"], self.embedder.model_id, to_blob(vector), self.embedder.dim, stamp
                 )
-            for row, packed in zip(rows, tokens or [], strict=False):
+            for row, packed in zip(tokened, tokens or [], strict=False):
                 tx.vectors.put_tokens(row["rowid"], late_interaction.MODEL_ID, packed)
             tx.vectors.backlog_done(rowids, started)
         release_memory()
@@ -351,7 +349,7 @@ class VectorService:
 
     def _compute_documents(self, texts: list[str], own: list[str]) -> tuple[Any, list[bytes] | None]:
         assert self.embedder is not None
-        vectors = self.embedder.embed(texts)
+        vectors: Any = self.embedder.embed(texts) if texts else []
         if self.late is None or not own:
             return vectors, None
         try:
@@ -476,7 +474,9 @@ class VectorService:
         stats, counts = store.vectors.backlog_stats(), store.vectors.counts()
         current = f"{self.model}/{self.embedder.dim}"
         other = sum(n for key, n in counts.items() if key != current)
-        missing = store.vectors.missing(self.embedder.model_id, self.tokens_model)
+        missing = store.vectors.missing(self.embedder.model_id)
+        # A long backlog's records get token vectors after it drained: a wait, not lost work.
+        tokens = store.vectors.missing(self.embedder.model_id, self.tokens_model) - missing if self.late else 0
         return [
             _check("vector-provider", "pass", f"{self.provider}: {self.model} ({self.embedder.dim}-d)", "", False),
             _check(
@@ -489,10 +489,11 @@ class VectorService:
             ),
             _check(
                 "vector-missing",
-                "fail" if missing else "pass",
-                f"{missing} indexed record(s) have no vector (or no token vectors) and are not queued",
+                "fail" if missing else "warn" if tokens else "pass",
+                f"{missing} indexed record(s) have no vector and are not queued"
+                + (f"; {tokens} have no token vectors yet (queued once the backlog is empty)" if tokens else ""),
                 "heal re-queues them",
-                bool(missing),
+                bool(missing or tokens),
             ),
             _check(
                 "vector-stale-model",

@@ -351,6 +351,7 @@ def _m007_search_tokens(conn: Any) -> None:
             model TEXT NOT NULL,
             tokens BYTEA NOT NULL
         );
-        ALTER TABLE search_tokens ALTER COLUMN tokens SET STORAGE EXTERNAL
+        ALTER TABLE search_tokens ALTER COLUMN tokens SET STORAGE EXTERNAL;
+        ALTER TABLE embed_backlog ADD COLUMN tokens_only INTEGER NOT NULL DEFAULT 0
         """,
     )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from agentmemory_server.storage.postgres.common import Unit
-from agentmemory_server.storage.vector_sql import missing_vectors_sql
+from agentmemory_server.storage.vector_sql import missing_vectors_sql, requeue_steps
 
 BACKLOG_COLUMNS = (
     "rowid",
@@ -27,11 +27,12 @@ BACKLOG_COLUMNS = (
     "project",
     "agent_id",
     "session_id",
+    "tokens_only",
 )
 BACKLOG = "embed_backlog"
 BACKLOG_SELECT = (
     "SELECT b.doc_rowid, b.attempts, t.title, t.body, t.concepts, t.context, d.kind, d.project, "
-    "d.agent_id, d.session_id FROM embed_backlog b JOIN search_docs d ON d.id = b.doc_rowid "
+    "d.agent_id, d.session_id, b.tokens_only FROM embed_backlog b JOIN search_docs d ON d.id = b.doc_rowid "
     "JOIN search_text t ON t.rowid = b.doc_rowid "
 )
 
@@ -94,8 +95,8 @@ class PgVectorStore:
         if not self.bounds.admit(BACKLOG, self._backlog_size):
             return False
         self.conn.execute(
-            "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (%s, %s) ON CONFLICT (doc_rowid) "
-            "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL",
+            "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (%s, %s) ON CONFLICT (doc_rowid) DO UPDATE "
+            "SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0",
             (rowid, now),
         )
         return True
@@ -171,15 +172,21 @@ class PgVectorStore:
         for missing rows, as many as the backlog's bound leaves room for."""
         room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
         limit = room if limit is None else limit if room is None else min(limit, room)
-        missing, missing_params = missing_vectors_sql(model, tokens_model, "%s")
-        where = "" if everything else f"WHERE {missing}"
-        params: tuple[Any, ...] = (now,) if everything else (now, *missing_params)
-        queued = self.conn.execute(
-            f"INSERT INTO embed_backlog (doc_rowid, queued_at) SELECT d.id, %s FROM search_docs d {where} "
-            "ORDER BY d.id LIMIT %s ON CONFLICT (doc_rowid) DO UPDATE SET attempts = 0, next_try = 0, "
-            "last_error = NULL",
-            (*params, limit),
-        ).rowcount
+        queued = 0
+        for where, params, tokens_only in requeue_steps(model, tokens_model, everything, "%s"):
+            if limit is not None and queued >= limit:
+                break
+            queued += self.conn.execute(
+                f"INSERT INTO embed_backlog (doc_rowid, queued_at, tokens_only) SELECT d.id, %s, {tokens_only} "
+                f"FROM search_docs d {'WHERE ' + where if where else ''} ORDER BY d.id LIMIT %s ON CONFLICT "
+                "(doc_rowid) DO "
+                + (
+                    "NOTHING"
+                    if tokens_only
+                    else "UPDATE SET attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0"
+                ),
+                (now, *params, None if limit is None else limit - queued),
+            ).rowcount
         self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
         return queued
 

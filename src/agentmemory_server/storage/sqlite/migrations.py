@@ -487,7 +487,8 @@ def _m016_search_tokens(conn: sqlite3.Connection) -> None:
     # the embedding worker beside its vector and deleted with its search row. A table of their own:
     # in search_vectors they would push every vector onto overflow pages, which the nearest-neighbour
     # index reads in full when it loads. Nothing is queued here: the worker's reconcile finds the
-    # rows without token vectors and queues them.
+    # rows without token vectors and queues them, marked ``tokens_only`` when their dense vector is
+    # current (only the token vectors are computed).
     run_script(
         conn,
         """
@@ -496,5 +497,6 @@ def _m016_search_tokens(conn: sqlite3.Connection) -> None:
             model TEXT NOT NULL,
             tokens BLOB NOT NULL
         );
+        ALTER TABLE embed_backlog ADD COLUMN tokens_only INTEGER NOT NULL DEFAULT 0;
         """,
     )

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks
-from agentmemory_server.storage.vector_sql import missing_vectors_sql
+from agentmemory_server.storage.vector_sql import missing_vectors_sql, requeue_steps
 
 BACKLOG = "embed_backlog"
 QUEUE = (
     "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (?, ?) ON CONFLICT (doc_rowid) "
-    "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL"
+    "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0"
 )
 
 
@@ -72,7 +72,8 @@ class SqliteVectorStore:
         # at 20k records, inside the worker's write transaction).
         rows = self.conn.execute(
             "SELECT b.doc_rowid, b.attempts, f.title, f.body, f.concepts, f.context, d.kind, d.project, "
-            "d.agent_id, d.session_id FROM embed_backlog b CROSS JOIN search_docs d ON d.id = b.doc_rowid "
+            "d.agent_id, d.session_id, b.tokens_only FROM embed_backlog b "
+            "CROSS JOIN search_docs d ON d.id = b.doc_rowid "
             "CROSS JOIN search_fts f ON f.rowid = b.doc_rowid WHERE b.next_try <= ? "
             "ORDER BY b.next_try, b.doc_rowid LIMIT ?",
             (now_epoch, limit),
@@ -88,6 +89,7 @@ class SqliteVectorStore:
             "project",
             "agent_id",
             "session_id",
+            "tokens_only",
         )
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
@@ -150,16 +152,21 @@ class SqliteVectorStore:
         many."""
         room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
         limit = room if limit is None else limit if room is None else min(limit, room)
+        queued = 0
         # "WHERE 1": SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT.
-        missing, missing_params = missing_vectors_sql(model, tokens_model, "?")
-        where = "WHERE 1" if everything else f"WHERE {missing}"
-        params: tuple[Any, ...] = (now,) if everything else (now, *missing_params)
-        queued = self.conn.execute(
-            "INSERT INTO embed_backlog (doc_rowid, queued_at) SELECT d.id, ? FROM search_docs d "
-            f"{where} ORDER BY d.id LIMIT ? ON CONFLICT (doc_rowid) DO UPDATE SET attempts = 0, next_try = 0, "
-            "last_error = NULL",
-            (*params, -1 if limit is None else limit),
-        ).rowcount
+        for where, params, tokens_only in requeue_steps(model, tokens_model, everything, "?"):
+            if limit is not None and queued >= limit:
+                break
+            queued += self.conn.execute(
+                f"INSERT INTO embed_backlog (doc_rowid, queued_at, tokens_only) SELECT d.id, ?, {tokens_only} "
+                f"FROM search_docs d WHERE {where or 1} ORDER BY d.id LIMIT ? ON CONFLICT (doc_rowid) DO "
+                + (
+                    "NOTHING"
+                    if tokens_only
+                    else "UPDATE SET attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0"
+                ),
+                (now, *params, -1 if limit is None else limit - queued),
+            ).rowcount
         self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
         return queued
 
