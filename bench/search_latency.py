@@ -119,6 +119,7 @@ def in_process(data_dir: str, queries: int, rerank: bool = False, late: bool = T
     t0 = time.perf_counter()
     rt = build_runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="local",
                                          search_late_interaction=late))
+    engine = rt.health_sections().get("storage", {}).get("lexical", {})
     startup = time.perf_counter() - t0
     ctx, rng, lat, modes = Ctx(rt, source="bench"), random.Random(3), [], set()
     cold, cpu = [], []
@@ -136,6 +137,7 @@ def in_process(data_dir: str, queries: int, rerank: bool = False, late: bool = T
     vectors_loaded = rt.health_sections()["vectors"]["vectors"]
     rt.close()
     return {"startup_s": round(startup, 3), "vectors": vectors_loaded, "modes": sorted(modes),
+            "lexical": f"{engine.get('engine')} ({engine.get('state')})",
             "cold_query": percentiles(cold[1:]), "cpu_ms": percentiles(cpu), **percentiles(lat)}
 
 
@@ -170,12 +172,53 @@ def embed_a_batch(http: requests.Session, url: str, rng: random.Random) -> None:
         time.sleep(0.5)
 
 
-def over_http(data_dir: str, queries: int, rerank: bool = False) -> dict[str, Any]:
+def lexical_ready(http: requests.Session, url: str, timeout: float = 1800) -> float:
+    """Seconds until the server's lexical index (Tantivy, built in the background on a database
+    it has not indexed yet) answers: until then searches fall back to FTS5 while the build takes
+    a core, which is not the steady state this bench measures."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        lexical = http.get(url + "/health", timeout=30).json().get("storage", {}).get("lexical", {})
+        if lexical.get("state") in (None, "ready") and not lexical.get("pending"):
+            return round(time.perf_counter() - t0, 1)
+        time.sleep(0.5)
+    raise SystemExit("the lexical index was not ready in time")
+
+
+def concurrent(url: str, queries: int, clients: int, rerank: bool) -> dict[str, Any]:
+    """``queries`` smart-searches from ``clients`` threads, each on its own kept-alive session:
+    searches per second and the latency percentiles under that load."""
+    import threading
+
+    lat: list[float] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        http, rng, mine = requests.Session(), random.Random(seed), []
+        for _ in range(queries // clients):
+            q0 = time.perf_counter()
+            resp = http.post(url + "/smart-search", json=query_args(rng, rerank), timeout=60)
+            mine.append((time.perf_counter() - q0) * 1000)
+            assert resp.status_code == 200, resp.text
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(100 + c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"clients": clients, "per_s": round(len(lat) / (time.perf_counter() - t0), 1), **percentiles(lat)}
+
+
+def over_http(data_dir: str, queries: int, rerank: bool = False, clients: int = 0, late: bool = True) -> dict[str, Any]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
     env.update(AGENTMEMORY_DATA_DIR=data_dir, PORT=str(port), HOST="127.0.0.1", EMBEDDING_PROVIDER="local",
                AGENTMEMORY_LOG_LEVEL="warning", AGENTMEMORY_THREADS="8",
-               AGENTMEMORY_AUTH="off")  # loopback only; auth is on by default
+               AGENTMEMORY_AUTH="off",  # loopback only; auth is on by default
+               AGENTMEMORY_SEARCH_LATE_INTERACTION=str(late).lower())
     url = f"http://127.0.0.1:{port}/agentmemory"
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "app.py")], env=env, start_new_session=True,
@@ -191,6 +234,7 @@ def over_http(data_dir: str, queries: int, rerank: bool = False) -> dict[str, An
                 time.sleep(0.02)
         startup = time.perf_counter() - t0
         http, rng, lat = requests.Session(), random.Random(3), []
+        lexical_s = lexical_ready(http, url)
         for text in QUERIES:  # warm the server's query-embedding cache
             http.post(url + "/smart-search", json={"query": text, "includeLessons": False, "rerank": rerank},
                       timeout=60)
@@ -199,10 +243,12 @@ def over_http(data_dir: str, queries: int, rerank: bool = False) -> dict[str, An
             resp = http.post(url + "/smart-search", json=query_args(rng, rerank), timeout=60)
             lat.append((time.perf_counter() - q0) * 1000)
             assert resp.status_code == 200, resp.text
+        loaded = concurrent(url, queries, clients, rerank) if clients else None
         embed_a_batch(http, url, rng)
         health = http.get(url + "/health", timeout=30).json()
-        return {"startup_s": round(startup, 3), **memory_mb(proc.pid),
-                "vectors": health["vectors"]["vectors"], **percentiles(lat)}
+        return {"startup_s": round(startup, 3), "lexical_ready_s": lexical_s, **memory_mb(proc.pid),
+                "vectors": health["vectors"]["vectors"], **percentiles(lat),
+                **({"concurrent": loaded} if loaded else {})}
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
@@ -213,6 +259,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--rerank", action="store_true", help="also measure smart-search with rerank: true")
+    parser.add_argument("--clients", type=int, default=0,
+                        help="also run the HTTP queries from this many concurrent clients (searches/s)")
     parser.add_argument("--late-cost", action="store_true",
                         help="also measure in-process smart-search with late interaction off (what it costs)")
     parser.add_argument("--second-round-cost", action="store_true",
@@ -224,9 +272,13 @@ def main() -> None:
     for size in (int(s) for s in opts.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             seeded = seed(tmp, size)
+            # The server first: it builds the Tantivy index, which the in-process runs then read
+            # (a runtime without background jobs builds none and searches with FTS5).
+            remote = over_http(tmp, opts.queries, clients=opts.clients)
             local = in_process(tmp, opts.queries)
             without_late = in_process(tmp, opts.queries, late=False) if opts.late_cost else None
-            remote = over_http(tmp, opts.queries)
+            if without_late is not None and opts.clients:
+                without_late["http"] = over_http(tmp, opts.queries, clients=opts.clients, late=False)
             if opts.rerank:
                 reranked = {"in_process": in_process(tmp, opts.queries, True),
                             "http": over_http(tmp, opts.queries, True)}
@@ -244,16 +296,23 @@ def main() -> None:
         print(f"  in-process: start-up {local['startup_s']} s ({local['vectors']} vectors loaded); smart-search "
               f"p50 {local['p50']} / p95 {local['p95']} / p99 {local['p99']} ms (query cache warm; CPU of the "
               f"query's thread p50 {local['cpu_ms']['p50']} / p95 {local['cpu_ms']['p95']} ms); modes "
-              f"{local['modes']}; first sight of a query (embedding it): p50 {local['cold_query']['p50']} / "
+              f"{local['modes']}, lexical {local['lexical']}; first sight of a query (embedding it): p50 {local['cold_query']['p50']} / "
               f"p95 {local['cold_query']['p95']} ms")
         if without_late is not None:
             w = without_late
             print(f"  in-process, late interaction off: p50 {w['p50']} / p95 {w['p95']} ms (CPU p50 "
                   f"{w['cpu_ms']['p50']} / p95 {w['cpu_ms']['p95']} ms); first sight p50 {w['cold_query']['p50']} "
                   f"/ p95 {w['cold_query']['p95']} ms")
-        print(f"  HTTP:       start-up {remote['startup_s']} s; RSS {remote['rss_mb']} MB (PSS "
+            if "http" in w:
+                c = w["http"]["concurrent"]
+                print(f"  HTTP, late interaction off: p95 {w['http']['p95']} ms; {c['clients']} clients: "
+                      f"{c['per_s']} searches/s, p50 {c['p50']} / p95 {c['p95']} ms")
+        print(f"  HTTP:       start-up {remote['startup_s']} s, lexical index ready {remote['lexical_ready_s']} s later; RSS {remote['rss_mb']} MB (PSS "
               f"{remote['pss_mb']} MB, after embedding a batch of 64 new records); smart-search "
               f"p50 {remote['p50']} / p95 {remote['p95']} / p99 {remote['p99']} ms")
+        if "concurrent" in remote:
+            c = remote["concurrent"]
+            print(f"  HTTP, {c['clients']} clients: {c['per_s']} searches/s, p50 {c['p50']} / p95 {c['p95']} ms")
         if opts.rerank:
             ri, rh = reranked["in_process"], reranked["http"]
             print(f"  rerank:     in-process p50 {ri['p50']} / p95 {ri['p95']} / p99 {ri['p99']} ms (CPU p50 "
