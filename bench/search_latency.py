@@ -33,7 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# One BLAS thread, as every server process has (adapters/__init__.py): OpenBLAS's idle threads
+# spin after each small product and would be counted as in-process search CPU.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,6 +266,9 @@ def main() -> None:
     parser.add_argument("--rerank", action="store_true", help="also measure smart-search with rerank: true")
     parser.add_argument("--clients", type=int, default=0,
                         help="also run the HTTP queries from this many concurrent clients (searches/s)")
+    parser.add_argument("--late-ab", type=int, default=0, metavar="ROUNDS",
+                        help="then ROUNDS servers with late interaction on and off, alternately, over HTTP "
+                             "(with --clients: searches/s); the fair comparison on one database")
     parser.add_argument("--late-cost", action="store_true",
                         help="also measure in-process smart-search with late interaction off (what it costs)")
     parser.add_argument("--second-round-cost", action="store_true",
@@ -286,12 +294,19 @@ def main() -> None:
                     seeds, rerank.SECOND_ROUND_SEEDS = rerank.SECOND_ROUND_SEEDS, 0
                     reranked["in_process_one_round"] = in_process(tmp, opts.queries, True)
                     rerank.SECOND_ROUND_SEEDS = seeds
+            late_ab = [
+                {"late": late, **over_http(tmp, opts.queries, clients=opts.clients, late=late)}
+                for _ in range(opts.late_ab)
+                for late in (True, False)
+            ]
             db_mb = round(sum(p.stat().st_size for p in Path(tmp).glob("agentmemory.db*")) / 2**20, 1)
         report[str(size)] = {"seed": seeded, "db_mb": db_mb, "in_process": local, "http": remote}
         if opts.rerank:
             report[str(size)]["rerank"] = reranked
         if without_late is not None:
             report[str(size)]["in_process_without_late"] = without_late
+        if late_ab:
+            report[str(size)]["late_ab"] = late_ab
         print(f"\n{size} observations (db {db_mb} MB; seeded in {seeded['observe_s']} s + vectors {seeded['vectors_s']} s)")
         print(f"  in-process: start-up {local['startup_s']} s ({local['vectors']} vectors loaded); smart-search "
               f"p50 {local['p50']} / p95 {local['p95']} / p99 {local['p99']} ms (query cache warm; CPU of the "
@@ -313,6 +328,11 @@ def main() -> None:
         if "concurrent" in remote:
             c = remote["concurrent"]
             print(f"  HTTP, {c['clients']} clients: {c['per_s']} searches/s, p50 {c['p50']} / p95 {c['p95']} ms")
+        for run in late_ab:
+            c = run.get("concurrent") or {}
+            print(f"  HTTP, late interaction {'on ' if run['late'] else 'off'}: p50 {run['p50']} / p95 {run['p95']} ms"
+                  + (f"; {c['clients']} clients: {c['per_s']} searches/s, p95 {c['p95']} ms" if c else "")
+                  + f"; RSS {run['rss_mb']} MB")
         if opts.rerank:
             ri, rh = reranked["in_process"], reranked["http"]
             print(f"  rerank:     in-process p50 {ri['p50']} / p95 {ri['p95']} / p99 {ri['p99']} ms (CPU p50 "
