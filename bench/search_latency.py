@@ -222,7 +222,7 @@ def over_http(data_dir: str, queries: int, rerank: bool = False, clients: int = 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
     env.update(AGENTMEMORY_DATA_DIR=data_dir, PORT=str(port), HOST="127.0.0.1", EMBEDDING_PROVIDER="local",
                AGENTMEMORY_LOG_LEVEL="warning", AGENTMEMORY_THREADS="8",
-               AGENTMEMORY_AUTH="off",  # loopback only; auth is on by default
+               AGENTMEMORY_AUTH="off", AGENTMEMORY_RATE_LIMIT="0",  # loopback only; auth is on by default
                AGENTMEMORY_SEARCH_LATE_INTERACTION=str(late).lower())
     url = f"http://127.0.0.1:{port}/agentmemory"
     t0 = time.perf_counter()
