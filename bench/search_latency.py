@@ -33,7 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# One BLAS thread, as every server process has (adapters/__init__.py): OpenBLAS's idle threads
+# spin after each small product and would be counted as in-process search CPU.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.retrieval import rerank  # noqa: E402
+from agentmemory_server.retrieval import late_interaction  # noqa: E402
 from agentmemory_server.retrieval.embeddings import LOCAL_DIM, LOCAL_MODEL_ID, to_blob  # noqa: E402
 from ingest import free_port  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
@@ -91,6 +97,10 @@ def seed(data_dir: str, size: int) -> dict[str, float]:
         with rt.db.transaction("bench_seed_vectors") as tx:
             for row, vector in zip(rows, matrix):
                 tx.vectors.put(row["rowid"], LOCAL_MODEL_ID, to_blob(vector), LOCAL_DIM, now)
+                # late interaction's token vectors, 24-64 of them as these records' texts give
+                tokens = vectors_rng.standard_normal((int(vectors_rng.integers(24, 65)), late_interaction.DIMS))
+                tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
+                tx.vectors.put_tokens(row["rowid"], late_interaction.MODEL_ID, late_interaction.pack(tokens))
             tx.vectors.backlog_done([r["rowid"] for r in rows], "9999")
     rt.db.checkpoint()
     rt.close()
@@ -110,9 +120,11 @@ def query_args(rng: random.Random, rerank: bool = False) -> dict[str, Any]:
     return args
 
 
-def in_process(data_dir: str, queries: int, rerank: bool = False) -> dict[str, Any]:
+def in_process(data_dir: str, queries: int, rerank: bool = False, late: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rt = build_runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="local"))
+    rt = build_runtime(Settings.from_env({}, data_dir=data_dir, background_jobs=False, embedding_provider="local",
+                                         search_late_interaction=late))
+    engine = rt.health_sections().get("storage", {}).get("lexical", {})
     startup = time.perf_counter() - t0
     ctx, rng, lat, modes = Ctx(rt, source="bench"), random.Random(3), [], set()
     cold, cpu = [], []
@@ -130,6 +142,7 @@ def in_process(data_dir: str, queries: int, rerank: bool = False) -> dict[str, A
     vectors_loaded = rt.health_sections()["vectors"]["vectors"]
     rt.close()
     return {"startup_s": round(startup, 3), "vectors": vectors_loaded, "modes": sorted(modes),
+            "lexical": f"{engine.get('engine')} ({engine.get('state')})",
             "cold_query": percentiles(cold[1:]), "cpu_ms": percentiles(cpu), **percentiles(lat)}
 
 
@@ -164,12 +177,53 @@ def embed_a_batch(http: requests.Session, url: str, rng: random.Random) -> None:
         time.sleep(0.5)
 
 
-def over_http(data_dir: str, queries: int, rerank: bool = False) -> dict[str, Any]:
+def lexical_ready(http: requests.Session, url: str, timeout: float = 1800) -> float:
+    """Seconds until the server's lexical index (Tantivy, built in the background on a database
+    it has not indexed yet) answers: until then searches fall back to FTS5 while the build takes
+    a core, which is not the steady state this bench measures."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        lexical = http.get(url + "/health", timeout=30).json().get("storage", {}).get("lexical", {})
+        if lexical.get("state") in (None, "ready") and not lexical.get("pending"):
+            return round(time.perf_counter() - t0, 1)
+        time.sleep(0.5)
+    raise SystemExit("the lexical index was not ready in time")
+
+
+def concurrent(url: str, queries: int, clients: int, rerank: bool) -> dict[str, Any]:
+    """``queries`` smart-searches from ``clients`` threads, each on its own kept-alive session:
+    searches per second and the latency percentiles under that load."""
+    import threading
+
+    lat: list[float] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        http, rng, mine = requests.Session(), random.Random(seed), []
+        for _ in range(queries // clients):
+            q0 = time.perf_counter()
+            resp = http.post(url + "/smart-search", json=query_args(rng, rerank), timeout=60)
+            mine.append((time.perf_counter() - q0) * 1000)
+            assert resp.status_code == 200, resp.text
+        with lock:
+            lat.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(100 + c,)) for c in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"clients": clients, "per_s": round(len(lat) / (time.perf_counter() - t0), 1), **percentiles(lat)}
+
+
+def over_http(data_dir: str, queries: int, rerank: bool = False, clients: int = 0, late: bool = True) -> dict[str, Any]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
     env.update(AGENTMEMORY_DATA_DIR=data_dir, PORT=str(port), HOST="127.0.0.1", EMBEDDING_PROVIDER="local",
                AGENTMEMORY_LOG_LEVEL="warning", AGENTMEMORY_THREADS="8",
-               AGENTMEMORY_AUTH="off")  # loopback only; auth is on by default
+               AGENTMEMORY_AUTH="off", AGENTMEMORY_RATE_LIMIT="0",  # loopback only; auth is on by default
+               AGENTMEMORY_SEARCH_LATE_INTERACTION=str(late).lower())
     url = f"http://127.0.0.1:{port}/agentmemory"
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "app.py")], env=env, start_new_session=True,
@@ -185,6 +239,7 @@ def over_http(data_dir: str, queries: int, rerank: bool = False) -> dict[str, An
                 time.sleep(0.02)
         startup = time.perf_counter() - t0
         http, rng, lat = requests.Session(), random.Random(3), []
+        lexical_s = lexical_ready(http, url)
         for text in QUERIES:  # warm the server's query-embedding cache
             http.post(url + "/smart-search", json={"query": text, "includeLessons": False, "rerank": rerank},
                       timeout=60)
@@ -193,10 +248,12 @@ def over_http(data_dir: str, queries: int, rerank: bool = False) -> dict[str, An
             resp = http.post(url + "/smart-search", json=query_args(rng, rerank), timeout=60)
             lat.append((time.perf_counter() - q0) * 1000)
             assert resp.status_code == 200, resp.text
+        loaded = concurrent(url, queries, clients, rerank) if clients else None
         embed_a_batch(http, url, rng)
         health = http.get(url + "/health", timeout=30).json()
-        return {"startup_s": round(startup, 3), **memory_mb(proc.pid),
-                "vectors": health["vectors"]["vectors"], **percentiles(lat)}
+        return {"startup_s": round(startup, 3), "lexical_ready_s": lexical_s, **memory_mb(proc.pid),
+                "vectors": health["vectors"]["vectors"], **percentiles(lat),
+                **({"concurrent": loaded} if loaded else {})}
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
@@ -207,6 +264,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--rerank", action="store_true", help="also measure smart-search with rerank: true")
+    parser.add_argument("--clients", type=int, default=0,
+                        help="also run the HTTP queries from this many concurrent clients (searches/s)")
+    parser.add_argument("--late-ab", type=int, default=0, metavar="ROUNDS",
+                        help="then ROUNDS servers with late interaction on and off, alternately, over HTTP "
+                             "(with --clients: searches/s); the fair comparison on one database")
+    parser.add_argument("--late-cost", action="store_true",
+                        help="also measure in-process smart-search with late interaction off (what it costs)")
     parser.add_argument("--second-round-cost", action="store_true",
                         help="with --rerank: also rerank in-process without the second round (what it costs)")
     opts = parser.parse_args()
@@ -216,8 +280,13 @@ def main() -> None:
     for size in (int(s) for s in opts.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             seeded = seed(tmp, size)
+            # The server first: it builds the Tantivy index, which the in-process runs then read
+            # (a runtime without background jobs builds none and searches with FTS5).
+            remote = over_http(tmp, opts.queries, clients=opts.clients)
             local = in_process(tmp, opts.queries)
-            remote = over_http(tmp, opts.queries)
+            without_late = in_process(tmp, opts.queries, late=False) if opts.late_cost else None
+            if without_late is not None and opts.clients:
+                without_late["http"] = over_http(tmp, opts.queries, clients=opts.clients, late=False)
             if opts.rerank:
                 reranked = {"in_process": in_process(tmp, opts.queries, True),
                             "http": over_http(tmp, opts.queries, True)}
@@ -225,19 +294,45 @@ def main() -> None:
                     seeds, rerank.SECOND_ROUND_SEEDS = rerank.SECOND_ROUND_SEEDS, 0
                     reranked["in_process_one_round"] = in_process(tmp, opts.queries, True)
                     rerank.SECOND_ROUND_SEEDS = seeds
+            late_ab = [
+                {"late": late, **over_http(tmp, opts.queries, clients=opts.clients, late=late)}
+                for _ in range(opts.late_ab)
+                for late in (True, False)
+            ]
             db_mb = round(sum(p.stat().st_size for p in Path(tmp).glob("agentmemory.db*")) / 2**20, 1)
         report[str(size)] = {"seed": seeded, "db_mb": db_mb, "in_process": local, "http": remote}
         if opts.rerank:
             report[str(size)]["rerank"] = reranked
+        if without_late is not None:
+            report[str(size)]["in_process_without_late"] = without_late
+        if late_ab:
+            report[str(size)]["late_ab"] = late_ab
         print(f"\n{size} observations (db {db_mb} MB; seeded in {seeded['observe_s']} s + vectors {seeded['vectors_s']} s)")
         print(f"  in-process: start-up {local['startup_s']} s ({local['vectors']} vectors loaded); smart-search "
               f"p50 {local['p50']} / p95 {local['p95']} / p99 {local['p99']} ms (query cache warm; CPU of the "
               f"query's thread p50 {local['cpu_ms']['p50']} / p95 {local['cpu_ms']['p95']} ms); modes "
-              f"{local['modes']}; first sight of a query (embedding it): p50 {local['cold_query']['p50']} / "
+              f"{local['modes']}, lexical {local['lexical']}; first sight of a query (embedding it): p50 {local['cold_query']['p50']} / "
               f"p95 {local['cold_query']['p95']} ms")
-        print(f"  HTTP:       start-up {remote['startup_s']} s; RSS {remote['rss_mb']} MB (PSS "
+        if without_late is not None:
+            w = without_late
+            print(f"  in-process, late interaction off: p50 {w['p50']} / p95 {w['p95']} ms (CPU p50 "
+                  f"{w['cpu_ms']['p50']} / p95 {w['cpu_ms']['p95']} ms); first sight p50 {w['cold_query']['p50']} "
+                  f"/ p95 {w['cold_query']['p95']} ms")
+            if "http" in w:
+                c = w["http"]["concurrent"]
+                print(f"  HTTP, late interaction off: p95 {w['http']['p95']} ms; {c['clients']} clients: "
+                      f"{c['per_s']} searches/s, p50 {c['p50']} / p95 {c['p95']} ms")
+        print(f"  HTTP:       start-up {remote['startup_s']} s, lexical index ready {remote['lexical_ready_s']} s later; RSS {remote['rss_mb']} MB (PSS "
               f"{remote['pss_mb']} MB, after embedding a batch of 64 new records); smart-search "
               f"p50 {remote['p50']} / p95 {remote['p95']} / p99 {remote['p99']} ms")
+        if "concurrent" in remote:
+            c = remote["concurrent"]
+            print(f"  HTTP, {c['clients']} clients: {c['per_s']} searches/s, p50 {c['p50']} / p95 {c['p95']} ms")
+        for run in late_ab:
+            c = run.get("concurrent") or {}
+            print(f"  HTTP, late interaction {'on ' if run['late'] else 'off'}: p50 {run['p50']} / p95 {run['p95']} ms"
+                  + (f"; {c['clients']} clients: {c['per_s']} searches/s, p95 {c['p95']} ms" if c else "")
+                  + f"; RSS {run['rss_mb']} MB")
         if opts.rerank:
             ri, rh = reranked["in_process"], reranked["http"]
             print(f"  rerank:     in-process p50 {ri['p50']} / p95 {ri['p95']} / p99 {ri['p99']} ms (CPU p50 "

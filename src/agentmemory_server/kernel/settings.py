@@ -412,6 +412,16 @@ SETTINGS: tuple[Setting, ...] = (
         "'rerank' wins). Off by default: the cross-encoder reads 40 candidates per query (about 250 ms "
         "of CPU), far more than smart-search's 25 ms p95 budget allows on two cores (docs/retrieval.md).",
     ),
+    Setting(
+        "search_late_interaction",
+        ("AGENTMEMORY_SEARCH_LATE_INTERACTION",),
+        True,
+        _bool,
+        "Re-score the best 50 hybrid hits of a search by late interaction (token vectors of a small "
+        "ColBERT model, computed for each record by the embedding worker and stored beside its vector): "
+        "about 4 ms of CPU a query and 8 KB a record. Turning it on queues every record without token "
+        "vectors for the worker; off, searches keep hybrid's order (docs/retrieval.md).",
+    ),
     # -- memory model (lessons, slots, reflection, retention)
     Setting(
         "lesson_decay_enabled",

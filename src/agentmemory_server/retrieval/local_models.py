@@ -99,7 +99,7 @@ def _minilm_l3_int8_file(data_dir: Path) -> Path:
     if target.is_file():
         return target
     source = _minilm_l3_file(data_dir)
-    if _sha256(source) != L3_SHA256:
+    if file_sha256(source) != L3_SHA256:
         raise Unavailable(f"{source} does not match its pinned sha256", code=errors.MODEL_CHECKSUM)
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -199,7 +199,7 @@ def _tokenizer_path() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -257,7 +257,7 @@ class LocalEmbedder:
 
         path = self.spec.locate(self._data_dir)
         expected = self.spec.sha256()
-        if expected and _sha256(path) != expected:
+        if expected and file_sha256(path) != expected:
             raise Unavailable(
                 f"{path} does not match the sha256 pinned for {self.spec.name}; reinstall its package",
                 code=errors.MODEL_CHECKSUM,

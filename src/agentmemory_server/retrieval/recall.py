@@ -29,7 +29,7 @@ from agentmemory_server.kernel.registry import (
     tool,
 )
 from agentmemory_server.kernel.util import estimate_tokens, truncate
-from agentmemory_server.retrieval import lesson_ranking, rerank, search, vectors
+from agentmemory_server.retrieval import late_interaction, lesson_ranking, rerank, search, vectors
 
 log = logging.getLogger("agentmemory.recall")
 FORMATS = ("full", "compact", "narrative")
@@ -85,18 +85,25 @@ def ranked(
     for a query within ``filters``."""
     store = ctx.rt.db.reader()
     wanted = ctx.rt.settings.search_rerank if rerank_top is None else rerank_top
-    depth = max(limit, rerank.RERANK_DEPTH) if wanted else limit
+    service = vectors.service(ctx.rt)
+    # Without the cross-encoder, late interaction re-scores the best hits (with it, it did not
+    # add to what the cross-encoder finds: docs/retrieval.md). An explicit "bm25" or "vector"
+    # mode asks for that ranker's order alone.
+    late = not wanted and mode in ("auto", "hybrid") and service.late is not None
+    depth = max(limit, rerank.RERANK_DEPTH) if wanted else max(limit, late_interaction.DEPTH) if late else limit
     hits, used = search.hybrid(
         store,
         query,
         limit=depth,
         filters=filters,
-        vectors=vectors.service(ctx.rt),
+        vectors=service,
         mode=mode,
         per_session=ctx.rt.settings.search_max_per_session,
         fusion=ctx.rt.settings.search_fusion,
         neighbour_weight=rerank.NEIGHBOUR_WEIGHT if wanted and rerank.available() else 0.0,
     )
+    if late:
+        hits = rescored(store, service, query, hits)[:limit]
     pairs = search.hydrate(store, hits)
     if not wanted or len(pairs) < 2:
         return pairs[:limit], used, False
@@ -107,6 +114,14 @@ def ranked(
         log.warning("reranking skipped: %s", exc.message)
         return pairs[:limit], used, False
     return pairs[:limit], used, True
+
+
+def rescored(store: Any, service: vectors.VectorService, query: str, hits: list[dict]) -> list[dict]:
+    """The best ``late_interaction.DEPTH`` hits reordered by their fused score blended with
+    MaxSim (late interaction), the rest after them unchanged."""
+    head, tail = hits[: late_interaction.DEPTH], hits[late_interaction.DEPTH :]
+    scores = service.late_scores(store, query, head) if len(head) > 1 else None
+    return hits if scores is None else late_interaction.rescore(head, scores) + tail
 
 
 def second_round(ctx: Ctx, store: Any, query: str, filters: dict[str, Any], mode: str) -> rerank.MoreFrom:

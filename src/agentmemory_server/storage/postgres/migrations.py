@@ -337,3 +337,21 @@ def _m006_image_bytes(conn: Any) -> None:
         ALTER TABLE images ALTER COLUMN data SET STORAGE EXTERNAL
         """,
     )
+
+
+@migration("search_tokens")
+def _m007_search_tokens(conn: Any) -> None:
+    # Each record's token vectors for late interaction (retrieval/late_interaction.py), as on
+    # SQLite (its migration 16). Already compact int8: not compressed again.
+    run_script(
+        conn,
+        """
+        CREATE TABLE search_tokens (
+            doc_rowid BIGINT PRIMARY KEY REFERENCES search_docs (id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            tokens BYTEA NOT NULL
+        );
+        ALTER TABLE search_tokens ALTER COLUMN tokens SET STORAGE EXTERNAL;
+        ALTER TABLE embed_backlog ADD COLUMN tokens_only INTEGER NOT NULL DEFAULT 0
+        """,
+    )

@@ -8,12 +8,13 @@ query for it never scans the table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from agentmemory_server.storage.postgres.common import Unit
+from agentmemory_server.storage.vector_sql import missing_vectors_sql, requeue_steps
 
 BACKLOG_COLUMNS = (
     "rowid",
@@ -26,11 +27,12 @@ BACKLOG_COLUMNS = (
     "project",
     "agent_id",
     "session_id",
+    "tokens_only",
 )
 BACKLOG = "embed_backlog"
 BACKLOG_SELECT = (
     "SELECT b.doc_rowid, b.attempts, t.title, t.body, t.concepts, t.context, d.kind, d.project, "
-    "d.agent_id, d.session_id FROM embed_backlog b JOIN search_docs d ON d.id = b.doc_rowid "
+    "d.agent_id, d.session_id, b.tokens_only FROM embed_backlog b JOIN search_docs d ON d.id = b.doc_rowid "
     "JOIN search_text t ON t.rowid = b.doc_rowid "
 )
 
@@ -93,8 +95,8 @@ class PgVectorStore:
         if not self.bounds.admit(BACKLOG, self._backlog_size):
             return False
         self.conn.execute(
-            "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (%s, %s) ON CONFLICT (doc_rowid) "
-            "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL",
+            "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (%s, %s) ON CONFLICT (doc_rowid) DO UPDATE "
+            "SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0",
             (rowid, now),
         )
         return True
@@ -151,25 +153,40 @@ class PgVectorStore:
         ).fetchone()
         return {"pending": int(row[0]), "failing": int(row[1]), "maxAttempts": row[2] or 0, "lastError": row[3]}
 
+    def backlog_at_least(self, count: int) -> bool:
+        """Do ``count`` or more records wait (reads at most that many index entries)?"""
+        return self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM embed_backlog LIMIT 1 OFFSET %s)", (max(0, count - 1),)
+        ).fetchone()[0] in (1, True)
+
     def backlog_requeue_missing(
-        self, model: str, now: str, *, everything: bool = False, limit: int | None = None
+        self,
+        model: str,
+        now: str,
+        *,
+        everything: bool = False,
+        limit: int | None = None,
+        tokens_model: str | None = None,
     ) -> int:
         """Queue search rows without a vector of ``model`` (or every row), at most ``limit`` and,
         for missing rows, as many as the backlog's bound leaves room for."""
         room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
         limit = room if limit is None else limit if room is None else min(limit, room)
-        where = (
-            ""
-            if everything
-            else "WHERE NOT EXISTS (SELECT 1 FROM search_vectors v WHERE v.doc_rowid = d.id AND v.model = %s)"
-        )
-        params: tuple[Any, ...] = (now,) if everything else (now, model)
-        queued = self.conn.execute(
-            f"INSERT INTO embed_backlog (doc_rowid, queued_at) SELECT d.id, %s FROM search_docs d {where} "
-            "ORDER BY d.id LIMIT %s ON CONFLICT (doc_rowid) DO UPDATE SET attempts = 0, next_try = 0, "
-            "last_error = NULL",
-            (*params, limit),
-        ).rowcount
+        queued = 0
+        for where, params, tokens_only in requeue_steps(model, tokens_model, everything, "%s"):
+            if limit is not None and queued >= limit:
+                break
+            queued += self.conn.execute(
+                f"INSERT INTO embed_backlog (doc_rowid, queued_at, tokens_only) SELECT d.id, %s, {tokens_only} "
+                f"FROM search_docs d {'WHERE ' + where if where else ''} ORDER BY d.id LIMIT %s ON CONFLICT "
+                "(doc_rowid) DO "
+                + (
+                    "NOTHING"
+                    if tokens_only
+                    else "UPDATE SET attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0"
+                ),
+                (now, *params, None if limit is None else limit - queued),
+            ).rowcount
         self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
         return queued
 
@@ -198,6 +215,29 @@ class PgVectorStore:
         )
         self.conn.execute("INSERT INTO vector_models (model, dim, index_name) VALUES (%s, %s, %s)", (model, dim, name))
 
+    def put_tokens(self, rowid: int, model: str, tokens: bytes) -> bool:
+        """Store a record's token vectors if its search row still exists; False when it is gone."""
+        return (
+            self.conn.execute(
+                "INSERT INTO search_tokens (doc_rowid, model, tokens) "
+                "SELECT %s, %s, %s WHERE EXISTS (SELECT 1 FROM search_docs WHERE id = %s) "
+                "ON CONFLICT (doc_rowid) DO UPDATE SET model = excluded.model, tokens = excluded.tokens",
+                (rowid, model, tokens, rowid),
+            ).rowcount
+            > 0
+        )
+
+    def tokens(self, rowids: Sequence[int], model: str) -> dict[int, bytes]:
+        """The token vectors of ``model`` stored for these rows (rows without any are left out)."""
+        if not rowids:
+            return {}
+        rows = self.conn.execute(
+            f"SELECT doc_rowid, tokens FROM search_tokens WHERE doc_rowid IN ({', '.join(['%s'] * len(rowids))}) "
+            "AND model = %s",
+            (*rowids, model),
+        )
+        return {int(rowid): bytes(blob) for rowid, blob in rows}
+
     def load(self, model: str, dim: int) -> Iterator[tuple[int, bytes, str, str | None, str | None, str | None]]:
         after = 0
         while True:
@@ -225,13 +265,13 @@ class PgVectorStore:
         rows = self.conn.execute("SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim")
         return {k: int(n) for k, n in rows}
 
-    def missing(self, model: str) -> int:
+    def missing(self, model: str, tokens_model: str | None = None) -> int:
+        missing, params = missing_vectors_sql(model, tokens_model, "%s")
         return int(
             self.conn.execute(
-                "SELECT count(*) FROM search_docs d WHERE NOT EXISTS (SELECT 1 FROM search_vectors v "
-                "WHERE v.doc_rowid = d.id AND v.model = %s) AND NOT EXISTS "
+                f"SELECT count(*) FROM search_docs d WHERE ({missing}) AND NOT EXISTS "
                 "(SELECT 1 FROM embed_backlog b WHERE b.doc_rowid = d.id)",
-                (model,),
+                params,
             ).fetchone()[0]
         )
 

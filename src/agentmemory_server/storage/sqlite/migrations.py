@@ -479,3 +479,24 @@ def _m015_live_events(conn: sqlite3.Connection) -> None:
         );
         """,
     )
+
+
+@migration("search_tokens")
+def _m016_search_tokens(conn: sqlite3.Connection) -> None:
+    # Each record's token vectors for late interaction (retrieval/late_interaction.py), written by
+    # the embedding worker beside its vector and deleted with its search row. A table of their own:
+    # in search_vectors they would push every vector onto overflow pages, which the nearest-neighbour
+    # index reads in full when it loads. Nothing is queued here: the worker's reconcile finds the
+    # rows without token vectors and queues them, marked ``tokens_only`` when their dense vector is
+    # current (only the token vectors are computed).
+    run_script(
+        conn,
+        """
+        CREATE TABLE search_tokens (
+            doc_rowid INTEGER PRIMARY KEY REFERENCES search_docs (id) ON DELETE CASCADE,
+            model TEXT NOT NULL,
+            tokens BLOB NOT NULL
+        );
+        ALTER TABLE embed_backlog ADD COLUMN tokens_only INTEGER NOT NULL DEFAULT 0;
+        """,
+    )

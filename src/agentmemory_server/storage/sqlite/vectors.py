@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks
+from agentmemory_server.storage.vector_sql import missing_vectors_sql, requeue_steps
 
 BACKLOG = "embed_backlog"
 QUEUE = (
     "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (?, ?) ON CONFLICT (doc_rowid) "
-    "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL"
+    "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0"
 )
 
 
@@ -71,7 +72,8 @@ class SqliteVectorStore:
         # at 20k records, inside the worker's write transaction).
         rows = self.conn.execute(
             "SELECT b.doc_rowid, b.attempts, f.title, f.body, f.concepts, f.context, d.kind, d.project, "
-            "d.agent_id, d.session_id FROM embed_backlog b CROSS JOIN search_docs d ON d.id = b.doc_rowid "
+            "d.agent_id, d.session_id, b.tokens_only FROM embed_backlog b "
+            "CROSS JOIN search_docs d ON d.id = b.doc_rowid "
             "CROSS JOIN search_fts f ON f.rowid = b.doc_rowid WHERE b.next_try <= ? "
             "ORDER BY b.next_try, b.doc_rowid LIMIT ?",
             (now_epoch, limit),
@@ -87,6 +89,7 @@ class SqliteVectorStore:
             "project",
             "agent_id",
             "session_id",
+            "tokens_only",
         )
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
@@ -128,8 +131,20 @@ class SqliteVectorStore:
         ).fetchone()
         return {"pending": row[0], "failing": row[1], "maxAttempts": row[2] or 0, "lastError": row[3]}
 
+    def backlog_at_least(self, count: int) -> bool:
+        """Do ``count`` or more records wait (reads at most that many index entries)?"""
+        return self.conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM embed_backlog LIMIT 1 OFFSET ?)", (max(0, count - 1),)
+        ).fetchone()[0] in (1, True)
+
     def backlog_requeue_missing(
-        self, model: str, now: str, *, everything: bool = False, limit: int | None = None
+        self,
+        model: str,
+        now: str,
+        *,
+        everything: bool = False,
+        limit: int | None = None,
+        tokens_model: str | None = None,
     ) -> int:
         """Queue search rows without a vector of ``model`` (or every row: a deliberate re-embed,
         not held to the backlog's bound), at most ``limit`` (and, for missing rows, as many as the
@@ -137,19 +152,21 @@ class SqliteVectorStore:
         many."""
         room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
         limit = room if limit is None else limit if room is None else min(limit, room)
+        queued = 0
         # "WHERE 1": SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT.
-        where = (
-            "WHERE 1"
-            if everything
-            else ("WHERE NOT EXISTS (SELECT 1 FROM search_vectors v WHERE v.doc_rowid = d.id AND v.model = ?)")
-        )
-        params: tuple[Any, ...] = (now,) if everything else (now, model)
-        queued = self.conn.execute(
-            "INSERT INTO embed_backlog (doc_rowid, queued_at) SELECT d.id, ? FROM search_docs d "
-            f"{where} ORDER BY d.id LIMIT ? ON CONFLICT (doc_rowid) DO UPDATE SET attempts = 0, next_try = 0, "
-            "last_error = NULL",
-            (*params, -1 if limit is None else limit),
-        ).rowcount
+        for where, params, tokens_only in requeue_steps(model, tokens_model, everything, "?"):
+            if limit is not None and queued >= limit:
+                break
+            queued += self.conn.execute(
+                f"INSERT INTO embed_backlog (doc_rowid, queued_at, tokens_only) SELECT d.id, ?, {tokens_only} "
+                f"FROM search_docs d WHERE {where or 1} ORDER BY d.id LIMIT ? ON CONFLICT (doc_rowid) DO "
+                + (
+                    "NOTHING"
+                    if tokens_only
+                    else "UPDATE SET attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0"
+                ),
+                (now, *params, -1 if limit is None else limit - queued),
+            ).rowcount
         self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
         return queued
 
@@ -166,6 +183,29 @@ class SqliteVectorStore:
             > 0
         )
 
+    def put_tokens(self, rowid: int, model: str, tokens: bytes) -> bool:
+        """Store a record's token vectors if its search row still exists; False when it is gone."""
+        return (
+            self.conn.execute(
+                "INSERT INTO search_tokens (doc_rowid, model, tokens) "
+                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM search_docs WHERE id = ?) "
+                "ON CONFLICT (doc_rowid) DO UPDATE SET model = excluded.model, tokens = excluded.tokens",
+                (rowid, model, tokens, rowid),
+            ).rowcount
+            > 0
+        )
+
+    def tokens(self, rowids: Sequence[int], model: str) -> dict[int, bytes]:
+        """The token vectors of ``model`` stored for these rows (rows without any are left out)."""
+        if not rowids:
+            return {}
+        rows = self.conn.execute(
+            f"SELECT doc_rowid, tokens FROM search_tokens WHERE doc_rowid IN ({', '.join(['?'] * len(rowids))}) "
+            "AND model = ?",
+            (*rowids, model),
+        )
+        return {int(rowid): bytes(blob) for rowid, blob in rows}
+
     def load(self, model: str, dim: int) -> Iterator[tuple[int, bytes, str, str | None, str | None, str | None]]:
         """(rowid, vector bytes, kind, project, agent_id, session_id) of every vector of ``model``."""
         return self.conn.execute(
@@ -181,11 +221,12 @@ class SqliteVectorStore:
             self.conn.execute("SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim").fetchall()
         )
 
-    def missing(self, model: str) -> int:
-        """Search rows with no vector of ``model`` and no backlog entry (lost work)."""
+    def missing(self, model: str, tokens_model: str | None = None) -> int:
+        """Search rows with no vector of ``model`` (or no token vectors of ``tokens_model``) and no
+        backlog entry (lost work)."""
+        missing, params = missing_vectors_sql(model, tokens_model, "?")
         return self.conn.execute(
-            "SELECT count(*) FROM search_docs d WHERE NOT EXISTS (SELECT 1 FROM search_vectors v "
-            "WHERE v.doc_rowid = d.id AND v.model = ?) AND NOT EXISTS "
+            f"SELECT count(*) FROM search_docs d WHERE ({missing}) AND NOT EXISTS "
             "(SELECT 1 FROM embed_backlog b WHERE b.doc_rowid = d.id)",
-            (model,),
+            params,
         ).fetchone()[0]
