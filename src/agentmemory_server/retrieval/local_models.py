@@ -207,6 +207,34 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def checked(path: Path, sha256: str, package: str) -> Path:
+    """``path`` if it is the file pinned by ``sha256``; else Unavailable naming the package to reinstall."""
+    if not path.is_file() or file_sha256(path) != sha256:
+        raise Unavailable(
+            f"{path} is missing or does not match the pinned sha256; reinstall {package}",
+            code=errors.MODEL_CHECKSUM,
+        )
+    return path
+
+
+def open_session(path: Path, threads: int) -> Any:
+    """An onnxruntime session on the CPU as every bundled model runs (embedders, the reranker,
+    late interaction)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # The CPU arena keeps the peak buffer of every input shape it has seen: with batches of
+    # varying length it grew a server to ~1.4 GB. Plain allocations stay flat.
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    # Idle worker threads spin by default, taking a core from the request threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def normalise_rows(matrix: np.ndarray) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
@@ -252,7 +280,6 @@ class LocalEmbedder:
         self._gate = threading.Condition()
 
     def _load(self) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         path = self.spec.locate(self._data_dir)
@@ -262,17 +289,7 @@ class LocalEmbedder:
                 f"{path} does not match the sha256 pinned for {self.spec.name}; reinstall its package",
                 code=errors.MODEL_CHECKSUM,
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # The CPU arena keeps the peak buffer of every input shape it has seen: with batches
-        # of varying length it grew a server to ~1.4 GB. Plain allocations stay flat.
-        options.enable_cpu_mem_arena = False
-        options.enable_mem_pattern = False
-        # Idle worker threads spin by default, taking a core from the request threads.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = open_session(path, self.threads)
         outputs = session.get_outputs()
         self._output = next(i for i, o in enumerate(outputs) if len(o.shape) == 3 and o.shape[-1] == self.dim)
         tokenizer = Tokenizer.from_file(str((self.spec.tokenizer or _tokenizer_path)()))

