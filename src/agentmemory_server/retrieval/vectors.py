@@ -208,10 +208,13 @@ class VectorService:
                 self._stop.wait(FOLLOW_SECONDS)
 
     def _maybe_save(self) -> None:
-        unsaved = self.index.status()["unsaved"]
-        waited = time.monotonic() - self._saved_at
+        status = self.index.status()
+        unsaved, waited = status["unsaved"], time.monotonic() - self._saved_at
+        # An index never saved (just built from the table) is saved at once: a crash before the
+        # first timed save would otherwise build it all again at the next start.
+        first = status.get("savedSeq") is None and status.get("repair") is None
         if unsaved and (
-            (unsaved >= SAVE_AFTER_CHANGES and waited >= SAVE_AFTER_SECONDS) or waited >= SAVE_AT_MOST_EVERY
+            first or (unsaved >= SAVE_AFTER_CHANGES and waited >= SAVE_AFTER_SECONDS) or waited >= SAVE_AT_MOST_EVERY
         ):
             self._saved_at = time.monotonic()  # a failed save (no room) is tried again as late
             self.index.save()
