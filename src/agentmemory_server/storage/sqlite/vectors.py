@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks
-from agentmemory_server.storage.vector_sql import missing_vectors_sql, requeue_steps
+from agentmemory_server.storage.vector_sql import missing_vectors_sql, put_tokens_sql, requeue_statements, tokens_sql
 
 BACKLOG = "embed_backlog"
 QUEUE = (
@@ -153,20 +153,10 @@ class SqliteVectorStore:
         room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
         limit = room if limit is None else limit if room is None else min(limit, room)
         queued = 0
-        # "WHERE 1": SQLite needs a WHERE before ON CONFLICT in INSERT ... SELECT.
-        for where, params, tokens_only in requeue_steps(model, tokens_model, everything, "?"):
+        for sql, params in requeue_statements(model, tokens_model, everything, "?"):
             if limit is not None and queued >= limit:
                 break
-            queued += self.conn.execute(
-                f"INSERT INTO embed_backlog (doc_rowid, queued_at, tokens_only) SELECT d.id, ?, {tokens_only} "
-                f"FROM search_docs d WHERE {where or 1} ORDER BY d.id LIMIT ? ON CONFLICT (doc_rowid) DO "
-                + (
-                    "NOTHING"
-                    if tokens_only
-                    else "UPDATE SET attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0"
-                ),
-                (now, *params, -1 if limit is None else limit - queued),
-            ).rowcount
+            queued += self.conn.execute(sql, (now, *params, -1 if limit is None else limit - queued)).rowcount
         self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
         return queued
 
@@ -185,25 +175,13 @@ class SqliteVectorStore:
 
     def put_tokens(self, rowid: int, model: str, tokens: bytes) -> bool:
         """Store a record's token vectors if its search row still exists; False when it is gone."""
-        return (
-            self.conn.execute(
-                "INSERT INTO search_tokens (doc_rowid, model, tokens) "
-                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM search_docs WHERE id = ?) "
-                "ON CONFLICT (doc_rowid) DO UPDATE SET model = excluded.model, tokens = excluded.tokens",
-                (rowid, model, tokens, rowid),
-            ).rowcount
-            > 0
-        )
+        return self.conn.execute(put_tokens_sql("?"), (rowid, model, tokens, rowid)).rowcount > 0
 
     def tokens(self, rowids: Sequence[int], model: str) -> dict[int, bytes]:
         """The token vectors of ``model`` stored for these rows (rows without any are left out)."""
         if not rowids:
             return {}
-        rows = self.conn.execute(
-            f"SELECT doc_rowid, tokens FROM search_tokens WHERE doc_rowid IN ({', '.join(['?'] * len(rowids))}) "
-            "AND model = ?",
-            (*rowids, model),
-        )
+        rows = self.conn.execute(tokens_sql(len(rowids), "?"), (*rowids, model))
         return {int(rowid): bytes(blob) for rowid, blob in rows}
 
     def load(self, model: str, dim: int) -> Iterator[tuple[int, bytes, str, str | None, str | None, str | None]]:
