@@ -55,9 +55,11 @@ def _thread_niceness(pid: int) -> dict[int, int]:
 
 def test_the_server_spawns_a_worker_whose_model_runs_at_low_priority_and_restarts_it_after_sigkill(live_server):
     server = live_server(env={"EMBEDDING_PROVIDER": "hash"})
-    first = wait_for(lambda: _background(server)["supervisor"], timeout=20, interval=0.2)
+    # The supervisor exists before its thread has spawned the worker (pid None, not alive).
+    first = wait_for(lambda: (s := _background(server)["supervisor"]) and s["alive"] and s, timeout=20, interval=0.2,
+                     message="the supervisor never reported a live worker")
     pid = first["pid"]
-    assert first["alive"] and _alive(pid)
+    assert _alive(pid) and first["starts"] == 1
     # Until the child has exec'd, its command line is still its parent's.
     assert wait_for(lambda: "agentmemory_server.adapters.cli" in Path(f"/proc/{pid}/cmdline").read_text(), timeout=20)
     ids = _observe(server, 6, "a")
