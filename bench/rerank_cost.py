@@ -49,8 +49,8 @@ def candidate_texts(data: Path, conversations: int, questions: int, depth: int) 
                 vectors.service(rt).drain()
                 filters = {"kinds": recall.RESULT_KINDS, "project": sample["sample_id"], "agent_id": None}
                 for qa in sample["qa"][:questions]:
-                    pairs, _, _ = recall.ranked(ctx, qa["question"], limit=depth, filters=filters, mode="auto",
-                                                rerank_top=False)
+                    pairs = recall.ranked(ctx, qa["question"], limit=depth, filters=filters, mode="auto",
+                                          rerank_top=False).pairs
                     out.append((qa["question"], [recall.record_text(hit, record) for hit, record in pairs]))
             finally:
                 rt.close()

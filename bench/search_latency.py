@@ -113,8 +113,17 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(ordered), 2), "p95": pick(0.95), "p99": pick(0.99)}
 
 
+UNIQUE = False  # --unique-queries: every search a query no process has seen (no query cache hits)
+
+
+def query_text(rng: random.Random) -> str:
+    if not UNIQUE:
+        return rng.choice(QUERIES)
+    return f"{rng.choice(VERBS)} {rng.choice(AREAS)} after {rng.choice(ERRORS)} in {rng.choice(AREAS)} {rng.randint(0, 10**6)}"
+
+
 def query_args(rng: random.Random, rerank: bool = False) -> dict[str, Any]:
-    args: dict[str, Any] = {"query": rng.choice(QUERIES), "limit": 10, "includeLessons": False, "rerank": rerank}
+    args: dict[str, Any] = {"query": query_text(rng), "limit": 10, "includeLessons": False, "rerank": rerank}
     if rng.random() < 0.5:
         args["project"] = f"proj-{rng.randint(0, 3)}"
     return args
@@ -253,6 +262,7 @@ def over_http(data_dir: str, queries: int, rerank: bool = False, clients: int = 
         health = http.get(url + "/health", timeout=30).json()
         return {"startup_s": round(startup, 3), "lexical_ready_s": lexical_s, **memory_mb(proc.pid),
                 "vectors": health["vectors"]["vectors"], **percentiles(lat),
+                "late_counts_one_process": health["vectors"]["lateInteraction"],
                 **({"concurrent": loaded} if loaded else {})}
     finally:
         os.killpg(proc.pid, 15)
@@ -271,9 +281,13 @@ def main() -> None:
                              "(with --clients: searches/s); the fair comparison on one database")
     parser.add_argument("--late-cost", action="store_true",
                         help="also measure in-process smart-search with late interaction off (what it costs)")
+    parser.add_argument("--unique-queries", action="store_true",
+                        help="every search a new query (no query-cache hits), as agents' prompts are")
     parser.add_argument("--second-round-cost", action="store_true",
                         help="with --rerank: also rerank in-process without the second round (what it costs)")
     opts = parser.parse_args()
+    global UNIQUE
+    UNIQUE = opts.unique_queries
     print("stored vectors: deterministic random 384-d stand-ins tagged with the local model id; "
           "queries: the real local model (query cache on). Timings are noisy: 2 shared cores.")
     report: dict[str, Any] = {}
@@ -332,7 +346,7 @@ def main() -> None:
             c = run.get("concurrent") or {}
             print(f"  HTTP, late interaction {'on ' if run['late'] else 'off'}: p50 {run['p50']} / p95 {run['p95']} ms"
                   + (f"; {c['clients']} clients: {c['per_s']} searches/s, p95 {c['p95']} ms" if c else "")
-                  + f"; RSS {run['rss_mb']} MB")
+                  + f"; RSS {run['rss_mb']} MB; one process's late-interaction counts {run['late_counts_one_process']}")
         if opts.rerank:
             ri, rh = reranked["in_process"], reranked["http"]
             print(f"  rerank:     in-process p50 {ri['p50']} / p95 {ri['p95']} / p99 {ri['p99']} ms (CPU p50 "

@@ -85,12 +85,13 @@ def test_the_worker_stores_token_vectors_beside_each_vector(make_runtime):
     assert all(len(blob) > 4 and (len(blob) - 4) % late_interaction.DIMS == 0 for blob in stored.values())
     assert store.vectors.tokens(rowids, "another-model") == {}
     assert store.vectors.missing(vectors.service(rt).model, late_interaction.MODEL_ID) == 0
-    assert rt.health_sections()["vectors"]["lateInteraction"] == {"model": late_interaction.MODEL_ID, "error": None}
+    late = rt.health_sections()["vectors"]["lateInteraction"]
+    assert late == {"model": late_interaction.MODEL_ID, "error": None, "applied": 1, "skippedBusy": 0}
 
 
 def _ranked(rt, query, limit):
-    pairs, _mode, _reranked = recall.ranked(Ctx(rt), query, limit=limit, filters={"project": "p"}, mode="auto")
-    return [hit for hit, _record in pairs]
+    found = recall.ranked(Ctx(rt), query, limit=limit, filters={"project": "p"}, mode="auto")
+    return [hit for hit, _record in found.pairs]
 
 
 def test_smart_search_reorders_hybrid_hits_by_maxsim(make_runtime):
@@ -110,6 +111,28 @@ def test_smart_search_reorders_hybrid_hits_by_maxsim(make_runtime):
         assert [h["doc_id"] for h in _ranked(on, query, 5)] == expected
         changed += expected != [h["doc_id"] for h in hybrid][:5]
     assert changed >= 2  # the re-scoring really reorders, not only on paper
+
+
+def test_under_load_a_new_query_keeps_hybrids_order_and_a_query_seen_lately_is_still_rescored(make_runtime):
+    rt = make_runtime(embedding_provider="local")
+    _seed(rt)
+    service = vectors.service(rt)
+    encoder, ids = service.late, lambda body: [r["obsId"] for r in body["results"]]  # noqa: E731
+    service.late = None
+    hybrid = {q: ids(smart(rt, q, project="p", limit=5)) for q in QUERIES}
+    service.late = encoder
+    with service.searching():  # another search of this process is in flight
+        busy = {q: smart(rt, q, project="p", limit=5) for q in QUERIES}
+    assert all(body["lateInteraction"] is False and ids(body) == hybrid[q] for q, body in busy.items())
+    assert all(encoder.cached(q) is None for q in QUERIES)  # nothing was encoded under load
+    idle = {q: smart(rt, q, project="p", limit=5) for q in QUERIES}
+    assert all(body["lateInteraction"] is True for body in idle.values())
+    assert sum(ids(idle[q]) != hybrid[q] for q in QUERIES) >= 2  # late interaction changes these rankings
+    with service.searching():
+        again = {q: smart(rt, q, project="p", limit=5) for q in QUERIES}
+    assert all(body["lateInteraction"] is True and ids(body) == ids(idle[q]) for q, body in again.items())
+    counts = rt.health_sections()["vectors"]["lateInteraction"]
+    assert (counts["applied"], counts["skippedBusy"]) == (2 * len(QUERIES), len(QUERIES))
 
 
 def test_turning_it_on_queues_the_records_without_token_vectors(make_runtime, tmp_path):

@@ -130,9 +130,7 @@ def relevant_memories(ctx: Ctx, session_id: str, project: str | None, prompt: st
     filters = {"kinds": recall.RESULT_KINDS, "project": project, "agent_id": agent_filter(ctx, None)}
     query = prompt[:2000]
     terms = {t.lower() for t in search.query_terms(query)}
-    pairs, _mode, _reranked = recall.ranked(
-        ctx, query, limit=PROMPT_HITS * 3, filters=filters, mode="bm25", rerank_top=False
-    )
+    pairs = recall.ranked(ctx, query, limit=PROMPT_HITS * 3, filters=filters, mode="bm25", rerank_top=False).pairs
     opening = f"<agentmemory-relevant project={quoteattr(project or '')}>"
     closing = "</agentmemory-relevant>"
     remaining = ctx.rt.settings.hook_prompt_budget - estimate_tokens(opening + closing)

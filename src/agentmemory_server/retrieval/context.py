@@ -163,7 +163,7 @@ def relevant_records(req: BlockRequest) -> list[Block]:
     if not prompt:
         return []
     filters = {"kinds": ["observation"], "project": req.project, "agent_id": req.agent_id}
-    pairs, _mode, _reranked = recall.ranked(req.ctx, prompt, limit=RELEVANT_RECORDS + 5, filters=filters, mode="auto")
+    pairs = recall.ranked(req.ctx, prompt, limit=RELEVANT_RECORDS + 5, filters=filters, mode="auto").pairs
     pairs = [(hit, record) for hit, record in pairs if hit.get("session_id") != req.session_id][:RELEVANT_RECORDS]
     if not pairs:
         return []

@@ -145,6 +145,12 @@ class LateEncoder:
                     out[i] = pack(tokens)
             return out
 
+    def cached(self, text: str) -> np.ndarray | None:
+        """The query's token vectors when it was encoded lately, else None (nothing computed)."""
+        key = text.strip()[:2000]
+        with self._lock:
+            return self._cache.get(key)
+
     def query(self, text: str) -> np.ndarray:
         """The query's unit token vectors (cached: a repeated query costs nothing)."""
         key = text.strip()[:2000]

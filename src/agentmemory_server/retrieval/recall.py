@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentmemory_server.errors import InvalidInput, Unavailable
 from agentmemory_server.kernel import listings
@@ -78,11 +78,22 @@ def as_observation(hit: dict, record: dict) -> dict:
     }
 
 
+class Ranked(NamedTuple):
+    pairs: list  # hits paired with their records, best first
+    mode: str  # the mode that ran
+    reranked: bool  # a cross-encoder reordered them
+    late: bool  # late interaction re-scored them
+
+
 def ranked(
     ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: str, rerank_top: bool | None = None
-) -> tuple[list, str, bool]:
-    """(hits paired with their records, mode that ran, whether a cross-encoder reranked them)
-    for a query within ``filters``."""
+) -> Ranked:
+    """A query's hits within ``filters``, ranked, and which stages ranked them."""
+    with vectors.service(ctx.rt).searching():
+        return _ranked(ctx, query, limit=limit, filters=filters, mode=mode, rerank_top=rerank_top)
+
+
+def _ranked(ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: str, rerank_top: bool | None) -> Ranked:
     store = ctx.rt.db.reader()
     wanted = ctx.rt.settings.search_rerank if rerank_top is None else rerank_top
     service = vectors.service(ctx.rt)
@@ -103,25 +114,26 @@ def ranked(
         neighbour_weight=rerank.NEIGHBOUR_WEIGHT if wanted and rerank.available() else 0.0,
     )
     if late:
-        hits = rescored(store, service, query, hits)[:limit]
+        hits, late = rescored(store, service, query, hits)
+        hits = hits[:limit]
     pairs = search.hydrate(store, hits)
     if not wanted or len(pairs) < 2:
-        return pairs[:limit], used, False
+        return Ranked(pairs[:limit], used, False, late)
     try:
         more = second_round(ctx, store, query, filters, mode)
         pairs = rerank.rerank_pairs(rerank.shared(), query, pairs, record_text, more)
     except Unavailable as exc:  # no reranker installed: the first stage's order stands
         log.warning("reranking skipped: %s", exc.message)
-        return pairs[:limit], used, False
-    return pairs[:limit], used, True
+        return Ranked(pairs[:limit], used, False, False)
+    return Ranked(pairs[:limit], used, True, False)
 
 
-def rescored(store: Any, service: vectors.VectorService, query: str, hits: list[dict]) -> list[dict]:
+def rescored(store: Any, service: vectors.VectorService, query: str, hits: list[dict]) -> tuple[list[dict], bool]:
     """The best ``late_interaction.DEPTH`` hits reordered by their fused score blended with
-    MaxSim (late interaction), the rest after them unchanged."""
+    MaxSim (late interaction), the rest after them unchanged; and whether that ran."""
     head, tail = hits[: late_interaction.DEPTH], hits[late_interaction.DEPTH :]
     scores = service.late_scores(store, query, head) if len(head) > 1 else None
-    return hits if scores is None else late_interaction.rescore(head, scores) + tail
+    return (hits, False) if scores is None else (late_interaction.rescore(head, scores) + tail, True)
 
 
 def second_round(ctx: Ctx, store: Any, query: str, filters: dict[str, Any], mode: str) -> rerank.MoreFrom:
@@ -227,7 +239,7 @@ def apply_budget(results: list[dict], budget: int | None) -> tuple[list[dict], i
 )
 def memory_recall(ctx: Ctx, args: dict) -> dict:
     """Search observations and memories (hybrid BM25 + vectors when available; says which mode ran)."""
-    pairs, mode, reranked = ranked(
+    found = ranked(
         ctx,
         args["query"],
         limit=args["limit"],
@@ -236,11 +248,12 @@ def memory_recall(ctx: Ctx, args: dict) -> dict:
         rerank_top=args.get("rerank"),
     )
     fmt = args["format"]
-    results, used, truncated = apply_budget(format_results(pairs, fmt), args.get("token_budget"))
+    results, used, truncated = apply_budget(format_results(found.pairs, fmt), args.get("token_budget"))
     body: dict[str, Any] = {
         "format": fmt,
-        "mode": mode,
-        "reranked": reranked,
+        "mode": found.mode,
+        "reranked": found.reranked,
+        "lateInteraction": found.late,
         "query": args["query"],
         "results": results,
         "count": len(results),
@@ -378,7 +391,7 @@ def memory_smart_search(ctx: Ctx, args: dict) -> dict:
     query = (args.get("query") or "").strip()
     if not query:
         raise InvalidInput("give 'query' or 'expandIds'", field="query")
-    pairs, mode, reranked = ranked(
+    found = ranked(
         ctx,
         query,
         limit=args["limit"],
@@ -388,10 +401,11 @@ def memory_smart_search(ctx: Ctx, args: dict) -> dict:
     )
     body: dict[str, Any] = {
         "format": "compact",
-        "mode": mode,
-        "reranked": reranked,
+        "mode": found.mode,
+        "reranked": found.reranked,
+        "lateInteraction": found.late,
         "query": query,
-        "results": [compact_row(hit, record) for hit, record in pairs],
+        "results": [compact_row(hit, record) for hit, record in found.pairs],
     }
     body["lessons"] = attach_lessons(ctx, query, args.get("project"), args["limit"]) if args["includeLessons"] else []
     return body

@@ -23,7 +23,7 @@ def _anchor(ctx: Ctx, args: dict[str, Any], filters: dict[str, Any]) -> tuple[st
     when = parse_time(args["anchor"])
     if when is not None:
         return iso(when), MAX_ROWID
-    pairs, _mode, _reranked = ranked(ctx, args["anchor"], limit=1, filters=filters, mode="auto", rerank_top=False)
+    pairs = ranked(ctx, args["anchor"], limit=1, filters=filters, mode="auto", rerank_top=False).pairs
     if not pairs:
         return None
     hit = pairs[0][0]
@@ -176,7 +176,7 @@ def enrich(ctx: Ctx, args: dict) -> dict:
     memories = []
     if search.query_terms(query):
         filters = search_filters(ctx, {k: v for k, v in args.items() if k != "sessionId"}, ["memory"])
-        pairs, _mode, _reranked = ranked(ctx, query, limit=5, filters=filters, mode="auto", rerank_top=False)
+        pairs = ranked(ctx, query, limit=5, filters=filters, mode="auto", rerank_top=False).pairs
         for _hit, record in pairs:
             memories.append(
                 f"- {record.get('title', '')}: {truncate(' '.join(record.get('content', '').split()), 200)}"

@@ -21,7 +21,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,6 +68,12 @@ SAVE_AFTER_SECONDS, SAVE_AFTER_CHANGES, SAVE_AT_MOST_EVERY = 60.0, 1000, 600.0
 # records left without token vectors are queued again once the backlog is empty, for their token
 # vectors alone (whatever the backlog's length then).
 LATE_DEFER_BACKLOG = 500
+# Encoding a query late interaction has not seen costs 3-4 ms of CPU, a quarter of a search at
+# 100k: with ten clients it cost a fifth to a quarter of the searches a second (docs/search.md).
+# So an unseen query is encoded only when no other search is in flight in this process; under
+# load the hybrid order stands (the response says so) and a query seen lately is still re-scored
+# (its tokens are cached: 0.5-0.8 ms).
+LATE_BUSY_SEARCHES = 1
 
 
 def _malloc_trim() -> Any:
@@ -121,6 +129,9 @@ class VectorService:
             rt.db.close_queue("embed_backlog")
         self.embedded = 0
         self.failed_batches = 0
+        self._in_flight = 0  # searches running in this process (``searching``)
+        self._in_flight_lock = threading.Lock()
+        self.late_counts = {"applied": 0, "skippedBusy": 0}
         self.tokens_deferred = False  # a batch went without token vectors: reconcile once drained
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -397,17 +408,38 @@ class VectorService:
                 self._cache.popitem(last=False)
         return vector
 
+    @contextmanager
+    def searching(self) -> Iterator[None]:
+        """Count a search in flight in this process while the block runs."""
+        with self._in_flight_lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
+
+    def _count(self, outcome: str) -> None:
+        with self._in_flight_lock:
+            self.late_counts[outcome] += 1
+
     def late_scores(self, store: UnitOfWork, query: str, hits: list[dict]) -> Any:
         """MaxSim of the query against each hit's stored token vectors (NaN for a hit without
-        any yet), or None when late interaction is off or its model cannot run here."""
+        any yet), or None when late interaction is off, cannot run here, or would have to encode
+        a new query while other searches of this process wait for the CPU."""
         if self.late is None:
             return None
+        tokens = self.late.cached(query)
+        if tokens is None and self._in_flight > LATE_BUSY_SEARCHES:
+            self._count("skippedBusy")
+            return None
         try:
-            tokens = self.late.query(query)
+            tokens = tokens if tokens is not None else self.late.query(query)
         except Unavailable as exc:
             self.late, self.late_error = None, exc.message
             log.warning("late interaction off: %s", exc.message)
             return None
+        self._count("applied")
         rowids = search.rowids_of(store, hits)
         stored = store.vectors.tokens([r for r in rowids if r is not None], late_interaction.MODEL_ID)
         return late_interaction.maxsim(tokens, [stored.get(r) if r is not None else None for r in rowids])
@@ -455,7 +487,7 @@ class VectorService:
             "loadSeconds": self.load_seconds,
             "index": index,
             "embedsHere": self.rt.runs_background,
-            "lateInteraction": {"model": self.tokens_model, "error": self.late_error},
+            "lateInteraction": {"model": self.tokens_model, "error": self.late_error, **self.late_counts},
             "lastError": self.error or stats.get("lastError"),
         }
 
