@@ -204,3 +204,32 @@ def test_a_record_indexed_again_while_queued_for_token_vectors_is_embedded_in_fu
         # a full re-embedding asked for stays full, whatever asks for token vectors afterwards
         tx.vectors.backlog_requeue_missing(svc.model, "2026-12-05T00:00:02Z", tokens_model="other")
         assert sorted(r["tokens_only"] for r in tx.vectors.backlog_take(10, 2e9)) == [0, 1]
+
+
+def test_a_reconcile_reads_what_is_missing_first_and_queues_it_in_short_transactions(make_runtime, tmp_path,
+                                                                                     monkeypatch):
+    before = make_runtime(embedding_provider="hash", data_dir=str(tmp_path / "d"), search_late_interaction=False)
+    _seed(before)  # every record has its vector, none its token vectors
+    monkeypatch.setattr(vectors, "RECONCILE_CHUNK", 3)
+    after = make_runtime(embedding_provider="hash", data_dir=str(tmp_path / "d"))
+    svc, opened = vectors.service(after), []
+    transaction = after.db.transaction
+
+    def spy(name, *args, **kwargs):
+        opened.append(name)
+        return transaction(name, *args, **kwargs)
+
+    monkeypatch.setattr(after.db, "transaction", spy)
+    assert svc.reconcile() == len(RECORDS)
+    assert opened.count("vector_reconcile") == 4  # 10 rows, at most 3 a transaction
+    assert after.db.reader().vectors.backlog_stats()["pending"] == len(RECORDS)
+    assert svc.drain() == len(RECORDS)
+    opened.clear()
+    assert svc.reconcile() == 0 and "vector_reconcile" not in opened  # nothing missing: the write lock is not taken
+    # A row that got its vectors between the read and the write is not queued again.
+    row = after.db.reader().index.lookup([h["doc_id"] for h in _ranked(after, "billing", 1)], {})[0]["rowid"]
+    with after.db.transaction("t") as tx:
+        for rowids in ([row], []):
+            assert tx.vectors.backlog_requeue_missing(svc.model, "now", tokens_model=svc.tokens_model,
+                                                      rowids=rowids) == 0
+    assert after.db.reader().vectors.backlog_stats()["pending"] == 0

@@ -68,6 +68,7 @@ SAVE_AFTER_SECONDS, SAVE_AFTER_CHANGES, SAVE_AT_MOST_EVERY = 60.0, 1000, 600.0
 # records left without token vectors are queued again once the backlog is empty, for their token
 # vectors alone (whatever the backlog's length then).
 LATE_DEFER_BACKLOG = 500
+RECONCILE_CHUNK = 500  # rows a reconcile queues per write transaction
 # Encoding a query late interaction has not seen costs 3-4 ms of CPU, a quarter of a search at
 # 100k: with ten clients it cost a fifth to a quarter of the searches a second (docs/search.md).
 # So an unseen query is encoded only when no other search is in flight in this process; under
@@ -290,12 +291,26 @@ class VectorService:
         return grew
 
     def reconcile(self) -> int:
-        """Queue every search row that has no vector of the current model (new model, lost
-        work, an upgrade); returns how many were queued."""
+        """Queue every search row that has no vector of the current model, or no token vectors
+        (new model, lost work, an upgrade); returns how many were queued.
+
+        The rows are found on a reader, RECONCILE_CHUNK at a time in rowid order, and each chunk
+        is queued in its own short transaction (which checks them again): the anti-join over
+        every record costs ~0.2 s at 100k and would hold the database's write lock that long
+        after every burst, when it usually finds nothing."""
         if self.embedder is None:
             return 0
-        with self.rt.db.transaction("vector_reconcile") as tx:
-            return tx.vectors.backlog_requeue_missing(self.embedder.model_id, _stamp(), tokens_model=self.tokens_model)
+        model, queued, after = self.embedder.model_id, 0, 0
+        while True:
+            rowids = self.rt.db.reader().vectors.missing_rowids(model, self.tokens_model, after, RECONCILE_CHUNK)
+            if rowids:
+                with self.rt.db.transaction("vector_reconcile") as tx:
+                    queued += tx.vectors.backlog_requeue_missing(
+                        model, _stamp(), tokens_model=self.tokens_model, rowids=rowids
+                    )
+            if len(rowids) < RECONCILE_CHUNK:
+                return queued
+            after = rowids[-1]
 
     def _reconcile_after_drain(self) -> int:
         """``reconcile`` once the backlog is empty: it queues the records a long backlog left

@@ -297,8 +297,10 @@ class VectorStore(Protocol):
         everything: bool = False,
         limit: int | None = None,
         tokens_model: str | None = None,
+        rowids: Sequence[int] | None = None,
     ) -> int:
-        """Queue rows without a vector of ``model`` or, given ``tokens_model``, without token vectors."""
+        """Queue rows without a vector of ``model`` or, given ``tokens_model``, without token
+        vectors; given ``rowids``, only those of them (found on a reader by ``missing_rowids``)."""
         ...
 
     def put(self, rowid: int, model: str, vector: bytes, dim: int, now: str) -> bool: ...
@@ -309,6 +311,11 @@ class VectorStore(Protocol):
     def tokens(self, rowids: Sequence[int], model: str) -> dict[int, bytes]: ...
     def load(self, model: str, dim: int) -> Iterator[tuple[int, bytes, str, str | None, str | None, str | None]]: ...
     def counts(self) -> dict[str, int]: ...
+    def missing_rowids(self, model: str, tokens_model: str | None, after: int, limit: int) -> list[int]:
+        """Up to ``limit`` rowids after ``after``, in order, of search rows without a vector of
+        ``model`` or token vectors of ``tokens_model``."""
+        ...
+
     def missing(self, model: str, tokens_model: str | None = None) -> int: ...
 
 

@@ -20,10 +20,19 @@ def missing_vectors_sql(model: str, tokens_model: str | None, mark: str) -> tupl
     return f"{_without_vector(mark)} OR {_without_tokens(mark)}", (model, tokens_model)
 
 
+def missing_rowids_sql(model: str, tokens_model: str | None, mark: str) -> tuple[str, tuple[str, ...]]:
+    """Up to a limit (last parameter) of the search rows after a rowid (first parameter) that
+    lack a vector of ``model`` or token vectors of ``tokens_model``, in rowid order; and the
+    model parameters between the two."""
+    missing, params = missing_vectors_sql(model, tokens_model, mark)
+    return f"SELECT d.id FROM search_docs d WHERE d.id > {mark} AND ({missing}) ORDER BY d.id LIMIT {mark}", params
+
+
 def requeue_statements(
-    model: str, tokens_model: str | None, everything: bool, mark: str
+    model: str, tokens_model: str | None, everything: bool, mark: str, rowids: int | None = None
 ) -> list[tuple[str, tuple[str, ...]]]:
-    """The INSERTs a reconcile runs, in order, each with its parameters but ``queued_at`` (first)
+    """The INSERTs a reconcile runs, in order, each with its parameters but ``queued_at`` (first),
+    the ``rowids`` it is confined to (when a count is given: then after the model parameters)
     and the row limit (last): rows without a current vector get a full embedding (one already
     queued is made due again); then, given ``tokens_model``, rows whose vector is current but
     that lack token vectors get their token vectors only (``tokens_only``; one already queued
@@ -35,10 +44,11 @@ def requeue_statements(
     )
     if tokens_model is not None and not everything:
         steps.append((f"NOT ({_without_vector(mark)}) AND {_without_tokens(mark)}", (model, tokens_model), 1))
+    among = f" AND d.id IN ({', '.join([mark] * rowids)})" if rowids else ""
     return [
         (
             f"INSERT INTO embed_backlog (doc_rowid, queued_at, tokens_only) SELECT d.id, {mark}, {tokens_only} "
-            f"FROM search_docs d WHERE {where} ORDER BY d.id LIMIT {mark} "
+            f"FROM search_docs d WHERE {where}{among} ORDER BY d.id LIMIT {mark} "
             f"ON CONFLICT (doc_rowid) DO {'NOTHING' if tokens_only else full}",
             params,
         )

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from agentmemory_server.storage.postgres.common import Unit
-from agentmemory_server.storage.vector_sql import missing_vectors_sql, put_tokens_sql, requeue_statements, tokens_sql
+from agentmemory_server.storage.vector_sql import (
+    missing_rowids_sql,
+    missing_vectors_sql,
+    put_tokens_sql,
+    requeue_statements,
+    tokens_sql,
+)
 
 BACKLOG_COLUMNS = (
     "rowid",
@@ -167,16 +173,21 @@ class PgVectorStore:
         everything: bool = False,
         limit: int | None = None,
         tokens_model: str | None = None,
+        rowids: Sequence[int] | None = None,
     ) -> int:
         """Queue search rows without a vector of ``model`` (or every row), at most ``limit`` and,
         for missing rows, as many as the backlog's bound leaves room for."""
         room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
         limit = room if limit is None else limit if room is None else min(limit, room)
         queued = 0
-        for sql, params in requeue_statements(model, tokens_model, everything, "%s"):
+        among = tuple(rowids or ())
+        if rowids is not None and not among:
+            return 0
+        for sql, params in requeue_statements(model, tokens_model, everything, "%s", len(among)):
             if limit is not None and queued >= limit:
                 break
-            queued += self.conn.execute(sql, (now, *params, None if limit is None else limit - queued)).rowcount
+            bound = None if limit is None else limit - queued
+            queued += self.conn.execute(sql, (now, *params, *among, bound)).rowcount
         self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
         return queued
 
@@ -242,6 +253,10 @@ class PgVectorStore:
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim")
         return {k: int(n) for k, n in rows}
+
+    def missing_rowids(self, model: str, tokens_model: str | None, after: int, limit: int) -> list[int]:
+        sql, params = missing_rowids_sql(model, tokens_model, "%s")
+        return [row[0] for row in self.conn.execute(sql, (after, *params, limit))]
 
     def missing(self, model: str, tokens_model: str | None = None) -> int:
         missing, params = missing_vectors_sql(model, tokens_model, "%s")

@@ -9,7 +9,13 @@ from typing import Any
 import numpy as np
 
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks
-from agentmemory_server.storage.vector_sql import missing_vectors_sql, put_tokens_sql, requeue_statements, tokens_sql
+from agentmemory_server.storage.vector_sql import (
+    missing_rowids_sql,
+    missing_vectors_sql,
+    put_tokens_sql,
+    requeue_statements,
+    tokens_sql,
+)
 
 BACKLOG = "embed_backlog"
 QUEUE = (
@@ -145,6 +151,7 @@ class SqliteVectorStore:
         everything: bool = False,
         limit: int | None = None,
         tokens_model: str | None = None,
+        rowids: Sequence[int] | None = None,
     ) -> int:
         """Queue search rows without a vector of ``model`` (or every row: a deliberate re-embed,
         not held to the backlog's bound), at most ``limit`` (and, for missing rows, as many as the
@@ -153,10 +160,14 @@ class SqliteVectorStore:
         room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
         limit = room if limit is None else limit if room is None else min(limit, room)
         queued = 0
-        for sql, params in requeue_statements(model, tokens_model, everything, "?"):
+        among = tuple(rowids or ())
+        if rowids is not None and not among:
+            return 0
+        for sql, params in requeue_statements(model, tokens_model, everything, "?", len(among)):
             if limit is not None and queued >= limit:
                 break
-            queued += self.conn.execute(sql, (now, *params, -1 if limit is None else limit - queued)).rowcount
+            bound = -1 if limit is None else limit - queued
+            queued += self.conn.execute(sql, (now, *params, *among, bound)).rowcount
         self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
         return queued
 
@@ -198,6 +209,10 @@ class SqliteVectorStore:
         return dict(
             self.conn.execute("SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim").fetchall()
         )
+
+    def missing_rowids(self, model: str, tokens_model: str | None, after: int, limit: int) -> list[int]:
+        sql, params = missing_rowids_sql(model, tokens_model, "?")
+        return [row[0] for row in self.conn.execute(sql, (after, *params, limit))]
 
     def missing(self, model: str, tokens_model: str | None = None) -> int:
         """Search rows with no vector of ``model`` (or no token vectors of ``tokens_model``) and no
