@@ -1,6 +1,8 @@
 """Late interaction: the bundled ColBERT model, token vectors stored by the embedding worker on
 both backends, and smart-search's hybrid hits re-scored by MaxSim."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -113,7 +115,7 @@ def test_smart_search_reorders_hybrid_hits_by_maxsim(make_runtime):
     assert changed >= 2  # the re-scoring really reorders, not only on paper
 
 
-def test_under_load_a_new_query_keeps_hybrids_order_and_a_query_seen_lately_is_still_rescored(make_runtime):
+def test_under_load_searches_keep_hybrids_order_and_alone_they_are_rescored(make_runtime):
     rt = make_runtime(embedding_provider="local")
     _seed(rt)
     service = vectors.service(rt)
@@ -125,14 +127,25 @@ def test_under_load_a_new_query_keeps_hybrids_order_and_a_query_seen_lately_is_s
         busy = {q: smart(rt, q, project="p", limit=5) for q in QUERIES}
     assert all(body["lateInteraction"] is False and ids(body) == hybrid[q] for q, body in busy.items())
     assert all(encoder.cached(q) is None for q in QUERIES)  # nothing was encoded under load
+    threads, encode = [], encoder.query
+
+    def spy(text):
+        threads.append(threading.current_thread().name)
+        return encode(text)
+
+    encoder.query = spy
     idle = {q: smart(rt, q, project="p", limit=5) for q in QUERIES}
     assert all(body["lateInteraction"] is True for body in idle.values())
+    # each new query was encoded beside the first stage, on the service's own thread
+    assert len(threads) == len(QUERIES) and all(name.startswith("agentmemory-late-query") for name in threads)
     assert sum(ids(idle[q]) != hybrid[q] for q in QUERIES) >= 2  # late interaction changes these rankings
-    with service.searching():
+    with service.searching():  # cached now, still not re-scored under load
         again = {q: smart(rt, q, project="p", limit=5) for q in QUERIES}
-    assert all(body["lateInteraction"] is True and ids(body) == ids(idle[q]) for q, body in again.items())
+    assert all(body["lateInteraction"] is False and ids(body) == hybrid[q] for q, body in again.items())
+    assert [ids(smart(rt, q, project="p", limit=5)) for q in QUERIES] == [ids(idle[q]) for q in QUERIES]
+    assert len(threads) == len(QUERIES)  # the cached tokens served the last round
     counts = rt.health_sections()["vectors"]["lateInteraction"]
-    assert (counts["applied"], counts["skippedBusy"]) == (2 * len(QUERIES), len(QUERIES))
+    assert (counts["applied"], counts["skippedBusy"]) == (2 * len(QUERIES), 2 * len(QUERIES))
 
 
 def test_turning_it_on_queues_the_records_without_token_vectors(make_runtime, tmp_path):

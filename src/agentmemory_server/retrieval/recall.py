@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from agentmemory_server.errors import InvalidInput, Unavailable
@@ -100,8 +101,8 @@ def _ranked(ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: 
     # Without the cross-encoder, late interaction re-scores the best hits (with it, it did not
     # add to what the cross-encoder finds: docs/retrieval.md). An explicit "bm25" or "vector"
     # mode asks for that ranker's order alone.
-    late = not wanted and mode in ("auto", "hybrid") and service.late is not None
-    depth = max(limit, rerank.RERANK_DEPTH) if wanted else max(limit, late_interaction.DEPTH) if late else limit
+    tokens = service.late_query(query) if not wanted and mode in ("auto", "hybrid") else None
+    depth = max(limit, rerank.RERANK_DEPTH) if wanted else max(limit, late_interaction.DEPTH) if tokens else limit
     hits, used = search.hybrid(
         store,
         query,
@@ -113,8 +114,9 @@ def _ranked(ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: 
         fusion=ctx.rt.settings.search_fusion,
         neighbour_weight=rerank.NEIGHBOUR_WEIGHT if wanted and rerank.available() else 0.0,
     )
-    if late:
-        hits, late = rescored(store, service, query, hits)
+    late = False
+    if tokens is not None:
+        hits, late = rescored(store, service, tokens, hits)
         hits = hits[:limit]
     pairs = search.hydrate(store, hits)
     if not wanted or len(pairs) < 2:
@@ -128,12 +130,17 @@ def _ranked(ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: 
     return Ranked(pairs[:limit], used, True, False)
 
 
-def rescored(store: Any, service: vectors.VectorService, query: str, hits: list[dict]) -> tuple[list[dict], bool]:
+def rescored(
+    store: Any, service: vectors.VectorService, tokens: Callable[[], Any], hits: list[dict]
+) -> tuple[list[dict], bool]:
     """The best ``late_interaction.DEPTH`` hits reordered by their fused score blended with
-    MaxSim (late interaction), the rest after them unchanged; and whether that ran."""
+    MaxSim (late interaction) with the query's ``tokens`` (when they come), the rest after them
+    unchanged; and whether that ran."""
     head, tail = hits[: late_interaction.DEPTH], hits[late_interaction.DEPTH :]
-    scores = service.late_scores(store, query, head) if len(head) > 1 else None
-    return (hits, False) if scores is None else (late_interaction.rescore(head, scores) + tail, True)
+    query_tokens = tokens()
+    if len(head) < 2 or query_tokens is None:
+        return hits, False
+    return late_interaction.rescore(head, service.late_scores(store, query_tokens, head)) + tail, True
 
 
 def second_round(ctx: Ctx, store: Any, query: str, filters: dict[str, Any], mode: str) -> rerank.MoreFrom:

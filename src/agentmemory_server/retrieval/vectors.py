@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -69,11 +69,11 @@ SAVE_AFTER_SECONDS, SAVE_AFTER_CHANGES, SAVE_AT_MOST_EVERY = 60.0, 1000, 600.0
 # vectors alone (whatever the backlog's length then).
 LATE_DEFER_BACKLOG = 500
 RECONCILE_CHUNK = 500  # rows a reconcile queues per write transaction
-# Encoding a query late interaction has not seen costs 3-4 ms of CPU, a quarter of a search at
-# 100k: with ten clients it cost a fifth to a quarter of the searches a second (docs/search.md).
-# So an unseen query is encoded only when no other search is in flight in this process; under
-# load the hybrid order stands (the response says so) and a query seen lately is still re-scored
-# (its tokens are cached: 0.5-0.8 ms).
+# Late interaction is a refinement for when the CPU is free: it costs 0.5-0.8 ms of CPU a search
+# with the query's token vectors cached and 3-4 ms more to encode a new query, and with ten
+# clients at 100k it cost a fifth to a quarter of the searches a second (docs/search.md). So it
+# runs only when no other search is in flight in this process; under load the hybrid order
+# stands (the response says so, /health counts it).
 LATE_BUSY_SEARCHES = 1
 
 
@@ -133,6 +133,7 @@ class VectorService:
         self._in_flight = 0  # searches running in this process (``searching``)
         self._in_flight_lock = threading.Lock()
         self.late_counts = {"applied": 0, "skippedBusy": 0}
+        self._late_queries: ThreadPoolExecutor | None = None  # encodes new queries beside the first stage
         self.tokens_deferred = False  # a batch went without token vectors: reconcile once drained
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -438,22 +439,37 @@ class VectorService:
         with self._in_flight_lock:
             self.late_counts[outcome] += 1
 
-    def late_scores(self, store: UnitOfWork, query: str, hits: list[dict]) -> Any:
-        """MaxSim of the query against each hit's stored token vectors (NaN for a hit without
-        any yet), or None when late interaction is off, cannot run here, or would have to encode
-        a new query while other searches of this process wait for the CPU."""
+    def late_query(self, query: str) -> Callable[[], np.ndarray | None] | None:
+        """Start on the query's token vectors for late interaction. None when it is off here, or
+        while other searches of this process compete for the CPU; else a function that returns them (or None if the model failed). A new query is
+        encoded on another thread while the request's thread runs the first stage, so one search
+        waits for the longer of the two, not both (onnxruntime releases the GIL)."""
         if self.late is None:
             return None
-        tokens = self.late.cached(query)
-        if tokens is None and self._in_flight > LATE_BUSY_SEARCHES:
+        if self._in_flight > LATE_BUSY_SEARCHES:
             self._count("skippedBusy")
             return None
-        try:
-            tokens = tokens if tokens is not None else self.late.query(query)
-        except Unavailable as exc:
-            self.late, self.late_error = None, exc.message
-            log.warning("late interaction off: %s", exc.message)
-            return None
+        tokens = self.late.cached(query)
+        if tokens is not None:
+            return lambda: tokens
+        with self._in_flight_lock:
+            if self._late_queries is None:
+                self._late_queries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmemory-late-query")
+        pending = self._late_queries.submit(self.late.query, query)
+
+        def tokens_when_done() -> np.ndarray | None:
+            try:
+                return pending.result()
+            except Unavailable as exc:
+                self.late, self.late_error = None, exc.message
+                log.warning("late interaction off: %s", exc.message)
+                return None
+
+        return tokens_when_done
+
+    def late_scores(self, store: UnitOfWork, tokens: np.ndarray, hits: list[dict]) -> np.ndarray:
+        """MaxSim of the query's token vectors against each hit's stored ones (NaN for a hit
+        without any yet)."""
         self._count("applied")
         rowids = search.rowids_of(store, hits)
         stored = store.vectors.tokens([r for r in rowids if r is not None], late_interaction.MODEL_ID)
@@ -603,8 +619,9 @@ class VectorService:
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=10)
-        if self._compute is not None:
-            self._compute.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._compute, self._late_queries):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _check(name: str, status: str, message: str, fix: str, fixable: bool) -> dict[str, Any]:
