@@ -441,9 +441,10 @@ class VectorService:
 
     def late_query(self, query: str) -> Callable[[], np.ndarray | None] | None:
         """Start on the query's token vectors for late interaction. None when it is off here, or
-        while other searches of this process compete for the CPU; else a function that returns them (or None if the model failed). A new query is
-        encoded on another thread while the request's thread runs the first stage, so one search
-        waits for the longer of the two, not both (onnxruntime releases the GIL)."""
+        while other searches of this process compete for the CPU; else a function that returns
+        them (or None if the model failed). A new query is encoded on another thread while the
+        request's thread runs the first stage, so one search waits for the longer of the two,
+        not both (onnxruntime releases the GIL)."""
         if self.late is None:
             return None
         if self._in_flight > LATE_BUSY_SEARCHES:
