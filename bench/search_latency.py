@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from agentmemory_server.kernel import registry  # noqa: E402
 from agentmemory_server.retrieval import rerank  # noqa: E402
-from agentmemory_server.retrieval import late_interaction  # noqa: E402
+from agentmemory_server.retrieval import late_interaction, vectors  # noqa: E402
 from agentmemory_server.retrieval.embeddings import LOCAL_DIM, LOCAL_MODEL_ID, to_blob  # noqa: E402
 from ingest import free_port  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
@@ -149,10 +149,34 @@ def in_process(data_dir: str, queries: int, rerank: bool = False, late: bool = T
         cpu.append((time.thread_time() - c0) * 1000)  # this thread's CPU: what other load cannot inflate
         modes.add(data["mode"])
     vectors_loaded = rt.health_sections()["vectors"]["vectors"]
+    reconcile = reconcile_cost(rt)
     rt.close()
-    return {"startup_s": round(startup, 3), "vectors": vectors_loaded, "modes": sorted(modes),
+    return {"startup_s": round(startup, 3), "vectors": vectors_loaded, "modes": sorted(modes), "reconcile": reconcile,
             "lexical": f"{engine.get('engine')} ({engine.get('state')})",
             "cold_query": percentiles(cold[1:]), "cpu_ms": percentiles(cpu), **percentiles(lat)}
+
+
+def reconcile_cost(rt: Any) -> dict[str, Any]:
+    """The worker's reconcile when nothing is missing (what it does after every burst): its time,
+    and how many write transactions it opened; against the single INSERT ... SELECT it used to
+    run inside one write transaction (the time it held the database's write lock)."""
+    service = vectors.service(rt)
+    opened, transaction = [], rt.db.transaction
+
+    def counting(name: str, *args: Any, **kwargs: Any) -> Any:
+        opened.append(name)
+        return transaction(name, *args, **kwargs)
+
+    rt.db.transaction = counting
+    t0 = time.perf_counter()
+    queued = service.reconcile()
+    now_s = time.perf_counter() - t0
+    rt.db.transaction = transaction
+    t0 = time.perf_counter()
+    with rt.db.transaction("bench_reconcile_before") as tx:
+        queued_before = tx.vectors.backlog_requeue_missing(service.model, "9999", tokens_model=service.tokens_model)
+    return {"seconds": round(now_s, 3), "write_transactions": len(opened), "queued": queued,
+            "before_lock_s": round(time.perf_counter() - t0, 3), "queued_before": queued_before}
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -327,6 +351,10 @@ def main() -> None:
               f"query's thread p50 {local['cpu_ms']['p50']} / p95 {local['cpu_ms']['p95']} ms); modes "
               f"{local['modes']}, lexical {local['lexical']}; first sight of a query (embedding it): p50 {local['cold_query']['p50']} / "
               f"p95 {local['cold_query']['p95']} ms")
+        rec = local["reconcile"]
+        print(f"  reconcile with nothing missing: {rec['seconds']} s on a reader, {rec['write_transactions']} write "
+              f"transactions, {rec['queued']} queued; as one INSERT ... SELECT it held the write lock "
+              f"{rec['before_lock_s']} s ({rec['queued_before']} queued)")
         if without_late is not None:
             w = without_late
             print(f"  in-process, late interaction off: p50 {w['p50']} / p95 {w['p95']} ms (CPU p50 "
