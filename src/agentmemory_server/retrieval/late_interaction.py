@@ -53,6 +53,12 @@ DEPTH = 50
 WEIGHT = 0.5
 BATCH = 16
 QUERY_CACHE_SIZE = 512
+# Experimental (issue-16g): which query tokens count in MaxSim, and the blend's scale.
+QUERY_KEEP = "all"  # all | content (no stopwords, no punctuation) | words (content, no special tokens)
+BLEND = "minmax"  # minmax | zscore | rank
+PRF_DOCS = 1  # experimental: the best hits whose tokens score the others
+PRF_WEIGHT = 0.0
+SYMMETRIC = 0.0  # share of the record-to-query MaxSim (each record token's best query token, averaged)
 
 
 def available() -> bool:
@@ -88,8 +94,13 @@ def maxsim(query: np.ndarray, blobs: Sequence[bytes | None]) -> np.ndarray:
     scales = np.array([np.frombuffer(blob, dtype=np.float32, count=1)[0] for blob in stored], dtype=np.float32)
     tokens = np.frombuffer(b"".join(blob[4:] for blob in stored), dtype=np.int8).reshape(-1, DIMS)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    best = np.maximum.reduceat(query @ tokens.T.astype(np.float32), starts, axis=1)  # query tokens x records
-    scores[present] = (best * scales).sum(axis=0)
+    sims = query @ tokens.T.astype(np.float32)
+    best = np.maximum.reduceat(sims, starts, axis=1)  # query tokens x records
+    forward = (best * scales).mean(axis=0)
+    if SYMMETRIC:
+        backward = np.add.reduceat(sims.max(axis=0), starts) / counts * scales
+        forward = (1 - SYMMETRIC) * forward + SYMMETRIC * backward
+    scores[present] = forward
     return scores
 
 
@@ -103,7 +114,7 @@ class LateEncoder:
         self._session: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[np.ndarray, list[int]]] = OrderedDict()
 
     def _load(self) -> None:
         from tokenizers import Tokenizer
@@ -145,11 +156,28 @@ class LateEncoder:
                     out[i] = pack(tokens)
             return out
 
+    def _kept(self, entry: tuple[np.ndarray, list[int]]) -> np.ndarray:
+        tokens, ids = entry
+        if QUERY_KEEP == "all":
+            return tokens
+        from agentmemory_server.retrieval.search import STOPWORDS
+
+        keep = []
+        for i, token_id in enumerate(ids):
+            word = self._tokenizer.id_to_token(token_id) or ""
+            special = i < 2 or word in ("[SEP]", "[CLS]")
+            if special:
+                keep.append(QUERY_KEEP != "words")
+                continue
+            keep.append(word.lower() not in STOPWORDS and any(c.isalnum() for c in word))
+        return tokens[np.array(keep)] if any(keep) else tokens
+
     def cached(self, text: str) -> np.ndarray | None:
         """The query's token vectors when it was encoded lately, else None (nothing computed)."""
         key = text.strip()[:2000]
         with self._lock:
-            return self._cache.get(key)
+            entry = self._cache.get(key)
+            return None if entry is None else self._kept(entry)
 
     def query(self, text: str) -> np.ndarray:
         """The query's unit token vectors (cached: a repeated query costs nothing)."""
@@ -157,17 +185,24 @@ class LateEncoder:
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
-                return self._cache[key]
+                return self._kept(self._cache[key])
             if self._session is None:
                 self._load()
-            tokens = self._run(self._ids([key], QUERY_MARKER, QUERY_TOKENS))[0]
-            self._cache[key] = tokens
+            ids = self._ids([key], QUERY_MARKER, QUERY_TOKENS)
+            tokens = self._run(ids)[0]
+            self._cache[key] = (tokens, ids[0])
             while len(self._cache) > QUERY_CACHE_SIZE:
                 self._cache.popitem(last=False)
-            return tokens
+            return self._kept(self._cache[key])
 
 
 def _unit(values: np.ndarray) -> np.ndarray:
+    if BLEND == "zscore":
+        sd = float(values.std())
+        return (values - values.mean()) / sd if sd > 0 else np.zeros_like(values)
+    if BLEND == "rank":
+        order = np.argsort(np.argsort(-values, kind="stable"), kind="stable")
+        return 1.0 / (10.0 + order)
     span = float(values.max() - values.min()) if len(values) else 0.0
     return (values - values.min()) / span if span > 0 else np.ones_like(values)
 
@@ -184,3 +219,25 @@ def rescore(hits: list[dict], late: np.ndarray, weight: float | None = None) -> 
     mixed = (1 - weight) * _unit(fused) + weight * _unit(late)
     order = sorted(range(len(hits)), key=lambda i: (-mixed[i], i))
     return [hits[i] for i in order]
+
+
+def with_feedback(hits: list[dict], late: np.ndarray, blobs: Sequence[bytes | None]) -> np.ndarray:
+    """Experimental pseudo-relevance feedback in token space: the best PRF_DOCS hits (by the
+    blend) score every hit by MaxSim of their tokens; added at PRF_WEIGHT to the query's MaxSim
+    (each min-max normalised)."""
+    if not PRF_WEIGHT or len(hits) < 3 or np.isnan(late).all():
+        return late
+    filled = np.where(np.isnan(late), np.nanmedian(late), late)
+    fused = np.array([h["score"] for h in hits], dtype=np.float32)
+    mixed = (1 - WEIGHT) * _unit(fused) + WEIGHT * _unit(filled)
+    seeds = [i for i in np.argsort(-mixed, kind="stable") if blobs[i]][:PRF_DOCS]
+    if not seeds:
+        return late
+    seed_tokens = np.concatenate([unpack(blobs[i] or b"") for i in seeds])
+    feedback = maxsim(seed_tokens, blobs)
+    others = [i for i in range(len(hits)) if i not in seeds and not np.isnan(feedback[i])]
+    if not others:
+        return late
+    feedback[seeds] = np.nanmax(feedback[others])
+    feedback = np.where(np.isnan(feedback), np.nanmedian(feedback), feedback)
+    return _unit(filled) + PRF_WEIGHT * _unit(feedback)

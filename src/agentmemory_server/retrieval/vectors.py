@@ -457,7 +457,8 @@ class VectorService:
         self._count("applied")
         rowids = search.rowids_of(store, hits)
         stored = store.vectors.tokens([r for r in rowids if r is not None], late_interaction.MODEL_ID)
-        return late_interaction.maxsim(tokens, [stored.get(r) if r is not None else None for r in rowids])
+        blobs = [stored.get(r) if r is not None else None for r in rowids]
+        return late_interaction.with_feedback(hits, late_interaction.maxsim(tokens, blobs), blobs)
 
     def search(self, store: UnitOfWork, query: str, *, limit: int, filters: dict[str, Any]) -> list[dict]:
         """Ranked search rows by cosine similarity, checked against the index rows (deleted,
