@@ -137,8 +137,8 @@ def rescored(
     MaxSim (late interaction) with the query's ``tokens`` (when they come), the rest after them
     unchanged; and whether that ran."""
     head, tail = hits[: late_interaction.DEPTH], hits[late_interaction.DEPTH :]
-    query_tokens = tokens()
-    if len(head) < 2 or query_tokens is None:
+    query_tokens = tokens() if len(head) > 1 else None  # one hit or none: nothing to reorder or wait for
+    if query_tokens is None:
         return hits, False
     return late_interaction.rescore(head, service.late_scores(store, query_tokens, head)) + tail, True
 

@@ -21,9 +21,9 @@ def missing_vectors_sql(model: str, tokens_model: str | None, mark: str) -> tupl
 
 
 def missing_rowids_sql(model: str, tokens_model: str | None, mark: str) -> tuple[str, tuple[str, ...]]:
-    """Up to a limit (last parameter) of the search rows after a rowid (first parameter) that
-    lack a vector of ``model`` or token vectors of ``tokens_model``, in rowid order; and the
-    model parameters between the two."""
+    """A query for the next rowids, in order, of search rows that lack a vector of ``model`` or
+    token vectors of ``tokens_model``; and the model parameters. Its parameters are the rowid to
+    start after, the model parameters, then how many rows at most."""
     missing, params = missing_vectors_sql(model, tokens_model, mark)
     return f"SELECT d.id FROM search_docs d WHERE d.id > {mark} AND ({missing}) ORDER BY d.id LIMIT {mark}", params
 
