@@ -1,7 +1,14 @@
 """SQL the two backends' vector stores share: they differ only in the parameter mark (``mark``:
-``?`` for SQLite, ``%s`` for PostgreSQL)."""
+``?`` for SQLite, ``%s`` for PostgreSQL). ``SharedVectorMethods`` holds the store methods whose
+SQL is the same in both; each backend's store adds what its engine does its own way (nearest
+neighbours, claiming the backlog, loading vectors)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+BACKLOG = "embed_backlog"
 
 
 def _without_vector(mark: str) -> str:
@@ -71,3 +78,98 @@ def tokens_sql(count: int, mark: str) -> str:
         f"SELECT doc_rowid, tokens FROM search_tokens WHERE doc_rowid IN ({', '.join([mark] * count)}) "
         f"AND model = {mark}"
     )
+
+
+def queue_sql(mark: str) -> str:
+    """Queue a search row (rowid, queued_at); a row already queued is retried from scratch."""
+    return (
+        f"INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES ({mark}, {mark}) ON CONFLICT (doc_rowid) "
+        "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0"
+    )
+
+
+class SharedVectorMethods:
+    """``VectorStore`` methods with the same SQL on both backends, on ``conn`` (a sqlite3 or
+    psycopg connection: both ``execute`` and return a cursor) with the backlog's ``bounds``."""
+
+    mark: str  # the backend's parameter mark
+    no_limit: int | None  # what LIMIT takes for "no limit": -1 in SQLite, NULL in PostgreSQL
+    conn: Any
+    bounds: Any
+
+    def _backlog_size(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM embed_backlog").fetchone()[0])
+
+    def backlog_put(self, rowid: int, now: str) -> bool:
+        """Queue one search row for (re-)embedding; a queued row is retried from scratch. False:
+        the backlog is at its bound and the row was shed (``backlog_requeue_missing`` finds it)."""
+        if not self.bounds.admit(BACKLOG, self._backlog_size):
+            return False
+        self.conn.execute(queue_sql(self.mark), (rowid, now))
+        return True
+
+    def backlog_at_least(self, count: int) -> bool:
+        """Do ``count`` or more records wait (reads at most that many index entries)?"""
+        return self.conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM embed_backlog LIMIT 1 OFFSET {self.mark})", (max(0, count - 1),)
+        ).fetchone()[0] in (1, True)
+
+    def backlog_requeue_missing(
+        self,
+        model: str,
+        now: str,
+        *,
+        everything: bool = False,
+        limit: int | None = None,
+        tokens_model: str | None = None,
+        rowids: Sequence[int] | None = None,
+    ) -> int:
+        """Queue search rows without a vector of ``model`` (or every row: a deliberate re-embed,
+        not held to the backlog's bound), at most ``limit`` (and, for missing rows, as many as the
+        bound leaves room for: the rest are found again once the backlog drained); given
+        ``rowids``, only those of them. Returns how many."""
+        among = tuple(rowids or ())
+        if rowids is not None and not among:
+            return 0
+        room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
+        limit = room if limit is None else limit if room is None else min(limit, room)
+        queued = 0
+        for sql, params in requeue_statements(model, tokens_model, everything, self.mark, len(among)):
+            if limit is not None and queued >= limit:
+                break
+            bound = self.no_limit if limit is None else limit - queued
+            queued += self.conn.execute(sql, (now, *params, *among, bound)).rowcount
+        self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
+        return queued
+
+    def put_tokens(self, rowid: int, model: str, tokens: bytes) -> bool:
+        """A record's token vectors, if its search row still exists; False when it is gone."""
+        return self.conn.execute(put_tokens_sql(self.mark), (rowid, model, tokens, rowid)).rowcount > 0
+
+    def tokens(self, rowids: Sequence[int], model: str) -> dict[int, bytes]:
+        """The stored token vectors of ``model`` for those of ``rowids`` that have them."""
+        if not rowids:
+            return {}
+        rows = self.conn.execute(tokens_sql(len(rowids), self.mark), (*rowids, model))
+        return {int(rowid): bytes(blob) for rowid, blob in rows}
+
+    def counts(self) -> dict[str, int]:
+        """Vectors per ``model/dim``."""
+        rows = self.conn.execute("SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim")
+        return {key: int(n) for key, n in rows}
+
+    def missing_rowids(self, model: str, tokens_model: str | None, after: int, limit: int) -> list[int]:
+        sql, params = missing_rowids_sql(model, tokens_model, self.mark)
+        return [int(row[0]) for row in self.conn.execute(sql, (after, *params, limit))]
+
+    def missing(self, model: str, tokens_model: str | None = None) -> int:
+        """Search rows with no vector of ``model`` (or no token vectors of ``tokens_model``) and no
+        backlog entry (lost work)."""
+        missing, params = missing_vectors_sql(model, tokens_model, self.mark)
+        return int(
+            self.conn.execute(
+                f"SELECT count(*) FROM search_docs d WHERE ({missing}) AND NOT EXISTS "
+                "(SELECT 1 FROM embed_backlog b WHERE b.doc_rowid = d.id)",
+                params,
+            ).fetchone()[0]
+        )

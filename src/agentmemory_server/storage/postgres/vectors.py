@@ -8,19 +8,13 @@ query for it never scans the table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from agentmemory_server.storage.postgres.common import Unit
-from agentmemory_server.storage.vector_sql import (
-    missing_rowids_sql,
-    missing_vectors_sql,
-    put_tokens_sql,
-    requeue_statements,
-    tokens_sql,
-)
+from agentmemory_server.storage.vector_sql import BACKLOG, SharedVectorMethods
 
 BACKLOG_COLUMNS = (
     "rowid",
@@ -35,7 +29,6 @@ BACKLOG_COLUMNS = (
     "session_id",
     "tokens_only",
 )
-BACKLOG = "embed_backlog"
 BACKLOG_SELECT = (
     "SELECT b.doc_rowid, b.attempts, t.title, t.body, t.concepts, t.context, d.kind, d.project, "
     "d.agent_id, d.session_id, b.tokens_only FROM embed_backlog b JOIN search_docs d ON d.id = b.doc_rowid "
@@ -51,7 +44,9 @@ def to_vector(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
 
 
-class PgVectorStore:
+class PgVectorStore(SharedVectorMethods):
+    mark, no_limit = "%s", None
+
     def __init__(self, unit: Unit):
         self.unit = unit
         self.conn = unit.conn
@@ -91,21 +86,6 @@ class PgVectorStore:
         found = [(int(r[0]), float(r[1])) for r in rows]
         found.sort(key=lambda pair: -pair[1])  # iterative scans may return near-ties out of order
         return found
-
-    def _backlog_size(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM embed_backlog").fetchone()[0])
-
-    def backlog_put(self, rowid: int, now: str) -> bool:
-        """Queue one search row for (re-)embedding; False: the backlog is at its bound and the
-        row was shed (``backlog_requeue_missing`` finds it later)."""
-        if not self.bounds.admit(BACKLOG, self._backlog_size):
-            return False
-        self.conn.execute(
-            "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (%s, %s) ON CONFLICT (doc_rowid) DO UPDATE "
-            "SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0",
-            (rowid, now),
-        )
-        return True
 
     def backlog_take(self, limit: int, now_epoch: float) -> list[dict[str, Any]]:
         rows = self.conn.execute(
@@ -159,38 +139,6 @@ class PgVectorStore:
         ).fetchone()
         return {"pending": int(row[0]), "failing": int(row[1]), "maxAttempts": row[2] or 0, "lastError": row[3]}
 
-    def backlog_at_least(self, count: int) -> bool:
-        """Do ``count`` or more records wait (reads at most that many index entries)?"""
-        return self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM embed_backlog LIMIT 1 OFFSET %s)", (max(0, count - 1),)
-        ).fetchone()[0] in (1, True)
-
-    def backlog_requeue_missing(
-        self,
-        model: str,
-        now: str,
-        *,
-        everything: bool = False,
-        limit: int | None = None,
-        tokens_model: str | None = None,
-        rowids: Sequence[int] | None = None,
-    ) -> int:
-        """Queue search rows without a vector of ``model`` (or every row), at most ``limit`` and,
-        for missing rows, as many as the backlog's bound leaves room for."""
-        room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
-        limit = room if limit is None else limit if room is None else min(limit, room)
-        queued = 0
-        among = tuple(rowids or ())
-        if rowids is not None and not among:
-            return 0
-        for sql, params in requeue_statements(model, tokens_model, everything, "%s", len(among)):
-            if limit is not None and queued >= limit:
-                break
-            bound = None if limit is None else limit - queued
-            queued += self.conn.execute(sql, (now, *params, *among, bound)).rowcount
-        self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
-        return queued
-
     def put(self, rowid: int, model: str, vector: bytes, dim: int, now: str) -> bool:
         self._ensure_model_index(model, dim)
         return (
@@ -216,17 +164,6 @@ class PgVectorStore:
         )
         self.conn.execute("INSERT INTO vector_models (model, dim, index_name) VALUES (%s, %s, %s)", (model, dim, name))
 
-    def put_tokens(self, rowid: int, model: str, tokens: bytes) -> bool:
-        """Store a record's token vectors if its search row still exists; False when it is gone."""
-        return self.conn.execute(put_tokens_sql("%s"), (rowid, model, tokens, rowid)).rowcount > 0
-
-    def tokens(self, rowids: Sequence[int], model: str) -> dict[int, bytes]:
-        """The token vectors of ``model`` stored for these rows (rows without any are left out)."""
-        if not rowids:
-            return {}
-        rows = self.conn.execute(tokens_sql(len(rowids), "%s"), (*rowids, model))
-        return {int(rowid): bytes(blob) for rowid, blob in rows}
-
     def load(self, model: str, dim: int) -> Iterator[tuple[int, bytes, str, str | None, str | None, str | None]]:
         after = 0
         while True:
@@ -247,24 +184,6 @@ class PgVectorStore:
         return int(
             self.conn.execute(
                 f"SELECT count(*) FROM search_vectors WHERE model = {literal(model)} AND dim = {int(dim)}"
-            ).fetchone()[0]
-        )
-
-    def counts(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim")
-        return {k: int(n) for k, n in rows}
-
-    def missing_rowids(self, model: str, tokens_model: str | None, after: int, limit: int) -> list[int]:
-        sql, params = missing_rowids_sql(model, tokens_model, "%s")
-        return [row[0] for row in self.conn.execute(sql, (after, *params, limit))]
-
-    def missing(self, model: str, tokens_model: str | None = None) -> int:
-        missing, params = missing_vectors_sql(model, tokens_model, "%s")
-        return int(
-            self.conn.execute(
-                f"SELECT count(*) FROM search_docs d WHERE ({missing}) AND NOT EXISTS "
-                "(SELECT 1 FROM embed_backlog b WHERE b.doc_rowid = d.id)",
-                params,
             ).fetchone()[0]
         )
 

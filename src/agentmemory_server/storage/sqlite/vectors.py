@@ -9,22 +9,14 @@ from typing import Any
 import numpy as np
 
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks
-from agentmemory_server.storage.vector_sql import (
-    missing_rowids_sql,
-    missing_vectors_sql,
-    put_tokens_sql,
-    requeue_statements,
-    tokens_sql,
-)
+from agentmemory_server.storage.vector_sql import BACKLOG, SharedVectorMethods, queue_sql
 
-BACKLOG = "embed_backlog"
-QUEUE = (
-    "INSERT INTO embed_backlog (doc_rowid, queued_at) VALUES (?, ?) ON CONFLICT (doc_rowid) "
-    "DO UPDATE SET queued_at = excluded.queued_at, attempts = 0, next_try = 0, last_error = NULL, tokens_only = 0"
-)
+QUEUE = queue_sql("?")
 
 
-class SqliteVectorStore:
+class SqliteVectorStore(SharedVectorMethods):
+    mark, no_limit = "?", -1
+
     def __init__(self, unit: Unit):
         self.conn = unit.conn
         self.bounds = unit.bounds
@@ -39,17 +31,6 @@ class SqliteVectorStore:
         if self._index is None:
             return []
         return self._index(model, dim).search(self.conn, query, k, filters)
-
-    def _backlog_size(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM embed_backlog").fetchone()[0]
-
-    def backlog_put(self, rowid: int, now: str) -> bool:
-        """Queue one search row for (re-)embedding; a queued row is retried from scratch. False:
-        the backlog is at its bound and the row was shed (``backlog_requeue_missing`` finds it)."""
-        if not self.bounds.admit(BACKLOG, self._backlog_size):
-            return False
-        self.conn.execute(QUEUE, (rowid, now))
-        return True
 
     def backlog_put_many(self, rowids: Sequence[int], now: str) -> int:
         """``backlog_put`` of each row in order, in one prepared statement; returns how many were
@@ -137,40 +118,6 @@ class SqliteVectorStore:
         ).fetchone()
         return {"pending": row[0], "failing": row[1], "maxAttempts": row[2] or 0, "lastError": row[3]}
 
-    def backlog_at_least(self, count: int) -> bool:
-        """Do ``count`` or more records wait (reads at most that many index entries)?"""
-        return self.conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM embed_backlog LIMIT 1 OFFSET ?)", (max(0, count - 1),)
-        ).fetchone()[0] in (1, True)
-
-    def backlog_requeue_missing(
-        self,
-        model: str,
-        now: str,
-        *,
-        everything: bool = False,
-        limit: int | None = None,
-        tokens_model: str | None = None,
-        rowids: Sequence[int] | None = None,
-    ) -> int:
-        """Queue search rows without a vector of ``model`` (or every row: a deliberate re-embed,
-        not held to the backlog's bound), at most ``limit`` (and, for missing rows, as many as the
-        bound leaves room for: the rest are found again once the backlog drained); returns how
-        many."""
-        room = None if everything else self.bounds.room(BACKLOG, self._backlog_size)
-        limit = room if limit is None else limit if room is None else min(limit, room)
-        queued = 0
-        among = tuple(rowids or ())
-        if rowids is not None and not among:
-            return 0
-        for sql, params in requeue_statements(model, tokens_model, everything, "?", len(among)):
-            if limit is not None and queued >= limit:
-                break
-            bound = -1 if limit is None else limit - queued
-            queued += self.conn.execute(sql, (now, *params, *among, bound)).rowcount
-        self.bounds.room(BACKLOG, self._backlog_size)  # recount: the upsert does not say what was new
-        return queued
-
     def put(self, rowid: int, model: str, vector: bytes, dim: int, now: str) -> bool:
         """Store a vector if its search row still exists; False when the row is gone."""
         return (
@@ -184,17 +131,6 @@ class SqliteVectorStore:
             > 0
         )
 
-    def put_tokens(self, rowid: int, model: str, tokens: bytes) -> bool:
-        """Store a record's token vectors if its search row still exists; False when it is gone."""
-        return self.conn.execute(put_tokens_sql("?"), (rowid, model, tokens, rowid)).rowcount > 0
-
-    def tokens(self, rowids: Sequence[int], model: str) -> dict[int, bytes]:
-        """The token vectors of ``model`` stored for these rows (rows without any are left out)."""
-        if not rowids:
-            return {}
-        rows = self.conn.execute(tokens_sql(len(rowids), "?"), (*rowids, model))
-        return {int(rowid): bytes(blob) for rowid, blob in rows}
-
     def load(self, model: str, dim: int) -> Iterator[tuple[int, bytes, str, str | None, str | None, str | None]]:
         """(rowid, vector bytes, kind, project, agent_id, session_id) of every vector of ``model``."""
         return self.conn.execute(
@@ -203,23 +139,3 @@ class SqliteVectorStore:
             "WHERE v.model = ? AND v.dim = ? ORDER BY v.doc_rowid",
             (model, dim),
         )
-
-    def counts(self) -> dict[str, int]:
-        """Vectors per ``model/dim``."""
-        return dict(
-            self.conn.execute("SELECT model || '/' || dim, count(*) FROM search_vectors GROUP BY model, dim").fetchall()
-        )
-
-    def missing_rowids(self, model: str, tokens_model: str | None, after: int, limit: int) -> list[int]:
-        sql, params = missing_rowids_sql(model, tokens_model, "?")
-        return [row[0] for row in self.conn.execute(sql, (after, *params, limit))]
-
-    def missing(self, model: str, tokens_model: str | None = None) -> int:
-        """Search rows with no vector of ``model`` (or no token vectors of ``tokens_model``) and no
-        backlog entry (lost work)."""
-        missing, params = missing_vectors_sql(model, tokens_model, "?")
-        return self.conn.execute(
-            f"SELECT count(*) FROM search_docs d WHERE ({missing}) AND NOT EXISTS "
-            "(SELECT 1 FROM embed_backlog b WHERE b.doc_rowid = d.id)",
-            params,
-        ).fetchone()[0]
