@@ -247,3 +247,24 @@ def test_a_reconcile_reads_what_is_missing_first_and_queues_it_in_short_transact
     with after.db.transaction("t") as tx:
         assert tx.vectors.backlog_requeue_missing(svc.model, "now", tokens_model=svc.tokens_model, rowids=[row]) == 0
     assert after.db.reader().vectors.backlog_stats()["pending"] == 0
+
+
+def test_a_reconcile_stops_reading_once_the_backlog_is_full(make_runtime, tmp_path, monkeypatch):
+    before = make_runtime(embedding_provider="hash", data_dir=str(tmp_path / "d"), search_late_interaction=False)
+    _seed(before)  # 10 records without token vectors
+    monkeypatch.setattr(vectors, "RECONCILE_CHUNK", 3)
+    after = make_runtime(embedding_provider="hash", data_dir=str(tmp_path / "d"), embed_backlog_max=4)
+    svc, reads = vectors.service(after), []
+    missing_rowids = type(after.db.reader().vectors).missing_rowids
+
+    def counted(store, *args):
+        reads.append(args)
+        return missing_rowids(store, *args)
+
+    monkeypatch.setattr(type(after.db.reader().vectors), "missing_rowids", counted)
+    assert svc.reconcile() == 4 and len(reads) == 2  # 3, then 1 more fills it: the other 6 wait
+    assert svc.drain() == 4
+    reads.clear()
+    assert svc.reconcile() == 4 and len(reads) == 2  # from the start again, the next 4
+    assert svc.drain() == 4 and svc.reconcile() == 2 and svc.drain() == 2
+    assert after.db.reader().vectors.missing(svc.model, late_interaction.MODEL_ID) == 0

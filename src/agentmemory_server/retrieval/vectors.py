@@ -298,20 +298,23 @@ class VectorService:
         The rows are found on a reader, RECONCILE_CHUNK at a time in rowid order, and each chunk
         is queued in its own short transaction (which checks them again): the anti-join over
         every record costs ~0.2 s at 100k and would hold the database's write lock that long
-        after every burst, when it usually finds nothing."""
+        after every burst, when it usually finds nothing. It stops when the backlog is full."""
         if self.embedder is None:
             return 0
-        model, queued, after = self.embedder.model_id, 0, 0
-        while True:
+        model, queued, after, full = self.embedder.model_id, 0, 0, False
+        while not full:
             rowids = self.rt.db.reader().vectors.missing_rowids(model, self.tokens_model, after, RECONCILE_CHUNK)
             if rowids:
                 with self.rt.db.transaction("vector_reconcile") as tx:
                     queued += tx.vectors.backlog_requeue_missing(
                         model, _stamp(), tokens_model=self.tokens_model, rowids=rowids
                     )
+                    # At its bound the backlog takes no more: the rest are found once it drained.
+                    full = tx.vectors.backlog_room() == 0
             if len(rowids) < RECONCILE_CHUNK:
-                return queued
+                break
             after = rowids[-1]
+        return queued
 
     def _reconcile_after_drain(self) -> int:
         """``reconcile`` once the backlog is empty: it queues the records a long backlog left

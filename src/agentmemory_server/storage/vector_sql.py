@@ -108,6 +108,10 @@ class SharedVectorMethods:
         self.conn.execute(queue_sql(self.mark), (rowid, now))
         return True
 
+    def backlog_room(self) -> int | None:
+        """How many more rows the backlog takes (a fresh count), or None when it is unbounded."""
+        return self.bounds.room(BACKLOG, self._backlog_size)
+
     def backlog_at_least(self, count: int) -> bool:
         """Do ``count`` or more records wait (reads at most that many index entries)?"""
         return self.conn.execute(
