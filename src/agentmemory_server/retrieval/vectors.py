@@ -298,7 +298,8 @@ class VectorService:
         The rows are found on a reader, RECONCILE_CHUNK at a time in rowid order, and each chunk
         is queued in its own short transaction (which checks them again): the anti-join over
         every record costs ~0.2 s at 100k and would hold the database's write lock that long
-        after every burst, when it usually finds nothing. It stops when the backlog is full."""
+        each time the worker starts or a drain ends with records shed or deferred, when it
+        usually finds nothing. It stops when the backlog is full."""
         if self.embedder is None:
             return 0
         model, queued, after, full = self.embedder.model_id, 0, 0, False
