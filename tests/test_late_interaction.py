@@ -137,7 +137,7 @@ def test_under_load_searches_keep_hybrids_order_and_alone_they_are_rescored(make
     idle = {q: smart(rt, q, project="p", limit=5) for q in QUERIES}
     assert all(body["lateInteraction"] is True for body in idle.values())
     # each new query was encoded beside the first stage, on the service's own thread
-    assert len(threads) == len(QUERIES) and all(name.startswith("agentmemory-late-query") for name in threads)
+    assert len(threads) == len(QUERIES) and all(name.startswith("agentmemory-query-encode") for name in threads)
     assert sum(ids(idle[q]) != hybrid[q] for q in QUERIES) >= 2  # late interaction changes these rankings
     with service.searching():  # cached now, still not re-scored under load
         again = {q: smart(rt, q, project="p", limit=5) for q in QUERIES}

@@ -531,14 +531,19 @@ def hybrid(
     mode says so (also when "vector" was asked for)."""
     depth = max(limit * 2, CANDIDATE_DEPTH)
     dense = None
+    rankings = None
     if mode != "bm25" and vectors is not None and vectors.ready:
+        vector = vectors.query_vector(query)  # a new query is embedded while BM25 runs
+        if mode != "vector":
+            rankings = lexical_rankings(store, query, filters, depth)
         try:
-            dense = vectors.search(store, query, limit=depth, filters=filters)
+            dense = vectors.search(store, query, limit=depth, filters=filters, vector=vector)
         except AppError:
             dense = None  # the provider is down: answer with BM25 and say so
         if dense is not None and mode == "vector":
             return dense[:limit], "vector"
-    rankings = lexical_rankings(store, query, filters, depth)
+    if rankings is None:
+        rankings = lexical_rankings(store, query, filters, depth)
     if dense is not None:
         rankings.append(Ranking(dense, VECTOR_WEIGHT))
     expand = (lambda hits: with_neighbours(store, hits, filters, neighbour_weight)) if neighbour_weight > 0 else None

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -133,7 +133,9 @@ class VectorService:
         self._in_flight = 0  # searches running in this process (``searching``)
         self._in_flight_lock = threading.Lock()
         self.late_counts = {"applied": 0, "skippedBusy": 0}
-        self._late_queries: ThreadPoolExecutor | None = None  # encodes new queries beside the first stage
+        # Encodes a new query's vector and token vectors beside the first stage's BM25 (two
+        # threads: the two models run at once on a 2-core machine).
+        self._query_pool: ThreadPoolExecutor | None = None
         self.tokens_deferred = False  # a batch went without token vectors: reconcile once drained
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -457,10 +459,7 @@ class VectorService:
         tokens = self.late.cached(query)
         if tokens is not None:
             return lambda: tokens
-        with self._in_flight_lock:
-            if self._late_queries is None:
-                self._late_queries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmemory-late-query")
-        pending = self._late_queries.submit(self.late.query, query)
+        pending = self._encode_soon(self.late.query, query)
 
         def tokens_when_done() -> np.ndarray | None:
             try:
@@ -472,6 +471,26 @@ class VectorService:
 
         return tokens_when_done
 
+    def _encode_soon(self, encode: Callable[[str], np.ndarray], query: str) -> Future[np.ndarray]:
+        with self._in_flight_lock:
+            if self._query_pool is None:
+                self._query_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agentmemory-query-encode")
+        return self._query_pool.submit(encode, query)
+
+    def query_vector(self, query: str) -> Callable[[], np.ndarray]:
+        """Start on the query's vector; a function that returns it (raising Unavailable like
+        ``embed_query``). A new query is embedded on another thread while the request's thread
+        runs BM25, so a search waits for the longer of the two rather than both; while other
+        searches of this process compete for the CPU it is embedded when asked for, on the
+        request's thread (handing it over would only add a switch)."""
+        if self.embedder is None or self._in_flight > LATE_BUSY_SEARCHES:
+            return lambda: self.embed_query(query)
+        with self._cache_lock:
+            cached = self._cache.get(query.strip()[:2000])
+        if cached is not None:
+            return lambda: cached
+        return self._encode_soon(self.embed_query, query).result
+
     def late_scores(self, store: UnitOfWork, tokens: np.ndarray, hits: list[dict]) -> np.ndarray:
         """MaxSim of the query's token vectors against each hit's stored ones (NaN for a hit
         without any yet)."""
@@ -480,19 +499,32 @@ class VectorService:
         stored = store.vectors.tokens([r for r in rowids if r is not None], late_interaction.MODEL_ID)
         return late_interaction.maxsim(tokens, [stored.get(r) if r is not None else None for r in rowids])
 
-    def search(self, store: UnitOfWork, query: str, *, limit: int, filters: dict[str, Any]) -> list[dict]:
+    def search(
+        self,
+        store: UnitOfWork,
+        query: str,
+        *,
+        limit: int,
+        filters: dict[str, Any],
+        vector: Callable[[], np.ndarray] | None = None,
+    ) -> list[dict]:
         """Ranked search rows by cosine similarity, checked against the index rows (deleted,
-        inactive and filtered-out rows dropped). Raises Unavailable when no query vector can be
-        made."""
+        inactive and filtered-out rows dropped). ``vector`` gives the query's vector when it was
+        started earlier (``query_vector``). Raises Unavailable when no query vector can be made."""
         assert self.embedder is not None
         if not self._threads:
             self.catch_up()  # no follower here: take in what other code paths wrote
-        vector = self.embed_query(query)
-        ranked = store.vectors.search(
-            self.embedder.model_id, self.embedder.dim, vector, max(limit * 2, limit + 20), filters
-        )
-        scores = dict(ranked)
-        docs = store.index.by_rowid(list(scores), filters)
+        query_vector = vector() if vector is not None else self.embed_query(query)
+        wanted = nearest_wanted(limit, filters)
+        while True:
+            ranked = store.vectors.search(self.embedder.model_id, self.embedder.dim, query_vector, wanted, filters)
+            scores = dict(ranked)
+            docs = store.index.by_rowid(list(scores), filters)
+            # Too many dropped (a memory's superseded versions sit right beside it; a filter the
+            # index does not know): ask deeper, unless the index had no more to give.
+            if len(docs) >= limit or len(ranked) < wanted or wanted >= limit * DEEPEST_ASK:
+                break
+            wanted *= 4
         for doc in docs:
             doc["score"] = scores[doc["rowid"]]
         docs.sort(key=lambda d: -d["score"])
@@ -624,9 +656,29 @@ class VectorService:
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=10)
-        for pool in (self._compute, self._late_queries):
+        for pool in (self._compute, self._query_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+
+
+# Filters the vector index applies itself while it searches (storage/sqlite/ann.py, and the
+# PostgreSQL query's WHERE): rows it returns pass them, so few are dropped afterwards.
+INDEX_FILTERS = frozenset({"kinds", "project", "agent_id", "session_ids"})
+
+
+DEEPEST_ASK = 32  # x limit: how deep a search asks the index when rows keep dropping out
+
+
+def nearest_wanted(limit: int, filters: dict[str, Any]) -> int:
+    """How many nearest rows to ask the index for, to keep ``limit`` after the index rows' check.
+    When the index knows every filter only inactive rows (superseded versions) drop out: a small
+    margin, and ``search`` asks again, deeper, in the rare case it was not enough. A filter the
+    index does not know (a date window, a type) may drop many: twice as many from the start. At
+    100k records a search asked for 200 where 110 do, and its graph walk and exact re-scoring cost
+    about half again as much (docs/search.md)."""
+    if any(key not in INDEX_FILTERS and value not in (None, [], ()) for key, value in filters.items()):
+        return max(limit * 2, limit + 20)
+    return limit + max(10, limit // 10)
 
 
 def _check(name: str, status: str, message: str, fix: str, fixable: bool) -> dict[str, Any]:
