@@ -101,6 +101,9 @@ def _ranked(ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: 
     # Without the cross-encoder, late interaction re-scores the best hits (with it, it did not
     # add to what the cross-encoder finds: docs/retrieval.md). An explicit "bm25" or "vector"
     # mode asks for that ranker's order alone.
+    # A new query's vector first, then its token vectors, on one thread beside BM25: the first
+    # stage needs the vector before its graph walk, the tokens are read only after it.
+    vector = service.query_vector(query) if mode != "bm25" and service.ready else None
     tokens = service.late_query(query) if not wanted and mode in ("auto", "hybrid") else None
     depth = max(limit, rerank.RERANK_DEPTH) if wanted else max(limit, late_interaction.DEPTH) if tokens else limit
     hits, used = search.hybrid(
@@ -113,6 +116,7 @@ def _ranked(ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: 
         per_session=ctx.rt.settings.search_max_per_session,
         fusion=ctx.rt.settings.search_fusion,
         neighbour_weight=rerank.NEIGHBOUR_WEIGHT if wanted and rerank.available() else 0.0,
+        vector=vector,
     )
     late = False
     if tokens is not None:

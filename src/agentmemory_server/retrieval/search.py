@@ -522,10 +522,12 @@ def hybrid(
     per_session: int = 5,
     fusion: str = "score",
     neighbour_weight: float = 0.0,
+    vector: Callable[[], Any] | None = None,
 ) -> tuple[list[dict], str]:
     """Ranked index rows and the mode that really ran ("hybrid", "bm25" or "vector").
 
     ``neighbour_weight`` > 0 adds the top hits' session neighbours (``with_neighbours``).
+    ``vector`` gives the query's vector when the caller started it (``vectors.query_vector``).
     ``vectors`` is the vector subsystem (or None). Without a provider, with an empty vector
     index or when the query cannot be embedded (provider down), the answer is BM25's and the
     mode says so (also when "vector" was asked for)."""
@@ -533,7 +535,7 @@ def hybrid(
     dense = None
     rankings = None
     if mode != "bm25" and vectors is not None and vectors.ready:
-        vector = vectors.query_vector(query)  # a new query is embedded while BM25 runs
+        vector = vector or vectors.query_vector(query)  # a new query is embedded while BM25 runs
         if mode != "vector":
             rankings = lexical_rankings(store, query, filters, depth)
         try:

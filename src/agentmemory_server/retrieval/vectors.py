@@ -133,8 +133,9 @@ class VectorService:
         self._in_flight = 0  # searches running in this process (``searching``)
         self._in_flight_lock = threading.Lock()
         self.late_counts = {"applied": 0, "skippedBusy": 0}
-        # Encodes a new query's vector and token vectors beside the first stage's BM25 (two
-        # threads: the two models run at once on a 2-core machine).
+        # Encodes a new query's vector, then its token vectors, beside the first stage's BM25:
+        # one thread, so that on two cores the vector the graph walk waits for is not slowed by
+        # the tokens, needed only after the walk (in parallel, three threads shared two cores).
         self._query_pool: ThreadPoolExecutor | None = None
         self.tokens_deferred = False  # a batch went without token vectors: reconcile once drained
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -474,7 +475,7 @@ class VectorService:
     def _encode_soon(self, encode: Callable[[str], np.ndarray], query: str) -> Future[np.ndarray]:
         with self._in_flight_lock:
             if self._query_pool is None:
-                self._query_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="agentmemory-query-encode")
+                self._query_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmemory-query-encode")
         return self._query_pool.submit(encode, query)
 
     def query_vector(self, query: str) -> Callable[[], np.ndarray]:
