@@ -23,6 +23,7 @@ scores variants of the judge over the same 50 hits, with no further search:
 - **decayed window**: the window's neighbours' matches scaled by ``decay`` per turn of distance.
 - **learned blend**: a pointwise logistic regression over the features above (and the hybrid
   rank), trained on four conversations.
+- **the ceiling**: the evidence among the 50 hits put first, what a perfect judge would reach.
 
 Every variant's constants are tuned leave one conversation out (the objective and the paired
 bootstrap of bench/locomo_eval.py), against the product's blend at its values, whose figures this
@@ -186,6 +187,11 @@ def blend(feature: str | None = None, w: float = late_interaction.WEIGHT, w2: fl
     return scorer
 
 
+def base_order(head: Head) -> np.ndarray:
+    """The product's blend scaled below 1: a tie-break that keeps its order."""
+    return blend()(head) * 1e-3
+
+
 def tuned(heads: list[Head], family: Callable[..., Scorer], grid: dict[str, list[Any]]) -> tuple[Rows, dict[str, str]]:
     by_config = {
         json.dumps(dict(zip(grid, values, strict=True))): rows_of(heads, family(**dict(zip(grid, values, strict=True))))
@@ -340,6 +346,9 @@ def main() -> None:
     results = []
     base = rows_of(heads, blend())
     results.append(report("product blend, from recorded scores", base, product_rows))
+    evidence_first = lambda h: np.array([float(d in h["evidence"]) for d in h["dias"]]) + base_order(h)  # noqa: E731
+    ceiling = rows_of(heads, evidence_first)
+    results.append(report("ceiling: the evidence first", ceiling, base))
     for head in heads:
         query = unit(queries[(head["conv"], head["q"])][:, : late_interaction.DIMS])
         conv_turns = turns[head["conv"]]
