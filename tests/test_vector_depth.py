@@ -1,11 +1,13 @@
-"""How deep a vector search asks the index, and where a new query's vector is computed.
+"""How deep a vector search asks the index, and where a query's models run.
 
 The dense ranking keeps ``limit`` rows. The index is asked for a small margin more when it applies
 every filter itself, deeper only when rows drop out afterwards (inactive versions, a filter it
 does not know); a new query is embedded on the service's own thread while BM25 runs, and on the
-request's thread while other searches compete for the CPU. Both backends."""
+request's thread while other searches compete for the CPU; a request process loads its query
+models when it starts, not in its first search. Both backends."""
 
 import threading
+import time
 
 from agentmemory_server.retrieval import vectors
 from test_vectors import note, smart
@@ -76,3 +78,16 @@ def test_a_new_querys_vector_is_computed_beside_bm25_and_inline_under_load(make_
     assert threads[1] == threading.current_thread().name and ids(busy) == ids(alone)
     assert ids(smart(rt, "queue module step 5", project="p", limit=10)) == ids(alone)
     assert len(threads) == 2  # the cached vector served the third search
+
+
+def test_a_request_process_loads_its_query_models_before_its_first_search(make_runtime):
+    rt = make_runtime(embedding_provider="local", background_jobs=True, background="inline")
+    service = vectors.service(rt)
+    deadline = time.monotonic() + 60
+    while (service.embedder._session is None or service.late._session is None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # both loaded without a search, on the query thread, and nothing put in the query caches
+    assert service.embedder._session is not None and service.late._session is not None
+    assert len(service._cache) == 0 and len(service.late._cache) == 0
+    cold = make_runtime(embedding_provider="local", data_dir=str(rt.settings.data_dir) + "-cold")
+    assert vectors.service(cold).embedder._session is None  # a runtime without background jobs loads on demand

@@ -145,6 +145,13 @@ class LateEncoder:
                     out[i] = pack(tokens)
             return out
 
+    def warm(self) -> None:
+        """Load the model and encode one query, cached nowhere (see ``LocalEmbedder.warm``)."""
+        with self._lock:
+            if self._session is None:
+                self._load()
+            self._run(self._ids(["warm up"], QUERY_MARKER, QUERY_TOKENS))
+
     def cached(self, text: str) -> np.ndarray | None:
         """The query's token vectors when it was encoded lately, else None (nothing computed)."""
         key = text.strip()[:2000]
