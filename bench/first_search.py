@@ -1,0 +1,118 @@
+"""The first searches a freshly started server answers: what a restart costs its first users.
+
+    python bench/first_search.py [--size 100000 | --data-dir DIR] [--root CHECKOUT] [--pause 2]
+
+Seeds ``--size`` observations as bench/search_latency.py does (or uses an existing data
+directory), starts the server (``python src/app.py`` of ``--root``, this checkout by default: give
+another checkout to compare two versions on the same database), waits for /livez and for the
+lexical index, waits ``--pause`` seconds, then opens ``--connections`` keep-alive connections one
+after another and sends three new smart-searches over each. The server balances connections over
+its request processes, so the first connections reach every process. Prints the start-up time and
+each search's latency; the first search of each process is the one that used to load the query
+models. Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ingest import free_port  # noqa: E402
+from search_latency import lexical_ready, seed  # noqa: E402
+
+
+def first_searches(data_dir: str, root: Path, pause: float, connections: int) -> dict[str, Any]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
+    env.update(
+        AGENTMEMORY_DATA_DIR=data_dir,
+        PORT=str(port),
+        HOST="127.0.0.1",
+        EMBEDDING_PROVIDER="local",
+        AGENTMEMORY_LOG_LEVEL="warning",
+        AGENTMEMORY_AUTH="off",
+        AGENTMEMORY_RATE_LIMIT="0",
+    )
+    url = f"http://127.0.0.1:{port}/agentmemory"
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "src" / "app.py")],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while True:
+            try:
+                requests.get(url + "/livez", timeout=1)
+                break
+            except requests.RequestException:
+                if proc.poll() is not None or time.perf_counter() - started > 120:
+                    raise SystemExit("server did not start") from None
+                time.sleep(0.02)
+        livez_s = time.perf_counter() - started
+        lexical_ready(requests.Session(), url)
+        time.sleep(pause)
+        latencies = []
+        for c in range(connections):
+            http, mine = requests.Session(), []
+            for i in range(3):
+                q0 = time.perf_counter()
+                resp = http.post(
+                    url + "/smart-search",
+                    json={"query": f"why did the {c} build fail after step {i}", "limit": 10, "includeLessons": False},
+                    timeout=60,
+                )
+                mine.append(round((time.perf_counter() - q0) * 1000, 1))
+                assert resp.status_code == 200, resp.text
+            latencies.append(mine)
+            print(f"connection {c}: " + ", ".join(f"{ms} ms" for ms in mine), flush=True)
+        return {"livez_s": round(livez_s, 3), "searches_ms": latencies}
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=100_000, help="observations to seed (without --data-dir)")
+    parser.add_argument("--data-dir", help="an existing data directory instead of seeding one")
+    parser.add_argument("--root", default=str(ROOT), help="the checkout whose server to start")
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between start-up and the first search")
+    parser.add_argument("--connections", type=int, default=4)
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = opts.data_dir or tmp
+        if not opts.data_dir:
+            print(f"seeding {opts.size} observations: {seed(tmp, opts.size)}", flush=True)
+        result = first_searches(data_dir, Path(opts.root), opts.pause, opts.connections)
+    commit = subprocess.run(["git", "-C", opts.root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    print(
+        json.dumps(
+            {
+                "benchmark": "first_search",
+                "date": time.strftime("%Y-%m-%d"),
+                "server_commit": commit.stdout.strip(),
+                "pause_s": opts.pause,
+                **result,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
