@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest import free_port  # noqa: E402
-from search_latency import lexical_ready, seed  # noqa: E402
+from search_latency import lexical_ready, seed, wait_for_livez  # noqa: E402
 
 
 def first_searches(data_dir: str, root: Path, pause: float, connections: int) -> dict[str, Any]:
@@ -56,15 +56,7 @@ def first_searches(data_dir: str, root: Path, pause: float, connections: int) ->
         stderr=subprocess.DEVNULL,
     )
     try:
-        while True:
-            try:
-                requests.get(url + "/livez", timeout=1)
-                break
-            except requests.RequestException:
-                if proc.poll() is not None or time.perf_counter() - started > 120:
-                    raise SystemExit("server did not start") from None
-                time.sleep(0.02)
-        livez_s = time.perf_counter() - started
+        livez_s = wait_for_livez(url, proc, started)
         lexical_ready(requests.Session(), url)
         time.sleep(pause)
         latencies = []

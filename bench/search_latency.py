@@ -53,7 +53,6 @@ from ingest import free_port  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
-from agentmemory_server.wiring import build_runtime  # noqa: E402
 
 TOOLS = ["Bash", "Edit", "Read", "Grep", "Write"]
 AREAS = ["auth", "billing", "search", "cache", "queue", "export", "upload", "session", "config", "router",
@@ -252,6 +251,18 @@ def concurrent(url: str, queries: int, clients: int, rerank: bool) -> dict[str, 
     return {"clients": clients, "per_s": round(len(lat) / (time.perf_counter() - t0), 1), **percentiles(lat)}
 
 
+def wait_for_livez(url: str, proc: subprocess.Popen, started: float, timeout: float = 120) -> float:
+    """Seconds from ``started`` until the server at ``url`` answers /livez (exits if it died)."""
+    while True:
+        try:
+            requests.get(url + "/livez", timeout=1)
+            return time.perf_counter() - started
+        except requests.RequestException:
+            if proc.poll() is not None or time.perf_counter() - started > timeout:
+                raise SystemExit("server did not start") from None
+            time.sleep(0.02)
+
+
 def over_http(data_dir: str, queries: int, rerank: bool = False, clients: int = 0, late: bool = True) -> dict[str, Any]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
@@ -264,15 +275,7 @@ def over_http(data_dir: str, queries: int, rerank: bool = False, clients: int = 
     proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "app.py")], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while True:
-            try:
-                requests.get(url + "/livez", timeout=1)
-                break
-            except requests.RequestException:
-                if proc.poll() is not None or time.perf_counter() - t0 > 60:
-                    raise SystemExit("server did not start")
-                time.sleep(0.02)
-        startup = time.perf_counter() - t0
+        startup = wait_for_livez(url, proc, t0)
         http, rng, lat = requests.Session(), random.Random(3), []
         lexical_s = lexical_ready(http, url)
         for text in QUERIES:  # warm the server's query-embedding cache
