@@ -75,6 +75,10 @@ RECONCILE_CHUNK = 500  # rows a reconcile queues per write transaction
 # runs only when no other search is in flight in this process; under load the hybrid order
 # stands (the response says so, /health counts it).
 LATE_BUSY_SEARCHES = 1
+# Filters the vector index applies itself while it searches (storage/sqlite/ann.py, and the
+# PostgreSQL query's WHERE): rows it returns pass them, so few are dropped afterwards.
+INDEX_FILTERS = frozenset({"kinds", "project", "agent_id", "session_ids"})
+DEEPEST_ASK = 32  # x limit: how deep a search asks the index when rows keep dropping out
 
 
 def _malloc_trim() -> Any:
@@ -482,8 +486,8 @@ class VectorService:
                 continue
             try:
                 warm()
-            except Unavailable as exc:  # the search that needs it reports it, as without warming
-                log.warning("could not load a query model ahead of the first search: %s", exc.message)
+            except Exception as exc:  # the search that needs the model reports it, as without warming
+                log.warning("could not load a query model ahead of the first search: %s", exc)
 
     def _encode_soon(self, encode: Callable[[str], Any], query: str) -> Future[Any]:
         with self._in_flight_lock:
@@ -673,14 +677,6 @@ class VectorService:
         for pool in (self._compute, self._query_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
-
-
-# Filters the vector index applies itself while it searches (storage/sqlite/ann.py, and the
-# PostgreSQL query's WHERE): rows it returns pass them, so few are dropped afterwards.
-INDEX_FILTERS = frozenset({"kinds", "project", "agent_id", "session_ids"})
-
-
-DEEPEST_ASK = 32  # x limit: how deep a search asks the index when rows keep dropping out
 
 
 def nearest_wanted(limit: int, filters: dict[str, Any]) -> int:
