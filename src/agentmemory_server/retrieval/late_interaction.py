@@ -154,13 +154,13 @@ class LateEncoder:
 
     def cached(self, text: str) -> np.ndarray | None:
         """The query's token vectors when it was encoded lately, else None (nothing computed)."""
-        key = text.strip()[:2000]
+        key = query_key(text)
         with self._lock:
             return self._cache.get(key)
 
     def query(self, text: str) -> np.ndarray:
         """The query's unit token vectors (cached: a repeated query costs nothing)."""
-        key = text.strip()[:2000]
+        key = query_key(text)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -172,6 +172,11 @@ class LateEncoder:
             while len(self._cache) > QUERY_CACHE_SIZE:
                 self._cache.popitem(last=False)
             return tokens
+
+
+def query_key(text: str) -> str:
+    """How a query is cached (by the dense vector's cache too): trimmed, at most 2,000 characters."""
+    return text.strip()[:2000]
 
 
 def _unit(values: np.ndarray) -> np.ndarray:

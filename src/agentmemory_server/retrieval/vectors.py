@@ -424,7 +424,7 @@ class VectorService:
         """The query's vector (cached; repeated queries cost nothing). Raises Unavailable."""
         if self.embedder is None:
             raise Unavailable(self.error or "no embedding provider configured")
-        key = text.strip()[:2000]
+        key = late_interaction.query_key(text)
         with self._cache_lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -504,7 +504,7 @@ class VectorService:
         if self.embedder is None or self._in_flight > LATE_BUSY_SEARCHES:
             return lambda: self.embed_query(query)
         with self._cache_lock:
-            cached = self._cache.get(query.strip()[:2000])
+            cached = self._cache.get(late_interaction.query_key(query))
         if cached is not None:
             return lambda: cached
         return self._encode_soon(self.embed_query, query).result
