@@ -40,6 +40,7 @@ import itertools
 import json
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from agentmemory_server.retrieval import late_interaction  # noqa: E402
 from locomo_eval import HEADLINE, Rows, cross_validate, paired  # noqa: E402
 from locomo_eval import summary as summary_of  # noqa: E402
 
+READS: dict[tuple[int, bool], list[int]] = defaultdict(list)  # (span, within hits) -> records read a question
 Head = dict[str, Any]  # conv, q, cat, evidence, dias, fused, late, and feature arrays
 Scorer = Callable[[Head], np.ndarray]
 
@@ -245,6 +247,7 @@ def window(
         near = [(f"D{session}:{turn + k}", abs(k)) for k in range(-span, span + 1)]
         near = [(d, k) for d, k in near if d in turns and (not within_hits or d in hits or d == dia)]
         out.append(float(np.max([best(d) * decay**k for d, k in near], axis=0).sum()))
+    READS[(span, within_hits)].append(len(best_of))  # records whose token vectors the window read
     return np.array(out)
 
 
@@ -373,11 +376,17 @@ def main() -> None:
     )
     results.append(report("+ window within hits, span tuned", rows, base, chosen))
     results.append(report("learned blend", learned(heads, ["fused", "late", "window 3", "carry 2"]), base))
+    reads = {
+        f"span {span}{' within hits' if inside else ''}": int(np.median(counts))
+        for (span, inside), counts in READS.items()
+    }
+    print("records whose token vectors a question's window reads (median; today's re-scoring reads the 50 hits):")
+    print("  " + ", ".join(f"{name}: {n}" for name, n in reads.items()))
     print()
     results += transforms_alone(turns, queries, heads)
     stamp = {"benchmark": "judge_features", "date": time.strftime("%Y-%m-%d"), "commit": locomo.commit()}
     if opts.out:
-        Path(opts.out).write_text(json.dumps({**stamp, "results": results}, default=float))
+        Path(opts.out).write_text(json.dumps({**stamp, "results": results, "records_read": reads}, default=float))
     print(
         json.dumps({**stamp, "results": {r["name"]: [r["R@10"], r["NDCG@10"], r["multi-hop R@10"]] for r in results}})
     )
