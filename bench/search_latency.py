@@ -115,6 +115,8 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 UNIQUE = False  # --unique-queries: every search a query no process has seen (no query cache hits)
+TRACE_SLOW = 0  # --trace-slow N: print the N slowest searches of each concurrent run
+CLIENT_ROUNDS = 1  # --client-rounds N: the concurrent run N times on one server
 
 
 def query_text(rng: random.Random) -> str:
@@ -224,31 +226,38 @@ def lexical_ready(http: requests.Session, url: str, timeout: float = 1800) -> fl
     raise SystemExit("the lexical index was not ready in time")
 
 
-def concurrent(url: str, queries: int, clients: int, rerank: bool) -> dict[str, Any]:
+def concurrent(url: str, queries: int, clients: int, rerank: bool, seed: int = 100) -> dict[str, Any]:
     """``queries`` smart-searches from ``clients`` threads, each on its own kept-alive session:
     searches per second and the latency percentiles under that load."""
     import threading
 
-    lat: list[float] = []
+    timed: list[tuple[float, int, int, float]] = []  # ms, client, its nth request, start (s into the run)
     lock = threading.Lock()
 
-    def client(seed: int) -> None:
-        http, rng, mine = requests.Session(), random.Random(seed), []
-        for _ in range(queries // clients):
+    def client(number: int) -> None:
+        http, rng, mine = requests.Session(), random.Random(seed + number), []
+        for nth in range(queries // clients):
             q0 = time.perf_counter()
             resp = http.post(url + "/smart-search", json=query_args(rng, rerank), timeout=60)
-            mine.append((time.perf_counter() - q0) * 1000)
+            mine.append(((time.perf_counter() - q0) * 1000, number, nth, q0 - t0))
             assert resp.status_code == 200, resp.text
         with lock:
-            lat.extend(mine)
+            timed.extend(mine)
 
-    threads = [threading.Thread(target=client, args=(100 + c,)) for c in range(clients)]
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return {"clients": clients, "per_s": round(len(lat) / (time.perf_counter() - t0), 1), **percentiles(lat)}
+    elapsed = time.perf_counter() - t0
+    if TRACE_SLOW:
+        print(f"  the {TRACE_SLOW} slowest of {len(timed)} searches from {clients} clients "
+              "(ms, client, its nth search, started s into the run):")
+        for ms, number, nth, start in sorted(timed, reverse=True)[:TRACE_SLOW]:
+            print(f"    {ms:8.1f}  client {number:2d}  #{nth:<3d} at {start:6.2f} s")
+    lat = [t[0] for t in timed]
+    return {"clients": clients, "per_s": round(len(lat) / elapsed, 1), **percentiles(lat)}
 
 
 def wait_for_livez(url: str, proc: subprocess.Popen, started: float, timeout: float = 120) -> float:
@@ -286,7 +295,9 @@ def over_http(data_dir: str, queries: int, rerank: bool = False, clients: int = 
             resp = http.post(url + "/smart-search", json=query_args(rng, rerank), timeout=60)
             lat.append((time.perf_counter() - q0) * 1000)
             assert resp.status_code == 200, resp.text
-        loaded = concurrent(url, queries, clients, rerank) if clients else None
+        # Each round opens its clients' connections anew; later rounds find the server's threads warm.
+        rounds = [concurrent(url, queries, clients, rerank, 100 * (r + 1)) for r in range(CLIENT_ROUNDS if clients else 0)]
+        loaded = {**rounds[0], "later_rounds": rounds[1:]} if rounds else None
         embed_a_batch(http, url, rng)
         health = http.get(url + "/health", timeout=30).json()
         return {"startup_s": round(startup, 3), "lexical_ready_s": lexical_s, **memory_mb(proc.pid),
@@ -314,9 +325,13 @@ def main() -> None:
                         help="every search a new query (no query-cache hits), as agents' prompts are")
     parser.add_argument("--second-round-cost", action="store_true",
                         help="with --rerank: also rerank in-process without the second round (what it costs)")
+    parser.add_argument("--trace-slow", type=int, default=0, metavar="N",
+                        help="with --clients: print the N slowest searches (which client, its nth search, when)")
+    parser.add_argument("--client-rounds", type=int, default=1, metavar="N",
+                        help="with --clients: run the concurrent searches N times on the same server")
     opts = parser.parse_args()
-    global UNIQUE
-    UNIQUE = opts.unique_queries
+    global UNIQUE, TRACE_SLOW, CLIENT_ROUNDS
+    UNIQUE, TRACE_SLOW, CLIENT_ROUNDS = opts.unique_queries, opts.trace_slow, opts.client_rounds
     print("stored vectors: deterministic random 384-d stand-ins tagged with the local model id; "
           "queries: the real local model (query cache on). Timings are noisy: 2 shared cores.")
     report: dict[str, Any] = {}
@@ -374,7 +389,11 @@ def main() -> None:
               f"p50 {remote['p50']} / p95 {remote['p95']} / p99 {remote['p99']} ms")
         if "concurrent" in remote:
             c = remote["concurrent"]
-            print(f"  HTTP, {c['clients']} clients: {c['per_s']} searches/s, p50 {c['p50']} / p95 {c['p95']} ms")
+            print(f"  HTTP, {c['clients']} clients: {c['per_s']} searches/s, p50 {c['p50']} / p95 {c['p95']} / "
+                  f"p99 {c['p99']} ms")
+            for n, later in enumerate(c["later_rounds"], 2):
+                print(f"    round {n} (new connections, same server): {later['per_s']} searches/s, "
+                      f"p50 {later['p50']} / p95 {later['p95']} / p99 {later['p99']} ms")
         for run in late_ab:
             c = run.get("concurrent") or {}
             print(f"  HTTP, late interaction {'on ' if run['late'] else 'off'}: p50 {run['p50']} / p95 {run['p95']} ms"
