@@ -158,7 +158,9 @@ class VectorService:
         self._saved_at = time.monotonic()
         started = time.perf_counter()
         if self.embedder is not None and rt.role == "server":
-            self.index  # noqa: B018 - open now: start-up loads the saved index, not later requests
+            # Open now: start-up loads the saved index, not later requests. A large one is left to
+            # the follower (started below), so that the server answers while it loads.
+            self.index  # noqa: B018
             if not rt.settings.background_jobs:
                 self.catch_up()  # no follower thread: tests see a complete index at once
         self.load_seconds = round(time.perf_counter() - started, 3)
@@ -202,7 +204,8 @@ class VectorService:
         """This process's view of the nearest-neighbour index (opened on first use)."""
         if self._index is None:
             assert self.embedder is not None
-            self._index = self.rt.db.vector_index(self.embedder.model_id, self.embedder.dim)
+            follower = self.rt.role == "server" and self.rt.settings.background_jobs
+            self._index = self.rt.db.vector_index(self.embedder.model_id, self.embedder.dim, load_later=follower)
         return self._index
 
     # ---- the index follower (request processes) ---------------------------------------------
@@ -629,6 +632,14 @@ class VectorService:
     def _index_check(self, stored: int) -> dict[str, Any]:
         """Does this process's search index hold exactly the stored vectors?"""
         status = self.index.status()
+        if status.get("loading"):
+            return _check(
+                "vector-index",
+                "warn",
+                "search index loading from its saved files (this process started moments ago)",
+                "it finishes by itself; searches use BM25 alone until then",
+                False,
+            )
         if status["repair"] is not None:
             repair = status["repair"]
             return _check(

@@ -548,9 +548,10 @@ class Database:
         )
 
     # ---- the nearest-neighbour index beside the file
-    def vector_index(self, model: str, dim: int) -> SqliteVectorIndex:
+    def vector_index(self, model: str, dim: int, *, load_later: bool = False) -> SqliteVectorIndex:
         """The persistent index of ``model``'s vectors, opened (loaded from its files, or queued
-        for a rebuild) on first use in this process."""
+        for a rebuild) on first use in this process. ``load_later``: a large saved index is
+        loaded by the first ``refresh`` rather than here (``SqliteVectorIndex``)."""
         with self._vector_indexes_lock:
             index = self._vector_indexes.get((model, dim))
             if index is None:
@@ -561,6 +562,7 @@ class Database:
                     connect=lambda: self.reader().conn,
                     write=self._write_statement,
                     space=self.space,
+                    load_later=load_later,
                 )
                 self._vector_indexes[(model, dim)] = index
             return index
