@@ -1,6 +1,6 @@
 """The first searches a freshly started server answers: what a restart costs its first users.
 
-    python bench/first_search.py [--size 100000 | --data-dir DIR] [--root CHECKOUT] [--pause 2]
+    python bench/first_search.py [--size 100000 | --data-dir DIR] [--root CHECKOUT] [--pause 2] [--until-hybrid]
 
 Seeds ``--size`` observations as bench/search_latency.py does (or uses an existing data
 directory), starts the server (``python src/app.py`` of ``--root``, this checkout by default: give
@@ -9,7 +9,9 @@ lexical index, waits ``--pause`` seconds, then opens ``--connections`` keep-aliv
 after another and sends three new smart-searches over each. The server balances connections over
 its request processes, so the first connections reach every process. Prints the start-up time and
 each search's latency; the first search of each process is the one that used to load the query
-models. Ends with one JSON line.
+models. ``--until-hybrid`` first searches from /livez on, a new connection each time, until every
+process answers in hybrid mode: a large saved vector index loads after the first answer, and the
+searches before it use BM25 alone. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest import free_port  # noqa: E402
 from search_latency import lexical_ready, seed, wait_for_livez  # noqa: E402
+
+UNTIL_HYBRID = False  # --until-hybrid
 
 
 def first_searches(data_dir: str, root: Path, pause: float, connections: int) -> dict[str, Any]:
@@ -57,6 +61,7 @@ def first_searches(data_dir: str, root: Path, pause: float, connections: int) ->
     )
     try:
         livez_s = wait_for_livez(url, proc, started)
+        hybrid = until_hybrid(url, started) if UNTIL_HYBRID else {}
         lexical_ready(requests.Session(), url)
         time.sleep(pause)
         latencies = []
@@ -73,10 +78,36 @@ def first_searches(data_dir: str, root: Path, pause: float, connections: int) ->
                 assert resp.status_code == 200, resp.text
             latencies.append(mine)
             print(f"connection {c}: " + ", ".join(f"{ms} ms" for ms in mine), flush=True)
-        return {"livez_s": round(livez_s, 3), "searches_ms": latencies}
+        return {"livez_s": round(livez_s, 3), **hybrid, "searches_ms": latencies}
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=60)
+
+
+def until_hybrid(url: str, started: float, in_a_row: int = 8, timeout: float = 120) -> dict[str, Any]:
+    """From /livez on, a search a new connection at a time (so both request processes answer)
+    until ``in_a_row`` in a row answer in hybrid mode (every process has its vectors): when that
+    began, and what the searches before it answered and took."""
+    before: list[tuple[float, str, float]] = []  # seconds since start, mode, ms
+    streak_began, streak = None, 0
+    while streak < in_a_row:
+        if time.perf_counter() - started > timeout:
+            raise SystemExit("searches never answered in hybrid mode")
+        q0 = time.perf_counter()
+        body = requests.post(
+            url + "/smart-search",
+            json={"query": "why did the deploy fail", "limit": 10, "includeLessons": False},
+            timeout=60,
+        ).json()
+        at, ms = q0 - started, (time.perf_counter() - q0) * 1000
+        if body["mode"] == "hybrid":
+            streak_began, streak = streak_began if streak else at, streak + 1
+        else:
+            before.append((round(at, 2), body["mode"], round(ms, 1)))
+            streak = 0
+    modes = sorted({mode for _, mode, _ in before})
+    print(f"hybrid from {streak_began:.2f} s after the start; {len(before)} searches before it ({modes})", flush=True)
+    return {"hybrid_s": round(streak_began or 0.0, 3), "before_hybrid": before}
 
 
 def main() -> None:
@@ -86,7 +117,14 @@ def main() -> None:
     parser.add_argument("--root", default=str(ROOT), help="the checkout whose server to start")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between start-up and the first search")
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--until-hybrid",
+        action="store_true",
+        help="from /livez on, search until every process answers in hybrid mode (its vectors in)",
+    )
     opts = parser.parse_args()
+    global UNTIL_HYBRID
+    UNTIL_HYBRID = opts.until_hybrid
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = opts.data_dir or tmp
         if not opts.data_dir:
