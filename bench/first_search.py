@@ -36,6 +36,7 @@ from ingest import free_port  # noqa: E402
 from search_latency import lexical_ready, seed, wait_for_livez  # noqa: E402
 
 UNTIL_HYBRID = False  # --until-hybrid
+PROBE_EVERY = 0.2  # seconds between --until-hybrid's searches
 
 
 def first_searches(data_dir: str, root: Path, pause: float, connections: int) -> dict[str, Any]:
@@ -100,6 +101,7 @@ def until_hybrid(url: str, started: float, in_a_row: int = 8, timeout: float = 1
             timeout=60,
         ).json()
         at, ms = q0 - started, (time.perf_counter() - q0) * 1000
+        time.sleep(PROBE_EVERY)  # a few users' searches, not a flood that takes the loader's cores
         if body["mode"] == "hybrid":
             streak_began, streak = streak_began if streak else at, streak + 1
         else:

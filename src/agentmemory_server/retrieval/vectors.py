@@ -217,19 +217,27 @@ class VectorService:
         return total
 
     def _follow(self) -> None:
-        lower_thread_priority(10)  # below requests, above the embedder
         failures = WorkerFailures(log, "vector index")  # a full disk: one line a minute, not 4 a second
+        if self.index.status().get("loading"):
+            # Start-up's work, left until the process answers: at the priority of the requests
+            # whose vector searches wait for it (niced, a busy process took 16 s at 1M for 2-3).
+            self._follow_step(failures)
+        lower_thread_priority(10)  # below requests, above the embedder
         while not self._stop.is_set():
-            try:
-                done = self.index.refresh(2000)
-                self._maybe_save()
-                if self.rt.activity is not None:  # the worker queues shed rows again once drained
-                    self.rt.activity.post_shed(self._shed())
-            except Exception as exc:  # noqa: BLE001 - the follower must survive anything
-                failures.failed(exc)
-                done = 0
-            if done == 0:
+            if self._follow_step(failures) == 0:
                 self._stop.wait(FOLLOW_SECONDS)
+
+    def _follow_step(self, failures: WorkerFailures) -> int:
+        """One refresh of the index (and a save when due); how many changes it took in."""
+        try:
+            done = self.index.refresh(2000)
+            self._maybe_save()
+            if self.rt.activity is not None:  # the worker queues shed rows again once drained
+                self.rt.activity.post_shed(self._shed())
+            return done
+        except Exception as exc:  # noqa: BLE001 - the follower must survive anything
+            failures.failed(exc)
+            return 0
 
     def _maybe_save(self) -> None:
         status = self.index.status()
