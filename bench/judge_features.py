@@ -331,11 +331,16 @@ def learned(heads: list[Head], features: list[str]) -> Rows:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def judge_args(doc: str) -> argparse.Namespace:
+    """The judge benches' arguments: the LoCoMo file and where to write the figures."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("data", nargs="?", default=str(locomo.default_data()))
     parser.add_argument("--out", help="write the figures here (JSON)")
-    opts = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    opts = judge_args(__doc__)
     data = Path(opts.data)
     started = time.perf_counter()
     heads, product_rows = capture_heads(data)

@@ -25,7 +25,6 @@ the bench first reproduces from the recorded scores. Records are encoded alone
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -41,7 +40,19 @@ sys.path.insert(0, str(ROOT / "bench"))
 import locomo  # noqa: E402
 from agentmemory_server.retrieval import late_interaction, rerank  # noqa: E402
 from agentmemory_server.retrieval.local_models import BGE_QUERY_PREFIX, LocalEmbedder  # noqa: E402
-from judge_features import Head, RawStates, Scorer, encode_turns, minmax, report, rows_of, tuned, unit, window  # noqa: E402
+from judge_features import (  # noqa: E402
+    Head,
+    RawStates,
+    Scorer,
+    encode_turns,
+    judge_args,
+    minmax,
+    report,
+    rows_of,
+    tuned,
+    unit,
+    window,
+)
 from judge_features import capture_heads as capture  # noqa: E402
 
 TokenStates = Callable[[str, bool], np.ndarray]  # (text, is query) -> unit token vectors
@@ -146,10 +157,7 @@ def head_reordered(depth: int, weight: float, first: Scorer = product, name: str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", nargs="?", default=str(locomo.default_data()))
-    parser.add_argument("--out", help="write the figures here (JSON)")
-    opts = parser.parse_args()
+    opts = judge_args(__doc__)
     data = Path(opts.data)
     started = time.perf_counter()
     heads, product_rows = capture(data)

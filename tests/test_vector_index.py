@@ -43,6 +43,15 @@ def seed(db, n: int, rng: np.random.Generator) -> tuple[dict[int, np.ndarray], d
     return vecs, metas
 
 
+def indexed(db, n: int, rng: np.random.Generator) -> tuple[dict[int, np.ndarray], dict[int, dict], object]:
+    """``seed``'s rows, and this process's index once it has taken them all in."""
+    vecs, metas = seed(db, n, rng)
+    index = db.vector_index(MODEL, DIM)
+    while index.refresh():
+        pass
+    return vecs, metas, index
+
+
 def brute_force(vecs, metas, query, k, filters) -> list[int]:
     def passes(m) -> bool:
         if filters.get("kinds") and m["kind"] not in filters["kinds"]:
@@ -66,10 +75,7 @@ def test_filters_are_exact_and_scores_are_exact_cosines(make_runtime, monkeypatc
     monkeypatch.setattr(ann, "EXACT_LIMIT", exact_limit)
     rt = make_runtime()
     rng = np.random.default_rng(3)
-    vecs, metas = seed(rt.db, 400, rng)
-    index = rt.db.vector_index(MODEL, DIM)
-    while index.refresh():
-        pass
+    vecs, metas, index = indexed(rt.db, 400, rng)
     assert len(index) == 400
     store = rt.db.reader()
     for query in unit(rng, 5):
@@ -87,10 +93,7 @@ def test_filters_are_exact_and_scores_are_exact_cosines(make_runtime, monkeypatc
 def test_index_is_saved_and_replays_the_log_after_a_restart(make_runtime):
     rt = make_runtime()
     rng = np.random.default_rng(4)
-    vecs, metas = seed(rt.db, 120, rng)
-    index = rt.db.vector_index(MODEL, DIM)
-    while index.refresh():
-        pass
+    vecs, metas, index = indexed(rt.db, 120, rng)
     assert index.save() and index.status()["savedSeq"] == index.seq
     more, more_metas = seed_more(rt.db, rng)  # written after the save: only the log has them
     rt.close()
@@ -137,10 +140,7 @@ def seed_more(db, rng):
 def test_a_foreign_or_damaged_index_file_is_rebuilt(make_runtime):
     rt = make_runtime()
     rng = np.random.default_rng(5)
-    seed(rt.db, 60, rng)
-    index = rt.db.vector_index(MODEL, DIM)
-    while index.refresh():
-        pass
+    _, _, index = indexed(rt.db, 60, rng)
     index.save()
     state = json.loads(index.state_path.read_text())
     rt.close()
@@ -165,10 +165,7 @@ def test_a_foreign_or_damaged_index_file_is_rebuilt(make_runtime):
 def test_dead_rows_are_skipped_and_replaced_rows_hold_their_new_vector(make_runtime):
     rt = make_runtime()
     rng = np.random.default_rng(6)
-    vecs, metas = seed(rt.db, 50, rng)
-    index = rt.db.vector_index(MODEL, DIM)
-    while index.refresh():
-        pass
+    vecs, metas, index = indexed(rt.db, 50, rng)
     target = next(iter(vecs))
     query = unit(rng, 1)[0]
     with rt.db.transaction("test_replace") as tx:  # re-embedded: its vector is now the query
@@ -186,10 +183,7 @@ def test_a_graph_full_of_dead_rows_is_rebuilt_aside_while_it_keeps_serving(make_
     monkeypatch.setattr(vector_index, "REBUILD_MIN_VECTORS", 10)
     rt = make_runtime()
     rng = np.random.default_rng(8)
-    vecs, metas = seed(rt.db, 60, rng)
-    index = rt.db.vector_index(MODEL, DIM)
-    while index.refresh():
-        pass
+    vecs, metas, index = indexed(rt.db, 60, rng)
     with rt.db.transaction("test_delete") as tx:
         tx.index.delete([f"d{i}" for i in range(25)])
     gone = {r for r, m in metas.items() if int(m["doc_id"][1:]) < 25}
@@ -216,10 +210,7 @@ def test_a_large_saved_index_can_wait_for_the_first_refresh(make_runtime, monkey
     find no vectors; then it holds exactly what was saved, and replays the log as usual."""
     rt = make_runtime()
     rng = np.random.default_rng(8)
-    vecs, metas = seed(rt.db, 120, rng)
-    index = rt.db.vector_index(MODEL, DIM)
-    while index.refresh():
-        pass
+    vecs, metas, index = indexed(rt.db, 120, rng)
     assert index.save()
     more, more_metas = seed_more(rt.db, rng)  # only the log has these
     rt.close()
