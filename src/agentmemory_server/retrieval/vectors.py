@@ -220,7 +220,8 @@ class VectorService:
         failures = WorkerFailures(log, "vector index")  # a full disk: one line a minute, not 4 a second
         if self.index.status().get("loading"):
             # Start-up's work, left until the process answers: at the priority of the requests
-            # whose vector searches wait for it (niced, a busy process took 16 s at 1M for 2-3).
+            # whose vector searches wait for it (niced, it took 16 s at 1M in a busy process
+            # instead of 2-3).
             self._follow_step(failures)
         lower_thread_priority(10)  # below requests, above the embedder
         while not self._stop.is_set():
