@@ -11,7 +11,9 @@ its request processes, so the first connections reach every process. Prints the 
 each search's latency; the first search of each process is the one that used to load the query
 models. ``--until-hybrid`` first searches from /livez on, a new connection each time, until every
 process answers in hybrid mode: a large saved vector index loads after the first answer, and the
-searches before it use BM25 alone. Ends with one JSON line.
+searches before it use BM25 alone. ``--memory-searches N`` then sends N more searches and prints the
+RSS and PSS of the server's processes (a mapped vector index counts as far as searches read it).
+Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest import free_port  # noqa: E402
-from search_latency import lexical_ready, seed, wait_for_livez  # noqa: E402
+from search_latency import lexical_ready, memory_mb, seed, wait_for_livez  # noqa: E402
 
 UNTIL_HYBRID = False  # --until-hybrid
 PROBE_EVERY = 0.2  # seconds between --until-hybrid's searches
+MEMORY_SEARCHES = 0  # --memory-searches N: that many more searches, then the server's RSS and PSS
 
 
 def first_searches(data_dir: str, root: Path, pause: float, connections: int) -> dict[str, Any]:
@@ -79,10 +82,27 @@ def first_searches(data_dir: str, root: Path, pause: float, connections: int) ->
                 assert resp.status_code == 200, resp.text
             latencies.append(mine)
             print(f"connection {c}: " + ", ".join(f"{ms} ms" for ms in mine), flush=True)
-        return {"livez_s": round(livez_s, 3), **hybrid, "searches_ms": latencies}
+        memory = memory_after_searches(url, proc.pid, MEMORY_SEARCHES) if MEMORY_SEARCHES else {}
+        return {"livez_s": round(livez_s, 3), **hybrid, "searches_ms": latencies, **memory}
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=60)
+
+
+def memory_after_searches(url: str, pid: int, searches: int) -> dict[str, Any]:
+    """RSS and PSS of the server's processes after ``searches`` more new searches over four
+    connections (a mapped index is in a process's RSS as far as its searches have read it)."""
+    sessions = [requests.Session() for _ in range(4)]
+    for i in range(searches):
+        resp = sessions[i % 4].post(
+            url + "/smart-search",
+            json={"query": f"retry the flaky {i} test after timeout {i * 7}", "limit": 10, "includeLessons": False},
+            timeout=60,
+        )
+        assert resp.status_code == 200, resp.text
+    memory = memory_mb(pid)
+    print(f"after {searches} more searches: RSS {memory['rss_mb']} MB, PSS {memory['pss_mb']} MB", flush=True)
+    return {"memory_searches": searches, **memory}
 
 
 def until_hybrid(url: str, started: float, in_a_row: int = 8, timeout: float = 120) -> dict[str, Any]:
@@ -124,9 +144,15 @@ def main() -> None:
         action="store_true",
         help="from /livez on, search until every process answers in hybrid mode (its vectors in)",
     )
+    parser.add_argument(
+        "--memory-searches",
+        type=int,
+        default=0,
+        help="then this many more searches, and the RSS and PSS of the server's processes",
+    )
     opts = parser.parse_args()
-    global UNTIL_HYBRID
-    UNTIL_HYBRID = opts.until_hybrid
+    global UNTIL_HYBRID, MEMORY_SEARCHES
+    UNTIL_HYBRID, MEMORY_SEARCHES = opts.until_hybrid, opts.memory_searches
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = opts.data_dir or tmp
         if not opts.data_dir:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,6 +179,206 @@ def test_dead_rows_are_skipped_and_replaced_rows_hold_their_new_vector(make_runt
     with rt.db.transaction("test_delete") as tx:
         tx.index.delete(["d1", "d2"])  # the vectors go by cascade; the log tells the index
     assert index.refresh() == 2 and len(index) == 48 and index.status()["graphSlots"] == 51
+
+
+def exact_everywhere(store, vecs, metas, rng) -> None:
+    """Every filter's search gives the brute-force rows, in order."""
+    for query in unit(rng, 3):
+        for filters in FILTERS:
+            got = store.vectors.search(MODEL, DIM, query, 10, filters)
+            assert [r for r, _ in got] == brute_force(vecs, metas, query, 10, filters), filters
+
+
+def replace_and_delete(db, vecs, metas, rng) -> None:
+    """Re-embed five rows and delete three (with their vectors), here and in ``vecs``."""
+    rowids = sorted(vecs)
+    with db.transaction("test_change") as tx:
+        for rowid, vector in zip(rowids[5:10], unit(rng, 5), strict=True):
+            tx.vectors.put(rowid, MODEL, vector.astype("<f4").tobytes(), DIM, "2026-12-03T00:00:00Z")
+            vecs[rowid] = vector
+        tx.index.delete([metas[r]["doc_id"] for r in rowids[:3]])
+    for rowid in rowids[:3]:
+        vecs.pop(rowid), metas.pop(rowid)
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+@pytest.mark.parametrize("exact_limit", [10_000, 10], ids=["exact-scan", "graph-walk"])
+def test_a_saved_index_is_served_mapped_and_grows_beside_it(make_runtime, monkeypatch, exact_limit):
+    """A saved index is opened mapped (faiss reads it in place: nothing copied), rows written
+    after it go to this process's own small graph, searches over both stay exact, and a save
+    writes one graph again, which is then served mapped too."""
+    monkeypatch.setattr(ann, "EXACT_LIMIT", exact_limit)
+    rt = make_runtime()
+    rng = np.random.default_rng(12)
+    vecs, metas, index = indexed(rt.db, 300, rng)
+    assert index.save()
+    rt.close()
+
+    db = make_runtime().db
+    opened = db.vector_index(MODEL, DIM)
+    status = opened.status()
+    assert status["mapped"] and status["privateSlots"] == 0 and len(opened) == 300
+    assert not ann._storage(opened.ann.graph).codes.is_owned and not opened.ann.graph.hnsw.neighbors.is_owned
+    more, more_metas = seed_more(db, rng)
+    vecs.update(more)
+    metas.update(more_metas)
+    replace_and_delete(db, vecs, metas, rng)
+    while opened.refresh():
+        pass
+    status = opened.status()
+    assert status["mapped"] and status["privateSlots"] == 15 + 5  # the new rows and the re-embedded ones
+    assert len(opened) == 300 + 15 - 3 and status["graphSlots"] == 300 + 20
+    exact_everywhere(db.reader(), vecs, metas, rng)
+
+    assert opened.save()
+    status = opened.status()
+    assert status["mapped"] and status["privateSlots"] == 0 and status["graphSlots"] == 320
+    exact_everywhere(db.reader(), vecs, metas, rng)
+    third = make_runtime().db.vector_index(MODEL, DIM)
+    assert third.status()["mapped"] and len(third) == 312 and third.lag() == 0
+    query = unit(rng, 1)[0]
+    assert third.search(third._connect(), query, 10, {}) == opened.search(opened._connect(), query, 10, {})
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_opening_follows_a_save_that_replaced_the_files_meanwhile(make_runtime, monkeypatch):
+    """Another process's save between reading the state file and opening the files it names
+    removes those files: the opener follows the newer copy instead of rebuilding."""
+    rt = make_runtime()
+    rng = np.random.default_rng(15)
+    vecs, metas, index = indexed(rt.db, 100, rng)
+    assert index.save()
+    seed_more(rt.db, rng)
+    assert index.refresh() == 15
+    real_load, asked = ann.AnnIndex.load, []
+
+    def load_after_another_save(directory, stem, dim):
+        asked.append(stem)
+        if len(asked) == 1:
+            assert index.save()  # the other process, just then (it removes ``stem``'s files)
+        return real_load(directory, stem, dim)
+
+    monkeypatch.setattr(ann.AnnIndex, "load", load_after_another_save)
+    opened = make_runtime().db.vector_index(MODEL, DIM)
+    assert asked[0] != asked[-1] == index.saved["stem"]
+    assert opened.status()["repair"] is None and opened.status()["mapped"] and len(opened) == 115
+
+
+SEARCH_AND_WAIT = """
+import sys
+import numpy as np
+from pathlib import Path
+from agentmemory_server.storage.sqlite.ann import AnnIndex
+index = AnnIndex.load(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+queries = np.random.default_rng(1).standard_normal((50, index.dim)).astype(np.float32)
+for q in queries:
+    assert index.candidates(q, 10, {})
+print("searched", flush=True)
+sys.stdin.read()
+"""
+
+
+def mapped_kb(pid: int, path: Path) -> dict[str, int]:
+    """Rss, Shared_Clean and Anonymous kB of the process's mappings of ``path``."""
+    totals, inside = {"Rss": 0, "Shared_Clean": 0, "Anonymous": 0}, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0]:  # a mapping's header line: address range ... path
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.split(":")[0] in totals:
+            totals[line.split(":")[0]] += int(line.split()[1])
+    return totals
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_two_processes_serving_one_saved_index_share_its_pages(make_runtime):
+    """What mapping is for: two processes that open and search the same saved index hold its
+    graph and codes as the same page-cache pages, not a copy each."""
+    rt = make_runtime()
+    _vecs, _metas, index = indexed(rt.db, 2000, np.random.default_rng(14))
+    assert index.save()
+    stem = index.saved["stem"]
+    graph_file = index.dir / f"{stem}.faiss"
+    src = Path(__file__).resolve().parent.parent / "src"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SEARCH_AND_WAIT, str(index.dir), stem, str(DIM)], cwd=src,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "searched"
+        for proc in procs:
+            pages = mapped_kb(proc.pid, graph_file)
+            assert pages["Rss"] > 0 and pages["Anonymous"] == 0  # read in place, not copied
+            assert pages["Shared_Clean"] > 0, pages  # the other process maps the same pages
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()  # (closes the pipes)
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_a_save_by_another_process_is_adopted_and_its_own_rows_replayed_onto_it(make_runtime):
+    """Two processes (two runtimes here) serve one saved index. When one saves, the other opens
+    that copy on its next refresh instead of keeping its own rows, with what it applied past
+    that save replayed onto it; a process whose mapped file another's save removed still saves."""
+    rt = make_runtime()
+    rng = np.random.default_rng(13)
+    vecs, metas, index = indexed(rt.db, 200, rng)
+    assert index.save()
+    rt.close()
+    first_db, second_db = make_runtime().db, make_runtime().db
+    first, second = first_db.vector_index(MODEL, DIM), second_db.vector_index(MODEL, DIM)
+    more, more_metas = seed_more(first_db, rng)
+    vecs.update(more)
+    metas.update(more_metas)
+    while first.refresh() or second.refresh():
+        pass
+    assert first.save()  # removes the copy both opened; the second still maps it
+    replace_and_delete(first_db, vecs, metas, rng)  # past the first's save: only the log has it
+    assert second.refresh() == 8  # adopted the first's save, replayed the log onto it, caught up
+    status = second.status()
+    assert status["savedSeq"] == first.status()["savedSeq"] and status["mapped"]
+    assert status["privateSlots"] == 5 and status["unsaved"] == 8 and len(second) == 212
+    exact_everywhere(second_db.reader(), vecs, metas, rng)
+
+    # The first saved, the second adopted: the first's rows past its save are still its own.
+    assert first.refresh() == 8 and first.status()["privateSlots"] == 5
+    more, more_metas = seed_more(second_db, rng)
+    vecs.update(more)
+    metas.update(more_metas)
+    assert second.refresh() == 15 and second.save()
+    assert first.refresh() == 15  # adopted: the second's save holds all of it
+    assert first.status()["privateSlots"] == 0 and first.status()["savedSeq"] == second.status()["savedSeq"]
+    assert first.status()["unsaved"] == 0
+    exact_everywhere(first_db.reader(), vecs, metas, rng)
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_a_process_still_building_takes_the_copy_another_built_first(make_runtime):
+    """Two processes start without a saved index and both build it from the stored vectors; when
+    one has built and saved it, the other serves that copy instead of finishing its own build.
+    Asked to rebuild, a process builds its own whatever others save."""
+    rt = make_runtime()
+    rng = np.random.default_rng(16)
+    vecs, metas = seed(rt.db, 120, rng)
+    other = make_runtime()
+    fast, slow = rt.db.vector_index(MODEL, DIM), other.db.vector_index(MODEL, DIM)
+    assert fast.status()["repair"]["reason"] == slow.status()["repair"]["reason"] == "no saved index"
+    assert slow.refresh(50) == 50 and slow.status()["repair"]["done"] == 50
+    while fast.refresh(50):
+        pass
+    assert fast.save() and fast.status()["repair"] is None
+    slow.refresh(50)
+    assert slow.status()["repair"] is None and slow.status()["mapped"] and len(slow) == 120
+    assert slow.status()["savedSeq"] == fast.status()["savedSeq"]
+    exact_everywhere(other.db.reader(), vecs, metas, rng)
+
+    slow.rebuild("asked to")
+    seed_more(rt.db, rng)
+    assert fast.refresh() == 15 and fast.save()
+    slow.refresh(50)
+    assert slow.status()["repair"]["reason"] == "asked to" and slow.status()["repair"]["done"] == 50
 
 
 @pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")

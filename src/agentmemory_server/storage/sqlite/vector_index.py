@@ -120,6 +120,7 @@ class SqliteVectorIndex:
         self.saved: dict[str, Any] = {}
         self.repair: dict[str, Any] | None = None
         self.last_error: str | None = None
+        self._state_seen: tuple[int, int] | None = None  # the state file's (mtime, size) last read
         self.loading = False  # a saved index waits for the first refresh to load it
         self.load_seconds: float | None = None
         if load_later and self._saved_vectors() >= LOAD_LATER_FROM:
@@ -146,26 +147,74 @@ class SqliteVectorIndex:
         self.load_seconds = round(time.perf_counter() - started, 3)
 
     def _open(self) -> None:
-        """Load the saved index, or start rebuilding it. The state file is read here, when the
-        index loads: a later save by another process may have replaced the one seen earlier."""
-        try:
-            state = json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            self._start_repair("no saved index" if not self.state_path.exists() else "unreadable state file")
-            return
-        problem = self._check(state)
-        if problem is None:
+        """Open the saved index (mapped), or start rebuilding it. The state file is read here, when
+        the index loads: a later save by another process may have replaced the one seen earlier,
+        and one that does so while the files are read (removing the older ones) is followed."""
+        problem = None
+        for _attempt in range(3):
+            try:
+                state = json.loads(self.state_path.read_text())
+            except (OSError, ValueError):
+                self._start_repair("no saved index" if not self.state_path.exists() else "unreadable state file")
+                return
+            problem = self._check(state)
+            if problem is not None:
+                break
             try:
                 loaded = AnnIndex.load(self.dir, state["stem"], self.dim)
-                with self._rw.write():  # searches meanwhile used the empty index, as in a rebuild
-                    self.ann = loaded
             except Exception as exc:  # noqa: BLE001 - any damage means rebuild
                 problem = f"unreadable index file: {type(exc).__name__}: {exc}"[:300]
-        if problem:
-            log.warning("vector index %s: %s; rebuilding it in the background", self.name, problem)
-            self._start_repair(problem)
+                if self._saved_stem() != state["stem"]:
+                    continue  # saved again meanwhile: open the newer copy
+                break
+            with self._rw.write():  # searches meanwhile used the empty index, as in a rebuild
+                self.ann = loaded
+            self.seq, self.saved = int(state["seq"]), state
             return
-        self.seq, self.saved = int(state["seq"]), state
+        log.warning("vector index %s: %s; rebuilding it in the background", self.name, problem)
+        self._start_repair(str(problem))
+
+    def _saved_stem(self) -> str | None:
+        try:
+            return str(json.loads(self.state_path.read_text()).get("stem"))
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _adopt_newer_save(self) -> int:
+        """Another process saved the index since this one opened or saved it: open that copy
+        (mapped, so its pages are shared), bring it up to this index's ``seq`` from the log, and
+        serve it instead of the rows this process holds in its own memory. Also spares this
+        process a save of its own, and when both started without a usable saved index, the rest of
+        its own rebuild (not when asked to rebuild, nor while a rebuild goes on beside the index).
+        Returns how far that moved this index along the log (0 when there is nothing newer: one
+        ``stat`` a call)."""
+        try:
+            seen = self.state_path.stat()
+        except OSError:
+            return 0
+        if (seen.st_mtime_ns, seen.st_size) == self._state_seen or not (self.repair or {}).get("adoptable", True):
+            return 0
+        self._state_seen = (seen.st_mtime_ns, seen.st_size)
+        try:
+            state = json.loads(self.state_path.read_text())
+            newer = state.get("stem") != self.saved.get("stem") and int(state["seq"]) > int(self.saved.get("seq", -1))
+            if not newer or self._check(state) is not None:
+                return 0
+            loaded = AnnIndex.load(self.dir, state["stem"], self.dim)
+        except Exception as exc:  # noqa: BLE001 - keep serving this process's copy; it is right
+            log.info("vector index %s: not adopting another process's save: %s", self.name, exc)
+            return 0
+        seq = int(state["seq"])
+        while seq < self.seq:  # what this index applied past that save, applied to it too
+            seq = self._apply_changes(seq, self.seq, 5000, loaded)
+        with self._rw.write():
+            self.ann = loaded
+        if self.repair is not None:  # another process built it first: its copy is complete
+            log.info("vector index %s: serving the copy another process built and saved", self.name)
+            self.repair = None
+        moved = max(0, seq - self.seq)
+        self.saved, self.dirty, self.seq = state, max(0, self.seq - int(state["seq"])), max(self.seq, seq)
+        return moved
 
     def _check(self, state: Mapping[str, Any]) -> str | None:
         if (state.get("engine"), state.get("model"), state.get("dim")) != (ENGINE, self.model, self.dim):
@@ -216,12 +265,25 @@ class SqliteVectorIndex:
                     path.unlink(missing_ok=True)
                 raise classify_os_error(exc, self.state_path) or exc from exc
             old, self.saved, self.dirty = self.saved.get("stem"), state, 0
+            self._state_seen = None
+            self._reopen_mapped(stem)
         if old and old != stem:
             for path in self.dir.glob(f"{old}.*"):
                 path.unlink(missing_ok=True)
         _first, last = self._log_bounds()
         self._write("DELETE FROM vector_log WHERE seq <= ?", (min(seq, last - KEEP_LOG),))
         return True
+
+    def _reopen_mapped(self, stem: str) -> None:
+        """Serve the copy just written, mapped: the rows this process held in its own memory
+        (a delta, or a whole graph after a rebuild) are then pages shared with other processes."""
+        try:
+            loaded = AnnIndex.load(self.dir, stem, self.dim)
+        except Exception:  # noqa: BLE001 - the index in memory is still right
+            log.exception("vector index %s: reopening the saved copy failed; serving the one in memory", self.name)
+            return
+        with self._rw.write():
+            self.ann = loaded
 
     def _save_size(self) -> int:
         """Bytes the next save may take: the last saved copy's size, or an estimate (vectors,
@@ -232,8 +294,11 @@ class SqliteVectorIndex:
 
     # ---- keeping up with the database ------------------------------------------------------------
     def rebuild(self, reason: str) -> None:
+        """Build the index again from the stored vectors, whatever other processes save meanwhile."""
         with self._refresh_lock:
             self._start_repair(reason)
+            assert self.repair is not None
+            self.repair["adoptable"] = False
 
     def _start_repair(self, reason: str, *, aside: bool = False) -> None:
         """Rebuild from the stored vectors. ``aside``: the current index is still right (it only
@@ -243,7 +308,7 @@ class SqliteVectorIndex:
         self._next = AnnIndex(self.dim) if aside else None
         if not aside:
             self.ann = AnnIndex(self.dim)
-        self.repair = {"reason": reason, "done": 0, "total": None, "cursor": 0, "fromSeq": None}
+        self.repair = {"reason": reason, "done": 0, "total": None, "cursor": 0, "fromSeq": None, "adoptable": not aside}
 
     def refresh(self, budget: int = 2000) -> int:
         """Apply up to ``budget`` changes (or rebuild steps); returns how many it applied."""
@@ -253,9 +318,9 @@ class SqliteVectorIndex:
                     self._load()  # (a database error leaves it loading: the next refresh tries again)
                     self.loading = False
                     return max(1, len(self.ann))
-                applied = 0
+                applied = self._adopt_newer_save()
                 if self.repair is not None:
-                    applied = self._repair_step(budget)
+                    applied += self._repair_step(budget)
                     if self.repair is not None and self._next is None:
                         return applied
                 applied += self._catch_up(budget)
@@ -273,27 +338,48 @@ class SqliteVectorIndex:
                 return 0
 
     def _catch_up(self, budget: int) -> int:
-        conn = self._connect()
-        rows = conn.execute(
-            "SELECT l.seq, l.doc_rowid, v.model, v.dim, v.vector, d.kind, d.project, d.agent_id, d.session_id, "
-            "d.global FROM vector_log l LEFT JOIN search_vectors v ON v.doc_rowid = l.doc_rowid "
-            "LEFT JOIN search_docs d ON d.id = l.doc_rowid WHERE l.seq > ? ORDER BY l.seq LIMIT ?",
-            (self.seq, budget),
-        ).fetchall()
+        first_seq = self.seq
+        rows = self._changes(self.seq, budget)
         if not rows:
             return 0
         if rows[0][0] != self.seq + 1 and self._log_bounds()[0] not in (None, self.seq + 1):
             self._start_repair(f"the change log was pruned past this index (seq {self.seq})")
             return 0
+        self.seq = self._apply_changes(first_seq, None, budget, rows=rows)
+        self.dirty += len(rows)
+        return len(rows)
+
+    def _changes(self, since: int, budget: int, upto: int | None = None) -> list[tuple]:
+        """Log entries past ``since`` (up to ``upto``), each with its row's current state."""
+        return (
+            self._connect()
+            .execute(
+                "SELECT l.seq, l.doc_rowid, v.model, v.dim, v.vector, d.kind, d.project, d.agent_id, d.session_id, "
+                "d.global FROM vector_log l LEFT JOIN search_vectors v ON v.doc_rowid = l.doc_rowid "
+                "LEFT JOIN search_docs d ON d.id = l.doc_rowid WHERE l.seq > ? AND l.seq <= ? ORDER BY l.seq LIMIT ?",
+                (since, upto if upto is not None else 2**62, budget),
+            )
+            .fetchall()
+        )
+
+    def _apply_changes(
+        self, since: int, upto: int | None, budget: int, target: AnnIndex | None = None, rows: list | None = None
+    ) -> int:
+        """Apply the log's entries past ``since`` to the serving index (or ``target``); returns
+        the last ``seq`` applied (``upto`` when the log holds nothing more up to it)."""
+        rows = self._changes(since, budget, upto) if rows is None else rows
+        if not rows:
+            return upto if upto is not None else since
         latest = {row[1]: row for row in rows}  # the join shows each row's current state
         keep = [r for r in latest.values() if r[2] == self.model and r[3] == self.dim and r[5] is not None]
         gone = [rowid for rowid, r in latest.items() if not (r[2] == self.model and r[3] == self.dim and r[5])]
-        with self._rw.write():
-            self.ann.remove(gone)
-        self._apply(keep)
-        self.seq = rows[-1][0]
-        self.dirty += len(rows)
-        return len(rows)
+        if target is not None:
+            target.remove(gone)
+        else:
+            with self._rw.write():
+                self.ann.remove(gone)
+        self._apply(keep, target)
+        return int(rows[-1][0])
 
     def _apply(self, rows: list[tuple], target: AnnIndex | None = None) -> None:
         """Add rows shaped (seq, rowid, model, dim, vector, kind, project, agent, session, global)
@@ -375,6 +461,8 @@ class SqliteVectorIndex:
             "engine": ENGINE,
             "vectors": len(self.ann),
             "graphSlots": self.ann.total,
+            "mapped": self.ann.mapped,
+            "privateSlots": self.ann.private_slots(),
             "exactBelow": EXACT_LIMIT,
             "seq": self.seq,
             "unsaved": self.dirty,
