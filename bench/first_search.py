@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ingest import free_port  # noqa: E402
-from search_latency import lexical_ready, memory_mb, seed, wait_for_livez  # noqa: E402
+from search_latency import lexical_ready, memory_mb, percentiles, seed, wait_for_livez  # noqa: E402
 
 UNTIL_HYBRID = False  # --until-hybrid
 PROBE_EVERY = 0.2  # seconds between --until-hybrid's searches
@@ -90,19 +90,26 @@ def first_searches(data_dir: str, root: Path, pause: float, connections: int) ->
 
 
 def memory_after_searches(url: str, pid: int, searches: int) -> dict[str, Any]:
-    """RSS and PSS of the server's processes after ``searches`` more new searches over four
-    connections (a mapped index is in a process's RSS as far as its searches have read it)."""
-    sessions = [requests.Session() for _ in range(4)]
+    """``searches`` more new searches over four connections, one at a time (their latency), then
+    the RSS and PSS of the server's processes (a mapped index is in a process's RSS as far as its
+    searches have read it)."""
+    sessions, took = [requests.Session() for _ in range(4)], []
     for i in range(searches):
+        q0 = time.perf_counter()
         resp = sessions[i % 4].post(
             url + "/smart-search",
             json={"query": f"retry the flaky {i} test after timeout {i * 7}", "limit": 10, "includeLessons": False},
             timeout=60,
         )
-        assert resp.status_code == 200, resp.text
-    memory = memory_mb(pid)
-    print(f"after {searches} more searches: RSS {memory['rss_mb']} MB, PSS {memory['pss_mb']} MB", flush=True)
-    return {"memory_searches": searches, **memory}
+        took.append((time.perf_counter() - q0) * 1000)
+        assert resp.status_code == 200 and resp.json()["mode"] == "hybrid", resp.text[:300]
+    memory, latency = memory_mb(pid), percentiles(took)
+    print(
+        f"{searches} more searches: p50 {latency['p50']} / p95 {latency['p95']} ms; then RSS {memory['rss_mb']} MB, "
+        f"PSS {memory['pss_mb']} MB",
+        flush=True,
+    )
+    return {"memory_searches": searches, "memory_searches_ms": latency, **memory}
 
 
 def until_hybrid(url: str, started: float, in_a_row: int = 8, timeout: float = 120) -> dict[str, Any]:

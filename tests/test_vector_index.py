@@ -208,6 +208,7 @@ def test_a_saved_index_is_served_mapped_and_grows_beside_it(make_runtime, monkey
     after it go to this process's own small graph, searches over both stay exact, and a save
     writes one graph again, which is then served mapped too."""
     monkeypatch.setattr(ann, "EXACT_LIMIT", exact_limit)
+    monkeypatch.setattr(ann, "DELTA_SCAN_LIMIT", min(exact_limit, ann.DELTA_SCAN_LIMIT))
     rt = make_runtime()
     rng = np.random.default_rng(12)
     vecs, metas, index = indexed(rt.db, 300, rng)

@@ -205,8 +205,8 @@ class SqliteVectorIndex:
             log.info("vector index %s: not adopting another process's save: %s", self.name, exc)
             return 0
         seq = int(state["seq"])
-        while seq < self.seq:  # what this index applied past that save, applied to it too
-            seq = self._apply_changes(seq, self.seq, 5000, loaded)
+        while seq < self.seq and (rows := self._changes(seq, 5000, upto=self.seq)):
+            seq = self._apply_changes(rows, loaded)  # what this index applied past that save
         with self._rw.write():
             self.ann = loaded
         if self.repair is not None:  # another process built it first: its copy is complete
@@ -338,14 +338,13 @@ class SqliteVectorIndex:
                 return 0
 
     def _catch_up(self, budget: int) -> int:
-        first_seq = self.seq
         rows = self._changes(self.seq, budget)
         if not rows:
             return 0
         if rows[0][0] != self.seq + 1 and self._log_bounds()[0] not in (None, self.seq + 1):
             self._start_repair(f"the change log was pruned past this index (seq {self.seq})")
             return 0
-        self.seq = self._apply_changes(first_seq, None, budget, rows=rows)
+        self.seq = self._apply_changes(rows)
         self.dirty += len(rows)
         return len(rows)
 
@@ -362,14 +361,9 @@ class SqliteVectorIndex:
             .fetchall()
         )
 
-    def _apply_changes(
-        self, since: int, upto: int | None, budget: int, target: AnnIndex | None = None, rows: list | None = None
-    ) -> int:
-        """Apply the log's entries past ``since`` to the serving index (or ``target``); returns
-        the last ``seq`` applied (``upto`` when the log holds nothing more up to it)."""
-        rows = self._changes(since, budget, upto) if rows is None else rows
-        if not rows:
-            return upto if upto is not None else since
+    def _apply_changes(self, rows: list[tuple], target: AnnIndex | None = None) -> int:
+        """Apply log entries (``_changes``) to the serving index (or ``target``, not serving
+        yet: no lock needed); returns the last ``seq`` applied."""
         latest = {row[1]: row for row in rows}  # the join shows each row's current state
         keep = [r for r in latest.values() if r[2] == self.model and r[3] == self.dim and r[5] is not None]
         gone = [rowid for rowid, r in latest.items() if not (r[2] == self.model and r[3] == self.dim and r[5])]
