@@ -5,6 +5,7 @@ lost or foreign index file in the background, and catching up with vectors anoth
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -353,6 +354,15 @@ def test_a_save_by_another_process_is_adopted_and_its_own_rows_replayed_onto_it(
     assert first.status()["privateSlots"] == 0 and first.status()["savedSeq"] == second.status()["savedSeq"]
     assert first.status()["unsaved"] == 0
     exact_everywhere(first_db.reader(), vecs, metas, rng)
+
+    # Both save at the same point: same name, two files (the second renamed over the first);
+    # whichever saved first then serves the other's, so both map one file again.
+    more, more_metas = seed_more(first_db, rng)
+    assert first.refresh() == second.refresh() == 15 and first.save() and second.save()
+    assert first.saved["stem"] == second.saved["stem"]
+    assert os.fstat(first.ann.file).st_ino != os.fstat(second.ann.file).st_ino
+    assert first.refresh() == 0 and second.refresh() == 0
+    assert os.fstat(first.ann.file).st_ino == os.fstat(second.ann.file).st_ino
 
 
 @pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")

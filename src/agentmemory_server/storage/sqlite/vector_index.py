@@ -197,7 +197,9 @@ class SqliteVectorIndex:
         self._state_seen = (seen.st_mtime_ns, seen.st_size)
         try:
             state = json.loads(self.state_path.read_text())
-            newer = state.get("stem") != self.saved.get("stem") and int(state["seq"]) > int(self.saved.get("seq", -1))
+            # Another save, as far along or further: also one of the same name (two processes that
+            # built the index at once save the same ``seq``; each serves its own file until then).
+            newer = state != self.saved and int(state["seq"]) >= int(self.saved.get("seq", -1))
             if not newer or self._check(state) is not None:
                 return 0
             loaded = AnnIndex.load(self.dir, state["stem"], self.dim)
