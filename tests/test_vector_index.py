@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ import requests
 
 from agentmemory_server.retrieval import vectors
 from agentmemory_server.storage.sqlite import ann, vector_index
-from conftest import hook as make_hook, post, wait_for
+from conftest import hook as make_hook
+from conftest import post, wait_for
 
 DIM = 384
 MODEL = "test-model"
@@ -418,43 +418,9 @@ def test_a_graph_full_of_dead_rows_is_rebuilt_aside_while_it_keeps_serving(make_
 
 
 @pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
-def test_a_large_saved_index_can_wait_for_the_first_refresh(make_runtime, monkeypatch):
-    """A server answers before a large saved index is in: until the first refresh loads it,
-    the index is empty and says it is loading, saves nothing over the saved copy, and searches
-    find no vectors; then it holds exactly what was saved, and replays the log as usual."""
-    rt = make_runtime()
-    rng = np.random.default_rng(8)
-    vecs, metas, index = indexed(rt.db, 120, rng)
-    assert index.save()
-    more, more_metas = seed_more(rt.db, rng)  # only the log has these
-    rt.close()
-    saved = index.state_path.read_text()
-    monkeypatch.setattr(vector_index, "LOAD_LATER_FROM", 100)
-
-    deferred = make_runtime().db.vector_index(MODEL, DIM, load_later=True)
-    assert deferred.status()["loading"] is True and deferred.status()["loadSeconds"] is None
-    assert len(deferred) == 0 and not deferred.save() and deferred.state_path.read_text() == saved
-    query = unit(rng, 1)[0]
-    assert deferred.search(deferred._connect(), query, 10, {}) == []
-    assert deferred.refresh() == 120  # the first refresh: the saved index, nothing rebuilt
-    assert deferred.status()["loading"] is False and deferred.status()["repair"] is None
-    assert len(deferred) == 120 and deferred.lag() == len(more) and deferred.refresh() == len(more)
-    vecs.update(more)
-    metas.update(more_metas)
-    got = deferred.search(deferred._connect(), query, 10, {})
-    assert [r for r, _ in got] == brute_force(vecs, metas, query, 10, {})
-
-    # Only when asked, and only when large: otherwise the constructor loads it, as before.
-    assert len(make_runtime().db.vector_index(MODEL, DIM)) == 120
-    monkeypatch.setattr(vector_index, "LOAD_LATER_FROM", 10_000)
-    small = make_runtime().db.vector_index(MODEL, DIM, load_later=True)
-    assert small.status()["loading"] is False and len(small) == 120
-
-
-@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
-def test_a_request_process_loads_a_large_saved_index_on_its_follower(make_runtime, monkeypatch):
-    """The server's vector service leaves a large saved index to its follower thread, which
-    loads it; vector search answers once it is in."""
+def test_a_request_process_serves_the_saved_index_mapped(make_runtime):
+    """A server's vector service opens the saved index (mapped, nothing rebuilt) and its
+    vector search answers from it."""
     rt = make_runtime(embedding_provider="hash")
     rowids = [rt.db.write("test", lambda tx, i=i: tx.index.upsert(
         {"doc_id": f"d{i}", "scope": "t", "key": f"k{i}", "type": None, "ts": "2026-12-01T00:00:00Z",
@@ -463,26 +429,20 @@ def test_a_request_process_loads_a_large_saved_index_on_its_follower(make_runtim
     rng = np.random.default_rng(9)
     svc = vectors.service(rt)
     model, dim = svc.embedder.model_id, svc.embedder.dim
+    vecs = unit(rng, 3)
     with rt.db.transaction("test_vectors") as tx:
-        for rowid, vector in zip(rowids, unit(rng, 3), strict=True):
+        for rowid, vector in zip(rowids, vecs, strict=True):
             tx.vectors.put(rowid, model, vector.astype("<f4").tobytes(), dim, "2026-12-01T00:00:00Z")
     svc.catch_up()
     assert svc.index.save() and len(svc.index) == 3
     rt.close()
-    monkeypatch.setattr(vector_index, "LOAD_LATER_FROM", 3)
-    loaders: list[str] = []
-    real_load = ann.AnnIndex.load
-
-    def load_and_note(*args, **kwargs):  # the real load, noting which thread ran it
-        loaders.append(threading.current_thread().name)
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(ann.AnnIndex, "load", load_and_note)
     again = make_runtime(embedding_provider="hash", background_jobs=True)
     served = vectors.service(again)
-    wait_for(lambda: served.ready, timeout=20, interval=0.05, message="the follower never loaded the index")
-    assert loaders == ["agentmemory-vector-follower"]
-    assert len(served.index) == 3 and served.index.status()["loadSeconds"] is not None
+    wait_for(lambda: served.ready, timeout=20, interval=0.05, message="the saved index was never served")
+    status = served.index.status()
+    assert status["mapped"] and status["repair"] is None and status["loadSeconds"] is not None
+    got = again.db.reader().vectors.search(model, dim, vecs[1], 1, {})
+    assert got[0][0] == rowids[1] and got[0][1] == pytest.approx(1.0, abs=1e-5)
 
 
 def _search_rows(server, query: str) -> list[str]:

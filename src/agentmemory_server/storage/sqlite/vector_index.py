@@ -12,10 +12,9 @@ restored from an older backup, a log pruned past it) is rebuilt from ``search_ve
 ``refresh`` in bounded steps (searches answer from what is built so far; ``status`` shows the
 progress). Saving writes new files and then switches ``state-*.json`` with an atomic rename.
 
-A large saved index (``LOAD_LATER_FROM`` vectors and up) may be loaded by the first ``refresh``
-instead of the constructor, when the opener asks for that (a server's request process, whose
-follower thread refreshes at once): the process answers while it loads (~2.5 s at 1M here), and
-its searches use BM25 alone until the vectors are in (``status``: ``loading``).
+The saved files are opened mapped (``ann.AnnIndex.load``): ~50 ms at 1M, shared by every process
+that serves them; rows applied since sit in the process's own small graph until a save (by any
+process: the others adopt it) folds them in.
 
 Searches re-score the index's candidates against the float32 vectors in SQLite, so scores are
 exact and rows deleted since the last ``refresh`` never come back.
@@ -46,9 +45,6 @@ APPLY_CHUNK = 16  # rows added under the write lock at once: searches wait at mo
 KEEP_LOG = 50_000  # log rows kept behind the saved index, for other processes still catching up
 REBUILD_DEAD_RATIO = 0.3  # rebuild when this share of the graph is deleted or replaced rows
 REBUILD_MIN_VECTORS = 10_000  # (below that, dead slots cost next to nothing)
-# A saved index this large loads in ~0.5 s or more here (2.5 s at 1M, bench/vector_search.py):
-# worth answering first. Smaller ones load before the first answer, as searches expect.
-LOAD_LATER_FROM = 200_000
 
 
 class RWLock:
@@ -105,7 +101,6 @@ class SqliteVectorIndex:
         connect: Callable[[], sqlite3.Connection],
         write: Callable[[str, tuple], None],
         space: FreeSpace | None = None,
-        load_later: bool = False,
     ):
         self.model, self.dim = model, dim
         self.dir = Path(str(db_path) + ".vectors")
@@ -121,30 +116,14 @@ class SqliteVectorIndex:
         self.repair: dict[str, Any] | None = None
         self.last_error: str | None = None
         self._state_seen: tuple[int, int] | None = None  # the state file's (mtime, size) last read
-        self.loading = False  # a saved index waits for the first refresh to load it
-        self.load_seconds: float | None = None
-        if load_later and self._saved_vectors() >= LOAD_LATER_FROM:
-            self.loading = True
-            log.info("vector index %s: loading the saved index in the background", self.name)
-        else:
-            self._load()
+        started = time.perf_counter()
+        self._open()
+        self.load_seconds = round(time.perf_counter() - started, 3)
 
     # ---- files -------------------------------------------------------------------------------
     @property
     def state_path(self) -> Path:
         return self.dir / f"state-{self.name}.json"
-
-    def _saved_vectors(self) -> int:
-        """How many vectors the saved index holds, by its state file (0 when there is none)."""
-        try:
-            return int(json.loads(self.state_path.read_text()).get("vectors", 0))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return 0
-
-    def _load(self) -> None:
-        started = time.perf_counter()
-        self._open()
-        self.load_seconds = round(time.perf_counter() - started, 3)
 
     def _open(self) -> None:
         """Open the saved index (mapped), or start rebuilding it. The state file is read here, when
@@ -316,10 +295,6 @@ class SqliteVectorIndex:
         """Apply up to ``budget`` changes (or rebuild steps); returns how many it applied."""
         with self._refresh_lock:
             try:
-                if self.loading:  # one step: the whole saved index (counted as one change at least)
-                    self._load()  # (a database error leaves it loading: the next refresh tries again)
-                    self.loading = False
-                    return max(1, len(self.ann))
                 applied = self._adopt_newer_save()
                 if self.repair is not None:
                     applied += self._repair_step(budget)
@@ -465,7 +440,6 @@ class SqliteVectorIndex:
             "savedSeq": self.saved.get("seq"),
             "savedAt": self.saved.get("savedAt"),
             "loadSeconds": self.load_seconds,
-            "loading": self.loading,
             "repair": repair,
             "lastError": self.last_error,
             "file": str(self.dir),
