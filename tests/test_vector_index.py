@@ -366,30 +366,68 @@ def test_a_save_by_another_process_is_adopted_and_its_own_rows_replayed_onto_it(
 
 
 @pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
-def test_a_process_still_building_takes_the_copy_another_built_first(make_runtime):
-    """Two processes start without a saved index and both build it from the stored vectors; when
-    one has built and saved it, the other serves that copy instead of finishing its own build.
-    Asked to rebuild, a process builds its own whatever others save."""
+def test_one_process_builds_the_index_and_the_others_take_its_copy(make_runtime):
+    """Two processes start without a saved index: one builds it, the other waits (BM25 alone
+    meanwhile) and then serves the copy the first saved. Asked to rebuild, a process builds its
+    own whatever others save."""
     rt = make_runtime()
     rng = np.random.default_rng(16)
     vecs, metas = seed(rt.db, 120, rng)
     other = make_runtime()
-    fast, slow = rt.db.vector_index(MODEL, DIM), other.db.vector_index(MODEL, DIM)
-    assert fast.status()["repair"]["reason"] == slow.status()["repair"]["reason"] == "no saved index"
-    assert slow.refresh(50) == 50 and slow.status()["repair"]["done"] == 50
-    while fast.refresh(50):
+    builder, waiter = rt.db.vector_index(MODEL, DIM), other.db.vector_index(MODEL, DIM)
+    assert builder.status()["repair"]["reason"] == waiter.status()["repair"]["reason"] == "no saved index"
+    assert builder.refresh(50) == 50
+    assert waiter.refresh(50) == 0 and waiter.status()["repair"]["waitingForAnotherProcess"]
+    assert waiter.status()["repair"]["done"] == 0 and len(waiter) == 0
+    while builder.refresh(50):
         pass
-    assert fast.save() and fast.status()["repair"] is None
-    slow.refresh(50)
-    assert slow.status()["repair"] is None and slow.status()["mapped"] and len(slow) == 120
-    assert slow.status()["savedSeq"] == fast.status()["savedSeq"]
+    assert builder.save() and builder.status()["repair"] is None
+    waiter.refresh(50)
+    assert waiter.status()["repair"] is None and waiter.status()["mapped"] and len(waiter) == 120
+    assert waiter.status()["savedSeq"] == builder.status()["savedSeq"]
     exact_everywhere(other.db.reader(), vecs, metas, rng)
 
-    slow.rebuild("asked to")
+    waiter.rebuild("asked to")
     seed_more(rt.db, rng)
-    assert fast.refresh() == 15 and fast.save()
-    slow.refresh(50)
-    assert slow.status()["repair"]["reason"] == "asked to" and slow.status()["repair"]["done"] == 50
+    assert builder.refresh() == 15 and builder.save()
+    waiter.refresh(50)
+    assert waiter.status()["repair"]["reason"] == "asked to" and waiter.status()["repair"]["done"] == 50
+
+
+BUILD_AND_WAIT = """
+import sys
+from agentmemory_server.wiring import build_runtime
+from agentmemory_server.kernel.settings import Settings
+rt = build_runtime(Settings.from_env({}, data_dir=sys.argv[1], background_jobs=False, embedding_provider="none",
+                                     auth="off"))
+index = rt.db.vector_index(sys.argv[2], int(sys.argv[3]))
+assert index.refresh(50) == 50
+print("building", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_a_build_whose_process_died_is_taken_over(make_runtime, tmp_path):
+    """The build lock is the kernel's: a builder killed mid-build leaves nothing held."""
+    rt = make_runtime()
+    seed(rt.db, 120, np.random.default_rng(17))
+    src = Path(__file__).resolve().parent.parent / "src"
+    builder = subprocess.Popen([sys.executable, "-c", BUILD_AND_WAIT, str(tmp_path / "data"), MODEL, str(DIM)],
+                               cwd=src, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert builder.stdout.readline().strip() == "building"
+        index = rt.db.vector_index(MODEL, DIM)
+        assert index.refresh(50) == 0 and index.status()["repair"]["waitingForAnotherProcess"]
+        builder.send_signal(signal.SIGKILL)
+        builder.wait(timeout=30)
+        assert index.refresh(50) == 50 and not index.status()["repair"]["waitingForAnotherProcess"]
+        while index.refresh(50):
+            pass
+        assert index.status()["repair"] is None and len(index) == 120
+    finally:
+        builder.kill()
+        builder.communicate()
 
 
 @pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")

@@ -22,6 +22,7 @@ exact and rows deleted since the last ``refresh`` never come back.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -116,6 +117,7 @@ class SqliteVectorIndex:
         self.repair: dict[str, Any] | None = None
         self.last_error: str | None = None
         self._state_seen: tuple[int, int] | None = None  # the state file's (mtime, size) last read
+        self._build_lock: int | None = None  # held while this process builds the index for all
         started = time.perf_counter()
         self._open()
         self.load_seconds = round(time.perf_counter() - started, 3)
@@ -193,6 +195,7 @@ class SqliteVectorIndex:
         if self.repair is not None:  # another process built it first: its copy is complete
             log.info("vector index %s: serving the copy another process built and saved", self.name)
             self.repair = None
+            self._release_build()
         moved = max(0, seq - self.seq)
         self.saved, self.dirty, self.seq = state, max(0, self.seq - int(state["seq"])), max(self.seq, seq)
         return moved
@@ -281,6 +284,31 @@ class SqliteVectorIndex:
             assert self.repair is not None
             self.repair["adoptable"] = False
 
+    def _may_build(self) -> bool:
+        """Whether this process takes the next rebuild step. A build from scratch that another
+        process's save could replace is done by one process at a time (an ``flock`` on
+        ``build-<name>.lock``, released when the build is done, or the process closes or dies);
+        the others wait for its save and serve that (``_adopt_newer_save``): at 1M the build
+        takes minutes of a core."""
+        assert self.repair is not None
+        if self._build_lock is not None or not self.repair.get("adoptable"):
+            return True
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / f"build-{self.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            self.repair["waiting"] = True
+            return False
+        self._build_lock, self.repair["waiting"] = fd, False
+        return True
+
+    def _release_build(self) -> None:
+        if self._build_lock is not None:
+            os.close(self._build_lock)  # (closing the descriptor releases the flock)
+            self._build_lock = None
+
     def _start_repair(self, reason: str, *, aside: bool = False) -> None:
         """Rebuild from the stored vectors. ``aside``: the current index is still right (it only
         carries dead slots), so it keeps serving and following the log while the new one is
@@ -297,6 +325,8 @@ class SqliteVectorIndex:
             try:
                 applied = self._adopt_newer_save()
                 if self.repair is not None:
+                    if not self._may_build():
+                        return applied
                     applied += self._repair_step(budget)
                     if self.repair is not None and self._next is None:
                         return applied
@@ -390,6 +420,7 @@ class SqliteVectorIndex:
             self.seq, self.dirty = int(self.repair["fromSeq"]), self.dirty + len(rows) + 1
             log.info("vector index %s rebuilt: %d vectors", self.name, len(self.ann))
             self.repair = None
+            self._release_build()  # a process waiting meanwhile adopts the save that follows
         return len(rows)
 
     def lag(self) -> int:
@@ -428,6 +459,7 @@ class SqliteVectorIndex:
         repair = None
         if self.repair is not None:
             repair = {k: self.repair[k] for k in ("reason", "done", "total")}
+            repair["waitingForAnotherProcess"] = bool(self.repair.get("waiting"))
         return {
             "engine": ENGINE,
             "vectors": len(self.ann),
@@ -446,6 +478,7 @@ class SqliteVectorIndex:
         }
 
     def close(self) -> None:
+        self._release_build()
         try:
             self.save()
         except AppError as exc:  # a full or read-only disk: one line, the log replays at start-up
