@@ -638,6 +638,14 @@ class VectorService:
         status = self.index.status()
         if status["repair"] is not None:
             repair = status["repair"]
+            if repair.get("waitingForAnotherProcess"):
+                return _check(
+                    "vector-index",
+                    "warn",
+                    f"search index being built by another process of this server ({repair['reason']})",
+                    "this process serves the copy it saves; searches here use BM25 alone until then",
+                    False,
+                )
             return _check(
                 "vector-index",
                 "warn",
