@@ -339,11 +339,17 @@ def judge_args(doc: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def main() -> None:
-    opts = judge_args(__doc__)
-    data = Path(opts.data)
+def recorded_heads(doc: str) -> tuple[argparse.Namespace, Path, float, list[Head], Rows]:
+    """The judge benches' start: their arguments, then the default path run once over the LoCoMo
+    file (options, the file, when it began, the recorded heads, the product's rows)."""
+    opts = judge_args(doc)
     started = time.perf_counter()
-    heads, product_rows = capture_heads(data)
+    heads, product_rows = capture_heads(Path(opts.data))
+    return opts, Path(opts.data), started, heads, product_rows
+
+
+def main() -> None:
+    opts, data, started, heads, product_rows = recorded_heads(__doc__)
     states = RawStates()
     turns = encode_turns(data, states)
     queries = {(h["conv"], h["q"]): states.encode(h["question"], query=True) for h in heads}

@@ -45,15 +45,14 @@ from judge_features import (  # noqa: E402
     RawStates,
     Scorer,
     encode_turns,
-    judge_args,
     minmax,
+    recorded_heads,
     report,
     rows_of,
     tuned,
     unit,
     window,
 )
-from judge_features import capture_heads as capture  # noqa: E402
 
 TokenStates = Callable[[str, bool], np.ndarray]  # (text, is query) -> unit token vectors
 
@@ -157,10 +156,7 @@ def head_reordered(depth: int, weight: float, first: Scorer = product, name: str
 
 
 def main() -> None:
-    opts = judge_args(__doc__)
-    data = Path(opts.data)
-    started = time.perf_counter()
-    heads, product_rows = capture(data)
+    opts, data, started, heads, product_rows = recorded_heads(__doc__)
     base = rows_of(heads, product)
     results = [report("product blend, from recorded scores", base, product_rows)]
     seconds = {

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import locomo  # noqa: E402
 from agentmemory_server.retrieval import late_interaction  # noqa: E402
-from judge_features import Head, RawStates, Scorer, capture_heads, judge_args, minmax, report, rows_of, tuned, unit  # noqa: E402
+from judge_features import Head, RawStates, Scorer, minmax, recorded_heads, report, rows_of, tuned, unit  # noqa: E402
 
 DIMS = late_interaction.DIMS
 Turn = tuple[list[int], np.ndarray]  # token ids, unit token vectors
@@ -119,10 +119,7 @@ def blend_judge(w: float, **variant: Any) -> Scorer:
 
 
 def main() -> None:
-    opts = judge_args(__doc__)
-    data = Path(opts.data)
-    started = time.perf_counter()
-    heads, product_rows = capture_heads(data)
+    opts, data, started, heads, product_rows = recorded_heads(__doc__)
     states = RawStates()
     turns = encode(data, states)
     tables = {conv: idf_table([ids for ids, _ in conv_turns.values()]) for conv, conv_turns in turns.items()}

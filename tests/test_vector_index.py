@@ -5,8 +5,11 @@ lost or foreign index file in the background, and catching up with vectors anoth
 from __future__ import annotations
 
 import json
+import os
 import signal
-import threading
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +17,8 @@ import requests
 
 from agentmemory_server.retrieval import vectors
 from agentmemory_server.storage.sqlite import ann, vector_index
-from conftest import hook as make_hook, post, wait_for
+from conftest import hook as make_hook
+from conftest import post, wait_for
 
 DIM = 384
 MODEL = "test-model"
@@ -178,6 +182,254 @@ def test_dead_rows_are_skipped_and_replaced_rows_hold_their_new_vector(make_runt
     assert index.refresh() == 2 and len(index) == 48 and index.status()["graphSlots"] == 51
 
 
+def exact_everywhere(store, vecs, metas, rng) -> None:
+    """Every filter's search gives the brute-force rows, in order."""
+    for query in unit(rng, 3):
+        for filters in FILTERS:
+            got = store.vectors.search(MODEL, DIM, query, 10, filters)
+            assert [r for r, _ in got] == brute_force(vecs, metas, query, 10, filters), filters
+
+
+def replace_and_delete(db, vecs, metas, rng) -> None:
+    """Re-embed five rows and delete three (with their vectors), here and in ``vecs``."""
+    rowids = sorted(vecs)
+    with db.transaction("test_change") as tx:
+        for rowid, vector in zip(rowids[5:10], unit(rng, 5), strict=True):
+            tx.vectors.put(rowid, MODEL, vector.astype("<f4").tobytes(), DIM, "2026-12-03T00:00:00Z")
+            vecs[rowid] = vector
+        tx.index.delete([metas[r]["doc_id"] for r in rowids[:3]])
+    for rowid in rowids[:3]:
+        vecs.pop(rowid), metas.pop(rowid)
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+@pytest.mark.parametrize("exact_limit", [10_000, 10], ids=["exact-scan", "graph-walk"])
+def test_a_saved_index_is_served_mapped_and_grows_beside_it(make_runtime, monkeypatch, exact_limit):
+    """A saved index is opened mapped (faiss reads it in place: nothing copied), rows written
+    after it go to this process's own small graph, searches over both stay exact, and a save
+    writes one graph again, which is then served mapped too."""
+    monkeypatch.setattr(ann, "EXACT_LIMIT", exact_limit)
+    monkeypatch.setattr(ann, "DELTA_SCAN_LIMIT", min(exact_limit, ann.DELTA_SCAN_LIMIT))
+    rt = make_runtime()
+    rng = np.random.default_rng(12)
+    vecs, metas, index = indexed(rt.db, 300, rng)
+    assert index.save()
+    rt.close()
+
+    db = make_runtime().db
+    opened = db.vector_index(MODEL, DIM)
+    status = opened.status()
+    assert status["mapped"] and status["privateSlots"] == 0 and len(opened) == 300
+    assert not ann._storage(opened.ann.graph).codes.is_owned and not opened.ann.graph.hnsw.neighbors.is_owned
+    more, more_metas = seed_more(db, rng)
+    vecs.update(more)
+    metas.update(more_metas)
+    replace_and_delete(db, vecs, metas, rng)
+    while opened.refresh():
+        pass
+    status = opened.status()
+    assert status["mapped"] and status["privateSlots"] == 15 + 5  # the new rows and the re-embedded ones
+    assert len(opened) == 300 + 15 - 3 and status["graphSlots"] == 300 + 20
+    exact_everywhere(db.reader(), vecs, metas, rng)
+
+    assert opened.save()
+    status = opened.status()
+    assert status["mapped"] and status["privateSlots"] == 0 and status["graphSlots"] == 320
+    exact_everywhere(db.reader(), vecs, metas, rng)
+    third = make_runtime().db.vector_index(MODEL, DIM)
+    assert third.status()["mapped"] and len(third) == 312 and third.lag() == 0
+    query = unit(rng, 1)[0]
+    assert third.search(third._connect(), query, 10, {}) == opened.search(opened._connect(), query, 10, {})
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_opening_follows_a_save_that_replaced_the_files_meanwhile(make_runtime, monkeypatch):
+    """Another process's save between reading the state file and opening the files it names
+    removes those files: the opener follows the newer copy instead of rebuilding."""
+    rt = make_runtime()
+    rng = np.random.default_rng(15)
+    vecs, metas, index = indexed(rt.db, 100, rng)
+    assert index.save()
+    seed_more(rt.db, rng)
+    assert index.refresh() == 15
+    real_load, asked = ann.AnnIndex.load, []
+
+    def load_after_another_save(directory, stem, dim):
+        asked.append(stem)
+        if len(asked) == 1:
+            assert index.save()  # the other process, just then (it removes ``stem``'s files)
+        return real_load(directory, stem, dim)
+
+    monkeypatch.setattr(ann.AnnIndex, "load", load_after_another_save)
+    opened = make_runtime().db.vector_index(MODEL, DIM)
+    assert asked[0] != asked[-1] == index.saved["stem"]
+    assert opened.status()["repair"] is None and opened.status()["mapped"] and len(opened) == 115
+
+
+SEARCH_AND_WAIT = """
+import sys
+import numpy as np
+from pathlib import Path
+from agentmemory_server.storage.sqlite.ann import AnnIndex
+index = AnnIndex.load(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+queries = np.random.default_rng(1).standard_normal((50, index.dim)).astype(np.float32)
+for q in queries:
+    assert index.candidates(q, 10, {})
+print("searched", flush=True)
+sys.stdin.read()
+"""
+
+
+def mapped_kb(pid: int, path: Path) -> dict[str, int]:
+    """Rss, Shared_Clean and Anonymous kB of the process's mappings of ``path``."""
+    totals, inside = {"Rss": 0, "Shared_Clean": 0, "Anonymous": 0}, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0]:  # a mapping's header line: address range ... path
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.split(":")[0] in totals:
+            totals[line.split(":")[0]] += int(line.split()[1])
+    return totals
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_two_processes_serving_one_saved_index_share_its_pages(make_runtime):
+    """What mapping is for: two processes that open and search the same saved index hold its
+    graph and codes as the same page-cache pages, not a copy each."""
+    rt = make_runtime()
+    _vecs, _metas, index = indexed(rt.db, 2000, np.random.default_rng(14))
+    assert index.save()
+    stem = index.saved["stem"]
+    graph_file = index.dir / f"{stem}.faiss"
+    src = Path(__file__).resolve().parent.parent / "src"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SEARCH_AND_WAIT, str(index.dir), stem, str(DIM)], cwd=src,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "searched"
+        for proc in procs:
+            pages = mapped_kb(proc.pid, graph_file)
+            assert pages["Rss"] > 0 and pages["Anonymous"] == 0  # read in place, not copied
+            assert pages["Shared_Clean"] > 0, pages  # the other process maps the same pages
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()  # (closes the pipes)
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_a_save_by_another_process_is_adopted_and_its_own_rows_replayed_onto_it(make_runtime):
+    """Two processes (two runtimes here) serve one saved index. When one saves, the other opens
+    that copy on its next refresh instead of keeping its own rows, with what it applied past
+    that save replayed onto it; a process whose mapped file another's save removed still saves."""
+    rt = make_runtime()
+    rng = np.random.default_rng(13)
+    vecs, metas, index = indexed(rt.db, 200, rng)
+    assert index.save()
+    rt.close()
+    first_db, second_db = make_runtime().db, make_runtime().db
+    first, second = first_db.vector_index(MODEL, DIM), second_db.vector_index(MODEL, DIM)
+    more, more_metas = seed_more(first_db, rng)
+    vecs.update(more)
+    metas.update(more_metas)
+    while first.refresh() or second.refresh():
+        pass
+    assert first.save()  # removes the copy both opened; the second still maps it
+    replace_and_delete(first_db, vecs, metas, rng)  # past the first's save: only the log has it
+    assert second.refresh() == 8  # adopted the first's save, replayed the log onto it, caught up
+    status = second.status()
+    assert status["savedSeq"] == first.status()["savedSeq"] and status["mapped"]
+    assert status["privateSlots"] == 5 and status["unsaved"] == 8 and len(second) == 212
+    exact_everywhere(second_db.reader(), vecs, metas, rng)
+
+    # The first saved, the second adopted: the first's rows past its save are still its own.
+    assert first.refresh() == 8 and first.status()["privateSlots"] == 5
+    more, more_metas = seed_more(second_db, rng)
+    vecs.update(more)
+    metas.update(more_metas)
+    assert second.refresh() == 15 and second.save()
+    assert first.refresh() == 15  # adopted: the second's save holds all of it
+    assert first.status()["privateSlots"] == 0 and first.status()["savedSeq"] == second.status()["savedSeq"]
+    assert first.status()["unsaved"] == 0
+    exact_everywhere(first_db.reader(), vecs, metas, rng)
+
+    # Both save at the same point: same name, two files (the second renamed over the first);
+    # whichever saved first then serves the other's, so both map one file again.
+    more, more_metas = seed_more(first_db, rng)
+    assert first.refresh() == second.refresh() == 15 and first.save() and second.save()
+    assert first.saved["stem"] == second.saved["stem"]
+    assert os.fstat(first.ann.file).st_ino != os.fstat(second.ann.file).st_ino
+    assert first.refresh() == 0 and second.refresh() == 0
+    assert os.fstat(first.ann.file).st_ino == os.fstat(second.ann.file).st_ino
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_one_process_builds_the_index_and_the_others_take_its_copy(make_runtime):
+    """Two processes start without a saved index: one builds it, the other waits (BM25 alone
+    meanwhile) and then serves the copy the first saved. Asked to rebuild, a process builds its
+    own whatever others save."""
+    rt = make_runtime()
+    rng = np.random.default_rng(16)
+    vecs, metas = seed(rt.db, 120, rng)
+    other = make_runtime()
+    builder, waiter = rt.db.vector_index(MODEL, DIM), other.db.vector_index(MODEL, DIM)
+    assert builder.status()["repair"]["reason"] == waiter.status()["repair"]["reason"] == "no saved index"
+    assert builder.refresh(50) == 50
+    assert waiter.refresh(50) == 0 and waiter.status()["repair"]["waitingForAnotherProcess"]
+    assert waiter.status()["repair"]["done"] == 0 and len(waiter) == 0
+    while builder.refresh(50):
+        pass
+    assert builder.save() and builder.status()["repair"] is None
+    waiter.refresh(50)
+    assert waiter.status()["repair"] is None and waiter.status()["mapped"] and len(waiter) == 120
+    assert waiter.status()["savedSeq"] == builder.status()["savedSeq"]
+    exact_everywhere(other.db.reader(), vecs, metas, rng)
+
+    waiter.rebuild("asked to")
+    seed_more(rt.db, rng)
+    assert builder.refresh() == 15 and builder.save()
+    waiter.refresh(50)
+    assert waiter.status()["repair"]["reason"] == "asked to" and waiter.status()["repair"]["done"] == 50
+
+
+BUILD_AND_WAIT = """
+import sys
+from agentmemory_server.wiring import build_runtime
+from agentmemory_server.kernel.settings import Settings
+rt = build_runtime(Settings.from_env({}, data_dir=sys.argv[1], background_jobs=False, embedding_provider="none",
+                                     auth="off"))
+index = rt.db.vector_index(sys.argv[2], int(sys.argv[3]))
+assert index.refresh(50) == 50
+print("building", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_a_build_whose_process_died_is_taken_over(make_runtime, tmp_path):
+    """The build lock is the kernel's: a builder killed mid-build leaves nothing held."""
+    rt = make_runtime()
+    seed(rt.db, 120, np.random.default_rng(17))
+    src = Path(__file__).resolve().parent.parent / "src"
+    builder = subprocess.Popen([sys.executable, "-c", BUILD_AND_WAIT, str(tmp_path / "data"), MODEL, str(DIM)],
+                               cwd=src, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert builder.stdout.readline().strip() == "building"
+        index = rt.db.vector_index(MODEL, DIM)
+        assert index.refresh(50) == 0 and index.status()["repair"]["waitingForAnotherProcess"]
+        builder.send_signal(signal.SIGKILL)
+        builder.wait(timeout=30)
+        assert index.refresh(50) == 50 and not index.status()["repair"]["waitingForAnotherProcess"]
+        while index.refresh(50):
+            pass
+        assert index.status()["repair"] is None and len(index) == 120
+    finally:
+        builder.kill()
+        builder.communicate()
+
+
 @pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
 def test_a_graph_full_of_dead_rows_is_rebuilt_aside_while_it_keeps_serving(make_runtime, monkeypatch):
     monkeypatch.setattr(vector_index, "REBUILD_MIN_VECTORS", 10)
@@ -204,43 +456,9 @@ def test_a_graph_full_of_dead_rows_is_rebuilt_aside_while_it_keeps_serving(make_
 
 
 @pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
-def test_a_large_saved_index_can_wait_for_the_first_refresh(make_runtime, monkeypatch):
-    """A server answers before a large saved index is in: until the first refresh loads it,
-    the index is empty and says it is loading, saves nothing over the saved copy, and searches
-    find no vectors; then it holds exactly what was saved, and replays the log as usual."""
-    rt = make_runtime()
-    rng = np.random.default_rng(8)
-    vecs, metas, index = indexed(rt.db, 120, rng)
-    assert index.save()
-    more, more_metas = seed_more(rt.db, rng)  # only the log has these
-    rt.close()
-    saved = index.state_path.read_text()
-    monkeypatch.setattr(vector_index, "LOAD_LATER_FROM", 100)
-
-    deferred = make_runtime().db.vector_index(MODEL, DIM, load_later=True)
-    assert deferred.status()["loading"] is True and deferred.status()["loadSeconds"] is None
-    assert len(deferred) == 0 and not deferred.save() and deferred.state_path.read_text() == saved
-    query = unit(rng, 1)[0]
-    assert deferred.search(deferred._connect(), query, 10, {}) == []
-    assert deferred.refresh() == 120  # the first refresh: the saved index, nothing rebuilt
-    assert deferred.status()["loading"] is False and deferred.status()["repair"] is None
-    assert len(deferred) == 120 and deferred.lag() == len(more) and deferred.refresh() == len(more)
-    vecs.update(more)
-    metas.update(more_metas)
-    got = deferred.search(deferred._connect(), query, 10, {})
-    assert [r for r, _ in got] == brute_force(vecs, metas, query, 10, {})
-
-    # Only when asked, and only when large: otherwise the constructor loads it, as before.
-    assert len(make_runtime().db.vector_index(MODEL, DIM)) == 120
-    monkeypatch.setattr(vector_index, "LOAD_LATER_FROM", 10_000)
-    small = make_runtime().db.vector_index(MODEL, DIM, load_later=True)
-    assert small.status()["loading"] is False and len(small) == 120
-
-
-@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
-def test_a_request_process_loads_a_large_saved_index_on_its_follower(make_runtime, monkeypatch):
-    """The server's vector service leaves a large saved index to its follower thread, which
-    loads it; vector search answers once it is in."""
+def test_a_request_process_serves_the_saved_index_mapped(make_runtime):
+    """A server's vector service opens the saved index (mapped, nothing rebuilt) and its
+    vector search answers from it."""
     rt = make_runtime(embedding_provider="hash")
     rowids = [rt.db.write("test", lambda tx, i=i: tx.index.upsert(
         {"doc_id": f"d{i}", "scope": "t", "key": f"k{i}", "type": None, "ts": "2026-12-01T00:00:00Z",
@@ -249,26 +467,20 @@ def test_a_request_process_loads_a_large_saved_index_on_its_follower(make_runtim
     rng = np.random.default_rng(9)
     svc = vectors.service(rt)
     model, dim = svc.embedder.model_id, svc.embedder.dim
+    vecs = unit(rng, 3)
     with rt.db.transaction("test_vectors") as tx:
-        for rowid, vector in zip(rowids, unit(rng, 3), strict=True):
+        for rowid, vector in zip(rowids, vecs, strict=True):
             tx.vectors.put(rowid, model, vector.astype("<f4").tobytes(), dim, "2026-12-01T00:00:00Z")
     svc.catch_up()
     assert svc.index.save() and len(svc.index) == 3
     rt.close()
-    monkeypatch.setattr(vector_index, "LOAD_LATER_FROM", 3)
-    loaders: list[str] = []
-    real_load = ann.AnnIndex.load
-
-    def load_and_note(*args, **kwargs):  # the real load, noting which thread ran it
-        loaders.append(threading.current_thread().name)
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(ann.AnnIndex, "load", load_and_note)
     again = make_runtime(embedding_provider="hash", background_jobs=True)
     served = vectors.service(again)
-    wait_for(lambda: served.ready, timeout=20, interval=0.05, message="the follower never loaded the index")
-    assert loaders == ["agentmemory-vector-follower"]
-    assert len(served.index) == 3 and served.index.status()["loadSeconds"] is not None
+    wait_for(lambda: served.ready, timeout=20, interval=0.05, message="the saved index was never served")
+    status = served.index.status()
+    assert status["mapped"] and status["repair"] is None and status["loadSeconds"] is not None
+    got = again.db.reader().vectors.search(model, dim, vecs[1], 1, {})
+    assert got[0][0] == rowids[1] and got[0][1] == pytest.approx(1.0, abs=1e-5)
 
 
 def _search_rows(server, query: str) -> list[str]:

@@ -204,8 +204,7 @@ class VectorService:
         """This process's view of the nearest-neighbour index (opened on first use)."""
         if self._index is None:
             assert self.embedder is not None
-            follower = self.rt.role == "server" and self.rt.settings.background_jobs
-            self._index = self.rt.db.vector_index(self.embedder.model_id, self.embedder.dim, load_later=follower)
+            self._index = self.rt.db.vector_index(self.embedder.model_id, self.embedder.dim)
         return self._index
 
     # ---- the index follower (request processes) ---------------------------------------------
@@ -218,11 +217,7 @@ class VectorService:
 
     def _follow(self) -> None:
         failures = WorkerFailures(log, "vector index")  # a full disk: one line a minute, not 4 a second
-        if self.index.status().get("loading"):
-            # Start-up's work, left until the process answers: at the priority of the requests
-            # whose vector searches wait for it (niced, it took 16 s at 1M in a busy process
-            # instead of 2-3).
-            self._follow_step(failures)
+        self.index.status()  # opened (~50 ms mapped at 1M) at the priority of the searches waiting for it
         lower_thread_priority(10)  # below requests, above the embedder
         while not self._stop.is_set():
             if self._follow_step(failures) == 0:
@@ -641,16 +636,16 @@ class VectorService:
     def _index_check(self, stored: int) -> dict[str, Any]:
         """Does this process's search index hold exactly the stored vectors?"""
         status = self.index.status()
-        if status.get("loading"):
-            return _check(
-                "vector-index",
-                "warn",
-                "search index loading from its saved files (this process started moments ago)",
-                "it finishes by itself; searches use BM25 alone until then",
-                False,
-            )
         if status["repair"] is not None:
             repair = status["repair"]
+            if repair.get("waitingForAnotherProcess"):
+                return _check(
+                    "vector-index",
+                    "warn",
+                    f"search index being built by another process of this server ({repair['reason']})",
+                    "this process serves the copy it saves; searches here use BM25 alone until then",
+                    False,
+                )
             return _check(
                 "vector-index",
                 "warn",

@@ -571,9 +571,8 @@ class Database(Protocol):
 
     @property
     def schema_version(self) -> int: ...
-    def vector_index(self, model: str, dim: int, *, load_later: bool = False) -> VectorIndex:
-        """This process's index of ``model``'s vectors; ``load_later``: a large saved index may be
-        loaded by its first ``refresh`` (the caller refreshes it soon) instead of at once."""
+    def vector_index(self, model: str, dim: int) -> VectorIndex:
+        """This process's index of ``model``'s vectors."""
         ...
 
     def reader(self) -> UnitOfWork: ...

@@ -579,8 +579,8 @@ class PostgresDatabase:
     def close_queue(self, name: str) -> None:
         self.bounds.close(name)
 
-    def vector_index(self, model: str, dim: int, *, load_later: bool = False) -> PgVectorIndex:
-        """pgvector's index lives in the database: nothing to load, whatever ``load_later`` says."""
+    def vector_index(self, model: str, dim: int) -> PgVectorIndex:
+        """pgvector's index lives in the database: nothing to load."""
         index = self._vector_indexes.get((model, dim))
         if index is None:
             index = PgVectorIndex(lambda: self._vector_count(model, dim), model, dim)

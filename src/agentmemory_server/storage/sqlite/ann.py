@@ -8,14 +8,22 @@ training and small indexes work from the first vector. The index only proposes c
 caller re-scores them against the float32 vectors it stores (``vector_index.py``), so scores are
 exact.
 
-Slots are faiss's sequential ids. A deleted or replaced row's slot stays in the graph, marked
-dead, and every search skips it (``IDSelectorBitmap``); ``dead_ratio`` tells the owner when a
-rebuild pays. Filters (kinds, project with its global rows, agent, sessions) are exact: per-slot
-codes in numpy arrays make a mask. When the mask (or the whole index) keeps at most
-``EXACT_LIMIT`` rows, their codes are scanned exactly in numpy (a graph walk that throws away
-most of what it meets is slow and misses); otherwise the graph is walked with the mask as its
-filter, its breadth raised as the filter gets more selective. Not thread-safe by itself:
-``vector_index.py`` holds a read/write lock.
+A saved index is opened mapped (``load``): faiss reads the graph and the codes in place from the
+file, so the page cache holds them once for every process that opens it (each request process of a
+server, the CLI) instead of each process copying ~550 MB at 1M, and opening takes milliseconds. A
+mapped graph cannot grow: rows added after opening go to a small graph of their own, the
+``delta``, whose slots follow the mapped ones; a search walks both. ``save`` writes one graph
+again (the mapped one read into memory for the moment, the delta's rows added to it); the file
+stays open while it is mapped, so that works even after another process's save removed it.
+
+Slots are faiss's sequential ids (the delta's follow the mapped graph's). A deleted or replaced
+row's slot stays in the graph, marked dead, and every search skips it (``IDSelectorBitmap``);
+``dead_ratio`` tells the owner when a rebuild pays. Filters (kinds, project with its global
+rows, agent, sessions) are exact: per-slot codes in numpy arrays make a mask. When the mask (or
+the whole index) keeps at most ``EXACT_LIMIT`` rows, their codes are scanned exactly in numpy (a
+graph walk that throws away most of what it meets is slow and misses); otherwise the graph is
+walked with the mask as its filter, its breadth raised as the filter gets more selective. Not
+thread-safe by itself: ``vector_index.py`` holds a read/write lock.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ from typing import Any
 import numpy as np
 
 EXACT_LIMIT = 10_000  # rows: an exact scan of this many codes takes ~2-3 ms here
+# Beside a mapped graph, the delta's rows are scanned up to this many (~0.5 ms), walked beyond:
+# a search pays for the delta on top of the mapped graph's walk.
+DELTA_SCAN_LIMIT = 2_000
 M = 16  # graph degree (32 links a vector on the base layer)
 EF_CONSTRUCTION = 64
 EF_SEARCH = 128  # the walk's beam breadth up to EF_GROWS_AFTER vectors
@@ -87,6 +98,8 @@ class AnnIndex:
         faiss.omp_set_num_threads(1)  # searches run on request threads; one core each
         self.dim = dim
         self.graph = graph if graph is not None else _new_graph(dim)
+        self.file: int | None = None  # a descriptor of the file ``graph`` is mapped from (it cannot grow then)
+        self.delta: Any = None  # rows added to a mapped graph
         self.codes = codes or {name: Codes() for name in FIELDS}
         self.slots = arrays or _empty_slot_arrays(1024)
         self.alive = int(np.count_nonzero(self.slots["flags"][: self.total] & ALIVE))
@@ -100,7 +113,26 @@ class AnnIndex:
     @property
     def total(self) -> int:
         """Slots in the graph, dead ones included."""
-        return int(self.graph.ntotal)
+        return int(self.graph.ntotal) + (int(self.delta.ntotal) if self.delta is not None else 0)
+
+    def __del__(self) -> None:
+        if getattr(self, "file", None) is not None:
+            os.close(self.file)  # type: ignore[arg-type]
+
+    @property
+    def mapped(self) -> bool:
+        return self.file is not None
+
+    def private_slots(self) -> int:
+        """Slots this process holds in its own memory (all of them when nothing is mapped)."""
+        return self.total - int(self.graph.ntotal) if self.mapped else self.total
+
+    def _parts(self) -> list[tuple[Any, int]]:
+        """(graph, its first slot) for the graphs holding slots."""
+        parts = [(self.graph, 0)]
+        if self.delta is not None:
+            parts.append((self.delta, int(self.graph.ntotal)))
+        return [(graph, first) for graph, first in parts if graph.ntotal]
 
     def __len__(self) -> int:
         return self.alive
@@ -129,7 +161,10 @@ class AnnIndex:
             return
         self.remove(rowids)
         first = self.total
-        self.graph.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        if self.mapped and self.delta is None:
+            self.delta = _new_graph(self.dim)
+        # Never add to a mapped graph: faiss aborts the whole process on that.
+        (self.delta if self.mapped else self.graph).add(np.ascontiguousarray(vectors, dtype=np.float32))
         self._grow_slots(self.total)
         self._grow_rowids(max(rowids))
         for offset, (rowid, meta) in enumerate(zip(rowids, metas, strict=True)):
@@ -156,8 +191,8 @@ class AnnIndex:
 
     def vectors_of(self, slots: np.ndarray) -> np.ndarray:
         """Decoded float32 vectors of ``slots`` (for rebuilding without the database)."""
-        storage = self._storage()
-        return storage.sa_decode(self._codes()[slots])
+        storage = _storage(self.graph)
+        return storage.sa_decode(self._codes_of(slots))
 
     # ---- queries
     def mask(self, filters: dict[str, Any]) -> np.ndarray:
@@ -186,34 +221,39 @@ class AnnIndex:
         if allowed <= EXACT_LIMIT:
             slots = self._scan(np.flatnonzero(mask), q[0], want)
         else:
-            slots = self._walk(q, want, None if allowed == self.total else mask, allowed)
+            slots = self._walk(q, want, None if allowed == self.total else mask)
         return [int(r) for r in self.slots["rowid"][slots]]
 
-    def _walk(self, q: np.ndarray, want: int, mask: np.ndarray | None, allowed: int) -> np.ndarray:
-        faiss = _faiss()
-
-        params = faiss.SearchParametersHNSW()
-        beam = EF_SEARCH * max(1.0, self.total / EF_GROWS_AFTER)
-        params.efSearch = int(min(MAX_EF_SEARCH, max(beam, want)))
-        if mask is not None:
-            bits = np.packbits(mask, bitorder="little")
-            params.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
-            # A filter that keeps a fraction f of the rows hides most of each step's neighbours:
-            # widen the beam to about want / f (bounded) so the walk still reaches ``want`` rows.
-            widened = want * min(16.0, self.total / allowed) * 1.5
-            params.efSearch = int(min(MAX_EF_SEARCH, max(params.efSearch, widened)))
-        _, ids = self.graph.search(q, want, params=params)
-        return ids[0][ids[0] >= 0]
+    def _walk(self, q: np.ndarray, want: int, mask: np.ndarray | None) -> np.ndarray:
+        """Walk the graph; with a delta, each part (a part with few rows passing is scanned) and
+        their candidates ordered together by their codes (one quantiser: the same order)."""
+        parts = self._parts()
+        if len(parts) == 1:
+            return _walk_graph(self.graph, q, want, mask)
+        found = []
+        for graph, first in parts:
+            part = None if mask is None else mask[first : first + int(graph.ntotal)]
+            kept = int(graph.ntotal) if part is None else int(np.count_nonzero(part))
+            if kept > (EXACT_LIMIT if first == 0 else DELTA_SCAN_LIMIT):
+                found.append(_walk_graph(graph, q, want, part) + first)
+            elif kept:
+                found.append(
+                    self._scan(
+                        np.flatnonzero(part) + first if part is not None else np.arange(first, first + kept), q[0], want
+                    )
+                )
+        slots = np.concatenate(found) if found else np.zeros(0, np.int64)
+        scores = dot_rows(self._codes_of(slots).astype(np.float32), q[0])
+        return slots[np.argsort(-scores, kind="stable")[:want]]
 
     def _scan(self, slots: np.ndarray, q: np.ndarray, want: int) -> np.ndarray:
         """Exact scores on the 8-bit codes of ``slots`` (the quantiser is affine and shared by
         every component, so codes . q orders rows as the decoded vectors do)."""
-        codes = self._codes()
         best: list[np.ndarray] = []
         scores: list[np.ndarray] = []
         for start in range(0, len(slots), 8192):
             part = slots[start : start + 8192]
-            s = dot_rows(codes[part].astype(np.float32), q)
+            s = dot_rows(self._codes_of(part).astype(np.float32), q)
             keep = min(want, len(part))
             top = np.argpartition(-s, keep - 1)[:keep]
             best.append(part[top])
@@ -221,38 +261,67 @@ class AnnIndex:
         all_slots, all_scores = np.concatenate(best), np.concatenate(scores)
         return all_slots[np.argsort(-all_scores, kind="stable")[:want]]
 
-    def _storage(self) -> Any:
-        faiss = _faiss()
-
-        return faiss.downcast_index(self.graph.storage)
-
-    def _codes(self) -> np.ndarray:
-        """The codes as a (total, dim) uint8 array viewing faiss's memory (valid until the next
-        add, which may move it)."""
-        faiss = _faiss()
-
-        storage = self._storage()
-        flat = faiss.rev_swig_ptr(storage.codes.data(), self.total * storage.code_size)
-        return np.asarray(flat).reshape(self.total, storage.code_size)
+    def _codes_of(self, slots: np.ndarray) -> np.ndarray:
+        """The 8-bit codes of ``slots`` (a copy), from whichever graph holds each."""
+        base = int(self.graph.ntotal)
+        if self.delta is None or not len(slots) or slots.max() < base:
+            return _codes(self.graph)[slots]
+        out = np.empty((len(slots), self.dim), np.uint8)
+        low = slots < base
+        out[low] = _codes(self.graph)[slots[low]]
+        out[~low] = _codes(self.delta)[slots[~low] - base]
+        return out
 
     # ---- files
     def save(self, directory: Path, stem: str) -> None:
-        """Write ``<stem>.faiss``, ``<stem>.slots.npz`` and ``<stem>.codes.json``, each synced."""
+        """Write ``<stem>.faiss``, ``<stem>.slots.npz`` and ``<stem>.codes.json``, each synced.
+        Each is written under a temporary name and renamed over: a file of that name may be
+        mapped by a process serving from it, which must keep seeing the old one whole."""
         faiss = _faiss()
 
-        faiss.write_index(self.graph, str(directory / f"{stem}.faiss"))
         n = self.total
         columns: dict[str, Any] = {name: a[:n] for name, a in self.slots.items()}
-        np.savez(directory / f"{stem}.slots.npz", **columns)
-        (directory / f"{stem}.codes.json").write_text(json.dumps({k: c.values for k, c in self.codes.items()}))
-        for suffix in (".faiss", ".slots.npz", ".codes.json"):
-            _fsync(directory / f"{stem}{suffix}")
+        writers = {
+            ".faiss": lambda path: faiss.write_index(self._whole_graph(), str(path)),
+            ".slots.npz": lambda path: np.savez(path, **columns),
+            ".codes.json": lambda path: path.write_text(json.dumps({k: c.values for k, c in self.codes.items()})),
+        }
+        for suffix, write in writers.items():
+            final = directory / f"{stem}{suffix}"
+            partial = directory / f"{stem}.partial-{os.getpid()}{suffix}"  # (np.savez keeps a .npz name)
+            try:
+                write(partial)
+                _fsync(partial)
+                os.replace(partial, final)
+            finally:
+                partial.unlink(missing_ok=True)
+
+    def _whole_graph(self) -> Any:
+        """One graph of every slot: the serving graph, or when the delta holds rows, the mapped
+        graph read into memory with the delta's rows added after it (slot order kept; decoded
+        codes encode to the same codes)."""
+        if self.delta is None or self.delta.ntotal == 0:
+            return self.graph
+        assert self.file is not None
+        faiss = _faiss()
+
+        with os.fdopen(os.dup(self.file), "rb") as file:
+            file.seek(0)  # (the duplicate shares the offset a read before left at the end)
+            whole = faiss.read_index(faiss.PyCallbackIOReader(file.read))
+        whole.hnsw.efConstruction = EF_CONSTRUCTION
+        decode = _storage(self.delta).sa_decode
+        codes = _codes(self.delta)
+        for start in range(0, len(codes), 4096):
+            whole.add(decode(codes[start : start + 4096]))
+        return whole
 
     @classmethod
     def load(cls, directory: Path, stem: str, dim: int) -> AnnIndex:
+        """The saved index, its graph mapped from the file (read in place, shared between processes)."""
         faiss = _faiss()
 
-        graph = faiss.read_index(str(directory / f"{stem}.faiss"))
+        path = directory / f"{stem}.faiss"
+        graph = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
         if graph.d != dim:
             raise ValueError(f"{stem}.faiss holds {graph.d}-d vectors, expected {dim}")
         with np.load(directory / f"{stem}.slots.npz") as data:
@@ -261,7 +330,44 @@ class AnnIndex:
             raise ValueError(f"{stem}: {graph.ntotal} vectors but {len(arrays['flags'])} slot rows")
         raw = json.loads((directory / f"{stem}.codes.json").read_text())
         index = cls(dim, graph, _padded(arrays), {name: Codes(raw[name]) for name in FIELDS})
+        index.file = os.open(path, os.O_RDONLY)  # closed with the index (``__del__``)
+        if hasattr(os, "posix_fadvise"):  # the kernel reads it ahead, so first searches find it in memory
+            os.posix_fadvise(index.file, 0, 0, os.POSIX_FADV_WILLNEED)
         return index
+
+
+def _walk_graph(graph: Any, q: np.ndarray, want: int, mask: np.ndarray | None) -> np.ndarray:
+    """The graph's best ``want`` slots passing ``mask`` (None: all), best first."""
+    faiss = _faiss()
+
+    params = faiss.SearchParametersHNSW()
+    total = int(graph.ntotal)
+    beam = EF_SEARCH * max(1.0, total / EF_GROWS_AFTER)
+    params.efSearch = int(min(MAX_EF_SEARCH, max(beam, want)))
+    allowed = total if mask is None else int(np.count_nonzero(mask))
+    if mask is not None and allowed < total:
+        bits = np.packbits(mask, bitorder="little")
+        params.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+        # A filter that keeps a fraction f of the rows hides most of each step's neighbours:
+        # widen the beam to about want / f (bounded) so the walk still reaches ``want`` rows.
+        widened = want * min(16.0, total / allowed) * 1.5
+        params.efSearch = int(min(MAX_EF_SEARCH, max(params.efSearch, widened)))
+    _, ids = graph.search(q, want, params=params)
+    return ids[0][ids[0] >= 0]
+
+
+def _storage(graph: Any) -> Any:
+    return _faiss().downcast_index(graph.storage)
+
+
+def _codes(graph: Any) -> np.ndarray:
+    """A graph's codes as a (slots, dim) uint8 array viewing faiss's memory (valid until the
+    next add, which may move it)."""
+    faiss = _faiss()
+
+    storage = _storage(graph)
+    flat = faiss.rev_swig_ptr(storage.codes.data(), int(graph.ntotal) * storage.code_size)
+    return np.asarray(flat).reshape(int(graph.ntotal), storage.code_size)
 
 
 def dot_rows(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:

@@ -548,10 +548,9 @@ class Database:
         )
 
     # ---- the nearest-neighbour index beside the file
-    def vector_index(self, model: str, dim: int, *, load_later: bool = False) -> SqliteVectorIndex:
+    def vector_index(self, model: str, dim: int) -> SqliteVectorIndex:
         """The persistent index of ``model``'s vectors, opened (loaded from its files, or queued
-        for a rebuild) on first use in this process. ``load_later``: a large saved index is
-        loaded by the first ``refresh`` rather than here (``SqliteVectorIndex``)."""
+        for a rebuild) on first use in this process."""
         with self._vector_indexes_lock:
             index = self._vector_indexes.get((model, dim))
             if index is None:
@@ -562,7 +561,6 @@ class Database:
                     connect=lambda: self.reader().conn,
                     write=self._write_statement,
                     space=self.space,
-                    load_later=load_later,
                 )
                 self._vector_indexes[(model, dim)] = index
             return index

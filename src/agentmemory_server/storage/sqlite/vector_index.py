@@ -12,10 +12,9 @@ restored from an older backup, a log pruned past it) is rebuilt from ``search_ve
 ``refresh`` in bounded steps (searches answer from what is built so far; ``status`` shows the
 progress). Saving writes new files and then switches ``state-*.json`` with an atomic rename.
 
-A large saved index (``LOAD_LATER_FROM`` vectors and up) may be loaded by the first ``refresh``
-instead of the constructor, when the opener asks for that (a server's request process, whose
-follower thread refreshes at once): the process answers while it loads (~2.5 s at 1M here), and
-its searches use BM25 alone until the vectors are in (``status``: ``loading``).
+The saved files are opened mapped (``ann.AnnIndex.load``): ~50 ms at 1M, shared by every process
+that serves them; rows applied since sit in the process's own small graph until a save (by any
+process: the others adopt it) folds them in.
 
 Searches re-score the index's candidates against the float32 vectors in SQLite, so scores are
 exact and rows deleted since the last ``refresh`` never come back.
@@ -23,6 +22,7 @@ exact and rows deleted since the last ``refresh`` never come back.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -46,9 +46,6 @@ APPLY_CHUNK = 16  # rows added under the write lock at once: searches wait at mo
 KEEP_LOG = 50_000  # log rows kept behind the saved index, for other processes still catching up
 REBUILD_DEAD_RATIO = 0.3  # rebuild when this share of the graph is deleted or replaced rows
 REBUILD_MIN_VECTORS = 10_000  # (below that, dead slots cost next to nothing)
-# A saved index this large loads in ~0.5 s or more here (2.5 s at 1M, bench/vector_search.py):
-# worth answering first. Smaller ones load before the first answer, as searches expect.
-LOAD_LATER_FROM = 200_000
 
 
 class RWLock:
@@ -105,7 +102,6 @@ class SqliteVectorIndex:
         connect: Callable[[], sqlite3.Connection],
         write: Callable[[str, tuple], None],
         space: FreeSpace | None = None,
-        load_later: bool = False,
     ):
         self.model, self.dim = model, dim
         self.dir = Path(str(db_path) + ".vectors")
@@ -120,52 +116,89 @@ class SqliteVectorIndex:
         self.saved: dict[str, Any] = {}
         self.repair: dict[str, Any] | None = None
         self.last_error: str | None = None
-        self.loading = False  # a saved index waits for the first refresh to load it
-        self.load_seconds: float | None = None
-        if load_later and self._saved_vectors() >= LOAD_LATER_FROM:
-            self.loading = True
-            log.info("vector index %s: loading the saved index in the background", self.name)
-        else:
-            self._load()
+        self._state_seen: tuple[int, int] | None = None  # the state file's (mtime, size) last read
+        self._build_lock: int | None = None  # held while this process builds the index for all
+        started = time.perf_counter()
+        self._open()
+        self.load_seconds = round(time.perf_counter() - started, 3)
 
     # ---- files -------------------------------------------------------------------------------
     @property
     def state_path(self) -> Path:
         return self.dir / f"state-{self.name}.json"
 
-    def _saved_vectors(self) -> int:
-        """How many vectors the saved index holds, by its state file (0 when there is none)."""
-        try:
-            return int(json.loads(self.state_path.read_text()).get("vectors", 0))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return 0
-
-    def _load(self) -> None:
-        started = time.perf_counter()
-        self._open()
-        self.load_seconds = round(time.perf_counter() - started, 3)
-
     def _open(self) -> None:
-        """Load the saved index, or start rebuilding it. The state file is read here, when the
-        index loads: a later save by another process may have replaced the one seen earlier."""
-        try:
-            state = json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
-            self._start_repair("no saved index" if not self.state_path.exists() else "unreadable state file")
-            return
-        problem = self._check(state)
-        if problem is None:
+        """Open the saved index (mapped), or start rebuilding it. The state file is read here, when
+        the index loads: a later save by another process may have replaced the one seen earlier,
+        and one that does so while the files are read (removing the older ones) is followed."""
+        problem = None
+        for _attempt in range(3):
+            try:
+                state = json.loads(self.state_path.read_text())
+            except (OSError, ValueError):
+                self._start_repair("no saved index" if not self.state_path.exists() else "unreadable state file")
+                return
+            problem = self._check(state)
+            if problem is not None:
+                break
             try:
                 loaded = AnnIndex.load(self.dir, state["stem"], self.dim)
-                with self._rw.write():  # searches meanwhile used the empty index, as in a rebuild
-                    self.ann = loaded
             except Exception as exc:  # noqa: BLE001 - any damage means rebuild
                 problem = f"unreadable index file: {type(exc).__name__}: {exc}"[:300]
-        if problem:
-            log.warning("vector index %s: %s; rebuilding it in the background", self.name, problem)
-            self._start_repair(problem)
+                if self._saved_stem() != state["stem"]:
+                    continue  # saved again meanwhile: open the newer copy
+                break
+            with self._rw.write():  # searches meanwhile used the empty index, as in a rebuild
+                self.ann = loaded
+            self.seq, self.saved = int(state["seq"]), state
             return
-        self.seq, self.saved = int(state["seq"]), state
+        log.warning("vector index %s: %s; rebuilding it in the background", self.name, problem)
+        self._start_repair(str(problem))
+
+    def _saved_stem(self) -> str | None:
+        try:
+            return str(json.loads(self.state_path.read_text()).get("stem"))
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _adopt_newer_save(self) -> int:
+        """Another process saved the index since this one opened or saved it: open that copy
+        (mapped, so its pages are shared), bring it up to this index's ``seq`` from the log, and
+        serve it instead of the rows this process holds in its own memory. Also spares this
+        process a save of its own, and when both started without a usable saved index, the rest of
+        its own rebuild (not when asked to rebuild, nor while a rebuild goes on beside the index).
+        Returns how far that moved this index along the log (0 when there is nothing newer: one
+        ``stat`` a call)."""
+        try:
+            seen = self.state_path.stat()
+        except OSError:
+            return 0
+        if (seen.st_mtime_ns, seen.st_size) == self._state_seen or not (self.repair or {}).get("adoptable", True):
+            return 0
+        self._state_seen = (seen.st_mtime_ns, seen.st_size)
+        try:
+            state = json.loads(self.state_path.read_text())
+            # Another save, as far along or further: also one of the same name (two processes that
+            # built the index at once save the same ``seq``; each serves its own file until then).
+            newer = state != self.saved and int(state["seq"]) >= int(self.saved.get("seq", -1))
+            if not newer or self._check(state) is not None:
+                return 0
+            loaded = AnnIndex.load(self.dir, state["stem"], self.dim)
+        except Exception as exc:  # noqa: BLE001 - keep serving this process's copy; it is right
+            log.info("vector index %s: not adopting another process's save: %s", self.name, exc)
+            return 0
+        seq = int(state["seq"])
+        while seq < self.seq and (rows := self._changes(seq, 5000, upto=self.seq)):
+            seq = self._apply_changes(rows, loaded)  # what this index applied past that save
+        with self._rw.write():
+            self.ann = loaded
+        if self.repair is not None:  # another process built it first: its copy is complete
+            log.info("vector index %s: serving the copy another process built and saved", self.name)
+            self.repair = None
+            self._release_build()
+        moved = max(0, seq - self.seq)
+        self.saved, self.dirty, self.seq = state, max(0, self.seq - int(state["seq"])), max(self.seq, seq)
+        return moved
 
     def _check(self, state: Mapping[str, Any]) -> str | None:
         if (state.get("engine"), state.get("model"), state.get("dim")) != (ENGINE, self.model, self.dim):
@@ -216,12 +249,25 @@ class SqliteVectorIndex:
                     path.unlink(missing_ok=True)
                 raise classify_os_error(exc, self.state_path) or exc from exc
             old, self.saved, self.dirty = self.saved.get("stem"), state, 0
+            self._state_seen = None
+            self._reopen_mapped(stem)
         if old and old != stem:
             for path in self.dir.glob(f"{old}.*"):
                 path.unlink(missing_ok=True)
         _first, last = self._log_bounds()
         self._write("DELETE FROM vector_log WHERE seq <= ?", (min(seq, last - KEEP_LOG),))
         return True
+
+    def _reopen_mapped(self, stem: str) -> None:
+        """Serve the copy just written, mapped: the rows this process held in its own memory
+        (a delta, or a whole graph after a rebuild) are then pages shared with other processes."""
+        try:
+            loaded = AnnIndex.load(self.dir, stem, self.dim)
+        except Exception:  # noqa: BLE001 - the index in memory is still right
+            log.exception("vector index %s: reopening the saved copy failed; serving the one in memory", self.name)
+            return
+        with self._rw.write():
+            self.ann = loaded
 
     def _save_size(self) -> int:
         """Bytes the next save may take: the last saved copy's size, or an estimate (vectors,
@@ -232,8 +278,36 @@ class SqliteVectorIndex:
 
     # ---- keeping up with the database ------------------------------------------------------------
     def rebuild(self, reason: str) -> None:
+        """Build the index again from the stored vectors, whatever other processes save meanwhile."""
         with self._refresh_lock:
             self._start_repair(reason)
+            assert self.repair is not None
+            self.repair["adoptable"] = False
+
+    def _may_build(self) -> bool:
+        """Whether this process takes the next rebuild step. A build from scratch that another
+        process's save could replace is done by one process at a time (an ``flock`` on
+        ``build-<name>.lock``, released when the build is done, or the process closes or dies);
+        the others wait for its save and serve that (``_adopt_newer_save``): at 1M the build
+        takes minutes of a core."""
+        assert self.repair is not None
+        if self._build_lock is not None or not self.repair.get("adoptable"):
+            return True
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / f"build-{self.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            self.repair["waiting"] = True
+            return False
+        self._build_lock, self.repair["waiting"] = fd, False
+        return True
+
+    def _release_build(self) -> None:
+        if self._build_lock is not None:
+            os.close(self._build_lock)  # (closing the descriptor releases the flock)
+            self._build_lock = None
 
     def _start_repair(self, reason: str, *, aside: bool = False) -> None:
         """Rebuild from the stored vectors. ``aside``: the current index is still right (it only
@@ -243,19 +317,17 @@ class SqliteVectorIndex:
         self._next = AnnIndex(self.dim) if aside else None
         if not aside:
             self.ann = AnnIndex(self.dim)
-        self.repair = {"reason": reason, "done": 0, "total": None, "cursor": 0, "fromSeq": None}
+        self.repair = {"reason": reason, "done": 0, "total": None, "cursor": 0, "fromSeq": None, "adoptable": not aside}
 
     def refresh(self, budget: int = 2000) -> int:
         """Apply up to ``budget`` changes (or rebuild steps); returns how many it applied."""
         with self._refresh_lock:
             try:
-                if self.loading:  # one step: the whole saved index (counted as one change at least)
-                    self._load()  # (a database error leaves it loading: the next refresh tries again)
-                    self.loading = False
-                    return max(1, len(self.ann))
-                applied = 0
+                applied = self._adopt_newer_save()
                 if self.repair is not None:
-                    applied = self._repair_step(budget)
+                    if not self._may_build():
+                        return applied
+                    applied += self._repair_step(budget)
                     if self.repair is not None and self._next is None:
                         return applied
                 applied += self._catch_up(budget)
@@ -273,27 +345,42 @@ class SqliteVectorIndex:
                 return 0
 
     def _catch_up(self, budget: int) -> int:
-        conn = self._connect()
-        rows = conn.execute(
-            "SELECT l.seq, l.doc_rowid, v.model, v.dim, v.vector, d.kind, d.project, d.agent_id, d.session_id, "
-            "d.global FROM vector_log l LEFT JOIN search_vectors v ON v.doc_rowid = l.doc_rowid "
-            "LEFT JOIN search_docs d ON d.id = l.doc_rowid WHERE l.seq > ? ORDER BY l.seq LIMIT ?",
-            (self.seq, budget),
-        ).fetchall()
+        rows = self._changes(self.seq, budget)
         if not rows:
             return 0
         if rows[0][0] != self.seq + 1 and self._log_bounds()[0] not in (None, self.seq + 1):
             self._start_repair(f"the change log was pruned past this index (seq {self.seq})")
             return 0
+        self.seq = self._apply_changes(rows)
+        self.dirty += len(rows)
+        return len(rows)
+
+    def _changes(self, since: int, budget: int, upto: int | None = None) -> list[tuple]:
+        """Log entries past ``since`` (up to ``upto``), each with its row's current state."""
+        return (
+            self._connect()
+            .execute(
+                "SELECT l.seq, l.doc_rowid, v.model, v.dim, v.vector, d.kind, d.project, d.agent_id, d.session_id, "
+                "d.global FROM vector_log l LEFT JOIN search_vectors v ON v.doc_rowid = l.doc_rowid "
+                "LEFT JOIN search_docs d ON d.id = l.doc_rowid WHERE l.seq > ? AND l.seq <= ? ORDER BY l.seq LIMIT ?",
+                (since, upto if upto is not None else 2**62, budget),
+            )
+            .fetchall()
+        )
+
+    def _apply_changes(self, rows: list[tuple], target: AnnIndex | None = None) -> int:
+        """Apply log entries (``_changes``) to the serving index (or ``target``, not serving
+        yet: no lock needed); returns the last ``seq`` applied."""
         latest = {row[1]: row for row in rows}  # the join shows each row's current state
         keep = [r for r in latest.values() if r[2] == self.model and r[3] == self.dim and r[5] is not None]
         gone = [rowid for rowid, r in latest.items() if not (r[2] == self.model and r[3] == self.dim and r[5])]
-        with self._rw.write():
-            self.ann.remove(gone)
-        self._apply(keep)
-        self.seq = rows[-1][0]
-        self.dirty += len(rows)
-        return len(rows)
+        if target is not None:
+            target.remove(gone)
+        else:
+            with self._rw.write():
+                self.ann.remove(gone)
+        self._apply(keep, target)
+        return int(rows[-1][0])
 
     def _apply(self, rows: list[tuple], target: AnnIndex | None = None) -> None:
         """Add rows shaped (seq, rowid, model, dim, vector, kind, project, agent, session, global)
@@ -333,6 +420,7 @@ class SqliteVectorIndex:
             self.seq, self.dirty = int(self.repair["fromSeq"]), self.dirty + len(rows) + 1
             log.info("vector index %s rebuilt: %d vectors", self.name, len(self.ann))
             self.repair = None
+            self._release_build()  # a process waiting meanwhile adopts the save that follows
         return len(rows)
 
     def lag(self) -> int:
@@ -371,23 +459,26 @@ class SqliteVectorIndex:
         repair = None
         if self.repair is not None:
             repair = {k: self.repair[k] for k in ("reason", "done", "total")}
+            repair["waitingForAnotherProcess"] = bool(self.repair.get("waiting"))
         return {
             "engine": ENGINE,
             "vectors": len(self.ann),
             "graphSlots": self.ann.total,
+            "mapped": self.ann.mapped,
+            "privateSlots": self.ann.private_slots(),
             "exactBelow": EXACT_LIMIT,
             "seq": self.seq,
             "unsaved": self.dirty,
             "savedSeq": self.saved.get("seq"),
             "savedAt": self.saved.get("savedAt"),
             "loadSeconds": self.load_seconds,
-            "loading": self.loading,
             "repair": repair,
             "lastError": self.last_error,
             "file": str(self.dir),
         }
 
     def close(self) -> None:
+        self._release_build()
         try:
             self.save()
         except AppError as exc:  # a full or read-only disk: one line, the log replays at start-up
