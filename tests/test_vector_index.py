@@ -394,6 +394,26 @@ def test_one_process_builds_the_index_and_the_others_take_its_copy(make_runtime)
     assert waiter.status()["repair"]["reason"] == "asked to" and waiter.status()["repair"]["done"] == 50
 
 
+@pytest.mark.sqlite_only("the faiss index file beside a SQLite database; PostgreSQL uses pgvector's HNSW in the database")
+def test_diagnose_says_when_another_process_builds_the_index(make_runtime, tmp_path):
+    elsewhere = vectors.service(make_runtime(embedding_provider="hash", data_dir=str(tmp_path / "elsewhere")))
+    model, dim = elsewhere.embedder.model_id, elsewhere.embedder.dim  # the hash embedder's, as below
+    rt = make_runtime()
+    rng = np.random.default_rng(18)
+    with rt.db.transaction("test_seed") as tx:
+        for i, vector in enumerate(unit(rng, 120)):
+            rowid = tx.index.upsert({"doc_id": f"d{i}", "scope": "t", "key": f"k{i}", "type": None,
+                                     "ts": "2026-12-01T00:00:00Z", "active": True, "global": False,
+                                     "kind": "observation", "project": "p", "agent_id": "a", "session_id": "s"},
+                                    {"title": f"row {i}"})
+            tx.vectors.put(rowid, model, vector.astype("<f4").tobytes(), dim, "2026-12-01T00:00:00Z")
+    assert rt.db.vector_index(model, dim).refresh(50) == 50  # this process takes the build
+    svc = vectors.service(make_runtime(embedding_provider="hash"))
+    assert svc.index.refresh(50) == 0
+    check = next(c for c in svc.diagnose() if c["name"] == "vector-index")
+    assert check["status"] == "warn" and "being built by another process" in check["message"], check
+
+
 BUILD_AND_WAIT = """
 import sys
 from agentmemory_server.wiring import build_runtime
