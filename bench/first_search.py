@@ -47,9 +47,13 @@ HYBRID_TIMEOUT = 120.0  # --hybrid-timeout: seconds --until-hybrid waits
 MEMORY_SEARCHES = 0  # --memory-searches N: that many more searches, then the server's RSS and PSS
 
 
+SERVER_ENV: dict[str, str] = {}  # --server-env NAME=VALUE: settings for the server under test
+
+
 def first_searches(data_dir: str, root: Path, pause: float, connections: int) -> dict[str, Any]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMEMORY_")}
+    env.update(SERVER_ENV)
     env.update(
         AGENTMEMORY_DATA_DIR=data_dir,
         PORT=str(port),
@@ -216,7 +220,15 @@ def main() -> None:
     parser.add_argument(
         "--hybrid-timeout", type=float, default=120.0, help="seconds --until-hybrid or --until-built wait"
     )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the server under test (repeatable)",
+    )
     opts = parser.parse_args()
+    SERVER_ENV.update(item.split("=", 1) for item in opts.server_env)
     global UNTIL_HYBRID, UNTIL_BUILT, MEMORY_SEARCHES, HYBRID_TIMEOUT
     UNTIL_HYBRID, UNTIL_BUILT, MEMORY_SEARCHES = opts.until_hybrid, opts.until_built, opts.memory_searches
     HYBRID_TIMEOUT = opts.hybrid_timeout
@@ -232,6 +244,7 @@ def main() -> None:
                 "benchmark": "first_search",
                 "date": time.strftime("%Y-%m-%d"),
                 "server_commit": commit.stdout.strip(),
+                "server_env": SERVER_ENV,
                 "pause_s": opts.pause,
                 **result,
             }

@@ -229,3 +229,33 @@ def shutil_copy(source: Path, target: Path) -> None:
         conn.execute("VACUUM INTO ?", (str(target),))
     finally:
         conn.close()
+
+
+def test_processes_opening_the_file_together_run_one_start_up_check(tmp_path):
+    """A server's processes open the file within a second of each other: while one runs the
+    start-up check the others skip it (damage it finds reaches them through the marker, above);
+    an opener on its own, as after a crash, always checks."""
+    import fcntl
+    import os
+
+    from agentmemory_server.storage import open_database
+
+    db_path = tmp_path / "agentmemory.db"
+    now = lambda: "2026-12-05T00:00:00.000Z"  # noqa: E731
+    open_database(db_path, now=now, lexical_engine="fts5", background=False).close()
+    checking = os.open(f"{db_path}.startup-check", os.O_RDWR | os.O_CREAT)  # a sibling, mid-check
+    try:
+        fcntl.flock(checking, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        sibling = open_database(db_path, now=now, lexical_engine="fts5", background=False, check_seconds=30)
+        try:
+            assert sibling.last_check["result"] == "run by another process"
+            assert sibling.storage_health()["integrity"]["lastCheck"]["result"] == "run by another process"
+        finally:
+            sibling.close()
+    finally:
+        os.close(checking)
+    alone = open_database(db_path, now=now, lexical_engine="fts5", background=False, check_seconds=30)
+    try:
+        assert alone.last_check["result"] == "ok" and alone.last_check["source"] == "start-up check"
+    finally:
+        alone.close()
