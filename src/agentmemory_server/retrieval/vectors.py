@@ -158,9 +158,7 @@ class VectorService:
         self._saved_at = time.monotonic()
         started = time.perf_counter()
         if self.embedder is not None and rt.role == "server":
-            # Open now: start-up loads the saved index, not later requests. A large one is left to
-            # the follower (started below), so that the server answers while it loads.
-            self.index  # noqa: B018
+            self.index  # noqa: B018 - open now: start-up opens the saved index (~50 ms mapped at 1M), not requests
             if not rt.settings.background_jobs:
                 self.catch_up()  # no follower thread: tests see a complete index at once
         self.load_seconds = round(time.perf_counter() - started, 3)
@@ -217,7 +215,6 @@ class VectorService:
 
     def _follow(self) -> None:
         failures = WorkerFailures(log, "vector index")  # a full disk: one line a minute, not 4 a second
-        self.index.status()  # opened (~50 ms mapped at 1M) at the priority of the searches waiting for it
         lower_thread_priority(10)  # below requests, above the embedder
         while not self._stop.is_set():
             if self._follow_step(failures) == 0:

@@ -15,7 +15,6 @@ opens, migrates and hands out units of work.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import sqlite3
@@ -38,7 +37,7 @@ from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.capture import SqliteCaptureInbox
 from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES, WalCheckpointer, final_checkpoint
-from agentmemory_server.storage.sqlite.faults import DamageMarker, FreeSpace, classify, damaged
+from agentmemory_server.storage.sqlite.faults import DamageMarker, FreeSpace, classify, damaged, try_lock
 from agentmemory_server.storage.sqlite.group_commit import Queued, WriteQueue, run_group
 from agentmemory_server.storage.sqlite.images import SqliteImageIndex
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
@@ -309,21 +308,18 @@ class Database:
         finds reaches them through the damage marker. When each ran its own, side by side on two
         cores, they took about half a second of a start at 100k records (bench/first_search.py)."""
         try:
-            fd: int | None = os.open(f"{self.path}.startup-check", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = try_lock(Path(f"{self.path}.startup-check"))
+            if fd is None:
+                self.last_check = {
+                    "at": self._now(),
+                    "source": "start-up check",
+                    "seconds": 0.0,
+                    "result": "run by another process",
+                }
+                return
         except OSError:
             fd = None  # (a read-only directory: check without the lock)
         try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    self.last_check = {
-                        "at": self._now(),
-                        "source": "start-up check",
-                        "seconds": 0.0,
-                        "result": "run by another process",
-                    }
-                    return
             if self.run_integrity_check(budget_seconds, "start-up check") == ["ok"]:
                 self._marker.clear()  # restored or repaired since another process found damage
         finally:

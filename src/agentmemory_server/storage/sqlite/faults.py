@@ -15,6 +15,7 @@ checkpoint and lets writes resume by themselves once space returns.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -267,3 +268,16 @@ class DamageMarker:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("could not remove %s: %s", self.path, exc)
+
+
+def try_lock(path: Path) -> int | None:
+    """An exclusive ``flock`` on ``path`` (created if missing) if nobody holds it, as an open
+    descriptor: closing it, or the process dying, releases it. None when another holder has it;
+    OSError when the file cannot be created (a read-only directory)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -22,7 +22,6 @@ exact and rows deleted since the last ``refresh`` never come back.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ import numpy as np
 
 from agentmemory_server.errors import AppError
 from agentmemory_server.storage.sqlite.ann import ENGINE, EXACT_LIMIT, AnnIndex, dot_rows
-from agentmemory_server.storage.sqlite.faults import FreeSpace, classify_os_error
+from agentmemory_server.storage.sqlite.faults import FreeSpace, classify_os_error, try_lock
 
 log = logging.getLogger("agentmemory.vectors")
 APPLY_CHUNK = 16  # rows added under the write lock at once: searches wait at most this long
@@ -294,14 +293,11 @@ class SqliteVectorIndex:
         if self._build_lock is not None or not self.repair.get("adoptable"):
             return True
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / f"build-{self.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            self.repair["waiting"] = True
+        fd = try_lock(self.dir / f"build-{self.name}.lock")
+        self.repair["waiting"] = fd is None
+        if fd is None:
             return False
-        self._build_lock, self.repair["waiting"] = fd, False
+        self._build_lock = fd
         return True
 
     def _release_build(self) -> None:
