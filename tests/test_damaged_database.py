@@ -259,3 +259,19 @@ def test_processes_opening_the_file_together_run_one_start_up_check(tmp_path):
         assert alone.last_check["result"] == "ok" and alone.last_check["source"] == "start-up check"
     finally:
         alone.close()
+
+
+def test_the_start_up_check_runs_when_its_lock_file_cannot_be_made(tmp_path):
+    """A lock file that cannot be opened (here a directory in its place, as a read-only directory
+    would refuse it) does not skip the check: the opener checks on its own."""
+    from agentmemory_server.storage import open_database
+
+    db_path = tmp_path / "agentmemory.db"
+    now = lambda: "2026-12-05T00:00:00.000Z"  # noqa: E731
+    open_database(db_path, now=now, lexical_engine="fts5", background=False).close()
+    Path(f"{db_path}.startup-check").mkdir()
+    opened = open_database(db_path, now=now, lexical_engine="fts5", background=False, check_seconds=30)
+    try:
+        assert opened.last_check["result"] == "ok" and opened.last_check["source"] == "start-up check"
+    finally:
+        opened.close()
