@@ -9,6 +9,7 @@ the HF dataset."""
 from __future__ import annotations
 
 import json
+import time
 import signal
 import sqlite3
 import subprocess
@@ -104,8 +105,8 @@ def test_damage_found_by_the_periodic_check_stops_writes_while_running(tmp_path)
     server = LiveServer(tmp_path, {"AGENTMEMORY_INTEGRITY_CHECK_INTERVAL": "1"}, [])
     try:
         good = seed(server, "good", 10)
-        # Every process checks for itself; damage the file once the background worker process is
-        # up (else its start-up check, not a periodic one, may be the first to find the damage).
+        # The processes take turns at the periodic check; damage the file once the background
+        # worker process is up (else its start-up check, not a periodic one, may find it first).
         wait_for(lambda: requests.get(server.api("/health"), timeout=10).json()["background"]["workers"],
                  timeout=60, message="the background worker never started")
         faults.damage_index_page(server.db_path, INDEX)  # checkpoints first, under the running server
@@ -275,3 +276,66 @@ def test_the_start_up_check_runs_when_its_lock_file_cannot_be_made(tmp_path):
         assert opened.last_check["result"] == "ok" and opened.last_check["source"] == "start-up check"
     finally:
         opened.close()
+
+
+def test_processes_sharing_the_file_take_turns_at_the_periodic_check(tmp_path):
+    """The periodic check reads the whole file (11 GB at 1M records): of the processes using it,
+    one checks each interval. A process skips its turn while another checks, or takes over a pass
+    recorded less than an interval ago; a check that did not pass is never taken over."""
+    import fcntl
+    import os
+
+    from agentmemory_server.storage import open_database
+
+    db_path = tmp_path / "agentmemory.db"
+    stamp = Path(f"{db_path}.integrity-check")
+    now = lambda: "2026-12-06T00:00:00.000Z"  # noqa: E731
+    first = open_database(db_path, now=now, lexical_engine="fts5", background=False, check_seconds=30)
+    second = open_database(db_path, now=now, lexical_engine="fts5", background=False, check_seconds=30)
+    try:
+        assert second.periodic_integrity_check(30, passed_within=3600) == ["ok"]
+        assert second.last_check["result"] == "ok" and "byProcess" not in second.last_check
+        # A pass less than an interval ago is taken over, with who ran it.
+        assert first.periodic_integrity_check(30, passed_within=3600) == ["ok"]
+        assert first.last_check == {**second.last_check, "byProcess": os.getpid()}
+        assert json.loads(stamp.read_text())["check"] == second.last_check
+        # An older one is not: passed_within is the interval (less a margin), seconds ago.
+        time.sleep(0.05)
+        assert first.periodic_integrity_check(30, passed_within=0.01) == ["ok"]
+        assert "byProcess" not in first.last_check and first.last_check["source"] == "periodic integrity check"
+        # While another holds the turn (mid-check), the process skips its own and says so.
+        checking = os.open(stamp, os.O_RDWR)
+        try:
+            fcntl.flock(checking, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            assert second.periodic_integrity_check(30, passed_within=0) is None
+            assert second.storage_health()["integrity"]["lastCheck"]["result"] == "run by another process"
+        finally:
+            os.close(checking)
+        # A stamp torn by a crash mid-write reads as no pass.
+        stamp.write_text('{"passed": 17')
+        assert second.periodic_integrity_check(30, passed_within=3600) == ["ok"]
+        assert "byProcess" not in second.last_check
+        # No lock file can be made (a directory in its place): the process checks on its own.
+        stamp.unlink()
+        stamp.mkdir()
+        assert first.periodic_integrity_check(30, passed_within=3600) == ["ok"]
+        assert first.last_check["result"] == "ok" and "byProcess" not in first.last_check
+    finally:
+        first.close()
+        second.close()
+    # Damage found is not a pass: the next process checks for itself (and finds it too).
+    damaged_path = tmp_path / "damaged.db"
+    finder = open_database(damaged_path, now=now, lexical_engine="fts5", background=False)
+    finder.close()
+    faults.damage_index_page(damaged_path, INDEX)
+    finder = open_database(damaged_path, now=now, lexical_engine="fts5", background=False, check_seconds=0)
+    other = open_database(damaged_path, now=now, lexical_engine="fts5", background=False, check_seconds=0)
+    try:
+        problems = finder.periodic_integrity_check(30, passed_within=3600)
+        assert problems and problems != ["ok"] and finder.last_check["result"] == "damaged"
+        assert Path(f"{damaged_path}.integrity-check").read_bytes() == b""
+        assert other.periodic_integrity_check(30, passed_within=3600) != ["ok"]
+        assert other.last_check["result"] == "damaged" and "byProcess" not in other.last_check
+    finally:
+        finder.close()
+        other.close()

@@ -60,9 +60,10 @@ class DatabaseChecks:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         interval = rt.settings.integrity_check_interval
-        # Every process checks for itself, on a thread of its own, instead of once per database
-        # through rt.every: what damage stops is this process's writes (Database.damage), so a
-        # request process must not rely on the background worker process finding it.
+        # Every process keeps its own timer, on a thread of its own, rather than a job of the
+        # background worker (rt.every): a server started without a worker is checked too. Their
+        # turns are shared through the storage (Database.periodic_integrity_check), so the file
+        # is read once an interval, and damage one process finds stops the writes of all.
         if interval > 0 and (rt.role == "server" or rt.runs_background):
             self._thread = threading.Thread(
                 target=self._check_every, args=(interval,), name="agentmemory-integrity", daemon=True
@@ -75,17 +76,18 @@ class DatabaseChecks:
         # requests are already served, rather than an interval later.
         unfinished = (self.rt.db.last_check or {}).get("result") == "unfinished"
         while not self._stop.wait(0 if unfinished else interval):
-            unfinished = False
             if self.rt.db.damage is not None:
                 return  # found: nothing more to learn until a restore and a restart
             try:
-                self.periodic_check()
+                # An unfinished start-up check is not skipped for a pass before the start.
+                self.periodic_check(passed_within=0 if unfinished else 0.9 * interval)
             except Exception:  # noqa: BLE001 - a closed database at shutdown, a read error: try again later
                 log.exception("periodic integrity check failed")
+            unfinished = False
 
-    def periodic_check(self) -> None:
+    def periodic_check(self, passed_within: float = 0.0) -> None:
         # Generous budget: it runs on a thread and a connection of its own.
-        self.rt.db.run_integrity_check(PERIODIC_CHECK_SECONDS, "periodic integrity check")
+        self.rt.db.periodic_integrity_check(PERIODIC_CHECK_SECONDS, passed_within)
 
     def close(self) -> None:
         self._stop.set()

@@ -227,10 +227,10 @@ class FreeSpace:
 class DamageMarker:
     """``<db>.damaged``: damage one process found, seen by every process using the file.
 
-    The periodic check runs once per database in whichever process claims it (the background
-    worker by default), and a request may hit a damaged page in any server process: each of
-    them writes this file, and every process looks for it (at most once a second) before a
-    write and in /health, so all of them stop writing within a second. A restore removes it
+    The periodic check runs in one process of those using the file (``CheckStamp``), and a
+    request may hit a damaged page in any server process: each of them writes this file, and every
+    process looks for it (at most once a second) before a write and in /health, so all of them
+    stop writing within a second. A restore removes it
     (``backup_files.install``), and a start-up check that finds the file sound removes a stale one.
     """
 
@@ -268,6 +268,41 @@ class DamageMarker:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("could not remove %s: %s", self.path, exc)
+
+
+class CheckStamp:
+    """``<db>.integrity-check``: when the last periodic integrity check of the file passed, in any
+    process using it. The file is also the lock a process holds while it runs that check: the
+    stamp is read and written only through the locked descriptor, so nobody reads it half-written
+    (and one torn by a crash reads as no stamp: the next process checks)."""
+
+    def __init__(self, db: Path):
+        self.path = Path(f"{db}.integrity-check")
+
+    def claim(self) -> int | None:
+        """The lock as a descriptor, None while another process checks (OSError: no lock file)."""
+        return try_lock(self.path)
+
+    @staticmethod
+    def passed_within(fd: int, seconds: float) -> dict[str, Any] | None:
+        """The last check recorded, if it passed less than ``seconds`` ago by the wall clock."""
+        try:
+            stamp = json.loads(os.pread(fd, 1 << 16, 0) or b"null")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(stamp, dict) or not isinstance(stamp.get("passed"), int | float):
+            return None
+        age = time.time() - stamp["passed"]
+        return stamp if 0 <= age < seconds and isinstance(stamp.get("check"), dict) else None
+
+    @staticmethod
+    def record_pass(fd: int, check: dict[str, Any]) -> None:
+        try:
+            data = json.dumps({"passed": time.time(), "pid": os.getpid(), "check": check}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        except OSError as exc:  # a full disk: the other processes check for themselves next time
+            log.warning("could not record the integrity check's pass: %s", exc)
 
 
 def try_lock(path: Path) -> int | None:
