@@ -339,6 +339,17 @@ def judge_args(doc: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def finish(benchmark: str, out: str | None, results: list[dict[str, Any]], **extra: Any) -> None:
+    """The judge benches' end: the results with their date and commit to ``out`` (with ``extra``),
+    and one JSON line of each variant's three headline figures."""
+    stamp = {"benchmark": benchmark, "date": time.strftime("%Y-%m-%d"), "commit": locomo.commit()}
+    if out:
+        Path(out).write_text(json.dumps({**stamp, "results": results, **extra}, default=float))
+    print(
+        json.dumps({**stamp, "results": {r["name"]: [r["R@10"], r["NDCG@10"], r["multi-hop R@10"]] for r in results}})
+    )
+
+
 def recorded_heads(doc: str) -> tuple[argparse.Namespace, Path, float, list[Head], Rows]:
     """The judge benches' start: their arguments, then the default path run once over the LoCoMo
     file (options, the file, when it began, the recorded heads, the product's rows)."""
@@ -395,12 +406,7 @@ def main() -> None:
     print("  " + ", ".join(f"{name}: {n}" for name, n in reads.items()))
     print()
     results += transforms_alone(turns, queries, heads)
-    stamp = {"benchmark": "judge_features", "date": time.strftime("%Y-%m-%d"), "commit": locomo.commit()}
-    if opts.out:
-        Path(opts.out).write_text(json.dumps({**stamp, "results": results, "records_read": reads}, default=float))
-    print(
-        json.dumps({**stamp, "results": {r["name"]: [r["R@10"], r["NDCG@10"], r["multi-hop R@10"]] for r in results}})
-    )
+    finish("judge_features", opts.out, results, records_read=reads)
 
 
 if __name__ == "__main__":

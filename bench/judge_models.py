@@ -45,6 +45,7 @@ from judge_features import (  # noqa: E402
     RawStates,
     Scorer,
     encode_turns,
+    finish,
     minmax,
     recorded_heads,
     report,
@@ -203,12 +204,7 @@ def main() -> None:
         {"w2": [0.3], "weight": [0.65, 0.8, 1.0]},
     )
     results.append(report("+ window 5, best 3 by cross-encoder", rows, base, chosen))
-    stamp = {"benchmark": "judge_models", "date": time.strftime("%Y-%m-%d"), "commit": locomo.commit()}
-    if opts.out:
-        Path(opts.out).write_text(json.dumps({**stamp, "results": results, "encode_seconds": seconds}, default=float))
-    print(
-        json.dumps({**stamp, "results": {r["name"]: [r["R@10"], r["NDCG@10"], r["multi-hop R@10"]] for r in results}})
-    )
+    finish("judge_models", opts.out, results, encode_seconds=seconds)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import locomo  # noqa: E402
 from agentmemory_server.retrieval import late_interaction  # noqa: E402
-from judge_features import Head, Scorer, minmax, position, recorded_heads, report, rows_of, tuned  # noqa: E402
+from judge_features import Head, Scorer, finish, minmax, position, recorded_heads, report, rows_of, tuned  # noqa: E402
 from judge_query import Encoder, encode_turns  # noqa: E402
 
 MAX_SEEDS, MAX_SPAN = 10, 2
@@ -160,12 +159,7 @@ def main() -> None:
         seeds, span = json.loads(key)
         if seeds:
             print(f"  {seeds} seeds, span {span}: {np.median(counts):.0f} more records read a question (median)")
-    stamp = {"benchmark": "judge_neighbours", "date": time.strftime("%Y-%m-%d"), "commit": locomo.commit()}
-    if opts.out:
-        Path(opts.out).write_text(json.dumps({**stamp, "results": results}, default=float))
-    print(
-        json.dumps({**stamp, "results": {r["name"]: [r["R@10"], r["NDCG@10"], r["multi-hop R@10"]] for r in results}})
-    )
+    finish("judge_neighbours", opts.out, results)
 
 
 if __name__ == "__main__":

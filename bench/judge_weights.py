@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import locomo  # noqa: E402
 from agentmemory_server.retrieval import late_interaction  # noqa: E402
-from judge_features import Head, RawStates, Scorer, minmax, recorded_heads, report, rows_of, tuned, unit  # noqa: E402
+from judge_features import Head, RawStates, Scorer, finish, minmax, recorded_heads, report, rows_of, tuned, unit  # noqa: E402
 
 DIMS = late_interaction.DIMS
 Turn = tuple[list[int], np.ndarray]  # token ids, unit token vectors
@@ -151,12 +151,7 @@ def main() -> None:
     for name, grid in grids.items():
         rows, chosen = tuned(heads, blend_judge, grid)
         results.append(report(name, rows, base, chosen))
-    stamp = {"benchmark": "judge_weights", "date": time.strftime("%Y-%m-%d"), "commit": locomo.commit()}
-    if opts.out:
-        Path(opts.out).write_text(json.dumps({**stamp, "results": results}, default=float))
-    print(
-        json.dumps({**stamp, "results": {r["name"]: [r["R@10"], r["NDCG@10"], r["multi-hop R@10"]] for r in results}})
-    )
+    finish("judge_weights", opts.out, results)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_INTEGRITY_CHECK_INTERVAL",),
         3600.0,
         _non_negative_float,
-        "Seconds between background integrity checks (0 = none); damage found stops writes.",
+        "Seconds between background integrity checks (0 = none), each run by one of the processes "
+        "using the database; damage found stops writes in all of them.",
     ),
     Setting(
         "local_backup_dir",
