@@ -161,3 +161,26 @@ def test_writers_waiting_for_the_lock_leave_a_search_its_connection(url, make_ru
         thread.join(timeout=300)
     assert not [t for t in threads if t.is_alive()] and not failures, failures[:3]
     assert rt.db.reader().records.count("mem:memories") == 1 + 4 * 6  # every save kept (as a version)
+
+
+def test_record_indexes_are_left_alone_by_an_opener_that_declares_none(url, tmp_path):
+    """As on SQLite (tests/test_schema_upgrades.py): a node declaring the record indexes keeps
+    them; a tool's connection declaring none does not drop them under the other nodes."""
+    import psycopg
+
+    from agentmemory_server.kernel.scopes import RECORD_INDEXES
+    from agentmemory_server.storage import open_database
+    from agentmemory_server.storage.postgres.records import index_name
+
+    def indexes() -> set[str]:
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'kv_idx_%'").fetchall()
+        return {r[0] for r in rows}
+
+    declared = {index_name(spec) for spec in RECORD_INDEXES}
+    assert indexes() == declared  # the template was made by a node declaring them
+    open_database(tmp_path / "x.db", now=lambda: "t", url=url, lexical_engine="builtin", background=False).close()
+    assert indexes() == declared
+    open_database(tmp_path / "x.db", now=lambda: "t", url=url, lexical_engine="builtin", background=False,
+                  record_indexes=RECORD_INDEXES[:2]).close()
+    assert indexes() == {index_name(spec) for spec in RECORD_INDEXES[:2]}

@@ -194,3 +194,28 @@ def test_a_migration_killed_midway_rolls_back_and_completes_at_the_next_start(tm
         assert conn.execute("SELECT count(*) FROM search_docs WHERE global = 1").fetchone()[0] >= extra
     finally:
         conn.close()
+
+
+def test_record_indexes_follow_what_is_declared_and_a_tool_leaves_them_alone(tmp_path):
+    """The server creates the record indexes its features declare and drops those no longer
+    declared. An opener that declares none (a script, a one-off check) leaves them as they are:
+    it used to drop them all, and the next server start built them again (6 s at 1M records)."""
+    from agentmemory_server.storage.sqlite.records import index_name
+
+    path = tmp_path / "agentmemory.db"
+    now = lambda: "2026-12-06T00:00:00.000Z"  # noqa: E731
+
+    def indexes() -> set[str]:
+        conn = sqlite3.connect(path)
+        try:
+            return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'kv_idx_%'")}
+        finally:
+            conn.close()
+
+    declared = {index_name(spec) for spec in RECORD_INDEXES}
+    open_database(path, now=now, lexical_engine="fts5", record_indexes=RECORD_INDEXES).close()
+    assert indexes() == declared and len(declared) > 2
+    open_database(path, now=now, lexical_engine="fts5").close()
+    assert indexes() == declared
+    open_database(path, now=now, lexical_engine="fts5", record_indexes=RECORD_INDEXES[:2]).close()
+    assert indexes() == {index_name(spec) for spec in RECORD_INDEXES[:2]}

@@ -287,7 +287,7 @@ class PostgresDatabase:
         *,
         local_path: Path,
         now: Callable[[], str],
-        record_indexes: Iterable[RecordIndex] = (),
+        record_indexes: Iterable[RecordIndex] | None = None,
         lexical_engine: str = "tantivy",
         lexical_weights: Mapping[str, float] | None = None,
         background: bool = True,
@@ -312,14 +312,14 @@ class PostgresDatabase:
         self.space = FreeSpace(self.path, reserve=disk_reserve_bytes, warn=disk_warn_bytes)
         self.damage: dict[str, Any] | None = None
         self.last_check: dict[str, Any] | None = None
-        record_indexes = tuple(record_indexes)
+        declared = None if record_indexes is None else tuple(record_indexes)
         self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
-        for spec in record_indexes:
+        for spec in declared or ():
             into = self._prefix_indexes if spec.prefix else self._record_indexes
             into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
         self._vector_indexes: dict[tuple[str, int], PgVectorIndex] = {}
-        database_id = self._migrate(record_indexes)
+        database_id = self._migrate(declared)
         self.pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -343,7 +343,7 @@ class PostgresDatabase:
             )
 
     # ---- schema
-    def _migrate(self, record_indexes: Iterable[RecordIndex]) -> str:
+    def _migrate(self, record_indexes: tuple[RecordIndex, ...] | None) -> str:
         """Apply missing migrations and record indexes under an advisory lock; returns the
         database's id (names this node's index directory, so two databases never share one)."""
         try:
@@ -368,7 +368,8 @@ class PostgresDatabase:
                 with conn.transaction():
                     fn(conn)
                     conn.execute("UPDATE agentmemory_schema SET version = %s", (number,))
-            ensure_indexes(TxConnection(conn), record_indexes)
+            if record_indexes is not None:  # (None: a tool's connection leaves them as they are)
+                ensure_indexes(TxConnection(conn), record_indexes)
             self._check_collation(conn)
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
         return str(database_id)

@@ -149,7 +149,8 @@ class Database:
 
     :param path: database file; parent directories are created.
     :param now: callable returning the current ISO-8601 timestamp (injectable for tests).
-    :param record_indexes: the record indexes the features declare (created when missing).
+    :param record_indexes: the record indexes the features declare (created when missing, dropped
+        when no longer declared; None leaves them as they are).
     :param reserve_bytes: write transactions are refused (507) while less is free on the disk.
     :param warn_bytes: ``storage_health`` warns while less is free.
     :param check_seconds: time budget of the integrity check at open (0: no check).
@@ -172,7 +173,7 @@ class Database:
         path: Path | str,
         *,
         now: Callable[[], str],
-        record_indexes: Iterable[RecordIndex] = (),
+        record_indexes: Iterable[RecordIndex] | None = None,
         reserve_bytes: int = 0,
         warn_bytes: int = 0,
         check_seconds: float = 0.0,
@@ -212,10 +213,10 @@ class Database:
             raise classify(exc, self.path) or exc from None
         if check_seconds > 0:
             self._startup_check(check_seconds)
-        record_indexes = tuple(record_indexes)
+        declared = tuple(record_indexes or ())
         self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
-        for spec in record_indexes:
+        for spec in declared:
             into = self._prefix_indexes if spec.prefix else self._record_indexes
             into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
         self.lexical: TantivyLexical | None = None
@@ -223,8 +224,9 @@ class Database:
         if self.damage is not None:
             return  # served as it is: no migration, index or engine state is written into a damaged file
         self._migrate()
-        with self._lock:
-            ensure_indexes(self._writer, record_indexes)
+        if record_indexes is not None:
+            with self._lock:
+                ensure_indexes(self._writer, declared)
         stale = self._engine_switched(lexical_engine)
         if checkpoint_seconds > 0:  # a long-running process: commits leave WAL checkpoints to a thread
             self._writer.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_NET_PAGES}")
