@@ -186,6 +186,9 @@ def test_the_activity_board_shows_requests_in_flight(tmp_path):
         assert background.shed_by_process(db) == {os.getpid(): 4}
     finally:
         board.close()
+    board.post_shed(5)  # a thread still running at shutdown: nothing to post, nothing raised
+    board.begin()
+    board.end()
     stale = background.board_dir(db) / "999999999.bin"  # a process that died without cleaning up
     stale.write_bytes(b"\x01" + b"\x00" * 15)
     assert not background.busy(db, 0.05) and not stale.exists()
@@ -263,3 +266,30 @@ def test_the_model_runs_on_a_low_priority_thread_and_the_batch_is_written_from_t
     assert seen and all(tid != caller and nice == 19 for tid, nice in seen), seen
     assert os.getpriority(os.PRIO_PROCESS, caller) == 0  # the writer kept its priority
     assert rt.db.reader().vectors.backlog_stats()["pending"] == 0 and len(svc.index) == 3
+
+
+def test_a_closing_runtime_keeps_the_activity_board_until_its_services_have_stopped(tmp_path):
+    """A service's threads (the vector index follower posts on the board every step) run until
+    the service closes; the board used to close first, and a server stopped while a slower
+    service closed logged the follower's failure four times a second until the process ended."""
+    from agentmemory_server.kernel.runtime import Runtime
+    from agentmemory_server.kernel.settings import Settings
+    from agentmemory_server.wiring import SUBSYSTEMS
+
+    seen: list[bool] = []
+
+    class PostsUntilClosed:
+        def __init__(self, rt: Runtime):
+            self.rt = rt
+
+        def close(self) -> None:
+            seen.append(self.rt.activity.path.exists())
+            self.rt.activity.post_shed(1)
+
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), background_jobs=True, background="inline",
+                                 embedding_provider="none", auth="off")
+    rt = Runtime(settings, subsystems=[*SUBSYSTEMS, ("posts_until_closed", PostsUntilClosed)])
+    assert rt.activity is not None
+    board = rt.activity.path
+    rt.close()
+    assert seen == [True] and not board.exists()

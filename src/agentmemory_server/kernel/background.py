@@ -66,20 +66,28 @@ class ActivityBoard:
         self._map = mmap.mmap(self._file.fileno(), _SLOT.size)
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._closed = False
 
     def begin(self) -> None:
         with self._lock:
             self._in_flight += 1
-            self._map[:8] = struct.pack("<q", self._in_flight)
+            self._write(0, struct.pack("<q", self._in_flight))
 
     def end(self) -> None:
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
-            self._map[:16] = struct.pack("<qq", self._in_flight, time.monotonic_ns())
+            self._write(0, struct.pack("<qq", self._in_flight, time.monotonic_ns()))
 
     def post_shed(self, shed: int) -> None:
         """How many embedding-backlog entries this process has shed so far."""
-        self._map[16:24] = struct.pack("<q", shed)
+        with self._lock:
+            self._write(16, struct.pack("<q", shed))
+
+    def _write(self, offset: int, data: bytes) -> None:
+        # A thread still running while the process shuts down (a follower between two steps)
+        # finds the board gone: nothing to post any more, and no error to log for it.
+        if not self._closed:
+            self._map[offset : offset + len(data)] = data
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[None]:
@@ -90,6 +98,8 @@ class ActivityBoard:
             self.end()
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         try:
             self._map.close()
             self._file.close()

@@ -268,8 +268,6 @@ class Runtime:
         self.jobs.stop()
         if self.bus is not None:
             self.bus.close()
-        if self.activity is not None:
-            self.activity.close()
         for service in reversed(list(self.services.values())):
             close = getattr(service, "close", None)
             if callable(close):
@@ -277,5 +275,7 @@ class Runtime:
                     close()
                 except Exception:  # noqa: BLE001 - keep closing the rest
                     log.exception("closing a subsystem failed")
+        if self.activity is not None:  # after the services: their threads post on it until they stop
+            self.activity.close()
         self.limiter.close()
         self.db.close()
