@@ -44,6 +44,7 @@ UNTIL_HYBRID = False  # --until-hybrid
 UNTIL_BUILT = 0  # --until-built N: until every process's vector index holds N vectors, none building
 PROBE_EVERY = 0.2  # seconds between --until-hybrid's searches
 HYBRID_TIMEOUT = 120.0  # --hybrid-timeout: seconds --until-hybrid waits
+PROCESSES = 0  # --processes N: from /livez on, until N request processes have answered
 MEMORY_SEARCHES = 0  # --memory-searches N: that many more searches, then the server's RSS and PSS
 
 
@@ -74,6 +75,7 @@ def first_searches(data_dir: str, root: Path, pause: float, connections: int) ->
     )
     try:
         livez_s = wait_for_livez(url, proc, started)
+        every = every_process_answering(url, started, PROCESSES, HYBRID_TIMEOUT) if PROCESSES else {}
         hybrid = until_hybrid(url, started, proc.pid, timeout=HYBRID_TIMEOUT) if UNTIL_HYBRID else {}
         built = until_built(url, started, proc.pid, UNTIL_BUILT, timeout=HYBRID_TIMEOUT) if UNTIL_BUILT else {}
         lexical_ready(requests.Session(), url)
@@ -93,7 +95,7 @@ def first_searches(data_dir: str, root: Path, pause: float, connections: int) ->
             latencies.append(mine)
             print(f"connection {c}: " + ", ".join(f"{ms} ms" for ms in mine), flush=True)
         memory = memory_after_searches(url, proc.pid, MEMORY_SEARCHES) if MEMORY_SEARCHES else {}
-        return {"livez_s": round(livez_s, 3), **hybrid, **built, "searches_ms": latencies, **memory}
+        return {"livez_s": round(livez_s, 3), **every, **hybrid, **built, "searches_ms": latencies, **memory}
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=60)
@@ -120,6 +122,22 @@ def memory_after_searches(url: str, pid: int, searches: int) -> dict[str, Any]:
         flush=True,
     )
     return {"memory_searches": searches, "memory_searches_ms": latency, **memory}
+
+
+def every_process_answering(url: str, started: float, processes: int, timeout: float) -> dict[str, Any]:
+    """From /livez on, /health on a new connection every 0.05 s until ``processes`` request
+    processes have answered (told apart by the event bus's origin, host:pid). /livez is the first
+    process to answer; a process still opening the database (its start-up check) answers later,
+    and until then the connections go to the others."""
+    seen: dict[str, float] = {}
+    while len(seen) < processes:
+        if time.perf_counter() - started > timeout:
+            raise SystemExit(f"only {len(seen)} of {processes} request processes answered")
+        health = requests.get(url + "/health", timeout=60).json()
+        seen.setdefault(health["live"]["bus"]["origin"], round(time.perf_counter() - started, 3))
+        time.sleep(0.05)
+    print(f"every request process answering from {max(seen.values()):.2f} s after the start", flush=True)
+    return {"every_process_s": max(seen.values()), "processes_from_s": sorted(seen.values())}
 
 
 def until_hybrid(url: str, started: float, pid: int, in_a_row: int = 8, timeout: float = 120) -> dict[str, Any]:
@@ -221,6 +239,12 @@ def main() -> None:
         "--hybrid-timeout", type=float, default=120.0, help="seconds --until-hybrid or --until-built wait"
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="from /livez on, until this many request processes answer /health (the default server runs 2)",
+    )
+    parser.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -229,9 +253,9 @@ def main() -> None:
     )
     opts = parser.parse_args()
     SERVER_ENV.update(item.split("=", 1) for item in opts.server_env)
-    global UNTIL_HYBRID, UNTIL_BUILT, MEMORY_SEARCHES, HYBRID_TIMEOUT
+    global UNTIL_HYBRID, UNTIL_BUILT, MEMORY_SEARCHES, HYBRID_TIMEOUT, PROCESSES
     UNTIL_HYBRID, UNTIL_BUILT, MEMORY_SEARCHES = opts.until_hybrid, opts.until_built, opts.memory_searches
-    HYBRID_TIMEOUT = opts.hybrid_timeout
+    HYBRID_TIMEOUT, PROCESSES = opts.hybrid_timeout, opts.processes
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = opts.data_dir or tmp
         if not opts.data_dir:
