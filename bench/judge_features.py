@@ -339,6 +339,26 @@ def judge_args(doc: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def compare_variants(
+    benchmark: str,
+    out: str | None,
+    heads: list[Head],
+    product_rows: Rows,
+    family: Callable[..., Scorer],
+    grids: dict[str, dict[str, list[Any]]],
+) -> None:
+    """The judge benches that score variants of MaxSim from their own encoding: the product's
+    recorded rows and the plain MaxSim (``family`` at the product's weight) as the control, then
+    each grid tuned leave one conversation out, paired against the control."""
+    base = rows_of(heads, family(late_interaction.WEIGHT))
+    results = [report("product blend, recorded scores", product_rows, base)]
+    results.append(report("control: plain MaxSim, this encoding", base, base))
+    for name, grid in grids.items():
+        rows, chosen = tuned(heads, family, grid)
+        results.append(report(name, rows, base, chosen))
+    finish(benchmark, out, results)
+
+
 def finish(benchmark: str, out: str | None, results: list[dict[str, Any]], **extra: Any) -> None:
     """The judge benches' end: the results with their date and commit to ``out`` (with ``extra``),
     and one JSON line of each variant's three headline figures."""

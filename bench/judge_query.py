@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import locomo  # noqa: E402
 from agentmemory_server.retrieval import late_interaction  # noqa: E402
-from judge_features import Head, RawStates, Scorer, finish, minmax, recorded_heads, report, rows_of, tuned, unit  # noqa: E402
+from judge_features import Head, RawStates, Scorer, compare_variants, minmax, recorded_heads, unit  # noqa: E402
 
 DIMS = late_interaction.DIMS
 MASK = 103  # [MASK] in the BERT vocabulary the model reads
@@ -141,9 +141,6 @@ def main() -> None:
             head["sims"][name] = maxsims(head, turns[head["conv"]], query, own)
     print(f"\n{len(heads)} questions encoded ({time.perf_counter() - started:.0f} s so far)\n")
     weights = [0.35, 0.5, 0.65]
-    base = rows_of(heads, blend_variant(late_interaction.WEIGHT))
-    results = [report("product blend, recorded scores", product_rows, base)]
-    results.append(report("control: plain MaxSim, this encoding", base, base))
     grids: dict[str, dict[str, list[Any]]] = {
         "control, weight tuned": {"w": weights},
         "masks to 32": {"w": weights, "query": ["masks 32"]},
@@ -153,10 +150,7 @@ def main() -> None:
         "no punctuation in records": {"w": weights, "punct": [False]},
         "masks to 32, no punctuation": {"w": weights, "query": ["masks 32"], "punct": [False]},
     }
-    for name, grid in grids.items():
-        rows, chosen = tuned(heads, blend_variant, grid)
-        results.append(report(name, rows, base, chosen))
-    finish("judge_query", opts.out, results)
+    compare_variants("judge_query", opts.out, heads, product_rows, blend_variant, grids)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import locomo  # noqa: E402
 from agentmemory_server.retrieval import late_interaction  # noqa: E402
-from judge_features import Head, RawStates, Scorer, finish, minmax, recorded_heads, report, rows_of, tuned, unit  # noqa: E402
+from judge_features import Head, RawStates, Scorer, compare_variants, minmax, recorded_heads, unit  # noqa: E402
 
 DIMS = late_interaction.DIMS
 Turn = tuple[list[int], np.ndarray]  # token ids, unit token vectors
@@ -136,22 +136,15 @@ def main() -> None:
         f"quartiles {np.percentile(cosines, [25, 50, 75]).round(3).tolist()}\n"
     )
     weights = [0.35, 0.5, 0.65]
-    base = rows_of(heads, blend_judge(late_interaction.WEIGHT))
-    results = [report("product blend, recorded scores", product_rows, base)]
-    results.append(report("control: plain MaxSim, this encoding", base, base))
-    control, chosen = tuned(heads, blend_judge, {"w": weights})
-    results.append(report("control, weight tuned", control, base, chosen))
     grids: dict[str, dict[str, list[Any]]] = {
+        "control, weight tuned": {"w": weights},
         "IDF weights, conversation": {"w": weights, "a": [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]},
         "IDF weights, every conversation": {"w": weights, "a": [0.0, 0.25, 0.5, 1.0, 2.0, 4.0], "scope": ["all"]},
         "record-length prior": {"w": weights, "b": [0.0, 0.01, 0.02, 0.04, 0.08]},
         "matches above a floor": {"w": weights, "t": [-1.0, 0.2, 0.3, 0.4, 0.5, 0.6]},
         "second-best match": {"w": weights, "g": [0.0, 0.25, 0.5, 1.0]},
     }
-    for name, grid in grids.items():
-        rows, chosen = tuned(heads, blend_judge, grid)
-        results.append(report(name, rows, base, chosen))
-    finish("judge_weights", opts.out, results)
+    compare_variants("judge_weights", opts.out, heads, product_rows, blend_judge, grids)
 
 
 if __name__ == "__main__":
