@@ -230,8 +230,8 @@ class DamageMarker:
     The periodic check runs in one process of those using the file (``CheckStamp``), and a
     request may hit a damaged page in any server process: each of them writes this file, and every
     process looks for it (at most once a second) before a write and in /health, so all of them
-    stop writing within a second. A restore removes it
-    (``backup_files.install``), and a start-up check that finds the file sound removes a stale one.
+    stop writing within a second. A restore removes it (``backup_files.install``), and a start-up
+    check that finds the file sound removes a stale one.
     """
 
     POLL_SECONDS = 1.0
