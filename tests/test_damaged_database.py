@@ -255,11 +255,18 @@ def test_processes_opening_the_file_together_run_one_start_up_check(tmp_path):
             sibling.close()
     finally:
         os.close(checking)
-    alone = open_database(db_path, now=now, lexical_engine="fts5", background=False, check_seconds=30)
+    assert_an_opener_checks_on_its_own(db_path)  # alone, as after a crash
+
+
+def assert_an_opener_checks_on_its_own(db_path: Path) -> None:
+    from agentmemory_server.storage import open_database
+
+    opened = open_database(db_path, now=lambda: "2026-12-05T00:00:00.000Z", lexical_engine="fts5",
+                           background=False, check_seconds=30)
     try:
-        assert alone.last_check["result"] == "ok" and alone.last_check["source"] == "start-up check"
+        assert opened.last_check["result"] == "ok" and opened.last_check["source"] == "start-up check"
     finally:
-        alone.close()
+        opened.close()
 
 
 def test_the_start_up_check_runs_when_its_lock_file_cannot_be_made(tmp_path):
@@ -271,11 +278,7 @@ def test_the_start_up_check_runs_when_its_lock_file_cannot_be_made(tmp_path):
     now = lambda: "2026-12-05T00:00:00.000Z"  # noqa: E731
     open_database(db_path, now=now, lexical_engine="fts5", background=False).close()
     Path(f"{db_path}.startup-check").mkdir()
-    opened = open_database(db_path, now=now, lexical_engine="fts5", background=False, check_seconds=30)
-    try:
-        assert opened.last_check["result"] == "ok" and opened.last_check["source"] == "start-up check"
-    finally:
-        opened.close()
+    assert_an_opener_checks_on_its_own(db_path)
 
 
 def test_processes_sharing_the_file_take_turns_at_the_periodic_check(tmp_path):
