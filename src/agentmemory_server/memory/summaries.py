@@ -157,7 +157,9 @@ def top_terms(observations: list[dict], n: int = 8) -> list[str]:
     counts: Counter[str] = Counter()
     tools = {str(o["toolName"]).lower() for o in observations if o.get("toolName")}
     for o in observations:
-        words = {w.lower() for w in _WORD.findall(f"{o.get('title', '')} {o.get('narrative', '')}")}
+        # Each word once per observation, in the order it first appears: ties in the count keep
+        # that order, the same in every process (a set's order changes with the hash seed).
+        words = dict.fromkeys(w.lower() for w in _WORD.findall(f"{o.get('title', '')} {o.get('narrative', '')}"))
         counts.update(w for w in words if w not in STOPWORDS and w not in _NOISE and w not in tools)
     return [w for w, c in counts.most_common(n * 3) if c >= 2][:n]
 
