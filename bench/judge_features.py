@@ -56,7 +56,8 @@ from agentmemory_server.retrieval import late_interaction  # noqa: E402
 from locomo_eval import HEADLINE, Rows, cross_validate, paired  # noqa: E402
 from locomo_eval import summary as summary_of  # noqa: E402
 
-READS: dict[tuple[int, bool], list[int]] = defaultdict(list)  # (span, within hits) -> records read a question
+# (span, within hits, sides) -> how many records a question's window read
+READS: dict[tuple[int, bool, tuple[int, int]], list[int]] = defaultdict(list)
 Head = dict[str, Any]  # conv, q, cat, evidence, dias, fused, late, and feature arrays
 Scorer = Callable[[Head], np.ndarray]
 
@@ -228,8 +229,10 @@ def window(
     *,
     within_hits: bool = False,
     decay: float = 1.0,
+    sides: tuple[int, int] = (-1, 1),
 ) -> np.ndarray:
-    """Per hit: each query token's best match over the hit and its session neighbours, summed."""
+    """Per hit: each query token's best match over the hit and its session neighbours, summed.
+    ``sides`` (-1 or 0, 0 or 1) say whether the turns before the hit and after it are read."""
     hits = {d for d in head["dias"] if d}
     best_of: dict[str, np.ndarray] = {}
 
@@ -244,10 +247,10 @@ def window(
             out.append(np.nan)
             continue
         session, turn = position(dia)
-        near = [(f"D{session}:{turn + k}", abs(k)) for k in range(-span, span + 1)]
+        near = [(f"D{session}:{turn + k}", abs(k)) for k in range(sides[0] * span, sides[1] * span + 1)]
         near = [(d, k) for d, k in near if d in turns and (not within_hits or d in hits or d == dia)]
         out.append(float(np.max([best(d) * decay**k for d, k in near], axis=0).sum()))
-    READS[(span, within_hits)].append(len(best_of))  # records whose token vectors the window read
+    READS[(span, within_hits, sides)].append(len(best_of))  # records whose token vectors the window read
     return np.array(out)
 
 
@@ -420,7 +423,7 @@ def main() -> None:
     results.append(report("learned blend", learned(heads, ["fused", "late", "window 3", "carry 2"]), base))
     reads = {
         f"span {span}{' within hits' if inside else ''}": int(np.median(counts))
-        for (span, inside), counts in READS.items()
+        for (span, inside, _), counts in READS.items()
     }
     print("records whose token vectors a question's window reads (median; today's re-scoring reads the 50 hits):")
     print("  " + ", ".join(f"{name}: {n}" for name, n in reads.items()))
