@@ -54,6 +54,16 @@ def test_summary_written_on_session_end(client):
     assert "## fix the login lockout bug" in text and "Files: src/auth.py" in text
 
 
+def test_the_summary_counts_each_kind_of_observation_in_plain_english(client):
+    for i, (kind, text) in enumerate([("discovery", "the cache is keyed by user"), ("discovery", "tokens expire"),
+                                      ("decision", "keep the old API"), ("decision", "drop the v1 route")]):
+        event = {"sessionId": "kinds", "hookType": "observation", "project": "shop", "content": text, "type": kind,
+                 "timestamp": f"2026-11-01T10:0{i}:00Z"}
+        assert client.post("/agentmemory/observe", json=event).status_code == 201
+    r = client.post("/agentmemory/summarize", json={"sessionId": "kinds"})
+    assert "4 observations over 3 min: 2 discoveries, 2 decisions." in r.json["summary"]["narrative"]
+
+
 def test_summarize_route(client):
     record_work_session(client)
     r = client.post("/agentmemory/summarize", json={"sessionId": "work"})

@@ -184,6 +184,8 @@ def _type_counts(observations: list[dict]) -> str:
 def plural(count: int, noun: str) -> str:
     if count == 1:
         return f"1 {noun}"
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u", ""):
+        return f"{count} {noun[:-1]}ies"  # discovery -> discoveries
     return f"{count} {noun}{'es' if noun.endswith(('s', 'sh', 'ch')) else 's'}"
 
 
