@@ -155,7 +155,7 @@ def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> d
         if obs.get("importance", 5) < MIN_IMPORTANCE:
             continue  # session bookkeeping (a start, a turn end) says nothing about the project
         concepts.update(derived_concepts(obs))
-        files.update({str(f) for f in obs.get("files") or []})
+        files.update(list(dict.fromkeys(str(f) for f in obs.get("files") or [])))  # in order: ties stay put
         if obs.get("type") == "error":
             errors[_error_key(obs)] += 1
     return {
