@@ -41,7 +41,7 @@ def test_the_recurring_words_of_a_session_are_the_same_in_every_process():
     assert printed_under_each_seed(_TOP_TERMS, json.dumps(texts)) == {'["alpha", "bravo", "charlie", "delta"]'}
 
 
-_PROFILE_FILES = """
+_WITH_RECORDS = """
 import json, sys, tempfile
 from agentmemory_server.kernel.registry import Ctx, call, unwrap
 from agentmemory_server.kernel.settings import Settings
@@ -53,18 +53,25 @@ with tempfile.TemporaryDirectory() as tmp:
     try:
         ctx = Ctx(rt, source="test")
         for i, files in enumerate(json.loads(sys.argv[1])):
-            unwrap(call(ctx, "agent_observe", {"sessionId": "s1", "project": "shop", "content": f"edited batch {i}",
+            unwrap(call(ctx, "agent_observe", {"sessionId": f"s{i}", "project": "shop", "content": f"edited batch {i}",
                                                "files": files, "timestamp": f"2026-11-01T10:0{i}:00Z"}))
         rt.db.flush()
-        profile, _ = unwrap(call(ctx, "memory_profile", {"project": "shop"}))
-        print(json.dumps([f["file"] for f in profile["profile"]["topFiles"]][:3]))
+        print(json.dumps(%s))
     finally:
         rt.close()
 """
+# Ten files edited together, in two sessions: every file ties with every other.
+TIED_FILES = json.dumps([[f"src/module_{name}.py" for name in "abcdefghij"]] * 2)
+FIRST_THREE = '["src/module_a.py", "src/module_b.py", "src/module_c.py"]'
 
 
 def test_the_project_profiles_key_files_are_the_same_in_every_process():
-    # Ten files edited together, twice: all tie, and the profile keeps the first three.
-    files = [f"src/module_{name}.py" for name in "abcdefghij"]
-    printed = printed_under_each_seed(_PROFILE_FILES, json.dumps([files, files]))
-    assert printed == {'["src/module_a.py", "src/module_b.py", "src/module_c.py"]'}
+    snippet = _WITH_RECORDS % """[f["file"] for f in unwrap(call(ctx, "memory_profile", {"project": "shop"}))[0]
+                                  ["profile"]["topFiles"]][:3]"""
+    assert printed_under_each_seed(snippet, TIED_FILES) == {FIRST_THREE}
+
+
+def test_the_recurring_files_among_the_patterns_are_the_same_in_every_process():
+    snippet = _WITH_RECORDS % """[p["pattern"] for p in unwrap(call(ctx, "patterns", {"project": "shop"}))[0]["patterns"]
+                                  if p["kind"] == "file"][:3]"""
+    assert printed_under_each_seed(snippet, TIED_FILES) == {FIRST_THREE}

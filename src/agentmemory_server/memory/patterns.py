@@ -37,7 +37,7 @@ def detect(store: Any, project: str | None, agent_id: str | None, limit: int) ->
     counts: dict[tuple[str, str], int] = defaultdict(int)
     examples: dict[tuple[str, str], str] = {}
     for _hit, obs in search.hydrate(store, docs):
-        for facet in set(_facets(obs)):
+        for facet in dict.fromkeys(_facets(obs)):  # once each, in order: ties stay put
             sessions[facet].add(obs.get("sessionId", ""))
             counts[facet] += 1
             examples.setdefault(facet, obs.get("title", ""))
