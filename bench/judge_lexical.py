@@ -15,7 +15,12 @@ product's blend at a weight taken from the fused score's share:
 - **coverage with the session's neighbours**: the same over the record and the turns next to it
   (the eighth round's session window, read as words instead of token vectors);
 - **proximity**: for a record holding two or more of the terms, 1 / (1 + the fewest words
-  between two different ones).
+  between two different ones);
+- **the kind of answer asked for**: a question asking for a quantity ("how long", "how many",
+  "how much", "how old", "how often") or a time ("when", "what year", "what month", ...) is
+  answered by a record that holds one: a number (in digits or words), a time word (a weekday, a
+  month, "yesterday", "ago", a season ...) or a year. Such records gain ``w2`` on top of the
+  blend; the other questions' order is left as it is. English question words only.
 
 Scores come from the product's recorded blend, so the gain is paired against the product itself.
 The feature's weight and the blend's are tuned leave one conversation out. Ends with one JSON line.
@@ -24,6 +29,7 @@ The feature's weight and the blend's are tuned leave one conversation out. Ends 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,6 +46,36 @@ from agentmemory_server.retrieval import search  # noqa: E402
 from judge_features import blend, finish, position, recorded_heads, report, rows_of, tuned  # noqa: E402
 
 PREFIX = 5
+_NUMBER = (
+    r"\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|hundred|thousand"
+    r"|few|several|couple)\b"
+)
+_UNIT = r"\b(second|minute|hour|day|week|weekend|month|year|decade)s?\b"
+_TIME_WORD = (
+    r"\b(yesterday|today|tonight|tomorrow|ago|last|next|since|monday|tuesday|wednesday|thursday|friday|saturday"
+    r"|sunday|january|february|march|april|may|june|july|august|september|october|november|december|morning"
+    r"|evening|summer|winter|spring|fall|autumn)\b"
+)
+
+
+def asked_kind(question: str) -> str | None:
+    q = question.lower()
+    if re.search(r"\bhow (long|many|much|old|often)\b", q):
+        return "quantity"
+    if re.search(r"\b(when|what year|what month|what date|what time)\b", q):
+        return "time"
+    return None
+
+
+def holds_kind(kind: str | None, text: str) -> bool:
+    t = text.lower()
+    if kind == "quantity":
+        return bool(re.search(_NUMBER, t))
+    if kind == "time":
+        return bool(
+            re.search(_TIME_WORD, t) or re.search(_NUMBER + r"\s+" + _UNIT, t) or re.search(r"\b(19|20)\d\d\b", t)
+        )
+    return False
 
 
 def words_of(text: str) -> list[str]:
@@ -50,13 +86,13 @@ def stem(word: str, prefix: bool) -> str:
     return word[:PREFIX] if prefix else word
 
 
-def turn_words(data: Path) -> dict[str, dict[str, list[str]]]:
-    out: dict[str, dict[str, list[str]]] = {}
+def turn_texts(data: Path) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
     for sample in json.loads(data.read_text()):
         turns = out[sample["sample_id"]] = {}
         for _, _, session in locomo.sessions_of(sample["conversation"]):
             for turn in session:
-                turns[turn["dia_id"]] = words_of(locomo.turn_text(turn))
+                turns[turn["dia_id"]] = locomo.turn_text(turn)
     return out
 
 
@@ -81,7 +117,10 @@ def neighbourhood(dia: str, turns: dict[str, list[str]], span: int) -> list[str]
     return out
 
 
-def features(head: dict[str, Any], turns: dict[str, list[str]]) -> None:
+def features(head: dict[str, Any], texts: dict[str, str]) -> None:
+    turns = {dia: words_of(text) for dia, text in texts.items()}
+    kind = asked_kind(head["question"])
+    head["answer kind"] = np.array([float(bool(d) and holds_kind(kind, texts.get(d, ""))) for d in head["dias"]])
     terms = search.query_terms(head["question"])
     values: dict[str, list[float]] = {"exact": [], "prefix": [], "window 1": [], "window 2": [], "proximity": []}
     for dia in head["dias"]:
@@ -101,9 +140,9 @@ def features(head: dict[str, Any], turns: dict[str, list[str]]) -> None:
 
 def main() -> None:
     opts, data, started, heads, product_rows = recorded_heads(__doc__)
-    turns = turn_words(data)
+    texts = turn_texts(data)
     for head in heads:
-        features(head, turns[head["conv"]])
+        features(head, texts[head["conv"]])
     print(f"\n{len(heads)} questions ({time.perf_counter() - started:.0f} s so far)\n")
     base = rows_of(heads, blend())
     results = [report("product blend, from recorded scores", base, product_rows)]
@@ -113,6 +152,10 @@ def main() -> None:
     for name in ("exact", "prefix", "window 1", "window 2", "proximity"):
         rows, chosen = tuned(heads, lambda w, w2, name=name: blend(name, w, w2), grid)
         results.append(report(f"+ {name}", rows, base, chosen))
+    on_top = lambda w, w2: lambda head: blend(None, w)(head) + w2 * head["answer kind"]  # noqa: E731
+    print(f"{sum(asked_kind(h['question']) is not None for h in heads)} questions ask for a quantity or a time")
+    rows, chosen = tuned(heads, on_top, grid)
+    results.append(report("+ the kind of answer asked for", rows, base, chosen))
     finish("judge_lexical", opts.out, results)
 
 
