@@ -1,4 +1,5 @@
-"""Lexical signals beside the late-interaction judge: query-term coverage and proximity, offline.
+"""Lexical signals beside the late-interaction judge, offline: query-term coverage, proximity and
+the kind of answer asked for.
 
     python bench/judge_lexical.py [DATA] [--out FILE]
 
