@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import locomo  # noqa: E402
 from agentmemory_server.retrieval import search  # noqa: E402
 from judge_features import blend, finish, position, recorded_heads, report, rows_of, tuned  # noqa: E402
+from locomo_eval import paired  # noqa: E402
 
 PREFIX = 5
 _NUMBER = (
@@ -157,6 +158,10 @@ def main() -> None:
     print(f"{sum(asked_kind(h['question']) is not None for h in heads)} questions ask for a quantity or a time")
     rows, chosen = tuned(heads, on_top, grid)
     results.append(report("+ the kind of answer asked for", rows, base, chosen))
+    for metric in ("R@10", "NDCG@10"):
+        gain = paired(rows, base, metric, (2,))  # temporal questions, where most answers are times
+        low, high = gain["lo"] * 100, gain["hi"] * 100
+        print(f"{'':<34} temporal {metric} {gain['delta'] * 100:+.1f} [{low:+.1f}, {high:+.1f}]")
     finish("judge_lexical", opts.out, results)
 
 
