@@ -177,6 +177,20 @@ def test_consolidate_creates_memories_deterministically(client, call):
     assert call("memory_recall", query="cart")["results"]  # written through remember: searchable
 
 
+def test_a_consolidated_memory_names_each_highlight_once_and_counts_in_plain_english(client, call):
+    for i in range(5):  # the same failure in five sessions: five observations with one title
+        assert client.post("/agentmemory/observe", json=bash(f"s{i}", "npm run lint", "eslint: command not found",
+                                                              hook_type="post_tool_failure",
+                                                              ts=f"2026-11-0{i + 1}T10:00:00Z")).status_code == 201
+        # (other work beside it, so that the failure's words are not in most observations)
+        client.post("/agentmemory/observe", json=edit(f"s{i}", f"src/part{i}.py", f"2026-11-0{i + 1}T10:05:00Z"))
+    call("memory_consolidate")
+    bug = next(m for m in call("memories_list")["memories"] if m["type"] == "bug")
+    assert "5 observations across 5 session(s)" in bug["content"] and "(5 errors)" in bug["content"]
+    highlights = bug["content"].split("Highlights: ", 1)[1].split(".")[0].split("; ")
+    assert len(highlights) == len(set(highlights)) == 1, bug["content"]
+
+
 def test_consolidating_a_group_larger_than_a_memory_can_cite_keeps_the_newest_sources(call, client):
     for i in range(230):  # one file edited 230 times: more than memory_save's 200 source ids
         client.post("/agentmemory/observe", json=edit(f"s{i % 3}", "src/cart.py",

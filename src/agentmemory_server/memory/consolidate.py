@@ -21,7 +21,7 @@ from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, 
 from agentmemory_server.kernel.scopes import CONSOLIDATION as STATE
 from agentmemory_server.kernel.scopes import PROCEDURAL, RELATIONS, SEMANTIC, SUMMARIES
 from agentmemory_server.kernel.util import truncate
-from agentmemory_server.memory import memories
+from agentmemory_server.memory import memories, summaries
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval.search import STOPWORDS
 
@@ -106,13 +106,14 @@ def draft_memory(key: str, group: list[dict]) -> dict[str, Any]:
     )
     sessions = list(dict.fromkeys(o.get("sessionId") for o in group))
     stamps = sorted(o.get("timestamp") or "" for o in group)
-    top = sorted(group, key=lambda o: (-int(o.get("importance") or 0), o.get("timestamp") or ""))[:5]
+    ranked = sorted(group, key=lambda o: (-int(o.get("importance") or 0), o.get("timestamp") or ""))
+    # The most important titles, each once: a recurring failure repeats its title in every session.
+    highlights = list(dict.fromkeys(truncate(o.get("title", ""), 80) for o in ranked))[:5]
     files = list(dict.fromkeys(f for o in group for f in o.get("files") or []))[:10]
-    mix = ", ".join(f"{n} {t}" for t, n in types.most_common(3))
     content = (
         f"Recurring {label}: {len(group)} observations across {len(sessions)} session(s) "
-        f"from {stamps[0][:10]} to {stamps[-1][:10]} ({mix}). Highlights: "
-        + "; ".join(truncate(o.get("title", ""), 80) for o in top)
+        f"from {stamps[0][:10]} to {stamps[-1][:10]} ({summaries.type_counts(group, 3)}). Highlights: "
+        + "; ".join(highlights)
         + "."
         + (f" Files: {', '.join(files[:5])}." if files else "")
     )

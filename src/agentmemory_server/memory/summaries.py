@@ -172,10 +172,11 @@ def _duration(observations: list[dict]) -> str:
     return f" over {minutes // 60} h {minutes % 60} min" if minutes >= 60 else f" over {minutes} min"
 
 
-def _type_counts(observations: list[dict]) -> str:
+def type_counts(observations: list[dict], most: int = 5) -> str:
+    """The commonest kinds of observation in plain words: "3 commands, 2 edits"."""
     counts = Counter(o.get("type") or "other" for o in observations)
     parts = []
-    for obs_type, count in counts.most_common(5):
+    for obs_type, count in counts.most_common(most):
         label = _TYPE_LABELS.get(obs_type, obs_type)
         parts.append(plural(count, label))
     return ", ".join(parts)
@@ -196,8 +197,8 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
     errors = [o for o in observations if is_failure(o)]
     title = session.get("title") or session.get("firstPrompt") or (prompts[0] if prompts else "")
     if not title:
-        title = f"Session {session['id'][:8]}: {_type_counts(observations) or 'no activity'}"
-    parts = [f"{plural(len(observations), 'observation')}{_duration(observations)}: {_type_counts(observations)}."]
+        title = f"Session {session['id'][:8]}: {type_counts(observations) or 'no activity'}"
+    parts = [f"{plural(len(observations), 'observation')}{_duration(observations)}: {type_counts(observations)}."]
     if prompts:
         more = f" (+{len(prompts) - 1} more prompts)" if len(prompts) > 1 else ""
         parts.append(f'Asked: "{truncate(prompts[0], 160)}"{more}.')
