@@ -75,6 +75,34 @@ def test_agent_note_via_mcp_tool(call, rt):
     assert obs["type"] == "decision" and obs["narrative"] == "Chose FTS5 over bm25s"
 
 
+def test_note_fields_sent_with_a_hook_event_are_stored_not_dropped(client, rt):
+    # A hook event carries its payload in 'data'; a client that sends 'content' (and a title)
+    # instead, or beside it, must not lose them.
+    alone = {"sessionId": "s7", "hookType": "post_tool_failure", "content": "migration 0042 deadlocked on orders",
+             "title": "migrate failed"}
+    r = client.post("/agentmemory/observe", json=alone)
+    assert r.status_code == 201, r.json
+    obs = rt.db.reader().records.get("mem:obs:s7", r.json["observationId"])
+    assert obs["type"] == "error" and obs["title"] == "post_tool_failure: migrate failed"
+    assert "migration 0042 deadlocked on orders" in obs["narrative"]
+    hits = client.post("/agentmemory/smart-search", json={"query": "deadlocked migration"}).json["results"]
+    assert [h["obsId"] for h in hits][:1] == [r.json["observationId"]]
+
+    beside = hook("s8", data={"tool_name": "Bash", "tool_input": {"command": "make deploy"}, "tool_output": "ok"},
+                  content="deployed after the freeze was lifted")
+    obs_id = client.post("/agentmemory/observe", json=beside).json["observationId"]
+    stored = rt.db.reader().records.get("mem:obs:s8", obs_id)
+    assert stored["raw"]["tool_output"] == "ok" and stored["raw"]["content"] == "deployed after the freeze was lifted"
+
+
+def test_an_agent_note_keeps_the_data_sent_beside_it(call, rt):
+    out = call("agent_observe", sessionId="s6", content="Chose FTS5 over bm25s", type="decision",
+               data={"benchmark": "bench/locomo.py"})
+    obs = rt.db.reader().records.get("mem:obs:s6", out["observationId"])
+    assert obs["type"] == "decision" and obs["narrative"] == "Chose FTS5 over bm25s"
+    assert obs["raw"]["benchmark"] == "bench/locomo.py" and obs["raw"]["content"] == "Chose FTS5 over bm25s"
+
+
 def test_observations_listing_is_paginated_and_ordered(client):
     for i in range(5):
         client.post("/agentmemory/observe", json=hook(timestamp=f"2026-01-01T00:00:0{4 - i}Z",

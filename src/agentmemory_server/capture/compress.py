@@ -110,7 +110,7 @@ def hook_fields(hook_type: str, data: Any) -> dict[str, Any]:
             (d[k] for k in ("tool_output", "tool_response", "error", "tool_result") if d.get(k) not in (None, "")), None
         ),
         "userPrompt": d.get("prompt") or d.get("userPrompt") if hook_type == "prompt_submit" else None,
-        "message": d.get("last_message") or d.get("message") or d.get("task_description"),
+        "message": d.get("last_message") or d.get("message") or d.get("task_description") or d.get("content"),
         "label": d.get("title") or d.get("task_subject") or d.get("agent_type"),
     }
     if not isinstance(data, dict) and data not in (None, ""):

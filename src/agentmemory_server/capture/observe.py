@@ -118,7 +118,9 @@ class Prepared:
         eventId=string("Client event id for exact dedup", pattern=EVENT_ID_PATTERN, max_length=128),
         agentId=string("Agent that made the observation", max_length=128),
         content=string(
-            "Text of an agent-authored observation (cut past AGENTMEMORY_MAX_FIELD_CHARS)", max_length=MAX_TEXT
+            "Text of an agent-authored observation (cut past AGENTMEMORY_MAX_FIELD_CHARS); on a hook event it is "
+            "stored beside 'data', as are title, type, files and concepts",
+            max_length=MAX_TEXT,
         ),
         title=string("Title of an agent-authored observation", max_length=500),
         type=string("Type of an agent-authored observation", max_length=40),
@@ -154,13 +156,14 @@ def prepare(ctx: Ctx, args: dict) -> Prepared:
     hook, original = filters.classify_hook_type(args["hookType"])
     client_ts = args.get("timestamp") or ""
     timestamp = normalise_time(client_ts, rt.clock)
+    note = {k: args[k] for k in ("content", "title", "type", "files", "concepts") if args.get(k)}
     if hook == "observation":
         if not args.get("content") and args.get("data") in (None, "", {}):
             raise InvalidInput("an observation needs 'content' or 'data'", field="content")
-        note = {k: args[k] for k in ("content", "title", "type", "files", "concepts") if args.get(k)}
-        payload: Any = note if note.get("content") else args.get("data")
+        # An agent's note: its own fields win, and data comes along under them.
+        payload: Any = with_note(args.get("data"), note, note_wins=bool(note.get("content")))
     else:
-        payload = args.get("data")
+        payload = with_note(args.get("data"), note)
     reader = images.confined_reader(_readable_roots(ctx), settings.max_body_bytes)
     found = images.extract_images(payload, reader)  # before stripping: base64 is not text
     limits = {"output_max": settings.capture_output_max, "field_max": settings.max_field_chars}
@@ -190,6 +193,19 @@ def prepare(ctx: Ctx, args: dict) -> Prepared:
     if trimmed.fields:
         obs["truncated"] = {"fields": trimmed.fields[:20], "chars": trimmed.chars}
     return Prepared(obs, found.images, trimmed, compressed.get("toolName"))
+
+
+def with_note(data: Any, note: dict[str, Any], *, note_wins: bool = False) -> Any:
+    """The payload of an event that came with both ``data`` and note fields (content, title, ...):
+    both are stored, neither dropped. On a clash of keys ``data`` wins, or the note when
+    ``note_wins``; a ``data`` that is not an object is kept under ``data``."""
+    if not note:
+        return data
+    if data in (None, "", {}):
+        return note
+    if not isinstance(data, dict):
+        return {**note, "data": data}
+    return {**data, **note} if note_wins else {**note, **data}
 
 
 def _readable_roots(ctx: Ctx) -> list[Path]:
