@@ -390,7 +390,7 @@ def attach_lessons(ctx: Ctx, query: str, project: str | None, limit: int) -> lis
         includeLessons=boolean("Attach matching lessons", default=True),
         mode=MODE,
         rerank=RERANK,
-        source=string("Who is asking (recorded for diagnostics)", max_length=64),
+        source=string("Who is asking; accepted from upstream clients, not used", max_length=64),
     ),
     http=[("POST", "/smart-search")],
     core=True,

@@ -157,7 +157,7 @@ def file_context(ctx: Ctx, args: dict) -> dict:
         files=FILES_ARG,
         terms=array(string(max_length=500), "Search terms (e.g. a grep pattern)", max_items=20),
         sessionId=string("Current session (excluded)", max_length=256),
-        toolName=string("Tool about to run", max_length=200),
+        toolName=string("Tool about to run; accepted from upstream clients, not used", max_length=200),
         project=PROJECT,
         agentId=AGENT_ID,
         budget=integer("Token budget of the text", minimum=1, maximum=20_000, default=800),
