@@ -111,7 +111,9 @@ def hook_fields(hook_type: str, data: Any) -> dict[str, Any]:
         ),
         "userPrompt": d.get("prompt") or d.get("userPrompt") if hook_type == "prompt_submit" else None,
         "message": d.get("last_message") or d.get("message") or d.get("task_description") or d.get("content"),
-        "label": d.get("title") or d.get("task_subject") or d.get("agent_type"),
+        # (a hook event's own "content", kept from a client that sent a note with it, titles it
+        # when nothing else does)
+        "label": d.get("title") or d.get("task_subject") or d.get("agent_type") or d.get("content"),
     }
     if not isinstance(data, dict) and data not in (None, ""):
         fields["message"] = stringify(data)
