@@ -78,10 +78,14 @@ def test_agent_note_via_mcp_tool(call, rt):
 def test_note_fields_sent_with_a_hook_event_are_stored_not_dropped(client, rt):
     # A hook event carries its payload in 'data'; a client that sends 'content' (and a title)
     # instead, or beside it, must not lose them.
-    untitled = {"sessionId": "s5", "hookType": "post_tool_failure", "content": "lint failed: eslint not found"}
+    untitled = {"sessionId": "s5", "hookType": "post_tool_failure", "content": "lint failed: eslint not found",
+                "timestamp": "2026-11-01T10:00:00Z"}
     r = client.post("/agentmemory/observe", json=untitled)
     obs = rt.db.reader().records.get("mem:obs:s5", r.json["observationId"])
     assert obs["title"] == "post_tool_failure: lint failed: eslint not found"
+    # Another failure at the same moment is another event, not a duplicate of the first.
+    other = client.post("/agentmemory/observe", json={**untitled, "content": "build failed: out of memory"})
+    assert other.status_code == 201 and other.json["observationId"] != r.json["observationId"]
     alone = {"sessionId": "s7", "hookType": "post_tool_failure", "content": "migration 0042 deadlocked on orders",
              "title": "migrate failed"}
     r = client.post("/agentmemory/observe", json=alone)
