@@ -87,7 +87,7 @@ class CachedCrossEncoder:
         self._db.execute("CREATE TABLE IF NOT EXISTS score (key TEXT PRIMARY KEY, v REAL)")
         self._lock = threading.Lock()
 
-    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+    def score(self, query: str, texts: Sequence[str], workers: int = 1) -> np.ndarray:
         from agentmemory_server.retrieval import rerank
 
         # A pair cut to another length is another input; "1" = one pair per model call (scores
@@ -99,7 +99,7 @@ class CachedCrossEncoder:
             found = dict(self._db.execute(f"SELECT key, v FROM score WHERE key IN ({marks})", keys).fetchall())
         missing = [i for i, k in enumerate(keys) if k not in found]
         if missing:
-            fresh = self.inner.score(query, [texts[i] for i in missing])
+            fresh = self.inner.score(query, [texts[i] for i in missing], workers=workers)
             with self._lock:
                 self._db.executemany("INSERT OR REPLACE INTO score VALUES (?, ?)",
                                      [(keys[i], float(v)) for i, v in zip(missing, fresh, strict=True)])

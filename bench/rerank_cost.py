@@ -1,13 +1,15 @@
 """What the cross-encoder second stage costs per query, by depth and pair length.
 
     python bench/rerank_cost.py [DATA] [--conversations 2] [--questions 60]
-        [--depths 40,30,20,10] [--tokens 128,96,64] [--batch 1]
+        [--depths 40,30,20,10] [--tokens 128,96,64] [--batch 1] [--workers 1,2]
 
 Loads LoCoMo conversations through the product (as bench/locomo.py does), takes each question's
 first-stage candidates from smart-search's own ranking (``recall.ranked``) and the text the
 reranker reads of each (``recall.record_text``), then times ``rerank.CrossEncoder.score`` on the
 top DEPTH of them with pairs cut to TOKENS. ``--batch N`` scores N pairs per model call (padded
-to the longest, the earlier way) instead of the product's one pair per call. Prints p50/p95 wall
+to the longest, the earlier way) instead of the product's one pair per call. ``--workers`` lists
+the numbers of threads a query's pairs are shared out over (the product uses 2 when the search is
+alone in its process, 1 otherwise), each measured in turn. Prints p50/p95 wall
 and CPU milliseconds per query, the mean pair length, and the process RSS; wall-clock figures
 depend on what else the shared cores run, CPU time much less. Ends with one JSON line.
 """
@@ -83,13 +85,15 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[max(0, int(len(ordered) * share) - 1)]
 
 
-def measure(encoder: rerank.CrossEncoder, cases: list[tuple[str, list[str]]], depth: int, batch: int) -> dict[str, Any]:
+def measure(
+    encoder: rerank.CrossEncoder, cases: list[tuple[str, list[str]]], depth: int, batch: int, workers: int = 1
+) -> dict[str, Any]:
     wall, cpu = [], []
     for query, texts in cases:
         head = texts[:depth]
         w0, c0 = time.perf_counter(), time.process_time()
         if batch == 1:
-            encoder.score(query, head)
+            encoder.score(query, head, workers=workers)
         else:
             batched_scores(encoder, query, head, batch)
         wall.append((time.perf_counter() - w0) * 1000)
@@ -106,6 +110,7 @@ def main() -> None:
     parser.add_argument("--depths", default="40,30,20,10")
     parser.add_argument("--tokens", default="128,96,64")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--workers", default="1", help="threads a query's pairs are shared out over, e.g. 1,2")
     opts = parser.parse_args()
     depths = [int(d) for d in opts.depths.split(",")]
     cases = candidate_texts(Path(opts.data), opts.conversations, opts.questions, max(depths))
@@ -119,10 +124,12 @@ def main() -> None:
         encoder._tokenizer.enable_truncation(max_length=tokens, strategy="longest_first")
         lengths = [len(e.ids) for q, texts in cases for e in encoder._tokenizer.encode_batch([(q, t) for t in texts])]
         for depth in depths:
-            row = {"tokens": tokens, "depth": depth, "batch": opts.batch, "mean_pair_tokens": round(statistics.fmean(lengths), 1),
-                   **measure(encoder, cases, depth, opts.batch)}
-            results.append(row)
-            print(row, flush=True)
+            for workers in [int(w) for w in opts.workers.split(",")]:
+                row = {"tokens": tokens, "depth": depth, "batch": opts.batch, "workers": workers,
+                       "mean_pair_tokens": round(statistics.fmean(lengths), 1),
+                       **measure(encoder, cases, depth, opts.batch, workers)}
+                results.append(row)
+                print(row, flush=True)
     print(json.dumps({"benchmark": "rerank_cost", "date": time.strftime("%Y-%m-%d"), "commit": locomo.commit(),
                       "queries": len(cases), "threads": 1, "load_avg": os.getloadavg()[0],
                       "rss_model_mb": round(loaded - before, 1), "rss_after_mb": round(rss_mb() - before, 1),

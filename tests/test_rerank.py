@@ -2,13 +2,14 @@
 the search routes and MCP tools."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
 
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.retrieval import rerank
+from agentmemory_server.retrieval import rerank, vectors
 from conftest import post
 
 
@@ -42,6 +43,54 @@ def test_a_pair_scores_the_same_whatever_else_is_a_candidate():
     assert alone == among
 
 
+def test_pairs_shared_out_over_threads_score_as_they_do_on_one(monkeypatch):
+    # each pair is still one model call, run on the reranker's own threads side by side
+    encoder = rerank.CrossEncoder()
+    query = "which database does the billing service use?"
+    texts = [f"record {i}: the billing service keeps invoice batch {i} in PostgreSQL" for i in range(12)]
+    alone = encoder.score(query, texts)
+    threads = []
+    run = encoder._run
+
+    def recorded(encoded):
+        threads.append(threading.current_thread().name)
+        return run(encoded)
+
+    monkeypatch.setattr(encoder, "_run", recorded)
+    shared = encoder.score(query, texts, workers=2)
+    assert shared.tolist() == alone.tolist()
+    assert len(threads) == len(texts) and all(name.startswith("agentmemory-rerank") for name in threads)
+    assert len(set(threads)) == 2
+
+
+class Recording:
+    """The bundled cross-encoder, noting how many threads each search let it use."""
+
+    model_id = rerank.MODEL_ID
+
+    def __init__(self):
+        self.inner, self.workers = rerank.CrossEncoder(), []
+
+    def score(self, query, texts, workers=1):
+        self.workers.append(workers)
+        return self.inner.score(query, texts, workers=workers)
+
+
+def test_a_search_alone_in_its_process_shares_its_pairs_out_one_among_others_does_not(make_runtime, monkeypatch):
+    rt = make_runtime(embedding_provider="none")
+    _seed(rt)
+    encoder = Recording()
+    monkeypatch.setattr(rerank, "_shared", encoder)
+    monkeypatch.setattr(rerank, "PAIR_THREADS", 2)
+    alone = call(rt, "memory_smart_search", query="where are billing invoices stored", project="p", rerank=True)
+    assert alone["reranked"] is True and set(encoder.workers) == {2}
+    encoder.workers.clear()
+    with vectors.service(rt).searching():  # another search in flight in this process
+        busy = call(rt, "memory_smart_search", query="where are billing invoices stored", project="p", rerank=True)
+    assert set(encoder.workers) == {1}
+    assert [r["obsId"] for r in busy["results"]] == [r["obsId"] for r in alone["results"]]
+
+
 def test_a_query_longer_than_the_pair_limit_is_cut_not_refused(make_runtime):
     # a pasted log as the query: more tokens than a pair may hold, before any record text
     rt = make_runtime(embedding_provider="none")
@@ -68,7 +117,7 @@ class Reversing:
     def __init__(self):
         self.calls = []
 
-    def score(self, query, texts):
+    def score(self, query, texts, workers=1):
         self.calls.append((query, list(texts)))
         return np.arange(len(texts), dtype=np.float32)
 

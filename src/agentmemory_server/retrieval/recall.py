@@ -127,7 +127,8 @@ def _ranked(ctx: Ctx, query: str, *, limit: int, filters: dict[str, Any], mode: 
         return Ranked(pairs[:limit], used, False, late)
     try:
         more = second_round(ctx, store, query, filters, mode)
-        pairs = rerank.rerank_pairs(rerank.shared(), query, pairs, record_text, more)
+        workers = rerank.PAIR_THREADS if service.quiet() else 1
+        pairs = rerank.rerank_pairs(rerank.shared(), query, pairs, record_text, more, workers=workers)
     except Unavailable as exc:  # no reranker installed: the first stage's order stands
         log.warning("reranking skipped: %s", exc.message)
         return Ranked(pairs[:limit], used, False, False)

