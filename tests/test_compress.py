@@ -44,6 +44,21 @@ def test_prompt_becomes_title_and_long_text_is_truncated():
     assert len(c["narrative"]) == 400 and c["narrative"].endswith("…")
 
 
+@pytest.mark.parametrize("hook,data,title", [
+    ("notification", {"notification_type": "idle_prompt", "message": "Claude is waiting for your input"},
+     "notification: Claude is waiting for your input"),
+    ("stop", {"message": "Fixed the flaky parser test\nand pushed the branch"},
+     "stop: Fixed the flaky parser test and pushed the branch"),
+    ("stop_failure", {"error_type": "rate_limit", "message": "rate limited"}, "stop_failure: rate limited"),
+    ("notification", {"title": "Permission needed", "message": "Claude needs your permission to use Bash"},
+     "notification: Permission needed"),
+    ("notification", {"notification_type": "idle_prompt"}, "notification"),
+    ("stop", {}, "stop"),
+])
+def test_an_event_without_a_tool_or_prompt_is_titled_by_what_it_says(hook, data, title):
+    assert synthetic_compression(hook, data)["title"] == title
+
+
 def test_failure_output_and_importance():
     c = synthetic_compression("post_tool_failure", {"tool_name": "Bash", "tool_input": "make",
                                                     "error": "exit 2"})

@@ -151,8 +151,10 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
 
     if prompt:
         title = prompt
-    elif f["label"] and not tool_name:
-        title = f"{hook_type}: {stringify(f['label'])}"
+    elif (f["label"] or f["message"]) and not tool_name:
+        # "stop: Fixed the flaky test ...", "notification: Claude needs your permission ...": a
+        # list of events titled only by their hook says nothing about them
+        title = f"{hook_type}: {stringify(f['label'] or f['message'])}"
     else:
         title = tool_name or hook_type
     parts = [prompt, input_text, stringify(f["toolOutput"]), stringify(f["message"])]
