@@ -136,6 +136,9 @@ def test_claude_code_prompt_gets_relevant_memories_and_tool_calls_dedup(server: 
     assert [o["hookType"] for o in stored] == ["session_start", "prompt_submit", "post_tool_use", "notification",
                                               "notification"]
     assert stored[2]["files"] == ["money.py"]
+    # a notification is titled by what it says; a start, with nothing to say, by its hook alone
+    assert stored[3]["title"] == "notification: Claude is waiting for your input"
+    assert stored[0]["title"] == "session_start" and stored[0]["narrative"] == "SessionStart (startup)"
 
 
 def test_bad_hook_input_is_a_4xx_or_stored_as_other(server: LiveServer) -> None:

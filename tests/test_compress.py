@@ -54,6 +54,9 @@ def test_prompt_becomes_title_and_long_text_is_truncated():
      "notification: Permission needed"),
     ("notification", {"notification_type": "idle_prompt"}, "notification"),
     ("stop", {}, "stop"),
+    # the line a native hook route writes for an event with nothing to say is not the agent's words
+    ("session_start", {"hook_event_name": "SessionStart", "event_note": "SessionStart (startup)"}, "session_start"),
+    ("post_tool_failure", "lint failed: eslint not found", "post_tool_failure: lint failed: eslint not found"),
 ])
 def test_an_event_without_a_tool_or_prompt_is_titled_by_what_it_says(hook, data, title):
     assert synthetic_compression(hook, data)["title"] == title

@@ -6,6 +6,8 @@ from conftest import hook
 from agentmemory_server.errors import InvalidInput, NotFound
 from agentmemory_server.kernel.model_steps import MODEL_STEPS, model_step, run_model_steps
 from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.kernel.util import truncate
+from agentmemory_server.memory import summaries
 
 
 def bash(session, command, output, hook_type="post_tool_use", ts="2026-11-01T10:00:00Z", project="shop"):
@@ -62,6 +64,32 @@ def test_the_summary_counts_each_kind_of_observation_in_plain_english(client):
         assert client.post("/agentmemory/observe", json=event).status_code == 201
     r = client.post("/agentmemory/summarize", json={"sessionId": "kinds"})
     assert "4 observations over 3 min: 2 discoveries, 2 decisions." in r.json["summary"]["narrative"]
+
+
+def test_what_the_agent_said_is_not_counted_as_what_it_was_asked(client):
+    # Cursor reports the agent's replies and thoughts; the summary tells them from the prompt
+    base = {"conversation_id": "cur-1", "workspace_roots": ["/work/shop"]}
+    events = [{"hook_event_name": "sessionStart"}]
+    events += [{"hook_event_name": "afterAgentResponse", "generation_id": f"g{i}",
+                "text": f"I read the auth module, part {i}"} for i in range(3)]
+    events += [{"hook_event_name": "beforeSubmitPrompt", "generation_id": "g9", "prompt": "Fix the login redirect"},
+               {"hook_event_name": "afterAgentThought", "generation_id": "g9", "text": "the cookie path is wrong"},
+               {"hook_event_name": "stop", "generation_id": "g9", "status": "completed"}]
+    for event in events:
+        assert client.post("/agentmemory/hooks/cursor", json={**base, **event}).status_code == 200
+    narrative = client.post("/agentmemory/summarize", json={"sessionId": "cur-1"}).json["summary"]["narrative"]
+    assert "4 agent messages" in narrative and "1 prompt" in narrative, narrative
+    assert 'Asked: "Fix the login redirect".' in narrative, narrative
+    assert "assistant_response" not in narrative.split("Notable")[0]
+
+
+def test_a_line_about_an_event_titled_by_its_message_does_not_repeat_it(client):
+    message = "Fixed the flaky parser test by pinning the fixture's seed and pushed the branch"
+    event = {"session_id": "cc-stop", "cwd": "/work/shop", "hook_event_name": "Stop", "last_assistant_message": message}
+    assert client.post("/agentmemory/hooks/claude-code", json=event).status_code == 200
+    [stop] = client.get("/agentmemory/observations", query_string={"sessionId": "cc-stop"}).json["observations"]
+    assert stop["title"] == truncate(f"stop: {message}", 80)
+    assert summaries.describe(stop, 400).count("pinning") == 1
 
 
 def test_summarize_route(client):

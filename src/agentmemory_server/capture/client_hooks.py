@@ -95,13 +95,14 @@ DETAIL_FIELDS = ("source", "reason", "trigger", "notification_type", "status", "
 
 
 def described(event: HookEvent) -> dict[str, Any]:
-    """The data to store, with a one-line ``message`` for events that carry no content of their
-    own (a session start, a turn end), so their narrative says what happened instead of echoing
-    ids and paths."""
+    """The data to store, with a one-line ``event_note`` for events that carry no content of
+    their own (a session start, a turn end), so their narrative says what happened instead of
+    echoing ids and paths. It is ours, not the agent's: kept apart from ``message`` so that it
+    never titles the event as if the agent had said it (capture/compress.hook_fields)."""
     data = {**event.data, "hook_event_name": event.event}
     if not any(data.get(f) for f in CONTENT_FIELDS):
         details = [str(data[f]) for f in DETAIL_FIELDS if isinstance(data.get(f), (str, int)) and data.get(f)]
-        data["message"] = event.event + (f" ({', '.join(details)})" if details else "")
+        data["event_note"] = event.event + (f" ({', '.join(details)})" if details else "")
     return data
 
 

@@ -103,6 +103,7 @@ def extract_files(tool_input: Any) -> list[str]:
 def hook_fields(hook_type: str, data: Any) -> dict[str, Any]:
     """The parts of a hook's ``data`` that matter, under stable names."""
     d = data if isinstance(data, dict) else {}
+    said = d.get("last_message") or d.get("message") or d.get("task_description") or d.get("content")
     fields: dict[str, Any] = {
         "toolName": d.get("tool_name") or d.get("toolName"),
         "toolInput": d.get("tool_input", d.get("toolInput")),
@@ -110,13 +111,16 @@ def hook_fields(hook_type: str, data: Any) -> dict[str, Any]:
             (d[k] for k in ("tool_output", "tool_response", "error", "tool_result") if d.get(k) not in (None, "")), None
         ),
         "userPrompt": d.get("prompt") or d.get("userPrompt") if hook_type == "prompt_submit" else None,
-        "message": d.get("last_message") or d.get("message") or d.get("task_description") or d.get("content"),
+        # what the agent (or the client) said; else the line a native hook route writes for an
+        # event with no content of its own (client_hooks.described), for the narrative only
+        "said": said,
+        "message": said or d.get("event_note"),
         # (a hook event's own "content", kept from a client that sent a note with it, titles it
         # when nothing else does)
         "label": d.get("title") or d.get("task_subject") or d.get("agent_type") or d.get("content"),
     }
     if not isinstance(data, dict) and data not in (None, ""):
-        fields["message"] = stringify(data)
+        fields["said"] = fields["message"] = stringify(data)
     return fields
 
 
@@ -151,10 +155,10 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
 
     if prompt:
         title = prompt
-    elif (f["label"] or f["message"]) and not tool_name:
+    elif (f["label"] or f["said"]) and not tool_name:
         # "stop: Fixed the flaky test ...", "notification: Claude needs your permission ...": a
         # list of events titled only by their hook says nothing about them
-        title = f"{hook_type}: {stringify(f['label'] or f['message'])}"
+        title = f"{hook_type}: {stringify(f['label'] or f['said'])}"
     else:
         title = tool_name or hook_type
     parts = [prompt, input_text, stringify(f["toolOutput"]), stringify(f["message"])]

@@ -35,6 +35,7 @@ _TYPE_LABELS = {
     "search": "search",
     "error": "error",
     "conversation": "prompt",
+    "agent_speech": "agent message",
     "web_fetch": "web fetch",
     "subagent": "subagent event",
     "decision": "decision",
@@ -137,10 +138,23 @@ def outcome_text(obs: dict[str, Any]) -> str:
 
 def describe(obs: dict[str, Any], limit: int = 160) -> str:
     """One line about an observation: what ran (or was said) and what came of it."""
-    narrative = outcome_text(obs)
+    narrative = " ".join(outcome_text(obs).split())
     label = step_label(obs) if obs.get("toolName") else obs.get("title", "")
-    text = f"{label}: {narrative}" if narrative and narrative != label else label
+    # a title made from the narrative ("stop: Fixed the test ...") already says it
+    restated = narrative == label or (len(narrative) >= 20 and narrative[:40] in label)
+    text = f"{label}: {narrative}" if narrative and not restated else label
     return truncate(" ".join(text.split()), limit)
+
+
+# What the agent itself said or thought (Cursor's afterAgentResponse / afterAgentThought) is a
+# conversation observation like a prompt, but nobody asked it: it is not counted as a prompt.
+AGENT_SPEECH = frozenset({"assistant_response", "agent_thought"})
+
+
+def kind_of(obs: dict[str, Any]) -> str:
+    """An observation's type, with the agent's own words told apart from the prompts."""
+    obs_type = obs.get("type") or "other"
+    return "agent_speech" if obs_type == "conversation" and obs.get("hookType") in AGENT_SPEECH else obs_type
 
 
 def files_changed(observations: list[dict]) -> list[str]:
@@ -174,7 +188,7 @@ def _duration(observations: list[dict]) -> str:
 
 def type_counts(observations: list[dict], most: int = 5) -> str:
     """The commonest kinds of observation in plain words: "3 commands, 2 edits"."""
-    counts = Counter(o.get("type") or "other" for o in observations)
+    counts = Counter(kind_of(o) for o in observations)
     parts = []
     for obs_type, count in counts.most_common(most):
         label = _TYPE_LABELS.get(obs_type, obs_type)
@@ -192,7 +206,7 @@ def plural(count: int, noun: str) -> str:
 
 def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict[str, Any]:
     """title, narrative, keyDecisions, filesModified and concepts from the observations alone."""
-    prompts = [o.get("title", "") for o in observations if o.get("type") == "conversation" and o.get("title")]
+    prompts = [o.get("title", "") for o in observations if kind_of(o) == "conversation" and o.get("title")]
     changed = files_changed(observations)
     errors = [o for o in observations if is_failure(o)]
     title = session.get("title") or session.get("firstPrompt") or (prompts[0] if prompts else "")
