@@ -122,6 +122,52 @@ def test_tool_observations_say_what_happened(hook_type, data, title, narrative):
     assert len(c["title"]) <= 80
 
 
+# What Claude Code sends as tool_response for its search and read tools (objects, not text).
+CLAUDE_SHAPES = [
+    ("Grep", {"pattern": "def total", "path": "src"},
+     {"mode": "files_with_matches", "filenames": ["src/cart.py", "src/tax.py"], "numFiles": 2},
+     "Grep 'def total' in src: 2 files", "Searched for `def total` in src: 2 files: src/cart.py; src/tax.py"),
+    ("Grep", {"pattern": "TODO", "output_mode": "content"},
+     {"mode": "content", "filenames": [], "numFiles": 0, "content": "a.py:3:# TODO x\nb.py:9:# TODO y", "numLines": 2},
+     "Grep 'TODO': 2 matches", "Searched for `TODO`: 2 matches: a.py:3:# TODO x; b.py:9:# TODO y"),
+    ("Grep", {"pattern": "TODO", "output_mode": "count"},
+     {"mode": "count", "filenames": [], "numFiles": 3, "content": "a.py:4\nb.py:3", "numMatches": 7},
+     "Grep 'TODO': 7 matches", "Searched for `TODO`: 7 matches"),
+    ("Grep", {"pattern": "TODO"}, {"mode": "files_with_matches", "filenames": ["a.py"], "numFiles": 1},
+     "Grep 'TODO': 1 file", "Searched for `TODO`: 1 file: a.py"),
+    ("Glob", {"pattern": "**/*.py"}, {"filenames": ["a.py", "b.py"], "numFiles": 2, "truncated": False, "durationMs": 4},
+     "Glob **/*.py: 2 files", "Listed **/*.py: 2 files: a.py, b.py"),
+    ("Read", {"file_path": "src/cart.py"},
+     {"type": "text", "file": {"filePath": "src/cart.py", "content": "def total(items):\n    return 0\n",
+                               "numLines": 2, "startLine": 1, "totalLines": 2}},
+     "Read src/cart.py", "Read src/cart.py: def total(items):"),
+]
+
+
+@pytest.mark.parametrize("tool,tool_input,response,title,narrative", CLAUDE_SHAPES)
+def test_claude_code_tool_responses_are_read_as_what_they_hold(tool, tool_input, response, title, narrative):
+    c = synthetic_compression("post_tool_use", {"tool_name": tool, "tool_input": tool_input, "tool_response": response})
+    assert c["title"] == title and c["narrative"].startswith(narrative), (c["title"], c["narrative"])
+    assert "{" not in c["narrative"]
+
+
+def test_a_search_about_to_run_claims_no_result():
+    c = synthetic_compression("pre_tool_use", {"tool_name": "Grep", "tool_input": {"pattern": "def total", "path": "src"}})
+    assert c["title"] == "Grep 'def total' in src" and c["narrative"] == "Searching for `def total` in src"
+    c = synthetic_compression("pre_tool_use", {"tool_name": "Glob", "tool_input": {"pattern": "*.md"}})
+    assert c["title"] == "Glob *.md"
+
+
+def test_a_text_searchs_pattern_is_not_a_file_but_a_globs_is():
+    grep = synthetic_compression("post_tool_use", {"tool_name": "Grep", "tool_input": {"pattern": "def total", "path": "src"},
+                                                   "tool_response": "src/cart.py:1:def total"})
+    assert grep["files"] == ["src"]
+    glob = synthetic_compression("post_tool_use", {"tool_name": "Glob", "tool_input": {"pattern": "src/**/*.py"},
+                                                   "tool_response": "src/a.py"})
+    assert glob["files"] == ["src/**/*.py"]
+    assert extract_files({"pattern": "TODO"}, "mcp__code__search_code") == []
+
+
 def test_a_long_command_gives_way_to_its_outcome_in_the_title():
     c = synthetic_compression("post_tool_use", {"tool_name": "Bash", "tool_input": {"command": "pytest " + "x/" * 80},
                                                 "tool_response": {"stdout": "1 failed, 2 passed", "exit_code": 1}})

@@ -92,6 +92,40 @@ def test_a_line_about_an_event_titled_by_its_message_does_not_repeat_it(client):
     assert summaries.describe(stop, 400).count("pinning") == 1
 
 
+def test_a_claude_code_session_is_summarised_in_words_not_json(client):
+    # Claude Code answers tool calls with objects: Bash {stdout, stderr, interrupted}, Edit
+    # {filePath, oldString, newString, originalFile, ...}; the summary reads what they say
+    base = {"session_id": "cc-cart", "cwd": "/work/shop"}
+    events = [
+        {"hook_event_name": "UserPromptSubmit", "prompt": "The cart total is off by a cent"},
+        {"hook_event_name": "PostToolUse", "tool_name": "Edit", "tool_use_id": "t1",
+         "tool_input": {"file_path": "src/cart.py", "old_string": "round(x, 2)", "new_string": "quantize(x)"},
+         "tool_response": {"filePath": "src/cart.py", "oldString": "round(x, 2)", "newString": "quantize(x)",
+                           "originalFile": "def total(x):\n    return round(x, 2)\n", "structuredPatch": []}},
+        {"hook_event_name": "PostToolUse", "tool_name": "Bash", "tool_use_id": "t2",
+         "tool_input": {"command": "pytest tests/test_cart.py -q"},
+         "tool_response": {"stdout": "..\n2 passed", "stderr": "", "interrupted": False, "isImage": False}},
+    ]
+    for event in events:
+        assert client.post("/agentmemory/hooks/claude-code", json={**base, **event}).status_code == 200
+    narrative = client.post("/agentmemory/summarize", json={"sessionId": "cc-cart"}).json["summary"]["narrative"]
+    assert "Edit src/cart.py: replace 1 line" in narrative and "pytest tests/test_cart.py -q: .. 2 passed" in narrative
+    assert "{" not in narrative, narrative
+
+
+@pytest.mark.parametrize("label,narrative,line", [
+    ("Read a.py", "Read a.py: def total(items):", "Read a.py: def total(items):"),
+    ("stop: Fixed the flaky parser test by pinning…", "Fixed the flaky parser test by pinning the seed",
+     "stop: Fixed the flaky parser test by pinning the seed"),
+    ("Fix the cart total", "Fix the cart total", "Fix the cart total"),
+    ("pytest -q", "2 passed", "pytest -q: 2 passed"),
+    ("Edit a.py: replace 1 line", "", "Edit a.py: replace 1 line"),
+    ("session_start", "SessionStart (startup)", "session_start: SessionStart (startup)"),
+])
+def test_one_line_says_each_thing_once(label, narrative, line):
+    assert summaries.one_line(label, narrative) == line
+
+
 def test_summarize_route(client):
     record_work_session(client)
     r = client.post("/agentmemory/summarize", json={"sessionId": "work"})

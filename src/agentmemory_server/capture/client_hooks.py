@@ -25,6 +25,7 @@ from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, params, string, tool
 from agentmemory_server.kernel.util import estimate_tokens, truncate
+from agentmemory_server.memory import summaries
 from agentmemory_server.retrieval import recall, search
 
 log = logging.getLogger("agentmemory.hooks")
@@ -140,8 +141,8 @@ def relevant_memories(ctx: Ctx, session_id: str, project: str | None, prompt: st
         row = recall.as_observation(hit, record)
         if row.get("sessionId") == session_id or not row.get("title") or not mentions(row, terms):
             continue
-        narrative = f": {truncate(' '.join(str(row.get('narrative') or '').split()), 200)}"
-        line = f"- [{row.get('type', 'other')}] {escape(str(row['title']))}{escape(narrative)}"
+        narrative = truncate(" ".join(str(row.get("narrative") or "").split()), 200)
+        line = f"- [{row.get('type', 'other')}] {escape(summaries.one_line(str(row['title']), narrative))}"
         cost = estimate_tokens(line + "\n")
         if cost > remaining:
             break

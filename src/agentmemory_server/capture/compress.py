@@ -89,11 +89,18 @@ def classify(hook_type: str, tool_name: str | None) -> str:
     return "other"
 
 
-def extract_files(tool_input: Any) -> list[str]:
+def _searches_text(tool_name: str | None) -> bool:
+    """Whether a tool's ``pattern`` is text to find (Grep's "def total"), not files to list."""
+    normalised = normalise_tool_name(tool_name or "")
+    return any(_word_matches(w, normalised) for w in ("grep", "search", "rg")) and "glob" not in normalised
+
+
+def extract_files(tool_input: Any, tool_name: str | None = None) -> list[str]:
     if not isinstance(tool_input, dict):
         return []
     files: list[str] = []
-    for key in _FILE_KEYS:
+    keys = [k for k in _FILE_KEYS if k != "pattern"] if _searches_text(tool_name) else _FILE_KEYS
+    for key in keys:
         value = tool_input.get(key)
         if isinstance(value, str) and value and len(value) < 512 and value not in files:
             files.append(value)
@@ -174,7 +181,7 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         "facts": [],
         "narrative": truncate(narrative, 400),
         "concepts": [],
-        "files": extract_files(f["toolInput"]),
+        "files": extract_files(f["toolInput"], tool_name),
         "importance": LIFECYCLE_IMPORTANCE if hook_type in _LIFECYCLE_HOOKS else _IMPORTANCE.get(obs_type, 5),
         "confidence": 0.3,
     }

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from agentmemory_server.kernel.util import stringify, truncate
+from agentmemory_server.kernel.util import stringify, tool_output_text, truncate
 
 Describer = Callable[[dict[str, Any], Any], tuple[str, str]]
 _EXIT = re.compile(r"(?:exit(?:ed with)?(?: code| status)?|returned)\s*[:=]?\s*(-?\d+)", re.IGNORECASE)
@@ -43,15 +43,31 @@ def _path(tool_input: dict[str, Any]) -> str:
     return ""
 
 
-def _output_text(output: Any) -> str:
-    """The text of a tool output: a string, or the stdout/stderr/content fields of an object."""
-    if isinstance(output, dict):
-        parts = [output.get(k) for k in ("stdout", "stderr", "output", "content", "result", "error", "message")]
-        text = "\n".join(str(p) for p in parts if isinstance(p, str) and p)
-        return text or stringify(output)
-    if isinstance(output, list):
-        return "\n".join(_output_text(o) for o in output)
-    return stringify(output)
+_output_text = tool_output_text
+
+
+def _found(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("ch") else "s")
+
+
+def _search_result(output: Any, line: str) -> tuple[str, list[str]] | None:
+    """What a search tool found: ("7 matches" / "3 files", what to list), from its output's lines
+    (each one ``line``) or from Claude Code's objects ({mode, numFiles, filenames, content,
+    numMatches}); None before it has run (a pre_tool_use event carries no output)."""
+    if output is None or output == "":
+        return None
+    if isinstance(output, dict) and isinstance(output.get("filenames"), list):
+        names = [str(n) for n in output["filenames"] if isinstance(n, str)]
+        lines = [ln for ln in str(output.get("content") or "").splitlines() if ln.strip()]
+        if output.get("mode") == "count" and isinstance(output.get("numMatches"), int):
+            return _found(output["numMatches"], "match"), lines or names
+        if lines:  # content mode: the matching lines
+            count = output["numLines"] if isinstance(output.get("numLines"), int) else len(lines)
+            return _found(count, "match"), lines
+        count = output["numFiles"] if isinstance(output.get("numFiles"), int) else len(names)
+        return _found(count, "file"), names
+    lines = [ln for ln in _output_text(output).splitlines() if ln.strip()]
+    return _found(len(lines), line), lines
 
 
 def exit_code(output: Any) -> int | None:
@@ -128,16 +144,22 @@ def _read(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
 
 def _grep(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
     pattern, where = tool_input.get("pattern") or "", tool_input.get("path") or tool_input.get("glob") or ""
-    found = [ln for ln in _output_text(output).splitlines() if ln.strip()]
     place = f" in {where}" if where else ""
-    title = f"Grep '{truncate(str(pattern), 40)}'{place}: {len(found)} matches"
-    return title, f"Searched for `{pattern}`{place}: {len(found)} matches: " + "; ".join(found[:5])
+    title = f"Grep '{truncate(str(pattern), 40)}'{place}"
+    result = _search_result(output, "match")
+    if result is None:
+        return title, f"Searching for `{pattern}`{place}"
+    count, found = result
+    return f"{title}: {count}", f"Searched for `{pattern}`{place}: {count}: " + "; ".join(found[:5])
 
 
 def _glob(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
     pattern = tool_input.get("pattern") or ""
-    found = [ln for ln in _output_text(output).splitlines() if ln.strip()]
-    return f"Glob {pattern}: {len(found)} files", f"Listed {pattern}: {len(found)} files: " + ", ".join(found[:8])
+    result = _search_result(output, "file")
+    if result is None:
+        return f"Glob {pattern}", f"Listing {pattern}"
+    count, found = result
+    return f"Glob {pattern}: {count}", f"Listed {pattern}: {count}: " + ", ".join(found[:8])
 
 
 def _fetch(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:

@@ -126,6 +126,27 @@ def stringify(value: Any) -> str:
         return str(value)
 
 
+# The fields of a tool's output object that hold its text (Bash's stdout and stderr, an MCP
+# tool's result, a search's matched lines), in the order they are read.
+TOOL_TEXT_KEYS = ("stdout", "stderr", "output", "content", "result", "error", "message")
+
+
+def tool_output_text(output: Any, *, as_json: bool = True) -> str:
+    """The text of a tool's output: a string, the text fields of an object (a read file's
+    content, under ``file``), the lines of a list. An object with none of them is its compact JSON,
+    or "" with ``as_json=False`` (an edit's answer echoes the whole file: nothing to read there)."""
+    if isinstance(output, dict):
+        parts = [output.get(k) for k in TOOL_TEXT_KEYS]
+        text = "\n".join(str(p) for p in parts if isinstance(p, str) and p)
+        if not text and isinstance(output.get("file"), dict):  # Claude Code's Read: {type, file: {content}}
+            file = output["file"]
+            text = file["content"] if isinstance(file.get("content"), str) else ""
+        return text or (stringify(output) if as_json else "")
+    if isinstance(output, list):
+        return "\n".join(tool_output_text(o, as_json=as_json) for o in output)
+    return stringify(output)
+
+
 def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 3)
 

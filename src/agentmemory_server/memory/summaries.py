@@ -22,7 +22,7 @@ from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
-from agentmemory_server.kernel.util import parse_time, stringify, truncate
+from agentmemory_server.kernel.util import parse_time, stringify, tool_output_text, truncate
 from agentmemory_server.retrieval.search import STOPWORDS
 
 log = logging.getLogger("agentmemory.summaries")
@@ -112,7 +112,9 @@ def step_label(obs: dict[str, Any]) -> str:
             command = parsed.get("command") if isinstance(parsed, dict) else None
         except ValueError:
             command = None
-    return truncate(" ".join((command or obs.get("subtitle") or obs.get("title") or "").split()), 80)
+    # a command as it was typed; else the title capture wrote ("Edit src/a.py: replace 2 lines"),
+    # not the subtitle, which is the tool's input as JSON
+    return truncate(" ".join((command or obs.get("title") or obs.get("subtitle") or "").split()), 80)
 
 
 _OUTPUT_KEYS = ("tool_output", "tool_response", "error", "tool_result")
@@ -126,9 +128,14 @@ def outcome_text(obs: dict[str, Any]) -> str:
     if obs.get("toolName") and isinstance(raw, dict):
         output = next((raw[k] for k in _OUTPUT_KEYS if raw.get(k) not in (None, "")), None)
         message = next((raw[k] for k in _MESSAGE_KEYS if raw.get(k)), None)
-        text = " | ".join(p for p in (stringify(output), stringify(message)) if p)
+        # the output's text (a command's stdout and stderr), not its JSON: an edit's answer holds
+        # only the file again, and says nothing a summary needs
+        said = (tool_output_text(output, as_json=False).strip(), stringify(message))
+        text = " | ".join(p for p in said if p)
         if text:
             return truncate(text, 400)
+        if output is not None:
+            return ""
     narrative = obs.get("narrative") or ""
     subtitle = obs.get("subtitle")
     if subtitle and narrative.startswith(subtitle + " | "):
@@ -138,12 +145,21 @@ def outcome_text(obs: dict[str, Any]) -> str:
 
 def describe(obs: dict[str, Any], limit: int = 160) -> str:
     """One line about an observation: what ran (or was said) and what came of it."""
-    narrative = " ".join(outcome_text(obs).split())
     label = step_label(obs) if obs.get("toolName") else obs.get("title", "")
-    # a title made from the narrative ("stop: Fixed the test ...") already says it
-    restated = narrative == label or (len(narrative) >= 20 and narrative[:40] in label)
-    text = f"{label}: {narrative}" if narrative and not restated else label
-    return truncate(" ".join(text.split()), limit)
+    return truncate(one_line(label, outcome_text(obs)), limit)
+
+
+def one_line(label: str, narrative: str) -> str:
+    """``label: narrative`` on one line, without saying a thing twice: a narrative that begins
+    with the label ("Read a.py: def f()" for "Read a.py") stands alone, and one the label was
+    cut from ("stop: Fixed the test…" for "Fixed the test and pushed") replaces the cut part."""
+    label, narrative = " ".join(label.split()), " ".join(narrative.split())
+    if not narrative or narrative == label:
+        return label
+    if narrative.startswith(label.rstrip("…")):
+        return narrative
+    at = label.find(narrative[:20]) if len(narrative) >= 20 else -1
+    return label[:at] + narrative if at >= 0 else f"{label}: {narrative}"
 
 
 # What the agent itself said or thought (Cursor's afterAgentResponse / afterAgentThought) is a
