@@ -151,6 +151,48 @@ def test_claude_code_tool_responses_are_read_as_what_they_hold(tool, tool_input,
     assert "{" not in c["narrative"]
 
 
+PATCH = """*** Begin Patch
+*** Update File: src/users.rs
+@@ fn list
+-    let page = 1;
++    let page = params.page.unwrap_or(1);
++    let size = params.size.unwrap_or(50);
+*** Add File: src/pagination.rs
++pub struct Page;
+*** End Patch
+"""
+
+
+# The same tools under other agents' names and shapes: described as Claude Code's are.
+OTHER_AGENTS = [
+    ("apply_patch", {"command": PATCH}, "Success. Updated the following files:\nM src/users.rs\nA src/pagination.rs",
+     "Patch 2 files: src/users.rs, src/pagination.rs", "Patched update src/users.rs; add src/pagination.rs (+3 -1)",
+     ["src/users.rs", "src/pagination.rs"]),
+    ("apply_patch", {"command": "*** Begin Patch\n*** Delete File: old.py\n*** End Patch\n"}, "Done",
+     "Patch old.py: delete", "Patched delete old.py", ["old.py"]),
+    ("run_shell_command", {"command": "pytest -q"}, {"llmContent": "1 failed, 4 passed", "returnDisplay": "..."},
+     "Bash: pytest -q -> 1 failed, 4 passed", "Ran `pytest -q` (1 failed, 4 passed)", []),
+    ("read_file", {"absolute_path": "/srv/app/main.tf"}, {"llmContent": "resource \"x\" {}", "returnDisplay": ""},
+     "Read /srv/app/main.tf", 'Read /srv/app/main.tf: resource "x" {}', ["/srv/app/main.tf"]),
+    ("replace", {"file_path": "a.go", "old_string": "x := 1", "new_string": "x := 2"}, {"llmContent": "ok"},
+     "Edit a.go: replace 1 line", "Edited a.go: `x := 1` -> `x := 2`", ["a.go"]),
+    ("run_terminal_cmd", {"command": "npm test"}, {"output": "Tests: 2 failed, 9 passed", "exitCode": 1},
+     "Bash: npm test -> exit 1, 2 failed, 9 passed", "Ran `npm test` (exit 1, 2 failed, 9 passed)", []),
+    ("edit", {"path": "src/footer.html", "old_str": "2025", "new_str": "2026"}, "ok",
+     "Edit src/footer.html: replace 1 line", "Edited src/footer.html: `2025` -> `2026`", ["src/footer.html"]),
+    ("search_files", {"path": "src", "regex": "TODO"}, "src/a.ts:3: // TODO\nsrc/b.ts:7: // TODO",
+     "Grep 'TODO' in src: 2 matches", "Searched for `TODO` in src: 2 matches", ["src"]),
+    ("execute_command", {"command": "cargo build"}, "Finished dev profile",
+     "Bash: cargo build", "Ran `cargo build`. Output: Finished dev profile", []),
+]
+
+
+@pytest.mark.parametrize("tool,tool_input,response,title,narrative,files", OTHER_AGENTS)
+def test_other_agents_tools_are_described_like_claude_codes(tool, tool_input, response, title, narrative, files):
+    c = synthetic_compression("post_tool_use", {"tool_name": tool, "tool_input": tool_input, "tool_response": response})
+    assert (c["title"], c["files"]) == (title, files) and c["narrative"].startswith(narrative), c
+
+
 def test_a_search_about_to_run_claims_no_result():
     c = synthetic_compression("pre_tool_use", {"tool_name": "Grep", "tool_input": {"pattern": "def total", "path": "src"}})
     assert c["title"] == "Grep 'def total' in src" and c["narrative"] == "Searching for `def total` in src"

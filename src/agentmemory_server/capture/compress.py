@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from agentmemory_server.capture.describe import describe
+from agentmemory_server.capture.describe import describe, patch_text, patched_files
 from agentmemory_server.kernel.util import stringify, truncate
 
 OBSERVATION_TYPES = (
@@ -55,7 +55,7 @@ _HOOK_TYPES = {
     "assistant_response": "conversation",
     "agent_thought": "conversation",
 }
-_FILE_KEYS = ("file_path", "filepath", "path", "filePath", "file", "notebook_path", "pattern")
+_FILE_KEYS = ("file_path", "filepath", "absolute_path", "path", "filePath", "file", "notebook_path", "pattern")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[\s\-.:/]+")
 
@@ -100,8 +100,9 @@ def extract_files(tool_input: Any, tool_name: str | None = None) -> list[str]:
         return []
     files: list[str] = []
     keys = [k for k in _FILE_KEYS if k != "pattern"] if _searches_text(tool_name) else _FILE_KEYS
-    for key in keys:
-        value = tool_input.get(key)
+    values = [tool_input.get(key) for key in keys]
+    values += [path for _, path in patched_files(patch_text(tool_input))]  # Codex's apply_patch
+    for value in values:
         if isinstance(value, str) and value and len(value) < 512 and value not in files:
             files.append(value)
     return files

@@ -37,7 +37,7 @@ def _first_line(text: Any, limit: int = 60) -> str:
 
 
 def _path(tool_input: dict[str, Any]) -> str:
-    for key in ("file_path", "filePath", "notebook_path", "path", "file", "filename"):
+    for key in ("file_path", "filePath", "absolute_path", "notebook_path", "path", "file", "filename"):
         if isinstance(tool_input.get(key), str) and tool_input[key]:
             return tool_input[key]
     return ""
@@ -48,6 +48,30 @@ _output_text = tool_output_text
 
 def _found(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("ch") else "s")
+
+
+# Codex edits files with apply_patch: its input is a patch in the "*** Update File: path" form.
+_PATCH_FILE = re.compile(r"^\*\*\* (Add|Update|Delete) File: (.+?)\s*$|^\*\*\* Move to: (.+?)\s*$", re.MULTILINE)
+
+
+def patch_text(tool_input: Any) -> str:
+    """The patch an apply_patch call carries (Codex puts it in ``command``)."""
+    if isinstance(tool_input, str):
+        return tool_input
+    if not isinstance(tool_input, dict):
+        return ""
+    text = next((tool_input[k] for k in ("command", "patch", "input") if isinstance(tool_input.get(k), str)), "")
+    return text if "*** " in text else ""
+
+
+def patched_files(text: str) -> list[tuple[str, str]]:
+    """(what, path) for each file a patch adds, updates, deletes or moves to, in its order."""
+    changes: list[tuple[str, str]] = []
+    for match in _PATCH_FILE.finditer(text):
+        what, path = (match.group(1).lower(), match.group(2)) if match.group(1) else ("move", match.group(3))
+        if path and (what, path) not in changes:
+            changes.append((what, path))
+    return changes
 
 
 def _search_result(output: Any, line: str) -> tuple[str, list[str]] | None:
@@ -108,9 +132,11 @@ def _edit(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
     edits = tool_input.get("edits")
     if isinstance(edits, list) and edits:
         changed = sum(_lines(e.get("old_string")) for e in edits if isinstance(e, dict))
-        title = f"Edit {path}: {len(edits)} edits, {changed} lines replaced"
-        return title, f"Edited {path} in {len(edits)} places ({changed} lines replaced)"
-    old, new = tool_input.get("old_string") or "", tool_input.get("new_string") or ""
+        title = f"Edit {path}: {_n(len(edits), 'edit')}, {_n(changed, 'line')} replaced"
+        return title, f"Edited {path} in {_n(len(edits), 'place')} ({_n(changed, 'line')} replaced)"
+    # Claude Code, Gemini CLI: old_string / new_string; Copilot CLI: old_str / new_str
+    old = tool_input.get("old_string") or tool_input.get("old_str") or ""
+    new = tool_input.get("new_string") or tool_input.get("new_str") or ""
     before, after = _lines(old), _lines(new)
     if not old and not new:
         return f"Edit {path}", f"Edited {path}"
@@ -129,10 +155,24 @@ def _edit(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
 
 def _write(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
     path, content = _path(tool_input), tool_input.get("content") or ""
-    return (
-        f"Write {path}: {_lines(content)} lines",
-        f"Wrote {path} ({_lines(content)} lines): {_first_line(content, 200)}",
-    )
+    lines = _n(_lines(content), "line")
+    return f"Write {path}: {lines}", f"Wrote {path} ({lines}): {_first_line(content, 200)}"
+
+
+def _patch(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
+    changes = patched_files(patch_text(tool_input))
+    if not changes:
+        raise ValueError("not a patch")  # described the generic way
+    body = patch_text(tool_input).splitlines()
+    added = sum(1 for ln in body if ln.startswith("+") and not ln.startswith("+++"))
+    removed = sum(1 for ln in body if ln.startswith("-") and not ln.startswith("---"))
+    counts = f" (+{added} -{removed})" if added or removed else ""
+    what, path = changes[0]
+    if len(changes) == 1:
+        title = f"Patch {path}: {what}{counts}"
+    else:
+        title = f"Patch {len(changes)} files: {', '.join(p for _, p in changes)}"
+    return title, "Patched " + "; ".join(f"{w} {p}" for w, p in changes) + counts
 
 
 def _read(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
@@ -143,7 +183,8 @@ def _read(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
 
 
 def _grep(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
-    pattern, where = tool_input.get("pattern") or "", tool_input.get("path") or tool_input.get("glob") or ""
+    pattern = tool_input.get("pattern") or tool_input.get("regex") or ""  # Cline's search_files: regex
+    where = tool_input.get("path") or tool_input.get("glob") or ""
     place = f" in {where}" if where else ""
     title = f"Grep '{truncate(str(pattern), 40)}'{place}"
     result = _search_result(output, "match")
@@ -180,21 +221,32 @@ def _todos(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
     return f"TodoWrite: {len(todos)} todos, {done} done", f"Todo list: {items}"
 
 
+# Keys are tool names lower-cased with everything but letters removed ("run_shell_command" ->
+# "runshellcommand"): Claude Code's names, and the other agents' names for the same tools.
 DESCRIBERS: dict[str, Describer] = {
     "bash": _bash,
     "shell": _bash,
     "exec": _bash,
-    "run_terminal_cmd": _bash,
+    "runterminalcmd": _bash,
+    "runshellcommand": _bash,  # Gemini CLI
+    "executecommand": _bash,  # Cline
+    "applypatch": _patch,  # Codex
     "edit": _edit,
     "multiedit": _edit,
     "str_replace": _edit,
     "str_replace_editor": _edit,
+    "replace": _edit,  # Gemini CLI
     "write": _write,
     "create": _write,
+    "writefile": _write,  # Gemini CLI
+    "writetofile": _write,  # Cline
     "read": _read,
     "view": _read,
+    "readfile": _read,  # Gemini CLI, Cline
     "grep": _grep,
     "search": _grep,
+    "searchfilecontent": _grep,  # Gemini CLI
+    "searchfiles": _grep,  # Cline
     "glob": _glob,
     "webfetch": _fetch,
     "websearch": _fetch,

@@ -127,8 +127,9 @@ def stringify(value: Any) -> str:
 
 
 # The fields of a tool's output object that hold its text (Bash's stdout and stderr, an MCP
-# tool's result, a search's matched lines), in the order they are read.
-TOOL_TEXT_KEYS = ("stdout", "stderr", "output", "content", "result", "error", "message")
+# tool's result, a search's matched lines, what Gemini CLI's tools hand their model), in the
+# order they are read.
+TOOL_TEXT_KEYS = ("stdout", "stderr", "output", "content", "llmContent", "result", "error", "message")
 
 
 def tool_output_text(output: Any, *, as_json: bool = True) -> str:
