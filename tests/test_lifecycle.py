@@ -1,5 +1,8 @@
 """Summaries, reflect, crystallize and consolidate without any LLM: deterministic and useful."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from conftest import hook
@@ -124,6 +127,44 @@ def test_a_claude_code_session_is_summarised_in_words_not_json(client):
 ])
 def test_one_line_says_each_thing_once(label, narrative, line):
     assert summaries.one_line(label, narrative) == line
+
+
+CLIENT_FIXTURES = Path(__file__).parent / "fixtures" / "clients"
+
+
+@pytest.mark.parametrize("agent", sorted(p.stem for p in CLIENT_FIXTURES.glob("*.json")))
+def test_every_agents_session_is_summarised_by_its_work(client, agent):
+    # each agent's documented events, through its hook route: the summary counts and names the
+    # work, not the session's course (starts, turn ends, compactions) nor tool calls about to run
+    cases = json.loads((CLIENT_FIXTURES / f"{agent}.json").read_text())["cases"]
+    for case in cases:
+        payload = {**case["payload"], **({"agentmemory_event": case["event"]} if case.get("event") else {})}
+        assert client.post(f"/agentmemory/hooks/{agent}", json=payload).status_code == 200
+    first = cases[0]["payload"]
+    sid = next(first[k] for k in ("session_id", "conversation_id", "taskId", "sessionId") if first.get(k))
+    summary = client.post("/agentmemory/summarize", json={"sessionId": sid}).json["summary"]
+    narrative = summary["narrative"]
+    for noise in ("other", "session_start", "pre_compact", "post_compact", "session_end", "{", "*** ", ".."):
+        assert noise not in narrative, (noise, narrative)
+    assert "Asked: " in narrative
+    stored = client.get("/agentmemory/observations", query_string={"sessionId": sid}).json["observations"]
+    announced = {f for o in stored if o["hookType"] == "pre_tool_use" for f in o["files"]}
+    done = {f for o in stored if o["hookType"] != "pre_tool_use" for f in o["files"]}
+    assert not set(summary["filesModified"]) & (announced - done), summary["filesModified"]
+    if agent == "cline":  # its only write is announced (PreToolUse), never reported done
+        assert announced == {"src/main.ts"} and summary["filesModified"] == []
+
+
+def test_what_an_event_without_a_tool_says_titles_it(client):
+    copilot = {"sessionId": "cp-err", "cwd": "/work/site", "timestamp": 1764583200000,
+               "error": {"message": "rate limited", "name": "RateLimitError"}, "agentmemory_event": "errorOccurred"}
+    assert client.post("/agentmemory/hooks/copilot", json=copilot).status_code == 200
+    [event] = client.get("/agentmemory/observations", query_string={"sessionId": "cp-err"}).json["observations"]
+    assert event["title"].startswith("error_occurred: ") and "rate limited" in event["title"], event["title"]
+    opencode = {"hook_event_name": "session.created", "session_id": "oc-new", "cwd": "/work/game", "title": "New session"}
+    assert client.post("/agentmemory/hooks/opencode", json=opencode).status_code == 200
+    [start] = client.get("/agentmemory/observations", query_string={"sessionId": "oc-new"}).json["observations"]
+    assert start["narrative"] == "New session"
 
 
 def test_summarize_route(client):

@@ -13,6 +13,7 @@ from typing import Any
 
 from agentmemory_server.capture.describe import describe, patch_text, patched_files
 from agentmemory_server.kernel.util import stringify, truncate
+from agentmemory_server.memory.summaries import LIFECYCLE_HOOKS
 
 OBSERVATION_TYPES = (
     "file_read",
@@ -63,7 +64,6 @@ _SEPARATORS = re.compile(r"[\s\-.:/]+")
 _IMPORTANCE = {"error": 7, "file_edit": 6, "file_write": 6, "decision": 7, "file_read": 4, "search": 4}
 # Session bookkeeping (raw client hooks record every start, turn end and compaction): kept for the
 # timeline, ranked below anything a next session should be told about.
-_LIFECYCLE_HOOKS = frozenset({"session_start", "session_end", "stop", "pre_compact", "post_compact"})
 LIFECYCLE_IMPORTANCE = 2
 
 
@@ -161,12 +161,14 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
     input_text = stringify(f["toolInput"])
     prompt = stringify(f["userPrompt"])
 
+    # what an event without a tool says: its label, its words, else its error ("rate limited")
+    says = f["label"] or f["said"] or (None if tool_name else f["toolOutput"])
     if prompt:
         title = prompt
-    elif (f["label"] or f["said"]) and not tool_name:
+    elif says:
         # "stop: Fixed the flaky test ...", "notification: Claude needs your permission ...": a
         # list of events titled only by their hook says nothing about them
-        title = f"{hook_type}: {stringify(f['label'] or f['said'])}"
+        title = f"{hook_type}: {stringify(says)}"
     else:
         title = tool_name or hook_type
     parts = [prompt, input_text, stringify(f["toolOutput"]), stringify(f["message"])]
@@ -174,7 +176,9 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
     if tool_name and not prompt:
         title, narrative = describe(tool_name, f["toolInput"], f["toolOutput"], failed=hook_type == "post_tool_failure")
     if not narrative and data not in (None, "", {}):
-        narrative = stringify(data)
+        # an event that carries only a label (OpenCode's session.created: its title) says that,
+        # not its JSON
+        narrative = stringify(f["label"]) or stringify(data)
 
     compressed: dict[str, Any] = {
         "type": obs_type,
@@ -183,7 +187,7 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         "narrative": truncate(narrative, 400),
         "concepts": [],
         "files": extract_files(f["toolInput"], tool_name),
-        "importance": LIFECYCLE_IMPORTANCE if hook_type in _LIFECYCLE_HOOKS else _IMPORTANCE.get(obs_type, 5),
+        "importance": LIFECYCLE_IMPORTANCE if hook_type in LIFECYCLE_HOOKS else _IMPORTANCE.get(obs_type, 5),
         "confidence": 0.3,
     }
     if input_text:

@@ -88,6 +88,24 @@ def session_observations(ctx: Ctx, store, session_id: str, last: int | None = No
 # -- facts about a list of observations ----------------------------------------------------------------
 
 
+# Hooks that mark a session's course (it started, a turn or the session ended, the context was
+# compacted) rather than work done in it; capture gives them a low importance for the same reason.
+LIFECYCLE_HOOKS = frozenset({"session_start", "session_end", "stop", "pre_compact", "post_compact"})
+# Hooks that announce a tool call before it runs: what they name has not happened yet.
+INTENT_HOOKS = frozenset({"pre_tool_use", "permission_request"})
+
+
+def is_lifecycle(obs: dict[str, Any]) -> bool:
+    """A session start, turn end, session end or compaction, as captured (not retyped by a model)."""
+    return obs.get("hookType") in LIFECYCLE_HOOKS and (obs.get("type") or "other") == "other"
+
+
+def is_work(obs: dict[str, Any]) -> bool:
+    """Something done in the session: not its course (lifecycle) nor a tool call announced before
+    it ran (its post_tool_use, when the client sends one, is the work)."""
+    return not is_lifecycle(obs) and obs.get("hookType") not in INTENT_HOOKS
+
+
 def is_failure(obs: dict[str, Any]) -> bool:
     """An error event, or a command whose output says it failed."""
     return obs.get("type") == "error" or (
@@ -112,8 +130,12 @@ def step_label(obs: dict[str, Any]) -> str:
             command = parsed.get("command") if isinstance(parsed, dict) else None
         except ValueError:
             command = None
-    # a command as it was typed; else the title capture wrote ("Edit src/a.py: replace 2 lines"),
-    # not the subtitle, which is the tool's input as JSON
+    # a command as it was typed; else the title capture wrote ("Edit src/a.py: replace 2 lines",
+    # "Patch src/a.rs: update"), not the subtitle, which is the tool's input as JSON (and Codex's
+    # apply_patch carries its whole patch as ``command``)
+    ran = obs.get("type") in ("command_run", "error") and "patch" not in str(obs.get("toolName") or "").lower()
+    if not ran:
+        command = None
     return truncate(" ".join((command or obs.get("title") or obs.get("subtitle") or "").split()), 80)
 
 
@@ -154,7 +176,7 @@ def one_line(label: str, narrative: str) -> str:
     with the label ("Read a.py: def f()" for "Read a.py") stands alone, and one the label was
     cut from ("stop: Fixed the test…" for "Fixed the test and pushed") replaces the cut part."""
     label, narrative = " ".join(label.split()), " ".join(narrative.split())
-    if not narrative or narrative == label:
+    if not narrative or narrative in label:  # "Read a.md -> failed: not found" and "not found"
         return label
     if narrative.startswith(label.rstrip("…")):
         return narrative
@@ -174,7 +196,12 @@ def kind_of(obs: dict[str, Any]) -> str:
 
 
 def files_changed(observations: list[dict]) -> list[str]:
-    files = [f for o in observations if o.get("type") in ("file_edit", "file_write") for f in o.get("files") or []]
+    files = [
+        f
+        for o in observations
+        if o.get("type") in ("file_edit", "file_write") and is_work(o)
+        for f in o.get("files") or []
+    ]
     return list(dict.fromkeys(files))
 
 
@@ -204,7 +231,7 @@ def _duration(observations: list[dict]) -> str:
 
 def type_counts(observations: list[dict], most: int = 5) -> str:
     """The commonest kinds of observation in plain words: "3 commands, 2 edits"."""
-    counts = Counter(kind_of(o) for o in observations)
+    counts = Counter(kind_of(o) for o in observations if is_work(o))
     parts = []
     for obs_type, count in counts.most_common(most):
         label = _TYPE_LABELS.get(obs_type, obs_type)
@@ -228,7 +255,8 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
     title = session.get("title") or session.get("firstPrompt") or (prompts[0] if prompts else "")
     if not title:
         title = f"Session {session['id'][:8]}: {type_counts(observations) or 'no activity'}"
-    parts = [f"{plural(len(observations), 'observation')}{_duration(observations)}: {type_counts(observations)}."]
+    kinds = type_counts(observations)
+    parts = [f"{plural(len(observations), 'observation')}{_duration(observations)}" + (f": {kinds}." if kinds else ".")]
     if prompts:
         more = f" (+{len(prompts) - 1} more prompts)" if len(prompts) > 1 else ""
         parts.append(f'Asked: "{truncate(prompts[0], 160)}"{more}.')
@@ -237,11 +265,11 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
     if errors:
         parts.append(f"{len(errors)} failure(s); last: {describe(errors[-1])}.")
     notable = sorted(
-        (o for o in observations if not is_failure(o) and o.get("type") != "conversation"),
+        (o for o in observations if not is_failure(o) and o.get("type") != "conversation" and is_work(o)),
         key=lambda o: -int(o.get("importance") or 0),
     )[:3]
     if notable:
-        parts.append("Notable: " + "; ".join(describe(o, 120) for o in notable) + ".")
+        parts.append("Notable: " + "; ".join(describe(o, 120) for o in notable).rstrip(".") + ".")
     decisions = [o.get("title", "") for o in observations if o.get("type") in ("decision", "discovery")]
     concepts = list(
         dict.fromkeys([c for o in observations for c in o.get("concepts") or []] + top_terms(observations))
