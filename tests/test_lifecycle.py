@@ -178,6 +178,19 @@ def test_summarize_route(client):
     assert client.post("/agentmemory/summarize", json={"sessionId": "ghost"}).status_code == 404
 
 
+def test_a_tool_call_announced_before_it_ran_counts_once_in_the_sessions_patterns(client, call):
+    for i, hook_type in enumerate(["pre_tool_use", "post_tool_use", "pre_tool_use", "post_tool_use"]):
+        command = "pytest -q" if i < 2 else "ruff check ."
+        output = {"tool_output": "3 passed"} if hook_type == "post_tool_use" else {}
+        client.post("/agentmemory/observe", json=hook("announced", hook_type, project="shop",
+                                                      timestamp=f"2026-11-01T10:0{i}:00Z",
+                                                      data={"tool_name": "Bash", "tool_input": {"command": command},
+                                                            **output}))
+    call("memory_reflect", sessionId="announced")
+    patterns = call("memory_slot_get", label="session_patterns", project="shop")["slot"]["content"]
+    assert "- commands: 2 in last 4 observations" in patterns and "Bash (2)" in patterns, patterns
+
+
 def test_reflect_on_session_fills_slots(client, call):
     record_work_session(client)
     out = call("memory_reflect", sessionId="work")

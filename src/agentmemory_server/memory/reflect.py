@@ -60,8 +60,9 @@ def fit_tail(lines: list[str], limit: int, keep_first: int = 0) -> str:
 def pattern_lines(session_id: str, observations: list[dict], now: str) -> list[str]:
     n = len(observations)
     errors = sum(1 for o in observations if summaries.is_failure(o))
-    commands = sum(1 for o in observations if o.get("type") == "command_run")
-    tools = Counter(o["toolName"] for o in observations if o.get("toolName"))
+    # a call announced before it ran (pre_tool_use) is counted once, when it is reported done
+    commands = sum(1 for o in observations if o.get("type") == "command_run" and summaries.is_work(o))
+    tools = Counter(o["toolName"] for o in observations if o.get("toolName") and summaries.is_work(o))
     lines = [
         f"last reflection: {now} (session {session_id})",
         f"- errors: {errors} in last {n} observations",
