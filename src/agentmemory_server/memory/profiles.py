@@ -4,7 +4,8 @@ A profile sums up a project from its most recent observations: top concepts, mos
 files, common errors, recent activity. It is deterministic: observations compressed without an
 LLM carry no concepts, so concepts are also derived from their text (frequent content words,
 file stems and command names, counted once per observation). Profiles are cached in
-``mem:profiles`` (key = project) for an hour; ``refresh`` recomputes.
+``mem:profiles`` (key = project) for an hour, or until a session of the project ends;
+``refresh`` recomputes.
 """
 
 from __future__ import annotations
@@ -188,6 +189,18 @@ def get_profile(ctx: Ctx, project: str, *, refresh: bool, agent_id: str | None =
             tx.records.set(PROFILES, project, profile, now=profile["updatedAt"])
             tx.audit_message = f"profile of {project!r} refreshed"
     return profile, False
+
+
+def forget_profile_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
+    """A session that ended has changed what its project is about: its cached profile goes, and
+    the next context or /profile computes it again. (Cached for an hour alone, a profile made at a
+    project's first session start, from nothing yet, stood in every context of the next hour.)"""
+    project = session.get("project")
+    if not project or ctx.rt.db.reader().records.get(PROFILES, project) is None:
+        return
+    with ctx.rt.db.transaction("profile", agent_id=ctx.rt.settings.agent_id) as tx:
+        if tx.records.delete(PROFILES, project):
+            tx.audit_message = f"profile of {project!r} dropped: session {session.get('id')} ended"
 
 
 @tool(
