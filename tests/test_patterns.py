@@ -30,3 +30,38 @@ def test_other_projects_do_not_leak_and_prompt_works(client):
     r = client.post("/agentmemory/mcp/prompts/get", json={"name": "detect_patterns", "arguments": {"project": "other"}})
     assert r.status_code == 200
     assert "no module named yaml" in r.json["messages"][0]["content"]["text"]
+
+
+def test_a_projects_patterns_and_concepts_are_its_own_words(client):
+    # Claude Code sessions in /home/ana/code/shop: every record holds that checkout's directories
+    # and this server's own template words ("Ran", "exit", "replace 1 line"); neither is a concept
+    for i, sid in enumerate(("w1", "w2", "w3")):
+        base = {"session_id": sid, "cwd": "/home/ana/code/shop"}
+        events = [
+            {"hook_event_name": "SessionStart", "source": "startup"},
+            {"hook_event_name": "UserPromptSubmit", "prompt": f"Fix the invoice rounding, round {i}"},
+            {"hook_event_name": "PostToolUse", "tool_name": "Edit", "tool_use_id": f"{sid}-e",
+             "tool_input": {"file_path": "/home/ana/code/shop/src/invoice.ts", "old_string": "a", "new_string": "b"},
+             "tool_response": {"filePath": "/home/ana/code/shop/src/invoice.ts"}},
+            {"hook_event_name": "PostToolUse", "tool_name": "Bash", "tool_use_id": f"{sid}-t",
+             "tool_input": {"command": "npm test"}, "tool_response": {"stdout": "Tests: 9 passed", "stderr": ""}},
+            {"hook_event_name": "Stop", "last_assistant_message": "Invoice totals now round half-even."},
+            {"hook_event_name": "SessionEnd", "reason": "exit"},
+        ]
+        for event in events:
+            assert client.post("/agentmemory/hooks/claude-code", json={**base, **event}).status_code == 200
+    patterns = client.post("/agentmemory/patterns", json={"project": "shop"}).json["patterns"]
+    found = {(p["kind"], p["pattern"]) for p in patterns}
+    assert ("command", "npm test") in found and ("concept", "invoice") in found, found
+    concepts = {p["pattern"] for p in patterns if p["kind"] == "concept"}
+    profile = client.get("/agentmemory/profile", query_string={"project": "shop", "refresh": "true"}).json["profile"]
+    concepts |= {c["concept"] for c in profile["topConcepts"]}
+    assert not concepts & {"home", "ana", "code", "shop", "exit", "replace", "passed", "session_end", "sessionend"}
+
+
+def test_paths_count_by_their_file_names():
+    from agentmemory_server.memory.vocabulary import file_names_only
+
+    assert file_names_only("Edit /home/ana/code/shop/src/cart.ts: replace 1 line") == "Edit cart.ts: replace 1 line"
+    assert file_names_only("see src/a.py, ./b/c.md and ~/notes/todo.txt") == "see a.py, c.md and todo.txt"
+    assert file_names_only("no path here") == "no path here"

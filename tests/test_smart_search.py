@@ -194,6 +194,24 @@ def test_profile_is_computed_cached_and_refreshed(rt, client):
     assert "Key files: src/cart.py" in context["context"]
 
 
+def test_a_profile_made_before_a_session_ended_is_made_again_after_it(rt, client):
+    # a project's first session start caches a profile of (almost) nothing; the session's work
+    # must show in the next session's profile, not an hour later
+    client.post("/agentmemory/session/start", json={"sessionId": "first", "project": "shop"})
+    early = client.get("/agentmemory/profile?project=shop").json
+    assert early["profile"]["topFiles"] == []
+    for i in range(2):
+        client.post("/agentmemory/observe", json=make_hook("first", "post_tool_use", project="shop",
+                    timestamp=f"2026-01-01T00:0{i}:00Z",
+                    data={"tool_name": "Edit", "tool_input": {"file_path": "src/cart.py"}, "tool_output": "ok"}))
+    assert client.get("/agentmemory/profile?project=shop").json["cached"] is True  # within the hour
+    assert client.post("/agentmemory/session/end", json={"sessionId": "first"}).status_code == 200
+    after = client.get("/agentmemory/profile?project=shop").json
+    assert after["cached"] is False and after["profile"]["topFiles"] == [{"file": "src/cart.py", "frequency": 2}]
+    context = client.post("/agentmemory/context", json={"sessionId": "second", "project": "shop"}).json
+    assert "Key files: src/cart.py" in context["context"]
+
+
 def test_file_context_and_enrich(rt, client):
     note(rt, "old", "Refactored the session cookie parser", files=["/repo/src/auth/cookies.py"])
     note(rt, "old", "TypeError in the cookie parser on empty header", type_="error", files=["/repo/src/auth/cookies.py"])

@@ -126,6 +126,7 @@ HOOKS = Hooks(
     # working-memory summary, and last the model work queued for the background.
     session_end=(
         summaries.summarize_on_session_end,
+        profiles.forget_profile_on_session_end,
         reflect.reflect_on_session_end,
         working_tools.summarise_on_session_end,
         llm_steps.queue_session_model_work,

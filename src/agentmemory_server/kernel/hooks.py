@@ -4,8 +4,8 @@ Features never append themselves to each other's lists at import time: ``wiring.
 ``Hooks`` value naming every hook in its order, and the runtime carries it. A feature that offers
 an extension point runs ``ctx.rt.hooks.<point>`` in sequence.
 
-- ``session_end(ctx, session)``: after a session is marked completed (summary, then reflection,
-  then working-memory summary, then background model work). They run inside
+- ``session_end(ctx, session)``: after a session is marked completed (summary, then the project's
+  cached profile dropped, reflection, working-memory summary, then background model work). They run inside
   ``model_steps.deterministic_only()``, so a session end never waits for a model.
 - ``observe(ctx, tx, observation)``: inside ``store_observation``'s transaction for each new
   observation (the LLM layer queues its background compression here, so a crash cannot lose it).

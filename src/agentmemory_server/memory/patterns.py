@@ -13,20 +13,24 @@ from typing import Any
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, integer, params, tool
 from agentmemory_server.kernel.util import truncate
-from agentmemory_server.memory.profiles import SAMPLE, _error_key, derived_concepts
+from agentmemory_server.memory import summaries
+from agentmemory_server.memory.profiles import MIN_IMPORTANCE, SAMPLE, _error_key, derived_concepts
 from agentmemory_server.retrieval import search
 
 MIN_SESSIONS = 2
 
 
 def _facets(obs: dict[str, Any]) -> list[tuple[str, str]]:
-    """(kind, key) pairs an observation contributes."""
+    """(kind, key) pairs an observation contributes (none for session bookkeeping: a start, a
+    turn end, a compaction say nothing about the project, as in its profile)."""
+    if obs.get("importance", 5) < MIN_IMPORTANCE:
+        return []
     found = [("file", str(f)) for f in obs.get("files") or []]
     found += [("concept", c) for c in derived_concepts(obs)]
     if obs.get("type") == "error":
         found.append(("error", _error_key(obs)))
-    if obs.get("type") == "command_run" and obs.get("subtitle"):
-        found.append(("command", truncate(" ".join(obs["subtitle"].split()), 160)))
+    if obs.get("type") == "command_run" and (obs.get("subtitle") or obs.get("title")):
+        found.append(("command", truncate(summaries.step_label(obs), 160)))  # the command as typed, not its JSON
     return found
 
 

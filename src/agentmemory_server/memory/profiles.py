@@ -4,7 +4,8 @@ A profile sums up a project from its most recent observations: top concepts, mos
 files, common errors, recent activity. It is deterministic: observations compressed without an
 LLM carry no concepts, so concepts are also derived from their text (frequent content words,
 file stems and command names, counted once per observation). Profiles are cached in
-``mem:profiles`` (key = project) for an hour; ``refresh`` recomputes.
+``mem:profiles`` (key = project) for an hour, or until a session of the project ends;
+``refresh`` recomputes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, params, tool
 from agentmemory_server.kernel.scopes import PROFILES
 from agentmemory_server.kernel.util import parse_time, truncate
+from agentmemory_server.memory.vocabulary import TEMPLATE_WORDS, file_names_only
 from agentmemory_server.retrieval import search
 
 PROFILE_TTL = timedelta(hours=1)
@@ -30,92 +32,97 @@ TOP = 15
 
 _WORD = re.compile(r"[a-z][a-z0-9_\-]{2,30}")
 _NUMERIC_NOISE = re.compile(r"\d")
-# Words that describe every coding session and so say nothing about a project.
-NOISE = search.STOPWORDS | frozenset(
-    [
-        "also",
-        "file",
-        "files",
-        "line",
-        "lines",
-        "tool",
-        "tools",
-        "true",
-        "false",
-        "none",
-        "null",
-        "error",
-        "errors",
-        "output",
-        "input",
-        "result",
-        "results",
-        "value",
-        "values",
-        "text",
-        "code",
-        "test",
-        "tests",
-        "using",
-        "used",
-        "use",
-        "make",
-        "made",
-        "need",
-        "needs",
-        "new",
-        "get",
-        "set",
-        "run",
-        "runs",
-        "ran",
-        "done",
-        "just",
-        "like",
-        "want",
-        "sure",
-        "okay",
-        "yes",
-        "let",
-        "see",
-        "look",
-        "thing",
-        "things",
-        "work",
-        "works",
-        "working",
-        "change",
-        "changes",
-        "changed",
-        "add",
-        "added",
-        "update",
-        "updated",
-        "read",
-        "write",
-        "edit",
-        "bash",
-        "grep",
-        "glob",
-        "task",
-        "command",
-        "content",
-        "session",
-        "prompt",
-        "user",
-        "assistant",
-        "http",
-        "https",
-        "www",
-        "com",
-        "json",
-        "path",
-        "data",
-        "true",
-        "string",
-        "number",
-        "type",
-    ]
+# Words that describe every coding session and so say nothing about a project (and the words of
+# this server's own titles and summaries).
+NOISE = (
+    search.STOPWORDS
+    | TEMPLATE_WORDS
+    | frozenset(
+        [
+            "also",
+            "file",
+            "files",
+            "line",
+            "lines",
+            "tool",
+            "tools",
+            "true",
+            "false",
+            "none",
+            "null",
+            "error",
+            "errors",
+            "output",
+            "input",
+            "result",
+            "results",
+            "value",
+            "values",
+            "text",
+            "code",
+            "test",
+            "tests",
+            "using",
+            "used",
+            "use",
+            "make",
+            "made",
+            "need",
+            "needs",
+            "new",
+            "get",
+            "set",
+            "run",
+            "runs",
+            "ran",
+            "done",
+            "just",
+            "like",
+            "want",
+            "sure",
+            "okay",
+            "yes",
+            "let",
+            "see",
+            "look",
+            "thing",
+            "things",
+            "work",
+            "works",
+            "working",
+            "change",
+            "changes",
+            "changed",
+            "add",
+            "added",
+            "update",
+            "updated",
+            "read",
+            "write",
+            "edit",
+            "bash",
+            "grep",
+            "glob",
+            "task",
+            "command",
+            "content",
+            "session",
+            "prompt",
+            "user",
+            "assistant",
+            "http",
+            "https",
+            "www",
+            "com",
+            "json",
+            "path",
+            "data",
+            "true",
+            "string",
+            "number",
+            "type",
+        ]
+    )
 )
 
 
@@ -126,7 +133,7 @@ def derived_concepts(obs: dict[str, Any]) -> list[str]:
     """Concepts of one observation: its own, else content words, file stems and the command."""
     if obs.get("concepts"):
         return [str(c).lower() for c in obs["concepts"]][:20]
-    text = f"{obs.get('title', '')} {obs.get('narrative', '')}".lower()
+    text = file_names_only(f"{obs.get('title', '')} {obs.get('narrative', '')}").lower()
     words = [w.strip("-_") for w in _WORD.findall(text)]
     concepts = {w for w in words if w not in NOISE and not _NUMERIC_NOISE.search(w) and len(w) > 3}
     for path in obs.get("files") or []:
@@ -188,6 +195,18 @@ def get_profile(ctx: Ctx, project: str, *, refresh: bool, agent_id: str | None =
             tx.records.set(PROFILES, project, profile, now=profile["updatedAt"])
             tx.audit_message = f"profile of {project!r} refreshed"
     return profile, False
+
+
+def forget_profile_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
+    """A session that ended has changed what its project is about: its cached profile goes, and
+    the next context or /profile computes it again. (Cached for an hour alone, a profile made at a
+    project's first session start, from nothing yet, stood in every context of the next hour.)"""
+    project = session.get("project")
+    if not project or ctx.rt.db.reader().records.get(PROFILES, project) is None:
+        return
+    with ctx.rt.db.transaction("profile", agent_id=ctx.rt.settings.agent_id) as tx:
+        if tx.records.delete(PROFILES, project):
+            tx.audit_message = f"profile of {project!r} dropped: session {session.get('id')} ended"
 
 
 @tool(

@@ -23,7 +23,8 @@ from agentmemory_server.kernel.scopes import CRYSTALS, INSIGHTS, LESSONS, MEMORI
 from agentmemory_server.kernel.util import truncate
 from agentmemory_server.memory import slots, summaries
 from agentmemory_server.memory.lessons import reinforce
-from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.memory.profiles import NOISE
+from agentmemory_server.memory.vocabulary import file_names_only
 
 log = logging.getLogger("agentmemory.reflect")
 _TODO = re.compile(r"\b(?:TODO|FIXME)\b[\s:!\-–—)]*(.*)", re.IGNORECASE)
@@ -170,8 +171,8 @@ def _items(ctx: Ctx, store, project: str | None) -> list[dict[str, Any]]:
             if project is not None and rec.get("project") not in (None, project):
                 continue  # a project's reflection uses its own and global items; none given: all
             tags = [str(t).lower() for t in rec.get(tag_field) or [] if kind != "crystal"]
-            text = f"{rec.get('title', '')} {rec.get(text_field, '')}".lower()
-            terms = set(tags) | {w for w in _TERM.findall(text) if w not in STOPWORDS}
+            text = file_names_only(f"{rec.get('title', '')} {rec.get(text_field, '')}").lower()
+            terms = set(tags) | {w for w in _TERM.findall(text) if w not in NOISE}
             items.append(
                 {"id": rec["id"], "kind": kind, "text": truncate(rec.get(text_field) or "", 120), "terms": terms}
             )
