@@ -74,6 +74,27 @@ def test_the_first_prompt_brings_its_relevant_records_first(client, rt):
     assert "relevant" not in client.post("/agentmemory/context", json={"sessionId": "quiet", "project": "p"}).json["kinds"]
     small = client.post("/agentmemory/context", json={"sessionId": "new", "project": "p", "budget": 60}).json
     assert small["tokens"] <= 60 and small["kinds"] and set(small["kinds"]) == {"relevant"}
+def test_the_same_failure_in_several_sessions_is_said_once(client, rt):
+    failure = {"tool_name": "Bash", "tool_input": {"command": "npm run lint"},
+               "error": "eslint: 'Decimal' is not defined (no-undef) src/cart.ts:3"}
+    for i in range(3):
+        client.post("/agentmemory/observe", json=hook(f"lint{i}", "post_tool_failure", project="p",
+                                                      timestamp=f"2026-11-0{i + 1}T10:00:00Z", data=failure))
+    client.post("/agentmemory/observe", json=hook("now", "prompt_submit", project="p",
+                                                  data={"prompt": "eslint says Decimal is not defined"}))
+    rt.db.flush()
+    text = client.post("/agentmemory/context", json={"sessionId": "now", "project": "p"}).json["context"]
+    relevant = text.split("Relevant to this session's first prompt")[1].split("##")[0]
+    assert relevant.count("is not defined") == 1, relevant
+    assert relevant.count("no-undef") == 1  # the error is not repeated after the output that holds it
+    # and the prompt's relevant-memories block of a hook route says it once too
+    answer = client.post("/agentmemory/hooks/claude-code", json={
+        "session_id": "next", "cwd": "/x/p", "hook_event_name": "UserPromptSubmit",
+        "prompt": "why does eslint say Decimal is not defined?"}).json
+    block = answer["hookSpecificOutput"]["additionalContext"]
+    assert block.count("Bash: npm run lint") == 1, block
+
+
 def test_saved_memories_reach_the_context_block(client):
     """On the previous main saved memories never appeared in the context block (only in
     pre-tool-use enrichment): a new session did not learn what the last one decided to keep."""

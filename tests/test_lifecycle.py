@@ -320,6 +320,26 @@ def test_consolidating_a_group_larger_than_a_memory_can_cite_keeps_the_newest_so
     assert call("memory_consolidate")["unchanged"] == out["consolidated"]  # the state keeps all 230
 
 
+def test_a_group_of_one_day_is_dated_on_that_day(client, call):
+    for i in range(5):
+        client.post("/agentmemory/observe", json=edit(f"d{i}", "src/tax.py", f"2026-11-05T1{i}:00:00Z"))
+    call("memory_consolidate")
+    [tax] = [m for m in call("memories_list")["memories"] if "src/tax.py" in m["title"]]
+    assert "5 observations across 5 session(s) on 2026-11-05 (" in tax["content"], tax["content"]
+
+
+def test_a_todo_cut_short_in_a_title_gives_way_to_the_whole_one(client, call):
+    lead = "Discount field added; a test still fails in the checkout suite. "  # "stop: " + this + "TODO: fix" = 79
+    words = lead + "TODO: fix the checkout test."
+    event = {"session_id": "todo-cut", "cwd": "/work/shop", "hook_event_name": "Stop", "last_assistant_message": words}
+    assert client.post("/agentmemory/hooks/claude-code", json=event).status_code == 200
+    [stop] = client.get("/agentmemory/observations", query_string={"sessionId": "todo-cut"}).json["observations"]
+    assert stop["title"].endswith("TODO: fix…"), stop["title"]  # the title is cut at 80 characters
+    call("slot_reflect", sessionId="todo-cut")
+    pending = call("memory_slot_get", label="pending_items", project="shop")["slot"]["content"]
+    assert pending == "- TODO: fix the checkout test.", pending
+
+
 def test_consolidate_needs_enough_observations(call, client):
     client.post("/agentmemory/observe", json=edit("s", "a.py", "2026-11-01T10:00:00Z"))
     out = call("memory_consolidate")

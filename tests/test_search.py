@@ -67,3 +67,22 @@ def test_search_validation(client):
     assert r.status_code == 400 and r.json["details"]["field"] == "limit"
     r = client.post("/agentmemory/search", json={"query": "x", "format": "xml"})
     assert r.status_code == 400 and "full, compact, narrative" in r.json["error"]
+
+
+def test_a_session_end_does_not_answer_for_the_work_before_it(client, call):
+    # records are indexed with their session's previous records as context (a turn answers what
+    # the turn before asked); a session's end is not an answer to anything
+    failure = {"tool_name": "Bash", "tool_input": {"command": "npm run lint"},
+               "error": "eslint: 'Decimal' is not defined (no-undef)"}
+    client.post("/agentmemory/observe", json=hook("lint", "post_tool_failure", project="p",
+                                                  timestamp="2026-11-01T10:00:00Z", data=failure))
+    client.post("/agentmemory/observe", json=hook("lint", "post_tool_use", project="p", timestamp="2026-11-01T10:01:00Z",
+                                                  data={"tool_name": "Read", "tool_input": {"file_path": "notes.md"},
+                                                        "tool_output": "shopping list"}))
+    client.post("/agentmemory/observe", json=hook("lint", "session_end", project="p",
+                                                  timestamp="2026-11-01T10:02:00Z", data={"reason": "exit"}))
+    call.rt.db.flush()
+    found = [r["hookType"] for r in call("memory_recall", query="eslint Decimal", project="p", limit=10)["results"]
+             for r in [r["observation"]]]
+    assert "post_tool_failure" in found and "post_tool_use" in found  # the next step still has its context
+    assert "session_end" not in found, found

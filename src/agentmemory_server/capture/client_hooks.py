@@ -143,6 +143,8 @@ def relevant_memories(ctx: Ctx, session_id: str, project: str | None, prompt: st
             continue
         narrative = truncate(" ".join(str(row.get("narrative") or "").split()), 200)
         line = f"- [{row.get('type', 'other')}] {escape(summaries.one_line(str(row['title']), narrative))}"
+        if line in lines:  # the same failure in three sessions is said once
+            continue
         cost = estimate_tokens(line + "\n")
         if cost > remaining:
             break

@@ -13,7 +13,7 @@ from typing import Any
 
 from agentmemory_server.capture.describe import describe, patch_text, patched_files
 from agentmemory_server.kernel.util import stringify, truncate
-from agentmemory_server.memory.summaries import LIFECYCLE_HOOKS
+from agentmemory_server.retrieval.search import LIFECYCLE_HOOKS
 
 OBSERVATION_TYPES = (
     "file_read",

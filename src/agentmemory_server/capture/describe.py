@@ -284,5 +284,8 @@ def describe(tool_name: str, tool_input: Any, output: Any, *, failed: bool = Fal
         title = f"{title} -> failed" + (f": {reason}" if reason else "")
     if failed:  # the error is what the next session needs to recognise; it ends the narrative
         error = " ".join(_output_text(output).split())[-300:]
-        narrative = f"{narrative} | {error}" if error else f"{narrative} | failed"
+        if not error:
+            narrative = f"{narrative} | failed"
+        elif not " ".join(narrative.split()).endswith(error):  # a command's output tail may hold it already
+            narrative = f"{narrative} | {error}"
     return title, narrative

@@ -22,6 +22,7 @@ from agentmemory_server.kernel.scopes import CONSOLIDATION as STATE
 from agentmemory_server.kernel.scopes import PROCEDURAL, RELATIONS, SEMANTIC, SUMMARIES
 from agentmemory_server.kernel.util import truncate
 from agentmemory_server.memory import memories, summaries
+from agentmemory_server.memory.vocabulary import TEMPLATE_WORDS, file_names_only
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval.search import STOPWORDS
 
@@ -60,8 +61,8 @@ _GENERIC = frozenset(
 def observation_keys(obs: dict[str, Any]) -> set[str]:
     keys = {f"file:{f}" for f in obs.get("files") or []}
     keys |= {f"concept:{str(c).lower()}" for c in obs.get("concepts") or []}
-    text = f"{obs.get('title', '')} {obs.get('narrative', '')}".lower()
-    keys |= {f"term:{w}" for w in _WORD.findall(text) if w not in STOPWORDS and w not in _GENERIC}
+    text = file_names_only(f"{obs.get('title', '')} {obs.get('narrative', '')}").lower()
+    keys |= {f"term:{w}" for w in _WORD.findall(text) if w not in STOPWORDS and w not in _GENERIC | TEMPLATE_WORDS}
     return keys
 
 
@@ -93,6 +94,11 @@ def find_groups(observations: list[dict], max_groups: int) -> list[tuple[str, li
     return chosen
 
 
+def _days(first: str, last: str) -> str:
+    """When a group's observations were made: "on 2026-12-06", or "from ... to ..."."""
+    return f"on {first}" if first == last else f"from {first} to {last}"
+
+
 def draft_memory(key: str, group: list[dict]) -> dict[str, Any]:
     kind, value = key.split(":", 1)
     label = f"work on {value}" if kind == "file" else f"'{value}'"
@@ -112,7 +118,7 @@ def draft_memory(key: str, group: list[dict]) -> dict[str, Any]:
     files = list(dict.fromkeys(f for o in group for f in o.get("files") or []))[:10]
     content = (
         f"Recurring {label}: {len(group)} observations across {len(sessions)} session(s) "
-        f"from {stamps[0][:10]} to {stamps[-1][:10]} ({summaries.type_counts(group, 3)}). Highlights: "
+        f"{_days(stamps[0][:10], stamps[-1][:10])} ({summaries.type_counts(group, 3)}). Highlights: "
         + "; ".join(highlights)
         + "."
         + (f" Files: {', '.join(files[:5])}." if files else "")

@@ -47,7 +47,9 @@ def extract_todos(observations: list[dict]) -> list[str]:
             rest = " ".join(match.group(1).split()).strip(" \"'`,;") if match else ""
             if len(rest) >= 3:
                 found.append(f"- TODO: {truncate(rest, 200)}")
-    return list(dict.fromkeys(found))
+    found = list(dict.fromkeys(found))
+    # a title is cut at 80 characters: its TODO ("fix…") gives way to the narrative's whole one
+    return [t for t in found if not (t.endswith("…") and any(o != t and o.startswith(t[:-1]) for o in found))]
 
 
 def fit_tail(lines: list[str], limit: int, keep_first: int = 0) -> str:

@@ -24,7 +24,7 @@ from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import parse_time, stringify, tool_output_text, truncate
 from agentmemory_server.memory.vocabulary import TEMPLATE_WORDS, file_names_only
-from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.retrieval.search import LIFECYCLE_HOOKS, STOPWORDS
 
 log = logging.getLogger("agentmemory.summaries")
 MAX_OBSERVATIONS = 5000
@@ -89,9 +89,6 @@ def session_observations(ctx: Ctx, store, session_id: str, last: int | None = No
 # -- facts about a list of observations ----------------------------------------------------------------
 
 
-# Hooks that mark a session's course (it started, a turn or the session ended, the context was
-# compacted) rather than work done in it; capture gives them a low importance for the same reason.
-LIFECYCLE_HOOKS = frozenset({"session_start", "session_end", "stop", "pre_compact", "post_compact"})
 # Hooks that announce a tool call before it runs: what they name has not happened yet.
 INTENT_HOOKS = frozenset({"pre_tool_use", "permission_request"})
 

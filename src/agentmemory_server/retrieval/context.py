@@ -168,11 +168,15 @@ def relevant_records(req: BlockRequest) -> list[Block]:
     if not pairs:
         return []
     blocks = [Block("relevant", "## Relevant to this session's first prompt", _RELEVANT_RECENCY.format(998), [])]
+    said: set[str] = set()
     for rank, (hit, record) in enumerate(pairs):
         obs = recall.as_observation(hit, record)
         body = " ".join(str(obs.get("narrative") or obs.get("title") or "").split())
         day = str(obs.get("timestamp") or "")[:10]
         text = escape(truncate(body, RELEVANT_CHARS))
+        if text in said:  # the same failure in three sessions: once, on the best-ranked day
+            continue
+        said.add(text)
         line = f"- ({escape(day)}) {text}" if day else f"- {text}"
         blocks.append(Block("relevant", line, _RELEVANT_RECENCY.format(997 - rank), [hit["doc_id"]]))
     return blocks

@@ -190,6 +190,13 @@ def _join(values: Any) -> str:
     return " ".join(str(v) for v in values if v)
 
 
+# Hooks that mark a session's course (it started, a turn or the session ended, the context was
+# compacted) rather than work done in it. Summaries and patterns do not count them, and their
+# search rows get no session context: a session end does not answer a query about the lint
+# failure before it.
+LIFECYCLE_HOOKS = frozenset({"session_start", "session_end", "stop", "pre_compact", "post_compact"})
+
+
 def observation_doc(obs: dict[str, Any]) -> tuple[dict, dict]:
     doc = {
         "doc_id": obs["id"],
@@ -209,6 +216,8 @@ def observation_doc(obs: dict[str, Any]) -> tuple[dict, dict]:
         "concepts": _join(obs.get("concepts")),
         "files": _join(obs.get("files")),
     }
+    if obs.get("hookType") in LIFECYCLE_HOOKS:
+        text["context"] = ""  # its own words only (see LIFECYCLE_HOOKS)
     return doc, text
 
 
