@@ -181,7 +181,7 @@ OTHER_AGENTS = [
     ("edit", {"path": "src/footer.html", "old_str": "2025", "new_str": "2026"}, "ok",
      "Edit src/footer.html: replace 1 line", "Edited src/footer.html: `2025` -> `2026`", ["src/footer.html"]),
     ("search_files", {"path": "src", "regex": "TODO"}, "src/a.ts:3: // TODO\nsrc/b.ts:7: // TODO",
-     "Grep 'TODO' in src: 2 matches", "Searched for `TODO` in src: 2 matches", ["src"]),
+     "Grep 'TODO' in src: 2 matches", "Searched for `TODO` in src: 2 matches", []),
     ("execute_command", {"command": "cargo build"}, "Finished dev profile",
      "Bash: cargo build", "Ran `cargo build`. Output: Finished dev profile", []),
 ]
@@ -203,7 +203,7 @@ def test_a_search_about_to_run_claims_no_result():
 def test_a_text_searchs_pattern_is_not_a_file_but_a_globs_is():
     grep = synthetic_compression("post_tool_use", {"tool_name": "Grep", "tool_input": {"pattern": "def total", "path": "src"},
                                                    "tool_response": "src/cart.py:1:def total"})
-    assert grep["files"] == ["src"]
+    assert grep["files"] == []  # "src" is where it looked, "def total" what it looked for
     glob = synthetic_compression("post_tool_use", {"tool_name": "Glob", "tool_input": {"pattern": "src/**/*.py"},
                                                    "tool_response": "src/a.py"})
     assert glob["files"] == ["src/**/*.py"]

@@ -95,11 +95,19 @@ def _searches_text(tool_name: str | None) -> bool:
     return any(_word_matches(w, normalised) for w in ("grep", "search", "rg")) and "glob" not in normalised
 
 
+def _file_keys(tool_name: str | None) -> tuple[str, ...]:
+    """The input keys that name files a tool touched. A search's ``path`` is the directory it
+    looked in ("src"), not a file; a text search's ``pattern`` is what it looked for."""
+    if not tool_name or classify("post_tool_use", tool_name) != "search":
+        return _FILE_KEYS
+    return tuple(k for k in _FILE_KEYS if k != "path" and not (k == "pattern" and _searches_text(tool_name)))
+
+
 def extract_files(tool_input: Any, tool_name: str | None = None) -> list[str]:
     if not isinstance(tool_input, dict):
         return []
     files: list[str] = []
-    keys = [k for k in _FILE_KEYS if k != "pattern"] if _searches_text(tool_name) else _FILE_KEYS
+    keys = _file_keys(tool_name)
     values = [tool_input.get(key) for key in keys]
     values += [path for _, path in patched_files(patch_text(tool_input))]  # Codex's apply_patch
     for value in values:
