@@ -85,6 +85,9 @@ def test_the_server_spawns_a_worker_whose_model_runs_at_low_priority_and_restart
     new_pid = restarted["pid"]
     server.stop()  # SIGTERM to the group: the server stops its worker too
     assert not _alive(new_pid)
+    # Every process loaded faiss; none logged the CPU-specific builds it could not load, which
+    # read like a failure ("Could not load library with AVX512 support due to: ModuleNotFoundError")
+    assert "vector index" in server.log() and "Could not load library" not in server.log()
 
 
 def test_external_mode_spawns_nothing_and_a_worker_started_by_hand_drains_the_backlog(live_server, tmp_path):

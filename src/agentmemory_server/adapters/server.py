@@ -15,6 +15,7 @@ from typing import Any
 from flask import Flask
 
 from agentmemory_server import storage
+from agentmemory_server.adapters import logs
 from agentmemory_server.adapters.connections import ConnectionBoard, GuardedThreadWorker
 from agentmemory_server.adapters.supervisor import start_for
 from agentmemory_server.adapters.web import create_app
@@ -26,7 +27,7 @@ log = logging.getLogger("agentmemory.http")
 
 
 def serve(settings: Settings, *, dev: bool = False) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level)
     # Before gunicorn forks: every log line of every process, ours or a library's, is redacted.
     privacy.redact_logs([*settings.secret_values(), os.environ.get("HF_TOKEN")])
     if dev:

@@ -18,6 +18,7 @@ import signal
 import threading
 from typing import Any
 
+from agentmemory_server.adapters import logs
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.wiring import build_runtime
 
@@ -25,7 +26,7 @@ log = logging.getLogger("agentmemory.worker")
 
 
 def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
