@@ -65,3 +65,4 @@ def test_paths_count_by_their_file_names():
     assert file_names_only("Edit /home/ana/code/shop/src/cart.ts: replace 1 line") == "Edit cart.ts: replace 1 line"
     assert file_names_only("see src/a.py, ./b/c.md and ~/notes/todo.txt") == "see a.py, c.md and todo.txt"
     assert file_names_only("no path here") == "no path here"
+    assert file_names_only(r"Edit C:\Users\ana\shop\src\cart.ts and D:/work/a.py") == "Edit cart.ts and a.py"

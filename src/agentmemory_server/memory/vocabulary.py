@@ -54,8 +54,9 @@ TEMPLATE_WORDS = frozenset(
     ]
 )
 
-# A path of two or more parts (absolute, relative or home-based), up to its last part.
-_PATH = re.compile(r"(?:~|\.{1,2})?/?(?:[\w.@+-]+/)+(?=[\w.@+-])")
+# A path of two or more parts (absolute, relative, home-based or a Windows drive's, with either
+# separator), up to its last part.
+_PATH = re.compile(r"(?:~|\.{1,2}|[A-Za-z]:)?[/\\]?(?:[\w.@+-]+[/\\])+(?=[\w.@+-])")
 
 
 def file_names_only(text: str) -> str:
