@@ -212,6 +212,22 @@ def test_a_profile_made_before_a_session_ended_is_made_again_after_it(rt, client
     assert "Key files: src/cart.py" in context["context"]
 
 
+def test_a_failed_commands_error_is_found_by_the_file_it_names(rt, client):
+    # a lint failure is a Bash call: its input names no file, its error does
+    client.post("/agentmemory/observe", json=make_hook("lint", "post_tool_failure", project="shop", data={
+        "tool_name": "Bash", "tool_input": {"command": "npm run lint"},
+        "error": "Command failed with exit code 1: eslint: 'Decimal' is not defined (no-undef) src/cart.ts:3"}))
+    client.post("/agentmemory/observe", json=make_hook("lint", "post_tool_failure", project="shop", data={
+        "tool_name": "Bash", "tool_input": {"command": "pytest -q"},
+        "error": 'tests/test_tax.py:42: AssertionError\n  File "/usr/lib/python3.11/unittest/case.py", line 3'}))
+    rt.db.flush()
+    [lint, tax] = client.get("/agentmemory/observations?sessionId=lint").json["observations"]
+    assert lint["files"] == ["src/cart.ts"] and tax["files"] == ["tests/test_tax.py"]
+    out = client.post("/agentmemory/enrich", json={"sessionId": "now", "files": ["/home/ana/shop/src/cart.ts"]}).json
+    errors = out["context"].split("## Past errors")[1]
+    assert "npm run lint" in errors and "pytest" not in errors, out["context"]
+
+
 def test_file_context_and_enrich(rt, client):
     note(rt, "old", "Refactored the session cookie parser", files=["/repo/src/auth/cookies.py"])
     note(rt, "old", "TypeError in the cookie parser on empty header", type_="error", files=["/repo/src/auth/cookies.py"])

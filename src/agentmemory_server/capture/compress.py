@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from agentmemory_server.capture.describe import describe, patch_text, patched_files
-from agentmemory_server.kernel.util import stringify, truncate
+from agentmemory_server.kernel.util import stringify, tool_output_text, truncate
 from agentmemory_server.retrieval.search import LIFECYCLE_HOOKS
 
 OBSERVATION_TYPES = (
@@ -116,6 +116,22 @@ def extract_files(tool_input: Any, tool_name: str | None = None) -> list[str]:
     return files
 
 
+# Where a compiler, linter or test runner says something failed: a relative path with an
+# extension and a line number ("src/cart.ts:3:5", "tests/test_auth.py:42"). Absolute paths are
+# left out: a traceback's are mostly the interpreter's and the libraries'.
+_FAILED_AT = re.compile(r"(?<![\w/.~-])((?:[\w@+-][\w.@+-]*/)*[\w@+-][\w.@+-]*\.[A-Za-z][A-Za-z0-9]{0,9}):\d+")
+FAILED_AT_FILES = 5
+
+
+def failed_at(obs_type: str, output: Any, said: Any) -> list[str]:
+    """The files an error names where it happened (``_FAILED_AT``), so that the next session's
+    look at a file (file-context, enrich: "Past errors") finds a failed command's error too."""
+    if obs_type != "error":
+        return []
+    text = f"{tool_output_text(output)}\n{stringify(said)}"[-20_000:]
+    return list(dict.fromkeys(m.group(1) for m in _FAILED_AT.finditer(text)))[:FAILED_AT_FILES]
+
+
 def hook_fields(hook_type: str, data: Any) -> dict[str, Any]:
     """The parts of a hook's ``data`` that matter, under stable names."""
     d = data if isinstance(data, dict) else {}
@@ -194,7 +210,9 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         "facts": [],
         "narrative": truncate(narrative, 400),
         "concepts": [],
-        "files": extract_files(f["toolInput"], tool_name),
+        "files": list(
+            dict.fromkeys(extract_files(f["toolInput"], tool_name) + failed_at(obs_type, f["toolOutput"], f["said"]))
+        ),
         "importance": LIFECYCLE_IMPORTANCE if hook_type in LIFECYCLE_HOOKS else _IMPORTANCE.get(obs_type, 5),
         "confidence": 0.3,
     }
