@@ -184,6 +184,12 @@ OTHER_AGENTS = [
      "Grep 'TODO' in src: 2 matches", "Searched for `TODO` in src: 2 matches", []),
     ("execute_command", {"command": "cargo build"}, "Finished dev profile",
      "Bash: cargo build", "Ran `cargo build`. Output: Finished dev profile", []),
+    # MCP tools and subagents answer with content blocks
+    ("mcp__github__create_issue", {"title": "Crash on start"}, {"content": [{"type": "text", "text": "created #12"}]},
+     "mcp__github__create_issue: Crash on start", 'mcp__github__create_issue {"title":"Crash on start"} -> created #12',
+     []),
+    ("mcp__db__query", {"sql": "select 1"}, [{"type": "text", "text": "1 row"}],
+     "mcp__db__query: select 1", 'mcp__db__query {"sql":"select 1"} -> 1 row', []),
 ]
 
 

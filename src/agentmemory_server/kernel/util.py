@@ -129,15 +129,17 @@ def stringify(value: Any) -> str:
 # The fields of a tool's output object that hold its text (Bash's stdout and stderr, an MCP
 # tool's result, a search's matched lines, what Gemini CLI's tools hand their model), in the
 # order they are read.
-TOOL_TEXT_KEYS = ("stdout", "stderr", "output", "content", "llmContent", "result", "error", "message")
+TOOL_TEXT_KEYS = ("stdout", "stderr", "output", "content", "llmContent", "result", "text", "error", "message")
 
 
 def tool_output_text(output: Any, *, as_json: bool = True) -> str:
     """The text of a tool's output: a string, the text fields of an object (a read file's
-    content, under ``file``), the lines of a list. An object with none of them is its compact JSON,
-    or "" with ``as_json=False`` (an edit's answer echoes the whole file: nothing to read there)."""
+    content, under ``file``; MCP's and a subagent's content blocks, ``[{type, text}]``), the lines
+    of a list. An object with none of them is its compact JSON, or "" with ``as_json=False`` (an
+    edit's answer echoes the whole file: nothing to read there)."""
     if isinstance(output, dict):
         parts = [output.get(k) for k in TOOL_TEXT_KEYS]
+        parts = [tool_output_text(p, as_json=False) if isinstance(p, list) else p for p in parts]
         text = "\n".join(str(p) for p in parts if isinstance(p, str) and p)
         if not text and isinstance(output.get("file"), dict):  # Claude Code's Read: {type, file: {content}}
             file = output["file"]
