@@ -186,7 +186,7 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
     prompt = stringify(f["userPrompt"])
 
     # what an event without a tool says: its label, its words, else its error ("rate limited")
-    says = f["label"] or f["said"] or (None if tool_name else f["toolOutput"])
+    says = f["label"] or f["said"] or (None if tool_name else tool_output_text(f["toolOutput"], as_json=False))
     if prompt:
         title = prompt
     elif says:
