@@ -167,6 +167,16 @@ def test_what_an_event_without_a_tool_says_titles_it(client):
     assert start["narrative"] == "New session"
 
 
+def test_a_tool_event_with_an_odd_input_is_summarised_not_a_500(client):
+    # valid JSON, odd shape: a command that is not a string (500 on summarize and crystallize before)
+    for i, command in enumerate([True, {"argv": ["make"]}, 3.5, None]):
+        client.post("/agentmemory/observe", json=hook("odd", "post_tool_use", timestamp=f"2026-11-01T10:0{i}:00Z",
+                                                      data={"tool_name": "Bash", "tool_input": {"command": command},
+                                                            "tool_output": "ok"}))
+    assert client.post("/agentmemory/summarize", json={"sessionId": "odd"}).status_code == 200
+    assert client.post("/agentmemory/crystals/create", json={"sessionId": "odd"}).status_code == 201
+
+
 def test_summarize_route(client):
     record_work_session(client)
     r = client.post("/agentmemory/summarize", json={"sessionId": "work"})

@@ -128,6 +128,8 @@ def step_label(obs: dict[str, Any]) -> str:
             command = parsed.get("command") if isinstance(parsed, dict) else None
         except ValueError:
             command = None
+        if not isinstance(command, str):  # a client's odd input ({"command": true}) names no command
+            command = None
     # a command as it was typed; else the title capture wrote ("Edit src/a.py: replace 2 lines",
     # "Patch src/a.rs: update"), not the subtitle, which is the tool's input as JSON (and Codex's
     # apply_patch carries its whole patch as ``command``)
