@@ -45,6 +45,8 @@ def test_a_projects_patterns_and_concepts_are_its_own_words(client):
              "tool_response": {"filePath": "/home/ana/code/shop/src/invoice.ts"}},
             {"hook_event_name": "PostToolUse", "tool_name": "Bash", "tool_use_id": f"{sid}-t",
              "tool_input": {"command": "npm test"}, "tool_response": {"stdout": "Tests: 9 passed", "stderr": ""}},
+            {"hook_event_name": "PostToolUse", "tool_name": "Bash", "tool_use_id": f"{sid}-l",
+             "tool_input": {"command": "npm run lint"}, "tool_response": {"stdout": "0 problems", "stderr": ""}},
             {"hook_event_name": "Stop", "last_assistant_message": "Invoice totals now round half-even."},
             {"hook_event_name": "SessionEnd", "reason": "exit"},
         ]
@@ -57,6 +59,10 @@ def test_a_projects_patterns_and_concepts_are_its_own_words(client):
     profile = client.get("/agentmemory/profile", query_string={"project": "shop", "refresh": "true"}).json["profile"]
     concepts |= {c["concept"] for c in profile["topConcepts"]}
     assert not concepts & {"home", "ana", "code", "shop", "exit", "replace", "passed", "session_end", "sessionend"}
+    # a session summary's recurring terms (its concepts, and the deterministic graph's) likewise
+    summary = client.get("/agentmemory/session", query_string={"sessionId": "w1"}).json["session"]["summary"]
+    assert "invoice" in summary["concepts"], summary["concepts"]
+    assert not set(summary["concepts"]) & {"home", "ana", "code", "shop", "line", "output", "tests", "exit"}
 
 
 def test_paths_count_by_their_file_names():

@@ -23,7 +23,8 @@ from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, params, tool
 from agentmemory_server.kernel.scopes import PROFILES
 from agentmemory_server.kernel.util import parse_time, truncate
-from agentmemory_server.memory.vocabulary import TEMPLATE_WORDS, file_names_only
+from agentmemory_server.memory import vocabulary
+from agentmemory_server.memory.vocabulary import file_names_only
 from agentmemory_server.retrieval import search
 
 PROFILE_TTL = timedelta(hours=1)
@@ -32,98 +33,8 @@ TOP = 15
 
 _WORD = re.compile(r"[a-z][a-z0-9_\-]{2,30}")
 _NUMERIC_NOISE = re.compile(r"\d")
-# Words that describe every coding session and so say nothing about a project (and the words of
-# this server's own titles and summaries).
-NOISE = (
-    search.STOPWORDS
-    | TEMPLATE_WORDS
-    | frozenset(
-        [
-            "also",
-            "file",
-            "files",
-            "line",
-            "lines",
-            "tool",
-            "tools",
-            "true",
-            "false",
-            "none",
-            "null",
-            "error",
-            "errors",
-            "output",
-            "input",
-            "result",
-            "results",
-            "value",
-            "values",
-            "text",
-            "code",
-            "test",
-            "tests",
-            "using",
-            "used",
-            "use",
-            "make",
-            "made",
-            "need",
-            "needs",
-            "new",
-            "get",
-            "set",
-            "run",
-            "runs",
-            "ran",
-            "done",
-            "just",
-            "like",
-            "want",
-            "sure",
-            "okay",
-            "yes",
-            "let",
-            "see",
-            "look",
-            "thing",
-            "things",
-            "work",
-            "works",
-            "working",
-            "change",
-            "changes",
-            "changed",
-            "add",
-            "added",
-            "update",
-            "updated",
-            "read",
-            "write",
-            "edit",
-            "bash",
-            "grep",
-            "glob",
-            "task",
-            "command",
-            "content",
-            "session",
-            "prompt",
-            "user",
-            "assistant",
-            "http",
-            "https",
-            "www",
-            "com",
-            "json",
-            "path",
-            "data",
-            "true",
-            "string",
-            "number",
-            "type",
-        ]
-    )
-)
+# Words that say nothing about a project (memory/vocabulary.py).
+NOISE = vocabulary.NOISE
 
 
 MIN_IMPORTANCE = 3

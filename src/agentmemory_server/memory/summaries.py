@@ -23,8 +23,8 @@ from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import parse_time, stringify, tool_output_text, truncate
-from agentmemory_server.memory.vocabulary import TEMPLATE_WORDS, file_names_only
-from agentmemory_server.retrieval.search import LIFECYCLE_HOOKS, STOPWORDS
+from agentmemory_server.memory.vocabulary import NOISE, file_names_only
+from agentmemory_server.retrieval.search import LIFECYCLE_HOOKS
 
 log = logging.getLogger("agentmemory.summaries")
 MAX_OBSERVATIONS = 5000
@@ -218,9 +218,7 @@ def top_terms(observations: list[dict], n: int = 8) -> list[str]:
         # that order, the same in every process (a set's order changes with the hash seed).
         text = file_names_only(f"{o.get('title', '')} {o.get('narrative', '')}")
         words = dict.fromkeys(w.lower() for w in _WORD.findall(text))
-        counts.update(
-            w for w in words if w not in STOPWORDS and w not in _NOISE and w not in TEMPLATE_WORDS and w not in tools
-        )
+        counts.update(w for w in words if w not in NOISE and w not in _NOISE and w not in tools)
     return [w for w, c in counts.most_common(n * 3) if c >= 2][:n]
 
 

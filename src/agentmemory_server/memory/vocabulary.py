@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from agentmemory_server.retrieval.search import STOPWORDS
+
 # Words of the titles, narratives and summaries this server writes (capture/describe.py,
 # compress.py, summaries.py, consolidate.py, crystals.py, client_hooks.py).
 TEMPLATE_WORDS = frozenset(
@@ -31,6 +33,8 @@ TEMPLATE_WORDS = frozenset(
         "fetched",
         "highlights",
         "insert",
+        "line",
+        "lines",
         "listed",
         "listing",
         "match",
@@ -38,6 +42,7 @@ TEMPLATE_WORDS = frozenset(
         "notable",
         "observation",
         "observations",
+        "output",
         "passed",
         "passes",
         "patched",
@@ -53,6 +58,95 @@ TEMPLATE_WORDS = frozenset(
         "wrote",
     ]
 )
+
+# Words that describe every coding session, so say nothing about one project.
+GENERIC_WORDS = frozenset(
+    [
+        "also",
+        "file",
+        "files",
+        "line",
+        "lines",
+        "tool",
+        "tools",
+        "true",
+        "false",
+        "none",
+        "null",
+        "error",
+        "errors",
+        "output",
+        "input",
+        "result",
+        "results",
+        "value",
+        "values",
+        "text",
+        "code",
+        "test",
+        "tests",
+        "using",
+        "used",
+        "use",
+        "make",
+        "made",
+        "need",
+        "needs",
+        "new",
+        "get",
+        "set",
+        "run",
+        "runs",
+        "ran",
+        "done",
+        "just",
+        "like",
+        "want",
+        "sure",
+        "okay",
+        "yes",
+        "let",
+        "see",
+        "look",
+        "thing",
+        "things",
+        "work",
+        "works",
+        "working",
+        "change",
+        "changes",
+        "changed",
+        "add",
+        "added",
+        "update",
+        "updated",
+        "read",
+        "write",
+        "edit",
+        "bash",
+        "grep",
+        "glob",
+        "task",
+        "command",
+        "content",
+        "session",
+        "prompt",
+        "user",
+        "assistant",
+        "http",
+        "https",
+        "www",
+        "com",
+        "json",
+        "path",
+        "data",
+        "string",
+        "number",
+        "type",
+    ]
+)
+# What concepts, recurring terms and themes leave out.
+NOISE = STOPWORDS | TEMPLATE_WORDS | GENERIC_WORDS
 
 # A path of two or more parts (absolute, relative, home-based or a Windows drive's, with either
 # separator), up to its last part.
