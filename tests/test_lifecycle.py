@@ -151,6 +151,8 @@ def test_every_agents_session_is_summarised_by_its_work(client, agent):
     announced = {f for o in stored if o["hookType"] == "pre_tool_use" for f in o["files"]}
     done = {f for o in stored if o["hookType"] != "pre_tool_use" for f in o["files"]}
     assert not set(summary["filesModified"]) & (announced - done), summary["filesModified"]
+    if agent == "cursor":  # afterFileEdit reports nothing back: its title says it all, once
+        assert "Edit /home/u/web/src/Nav.tsx: 1 edit, 1 line replaced;" in narrative, narrative
     if agent == "cline":  # its only write is announced (PreToolUse), never reported done
         assert announced == {"src/main.ts"} and summary["filesModified"] == []
 

@@ -144,8 +144,9 @@ _MESSAGE_KEYS = ("last_message", "message", "task_description")
 
 
 def outcome_text(obs: dict[str, Any]) -> str:
-    """What came of a step: a tool's output (and message) from the stored hook data, else the
-    narrative without the tool input it starts with (the input is the step's label)."""
+    """What came of a step: a tool's output (and message) from the stored hook data, nothing
+    when a tool reported nothing (unless a model wrote its narrative), else the narrative
+    without the tool input it starts with (the input is the step's label)."""
     raw = obs.get("raw")
     if obs.get("toolName") and isinstance(raw, dict):
         output = next((raw[k] for k in _OUTPUT_KEYS if raw.get(k) not in (None, "")), None)
@@ -156,7 +157,9 @@ def outcome_text(obs: dict[str, Any]) -> str:
         text = " | ".join(p for p in said if p)
         if text:
             return truncate(text, 400)
-        if output is not None:
+        if output is not None or not obs.get("method"):
+            # nothing came back (Cursor's afterFileEdit) and no model wrote the narrative: it
+            # restates the title ("Edited src/a.ts in 1 place" under "Edit src/a.ts: 1 edit")
             return ""
     narrative = obs.get("narrative") or ""
     subtitle = obs.get("subtitle")
