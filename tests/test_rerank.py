@@ -47,7 +47,8 @@ def test_pairs_shared_out_over_threads_score_as_they_do_on_one(monkeypatch):
     # each pair is still one model call, run on the reranker's own threads side by side
     encoder = rerank.CrossEncoder()
     query = "which database does the billing service use?"
-    texts = [f"record {i}: the billing service keeps invoice batch {i} in PostgreSQL" for i in range(12)]
+    # 40 pairs (~0.25 s of work): enough that both threads get some, however loaded the machine
+    texts = [f"record {i}: the billing service keeps invoice batch {i} in PostgreSQL" for i in range(40)]
     alone = encoder.score(query, texts)
     threads = []
     run = encoder._run
