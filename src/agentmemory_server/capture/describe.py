@@ -43,9 +43,6 @@ def _path(tool_input: dict[str, Any]) -> str:
     return ""
 
 
-_output_text = tool_output_text
-
-
 def _found(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "es" if noun.endswith("ch") else "s")
 
@@ -90,7 +87,7 @@ def _search_result(output: Any, line: str) -> tuple[str, list[str]] | None:
             return _found(count, "match"), lines
         count = output["numFiles"] if isinstance(output.get("numFiles"), int) else len(names)
         return _found(count, "file"), names
-    lines = [ln for ln in _output_text(output).splitlines() if ln.strip()]
+    lines = [ln for ln in tool_output_text(output).splitlines() if ln.strip()]
     return _found(len(lines), line), lines
 
 
@@ -99,7 +96,7 @@ def exit_code(output: Any) -> int | None:
         for key in ("exit_code", "exitCode", "returncode", "returnCode", "status_code"):
             if isinstance(output.get(key), int) and not isinstance(output.get(key), bool):
                 return int(output[key])
-    match = _EXIT.search(_output_text(output)[:2000])
+    match = _EXIT.search(tool_output_text(output)[:2000])
     return int(match.group(1)) if match else None
 
 
@@ -116,7 +113,7 @@ def test_summary(text: str) -> str:
 
 def _bash(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
     command = " ".join(str(tool_input.get("command") or tool_input.get("cmd") or "").split())
-    text = _output_text(output)
+    text = tool_output_text(output)
     code = exit_code(output)
     outcome = ", ".join(p for p in (f"exit {code}" if code is not None else "", test_summary(text)) if p)
     suffix = f" -> {outcome}" if outcome else ""
@@ -179,7 +176,7 @@ def _read(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
     path = _path(tool_input)
     start, count = tool_input.get("offset"), tool_input.get("limit")
     span = f" lines {start}-{int(start) + int(count)}" if isinstance(start, int) and isinstance(count, int) else ""
-    return f"Read {path}{span}", f"Read {path}{span}: {_first_line(_output_text(output), 200)}"
+    return f"Read {path}{span}", f"Read {path}{span}: {_first_line(tool_output_text(output), 200)}"
 
 
 def _grep(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
@@ -205,7 +202,7 @@ def _glob(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
 
 def _fetch(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
     target = tool_input.get("url") or tool_input.get("query") or ""
-    return f"Fetch {truncate(str(target), 70)}", f"Fetched {target}: {_first_line(_output_text(output), 200)}"
+    return f"Fetch {truncate(str(target), 70)}", f"Fetched {target}: {_first_line(tool_output_text(output), 200)}"
 
 
 def _task(tool_input: dict[str, Any], output: Any) -> tuple[str, str]:
@@ -263,7 +260,7 @@ def _generic(tool_name: str, tool_input: Any, output: Any) -> tuple[str, str]:
         telling = stringify(tool_input)
     title = f"{tool_name}: {truncate(' '.join(telling.split()), 60)}" if telling else tool_name
     narrative = f"{tool_name} {stringify(tool_input)}".strip()
-    result = _output_text(output).strip()
+    result = tool_output_text(output).strip()
     return title, narrative + (f" -> {result}" if result else "")
 
 
@@ -280,10 +277,10 @@ def describe(tool_name: str, tool_input: Any, output: Any, *, failed: bool = Fal
     except (TypeError, ValueError, AttributeError):  # an input of an unexpected shape
         title, narrative = _generic(tool_name, tool_input, output)
     if failed and "-> exit" not in title:
-        reason = _first_line(_output_text(output), 80)
+        reason = _first_line(tool_output_text(output), 80)
         title = f"{title} -> failed" + (f": {reason}" if reason else "")
     if failed:  # the error is what the next session needs to recognise; it ends the narrative
-        error = " ".join(_output_text(output).split())[-300:]
+        error = " ".join(tool_output_text(output).split())[-300:]
         if not error:
             narrative = f"{narrative} | failed"
         elif not " ".join(narrative.split()).endswith(error):  # a command's output tail may hold it already

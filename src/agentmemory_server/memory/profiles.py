@@ -33,8 +33,6 @@ TOP = 15
 
 _WORD = re.compile(r"[a-z][a-z0-9_\-]{2,30}")
 _NUMERIC_NOISE = re.compile(r"\d")
-# Words that say nothing about a project (memory/vocabulary.py).
-NOISE = vocabulary.NOISE
 
 
 MIN_IMPORTANCE = 3
@@ -46,10 +44,10 @@ def derived_concepts(obs: dict[str, Any]) -> list[str]:
         return [str(c).lower() for c in obs["concepts"]][:20]
     text = file_names_only(f"{obs.get('title', '')} {obs.get('narrative', '')}").lower()
     words = [w.strip("-_") for w in _WORD.findall(text)]
-    concepts = {w for w in words if w not in NOISE and not _NUMERIC_NOISE.search(w) and len(w) > 3}
+    concepts = {w for w in words if w not in vocabulary.NOISE and not _NUMERIC_NOISE.search(w) and len(w) > 3}
     for path in obs.get("files") or []:
         stem = posixpath.splitext(posixpath.basename(str(path)))[0].lower()
-        if len(stem) > 2 and stem not in NOISE:
+        if len(stem) > 2 and stem not in vocabulary.NOISE:
             concepts.add(stem)
     return sorted(concepts)[:30]
 

@@ -23,8 +23,7 @@ from agentmemory_server.kernel.scopes import CRYSTALS, INSIGHTS, LESSONS, MEMORI
 from agentmemory_server.kernel.util import truncate
 from agentmemory_server.memory import slots, summaries
 from agentmemory_server.memory.lessons import reinforce
-from agentmemory_server.memory.profiles import NOISE
-from agentmemory_server.memory.vocabulary import file_names_only
+from agentmemory_server.memory.vocabulary import NOISE, file_names_only
 
 log = logging.getLogger("agentmemory.reflect")
 _TODO = re.compile(r"\b(?:TODO|FIXME)\b[\s:!\-–—)]*(.*)", re.IGNORECASE)
