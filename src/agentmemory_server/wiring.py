@@ -55,6 +55,7 @@ from agentmemory_server.operations import (
     health,
     maintenance,
     overview,
+    recompress,
     resources,
     status,
     tokens,
@@ -98,6 +99,7 @@ FEATURE_MODULES: tuple[ModuleType, ...] = (
     overview,
     status,
     maintenance,
+    recompress,
     tokens,
 )
 registry.REGISTRY.order_by_module([module.__name__ for module in FEATURE_MODULES])

@@ -6,6 +6,8 @@
     agentmemory export [-o FILE] [--jsonl]                          everything as JSON (GET /export's format)
     agentmemory import FILE [--strategy S]                          merge (default) | skip | replace
     agentmemory reindex                                             rebuild the search index (and vectors)
+    agentmemory recompress [--dry-run]                              compress stored observations again with
+                                                                    today's capture code (titles, files)
     agentmemory migrate --to postgresql://...|FILE.db               copy the store to another backend (resumable)
     agentmemory tokens create PRINCIPAL [--kind K] [--project P]... [--rights read,write]
     agentmemory tokens list | tokens revoke ID                      API tokens for people and agents
@@ -42,7 +44,7 @@ from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings, SettingsError
 from agentmemory_server.models import llm
-from agentmemory_server.operations import maintenance, migrate, tokens
+from agentmemory_server.operations import maintenance, migrate, recompress, tokens
 from agentmemory_server.storage import is_postgres_url
 from agentmemory_server.storage.sqlite import hf_sync, local_backup
 from agentmemory_server.wiring import build_runtime
@@ -121,6 +123,15 @@ def cmd_import(settings: Settings, opts: argparse.Namespace) -> Any:
 
 def cmd_reindex(settings: Settings, opts: argparse.Namespace) -> Any:
     return _with_runtime(settings, lambda rt: maintenance.reindex(rt, progress=_progress(opts.quiet)))
+
+
+def cmd_recompress(settings: Settings, opts: argparse.Namespace) -> Any:
+    return _with_runtime(
+        settings,
+        lambda rt: recompress.recompress(
+            rt, dry_run=opts.dry_run, batch=opts.batch or 500, progress=_progress(opts.quiet)
+        ),
+    )
 
 
 def cmd_stats(settings: Settings, opts: argparse.Namespace) -> Any:
@@ -383,6 +394,17 @@ def _add_agent_commands(commands: Any) -> None:
     svc.set_defaults(run=cmd_service)
 
 
+def _batch_size(text: str) -> int:
+    """``--batch``: a whole number of records, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} records per transaction: it must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="agentmemory-python: the server and its admin commands")
     parser.add_argument("--db", help="database file (default: AGENTMEMORY_DB or <AGENTMEMORY_DATA_DIR>/agentmemory.db)")
@@ -415,15 +437,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge: imported records win; skip: existing win; replace: wipe first (atomic)",
     )
     imp.add_argument(
-        "--batch", type=int, help="records per transaction (default 1000; 5000 for JSON Lines, replace included)"
+        "--batch",
+        type=_batch_size,
+        help="records per transaction (default 1000; 5000 for JSON Lines, replace included)",
     )
     imp.set_defaults(run=cmd_import)
     commands.add_parser("reindex", help="rebuild the search index (and vectors) from the records").set_defaults(
         run=cmd_reindex
     )
+    again = commands.add_parser(
+        "recompress", help="compress stored observations again with today's capture code (titles, files)"
+    )
+    again.add_argument("--dry-run", action="store_true", help="only count and show what would change")
+    again.add_argument("--batch", type=_batch_size, help="records per transaction (default 500)")
+    again.set_defaults(run=cmd_recompress)
     move = commands.add_parser("migrate", help="copy every record to another store (PostgreSQL or SQLite), resumably")
     move.add_argument("--to", required=True, help="postgresql://user:password@host/db, or a SQLite file path")
-    move.add_argument("--batch", type=int, help="records per transaction (default 5000)")
+    move.add_argument("--batch", type=_batch_size, help="records per transaction (default 5000)")
     move.set_defaults(run=cmd_migrate)
     toks = commands.add_parser("tokens", help="API tokens for people and agents: create, list, revoke")
     toks.add_argument("action", choices=("create", "list", "revoke"))

@@ -102,9 +102,27 @@ def described(event: HookEvent) -> dict[str, Any]:
     never titles the event as if the agent had said it (capture/compress.hook_fields)."""
     data = {**event.data, "hook_event_name": event.event}
     if not any(data.get(f) for f in CONTENT_FIELDS):
-        details = [str(data[f]) for f in DETAIL_FIELDS if isinstance(data.get(f), (str, int)) and data.get(f)]
-        data["event_note"] = event.event + (f" ({', '.join(details)})" if details else "")
+        data["event_note"] = _note(event.event, data)
     return data
+
+
+def _note(event_name: str, data: dict[str, Any]) -> str:
+    """ "SessionStart (startup)": the event's name and the details it carries."""
+    details = [str(data[f]) for f in DETAIL_FIELDS if isinstance(data.get(f), (str, int)) and data.get(f)]
+    return event_name + (f" ({', '.join(details)})" if details else "")
+
+
+def note_moved_from_message(data: Any) -> Any:
+    """A payload stored before ``described`` wrote ``event_note`` holds our note as ``message``,
+    where it reads as the agent's words: the same payload with the note where it is written
+    now. Recognised by being exactly the note ``described`` makes of the payload's other fields;
+    anything else is returned as it is."""
+    if not isinstance(data, dict) or "event_note" in data or not isinstance(data.get("hook_event_name"), str):
+        return data
+    rest = {k: v for k, v in data.items() if k != "message"}
+    if any(rest.get(f) for f in CONTENT_FIELDS) or data.get("message") != _note(data["hook_event_name"], rest):
+        return data
+    return {**rest, "event_note": data["message"]}
 
 
 def start_session(ctx: Ctx, event: HookEvent, project: str | None) -> str | None:

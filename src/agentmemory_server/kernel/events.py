@@ -39,6 +39,7 @@ EVENT_TYPES: dict[str, str] = {
     "graph": "Knowledge-graph nodes and edges of a session extracted (counts and ids).",
     "forget": "Records deleted (a summary: reason, ids and counts; never the deleted content).",
     "import": "An import finished (strategy and counts).",
+    "recompress": "Stored observations compressed again by the current capture code (counts).",
 }
 
 # WebSocket close codes the stream uses (4000-4999 are for applications).

@@ -66,6 +66,7 @@ ADMIN_TOOLS = frozenset(
         "import",
         "memory_export",
         "reindex",
+        "recompress",
         "stats",
         "memory_audit",
         "diagnostics_heal",
