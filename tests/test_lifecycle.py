@@ -7,6 +7,7 @@ import pytest
 
 from conftest import hook
 from agentmemory_server.errors import InvalidInput, NotFound
+from agentmemory_server.kernel.hook_types import KNOWN_HOOK_TYPES
 from agentmemory_server.kernel.model_steps import MODEL_STEPS, model_step, run_model_steps
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.util import truncate
@@ -51,8 +52,8 @@ def test_summary_written_on_session_end(client):
     summary = session["summary"]
     assert summary["title"].startswith("fix the login lockout bug") and summary["observationCount"] == 7
     assert summary["filesModified"] == ["src/auth.py"] and summary["method"] == "synthetic"
-    assert "7 observations over 9 min" in summary["narrative"] and "Changed 1 file(s): src/auth.py" in summary["narrative"]
-    assert "failure(s); last: npm run lint: eslint: command not found" in summary["narrative"]
+    assert "7 observations over 9 min" in summary["narrative"] and "Changed 1 file: src/auth.py" in summary["narrative"]
+    assert "2 failures; last: npm run lint: eslint: command not found" in summary["narrative"]
     assert summary["keyDecisions"] == ["lesson: always reset the rate limiter between tests"]
     assert "pytest" in summary["concepts"] and "bash" not in summary["concepts"]
     text = client.post("/agentmemory/context", json={"sessionId": "next", "project": "shop"}).json["context"]
@@ -67,6 +68,29 @@ def test_the_summary_counts_each_kind_of_observation_in_plain_english(client):
         assert client.post("/agentmemory/observe", json=event).status_code == 201
     r = client.post("/agentmemory/summarize", json={"sessionId": "kinds"})
     assert "4 observations over 3 min: 2 discoveries, 2 decisions." in r.json["summary"]["narrative"]
+
+
+def test_the_summary_says_what_its_count_holds_beside_the_work(client):
+    # a session's start and end, a tool call announced and then done, and an event that carried
+    # nothing but the note capture wrote for it (Cline's TaskComplete), all within a minute
+    cline = {"clineVersion": "3.40.0", "taskId": "cl-9", "workspaceRoots": ["/home/u/cli"], "timestamp": "1764583200000"}
+    tool = {"toolName": "execute_command", "parameters": {"command": "npm test"}}
+    events = [{"hookName": "TaskStart", "taskStart": {"taskMetadata": {"taskId": "cl-9"}}},
+              {"hookName": "UserPromptSubmit", "userPromptSubmit": {"prompt": "Fix the flaky session test"}},
+              {"hookName": "PreToolUse", "preToolUse": tool},
+              {"hookName": "PostToolUse", "postToolUse": {**tool, "result": "12 passing", "success": True}},
+              {"hookName": "TaskComplete", "taskComplete": {"taskMetadata": {"taskId": "cl-9"}}}]
+    for n, event in enumerate(events):
+        reply = client.post("/agentmemory/hooks/cline", json={**cline, **event, "timestamp": str(1764583200000 + n)})
+        assert reply.status_code == 200, reply.json
+    summary = client.post("/agentmemory/summarize", json={"sessionId": "cl-9"}).json["summary"]
+    narrative = summary["narrative"]
+    assert narrative.startswith("5 observations in under a minute: 1 prompt, 1 command, 1 subagent event "
+                                "(plus 1 session event and 1 announced tool call)."), narrative
+    assert "Notable: npm test: 12 passing." in narrative and "TaskComplete" not in narrative, narrative
+    assert "(s)" not in narrative
+    # the hook types that head titles ("session_start: ...", "task_completed: ...") are not concepts
+    assert not set(summary["concepts"]) & {"session_start", "task_completed", "prompt_submit", "stop"}, summary
 
 
 def test_what_the_agent_said_is_not_counted_as_what_it_was_asked(client):
@@ -147,6 +171,7 @@ def test_every_agents_session_is_summarised_by_its_work(client, agent):
     for noise in ("other", "session_start", "pre_compact", "post_compact", "session_end", "{", "*** ", ".."):
         assert noise not in narrative, (noise, narrative)
     assert "Asked: " in narrative
+    assert not set(summary["concepts"]) & KNOWN_HOOK_TYPES, summary["concepts"]  # "session_start: <task>"
     stored = client.get("/agentmemory/observations", query_string={"sessionId": sid}).json["observations"]
     announced = {f for o in stored if o["hookType"] == "pre_tool_use" for f in o["files"]}
     done = {f for o in stored if o["hookType"] != "pre_tool_use" for f in o["files"]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from agentmemory_server.kernel.hook_types import KNOWN_HOOK_TYPES
 from agentmemory_server.retrieval.search import STOPWORDS
 
 # Words of the titles, narratives and summaries this server writes (capture/describe.py,
@@ -145,8 +146,9 @@ GENERIC_WORDS = frozenset(
         "type",
     ]
 )
-# What concepts, recurring terms and themes leave out.
-NOISE = STOPWORDS | TEMPLATE_WORDS | GENERIC_WORDS
+# What concepts, recurring terms and themes leave out. The hook types head the titles of events
+# without a tool ("session_start: Add a --verbose flag", "stop: Fixed the test").
+NOISE = STOPWORDS | TEMPLATE_WORDS | GENERIC_WORDS | KNOWN_HOOK_TYPES
 
 # A path of two or more parts (absolute, relative, home-based or a Windows drive's, with either
 # separator), up to its last part.
