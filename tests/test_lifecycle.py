@@ -298,7 +298,7 @@ def test_crystallize_actions(call):
     out = call("memory_crystallize", actionIds=f"{a['id']},{b['id']}", project="p")
     crystal = out["crystal"]
     assert crystal["sourceActionIds"] == [a["id"], b["id"]]
-    assert crystal["narrative"].startswith("2 action(s) finished: Add retry (done); Drop the cache (cancelled)")
+    assert crystal["narrative"].startswith("2 actions finished: Add retry (done); Drop the cache (cancelled)")
     assert crystal["lessons"] == ["retry uploads with backoff"] and len(out["lessonsSaved"]) == 1
     assert call("action_get", actionId=a["id"])["action"]["crystallizedInto"] == crystal["id"]
 
@@ -320,7 +320,7 @@ def test_consolidate_creates_memories_deterministically(client, call):
     memories = {m["id"]: m for m in call("memories_list")["memories"]}
     cart = next(m for m in memories.values() if m["title"] == "Recurring work on src/cart.py")
     assert cart["project"] == "shop" and cart["files"] == ["src/cart.py"] and len(cart["sourceObservationIds"]) == 4
-    assert "4 observations across 4 session(s) from 2026-11-01 to 2026-11-04" in cart["content"]
+    assert "4 observations across 4 sessions from 2026-11-01 to 2026-11-04" in cart["content"]
     bug = next(m for m in memories.values() if "checkout" in m["title"] or m["type"] == "bug")
     assert bug["type"] == "bug"
     # Same observations again: nothing new.
@@ -339,7 +339,7 @@ def test_a_consolidated_memory_names_each_highlight_once_and_counts_in_plain_eng
         client.post("/agentmemory/observe", json=edit(f"s{i}", f"src/part{i}.py", f"2026-11-0{i + 1}T10:05:00Z"))
     call("memory_consolidate")
     bug = next(m for m in call("memories_list")["memories"] if m["type"] == "bug")
-    assert "5 observations across 5 session(s)" in bug["content"] and "(5 errors)" in bug["content"]
+    assert "5 observations across 5 sessions" in bug["content"] and "(5 errors)" in bug["content"]
     highlights = bug["content"].split("Highlights: ", 1)[1].split(".")[0].split("; ")
     assert len(highlights) == len(set(highlights)) == 1, bug["content"]
 
@@ -362,7 +362,7 @@ def test_a_group_of_one_day_is_dated_on_that_day(client, call):
         client.post("/agentmemory/observe", json=edit(f"d{i}", "src/tax.py", f"2026-11-05T1{i}:00:00Z"))
     call("memory_consolidate")
     [tax] = [m for m in call("memories_list")["memories"] if "src/tax.py" in m["title"]]
-    assert "5 observations across 5 session(s) on 2026-11-05 (" in tax["content"], tax["content"]
+    assert "5 observations across 5 sessions on 2026-11-05 (" in tax["content"], tax["content"]
 
 
 def test_a_todo_cut_short_in_a_title_gives_way_to_the_whole_one(client, call):

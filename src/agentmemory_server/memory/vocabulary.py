@@ -2,7 +2,7 @@
 
 Concepts, recurring terms and reflection themes are counted from observations, summaries,
 consolidated memories and crystals. Much of that text is written here, from templates: "Edit
-src/a.py: replace 1 line", "Ran `npm test` (exit 1)", "6 observations across 3 session(s)". Its
+src/a.py: replace 1 line", "Ran `npm test` (exit 1)", "6 observations across 3 sessions". Its
 words recur in every project and would outrank the project's own. So do the directories of an
 absolute path ("/home/ana/code/shop/src/cart.ts" names home, ana, code and shop in every record
 of that checkout), while the file's own name ("cart") says what the work was about.
