@@ -8,6 +8,7 @@ import pytest
 from conftest import hook
 from agentmemory_server.errors import InvalidInput, NotFound
 from agentmemory_server.kernel.hook_types import KNOWN_HOOK_TYPES
+from agentmemory_server.kernel.wording import one_line
 from agentmemory_server.kernel.model_steps import MODEL_STEPS, model_step, run_model_steps
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.util import truncate
@@ -148,9 +149,14 @@ def test_a_claude_code_session_is_summarised_in_words_not_json(client):
     ("pytest -q", "2 passed", "pytest -q: 2 passed"),
     ("Edit a.py: replace 1 line", "", "Edit a.py: replace 1 line"),
     ("session_start", "SessionStart (startup)", "session_start: SessionStart (startup)"),
+    # a narrative that only restates its title, as capture writes one for a tool that said nothing
+    ("Bash: cargo test", "Ran `cargo test`", "Bash: cargo test"),
+    ("Patch src/users.rs: update", "Patched update src/users.rs", "Patch src/users.rs: update"),
+    ("Bash: make", "Killed", "Bash: make: Killed"),  # a word of its own is news
+    ("Bash: npm test", "Ran `npm test` (exit 1)", "Bash: npm test: Ran `npm test` (exit 1)"),
 ])
 def test_one_line_says_each_thing_once(label, narrative, line):
-    assert summaries.one_line(label, narrative) == line
+    assert one_line(label, narrative) == line
 
 
 CLIENT_FIXTURES = Path(__file__).parent / "fixtures" / "clients"

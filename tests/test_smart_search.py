@@ -199,11 +199,17 @@ def test_a_profile_made_before_a_session_ended_is_made_again_after_it(rt, client
     # must show in the next session's profile, not an hour later
     client.post("/agentmemory/session/start", json={"sessionId": "first", "project": "shop"})
     early = client.get("/agentmemory/profile?project=shop").json
-    assert early["profile"]["topFiles"] == []
-    for i in range(2):
-        client.post("/agentmemory/observe", json=make_hook("first", "post_tool_use", project="shop",
-                    timestamp=f"2026-01-01T00:0{i}:00Z",
-                    data={"tool_name": "Edit", "tool_input": {"file_path": "src/cart.py"}, "tool_output": "ok"}))
+    assert early["profile"]["topFiles"] == [] and early["cached"] is False
+    client.post("/agentmemory/observe", json=make_hook("first", "post_tool_use", project="shop",
+                timestamp="2026-01-01T00:00:00Z",
+                data={"tool_name": "Edit", "tool_input": {"file_path": "src/cart.py"}, "tool_output": "ok"}))
+    # a profile of nothing was not kept: the session's first work shows before the session ends
+    # (an agent whose turns end without its session ending, as Codex's do, would wait an hour)
+    during = client.get("/agentmemory/profile?project=shop").json
+    assert during["cached"] is False and during["profile"]["topFiles"] == [{"file": "src/cart.py", "frequency": 1}]
+    client.post("/agentmemory/observe", json=make_hook("first", "post_tool_use", project="shop",
+                timestamp="2026-01-01T00:01:00Z",
+                data={"tool_name": "Edit", "tool_input": {"file_path": "src/cart.py"}, "tool_output": "ok"}))
     assert client.get("/agentmemory/profile?project=shop").json["cached"] is True  # within the hour
     assert client.post("/agentmemory/session/end", json={"sessionId": "first"}).status_code == 200
     after = client.get("/agentmemory/profile?project=shop").json

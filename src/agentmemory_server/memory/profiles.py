@@ -69,7 +69,7 @@ def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> d
     errors: Counter[str] = Counter()
     for obs in observations:
         if obs.get("importance", 5) < MIN_IMPORTANCE:
-            continue  # session bookkeeping (a start, a turn end) says nothing about the project
+            continue  # session bookkeeping (a start, a turn end) and notices say nothing about the project
         concepts.update(derived_concepts(obs))
         files.update(list(dict.fromkeys(str(f) for f in obs.get("files") or [])))  # in order: ties stay put
         if obs.get("type") == "error":
@@ -82,7 +82,11 @@ def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> d
         "topFiles": [{"file": f, "frequency": n} for f, n in files.most_common(TOP)],
         "conventions": [],
         "commonErrors": [e for e, _n in errors.most_common(10)],
-        "recentActivity": [f"[{o.get('type', 'other')}] {o.get('title', '')}" for o in observations[:10]],
+        "recentActivity": [
+            f"[{o.get('type', 'other')}] {o.get('title', '')}"
+            for o in observations
+            if o.get("importance", 5) >= MIN_IMPORTANCE
+        ][:10],
         "sessionCount": len(listings.session_ids_with(store, project=project, agentId=agent_id)),
         "totalObservations": len(observations),
         "sampled": len(observations) >= SAMPLE,
@@ -99,7 +103,9 @@ def get_profile(ctx: Ctx, project: str, *, refresh: bool, agent_id: str | None =
         if updated and rt.clock.now() - updated < PROFILE_TTL:
             return cached, True
     profile = build_profile(rt.db.reader(), project, agent_id, rt.clock.iso())
-    if profile is not None and agent_id is None:
+    # A profile of nothing yet (a project's first session start) is cheap to make again, and a
+    # cached one would stand until the session ends, which a turn end is not.
+    if profile is not None and agent_id is None and profile["totalObservations"]:
         with rt.db.transaction("profile", agent_id=rt.settings.agent_id) as tx:
             tx.records.set(PROFILES, project, profile, now=profile["updatedAt"])
             tx.audit_message = f"profile of {project!r} refreshed"

@@ -23,6 +23,7 @@ from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import parse_time, stringify, tool_output_text, truncate
+from agentmemory_server.kernel.wording import one_line
 from agentmemory_server.memory.vocabulary import NOISE, file_names_only
 from agentmemory_server.retrieval.search import LIFECYCLE_HOOKS
 
@@ -174,19 +175,6 @@ def describe(obs: dict[str, Any], limit: int = 160) -> str:
     return truncate(one_line(label, outcome_text(obs)), limit)
 
 
-def one_line(label: str, narrative: str) -> str:
-    """``label: narrative`` on one line, without saying a thing twice: a narrative that begins
-    with the label ("Read a.py: def f()" for "Read a.py") stands alone, and one the label was
-    cut from ("stop: Fixed the test…" for "Fixed the test and pushed") replaces the cut part."""
-    label, narrative = " ".join(label.split()), " ".join(narrative.split())
-    if not narrative or narrative in label:  # "Read a.md -> failed: not found" and "not found"
-        return label
-    if narrative.startswith(label.rstrip("…")):
-        return narrative
-    at = label.find(narrative[:20]) if len(narrative) >= 20 else -1
-    return label[:at] + narrative if at >= 0 else f"{label}: {narrative}"
-
-
 # What the agent itself said or thought (Cursor's afterAgentResponse / afterAgentThought) is a
 # conversation observation like a prompt, but nobody asked it: it is not counted as a prompt.
 AGENT_SPEECH = frozenset({"assistant_response", "agent_thought"})
@@ -295,7 +283,10 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
         (
             o
             for o in observations
-            if not is_failure(o) and o.get("type") != "conversation" and is_work(o) and not says_nothing(o)
+            if not is_failure(o)
+            and o.get("type") not in ("conversation", "notification")
+            and is_work(o)
+            and not says_nothing(o)
         ),
         key=lambda o: -int(o.get("importance") or 0),
     )[:3]

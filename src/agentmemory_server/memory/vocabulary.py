@@ -146,9 +146,71 @@ GENERIC_WORDS = frozenset(
         "type",
     ]
 )
+# The keywords of common programming languages: a file's content (a Write, a Read) is code, and
+# its keywords are in every project of that language.
+CODE_KEYWORDS = frozenset(
+    [
+        "abstract",
+        "async",
+        "await",
+        "boolean",
+        "break",
+        "case",
+        "catch",
+        "char",
+        "class",
+        "const",
+        "continue",
+        "def",
+        "default",
+        "defer",
+        "del",
+        "elif",
+        "else",
+        "enum",
+        "except",
+        "export",
+        "extends",
+        "final",
+        "finally",
+        "func",
+        "function",
+        "impl",
+        "implements",
+        "import",
+        "interface",
+        "lambda",
+        "nil",
+        "nonlocal",
+        "package",
+        "print",
+        "private",
+        "protected",
+        "public",
+        "raise",
+        "return",
+        "self",
+        "static",
+        "struct",
+        "super",
+        "switch",
+        "this",
+        "throw",
+        "throws",
+        "trait",
+        "typeof",
+        "undefined",
+        "var",
+        "void",
+        "while",
+        "yield",
+    ]
+)
+# What a failed command's output says in every project ("Command exited with non-zero status").
+GENERIC_WORDS = GENERIC_WORDS | frozenset({"exited", "non-zero", "nonzero"})
 # What concepts, recurring terms and themes leave out. The hook types head the titles of events
 # without a tool ("session_start: Add a --verbose flag", "stop: Fixed the test").
-NOISE = STOPWORDS | TEMPLATE_WORDS | GENERIC_WORDS | KNOWN_HOOK_TYPES
+NOISE = STOPWORDS | TEMPLATE_WORDS | GENERIC_WORDS | CODE_KEYWORDS | KNOWN_HOOK_TYPES
 
 # A path of two or more parts (absolute, relative, home-based or a Windows drive's, with either
 # separator), up to its last part.
