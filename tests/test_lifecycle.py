@@ -154,6 +154,9 @@ def test_a_claude_code_session_is_summarised_in_words_not_json(client):
     ("Patch src/users.rs: update", "Patched update src/users.rs", "Patch src/users.rs: update"),
     ("Bash: make", "Killed", "Bash: make: Killed"),  # a word of its own is news
     ("Bash: npm test", "Ran `npm test` (exit 1)", "Bash: npm test: Ran `npm test` (exit 1)"),
+    ("Bash: npm test -> failed: exited with code 1", "Ran `npm test`. Output: exited with code 1",
+     "Bash: npm test -> failed: exited with code 1"),
+    ("Edit a.ts: 1 edit, 1 line replaced", "Edited a.ts in 1 place (1 line replaced)", "Edit a.ts: 1 edit, 1 line replaced"),
 ])
 def test_one_line_says_each_thing_once(label, narrative, line):
     assert one_line(label, narrative) == line

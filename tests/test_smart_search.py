@@ -218,6 +218,16 @@ def test_a_profile_made_before_a_session_ended_is_made_again_after_it(rt, client
     assert "Key files: src/cart.py" in context["context"]
 
 
+def test_among_equally_common_concepts_what_was_asked_for_comes_first(client):
+    base = {"session_id": "one", "cwd": "/home/u/shop"}
+    for event in ({"hook_event_name": "UserPromptSubmit", "prompt": "Fix the checkout rounding"},
+                  {"hook_event_name": "SubagentStop", "agent_type": "Explore",  # the latest record
+                   "last_assistant_message": "Analysis complete. Found potential issues."}):
+        assert client.post("/agentmemory/hooks/claude-code", json={**base, **event}).status_code == 200
+    concepts = [c["concept"] for c in client.get("/agentmemory/profile?project=shop").json["profile"]["topConcepts"]]
+    assert concepts[:2] == ["checkout", "rounding"] and "analysis" in concepts, concepts
+
+
 def test_a_failed_commands_error_is_found_by_the_file_it_names(rt, client):
     # a lint failure is a Bash call: its input names no file, its error does
     client.post("/agentmemory/observe", json=make_hook("lint", "post_tool_failure", project="shop", data={

@@ -13,19 +13,48 @@ import re
 
 _WORD = re.compile(r"\w[\w./-]*")
 
+# The words capture's narratives put around what a title already says ("Ran `npm test`. Output:
+# ...", "Edited src/a.ts in 1 place", "Patched update src/a.rs"; capture/describe.py).
+CAPTURE_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "delegated",
+        "edited",
+        "fetched",
+        "for",
+        "in",
+        "listed",
+        "listing",
+        "of",
+        "output",
+        "patched",
+        "place",
+        "places",
+        "ran",
+        "replaced",
+        "searched",
+        "searching",
+        "the",
+        "to",
+        "with",
+        "wrote",
+    ]
+)
+
 
 def _words(text: str) -> list[str]:
     return [word.rstrip("./-") for word in _WORD.findall(text.lower())]
 
 
 def restates(label: str, text: str) -> bool:
-    """Whether ``text`` says no more than ``label``: it shares a word with it, and at most one
-    of its words is not the label's ("Ran `cargo test`" under "Bash: cargo test"). A word of its
-    own alone ("Killed" under "Bash: make") is news, not a restatement."""
+    """Whether ``text`` says no more than ``label``: it shares a word with it, and each of its
+    words is the label's or one capture writes around them ("Ran `cargo test`" under "Bash:
+    cargo test"). Any word of its own ("Killed", an exit code) is news."""
     said = set(_words(label))
     words = _words(text)
-    new = [word for word in words if word not in said]
-    return len(new) < len(words) and len(new) <= 1
+    return any(word in said for word in words) and all(word in said or word in CAPTURE_WORDS for word in words)
 
 
 def one_line(label: str, narrative: str) -> str:
