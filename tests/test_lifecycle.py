@@ -7,6 +7,8 @@ import pytest
 
 from conftest import hook
 from agentmemory_server.errors import InvalidInput, NotFound
+from agentmemory_server.kernel.hook_types import KNOWN_HOOK_TYPES
+from agentmemory_server.kernel.wording import one_line
 from agentmemory_server.kernel.model_steps import MODEL_STEPS, model_step, run_model_steps
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.util import truncate
@@ -51,8 +53,8 @@ def test_summary_written_on_session_end(client):
     summary = session["summary"]
     assert summary["title"].startswith("fix the login lockout bug") and summary["observationCount"] == 7
     assert summary["filesModified"] == ["src/auth.py"] and summary["method"] == "synthetic"
-    assert "7 observations over 9 min" in summary["narrative"] and "Changed 1 file(s): src/auth.py" in summary["narrative"]
-    assert "failure(s); last: npm run lint: eslint: command not found" in summary["narrative"]
+    assert "7 observations over 9 min" in summary["narrative"] and "Changed 1 file: src/auth.py" in summary["narrative"]
+    assert "2 failures; last: npm run lint: eslint: command not found" in summary["narrative"]
     assert summary["keyDecisions"] == ["lesson: always reset the rate limiter between tests"]
     assert "pytest" in summary["concepts"] and "bash" not in summary["concepts"]
     text = client.post("/agentmemory/context", json={"sessionId": "next", "project": "shop"}).json["context"]
@@ -67,6 +69,29 @@ def test_the_summary_counts_each_kind_of_observation_in_plain_english(client):
         assert client.post("/agentmemory/observe", json=event).status_code == 201
     r = client.post("/agentmemory/summarize", json={"sessionId": "kinds"})
     assert "4 observations over 3 min: 2 discoveries, 2 decisions." in r.json["summary"]["narrative"]
+
+
+def test_the_summary_says_what_its_count_holds_beside_the_work(client):
+    # a session's start and end, a tool call announced and then done, and an event that carried
+    # nothing but the note capture wrote for it (Cline's TaskComplete), all within a minute
+    cline = {"clineVersion": "3.40.0", "taskId": "cl-9", "workspaceRoots": ["/home/u/cli"], "timestamp": "1764583200000"}
+    tool = {"toolName": "execute_command", "parameters": {"command": "npm test"}}
+    events = [{"hookName": "TaskStart", "taskStart": {"taskMetadata": {"taskId": "cl-9"}}},
+              {"hookName": "UserPromptSubmit", "userPromptSubmit": {"prompt": "Fix the flaky session test"}},
+              {"hookName": "PreToolUse", "preToolUse": tool},
+              {"hookName": "PostToolUse", "postToolUse": {**tool, "result": "12 passing", "success": True}},
+              {"hookName": "TaskComplete", "taskComplete": {"taskMetadata": {"taskId": "cl-9"}}}]
+    for n, event in enumerate(events):
+        reply = client.post("/agentmemory/hooks/cline", json={**cline, **event, "timestamp": str(1764583200000 + n)})
+        assert reply.status_code == 200, reply.json
+    summary = client.post("/agentmemory/summarize", json={"sessionId": "cl-9"}).json["summary"]
+    narrative = summary["narrative"]
+    assert narrative.startswith("5 observations in under a minute: 1 prompt, 1 command, 1 subagent event "
+                                "(plus 1 session event and 1 announced tool call)."), narrative
+    assert "Notable: npm test: 12 passing." in narrative and "TaskComplete" not in narrative, narrative
+    assert "(s)" not in narrative
+    # the hook types that head titles ("session_start: ...", "task_completed: ...") are not concepts
+    assert not set(summary["concepts"]) & {"session_start", "task_completed", "prompt_submit", "stop"}, summary
 
 
 def test_what_the_agent_said_is_not_counted_as_what_it_was_asked(client):
@@ -124,9 +149,17 @@ def test_a_claude_code_session_is_summarised_in_words_not_json(client):
     ("pytest -q", "2 passed", "pytest -q: 2 passed"),
     ("Edit a.py: replace 1 line", "", "Edit a.py: replace 1 line"),
     ("session_start", "SessionStart (startup)", "session_start: SessionStart (startup)"),
+    # a narrative that only restates its title, as capture writes one for a tool that said nothing
+    ("Bash: cargo test", "Ran `cargo test`", "Bash: cargo test"),
+    ("Patch src/users.rs: update", "Patched update src/users.rs", "Patch src/users.rs: update"),
+    ("Bash: make", "Killed", "Bash: make: Killed"),  # a word of its own is news
+    ("Bash: npm test", "Ran `npm test` (exit 1)", "Bash: npm test: Ran `npm test` (exit 1)"),
+    ("Bash: npm test -> failed: exited with code 1", "Ran `npm test`. Output: exited with code 1",
+     "Bash: npm test -> failed: exited with code 1"),
+    ("Edit a.ts: 1 edit, 1 line replaced", "Edited a.ts in 1 place (1 line replaced)", "Edit a.ts: 1 edit, 1 line replaced"),
 ])
 def test_one_line_says_each_thing_once(label, narrative, line):
-    assert summaries.one_line(label, narrative) == line
+    assert one_line(label, narrative) == line
 
 
 CLIENT_FIXTURES = Path(__file__).parent / "fixtures" / "clients"
@@ -147,6 +180,7 @@ def test_every_agents_session_is_summarised_by_its_work(client, agent):
     for noise in ("other", "session_start", "pre_compact", "post_compact", "session_end", "{", "*** ", ".."):
         assert noise not in narrative, (noise, narrative)
     assert "Asked: " in narrative
+    assert not set(summary["concepts"]) & KNOWN_HOOK_TYPES, summary["concepts"]  # "session_start: <task>"
     stored = client.get("/agentmemory/observations", query_string={"sessionId": sid}).json["observations"]
     announced = {f for o in stored if o["hookType"] == "pre_tool_use" for f in o["files"]}
     done = {f for o in stored if o["hookType"] != "pre_tool_use" for f in o["files"]}
@@ -273,7 +307,7 @@ def test_crystallize_actions(call):
     out = call("memory_crystallize", actionIds=f"{a['id']},{b['id']}", project="p")
     crystal = out["crystal"]
     assert crystal["sourceActionIds"] == [a["id"], b["id"]]
-    assert crystal["narrative"].startswith("2 action(s) finished: Add retry (done); Drop the cache (cancelled)")
+    assert crystal["narrative"].startswith("2 actions finished: Add retry (done); Drop the cache (cancelled)")
     assert crystal["lessons"] == ["retry uploads with backoff"] and len(out["lessonsSaved"]) == 1
     assert call("action_get", actionId=a["id"])["action"]["crystallizedInto"] == crystal["id"]
 
@@ -295,7 +329,7 @@ def test_consolidate_creates_memories_deterministically(client, call):
     memories = {m["id"]: m for m in call("memories_list")["memories"]}
     cart = next(m for m in memories.values() if m["title"] == "Recurring work on src/cart.py")
     assert cart["project"] == "shop" and cart["files"] == ["src/cart.py"] and len(cart["sourceObservationIds"]) == 4
-    assert "4 observations across 4 session(s) from 2026-11-01 to 2026-11-04" in cart["content"]
+    assert "4 observations across 4 sessions from 2026-11-01 to 2026-11-04" in cart["content"]
     bug = next(m for m in memories.values() if "checkout" in m["title"] or m["type"] == "bug")
     assert bug["type"] == "bug"
     # Same observations again: nothing new.
@@ -314,7 +348,7 @@ def test_a_consolidated_memory_names_each_highlight_once_and_counts_in_plain_eng
         client.post("/agentmemory/observe", json=edit(f"s{i}", f"src/part{i}.py", f"2026-11-0{i + 1}T10:05:00Z"))
     call("memory_consolidate")
     bug = next(m for m in call("memories_list")["memories"] if m["type"] == "bug")
-    assert "5 observations across 5 session(s)" in bug["content"] and "(5 errors)" in bug["content"]
+    assert "5 observations across 5 sessions" in bug["content"] and "(5 errors)" in bug["content"]
     highlights = bug["content"].split("Highlights: ", 1)[1].split(".")[0].split("; ")
     assert len(highlights) == len(set(highlights)) == 1, bug["content"]
 
@@ -337,7 +371,7 @@ def test_a_group_of_one_day_is_dated_on_that_day(client, call):
         client.post("/agentmemory/observe", json=edit(f"d{i}", "src/tax.py", f"2026-11-05T1{i}:00:00Z"))
     call("memory_consolidate")
     [tax] = [m for m in call("memories_list")["memories"] if "src/tax.py" in m["title"]]
-    assert "5 observations across 5 session(s) on 2026-11-05 (" in tax["content"], tax["content"]
+    assert "5 observations across 5 sessions on 2026-11-05 (" in tax["content"], tax["content"]
 
 
 def test_a_todo_cut_short_in_a_title_gives_way_to_the_whole_one(client, call):

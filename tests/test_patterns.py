@@ -65,6 +65,37 @@ def test_a_projects_patterns_and_concepts_are_its_own_words(client):
     assert not set(summary["concepts"]) & {"home", "ana", "code", "shop", "line", "output", "tests", "exit"}
 
 
+def test_notices_keywords_and_stock_error_words_are_not_a_projects_concepts(client):
+    # each session: a permission notice, a file written in TypeScript, a test run that failed with
+    # the agent's stock message; what the project is about is the cart's total and its rounding
+    for sid in ("n1", "n2", "n3"):
+        base = {"session_id": sid, "cwd": "/home/ana/shop"}
+        events = [
+            {"hook_event_name": "Notification", "message": "Claude needs your permission to use Bash"},
+            {"hook_event_name": "PostToolUse", "tool_name": "Write", "tool_use_id": f"{sid}-w",
+             "tool_input": {"file_path": "src/cart.ts",
+                            "content": "export const cartTotal = (items) => roundHalfEven(sum(items));\n"
+                                       "export function discount(total) { return total; }"}},
+            {"hook_event_name": "PostToolUseFailure", "tool_name": "Bash", "tool_use_id": f"{sid}-t",
+             "tool_input": {"command": "npm test"}, "error": "Command exited with non-zero status code 1"},
+        ]
+        for event in events:
+            assert client.post("/agentmemory/hooks/claude-code", json={**base, **event}).status_code == 200
+    [notice] = [o for o in client.get("/agentmemory/observations", query_string={"sessionId": "n1"}).json["observations"]
+                if o["type"] == "notification"]
+    assert notice["importance"] == 2  # ranked with the session's bookkeeping
+    patterns = client.post("/agentmemory/patterns", json={"project": "shop"}).json["patterns"]
+    profile = client.get("/agentmemory/profile", query_string={"project": "shop"}).json["profile"]
+    concepts = {p["pattern"] for p in patterns if p["kind"] == "concept"} | {c["concept"] for c in profile["topConcepts"]}
+    assert {"carttotal", "roundhalfeven", "cart"} <= concepts, concepts
+    assert not concepts & {"claude", "permission", "needs", "notification", "export", "const", "function", "return",
+                           "exited", "non-zero"}, concepts
+    assert not any("notification" in line for line in profile["recentActivity"]), profile["recentActivity"]
+    summary = client.post("/agentmemory/summarize", json={"sessionId": "n1"}).json["summary"]
+    assert "Notable: Write src/cart.ts" in summary["narrative"] and "permission" not in summary["narrative"].split(
+        "Notable:")[1], summary["narrative"]
+
+
 def test_paths_count_by_their_file_names():
     from agentmemory_server.memory.vocabulary import file_names_only
 

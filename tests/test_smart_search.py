@@ -199,17 +199,33 @@ def test_a_profile_made_before_a_session_ended_is_made_again_after_it(rt, client
     # must show in the next session's profile, not an hour later
     client.post("/agentmemory/session/start", json={"sessionId": "first", "project": "shop"})
     early = client.get("/agentmemory/profile?project=shop").json
-    assert early["profile"]["topFiles"] == []
-    for i in range(2):
-        client.post("/agentmemory/observe", json=make_hook("first", "post_tool_use", project="shop",
-                    timestamp=f"2026-01-01T00:0{i}:00Z",
-                    data={"tool_name": "Edit", "tool_input": {"file_path": "src/cart.py"}, "tool_output": "ok"}))
+    assert early["profile"]["topFiles"] == [] and early["cached"] is False
+    client.post("/agentmemory/observe", json=make_hook("first", "post_tool_use", project="shop",
+                timestamp="2026-01-01T00:00:00Z",
+                data={"tool_name": "Edit", "tool_input": {"file_path": "src/cart.py"}, "tool_output": "ok"}))
+    # a profile of nothing was not kept: the session's first work shows before the session ends
+    # (an agent whose turns end without its session ending, as Codex's do, would wait an hour)
+    during = client.get("/agentmemory/profile?project=shop").json
+    assert during["cached"] is False and during["profile"]["topFiles"] == [{"file": "src/cart.py", "frequency": 1}]
+    client.post("/agentmemory/observe", json=make_hook("first", "post_tool_use", project="shop",
+                timestamp="2026-01-01T00:01:00Z",
+                data={"tool_name": "Edit", "tool_input": {"file_path": "src/cart.py"}, "tool_output": "ok"}))
     assert client.get("/agentmemory/profile?project=shop").json["cached"] is True  # within the hour
     assert client.post("/agentmemory/session/end", json={"sessionId": "first"}).status_code == 200
     after = client.get("/agentmemory/profile?project=shop").json
     assert after["cached"] is False and after["profile"]["topFiles"] == [{"file": "src/cart.py", "frequency": 2}]
     context = client.post("/agentmemory/context", json={"sessionId": "second", "project": "shop"}).json
     assert "Key files: src/cart.py" in context["context"]
+
+
+def test_among_equally_common_concepts_what_was_asked_for_comes_first(client):
+    base = {"session_id": "one", "cwd": "/home/u/shop"}
+    for event in ({"hook_event_name": "UserPromptSubmit", "prompt": "Fix the checkout rounding"},
+                  {"hook_event_name": "SubagentStop", "agent_type": "Explore",  # the latest record
+                   "last_assistant_message": "Analysis complete. Found potential issues."}):
+        assert client.post("/agentmemory/hooks/claude-code", json={**base, **event}).status_code == 200
+    concepts = [c["concept"] for c in client.get("/agentmemory/profile?project=shop").json["profile"]["topConcepts"]]
+    assert concepts[:2] == ["checkout", "rounding"] and "analysis" in concepts, concepts
 
 
 def test_a_failed_commands_error_is_found_by_the_file_it_names(rt, client):

@@ -25,7 +25,7 @@ from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, params, string, tool
 from agentmemory_server.kernel.util import estimate_tokens, truncate
-from agentmemory_server.memory import summaries
+from agentmemory_server.kernel.wording import one_line
 from agentmemory_server.retrieval import recall, search
 
 log = logging.getLogger("agentmemory.hooks")
@@ -160,7 +160,7 @@ def relevant_memories(ctx: Ctx, session_id: str, project: str | None, prompt: st
         if row.get("sessionId") == session_id or not row.get("title") or not mentions(row, terms):
             continue
         narrative = truncate(" ".join(str(row.get("narrative") or "").split()), 200)
-        line = f"- [{row.get('type', 'other')}] {escape(summaries.one_line(str(row['title']), narrative))}"
+        line = f"- [{row.get('type', 'other')}] {escape(one_line(str(row['title']), narrative))}"
         if line in lines:  # the same failure in three sessions is said once
             continue
         cost = estimate_tokens(line + "\n")

@@ -62,8 +62,10 @@ _SEPARATORS = re.compile(r"[\s\-.:/]+")
 
 # Reads and searches are context, errors are what the next session most needs to know.
 _IMPORTANCE = {"error": 7, "file_edit": 6, "file_write": 6, "decision": 7, "file_read": 4, "search": 4}
-# Session bookkeeping (raw client hooks record every start, turn end and compaction): kept for the
-# timeline, ranked below anything a next session should be told about.
+# Session bookkeeping (raw client hooks record every start, turn end and compaction) and the
+# client's own notices ("Claude needs your permission to use Bash", "waiting for your input"):
+# kept for the timeline, ranked below anything a next session should be told about, and left out
+# of what a project is said to be about (profiles, patterns).
 LIFECYCLE_IMPORTANCE = 2
 
 
@@ -213,7 +215,11 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         "files": list(
             dict.fromkeys(extract_files(f["toolInput"], tool_name) + failed_at(obs_type, f["toolOutput"], f["said"]))
         ),
-        "importance": LIFECYCLE_IMPORTANCE if hook_type in LIFECYCLE_HOOKS else _IMPORTANCE.get(obs_type, 5),
+        "importance": (
+            LIFECYCLE_IMPORTANCE
+            if hook_type in LIFECYCLE_HOOKS or obs_type == "notification"
+            else _IMPORTANCE.get(obs_type, 5)
+        ),
         "confidence": 0.3,
     }
     if input_text:

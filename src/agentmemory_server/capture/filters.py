@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentmemory_server.kernel.hook_types import KNOWN_HOOK_TYPES
 from agentmemory_server.kernel.util import cut_text, cut_with_marker
 
 DEFAULT_DENY = ("memory_*", "toolsearch", "listmcpresources", "fetchmcpresource")
@@ -27,33 +28,6 @@ STRING_MARKER = "\n[...truncated]"
 OBJECT_MARKER = "...[truncated]"
 MAX_DEPTH = 32  # deeper values are kept as they are (parse_json already bounds nesting)
 
-# Events of other coding agents that upstream has no type for (capture/clients maps them):
-# failures outside a tool call, and what the agent said or thought.
-CLIENT_HOOK_TYPES = frozenset(
-    {"error_occurred", "stop_failure", "session_error", "assistant_response", "agent_thought"}
-)
-# Upstream's hook types (U§3, plus 0.9.30's permission_request and post_compact), ours for an
-# agent's own note, and the client events above.
-KNOWN_HOOK_TYPES = CLIENT_HOOK_TYPES | frozenset(
-    {
-        "session_start",
-        "prompt_submit",
-        "pre_tool_use",
-        "post_tool_use",
-        "post_tool_failure",
-        "pre_compact",
-        "post_compact",
-        "subagent_start",
-        "subagent_stop",
-        "notification",
-        "task_completed",
-        "permission_request",
-        "stop",
-        "session_end",
-        "observation",
-        "other",
-    }
-)
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[^a-z0-9]+")
 

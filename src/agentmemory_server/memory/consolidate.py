@@ -117,7 +117,7 @@ def draft_memory(key: str, group: list[dict]) -> dict[str, Any]:
     highlights = list(dict.fromkeys(truncate(o.get("title", ""), 80) for o in ranked))[:5]
     files = list(dict.fromkeys(f for o in group for f in o.get("files") or []))[:10]
     content = (
-        f"Recurring {label}: {len(group)} observations across {len(sessions)} session(s) "
+        f"Recurring {label}: {len(group)} observations across {summaries.plural(len(sessions), 'session')} "
         f"{_days(stamps[0][:10], stamps[-1][:10])} ({summaries.type_counts(group, 3)}). Highlights: "
         + "; ".join(highlights)
         + "."

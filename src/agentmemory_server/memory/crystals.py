@@ -67,7 +67,8 @@ def session_digest(session: dict[str, Any], observations: list[dict]) -> dict[st
     fixed_ids = {f["id"] for f, _s, _b in fixed}
     outcomes = []
     if summary["filesModified"]:
-        outcomes.append(f"Changed {len(summary['filesModified'])} file(s): {', '.join(summary['filesModified'][:8])}")
+        changed = summary["filesModified"]
+        outcomes.append(f"Changed {summaries.plural(len(changed), 'file')}: {', '.join(changed[:8])}")
     for failure, _success, between in fixed:
         outcomes.append(
             f"`{summaries.step_label(failure)}` passes again"
@@ -99,7 +100,9 @@ def session_digest(session: dict[str, Any], observations: list[dict]) -> dict[st
 
 def actions_digest(items: list[dict]) -> dict[str, Any]:
     items = sorted(items, key=lambda a: a.get("createdAt") or "")  # stable: ties keep the caller's order
-    narrative = f"{len(items)} action(s) finished: " + "; ".join(f"{a.get('title')} ({a.get('status')})" for a in items)
+    narrative = f"{summaries.plural(len(items), 'action')} finished: " + "; ".join(
+        f"{a.get('title')} ({a.get('status')})" for a in items
+    )
     outcomes = [
         f"{a.get('title')}: {truncate(a['result'], 200)}"
         if a.get("result")

@@ -65,28 +65,43 @@ def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> d
         return None
     observations = [record for _hit, record in search.hydrate(store, docs)]
     concepts: Counter[str] = Counter()
+    asked: Counter[str] = Counter()  # the concepts of what people asked for
     files: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     for obs in observations:
         if obs.get("importance", 5) < MIN_IMPORTANCE:
-            continue  # session bookkeeping (a start, a turn end) says nothing about the project
+            continue  # session bookkeeping (a start, a turn end) and notices say nothing about the project
         concepts.update(derived_concepts(obs))
+        if obs.get("hookType") == "prompt_submit":
+            asked.update(derived_concepts(obs))
         files.update(list(dict.fromkeys(str(f) for f in obs.get("files") or [])))  # in order: ties stay put
         if obs.get("type") == "error":
             errors[_error_key(obs)] += 1
     return {
         "project": project,
         "updatedAt": now,
-        "topConcepts": [{"concept": c, "frequency": n} for c, n in concepts.most_common(TOP) if n > 1]
-        or [{"concept": c, "frequency": n} for c, n in concepts.most_common(TOP)],
+        "topConcepts": _top_concepts(concepts, asked),
         "topFiles": [{"file": f, "frequency": n} for f, n in files.most_common(TOP)],
         "conventions": [],
         "commonErrors": [e for e, _n in errors.most_common(10)],
-        "recentActivity": [f"[{o.get('type', 'other')}] {o.get('title', '')}" for o in observations[:10]],
+        "recentActivity": [
+            f"[{o.get('type', 'other')}] {o.get('title', '')}"
+            for o in observations
+            if o.get("importance", 5) >= MIN_IMPORTANCE
+        ][:10],
         "sessionCount": len(listings.session_ids_with(store, project=project, agentId=agent_id)),
         "totalObservations": len(observations),
         "sampled": len(observations) >= SAMPLE,
     }
+
+
+def _top_concepts(concepts: Counter[str], asked: Counter[str]) -> list[dict[str, Any]]:
+    """The commonest concepts (those seen more than once, if any are); among equally common ones,
+    those of what people asked for first: a prompt says what a project is about more surely than
+    a tool's output or an agent's report ("Analysis complete. Found 3 potential issues")."""
+    ranked = sorted(concepts, key=lambda c: (-concepts[c], -asked[c]))  # stable: ties keep their order
+    recurring = [c for c in ranked if concepts[c] > 1]
+    return [{"concept": c, "frequency": concepts[c]} for c in (recurring or ranked)[:TOP]]
 
 
 def get_profile(ctx: Ctx, project: str, *, refresh: bool, agent_id: str | None = None) -> tuple[dict | None, bool]:
@@ -99,7 +114,9 @@ def get_profile(ctx: Ctx, project: str, *, refresh: bool, agent_id: str | None =
         if updated and rt.clock.now() - updated < PROFILE_TTL:
             return cached, True
     profile = build_profile(rt.db.reader(), project, agent_id, rt.clock.iso())
-    if profile is not None and agent_id is None:
+    # A profile of nothing yet (a project's first session start) is cheap to make again, and a
+    # cached one would stand until the session ends, which a turn end is not.
+    if profile is not None and agent_id is None and profile["totalObservations"]:
         with rt.db.transaction("profile", agent_id=rt.settings.agent_id) as tx:
             tx.records.set(PROFILES, project, profile, now=profile["updatedAt"])
             tx.audit_message = f"profile of {project!r} refreshed"

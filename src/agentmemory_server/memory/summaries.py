@@ -23,6 +23,7 @@ from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import parse_time, stringify, tool_output_text, truncate
+from agentmemory_server.kernel.wording import one_line
 from agentmemory_server.memory.vocabulary import NOISE, file_names_only
 from agentmemory_server.retrieval.search import LIFECYCLE_HOOKS
 
@@ -174,19 +175,6 @@ def describe(obs: dict[str, Any], limit: int = 160) -> str:
     return truncate(one_line(label, outcome_text(obs)), limit)
 
 
-def one_line(label: str, narrative: str) -> str:
-    """``label: narrative`` on one line, without saying a thing twice: a narrative that begins
-    with the label ("Read a.py: def f()" for "Read a.py") stands alone, and one the label was
-    cut from ("stop: Fixed the test…" for "Fixed the test and pushed") replaces the cut part."""
-    label, narrative = " ".join(label.split()), " ".join(narrative.split())
-    if not narrative or narrative in label:  # "Read a.md -> failed: not found" and "not found"
-        return label
-    if narrative.startswith(label.rstrip("…")):
-        return narrative
-    at = label.find(narrative[:20]) if len(narrative) >= 20 else -1
-    return label[:at] + narrative if at >= 0 else f"{label}: {narrative}"
-
-
 # What the agent itself said or thought (Cursor's afterAgentResponse / afterAgentThought) is a
 # conversation observation like a prompt, but nobody asked it: it is not counted as a prompt.
 AGENT_SPEECH = frozenset({"assistant_response", "agent_thought"})
@@ -230,6 +218,8 @@ def _duration(observations: list[dict]) -> str:
     if not start or not end or end <= start:
         return ""
     minutes = int((end - start).total_seconds() // 60)
+    if minutes == 0:
+        return " in under a minute"
     return f" over {minutes // 60} h {minutes % 60} min" if minutes >= 60 else f" over {minutes} min"
 
 
@@ -241,6 +231,22 @@ def type_counts(observations: list[dict], most: int = 5) -> str:
         label = _TYPE_LABELS.get(obs_type, obs_type)
         parts.append(plural(count, label))
     return ", ".join(parts)
+
+
+def course_counts(observations: list[dict]) -> str:
+    """What the count of observations holds beside the work: "4 session events and 1 announced
+    tool call" (starts, compactions, turn and session ends; tool calls announced before they ran)."""
+    lifecycle = sum(1 for o in observations if is_lifecycle(o))
+    announced = sum(1 for o in observations if not is_lifecycle(o) and o.get("hookType") in INTENT_HOOKS)
+    parts = [plural(lifecycle, "session event"), plural(announced, "announced tool call")]
+    return " and ".join(part for part, count in zip(parts, (lifecycle, announced), strict=True) if count)
+
+
+def says_nothing(obs: dict[str, Any]) -> bool:
+    """An event without a tool that carried no words of its own: its narrative is only the note
+    capture wrote for it (capture/client_hooks.described), such as Cline's "TaskComplete"."""
+    raw = obs.get("raw")
+    return not obs.get("toolName") and isinstance(raw, dict) and "event_note" in raw
 
 
 def plural(count: int, noun: str) -> str:
@@ -259,17 +265,29 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
     title = session.get("title") or session.get("firstPrompt") or (prompts[0] if prompts else "")
     if not title:
         title = f"Session {session['id'][:8]}: {type_counts(observations) or 'no activity'}"
-    kinds = type_counts(observations)
-    parts = [f"{plural(len(observations), 'observation')}{_duration(observations)}" + (f": {kinds}." if kinds else ".")]
+    kinds, course = type_counts(observations), course_counts(observations)
+    if kinds and course:
+        kinds += f" (plus {course})"
+    parts = [
+        f"{plural(len(observations), 'observation')}{_duration(observations)}"
+        + (f": {kinds or course}." if kinds or course else ".")
+    ]
     if prompts:
         more = f" (+{len(prompts) - 1} more prompts)" if len(prompts) > 1 else ""
         parts.append(f'Asked: "{truncate(prompts[0], 160)}"{more}.')
     if changed:
-        parts.append(f"Changed {len(changed)} file(s): {', '.join(changed[:6])}.")
+        parts.append(f"Changed {plural(len(changed), 'file')}: {', '.join(changed[:6])}.")
     if errors:
-        parts.append(f"{len(errors)} failure(s); last: {describe(errors[-1])}.")
+        parts.append(f"{plural(len(errors), 'failure')}; last: {describe(errors[-1])}.")
     notable = sorted(
-        (o for o in observations if not is_failure(o) and o.get("type") != "conversation" and is_work(o)),
+        (
+            o
+            for o in observations
+            if not is_failure(o)
+            and o.get("type") not in ("conversation", "notification")
+            and is_work(o)
+            and not says_nothing(o)
+        ),
         key=lambda o: -int(o.get("importance") or 0),
     )[:3]
     if notable:

@@ -2,7 +2,7 @@
 
 Concepts, recurring terms and reflection themes are counted from observations, summaries,
 consolidated memories and crystals. Much of that text is written here, from templates: "Edit
-src/a.py: replace 1 line", "Ran `npm test` (exit 1)", "6 observations across 3 session(s)". Its
+src/a.py: replace 1 line", "Ran `npm test` (exit 1)", "6 observations across 3 sessions". Its
 words recur in every project and would outrank the project's own. So do the directories of an
 absolute path ("/home/ana/code/shop/src/cart.ts" names home, ana, code and shop in every record
 of that checkout), while the file's own name ("cart") says what the work was about.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from agentmemory_server.kernel.hook_types import KNOWN_HOOK_TYPES
 from agentmemory_server.retrieval.search import STOPWORDS
 
 # Words of the titles, narratives and summaries this server writes (capture/describe.py,
@@ -145,8 +146,71 @@ GENERIC_WORDS = frozenset(
         "type",
     ]
 )
-# What concepts, recurring terms and themes leave out.
-NOISE = STOPWORDS | TEMPLATE_WORDS | GENERIC_WORDS
+# The keywords of common programming languages: a file's content (a Write, a Read) is code, and
+# its keywords are in every project of that language.
+CODE_KEYWORDS = frozenset(
+    [
+        "abstract",
+        "async",
+        "await",
+        "boolean",
+        "break",
+        "case",
+        "catch",
+        "char",
+        "class",
+        "const",
+        "continue",
+        "def",
+        "default",
+        "defer",
+        "del",
+        "elif",
+        "else",
+        "enum",
+        "except",
+        "export",
+        "extends",
+        "final",
+        "finally",
+        "func",
+        "function",
+        "impl",
+        "implements",
+        "import",
+        "interface",
+        "lambda",
+        "nil",
+        "nonlocal",
+        "package",
+        "print",
+        "private",
+        "protected",
+        "public",
+        "raise",
+        "return",
+        "self",
+        "static",
+        "struct",
+        "super",
+        "switch",
+        "this",
+        "throw",
+        "throws",
+        "trait",
+        "typeof",
+        "undefined",
+        "var",
+        "void",
+        "while",
+        "yield",
+    ]
+)
+# What a failed command's output says in every project ("Command exited with non-zero status").
+GENERIC_WORDS = GENERIC_WORDS | frozenset({"exited", "non-zero", "nonzero"})
+# What concepts, recurring terms and themes leave out. The hook types head the titles of events
+# without a tool ("session_start: Add a --verbose flag", "stop: Fixed the test").
+NOISE = STOPWORDS | TEMPLATE_WORDS | GENERIC_WORDS | CODE_KEYWORDS | KNOWN_HOOK_TYPES
 
 # A path of two or more parts (absolute, relative, home-based or a Windows drive's, with either
 # separator), up to its last part.

@@ -18,6 +18,7 @@ from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import estimate_tokens, truncate
+from agentmemory_server.kernel.wording import one_line
 from agentmemory_server.retrieval import recall
 
 
@@ -133,8 +134,8 @@ def past_sessions(req: BlockRequest) -> list[Block]:
             continue
         lines = [f"## Session {escape(session['id'][:8])} ({session['startedAt']})"]
         for o in top:
-            narrative = f": {escape(o['narrative'][:200])}" if o.get("narrative") else ""
-            lines.append(f"- [{o.get('type', 'other')}] {escape(o['title'])}{narrative}")
+            line = one_line(o["title"], truncate(o.get("narrative") or "", 200))
+            lines.append(f"- [{o.get('type', 'other')}] {escape(line)}")
         blocks.append(Block("observations", "\n".join(lines), session["startedAt"], [o["id"] for o in top]))
     return blocks
 

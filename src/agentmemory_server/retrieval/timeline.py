@@ -9,6 +9,7 @@ from typing import Any
 from agentmemory_server.errors import InvalidInput
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, array, integer, params, string, tool
 from agentmemory_server.kernel.util import estimate_tokens, iso, parse_time, truncate
+from agentmemory_server.kernel.wording import restates
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval.recall import ranked, search_filters
 
@@ -100,8 +101,9 @@ def file_hits(ctx: Ctx, args: dict[str, Any], *, limit: int, types: list[str] | 
 
 def observation_line(obs: dict[str, Any], width: int = 160) -> str:
     when = (obs.get("timestamp") or "")[:10]
-    narrative = " ".join((obs.get("narrative") or "").split())
-    tail = f": {truncate(narrative, width)}" if narrative and narrative != obs.get("title") else ""
+    title, narrative = str(obs.get("title", "")), " ".join((obs.get("narrative") or "").split())
+    says_more = narrative and narrative not in title and not restates(title, narrative)
+    tail = f": {truncate(narrative, width)}" if says_more else ""
     return (
         f"- [{obs.get('type', 'other')}] {obs.get('title', '')} ({when}, session {str(obs.get('sessionId'))[:8]}){tail}"
     )

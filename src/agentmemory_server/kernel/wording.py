@@ -1,0 +1,73 @@
+"""One line about a record, from its title and its narrative, saying each thing once.
+
+Capture writes both for every observation: a title ("Bash: cargo test", "Patch src/users.rs:
+update") and a narrative, the sentence search indexes ("Ran `cargo test`", "Patched update
+src/users.rs"). When the tool reported nothing, the narrative restates the title; the lines the
+next session reads (the context block, the prompt's relevant records, a summary's steps, the
+timeline) show it only when it adds something.
+"""
+
+from __future__ import annotations
+
+import re
+
+_WORD = re.compile(r"\w[\w./-]*")
+
+# The words capture's narratives put around what a title already says ("Ran `npm test`. Output:
+# ...", "Edited src/a.ts in 1 place", "Patched update src/a.rs"; capture/describe.py).
+CAPTURE_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "delegated",
+        "edited",
+        "fetched",
+        "for",
+        "in",
+        "listed",
+        "listing",
+        "of",
+        "output",
+        "patched",
+        "place",
+        "places",
+        "ran",
+        "replaced",
+        "searched",
+        "searching",
+        "the",
+        "to",
+        "with",
+        "wrote",
+    ]
+)
+
+
+def _words(text: str) -> list[str]:
+    return [word.rstrip("./-") for word in _WORD.findall(text.lower())]
+
+
+def restates(label: str, text: str) -> bool:
+    """Whether ``text`` says no more than ``label``: it shares a word with it, and each of its
+    words is the label's or one capture writes around them ("Ran `cargo test`" under "Bash:
+    cargo test"). Any word of its own ("Killed", an exit code) is news."""
+    said = set(_words(label))
+    words = _words(text)
+    return any(word in said for word in words) and all(word in said or word in CAPTURE_WORDS for word in words)
+
+
+def one_line(label: str, narrative: str) -> str:
+    """``label: narrative`` on one line, without saying a thing twice: a narrative that begins
+    with the label ("Read a.py: def f()" for "Read a.py") stands alone, one the label was cut
+    from ("stop: Fixed the test…" for "Fixed the test and pushed") replaces the cut part, and
+    one that only restates the label is left out."""
+    label, narrative = " ".join(label.split()), " ".join(narrative.split())
+    if not narrative or narrative in label:  # "Read a.md -> failed: not found" and "not found"
+        return label
+    if narrative.startswith(label.rstrip("…")):
+        return narrative
+    at = label.find(narrative[:20]) if len(narrative) >= 20 else -1
+    if at >= 0:
+        return label[:at] + narrative
+    return label if restates(label, narrative) else f"{label}: {narrative}"
