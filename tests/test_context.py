@@ -45,6 +45,21 @@ def test_summary_preferred_over_observations(client, rt):
     assert "## Fixed the build" in text and "Decisions: pin numpy" in text and "## Session s1" not in text
 
 
+def test_sessions_that_went_the_same_way_are_told_once(client):
+    # a nightly lint run: three sessions, the same prompt and the same outcome; then other work
+    runs = [("night1", "Run the nightly lint", "npm run lint"), ("night2", "Run the nightly lint", "npm run lint"),
+            ("night3", "Run the nightly lint", "npm run lint"), ("fix", "Fix the cart total", "npm test")]
+    for n, (sid, prompt, command) in enumerate(runs):
+        for hook_type, data in (("prompt_submit", {"prompt": prompt}),
+                                ("post_tool_use", {"tool_name": "Bash", "tool_input": {"command": command},
+                                                   "tool_output": "0 problems"})):
+            event = hook(sid, hook_type, project="shop", data=data, timestamp=f"2026-11-0{n + 1}T10:00:00Z")
+            assert client.post("/agentmemory/observe", json=event).status_code == 201
+        assert client.post("/agentmemory/session/end", json={"sessionId": sid}).status_code == 200
+    text = client.post("/agentmemory/context", json={"sessionId": "new", "project": "shop"}).json["context"]
+    assert text.count("## Run the nightly lint") == 1 and "## Fix the cart total" in text, text
+
+
 def test_budget_is_respected(client):
     for i in range(10):
         client.post("/agentmemory/observe", json=hook(f"s{i}", "post_tool_failure", project="p",

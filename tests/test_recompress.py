@@ -79,7 +79,7 @@ def test_stored_observations_take_todays_titles_files_and_index(rt, client):
 
     dry = client.post("/agentmemory/recompress", json={"dryRun": True}).json
     assert dry["dryRun"] is True and dry["changed"] == 2 and dry["rewritten"] == 0
-    assert dry["examined"] == 4 and dry["leftAsIs"] == {"modelCompressed": 1, "noPayload": 1}
+    assert dry["examined"] == 4 and dry["leftAsIs"] == {"modelCompressed": 1, "noPayload": 1, "failed": 0}
     assert {(e["before"], e["after"]) for e in dry["examples"]} == {
         ("Grep 'staging' in src: 1 matches zebra", today[grep]["title"]),
         ("session_start: SessionStart (startup)", today[start]["title"]),
@@ -112,13 +112,33 @@ def test_a_record_changed_during_the_run_is_not_overwritten(rt, client):
     with rt.db.transaction("test") as tx:
         record = {**tx.records.get(obs_scope("s"), grep), "title": "Model: found staging", "compressedAt": "x"}
         tx.records.set(obs_scope("s"), grep, record, now="x")
-    assert recompress._rewrite_session(rt, obs_scope("s"), seen, {grep}, 500) == 0
+    assert recompress._rewrite_session(rt, obs_scope("s"), seen, {grep}, 500, []) == 0
     assert stored(rt, "s")[grep]["title"] == "Model: found staging"
     # and one deleted meanwhile is not written back
     with rt.db.transaction("test") as tx:
         tx.records.delete(obs_scope("s"), grep)
-    assert recompress._rewrite_session(rt, obs_scope("s"), seen, {grep}, 500) == 0
+    assert recompress._rewrite_session(rt, obs_scope("s"), seen, {grep}, 500, []) == 0
     assert stored(rt, "s") == {}
+
+
+def test_a_record_the_capture_code_cannot_read_is_named_and_the_run_goes_on(rt, client, monkeypatch):
+    # no payload stored today makes the capture code fail (fuzzed); a future bug might, on old
+    # data: stand one in for it, for one record only
+    first, second = observe(client, "s", 0, GREP), observe(client, "s", 1, GREP | {"tool_use_id": "other"})
+    for obs_id in (first, second):
+        store_as_an_older_server_did(rt, "s", obs_id, title="Grep: 1 matches")
+    real = recompress.recompressed
+
+    def failing_on_the_first(obs):
+        if obs["id"] == first:
+            raise ValueError("cannot read this payload")
+        return real(obs)
+
+    monkeypatch.setattr(recompress, "recompressed", failing_on_the_first)
+    done = client.post("/agentmemory/recompress", json={}).json
+    assert done["rewritten"] == 1 and done["failedIds"] == [first] and done["leftAsIs"]["failed"] == 1, done
+    after = stored(rt, "s")
+    assert after[first]["title"] == "Grep: 1 matches" and after[second]["title"] == "Grep 'staging' in src: 2 files"
 
 
 def test_only_our_own_old_note_is_moved_out_of_message():

@@ -86,6 +86,12 @@ def test_smart_search_compact_hybrid_and_expand(hrt):
     assert by_id[obs]["observation"]["narrative"].startswith("Fixed the flaky")
     assert by_id[mem]["memory"]["content"].startswith("websocket reconnects") and by_id[mem]["kind"] == "memory"
     assert call(hrt, "memory_smart_search", expandIds=f"{obs},{mem}")["results"][0]["obsId"] == obs
+    # a list of results leaves out each hit's hook payload; expanding one by id shows it
+    assert "raw" in by_id[obs]["observation"]
+    recalled = call(hrt, "memory_recall", query="websocket reconnect", project="p")["results"]
+    assert obs in {r["observation"]["id"] for r in recalled} and not any("raw" in r["observation"] for r in recalled)
+    around = call(hrt, "memory_timeline", anchor="websocket reconnect", project="p")["entries"]
+    assert around and not any("raw" in e["observation"] for e in around)
     assert call(hrt, "memory_smart_search", expandIds=[obs], project="other")["notFound"] == [obs]
 
 

@@ -16,6 +16,7 @@ embeds them in the background.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 
@@ -29,6 +30,9 @@ from agentmemory_server.operations.maintenance import Progress, chunked, no_prog
 from agentmemory_server.retrieval import search
 
 EXAMPLES = 10  # titles a run shows before and after (of records whose title changes)
+FAILED_IDS = 20  # ids of records the capture code could not read, named in the result
+
+log = logging.getLogger("agentmemory.recompress")
 
 
 def recompress(
@@ -38,13 +42,14 @@ def recompress(
     Returns the counts, the sessions touched and a few titles that change, before and after."""
     counts = rt.db.reader().records.scope_counts(OBSERVATIONS_PREFIX)
     tally: Counter[str] = Counter()
+    failed: list[str] = []
     shown: list[dict[str, Any]] = []
     projects: set[str] = set()
     bar = progress("recompress", sum(counts.values()))
     try:
         for scope in sorted(counts):
             records = [value for _key, value in rt.db.reader().records.iter_scope(scope, batch=batch)]
-            changes = _changes(records, tally)
+            changes = _changes(records, tally, failed)
             bar.update(len(records))
             if not changes:
                 continue
@@ -53,22 +58,34 @@ def recompress(
             shown += [_example(obs, changes[obs["id"]]) for obs in records if _retitled(obs, changes)]
             del shown[examples:]
             if not dry_run:
-                tally["rewritten"] += _rewrite_session(rt, scope, records, set(changes), batch)
+                tally["rewritten"] += _rewrite_session(rt, scope, records, set(changes), batch, failed)
     finally:
         bar.close()
     if not dry_run and tally["rewritten"]:
         _after_rewrites(rt, projects, tally)
-    return _result(tally, shown, dry_run)
+    return _result(tally, shown, failed, dry_run)
 
 
-def _changes(records: list[dict[str, Any]], tally: Counter[str]) -> dict[str, dict[str, Any]]:
+def _attempt(obs: dict[str, Any], failed: list[str]) -> dict[str, Any] | None:
+    """``recompressed(obs)``; a record the capture code cannot read is named and left as it is,
+    and the run goes on (new code meets old data here first)."""
+    try:
+        return recompressed(obs)
+    except Exception:  # noqa: BLE001 - one record must not stop a store's run; it is reported
+        log.exception("recompress: observation %s could not be compressed again; left as it is", obs.get("id"))
+        if str(obs.get("id")) not in failed:
+            failed.append(str(obs.get("id")))
+        return None
+
+
+def _changes(records: list[dict[str, Any]], tally: Counter[str], failed: list[str]) -> dict[str, dict[str, Any]]:
     """id -> the record as today's capture makes it, for the records that differ."""
     changes: dict[str, dict[str, Any]] = {}
     for obs in records:
         tally["examined"] += 1
         if reason := left_as_is(obs):
             tally[reason] += 1
-        elif (updated := recompressed(obs)) is not None:
+        elif (updated := _attempt(obs, failed)) is not None:
             changes[obs["id"]] = updated
             tally["changed"] += 1
     return changes
@@ -98,7 +115,9 @@ def _to_reindex(records: list[dict[str, Any]], changed: set[str]) -> list[dict[s
     return [ordered[position] for position in sorted(keep)]
 
 
-def _rewrite_session(rt: Any, scope: str, records: list[dict[str, Any]], changed: set[str], batch: int) -> int:
+def _rewrite_session(
+    rt: Any, scope: str, records: list[dict[str, Any]], changed: set[str], batch: int, failed: list[str]
+) -> int:
     """Rewrite the changed records of one session and index them and their followers again, in
     time order (each record's context is read from the index as it stands); returns how many
     were rewritten."""
@@ -111,7 +130,7 @@ def _rewrite_session(rt: Any, scope: str, records: list[dict[str, Any]], changed
                 current = tx.records.get(scope, stale["id"])  # deleted or model-compressed meanwhile?
                 if current is None:
                     continue
-                updated = recompressed(current) if stale["id"] in changed else None
+                updated = _attempt(current, failed) if stale["id"] in changed else None
                 if updated is not None:
                     tx.records.set(scope, current["id"], updated, now=now)
                     written += 1
@@ -134,14 +153,19 @@ def _after_rewrites(rt: Any, projects: set[str], tally: Counter[str]) -> None:
     rt.publish("recompress", {"rewritten": tally["rewritten"], "sessions": tally["sessions"]})
 
 
-def _result(tally: Counter[str], shown: list[dict[str, Any]], dry_run: bool) -> dict[str, Any]:
+def _result(tally: Counter[str], shown: list[dict[str, Any]], failed: list[str], dry_run: bool) -> dict[str, Any]:
     return {
         "dryRun": dry_run,
         "examined": tally["examined"],
         "changed": tally["changed"],
         "rewritten": tally["rewritten"],
         "sessions": tally["sessions"],
-        "leftAsIs": {"modelCompressed": tally["modelCompressed"], "noPayload": tally["noPayload"]},
+        "leftAsIs": {
+            "modelCompressed": tally["modelCompressed"],
+            "noPayload": tally["noPayload"],
+            "failed": len(failed),
+        },
+        "failedIds": failed[:FAILED_IDS],
         "examples": shown,
     }
 

@@ -119,14 +119,10 @@ def past_sessions(req: BlockRequest) -> list[Block]:
             break
         summary = summaries.get(session["id"])
         if summary:
-            blocks.append(
-                Block(
-                    "summary",
-                    _summary_block(summary),
-                    summary.get("createdAt") or session["startedAt"],
-                    [session["id"]],
-                )
-            )
+            text = _summary_block(summary)
+            if any(block.text == text for block in blocks):
+                continue  # a session that went exactly as a later one (a nightly run) is told once
+            blocks.append(Block("summary", text, summary.get("createdAt") or session["startedAt"], [session["id"]]))
             continue
         top = listings.top_observations(store, session["id"], min_importance=5, limit=OBS_PER_SESSION)
         top = [o for o in top if o.get("title") and (req.agent_id is None or o.get("agentId") == req.agent_id)]

@@ -194,10 +194,18 @@ def search_filters(ctx: Ctx, args: dict[str, Any], kinds: list[str]) -> dict[str
     return filters
 
 
+def listed(obs: dict[str, Any]) -> dict[str, Any]:
+    """An observation as a list of results shows it: without the hook payload it was made from
+    (``raw``: a tool's whole input and output, often kilobytes, that the title and narrative
+    already sum up; upstream's search results carry none either). Expanding a hit by id
+    (smart-search ``expandIds``) or listing a session's observations shows all of it."""
+    return {key: value for key, value in obs.items() if key != "raw"} if "raw" in obs else obs
+
+
 def format_results(pairs: list[tuple[dict, dict]], fmt: str) -> list[dict[str, Any]]:
     results = []
     for hit, record in pairs:
-        obs = as_observation(hit, record)
+        obs = listed(as_observation(hit, record))
         score = round(hit.get("score", 0.0), 4)
         if fmt == "compact":
             results.append(

@@ -11,7 +11,7 @@ from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ct
 from agentmemory_server.kernel.util import estimate_tokens, iso, parse_time, truncate
 from agentmemory_server.kernel.wording import restates
 from agentmemory_server.retrieval import search
-from agentmemory_server.retrieval.recall import ranked, search_filters
+from agentmemory_server.retrieval.recall import listed, ranked, search_filters
 
 MAX_ROWID = 2**62
 
@@ -61,7 +61,7 @@ def memory_timeline(ctx: Ctx, args: dict) -> dict:
     position = {d["doc_id"]: i for i, d in enumerate(docs)}
     entries = [
         {
-            "observation": record,
+            "observation": listed(record),
             "sessionId": hit["session_id"],
             "relativePosition": position[hit["doc_id"]] - anchor_index,
         }
