@@ -71,6 +71,9 @@ def test_stored_observations_take_todays_titles_files_and_index(rt, client):
     without_payload = {k: v for k, v in today[read].items() if k != "raw"}
     with rt.db.transaction("test") as tx:
         tx.records.set(obs_scope("old"), read, {**without_payload, "title": "old read"}, now="x")
+    # the session's summary, written without a model from the old titles
+    old_summary = client.post("/agentmemory/summarize", json={"sessionId": "old"}).json["summary"]
+    assert "1 matches zebra" in old_summary["narrative"], old_summary
     client.get("/agentmemory/profile?project=shop")  # cached from the old titles
     assert rt.db.reader().records.get(PROFILES, "shop") is not None
     # the old words answer a search: the record itself, and the two after it, whose search
@@ -78,7 +81,7 @@ def test_stored_observations_take_todays_titles_files_and_index(rt, client):
     assert set(found(client, "zebra")) == {grep, edit, read}
 
     dry = client.post("/agentmemory/recompress", json={"dryRun": True}).json
-    assert dry["dryRun"] is True and dry["changed"] == 2 and dry["rewritten"] == 0
+    assert dry["dryRun"] is True and dry["changed"] == 2 and dry["rewritten"] == 0 and dry["summaries"] == 1
     assert dry["examined"] == 4 and dry["leftAsIs"] == {"modelCompressed": 1, "noPayload": 1, "failed": 0}
     assert {(e["before"], e["after"]) for e in dry["examples"]} == {
         ("Grep 'staging' in src: 1 matches zebra", today[grep]["title"]),
@@ -87,7 +90,7 @@ def test_stored_observations_take_todays_titles_files_and_index(rt, client):
     assert stored(rt, "old")[grep]["title"].endswith("zebra")  # a dry run writes nothing
 
     done = client.post("/agentmemory/recompress", json={}).json
-    assert done["changed"] == done["rewritten"] == 2 and done["sessions"] == 1
+    assert done["changed"] == done["rewritten"] == 2 and done["sessions"] == done["summaries"] == 1
     after = stored(rt, "old")
     assert after[grep] == today[grep]  # exactly what a capture makes of it today
     assert after[grep]["title"] == "Grep 'staging' in src: 2 files" and after[grep]["files"] == []
@@ -97,11 +100,34 @@ def test_stored_observations_take_todays_titles_files_and_index(rt, client):
     assert found(client, "zebra") == []  # neither the record nor its follower's context says it now
     assert found(client, "files staging")[0] == grep  # its new words are indexed
     assert rt.db.reader().records.get(PROFILES, "shop") is None  # the profile of the old titles went
+    summary = client.get("/agentmemory/session", query_string={"sessionId": "old"}).json["session"]["summary"]
+    assert "zebra" not in summary["narrative"] and summary["createdAt"] == old_summary["createdAt"], summary
     audit = client.get("/agentmemory/audit?operation=recompress").json
     assert any("2 observation(s) of session old rewritten" in json.dumps(e) for e in audit["entries"]), audit
 
     again = client.post("/agentmemory/recompress", json={}).json
-    assert again["changed"] == again["rewritten"] == 0 and again["examined"] == 4  # nothing left to do
+    assert again["changed"] == again["rewritten"] == again["summaries"] == 0 and again["examined"] == 4  # all done
+
+
+def test_a_summary_made_from_old_records_is_made_again_and_a_models_is_kept(rt, client):
+    # a run that stopped after rewriting a session's records, before its summary: the next run
+    # finds no record to change and still makes the summary again; a model's summary stays
+    for session in ("plain", "modelled"):
+        grep = observe(client, session, 0, GREP)
+        store_as_an_older_server_did(rt, session, grep, title="Grep: 1 matches zebra")
+        client.post("/agentmemory/summarize", json={"sessionId": session})
+        with rt.db.transaction("test") as tx:  # the records as the stopped run left them
+            tx.records.set(obs_scope(session), grep, stored(rt, session)[grep] | {"title": "x"}, now="x")
+            tx.records.set(obs_scope(session), grep, recompress.recompressed(tx.records.get(obs_scope(session), grep)),
+                           now="x")
+    with rt.db.transaction("test") as tx:
+        modelled = tx.records.get("mem:summaries", "modelled") | {"method": "anthropic"}
+        tx.records.set("mem:summaries", "modelled", modelled, now="x")
+    done = client.post("/agentmemory/recompress", json={}).json
+    assert done["changed"] == 0 and done["summaries"] == 1, done
+    summaries = {s: client.get("/agentmemory/session", query_string={"sessionId": s}).json["session"]["summary"]
+                 for s in ("plain", "modelled")}
+    assert "zebra" not in summaries["plain"]["narrative"] and "zebra" in summaries["modelled"]["narrative"]
 
 
 def test_a_record_changed_during_the_run_is_not_overwritten(rt, client):

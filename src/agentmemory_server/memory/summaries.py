@@ -339,6 +339,28 @@ def summarize(ctx: Ctx, session_id: str) -> dict[str, Any]:
     return summary
 
 
+def remade_without_a_model(store: Any, session_id: str, observations: list[dict]) -> dict[str, Any] | None:
+    """A session's summary made again from ``observations`` (its records in time order, as they
+    are now) if it was written without a model; None when it was not (a model's summary is
+    better), there is none, or it would read the same. No model is asked. For ``agentmemory
+    recompress``: summaries made from records as an older release stored them, or by an older
+    release's summary code, come level with the records."""
+    old = store.records.get(SUMMARIES, session_id)
+    session = store.records.get(SESSIONS, session_id)
+    if not old or old.get("method") != SYNTHETIC or not session or not observations:
+        return None
+    recent = observations[-MAX_OBSERVATIONS:]  # as summarize reads them
+    # its date stays: the context block orders past sessions by it
+    summary = {**old, **synthetic_summary(session, recent), "observationCount": len(recent)}
+    return None if summary == old else summary
+
+
+def save_remade(rt: Any, summary: dict[str, Any]) -> None:
+    with rt.db.transaction("summarize", agent_id=rt.settings.agent_id) as tx:
+        tx.records.set(SUMMARIES, summary["sessionId"], summary, now=rt.clock.iso())
+        tx.audit_message = f"summary of session {summary['sessionId']} made again from its records as they are now"
+
+
 def summarize_on_session_end(ctx: Ctx, session: dict[str, Any]) -> None:
     if not session.get("observationCount"):
         return

@@ -26,6 +26,7 @@ from agentmemory_server.errors import Forbidden
 from agentmemory_server.kernel.access import isolated
 from agentmemory_server.kernel.registry import Ctx, boolean, integer, params, tool
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, PROFILES, session_of
+from agentmemory_server.memory import summaries
 from agentmemory_server.operations.maintenance import Progress, chunked, no_progress
 from agentmemory_server.retrieval import search
 
@@ -51,17 +52,20 @@ def recompress(
             records = [value for _key, value in rt.db.reader().records.iter_scope(scope, batch=batch)]
             changes = _changes(records, tally, failed)
             bar.update(len(records))
-            if not changes:
-                continue
-            tally["sessions"] += 1
-            projects.update(str(obs["project"]) for obs in changes.values() if obs.get("project"))
-            shown += [_example(obs, changes[obs["id"]]) for obs in records if _retitled(obs, changes)]
-            del shown[examples:]
-            if not dry_run:
-                tally["rewritten"] += _rewrite_session(rt, scope, records, set(changes), batch, failed)
+            if changes:
+                tally["sessions"] += 1
+                projects.update(str(obs["project"]) for obs in changes.values() if obs.get("project"))
+                shown += [_example(obs, changes[obs["id"]]) for obs in records if _retitled(obs, changes)]
+                del shown[examples:]
+                if not dry_run:
+                    tally["rewritten"] += _rewrite_session(rt, scope, records, set(changes), batch, failed)
+                    records = [value for _key, value in rt.db.reader().records.iter_scope(scope, batch=batch)]
+            # every session, changed now or not: a run interrupted before its summaries were made
+            # leaves records that no longer change, and summaries an older release wrote
+            tally["summaries"] += _summary_remade(rt, scope, [changes.get(o["id"], o) for o in records], dry_run)
     finally:
         bar.close()
-    if not dry_run and tally["rewritten"]:
+    if not dry_run and (tally["rewritten"] or tally["summaries"]):
         _after_rewrites(rt, projects, tally)
     return _result(tally, shown, failed, dry_run)
 
@@ -102,6 +106,16 @@ def _example(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "before": before.get("title"),
         "after": after.get("title"),
     }
+
+
+def _summary_remade(rt: Any, scope: str, records: list[dict[str, Any]], dry_run: bool) -> bool:
+    """Make the session's model-less summary again from its records (as they are, or would be
+    after a dry run's changes); True when it changes."""
+    ordered = sorted(records, key=lambda obs: (str(obs.get("timestamp") or ""), str(obs["id"])))
+    remade = summaries.remade_without_a_model(rt.db.reader(), session_of(scope), ordered)
+    if remade is not None and not dry_run:
+        summaries.save_remade(rt, remade)
+    return remade is not None
 
 
 def _to_reindex(records: list[dict[str, Any]], changed: set[str]) -> list[dict[str, Any]]:
@@ -150,7 +164,9 @@ def _after_rewrites(rt: Any, projects: set[str], tally: Counter[str]) -> None:
     vectors = rt.services.get("vectors")
     if vectors is not None:
         vectors.notify()
-    rt.publish("recompress", {"rewritten": tally["rewritten"], "sessions": tally["sessions"]})
+    rt.publish(
+        "recompress", {"rewritten": tally["rewritten"], "sessions": tally["sessions"], "summaries": tally["summaries"]}
+    )
 
 
 def _result(tally: Counter[str], shown: list[dict[str, Any]], failed: list[str], dry_run: bool) -> dict[str, Any]:
@@ -160,6 +176,7 @@ def _result(tally: Counter[str], shown: list[dict[str, Any]], failed: list[str],
         "changed": tally["changed"],
         "rewritten": tally["rewritten"],
         "sessions": tally["sessions"],
+        "summaries": tally["summaries"],
         "leftAsIs": {
             "modelCompressed": tally["modelCompressed"],
             "noPayload": tally["noPayload"],
