@@ -107,7 +107,7 @@ def described(event: HookEvent) -> dict[str, Any]:
 
 
 def _note(event_name: str, data: dict[str, Any]) -> str:
-    """ "SessionStart (startup)": the event's name and the details it carries."""
+    """The event's name and the details it carries: "SessionStart (startup)"."""
     details = [str(data[f]) for f in DETAIL_FIELDS if isinstance(data.get(f), (str, int)) and data.get(f)]
     return event_name + (f" ({', '.join(details)})" if details else "")
 

@@ -59,10 +59,16 @@ def recompress(
                 del shown[examples:]
                 if not dry_run:
                     tally["rewritten"] += _rewrite_session(rt, scope, records, set(changes), batch, failed)
-                    records = [value for _key, value in rt.db.reader().records.iter_scope(scope, batch=batch)]
             # every session, changed now or not: a run interrupted before its summaries were made
-            # leaves records that no longer change, and summaries an older release wrote
-            tally["summaries"] += _summary_remade(rt, scope, [changes.get(o["id"], o) for o in records], dry_run)
+            # leaves records that no longer change, and summaries an older release wrote. A dry
+            # run reads the records as the run would leave them; a run, as it left them.
+            if dry_run:
+                now = [changes.get(obs["id"], obs) for obs in records]
+            elif changes:
+                now = [value for _key, value in rt.db.reader().records.iter_scope(scope, batch=batch)]
+            else:
+                now = records
+            tally["summaries"] += _summary_remade(rt, scope, now, dry_run)
     finally:
         bar.close()
     if not dry_run and (tally["rewritten"] or tally["summaries"]):
