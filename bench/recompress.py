@@ -4,10 +4,11 @@
 
 Captures every agent's fixture session (tests/fixtures/clients: Claude Code, Codex, Cursor,
 Gemini, Antigravity, Cline, Copilot, OpenCode; 66 hook events) ``--rounds`` times through the
-hook routes into a fresh store, each round its own sessions. It then makes every record look as
-an older capture left it (the title changed, the search row indexed from it), and times a dry
-run, a real run and a second run (which finds nothing left to do). Prints the counts, the wall
-time, records per second and the process's peak RSS.
+hook routes into a fresh store, each round its own sessions (each ends, so each has a summary).
+It then makes every record look as an older capture left it (the title changed, the search row
+indexed from it) and every summary as an older release wrote it, and times a dry run, a real run
+and a second run (which finds nothing left to do). Prints the counts, the wall time, records per
+second and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from agentmemory_server.adapters.web import create_app  # noqa: E402
-from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX  # noqa: E402
+from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, SUMMARIES  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
 from agentmemory_server.operations import recompress  # noqa: E402
 from agentmemory_server.retrieval import search  # noqa: E402
@@ -49,7 +50,11 @@ def capture(rt, rounds: int) -> int:
 
 
 def age(rt) -> int:
-    """Every record as an older capture might have left it: another title, indexed from it."""
+    """Every record as an older capture might have left it: another title, indexed from it; and
+    every summary as an older release might have written it."""
+    with rt.db.transaction("bench") as tx:
+        for key, summary in tx.records.list(SUMMARIES):
+            tx.records.set(SUMMARIES, key, {**summary, "narrative": "3 others."}, now=summary["createdAt"])
     aged = 0
     for scope in rt.db.reader().records.scopes():
         if not scope.startswith(OBSERVATIONS_PREFIX):
@@ -71,6 +76,7 @@ def timed(label: str, rt, **options) -> None:
     result.pop("examples")
     print(f"{label:<12} {wall:6.2f} s  {result['examined'] / wall:8,.0f} examined/s  "
           f"changed {result['changed']:,}  rewritten {result['rewritten']:,}  sessions {result['sessions']:,}  "
+          f"summaries {result['summaries']:,}  "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
