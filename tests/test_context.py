@@ -50,10 +50,12 @@ def test_sessions_that_went_the_same_way_are_told_once(client):
     runs = [("night1", "Run the nightly lint", "npm run lint"), ("night2", "Run the nightly lint", "npm run lint"),
             ("night3", "Run the nightly lint", "npm run lint"), ("fix", "Fix the cart total", "npm test")]
     for n, (sid, prompt, command) in enumerate(runs):
-        for hook_type, data in (("prompt_submit", {"prompt": prompt}),
-                                ("post_tool_use", {"tool_name": "Bash", "tool_input": {"command": command},
-                                                   "tool_output": "0 problems"})):
-            event = hook(sid, hook_type, project="shop", data=data, timestamp=f"2026-11-0{n + 1}T10:00:00Z")
+        for minute, (hook_type, data) in enumerate((("prompt_submit", {"prompt": prompt}),
+                                                    ("post_tool_use", {"tool_name": "Bash",
+                                                                       "tool_input": {"command": command},
+                                                                       "tool_output": "0 problems"}))):
+            # the prompt, then the command a minute later (records of one moment have no order)
+            event = hook(sid, hook_type, project="shop", data=data, timestamp=f"2026-11-0{n + 1}T10:0{minute}:00Z")
             assert client.post("/agentmemory/observe", json=event).status_code == 201
         assert client.post("/agentmemory/session/end", json={"sessionId": sid}).status_code == 200
     text = client.post("/agentmemory/context", json={"sessionId": "new", "project": "shop"}).json["context"]
