@@ -22,47 +22,23 @@ from agentmemory_server.kernel.scopes import CONSOLIDATION as STATE
 from agentmemory_server.kernel.scopes import PROCEDURAL, RELATIONS, SEMANTIC, SUMMARIES
 from agentmemory_server.kernel.util import truncate
 from agentmemory_server.memory import memories, summaries
-from agentmemory_server.memory.vocabulary import TEMPLATE_WORDS, file_names_only
+from agentmemory_server.memory.vocabulary import NOISE, file_names_only
 from agentmemory_server.retrieval import search
-from agentmemory_server.retrieval.search import STOPWORDS
 
 SCAN = 1000
 MIN_GROUP = 3
 MAX_SOURCE_IDS = 200  # what memory_save accepts; the group state keeps them all
 _WORD = re.compile(r"[a-z][a-z0-9_\-]{3,}")
-_GENERIC = frozenset(
-    [
-        "bash",
-        "edit",
-        "read",
-        "write",
-        "file",
-        "files",
-        "command",
-        "output",
-        "input",
-        "tool",
-        "none",
-        "true",
-        "false",
-        "null",
-        "error",
-        "errors",
-        "passed",
-        "failed",
-        "test",
-        "tests",
-        "json",
-        "python",
-    ]
-)
+# Words that group records of every project: the vocabulary's noise, and the names of the tools
+# and outcomes that head most records' titles ("Bash: ...", "... passed").
+_LEFT_OUT = NOISE | frozenset(["bash", "edit", "read", "write", "command", "passed", "failed", "json", "python"])
 
 
 def observation_keys(obs: dict[str, Any]) -> set[str]:
     keys = {f"file:{f}" for f in obs.get("files") or []}
     keys |= {f"concept:{str(c).lower()}" for c in obs.get("concepts") or []}
     text = file_names_only(f"{obs.get('title', '')} {obs.get('narrative', '')}").lower()
-    keys |= {f"term:{w}" for w in _WORD.findall(text) if w not in STOPWORDS and w not in _GENERIC | TEMPLATE_WORDS}
+    keys |= {f"term:{w}" for w in _WORD.findall(text) if w not in _LEFT_OUT}
     return keys
 
 

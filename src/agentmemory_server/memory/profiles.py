@@ -71,9 +71,10 @@ def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> d
     for obs in observations:
         if obs.get("importance", 5) < MIN_IMPORTANCE:
             continue  # session bookkeeping (a start, a turn end) and notices say nothing about the project
-        concepts.update(derived_concepts(obs))
+        found = derived_concepts(obs)
+        concepts.update(found)
         if obs.get("hookType") == "prompt_submit":
-            asked.update(derived_concepts(obs))
+            asked.update(found)
         files.update(list(dict.fromkeys(str(f) for f in obs.get("files") or [])))  # in order: ties stay put
         if obs.get("type") == "error":
             errors[_error_key(obs)] += 1

@@ -114,10 +114,15 @@ def _example(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _in_time_order(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A session's records oldest first; the id breaks ties so two runs see one order."""
+    return sorted(records, key=lambda obs: (str(obs.get("timestamp") or ""), str(obs["id"])))
+
+
 def _summary_remade(rt: Any, scope: str, records: list[dict[str, Any]], dry_run: bool) -> bool:
     """Make the session's model-less summary again from its records (as they are, or would be
     after a dry run's changes); True when it changes."""
-    ordered = sorted(records, key=lambda obs: (str(obs.get("timestamp") or ""), str(obs["id"])))
+    ordered = _in_time_order(records)
     remade = summaries.remade_without_a_model(rt.db.reader(), session_of(scope), ordered)
     if remade is not None and not dry_run:
         summaries.save_remade(rt, remade)
@@ -127,7 +132,7 @@ def _summary_remade(rt: Any, scope: str, records: list[dict[str, Any]], dry_run:
 def _to_reindex(records: list[dict[str, Any]], changed: set[str]) -> list[dict[str, Any]]:
     """The changed records in time order, each followed by the records whose search context
     holds its text (the next ``search.CONTEXT_RECORDS`` of its session)."""
-    ordered = sorted(records, key=lambda obs: (str(obs.get("timestamp") or ""), str(obs["id"])))
+    ordered = _in_time_order(records)
     keep: set[int] = set()
     for position, obs in enumerate(ordered):
         if obs["id"] in changed:
