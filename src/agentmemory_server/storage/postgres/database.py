@@ -494,6 +494,7 @@ class PostgresDatabase:
                 _roll_back(conn)
                 raise
             self.last_write = time.monotonic()
+            self.space.note_written()
         if store.lexical_changed and self.lexical is not None:
             self.lexical.notify()
         for fn in store._after_commit:

@@ -587,7 +587,7 @@ class Database:
     def _commit(self, conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
         self.last_write = time.monotonic()
-        self.space.read_only_seen = False
+        self.space.note_written()
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:

@@ -171,6 +171,11 @@ class FreeSpace:
         self.refused += 1
         self.last_full = time.monotonic()
 
+    def note_written(self) -> None:
+        """A write committed: the disk had room and the filesystem took it, whatever failed before."""
+        self.last_full = None
+        self.read_only_seen = False
+
     def check_write(self) -> None:
         """:raise InsufficientStorage: less than the reserve is free."""
         if self.reserve <= 0:
@@ -204,8 +209,13 @@ class FreeSpace:
         recently_full = self.last_full is not None and time.monotonic() - self.last_full < RECENTLY_FULL_SECONDS
         if usage.read_only or self.read_only_seen:
             status, message = "critical", "the filesystem is read-only: writes are refused"
-        elif usage.free < self.reserve or (recently_full and usage.free < self.warn):
+        elif usage.free < self.reserve:
             status, message = "critical", f"{_mb(usage.free)} free: writes are refused until space is freed"
+        elif recently_full and usage.free < self.warn:
+            # No write has committed since the disk was found full: the space measured may not last.
+            assert self.last_full is not None
+            ago = time.monotonic() - self.last_full
+            status, message = "critical", f"a write found the disk full {ago:.0f} s ago; {_mb(usage.free)} free now"
         elif usage.free < self.warn:
             limit = f"below {_mb(self.reserve)}" if self.reserve else "when the disk is full"
             status, message = "degraded", f"only {_mb(usage.free)} free: writes stop {limit}"
