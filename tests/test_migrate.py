@@ -4,13 +4,16 @@ verified, and resumable after an interruption."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from agentmemory_server.errors import InvalidInput
 from agentmemory_server.operations import maintenance, migrate
 from agentmemory_server.retrieval import search
-from conftest import ToolCaller, hook
+from conftest import ToolCaller, clean_environ, hook
 
 
 def seed(rt) -> None:
@@ -92,14 +95,10 @@ def test_a_killed_migration_to_postgresql_resumes_and_keeps_every_record(make_ru
     run resumes from the last committed line and the target ends with every record, equal, and
     a search row for every searchable one."""
     import signal
-    import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     from agentmemory_server.kernel.registry import Ctx
     from agentmemory_server.memory import transfer
-    from conftest import clean_environ
 
     source_dir = tmp_path / "sqlite"
     source = make_runtime(data_dir=str(source_dir), database_url=None)
@@ -145,3 +144,13 @@ def test_a_killed_migration_to_postgresql_resumes_and_keeps_every_record(make_ru
         target.close()
     finally:
         pg_cluster.drop_database(url)
+
+
+def test_a_url_of_another_database_is_refused_not_taken_for_a_file_name(tmp_path):
+    agentmemory = str(Path(sys.executable).with_name("agentmemory"))
+    env = {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(tmp_path / "data"), "EMBEDDING_PROVIDER": "none"}
+    done = subprocess.run([agentmemory, "--quiet", "migrate", "--to", "mysql://ann:pw@db/memory"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "--to takes a postgresql:// URL or a SQLite file's path" in done.stderr, done.stderr
+    assert "'mysql' URL" in done.stderr and "pw" not in done.stderr.replace("postgresql://", "")
+    assert not (tmp_path / "mysql:").exists()  # it used to become a SQLite file at ./mysql:/ann:pw@db/memory

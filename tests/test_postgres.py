@@ -4,7 +4,10 @@ Everything else runs on both backends through the shared suites (conftest.BOTH_B
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -14,7 +17,7 @@ from agentmemory_server.kernel.util import Clock
 from agentmemory_server.retrieval import search
 from agentmemory_server.storage.postgres import PostgresDatabase
 from agentmemory_server.storage.postgres.database import SchemaTooNew, redacted
-from conftest import ToolCaller
+from conftest import LiveServer, ToolCaller, free_port
 
 
 @pytest.fixture
@@ -184,3 +187,40 @@ def test_record_indexes_are_left_alone_by_an_opener_that_declares_none(url, tmp_
     open_database(tmp_path / "x.db", now=lambda: "t", url=url, lexical_engine="builtin", background=False,
                   record_indexes=RECORD_INDEXES[:2]).close()
     assert indexes() == {index_name(spec) for spec in RECORD_INDEXES[:2]}
+
+
+def _start(tmp_path: Path, database_url: str) -> subprocess.CompletedProcess:
+    server = LiveServer(tmp_path, {"AGENTMEMORY_DATABASE_URL": database_url}, [], start=False)
+    app = Path(__file__).parent.parent / "src" / "app.py"
+    return subprocess.run([sys.executable, str(app)], env=server.env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_server_that_cannot_use_its_postgresql_says_why_in_one_line(url, tmp_path):
+    # Nothing listens on the port: every request process used to fail to boot with a traceback.
+    down = _start(tmp_path, f"postgresql://alice:hunter2@127.0.0.1:{free_port()}/memory")
+    assert down.returncode != 0 and "listening" not in down.stdout
+    assert "not serving: cannot connect to postgresql://alice:***@127.0.0.1:" in down.stderr, down.stderr
+    assert "To fix: start PostgreSQL" in down.stderr and "Traceback" not in down.stderr
+    assert "hunter2" not in down.stdout + down.stderr
+    # Another database's URL is refused before anything connects, naming only its scheme.
+    other = _start(tmp_path, "mysql://alice:hunter2@127.0.0.1/memory")
+    assert other.returncode != 0 and "AGENTMEMORY_DATABASE_URL: expected postgresql://" in other.stderr, other.stderr
+    assert "'mysql' URL" in other.stderr and "hunter2" not in other.stderr and "Traceback" not in other.stderr
+    # A database a newer release wrote.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE agentmemory_schema SET version = version + 5")
+    newer = _start(tmp_path, url)
+    assert newer.returncode != 0 and "not serving" in newer.stderr and "schema version" in newer.stderr, newer.stderr
+    assert "upgrade agentmemory-python" in newer.stderr and "Traceback" not in newer.stderr
+
+
+def test_the_start_up_line_names_the_postgresql_store_without_its_password(url, tmp_path):
+    with_password = url.replace("://postgres:@", "://postgres:pw-not-checked@", 1)  # the test cluster trusts its users
+    assert with_password != url, url
+    server = LiveServer(tmp_path, {"AGENTMEMORY_DATABASE_URL": with_password}, [])
+    try:
+        banner = server.log_path.read_text().splitlines()[0]
+        assert f"(database {redacted(with_password)};" in banner and "agentmemory.db" not in banner, banner
+        assert "pw-not-checked" not in server.log_path.read_text()
+    finally:
+        server.stop()

@@ -98,10 +98,7 @@ def test_a_full_disk_answers_507_keeps_reads_and_writes_resume_by_themselves(tmp
 
 def test_writes_stop_at_the_reserve_health_warns_before_and_backups_never_fill_the_disk(tmp_path, hf_hub):
     with faults.tmpfs(tmp_path / "disk", 40) as disk:
-        # One request process: what a refused write says about the disk is each process's own, and
-        # the last assertion reads it from the process that wrote after space came back.
-        env = {"AGENTMEMORY_DATA_DIR": str(disk), "AGENTMEMORY_DISK_RESERVE_MB": "4", "AGENTMEMORY_DISK_WARN_MB": "16",
-               "AGENTMEMORY_WORKERS": "1"}
+        env = {"AGENTMEMORY_DATA_DIR": str(disk), "AGENTMEMORY_DISK_RESERVE_MB": "4", "AGENTMEMORY_DISK_WARN_MB": "16"}
         server = LiveServer(tmp_path, env, [])
         try:
             acknowledged = [observe(server, "s", i).json()["observationId"] for i in range(10)]
@@ -132,7 +129,8 @@ def test_writes_stop_at_the_reserve_health_warns_before_and_backups_never_fill_t
             assert disk_section(server)[1]["status"] == "critical"
             big.unlink()
             assert observe(server, "s", 102).status_code == 201
-            # A write has committed since: no longer critical, only short of the warning line.
+            # A write has committed since: no longer critical, only short of the warning line. (One
+            # request process, as in every LiveServer here: a process reports the writes it saw.)
             status, after = disk_section(server)
             assert status == 200 and after["status"] == "degraded" and "writes stop below 4.0 MB" in after["message"]
         finally:

@@ -141,6 +141,9 @@ def cmd_stats(settings: Settings, opts: argparse.Namespace) -> Any:
 def cmd_migrate(settings: Settings, opts: argparse.Namespace) -> Any:
     if is_postgres_url(opts.to):
         target_settings = settings.replace(database_url=opts.to)
+    elif "://" in opts.to:  # a URL of another database, which would otherwise become a SQLite file named after it
+        scheme = opts.to.split("://")[0]
+        raise InvalidInput(f"--to takes a postgresql:// URL or a SQLite file's path, not a {scheme!r} URL")
     else:
         target_settings = settings.replace(database_url=None, db_path=str(Path(opts.to).expanduser()))
     if (

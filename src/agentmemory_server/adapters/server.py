@@ -165,9 +165,8 @@ def announce_and_serve(settings: Settings, *, dev: bool = False) -> None:
         )
     chosen = bool(settings.secret)
     settings = auth.resolve(settings)  # creates the token file once, before gunicorn forks
-    try:
-        if not settings.database_url:  # PostgreSQL: the schema is checked under its migration lock
-            storage.preflight(settings.database_path)  # a newer schema or a file that is no database
+    try:  # a newer schema, a file that is no database, a PostgreSQL server that does not answer
+        storage.preflight(settings.database_path, settings.database_url)
     except AppError as exc:
         fix = exc.details.get("fix")
         message = f"agentmemory-python: not serving: {exc.message}" + (f". To fix: {fix}" if fix else "")
@@ -181,7 +180,7 @@ def announce_and_serve(settings: Settings, *, dev: bool = False) -> None:
     )
     print(
         f"agentmemory-python listening on http://{settings.host}:{settings.port} "
-        f"(database {settings.database_path}; {token})",
+        f"(database {storage.location(settings.database_path, settings.database_url)}; {token})",
         flush=True,
     )
     serve(settings, dev=dev)

@@ -80,9 +80,25 @@ def _optional_int(text: str) -> int | None:
     return None if not text.strip() else _non_negative_int(text)
 
 
+# The URL schemes the PostgreSQL backend answers to (storage.POSTGRES_SCHEMES holds the same: storage
+# cannot import the kernel, and the settings must not import storage, which takes a fifth of a second).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
 def _optional_str(text: str) -> str | None:
     # Hook configs often carry unexpanded "${VAR}" placeholders; treat them as unset.
     text = text.strip()
     if not text or (text.startswith("${") and text.endswith("}")):
         return None
     return text
+
+
+def _database_url(text: str) -> str | None:
+    """A PostgreSQL URL, or unset. Checked here so that a mistyped one stops the server with this
+    message rather than with a traceback from the storage layer; only the scheme is quoted, since
+    the URL may hold a password."""
+    url = _optional_str(text)
+    if url is None or url.startswith(POSTGRES_SCHEMES):
+        return url
+    found = f"a {url.split('://', 1)[0]!r} URL" if "://" in url else "no URL"
+    raise ValueError(f"expected postgresql://user:password@host/db, got {found} (a SQLite file: set AGENTMEMORY_DB)")

@@ -17,6 +17,7 @@ from agentmemory_server.kernel.setting_types import (
     Setting,
     _bool,
     _choice,
+    _database_url,
     _non_negative_int,
     _optional_str,
     _positive_int,
@@ -48,7 +49,7 @@ SETTINGS: tuple[Setting, ...] = (
         "database_url",
         ("AGENTMEMORY_DATABASE_URL",),
         None,
-        _optional_str,
+        _database_url,
         "`postgresql://user:password@host:5432/db` stores everything in PostgreSQL (with pgvector) instead of "
         "the SQLite file, so several worker processes and nodes share one store (docs/deploy.md).",
         secret=True,

@@ -98,7 +98,21 @@ def open_database(
     )
 
 
-def preflight(path: Path) -> None:
-    """Before serving: refuse a database a newer version wrote, or a file that is no database
-    (raises the AppError that says so and what to do)."""
-    sqlite_preflight(path)
+def preflight(path: Path, url: str | None = None) -> None:
+    """Before serving: refuse a database a newer version wrote, a file that is no database, or a
+    PostgreSQL server that does not answer (raises the AppError that says so and what to do)."""
+    if url:
+        from agentmemory_server.storage.postgres import preflight as postgres_preflight  # psycopg only when used
+
+        postgres_preflight(url)
+    else:
+        sqlite_preflight(path)
+
+
+def location(path: Path, url: str | None = None) -> str:
+    """Where the store is, as a person reads it: the SQLite file, or the URL without its password."""
+    if not url:
+        return str(path)
+    from agentmemory_server.storage.postgres import redacted
+
+    return redacted(url)

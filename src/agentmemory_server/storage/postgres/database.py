@@ -83,6 +83,34 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+CONNECT_FIX = "start PostgreSQL, or correct AGENTMEMORY_DATABASE_URL (host, port, user, password, database)"
+
+
+def preflight(url: str) -> None:
+    """Check, before a server starts, that the database at ``url`` answers and was not written by
+    a newer version of this server: one clear refusal instead of every request process failing
+    to boot with a traceback each.
+
+    :raise Unavailable: the server cannot be reached or refuses the connection.
+    :raise SchemaTooNew: written by a newer version of this server.
+    """
+    location = redacted(url)
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute("SELECT to_regclass('agentmemory_schema') IS NOT NULL").fetchone()
+            row = conn.execute("SELECT version FROM agentmemory_schema").fetchone() if exists and exists[0] else None
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise Unavailable(
+            f"cannot connect to {location}: {reason}", code=errors.DATABASE_BUSY, details={"fix": CONNECT_FIX}
+        ) from None
+    if row is not None and row[0] > len(MIGRATIONS):
+        raise SchemaTooNew(
+            f"{location} has schema version {row[0]} but this server knows {len(MIGRATIONS)}",
+            details={"fix": "upgrade agentmemory-python before opening it"},
+        )
+
+
 def translate(exc: psycopg.Error) -> AppError:
     return classify(exc, "the database") or Unavailable(
         f"the database failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); retry shortly",

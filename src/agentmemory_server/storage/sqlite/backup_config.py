@@ -194,5 +194,8 @@ class Config:
 
     def require_repo(self) -> str:
         if not self.repo:
-            raise ConfigError("AGENTMEMORY_DATASET_REPO is not set: there is nowhere to back up to")
+            raise ConfigError(
+                "AGENTMEMORY_DATASET_REPO is not set: there is no HuggingFace dataset to back up to or restore from "
+                "(for a snapshot on this disk: `agentmemory backup --local`, `agentmemory restore --from-backup`)"
+            )
         return self.repo
