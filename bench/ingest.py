@@ -5,7 +5,7 @@
 Starts ``python src/app.py`` (gunicorn gthread) on a free 127.0.0.1 port with a fresh database
 (unless --url points at a running server), warms up, then sends upstream-shaped post_tool_use
 payloads (~1 KB, a secret in every tenth) from client threads with keep-alive sessions and
-prints observations/s and latency percentiles. Target (SPEC §11): >= 500 obs/s, p95 < 20 ms.
+prints observations/s and latency percentiles. Target (SPEC §11): >= 800 obs/s, p95 < 20 ms.
 """
 
 from __future__ import annotations

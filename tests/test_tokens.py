@@ -103,3 +103,9 @@ def test_the_cli_creates_lists_and_revokes_tokens(tmp_path, capsys, monkeypatch)
     assert [t["principal"] for t in json.loads(capsys.readouterr().out)["tokens"]] == ["carol"]
     assert cli.main(["-q", "tokens", "revoke", made["id"]]) == 0
     assert json.loads(capsys.readouterr().out)["revoked"] is True
+    # The one argument is asked for by name where it is needed, and refused where it is not.
+    for argv, said in ((["tokens", "create"], "tokens create needs PRINCIPAL"),
+                       (["tokens", "revoke"], "tokens revoke needs ID"),
+                       (["tokens", "list", "carol"], "tokens list takes no argument, got 'carol'")):
+        assert cli.main(["-q", *argv]) == 1
+        assert said in capsys.readouterr().err, argv

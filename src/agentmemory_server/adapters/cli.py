@@ -163,7 +163,17 @@ def cmd_migrate(settings: Settings, opts: argparse.Namespace) -> Any:
         source.close()
 
 
+# What the one positional argument of `tokens` is, per action (None: the action takes none).
+_TOKEN_ARGUMENT = {"create": "PRINCIPAL (who the token speaks for)", "revoke": "ID (from `tokens list`)", "list": None}
+
+
 def cmd_tokens(settings: Settings, opts: argparse.Namespace) -> Any:
+    wanted = _TOKEN_ARGUMENT[opts.action]
+    if wanted and not opts.principal:
+        raise InvalidInput(f"tokens {opts.action} needs {wanted}: agentmemory tokens {opts.action} {wanted.split()[0]}")
+    if not wanted and opts.principal:
+        raise InvalidInput(f"tokens {opts.action} takes no argument, got {opts.principal!r}")
+
     def work(rt: Runtime) -> Any:
         ctx = Ctx(rt, source="cli")
         if opts.action == "create":
