@@ -25,6 +25,8 @@ from pathlib import Path
 
 import requests
 
+from machine import describe, reference
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -124,6 +126,7 @@ def main() -> None:
     try:
         run(url, args.clients, min(400, args.requests), "warmup")
         # A fresh run id: against a running server (--url) a repeated run would only post duplicates.
+        machine = reference()  # before the timed run: the loop would compete with it
         lat, elapsed, errors = run(url, args.clients, args.requests, f"main-{os.getpid()}-{time.time_ns()}")
         n = len(lat)
         result = {"clients": args.clients, "observations": n, "errors": errors,
@@ -133,7 +136,8 @@ def main() -> None:
         print(f"observe x{n} with {args.clients} clients: {result['obs_per_s']} obs/s, "
               f"p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, "
               f"errors {errors}")
-        print(json.dumps(result))
+        print(describe(machine))
+        print(json.dumps({**result, "machine": machine}))
     finally:
         if proc:
             proc.terminate()

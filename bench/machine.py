@@ -1,0 +1,39 @@
+"""How fast this machine is right now, printed beside a bench's figures.
+
+Machines of one kind here differ: the same code at the same commit gave 887 observations/s
+on one and 500 on another (bench/ingest.py). A figure is read against the machine it came
+from: ``reference()`` times a fixed pure-Python loop on one core (seconds; lower is faster)
+and reads the load average, so two runs can be compared, or told apart.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+LOOP = 10_000_000
+
+
+def python_loop_seconds(repeat: int = 3) -> float:
+    """The best of ``repeat`` timings of summing ``LOOP`` integers in a Python loop."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        total = 0
+        for i in range(LOOP):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def reference() -> dict[str, float]:
+    return {"pythonLoopSeconds": round(python_loop_seconds(), 3), "loadAverage": round(os.getloadavg()[0], 2)}
+
+
+def describe(ref: dict[str, float]) -> str:
+    return (f"machine: a {LOOP:,}-step Python loop takes {ref['pythonLoopSeconds']} s on one core "
+            f"(lower is faster), load average {ref['loadAverage']}")
+
+
+if __name__ == "__main__":
+    print(describe(reference()))
