@@ -1,7 +1,8 @@
 """How fast this machine is right now, printed beside a bench's figures.
 
-Machines of one kind here differ: the same code at the same commit gave 887 observations/s
-on one and 500 on another (bench/ingest.py). A figure is read against the machine it came
+Machines of one kind here differ: bench/ingest.py gave 887 observations/s on one, and 450-510
+on another two days later with an observe path that had not become slower (the older commit,
+run beside it, gave 459). A figure is read against the machine it came
 from: ``reference()`` times a fixed pure-Python loop on one core (seconds; lower is faster)
 and reads the load average, so two runs can be compared, or told apart.
 """
