@@ -5,6 +5,7 @@ block; project and agent filters on every search route."""
 import pytest
 import requests
 
+from agentmemory_server.capture import client_hooks
 from agentmemory_server.retrieval import dates
 from agentmemory_server.kernel import registry
 from agentmemory_server.retrieval import search
@@ -74,11 +75,16 @@ def test_query_dates_become_windows():
 
 def test_smart_search_compact_hybrid_and_expand(hrt):
     obs = note(hrt, "s1", "Fixed the flaky websocket reconnect test")
-    mem = call(hrt, "memory_save", content="websocket reconnects need jittered backoff", project="p")["memory"]["id"]
+    mem = call(hrt, "memory_save", content="websocket reconnects need jittered backoff", project="p",
+               type="bug")["memory"]["id"]
     vectors.service(hrt).drain()
     out = call(hrt, "memory_smart_search", query="websocket reconnect", project="p")
     assert out["mode"] == "hybrid" and out["format"] == "compact" and out["lessons"] == []
     assert {r["obsId"] for r in out["results"]} == {obs, mem}
+    # A memory listed among observations keeps its own type (it was always "decision").
+    assert {r["obsId"]: r["type"] for r in out["results"]}[mem] == "bug"
+    told = client_hooks.relevant_memories(Ctx(hrt, source="test"), "s2", "p", "why do websocket reconnects fail?")
+    assert "- [bug] websocket reconnects need jittered backoff" in str(told), told
     assert set(out["results"][0]) >= {"obsId", "sessionId", "title", "type", "score", "timestamp"}
     expanded = call(hrt, "memory_smart_search", expandIds=[{"obsId": obs, "sessionId": "s1"}, mem, "nope"])
     assert expanded["mode"] == "expanded" and expanded["notFound"] == ["nope"]

@@ -44,12 +44,13 @@ RERANK = boolean("Rerank the top candidates with a cross-encoder (default: AGENT
 
 
 def memory_as_observation(mem: dict[str, Any]) -> dict[str, Any]:
-    """Upstream clients read search hits as observations; a memory is shown as one."""
+    """Upstream clients read search hits as observations; a memory is shown as one, of its own
+    type (fact, pattern, bug, ...), so that a line built from it names what it is."""
     return {
         "id": mem["id"],
         "sessionId": (mem.get("sessionIds") or ["memory"])[0],
         "timestamp": mem.get("updatedAt"),
-        "type": "decision",
+        "type": mem.get("type") or "fact",
         "title": mem.get("title", ""),
         "narrative": mem.get("content", ""),
         "concepts": mem.get("concepts", []),
