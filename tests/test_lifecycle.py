@@ -454,3 +454,14 @@ def test_memory_model_end_to_end_over_http(live_server):
     assert context.index("## pending_items\n- TODO: update the changelog") < context.index("(0.55) Update the changelog")
     health = post(server.api("/diagnostics"), {}).json()
     assert health["summary"]["fail"] == 0 and any(c["name"] == "db_integrity" for c in health["checks"])
+
+
+def test_a_summary_names_changed_files_as_the_agent_would_from_its_working_directory():
+    edits = [{"id": f"o{i}", "type": "file_edit", "hookType": "post_tool_use", "toolName": "Edit", "importance": 6,
+              "title": f"Edit {path}", "files": [path], "timestamp": f"2026-12-01T10:0{i}:00Z"}
+             for i, path in enumerate(["/home/ana/shop/src/cart.ts", "/home/ana/shopper/x.ts", "/etc/hosts"])]
+    made = summaries.synthetic_summary({"id": "s", "cwd": "/home/ana/shop/"}, edits)
+    assert "Changed 3 files: src/cart.ts, /home/ana/shopper/x.ts, /etc/hosts." in made["narrative"], made["narrative"]
+    assert made["filesModified"] == ["/home/ana/shop/src/cart.ts", "/home/ana/shopper/x.ts", "/etc/hosts"]
+    assert summaries.seen_from("C:\\work\\shop", "C:\\work\\shop\\src\\cart.ts") == "src\\cart.ts"
+    assert summaries.seen_from(None, "/home/ana/shop/a.ts") == "/home/ana/shop/a.ts"
