@@ -157,6 +157,12 @@ def test_a_claude_code_session_is_summarised_in_words_not_json(client):
     ("Bash: npm test -> failed: exited with code 1", "Ran `npm test`. Output: exited with code 1",
      "Bash: npm test -> failed: exited with code 1"),
     ("Edit a.ts: 1 edit, 1 line replaced", "Edited a.ts in 1 place (1 line replaced)", "Edit a.ts: 1 edit, 1 line replaced"),
+    # a narrative that opens by restating its title keeps only what follows
+    ("Edit /home/u/shop/src/retry.ts: replace 1 line", "Edited /home/u/shop/src/retry.ts: `3` -> `5`",
+     "Edit /home/u/shop/src/retry.ts: replace 1 line: `3` -> `5`"),
+    ("Bash: npm test", "Ran `npm test`. Output: all 42 tests passed", "Bash: npm test: all 42 tests passed"),
+    ("Bash: make", "Killed. Output: make: *** [all] Error 137", "Bash: make: Killed. Output: make: *** [all] Error 137"),
+    ("Bash: ls", "Ran `ls`. Output: Output: a.txt", "Bash: ls: a.txt"),
 ])
 def test_one_line_says_each_thing_once(label, narrative, line):
     assert one_line(label, narrative) == line
