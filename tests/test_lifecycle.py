@@ -157,6 +157,12 @@ def test_a_claude_code_session_is_summarised_in_words_not_json(client):
     ("Bash: npm test -> failed: exited with code 1", "Ran `npm test`. Output: exited with code 1",
      "Bash: npm test -> failed: exited with code 1"),
     ("Edit a.ts: 1 edit, 1 line replaced", "Edited a.ts in 1 place (1 line replaced)", "Edit a.ts: 1 edit, 1 line replaced"),
+    # a narrative that opens by restating its title keeps only what follows
+    ("Edit /home/u/shop/src/retry.ts: replace 1 line", "Edited /home/u/shop/src/retry.ts: `3` -> `5`",
+     "Edit /home/u/shop/src/retry.ts: replace 1 line: `3` -> `5`"),
+    ("Bash: npm test", "Ran `npm test`. Output: all 42 tests passed", "Bash: npm test: all 42 tests passed"),
+    ("Bash: make", "Killed. Output: make: *** [all] Error 137", "Bash: make: Killed. Output: make: *** [all] Error 137"),
+    ("Bash: ls", "Ran `ls`. Output: Output: a.txt", "Bash: ls: a.txt"),
 ])
 def test_one_line_says_each_thing_once(label, narrative, line):
     assert one_line(label, narrative) == line
@@ -454,3 +460,14 @@ def test_memory_model_end_to_end_over_http(live_server):
     assert context.index("## pending_items\n- TODO: update the changelog") < context.index("(0.55) Update the changelog")
     health = post(server.api("/diagnostics"), {}).json()
     assert health["summary"]["fail"] == 0 and any(c["name"] == "db_integrity" for c in health["checks"])
+
+
+def test_a_summary_names_changed_files_as_the_agent_would_from_its_working_directory():
+    edits = [{"id": f"o{i}", "type": "file_edit", "hookType": "post_tool_use", "toolName": "Edit", "importance": 6,
+              "title": f"Edit {path}", "files": [path], "timestamp": f"2026-12-01T10:0{i}:00Z"}
+             for i, path in enumerate(["/home/ana/shop/src/cart.ts", "/home/ana/shopper/x.ts", "/etc/hosts"])]
+    made = summaries.synthetic_summary({"id": "s", "cwd": "/home/ana/shop/"}, edits)
+    assert "Changed 3 files: src/cart.ts, /home/ana/shopper/x.ts, /etc/hosts." in made["narrative"], made["narrative"]
+    assert made["filesModified"] == ["/home/ana/shop/src/cart.ts", "/home/ana/shopper/x.ts", "/etc/hosts"]
+    assert summaries.seen_from("C:\\work\\shop", "C:\\work\\shop\\src\\cart.ts") == "src\\cart.ts"
+    assert summaries.seen_from(None, "/home/ana/shop/a.ts") == "/home/ana/shop/a.ts"

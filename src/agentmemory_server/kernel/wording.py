@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 _WORD = re.compile(r"\w[\w./-]*")
+_CLAUSE_END = re.compile(r"[:.] ")  # the end of a narrative's leading clause ("Ran `x`. Output: ...")
 
 # The words capture's narratives put around what a title already says ("Ran `npm test`. Output:
 # ...", "Edited src/a.ts in 1 place", "Patched update src/a.rs"; capture/describe.py).
@@ -57,11 +58,24 @@ def restates(label: str, text: str) -> bool:
     return any(word in said for word in words) and all(word in said or word in CAPTURE_WORDS for word in words)
 
 
+def _heads_dropped(label: str, narrative: str) -> str:
+    """``narrative`` without the leading clauses (up to ": " or ". ") that only restate the label
+    or are capture's own words: "Edited src/a.ts: `3` -> `5`" under "Edit src/a.ts" is "`3` -> `5`",
+    "Ran `npm test`. Output: 2 passed" under "Bash: npm test" is "2 passed"."""
+    said = set(_words(label))
+    while (end := _CLAUSE_END.search(narrative)) is not None:
+        head = _words(narrative[: end.start()])
+        if not head or not all(word in said or word in CAPTURE_WORDS for word in head):
+            break
+        narrative = narrative[end.end() :]
+    return narrative
+
+
 def one_line(label: str, narrative: str) -> str:
     """``label: narrative`` on one line, without saying a thing twice: a narrative that begins
     with the label ("Read a.py: def f()" for "Read a.py") stands alone, one the label was cut
-    from ("stop: Fixed the test…" for "Fixed the test and pushed") replaces the cut part, and
-    one that only restates the label is left out."""
+    from ("stop: Fixed the test…" for "Fixed the test and pushed") replaces the cut part, one
+    that only restates the label is left out, and one that opens by restating it keeps the rest."""
     label, narrative = " ".join(label.split()), " ".join(narrative.split())
     if not narrative or narrative in label:  # "Read a.md -> failed: not found" and "not found"
         return label
@@ -70,4 +84,4 @@ def one_line(label: str, narrative: str) -> str:
     at = label.find(narrative[:20]) if len(narrative) >= 20 else -1
     if at >= 0:
         return label[:at] + narrative
-    return label if restates(label, narrative) else f"{label}: {narrative}"
+    return label if restates(label, narrative) else f"{label}: {_heads_dropped(label, narrative)}"

@@ -196,6 +196,15 @@ def files_changed(observations: list[dict]) -> list[str]:
     return list(dict.fromkeys(files))
 
 
+def seen_from(cwd: str | None, path: str) -> str:
+    """``path`` relative to the session's working directory when it lies inside it (as the agent
+    would name it: "src/cart.ts", not "/home/ana/shop/src/cart.ts"), else as it is."""
+    base = str(cwd or "").rstrip("/\\")
+    if base and len(path) > len(base) + 1 and path.startswith(base) and path[len(base)] in "/\\":
+        return path[len(base) + 1 :]
+    return path
+
+
 def files_touched(observations: list[dict]) -> list[str]:
     return list(dict.fromkeys(f for o in observations for f in o.get("files") or []))
 
@@ -276,7 +285,8 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
         more = f" (+{len(prompts) - 1} more prompts)" if len(prompts) > 1 else ""
         parts.append(f'Asked: "{truncate(prompts[0], 160)}"{more}.')
     if changed:
-        parts.append(f"Changed {plural(len(changed), 'file')}: {', '.join(changed[:6])}.")
+        shown = [seen_from(session.get("cwd"), f) for f in changed[:6]]
+        parts.append(f"Changed {plural(len(changed), 'file')}: {', '.join(shown)}.")
     if errors:
         parts.append(f"{plural(len(errors), 'failure')}; last: {describe(errors[-1])}.")
     notable = sorted(
