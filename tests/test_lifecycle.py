@@ -192,7 +192,7 @@ def test_every_agents_session_is_summarised_by_its_work(client, agent):
     done = {f for o in stored if o["hookType"] != "pre_tool_use" for f in o["files"]}
     assert not set(summary["filesModified"]) & (announced - done), summary["filesModified"]
     if agent == "cursor":  # afterFileEdit reports nothing back: its title says it all, once
-        assert "Edit /home/u/web/src/Nav.tsx: 1 edit, 1 line replaced;" in narrative, narrative
+        assert "Edit src/Nav.tsx: 1 edit, 1 line replaced;" in narrative, narrative  # named from its cwd
     if agent == "cline":  # its only write is announced (PreToolUse), never reported done
         assert announced == {"src/main.ts"} and summary["filesModified"] == []
 
@@ -466,8 +466,14 @@ def test_a_summary_names_changed_files_as_the_agent_would_from_its_working_direc
     edits = [{"id": f"o{i}", "type": "file_edit", "hookType": "post_tool_use", "toolName": "Edit", "importance": 6,
               "title": f"Edit {path}", "files": [path], "timestamp": f"2026-12-01T10:0{i}:00Z"}
              for i, path in enumerate(["/home/ana/shop/src/cart.ts", "/home/ana/shopper/x.ts", "/etc/hosts"])]
-    made = summaries.synthetic_summary({"id": "s", "cwd": "/home/ana/shop/"}, edits)
+    failed = {"id": "o9", "type": "error", "hookType": "post_tool_failure", "toolName": "Bash", "importance": 7,
+              "title": "Bash: tsc /home/ana/shop/src/cart.ts -> failed", "narrative": "error in /home/ana/shop/src/cart.ts",
+              "timestamp": "2026-12-01T10:09:00Z"}
+    made = summaries.synthetic_summary({"id": "s", "cwd": "/home/ana/shop/"}, [*edits, failed])
     assert "Changed 3 files: src/cart.ts, /home/ana/shopper/x.ts, /etc/hosts." in made["narrative"], made["narrative"]
+    assert "Notable: Edit src/cart.ts" in made["narrative"] and "Edit /home/ana/shopper/x.ts" in made["narrative"]
+    assert "/home/ana/shop/" not in made["narrative"], made["narrative"]
     assert made["filesModified"] == ["/home/ana/shop/src/cart.ts", "/home/ana/shopper/x.ts", "/etc/hosts"]
     assert summaries.seen_from("C:\\work\\shop", "C:\\work\\shop\\src\\cart.ts") == "src\\cart.ts"
     assert summaries.seen_from(None, "/home/ana/shop/a.ts") == "/home/ana/shop/a.ts"
+    assert summaries.paths_seen_from("/home/ana/shop", "cp /srv/home/ana/shop/a `/home/ana/shop/b`") == "cp /srv/home/ana/shop/a `b`"

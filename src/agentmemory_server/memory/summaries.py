@@ -169,10 +169,11 @@ def outcome_text(obs: dict[str, Any]) -> str:
     return narrative
 
 
-def describe(obs: dict[str, Any], limit: int = 160) -> str:
-    """One line about an observation: what ran (or was said) and what came of it."""
+def describe(obs: dict[str, Any], limit: int = 160, cwd: str | None = None) -> str:
+    """One line about an observation: what ran (or was said) and what came of it, with the
+    paths under ``cwd`` (the session's working directory) named from it."""
     label = step_label(obs) if obs.get("toolName") else obs.get("title", "")
-    return truncate(one_line(label, outcome_text(obs)), limit)
+    return truncate(paths_seen_from(cwd, one_line(label, outcome_text(obs))), limit)
 
 
 # What the agent itself said or thought (Cursor's afterAgentResponse / afterAgentThought) is a
@@ -203,6 +204,15 @@ def seen_from(cwd: str | None, path: str) -> str:
     if base and len(path) > len(base) + 1 and path.startswith(base) and path[len(base)] in "/\\":
         return path[len(base) + 1 :]
     return path
+
+
+def paths_seen_from(cwd: str | None, text: str) -> str:
+    """``text`` with every path under ``cwd`` named from it, as ``seen_from`` names one."""
+    base = str(cwd or "").rstrip("/\\")
+    if not base:
+        return text
+    # Only where a path starts: "/srv/x/home/ana/shop/a.ts" is not under "/home/ana/shop".
+    return re.sub(rf"(?<![\w.~/\\-]){re.escape(base)}[/\\](?=\S)", "", text)
 
 
 def files_touched(observations: list[dict]) -> list[str]:
@@ -270,6 +280,7 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
     """title, narrative, keyDecisions, filesModified and concepts from the observations alone."""
     prompts = [o.get("title", "") for o in observations if kind_of(o) == "conversation" and o.get("title")]
     changed = files_changed(observations)
+    cwd = session.get("cwd")  # paths under it are named from it, as the agent names them
     errors = [o for o in observations if is_failure(o)]
     title = session.get("title") or session.get("firstPrompt") or (prompts[0] if prompts else "")
     if not title:
@@ -285,10 +296,10 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
         more = f" (+{len(prompts) - 1} more prompts)" if len(prompts) > 1 else ""
         parts.append(f'Asked: "{truncate(prompts[0], 160)}"{more}.')
     if changed:
-        shown = [seen_from(session.get("cwd"), f) for f in changed[:6]]
+        shown = [seen_from(cwd, f) for f in changed[:6]]
         parts.append(f"Changed {plural(len(changed), 'file')}: {', '.join(shown)}.")
     if errors:
-        parts.append(f"{plural(len(errors), 'failure')}; last: {describe(errors[-1])}.")
+        parts.append(f"{plural(len(errors), 'failure')}; last: {describe(errors[-1], cwd=cwd)}.")
     notable = sorted(
         (
             o
@@ -301,7 +312,7 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
         key=lambda o: -int(o.get("importance") or 0),
     )[:3]
     if notable:
-        parts.append("Notable: " + "; ".join(describe(o, 120) for o in notable).rstrip(".") + ".")
+        parts.append("Notable: " + "; ".join(describe(o, 120, cwd) for o in notable).rstrip(".") + ".")
     decisions = [o.get("title", "") for o in observations if o.get("type") in ("decision", "discovery")]
     concepts = list(
         dict.fromkeys([c for o in observations for c in o.get("concepts") or []] + top_terms(observations))
