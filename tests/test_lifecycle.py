@@ -477,3 +477,15 @@ def test_a_summary_names_changed_files_as_the_agent_would_from_its_working_direc
     assert summaries.seen_from("C:\\work\\shop", "C:\\work\\shop\\src\\cart.ts") == "src\\cart.ts"
     assert summaries.seen_from(None, "/home/ana/shop/a.ts") == "/home/ana/shop/a.ts"
     assert summaries.paths_seen_from("/home/ana/shop", "cp /srv/home/ana/shop/a `/home/ana/shop/b`") == "cp /srv/home/ana/shop/a `b`"
+
+
+def test_the_prompts_relevant_lines_name_paths_from_the_working_directory(client):
+    base = {"cwd": "/home/u/shop", "transcript_path": "/t"}
+    edit = {**base, "session_id": "cc-a", "hook_event_name": "PostToolUse", "tool_name": "Edit",
+            "tool_input": {"file_path": "/home/u/shop/src/retry.ts", "old_string": "3", "new_string": "5"},
+            "tool_response": {"success": True}}
+    assert client.post("/agentmemory/hooks/claude-code", json=edit).status_code == 200
+    prompt = {**base, "session_id": "cc-b", "hook_event_name": "UserPromptSubmit", "prompt": "why does retry.ts retry?"}
+    told = client.post("/agentmemory/hooks/claude-code", json=prompt).json["hookSpecificOutput"]["additionalContext"]
+    assert "- [file_edit] Edit src/retry.ts: replace 1 line: `3` -&gt; `5`" in told, told
+    assert "/home/u/shop/" not in told

@@ -25,7 +25,7 @@ from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, params, string, tool
 from agentmemory_server.kernel.util import estimate_tokens, truncate
-from agentmemory_server.kernel.wording import one_line
+from agentmemory_server.kernel.wording import one_line, paths_seen_from
 from agentmemory_server.retrieval import recall, search
 
 log = logging.getLogger("agentmemory.hooks")
@@ -140,13 +140,16 @@ def after_store(ctx: Ctx, event: HookEvent, project: str | None) -> str | None:
         registry.run(session_end, ctx, {"sessionId": event.session_id, "final": event.lifecycle == END})
         return None
     if event.prompt and mode == "all":
-        return relevant_memories(ctx, event.session_id, project, event.prompt)
+        return relevant_memories(ctx, event.session_id, project, event.prompt, event.cwd)
     return None
 
 
-def relevant_memories(ctx: Ctx, session_id: str, project: str | None, prompt: str) -> str | None:
+def relevant_memories(
+    ctx: Ctx, session_id: str, project: str | None, prompt: str, cwd: str | None = None
+) -> str | None:
     """Memories and past observations matching a prompt, as a small block (BM25: it runs before
-    every prompt, so it stays cheap); None when nothing from another session matches."""
+    every prompt, so it stays cheap), with paths under ``cwd`` named from it; None when nothing
+    from another session matches."""
     filters = {"kinds": recall.RESULT_KINDS, "project": project, "agent_id": agent_filter(ctx, None)}
     query = prompt[:2000]
     terms = {t.lower() for t in search.query_terms(query)}
@@ -160,7 +163,7 @@ def relevant_memories(ctx: Ctx, session_id: str, project: str | None, prompt: st
         if row.get("sessionId") == session_id or not row.get("title") or not mentions(row, terms):
             continue
         narrative = truncate(" ".join(str(row.get("narrative") or "").split()), 200)
-        line = f"- [{row.get('type', 'other')}] {escape(one_line(str(row['title']), narrative))}"
+        line = f"- [{row.get('type', 'other')}] {escape(paths_seen_from(cwd, one_line(str(row['title']), narrative)))}"
         if line in lines:  # the same failure in three sessions is said once
             continue
         cost = estimate_tokens(line + "\n")

@@ -4,7 +4,8 @@ Capture writes both for every observation: a title ("Bash: cargo test", "Patch s
 update") and a narrative, the sentence search indexes ("Ran `cargo test`", "Patched update
 src/users.rs"). When the tool reported nothing, the narrative restates the title; the lines the
 next session reads (the context block, the prompt's relevant records, a summary's steps, the
-timeline) show it only when it adds something.
+timeline) show it only when it adds something. Paths under the session's working directory are
+named from it ("src/cart.ts"), as the agent names them (``seen_from``, ``paths_seen_from``).
 """
 
 from __future__ import annotations
@@ -85,3 +86,21 @@ def one_line(label: str, narrative: str) -> str:
     if at >= 0:
         return label[:at] + narrative
     return label if restates(label, narrative) else f"{label}: {_heads_dropped(label, narrative)}"
+
+
+def seen_from(cwd: str | None, path: str) -> str:
+    """``path`` relative to the session's working directory when it lies inside it (as the agent
+    would name it: "src/cart.ts", not "/home/ana/shop/src/cart.ts"), else as it is."""
+    base = str(cwd or "").rstrip("/\\")
+    if base and len(path) > len(base) + 1 and path.startswith(base) and path[len(base)] in "/\\":
+        return path[len(base) + 1 :]
+    return path
+
+
+def paths_seen_from(cwd: str | None, text: str) -> str:
+    """``text`` with every path under ``cwd`` named from it, as ``seen_from`` names one."""
+    base = str(cwd or "").rstrip("/\\")
+    if not base:
+        return text
+    # Only where a path starts: "/srv/x/home/ana/shop/a.ts" is not under "/home/ana/shop".
+    return re.sub(rf"(?<![\w.~/\\-]){re.escape(base)}[/\\](?=\S)", "", text)

@@ -23,7 +23,7 @@ from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import parse_time, stringify, tool_output_text, truncate
-from agentmemory_server.kernel.wording import one_line
+from agentmemory_server.kernel.wording import one_line, paths_seen_from, seen_from
 from agentmemory_server.memory.vocabulary import NOISE, file_names_only
 from agentmemory_server.retrieval.search import LIFECYCLE_HOOKS
 
@@ -195,24 +195,6 @@ def files_changed(observations: list[dict]) -> list[str]:
         for f in o.get("files") or []
     ]
     return list(dict.fromkeys(files))
-
-
-def seen_from(cwd: str | None, path: str) -> str:
-    """``path`` relative to the session's working directory when it lies inside it (as the agent
-    would name it: "src/cart.ts", not "/home/ana/shop/src/cart.ts"), else as it is."""
-    base = str(cwd or "").rstrip("/\\")
-    if base and len(path) > len(base) + 1 and path.startswith(base) and path[len(base)] in "/\\":
-        return path[len(base) + 1 :]
-    return path
-
-
-def paths_seen_from(cwd: str | None, text: str) -> str:
-    """``text`` with every path under ``cwd`` named from it, as ``seen_from`` names one."""
-    base = str(cwd or "").rstrip("/\\")
-    if not base:
-        return text
-    # Only where a path starts: "/srv/x/home/ana/shop/a.ts" is not under "/home/ana/shop".
-    return re.sub(rf"(?<![\w.~/\\-]){re.escape(base)}[/\\](?=\S)", "", text)
 
 
 def files_touched(observations: list[dict]) -> list[str]:
