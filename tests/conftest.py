@@ -381,16 +381,27 @@ class LiveServer:
     def db_path(self) -> Path:
         return Path(self.env.get("AGENTMEMORY_DB") or self.data_dir / "agentmemory.db")
 
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, str(SRC / "app.py"), *self.args], env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            wait_until_responds(self.url + "/agentmemory/livez", self.proc, timeout=self.ready_timeout,
-                                message=lambda: f"the server did not start; its log:\n{self.log()[-4000:]}")
-        except BaseException:
-            self.stop(signal.SIGKILL)
-            raise
+    def start(self, attempts: int = 3) -> None:
+        """Start the server; when another process took its free port in the moment between
+        ``free_port`` choosing it and the server binding it (another test run on the machine, an
+        outgoing connection's ephemeral port), try again on a new one."""
+        for attempt in range(attempts):
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen([sys.executable, str(SRC / "app.py"), *self.args], env=self.env,
+                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                wait_until_responds(self.url + "/agentmemory/livez", self.proc, timeout=self.ready_timeout,
+                                    message=lambda: f"the server did not start; its log:\n{self.log()[-4000:]}")
+                return
+            except BaseException:
+                self.stop(signal.SIGKILL)
+                taken = f"port {self.port} on 127.0.0.1 is already in use" in self.log()[logged:]
+                if not taken or attempt == attempts - 1:
+                    raise
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.env["PORT"] = str(self.port)
 
     def api(self, path: str) -> str:
         return f"{self.url}/agentmemory{path}"

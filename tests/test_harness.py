@@ -4,11 +4,13 @@ never answers) is killed before the test fails, leaving no process behind."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
+import requests
 
 from conftest import LiveServer, RedisServer, end_process_group, free_port, group_members, kill_orphans, wait_for
 
@@ -118,3 +120,18 @@ def test_ending_a_group_whose_leader_died_kills_what_it_left_behind():
         assert wait_for(lambda: group_members(leader.pid) == [], timeout=10, message="the orphan survived")
     finally:
         kill_orphans(leader.pid)
+
+
+def test_a_server_whose_port_was_taken_meanwhile_starts_on_another(tmp_path):
+    server = LiveServer(tmp_path, {}, [], start=False)
+    with socket.socket() as taker:  # another process's listener on the port free_port chose
+        taker.bind(("127.0.0.1", server.port))
+        taker.listen()
+        taken = server.port
+        try:
+            server.start()
+            assert server.port != taken and server.env["PORT"] == str(server.port)
+            assert f"port {taken} on 127.0.0.1 is already in use" in server.log()
+            assert requests.get(server.api("/livez"), timeout=10).status_code == 200
+        finally:
+            server.stop()
