@@ -489,3 +489,19 @@ def test_the_prompts_relevant_lines_name_paths_from_the_working_directory(client
     told = client.post("/agentmemory/hooks/claude-code", json=prompt).json["hookSpecificOutput"]["additionalContext"]
     assert "- [file_edit] Edit src/retry.ts: replace 1 line: `3` -&gt; `5`" in told, told
     assert "/home/u/shop/" not in told
+
+
+def test_the_context_block_names_paths_from_each_sessions_working_directory(client):
+    base = {"cwd": "/home/u/shop", "transcript_path": "/t"}
+    for event in ({"hook_event_name": "SessionStart", "source": "startup"},
+                  {"hook_event_name": "UserPromptSubmit", "prompt": "Make the webhook retry five times"},
+                  {"hook_event_name": "PostToolUse", "tool_name": "Edit", "tool_response": {"success": True},
+                   "tool_input": {"file_path": "/home/u/shop/src/retry.ts", "old_string": "3", "new_string": "5"}},
+                  {"hook_event_name": "SessionEnd", "reason": "exit"}):
+        assert client.post("/agentmemory/hooks/claude-code", json={**base, "session_id": "cc-a", **event}).status_code == 200
+    ask = {**base, "session_id": "cc-b", "hook_event_name": "UserPromptSubmit", "prompt": "how often does retry.ts retry?"}
+    assert client.post("/agentmemory/hooks/claude-code", json=ask).status_code == 200
+    block = client.post("/agentmemory/context", json={"sessionId": "cc-b", "project": "shop"}).json["context"]
+    assert "Files: src/retry.ts" in block and "Edited src/retry.ts" in block, block
+    # (the project_context slot's running list of touched files keeps whole paths)
+    assert "Files: /home" not in block and "Edited /home" not in block and "file: /home" not in block, block

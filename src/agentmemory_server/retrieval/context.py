@@ -18,7 +18,7 @@ from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import estimate_tokens, truncate
-from agentmemory_server.kernel.wording import one_line
+from agentmemory_server.kernel.wording import one_line, paths_seen_from, seen_from
 from agentmemory_server.retrieval import recall
 
 
@@ -91,14 +91,15 @@ SCAN_SESSIONS = 3 * PAST_SESSIONS
 OBS_PER_SESSION = 5
 
 
-def _summary_block(summary: dict[str, Any]) -> str:
+def _summary_block(summary: dict[str, Any], cwd: str | None = None) -> str:
+    """A past session's summary; its files named from the session's working directory."""
     lines = [f"## {escape(summary.get('title') or 'Session summary')}"]
     if summary.get("narrative"):
         lines.append(escape(summary["narrative"]))
     if summary.get("keyDecisions"):
         lines.append("Decisions: " + "; ".join(escape(d) for d in summary["keyDecisions"]))
     if summary.get("filesModified"):
-        lines.append("Files: " + ", ".join(escape(f) for f in summary["filesModified"]))
+        lines.append("Files: " + ", ".join(escape(seen_from(cwd, f)) for f in summary["filesModified"]))
     return "\n".join(lines)
 
 
@@ -119,7 +120,7 @@ def past_sessions(req: BlockRequest) -> list[Block]:
             break
         summary = summaries.get(session["id"])
         if summary:
-            text = _summary_block(summary)
+            text = _summary_block(summary, session.get("cwd"))
             if any(block.text == text for block in blocks):
                 continue  # a session that went exactly as a later one (a nightly run) is told once
             blocks.append(Block("summary", text, summary.get("createdAt") or session["startedAt"], [session["id"]]))
@@ -130,7 +131,7 @@ def past_sessions(req: BlockRequest) -> list[Block]:
             continue
         lines = [f"## Session {escape(session['id'][:8])} ({session['startedAt']})"]
         for o in top:
-            line = one_line(o["title"], truncate(o.get("narrative") or "", 200))
+            line = paths_seen_from(session.get("cwd"), one_line(o["title"], truncate(o.get("narrative") or "", 200)))
             lines.append(f"- [{o.get('type', 'other')}] {escape(line)}")
         blocks.append(Block("observations", "\n".join(lines), session["startedAt"], [o["id"] for o in top]))
     return blocks
@@ -168,7 +169,7 @@ def relevant_records(req: BlockRequest) -> list[Block]:
     said: set[str] = set()
     for rank, (hit, record) in enumerate(pairs):
         obs = recall.as_observation(hit, record)
-        body = " ".join(str(obs.get("narrative") or obs.get("title") or "").split())
+        body = paths_seen_from(obs.get("cwd"), " ".join(str(obs.get("narrative") or obs.get("title") or "").split()))
         day = str(obs.get("timestamp") or "")[:10]
         text = escape(truncate(body, RELEVANT_CHARS))
         if text in said:  # the same failure in three sessions: once, on the best-ranked day
