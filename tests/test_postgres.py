@@ -216,8 +216,10 @@ def test_a_server_that_cannot_use_its_postgresql_says_why_in_one_line(url, tmp_p
 
 def test_the_start_up_line_names_the_postgresql_store_without_its_password(url, tmp_path):
     with_password = url.replace("://postgres:@", "://postgres:pw-not-checked@", 1)  # the test cluster trusts its users
-    assert with_password != url, url
-    server = LiveServer(tmp_path, {"AGENTMEMORY_DATABASE_URL": with_password}, [])
+    assert with_password != url and with_password.startswith("postgresql://"), url
+    # A URL's scheme is case-insensitive; libpq takes only the lower-case one, so the setting lowers it.
+    shouted = "PostgreSQL" + with_password[len("postgresql") :]
+    server = LiveServer(tmp_path, {"AGENTMEMORY_DATABASE_URL": shouted}, [])
     try:
         banner = server.log_path.read_text().splitlines()[0]
         assert f"(database {redacted(with_password)};" in banner and "agentmemory.db" not in banner, banner
