@@ -61,6 +61,25 @@ def pytest_generate_tests(metafunc: Any) -> None:
         metafunc.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 
 
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """With AGENTMEMORY_TEST_BACKEND=postgresql (tests/run.sh's second pass), leave out what the
+    first pass already ran on PostgreSQL: the modules of BOTH_BACKENDS, the postgresql_only tests
+    and the tests that choose their backend themselves (they take no ``backend`` fixture)."""
+    if os.environ.get("AGENTMEMORY_TEST_BACKEND") != "postgresql":
+        return
+    keep, done = [], []
+    for item in items:
+        ran_before = (
+            "backend" not in getattr(item, "fixturenames", ())
+            or item.get_closest_marker("postgresql_only") is not None
+            or item.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS
+        )
+        (done if ran_before else keep).append(item)
+    if done:
+        config.hook.pytest_deselected(items=done)
+        items[:] = keep
+
+
 @pytest.fixture
 def backend(request) -> str:
     """``sqlite`` or ``postgresql``: which store this test's runtimes open."""

@@ -91,9 +91,10 @@ rm -f "$audit_report"
 if [ "$#" -gt 0 ]; then
   exec python -m pytest "$@"
 fi
-# With no arguments (README's command, and CI): the suite, then every runtime-based test again on
-# PostgreSQL only. The modules in conftest.BOTH_BACKENDS run on both backends in the first pass
-# already; the second pass covers the rest of the suite's storage paths on PostgreSQL.
+# With no arguments (README's command, and CI): the suite, then on PostgreSQL the runtime-based
+# tests the first pass ran on SQLite only. The modules in conftest.BOTH_BACKENDS, the
+# postgresql_only tests and those that start their own PostgreSQL servers ran on it in the first
+# pass already, and the second leaves them out (conftest.pytest_collection_modifyitems).
 python -m pytest
 echo "again on PostgreSQL: AGENTMEMORY_TEST_BACKEND=postgresql python -m pytest -q -k postgresql"
 AGENTMEMORY_TEST_BACKEND=postgresql exec python -m pytest -q -k postgresql

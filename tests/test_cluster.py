@@ -26,11 +26,21 @@ STREAM = "/stream/mem-live/viewer"
 def two_nodes(live_server, pg_cluster):
     """Nodes A and B over one fresh PostgreSQL database."""
     url = pg_cluster.create_database()
+    nodes = []
     try:
         env = {"AGENTMEMORY_DATABASE_URL": url}
-        yield live_server(env=env), live_server(env=env)
+        nodes = [live_server(env=env), live_server(env=env)]
+        yield nodes[0], nodes[1]
     finally:
-        pg_cluster.drop_database(url)
+        stop_then_drop(pg_cluster, url, nodes)
+
+
+def stop_then_drop(pg_cluster, url: str, nodes: list) -> None:
+    """Stop the servers before their database goes, as an operator would: a server does stop
+    without its database, but with a warning per process in its log."""
+    for node in nodes:
+        node.stop()
+    pg_cluster.drop_database(url)
 
 
 def search(server, query: str, limit: int = 50) -> list[dict]:
@@ -170,9 +180,11 @@ def test_several_worker_processes_over_one_sqlite_file(live_server):
 
 def test_a_token_for_one_project_can_neither_read_nor_write_another_on_either_node(live_server, pg_cluster):
     url = pg_cluster.create_database()
+    nodes = []
     try:
         env = {"AGENTMEMORY_DATABASE_URL": url, "AGENTMEMORY_SECRET": "cluster-admin"}
-        a, b = live_server(env=env), live_server(env=env)
+        nodes = [live_server(env=env), live_server(env=env)]
+        a, b = nodes
         admin = {"Authorization": "Bearer cluster-admin"}
         made = requests.post(a.api("/tokens"), json={"principal": "x-bot", "projects": ["x"]}, headers=admin,
                              timeout=30)
@@ -196,4 +208,4 @@ def test_a_token_for_one_project_can_neither_read_nor_write_another_on_either_no
         wait_for(lambda: requests.get(a.api("/sessions"), headers=x_bot, timeout=10).status_code == 401,
                  timeout=15, message="the token revoked on B is refused on A")
     finally:
-        pg_cluster.drop_database(url)
+        stop_then_drop(pg_cluster, url, nodes)

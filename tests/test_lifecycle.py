@@ -474,8 +474,8 @@ def test_a_summary_names_changed_files_as_the_agent_would_from_its_working_direc
     assert "Notable: Edit src/cart.ts" in made["narrative"] and "Edit /home/ana/shopper/x.ts" in made["narrative"]
     assert "/home/ana/shop/" not in made["narrative"], made["narrative"]
     assert made["filesModified"] == ["/home/ana/shop/src/cart.ts", "/home/ana/shopper/x.ts", "/etc/hosts"]
-    assert summaries.seen_from("C:\\work\\shop", "C:\\work\\shop\\src\\cart.ts") == "src\\cart.ts"
-    assert summaries.seen_from(None, "/home/ana/shop/a.ts") == "/home/ana/shop/a.ts"
+    assert summaries.paths_seen_from("C:\\work\\shop", "C:\\work\\shop\\src\\cart.ts") == "src\\cart.ts"
+    assert summaries.paths_seen_from(None, "/home/ana/shop/a.ts") == "/home/ana/shop/a.ts"
     assert summaries.paths_seen_from("/home/ana/shop", "cp /srv/home/ana/shop/a `/home/ana/shop/b`") == "cp /srv/home/ana/shop/a `b`"
 
 

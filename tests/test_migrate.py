@@ -127,7 +127,9 @@ def test_a_killed_migration_to_postgresql_resumes_and_keeps_every_record(make_ru
         stopped_at = migrate.read_state(state_path)["imported"]
         total_lines = len(migrate.spool_paths(source_dir)[0].read_text().splitlines())
         assert proc.returncode == -signal.SIGKILL and 1000 <= stopped_at < total_lines - 1
-        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        # The same target spelled with its scheme in capitals (case-insensitive in a URL) resumes the run.
+        again = subprocess.run([*command[:-3], "POSTGRESQL" + url[len("postgresql") :], *command[-2:]], env=env,
+                               capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr[-2000:]
         result = json.loads(again.stdout)
         counts = source.db.reader().records.scope_counts()

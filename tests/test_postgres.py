@@ -4,20 +4,23 @@ Everything else runs on both backends through the shared suites (conftest.BOTH_B
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
 
+from agentmemory_server.adapters.server import SHUTDOWN_GRACE_SECONDS
 from agentmemory_server.kernel.util import Clock
 from agentmemory_server.retrieval import search
 from agentmemory_server.storage.postgres import PostgresDatabase
 from agentmemory_server.storage.postgres.database import SchemaTooNew, redacted
-from conftest import LiveServer, ToolCaller, free_port
+from conftest import LiveServer, ToolCaller, free_port, hook, post
 
 
 @pytest.fixture
@@ -216,11 +219,35 @@ def test_a_server_that_cannot_use_its_postgresql_says_why_in_one_line(url, tmp_p
 
 def test_the_start_up_line_names_the_postgresql_store_without_its_password(url, tmp_path):
     with_password = url.replace("://postgres:@", "://postgres:pw-not-checked@", 1)  # the test cluster trusts its users
-    assert with_password != url, url
-    server = LiveServer(tmp_path, {"AGENTMEMORY_DATABASE_URL": with_password}, [])
+    assert with_password != url and with_password.startswith("postgresql://"), url
+    # A URL's scheme is case-insensitive; libpq takes only the lower-case one, so the setting lowers it.
+    shouted = "PostgreSQL" + with_password[len("postgresql") :]
+    server = LiveServer(tmp_path, {"AGENTMEMORY_DATABASE_URL": shouted}, [])
     try:
         banner = server.log_path.read_text().splitlines()[0]
         assert f"(database {redacted(with_password)};" in banner and "agentmemory.db" not in banner, banner
         assert "pw-not-checked" not in server.log_path.read_text()
     finally:
         server.stop()
+
+
+def test_a_server_whose_database_is_gone_still_stops_promptly_on_sigterm(pg_cluster, tmp_path):
+    # Threads waiting for a pooled connection (the lexical applier, the event bus) used to wait
+    # out the pool's 30 s while shutdown joined them, past the grace after which gunicorn kills
+    # the request processes.
+    url = pg_cluster.create_database()
+    server = LiveServer(tmp_path, {"AGENTMEMORY_DATABASE_URL": url}, [])
+    try:
+        assert post(server.api("/observe"), hook("gone")).status_code == 201
+        pg_cluster.drop_database(url)
+        assert server.proc is not None
+        asked = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=SHUTDOWN_GRACE_SECONDS + 30)
+        took = time.monotonic() - asked
+    finally:
+        server.stop()
+        pg_cluster.drop_database(url)
+    log = server.log()
+    assert took < SHUTDOWN_GRACE_SECONDS, f"stopped after {took:.1f} s: the request processes were killed\n{log[-3000:]}"
+    assert "shutting down without postgresql://" in log and "Traceback" not in log.split("Handling signal: term")[-1]

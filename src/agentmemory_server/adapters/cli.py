@@ -42,10 +42,10 @@ from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import auth, privacy, registry
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.kernel.setting_types import postgres_url
 from agentmemory_server.kernel.settings import Settings, SettingsError
 from agentmemory_server.models import llm
 from agentmemory_server.operations import maintenance, migrate, recompress, tokens
-from agentmemory_server.storage import is_postgres_url
 from agentmemory_server.storage.sqlite import hf_sync, local_backup
 from agentmemory_server.wiring import build_runtime
 
@@ -139,8 +139,8 @@ def cmd_stats(settings: Settings, opts: argparse.Namespace) -> Any:
 
 
 def cmd_migrate(settings: Settings, opts: argparse.Namespace) -> Any:
-    if is_postgres_url(opts.to):
-        target_settings = settings.replace(database_url=opts.to)
+    if postgres_url(opts.to):
+        target_settings = settings.replace(database_url=postgres_url(opts.to))
     elif "://" in opts.to:  # a URL of another database, which would otherwise become a SQLite file named after it
         scheme = opts.to.split("://")[0]
         raise InvalidInput(f"--to takes a postgresql:// URL or a SQLite file's path, not a {scheme!r} URL")

@@ -24,6 +24,9 @@ from agentmemory_server.kernel import auth, privacy
 from agentmemory_server.kernel.settings import Settings, SettingsError
 
 log = logging.getLogger("agentmemory.http")
+# After a SIGTERM, how long a request process has to finish its requests and close its runtime
+# before gunicorn kills it.
+SHUTDOWN_GRACE_SECONDS = 20
 
 
 def serve(settings: Settings, *, dev: bool = False) -> None:
@@ -90,7 +93,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "worker_connections": settings.max_connections + 1,
         "http_protocols": "h1",  # the gate reads HTTP/1 heads; no h2c prior knowledge
         "timeout": 120,
-        "graceful_timeout": 20,
+        "graceful_timeout": SHUTDOWN_GRACE_SECONDS,
         "keepalive": settings.keepalive_seconds,
         "control_socket_disable": True,
         # gunicorn's DEBUG level prints request lines, which may carry a token

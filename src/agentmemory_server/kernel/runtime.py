@@ -265,6 +265,9 @@ class Runtime:
         return sections
 
     def close(self) -> None:
+        # Before joining any thread: one blocked on a database that is gone would otherwise
+        # hold the shutdown for its pool timeout.
+        self.db.drop_connections_if_unreachable()
         self.jobs.stop()
         if self.bus is not None:
             self.bus.close()

@@ -93,12 +93,23 @@ def _optional_str(text: str) -> str | None:
     return text
 
 
+def postgres_url(url: str) -> str | None:
+    """``url`` with its scheme in lower case when it names PostgreSQL, else None. A URL's scheme
+    is case-insensitive (RFC 3986), but libpq accepts only the lower-case spelling."""
+    scheme, sep, rest = url.partition("://")
+    normal = scheme.lower() + sep
+    return normal + rest if sep and normal in POSTGRES_SCHEMES else None
+
+
 def _database_url(text: str) -> str | None:
     """A PostgreSQL URL, or unset. Checked here so that a mistyped one stops the server with this
     message rather than with a traceback from the storage layer; only the scheme is quoted, since
     the URL may hold a password."""
     url = _optional_str(text)
-    if url is None or url.startswith(POSTGRES_SCHEMES):
-        return url
-    found = f"a {url.split('://', 1)[0]!r} URL" if "://" in url else "no URL"
-    raise ValueError(f"expected postgresql://user:password@host/db, got {found} (a SQLite file: set AGENTMEMORY_DB)")
+    normal = postgres_url(url) if url else None
+    if url and normal is None:
+        found = f"a {url.split('://', 1)[0]!r} URL" if "://" in url else "no URL"
+        raise ValueError(
+            f"expected postgresql://user:password@host/db, got {found} (a SQLite file: set AGENTMEMORY_DB)"
+        )
+    return normal

@@ -5,7 +5,7 @@ update") and a narrative, the sentence search indexes ("Ran `cargo test`", "Patc
 src/users.rs"). When the tool reported nothing, the narrative restates the title; the lines the
 next session reads (the context block, the prompt's relevant records, a summary's steps, the
 timeline) show it only when it adds something. Paths under the session's working directory are
-named from it ("src/cart.ts"), as the agent names them (``seen_from``, ``paths_seen_from``).
+named from it ("src/cart.ts"), as the agent names them (``paths_seen_from``).
 """
 
 from __future__ import annotations
@@ -88,17 +88,9 @@ def one_line(label: str, narrative: str) -> str:
     return label if restates(label, narrative) else f"{label}: {_heads_dropped(label, narrative)}"
 
 
-def seen_from(cwd: str | None, path: str) -> str:
-    """``path`` relative to the session's working directory when it lies inside it (as the agent
-    would name it: "src/cart.ts", not "/home/ana/shop/src/cart.ts"), else as it is."""
-    base = str(cwd or "").rstrip("/\\")
-    if base and len(path) > len(base) + 1 and path.startswith(base) and path[len(base)] in "/\\":
-        return path[len(base) + 1 :]
-    return path
-
-
 def paths_seen_from(cwd: str | None, text: str) -> str:
-    """``text`` with every path under ``cwd`` named from it, as ``seen_from`` names one."""
+    """``text`` with every path under ``cwd`` named from it, as the agent would name it ("src/cart.ts",
+    not "/home/ana/shop/src/cart.ts"); paths elsewhere stay as they are."""
     base = str(cwd or "").rstrip("/\\")
     if not base:
         return text

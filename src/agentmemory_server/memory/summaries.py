@@ -23,7 +23,7 @@ from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import parse_time, stringify, tool_output_text, truncate
-from agentmemory_server.kernel.wording import one_line, paths_seen_from, seen_from
+from agentmemory_server.kernel.wording import one_line, paths_seen_from
 from agentmemory_server.memory.vocabulary import NOISE, file_names_only
 from agentmemory_server.retrieval.search import LIFECYCLE_HOOKS
 
@@ -278,7 +278,7 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
         more = f" (+{len(prompts) - 1} more prompts)" if len(prompts) > 1 else ""
         parts.append(f'Asked: "{truncate(prompts[0], 160)}"{more}.')
     if changed:
-        shown = [seen_from(cwd, f) for f in changed[:6]]
+        shown = [paths_seen_from(cwd, f) for f in changed[:6]]
         parts.append(f"Changed {plural(len(changed), 'file')}: {', '.join(shown)}.")
     if errors:
         parts.append(f"{plural(len(errors), 'failure')}; last: {describe(errors[-1], cwd=cwd)}.")

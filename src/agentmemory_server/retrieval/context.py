@@ -18,7 +18,7 @@ from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import estimate_tokens, truncate
-from agentmemory_server.kernel.wording import one_line, paths_seen_from, seen_from
+from agentmemory_server.kernel.wording import one_line, paths_seen_from
 from agentmemory_server.retrieval import recall
 
 
@@ -99,7 +99,7 @@ def _summary_block(summary: dict[str, Any], cwd: str | None = None) -> str:
     if summary.get("keyDecisions"):
         lines.append("Decisions: " + "; ".join(escape(d) for d in summary["keyDecisions"]))
     if summary.get("filesModified"):
-        lines.append("Files: " + ", ".join(escape(seen_from(cwd, f)) for f in summary["filesModified"]))
+        lines.append("Files: " + ", ".join(escape(paths_seen_from(cwd, f)) for f in summary["filesModified"]))
     return "\n".join(lines)
 
 

@@ -606,4 +606,10 @@ class Database(Protocol):
         without weakening what a commit guarantees."""
         ...
 
+    def drop_connections_if_unreachable(self) -> bool:
+        """At the start of shutdown: when the database no longer answers, give up on it at once,
+        so that threads waiting for a connection fail now rather than hold the process past its
+        shutdown grace. True when it gave up."""
+        ...
+
     def close(self) -> None: ...

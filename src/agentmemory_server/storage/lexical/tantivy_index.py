@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import tantivy
 
+from agentmemory_server.errors import Unavailable
 from agentmemory_server.similarity import band_keys
 from agentmemory_server.storage.interfaces import Doc
 from agentmemory_server.storage.lexical.feed import LexicalFeed
@@ -461,6 +462,10 @@ class TantivyLexical:
             try:
                 if not self.apply(commit_due=False):
                     self.verify()
+            except Unavailable as exc:  # a database outage: one line per attempt, not a traceback
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("the lexical outbox waits for the database: %s", exc)
+                self._stop.wait(5.0)
             except Exception as exc:  # noqa: BLE001 - the applier must survive anything; searches fall back
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.exception("applying the lexical outbox failed")
@@ -658,6 +663,8 @@ class TantivyLexical:
                     if self._uncommitted and self.building is None:
                         self._commit(self._writer)
                     self._writer.wait_merging_threads()
+                except Unavailable as exc:  # the database is gone; the outbox replays these changes
+                    log.warning("closing the lexical index without its last commit: %s", exc)
                 except Exception:  # noqa: BLE001 - closing: the outbox replays what was not committed
                     log.exception("closing the lexical index")
                 self._writer = None

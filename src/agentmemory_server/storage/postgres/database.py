@@ -67,6 +67,9 @@ LIVE_LOCK = 0x616D_0003
 # (every write request is followed by one: bench/pg_statements.py).
 OWN_LOCKS = {"live_events": LIVE_LOCK}
 POOL_TIMEOUT_SECONDS = 30.0
+# How long shutdown waits to learn whether the database still answers (a server that is gone
+# refuses at once; a network that drops packets is given this long).
+SHUTDOWN_PROBE_SECONDS = 2
 
 
 class SchemaTooNew(AppError):
@@ -653,6 +656,20 @@ class PostgresDatabase:
     def bulk_load(self) -> AbstractContextManager[None]:
         """Nothing to tune: the batches are already a few statements each."""
         return nullcontext()
+
+    def drop_connections_if_unreachable(self) -> bool:
+        # A dropped database or a stopped server: every thread waiting for a pooled connection
+        # would wait POOL_TIMEOUT_SECONDS, and the lexical applier's and the event bus's are
+        # joined at shutdown. Closing the pool wakes them with PoolClosed.
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=SHUTDOWN_PROBE_SECONDS) as conn:
+                conn.execute("SELECT 1")
+            return False
+        except psycopg.Error as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("shutting down without %s, which does not answer: %s", self.location, reason)
+            self.pool.close(timeout=0.5)
+            return True
 
     def close(self) -> None:
         if self._closed:

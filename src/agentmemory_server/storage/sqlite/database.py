@@ -680,6 +680,9 @@ class Database:
             with self._lock:
                 self._writer.execute(f"PRAGMA wal_autocheckpoint = {before}")
 
+    def drop_connections_if_unreachable(self) -> bool:
+        return False  # a local file: nothing waits on a server that may be gone
+
     def close(self) -> None:
         with self._vector_indexes_lock:
             indexes, self._vector_indexes = list(self._vector_indexes.values()), {}
