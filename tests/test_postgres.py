@@ -18,7 +18,8 @@ import pytest
 from agentmemory_server.adapters.server import SHUTDOWN_GRACE_SECONDS
 from agentmemory_server.kernel.util import Clock
 from agentmemory_server.retrieval import search
-from agentmemory_server.storage.postgres import PostgresDatabase
+from agentmemory_server.errors import Unavailable
+from agentmemory_server.storage.postgres import PostgresDatabase, database as pg_database
 from agentmemory_server.storage.postgres.database import SchemaTooNew, redacted
 from conftest import LiveServer, ToolCaller, free_port, hook, post
 
@@ -251,3 +252,37 @@ def test_a_server_whose_database_is_gone_still_stops_promptly_on_sigterm(pg_clus
     log = server.log()
     assert took < SHUTDOWN_GRACE_SECONDS, f"stopped after {took:.1f} s: the request processes were killed\n{log[-3000:]}"
     assert "shutting down without postgresql://" in log and "Traceback" not in log.split("Handling signal: term")[-1]
+
+
+def test_while_the_database_does_not_answer_requests_say_so_at_once_and_resume_when_it_is_back(
+    pg_cluster, make_runtime, monkeypatch
+):
+    # Each request used to wait the pool's 30 s and then report "no database connection free",
+    # which reads as a busy pool, not as a database that is gone.
+    monkeypatch.setattr(pg_database, "POOL_TIMEOUT_SECONDS", 2.0)
+    url = pg_cluster.create_database()
+    name = url.split("?", 1)[0].rsplit("/", 1)[1]
+    rt = make_runtime(database_url=url)
+    with rt.db.transaction("t") as tx:
+        tx.records.set("mem:test", "kept", {"n": 1}, now="t")
+    pg_cluster.drop_database(url)
+    refusals = []
+    while len(refusals) < 5 and not any("does not answer" in str(r) for r in refusals):
+        with pytest.raises(Unavailable) as refused:  # the pool's open connections fail first (AdminShutdown)
+            rt.db.reader().records.get("mem:test", "kept")
+        refusals.append(refused.value)
+    said = refusals[-1]
+    assert "does not answer: connection failed: " in str(said) and f'database "{name}" does not exist' in str(said), \
+        refusals
+    assert said.code == "unavailable"
+    monkeypatch.setattr(pg_database, "POOL_TIMEOUT_SECONDS", 600.0)  # a wait would now outlast the test's timeout
+    with pytest.raises(Unavailable, match="does not answer"):
+        rt.db.reader().records.get("mem:test", "kept")
+    with pytest.raises(Unavailable, match="does not answer"), rt.db.transaction("t") as tx:
+        tx.records.set("mem:test", "lost", {"n": 0}, now="t")
+    pg_cluster._admin(f"CREATE DATABASE {name} TEMPLATE {pg_cluster.TEMPLATE}")  # back, though empty
+    monkeypatch.setattr(pg_database, "POOL_TIMEOUT_SECONDS", 30.0)
+    assert rt.db.reader().records.get("mem:test", "kept") is None
+    with rt.db.transaction("t") as tx:
+        tx.records.set("mem:test", "after", {"n": 2}, now="t")
+    assert rt.db.reader().records.get("mem:test", "after") == {"n": 2}

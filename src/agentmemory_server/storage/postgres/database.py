@@ -67,9 +67,9 @@ LIVE_LOCK = 0x616D_0003
 # (every write request is followed by one: bench/pg_statements.py).
 OWN_LOCKS = {"live_events": LIVE_LOCK}
 POOL_TIMEOUT_SECONDS = 30.0
-# How long shutdown waits to learn whether the database still answers (a server that is gone
+# How long a check waits to learn whether the database still answers (a server that is gone
 # refuses at once; a network that drops packets is given this long).
-SHUTDOWN_PROBE_SECONDS = 2
+PROBE_SECONDS = 2
 
 
 class SchemaTooNew(AppError):
@@ -161,12 +161,10 @@ class PooledReader:
         if not str(query).lstrip()[:6].upper() == "SELECT":
             raise PermissionError(f"a reader cannot run {str(query)[:40]!r}; open a transaction to write")
         try:
-            with self._db.pool.connection(timeout=POOL_TIMEOUT_SECONDS) as conn:
+            with self._db.pooled() as conn:
                 cur = conn.execute(query, params)
                 rows = cur.fetchall() if cur.description is not None else []
                 return Rows(rows, cur.rowcount)
-        except psycopg_pool.PoolTimeout as exc:
-            raise Unavailable("no database connection free; retry shortly", code=errors.DATABASE_BUSY) from exc
         except psycopg.Error as exc:
             raise translate(exc) from exc
 
@@ -337,6 +335,9 @@ class PostgresDatabase:
         self._local = threading.local()
         self._write_mutex = threading.Lock()
         self._closed = False
+        # Set when a wait for a connection ran out and the database did not answer a check: until
+        # it answers again, requests fail at once with the reason instead of each waiting it out.
+        self._unanswered = False
         self.last_write = 0.0
         self.bounds = QueueBounds(queue_limits or {})
         # This node's own disk (its Tantivy index): watched in /health, never a reason to refuse writes.
@@ -480,12 +481,41 @@ class PostgresDatabase:
         if self._closed:
             raise Unavailable("database is closed", code=errors.DATABASE_CLOSED)
         try:
+            with self.pooled() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    @contextmanager
+    def pooled(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection, waiting up to POOL_TIMEOUT_SECONDS for one.
+
+        :raise Unavailable: none came free (``database_busy``), or the database does not answer
+            (``unavailable``, with its reason; at once while it still does not).
+        """
+        if self._unanswered:
+            self._refuse_if_unanswered()
+        try:
             with self.pool.connection(timeout=POOL_TIMEOUT_SECONDS) as conn:
                 yield conn
         except psycopg_pool.PoolTimeout as exc:
+            self._refuse_if_unanswered()
             raise Unavailable("no database connection free; retry shortly", code=errors.DATABASE_BUSY) from exc
+
+    def _refuse_if_unanswered(self) -> None:
+        reason = self._unanswered_reason()
+        self._unanswered = reason is not None
+        if reason is not None:
+            raise Unavailable(f"{self.location} does not answer: {reason}; retry when it is back")
+
+    def _unanswered_reason(self) -> str | None:
+        """Why a new connection to the database fails, or None when it answers."""
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=PROBE_SECONDS) as conn:
+                conn.execute("SELECT 1")
+            return None
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
     @contextmanager
     def transaction(self, operation: str, *, agent_id: str | None = None) -> Iterator[PostgresUnitOfWork]:
@@ -661,15 +691,12 @@ class PostgresDatabase:
         # A dropped database or a stopped server: every thread waiting for a pooled connection
         # would wait POOL_TIMEOUT_SECONDS, and the lexical applier's and the event bus's are
         # joined at shutdown. Closing the pool wakes them with PoolClosed.
-        try:
-            with psycopg.connect(self.url, autocommit=True, connect_timeout=SHUTDOWN_PROBE_SECONDS) as conn:
-                conn.execute("SELECT 1")
+        reason = self._unanswered_reason()
+        if reason is None:
             return False
-        except psycopg.Error as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            log.warning("shutting down without %s, which does not answer: %s", self.location, reason)
-            self.pool.close(timeout=0.5)
-            return True
+        log.warning("shutting down without %s, which does not answer: %s", self.location, reason)
+        self.pool.close(timeout=0.5)
+        return True
 
     def close(self) -> None:
         if self._closed:
