@@ -280,9 +280,14 @@ def test_while_the_database_does_not_answer_requests_say_so_at_once_and_resume_w
         rt.db.reader().records.get("mem:test", "kept")
     with pytest.raises(Unavailable, match="does not answer"), rt.db.transaction("t") as tx:
         tx.records.set("mem:test", "lost", {"n": 0}, now="t")
+    health, status = ToolCaller(rt).status("health")  # still a health document, for monitoring
+    assert status == 503 and health["status"] == "critical", health
+    assert "does not answer" in health["db"]["error"] and "counts" not in health, health
     pg_cluster._admin(f"CREATE DATABASE {name} TEMPLATE {pg_cluster.TEMPLATE}")  # back, though empty
     monkeypatch.setattr(pg_database, "POOL_TIMEOUT_SECONDS", 30.0)
     assert rt.db.reader().records.get("mem:test", "kept") is None
     with rt.db.transaction("t") as tx:
         tx.records.set("mem:test", "after", {"n": 2}, now="t")
     assert rt.db.reader().records.get("mem:test", "after") == {"n": 2}
+    health, status = ToolCaller(rt).status("health")
+    assert "error" not in health["db"] and health["counts"]["sessions"] == 0, health

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agentmemory_server import __version__
-from agentmemory_server.errors import AppError
+from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.kernel import auth, background
 from agentmemory_server.kernel.bus import EventBus
 from agentmemory_server.kernel.events import Hub
@@ -249,11 +249,17 @@ class Runtime:
         except AppError as exc:  # a full disk must not turn a 401 into a 507; the count stays in /health
             log.warning("could not audit refused requests: %s", exc.message)
 
+    def _storage_health(self) -> dict[str, Any]:
+        try:
+            return self.db.health()
+        except Unavailable as exc:  # a database server that does not answer
+            return {"status": "critical", "error": exc.message}
+
     def health_sections(self) -> dict[str, Any]:
         sections: dict[str, Any] = {
             "auth": self.denials.health(),
             "rateLimit": self.limiter.health(),
-            "storage": self.db.health(),
+            "storage": self._storage_health(),
         }
         for name, service in self.services.items():
             health = getattr(service, "health", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, Reply, params, tool
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS
@@ -24,24 +25,25 @@ def livez(ctx: Ctx, args: dict) -> dict:
 def health(ctx: Ctx, args: dict) -> Any:
     """Health snapshot: database, record counts, background jobs and every subsystem."""
     rt = ctx.rt
-    sizes = rt.db.file_sizes()
+    db: dict[str, Any] = {"path": rt.db.location}
+    from_database: dict[str, Any] = {}
+    try:
+        sizes = rt.db.file_sizes()
+        db.update(schemaVersion=rt.db.schema_version, sizeBytes=sizes["db"], walBytes=sizes["wal"])
+        from_database.update(counts=core_counts(ctx), queues=queue_sizes(ctx))
+    except Unavailable as exc:  # a database server that does not answer: still a health document
+        db["error"] = exc.message
     sections = rt.health_sections()
     states = [s.get("status") for s in sections.values() if isinstance(s, dict)]
-    status = "critical" if "critical" in states else "degraded" if "degraded" in states else "healthy"
+    status = "critical" if "critical" in states or "error" in db else "degraded" if "degraded" in states else "healthy"
     body = {
         "status": status,
         "service": "agentmemory",
         "version": rt.version,
         "uptimeSeconds": round(rt.clock.time() - rt.started_at, 1),
-        "db": {
-            "path": rt.db.location,
-            "schemaVersion": rt.db.schema_version,
-            "sizeBytes": sizes["db"],
-            "walBytes": sizes["wal"],
-        },
-        "counts": core_counts(ctx),
+        "db": db,
+        **from_database,
         "live": rt.hub.stats(),
-        "queues": queue_sizes(ctx),
         "jobs": rt.jobs.status(),
         **sections,
     }
