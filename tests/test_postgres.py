@@ -280,6 +280,9 @@ def test_while_the_database_does_not_answer_requests_say_so_at_once_and_resume_w
         rt.db.reader().records.get("mem:test", "kept")
     with pytest.raises(Unavailable, match="does not answer"), rt.db.transaction("t") as tx:
         tx.records.set("mem:test", "lost", {"n": 0}, now="t")
+    # The periodic check cannot run: unfinished, not a finding of damage (which refuses writes).
+    assert rt.db.run_integrity_check(5.0, "periodic integrity check") is None and rt.db.damage is None
+    assert rt.db.last_check["result"] == "unfinished"
     health, status = ToolCaller(rt).status("health")  # still a health document, for monitoring
     assert status == 503 and health["status"] == "critical", health
     assert "does not answer" in health["db"]["error"] and "counts" not in health, health

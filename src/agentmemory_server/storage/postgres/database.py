@@ -606,7 +606,9 @@ class PostgresDatabase:
                 finally:
                     conn.execute("RESET statement_timeout")
         except AppError as exc:
-            problems = None if exc.code == errors.DATABASE_BUSY else [exc.message]
+            # Only damage met by the check is a finding; a database that is busy, out of disk or
+            # does not answer leaves the check unfinished.
+            problems = [exc.message] if exc.code == errors.DATABASE_DAMAGED else None
         self.last_check = {
             "at": self._now(),
             "source": source,

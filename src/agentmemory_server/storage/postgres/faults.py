@@ -55,6 +55,9 @@ def classify(exc: BaseException, location: str) -> AppError | None:
     if isinstance(exc, psycopg.DataError):
         return InvalidInput(f"the database refused a value: {first_line}")
     if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, pg_errors.LockNotAvailable)):
-        return Unavailable(f"the database is unavailable ({type(exc).__name__}); retry shortly",
+        # The first line says which: "server closed the connection unexpectedly", "terminating
+        # connection due to administrator command", a lock not granted...
+        reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+        return Unavailable(f"the database is unavailable ({reason}); retry shortly",
                            code=errors.DATABASE_BUSY, retry_after=1)  # fmt: skip
     return None
