@@ -335,8 +335,9 @@ class PostgresDatabase:
         self._local = threading.local()
         self._write_mutex = threading.Lock()
         self._closed = False
-        # Set when a wait for a connection ran out and the database did not answer a check: until
-        # it answers again, requests fail at once with the reason instead of each waiting it out.
+        # Set when a connection broke or a wait for one ran out, and the database then did not
+        # answer a check: until it answers again, requests fail at once with the reason instead
+        # of each waiting the pool's timeout out (longer than any hook waits for its answer).
         self._unanswered = False
         self.last_write = 0.0
         self.bounds = QueueBounds(queue_limits or {})
@@ -497,16 +498,25 @@ class PostgresDatabase:
             self._refuse_if_unanswered()
         try:
             with self.pool.connection(timeout=POOL_TIMEOUT_SECONDS) as conn:
-                yield conn
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.broken:  # the server went away under it, or ended it: does it answer?
+                        self._unanswered = self._unanswered_reason() is not None
+                    raise
         except psycopg_pool.PoolTimeout as exc:
             self._refuse_if_unanswered()
             raise Unavailable("no database connection free; retry shortly", code=errors.DATABASE_BUSY) from exc
 
     def _refuse_if_unanswered(self) -> None:
         reason = self._unanswered_reason()
-        self._unanswered = reason is not None
-        if reason is not None:
-            raise Unavailable(f"{self.location} does not answer: {reason}; retry when it is back")
+        if reason is None:
+            if self._unanswered:  # back: the pool's idle connections from before are dead
+                self.pool.check()
+            self._unanswered = False
+            return
+        self._unanswered = True
+        raise Unavailable(f"{self.location} does not answer: {reason}; retry when it is back")
 
     def _unanswered_reason(self) -> str | None:
         """Why a new connection to the database fails, or None when it answers."""
