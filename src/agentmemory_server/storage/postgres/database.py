@@ -40,7 +40,7 @@ from agentmemory_server.storage.postgres.admin import PgAdmin
 from agentmemory_server.storage.postgres.audit import PgAuditLog
 from agentmemory_server.storage.postgres.capture import PgCaptureInbox
 from agentmemory_server.storage.postgres.common import Result, SqlConn
-from agentmemory_server.storage.postgres.faults import classify, damaged
+from agentmemory_server.storage.postgres.faults import classify, damaged, reason_of
 from agentmemory_server.storage.postgres.images import PgImageIndex
 from agentmemory_server.storage.postgres.jobs import PgJobQueue
 from agentmemory_server.storage.postgres.lexical_feed import PgFeeds
@@ -103,7 +103,7 @@ def preflight(url: str) -> None:
             exists = conn.execute("SELECT to_regclass('agentmemory_schema') IS NOT NULL").fetchone()
             row = conn.execute("SELECT version FROM agentmemory_schema").fetchone() if exists and exists[0] else None
     except psycopg.Error as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = reason_of(exc)
         raise Unavailable(
             f"cannot connect to {location}: {reason}", code=errors.DATABASE_BUSY, details={"fix": CONNECT_FIX}
         ) from None
@@ -525,7 +525,7 @@ class PostgresDatabase:
                 conn.execute("SELECT 1")
             return None
         except psycopg.Error as exc:
-            return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return reason_of(exc)
 
     @contextmanager
     def transaction(self, operation: str, *, agent_id: str | None = None) -> Iterator[PostgresUnitOfWork]:

@@ -30,6 +30,11 @@ def damaged(location: str, problems: list[str]) -> Unavailable:
     )
 
 
+def reason_of(exc: BaseException) -> str:
+    """The first line of a failure's message (psycopg adds hints below it), or its type's name."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def classify(exc: BaseException, location: str) -> AppError | None:
     """The client-facing error a PostgreSQL failure stands for, or None for anything else."""
     if isinstance(exc, psycopg_pool.PoolTimeout):
