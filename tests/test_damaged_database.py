@@ -54,19 +54,22 @@ def assert_refuses_writes_and_says_what_to_do(server: LiveServer) -> None:
     assert health.status_code == 503 and health.json()["status"] == "critical"
     damaged = health.json()["database"]["integrity"]["damaged"]
     assert "restore --from-backup" in damaged["fix"] and damaged["problems"]
-    refused = post(server.api("/observe"), hook("after-damage"))
+    # A hook event is kept on the node's disk until the database takes writes again (test_spool.py).
+    spooled = post(server.api("/observe"), hook("after-damage"))
+    assert spooled.status_code == 202 and spooled.json()["spooled"] is True, spooled.text
+    assert "writes are refused" in spooled.json()["error"]
+    refused = post(server.api("/remember"), {"content": "not into a damaged file"})
     assert refused.status_code == 503, refused.text
     body = refused.json()
     assert body["code"] == "database_damaged" and "writes are refused" in body["error"]
     assert "restore --from-backup" in body["details"]["fix"]
-    assert post(server.api("/remember"), {"content": "not into a damaged file"}).json()["code"] == "database_damaged"
     checks = {c["name"]: c for c in post(server.api("/diagnostics"), {}).json()["checks"]}
     assert checks["db_integrity"]["status"] == "fail" and "restore --from-backup" in checks["db_integrity"]["fix"]
     assert "restore --from-backup" in server.log()
 
 
 def test_damage_found_at_start_up_refuses_writes_and_restore_from_a_local_snapshot(tmp_path):
-    server = LiveServer(tmp_path, {}, [])
+    server = LiveServer(tmp_path, {"AGENTMEMORY_CAPTURE_RETRY_INTERVAL_MS": "1000"}, [])
     try:
         good = seed(server, "good", 12)
         snap = cli(server_env(server), "backup", "--local")
@@ -93,6 +96,10 @@ def test_damage_found_at_start_up_refuses_writes_and_restore_from_a_local_snapsh
         assert health["status"] in ("healthy", "degraded") and "damaged" not in health["database"]["integrity"]
         assert observation_ids(server, "good") == set(good) and observation_ids(server, "late") == set()
         assert post(server.api("/observe"), hook("after-restore")).status_code == 201
+        # The event spooled while the file was damaged is stored now, across the restart.
+        wait_for(lambda: observation_ids(server, "after-damage"), timeout=30,
+                 message="the spooled event was not stored after the restore")
+        assert not list((server.data_dir / "capture-spool").glob("*.json"))
         # A healthy database is not replaced without --force.
         server.stop()
         refused = cli(server_env(server), "restore", "--from-backup")

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from agentmemory_server.adapters.server import SHUTDOWN_GRACE_SECONDS
+from agentmemory_server.adapters.web import create_app
 from agentmemory_server.kernel.util import Clock
 from agentmemory_server.retrieval import search
 from agentmemory_server.errors import Unavailable
@@ -252,6 +253,49 @@ def test_a_server_whose_database_is_gone_still_stops_promptly_on_sigterm(pg_clus
     log = server.log()
     assert took < SHUTDOWN_GRACE_SECONDS, f"stopped after {took:.1f} s: the request processes were killed\n{log[-3000:]}"
     assert "shutting down without postgresql://" in log and "Traceback" not in log.split("Handling signal: term")[-1]
+
+
+def test_hook_events_wait_on_disk_while_the_database_does_not_answer_and_are_stored_when_it_is_back(
+    pg_cluster, make_runtime
+):
+    # Before, each event got a 503 and was lost: the capture inbox that keeps a failed event lives
+    # in the database that does not answer, and Claude Code's http hooks do not resend.
+    url = pg_cluster.create_database()
+    name = url.split("?", 1)[0].rsplit("/", 1)[1]
+    rt = make_runtime(database_url=url)
+    client = create_app(runtime=rt).test_client()
+
+    def claude(event, **fields):
+        payload = {"session_id": "cc-pg", "cwd": "/home/u/shop", "hook_event_name": event, **fields}
+        return client.post("/agentmemory/hooks/claude-code", json=payload)
+
+    assert claude("SessionStart", source="startup").status_code == 200
+    pg_cluster.drop_database(url)
+    answers = [
+        claude("UserPromptSubmit", prompt="Make the upload retry with backoff"),
+        claude("PostToolUse", tool_name="Edit", tool_use_id="t-1", tool_response={"success": True},
+               tool_input={"file_path": "/home/u/shop/src/retry.ts", "old_string": "a", "new_string": "b"}),
+        claude("SessionEnd", reason="exit"),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    noted = client.post("/agentmemory/observe", json=hook("rest-pg", content="noted while it was gone"))
+    assert noted.status_code == 202 and noted.json["spooled"] is True, noted.json
+    assert "does not answer" in noted.json["error"] or "unavailable" in noted.json["error"], noted.json
+    health = client.get("/agentmemory/health")
+    assert health.status_code == 503 and health.json["capture_spool"]["events"] == 5, health.json
+    assert rt.services["capture_retry"].drain_spool()["waiting"] == 5  # still gone: they wait
+    pg_cluster._admin(f"CREATE DATABASE {name} TEMPLATE {pg_cluster.TEMPLATE}")  # back, though empty
+    drained = rt.services["capture_retry"].drain_spool()
+    assert (drained["recovered"], drained["waiting"]) == (5, 0), drained
+    stored = client.get("/agentmemory/observations?sessionId=cc-pg").json["observations"]
+    assert sorted((o["timestamp"], o["hookType"]) for o in stored)[-1][1] == "session_end"
+    assert [o["hookType"] for o in sorted(stored, key=lambda o: o["timestamp"])] == [
+        "prompt_submit", "post_tool_use", "session_end"]
+    sessions = {s["id"]: s for s in client.get("/agentmemory/sessions").json["sessions"]}
+    assert sessions["cc-pg"]["status"] == "completed", sessions["cc-pg"]
+    assert client.get("/agentmemory/health").json["capture_spool"]["events"] == 0
+    assert client.post("/agentmemory/observe", json=hook("rest-pg", content="noted while it was gone")).status_code == 200
+    pg_cluster.drop_database(url)
 
 
 def test_while_the_database_does_not_answer_requests_say_so_at_once_and_resume_when_it_is_back(

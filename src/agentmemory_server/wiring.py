@@ -27,6 +27,7 @@ from agentmemory_server.capture import (
     observe,
     retry,
     sessions,
+    spool,
 )
 from agentmemory_server.kernel import privacy, registry
 from agentmemory_server.kernel.hooks import Hooks
@@ -108,6 +109,7 @@ errors.redact_with(privacy.strip_private_data)
 
 SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
     ("images", image_store.ImageStore),
+    ("capture_spool", spool.CaptureSpool),
     ("capture", inbox.CaptureInbox),
     ("capture_retry", retry.RetryWorker),
     ("session_finalizer", sessions.SessionFinalizer),

@@ -20,7 +20,8 @@ from agentmemory_server.capture.clients import MAPPERS
 from agentmemory_server.capture.clients.base import END, START, TURN_END, HookEvent
 from agentmemory_server.capture.observe import agent_observe, derive_event_id
 from agentmemory_server.capture.sessions import session_end, session_start
-from agentmemory_server.errors import CapacityExceeded
+from agentmemory_server.capture.spool import SpoolRefused, spool_service
+from agentmemory_server.errors import AppError, CapacityExceeded
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, params, string, tool
@@ -54,12 +55,27 @@ def hook_event(ctx: Ctx, args: dict) -> dict:
     # the start that was just recorded.
     context = start_session(ctx, event, project) if event.lifecycle == START else None
     try:
-        registry.run(agent_observe, ctx, observe_args(ctx, event, project))
+        observed = registry.run(agent_observe, ctx, observe_args(ctx, event, project))
     except CapacityExceeded:
         if event.lifecycle != START and not event.prompt:
             raise
         log.warning("session %s is full; answering its %s without storing it", event.session_id, event.event)
+        observed = {}
+    if observed.get("spooled"):  # the database cannot take it now: nothing more to read or end
+        spool_what_follows(ctx, event)
+        return mapper.reply(event, context)
     return mapper.reply(event, context if event.lifecycle == START else after_store(ctx, event, project))
+
+
+def spool_what_follows(ctx: Ctx, event: HookEvent) -> None:
+    """A turn end or session end whose event was spooled ends its session once that event is
+    stored (capture/spool.py)."""
+    if event.lifecycle not in (TURN_END, END):
+        return
+    try:
+        spool_service(ctx).keep_session_end(event.session_id, final=event.lifecycle == END)
+    except SpoolRefused as exc:  # the event itself is kept; an idle session is completed anyway
+        log.warning("the end of session %s could not be spooled: %s", event.session_id, exc)
 
 
 def project_of(cwd: str | None) -> str | None:
@@ -126,8 +142,16 @@ def note_moved_from_message(data: Any) -> Any:
 
 
 def start_session(ctx: Ctx, event: HookEvent, project: str | None) -> str | None:
-    """Open (or reopen) the session; the context block to hand back, if any."""
-    started = registry.run(session_start, ctx, {"sessionId": event.session_id, "project": project, "cwd": event.cwd})
+    """Open (or reopen) the session; the context block to hand back, if any. While the database
+    cannot answer there is none, and the start event itself is still kept (``agent_observe``)."""
+    args = {"sessionId": event.session_id, "project": project, "cwd": event.cwd}
+    try:
+        started = registry.run(session_start, ctx, args)
+    except AppError as exc:
+        if exc.status < 500:
+            raise
+        log.warning("session %s starts without its context block: %s", event.session_id, exc.message)
+        return None
     if ctx.rt.settings.hook_context == "off" or not started["context"]:
         return None
     return truncate(started["context"], MAX_CONTEXT_CHARS)

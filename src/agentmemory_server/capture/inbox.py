@@ -6,6 +6,8 @@ in one transaction with its observation, so the inbox holds only the events that
 - ``pending``: storing failed (a bug, a full disk, a locked database): retried in the background
   every ``AGENTMEMORY_CAPTURE_RETRY_INTERVAL_MS``, doubling, up to
   ``AGENTMEMORY_CAPTURE_MAX_ATTEMPTS``; then ``dead``. The client got 202 (accepted, retrying).
+  When the database cannot take the entry either (it does not answer, or refuses writes), the
+  event waits in this node's capture spool on disk instead (capture/spool.py; 202 ``spooled``).
 - ``dead``: out of attempts, or refused for good (the session already holds
   MAX_OBS_PER_SESSION observations; the client got the 409). ``POST /capture/retry`` tries again.
 - ``filtered``: a capture filter refused its tool (``AGENTMEMORY_CAPTURE_ALLOW``/``DENY``); the
@@ -28,7 +30,8 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.capture.filters import ToolFilter
-from agentmemory_server.errors import Unavailable
+from agentmemory_server.capture.spool import SpoolRefused, spool_service
+from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.kernel.access import agent_filter, stamp_agent
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, Reply, integer, params, string, tool
 from agentmemory_server.kernel.util import iso, truncate
@@ -103,28 +106,17 @@ class CaptureInbox:
         self.since_start["deadLettered"] += 1
 
     def keep_for_retry(self, ctx: Ctx, prepared: Any, agent_given: str | None, exc: Exception) -> Reply:
-        """Keep an event whose storing failed, for the background retry; 503 when that fails too."""
-        entry = self._entry(ctx, prepared.obs, agent_given, "pending", f"{type(exc).__name__}: {exc}")
-        entry.update(attempts=1, nextTry=self.rt.clock.time() + self.backoff(1), lastError=entry["reason"])
-        entry["body"]["images"] = _encoded(prepared.images)
+        """Keep an event whose storing failed, for the background retry. When the database cannot
+        take it either, it waits in this node's capture spool; 503 when neither can keep it."""
         try:
-            with self.rt.db.transaction("capture_retry_later", agent_id=entry["agentId"]) as tx:
-                if tx.inbox.summary()["byStatus"].get("pending", 0) >= self.inbox_max:
-                    raise Unavailable(
-                        f"storing the event failed and the capture inbox is full (AGENTMEMORY_CAPTURE_INBOX_MAX="
-                        f"{self.inbox_max}); resend it later",
-                        code=errors.CAPTURE_INBOX_FULL,
-                    )
-                tx.inbox.put(entry, self.rt.clock.iso())
-        except Unavailable:
-            self.since_start["rejected"] += 1
-            raise
-        except Exception as second:  # noqa: BLE001 - the database refuses writes: the client keeps it
-            self.since_start["rejected"] += 1
-            log.error("could not keep event %s in the capture inbox either: %s", entry["eventId"], second)
-            raise Unavailable(
-                "the server could not store the event; resend it later", code=errors.UNAVAILABLE
-            ) from second
+            entry = self.put_pending(ctx, prepared, agent_given, exc)
+        except Unavailable as refused:
+            if refused.code == errors.CAPTURE_INBOX_FULL:
+                self.since_start["rejected"] += 1
+                raise
+            return self._spool(ctx, prepared, agent_given, exc, refused)
+        except Exception as second:  # noqa: BLE001 - the database refuses writes: the spool may keep it
+            return self._spool(ctx, prepared, agent_given, exc, second)
         self.since_start["retrying"] += 1
         return Reply(
             {
@@ -138,6 +130,43 @@ class CaptureInbox:
             },
             202,
         )
+
+    def put_pending(self, ctx: Ctx, prepared: Any, agent_given: str | None, exc: Exception) -> dict[str, Any]:
+        """The inbox entry of a failed event, written as ``pending`` (first retry after one backoff).
+
+        :raise Unavailable: the inbox is full (``capture_inbox_full``), or the database failed.
+        """
+        entry = self.pending_entry(ctx, prepared, agent_given, exc)
+        with self.rt.db.transaction("capture_retry_later", agent_id=entry["agentId"]) as tx:
+            if tx.inbox.summary()["byStatus"].get("pending", 0) >= self.inbox_max:
+                raise Unavailable(
+                    f"storing the event failed and the capture inbox is full (AGENTMEMORY_CAPTURE_INBOX_MAX="
+                    f"{self.inbox_max}); resend it later",
+                    code=errors.CAPTURE_INBOX_FULL,
+                )
+            tx.inbox.put(entry, self.rt.clock.iso())
+        return entry
+
+    def pending_entry(self, ctx: Ctx, prepared: Any, agent_given: str | None, exc: Exception) -> dict[str, Any]:
+        entry = self._entry(ctx, prepared.obs, agent_given, "pending", f"{type(exc).__name__}: {_message(exc)}")
+        entry.update(attempts=1, nextTry=self.rt.clock.time() + self.backoff(1), lastError=entry["reason"])
+        entry["body"]["images"] = _encoded(prepared.images)
+        return entry
+
+    def _spool(self, ctx: Ctx, prepared: Any, agent_given: str | None, exc: Exception, second: Exception) -> Reply:
+        entry = self.pending_entry(ctx, prepared, agent_given, exc)
+        try:
+            return spool_service(ctx).keep_observation(entry, second)
+        except SpoolRefused as third:
+            self.since_start["rejected"] += 1
+            log.error(
+                "could not keep event %s in the capture inbox (%s): %s", entry["eventId"], _message(second), third
+            )
+            if isinstance(exc, AppError) and exc.status >= 500:
+                raise exc from second  # what went wrong first names the cause (a full disk, a database gone)
+            raise Unavailable(
+                "the server could not store the event; resend it later", code=errors.UNAVAILABLE
+            ) from second
 
     # -- reports -----------------------------------------------------------------------------------
 
@@ -174,6 +203,10 @@ class CaptureInbox:
             "unknownHookTypes": sum(status["counts"].get("unknown_hook", {}).values()),
             "truncatedFields": sum(status["counts"].get("truncated", {}).values()),
         }
+
+
+def _message(exc: Exception) -> str:
+    return str(getattr(exc, "message", None) or exc)
 
 
 def _encoded(images: list[Any]) -> list[dict[str, Any]]:
@@ -228,5 +261,6 @@ def capture_status(ctx: Ctx, args: dict) -> dict:
         "offset": args["offset"],
         "limit": args["limit"],
         "hasMore": args["offset"] + len(items) < total,
-        "spool": None,  # upstream's hook spool lives on the client machine, not here
+        # Upstream's hooks keep a spool on the client machine; this server keeps one per node.
+        "spool": spool_service(ctx).status(),
     }

@@ -131,7 +131,8 @@ class Prepared:
 )
 def agent_observe(ctx: Ctx, args: dict) -> Reply:
     """Record one observation (a hook event or an agent's own note); 201 new, 200 duplicate,
-    202 kept in the capture inbox (filtered, or stored later by a retry)."""
+    202 kept in the capture inbox (filtered, or stored later by a retry), or in this node's capture
+    spool while the database cannot take it."""
     prepared = prepare(ctx, args)
     refused = inbox_service(ctx).tool_filter.refuses(prepared.tool_name)
     if refused:
@@ -142,8 +143,12 @@ def agent_observe(ctx: Ctx, args: dict) -> Reply:
         inbox_service(ctx).keep_dead(ctx, prepared, args.get("agentId"), exc.message)
         exc.details = {**exc.details, "eventId": prepared.obs["eventId"], "keptInCaptureInbox": True}
         raise
-    except AppError:
-        raise  # the request itself is wrong (or refused): the client hears why
+    except AppError as exc:
+        if exc.status < 500:
+            raise  # the request itself is wrong (or refused): the client hears why
+        # The database is busy, gone or refusing writes: keep the event for a retry.
+        log.warning("storing observation %s failed (%s); kept for a retry", prepared.obs["eventId"], exc.message)
+        return inbox_service(ctx).keep_for_retry(ctx, prepared, args.get("agentId"), exc)
     except Exception as exc:  # noqa: BLE001 - a failure to store must not lose the event
         log.exception("storing observation %s failed; kept for a retry", prepared.obs["eventId"])
         return inbox_service(ctx).keep_for_retry(ctx, prepared, args.get("agentId"), exc)

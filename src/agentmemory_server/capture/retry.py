@@ -5,8 +5,8 @@ included, so an event the client also resent is stored once). A pending entry th
 waits twice as long; after ``AGENTMEMORY_CAPTURE_MAX_ATTEMPTS`` it becomes a dead letter.
 ``/capture/retry`` tries dead letters (all, or one by ``eventId``) and a filtered event by its
 ``eventId`` (stored despite the filter) at once; ``/capture/drain`` runs every pending entry now
-instead of waiting for its turn (upstream drains the hooks' local spool there; this server has
-no spool of its own, the inbox is its equivalent).
+instead of waiting for its turn, and first this node's capture spool (capture/spool.py: events
+the database could not take even into the inbox). Upstream drains its hooks' local spool there.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from agentmemory_server import errors
 from agentmemory_server.capture.images import FoundImage
 from agentmemory_server.capture.inbox import inbox_service
 from agentmemory_server.capture.observe import Prepared, store_observation
-from agentmemory_server.errors import InvalidInput, NotFound
+from agentmemory_server.capture.sessions import session_end
+from agentmemory_server.capture.spool import DatabaseStillDown, spool_service
+from agentmemory_server.errors import AppError, InvalidInput, NotFound
+from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter, visible_to
 from agentmemory_server.kernel.registry import Ctx, boolean, params, string, tool
 from agentmemory_server.kernel.util import truncate
@@ -29,12 +32,16 @@ BATCH = 100
 
 
 class RetryWorker:
-    """Subsystem ``capture_retry``: runs due retries every retry interval."""
+    """Subsystem ``capture_retry``: runs due retries every retry interval, and drains this node's
+    capture spool as often (every node drains its own folder, so that job is not claimed through
+    the database)."""
 
     def __init__(self, rt: Any):
         self.rt = rt
         self.last_run: dict[str, Any] | None = None
-        rt.every(rt.settings.capture_retry_interval_ms / 1000, "capture_retry", self.run)
+        every = rt.settings.capture_retry_interval_ms / 1000
+        rt.every(every, "capture_retry", self.run)
+        rt.every(every, "capture_spool", self.drain_spool, per_node=True)
 
     def run(self) -> dict[str, int]:
         ctx = Ctx(self.rt, source="capture_retry")
@@ -42,6 +49,57 @@ class RetryWorker:
         outcome = attempt_all(ctx, due, force=False)
         self.last_run = {"at": self.rt.clock.iso(), **outcome}
         return outcome
+
+    def drain_spool(self) -> dict[str, int]:
+        return drain_spool(Ctx(self.rt, source="capture_spool"))
+
+
+def drain_spool(ctx: Ctx) -> dict[str, int]:
+    """Store the events of this node's capture spool, oldest first, while the database takes them."""
+
+    def apply(record: dict[str, Any]) -> str:
+        try:
+            if record["kind"] == "sessionEnd":
+                return _end_spooled_session(ctx, record)
+            return _store_spooled(ctx, record["entry"])
+        except Exception as exc:  # noqa: BLE001 - the database still cannot take it: the file waits
+            raise DatabaseStillDown(str(getattr(exc, "message", exc))) from exc
+
+    return spool_service(ctx).drain(apply)
+
+
+def _store_spooled(ctx: Ctx, entry: dict[str, Any]) -> str:
+    """``recovered``; ``dead`` when refused for good (kept as a dead letter); ``retrying`` when
+    storing failed but the inbox took it (its retries go on from there).
+
+    :raise Exception: the database could take neither (the file waits for the next drain).
+    """
+    prepared, agent = _prepared(entry), (entry.get("body") or {}).get("agentId")
+    inbox = inbox_service(ctx)
+    try:
+        store_observation(ctx, prepared.obs, agent, prepared=prepared)
+    except AppError as exc:
+        if exc.status >= 500:
+            inbox.put_pending(ctx, prepared, agent, exc)
+            return "retrying"
+        inbox.keep_dead(ctx, prepared, agent, exc.message)
+        return "dead"
+    except Exception as exc:  # noqa: BLE001 - a bug in storing: the inbox retries it
+        inbox.put_pending(ctx, prepared, agent, exc)
+        return "retrying"
+    return "recovered"
+
+
+def _end_spooled_session(ctx: Ctx, record: dict[str, Any]) -> str:
+    """A turn end or session end whose event was spooled, run now that the event is stored."""
+    try:
+        registry.run(session_end, ctx, {"sessionId": record["sessionId"], "final": bool(record.get("final"))})
+    except AppError as exc:
+        if exc.status >= 500:
+            raise
+        log.warning("spooled end of session %s refused: %s", record["sessionId"], exc.message)
+        return "dead"
+    return "recovered"
 
 
 def _prepared(entry: dict[str, Any]) -> Prepared:
@@ -125,9 +183,14 @@ def capture_retry(ctx: Ctx, args: dict) -> dict:
     mcp=False,
 )
 def capture_drain(ctx: Ctx, args: dict) -> dict:
-    """Run every pending capture-inbox entry now instead of at its next retry time."""
+    """Run every pending capture-inbox entry now instead of at its next retry time, after storing
+    what waits in this node's capture spool (an admin's drain only: the spool is not kept by agent)."""
     agent = agent_filter(ctx, args.get("agentId"))
     store = ctx.rt.db.reader()
+    spooled = drain_spool(ctx) if agent is None else None  # the spool's files are not sorted by agent
     entries, _ = store.inbox.page(status="pending", limit=10_000, offset=0, agent_id=agent)
     outcome = attempt_all(ctx, entries, force=False)
-    return {"success": True, **outcome, "results": [{"source": "server-inbox", **outcome}]}
+    results = [{"source": "server-inbox", **outcome}]
+    if spooled is not None:
+        results.insert(0, {"source": "server-spool", **spooled})
+    return {"success": True, **outcome, "results": results}

@@ -67,12 +67,15 @@ class Jobs:
         self._thread: threading.Thread | None = None
         self._claim, self._done = claim, done
 
-    def every(self, seconds: float, name: str, fn: Callable[[], Any]) -> None:
+    def every(self, seconds: float, name: str, fn: Callable[[], Any], *, per_node: bool = False) -> None:
+        """Run ``fn`` every ``seconds``: once per database, or with ``per_node`` in every process
+        that runs jobs (work on this node's own files)."""
         self._jobs.append(
             {
                 "name": name,
                 "every": seconds,
                 "fn": fn,
+                "perNode": per_node,
                 "next": time.monotonic() + min(seconds, 60.0),
                 "runs": 0,
                 "errors": 0,
@@ -95,8 +98,14 @@ class Jobs:
     def _due(self, job: dict[str, Any]) -> None:
         # Ask the database again within a minute at most: another worker may own the schedule.
         job["next"] = time.monotonic() + min(job["every"], 60.0)
+        if job["perNode"]:
+            self.run(job)
+            return
         try:
             claimed = self._claim is None or self._claim(job["name"], job["every"])
+        except AppError as exc:  # the database does not answer, or is busy: one line, no traceback
+            log.warning("could not claim background job %s: %s", job["name"], exc.message)
+            return
         except Exception:  # noqa: BLE001 - a database hiccup: try at the next poll
             log.exception("claiming background job %s failed", job["name"])
             return
@@ -116,9 +125,9 @@ class Jobs:
             job["errors"] += 1
             job["lastError"] = error = str(exc)[:300]
             log.exception("background job %s failed", job["name"])
-        if self._claim is None:
+        if self._claim is None or job["perNode"]:
             job["next"] = time.monotonic() + job["every"]
-        if self._done is not None:
+        if self._done is not None and not job["perNode"]:
             try:
                 self._done(job["name"], error)
             except Exception:  # noqa: BLE001
@@ -227,8 +236,8 @@ class Runtime:
         with self.db.transaction("periodic_done") as tx:
             tx.jobs.periodic_done(name, time.time(), error)
 
-    def every(self, seconds: float, name: str, fn: Callable[[], Any]) -> None:
-        self.jobs.every(seconds, name, fn)
+    def every(self, seconds: float, name: str, fn: Callable[[], Any], *, per_node: bool = False) -> None:
+        self.jobs.every(seconds, name, fn, per_node=per_node)
 
     def publish(self, event_type: str, record: Any) -> None:
         self.hub.publish(event_type, record)

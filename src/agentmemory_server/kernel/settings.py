@@ -515,6 +515,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Hook events waiting for a retry; when full, a failing event gets 503 (hooks keep it and resend).",
     ),
     Setting(
+        "capture_spool_max",
+        ("AGENTMEMORY_CAPTURE_SPOOL_MAX",),
+        10_000,
+        _non_negative_int,
+        "Hook events kept on this node's disk (`<data dir>/capture-spool/`) while the database cannot take "
+        "them, not even into the capture inbox (PostgreSQL down, SQLite locked); stored once it can. "
+        "0 turns the spool off (such events get 503).",
+    ),
+    Setting(
         "capture_dead_max",
         ("AGENTMEMORY_CAPTURE_DEAD_MAX",),
         1000,

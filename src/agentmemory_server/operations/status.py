@@ -85,6 +85,15 @@ def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
             )
         )
     alerts += _capture_alerts(sections.get("capture") or {})
+    spooled = (sections.get("capture_spool") or {}).get("events")
+    if spooled:
+        alerts.append(
+            _alert(
+                "warn",
+                f"{spooled} hook event(s) wait on this node's disk (capture spool) for the database to take them",
+                "bring the database back; they are stored within a retry interval, or POST /agentmemory/capture/drain",
+            )
+        )
     images = sections.get("images") or {}
     if images.get("evicted"):
         alerts.append(

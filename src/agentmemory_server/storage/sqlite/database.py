@@ -54,6 +54,8 @@ from agentmemory_server.storage.sqlite.write_gate import ProcessWriteGate
 
 log = logging.getLogger("agentmemory.storage")
 T = TypeVar("T")
+# How long a statement waits for another process's write lock before the request gets a 503.
+BUSY_TIMEOUT_SECONDS = 30.0
 
 
 class SchemaTooNew(AppError):
@@ -265,15 +267,17 @@ class Database:
                 uri=True,
                 isolation_level=None,
                 check_same_thread=False,
-                timeout=30,
+                timeout=BUSY_TIMEOUT_SECONDS,
             )
             conn.execute("PRAGMA cache_size = -4000")
         else:
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+            conn = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_SECONDS
+            )
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA cache_size = -16000")
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA temp_store = MEMORY")
         return conn

@@ -1,0 +1,239 @@
+"""The capture spool: hook events kept on this node's disk while the database cannot take them.
+
+An event whose storing fails is kept in the capture inbox for a retry (capture/inbox.py). The
+inbox lives in the database, so when the database itself cannot take a write (PostgreSQL stopped
+or out of reach, SQLite locked past its busy timeout, a damaged file refusing writes) the inbox
+cannot keep it either. Claude Code's ``http`` hooks and ``agentmemory hook`` do not resend, so a
+503 there loses the event. Instead it is written here, to ``<data dir>/capture-spool/``, one file
+per event, made durable (fsync of the file and the folder) before the client hears 202
+``spooled``.
+
+This node's background worker drains the spool every retry interval, oldest first, once the
+database takes writes again. Each event is stored exactly as ``/observe`` would have stored it
+(dedup by event id, so an event the client also resent is stored once). A turn end or session end
+whose event was spooled is spooled after it and runs after it. ``POST /capture/drain`` drains at
+once.
+
+What a file holds is the prepared observation (privacy-stripped, fields cut), never the raw
+payload. At most ``AGENTMEMORY_CAPTURE_SPOOL_MAX`` events wait (0 turns the spool off); beyond
+that the 503 stands. A file is renamed before it is drained, so two processes never take the
+same event; a file left renamed by a process that died is taken back after ``LEASE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agentmemory_server import errors
+from agentmemory_server.errors import AppError
+from agentmemory_server.kernel.registry import Ctx, Reply
+
+log = logging.getLogger("agentmemory.capture")
+FOLDER = "capture-spool"
+WAITING = ".json"
+DRAINING = ".draining"
+UNREADABLE = ".unreadable"
+LEASE_SECONDS = 300.0
+FORMAT = 1
+KINDS = ("observation", "sessionEnd")
+# What the database answers when it cannot take a write though this node's disk can: PostgreSQL
+# gone or busy, SQLite locked, a damaged file, a server stopping. Not a full or read-only disk:
+# the spool would fill the same disk, inside the reserve kept free on purpose. Not a bug either:
+# it would fail again at every drain and hold up the events behind it.
+DATABASE_CAUSES = frozenset({errors.UNAVAILABLE, errors.DATABASE_BUSY, errors.DATABASE_CLOSED, errors.DATABASE_DAMAGED})
+
+
+class SpoolRefused(Exception):
+    """The spool cannot keep an event (off, full, or the disk refused the write)."""
+
+
+class DatabaseStillDown(Exception):
+    """Draining stops: the database does not take the spooled events yet (they stay)."""
+
+
+class CaptureSpool:
+    """Subsystem ``capture_spool``: events kept on disk, and their files handed out to drain
+    (capture/retry.py stores them)."""
+
+    def __init__(self, rt: Any):
+        self.rt = rt
+        self.folder = Path(rt.settings.data_dir) / FOLDER
+        self.max = rt.settings.capture_spool_max
+        self.since_start: Counter = Counter()
+        self._draining = threading.Lock()
+
+    # -- keeping events ------------------------------------------------------------------------
+
+    def keep_observation(self, entry: dict[str, Any], failure: Exception) -> Reply:
+        """Keep an inbox entry the database could not take (``failure`` says why); 202 ``spooled``.
+
+        :raise SpoolRefused: not a failure of the database's (a full disk, a bug), the spool is off
+            or full, or the disk refused the write.
+        """
+        if not (isinstance(failure, AppError) and failure.code in DATABASE_CAUSES):
+            raise SpoolRefused(f"not kept in the capture spool either ({_said(failure)})")
+        self._write({"kind": "observation", "entry": entry, "error": _said(failure)})
+        self.since_start["spooled"] += 1
+        log.warning(
+            "the database could not take event %s (%s); kept in %s until it can",
+            entry["eventId"],
+            _said(failure),
+            self.folder,
+        )
+        return Reply(
+            {
+                "success": True,
+                "accepted": True,
+                "spooled": True,
+                "stored": False,
+                "eventId": entry["eventId"],
+                "sessionId": entry["sessionId"],
+                "error": _said(failure),
+            },
+            202,
+        )
+
+    def keep_session_end(self, session_id: str, final: bool) -> None:
+        """Keep a session end whose event was spooled, to run after that event is stored."""
+        self._write({"kind": "sessionEnd", "sessionId": session_id, "final": final})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if not self.max:
+            raise SpoolRefused("the capture spool is off (AGENTMEMORY_CAPTURE_SPOOL_MAX=0)")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if len(self._names(WAITING)) >= self.max:
+                raise SpoolRefused(f"the capture spool is full (AGENTMEMORY_CAPTURE_SPOOL_MAX={self.max})")
+            # The time first, so that names sort in the order the events came in.
+            name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}{WAITING}"
+            body = json.dumps({"format": FORMAT, "spooledAt": self.rt.clock.iso(), **record}, ensure_ascii=False)
+            _write_durably(self.folder / name, body.encode("utf-8"))
+        except OSError as exc:
+            raise SpoolRefused(f"the capture spool could not be written: {exc}") from exc
+
+    # -- draining ------------------------------------------------------------------------------
+
+    def drain(self, apply: Callable[[dict[str, Any]], str]) -> dict[str, int]:
+        """Hand what waits to ``apply``, oldest first, and forget each file it took; stop at the
+        first one it cannot take yet (it raises ``DatabaseStillDown``)."""
+        outcome = {"matched": 0, "recovered": 0, "dead": 0, "retrying": 0, "unreadable": 0, "waiting": 0}
+        if not self.max or not self.folder.is_dir():
+            return outcome
+        with self._draining:
+            self._take_back_abandoned()
+            names = self._names(WAITING)
+            outcome["matched"] = len(names)
+            for i, name in enumerate(names):
+                try:
+                    result = self._drain_one(name, apply)
+                except DatabaseStillDown:
+                    outcome["waiting"] = len(names) - i
+                    break
+                if result is not None:
+                    outcome[result] += 1
+        self.since_start.update({k: v for k, v in outcome.items() if k not in ("matched", "waiting")})
+        if outcome["recovered"] or outcome["dead"] or outcome["retrying"]:
+            log.info("capture spool drained: %s", outcome)
+        return outcome
+
+    def _drain_one(self, name: str, apply: Callable[[dict[str, Any]], str]) -> str | None:
+        """One file: what ``apply`` made of it, ``unreadable``, or None when another process took
+        it first."""
+        taken = self.folder / (name + DRAINING)
+        try:
+            os.rename(self.folder / name, taken)
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(taken.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or record.get("kind") not in KINDS:
+                raise ValueError(f"not a spooled event: {str(record)[:80]}")
+        except (OSError, ValueError) as exc:
+            log.error("capture spool file %s cannot be read (%s); left as %s", name, exc, name + UNREADABLE)
+            os.replace(taken, self.folder / (name + UNREADABLE))
+            return "unreadable"
+        try:
+            result = apply(record)
+        except BaseException:
+            os.replace(taken, self.folder / name)  # it waits for the next drain
+            raise
+        taken.unlink(missing_ok=True)
+        return result
+
+    def _take_back_abandoned(self) -> None:
+        """Files a process renamed for draining and never finished (it died) wait again."""
+        cutoff = time.time() - LEASE_SECONDS
+        for name in self._names(DRAINING):
+            path = self.folder / name
+            try:
+                if path.stat().st_mtime < cutoff:
+                    os.replace(path, self.folder / name[: -len(DRAINING)])
+            except FileNotFoundError:
+                continue
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def _names(self, suffix: str) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.folder) if n.endswith(suffix) and not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def status(self) -> dict[str, Any]:
+        waiting = self._names(WAITING)
+        return {
+            "events": len(waiting),
+            "oldestAt": _spooled_at(self.folder / waiting[0]) if waiting else None,
+            "draining": len(self._names(DRAINING)),
+            "unreadable": len(self._names(UNREADABLE)),
+            "max": self.max,
+            "sinceStart": dict(self.since_start),
+        }
+
+    def health(self) -> dict[str, Any]:
+        status = self.status()
+        full = bool(self.max) and status["events"] >= self.max
+        return {
+            "status": "degraded" if full or status["unreadable"] else "ok",
+            **{k: status[k] for k in ("events", "oldestAt", "unreadable", "max")},
+        }
+
+
+def spool_service(ctx: Ctx) -> CaptureSpool:
+    service: CaptureSpool = ctx.rt.services["capture_spool"]
+    return service
+
+
+def _said(exc: Exception) -> str:
+    return str(getattr(exc, "message", None) or exc or type(exc).__name__)[:500]
+
+
+def _spooled_at(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("spooledAt"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write a new file so that it exists whole or not at all, and stays after a power cut."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

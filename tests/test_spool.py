@@ -1,0 +1,127 @@
+"""The capture spool (capture/spool.py): hook events the database cannot take, not even into the
+capture inbox, wait on this node's disk and are stored, in order, once it can.
+
+The database here is a real SQLite file held locked by another connection (as a long write in
+another process would hold it), with the busy timeout cut so a test does not wait 30 s. The
+PostgreSQL case (the database gone) is in test_postgres.py, a restart in between in
+test_damaged_database.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from agentmemory_server.adapters.web import create_app
+from agentmemory_server.capture import spool
+from agentmemory_server.storage.sqlite import database as sqlite_database
+from conftest import hook
+
+pytestmark = pytest.mark.sqlite_only
+
+CWD = "/home/u/shop"
+
+
+@pytest.fixture
+def locked_app(make_runtime, monkeypatch):
+    monkeypatch.setattr(sqlite_database, "BUSY_TIMEOUT_SECONDS", 0.2)
+    rt = make_runtime()
+    return rt, create_app(runtime=rt).test_client()
+
+
+@contextmanager
+def write_locked(rt):
+    """Another connection holds the write lock: every write waits out the busy timeout."""
+    other = sqlite3.connect(rt.db.path, isolation_level=None, timeout=5)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def claude(client, event: str, **fields):
+    payload = {"session_id": "cc-7", "cwd": CWD, "hook_event_name": event, **fields}
+    return client.post("/agentmemory/hooks/claude-code", json=payload)
+
+
+def spool_files(rt) -> list[str]:
+    folder = rt.services["capture_spool"].folder
+    return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+
+def test_events_wait_on_disk_while_the_database_is_locked_and_are_stored_in_order_after(locked_app):
+    # Before, each of these got a 503: the capture inbox that keeps a failed event is in the same
+    # locked database, and Claude Code's http hooks do not resend.
+    rt, client = locked_app
+    assert claude(client, "SessionStart", source="startup").status_code == 200
+    with write_locked(rt):
+        prompt = claude(client, "UserPromptSubmit", prompt="Retry the flaky upload with backoff")
+        edit = claude(client, "PostToolUse", tool_name="Edit", tool_use_id="t-1",
+                      tool_input={"file_path": f"{CWD}/src/retry.ts", "old_string": "a", "new_string": "b"},
+                      tool_response={"success": True})
+        ended = claude(client, "SessionEnd", reason="exit")
+        noted = client.post("/agentmemory/observe", json=hook("rest-1", content="a note while locked"))
+        assert [r.status_code for r in (prompt, edit, ended)] == [200, 200, 200], prompt.text
+        assert noted.status_code == 202, noted.text
+        assert noted.json["spooled"] is True and "busy" in noted.json["error"], noted.json
+        kinds = [json.loads((rt.services["capture_spool"].folder / n).read_text())["kind"] for n in spool_files(rt)]
+        assert kinds == ["observation", "observation", "observation", "sessionEnd", "observation"], kinds
+        # Reads go on in WAL mode: the inbox is empty, the spool says what waits.
+        capture = client.get("/agentmemory/capture").json
+        assert capture["inbox"]["pending"] == 0 and capture["spool"]["events"] == 5, capture
+        assert client.get("/agentmemory/health").json["capture_spool"]["events"] == 5
+        alerts = [a["message"] for a in client.get("/agentmemory/status").json["alerts"]]
+        assert any(m.startswith("5 hook event(s) wait on this node's disk") for m in alerts), alerts
+        waiting = rt.services["capture_retry"].drain_spool()  # the database still cannot take them
+        assert (waiting["recovered"], waiting["waiting"]) == (0, 5) and len(spool_files(rt)) == 5
+    drained = client.post("/agentmemory/capture/drain", json={}).json
+    assert drained["results"][0] == {"source": "server-spool", "matched": 5, "recovered": 5, "dead": 0,
+                                     "retrying": 0, "unreadable": 0, "waiting": 0}, drained
+    assert spool_files(rt) == []
+    stored = client.get("/agentmemory/observations?sessionId=cc-7").json["observations"]
+    hooks = sorted((o["timestamp"], o["hookType"]) for o in stored)
+    assert [h for _, h in hooks] == ["session_start", "prompt_submit", "post_tool_use", "session_end"], hooks
+    sessions = {s["id"]: s for s in client.get("/agentmemory/sessions").json["sessions"]}
+    assert sessions["cc-7"]["status"] == "completed", sessions["cc-7"]  # its end ran after its event
+    assert client.get("/agentmemory/observations?sessionId=rest-1").json["observations"][0]["narrative"]
+    # The client resending its event later is a duplicate, not a second copy.
+    assert client.post("/agentmemory/observe", json=hook("rest-1", content="a note while locked")).status_code == 200
+
+
+def test_a_full_or_switched_off_spool_leaves_the_503(locked_app):
+    rt, client = locked_app
+    rt.services["capture_spool"].max = 1
+    with write_locked(rt):
+        assert client.post("/agentmemory/observe", json=hook("s1")).status_code == 202
+        full = client.post("/agentmemory/observe", json=hook("s2"))
+        assert full.status_code == 503 and full.json["code"] == "database_busy", full.json
+        rt.services["capture_spool"].max = 0
+        off = client.post("/agentmemory/observe", json=hook("s3"))
+        assert off.status_code == 503 and off.json["code"] == "database_busy"
+    assert len(spool_files(rt)) == 1
+
+
+def test_an_unreadable_file_is_set_aside_and_an_abandoned_one_taken_back(locked_app):
+    rt, client = locked_app
+    service = rt.services["capture_spool"]
+    with write_locked(rt):
+        assert client.post("/agentmemory/observe", json=hook("s1")).status_code == 202
+    (name,) = spool_files(rt)
+    # A process that died while draining it left it renamed, long ago.
+    abandoned = service.folder / (name + spool.DRAINING)
+    os.rename(service.folder / name, abandoned)
+    old = time.time() - spool.LEASE_SECONDS - 60
+    os.utime(abandoned, (old, old))
+    (service.folder / "00000000000000000001-1-deadbeef.json").write_text("{not json")
+    outcome = rt.services["capture_retry"].drain_spool()
+    assert (outcome["recovered"], outcome["unreadable"]) == (1, 1), outcome
+    assert spool_files(rt) == ["00000000000000000001-1-deadbeef.json" + spool.UNREADABLE]
+    assert client.get("/agentmemory/observations?sessionId=s1").json["observations"]
+    health = client.get("/agentmemory/health").json["capture_spool"]
+    assert health["status"] == "degraded" and health["unreadable"] == 1, health
