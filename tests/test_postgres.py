@@ -22,7 +22,7 @@ from agentmemory_server.retrieval import search
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.storage.postgres import PostgresDatabase, database as pg_database
 from agentmemory_server.storage.postgres.database import SchemaTooNew, redacted
-from conftest import LiveServer, ToolCaller, free_port, hook, post
+from conftest import LiveServer, ToolCaller, free_port, hook, post, wait_for
 
 
 @pytest.fixture
@@ -231,6 +231,27 @@ def test_the_start_up_line_names_the_postgresql_store_without_its_password(url, 
         assert "pw-not-checked" not in server.log_path.read_text()
     finally:
         server.stop()
+
+
+def test_a_server_with_an_embedder_runs_its_vector_index_follower_without_failing(pg_cluster, tmp_path):
+    # The follower asked pgvector's index how many changes were unsaved, which it does not count:
+    # each request process logged a KeyError traceback four times a second, and never reached
+    # requeueing shed vectors (the default embedder on PostgreSQL, since 2026-12-05).
+    url = pg_cluster.create_database()
+    server = LiveServer(tmp_path, {"AGENTMEMORY_DATABASE_URL": url, "EMBEDDING_PROVIDER": "hash"}, [])
+    try:
+        for i in range(3):
+            r = post(server.api("/observe"), hook("vectors", content=f"upload retry with backoff, step {i}",
+                                                  timestamp=f"2026-11-01T10:00:0{i}Z"))
+            assert r.status_code == 201, r.text
+        wait_for(lambda: post(server.api("/smart-search"), {"query": "upload retry backoff"}).json().get("mode")
+                 == "hybrid", timeout=30, message="the records were never embedded")
+        time.sleep(1.0)  # four follower steps in each request process
+    finally:
+        server.stop()
+        pg_cluster.drop_database(url)
+    log = server.log()
+    assert "vector index failed" not in log and "Traceback" not in log, log[-3000:]
 
 
 def test_a_server_whose_database_is_gone_still_stops_promptly_on_sigterm(pg_cluster, tmp_path):

@@ -234,7 +234,8 @@ class VectorService:
 
     def _maybe_save(self) -> None:
         status = self.index.status()
-        unsaved, waited = status["unsaved"], time.monotonic() - self._saved_at
+        # pgvector's index lives in the database and has nothing to save (no ``unsaved``).
+        unsaved, waited = status.get("unsaved", 0), time.monotonic() - self._saved_at
         # An index never saved (just built from the table) is saved at once: a crash before the
         # first timed save would otherwise build it all again at the next start.
         first = status.get("savedSeq") is None and status.get("repair") is None
