@@ -83,12 +83,8 @@ class CaptureSpool:
             raise SpoolRefused(f"not kept in the capture spool either ({_said(failure)})")
         self._write({"kind": "observation", "entry": entry, "error": _said(failure)})
         self.since_start["spooled"] += 1
-        log.warning(
-            "the database could not take event %s (%s); kept in %s until it can",
-            entry["eventId"],
-            _said(failure),
-            self.folder,
-        )
+        # The request's own log line says why (capture/observe.py); this one says where it went.
+        log.warning("event %s kept in %s until the database takes it", entry["eventId"], self.folder)
         return Reply(
             {
                 "success": True,

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any
 
+from agentmemory_server.errors import AppError
+
 log = logging.getLogger("agentmemory.background")
 BEAT_SECONDS = 5.0
 ALIVE_WITHIN = 30.0  # a worker without a heartbeat for this long counts as gone
@@ -110,5 +112,7 @@ class BackgroundStatus:
             try:
                 with self.rt.db.transaction("worker_gone") as tx:
                     tx.jobs.worker_gone(self.rt.worker_id)
+            except AppError as exc:  # the database does not answer: the row expires by itself
+                log.warning("could not remove the worker heartbeat (it expires by itself): %s", exc.message)
             except Exception:  # noqa: BLE001 - the row expires by itself
                 log.exception("removing the worker heartbeat failed")
