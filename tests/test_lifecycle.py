@@ -503,5 +503,9 @@ def test_the_context_block_names_paths_from_each_sessions_working_directory(clie
     assert client.post("/agentmemory/hooks/claude-code", json=ask).status_code == 200
     block = client.post("/agentmemory/context", json={"sessionId": "cc-b", "project": "shop"}).json["context"]
     assert "Files: src/retry.ts" in block and "Edited src/retry.ts" in block, block
-    # (the project_context slot's running list of touched files keeps whole paths)
-    assert "Files: /home" not in block and "Edited /home" not in block and "file: /home" not in block, block
+    assert "Key files: src/retry.ts" in block and "/home/u/shop" not in block, block
+    # The project's running list of touched files and its profile name them as the agent does.
+    slot = client.get("/agentmemory/slot?label=project_context&project=shop")
+    assert slot.json["slot"]["content"].splitlines()[-1] == "- src/retry.ts", slot.json
+    top = client.get("/agentmemory/profile?project=shop").json["profile"]["topFiles"]
+    assert top == [{"file": "src/retry.ts", "frequency": 1}], top

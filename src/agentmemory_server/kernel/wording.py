@@ -96,3 +96,9 @@ def paths_seen_from(cwd: str | None, text: str) -> str:
         return text
     # Only where a path starts: "/srv/x/home/ana/shop/a.ts" is not under "/home/ana/shop".
     return re.sub(rf"(?<![\w.~/\\-]){re.escape(base)}[/\\](?=\S)", "", text)
+
+
+def files_as_named(obs: dict) -> list[str]:
+    """An observation's files named from its working directory, as the agent names them
+    ("src/cart.ts"): the same file counts once across clones, and no home folder is shown."""
+    return list(dict.fromkeys(paths_seen_from(obs.get("cwd"), str(f)) for f in obs.get("files") or []))

@@ -23,6 +23,7 @@ from agentmemory_server.kernel.hooks import Block, BlockRequest
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, params, tool
 from agentmemory_server.kernel.scopes import PROFILES
 from agentmemory_server.kernel.util import parse_time, truncate
+from agentmemory_server.kernel.wording import files_as_named
 from agentmemory_server.memory import vocabulary
 from agentmemory_server.memory.vocabulary import file_names_only
 from agentmemory_server.retrieval import search
@@ -75,7 +76,7 @@ def build_profile(store: Any, project: str, agent_id: str | None, now: str) -> d
         concepts.update(found)
         if obs.get("hookType") == "prompt_submit":
             asked.update(found)
-        files.update(list(dict.fromkeys(str(f) for f in obs.get("files") or [])))  # in order: ties stay put
+        files.update(files_as_named(obs))  # in order: ties stay put
         if obs.get("type") == "error":
             errors[_error_key(obs)] += 1
     return {

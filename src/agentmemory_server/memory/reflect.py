@@ -21,6 +21,7 @@ from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, number, params, tool
 from agentmemory_server.kernel.scopes import CRYSTALS, INSIGHTS, LESSONS, MEMORIES
 from agentmemory_server.kernel.util import truncate
+from agentmemory_server.kernel.wording import files_as_named
 from agentmemory_server.memory import slots, summaries
 from agentmemory_server.memory.lessons import reinforce
 from agentmemory_server.memory.vocabulary import NOISE, file_names_only
@@ -89,7 +90,8 @@ def _deterministic_updates(
     updates["session_patterns"] = fit_tail(pattern_lines(session_id, observations, now), int(patterns["sizeLimit"]))
     ctx_slot = current["project_context"]
     text = ctx_slot.get("content") or ""
-    new_files = [f for f in summaries.files_touched(observations) if f"- {f}" not in text.splitlines()]
+    touched = dict.fromkeys(f for o in observations for f in files_as_named(o))
+    new_files = [f for f in touched if f"- {f}" not in text.splitlines()]
     if new_files:
         lines = text.splitlines() or []
         if FILES_HEADER not in lines:
