@@ -18,6 +18,7 @@ import pytest
 from agentmemory_server.kernel import registry
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.kernel.settings import Settings, SettingsError
 from agentmemory_server.kernel.util import Clock
 
 BACKENDS = ["sqlite", "redis"]
@@ -604,3 +605,18 @@ def test_key_order_and_number_types_survive(wm):
     value = {"z": 1, "a": [1.0, 2**64, "ü"], "t": (None, True)}
     h.set("v", value)
     assert json.dumps(h.get("v")["value"]) == '{"z": 1, "a": [1.0, 18446744073709551616, "\\u00fc"], "t": [null, true]}'
+
+
+def test_a_redis_url_is_checked_when_the_settings_are_read(redis_server, make_runtime):
+    # A mistyped REDIS_URL used to end the server's start (or any CLI command) in a traceback from
+    # redis-py; a scheme in capitals is a valid URL (RFC 3986) and is lowered.
+    shouted = "REDIS" + redis_server.url[len("redis"):]
+    settings = Settings.from_env({"REDIS_URL": shouted})
+    assert settings.redis_url == redis_server.url
+    rt = make_runtime(redis_url=settings.redis_url, working_memory_backend="redis")
+    assert rt.services["working_memory"].backend.name == "redis" and not rt.services["working_memory"].using_fallback
+    for wrong, found in (("http://u:hunter2@127.0.0.1:6379", "got a 'http' URL"), ("127.0.0.1:6379", "got no URL")):
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({"REDIS_URL": wrong})
+        assert f"REDIS_URL: expected redis://host:port/db (or rediss://, unix://), {found}" in str(refused.value)
+        assert "hunter2" not in str(refused.value)

@@ -113,3 +113,19 @@ def _database_url(text: str) -> str | None:
             f"expected postgresql://user:password@host/db, got {found} (a SQLite file: set AGENTMEMORY_DB)"
         )
     return normal
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url(text: str) -> str:
+    """A Redis URL, its scheme in lower case. Checked here so that a mistyped one stops the server
+    (or a CLI command) with this message rather than a traceback from redis-py when the Redis
+    backends open; only the scheme is quoted, since the URL may hold a password."""
+    url = text.strip()
+    scheme, sep, rest = url.partition("://")
+    normal = scheme.lower() + sep
+    if not sep or normal not in REDIS_SCHEMES:
+        found = f"a {scheme!r} URL" if sep else "no URL"
+        raise ValueError(f"expected redis://host:port/db (or rediss://, unix://), got {found}")
+    return normal + rest
