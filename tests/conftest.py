@@ -63,8 +63,9 @@ def pytest_generate_tests(metafunc: Any) -> None:
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     """With AGENTMEMORY_TEST_BACKEND=postgresql (tests/run.sh's second pass), leave out what the
-    first pass already ran on PostgreSQL: the modules of BOTH_BACKENDS, the postgresql_only tests
-    and the tests that choose their backend themselves (they take no ``backend`` fixture)."""
+    first pass already ran on PostgreSQL: the modules of BOTH_BACKENDS, the postgresql_only tests,
+    test_postgres (its tests name their PostgreSQL database themselves) and the tests that choose
+    their backend otherwise (they take no ``backend`` fixture)."""
     if os.environ.get("AGENTMEMORY_TEST_BACKEND") != "postgresql":
         return
     keep, done = [], []
@@ -72,7 +73,7 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
         ran_before = (
             "backend" not in getattr(item, "fixturenames", ())
             or item.get_closest_marker("postgresql_only") is not None
-            or item.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS
+            or item.module.__name__.rsplit(".", 1)[-1] in {*BOTH_BACKENDS, "test_postgres"}
         )
         (done if ran_before else keep).append(item)
     if done:
