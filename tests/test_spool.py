@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -107,21 +109,29 @@ def test_a_full_or_switched_off_spool_leaves_the_503(locked_app):
     assert len(spool_files(rt)) == 1
 
 
-def test_an_unreadable_file_is_set_aside_and_an_abandoned_one_taken_back(locked_app):
+def test_an_unreadable_file_is_set_aside_and_abandoned_ones_are_taken_back(locked_app):
     rt, client = locked_app
     service = rt.services["capture_spool"]
     with write_locked(rt):
-        assert client.post("/agentmemory/observe", json=hook("s1")).status_code == 202
-    (name,) = spool_files(rt)
-    # A process that died while draining it left it renamed, long ago.
-    abandoned = service.folder / (name + spool.DRAINING)
-    os.rename(service.folder / name, abandoned)
+        for session in ("dead-drainer", "stuck-drainer", "busy-drainer"):
+            assert client.post("/agentmemory/observe", json=hook(session)).status_code == 202
+    dead_one, stuck_one, busy_one = spool_files(rt)
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    # Taken by a process that died just now; by a live one (ours, the parent) for longer than the
+    # lease; by a live one a moment ago, which is still draining it.
+    os.rename(service.folder / dead_one, service.folder / f"{dead_one}{spool.DRAINING}{exited.pid}")
+    stuck = service.folder / f"{stuck_one}{spool.DRAINING}{os.getppid()}"
+    os.rename(service.folder / stuck_one, stuck)
     old = time.time() - spool.LEASE_SECONDS - 60
-    os.utime(abandoned, (old, old))
+    os.utime(stuck, (old, old))
+    busy = service.folder / f"{busy_one}{spool.DRAINING}{os.getppid()}"
+    os.rename(service.folder / busy_one, busy)
     (service.folder / "00000000000000000001-1-deadbeef.json").write_text("{not json")
     outcome = rt.services["capture_retry"].drain_spool()
-    assert (outcome["recovered"], outcome["unreadable"]) == (1, 1), outcome
-    assert spool_files(rt) == ["00000000000000000001-1-deadbeef.json" + spool.UNREADABLE]
-    assert client.get("/agentmemory/observations?sessionId=s1").json["observations"]
+    assert (outcome["recovered"], outcome["unreadable"]) == (2, 1), outcome
+    assert spool_files(rt) == ["00000000000000000001-1-deadbeef.json" + spool.UNREADABLE, busy.name]
+    for session in ("dead-drainer", "stuck-drainer"):
+        assert client.get(f"/agentmemory/observations?sessionId={session}").json["observations"]
     health = client.get("/agentmemory/health").json["capture_spool"]
     assert health["status"] == "degraded" and health["unreadable"] == 1, health

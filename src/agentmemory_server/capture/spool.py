@@ -16,8 +16,9 @@ once.
 
 What a file holds is the prepared observation (privacy-stripped, fields cut), never the raw
 payload. At most ``AGENTMEMORY_CAPTURE_SPOOL_MAX`` events wait (0 turns the spool off); beyond
-that the 503 stands. A file is renamed before it is drained, so two processes never take the
-same event; a file left renamed by a process that died is taken back after ``LEASE_SECONDS``.
+that the 503 stands. A file is renamed (with the draining process's id) before it is drained, so two
+processes never take the same event; a file left so by a process that died is taken back at the
+next drain, one held past ``LEASE_SECONDS`` too.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ from typing import Any
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel.registry import Ctx, Reply
+from agentmemory_server.kernel.util import process_alive
 
 log = logging.getLogger("agentmemory.capture")
 FOLDER = "capture-spool"
 WAITING = ".json"
-DRAINING = ".draining"
+DRAINING = ".draining-"  # and the draining process's id
 UNREADABLE = ".unreadable"
 LEASE_SECONDS = 300.0
 FORMAT = 1
@@ -144,11 +146,12 @@ class CaptureSpool:
     def _drain_one(self, name: str, apply: Callable[[dict[str, Any]], str]) -> str | None:
         """One file: what ``apply`` made of it, ``unreadable``, or None when another process took
         it first."""
-        taken = self.folder / (name + DRAINING)
+        taken = self.folder / f"{name}{DRAINING}{os.getpid()}"
         try:
             os.rename(self.folder / name, taken)
         except FileNotFoundError:
             return None
+        os.utime(taken)  # when it was taken, not when it was written: the lease runs from here
         try:
             record = json.loads(taken.read_text(encoding="utf-8"))
             if not isinstance(record, dict) or record.get("kind") not in KINDS:
@@ -166,13 +169,17 @@ class CaptureSpool:
         return result
 
     def _take_back_abandoned(self) -> None:
-        """Files a process renamed for draining and never finished (it died) wait again."""
+        """Files a process took for draining and never finished wait again: it died (a file of
+        this process's is from a drain that failed here), or it has held one past the lease."""
         cutoff = time.time() - LEASE_SECONDS
-        for name in self._names(DRAINING):
+        for name in self._draining_names():
+            waiting, _, pid = name.rpartition(DRAINING)
             path = self.folder / name
             try:
-                if path.stat().st_mtime < cutoff:
-                    os.replace(path, self.folder / name[: -len(DRAINING)])
+                mine = pid == str(os.getpid())
+                gone = not pid.isdigit() or not process_alive(int(pid))
+                if mine or gone or path.stat().st_mtime < cutoff:
+                    os.replace(path, self.folder / waiting)
             except FileNotFoundError:
                 continue
 
@@ -184,12 +191,18 @@ class CaptureSpool:
         except FileNotFoundError:
             return []
 
+    def _draining_names(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.folder) if DRAINING in n and not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
     def status(self) -> dict[str, Any]:
         waiting = self._names(WAITING)
         return {
             "events": len(waiting),
             "oldestAt": _spooled_at(self.folder / waiting[0]) if waiting else None,
-            "draining": len(self._names(DRAINING)),
+            "draining": len(self._draining_names()),
             "unreadable": len(self._names(UNREADABLE)),
             "max": self.max,
             "sinceStart": dict(self.since_start),
