@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import faults
 import numpy as np
 import psycopg
 import pytest
@@ -317,6 +318,23 @@ def test_hook_events_wait_on_disk_while_the_database_does_not_answer_and_are_sto
     assert client.get("/agentmemory/health").json["capture_spool"]["events"] == 0
     assert client.post("/agentmemory/observe", json=hook("rest-pg", content="noted while it was gone")).status_code == 200
     pg_cluster.drop_database(url)
+
+
+def test_the_capture_spool_keeps_the_disk_reserve_free(pg_cluster, make_runtime, tmp_path):
+    # The database is elsewhere, so only the spool writes on this disk; past the reserve it refuses.
+    url = pg_cluster.create_database()
+    with faults.tmpfs(tmp_path / "disk", 24) as disk:
+        rt = make_runtime(database_url=url, data_dir=str(disk / "data"), disk_reserve_mb=4)
+        client = create_app(runtime=rt).test_client()
+        pg_cluster.drop_database(url)
+        filler = faults.fill(disk, leave_bytes=3 * faults.MB)
+        refused = client.post("/agentmemory/observe", json=hook("reserve", content="no room for it"))
+        assert refused.status_code == 503 and "does not answer" in refused.json["error"], refused.json
+        assert rt.services["capture_spool"].status()["events"] == 0 and faults.free_bytes(disk) > 2 * faults.MB
+        filler.unlink()
+        kept = client.post("/agentmemory/observe", json=hook("reserve", content="room again"))
+        assert kept.status_code == 202 and kept.json["spooled"] is True, kept.json
+        rt.close()
 
 
 def test_while_the_database_does_not_answer_requests_say_so_at_once_and_resume_when_it_is_back(

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import threading
 import time
 from collections import Counter
@@ -114,7 +115,15 @@ class CaptureSpool:
             # The time first, so that names sort in the order the events came in.
             name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}{WAITING}"
             body = json.dumps({"format": FORMAT, "spooledAt": self.rt.clock.iso(), **record}, ensure_ascii=False)
-            _write_durably(self.folder / name, body.encode("utf-8"))
+            data = body.encode("utf-8")
+            # The disk reserve holds for the spool too: a SQLite database beside it needs that room.
+            reserve = self.rt.settings.disk_reserve_mb << 20
+            if shutil.disk_usage(self.folder).free - len(data) < reserve:
+                raise SpoolRefused(
+                    f"the capture spool would leave less than AGENTMEMORY_DISK_RESERVE_MB="
+                    f"{self.rt.settings.disk_reserve_mb} free"
+                )
+            _write_durably(self.folder / name, data)
         except OSError as exc:
             raise SpoolRefused(f"the capture spool could not be written: {exc}") from exc
 
