@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--events", type=int, default=2000)
     args = ap.parse_args()
+    # A timeout's SIGTERM ends the bench through its ``finally``: no server or PostgreSQL is left.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = postgres("start")
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS bench_spool")
