@@ -12,13 +12,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from conftest import LiveServer, post
+from agentmemory_server.adapters import hook_client, hook_spool
+from conftest import LiveServer, free_port, post, wait_for
 
 FIXTURES = Path(__file__).parent / "fixtures" / "clients"
 SECRET = "hook-test-secret-0123456789"
@@ -176,7 +178,63 @@ def test_a_wrong_token_is_refused_and_counted(server: LiveServer) -> None:
 
 
 def test_the_hook_command_answers_neutrally_when_the_server_is_down(tmp_path: Path) -> None:
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("AGENTMEMORY_DATA_DIR", None)
     done = subprocess.run([*HOOK_COMMAND, "cline", "--url", "http://127.0.0.1:9"], input='{"hookName": "TaskStart"}',
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)})
+                          capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0 and json.loads(done.stdout) == {"cancel": False}
-    assert "not reachable" in done.stderr
+    folder = tmp_path / ".agentmemory" / "hook-spool"
+    assert "not reachable" in done.stderr and f"kept in {folder}" in done.stderr, done.stderr
+    (kept,) = folder.glob("*.json")
+    assert json.loads(kept.read_text())["payload"]["hookName"] == "TaskStart"
+
+
+def test_an_event_the_server_did_not_get_is_sent_with_its_own_time_by_the_next_hook(server: LiveServer,
+                                                                                    tmp_path: Path) -> None:
+    # Before, a hook that found the server stopped (a restart, an upgrade) printed "nothing
+    # recorded" and the event was gone.
+    env = {**os.environ, "AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_DATA_DIR": str(tmp_path / "agent")}
+    folder = tmp_path / "agent" / "hook-spool"
+
+    def hook(url: str, payload: dict[str, Any]) -> str:
+        done = subprocess.run([*HOOK_COMMAND, "codex", "--url", url], input=json.dumps(payload), capture_output=True,
+                              text=True, timeout=60, env=env)
+        assert done.returncode == 0 and json.loads(done.stdout) == {}, done.stdout
+        return done.stderr
+
+    base = {"session_id": "cx-spool", "cwd": "/home/u/api", "hook_event_name": "PostToolUse", "model": "gpt-5-codex",
+            "turn_id": "turn-1", "tool_name": "Bash"}
+    missed = hook(f"http://127.0.0.1:{free_port()}",
+                  {**base, "tool_use_id": "call_a", "tool_input": {"command": "cargo test"}, "tool_response": "ok"})
+    assert "not reachable" in missed and f"kept in {folder}" in missed, missed
+    assert len(list(folder.glob("*.json"))) == 1
+    time.sleep(0.05)
+    assert hook(server.url, {**base, "tool_use_id": "call_b", "tool_input": {"command": "cargo build"},
+                             "tool_response": "built"}) == ""
+    wait_for(lambda: not any(folder.iterdir()), timeout=30, message="the kept event was never sent")
+    stored = sorted(get(server, "/observations", sessionId="cx-spool")["observations"], key=lambda o: o["timestamp"])
+    assert ["cargo test" in stored[0]["title"], "cargo build" in stored[1]["title"]] == [True, True], stored
+    assert len(stored) == 2 and "agentmemory_sent_at" not in json.dumps(stored)
+
+
+def test_a_resent_event_keeps_a_past_time_but_not_a_future_one_and_refusals_are_set_aside(server: LiveServer,
+                                                                                         tmp_path: Path) -> None:
+    base = {"session_id": "cc-sent", "cwd": "/home/u/shop", "hook_event_name": "PostToolUse", "tool_name": "Bash",
+            "tool_response": {"stdout": "ok"}}
+    for use, at in (("t-past", "2026-11-02T08:00:00.000Z"), ("t-future", "2999-01-01T00:00:00.000Z"),
+                    ("t-junk", "yesterday")):
+        payload = {**base, "tool_use_id": use, "tool_input": {"command": f"echo {use}"}, "agentmemory_sent_at": at}
+        assert post(server.api("/hooks/claude-code"), payload, headers=auth()).status_code == 200
+    stored = {o["title"]: o["timestamp"] for o in get(server, "/observations", sessionId="cc-sent")["observations"]}
+    times = {title.split("echo ")[-1]: at for title, at in stored.items()}
+    assert times["t-past"] == "2026-11-02T08:00:00.000Z", stored
+    assert times["t-future"].startswith("20") and not times["t-future"].startswith("2999"), stored
+    assert times["t-junk"] >= times["t-past"], stored
+    # Kept payloads the server refuses for good are set aside; the rest are sent.
+    folder = tmp_path / "hook-spool"
+    assert "kept in" in hook_spool.keep(folder, "claude-code", json.dumps({**base, "tool_use_id": "t-kept"}).encode())
+    assert "kept in" in hook_spool.keep(folder, "claude-code", b'{"hook_event_name": "PostToolUse"}')  # no session
+    assert "not kept" in hook_spool.keep(folder, "claude-code", b"[1, 2]")
+    counts = hook_spool.drain(folder, lambda client, body: hook_client.post(server.url, client, body, SECRET, 10))
+    assert counts == {"sent": 1, "refused": 1, "waiting": 0}, counts
+    assert [p.suffix for p in folder.iterdir()] == [".refused"]

@@ -135,3 +135,11 @@ def test_an_unreadable_file_is_set_aside_and_abandoned_ones_are_taken_back(locke
         assert client.get(f"/agentmemory/observations?sessionId={session}").json["observations"]
     health = client.get("/agentmemory/health").json["capture_spool"]
     assert health["status"] == "degraded" and health["unreadable"] == 1, health
+
+
+def test_the_spool_folder_is_under_the_data_dir_with_its_tilde_expanded(make_runtime, tmp_path, monkeypatch):
+    # The default data dir is "~/.agentmemory": read as it is, the spool went to a folder named "~"
+    # below wherever the server was started.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    rt = make_runtime(data_dir="~/.agentmemory")
+    assert rt.services["capture_spool"].folder == tmp_path / "home" / ".agentmemory" / "capture-spool"

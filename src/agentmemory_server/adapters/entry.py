@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         from agentmemory_server.adapters import hook_client
 
         return hook_client.main(args[1:])
+    if args[:1] == ["hook-drain"]:  # started by a hook call: sends the events it kept
+        from agentmemory_server.adapters import hook_client
+
+        return hook_client.drain_main(args[1:])
     from agentmemory_server.adapters import cli
 
     return cli.main(args)

@@ -6,8 +6,9 @@ takes no ``http`` hooks). This command posts stdin unchanged to ``POST
 {url}/agentmemory/hooks/<client>`` and prints the server's answer, which is already in the
 client's own output format. It needs no Node and nothing beyond this package, reads the token
 the way every local client does (``AGENTMEMORY_SECRET``, else the secret file), and never blocks
-the agent: when the server cannot be reached it prints a neutral answer, says why on stderr and
-exits 0. It imports only the standard library and the settings, so it starts fast.
+the agent: when the server cannot be reached it prints a neutral answer, says why on stderr, keeps
+the event to send later (adapters/hook_spool.py) and exits 0. It imports only the standard library
+and the settings, so it starts fast.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import IO
 
+from agentmemory_server.adapters import hook_spool
 from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.settings import Settings, SettingsError
 
@@ -79,17 +82,45 @@ def run(
     token = environ.get("AGENTMEMORY_SECRET") or (auth.client_token(settings) if settings else None)
     body = _with_event(stdin.read(MAX_STDIN_BYTES), opts.event)
     neutral = NEUTRAL.get(opts.client, "{}")
+    folder = spool_folder(settings)
     try:
         status, answer = post(url, opts.client, body, token, opts.timeout)
     except (OSError, ValueError) as exc:
-        print(f"agentmemory hook: {url} not reachable ({exc}); nothing recorded", file=stderr)
+        kept = hook_spool.keep(folder, opts.client, body)
+        print(f"agentmemory hook: {url} not reachable ({exc}); the event was {kept}", file=stderr)
         print(neutral, file=stdout)
         return 0
     if 200 <= status < 300:
         print(answer.decode("utf-8", "replace").strip() or neutral, file=stdout)
+        if hook_spool.waiting(folder):  # the server answers again: what waits is sent now
+            hook_spool.start_drain(url, dict(environ))
         return 0
-    print(f"agentmemory hook: the server answered {status}: {answer[:300].decode('utf-8', 'replace')}", file=stderr)
+    said = f"the server answered {status}: {answer[:300].decode('utf-8', 'replace')}"
+    if status >= 500:  # it could not keep the event (a 202 says it did)
+        said += f"; the event was {hook_spool.keep(folder, opts.client, body)}"
+    print(f"agentmemory hook: {said}", file=stderr)
     print(neutral, file=stdout)
+    return 0
+
+
+def spool_folder(settings: Settings | None) -> Path:
+    """Where this machine keeps the hook events the server did not take (adapters/hook_spool.py)."""
+    base = settings.data_path if settings else Path.home() / ".agentmemory"
+    return base / hook_spool.FOLDER
+
+
+def drain_main(argv: list[str], environ: Mapping[str, str] = os.environ) -> int:
+    """``agentmemory hook-drain``: send the events this machine kept, started by a hook call that
+    reached the server (not meant to be typed; harmless when it is)."""
+    parser = argparse.ArgumentParser(prog="agentmemory hook-drain", description=drain_main.__doc__)
+    parser.add_argument("--url", help="server address (default: AGENTMEMORY_URL, else http://HOST:PORT)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server per event")
+    opts = parser.parse_args(argv)
+    settings = _settings(environ)
+    url = opts.url or environ.get("AGENTMEMORY_URL") or (local_url(settings) if settings else "http://127.0.0.1:3111")
+    token = environ.get("AGENTMEMORY_SECRET") or (auth.client_token(settings) if settings else None)
+    counts = hook_spool.drain(spool_folder(settings), lambda client, body: post(url, client, body, token, opts.timeout))
+    print(json.dumps(counts))
     return 0
 
 

@@ -25,7 +25,7 @@ from agentmemory_server.errors import AppError, CapacityExceeded
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, params, string, tool
-from agentmemory_server.kernel.util import estimate_tokens, truncate
+from agentmemory_server.kernel.util import estimate_tokens, iso, parse_time, truncate
 from agentmemory_server.kernel.wording import one_line, paths_seen_from
 from agentmemory_server.retrieval import recall, search
 
@@ -33,6 +33,8 @@ log = logging.getLogger("agentmemory.hooks")
 # Claude Code replaces additionalContext above 10,000 characters with a file path and a preview.
 MAX_CONTEXT_CHARS = 9500
 PROMPT_HITS = 5
+# The time a resent event happened, added to its payload by ``agentmemory hook`` (never stored).
+SENT_AT = "agentmemory_sent_at"
 
 
 @tool(
@@ -46,8 +48,9 @@ def hook_event(ctx: Ctx, args: dict) -> dict:
     Cline, Copilot CLI, OpenCode), store it as an observation and answer in that agent's own hook
     output format (the context block at session start, relevant memories for a prompt)."""
     mapper = MAPPERS[args["client"]]
-    payload = {k: v for k, v in args.items() if k != "client"}
+    payload = {k: v for k, v in args.items() if k not in ("client", SENT_AT)}
     event = mapper.parse(payload, ctx.rt.settings.capture_output_max)
+    at = sent_time(ctx, args.get(SENT_AT))
     if event.skip:
         return mapper.reply(event, None)
     project = project_of(event.cwd)
@@ -55,7 +58,7 @@ def hook_event(ctx: Ctx, args: dict) -> dict:
     # the start that was just recorded.
     context = start_session(ctx, event, project) if event.lifecycle == START else None
     try:
-        observed = registry.run(agent_observe, ctx, observe_args(ctx, event, project))
+        observed = registry.run(agent_observe, ctx, observe_args(ctx, event, project, at))
     except CapacityExceeded:
         if event.lifecycle != START and not event.prompt:
             raise
@@ -86,8 +89,17 @@ def project_of(cwd: str | None) -> str | None:
     return name[:512] or None
 
 
-def observe_args(ctx: Ctx, event: HookEvent, project: str | None) -> dict[str, Any]:
-    now = ctx.rt.clock.iso()
+def sent_time(ctx: Ctx, text: Any) -> str | None:
+    """When a resent event happened: ``agentmemory hook`` kept it while the server could not take
+    it and names the time in ``agentmemory_sent_at`` (adapters/hook_spool.py). None for a fresh
+    event, or a time that does not parse or lies in the future."""
+    when = parse_time(text) if isinstance(text, str) and len(text) <= 64 else None
+    now = parse_time(ctx.rt.clock.iso())
+    return iso(when) if when is not None and now is not None and when <= now else None
+
+
+def observe_args(ctx: Ctx, event: HookEvent, project: str | None, at: str | None = None) -> dict[str, Any]:
+    now = at or ctx.rt.clock.iso()
     if event.key:  # the host's own id: a replay of this event is a duplicate
         event_id = derive_event_id(event.session_id, event.hook_type, now, {"event_id": event.key})
     else:  # without one, the same content at another moment is another event (wrapped, so that

@@ -214,7 +214,7 @@ def with_note(data: Any, note: dict[str, Any], *, note_wins: bool = False) -> An
 
 
 def _readable_roots(ctx: Ctx) -> list[Path]:
-    roots = [Path(ctx.rt.settings.data_dir)]
+    roots = [ctx.rt.settings.data_path]
     if ctx.rt.settings.import_root:
         roots.append(Path(ctx.rt.settings.import_root))
     return roots

@@ -69,7 +69,7 @@ class CaptureSpool:
 
     def __init__(self, rt: Any):
         self.rt = rt
-        self.folder = Path(rt.settings.data_dir) / FOLDER
+        self.folder = rt.settings.data_path / FOLDER
         self.max = rt.settings.capture_spool_max
         self.since_start: Counter = Counter()
         self._draining = threading.Lock()

@@ -659,10 +659,15 @@ class Settings:
         return self.workers or min(os.cpu_count() or 1, MAX_AUTO_WORKERS)
 
     @property
+    def data_path(self) -> Path:
+        """AGENTMEMORY_DATA_DIR as a path, ``~`` expanded (the default is ``~/.agentmemory``)."""
+        return Path(self.data_dir).expanduser()
+
+    @property
     def database_path(self) -> Path:
         if self.db_path:
             return Path(self.db_path).expanduser()
-        return Path(self.data_dir).expanduser() / "agentmemory.db"
+        return self.data_path / "agentmemory.db"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
