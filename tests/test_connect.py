@@ -230,8 +230,17 @@ def test_status_reports_connected_clients_and_the_server(home: Path, server: Liv
     report = json.loads(agentmemory(home, "status", "--json", "--url", server.url).stdout)
     assert report["server"].startswith("up (HTTP 200)")
     connected = {row["client"] for row in report["clients"] if row["connected"]}
-    assert connected == {"windsurf"}
+    assert connected == {"windsurf"} and report["hookEventsWaiting"] == 0
     assert shutil.which("node")  # the OpenCode plugin test runs the plugin with node
+    # A hook that found no server kept its event; status says so, and the next hook sends it.
+    missed = agentmemory(home, "hook", "codex", "--url", "http://127.0.0.1:9",
+                         stdin='{"session_id": "cx-st", "hook_event_name": "Stop", "cwd": "/p"}')
+    assert missed.returncode == 0 and "kept in" in missed.stderr, missed.stderr
+    said = agentmemory(home, "status", "--url", server.url).stdout
+    assert "1 hook event(s) wait in" in said and "agentmemory hook-drain" in said, said
+    drained = agentmemory(home, "hook-drain", "--url", server.url)
+    assert json.loads(drained.stdout) == {"sent": 1, "refused": 0, "waiting": 0}, drained.stderr
+    assert json.loads(agentmemory(home, "status", "--json", "--url", server.url).stdout)["hookEventsWaiting"] == 0
 
 
 def test_connect_before_the_server_ever_ran_creates_the_token_it_will_use(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from agentmemory_server import errors
-from agentmemory_server.adapters import connect, hook_client, service
+from agentmemory_server.adapters import connect, hook_client, hook_spool, service
 from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import auth, privacy, registry
 from agentmemory_server.kernel.registry import Ctx
@@ -355,10 +355,16 @@ def cmd_status(settings: Settings, opts: argparse.Namespace) -> Any:
         "url": o.url,
         "server": hook_client.probe(o.url, auth.client_token(settings)),
         "clients": connect.status(o),
+        "hookEventsWaiting": hook_spool.count(hook_client.spool_folder(settings)),
     }
     if opts.json:
         return report
     print(f"server  {o.url}: {report['server']}")
+    if report["hookEventsWaiting"]:
+        print(
+            f"  {report['hookEventsWaiting']} hook event(s) wait in {hook_client.spool_folder(settings)}: "
+            "the next hook call that reaches the server sends them (or run `agentmemory hook-drain`)"
+        )
     for row in report["clients"]:
         state = "connected" if row["connected"] else "-"
         print(f"  {row['client']:<12} {state:<10} {', '.join(row['files'])}")

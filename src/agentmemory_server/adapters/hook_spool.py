@@ -70,6 +70,11 @@ def waiting(folder: Path) -> bool:
     return bool(_names(folder, WAITING)) or bool(_names(folder, SENDING))
 
 
+def count(folder: Path) -> int:
+    """Events kept and not sent yet (being sent included)."""
+    return len(_names(folder, WAITING)) + len(_names(folder, SENDING))
+
+
 def start_drain(url: str, environ: dict[str, str]) -> None:
     """Send what waits from a detached process, so that this hook returns at once."""
     command = [sys.executable, "-m", "agentmemory_server.adapters.entry", "hook-drain", "--url", url]
