@@ -14,7 +14,6 @@ both runs, the spool's size on disk, the drain's rate and the server's RSS.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
@@ -22,14 +21,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psycopg
 import requests
 
-from ingest import payload, pct, start_server
+from ingest import pct, run, start_server
 from machine import describe, reference
 
 PG_DIR = Path("/tmp/agentmemory-bench-pg-spool")
@@ -42,42 +40,6 @@ def postgres(action: str) -> str:
     done = subprocess.run([sys.executable, str(PG_SCRIPT), action, str(PG_DIR)], capture_output=True, text=True,
                           timeout=120, check=True)
     return done.stdout.strip().splitlines()[-1]
-
-
-def post_all(url: str, clients: int, total: int, run_id: str, expect: int) -> tuple[list[float], float, int]:
-    """``total`` observe calls from ``clients`` keep-alive connections; (latencies, seconds,
-    answers other than ``expect``)."""
-    host, port = url.split("//")[1].split(":")
-    latencies: list[float] = []
-    unexpected = [0]
-    lock = threading.Lock()
-    barrier = threading.Barrier(clients + 1)
-
-    def worker(c: int) -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=60)
-        bodies = [payload(run_id, c, i) for i in range(total // clients)]
-        mine, wrong = [], 0
-        barrier.wait()
-        for body in bodies:
-            started = time.perf_counter()
-            conn.request("POST", "/agentmemory/observe", body=body, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            mine.append(time.perf_counter() - started)
-            wrong += response.status != expect
-        conn.close()
-        with lock:
-            latencies.extend(mine)
-            unexpected[0] += wrong
-
-    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    return latencies, time.perf_counter() - started, unexpected[0]
 
 
 def observations(url: str) -> int:
@@ -123,13 +85,13 @@ def main() -> None:
     proc, url = start_server(data, 32, {"AGENTMEMORY_DATABASE_URL": url_db, "EMBEDDING_PROVIDER": "none",
                                         "AGENTMEMORY_CAPTURE_RETRY_INTERVAL_MS": "1000"})
     try:
-        post_all(url, args.clients, 200, "warmup", 201)
+        run(url, args.clients, 200, "warmup", 201)
         machine = reference()
-        up = line("database up (201 stored)", *post_all(url, args.clients, args.events, f"up-{time.time_ns()}", 201))
+        up = line("database up (201 stored)", *run(url, args.clients, args.events, f"up-{time.time_ns()}", 201))
         before = observations(url)
         postgres("stop")
         down = line("database down (202 spooled)",
-                    *post_all(url, args.clients, args.events, f"down-{time.time_ns()}", 202))
+                    *run(url, args.clients, args.events, f"down-{time.time_ns()}", 202))
         folder = Path(data) / "capture-spool"
         files = list(folder.glob("*.json"))
         spool_bytes = sum(f.stat().st_size for f in files)

@@ -107,6 +107,8 @@ def test_a_full_or_switched_off_spool_leaves_the_503(locked_app):
         off = client.post("/agentmemory/observe", json=hook("s3"))
         assert off.status_code == 503 and off.json["code"] == "database_busy"
     assert len(spool_files(rt)) == 1
+    # Turned off since, what it kept is still stored.
+    assert rt.services["capture_retry"].drain_spool()["recovered"] == 1 and spool_files(rt) == []
 
 
 def test_an_unreadable_file_is_set_aside_and_abandoned_ones_are_taken_back(locked_app):
@@ -128,9 +130,15 @@ def test_an_unreadable_file_is_set_aside_and_abandoned_ones_are_taken_back(locke
     busy = service.folder / f"{busy_one}{spool.DRAINING}{os.getppid()}"
     os.rename(service.folder / busy_one, busy)
     (service.folder / "00000000000000000001-1-deadbeef.json").write_text("{not json")
+    # A write that never reached its rename, long ago (removed), and one in progress (left).
+    half = service.folder / ".00000000000000000002-1-cafe.json.tmp"
+    half.write_text('{"kind": "obs')
+    os.utime(half, (old, old))
+    (service.folder / ".00000000000000000003-1-cafe.json.tmp").write_text('{"kind": "obs')
     outcome = rt.services["capture_retry"].drain_spool()
     assert (outcome["recovered"], outcome["unreadable"]) == (2, 1), outcome
-    assert spool_files(rt) == ["00000000000000000001-1-deadbeef.json" + spool.UNREADABLE, busy.name]
+    assert spool_files(rt) == [".00000000000000000003-1-cafe.json.tmp",
+                               "00000000000000000001-1-deadbeef.json" + spool.UNREADABLE, busy.name]
     for session in ("dead-drainer", "stuck-drainer"):
         assert client.get(f"/agentmemory/observations?sessionId={session}").json["observations"]
     health = client.get("/agentmemory/health").json["capture_spool"]

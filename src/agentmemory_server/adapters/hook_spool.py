@@ -13,7 +13,7 @@ either, an event is dropped with a message on stderr.
 
 The server keeps a spool of its own for events it received but could not store
 (capture/spool.py); this one covers the events that never reached it. Only the standard library
-is imported here: the hook command must start fast.
+and the kernel's small helpers are imported here: the hook command must start fast.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+from agentmemory_server.kernel.util import process_alive
 
 FOLDER = "hook-spool"
 WAITING = ".json"
@@ -77,6 +78,8 @@ def count(folder: Path) -> int:
 
 def start_drain(url: str, environ: dict[str, str]) -> None:
     """Send what waits from a detached process, so that this hook returns at once."""
+    import subprocess  # here: a hook that sends nothing back does not pay for the import
+
     command = [sys.executable, "-m", "agentmemory_server.adapters.entry", "hook-drain", "--url", url]
     try:
         subprocess.Popen(  # noqa: S603 - our own module, with the interpreter running this one
@@ -139,7 +142,7 @@ def _take_back_abandoned(folder: Path) -> None:
     """Files a drain took and never finished (it was killed) wait again."""
     for name in _names(folder, SENDING):
         waiting_name, _, pid = name.rpartition(SENDING)
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
             continue
         try:
             os.replace(folder / name, folder / waiting_name)
@@ -162,16 +165,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _now() -> str:

@@ -133,7 +133,7 @@ class CaptureSpool:
         """Hand what waits to ``apply``, oldest first, and forget each file it took; stop at the
         first one it cannot take yet (it raises ``DatabaseStillDown``)."""
         outcome = {"matched": 0, "recovered": 0, "dead": 0, "retrying": 0, "unreadable": 0, "waiting": 0}
-        if not self.max or not self.folder.is_dir():
+        if not self.folder.is_dir():  # with the spool turned off since, what it kept still drains
             return outcome
         with self._draining:
             self._take_back_abandoned()
@@ -181,6 +181,9 @@ class CaptureSpool:
         """Files a process took for draining and never finished wait again: it died (a file of
         this process's is from a drain that failed here), or it has held one past the lease."""
         cutoff = time.time() - LEASE_SECONDS
+        for name in self._names(".tmp"):  # never written whole: the writer died before the rename
+            if name.startswith(".") and _mtime(self.folder / name) < cutoff:
+                (self.folder / name).unlink(missing_ok=True)
         for name in self._draining_names():
             waiting, _, pid = name.rpartition(DRAINING)
             path = self.folder / name
@@ -195,10 +198,12 @@ class CaptureSpool:
     # -- reports -------------------------------------------------------------------------------
 
     def _names(self, suffix: str) -> list[str]:
+        """Files ending in ``suffix``; files being written (``.*.tmp``) only when asked for."""
         try:
-            return sorted(n for n in os.listdir(self.folder) if n.endswith(suffix) and not n.startswith("."))
+            found = os.listdir(self.folder)
         except FileNotFoundError:
             return []
+        return sorted(n for n in found if n.endswith(suffix) and (suffix == ".tmp" or not n.startswith(".")))
 
     def _draining_names(self) -> list[str]:
         try:
@@ -233,6 +238,13 @@ def spool_service(ctx: Ctx) -> CaptureSpool:
 
 def _said(exc: Exception) -> str:
     return str(getattr(exc, "message", None) or exc or type(exc).__name__)[:500]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def _spooled_at(path: Path) -> str | None:
