@@ -168,6 +168,7 @@ def test_a_failed_event_is_kept_and_stored_by_a_retry(flaky):
     client = create_app(runtime=rt).test_client()
     r = client.post("/agentmemory/observe", json=hook())
     assert r.status_code == 202 and r.json["retrying"] is True and "disk I/O error" in r.json["error"]
+    assert r.json["durableAfterMs"] == 0 and r.json["bootId"] == rt.hub.epoch  # upstream reads them from every 2xx
     assert observations(client) == []
     capture = client.get("/agentmemory/capture").json
     assert capture["inbox"]["pending"] == 1 and capture["inbox"]["lastError"].startswith("OSError")

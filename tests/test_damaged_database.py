@@ -99,7 +99,7 @@ def test_damage_found_at_start_up_refuses_writes_and_restore_from_a_local_snapsh
         # The event spooled while the file was damaged is stored now, across the restart.
         wait_for(lambda: observation_ids(server, "after-damage"), timeout=30,
                  message="the spooled event was not stored after the restore")
-        assert not list((server.data_dir / "capture-spool").glob("*.json"))
+        assert not list((server.data_dir / "server-spool").glob("*.json"))
         # A healthy database is not replaced without --force.
         server.stop()
         refused = cli(server_env(server), "restore", "--from-backup")

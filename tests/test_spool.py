@@ -72,6 +72,8 @@ def test_events_wait_on_disk_while_the_database_is_locked_and_are_stored_in_orde
         assert [r.status_code for r in (prompt, edit, ended)] == [200, 200, 200], prompt.text
         assert noted.status_code == 202, noted.text
         assert noted.json["spooled"] is True and "busy" in noted.json["error"], noted.json
+        # Upstream's clients read these from every 2xx: the file is on disk, nothing to keep.
+        assert noted.json["durableAfterMs"] == 0 and noted.json["bootId"] == rt.hub.epoch
         kinds = [json.loads((rt.services["capture_spool"].folder / n).read_text())["kind"] for n in spool_files(rt)]
         assert kinds == ["observation", "observation", "observation", "sessionEnd", "observation"], kinds
         # Reads go on in WAL mode: the inbox is empty, the spool says what waits.
@@ -150,4 +152,4 @@ def test_the_spool_folder_is_under_the_data_dir_with_its_tilde_expanded(make_run
     # below wherever the server was started.
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     rt = make_runtime(data_dir="~/.agentmemory")
-    assert rt.services["capture_spool"].folder == tmp_path / "home" / ".agentmemory" / "capture-spool"
+    assert rt.services["capture_spool"].folder == tmp_path / "home" / ".agentmemory" / "server-spool"

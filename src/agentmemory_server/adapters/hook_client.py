@@ -96,7 +96,7 @@ def run(
             hook_spool.start_drain(url, dict(environ))
         return 0
     said = f"the server answered {status}: {answer[:300].decode('utf-8', 'replace')}"
-    if status >= 500:  # it could not keep the event (a 202 says it did)
+    if status in hook_spool.TRY_AGAIN or status >= 500:  # not kept by the server (a 202 says it was)
         said += f"; the event was {hook_spool.keep(folder, opts.client, body)}"
     print(f"agentmemory hook: {said}", file=stderr)
     print(neutral, file=stdout)

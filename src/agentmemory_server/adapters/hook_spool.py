@@ -2,7 +2,7 @@
 machine and sent once the server answers again.
 
 When the server cannot be reached (stopped, restarting, upgrading, the network down) or answers
-5xx without keeping the event, the hook still answers the agent at once with a neutral answer.
+408, 429 or 5xx without keeping the event, the hook still answers the agent at once with a neutral answer.
 It then keeps the payload in ``<data dir>/hook-spool/``, one file per event, with the time it
 happened. The next hook call that reaches the server starts a detached ``agentmemory hook-drain``,
 so no agent waits for it. That process sends what waits, oldest first, each with its original
@@ -36,6 +36,9 @@ REFUSED = ".refused"
 MAX_EVENTS = 1000
 MAX_BYTES = 64 << 20
 DRAIN_SECONDS = 60.0
+# Answers after which the event is kept to send again (as upstream's hooks do): a request that
+# timed out, a rate limit, and any 5xx.
+TRY_AGAIN = frozenset({408, 429})
 # Refusals that another try cannot change; anything else (401 after a token fix, 429, 5xx) waits.
 FOR_GOOD = frozenset({400, 404, 409, 413, 415, 422})
 

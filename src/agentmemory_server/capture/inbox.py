@@ -92,6 +92,7 @@ class CaptureInbox:
                 "eventId": obs["eventId"],
                 "sessionId": obs["sessionId"],
                 "hint": "GET /agentmemory/capture lists it; POST /agentmemory/capture/retry {eventId} stores it anyway",
+                **durability(ctx, now),
             },
             202,
         )
@@ -127,6 +128,7 @@ class CaptureInbox:
                 "eventId": entry["eventId"],
                 "sessionId": entry["sessionId"],
                 "error": entry["reason"],
+                **durability(ctx, self.rt.clock.iso()),
             },
             202,
         )
@@ -156,7 +158,7 @@ class CaptureInbox:
     def _spool(self, ctx: Ctx, prepared: Any, agent_given: str | None, exc: Exception, second: Exception) -> Reply:
         entry = self.pending_entry(ctx, prepared, agent_given, exc)
         try:
-            return spool_service(ctx).keep_observation(entry, second)
+            return spool_service(ctx).keep_observation(entry, second, durability(ctx, self.rt.clock.iso()))
         except SpoolRefused as third:
             self.since_start["rejected"] += 1
             log.error(
@@ -203,6 +205,12 @@ class CaptureInbox:
             "unknownHookTypes": sum(status["counts"].get("unknown_hook", {}).values()),
             "truncatedFields": sum(status["counts"].get("truncated", {}).values()),
         }
+
+
+def durability(ctx: Ctx, now: str) -> dict[str, Any]:
+    """What upstream 0.9.30 clients read from a 2xx: the server's boot id (a new one after a
+    restart) and how long to keep the event locally (0: a commit is on disk)."""
+    return {"bootId": ctx.rt.hub.epoch, "acceptedAt": now, "durableAfterMs": 0}
 
 
 def _message(exc: Exception) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 from agentmemory_server.capture import filters, images
 from agentmemory_server.capture.compress import synthetic_compression
 from agentmemory_server.capture.image_store import store as image_store
-from agentmemory_server.capture.inbox import inbox_service
+from agentmemory_server.capture.inbox import durability, inbox_service
 from agentmemory_server.capture.sessions import new_session, note_activity
 from agentmemory_server.errors import AppError, CapacityExceeded, InvalidInput
 from agentmemory_server.kernel import listings
@@ -218,12 +218,6 @@ def _readable_roots(ctx: Ctx) -> list[Path]:
     if ctx.rt.settings.import_root:
         roots.append(Path(ctx.rt.settings.import_root))
     return roots
-
-
-def durability(ctx: Ctx, now: str) -> dict[str, Any]:
-    """What upstream 0.9.30 clients read from a 2xx: the server's boot id (a new one after a
-    restart) and how long to keep the event locally (0: a commit is on disk)."""
-    return {"bootId": ctx.rt.hub.epoch, "acceptedAt": now, "durableAfterMs": 0}
 
 
 def store_observation(

@@ -4,7 +4,7 @@ An event whose storing fails is kept in the capture inbox for a retry (capture/i
 inbox lives in the database, so when the database itself cannot take a write (PostgreSQL stopped
 or out of reach, SQLite locked past its busy timeout, a damaged file refusing writes) the inbox
 cannot keep it either. Claude Code's ``http`` hooks and ``agentmemory hook`` do not resend, so a
-503 there loses the event. Instead it is written here, to ``<data dir>/capture-spool/``, one file
+503 there loses the event. Instead it is written here, to ``<data dir>/server-spool/``, one file
 per event, made durable (fsync of the file and the folder) before the client hears 202
 ``spooled``.
 
@@ -41,7 +41,8 @@ from agentmemory_server.kernel.registry import Ctx, Reply
 from agentmemory_server.kernel.util import process_alive
 
 log = logging.getLogger("agentmemory.capture")
-FOLDER = "capture-spool"
+# Not "capture-spool": upstream's hook scripts keep their own spool there, in the same data dir.
+FOLDER = "server-spool"
 WAITING = ".json"
 DRAINING = ".draining-"  # and the draining process's id
 UNREADABLE = ".unreadable"
@@ -76,8 +77,9 @@ class CaptureSpool:
 
     # -- keeping events ------------------------------------------------------------------------
 
-    def keep_observation(self, entry: dict[str, Any], failure: Exception) -> Reply:
-        """Keep an inbox entry the database could not take (``failure`` says why); 202 ``spooled``.
+    def keep_observation(self, entry: dict[str, Any], failure: Exception, durable: dict[str, Any]) -> Reply:
+        """Keep an inbox entry the database could not take (``failure`` says why); 202 ``spooled``,
+        with what upstream's clients read from every 2xx (``durable``: the file is on disk).
 
         :raise SpoolRefused: not a failure of the database's (a full disk, a bug), the spool is off
             or full, or the disk refused the write.
@@ -97,6 +99,7 @@ class CaptureSpool:
                 "eventId": entry["eventId"],
                 "sessionId": entry["sessionId"],
                 "error": _said(failure),
+                **durable,
             },
             202,
         )

@@ -520,7 +520,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_CAPTURE_SPOOL_MAX",),
         10_000,
         _non_negative_int,
-        "Hook events kept on this node's disk (`<data dir>/capture-spool/`) while the database cannot take "
+        "Hook events kept on this node's disk (`<data dir>/server-spool/`) while the database cannot take "
         "them, not even into the capture inbox (PostgreSQL down, SQLite locked); stored once it can. "
         "0 turns the spool off (such events get 503).",
     ),
