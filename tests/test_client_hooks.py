@@ -225,7 +225,13 @@ def test_a_resent_event_keeps_a_past_time_but_not_a_future_one_and_refusals_are_
                     ("t-junk", "yesterday")):
         payload = {**base, "tool_use_id": use, "tool_input": {"command": f"echo {use}"}, "agentmemory_sent_at": at}
         assert post(server.api("/hooks/claude-code"), payload, headers=auth()).status_code == 200
-    stored = {o["title"]: o["timestamp"] for o in get(server, "/observations", sessionId="cc-sent")["observations"]}
+    # A delivery whose answer was lost, then the resend of the copy the hook kept: one event.
+    again = {**base, "tool_use_id": "t-past", "tool_input": {"command": "echo t-past"},
+             "agentmemory_sent_at": "2026-11-02T08:00:00.000Z"}
+    assert post(server.api("/hooks/claude-code"), again, headers=auth()).status_code == 200
+    observed = get(server, "/observations", sessionId="cc-sent")["observations"]
+    stored = {o["title"]: o["timestamp"] for o in observed}
+    assert len(observed) == 3, observed
     times = {title.split("echo ")[-1]: at for title, at in stored.items()}
     assert times["t-past"] == "2026-11-02T08:00:00.000Z", stored
     assert times["t-future"].startswith("20") and not times["t-future"].startswith("2999"), stored

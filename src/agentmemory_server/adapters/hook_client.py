@@ -46,18 +46,20 @@ def _settings(environ: Mapping[str, str]) -> Settings | None:
         return None
 
 
-def _with_event(body: bytes, event: str | None) -> bytes:
-    """Copilot CLI's camelCase payloads carry no event name: add the one the config names."""
-    if not event:
-        return body
+def _for_server(body: bytes, event: str | None) -> bytes:
+    """The payload as sent: with the time it happened (``agentmemory_sent_at``), so that a
+    delivery whose answer was lost and the resend of the kept copy make one event, and with the
+    event name Copilot CLI's camelCase payloads lack (the one the config names)."""
     try:
         payload = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return body  # the server answers malformed JSON with a 400 that names the problem
-    if isinstance(payload, dict):
+    if not isinstance(payload, dict):
+        return body
+    if event:
         payload["agentmemory_event"] = event
-        return json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    return body
+    payload.setdefault(hook_spool.SENT_AT, hook_spool.now())
+    return json.dumps(payload, ensure_ascii=False).encode("utf-8")
 
 
 def post(url: str, client: str, body: bytes, token: str | None, timeout: float) -> tuple[int, bytes]:
@@ -80,7 +82,7 @@ def run(
     settings = _settings(environ)
     url = opts.url or environ.get("AGENTMEMORY_URL") or (local_url(settings) if settings else "http://127.0.0.1:3111")
     token = environ.get("AGENTMEMORY_SECRET") or (auth.client_token(settings) if settings else None)
-    body = _with_event(stdin.read(MAX_STDIN_BYTES), opts.event)
+    body = _for_server(stdin.read(MAX_STDIN_BYTES), opts.event)
     neutral = NEUTRAL.get(opts.client, "{}")
     folder = spool_folder(settings)
     try:

@@ -30,6 +30,7 @@ from pathlib import Path
 from agentmemory_server.kernel.util import process_alive
 
 FOLDER = "hook-spool"
+SENT_AT = "agentmemory_sent_at"  # read by /hooks/<client> (capture/client_hooks.py)
 WAITING = ".json"
 SENDING = ".sending-"  # and the sending process's id
 REFUSED = ".refused"
@@ -53,7 +54,7 @@ def keep(folder: Path, client: str, body: bytes) -> str:
         return "not kept: it is not JSON, and the server would refuse it too"
     if not isinstance(payload, dict):
         return "not kept: it is not a JSON object, and the server would refuse it too"
-    payload["agentmemory_sent_at"] = _now()
+    payload.setdefault(SENT_AT, now())  # the hook command stamped it when it first sent it
     data = json.dumps({"client": client, "payload": payload}, ensure_ascii=False).encode("utf-8")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -170,6 +171,6 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _now() -> str:
+def now() -> str:
     now = datetime.now(UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"

@@ -33,8 +33,9 @@ log = logging.getLogger("agentmemory.hooks")
 # Claude Code replaces additionalContext above 10,000 characters with a file path and a preview.
 MAX_CONTEXT_CHARS = 9500
 PROMPT_HITS = 5
-# The time a resent event happened, added to its payload by ``agentmemory hook`` (never stored).
+# When an event happened, added to its payload by ``agentmemory hook`` (never stored).
 SENT_AT = "agentmemory_sent_at"
+CLOCK_SKEW_SECONDS = 300
 
 
 @tool(
@@ -90,12 +91,15 @@ def project_of(cwd: str | None) -> str | None:
 
 
 def sent_time(ctx: Ctx, text: Any) -> str | None:
-    """When a resent event happened: ``agentmemory hook`` kept it while the server could not take
-    it and names the time in ``agentmemory_sent_at`` (adapters/hook_spool.py). None for a fresh
-    event, or a time that does not parse or lies in the future."""
+    """When an event happened, as ``agentmemory hook`` names it in ``agentmemory_sent_at``: the
+    same in a first delivery and in the resend of a kept copy (adapters/hook_spool.py), so both
+    make one event. None when absent, unparseable, or ahead of this server's clock by more than
+    a plausible skew between two machines."""
     when = parse_time(text) if isinstance(text, str) and len(text) <= 64 else None
     now = parse_time(ctx.rt.clock.iso())
-    return iso(when) if when is not None and now is not None and when <= now else None
+    if when is None or now is None or (when - now).total_seconds() > CLOCK_SKEW_SECONDS:
+        return None
+    return iso(when)
 
 
 def observe_args(ctx: Ctx, event: HookEvent, project: str | None, at: str | None = None) -> dict[str, Any]:
