@@ -132,19 +132,22 @@ def test_an_unreadable_file_is_set_aside_and_abandoned_ones_are_taken_back(locke
     busy = service.folder / f"{busy_one}{spool.DRAINING}{os.getppid()}"
     os.rename(service.folder / busy_one, busy)
     (service.folder / "00000000000000000001-1-deadbeef.json").write_text("{not json")
+    # JSON, but no event in it: set aside too, instead of holding up every event behind it.
+    (service.folder / "00000000000000000001-2-deadbeef.json").write_text('{"kind": "observation", "entry": {}}')
     # A write that never reached its rename, long ago (removed), and one in progress (left).
     half = service.folder / ".00000000000000000002-1-cafe.json.tmp"
     half.write_text('{"kind": "obs')
     os.utime(half, (old, old))
     (service.folder / ".00000000000000000003-1-cafe.json.tmp").write_text('{"kind": "obs')
     outcome = rt.services["capture_retry"].drain_spool()
-    assert (outcome["recovered"], outcome["unreadable"]) == (2, 1), outcome
+    assert (outcome["recovered"], outcome["unreadable"]) == (2, 2), outcome
     assert spool_files(rt) == [".00000000000000000003-1-cafe.json.tmp",
-                               "00000000000000000001-1-deadbeef.json" + spool.UNREADABLE, busy.name]
+                               "00000000000000000001-1-deadbeef.json" + spool.UNREADABLE,
+                               "00000000000000000001-2-deadbeef.json" + spool.UNREADABLE, busy.name]
     for session in ("dead-drainer", "stuck-drainer"):
         assert client.get(f"/agentmemory/observations?sessionId={session}").json["observations"]
     health = client.get("/agentmemory/health").json["capture_spool"]
-    assert health["status"] == "degraded" and health["unreadable"] == 1, health
+    assert health["status"] == "degraded" and health["unreadable"] == 2, health
 
 
 def test_the_spool_folder_is_under_the_data_dir_with_its_tilde_expanded(make_runtime, tmp_path, monkeypatch):

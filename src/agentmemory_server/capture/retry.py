@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from agentmemory_server import errors
@@ -20,7 +21,7 @@ from agentmemory_server.capture.images import FoundImage
 from agentmemory_server.capture.inbox import inbox_service
 from agentmemory_server.capture.observe import Prepared, store_observation
 from agentmemory_server.capture.sessions import session_end
-from agentmemory_server.capture.spool import DatabaseStillDown, spool_service
+from agentmemory_server.capture.spool import DatabaseStillDown, UnreadableRecord, spool_service
 from agentmemory_server.errors import AppError, InvalidInput, NotFound
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter, visible_to
@@ -58,23 +59,38 @@ def drain_spool(ctx: Ctx) -> dict[str, int]:
     """Store the events of this node's capture spool, oldest first, while the database takes them."""
 
     def apply(record: dict[str, Any]) -> str:
+        work = _spooled_work(ctx, record)  # before anything is tried: a file that is no event is set aside
         try:
-            if record["kind"] == "sessionEnd":
-                return _end_spooled_session(ctx, record)
-            return _store_spooled(ctx, record["entry"])
+            return work()
         except Exception as exc:  # noqa: BLE001 - the database still cannot take it: the file waits
             raise DatabaseStillDown(str(getattr(exc, "message", exc))) from exc
 
     return spool_service(ctx).drain(apply)
 
 
-def _store_spooled(ctx: Ctx, entry: dict[str, Any]) -> str:
+def _spooled_work(ctx: Ctx, record: dict[str, Any]) -> Callable[[], str]:
+    """What storing a spooled record takes.
+
+    :raise UnreadableRecord: its fields are not those of a spooled event or session end.
+    """
+    if record["kind"] == "sessionEnd":
+        if not isinstance(record.get("sessionId"), str):
+            raise UnreadableRecord("a session end without its session id")
+        return lambda: _end_spooled_session(ctx, record)
+    try:
+        entry = record["entry"]
+        prepared, agent = _prepared(entry), (entry.get("body") or {}).get("agentId")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # base64 errors are ValueErrors
+        raise UnreadableRecord(f"not a spooled event ({type(exc).__name__}: {exc})") from exc
+    return lambda: _store_spooled(ctx, prepared, agent)
+
+
+def _store_spooled(ctx: Ctx, prepared: Prepared, agent: str | None) -> str:
     """``recovered``; ``dead`` when refused for good (kept as a dead letter); ``retrying`` when
     storing failed but the inbox took it (its retries go on from there).
 
     :raise Exception: the database could take neither (the file waits for the next drain).
     """
-    prepared, agent = _prepared(entry), (entry.get("body") or {}).get("agentId")
     inbox = inbox_service(ctx)
     try:
         store_observation(ctx, prepared.obs, agent, prepared=prepared)

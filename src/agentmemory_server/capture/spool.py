@@ -64,6 +64,10 @@ class DatabaseStillDown(Exception):
     """Draining stops: the database does not take the spooled events yet (they stay)."""
 
 
+class UnreadableRecord(Exception):
+    """A spooled file that holds no event: set aside, so that it does not hold up the others."""
+
+
 class CaptureSpool:
     """Subsystem ``capture_spool``: events kept on disk, and their files handed out to drain
     (capture/retry.py stores them)."""
@@ -167,13 +171,12 @@ class CaptureSpool:
         try:
             record = json.loads(taken.read_text(encoding="utf-8"))
             if not isinstance(record, dict) or record.get("kind") not in KINDS:
-                raise ValueError(f"not a spooled event: {str(record)[:80]}")
-        except (OSError, ValueError) as exc:
+                raise UnreadableRecord(f"not a spooled event: {str(record)[:80]}")
+            result = apply(record)
+        except (OSError, ValueError, UnreadableRecord) as exc:
             log.error("capture spool file %s cannot be read (%s); left as %s", name, exc, name + UNREADABLE)
             os.replace(taken, self.folder / (name + UNREADABLE))
             return "unreadable"
-        try:
-            result = apply(record)
         except BaseException:
             os.replace(taken, self.folder / name)  # it waits for the next drain
             raise
