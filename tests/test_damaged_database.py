@@ -371,7 +371,13 @@ def test_the_integrity_check_stops_at_its_budget_inside_a_large_b_tree(tmp_path)
         conn.close()
     db = open_database(db_path, now=now, lexical_engine="fts5", background=False)
     try:
-        assert db.run_integrity_check(0.002, "a short check") is None
+        # The walk takes about 80 ms here. On a loaded machine the timer's thread can miss the
+        # whole of it once; a progress handler would let every try finish.
+        for _ in range(3):
+            outcome = db.run_integrity_check(0.002, "a short check")
+            if outcome is None:
+                break
+        assert outcome is None, "the interrupt never reached the walk"
         assert db.last_check["result"] == "unfinished"
         assert db.damage is None  # cut short is not damage
         assert db.run_integrity_check(60, "a whole check") == ["ok"]
