@@ -71,6 +71,18 @@ def test_rescore_blends_both_scores_and_a_hit_without_tokens_stays_in_the_middle
     assert ids(late_interaction.rescore(hits, np.full(4, np.nan), weight=1.0)) == ids(hits)
 
 
+def test_rescored_hits_report_the_blend_on_the_fused_scale_so_scores_fall_with_rank():
+    # clients sort and cut by "score": it must follow the new order, and the hits past the
+    # re-scored head (their fused scores untouched) must stay below the head
+    hits = [{"doc_id": f"d{i}", "score": 4.0 - i} for i in range(4)]
+    out = late_interaction.rescore(hits, np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32), weight=0.75)
+    assert [h["doc_id"] for h in out] == ["d3", "d2", "d1", "d0"]
+    scores = [h["score"] for h in out]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+    assert 1.0 <= min(scores) and max(scores) <= 4.0
+    assert [h["score"] for h in hits] == [4.0, 3.0, 2.0, 1.0]  # the caller's hits are not changed
+
+
 def _seed(rt):
     for i, text in enumerate(RECORDS):
         note(rt, f"s{i}", text)
@@ -139,6 +151,9 @@ def test_under_load_searches_keep_hybrids_order_and_alone_they_are_rescored(make
     # each new query was encoded beside the first stage, on the service's own thread
     assert len(threads) == len(QUERIES) and all(name.startswith("agentmemory-query-encode") for name in threads)
     assert sum(ids(idle[q]) != hybrid[q] for q in QUERIES) >= 2  # late interaction changes these rankings
+    for body in idle.values():  # and the scores a client sees follow the order it gets
+        scores = [row["score"] for row in body["results"]]
+        assert scores == sorted(scores, reverse=True)
     with service.searching():  # cached now, still not re-scored under load
         again = {q: smart(rt, q, project="p", limit=5) for q in QUERIES}
     assert all(body["lateInteraction"] is False and ids(body) == hybrid[q] for q, body in again.items())

@@ -497,6 +497,9 @@ def test_the_context_block_names_paths_from_each_sessions_working_directory(clie
                   {"hook_event_name": "UserPromptSubmit", "prompt": "Make the webhook retry five times"},
                   {"hook_event_name": "PostToolUse", "tool_name": "Edit", "tool_response": {"success": True},
                    "tool_input": {"file_path": "/home/u/shop/src/retry.ts", "old_string": "3", "new_string": "5"}},
+                  # a listing's pattern names no file: it stays out of the touched files and the profile
+                  {"hook_event_name": "PostToolUse", "tool_name": "Glob", "tool_input": {"pattern": "src/**/*.ts"},
+                   "tool_response": {"filenames": ["/home/u/shop/src/retry.ts"], "numFiles": 1}},
                   {"hook_event_name": "SessionEnd", "reason": "exit"}):
         assert client.post("/agentmemory/hooks/claude-code", json={**base, "session_id": "cc-a", **event}).status_code == 200
     ask = {**base, "session_id": "cc-b", "hook_event_name": "UserPromptSubmit", "prompt": "how often does retry.ts retry?"}
@@ -507,5 +510,6 @@ def test_the_context_block_names_paths_from_each_sessions_working_directory(clie
     # The project's running list of touched files and its profile name them as the agent does.
     slot = client.get("/agentmemory/slot?label=project_context&project=shop")
     assert slot.json["slot"]["content"].splitlines()[-1] == "- src/retry.ts", slot.json
+    assert "*" not in slot.json["slot"]["content"], slot.json
     top = client.get("/agentmemory/profile?project=shop").json["profile"]["topFiles"]
     assert top == [{"file": "src/retry.ts", "frequency": 1}], top

@@ -131,6 +131,8 @@ def test_rerank_pairs_reorders_only_the_head(monkeypatch):
     out = rerank.rerank_pairs(encoder, "q", pairs, lambda hit, record: record["text"])
     assert [hit["doc_id"] for hit, _ in out] == ["d2", "d1", "d0", "d3", "d4"]
     assert encoder.calls == [("q", ["t0", "t1", "t2"])]
+    # the blend is reported on the first stage's scale: scores fall with rank, tail included
+    assert [hit["score"] for hit, _ in out] == pytest.approx([10.0, 9.0, 8.0, 7.0, 6.0])
 
 
 def test_the_second_round_reads_what_the_best_candidates_lead_to(monkeypatch):

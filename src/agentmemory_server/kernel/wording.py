@@ -98,7 +98,14 @@ def paths_seen_from(cwd: str | None, text: str) -> str:
     return re.sub(rf"(?<![\w.~/\\-]){re.escape(base)}[/\\](?=\S)", "", text)
 
 
+# A listing's pattern ("src/**/*.ts", "*.{js,ts}") is kept among an observation's files, as upstream
+# keeps it, but names no file. Brackets are left alone: "app/[id]/page.tsx" is a real file.
+_GLOB = re.compile(r"[*?]|\{[^}]*,[^}]*\}")
+
+
 def files_as_named(obs: dict) -> list[str]:
     """An observation's files named from its working directory, as the agent names them
-    ("src/cart.ts"): the same file counts once across clones, and no home folder is shown."""
-    return list(dict.fromkeys(paths_seen_from(obs.get("cwd"), str(f)) for f in obs.get("files") or []))
+    ("src/cart.ts"): the same file counts once across clones, and no home folder is shown.
+    Patterns that list files are not files and are left out."""
+    named = (paths_seen_from(obs.get("cwd"), str(f)) for f in obs.get("files") or [])
+    return list(dict.fromkeys(f for f in named if not _GLOB.search(f)))

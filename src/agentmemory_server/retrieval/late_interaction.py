@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from agentmemory_server.retrieval.blending import blend, on_first_stage_scale
 from agentmemory_server.retrieval.local_models import (
     VECTRIX,
     checked,
@@ -179,20 +180,17 @@ def query_key(text: str) -> str:
     return text.strip()[:2000]
 
 
-def _unit(values: np.ndarray) -> np.ndarray:
-    span = float(values.max() - values.min()) if len(values) else 0.0
-    return (values - values.min()) / span if span > 0 else np.ones_like(values)
-
-
 def rescore(hits: list[dict], late: np.ndarray, weight: float | None = None) -> list[dict]:
     """``hits`` (best first, with their fused ``score``) reordered by (1 - weight) x fused score +
-    weight x MaxSim, each min-max normalised; ties keep hybrid's order. A hit without token vectors
+    weight x MaxSim, each min-max normalised; ties keep hybrid's order. Each hit's score becomes
+    the blend, on the fused scores' scale. A hit without token vectors
     yet (its record still queued) counts as the median MaxSim of the others, neither lifted nor sunk."""
     if len(hits) < 2 or np.isnan(late).all():
         return hits
     weight = WEIGHT if weight is None else weight  # read now: the bench tunes it in place
     late = np.where(np.isnan(late), np.nanmedian(late), late)
-    fused = np.array([h["score"] for h in hits], dtype=np.float32)
-    mixed = (1 - weight) * _unit(fused) + weight * _unit(late)
+    fused = [h["score"] for h in hits]
+    mixed = blend(fused, late, weight)
+    scores = on_first_stage_scale(mixed, fused)
     order = sorted(range(len(hits)), key=lambda i: (-mixed[i], i))
-    return [hits[i] for i in order]
+    return [{**hits[i], "score": scores[i]} for i in order]

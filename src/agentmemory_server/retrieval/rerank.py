@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from agentmemory_server.retrieval.blending import blend, on_first_stage_scale
 from agentmemory_server.retrieval.local_models import VECTRIX, checked, open_session, vectrix_available, vectrix_dir
 
 MODEL_ID = "ms-marco-MiniLM-L-12-v2-onnx-int8"
@@ -147,17 +148,6 @@ def shared() -> CrossEncoder:
         return _shared
 
 
-def _unit(values: np.ndarray) -> np.ndarray:
-    span = float(values.max() - values.min()) if len(values) else 0.0
-    return (values - values.min()) / span if span > 0 else np.ones_like(values)
-
-
-def blend(first_stage: Sequence[float], cross: np.ndarray, weight: float) -> np.ndarray:
-    """(1 - weight) x first-stage score + weight x cross-encoder score, each min-max normalised
-    over the candidates (their scales differ: a fused sum against a logit)."""
-    return (1 - weight) * _unit(np.asarray(first_stage, dtype=np.float32)) + weight * _unit(cross)
-
-
 Pairs = list[tuple[dict, dict]]
 # (seeds, doc ids already candidates) -> (hit, record) pairs of records found from the seeds
 MoreFrom = Callable[[Pairs, set[str]], Pairs]
@@ -168,7 +158,7 @@ def rerank_pairs(
 ) -> Pairs:
     """The first ``RERANK_DEPTH`` (hit, record) pairs reordered by the blend of their first-stage
     score and the cross-encoder's (ties keep the first-stage order); the rest follow unchanged.
-    Each reordered hit's score becomes the blended one. With ``more``, the second round's records
+    Each reordered hit's score becomes the blended one, on the first stage's scale. With ``more``, the second round's records
     join the reordered head (as if last in the first stage) and leave the tail. ``workers``: the
     threads the encoder may share the pairs out over."""
     head, tail = pairs[:RERANK_DEPTH], pairs[RERANK_DEPTH:]
@@ -185,4 +175,5 @@ def rerank_pairs(
             tail = [pair for pair in tail if pair[0]["doc_id"] not in added]
     mixed = blend(first, cross, RERANK_WEIGHT)
     order = sorted(range(len(head)), key=lambda i: (-mixed[i], i))
-    return [({**head[i][0], "score": float(mixed[i])}, head[i][1]) for i in order] + tail
+    scores = on_first_stage_scale(mixed, first)
+    return [({**head[i][0], "score": scores[i]}, head[i][1]) for i in order] + tail
