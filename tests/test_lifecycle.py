@@ -12,7 +12,7 @@ from agentmemory_server.kernel.wording import one_line
 from agentmemory_server.kernel.model_steps import MODEL_STEPS, model_step, run_model_steps
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.util import truncate
-from agentmemory_server.memory import summaries
+from agentmemory_server.memory import crystals, summaries
 
 
 def bash(session, command, output, hook_type="post_tool_use", ts="2026-11-01T10:00:00Z", project="shop"):
@@ -475,6 +475,15 @@ def test_a_summary_names_changed_files_as_the_agent_would_from_its_working_direc
     assert "/home/ana/shop/" not in made["narrative"], made["narrative"]
     assert made["filesModified"] == ["/home/ana/shop/src/cart.ts", "/home/ana/shopper/x.ts", "/etc/hosts"]
     assert summaries.paths_seen_from("C:\\work\\shop", "C:\\work\\shop\\src\\cart.ts") == "src\\cart.ts"
+    # a list cut short says how much it leaves out, and a crystal names paths as the summary does
+    many = [{**edits[0], "id": f"m{i}", "files": [f"/home/ana/shop/src/m{i}.ts"], "title": f"Edit m{i}.ts"} for i in range(8)]
+    asked = [{"id": f"p{i}", "type": "conversation", "hookType": "prompt_submit", "title": f"ask {i}", "importance": 5,
+              "timestamp": "2026-12-01T09:00:00Z"} for i in range(2)]
+    made = summaries.synthetic_summary({"id": "s", "cwd": "/home/ana/shop"}, [*asked, *many])
+    assert "Changed 8 files: src/m0.ts, src/m1.ts, src/m2.ts, src/m3.ts, src/m4.ts, src/m5.ts (+2 more)." in made["narrative"]
+    assert 'Asked: "ask 0" (+1 more prompt).' in made["narrative"], made["narrative"]
+    digest = crystals.session_digest({"id": "s", "cwd": "/home/ana/shop"}, many)
+    assert "Changed 8 files: src/m0.ts," in " ".join(digest["keyOutcomes"]) and "/home/ana" not in str(digest["keyOutcomes"])
     assert summaries.paths_seen_from(None, "/home/ana/shop/a.ts") == "/home/ana/shop/a.ts"
     assert summaries.paths_seen_from("/home/ana/shop", "cp /srv/home/ana/shop/a `/home/ana/shop/b`") == "cp /srv/home/ana/shop/a `b`"
 

@@ -67,8 +67,7 @@ def session_digest(session: dict[str, Any], observations: list[dict]) -> dict[st
     fixed_ids = {f["id"] for f, _s, _b in fixed}
     outcomes = []
     if summary["filesModified"]:
-        changed = summary["filesModified"]
-        outcomes.append(f"Changed {summaries.plural(len(changed), 'file')}: {', '.join(changed[:8])}")
+        outcomes.append(summaries.changed_files(summary["filesModified"], session.get("cwd"), shown=8))
     for failure, _success, between in fixed:
         outcomes.append(
             f"`{summaries.step_label(failure)}` passes again"

@@ -258,6 +258,14 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'es' if noun.endswith(('s', 'sh', 'ch')) else 's'}"
 
 
+def changed_files(changed: list[str], cwd: str | None, shown: int) -> str:
+    """"Changed 8 files: a, b, c (+5 more)": the count, the first ``shown`` named from ``cwd``, and
+    how many the list leaves out, so that a short list is not read as the whole change."""
+    named = [paths_seen_from(cwd, f) for f in changed[:shown]]
+    rest = f" (+{len(changed) - shown} more)" if len(changed) > shown else ""
+    return f"Changed {plural(len(changed), 'file')}: {', '.join(named)}{rest}"
+
+
 def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict[str, Any]:
     """title, narrative, keyDecisions, filesModified and concepts from the observations alone."""
     prompts = [o.get("title", "") for o in observations if kind_of(o) == "conversation" and o.get("title")]
@@ -275,11 +283,10 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
         + (f": {kinds or course}." if kinds or course else ".")
     ]
     if prompts:
-        more = f" (+{len(prompts) - 1} more prompts)" if len(prompts) > 1 else ""
+        more = f" (+{plural(len(prompts) - 1, 'more prompt')})" if len(prompts) > 1 else ""
         parts.append(f'Asked: "{truncate(prompts[0], 160)}"{more}.')
     if changed:
-        shown = [paths_seen_from(cwd, f) for f in changed[:6]]
-        parts.append(f"Changed {plural(len(changed), 'file')}: {', '.join(shown)}.")
+        parts.append(changed_files(changed, cwd, shown=6) + ".")
     if errors:
         parts.append(f"{plural(len(errors), 'failure')}; last: {describe(errors[-1], cwd=cwd)}.")
     notable = sorted(
