@@ -276,6 +276,20 @@ def test_file_context_and_enrich(rt, client):
     assert client.post("/agentmemory/enrich", json={"files": ["nothing/here.txt"]}).json["context"] == ""
 
 
+def test_file_context_gives_each_line_once_so_repeated_reads_do_not_crowd_out_the_rest(rt, client):
+    # a file read again and again, with the same content each time: one line, then older work
+    note(rt, "old", "Fixed the rounding in cookies.py", files=["/repo/src/auth/cookies.py"], ts="2026-11-01T09:00:00Z")
+    for minute in range(6):
+        note(rt, "old", "Read cookies.py: def parse(header)", files=["/repo/src/auth/cookies.py"],
+             ts=f"2026-11-02T09:0{minute}:00Z")
+    body = client.post("/agentmemory/file-context", json={"files": ["src/auth/cookies.py"], "limit": 2}).json
+    lines = [line for line in body["context"].splitlines() if line.startswith("- ")]
+    assert len(lines) == len(set(lines)) == body["count"] == 2, body
+    assert any("Fixed the rounding" in line for line in lines), body
+    enriched = client.post("/agentmemory/enrich", json={"files": ["src/auth/cookies.py"]}).json["context"]
+    assert enriched.count("Read cookies.py: def parse(header)") == 1 and "Fixed the rounding" in enriched, enriched
+
+
 HOSTILE = ['C++', '"', '(paren', 'NEAR(a b)', 'x*', '-minus', 'AND OR NOT', '名前は何', '\\', 'files:x',
            "a\u0000b", "🙂", "'; DROP TABLE search_docs; --", "x" * 4000]
 

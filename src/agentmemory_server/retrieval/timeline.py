@@ -109,6 +109,18 @@ def observation_line(obs: dict[str, Any], width: int = 160) -> str:
     )
 
 
+# A file is often read several times in a session with the same content, and each read is its own
+# observation with the same line. The hits are read this many times deeper than the lines wanted,
+# so that repeats give way to other lines instead of filling the agent's context with copies.
+REPEAT_HEADROOM = 4
+
+
+def file_lines(ctx: Ctx, args: dict[str, Any], limit: int, types: list[str] | None = None) -> list[str]:
+    """Up to ``limit`` distinct observation lines about ``args``'s files, best first."""
+    found = file_hits(ctx, args, limit=limit * REPEAT_HEADROOM, types=types)
+    return list(dict.fromkeys(observation_line(record) for _hit, record in found))[:limit]
+
+
 def fit(sections: list[tuple[str, list[str]]], budget: int) -> tuple[str, bool]:
     """Markdown sections packed line by line under a token budget; True when lines were cut."""
     out: list[str] = []
@@ -146,11 +158,10 @@ FILES_ARG = array(string(max_length=1024), "File paths", max_items=50)
 )
 def file_context(ctx: Ctx, args: dict) -> dict:
     """Past observations about some files (other sessions), as a short text."""
-    pairs = file_hits(ctx, args, limit=args["limit"])
-    lines = [observation_line(record) for _hit, record in pairs]
+    lines = file_lines(ctx, args, args["limit"])
     names = ", ".join(posixpath.basename(f) for f in args["files"][:5])
     text, truncated = fit([(f"## Past observations about {names}", lines)], args["budget"])
-    return {"context": text, "count": len(pairs), "truncated": truncated}
+    return {"context": text, "count": len(lines), "truncated": truncated}
 
 
 @tool(
@@ -172,8 +183,8 @@ def enrich(ctx: Ctx, args: dict) -> dict:
     files, terms = args.get("files") or [], args.get("terms") or []
     if not files and not terms:
         raise InvalidInput("give 'files' or 'terms'", field="files")
-    history = [observation_line(r) for _h, r in file_hits(ctx, args, limit=5)]
-    errors = [observation_line(r) for _h, r in file_hits(ctx, args, limit=3, types=["error"])]
+    history = file_lines(ctx, args, 5)
+    errors = file_lines(ctx, args, 3, types=["error"])
     query = " ".join(terms + [posixpath.basename(f) for f in files])
     memories = []
     if search.query_terms(query):
