@@ -33,8 +33,10 @@ HTTP = {"type": "object", "required": ["type", "url"], "properties": {
     "allowedEnvVars": {"type": "array", "items": STR}, "timeout": {"type": "number"}}}
 CLAUDE_EVENTS = ["SessionStart", "UserPromptSubmit", "PreToolUse", "PostToolUse", "PostToolUseFailure",
                  "Notification", "SubagentStart", "SubagentStop", "Stop", "PreCompact", "PostCompact", "SessionEnd"]
+# Claude Code 2.1+: "async": true runs a command hook in the background ("Run hooks in the background").
+CLAUDE_COMMAND = {**COMMAND, "properties": {**COMMAND["properties"], "async": {"type": "boolean"}}}
 CLAUDE_SETTINGS = {"type": "object", "properties": {
-    "hooks": nested_hooks(CLAUDE_EVENTS, {"oneOf": [COMMAND, HTTP]}),
+    "hooks": nested_hooks(CLAUDE_EVENTS, {"oneOf": [CLAUDE_COMMAND, HTTP]}),
     "env": STR_MAP}}
 # Claude Code: "SessionStart ... Only type: command and type: mcp_tool hooks are supported."
 CLAUDE_SESSION_START = {"type": "array", "items": {"properties": {"hooks": {"items": COMMAND}}}}
@@ -92,9 +94,11 @@ def _claude(home: Path, project: Path) -> list[Path]:
     settings = home / ".claude" / "settings.json"
     doc = check(settings, CLAUDE_SETTINGS)
     jsonschema.validate(doc["hooks"]["SessionStart"], CLAUDE_SESSION_START)
-    http = doc["hooks"]["PostToolUse"][-1]["hooks"][0]
-    assert http["headers"]["Authorization"] == "Bearer $AGENTMEMORY_SECRET"
-    assert http["allowedEnvVars"] == ["AGENTMEMORY_SECRET"] and http["url"].endswith("/agentmemory/hooks/claude-code")
+    handler = doc["hooks"]["PostToolUse"][-1]["hooks"][0]
+    if handler["type"] == "http":  # the default; `--durable-hooks` runs the command (the schema checks it)
+        assert handler["headers"]["Authorization"] == "Bearer $AGENTMEMORY_SECRET"
+        assert handler["allowedEnvVars"] == ["AGENTMEMORY_SECRET"]
+        assert handler["url"].endswith("/agentmemory/hooks/claude-code")
     assert doc["env"]["AGENTMEMORY_SECRET"] and mode(settings) == 0o600  # the token only in a 0600 file
     check(home / ".claude.json", mcp_servers("mcpServers", {**STDIO, "properties": {**STDIO["properties"],
                                                                                     "type": {"const": "stdio"}}}))

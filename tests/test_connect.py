@@ -269,3 +269,41 @@ def test_connect_before_the_server_ever_ran_creates_the_token_it_will_use(tmp_pa
         assert answer.status_code == 200, answer.text
     finally:
         live.stop()
+
+
+def test_durable_hooks_keep_claude_code_events_while_no_server_answers(home: Path, tmp_path: Path) -> None:
+    # Claude Code's http hooks reaching no server keep nothing; with --durable-hooks every event runs
+    # `agentmemory hook`, which keeps it on disk and sends it once the server answers again.
+    live = LiveServer(tmp_path, {"AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_AUTH": "on"}, [], start=False)
+    done = agentmemory(home, "connect", "claude-code", "--yes", "--durable-hooks", "--url", live.url)
+    assert done.returncode == 0, done.stderr
+    client_schemas.validate("claude-code", home, home / "project")
+    hooks = client_schemas.load_json(home / ".claude" / "settings.json")["hooks"]
+    assert hooks["PostToolUse"][0]["hooks"][0]["command"] == "echo formatted"  # the user's own hook stays
+    handlers = {event: hooks[event][-1]["hooks"][-1] for event in hooks}
+    assert all(h["type"] == "command" and " hook claude-code" in h["command"] and "url" not in h
+               for h in handlers.values()), handlers
+    # the agent waits only where it reads the answer (a prompt's memories) or is about to exit
+    waited = {event for event, h in handlers.items() if not h.get("async")}
+    assert waited == {"SessionStart", "UserPromptSubmit", "SessionEnd"}, handlers
+    base = {"session_id": "durable", "cwd": str(home / "project"), "transcript_path": "/t"}
+    edit = {**base, "hook_event_name": "PostToolUse", "tool_name": "Edit", "tool_input": {"file_path": "a.py"},
+            "tool_response": {"success": True}}
+    down = subprocess.run(["sh", "-c", handlers["PostToolUse"]["command"]], input=json.dumps(edit), text=True,
+                          capture_output=True, timeout=60, env=env_for(home), cwd=home / "project")
+    assert down.returncode == 0 and json.loads(down.stdout) == {}, down.stderr
+    assert len(list((home / ".agentmemory" / "hook-spool").glob("*.json"))) == 1, down.stderr
+    try:
+        live.start()
+        stop = {**base, "hook_event_name": "Stop"}
+        run_shell(handlers["Stop"]["command"], stop, home, home / "project")
+        stored = wait_for(lambda: [o["hookType"] for o in observations(live, "durable")] == ["post_tool_use", "stop"],
+                          message=lambda: str(observations(live, "durable")))
+        assert stored and not list((home / ".agentmemory" / "hook-spool").glob("*.json"))
+    finally:
+        live.stop()
+    # and connecting again without the flag puts the http hooks back in place of the commands
+    assert agentmemory(home, "connect", "claude-code", "--yes", "--url", live.url).returncode == 0
+    hooks = client_schemas.load_json(home / ".claude" / "settings.json")["hooks"]
+    assert hooks["PostToolUse"][-1]["hooks"] == [{**hooks["PostToolUse"][-1]["hooks"][0], "type": "http"}]
+    assert len(hooks["PostToolUse"]) == 2 and hooks["SessionStart"][-1]["hooks"][-1]["type"] == "command"

@@ -314,7 +314,12 @@ def _confirm(opts: argparse.Namespace) -> None:
 
 def _connect_options(settings: Settings, opts: argparse.Namespace) -> connect.Options:
     return connect.options(
-        settings, url=opts.url, scope=opts.scope, mcp=getattr(opts, "mcp", "stdio"), write_token=not opts.no_token
+        settings,
+        url=opts.url,
+        scope=opts.scope,
+        mcp=getattr(opts, "mcp", "stdio"),
+        write_token=not opts.no_token,
+        durable_hooks=getattr(opts, "durable_hooks", False),
     )
 
 
@@ -400,6 +405,12 @@ def _add_agent_commands(commands: Any) -> None:
         if name == "connect":
             sub.add_argument(
                 "--mcp", choices=("stdio", "http", "none"), default="stdio", help="how the agent reaches MCP"
+            )
+            sub.add_argument(
+                "--durable-hooks",
+                action="store_true",
+                help="Claude Code: every event through `agentmemory hook`, kept on disk while the server is "
+                "down (about 0.3 s an event instead of a few ms); the other agents' hooks already are",
             )
             sub.add_argument("--yes", action="store_true", help="write without asking")
             sub.add_argument("--dry-run", action="store_true", help="only show the diff")

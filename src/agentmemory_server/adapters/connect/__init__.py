@@ -79,6 +79,7 @@ def options(
     scope: str,
     mcp: str,
     write_token: bool,
+    durable_hooks: bool = False,
     home: Path | None = None,
     cwd: Path | None = None,
 ) -> Options:
@@ -97,6 +98,7 @@ def options(
         mcp=mcp,
         token=token if write_token and not in_env else None,
         data_dir=settings.secret_path.parent,
+        durable_hooks=durable_hooks,
     )
 
 

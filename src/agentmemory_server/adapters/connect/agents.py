@@ -49,7 +49,21 @@ CLAUDE_HTTP_EVENTS = (
 )
 
 
+# With durable hooks, the events whose answer the agent does not read run their command in the
+# background (Claude Code's ``async``, 2.1+), so the process start-up never holds up the agent. A
+# prompt waits for the memories it is answered with, and the session end for its own delivery.
+CLAUDE_BACKGROUND_EVENTS = ("PostToolUse", "PostToolUseFailure", "Notification", "SubagentStop", "Stop", "PreCompact")
+
+
 def claude_hook_groups(o: Options) -> dict[str, dict[str, Any]]:
+    """SessionStart runs the hook command (Claude Code takes no ``http`` hook for it); the other
+    events post to the server directly, or with ``durable_hooks`` run the command too, which keeps
+    an event on disk when no server answers and sends it later (about 0.3 s an event: a process)."""
+    command = {"type": "command", "command": o.hook("claude-code")}
+
+    def durable(event: str) -> dict[str, Any]:
+        return {**command, "async": True} if event in CLAUDE_BACKGROUND_EVENTS else command
+
     http = {
         "type": "http",
         "url": f"{o.url}/agentmemory/hooks/claude-code",
@@ -57,12 +71,10 @@ def claude_hook_groups(o: Options) -> dict[str, dict[str, Any]]:
         "allowedEnvVars": [TOKEN_VAR],
         "timeout": HOOK_TIMEOUT,
     }
-    groups = {
-        "SessionStart": {"hooks": [{"type": "command", "command": o.hook("claude-code"), "timeout": HOOK_TIMEOUT}]}
-    }
+    groups = {"SessionStart": {"hooks": [{**command, "timeout": HOOK_TIMEOUT}]}}
     for event in CLAUDE_HTTP_EVENTS:
         timeout = SESSION_END_TIMEOUT if event == "SessionEnd" else HOOK_TIMEOUT
-        groups[event] = {"hooks": [{**http, "timeout": timeout}]}
+        groups[event] = {"hooks": [{**(durable(event) if o.durable_hooks else http), "timeout": timeout}]}
     return groups
 
 

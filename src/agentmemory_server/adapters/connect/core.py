@@ -45,6 +45,9 @@ class Options:
     mcp: str = "stdio"  # "stdio" | "http" | "none"
     token: str | None = None  # written only where a client cannot read it itself (0600 file)
     data_dir: Path = Path("~/.agentmemory")
+    # Claude Code: every event through ``agentmemory hook`` (kept on disk while the server is down)
+    # instead of ``http`` hooks (a few ms each, lost when no server answers).
+    durable_hooks: bool = False
 
     def hook(self, client: str, *extra: str) -> str:
         return " ".join([self.hook_command, "hook", client, *extra, "--url", self.url])
