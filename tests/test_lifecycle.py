@@ -12,7 +12,7 @@ from agentmemory_server.kernel.wording import one_line
 from agentmemory_server.kernel.model_steps import MODEL_STEPS, model_step, run_model_steps
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.util import truncate
-from agentmemory_server.memory import crystals, summaries
+from agentmemory_server.memory import consolidate, crystals, summaries
 
 
 def bash(session, command, output, hook_type="post_tool_use", ts="2026-11-01T10:00:00Z", project="shop"):
@@ -343,6 +343,11 @@ def test_consolidate_creates_memories_deterministically(client, call):
     assert again["memories"] == [] and again["unchanged"] == out["consolidated"]
     assert len(call("memories_list")["memories"]) == len(memories)
     assert call("memory_recall", query="cart")["results"]  # written through remember: searchable
+
+
+def test_courtesies_in_prompts_group_nothing_when_consolidating():
+    prompt = {"id": "p", "title": "Please fix the cart total, thanks", "narrative": "Please fix the cart total"}
+    assert {k for k in consolidate.observation_keys(prompt) if k.startswith("term:")} == {"term:cart", "term:total"}
 
 
 def test_a_consolidated_memory_names_each_highlight_once_and_counts_in_plain_english(client, call):

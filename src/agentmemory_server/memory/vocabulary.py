@@ -208,6 +208,9 @@ CODE_KEYWORDS = frozenset(
 )
 # What a failed command's output says in every project ("Command exited with non-zero status").
 GENERIC_WORDS = GENERIC_WORDS | frozenset({"exited", "non-zero", "nonzero"})
+# The courtesies prompts open and close with in every project ("Please fix ...", "thanks!"): a
+# consolidation run over one project's prompts made a memory "Recurring 'please'" of them.
+GENERIC_WORDS = GENERIC_WORDS | frozenset({"please", "thanks", "thank", "hello"})
 # What concepts, recurring terms and themes leave out. The hook types head the titles of events
 # without a tool ("session_start: Add a --verbose flag", "stop: Fixed the test").
 NOISE = STOPWORDS | TEMPLATE_WORDS | GENERIC_WORDS | CODE_KEYWORDS | KNOWN_HOOK_TYPES
