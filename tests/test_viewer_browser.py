@@ -140,6 +140,8 @@ def seed(srv: LiveServer, headers: dict) -> dict:
                       "project": "/work/alpha", "tags": ["parser"]})
     send("/slot", {"label": "viewer_slot", "content": f"{XSS_IMG}pinned slot text",
                    "description": "seeded by the viewer tests", "scope": "global"})
+    send("/slot", {"label": "alpha_notes", "content": "alpha keeps its fixtures in tests/data",
+                   "scope": "project", "project": "/work/alpha"})
     return {"memory_v1": v1["id"], "memory_v2": v2["memory"]["id"]}
 
 
@@ -236,6 +238,16 @@ def test_slots_tab_shows_slot_content(watched, server, shots):
     expect(slot).to_contain_text("pinned slot text")
     expect(slot).to_contain_text(XSS_IMG)
     page.screenshot(path=str(shots / "slots-seeded.png"))
+    # a project's own slots: the page opens on the latest session's project, and another is chosen
+    picker = page.get_by_label("project of the slots")
+    expect(picker).not_to_have_value("")
+    picker.fill("/work/alpha")
+    picker.press("Enter")
+    expect(page.locator('#tab-slots [data-label="alpha_notes"]')).to_contain_text("alpha keeps its fixtures")
+    expect(slot).to_contain_text("pinned slot text")  # global slots show for every project
+    picker.fill("/work/beta")
+    picker.press("Enter")
+    expect(page.locator('#tab-slots [data-label="alpha_notes"]')).to_have_count(0)
 
 
 def test_an_observation_posted_over_rest_appears_live_within_2s(watched, server):
