@@ -467,6 +467,22 @@ def test_memory_model_end_to_end_over_http(live_server):
     assert health["summary"]["fail"] == 0 and any(c["name"] == "db_integrity" for c in health["checks"])
 
 
+def test_a_touched_files_list_written_before_is_renamed_from_the_working_directory(client):
+    # lists written before files were named from cwd hold whole paths and listing patterns
+    old = "Shop notes\nFiles touched in recent sessions:\n- /home/u/shop/src/old.ts\n- src/**/*.ts\n" \
+          "- /home/u/shop/src/retry.ts\n- src/retry.ts\n- /etc/hosts"
+    written = client.post("/agentmemory/slot/replace", json={"label": "project_context", "content": old, "project": "shop"})
+    assert written.status_code in (200, 201), written.json
+    base = {"cwd": "/home/u/shop", "transcript_path": "/t", "session_id": "cc-rename"}
+    for event in ({"hook_event_name": "PostToolUse", "tool_name": "Edit", "tool_response": {"success": True},
+                   "tool_input": {"file_path": "/home/u/shop/src/new.ts", "old_string": "a", "new_string": "b"}},
+                  {"hook_event_name": "SessionEnd", "reason": "exit"}):
+        assert client.post("/agentmemory/hooks/claude-code", json={**base, **event}).status_code == 200
+    slot = client.get("/agentmemory/slot?label=project_context&project=shop").json["slot"]["content"]
+    assert slot.splitlines() == ["Shop notes", "Files touched in recent sessions:", "- src/old.ts", "- src/retry.ts",
+                                 "- /etc/hosts", "- src/new.ts"], slot
+
+
 def test_a_summary_names_changed_files_as_the_agent_would_from_its_working_directory():
     edits = [{"id": f"o{i}", "type": "file_edit", "hookType": "post_tool_use", "toolName": "Edit", "importance": 6,
               "title": f"Edit {path}", "files": [path], "timestamp": f"2026-12-01T10:0{i}:00Z"}

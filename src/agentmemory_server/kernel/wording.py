@@ -103,9 +103,15 @@ def paths_seen_from(cwd: str | None, text: str) -> str:
 _GLOB = re.compile(r"[*?]|\{[^}]*,[^}]*\}")
 
 
+def file_as_named(cwd: str | None, path: str) -> str | None:
+    """``path`` named from ``cwd`` as the agent names it; None for a pattern that lists files."""
+    named = paths_seen_from(cwd, path)
+    return None if _GLOB.search(named) else named
+
+
 def files_as_named(obs: dict) -> list[str]:
     """An observation's files named from its working directory, as the agent names them
     ("src/cart.ts"): the same file counts once across clones, and no home folder is shown.
     Patterns that list files are not files and are left out."""
-    named = (paths_seen_from(obs.get("cwd"), str(f)) for f in obs.get("files") or [])
-    return list(dict.fromkeys(f for f in named if not _GLOB.search(f)))
+    named = (file_as_named(obs.get("cwd"), str(f)) for f in obs.get("files") or [])
+    return list(dict.fromkeys(f for f in named if f))

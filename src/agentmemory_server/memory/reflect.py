@@ -21,7 +21,7 @@ from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, number, params, tool
 from agentmemory_server.kernel.scopes import CRYSTALS, INSIGHTS, LESSONS, MEMORIES
 from agentmemory_server.kernel.util import truncate
-from agentmemory_server.kernel.wording import files_as_named
+from agentmemory_server.kernel.wording import file_as_named, files_as_named
 from agentmemory_server.memory import slots, summaries
 from agentmemory_server.memory.lessons import reinforce
 from agentmemory_server.memory.vocabulary import NOISE, file_names_only
@@ -89,17 +89,34 @@ def _deterministic_updates(
     patterns = current["session_patterns"]
     updates["session_patterns"] = fit_tail(pattern_lines(session_id, observations, now), int(patterns["sizeLimit"]))
     ctx_slot = current["project_context"]
-    text = ctx_slot.get("content") or ""
-    touched = dict.fromkeys(f for o in observations for f in files_as_named(o))
-    new_files = [f for f in touched if f"- {f}" not in text.splitlines()]
-    if new_files:
-        lines = text.splitlines() or []
-        if FILES_HEADER not in lines:
-            lines.append(FILES_HEADER)
-        lines += [f"- {f}" for f in new_files[:MAX_NEW_FILES]]
-        keep = lines.index(FILES_HEADER) + 1
-        updates["project_context"] = fit_tail(lines, int(ctx_slot["sizeLimit"]), keep_first=keep)
+    files = touched_files(ctx_slot.get("content") or "", observations, int(ctx_slot["sizeLimit"]))
+    if files is not None:
+        updates["project_context"] = files
     return updates
+
+
+def touched_files(text: str, observations: list[dict], limit: int) -> str | None:
+    """The project_context slot with its list of touched files brought up to date: the session's
+    new files added last, and the entries already there named from the session's working
+    directory as the new ones are (lists written before were given whole paths and the patterns
+    of file listings), each file once. None when the text would not change."""
+    lines = text.splitlines()
+    if FILES_HEADER not in lines:
+        lines.append(FILES_HEADER)
+    keep = lines.index(FILES_HEADER) + 1
+    cwds = Counter(o["cwd"] for o in observations if o.get("cwd"))
+    cwd = cwds.most_common(1)[0][0] if cwds else None
+    listed: list[str] = []
+    for line in lines[keep:]:
+        named = file_as_named(cwd, line[2:]) if line.startswith("- ") else None
+        entry = line if not line.startswith("- ") else f"- {named}" if named else None
+        if entry is not None and (entry not in listed or not entry.startswith("- ")):
+            listed.append(entry)
+    touched = dict.fromkeys(f for o in observations for f in files_as_named(o))
+    new = [f"- {f}" for f in touched if f"- {f}" not in listed][:MAX_NEW_FILES]
+    if lines[keep:] == listed and not new:
+        return None
+    return fit_tail(lines[:keep] + listed + new, limit, keep_first=keep)
 
 
 def reflect_session(ctx: Ctx, session_id: str, max_observations: int = 50) -> dict[str, Any]:
