@@ -259,8 +259,9 @@ def plural(count: int, noun: str) -> str:
 
 
 def changed_files(changed: list[str], cwd: str | None, shown: int) -> str:
-    """"Changed 8 files: a, b, c (+5 more)": the count, the first ``shown`` named from ``cwd``, and
-    how many the list leaves out, so that a short list is not read as the whole change."""
+    """The changed-files sentence ("Changed 8 files: a, b, c (+5 more)"): the count, the first
+    ``shown`` named from ``cwd``, and how many the list leaves out, so that a short list is not
+    read as the whole change."""
     named = [paths_seen_from(cwd, f) for f in changed[:shown]]
     rest = f" (+{len(changed) - shown} more)" if len(changed) > shown else ""
     return f"Changed {plural(len(changed), 'file')}: {', '.join(named)}{rest}"

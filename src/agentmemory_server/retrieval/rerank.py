@@ -158,9 +158,9 @@ def rerank_pairs(
 ) -> Pairs:
     """The first ``RERANK_DEPTH`` (hit, record) pairs reordered by the blend of their first-stage
     score and the cross-encoder's (ties keep the first-stage order); the rest follow unchanged.
-    Each reordered hit's score becomes the blended one, on the first stage's scale. With ``more``, the second round's records
-    join the reordered head (as if last in the first stage) and leave the tail. ``workers``: the
-    threads the encoder may share the pairs out over."""
+    Each reordered hit's score becomes the blended one, on the first stage's scale. With ``more``,
+    the second round's records join the reordered head (as if last in the first stage) and leave
+    the tail. ``workers``: the threads the encoder may share the pairs out over."""
     head, tail = pairs[:RERANK_DEPTH], pairs[RERANK_DEPTH:]
     cross = encoder.score(query, [text_of(hit, record) for hit, record in head], workers=workers)
     first = [float(hit.get("score", 0.0)) for hit, _ in head]
