@@ -218,6 +218,7 @@ def test_reindex_reembeds_every_record(tmp_path):
     env = {**clean_environ(), "EMBEDDING_PROVIDER": "hash"}
     result = ok(cli("--db", db, "reindex", env=env))
     assert result["hooks"]["reembed_vectors"]["embedded"] == 14
+    assert result["hooks"]["reembed_vectors"]["leftToWorker"] == 0  # no server ran: all embedded here
     assert sqlite_table_counts(Path(db))["search_vectors"] == 14
     assert sqlite_table_counts(Path(db))["embed_backlog"] == 0
 

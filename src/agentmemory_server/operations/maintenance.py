@@ -66,7 +66,8 @@ def no_progress(label: str, total: int) -> Bar:
 
 def reembed_vectors(rt: Any, progress: Progress) -> dict[str, Any] | None:
     """Queue every indexed record for a new vector, then embed them here with a progress bar
-    (a running server's worker shares the backlog, so the two simply finish sooner)."""
+    (a running server's worker shares the backlog, so the two simply finish sooner). The bar then
+    stops short of its total: ``leftToWorker`` counts the records a worker took or will take."""
     service = vectors.service(rt)
     if service.embedder is None:
         return {"queued": 0, "embedded": 0, "reason": "no embedding provider configured"}
@@ -79,7 +80,7 @@ def reembed_vectors(rt: Any, progress: Progress) -> dict[str, Any] | None:
             bar.update(done)
     finally:
         bar.close()
-    return {"queued": queued, "embedded": embedded, "model": service.model}
+    return {"queued": queued, "embedded": embedded, "leftToWorker": max(0, queued - embedded), "model": service.model}
 
 
 def _requeue_vectors(rt: Any) -> int:
