@@ -277,6 +277,7 @@ def test_durable_hooks_keep_claude_code_events_while_no_server_answers(home: Pat
     live = LiveServer(tmp_path, {"AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_AUTH": "on"}, [], start=False)
     done = agentmemory(home, "connect", "claude-code", "--yes", "--durable-hooks", "--url", live.url)
     assert done.returncode == 0, done.stderr
+    assert "Every event runs `agentmemory hook claude-code`" in done.stdout, done.stdout
     client_schemas.validate("claude-code", home, home / "project")
     hooks = client_schemas.load_json(home / ".claude" / "settings.json")["hooks"]
     assert hooks["PostToolUse"][0]["hooks"][0]["command"] == "echo formatted"  # the user's own hook stays

@@ -340,8 +340,8 @@ def cmd_connect(settings: Settings, opts: argparse.Namespace) -> Any:
     _confirm(opts)
     result = connect.connect(opts.client, o, changes)
     print(f"{title} connected to {o.url}: wrote {', '.join(result['changed'])}")
-    if opts.client in connect.NOTES:
-        print(connect.NOTES[opts.client])
+    if (next_step := connect.note(opts.client, o)) is not None:
+        print(next_step)
     return None
 
 

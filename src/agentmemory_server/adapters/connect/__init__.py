@@ -44,6 +44,16 @@ NOTES = {
     "cline": "Cline runs one script per hook type; turn hooks on in Cline's settings if they are off.",
     "copilot": "Copilot CLI loads hooks when a session starts.",
 }
+DURABLE_NOTE = (
+    "Restart Claude Code to load the hooks. Every event runs `agentmemory hook claude-code`, which keeps "
+    "what the server does not take and sends it later; tool events run in the background (Claude Code 2.1+)."
+)
+
+
+def note(name: str, o: Options) -> str | None:
+    """What to do next after connecting ``name``, as ``o`` configured it."""
+    return DURABLE_NOTE if name == "claude-code" and o.durable_hooks else NOTES.get(name)
+
 
 CLIENTS: dict[str, Client] = {
     c.name: c
