@@ -138,3 +138,19 @@ def test_every_process_follows_one_processs_fallback_and_its_end(own_redis, make
         got = call("memory_working_get", **s, key="plan")
         assert got["backend"] == "redis" and got["usingFallback"] is False and got["value"] == 3
     assert second("health")["working_memory"]["status"] == "ok"
+
+
+def test_health_of_a_process_without_working_memory_calls_reports_the_stores_fallback(own_redis, make_runtime,
+                                                                                     monkeypatch):
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    settings = {"working_memory_backend": "redis", "redis_url": own_redis.url}
+    first, idle = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
+    own_redis.stop()
+    assert first("memory_working_set", sessionId="s", key="k", value=1)["usingFallback"] is True
+    assert idle("health")["working_memory"]["usingFallback"] is True
+    own_redis.start()
+    first("diagnostics_heal")
+    assert idle("health")["working_memory"] == {"status": "ok", "backend": "redis", "configuredBackend": "redis",
+                                                "usingFallback": False, "redisUrl": own_redis.url}

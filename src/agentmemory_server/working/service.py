@@ -201,6 +201,7 @@ class WorkingMemory:
         return removed
 
     def health(self) -> dict[str, Any]:
+        self._follow_the_store()  # a process with no working-memory call yet reports the store's state
         body: dict[str, Any] = {
             "status": "degraded" if self.using_fallback else "ok",
             "backend": self.backend.name,
@@ -218,6 +219,7 @@ class WorkingMemory:
         return body
 
     def diagnose(self) -> list[dict[str, Any]]:
+        self._follow_the_store()
         check = {"name": "working_memory_backend", "category": "working_memory", "fixable": False}
         if self.configured == "sqlite":
             return [{**check, "status": "pass", "message": "SQLite backend (the server's database file)", "fix": None}]
