@@ -154,3 +154,19 @@ def test_health_of_a_process_without_working_memory_calls_reports_the_stores_fal
     first("diagnostics_heal")
     assert idle("health")["working_memory"] == {"status": "ok", "backend": "redis", "configuredBackend": "redis",
                                                 "usingFallback": False, "redisUrl": own_redis.url}
+
+
+def test_an_admin_command_that_cannot_reach_redis_leaves_the_servers_on_it(own_redis, make_runtime, monkeypatch):
+    from agentmemory_server.wiring import build_runtime
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    server = ToolCaller(make_runtime(working_memory_backend="redis", redis_url=own_redis.url))
+    elsewhere = server.rt.settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    tool = build_runtime(elsewhere, role="tool")  # `agentmemory ...` run on a machine without Redis
+    try:
+        assert tool.services["working_memory"].using_fallback
+    finally:
+        tool.close()
+    got = server("memory_working_set", sessionId="s", key="k", value=1)
+    assert got["backend"] == "redis" and got["usingFallback"] is False

@@ -71,7 +71,11 @@ class WorkingMemory:
         self.fallback_reason: str | None = None
         self.fallback_since: str | None = None
         self._lock = threading.Lock()
+        self._following = threading.Lock()  # one thread of the process reads the mark and acts on it
         self._mark_read_at: float | None = None
+        # An admin command (role "tool") run where Redis cannot be reached says nothing about the
+        # servers' Redis: it serves from the database itself but does not move the store there.
+        self._may_mark = rt.role != "tool"
         if self.configured == "redis":
             self._connect_redis()
             self._follow_the_store()
@@ -136,6 +140,8 @@ class WorkingMemory:
 
     def _mark_the_store(self) -> None:
         """Tell the other processes (and those started later) to serve from the database too."""
+        if not self._may_mark:
+            return
         try:
             self.sqlite.mark_fallback(self.fallback_since or self.rt.clock.iso(), self.fallback_reason or "")
         except AppError as exc:  # the database is down too: nothing is served from it anyway
@@ -150,15 +156,19 @@ class WorkingMemory:
         now = time.monotonic()
         if self._mark_read_at is not None and now - self._mark_read_at < FOLLOW_SECONDS:
             return
-        self._mark_read_at = now
+        if not self._following.acquire(blocking=False):
+            return  # another thread is looking right now
         try:
+            self._mark_read_at = now
             mark = self.sqlite.fallback_mark()
+            if mark is not None and self.backend is not self.sqlite:
+                self._follow_fallback(mark)
+            elif mark is None and self.backend is self.sqlite and self._may_mark:
+                self._return_to_redis()
         except AppError:
             return  # the database cannot say: keep serving where we are
-        if mark is not None and self.backend is not self.sqlite:
-            self._follow_fallback(mark)
-        elif mark is None and self.backend is self.sqlite:
-            self._return_to_redis()
+        finally:
+            self._following.release()
 
     def _follow_fallback(self, mark: dict[str, str]) -> None:
         with self._lock:
