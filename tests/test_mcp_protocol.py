@@ -70,6 +70,7 @@ def test_session_lifecycle(client):
     assert client.delete("/mcp", headers={"Mcp-Session-Id": sid}).status_code == 204
     r, body = rpc(client, "ping", headers={"Mcp-Session-Id": sid})
     assert r.status_code == 404 and body["error"]["code"] == mp.INVALID_REQUEST  # re-initialise
+    assert body["error"]["data"]["code"] == "session_expired" and body["error"]["data"]["status"] == 404
     assert client.delete("/mcp", headers={"Mcp-Session-Id": sid}).status_code == 404
     assert client.delete("/mcp").status_code == 400
     r, body = rpc(client, "ping")  # sessions are optional: a stateless client works too

@@ -485,12 +485,7 @@ def _handle_handshake_era(rt: Any, message: Any, headers: dict[str, str], reques
     if sid and not starts_session:
         session_version = sessions_of(rt).version(sid)
         if session_version is None:  # the spec's signal to start a new session
-            return HttpReply(
-                404,
-                RpcError(
-                    INVALID_REQUEST, "Session not found: send initialize again", app_code=errors.SESSION_EXPIRED
-                ).body(_request_id(message)),
-            )
+            return _session_not_found("Session not found: send initialize again", _request_id(message))
     version = requested or session_version or DEFAULT_VERSION
     if isinstance(message, list):
         return _batch(rt, message, version)
@@ -574,4 +569,10 @@ def handle_delete(rt: Any, headers: Mapping[str, str]) -> HttpReply:
         return HttpReply(400, RpcError(INVALID_REQUEST, "Mcp-Session-Id header required").body(None))
     if sessions_of(rt).end(sid):
         return HttpReply(204)
-    return HttpReply(404, RpcError(INVALID_REQUEST, "Session not found", app_code=errors.SESSION_EXPIRED).body(None))
+    return _session_not_found("Session not found", None)
+
+
+def _session_not_found(message: str, request_id: Any) -> HttpReply:
+    """A 404 whose envelope says 404 too (an invalid request's default would say 400)."""
+    envelope = errors.envelope(404, message, errors.SESSION_EXPIRED)
+    return HttpReply(404, RpcError(INVALID_REQUEST, message, envelope).body(request_id))
