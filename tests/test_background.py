@@ -4,6 +4,7 @@ server leaves; periodic jobs run once per database; leases; the activity board."
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import requests
 
+from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel import background
 from agentmemory_server.retrieval import vectors
 from conftest import SRC, clean_environ, end_process_group, hook, post, wait_for
@@ -195,6 +197,24 @@ def test_the_activity_board_shows_requests_in_flight(tmp_path):
     stale = background.board_dir(db) / "999999999.bin"  # a process that died without cleaning up
     stale.write_bytes(b"\x01" + b"\x00" * 15)
     assert not background.busy(db, 0.05) and not stale.exists()
+
+
+def test_missed_heartbeats_while_the_database_does_not_answer_are_one_warning_without_a_traceback(
+        make_runtime, monkeypatch, caplog):
+    # Each missed beat logged an ERROR with a traceback, every 5 s of a PostgreSQL restart.
+    rt = make_runtime()
+    status = rt.services["background"]
+
+    def no_answer(*_args, **_kwargs):
+        raise Unavailable("the database does not answer; retry when it is back")
+
+    monkeypatch.setattr(rt.db, "transaction", no_answer)
+    with caplog.at_level(logging.WARNING, logger="agentmemory.background"):
+        for _ in range(3):
+            status.beat_or_say_why()
+    said = [r for r in caplog.records if r.name == "agentmemory.background"]
+    assert [r.levelname for r in said] == ["WARNING"] and said[0].exc_info is None, said
+    assert "does not answer" in said[0].getMessage()
 
 
 def test_roles_decide_where_loops_run():

@@ -64,9 +64,9 @@ def env_for(home: Path) -> dict[str, str]:
     return {**clean_environ(), "HOME": str(home)}
 
 
-def agentmemory(home: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def agentmemory(home: Path, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=120,
-                          env=env_for(home), cwd=home / "project")
+                          env={**env_for(home), **env}, cwd=home / "project")
 
 
 def snapshot(home: Path) -> dict[str, tuple[bytes, int]]:
@@ -241,6 +241,13 @@ def test_status_reports_connected_clients_and_the_server(home: Path, server: Liv
     drained = agentmemory(home, "hook-drain", "--url", server.url)
     assert json.loads(drained.stdout) == {"sent": 1, "refused": 0, "waiting": 0}, drained.stderr
     assert json.loads(agentmemory(home, "status", "--json", "--url", server.url).stdout)["hookEventsWaiting"] == 0
+
+
+def test_status_asks_the_server_the_hooks_post_to(home: Path, server: LiveServer) -> None:
+    """A team member's hooks reach the team's server through AGENTMEMORY_URL; status must ask that
+    server, not say a local one on the default port is not reachable."""
+    report = json.loads(agentmemory(home, "status", "--json", AGENTMEMORY_URL=server.url).stdout)
+    assert report["url"] == server.url and report["server"].startswith("up (HTTP 200)"), report
 
 
 def test_connect_before_the_server_ever_ran_creates_the_token_it_will_use(tmp_path: Path) -> None:

@@ -70,19 +70,38 @@ def test_session_lifecycle(client):
     assert client.delete("/mcp", headers={"Mcp-Session-Id": sid}).status_code == 204
     r, body = rpc(client, "ping", headers={"Mcp-Session-Id": sid})
     assert r.status_code == 404 and body["error"]["code"] == mp.INVALID_REQUEST  # re-initialise
+    assert body["error"]["data"]["code"] == "session_expired" and body["error"]["data"]["status"] == 404
     assert client.delete("/mcp", headers={"Mcp-Session-Id": sid}).status_code == 404
     assert client.delete("/mcp").status_code == 400
     r, body = rpc(client, "ping")  # sessions are optional: a stateless client works too
     assert r.status_code == 200 and body["result"] == {}
 
 
-def test_sessions_are_bounded_and_expire():
-    sessions = mp.Sessions(capacity=2, idle_seconds=3600)
+def test_a_session_opened_by_one_process_is_served_by_another(make_runtime):
+    # Two gunicorn workers (or two nodes) share no memory: a session table per process answered
+    # 404 to every request that reached the other one, and the client's new initialize, landing
+    # anywhere, did not help (half of a Claude Code session's MCP calls failed).
+    first, second = (create_app(runtime=make_runtime()).test_client() for _ in range(2))
+    r, _ = initialize(first, "2025-03-26")
+    sid = r.headers["Mcp-Session-Id"]
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": 2, "method": "ping"}]
+    r = second.post("/mcp", json=batch, headers={"Mcp-Session-Id": sid})  # batches exist only in 2025-03-26
+    assert r.status_code == 200 and [m["id"] for m in r.get_json()] == [1, 2], r.get_json()
+    assert second.delete("/mcp", headers={"Mcp-Session-Id": sid}).status_code == 204
+    r, body = rpc(second, "ping", headers={"Mcp-Session-Id": sid})
+    assert r.status_code == 404 and body["error"]["code"] == mp.INVALID_REQUEST
+
+
+def test_session_ids_say_their_version_and_ended_ones_are_remembered_within_a_bound():
+    sessions = mp.Sessions(capacity=2)
+    ids = [sessions.open(version) for version in mp.HANDSHAKE_VERSIONS]
+    assert all(len(sid) == 32 and int(sid, 16) >= 0 for sid in ids) and len(set(ids)) == len(ids)
+    assert [mp.Sessions().version(sid) for sid in ids] == list(mp.HANDSHAKE_VERSIONS)  # any process reads them
+    assert mp.Sessions().version("0" * 32) is None and mp.Sessions().version("not-ours") is None
     first, second, third = (sessions.open("2025-11-25") for _ in range(3))
-    assert sessions.version(first) is None and sessions.version(third) == "2025-11-25"
-    assert sessions.version(second) == "2025-11-25"
-    idle = mp.Sessions(idle_seconds=-1)
-    assert idle.version(idle.open("2025-06-18")) is None
+    assert all(sessions.end(sid) for sid in (first, second, third)) and not sessions.end(third)
+    assert sessions.version(third) is None and sessions.version(second) is None
+    assert sessions.version(first) == "2025-11-25"  # the oldest ended id was let go: the table is bounded
 
 
 @pytest.mark.parametrize("version", mp.HANDSHAKE_VERSIONS)

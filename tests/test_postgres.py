@@ -229,6 +229,12 @@ def test_the_start_up_line_names_the_postgresql_store_without_its_password(url, 
     try:
         banner = server.log_path.read_text().splitlines()[0]
         assert f"(database {redacted(with_password)};" in banner and "agentmemory.db" not in banner, banner
+        # the background worker's line named a SQLite file in the data directory it never opened
+        wait_for(lambda: "running on" in server.log(), timeout=60, message="the background worker never started")
+        worker = next(line for line in server.log().splitlines() if "running on" in line)
+        database = url.split("?", 1)[0].rsplit("/", 1)[1]
+        assert "running on postgresql://" in worker and f"/{database}?" in worker, worker
+        assert "agentmemory.db" not in worker, worker
         assert "pw-not-checked" not in server.log_path.read_text()
     finally:
         server.stop()

@@ -9,7 +9,7 @@ import pytest
 
 from agentmemory_server.adapters import cli
 from agentmemory_server.adapters.web import create_app
-from agentmemory_server.kernel.scopes import TOKENS
+from agentmemory_server.kernel.scopes import SESSIONS, TOKENS
 from conftest import hook
 
 SECRET = "admin-secret-for-tokens"
@@ -58,6 +58,25 @@ def test_a_project_token_writes_and_reads_only_its_project_and_its_own_records(a
     assert found["results"] and all(r.get("sessionId", "s-ann") == "s-ann" for r in found["results"])
     everything = client.get("/agentmemory/sessions", headers=as_(SECRET)).get_json()["sessions"]
     assert {s["id"] for s in everything} == {"s-ann", "s-bob"}  # the admin token sees every principal
+
+
+def test_a_project_token_is_refused_a_hook_from_another_projects_directory(app):
+    # A hook names its project by its working directory, not by a 'project' argument; the token's
+    # list was checked only against the argument, so ann's agents filed events under any project.
+    rt, client = app
+    ann = create(client, principal="ann", kind="person", projects=["alpha"])["token"]
+
+    def claude(session, cwd, event, **fields):
+        payload = {"session_id": session, "cwd": cwd, "hook_event_name": event, **fields}
+        return client.post("/agentmemory/hooks/claude-code", json=payload, headers=as_(ann))
+
+    assert claude("cc-alpha", "/home/ann/alpha", "SessionStart", source="startup").status_code == 200
+    refused = claude("cc-beta", "/home/ann/beta", "UserPromptSubmit", prompt="the beta release plan")
+    assert refused.status_code == 403 and refused.get_json()["code"] == "token_project", refused.get_json()
+    stored = rt.db.reader().records.list(SESSIONS)
+    assert [(s["id"], s["project"]) for _k, s in stored] == [("cc-alpha", "alpha")]
+    auth = client.get("/agentmemory/health", headers=as_(SECRET)).get_json()["auth"]
+    assert auth["byReason"].get("token_project") == 1
 
 
 def test_rights_are_enforced_and_denials_counted(app):

@@ -66,7 +66,7 @@ def test_unreachable_redis_at_start_falls_back_and_says_so(make_runtime, caplog)
     assert check["status"] == "fail" and "unreachable" in check["message"]
 
 
-def test_redis_stopped_mid_run_falls_back_and_stays_until_restart(own_redis, make_runtime, caplog):
+def test_redis_stopped_mid_run_falls_back_and_stays_until_healed(own_redis, make_runtime, caplog):
     rt = make_runtime(working_memory_backend="redis", redis_url=own_redis.url)
     call = ToolCaller(rt)
     svc = rt.services["working_memory"]
@@ -88,7 +88,7 @@ def test_redis_stopped_mid_run_falls_back_and_stays_until_restart(own_redis, mak
     assert svc.diagnose()[0]["status"] == "fail"
     own_redis.start()  # Redis is back on the same port ...
     check = svc.diagnose()[0]
-    assert check["status"] == "warn" and "restart" in check["fix"]
+    assert check["status"] == "warn" and "heal" in check["fix"]
     # ... but this process stays on SQLite, so a session's data never silently splits
     assert call("memory_working_get", sessionId="s", key="after")["backend"] == "sqlite"
     rt.jobs.run_now("working_memory_sweep")
@@ -106,3 +106,67 @@ def test_diagnose_warns_when_redis_may_evict(own_redis, make_runtime):
         client.close()
     eviction = rt.services["working_memory"].diagnose()[1]
     assert eviction["status"] == "warn" and "allkeys-lru" in eviction["message"]
+
+
+def test_every_process_follows_one_processs_fallback_and_its_end(own_redis, make_runtime, monkeypatch):
+    """Two processes on one store (two gunicorn workers, or two nodes): one meets Redis down and
+    moves to the database; the other, which had no request during the outage, must not go on
+    serving the same sessions from Redis once it is back, and neither may a process started later
+    (a respawned worker). Heal, once Redis answers, brings every process back to it."""
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)  # each call looks (the product: 5 s)
+    settings = {"working_memory_backend": "redis", "redis_url": own_redis.url}
+    first, second = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
+    s = {"sessionId": "shared"}
+    assert first("memory_working_set", **s, key="plan", value=1)["backend"] == "redis"
+    own_redis.stop()
+    assert first("memory_working_set", **s, key="plan", value=2)["usingFallback"] is True
+    own_redis.start()
+    got = second("memory_working_get", **s, key="plan")
+    assert got["backend"] == "sqlite" and got["usingFallback"] is True and got["value"] == 2
+    respawned = ToolCaller(make_runtime(**settings))
+    assert respawned("memory_working_get", **s, key="plan")["value"] == 2
+    assert respawned("health")["working_memory"]["usingFallback"] is True
+    check = respawned.rt.services["working_memory"].diagnose()[0]
+    assert check["status"] == "warn" and check["fixable"] is True and "heal" in check["fix"]
+
+    healed = first("diagnostics_heal")
+    assert any(d["name"] == "working_memory_backend" and d["fixed"] == 1 for d in healed["details"]), healed
+    assert first("memory_working_set", **s, key="plan", value=3)["backend"] == "redis"
+    for call in (first, second, respawned):
+        got = call("memory_working_get", **s, key="plan")
+        assert got["backend"] == "redis" and got["usingFallback"] is False and got["value"] == 3
+    assert second("health")["working_memory"]["status"] == "ok"
+
+
+def test_health_of_a_process_without_working_memory_calls_reports_the_stores_fallback(own_redis, make_runtime,
+                                                                                     monkeypatch):
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    settings = {"working_memory_backend": "redis", "redis_url": own_redis.url}
+    first, idle = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
+    own_redis.stop()
+    assert first("memory_working_set", sessionId="s", key="k", value=1)["usingFallback"] is True
+    assert idle("health")["working_memory"]["usingFallback"] is True
+    own_redis.start()
+    first("diagnostics_heal")
+    assert idle("health")["working_memory"] == {"status": "ok", "backend": "redis", "configuredBackend": "redis",
+                                                "usingFallback": False, "redisUrl": own_redis.url}
+
+
+def test_an_admin_command_that_cannot_reach_redis_leaves_the_servers_on_it(own_redis, make_runtime, monkeypatch):
+    from agentmemory_server.wiring import build_runtime
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    server = ToolCaller(make_runtime(working_memory_backend="redis", redis_url=own_redis.url))
+    elsewhere = server.rt.settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    tool = build_runtime(elsewhere, role="tool")  # `agentmemory ...` run on a machine without Redis
+    try:
+        assert tool.services["working_memory"].using_fallback
+    finally:
+        tool.close()
+    got = server("memory_working_set", sessionId="s", key="k", value=1)
+    assert got["backend"] == "redis" and got["usingFallback"] is False

@@ -356,15 +356,17 @@ def cmd_disconnect(settings: Settings, opts: argparse.Namespace) -> Any:
 
 def cmd_status(settings: Settings, opts: argparse.Namespace) -> Any:
     o = _connect_options(settings, opts)
+    # The server the hooks post to (AGENTMEMORY_URL when set: a team's server), with their token.
+    url, token = hook_client.server_address(opts.url, settings, os.environ)
     report: dict[str, Any] = {
-        "url": o.url,
-        "server": hook_client.probe(o.url, auth.client_token(settings)),
+        "url": url,
+        "server": hook_client.probe(url, token),
         "clients": connect.status(o),
         "hookEventsWaiting": hook_spool.count(hook_client.spool_folder(settings)),
     }
     if opts.json:
         return report
-    print(f"server  {o.url}: {report['server']}")
+    print(f"server  {url}: {report['server']}")
     if report["hookEventsWaiting"]:
         print(
             f"  {report['hookEventsWaiting']} hook event(s) wait in {hook_client.spool_folder(settings)}: "
@@ -399,7 +401,8 @@ def _add_agent_commands(commands: Any) -> None:
         sub = commands.add_parser(name, help=text)
         if name != "status":
             sub.add_argument("client", choices=names)
-        sub.add_argument("--url", help="server address (default: http://HOST:PORT from the settings)")
+        default = "AGENTMEMORY_URL, else http://HOST:PORT" if name == "status" else "http://HOST:PORT"
+        sub.add_argument("--url", help=f"server address (default: {default} from the settings)")
         sub.add_argument("--scope", choices=("user", "project"), default="user", help="user config or this project's")
         sub.add_argument("--no-token", action="store_true", help="never write the token (export AGENTMEMORY_SECRET)")
         if name == "connect":

@@ -46,7 +46,9 @@ def _settings(environ: Mapping[str, str]) -> Settings | None:
         return None
 
 
-def _server(given_url: str | None, settings: Settings | None, environ: Mapping[str, str]) -> tuple[str, str | None]:
+def server_address(
+    given_url: str | None, settings: Settings | None, environ: Mapping[str, str]
+) -> tuple[str, str | None]:
     """The server's address and this machine's token, the way every local client finds them."""
     url = given_url or environ.get("AGENTMEMORY_URL") or (local_url(settings) if settings else "http://127.0.0.1:3111")
     token = environ.get("AGENTMEMORY_SECRET") or (auth.client_token(settings) if settings else None)
@@ -87,7 +89,7 @@ def run(
     opts: argparse.Namespace, stdin: IO[bytes], stdout: IO[str], stderr: IO[str], environ: Mapping[str, str]
 ) -> int:
     settings = _settings(environ)
-    url, token = _server(opts.url, settings, environ)
+    url, token = server_address(opts.url, settings, environ)
     body = _for_server(stdin.read(MAX_STDIN_BYTES), opts.event)
     neutral = NEUTRAL.get(opts.client, "{}")
     folder = spool_folder(settings)
@@ -125,7 +127,7 @@ def drain_main(argv: list[str], environ: Mapping[str, str] = os.environ) -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server per event")
     opts = parser.parse_args(argv)
     settings = _settings(environ)
-    url, token = _server(opts.url, settings, environ)
+    url, token = server_address(opts.url, settings, environ)
     counts = hook_spool.drain(spool_folder(settings), lambda client, body: post(url, client, body, token, opts.timeout))
     print(json.dumps(counts))
     return 0

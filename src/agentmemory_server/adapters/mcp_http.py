@@ -20,7 +20,6 @@ import base64
 import json
 import logging
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -121,42 +120,44 @@ def call_tool(rt: Any, name: Any, arguments: Any, source: str) -> dict[str, Any]
 
 
 class Sessions:
-    """Handshake-era sessions: id -> negotiated version, bounded and expiring when idle.
-
-    Sessions only remember the negotiated version (for batching); nothing depends on them, so
-    losing them on restart costs a client one re-initialise.
+    """Handshake-era sessions. A session only remembers the negotiated version (for batching), so
+    its id carries it: 24 random hex digits, then the version's eight digits (2025-03-26:
+    ``20250326``). Any request process of any node reads an id another one issued; gunicorn's
+    workers and a team's nodes share no memory, and a table per process answered 404 to every
+    request that reached another process (the client's new initialize, landing anywhere, did not
+    help). An id that names no version we speak is unknown (404: initialize again). DELETE ends a
+    session in the process that answers it, which remembers the ended ids (the newest
+    ``capacity``); nothing else is kept, so nothing expires.
     """
 
-    def __init__(self, capacity: int = 1000, idle_seconds: float = 24 * 3600):
-        self.capacity, self.idle_seconds = capacity, idle_seconds
-        self._items: OrderedDict[str, tuple[str, float]] = OrderedDict()
+    def __init__(self, capacity: int = 1000):
+        self.capacity = capacity
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     def open(self, version: str) -> str:
-        sid = uuid.uuid4().hex
-        with self._lock:
-            self._items[sid] = (version, time.monotonic())
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return sid
+        return uuid.uuid4().hex[:24] + version.replace("-", "")
 
     def version(self, sid: str) -> str | None:
-        """The session's version (refreshing it), or None when unknown or expired."""
+        """The session's version, or None when the id is not one of ours or was ended here."""
+        digits = sid[-8:]
+        version = f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
+        if len(sid) != 32 or version not in HANDSHAKE_VERSIONS:
+            return None
         with self._lock:
-            item = self._items.get(sid)
-            if item is None or time.monotonic() - item[1] > self.idle_seconds:
-                self._items.pop(sid, None)
-                return None
-            self._items[sid] = (item[0], time.monotonic())
-            self._items.move_to_end(sid)
-            return item[0]
+            return None if sid in self._ended else version
 
     def end(self, sid: str) -> bool:
+        if self.version(sid) is None:
+            return False
         with self._lock:
-            return self._items.pop(sid, None) is not None
+            self._ended[sid] = None
+            while len(self._ended) > self.capacity:
+                self._ended.popitem(last=False)
+        return True
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "sessions": len(self._items), "versions": list(SUPPORTED_VERSIONS)}
+        return {"status": "ok", "ended": len(self._ended), "versions": list(SUPPORTED_VERSIONS)}
 
 
 def sessions_of(rt: Any) -> Sessions:
@@ -484,12 +485,7 @@ def _handle_handshake_era(rt: Any, message: Any, headers: dict[str, str], reques
     if sid and not starts_session:
         session_version = sessions_of(rt).version(sid)
         if session_version is None:  # the spec's signal to start a new session
-            return HttpReply(
-                404,
-                RpcError(
-                    INVALID_REQUEST, "Session not found: send initialize again", app_code=errors.SESSION_EXPIRED
-                ).body(_request_id(message)),
-            )
+            return _session_not_found("Session not found: send initialize again", _request_id(message))
     version = requested or session_version or DEFAULT_VERSION
     if isinstance(message, list):
         return _batch(rt, message, version)
@@ -573,4 +569,10 @@ def handle_delete(rt: Any, headers: Mapping[str, str]) -> HttpReply:
         return HttpReply(400, RpcError(INVALID_REQUEST, "Mcp-Session-Id header required").body(None))
     if sessions_of(rt).end(sid):
         return HttpReply(204)
-    return HttpReply(404, RpcError(INVALID_REQUEST, "Session not found", app_code=errors.SESSION_EXPIRED).body(None))
+    return _session_not_found("Session not found", None)
+
+
+def _session_not_found(message: str, request_id: Any) -> HttpReply:
+    """A 404 whose envelope says 404 too (an invalid request's default would say 400)."""
+    envelope = errors.envelope(404, message, errors.SESSION_EXPIRED)
+    return HttpReply(404, RpcError(INVALID_REQUEST, message, envelope).body(request_id))

@@ -18,6 +18,7 @@ import signal
 import threading
 from typing import Any
 
+from agentmemory_server import storage
 from agentmemory_server.adapters import logs
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.wiring import build_runtime
@@ -36,7 +37,8 @@ def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     rt = build_runtime(settings, role="worker")
-    log.info("background worker %d running on %s (mode %s)", os.getpid(), settings.database_path, settings.background)
+    store = storage.location(settings.database_path, settings.database_url)  # PostgreSQL: the URL, no password
+    log.info("background worker %d running on %s (mode %s)", os.getpid(), store, settings.background)
     try:
         while not stop.wait(1.0):
             if parent_pid is not None and os.getppid() != parent_pid:

@@ -22,7 +22,7 @@ from agentmemory_server.capture.observe import agent_observe, derive_event_id
 from agentmemory_server.capture.sessions import session_end, session_start
 from agentmemory_server.capture.spool import SpoolRefused, spool_service
 from agentmemory_server.errors import AppError, CapacityExceeded
-from agentmemory_server.kernel import registry
+from agentmemory_server.kernel import principals, registry
 from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, params, string, tool
 from agentmemory_server.kernel.util import estimate_tokens, iso, parse_time, truncate
@@ -55,6 +55,7 @@ def hook_event(ctx: Ctx, args: dict) -> dict:
     if event.skip:
         return mapper.reply(event, None)
     project = project_of(event.cwd)
+    principals.scope_project(ctx, project, f"hook_event {event.event}")  # a token valid for other projects
     # A start compiles its context first, so the block holds what earlier sessions left and not
     # the start that was just recorded.
     context = start_session(ctx, event, project) if event.lifecycle == START else None

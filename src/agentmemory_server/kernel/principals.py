@@ -184,9 +184,22 @@ def authorize(principal: Principal | None, tool: Any, args: dict[str, Any]) -> N
         )
     project = args.get("project")
     if isinstance(project, str) and not principal.allows_project(project):
-        raise Forbidden(
-            f"the token of {principal.name!r} is not valid for project {project!r}", code=errors.TOKEN_PROJECT
-        )
+        raise _not_for_project(principal, project)
+
+
+def _not_for_project(principal: Principal, project: str) -> Forbidden:
+    return Forbidden(f"the token of {principal.name!r} is not valid for project {project!r}", code=errors.TOKEN_PROJECT)
+
+
+def scope_project(ctx: Any, project: str | None, what: str) -> None:
+    """Refuse a project the request names by its content rather than by a ``project`` argument
+    (a hook's working directory), as ``scope_call`` refuses the argument: 403, counted."""
+    principal = ctx.principal
+    if principal is None or principal.is_admin_token or project is None or principal.allows_project(project):
+        return
+    refused = _not_for_project(principal, project)
+    ctx.rt.deny(refused.code, f"{what} as {principal.name}", ctx.source)
+    raise refused
 
 
 def scope_call(ctx: Any, tool: Any, args: dict[str, Any]) -> None:

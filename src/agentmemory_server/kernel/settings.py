@@ -270,7 +270,8 @@ SETTINGS: tuple[Setting, ...] = (
         "sqlite",
         _choice("sqlite", "redis"),
         "Working-memory store: `sqlite` (the database file) or `redis` (REDIS_URL). An unreachable "
-        "Redis falls back to SQLite until restart, reported in stats, /health and diagnose.",
+        "Redis moves every process sharing the database to SQLite until healed (POST /diagnostics/heal), "
+        "reported in stats, /health and diagnose.",
     ),
     Setting(
         "redis_url",

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from agentmemory_server.errors import AppError
+from agentmemory_server.kernel.util import WorkerFailures
 
 log = logging.getLogger("agentmemory.background")
 BEAT_SECONDS = 5.0
@@ -27,6 +28,9 @@ class BackgroundStatus:
         self.rt = rt
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # A database that does not answer misses every beat until it is back: one warning a
+        # minute, as the other loops say it, not a traceback every 5 s
+        self._missed = WorkerFailures(log, "worker heartbeat")
         if rt.role == "worker":
             self.beat()
             self._thread = threading.Thread(target=self._beat_loop, name="agentmemory-heartbeat", daemon=True)
@@ -57,10 +61,13 @@ class BackgroundStatus:
 
     def _beat_loop(self) -> None:
         while not self._stop.wait(BEAT_SECONDS):
-            try:
-                self.beat()
-            except Exception:  # noqa: BLE001 - a missed beat is not fatal
-                log.exception("worker heartbeat failed")
+            self.beat_or_say_why()
+
+    def beat_or_say_why(self) -> None:
+        try:
+            self.beat()
+        except Exception as exc:  # noqa: BLE001 - a missed beat is not fatal
+            self._missed.failed(exc)
 
     def health(self) -> dict[str, Any]:
         settings = self.rt.settings

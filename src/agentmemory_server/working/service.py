@@ -1,26 +1,47 @@
 """The ``working_memory`` subsystem: it picks a backend and falls back loudly.
 
 Fallback rule: with ``WORKING_MEMORY_BACKEND=redis``, an unreachable Redis at start-up or a
-connection failure later switches the process to the SQLite backend for good (until restart).
-The switch is logged at ERROR and reported in every working-memory response
-(``usingFallback``), in /health (status ``degraded``) and by ``diagnose()``. It never switches
-back on its own: flipping back would hide whatever was written to SQLite during the outage, so
-a session's data would silently split across two stores.
+connection failure later switches the process to the SQLite backend (the server's database). The
+switch is logged at ERROR and reported in every working-memory response (``usingFallback``), in
+/health (status ``degraded``) and by ``diagnose()``. It never switches back on its own: flipping
+back would hide whatever was written to the database during the outage, so a session's data would
+silently split across two stores.
+
+For the same reason the switch is the whole store's, not one process's: the first process to fall
+back records it in the database (``SqliteBackend.mark_fallback``), and every process of every node
+that shares the database follows the mark within ``FOLLOW_SECONDS``, a process started later (a
+respawned gunicorn worker, a restarted node) at once. Otherwise a worker that had no request
+during the outage, or one started after Redis came back, would serve the same sessions from Redis
+while its siblings serve them from the database. The fallback ends when an operator heals it
+(``POST /agentmemory/diagnostics/heal``) once Redis answers: the mark is removed and every process
+returns to Redis within ``FOLLOW_SECONDS``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from agentmemory_server.errors import AppError
 from agentmemory_server.working.model import SWEEP_SECONDS, BackendDown, Scope
 from agentmemory_server.working.redis_backend import RedisBackend, probe
 from agentmemory_server.working.sqlite_backend import SqliteBackend
 
 log = logging.getLogger("agentmemory.working")
+
+# How often a process reads the store's fallback mark: how long another process's fallback (or
+# its end) may take to reach it. As for token revocations, a few seconds is the promise; reading
+# it on every call would add a database read to every Redis operation.
+FOLLOW_SECONDS = 5.0
+HEAL_HINT = (
+    "once Redis answers, POST /agentmemory/diagnostics/heal returns every process of every node to it "
+    f"within {FOLLOW_SECONDS:g} s; working memory written during the outage stays in the database (wm_* "
+    "tables) and is not copied to Redis"
+)
 
 
 # -- the subsystem ---------------------------------------------------------------------------------
@@ -50,8 +71,14 @@ class WorkingMemory:
         self.fallback_reason: str | None = None
         self.fallback_since: str | None = None
         self._lock = threading.Lock()
+        self._following = threading.Lock()  # one thread of the process reads the mark and acts on it
+        self._mark_read_at: float | None = None
+        # An admin command (role "tool") run where Redis cannot be reached says nothing about the
+        # servers' Redis: it serves from the database itself but does not move the store there.
+        self._may_mark = rt.role != "tool"
         if self.configured == "redis":
             self._connect_redis()
+            self._follow_the_store()
         rt.every(SWEEP_SECONDS, "working_memory_sweep", self.sweep)
 
     def _connect_redis(self) -> None:
@@ -75,12 +102,13 @@ class WorkingMemory:
             out["warning"] = (
                 f"Redis is unavailable ({self.fallback_reason}); working memory is "
                 f"served from the SQLite fallback since {self.fallback_since} "
-                "until the server restarts"
+                "until the fallback is healed (POST /agentmemory/diagnostics/heal)"
             )
         return out
 
     def run(self, op: Callable[[Any], Any]) -> Any:
         """Run ``op(backend)``; if Redis is down, switch to SQLite (once, loudly) and rerun."""
+        self._follow_the_store()
         backend = self.backend
         try:
             return op(backend)
@@ -92,19 +120,82 @@ class WorkingMemory:
 
     def _fall_back(self, failed: Any, exc: Exception) -> None:
         with self._lock:
-            if self.fallback_reason is None:
+            first = self.fallback_reason is None
+            if first:
                 self.fallback_reason = str(exc)[:300] or type(exc).__name__
                 self.fallback_since = self.rt.clock.iso()
                 log.error(
                     "working memory: Redis at %s is unavailable (%s); using the SQLite "
-                    "fallback until restart. Working memory written to Redis before now is "
-                    "not visible through this server until then.",
+                    "fallback (the server's database) for every process sharing it, until "
+                    "POST /agentmemory/diagnostics/heal once Redis answers. Working memory written "
+                    "to Redis before now is not visible until then.",
                     mask_url(self.settings.redis_url),
                     self.fallback_reason,
                 )
             self.backend = self.sqlite
         if failed is not None:
             failed.close()
+        if first:
+            self._mark_the_store()
+
+    def _mark_the_store(self) -> None:
+        """Tell the other processes (and those started later) to serve from the database too."""
+        if not self._may_mark:
+            return
+        try:
+            self.sqlite.mark_fallback(self.fallback_since or self.rt.clock.iso(), self.fallback_reason or "")
+        except AppError as exc:  # the database is down too: nothing is served from it anyway
+            log.warning("working memory: could not record the fallback in the database (%s)", exc.message)
+
+    def _follow_the_store(self) -> None:
+        """Serve from where the store's mark says working memory is (read at most every
+        FOLLOW_SECONDS): onto the database when another process fell back, back to Redis when
+        the fallback was healed."""
+        if self.configured != "redis":
+            return
+        now = time.monotonic()
+        if self._mark_read_at is not None and now - self._mark_read_at < FOLLOW_SECONDS:
+            return
+        if not self._following.acquire(blocking=False):
+            return  # another thread is looking right now
+        try:
+            self._mark_read_at = now
+            mark = self.sqlite.fallback_mark()
+            if mark is not None and self.backend is not self.sqlite:
+                self._follow_fallback(mark)
+            elif mark is None and self.backend is self.sqlite and self._may_mark:
+                self._return_to_redis()
+        except AppError:
+            return  # the database cannot say: keep serving where we are
+        finally:
+            self._following.release()
+
+    def _follow_fallback(self, mark: dict[str, str]) -> None:
+        with self._lock:
+            if self.backend is self.sqlite:
+                return
+            failed, self.backend = self.backend, self.sqlite
+            self.fallback_reason = mark.get("reason") or "another process found Redis unavailable"
+            self.fallback_since = mark.get("since") or self.rt.clock.iso()
+        failed.close()
+        log.error(
+            "working memory: another process moved working memory to the SQLite fallback (the server's "
+            "database) at %s (%s); this one follows it until POST /agentmemory/diagnostics/heal",
+            self.fallback_since,
+            self.fallback_reason,
+        )
+
+    def _return_to_redis(self) -> None:
+        try:
+            redis = RedisBackend(self.settings.redis_url, self.settings.working_memory_redis_prefix, audit=self._audit)
+        except BackendDown as exc:
+            with self._lock:
+                self.fallback_reason = str(exc)[:300] or type(exc).__name__
+            self._mark_the_store()  # healed while Redis is down again: the store stays on the database
+            return
+        with self._lock:
+            self.backend, self.fallback_reason, self.fallback_since = redis, None, None
+        log.info("working memory: the fallback was healed; back on Redis at %s", mask_url(self.settings.redis_url))
 
     def _audit(self, operation: str, scope: Scope, message: str) -> None:
         """Audit row for a destructive Redis operation (SQLite ones audit in their transaction)."""
@@ -120,6 +211,7 @@ class WorkingMemory:
         return removed
 
     def health(self) -> dict[str, Any]:
+        self._follow_the_store()  # a process with no working-memory call yet reports the store's state
         body: dict[str, Any] = {
             "status": "degraded" if self.using_fallback else "ok",
             "backend": self.backend.name,
@@ -132,11 +224,12 @@ class WorkingMemory:
             body.update(
                 fallbackReason=self.fallback_reason,
                 fallbackSince=self.fallback_since,
-                recovery="stays on SQLite until restart",
+                recovery=HEAL_HINT,
             )
         return body
 
     def diagnose(self) -> list[dict[str, Any]]:
+        self._follow_the_store()
         check = {"name": "working_memory_backend", "category": "working_memory", "fixable": False}
         if self.configured == "sqlite":
             return [{**check, "status": "pass", "message": "SQLite backend (the server's database file)", "fix": None}]
@@ -159,9 +252,9 @@ class WorkingMemory:
                     **check,
                     "status": "warn",
                     "message": f"Redis at {where} answers again, but working memory stays on the SQLite "
-                    f"fallback (since {self.fallback_since}) until the server restarts",
-                    "fix": "restart the server to return to Redis; working memory written during the "
-                    "outage stays in SQLite (wm_* tables) and is not copied to Redis",
+                    f"fallback (since {self.fallback_since}) until the fallback is healed",
+                    "fix": HEAL_HINT,
+                    "fixable": True,
                 }
             ]
         return [
@@ -170,9 +263,22 @@ class WorkingMemory:
                 "status": "fail",
                 "message": f"WORKING_MEMORY_BACKEND=redis but Redis at {where} is unreachable "
                 f"({self.fallback_reason}); using the SQLite fallback since {self.fallback_since}",
-                "fix": "start Redis or correct REDIS_URL, then restart the server",
+                "fix": "start Redis or correct REDIS_URL, then heal (POST /agentmemory/diagnostics/heal)",
             }
         ]
+
+    def heal(self, dry_run: bool) -> list[dict[str, Any]]:
+        """End the store's fallback once Redis answers: this process returns to Redis now, every
+        other one (every node's) within FOLLOW_SECONDS."""
+        if self.configured != "redis" or not self.using_fallback or not probe(self.settings.redis_url):
+            return []
+        detail = {"name": "working_memory_backend", "category": "working_memory", "wouldFix": 1}
+        if dry_run:
+            return [{**detail, "fixed": 0}]
+        self.sqlite.clear_fallback_mark()
+        self._mark_read_at = None
+        self._follow_the_store()
+        return [{**detail, "fixed": 0 if self.using_fallback else 1}]
 
     def close(self) -> None:
         if self.backend is not self.sqlite:

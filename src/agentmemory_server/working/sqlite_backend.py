@@ -21,6 +21,12 @@ from agentmemory_server.working.model import (
     restored,
 )
 
+# Where the database says working memory moved to it from Redis (service.py: every process and
+# node follows this mark). A key no request can write (user keys never start with '_') in a scope
+# no request can name (a request's project and session are never empty).
+FALLBACK_SCOPE = ("", "", "")
+FALLBACK_KEY = "_redis_fallback"
+
 
 class SqliteBackend:
     """Working memory in the server's SQLite file (wm_* tables); every method is one
@@ -151,6 +157,22 @@ class SqliteBackend:
 
     def session_scopes(self, session: str) -> list[Scope]:
         return [Scope(p, a, session) for p, a in self.db.reader().working.session_scopes(session)]
+
+    def fallback_mark(self) -> dict[str, str] | None:
+        """``{since, reason}`` of the fallback every process must follow, or None."""
+        row = self.db.reader().working.kv_get(FALLBACK_SCOPE, FALLBACK_KEY, 0.0)
+        return json.loads(row[0]) if row else None
+
+    def mark_fallback(self, since: str, reason: str) -> None:
+        """Record the fallback; the first process to record it keeps its time and reason."""
+        with self.db.transaction("working_fallback") as tx:
+            if tx.working.kv_get(FALLBACK_SCOPE, FALLBACK_KEY, 0.0) is None:
+                mark = codec.dumps({"since": since, "reason": reason})
+                tx.working.kv_put_many(FALLBACK_SCOPE, [(FALLBACK_KEY, mark, None)], self._iso())
+
+    def clear_fallback_mark(self) -> bool:
+        with self.db.transaction("working_fallback_end") as tx:
+            return tx.working.kv_delete(FALLBACK_SCOPE, FALLBACK_KEY, 0.0)
 
     def close(self) -> None:
         """The database belongs to the runtime; nothing to release."""

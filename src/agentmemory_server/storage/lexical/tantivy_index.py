@@ -636,7 +636,12 @@ class TantivyLexical:
             claim.applied(self.node, start_seq, time.time(), keep_seconds=KEEP_APPLIED_SECONDS)
         total = feed.active_count()
         self.building = {"done": 0, "total": total}
-        log.warning("building the lexical index of %d records in %s (searches use FTS5 meanwhile)", total, self.dir)
+        log.warning(
+            "building the lexical index of %d records in %s (the database's own full text answers meanwhile: "
+            "FTS5 on SQLite, PostgreSQL's on PostgreSQL)",
+            total,
+            self.dir,
+        )
         writer.delete_all_documents()
         after = 0
         while rows := feed.documents_after(after, APPLY_BATCH):
