@@ -248,6 +248,11 @@ def test_status_asks_the_server_the_hooks_post_to(home: Path, server: LiveServer
     server, not say a local one on the default port is not reachable."""
     report = json.loads(agentmemory(home, "status", "--json", AGENTMEMORY_URL=server.url).stdout)
     assert report["url"] == server.url and report["server"].startswith("up (HTTP 200)"), report
+    # and connect writes that server into the agent's config when no --url is given
+    done = agentmemory(home, "connect", "claude-code", "--yes", AGENTMEMORY_URL=server.url)
+    assert done.returncode == 0, done.stderr
+    hooks = client_schemas.load_json(home / ".claude" / "settings.json")["hooks"]
+    assert hooks["PostToolUse"][-1]["hooks"][-1]["url"] == f"{server.url}/agentmemory/hooks/claude-code"
 
 
 def test_connect_before_the_server_ever_ran_creates_the_token_it_will_use(tmp_path: Path) -> None:

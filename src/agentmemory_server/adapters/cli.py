@@ -401,8 +401,9 @@ def _add_agent_commands(commands: Any) -> None:
         sub = commands.add_parser(name, help=text)
         if name != "status":
             sub.add_argument("client", choices=names)
-        default = "AGENTMEMORY_URL, else http://HOST:PORT" if name == "status" else "http://HOST:PORT"
-        sub.add_argument("--url", help=f"server address (default: {default} from the settings)")
+        sub.add_argument(
+            "--url", help="server address (default: AGENTMEMORY_URL, else http://HOST:PORT from the settings)"
+        )
         sub.add_argument("--scope", choices=("user", "project"), default="user", help="user config or this project's")
         sub.add_argument("--no-token", action="store_true", help="never write the token (export AGENTMEMORY_SECRET)")
         if name == "connect":

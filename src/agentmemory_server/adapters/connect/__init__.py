@@ -94,11 +94,13 @@ def options(
     cwd: Path | None = None,
 ) -> Options:
     """Options from the settings and flags; the token is only included where it will be written
-    (AGENTMEMORY_SECRET already in the environment means the agent gets it from there)."""
+    (AGENTMEMORY_SECRET already in the environment means the agent gets it from there). The server
+    is ``url``, else AGENTMEMORY_URL (a team's server, as ``hook`` and ``status`` read it), else
+    this machine's."""
     token = auth.client_token(settings)
     in_env = bool(os.environ.get("AGENTMEMORY_SECRET"))
     return Options(
-        url=(url or local_url(settings)).rstrip("/"),
+        url=(url or os.environ.get("AGENTMEMORY_URL") or local_url(settings)).rstrip("/"),
         scope=scope,
         home=home or Path.home(),
         cwd=cwd or Path.cwd(),
