@@ -367,3 +367,32 @@ def test_an_unexpected_exception_on_a_call_answers_an_error(rt):
     assert reply == {"id": "q1", "ok": False, "error": "internal error; see the server log",
                      "code": "internal_error", "status": 500}
     assert _ws_request(rt, '{"id": 2, "tool": "memory_sessions"}')["ok"] is True
+
+
+def test_a_socket_closed_here_after_an_unanswered_ping_ends_its_reader_without_an_error(monkeypatch):
+    # The library's ping timer closes a peer that stopped answering; when this side has closed the
+    # socket since the last ping (a viewer over the limit, lagging, a server stopping), the timer's
+    # close raised ConnectionClosed and the reader thread died with a traceback in the server's log.
+    from simple_websocket import Server
+
+    from agentmemory_server.adapters.stream import ReaderThread
+
+    errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    ours, peer = socket.socketpair()
+    environ = {"gunicorn.socket": ours, "HTTP_HOST": "127.0.0.1", "HTTP_CONNECTION": "Upgrade",
+               "HTTP_UPGRADE": "websocket", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+               "HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(os.urandom(16)).decode()}
+    ws = Server.accept(environ, ping_interval=0.2, thread_class=ReaderThread)
+    try:
+        peer.settimeout(5)
+        seen = b""
+        while b"\x89" not in seen.split(b"\r\n\r\n", 1)[-1]:  # the upgrade's answer, then a ping frame
+            seen += peer.recv(4096)
+        ws.close()  # this side closes, as the hub does; the peer never answers the ping
+        ws.thread.join(timeout=5)
+        assert not ws.thread.is_alive() and not ws.connected
+        assert errors == []
+    finally:
+        peer.close()
+        ours.close()  # the server (gunicorn) closes the connection's socket when the handler returns

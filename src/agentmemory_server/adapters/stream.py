@@ -34,6 +34,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from simple_websocket import ConnectionClosed
+
 from agentmemory_server.errors import CapacityExceeded
 from agentmemory_server.kernel import principals
 from agentmemory_server.kernel.events import (
@@ -91,11 +93,23 @@ def shut(ws: Any) -> None:
 
 class ReaderThread(threading.Thread):
     """The WebSocket library's per-socket reader thread, as a daemon: after a close it may wait
-    in select() until its next ping, and must not hold the worker process open meanwhile."""
+    in select() until its next ping, and must not hold the worker process open meanwhile.
+
+    Its ping timer closes a peer that stopped answering pings, and ``close()`` raises
+    ``ConnectionClosed`` when the socket is no longer open. When this side closed the same socket
+    a moment before (a viewer over the limit, one lagging, a server stopping), the two closes race
+    and the library's thread died with a traceback in the log. Both meant to close it: that is
+    not an error."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs["daemon"] = True
         super().__init__(*args, **kwargs)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except ConnectionClosed:
+            log.debug("a WebSocket closed by this side and by its ping timer at once")
 
 
 class StreamSession:
