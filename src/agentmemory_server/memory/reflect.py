@@ -108,10 +108,12 @@ def touched_files(text: str, observations: list[dict], limit: int) -> str | None
     cwd = cwds.most_common(1)[0][0] if cwds else None
     listed: list[str] = []
     for line in lines[keep:]:
-        named = file_as_named(cwd, line[2:]) if line.startswith("- ") else None
-        entry = line if not line.startswith("- ") else f"- {named}" if named else None
-        if entry is not None and (entry not in listed or not entry.startswith("- ")):
-            listed.append(entry)
+        if not line.startswith("- "):
+            listed.append(line)  # not an entry: kept as it was written
+            continue
+        named = file_as_named(cwd, line[2:])
+        if named and f"- {named}" not in listed:
+            listed.append(f"- {named}")
     touched = dict.fromkeys(f for o in observations for f in files_as_named(o))
     new = [f"- {f}" for f in touched if f"- {f}" not in listed][:MAX_NEW_FILES]
     if lines[keep:] == listed and not new:
