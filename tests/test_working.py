@@ -620,3 +620,30 @@ def test_a_redis_url_is_checked_when_the_settings_are_read(redis_server, make_ru
             Settings.from_env({"REDIS_URL": wrong})
         assert f"REDIS_URL: expected redis://host:port/db (or rediss://, unix://), {found}" in str(refused.value)
         assert "hunter2" not in str(refused.value)
+
+
+def test_a_scope_leaves_the_database_only_once_redis_has_it_and_never_during_a_fallback(make_runtime):
+    """The database's half of moving working memory to Redis when a fallback is healed (on each
+    store: SQLite, and PostgreSQL in its pass)."""
+    from agentmemory_server.working.model import BackendDown, Scope
+
+    h = Harness(make_runtime(), [0.0])
+    sqlite = h.service.sqlite
+    h.set("k", 1, sessionId="s")
+    scope = Scope("default", "default", "s")
+    assert sqlite.held_scopes() == [scope]
+
+    def redis_gone(copy):
+        raise BackendDown("ConnectionError: refused")
+
+    with pytest.raises(BackendDown):
+        sqlite.hand_over(scope, 0.0, redis_gone)
+    assert h.get("k", sessionId="s")["value"] == 1  # nothing removed
+    sqlite.mark_fallback("2026-12-07T00:00:00Z", "Redis went away again")
+    taken = []
+    assert sqlite.hand_over(scope, 0.0, taken.append) is None and taken == []
+    assert sqlite.held_scopes() == [scope]  # the fallback's own mark is not a scope
+    sqlite.clear_fallback_mark()
+    copy = sqlite.hand_over(scope, 0.0, taken.append)
+    assert copy is not None and taken == [copy] and [key[:2] for key in copy.keys] == [("k", "1")]
+    assert sqlite.held_scopes() == []

@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import uuid
 
+import pytest
 import redis
 
-from conftest import ToolCaller, free_port
+from conftest import RedisServer, ToolCaller, free_port
 
 VALUES = {
     "tuple": (1, 2, (3, 4)), "ints": [0, -1, 2**63, 2**70], "floats": [1.5, 0.1, -2.0, 1e-7],
@@ -170,3 +171,81 @@ def test_an_admin_command_that_cannot_reach_redis_leaves_the_servers_on_it(own_r
         tool.close()
     got = server("memory_working_set", sessionId="s", key="k", value=1)
     assert got["backend"] == "redis" and got["usingFallback"] is False
+
+
+@pytest.fixture
+def durable_redis(tmp_path):
+    """A redis-server that keeps its data when stopped and started (an append-only file), as a
+    deployment's does."""
+    workdir = tmp_path / "durable-redis"
+    workdir.mkdir()
+    server = RedisServer(workdir, ("--appendonly", "yes"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_heal_moves_what_was_written_during_the_outage_to_redis(durable_redis, make_runtime):
+    """Keys, task, scratchpad and checkpoints written to the database while Redis was down are
+    the session's latest: after heal they are read from Redis, with what Redis held before."""
+    own_redis = durable_redis
+    call = ToolCaller(make_runtime(working_memory_backend="redis", redis_url=own_redis.url))
+    s = {"sessionId": "s"}
+    call("memory_working_set", **s, key="kept", value="from before")
+    call("memory_working_set", **s, key="plan", value="old plan")
+    call("memory_working_task", **s, operation="set", taskId="t1", totalSteps=4)
+    call("memory_working_scratchpad", **s, operation="append", content="note before")
+    before = call("memory_working_checkpoint", **s, operation="create", description="before")["checkpointId"]
+    own_redis.stop()
+    assert call("memory_working_set", **s, key="plan", value="new plan")["usingFallback"] is True
+    call("memory_working_set", **s, key="during", value={"n": 2}, ttlSeconds=3600)
+    task = call("memory_working_task", **s, operation="set", taskId="t2", totalSteps=2)
+    call("memory_working_scratchpad", **s, operation="append", content="note during")
+    during = call("memory_working_checkpoint", **s, operation="create", description="during")["checkpointId"]
+    call("memory_working_set", sessionId="other", key="only", value="in the outage")
+    own_redis.start()
+
+    healed = call("diagnostics_heal")
+    detail = next(d for d in healed["details"] if d["name"] == "working_memory_backend")
+    assert detail["fixed"] == 1 and detail["movedScopes"] == 2, detail
+    values = call("memory_working_get", **s, operation="all")
+    assert values["backend"] == "redis" and values["values"] == {
+        "kept": "from before", "plan": "new plan", "during": {"n": 2}}
+    assert 0 < call("memory_working_get", **s, key="during")["ttlRemainingSeconds"] <= 3600
+    assert call("memory_working_get", sessionId="other", key="only")["value"] == "in the outage"
+    got = call("memory_working_task", **s, operation="get")
+    # Both stores had reached version 1: the moved task gets a version neither gave out, so an
+    # update expecting either stale one is refused rather than applied to the wrong task.
+    assert got["task"]["taskId"] == "t2" and task["version"] == 1 and got["version"] == 2
+    assert call("memory_working_task", **s, operation="update_progress", advance=1,
+                expectedVersion=2)["version"] == 3
+    assert call("memory_working_scratchpad", **s, operation="get")["entries"] == ["note before", "note during"]
+    listed = call("memory_working_checkpoint", **s, operation="list")["checkpoints"]
+    assert [c["checkpointId"] for c in listed] == [before, during]
+    restored = call("memory_working_checkpoint", **s, operation="restore", checkpointId=during)
+    assert restored["restoredKeys"] == 2 and restored["backend"] == "redis"  # plan and during
+    assert call.rt.services["working_memory"].sqlite.held_scopes() == []  # nothing left behind
+
+
+def test_writes_of_a_process_that_had_not_yet_followed_the_heal_reach_redis_at_the_sweep(
+        own_redis, make_runtime, monkeypatch):
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    settings = {"working_memory_backend": "redis", "redis_url": own_redis.url}
+    first, slow = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
+    own_redis.stop()
+    assert first("memory_working_set", sessionId="s", key="a", value=1)["usingFallback"] is True
+    assert slow("memory_working_get", sessionId="s", key="a")["usingFallback"] is True
+    own_redis.start()
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 3600.0)  # `slow` will not look again soon
+    first("diagnostics_heal")
+    late = slow("memory_working_set", sessionId="s", key="late", value=2)
+    assert late["backend"] == "sqlite"  # written to the database after the heal moved it
+    assert first("memory_working_get", sessionId="s", key="late")["found"] is False
+    first.rt.jobs.run_now("working_memory_sweep")
+    got = first("memory_working_get", sessionId="s", key="late")
+    assert got["backend"] == "redis" and got["value"] == 2
+    assert first("memory_working_get", sessionId="s", key="a")["value"] == 1
+

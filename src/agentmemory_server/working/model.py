@@ -42,6 +42,20 @@ class Scope:
         return {"project": self.project, "agentId": self.agent, "sessionId": self.session}
 
 
+@dataclass(frozen=True)
+class ScopeCopy:
+    """Everything one scope holds, as stored (JSON text), for moving it between backends."""
+
+    keys: list[tuple[str, str, float | None]]  # live (key, value JSON, absolute expiry)
+    task: tuple[str, int] | None  # (task JSON, version)
+    scratch: list[dict]  # {content, timestamp}, oldest first
+    checkpoints: list[tuple[str, str, str]]  # (checkpoint id, meta JSON, snapshot JSON), oldest first
+
+    @property
+    def empty(self) -> bool:
+        return not (self.keys or self.task or self.scratch or self.checkpoints)
+
+
 class BackendDown(Exception):
     """The backend's server cannot be reached (connection refused, reset or timed out)."""
 

@@ -41,6 +41,7 @@ from agentmemory_server.storage.sqlite.working import glob_filter
 from agentmemory_server.working.model import (
     BackendDown,
     Scope,
+    ScopeCopy,
     build_snapshot,
     capacity_error,
     checkpoint_meta,
@@ -385,6 +386,56 @@ class RedisBackend:
         if deleted:
             self._audit("checkpoint_delete", scope, f"checkpoint {checkpoint_id} deleted")
         return deleted
+
+    # ---- moving a scope in from the database (the end of a fallback)
+    @_guarded
+    def absorb(self, scope: Scope, copy: ScopeCopy, *, scratch_cap: int, keep_checkpoints: int) -> None:
+        """Add, in one transaction, a scope's working memory written to the database during a
+        Redis outage. It is the newer: its keys and task replace Redis's, its scratchpad entries
+        follow Redis's and its checkpoints Redis's (the usual caps then drop the oldest)."""
+        k = {p: self._k(scope, p) for p in ("kv", "exp", "task", "scratch", "cps", "cpmeta", "cpdata", "cpseq")}
+
+        def attempt(pipe: Any) -> None:
+            current = int(pipe.hget(k["task"], "version") or 0)
+            seq = int(pipe.get(k["cpseq"]) or 0)
+            held = [cid for cid in pipe.zrange(k["cps"], 0, -1) if cid not in {c[0] for c in copy.checkpoints}]
+            pipe.multi()
+            self._absorb_keys(pipe, k, copy.keys)
+            if copy.task is not None:
+                task, version = copy.task
+                # The version a client read during the outage stays valid, unless Redis's
+                # older task had got further: then a new one, so no stale version matches.
+                pipe.hset(k["task"], mapping={"task": task, "version": version if version > current else current + 1})
+            if copy.scratch:
+                pipe.rpush(k["scratch"], *[codec.dumps(e) for e in copy.scratch])
+                pipe.ltrim(k["scratch"], -scratch_cap, -1)
+            for checkpoint_id, meta, snapshot in copy.checkpoints:
+                seq += 1
+                pipe.zadd(k["cps"], {checkpoint_id: seq})
+                pipe.hset(k["cpmeta"], checkpoint_id, meta)
+                pipe.hset(k["cpdata"], checkpoint_id, snapshot)
+                pipe.set(k["cpseq"], seq)
+            every = held + [c[0] for c in copy.checkpoints]
+            pruned = every[: max(0, len(every) - keep_checkpoints)]
+            if pruned:
+                pipe.zrem(k["cps"], *pruned)
+                pipe.hdel(k["cpmeta"], *pruned)
+                pipe.hdel(k["cpdata"], *pruned)
+            pipe.sadd(self._scopes, self._token(scope))
+
+        self._transaction(attempt, k["task"], k["cps"], k["cpseq"])
+
+    @staticmethod
+    def _absorb_keys(pipe: Any, k: dict[str, str], keys: list[tuple[str, str, float | None]]) -> None:
+        if not keys:
+            return
+        pipe.hset(k["kv"], mapping={key: value for key, value, _e in keys})
+        expiring = {key: e for key, _v, e in keys if e is not None}
+        lasting = [key for key, _v, e in keys if e is None]
+        if expiring:
+            pipe.zadd(k["exp"], expiring)
+        if lasting:
+            pipe.zrem(k["exp"], *lasting)
 
     # ---- stats, sweep, discovery
     @_guarded

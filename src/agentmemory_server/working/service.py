@@ -15,10 +15,18 @@ during the outage, or one started after Redis came back, would serve the same se
 while its siblings serve them from the database. The fallback ends when an operator heals it
 (``POST /agentmemory/diagnostics/heal``) once Redis answers: the mark is removed and every process
 returns to Redis within ``FOLLOW_SECONDS``.
+
+What was written to the database meanwhile is then moved to Redis, so no session loses it: by each
+process as it returns, and by the sweep for writes of a process that had not yet followed the
+heal. Each scope moves in one database transaction that first checks the mark (a new fallback
+stops the move), hands the scope to Redis in one Redis transaction, then deletes it: a Redis
+failure leaves it in the database. The moved data is the newer, so its keys win; a key deleted
+during the outage but still in Redis from before it comes back (no tombstones are kept).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -27,7 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from agentmemory_server.errors import AppError
-from agentmemory_server.working.model import SWEEP_SECONDS, BackendDown, Scope
+from agentmemory_server.working.model import SWEEP_SECONDS, BackendDown, Scope, ScopeCopy
 from agentmemory_server.working.redis_backend import RedisBackend, probe
 from agentmemory_server.working.sqlite_backend import SqliteBackend
 
@@ -39,8 +47,7 @@ log = logging.getLogger("agentmemory.working")
 FOLLOW_SECONDS = 5.0
 HEAL_HINT = (
     "once Redis answers, POST /agentmemory/diagnostics/heal returns every process of every node to it "
-    f"within {FOLLOW_SECONDS:g} s; working memory written during the outage stays in the database (wm_* "
-    "tables) and is not copied to Redis"
+    f"within {FOLLOW_SECONDS:g} s and moves the working memory written during the outage to Redis"
 )
 
 
@@ -73,6 +80,7 @@ class WorkingMemory:
         self._lock = threading.Lock()
         self._following = threading.Lock()  # one thread of the process reads the mark and acts on it
         self._mark_read_at: float | None = None
+        self.moved_at_return = 0  # scopes this process moved from the database when it last returned to Redis
         # An admin command (role "tool") run where Redis cannot be reached says nothing about the
         # servers' Redis: it serves from the database itself but does not move the store there.
         self._may_mark = rt.role != "tool"
@@ -196,6 +204,38 @@ class WorkingMemory:
         with self._lock:
             self.backend, self.fallback_reason, self.fallback_since = redis, None, None
         log.info("working memory: the fallback was healed; back on Redis at %s", mask_url(self.settings.redis_url))
+        self.moved_at_return = self._move_to_redis(redis)
+
+    def _move_to_redis(self, redis: RedisBackend) -> int:
+        """Move working memory held in the database to Redis, scope by scope; returns how many
+        scopes moved. Stops when the store falls back again (the database is then where it lives)."""
+        now, moved = self.rt.clock.time(), 0
+        settings = self.settings
+
+        def deliver(scope: Scope, copy: ScopeCopy) -> None:
+            redis.absorb(
+                scope,
+                copy,
+                scratch_cap=settings.working_memory_max_items_per_session,
+                keep_checkpoints=settings.working_memory_max_checkpoints,
+            )
+
+        try:
+            for scope in self.sqlite.held_scopes():
+                if self.sqlite.hand_over(scope, now, functools.partial(deliver, scope)) is None:
+                    break
+                moved += 1
+        except BackendDown as exc:
+            self._fall_back(redis, exc)
+        except AppError as exc:  # the database cannot say: what is left there moves at the next sweep
+            log.warning("working memory: could not move the database's working memory to Redis (%s)", exc.message)
+        if moved:
+            log.warning(
+                "working memory: moved the working memory of %d session scope(s) written to the database "
+                "during the Redis outage to Redis",
+                moved,
+            )
+        return moved
 
     def _audit(self, operation: str, scope: Scope, message: str) -> None:
         """Audit row for a destructive Redis operation (SQLite ones audit in their transaction)."""
@@ -208,6 +248,10 @@ class WorkingMemory:
         removed = self.sqlite.sweep(now)
         if self.backend is not self.sqlite:
             removed += self.run(lambda b: b.sweep(now) if b is not self.sqlite else 0)
+        backend = self.backend
+        if isinstance(backend, RedisBackend) and self._may_mark:
+            # Written to the database by a process that had not yet followed the heal.
+            self._move_to_redis(backend)
         return removed
 
     def health(self) -> dict[str, Any]:
@@ -278,7 +322,7 @@ class WorkingMemory:
         self.sqlite.clear_fallback_mark()
         self._mark_read_at = None
         self._follow_the_store()
-        return [{**detail, "fixed": 0 if self.using_fallback else 1}]
+        return [{**detail, "fixed": 0 if self.using_fallback else 1, "movedScopes": self.moved_at_return}]
 
     def close(self) -> None:
         if self.backend is not self.sqlite:

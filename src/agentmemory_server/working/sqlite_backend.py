@@ -13,6 +13,7 @@ from agentmemory_server.storage import codec
 from agentmemory_server.storage.interfaces import Database
 from agentmemory_server.working.model import (
     Scope,
+    ScopeCopy,
     build_snapshot,
     capacity_error,
     checkpoint_meta,
@@ -157,6 +158,38 @@ class SqliteBackend:
 
     def session_scopes(self, session: str) -> list[Scope]:
         return [Scope(p, a, session) for p, a in self.db.reader().working.session_scopes(session)]
+
+    def held_scopes(self) -> list[Scope]:
+        """Every scope with working memory in the database (the fallback's mark is not one)."""
+        return [Scope(*key) for key in self.db.reader().working.held_scopes() if key != FALLBACK_SCOPE]
+
+    def hand_over(self, scope: Scope, now: float, deliver: Callable[[ScopeCopy], None]) -> ScopeCopy | None:
+        """Give the scope's working memory to ``deliver`` and remove it from the database, in one
+        transaction: if ``deliver`` raises, nothing is removed. Refused (None, nothing moves)
+        while the store is on the fallback: then the database is where working memory lives."""
+        with self._tx("move_to_redis", scope) as tx:
+            if tx.working.kv_get(FALLBACK_SCOPE, FALLBACK_KEY, 0.0) is not None:
+                return None
+            task = tx.working.task_get(scope.key)
+            checkpoints = []
+            for _seq, meta in tx.working.checkpoint_list(scope.key):
+                checkpoint_id = json.loads(meta)["checkpointId"]
+                found = tx.working.checkpoint_get(scope.key, checkpoint_id)
+                if found is not None:
+                    checkpoints.append((checkpoint_id, found[0], found[1]))
+            copy = ScopeCopy(
+                keys=[(k, v, e) for k, v, e in tx.working.kv_items(scope.key, now) if v is not None],
+                task=(task[0], task[1]) if task else None,
+                scratch=[{"content": c, "timestamp": t} for c, t in tx.working.scratch_list(scope.key)],
+                checkpoints=checkpoints,
+            )
+            deliver(copy)
+            tx.working.kv_clear(scope.key, now)
+            tx.working.task_delete(scope.key)
+            tx.working.scratch_clear(scope.key)
+            for checkpoint_id, _meta, _snapshot in checkpoints:
+                tx.working.checkpoint_delete(scope.key, checkpoint_id)
+        return copy
 
     def fallback_mark(self) -> dict[str, str] | None:
         """``{since, reason}`` of the fallback every process must follow, or None."""

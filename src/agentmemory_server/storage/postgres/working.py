@@ -10,7 +10,7 @@ from typing import Any
 
 from agentmemory_server.storage.interfaces import WMScope
 from agentmemory_server.storage.postgres.common import Unit
-from agentmemory_server.storage.sqlite.working import glob_filter
+from agentmemory_server.storage.sqlite.working import HELD_SCOPES, glob_filter
 
 _WM = "project = %s AND agent = %s AND session = %s"
 _LIVE = "(expires_at IS NULL OR expires_at > %s)"
@@ -205,3 +205,6 @@ class PgWorkingStore:
             (session, session, session),
         )
         return [(r[0], r[1]) for r in rows]
+
+    def held_scopes(self) -> list[WMScope]:
+        return [(r[0], r[1], r[2]) for r in self.conn.execute(HELD_SCOPES)]

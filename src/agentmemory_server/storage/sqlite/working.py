@@ -16,6 +16,14 @@ from agentmemory_server.storage.interfaces import WMScope
 from agentmemory_server.storage.sqlite.common import Unit, dumps
 
 _WM = "project = ? AND agent = ? AND session = ?"
+# Every scope with a row in any working-memory table (no parameters: both stores run it as is).
+HELD_SCOPES = (
+    " UNION ".join(
+        f"SELECT project, agent, session FROM {table}"
+        for table in ("wm_kv", "wm_task", "wm_scratchpad", "wm_checkpoint")
+    )
+    + " ORDER BY 1, 2, 3"
+)
 _glob_local = threading.local()
 
 
@@ -229,3 +237,7 @@ class SqliteWorkingStore:
             (session, session, session),
         )
         return [(r[0], r[1]) for r in rows]
+
+    def held_scopes(self) -> list[WMScope]:
+        """Every scope holding any working memory (keys, task, scratchpad or checkpoints)."""
+        return [(r[0], r[1], r[2]) for r in self.conn.execute(HELD_SCOPES)]
