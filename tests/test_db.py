@@ -238,6 +238,45 @@ def test_writes_queued_behind_the_writer_commit_as_one_group_each_with_its_own_o
 
 
 @pytest.mark.sqlite_only
+def test_a_write_that_waits_past_the_lock_wait_is_refused_and_never_runs_later(tmp_path):
+    """A request process waits ``lock_wait`` for its writer lock, not forever: past it the call
+    hears ``database_busy`` and is taken back out of the queue, so no later group stores what its
+    caller was told was not stored."""
+    db = Database(tmp_path / "x.db", now=Clock().iso, background=False, lock_wait=0.2)
+    outcomes: dict[str, object] = {}
+
+    def attempt(name: str, call) -> None:
+        try:
+            outcomes[name] = call()
+        except Exception as exc:  # noqa: BLE001
+            outcomes[name] = getattr(exc, "code", type(exc).__name__)
+
+    def queued_write():
+        return db.write("late", lambda tx: tx.records.set("mem:x", "late", 1, now="t"))
+
+    def transaction():
+        with db.transaction("late_tx") as tx:
+            tx.records.set("mem:x", "late_tx", 1, now="t")
+
+    try:
+        with db.transaction("hold") as tx:  # a writer of this process that does not let go
+            tx.records.set("mem:x", "held", 1, now="t")
+            threads = [threading.Thread(target=attempt, args=(n, f)) for n, f in
+                       (("write", queued_write), ("transaction", transaction))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=10)
+        assert outcomes == {"write": "database_busy", "transaction": "database_busy"}
+        assert db._queue._queued == []
+        db.write("next", lambda tx: tx.records.set("mem:x", "next", 1, now="t"))  # a later group
+        reader = db.reader()
+        assert [k for k in ("held", "late", "late_tx", "next") if reader.records.get("mem:x", k)] == ["held", "next"]
+    finally:
+        db.close()
+
+
+@pytest.mark.sqlite_only
 def test_a_group_that_cannot_begin_fails_every_write_in_it(tmp_path):
     """Writes refused before the transaction starts (here: the disk reserve) all hear why, and
     none is half-stored."""

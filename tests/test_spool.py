@@ -2,7 +2,8 @@
 capture inbox, wait on this node's disk and are stored, in order, once it can.
 
 The database here is a real SQLite file held locked by another connection (as a long write in
-another process would hold it), with the busy timeout cut so a test does not wait 30 s. The
+another process would hold it), with the lock wait cut so a test does not wait for it (but for
+the last test, which runs a real server with its default wait). The
 PostgreSQL case (the database gone) is in test_postgres.py, a restart in between in
 test_damaged_database.py."""
 
@@ -17,10 +18,10 @@ import time
 from contextlib import contextmanager
 
 import pytest
+import requests
 
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.capture import spool
-from agentmemory_server.storage.sqlite import database as sqlite_database
 from conftest import hook
 
 pytestmark = pytest.mark.sqlite_only
@@ -29,16 +30,16 @@ CWD = "/home/u/shop"
 
 
 @pytest.fixture
-def locked_app(make_runtime, monkeypatch):
-    monkeypatch.setattr(sqlite_database, "BUSY_TIMEOUT_SECONDS", 0.2)
-    rt = make_runtime()
+def locked_app(make_runtime):
+    rt = make_runtime(lock_wait_seconds=0.2)
     return rt, create_app(runtime=rt).test_client()
 
 
 @contextmanager
-def write_locked(rt):
+def write_locked(rt_or_path):
     """Another connection holds the write lock: every write waits out the busy timeout."""
-    other = sqlite3.connect(rt.db.path, isolation_level=None, timeout=5)
+    path = getattr(getattr(rt_or_path, "db", None), "path", rt_or_path)
+    other = sqlite3.connect(path, isolation_level=None, timeout=5)
     other.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -156,3 +157,35 @@ def test_the_spool_folder_is_under_the_data_dir_with_its_tilde_expanded(make_run
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     rt = make_runtime(data_dir="~/.agentmemory")
     assert rt.services["capture_spool"].folder == tmp_path / "home" / ".agentmemory" / "server-spool"
+
+
+def test_while_another_process_holds_the_write_lock_a_hook_is_answered_before_it_gives_up(live_server, tmp_path):
+    """A real server with its default lock wait, and the command Claude Code's durable hooks run
+    (which waits 10 s for the server, then keeps the event on the agent's machine). Before, a
+    hook event waited 30 s for the lock, then 30 s more to be kept in the capture inbox (in the
+    same locked database), then went to the spool: the agent stalled for the hook's whole timeout
+    on every event, and the client kept a second copy."""
+    server = live_server()
+    home = tmp_path / "agent-home"
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("AGENTMEMORY_DATA_DIR", None)
+
+    def run_hook(event: str, **fields):
+        payload = {"session_id": "cc-lock", "cwd": CWD, "hook_event_name": event, **fields}
+        done = subprocess.run([sys.executable, "-m", "agentmemory_server.adapters.entry", "hook", "claude-code",
+                               "--url", server.url], input=json.dumps(payload), capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert done.returncode == 0 and not done.stderr, done.stderr  # the server's answer, in time
+        return done
+
+    with write_locked(server.db_path):
+        run_hook("SessionStart", source="startup")  # a start waits once, not once per write
+        run_hook("PostToolUse", tool_name="Edit", tool_use_id="t-1", tool_response={"success": True},
+                 tool_input={"file_path": f"{CWD}/src/retry.ts", "old_string": "a", "new_string": "b"})
+        capture = requests.get(server.api("/capture"), timeout=10).json()
+        assert capture["spool"]["events"] == 2 and capture["inbox"]["pending"] == 0, capture
+    assert not (home / ".agentmemory").exists()  # nothing kept on the agent's side: the server has it
+    drained = requests.post(server.api("/capture/drain"), json={}, timeout=30).json()
+    assert drained["results"][0]["recovered"] == 2, drained
+    stored = requests.get(server.api("/observations"), params={"sessionId": "cc-lock"}, timeout=10).json()
+    assert sorted(o["hookType"] for o in stored["observations"]) == ["post_tool_use", "session_start"]

@@ -18,6 +18,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from agentmemory_server.capture.clients import MAPPERS
 from agentmemory_server.capture.clients.base import END, START, TURN_END, HookEvent
+from agentmemory_server.capture.inbox import inbox_service
 from agentmemory_server.capture.observe import agent_observe, derive_event_id
 from agentmemory_server.capture.sessions import session_end, session_start
 from agentmemory_server.capture.spool import SpoolRefused, spool_service
@@ -168,6 +169,7 @@ def start_session(ctx: Ctx, event: HookEvent, project: str | None) -> str | None
         if exc.status < 500:
             raise
         log.warning("session %s starts without its context block: %s", event.session_id, exc.message)
+        inbox_service(ctx).note_busy(exc)  # its start event goes to the spool without a second wait
         return None
     if ctx.rt.settings.hook_context == "off" or not started["context"]:
         return None

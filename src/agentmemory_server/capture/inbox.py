@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +54,34 @@ class CaptureInbox:
         self.inbox_max = settings.capture_inbox_max
         self.dead_max = settings.capture_dead_max
         self.since_start: Counter = Counter()
+        # The last time a write of this process found the database's write lock taken past its
+        # wait (monotonic), and that error: events spool straight away for as long again.
+        self._busy: tuple[float, AppError] | None = None
+
+    def note_busy(self, exc: Exception) -> None:
+        """Remember a write refused because the write lock stayed taken (``database_busy``)."""
+        if isinstance(exc, AppError) and exc.code == errors.DATABASE_BUSY:
+            self._busy = (time.monotonic(), exc)
+
+    def recently_busy(self) -> AppError | None:
+        """The busy error of the last ``lock_wait`` seconds, if any: another wait for the same
+        lock would most likely end the same way, after the client has given up."""
+        if self._busy is None:
+            return None
+        at, exc = self._busy
+        if time.monotonic() - at > self.rt.settings.lock_wait_seconds:
+            self._busy = None
+            return None
+        return exc
+
+    def spool_while_busy(self, ctx: Ctx, prepared: Any, agent_given: str | None, busy: AppError) -> Reply | None:
+        """Keep an event in the spool without waiting for the lock again; None when the spool
+        cannot take it (then the caller tries the database after all)."""
+        entry = self.pending_entry(ctx, prepared, agent_given, busy)
+        try:
+            return spool_service(ctx).keep_observation(entry, busy, durability(ctx, self.rt.clock.iso()))
+        except SpoolRefused:
+            return None
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next attempt after ``attempts`` failed ones."""
@@ -109,6 +138,11 @@ class CaptureInbox:
     def keep_for_retry(self, ctx: Ctx, prepared: Any, agent_given: str | None, exc: Exception) -> Reply:
         """Keep an event whose storing failed, for the background retry. When the database cannot
         take it either, it waits in this node's capture spool; 503 when neither can keep it."""
+        self.note_busy(exc)
+        if self._busy is not None and self._busy[1] is exc:
+            # The inbox is in the same database, behind the same lock: another wait would end
+            # the same way, long after the agent's hook gave up. The spool keeps it at once.
+            return self._spool(ctx, prepared, agent_given, exc, exc)
         try:
             entry = self.put_pending(ctx, prepared, agent_given, exc)
         except Unavailable as refused:

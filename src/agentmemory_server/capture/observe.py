@@ -137,6 +137,11 @@ def agent_observe(ctx: Ctx, args: dict) -> Reply:
     refused = inbox_service(ctx).tool_filter.refuses(prepared.tool_name)
     if refused:
         return inbox_service(ctx).keep_filtered(ctx, prepared.obs, args.get("agentId"), refused)
+    busy = inbox_service(ctx).recently_busy()
+    if busy is not None:
+        kept = inbox_service(ctx).spool_while_busy(ctx, prepared, args.get("agentId"), busy)
+        if kept is not None:
+            return kept
     try:
         return store_observation(ctx, prepared.obs, args.get("agentId"), prepared=prepared)
     except CapacityExceeded as exc:

@@ -204,6 +204,9 @@ class Runtime:
             url=settings.database_url,
             pool_size=settings.database_pool,
             node=settings.node_id,
+            # A request answers before its client gives up (hooks wait 10-15 s; their events go
+            # to the capture spool); the worker and admin commands can afford to wait longer.
+            lock_wait=settings.lock_wait_seconds if role == "server" else None,
         )
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay

@@ -50,6 +50,16 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         "one fsync per write, a few ms each).",
     ),
     Setting(
+        "lock_wait_seconds",
+        ("AGENTMEMORY_LOCK_WAIT_SECONDS",),
+        5.0,
+        _positive_float,
+        "SQLite: how long a request waits for the database's write lock (held by another process, such as a "
+        "`sqlite3` shell in a transaction) before it answers 503 `database_busy`; a hook event waits in the "
+        "capture spool instead. Keep it under your agents' hook timeouts (10-15 s). The background worker and "
+        "admin commands wait 30 s.",
+    ),
+    Setting(
         "startup_check_seconds",
         ("AGENTMEMORY_STARTUP_CHECK_SECONDS",),
         1.0,

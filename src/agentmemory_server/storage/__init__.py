@@ -37,6 +37,7 @@ def open_database(
     url: str | None = None,
     pool_size: int = 10,
     node: str | None = None,
+    lock_wait: float | None = None,
 ) -> Database:
     """Open (creating and migrating as needed) the database: PostgreSQL when ``url`` is a
     ``postgresql://`` URL, else the SQLite file at ``path``.
@@ -61,6 +62,8 @@ def open_database(
     :param pool_size: PostgreSQL connections this process may open.
     :param node: PostgreSQL: this node's name among those sharing the database (default: host
         name and index directory).
+    :param lock_wait: SQLite: seconds a write waits for the write lock before ``database_busy``
+        (default 30).
     """
     builtin = lexical_engine in ("builtin", "fts5")
     if url:
@@ -95,6 +98,7 @@ def open_database(
         lexical_engine="fts5" if builtin else lexical_engine,
         lexical_weights=lexical_weights,
         background=background,
+        lock_wait=lock_wait,
     )
 
 

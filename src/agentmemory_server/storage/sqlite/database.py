@@ -54,7 +54,8 @@ from agentmemory_server.storage.sqlite.write_gate import ProcessWriteGate
 
 log = logging.getLogger("agentmemory.storage")
 T = TypeVar("T")
-# How long a statement waits for another process's write lock before the request gets a 503.
+# How long a statement waits for another process's write lock before it fails with database_busy,
+# unless the opener says otherwise (``lock_wait``: a request process waits less than its clients).
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
@@ -185,8 +186,10 @@ class Database:
         lexical_engine: str = "tantivy",
         lexical_weights: Mapping[str, float] | None = None,
         background: bool = True,
+        lock_wait: float | None = None,
     ):
         self.path = Path(path)
+        self.lock_wait = BUSY_TIMEOUT_SECONDS if lock_wait is None else lock_wait
         self.bounds = QueueBounds(queue_limits or {})
         self._synchronous = "FULL" if fsync_every_commit else "NORMAL"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +197,7 @@ class Database:
         self.blobs = BlobStore(images_dir(self.path))  # the bytes of the images (ImageIndex)
         self._now = now
         self._lock = threading.RLock()
-        self._gate = ProcessWriteGate(self.path)  # orders the writers of other processes too
+        self._gate = ProcessWriteGate(self.path, timeout=self.lock_wait)  # orders other processes' writers too
         self._queue = WriteQueue()  # ``write`` calls waiting for a thread to commit them
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -277,7 +280,7 @@ class Database:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA cache_size = -16000")
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {int((BUSY_TIMEOUT_SECONDS if readonly else self.lock_wait) * 1000)}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA temp_store = MEMORY")
         return conn
@@ -499,7 +502,7 @@ class Database:
         if outer is not None:
             yield outer
             return
-        with self._lock, self._gate:
+        with self._writer_turn(), self._gate:
             conn = self._begin()
             store = self._write_unit()
             self._local.tx = store
@@ -529,10 +532,34 @@ class Database:
         if outer is not None:
             return work(outer)
         queued: Queued[T] = self._queue.put(operation, work, agent_id)
-        with self._lock:
+        if not self._lock.acquire(timeout=self.lock_wait):
+            if self._queue.withdraw(queued):  # no group took it: nothing of it ran
+                raise self._lock_taken()
+            self._lock.acquire()  # a group is running it: its outcome comes within that group's wait
+        try:
             if not queued.finished:  # no thread took it into its group: lead one
                 self._commit_group(self._queue.take())
+        finally:
+            self._lock.release()
         return queued.outcome()
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """This process's writer lock, waited for at most ``lock_wait`` seconds (the thread that
+        holds it may itself be waiting for another process's lock)."""
+        if not self._lock.acquire(timeout=self.lock_wait):
+            raise self._lock_taken()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _lock_taken(self) -> Unavailable:
+        return Unavailable(
+            f"the database's write lock stayed taken for over {self.lock_wait:g} s; retry shortly",
+            code=errors.DATABASE_BUSY,
+            retry_after=1,
+        )
 
     def _commit_group(self, group: list[Queued[Any]]) -> None:
         try:

@@ -71,6 +71,15 @@ class WriteQueue:
             self._queued.append(queued)
         return queued
 
+    def withdraw(self, queued: Queued[Any]) -> bool:
+        """Take back a call no group has taken yet (its caller gives up waiting); False when a
+        group already has it."""
+        with self._lock:
+            if queued in self._queued:
+                self._queued.remove(queued)
+                return True
+        return False
+
     def take(self) -> list[Queued[Any]]:
         with self._lock:
             taken, self._queued = self._queued, []
