@@ -224,7 +224,10 @@ def test_roles_decide_where_loops_run():
 
 
 def test_several_request_processes_of_a_node_run_one_background_worker(live_server):
-    server = live_server(env={"EMBEDDING_PROVIDER": "hash", "AGENTMEMORY_WORKERS": "3", "AGENTMEMORY_THREADS": "8"})
+    # Kept-alive connections outlast the waits below (the backlog's embedding can take more than the
+    # default 5 s on a loaded machine), so each pinned session stays with its request process.
+    server = live_server(env={"EMBEDDING_PROVIDER": "hash", "AGENTMEMORY_WORKERS": "3", "AGENTMEMORY_THREADS": "8",
+                              "AGENTMEMORY_KEEPALIVE": "120"})
 
     def seen(sessions: list[requests.Session]) -> tuple[set[int], set[int], set[int]]:
         """Asked of every request process: workers alive in the database, and supervisors that spawned or

@@ -336,6 +336,31 @@ def test_token_prompt_and_authenticated_stream(watched, secured, shots):
     assert page.evaluate("sessionStorage.length + localStorage.length") == 0
 
 
+def test_logging_out_asks_nothing_more_of_the_api_while_the_page_reloads(watched, secured):
+    """Log out drops the token and reloads the page. The reload waits for the server; a refresh
+    that ran meanwhile (every 5 s once the live stream is closed) asked the API without the token,
+    and each of its requests was a 401 in the server's auth log (seen under load in the suite)."""
+    import time
+
+    page = watched.page
+    page.goto(f"{secured.url}/viewer")
+    page.fill("#auth-token", SECRET)
+    page.click("#auth-submit")
+    expect(page.locator("#conn-text")).to_have_text("live")
+    asked: list[str] = []  # API requests sent without the token
+    page.on("request", lambda r: asked.append(r.url) if "/agentmemory/" in r.url
+            and "authorization" not in r.headers else None)
+
+    def slow_reload(route):
+        time.sleep(7)  # longer than the refresh interval: a refresh runs before the new page comes
+        route.continue_()
+
+    page.route(f"{secured.url}/viewer", slow_reload)
+    page.click("#logout")
+    expect(page.locator("#auth")).to_be_visible(timeout=20000)
+    assert asked == [], asked  # the new page asks for the token before it asks the API anything
+
+
 def test_dashboard_counts_refused_requests_and_observations_show_thumbnails(watched, tmp_path, shots):
     """A hook with a wrong token exits 0 and its event is lost: the dashboard must show the
     refusals. Images moved to the image store come back as thumbnails (fetched with the token)."""
