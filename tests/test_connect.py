@@ -320,3 +320,22 @@ def test_durable_hooks_keep_claude_code_events_while_no_server_answers(home: Pat
     hooks = client_schemas.load_json(home / ".claude" / "settings.json")["hooks"]
     assert hooks["PostToolUse"][-1]["hooks"] == [{**hooks["PostToolUse"][-1]["hooks"][0], "type": "http"}]
     assert len(hooks["PostToolUse"]) == 2 and hooks["SessionStart"][-1]["hooks"][-1]["type"] == "command"
+
+
+def test_connect_refuses_an_address_that_is_not_http_and_quotes_an_ipv6_one(home: Path) -> None:
+    # A typo in --url used to be written into every hook command ("--url not a url" split into
+    # three arguments) and the agent's hooks failed later, far from the cause.
+    before = snapshot(home)
+    for bad in ("not a url", "ftp://mem.example.com", "http://mem.example.com:port", "http://[::1"):
+        done = agentmemory(home, "connect", "codex", "--yes", "--url", bad)
+        assert done.returncode == 1 and "http://HOST:PORT" in done.stderr, (bad, done.stdout, done.stderr)
+    assert snapshot(home) == before
+    # An IPv6 loopback address is written quoted: its brackets are a glob in the shell the agent
+    # runs the hook in, and zsh (failglob here) refuses a glob that matches nothing.
+    assert agentmemory(home, "connect", "codex", "--yes", "--url", "http://[::1]:9").returncode == 0
+    command = client_schemas.load_json(home / ".codex" / "hooks.json")["hooks"]["Stop"][-1]["hooks"][-1]["command"]
+    stop = {"session_id": "cx-v6", "hook_event_name": "Stop", "cwd": str(home / "project"), "turn_id": "t1"}
+    done = subprocess.run(["bash", "-O", "failglob", "-c", command], input=json.dumps(stop), capture_output=True,
+                          text=True, timeout=60, env=env_for(home), cwd=home / "project")
+    # nothing listens there: the command keeps the event and gives the agent its neutral answer
+    assert done.returncode == 0 and json.loads(done.stdout) == {} and "kept in" in done.stderr, done.stderr

@@ -12,6 +12,7 @@ import os
 import shlex
 import shutil
 import sys
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 from agentmemory_server.adapters.connect import agents, others
 from agentmemory_server.adapters.connect.core import Change, Edit, Manifest, Options, apply, diff, plan, revert
 from agentmemory_server.adapters.hook_client import local_url
+from agentmemory_server.errors import InvalidInput
 from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.settings import Settings
 
@@ -98,9 +100,11 @@ def options(
     is ``url``, else AGENTMEMORY_URL (a team's server, as ``hook`` and ``status`` read it), else
     this machine's."""
     token = auth.client_token(settings)
+    source = "--url" if url else "AGENTMEMORY_URL" if os.environ.get("AGENTMEMORY_URL") else "the settings' HOST:PORT"
+    server = (url or os.environ.get("AGENTMEMORY_URL") or local_url(settings)).rstrip("/")
     in_env = bool(os.environ.get("AGENTMEMORY_SECRET"))
     return Options(
-        url=(url or os.environ.get("AGENTMEMORY_URL") or local_url(settings)).rstrip("/"),
+        url=checked_url(server, source),
         scope=scope,
         home=home or Path.home(),
         cwd=cwd or Path.cwd(),
@@ -112,6 +116,26 @@ def options(
         data_dir=settings.secret_path.parent,
         durable_hooks=durable_hooks,
     )
+
+
+def checked_url(url: str, source: str) -> str:
+    """``url`` when it is an http(s) address with a host: every hook command and MCP entry is built
+    from it, and a typo would otherwise be written into each agent's config, to fail there later."""
+    if not _is_http_address(url):
+        raise InvalidInput(
+            f"{source} {url!r} is not the server's address: give it as http://HOST:PORT",
+            field="url",
+        )
+    return url
+
+
+def _is_http_address(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:  # an unclosed IPv6 bracket, a port out of range
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
 
 
 def _manifest(o: Options, name: str) -> Manifest:

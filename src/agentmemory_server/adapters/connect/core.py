@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import json
 import os
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,9 @@ class Options:
     durable_hooks: bool = False
 
     def hook(self, client: str, *extra: str) -> str:
-        return " ".join([self.hook_command, "hook", client, *extra, "--url", self.url])
+        # The agent runs this line in a shell (zsh for many): an IPv6 address's brackets are a glob
+        # there, which zsh refuses to leave unmatched, so the address is quoted where it needs it.
+        return " ".join([self.hook_command, "hook", client, *extra, "--url", shlex.quote(self.url)])
 
 
 @dataclass(frozen=True)
