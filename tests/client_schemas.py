@@ -41,7 +41,7 @@ CLAUDE_SETTINGS = {"type": "object", "properties": {
 # Claude Code: "SessionStart ... Only type: command and type: mcp_tool hooks are supported."
 CLAUDE_SESSION_START = {"type": "array", "items": {"properties": {"hooks": {"items": COMMAND}}}}
 CODEX_EVENTS = ["SessionStart", "PreToolUse", "PermissionRequest", "PostToolUse", "PreCompact", "PostCompact",
-                "UserPromptSubmit", "SubagentStart", "SubagentStop", "Stop"]
+                "UserPromptSubmit", "SubagentStart", "SubagentStop", "Stop", "SessionEnd"]
 GEMINI_EVENTS = ["SessionStart", "SessionEnd", "BeforeAgent", "AfterAgent", "BeforeModel", "AfterModel",
                  "BeforeToolSelection", "BeforeTool", "AfterTool", "PreCompress", "Notification"]
 GEMINI_HANDLER = {**COMMAND, "properties": {**COMMAND["properties"], "name": STR, "timeout": {"type": "integer",
@@ -107,6 +107,9 @@ def _claude(home: Path, project: Path) -> list[Path]:
 
 def _codex(home: Path, project: Path) -> list[Path]:
     check(home / ".codex" / "hooks.json", {"type": "object", "properties": {"hooks": nested_hooks(CODEX_EVENTS, COMMAND)}})
+    # Codex caps SessionEnd hooks at 3 s (PR openai/codex#33895) and warns at every start above that
+    session_end = load_json(home / ".codex" / "hooks.json")["hooks"].get("SessionEnd", [])
+    assert all(h.get("timeout", 1) <= 3 for group in session_end for h in group["hooks"]), session_end
     config = tomllib.loads((home / ".codex" / "config.toml").read_text())
     server = config["mcp_servers"]["agentmemory"]
     assert server["command"].endswith("agentmemory-mcp") and server["args"] == []

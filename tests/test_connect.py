@@ -339,3 +339,23 @@ def test_connect_refuses_an_address_that_is_not_http_and_quotes_an_ipv6_one(home
                           text=True, timeout=60, env=env_for(home), cwd=home / "project")
     # nothing listens there: the command keeps the event and gives the agent its neutral answer
     assert done.returncode == 0 and json.loads(done.stdout) == {} and "kept in" in done.stderr, done.stderr
+
+
+def test_codex_session_end_ends_the_session(home: Path, server: LiveServer) -> None:
+    # Codex runs SessionEnd at teardown (since July 2026; input session_id, transcript_path, cwd,
+    # hook_event_name, reason "other"). connect used to register no SessionEnd and the server stored
+    # it as "other", so a Codex session stayed active until the idle finalizer.
+    assert connect(home, "codex", server.url).returncode == 0
+    hooks = client_schemas.load_json(home / ".codex" / "hooks.json")["hooks"]
+    end = hooks["SessionEnd"][-1]["hooks"][-1]
+    assert end["timeout"] <= 3  # Codex's cap for SessionEnd
+    base = {"session_id": "cx-end", "transcript_path": None, "cwd": str(home / "project")}
+    run_shell(hooks["SessionStart"][-1]["hooks"][-1]["command"], {**base, "hook_event_name": "SessionStart",
+                                                                  "source": "startup", "model": "gpt-5-codex"},
+              home, home / "project")
+    assert run_shell(end["command"], {**base, "hook_event_name": "SessionEnd", "reason": "other"},
+                     home, home / "project") == {}
+    assert [o["hookType"] for o in observations(server, "cx-end")] == ["session_start", "session_end"]
+    session = requests.get(server.api("/session"), params={"sessionId": "cx-end"},
+                           headers={"Authorization": f"Bearer {SECRET}"}, timeout=10).json()["session"]
+    assert session["status"] == "completed" and session["project"] == "project"

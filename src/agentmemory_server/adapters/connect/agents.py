@@ -125,7 +125,10 @@ def claude_code(o: Options) -> list[Edit]:
 
 # -- Codex CLI ---------------------------------------------------------------------------------------------
 
-CODEX_EVENTS = ("SessionStart", "UserPromptSubmit", "PostToolUse", "PreCompact", "SubagentStop", "Stop")
+CODEX_EVENTS = ("SessionStart", "UserPromptSubmit", "PostToolUse", "PreCompact", "SubagentStop", "Stop", "SessionEnd")
+# Codex runs SessionEnd during teardown and caps its timeout at 3 s (warning at every start when a
+# hook asks for more); the server ends a session well within that.
+CODEX_SESSION_END_TIMEOUT = 3
 
 
 def toml_string(value: str) -> str:
@@ -134,8 +137,13 @@ def toml_string(value: str) -> str:
 
 def codex(o: Options) -> list[Edit]:
     base = root(o, ".codex", ".codex")
-    handler = {"type": "command", "command": o.hook("codex"), "timeout": HOOK_TIMEOUT}
-    edits = [jsonfile.edit(base / "hooks.json", *hookconfig.nested({e: {"hooks": [handler]} for e in CODEX_EVENTS}))]
+
+    def handler(event: str) -> dict[str, Any]:
+        timeout = CODEX_SESSION_END_TIMEOUT if event == "SessionEnd" else HOOK_TIMEOUT
+        return {"type": "command", "command": o.hook("codex"), "timeout": timeout}
+
+    groups = {event: {"hooks": [handler(event)]} for event in CODEX_EVENTS}
+    edits = [jsonfile.edit(base / "hooks.json", *hookconfig.nested(groups))]
     if o.mcp == "http":
         body = f'[mcp_servers.agentmemory]\nurl = {toml_string(o.url + "/mcp")}\nbearer_token_env_var = "{TOKEN_VAR}"\n'
     else:

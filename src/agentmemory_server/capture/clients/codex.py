@@ -2,7 +2,8 @@
 
 Codex runs command hooks only, with Claude-Code-shaped stdin: ``session_id``, ``cwd``,
 ``hook_event_name``, ``turn_id``, and per event ``source``, ``prompt``, ``tool_name``/``tool_input``/
-``tool_use_id``/``tool_response``, ``trigger``. SessionStart and UserPromptSubmit take
+``tool_use_id``/``tool_response``, ``trigger``; SessionEnd (teardown of the session, since July 2026)
+``reason``. SessionStart and UserPromptSubmit take
 ``hookSpecificOutput.additionalContext``; Stop and SubagentStop require a JSON object on stdout, so
 every answer is an object (``{}`` when there is nothing to say).
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 from agentmemory_server.capture.clients import claude_code
 from agentmemory_server.capture.clients.base import (
+    END,
     START,
     TURN_END,
     HookEvent,
@@ -38,9 +40,11 @@ EVENTS = {
     "SubagentStart": "subagent_start",
     "SubagentStop": "subagent_stop",
     "Stop": "stop",
+    "SessionEnd": "session_end",
 }
-# Codex has no session-end event: Stop ends a turn, the session stays open for the next one.
-LIFECYCLE = {"SessionStart": START, "Stop": TURN_END}
+# Stop ends a turn, the session stays open for the next one; SessionEnd ends it (Codex builds
+# before it leave the session to the idle finalizer).
+LIFECYCLE = {"SessionStart": START, "Stop": TURN_END, "SessionEnd": END}
 CONTEXT_EVENTS = ("SessionStart", "UserPromptSubmit", "SubagentStart")
 
 
