@@ -359,3 +359,16 @@ def test_codex_session_end_ends_the_session(home: Path, server: LiveServer) -> N
     session = requests.get(server.api("/session"), params={"sessionId": "cx-end"},
                            headers={"Authorization": f"Bearer {SECRET}"}, timeout=10).json()["session"]
     assert session["status"] == "completed" and session["project"] == "project"
+
+
+def test_status_asks_the_server_connect_wrote_into_the_configs(home: Path, server: LiveServer) -> None:
+    # Connected with --url (a server on another port), `status` used to ask this machine's default
+    # address and say "not reachable" while every hook reached the server it was given.
+    assert connect(home, "codex", server.url).returncode == 0
+    assert connect(home, "cursor", server.url).returncode == 0
+    report = json.loads(agentmemory(home, "status", "--json").stdout)
+    assert report["url"] == server.url and report["server"].startswith("up (HTTP 200)"), report
+    assert {row["client"]: row["url"] for row in report["clients"] if row["connected"]} == \
+        {"codex": server.url, "cursor": server.url}
+    said = agentmemory(home, "status").stdout
+    assert f"server  {server.url}: up (HTTP 200) (written for codex, cursor)" in said, said

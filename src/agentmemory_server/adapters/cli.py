@@ -354,23 +354,33 @@ def cmd_disconnect(settings: Settings, opts: argparse.Namespace) -> Any:
     return None
 
 
+def _status_servers(settings: Settings, opts: argparse.Namespace, clients: list[dict[str, Any]]) -> dict[str, Any]:
+    """The servers the connected agents reach: --url, else AGENTMEMORY_URL (a team's server), else
+    the one address ``connect`` wrote into them all, else this machine's; each one asked once."""
+    written = sorted({row["url"] for row in clients if row.get("url")})
+    given = opts.url or os.environ.get("AGENTMEMORY_URL") or (written[0] if len(written) == 1 else None)
+    url, token = hook_client.server_address(given, settings, os.environ)
+    servers = {address: hook_client.probe(address, token) for address in dict.fromkeys([url, *written])}
+    return {"url": url, "server": servers[url], "servers": servers}
+
+
 def cmd_status(settings: Settings, opts: argparse.Namespace) -> Any:
-    o = _connect_options(settings, opts)
-    # The server the hooks post to (AGENTMEMORY_URL when set: a team's server), with their token.
-    url, token = hook_client.server_address(opts.url, settings, os.environ)
+    clients = connect.status(_connect_options(settings, opts))
     report: dict[str, Any] = {
-        "url": url,
-        "server": hook_client.probe(url, token),
-        "clients": connect.status(o),
+        **_status_servers(settings, opts, clients),
+        "clients": clients,
         "hookEventsWaiting": hook_spool.count(hook_client.spool_folder(settings)),
     }
     if opts.json:
         return report
-    print(f"server  {url}: {report['server']}")
+    for address, state in report["servers"].items():
+        users = [row["client"] for row in clients if row.get("url") == address]
+        print(f"server  {address}: {state}" + (f" (written for {', '.join(users)})" if users else ""))
     if report["hookEventsWaiting"]:
         print(
             f"  {report['hookEventsWaiting']} hook event(s) wait in {hook_client.spool_folder(settings)}: "
-            "the next hook call that reaches the server sends them (or run `agentmemory hook-drain`)"
+            "the next hook call that reaches the server sends them "
+            f"(or run `agentmemory hook-drain --url {report['url']}`)"
         )
     for row in report["clients"]:
         state = "connected" if row["connected"] else "-"

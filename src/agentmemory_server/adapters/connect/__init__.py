@@ -189,13 +189,23 @@ def connected_files(name: str, o: Options) -> list[str]:
 
 
 def status(o: Options) -> list[dict[str, Any]]:
+    """Each client: whether its config holds agentmemory's entries, and the server ``connect``
+    wrote into them (``url``, None when unknown)."""
     rows = []
     for name, client in CLIENTS.items():
         try:
             files = connected_files(name, o)
         except others.ScopeError:
             files = []
+        url = _manifest(o, name).url if files else None
         rows.append(
-            {"client": name, "title": client.title, "hooks": client.hooks, "connected": bool(files), "files": files}
+            {
+                "client": name,
+                "title": client.title,
+                "hooks": client.hooks,
+                "connected": bool(files),
+                "files": files,
+                "url": url,
+            }
         )
     return rows
