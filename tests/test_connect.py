@@ -372,3 +372,16 @@ def test_status_asks_the_server_connect_wrote_into_the_configs(home: Path, serve
         {"codex": server.url, "cursor": server.url}
     said = agentmemory(home, "status").stdout
     assert f"server  {server.url}: up (HTTP 200) (written for codex, cursor)" in said, said
+
+
+def test_cursor_project_mcp_over_http_is_refused_not_written_with_the_token(home: Path, server: LiveServer) -> None:
+    # Cursor documents no variable expansion in mcp.json, so --mcp http writes the token itself;
+    # at project scope that file is .cursor/mcp.json, which the team commits.
+    before = snapshot(home)
+    done = agentmemory(home, "connect", "cursor", "--yes", "--scope", "project", "--mcp", "http", "--url", server.url)
+    assert done.returncode == 1 and "--mcp stdio" in done.stderr and "--scope user" in done.stderr, done.stderr
+    assert snapshot(home) == before and not (home / "project" / ".cursor").exists()
+    assert SECRET not in done.stdout + done.stderr
+    # the user's own file (outside any repository) still takes it, 0600
+    assert agentmemory(home, "connect", "cursor", "--yes", "--mcp", "http", "--url", server.url).returncode == 0
+    assert (home / ".cursor" / "mcp.json").stat().st_mode & 0o777 == 0o600

@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from agentmemory_server.adapters.connect import agents, others
-from agentmemory_server.adapters.connect.core import Change, Edit, Manifest, Options, apply, diff, plan, revert
+from agentmemory_server.adapters.connect.core import (
+    Change,
+    Edit,
+    Manifest,
+    Options,
+    ScopeError,
+    apply,
+    diff,
+    plan,
+    revert,
+)
 from agentmemory_server.adapters.hook_client import local_url
 from agentmemory_server.errors import InvalidInput
 from agentmemory_server.kernel import auth
@@ -195,7 +205,7 @@ def status(o: Options) -> list[dict[str, Any]]:
     for name, client in CLIENTS.items():
         try:
             files = connected_files(name, o)
-        except others.ScopeError:
+        except ScopeError:
             files = []
         url = _manifest(o, name).url if files else None
         rows.append(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agentmemory_server.adapters.connect import hookconfig, jsonfile
-from agentmemory_server.adapters.connect.core import Edit, Options
+from agentmemory_server.adapters.connect.core import Edit, Options, ScopeError
 from agentmemory_server.adapters.connect.jsonfile import Doc
 from agentmemory_server.adapters.connect.textblocks import toml_block
 
@@ -175,6 +175,11 @@ def cursor(o: Options) -> list[Edit]:
     handler = {"command": o.hook("cursor"), "timeout": HOOK_TIMEOUT}
     hooks = hookconfig.flat(dict.fromkeys(CURSOR_EVENTS, handler), extra={"version": 1})
     edits = [jsonfile.edit(base / "hooks.json", *hooks)]
+    if o.mcp == "http" and o.scope == "project":
+        raise ScopeError(
+            "Cursor documents no variable expansion in mcp.json, so --mcp http writes the token into it, "
+            "and a project's .cursor/mcp.json is committed: use --mcp stdio (the default) or --scope user"
+        )
     if o.mcp == "http":  # Cursor documents no variable expansion for headers: the token is written, 0600
         server: dict[str, Any] = {"url": f"{o.url}/mcp", "headers": {"Authorization": f"Bearer {o.token or ''}"}}
         edits.append(

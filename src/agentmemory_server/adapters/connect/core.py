@@ -33,6 +33,12 @@ class ConnectError(AppError):
     code = errors.CLIENT_CONFIG_UNREADABLE
 
 
+class ScopeError(ConnectError):
+    """The agent has no config for that scope, or none that could hold what it needs there."""
+
+    code = errors.CLIENT_SCOPE_UNSUPPORTED
+
+
 @dataclass(frozen=True)
 class Options:
     """What ``connect`` writes: where the server is, which scope, and how agents reach it."""

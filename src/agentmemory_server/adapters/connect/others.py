@@ -9,13 +9,8 @@ from typing import Any
 
 from agentmemory_server.adapters.connect import jsonfile
 from agentmemory_server.adapters.connect.agents import root, stdio_server
-from agentmemory_server.adapters.connect.core import ConnectError, Edit, Options
+from agentmemory_server.adapters.connect.core import Edit, Options, ScopeError
 from agentmemory_server.adapters.connect.textblocks import owned, yaml_entry
-from agentmemory_server.errors import CLIENT_SCOPE_UNSUPPORTED
-
-
-class ScopeError(ConnectError):
-    code = CLIENT_SCOPE_UNSUPPORTED
 
 
 def user_only(o: Options, client: str) -> None:
