@@ -385,3 +385,40 @@ def test_cursor_project_mcp_over_http_is_refused_not_written_with_the_token(home
     # the user's own file (outside any repository) still takes it, 0600
     assert agentmemory(home, "connect", "cursor", "--yes", "--mcp", "http", "--url", server.url).returncode == 0
     assert (home / ".cursor" / "mcp.json").stat().st_mode & 0o777 == 0o600
+
+
+async def _mcp_tools_over_http(url: str, headers: dict[str, str]) -> list[str]:
+    """The official SDK's Streamable HTTP client, with the headers an agent's config gives it."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+            return [t.name for t in (await client.list_tools()).tools]
+
+
+def test_mcp_over_http_says_to_export_the_token_the_agent_reads(home: Path, server: LiveServer) -> None:
+    # Gemini CLI (and Codex, Copilot, Windsurf) read the /mcp token from $AGENTMEMORY_SECRET; connect
+    # wrote that reference and said nothing, so on a machine that does not export it the agent's MCP
+    # server was refused (401) with no hint why.
+    import anyio
+
+    done = agentmemory(home, "connect", "gemini", "--yes", "--mcp", "http", "--url", server.url, AGENTMEMORY_AUTH="on")
+    assert done.returncode == 0, done.stderr
+    assert f'export AGENTMEMORY_SECRET="$(cat {home}/.agentmemory/secret)"' in done.stdout, done.stdout
+    entry = client_schemas.load_json(home / ".gemini" / "settings.json")["mcpServers"]["agentmemory"]
+    header = entry["headers"]["Authorization"]
+    assert SECRET not in header  # a reference, expanded by Gemini CLI from its environment
+    exported = {"Authorization": header.replace("$AGENTMEMORY_SECRET", SECRET)}
+    assert "memory_recall" in anyio.run(_mcp_tools_over_http, entry["httpUrl"], exported)
+    with pytest.raises(BaseException) as refused:  # not exported: Gemini sends the reference as written
+        anyio.run(_mcp_tools_over_http, entry["httpUrl"], {"Authorization": header})
+    leaves = [refused.value]
+    while hasattr(leaves[-1], "exceptions"):
+        leaves.append(leaves[-1].exceptions[0])
+    assert str(leaves[-1]).startswith("unauthorized"), leaves
+    # exported already: nothing to say
+    again = agentmemory(home, "connect", "codex", "--yes", "--mcp", "http", "--url", server.url,
+                        AGENTMEMORY_AUTH="on", AGENTMEMORY_SECRET=SECRET)
+    assert again.returncode == 0 and "export AGENTMEMORY_SECRET" not in again.stdout, again.stdout

@@ -342,6 +342,8 @@ def cmd_connect(settings: Settings, opts: argparse.Namespace) -> Any:
     print(f"{title} connected to {o.url}: wrote {', '.join(result['changed'])}")
     if (next_step := connect.note(opts.client, o)) is not None:
         print(next_step)
+    if settings.auth == "on" and (token_step := connect.mcp_token_note(opts.client, o)) is not None:
+        print(token_step)
     return None
 
 

@@ -43,6 +43,7 @@ class Client:
     build: Callable[[Options], list[Edit]]
     hooks: bool  # False: MCP only
     token_in_config: bool = False  # needs the token written (Claude Code's http hooks)
+    mcp_token_from_env: bool = False  # its --mcp http entry names $AGENTMEMORY_SECRET, not the token
 
 
 NOTES = {
@@ -71,19 +72,34 @@ CLIENTS: dict[str, Client] = {
     c.name: c
     for c in (
         Client("claude-code", "Claude Code", agents.claude_code, True, token_in_config=True),
-        Client("codex", "Codex CLI", agents.codex, True),
+        Client("codex", "Codex CLI", agents.codex, True, mcp_token_from_env=True),
         Client("cursor", "Cursor", agents.cursor, True),
         Client("antigravity", "Antigravity CLI", agents.antigravity, True),
-        Client("gemini", "Gemini CLI", agents.gemini, True),
+        Client("gemini", "Gemini CLI", agents.gemini, True, mcp_token_from_env=True),
         Client("opencode", "OpenCode", others.opencode, True),
         Client("cline", "Cline", others.cline, True),
-        Client("copilot", "GitHub Copilot CLI", agents.copilot, True),
+        Client("copilot", "GitHub Copilot CLI", agents.copilot, True, mcp_token_from_env=True),
         Client("continue", "Continue", others.continue_dev, False),
         Client("zed", "Zed", others.zed, False),
         Client("goose", "Goose", others.goose, False),
-        Client("windsurf", "Windsurf", others.windsurf, False),
+        Client("windsurf", "Windsurf", others.windsurf, False, mcp_token_from_env=True),
     )
 }
+
+
+def mcp_token_note(name: str, o: Options) -> str | None:
+    """What to do when the agent reads the /mcp token from an environment variable that is not
+    exported (``o.token`` is set only then): unset, the agent sends no token and gets 401, which
+    most agents show as a server that failed to start."""
+    client = CLIENTS[name]
+    if o.mcp != "http" or not client.mcp_token_from_env or not o.token:
+        return None
+    secret = shlex.quote(str(o.data_dir / "secret"))
+    return (
+        f"{client.title} reads the token for {o.url}/mcp from AGENTMEMORY_SECRET, which is not exported here: "
+        f'export AGENTMEMORY_SECRET="$(cat {secret})" in the shell profile {client.title} starts from, '
+        "or connect with --mcp stdio (agentmemory-mcp reads the token file itself)."
+    )
 
 
 def command_path(name: str) -> str:
