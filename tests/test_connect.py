@@ -422,3 +422,16 @@ def test_mcp_over_http_says_to_export_the_token_the_agent_reads(home: Path, serv
     again = agentmemory(home, "connect", "codex", "--yes", "--mcp", "http", "--url", server.url,
                         AGENTMEMORY_AUTH="on", AGENTMEMORY_SECRET=SECRET)
     assert again.returncode == 0 and "export AGENTMEMORY_SECRET" not in again.stdout, again.stdout
+
+
+def test_status_tells_gemini_from_antigravity_in_their_shared_settings(home: Path, server: LiveServer) -> None:
+    # Both write hooks to ~/.gemini/settings.json; status counted any agentmemory entry there, so
+    # after `disconnect antigravity` it still said Antigravity was connected.
+    assert connect(home, "gemini", server.url).returncode == 0
+    assert connect(home, "antigravity", server.url).returncode == 0
+    assert agentmemory(home, "disconnect", "antigravity").returncode == 0
+    hooks = client_schemas.load_json(home / ".gemini" / "settings.json")["hooks"]
+    assert " hook gemini " in hooks["SessionStart"][-1]["hooks"][-1]["command"]  # Gemini's own hooks are back
+    report = json.loads(agentmemory(home, "status", "--json").stdout)
+    connected = {row["client"] for row in report["clients"] if row["connected"]}
+    assert connected == {"gemini"}, report["clients"]

@@ -214,6 +214,20 @@ def connected_files(name: str, o: Options) -> list[str]:
     return found
 
 
+def runs_own_hooks(name: str, files: list[str]) -> bool:
+    """Whether the hooks in ``files`` are this client's: Gemini CLI and Antigravity CLI share
+    ~/.gemini/settings.json, and each one's hook command names it (``hook gemini``)."""
+    own = (f" hook {name} ", f"/agentmemory/hooks/{name}")
+    for path in files:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            continue
+        if any(mark in text for mark in own):
+            return True
+    return False
+
+
 def status(o: Options) -> list[dict[str, Any]]:
     """Each client: whether its config holds agentmemory's entries, and the server ``connect``
     wrote into them (``url``, None when unknown)."""
@@ -223,13 +237,14 @@ def status(o: Options) -> list[dict[str, Any]]:
             files = connected_files(name, o)
         except ScopeError:
             files = []
-        url = _manifest(o, name).url if files else None
+        connected = bool(files) and (not client.hooks or runs_own_hooks(name, files))
+        url = _manifest(o, name).url if connected else None
         rows.append(
             {
                 "client": name,
                 "title": client.title,
                 "hooks": client.hooks,
-                "connected": bool(files),
+                "connected": connected,
                 "files": files,
                 "url": url,
             }
