@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -359,6 +360,29 @@ def test_codex_session_end_ends_the_session(home: Path, server: LiveServer) -> N
     session = requests.get(server.api("/session"), params={"sessionId": "cx-end"},
                            headers={"Authorization": f"Bearer {SECRET}"}, timeout=10).json()["session"]
     assert session["status"] == "completed" and session["project"] == "project"
+
+
+def test_codex_session_end_keeps_its_event_before_codex_stops_waiting(home: Path) -> None:
+    # Codex kills a SessionEnd hook after 3 s; the hook command waited 10 s for the server, so a
+    # server that took the connection but did not answer lost the session's end with the process.
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)  # the kernel accepts connections into the backlog; nothing ever answers them
+    url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    try:
+        assert connect(home, "codex", url).returncode == 0
+        end = client_schemas.load_json(home / ".codex" / "hooks.json")["hooks"]["SessionEnd"][-1]["hooks"][-1]
+        waits = float(end["command"].split("--timeout ")[1].split()[0])
+        assert waits < end["timeout"] <= 3, end  # gives up on the server before Codex gives up on it
+        payload = {"session_id": "cx-hung", "transcript_path": None, "cwd": str(home / "project"),
+                   "hook_event_name": "SessionEnd", "reason": "other"}
+        done = subprocess.run(["sh", "-c", end["command"]], input=json.dumps(payload), capture_output=True,
+                              text=True, timeout=60, env=env_for(home), cwd=home / "project")
+    finally:
+        hung.close()
+    assert done.returncode == 0 and json.loads(done.stdout) == {} and "kept in" in done.stderr, done.stderr
+    kept = list((home / ".agentmemory" / "hook-spool").glob("*.json"))
+    assert len(kept) == 1 and "cx-hung" in kept[0].read_text()
 
 
 def test_status_asks_the_server_connect_wrote_into_the_configs(home: Path, server: LiveServer) -> None:

@@ -127,8 +127,11 @@ def claude_code(o: Options) -> list[Edit]:
 
 CODEX_EVENTS = ("SessionStart", "UserPromptSubmit", "PostToolUse", "PreCompact", "SubagentStop", "Stop", "SessionEnd")
 # Codex runs SessionEnd during teardown and caps its timeout at 3 s (warning at every start when a
-# hook asks for more); the server ends a session well within that.
+# hook asks for more); the server ends a session well within that. The hook command gives up on the
+# server a second earlier, so a server that does not answer in time leaves the event kept on disk
+# (sent later) instead of killed with the process.
 CODEX_SESSION_END_TIMEOUT = 3
+CODEX_SESSION_END_WAIT = "2"
 
 
 def toml_string(value: str) -> str:
@@ -139,8 +142,10 @@ def codex(o: Options) -> list[Edit]:
     base = root(o, ".codex", ".codex")
 
     def handler(event: str) -> dict[str, Any]:
-        timeout = CODEX_SESSION_END_TIMEOUT if event == "SessionEnd" else HOOK_TIMEOUT
-        return {"type": "command", "command": o.hook("codex"), "timeout": timeout}
+        if event == "SessionEnd":
+            command = o.hook("codex", "--timeout", CODEX_SESSION_END_WAIT)
+            return {"type": "command", "command": command, "timeout": CODEX_SESSION_END_TIMEOUT}
+        return {"type": "command", "command": o.hook("codex"), "timeout": HOOK_TIMEOUT}
 
     groups = {event: {"hooks": [handler(event)]} for event in CODEX_EVENTS}
     edits = [jsonfile.edit(base / "hooks.json", *hookconfig.nested(groups))]
