@@ -459,3 +459,23 @@ def test_status_tells_gemini_from_antigravity_in_their_shared_settings(home: Pat
     report = json.loads(agentmemory(home, "status", "--json").stdout)
     connected = {row["client"] for row in report["clients"] if row["connected"]}
     assert connected == {"gemini"}, report["clients"]
+
+
+def test_a_path_that_cannot_be_read_or_written_is_a_clear_error(home: Path, server: LiveServer) -> None:
+    # A folder where the agent's file should be (or a file where its folder should be) ended
+    # connect in a Python traceback.
+    before = snapshot(home)
+    (home / ".codex" / "hooks.json").mkdir(parents=True)
+    done = connect(home, "codex", server.url)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"{home}/.codex/hooks.json cannot be read" in done.stderr and "nothing was written" in done.stderr
+    assert snapshot(home) == before
+    # The second file cannot be written (its folder is a dangling link): the error says what was
+    # written before it, and disconnect puts that back.
+    (home / ".gemini" / "config").symlink_to(home / "gone")
+    done = connect(home, "antigravity", server.url)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"{home}/.gemini/config/mcp_config.json cannot be written" in done.stderr, done.stderr
+    assert f"written before it: {home}/.gemini/settings.json" in done.stderr, done.stderr
+    assert agentmemory(home, "disconnect", "antigravity").returncode == 0
+    assert snapshot(home) == before

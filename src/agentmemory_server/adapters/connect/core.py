@@ -113,6 +113,8 @@ def read_text(path: Path) -> str | None:
         return None
     except UnicodeDecodeError:
         raise ConnectError(f"{path} is not UTF-8 text; nothing was written") from None
+    except OSError as exc:  # a directory where the file should be, a file where a folder should be
+        raise ConnectError(f"{path} cannot be read ({exc.strerror}); nothing was written") from None
 
 
 def write_private(path: Path, text: str) -> None:
@@ -151,7 +153,7 @@ def diff(changes: list[Change], secrets: tuple[str, ...] = ()) -> str:
 
 def apply(changes: list[Change], manifest: Manifest, backups: Path) -> list[Path]:
     """Write the changed files, keeping each original once; returns the files written."""
-    written = []
+    written: list[Path] = []
     for change in changes:
         path = change.edit.path
         entry = manifest.files.get(str(path))
@@ -162,7 +164,12 @@ def apply(changes: list[Change], manifest: Manifest, backups: Path) -> list[Path
                 entry["backup"] = str(_backup(path, backups))
             manifest.files[str(path)] = entry
         if change.changed:
-            _write(change)
+            try:
+                _write(change)
+            except OSError as exc:
+                manifest.save()  # what was written so far stays undoable by disconnect
+                done = f"; written before it: {', '.join(map(str, written))}" if written else "; nothing was written"
+                raise ConnectError(f"{path} cannot be written ({exc.strerror}){done}") from None
             written.append(path)
         entry["written"] = sha256(change.after)
     manifest.save()
