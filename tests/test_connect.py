@@ -479,3 +479,16 @@ def test_a_path_that_cannot_be_read_or_written_is_a_clear_error(home: Path, serv
     assert f"written before it: {home}/.gemini/settings.json" in done.stderr, done.stderr
     assert agentmemory(home, "disconnect", "antigravity").returncode == 0
     assert snapshot(home) == before
+
+
+def test_an_mcp_choice_the_agent_cannot_take_is_refused_not_swapped(home: Path, server: LiveServer) -> None:
+    # Zed, Goose and Continue wrote their stdio entry whatever --mcp said (--mcp none included),
+    # and OpenCode and Windsurf silently wrote no MCP entry or a stdio one.
+    before = snapshot(home)
+    for client, mcp in (("zed", "http"), ("zed", "none"), ("goose", "http"), ("opencode", "http"),
+                        ("windsurf", "none")):
+        done = agentmemory(home, "connect", client, "--yes", "--mcp", mcp, "--url", server.url)
+        assert done.returncode == 1 and f"not --mcp {mcp}; nothing was written" in done.stderr, (client, done.stderr)
+    done = agentmemory(home, "connect", "continue", "--yes", "--scope", "project", "--mcp", "http", "--url", server.url)
+    assert done.returncode == 1 and "Continue takes --mcp stdio" in done.stderr, done.stderr
+    assert snapshot(home) == before

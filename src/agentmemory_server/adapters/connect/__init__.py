@@ -44,6 +44,7 @@ class Client:
     hooks: bool  # False: MCP only
     token_in_config: bool = False  # needs the token written (Claude Code's http hooks)
     mcp_token_from_env: bool = False  # its --mcp http entry names $AGENTMEMORY_SECRET, not the token
+    mcp_modes: tuple[str, ...] = ("stdio", "http", "none")  # the --mcp choices its config can express
 
 
 NOTES = {
@@ -76,13 +77,13 @@ CLIENTS: dict[str, Client] = {
         Client("cursor", "Cursor", agents.cursor, True),
         Client("antigravity", "Antigravity CLI", agents.antigravity, True),
         Client("gemini", "Gemini CLI", agents.gemini, True, mcp_token_from_env=True),
-        Client("opencode", "OpenCode", others.opencode, True),
+        Client("opencode", "OpenCode", others.opencode, True, mcp_modes=("stdio", "none")),
         Client("cline", "Cline", others.cline, True),
         Client("copilot", "GitHub Copilot CLI", agents.copilot, True, mcp_token_from_env=True),
-        Client("continue", "Continue", others.continue_dev, False),
-        Client("zed", "Zed", others.zed, False),
-        Client("goose", "Goose", others.goose, False),
-        Client("windsurf", "Windsurf", others.windsurf, False, mcp_token_from_env=True),
+        Client("continue", "Continue", others.continue_dev, False, mcp_modes=("stdio",)),
+        Client("zed", "Zed", others.zed, False, mcp_modes=("stdio",)),
+        Client("goose", "Goose", others.goose, False, mcp_modes=("stdio",)),
+        Client("windsurf", "Windsurf", others.windsurf, False, mcp_token_from_env=True, mcp_modes=("stdio", "http")),
     )
 }
 
@@ -179,6 +180,12 @@ def edits_for(name: str, o: Options) -> list[Edit]:
 
 
 def prepare(name: str, o: Options) -> tuple[list[Change], str]:
+    client = CLIENTS[name]
+    if o.mcp not in client.mcp_modes:  # said plainly rather than writing another kind of entry, or none
+        raise InvalidInput(
+            f"{client.title} takes --mcp {' or '.join(client.mcp_modes)}, not --mcp {o.mcp}; nothing was written",
+            field="mcp",
+        )
     changes = plan(edits_for(name, o))
     return changes, diff(changes, (o.token or "",))
 
