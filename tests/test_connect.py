@@ -492,3 +492,13 @@ def test_an_mcp_choice_the_agent_cannot_take_is_refused_not_swapped(home: Path, 
     done = agentmemory(home, "connect", "continue", "--yes", "--scope", "project", "--mcp", "http", "--url", server.url)
     assert done.returncode == 1 and "Continue takes --mcp stdio" in done.stderr, done.stderr
     assert snapshot(home) == before
+
+
+def test_antigravity_at_project_scope_says_its_mcp_server_was_not_written(home: Path, server: LiveServer) -> None:
+    # Antigravity has one MCP file for every workspace, so a project connect writes hooks only;
+    # connect used to say "The MCP server goes to ~/.gemini/config/mcp_config.json" all the same.
+    done = agentmemory(home, "connect", "antigravity", "--yes", "--scope", "project", "--url", server.url)
+    assert done.returncode == 0, done.stderr
+    assert not (home / ".gemini" / "config" / "mcp_config.json").exists()
+    assert "The MCP server goes to" not in done.stdout and "got its hooks only" in done.stdout, done.stdout
+    assert "`agentmemory connect antigravity` (user scope)" in done.stdout

@@ -64,9 +64,21 @@ DURABLE_NOTE = (
 )
 
 
+ANTIGRAVITY_PROJECT_NOTE = (
+    "Antigravity keeps one MCP config for every workspace, so this project got its hooks only: "
+    "`agentmemory connect antigravity` (user scope) adds the MCP server to ~/.gemini/config/mcp_config.json."
+)
+
+
 def note(name: str, o: Options) -> str | None:
     """What to do next after connecting ``name``, as ``o`` configured it."""
-    return DURABLE_NOTE if name == "claude-code" and o.durable_hooks else NOTES.get(name)
+    if name == "claude-code" and o.durable_hooks:
+        return DURABLE_NOTE
+    if name == "antigravity" and o.mcp != "none" and o.scope == "project":  # its MCP file is not per project
+        return ANTIGRAVITY_PROJECT_NOTE
+    if name == "antigravity" and o.mcp == "none":
+        return None
+    return NOTES.get(name)
 
 
 CLIENTS: dict[str, Client] = {
