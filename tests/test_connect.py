@@ -502,3 +502,17 @@ def test_antigravity_at_project_scope_says_its_mcp_server_was_not_written(home: 
     assert not (home / ".gemini" / "config" / "mcp_config.json").exists()
     assert "The MCP server goes to" not in done.stdout and "got its hooks only" in done.stdout, done.stdout
     assert "`agentmemory connect antigravity` (user scope)" in done.stdout
+
+
+def test_cursor_mcp_over_http_holds_the_token_even_when_it_is_exported(home: Path, server: LiveServer) -> None:
+    # Cursor expands no variable in mcp.json; with AGENTMEMORY_SECRET exported (as for Claude Code)
+    # connect wrote "Authorization": "Bearer " and Cursor's MCP server was refused.
+    import anyio
+
+    done = agentmemory(home, "connect", "cursor", "--yes", "--mcp", "http", "--url", server.url,
+                       AGENTMEMORY_AUTH="on", AGENTMEMORY_SECRET=SECRET)
+    assert done.returncode == 0 and SECRET not in done.stdout, done.stdout + done.stderr
+    path = home / ".cursor" / "mcp.json"
+    entry = client_schemas.load_json(path)["mcpServers"]["agentmemory"]
+    assert entry["headers"] == {"Authorization": f"Bearer {SECRET}"} and path.stat().st_mode & 0o777 == 0o600
+    assert "memory_recall" in anyio.run(_mcp_tools_over_http, entry["url"], entry["headers"])

@@ -152,6 +152,7 @@ def options(
         mcp_command=command_path("agentmemory-mcp") if scope == "user" else "agentmemory-mcp",
         mcp=mcp,
         token=token if write_token and not in_env else None,
+        literal_token=token if write_token else None,
         data_dir=settings.secret_path.parent,
         durable_hooks=durable_hooks,
     )
@@ -186,8 +187,8 @@ def _manifest(o: Options, name: str) -> Manifest:
 
 def edits_for(name: str, o: Options) -> list[Edit]:
     client = CLIENTS[name]
-    if not client.token_in_config:
-        o = replace(o, token=None if o.mcp != "http" else o.token)
+    if not client.token_in_config and o.mcp != "http":  # only an http MCP entry may need the token
+        o = replace(o, token=None, literal_token=None)
     return client.build(o)
 
 
@@ -199,7 +200,7 @@ def prepare(name: str, o: Options) -> tuple[list[Change], str]:
             field="mcp",
         )
     changes = plan(edits_for(name, o))
-    return changes, diff(changes, (o.token or "",))
+    return changes, diff(changes, (o.token or "", o.literal_token or ""))
 
 
 def connect(name: str, o: Options, changes: list[Change]) -> dict[str, Any]:

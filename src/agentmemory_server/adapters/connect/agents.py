@@ -31,6 +31,11 @@ def root(o: Options, user_dir: str, project_dir: str) -> Path:
     return o.home / user_dir if o.scope == "user" else o.cwd / project_dir
 
 
+def bearer(token: str | None) -> dict[str, str]:
+    """The header of an MCP entry that holds the token itself (none without a token: auth off)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def stdio_server(o: Options, **extra: Any) -> dict[str, Any]:
     return {**extra, "command": o.mcp_command, "args": [], "env": {"AGENTMEMORY_URL": o.url}}
 
@@ -186,7 +191,7 @@ def cursor(o: Options) -> list[Edit]:
             "and a project's .cursor/mcp.json is committed: use --mcp stdio (the default) or --scope user"
         )
     if o.mcp == "http":  # Cursor documents no variable expansion for headers: the token is written, 0600
-        server: dict[str, Any] = {"url": f"{o.url}/mcp", "headers": {"Authorization": f"Bearer {o.token or ''}"}}
+        server: dict[str, Any] = {"url": f"{o.url}/mcp", "headers": bearer(o.literal_token)}
         edits.append(
             jsonfile.edit(base / "mcp.json", *jsonfile.set_entry("mcpServers", "agentmemory", server), secret=True)
         )
@@ -223,7 +228,7 @@ def antigravity(o: Options) -> list[Edit]:
     if o.mcp == "none" or o.scope == "project":  # Antigravity has one MCP config for every workspace
         return edits
     if o.mcp == "http":  # no variable expansion in mcp_config.json: the token is written, 0600
-        server: dict[str, Any] = {"serverUrl": f"{o.url}/mcp", "headers": {"Authorization": f"Bearer {o.token or ''}"}}
+        server: dict[str, Any] = {"serverUrl": f"{o.url}/mcp", "headers": bearer(o.literal_token)}
         secret = True
     else:
         server, secret = stdio_server(o), False

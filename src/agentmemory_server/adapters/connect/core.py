@@ -51,6 +51,9 @@ class Options:
     mcp_command: str  # path of ``agentmemory-mcp``
     mcp: str = "stdio"  # "stdio" | "http" | "none"
     token: str | None = None  # written only where a client cannot read it itself (0600 file)
+    # The token itself, exported or not: Cursor and Antigravity expand no variable in their MCP
+    # entry, so for --mcp http it is written there (0600) even when AGENTMEMORY_SECRET is exported.
+    literal_token: str | None = None
     data_dir: Path = Path("~/.agentmemory")
     # Claude Code: every event through ``agentmemory hook`` (kept on disk while the server is down)
     # instead of ``http`` hooks (a few ms each, lost when no server answers).
