@@ -1,6 +1,8 @@
 """End to end: a real server process with the fake Gemini. An observation is stored at once and
 upgraded by the model in the background; a session end produces a model-written summary."""
 
+import json
+
 import requests
 
 from conftest import GEMINI_TEST_KEY, hook, post, wait_for
@@ -74,3 +76,33 @@ def test_live_server_with_an_openai_compatible_model(live_server, fake_openai):
     assert section["provider"] == "openai" and section["features"]["compress"]["usesModel"] is True
     usage = call["response"]["usage"]
     assert section["tokens"]["byFeature"]["compress"]["totalTokens"] == usage["total_tokens"]
+
+
+def test_health_shows_the_open_breaker_and_the_error_of_the_worker_that_makes_the_calls(live_server, fake_openai):
+    """In the default process mode the background worker makes every background call and holds
+    the breaker they wait on: a wrong key must show in /health and /status of the request
+    process a user asks, not only in the worker's heartbeat row."""
+    server = live_server(env={"AGENTMEMORY_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": fake_openai.base,
+                              "OPENAI_API_KEY": "oa-wrong-key-5e1d0c", "AGENTMEMORY_AUTO_COMPRESS": "true",
+                              "AGENTMEMORY_LLM_RETRY_BACKOFF_SECONDS": "0", "LLM_BREAKER_COOLDOWN_SECONDS": "600"})
+    for n in range(3):
+        body = hook("wrong-key", data={"tool_name": "Edit", "tool_input": {"file_path": f"src/m{n}.py"},
+                                       "tool_output": f"edited {n}"})
+        assert post(server.api("/observe"), body).status_code == 201
+
+    def health_once_the_worker_breaker_opened() -> dict | None:
+        health = requests.get(server.api("/health"), timeout=10).json()
+        workers = health["background"]["workers"]
+        return health if workers and workers[0]["llm"]["breaker"] == "open" else None
+
+    health = wait_for(health_once_the_worker_breaker_opened, interval=0.2,
+                      message="the worker's breaker never opened on a wrong key")
+    section = health["llm"]
+    assert section["status"] == "degraded" and health["status"] == "degraded"
+    assert section["breaker"]["state"] == "open" and section["breaker"]["process"] == "worker"
+    assert section["failed"] >= 3 and "HTTP 401" in section["lastError"]
+    assert section["mode"].startswith("deterministic until ")
+    assert section["features"]["compress"]["usesModel"] is False
+    alerts = requests.get(server.api("/status"), timeout=10).json()["alerts"]
+    assert any("llm is degraded" in a["message"] and "HTTP 401" in a["message"] for a in alerts), alerts
+    assert "oa-wrong-key-5e1d0c" not in json.dumps(health)

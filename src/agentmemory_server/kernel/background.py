@@ -39,6 +39,8 @@ from pathlib import Path
 from agentmemory_server.kernel.util import process_alive
 
 ROLES = ("server", "worker", "tool")
+# A worker whose heartbeat is older than this counts as gone (it beats every 5 s).
+WORKER_ALIVE_SECONDS = 30.0
 # requests in flight, monotonic ns when the last one ended, embedding-backlog entries shed
 _SLOT = struct.Struct("<qqq")
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import jsonschema
 
+from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import truncate
@@ -131,6 +132,35 @@ class Usage:
                 "lastError": self.last_error,
                 "lastErrorAt": self.last_error_at,
             }
+
+
+def merged_usage(own: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """This process's counters plus those the background workers report, and the newest last
+    error of them all. In the default process mode the worker makes every background call, so
+    a request process alone would show none of them."""
+    out = {**own, "lowValueReasons": dict(own["lowValueReasons"])}
+    for report in reports:
+        for name in Usage.FIELDS:
+            out[name] += int(report.get(name) or 0)
+        for reason, n in (report.get("lowValueReasons") or {}).items():
+            out["lowValueReasons"][reason] = out["lowValueReasons"].get(reason, 0) + int(n or 0)
+        if report.get("lastErrorAt") and report["lastErrorAt"] > (out["lastErrorAt"] or ""):
+            out["lastError"], out["lastErrorAt"] = report.get("lastError"), report["lastErrorAt"]
+    return out
+
+
+_BREAKER_RANK = {CircuitBreaker.CLOSED: 0, CircuitBreaker.HALF_OPEN: 1, CircuitBreaker.OPEN: 2}
+
+
+def worst_breaker(own: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The breaker that holds back the most model work: this process's or a worker's. Each
+    process has its own breaker, and the worker's is the one the background jobs wait on."""
+    chosen = {**own, "process": "this"}
+    for report in reports:
+        detail = report.get("breakerDetail")
+        if isinstance(detail, dict) and _BREAKER_RANK.get(str(detail.get("state")), 0) > _BREAKER_RANK[chosen["state"]]:
+            chosen = {**detail, "process": "worker"}
+    return chosen
 
 
 # -- tasks: a JSON answer of a known shape ----------------------------------------------------------------
@@ -241,14 +271,14 @@ class LLMService:
         """Would ``feature`` ask the model (a provider, its flag on)? The budget is checked per call."""
         return self.has_model and self.feature_on(feature)
 
-    def plan(self, feature: str, budget: dict[str, Any]) -> dict[str, Any]:
+    def plan(self, feature: str, budget: dict[str, Any], breaker_open: bool = False) -> dict[str, Any]:
         """What ``feature`` would use now: provider, model, whether it is on, the tokens it has left."""
         cap = budget["features"].get(feature)
         lefts = [left for left in (budget["left"], cap["left"] if cap else None) if left is not None]
         reached = budget["reached"] or bool(cap and cap["reached"])
         return {
             "enabled": self.feature_on(feature),
-            "usesModel": self.uses_model(feature) and not reached,
+            "usesModel": self.uses_model(feature) and not reached and not breaker_open,
             "provider": self.provider,
             "model": self.clients.model_for(feature),
             "budgetReached": reached,
@@ -423,28 +453,53 @@ class LLMService:
         }
 
     # ---- subsystem contract
-    def mode(self, budget: dict[str, Any]) -> str:
+    def heartbeat(self) -> dict[str, Any]:
+        """This process's model work for a background worker's heartbeat row: counters, last
+        error, breaker and job threads. Request processes fold it into /health and diagnose."""
+        return {
+            **self.usage.snapshot(),
+            "httpRetries": self._http_retries(),
+            "breaker": self.breaker.state,
+            "breakerDetail": self.breaker.snapshot(),
+            "workers": self.jobs.alive(),
+        }
+
+    def _http_retries(self) -> int:
+        return self.clients.transport.retries if self.clients.transport else 0
+
+    def _worker_reports(self) -> list[dict[str, Any]]:
+        """The heartbeats of the live background workers (none where this process runs the jobs)."""
+        if self.rt.runs_background:
+            return []
+        since = time.time() - WORKER_ALIVE_SECONDS
+        return [w["llm"] for w in self.rt.db.reader().jobs.workers(since) if isinstance(w.get("llm"), dict)]
+
+    def mode(self, budget: dict[str, Any], breaker: dict[str, Any] | None = None) -> str:
         if not self.has_model:
             return "deterministic"
         if budget["reached"]:
             return f"deterministic until {budget['resetsAt']}: the daily token budget is used up"
+        if breaker is not None and breaker["state"] == CircuitBreaker.OPEN:
+            return f"deterministic until {breaker['retryAt']}: the model failed repeatedly (circuit breaker open)"
         return "model with deterministic fallback"
 
     def health(self) -> dict[str, Any]:
-        breaker = self.breaker.snapshot()
+        reports = self._worker_reports()
+        breaker = worst_breaker(self.breaker.snapshot(), reports)
         degraded = self.has_model and breaker["state"] != CircuitBreaker.CLOSED
         tokens = self.accounting.report(FEATURES)
         budget = tokens.pop("budget")
+        breaker_open = breaker["state"] == CircuitBreaker.OPEN
         return {
             "status": "degraded" if degraded else "healthy",
             "provider": self.provider,
             "model": self.clients.model_for(None),
             "problem": self.clients.choice.problem,
-            "mode": self.mode(budget),
-            "features": {f: self.plan(f, budget) for f in FEATURES},
+            "mode": self.mode(budget, breaker),
+            "features": {f: self.plan(f, budget, breaker_open) for f in FEATURES},
             "breaker": breaker,
-            **self.usage.snapshot(),
-            "httpRetries": self.clients.transport.retries if self.clients.transport else 0,
+            **merged_usage(self.usage.snapshot(), reports),
+            "httpRetries": self._http_retries() + sum(int(r.get("httpRetries") or 0) for r in reports),
             "tokens": tokens,
             "budget": budget,
             "jobs": {
@@ -452,13 +507,15 @@ class LLMService:
                 "max": self.settings.llm_jobs_max,
                 "shed": self.rt.db.queue_stats().get("llm_jobs", {}).get("shed", 0),
             },
-            "workers": self.jobs.alive(),
+            "workers": self.jobs.alive() + sum(int(r.get("workers") or 0) for r in reports),
         }
 
     def diagnose(self) -> list[dict[str, Any]]:
         if not self.has_model:
             return self._diagnose_without_model()
-        usage, breaker = self.usage.snapshot(), self.breaker.snapshot()
+        reports = self._worker_reports()
+        usage = merged_usage(self.usage.snapshot(), reports)
+        breaker = worst_breaker(self.breaker.snapshot(), reports)
         checks = [
             _check(
                 "llm-provider",

@@ -16,11 +16,12 @@ import time
 from typing import Any
 
 from agentmemory_server.errors import AppError
+from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
 from agentmemory_server.kernel.util import WorkerFailures
 
 log = logging.getLogger("agentmemory.background")
 BEAT_SECONDS = 5.0
-ALIVE_WITHIN = 30.0  # a worker without a heartbeat for this long counts as gone
+ALIVE_WITHIN = WORKER_ALIVE_SECONDS  # a worker without a heartbeat for this long counts as gone
 
 
 class BackgroundStatus:
@@ -45,12 +46,7 @@ class BackgroundStatus:
             info["model"] = vectors.model
         llm = services.get("llm")
         if llm is not None:  # this worker's model calls (request processes make none of them)
-            usage = llm.usage.snapshot()
-            info["llm"] = {
-                **{k: usage.get(k, 0) for k in ("calls", "succeeded", "failed", "totalTokens", "jobsDone")},
-                "breaker": llm.breaker.state,
-                "workers": sum(t.is_alive() for t in llm.jobs.threads),
-            }
+            info["llm"] = llm.heartbeat()
         return info
 
     def beat(self) -> None:
