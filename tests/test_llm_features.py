@@ -353,3 +353,38 @@ def test_antigravity_imports_are_compressed_and_sync_all_uses_the_model(llm_runt
     assert rt.db.reader().jobs.stats()["byKind"] == {"compress": out["observations"]}
     assert llm.service(rt).drain() == out["observations"]
     assert all(o["method"] == "gemini" for o in observations(call, sid))
+
+
+def test_a_worker_restarted_with_queued_jobs_runs_them_only_once_every_subsystem_is_built(
+        llm_runtime, fake_gemini, tmp_path):
+    """Jobs queued before a restart are due at once. The job threads used to start inside the llm
+    subsystem's constructor, before the runtime had registered it, so the first jobs failed with
+    KeyError: 'llm' (a traceback in the log and an attempt lost each)."""
+    from agentmemory_server.kernel.runtime import Runtime
+    from agentmemory_server.kernel.settings import Settings
+    from agentmemory_server.wiring import HOOKS, SUBSYSTEMS
+
+    fake_gemini.responder = responder()
+    before = llm_runtime(auto_compress=True)  # the server that queued the work (no background loops)
+    obs_id = ToolCaller(before)("agent_observe", **edit("s1", "src/auth.py", "2026-11-01T10:00:00Z"))["observationId"]
+    assert before.db.reader().jobs.stats()["byKind"] == {"compress": 1}
+    seen: dict[str, int] = {}
+
+    class LastSubsystem:  # built after every real one: nothing may have taken the job yet
+        def __init__(self, rt):
+            seen["threads"] = llm.service(rt).jobs.alive()
+
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), embedding_provider="none", auth="off",
+                                 background_jobs=True, background="inline", auto_compress=True,
+                                 gemini_api_key=before.settings.gemini_api_key,
+                                 gemini_api_base=fake_gemini.url, llm_retry_backoff_seconds=0.0)
+    rt = Runtime(settings, hooks=HOOKS, subsystems=(*SUBSYSTEMS, ("last", LastSubsystem)))
+    try:
+        assert seen["threads"] == 0
+        call = ToolCaller(rt)
+        done = wait_for(lambda: observations(call)[0] if observations(call)[0].get("method") else None,
+                        message="the queued compression never ran")
+        assert done["id"] == obs_id and done["method"] == "gemini"
+        assert llm.service(rt).usage.snapshot()["jobsRetried"] == 0
+    finally:
+        rt.close()

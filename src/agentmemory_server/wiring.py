@@ -8,7 +8,8 @@ Everything whose *order* matters is listed here instead:
 - ``FEATURE_MODULES``: every module that registers tools, in the order the tool list (MCP
   ``tools/list``, README's tool table) shows them;
 - ``SUBSYSTEMS``: long-lived services built for every runtime in this order (and closed in
-  reverse); each may offer ``health()``, ``diagnose()``, ``heal(dry_run)`` and ``close()``;
+  reverse); each may offer ``health()``, ``diagnose()``, ``heal(dry_run)``, ``start()`` (run
+  once all are built) and ``close()``;
 - ``HOOKS``: the extension points of ``kernel/hooks.py``, each hook in the order it runs.
 
 ``build_runtime(settings)`` is how adapters, the CLI and tests get a runtime.

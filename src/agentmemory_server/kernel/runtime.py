@@ -227,6 +227,11 @@ class Runtime:
             if name in self.services:
                 raise ValueError(f"duplicate subsystem {name!r}")
             self.services[name] = factory(self)
+        # Threads start once every subsystem exists: the work they pick up may need any of them.
+        for service in self.services.values():
+            start = getattr(service, "start", None)
+            if callable(start):
+                start()
         if self.runs_background:
             self.jobs.start()
 

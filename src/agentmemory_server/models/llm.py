@@ -236,11 +236,15 @@ class LLMService:
         self.accounting = Accounting(rt)
         self.last_consolidation: dict[str, float] = {}
         self.jobs = JobRunner(rt, paused=self._paused, count=self.usage.add)
-        if rt.runs_background:  # the worker process (or inline threads), never a request process
-            self.jobs.start(s.llm_workers)
         if s.background_jobs:
             rt.every(86_400, "llm-usage-prune", self.accounting.prune)
         self.enqueue, self.drain, self.drain_once = self.jobs.enqueue, self.jobs.drain, self.jobs.drain_once
+
+    def start(self) -> None:
+        """Start the job workers, once every subsystem is built: a job queued before a restart
+        runs at once, and its handler looks this service up in ``rt.services``."""
+        if self.rt.runs_background:  # the worker process (or inline threads), never a request process
+            self.jobs.start(self.settings.llm_workers)
 
     # ---- provider, features and flags
     @property
