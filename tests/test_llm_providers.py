@@ -163,6 +163,31 @@ def test_a_429_that_says_money_ran_out_is_not_retried(make_runtime, name, code, 
     assert len(api.calls) == 1 and code in caught.value.message and "HTTP 429" in caught.value.message
 
 
+def test_an_error_in_a_200_body_is_a_failure_that_quotes_it_and_a_502_is_retried(make_runtime, fake_openai):
+    """OpenRouter answers 200 once a model took the request, and reports a failure after that as
+    {"error": {"code": 502, "message"}} in the body. That used to be a refusal ("the model answered
+    without choices"): the provider's message lost, the breaker told the service was fine, and a
+    queued compression dropped instead of retried."""
+    rt = make_runtime(llm_provider="openai", openai_api_key=OPENAI_TEST_KEY, openai_base_url=fake_openai.base,
+                      llm_retry_backoff_seconds=0.0, llm_max_attempts=1)
+    svc = llm.service(rt)
+    upstream_down = Raw({"error": {"code": 502, "message": "Provider returned error",
+                                   "metadata": {"provider_name": "Example"}}})
+    fake_openai.replies = [upstream_down]
+    with pytest.raises(llm.LLMError) as caught:
+        svc.generate_json(NOTE, "write")
+    assert not isinstance(caught.value, llm.ModelRefused)
+    assert "HTTP 200 with an error in the body: 502: Provider returned error" in caught.value.message
+    health = svc.health()
+    assert (health["failed"], health["refused"], health["breaker"]["recentFailures"]) == (1, 0, 1)
+    patient = llm.service(make_runtime(llm_provider="openai", openai_api_key=OPENAI_TEST_KEY,
+                                       openai_base_url=fake_openai.base, llm_retry_backoff_seconds=0.0,
+                                       data_dir=str(rt.settings.data_dir) + "-patient"))
+    fake_openai.replies = [upstream_down, GOOD]
+    assert patient.generate_json(NOTE, "write") == GOOD
+    assert patient.health()["httpRetries"] == 1
+
+
 def test_error_bodies_are_quoted_and_keys_never_leak(provider_runtime, model_api, caplog):
     rt = provider_runtime()
     svc = llm.service(rt)

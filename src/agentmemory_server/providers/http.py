@@ -5,7 +5,9 @@ with the provider's headers and retries what is worth retrying: 429, 5xx and Ant
 ("overloaded"), connection errors and timeouts, with exponential backoff that honours a
 ``Retry-After`` header (seconds or an HTTP date, capped). Other statuses fail at once, and so
 does a 429 whose error code says money or quota ran out (retrying cannot help; the caller's
-breaker and deterministic fallback take over). Every attempt has a timeout.
+breaker and deterministic fallback take over). Every attempt has a timeout. A 200 whose body is
+an ``error`` object instead of a result (OpenRouter's way to report a model that failed after
+the request was accepted) is a failure too, retried when its code is a status worth retrying.
 
 Secrets (API keys) travel only in headers and are scrubbed from every error message, so they
 cannot reach logs, /health or a reply. Error messages quote the provider's own error
@@ -72,6 +74,25 @@ def error_summary(resp: requests.Response) -> tuple[str, str | None]:
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return resp.text[:200], None
+    return describe_error(error)
+
+
+def embedded_error(body: dict[str, Any]) -> tuple[int, str, str | None] | None:
+    """(status, description, code) of an error a 200 answer carries instead of a result, or None.
+    OpenRouter answers 200 once it has passed a request to a model, and reports a failure after
+    that as ``{"error": {"code": 502, "message"}}`` in the body; its numeric code is the status
+    the failure would have had (so a 502 is retried like one)."""
+    error = body.get("error")
+    if not isinstance(error, dict) or not error:
+        return None
+    code = error.get("code")
+    status = code if isinstance(code, int) and 100 <= code <= 599 else 200
+    summary, code_text = describe_error(error)
+    return status, summary, code_text
+
+
+def describe_error(error: dict[str, Any]) -> tuple[str, str | None]:
+    """(one-line description, error code) of a provider's ``error`` object."""
     details = error.get("details")
     details = details if isinstance(details, dict) else {}
     code = error.get("code") or details.get("error_code")
@@ -131,10 +152,16 @@ class JsonTransport:
                 last, status = f"{type(exc).__name__}: {exc}", None
             else:
                 if resp.status_code == 200:
-                    return self._decode(resp, path)
-                summary, code = error_summary(resp)
-                last, status = f"HTTP {resp.status_code} {summary}".rstrip(), resp.status_code
-                if resp.status_code not in RETRY_STATUS or code in PERMANENT_CODES:
+                    data = self._decode(resp, path)
+                    embedded = embedded_error(data)
+                    if embedded is None:
+                        return data
+                    status, summary, code = embedded
+                    last = f"HTTP 200 with an error in the body: {summary}".rstrip()
+                else:
+                    summary, code = error_summary(resp)
+                    last, status = f"HTTP {resp.status_code} {summary}".rstrip(), resp.status_code
+                if status not in RETRY_STATUS or code in PERMANENT_CODES:
                     break
                 asked = retry_after_seconds(resp.headers.get("Retry-After"))
                 if asked is not None:
