@@ -2,11 +2,13 @@
 upgraded by the model in the background; a session end produces a model-written summary."""
 
 import json
+import sqlite3
+import time
 
 import requests
 
-from conftest import GEMINI_TEST_KEY, hook, post, wait_for
-from llm_support import responder
+from conftest import GEMINI_TEST_KEY, OPENAI_TEST_KEY, hook, post, wait_for
+from llm_support import responder, task_of
 
 
 def test_live_server_compresses_in_the_background_and_summarises_with_the_model(live_server, fake_gemini):
@@ -106,3 +108,45 @@ def test_health_shows_the_open_breaker_and_the_error_of_the_worker_that_makes_th
     alerts = requests.get(server.api("/status"), timeout=10).json()["alerts"]
     assert any("llm is degraded" in a["message"] and "HTTP 401" in a["message"] for a in alerts), alerts
     assert "oa-wrong-key-5e1d0c" not in json.dumps(health)
+
+
+def queued_consolidation(server) -> float | None:
+    """When the queued session-end consolidation may run (epoch s), read from the server's file."""
+    conn = sqlite3.connect(f"{server.db_path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT next_try FROM llm_jobs WHERE kind = 'consolidate'").fetchone()
+    finally:
+        conn.close()
+    return row[0] if row else None
+
+
+def test_the_consolidation_cooldown_holds_across_processes_and_restarts(live_server, fake_openai):
+    """Session ends queue consolidation at most once per project per cooldown. The time of the
+    last run was kept in the memory of the process that ran it (the worker) while the request
+    process that queues read its own, always empty copy: every session end consolidated again,
+    and a restart forgot the time anyway."""
+    fake_openai.responder = responder()
+    server = live_server(env={"AGENTMEMORY_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": fake_openai.base,
+                              "OPENAI_API_KEY": OPENAI_TEST_KEY, "AGENTMEMORY_LLM_RETRY_BACKOFF_SECONDS": "0",
+                              "AGENTMEMORY_CONSOLIDATION_COOLDOWN_MS": "3600000"})
+
+    def end_a_session(sid: str) -> None:
+        for n in range(6):  # consolidation needs five important observations
+            body = hook(sid, data={"tool_name": "Edit", "tool_input": {"file_path": "src/auth.py"},
+                                   "tool_output": f"token auth step {n}"})
+            assert post(server.api("/observe"), body).status_code == 201
+        assert post(server.api("/session/end"), {"sessionId": sid}).json()["ended"] is True
+
+    def consolidations() -> int:
+        return sum(task_of(p) == "consolidate" for p in fake_openai.requests())
+
+    end_a_session("first")
+    wait_for(consolidations, message="the first session end never consolidated")
+    wait_for(lambda: queued_consolidation(server) is None, message="the first consolidation never finished")
+    end_a_session("second")
+    assert queued_consolidation(server) > time.time() + 3000  # waits out the hour from the first run
+    server.stop()
+    server.start()
+    end_a_session("third")
+    assert queued_consolidation(server) > time.time() + 3000
+    assert consolidations() == 1

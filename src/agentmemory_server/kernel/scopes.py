@@ -36,6 +36,7 @@ RELATIONS = "mem:relations"
 SLOTS = "mem:slots"
 SLOTS_PREFIX = "mem:slots:"
 CONSOLIDATION = "mem:consolidation"
+CONSOLIDATION_RUNS = "mem:consolidation-runs"
 ANTIGRAVITY = "mem:antigravity"
 GRAPH_NODES = "mem:graph:nodes"
 GRAPH_EDGES = "mem:graph:edges"
@@ -149,6 +150,12 @@ SCOPES: tuple[ScopeDoc, ...] = (
         CONSOLIDATION,
         "agent + project + group key",
         "Last consolidation of a group: memoryId and the observation ids it covered (re-runs skip unchanged groups)",
+    ),
+    ScopeDoc(
+        CONSOLIDATION_RUNS,
+        "`project:` + project name",
+        "When the session-end consolidation of a project last started: project, startedAt (epoch s), "
+        "startedAtIso; AGENTMEMORY_CONSOLIDATION_COOLDOWN_MS counts from it in every process",
     ),
     ScopeDoc(
         ANTIGRAVITY,

@@ -234,7 +234,6 @@ class LLMService:
         )
         self.clients = Clients(s)
         self.accounting = Accounting(rt)
-        self.last_consolidation: dict[str, float] = {}
         self.jobs = JobRunner(rt, paused=self._paused, count=self.usage.add)
         if s.background_jobs:
             rt.every(86_400, "llm-usage-prune", self.accounting.prune)

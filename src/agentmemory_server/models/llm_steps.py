@@ -33,7 +33,7 @@ from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.model_steps import Step, model_step
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.kernel.scopes import obs_scope
+from agentmemory_server.kernel.scopes import CONSOLIDATION_RUNS, obs_scope
 from agentmemory_server.kernel.util import stringify, truncate
 from agentmemory_server.memory import consolidate, reflect, summaries
 from agentmemory_server.memory.memories import MEMORY_TYPES
@@ -458,15 +458,27 @@ def queue_session_model_work(ctx: Ctx, session: dict[str, Any]) -> None:
             svc.enqueue(tx, "reflect", sid)
         if svc.consolidation_on():
             project = session.get("project") or ""
-            last = svc.last_consolidation.get(project)
-            cooldown = rt.settings.consolidation_cooldown_ms / 1000
             svc.enqueue(
                 tx,
                 "consolidate",
                 project,
                 {"project": session.get("project")},
-                not_before=last + cooldown if last is not None else 0.0,
+                not_before=consolidation_due(ctx, tx, project),
             )
+
+
+def consolidation_due(ctx: Ctx, tx: Any, project: str) -> float:
+    """When the next session-end consolidation of ``project`` may start (epoch s; 0: now). The
+    cooldown counts from the last start, kept in the database: the request process that queues
+    the job and the worker process that runs it share no memory, and a restart forgets nothing."""
+    last = tx.records.get(CONSOLIDATION_RUNS, _run_key(project))
+    if last is None:
+        return 0.0
+    return float(last["startedAt"]) + ctx.rt.settings.consolidation_cooldown_ms / 1000
+
+
+def _run_key(project: str) -> str:
+    return f"project:{project}"
 
 
 @llm.job_handler("summarize")
@@ -489,6 +501,10 @@ def _reflect_job(ctx: Ctx, session_id: str, args: dict) -> None:
 
 @llm.job_handler("consolidate")
 def _consolidate_job(ctx: Ctx, project: str, args: dict) -> None:
-    llm.service(ctx.rt).last_consolidation[project] = ctx.rt.clock.time()
+    rt = ctx.rt
+    # Recorded before the run: a session that ends meanwhile queues the next one a cooldown later.
+    with rt.db.transaction("consolidation_started") as tx:
+        started = {"project": args.get("project"), "startedAt": rt.clock.time(), "startedAtIso": rt.clock.iso()}
+        tx.records.set(CONSOLIDATION_RUNS, _run_key(project), started, now=started["startedAtIso"])
     scope = {"project": args["project"]} if args.get("project") else {}  # none: every project
     registry.run(consolidate.memory_consolidate, ctx, scope)
