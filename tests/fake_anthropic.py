@@ -40,6 +40,7 @@ def _text_of(content: Any) -> str:
 
 class FakeAnthropic(LoopbackModel):
     name = "anthropic"
+    unknown_model_code = None  # Anthropic says not_found_error, with no code
 
     def route(self, path: str) -> str | None:
         return "generate" if path == "/v1/messages" else None

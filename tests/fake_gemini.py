@@ -37,6 +37,11 @@ def request_text(body: dict[str, Any]) -> str:
 
 class FakeGemini(LoopbackModel):
     name = "gemini"
+    unknown_model_code = None  # Gemini says NOT_FOUND
+
+    def model_of(self, path: str, body: dict[str, Any]) -> str | None:
+        match = _PATH.match(path)
+        return match["model"] if match else None
 
     def route(self, path: str) -> str | None:
         match = _PATH.match(path)

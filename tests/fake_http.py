@@ -8,6 +8,8 @@ whole response body); otherwise ``responder(prompt)`` answers, given a ``Prompt`
 text, user/assistant texts, the raw body). ``delay`` slows every generation down (a slow
 model); ``stall()`` holds every generation until ``release()`` (``entered`` is set when one
 arrives). Every request is recorded in ``calls`` (path, body, headers, and the 200 response).
+``models``, when set, are the models served: a generation for any other gets the provider's 404
+(``unknown_model_code``), as a model name with a typo does.
 
 A subclass says how its protocol looks: ``route(path)`` -> ``"generate"`` / ``"embed"`` / None,
 ``authorised(headers)``, ``error_body(status, message, code)``, ``prompt(body)``,
@@ -64,6 +66,7 @@ class _Server(ThreadingHTTPServer):
 
 class LoopbackModel:
     name = "model"
+    unknown_model_code: str | None = "model_not_found"  # the error code of a 404 for a model not served
 
     def __init__(self, api_key: str | None = "test-key"):
         self.api_key = api_key
@@ -72,6 +75,7 @@ class LoopbackModel:
         self.replies: list[Any] = []
         self.responder: Callable[[Prompt], Any] | None = None
         self.delay = 0.0
+        self.models: set[str] | None = None
         self.entered = threading.Event()
         self._open = threading.Event()
         self._open.set()
@@ -126,6 +130,10 @@ class LoopbackModel:
     def embedding(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.error_body(404, "this fake serves no embeddings", None)
 
+    def model_of(self, path: str, body: dict[str, Any]) -> str | None:
+        """The model a request names (in the body; Gemini: in the path)."""
+        return body.get("model")
+
     # ---- serving
     def _reply_for(self, body: dict[str, Any]) -> Any:
         with self._lock:
@@ -175,6 +183,10 @@ class LoopbackModel:
                     return self._send(401, fake.error_body(401, "invalid API key", "invalid_api_key"))
                 if kind is None:
                     return self._send(404, fake.error_body(404, f"no route {self.path}", None))
+                model = fake.model_of(self.path, body)
+                if kind == "generate" and fake.models is not None and model not in fake.models:
+                    message = f"The model `{model}` does not exist or you do not have access to it."
+                    return self._send(404, fake.error_body(404, message, fake.unknown_model_code))
                 if status != 200:
                     return self._send(status, fake.error_body(status, "scripted failure", code), headers)
                 if kind == "generate" and body.get("stream"):  # the fakes serve whole answers only

@@ -37,8 +37,10 @@ def test_llm_test_sends_one_tiny_request_and_shows_every_feature(tmp_path, fake_
                      r"valid JSON\)", out), out
     assert re.search(r"^compress\s+yes\s+yes\s+openai\s+small-model\s+[\d,]+$", out, re.MULTILINE), out
     assert re.search(r"^graph\s+no\s+no\s+openai\s+gpt-4o-mini\s+[\d,]+$", out, re.MULTILINE), out
-    [request] = fake_openai.calls
-    body = request["body"]
+    assert re.search(r"^request    ok: small-model \(compress\) answered in", out, re.MULTILINE), out
+    provider_wide, compress_model = fake_openai.calls
+    assert compress_model["body"]["model"] == "small-model"
+    body = provider_wide["body"]
     assert body["max_tokens"] == 256 and body["messages"][-1] == {"role": "user", "content": "ping"}
     assert OPENAI_TEST_KEY not in out + proc.stderr
 
@@ -50,10 +52,11 @@ def test_llm_test_sends_one_tiny_request_and_shows_every_feature(tmp_path, fake_
     stats = cli("stats", env=env)
     assert stats.returncode == 0, stats.stderr
     assert "model tokens per UTC day (budget 100,000/day" in stats.stdout
-    assert re.search(r"^  test\s+[\d,]+ tokens\s+2 calls\s+0 failed", stats.stdout, re.MULTILINE), stats.stdout
+    assert re.search(r"^  test\s+[\d,]+ tokens\s+4 calls\s+0 failed", stats.stdout, re.MULTILINE), stats.stdout
     tokens = json.loads(cli("stats", "--json", env=env).stdout)["llm"]
-    assert tokens["byFeature"]["test"]["calls"] == 2 and tokens["today"]["totalTokens"] == report["budget"]["used"] \
-        + report["request"]["promptTokens"] + report["request"]["completionTokens"]
+    second_run = [report["request"], *report["otherModels"]]
+    assert tokens["byFeature"]["test"]["calls"] == 4 and tokens["today"]["totalTokens"] == report["budget"]["used"] \
+        + sum(r["promptTokens"] + r["completionTokens"] for r in second_run)
 
 
 def test_llm_test_fails_clearly_when_the_model_is_down_or_missing(tmp_path):
@@ -68,3 +71,27 @@ def test_llm_test_fails_clearly_when_the_model_is_down_or_missing(tmp_path):
                                       "AGENTMEMORY_LLM_PROVIDER": "anthropic"})
     assert missing.returncode == 1 and "problem    AGENTMEMORY_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY" \
         in missing.stdout
+
+
+def test_llm_test_asks_every_model_an_enabled_feature_uses(tmp_path, fake_openai):
+    """A feature's own model that the server does not serve (a typo, a model not pulled) used to
+    pass `llm test`, which asked only the provider-wide model, and then failed every call of
+    that feature."""
+    fake_openai.responder = responder()
+    fake_openai.models = {"gpt-4o-mini", "summary-model"}
+    env = openai_env(tmp_path, fake_openai.base, AGENTMEMORY_AUTO_COMPRESS="true",
+                     AGENTMEMORY_LLM_MODEL_COMPRESS="qwen2.5-coder:7bb",
+                     AGENTMEMORY_LLM_MODEL_SUMMARIES="summary-model",
+                     AGENTMEMORY_LLM_MODEL_GRAPH="graph-model")  # graph extraction is off: not asked
+    proc = cli("llm", "test", env=env)
+    out = proc.stdout
+    assert proc.returncode == 1, out
+    assert re.search(r"^request    ok: gpt-4o-mini answered in", out, re.MULTILINE), out
+    assert "request    FAILED: qwen2.5-coder:7bb (compress): OpenAI-compatible /chat/completions failed: HTTP 404 " \
+           "model_not_found: The model `qwen2.5-coder:7bb` does not exist" in out
+    assert re.search(r"^request    ok: summary-model \(summaries\) answered in", out, re.MULTILINE), out
+    asked = sorted(c["body"]["model"] for c in fake_openai.calls)
+    assert asked == ["gpt-4o-mini", "qwen2.5-coder:7bb", "summary-model"]
+    report = json.loads(cli("llm", "test", "--json", env=env).stdout)
+    assert [(r["model"], r["features"], r["ok"]) for r in report["otherModels"]] == \
+        [("qwen2.5-coder:7bb", ["compress"], False), ("summary-model", ["summaries"], True)]

@@ -263,7 +263,20 @@ def cmd_llm_test(settings: Settings, opts: argparse.Namespace) -> Any:
 
 
 def llm_test_failed(result: dict[str, Any]) -> bool:
-    return not (result["request"] or {}).get("ok")
+    requests = [result["request"] or {}, *result.get("otherModels", [])]
+    return not all(request.get("ok") for request in requests)
+
+
+def _print_llm_request(request: dict[str, Any]) -> None:
+    model = request["model"] + (f" ({', '.join(request['features'])})" if request.get("features") else "")
+    if request["ok"]:
+        valid = "valid JSON" if request["validJson"] else f"not the asked JSON: {request['answer']!r}"
+        print(
+            f"request    ok: {model} answered in {request['latencyMs']} ms "
+            f"({request['promptTokens']} prompt + {request['completionTokens']} completion tokens, {valid})"
+        )
+    else:
+        print(f"request    FAILED: {model}: {request['error']}")
 
 
 def _print_llm_test(result: dict[str, Any]) -> None:
@@ -273,16 +286,9 @@ def _print_llm_test(result: dict[str, Any]) -> None:
         print(f"provider   {result['provider']}  {result['baseUrl'] or ''}")
     if result["problem"]:
         print(f"problem    {result['problem']}")
-    request = result["request"]
-    if request is not None:
-        if request["ok"]:
-            valid = "valid JSON" if request["validJson"] else f"not the asked JSON: {request['answer']!r}"
-            print(
-                f"request    ok: {request['model']} answered in {request['latencyMs']} ms "
-                f"({request['promptTokens']} prompt + {request['completionTokens']} completion tokens, {valid})"
-            )
-        else:
-            print(f"request    FAILED: {request['model']}: {request['error']}")
+    for request in [result["request"], *result.get("otherModels", [])]:
+        if request is not None:
+            _print_llm_request(request)
     print(f"{'feature':<14} {'enabled':<8} {'model call':<11} {'provider':<10} {'model':<28} budget left today")
     for feature, plan in result["features"].items():
         left = "no limit" if plan["budgetLeft"] is None else f"{plan['budgetLeft']:,}"

@@ -410,11 +410,11 @@ class LLMService:
             log.warning("%s: model step fell back to the deterministic path: %s", task.name, exc.message)
             return None
 
-    def probe(self) -> dict[str, Any]:
-        """One tiny request to the configured provider (``agentmemory llm test``): whether it
-        answered, how fast, and what it said. Bypasses the breaker and the budget (a person
-        asked for it) but is accounted under feature ``test``."""
-        client = self.clients.client(None)
+    def probe(self, feature: str | None = None) -> dict[str, Any]:
+        """One tiny request to the model ``feature`` uses (None: the provider-wide one) for
+        ``agentmemory llm test``: whether it answered, how fast, and what it said. Bypasses the
+        breaker and the budget (a person asked for it) but is accounted under feature ``test``."""
+        client = self.clients.client(feature)
         if client is None:
             return {"ok": False, "provider": self.clients.choice.name, "error": self.clients.choice.problem}
         request = ChatRequest(PING.instructions, [Turn(USER, "ping")], PING.schema, PING.name, PING_OUTPUT_TOKENS)
@@ -444,16 +444,29 @@ class LLMService:
         }
 
     def check(self) -> dict[str, Any]:
-        """``agentmemory llm test``: the provider, one tiny request, and what each feature would use."""
+        """``agentmemory llm test``: the provider, one tiny request to its model and one to each
+        other model an enabled feature uses, and what each feature would use."""
         budget = self.accounting.budget(FEATURES)
         return {
             "provider": self.clients.choice.name,
             "baseUrl": self.clients.transport.base if self.clients.transport else None,
             "problem": self.clients.choice.problem,
             "request": self.probe() if self.has_model else None,
+            "otherModels": self._probe_feature_models() if self.has_model else [],
             "features": {f: self.plan(f, budget) for f in FEATURES},
             "budget": budget,
         }
+
+    def _probe_feature_models(self) -> list[dict[str, Any]]:
+        """A request to each model of AGENTMEMORY_LLM_MODEL_<FEATURE> that an enabled feature
+        uses: a name the server does not serve would otherwise pass the test and fail every
+        call of that feature."""
+        users: dict[str, list[str]] = {}
+        for feature in FEATURES:
+            model = self.clients.model_for(feature)
+            if self.feature_on(feature) and model and model != self.clients.model_for(None):
+                users.setdefault(model, []).append(feature)
+        return [{**self.probe(features[0]), "features": features} for features in users.values()]
 
     # ---- subsystem contract
     def heartbeat(self) -> dict[str, Any]:
