@@ -2,7 +2,8 @@
 a threaded HTTP server on a free 127.0.0.1 port and the scripting every test uses.
 
 Scripting: ``fail_next`` holds error statuses (or ``(status, headers)``, or ``(status, headers,
-code)`` with a provider error code) for the next requests of any kind; ``replies`` holds the
+code)`` with a provider error code, or an ``ErrorReply`` with a whole error body) for the next
+requests of any kind; ``replies`` holds the
 next generation answers (a dict/list is the JSON answer, a str raw text, ``Raw(body)`` the
 whole response body); otherwise ``responder(prompt)`` answers, given a ``Prompt`` (system
 text, user/assistant texts, the raw body). ``delay`` slows every generation down (a slow
@@ -31,6 +32,15 @@ class Raw:
     """A whole generation response body (blocked prompts, odd finish reasons, ...)."""
 
     body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ErrorReply:
+    """A scripted failure with its whole body (a Gemini 429's typed ``details``, ...)."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,27 @@ class LoopbackModel:
         reply = self._reply_for(body)
         return reply.body if isinstance(reply, Raw) else self.generation(body, reply)
 
+    def _failure(self, scripted: Any, kind: str | None, path: str, headers: Any,
+                 body: dict[str, Any]) -> ErrorReply | None:
+        """The error answer this request gets (scripted, or what the real API would say), or None."""
+        if isinstance(scripted, ErrorReply):
+            return scripted
+        status, extra, code = (tuple(scripted) + (None, None))[:3] if isinstance(scripted, tuple) \
+            else (scripted, None, None)
+        if not self.authorised(headers):
+            return ErrorReply(401, self.error_body(401, "invalid API key", "invalid_api_key"))
+        if kind is None:
+            return ErrorReply(404, self.error_body(404, f"no route {path}", None))
+        model = self.model_of(path, body)
+        if kind == "generate" and self.models is not None and model not in self.models:
+            message = f"The model `{model}` does not exist or you do not have access to it."
+            return ErrorReply(404, self.error_body(404, message, self.unknown_model_code))
+        if status != 200:
+            return ErrorReply(status, self.error_body(status, "scripted failure", code), extra or {})
+        if kind == "generate" and body.get("stream"):  # the fakes serve whole answers only
+            return ErrorReply(400, self.error_body(400, "only stream: false is served", None))
+        return None
+
     def _handler(self):
         fake = self
 
@@ -177,20 +208,9 @@ class LoopbackModel:
                 with fake._lock:
                     fake.calls.append(record)
                     scripted = fake.fail_next.pop(0) if fake.fail_next else 200
-                status, headers, code = (tuple(scripted) + (None, None))[:3] if isinstance(scripted, tuple) \
-                    else (scripted, None, None)
-                if not fake.authorised(self.headers):
-                    return self._send(401, fake.error_body(401, "invalid API key", "invalid_api_key"))
-                if kind is None:
-                    return self._send(404, fake.error_body(404, f"no route {self.path}", None))
-                model = fake.model_of(self.path, body)
-                if kind == "generate" and fake.models is not None and model not in fake.models:
-                    message = f"The model `{model}` does not exist or you do not have access to it."
-                    return self._send(404, fake.error_body(404, message, fake.unknown_model_code))
-                if status != 200:
-                    return self._send(status, fake.error_body(status, "scripted failure", code), headers)
-                if kind == "generate" and body.get("stream"):  # the fakes serve whole answers only
-                    return self._send(400, fake.error_body(400, "only stream: false is served", None))
+                failure = fake._failure(scripted, kind, self.path, self.headers, body)
+                if failure is not None:
+                    return self._send(failure.status, failure.body, failure.headers)
                 record["response"] = fake._answer(kind, body)
                 return self._send(200, record["response"])
 

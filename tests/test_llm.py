@@ -12,6 +12,7 @@ from agentmemory_server.models import llm
 from agentmemory_server.kernel import registry
 from conftest import GEMINI_TEST_KEY, ManualClock
 from fake_gemini import Raw
+from fake_http import ErrorReply
 from agentmemory_server.providers.chat import ChatRequest
 from agentmemory_server.providers.gemini import gemini_transport, post_model
 from agentmemory_server.providers.http import ProviderHTTPError, retry_after_seconds
@@ -91,6 +92,38 @@ def test_429_is_retried_after_the_retry_after_delay(llm_runtime, fake_gemini):
     assert slept == [7.0, 0.0]  # Retry-After honoured; no header: the (zero) backoff
     assert len(fake_gemini.calls) == 3 and svc.health()["httpRetries"] == 2
     assert svc.health()["failed"] == 0 and svc.breaker.state == "closed"
+
+
+def gemini_429(*details: dict) -> ErrorReply:
+    """Gemini's quota answer: no Retry-After header, typed google.rpc details in the body."""
+    return ErrorReply(429, {"error": {"code": 429, "message": "You exceeded your current quota.",
+                                      "status": "RESOURCE_EXHAUSTED", "details": list(details)}})
+
+
+def quota(quota_id: str) -> dict:
+    return {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                            "quotaId": quota_id}]}
+
+
+def test_a_gemini_429_waits_its_retry_delay_and_a_used_up_daily_quota_is_not_retried(llm_runtime, fake_gemini):
+    """Gemini says how long to wait in the body (RetryInfo.retryDelay), not in a Retry-After
+    header: the retries used to come after the 0-2 s backoff and fail again. A daily quota clears
+    at midnight Pacific time: retrying it in seconds burnt every attempt of every call."""
+    svc = service(llm_runtime(llm_retry_backoff_seconds=1.0))
+    slept = []
+    svc.clients.transport.sleep = slept.append
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}
+    fake_gemini.fail_next = [gemini_429(quota("GenerateRequestsPerMinutePerProjectPerModel-FreeTier"), retry_info)]
+    fake_gemini.replies = [GOOD]
+    assert svc.generate_json(NOTE, "write") == GOOD
+    assert slept == [17.0]
+    fake_gemini.fail_next = [gemini_429(quota("GenerateRequestsPerDayPerProjectPerModel-FreeTier"),
+                                        {**retry_info, "retryDelay": "3600s"})]
+    with pytest.raises(llm.LLMError) as caught:
+        svc.generate_json(NOTE, "write")
+    assert "HTTP 429 RESOURCE_EXHAUSTED 429: You exceeded your current quota." in caught.value.message
+    assert len(fake_gemini.calls) == 3 and slept == [17.0]  # the daily quota: one attempt, no wait
 
 
 def test_backoff_doubles_and_is_capped():

@@ -4,8 +4,10 @@
 with the provider's headers and retries what is worth retrying: 429, 5xx and Anthropic's 529
 ("overloaded"), connection errors and timeouts, with exponential backoff that honours a
 ``Retry-After`` header (seconds or an HTTP date, capped). Other statuses fail at once, and so
-does a 429 whose error code says money or quota ran out (retrying cannot help; the caller's
-breaker and deterministic fallback take over). Every attempt has a timeout. A 200 whose body is
+does a 429 whose error code says money or quota ran out, or whose Google RPC details name a
+daily quota (retrying cannot help; the caller's breaker and deterministic fallback take over).
+Gemini asks for its wait in the body (``details[].retryDelay`` of a ``google.rpc.RetryInfo``),
+honoured as a Retry-After. Every attempt has a timeout. A 200 whose body is
 an ``error`` object instead of a result (OpenRouter's way to report a model that failed after
 the request was accepted) is a failure too, retried when its code is a status worth retrying.
 
@@ -20,6 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -64,21 +67,32 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - current)
 
 
-def error_summary(resp: requests.Response) -> tuple[str, str | None]:
-    """(one-line description, error code) of an error answer: the provider's ``error`` object
-    when the body has one (``{"error": {"message", "type"|"status", "code"}}``), else its text."""
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """What a provider's error answer says: a one-line description, its error code, the wait it
+    asks for in the body (seconds), and whether waiting a few seconds cannot help."""
+
+    summary: str
+    code: str | None = None
+    wait: float | None = None
+    lasting: bool = False
+
+
+def error_summary(resp: requests.Response) -> ErrorAnswer:
+    """An error answer: the provider's ``error`` object when the body has one
+    (``{"error": {"message", "type"|"status", "code"}}``), else its text."""
     try:
         body = resp.json()
     except ValueError:
-        return resp.text[:200], None
+        return ErrorAnswer(resp.text[:200])
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        return resp.text[:200], None
+        return ErrorAnswer(resp.text[:200])
     return describe_error(error)
 
 
-def embedded_error(body: dict[str, Any]) -> tuple[int, str, str | None] | None:
-    """(status, description, code) of an error a 200 answer carries instead of a result, or None.
+def embedded_error(body: dict[str, Any]) -> tuple[int, ErrorAnswer] | None:
+    """(status, error) of an error a 200 answer carries instead of a result, or None.
     OpenRouter answers 200 once it has passed a request to a model, and reports a failure after
     that as ``{"error": {"code": 502, "message"}}`` in the body; its numeric code is the status
     the failure would have had (so a 502 is retried like one)."""
@@ -87,19 +101,53 @@ def embedded_error(body: dict[str, Any]) -> tuple[int, str, str | None] | None:
         return None
     code = error.get("code")
     status = code if isinstance(code, int) and 100 <= code <= 599 else 200
-    summary, code_text = describe_error(error)
-    return status, summary, code_text
+    return status, describe_error(error)
 
 
-def describe_error(error: dict[str, Any]) -> tuple[str, str | None]:
-    """(one-line description, error code) of a provider's ``error`` object."""
+def describe_error(error: dict[str, Any]) -> ErrorAnswer:
+    """A provider's ``error`` object. Anthropic puts its code in ``details.error_code``; Google
+    RPC errors (Gemini) list typed ``details``: a RetryInfo's ``retryDelay`` and a
+    QuotaFailure's violated quota ids."""
     details = error.get("details")
+    typed = [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
     details = details if isinstance(details, dict) else {}
     code = error.get("code") or details.get("error_code")
     kind = error.get("type") or error.get("status")
     label = " ".join(str(p) for p in (kind, code if code != kind else None) if p)
     message = str(error.get("message") or "")[:200]
-    return (f"{label}: {message}" if label else message), (str(code) if code is not None else None)
+    code_text = str(code) if code is not None else None
+    return ErrorAnswer(
+        f"{label}: {message}" if label else message,
+        code_text,
+        wait=_retry_delay(typed),
+        lasting=code_text in PERMANENT_CODES or _daily_quota_used_up(typed),
+    )
+
+
+_DELAY = re.compile(r"(\d+(?:\.\d+)?)s")
+
+
+def _retry_delay(details: list[dict[str, Any]]) -> float | None:
+    """Seconds a google.rpc.RetryInfo asks to wait (``"retryDelay": "37s"``), or None."""
+    for detail in details:
+        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            match = _DELAY.fullmatch(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def _daily_quota_used_up(details: list[dict[str, Any]]) -> bool:
+    """Does a google.rpc.QuotaFailure name a per-day quota (Gemini's free tier:
+    ``GenerateRequestsPerDayPerProjectPerModel-FreeTier``)? It clears at Pacific midnight, not
+    after a few seconds' backoff."""
+    for detail in details:
+        if str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
+            violations = detail.get("violations")
+            for violation in violations if isinstance(violations, list) else []:
+                if isinstance(violation, dict) and "PerDay" in str(violation.get("quotaId", "")):
+                    return True
+    return False
 
 
 class JsonTransport:
@@ -156,14 +204,15 @@ class JsonTransport:
                     embedded = embedded_error(data)
                     if embedded is None:
                         return data
-                    status, summary, code = embedded
-                    last = f"HTTP 200 with an error in the body: {summary}".rstrip()
+                    status, error = embedded
+                    last = f"HTTP 200 with an error in the body: {error.summary}".rstrip()
                 else:
-                    summary, code = error_summary(resp)
-                    last, status = f"HTTP {resp.status_code} {summary}".rstrip(), resp.status_code
-                if status not in RETRY_STATUS or code in PERMANENT_CODES:
+                    error = error_summary(resp)
+                    last, status = f"HTTP {resp.status_code} {error.summary}".rstrip(), resp.status_code
+                if status not in RETRY_STATUS or error.lasting:
                     break
                 asked = retry_after_seconds(resp.headers.get("Retry-After"))
+                asked = asked if asked is not None else error.wait
                 if asked is not None:
                     wait = max(wait, asked)
             if attempt + 1 < attempts:
