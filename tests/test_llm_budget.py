@@ -84,6 +84,22 @@ def test_the_daily_budget_stops_calls_before_sending_and_resets_at_midnight_utc(
     assert budget["resetsAt"] == "2026-11-03T00:00:00.000Z"
 
 
+def test_status_says_why_nothing_is_model_written_while_a_budget_is_used_up(llm_runtime, fake_gemini):
+    """GET /status ("what needs attention") said "Nothing is wrong" all day once the budget was
+    used up, though every model feature had gone deterministic."""
+    rt = llm_runtime(clock=ManualClock(ELEVEN_PM).clock, llm_daily_token_budget=50, llm_reflect=False)
+    call = ToolCaller(rt)
+    fake_gemini.responder = responder()
+    seed_session(call)
+    assert not [a for a in call("status")["alerts"] if "budget" in a["message"]]
+    assert call("summarize", sessionId="s1")["summary"]["method"] == "gemini"  # crosses the budget
+    [alert] = [a for a in call("status")["alerts"] if "budget" in a["message"]]
+    assert alert["level"] == "info" and alert["message"] == (
+        "the daily model token budget (50) is used up: those model features run deterministically until "
+        "2026-11-02T00:00:00.000Z")
+    assert "AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET" in alert["fix"]
+
+
 def test_a_feature_cap_stops_only_that_feature(llm_runtime, fake_gemini):
     rt = llm_runtime(auto_compress=True, llm_daily_token_budget_compress=1, llm_reflect=False)
     call = ToolCaller(rt)

@@ -317,6 +317,10 @@ def test_a_provider_without_credentials_is_reported_and_everything_stays_determi
     [check] = svc.diagnose()
     assert check["name"] == "llm-provider" and check["status"] == "warn" and "ANTHROPIC_API_KEY" in check["message"]
     assert svc.check()["request"] is None
+    alerts = ToolCaller(rt)("status")["alerts"]  # it used to say "Nothing is wrong"
+    assert {"level": "warn", "message": "AGENTMEMORY_LLM_PROVIDER=anthropic needs ANTHROPIC_API_KEY: every LLM "
+            "feature runs deterministically", "fix": "set the key, or AGENTMEMORY_LLM_PROVIDER=none if no model "
+            "is wanted; then restart"} in alerts
 
 
 def test_openai_compatible_embeddings_speak_the_real_json(make_runtime, fake_openai):

@@ -58,6 +58,36 @@ def _capture_alerts(capture: dict[str, Any]) -> list[dict[str, str]]:
     return alerts
 
 
+def _llm_alerts(llm: dict[str, Any]) -> list[dict[str, str]]:
+    """A configured provider that cannot be used, and a used-up token budget: neither degrades
+    the server (the deterministic paths answer), but both explain why nothing is model-written."""
+    alerts = []
+    if llm.get("problem"):
+        alerts.append(
+            _alert(
+                "warn",
+                f"{llm['problem']}: every LLM feature runs deterministically",
+                "set the key, or AGENTMEMORY_LLM_PROVIDER=none if no model is wanted; then restart",
+            )
+        )
+    budget = llm.get("budget") or {}
+    capped = sorted(name for name, cap in (budget.get("features") or {}).items() if cap.get("reached"))
+    if budget.get("reached") or capped:
+        what = (
+            f"the daily model token budget ({budget['daily']:,}) is used up"
+            if budget.get("reached")
+            else f"the daily token cap of {', '.join(capped)} is used up"
+        )
+        alerts.append(
+            _alert(
+                "info",
+                f"{what}: those model features run deterministically until {budget.get('resetsAt')}",
+                "raise AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET (or the feature's cap) and restart, or wait",
+            )
+        )
+    return alerts
+
+
 def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
     """What is wrong, each with its fix, from the health sections."""
     alerts: list[dict[str, str]] = []
@@ -85,6 +115,7 @@ def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
             )
         )
     alerts += _capture_alerts(sections.get("capture") or {})
+    alerts += _llm_alerts(sections.get("llm") or {})
     spooled = (sections.get("capture_spool") or {}).get("events")
     if spooled:
         alerts.append(
