@@ -14,8 +14,9 @@ Budget: ``AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET`` (prompt + completion tokens of ev
 checked before each call against the current UTC day's rows, read from the database so every
 process (server, CLI) sees one account. A reached budget stops the call before anything is sent
 and the feature takes its deterministic path; the day rolls over at midnight UTC on the
-runtime clock (tests move it). The call that crosses the line is not cut short: the budget
-may be overshot by at most one call's tokens.
+runtime clock (tests move it). The calls in flight when the line is crossed are not cut short:
+each passed its check before the others were counted, so the budget may be overshot by the
+tokens of every call running at that moment (one per job worker, plus explicit calls).
 """
 
 from __future__ import annotations
