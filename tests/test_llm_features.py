@@ -222,6 +222,46 @@ def test_session_end_stays_deterministic_and_queues_the_model_work(llm_runtime, 
     assert sorted(task_of(p) for p in fake_gemini.requests()) == ["reflect", "summarize"]
 
 
+def test_a_session_end_job_whose_model_call_fails_runs_again_once_the_model_answers(llm_runtime, fake_gemini):
+    """The summary and reflection jobs kept the deterministic result for good when their one model
+    call failed (a 503 after its retries, a timeout, the breaker half-open with another job's
+    trial in flight): the job was done, and the session never got its model summary. Compressions
+    and graph extraction already waited for the model; these now do too."""
+    clock = ManualClock()
+    rt = llm_runtime(clock=clock.clock, llm_max_attempts=1, consolidation_enabled="false")
+    call, svc = ToolCaller(rt), llm.service(rt)
+    fake_gemini.responder = responder()
+    call("agent_observe", **hook("s1", "prompt_submit", data={"prompt": "fix login TODO: add a logout test"}))
+    call("agent_observe", **edit("s1", "src/auth.py", "2026-11-01T10:01:00Z"))
+    call("session_end", sessionId="s1")
+    fake_gemini.fail_next = [503, 503]  # the model is down for both jobs' calls
+    assert svc.drain() == 2
+    assert call("session_get", sessionId="s1")["session"]["summary"]["method"] == "synthetic"
+    waiting = rt.db.reader().jobs.stats()
+    assert waiting["byKind"] == {"summarize": 1, "reflect": 1} and "HTTP 503" in waiting["lastError"]
+    assert svc.usage.snapshot()["jobsRetried"] == 2
+
+    clock.advance(60)  # the model is back
+    assert svc.drain() == 2
+    summary = call("session_get", sessionId="s1")["session"]["summary"]
+    assert summary["method"] == "gemini" and summary["title"] == "Model summary title"
+    assert call("memory_slot_get", label="pending_items", project="demo")["slot"]["content"] == "- model pending item"
+    assert rt.db.reader().jobs.stats()["pending"] == 0
+
+
+def test_a_session_end_job_keeps_the_deterministic_result_when_the_answer_itself_is_the_problem(
+        llm_runtime, fake_gemini):
+    """An invalid answer (twice) or a refusal would come again: no retry, no second bill."""
+    rt = llm_runtime(consolidation_enabled="false", llm_reflect=False)
+    call, svc = ToolCaller(rt), llm.service(rt)
+    call("agent_observe", **edit("s1", "src/auth.py", "2026-11-01T10:01:00Z"))
+    call("session_end", sessionId="s1")
+    fake_gemini.replies = ["not json", "still not json"]
+    assert svc.drain() == 1
+    assert call("session_get", sessionId="s1")["session"]["summary"]["method"] == "synthetic"
+    assert rt.db.reader().jobs.stats()["pending"] == 0 and len(fake_gemini.generations()) == 2
+
+
 def test_consolidation_with_the_model_writes_memories_and_facts_through_remember(llm_runtime, fake_gemini):
     rt = llm_runtime()
     call = ToolCaller(rt)

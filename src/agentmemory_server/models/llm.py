@@ -29,7 +29,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +80,12 @@ class InvalidOutput(LLMError):
     def __init__(self, task: str, errors: list[str]):
         super().__init__(f"{task}: the answer failed validation twice: {'; '.join(errors)[:500]}")
         self.errors = errors
+
+
+# Failures that asking again soon would not change: the model's own answer, or the day's budget.
+LASTING_FAILURES = (InvalidOutput, ModelRefused, BudgetReached)
+# The passing failures ``answer`` turned into the deterministic path, while a job watches.
+_PASSING_FAILURES: ContextVar[list[LLMError] | None] = ContextVar("agentmemory_llm_failures", default=None)
 
 
 # -- usage counters (since start; the durable per-day account is in accounting.py) -------------------
@@ -408,7 +416,29 @@ class LLMService:
             return self.generate_json(task, prompt)
         except LLMError as exc:
             log.warning("%s: model step fell back to the deterministic path: %s", task.name, exc.message)
+            watching = _PASSING_FAILURES.get()
+            if watching is not None and not isinstance(exc, LASTING_FAILURES):
+                watching.append(exc)
             return None
+
+    @contextmanager
+    def passing_failures(self) -> Iterator[list[LLMError]]:
+        """The model failures that may pass (an outage, a timeout, the breaker open) which model
+        steps turned into their deterministic result inside the block, on this thread: a job
+        that sees one runs again later, instead of keeping the deterministic result for good."""
+        failures: list[LLMError] = []
+        token = _PASSING_FAILURES.set(failures)
+        try:
+            yield failures
+        finally:
+            _PASSING_FAILURES.reset(token)
+
+    @staticmethod
+    def retry_after(failures: list[LLMError]) -> None:
+        """:raise Retry: when the model failed in a way that may pass (see ``passing_failures``)."""
+        if failures:
+            last = failures[-1]
+            raise Retry(last.message, last.retry_at if isinstance(last, BreakerOpen) else None)
 
     def probe(self, feature: str | None = None) -> dict[str, Any]:
         """One tiny request to the model ``feature`` uses (None: the provider-wide one) for
