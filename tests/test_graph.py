@@ -5,7 +5,7 @@ re-extraction replacing a session's share, agent isolation."""
 import pytest
 
 from agentmemory_server.models import llm
-from conftest import ToolCaller
+from conftest import ManualClock, ToolCaller
 from agentmemory_server.errors import NotFound
 from llm_support import ANSWERS, responder
 
@@ -158,6 +158,24 @@ def test_model_failure_falls_back_and_the_job_waits_for_an_open_breaker(llm_runt
     call("session_end", sessionId="s1")
     assert svc.drain() == 1  # deferred, not run
     assert rt.db.reader().jobs.stats()["waiting"] == 1
+
+
+def test_the_graph_job_waits_for_the_model_after_any_failure_that_may_pass(llm_runtime, fake_gemini):
+    """The job waited only while the breaker was open: a 500 that did not open it (the default
+    three failures) wrote the deterministic graph and ended the job for good."""
+    clock = ManualClock()
+    rt = llm_runtime(clock=clock.clock, graph_extraction_enabled=True, llm_max_attempts=1, llm_summaries=False,
+                     llm_reflect=False, consolidation_enabled="false")
+    call, svc = ToolCaller(rt), llm.service(rt)
+    fake_gemini.responder = responder()
+    seed(call)
+    call("session_end", sessionId="s1")
+    fake_gemini.fail_next = [500]
+    assert svc.drain() == 1 and svc.breaker.state == "closed"
+    assert rt.db.reader().jobs.stats()["waiting"] == 1 and call("memory_graph_query")["nodes"] == []
+    clock.advance(60)
+    assert svc.drain() == 1
+    assert set(by_name(call("memory_graph_query"))) == {"src/auth.py", "pyjwt", "token expiry"}
 
 
 def test_graph_job_gives_up_to_the_deterministic_graph(llm_runtime, fake_gemini):

@@ -313,7 +313,8 @@ def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) ->
 
 def extract_session(ctx: Ctx, session_id: str, *, use_model: bool, wait_for_model: bool = False) -> dict:
     """Extract one session's graph: the model's when ``use_model`` and it answers, else the
-    deterministic one. ``wait_for_model``: an open breaker raises ``llm.Retry`` instead."""
+    deterministic one. ``wait_for_model`` (the background job): a failure that may pass (an
+    open breaker, an HTTP error after its retries, a timeout) raises ``llm.Retry`` instead."""
     store = ctx.rt.db.reader()
     session = summaries.load_session(ctx, store, session_id)
     observations = summaries.session_observations(ctx, store, session_id)
@@ -321,10 +322,9 @@ def extract_session(ctx: Ctx, session_id: str, *, use_model: bool, wait_for_mode
     if use_model and observations:
         try:
             found = model_extraction(ctx, session, observations)
-        except llm.BreakerOpen as exc:
-            if wait_for_model:
-                raise llm.Retry(exc.message, exc.retry_at) from None
         except llm.LLMError as exc:
+            if wait_for_model and not isinstance(exc, llm.LASTING_FAILURES):
+                llm.service(ctx.rt).retry_after([exc])
             log.warning("graph extraction of %s falls back to the deterministic graph: %s", session_id, exc.message)
     return write_session_graph(ctx, session, found or deterministic_extraction(observations))
 
