@@ -135,6 +135,32 @@ def test_an_answer_invalid_twice_fails_after_exactly_two_calls(provider_runtime,
     assert len(model_api.fake.generations()) == 2 and svc.breaker.state == "closed"
 
 
+CUT_OFF = {
+    "gemini": {"candidates": [{"content": {"role": "model", "parts": [{"text": '{"title": "a note that never'}]},
+                               "finishReason": "MAX_TOKENS"}],
+               "usageMetadata": {"promptTokenCount": 30, "candidatesTokenCount": 12, "totalTokenCount": 42}},
+    "openai": {"id": "x", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": '{"title": "a note that never', "refusal": None},
+         "finish_reason": "length"}], "usage": {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}},
+    "anthropic": {"id": "x", "type": "message", "role": "assistant", "stop_reason": "max_tokens",
+                  "content": [{"type": "text", "text": '{"title": "a note that never'}],
+                  "usage": {"input_tokens": 30, "output_tokens": 12}},
+}
+
+
+def test_an_answer_the_output_limit_cut_off_says_so_to_the_model_and_in_the_error(provider_runtime, model_api):
+    """An answer cut short by the output limit failed as "not valid JSON (Unterminated string ...)":
+    nothing said the limit was the cause, or which setting raises it."""
+    svc = llm.service(provider_runtime())
+    model_api.fake.replies = [Raw(CUT_OFF[model_api.name])] * 2
+    with pytest.raises(llm.InvalidOutput) as caught:
+        svc.generate_json(NOTE, "write")
+    assert caught.value.message.startswith("note: the answer failed validation twice: the answer was cut off at the "
+                                           "output limit after 12 tokens: raise AGENTMEMORY_LLM_MAX_OUTPUT_TOKENS; ")
+    assert "cut off at the output limit after 12 tokens: answer more briefly" in model_api.fake.prompts()[1]
+    assert "AGENTMEMORY_LLM_MAX_OUTPUT_TOKENS" in svc.health()["lastError"]
+
+
 def test_429_with_retry_after_and_overload_are_retried(provider_runtime, model_api):
     svc = llm.service(provider_runtime())
     slept: list[float] = []

@@ -207,6 +207,17 @@ def validate_answer(task: Task, text: str) -> tuple[Any, list[str]]:
     return value, errors[:10]
 
 
+OUTPUT_LIMIT_FIX = "raise AGENTMEMORY_LLM_MAX_OUTPUT_TOKENS"
+
+
+def cut_off_note(generation: Generation, advice: str) -> list[str]:
+    """Why an answer cut short by the output limit is invalid (its JSON has no end), and what
+    to do: the model is asked to be brief; a person is told the setting."""
+    if not generation.cut_off:
+        return []
+    return [f"the answer was cut off at the output limit after {generation.output_tokens} tokens: {advice}"]
+
+
 def repair_request(errors: list[str]) -> str:
     lines = "\n".join(f"- {e}" for e in errors)
     return (
@@ -385,12 +396,14 @@ class LLMService:
                 strip_text(generation.text[:MAX_REPAIR_ECHO]),
                 strip_private_data(generation.native),
             )
-            turns = [*request.turns, echo, Turn(USER, strip_text(repair_request(errors)))]
+            complaint = repair_request([*errors, *cut_off_note(generation, "answer more briefly")])
+            turns = [*request.turns, echo, Turn(USER, strip_text(complaint))]
             retry = ChatRequest(system, turns, task.schema, task.name)
-            value, errors = validate_answer(task, self.complete(task.feature, retry).text)
+            repaired = self.complete(task.feature, retry)
+            value, errors = validate_answer(task, repaired.text)
             if errors:
                 self.usage.add(invalidOutputs=1)
-                failure = InvalidOutput(task.name, errors)
+                failure = InvalidOutput(task.name, [*cut_off_note(repaired, OUTPUT_LIMIT_FIX), *errors])
                 self.usage.error(failure.message, self.rt.clock.iso())
                 raise failure
             self.usage.add(repaired=1)

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from agentmemory_server.providers.http import JsonTransport
 
 USER, ASSISTANT = "user", "assistant"
+# Finish reasons that say the output limit cut the answer short (OpenAI, Gemini, Anthropic).
+CUT_OFF = frozenset({"length", "MAX_TOKENS", "max_tokens"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,11 @@ class Generation:
     def turn(self) -> Turn:
         """This answer as the assistant turn of a follow-up request."""
         return Turn(ASSISTANT, self.text, self.native)
+
+    @property
+    def cut_off(self) -> bool:
+        """Did the output limit end the answer (so invalid JSON may be only its missing end)?"""
+        return self.finish_reason in CUT_OFF
 
 
 class Refusal(Exception):
