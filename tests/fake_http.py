@@ -39,7 +39,7 @@ class ErrorReply:
     """A scripted failure with its whole body (a Gemini 429's typed ``details``, ...)."""
 
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | str  # a str is sent as text/plain (a server's own error page)
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -167,8 +167,8 @@ class LoopbackModel:
             else (scripted, None, None)
         if not self.authorised(headers):
             return ErrorReply(401, self.error_body(401, "invalid API key", "invalid_api_key"))
-        if kind is None:
-            return ErrorReply(404, self.error_body(404, f"no route {path}", None))
+        if kind is None:  # as Go's net/http (Ollama) answers a path it does not serve
+            return ErrorReply(404, "404 page not found")
         model = self.model_of(path, body)
         if kind == "generate" and self.models is not None and model not in self.models:
             message = f"The model `{model}` does not exist or you do not have access to it."
@@ -186,10 +186,11 @@ class LoopbackModel:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
+            def _send(self, status: int, body: dict[str, Any] | str, headers: dict[str, str] | None = None) -> None:
+                text = isinstance(body, str)
+                data = body.encode() if text else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain; charset=utf-8" if text else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)

@@ -228,6 +228,28 @@ def test_error_bodies_are_quoted_and_keys_never_leak(provider_runtime, model_api
     assert model_api.key not in shown and model_api.key not in caplog.text and "HTTP 400" in shown
 
 
+def test_a_base_url_that_misses_the_api_says_which_setting_to_check(make_runtime, fake_openai):
+    """OPENAI_BASE_URL without its /v1 (http://localhost:11434 for Ollama) reaches a server that
+    answers "404 page not found": the error was only that, like a model that does not exist."""
+    rt = make_runtime(llm_provider="openai", openai_api_key=OPENAI_TEST_KEY, openai_base_url=fake_openai.url,
+                      llm_retry_backoff_seconds=0.0)
+    svc = llm.service(rt)
+    with pytest.raises(llm.LLMError) as caught:
+        svc.generate_json(NOTE, "write")
+    assert caught.value.message == (
+        f"OpenAI-compatible /chat/completions failed: HTTP 404 404 page not found (nothing serves "
+        f"{fake_openai.url}/chat/completions: OPENAI_BASE_URL is the API's base, which usually ends in /v1)")
+    assert len(fake_openai.calls) == 1  # a 404 is not retried
+    fake_openai.models = {"qwen2.5-coder:7b"}  # the base is right, the model is not: no hint
+    right_base = llm.service(make_runtime(llm_provider="openai", openai_api_key=OPENAI_TEST_KEY,
+                                          openai_base_url=fake_openai.base,
+                                          data_dir=str(rt.settings.data_dir) + "-right"))
+    with pytest.raises(llm.LLMError) as caught:
+        right_base.generate_json(NOTE, "write")
+    assert "model_not_found: The model `gpt-4o-mini` does not exist" in caught.value.message
+    assert "OPENAI_BASE_URL" not in caught.value.message
+
+
 def test_a_wrong_key_is_refused_once_and_not_echoed(provider_runtime, model_api):
     field = {"gemini": "gemini_api_key", "openai": "openai_api_key", "anthropic": "anthropic_api_key"}
     svc = llm.service(provider_runtime(**{field[model_api.name]: "wrong-key-0451"}))

@@ -38,7 +38,13 @@ def anthropic_transport(*, api_key: str | None, base_url: str, timeout: float, *
     if api_key:
         headers["x-api-key"] = api_key
     return JsonTransport(
-        name="Anthropic", base_url=base_url, headers=headers, secrets=(api_key,), timeout=timeout, **options
+        name="Anthropic",
+        base_url=base_url,
+        headers=headers,
+        secrets=(api_key,),
+        timeout=timeout,
+        not_found_hint="ANTHROPIC_BASE_URL is the API's base, without /v1",
+        **options,
     )
 
 

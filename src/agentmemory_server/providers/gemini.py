@@ -35,6 +35,7 @@ def gemini_transport(*, api_key: str, base_url: str, timeout: float, **options: 
         headers={"x-goog-api-key": api_key},
         secrets=(api_key,),
         timeout=timeout,
+        not_found_hint="GEMINI_API_BASE is the API's base, without /v1beta",
         **options,
     )
 

@@ -76,6 +76,7 @@ class ErrorAnswer:
     code: str | None = None
     wait: float | None = None
     lasting: bool = False
+    from_provider: bool = False  # the body was the provider's error object, not some server's page
 
 
 def error_summary(resp: requests.Response) -> ErrorAnswer:
@@ -121,6 +122,7 @@ def describe_error(error: dict[str, Any]) -> ErrorAnswer:
         code_text,
         wait=_retry_delay(typed),
         lasting=code_text in PERMANENT_CODES or _daily_quota_used_up(typed),
+        from_provider=True,
     )
 
 
@@ -154,6 +156,8 @@ class JsonTransport:
     """:param name: the provider, for error messages. :param base_url: everything before the
     request path. :param headers: sent with every request (the key goes here).
     :param secrets: strings scrubbed from error messages. :param timeout: seconds per attempt.
+    :param not_found_hint: added to a 404 that is not the provider's own error (nothing serves
+    that path: a base URL setting missing or repeating a part such as ``/v1``).
     :param sleep: injectable for tests (records delays)."""
 
     def __init__(
@@ -165,9 +169,11 @@ class JsonTransport:
         secrets: Iterable[str | None] = (),
         timeout: float,
         max_backoff: float = MAX_BACKOFF_SECONDS,
+        not_found_hint: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
         self.name = name
+        self.not_found_hint = not_found_hint
         self.base = base_url.rstrip("/")
         self._headers = dict(headers)
         self._secrets = tuple(s for s in secrets if s)
@@ -209,6 +215,8 @@ class JsonTransport:
                 else:
                     error = error_summary(resp)
                     last, status = f"HTTP {resp.status_code} {error.summary}".rstrip(), resp.status_code
+                    if status == 404 and not error.from_provider and self.not_found_hint:
+                        last += f" (nothing serves {url}: {self.not_found_hint})"
                 if status not in RETRY_STATUS or error.lasting:
                     break
                 asked = retry_after_seconds(resp.headers.get("Retry-After"))

@@ -35,7 +35,13 @@ _NAME = re.compile(r"[^A-Za-z0-9_-]")
 def openai_transport(*, api_key: str | None, base_url: str, timeout: float, **options: Any) -> JsonTransport:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return JsonTransport(
-        name="OpenAI-compatible", base_url=base_url, headers=headers, secrets=(api_key,), timeout=timeout, **options
+        name="OpenAI-compatible",
+        base_url=base_url,
+        headers=headers,
+        secrets=(api_key,),
+        timeout=timeout,
+        not_found_hint="OPENAI_BASE_URL is the API's base, which usually ends in /v1",
+        **options,
     )
 
 
