@@ -324,7 +324,7 @@ def extract_session(ctx: Ctx, session_id: str, *, use_model: bool, wait_for_mode
             found = model_extraction(ctx, session, observations)
         except llm.LLMError as exc:
             if wait_for_model and not isinstance(exc, llm.LASTING_FAILURES):
-                llm.service(ctx.rt).retry_after([exc])
+                llm.retry_for([exc])
             log.warning("graph extraction of %s falls back to the deterministic graph: %s", session_id, exc.message)
     return write_session_graph(ctx, session, found or deterministic_extraction(observations))
 

@@ -18,8 +18,10 @@ each feature, calls, tokens per day and feature, the budget, the breaker and the
   a whole; every parsed answer goes through ``strip_private_data`` before anyone stores it.
   Keys are only ever in request headers and scrubbed from every error.
 - **Jobs** (llm_jobs.py): ``enqueue(tx, kind, ref)`` in the caller's transaction; they wait
-  while the breaker is open. The job workers run where the background loops run (the worker
-  process by default, see ``kernel/background.py``), never in a request process.
+  while the breaker is open, and a job whose model steps fell back after a failure that may
+  pass runs again (``passing_failures`` and ``retry_for``). The job workers run where the
+  background loops run (the worker process by default, see ``kernel/background.py``), never
+  in a request process.
 """
 
 from __future__ import annotations
@@ -86,6 +88,26 @@ class InvalidOutput(LLMError):
 LASTING_FAILURES = (InvalidOutput, ModelRefused, BudgetReached)
 # The passing failures ``answer`` turned into the deterministic path, while a job watches.
 _PASSING_FAILURES: ContextVar[list[LLMError] | None] = ContextVar("agentmemory_llm_failures", default=None)
+
+
+@contextmanager
+def passing_failures() -> Iterator[list[LLMError]]:
+    """The model failures that may pass (an outage, a timeout, the breaker open) which model
+    steps turned into their deterministic result inside the block, on this thread: a job that
+    sees one runs again later, instead of keeping the deterministic result for good."""
+    failures: list[LLMError] = []
+    token = _PASSING_FAILURES.set(failures)
+    try:
+        yield failures
+    finally:
+        _PASSING_FAILURES.reset(token)
+
+
+def retry_for(failures: list[LLMError]) -> None:
+    """:raise Retry: when the model failed in a way that may pass (see ``passing_failures``)."""
+    if failures:
+        last = failures[-1]
+        raise Retry(last.message, last.retry_at if isinstance(last, BreakerOpen) else None)
 
 
 # -- usage counters (since start; the durable per-day account is in accounting.py) -------------------
@@ -433,25 +455,6 @@ class LLMService:
             if watching is not None and not isinstance(exc, LASTING_FAILURES):
                 watching.append(exc)
             return None
-
-    @contextmanager
-    def passing_failures(self) -> Iterator[list[LLMError]]:
-        """The model failures that may pass (an outage, a timeout, the breaker open) which model
-        steps turned into their deterministic result inside the block, on this thread: a job
-        that sees one runs again later, instead of keeping the deterministic result for good."""
-        failures: list[LLMError] = []
-        token = _PASSING_FAILURES.set(failures)
-        try:
-            yield failures
-        finally:
-            _PASSING_FAILURES.reset(token)
-
-    @staticmethod
-    def retry_after(failures: list[LLMError]) -> None:
-        """:raise Retry: when the model failed in a way that may pass (see ``passing_failures``)."""
-        if failures:
-            last = failures[-1]
-            raise Retry(last.message, last.retry_at if isinstance(last, BreakerOpen) else None)
 
     def probe(self, feature: str | None = None) -> dict[str, Any]:
         """One tiny request to the model ``feature`` uses (None: the provider-wide one) for

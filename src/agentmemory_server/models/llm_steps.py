@@ -483,26 +483,24 @@ def _run_key(project: str) -> str:
 
 @llm.job_handler("summarize")
 def _summarize_job(ctx: Ctx, session_id: str, args: dict) -> None:
-    svc = llm.service(ctx.rt)
-    if svc.uses_model("summaries"):
-        with svc.passing_failures() as failures:
+    if llm.service(ctx.rt).uses_model("summaries"):
+        with llm.passing_failures() as failures:
             try:
                 summaries.summarize(ctx, session_id)
             except AppError:  # the session or its observations are gone
                 return
-        svc.retry_after(failures)  # the deterministic summary stands until the model answers
+        llm.retry_for(failures)  # the deterministic summary stands until the model answers
 
 
 @llm.job_handler("reflect")
 def _reflect_job(ctx: Ctx, session_id: str, args: dict) -> None:
-    svc = llm.service(ctx.rt)
-    if svc.uses_model("reflect"):
-        with svc.passing_failures() as failures:
+    if llm.service(ctx.rt).uses_model("reflect"):
+        with llm.passing_failures() as failures:
             try:
                 reflect.reflect_session(ctx, session_id)
             except AppError:
                 return
-        svc.retry_after(failures)
+        llm.retry_for(failures)
 
 
 @llm.job_handler("consolidate")
