@@ -277,6 +277,43 @@ def test_a_write_that_waits_past_the_lock_wait_is_refused_and_never_runs_later(t
 
 
 @pytest.mark.sqlite_only
+def test_writers_queued_behind_another_programs_lock_give_up_together_and_leave_the_busy_wait_as_it_was(tmp_path):
+    """Another program holds SQLite's lock: a write waits for it, a second write of the process
+    waits for the first (its wait counts against the same deadline, so SQLite's busy wait is cut
+    to what is left of it and set back afterwards). Both hear database_busy; nothing is stored."""
+    import sqlite3
+
+    db = Database(tmp_path / "x.db", now=Clock().iso, background=False, lock_wait=0.5)
+    outcomes: list[object] = []
+
+    def write(n: int) -> None:
+        try:
+            outcomes.append(db.write(f"w{n}", lambda tx: tx.records.set("mem:x", f"k{n}", n, now="t")))
+        except Exception as exc:  # noqa: BLE001
+            outcomes.append(getattr(exc, "code", type(exc).__name__))
+
+    other = sqlite3.connect(tmp_path / "x.db", isolation_level=None, timeout=5)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        first = threading.Thread(target=write, args=(1,))
+        first.start()
+        time.sleep(0.2)  # the first write is in SQLite's busy wait, holding the process's writer lock
+        write(2)
+        first.join(timeout=10)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    try:
+        assert outcomes == ["database_busy", "database_busy"], outcomes
+        assert db._writer.execute("PRAGMA busy_timeout").fetchone()[0] == 500
+        db.write("after", lambda tx: tx.records.set("mem:x", "after", 1, now="t"))
+        reader = db.reader()
+        assert [k for k in ("k1", "k2", "after") if reader.records.get("mem:x", k)] == ["after"]
+    finally:
+        db.close()
+
+
+@pytest.mark.sqlite_only
 def test_a_group_that_cannot_begin_fails_every_write_in_it(tmp_path):
     """Writes refused before the transaction starts (here: the disk reserve) all hear why, and
     none is half-stored."""

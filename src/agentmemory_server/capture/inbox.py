@@ -40,6 +40,9 @@ from agentmemory_server.kernel.util import iso, truncate
 log = logging.getLogger("agentmemory.capture")
 STATUSES = ("pending", "dead", "filtered")
 MAX_BACKOFF_SECONDS = 15 * 60
+# How long a process sends events straight to the spool after its write found the lock taken,
+# unless one of its writes commits sooner (background threads commit every few seconds).
+BUSY_MEMORY_SECONDS = 30.0
 
 
 class CaptureInbox:
@@ -64,12 +67,14 @@ class CaptureInbox:
             self._busy = (time.monotonic(), exc)
 
     def recently_busy(self) -> AppError | None:
-        """The busy error of the last ``lock_wait`` seconds, if any: another wait for the same
-        lock would most likely end the same way, after the client has given up."""
+        """The busy error of the last BUSY_MEMORY_SECONDS, if no write of this process has
+        committed since: another wait for the same lock would most likely end the same way, after
+        the client has given up. Its events wait in the spool meanwhile (drained within the retry
+        interval once the database takes them)."""
         if self._busy is None:
             return None
         at, exc = self._busy
-        if time.monotonic() - at > self.rt.settings.lock_wait_seconds:
+        if time.monotonic() - at > BUSY_MEMORY_SECONDS or self.rt.db.last_write > at:
             self._busy = None
             return None
         return exc

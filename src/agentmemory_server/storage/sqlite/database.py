@@ -57,6 +57,8 @@ T = TypeVar("T")
 # How long a statement waits for another process's write lock before it fails with database_busy,
 # unless the opener says otherwise (``lock_wait``: a request process waits less than its clients).
 BUSY_TIMEOUT_SECONDS = 30.0
+# A write that waited longer than this for the locks before SQLite's gets its busy wait shortened.
+SHORTENED_AFTER_SECONDS = 0.05
 
 
 class SchemaTooNew(AppError):
@@ -502,7 +504,8 @@ class Database:
         if outer is not None:
             yield outer
             return
-        with self._writer_turn(), self._gate:
+        deadline = time.monotonic() + self.lock_wait
+        with self._writer_turn(deadline), self._other_processes_turn(deadline):
             conn = self._begin()
             store = self._write_unit()
             self._local.tx = store
@@ -531,6 +534,7 @@ class Database:
         outer = getattr(self._local, "tx", None)
         if outer is not None:
             return work(outer)
+        deadline = time.monotonic() + self.lock_wait
         queued: Queued[T] = self._queue.put(operation, work, agent_id)
         if not self._lock.acquire(timeout=self.lock_wait):
             if self._queue.withdraw(queued):  # no group took it: nothing of it ran
@@ -538,21 +542,42 @@ class Database:
             self._lock.acquire()  # a group is running it: its outcome comes within that group's wait
         try:
             if not queued.finished:  # no thread took it into its group: lead one
-                self._commit_group(self._queue.take())
+                self._commit_group(self._queue.take(), deadline)
         finally:
             self._lock.release()
         return queued.outcome()
 
+    # A write waits for three locks in turn: this process's writer lock (held by a thread that may
+    # itself wait for the others), the gate between the processes of this file, and SQLite's own
+    # lock (another program: a sqlite3 shell, a backup tool). One deadline covers all three, so a
+    # request answers within ``lock_wait`` however the wait is shared among them.
+
     @contextmanager
-    def _writer_turn(self) -> Iterator[None]:
-        """This process's writer lock, waited for at most ``lock_wait`` seconds (the thread that
-        holds it may itself be waiting for another process's lock)."""
-        if not self._lock.acquire(timeout=self.lock_wait):
+    def _writer_turn(self, deadline: float) -> Iterator[None]:
+        if not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise self._lock_taken()
         try:
             yield
         finally:
             self._lock.release()
+
+    @contextmanager
+    def _other_processes_turn(self, deadline: float) -> Iterator[None]:
+        """The gate, then SQLite's busy wait cut to what is left of ``deadline`` (the writer's
+        busy_timeout is set back after a shortened wait; the usual case costs no statement)."""
+        self._gate.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            left = deadline - time.monotonic()
+            shortened = left < self.lock_wait - SHORTENED_AFTER_SECONDS
+            if shortened:
+                self._writer.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+            try:
+                yield
+            finally:
+                if shortened:
+                    self._writer.execute(f"PRAGMA busy_timeout = {int(self.lock_wait * 1000)}")
+        finally:
+            self._gate.release()
 
     def _lock_taken(self) -> Unavailable:
         return Unavailable(
@@ -561,9 +586,9 @@ class Database:
             retry_after=1,
         )
 
-    def _commit_group(self, group: list[Queued[Any]]) -> None:
+    def _commit_group(self, group: list[Queued[Any]], deadline: float) -> None:
         try:
-            with self._gate:
+            with self._other_processes_turn(deadline):
                 conn = self._begin()
                 try:
                     run_group(conn, group, self._write_unit, self._write_audit, self._local, self._client_error)

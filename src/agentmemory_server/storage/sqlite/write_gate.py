@@ -53,11 +53,13 @@ class ProcessWriteGate:
                 self._pid = os.getpid()
             return self._fd
 
-    def acquire(self) -> None:
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take the lock, waiting at most ``timeout`` seconds (default: the gate's own)."""
         if fcntl is None:
             return
         fd = self._descriptor()
-        deadline = time.monotonic() + self.timeout
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
         pause = 0.0001
         while True:
             try:
@@ -69,7 +71,8 @@ class ProcessWriteGate:
             # request must fail clearly rather than hang (a blocking flock has no timeout).
             if time.monotonic() >= deadline:
                 raise Unavailable(
-                    f"another process has held the database's write lock ({self.path}) for over {self.timeout:.0f} s",
+                    f"another process held the database's write lock ({self.path}) past this write's wait for it "
+                    f"({wait:.1f} s)",
                     code=errors.DATABASE_BUSY,
                 )
             time.sleep(pause)
