@@ -516,3 +516,30 @@ def test_cursor_mcp_over_http_holds_the_token_even_when_it_is_exported(home: Pat
     entry = client_schemas.load_json(path)["mcpServers"]["agentmemory"]
     assert entry["headers"] == {"Authorization": f"Bearer {SECRET}"} and path.stat().st_mode & 0o777 == 0o600
     assert "memory_recall" in anyio.run(_mcp_tools_over_http, entry["url"], entry["headers"])
+
+
+def test_a_projects_committed_config_names_no_server_unless_one_was_given(home: Path, server: LiveServer) -> None:
+    # A project's hooks are committed and run on every teammate's machine. connect used to write its
+    # own machine's default address into every command (--url http://127.0.0.1:3111), which beats a
+    # teammate's AGENTMEMORY_URL: their events went to a server that is not theirs, or to none.
+    assert agentmemory(home, "connect", "codex", "--yes", "--scope", "project").returncode == 0
+    hooks = client_schemas.load_json(home / "project" / ".codex" / "hooks.json")["hooks"]
+    commands = [h["command"] for groups in hooks.values() for group in groups for h in group["hooks"]]
+    assert commands and not any("--url" in c for c in commands), commands
+    assert "AGENTMEMORY_URL" not in (home / "project" / ".codex" / "config.toml").read_text()
+    # The teammate's `agentmemory` on PATH (a project's commands name it bare), their server in the environment.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env_for(home).get('PATH', '')}"
+    teammate = {**env_for(home), "AGENTMEMORY_URL": server.url, "PATH": path}
+    payload = {"session_id": "cx-team", "transcript_path": None, "cwd": str(home / "project"),
+               "hook_event_name": "SessionStart", "source": "startup", "model": "gpt-5-codex"}
+    start = next(c for c in commands if "SessionEnd" not in c)
+    done = subprocess.run(["sh", "-c", start], input=json.dumps(payload), capture_output=True, text=True,
+                          timeout=60, env=teammate, cwd=home / "project")
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    assert [o["hookType"] for o in observations(server, "cx-team")] == ["session_start"]  # the teammate's server
+    report = json.loads(agentmemory(home, "status", "--json", "--scope", "project").stdout)
+    assert next(r for r in report["clients"] if r["client"] == "codex")["connected"] is True
+    # Named on purpose, the server is written: --url, or AGENTMEMORY_URL when connecting.
+    assert agentmemory(home, "connect", "codex", "--yes", "--scope", "project", "--url", server.url).returncode == 0
+    hooks = client_schemas.load_json(home / "project" / ".codex" / "hooks.json")["hooks"]
+    assert all(f"--url {server.url}" in h["command"] for groups in hooks.values() for g in groups for h in g["hooks"])

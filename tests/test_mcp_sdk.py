@@ -99,6 +99,7 @@ async def _down_then_up(server) -> None:
                 await session.list_tools()
             r = await session.call_tool("memory_sessions", {})
             assert r.is_error and "is not reachable" in r.content[0].text and "AGENTMEMORY_URL" in r.content[0].text
+            assert "agentmemory serve" in r.content[0].text  # the command the installed shim comes with
             with pytest.raises(MCPError, match="not reachable"):
                 await session.read_resource("agentmemory://status")
             await anyio.to_thread.run_sync(server.start)

@@ -110,7 +110,7 @@ def rest(method: str, path: str, body: Any = None) -> Any:
     except requests.RequestException as exc:
         raise ProxyError(
             f"agentmemory server at {base_url()} is not reachable ({type(exc).__name__}); "
-            "start it with 'python src/app.py' or set AGENTMEMORY_URL"
+            "start it with 'agentmemory serve' or set AGENTMEMORY_URL"
         ) from None
     try:
         payload = response.json()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -155,6 +156,7 @@ def options(
         literal_token=token if write_token else None,
         data_dir=settings.secret_path.parent,
         durable_hooks=durable_hooks,
+        pin_url=scope == "user" or bool(url or os.environ.get("AGENTMEMORY_URL")),
     )
 
 
@@ -237,13 +239,14 @@ def connected_files(name: str, o: Options) -> list[str]:
 def runs_own_hooks(name: str, files: list[str]) -> bool:
     """Whether the hooks in ``files`` are this client's: Gemini CLI and Antigravity CLI share
     ~/.gemini/settings.json, and each one's hook command names it (``hook gemini``)."""
-    own = (f" hook {name} ", f"/agentmemory/hooks/{name}")
+    # "hook gemini" ends where the name does (a project's commands may end there, with no --url).
+    own = re.compile(rf"( hook {re.escape(name)}(?![\w-])|/agentmemory/hooks/{re.escape(name)}\b)")
     for path in files:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except (FileNotFoundError, UnicodeDecodeError):
             continue
-        if any(mark in text for mark in own):
+        if own.search(text):
             return True
     return False
 

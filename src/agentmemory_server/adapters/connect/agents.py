@@ -37,7 +37,7 @@ def bearer(token: str | None) -> dict[str, str]:
 
 
 def stdio_server(o: Options, **extra: Any) -> dict[str, Any]:
-    return {**extra, "command": o.mcp_command, "args": [], "env": {"AGENTMEMORY_URL": o.url}}
+    return {**extra, "command": o.mcp_command, "args": [], "env": o.url_env()}
 
 
 # -- Claude Code -------------------------------------------------------------------------------------------
@@ -157,10 +157,9 @@ def codex(o: Options) -> list[Edit]:
     if o.mcp == "http":
         body = f'[mcp_servers.agentmemory]\nurl = {toml_string(o.url + "/mcp")}\nbearer_token_env_var = "{TOKEN_VAR}"\n'
     else:
-        body = (
-            f"[mcp_servers.agentmemory]\ncommand = {toml_string(o.mcp_command)}\nargs = []\n\n"
-            f"[mcp_servers.agentmemory.env]\nAGENTMEMORY_URL = {toml_string(o.url)}\n"
-        )
+        body = f"[mcp_servers.agentmemory]\ncommand = {toml_string(o.mcp_command)}\nargs = []\n"
+        if o.pin_url:
+            body += f"\n[mcp_servers.agentmemory.env]\nAGENTMEMORY_URL = {toml_string(o.url)}\n"
     if o.mcp != "none":
         edits.append(toml_block(base / "config.toml", "mcp_servers.agentmemory", body))
     return edits

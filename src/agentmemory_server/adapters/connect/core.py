@@ -58,11 +58,20 @@ class Options:
     # Claude Code: every event through ``agentmemory hook`` (kept on disk while the server is down)
     # instead of ``http`` hooks (a few ms each, lost when no server answers).
     durable_hooks: bool = False
+    # Whether commands and stdio entries name the server. Not in a project's committed config when
+    # no server was named (--url, AGENTMEMORY_URL): each teammate's own AGENTMEMORY_URL, else their
+    # own machine's server, is then the one their agent reaches, as with no config at all.
+    pin_url: bool = True
 
     def hook(self, client: str, *extra: str) -> str:
         # The agent runs this line in a shell (zsh for many): an IPv6 address's brackets are a glob
         # there, which zsh refuses to leave unmatched, so the address is quoted where it needs it.
-        return " ".join([self.hook_command, "hook", client, *extra, "--url", shlex.quote(self.url)])
+        where = ["--url", shlex.quote(self.url)] if self.pin_url else []
+        return " ".join([self.hook_command, "hook", client, *extra, *where])
+
+    def url_env(self) -> dict[str, str]:
+        """The environment a stdio MCP entry gives ``agentmemory-mcp`` (see ``pin_url``)."""
+        return {"AGENTMEMORY_URL": self.url} if self.pin_url else {}
 
 
 @dataclass(frozen=True)

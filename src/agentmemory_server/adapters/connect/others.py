@@ -121,7 +121,7 @@ def continue_dev(o: Options) -> list[Edit]:
         "# MCP server block written by agentmemory connect; agentmemory disconnect removes it.\n"
         "name: agentmemory\nversion: 0.0.1\nschema: v1\nmcpServers:\n"
         f"  - name: agentmemory\n    command: {json.dumps(o.mcp_command)}\n    args: []\n"
-        f"    env:\n      AGENTMEMORY_URL: {json.dumps(o.url)}\n"
+        + (f"    env:\n      AGENTMEMORY_URL: {json.dumps(o.url)}\n" if o.pin_url else "")
     )
     return [owned(o.cwd / ".continue" / "mcpServers" / "agentmemory.yaml", block)]
 
