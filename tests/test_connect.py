@@ -18,7 +18,7 @@ import pytest
 import requests
 
 import client_schemas
-from conftest import LiveServer, clean_environ, wait_for
+from conftest import LiveServer, clean_environ, free_port, wait_for
 
 SECRET = "connect-test-secret-0123456789"
 FIXTURES = Path(__file__).parent / "fixtures" / "clients"
@@ -543,3 +543,17 @@ def test_a_projects_committed_config_names_no_server_unless_one_was_given(home: 
     assert agentmemory(home, "connect", "codex", "--yes", "--scope", "project", "--url", server.url).returncode == 0
     hooks = client_schemas.load_json(home / "project" / ".codex" / "hooks.json")["hooks"]
     assert all(f"--url {server.url}" in h["command"] for groups in hooks.values() for g in groups for h in g["hooks"])
+
+
+def test_status_says_what_a_degraded_server_reports(home: Path, tmp_path: Path) -> None:
+    # `status` said "up (HTTP 200)" of a server whose /health was degraded (here: its Redis is gone,
+    # so working memory is on the fallback): the one line a person reads said nothing was wrong.
+    live = LiveServer(tmp_path, {"AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_AUTH": "on", "AGENTMEMORY_WORKERS": "1",
+                                 "WORKING_MEMORY_BACKEND": "redis", "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+                      [])
+    try:
+        said = agentmemory(home, "status", "--url", live.url).stdout
+        line = f"server  {live.url}: up (HTTP 200), degraded: working_memory (GET /agentmemory/status says why)"
+        assert line in said, said
+    finally:
+        live.stop()

@@ -158,10 +158,28 @@ def probe(url: str, token: str | None, timeout: float = 3.0) -> str:
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (a configured URL)
-            return f"up (HTTP {response.status})"
+            return f"up (HTTP {response.status})" + health_note(response.read())
     except urllib.error.HTTPError as exc:
         if exc.code == 401:
             return "up, but it refuses this machine's token (401): check AGENTMEMORY_SECRET / the secret file"
-        return f"up (HTTP {exc.code})"
+        return f"up (HTTP {exc.code})" + health_note(exc.read())
     except (OSError, ValueError) as exc:
         return f"not reachable ({exc}): start it with `agentmemory serve` or `agentmemory service install`"
+
+
+def health_note(body: bytes) -> str:
+    """What a /health document says is wrong, for the one line of ``probe``: nothing when healthy,
+    else its status and the sections that are not ok (GET /agentmemory/status says why)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ""
+    state = doc.get("status") if isinstance(doc, dict) else None
+    if not isinstance(state, str) or state in ("healthy", "ok"):
+        return ""
+    troubled = [
+        name
+        for name, section in doc.items()
+        if isinstance(section, dict) and section.get("status") not in (None, "ok", "healthy", "pass")
+    ]
+    return f", {state}" + (f": {', '.join(troubled)}" if troubled else "") + " (GET /agentmemory/status says why)"
