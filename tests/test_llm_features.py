@@ -396,12 +396,11 @@ def test_antigravity_imports_are_compressed_and_sync_all_uses_the_model(llm_runt
 
 
 def test_a_worker_restarted_with_queued_jobs_runs_them_only_once_every_subsystem_is_built(
-        llm_runtime, fake_gemini, tmp_path):
+        llm_runtime, fake_gemini):
     """Jobs queued before a restart are due at once. The job threads used to start inside the llm
     subsystem's constructor, before the runtime had registered it, so the first jobs failed with
     KeyError: 'llm' (a traceback in the log and an attempt lost each)."""
     from agentmemory_server.kernel.runtime import Runtime
-    from agentmemory_server.kernel.settings import Settings
     from agentmemory_server.wiring import HOOKS, SUBSYSTEMS
 
     fake_gemini.responder = responder()
@@ -414,10 +413,8 @@ def test_a_worker_restarted_with_queued_jobs_runs_them_only_once_every_subsystem
         def __init__(self, rt):
             seen["threads"] = llm.service(rt).jobs.alive()
 
-    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), embedding_provider="none", auth="off",
-                                 background_jobs=True, background="inline", auto_compress=True,
-                                 gemini_api_key=before.settings.gemini_api_key,
-                                 gemini_api_base=fake_gemini.url, llm_retry_backoff_seconds=0.0)
+    # The same store as the server before (SQLite here, PostgreSQL in the suite's second pass).
+    settings = before.settings.replace(background_jobs=True, background="inline", llm_retry_backoff_seconds=0.0)
     rt = Runtime(settings, hooks=HOOKS, subsystems=(*SUBSYSTEMS, ("last", LastSubsystem)))
     try:
         assert seen["threads"] == 0
