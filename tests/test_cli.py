@@ -329,3 +329,19 @@ def test_every_cli_command_is_in_the_readme():
         assert f"| `agentmemory {name}` |" in readme, name
 
 
+
+
+def test_an_export_to_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path):
+    """A full disk under the export's file is a one-line error naming the file and the cause,
+    exit 1, and the half-written ``.partial`` is removed (it would hold the little room left)."""
+    from faults import fill, tmpfs
+
+    db = tmp_path / "data" / "agentmemory.db"
+    seed_store(db.parent)
+    with tmpfs(tmp_path / "small", 1) as small:
+        fill(small)
+        proc = cli("--db", str(db), "-q", "export", "-o", str(small / "export.json"))
+        assert proc.returncode == 1
+        assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+        assert "no room" in proc.stderr and str(small / "export.json") in proc.stderr
+        assert sorted(p.name for p in small.iterdir()) == ["filler"]

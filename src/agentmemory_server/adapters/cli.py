@@ -29,6 +29,7 @@ results go to stdout as JSON.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -95,10 +96,29 @@ def cmd_export(settings: Settings, opts: argparse.Namespace) -> Any:
         )
     target = Path(opts.output)
     partial = target.with_name(target.name + ".partial")  # never leave half a file under the real name
-    with open(partial, "w", encoding="utf-8") as out:
-        summary = _with_runtime(settings, lambda rt: maintenance.stream_export(rt, out, progress=progress, lines=lines))
-    os.replace(partial, target)
+    try:
+        with open(partial, "w", encoding="utf-8") as out:
+            summary = _with_runtime(
+                settings, lambda rt: maintenance.stream_export(rt, out, progress=progress, lines=lines)
+            )
+        os.replace(partial, target)
+    except BaseException as exc:
+        # Half an export is no export, and on a full disk it holds the little room that is left.
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _export_write_failed(target, exc) from None
+        raise
     return {**summary, "file": str(target), "bytes": target.stat().st_size}
+
+
+def _export_write_failed(target: Path, exc: OSError) -> AppError:
+    """The one-line error of an export file that could not be written (nothing is left of it)."""
+    if exc.errno == errno.ENOSPC:
+        return errors.InsufficientStorage(
+            f"no room to write the export {target}: the disk is full; nothing was kept. "
+            "Free some space or write it to another disk (-o PATH)"
+        )
+    return InvalidInput(f"cannot write the export {target}: {exc.strerror or exc}; nothing was kept")
 
 
 def cmd_import(settings: Settings, opts: argparse.Namespace) -> Any:
