@@ -23,6 +23,22 @@ def seed(rt) -> None:
     call("memory_save", content="the heron service owns the billing queue", project="alpha")
     call("memory_lesson_save", content="always drain the queue before a schema change")
     call("tokens_create", principal="ann", projects=["alpha"])
+    scope = {"sessionId": "m0", "project": "alpha"}
+    call("memory_working_set", key="plan", value={"next": "drain the queue"}, **scope)
+    call("memory_working_task", operation="set", taskId="t1", description="move the store", **scope)
+    call("memory_working_scratchpad", operation="append", content="spooled the export", **scope)
+    call("memory_working_checkpoint", operation="create", description="before the move", **scope)
+
+
+def working_memory(rt) -> dict:
+    """What an agent reads back of the seeded session's working memory."""
+    call, scope = ToolCaller(rt), {"sessionId": "m0", "project": "alpha"}
+    return {
+        "keys": call("memory_working_get", operation="all", **scope)["values"],
+        "task": call("memory_working_task", operation="get", **scope),
+        "scratchpad": call("memory_working_scratchpad", operation="get", withTimestamps=True, **scope)["entries"],
+        "checkpoints": call("memory_working_checkpoint", operation="list", **scope)["checkpoints"],
+    }
 
 
 def test_a_sqlite_store_moves_to_postgresql_and_back(make_runtime, pg_cluster, tmp_path):
@@ -36,9 +52,13 @@ def test_a_sqlite_store_moves_to_postgresql_and_back(make_runtime, pg_cluster, t
         assert result["verified"]["sampled"] > 0
         hits = search.bm25(pg.db.reader(), "heron billing queue", limit=5)
         assert hits and hits[0]["kind"] == "memory"  # the search index was built by the import
+        # Working memory lives outside the records: it moves too, and the verification covers it.
+        assert result["verified"]["working"] == {"scopes": 1, "mismatches": []}
+        assert working_memory(pg) == working_memory(source) and working_memory(pg)["keys"]
         back = make_runtime(data_dir=str(tmp_path / "back"), database_url=None)
         again = migrate.migrate(pg, back, tmp_path / "pgnode")
         assert again["verified"]["ok"] and again["records"] == result["records"]
+        assert working_memory(back) == working_memory(source)
         assert not list((tmp_path / "sqlite").glob("migrate*"))  # the spool is gone once verified
     finally:
         pg_cluster.drop_database(url)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import hook
+from conftest import ToolCaller, hook
 
 
 def seed(client, call):
@@ -332,3 +332,57 @@ def _repeated_batch(make_runtime, tmp_path, *, bound: int, drained: bool):
         dumps.append((rowids, _tables(rt)))
         shed.append(rt.db.queue_stats())
     return dumps, shed, images, old
+
+
+def _seed_working_memory(call, session: str = "ses_wm") -> dict:
+    """Keys (one with a TTL), task state, a scratchpad and a checkpoint in one scope; returns
+    what the working-memory tools read back."""
+    scope = {"sessionId": session, "project": "démo"}
+    call("memory_working_set", key="plan", value={"steps": ["a", "b"], "note": "日本語 🎉"}, **scope)
+    call("memory_working_set", key="draft", value="short-lived", ttlSeconds=3600, **scope)
+    call("memory_working_task", operation="set", taskId="t1", description="ship it", totalSteps=3, **scope)
+    call("memory_working_scratchpad", operation="append", content="first thought", **scope)
+    call("memory_working_checkpoint", operation="create", description="before the change", **scope)
+    call("memory_working_scratchpad", operation="append", content="second thought", **scope)
+    return _working_state(call, scope)
+
+
+def _working_state(call, scope: dict) -> dict:
+    draft = call("memory_working_get", key="draft", **scope)
+    return {
+        "keys": call("memory_working_get", operation="all", **scope)["values"],
+        "draftExpiresAt": draft.get("expiresAt"),
+        "task": call("memory_working_task", operation="get", **scope)["task"],
+        "scratchpad": call("memory_working_scratchpad", operation="get", withTimestamps=True, **scope)["entries"],
+        "checkpoints": call("memory_working_checkpoint", operation="list", **scope)["checkpoints"],
+    }
+
+
+def test_working_memory_survives_an_export_and_import_into_a_fresh_store(client, call, make_runtime, tmp_path):
+    """Working memory lives in its own tables: the export carries it (``working``), an import
+    into an empty store gives back every key, the task, the scratchpad and the checkpoints, a
+    second import repeats nothing, and the restored checkpoint still restores."""
+    from agentmemory_server.adapters.web import create_app
+
+    before = _seed_working_memory(call)
+    export = client.get("/agentmemory/export").json
+    assert [(e["project"], e["sessionId"]) for e in export["working"]] == [("démo", "ses_wm")]
+    fresh = make_runtime(data_dir=str(tmp_path / "fresh"))
+    other = create_app(runtime=fresh).test_client()
+    for _ in range(2):  # merge twice: idempotent
+        r = other.post("/agentmemory/import", json={"exportData": export, "strategy": "merge"})
+        assert r.status_code == 200 and r.json["counts"]["working"] == {"imported": 1, "skipped": 0}
+    theirs = ToolCaller(fresh)
+    scope = {"sessionId": "ses_wm", "project": "démo"}
+    assert _working_state(theirs, scope) == before
+    assert other.get("/agentmemory/export").json["working"] == export["working"]
+    checkpoint = before["checkpoints"][0]["checkpointId"]
+    theirs("memory_working_checkpoint", operation="restore", checkpointId=checkpoint, **scope)
+    assert [e["content"] for e in _working_state(theirs, scope)["scratchpad"]] == ["first thought"]
+
+
+def test_a_bad_working_memory_entry_is_refused_naming_it(client, call):
+    export = client.get("/agentmemory/export").json
+    bad = {**export, "working": [{"project": "p", "agentId": "a", "sessionId": "s", "keys": [{"key": "_x", "value": 1}]}]}
+    r = client.post("/agentmemory/import", json={"exportData": bad})
+    assert r.status_code == 400 and "exportData.working[0].keys" in r.json["error"]

@@ -3,7 +3,8 @@
 The export keeps upstream's top-level shape for the core records (``sessions``,
 ``observations`` by session, ``memories``, ``summaries``) and carries every other scope
 verbatim under ``kv``, so nothing is lost and export -> import into an empty DB -> export gives
-the same document (apart from ``exportedAt``). The images the exported records reference travel
+the same document (apart from ``exportedAt``). Working memory (its own tables) travels in
+``working``, one entry per scope (``working_transfer``). The images the exported records reference travel
 in ``images`` (id -> mime, bytes, base64 data; an image the quota evicted is listed without data).
 Imports of upstream agentmemory exports are accepted too; their extra lists are mapped onto our
 scopes.
@@ -26,6 +27,7 @@ from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, integer, obj, params, string, tool
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, is_obs_scope, obs_scope, session_of
+from agentmemory_server.memory import working_transfer
 from agentmemory_server.retrieval import search
 from agentmemory_server.storage import codec
 from agentmemory_server.storage.blobs import is_blob_id
@@ -265,6 +267,13 @@ class _ExportWriter:
                     self.section("[", session_of(scope), scope, always=False)
         self.sink.close("{")
 
+    def working(self, now: float, agent: str | None) -> None:
+        self.sink.open("[", working_transfer.SECTION)
+        for entry in working_transfer.export_entries(self.store, now, lambda owner: agent in (None, owner)):
+            self.records += 1  # not ticked: the progress bar's total counts kv_store's records
+            self.sink.value(entry)
+        self.sink.close("[")
+
     def other_scopes(self) -> None:
         self.sink.open("{", "kv")
         for scope in self.store.records.scopes():
@@ -278,6 +287,7 @@ def write_export(
     sink: Sink,
     *,
     exported_at: str,
+    now: float,
     agent: str | None = None,
     offset: int = 0,
     max_sessions: int | None = None,
@@ -287,7 +297,8 @@ def write_export(
     """Write the export document to ``sink``, reading ``batch`` records at a time. The one export
     implementation: GET /export builds it with ``TreeSink``, the CLI streams it with
     ``JsonTextSink``. ``offset``/``max_sessions`` page the sessions (and their observations);
-    the other sections come with the first page. ``tick(n)`` reports records read."""
+    the other sections come with the first page. ``now`` (epoch seconds): working-memory keys
+    expired by then are left out. ``tick(n)`` reports records read."""
     writer = _ExportWriter(store, sink, _owned_by(agent), batch, tick)
     sink.open("{")
     for key, value in (("version", FORMAT_VERSION), ("service", "agentmemory"), ("exportedAt", exported_at)):
@@ -298,6 +309,7 @@ def write_export(
         writer.section("[", "memories", MEMORIES)
         writer.section("[", "summaries", SUMMARIES)
         writer.other_scopes()
+        writer.working(now, agent)
     writer.images()
     more = max_sessions is not None and offset + len(page) < total
     sink.value({"offset": offset, "limit": max_sessions, "total": total, "hasMore": more}, "pagination")
@@ -316,13 +328,14 @@ def write_export(
     core=True,
 )
 def memory_export(ctx: Ctx, args: dict) -> dict:
-    """Export sessions, observations, memories, summaries and every other record as JSON."""
+    """Export sessions, observations, memories, summaries, working memory and every other record as JSON."""
     sink = TreeSink(ctx.rt.settings.max_export_bytes)
     with ctx.rt.db.snapshot_reader() as store:
         write_export(
             store,
             sink,
             exported_at=ctx.rt.clock.iso(),
+            now=ctx.rt.clock.now().timestamp(),
             agent=agent_filter(ctx, args.get("agentId")),
             offset=args["offset"],
             max_sessions=args.get("maxSessions"),
@@ -387,6 +400,7 @@ def export_records(export: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         if name in export:
             yield from _listed(export, name, key_field, scope)
     yield from _kv(export)
+    yield from working_transfer.entries(export)
 
 
 def check_version(export: dict[str, Any]) -> None:
@@ -448,6 +462,7 @@ def import_records(
     process)."""
     counts: dict[str, dict[str, int]] = {}
     now = ctx.rt.clock.iso()
+    epoch = ctx.rt.clock.now().timestamp()
     with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
         if strategy == "replace" and wipe_first is not False:
             tx.admin.wipe_records()
@@ -455,17 +470,25 @@ def import_records(
             for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
                 tx.images.put(image_id, mime, data, now)
             counts["images"] = {"imported": len(pictures), "skipped": 0}
-        _write_records(tx, records, strategy, counts, stripped=stripped, now=now)
+        _write_records(tx, records, strategy, counts, stripped=stripped, now=now, epoch=epoch)
         tx.audit_message = f"import ({strategy}) of {len(records)} record(s)"
         tx.audit_details = {"strategy": strategy, "counts": counts}
     return counts
 
 
 def _write_records(
-    tx: UnitOfWork, records: list[tuple[str, str, Any]], strategy: str, counts: dict, *, stripped: bool, now: str
+    tx: UnitOfWork,
+    records: list[tuple[str, str, Any]],
+    strategy: str,
+    counts: dict,
+    *,
+    stripped: bool,
+    now: str,
+    epoch: float,
 ) -> None:
     """The records, their search rows and their capture events, batched: on PostgreSQL a
-    statement a record and a few round trips a batch, not several of each a record."""
+    statement a record and a few round trips a batch, not several of each a record. A working
+    memory entry (``working_transfer.SECTION``) goes to the working-memory tables instead."""
     to_index: list[tuple[str, dict[str, Any]]] = []
     events: list[tuple[str, str, str]] = []
     written: list[tuple[str, str, Any]] = []
@@ -477,6 +500,10 @@ def _write_records(
             continue
         if not stripped:
             value = strip_private_data(value)
+        if scope == working_transfer.SECTION:
+            working_transfer.write(tx, value, strategy, now=epoch, stamp=now)
+            tally["imported"] += 1
+            continue
         written.append((scope, key, value))
         kind = search.kind_for_scope(scope)
         if kind and isinstance(value, dict):

@@ -185,6 +185,7 @@ def stream_export(
                 store,
                 sink,
                 exported_at=rt.clock.iso(),
+                now=rt.clock.now().timestamp(),
                 agent=agent,
                 batch=batch,
                 tick=bar.update,

@@ -7,8 +7,8 @@ an export and an import, with the same validation. The export is spooled to a fi
 directory first; a state file beside it records how many lines the target already holds, so an
 interrupted migration resumes where it stopped (merge makes a repeated batch harmless). Then
 the record counts of every scope are compared and a sample of records is read back from both
-stores and compared. Search rows are rebuilt by the import; vectors are queued and embedded by
-the target's background worker.
+stores and compared, and so is every scope of working memory. Search rows are rebuilt by the
+import; vectors are queued and embedded by the target's background worker.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from agentmemory_server.errors import Conflict
 from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.memory import working_transfer
 from agentmemory_server.operations import maintenance
 from agentmemory_server.operations.maintenance import Progress, no_progress
 
@@ -107,10 +108,26 @@ def verify(source: Any, target: Any, sample: int = SAMPLE) -> dict[str, Any]:
     mismatched = [
         f"{scope}/{key}" for scope, key in picked if src.records.get(scope, key) != dst.records.get(scope, key)
     ]
+    working = _verify_working(src, dst, source.clock.now().timestamp())
     return {
-        "ok": not differ and not mismatched,
+        "ok": not differ and not mismatched and not working["mismatches"],
         "counts": counts,
         "countMismatches": differ,
         "sampled": len(picked),
         "sampleMismatches": mismatched[:20],
+        "working": working,
     }
+
+
+def _verify_working(src: Any, dst: Any, now: float) -> dict[str, Any]:
+    """Every scope of working memory reads back the same from the target (keys, task,
+    scratchpad, checkpoints): it lives outside the records, so the record counts miss it."""
+
+    def every(store: Any) -> dict[str, dict[str, Any]]:
+        return {
+            working_transfer.scope_key((e["project"], e["agentId"], e["sessionId"])): e
+            for e in working_transfer.export_entries(store, now, lambda _agent: True)
+        }
+
+    ours, theirs = every(src), every(dst)
+    return {"scopes": len(ours), "mismatches": sorted(k for k, e in ours.items() if theirs.get(k) != e)[:20]}

@@ -1,0 +1,140 @@
+"""Working memory in the export document: the ``working`` section.
+
+Working memory lives in its own tables (``wm_*``), not in ``kv_store``, so the record export
+missed it: a round trip or an ``agentmemory migrate`` dropped every session's keys, task state,
+scratchpad and checkpoints without a word. The section holds one entry per scope (project >
+agent > session) with everything the scope holds, the stored JSON decoded:
+
+    {"project", "agentId", "sessionId",
+     "keys": [{"key", "value", "expiresAt"}],       expiresAt: epoch seconds or null
+     "task": {"state", "version"} | null,
+     "scratchpad": [{"content", "timestamp"}],      oldest first
+     "checkpoints": [{"id", "meta", "snapshot"}]}   oldest first
+
+It is read from, and written to, the database's working-memory tables: the store of
+``WORKING_MEMORY_BACKEND=sqlite`` (the default) and of the Redis backend's fallback. Keys that
+have expired are not exported. An import merges a scope: ``merge`` lets the file's keys, task
+and scratchpad win, ``skip`` keeps what the scope already has; checkpoints are added by id in
+both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from agentmemory_server.errors import InvalidInput
+from agentmemory_server.storage import codec
+from agentmemory_server.storage.interfaces import UnitOfWork, WMScope
+
+SECTION = "working"
+# The scope the Redis fallback's mark lives in (working/sqlite_backend.FALLBACK_SCOPE): state of
+# this store, not anyone's working memory, so it never travels.
+_RESERVED_SCOPE = ("", "", "")
+
+
+def scope_key(scope: WMScope) -> str:
+    """The key a scope's entry is counted and checked under."""
+    return "/".join(scope)
+
+
+def export_entries(store: UnitOfWork, now: float, keep_agent: Callable[[str], bool]) -> Iterator[dict[str, Any]]:
+    """One entry per scope holding working memory (of the agents ``keep_agent`` accepts)."""
+    for scope in store.working.held_scopes():
+        if scope == _RESERVED_SCOPE or not keep_agent(scope[1]):
+            continue
+        yield _entry(store, scope, now)
+
+
+def _entry(store: UnitOfWork, scope: WMScope, now: float) -> dict[str, Any]:
+    working = store.working
+    task = working.task_get(scope)
+    checkpoints = []
+    for _seq, meta in working.checkpoint_list(scope):
+        checkpoint_id = json.loads(meta)["checkpointId"]
+        found = working.checkpoint_get(scope, checkpoint_id)
+        if found is not None:
+            checkpoints.append({"id": checkpoint_id, "meta": json.loads(found[0]), "snapshot": json.loads(found[1])})
+    return {
+        "project": scope[0],
+        "agentId": scope[1],
+        "sessionId": scope[2],
+        "keys": [
+            {"key": key, "value": json.loads(value), "expiresAt": expires}
+            for key, value, expires in working.kv_items(scope, now)
+            if value is not None
+        ],
+        "task": {"state": json.loads(task[0]), "version": task[1]} if task else None,
+        "scratchpad": [{"content": c, "timestamp": t} for c, t in working.scratch_list(scope)],
+        "checkpoints": checkpoints,
+    }
+
+
+# -- import --------------------------------------------------------------------------------------
+
+
+def _fail(i: int, what: str) -> InvalidInput:
+    return InvalidInput(f"exportData.working[{i}]{what}", field=f"exportData.working[{i}]")
+
+
+def _check_list(entry: dict, i: int, name: str, fields: dict[str, tuple[type, ...]]) -> None:
+    items = entry.get(name, [])
+    if not isinstance(items, list):
+        raise _fail(i, f".{name} must be a list")
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _fail(i, f".{name}[{n}] must be an object")
+        for field, types in fields.items():
+            if not isinstance(item.get(field), types) or isinstance(item.get(field), bool):
+                raise _fail(i, f".{name}[{n}].{field} is missing or of the wrong type")
+
+
+def entries(export: dict[str, Any]) -> Iterator[tuple[str, str, dict]]:
+    """(SECTION, scope key, entry) of every working-memory entry; raises InvalidInput naming the
+    entry and field."""
+    section = export.get(SECTION) or []
+    if not isinstance(section, list):
+        raise InvalidInput(f"exportData.{SECTION} must be a list", field=f"exportData.{SECTION}")
+    for i, entry in enumerate(section):
+        if not isinstance(entry, dict):
+            raise _fail(i, " must be an object")
+        scope: WMScope = (entry.get("project", ""), entry.get("agentId", ""), entry.get("sessionId", ""))
+        if not all(isinstance(part, str) and part for part in scope):
+            raise _fail(i, ": project, agentId and sessionId must be non-empty strings")
+        _check_list(entry, i, "keys", {"key": (str,), "expiresAt": (int, float, type(None))})
+        if any(item["key"].startswith("_") or "value" not in item for item in entry.get("keys", [])):
+            raise _fail(i, ".keys: every key needs a value, and keys starting with '_' are reserved")
+        _check_list(entry, i, "scratchpad", {"content": (str,), "timestamp": (str,)})
+        _check_list(entry, i, "checkpoints", {"id": (str,), "meta": (dict,), "snapshot": (dict,)})
+        task = entry.get("task")
+        if task is not None and not (
+            isinstance(task, dict) and isinstance(task.get("version"), int) and "state" in task
+        ):
+            raise _fail(i, ".task must be null or {state, version}")
+        yield SECTION, scope_key(scope), entry
+
+
+def write(tx: UnitOfWork, entry: dict[str, Any], strategy: str, *, now: float, stamp: str) -> None:
+    """Write one scope's entry (``strategy`` merge or replace: the file wins; skip: the scope
+    keeps what it has)."""
+    scope: WMScope = (entry["project"], entry["agentId"], entry["sessionId"])
+    working, keep_ours = tx.working, strategy == "skip"
+    keys = [
+        (item["key"], codec.dumps(item["value"]), item.get("expiresAt"))
+        for item in entry.get("keys", [])
+        if not (keep_ours and working.kv_get(scope, item["key"], now) is not None)
+    ]
+    working.kv_put_many(scope, keys, stamp)
+    task = entry.get("task")
+    if task is not None and not (keep_ours and working.task_get(scope) is not None):
+        working.task_delete(scope)
+        working.task_put(scope, codec.dumps(task["state"]), task["version"], None)
+    scratchpad = [(e["content"], e["timestamp"]) for e in entry.get("scratchpad", [])]
+    if scratchpad and not (keep_ours and working.scratch_count(scope)):
+        working.scratch_clear(scope)  # the file's pad whole: appending would repeat it on a re-run
+        working.scratch_put_many(scope, scratchpad)
+    for checkpoint in entry.get("checkpoints", []):
+        if working.checkpoint_get(scope, checkpoint["id"]) is None:
+            meta, snapshot = codec.dumps(checkpoint["meta"]), codec.dumps(checkpoint["snapshot"])
+            working.checkpoint_insert(scope, checkpoint["id"], meta, snapshot)
