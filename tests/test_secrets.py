@@ -130,6 +130,33 @@ def test_exports_and_backups_hold_no_secret(tmp_path, hf_hub):
         server.stop()
 
 
+def test_a_forgotten_memory_is_not_in_the_next_backups(tmp_path, hf_hub):
+    """A memory deleted with /forget is gone from the bytes of the next local snapshot and HF
+    backup, not only from their tables: a page copy used to carry its words in the full-text
+    index's segments (an FTS5 delete is a tombstone until the segments merge)."""
+    server = LiveServer(tmp_path, {}, [])
+    try:
+        kept = post(server.api("/remember"), {"content": "the heron keepsake stays on record"})
+        gone = post(server.api("/remember"), {"content": "the vault phrase is zanzibarquokka"})
+        assert kept.status_code == gone.status_code == 201
+        forgot = post(server.api("/forget"), {"memoryId": gone.json()["memory"]["id"]})
+        assert forgot.status_code == 200 and forgot.json()["deleted"] == 1
+        env = {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(server.data_dir), "HOME": str(tmp_path)}
+        local = subprocess.run([AGENTMEMORY, "backup", "--local"], env=env, capture_output=True, text=True,
+                               timeout=120)
+        assert local.returncode == 0, local.stderr
+        remote = subprocess.run([AGENTMEMORY, "backup"], env=sync_env(hf_hub, tmp_path, server.data_dir),
+                                capture_output=True, text=True, timeout=120)
+        assert remote.returncode == 0, remote.stderr
+        copies = {"local snapshot": Path(json.loads(local.stdout)["file"]).read_bytes(),
+                  "HF agentmemory.db": hf_hub.files(HUB_REPO)["agentmemory.db"]}
+        for where, data in copies.items():
+            assert b"keepsake" in data, where  # the copy holds the records that are kept
+            assert b"zanzibarquokka" not in data, f"the forgotten memory is still in the {where}"
+    finally:
+        server.stop()
+
+
 def test_a_token_in_the_viewer_url_is_used_once_and_leaves_the_address_bar(tmp_path, browser):  # noqa: F811
     server = LiveServer(tmp_path, {"AGENTMEMORY_SECRET": TOKEN}, [])
     try:

@@ -136,7 +136,8 @@ def check_room(db: Path, reserve_bytes: int) -> None:
 
 def snapshot(db: Path, dest: Path) -> dict[str, Any]:
     """A consistent copy of ``db`` at ``dest`` through SQLite's online backup API, switched to
-    rollback-journal mode so it is one self-contained file, then integrity-checked."""
+    rollback-journal mode so it is one self-contained file, cleared of deleted data
+    (``scrub``), then integrity-checked."""
     try:
         source = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         try:
@@ -144,6 +145,7 @@ def snapshot(db: Path, dest: Path) -> dict[str, Any]:
             try:
                 source.backup(target)  # all pages in one step: one read transaction, one state
                 target.execute("PRAGMA journal_mode = DELETE")
+                scrub(target)
             finally:
                 target.close()
         finally:
@@ -151,6 +153,25 @@ def snapshot(db: Path, dest: Path) -> dict[str, Any]:
     except sqlite3.Error as exc:
         raise SyncError(f"could not snapshot {db}: {exc}") from None
     return inspect(dest)
+
+
+def scrub(copy: sqlite3.Connection) -> None:
+    """Leave nothing deleted in a snapshot that leaves this disk. A page-for-page copy carries
+    what the database deleted but has not overwritten yet: an FTS5 delete only adds a tombstone,
+    so a forgotten record's words stay in the full-text index's segments until they are merged,
+    and freed pages keep their old bytes. ``optimize`` merges every full-text index into one
+    segment without the deleted entries, and ``VACUUM`` rewrites the file without free pages. On
+    the copy only: the server's file is never held up by it."""
+    full_text = [
+        name
+        for (name,) in copy.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%USING fts5%'"
+        )
+    ]
+    for name in full_text:
+        copy.execute(f'INSERT INTO "{name}"("{name}") VALUES (\'optimize\')')
+    copy.commit()
+    copy.execute("VACUUM")
 
 
 def install(new: Path, db: Path) -> Path | None:
