@@ -80,6 +80,8 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.unhandled: list[tuple[str, str]] = []
         self._faults: list[dict[str, Any]] = []
+        self._holds: list[tuple[str, str, threading.Event]] = []
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._server: _HubServer | None = None
         self.port = 0
@@ -98,6 +100,7 @@ class FakeHub:
 
     def stop(self) -> None:
         """Close the port (the Hub is "down"); ``start()`` brings it back on the same port."""
+        self.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -113,6 +116,29 @@ class FakeHub:
         with ``after`` the request is carried out first (a reply lost on the way back)."""
         self._faults.append({"method": method, "fragment": fragment, "status": status, "times": times,
                              "after": after})
+
+    def hold(self, method: str, fragment: str) -> threading.Event:
+        """Keep every request whose path contains ``fragment`` waiting, unanswered, until
+        ``release()`` (a client stuck there can be killed at a known point). Returns an event
+        set when the first such request arrives."""
+        arrived = threading.Event()
+        with self._lock:
+            self._released.clear()
+            self._holds.append((method, fragment, arrived))
+        return arrived
+
+    def release(self) -> None:
+        with self._lock:
+            self._holds.clear()
+            self._released.set()
+
+    def _wait_if_held(self, method: str, path: str) -> None:
+        with self._lock:
+            held = [arrived for m, fragment, arrived in self._holds if m == method and fragment in path]
+        for arrived in held:
+            arrived.set()
+        if held:
+            self._released.wait(timeout=120)
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         commit = self.repos[repo_id].at(revision)
@@ -243,6 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = unquote(url.path), parse_qs(url.query)
         self.fake.requests.append((method, path))
         body = self._body() if method in ("POST", "PUT") else b""
+        self.fake._wait_if_held(method, path)
         fault = self.fake._take_fault(method, path)
         if fault is not None and not fault["after"]:
             self._send(fault["status"], {"error": f"injected {fault['status']}"})

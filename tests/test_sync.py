@@ -334,3 +334,37 @@ def test_every_sync_setting_is_a_config_field_and_documented():
     assert {s.field for s in sync.SYNC_SETTINGS} == fields
     operations = (ROOT / "docs" / "operations.md").read_text()
     assert all(f"| `{s.env}` |" in operations for s in sync.SYNC_SETTINGS)
+
+
+def test_what_a_killed_backup_left_behind_is_removed_by_the_next_run(hf_hub, tmp_path):
+    """A backup killed mid-upload (SIGKILL: no cleanup runs) leaves its scratch folder, a whole
+    database copy, beside the database; the next backup removes it (under the lock every backup
+    and restore holds, so it is nobody's work). A local snapshot's ``.partial`` (planted here as
+    a killed snapshot leaves it) is removed by the next ``backup --local`` the same way."""
+    data = tmp_path / "data"
+    seed_store(data)
+    env = sync_env(hf_hub, tmp_path, data)
+    arrived = hf_hub.hold("POST", "/commit/")  # the snapshot is written by then
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sync.py"), "backup"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert arrived.wait(timeout=60)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hf_hub.release()
+    left = list(data.glob(".agentmemory-backup-*"))
+    assert left and any(p.name == sync.LATEST for p in left[0].iterdir())  # the killed run's copy
+    partial = data / "backups" / ".agentmemory-20260101T000000.000Z.db.partial"
+    partial.parent.mkdir()
+    shutil.copyfile(data / "agentmemory.db", partial)
+    # The held commit went through once released, so this run may find it already there.
+    assert result(run_sync(env, "backup"))["status"] in ("uploaded", "unchanged")
+    assert not list(data.glob(".agentmemory-backup-*"))
+    local = subprocess.run([str(Path(sys.executable).with_name("agentmemory")), "backup", "--local"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert local.returncode == 0, local.stderr
+    assert sorted(p.name for p in partial.parent.iterdir()) == [
+        Path(json.loads(local.stdout)["file"]).name]

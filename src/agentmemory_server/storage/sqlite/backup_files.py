@@ -84,6 +84,37 @@ def file_lock(db: Path) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def directory_lock(directory: Path) -> Iterator[None]:
+    """Serialise the local snapshots written into ``directory`` (the server's periodic one and
+    ``agentmemory backup --local``), so a leftover found while holding it is nobody's work."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = os.open(directory, os.O_RDONLY)  # the folder itself: a refused snapshot writes no file
+    try:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
+def remove_leftovers(directory: Path, pattern: str) -> list[str]:
+    """Remove the scratch files and folders matching ``pattern`` in ``directory``: what a run
+    that was killed (SIGKILL, OOM, a power cut) left behind, each up to a whole database copy
+    that nothing else would ever delete. Call it only while holding the lock every run that
+    writes such names holds (``file_lock``, ``directory_lock``): then none is in use."""
+    removed = []
+    for leftover in sorted(directory.glob(pattern)) if directory.is_dir() else []:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover.name)
+    if removed:
+        log.warning("removed %d leftover(s) of an interrupted run in %s: %s", len(removed), directory, removed)
+    return removed
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

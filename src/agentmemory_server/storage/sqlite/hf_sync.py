@@ -84,6 +84,7 @@ from agentmemory_server.storage.sqlite.backup_files import (  # noqa: F401
     install,
     last_change,
     remote_image_name,
+    remove_leftovers,
     sha256_file,
     snapshot,
 )
@@ -403,6 +404,16 @@ def _publish(
     }
 
 
+# The scratch folders beside the database of a backup and of a restore (a killed run leaves one).
+BACKUP_SCRATCH, RESTORE_SCRATCH = ".agentmemory-backup-", ".agentmemory-restore-"
+
+
+def _remove_scratch_leftovers(db: Path) -> None:
+    """Under ``file_lock``, which every backup and restore holds while its scratch folder exists."""
+    for prefix in (BACKUP_SCRATCH, RESTORE_SCRATCH):
+        remove_leftovers(db.parent, prefix + "*")
+
+
 def backup(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """Upload a snapshot of the database when it changed since the last sync.
 
@@ -414,6 +425,7 @@ def backup(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     if not db.exists():
         raise SyncError(f"no database at {db}: nothing to back up")
     with file_lock(db):
+        _remove_scratch_leftovers(db)  # before check_room: a killed run's copy holds room
         state = State.load(cfg)
         fingerprint, changed_at = _quick_hash(db), last_change(db)
         if not force and state.get("remoteId") and state.get("fingerprint") == fingerprint:
@@ -423,7 +435,7 @@ def backup(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         head, files = hub.head(create=True)
         if head is None:  # head(create=True) creates the dataset; a None here is the Hub's bug
             raise SyncError(f"the Hub returned no commit for {repo} after creating it")
-        with tempfile.TemporaryDirectory(dir=db.parent, prefix=".agentmemory-backup-") as scratch:
+        with tempfile.TemporaryDirectory(dir=db.parent, prefix=BACKUP_SCRATCH) as scratch:
             remote = hub.meta(head, files, Path(scratch))
             _check_lineage(state, remote, repo, force)
             info = snapshot(db, Path(scratch) / LATEST)
@@ -484,13 +496,14 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
     """
     db, repo = cfg.db_path, cfg.require_repo()
     with file_lock(db):
+        _remove_scratch_leftovers(db)
         hub = Hub(cfg)
         head, files = hub.head(create=False)
         if head is None or LATEST not in files:
             what = "does not exist yet" if head is None else f"has no {LATEST} yet"
             log.info("dataset %s %s: nothing to restore (first boot is fine)", repo, what)
             return {"status": "no-backup"}
-        with tempfile.TemporaryDirectory(dir=db.parent, prefix=".agentmemory-restore-") as scratch:
+        with tempfile.TemporaryDirectory(dir=db.parent, prefix=RESTORE_SCRATCH) as scratch:
             meta = hub.meta(head, files, Path(scratch) / "meta")
             state = State.load(cfg)
             reason = _restore_decision(db, state, meta, force)

@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from agentmemory_server.storage.sqlite import hf_sync
+from agentmemory_server.storage.sqlite.backup_files import directory_lock, file_lock, remove_leftovers
 from agentmemory_server.storage.sqlite.faults import disk_usage
 from agentmemory_server.storage.sqlite.hf_sync import Refused, SyncError
 
 PREFIX = "agentmemory-"
+PARTIAL_PATTERN = f".{PREFIX}*.db.partial"  # a snapshot being written (or left by a killed run)
 log = logging.getLogger("agentmemory.backup")
 
 
@@ -70,7 +72,12 @@ def take(db: Path, directory: Path, *, keep: int, reserve_bytes: int) -> dict[st
     """
     if not db.exists():
         raise SyncError(f"no database at {db}: nothing to snapshot")
-    directory.mkdir(parents=True, exist_ok=True)
+    with directory_lock(directory):
+        remove_leftovers(directory, PARTIAL_PATTERN)  # before ensure_room: a killed run's copy holds room
+        return _take(db, directory, keep=keep, reserve_bytes=reserve_bytes)
+
+
+def _take(db: Path, directory: Path, *, keep: int, reserve_bytes: int) -> dict[str, Any]:
     ensure_room(db, directory, reserve_bytes)
     final = directory / f"{PREFIX}{hf_sync.stamp(time.time())}.db"
     partial = directory / f".{final.name}.partial"
@@ -159,7 +166,7 @@ def restore_last_good(db: Path, directory: Path, hub: hf_sync.Config | None, *, 
         result = hf_sync.restore(hub, force=True)
         return {**result, "source": "hf", "reason": reason}
     snapshot, info = local
-    with tempfile.TemporaryDirectory(dir=db.parent, prefix=".agentmemory-restore-") as scratch:
+    with file_lock(db), tempfile.TemporaryDirectory(dir=db.parent, prefix=hf_sync.RESTORE_SCRATCH) as scratch:
         copy = Path(scratch) / db.name
         shutil.copyfile(snapshot, copy)  # the snapshot itself stays, for the next time
         kept = hf_sync.install(copy, db)
