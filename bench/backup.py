@@ -26,13 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests")]
 os.environ.update(HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
 
-from agentmemory_server.operations import maintenance  # noqa: E402
-from agentmemory_server.storage.sqlite import hf_sync as sync
-from agentmemory_server.memory import transfer  # noqa: E402
-from fake_hub import FakeHub  # noqa: E402
 from agentmemory_server.kernel.registry import Ctx  # noqa: E402
-from agentmemory_server.kernel.runtime import Runtime  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
+from agentmemory_server.memory import transfer  # noqa: E402
+from agentmemory_server.operations import maintenance  # noqa: E402
+from agentmemory_server.storage.sqlite import hf_sync as sync  # noqa: E402
+from agentmemory_server.wiring import build_runtime  # noqa: E402
+from fake_hub import FakeHub  # noqa: E402
 
 IN_MEMORY_EXPORT = """
 import json, sys
@@ -41,7 +41,9 @@ from agentmemory_server.wiring import build_runtime
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.memory import transfer
 rt = build_runtime(Settings.from_env({}, db_path=sys.argv[2], background_jobs=False))
-text = json.dumps(transfer.build_export(rt.db.reader(), exported_at="now"))
+sink = transfer.TreeSink()
+transfer.write_export(rt.db.reader(), sink, exported_at="now", now=0.0)
+text = json.dumps(sink.result)
 rt.close()
 print(len(text))
 """
