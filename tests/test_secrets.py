@@ -113,14 +113,9 @@ def test_exports_and_backups_hold_no_secret(tmp_path, hf_hub):
         cli_export = tmp_path / "export.json"
         assert subprocess.run([AGENTMEMORY, "-q", "export", "-o", str(cli_export)], env=env, capture_output=True,
                               timeout=120).returncode == 0
-        local = subprocess.run([AGENTMEMORY, "backup", "--local"], env=env, capture_output=True, text=True,
-                               timeout=120)
-        assert local.returncode == 0, local.stderr
-        remote = subprocess.run([AGENTMEMORY, "backup"], env=sync_env(hf_hub, tmp_path, server.data_dir),
-                                capture_output=True, text=True, timeout=120)
-        assert remote.returncode == 0, remote.stderr
+        local = take_both_backups(env, hf_hub, tmp_path, server.data_dir)
         blobs = {"GET /export": exported.encode(), "agentmemory export": cli_export.read_bytes(),
-                 "local snapshot": Path(json.loads(local.stdout)["file"]).read_bytes(),
+                 "local snapshot": Path(local["file"]).read_bytes(),
                  **{f"HF {name}": data for name, data in hf_hub.files(HUB_REPO).items()}}
         assert "about [REDACTED_SECRET]" in exported  # the records are there, stripped
         for where, data in blobs.items():
@@ -128,6 +123,16 @@ def test_exports_and_backups_hold_no_secret(tmp_path, hf_hub):
                 assert secret.encode() not in data, f"{secret[:8]}... found in {where}"
     finally:
         server.stop()
+
+
+def take_both_backups(env: dict, hub, tmp_path, data_dir) -> dict:
+    """`agentmemory backup --local` and `agentmemory backup` (to the fake Hub); the local one's report."""
+    local = subprocess.run([AGENTMEMORY, "backup", "--local"], env=env, capture_output=True, text=True, timeout=120)
+    assert local.returncode == 0, local.stderr
+    remote = subprocess.run([AGENTMEMORY, "backup"], env=sync_env(hub, tmp_path, data_dir), capture_output=True,
+                            text=True, timeout=120)
+    assert remote.returncode == 0, remote.stderr
+    return json.loads(local.stdout)
 
 
 def test_a_forgotten_memory_is_not_in_the_next_backups(tmp_path, hf_hub):
@@ -142,13 +147,8 @@ def test_a_forgotten_memory_is_not_in_the_next_backups(tmp_path, hf_hub):
         forgot = post(server.api("/forget"), {"memoryId": gone.json()["memory"]["id"]})
         assert forgot.status_code == 200 and forgot.json()["deleted"] == 1
         env = {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(server.data_dir), "HOME": str(tmp_path)}
-        local = subprocess.run([AGENTMEMORY, "backup", "--local"], env=env, capture_output=True, text=True,
-                               timeout=120)
-        assert local.returncode == 0, local.stderr
-        remote = subprocess.run([AGENTMEMORY, "backup"], env=sync_env(hf_hub, tmp_path, server.data_dir),
-                                capture_output=True, text=True, timeout=120)
-        assert remote.returncode == 0, remote.stderr
-        copies = {"local snapshot": Path(json.loads(local.stdout)["file"]).read_bytes(),
+        local = take_both_backups(env, hf_hub, tmp_path, server.data_dir)
+        copies = {"local snapshot": Path(local["file"]).read_bytes(),
                   "HF agentmemory.db": hf_hub.files(HUB_REPO)["agentmemory.db"]}
         for where, data in copies.items():
             assert b"keepsake" in data, where  # the copy holds the records that are kept
