@@ -61,10 +61,13 @@ class CaptureInbox:
         # wait (monotonic), and that error: events spool straight away for as long again.
         self._busy: tuple[float, AppError] | None = None
 
-    def note_busy(self, exc: Exception) -> None:
-        """Remember a write refused because the write lock stayed taken (``database_busy``)."""
+    def note_busy(self, exc: Exception) -> bool:
+        """Remember a write refused because the write lock stayed taken (``database_busy``);
+        whether ``exc`` was one."""
         if isinstance(exc, AppError) and exc.code == errors.DATABASE_BUSY:
             self._busy = (time.monotonic(), exc)
+            return True
+        return False
 
     def recently_busy(self) -> AppError | None:
         """The busy error of the last BUSY_MEMORY_SECONDS, if no write of this process has
@@ -143,8 +146,7 @@ class CaptureInbox:
     def keep_for_retry(self, ctx: Ctx, prepared: Any, agent_given: str | None, exc: Exception) -> Reply:
         """Keep an event whose storing failed, for the background retry. When the database cannot
         take it either, it waits in this node's capture spool; 503 when neither can keep it."""
-        self.note_busy(exc)
-        if self._busy is not None and self._busy[1] is exc:
+        if self.note_busy(exc):
             # The inbox is in the same database, behind the same lock: another wait would end
             # the same way, long after the agent's hook gave up. The spool keeps it at once.
             return self._spool(ctx, prepared, agent_given, exc, exc)
