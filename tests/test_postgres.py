@@ -22,7 +22,8 @@ from agentmemory_server.kernel.util import Clock
 from agentmemory_server.retrieval import search
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.storage.postgres import PostgresDatabase, database as pg_database
-from agentmemory_server.storage.postgres.database import SchemaTooNew, redacted
+from agentmemory_server.storage.postgres.database import SchemaTooNew
+from agentmemory_server.storage.urls import without_password
 from conftest import LiveServer, ToolCaller, free_port, hook, post, wait_for
 
 
@@ -46,7 +47,7 @@ def test_records_keep_text_jsonb_cannot_hold(url, make_runtime):
 
 
 def test_the_location_hides_the_password_and_a_newer_schema_is_refused(url, tmp_path):
-    assert redacted("postgresql://me:s3cret@db:5432/mem") == "postgresql://me:***@db:5432/mem"
+    assert without_password("postgresql://me:s3cret@db:5432/mem") == "postgresql://me:***@db:5432/mem"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE agentmemory_schema SET version = version + 5")
     with pytest.raises(SchemaTooNew):
@@ -222,13 +223,15 @@ def test_a_server_that_cannot_use_its_postgresql_says_why_in_one_line(url, tmp_p
 
 def test_the_start_up_line_names_the_postgresql_store_without_its_password(url, tmp_path):
     with_password = url.replace("://postgres:@", "://postgres:pw-not-checked@", 1)  # the test cluster trusts its users
+    # libpq also reads a password from the query string
+    with_password += ("&" if "?" in with_password else "?") + "password=pw-in-query-not-checked"
     assert with_password != url and with_password.startswith("postgresql://"), url
     # A URL's scheme is case-insensitive; libpq takes only the lower-case one, so the setting lowers it.
     shouted = "PostgreSQL" + with_password[len("postgresql") :]
     server = LiveServer(tmp_path, {"AGENTMEMORY_DATABASE_URL": shouted}, [])
     try:
         banner = server.log_path.read_text().splitlines()[0]
-        assert f"(database {redacted(with_password)};" in banner and "agentmemory.db" not in banner, banner
+        assert f"(database {without_password(with_password)};" in banner and "agentmemory.db" not in banner, banner
         # the background worker's line named a SQLite file in the data directory it never opened
         wait_for(lambda: "running on" in server.log(), timeout=60, message="the background worker never started")
         worker = next(line for line in server.log().splitlines() if "running on" in line)
@@ -236,6 +239,7 @@ def test_the_start_up_line_names_the_postgresql_store_without_its_password(url, 
         assert "running on postgresql://" in worker and f"/{database}?" in worker, worker
         assert "agentmemory.db" not in worker, worker
         assert "pw-not-checked" not in server.log_path.read_text()
+        assert "pw-in-query-not-checked" not in server.log_path.read_text()
     finally:
         server.stop()
 

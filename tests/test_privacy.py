@@ -3,6 +3,7 @@
 import pytest
 
 from agentmemory_server.kernel.privacy import REDACTED, REDACTED_SECRET, strip_private_data, strip_text
+from agentmemory_server.storage.urls import without_password
 
 SECRETS = {
     "assignment": "api_key=abcdefghijklmnopqrstuvwxyz0123",
@@ -84,3 +85,16 @@ def test_structures_are_walked_and_stay_json():
     assert REDACTED_SECRET in out["tool_input"]["command"]
     assert out["list"] == [REDACTED_SECRET, 3, None, True]
     assert data["env"]["DB_PASSWORD"] == "hunter2hunter2"  # the input is not mutated
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://me:s3cret@db:5432/mem", "postgresql://me:***@db:5432/mem"),
+    ("redis://:s3cret@[::1]:6379/0", "redis://:***@[::1]:6379/0"),  # IPv6 keeps its brackets
+    ("postgresql://DB.example/mem?user=me&password=s3cret&sslmode=require",
+     "postgresql://DB.example/mem?user=me&password=***&sslmode=require"),
+    ("unix:///run/redis.sock?password=s3cret&db=2", "unix:///run/redis.sock?password=***&db=2"),
+    ("postgresql://me:p%40ss@db/mem", "postgresql://me:***@db/mem"),
+    ("postgresql://me@db/mem?sslmode=require", "postgresql://me@db/mem?sslmode=require"),
+])
+def test_a_service_url_is_shown_without_its_password(url, shown):
+    assert without_password(url) == shown

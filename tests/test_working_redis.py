@@ -249,3 +249,24 @@ def test_writes_of_a_process_that_had_not_yet_followed_the_heal_reach_redis_at_t
     assert got["backend"] == "redis" and got["value"] == 2
     assert first("memory_working_get", sessionId="s", key="a")["value"] == 1
 
+
+
+@pytest.mark.parametrize("where", ["userinfo", "query"])
+def test_a_redis_password_never_shows_in_health_diagnose_or_logs(own_redis, make_runtime, caplog, where):
+    """Both places a Redis URL can carry its password (redis-py reads ``?password=`` too) are
+    hidden wherever the URL is shown; the password still reaches Redis (the backend is up)."""
+    password = "pw-" + uuid.uuid4().hex
+    admin = redis.Redis.from_url(own_redis.url)
+    try:
+        admin.config_set("requirepass", password)
+    finally:
+        admin.close()
+    host = own_redis.url.removeprefix("redis://")
+    url = f"redis://:{password}@{host}" if where == "userinfo" else f"{own_redis.url}?password={password}"
+    with caplog.at_level(logging.INFO):
+        rt = make_runtime(working_memory_backend="redis", redis_url=url)
+        service = rt.services["working_memory"]
+        shown = [service.health(), *service.diagnose()]
+    assert service.health()["backend"] == "redis" and not service.using_fallback
+    assert "***" in service.health()["redisUrl"] and host.split("/")[0] in service.health()["redisUrl"]
+    assert password not in repr(shown) and password not in caplog.text

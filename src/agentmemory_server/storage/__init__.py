@@ -12,6 +12,7 @@ from pathlib import Path
 from agentmemory_server.storage.interfaces import Database, RecordIndex
 from agentmemory_server.storage.sqlite import Database as SqliteDatabase
 from agentmemory_server.storage.sqlite import preflight as sqlite_preflight
+from agentmemory_server.storage.urls import without_password
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -117,6 +118,4 @@ def location(path: Path, url: str | None = None) -> str:
     """Where the store is, as a person reads it: the SQLite file, or the URL without its password."""
     if not url:
         return str(path)
-    from agentmemory_server.storage.postgres import redacted
-
-    return redacted(url)
+    return without_password(url)

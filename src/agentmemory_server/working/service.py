@@ -32,9 +32,9 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from agentmemory_server.errors import AppError
+from agentmemory_server.storage.urls import without_password
 from agentmemory_server.working.model import SWEEP_SECONDS, BackendDown, Scope, ScopeCopy
 from agentmemory_server.working.redis_backend import RedisBackend, probe
 from agentmemory_server.working.sqlite_backend import SqliteBackend
@@ -52,18 +52,6 @@ HEAL_HINT = (
 
 
 # -- the subsystem ---------------------------------------------------------------------------------
-
-
-def mask_url(url: str | None) -> str | None:
-    """A Redis URL without its password, for health and logs."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class WorkingMemory:
@@ -95,7 +83,7 @@ class WorkingMemory:
             self.backend = RedisBackend(
                 self.settings.redis_url, self.settings.working_memory_redis_prefix, audit=self._audit
             )
-            log.info("working memory: Redis backend at %s", mask_url(self.settings.redis_url))
+            log.info("working memory: Redis backend at %s", without_password(self.settings.redis_url))
         except BackendDown as exc:
             self._fall_back(None, exc)
 
@@ -137,7 +125,7 @@ class WorkingMemory:
                     "fallback (the server's database) for every process sharing it, until "
                     "POST /agentmemory/diagnostics/heal once Redis answers. Working memory written "
                     "to Redis before now is not visible until then.",
-                    mask_url(self.settings.redis_url),
+                    without_password(self.settings.redis_url),
                     self.fallback_reason,
                 )
             self.backend = self.sqlite
@@ -203,7 +191,9 @@ class WorkingMemory:
             return
         with self._lock:
             self.backend, self.fallback_reason, self.fallback_since = redis, None, None
-        log.info("working memory: the fallback was healed; back on Redis at %s", mask_url(self.settings.redis_url))
+        log.info(
+            "working memory: the fallback was healed; back on Redis at %s", without_password(self.settings.redis_url)
+        )
         self.moved_at_return = self._move_to_redis(redis)
 
     def _move_to_redis(self, redis: RedisBackend) -> int:
@@ -263,7 +253,7 @@ class WorkingMemory:
             "usingFallback": self.using_fallback,
         }
         if self.configured == "redis":
-            body["redisUrl"] = mask_url(self.settings.redis_url)
+            body["redisUrl"] = without_password(self.settings.redis_url)
         if self.using_fallback:
             body.update(
                 fallbackReason=self.fallback_reason,
@@ -282,14 +272,14 @@ class WorkingMemory:
                 {
                     **check,
                     "status": "pass",
-                    "message": f"Redis backend at {mask_url(self.settings.redis_url)}",
+                    "message": f"Redis backend at {without_password(self.settings.redis_url)}",
                     "fix": None,
                 },
                 self.backend.eviction_check(),
             ]
 
         back = probe(self.settings.redis_url)
-        where = mask_url(self.settings.redis_url)
+        where = without_password(self.settings.redis_url)
         if back:
             return [
                 {

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
@@ -53,6 +52,7 @@ from agentmemory_server.storage.postgres.vectors import PgVectorIndex, PgVectorS
 from agentmemory_server.storage.postgres.working import PgWorkingStore
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.faults import FreeSpace
+from agentmemory_server.storage.urls import without_password
 
 log = logging.getLogger("agentmemory.postgres")
 T = TypeVar("T")
@@ -77,15 +77,6 @@ class SchemaTooNew(AppError):
     code = errors.SCHEMA_TOO_NEW
 
 
-def redacted(url: str) -> str:
-    """The URL without its password (for /health, logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 CONNECT_FIX = "start PostgreSQL, or correct AGENTMEMORY_DATABASE_URL (host, port, user, password, database)"
 
 
@@ -97,7 +88,7 @@ def preflight(url: str) -> None:
     :raise Unavailable: the server cannot be reached or refuses the connection.
     :raise SchemaTooNew: written by a newer version of this server.
     """
-    location = redacted(url)
+    location = without_password(url)
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             exists = conn.execute("SELECT to_regclass('agentmemory_schema') IS NOT NULL").fetchone()
@@ -327,7 +318,7 @@ class PostgresDatabase:
         disk_warn_bytes: int = 0,
     ):
         self.url = url
-        self.location = redacted(url)
+        self.location = without_password(url)
         self.path = Path(local_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.legacy_images = BlobStore(images_dir(self.path))  # image bytes stored before migration 6
