@@ -11,9 +11,11 @@ import json
 from agentmemory_server.errors import CATALOGUE
 
 import pytest
+
 from mcp_types.methods import validate_server_result
 
 from agentmemory_server.adapters import mcp_http as mp
+from agentmemory_server.kernel.util import Clock
 from mcp_support import call_order, check_result, client_poster, sample_args, seed, tool_error
 from agentmemory_server.adapters.web import create_app
 
@@ -90,6 +92,33 @@ def test_a_session_opened_by_one_process_is_served_by_another(make_runtime):
     assert second.delete("/mcp", headers={"Mcp-Session-Id": sid}).status_code == 204
     r, body = rpc(second, "ping", headers={"Mcp-Session-Id": sid})
     assert r.status_code == 404 and body["error"]["code"] == mp.INVALID_REQUEST
+
+
+def test_a_session_ended_in_one_process_is_ended_in_every_process(make_runtime):
+    # The spec: once a session is ended, requests carrying its id MUST get 404. DELETE used to end
+    # it only in the process that answered, so the client's next request, landing on a sibling
+    # process or another node, was served under the ended session.
+    first, second = (create_app(runtime=make_runtime()).test_client() for _ in range(2))
+    ended, kept = (initialize(first)[0].headers["Mcp-Session-Id"] for _ in range(2))
+    assert rpc(second, "ping", headers={"Mcp-Session-Id": ended})[0].status_code == 200  # seen there before
+    assert first.delete("/mcp", headers={"Mcp-Session-Id": ended}).status_code == 204
+    for client in (first, second):
+        r, body = rpc(client, "ping", headers={"Mcp-Session-Id": ended})
+        assert r.status_code == 404 and body["error"]["data"]["code"] == "session_expired"
+        assert rpc(client, "ping", headers={"Mcp-Session-Id": kept})[0].status_code == 200
+    assert second.delete("/mcp", headers={"Mcp-Session-Id": ended}).status_code == 404
+    third = create_app(runtime=make_runtime()).test_client()  # a process started afterwards
+    assert rpc(third, "ping", headers={"Mcp-Session-Id": ended})[0].status_code == 404
+
+
+def test_the_store_keeps_only_the_newest_ended_sessions(make_runtime):
+    ticks = iter(range(1_790_000_000, 1_790_001_000))  # a second a call: the order of ending is plain
+    rt = make_runtime(clock=Clock(lambda: float(next(ticks))))
+    sessions = mp.Sessions(capacity=3, db=rt.db, now=rt.clock.iso)
+    ids = [sessions.open("2025-06-18") for _ in range(5)]
+    assert all(sessions.end(sid) for sid in ids)
+    fresh = mp.Sessions(capacity=3, db=rt.db, now=rt.clock.iso)  # another process: only the store
+    assert [fresh.version(sid) for sid in ids] == ["2025-06-18", "2025-06-18", None, None, None]
 
 
 def test_session_ids_say_their_version_and_ended_ones_are_remembered_within_a_bound():

@@ -42,6 +42,7 @@ GRAPH_NODES = "mem:graph:nodes"
 GRAPH_EDGES = "mem:graph:edges"
 GRAPH_SESSIONS = "mem:graph:sessions"
 TOKENS = "mem:tokens"
+MCP_ENDED_SESSIONS = "mem:mcp-ended-sessions"
 
 
 def obs_scope(session_id: str) -> str:
@@ -185,6 +186,12 @@ SCOPES: tuple[ScopeDoc, ...] = (
         "SHA-256 of the token (the token itself is never stored)",
         "API token: id (first 12 hex of the hash), principal, kind (person or agent), projects (`*` = all), "
         "rights (read, write, admin), createdAt, revokedAt?, note?",
+    ),
+    ScopeDoc(
+        MCP_ENDED_SESSIONS,
+        "MCP session id (Mcp-Session-Id)",
+        "An MCP session a client ended with DELETE /mcp: sessionId, endedAt; every process answers 404 "
+        "to it (the newest 1,000 are kept)",
     ),
 )
 
