@@ -2,14 +2,20 @@
 """The HuggingFace dataset backup sidecar: ``python sync.py restore|backup|loop``.
 
 The code lives in ``src/agentmemory_server/storage/sqlite/hf_sync.py`` (installed, it is also
-``agentmemory backup`` / ``agentmemory restore``). That module imports nothing else of the
-server, so this file runs it straight from the checkout, beside any server version, with no
-install and no change to the import path.
+``agentmemory backup`` / ``agentmemory restore``). This file runs the copy in its own checkout,
+with no install: that checkout's ``src/`` goes first on the import path, so every module of the
+sidecar comes from the same version even when another version of the package is installed (it
+used to run ``hf_sync.py`` from the checkout and import its helper modules from the installed
+package).
 """
 
-import runpy
+import sys
 from pathlib import Path
 
+SRC = Path(__file__).resolve().parent / "src"
+
 if __name__ == "__main__":
-    runpy.run_path(str(Path(__file__).resolve().parent / "src" / "agentmemory_server" / "storage" / "sqlite" / "hf_sync.py"),
-                   run_name="__main__")
+    sys.path.insert(0, str(SRC))
+    from agentmemory_server.storage.sqlite import hf_sync
+
+    sys.exit(hf_sync.main())

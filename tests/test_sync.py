@@ -368,3 +368,16 @@ def test_what_a_killed_backup_left_behind_is_removed_by_the_next_run(hf_hub, tmp
     assert local.returncode == 0, local.stderr
     assert sorted(p.name for p in partial.parent.iterdir()) == [
         Path(json.loads(local.stdout)["file"]).name]
+
+
+def test_sync_py_runs_its_own_checkouts_code_beside_another_installed_version(hf_hub, tmp_path):
+    # An older agentmemory-python installed in the environment (here first on PYTHONPATH, ahead
+    # of this checkout's editable install). sync.py used to run hf_sync.py from the checkout and
+    # import its helper modules from whichever package the path found first.
+    installed = tmp_path / "site" / "agentmemory_server"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text('raise ImportError("the installed agentmemory-python 0.1 was imported")\n')
+    env = sync_env(hf_hub, tmp_path, tmp_path / "data", PYTHONPATH=str(installed.parent))
+    proc = run_sync(env, "restore")
+    assert "0.1 was imported" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"status": "no-backup"}, proc.stderr

@@ -5,8 +5,8 @@
     python sync.py backup [--force]             upload a snapshot if the database changed
     python sync.py loop [--interval SECONDS]    back up every interval; a final backup on SIGTERM/SIGINT
 
-A separate process that talks only to the database file and the Hub: it never imports the
-server's code, so it runs beside any version of it. The snapshot comes from SQLite's online
+A separate process that talks only to the database file and the Hub (never to the server), so it
+runs beside a running server, or none. The snapshot comes from SQLite's online
 backup API (a consistent copy even while the server writes; never a file copy of a live WAL
 database) and is integrity-checked before it leaves the machine. Each backup commits, in one
 Hub commit, ``agentmemory.db`` (the latest), ``backups/agentmemory-<UTC time>.db`` (the last
