@@ -31,8 +31,8 @@ def registry_tools() -> list[str]:
     return [t.name for t in registry.REGISTRY.mcp_tools("all")]
 
 
-def stdio_params(url: str, secret: str | None = None) -> StdioServerParameters:
-    env = {"AGENTMEMORY_URL": url, "PYTHONUNBUFFERED": "1"}
+def stdio_params(url: str, secret: str | None = None, **extra: str) -> StdioServerParameters:
+    env = {"AGENTMEMORY_URL": url, "PYTHONUNBUFFERED": "1", **extra}
     if secret:
         env["AGENTMEMORY_SECRET"] = secret
     return StdioServerParameters(command=sys.executable, args=[str(SRC / "mcp_stdio.py")], env=env)
@@ -95,11 +95,16 @@ async def _down_then_up(server) -> None:
     async with stdio_client(stdio_params(server.url)) as (read, write):
         async with ClientSession(read, write) as session:
             await session.initialize()  # the proxy starts without the server
-            with pytest.raises(MCPError, match="cannot list tools: .* is not reachable"):
-                await session.list_tools()
+            # The agent lists once, at its start: it gets the tools even though no server answers.
+            tools = (await session.list_tools()).tools
+            assert [t.name for t in tools] == registry_tools()
+            assert all(t.input_schema == registry.REGISTRY.get(t.name).schema for t in tools)
+            assert "agentmemory://status" in [str(r.uri) for r in (await session.list_resources()).resources]
+            assert "session_handoff" in [p.name for p in (await session.list_prompts()).prompts]
             r = await session.call_tool("memory_sessions", {})
-            assert r.is_error and "is not reachable" in r.content[0].text and "AGENTMEMORY_URL" in r.content[0].text
-            assert "agentmemory serve" in r.content[0].text  # the command the installed shim comes with
+            text = r.content[0].text
+            assert r.is_error and f"server at {server.url} is not reachable" in text and "AGENTMEMORY_URL" in text
+            assert "agentmemory serve" in text  # the command the installed shim comes with
             with pytest.raises(MCPError, match="not reachable"):
                 await session.read_resource("agentmemory://status")
             await anyio.to_thread.run_sync(server.start)
@@ -108,10 +113,30 @@ async def _down_then_up(server) -> None:
             assert len((await session.list_tools()).tools) == len(registry_tools())
 
 
-def test_sdk_stdio_server_down_is_a_clear_error_then_recovers(live_server):
+def test_sdk_stdio_started_before_the_server_lists_tools_then_calls_go_through(live_server):
     server = live_server()
     server.stop()
     anyio.run(_down_then_up, server)
+
+
+async def _tool_names(url: str, env: dict[str, str]) -> list[str]:
+    async with stdio_client(stdio_params(url, SECRET, **env)) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            return [t.name for t in (await session.list_tools()).tools]
+
+
+def test_sdk_stdio_lists_the_servers_tools_and_its_own_only_while_down(live_server):
+    core = [t.name for t in registry.REGISTRY.mcp_tools("core")]
+    assert 0 < len(core) < len(registry_tools())
+    server = live_server(env={"AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_TOOLS": "core"})
+    # A server that answers is the one asked, whatever this process's environment says.
+    assert anyio.run(_tool_names, server.url, {}) == core
+    assert anyio.run(_tool_names, server.url, {"AGENTMEMORY_TOOLS": "all"}) == core
+    server.stop()
+    # Down: the package's list, trimmed by the setting in the shim's own environment.
+    assert anyio.run(_tool_names, server.url, {"AGENTMEMORY_TOOLS": "core"}) == core
+    assert anyio.run(_tool_names, server.url, {}) == registry_tools()
 
 
 async def _wrong_secret(url: str) -> None:

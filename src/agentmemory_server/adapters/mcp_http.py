@@ -82,9 +82,14 @@ INSTRUCTIONS = (
 
 def tool_list(rt: Any) -> list[dict[str, Any]]:
     """Every MCP tool (honouring AGENTMEMORY_TOOLS) with its JSON Schema."""
+    return tool_list_for(rt.settings.tools)
+
+
+def tool_list_for(which: str) -> list[dict[str, Any]]:
+    """The MCP tools a server with AGENTMEMORY_TOOLS=``which`` lists (``all`` or ``core``)."""
     return [
         {"name": t.name, "description": t.description, "inputSchema": t.schema}
-        for t in registry.REGISTRY.mcp_tools(rt.settings.tools)
+        for t in registry.REGISTRY.mcp_tools(which)
     ]
 
 

@@ -12,11 +12,18 @@ server's MCP routes, so the tool list, schemas and behaviour are exactly the ser
 
 ``AGENTMEMORY_URL`` (default http://127.0.0.1:3111), ``AGENTMEMORY_SECRET`` and
 ``AGENTMEMORY_MCP_TIMEOUT`` (seconds, default 120) are read from the environment on every call,
-so a client can start this process before the server is up. A server that is down or failing
-turns a tool call into an ``isError`` result that says what to do; listing calls answer a
-JSON-RPC error. This process never exits because the server misbehaves.
+so a client can start this process before the server is up. Agents list tools once, when they
+start: while no server answers, the lists come from this package's own registry (the tools a
+server of this version serves, trimmed by AGENTMEMORY_TOOLS in this process's environment), so an
+agent started before the server still has its tools, and its calls go through once the server is
+up. A server that answers is always asked for its own lists. A server that is down or failing
+turns a tool call into an ``isError`` result that says what to do; a server that answers a
+listing with an error gets a JSON-RPC error. This process never exits because the server
+misbehaves.
 
-This is the only module that imports the ``mcp`` SDK; it imports nothing else of ours.
+This is the only module that imports the ``mcp`` SDK. Of ours it imports the settings and the
+token reader, and the registry only to list while no server answers; everything else goes over
+HTTP.
 """
 
 from __future__ import annotations
@@ -48,9 +55,10 @@ log = logging.getLogger("agentmemory.mcp_stdio")
 class ProxyError(Exception):
     """The server could not be reached or answered an error; the message says what to do."""
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None):
+    def __init__(self, message: str, status: int | None = None, code: str | None = None, *, unreachable: bool = False):
         super().__init__(message)
         self.status, self.code = status, code
+        self.unreachable = unreachable  # no server answered at all (nothing listens, or no route to it)
 
 
 def _env(name: str) -> str | None:
@@ -110,7 +118,9 @@ def rest(method: str, path: str, body: Any = None) -> Any:
     except requests.RequestException as exc:
         raise ProxyError(
             f"agentmemory server at {base_url()} is not reachable ({type(exc).__name__}); "
-            "start it with 'agentmemory serve' or set AGENTMEMORY_URL"
+            "start it with 'agentmemory serve' (calls go through once it is up, without restarting "
+            "the agent) or set AGENTMEMORY_URL",
+            unreachable=True,
         ) from None
     try:
         payload = response.json()
@@ -168,10 +178,7 @@ def _rpc_error(exc: ProxyError) -> MCPError:
 
 
 async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-    try:
-        return await call_server("GET", "/mcp/tools", shape=types.ListToolsResult)
-    except ProxyError as exc:
-        raise MCPError(types.INTERNAL_ERROR, f"cannot list tools: {exc}") from None
+    return await _listing("/mcp/tools", "tools", types.ListToolsResult)
 
 
 async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
@@ -225,10 +232,36 @@ async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.Ge
 
 
 async def _listing(path: str, what: str, shape: Any, pick: Callable[[Any], Any] = lambda data: data) -> Any:
+    """The server's answer at ``path``; while no server answers, this package's own (an agent lists
+    once, at its start, and would otherwise have no tools for its whole session)."""
     try:
         return await call_server("GET", path, shape=shape, pick=pick)
     except ProxyError as exc:
-        raise MCPError(types.INTERNAL_ERROR, f"cannot list {what}: {exc}") from None
+        if not exc.unreachable:  # a server answered: its error is the truth, not our guess at its list
+            raise MCPError(types.INTERNAL_ERROR, f"cannot list {what}: {exc}") from None
+        log.warning("%s; listing %s from this package until it answers", exc, what)
+    data = await anyio.to_thread.run_sync(local_listing, path)  # the first call imports every feature
+    return shape.model_validate(pick(data))
+
+
+def local_listing(path: str) -> Any:
+    """What a server of this package's version answers at ``path`` (one of the listing routes).
+
+    :raise MCPError: AGENTMEMORY_TOOLS in this process's environment is not a valid value.
+    """
+    from agentmemory_server import wiring  # noqa: F401 - registers every tool, in the server's order
+    from agentmemory_server.adapters import mcp_http
+    from agentmemory_server.operations import resources
+
+    if path == "/mcp/resources":
+        return resources.resource_listing()
+    if path == "/mcp/prompts":
+        return resources.prompt_listing()
+    try:  # only this setting: an unrelated bad value in the agent's environment must not hide the tools
+        which = Settings.from_env({"AGENTMEMORY_TOOLS": os.environ.get("AGENTMEMORY_TOOLS", "")}).tools
+    except ValueError as exc:
+        raise MCPError(types.INTERNAL_ERROR, f"cannot list tools: {exc}") from None
+    return {"tools": mcp_http.tool_list_for(which)}
 
 
 def build_server() -> Server:
