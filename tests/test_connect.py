@@ -70,12 +70,16 @@ def agentmemory(home: Path, *args: str, stdin: str = "", **env: str) -> subproce
                           env={**env_for(home), **env}, cwd=home / "project")
 
 
-def snapshot(home: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file under HOME except agentmemory's own state."""
-    out = {}
+def snapshot(home: Path, folders: bool = False) -> dict[str, tuple[bytes | None, int]]:
+    """Every file under HOME except agentmemory's own state (and with ``folders``, every folder)."""
+    out: dict[str, tuple[bytes | None, int]] = {}
     for path in home.rglob("*"):
-        if path.is_file() and ".agentmemory" not in path.parts:
+        if ".agentmemory" in path.parts:
+            continue
+        if path.is_file():
             out[str(path.relative_to(home))] = (path.read_bytes(), path.stat().st_mode & 0o777)
+        elif folders and path.is_dir():
+            out[str(path.relative_to(home))] = (None, path.stat().st_mode & 0o777)
     return out
 
 
@@ -163,7 +167,7 @@ setInterval(() => {{}}, 1000);  // stay up like OpenCode does; the test stops th
 
 @pytest.mark.parametrize("client", sorted(client_schemas.VALIDATORS))
 def test_connect_writes_documented_config_and_disconnect_restores(home: Path, server: LiveServer, client: str) -> None:
-    before = snapshot(home)
+    before = snapshot(home, folders=True)
     done = connect(home, client, server.url)
     assert done.returncode == 0, done.stderr
     assert SECRET not in done.stdout  # the diff shows the token as a placeholder
@@ -183,7 +187,7 @@ def test_connect_writes_documented_config_and_disconnect_restores(home: Path, se
     exercise_hook(client, home, server)
     gone = agentmemory(home, "disconnect", client, "--scope", SCOPES.get(client, "user"))
     assert gone.returncode == 0, gone.stderr
-    assert snapshot(home) == before
+    assert snapshot(home, folders=True) == before  # the folders connect made are gone too
 
 
 def _contains(doc: Any, original: Any) -> bool:
@@ -193,6 +197,26 @@ def _contains(doc: Any, original: Any) -> bool:
     if isinstance(original, list):
         return isinstance(doc, list) and all(any(_contains(d, o) for d in doc) for o in original)
     return doc == original
+
+
+def test_disconnect_removes_only_the_folders_connect_made_that_are_left_empty(home: Path, server: LiveServer) -> None:
+    # disconnect left ~/.codex/ and the like behind, empty, after removing the files it created.
+    shutil.rmtree(home / ".codex")
+    (home / ".config" / "opencode" / "plugins").mkdir()  # the user's, empty: it stays
+    for client in ("codex", "copilot", "opencode"):
+        assert connect(home, client, server.url).returncode == 0
+    assert (home / ".codex" / "hooks.json").exists() and (home / ".copilot" / "hooks" / "agentmemory.json").exists()
+    (home / ".copilot" / "config.json").write_text("{}\n")  # the agent's own file, written since connect
+    said = {}
+    for client in ("codex", "copilot", "opencode"):
+        gone = agentmemory(home, "disconnect", client)
+        assert gone.returncode == 0, gone.stderr
+        said[client] = gone.stdout
+    assert not (home / ".codex").exists() and f"{home}/.codex: folder removed" in said["codex"]
+    assert not (home / ".copilot" / "hooks").exists() and (home / ".copilot" / "config.json").read_text() == "{}\n"
+    assert f"{home}/.copilot:" not in said["copilot"]
+    assert (home / ".config" / "opencode" / "plugins").is_dir() and "folder removed" not in said["opencode"]
+    assert not list((home / ".agentmemory").glob("connect/*.backups"))  # connect's own backups folders too
 
 
 def test_disconnect_keeps_changes_made_after_connect(home: Path, server: LiveServer) -> None:

@@ -433,7 +433,11 @@ def _add_agent_commands(commands: Any) -> None:
     hook.set_defaults(run=lambda settings, opts: hook_client.main_with(opts))
     for name, run, text in (
         ("connect", cmd_connect, "write an agent's hook and MCP config (backup + diff; reversible)"),
-        ("disconnect", cmd_disconnect, "remove what connect wrote (originals restored byte for byte)"),
+        (
+            "disconnect",
+            cmd_disconnect,
+            "remove what connect wrote (originals restored byte for byte, folders it made removed when empty)",
+        ),
         ("status", cmd_status, "which agents are connected, and whether the server answers"),
     ):
         sub = commands.add_parser(name, help=text)

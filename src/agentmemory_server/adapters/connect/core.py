@@ -3,10 +3,11 @@
 A client spec turns the options into ``Edit``s: a file, how to add agentmemory's entries to its
 current text, and how to take them out again. ``apply`` writes every changed file (0600 when it
 holds the token), after saving the original once under ``<data dir>/connect/``; a manifest records,
-per file, whether it existed, its mode and the hash of what was written. ``revert`` puts back the
-original bytes when a file is still exactly what was written, and otherwise removes only
-agentmemory's entries, so changes made since then survive. Running ``apply`` twice writes nothing
-the second time.
+per file, whether it existed, its mode, the folders made for it and the hash of what was written.
+``revert`` puts back the original bytes when a file is still exactly what was written, and
+otherwise removes only agentmemory's entries, so changes made since then survive; then it removes
+the folders ``apply`` made that are left empty. Running ``apply`` twice writes nothing the second
+time.
 """
 
 from __future__ import annotations
@@ -176,16 +177,35 @@ def apply(changes: list[Change], manifest: Manifest, backups: Path) -> list[Path
                 entry["backup"] = str(_backup(path, backups))
             manifest.files[str(path)] = entry
         if change.changed:
+            missing = _missing_folders(path)
             try:
                 _write(change)
             except OSError as exc:
+                _record_folders(entry, missing)  # a folder made before the write failed is ours too
                 manifest.save()  # what was written so far stays undoable by disconnect
                 done = f"; written before it: {', '.join(map(str, written))}" if written else "; nothing was written"
                 raise ConnectError(f"{path} cannot be written ({exc.strerror}){done}") from None
+            _record_folders(entry, missing)
             written.append(path)
         entry["written"] = sha256(change.after)
     manifest.save()
     return written
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet (a dangling link counts as existing: it
+    is the user's), innermost first."""
+    missing = []
+    folder = path.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _record_folders(entry: dict[str, Any], missing: list[Path]) -> None:
+    made = [str(f) for f in missing if f.is_dir() and not f.is_symlink()]
+    entry["folders"] = list(dict.fromkeys([*entry.get("folders", []), *made]))
 
 
 def _backup(path: Path, backups: Path) -> Path:
@@ -238,8 +258,26 @@ def revert(edits: list[Edit], manifest: Manifest) -> list[tuple[Path, str]]:
     for entry in manifest.files.values():
         if entry.get("backup"):
             Path(entry["backup"]).unlink(missing_ok=True)
+            _remove_if_empty(Path(entry["backup"]).parent)  # this connect's own backups folder
     manifest.path.unlink(missing_ok=True)
+    _remove_if_empty(manifest.path.parent)
+    done.extend((folder, "folder removed (connect made it; now empty)") for folder in _remove_made_folders(manifest))
     return done
+
+
+def _remove_made_folders(manifest: Manifest) -> list[Path]:
+    """Remove the folders ``apply`` made that nothing is in now, deepest first; a folder that
+    existed before connect is never among them, and one holding anything stays."""
+    folders = {Path(f) for entry in manifest.files.values() for f in entry.get("folders", [])}
+    return [f for f in sorted(folders, key=lambda f: len(f.parts), reverse=True) if _remove_if_empty(f)]
+
+
+def _remove_if_empty(folder: Path) -> bool:
+    try:
+        folder.rmdir()  # refuses a folder with anything in it, atomically
+    except OSError:  # not empty, already gone, or not ours to remove
+        return False
+    return True
 
 
 def _restore(path: Path, entry: dict[str, Any]) -> str:
