@@ -472,6 +472,30 @@ def test_mcp_over_http_says_to_export_the_token_the_agent_reads(home: Path, serv
     assert again.returncode == 0 and "export AGENTMEMORY_SECRET" not in again.stdout, again.stdout
 
 
+def expand_braced(text: str, environ: dict[str, str]) -> str:
+    """Copilot CLI's variable expansion as its documentation shows it for ~/.copilot/mcp-config.json:
+    ``${NAME}`` (the form of every example there, headers included; 0.0.340 made env values literal
+    unless written so). A bare ``$NAME`` is left as written."""
+    import re
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: environ.get(m.group(1), m.group(0)), text)
+
+
+def test_copilot_mcp_over_http_names_the_token_the_way_copilot_documents(home: Path, server: LiveServer) -> None:
+    # connect wrote "Bearer $AGENTMEMORY_SECRET"; Copilot CLI's documented examples for its MCP file
+    # all write ${VAR}, so the bare form was unconfirmed and could reach the server unexpanded.
+    import anyio
+
+    done = agentmemory(home, "connect", "copilot", "--yes", "--mcp", "http", "--url", server.url,
+                       AGENTMEMORY_AUTH="on", AGENTMEMORY_SECRET=SECRET)
+    assert done.returncode == 0, done.stderr
+    entry = client_schemas.load_json(home / ".copilot" / "mcp-config.json")["mcpServers"]["agentmemory"]
+    header = entry["headers"]["Authorization"]
+    assert header == "Bearer ${AGENTMEMORY_SECRET}" and SECRET not in header
+    expanded = {"Authorization": expand_braced(header, {"AGENTMEMORY_SECRET": SECRET})}
+    assert "memory_recall" in anyio.run(_mcp_tools_over_http, entry["url"], expanded)
+
+
 def test_status_tells_gemini_from_antigravity_in_their_shared_settings(home: Path, server: LiveServer) -> None:
     # Both write hooks to ~/.gemini/settings.json; status counted any agentmemory entry there, so
     # after `disconnect antigravity` it still said Antigravity was connected.

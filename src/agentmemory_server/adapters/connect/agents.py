@@ -264,7 +264,8 @@ def copilot(o: Options) -> list[Edit]:
                 "type": "http",
                 "url": f"{o.url}/mcp",
                 "tools": ["*"],
-                "headers": {"Authorization": f"Bearer ${TOKEN_VAR}"},
+                # ${VAR}: the form every Copilot CLI example for this file uses (headers included)
+                "headers": {"Authorization": f"Bearer ${{{TOKEN_VAR}}}"},
             }
         else:
             server = stdio_server(o, type="stdio", tools=["*"])
