@@ -346,3 +346,55 @@ def test_an_export_too_big_for_one_answer_is_a_413_saying_where_it_stopped(make_
     assert details["stoppedAt"].startswith("images.") and details["setting"] == "AGENTMEMORY_MAX_EXPORT_BYTES"
     page = client.get("/agentmemory/export?maxSessions=1")  # a page of one session fits
     assert page.status_code == 200 and len(page.json["images"]) == 1 and page.json["pagination"]["hasMore"]
+
+
+# -- local snapshots carry the image store ------------------------------------------------------------
+
+
+def test_a_local_snapshot_carries_its_images_restores_them_and_rotation_drops_them(tmp_path):
+    """A screenshot's observation is snapshotted, then forgotten and its image swept; restoring the
+    snapshot brings back both the observation and the image. Rotating the snapshot out removes
+    the images no kept snapshot knows."""
+    from agentmemory_server.kernel.settings import Settings
+    from agentmemory_server.storage.sqlite import local_backup
+    from agentmemory_server.wiring import build_runtime
+
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    shot, other = png(60), png(61)
+
+    def runtime():
+        return build_runtime(Settings.from_env({}, data_dir=str(data), background_jobs=False, auth="off",
+                                               embedding_provider="none"))
+
+    rt = runtime()
+    try:
+        client = create_app(runtime=rt).test_client()
+        client.post("/agentmemory/observe", json=screenshot_hook("kept", shot))
+        first = local_backup.take(rt.db.path, backups, keep=1, reserve_bytes=0)
+        assert first["images"] == {"images": 1, "added": 1, "missing": 0, "pruned": 0}
+        assert (backups / "images" / sha(shot)[:2] / sha(shot)).read_bytes() == shot
+        client.post("/agentmemory/forget", json={"sessionId": "kept"})
+        with rt.db.transaction("test") as tx:  # past the grace period, as the sweep would
+            tx.images.delete([sha(shot)])
+        assert not image_file(rt, sha(shot)).exists()
+        db_path = rt.db.path
+    finally:
+        rt.close()
+    restored = local_backup.restore_last_good(db_path, backups, None, force=True)
+    assert restored["source"] == "local" and restored["images"] == {"restored": 1, "missing": 0}
+    rt = runtime()
+    try:
+        client = create_app(runtime=rt).test_client()
+        assert [o["sessionId"] for o in client.get("/agentmemory/observations?sessionId=kept").json["observations"]]
+        assert client.get(f"/agentmemory/images/{sha(shot)}").data == shot
+        # The next snapshot no longer knows the first image once it is forgotten and swept; with
+        # keep=1 the first snapshot rotates out and takes that image with it, the new one's stays.
+        client.post("/agentmemory/forget", json={"sessionId": "kept"})
+        with rt.db.transaction("test") as tx:
+            tx.images.delete([sha(shot)])
+        client.post("/agentmemory/observe", json=screenshot_hook("new", other))
+        second = local_backup.take(rt.db.path, backups, keep=1, reserve_bytes=0)
+    finally:
+        rt.close()
+    assert len(second["pruned"]) == 1 and second["images"]["pruned"] == 1
+    assert [p.name for p in (backups / "images").rglob("*") if p.is_file()] == [sha(other)]

@@ -6,6 +6,13 @@ beyond ``keep``, so a damaged database never rotates the good snapshots out. It 
 space first: a snapshot is skipped, with a clear error, when it would leave less than the
 reserve free on the disk (backups never fill the disk the database needs).
 
+The image store beside the database (``images/<2 hex>/<sha256>``, content-addressed) is carried
+in ``<dir>/images/``, one store shared by every snapshot: before a snapshot takes its name, the
+images it knows (not evicted) that the folder lacks are added (a hard link when the folder is on
+the database's disk, else a copy), and pruning a snapshot removes the images no remaining
+snapshot knows. A restore puts back the images the restored database knows and the server's
+store lacks, each checked against its sha256 name.
+
 ``restore_last_good`` is ``agentmemory restore --from-backup``: the newest snapshot that passes
 its integrity check, locally or in the HF dataset (whichever is newer), replaces the database;
 the replaced file is kept as ``<db>.pre-restore``. It refuses while the server has the file
@@ -26,12 +33,21 @@ from pathlib import Path
 from typing import Any
 
 from agentmemory_server.storage.sqlite import hf_sync
-from agentmemory_server.storage.sqlite.backup_files import directory_lock, file_lock, remove_leftovers
+from agentmemory_server.storage.sqlite.backup_files import (
+    IMAGES_DIR,
+    directory_lock,
+    file_lock,
+    image_ids,
+    image_path,
+    remove_leftovers,
+    sha256_file,
+)
 from agentmemory_server.storage.sqlite.faults import disk_usage
 from agentmemory_server.storage.sqlite.hf_sync import Refused, SyncError
 
 PREFIX = "agentmemory-"
 PARTIAL_PATTERN = f".{PREFIX}*.db.partial"  # a snapshot being written (or left by a killed run)
+IMAGE_PARTIAL_PATTERN = f"{IMAGES_DIR}/*/.tmp-*"  # an image being copied in (or left by a killed run)
 log = logging.getLogger("agentmemory.backup")
 
 
@@ -74,6 +90,7 @@ def take(db: Path, directory: Path, *, keep: int, reserve_bytes: int) -> dict[st
         raise SyncError(f"no database at {db}: nothing to snapshot")
     with directory_lock(directory):
         remove_leftovers(directory, PARTIAL_PATTERN)  # before ensure_room: a killed run's copy holds room
+        remove_leftovers(directory, IMAGE_PARTIAL_PATTERN)
         return _take(db, directory, keep=keep, reserve_bytes=reserve_bytes)
 
 
@@ -83,6 +100,8 @@ def _take(db: Path, directory: Path, *, keep: int, reserve_bytes: int) -> dict[s
     partial = directory / f".{final.name}.partial"
     try:
         info = hf_sync.snapshot(db, partial)  # backup API, then integrity_check of the copy
+        # Before the snapshot takes its name: a snapshot on disk always has its images beside it.
+        images = carry_images(db, image_ids(partial), directory, reserve_bytes)
         with open(partial, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(partial, final)
@@ -93,6 +112,7 @@ def _take(db: Path, directory: Path, *, keep: int, reserve_bytes: int) -> dict[s
     pruned = [str(p) for p in snapshots(directory)[keep:]]
     for name in pruned:
         Path(name).unlink(missing_ok=True)
+    images["pruned"] = prune_images(directory)
     log.info("local snapshot %s (%d bytes), pruned %d", final, info["size"], len(pruned))
     return {
         "status": "snapshot",
@@ -101,7 +121,107 @@ def _take(db: Path, directory: Path, *, keep: int, reserve_bytes: int) -> dict[s
         "schemaVersion": info["schemaVersion"],
         "tables": info["tables"],
         "pruned": pruned,
+        "images": images,
     }
+
+
+# -- the images the snapshots know ----------------------------------------------------------------
+
+
+def _store_path(directory: Path, image_id: str) -> Path:
+    """Where ``directory``'s shared image folder keeps an image (the server's own layout)."""
+    return directory / IMAGES_DIR / image_id[:2] / image_id
+
+
+def _place(source: Path, target: Path, reserve_bytes: int | None) -> None:
+    """Put ``source``'s bytes at ``target`` under a temporary name first, so a reader never sees
+    half a file: a hard link (no room taken; an image file is never changed in place, only
+    written whole and deleted), else a copy, refused when it would eat into ``reserve_bytes``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".tmp-{target.name}")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:  # another disk (EXDEV), or a filesystem without hard links
+        size = source.stat().st_size
+        if reserve_bytes is not None and disk_usage(target.parent).free - size < reserve_bytes:
+            raise NoRoom(
+                f"not copying image {target.name} ({_mb(size)}) into {target.parent}: it would leave less than "
+                f"{_mb(reserve_bytes)} free; the snapshot was not kept"
+            ) from None
+        try:
+            shutil.copyfile(source, temporary)
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    os.replace(temporary, target)
+
+
+def carry_images(db: Path, wanted: set[str], directory: Path, reserve_bytes: int) -> dict[str, int]:
+    """Add the ``wanted`` images the snapshot folder lacks, from the server's store beside ``db``."""
+    added = missing = 0
+    for image_id in sorted(wanted):
+        target = _store_path(directory, image_id)
+        if target.is_file():
+            continue
+        source = image_path(db, image_id)
+        if not source.is_file():
+            missing += 1  # deleted or evicted since the snapshot's read: its record keeps the reference
+            continue
+        _place(source, target, reserve_bytes)
+        added += 1
+    if missing:
+        log.warning("local snapshot: %d image(s) the database knows are not in %s", missing, db.parent / IMAGES_DIR)
+    return {"images": len(wanted), "added": added, "missing": missing}
+
+
+def prune_images(directory: Path) -> int:
+    """Remove the images no remaining snapshot knows; none while a snapshot cannot be read (what
+    it knows is then unknown, and a missing image cannot be made again)."""
+    store = directory / IMAGES_DIR
+    if not store.is_dir():
+        return 0
+    known: set[str] = set()
+    try:
+        for snapshot_file in snapshots(directory):
+            known |= image_ids(snapshot_file)
+    except SyncError as exc:
+        log.warning("local snapshot: not pruning images: %s", exc)
+        return 0
+    removed = 0
+    for sub in sorted(store.iterdir()):
+        for entry in sorted(sub.iterdir()) if sub.is_dir() else []:
+            if entry.name not in known and not entry.name.startswith(".tmp-"):
+                entry.unlink(missing_ok=True)
+                removed += 1
+        with contextlib.suppress(OSError):
+            sub.rmdir()  # only when empty
+    return removed
+
+
+def restore_images(db: Path, directory: Path) -> dict[str, int]:
+    """Put back the images the (restored) database knows and the server's store lacks, from the
+    snapshot folder, each checked against its sha256 name."""
+    restored = missing = 0
+    for image_id in sorted(image_ids(db)):
+        target = image_path(db, image_id)
+        if target.is_file():
+            continue
+        source = _store_path(directory, image_id)
+        if not source.is_file():
+            missing += 1
+            continue
+        if sha256_file(source) != image_id:
+            log.warning("local snapshot image %s does not match its sha256 name; not restored", source)
+            missing += 1
+            continue
+        _place(source, target, None)
+        restored += 1
+    if missing:
+        log.warning("%d image(s) the restored database knows are in no snapshot (records keep the reference)", missing)
+    return {"restored": restored, "missing": missing}
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -170,6 +290,7 @@ def restore_last_good(db: Path, directory: Path, hub: hf_sync.Config | None, *, 
         copy = Path(scratch) / db.name
         shutil.copyfile(snapshot, copy)  # the snapshot itself stays, for the next time
         kept = hf_sync.install(copy, db)
+        images = restore_images(db, directory)
     log.warning("restored %s from local snapshot %s (%s)", db, snapshot, reason)
     return {
         "status": "restored",
@@ -179,4 +300,5 @@ def restore_last_good(db: Path, directory: Path, hub: hf_sync.Config | None, *, 
         "tables": info["tables"],
         "kept": str(kept) if kept else None,
         "reason": reason,
+        "images": images,
     }
