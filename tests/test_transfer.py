@@ -381,6 +381,27 @@ def test_working_memory_survives_an_export_and_import_into_a_fresh_store(client,
     assert [e["content"] for e in _working_state(theirs, scope)["scratchpad"]] == ["first thought"]
 
 
+def test_a_replace_import_leaves_working_memory_as_the_export_had_it(client, call):
+    """``replace`` makes working memory what the file holds: a key added to an exported scope
+    since the export is gone, the scratchpad is the file's (not the file's after ours), and a
+    scope the file does not hold is emptied, like the records the file does not hold."""
+    scope = {"sessionId": "ses_wm", "project": "démo"}
+    before = _seed_working_memory(call)
+    export = client.get("/agentmemory/export").json
+    call("memory_working_set", key="added-later", value=1, **scope)
+    call("memory_working_scratchpad", operation="append", content="third thought", **scope)
+    call("memory_working_task", operation="update_progress", advance=2, **scope)
+    elsewhere = {"sessionId": "ses_other", "project": "démo"}
+    call("memory_working_set", key="not-in-the-file", value=2, **elsewhere)
+    call("memory_working_scratchpad", operation="append", content="not in the file", **elsewhere)
+    r = client.post("/agentmemory/import", json={"exportData": export, "strategy": "replace"})
+    assert r.status_code == 200 and r.json["counts"]["working"] == {"imported": 1, "skipped": 0}
+    assert _working_state(call, scope) == before
+    assert call("memory_working_get", operation="all", **elsewhere)["values"] == {}
+    assert call("memory_working_scratchpad", operation="get", **elsewhere)["entries"] == []
+    assert client.get("/agentmemory/export").json["working"] == export["working"]
+
+
 def test_a_bad_working_memory_entry_is_refused_naming_it(client, call):
     export = client.get("/agentmemory/export").json
     bad = {**export, "working": [{"project": "p", "agentId": "a", "sessionId": "s", "keys": [{"key": "_x", "value": 1}]}]}

@@ -270,3 +270,57 @@ def test_a_redis_password_never_shows_in_health_diagnose_or_logs(own_redis, make
     assert service.health()["backend"] == "redis" and not service.using_fallback
     assert "***" in service.health()["redisUrl"] and host.split("/")[0] in service.health()["redisUrl"]
     assert password not in repr(shown) and password not in caplog.text
+
+
+def _wm_state(call, scope: dict) -> dict:
+    return {
+        "keys": call("memory_working_get", operation="all", **scope)["values"],
+        "task": call("memory_working_task", operation="get", **scope)["task"],
+        "scratchpad": call("memory_working_scratchpad", operation="get", withTimestamps=True, **scope)["entries"],
+        "checkpoints": call("memory_working_checkpoint", operation="list", **scope)["checkpoints"],
+    }
+
+
+def test_working_memory_in_redis_is_exported_and_imported_back_into_redis(redis_server, make_runtime, tmp_path):
+    """Working memory held in Redis travels in the export (read through the subsystem, not the
+    database's tables), and an import into a Redis-backed server puts it in Redis; ``replace``
+    empties the Redis scopes the file does not hold."""
+    from agentmemory_server.adapters.web import create_app
+
+    def redis_runtime(name: str):
+        return make_runtime(data_dir=str(tmp_path / name), working_memory_backend="redis", redis_url=redis_server.url,
+                            working_memory_redis_prefix=f"t-{uuid.uuid4().hex}")
+
+    scope = {"sessionId": "ses_r", "project": "p1"}
+    source = redis_runtime("a")
+    call = ToolCaller(source)
+    call("memory_working_set", key="plan", value={"steps": ["a", "b"]}, **scope)
+    call("memory_working_set", key="draft", value="soon gone", ttlSeconds=3600, **scope)
+    call("memory_working_task", operation="set", taskId="t1", description="ship it", totalSteps=3, **scope)
+    call("memory_working_scratchpad", operation="append", content="first thought", **scope)
+    call("memory_working_checkpoint", operation="create", description="before", **scope)
+    before = _wm_state(call, scope)
+    assert source.services["working_memory"].backend.name == "redis"
+    assert source.services["working_memory"].sqlite.held_scopes() == []  # nothing of it in the database
+    export = create_app(runtime=source).test_client().get("/agentmemory/export").json
+    [entry] = export["working"]
+    assert (entry["project"], entry["sessionId"]) == ("p1", "ses_r")
+    assert {k["key"]: k["value"] for k in entry["keys"]} == {"plan": {"steps": ["a", "b"]}, "draft": "soon gone"}
+    assert entry["task"]["state"]["taskId"] == "t1" and len(entry["checkpoints"]) == 1
+
+    target = redis_runtime("b")
+    theirs = ToolCaller(target)
+    stale = {"sessionId": "ses_stale", "project": "p1"}
+    theirs("memory_working_set", key="old", value=1, **stale)
+    r = create_app(runtime=target).test_client().post("/agentmemory/import",
+                                                      json={"exportData": export, "strategy": "replace"})
+    assert r.status_code == 200 and r.json["counts"]["working"] == {"imported": 1, "skipped": 0}
+    svc = target.services["working_memory"]
+    assert svc.backend.name == "redis" and svc.sqlite.held_scopes() == []  # in Redis, not the database
+    assert _wm_state(theirs, scope) == before
+    assert theirs("memory_working_get", operation="all", **stale)["values"] == {}
+    # The imported checkpoint restores in Redis.
+    theirs("memory_working_scratchpad", operation="append", content="after", **scope)
+    theirs("memory_working_checkpoint", operation="restore", checkpointId=before["checkpoints"][0]["checkpointId"],
+           **scope)
+    assert [e["content"] for e in _wm_state(theirs, scope)["scratchpad"]] == ["first thought"]

@@ -267,12 +267,23 @@ class _ExportWriter:
                     self.section("[", session_of(scope), scope, always=False)
         self.sink.close("{")
 
-    def working(self, now: float, agent: str | None) -> None:
+    def working(self, now: float, agent: str | None, outside: Any | None) -> None:
+        """Working memory where it lives: Redis (``outside``, the subsystem) first, then what the
+        database holds (the default store; with Redis, what a fallback left that has not moved yet)."""
         self.sink.open("[", working_transfer.SECTION)
-        for entry in working_transfer.export_entries(self.store, now, lambda owner: agent in (None, owner)):
-            self.records += 1  # not ticked: the progress bar's total counts kv_store's records
-            self.sink.value(entry)
+        keep_agent = lambda owner: agent in (None, owner)  # noqa: E731
+        seen: set[str] = set()
+        for entry in outside.export_entries(now, keep_agent) if outside is not None else []:
+            seen.add(working_transfer.scope_key((entry["project"], entry["agentId"], entry["sessionId"])))
+            self._working_entry(entry)
+        for entry in working_transfer.export_entries(self.store, now, keep_agent):
+            if working_transfer.scope_key((entry["project"], entry["agentId"], entry["sessionId"])) not in seen:
+                self._working_entry(entry)
         self.sink.close("[")
+
+    def _working_entry(self, entry: dict[str, Any]) -> None:
+        self.records += 1  # not ticked: the progress bar's total counts kv_store's records
+        self.sink.value(entry)
 
     def other_scopes(self) -> None:
         self.sink.open("{", "kv")
@@ -293,12 +304,15 @@ def write_export(
     max_sessions: int | None = None,
     batch: int = 500,
     tick: Callable[[int], Any] = lambda n: None,
+    working: Any | None = None,
 ) -> dict[str, int]:
     """Write the export document to ``sink``, reading ``batch`` records at a time. The one export
     implementation: GET /export builds it with ``TreeSink``, the CLI streams it with
     ``JsonTextSink``. ``offset``/``max_sessions`` page the sessions (and their observations);
     the other sections come with the first page. ``now`` (epoch seconds): working-memory keys
-    expired by then are left out. ``tick(n)`` reports records read."""
+    expired by then are left out. ``tick(n)`` reports records read. ``working``: the
+    working-memory subsystem when working memory lives outside the database
+    (``working_transfer.outside_database``)."""
     writer = _ExportWriter(store, sink, _owned_by(agent), batch, tick)
     sink.open("{")
     for key, value in (("version", FORMAT_VERSION), ("service", "agentmemory"), ("exportedAt", exported_at)):
@@ -309,7 +323,7 @@ def write_export(
         writer.section("[", "memories", MEMORIES)
         writer.section("[", "summaries", SUMMARIES)
         writer.other_scopes()
-        writer.working(now, agent)
+        writer.working(now, agent, working)
     writer.images()
     more = max_sessions is not None and offset + len(page) < total
     sink.value({"offset": offset, "limit": max_sessions, "total": total, "hasMore": more}, "pagination")
@@ -339,6 +353,7 @@ def memory_export(ctx: Ctx, args: dict) -> dict:
             agent=agent_filter(ctx, args.get("agentId")),
             offset=args["offset"],
             max_sessions=args.get("maxSessions"),
+            working=working_transfer.outside_database(ctx.rt),
         )
     return sink.result
 
@@ -463,16 +478,23 @@ def import_records(
     counts: dict[str, dict[str, int]] = {}
     now = ctx.rt.clock.iso()
     epoch = ctx.rt.clock.now().timestamp()
+    wiping = strategy == "replace" and wipe_first is not False
+    outside = working_transfer.outside_database(ctx.rt)
+    held: list[dict[str, Any]] | None = [] if outside is not None else None
     with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
-        if strategy == "replace" and wipe_first is not False:
+        if wiping:
             tx.admin.wipe_records()
+            working_transfer.wipe(tx, epoch)
         if pictures:
             for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
                 tx.images.put(image_id, mime, data, now)
             counts["images"] = {"imported": len(pictures), "skipped": 0}
-        _write_records(tx, records, strategy, counts, stripped=stripped, now=now, epoch=epoch)
+        _write_records(tx, records, strategy, counts, stripped=stripped, now=now, epoch=epoch, held=held)
         tx.audit_message = f"import ({strategy}) of {len(records)} record(s)"
         tx.audit_details = {"strategy": strategy, "counts": counts}
+    if outside is not None and (held or wiping):
+        # Redis has no part in the database's transaction: written once the records are committed.
+        outside.import_entries(held or [], strategy, wipe=wiping)
     return counts
 
 
@@ -485,10 +507,12 @@ def _write_records(
     stripped: bool,
     now: str,
     epoch: float,
+    held: list[dict[str, Any]] | None = None,
 ) -> None:
     """The records, their search rows and their capture events, batched: on PostgreSQL a
     statement a record and a few round trips a batch, not several of each a record. A working
-    memory entry (``working_transfer.SECTION``) goes to the working-memory tables instead."""
+    memory entry (``working_transfer.SECTION``) goes to the working-memory tables instead, or
+    into ``held`` when working memory lives outside the database (written after the commit)."""
     to_index: list[tuple[str, dict[str, Any]]] = []
     events: list[tuple[str, str, str]] = []
     written: list[tuple[str, str, Any]] = []
@@ -501,7 +525,10 @@ def _write_records(
         if not stripped:
             value = strip_private_data(value)
         if scope == working_transfer.SECTION:
-            working_transfer.write(tx, value, strategy, now=epoch, stamp=now)
+            if held is not None:
+                held.append(value)
+            else:
+                working_transfer.write(tx, value, strategy, now=epoch, stamp=now)
             tally["imported"] += 1
             continue
         written.append((scope, key, value))

@@ -11,11 +11,13 @@ agent > session) with everything the scope holds, the stored JSON decoded:
      "scratchpad": [{"content", "timestamp"}],      oldest first
      "checkpoints": [{"id", "meta", "snapshot"}]}   oldest first
 
-It is read from, and written to, the database's working-memory tables: the store of
-``WORKING_MEMORY_BACKEND=sqlite`` (the default) and of the Redis backend's fallback. Keys that
-have expired are not exported. An import merges a scope: ``merge`` lets the file's keys, task
-and scratchpad win, ``skip`` keeps what the scope already has; checkpoints are added by id in
-both.
+It is read from where working memory lives: the database's working-memory tables
+(``WORKING_MEMORY_BACKEND=sqlite``, the default, and the Redis backend's fallback), or Redis
+through the working-memory subsystem (``outside_database``), which also writes an import there.
+Keys that have expired are not exported. ``merge`` lets the file's keys, task and scratchpad
+win in each scope it holds, ``skip`` keeps what a scope already has; checkpoints are added by id
+in both. ``replace`` makes working memory what the file holds: every scope is emptied first
+(``wipe``), those the file does not hold included, as the records it does not hold are gone.
 """
 
 from __future__ import annotations
@@ -49,26 +51,51 @@ def export_entries(store: UnitOfWork, now: float, keep_agent: Callable[[str], bo
 
 def _entry(store: UnitOfWork, scope: WMScope, now: float) -> dict[str, Any]:
     working = store.working
-    task = working.task_get(scope)
     checkpoints = []
     for _seq, meta in working.checkpoint_list(scope):
         checkpoint_id = json.loads(meta)["checkpointId"]
         found = working.checkpoint_get(scope, checkpoint_id)
         if found is not None:
-            checkpoints.append({"id": checkpoint_id, "meta": json.loads(found[0]), "snapshot": json.loads(found[1])})
+            checkpoints.append((checkpoint_id, found[0], found[1]))
+    return make_entry(
+        scope,
+        keys=[(key, value, expires) for key, value, expires in working.kv_items(scope, now) if value is not None],
+        task=working.task_get(scope),
+        scratchpad=[{"content": c, "timestamp": t} for c, t in working.scratch_list(scope)],
+        checkpoints=checkpoints,
+    )
+
+
+def make_entry(
+    scope: WMScope,
+    *,
+    keys: list[tuple[str, str, float | None]],
+    task: tuple[str, int] | None,
+    scratchpad: list[dict[str, Any]],
+    checkpoints: list[tuple[str, str, str]],
+) -> dict[str, Any]:
+    """One scope's entry from what a backend stores (values, task, meta and snapshots as JSON
+    text): the one place the entry's shape is written, for the database and for Redis."""
     return {
         "project": scope[0],
         "agentId": scope[1],
         "sessionId": scope[2],
-        "keys": [
-            {"key": key, "value": json.loads(value), "expiresAt": expires}
-            for key, value, expires in working.kv_items(scope, now)
-            if value is not None
-        ],
+        "keys": [{"key": key, "value": json.loads(value), "expiresAt": expires} for key, value, expires in keys],
         "task": {"state": json.loads(task[0]), "version": task[1]} if task else None,
-        "scratchpad": [{"content": c, "timestamp": t} for c, t in working.scratch_list(scope)],
-        "checkpoints": checkpoints,
+        "scratchpad": [{"content": e["content"], "timestamp": e["timestamp"]} for e in scratchpad],
+        "checkpoints": [
+            {"id": checkpoint_id, "meta": json.loads(meta), "snapshot": json.loads(snapshot)}
+            for checkpoint_id, meta, snapshot in checkpoints
+        ],
     }
+
+
+def outside_database(rt: Any) -> Any | None:
+    """The working-memory subsystem when it keeps working memory outside the database (Redis),
+    else None. Looked up by name: the subsystem is a feature above this one, and an export or
+    import must read and write working memory where it lives, not where the database would keep it."""
+    service = rt.services.get("working_memory")
+    return service if service is not None and service.outside_database() else None
 
 
 # -- import --------------------------------------------------------------------------------------
@@ -113,6 +140,21 @@ def entries(export: dict[str, Any]) -> Iterator[tuple[str, str, dict]]:
         ):
             raise _fail(i, ".task must be null or {state, version}")
         yield SECTION, scope_key(scope), entry
+
+
+def wipe(tx: UnitOfWork, now: float) -> int:
+    """Empty every scope of the database's working memory (a ``replace`` import); returns how
+    many scopes held any. The Redis fallback's mark is the store's state, not working memory: kept."""
+    working, emptied = tx.working, 0
+    for scope in working.held_scopes():
+        if scope == _RESERVED_SCOPE:
+            continue
+        working.kv_clear(scope, now)
+        working.task_delete(scope)
+        working.scratch_clear(scope)
+        working.checkpoint_prune(scope, 0)
+        emptied += 1
+    return emptied
 
 
 def write(tx: UnitOfWork, entry: dict[str, Any], strategy: str, *, now: float, stamp: str) -> None:

@@ -28,7 +28,7 @@ from agentmemory_server.kernel.access import agent_filter, isolated
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import Ctx, params, tool
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, is_obs_scope
-from agentmemory_server.memory import transfer
+from agentmemory_server.memory import transfer, working_transfer
 from agentmemory_server.models import llm
 from agentmemory_server.retrieval import search, vectors
 from agentmemory_server.storage.interfaces import UnitOfWork as Store
@@ -189,6 +189,7 @@ def stream_export(
                 agent=agent,
                 batch=batch,
                 tick=bar.update,
+                working=working_transfer.outside_database(rt),
             )
             if not lines:
                 out.write("\n")

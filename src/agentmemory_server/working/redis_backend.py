@@ -437,6 +437,77 @@ class RedisBackend:
         if lasting:
             pipe.zrem(k["exp"], *lasting)
 
+    # ---- export and import (memory/working_transfer.py's entries, through the subsystem)
+    @_guarded
+    def held_scopes(self) -> list[Scope]:
+        return sorted((s for _t, s in self._tokens()), key=lambda s: s.key)
+
+    @_guarded
+    def copy_scope(self, scope: Scope, now: float) -> ScopeCopy:
+        """Everything the scope holds, read in one MULTI/EXEC (one point in time); expired keys
+        are left out."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hgetall(self._k(scope, "kv"))
+        pipe.zrange(self._k(scope, "exp"), 0, -1, withscores=True)
+        pipe.hgetall(self._k(scope, "task"))
+        pipe.lrange(self._k(scope, "scratch"), 0, -1)
+        pipe.zrange(self._k(scope, "cps"), 0, -1)
+        pipe.hgetall(self._k(scope, "cpmeta"))
+        pipe.hgetall(self._k(scope, "cpdata"))
+        values, expiries, task, scratch, order, metas, snapshots = pipe.execute()
+        expiry = dict(expiries)
+        return ScopeCopy(
+            keys=[(k, v, expiry.get(k)) for k, v in sorted(values.items()) if _live(expiry.get(k), now)],
+            task=(task["task"], int(task["version"])) if task.get("task") else None,
+            scratch=[json.loads(e) for e in scratch],
+            checkpoints=[(cid, metas[cid], snapshots[cid]) for cid in order if cid in metas and cid in snapshots],
+        )
+
+    @_guarded
+    def wipe_all(self) -> int:
+        """Delete every scope's working memory (a ``replace`` import) in one MULTI/EXEC; returns
+        how many scopes there were."""
+        tokens = [token for token, _scope in self._tokens()]
+        pipe = self.r.pipeline(transaction=True)
+        for token in tokens:
+            parts = ("kv", "exp", "task", "scratch", "cps", "cpmeta", "cpdata", "cpseq")
+            pipe.delete(*[f"{self.prefix}:{token}:{part}" for part in parts])
+        pipe.delete(self._scopes)
+        pipe.execute()
+        return len(tokens)
+
+    @_guarded
+    def load(self, scope: Scope, copy: ScopeCopy, *, keep_ours: bool, now: float) -> None:
+        """Write an imported scope in one transaction, as the database's import does: the file's
+        keys, task and scratchpad win unless ``keep_ours`` (then what the scope holds stays);
+        checkpoints are added by id."""
+        k = {p: self._k(scope, p) for p in ("kv", "exp", "task", "scratch", "cps", "cpmeta", "cpdata", "cpseq")}
+
+        def attempt(pipe: Any) -> None:
+            expiry = dict(pipe.zrange(k["exp"], 0, -1, withscores=True))
+            live = {key for key in pipe.hkeys(k["kv"]) if _live(expiry.get(key), now)}
+            has_task, scratch_len = pipe.exists(k["task"]), pipe.llen(k["scratch"])
+            held, seq = set(pipe.zrange(k["cps"], 0, -1)), int(pipe.get(k["cpseq"]) or 0)
+            pipe.multi()
+            self._absorb_keys(pipe, k, [row for row in copy.keys if not (keep_ours and row[0] in live)])
+            if copy.task is not None and not (keep_ours and has_task):
+                pipe.delete(k["task"])
+                pipe.hset(k["task"], mapping={"task": copy.task[0], "version": copy.task[1]})
+            if copy.scratch and not (keep_ours and scratch_len):
+                pipe.delete(k["scratch"])  # the file's pad whole: appending would repeat it on a re-run
+                pipe.rpush(k["scratch"], *[codec.dumps(e) for e in copy.scratch])
+            for checkpoint_id, meta, snapshot in copy.checkpoints:
+                if checkpoint_id in held:
+                    continue
+                seq += 1
+                pipe.zadd(k["cps"], {checkpoint_id: seq})
+                pipe.hset(k["cpmeta"], checkpoint_id, meta)
+                pipe.hset(k["cpdata"], checkpoint_id, snapshot)
+                pipe.set(k["cpseq"], seq)
+            pipe.sadd(self._scopes, self._token(scope))
+
+        self._transaction(attempt, k["kv"], k["exp"], k["task"], k["scratch"], k["cps"], k["cpseq"])
+
     # ---- stats, sweep, discovery
     @_guarded
     def counts(self, scope: Scope, now: float) -> dict[str, int]:

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from typing import Any
 
 from agentmemory_server.errors import AppError
+from agentmemory_server.memory import working_transfer
+from agentmemory_server.storage import codec
 from agentmemory_server.storage.urls import without_password
 from agentmemory_server.working.model import SWEEP_SECONDS, BackendDown, Scope, ScopeCopy
 from agentmemory_server.working.redis_backend import RedisBackend, probe
@@ -49,6 +51,29 @@ HEAL_HINT = (
     "once Redis answers, POST /agentmemory/diagnostics/heal returns every process of every node to it "
     f"within {FOLLOW_SECONDS:g} s and moves the working memory written during the outage to Redis"
 )
+
+
+def _scope_of(entry: dict[str, Any]) -> Scope:
+    return Scope(entry["project"], entry["agentId"], entry["sessionId"])
+
+
+def _copy_of(entry: dict[str, Any]) -> ScopeCopy:
+    """An export entry (values decoded) as a backend stores it (JSON text)."""
+    task = entry.get("task")
+    return ScopeCopy(
+        keys=[(item["key"], codec.dumps(item["value"]), item.get("expiresAt")) for item in entry.get("keys", [])],
+        task=(codec.dumps(task["state"]), task["version"]) if task else None,
+        scratch=[{"content": e["content"], "timestamp": e["timestamp"]} for e in entry.get("scratchpad", [])],
+        checkpoints=[
+            (c["id"], codec.dumps(c["meta"]), codec.dumps(c["snapshot"])) for c in entry.get("checkpoints", [])
+        ],
+    )
+
+
+def _entry_of(scope: Scope, copy: ScopeCopy) -> dict[str, Any]:
+    return working_transfer.make_entry(
+        scope.key, keys=copy.keys, task=copy.task, scratchpad=copy.scratch, checkpoints=copy.checkpoints
+    )
 
 
 # -- the subsystem ---------------------------------------------------------------------------------
@@ -226,6 +251,48 @@ class WorkingMemory:
                 moved,
             )
         return moved
+
+    # -- export and import (memory/working_transfer.py) ------------------------------------------
+
+    def outside_database(self) -> bool:
+        """True while working memory lives in Redis, not in the database's tables."""
+        self._follow_the_store()
+        return self.backend is not self.sqlite
+
+    def export_entries(self, now: float, keep_agent: Callable[[str], bool]) -> list[dict[str, Any]]:
+        """The export's entries of the working memory Redis holds (none once on the fallback:
+        the database's tables are then read with the rest of the export)."""
+
+        def read(backend: Any) -> list[dict[str, Any]]:
+            if backend is self.sqlite:
+                return []
+            out = []
+            for scope in backend.held_scopes():
+                copy = backend.copy_scope(scope, now) if keep_agent(scope.agent) else None
+                if copy is not None and not copy.empty:
+                    out.append(_entry_of(scope, copy))
+            return out
+
+        return self.run(read)
+
+    def import_entries(self, entries: list[dict[str, Any]], strategy: str, *, wipe: bool) -> None:
+        """Write an import's working-memory entries where working memory lives; ``wipe`` (a
+        ``replace``) empties every scope first. If Redis fails, the store falls back and they
+        go to the database, where working memory then lives."""
+        now = self.rt.clock.time()
+        backend = self.backend
+        if backend is not self.sqlite:
+            try:
+                if wipe:
+                    backend.wipe_all()
+                for entry in entries:
+                    backend.load(_scope_of(entry), _copy_of(entry), keep_ours=strategy == "skip", now=now)
+                return
+            except BackendDown as exc:
+                self._fall_back(backend, exc)
+        with self.rt.db.transaction("import_working") as tx:
+            for entry in entries:
+                working_transfer.write(tx, entry, strategy, now=now, stamp=self.rt.clock.iso())
 
     def _audit(self, operation: str, scope: Scope, message: str) -> None:
         """Audit row for a destructive Redis operation (SQLite ones audit in their transaction)."""
