@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from agentmemory_server import wiring
-from agentmemory_server.errors import AppError
+from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.operations import maintenance
 from agentmemory_server.wiring import build_runtime
@@ -106,9 +106,10 @@ def test_json_lines_export_and_import_round_trip(client, call, tmp_path, rt):
     lines_file = tmp_path / "export.jsonl"
     summary = ok(cli("--db", str(rt.db.path), "-q", "export", "-o", str(lines_file), env=env_of(rt)))
     lines = [json.loads(line) for line in lines_file.read_text().splitlines()]
-    assert lines[0]["version"] == transfer.FORMAT_VERSION and len(lines) == 1 + summary["records"]
+    assert lines[0]["version"] == transfer.FORMAT_VERSION and len(lines) == 2 + summary["records"]
     assert {"observations": {"s0": [lines[3]["observations"]["s0"][0]]}} == lines[3]  # one record a line
-    assert lines[-1] == {"kv": {"mem:lessons": {"lsn_1": {"id": "lsn_1", "content": "a lesson"}}}}
+    assert lines[-2] == {"kv": {"mem:lessons": {"lsn_1": {"id": "lsn_1", "content": "a lesson"}}}}
+    assert lines[0]["endMarker"] is True and lines[-1] == {"end": {"lines": summary["records"]}}
     other = tmp_path / "other.db"
     imported = ok(cli("--db", str(other), "-q", "import", str(lines_file), "--batch", "2"))
     assert imported["imported"] == summary["records"] and imported["counts"]["observations"]["imported"] == 5
@@ -117,6 +118,35 @@ def test_json_lines_export_and_import_round_trip(client, call, tmp_path, rt):
     assert without_time(json.loads(again.read_text())) == without_time(client.get("/agentmemory/export").json)
     found = ok(cli("--db", str(other), "-q", "import", str(lines_file), "--strategy", "skip"))
     assert found["skipped"] == summary["records"]
+
+
+def test_a_cut_json_lines_export_is_refused_as_truncated_and_nothing_is_imported(client, call, tmp_path, rt):
+    """A JSON Lines export ends with its end line; a file cut off after any line, or inside one,
+    is refused before anything is written (a replace import would otherwise wipe the store and
+    load only the file's first part)."""
+    for i in range(4):
+        client.post("/agentmemory/observe", json=hook(f"s{i}", timestamp=f"2026-01-01T00:00:0{i}Z"))
+    call("memory_save", content="Use WAL mode for SQLite")
+    whole = tmp_path / "whole.jsonl"
+    ok(cli("--db", str(rt.db.path), "-q", "export", "-o", str(whole), env=env_of(rt)))
+    lines = whole.read_text().splitlines(keepends=True)
+    target = tmp_path / "target.db"
+    ok(cli("--db", str(target), "-q", "import", str(whole)))
+    before = sqlite_table_counts(target)["kv_store"]
+    for name, text in (("at-a-line.jsonl", "".join(lines[:-3])), ("in-a-line.jsonl", "".join(lines)[:-30])):
+        cut = tmp_path / name
+        cut.write_text(text)
+        proc = cli("--db", str(target), "-q", "import", str(cut), "--strategy", "replace", "--batch", "1")
+        assert proc.returncode == 1 and "looks truncated" in proc.stderr and "nothing was imported" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert sqlite_table_counts(target)["kv_store"] == before  # the replace wiped nothing
+    # A JSON (not JSON Lines) export cut off says so too.
+    document = tmp_path / "whole.json"
+    ok(cli("--db", str(rt.db.path), "-q", "export", "-o", str(document), env=env_of(rt)))
+    cut = tmp_path / "cut.json"
+    cut.write_text(document.read_text()[: document.stat().st_size // 2])
+    with pytest.raises(InvalidInput, match="looks truncated"):
+        maintenance.load_export(cut)
 
 
 def test_json_lines_import_names_the_bad_line_and_keeps_earlier_batches(tmp_path):

@@ -152,17 +152,24 @@ class JsonTextSink:
         self.out.write(codec.dumps(value))
 
 
+# The header field saying a JSON Lines export ends with its end line, and that line's one key.
+END_MARKER, END_KEY = "endMarker", "end"
+
+
 class JsonLinesSink:
-    """Writes the export as JSON Lines: a header line (``version``, ``service``, ``exportedAt``),
-    then one line per record, each a small export document of its own (``{"memories": [m]}``,
-    ``{"observations": {"ses_1": [o]}}``, ``{"kv": {scope: {key: value}}}``). Any line imports
-    on its own, so a bulk load streams in constant memory (``agentmemory import FILE.jsonl``)."""
+    """Writes the export as JSON Lines: a header line (``version``, ``service``, ``exportedAt``,
+    ``endMarker: true``), then one line per record, each a small export document of its own
+    (``{"memories": [m]}``, ``{"observations": {"ses_1": [o]}}``, ``{"kv": {scope: {key:
+    value}}}``), then the end line ``{"end": {"lines": N}}`` (N record lines). Any record line
+    imports on its own, so a bulk load streams in constant memory (``agentmemory import
+    FILE.jsonl``); the end line tells a whole file from one cut off at a line's end."""
 
     def __init__(self, out: TextIO):
         self.out = out
         self._path: list[tuple[str, str | None]] = []  # open containers below the root
         self._header: dict[str, Any] | None = {}
         self._depth = 0
+        self.lines = 0
 
     def open(self, bracket: str, key: str | None = None) -> None:
         self._depth += 1
@@ -174,6 +181,9 @@ class JsonLinesSink:
         self._depth -= 1
         if self._path and self._depth >= 1:
             self._path.pop()
+        if self._depth == 0:  # the document is complete: say so, last
+            self._flush_header()
+            self.out.write(json.dumps({END_KEY: {"lines": self.lines}}) + "\n")
 
     def value(self, value: Any, key: str | None = None) -> None:
         if not self._path:  # a scalar of the root: header fields; pagination means nothing here
@@ -187,10 +197,11 @@ class JsonLinesSink:
         ):
             line = {name: line} if parent == "{" else [line]
         self.out.write(codec.dumps(line) + "\n")
+        self.lines += 1
 
     def _flush_header(self) -> None:
         if self._header is not None:
-            self.out.write(json.dumps(self._header) + "\n")
+            self.out.write(json.dumps({**self._header, END_MARKER: True}) + "\n")
             self._header = None
 
 

@@ -205,6 +205,15 @@ def load_export(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
+    except json.JSONDecodeError as exc:
+        # The text stopped while the JSON was still open (inside a string, or between values).
+        if exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string"):
+            raise InvalidInput(
+                f"cannot read {path}: it looks truncated (its {len(exc.doc)} characters end before the JSON "
+                "document is closed: a copy or download that stopped, a full disk); nothing was imported. "
+                "Export it again."
+            ) from None
+        raise InvalidInput(f"cannot read {path}: {exc}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"cannot read {path}: {exc}") from None
     if not isinstance(document, dict):
@@ -328,7 +337,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.collect()
 
 
-def _read_header(path: Path, handle: BinaryIO) -> None:
+def _read_header(path: Path, handle: BinaryIO) -> dict[str, Any]:
     raw = handle.readline()
     try:
         header = json.loads(raw) if raw.strip() else None
@@ -337,6 +346,36 @@ def _read_header(path: Path, handle: BinaryIO) -> None:
     if not isinstance(header, dict) or "version" not in header:
         raise InvalidInput(f"{path}, line 1: the first line must be the header with a 'version'")
     transfer.check_version(header)
+    return header
+
+
+def _last_line(handle: BinaryIO, limit: int = 1 << 16) -> bytes:
+    """The file's last non-blank line (at most its last ``limit`` bytes), read from the end."""
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    handle.seek(max(0, size - limit))
+    tail = handle.read().rstrip()
+    handle.seek(0)
+    return tail.rsplit(b"\n", 1)[-1]
+
+
+def _check_complete(path: Path, handle: BinaryIO) -> None:
+    """Refuse, before anything is written, an export that does not end with the end line its
+    header promises: the file was cut off (a copy that stopped, a full disk, a killed export to
+    stdout), and importing it would leave a store with only its first part."""
+    last = _last_line(handle)
+    try:
+        end = json.loads(last).get(transfer.END_KEY)
+    except (ValueError, AttributeError):
+        end = None
+    if not isinstance(end, dict) or not isinstance(end.get("lines"), int):
+        shown = last[:80].decode("utf-8", "replace") + ("..." if len(last) > 80 else "")
+        raise InvalidInput(
+            f'{path} looks truncated: its header says it ends with the line {{"{transfer.END_KEY}": ...}} '
+            f"that `agentmemory export --jsonl` writes after the last record, but its last line is {shown!r}. "
+            "The file was cut off (a copy or download that stopped, a full disk, an export that was killed); "
+            "nothing was imported. Export it again, or copy the whole file."
+        )
 
 
 def import_lines(
@@ -351,7 +390,8 @@ def import_lines(
 ) -> dict[str, Any]:
     """Stream a JSON Lines export (``agentmemory export --jsonl``) into the store in batches of
     about ``batch`` records, in constant memory. The first line is the header naming the format
-    version; each further line is an export document of its own. ``skip_lines`` resumes after
+    version; each further line is an export document of its own, and a file whose header has
+    ``endMarker`` must end with the end line (checked first: a cut file imports nothing). ``skip_lines`` resumes after
     that many lines (the header is always read); ``on_batch(line)`` is told after each committed
     batch that every line up to ``line`` is stored. A line that does not hold
     valid records stops the import there, naming the line: the batches before it are written
@@ -362,7 +402,9 @@ def import_lines(
     first_batch = True
     try:
         with _cyclic_gc_paused(), ctx.rt.db.bulk_load(), open(path, "rb") as handle:
-            _read_header(path, handle)
+            if _read_header(path, handle).get(transfer.END_MARKER):  # exports from before it have no end line
+                _check_complete(path, handle)
+                handle.readline()  # past the header again
             for (records, pictures, problem, size), last_line in _parsed_chunks(path, handle, batch, skip_lines):
                 if records or pictures or first_batch:
                     counts = transfer.import_records(
