@@ -66,6 +66,26 @@ def test_every_form_of_image_is_found_and_replaced():
     assert images.modality(only.payload, only.images) == "image"
 
 
+def test_a_data_url_inside_text_moves_to_the_store_and_leaves_the_text(client, rt):
+    """A data URL inside a longer text (Markdown, a tool's output) is an image like a whole-field
+    one: stored and served, its place in the text taken by the placeholder, so the record keeps
+    no base64 (which the field limit would otherwise cut, losing the image). A data URL whose
+    bytes are not an image, and bare base64 inside text, stay as they were."""
+    shot, photo = png(70, size=64), JPEG
+    not_an_image = "data:image/png;base64," + b64(b"just some text, not a picture at all" * 3)
+    output = (f"Took the screenshot ![home](data:image/png;base64,{b64(shot)}) and the photo "
+              f"DATA:IMAGE/JPEG;BASE64,{b64(photo)} then {not_an_image} and iVBORw0KGgo{'A' * 80} end")
+    r = client.post("/agentmemory/observe", json=hook("s1", data={"tool_name": "Bash", "tool_output": output}))
+    assert r.status_code == 201 and sorted(r.json["images"]) == sorted([sha(shot), sha(photo)])
+    stored = client.get("/agentmemory/observations?sessionId=s1").json["observations"][0]
+    text = stored["raw"]["tool_output"]
+    assert text.startswith(f"Took the screenshot ![home]([image sha256:{sha(shot)} image/png {len(shot)} bytes]) and")
+    assert f"[image sha256:{sha(photo)} image/jpeg {len(photo)} bytes] then {not_an_image} and iVBORw0KGgo" in text
+    assert b64(shot) not in str(stored) and stored["modality"] == "mixed"
+    assert client.get(f"/agentmemory/images/{sha(shot)}").data == shot
+    assert client.get(f"/agentmemory/images/{sha(photo)}").data == photo
+
+
 def test_image_path_is_read_only_inside_the_allowed_roots(tmp_path: Path):
     inside, outside = tmp_path / "data", tmp_path / "elsewhere"
     inside.mkdir(), outside.mkdir()

@@ -3,8 +3,12 @@
 An image is recognised (as upstream 0.9.30's hooks do) by a ``data:image/...;base64,`` URL, by the
 base64 signatures of PNG (``iVBORw0KGgo``) and JPEG (``/9j/``), or by the fields
 ``image_data``/``imageData``/``imageBase64``/``image_base64`` anywhere in the payload; and its
-decoded bytes must start with a PNG, JPEG, GIF or WebP signature. ``image_path``/``imagePath``
-name a file: the server reads it only when it lies under the data directory or
+decoded bytes must start with a PNG, JPEG, GIF or WebP signature. A data URL inside a longer text
+(a Markdown ``![shot](data:image/png;base64,...)``, a tool's output quoting one) moves too, and
+the placeholder takes its place in the text: left there, its base64 would fill the record's
+text, be cut off at the field's limit (losing the image anyway) and be indexed as words. Bare
+base64 inside text is left alone: without the data URL's prefix nothing says where it starts.
+``image_path``/``imagePath`` name a file: the server reads it only when it lies under the data directory or
 ``AGENTMEMORY_IMPORT_ROOT`` (a client never makes the server read an arbitrary file). Each image
 is replaced in the payload by a short placeholder naming its sha256.
 """
@@ -25,6 +29,8 @@ PATH_FIELDS = frozenset({"image_path", "imagePath"})
 BASE64_SIGNATURES = ("iVBORw0KGgo", "/9j/")
 _DATA_URL = re.compile(r"^data:(image/[A-Za-z0-9.+-]+);base64,", re.IGNORECASE)
 _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
+# A data URL inside text: it ends where the base64 alphabet does.
+_EMBEDDED_DATA_URL = re.compile(r"data:(image/[A-Za-z0-9.+-]+);base64,([A-Za-z0-9+/]+={0,2})", re.IGNORECASE)
 MIN_BASE64_CHARS = 64  # shorter strings that happen to start like a PNG are not worth a file
 MAX_DEPTH = 16
 PLACEHOLDER = re.compile(r"\[image sha256:[0-9a-f]{64} [^\]]*\]")
@@ -101,6 +107,10 @@ def extract_images(payload: Any, read_file: Callable[[str], bytes | None] = lamb
         found.images.append(image)
         return placeholder(image)
 
+    def embedded(match: re.Match[str], path: str) -> str:
+        data = _decode(match.group(0))
+        return take(data, path) if data is not None else match.group(0)
+
     def walk(value: Any, path: str, key: str | None, depth: int) -> Any:
         if isinstance(value, str):
             if key in PATH_FIELDS:
@@ -110,6 +120,8 @@ def extract_images(payload: Any, read_file: Callable[[str], bytes | None] = lamb
                 data = _decode(value, image_field=key in IMAGE_FIELDS)
                 if data is not None:
                     return take(data, path)
+            if ";base64," in value or ";BASE64," in value:  # a cheap test before the pattern
+                return _EMBEDDED_DATA_URL.sub(lambda m: embedded(m, path), value)
             return value
         if depth >= MAX_DEPTH:
             return value
