@@ -81,8 +81,8 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_LOCAL_BACKUP_DIR",),
         None,
         _optional_str,
-        "Where `agentmemory backup --local` and the periodic local snapshots go. Default: `backups/` beside "
-        "the database.",
+        "Where `agentmemory backup --local` and the periodic local snapshots go, with the images they know "
+        "(in its `images/`). Default: `backups/` beside the database.",
     ),
     Setting(
         "local_backup_interval",
@@ -96,7 +96,8 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_LOCAL_BACKUP_KEEP",),
         3,
         _positive_int,
-        "Local snapshots kept (the oldest go once a newer one passed its integrity check).",
+        "Local snapshots kept (the oldest go once a newer one passed its integrity check, and with them the "
+        "images no kept snapshot knows).",
     ),
     Setting(
         "max_connections",

@@ -286,7 +286,12 @@ def restore_last_good(db: Path, directory: Path, hub: hf_sync.Config | None, *, 
         result = hf_sync.restore(hub, force=True)
         return {**result, "source": "hf", "reason": reason}
     snapshot, info = local
-    with file_lock(db), tempfile.TemporaryDirectory(dir=db.parent, prefix=hf_sync.RESTORE_SCRATCH) as scratch:
+    # The folder's lock too: a snapshot taken meanwhile (`backup --local`) must not prune the images read here.
+    with (
+        file_lock(db),
+        directory_lock(directory),
+        tempfile.TemporaryDirectory(dir=db.parent, prefix=hf_sync.RESTORE_SCRATCH) as scratch,
+    ):
         copy = Path(scratch) / db.name
         shutil.copyfile(snapshot, copy)  # the snapshot itself stays, for the next time
         kept = hf_sync.install(copy, db)
