@@ -282,7 +282,10 @@ class _ExportWriter:
         """Working memory where it lives: Redis (``outside``, the subsystem) first, then what the
         database holds (the default store; with Redis, what a fallback left that has not moved yet)."""
         self.sink.open("[", working_transfer.SECTION)
-        keep_agent = lambda owner: agent in (None, owner)  # noqa: E731
+
+        def keep_agent(owner: str) -> bool:
+            return agent in (None, owner)
+
         seen: set[str] = set()
         for entry in outside.export_entries(now, keep_agent) if outside is not None else []:
             seen.add(working_transfer.scope_key((entry["project"], entry["agentId"], entry["sessionId"])))
