@@ -28,7 +28,7 @@ from agentmemory_server.capture.inbox import durability, inbox_service
 from agentmemory_server.capture.sessions import new_session, note_activity
 from agentmemory_server.errors import AppError, CapacityExceeded, InvalidInput
 from agentmemory_server.kernel import listings
-from agentmemory_server.kernel.access import agent_filter, claim_session, stamp_agent
+from agentmemory_server.kernel.access import agent_filter, claim_session, in_token_projects, stamp_agent
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import (
     AGENT_ID,
@@ -352,6 +352,9 @@ def _count(tx: Any, obs: dict[str, Any], prepared: Prepared | None, now: str) ->
 def memory_observations(ctx: Ctx, args: dict) -> dict:
     """A session's observations in time order (paginated)."""
     store = ctx.rt.db.reader()
+    session = store.records.get(SESSIONS, args["sessionId"])
+    if session is not None and not in_token_projects(ctx, session):
+        return {"sessionId": args["sessionId"], "observations": [], **page_info([], 0, args["offset"], args["limit"])}
     items, total = listings.observations_page(
         store,
         args["sessionId"],

@@ -13,6 +13,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, Forbidden
+from agentmemory_server.kernel.principals import scope_project
 from agentmemory_server.kernel.registry import Ctx
 
 
@@ -57,14 +58,29 @@ def stamp_agent(ctx: Ctx, given: str | None) -> str | None:
     return given or ctx.rt.settings.agent_id
 
 
+def in_token_projects(ctx: Ctx, record: dict[str, Any]) -> bool:
+    """Whether the caller's API token is valid for the project of ``record`` (a record of no
+    project, and any record for the admin secret, pass). A principal's records may lie in
+    projects its other tokens (or the admin, writing as it) chose; a token limited to some
+    projects reaches only theirs, even by id."""
+    principal = getattr(ctx, "principal", None)
+    if principal is None or principal.is_admin_token:
+        return True
+    project = record.get("project")
+    return not isinstance(project, str) or principal.allows_project(project)
+
+
 def visible_to(ctx: Ctx, record: dict[str, Any] | None, requested: str | None = None) -> bool:
     """Whether the caller may see ``record`` (None is never visible)."""
     agent = agent_filter(ctx, requested)
-    return record is not None and (agent is None or record.get("agentId") == agent)
+    return record is not None and (agent is None or record.get("agentId") == agent) and in_token_projects(ctx, record)
 
 
 def claim_session(ctx: Ctx, session: dict[str, Any] | None, session_id: str) -> None:
     """Refuse to write into a session another agent owns when agents are isolated (the write
-    would change that agent's session and answer with its data)."""
+    would change that agent's session and answer with its data), or one of a project the
+    caller's token is not valid for (403 ``token_project``, counted with the other denials)."""
+    if session is not None and isinstance(session.get("project"), str):
+        scope_project(ctx, session["project"], f"session {session_id}")
     if session is not None and isolated(ctx) and not visible_to(ctx, session):
         raise Conflict(f"session {session_id!r} belongs to another agent", code=errors.SESSION_OWNED_BY_OTHER_AGENT)

@@ -13,8 +13,9 @@ touch (``*`` = all) and its rights:
 A caller with a principal token works in an isolated scope of its own, the proven isolated
 agent scope (``kernel/access.py``) with the principal as the agent: records it writes are
 stamped with it and it reads only those. A project outside its list is refused (403) whenever a
-call names one. Lookups are cached for ``CACHE_SECONDS`` per process, so a revoked token stops
-working on every node within that time.
+call names one, and a record of such a project is out of reach by id too (``access.visible_to``).
+Lookups are cached for ``CACHE_SECONDS`` per process, so a revoked token stops working on every
+node within that time (an open WebSocket checks its token again, ``adapters/stream.py``).
 """
 
 from __future__ import annotations
@@ -204,8 +205,7 @@ def scope_project(ctx: Any, project: str | None, what: str) -> None:
 
 def scope_call(ctx: Any, tool: Any, args: dict[str, Any]) -> None:
     """Check a call against the caller's token before it runs; a refusal is counted and logged
-    with the other denials (``auth.Denials``). A token limited to one project writes there when
-    a call names none."""
+    with the other denials (``auth.Denials``)."""
     principal = ctx.principal
     if principal.is_admin_token:
         return
@@ -214,10 +214,35 @@ def scope_call(ctx: Any, tool: Any, args: dict[str, Any]) -> None:
     except Forbidden as exc:
         ctx.rt.deny(exc.code, f"{tool.name} as {principal.name}", ctx.source)
         raise
+    scope_nested_call(ctx, tool, args)
+
+
+def scope_nested_call(ctx: Any, tool: Any, args: dict[str, Any]) -> None:
+    """The project part of ``scope_call``, also applied when one tool runs another
+    (``registry.run``: an MCP resource or prompt naming a project, a listing it makes): a project
+    outside the token's list is refused, a token limited to one project works there when a call
+    names none, and a token limited to several must name one (a call naming none would read and
+    write the principal's records of every project, its other tokens' too). The rights stay
+    those of the tool the client called."""
+    principal = ctx.principal
+    if principal is None or principal.is_admin_token:
+        return
+    project = args.get("project")
+    if isinstance(project, str) and not principal.allows_project(project):
+        refused = _not_for_project(principal, project)
+        ctx.rt.deny(refused.code, f"{tool.name} as {principal.name}", ctx.source)
+        raise refused
     projects = [p for p in principal.projects if p != "*"]
     takes_project = "project" in (tool.schema.get("properties") or {})
-    if takes_project and args.get("project") is None and len(projects) == 1 and "*" not in principal.projects:
+    if not takes_project or args.get("project") is not None or "*" in principal.projects:
+        return
+    if len(projects) == 1:
         args["project"] = projects[0]
+        return
+    raise InvalidInput(
+        f"the token of {principal.name!r} is valid for projects {', '.join(projects)}: name one of them in 'project'",
+        field="project",
+    )
 
 
 # The principal of the request this thread is serving (set by the HTTP adapter for the request's

@@ -410,7 +410,10 @@ def run(handler: Callable[[Ctx, dict], Any], ctx: Ctx, args: dict[str, Any]) -> 
     visible to readers and to the import contracts), its arguments are coerced, defaulted and
     validated exactly as for any other call, and the data of its result is returned."""
     tool_ = REGISTRY.for_handler(handler)
-    data, _status = unwrap(handler(ctx, prepare_args(tool_, args)))
+    prepared = prepare_args(tool_, args)
+    if ctx.principal is not None:
+        principals.scope_nested_call(ctx, tool_, prepared)
+    data, _status = unwrap(handler(ctx, prepared))
     return data
 
 

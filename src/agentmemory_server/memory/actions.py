@@ -15,7 +15,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, InvalidInput, NotFound
-from agentmemory_server.kernel.access import agent_filter, stamp_agent
+from agentmemory_server.kernel.access import stamp_agent, visible_to
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, Reply, array, integer, obj, params, string, tool
 from agentmemory_server.kernel.scopes import ACTION_EDGES as EDGES
@@ -47,8 +47,7 @@ class Graph:
     """The actions and edges one caller can see, loaded once per request."""
 
     def __init__(self, ctx: Ctx, store, requested_agent: str | None = None):
-        agent = agent_filter(ctx, requested_agent)
-        self.actions = {k: v for k, v in store.records.list(ACTIONS) if agent is None or v.get("agentId") == agent}
+        self.actions = {k: v for k, v in store.records.list(ACTIONS) if visible_to(ctx, v, requested_agent)}
         self.edges: list[dict] = []
         self._out: dict[str, list[dict]] = {}
         self._in: dict[str, list[dict]] = {}

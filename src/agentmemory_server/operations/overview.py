@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.access import agent_filter, in_token_projects, visible_to
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, array, integer, params, string, tool
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS
 from agentmemory_server.kernel.util import parse_time
@@ -280,13 +280,14 @@ def viewer_graph(ctx: Ctx, args: dict) -> dict:
     agent = agent_filter(ctx, args.get("agentId"))
     graph = FolderGraph()
     for _key, session in store.records.list(SESSIONS):
-        if agent is None or session.get("agentId") == agent:
+        if visible_to(ctx, session, args.get("agentId")):
             graph.add_session(session)
     for _key, memory in store.records.list(MEMORIES):
-        if memory.get("isLatest", True) and (agent is None or memory.get("agentId") == agent):
+        if memory.get("isLatest", True) and visible_to(ctx, memory, args.get("agentId")):
             graph.add_memory(memory)
     for project, session_id, text in store.index.concepts(
         limit=CONCEPT_SCAN_LIMIT, filters={"kinds": ["observation"], "agent_id": agent}
     ):
-        graph.add_concepts(project, session_id, text)
+        if in_token_projects(ctx, {"project": project}):
+            graph.add_concepts(project, session_id, text)
     return graph.render(args["maxFolders"], args["edgesPerFolder"])

@@ -15,7 +15,7 @@ from typing import Any
 from agentmemory_server import errors
 from agentmemory_server.errors import NotFound
 from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.access import agent_filter, in_token_projects
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, Reply, integer, params, string, tool
 from agentmemory_server.kernel.scopes import obs_scope
 from agentmemory_server.operations import health, overview
@@ -263,7 +263,7 @@ def observation_locate(ctx: Ctx, args: dict) -> dict:
     agent = agent_filter(ctx, args.get("agentId"))
     hits = store.index.lookup([args["observationId"]], {"kinds": ["observation"], "agent_id": agent})
     record = store.records.get(hits[0]["scope"], hits[0]["key"]) if hits else None
-    if record is None:
+    if record is None or not in_token_projects(ctx, record):
         raise NotFound(f"observation {args['observationId']!r} not found", code=errors.NOT_FOUND)
     scope = obs_scope(record["sessionId"])
     before = store.records.count_where(scope, [Where("timestamp", "<", record["timestamp"])])
