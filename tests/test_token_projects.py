@@ -1,13 +1,17 @@
 """A token's project list, against a real server: a principal's records may lie in projects its
 other tokens (or the admin, writing as it) chose, and a token limited to some projects must not
 reach the others by id, through a session, an MCP resource or prompt, the viewer's routes or
-the live stream."""
+the live stream. A revoked token also closes the WebSocket it opened."""
 
 from __future__ import annotations
 
+import json
+
 import requests
+from websockets.sync.client import connect
 
 from conftest import hook, post
+from test_stream import close_code, next_event, recv, ws_url
 
 SECRET = "admin-secret-for-token-projects"
 MARK = "qqbetaonlyqq"  # in the text of every record the principal keeps in project beta
@@ -89,3 +93,28 @@ def test_a_token_for_several_projects_must_name_one(live_server):
     assert search.status_code == 400 and MARK not in search.text
     named = requests.get(server.api("/sessions"), params={"project": "alpha"}, headers=as_(both), timeout=30)
     assert named.status_code == 200 and named.json()["sessions"] == []
+
+
+def test_the_live_stream_keeps_to_the_tokens_projects(live_server):
+    server = live_server(env={"AGENTMEMORY_SECRET": SECRET})
+    beta = make_token(server, principal="bot", projects=["beta"])["token"]
+    alpha = make_token(server, principal="bot", projects=["alpha"])["token"]
+    with connect(ws_url(server), additional_headers=as_(alpha), open_timeout=10) as ws:
+        assert recv(ws)["type"] == "hello"
+        assert post(server.api("/remember"), {"content": f"beta fact {MARK}"}, headers=as_(beta)).status_code == 201
+        assert post(server.api("/remember"), {"content": "alpha fact"}, headers=as_(alpha)).status_code == 201
+        assert next_event(ws, "memory")["record"]["content"] == "alpha fact"  # beta's came first and was held back
+
+
+def test_a_revoked_token_closes_the_websocket_it_opened(live_server):
+    # Several request processes: the revocation is made on one, the socket may be on another.
+    server = live_server(env={"AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_WORKERS": "2"})
+    alpha = make_token(server, principal="bot", projects=["alpha"])
+    with connect(ws_url(server, token=alpha["token"]), open_timeout=10) as ws:
+        assert recv(ws)["type"] == "hello"
+        ws.send(json.dumps({"id": 1, "tool": "memory_sessions", "args": {}}))
+        assert recv(ws)["ok"] is True
+        revoked = post(server.api("/tokens/revoke"), {"id": alpha["id"]}, headers=as_(SECRET))
+        assert revoked.status_code == 200
+        code, reason = close_code(ws, timeout=15)  # the socket's process caches the token for 5 s at most
+        assert code == 1008 and "revoked" in reason

@@ -4,7 +4,9 @@ A session on one WebSocket:
 
 1. **Auth.** With ``AGENTMEMORY_SECRET`` set, the upgrade request carries the token (bearer
    header or ``?token=``) or the client's first message is ``{"type": "auth", "token": ...}``,
-   within ``AUTH_TIMEOUT`` seconds; otherwise the socket is closed with 1008.
+   within ``AUTH_TIMEOUT`` seconds; otherwise the socket is closed with 1008. The token is
+   checked again every ``RECHECK_SECONDS`` while the socket is open: a revoked API token closes
+   it (1008) as it refuses the token's next request, not only its next connection.
 2. **Hello.** ``{"type": "hello", "version", "epoch", "seq", "replayed", "complete"}``. ``seq``
    is the last event sequence number at subscription. A reconnecting client passes
    ``since=<last seq it saw>`` and ``epoch`` (query string or auth message) and first receives
@@ -31,6 +33,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +50,7 @@ from agentmemory_server.kernel.events import (
 )
 
 AUTH_TIMEOUT = 10.0
+RECHECK_SECONDS = 1.0  # how often an open socket's token is looked up again (a revocation)
 POLL_SECONDS = 0.1  # how long the loop waits for an event before checking for a client message
 log = logging.getLogger("agentmemory.live")
 
@@ -119,13 +123,23 @@ class StreamSession:
     :param ws: a simple-websocket connection (send, receive, close, connected).
     :param authenticated: the upgrade request already proved the token (or none is needed).
     :param query: the request's query arguments (``since``, ``epoch``).
+    :param token: the token the upgrade request presented (checked again while the socket is open).
     :param answer: turns a client message into the reply to send (registry calls).
     """
 
     def __init__(
-        self, rt: Any, ws: Any, *, authenticated: bool, query: dict[str, Any], answer: Callable[[Any], dict[str, Any]]
+        self,
+        rt: Any,
+        ws: Any,
+        *,
+        authenticated: bool,
+        query: dict[str, Any],
+        answer: Callable[[Any], dict[str, Any]],
+        token: str | None = None,
     ):
         self.rt, self.ws, self.answer = rt, ws, answer
+        self.token = token
+        self._checked_at = 0.0
         self.authenticated = authenticated or not rt.settings.secret
         self.since = as_int(query.get("since"))
         self.epoch = query.get("epoch")
@@ -171,6 +185,7 @@ class StreamSession:
             self._close(CLOSE_POLICY, 'unauthorized: send {"type":"auth","token":...} first')
             return False
         assert isinstance(message, dict)
+        self.token = token
         self._caller = principals.CALLER.set(principal)  # calls on this socket act as the principal
         self.since = as_int(message.get("since")) if "since" in message else self.since
         self.epoch = message.get("epoch", self.epoch)
@@ -208,6 +223,9 @@ class StreamSession:
             if hub.stopping.is_set():
                 self._close(CLOSE_GOING_AWAY, "server shutting down; reconnect later")
                 return
+            if not self._token_still_valid():
+                self._close(CLOSE_POLICY, "unauthorized: the token was revoked")
+                return
             event = sub.get(timeout=POLL_SECONDS)
             if event is not None:
                 sub.last_seq = event["seq"]
@@ -217,14 +235,30 @@ class StreamSession:
             if incoming:
                 self._send(self.answer(incoming))
 
+    def _token_still_valid(self) -> bool:
+        """Whether the token this socket authenticated with still works (looked up at most every
+        RECHECK_SECONDS; the lookup itself is cached per process, kernel/principals.py)."""
+        now = time.monotonic()
+        if self.token is None or now - self._checked_at < RECHECK_SECONDS:
+            return True
+        self._checked_at = now
+        if principals.authenticate(self.rt, self.token) is not None:
+            return True
+        self.rt.deny("revoked token", "/stream/mem-live/viewer (open socket)", None)
+        return False
+
     def visible(self, event: dict[str, Any]) -> bool:
         """Isolated agent scope: a viewer only sees records of this server's AGENT_ID. A viewer
-        with a principal's token sees only records stamped with that principal."""
+        with a principal's token sees only records stamped with that principal, in the projects
+        the token is valid for."""
         settings = self.rt.settings
         record = event.get("record")
         principal = principals.current()
         if principal is not None and not principal.is_admin_token:
-            return isinstance(record, dict) and record.get("agentId") == principal.name
+            if not isinstance(record, dict) or record.get("agentId") != principal.name:
+                return False
+            project = record.get("project")
+            return not isinstance(project, str) or principal.allows_project(project)
         if settings.agent_scope != "isolated" or not isinstance(record, dict) or "agentId" not in record:
             return True
         return record.get("agentId") == settings.agent_id

@@ -195,6 +195,7 @@ def _checks(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
             rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
             raise unauthorized()
         g.principal_reset = principals.CALLER.set(principal)
+        g.presented_token = presented  # an open WebSocket checks it again (a revocation)
     g.stream_authenticated = True
     if request.method in WRITE_METHODS:
         rt.limiter.take(client_key(presented, request.remote_addr), f"{request.method} {request.path}")
@@ -517,7 +518,12 @@ def _register_stream(app: Flask, rt: Runtime) -> None:
             return _ws_request(rt, raw, remote)
 
         StreamSession(
-            rt, ws, authenticated=g.get("stream_authenticated", False), query=query_args(), answer=answer
+            rt,
+            ws,
+            authenticated=g.get("stream_authenticated", False),
+            query=query_args(),
+            answer=answer,
+            token=g.get("presented_token"),
         ).run()
 
 
