@@ -1,16 +1,18 @@
 """A token's project list, against a real server: a principal's records may lie in projects its
 other tokens (or the admin, writing as it) chose, and a token limited to some projects must not
 reach the others by id, through a session, an MCP resource or prompt, the viewer's routes or
-the live stream. A revoked token also closes the WebSocket it opened."""
+the live stream. A revoked token is refused at once by every request process and closes the
+WebSocket it opened."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import requests
 from websockets.sync.client import connect
 
-from conftest import hook, post
+from conftest import hook, post, wait_for
 from test_stream import close_code, next_event, recv, ws_url
 
 SECRET = "admin-secret-for-token-projects"
@@ -118,3 +120,38 @@ def test_a_revoked_token_closes_the_websocket_it_opened(live_server):
         assert revoked.status_code == 200
         code, reason = close_code(ws, timeout=15)  # the socket's process caches the token for 5 s at most
         assert code == 1008 and "revoked" in reason
+
+
+def test_a_revoked_token_is_refused_at_once_by_every_request_process(live_server):
+    server = live_server(env={"AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_WORKERS": "2"})
+    made = make_token(server, principal="bot", projects=["alpha"])
+    here, there = sessions_on_two_processes(server)
+    with here, there:
+        for session in (here, there):  # each process now holds the token in its 5-second cache
+            assert session.get(server.api("/sessions"), headers=as_(made["token"]), timeout=30).status_code == 200
+        revoked = here.post(server.api("/tokens/revoke"), json={"id": made["id"]}, headers=as_(SECRET), timeout=30)
+        assert revoked.status_code == 200
+        started = time.monotonic()
+        wait_for(lambda: there.get(server.api("/sessions"), headers=as_(made["token"]), timeout=30).status_code == 401,
+                 timeout=10, message="the other process never refused the revoked token")
+        # The revocation's live event empties the other process's cache; its expiry alone took 5 s.
+        assert time.monotonic() - started < 3.0
+
+
+def sessions_on_two_processes(server) -> tuple[requests.Session, requests.Session]:
+    """Kept-alive sessions (as the admin) held by two different request processes (a process
+    holding a connection leaves the next new one to an idler sibling; see LiveServer)."""
+    by_origin: dict[str, requests.Session] = {}
+    deadline = time.monotonic() + 60
+    while len(by_origin) < 2 and time.monotonic() < deadline:
+        session = requests.Session()
+        session.headers.update(as_(SECRET))
+        origin = session.get(server.api("/health"), timeout=10).json()["live"]["bus"]["origin"]
+        if origin in by_origin:
+            session.close()
+            time.sleep(0.1)
+        else:
+            by_origin[origin] = session
+    assert len(by_origin) == 2, f"connections reached only {sorted(by_origin)}"
+    here, there = by_origin.values()
+    return here, there

@@ -14,10 +14,12 @@ is told to reload its snapshot instead.
 from __future__ import annotations
 
 import collections
+import logging
 import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agentmemory_server import errors
@@ -40,7 +42,10 @@ EVENT_TYPES: dict[str, str] = {
     "forget": "Records deleted (a summary: reason, ids and counts; never the deleted content).",
     "import": "An import finished (strategy and counts).",
     "recompress": "Stored observations compressed again by the current capture code (counts).",
+    "token": "An API token revoked (its listing entry, never the token); every process drops its token cache.",
 }
+
+log = logging.getLogger("agentmemory.live")
 
 # WebSocket close codes the stream uses (4000-4999 are for applications).
 CLOSE_GOING_AWAY = 1001  # the server is shutting down; reconnect later
@@ -91,6 +96,13 @@ class Hub:
         self.refused_clients = 0
         self.sockets = 0
         self.stopping = threading.Event()
+        self._listeners: dict[str, list[Callable[[Any], None]]] = {}
+
+    def listen(self, event_type: str, react: Callable[[Any], None]) -> None:
+        """Call ``react(record)`` in this process for every event of ``event_type``, whichever
+        process published it (through the bus when there is one): how a change one process
+        makes reaches the others' caches at once."""
+        self._listeners.setdefault(event_type, []).append(react)
 
     def subscribe(self, since: int | None = None) -> Subscription:
         """Add a subscriber; with ``since``, queue the missed events still in the ring first.
@@ -171,7 +183,12 @@ class Hub:
                     sub.dropped = True
                     self._subs.discard(sub)
                     self.dropped_clients += 1
-            return seq
+        for react in self._listeners.get(event_type, ()):
+            try:
+                react(record)
+            except Exception:  # noqa: BLE001 - the bus's tail thread must go on delivering
+                log.exception("a listener of %r events failed", event_type)
+        return seq
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

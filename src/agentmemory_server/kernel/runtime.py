@@ -221,6 +221,9 @@ class Runtime:
         self.supervisor: Any = None  # the background worker's supervisor, when this server started one
         self.denials = auth.Denials()
         self.tokens = TokenCache()
+        # A revocation made by any process empties every process's cache as soon as its event
+        # arrives (the bus tails the database), rather than when the cached entry expires.
+        self.hub.listen("token", lambda _record: self.tokens.forget())
         self.limiter = build_limiter(settings)
         self.services: dict[str, Any] = {}
         for name, factory in subsystems:
