@@ -128,3 +128,21 @@ def test_the_cli_creates_lists_and_revokes_tokens(tmp_path, capsys, monkeypatch)
                        (["tokens", "list", "carol"], "tokens list takes no argument, got 'carol'")):
         assert cli.main(["-q", *argv]) == 1
         assert said in capsys.readouterr().err, argv
+
+
+def test_host_and_store_wide_tools_need_the_admin_right(make_runtime, tmp_path):
+    # Antigravity sync reads the server host's own conversation files: a writer's token filed the
+    # owner's private plans under its principal and read them back. Graph compaction rewrites
+    # every principal's graph records.
+    brain = tmp_path / "antigravity" / "brain" / "conv1"
+    brain.mkdir(parents=True)
+    (brain / "task.md").write_text("# Owner plan\n\nthe owner's private plan\n")
+    rt = make_runtime(secret=SECRET, auth="on", antigravity_dir=str(tmp_path / "antigravity"))
+    client = create_app(runtime=rt).test_client()
+    writer = create(client, principal="writer-bot", projects=["alpha"])["token"]
+    for path in ("/agentmemory/antigravity/sync", "/agentmemory/antigravity/sync-all", "/agentmemory/graph/compact"):
+        refused = client.post(path, json={}, headers=as_(writer))
+        assert refused.status_code == 403 and refused.get_json()["code"] == "token_rights", (path, refused.get_json())
+    assert rt.db.reader().records.get(SESSIONS, "antigravity-conv1") is None
+    synced = client.post("/agentmemory/antigravity/sync", json={}, headers=as_(SECRET))
+    assert synced.status_code == 200 and synced.get_json()["observations"] == 1  # the admin still may

@@ -8,7 +8,9 @@ touch (``*`` = all) and its rights:
 
 - ``read``: tools that only read (GET routes, searches, context);
 - ``write``: everything else that changes memory;
-- ``admin``: import, export, reindex, stats, audit, heal, governance deletes, tokens.
+- ``admin``: import, export, reindex, stats, audit, heal, governance deletes, tokens, and what
+  acts as the server's host or on every principal's records (Antigravity sync reads the host's
+  files; graph compaction rewrites every graph record).
 
 A caller with a principal token works in an isolated scope of its own, the proven isolated
 agent scope (``kernel/access.py``) with the principal as the agent: records it writes are
@@ -61,9 +63,12 @@ READ_TOOLS = frozenset(
         "memory_graph_query",
     }
 )
-# Tools that act on the whole store, or on who may use it.
+# Tools that act on the whole store, on the server host's files, or on who may use it.
 ADMIN_TOOLS = frozenset(
     {
+        "memory_antigravity_sync",
+        "memory_antigravity_sync_all",
+        "graph_compact",
         "import",
         "memory_export",
         "reindex",
