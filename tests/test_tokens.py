@@ -146,3 +146,22 @@ def test_host_and_store_wide_tools_need_the_admin_right(make_runtime, tmp_path):
     assert rt.db.reader().records.get(SESSIONS, "antigravity-conv1") is None
     synced = client.post("/agentmemory/antigravity/sync", json={}, headers=as_(SECRET))
     assert synced.status_code == 200 and synced.get_json()["observations"] == 1  # the admin still may
+
+
+def test_the_capture_inbox_keeps_to_the_tokens_projects(app):
+    # The inbox is listed and retried by agent; a principal's token for alpha listed (a preview of
+    # the stored title, the session) and retried the events its beta token had kept there.
+    rt, client = app
+    beta = create(client, principal="ann", projects=["beta"])["token"]
+    alpha = create(client, principal="ann", projects=["alpha"])["token"]
+    kept = hook("s-beta", project="beta", data={"tool_name": "memory_save", "tool_input": {"content": "beta plan"},
+                                                 "tool_output": "saved the beta plan"})
+    filtered = client.post("/agentmemory/observe", json=kept, headers=as_(beta)).get_json()
+    assert filtered["filtered"] is True
+    listed = client.get("/agentmemory/capture", headers=as_(alpha)).get_json()
+    assert listed["items"] == [] and listed["total"] == 0 and "s-beta" not in json.dumps(listed)
+    retried = client.post("/agentmemory/capture/retry", json={"eventId": filtered["eventId"]}, headers=as_(alpha))
+    assert retried.status_code == 404
+    assert rt.db.reader().records.get(SESSIONS, "s-beta") is None  # not stored despite the filter
+    own = client.get("/agentmemory/capture", headers=as_(beta)).get_json()
+    assert [item["eventId"] for item in own["items"]] == [filtered["eventId"]] and own["total"] == 1

@@ -33,7 +33,7 @@ from agentmemory_server import errors
 from agentmemory_server.capture.filters import ToolFilter
 from agentmemory_server.capture.spool import SpoolRefused, spool_service
 from agentmemory_server.errors import AppError, Unavailable
-from agentmemory_server.kernel.access import agent_filter, stamp_agent
+from agentmemory_server.kernel.access import agent_filter, stamp_agent, token_limits_projects, visible_to
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, Reply, integer, params, string, tool
 from agentmemory_server.kernel.util import iso, truncate
 
@@ -272,6 +272,20 @@ def inbox_service(ctx: Ctx) -> CaptureInbox:
     return service
 
 
+# Entries a token limited to some projects has listed (filtered here: the inbox keeps no
+# project column); the inbox holds at most AGENTMEMORY_INBOX_MAX + the dead letters.
+PROJECT_SCAN_LIMIT = 20_000
+
+
+def entry_visible(ctx: Ctx, entry: dict[str, Any] | None, requested_agent: str | None = None) -> bool:
+    """Whether the caller may see or retry an inbox entry: its agent, and the project of the
+    event it holds (kernel/access.visible_to)."""
+    if entry is None:
+        return False
+    obs = (entry.get("body") or {}).get("obs") or {}
+    return visible_to(ctx, {"agentId": entry.get("agentId"), "project": obs.get("project")}, requested_agent)
+
+
 def _public(entry: dict[str, Any]) -> dict[str, Any]:
     """An inbox entry as listed: a preview instead of the whole stored observation."""
     obs = (entry.get("body") or {}).get("obs") or {}
@@ -300,9 +314,13 @@ def capture_status(ctx: Ctx, args: dict) -> dict:
     first), the filters and counts of what capture changed (unknown hook types, cut fields)."""
     agent = agent_filter(ctx, args.get("agentId"))
     service = inbox_service(ctx)
-    items, total = ctx.rt.db.reader().inbox.page(
-        status=args.get("status"), limit=args["limit"], offset=args["offset"], agent_id=agent
-    )
+    inbox = ctx.rt.db.reader().inbox
+    if token_limits_projects(ctx):
+        every, _ = inbox.page(status=args.get("status"), limit=PROJECT_SCAN_LIMIT, offset=0, agent_id=agent)
+        mine = [e for e in every if entry_visible(ctx, e)]
+        items, total = mine[args["offset"] : args["offset"] + args["limit"]], len(mine)
+    else:
+        items, total = inbox.page(status=args.get("status"), limit=args["limit"], offset=args["offset"], agent_id=agent)
     return {
         **service.status(agent),
         "items": [_public(e) for e in items],

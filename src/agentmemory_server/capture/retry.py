@@ -18,13 +18,13 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.capture.images import FoundImage
-from agentmemory_server.capture.inbox import inbox_service
+from agentmemory_server.capture.inbox import entry_visible, inbox_service
 from agentmemory_server.capture.observe import Prepared, store_observation
 from agentmemory_server.capture.sessions import session_end
 from agentmemory_server.capture.spool import DatabaseStillDown, UnreadableRecord, spool_service
 from agentmemory_server.errors import AppError, InvalidInput, NotFound
 from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.access import agent_filter, visible_to
+from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.registry import Ctx, boolean, params, string, tool
 from agentmemory_server.kernel.util import truncate
 
@@ -160,10 +160,6 @@ def attempt_all(ctx: Ctx, entries: list[dict[str, Any]], *, force: bool) -> dict
     return counts
 
 
-def _visible(ctx: Ctx, entry: dict[str, Any] | None, agent: str | None) -> bool:
-    return entry is not None and visible_to(ctx, {"agentId": entry.get("agentId")}, agent)
-
-
 @tool(
     "capture_retry",
     params(
@@ -181,12 +177,12 @@ def capture_retry(ctx: Ctx, args: dict) -> dict:
     store = ctx.rt.db.reader()
     if args.get("eventId"):
         entry = store.inbox.get(args["eventId"])
-        if not _visible(ctx, entry, args.get("agentId")):
+        if not entry_visible(ctx, entry, args.get("agentId")):
             raise NotFound(f"no event {args['eventId']!r} in the capture inbox", code=errors.CAPTURE_EVENT_NOT_FOUND)
         entries = [entry]
     elif args.get("all"):
         ids = store.inbox.event_ids("dead", agent_id=agent, limit=10_000)
-        entries = [e for e in (store.inbox.get(i) for i in ids) if e is not None]
+        entries = [e for e in (store.inbox.get(i) for i in ids) if entry_visible(ctx, e)]
     else:
         raise InvalidInput("give 'eventId', or 'all': true to retry every dead letter", field="eventId")
     return {"success": True, **attempt_all(ctx, entries, force=True)}
@@ -205,6 +201,7 @@ def capture_drain(ctx: Ctx, args: dict) -> dict:
     store = ctx.rt.db.reader()
     spooled = drain_spool(ctx) if agent is None else None  # the spool's files are not sorted by agent
     entries, _ = store.inbox.page(status="pending", limit=10_000, offset=0, agent_id=agent)
+    entries = [e for e in entries if entry_visible(ctx, e)]
     outcome = attempt_all(ctx, entries, force=False)
     results = [{"source": "server-inbox", **outcome}]
     if spooled is not None:

@@ -70,6 +70,12 @@ def in_token_projects(ctx: Ctx, record: dict[str, Any]) -> bool:
     return not isinstance(project, str) or principal.allows_project(project)
 
 
+def token_limits_projects(ctx: Ctx) -> bool:
+    """Whether the caller's API token is valid for some projects only (not ``*``)."""
+    principal = getattr(ctx, "principal", None)
+    return principal is not None and not principal.is_admin_token and "*" not in principal.projects
+
+
 def visible_to(ctx: Ctx, record: dict[str, Any] | None, requested: str | None = None) -> bool:
     """Whether the caller may see ``record`` (None is never visible)."""
     agent = agent_filter(ctx, requested)
