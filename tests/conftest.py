@@ -46,6 +46,7 @@ BOTH_BACKENDS = {
     "test_db", "test_search", "test_smart_search", "test_memories", "test_sessions", "test_observe",
     "test_transfer", "test_lexical_engine", "test_working", "test_tokens", "test_migrate",
     "test_capture", "test_images", "test_vectors", "test_llm_budget", "test_late_interaction",
+    "test_llm_outage",
 }
 
 

@@ -179,13 +179,21 @@ def test_the_graph_job_waits_for_the_model_after_any_failure_that_may_pass(llm_r
 
 
 def test_graph_job_gives_up_to_the_deterministic_graph(llm_runtime, fake_gemini):
-    rt = llm_runtime(graph_extraction_enabled=True, llm_job_attempts=1, llm_breaker_failures=1,
-                     llm_max_attempts=1, llm_summaries=False, llm_reflect=False, consolidation_enabled="false")
+    """Waiting for the model uses up no attempts: the job is given up (to the deterministic
+    graph) only once it is older than AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS."""
+    clock = ManualClock()
+    rt = llm_runtime(clock=clock.clock, graph_extraction_enabled=True, llm_job_attempts=1, llm_breaker_failures=1,
+                     llm_max_attempts=1, llm_summaries=False, llm_reflect=False, consolidation_enabled="false",
+                     llm_job_max_age_hours=1, llm_breaker_cooldown_seconds=7200)
     call, svc = ToolCaller(rt), llm.service(rt)
     seed(call)
     fake_gemini.fail_next = [500]
     svc.answer(llm.Task("x", "x", {}), "x")  # opens the breaker
     call("session_end", sessionId="s1")
+    assert svc.drain() == 1
+    assert call("memory_graph_query")["nodes"] == [] and svc.health()["jobsAbandoned"] == 0
+    fake_gemini.fail_next = [500] * 5  # still down at the breaker's trial, past the job's maximum age
+    clock.advance(7201)
     assert svc.drain() == 1
     assert call("memory_graph_query")["nodes"] and svc.health()["jobsAbandoned"] == 1
 

