@@ -80,3 +80,37 @@ def test_a_job_is_given_up_only_past_its_maximum_age(llm_runtime, fake_gemini):
     outage(svc, clock, 1200, step=600)
     assert rt.db.reader().jobs.stats()["pending"] == 0
     assert svc.usage.snapshot()["jobsAbandoned"] == 1 and methods(call) == [None]  # the synthetic record stands
+
+
+def test_consolidation_resumes_after_a_model_failure_without_paying_again_for_what_it_wrote(
+        llm_runtime, fake_gemini):
+    """A consolidation job whose model call failed wrote the deterministic memories and was done:
+    the model's never came, and running it again would have sent every group again, those it had
+    written included. Now the groups the model failed on stay unwritten, the job runs again once
+    the model answers, and only those groups are sent."""
+    clock = ManualClock()
+    rt = llm_runtime(clock=clock.clock, llm_max_attempts=1, consolidation_enabled="true")
+    call, svc = ToolCaller(rt), llm.service(rt)
+    fake_gemini.responder = responder()
+    for project, path in (("alpha", "src/alpha_auth.py"), ("beta", "src/beta_billing.py")):
+        for i in range(3):
+            call("agent_observe", **edit(f"{project}-{i}", path, f"2026-11-0{i + 1}T10:00:00Z", project=project))
+    with rt.db.transaction("test") as tx:  # a session without a project consolidates every project
+        svc.enqueue(tx, "consolidate", "", {"project": None})
+    fake_gemini.fail_next = [200, 503]  # alpha's call is answered, beta's fails
+    assert svc.drain() == 1
+    memories = call("memories_list")["memories"]
+    assert {m["project"] for m in memories} == {"alpha"} and len(memories) == 2  # a memory and its fact
+    assert {m["type"] for m in memories} == {"pattern", "fact"} and "Model memory 1" in {m["title"] for m in memories}
+    assert rt.db.reader().jobs.stats()["byKind"] == {"consolidate": 1}  # beta waits for the model
+
+    clock.advance(10)
+    assert svc.drain() == 1
+    prompts = fake_gemini.prompts()
+    assert len(prompts) == 3 and "beta_billing" in prompts[2] and "alpha_auth" not in prompts[2]
+    beta = [m for m in call("memories_list")["memories"] if m["project"] == "beta"]
+    assert len(beta) == 2 and "Model memory 1" in {m["title"] for m in beta}  # the model's, not the deterministic
+    assert rt.db.reader().jobs.stats()["pending"] == 0
+
+    again = call("memory_consolidate", minObservations=1)  # nothing new: nothing is sent
+    assert again["memories"] == [] and again["unchanged"] == 2 and len(fake_gemini.prompts()) == 3

@@ -21,6 +21,10 @@ Payloads per operation (all dicts, read-only for the step):
   memories next to the group's memory).
 
 The Gemini steps live in llm_steps.py (the LLM layer, llm.py).
+
+A step may raise ``Deferred`` instead of returning None: it tells the caller to write nothing
+for this operation now, because the work will be done again later (a background job waiting
+for the model); the caller must not store its deterministic result in place of the model's.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from agentmemory_server.errors import ModelProviderDown
 
 OPERATIONS = ("summarize", "crystallize", "reflect", "insights", "consolidate")
 Step = Callable[[Any, dict], Any]
@@ -65,13 +71,22 @@ def model_step(operation: str, name: str) -> Callable[[Step], Step]:
     return register
 
 
+class Deferred(Exception):
+    """Raised by a model step: leave this operation unwritten, it runs again later."""
+
+
 def run_model_steps(operation: str, ctx: Any, payload: dict) -> tuple[Any, str | None]:
-    """(result, step name) of the first step that answers, or (None, None)."""
+    """(result, step name) of the first step that answers, or (None, None).
+
+    :raise Deferred: a step asked to write nothing now (see the module's docstring).
+    :raise errors.ModelProviderDown: an explicit call while the model provider is down."""
     if not _INLINE.get():
         return None, None
     for name, step in MODEL_STEPS[operation]:
         try:
             result = step(ctx, payload)
+        except (Deferred, ModelProviderDown):
+            raise
         except Exception:  # noqa: BLE001 - a model failure falls back to the deterministic path
             log.exception("model step %s for %s failed; using the next one", name, operation)
             continue

@@ -5,7 +5,11 @@ or a distinctive word (one that is neither rare nor in most observations). The b
 that are not mostly covered by a bigger one become memories through the normal remember path
 (so a near-duplicate of an earlier consolidation becomes its next version). A group whose
 observations have not changed since the last run is skipped, so running it twice is a no-op.
-A model step registered for ``consolidate`` may write the memories instead.
+A model step registered for ``consolidate`` may write the memories instead; it is asked only
+about the groups not written yet, so a run after a partial failure pays only for the rest. A
+step that raises ``Deferred`` (a background job whose model failed in a way that may pass)
+leaves that project's groups unwritten for the job's next try, instead of writing the
+deterministic memories the model's would never replace.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter, stamp_agent
-from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
+from agentmemory_server.kernel.model_steps import SYNTHETIC, Deferred, run_model_steps
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, integer, params, string, tool
 from agentmemory_server.kernel.scopes import CONSOLIDATION as STATE
 from agentmemory_server.kernel.scopes import PROCEDURAL, RELATIONS, SEMANTIC, SUMMARIES
@@ -126,11 +130,22 @@ def _remember(ctx: Ctx, project: str | None, fields: dict[str, Any]) -> str:
     return saved["memory"]["id"]
 
 
+def _state_key(ctx: Ctx, project: str | None, key: str) -> tuple[str | None, str]:
+    agent = stamp_agent(ctx, None)
+    return agent, "\x1f".join([agent or "", project or "", key])
+
+
+def _written(ctx: Ctx, project: str | None, key: str, group: list[dict]) -> bool:
+    """Were exactly these observations consolidated before (by the model or not)? Then the
+    group is not drafted, nor sent to a model, again."""
+    previous = ctx.rt.db.reader().records.get(STATE, _state_key(ctx, project, key)[1])
+    return bool(previous) and previous.get("sources") == sorted(o["id"] for o in group)
+
+
 def _save(ctx: Ctx, project: str | None, key: str, draft: dict[str, Any]) -> tuple[str, list[str]] | None:
     """Save one drafted memory (and the facts a model step drafted with it, as ``fact``
     memories) unless the same observations were consolidated before."""
-    agent = stamp_agent(ctx, None)
-    state_key = "\x1f".join([agent or "", project or "", key])
+    agent, state_key = _state_key(ctx, project, key)
     sources = draft["sourceObservationIds"]
     previous = ctx.rt.db.reader().records.get(STATE, state_key)
     if previous and previous.get("sources") == sources:
@@ -196,29 +211,46 @@ def memory_consolidate(ctx: Ctx, args: dict) -> dict:
         return result
     for project in sorted(by_project, key=lambda p: p or ""):
         groups = find_groups(by_project[project], args["maxGroups"])
-        drafts, method = run_model_steps("consolidate", ctx, {"project": project, "groups": groups})
-        if not isinstance(drafts, list) or len(drafts) != len(groups):
-            drafts, method = [draft_memory(key, group) for key, group in groups], None
-        result["method"] = method or result["method"]
-        for (key, group), draft in zip(groups, drafts, strict=True):
-            result["groups"].append(
-                {
-                    "key": key,
-                    "project": project,
-                    "observations": len(group),
-                    "sessions": len({o.get("sessionId") for o in group}),
-                }
-            )
-            if args["dryRun"]:
-                continue
-            saved = _save(ctx, project, key, draft)
-            if saved:
-                result["memories"].append(saved[0])
-                result["facts"] += saved[1]
-            else:
-                result["unchanged"] += 1
+        result["groups"] += [_group_view(project, key, group) for key, group in groups]
+        pending = [(key, group) for key, group in groups if not _written(ctx, project, key, group)]
+        result["unchanged"] += len(groups) - len(pending)
+        if pending:
+            _consolidate_project(ctx, project, pending, args["dryRun"], result)
     result["consolidated"] = len(result["memories"])
     return result
+
+
+def _group_view(project: str | None, key: str, group: list[dict]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "project": project,
+        "observations": len(group),
+        "sessions": len({o.get("sessionId") for o in group}),
+    }
+
+
+def _consolidate_project(
+    ctx: Ctx, project: str | None, groups: list[tuple[str, list[dict]]], dry_run: bool, result: dict[str, Any]
+) -> None:
+    """Draft (by a model step, else deterministically) and save one project's groups not yet
+    written; a step's ``Deferred`` leaves them all for a later run (``result["deferred"]``)."""
+    try:
+        drafts, method = run_model_steps("consolidate", ctx, {"project": project, "groups": groups})
+    except Deferred:
+        result["deferred"] = result.get("deferred", 0) + len(groups)
+        return
+    if not isinstance(drafts, list) or len(drafts) != len(groups):
+        drafts, method = [draft_memory(key, group) for key, group in groups], None
+    result["method"] = method or result["method"]
+    if dry_run:
+        return
+    for (key, _group), draft in zip(groups, drafts, strict=True):
+        saved = _save(ctx, project, key, draft)
+        if saved:
+            result["memories"].append(saved[0])
+            result["facts"] += saved[1]
+        else:
+            result["unchanged"] += 1
 
 
 @tool("consolidation_status", params(), http=[("GET", "/consolidation/status")], mcp=False)

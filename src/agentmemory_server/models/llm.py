@@ -105,6 +105,13 @@ def passing_failures() -> Iterator[list[LLMError]]:
         _PASSING_FAILURES.reset(token)
 
 
+def passing_failure_count() -> int | None:
+    """How many passing failures ``passing_failures`` has seen so far on this thread (None: no
+    job is watching, so a model step's fallback is final)."""
+    watching = _PASSING_FAILURES.get()
+    return None if watching is None else len(watching)
+
+
 def retry_for(failures: list[LLMError]) -> None:
     """:raise Retry: when the model failed in a way that may pass (see ``passing_failures``)."""
     if failures:

@@ -31,7 +31,7 @@ from typing import Any
 from agentmemory_server.capture.compress import OBSERVATION_TYPES
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.model_steps import Step, model_step
+from agentmemory_server.kernel.model_steps import Deferred, Step, model_step
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.scopes import CONSOLIDATION_RUNS, obs_scope
 from agentmemory_server.kernel.util import stringify, truncate
@@ -423,8 +423,12 @@ def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
                 per_group,
             )
         )
+    watched = llm.passing_failure_count()
     answer = svc.answer(task, "\n\n".join(blocks))
     if answer is None:
+        if watched is not None and (llm.passing_failure_count() or 0) > watched:
+            # A job waits for the model: write nothing now, so its next try pays only for these groups.
+            raise Deferred(f"consolidation of {payload.get('project') or '(no project)'} waits for the model")
         return None
     drafts = []
     for (_key, group), item in zip(groups, answer["memories"], strict=True):
@@ -511,4 +515,8 @@ def _consolidate_job(ctx: Ctx, project: str, args: dict) -> None:
         started = {"project": args.get("project"), "startedAt": rt.clock.time(), "startedAtIso": rt.clock.iso()}
         tx.records.set(CONSOLIDATION_RUNS, _run_key(project), started, now=started["startedAtIso"])
     scope = {"project": args["project"]} if args.get("project") else {}  # none: every project
-    registry.run(consolidate.memory_consolidate, ctx, scope)
+    # Groups the model failed on stay unwritten and the job runs again; the groups it wrote are
+    # skipped then (their observations are unchanged), so they are not paid for twice.
+    with llm.passing_failures() as failures:
+        registry.run(consolidate.memory_consolidate, ctx, scope)
+    llm.retry_for(failures)
