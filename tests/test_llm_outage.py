@@ -3,8 +3,10 @@
 consolidation resumes without paying again for what it already wrote, explicit calls answer 503
 at once while the breaker is open, and what a token budget of 0 means."""
 
+import requests
+
 from agentmemory_server.models import llm
-from conftest import ManualClock, ToolCaller, hook
+from conftest import GEMINI_TEST_KEY, ManualClock, ToolCaller, hook, post, wait_for
 from llm_support import responder
 
 DOWN = [503] * 10_000  # every model request fails until the test clears it
@@ -114,3 +116,34 @@ def test_consolidation_resumes_after_a_model_failure_without_paying_again_for_wh
 
     again = call("memory_consolidate", minObservations=1)  # nothing new: nothing is sent
     assert again["memories"] == [] and again["unchanged"] == 2 and len(fake_gemini.prompts()) == 3
+
+
+def test_explicit_calls_answer_503_at_once_while_the_workers_breaker_is_open(live_server, fake_gemini):
+    """The background worker makes the background calls and holds the breaker they open; a
+    request process knew only its own (closed) breaker, so POST /summarize sent its call to the
+    dead provider and waited through the timeouts and retries. It now answers 503
+    model_provider_down with Retry-After at once, sending nothing."""
+    fake_gemini.fail_next = list(DOWN)
+    server = live_server(env={"GEMINI_API_KEY": GEMINI_TEST_KEY, "GEMINI_API_BASE": fake_gemini.url,
+                              "AGENTMEMORY_AUTO_COMPRESS": "true", "AGENTMEMORY_LLM_MAX_ATTEMPTS": "1",
+                              "LLM_BREAKER_COOLDOWN_SECONDS": "600"})
+    for n in range(3):
+        body = hook("down", data={"tool_name": "Edit", "tool_input": {"file_path": "src/auth.py"},
+                                  "tool_output": f"edited {n}"})
+        assert post(server.api("/observe"), body).status_code == 201
+
+    def worker_breaker_open() -> dict | None:
+        breaker = requests.get(server.api("/health"), timeout=10).json()["llm"]["breaker"]
+        return breaker if breaker["state"] == "open" and breaker["process"] == "worker" else None
+
+    wait_for(worker_breaker_open, interval=0.2, message="the worker's breaker never opened")
+    sent = len(fake_gemini.calls)
+    for path, body in (("/summarize", {"sessionId": "down"}), ("/consolidate", {"minObservations": 1})):
+        answer = post(server.api(path), body)
+        assert answer.status_code == 503, answer.text
+        error = answer.json()
+        assert error["code"] == "model_provider_down" and "background worker" in error["error"]
+        assert 0 < int(answer.headers["Retry-After"]) <= 600
+        assert error["details"]["retryAfterSeconds"] == int(answer.headers["Retry-After"])
+        assert "HTTP 503" in error["details"]["lastError"]
+    assert len(fake_gemini.calls) == sent  # nothing was sent to the dead provider

@@ -320,6 +320,8 @@ def extract_session(ctx: Ctx, session_id: str, *, use_model: bool, wait_for_mode
     observations = summaries.session_observations(ctx, store, session_id)
     found = None
     if use_model and observations:
+        if not wait_for_model:
+            llm.service(ctx.rt).refuse_while_down()  # a caller waits: 503 at once while the provider is down
         try:
             found = model_extraction(ctx, session, observations)
         except llm.LLMError as exc:

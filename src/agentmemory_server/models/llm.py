@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -41,13 +42,14 @@ from typing import Any
 
 import jsonschema
 
+from agentmemory_server.errors import ModelProviderDown
 from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.runtime import Runtime
-from agentmemory_server.kernel.util import truncate
+from agentmemory_server.kernel.util import parse_time, truncate
 from agentmemory_server.models.accounting import Accounting
 from agentmemory_server.models.breaker import CircuitBreaker
-from agentmemory_server.models.llm_jobs import JOB_KINDS, JobRunner, Retry, job_handler, queued_epoch
+from agentmemory_server.models.llm_jobs import JOB_KINDS, JobRunner, Retry, in_job, job_handler, queued_epoch
 from agentmemory_server.models.model_config import FEATURES, PROVIDERS, Clients
 from agentmemory_server.providers.chat import USER, ChatRequest, Generation, Refusal, Turn
 from agentmemory_server.providers.http import ProviderHTTPError
@@ -343,6 +345,36 @@ class LLMService:
         self.usage.add(skippedLowValue=1)
         self.usage.reason(reason)
         self.accounting.skipped(self.provider or "", self.clients.model_for(feature) or "", feature, low_value=1)
+
+    def refuse_while_down(self) -> None:
+        """Called before an explicit model call (a caller waits on it): while the breaker of this
+        process or of the background worker (its heartbeat) is open, the provider is down, and
+        waiting on it would only end in the deterministic fallback after its timeouts and retries.
+        A background job waits for the model instead (``in_job``).
+
+        :raise ModelProviderDown: 503 with Retry-After until the breaker's trial call."""
+        if in_job():
+            return
+        now, reports = self.rt.clock.time(), self._worker_reports()
+        breaker = worst_breaker(self.breaker.snapshot(), reports)
+        parsed = parse_time(breaker.get("retryAt") or "")
+        retry_at = parsed.timestamp() if parsed is not None else None
+        if breaker["state"] != CircuitBreaker.OPEN or retry_at is None or retry_at <= now:
+            return  # closed, or half-open: this call may be the trial
+        where = "this server process" if breaker["process"] == "this" else "the background worker"
+        last = merged_usage(self.usage.snapshot(), reports)["lastError"]
+        self.usage.add(skippedBreakerOpen=1)
+        raise ModelProviderDown(
+            f"the {self.provider} model provider is down: its calls failed repeatedly and the circuit breaker "
+            f"(opened by {where}) sends nothing until {breaker['retryAt']}; retry then",
+            retry_after=max(1, math.ceil(retry_at - now)),
+            details={
+                "provider": self.provider,
+                "retryAt": breaker["retryAt"],
+                "breakerOpenedBy": where,
+                "lastError": last,
+            },
+        )
 
     def _paused(self) -> tuple[str, float | None] | None:
         if self.has_model and self.breaker.state == CircuitBreaker.OPEN:

@@ -113,9 +113,14 @@ def _only_for(provider: str, fn: Step) -> Step:
 
 def _model(ctx: Ctx, feature: str) -> llm.LLMService | None:
     """The LLM service when ``feature`` would use the model now (checked before building a
-    prompt, so no work is wasted without a key)."""
+    prompt, so no work is wasted without a key).
+
+    :raise ModelProviderDown: an explicit call while the provider's breaker is open."""
     svc = llm.service(ctx.rt)
-    return svc if svc.uses_model(feature) else None
+    if not svc.uses_model(feature):
+        return None
+    svc.refuse_while_down()
+    return svc
 
 
 def _budget(ctx: Ctx) -> int:
