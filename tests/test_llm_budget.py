@@ -8,11 +8,13 @@ from datetime import datetime, timezone
 
 import pytest
 
+from agentmemory_server.kernel.settings import Settings, SettingsError
 from agentmemory_server.models import llm
 from agentmemory_server.models.triage import low_value_reason, trivial_command
 from conftest import ManualClock, ToolCaller, hook
 from llm_support import responder
 
+ZERO_ENV = "AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET"
 ELEVEN_PM = datetime(2026, 11, 1, 23, 0, tzinfo=timezone.utc).timestamp()
 
 
@@ -119,7 +121,7 @@ def test_a_feature_cap_stops_only_that_feature(llm_runtime, fake_gemini):
 
 
 def test_no_budget_means_no_limit(llm_runtime, fake_gemini):
-    rt = llm_runtime(llm_daily_token_budget=0)
+    rt = llm_runtime(llm_daily_token_budget=Settings.from_env({ZERO_ENV: "unlimited"}).llm_daily_token_budget)
     fake_gemini.responder = responder()
     call = ToolCaller(rt)
     seed_session(call)
@@ -232,3 +234,31 @@ def test_old_usage_rows_are_pruned_after_400_days(make_runtime):
             tx.usage.add(ModelCall(day, "gemini", "m", "compress", calls=1, prompt_tokens=10))
     assert accounting.prune() == 1  # 2026-11-01 minus 400 days is 2025-09-27: older rows go
     assert [r["day"] for r in usage_rows(rt)] == ["2025-09-27", "2026-11-01"]
+
+
+def test_a_budget_of_0_means_no_tokens_for_the_day_as_for_a_feature(llm_runtime, fake_gemini, caplog):
+    """A feature's cap of 0 stopped the feature while a daily budget of 0 meant no limit: the same
+    kind of setting with two meanings of 0, and an operator who set the budget to 0 to stop the
+    spending removed the limit instead. 0 now means no tokens for both, `unlimited` means no
+    limit, and a deployment still at 0 is told (log, /status, diagnose) that its meaning changed."""
+    rt = llm_runtime(llm_daily_token_budget=Settings.from_env({ZERO_ENV: "0"}).llm_daily_token_budget,
+                     llm_reflect=False)
+    fake_gemini.responder = responder()
+    call = ToolCaller(rt)
+    seed_session(call)
+    assert call("summarize", sessionId="s1")["summary"]["method"] == "synthetic"
+    assert fake_gemini.generations() == []  # nothing was sent
+    assert any("means no model tokens at all" in r.message and "unlimited" in r.message for r in caplog.records)
+    health = call("health")["llm"]
+    assert health["budget"]["daily"] == 0 and health["budget"]["reached"] is True
+    assert health["mode"].startswith("deterministic") and health["features"]["summaries"]["usesModel"] is False
+    [alert] = [a for a in call("status")["alerts"] if ZERO_ENV in a["message"]]
+    assert alert["level"] == "warn" and "0 meant no limit" in alert["message"] and "unlimited" in alert["fix"]
+    check = {c["name"]: c for c in call("memory_diagnose")["checks"]}["llm-budget"]
+    assert check["status"] == "warn" and "until 2026-12, 0 meant no limit" in check["message"]
+
+    parsed = Settings.from_env({f"{ZERO_ENV}_COMPRESS": "0", f"{ZERO_ENV}_GRAPH": "Unlimited"})
+    assert parsed.llm_daily_token_budget_compress == 0 and parsed.llm_daily_token_budget_graph is None
+    assert parsed.llm_daily_token_budget == 2_000_000
+    with pytest.raises(SettingsError, match="'unlimited'"):
+        Settings.from_env({ZERO_ENV: "-1"})

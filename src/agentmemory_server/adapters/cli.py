@@ -260,7 +260,7 @@ def _print_stats(result: dict[str, Any]) -> None:
 
 def _print_tokens(report: dict[str, Any]) -> None:
     budget = report["budget"]
-    limit = f"budget {budget['daily']:,}/day" if budget["daily"] else "no daily budget"
+    limit = f"budget {budget['daily']:,}/day" if budget["daily"] is not None else "no daily budget"
     print(f"model tokens per UTC day ({limit}; resets {budget['resetsAt']}):")
     for day in report["byDay"]:
         print(f"  {day['day']:<12} {day['totalTokens']:>12,} tokens {day['calls']:>7,} calls")

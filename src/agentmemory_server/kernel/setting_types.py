@@ -80,6 +80,22 @@ def _optional_int(text: str) -> int | None:
     return None if not text.strip() else _non_negative_int(text)
 
 
+UNLIMITED = "unlimited"
+
+
+def _token_budget(text: str) -> int | None:
+    """A token budget: an integer >= 0 (0: no tokens at all), or ``unlimited`` (None)."""
+    if text.strip().lower() == UNLIMITED:
+        return None
+    try:
+        return _non_negative_int(text)
+    except ValueError:
+        raise ValueError(f"expected a number of tokens >= 0 or {UNLIMITED!r}, got {text!r}") from None
+
+
+_token_budget.__name__ = "tokens|unlimited"
+
+
 # The URL schemes the PostgreSQL backend answers to (storage.POSTGRES_SCHEMES holds the same: storage
 # cannot import the kernel, and the settings must not import storage, which takes a fifth of a second).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")

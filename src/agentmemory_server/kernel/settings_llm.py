@@ -15,6 +15,7 @@ from agentmemory_server.kernel.setting_types import (
     _optional_str,
     _positive_float,
     _positive_int,
+    _token_budget,
     _tri_state,
 )
 
@@ -53,17 +54,19 @@ LLM_SETTINGS: tuple[Setting, ...] = (
         "llm_daily_token_budget",
         ("AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET",),
         2_000_000,
-        _non_negative_int,
+        _token_budget,
         "Prompt + completion tokens all LLM features may use per UTC day; once reached, no model call is "
-        "made until midnight UTC and the deterministic paths answer (shown in /health). 0 = no limit.",
+        "made until midnight UTC and the deterministic paths answer (shown in /health). `unlimited` = no "
+        "limit; 0 = no tokens at all, as for a feature's cap (before 2026-12, 0 meant no limit: /status warns).",
     ),
     *(
         Setting(
             f"llm_daily_token_budget_{feature}",
             (f"AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET_{feature.upper()}",),
             None,
-            _optional_int,
-            f"Daily token cap of {feature} alone (within the overall budget; unset = no separate cap).",
+            _token_budget,
+            f"Daily token cap of {feature} alone, within the overall budget (unset or `unlimited` = no separate "
+            f"cap; 0 = no tokens: {feature} runs deterministically).",
         )
         for feature in LLM_FEATURES
     ),

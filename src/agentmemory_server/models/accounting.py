@@ -9,8 +9,9 @@ that reads a handful of rows. Per-call rows would give latency percentiles but g
 call and turn the budget check into a scan; the day's mean and maximum latency are enough to
 spot a slow model.
 
-Budget: ``AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET`` (prompt + completion tokens of every feature;
-0 = no limit) and ``AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET_<FEATURE>`` (one feature's share) are
+Budget: ``AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET`` (prompt + completion tokens of every feature)
+and ``AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET_<FEATURE>`` (one feature's share) are token counts where
+0 means no tokens and ``unlimited`` (None; a cap also when unset) means no limit. They are
 checked before each call against the current UTC day's rows, read from the database so every
 process (server, CLI) sees one account. A reached budget stops the call before anything is sent
 and the feature takes its deterministic path; the day rolls over at midnight UTC on the
@@ -30,6 +31,12 @@ from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.storage.interfaces import ModelCall
 
 log = logging.getLogger("agentmemory.llm")
+# A daily budget of 0 meant "no limit" until 2026-12 while a feature's cap of 0 meant "no tokens";
+# both mean no tokens now, and a deployment still set to 0 is told so (log, /status, diagnose).
+ZERO_BUDGET = (
+    "AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET=0 means no model tokens at all, so every model feature runs "
+    "deterministically (until 2026-12, 0 meant no limit); set it to `unlimited` for no limit"
+)
 HISTORY_DAYS = 7
 RETENTION_DAYS = 400
 _SUMS = ("calls", "failed", "promptTokens", "completionTokens", "skippedBudget", "skippedLowValue")
@@ -103,19 +110,25 @@ class Accounting:
         return getattr(self.settings, f"llm_daily_token_budget_{feature}", None)
 
     def blocked(self, feature: str) -> str | None:
-        """Why ``feature`` may not call the model now (a budget is used up), or None."""
+        """Why ``feature`` may not call the model now (a budget is used up, or 0), or None."""
         daily, cap = self.settings.llm_daily_token_budget, self.cap(feature)
-        if not daily and cap is None:
+        if daily is None and cap is None:
             return None
         used = self.tokens_today()
         resets = next_midnight(self.rt.clock.time())
-        if daily and sum(used.values()) >= daily:
+        if daily == 0:
+            return ZERO_BUDGET
+        if daily is not None and sum(used.values()) >= daily:
             return f"the daily token budget ({daily:,}) is used up until {resets}"
+        if cap == 0:
+            return f"AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET_{feature.upper()}=0: {feature} may use no model tokens"
         if cap is not None and used.get(feature, 0) >= cap:
             return f"the daily {feature} token cap ({cap:,}) is used up until {resets}"
         return None
 
     def budget(self, features: tuple[str, ...]) -> dict[str, Any]:
+        """The day's budget: ``daily`` None is no limit, 0 no tokens (``zero`` says what that
+        means now), and each feature's cap."""
         daily, used = self.settings.llm_daily_token_budget, self.tokens_today()
         total = sum(used.values())
         caps = {}
@@ -125,12 +138,13 @@ class Accounting:
                 spent = used.get(feature, 0)
                 caps[feature] = {"cap": cap, "used": spent, "left": max(0, cap - spent), "reached": spent >= cap}
         return {
-            "daily": daily or None,
+            "daily": daily,
             "used": total,
-            "left": max(0, daily - total) if daily else None,
-            "reached": bool(daily) and total >= daily,
+            "left": max(0, daily - total) if daily is not None else None,
+            "reached": daily is not None and total >= daily,
             "resetsAt": next_midnight(self.rt.clock.time()),
             "features": caps,
+            "zero": ZERO_BUDGET if daily == 0 else None,
         }
 
     def report(self, features: tuple[str, ...], days: int = HISTORY_DAYS) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import parse_time, truncate
-from agentmemory_server.models.accounting import Accounting
+from agentmemory_server.models.accounting import ZERO_BUDGET, Accounting
 from agentmemory_server.models.breaker import CircuitBreaker
 from agentmemory_server.models.llm_jobs import JOB_KINDS, JobRunner, Retry, in_job, job_handler, queued_epoch
 from agentmemory_server.models.model_config import FEATURES, PROVIDERS, Clients
@@ -287,6 +287,8 @@ class LLMService:
         self.clients = Clients(s)
         self.accounting = Accounting(rt)
         self.jobs = JobRunner(rt, paused=self._paused, count=self.usage.add)
+        if s.llm_daily_token_budget == 0 and self.has_model:
+            log.warning("%s", ZERO_BUDGET)
         if s.background_jobs:
             rt.every(86_400, "llm-usage-prune", self.accounting.prune)
         self.enqueue, self.drain, self.drain_once = self.jobs.enqueue, self.jobs.drain, self.jobs.drain_once
@@ -580,6 +582,8 @@ class LLMService:
     def mode(self, budget: dict[str, Any], breaker: dict[str, Any] | None = None) -> str:
         if not self.has_model:
             return "deterministic"
+        if budget["zero"]:
+            return "deterministic: the daily token budget is 0 (AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET)"
         if budget["reached"]:
             return f"deterministic until {budget['resetsAt']}: the daily token budget is used up"
         if breaker is not None and breaker["state"] == CircuitBreaker.OPEN:
@@ -637,21 +641,7 @@ class LLMService:
                 "" if closed else f"check the {self.provider} key, base URL and quota",
             )
         )
-        budget = self.accounting.budget(FEATURES)
-        capped = sorted(f for f, cap in budget["features"].items() if cap["reached"])
-        checks.append(
-            _check(
-                "llm-budget",
-                "warn" if budget["reached"] or capped else "pass",
-                f"{budget['used']:,} tokens used today"
-                + (f" of {budget['daily']:,}" if budget["daily"] else " (no daily budget)")
-                + (f"; used up, deterministic until {budget['resetsAt']}" if budget["reached"] else "")
-                + (f"; feature caps reached: {', '.join(capped)}" if capped else ""),
-                "raise AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET (or a feature's cap) or wait for midnight UTC"
-                if budget["reached"] or capped
-                else "",
-            )
-        )
+        checks.append(self._budget_check(self.accounting.budget(FEATURES)))
         jobs = self.jobs_report(breaker, usage["lastError"])
         checks.append(
             _check(
@@ -667,6 +657,23 @@ class LLMService:
             )
         )
         return checks
+
+    @staticmethod
+    def _budget_check(budget: dict[str, Any]) -> dict[str, Any]:
+        if budget["zero"]:
+            return _check("llm-budget", "warn", budget["zero"], "set AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET=unlimited")
+        capped = sorted(f for f, cap in budget["features"].items() if cap["reached"])
+        return _check(
+            "llm-budget",
+            "warn" if budget["reached"] or capped else "pass",
+            f"{budget['used']:,} tokens used today"
+            + (f" of {budget['daily']:,}" if budget["daily"] is not None else " (no daily budget)")
+            + (f"; used up, deterministic until {budget['resetsAt']}" if budget["reached"] else "")
+            + (f"; feature caps reached: {', '.join(capped)}" if capped else ""),
+            "raise AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET (or a feature's cap) or wait for midnight UTC"
+            if budget["reached"] or capped
+            else "",
+        )
 
     def jobs_report(self, breaker: dict[str, Any], last_model_error: str | None) -> dict[str, Any]:
         """The queue of model work: how much, how much waits to be tried again, since when and

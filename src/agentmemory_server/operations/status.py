@@ -72,7 +72,9 @@ def _llm_alerts(llm: dict[str, Any]) -> list[dict[str, str]]:
         )
     budget = llm.get("budget") or {}
     capped = sorted(name for name, cap in (budget.get("features") or {}).items() if cap.get("reached"))
-    if budget.get("reached") or capped:
+    if budget.get("zero"):  # a deployment that set 0 for "no limit", as it once meant, learns here
+        alerts.append(_alert("warn", budget["zero"], "set AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET=unlimited and restart"))
+    elif budget.get("reached") or capped:
         what = (
             f"the daily model token budget ({budget['daily']:,}) is used up"
             if budget.get("reached")
