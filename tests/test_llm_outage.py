@@ -47,12 +47,14 @@ def test_queued_model_work_waits_through_an_hours_long_outage_and_a_restart(llm_
     sent = len(fake_gemini.generations())
     assert sent < 60  # the breaker's trials and the backed-off jobs, not one call a minute per job
 
+    call("agent_observe", **edit("s1", "src/f2.py", "2026-11-01T10:02:00Z"))  # queued while the breaker is open
     [alert] = [a for a in call("status")["alerts"] if "model job" in a["message"]]
-    assert alert["level"] == "warn" and "2 background model job(s) wait" in alert["message"]
-    assert "2 compress" in alert["message"] and "HTTP 503" in alert["message"]
-    assert "3.0 h" in alert["message"] and "nothing is lost" in alert["fix"]
+    assert alert["level"] == "warn" and "3 background model job(s) wait for the model" in alert["message"]
+    assert "(3 compress; 2 tried and put back, the oldest queued 3.0 h ago)" in alert["message"]
+    assert "the model failed repeatedly (circuit breaker" in alert["message"] and "HTTP 503" in alert["message"]
+    assert "nothing is lost" in alert["fix"]
     check = {c["name"]: c for c in call("memory_diagnose")["checks"]}["llm-jobs"]
-    assert check["status"] == "warn" and "2 job(s) wait" in check["message"]
+    assert check["status"] == "warn" and check["message"] == alert["message"]
     health_jobs = call("health")["llm"]["jobs"]
     assert health_jobs["waiting"] == 2 and health_jobs["maxAgeHours"] == 24
     assert health_jobs["oldestWaitingSeconds"] >= 3 * 3600
@@ -61,13 +63,13 @@ def test_queued_model_work_waits_through_an_hours_long_outage_and_a_restart(llm_
     rt = llm_runtime(clock=clock.clock, **settings)
     call, svc = ToolCaller(rt), llm.service(rt)
     outage(svc, clock, 3600)
-    assert rt.db.reader().jobs.stats()["byKind"] == {"compress": 2}
+    assert rt.db.reader().jobs.stats()["byKind"] == {"compress": 3}
 
     fake_gemini.fail_next = []  # the provider is back
     fake_gemini.responder = responder()
     clock.advance(600)  # at most the longest backoff
-    assert svc.drain() == 2
-    assert methods(call) == ["gemini", "gemini"] and rt.db.reader().jobs.stats()["pending"] == 0
+    assert svc.drain() == 3
+    assert methods(call) == ["gemini"] * 3 and rt.db.reader().jobs.stats()["pending"] == 0
     assert svc.usage.snapshot()["jobsAbandoned"] == 0
 
 

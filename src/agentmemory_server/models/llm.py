@@ -646,13 +646,12 @@ class LLMService:
         checks.append(
             _check(
                 "llm-jobs",
-                "warn" if jobs["waiting"] else "pass",
-                f"{jobs['pending']} background model job(s) queued"
-                + (f"; {jobs['waiting']} {jobs['why']}" if jobs["waiting"] else ""),
+                "warn" if jobs["why"] else "pass",
+                jobs["why"] or f"{jobs['pending']} background model job(s) queued",
                 f"nothing is lost: they run by themselves once the {self.provider} model answers (each is kept "
                 f"{self.settings.llm_job_max_age_hours:g} h, AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS); check the "
                 "provider's key, base URL and quota"
-                if jobs["waiting"]
+                if jobs["why"]
                 else "",
             )
         )
@@ -690,21 +689,30 @@ class LLMService:
             "max": self.settings.llm_jobs_max,
             "shed": self.rt.db.queue_stats().get("llm_jobs", {}).get("shed", 0),
         }
-        report["why"] = self._waiting_why(report, breaker, last_model_error) if jobs["waiting"] else None
+        # Waiting: put back after a try, or, while the breaker is open, every queued job (the
+        # workers claim none then, so the jobs queued since were never tried).
+        stalled = jobs["waiting"] or (jobs["pending"] and breaker["state"] == CircuitBreaker.OPEN)
+        report["why"] = self._waiting_why(report, breaker, last_model_error) if stalled else None
         return report
 
     @staticmethod
     def _waiting_why(jobs: dict[str, Any], breaker: dict[str, Any], last_model_error: str | None) -> str:
+        """One sentence: how much model work waits, of which kinds, for how long, and why."""
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(jobs["byKind"].items()))
         cause = {
             CircuitBreaker.OPEN: f"the model failed repeatedly (circuit breaker open until {breaker['retryAt']})",
             CircuitBreaker.HALF_OPEN: "the model failed repeatedly (circuit breaker half-open: the next call is "
             "its trial)",
         }.get(breaker["state"], "the model's last calls failed")
+        tried = (
+            f"; {jobs['waiting']} tried and put back, the oldest queued "
+            f"{_duration(jobs['oldestWaitingSeconds'] or 0)} ago"
+            if jobs["waiting"]
+            else ""
+        )
         error = last_model_error or jobs["lastError"]
-        return (
-            f"job(s) wait to be tried again ({kinds} queued; oldest waiting for "
-            f"{_duration(jobs['oldestWaitingSeconds'] or 0)}): {cause}" + (f"; last error: {error}" if error else "")
+        return f"{jobs['pending']} background model job(s) wait for the model ({kinds}{tried}): {cause}" + (
+            f"; last error: {error}" if error else ""
         )
 
     def _diagnose_without_model(self) -> list[dict[str, Any]]:

@@ -88,11 +88,11 @@ def _llm_alerts(llm: dict[str, Any]) -> list[dict[str, str]]:
             )
         )
     jobs = llm.get("jobs") or {}
-    if jobs.get("waiting"):
+    if jobs.get("why"):
         alerts.append(
             _alert(
                 "warn",
-                f"{jobs['waiting']} background model {jobs['why']}",
+                jobs["why"],
                 "nothing is lost: they run by themselves once the model answers (each waits up to "
                 f"{jobs.get('maxAgeHours'):g} h, AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS); check the provider's key, "
                 "base URL and quota (GET /agentmemory/health llm.lastError)",
