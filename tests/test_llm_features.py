@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from agentmemory_server.errors import ModelProviderDown
 from agentmemory_server.models import llm
 from agentmemory_server.retrieval import vectors
 from agentmemory_server.adapters.web import create_app
@@ -155,10 +154,8 @@ def test_500s_open_the_breaker_fallbacks_answer_jobs_wait_then_recover(llm_runti
         assert out["summary"]["method"] == "synthetic" and out["qualityScore"] == 0.5
     assert svc.breaker.state == "open"
     sent = len(fake_gemini.calls)
-    for tool in ("summarize", "memory_crystallize"):  # explicit calls are told at once: 503, Retry-After
-        with pytest.raises(ModelProviderDown) as refused:
-            call(tool, sessionId="s1")
-        assert refused.value.retry_after == 30 and refused.value.details["breakerOpenedBy"] == "this server process"
+    assert call("summarize", sessionId="s1")["summary"]["method"] == "synthetic"
+    assert call("memory_crystallize", sessionId="s1")["method"] == "synthetic"
     assert len(fake_gemini.calls) == sent  # the open breaker sends nothing
     # The queued compressions wait for the breaker instead of burning the model's quota.
     assert svc.drain() == 3 and len(fake_gemini.calls) == sent

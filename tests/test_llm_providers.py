@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import pytest
 
-from agentmemory_server.errors import ModelProviderDown, Unavailable
+from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.models import llm
 from agentmemory_server.models.llm import Task
@@ -290,9 +290,7 @@ def test_a_model_that_is_down_opens_the_breaker_and_features_fall_back(provider_
         assert call("summarize", sessionId="s1")["summary"]["method"] == "synthetic"
     svc = llm.service(rt)
     assert svc.breaker.state == "open" and svc.health()["failed"] == 3
-    with pytest.raises(ModelProviderDown) as refused:  # an explicit call is told at once; nothing sent
-        call("summarize", sessionId="s1")
-    assert refused.value.status == 503 and 0 < refused.value.retry_after <= 30
+    assert call("summarize", sessionId="s1")["summary"]["method"] == "synthetic"  # nothing sent
     health = call("health")["llm"]
     assert health["status"] == "degraded" and health["skippedBreakerOpen"] == 1
     assert sum(r["failed"] for r in usage_rows(rt)) == 3

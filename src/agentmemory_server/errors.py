@@ -187,13 +187,6 @@ IMAGE_EVICTED = _declare(
 )
 
 # -- embeddings and imports ---------------------------------------------------------------------------
-MODEL_PROVIDER_DOWN = _declare(
-    "model_provider_down",
-    503,
-    "The model provider failed repeatedly and its circuit breaker is open (in this process or the background "
-    "worker): an explicit model call (POST /summarize, /consolidate, ...) answers at once instead of waiting; "
-    "retry after `Retry-After` seconds.",
-)
 EMBEDDING_FAILED = _declare("embedding_failed", 503, "The embedding provider failed; search answers with BM25.")
 MODEL_CHECKSUM = _declare("model_checksum", 503, "The bundled embedding model does not match its checksum.")
 ANTIGRAVITY_NOT_FOUND = _declare("antigravity_not_found", 404, "ANTIGRAVITY_DIR holds no brain/ folder.")
@@ -284,12 +277,6 @@ class PayloadTooLarge(AppError):
 class Unavailable(AppError):
     status = 503
     code = UNAVAILABLE
-
-
-class ModelProviderDown(Unavailable):
-    """An explicit model call while the provider's circuit breaker is open: nothing was sent."""
-
-    code = MODEL_PROVIDER_DOWN
 
 
 class InsufficientStorage(AppError):

@@ -35,8 +35,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from agentmemory_server.errors import ModelProviderDown
-
 OPERATIONS = ("summarize", "crystallize", "reflect", "insights", "consolidate")
 Step = Callable[[Any, dict], Any]
 MODEL_STEPS: dict[str, list[tuple[str, Step]]] = {op: [] for op in OPERATIONS}
@@ -78,14 +76,13 @@ class Deferred(Exception):
 def run_model_steps(operation: str, ctx: Any, payload: dict) -> tuple[Any, str | None]:
     """(result, step name) of the first step that answers, or (None, None).
 
-    :raise Deferred: a step asked to write nothing now (see the module's docstring).
-    :raise errors.ModelProviderDown: an explicit call while the model provider is down."""
+    :raise Deferred: a step asked to write nothing now (see the module's docstring)."""
     if not _INLINE.get():
         return None, None
     for name, step in MODEL_STEPS[operation]:
         try:
             result = step(ctx, payload)
-        except (Deferred, ModelProviderDown):
+        except Deferred:
             raise
         except Exception:  # noqa: BLE001 - a model failure falls back to the deterministic path
             log.exception("model step %s for %s failed; using the next one", name, operation)

@@ -319,9 +319,8 @@ def extract_session(ctx: Ctx, session_id: str, *, use_model: bool, wait_for_mode
     session = summaries.load_session(ctx, store, session_id)
     observations = summaries.session_observations(ctx, store, session_id)
     found = None
-    if use_model and observations:
-        if not wait_for_model:
-            llm.service(ctx.rt).refuse_while_down()  # a caller waits: 503 at once while the provider is down
+    # A caller waiting on the answer gets the deterministic graph at once while the provider is down.
+    if use_model and observations and (wait_for_model or not llm.service(ctx.rt).provider_down()):
         try:
             found = model_extraction(ctx, session, observations)
         except llm.LLMError as exc:

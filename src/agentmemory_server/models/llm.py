@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -42,7 +41,6 @@ from typing import Any
 
 import jsonschema
 
-from agentmemory_server.errors import ModelProviderDown
 from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.runtime import Runtime
@@ -348,35 +346,27 @@ class LLMService:
         self.usage.reason(reason)
         self.accounting.skipped(self.provider or "", self.clients.model_for(feature) or "", feature, low_value=1)
 
-    def refuse_while_down(self) -> None:
-        """Called before an explicit model call (a caller waits on it): while the breaker of this
-        process or of the background worker (its heartbeat) is open, the provider is down, and
-        waiting on it would only end in the deterministic fallback after its timeouts and retries.
-        A background job waits for the model instead (``in_job``).
-
-        :raise ModelProviderDown: 503 with Retry-After until the breaker's trial call."""
+    def provider_down(self) -> bool:
+        """Whether an explicit model call (a caller waits on it) should take the deterministic
+        path at once: the breaker of this process or of the background worker (its heartbeat)
+        is open, so waiting on the provider would only end there after its timeouts and retries.
+        This process's own breaker already stopped its calls; the worker's, which the background
+        calls open, did not. A background job waits for the model instead (``in_job``)."""
         if in_job():
-            return
+            return False
         now, reports = self.rt.clock.time(), self._worker_reports()
         breaker = worst_breaker(self.breaker.snapshot(), reports)
         parsed = parse_time(breaker.get("retryAt") or "")
-        retry_at = parsed.timestamp() if parsed is not None else None
-        if breaker["state"] != CircuitBreaker.OPEN or retry_at is None or retry_at <= now:
-            return  # closed, or half-open: this call may be the trial
-        where = "this server process" if breaker["process"] == "this" else "the background worker"
-        last = merged_usage(self.usage.snapshot(), reports)["lastError"]
+        if breaker["state"] != CircuitBreaker.OPEN or parsed is None or parsed.timestamp() <= now:
+            return False  # closed, or half-open: this call may be the trial
         self.usage.add(skippedBreakerOpen=1)
-        raise ModelProviderDown(
-            f"the {self.provider} model provider is down: its calls failed repeatedly and the circuit breaker "
-            f"(opened by {where}) sends nothing until {breaker['retryAt']}; retry then",
-            retry_after=max(1, math.ceil(retry_at - now)),
-            details={
-                "provider": self.provider,
-                "retryAt": breaker["retryAt"],
-                "breakerOpenedBy": where,
-                "lastError": last,
-            },
+        log.info(
+            "the %s model provider is down (breaker opened by %s until %s): the deterministic path answers",
+            self.provider,
+            "this process" if breaker["process"] == "this" else "the background worker",
+            breaker["retryAt"],
         )
+        return True
 
     def _paused(self) -> tuple[str, float | None] | None:
         if self.has_model and self.breaker.state == CircuitBreaker.OPEN:

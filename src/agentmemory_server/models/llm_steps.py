@@ -113,14 +113,10 @@ def _only_for(provider: str, fn: Step) -> Step:
 
 def _model(ctx: Ctx, feature: str) -> llm.LLMService | None:
     """The LLM service when ``feature`` would use the model now (checked before building a
-    prompt, so no work is wasted without a key).
-
-    :raise ModelProviderDown: an explicit call while the provider's breaker is open."""
+    prompt, so no work is wasted without a key), and None while the provider is down: an
+    explicit call then takes the deterministic path at once instead of waiting on it."""
     svc = llm.service(ctx.rt)
-    if not svc.uses_model(feature):
-        return None
-    svc.refuse_while_down()
-    return svc
+    return svc if svc.uses_model(feature) and not svc.provider_down() else None
 
 
 def _budget(ctx: Ctx) -> int:
