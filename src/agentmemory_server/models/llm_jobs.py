@@ -46,7 +46,8 @@ JOB_RETRY_CAP = 3600.0  # between tries of a job whose handler failed
 OUTAGE_RETRY_CAP = 600.0  # between tries of a job waiting for the model: it runs at most 10 min after recovery
 OUTAGE_RETRY_MIN = 5.0
 # True while a background job runs on this thread: its model calls wait for the model, while an
-# explicit call (a client waiting on the answer) is told at once that the provider is down.
+# explicit call (a client waiting on the answer) takes the deterministic path at once while the
+# provider is down.
 _IN_JOB: ContextVar[bool] = ContextVar("agentmemory_llm_in_job", default=False)
 
 
