@@ -142,6 +142,33 @@ def test_the_image_route_needs_the_token(make_runtime):
     assert client.get(f"/agentmemory/images/{sha(png(6))}", headers=auth).data == png(6)
 
 
+def test_an_image_is_served_only_to_a_caller_that_may_read_a_record_showing_it(make_runtime):
+    """An image's id is the hash of its bytes: a caller limited to some records (a principal's
+    token, its projects) used to get any stored image by id, another project's screenshot too."""
+    admin_secret = "admin-secret-for-image-access"
+    client = create_app(runtime=make_runtime(secret=admin_secret)).test_client()
+    admin = {"Authorization": f"Bearer {admin_secret}"}
+
+    def token(principal: str, projects: list[str]) -> dict[str, str]:
+        made = client.post("/agentmemory/tokens", json={"principal": principal, "projects": projects}, headers=admin)
+        assert made.status_code == 201, made.json
+        return {"Authorization": f"Bearer {made.json['token']}"}
+
+    beta, alpha, eve = token("bot", ["beta"]), token("bot", ["alpha"]), token("eve", ["*"])
+    shot = png(71)
+    stored = client.post("/agentmemory/observe", json={**screenshot_hook("s-beta", shot), "project": "beta"}, headers=beta)
+    assert stored.status_code == 201 and stored.json["images"] == [sha(shot)], stored.json
+    url = f"/agentmemory/images/{sha(shot)}"
+    assert client.get(url, headers=beta).data == shot and client.get(url, headers=admin).data == shot
+    for caller in (alpha, eve):  # the same principal in another project; another principal
+        refused = client.get(url, headers=caller)
+        assert refused.status_code == 404 and refused.json["code"] == "image_not_found", refused.json
+    # Once a record of eve's shows the same bytes, the image is hers to see as well.
+    again = client.post("/agentmemory/observe", json={**screenshot_hook("s-eve", shot), "project": "p"}, headers=eve)
+    assert again.status_code == 201, again.json
+    assert client.get(url, headers=eve).data == shot
+
+
 def test_the_same_image_is_stored_once_and_released_when_forgotten(make_runtime):
     now = [1_800_000_000.0]
     rt = make_runtime(clock=Clock(lambda: now[0]))

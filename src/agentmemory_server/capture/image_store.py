@@ -22,6 +22,7 @@ from typing import Any
 from agentmemory_server import errors
 from agentmemory_server.capture.images import FoundImage
 from agentmemory_server.errors import NotFound
+from agentmemory_server.kernel.access import agent_filter, in_token_projects, isolated
 from agentmemory_server.kernel.registry import Ctx, Reply, params, string, tool
 from agentmemory_server.kernel.util import iso
 from agentmemory_server.storage.blobs import is_blob_id
@@ -125,6 +126,14 @@ class ImageStore:
         }
 
 
+def _shown_to(ctx: Ctx, image_id: str) -> bool:
+    """Whether a record the caller may read references the image (its agent, its token's projects)."""
+    reader = ctx.rt.db.reader()
+    rows = reader.images.linked_rows(image_id) if is_blob_id(image_id) else []
+    docs = reader.index.by_rowid(rows, {"agent_id": agent_filter(ctx)})
+    return any(in_token_projects(ctx, doc) for doc in docs)
+
+
 def store(ctx: Ctx) -> ImageStore:
     service: ImageStore = ctx.rt.services["images"]
     return service
@@ -139,6 +148,9 @@ def store(ctx: Ctx) -> ImageStore:
 )
 def image_get(ctx: Ctx, args: dict) -> Reply:
     """One stored image: its bytes over REST (auth applies), its facts elsewhere; 410 once the
-    quota evicted it."""
+    quota evicted it. A caller whose reads are limited (isolated agent scope, a principal's token)
+    gets only an image one of its records shows; any other is as unknown to it as a hash never stored."""
+    if isolated(ctx) and not _shown_to(ctx, args["imageId"]):
+        raise NotFound(f"no image {args['imageId']!r} in the image store", code=errors.IMAGE_NOT_FOUND)
     meta, data = store(ctx).read(args["imageId"])
     return Reply(meta, 200, content=(data, meta["mime"]))

@@ -43,6 +43,9 @@ class PgImageIndex:
             return None
         return bytes(row[0]) if row[0] is not None else self.legacy.read(image_id)
 
+    def linked_rows(self, image_id: str) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT doc_rowid FROM image_links WHERE image_id = %s", (image_id,))]
+
     def link(self, doc_rowid: int, image_ids: Sequence[str]) -> None:
         """The images search row ``doc_rowid`` references are exactly ``image_ids``."""
         # One statement nobody waits for (a pipelined transaction sends it on with the others):

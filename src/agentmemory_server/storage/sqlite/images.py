@@ -35,6 +35,9 @@ class SqliteImageIndex:
     def read(self, image_id: str) -> bytes | None:
         return self.blobs.read(image_id)
 
+    def linked_rows(self, image_id: str) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT doc_rowid FROM image_links WHERE image_id = ?", (image_id,))]
+
     def link(self, doc_rowid: int, image_ids: Sequence[str]) -> None:
         """The images search row ``doc_rowid`` references are exactly ``image_ids``."""
         current = {
