@@ -165,3 +165,20 @@ def test_the_capture_inbox_keeps_to_the_tokens_projects(app):
     assert rt.db.reader().records.get(SESSIONS, "s-beta") is None  # not stored despite the filter
     own = client.get("/agentmemory/capture", headers=as_(beta)).get_json()
     assert [item["eventId"] for item in own["items"]] == [filtered["eventId"]] and own["total"] == 1
+
+
+def test_a_principals_token_is_not_shown_whom_else_the_server_refused(app):
+    """/health, /status and the viewer's snapshot kept the latest refused request for any reader:
+    another principal's name, the tool it was refused and its address."""
+    _rt, client = app
+    ann = create(client, principal="ann", projects=["alpha"])["token"]
+    bot = create(client, principal="bot", projects=["beta"], rights=["read"])["token"]
+    refused = client.post("/agentmemory/search", json={"query": "x", "project": "gamma"}, headers=as_(ann))
+    assert refused.status_code == 403
+    for path in ("/agentmemory/health", "/agentmemory/status", "/agentmemory/viewer/snapshot"):
+        shown = client.get(path, headers=as_(bot))
+        assert shown.status_code == 200 and "ann" not in shown.get_data(as_text=True), (path, shown.get_json())
+    health = client.get("/agentmemory/health", headers=as_(bot)).get_json()["auth"]
+    assert health["denied"] >= 1 and "lastDenied" not in health  # the counts stay
+    admin = client.get("/agentmemory/health", headers=as_(SECRET)).get_json()["auth"]
+    assert "as ann" in admin["lastDenied"]["path"]

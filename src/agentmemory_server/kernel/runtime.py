@@ -275,9 +275,15 @@ class Runtime:
         except Unavailable as exc:  # a database server that does not answer
             return {"status": "critical", "error": exc.message}
 
-    def health_sections(self) -> dict[str, Any]:
+    def health_sections(self, *, for_principal: bool = False) -> dict[str, Any]:
+        """Every subsystem's health. ``for_principal``: the caller holds a principal's token, so
+        the latest refused request (which names another principal, the tool and the address it
+        came from) is left out of ``auth``; the counts stay."""
+        auth = self.denials.health()
+        if for_principal:
+            auth.pop("lastDenied", None)
         sections: dict[str, Any] = {
-            "auth": self.denials.health(),
+            "auth": auth,
             "rateLimit": self.limiter.health(),
             "storage": self._storage_health(),
         }

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from agentmemory_server.errors import Unavailable
-from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.access import agent_filter, token_principal
 from agentmemory_server.kernel.registry import Ctx, Reply, params, tool
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS
 from agentmemory_server.storage.interfaces import equal
@@ -33,7 +33,7 @@ def health(ctx: Ctx, args: dict) -> Any:
         from_database.update(counts=core_counts(ctx), queues=queue_sizes(ctx))
     except Unavailable as exc:  # a database server that does not answer: still a health document
         db["error"] = exc.message
-    sections = rt.health_sections()
+    sections = rt.health_sections(for_principal=token_principal(ctx) is not None)
     states = [s.get("status") for s in sections.values() if isinstance(s, dict)]
     status = "critical" if "critical" in states or "error" in db else "degraded" if "degraded" in states else "healthy"
     body = {

@@ -15,7 +15,7 @@ from typing import Any
 from agentmemory_server import errors
 from agentmemory_server.errors import NotFound
 from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.access import agent_filter, in_token_projects
+from agentmemory_server.kernel.access import agent_filter, in_token_projects, token_principal
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, Reply, integer, params, string, tool
 from agentmemory_server.kernel.scopes import obs_scope
 from agentmemory_server.operations import health, overview
@@ -106,12 +106,13 @@ def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
     alerts: list[dict[str, str]] = []
     denied = (sections.get("auth") or {}).get("denied", 0)
     if denied:
-        last = (sections["auth"].get("lastDenied") or {}) or {}
+        last = sections["auth"].get("lastDenied")  # left out for a principal's token
+        latest = f" (latest: {last.get('reason')} {last.get('path')})" if last else ""
         alerts.append(
             _alert(
                 "warn",
-                f"{denied} request(s) refused without a valid token since start (latest: {last.get('reason')} "
-                f"{last.get('path')}); hook scripts exit 0 on a 401, so their events were lost",
+                f"{denied} request(s) refused without a valid token since start{latest}; hook scripts exit 0 on "
+                "a 401, so their events were lost",
                 "give clients AGENTMEMORY_SECRET (or let them read the server's secret file)",
             )
         )
@@ -166,7 +167,7 @@ def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
 def status_report(ctx: Ctx) -> dict[str, Any]:
     rt = ctx.rt
     report = registry.run(health.health, ctx, {})
-    sections = rt.health_sections()
+    sections = rt.health_sections(for_principal=token_principal(ctx) is not None)
     llm = sections.get("llm") or {}
     vectors = sections.get("vectors") or {}
     return {
