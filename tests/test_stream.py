@@ -396,3 +396,35 @@ def test_a_socket_closed_here_after_an_unanswered_ping_ends_its_reader_without_a
     finally:
         peer.close()
         ours.close()  # the server (gunicorn) closes the connection's socket when the handler returns
+
+
+def test_a_socket_closed_here_before_its_reader_registers_it_ends_the_reader_without_an_error(monkeypatch):
+    # A viewer over the limit is closed right after the handshake; when that close came before
+    # the library's reader thread registered the socket with its selector, the registration
+    # failed (EBADF, EINVAL) and the thread died with a traceback in the server's log (seen in the
+    # suite's hostile-connections test). Here the socket's descriptor is closed just before the
+    # reader's first step, as that race leaves it.
+    from simple_websocket import Server
+
+    from agentmemory_server.adapters.stream import ReaderThread
+
+    errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    ours, peer = socket.socketpair()
+
+    class ClosedFirst(ReaderThread):
+        def run(self) -> None:
+            os.close(ours.fileno())  # the descriptor goes; the socket object still names it
+            super().run()
+
+    environ = {"gunicorn.socket": ours, "HTTP_HOST": "127.0.0.1", "HTTP_CONNECTION": "Upgrade",
+               "HTTP_UPGRADE": "websocket", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+               "HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(os.urandom(16)).decode()}
+    try:
+        ws = Server.accept(environ, ping_interval=0.2, thread_class=ClosedFirst)
+        ws.thread.join(timeout=5)
+        assert not ws.thread.is_alive()
+        assert errors == []
+    finally:
+        peer.close()
+        ours.detach()  # its descriptor is already closed

@@ -103,7 +103,9 @@ class ReaderThread(threading.Thread):
     ``ConnectionClosed`` when the socket is no longer open. When this side closed the same socket
     a moment before (a viewer over the limit, one lagging, a server stopping), the two closes race
     and the library's thread died with a traceback in the log. Both meant to close it: that is
-    not an error."""
+    not an error. Nor is a socket this side closed before the thread registered it with its
+    selector (a viewer over the limit is closed right after the handshake): the registration
+    fails (EBADF, EINVAL), and the thread has nothing left to read."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs["daemon"] = True
@@ -114,6 +116,8 @@ class ReaderThread(threading.Thread):
             super().run()
         except ConnectionClosed:
             log.debug("a WebSocket closed by this side and by its ping timer at once")
+        except OSError as exc:
+            log.debug("a WebSocket's socket was closed before its reader started: %s", exc)
 
 
 class StreamSession:
