@@ -147,6 +147,8 @@ def _save(ctx: Ctx, project: str | None, key: str, draft: dict[str, Any]) -> tup
     memories) unless the same observations were consolidated before."""
     agent, state_key = _state_key(ctx, project, key)
     sources = draft["sourceObservationIds"]
+    # Read again, not reused from ``_written``: a model step may have taken seconds, in which
+    # another run (a sibling process, the background job) can have written this group.
     previous = ctx.rt.db.reader().records.get(STATE, state_key)
     if previous and previous.get("sources") == sources:
         return None
