@@ -3,6 +3,7 @@ real server processes on free loopback ports."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -353,6 +354,10 @@ def end_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: 
     """Stop a child started with ``start_new_session=True`` and everything in its process group:
     ``sig`` first, SIGKILL after ``grace`` seconds, then SIGKILL for whatever the leader left behind
     (the workers of a server that died). Always reaps the leader."""
+    # A finished test's responses can sit in reference cycles, their kept-alive connections open
+    # until the collector runs; a stopping server waits up to 2 s for such a connection's next
+    # request (gunicorn's STOP_KEEPALIVE_LINGER). Collecting first closes them.
+    gc.collect()
     if proc.poll() is None:  # alive, or exited but not reaped: either way its pid (the group id) is ours
         os.killpg(proc.pid, sig)
         try:
