@@ -106,6 +106,11 @@ def test_the_live_stream_keeps_to_the_tokens_projects(live_server):
         assert post(server.api("/remember"), {"content": f"beta fact {MARK}"}, headers=as_(beta)).status_code == 201
         assert post(server.api("/remember"), {"content": "alpha fact"}, headers=as_(alpha)).status_code == 201
         assert next_event(ws, "memory")["record"]["content"] == "alpha fact"  # beta's came first and was held back
+    # A token with the write right alone may not watch: every event carries a record.
+    blind = make_token(server, principal="bot", projects=["alpha"], rights=["write"])["token"]
+    with connect(ws_url(server), additional_headers=as_(blind), open_timeout=10) as ws:
+        code, reason = close_code(ws)
+        assert code == 1008 and "'read' right" in reason, (code, reason)
 
 
 def test_a_revoked_token_closes_the_websocket_it_opened(live_server):

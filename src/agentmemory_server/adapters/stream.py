@@ -6,7 +6,8 @@ A session on one WebSocket:
    header or ``?token=``) or the client's first message is ``{"type": "auth", "token": ...}``,
    within ``AUTH_TIMEOUT`` seconds; otherwise the socket is closed with 1008. The token is
    checked again every ``RECHECK_SECONDS`` while the socket is open: a revoked API token closes
-   it (1008) as it refuses the token's next request, not only its next connection.
+   it (1008) as it refuses the token's next request, not only its next connection. A
+   principal's token without the ``read`` right is closed with 1008 too: events carry records.
 2. **Hello.** ``{"type": "hello", "version", "epoch", "seq", "replayed", "complete"}``. ``seq``
    is the last event sequence number at subscription. A reconnecting client passes
    ``since=<last seq it saw>`` and ``epoch`` (query string or auth message) and first receives
@@ -39,6 +40,7 @@ from typing import Any
 
 from simple_websocket import ConnectionClosed
 
+from agentmemory_server import errors
 from agentmemory_server.errors import CapacityExceeded
 from agentmemory_server.kernel import principals
 from agentmemory_server.kernel.events import (
@@ -157,12 +159,22 @@ class StreamSession:
             self._close(CLOSE_TRY_AGAIN, exc.message)
             return
         try:
-            if self.authenticated or self._authenticate():
+            if (self.authenticated or self._authenticate()) and self._may_watch():
                 self._stream()
         finally:
             self.rt.hub.close_socket()
             if self._caller is not None:
                 principals.CALLER.reset(self._caller)
+
+    def _may_watch(self) -> bool:
+        """A principal's token without the read right may not watch: every event carries a record
+        (its calls over this socket are checked as any call is)."""
+        principal = principals.current()
+        if principal is None or principal.is_admin_token or principal.may("read"):
+            return True
+        self.rt.deny(errors.TOKEN_RIGHTS, f"/stream/mem-live/viewer as {principal.name}", None)
+        self._close(CLOSE_POLICY, "forbidden: the token lacks the 'read' right the live stream needs")
+        return False
 
     def _stream(self) -> None:
         sub = self._subscribe()

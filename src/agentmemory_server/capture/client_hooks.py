@@ -24,7 +24,7 @@ from agentmemory_server.capture.sessions import session_end, session_start
 from agentmemory_server.capture.spool import SpoolRefused, spool_service
 from agentmemory_server.errors import AppError, CapacityExceeded
 from agentmemory_server.kernel import principals, registry
-from agentmemory_server.kernel.access import agent_filter
+from agentmemory_server.kernel.access import agent_filter, may_read
 from agentmemory_server.kernel.registry import Ctx, params, string, tool
 from agentmemory_server.kernel.util import estimate_tokens, iso, parse_time, truncate
 from agentmemory_server.kernel.wording import one_line, paths_seen_from
@@ -60,6 +60,8 @@ def hook_event(ctx: Ctx, args: dict) -> dict:
     # A start compiles its context first, so the block holds what earlier sessions left and not
     # the start that was just recorded.
     context = start_session(ctx, event, project) if event.lifecycle == START else None
+    if not may_read(ctx):  # a write-only token is handed no context block (principals.OWN_WRITE_RECEIPT)
+        context = None
     try:
         observed = registry.run(agent_observe, ctx, observe_args(ctx, event, project, at))
     except CapacityExceeded:
@@ -182,7 +184,7 @@ def after_store(ctx: Ctx, event: HookEvent, project: str | None) -> str | None:
     if event.lifecycle in (TURN_END, END):
         registry.run(session_end, ctx, {"sessionId": event.session_id, "final": event.lifecycle == END})
         return None
-    if event.prompt and mode == "all":
+    if event.prompt and mode == "all" and may_read(ctx):
         return relevant_memories(ctx, event.session_id, project, event.prompt, event.cwd)
     return None
 

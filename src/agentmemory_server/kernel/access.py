@@ -15,6 +15,7 @@ from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, Forbidden
 from agentmemory_server.kernel.principals import scope_project
 from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.storage.interfaces import Where, equal
 
 
 def token_principal(ctx: Ctx) -> str | None:
@@ -72,8 +73,39 @@ def in_token_projects(ctx: Ctx, record: dict[str, Any]) -> bool:
 
 def token_limits_projects(ctx: Ctx) -> bool:
     """Whether the caller's API token is valid for some projects only (not ``*``)."""
+    return token_projects(ctx) is not None
+
+
+def token_projects(ctx: Ctx) -> tuple[str, ...] | None:
+    """The projects the caller's API token is valid for, or None when it is not limited to some
+    (the admin secret, a token for ``*``, a trusted in-process caller). Counts and listings that
+    name no project keep to these, and to records of no project (``in_token_projects``)."""
     principal = getattr(ctx, "principal", None)
-    return principal is not None and not principal.is_admin_token and "*" not in principal.projects
+    if principal is None or principal.is_admin_token or "*" in principal.projects:
+        return None
+    return tuple(principal.projects)
+
+
+def may_read(ctx: Ctx) -> bool:
+    """Whether the caller may read records: False only for a principal's token without the
+    ``read`` right, whose write tools answer with ids and states alone
+    (``principals.write_receipt``)."""
+    principal = getattr(ctx, "principal", None)
+    return principal is None or principal.is_admin_token or principal.may("read")
+
+
+def count_visible(ctx: Ctx, store: Any, scope: str, requested: str | None = None) -> int:
+    """How many records of ``scope`` the caller may read (``visible_to``'s rule, counted by the
+    database): those of its agent filter and, for a token limited to projects, only those of one
+    of them or of no project."""
+    where = equal(agentId=agent_filter(ctx, requested))
+    total = int(store.records.count_where(scope, where))
+    projects = token_projects(ctx)
+    if projects is None:
+        return total
+    with_project = store.records.count_where(scope, [*where, Where("project", ">=", "")])  # any project at all
+    listed = store.records.count_where(scope, [*where, Where("project", "in", list(projects))])
+    return total - int(with_project) + int(listed)
 
 
 def visible_to(ctx: Ctx, record: dict[str, Any] | None, requested: str | None = None) -> bool:
@@ -87,6 +119,6 @@ def claim_session(ctx: Ctx, session: dict[str, Any] | None, session_id: str) -> 
     would change that agent's session and answer with its data), or one of a project the
     caller's token is not valid for (403 ``token_project``, counted with the other denials)."""
     if session is not None and isinstance(session.get("project"), str):
-        scope_project(ctx, session["project"], f"session {session_id}")
+        scope_project(ctx, session["project"], f"session {session_id}", stored=True)
     if session is not None and isolated(ctx) and not visible_to(ctx, session):
         raise Conflict(f"session {session_id!r} belongs to another agent", code=errors.SESSION_OWNED_BY_OTHER_AGENT)

@@ -87,6 +87,11 @@ ADMIN_TOOLS = frozenset(
 )
 
 
+# Write tools that answer a caller without the read right in their own way (a hook's answer keeps
+# its client's format, without the context block) instead of with ``write_receipt``.
+OWN_WRITE_RECEIPT = frozenset({"hook_event"})
+
+
 def right_needed(tool: Any) -> str:
     """``read``, ``write`` or ``admin`` for a registry tool."""
     if tool.name in ADMIN_TOOLS:
@@ -193,17 +198,68 @@ def authorize(principal: Principal | None, tool: Any, args: dict[str, Any]) -> N
         raise _not_for_project(principal, project)
 
 
+def answers_with_receipt(principal: Principal | None, tool: Any) -> bool:
+    """Whether a write tool's answer goes to a caller that may not read (a principal's token
+    without the ``read`` right): it gets ``write_receipt`` of it, not the records."""
+    return (
+        principal is not None
+        and not principal.is_admin_token
+        and not principal.may("read")
+        and tool.name not in OWN_WRITE_RECEIPT
+        and right_needed(tool) == "write"
+    )
+
+
+def write_receipt(data: Any) -> Any:
+    """What a write tool's answer tells a caller that may not read: its ids (``id``, ``...Id``,
+    ``...Ids``, ``superseded``), states (``status``), flags and numbers (versions, counts), at the
+    places the full answer has them; no text. Write tools answer with records the caller did not
+    write (a near-duplicate's merged version, a session's summary built from its observations,
+    a slot's whole content after an append, the memories an enrichment found, a reflection's
+    insights), which a write-only token must not read."""
+    if isinstance(data, dict):
+        kept: dict[str, Any] = {}
+        for key, value in data.items():
+            if _kept_as_is(key, value):
+                kept[key] = value
+            elif isinstance(value, dict | list):
+                kept[key] = write_receipt(value)
+        return kept
+    if isinstance(data, list):
+        return [write_receipt(item) for item in data if isinstance(item, dict | list)]
+    return None
+
+
+def _kept_as_is(key: str, value: Any) -> bool:
+    if value is None or isinstance(value, bool | int | float):
+        return True
+    names_ids = key == "id" or key.endswith(("Id", "Ids")) or key in ("superseded", "supersedes")
+    if isinstance(value, str):
+        return names_ids or key == "status"
+    return names_ids and isinstance(value, list) and _all_strings(value)
+
+
+def _all_strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def _not_for_project(principal: Principal, project: str) -> Forbidden:
     return Forbidden(f"the token of {principal.name!r} is not valid for project {project!r}", code=errors.TOKEN_PROJECT)
 
 
-def scope_project(ctx: Any, project: str | None, what: str) -> None:
+def scope_project(ctx: Any, project: str | None, what: str, *, stored: bool = False) -> None:
     """Refuse a project the request names by its content rather than by a ``project`` argument
-    (a hook's working directory), as ``scope_call`` refuses the argument: 403, counted."""
+    (a hook's working directory), as ``scope_call`` refuses the argument: 403, counted.
+    ``stored``: the project is that of a stored record the request named by id (a session), so
+    the refusal does not name it (the caller may not learn its principal's other projects)."""
     principal = ctx.principal
     if principal is None or principal.is_admin_token or project is None or principal.allows_project(project):
         return
-    refused = _not_for_project(principal, project)
+    refused = (
+        Forbidden(f"the token of {principal.name!r} is not valid for the project of {what}", code=errors.TOKEN_PROJECT)
+        if stored
+        else _not_for_project(principal, project)
+    )
     ctx.rt.deny(refused.code, f"{what} as {principal.name}", ctx.source)
     raise refused
 

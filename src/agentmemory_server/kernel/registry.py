@@ -393,7 +393,7 @@ def call(ctx: Ctx, name: str, args: dict[str, Any] | None) -> Any:
     if ctx.principal is not None:
         principals.scope_call(ctx, tool_, prepared)
     try:
-        return tool_.handler(ctx, prepared)
+        result = tool_.handler(ctx, prepared)
     except AppError:
         raise
     except Exception as exc:
@@ -403,6 +403,11 @@ def call(ctx: Ctx, name: str, args: dict[str, Any] | None) -> Any:
         if fault is None:
             raise
         raise fault from exc
+    if principals.answers_with_receipt(ctx.principal, tool_):  # a write-only token reads nothing back
+        if isinstance(result, Reply):
+            return Reply(principals.write_receipt(result.data), result.status)
+        return principals.write_receipt(result)
+    return result
 
 
 def run(handler: Callable[[Ctx, dict], Any], ctx: Ctx, args: dict[str, Any]) -> Any:

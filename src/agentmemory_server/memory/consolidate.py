@@ -19,15 +19,16 @@ from collections import Counter
 from typing import Any
 
 from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.access import agent_filter, stamp_agent
+from agentmemory_server.kernel.access import agent_filter, count_visible, stamp_agent, token_projects
 from agentmemory_server.kernel.model_steps import SYNTHETIC, Deferred, run_model_steps
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, integer, params, string, tool
 from agentmemory_server.kernel.scopes import CONSOLIDATION as STATE
 from agentmemory_server.kernel.scopes import PROCEDURAL, RELATIONS, SEMANTIC, SUMMARIES
 from agentmemory_server.kernel.util import truncate
-from agentmemory_server.memory import memories, summaries
+from agentmemory_server.memory import memories, relations, summaries
 from agentmemory_server.memory.vocabulary import NOISE, file_names_only
 from agentmemory_server.retrieval import search
+from agentmemory_server.storage.interfaces import equal
 
 SCAN = 1000
 MIN_GROUP = 3
@@ -259,18 +260,27 @@ def _consolidate_project(
 def consolidation_status(ctx: Ctx, args: dict) -> dict:
     """The memory layers consolidation builds (upstream 0.9.30): whether it runs after session
     ends, whether a model writes it, the records of each layer and when a run last wrote."""
-    agent_filter(ctx)  # isolated scope without an agent id fails closed, as every read
+    agent = agent_filter(ctx)  # isolated scope without an agent id fails closed, as every read
     llm = ctx.rt.services.get("llm")
     store = ctx.rt.db.reader()
-    last = store.audit.times("consolidate", limit=1)
+    # The layers' records the caller may read (isolated scope, a principal's token: its own, of
+    # its token's projects); the latest run is anyone's, so it is shown when all records are.
+    last = store.audit.times("consolidate", limit=1) if agent is None else []
     return {
         "success": True,
         "enabled": bool(llm is not None and llm.consolidation_on()),
         "llmConfigured": bool(llm is not None and llm.has_model),
-        "summaries": store.records.count(SUMMARIES),
-        "recurringPatterns": store.records.count(STATE),
-        "semanticFacts": store.records.count(SEMANTIC),
-        "procedures": store.records.count(PROCEDURAL),
-        "relations": store.records.count(RELATIONS),
+        "summaries": count_visible(ctx, store, SUMMARIES),
+        "recurringPatterns": count_visible(ctx, store, STATE),
+        "semanticFacts": count_visible(ctx, store, SEMANTIC),
+        "procedures": count_visible(ctx, store, PROCEDURAL),
+        "relations": _relation_count(ctx, store, agent),
         "lastRun": last[0] if last else None,
     }
+
+
+def _relation_count(ctx: Ctx, store: Any, agent: str | None) -> int:
+    if token_projects(ctx) is None:
+        return count_visible(ctx, store, RELATIONS)
+    mine = store.records.query(RELATIONS, equal(agentId=agent))
+    return len(relations.in_token_projects_only(ctx, store, mine))

@@ -15,7 +15,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.errors import NotFound
-from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
+from agentmemory_server.kernel.access import agent_filter, in_token_projects, stamp_agent, token_projects, visible_to
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, Reply, integer, number, obj, params, string, tool
 from agentmemory_server.kernel.scopes import MEMORIES, RELATIONS
@@ -155,13 +155,27 @@ def relations_touching(store: UnitOfWork, ids: list[str]) -> list[dict]:
     return list(found.values())
 
 
+def in_token_projects_only(ctx: Ctx, store: Any, relations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The relations a token limited to projects may see: both memories of one of its projects
+    (or of none). A relation has no project of its own, and its principal's memories may lie in
+    projects its other tokens chose; a relation whose memory is gone is left out."""
+    if token_projects(ctx) is None or not relations:
+        return relations
+    ends = store.records.get_many(MEMORIES, sorted({r[k] for r in relations for k in ("sourceId", "targetId")}))
+    return [
+        r
+        for r in relations
+        if all(end in ends and in_token_projects(ctx, ends[end]) for end in (r["sourceId"], r["targetId"]))
+    ]
+
+
 def _walk(ctx: Ctx, store, start: str, hops: int, args: dict) -> list[dict[str, Any]]:
     agent = agent_filter(ctx, args.get("agentId"))
     found: dict[str, dict] = {}
     frontier, seen = [start], {start}
     for _ in range(hops):
         nxt = []
-        for rel in relations_touching(store, frontier):
+        for rel in in_token_projects_only(ctx, store, relations_touching(store, frontier)):
             if (agent is not None and rel.get("agentId") != agent) or rel["id"] in found:
                 continue
             if float(rel.get("confidence", 0)) < args["minConfidence"]:
@@ -215,6 +229,7 @@ def relations_list(ctx: Ctx, args: dict) -> dict:
         and float(r.get("confidence", 0)) >= args["minConfidence"]
         and (not args.get("type") or r.get("type") == args["type"])
     ]
+    relations = in_token_projects_only(ctx, store, relations)
     relations.sort(key=lambda r: (r.get("updatedAt") or "", r["id"]), reverse=True)
     return {"success": True, "relations": relations[: args["limit"]], "total": len(relations)}
 

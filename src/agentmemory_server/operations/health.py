@@ -6,10 +6,9 @@ from collections import Counter
 from typing import Any
 
 from agentmemory_server.errors import Unavailable
-from agentmemory_server.kernel.access import agent_filter, token_principal
+from agentmemory_server.kernel.access import agent_filter, count_visible, token_principal, token_projects
 from agentmemory_server.kernel.registry import Ctx, Reply, params, tool
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS
-from agentmemory_server.storage.interfaces import equal
 
 # Scope families shown under another name in counts (kv scopes are "mem:<family>[:...]").
 _FAMILY_NAMES = {"obs": "observations", "action-edges": "actionEdges"}
@@ -24,6 +23,8 @@ def livez(ctx: Ctx, args: dict) -> dict:
 @tool("health", params(), http=[("GET", "/health")], mcp=False)
 def health(ctx: Ctx, args: dict) -> Any:
     """Health snapshot: database, record counts, background jobs and every subsystem."""
+    if token_principal(ctx) is not None:
+        return principal_health(ctx)
     rt = ctx.rt
     db: dict[str, Any] = {"path": rt.db.location}
     from_database: dict[str, Any] = {}
@@ -33,9 +34,8 @@ def health(ctx: Ctx, args: dict) -> Any:
         from_database.update(counts=core_counts(ctx), queues=queue_sizes(ctx))
     except Unavailable as exc:  # a database server that does not answer: still a health document
         db["error"] = exc.message
-    sections = rt.health_sections(for_principal=token_principal(ctx) is not None)
-    states = [s.get("status") for s in sections.values() if isinstance(s, dict)]
-    status = "critical" if "critical" in states or "error" in db else "degraded" if "degraded" in states else "healthy"
+    sections = rt.health_sections()
+    status = overall_status(sections, db)
     body = {
         "status": status,
         "service": "agentmemory",
@@ -47,6 +47,50 @@ def health(ctx: Ctx, args: dict) -> Any:
         "jobs": rt.jobs.status(),
         **sections,
     }
+    return Reply(body, 503) if status == "critical" else body
+
+
+def overall_status(sections: dict[str, Any], db: dict[str, Any]) -> str:
+    states = [s.get("status") for s in sections.values() if isinstance(s, dict)]
+    return "critical" if "critical" in states or "error" in db else "degraded" if "degraded" in states else "healthy"
+
+
+def section_states(sections: dict[str, Any]) -> dict[str, Any]:
+    """Each section's ``status`` alone (sections without one left out): what a principal's
+    token is shown of the server's parts."""
+    return {
+        name: {"status": section["status"]}
+        for name, section in sections.items()
+        if isinstance(section, dict) and isinstance(section.get("status"), str)
+    }
+
+
+def principal_health(ctx: Ctx) -> Any:
+    """/health for a principal's token: the status (503 when critical, as for any caller), the
+    version and uptime, the counts of the records it may read and each part's status. The rest
+    describes the whole store (every principal's and project's queues, jobs, sizes, refusals,
+    model usage, the database's path) and is the admin secret's."""
+    rt = ctx.rt
+    db: dict[str, Any] = {}
+    counts: dict[str, Any] = {}
+    try:
+        counts = {"counts": record_counts(ctx)}
+    except Unavailable as exc:
+        db["error"] = exc.message
+    sections = rt.health_sections(for_principal=True)
+    status = overall_status(sections, db)
+    principal = ctx.principal
+    body = {
+        "status": status,
+        "service": "agentmemory",
+        "version": rt.version,
+        "uptimeSeconds": round(rt.clock.time() - rt.started_at, 1),
+        "shownTo": {"principal": principal.name, "projects": list(principal.projects)},
+        **counts,
+        **section_states(sections),
+    }
+    if "error" in db:
+        body["db"] = {"status": "critical"}
     return Reply(body, 503) if status == "critical" else body
 
 
@@ -115,16 +159,16 @@ def core_counts(ctx: Ctx) -> dict[str, int]:
 
 def record_counts(ctx: Ctx) -> dict[str, int]:
     """Records per family of kv scopes (observations summed over sessions, slots over scopes).
-    With an agent filter (isolated scope) only the agent's sessions, observations and memories."""
+    With an agent filter (isolated scope, a principal's token) only the agent's sessions,
+    observations and memories, and for a token limited to projects only those of its projects
+    (or of none: ``access.in_token_projects``)."""
     store = ctx.rt.db.reader()
     agent = agent_filter(ctx)
     if agent is not None:
-        sessions = store.records.count_where(SESSIONS, equal(agentId=agent))
-        memories = store.records.count_where(MEMORIES, equal(agentId=agent))
         return {
-            "sessions": sessions,
-            "memories": memories,
-            "observations": store.index.total(filters={"kinds": ["observation"], "agent_id": agent}),
+            "sessions": count_visible(ctx, store, SESSIONS),
+            "memories": count_visible(ctx, store, MEMORIES),
+            "observations": observation_count(store, agent, token_projects(ctx)),
         }
     counts: Counter = Counter()
     for scope, n in store.records.scope_counts().items():
@@ -134,3 +178,12 @@ def record_counts(ctx: Ctx) -> dict[str, int]:
     for family in ("sessions", "observations", "memories"):
         counts.setdefault(family, 0)
     return dict(counts)
+
+
+def observation_count(store: Any, agent: str, projects: tuple[str, ...] | None) -> int:
+    """The agent's observations; with ``projects``, only those of one of them or of none."""
+    filters = {"kinds": ["observation"], "agent_id": agent}
+    if projects is None:
+        return int(store.index.total(filters=filters))
+    by_project = store.index.group_counts("project", filters)
+    return int(sum(n for project, n in by_project.items() if project is None or project in projects))

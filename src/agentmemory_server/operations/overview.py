@@ -12,10 +12,10 @@ from datetime import timedelta
 from typing import Any
 
 from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.access import agent_filter, in_token_projects, visible_to
+from agentmemory_server.kernel.access import agent_filter, in_token_projects, token_principal, visible_to
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, array, integer, params, string, tool
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS
-from agentmemory_server.kernel.util import parse_time
+from agentmemory_server.kernel.util import iso, parse_time
 from agentmemory_server.operations import health
 from agentmemory_server.retrieval import search
 from agentmemory_server.retrieval.search import STOPWORDS
@@ -33,9 +33,31 @@ _TERM = re.compile(r"[\w][\w.+#-]*", re.UNICODE)
 
 def ingest_rate(ctx: Ctx, operation: str) -> dict[str, Any]:
     """Changes per minute over the last hour, from the audit log (oldest minute first)."""
+    if token_principal(ctx) is not None:
+        return own_ingest_rate(ctx, operation)
+    times = ctx.rt.db.reader().audit.times(operation, limit=INGEST_SCAN_LIMIT)
+    return _per_minute(ctx, times)
+
+
+# The kind of record each counted audit operation writes.
+_INGESTED_KIND = {"observe": "observation", "remember": "memory"}
+
+
+def own_ingest_rate(ctx: Ctx, operation: str) -> dict[str, Any]:
+    """For a principal's token: its own records of the operation's kind per minute over the last
+    hour, by their time (the audit log counts every principal's and project's writes), of its
+    token's projects only."""
+    since = ctx.rt.clock.now() - timedelta(minutes=INGEST_WINDOW_MINUTES)
+    filters = {"kinds": [_INGESTED_KIND[operation]], "agent_id": agent_filter(ctx), "since": iso(since)}
+    docs = ctx.rt.db.reader().index.recent(limit=INGEST_SCAN_LIMIT, offset=0, filters=filters)
+    return _per_minute(ctx, [doc["ts"] for doc in docs if in_token_projects(ctx, doc)], scanned=len(docs))
+
+
+def _per_minute(ctx: Ctx, times: list[str], scanned: int | None = None) -> dict[str, Any]:
+    """Times (newest first) in minute buckets over the last hour, oldest minute first."""
     now = ctx.rt.clock.now().replace(second=0, microsecond=0)
     buckets = [0] * INGEST_WINDOW_MINUTES
-    times = ctx.rt.db.reader().audit.times(operation, limit=INGEST_SCAN_LIMIT)
+    scanned = len(times) if scanned is None else scanned
     for ts in times:
         when = parse_time(ts)
         if when is None:
@@ -49,7 +71,7 @@ def ingest_rate(ctx: Ctx, operation: str) -> dict[str, Any]:
         "perMinute": buckets,
         "lastMinute": buckets[-1],
         "lastHour": sum(buckets),
-        "capped": len(times) >= INGEST_SCAN_LIMIT and sum(buckets) >= len(times),
+        "capped": scanned >= INGEST_SCAN_LIMIT and sum(buckets) >= len(times),
     }
 
 
@@ -73,7 +95,7 @@ def features() -> dict[str, bool]:
 def viewer_overview(ctx: Ctx, args: dict) -> dict:
     """Dashboard numbers: records per kind, observations and memories ingested per minute over the
     last hour, the live stream's state and which optional routes this server has."""
-    return {
+    body = {
         "counts": health.record_counts(ctx),
         "features": features(),
         "ingest": {
@@ -85,6 +107,9 @@ def viewer_overview(ctx: Ctx, args: dict) -> dict:
         "version": ctx.rt.version,
         "now": ctx.rt.clock.iso(),
     }
+    if token_principal(ctx) is not None:  # the stream's numbers count every principal's events
+        del body["live"]
+    return body
 
 
 # -- activity ----------------------------------------------------------------------------------------------

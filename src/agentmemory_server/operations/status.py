@@ -167,7 +167,9 @@ def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
 def status_report(ctx: Ctx) -> dict[str, Any]:
     rt = ctx.rt
     report = registry.run(health.health, ctx, {})
-    sections = rt.health_sections(for_principal=token_principal(ctx) is not None)
+    if token_principal(ctx) is not None:
+        return principal_report(ctx, report)
+    sections = rt.health_sections()
     llm = sections.get("llm") or {}
     vectors = sections.get("vectors") or {}
     return {
@@ -189,6 +191,27 @@ def status_report(ctx: Ctx) -> dict[str, Any]:
         "auth": sections.get("auth"),
         "capture": sections.get("capture"),
         "images": sections.get("images"),
+        "generatedAt": rt.clock.iso(),
+    }
+
+
+def principal_report(ctx: Ctx, report: dict[str, Any]) -> dict[str, Any]:
+    """The status report for a principal's token: its own counts and the parts that are not
+    healthy, nothing of the whole store (indexes, database, refused requests, capture inbox,
+    images, model usage: the admin secret's, as in ``health.principal_health``)."""
+    rt = ctx.rt
+    sections = rt.health_sections(for_principal=True)
+    return {
+        "service": "agentmemory",
+        "version": rt.version,
+        "status": report["status"],
+        "uptimeSeconds": report["uptimeSeconds"],
+        "ports": {"rest": rt.settings.port, "streams": rt.settings.port, "viewer": rt.settings.port},
+        "alerts": alerts_of(health.section_states(sections)),
+        "provider": (sections.get("llm") or {}).get("provider") or "noop",
+        "embeddingProvider": (sections.get("vectors") or {}).get("provider") or "none",
+        "shownTo": report["shownTo"],
+        "counts": report.get("counts", {}),
         "generatedAt": rt.clock.iso(),
     }
 
@@ -241,6 +264,21 @@ def viewer_snapshot(ctx: Ctx, args: dict) -> dict:
     ingest rates, indexes, capture inbox and refused requests."""
     report = status_report(ctx)
     view = registry.run(overview.viewer_overview, ctx, {})
+    if "shownTo" in report:  # a principal's token: nothing of the whole store (principal_report)
+        return {
+            "version": report["version"],
+            "service": "agentmemory",
+            "ports": report["ports"],
+            "provider": report["provider"],
+            "embeddingProvider": report["embeddingProvider"],
+            "status": report["status"],
+            "shownTo": report["shownTo"],
+            "counts": view["counts"],
+            "ingest": view["ingest"],
+            "features": view["features"],
+            "report": {"alerts": report["alerts"]},
+            "generatedAt": report["generatedAt"],
+        }
     return {
         "version": report["version"],
         "service": "agentmemory",
