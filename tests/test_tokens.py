@@ -279,6 +279,24 @@ def test_a_project_tokens_counts_and_lists_keep_to_its_projects(app):
     assert client.get("/agentmemory/counts", headers=as_(SECRET)).get_json()["counts"]["memories"] == 6
 
 
+def test_a_principals_token_is_shown_the_state_of_each_check_not_what_it_found(app):
+    """Diagnostics read the whole store and named what they found: a sample of other projects'
+    records (a session id here), slot scopes with project names, counts."""
+    rt, client = app
+    tokens = seed_two_projects(client)
+    with rt.db.transaction("test_drift") as tx:  # a session whose observation count drifted
+        session = tx.records.get(SESSIONS, "s-beta")
+        tx.records.set(SESSIONS, "s-beta", {**session, "observationCount": 99}, now=rt.clock.iso())
+    shown = client.post("/agentmemory/diagnostics", json={}, headers=as_(tokens["alpha"]))
+    checks = {c["name"]: c for c in shown.get_json()["checks"]}
+    assert shown.status_code == 200 and checks["session_counts"]["status"] == "warn", checks
+    assert "s-beta" not in shown.get_data(as_text=True) and "message" not in checks["session_counts"]
+    called = rpc(client, tokens["alpha"], "tools/call", {"name": "memory_diagnose", "arguments": {}})
+    assert "warn" in json.dumps(called) and "s-beta" not in json.dumps(called)
+    admin = client.post("/agentmemory/diagnostics", json={}, headers=as_(SECRET)).get_json()
+    assert "s-beta" in {c["name"]: c for c in admin["checks"]}["session_counts"]["message"]
+
+
 def test_a_write_only_token_is_answered_with_ids_and_states_not_records(app):
     """Write tools answered with records the caller did not write: a session start with the
     session's first prompt, an append with the slot's whole content, a strengthened lesson, an

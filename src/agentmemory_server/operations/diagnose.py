@@ -14,6 +14,7 @@ import logging
 import threading
 from typing import Any
 
+from agentmemory_server.kernel.access import token_principal
 from agentmemory_server.kernel.auth import is_loopback
 from agentmemory_server.kernel.registry import Ctx, array, boolean, params, string, tool
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, SESSIONS, session_of
@@ -348,6 +349,9 @@ def run_checks(rt: Any, categories: list[str] | None) -> list[dict[str, Any]]:
     return [c for c in checks if not wanted or c.get("category") in wanted]
 
 
+_STATE_FIELDS = ("name", "category", "status", "fixable")
+
+
 @tool(
     "memory_diagnose",
     params(
@@ -365,6 +369,11 @@ def memory_diagnose(ctx: Ctx, args: dict) -> dict:
     """Health checks over every subsystem: database integrity, search index against records,
     disk, configuration, lessons, slots, vectors, working memory; each with a fix hint."""
     checks = run_checks(ctx.rt, args.get("categories"))
+    if token_principal(ctx) is not None:
+        # The checks read the whole store: their messages name other principals' and projects'
+        # records (a sample of ids, slot scopes with project names, counts). A principal's token
+        # is shown each check's state, as /health shows it each part's (docs/deploy.md).
+        checks = [{k: c[k] for k in _STATE_FIELDS if k in c} for c in checks]
     summary = {status: sum(1 for c in checks if c["status"] == status) for status in ("pass", "warn", "fail")}
     summary["fixable"] = sum(1 for c in checks if c.get("fixable"))
     overall = "fail" if summary["fail"] else "warn" if summary["warn"] else "pass"
