@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+import requests
 from mcp import Client, ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -25,6 +26,16 @@ from agentmemory_server.kernel import runtime
 from conftest import SRC, free_port
 
 SECRET = "sdk-secret"
+CACHE: dict[str, str] = {}  # the environment that puts a shim's listing cache in the test's own directory
+
+
+@pytest.fixture(autouse=True)
+def _listing_cache_in_tmp(tmp_path):
+    """Every shim this module starts keeps the server's listings under the test's directory,
+    never in the user's ~/.cache."""
+    CACHE["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    yield
+    CACHE.clear()
 
 
 def registry_tools() -> list[str]:
@@ -32,7 +43,7 @@ def registry_tools() -> list[str]:
 
 
 def stdio_params(url: str, secret: str | None = None, **extra: str) -> StdioServerParameters:
-    env = {"AGENTMEMORY_URL": url, "PYTHONUNBUFFERED": "1", **extra}
+    env = {"AGENTMEMORY_URL": url, "PYTHONUNBUFFERED": "1", **CACHE, **extra}
     if secret:
         env["AGENTMEMORY_SECRET"] = secret
     return StdioServerParameters(command=sys.executable, args=[str(SRC / "mcp_stdio.py")], env=env)
@@ -111,6 +122,11 @@ async def _down_then_up(server) -> None:
             r = await session.call_tool("memory_sessions", {})  # same process, server now up
             assert not r.is_error and text_of(r)["total"] == 0
             assert len((await session.list_tools()).tools) == len(registry_tools())
+    # The lists this package gives without the server are the ones a server of its version gives
+    # (compared as MCP clients see them), so a server with the same settings is announced as no change.
+    for route in mcp_stdio.ROUTES:
+        answer = requests.get(f"{server.url}/agentmemory{route}", timeout=30).json()
+        assert mcp_stdio.as_listed(route, answer) == mcp_stdio.as_listed(route, mcp_stdio.local_listing(route))
 
 
 def test_sdk_stdio_started_before_the_server_lists_tools_then_calls_go_through(live_server):
@@ -119,24 +135,138 @@ def test_sdk_stdio_started_before_the_server_lists_tools_then_calls_go_through(l
     anyio.run(_down_then_up, server)
 
 
-async def _tool_names(url: str, env: dict[str, str]) -> list[str]:
+async def _tool_names(url: str, env: dict[str, str], first: list[str], between: Any = ()) -> list[list[str]]:
+    """The tool names one shim lists: ``first`` (asserted), then again after each of ``between`` ran."""
     async with stdio_client(stdio_params(url, SECRET, **env)) as (read, write):
         async with ClientSession(read, write) as session:
             await session.initialize()
-            return [t.name for t in (await session.list_tools()).tools]
+            names = [[t.name for t in (await session.list_tools()).tools]]
+            assert names[0] == first
+            for step in between:
+                step()
+                names.append([t.name for t in (await session.list_tools()).tools])
+            return names
 
 
-def test_sdk_stdio_lists_the_servers_tools_and_its_own_only_while_down(live_server):
+def test_sdk_stdio_lists_what_the_server_last_listed_while_it_is_down(live_server):
     core = [t.name for t in registry.REGISTRY.mcp_tools("core")]
     assert 0 < len(core) < len(registry_tools())
     server = live_server(env={"AGENTMEMORY_SECRET": SECRET, "AGENTMEMORY_TOOLS": "core"})
-    # A server that answers is the one asked, whatever this process's environment says.
-    assert anyio.run(_tool_names, server.url, {}) == core
-    assert anyio.run(_tool_names, server.url, {"AGENTMEMORY_TOOLS": "all"}) == core
+    # A server that answers is the one asked, whatever this process's environment says; its list is kept.
+    anyio.run(_tool_names, server.url, {"AGENTMEMORY_TOOLS": "all"}, core)
     server.stop()
-    # Down: the package's list, trimmed by the setting in the shim's own environment.
-    assert anyio.run(_tool_names, server.url, {"AGENTMEMORY_TOOLS": "core"}) == core
-    assert anyio.run(_tool_names, server.url, {}) == registry_tools()
+    cache = Path(CACHE["XDG_CACHE_HOME"]) / "agentmemory-python"
+
+    def kept() -> Path:
+        [path] = cache.iterdir()  # one file for this server, no temporary file left behind
+        return path
+
+    def secret_free() -> None:
+        assert json.loads(kept().read_text())["server"] == server.url and SECRET not in kept().read_text()
+
+    def garbage() -> None:
+        kept().write_text('{"format": 1, "listi')
+
+    def wrong_shape() -> None:
+        kept().write_text(json.dumps({"format": 1, "server": server.url, "listings": {"/mcp/tools": {"tools": 7}}}))
+
+    # Down: what that server listed last, whatever the shim's own environment says; a cache that
+    # cannot be used gives the package's list trimmed by that environment, and nothing breaks.
+    steps = [secret_free, garbage, wrong_shape, lambda: kept().unlink()]
+    assert anyio.run(_tool_names, server.url, {}, core, steps) == [
+        core, core, registry_tools(), registry_tools(), registry_tools()]
+    assert not list(cache.iterdir())
+    anyio.run(_tool_names, server.url, {"AGENTMEMORY_TOOLS": "core"}, core)
+
+
+def test_listing_cache_keeps_no_secret_and_never_raises(tmp_path, monkeypatch, caplog):
+    from agentmemory_server.adapters import listing_cache
+
+    url = "http://me:pw-123@127.0.0.1:1/?password=pw-456"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    listing_cache.write(url, "/mcp/tools", {"tools": []})
+    listing_cache.write(url, "/mcp/prompts", {"prompts": []})
+    assert listing_cache.read(url, "/mcp/tools") == {"tools": []} and listing_cache.read(url, "/mcp/prompts")
+    assert listing_cache.read("http://127.0.0.1:1", "/mcp/tools") is None  # another address, another file
+    [kept] = (tmp_path / "cache" / "agentmemory-python").iterdir()
+    assert "pw-" not in kept.read_text() and json.loads(kept.read_text())["server"] == "http://127.0.0.1:1/"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the cache directory cannot be made
+    listing_cache.write(url, "/mcp/tools", {"tools": []})
+    assert listing_cache.read(url, "/mcp/tools") is None and "cannot keep the server's listing" in caplog.text
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG rules say
+    assert listing_cache.cache_dir() == Path.home() / ".cache" / "agentmemory-python"
+
+
+async def _told_when_the_server_is_up(server, core: list[str]) -> None:
+    """Two agents started before the server, one of each protocol era: each lists everything this
+    package has, is told the tool list changed once the server (AGENTMEMORY_TOOLS=core) is up, and
+    lists again to get the server's few. Resources and prompts are the same, so nothing is said of them."""
+    heard: dict[str, list[str]] = {"legacy": [], "modern": []}
+    listed = anyio.Event()
+    ready = [0]
+
+    async def note(message: Any) -> None:
+        method = getattr(message, "method", None)
+        if isinstance(method, str) and method.endswith("/list_changed"):
+            heard["legacy"].append(method)
+
+    async def legacy() -> list[str]:
+        async with stdio_client(stdio_params(server.url)) as (read, write):
+            async with ClientSession(read, write, message_handler=note) as session:
+                init = await session.initialize()
+                caps = init.capabilities
+                assert caps.tools.list_changed and caps.resources.list_changed and caps.prompts.list_changed
+                await session.list_resources()
+                await session.list_resource_templates()
+                await session.list_prompts()
+                assert [t.name for t in (await session.list_tools()).tools] == registry_tools()
+                ready[0] += 1
+                await listed.wait()
+                with anyio.fail_after(30):
+                    while not heard["legacy"]:
+                        await anyio.sleep(0.1)
+                assert heard["legacy"] == ["notifications/tools/list_changed"]
+                return [t.name for t in (await session.list_tools()).tools]
+
+    async def modern() -> list[str]:
+        async with Client(stdio_params(server.url)) as client:
+            assert client.server_capabilities.tools.list_changed
+            async with client.listen(tools_list_changed=True, resources_list_changed=True,
+                                     prompts_list_changed=True) as changes:
+                await client.list_resources()
+                await client.list_prompts()
+                assert [t.name for t in (await client.list_tools()).tools] == registry_tools()
+                ready[0] += 1
+                await listed.wait()
+                with anyio.fail_after(30):
+                    event = await changes.__anext__()
+                heard["modern"].append(type(event).__name__)
+                assert heard["modern"] == ["ToolsListChanged"]
+                return [t.name for t in (await client.list_tools()).tools]
+
+    results: dict[str, list[str]] = {}
+
+    async def run(name: str, agent: Any) -> None:
+        results[name] = await agent()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run, "legacy", legacy)
+        tasks.start_soon(run, "modern", modern)
+        with anyio.fail_after(60):
+            while ready[0] < 2:
+                await anyio.sleep(0.05)
+        await anyio.to_thread.run_sync(server.start)
+        listed.set()
+    assert results == {"legacy": core, "modern": core}
+
+
+def test_sdk_stdio_tells_the_client_when_the_servers_lists_differ_from_the_ones_given_while_down(live_server):
+    core = [t.name for t in registry.REGISTRY.mcp_tools("core")]
+    server = live_server(env={"AGENTMEMORY_TOOLS": "core"})
+    server.stop()
+    anyio.run(_told_when_the_server_is_up, server, core)
 
 
 async def _wrong_secret(url: str) -> None:
@@ -289,7 +419,7 @@ async def _run_config(entry: dict[str, Any], url: str, token_file: str) -> list[
         return text.replace("/opt/agentmemory-python/.venv/bin/python", sys.executable).replace(
             "/opt/agentmemory-python", str(ROOT))
 
-    env = {k: (url if k == "AGENTMEMORY_URL" else SECRET) for k in entry["env"]}
+    env = {k: (url if k == "AGENTMEMORY_URL" else SECRET) for k in entry["env"]} | CACHE
     if "AGENTMEMORY_SECRET" not in env:  # the wrapper reads the server's token file itself
         env["AGENTMEMORY_SECRET_FILE"] = token_file
     params = StdioServerParameters(command=fix(entry["command"]), args=[fix(a) for a in entry.get("args", [])],

@@ -156,6 +156,7 @@ def test_shim_calls_every_tool_with_schema_generated_arguments(upstream):
 def inspector(node_dir, server, *args: str) -> dict:
     cli = node_dir / "@modelcontextprotocol" / "inspector" / "cli" / "build" / "cli.js"
     argv = ["node", str(cli), "--cli", "-e", f"AGENTMEMORY_URL={server.url}", "-e", f"AGENTMEMORY_SECRET={SECRET}",
+            "-e", f"XDG_CACHE_HOME={server.data_dir.parent / 'cache'}",  # the listing cache: not the user's
             sys.executable, str(SRC / "mcp_stdio.py"), *args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

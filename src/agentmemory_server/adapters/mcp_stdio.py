@@ -13,17 +13,21 @@ server's MCP routes, so the tool list, schemas and behaviour are exactly the ser
 ``AGENTMEMORY_URL`` (default http://127.0.0.1:3111), ``AGENTMEMORY_SECRET`` and
 ``AGENTMEMORY_MCP_TIMEOUT`` (seconds, default 120) are read from the environment on every call,
 so a client can start this process before the server is up. Agents list tools once, when they
-start: while no server answers, the lists come from this package's own registry (the tools a
-server of this version serves, trimmed by AGENTMEMORY_TOOLS in this process's environment), so an
-agent started before the server still has its tools, and its calls go through once the server is
-up. A server that answers is always asked for its own lists. A server that is down or failing
+start. A server that answers is always asked for its own lists, and each answer is kept on disk
+(``listing_cache``). While no server answers, the lists are what that server listed last, else
+(it never answered this user) this package's own (the tools a server of this version serves,
+trimmed by AGENTMEMORY_TOOLS in this process's environment), so an agent started before the
+server still has its tools, and its calls go through once the server is up. Once the server
+answers, each list it gives differently from the one given without it is announced with
+``notifications/{tools,resources,prompts}/list_changed`` (``listChanged`` is declared), and the
+client lists again. A server that is down or failing
 turns a tool call into an ``isError`` result that says what to do; a server that answers a
 listing with an error gets a JSON-RPC error. This process never exits because the server
 misbehaves.
 
-This is the only module that imports the ``mcp`` SDK. Of ours it imports the settings and the
-token reader, and the registry only to list while no server answers; everything else goes over
-HTTP.
+This is the only module that imports the ``mcp`` SDK. Of ours it imports the settings, the
+token reader and the listing cache, and the registry only to list while no server answers and
+none listed before; everything else goes over HTTP.
 """
 
 from __future__ import annotations
@@ -38,11 +42,20 @@ from urllib.parse import urlsplit
 import anyio
 import mcp_types as types
 import requests
-from mcp.server.lowlevel import Server
+from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.stdio import stdio_server
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ServerEvent,
+    ToolsListChanged,
+)
 from mcp.shared.exceptions import MCPError
 
 from agentmemory_server import __version__
+from agentmemory_server.adapters import listing_cache
 from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.settings import Settings
 
@@ -174,74 +187,231 @@ def _rpc_error(exc: ProxyError) -> MCPError:
     return MCPError(code, str(exc))
 
 
+# -- listings: the server's, else what it listed last, else this package's ------------------------
+
+
+def _everything(data: Any) -> Any:
+    return data
+
+
+def _resources_only(data: Any) -> Any:
+    # The server lists templates among its resources (as upstream does); MCP lists them apart.
+    return {"resources": [r for r in data["resources"] if "{" not in r.get("uri", "")]}
+
+
+def _templates_only(data: Any) -> Any:
+    return {"resourceTemplates": data["resourceTemplates"]}
+
+
+# Each listing route, the kind its list_changed notification names, and the MCP lists it answers.
+ROUTES: dict[str, tuple[str, tuple[tuple[Any, Callable[[Any], Any]], ...]]] = {
+    "/mcp/tools": ("tools", ((types.ListToolsResult, _everything),)),
+    "/mcp/resources": (
+        "resources",
+        ((types.ListResourcesResult, _resources_only), (types.ListResourceTemplatesResult, _templates_only)),
+    ),
+    "/mcp/prompts": ("prompts", ((types.ListPromptsResult, _everything),)),
+}
+_CHANGED: dict[str, tuple[str, ServerEvent]] = {
+    "tools": ("send_tool_list_changed", ToolsListChanged()),
+    "resources": ("send_resource_list_changed", ResourcesListChanged()),
+    "prompts": ("send_prompt_list_changed", PromptsListChanged()),
+}
+FIRST_POLL, LAST_POLL = 0.5, 10.0  # seconds between tries while a listing given without the server waits
+
+
+def as_listed(route: str, data: Any) -> tuple[Any, ...]:
+    """What MCP clients see of ``data``, the answer at ``route``: one normalised dump per list.
+
+    :raise ValueError: ``data`` is not the shape that route answers.
+    """
+    try:
+        return tuple(
+            shape.model_validate(pick(data)).model_dump(mode="json", by_alias=True, exclude_none=True)
+            for shape, pick in ROUTES[route][1]
+        )
+    except (ValueError, TypeError, LookupError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
+        raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+class Listings:
+    """The lists this process gives: the server's when it answers (kept on disk), else what that
+    server listed last, else this package's own. A list given without the server is remembered;
+    once the server answers, a list that differs is announced with ``notifications/<kind>/list_changed``
+    (to a handshake-era client on the connection, to a 2026-07-28 client on its
+    ``subscriptions/listen`` stream), so the client lists again and sees the server's."""
+
+    def __init__(self) -> None:
+        self.bus = InMemorySubscriptionBus()
+        self.session: Any = None  # the connection's session, to notify a handshake-era client
+        self.given: dict[str, tuple[Any, ...]] = {}  # route -> what was listed there without the server
+        self._event: anyio.Event | None = None  # made in the event loop, by the first to need it
+        self._reported: set[str] = set()
+
+    @property
+    def _wake(self) -> anyio.Event:
+        if self._event is None:
+            self._event = anyio.Event()
+        return self._event
+
+    async def answer(self, ctx: Any, route: str, what: str, shape: Any, pick: Callable[[Any], Any]) -> Any:
+        """The list ``shape`` at ``route`` (``pick`` cuts it out of the route's answer).
+
+        :raise MCPError: a server answered an error or something that is no listing, or (no server,
+            no cache) AGENTMEMORY_TOOLS in this process's environment is not a valid value.
+        """
+        self.session = getattr(ctx, "session", None) or self.session
+        url = base_url()
+        try:
+            data = await call_server("GET", route)
+            listed = as_listed(route, data)
+        except ProxyError as exc:
+            if not exc.unreachable:  # a server answered: its error is the truth, not our guess at its list
+                raise MCPError(types.INTERNAL_ERROR, f"cannot list {what}: {exc}") from None
+            data, listed = await anyio.to_thread.run_sync(self._without_server, url, route, str(exc), what)
+            self.given[route] = listed
+            self._wake.set()
+        except ValueError as exc:
+            raise MCPError(
+                types.INTERNAL_ERROR, f"cannot list {what}: GET {route} answered an unexpected shape: {exc}"
+            ) from None
+        else:
+            self.given.pop(route, None)  # the client has the server's list now
+            await anyio.to_thread.run_sync(listing_cache.write, url, route, data)
+        return shape.model_validate(pick(data))
+
+    @staticmethod
+    def _without_server(url: str, route: str, reason: str, what: str) -> tuple[Any, tuple[Any, ...]]:
+        cached = listing_cache.read(url, route)
+        if cached is not None:
+            try:
+                listed = as_listed(route, cached)
+                log.warning("%s; listing %s as that server last listed them until it answers", reason, what)
+                return cached, listed
+            except ValueError as exc:
+                log.warning("ignoring the listing cache of %s at %s: %s", listing_cache.shown(url), route, exc)
+        log.warning("%s; listing %s from this package until it answers", reason, what)
+        data = local_listing(route)  # the first call imports every feature
+        return data, as_listed(route, data)
+
+    def server_answered(self) -> None:
+        """A call went through: look at the lists now rather than at the next poll."""
+        if self.given:
+            self._wake.set()
+
+    async def watch(self) -> None:
+        """Runs for the life of the process: while some list was given without the server, ask
+        the server for it (sooner after a call went through, else at growing intervals up to
+        LAST_POLL seconds) and announce the lists that differ."""
+        delay = FIRST_POLL
+        while True:
+            if not self.given:
+                delay = FIRST_POLL
+                await self._wake.wait()
+            self._event = anyio.Event()
+            try:
+                answered = await self._check()
+            except Exception:  # this process never exits because the server misbehaves
+                log.exception("comparing the lists given without the server failed")
+                answered = False
+            if not answered:
+                with anyio.move_on_after(delay):
+                    await self._wake.wait()
+                delay = min(delay * 2, LAST_POLL)
+
+    async def _check(self) -> bool:
+        """Compare each list given without the server with the server's; False while it does not answer."""
+        url = base_url()
+        for route, given in list(self.given.items()):
+            try:
+                data = await call_server("GET", route)
+            except ProxyError as exc:
+                if not exc.unreachable and str(exc) not in self._reported:  # once: this is asked again and again
+                    self._reported.add(str(exc))
+                    log.warning("cannot compare the %s listed without the server: %s", ROUTES[route][0], exc)
+                return False
+            try:
+                listed: tuple[Any, ...] | None = as_listed(route, data)
+            except ValueError as exc:  # the client's next listing gets the error; nothing to keep
+                log.warning("GET %s answered an unexpected shape: %s", route, exc)
+                listed = None
+            else:
+                await anyio.to_thread.run_sync(listing_cache.write, url, route, data)
+            if self.given.get(route) is not given:
+                continue  # listed again meanwhile, from the server or without it
+            del self.given[route]
+            if listed != given:
+                await self.announce(ROUTES[route][0])
+        return True
+
+    async def announce(self, kind: str) -> None:
+        """``notifications/<kind>/list_changed`` to the client, in the era it speaks."""
+        method, event = _CHANGED[kind]
+        if self.session is not None:  # a 2026-07-28 connection drops it: that era listens on the bus
+            try:
+                await getattr(self.session, method)()
+            except Exception as exc:  # noqa: BLE001 - the client went away; nothing to tell
+                log.debug("could not send %s list_changed: %s", kind, exc)
+        await self.bus.publish(event)
+
+
+LISTINGS = Listings()
+
+
 # -- handlers -------------------------------------------------------------------------------------
 
 
 async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
-    return await _listing("/mcp/tools", "tools", types.ListToolsResult)
+    return await LISTINGS.answer(ctx, "/mcp/tools", "tools", types.ListToolsResult, _everything)
 
 
 async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
     body = {"name": params.name, "arguments": params.arguments or {}}
     try:
-        return await call_server("POST", "/mcp/call", body, shape=types.CallToolResult)
+        result = await call_server("POST", "/mcp/call", body, shape=types.CallToolResult)
     except ProxyError as exc:
+        if not exc.unreachable:
+            LISTINGS.server_answered()
         if exc.code == "unknown_tool":
             raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}") from None
         return types.CallToolResult(content=[types.TextContent(text=f"Error: {exc}")], is_error=True)
+    LISTINGS.server_answered()
+    return result
 
 
 async def list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
-    # The server lists templates among its resources (as upstream does); MCP lists them apart.
-    return await _listing(
-        "/mcp/resources",
-        "resources",
-        types.ListResourcesResult,
-        lambda data: {"resources": [r for r in data["resources"] if "{" not in r.get("uri", "")]},
-    )
+    return await LISTINGS.answer(ctx, "/mcp/resources", "resources", types.ListResourcesResult, _resources_only)
 
 
 async def list_resource_templates(ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
-    return await _listing(
-        "/mcp/resources",
-        "resource templates",
-        types.ListResourceTemplatesResult,
-        lambda data: {"resourceTemplates": data["resourceTemplates"]},
+    return await LISTINGS.answer(
+        ctx, "/mcp/resources", "resource templates", types.ListResourceTemplatesResult, _templates_only
     )
 
 
 async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
     try:
-        return await call_server(
+        result = await call_server(
             "POST", "/mcp/resources/read", {"uri": str(params.uri)}, shape=types.ReadResourceResult
         )
     except ProxyError as exc:
         raise _rpc_error(exc) from None
+    LISTINGS.server_answered()
+    return result
 
 
 async def list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
-    return await _listing("/mcp/prompts", "prompts", types.ListPromptsResult)
+    return await LISTINGS.answer(ctx, "/mcp/prompts", "prompts", types.ListPromptsResult, _everything)
 
 
 async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
     body = {"name": params.name, "arguments": params.arguments or {}}
     try:
-        return await call_server("POST", "/mcp/prompts/get", body, shape=types.GetPromptResult)
+        result = await call_server("POST", "/mcp/prompts/get", body, shape=types.GetPromptResult)
     except ProxyError as exc:
         raise _rpc_error(exc) from None
-
-
-async def _listing(path: str, what: str, shape: Any, pick: Callable[[Any], Any] = lambda data: data) -> Any:
-    """The server's answer at ``path``; while no server answers, this package's own (an agent lists
-    once, at its start, and would otherwise have no tools for its whole session)."""
-    try:
-        return await call_server("GET", path, shape=shape, pick=pick)
-    except ProxyError as exc:
-        if not exc.unreachable:  # a server answered: its error is the truth, not our guess at its list
-            raise MCPError(types.INTERNAL_ERROR, f"cannot list {what}: {exc}") from None
-        log.warning("%s; listing %s from this package until it answers", exc, what)
-    data = await anyio.to_thread.run_sync(local_listing, path)  # the first call imports every feature
-    return shape.model_validate(pick(data))
+    LISTINGS.server_answered()
+    return result
 
 
 def local_listing(path: str) -> Any:
@@ -280,13 +450,20 @@ def build_server() -> Server:
         on_read_resource=read_resource,
         on_list_prompts=list_prompts,
         on_get_prompt=get_prompt,
+        on_subscriptions_listen=ListenHandler(LISTINGS.bus),  # where a 2026-07-28 client hears list_changed
     )
 
 
 async def serve() -> None:
     server = build_server()
-    async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    # Handshake-era clients are told listChanged here; 2026-07-28 ones by subscriptions/listen being served.
+    options = server.create_initialization_options(
+        NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
+    )
+    async with stdio_server() as (read_stream, write_stream), anyio.create_task_group() as tasks:
+        tasks.start_soon(LISTINGS.watch)
+        await server.run(read_stream, write_stream, options)
+        tasks.cancel_scope.cancel()
 
 
 def main() -> None:
