@@ -36,6 +36,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -111,8 +112,9 @@ def _timeout() -> float:
         return DEFAULT_TIMEOUT
 
 
-def rest(method: str, path: str, body: Any = None) -> Any:
+def rest(method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
     """One blocking call to ``{AGENTMEMORY_URL}/agentmemory{path}``; returns the JSON answer.
+    ``timeout`` (seconds) defaults to AGENTMEMORY_MCP_TIMEOUT.
 
     :raise ProxyError: network failure, timeout or an HTTP error status.
     """
@@ -121,12 +123,13 @@ def rest(method: str, path: str, body: Any = None) -> Any:
     secret = token_for(url)
     if secret:
         headers["Authorization"] = f"Bearer {secret}"
+    timeout = _timeout() if timeout is None else timeout
     try:
-        response = requests.request(method, url, json=body, headers=headers, timeout=_timeout())
+        response = requests.request(method, url, json=body, headers=headers, timeout=timeout)
     except requests.Timeout:
         raise ProxyError(
             f"agentmemory server at {base_url()} did not answer {method} {path} within "
-            f"{_timeout():g}s (raise AGENTMEMORY_MCP_TIMEOUT if the call is slow)"
+            f"{timeout:g}s (raise AGENTMEMORY_MCP_TIMEOUT if the call is slow)"
         ) from None
     except requests.RequestException as exc:
         raise ProxyError(
@@ -218,6 +221,7 @@ _CHANGED: dict[str, tuple[str, ServerEvent]] = {
     "prompts": ("send_prompt_list_changed", PromptsListChanged()),
 }
 FIRST_POLL, LAST_POLL = 0.5, 10.0  # seconds between tries while a listing given without the server waits
+POLL_TIMEOUT = 10.0  # a try never keeps this process alive longer than this after the client leaves
 
 
 def as_listed(route: str, data: Any) -> tuple[Any, ...]:
@@ -324,7 +328,9 @@ class Listings:
         url = base_url()
         for route, given in list(self.given.items()):
             try:
-                data = await call_server("GET", route)
+                data = await anyio.to_thread.run_sync(
+                    partial(rest, "GET", route, timeout=min(POLL_TIMEOUT, _timeout())), abandon_on_cancel=True
+                )
             except ProxyError as exc:
                 if not exc.unreachable and str(exc) not in self._reported:  # once: this is asked again and again
                     self._reported.add(str(exc))
