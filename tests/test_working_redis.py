@@ -324,3 +324,132 @@ def test_working_memory_in_redis_is_exported_and_imported_back_into_redis(redis_
     theirs("memory_working_checkpoint", operation="restore", checkpointId=before["checkpoints"][0]["checkpointId"],
            **scope)
     assert [e["content"] for e in _wm_state(theirs, scope)["scratchpad"]] == ["first thought"]
+
+
+# -- a replace import is all or nothing across the database and Redis --------------------------------
+
+def _replace_import_pair(make_runtime, tmp_path, url: str):
+    """(the target: old records and old working memory in Redis at ``url``, the export that
+    replaces them: a new record and new working memory). Scope ``a`` is in both, ``b`` only in
+    the old."""
+    def runtime(name: str):
+        return make_runtime(data_dir=str(tmp_path / name), working_memory_backend="redis", redis_url=url,
+                            working_memory_redis_prefix=f"t-{uuid.uuid4().hex}")
+
+    source = ToolCaller(runtime("new"))
+    source("memory_save", content="the new record")
+    source("memory_working_set", sessionId="a", key="new", value="imported")
+    source("memory_working_scratchpad", sessionId="a", operation="append", content="new note")
+    export = source("memory_export")
+    target = ToolCaller(runtime("old"))
+    target("memory_save", content="the old record")
+    target("memory_working_set", sessionId="a", key="old", value="kept")
+    target("memory_working_scratchpad", sessionId="a", operation="append", content="old note")
+    target("memory_working_set", sessionId="b", key="only", value="old")
+    return target, export
+
+
+def _store_state(call) -> dict:
+    return {
+        "records": sorted(m["content"] for m in call("memory_export")["memories"]),
+        "a": call("memory_working_get", sessionId="a", operation="all")["values"],
+        "a.pad": call("memory_working_scratchpad", sessionId="a", operation="get")["entries"],
+        "b": call("memory_working_get", sessionId="b", operation="all")["values"],
+    }
+
+
+OLD_STATE = {"records": ["the old record"], "a": {"old": "kept"}, "a.pad": ["old note"], "b": {"only": "old"}}
+NEW_STATE = {"records": ["the new record"], "a": {"new": "imported"}, "a.pad": ["new note"], "b": {}}
+
+
+def _staged_keys(call) -> list[str]:
+    svc = call.rt.services["working_memory"]
+    return [k for k in svc.backend.r.scan_iter(f"{svc.settings.working_memory_redis_prefix}:staged:*")]
+
+
+def test_redis_failing_right_after_a_replace_imports_commit_leaves_the_old_working_memory_then_the_new(
+        durable_redis, make_runtime, tmp_path, monkeypatch):
+    """Redis stops between the records' commit and the working memory's turn: the import says
+    exactly that, working memory stays the old one (never a mix), and once Redis is back heal
+    makes it the imported one, as the records are; the sessions the file lacks are gone."""
+    from agentmemory_server.errors import AppError
+
+    target, export = _replace_import_pair(make_runtime, tmp_path, durable_redis.url)
+    assert _store_state(target) == OLD_STATE
+    db = target.rt.db
+    real = db.transaction
+
+    def transaction(name, *args, **kwargs):  # the fault: Redis stops the moment the import commits
+        import contextlib
+
+        @contextlib.contextmanager
+        def then_stop():
+            with real(name, *args, **kwargs) as tx:
+                yield tx
+            if name == "import":
+                durable_redis.stop()
+        return then_stop()
+
+    monkeypatch.setattr(db, "transaction", transaction)
+    try:
+        target("import", exportData=export, strategy="replace")
+        said = "success"
+    except AppError as exc:
+        said = exc.message
+    monkeypatch.undo()
+    durable_redis.start()
+    checks = target.rt.services["working_memory"].diagnose()
+    target("diagnostics_heal")
+    assert _store_state(target) == NEW_STATE  # not the old sessions with the new keys and notes added
+    assert "the records were replaced, but Redis failed" in said and "Working memory is still the old one" in said
+    assert any(c["name"] == "working_memory_import_swap" and c["status"] == "fail" for c in checks), checks
+    assert _staged_keys(target) == [] and target.rt.services["working_memory"].sqlite.pending_swaps() == []
+
+
+def test_a_replace_import_whose_working_memory_redis_refuses_changes_nothing(own_redis, make_runtime, tmp_path):
+    """Redis refuses the import's working memory part-way (out of memory): the import is refused
+    before the records' transaction, so records and working memory are both the old ones."""
+    from agentmemory_server.errors import AppError
+
+    target, export = _replace_import_pair(make_runtime, tmp_path, own_redis.url)
+    [entry] = export["working"]
+    export["working"] = [{**entry, "sessionId": f"big{i}", "keys": [{"key": "blob", "value": "x" * 100_000,
+                                                                      "expiresAt": None}]} for i in range(60)]
+    admin = redis.Redis.from_url(own_redis.url)
+    try:
+        admin.config_set("maxmemory", admin.info("memory")["used_memory"] + 1_000_000)
+        with pytest.raises(AppError) as refused:
+            target("import", exportData=export, strategy="replace")
+        admin.config_set("maxmemory", 0)
+        assert _store_state(target) == OLD_STATE  # not the new records with no working memory at all
+        assert "nothing was imported" in refused.value.message and "Redis at redis://" in refused.value.message
+        assert _staged_keys(target) == []
+    finally:
+        admin.config_set("maxmemory", 0)
+        admin.close()
+
+
+def test_a_replace_import_whose_database_write_is_refused_keeps_the_old_working_memory(
+        redis_server, make_runtime, tmp_path):
+    """The records' transaction fails (the database refuses a write): Redis keeps the old working
+    memory and the staged new one is deleted."""
+    import sqlite3
+
+    from agentmemory_server.errors import AppError
+
+    target, export = _replace_import_pair(make_runtime, tmp_path, redis_server.url)
+    if target.rt.settings.database_url:
+        pytest.fail("this test refuses a write with a SQLite trigger; run it on SQLite")
+    conn = sqlite3.connect(target.rt.settings.database_path)
+    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON kv_store WHEN NEW.scope = 'mem:memories' "
+                 "BEGIN SELECT RAISE(ABORT, 'write refused by the test'); END")
+    conn.commit()
+    try:
+        with pytest.raises((AppError, sqlite3.DatabaseError)):
+            target("import", exportData=export, strategy="replace")
+    finally:
+        conn.execute("DROP TRIGGER refuse")
+        conn.commit()
+        conn.close()
+    assert _store_state(target) == OLD_STATE
+    assert _staged_keys(target) == []

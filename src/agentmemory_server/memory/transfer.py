@@ -494,20 +494,41 @@ def import_records(
     epoch = ctx.rt.clock.now().timestamp()
     wiping = strategy == "replace" and wipe_first is not False
     outside = working_transfer.outside_database(ctx.rt)
-    held: list[dict[str, Any]] | None = [] if outside is not None else None
-    with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
-        if wiping:
-            tx.admin.wipe_records()
-            working_transfer.wipe(tx, epoch)
-        if pictures:
-            for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
-                tx.images.put(image_id, mime, data, now)
-            counts["images"] = {"imported": len(pictures), "skipped": 0}
-        _write_records(tx, records, strategy, counts, stripped=stripped, now=now, epoch=epoch, held=held)
-        tx.audit_message = f"import ({strategy}) of {len(records)} record(s)"
-        tx.audit_details = {"strategy": strategy, "counts": counts}
-    if outside is not None and (held or wiping):
-        # Redis has no part in the database's transaction: written once the records are committed.
+    stage, total = None, len(records)
+    if outside is not None and wiping:
+        # Redis has no part in the database's transaction. A replace writes the new working memory
+        # aside first (a Redis failure there changes nothing), records in the transaction that the
+        # stage must be swapped in, and swaps it in at once after the commit.
+        entries = [v if stripped else strip_private_data(v) for s, _k, v in records if s == working_transfer.SECTION]
+        stage = outside.stage_replace(entries)
+        if stage is not None:
+            records = [r for r in records if r[0] != working_transfer.SECTION]
+            if entries:
+                counts[working_transfer.SECTION] = {"imported": len(entries), "skipped": 0}
+    held: list[dict[str, Any]] | None = [] if outside is not None and stage is None else None
+    superseded: list[str] = []
+    try:
+        with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
+            if wiping:
+                tx.admin.wipe_records()
+                working_transfer.wipe(tx, epoch)
+            if pictures:
+                for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
+                    tx.images.put(image_id, mime, data, now)
+                counts["images"] = {"imported": len(pictures), "skipped": 0}
+            _write_records(tx, records, strategy, counts, stripped=stripped, now=now, epoch=epoch, held=held)
+            if stage is not None and outside is not None:
+                superseded = outside.record_swap(tx, stage)
+            tx.audit_message = f"import ({strategy}) of {total} record(s)"
+            tx.audit_details = {"strategy": strategy, "counts": counts}
+    except BaseException:
+        if stage is not None and outside is not None:
+            outside.discard_stage(stage)  # Redis keeps the old working memory, as the database its records
+        raise
+    if stage is not None and outside is not None:
+        outside.finish_swap(stage, superseded)
+    elif outside is not None and (held or wiping):
+        # Written once the records are committed (a merge's entries, scope by scope).
         outside.import_entries(held or [], strategy, wipe=wiping)
     return counts
 

@@ -12,6 +12,9 @@ Key layout, with ``P`` the prefix (WORKING_MEMORY_REDIS_PREFIX) and ``T`` the sc
     P:T:cpdata   HASH  checkpoint id -> snapshot JSON
     P:T:cpseq    STRING checkpoint sequence counter
     P:scopes     SET   every T that has held data (for the expiry sweep and session-end summaries)
+    P:staged:I:...     a replace import's new working memory (stage I), the same layout under
+                       ``P:staged:I``, read by no request; ``P:staged:I:ready`` once written whole
+    P:swapped    STRING the sequence number of the last stage swapped in (an older one never is)
 
 Expiry is ours, not Redis's: a key is gone once its ``exp`` score is <= now (the server clock),
 on every read, and the sweep deletes it. That keeps TTL semantics identical to the SQLite
@@ -24,6 +27,7 @@ subsystem falls back to SQLite.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Callable
@@ -507,6 +511,85 @@ class RedisBackend:
             pipe.sadd(self._scopes, self._token(scope))
 
         self._transaction(attempt, k["kv"], k["exp"], k["task"], k["scratch"], k["cps"], k["cpseq"])
+
+    # ---- a replace import: staged under other keys, swapped in at once (see ``service.py``)
+    _PARTS = ("kv", "exp", "task", "scratch", "cps", "cpmeta", "cpdata", "cpseq")
+
+    def staged(self, stage_id: str) -> RedisBackend:
+        """This backend with its keys under ``P:staged:<stage_id>``: an import's new working
+        memory is written there (``load``) where no request reads it, then ``swap`` makes it the
+        working memory in one transaction."""
+        view = copy.copy(self)
+        view.prefix = f"{self.prefix}:staged:{stage_id}"
+        return view
+
+    def _stage_ready(self, stage_id: str) -> str:
+        return f"{self.prefix}:staged:{stage_id}:ready"
+
+    @property
+    def _swapped(self) -> str:
+        return f"{self.prefix}:swapped"  # the sequence number of the last stage swapped in
+
+    @_guarded
+    def seal_stage(self, stage_id: str, seq: int) -> None:
+        """Mark a stage complete: written whole, to be swapped in as import number ``seq``."""
+        self.r.set(self._stage_ready(stage_id), seq)
+
+    @_guarded
+    def swap(self, stage_id: str) -> str:
+        """Make a sealed stage the working memory, in one WATCH-guarded MULTI/EXEC: every scope's
+        keys deleted and the stage's renamed into their place, or nothing at all. Returns
+        ``swapped``; ``superseded`` when a later import was swapped in first (the stage is
+        dropped); ``missing`` when the stage is gone (Redis lost its data) and nothing changed."""
+        stage = self.staged(stage_id)
+        ready, swapped = self._stage_ready(stage_id), self._swapped
+
+        def attempt(pipe: Any) -> str:
+            seq, last = pipe.get(ready), pipe.get(swapped)
+            if seq is None:
+                return "missing"
+            if last is not None and int(last) >= int(seq):
+                return "superseded"
+            live = list(pipe.smembers(self._scopes))
+            moved = [
+                (f"{stage.prefix}:{token}:{part}", f"{self.prefix}:{token}:{part}")
+                for token in pipe.smembers(stage._scopes)
+                for part in self._PARTS
+            ]
+            present = [(src, dst) for src, dst in moved if pipe.exists(src)]
+            pipe.multi()
+            doomed = [f"{self.prefix}:{token}:{part}" for token in live for part in self._PARTS]
+            for i in range(0, len(doomed), 1000):
+                pipe.delete(*doomed[i : i + 1000])
+            pipe.delete(self._scopes)
+            for src, dst in present:
+                pipe.rename(src, dst)
+            if present:
+                pipe.rename(stage._scopes, self._scopes)
+            pipe.delete(stage._scopes, ready)
+            pipe.set(swapped, seq)
+            return "swapped"
+
+        outcome = self._transaction(attempt, ready, swapped, self._scopes)
+        if outcome == "superseded":
+            self.discard(stage_id)
+        return outcome
+
+    @_guarded
+    def discard(self, stage_id: str) -> None:
+        """Delete a stage (an import whose database transaction failed, or one superseded)."""
+        stage = self.staged(stage_id)
+        tokens: set[str] = cast(set[str], self.r.smembers(stage._scopes))
+        keys = [f"{stage.prefix}:{t}:{part}" for t in tokens for part in self._PARTS]
+        for i in range(0, len(keys), 1000):
+            self.r.delete(*keys[i : i + 1000])
+        self.r.delete(stage._scopes, self._stage_ready(stage_id))
+
+    def identity(self) -> tuple[str, int, str]:
+        """(server run id, database number, prefix): two backends with the same identity hold the
+        same keys, however their URLs are spelled."""
+        run_id = str(self.r.info("server").get("run_id", ""))
+        return run_id, int(self.r.connection_pool.connection_kwargs.get("db", 0)), self.prefix
 
     # ---- stats, sweep, discovery
     @_guarded

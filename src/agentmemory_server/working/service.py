@@ -22,6 +22,17 @@ heal. Each scope moves in one database transaction that first checks the mark (a
 stops the move), hands the scope to Redis in one Redis transaction, then deletes it: a Redis
 failure leaves it in the database. The moved data is the newer, so its keys win; a key deleted
 during the outage but still in Redis from before it comes back (no tombstones are kept).
+
+A ``replace`` import is all or nothing for working memory as for the records, although Redis takes
+no part in the database's transaction: the file's working memory is first written to Redis under
+staged keys no request reads (``stage_replace``; a Redis failure there changes nothing anywhere),
+the records' transaction records that the stage must be swapped in (``record_swap``: a row in the
+database, committed with the records), and after the commit one WATCH-guarded MULTI/EXEC deletes
+every scope and renames the stage's keys into their place (``finish_swap``). If the transaction
+fails, the stage is deleted and Redis keeps the old working memory. If Redis fails between the
+commit and the swap, the import says so, working memory is still the old one (never a mix) and the
+stage waits in Redis: the sweep or a heal swaps it in once Redis answers (``complete_swaps``),
+before anything written to the database during an outage moves there; diagnose reports it meanwhile.
 """
 
 from __future__ import annotations
@@ -30,10 +41,12 @@ import functools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from agentmemory_server.errors import AppError
+from agentmemory_server import errors
+from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.memory import working_transfer
 from agentmemory_server.storage import codec
 from agentmemory_server.storage.urls import without_password
@@ -68,6 +81,10 @@ def _copy_of(entry: dict[str, Any]) -> ScopeCopy:
             (c["id"], codec.dumps(c["meta"]), codec.dumps(c["snapshot"])) for c in entry.get("checkpoints", [])
         ],
     )
+
+
+def _reason(exc: Exception) -> str:
+    return exc.message if isinstance(exc, AppError) else str(exc)
 
 
 def _entry_of(scope: Scope, copy: ScopeCopy) -> dict[str, Any]:
@@ -219,6 +236,7 @@ class WorkingMemory:
         log.info(
             "working memory: the fallback was healed; back on Redis at %s", without_password(self.settings.redis_url)
         )
+        self.complete_swaps()
         self.moved_at_return = self._move_to_redis(redis)
 
     def _move_to_redis(self, redis: RedisBackend) -> int:
@@ -294,6 +312,126 @@ class WorkingMemory:
             for entry in entries:
                 working_transfer.write(tx, entry, strategy, now=now, stamp=self.rt.clock.iso())
 
+    # -- a replace import on Redis: staged, then swapped in once the records are committed ------
+
+    def where(self) -> str:
+        """Where working memory lives, as shown (the password hidden)."""
+        if self.configured != "redis":
+            return "the database"
+        prefix = self.settings.working_memory_redis_prefix
+        return f"Redis at {without_password(self.settings.redis_url)} (prefix {prefix})"
+
+    def stage_replace(self, entries: list[dict[str, Any]]) -> str | None:
+        """Write a replace import's working memory to Redis under staged keys, where no request
+        reads it, before the records' transaction; returns the stage's id (None: working memory
+        lives in the database, which the records' transaction replaces itself).
+
+        :raise Unavailable: Redis failed; nothing was imported (the stage is deleted)."""
+        backend = self.backend
+        if backend is self.sqlite:
+            return None
+        stage_id = uuid.uuid4().hex
+        view, now = backend.staged(stage_id), self.rt.clock.time()
+        try:
+            for entry in entries:
+                view.load(_scope_of(entry), _copy_of(entry), keep_ours=False, now=now)
+            backend.seal_stage(stage_id, time.time_ns())
+        except (BackendDown, AppError) as exc:
+            self._discard(backend, stage_id)
+            raise Unavailable(
+                f"Redis failed while the replace import's working memory was written aside "
+                f"({self.where()}: {_reason(exc)}); nothing was imported: the records and working memory are "
+                "as they were",
+                code=errors.WORKING_MEMORY_UNAVAILABLE,
+            ) from None
+        return stage_id
+
+    def record_swap(self, tx: Any, stage_id: str) -> list[str]:
+        """In the records' transaction: once it commits, the stage must become the working memory
+        (``pending_swaps`` survive a Redis failure right after the commit). Returns the stages of
+        earlier imports this one supersedes."""
+        return SqliteBackend.record_swap(tx, stage_id, self.rt.clock.iso())
+
+    def discard_stage(self, stage_id: str) -> None:
+        """The records' transaction failed: the stage goes, Redis keeps the old working memory."""
+        self._discard(self.backend, stage_id)
+
+    def _discard(self, backend: Any, stage_id: str) -> None:
+        if backend is self.sqlite:
+            return
+        try:
+            backend.discard(stage_id)
+        except (BackendDown, AppError) as exc:  # invisible to every reader; only takes room
+            log.warning(
+                "working memory: could not delete the staged keys %s:staged:%s* (%s)",
+                self.settings.working_memory_redis_prefix,
+                stage_id,
+                _reason(exc),
+            )
+
+    def finish_swap(self, stage_id: str, superseded: list[str]) -> None:
+        """After the records' commit: swap the stage in (one Redis transaction).
+
+        :raise Unavailable: Redis failed; the records are replaced, working memory is still the
+            old one and the new one waits in Redis, swapped in as soon as Redis answers."""
+        backend = self.backend
+        try:
+            if backend is self.sqlite:
+                raise BackendDown(self.fallback_reason or "on the database fallback")
+            outcome = backend.swap(stage_id)
+        except (BackendDown, AppError) as exc:
+            raise Unavailable(
+                f"the records were replaced, but Redis failed before the imported working memory replaced the old "
+                f"one ({self.where()}: {_reason(exc)}). Working memory is still the old one; the imported one is kept "
+                f"aside in Redis (stage {stage_id}) and replaces it as soon as Redis answers: the working_memory_sweep "
+                "tries every minute, POST /agentmemory/diagnostics/heal at once",
+                code=errors.WORKING_MEMORY_UNAVAILABLE,
+            ) from None
+        self._swap_done(stage_id, outcome, "")
+        for old in superseded:
+            self._discard(backend, old)
+
+    def _swap_done(self, stage_id: str, outcome: str, since: str) -> None:
+        if outcome == "missing":
+            log.error(
+                "working memory: the working memory of the replace import of %s (stage %s) is gone from Redis "
+                "(%s lost its data): the records are the import's, working memory is what Redis holds now",
+                since or "now",
+                stage_id,
+                self.where(),
+            )
+        try:
+            self.sqlite.clear_swap(stage_id)
+        except AppError as exc:  # the swap is done; the next sweep finds it done and clears it
+            log.warning("working memory: could not clear the finished swap %s (%s)", stage_id, exc.message)
+
+    def complete_swaps(self) -> int:
+        """Swap in the working memory of replace imports whose swap Redis failed; returns how
+        many were swapped. Before anything written to the database during an outage moves to
+        Redis, so that lands on the imported working memory, not on the old."""
+        backend = self.backend
+        if not isinstance(backend, RedisBackend):
+            return 0
+        done = 0
+        try:
+            pending = self.sqlite.pending_swaps()
+        except AppError:
+            return 0
+        for mark in pending:
+            try:
+                outcome = backend.swap(mark["stage"])
+            except (BackendDown, AppError) as exc:
+                log.warning("working memory: the pending swap %s failed again (%s)", mark["stage"], _reason(exc))
+                return done
+            self._swap_done(mark["stage"], outcome, mark.get("since", ""))
+            if outcome == "swapped":
+                log.warning(
+                    "working memory: the replace import of %s is complete: its working memory replaced the old one",
+                    mark.get("since"),
+                )
+                done += 1
+        return done
+
     def _audit(self, operation: str, scope: Scope, message: str) -> None:
         """Audit row for a destructive Redis operation (SQLite ones audit in their transaction)."""
         with self.rt.db.transaction(f"working_{operation}", agent_id=scope.agent) as tx:
@@ -307,6 +445,7 @@ class WorkingMemory:
             removed += self.run(lambda b: b.sweep(now) if b is not self.sqlite else 0)
         backend = self.backend
         if isinstance(backend, RedisBackend) and self._may_mark:
+            self.complete_swaps()  # a replace import whose swap Redis failed
             # Written to the database by a process that had not yet followed the heal.
             self._move_to_redis(backend)
         return removed
@@ -330,6 +469,26 @@ class WorkingMemory:
         return body
 
     def diagnose(self) -> list[dict[str, Any]]:
+        checks = self._diagnose_backend()
+        try:
+            waiting = self.sqlite.pending_swaps() if self.configured == "redis" else []
+        except AppError:
+            waiting = []
+        if waiting:
+            checks.append(
+                {
+                    "name": "working_memory_import_swap",
+                    "category": "working_memory",
+                    "status": "fail",
+                    "message": f"{len(waiting)} replace import(s) (since {waiting[0].get('since')}) replaced the "
+                    "records but not yet working memory: Redis failed before the swap",
+                    "fix": "once Redis answers, POST /agentmemory/diagnostics/heal (or wait for the minute's sweep)",
+                    "fixable": True,
+                }
+            )
+        return checks
+
+    def _diagnose_backend(self) -> list[dict[str, Any]]:
         self._follow_the_store()
         check = {"name": "working_memory_backend", "category": "working_memory", "fixable": False}
         if self.configured == "sqlite":
@@ -371,8 +530,10 @@ class WorkingMemory:
     def heal(self, dry_run: bool) -> list[dict[str, Any]]:
         """End the store's fallback once Redis answers: this process returns to Redis now, every
         other one (every node's) within FOLLOW_SECONDS."""
-        if self.configured != "redis" or not self.using_fallback or not probe(self.settings.redis_url):
+        if self.configured != "redis" or not probe(self.settings.redis_url):
             return []
+        if not self.using_fallback:
+            return self._heal_swaps(dry_run)
         detail = {"name": "working_memory_backend", "category": "working_memory", "wouldFix": 1}
         if dry_run:
             return [{**detail, "fixed": 0}]
@@ -380,6 +541,17 @@ class WorkingMemory:
         self._mark_read_at = None
         self._follow_the_store()
         return [{**detail, "fixed": 0 if self.using_fallback else 1, "movedScopes": self.moved_at_return}]
+
+    def _heal_swaps(self, dry_run: bool) -> list[dict[str, Any]]:
+        """Replace imports whose working memory waits in Redis to be swapped in."""
+        try:
+            waiting = len(self.sqlite.pending_swaps())
+        except AppError:
+            return []
+        if not waiting:
+            return []
+        detail = {"name": "working_memory_import_swap", "category": "working_memory", "wouldFix": waiting}
+        return [{**detail, "fixed": 0 if dry_run else self.complete_swaps()}]
 
     def close(self) -> None:
         if self.backend is not self.sqlite:

@@ -27,6 +27,7 @@ from agentmemory_server.working.model import (
 # no request can name (a request's project and session are never empty).
 FALLBACK_SCOPE = ("", "", "")
 FALLBACK_KEY = "_redis_fallback"
+SWAP_KEY = "_redis_swap:"  # + a stage id: a replace import's working memory still to swap in on Redis
 
 
 class SqliteBackend:
@@ -206,6 +207,31 @@ class SqliteBackend:
     def clear_fallback_mark(self) -> bool:
         with self.db.transaction("working_fallback_end") as tx:
             return tx.working.kv_delete(FALLBACK_SCOPE, FALLBACK_KEY, 0.0)
+
+    # -- a replace import's working memory waiting to be swapped in on Redis (service.py)
+    @staticmethod
+    def record_swap(tx: Any, stage_id: str, since: str) -> list[str]:
+        """In a replace import's transaction: the stage ``stage_id`` must become Redis's working
+        memory once it commits. Replaces the record of any earlier import's stage (this import
+        supersedes it); returns those stages' ids."""
+        earlier = [
+            key[len(SWAP_KEY) :] for key, _v, _e in tx.working.kv_items(FALLBACK_SCOPE, 0.0) if key.startswith(SWAP_KEY)
+        ]
+        for stage in earlier:
+            tx.working.kv_delete(FALLBACK_SCOPE, SWAP_KEY + stage, 0.0)
+        mark = codec.dumps({"stage": stage_id, "since": since})
+        tx.working.kv_put_many(FALLBACK_SCOPE, [(SWAP_KEY + stage_id, mark, None)], since)
+        return earlier
+
+    def pending_swaps(self) -> list[dict[str, str]]:
+        """``{stage, since}`` of each committed replace import whose working memory is not yet
+        swapped in on Redis."""
+        rows = self.db.reader().working.kv_items(FALLBACK_SCOPE, 0.0)
+        return [json.loads(value) for key, value, _e in rows if key.startswith(SWAP_KEY) and value is not None]
+
+    def clear_swap(self, stage_id: str) -> None:
+        with self.db.transaction("working_swap_done") as tx:
+            tx.working.kv_delete(FALLBACK_SCOPE, SWAP_KEY + stage_id, 0.0)
 
     def close(self) -> None:
         """The database belongs to the runtime; nothing to release."""
