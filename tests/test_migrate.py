@@ -176,3 +176,141 @@ def test_a_url_of_another_database_is_refused_not_taken_for_a_file_name(tmp_path
     assert done.returncode != 0 and "--to takes a postgresql:// URL or a SQLite file's path" in done.stderr, done.stderr
     assert "'mysql' URL" in done.stderr and "pw" not in done.stderr.replace("postgresql://", "")
     assert not (tmp_path / "mysql:").exists()  # it used to become a SQLite file at ./mysql:/ann:pw@db/memory
+
+
+# -- working memory in Redis moves to wherever the target keeps it -----------------------------------
+
+def _wm(rt) -> dict:
+    """``working_memory`` without the replies' note of where it was read from."""
+    got = working_memory(rt)
+    got["task"] = {k: v for k, v in got["task"].items() if k not in ("backend", "usingFallback", "warning")}
+    return got
+
+
+def _redis_settings(url: str, prefix: str | None = None) -> dict:
+    import uuid
+
+    return {"working_memory_backend": "redis", "redis_url": url,
+            "working_memory_redis_prefix": prefix or f"t-{uuid.uuid4().hex}"}
+
+
+@pytest.mark.sqlite_only  # the source is a SQLite file with Redis, the target PostgreSQL without it
+def test_working_memory_in_redis_moves_into_a_postgresql_targets_database(make_runtime, redis_server, pg_cluster,
+                                                                        tmp_path):
+    source = make_runtime(data_dir=str(tmp_path / "src"), database_url=None, **_redis_settings(redis_server.url))
+    seed(source)
+    assert source.services["working_memory"].sqlite.held_scopes() == []  # all of it is in Redis
+    url = pg_cluster.create_database()
+    try:
+        pg = make_runtime(data_dir=str(tmp_path / "pgnode"), database_url=url)
+        result = migrate.migrate(source, pg, tmp_path / "src")
+        assert result["verified"]["ok"], result["verified"]
+        assert _wm(pg) == _wm(source) and _wm(pg)["keys"] == {
+            "plan": {"next": "drain the queue"}}
+        # The verification reads each side where it lives: a difference in the target is caught.
+        ToolCaller(pg)("memory_working_set", sessionId="m0", project="alpha", key="plan", value="changed")
+        assert migrate.verify(source, pg)["working"]["mismatches"] == ["alpha/default/m0"]
+        moved = result["workingMemory"]
+        assert moved["from"].startswith(f"Redis at {redis_server.url}") and moved["to"] == "the database"
+        assert {k: moved[k] for k in ("moved", "scopes", "keys", "tasks", "scratchpadEntries", "checkpoints")} == {
+            "moved": True, "scopes": 1, "keys": 1, "tasks": 1, "scratchpadEntries": 1, "checkpoints": 1}
+    finally:
+        pg_cluster.drop_database(url)
+
+
+def test_working_memory_moves_between_redis_prefixes_and_stays_when_the_keys_are_the_same(make_runtime,
+                                                                                         redis_server, tmp_path):
+    source = make_runtime(data_dir=str(tmp_path / "src"), **_redis_settings(redis_server.url))
+    seed(source)
+    other = make_runtime(data_dir=str(tmp_path / "other"), **_redis_settings(redis_server.url))
+    result = migrate.migrate(source, other, tmp_path / "src")
+    assert result["verified"]["ok"] and result["workingMemory"]["moved"] is True
+    assert result["workingMemory"]["scopes"] == 1 and _wm(other) == _wm(source)
+    assert other.services["working_memory"].sqlite.held_scopes() == []  # in its Redis keys, not its database
+    # The same server, database and prefix under another spelling of the URL: shared, nothing copied onto itself.
+    prefix = source.settings.working_memory_redis_prefix
+    assert redis_server.url.endswith("/0")
+    shared = make_runtime(data_dir=str(tmp_path / "shared"), **_redis_settings(redis_server.url[:-2], prefix))
+    ToolCaller(source)("memory_working_scratchpad", sessionId="m0", project="alpha", operation="append",
+                       content="written while migrating")
+    again = migrate.migrate(source, shared, tmp_path / "src")
+    assert again["verified"]["ok"] and again["workingMemory"]["moved"] is False
+    assert "same Redis keys" in again["workingMemory"]["note"] and again["workingMemory"]["scopes"] == 1
+    assert len(_wm(shared)["scratchpad"]) == 2
+
+
+def test_a_redis_that_does_not_answer_stops_the_migration_before_anything_is_written(make_runtime, tmp_path):
+    """The source's (or the target's) working memory is in a Redis that does not answer: an error
+    naming it, not a migration that silently leaves working memory behind."""
+    from agentmemory_server.errors import AppError
+    from agentmemory_server.kernel.settings import Settings
+    from conftest import free_port
+    from agentmemory_server.wiring import build_runtime
+
+    dead = f"redis://:secretpw@127.0.0.1:{free_port()}/0"  # nothing listens there
+    made = []
+
+    def tool_runtime(name: str, **overrides):  # as `agentmemory migrate` builds them
+        rt = build_runtime(Settings.from_env({}, data_dir=str(tmp_path / name), background_jobs=False,
+                                             embedding_provider="none", auth="off", **overrides), role="tool")
+        made.append(rt)
+        return rt
+
+    try:
+        writer = make_runtime(data_dir=str(tmp_path / "src"), database_url=None)
+        seed(writer)
+        source = tool_runtime("src", **_redis_settings(dead))
+        target = tool_runtime("dst")
+        with pytest.raises(AppError) as stopped:
+            migrate.migrate(source, target, tmp_path / "src")
+        said = stopped.value.message
+        assert "source's working memory" in said and f"127.0.0.1:{dead.rsplit(':', 1)[1].split('/')[0]}" in said
+        assert "does not answer" in said and "secretpw" not in said and "WORKING_MEMORY_BACKEND=sqlite" in said
+        assert target.db.reader().records.scope_counts() == {}  # nothing was written
+        assert source.services["working_memory"].sqlite.fallback_mark() is None  # the servers' store left alone
+
+        source = tool_runtime("src2")
+        seed(source)
+        target = tool_runtime("dst2", **_redis_settings(dead))
+        with pytest.raises(AppError, match="target's working memory .* does not answer .* --to-redis"):
+            migrate.migrate(source, target, tmp_path / "src2")
+        assert target.db.reader().records.scope_counts() == {}
+    finally:
+        for rt in made:
+            rt.close()
+
+
+def test_the_cli_moves_redis_working_memory_into_the_targets_database_with_to_redis_none(redis_server, tmp_path):
+    """``agentmemory migrate --to FILE --to-redis none`` from a server configured with Redis:
+    the new store keeps working memory in its database, and the output counts what moved."""
+    import uuid
+
+    from agentmemory_server.kernel.settings import Settings
+    from agentmemory_server.wiring import build_runtime
+
+    prefix = f"t-{uuid.uuid4().hex}"
+    env = {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(tmp_path / "src"), "EMBEDDING_PROVIDER": "none",
+           "WORKING_MEMORY_BACKEND": "redis", "REDIS_URL": redis_server.url, "WORKING_MEMORY_REDIS_PREFIX": prefix}
+    source = build_runtime(Settings.from_env({}, data_dir=str(tmp_path / "src"), background_jobs=False,
+                                             embedding_provider="none", auth="off",
+                                             **_redis_settings(redis_server.url, prefix)))
+    try:
+        seed(source)
+        expected = _wm(source)
+    finally:
+        source.close()
+    agentmemory = str(Path(sys.executable).with_name("agentmemory"))
+    done = subprocess.run([agentmemory, "--quiet", "migrate", "--to", str(tmp_path / "new.db"), "--to-redis", "none"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    moved = json.loads(done.stdout)["workingMemory"]
+    assert moved["to"] == "the database" and moved["scopes"] == 1 and moved["checkpoints"] == 1, moved
+    target = build_runtime(Settings.from_env({}, db_path=str(tmp_path / "new.db"), background_jobs=False,
+                                             embedding_provider="none", auth="off"))
+    try:
+        assert _wm(target) == expected
+    finally:
+        target.close()
+    bad = subprocess.run([agentmemory, "--quiet", "migrate", "--to", str(tmp_path / "other.db"), "--to-redis",
+                          "http://example"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--to-redis takes a Redis URL or none" in bad.stderr, bad.stderr

@@ -435,20 +435,29 @@ def test_a_replace_import_whose_database_write_is_refused_keeps_the_old_working_
     memory and the staged new one is deleted."""
     import sqlite3
 
-    from agentmemory_server.errors import AppError
-
     target, export = _replace_import_pair(make_runtime, tmp_path, redis_server.url)
-    if target.rt.settings.database_url:
-        pytest.fail("this test refuses a write with a SQLite trigger; run it on SQLite")
-    conn = sqlite3.connect(target.rt.settings.database_path)
-    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON kv_store WHEN NEW.scope = 'mem:memories' "
-                 "BEGIN SELECT RAISE(ABORT, 'write refused by the test'); END")
-    conn.commit()
+    url = target.rt.settings.database_url
+    if url:  # PostgreSQL: a trigger function refuses the write
+        import psycopg
+
+        conn = psycopg.connect(url, autocommit=True)
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'write refused by the test'; END $$")
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON kv_store FOR EACH ROW "
+                     "WHEN (NEW.scope = 'mem:memories') EXECUTE FUNCTION refuse()")
+        undo = ["DROP TRIGGER refuse ON kv_store", "DROP FUNCTION refuse()"]
+    else:
+        conn = sqlite3.connect(target.rt.settings.database_path)
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON kv_store WHEN NEW.scope = 'mem:memories' "
+                     "BEGIN SELECT RAISE(ABORT, 'write refused by the test'); END")
+        conn.commit()
+        undo = ["DROP TRIGGER refuse"]
     try:
-        with pytest.raises((AppError, sqlite3.DatabaseError)):
+        with pytest.raises(Exception, match="write refused by the test|database"):
             target("import", exportData=export, strategy="replace")
     finally:
-        conn.execute("DROP TRIGGER refuse")
+        for statement in undo:
+            conn.execute(statement)
         conn.commit()
         conn.close()
     assert _store_state(target) == OLD_STATE

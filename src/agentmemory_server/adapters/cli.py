@@ -8,7 +8,9 @@
     agentmemory reindex                                             rebuild the search index (and vectors)
     agentmemory recompress [--dry-run]                              compress stored observations again with
                                                                     today's capture code (titles, files)
-    agentmemory migrate --to postgresql://...|FILE.db               copy the store to another backend (resumable)
+    agentmemory migrate --to postgresql://...|FILE.db [--to-redis URL|none]
+                                                                    copy the store to another backend (resumable),
+                                                                    working memory to where the target keeps it
     agentmemory tokens create PRINCIPAL [--kind K] [--project P]... [--rights read,write]
     agentmemory tokens list | tokens revoke ID                      API tokens for people and agents
     agentmemory backup [--force] [--local]                          upload a snapshot to the HF dataset now
@@ -43,7 +45,7 @@ from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import auth, privacy, registry
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
-from agentmemory_server.kernel.setting_types import postgres_url
+from agentmemory_server.kernel.setting_types import postgres_url, redis_url
 from agentmemory_server.kernel.settings import Settings, SettingsError
 from agentmemory_server.models import llm
 from agentmemory_server.operations import maintenance, migrate, recompress, tokens
@@ -166,14 +168,16 @@ def cmd_migrate(settings: Settings, opts: argparse.Namespace) -> Any:
         raise InvalidInput(f"--to takes a postgresql:// URL or a SQLite file's path, not a {scheme!r} URL")
     else:
         target_settings = settings.replace(database_url=None, db_path=str(Path(opts.to).expanduser()))
+    target_settings = _target_working_memory(settings, target_settings, opts)
     if (
         target_settings.database_url == settings.database_url
         and target_settings.database_path == settings.database_path
     ):
         raise InvalidInput("--to names the store being migrated from")
-    source = build_runtime(settings)
+    # role "tool": a Redis this command cannot reach must not move the servers' store to the fallback
+    source = build_runtime(settings, role="tool")
     try:
-        target = build_runtime(target_settings)
+        target = build_runtime(target_settings, role="tool")
         try:
             data_dir = settings.database_path.parent
             return migrate.migrate(source, target, data_dir, progress=_progress(opts.quiet), batch=opts.batch or 5000)
@@ -181,6 +185,31 @@ def cmd_migrate(settings: Settings, opts: argparse.Namespace) -> Any:
             target.close()
     finally:
         source.close()
+
+
+def _target_working_memory(settings: Settings, target: Settings, opts: argparse.Namespace) -> Settings:
+    """Where the target of a migration keeps working memory: ``--to-redis URL`` (a Redis, under
+    ``--to-redis-prefix``), ``--to-redis none`` (its database), or where the source does."""
+    prefix = opts.to_redis_prefix
+    if opts.to_redis is None:
+        if prefix is not None and settings.working_memory_backend != "redis":
+            raise InvalidInput(
+                "--to-redis-prefix needs --to-redis URL: the source keeps working memory in its database"
+            )
+        return target if prefix is None else target.replace(working_memory_redis_prefix=prefix)
+    if opts.to_redis.strip().lower() == "none":
+        if prefix is not None:
+            raise InvalidInput("--to-redis-prefix goes with --to-redis URL, not --to-redis none")
+        return target.replace(working_memory_backend="sqlite")
+    try:
+        url = redis_url(opts.to_redis)
+    except ValueError as exc:
+        raise InvalidInput(f"--to-redis takes a Redis URL or none: {exc}") from None
+    return target.replace(
+        working_memory_backend="redis",
+        redis_url=url,
+        working_memory_redis_prefix=prefix if prefix is not None else settings.working_memory_redis_prefix,
+    )
 
 
 # What the one positional argument of `tokens` is, per action (None: the action takes none).
@@ -527,9 +556,22 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--dry-run", action="store_true", help="only count and show what would change")
     again.add_argument("--batch", type=_batch_size, help="records per transaction (default 500)")
     again.set_defaults(run=cmd_recompress)
-    move = commands.add_parser("migrate", help="copy every record to another store (PostgreSQL or SQLite), resumably")
+    move = commands.add_parser(
+        "migrate", help="copy every record and working memory to another store (PostgreSQL or SQLite), resumably"
+    )
     move.add_argument("--to", required=True, help="postgresql://user:password@host/db, or a SQLite file path")
     move.add_argument("--batch", type=_batch_size, help="records per transaction (default 5000)")
+    move.add_argument(
+        "--to-redis",
+        metavar="URL|none",
+        help="where the target keeps working memory: a Redis (redis://host:port/db) or none (its database); "
+        "default: where the source keeps it (WORKING_MEMORY_BACKEND, REDIS_URL)",
+    )
+    move.add_argument(
+        "--to-redis-prefix",
+        metavar="PREFIX",
+        help="key prefix in the target's Redis (default: WORKING_MEMORY_REDIS_PREFIX)",
+    )
     move.set_defaults(run=cmd_migrate)
     toks = commands.add_parser("tokens", help="API tokens for people and agents: create, list, revoke")
     toks.add_argument("action", choices=("create", "list", "revoke"))

@@ -134,7 +134,7 @@ def _database_url(text: str) -> str | None:
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def _redis_url(text: str) -> str:
+def redis_url(text: str) -> str:
     """A Redis URL, its scheme in lower case. Checked here so that a mistyped one stops the server
     (or a CLI command) with this message rather than a traceback from redis-py when the Redis
     backends open; only the scheme is quoted, since the URL may hold a password."""

@@ -21,7 +21,7 @@ from agentmemory_server.kernel.setting_types import (
     _non_negative_int,
     _optional_str,
     _positive_int,
-    _redis_url,
+    redis_url,
 )
 from agentmemory_server.kernel.settings_faults import FAULT_SETTINGS
 from agentmemory_server.kernel.settings_llm import LLM_SETTINGS
@@ -277,7 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
         "redis_url",
         ("REDIS_URL",),
         "redis://127.0.0.1:6379/0",
-        _redis_url,
+        redis_url,
         "Redis for WORKING_MEMORY_BACKEND=redis and AGENTMEMORY_RATE_LIMIT_STORE=redis (connect timeout 0.5 s, "
         "no retries).",
         secret=True,

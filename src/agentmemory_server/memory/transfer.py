@@ -319,6 +319,7 @@ def write_export(
     batch: int = 500,
     tick: Callable[[int], Any] = lambda n: None,
     working: Any | None = None,
+    with_working: bool = True,
 ) -> dict[str, int]:
     """Write the export document to ``sink``, reading ``batch`` records at a time. The one export
     implementation: GET /export builds it with ``TreeSink``, the CLI streams it with
@@ -326,7 +327,9 @@ def write_export(
     the other sections come with the first page. ``now`` (epoch seconds): working-memory keys
     expired by then are left out. ``tick(n)`` reports records read. ``working``: the
     working-memory subsystem when working memory lives outside the database
-    (``working_transfer.outside_database``)."""
+    (``working_transfer.outside_database``); ``with_working=False`` leaves that section out
+    (``agentmemory migrate`` moves working memory itself, from where it lives to where the target
+    keeps it)."""
     writer = _ExportWriter(store, sink, _owned_by(agent), batch, tick)
     sink.open("{")
     for key, value in (("version", FORMAT_VERSION), ("service", "agentmemory"), ("exportedAt", exported_at)):
@@ -337,7 +340,8 @@ def write_export(
         writer.section("[", "memories", MEMORIES)
         writer.section("[", "summaries", SUMMARIES)
         writer.other_scopes()
-        writer.working(now, agent, working)
+        if with_working:
+            writer.working(now, agent, working)
     writer.images()
     more = max_sessions is not None and offset + len(page) < total
     sink.value({"offset": offset, "limit": max_sessions, "total": total, "hasMore": more}, "pagination")

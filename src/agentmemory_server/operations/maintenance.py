@@ -170,12 +170,19 @@ def reindex(rt: Any, *, batch: int = 500, progress: Progress = no_progress, embe
 
 
 def stream_export(
-    rt: Any, out: TextIO, *, batch: int = 500, progress: Progress = no_progress, lines: bool = False
+    rt: Any,
+    out: TextIO,
+    *,
+    batch: int = 500,
+    progress: Progress = no_progress,
+    lines: bool = False,
+    with_working: bool = True,
 ) -> dict[str, int]:
     """Write the same document as ``GET /export`` to ``out`` (``transfer.write_export``, the one
     export implementation), inside one read transaction: a consistent export while the server
     keeps writing. In isolated agent scope only this AGENT_ID's records, as over HTTP.
-    ``lines``: JSON Lines, one record a line (``transfer.JsonLinesSink``)."""
+    ``lines``: JSON Lines, one record a line (``transfer.JsonLinesSink``). ``with_working=False``:
+    without working memory (``migrate`` moves it itself)."""
     agent = agent_filter(Ctx(rt, source="cli"))
     with rt.db.snapshot_reader() as store:
         bar = progress("export", sum(store.records.scope_counts().values()))
@@ -190,6 +197,7 @@ def stream_export(
                 batch=batch,
                 tick=bar.update,
                 working=working_transfer.outside_database(rt),
+                with_working=with_working,
             )
             if not lines:
                 out.write("\n")

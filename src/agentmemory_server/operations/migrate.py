@@ -9,6 +9,14 @@ interrupted migration resumes where it stopped (merge makes a repeated batch har
 the record counts of every scope are compared and a sample of records is read back from both
 stores and compared, and so is every scope of working memory. Search rows are rebuilt by the
 import; vectors are queued and embedded by the target's background worker.
+
+Working memory is moved after the records, from where the source keeps it (its database's
+tables, or Redis with ``WORKING_MEMORY_BACKEND=redis``) to where the target will keep it (its
+database, or a Redis: ``--to-redis``), read and written directly: a Redis that does not answer is
+an error naming it, checked before anything is written, never a silent fallback to the
+database's tables. A target that keeps it in the same Redis keys as the source (one server,
+database and prefix) shares it: nothing is copied onto itself. Writing it is a merge, so a run
+interrupted there is simply run again.
 """
 
 from __future__ import annotations
@@ -19,13 +27,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentmemory_server.errors import Conflict
+from agentmemory_server.errors import AppError, Conflict, Unavailable
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.memory import working_transfer
 from agentmemory_server.operations import maintenance
 from agentmemory_server.operations.maintenance import Progress, no_progress
 
 SAMPLE = 200
+SOURCE_HINT = (
+    "Start it, or set WORKING_MEMORY_BACKEND=sqlite to migrate without the working memory it holds (then lost to "
+    "the target)"
+)
+TARGET_HINT = "Start it, or name another with --to-redis URL (--to-redis none: the target's database keeps it)"
+RERUN = (
+    "Every record is in the target; run the same `agentmemory migrate` again once Redis answers: it resumes, and "
+    "working memory written again doubles nothing"
+)
 
 
 def spool_paths(data_dir: Path) -> tuple[Path, Path]:
@@ -47,6 +64,9 @@ def migrate(
 
     :raise Conflict: the verification found a difference (the spool and state are kept).
     """
+    ours, theirs = source.services["working_memory"], target.services["working_memory"]
+    ours.require_reachable("source", SOURCE_HINT)  # before anything is written
+    theirs.require_reachable("target", TARGET_HINT)
     spool, state_path = spool_paths(data_dir)
     state = read_state(state_path)
     if state.get("source") != source.db.location or state.get("target") != target.db.location:
@@ -55,7 +75,7 @@ def migrate(
     if not state["exported"] or not spool.exists():
         partial = spool.with_name(spool.name + ".partial")
         with open(partial, "w", encoding="utf-8") as out:
-            state["export"] = maintenance.stream_export(source, out, progress=progress, lines=True)
+            state["export"] = maintenance.stream_export(source, out, progress=progress, lines=True, with_working=False)
         partial.replace(spool)
         state.update(exported=True, imported=0)
         state_path.write_text(json.dumps(state))
@@ -74,6 +94,7 @@ def migrate(
         skip_lines=int(state.get("imported") or 0),
         on_batch=remember,
     )
+    working = move_working(source, target)
     imported = time.perf_counter()
     check = verify(source, target)
     if not check["ok"]:
@@ -86,6 +107,7 @@ def migrate(
         "to": target.db.location,
         "records": records,
         "import": result,
+        "workingMemory": working,
         "exportSeconds": round(exported - started, 2),
         "importSeconds": round(imported - exported, 2),
         "recordsPerSecond": round(records / max(imported - started, 1e-9)),
@@ -108,7 +130,7 @@ def verify(source: Any, target: Any, sample: int = SAMPLE) -> dict[str, Any]:
     mismatched = [
         f"{scope}/{key}" for scope, key in picked if src.records.get(scope, key) != dst.records.get(scope, key)
     ]
-    working = _verify_working(src, dst, source.clock.now().timestamp())
+    working = _verify_working(source, target)
     return {
         "ok": not differ and not mismatched and not working["mismatches"],
         "counts": counts,
@@ -119,15 +141,66 @@ def verify(source: Any, target: Any, sample: int = SAMPLE) -> dict[str, Any]:
     }
 
 
-def _verify_working(src: Any, dst: Any, now: float) -> dict[str, Any]:
-    """Every scope of working memory reads back the same from the target (keys, task,
-    scratchpad, checkpoints): it lives outside the records, so the record counts miss it."""
+def _tally(entries: list[dict[str, Any]]) -> dict[str, int]:
+    return {
+        "scopes": len(entries),
+        "keys": sum(len(e["keys"]) for e in entries),
+        "tasks": sum(1 for e in entries if e["task"] is not None),
+        "scratchpadEntries": sum(len(e["scratchpad"]) for e in entries),
+        "checkpoints": sum(len(e["checkpoints"]) for e in entries),
+    }
 
-    def every(store: Any) -> dict[str, dict[str, Any]]:
-        return {
-            working_transfer.scope_key((e["project"], e["agentId"], e["sessionId"])): e
-            for e in working_transfer.export_entries(store, now, lambda _agent: True)
-        }
 
-    ours, theirs = every(src), every(dst)
-    return {"scopes": len(ours), "mismatches": sorted(k for k, e in ours.items() if theirs.get(k) != e)[:20]}
+def _key(entry: dict[str, Any]) -> str:
+    return working_transfer.scope_key((entry["project"], entry["agentId"], entry["sessionId"]))
+
+
+def _every_entry(service: Any, now: float) -> dict[str, dict[str, Any]]:
+    """Every scope of working memory where ``service`` keeps it: Redis's, then the database's
+    scopes Redis does not hold (what a fallback left that has not moved yet), as the export."""
+    in_redis, in_database = service.held_entries(now)
+    found = {_key(e): e for e in in_redis}
+    for entry in in_database:
+        found.setdefault(_key(entry), entry)
+    return found
+
+
+def move_working(source: Any, target: Any) -> dict[str, Any]:
+    """Copy the source's working memory to where the target keeps it; returns what moved.
+
+    :raise Unavailable: Redis failed (the message says how far the copy got)."""
+    ours, theirs = source.services["working_memory"], target.services["working_memory"]
+    now = source.clock.time()
+    moved: dict[str, Any] = {"from": ours.where(), "to": theirs.where()}
+    try:
+        if ours.shares_keys_with(theirs):
+            in_redis, in_database = ours.held_entries(now)
+            note = (
+                "the target keeps working memory in the same Redis keys as the source: "
+                f"its {len(in_redis)} session scope(s) there stay, shared by both stores"
+            )
+            if in_database:
+                note += (
+                    f"; {len(in_database)} scope(s) a Redis fallback left in the source's database move to that "
+                    "Redis at the source's next sweep"
+                )
+            return {**moved, "moved": False, **_tally(in_redis), "note": note}
+        entries = list(_every_entry(ours, now).values())
+        theirs.write_entries(entries, now)
+    except Unavailable as exc:
+        raise Unavailable(f"{exc.message}. {RERUN}", code=exc.code) from None
+    return {**moved, "moved": True, **_tally(entries)}
+
+
+def _verify_working(source: Any, target: Any) -> dict[str, Any]:
+    """Every scope of working memory reads back the same from where the target keeps it (keys,
+    task, scratchpad, checkpoints): it lives outside the records, so the record counts miss it."""
+    ours, theirs = source.services["working_memory"], target.services["working_memory"]
+    now = source.clock.time()
+    try:
+        if ours.shares_keys_with(theirs):
+            return {"scopes": len(ours.held_entries(now)[0]), "mismatches": [], "shared": ours.where()}
+        mine, yours = _every_entry(ours, now), _every_entry(theirs, now)
+    except AppError as exc:
+        return {"scopes": 0, "mismatches": [f"could not read working memory: {exc.message}"]}
+    return {"scopes": len(mine), "mismatches": sorted(k for k, e in mine.items() if yours.get(k) != e)[:20]}

@@ -585,6 +585,7 @@ class RedisBackend:
             self.r.delete(*keys[i : i + 1000])
         self.r.delete(stage._scopes, self._stage_ready(stage_id))
 
+    @_guarded
     def identity(self) -> tuple[str, int, str]:
         """(server run id, database number, prefix): two backends with the same identity hold the
         same keys, however their URLs are spelled."""

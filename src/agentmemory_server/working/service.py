@@ -46,7 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agentmemory_server import errors
-from agentmemory_server.errors import AppError, Unavailable
+from agentmemory_server.errors import AppError, Conflict, Unavailable
 from agentmemory_server.memory import working_transfer
 from agentmemory_server.storage import codec
 from agentmemory_server.storage.urls import without_password
@@ -311,6 +311,81 @@ class WorkingMemory:
         with self.rt.db.transaction("import_working") as tx:
             for entry in entries:
                 working_transfer.write(tx, entry, strategy, now=now, stamp=self.rt.clock.iso())
+
+    # -- moving working memory to another store (``agentmemory migrate``) ------------------------
+
+    def require_reachable(self, whose: str, hint: str) -> None:
+        """Raise unless working memory can be read and written where the settings say it lives:
+        an admin command that moves it must not take the database's tables for all of it.
+
+        :raise Conflict: the store is on the Redis fallback (part of it in each place).
+        :raise Unavailable: Redis does not answer (``hint`` says what to do)."""
+        if self.configured != "redis" or not self.using_fallback:
+            return
+        mark = self.sqlite.fallback_mark()
+        if mark is not None:
+            raise Conflict(
+                f"the {whose}'s working memory is on the database fallback since {mark.get('since')} "
+                f"({mark.get('reason')}): part of it is in the database, part in {self.where()}. Once Redis answers, "
+                "heal the fallback (POST /agentmemory/diagnostics/heal) and run this again; or set "
+                "WORKING_MEMORY_BACKEND=sqlite to take only the database's part"
+            )
+        raise Unavailable(
+            f"the {whose}'s working memory is kept in {self.where()}, which does not answer "
+            f"({self.fallback_reason}); nothing was done. {hint}",
+            code=errors.WORKING_MEMORY_UNAVAILABLE,
+        )
+
+    def shares_keys_with(self, other: WorkingMemory) -> bool:
+        """Do both keep working memory in the same Redis keys (one server, database and prefix,
+        however the URLs are spelled)?"""
+        mine, theirs = self.backend, other.backend
+        if not (isinstance(mine, RedisBackend) and isinstance(theirs, RedisBackend)):
+            return False
+        try:
+            return mine.identity() == theirs.identity()
+        except (BackendDown, AppError) as exc:
+            raise Unavailable(f"Redis failed: {_reason(exc)}", code=errors.WORKING_MEMORY_UNAVAILABLE) from None
+
+    def held_entries(self, now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(the entries Redis holds, the entries the database's tables hold), every agent's; a
+        Redis failure raises instead of falling back, so nothing is left out unsaid.
+
+        :raise Unavailable: Redis failed."""
+        stored = list(working_transfer.export_entries(self.rt.db.reader(), now, lambda _agent: True))
+        backend = self.backend
+        if backend is self.sqlite:
+            return [], stored
+        try:
+            copies = [(scope, backend.copy_scope(scope, now)) for scope in backend.held_scopes()]
+        except (BackendDown, AppError) as exc:
+            raise Unavailable(
+                f"reading working memory from {self.where()} failed: {_reason(exc)}",
+                code=errors.WORKING_MEMORY_UNAVAILABLE,
+            ) from None
+        return [_entry_of(scope, copy) for scope, copy in copies if not copy.empty], stored
+
+    def write_entries(self, entries: list[dict[str, Any]], now: float) -> None:
+        """Write entries where working memory lives (``merge``: theirs win, checkpoints added by
+        id, so writing them again doubles nothing): one database transaction, or one Redis
+        transaction a scope.
+
+        :raise Unavailable: Redis failed, naming how many scopes were written."""
+        backend = self.backend
+        if backend is self.sqlite:
+            with self.rt.db.transaction("migrate_working") as tx:
+                for entry in entries:
+                    working_transfer.write(tx, entry, "merge", now=now, stamp=self.rt.clock.iso())
+            return
+        for done, entry in enumerate(entries):
+            try:
+                backend.load(_scope_of(entry), _copy_of(entry), keep_ours=False, now=now)
+            except (BackendDown, AppError) as exc:
+                raise Unavailable(
+                    f"writing working memory to {self.where()} failed after {done} of {len(entries)} session "
+                    f"scope(s): {_reason(exc)}",
+                    code=errors.WORKING_MEMORY_UNAVAILABLE,
+                ) from None
 
     # -- a replace import on Redis: staged, then swapped in once the records are committed ------
 
