@@ -462,3 +462,21 @@ def test_a_replace_import_whose_database_write_is_refused_keeps_the_old_working_
         conn.close()
     assert _store_state(target) == OLD_STATE
     assert _staged_keys(target) == []
+
+
+def test_a_replace_import_on_the_fallback_is_not_undone_by_the_heal(durable_redis, make_runtime, tmp_path):
+    """A replace import while the store serves working memory from the database: the heal must
+    not merge Redis's old sessions back into the imported ones; what was written after the
+    import still moves to Redis."""
+    target, export = _replace_import_pair(make_runtime, tmp_path, durable_redis.url)
+    durable_redis.stop()
+    assert target("memory_working_get", sessionId="a", operation="all")["usingFallback"] is True
+    target("import", exportData=export, strategy="replace")
+    target("memory_working_set", sessionId="c", key="after", value="the import")
+    durable_redis.start()
+    target("diagnostics_heal")
+    state = _store_state(target)
+    assert state == NEW_STATE, state
+    got = target("memory_working_get", sessionId="c", key="after")
+    assert got["backend"] == "redis" and got["value"] == "the import"
+    assert target.rt.services["working_memory"].sqlite.pending_swaps() == []

@@ -500,22 +500,13 @@ def import_records(
     outside = working_transfer.outside_database(ctx.rt)
     stage, total = None, len(records)
     if outside is not None and wiping:
-        # Redis has no part in the database's transaction. A replace writes the new working memory
-        # aside first (a Redis failure there changes nothing), records in the transaction that the
-        # stage must be swapped in, and swaps it in at once after the commit.
-        entries = [v if stripped else strip_private_data(v) for s, _k, v in records if s == working_transfer.SECTION]
-        stage = outside.stage_replace(entries)
-        if stage is not None:
-            records = [r for r in records if r[0] != working_transfer.SECTION]
-            if entries:
-                counts[working_transfer.SECTION] = {"imported": len(entries), "skipped": 0}
+        stage, records = _stage_working(outside, records, counts, stripped=stripped)
     held: list[dict[str, Any]] | None = [] if outside is not None and stage is None else None
     superseded: list[str] = []
     try:
         with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
             if wiping:
-                tx.admin.wipe_records()
-                working_transfer.wipe(tx, epoch)
+                _wipe(ctx, tx, epoch, redis_too=outside is None)
             if pictures:
                 for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
                     tx.images.put(image_id, mime, data, now)
@@ -535,6 +526,33 @@ def import_records(
         # Written once the records are committed (a merge's entries, scope by scope).
         outside.import_entries(held or [], strategy, wipe=wiping)
     return counts
+
+
+def _stage_working(
+    outside: Any, records: list[tuple[str, str, Any]], counts: dict, *, stripped: bool
+) -> tuple[str | None, list[tuple[str, str, Any]]]:
+    """A replace into Redis: Redis has no part in the database's transaction, so the new working
+    memory is written aside first (a Redis failure there changes nothing), the transaction records
+    that the stage must be swapped in, and it is swapped in at once after the commit
+    (``working/service.py``). Returns the stage and the records left for the transaction."""
+    entries = [v if stripped else strip_private_data(v) for s, _k, v in records if s == working_transfer.SECTION]
+    stage = outside.stage_replace(entries)
+    if stage is None:
+        return None, records
+    if entries:
+        counts[working_transfer.SECTION] = {"imported": len(entries), "skipped": 0}
+    return stage, [r for r in records if r[0] != working_transfer.SECTION]
+
+
+def _wipe(ctx: Ctx, tx: UnitOfWork, epoch: float, *, redis_too: bool) -> None:
+    """A replace's wipe: the records and the database's working memory; ``redis_too`` while the
+    store is on the Redis fallback, Redis's old working memory too, once it answers (or the heal
+    would merge it back)."""
+    tx.admin.wipe_records()
+    working_transfer.wipe(tx, epoch)
+    fallen = working_transfer.on_redis_fallback(ctx.rt) if redis_too else None
+    if fallen is not None:
+        fallen.record_redis_wipe(tx)
 
 
 def _write_records(

@@ -98,6 +98,13 @@ def outside_database(rt: Any) -> Any | None:
     return service if service is not None and service.outside_database() else None
 
 
+def on_redis_fallback(rt: Any) -> Any | None:
+    """The working-memory subsystem when it is configured for Redis but serves from the database
+    (the fallback): a replace import must then also empty Redis, once it answers again."""
+    service = rt.services.get("working_memory")
+    return service if service is not None and service.on_fallback() else None
+
+
 # -- import --------------------------------------------------------------------------------------
 
 

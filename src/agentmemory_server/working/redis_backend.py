@@ -536,16 +536,18 @@ class RedisBackend:
         self.r.set(self._stage_ready(stage_id), seq)
 
     @_guarded
-    def swap(self, stage_id: str) -> str:
+    def swap(self, stage_id: str, empty_seq: int | None = None) -> str:
         """Make a sealed stage the working memory, in one WATCH-guarded MULTI/EXEC: every scope's
         keys deleted and the stage's renamed into their place, or nothing at all. Returns
         ``swapped``; ``superseded`` when a later import was swapped in first (the stage is
-        dropped); ``missing`` when the stage is gone (Redis lost its data) and nothing changed."""
+        dropped); ``missing`` when the stage is gone (Redis lost its data) and nothing changed.
+        ``empty_seq``: no stage was written (a replace import while the store was on the
+        fallback); an empty one is swapped in as import number ``empty_seq``."""
         stage = self.staged(stage_id)
         ready, swapped = self._stage_ready(stage_id), self._swapped
 
         def attempt(pipe: Any) -> str:
-            seq, last = pipe.get(ready), pipe.get(swapped)
+            seq, last = pipe.get(ready) if empty_seq is None else empty_seq, pipe.get(swapped)
             if seq is None:
                 return "missing"
             if last is not None and int(last) >= int(seq):
@@ -577,7 +579,7 @@ class RedisBackend:
 
     @_guarded
     def discard(self, stage_id: str) -> None:
-        """Delete a stage (an import whose database transaction failed, or one superseded)."""
+        """Drop a stage: its import's records were not committed, or a later import superseded it."""
         stage = self.staged(stage_id)
         tokens: set[str] = cast(set[str], self.r.smembers(stage._scopes))
         keys = [f"{stage.prefix}:{t}:{part}" for t in tokens for part in self._PARTS]

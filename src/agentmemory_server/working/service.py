@@ -33,6 +33,8 @@ fails, the stage is deleted and Redis keeps the old working memory. If Redis fai
 commit and the swap, the import says so, working memory is still the old one (never a mix) and the
 stage waits in Redis: the sweep or a heal swaps it in once Redis answers (``complete_swaps``),
 before anything written to the database during an outage moves there; diagnose reports it meanwhile.
+A replace import while the store is on the fallback records an empty stage (``record_redis_wipe``):
+Redis's old working memory is emptied on the return, or the heal would merge it back.
 """
 
 from __future__ import annotations
@@ -427,6 +429,25 @@ class WorkingMemory:
         earlier imports this one supersedes."""
         return SqliteBackend.record_swap(tx, stage_id, self.rt.clock.iso())
 
+    def on_fallback(self) -> bool:
+        """Is the store configured for Redis but serving working memory from the database?"""
+        self._follow_the_store()
+        return self.configured == "redis" and self.backend is self.sqlite
+
+    def record_redis_wipe(self, tx: Any) -> None:
+        """In a replace import's transaction while the store is on the fallback: the database's
+        working memory is replaced, but Redis still holds the old, which the heal would merge
+        back. Recorded as an empty stage to swap in on the return to Redis, before what the
+        database holds then moves there."""
+        superseded = SqliteBackend.record_swap(tx, "empty-" + uuid.uuid4().hex, self.rt.clock.iso(), time.time_ns())
+        if superseded:
+            log.warning(
+                "working memory: the staged working memory of %d earlier replace import(s) is superseded; its "
+                "keys stay in Redis under %s:staged:* until deleted by hand",
+                len(superseded),
+                self.settings.working_memory_redis_prefix,
+            )
+
     def discard_stage(self, stage_id: str) -> None:
         """The records' transaction failed: the stage goes, Redis keeps the old working memory."""
         self._discard(self.backend, stage_id)
@@ -494,7 +515,7 @@ class WorkingMemory:
             return 0
         for mark in pending:
             try:
-                outcome = backend.swap(mark["stage"])
+                outcome = backend.swap(mark["stage"], mark.get("emptySeq"))
             except (BackendDown, AppError) as exc:
                 log.warning("working memory: the pending swap %s failed again (%s)", mark["stage"], _reason(exc))
                 return done

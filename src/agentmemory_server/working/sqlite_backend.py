@@ -210,21 +210,22 @@ class SqliteBackend:
 
     # -- a replace import's working memory waiting to be swapped in on Redis (service.py)
     @staticmethod
-    def record_swap(tx: Any, stage_id: str, since: str) -> list[str]:
+    def record_swap(tx: Any, stage_id: str, since: str, empty_seq: int | None = None) -> list[str]:
         """In a replace import's transaction: the stage ``stage_id`` must become Redis's working
-        memory once it commits. Replaces the record of any earlier import's stage (this import
-        supersedes it); returns those stages' ids."""
+        memory once it commits (``empty_seq``: an empty stage, numbered so: Redis is to be
+        emptied). Replaces the record of any earlier import's stage (this import supersedes it);
+        returns those stages' ids."""
         earlier = [
             key[len(SWAP_KEY) :] for key, _v, _e in tx.working.kv_items(FALLBACK_SCOPE, 0.0) if key.startswith(SWAP_KEY)
         ]
         for stage in earlier:
             tx.working.kv_delete(FALLBACK_SCOPE, SWAP_KEY + stage, 0.0)
-        mark = codec.dumps({"stage": stage_id, "since": since})
+        mark = codec.dumps({"stage": stage_id, "since": since, **({"emptySeq": empty_seq} if empty_seq else {})})
         tx.working.kv_put_many(FALLBACK_SCOPE, [(SWAP_KEY + stage_id, mark, None)], since)
         return earlier
 
-    def pending_swaps(self) -> list[dict[str, str]]:
-        """``{stage, since}`` of each committed replace import whose working memory is not yet
+    def pending_swaps(self) -> list[dict[str, Any]]:
+        """``{stage, since, emptySeq?}`` of each committed replace import whose working memory is not yet
         swapped in on Redis."""
         rows = self.db.reader().working.kv_items(FALLBACK_SCOPE, 0.0)
         return [json.loads(value) for key, value, _e in rows if key.startswith(SWAP_KEY) and value is not None]
