@@ -314,3 +314,25 @@ def test_the_cli_moves_redis_working_memory_into_the_targets_database_with_to_re
     bad = subprocess.run([agentmemory, "--quiet", "migrate", "--to", str(tmp_path / "other.db"), "--to-redis",
                           "http://example"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--to-redis takes a Redis URL or none" in bad.stderr, bad.stderr
+
+
+def test_a_source_on_the_redis_fallback_is_refused_until_healed(make_runtime, redis_server, tmp_path):
+    """Part of its working memory is in the database, part in Redis: migrating either part alone
+    would lose the other, so the command says to heal first."""
+    from agentmemory_server.errors import Conflict
+    from agentmemory_server.kernel.settings import Settings
+    from agentmemory_server.wiring import build_runtime
+
+    redis = _redis_settings(redis_server.url)
+    writer = make_runtime(data_dir=str(tmp_path / "src"), database_url=None, **redis)
+    seed(writer)
+    writer.services["working_memory"].sqlite.mark_fallback("2026-12-07T10:00:00Z", "ConnectionError: refused")
+    source = build_runtime(Settings.from_env({}, data_dir=str(tmp_path / "src"), background_jobs=False,
+                                             embedding_provider="none", auth="off", **redis), role="tool")
+    try:
+        target = make_runtime(data_dir=str(tmp_path / "dst"), database_url=None)
+        with pytest.raises(Conflict, match="on the database fallback since 2026-12-07T10:00:00Z .* heal"):
+            migrate.migrate(source, target, tmp_path / "src")
+        assert target.db.reader().records.scope_counts() == {}
+    finally:
+        source.close()
