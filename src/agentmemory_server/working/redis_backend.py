@@ -558,7 +558,10 @@ class RedisBackend:
                 for token in pipe.smembers(stage._scopes)
                 for part in self._PARTS
             ]
-            present = [(src, dst) for src, dst in moved if pipe.exists(src)]
+            probe = self.r.pipeline(transaction=False)  # one round trip, not one a key (the stage is ours alone)
+            for src, _dst in moved:
+                probe.exists(src)
+            present = [pair for pair, found in zip(moved, probe.execute(), strict=True) if found]
             pipe.multi()
             doomed = [f"{self.prefix}:{token}:{part}" for token in live for part in self._PARTS]
             for i in range(0, len(doomed), 1000):
