@@ -161,7 +161,16 @@ class WorkingMemory:
     def _fall_back(self, failed: Any, exc: Exception) -> None:
         with self._lock:
             first = self.fallback_reason is None
-            if first:
+            if first and not self._may_mark:
+                self.fallback_reason = str(exc)[:300] or type(exc).__name__
+                self.fallback_since = self.rt.clock.iso()
+                log.warning(
+                    "working memory: Redis at %s is unavailable (%s); this command reads and writes the "
+                    "database's working memory only (the servers' store is not moved to the fallback)",
+                    without_password(self.settings.redis_url),
+                    self.fallback_reason,
+                )
+            elif first:
                 self.fallback_reason = str(exc)[:300] or type(exc).__name__
                 self.fallback_since = self.rt.clock.iso()
                 log.error(
@@ -334,7 +343,7 @@ class WorkingMemory:
             )
         raise Unavailable(
             f"the {whose}'s working memory is kept in {self.where()}, which does not answer "
-            f"({self.fallback_reason}); nothing was done. {hint}",
+            f"({self.fallback_reason}); nothing was migrated. {hint}",
             code=errors.WORKING_MEMORY_UNAVAILABLE,
         )
 
