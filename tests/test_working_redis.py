@@ -480,3 +480,29 @@ def test_a_replace_import_on_the_fallback_is_not_undone_by_the_heal(durable_redi
     got = target("memory_working_get", sessionId="c", key="after")
     assert got["backend"] == "redis" and got["value"] == "the import"
     assert target.rt.services["working_memory"].sqlite.pending_swaps() == []
+
+
+def test_a_stage_no_import_waits_for_is_deleted_by_the_sweep(redis_server, make_runtime):
+    """A process that died between writing a replace import's stage and its transaction leaves
+    the stage in Redis; the sweep deletes it once it is an hour old (and not before: an import
+    may be writing one right now)."""
+    from conftest import ManualClock
+
+    clock = ManualClock()
+    rt = make_runtime(clock=clock.clock, **{"working_memory_backend": "redis", "redis_url": redis_server.url,
+                                             "working_memory_redis_prefix": f"t-{uuid.uuid4().hex}"})
+    call = ToolCaller(rt)
+    call("memory_working_set", sessionId="a", key="live", value=1)
+    svc = rt.services["working_memory"]
+    entry = {"project": "default", "agentId": "default", "sessionId": "a",
+             "keys": [{"key": "staged", "value": 2, "expiresAt": None}], "task": None, "scratchpad": [],
+             "checkpoints": []}
+    svc.stage_replace([entry])  # ... and the process dies here
+    assert _staged_keys(call)
+    clock.advance(600)
+    rt.jobs.run_now("working_memory_sweep")
+    assert _staged_keys(call)
+    clock.advance(3600)
+    rt.jobs.run_now("working_memory_sweep")
+    assert _staged_keys(call) == [] and svc.backend.r.hgetall(f"{svc.settings.working_memory_redis_prefix}:stages") == {}
+    assert call("memory_working_get", sessionId="a", operation="all")["values"] == {"live": 1}

@@ -15,6 +15,7 @@ Key layout, with ``P`` the prefix (WORKING_MEMORY_REDIS_PREFIX) and ``T`` the sc
     P:staged:I:...     a replace import's new working memory (stage I), the same layout under
                        ``P:staged:I``, read by no request; ``P:staged:I:ready`` once written whole
     P:swapped    STRING the sequence number of the last stage swapped in (an older one never is)
+    P:stages     HASH  stage id -> when its writing began (the sweep drops stages left behind)
 
 Expiry is ours, not Redis's: a key is gone once its ``exp`` score is <= now (the server clock),
 on every read, and the sweep deletes it. That keeps TTL semantics identical to the SQLite
@@ -527,6 +528,20 @@ class RedisBackend:
         return f"{self.prefix}:staged:{stage_id}:ready"
 
     @property
+    def _stages(self) -> str:
+        return f"{self.prefix}:stages"  # stage id -> when its writing began (epoch seconds)
+
+    @_guarded
+    def begin_stage(self, stage_id: str, now: float) -> None:
+        self.r.hset(self._stages, stage_id, repr(now))
+
+    @_guarded
+    def stages_begun_before(self, cutoff: float) -> list[str]:
+        """Stages begun before ``cutoff`` that are still in Redis (swapped and dropped ones are not)."""
+        begun = cast(dict[str, str], self.r.hgetall(self._stages))
+        return sorted(stage for stage, began in begun.items() if float(began) < cutoff)
+
+    @property
     def _swapped(self) -> str:
         return f"{self.prefix}:swapped"  # the sequence number of the last stage swapped in
 
@@ -572,6 +587,7 @@ class RedisBackend:
             if present:
                 pipe.rename(stage._scopes, self._scopes)
             pipe.delete(stage._scopes, ready)
+            pipe.hdel(self._stages, stage_id)
             pipe.set(swapped, seq)
             return "swapped"
 
@@ -589,6 +605,7 @@ class RedisBackend:
         for i in range(0, len(keys), 1000):
             self.r.delete(*keys[i : i + 1000])
         self.r.delete(stage._scopes, self._stage_ready(stage_id))
+        self.r.hdel(self._stages, stage_id)
 
     @_guarded
     def identity(self) -> tuple[str, int, str]:

@@ -62,6 +62,10 @@ log = logging.getLogger("agentmemory.working")
 # its end) may take to reach it. As for token revocations, a few seconds is the promise; reading
 # it on every call would add a database read to every Redis operation.
 FOLLOW_SECONDS = 5.0
+# A stage (a replace import's working memory, written aside) older than this that no committed
+# import waits for is left behind and deleted by the sweep. An import writes its stage, then its
+# transaction commits within seconds; an hour is far past any.
+STAGE_TTL_SECONDS = 3600.0
 HEAL_HINT = (
     "once Redis answers, POST /agentmemory/diagnostics/heal returns every process of every node to it "
     f"within {FOLLOW_SECONDS:g} s and moves the working memory written during the outage to Redis"
@@ -419,6 +423,7 @@ class WorkingMemory:
         stage_id = uuid.uuid4().hex
         view, now = backend.staged(stage_id), self.rt.clock.time()
         try:
+            backend.begin_stage(stage_id, now)
             for entry in entries:
                 view.load(_scope_of(entry), _copy_of(entry), keep_ours=False, now=now)
             backend.seal_stage(stage_id, time.time_ns())
@@ -448,14 +453,8 @@ class WorkingMemory:
         working memory is replaced, but Redis still holds the old, which the heal would merge
         back. Recorded as an empty stage to swap in on the return to Redis, before what the
         database holds then moves there."""
-        superseded = SqliteBackend.record_swap(tx, "empty-" + uuid.uuid4().hex, self.rt.clock.iso(), time.time_ns())
-        if superseded:
-            log.warning(
-                "working memory: the staged working memory of %d earlier replace import(s) is superseded; its "
-                "keys stay in Redis under %s:staged:* until deleted by hand",
-                len(superseded),
-                self.settings.working_memory_redis_prefix,
-            )
+        # The stages of earlier imports it supersedes are deleted by the sweep once Redis answers.
+        SqliteBackend.record_swap(tx, "empty-" + uuid.uuid4().hex, self.rt.clock.iso(), time.time_ns())
 
     def discard_stage(self, stage_id: str) -> None:
         """The records' transaction failed: the stage goes, Redis keeps the old working memory."""
@@ -551,6 +550,7 @@ class WorkingMemory:
         backend = self.backend
         if isinstance(backend, RedisBackend) and self._may_mark:
             self.complete_swaps()  # a replace import whose swap Redis failed
+            self._drop_stale_stages(backend, now)
             # Written to the database by a process that had not yet followed the heal.
             self._move_to_redis(backend)
         return removed
@@ -646,6 +646,24 @@ class WorkingMemory:
         self._mark_read_at = None
         self._follow_the_store()
         return [{**detail, "fixed": 0 if self.using_fallback else 1, "movedScopes": self.moved_at_return}]
+
+    def _drop_stale_stages(self, backend: RedisBackend, now: float) -> None:
+        """Delete stages no committed import waits for, begun over STAGE_TTL_SECONDS ago: an
+        import whose process died before its transaction ended, or whose stage could not be
+        deleted because Redis failed then, or one a later import superseded while Redis was down."""
+        try:
+            waiting = {mark["stage"] for mark in self.sqlite.pending_swaps()}
+            left = [s for s in backend.stages_begun_before(now - STAGE_TTL_SECONDS) if s not in waiting]
+            for stage_id in left:
+                backend.discard(stage_id)
+        except (BackendDown, AppError) as exc:
+            log.warning("working memory: could not look for stages left behind (%s)", _reason(exc))
+            return
+        if left:
+            log.warning(
+                "working memory: deleted %d staged replace import(s) left behind (no import waits for them)",
+                len(left),
+            )
 
     def _heal_swaps(self, dry_run: bool) -> list[dict[str, Any]]:
         """Replace imports whose working memory waits in Redis to be swapped in."""
