@@ -648,7 +648,7 @@ class WorkingMemory:
         return [{**detail, "fixed": 0 if self.using_fallback else 1, "movedScopes": self.moved_at_return}]
 
     def _drop_stale_stages(self, backend: RedisBackend, now: float) -> None:
-        """Drop the stages no committed import waits for, begun over STAGE_TTL_SECONDS ago: an
+        """The stages no committed import waits for, begun over STAGE_TTL_SECONDS ago, go: an
         import whose process died before its transaction ended, or whose stage could not be
         deleted because Redis failed then, or one a later import superseded while Redis was down."""
         try:
