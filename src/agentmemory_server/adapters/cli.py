@@ -8,6 +8,9 @@
     agentmemory reindex                                             rebuild the search index (and vectors)
     agentmemory recompress [--dry-run]                              compress stored observations again with
                                                                     today's capture code (titles, files)
+    agentmemory recompress --with-model [--dry-run] [--project P] [--since DATE] [--limit N]
+                                                                    the model's compressions and summaries for
+                                                                    those written without one (resumable)
     agentmemory migrate --to postgresql://...|FILE.db [--to-redis URL|none]
                                                                     copy the store to another backend (resumable),
                                                                     working memory to where the target keeps it
@@ -48,7 +51,7 @@ from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.setting_types import postgres_url, redis_url
 from agentmemory_server.kernel.settings import Settings, SettingsError
 from agentmemory_server.models import llm
-from agentmemory_server.operations import maintenance, migrate, recompress, tokens
+from agentmemory_server.operations import maintenance, migrate, recompress, recompress_model, tokens
 from agentmemory_server.storage.sqlite import hf_sync, local_backup
 from agentmemory_server.wiring import build_runtime
 
@@ -148,6 +151,28 @@ def cmd_reindex(settings: Settings, opts: argparse.Namespace) -> Any:
 
 
 def cmd_recompress(settings: Settings, opts: argparse.Namespace) -> Any:
+    if opts.with_model:
+        return _with_runtime(
+            settings,
+            lambda rt: recompress_model.recompress_with_model(
+                rt,
+                project=opts.project,
+                since=opts.since,
+                limit=opts.limit,
+                dry_run=opts.dry_run,
+                progress=_progress(opts.quiet),
+            ),
+        )
+    chosen = [
+        flag
+        for flag, value in (("--project", opts.project), ("--since", opts.since), ("--limit", opts.limit))
+        if value is not None
+    ]
+    if chosen:
+        raise InvalidInput(
+            f"{', '.join(chosen)} select(s) the records of --with-model; the run without a model "
+            "goes over every stored observation"
+        )
     return _with_runtime(
         settings,
         lambda rt: recompress.recompress(
@@ -510,6 +535,23 @@ def _batch_size(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """``--limit``: a whole number of records, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} records: it must be at least 1")
+    return value
+
+
+def _provider_was_down(result: dict[str, Any]) -> bool:
+    """``recompress --with-model`` exits 1 when it stopped because the provider is down (a used-up
+    budget is the configuration working: exit 0, ``stopped`` says so)."""
+    return (result.get("stopped") or {}).get("reason") == "providerDown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="agentmemory-python: the server and its admin commands")
     parser.add_argument("--db", help="database file (default: AGENTMEMORY_DB or <AGENTMEMORY_DATA_DIR>/agentmemory.db)")
@@ -551,11 +593,25 @@ def build_parser() -> argparse.ArgumentParser:
         run=cmd_reindex
     )
     again = commands.add_parser(
-        "recompress", help="compress stored observations again with today's capture code (titles, files)"
+        "recompress",
+        help="compress stored observations again with today's capture code (titles, files); --with-model: "
+        "the model's compressions and summaries for those written without one",
     )
     again.add_argument("--dry-run", action="store_true", help="only count and show what would change")
     again.add_argument("--batch", type=_batch_size, help="records per transaction (default 500)")
-    again.set_defaults(run=cmd_recompress)
+    again.add_argument(
+        "--with-model",
+        action="store_true",
+        help="ask the configured model for the compressions (AGENTMEMORY_AUTO_COMPRESS) and session summaries "
+        "written without one; resumable, stops when the day's token budget is used up or the provider is down "
+        "(--dry-run: how many, and the tokens estimated against the budget)",
+    )
+    again.add_argument("--project", help="with --with-model: only this project's records")
+    again.add_argument(
+        "--since", metavar="DATE", help="with --with-model: only records written since (ISO-8601 date or time)"
+    )
+    again.add_argument("--limit", type=_count, help="with --with-model: at most this many records this run")
+    again.set_defaults(run=cmd_recompress, failed=_provider_was_down)
     move = commands.add_parser(
         "migrate", help="copy every record and working memory to another store (PostgreSQL or SQLite), resumably"
     )

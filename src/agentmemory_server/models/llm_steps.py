@@ -31,9 +31,9 @@ from typing import Any
 from agentmemory_server.capture.compress import OBSERVATION_TYPES
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import registry
-from agentmemory_server.kernel.model_steps import Deferred, Step, model_step
+from agentmemory_server.kernel.model_steps import SYNTHETIC, Deferred, Step, model_step
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.kernel.scopes import CONSOLIDATION_RUNS, obs_scope
+from agentmemory_server.kernel.scopes import CONSOLIDATION_RUNS, SESSIONS, SUMMARIES, obs_scope
 from agentmemory_server.kernel.util import stringify, truncate
 from agentmemory_server.memory import consolidate, reflect, summaries
 from agentmemory_server.memory.memories import MEMORY_TYPES
@@ -214,28 +214,49 @@ def queue_compression(ctx: Ctx, tx: Any, obs: dict[str, Any]) -> None:
         svc.enqueue(tx, "compress", obs["id"], {"sessionId": obs["sessionId"]})
 
 
-@llm.job_handler("compress")
-def _compress_job(ctx: Ctx, obs_id: str, args: dict) -> None:
-    svc = llm.service(ctx.rt)
-    if not svc.uses_model("compress"):
-        return  # turned off since it was queued: the synthetic record stands
-    store = ctx.rt.db.reader()
-    obs = store.records.get(obs_scope(args["sessionId"]), obs_id)
-    if obs is None or obs.get("method") in llm.PROVIDERS:
-        return
+def written_by_model(obs: dict[str, Any]) -> bool:
+    """Did a model write this observation's compression? The capture's deterministic compression
+    carries no ``method`` and no ``compressedAt``; a model's carries both (``method``: the provider)."""
+    return bool(obs.get("compressedAt")) or obs.get("method") in llm.PROVIDERS
+
+
+# What ``compress_with_model`` did besides compressing.
+COMPRESSED, GONE, MODEL_WRITTEN = "compressed", "gone", "modelWritten"
+
+
+def compress_with_model(ctx: Ctx, session_id: str, obs_id: str) -> str:
+    """Ask the model for one stored observation's compression and store it (``COMPRESSED``);
+    or, without a call, ``GONE`` (deleted), ``MODEL_WRITTEN`` (a model's already) or the
+    low-value reason it is skipped for (triage.py; counted).
+
+    :raise llm.LLMError: no valid answer (BudgetReached, BreakerOpen: nothing was sent); the
+        deterministic record stands."""
+    svc, store = llm.service(ctx.rt), ctx.rt.db.reader()
+    obs = store.records.get(obs_scope(session_id), obs_id)
+    if obs is None:
+        return GONE
+    if written_by_model(obs):
+        return MODEL_WRITTEN
     reason = low_value_reason(store, obs) if ctx.rt.settings.compress_skip_low_value else None
     if reason is not None:
         svc.skip_low_value("compress", reason)
-        return
+        return reason
+    answer = svc.generate_json(COMPRESS, compress_prompt(obs))
+    return COMPRESSED if apply_compression(ctx, session_id, obs_id, answer) is not None else GONE
+
+
+@llm.job_handler("compress")
+def _compress_job(ctx: Ctx, obs_id: str, args: dict) -> None:
+    if not llm.service(ctx.rt).uses_model("compress"):
+        return  # turned off since it was queued: the synthetic record stands
     try:
-        answer = svc.generate_json(COMPRESS, compress_prompt(obs))
+        compress_with_model(ctx, args["sessionId"], obs_id)
     except llm.BreakerOpen as exc:
         raise llm.Retry(exc.message, exc.retry_at) from None
     except (llm.InvalidOutput, llm.ModelRefused, llm.BudgetReached):
         return  # no better answer for this one today: keep the synthetic compression
     except llm.LLMError as exc:
         raise llm.Retry(exc.message) from None
-    apply_compression(ctx, args["sessionId"], obs_id, answer)
 
 
 # -- summaries and crystals ---------------------------------------------------------------------------------
@@ -263,11 +284,50 @@ def summarize_step(ctx: Ctx, payload: dict) -> dict | None:
     svc = _model(ctx, "summaries")
     if svc is None:
         return None
-    prompt = session_prompt(ctx, payload["session"], payload["observations"], "Summarise this session.")
-    answer = svc.answer(SUMMARY, prompt)
+    answer = svc.answer(SUMMARY, summary_prompt(ctx, payload["session"], payload["observations"]))
     if answer is not None:
         answer["title"] = truncate(" ".join(answer["title"].split()), 80)
     return answer
+
+
+def summarize_with_model(ctx: Ctx, session_id: str) -> dict[str, Any] | None:
+    """Replace a session's deterministic summary (``method: synthetic``) by the model's, made
+    from its observations as they are now; its ``createdAt`` stays (the context block orders
+    past sessions by it). None, without a call, when there is no such summary (none, a
+    model's, or the session or its observations are gone).
+
+    :raise llm.LLMError: no valid answer; the deterministic summary stands."""
+    rt = ctx.rt
+    store = rt.db.reader()
+    old, session = store.records.get(SUMMARIES, session_id), store.records.get(SESSIONS, session_id)
+    if not old or old.get("method") != SYNTHETIC or not session:
+        return None
+    observations = summaries.session_observations(ctx, store, session_id)
+    if not observations:
+        return None
+    svc = llm.service(rt)
+    answer = svc.generate_json(SUMMARY, summary_prompt(ctx, session, observations))
+    answer["title"] = truncate(" ".join(answer["title"].split()), 80)
+    fallback = summaries.synthetic_summary(session, observations)
+    with rt.db.transaction("summarize", agent_id=rt.settings.agent_id) as tx:
+        current = tx.records.get(SUMMARIES, session_id)
+        if not current or current.get("method") != SYNTHETIC:
+            return None  # deleted, or a model wrote it meanwhile
+        summary = {
+            **current,
+            **fallback,
+            **{k: v for k, v in answer.items() if k in fallback and v},
+            "observationCount": len(observations),
+            "method": svc.provider,
+        }
+        tx.records.set(SUMMARIES, session_id, summary, now=rt.clock.iso())
+        tx.audit_message = f"model summary of session {session_id} replaced the deterministic one"
+        tx.after_commit(lambda: rt.publish("summary", summary))
+    return summary
+
+
+def summary_prompt(ctx: Ctx, session: dict[str, Any], observations: list[dict]) -> str:
+    return session_prompt(ctx, session, observations, "Summarise this session.")
 
 
 CRYSTAL = Task(

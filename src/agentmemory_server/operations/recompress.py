@@ -211,7 +211,9 @@ def recompress_tool(ctx: Ctx, args: dict) -> dict[str, Any]:
     """Compress every stored observation again with the server's current capture code (titles,
     narratives, files), rewriting and re-indexing those that change; a model's compression and
     records without a stored payload are left as they are. ``dryRun`` only reports. For big
-    stores prefer ``agentmemory recompress``, which shows progress."""
+    stores prefer ``agentmemory recompress``, which shows progress; ``agentmemory recompress
+    --with-model`` asks the model for what was stored without one (not offered here: a request
+    would wait for every model call)."""
     if isolated(ctx):
         raise Forbidden(
             "recompress touches every agent's records; not available in isolated agent scope",

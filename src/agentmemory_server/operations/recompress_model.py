@@ -1,0 +1,249 @@
+"""The model's versions of what was stored deterministically (``agentmemory recompress --with-model``).
+
+An observation captured while no model was configured (or while the model was down, its budget
+used up, or ``AGENTMEMORY_AUTO_COMPRESS`` off) keeps the capture's deterministic compression,
+and a session summary written then keeps ``method: synthetic``. Configuring a model later
+upgrades only what is captured from then on; this run asks the model for the records stored
+before: each selected observation's compression (``llm_steps.compress_with_model``, when
+``AGENTMEMORY_AUTO_COMPRESS`` is on) and each selected session's summary
+(``llm_steps.summarize_with_model``, when ``AGENTMEMORY_LLM_SUMMARIES`` is on), a session's
+observations before its summary, so the summary reads the model's compressions.
+
+- **Selected**: only records the deterministic path wrote (an observation without ``method`` and
+  ``compressedAt``, a summary with ``method: synthetic``); ``project``, ``since`` (an
+  observation's time, a summary's ``createdAt``) and ``limit`` (records) narrow them.
+- **Dry run**: counts them and estimates the tokens (the prompts as they would be sent, about
+  four characters a token, plus a typical answer) against what the day's budget has left.
+- **Resumable**: each record is written in its own transaction as soon as its answer is
+  valid, and a record a model wrote is never selected again, so a run that was interrupted or
+  stopped is simply run again and pays only for what is left.
+- **Stops cleanly** when the day's token budget (or the feature's cap) is used up, or the
+  provider is down (the breaker of this process, or of the server's background worker, is
+  open): nothing sent, nothing lost, the deterministic text stays until a model's replaces it
+  (SPEC §14). A record the model answers invalidly or refuses keeps its deterministic text.
+- **Not on a request path**: the CLI's own process makes the calls; the server's requests and
+  its background jobs are not involved.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from agentmemory_server.errors import InvalidInput
+from agentmemory_server.kernel.model_steps import SYNTHETIC
+from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, PROFILES, SESSIONS, SUMMARIES, obs_scope, session_of
+from agentmemory_server.kernel.util import parse_time
+from agentmemory_server.memory import summaries
+from agentmemory_server.models import llm, llm_steps
+from agentmemory_server.operations.maintenance import Progress, no_progress
+
+log = logging.getLogger("agentmemory.recompress")
+
+CHARS_PER_TOKEN = 4  # of our prompts, as the providers count them (docs/models.md, "Measured")
+# A typical answer's tokens (docs/models.md, "Measured": a compression call ~650 tokens in all)
+ANSWER_TOKENS = {"compress": 150, "summaries": 300}
+FLAGS = {"compress": "AGENTMEMORY_AUTO_COMPRESS", "summaries": "AGENTMEMORY_LLM_SUMMARIES"}
+OBSERVATION, SUMMARY = "observation", "summary"
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str  # OBSERVATION or SUMMARY
+    session_id: str
+    record_id: str
+    project: str | None
+
+
+def recompress_with_model(
+    rt: Any,
+    *,
+    project: str | None = None,
+    since: str | None = None,
+    limit: int | None = None,
+    dry_run: bool = False,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """Ask the model for the compressions and summaries the deterministic path wrote (see the
+    module's docstring); returns the counts, the estimate, the budget and why it stopped.
+
+    :raise InvalidInput: no model provider is configured, ``since`` is not a date, or no feature
+        this run redoes is on."""
+    svc = llm.service(rt)
+    if not svc.has_model:
+        why = svc.clients.choice.problem or "AGENTMEMORY_LLM_PROVIDER is none (or auto without a Gemini key)"
+        raise InvalidInput(f"recompress --with-model needs a model provider: {why}")
+    after = None
+    if since is not None:
+        after = parse_time(since)
+        if after is None:
+            raise InvalidInput(f"--since: {since!r} is not a date or an ISO-8601 time (e.g. 2026-11-01)")
+    features = [feature for feature in ("compress", "summaries") if svc.uses_model(feature)]
+    off = {feature: f"{FLAGS[feature]} is off" for feature in FLAGS if feature not in features}
+    if not features:
+        raise InvalidInput(
+            "recompress --with-model redoes compressions (AGENTMEMORY_AUTO_COMPRESS) and session summaries "
+            "(AGENTMEMORY_LLM_SUMMARIES): both are off"
+        )
+    ctx = Ctx(rt, source="cli")
+    items = _selected(rt, features, project, after, limit)
+    estimate = _estimate(ctx, items)
+    budget = svc.accounting.budget(tuple(llm.FEATURES))
+    result: dict[str, Any] = {
+        "dryRun": dry_run,
+        "provider": svc.provider,
+        "models": {feature: svc.clients.model_for(feature) for feature in features},
+        "featuresOff": off,
+        "selected": {
+            "observations": sum(i.kind == OBSERVATION for i in items),
+            "summaries": sum(i.kind == SUMMARY for i in items),
+        },
+        "estimate": estimate,
+        "budget": {key: budget[key] for key in ("daily", "used", "left", "resetsAt")},
+        "fitsInBudget": _fits(svc, budget, estimate),
+    }
+    if dry_run:
+        return result
+    return {**result, **_run(ctx, items, progress)}
+
+
+def _selected(rt: Any, features: list[str], project: str | None, after: Any, limit: int | None) -> list[Item]:
+    """The records to redo, session by session (oldest session id first), a session's
+    observations in time order and then its summary."""
+    reader = rt.db.reader()
+    chosen: list[Item] = []
+    for scope in sorted(reader.records.scope_counts(OBSERVATIONS_PREFIX)):
+        session_id = session_of(scope)
+        if "compress" in features:
+            records = [value for _key, value in reader.records.iter_scope(scope)]
+            records.sort(key=lambda obs: (str(obs.get("timestamp") or ""), str(obs["id"])))
+            for obs in records:
+                if not llm_steps.written_by_model(obs) and _matches(obs, "timestamp", project, after):
+                    chosen.append(Item(OBSERVATION, session_id, str(obs["id"]), obs.get("project")))
+        if "summaries" in features:
+            summary = reader.records.get(SUMMARIES, session_id)
+            if summary and summary.get("method") == SYNTHETIC and _matches(summary, "createdAt", project, after):
+                chosen.append(Item(SUMMARY, session_id, session_id, summary.get("project")))
+        if limit is not None and len(chosen) >= limit:
+            return chosen[:limit]
+    return chosen
+
+
+def _matches(record: dict[str, Any], time_field: str, project: str | None, after: Any) -> bool:
+    if project is not None and record.get("project") != project:
+        return False
+    if after is not None:
+        when = parse_time(str(record.get(time_field) or ""))
+        return when is not None and when >= after
+    return True
+
+
+def _estimate(ctx: Ctx, items: list[Item]) -> dict[str, Any]:
+    """Calls and tokens the items would cost: the prompts as they would be sent now (system
+    text included), ``CHARS_PER_TOKEN``, plus a typical answer. A repair round (an invalid first
+    answer) would cost a second call."""
+    svc, reader = llm.service(ctx.rt), ctx.rt.db.reader()
+    systems = {
+        "compress": len(svc.system_text(llm_steps.COMPRESS)),
+        "summaries": len(svc.system_text(llm_steps.SUMMARY)),
+    }
+    per: dict[str, Counter[str]] = {"compress": Counter(), "summaries": Counter()}
+    for item in items:
+        if item.kind == OBSERVATION:
+            feature = "compress"
+            obs = reader.records.get(obs_scope(item.session_id), item.record_id) or {}
+            chars = len(llm_steps.compress_prompt(obs))
+        else:
+            feature = "summaries"
+            session = reader.records.get(SESSIONS, item.session_id) or {"id": item.session_id}
+            observations = summaries.session_observations(ctx, reader, item.session_id)
+            chars = len(llm_steps.summary_prompt(ctx, session, observations))
+        chars = min(chars, ctx.rt.settings.llm_max_prompt_chars) + systems[feature]
+        per[feature]["calls"] += 1
+        per[feature]["tokens"] += -(-chars // CHARS_PER_TOKEN) + ANSWER_TOKENS[feature]
+    by_feature = {feature: dict(counts) for feature, counts in per.items() if counts}
+    return {
+        "calls": sum(c["calls"] for c in per.values()),
+        "tokens": sum(c["tokens"] for c in per.values()),
+        "byFeature": by_feature,
+    }
+
+
+def _fits(svc: llm.LLMService, budget: dict[str, Any], estimate: dict[str, Any]) -> bool:
+    """Would the estimate fit in what today's budget (and each feature's cap) has left?"""
+    if budget["left"] is not None and estimate["tokens"] > budget["left"]:
+        return False
+    for feature, counts in estimate["byFeature"].items():
+        cap = budget["features"].get(feature)
+        if cap is not None and counts["tokens"] > cap["left"]:
+            return False
+    return True
+
+
+def _run(ctx: Ctx, items: list[Item], progress: Progress) -> dict[str, Any]:
+    """Redo the items one by one until done, the budget is used up or the provider is down."""
+    svc = llm.service(ctx.rt)
+    tally: Counter[str] = Counter()
+    stopped: dict[str, str] | None = None
+    projects: set[str] = set()
+    done = 0
+    bar = progress("recompress --with-model", len(items))
+    try:
+        for item in items:
+            if svc.provider_down():  # the server's worker found it down: send nothing
+                stopped = {"reason": "providerDown", "message": "the model provider is down (its breaker is open)"}
+                break
+            try:
+                outcome = _redo(ctx, item)
+            except llm.BudgetReached as exc:
+                stopped = {"reason": "budget", "message": exc.message}
+                break
+            except llm.BreakerOpen as exc:
+                stopped = {"reason": "providerDown", "message": f"{exc.message}: the provider failed repeatedly"}
+                break
+            except (llm.InvalidOutput, llm.ModelRefused) as exc:
+                log.warning(
+                    "recompress: the model gave no usable answer for %s %s: %s", item.kind, item.record_id, exc.message
+                )
+                tally["noAnswer"] += 1
+            except llm.LLMError as exc:  # after its retries; the breaker stops the run if it goes on
+                log.warning("recompress: the model call for %s %s failed: %s", item.kind, item.record_id, exc.message)
+                tally["failed"] += 1
+            else:
+                if outcome in (llm_steps.COMPRESSED, SUMMARY):
+                    tally["observations" if item.kind == OBSERVATION else "summaries"] += 1
+                    if item.project:
+                        projects.add(item.project)
+                elif outcome in (llm_steps.GONE, llm_steps.MODEL_WRITTEN, None):
+                    tally["alreadyDone"] += 1
+                else:
+                    tally["lowValue"] += 1
+            done += 1
+            bar.update(1)
+    finally:
+        bar.close()
+        if projects:  # an interrupted run too: what it wrote is kept, and its projects' profiles are stale
+            _drop_profiles(ctx.rt, projects)
+    return {
+        "redone": {"observations": tally["observations"], "summaries": tally["summaries"]},
+        "skipped": {key: tally[key] for key in ("lowValue", "noAnswer", "failed", "alreadyDone")},
+        "remaining": len(items) - done,
+        "stopped": stopped,
+    }
+
+
+def _redo(ctx: Ctx, item: Item) -> str | None:
+    if item.kind == OBSERVATION:
+        return llm_steps.compress_with_model(ctx, item.session_id, item.record_id)
+    return SUMMARY if llm_steps.summarize_with_model(ctx, item.session_id) is not None else None
+
+
+def _drop_profiles(rt: Any, projects: set[str]) -> None:
+    """The cached profiles of the projects whose records changed were made from the old text."""
+    rt.db.flush()
+    with rt.db.transaction("recompress", agent_id=rt.settings.agent_id) as tx:
+        dropped = sum(tx.records.delete(PROFILES, project) for project in sorted(projects))
+        tx.audit_message = f"recompress --with-model: {dropped} cached profile(s) dropped"
