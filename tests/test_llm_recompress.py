@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 from agentmemory_server.kernel.scopes import SUMMARIES, obs_scope
-from agentmemory_server.models import llm
 from agentmemory_server.operations.recompress_model import recompress_with_model
 from conftest import ManualClock, ToolCaller, hook
 from llm_support import ANSWERS, responder
@@ -154,6 +153,8 @@ def test_recompress_with_model_from_the_cli(tmp_path, make_runtime, fake_openai)
 
     bad = cli("recompress", "--with-model", "--since", "last week", env=env)
     assert bad.returncode == 1 and "--since: 'last week' is not a date" in bad.stderr
+    batch = cli("recompress", "--with-model", "--batch", "5", env=env)
+    assert batch.returncode == 1 and "--batch sizes the run without a model" in batch.stderr
     alone = cli("recompress", "--project", "shop", env=env)
     assert alone.returncode == 1 and "--project select(s) the records of --with-model" in alone.stderr
     no_model = cli("recompress", "--with-model", env={**env, "AGENTMEMORY_LLM_PROVIDER": "none"})

@@ -152,6 +152,8 @@ def cmd_reindex(settings: Settings, opts: argparse.Namespace) -> Any:
 
 def cmd_recompress(settings: Settings, opts: argparse.Namespace) -> Any:
     if opts.with_model:
+        if opts.batch is not None:
+            raise InvalidInput("--batch sizes the run without a model; --with-model writes each answer as it comes")
         return _with_runtime(
             settings,
             lambda rt: recompress_model.recompress_with_model(
