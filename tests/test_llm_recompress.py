@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 
-from agentmemory_server.kernel.scopes import SUMMARIES, obs_scope
+import pytest
+
+from agentmemory_server.kernel.scopes import PROFILES, SUMMARIES, obs_scope
 from agentmemory_server.operations.recompress_model import recompress_with_model
 from conftest import ManualClock, ToolCaller, hook
 from llm_support import ANSWERS, responder
@@ -159,3 +161,37 @@ def test_recompress_with_model_from_the_cli(tmp_path, make_runtime, fake_openai)
     assert alone.returncode == 1 and "--project select(s) the records of --with-model" in alone.stderr
     no_model = cli("recompress", "--with-model", env={**env, "AGENTMEMORY_LLM_PROVIDER": "none"})
     assert no_model.returncode == 1 and "needs a model provider" in no_model.stderr
+
+
+class CtrlCAfter:
+    """A progress bar at whose ``after``-th step the user presses Ctrl-C."""
+
+    def __init__(self, after: int):
+        self.after, self.steps = after, 0
+
+    def __call__(self, label: str, total: int) -> CtrlCAfter:
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.steps += n
+        if self.steps == self.after:
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_interrupted_run_keeps_what_it_wrote_and_the_rerun_does_not_pay_for_it(make_runtime, llm_runtime,
+                                                                                   fake_gemini):
+    written_without_a_model(make_runtime, {"s1": ("shop", 3)})
+    rt = llm_runtime(auto_compress=True)
+    fake_gemini.responder = responder()
+    ToolCaller(rt)("memory_profile", project="shop")  # cached from the deterministic titles
+    assert rt.db.reader().records.get(PROFILES, "shop") is not None
+    with pytest.raises(KeyboardInterrupt):
+        recompress_with_model(rt, progress=CtrlCAfter(2))
+    assert [obs.get("method") for obs in observations(rt, "s1")].count("gemini") == 2
+    assert rt.db.reader().records.get(PROFILES, "shop") is None  # made from the old titles: dropped
+    rest = recompress_with_model(rt)
+    assert rest["selected"] == {"observations": 1, "summaries": 1} and rest["redone"] == rest["selected"], rest
+    assert len(fake_gemini.generations()) == 4  # three compressions and one summary: none paid twice
