@@ -158,7 +158,7 @@ def test_recompress_with_model_from_the_cli(tmp_path, make_runtime, fake_openai)
     batch = cli("recompress", "--with-model", "--batch", "5", env=env)
     assert batch.returncode == 1 and "--batch sizes the run without a model" in batch.stderr
     alone = cli("recompress", "--project", "shop", env=env)
-    assert alone.returncode == 1 and "--project select(s) the records of --with-model" in alone.stderr
+    assert alone.returncode == 1 and "--project: only with --with-model" in alone.stderr
     no_model = cli("recompress", "--with-model", env={**env, "AGENTMEMORY_LLM_PROVIDER": "none"})
     assert no_model.returncode == 1 and "needs a model provider" in no_model.stderr
 

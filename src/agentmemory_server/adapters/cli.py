@@ -172,8 +172,7 @@ def cmd_recompress(settings: Settings, opts: argparse.Namespace) -> Any:
     ]
     if chosen:
         raise InvalidInput(
-            f"{', '.join(chosen)} select(s) the records of --with-model; the run without a model "
-            "goes over every stored observation"
+            f"{', '.join(chosen)}: only with --with-model (the run without a model goes over every stored observation)"
         )
     return _with_runtime(
         settings,
