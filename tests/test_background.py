@@ -55,7 +55,8 @@ def _thread_niceness(pid: int) -> dict[int, int]:
     return found
 
 
-def test_the_server_spawns_a_worker_whose_model_runs_at_low_priority_and_restarts_it_after_sigkill(live_server):
+def test_the_server_spawns_a_worker_whose_model_runs_at_low_priority_and_restarts_it_after_sigkill_not_on_a_stop(
+        live_server):
     server = live_server(env={"EMBEDDING_PROVIDER": "hash"})
     # The supervisor exists before its thread has spawned the worker (pid None, not alive).
     first = wait_for(lambda: (s := _background(server)["supervisor"]) and s["alive"] and s, timeout=20, interval=0.2,
@@ -85,8 +86,16 @@ def test_the_server_spawns_a_worker_whose_model_runs_at_low_priority_and_restart
     assert health["vectors"]["backlog"] == 0 and health["vectors"]["embeddedSinceStart"] == 0
 
     new_pid = restarted["pid"]
-    server.stop()  # SIGTERM to the group: the server stops its worker too
+    with requests.Session() as client:  # a client still connected: the request process lingers for it
+        client.get(server.api("/health"), timeout=10)
+        server.stop()  # SIGTERM to the group: the server stops its worker too
     assert not _alive(new_pid)
+    # The worker hears the group's SIGTERM with its server and often exits first: that is the stop,
+    # not a crash. One restart (the SIGKILL's), no warning and nothing spawned during the stop.
+    log = server.log()
+    assert log.count("background worker started") == 2, log[-3000:]
+    assert log.count("restarting in") == 1, log[-3000:]
+    assert f"background worker {new_pid} exited with" in log and "the server is stopping; not restarted" in log
     # Every process loaded faiss; none logged the CPU-specific builds it could not load, which
     # read like a failure ("Could not load library with AVX512 support due to: ModuleNotFoundError")
     assert "vector index" in server.log() and "Could not load library" not in server.log()
@@ -221,6 +230,48 @@ def test_roles_decide_where_loops_run():
     assert background.runs_loops("process", True, "worker") and background.runs_loops("external", True, "worker")
     assert not background.runs_loops("process", True, "server") and background.runs_loops("inline", True, "server")
     assert not background.runs_loops("inline", False, "server") and not background.runs_loops("inline", True, "tool")
+
+
+def test_a_worker_started_while_the_previous_one_of_its_node_runs_waits_for_it(tmp_path):
+    """A request process holding the spawn lock is SIGKILLed: its worker A is still finishing when a
+    sibling spawns worker B. B holds back (the node's worker lock) until A has exited, and A leaves at
+    once (the kernel signals it when its server dies), so no two workers run jobs at the same time."""
+    env = {**clean_environ(), "AGENTMEMORY_DATA_DIR": str(tmp_path / "data"), "EMBEDDING_PROVIDER": "hash"}
+    a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
+    worker = [sys.executable, "-m", "agentmemory_server.adapters.cli", "worker", "--parent-pid"]
+    with open(a_log, "wb") as out:
+        parent = subprocess.Popen(
+            [sys.executable, "-c",
+             f"import os, subprocess, sys, time; p = subprocess.Popen({worker!r} + [str(os.getpid())]); "
+             "print(p.pid, flush=True); time.sleep(120)"],
+            env=env, stdout=subprocess.PIPE, stderr=out, text=True, start_new_session=True, cwd=str(SRC))
+    second = None
+    try:
+        a_pid = int(parent.stdout.readline())
+        wait_for(lambda: f"background worker {a_pid} running" in a_log.read_text(), timeout=30, proc=parent,
+                 message=lambda: f"worker A never ran: {a_log.read_text()[-2000:]}")
+        with open(b_log, "wb") as out:
+            second = subprocess.Popen(worker + [str(os.getpid())], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True, cwd=str(SRC))
+        said = wait_for(lambda: next((t for t in [b_log.read_text()] if "waiting for the previous" in t
+                                      or " running on " in t), None),
+                        timeout=30, proc=second, message=lambda: b_log.read_text()[-2000:])
+        assert " running on " not in said, f"worker B ran while worker A ({a_pid}) was running:\n{said}"
+        time.sleep(0.5)
+        assert _alive(a_pid) and " running on " not in b_log.read_text()
+        killed = time.monotonic()
+        parent.kill()
+        b_ran = wait_for(lambda: " running on " in b_log.read_text(), timeout=30, interval=0.01, proc=second,
+                         message=lambda: f"worker B never ran:\n{b_log.read_text()[-2000:]}")
+        assert b_ran and not _alive(a_pid), "worker B ran jobs while worker A was still alive"
+        a_left = time.monotonic() - killed
+        assert a_left < 10, a_left
+        assert "the server that started it" in a_log.read_text()
+    finally:
+        end_process_group(parent)
+        parent.stdout.close()
+        if second is not None:
+            end_process_group(second)
 
 
 def test_several_request_processes_of_a_node_run_one_background_worker(live_server):

@@ -59,7 +59,7 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
         def load_config(self) -> None:
             for key, value in gunicorn_options(settings).items():
                 self.cfg.set(key, value)
-            self.cfg.set("post_worker_init", _close_streams_on_term)
+            self.cfg.set("post_worker_init", _hook_stop_signals)
             self.cfg.set("pre_fork", _assign_board_slot)
             self.cfg.set("child_exit", _free_board_slot)
             self.cfg.set("worker_exit", _on_worker_exit)
@@ -116,18 +116,28 @@ def _free_board_slot(_server: Any, worker: Any) -> None:
         worker.board.release(worker.board_slot)
 
 
-def _close_streams_on_term(worker: Any) -> None:
-    """On SIGTERM, tell open viewer streams to close (1001) before gunicorn's graceful wait,
-    which otherwise waits for every open WebSocket until graceful_timeout."""
-    hub = worker.wsgi.extensions["agentmemory"].hub
-    previous = signal.getsignal(signal.SIGTERM)
+def _hook_stop_signals(worker: Any) -> None:
+    """Before gunicorn's own handlers: on a stop signal (SIGTERM: graceful; SIGINT, SIGQUIT:
+    quick) the supervisor learns the process is stopping, so the background worker's exit (it
+    got the same signal when the whole process group did) is not taken for a crash; on SIGTERM
+    open viewer streams are told to close (1001) before gunicorn's graceful wait, which
+    otherwise waits for every open WebSocket until graceful_timeout."""
+    rt = worker.wsgi.extensions["agentmemory"]
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, _stop_handler(rt, signal.getsignal(signum)))
 
-    def on_term(signum: int, frame: Any) -> None:
-        hub.close()
+
+def _stop_handler(rt: Any, previous: Any) -> Any:
+    def on_stop(signum: int, frame: Any) -> None:
+        supervisor = getattr(rt, "supervisor", None)
+        if supervisor is not None:
+            supervisor.stopping()
+        if signum == signal.SIGTERM:
+            rt.hub.close()
         if callable(previous):
             previous(signum, frame)
 
-    signal.signal(signal.SIGTERM, on_term)
+    return on_stop
 
 
 def _shutdown(rt: Any, supervisor: Any) -> None:

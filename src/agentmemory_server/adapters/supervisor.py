@@ -10,6 +10,14 @@ With several gunicorn worker processes (AGENTMEMORY_WORKERS) each has a supervis
 one holding ``<db>.supervisor.lock`` (an exclusive ``flock``) spawns: one background worker per
 node, not one per request process. The others stand by and take the lock over within seconds
 when its holder exits (the kernel releases a dead process's lock).
+
+A stop of the node (SIGTERM or SIGINT to the whole process group: systemd, ``kill -TERM -<pgid>``,
+Ctrl-C) reaches the worker and the request process at once, and the worker often exits first.
+That is the stop, not a crash: the request process marks itself stopping when it hears the
+signal (``stopping()``, from the server's signal hooks), and a worker that exits cleanly (0) is
+given ``STOP_NOTICE_SECONDS`` for that mark to appear before it counts as having left on its own.
+Either way the exit is logged at INFO and nothing is spawned. A worker that dies otherwise (a
+crash, SIGKILL, the OOM killer) is restarted with the backoff.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ STOP_GRACE_SECONDS = 15.0
 MAX_BACKOFF_SECONDS = 30.0
 HEALTHY_AFTER_SECONDS = 60.0  # a worker that lived this long resets the backoff
 STANDBY_POLL_SECONDS = 2.0
+# A worker that exited 0 stopped on a signal; how long to wait for this process to hear the node's
+# stop too before taking it for a signal sent to the worker alone (and restarting it).
+STOP_NOTICE_SECONDS = 2.0
 
 
 class Supervisor:
@@ -100,7 +111,12 @@ class Supervisor:
             code = proc.wait()
             lived = time.monotonic() - started
             self.last_exit = {"pid": proc.pid, "code": code, "at": time.time(), "livedSeconds": round(lived, 1)}
+            if code == 0 and not self._stop.is_set():
+                # A clean exit follows a stop signal; when the whole node is stopping, this
+                # process hears it too, often a moment after the worker has finished.
+                self._stop.wait(STOP_NOTICE_SECONDS)
             if self._stop.is_set():
+                log.info("background worker %d exited with %s: the server is stopping; not restarted", proc.pid, code)
                 return
             backoff = 1.0 if lived >= HEALTHY_AFTER_SECONDS else min(MAX_BACKOFF_SECONDS, backoff * 2)
             log.warning(
@@ -119,6 +135,12 @@ class Supervisor:
             "lastExit": self.last_exit,
             "command": " ".join(self.command()[1:4]) + " worker",
         }
+
+    def stopping(self) -> None:
+        """This process heard a stop signal: the worker's exit from now on is part of the stop.
+        Safe in a signal handler (sets an event nobody in the main thread waits on); ``stop()``
+        still ends the worker and releases the spawn lock."""
+        self._stop.set()
 
     def stop(self) -> None:
         with self._lock:

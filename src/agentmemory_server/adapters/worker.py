@@ -8,14 +8,26 @@ embedding model and its onnxruntime threads, LLM jobs, periodic jobs) lower thei
 the database writes that hold the write lock run at normal priority, so no request waits for a
 lock held by a thread that cannot get a core. Started by the server (``AGENTMEMORY_BACKGROUND=process``,
 ``--parent-pid`` makes it leave when that server goes away) or by hand (``external``).
+
+A worker started by a server (``--parent-pid``) holds ``<db>.worker.lock`` (an exclusive
+``flock``) from before its runtime is built until its process is gone, and one started while another holds
+it waits: when a request process is killed, its worker is still finishing while a sibling
+request process spawns the next one, and the two never run jobs at the same time. The old one
+leaves at once: on Linux the kernel sends it SIGTERM when the server that started it dies
+(``PR_SET_PDEATHSIG``); elsewhere it notices within a second.
 """
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import logging
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agentmemory_server import storage
@@ -24,26 +36,72 @@ from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.wiring import build_runtime
 
 log = logging.getLogger("agentmemory.worker")
+LOCK_POLL_SECONDS = 0.05
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
     logs.configure(settings.log_level)
     stop = threading.Event()
 
+    def orphaned() -> bool:
+        return parent_pid is not None and os.getppid() != parent_pid
+
     def on_signal(signum: int, _frame: Any) -> None:
-        log.info("worker %d: signal %d, stopping", os.getpid(), signum)
+        if orphaned():
+            log.warning("worker %d: the server that started it (%d) is gone; stopping", os.getpid(), parent_pid)
+        else:
+            log.info("worker %d: signal %d, stopping", os.getpid(), signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if parent_pid is not None:
+        _stop_with_parent()
+        if not _take_worker_lock(f"{settings.database_path}.worker.lock", stop, orphaned):
+            return 0
     rt = build_runtime(settings, role="worker")
     store = storage.location(settings.database_path, settings.database_url)  # PostgreSQL: the URL, no password
     log.info("background worker %d running on %s (mode %s)", os.getpid(), store, settings.background)
     try:
         while not stop.wait(1.0):
-            if parent_pid is not None and os.getppid() != parent_pid:
+            if orphaned():
                 log.warning("worker %d: the server that started it (%d) is gone; stopping", os.getpid(), parent_pid)
                 break
     finally:
         rt.close()
     return 0
+
+
+def _stop_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the server that started this worker dies (Linux only;
+    elsewhere the main loop's once-a-second look at the parent pid is what notices)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError) as exc:
+        log.debug("worker %d: PR_SET_PDEATHSIG unavailable (%s)", os.getpid(), exc)
+
+
+def _take_worker_lock(path: str, stop: threading.Event, orphaned: Callable[[], bool]) -> bool:
+    """Hold ``path`` exclusively until this process has exited (a bare descriptor, never closed:
+    the kernel releases the lock only once the process is gone), waiting while the previous
+    worker of this node is still running. False when told to stop, or orphaned, meanwhile."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # a first start: the data directory may not exist yet
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    waited = False
+    while not stop.is_set() and not orphaned():
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not waited:
+                log.info("worker %d: waiting for the previous background worker of this node to stop", os.getpid())
+                waited = True
+            stop.wait(LOCK_POLL_SECONDS)
+            continue
+        if waited:
+            log.info("worker %d: the previous background worker has stopped; starting", os.getpid())
+        return True
+    os.close(fd)
+    return False
