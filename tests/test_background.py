@@ -18,7 +18,7 @@ import requests
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel import background
 from agentmemory_server.retrieval import vectors
-from conftest import SRC, clean_environ, end_process_group, hook, post, wait_for
+from conftest import SRC, ToolCaller, clean_environ, end_process_group, hook, post, wait_for
 
 
 def _background(server) -> dict:
@@ -158,6 +158,29 @@ def test_a_worker_whose_server_died_stops(tmp_path):
     finally:
         end_process_group(parent)
         parent.stdout.close()
+
+
+def test_a_jobs_last_error_is_kept_after_a_good_run_and_marked_recovered(make_runtime):
+    """/health's jobs kept the lastError of a run that failed hours ago after every later run had
+    succeeded: nothing said the job had recovered."""
+    rt = make_runtime()
+    outcomes = [OSError("No space left on device"), None, RuntimeError("again")]
+
+    def sweep():
+        if (outcome := outcomes.pop(0)) is not None:
+            raise outcome
+
+    rt.every(3600, "sweep", sweep, per_node=True)
+    status = lambda: next(j for j in ToolCaller(rt)("health")["jobs"] if j["name"] == "sweep")  # noqa: E731
+    rt.jobs.run_now("sweep")
+    failed = status()
+    assert failed["lastError"] == "No space left on device" and failed["lastErrorAt"] and failed["recoveredAt"] is None
+    rt.jobs.run_now("sweep")
+    recovered = status()
+    assert (recovered["lastError"], recovered["lastErrorAt"]) == (failed["lastError"], failed["lastErrorAt"])
+    assert recovered["recoveredAt"] >= recovered["lastErrorAt"] and recovered["runs"] == 1
+    rt.jobs.run_now("sweep")
+    assert status()["lastError"] == "again" and status()["recoveredAt"] is None
 
 
 def test_periodic_jobs_run_once_per_database_across_workers(make_runtime):

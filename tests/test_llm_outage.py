@@ -146,3 +146,46 @@ def test_explicit_calls_answer_deterministically_at_once_while_the_workers_break
     consolidated = post(server.api("/consolidate"), {"minObservations": 1})
     assert consolidated.status_code == 200, consolidated.text
     assert len(fake_gemini.calls) == sent  # nothing was sent to the dead provider
+
+
+NOTE = llm.Task("note", "You write a short note.", {
+    "type": "object", "required": ["title"], "properties": {"title": {"type": "string", "minLength": 1}}})
+
+
+def test_health_keeps_a_model_outages_last_error_marked_recovered_and_status_alerts_only_while_it_lasts(
+        llm_runtime, fake_gemini):
+    """After an outage /health kept llm.lastError (an HTTP 503 from hours ago) with nothing saying
+    the model had answered since, so the server looked broken for good. The error is kept, with
+    when it happened and when the model next answered; /status alerts only while it stands."""
+    clock = ManualClock()
+    rt = llm_runtime(clock=clock.clock)
+    call, svc = ToolCaller(rt), llm.service(rt)
+    fake_gemini.fail_next = list(DOWN)
+    for _ in range(8):  # until the breaker opens
+        try:
+            svc.generate_json(NOTE, "write")
+        except llm.LLMError:
+            pass
+    down = call("health")["llm"]
+    assert down["status"] == "degraded" and "HTTP 503" in down["lastError"]
+    assert down["lastErrorAt"] == clock.clock.iso() and down["recoveredAt"] is None
+    assert any("HTTP 503" in a["message"] for a in call("status")["alerts"])
+
+    fake_gemini.fail_next = []  # the provider is back
+    fake_gemini.replies = [{"title": "back"}]
+    clock.advance(3600)  # past the breaker's cooldown: the next call is its trial
+    assert svc.generate_json(NOTE, "write") == {"title": "back"}
+    up = call("health")["llm"]
+    assert up["status"] == "healthy" and up["breaker"]["state"] == "closed"
+    assert (up["lastError"], up["lastErrorAt"]) == (down["lastError"], down["lastErrorAt"])  # kept, to read about
+    assert up["recoveredAt"] == clock.clock.iso() and up["recoveredAt"] > up["lastErrorAt"]
+    assert not [a for a in call("status")["alerts"] if "503" in a["message"]], call("status")["alerts"]
+
+    fake_gemini.fail_next = [503] * 10  # a new failure: not recovered from again
+    clock.advance(60)
+    try:
+        svc.generate_json(NOTE, "write")
+    except llm.LLMError:
+        pass
+    again = call("health")["llm"]
+    assert again["recoveredAt"] is None and again["lastErrorAt"] == clock.clock.iso()

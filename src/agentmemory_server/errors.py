@@ -19,8 +19,10 @@ Callers may add keys but must not remove these. Every ``code`` is declared in ``
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -315,3 +317,46 @@ def envelope(status: int, message: str, code: str, details: dict[str, Any] | Non
 def error_body(status: int, message: str, code: str) -> dict[str, Any]:
     """Envelope for errors that do not start as an AppError (HTTP routing, body limits)."""
     return envelope(status, message, code)
+
+
+class LastError:
+    """A part's last error and whether it has recovered since, as /health shows it: ``lastError``
+    (the message, kept after recovery so an outage can still be read about), ``lastErrorAt``
+    (when it happened) and ``recoveredAt`` (when the part next succeeded; None while it is still
+    failing). /status alerts only on an error not recovered from."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.message: str | None = None
+        self.at: str | None = None
+        self.recovered_at: str | None = None
+
+    def failed(self, message: str, when: str | None = None) -> None:
+        with self._lock:
+            self.message, self.at, self.recovered_at = message[:300], when or _now_iso(), None
+
+    def succeeded(self, when: str | None = None) -> None:
+        """A success: the last error, if still standing, is recovered from now."""
+        if self.message is not None and self.recovered_at is None:  # a cheap test on every success
+            with self._lock:
+                if self.message is not None and self.recovered_at is None:
+                    self.recovered_at = when or _now_iso()
+
+    @property
+    def active(self) -> bool:
+        """An error not recovered from."""
+        return self.message is not None and self.recovered_at is None
+
+    def fields(self) -> dict[str, str | None]:
+        with self._lock:
+            return {"lastError": self.message, "lastErrorAt": self.at, "recoveredAt": self.recovered_at}
+
+
+def unrecovered(section: dict[str, Any]) -> str | None:
+    """A health section's ``lastError`` when it has not recovered from it (see ``LastError``)."""
+    return None if section.get("recoveredAt") else section.get("lastError")
+
+
+def _now_iso() -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"

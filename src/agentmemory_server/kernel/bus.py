@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from agentmemory_server.errors import LastError
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.storage.codec import dumps, loads
 from agentmemory_server.storage.interfaces import Database
@@ -52,7 +53,7 @@ class EventBus:
         self._returned = 0
         self._returned_changed = threading.Condition()
         self.errors = 0
-        self.last_error: str | None = None
+        self.last_error = LastError()
         self.last_seq = db.reader().live.newest()  # viewers see what happens from now on
         hub.seq = self.last_seq
         hub.epoch = hashlib.sha256(db.location.encode()).hexdigest()[:12]  # the same on every node
@@ -109,10 +110,11 @@ class EventBus:
                         tx.live.prune(KEEP_EVENTS)
                         self._pruned_at = time.monotonic()
                 self.sent += len(batch)
+                self.last_error.succeeded()
                 return
             except Exception as exc:  # noqa: BLE001 - the bus must survive a database hiccup
                 self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.last_error.failed(f"{type(exc).__name__}: {exc}")
                 log.warning("publishing %d live event(s) failed (attempt %d): %s", len(batch), attempt + 1, exc)
                 if self._stop.wait(0.2 * 2**attempt):
                     return
@@ -125,9 +127,10 @@ class EventBus:
                 rows = self.db.reader().live.after(self.last_seq, BATCH)
             except Exception as exc:  # noqa: BLE001
                 self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.last_error.failed(f"{type(exc).__name__}: {exc}")
                 self._stop.wait(1.0)
                 continue
+            self.last_error.succeeded()
             own = 0
             for seq, event_type, record, ts, origin in rows:
                 self.hub.deliver(seq, event_type, ts, loads(record))
@@ -150,7 +153,7 @@ class EventBus:
             "pending": self._outbox.qsize(),
             "lastSeq": self.last_seq,
             "errors": self.errors,
-            "lastError": self.last_error,
+            **self.last_error.fields(),
         }
 
     def close(self) -> None:

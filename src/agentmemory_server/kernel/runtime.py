@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agentmemory_server import __version__
-from agentmemory_server.errors import AppError, Unavailable
+from agentmemory_server.errors import AppError, LastError, Unavailable
 from agentmemory_server.kernel import auth, background
 from agentmemory_server.kernel.bus import EventBus
 from agentmemory_server.kernel.events import Hub
@@ -79,7 +79,7 @@ class Jobs:
                 "next": time.monotonic() + min(seconds, 60.0),
                 "runs": 0,
                 "errors": 0,
-                "lastError": None,
+                "lastError": LastError(),
             }
         )
 
@@ -117,13 +117,15 @@ class Jobs:
         try:
             job["fn"]()
             job["runs"] += 1
+            job["lastError"].succeeded()
         except AppError as exc:  # a known condition (disk full, damaged file): one line, no traceback
             job["errors"] += 1
-            job["lastError"] = exc.message[:300]
+            job["lastError"].failed(exc.message)
             log.warning("background job %s: %s", job["name"], exc.message)
         except Exception as exc:  # noqa: BLE001 - a job must not kill the scheduler
             job["errors"] += 1
-            job["lastError"] = error = str(exc)[:300]
+            error = str(exc)[:300]
+            job["lastError"].failed(error)
             log.exception("background job %s failed", job["name"])
         if self._claim is None or job["perNode"]:
             job["next"] = time.monotonic() + job["every"]
@@ -139,7 +141,9 @@ class Jobs:
                 self.run(job)
 
     def status(self) -> list[dict[str, Any]]:
-        return [{k: j[k] for k in ("name", "every", "runs", "errors", "lastError")} for j in self._jobs]
+        return [
+            {**{k: j[k] for k in ("name", "every", "runs", "errors")}, **j["lastError"].fields()} for j in self._jobs
+        ]
 
     @property
     def running(self) -> bool:

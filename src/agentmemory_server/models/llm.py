@@ -41,6 +41,7 @@ from typing import Any
 
 import jsonschema
 
+from agentmemory_server.errors import LastError
 from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.runtime import Runtime
@@ -147,8 +148,7 @@ class Usage:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(self.FIELDS, 0)
         self._reasons: dict[str, int] = {}
-        self.last_error: str | None = None
-        self.last_error_at: str | None = None
+        self.last_error = LastError()
 
     def add(self, **counts: int) -> None:
         with self._lock:
@@ -160,23 +160,25 @@ class Usage:
             self._reasons[name] = self._reasons.get(name, 0) + 1
 
     def error(self, message: str, when: str) -> None:
-        with self._lock:
-            self.last_error, self.last_error_at = truncate(strip_text(message), 300), when
+        self.last_error.failed(truncate(strip_text(message), 300), when)
+
+    def answered(self, when: str) -> None:
+        """The model answered: a standing last error is recovered from."""
+        self.last_error.succeeded(when)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
                 **self._counts,
                 "lowValueReasons": dict(self._reasons),
-                "lastError": self.last_error,
-                "lastErrorAt": self.last_error_at,
+                **self.last_error.fields(),
             }
 
 
 def merged_usage(own: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:
     """This process's counters plus those the background workers report, and the newest last
-    error of them all. In the default process mode the worker makes every background call, so
-    a request process alone would show none of them."""
+    error of them all (with its ``recoveredAt``). In the default process mode the worker makes
+    every background call, so a request process alone would show none of them."""
     out = {**own, "lowValueReasons": dict(own["lowValueReasons"])}
     for report in reports:
         for name in Usage.FIELDS:
@@ -185,6 +187,7 @@ def merged_usage(own: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str
             out["lowValueReasons"][reason] = out["lowValueReasons"].get(reason, 0) + int(n or 0)
         if report.get("lastErrorAt") and report["lastErrorAt"] > (out["lastErrorAt"] or ""):
             out["lastError"], out["lastErrorAt"] = report.get("lastError"), report["lastErrorAt"]
+            out["recoveredAt"] = report.get("recoveredAt")
     return out
 
 
@@ -414,6 +417,7 @@ class LLMService:
             verdict = True
             self._account(client, feature, started, generation.prompt_tokens, generation.output_tokens)
             self.usage.add(succeeded=1)
+            self.usage.answered(self.rt.clock.iso())
             return generation
         finally:
             if not verdict:

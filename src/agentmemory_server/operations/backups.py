@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from agentmemory_server.errors import LastError
 from agentmemory_server.storage.sqlite import local_backup
 from agentmemory_server.storage.sqlite.hf_sync import SyncError
 
@@ -20,7 +21,7 @@ class LocalBackups:
         self.rt = rt
         self.directory = rt.settings.local_backup_path
         self.last: dict[str, Any] | None = None
-        self.last_error: str | None = None
+        self.last_error = LastError()
         # A PostgreSQL store is backed up by the database server (pg_dump, base backups).
         self.applies = not rt.settings.database_url
         if rt.settings.local_backup_interval > 0 and self.applies:
@@ -30,7 +31,7 @@ class LocalBackups:
         """One snapshot, unless the database is damaged (a copy of it would push a good one out)
         or the disk has no room for it; either is recorded for /health, never raised."""
         if self.rt.db.damage is not None:
-            self.last_error = "not taken: the database is damaged"
+            self.last_error.failed("not taken: the database is damaged")
             return None
         try:
             self.last = local_backup.take(
@@ -40,10 +41,10 @@ class LocalBackups:
                 reserve_bytes=self.rt.settings.disk_reserve_mb * 1024 * 1024,
             )
         except SyncError as exc:
-            self.last_error = str(exc)
+            self.last_error.failed(str(exc))
             log.warning("local snapshot skipped: %s", exc)
             return None
-        self.last_error = None
+        self.last_error.succeeded()
         return self.last
 
     def health(self) -> dict[str, Any]:
@@ -51,10 +52,10 @@ class LocalBackups:
             return {"status": "healthy", "message": "PostgreSQL: backed up by the database server, not by this node"}
         found = local_backup.snapshots(self.directory)
         return {
-            "status": "degraded" if self.last_error else "healthy",
+            "status": "degraded" if self.last_error.active else "healthy",
             "dir": str(self.directory),
             "intervalSeconds": self.rt.settings.local_backup_interval,
             "snapshots": len(found),
             "latest": found[0].name if found else None,
-            "lastError": self.last_error,
+            **self.last_error.fields(),
         }

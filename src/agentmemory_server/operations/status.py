@@ -13,7 +13,7 @@ import html
 from typing import Any
 
 from agentmemory_server import errors
-from agentmemory_server.errors import NotFound
+from agentmemory_server.errors import NotFound, unrecovered
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter, in_token_projects, token_principal
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, Reply, integer, params, string, tool
@@ -159,7 +159,7 @@ def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
         )
     for name, section in sections.items():
         if isinstance(section, dict) and section.get("status") in ("degraded", "critical", "error"):
-            detail = section.get("lastError") or section.get("error") or section.get("status")
+            detail = unrecovered(section) or section.get("error") or section.get("status")
             alerts.append(_alert("error", f"{name} is {section['status']}: {detail}", "see GET /agentmemory/health"))
     return alerts
 

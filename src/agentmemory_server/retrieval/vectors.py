@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from agentmemory_server.errors import Unavailable
+from agentmemory_server.errors import LastError, Unavailable
 from agentmemory_server.kernel import background
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import WorkerFailures
@@ -120,7 +120,8 @@ class VectorService:
     def __init__(self, rt: Runtime):
         self.rt = rt
         self.provider = choose_provider(rt.settings)
-        self.error: str | None = None
+        self.error: str | None = None  # the embedder's error while it stands (cleared by a success)
+        self.last_error = LastError()  # kept after recovery, for /health
         self.embedder: Embedder | None = None
         # A request process embeds only queries (one thread); the worker embeds documents.
         documents = rt.runs_background or not rt.settings.background_jobs or rt.role == "tool"
@@ -128,6 +129,7 @@ class VectorService:
             self.embedder = make_embedder(rt.settings, documents=documents)
         except Unavailable as exc:  # a broken provider degrades search to BM25, never start-up
             self.error = exc.message
+            self.last_error.failed(exc.message)
             log.warning("embeddings disabled: %s", exc.message)
         self.late = self._late_encoder(documents)
         if self.embedder is None:  # nothing here would ever drain the backlog: queue nothing
@@ -368,6 +370,7 @@ class VectorService:
             delay = min(RETRY_CAP_SECONDS, 5.0 * 2**attempts)
             self.failed_batches += 1
             self.error = f"{type(exc).__name__}: {exc}"[:300]
+            self.last_error.failed(self.error)
             with self.rt.db.transaction("embed_failed") as tx:
                 tx.vectors.backlog_failed(rowids, self.error, time.time() + delay)
             return len(rows)
@@ -383,6 +386,7 @@ class VectorService:
         release_memory()
         self.embedded += stored
         self.error = None
+        self.last_error.succeeded()
         return len(rows)
 
     def _embed_documents(self, texts: list[str], own: list[str]) -> tuple[Any, list[bytes] | None]:
@@ -584,8 +588,16 @@ class VectorService:
             "index": index,
             "embedsHere": self.rt.runs_background,
             "lateInteraction": {"model": self.tokens_model, "error": self.late_error, **self.late_counts},
-            "lastError": self.error or stats.get("lastError"),
+            **self._error_fields(stats),
         }
+
+    def _error_fields(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """``lastError``, ``lastErrorAt``, ``recoveredAt``: this process's embedder, or, when only
+        the backlog's rows say so (the worker embeds in another process), the newest failing row's."""
+        fields = self.last_error.fields()
+        if stats.get("failing") and stats.get("lastError") and not self.last_error.active:
+            return {"lastError": stats["lastError"], "lastErrorAt": None, "recoveredAt": None}
+        return fields
 
     def diagnose(self) -> list[dict[str, Any]]:
         if self.embedder is None:

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import tantivy
 
-from agentmemory_server.errors import Unavailable
+from agentmemory_server.errors import LastError, Unavailable
 from agentmemory_server.similarity import band_keys
 from agentmemory_server.storage.interfaces import Doc
 from agentmemory_server.storage.lexical.feed import LexicalFeed
@@ -169,7 +169,7 @@ class TantivyLexical:
         self._avg: tuple[float, dict[str, float]] | None = None
         self.pending = PendingIndex(self.analyze, self.repeats)
         self.building: dict[str, int] | None = None
-        self.last_error: str | None = None
+        self.last_error = LastError()
         self.verified: dict[str, Any] | None = None
         self.repairs = 0
         self._next_verify = time.monotonic() + FIRST_VERIFY_SECONDS
@@ -266,7 +266,7 @@ class TantivyLexical:
             "rebuild": self.building,
             "verified": self.verified,
             "repairs": self.repairs,
-            "lastError": self.last_error,
+            **self.last_error.fields(),
         }
 
     # ---- searching ---------------------------------------------------------------------------------
@@ -462,12 +462,13 @@ class TantivyLexical:
             try:
                 if not self.apply(commit_due=False):
                     self.verify()
+                self.last_error.succeeded()
             except Unavailable as exc:  # a database outage: one line per attempt, not a traceback
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.last_error.failed(f"{type(exc).__name__}: {exc}")
                 log.warning("the lexical outbox waits for the database: %s", exc)
                 self._stop.wait(5.0)
             except Exception as exc:  # noqa: BLE001 - the applier must survive anything; searches fall back
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.last_error.failed(f"{type(exc).__name__}: {exc}")
                 log.exception("applying the lexical outbox failed")
                 self._stop.wait(5.0)
             if self._wake.wait(COMMIT_SECONDS / 2):

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from agentmemory_server.errors import AppError
+from agentmemory_server.errors import AppError, LastError
 from agentmemory_server.storage.sqlite.ann import ENGINE, EXACT_LIMIT, AnnIndex, dot_rows
 from agentmemory_server.storage.sqlite.faults import FreeSpace, classify_os_error, try_lock
 
@@ -114,7 +114,7 @@ class SqliteVectorIndex:
         self.dirty = 0
         self.saved: dict[str, Any] = {}
         self.repair: dict[str, Any] | None = None
-        self.last_error: str | None = None
+        self.last_error = LastError()
         self._state_seen: tuple[int, int] | None = None  # the state file's (mtime, size) last read
         self._build_lock: int | None = None  # held while this process builds the index for all
         started = time.perf_counter()
@@ -334,10 +334,10 @@ class SqliteVectorIndex:
                     and self.ann.dead_ratio() > REBUILD_DEAD_RATIO
                 ):
                     self._start_repair(f"{self.ann.dead_ratio():.0%} of the graph is deleted rows", aside=True)
-                self.last_error = None
+                self.last_error.succeeded()
                 return applied
             except sqlite3.Error as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.last_error.failed(f"{type(exc).__name__}: {exc}")
                 return 0
 
     def _catch_up(self, budget: int) -> int:
@@ -469,7 +469,7 @@ class SqliteVectorIndex:
             "savedAt": self.saved.get("savedAt"),
             "loadSeconds": self.load_seconds,
             "repair": repair,
-            "lastError": self.last_error,
+            **self.last_error.fields(),
             "file": str(self.dir),
         }
 
