@@ -75,7 +75,9 @@ def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
 
 def _stop_with_parent() -> None:
     """Ask the kernel for SIGTERM when the server that started this worker dies (Linux only;
-    elsewhere the main loop's once-a-second look at the parent pid is what notices)."""
+    elsewhere the main loop's once-a-second look at the parent pid is what notices). The kernel
+    watches the thread that spawned the worker, not the whole process: the supervisor's thread,
+    which lives until the worker has exited, so it fires only when the server dies."""
     if not sys.platform.startswith("linux"):
         return
     try:
