@@ -106,6 +106,7 @@ def test_while_redis_is_down_the_node_counts_alone_and_health_says_so(own_redis,
         health = limiter.health()
         assert health["usingFallback"] is True and health["scope"] == "process"
         assert "unreachable" in health["note"] and "ConnectionError" in health["note"]
+        assert "ConnectionError" in health["lastError"] and health["lastErrorAt"] and health["recoveredAt"] is None
         for _ in range(2):
             limiter.take("ip:a")
         with pytest.raises(RateLimited):
@@ -116,6 +117,9 @@ def test_while_redis_is_down_the_node_counts_alone_and_health_says_so(own_redis,
         clock.advance(11)
         limiter.take("ip:b")  # retried: Redis answers again
         assert limiter.health()["usingFallback"] is False and limiter.health()["scope"] == "cluster"
+        back = limiter.health()  # the outage stays readable, marked recovered from
+        assert back["lastError"] == health["lastError"] and back["lastErrorAt"] == health["lastErrorAt"]
+        assert back["recoveredAt"] >= back["lastErrorAt"]
     finally:
         limiter.close()
 

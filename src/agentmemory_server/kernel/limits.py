@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from agentmemory_server.errors import RateLimited
+from agentmemory_server.errors import LastError, RateLimited
 
 log = logging.getLogger("agentmemory.limits")
 MAX_CLIENTS = 10_000
@@ -128,6 +128,7 @@ class RateLimiter:
         self._probe = threading.Lock()  # one request at a time tries a store that was down
         self.down_since: float | None = None
         self.down_error: str | None = None
+        self.store_error = LastError()  # the shared store's last failure, kept after it answers again
         self._retry_at = 0.0
         self.limited = 0
         self.by_client: dict[str, int] = {}
@@ -174,6 +175,7 @@ class RateLimiter:
         if self.down_since is not None:
             log.warning("rate limits: %s answers again; limits are %s-wide again", self.configured, self.store.scope)
             self.down_since = self.down_error = None
+            self.store_error.succeeded()
         return wait
 
     def _went_down(self, error: str) -> None:
@@ -188,6 +190,7 @@ class RateLimiter:
                 REDIS_RETRY_SECONDS,
             )
         self.down_error = error[:300]
+        self.store_error.failed(f"{self.configured} unreachable: {error}")
         self._retry_at = now + REDIS_RETRY_SECONDS
 
     @property
@@ -221,6 +224,7 @@ class RateLimiter:
             }
         if self.fallback is not None:
             body["usingFallback"] = self.down_since is not None
+            body.update(self.store_error.fields())
         if self.down_since is not None:
             body["note"] = (
                 f"{self.configured} is unreachable ({self.down_error}): each {self.scope} counts its own writes, so "
