@@ -48,6 +48,8 @@ def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
         return parent_pid is not None and os.getppid() != parent_pid
 
     def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():  # a node's stop often signals twice (the group, then the supervisor)
+            return
         if orphaned():
             log.warning("worker %d: the server that started it (%d) is gone; stopping", os.getpid(), parent_pid)
         else:
