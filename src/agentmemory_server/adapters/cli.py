@@ -525,26 +525,23 @@ def _add_agent_commands(commands: Any) -> None:
     svc.set_defaults(run=cmd_service)
 
 
-def _batch_size(text: str) -> int:
-    """``--batch``: a whole number of records, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} records per transaction: it must be at least 1")
-    return value
+def _records(what: str) -> Callable[[str], int]:
+    """An argparse type for a whole number of records, at least 1 (``what`` names them)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{value} {what}: it must be at least 1")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    """``--limit``: a whole number of records, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} records: it must be at least 1")
-    return value
+_batch_size = _records("records per transaction")  # --batch
+_count = _records("records")  # --limit
 
 
 def _provider_was_down(result: dict[str, Any]) -> bool:

@@ -264,36 +264,26 @@ def viewer_snapshot(ctx: Ctx, args: dict) -> dict:
     ingest rates, indexes, capture inbox and refused requests."""
     report = status_report(ctx)
     view = registry.run(overview.viewer_overview, ctx, {})
-    if "shownTo" in report:  # a principal's token: nothing of the whole store (principal_report)
-        return {
-            "version": report["version"],
-            "service": "agentmemory",
-            "ports": report["ports"],
-            "provider": report["provider"],
-            "embeddingProvider": report["embeddingProvider"],
-            "status": report["status"],
-            "shownTo": report["shownTo"],
-            "counts": view["counts"],
-            "ingest": view["ingest"],
-            "features": view["features"],
-            "report": {"alerts": report["alerts"]},
-            "generatedAt": report["generatedAt"],
-        }
-    return {
+    shown = {
         "version": report["version"],
         "service": "agentmemory",
         "ports": report["ports"],
         "provider": report["provider"],
         "embeddingProvider": report["embeddingProvider"],
         "status": report["status"],
-        "health": {k: report[k] for k in ("db", "auth", "capture", "images")},
         "counts": view["counts"],
         "ingest": view["ingest"],
-        "live": view["live"],
         "features": view["features"],
-        "indexes": report["index"],
         "report": {"alerts": report["alerts"]},
         "generatedAt": report["generatedAt"],
+    }
+    if "shownTo" in report:  # a principal's token: nothing of the whole store (principal_report)
+        return {**shown, "shownTo": report["shownTo"]}
+    return {
+        **shown,
+        "health": {k: report[k] for k in ("db", "auth", "capture", "images")},
+        "live": view["live"],
+        "indexes": report["index"],
     }
 
 
