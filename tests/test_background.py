@@ -183,6 +183,45 @@ def test_a_jobs_last_error_is_kept_after_a_good_run_and_marked_recovered(make_ru
     assert status()["lastError"] == "again" and status()["recoveredAt"] is None
 
 
+def test_a_shared_periodic_jobs_error_says_when_and_is_marked_recovered_by_a_later_run(make_runtime):
+    """The shared schedule (background.periodic in /health) kept the last failed run's message
+    forever with no time, whatever ran after it, and a known failure (an AppError: disk full, the
+    database busy) was recorded as a good run. It now says when the error happened and when a
+    later run succeeded; /status alerts only while the error stands. Runs on PostgreSQL too with
+    AGENTMEMORY_TEST_BACKEND=postgresql."""
+    rt = make_runtime()
+    outcomes = [Unavailable("the database is busy"), None, None, RuntimeError("disk on fire")]
+
+    def nightly():
+        if (outcome := outcomes.pop(0)) is not None:
+            raise outcome
+
+    rt.every(3600, "nightly", nightly)
+    assert not rt._claim_periodic("nightly", 3600)  # first sight: the row exists, due in an hour
+    call = ToolCaller(rt)
+    entry = lambda: next(j for j in call("health")["background"]["periodic"] if j["name"] == "nightly")  # noqa: E731
+    alerts = lambda: [a for a in call("status")["alerts"] if "nightly" in a["message"]]  # noqa: E731
+
+    rt.jobs.run_now("nightly")
+    failed = entry()
+    assert failed["lastError"] == "the database is busy" and failed["errors"] == 1
+    assert failed["lastErrorAt"].endswith("Z") and failed["recoveredAt"] is None
+    assert len(alerts()) == 1 and "the database is busy" in alerts()[0]["message"]
+
+    rt.jobs.run_now("nightly")
+    recovered = entry()
+    assert (recovered["lastError"], recovered["lastErrorAt"]) == (failed["lastError"], failed["lastErrorAt"])
+    assert recovered["recoveredAt"] >= recovered["lastErrorAt"] and recovered["runs"] == 2
+    assert alerts() == []
+    rt.jobs.run_now("nightly")  # a second good run keeps the recovery's time
+    assert entry()["recoveredAt"] == recovered["recoveredAt"]
+
+    rt.jobs.run_now("nightly")
+    again = entry()
+    assert again["lastError"] == "disk on fire" and again["recoveredAt"] is None and again["errors"] == 2
+    assert again["lastErrorAt"] >= recovered["recoveredAt"] and len(alerts()) == 1
+
+
 def test_periodic_jobs_run_once_per_database_across_workers(make_runtime):
     a = make_runtime()
     b = make_runtime()

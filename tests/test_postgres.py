@@ -4,6 +4,7 @@ Everything else runs on both backends through the shared suites (conftest.BOTH_B
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from agentmemory_server.kernel.util import Clock
 from agentmemory_server.retrieval import search
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.storage.postgres import PostgresDatabase, database as pg_database
+from agentmemory_server.storage.postgres import migrations as pg_migrations
 from agentmemory_server.storage.postgres.database import SchemaTooNew
 from agentmemory_server.storage.urls import without_password
 from conftest import LiveServer, ToolCaller, free_port, hook, post, wait_for
@@ -52,6 +54,44 @@ def test_the_location_hides_the_password_and_a_newer_schema_is_refused(url, tmp_
         conn.execute("UPDATE agentmemory_schema SET version = version + 5")
     with pytest.raises(SchemaTooNew):
         PostgresDatabase(url, local_path=tmp_path / "x.db", now=Clock().iso, background=False)
+
+
+def test_a_schema_7_database_upgrades_with_nothing_lost_and_its_periodic_schedule_gains_error_times(
+        pg_cluster, tmp_path):
+    """PostgreSQL migration 8 adds when a periodic job's last error happened and when a later run
+    succeeded. A database at schema 7 (made by migrations 1-7, which are never edited) keeps its
+    records and its schedule's rows; an error from before has no time, and the next good run marks
+    it recovered."""
+    name = f"upgrade7_{os.getpid()}"
+    pg_cluster._admin(f"CREATE DATABASE {name}")
+    url = pg_cluster.url_of(name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:  # what schema 7's code left
+            conn.execute("CREATE TABLE agentmemory_schema (version INTEGER NOT NULL, id TEXT NOT NULL)")
+            for _name, migrate in pg_migrations.MIGRATIONS[:7]:
+                with conn.transaction():
+                    migrate(conn)
+            conn.execute("INSERT INTO agentmemory_schema VALUES (7, 'abcdef123456')")
+            conn.execute("INSERT INTO kv_store (scope, key, value, updated_at) VALUES "
+                         "('mem:memories', 'm1', '{\"id\": \"m1\"}', '2026-12-01T00:00:00Z')")
+            conn.execute("INSERT INTO periodic_jobs (name, next_run, holder, runs, errors, last_run, last_error) "
+                         "VALUES ('retention', 1900000000, 'host:1:2', 7, 2, 1899990000, 'OSError: disk full')")
+        db = PostgresDatabase(url, local_path=tmp_path / "x.db", now=Clock().iso, background=False)
+        try:
+            assert db.schema_version == len(pg_migrations.MIGRATIONS) == 8
+            assert db.reader().records.get("mem:memories", "m1") == {"id": "m1"}
+            assert db.reader().jobs.periodic_status() == [
+                {"name": "retention", "nextRun": 1_900_000_000.0, "holder": "host:1:2", "runs": 7, "errors": 2,
+                 "lastRun": 1_899_990_000.0, "lastError": "OSError: disk full", "lastErrorAt": None,
+                 "recoveredAt": None}]
+            with db.transaction("test") as tx:
+                tx.jobs.periodic_done("retention", 1_900_000_005.0, None)
+            (retention,) = db.reader().jobs.periodic_status()
+            assert retention["lastError"] == "OSError: disk full" and retention["recoveredAt"] == 1_900_000_005.0
+        finally:
+            db.close()
+    finally:
+        pg_cluster._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_vectors_get_an_hnsw_index_per_model_and_nearest_uses_it(url, make_runtime):

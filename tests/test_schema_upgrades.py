@@ -120,6 +120,39 @@ def test_a_database_from_an_earlier_release_upgrades_with_nothing_lost(version, 
     assert schema(server.db_path) == schema(fresh)
 
 
+def test_the_periodic_schedule_keeps_its_rows_and_gains_error_times_in_the_upgrade_from_v16(tmp_path):
+    """Schema 16's periodic_jobs kept a failed run's message with no time; schema 17 adds when it
+    happened and when a later run succeeded. The rows of the schedule survive the upgrade as they
+    were; an error from before has no time (unknown), and the next good run marks it recovered."""
+    db = tmp_path / "agentmemory.db"
+    shutil.copyfile(FIXTURES / "v16.db", db)
+    conn = sqlite3.connect(db)  # as schema 16's code left them
+    conn.executemany(
+        "INSERT INTO periodic_jobs (name, next_run, holder, runs, errors, last_run, last_error) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [("retention", 1_900_000_000.0, "host:1:2", 7, 2, 1_899_990_000.0, "OSError: No space left on device"),
+         ("sweep", 1_900_000_060.0, "host:1:2", 3, 0, 1_899_999_000.0, None)])
+    conn.commit()
+    conn.close()
+    store = open_database(db, now=lambda: "2026-12-07T00:00:00.000Z")
+    try:
+        assert store.reader().jobs.periodic_status() == [
+            {"name": "retention", "nextRun": 1_900_000_000.0, "holder": "host:1:2", "runs": 7, "errors": 2,
+             "lastRun": 1_899_990_000.0, "lastError": "OSError: No space left on device", "lastErrorAt": None,
+             "recoveredAt": None},
+            {"name": "sweep", "nextRun": 1_900_000_060.0, "holder": "host:1:2", "runs": 3, "errors": 0,
+             "lastRun": 1_899_999_000.0, "lastError": None, "lastErrorAt": None, "recoveredAt": None},
+        ]
+        with store.transaction("test") as tx:
+            tx.jobs.periodic_done("retention", 1_900_000_005.0, None)
+            tx.jobs.periodic_done("sweep", 1_900_000_065.0, None)
+        retention, sweep = store.reader().jobs.periodic_status()
+        assert retention["lastError"] == "OSError: No space left on device" and retention["runs"] == 8
+        assert retention["recoveredAt"] == 1_900_000_005.0 and sweep["recoveredAt"] is None  # no error to recover
+    finally:
+        store.close()
+
+
 def test_a_database_from_a_newer_release_is_refused_and_left_untouched(tmp_path):
     server = LiveServer(tmp_path, {}, [], start=False)
     server.data_dir.mkdir(parents=True)

@@ -120,7 +120,8 @@ class Jobs:
             job["lastError"].succeeded()
         except AppError as exc:  # a known condition (disk full, damaged file): one line, no traceback
             job["errors"] += 1
-            job["lastError"].failed(exc.message)
+            error = exc.message[:300]  # the shared schedule records it too (it counted as a success)
+            job["lastError"].failed(error)
             log.warning("background job %s: %s", job["name"], exc.message)
         except Exception as exc:  # noqa: BLE001 - a job must not kill the scheduler
             job["errors"] += 1

@@ -157,10 +157,29 @@ def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
                 "nothing to do: the embedding worker drains it in the background",
             )
         )
+    alerts += _periodic_alerts(sections.get("background") or {})
     for name, section in sections.items():
         if isinstance(section, dict) and section.get("status") in ("degraded", "critical", "error"):
             detail = unrecovered(section) or section.get("error") or section.get("status")
             alerts.append(_alert("error", f"{name} is {section['status']}: {detail}", "see GET /agentmemory/health"))
+    return alerts
+
+
+def _periodic_alerts(background: dict[str, Any]) -> list[dict[str, str]]:
+    """A shared periodic job whose last run failed (its error not recovered from by a later run).
+    An error recorded before the schedule kept times has no ``lastErrorAt``: whether it stands is
+    unknown until the job's next run, which says so either way."""
+    alerts = []
+    for job in background.get("periodic") or []:
+        if job.get("lastErrorAt") and unrecovered(job):
+            alerts.append(
+                _alert(
+                    "warn",
+                    f"periodic job {job['name']} failed at {job['lastErrorAt']}: {job['lastError']}",
+                    f"the log of the worker that ran it ({job.get('holder')}) says more; the job runs again "
+                    "at its next period and the alert goes once a run succeeds",
+                )
+            )
     return alerts
 
 

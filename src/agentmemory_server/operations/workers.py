@@ -13,15 +13,26 @@ import os
 import socket
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
-from agentmemory_server.kernel.util import WorkerFailures
+from agentmemory_server.kernel.util import WorkerFailures, iso
 
 log = logging.getLogger("agentmemory.background")
 BEAT_SECONDS = 5.0
 ALIVE_WITHIN = WORKER_ALIVE_SECONDS  # a worker without a heartbeat for this long counts as gone
+
+
+def _periodic_entry(job: dict[str, Any]) -> dict[str, Any]:
+    """A periodic job's row as /health shows it: ``lastErrorAt`` and ``recoveredAt`` as ISO times,
+    like every other part's last error (``errors.LastError``); ``nextRun`` and ``lastRun`` stay
+    epoch seconds, as they always were."""
+    for key in ("lastErrorAt", "recoveredAt"):
+        if job.get(key) is not None:
+            job[key] = iso(datetime.fromtimestamp(job[key], tz=UTC))
+    return job
 
 
 class BackgroundStatus:
@@ -79,7 +90,7 @@ class BackgroundStatus:
             "runsHere": self.rt.runs_background,
             "workers": workers,
             "supervisor": supervisor.status() if supervisor is not None else None,
-            "periodic": store.jobs.periodic_status(),
+            "periodic": [_periodic_entry(job) for job in store.jobs.periodic_status()],
         }
 
     def diagnose(self) -> list[dict[str, Any]]:

@@ -355,3 +355,16 @@ def _m007_search_tokens(conn: Any) -> None:
         ALTER TABLE embed_backlog ADD COLUMN tokens_only INTEGER NOT NULL DEFAULT 0
         """,
     )
+
+
+@migration("periodic_error_times")
+def _m008_periodic_error_times(conn: Any) -> None:
+    # When a periodic job's last error happened and when a later run succeeded, as on SQLite (its
+    # migration 17).
+    run_script(
+        conn,
+        """
+        ALTER TABLE periodic_jobs ADD COLUMN last_error_at DOUBLE PRECISION;
+        ALTER TABLE periodic_jobs ADD COLUMN recovered_at DOUBLE PRECISION
+        """,
+    )

@@ -86,17 +86,28 @@ class SqliteJobQueue:
         )
 
     def periodic_done(self, name: str, now_epoch: float, error: str | None) -> None:
+        """Count a finished run. A failure keeps its message and time and clears any recovery; a
+        success after an error not yet recovered from marks it recovered now (the message and its
+        time stay, so an outage can still be read about)."""
+        if error:
+            self.conn.execute(
+                "UPDATE periodic_jobs SET runs = runs + 1, errors = errors + 1, last_run = ?, last_error = ?, "
+                "last_error_at = ?, recovered_at = NULL WHERE name = ?",
+                (now_epoch, error[:300], now_epoch, name),
+            )
+            return
         self.conn.execute(
-            "UPDATE periodic_jobs SET runs = runs + 1, errors = errors + ?, last_run = ?, "
-            "last_error = coalesce(?, last_error) WHERE name = ?",
-            (1 if error else 0, now_epoch, error[:300] if error else None, name),
+            "UPDATE periodic_jobs SET runs = runs + 1, last_run = ?, recovered_at = CASE "
+            "WHEN last_error IS NOT NULL AND recovered_at IS NULL THEN ? ELSE recovered_at END WHERE name = ?",
+            (now_epoch, now_epoch, name),
         )
 
     def periodic_status(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            "SELECT name, next_run, holder, runs, errors, last_run, last_error FROM periodic_jobs ORDER BY name"
+            "SELECT name, next_run, holder, runs, errors, last_run, last_error, last_error_at, recovered_at "
+            "FROM periodic_jobs ORDER BY name"
         )
-        cols = ("name", "nextRun", "holder", "runs", "errors", "lastRun", "lastError")
+        cols = ("name", "nextRun", "holder", "runs", "errors", "lastRun", "lastError", "lastErrorAt", "recoveredAt")
         return [dict(zip(cols, row, strict=True)) for row in rows]
 
     # ---- worker heartbeats

@@ -500,3 +500,17 @@ def _m016_search_tokens(conn: sqlite3.Connection) -> None:
         ALTER TABLE embed_backlog ADD COLUMN tokens_only INTEGER NOT NULL DEFAULT 0;
         """,
     )
+
+
+@migration("periodic_error_times")
+def _m017_periodic_error_times(conn: sqlite3.Connection) -> None:
+    # When a periodic job's last error happened and when a later run succeeded (epoch seconds), so
+    # /health says whether the error still stands and /status alerts only while it does. An error
+    # recorded before keeps its message with no time; the job's next run says whether it stands.
+    run_script(
+        conn,
+        """
+        ALTER TABLE periodic_jobs ADD COLUMN last_error_at REAL;
+        ALTER TABLE periodic_jobs ADD COLUMN recovered_at REAL;
+        """,
+    )
