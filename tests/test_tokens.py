@@ -249,6 +249,24 @@ def test_a_principals_token_is_shown_the_health_of_its_own_records_not_the_store
     assert whole["ingest"]["memories"]["lastHour"] == 6 and "indexes" in whole and "health" in whole
 
 
+def test_a_principals_status_alerts_send_it_to_the_operator_not_to_the_health_details_it_cannot_see(make_runtime):
+    """/status told a principal's token "see GET /agentmemory/health" for a part that is not
+    healthy, but /health shows that token only each part's status: the fix now says to ask the
+    operator, whose admin secret sees the details there."""
+    rt = make_runtime(secret=SECRET, auth="on", background_jobs=True, background="external")
+    rt.started_at -= 3600  # an external worker that never came: background is degraded
+    client = create_app(runtime=rt).test_client()
+    bot = create(client, principal="bot", projects=["alpha"], rights=["read"])["token"]
+    shown = client.get("/agentmemory/status", headers=as_(bot)).get_json()["alerts"]
+    (alert,) = [a for a in shown if a["message"].startswith("background is degraded")]
+    assert "operator" in alert["fix"] and "admin secret" in alert["fix"], alert
+    admin = client.get("/agentmemory/status", headers=as_(SECRET)).get_json()["alerts"]
+    (alert,) = [a for a in admin if a["message"].startswith("background is degraded")]
+    assert alert["fix"] == "see GET /agentmemory/health"
+    page = client.get("/agentmemory/status?format=html", headers=as_(bot)).get_data(as_text=True)
+    assert "ask the server&#x27;s operator" in page
+
+
 def test_a_project_tokens_counts_and_lists_keep_to_its_projects(app):
     """/counts, the viewer's overview, the consolidation layers, the relations list and the MCP
     status resource counted (and listed) the principal's records of every project; a refusal

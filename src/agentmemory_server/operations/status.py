@@ -101,8 +101,18 @@ def _llm_alerts(llm: dict[str, Any]) -> list[dict[str, str]]:
     return alerts
 
 
-def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
-    """What is wrong, each with its fix, from the health sections."""
+# Where the details of a part that is not healthy are: /health shows them to the admin secret; a
+# principal's token sees there only each part's status (health.principal_health).
+DETAILS_ADMIN = "see GET /agentmemory/health"
+DETAILS_PRINCIPAL = (
+    "ask the server's operator: GET /agentmemory/health with the admin secret shows the details "
+    "(a principal's token sees only each part's status)"
+)
+
+
+def alerts_of(sections: dict[str, Any], *, for_principal: bool = False) -> list[dict[str, str]]:
+    """What is wrong, each with its fix, from the health sections (``for_principal``: those a
+    principal's token is shown, whose fix cannot be read in /health by that token)."""
     alerts: list[dict[str, str]] = []
     denied = (sections.get("auth") or {}).get("denied", 0)
     if denied:
@@ -158,10 +168,11 @@ def alerts_of(sections: dict[str, Any]) -> list[dict[str, str]]:
             )
         )
     alerts += _periodic_alerts(sections.get("background") or {})
+    details = DETAILS_PRINCIPAL if for_principal else DETAILS_ADMIN
     for name, section in sections.items():
         if isinstance(section, dict) and section.get("status") in ("degraded", "critical", "error"):
             detail = unrecovered(section) or section.get("error") or section.get("status")
-            alerts.append(_alert("error", f"{name} is {section['status']}: {detail}", "see GET /agentmemory/health"))
+            alerts.append(_alert("error", f"{name} is {section['status']}: {detail}", details))
     return alerts
 
 
@@ -226,7 +237,7 @@ def principal_report(ctx: Ctx, report: dict[str, Any]) -> dict[str, Any]:
         "status": report["status"],
         "uptimeSeconds": report["uptimeSeconds"],
         "ports": {"rest": rt.settings.port, "streams": rt.settings.port, "viewer": rt.settings.port},
-        "alerts": alerts_of(health.section_states(sections)),
+        "alerts": alerts_of(health.section_states(sections), for_principal=True),
         "provider": (sections.get("llm") or {}).get("provider") or "noop",
         "embeddingProvider": (sections.get("vectors") or {}).get("provider") or "none",
         "shownTo": report["shownTo"],
