@@ -136,7 +136,8 @@ def test_the_model_names_typed_entities_and_relations(llm_runtime, fake_gemini):
            "relations": [{"source": "src/auth.py", "target": "jwt lib", "type": "uses"}]}
     fake_gemini.replies = [bad, ANSWERS["graph"]]
     out = call("graph_extract", sessionId="s1")
-    assert out == {"success": True, "sessionId": "s1", "method": "gemini", "nodes": 3, "edges": 2}
+    assert out == {"success": True, "sessionId": "s1", "method": "gemini", "model": "gemini-2.5-flash", "nodes": 3,
+                   "edges": 2}  # the model that wrote it, beside its provider
     assert "'jwt lib' is not the name of a listed entity" in fake_gemini.prompts()[-1]
     graph = call("memory_graph_query")
     nodes = by_name(graph)
@@ -145,6 +146,7 @@ def test_the_model_names_typed_entities_and_relations(llm_runtime, fake_gemini):
     assert {(e["type"], e["targetNodeId"]) for e in graph["edges"]} == {
         ("uses", nodes["pyjwt"]["id"]), ("related_to", nodes["token expiry"]["id"])}
     assert nodes["src/auth.py"]["mentions"] == 2  # provenance: the observations naming it
+    assert {(n["method"], n["model"]) for n in nodes.values()} == {("gemini", "gemini-2.5-flash")}
 
 
 def test_model_failure_falls_back_and_the_job_waits_for_an_open_breaker(llm_runtime, fake_gemini):

@@ -425,3 +425,36 @@ def test_a_worker_restarted_with_queued_jobs_runs_them_only_once_every_subsystem
         assert llm.service(rt).usage.snapshot()["jobsRetried"] == 0
     finally:
         rt.close()
+
+
+def test_every_model_write_records_the_model_beside_its_provider(llm_runtime, fake_gemini):
+    # one model for everything, another for crystals: each record names the one that wrote it
+    rt = llm_runtime(auto_compress=True, llm_model="gemini-model-a", llm_model_crystallize="gemini-model-b")
+    call = ToolCaller(rt)
+    fake_gemini.responder = responder()
+    for i in range(3):
+        call("agent_observe", **edit("s1", f"src/auth{i}.py", f"2026-11-0{i + 1}T10:00:00Z"))
+    assert llm.service(rt).drain() == 3
+    assert {(o["method"], o["model"]) for o in observations(call)} == {("gemini", "gemini-model-a")}
+    summary = call("summarize", sessionId="s1")["summary"]
+    assert (summary["method"], summary["model"]) == ("gemini", "gemini-model-a")
+    assert call("session_get", sessionId="s1")["session"]["summary"]["model"] == "gemini-model-a"
+    crystal = call("memory_crystallize", sessionId="s1")
+    assert (crystal["method"], crystal["model"]) == ("gemini", "gemini-model-b")
+    assert crystal["crystal"]["model"] == "gemini-model-b"
+    reflected = call("memory_reflect", sessionId="s1")
+    assert (reflected["method"], reflected["model"]) == ("gemini", "gemini-model-a")
+    consolidated = call("memory_consolidate", project="demo", minObservations=1)
+    assert (consolidated["method"], consolidated["model"]) == ("gemini", "gemini-model-a")
+    for text in ("Redis connection pool exhausted under load", "Raise the redis pool size for workers",
+                 "Redis timeouts came from the small pool"):
+        call("memory_save", content=text, project="api")
+    insights = call("memory_reflect", project="api")
+    assert (insights["method"], insights["model"]) == ("gemini", "gemini-model-a")
+    assert insights["insights"][0]["model"] == "gemini-model-a"
+    # what the deterministic path writes names no model
+    rt_off = llm_runtime(llm_crystallize=False, llm_reflect=False)
+    plain = ToolCaller(rt_off)("memory_crystallize", sessionId="s1")
+    assert plain["method"] == "synthetic" and "model" not in plain and "model" not in plain["crystal"]
+    again = ToolCaller(rt_off)("memory_reflect", project="api")
+    assert again["method"] == "synthetic" and "model" not in again["insights"][0]

@@ -195,3 +195,85 @@ def test_an_interrupted_run_keeps_what_it_wrote_and_the_rerun_does_not_pay_for_i
     rest = recompress_with_model(rt)
     assert rest["selected"] == {"observations": 1, "summaries": 1} and rest["redone"] == rest["selected"], rest
     assert len(fake_gemini.generations()) == 4  # three compressions and one summary: none paid twice
+
+
+def generated_models(api) -> list[str]:
+    """The model each generation request asked for, oldest first."""
+    return [api.fake.model_of(c["path"], c["body"]) for c in api.fake.calls if api.fake.route(c["path"]) == "generate"]
+
+
+def test_other_models_redoes_what_another_model_wrote_and_a_rerun_pays_nothing(make_runtime, provider_runtime,
+                                                                               model_api):
+    written_without_a_model(make_runtime, {"s1": ("shop", 2)})
+    model_api.fake.responder = responder()
+    settings = {"auto_compress": True, "llm_reflect": False, "consolidation_enabled": "false"}
+    model_a = provider_runtime(llm_model="model-a", **settings)
+    assert recompress_with_model(model_a)["redone"] == {"observations": 2, "summaries": 1}
+    written = observations(model_a, "s1"), summary(model_a, "s1")
+    assert {(o["method"], o["model"]) for o in written[0]} == {(model_api.name, "model-a")}
+    assert (written[1]["method"], written[1]["model"]) == (model_api.name, "model-a")
+    assert generated_models(model_api) == ["model-a"] * 3
+
+    model_b = provider_runtime(llm_model="model-b", **settings)
+    left = recompress_with_model(model_b)  # without the flag: another model's records are left
+    assert left["selected"] == {"observations": 0, "summaries": 0} and left["redone"] == left["selected"], left
+    assert (observations(model_b, "s1"), summary(model_b, "s1")) == written and len(generated_models(model_api)) == 3
+
+    dry = recompress_with_model(model_b, other_models=True, dry_run=True)
+    assert dry["selected"] == {"observations": 2, "summaries": 1} == dry["selectedFromOtherModels"], dry
+    assert dry["estimate"]["calls"] == 3 and len(generated_models(model_api)) == 3  # a dry run sends nothing
+
+    done = recompress_with_model(model_b, other_models=True)
+    assert done["redone"] == {"observations": 2, "summaries": 1} and done["stopped"] is None, done
+    assert generated_models(model_api) == ["model-a"] * 3 + ["model-b"] * 3
+    assert {(o["method"], o["model"]) for o in observations(model_b, "s1")} == {(model_api.name, "model-b")}
+    redone = summary(model_b, "s1")
+    assert (redone["method"], redone["model"]) == (model_api.name, "model-b")
+    assert redone["createdAt"] == written[1]["createdAt"]
+
+    rerun = recompress_with_model(model_b, other_models=True)  # all model B's now: nothing to pay for
+    assert rerun["selected"] == {"observations": 0, "summaries": 0} and len(generated_models(model_api)) == 6
+
+
+def test_records_from_before_models_were_recorded_count_as_another_models_only_from_another_provider(
+        make_runtime, llm_runtime, fake_gemini, fake_openai):
+    from conftest import OPENAI_TEST_KEY
+
+    rt = written_without_a_model(make_runtime, {"s1": ("shop", 2)})
+    fake_gemini.responder = fake_openai.responder = responder()
+    assert recompress_with_model(llm_runtime(auto_compress=True))["redone"] == {"observations": 2, "summaries": 1}
+    # as an older release stored them: the provider in ``method``, no ``model``
+    with rt.db.transaction("test") as tx:
+        for obs in observations(rt, "s1"):
+            obs.pop("model")
+            tx.records.set(obs_scope("s1"), obs["id"], obs, now=obs["compressedAt"])
+        old = summary(rt, "s1")
+        old.pop("model")
+        tx.records.set(SUMMARIES, "s1", old, now=old["createdAt"])
+    same_provider = llm_runtime(auto_compress=True, llm_model="gemini-newer")
+    unknown = recompress_with_model(same_provider, other_models=True, dry_run=True)
+    assert unknown["selected"] == {"observations": 0, "summaries": 0}, unknown  # which gemini model: not known
+
+    openai = make_runtime(llm_provider="openai", openai_api_key=OPENAI_TEST_KEY, openai_base_url=fake_openai.base,
+                          llm_retry_backoff_seconds=0.0, auto_compress=True, llm_model="gpt-newer")
+    assert recompress_with_model(openai)["selected"] == {"observations": 0, "summaries": 0}
+    moved = recompress_with_model(openai, other_models=True)
+    assert moved["redone"] == {"observations": 2, "summaries": 1} and len(fake_openai.generations()) == 3, moved
+    assert {(o["method"], o["model"]) for o in observations(rt, "s1")} == {("openai", "gpt-newer")}
+    assert (summary(rt, "s1")["method"], summary(rt, "s1")["model"]) == ("openai", "gpt-newer")
+    assert len(fake_gemini.generations()) == 3  # the first run only
+
+
+def test_other_models_from_the_cli(tmp_path, make_runtime, fake_openai):
+    rt = written_without_a_model(make_runtime, {"s1": ("shop", 1)})
+    fake_openai.responder = responder()
+    env = openai_env(tmp_path, fake_openai.base, AGENTMEMORY_AUTO_COMPRESS="true", AGENTMEMORY_LLM_MODEL="model-a")
+    env.update({"AGENTMEMORY_DATABASE_URL": rt.settings.database_url} if rt.settings.database_url else {})
+    assert cli("recompress", "--with-model", env=env).returncode == 0
+    env["AGENTMEMORY_LLM_MODEL"] = "model-b"
+    done = cli("recompress", "--with-model", "--other-models", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["redone"] == {"observations": 1, "summaries": 1}
+    assert summary(rt, "s1")["model"] == "model-b"
+    alone = cli("recompress", "--other-models", env=env)
+    assert alone.returncode == 1 and "--other-models: only with --with-model" in alone.stderr

@@ -8,9 +8,10 @@
     agentmemory reindex                                             rebuild the search index (and vectors)
     agentmemory recompress [--dry-run]                              compress stored observations again with
                                                                     today's capture code (titles, files)
-    agentmemory recompress --with-model [--dry-run] [--project P] [--since DATE] [--limit N]
+    agentmemory recompress --with-model [--other-models] [--dry-run] [--project P] [--since DATE] [--limit N]
                                                                     the model's compressions and summaries for
-                                                                    those written without one (resumable)
+                                                                    those written without one (resumable;
+                                                                    --other-models: and by another model)
     agentmemory migrate --to postgresql://...|FILE.db [--to-redis URL|none]
                                                                     copy the store to another backend (resumable),
                                                                     working memory to where the target keeps it
@@ -162,6 +163,7 @@ def cmd_recompress(settings: Settings, opts: argparse.Namespace) -> Any:
                 since=opts.since,
                 limit=opts.limit,
                 dry_run=opts.dry_run,
+                other_models=opts.other_models,
                 progress=_progress(opts.quiet),
             ),
         )
@@ -169,7 +171,7 @@ def cmd_recompress(settings: Settings, opts: argparse.Namespace) -> Any:
         flag
         for flag, value in (("--project", opts.project), ("--since", opts.since), ("--limit", opts.limit))
         if value is not None
-    ]
+    ] + (["--other-models"] if opts.other_models else [])
     if chosen:
         raise InvalidInput(
             f"{', '.join(chosen)}: only with --with-model (the run without a model goes over every stored observation)"
@@ -609,6 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", metavar="DATE", help="with --with-model: only records written since (ISO-8601 date or time)"
     )
     again.add_argument("--limit", type=_count, help="with --with-model: at most this many records this run")
+    again.add_argument(
+        "--other-models",
+        action="store_true",
+        help="with --with-model: also redo the records another provider or model wrote (a record from before "
+        "models were recorded: only when its provider differs)",
+    )
     again.set_defaults(run=cmd_recompress, failed=_provider_was_down)
     move = commands.add_parser(
         "migrate", help="copy every record and working memory to another store (PostgreSQL or SQLite), resumably"

@@ -5,7 +5,8 @@ path that always works without a language model. A model-backed step (the Gemini
 register itself for an operation with ``@model_step("summarize", "gemini")``; registered steps
 run first, in order, and each may return a result or None to pass. A step that raises is
 logged and skipped, so a model outage is never an error for the caller: the deterministic
-fallback answers, and the result says which ``method`` produced it.
+fallback answers, and the result says which ``method`` produced it (``written_by``: the step's
+name, e.g. the provider, and ``model``, the model it asked, when the step names one).
 
 Payloads per operation (all dicts, read-only for the step):
 
@@ -38,6 +39,9 @@ from typing import Any
 OPERATIONS = ("summarize", "crystallize", "reflect", "insights", "consolidate")
 Step = Callable[[Any, dict], Any]
 MODEL_STEPS: dict[str, list[tuple[str, Step]]] = {op: [] for op in OPERATIONS}
+ModelName = Callable[[Any], "str | None"]
+# (operation, step name) -> the model the step asks (a model's name, never a key or a URL)
+MODEL_NAMES: dict[tuple[str, str], ModelName] = {}
 SYNTHETIC = "synthetic"
 log = logging.getLogger("agentmemory.model_steps")
 # False inside ``deterministic_only()``: the request path of a session end, where a model call
@@ -55,8 +59,9 @@ def deterministic_only() -> Iterator[None]:
         _INLINE.reset(token)
 
 
-def model_step(operation: str, name: str) -> Callable[[Step], Step]:
-    """Register ``fn(ctx, payload)`` as a model step for ``operation``."""
+def model_step(operation: str, name: str, model: ModelName | None = None) -> Callable[[Step], Step]:
+    """Register ``fn(ctx, payload)`` as a model step for ``operation``; ``model(ctx)`` names the
+    model it asks (recorded as ``model`` beside ``method`` by ``written_by``)."""
     if operation not in MODEL_STEPS:
         raise ValueError(f"unknown operation {operation!r}; expected one of {', '.join(OPERATIONS)}")
 
@@ -64,6 +69,8 @@ def model_step(operation: str, name: str) -> Callable[[Step], Step]:
         if any(n == name for n, _ in MODEL_STEPS[operation]):
             raise ValueError(f"duplicate model step {name!r} for {operation!r}")
         MODEL_STEPS[operation].append((name, fn))
+        if model is not None:
+            MODEL_NAMES[(operation, name)] = model
         return fn
 
     return register
@@ -90,3 +97,13 @@ def run_model_steps(operation: str, ctx: Any, payload: dict) -> tuple[Any, str |
         if result is not None:
             return result, name
     return None, None
+
+
+def written_by(operation: str, ctx: Any, name: str | None) -> dict[str, str]:
+    """``{"method": ..., "model": ...}`` for a record ``run_model_steps`` answered: the step's
+    name (``synthetic``: no step answered) and the model that step asked, when it names one."""
+    if name is None:
+        return {"method": SYNTHETIC}
+    namer = MODEL_NAMES.get((operation, name))
+    model = namer(ctx) if namer is not None else None
+    return {"method": name, **({"model": model} if model else {})}

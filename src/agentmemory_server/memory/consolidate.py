@@ -20,7 +20,7 @@ from typing import Any
 
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.access import agent_filter, count_visible, stamp_agent, token_projects
-from agentmemory_server.kernel.model_steps import SYNTHETIC, Deferred, run_model_steps
+from agentmemory_server.kernel.model_steps import SYNTHETIC, Deferred, run_model_steps, written_by
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, Ctx, boolean, integer, params, string, tool
 from agentmemory_server.kernel.scopes import CONSOLIDATION as STATE
 from agentmemory_server.kernel.scopes import PROCEDURAL, RELATIONS, SEMANTIC, SUMMARIES
@@ -244,7 +244,8 @@ def _consolidate_project(
         return
     if not isinstance(drafts, list) or len(drafts) != len(groups):
         drafts, method = [draft_memory(key, group) for key, group in groups], None
-    result["method"] = method or result["method"]
+    if method is not None:
+        result.update(written_by("consolidate", ctx, method))
     if dry_run:
         return
     for (key, _group), draft in zip(groups, drafts, strict=True):

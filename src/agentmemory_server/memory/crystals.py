@@ -18,7 +18,7 @@ from typing import Any
 from agentmemory_server import errors
 from agentmemory_server.errors import InvalidInput, NotFound
 from agentmemory_server.kernel.access import agent_filter, stamp_agent, visible_to
-from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
+from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps, written_by
 from agentmemory_server.kernel.registry import (
     AGENT_ID,
     PROJECT,
@@ -133,11 +133,12 @@ def _finished_actions(ctx: Ctx, store, action_ids: list[str]) -> list[dict[str, 
     return found
 
 
-def _digest(ctx: Ctx, payload: dict, fallback: dict) -> tuple[dict, str]:
+def _digest(ctx: Ctx, payload: dict, fallback: dict) -> tuple[dict, dict[str, str]]:
+    """The digest and who wrote it (``method``, and ``model`` when a model did)."""
     drafted, method = run_model_steps("crystallize", ctx, payload)
     if not isinstance(drafted, dict):
-        return fallback, SYNTHETIC
-    return {k: drafted.get(k) or fallback[k] for k in fallback}, method or SYNTHETIC
+        return fallback, {"method": SYNTHETIC}
+    return {k: drafted.get(k) or fallback[k] for k in fallback}, written_by("crystallize", ctx, method)
 
 
 def _draft(ctx: Ctx, store, args: dict, agent: str | None) -> dict[str, Any]:
@@ -149,7 +150,7 @@ def _draft(ctx: Ctx, store, args: dict, agent: str | None) -> dict[str, Any]:
         observations = summaries.session_observations(ctx, store, sid)
         if not observations:
             raise InvalidInput(f"session {sid!r} has no observations to crystallize", field="sessionId")
-        digest, method = _digest(
+        digest, writer = _digest(
             ctx, {"session": session, "observations": observations}, session_digest(session, observations)
         )
         crystal_id = "crys_" + hashlib.sha256(f"session\x00{agent or ''}\x00{sid}".encode()).hexdigest()[:16]
@@ -157,17 +158,17 @@ def _draft(ctx: Ctx, store, args: dict, agent: str | None) -> dict[str, Any]:
             "id": crystal_id,
             **digest,
             "sourceActionIds": [],
-            "method": method,
+            **writer,
             "sessionId": sid,
             "project": args.get("project") or session.get("project"),
         }
     items = _finished_actions(ctx, store, args["actionIds"])
-    digest, method = _digest(ctx, {"actions": items}, actions_digest(items))
+    digest, writer = _digest(ctx, {"actions": items}, actions_digest(items))
     return {
         "id": new_id("crys"),
         **digest,
         "sourceActionIds": [a["id"] for a in items],
-        "method": method,
+        **writer,
         "project": args.get("project"),
     }
 
@@ -206,7 +207,8 @@ def crystallize(ctx: Ctx, args: dict) -> dict[str, Any]:
             saved.append(lesson["id"])
         tx.audit_message = f"crystallize {crystal_id} ({len(saved)} new lesson(s))"
     rt.publish("crystal", crystal)
-    return {"success": True, "crystal": crystal, "lessonsSaved": saved, "method": crystal["method"]}
+    writer = {k: crystal[k] for k in ("method", "model") if k in crystal}
+    return {"success": True, "crystal": crystal, "lessonsSaved": saved, **writer}
 
 
 @tool(

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 from agentmemory_server.kernel.access import agent_filter, stamp_agent
-from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
+from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps, written_by
 from agentmemory_server.kernel.registry import AGENT_ID, PROJECT, SESSION_ID, Ctx, integer, number, params, tool
 from agentmemory_server.kernel.scopes import CRYSTALS, INSIGHTS, LESSONS, MEMORIES
 from agentmemory_server.kernel.util import truncate
@@ -156,7 +156,7 @@ def reflect_session(ctx: Ctx, session_id: str, max_observations: int = 50) -> di
         "applied": len(updated),
         "observationsReviewed": len(observations),
         "updated": updated,
-        "method": method or SYNTHETIC,
+        **written_by("reflect", ctx, method),
     }
 
 
@@ -249,17 +249,21 @@ def reflect_project(ctx: Ctx, project: str | None, max_clusters: int) -> dict[st
     drafts, method = run_model_steps(
         "insights", ctx, {"project": project, "clusters": [{"terms": t, "items": m} for t, m in usable]}
     )
-    drafts = drafts if isinstance(drafts, list) and len(drafts) == len(usable) else [None] * len(usable)
+    if not (isinstance(drafts, list) and len(drafts) == len(usable)):
+        drafts, method = [None] * len(usable), None
+    writer = written_by("insights", ctx, method)
     now, new, reinforced, saved = rt.clock.iso(), 0, 0, []
     agent = stamp_agent(ctx, None)
     with rt.db.transaction("reflect", agent_id=agent) as tx:
         for (terms, members), draft in zip(usable, drafts, strict=True):
-            fresh = _insight(ctx, project, terms, members, draft)
+            fresh = {**_insight(ctx, project, terms, members, draft), **writer}
             existing = tx.records.get(INSIGHTS, fresh["id"])
             if existing and not existing.get("deleted"):
                 reinforce(existing, now)
+                existing.pop("model", None)  # who wrote the content now: ``writer``
                 existing.update(
-                    {k: fresh[k] for k in ("content", "sourceMemoryIds", "sourceLessonIds", "sourceCrystalIds")}
+                    {k: fresh[k] for k in ("content", "sourceMemoryIds", "sourceLessonIds", "sourceCrystalIds")},
+                    **writer,
                 )
                 insight, reinforced = existing, reinforced + 1
             else:
@@ -282,7 +286,7 @@ def reflect_project(ctx: Ctx, project: str | None, max_clusters: int) -> dict[st
         "clustersProcessed": len(usable),
         "clustersSkipped": len(found) - len(usable),
         "usedFallback": method is None,
-        "method": method or SYNTHETIC,
+        **writer,
         "insights": saved,
     }
 

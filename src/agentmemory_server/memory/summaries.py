@@ -19,7 +19,7 @@ from agentmemory_server import errors
 from agentmemory_server.errors import Conflict, NotFound
 from agentmemory_server.kernel import listings
 from agentmemory_server.kernel.access import agent_filter, visible_to
-from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps
+from agentmemory_server.kernel.model_steps import SYNTHETIC, run_model_steps, written_by
 from agentmemory_server.kernel.registry import SESSION_ID, Ctx, params, tool
 from agentmemory_server.kernel.scopes import SESSIONS, SUMMARIES
 from agentmemory_server.kernel.util import parse_time, stringify, tool_output_text, truncate
@@ -340,7 +340,7 @@ def summarize(ctx: Ctx, session_id: str) -> dict[str, Any]:
         "createdAt": rt.clock.iso(),
         **fields,
         "observationCount": len(observations),
-        "method": method or SYNTHETIC,
+        **written_by("summarize", ctx, method),
     }
     if session.get("agentId"):
         summary["agentId"] = session["agentId"]

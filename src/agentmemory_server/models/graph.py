@@ -86,6 +86,12 @@ class Extraction:
     method: str
     entities: dict[Key, list[str]] = field(default_factory=dict)
     relations: dict[tuple[Key, Key, str], list[str]] = field(default_factory=dict)
+    model: str | None = None  # the model's name when a model extracted it
+
+    @property
+    def writer(self) -> dict[str, str]:
+        """``method`` (the provider, or synthetic) and ``model`` as the records keep them."""
+        return {"method": self.method, **({"model": self.model} if self.model else {})}
 
     def entity(self, key: Key, obs_id: str) -> None:
         ids = self.entities.setdefault(key, [])
@@ -182,7 +188,8 @@ def model_extraction(ctx: Ctx, session: dict[str, Any], observations: list[dict]
         o["id"]: f"{o.get('title', '')} {o.get('narrative', '')} {' '.join(o.get('files') or [])}".lower()
         for o in observations
     }
-    found, keys = Extraction(llm.service(ctx.rt).provider or "synthetic"), {}
+    svc = llm.service(ctx.rt)
+    found, keys = Extraction(svc.provider or "synthetic", model=svc.clients.model_for(GRAPH.feature)), {}
     for entity in answer["entities"]:
         name = _name(entity["name"])
         if not name:
@@ -217,17 +224,18 @@ def _credit(record: dict[str, Any], session_id: str, count: int, field_name: str
     record[field_name] = record.get("earlier", 0) + sum(sessions.values())
 
 
-def _touch(record: dict[str, Any], obs_ids: list[str], method: str, now: str) -> None:
+def _touch(record: dict[str, Any], obs_ids: list[str], writer: dict[str, str], now: str) -> None:
     record["sourceObservationIds"] = list(dict.fromkeys(obs_ids + record.get("sourceObservationIds", [])))[
         :MAX_SOURCE_IDS
     ]
-    record.update(method=method, updatedAt=now)
+    record.pop("model", None)  # the last writer's, as ``method``
+    record.update(**writer, updatedAt=now)
 
 
 def _strongest(found: Extraction) -> Extraction:
     """At most MAX_NODES / MAX_EDGES per session, the best supported first."""
     ranked = sorted(found.entities, key=lambda k: (-len(found.entities[k]), k))[:MAX_NODES_PER_SESSION]
-    kept = Extraction(found.method, {k: found.entities[k] for k in ranked})
+    kept = Extraction(found.method, {k: found.entities[k] for k in ranked}, model=found.model)
     relations = [r for r in found.relations if r[0] in kept.entities and r[1] in kept.entities]
     for rel in sorted(relations, key=lambda r: (-len(found.relations[r]), r))[:MAX_EDGES_PER_SESSION]:
         kept.relations[rel] = found.relations[rel]
@@ -257,12 +265,12 @@ def _upsert(
     session_id: str,
     obs_ids: list[str],
     weight_field: str,
-    method: str,
+    writer: dict[str, str],
     now: str,
 ) -> None:
     record = tx.records.get(scope, record_id) or {"id": record_id, **fresh, "createdAt": now}
     _credit(record, session_id, max(1, len(obs_ids)), weight_field)
-    _touch(record, obs_ids, method, now)
+    _touch(record, obs_ids, writer, now)
     tx.records.set(scope, record_id, record, now=now)
 
 
@@ -283,12 +291,12 @@ def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) ->
                 sid,
                 obs_ids,
                 "mentions",
-                found.method,
+                found.writer,
                 now,
             )
         for (a, b, rel_type), obs_ids in found.relations.items():
             fresh = {"type": rel_type, "sourceNodeId": node_ids[a], "targetNodeId": node_ids[b], **owner}
-            _upsert(tx, EDGES, edge_ids[(a, b, rel_type)], fresh, sid, obs_ids, "weight", found.method, now)
+            _upsert(tx, EDGES, edge_ids[(a, b, rel_type)], fresh, sid, obs_ids, "weight", found.writer, now)
         _drop_stale(
             tx, sid, tx.records.get(CONTRIBUTIONS, sid) or {}, set(node_ids.values()) | set(edge_ids.values()), now
         )
@@ -297,7 +305,7 @@ def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) ->
             sid,
             {
                 "sessionId": sid,
-                "method": found.method,
+                **found.writer,
                 "nodeIds": sorted(node_ids.values()),
                 "edgeIds": sorted(edge_ids.values()),
                 "extractedAt": now,
@@ -306,7 +314,7 @@ def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) ->
             now=now,
         )
         tx.audit_message = f"graph of session {sid}: {len(node_ids)} node(s), {len(edge_ids)} edge(s)"
-    result = {"sessionId": sid, "method": found.method, "nodes": len(node_ids), "edges": len(edge_ids)}
+    result = {"sessionId": sid, **found.writer, "nodes": len(node_ids), "edges": len(edge_ids)}
     rt.publish("graph", result)
     return result
 
@@ -398,11 +406,13 @@ def _number(value: Any) -> float:
 
 
 def _node_view(n: dict) -> dict[str, Any]:
-    return {k: n.get(k) for k in ("id", "type", "name", "mentions", "project", "method", "updatedAt")}
+    return {k: n.get(k) for k in ("id", "type", "name", "mentions", "project", "method", "model", "updatedAt")}
 
 
 def _edge_view(e: dict) -> dict[str, Any]:
-    return {k: e.get(k) for k in ("id", "type", "sourceNodeId", "targetNodeId", "weight", "method", "updatedAt")}
+    return {
+        k: e.get(k) for k in ("id", "type", "sourceNodeId", "targetNodeId", "weight", "method", "model", "updatedAt")
+    }
 
 
 @tool(

@@ -92,16 +92,22 @@ def observation_block(observations: list[dict], budget: int) -> str:
     return f"({len(chosen)} of {len(lines)} observations shown: the most important)\n{shown}"
 
 
-def provider_step(operation: str) -> Callable[[Step], Step]:
+def provider_step(operation: str, feature: str) -> Callable[[Step], Step]:
     """Register ``fn`` as the model step of ``operation`` once per provider; each copy answers
-    only while its provider is the configured one, so ``method`` names the provider that wrote."""
+    only while its provider is the configured one, so ``method`` names the provider that wrote
+    and ``model`` the model ``feature`` uses (``model_steps.written_by``)."""
 
     def register(fn: Step) -> Step:
         for name in llm.PROVIDERS:
-            model_step(operation, name)(_only_for(name, fn))
+            model_step(operation, name, model=lambda ctx: model_of(ctx, feature))(_only_for(name, fn))
         return fn
 
     return register
+
+
+def model_of(ctx: Ctx, feature: str) -> str | None:
+    """The name of the model ``feature`` asks now (recorded as ``model`` beside ``method``)."""
+    return llm.service(ctx.rt).clients.model_for(feature)
 
 
 def _only_for(provider: str, fn: Step) -> Step:
@@ -196,6 +202,7 @@ def apply_compression(ctx: Ctx, session_id: str, obs_id: str, answer: dict[str, 
             importance=answer["importance"],
             confidence=0.8,
             method=llm.service(rt).provider,
+            model=model_of(ctx, "compress"),
             compressedAt=rt.clock.iso(),
         )
         tx.records.set(obs_scope(session_id), obs_id, obs, now=obs["compressedAt"])
@@ -216,18 +223,31 @@ def queue_compression(ctx: Ctx, tx: Any, obs: dict[str, Any]) -> None:
 
 def written_by_model(obs: dict[str, Any]) -> bool:
     """Did a model write this observation's compression? The capture's deterministic compression
-    carries no ``method`` and no ``compressedAt``; a model's carries both (``method``: the provider)."""
+    carries no ``method`` and no ``compressedAt``; a model's carries both (``method``: the provider,
+    ``model``: the model's name, recorded since models are)."""
     return bool(obs.get("compressedAt")) or obs.get("method") in llm.PROVIDERS
+
+
+def by_another_model(record: dict[str, Any], provider: str | None, model: str | None) -> bool:
+    """Was this model-written record (an observation's compression, a summary) written by a
+    provider or model other than ``provider``/``model`` (the ones configured now)? A record
+    from before models were recorded (a ``method`` but no ``model``) counts as another model's
+    only when its provider differs: which of the provider's models wrote it is not known."""
+    if record.get("method") != provider:
+        return True
+    recorded = record.get("model")
+    return recorded is not None and recorded != model
 
 
 # What ``compress_with_model`` did besides compressing.
 COMPRESSED, GONE, MODEL_WRITTEN = "compressed", "gone", "modelWritten"
 
 
-def compress_with_model(ctx: Ctx, session_id: str, obs_id: str) -> str:
+def compress_with_model(ctx: Ctx, session_id: str, obs_id: str, other_models: bool = False) -> str:
     """Ask the model for one stored observation's compression and store it (``COMPRESSED``);
-    or, without a call, ``GONE`` (deleted), ``MODEL_WRITTEN`` (a model's already) or the
-    low-value reason it is skipped for (triage.py; counted).
+    or, without a call, ``GONE`` (deleted), ``MODEL_WRITTEN`` (a model's already; with
+    ``other_models``, only the configured model's: ``by_another_model``) or the low-value reason
+    it is skipped for (triage.py; counted).
 
     :raise llm.LLMError: no valid answer (BudgetReached, BreakerOpen: nothing was sent); the
         deterministic record stands."""
@@ -235,7 +255,9 @@ def compress_with_model(ctx: Ctx, session_id: str, obs_id: str) -> str:
     obs = store.records.get(obs_scope(session_id), obs_id)
     if obs is None:
         return GONE
-    if written_by_model(obs):
+    if written_by_model(obs) and not (
+        other_models and by_another_model(obs, svc.provider, svc.clients.model_for("compress"))
+    ):
         return MODEL_WRITTEN
     reason = low_value_reason(store, obs) if ctx.rt.settings.compress_skip_low_value else None
     if reason is not None:
@@ -279,7 +301,7 @@ SUMMARY = Task(
 )
 
 
-@provider_step("summarize")
+@provider_step("summarize", "summaries")
 def summarize_step(ctx: Ctx, payload: dict) -> dict | None:
     svc = _model(ctx, "summaries")
     if svc is None:
@@ -290,38 +312,49 @@ def summarize_step(ctx: Ctx, payload: dict) -> dict | None:
     return answer
 
 
-def summarize_with_model(ctx: Ctx, session_id: str) -> dict[str, Any] | None:
-    """Replace a session's deterministic summary (``method: synthetic``) by the model's, made
-    from its observations as they are now; its ``createdAt`` stays (the context block orders
-    past sessions by it). None, without a call, when there is no such summary (none, a
+def summarize_with_model(ctx: Ctx, session_id: str, other_models: bool = False) -> dict[str, Any] | None:
+    """Replace a session's deterministic summary (``method: synthetic``; with ``other_models``
+    also one another provider or model wrote: ``by_another_model``) by the model's, made from
+    its observations as they are now; its ``createdAt`` stays (the context block orders past
+    sessions by it). None, without a call, when there is no such summary (none, the configured
     model's, or the session or its observations are gone).
 
     :raise llm.LLMError: no valid answer; the deterministic summary stands."""
     rt = ctx.rt
-    store = rt.db.reader()
+    svc, store = llm.service(rt), rt.db.reader()
+    model = svc.clients.model_for("summaries")
+
+    def replaceable(record: dict[str, Any] | None) -> bool:
+        if not record:
+            return False
+        if record.get("method") == SYNTHETIC:
+            return True
+        return other_models and by_another_model(record, svc.provider, model)
+
     old, session = store.records.get(SUMMARIES, session_id), store.records.get(SESSIONS, session_id)
-    if not old or old.get("method") != SYNTHETIC or not session:
+    if not replaceable(old) or not session:
         return None
     observations = summaries.session_observations(ctx, store, session_id)
     if not observations:
         return None
-    svc = llm.service(rt)
     answer = svc.generate_json(SUMMARY, summary_prompt(ctx, session, observations))
     answer["title"] = truncate(" ".join(answer["title"].split()), 80)
     fallback = summaries.synthetic_summary(session, observations)
     with rt.db.transaction("summarize", agent_id=rt.settings.agent_id) as tx:
         current = tx.records.get(SUMMARIES, session_id)
-        if not current or current.get("method") != SYNTHETIC:
-            return None  # deleted, or a model wrote it meanwhile
+        if not replaceable(current):
+            return None  # deleted, or the configured model wrote it meanwhile
         summary = {
             **current,
             **fallback,
             **{k: v for k, v in answer.items() if k in fallback and v},
             "observationCount": len(observations),
             "method": svc.provider,
+            **({"model": model} if model else {}),
         }
         tx.records.set(SUMMARIES, session_id, summary, now=rt.clock.iso())
-        tx.audit_message = f"model summary of session {session_id} replaced the deterministic one"
+        was = "the deterministic one" if current.get("method") == SYNTHETIC else "another model's"
+        tx.audit_message = f"model summary of session {session_id} replaced {was}"
         tx.after_commit(lambda: rt.publish("summary", summary))
     return summary
 
@@ -359,7 +392,7 @@ def actions_prompt(actions: list[dict]) -> str:
     return "Finished actions, oldest first:\n" + "\n".join(lines) + "\n\nDistil them."
 
 
-@provider_step("crystallize")
+@provider_step("crystallize", "crystallize")
 def crystallize_step(ctx: Ctx, payload: dict) -> dict | None:
     svc = _model(ctx, "crystallize")
     if svc is None:
@@ -380,7 +413,7 @@ REFLECT_RULES = (
 )
 
 
-@provider_step("reflect")
+@provider_step("reflect", "reflect")
 def reflect_step(ctx: Ctx, payload: dict) -> dict | None:
     svc = _model(ctx, "reflect")
     if svc is None:
@@ -410,7 +443,7 @@ def reflect_step(ctx: Ctx, payload: dict) -> dict | None:
     return updates or None
 
 
-@provider_step("insights")
+@provider_step("insights", "reflect")
 def insights_step(ctx: Ctx, payload: dict) -> list | None:
     clusters, svc = payload["clusters"], _model(ctx, "reflect")
     if not clusters or svc is None:
@@ -450,7 +483,7 @@ def insights_step(ctx: Ctx, payload: dict) -> list | None:
 GROUP_SAMPLE = 8  # most important observations of a group shown to the model (U§4.8)
 
 
-@provider_step("consolidate")
+@provider_step("consolidate", "consolidation")
 def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
     groups, svc = payload["groups"], _model(ctx, "consolidation")
     if not groups or svc is None:

@@ -10,13 +10,17 @@ before: each selected observation's compression (``llm_steps.compress_with_model
 observations before its summary, so the summary reads the model's compressions.
 
 - **Selected**: only records the deterministic path wrote (an observation without ``method`` and
-  ``compressedAt``, a summary with ``method: synthetic``); ``project``, ``since`` (an
-  observation's time, a summary's ``createdAt``) and ``limit`` (records) narrow them.
+  ``compressedAt``, a summary with ``method: synthetic``); with ``other_models``
+  (``--other-models``) also those another provider or model wrote: a model-written record
+  keeps ``method`` (the provider) and ``model`` (the model's name), and one from before models
+  were recorded (no ``model``) counts as another model's only when its provider differs
+  (``llm_steps.by_another_model``). ``project``, ``since`` (an observation's time, a
+  summary's ``createdAt``) and ``limit`` (records) narrow them.
 - **Dry run**: counts them and estimates the tokens (the prompts as they would be sent, about
   four characters a token, plus a typical answer) against what the day's budget has left.
 - **Resumable**: each record is written in its own transaction as soon as its answer is
-  valid, and a record a model wrote is never selected again, so a run that was interrupted or
-  stopped is simply run again and pays only for what is left.
+  valid, and a record the configured model wrote is never selected again, so a run that was
+  interrupted or stopped is simply run again and pays only for what is left.
 - **Stops cleanly** when the day's token budget (or the feature's cap) is used up, or the
   provider is down (the breaker of this process, or of the server's background worker, is
   open): nothing sent, nothing lost, the deterministic text stays until a model's replaces it
@@ -56,6 +60,7 @@ class Item:
     session_id: str
     record_id: str
     project: str | None
+    by_model: bool = False  # another provider's or model's, not the deterministic path's
 
 
 def recompress_with_model(
@@ -65,6 +70,7 @@ def recompress_with_model(
     since: str | None = None,
     limit: int | None = None,
     dry_run: bool = False,
+    other_models: bool = False,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Ask the model for the compressions and summaries the deterministic path wrote (see the
@@ -89,11 +95,12 @@ def recompress_with_model(
             "(AGENTMEMORY_LLM_SUMMARIES): both are off"
         )
     ctx = Ctx(rt, source="cli")
-    items = _selected(rt, features, project, after, limit)
+    items = _selected(rt, features, project, after, limit, other_models)
     estimate = _estimate(ctx, items)
     budget = svc.accounting.budget(tuple(llm.FEATURES))
     result: dict[str, Any] = {
         "dryRun": dry_run,
+        "otherModels": other_models,
         "provider": svc.provider,
         "models": {feature: svc.clients.model_for(feature) for feature in features},
         "featuresOff": off,
@@ -101,19 +108,30 @@ def recompress_with_model(
             "observations": sum(i.kind == OBSERVATION for i in items),
             "summaries": sum(i.kind == SUMMARY for i in items),
         },
+        "selectedFromOtherModels": {
+            "observations": sum(i.kind == OBSERVATION and i.by_model for i in items),
+            "summaries": sum(i.kind == SUMMARY and i.by_model for i in items),
+        },
         "estimate": estimate,
         "budget": {key: budget[key] for key in ("daily", "used", "left", "resetsAt")},
         "fitsInBudget": _fits(svc, budget, estimate),
     }
     if dry_run:
         return result
-    return {**result, **_run(ctx, items, progress)}
+    return {**result, **_run(ctx, items, progress, other_models)}
 
 
-def _selected(rt: Any, features: list[str], project: str | None, after: Any, limit: int | None) -> list[Item]:
+def _selected(
+    rt: Any, features: list[str], project: str | None, after: Any, limit: int | None, other_models: bool
+) -> list[Item]:
     """The records to redo, session by session (oldest session id first), a session's
     observations in time order and then its summary."""
-    reader = rt.db.reader()
+    reader, svc = rt.db.reader(), llm.service(rt)
+    models = {feature: svc.clients.model_for(feature) for feature in features}
+
+    def other(record: dict[str, Any], feature: str) -> bool:
+        return other_models and llm_steps.by_another_model(record, svc.provider, models[feature])
+
     chosen: list[Item] = []
     for scope in sorted(reader.records.scope_counts(OBSERVATIONS_PREFIX)):
         session_id = session_of(scope)
@@ -121,12 +139,18 @@ def _selected(rt: Any, features: list[str], project: str | None, after: Any, lim
             records = [value for _key, value in reader.records.iter_scope(scope)]
             records.sort(key=lambda obs: (str(obs.get("timestamp") or ""), str(obs["id"])))
             for obs in records:
-                if not llm_steps.written_by_model(obs) and _matches(obs, "timestamp", project, after):
-                    chosen.append(Item(OBSERVATION, session_id, str(obs["id"]), obs.get("project")))
+                by_model = llm_steps.written_by_model(obs)
+                if (not by_model or other(obs, "compress")) and _matches(obs, "timestamp", project, after):
+                    chosen.append(Item(OBSERVATION, session_id, str(obs["id"]), obs.get("project"), by_model))
         if "summaries" in features:
             summary = reader.records.get(SUMMARIES, session_id)
-            if summary and summary.get("method") == SYNTHETIC and _matches(summary, "createdAt", project, after):
-                chosen.append(Item(SUMMARY, session_id, session_id, summary.get("project")))
+            by_model = bool(summary) and summary.get("method") != SYNTHETIC
+            if (
+                summary
+                and (not by_model or other(summary, "summaries"))
+                and _matches(summary, "createdAt", project, after)
+            ):
+                chosen.append(Item(SUMMARY, session_id, session_id, summary.get("project"), by_model))
         if limit is not None and len(chosen) >= limit:
             return chosen[:limit]
     return chosen
@@ -183,7 +207,7 @@ def _fits(svc: llm.LLMService, budget: dict[str, Any], estimate: dict[str, Any])
     return True
 
 
-def _run(ctx: Ctx, items: list[Item], progress: Progress) -> dict[str, Any]:
+def _run(ctx: Ctx, items: list[Item], progress: Progress, other_models: bool) -> dict[str, Any]:
     """Redo the items one by one until done, the budget is used up or the provider is down."""
     svc = llm.service(ctx.rt)
     tally: Counter[str] = Counter()
@@ -197,7 +221,7 @@ def _run(ctx: Ctx, items: list[Item], progress: Progress) -> dict[str, Any]:
                 stopped = {"reason": "providerDown", "message": "the model provider is down (its breaker is open)"}
                 break
             try:
-                outcome = _redo(ctx, item)
+                outcome = _redo(ctx, item, other_models)
             except llm.BudgetReached as exc:
                 stopped = {"reason": "budget", "message": exc.message}
                 break
@@ -235,10 +259,11 @@ def _run(ctx: Ctx, items: list[Item], progress: Progress) -> dict[str, Any]:
     }
 
 
-def _redo(ctx: Ctx, item: Item) -> str | None:
+def _redo(ctx: Ctx, item: Item, other_models: bool) -> str | None:
     if item.kind == OBSERVATION:
-        return llm_steps.compress_with_model(ctx, item.session_id, item.record_id)
-    return SUMMARY if llm_steps.summarize_with_model(ctx, item.session_id) is not None else None
+        return llm_steps.compress_with_model(ctx, item.session_id, item.record_id, other_models)
+    redone = llm_steps.summarize_with_model(ctx, item.session_id, other_models)
+    return SUMMARY if redone is not None else None
 
 
 def _drop_profiles(rt: Any, projects: set[str]) -> None:
