@@ -595,7 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     again = commands.add_parser(
         "recompress",
         help="compress stored observations again with today's capture code (titles, files); --with-model: "
-        "the model's compressions and summaries for those written without one",
+        "the model's compressions and summaries for those written without one (--other-models: or by another "
+        "provider or model)",
     )
     again.add_argument("--dry-run", action="store_true", help="only count and show what would change")
     again.add_argument("--batch", type=_batch_size, help="records per transaction (default 500)")
