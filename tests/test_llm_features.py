@@ -446,6 +446,9 @@ def test_every_model_write_records_the_model_beside_its_provider(llm_runtime, fa
     assert (reflected["method"], reflected["model"]) == ("gemini", "gemini-model-a")
     consolidated = call("memory_consolidate", project="demo", minObservations=1)
     assert (consolidated["method"], consolidated["model"]) == ("gemini", "gemini-model-a")
+    for memory_id in consolidated["memories"] + consolidated["facts"]:
+        memory = call("memory_get", memoryId=memory_id)["memory"]
+        assert (memory["method"], memory["model"]) == ("gemini", "gemini-model-a"), memory
     for text in ("Redis connection pool exhausted under load", "Raise the redis pool size for workers",
                  "Redis timeouts came from the small pool"):
         call("memory_save", content=text, project="api")
@@ -458,3 +461,5 @@ def test_every_model_write_records_the_model_beside_its_provider(llm_runtime, fa
     assert plain["method"] == "synthetic" and "model" not in plain and "model" not in plain["crystal"]
     again = ToolCaller(rt_off)("memory_reflect", project="api")
     assert again["method"] == "synthetic" and "model" not in again["insights"][0]
+    saved = call("memory_save", content="Deploys go through the staging cluster first", project="api")["memory"]
+    assert "method" not in saved and "model" not in saved  # an agent's memory: no model wrote it

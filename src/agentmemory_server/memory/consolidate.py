@@ -123,11 +123,12 @@ def _observations(ctx: Ctx, store, project: str | None, agent: str | None) -> di
     return by_project
 
 
-def _remember(ctx: Ctx, project: str | None, fields: dict[str, Any]) -> str:
+def _remember(ctx: Ctx, project: str | None, fields: dict[str, Any], writer: dict[str, str]) -> str:
     args = {k: v for k, v in fields.items() if v} | ({"project": project} if project else {})
     if "sourceObservationIds" in args:  # a memory keeps the newest (ids sort by creation time)
         args["sourceObservationIds"] = args["sourceObservationIds"][-MAX_SOURCE_IDS:]
-    saved = registry.run(memories.memory_save, ctx, args)
+    with memories.drafted_by(writer):  # a model's draft names the provider and model
+        saved = registry.run(memories.memory_save, ctx, args)
     return saved["memory"]["id"]
 
 
@@ -143,9 +144,12 @@ def _written(ctx: Ctx, project: str | None, key: str, group: list[dict]) -> bool
     return bool(previous) and previous.get("sources") == sorted(o["id"] for o in group)
 
 
-def _save(ctx: Ctx, project: str | None, key: str, draft: dict[str, Any]) -> tuple[str, list[str]] | None:
+def _save(
+    ctx: Ctx, project: str | None, key: str, draft: dict[str, Any], writer: dict[str, str]
+) -> tuple[str, list[str]] | None:
     """Save one drafted memory (and the facts a model step drafted with it, as ``fact``
-    memories) unless the same observations were consolidated before."""
+    memories) unless the same observations were consolidated before; a model's draft keeps
+    ``writer`` (``method``, ``model``)."""
     agent, state_key = _state_key(ctx, project, key)
     sources = draft["sourceObservationIds"]
     # Read again, not reused from ``_written``: a model step may have taken seconds, in which
@@ -153,12 +157,13 @@ def _save(ctx: Ctx, project: str | None, key: str, draft: dict[str, Any]) -> tup
     previous = ctx.rt.db.reader().records.get(STATE, state_key)
     if previous and previous.get("sources") == sources:
         return None
-    memory_id = _remember(ctx, project, {k: v for k, v in draft.items() if k != "facts"})
+    memory_id = _remember(ctx, project, {k: v for k, v in draft.items() if k != "facts"}, writer)
     fact_ids = [
         _remember(
             ctx,
             project,
             {"content": fact, "type": "fact", "concepts": draft.get("concepts"), "sourceObservationIds": sources},
+            writer,
         )
         for fact in draft.get("facts") or []
     ]
@@ -244,12 +249,12 @@ def _consolidate_project(
         return
     if not isinstance(drafts, list) or len(drafts) != len(groups):
         drafts, method = [draft_memory(key, group) for key, group in groups], None
-    if method is not None:
-        result.update(written_by("consolidate", ctx, method))
+    writer = written_by("consolidate", ctx, method) if method is not None else {}
+    result.update(writer)
     if dry_run:
         return
     for (key, _group), draft in zip(groups, drafts, strict=True):
-        saved = _save(ctx, project, key, draft)
+        saved = _save(ctx, project, key, draft, writer)
         if saved:
             result["memories"].append(saved[0])
             result["facts"] += saved[1]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -148,6 +151,21 @@ def _confirm_target(
     return _closest([*recent, *([current] if current is not None else [])], content, project, agent)
 
 
+# ``method`` and ``model`` of the model that drafted what remember saves (consolidation), else None
+_WRITER: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("memory_writer", default=None)
+
+
+@contextmanager
+def drafted_by(writer: dict[str, str]) -> Iterator[None]:
+    """Within this block remember stamps each memory it saves with ``writer`` (``method``, the
+    provider, and ``model``: the model that drafted it), as consolidation's model drafts are."""
+    token = _WRITER.set(writer)
+    try:
+        yield
+    finally:
+        _WRITER.reset(token)
+
+
 @tool("memory_save", REMEMBER, http=[("POST", "/remember", 201)], core=True)
 def memory_save(ctx: Ctx, args: dict) -> Reply:
     """Save a long-term memory; a near-duplicate in the same project becomes its new version."""
@@ -170,6 +188,7 @@ def memory_save(ctx: Ctx, args: dict) -> Reply:
         "strength": 7,
         "version": 1,
         "isLatest": True,
+        **(_WRITER.get() or {}),
     }
     for key, value in (
         ("project", project),
