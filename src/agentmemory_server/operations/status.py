@@ -200,17 +200,9 @@ def status_report(ctx: Ctx) -> dict[str, Any]:
     if token_principal(ctx) is not None:
         return principal_report(ctx, report)
     sections = rt.health_sections()
-    llm = sections.get("llm") or {}
     vectors = sections.get("vectors") or {}
     return {
-        "service": "agentmemory",
-        "version": rt.version,
-        "status": report["status"],
-        "uptimeSeconds": report["uptimeSeconds"],
-        "ports": {"rest": rt.settings.port, "streams": rt.settings.port, "viewer": rt.settings.port},
-        "alerts": alerts_of(sections),
-        "provider": llm.get("provider") or "noop",
-        "embeddingProvider": vectors.get("provider") or "none",
+        **_report_head(ctx, report, sections, alerts_of(sections)),
         "index": {
             "bm25Documents": sum(rt.db.reader().index.kind_counts().values()),
             "vectorDocuments": vectors.get("vectors"),
@@ -229,20 +221,30 @@ def principal_report(ctx: Ctx, report: dict[str, Any]) -> dict[str, Any]:
     """The status report for a principal's token: its own counts and the parts that are not
     healthy, nothing of the whole store (indexes, database, refused requests, capture inbox,
     images, model usage: the admin secret's, as in ``health.principal_health``)."""
+    sections = ctx.rt.health_sections(for_principal=True)
+    alerts = alerts_of(health.section_states(sections), for_principal=True)
+    return {
+        **_report_head(ctx, report, sections, alerts),
+        "shownTo": report["shownTo"],
+        "counts": report.get("counts", {}),
+        "generatedAt": ctx.rt.clock.iso(),
+    }
+
+
+def _report_head(
+    ctx: Ctx, report: dict[str, Any], sections: dict[str, Any], alerts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What every reader of the status report is shown: the service, its state and its providers."""
     rt = ctx.rt
-    sections = rt.health_sections(for_principal=True)
     return {
         "service": "agentmemory",
         "version": rt.version,
         "status": report["status"],
         "uptimeSeconds": report["uptimeSeconds"],
         "ports": {"rest": rt.settings.port, "streams": rt.settings.port, "viewer": rt.settings.port},
-        "alerts": alerts_of(health.section_states(sections), for_principal=True),
+        "alerts": alerts,
         "provider": (sections.get("llm") or {}).get("provider") or "noop",
         "embeddingProvider": (sections.get("vectors") or {}).get("provider") or "none",
-        "shownTo": report["shownTo"],
-        "counts": report.get("counts", {}),
-        "generatedAt": rt.clock.iso(),
     }
 
 
