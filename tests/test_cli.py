@@ -375,3 +375,76 @@ def test_an_export_to_a_full_disk_says_so_and_leaves_no_partial_file(tmp_path):
         assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
         assert "no room" in proc.stderr and str(small / "export.json") in proc.stderr
         assert sorted(p.name for p in small.iterdir()) == ["filler"]
+
+
+def _memory_lines(path: Path, count: int, word: str) -> Path:
+    """A JSON Lines export of ``count`` memories whose content says ``word``."""
+    lines = [json.dumps({"version": transfer.FORMAT_VERSION, "endMarker": True})]
+    for i in range(count):
+        memory = {"id": f"mem_{word}{i}", "content": f"{word} note {i}", "type": "fact", "isLatest": True,
+                  "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z"}
+        lines.append(json.dumps({"memories": [memory]}))
+    lines.append(json.dumps({"end": {"lines": count}}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _import_caught_midway(db: Path, lines: Path, *extra: str) -> subprocess.Popen:
+    """``agentmemory import`` started, returned once its progress bar (stderr) shows it between
+    10 % and 80 % of the file: batches are being written."""
+    import re
+
+    proc = subprocess.Popen([AGENTMEMORY, "--db", str(db), "import", str(lines), *extra],
+                            env=clean_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    while proc.poll() is None:
+        seen += proc.stderr.read1(4096)
+        done = [int(p) for p in re.findall(rb"import:\s+(\d+)%", seen)]
+        if done and 10 <= done[-1] <= 80:
+            return proc
+    raise AssertionError(f"the import ended before it was caught midway: {seen[-500:]!r}")
+
+
+def test_a_killed_json_lines_replace_import_leaves_the_old_store_and_frees_its_lease(tmp_path):
+    """A replace import killed while it writes its batches: the store is the old one (its one
+    transaction never committed), not wiped and half loaded; the lease the dead process held
+    does not stop the next import."""
+    db = tmp_path / "store.db"
+    ok(cli("--db", str(db), "-q", "import", str(_memory_lines(tmp_path / "old.jsonl", 3, "old"))))
+    before = sqlite_table_counts(db)
+    proc = _import_caught_midway(db, _memory_lines(tmp_path / "new.jsonl", 6000, "new"), "--strategy", "replace",
+                                 "--batch", "5")
+    proc.kill()
+    proc.communicate(timeout=30)
+    with sqlite3.connect(db) as conn:
+        contents = sorted(c for (c,) in conn.execute("SELECT json_extract(value, '$.content') FROM kv_store "
+                                                     "WHERE scope = 'mem:memories'"))
+    assert contents == ["old note 0", "old note 1", "old note 2"]
+    assert sqlite_table_counts(db)["kv_store"] == before["kv_store"]
+    again = ok(cli("--db", str(db), "-q", "import", str(tmp_path / "new.jsonl"), "--strategy", "replace"))
+    assert again["imported"] == 6000
+
+
+def test_a_second_import_while_one_runs_is_refused_with_409_naming_it(client, rt, tmp_path):
+    """While an import runs (another process), a second import of the same store, by the CLI or
+    over HTTP, is refused at once (409 transfer_running: what runs and since when; the CLI exits
+    1) instead of interleaving with it; the first one finishes as if alone."""
+    db = Path(rt.db.path)
+    new = _memory_lines(tmp_path / "new.jsonl", 6000, "new")
+    other = _memory_lines(tmp_path / "other.jsonl", 2, "other")
+    first = _import_caught_midway(db, new, "--strategy", "replace", "--batch", "5")
+    try:
+        second = cli("--db", str(db), "-q", "import", str(other))
+        refused = client.post("/agentmemory/import", json={"exportData": {"version": transfer.FORMAT_VERSION,
+                                                                          "memories": []}})
+    finally:
+        out, err = first.communicate(timeout=120)
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
+    assert "an import (replace) of new.jsonl is running on this store since" in second.stderr
+    assert refused.status_code == 409 and refused.json["code"] == "transfer_running", refused.json
+    assert refused.json["details"]["running"] == "an import (replace) of new.jsonl"
+    assert refused.json["details"]["since"] and refused.json["details"]["pid"] == first.pid
+    assert first.returncode == 0, err
+    assert json.loads(out)["imported"] == 6000
+    assert sqlite_table_counts(db)["kv_store"] == 6000  # none of the other file's records
+    assert ok(cli("--db", str(db), "-q", "import", str(other)))["imported"] == 2  # the lease is free again

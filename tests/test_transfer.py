@@ -407,3 +407,76 @@ def test_a_bad_working_memory_entry_is_refused_naming_it(client, call):
     bad = {**export, "working": [{"project": "p", "agentId": "a", "sessionId": "s", "keys": [{"key": "_x", "value": 1}]}]}
     r = client.post("/agentmemory/import", json={"exportData": bad})
     assert r.status_code == 400 and "exportData.working[0].keys" in r.json["error"]
+
+
+def _lines(path, *documents, end=True):
+    """A JSON Lines export: the header, one line a document, the end line."""
+    from agentmemory_server.memory import transfer
+
+    rows = [{"version": transfer.FORMAT_VERSION, **({"endMarker": True} if end else {})}, *documents]
+    if end:
+        rows.append({"end": {"lines": len(documents)}})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _memory(word, i):
+    return {"memories": [{"id": f"mem_{word}{i}", "content": f"{word} widget note {i}", "type": "fact",
+                          "isLatest": True, "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z"}]}
+
+
+def test_a_json_lines_replace_import_failing_on_a_late_line_leaves_the_old_store(call, tmp_path):
+    """A replace import of a JSON Lines file is all or nothing like that of a document: a bad line
+    found after several batches were written leaves the old records, working memory and search
+    index, not a wiped store holding the file's first part. The whole file then replaces it."""
+    from agentmemory_server.errors import InvalidInput
+    from agentmemory_server.kernel.registry import Ctx
+    from agentmemory_server.operations import maintenance
+
+    call("memory_save", content="old widget note")
+    call("memory_working_set", sessionId="w", key="old", value="kept")
+    good = [_memory("new", i) for i in range(7)]
+    bad = _lines(tmp_path / "bad.jsonl", *good, {"sessions": [{"no": "id"}]}, end=False)
+    with pytest.raises(InvalidInput, match=r"line 9: ") as refused:
+        maintenance.import_lines(Ctx(call.rt, source="cli"), bad, "replace", batch=2)
+    assert [m["content"] for m in call("memory_export")["memories"]] == ["old widget note"]
+    assert "nothing was imported: the store is as it was" in refused.value.message
+    assert call("memory_working_get", sessionId="w", operation="all")["values"] == {"old": "kept"}
+    call.rt.db.flush()
+    hits = [h["observation"]["id"] for h in call("memory_recall", query="widget")["results"]]
+    assert len(hits) == 1 and not hits[0].startswith("mem_new")  # the index has no record the rollback took back
+    whole = _lines(tmp_path / "good.jsonl", *good)
+    result = maintenance.import_lines(Ctx(call.rt, source="cli"), whole, "replace", batch=2)
+    assert result["imported"] == 7
+    assert sorted(m["content"] for m in call("memory_export")["memories"]) == [f"new widget note {i}" for i in range(7)]
+    assert call("memory_working_get", sessionId="w", operation="all")["values"] == {}
+    hits = [h["observation"]["id"] for h in call("memory_recall", query="widget", limit=20)["results"]]
+    assert sorted(hits) == [f"mem_new{i}" for i in range(7)]
+
+
+def test_an_import_while_another_holds_the_stores_lease_is_refused_with_409(call, client, make_runtime, tmp_path):
+    """One import or migration at a time per store: while another process (here another runtime
+    on the same store) holds the lease, POST /import answers 409 transfer_running naming it and
+    since when, and imports nothing; a lease whose holder ran on another host and stopped
+    refreshing it expires; once released, imports run again."""
+    import time
+
+    from agentmemory_server.memory import transfer_lease
+    from agentmemory_server.memory.working_transfer import RESERVED_SCOPE
+
+    other = make_runtime(data_dir=call.rt.settings.data_dir)  # the same store, as another process opens it
+    body = {"exportData": {"version": "agentmemory-python/1", "memories": [_memory("new", 0)["memories"][0]]},
+            "strategy": "replace"}
+    with transfer_lease.hold(other, operation="an import (replace) of big.jsonl"):
+        r = client.post("/agentmemory/import", json=body)
+        assert r.status_code == 409 and r.json["code"] == "transfer_running", r.json
+        assert r.json["details"]["running"] == "an import (replace) of big.jsonl" and r.json["details"]["since"]
+        assert "an import (replace) of big.jsonl is running on this store since" in r.json["error"]
+    assert call("memory_export")["memories"] == []
+    for expires, status in ((time.time() + 60, 409), (time.time() - 1, 200)):
+        holder = {"id": "x", "operation": "a migration", "since": "2026-01-01T00:00:00Z", "host": "elsewhere",
+                  "pid": 1, "expires": expires}
+        with call.rt.db.transaction("test") as tx:
+            tx.working.kv_put_many(RESERVED_SCOPE, [(transfer_lease.LEASE_KEY, json.dumps(holder), None)], "x")
+        assert client.post("/agentmemory/import", json=body).status_code == status
+    assert [m["content"] for m in call("memory_export")["memories"]] == ["new widget note 0"]

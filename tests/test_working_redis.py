@@ -506,3 +506,36 @@ def test_a_stage_no_import_waits_for_is_deleted_by_the_sweep(redis_server, make_
     rt.jobs.run_now("working_memory_sweep")
     assert _staged_keys(call) == [] and svc.backend.r.hgetall(f"{svc.settings.working_memory_redis_prefix}:stages") == {}
     assert call("memory_working_get", sessionId="a", operation="all")["values"] == {"live": 1}
+
+
+def test_a_json_lines_replace_import_is_staged_whole_and_a_late_failure_keeps_the_old_working_memory(
+        redis_server, make_runtime, tmp_path):
+    """A replace import of a JSON Lines file whose working memory spreads over several batches:
+    a bad line near its end leaves the old records and the old working memory in Redis (no stage
+    left behind), not the first batch's; the whole file swaps every batch's working memory in."""
+    import json
+
+    from agentmemory_server.errors import InvalidInput
+    from agentmemory_server.kernel.registry import Ctx
+    from agentmemory_server.operations import maintenance
+
+    target, export = _replace_import_pair(make_runtime, tmp_path, redis_server.url)
+    [entry] = export["working"]
+    export["working"] = [entry, *({**entry, "sessionId": f"more{i}", "scratchpad": []} for i in range(4))]
+    source = ToolCaller(make_runtime(data_dir=str(tmp_path / "source")))
+    source("import", exportData=export, strategy="replace")
+    whole, bad = tmp_path / "whole.jsonl", tmp_path / "bad.jsonl"
+    with open(whole, "w", encoding="utf-8") as out:
+        maintenance.stream_export(source.rt, out, lines=True)
+    lines = whole.read_text().splitlines(keepends=True)
+    bad.write_text("".join([*lines[:-1], json.dumps({"sessions": [{"no": "id"}]}) + "\n", lines[-1]]))
+    with pytest.raises(InvalidInput, match="line 8: ") as refused:
+        maintenance.import_lines(Ctx(target.rt, source="cli"), bad, "replace", batch=1)
+    assert _store_state(target) == OLD_STATE  # not the records and working memory of the first batches
+    assert "nothing was imported" in refused.value.message
+    assert _staged_keys(target) == []
+    maintenance.import_lines(Ctx(target.rt, source="cli"), whole, "replace", batch=1)
+    assert _store_state(target) == NEW_STATE
+    assert [target("memory_working_get", sessionId=f"more{i}", operation="all")["values"] for i in range(4)] == [
+        {"new": "imported"}] * 4
+    assert _staged_keys(target) == [] and target.rt.services["working_memory"].sqlite.pending_swaps() == []

@@ -193,6 +193,9 @@ EMBEDDING_FAILED = _declare("embedding_failed", 503, "The embedding provider fai
 MODEL_CHECKSUM = _declare("model_checksum", 503, "The bundled embedding model does not match its checksum.")
 ANTIGRAVITY_NOT_FOUND = _declare("antigravity_not_found", 404, "ANTIGRAVITY_DIR holds no brain/ folder.")
 CONVERSATION_NOT_FOUND = _declare("conversation_not_found", 404, "No Antigravity conversation with that id.")
+TRANSFER_RUNNING = _declare(
+    "transfer_running", 409, "Another import or migration of this store is running; `details` say which and since when."
+)
 IMPORT_FAILED = _declare(
     "import_failed", 500, "A bulk import stopped part-way (its parsing process died); run it again to finish it."
 )

@@ -51,6 +51,7 @@ from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.setting_types import postgres_url, redis_url
 from agentmemory_server.kernel.settings import Settings, SettingsError
+from agentmemory_server.memory import transfer_lease
 from agentmemory_server.models import llm
 from agentmemory_server.operations import maintenance, migrate, recompress, recompress_model, tokens
 from agentmemory_server.storage.sqlite import hf_sync, local_backup
@@ -129,22 +130,28 @@ def _export_write_failed(target: Path, exc: OSError) -> AppError:
 
 def cmd_import(settings: Settings, opts: argparse.Namespace) -> Any:
     path = Path(opts.file)
+    progress = _progress(opts.quiet)
+    running = f"an import ({opts.strategy}) of {path.name}"
     if path.name.endswith(JSON_LINES_SUFFIXES):
         if not path.is_file():
             raise InvalidInput(f"cannot read {path}: no such file")
-        return _with_runtime(
-            settings,
-            lambda rt: maintenance.import_lines(
-                Ctx(rt, source="cli"), path, opts.strategy, batch=opts.batch or 5000, progress=_progress(opts.quiet)
-            ),
-        )
+
+        def lines(rt: Runtime) -> Any:
+            with transfer_lease.hold(rt, operation=running):
+                return maintenance.import_lines(
+                    Ctx(rt, source="cli"), path, opts.strategy, batch=opts.batch or 5000, progress=progress
+                )
+
+        return _with_runtime(settings, lines)
     document = maintenance.load_export(path)
-    return _with_runtime(
-        settings,
-        lambda rt: maintenance.import_document(
-            Ctx(rt, source="cli"), document, opts.strategy, batch=opts.batch or 1000, progress=_progress(opts.quiet)
-        ),
-    )
+
+    def whole(rt: Runtime) -> Any:
+        with transfer_lease.hold(rt, operation=running):
+            return maintenance.import_document(
+                Ctx(rt, source="cli"), document, opts.strategy, batch=opts.batch or 1000, progress=progress
+            )
+
+    return _with_runtime(settings, whole)
 
 
 def cmd_reindex(settings: Settings, opts: argparse.Namespace) -> Any:

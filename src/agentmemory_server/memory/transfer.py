@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import re
@@ -27,7 +28,7 @@ from agentmemory_server.kernel.access import agent_filter
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import AGENT_ID, Ctx, integer, obj, params, string, tool
 from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS, SUMMARIES, is_obs_scope, obs_scope, session_of
-from agentmemory_server.memory import working_transfer
+from agentmemory_server.memory import transfer_lease, working_transfer
 from agentmemory_server.retrieval import search
 from agentmemory_server.storage import codec
 from agentmemory_server.storage.blobs import is_blob_id
@@ -484,19 +485,18 @@ def import_records(
     records: list[tuple[str, str, Any]],
     strategy: str,
     *,
-    wipe_first: bool | None = None,
     stripped: bool = False,
     pictures: list[tuple[str, str, bytes]] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write validated (scope, key, value) records (and the images they reference) in one
     transaction and index them; returns imported/skipped counts per section. ``replace`` wipes
-    first unless ``wipe_first`` is False (the later batches of a streamed replace). ``stripped``:
+    first (a JSON Lines replace goes through ``replace_stream`` instead). ``stripped``:
     the values went through ``strip_private_data`` already (a bulk import strips in a worker
     process)."""
     counts: dict[str, dict[str, int]] = {}
     now = ctx.rt.clock.iso()
     epoch = ctx.rt.clock.now().timestamp()
-    wiping = strategy == "replace" and wipe_first is not False
+    wiping = strategy == "replace"
     outside = working_transfer.outside_database(ctx.rt)
     stage, total = None, len(records)
     if outside is not None and wiping:
@@ -526,6 +526,78 @@ def import_records(
         # Written once the records are committed (a merge's entries, scope by scope).
         outside.import_entries(held or [], strategy, wipe=wiping)
     return counts
+
+
+class ReplaceStream:
+    """A replace import written a batch at a time into one transaction (a JSON Lines file of any
+    size): the wipe and every batch commit together or not at all, so a bad line late in the
+    file, a full disk, a killed process or a lost database leaves the old store as it was.
+    Memory stays bounded: each batch is written and dropped (the transaction's list of changed
+    keys is cut to what its audit row lists). With working memory in Redis, each batch's working
+    memory goes into one stage, sealed and recorded for the swap in the same transaction
+    (``working/service.py``), deleted if it fails. Use ``replace_stream``."""
+
+    def __init__(self, ctx: Ctx, tx: UnitOfWork, outside: Any | None, stage: str | None):
+        self.ctx, self.tx, self.outside, self.stage = ctx, tx, outside, stage
+        self.now, self.epoch = ctx.rt.clock.iso(), ctx.rt.clock.now().timestamp()
+        # Working memory outside the database but no stage (the store is on the Redis fallback):
+        # written after the commit, as import_records does.
+        self.held: list[dict[str, Any]] | None = [] if outside is not None and stage is None else None
+        self.counts: dict[str, dict[str, int]] = {}
+        self.records = 0
+        self.changed = 0
+
+    def write(self, records: list[tuple[str, str, Any]], pictures: list[tuple[str, str, bytes]]) -> None:
+        """One batch of validated, privacy-stripped records and the images they reference."""
+        counts: dict[str, dict[str, int]] = {}
+        self.records += len(records)
+        if self.stage is not None and self.outside is not None:
+            entries = [v for s, _k, v in records if s == working_transfer.SECTION]
+            if entries:
+                self.outside.add_to_stage(self.stage, entries)
+                counts[working_transfer.SECTION] = {"imported": len(entries), "skipped": 0}
+                records = [r for r in records if r[0] != working_transfer.SECTION]
+        if pictures:
+            for image_id, mime, data in pictures:
+                self.tx.images.put(image_id, mime, data, self.now)
+            counts["images"] = {"imported": len(pictures), "skipped": 0}
+        _write_records(
+            self.tx, records, "replace", counts, stripped=True, now=self.now, epoch=self.epoch, held=self.held
+        )
+        add_counts(self.counts, counts)
+        changed = self.tx.changed
+        if len(changed) > 50:
+            self.changed += len(changed) - 50
+            del changed[50:]
+
+
+@contextlib.contextmanager
+def replace_stream(ctx: Ctx) -> Iterator[ReplaceStream]:
+    """A ``ReplaceStream``: the store is wiped and the batches written in one transaction,
+    committed when the block ends without an error; the counts are in ``.counts``."""
+    outside = working_transfer.outside_database(ctx.rt)
+    stage = outside.open_stage() if outside is not None else None
+    superseded: list[str] = []
+    try:
+        with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
+            stream = ReplaceStream(ctx, tx, outside, stage)
+            _wipe(ctx, tx, stream.epoch, redis_too=outside is None)
+            yield stream
+            if stage is not None and outside is not None:
+                outside.seal_stage(stage)
+                superseded = outside.record_swap(tx, stage)
+            tx.audit_message = f"import (replace) of {stream.records} record(s)"
+            tx.audit_details = {"strategy": "replace", "counts": stream.counts}
+            if stream.changed:
+                tx.audit_details["targetCount"] = stream.changed + len(set(tx.changed))
+    except BaseException:
+        if stage is not None and outside is not None:
+            outside.discard_stage(stage)  # Redis keeps the old working memory, as the database its records
+        raise
+    if stage is not None and outside is not None:
+        outside.finish_swap(stage, superseded)
+    elif outside is not None:
+        outside.import_entries(stream.held or [], "replace", wipe=True)
 
 
 def _stage_working(
@@ -642,4 +714,5 @@ def import_tool(ctx: Ctx, args: dict) -> dict:
         export = {k: v for k, v in args.items() if k != "strategy"}  # the export itself as body
     if not isinstance(export, dict):
         raise InvalidInput("missing required field 'exportData'", field="exportData")
-    return import_export(ctx, export, args["strategy"])
+    with transfer_lease.hold(ctx.rt, operation=f"an import ({args['strategy']}) over HTTP"):
+        return import_export(ctx, export, args["strategy"])

@@ -34,6 +34,7 @@ SECTION = "working"
 # The scope the Redis fallback's mark lives in (working/sqlite_backend.FALLBACK_SCOPE): state of
 # this store, not anyone's working memory, so it never travels.
 _RESERVED_SCOPE = ("", "", "")
+RESERVED_SCOPE = _RESERVED_SCOPE  # the store's own state kept there too (``transfer_lease``)
 
 
 def scope_key(scope: WMScope) -> str:

@@ -399,41 +399,73 @@ def import_lines(
     """Stream a JSON Lines export (``agentmemory export --jsonl``) into the store in batches of
     about ``batch`` records, in constant memory. The first line is the header naming the format
     version; each further line is an export document of its own, and a file whose header has
-    ``endMarker`` must end with the end line (checked first: a cut file imports nothing). ``skip_lines`` resumes after
-    that many lines (the header is always read); ``on_batch(line)`` is told after each committed
-    batch that every line up to ``line`` is stored. A line that does not hold
-    valid records stops the import there, naming the line: the batches before it are written
-    (merge and skip are idempotent, so run it again once the file is fixed). ``replace`` wipes
-    the store with the first batch."""
+    ``endMarker`` must end with the end line (checked first: a cut file imports nothing).
+    ``skip_lines`` resumes after that many lines (the header is always read); ``on_batch(line)``
+    is told after each committed batch that every line up to ``line`` is stored.
+
+    merge and skip commit batch by batch: a line that does not hold valid records stops the
+    import there, naming the line, and the batches before it stay written (both are idempotent,
+    so run it again once the file is fixed). ``replace`` is all or nothing: the wipe and every
+    batch go into one transaction (``transfer.replace_stream``), so any failure leaves the old
+    store; the server's writers wait meanwhile (up to their lock wait, then 503 ``database_busy``)."""
     bar = progress("import", path.stat().st_size)
-    totals: dict[str, dict[str, int]] = {}
-    first_batch = True
     try:
         with _cyclic_gc_paused(), ctx.rt.db.bulk_load(), open(path, "rb") as handle:
             if _read_header(path, handle).get(transfer.END_MARKER):  # exports from before it have no end line
                 _check_complete(path, handle)
                 handle.readline()  # past the header again
-            for (records, pictures, problem, size), last_line in _parsed_chunks(path, handle, batch, skip_lines):
-                if records or pictures or first_batch:
-                    counts = transfer.import_records(
-                        ctx, records, strategy, wipe_first=first_batch, stripped=True, pictures=pictures
-                    )
-                    transfer.add_counts(totals, counts)
-                    first_batch = False
-                    # Tantivy indexes this batch on its own thread while the next one is written.
-                    ctx.rt.db.flush(commit=False)
-                if problem:
-                    raise InvalidInput(problem)
-                if on_batch is not None:
-                    on_batch(last_line)
-                bar.update(size)
-            if first_batch:
-                transfer.add_counts(totals, transfer.import_records(ctx, [], strategy, wipe_first=True))
+            chunks = _parsed_chunks(path, handle, batch, skip_lines)
+            if strategy == "replace":
+                totals = _replace_lines(ctx, chunks, bar, on_batch)
+            else:
+                totals = _merge_lines(ctx, chunks, strategy, bar, on_batch)
     finally:
         bar.close()
     ctx.rt.db.flush()  # hand the search engine everything now rather than on its next tick
     ctx.rt.publish("import", {"strategy": strategy, "counts": totals})
     return transfer.import_result(strategy, totals)
+
+
+def _merge_lines(
+    ctx: Ctx,
+    chunks: Iterator[tuple[Parsed, int]],
+    strategy: str,
+    bar: Bar,
+    on_batch: Callable[[int], None] | None,
+) -> dict[str, dict[str, int]]:
+    """merge or skip: a transaction a batch."""
+    totals: dict[str, dict[str, int]] = {}
+    for (records, pictures, problem, size), last_line in chunks:
+        if records or pictures:
+            transfer.add_counts(
+                totals, transfer.import_records(ctx, records, strategy, stripped=True, pictures=pictures)
+            )
+            # Tantivy indexes this batch on its own thread while the next one is written.
+            ctx.rt.db.flush(commit=False)
+        if problem:
+            raise InvalidInput(problem)
+        if on_batch is not None:
+            on_batch(last_line)
+        bar.update(size)
+    return totals
+
+
+def _replace_lines(
+    ctx: Ctx, chunks: Iterator[tuple[Parsed, int]], bar: Bar, on_batch: Callable[[int], None] | None
+) -> dict[str, dict[str, int]]:
+    """replace: one transaction over every batch (the search engine is fed after the commit:
+    it must never index records a rollback takes back)."""
+    last = 0
+    with transfer.replace_stream(ctx) as stream:
+        for (records, pictures, problem, size), last_line in chunks:
+            stream.write(records, pictures)
+            if problem:
+                raise InvalidInput(f"{problem}; nothing was imported: the store is as it was")
+            last = last_line
+            bar.update(size)
+    if on_batch is not None and last:
+        on_batch(last)
+    return stream.counts
 
 
 # -- stats ------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any
 
 from agentmemory_server.errors import AppError, Conflict, Unavailable
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.memory import working_transfer
+from agentmemory_server.memory import transfer_lease, working_transfer
 from agentmemory_server.operations import maintenance
 from agentmemory_server.operations.maintenance import Progress, no_progress
 
@@ -62,8 +62,15 @@ def migrate(
     """Copy every record of the ``source`` runtime into the ``target`` runtime, resumably, and
     verify the result. Returns counts, timings and the verification.
 
-    :raise Conflict: the verification found a difference (the spool and state are kept).
+    :raise Conflict: the verification found a difference (the spool and state are kept), or an
+        import or another migration of either store runs (``transfer_lease``; nothing was done).
     """
+    running = f"a migration from {source.db.location} to {target.db.location}"
+    with transfer_lease.hold(source, target, operation=running):
+        return _migrate(source, target, data_dir, progress=progress, batch=batch)
+
+
+def _migrate(source: Any, target: Any, data_dir: Path, *, progress: Progress, batch: int) -> dict[str, Any]:
     ours, theirs = source.services["working_memory"], target.services["working_memory"]
     ours.require_reachable("source", SOURCE_HINT)  # before anything is written
     theirs.require_reachable("target", TARGET_HINT)

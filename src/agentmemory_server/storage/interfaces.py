@@ -537,6 +537,9 @@ class UnitOfWork(Protocol):
     writable: bool
     audit_message: str | None
     audit_details: dict[str, Any]
+    # What the transaction changed, for its audit row (its first 50 entries are listed). A long
+    # transaction may cut it short and put the whole count in ``audit_details["targetCount"]``.
+    changed: list[str]
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once the transaction has committed (e.g. publish to live viewers)."""

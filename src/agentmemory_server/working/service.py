@@ -417,25 +417,62 @@ class WorkingMemory:
         lives in the database, which the records' transaction replaces itself).
 
         :raise Unavailable: Redis failed; nothing was imported (the stage is deleted)."""
+        stage_id = self.open_stage()
+        if stage_id is not None:
+            self.add_to_stage(stage_id, entries)
+            self.seal_stage(stage_id)
+        return stage_id
+
+    def open_stage(self) -> str | None:
+        """Begin a stage that ``add_to_stage`` fills a part at a time (a JSON Lines replace import,
+        batch by batch) and ``seal_stage`` closes; None: working memory lives in the database.
+
+        :raise Unavailable: Redis failed; nothing was imported."""
         backend = self.backend
         if backend is self.sqlite:
             return None
         stage_id = uuid.uuid4().hex
+        self._staging(backend, stage_id, lambda: backend.begin_stage(stage_id, self.rt.clock.time()))
+        return stage_id
+
+    def add_to_stage(self, stage_id: str, entries: list[dict[str, Any]]) -> None:
+        """Write ``entries`` into the stage; its begin time is refreshed, so a long import's
+        stage is never taken for one left behind (STAGE_TTL_SECONDS)."""
+        backend = self._stage_backend(stage_id)
         view, now = backend.staged(stage_id), self.rt.clock.time()
-        try:
+
+        def load() -> None:
             backend.begin_stage(stage_id, now)
             for entry in entries:
                 view.load(_scope_of(entry), _copy_of(entry), keep_ours=False, now=now)
-            backend.seal_stage(stage_id, time.time_ns())
+
+        self._staging(backend, stage_id, load)
+
+    def seal_stage(self, stage_id: str) -> None:
+        """The stage is written whole: it is the working memory to swap in once the records commit."""
+        backend = self._stage_backend(stage_id)
+        self._staging(backend, stage_id, lambda: backend.seal_stage(stage_id, time.time_ns()))
+
+    def _stage_backend(self, stage_id: str) -> RedisBackend:
+        backend = self.backend
+        if backend is self.sqlite:  # Redis failed meanwhile: what was staged goes with the sweep (no swap waits)
+            raise self._stage_failed("the store fell back to the database meanwhile")
+        return backend
+
+    def _staging(self, backend: Any, stage_id: str, work: Callable[[], None]) -> None:
+        try:
+            work()
         except (BackendDown, AppError) as exc:
             self._discard(backend, stage_id)
-            raise Unavailable(
-                f"Redis failed while the replace import's working memory was written aside "
-                f"({self.where()}: {_reason(exc)}); nothing was imported: the records and working memory are "
-                "as they were",
-                code=errors.WORKING_MEMORY_UNAVAILABLE,
-            ) from None
-        return stage_id
+            raise self._stage_failed(_reason(exc)) from None
+
+    def _stage_failed(self, reason: str) -> Unavailable:
+        return Unavailable(
+            f"Redis failed while the replace import's working memory was written aside "
+            f"({self.where()}: {reason}); nothing was imported: the records and working memory are "
+            "as they were",
+            code=errors.WORKING_MEMORY_UNAVAILABLE,
+        )
 
     def record_swap(self, tx: Any, stage_id: str) -> list[str]:
         """In the records' transaction: once it commits, the stage must become the working memory

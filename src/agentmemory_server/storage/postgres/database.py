@@ -61,11 +61,14 @@ T = TypeVar("T")
 WRITE_LOCK = 0x616D_0001
 MIGRATE_LOCK = 0x616D_0002
 LIVE_LOCK = 0x616D_0003
+# The import/migrate lease (memory/transfer_lease.py): refreshed while a long import's transaction
+# holds the write lock.
+LEASE_LOCK = 0x616D_0004
 # Transactions that order themselves under a lock of their own instead of the write lock: the
 # live event log's appends (kernel/bus.py) write no other table, and only their sequence
 # numbers must commit in order, so they neither wait for the record writers nor hold them up
 # (every write request is followed by one: bench/pg_statements.py).
-OWN_LOCKS = {"live_events": LIVE_LOCK}
+OWN_LOCKS = {"live_events": LIVE_LOCK, "transfer_lease": LEASE_LOCK}
 POOL_TIMEOUT_SECONDS = 30.0
 # How long a check waits to learn whether the database still answers (a server that is gone
 # refuses at once; a network that drops packets is given this long).
@@ -587,7 +590,7 @@ class PostgresDatabase:
         message = store.audit_message or f"{operation}: {len(targets)} record(s) changed"
         details = dict(store.audit_details)
         if len(targets) > 50:
-            details["targetCount"] = len(targets)
+            details.setdefault("targetCount", len(targets))  # set already by a transaction that cut ``changed``
             targets = targets[:50]
         store.audit.insert(
             ts=self._now(), agent_id=agent_id, operation=operation, message=message, targets=targets, details=details
