@@ -23,7 +23,8 @@ the embedder drains that backlog (the /health backlog is printed before and afte
 one JSON line holding everything, the date and the commit.
 
 ``--import-only`` stops after the bulk import of each size (no server, no workloads) and adds the
-peak RSS of the import's processes; ``--corpus FILE`` keeps the corpus there and reuses it when
+peak RSS of the import's processes (``--strategy replace``: the all-or-nothing import, one
+transaction over the whole file); ``--corpus FILE`` keeps the corpus there and reuses it when
 it exists (written for the first size only), so repeated import runs skip writing it.
 """
 
@@ -79,11 +80,11 @@ def write_corpus(path: Path, observations: int, memories: int) -> int:
     return count
 
 
-def bulk_import(data_dir: str, path: Path, env: dict[str, str]) -> dict:
+def bulk_import(data_dir: str, path: Path, env: dict[str, str], strategy: str = "merge") -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "src" / "cli.py"), "--quiet", "import", str(path)],
+        [sys.executable, str(ROOT / "src" / "cli.py"), "--quiet", "import", str(path), "--strategy", strategy],
         env={**env, "AGENTMEMORY_DATA_DIR": data_dir},
         capture_output=True,
         text=True,
@@ -107,7 +108,7 @@ def bulk_import(data_dir: str, path: Path, env: dict[str, str]) -> dict:
 
 def import_only(size: int, args: argparse.Namespace) -> dict:
     """Write (or reuse) the corpus and time the bulk import alone."""
-    print(f"\n== {size:,} observations + {args.memories:,} memories (import only)")
+    print(f"\n== {size:,} observations + {args.memories:,} memories (import only, {args.strategy})")
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         source = Path(args.corpus) if args.corpus else Path(tmp) / "corpus.jsonl"
         if not source.exists():
@@ -119,7 +120,7 @@ def import_only(size: int, args: argparse.Namespace) -> dict:
             print(f"  corpus: reusing {source} ({source.stat().st_size / 1e6:.0f} MB)")
         data_dir = str(Path(tmp) / "data")
         load_before = os.getloadavg()[0]
-        loaded = bulk_import(data_dir, source, server_env(args.embedder))
+        loaded = bulk_import(data_dir, source, server_env(args.embedder), args.strategy)
         load_after = os.getloadavg()[0]
         db_bytes = sum(f.stat().st_size for f in Path(data_dir).rglob("*") if f.is_file())
     print(
@@ -127,7 +128,13 @@ def import_only(size: int, args: argparse.Namespace) -> dict:
         f"CPU {loaded['cpu_s']} s, peak RSS {loaded['peak_rss_mb']} MB, data {db_bytes / 1e6:.0f} MB, "
         f"load {load_before:.2f} before / {load_after:.2f} after"
     )
-    return {"observations": size, "memories": args.memories, "import": loaded, "data_mb": round(db_bytes / 1e6)}
+    return {
+        "observations": size,
+        "memories": args.memories,
+        "strategy": args.strategy,
+        "import": loaded,
+        "data_mb": round(db_bytes / 1e6),
+    }
 
 
 def server_env(embedder: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -490,6 +497,8 @@ def main() -> None:
                     help="gunicorn worker processes (AGENTMEMORY_WORKERS; 0: the server's default, one per core)")
     ap.add_argument("--import-only", action="store_true", help="time only the bulk import of each size")
     ap.add_argument("--corpus", help="keep the corpus in this file and reuse it when it exists")
+    ap.add_argument("--strategy", default="merge", choices=("merge", "replace"),
+                    help="--import-only: the import's strategy (replace: one transaction over the whole file)")
     ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                     help="a setting for the server under test (repeatable), e.g. AGENTMEMORY_BACKGROUND=external")
     ap.add_argument("--only", default="", help="phases[:endpoint] to run, e.g. concurrent:remember,observe")

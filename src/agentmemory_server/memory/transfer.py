@@ -553,8 +553,8 @@ class ReplaceStream:
         self.records += len(records)
         if self.stage is not None and self.outside is not None:
             entries = [v for s, _k, v in records if s == working_transfer.SECTION]
+            self.outside.add_to_stage(self.stage, entries)  # with none, it keeps the stage from looking abandoned
             if entries:
-                self.outside.add_to_stage(self.stage, entries)
                 counts[working_transfer.SECTION] = {"imported": len(entries), "skipped": 0}
                 records = [r for r in records if r[0] != working_transfer.SECTION]
         if pictures:
