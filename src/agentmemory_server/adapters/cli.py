@@ -27,9 +27,10 @@
 (``python src/cli.py ...`` is the same from a checkout.) A thin adapter: each admin command calls
 the library function a tool also calls (``maintenance``, ``transfer``) or ``hf_sync``, in this
 process, on the database from the settings (AGENTMEMORY_DB / AGENTMEMORY_DATA_DIR) or ``--db``.
-Safe beside a running server on the same file: work runs in short transactions and waits for the
-server's writer instead of failing. Progress bars go to stderr (``--quiet`` turns them off);
-results go to stdout as JSON.
+Safe beside a running server on the same file: work runs in short transactions (a ``replace``
+import is one) and waits for the server's writer instead of failing; an import or migrate holds
+the store's lease (``memory/transfer_lease.py``), so a second one exits 1 saying what runs.
+Progress bars go to stderr (``--quiet`` turns them off); results go to stdout as JSON.
 """
 
 from __future__ import annotations

@@ -157,6 +157,8 @@ class Lease:
     def release(self) -> None:
         self._stop.set()
         _ACTIVE.discard(self.id)
+        if self._thread is not None:
+            self._thread.join(timeout=5)  # a refresh under way ends first (it writes nothing once stopped)
         try:
             with self.rt.db.transaction(OPERATION) as tx:
                 holder = _read(tx)

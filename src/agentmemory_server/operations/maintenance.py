@@ -2,7 +2,8 @@
 
 Library code behind the admin CLI (``agentmemory``) and the ``stats`` / ``reindex`` tools.
 Everything goes through the storage repositories and the domain modules, in short
-transactions, so it is safe to run while the server is serving the same file (WAL lets readers
+transactions (a JSON Lines ``replace`` import excepted: one transaction, all or nothing), so it
+is safe to run while the server is serving the same file (WAL lets readers
 and one writer work together; ``busy_timeout`` makes the two processes' writers wait for each
 other instead of failing).
 """

@@ -1,5 +1,6 @@
 """Moving a store between backends: ``agentmemory migrate --to postgresql://...`` (or back to a
-SQLite file).
+SQLite file). It holds the lease of both stores (``memory/transfer_lease.py``): no import into
+either runs meanwhile, nor another migration.
 
 The records travel as the JSON Lines export (``maintenance.stream_export``) and are written by
 the JSON Lines import (``maintenance.import_lines``, strategy merge), so a migration is exactly
