@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import dataclasses
+import os
 import gc
 import json
 import sqlite3
@@ -415,7 +416,7 @@ def test_a_killed_json_lines_replace_import_leaves_the_old_store_and_frees_its_l
     proc = _import_caught_midway(db, _memory_lines(tmp_path / "new.jsonl", 6000, "new"), "--strategy", "replace",
                                  "--batch", "5")
     proc.kill()
-    proc.communicate(timeout=30)
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped: its lease must be free
     with sqlite3.connect(db) as conn:
         contents = sorted(c for (c,) in conn.execute("SELECT json_extract(value, '$.content') FROM kv_store "
                                                      "WHERE scope = 'mem:memories'"))
@@ -423,6 +424,7 @@ def test_a_killed_json_lines_replace_import_leaves_the_old_store_and_frees_its_l
     assert sqlite_table_counts(db)["kv_store"] == before["kv_store"]
     again = ok(cli("--db", str(db), "-q", "import", str(tmp_path / "new.jsonl"), "--strategy", "replace"))
     assert again["imported"] == 6000
+    proc.communicate(timeout=30)
 
 
 def test_a_second_import_while_one_runs_is_refused_with_409_naming_it(client, rt, tmp_path):
@@ -432,12 +434,16 @@ def test_a_second_import_while_one_runs_is_refused_with_409_naming_it(client, rt
     db = Path(rt.db.path)
     new = _memory_lines(tmp_path / "new.jsonl", 6000, "new")
     other = _memory_lines(tmp_path / "other.jsonl", 2, "other")
+    import signal
+
     first = _import_caught_midway(db, new, "--strategy", "replace", "--batch", "5")
+    first.send_signal(signal.SIGSTOP)  # held midway while the others try (a slow disk, a busy machine)
     try:
-        second = cli("--db", str(db), "-q", "import", str(other))
         refused = client.post("/agentmemory/import", json={"exportData": {"version": transfer.FORMAT_VERSION,
                                                                           "memories": []}})
+        second = cli("--db", str(db), "-q", "import", str(other))
     finally:
+        first.send_signal(signal.SIGCONT)
         out, err = first.communicate(timeout=120)
     assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
     assert "an import (replace) of new.jsonl is running on this store since" in second.stderr

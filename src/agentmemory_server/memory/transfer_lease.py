@@ -43,14 +43,22 @@ REFRESH_SECONDS = 15.0
 _ACTIVE: set[str] = set()  # the leases this process holds now
 
 
-def _started(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, from /proc), to tell it from a later
-    process given the same id; None where /proc is not there or the process is gone."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first); None where /proc is
+    not there or the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[19]
+            fields = stat.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+    return fields if len(fields) > 19 else None
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot), to tell it from a later process
+    given the same id."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
 
 
 def _alive(holder: dict[str, Any]) -> bool | None:
@@ -66,8 +74,12 @@ def _alive(holder: dict[str, Any]) -> bool | None:
         return False
     except PermissionError:
         pass  # another user's process: it runs
-    started = _started(pid)
-    return started is None or holder.get("started") in (None, started)
+    fields = _stat(pid)
+    if fields is None:
+        return True  # no /proc to tell more: it runs
+    if fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent
+        return False
+    return holder.get("started") in (None, fields[19])
 
 
 def _held(holder: dict[str, Any] | None, now: float) -> bool:

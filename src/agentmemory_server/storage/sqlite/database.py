@@ -762,7 +762,11 @@ class Database:
                 self._readers.clear()
             try:
                 self._writer.execute("PRAGMA optimize")
-                final_checkpoint(self._writer, self.path)
+                if self.last_write:
+                    final_checkpoint(self._writer, self.path)
+                else:  # wrote nothing: never wait for another process's writer (a long replace import)
+                    self._writer.execute("PRAGMA busy_timeout = 0")
+                    self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:
                 log.warning("closing %s: the WAL could not be checkpointed: %s", self.path, exc)
             self._gate.close()
