@@ -502,27 +502,21 @@ def import_records(
     if outside is not None and wiping:
         stage, records = _stage_working(outside, records, counts, stripped=stripped)
     held: list[dict[str, Any]] | None = [] if outside is not None and stage is None else None
-    superseded: list[str] = []
-    try:
-        with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
-            if wiping:
-                _wipe(ctx, tx, epoch, redis_too=outside is None)
-            if pictures:
-                for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
-                    tx.images.put(image_id, mime, data, now)
-                counts["images"] = {"imported": len(pictures), "skipped": 0}
-            _write_records(tx, records, strategy, counts, stripped=stripped, now=now, epoch=epoch, held=held)
-            if stage is not None and outside is not None:
-                superseded = outside.record_swap(tx, stage)
-            tx.audit_message = f"import ({strategy}) of {total} record(s)"
-            tx.audit_details = {"strategy": strategy, "counts": counts}
-    except BaseException:
-        if stage is not None and outside is not None:
-            outside.discard_stage(stage)  # Redis keeps the old working memory, as the database its records
-        raise
-    if stage is not None and outside is not None:
-        outside.finish_swap(stage, superseded)
-    elif outside is not None and (held or wiping):
+    with (
+        _swapped_after_commit(outside, stage) as swap,
+        ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx,
+    ):
+        if wiping:
+            _wipe(ctx, tx, epoch, redis_too=outside is None)
+        if pictures:
+            for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
+                tx.images.put(image_id, mime, data, now)
+            counts["images"] = {"imported": len(pictures), "skipped": 0}
+        _write_records(tx, records, strategy, counts, stripped=stripped, now=now, epoch=epoch, held=held)
+        swap.record(tx)
+        tx.audit_message = f"import ({strategy}) of {total} record(s)"
+        tx.audit_details = {"strategy": strategy, "counts": counts}
+    if stage is None and outside is not None and (held or wiping):
         # Written once the records are committed (a merge's entries, scope by scope).
         outside.import_entries(held or [], strategy, wipe=wiping)
     return counts
@@ -577,27 +571,51 @@ def replace_stream(ctx: Ctx) -> Iterator[ReplaceStream]:
     committed when the block ends without an error; the counts are in ``.counts``."""
     outside = working_transfer.outside_database(ctx.rt)
     stage = outside.open_stage() if outside is not None else None
-    superseded: list[str] = []
+    with (
+        _swapped_after_commit(outside, stage) as swap,
+        ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx,
+    ):
+        stream = ReplaceStream(ctx, tx, outside, stage)
+        _wipe(ctx, tx, stream.epoch, redis_too=outside is None)
+        yield stream
+        swap.record(tx, seal=True)
+        tx.audit_message = f"import (replace) of {stream.records} record(s)"
+        tx.audit_details = {"strategy": "replace", "counts": stream.counts}
+        if stream.changed:
+            tx.audit_details["targetCount"] = stream.changed + len(set(tx.changed))
+    if stage is None and outside is not None:
+        outside.import_entries(stream.held or [], "replace", wipe=True)
+
+
+class _Swap:
+    """A replace import's staged working memory (``WorkingMemory.stage_replace``/``open_stage``),
+    recorded in the records' transaction by ``record``; see ``_swapped_after_commit``."""
+
+    def __init__(self, outside: Any, stage: str | None):
+        self.outside, self.stage = outside, stage
+        self.superseded: list[str] = []
+
+    def record(self, tx: Any, *, seal: bool = False) -> None:
+        if self.stage is None or self.outside is None:
+            return
+        if seal:  # a streamed stage is sealed once its last batch is in
+            self.outside.seal_stage(self.stage)
+        self.superseded = self.outside.record_swap(tx, self.stage)
+
+
+@contextlib.contextmanager
+def _swapped_after_commit(outside: Any, stage: str | None) -> Iterator[_Swap]:
+    """Around the records' transaction: once it has committed, the stage is swapped in; if it
+    failed, the stage goes and Redis keeps the old working memory, as the database its records."""
+    swap = _Swap(outside, stage)
     try:
-        with ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx:
-            stream = ReplaceStream(ctx, tx, outside, stage)
-            _wipe(ctx, tx, stream.epoch, redis_too=outside is None)
-            yield stream
-            if stage is not None and outside is not None:
-                outside.seal_stage(stage)
-                superseded = outside.record_swap(tx, stage)
-            tx.audit_message = f"import (replace) of {stream.records} record(s)"
-            tx.audit_details = {"strategy": "replace", "counts": stream.counts}
-            if stream.changed:
-                tx.audit_details["targetCount"] = stream.changed + len(set(tx.changed))
+        yield swap
     except BaseException:
         if stage is not None and outside is not None:
-            outside.discard_stage(stage)  # Redis keeps the old working memory, as the database its records
+            outside.discard_stage(stage)
         raise
     if stage is not None and outside is not None:
-        outside.finish_swap(stage, superseded)
-    elif outside is not None:
-        outside.import_entries(stream.held or [], "replace", wipe=True)
+        outside.finish_swap(stage, swap.superseded)
 
 
 def _stage_working(
