@@ -623,8 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument(
         "--other-models",
         action="store_true",
-        help="with --with-model: also redo the records another provider or model wrote (a record from before "
-        "models were recorded: only when its provider differs)",
+        help="also redo what another provider or model wrote (needs --with-model; a record older than this "
+        "option counts only when its provider differs)",
     )
     again.set_defaults(run=cmd_recompress, failed=_provider_was_down)
     move = commands.add_parser(
