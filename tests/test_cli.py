@@ -22,6 +22,7 @@ from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.operations import maintenance
 from agentmemory_server.wiring import build_runtime
 from agentmemory_server.memory import transfer
+from agentmemory_server.kernel.scopes import MEMORIES
 from conftest import (HUB_REPO, SRC, ToolCaller, clean_environ, hook, post, seed_store, sqlite_table_counts,
                       sync_env, wait_for)
 from agentmemory_server.storage.sqlite.database import MIGRATIONS
@@ -390,13 +391,13 @@ def _memory_lines(path: Path, count: int, word: str) -> Path:
     return path
 
 
-def _import_caught_midway(db: Path, lines: Path, *extra: str) -> subprocess.Popen:
+def _import_caught_midway(db: Path, lines: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """``agentmemory import`` started, returned once its progress bar (stderr) shows it between
     10 % and 80 % of the file: batches are being written."""
     import re
 
     proc = subprocess.Popen([AGENTMEMORY, "--db", str(db), "import", str(lines), *extra],
-                            env=clean_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=env or clean_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     seen = b""
     while proc.poll() is None:
         seen += proc.stderr.read1(4096)
@@ -436,12 +437,12 @@ def test_a_second_import_while_one_runs_is_refused_with_409_naming_it(client, rt
     other = _memory_lines(tmp_path / "other.jsonl", 2, "other")
     import signal
 
-    first = _import_caught_midway(db, new, "--strategy", "replace", "--batch", "5")
+    first = _import_caught_midway(db, new, "--strategy", "replace", "--batch", "5", env=env_of(rt))
     first.send_signal(signal.SIGSTOP)  # held midway while the others try (a slow disk, a busy machine)
     try:
         refused = client.post("/agentmemory/import", json={"exportData": {"version": transfer.FORMAT_VERSION,
                                                                           "memories": []}})
-        second = cli("--db", str(db), "-q", "import", str(other))
+        second = cli("--db", str(db), "-q", "import", str(other), env=env_of(rt))
     finally:
         first.send_signal(signal.SIGCONT)
         out, err = first.communicate(timeout=120)
@@ -452,5 +453,5 @@ def test_a_second_import_while_one_runs_is_refused_with_409_naming_it(client, rt
     assert refused.json["details"]["since"] and refused.json["details"]["pid"] == first.pid
     assert first.returncode == 0, err
     assert json.loads(out)["imported"] == 6000
-    assert sqlite_table_counts(db)["kv_store"] == 6000  # none of the other file's records
-    assert ok(cli("--db", str(db), "-q", "import", str(other)))["imported"] == 2  # the lease is free again
+    assert rt.db.reader().records.count(MEMORIES) == 6000  # none of the other file's records
+    assert ok(cli("--db", str(db), "-q", "import", str(other), env=env_of(rt)))["imported"] == 2  # the lease is free again

@@ -412,6 +412,11 @@ class PostgresDatabase:
             )
 
     def _engine_switched(self, engine: str) -> bool:
+        # Read first: the write transaction waits for the store's write lock, which a long write
+        # (a replace import) holds for minutes, and most starts find the engine unchanged.
+        row = self.reader().conn.execute("SELECT value FROM lexical_state WHERE name = 'engine'").fetchone()
+        if row is not None and row[0] == engine:
+            return False
         with self.transaction("lexical_engine") as unit:
             conn = unit.conn
             row = conn.execute("SELECT value FROM lexical_state WHERE name = 'engine'").fetchone()
