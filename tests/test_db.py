@@ -351,3 +351,31 @@ def test_a_background_worker_leaves_wal_checkpoints_to_a_thread(tmp_path):
         assert tool.db.checkpointer is None  # a one-shot command checkpoints in its commits
     finally:
         tool.close()
+
+
+def test_a_failed_wal_checkpoint_is_kept_with_its_time_marks_storage_degraded_and_is_marked_recovered(tmp_path):
+    # The thread's own rounds are an hour apart here: the test drives the rounds itself, the
+    # first on a connection that is closed (a real sqlite3 error, as an I/O error would give).
+    db = Database(tmp_path / "x.db", now=Clock().iso, background=True, lexical_engine="fts5", checkpoint_seconds=3600)
+    try:
+        broken = sqlite3.connect(db.path)
+        broken.close()
+        db.checkpointer.run_once(broken)
+        failed = db.health()
+        state = failed["walCheckpoints"]
+        assert state["error"] and state["lastError"] == state["error"] and state["lastErrorAt"], state
+        assert state["recoveredAt"] is None
+        assert failed["status"] == "degraded" and "WAL checkpoints fail" in failed["error"]
+
+        working = sqlite3.connect(db.path)
+        try:
+            db.checkpointer.run_once(working)
+        finally:
+            working.close()
+        recovered = db.health()
+        state = recovered["walCheckpoints"]
+        assert state["error"] is None and state["runs"] == 1
+        assert state["lastError"] and state["lastErrorAt"] and state["recoveredAt"] >= state["lastErrorAt"], state
+        assert "status" not in recovered and "error" not in recovered
+    finally:
+        db.close()

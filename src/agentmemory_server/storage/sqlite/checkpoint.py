@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agentmemory_server.errors import LastError
+
 log = logging.getLogger("agentmemory.storage")
 
 CHECKPOINT_SECONDS = 1.0
@@ -38,7 +40,7 @@ class WalCheckpointer:
         self._thread = threading.Thread(target=self._run, name="agentmemory-checkpoint", daemon=True)
         self.runs = 0
         self.last: dict[str, Any] | None = None  # the latest result: busy, WAL frames, frames moved
-        self.last_error: str | None = None
+        self.errors = LastError()  # kept after recovery, marked recovered, like every part's
 
     def start(self) -> None:
         self._thread.start()
@@ -47,7 +49,7 @@ class WalCheckpointer:
         try:
             conn = self._connect()
         except sqlite3.Error as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.errors.failed(f"{type(exc).__name__}: {exc}")
             log.warning("the WAL checkpoint thread could not open the database (%s); commits checkpoint", exc)
             return
         try:
@@ -60,15 +62,26 @@ class WalCheckpointer:
         try:
             busy, frames, moved = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # a full disk, an I/O error: the next round tries again
-            if self.last_error is None:
+            if not self.errors.active:  # once per outage, not every second
                 log.warning("WAL checkpoint failed: %s", exc)
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.errors.failed(f"{type(exc).__name__}: {exc}")
             return
         self.runs += 1
-        self.last, self.last_error = {"busy": bool(busy), "walFrames": frames, "moved": moved}, None
+        self.last = {"busy": bool(busy), "walFrames": frames, "moved": moved}
+        if self.errors.active:
+            log.info("WAL checkpoints work again")
+        self.errors.succeeded()
+
+    @property
+    def failing(self) -> bool:
+        """The latest checkpoint failed: the WAL grows until one works (or the writer's safety net
+        checkpoints inside a commit)."""
+        return self.errors.active
 
     def health(self) -> dict[str, Any]:
-        return {"thread": self._thread.is_alive(), "runs": self.runs, "last": self.last, "error": self.last_error}
+        errors = self.errors.fields()
+        standing = errors["lastError"] if self.errors.active else None
+        return {"thread": self._thread.is_alive(), "runs": self.runs, "last": self.last, "error": standing, **errors}
 
     def stop(self) -> None:
         self._stop.set()

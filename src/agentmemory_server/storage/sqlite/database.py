@@ -700,7 +700,10 @@ class Database:
         lexical = self.lexical.health() if self.lexical is not None else {"engine": "fts5", "state": "ready"}
         if self.checkpointer is None:
             return {"lexical": lexical}
-        return {"lexical": lexical, "walCheckpoints": self.checkpointer.health()}
+        section: dict[str, Any] = {"lexical": lexical, "walCheckpoints": self.checkpointer.health()}
+        if self.checkpointer.failing:  # /status alerts on it; the WAL grows meanwhile
+            section |= {"status": "degraded", "error": f"WAL checkpoints fail: {section['walCheckpoints']['error']}"}
+        return section
 
     def event_signal(self) -> PollSignal:
         return PollSignal()
