@@ -9,6 +9,7 @@ import pytest
 
 from agentmemory_server.adapters import cli
 from agentmemory_server.adapters.web import create_app
+from agentmemory_server.kernel import principals
 from agentmemory_server.kernel.scopes import SESSIONS, TOKENS
 from conftest import hook
 
@@ -367,3 +368,70 @@ def test_a_write_only_token_is_answered_with_ids_and_states_not_records(app):
     assert MARK in json.dumps(client.post("/agentmemory/summarize", json={"sessionId": "s1"}, headers=w).get_json())
     start["session_id"] = "s3"
     assert MARK in client.post("/agentmemory/hooks/claude-code", json=start, headers=w).get_data(as_text=True)
+
+
+def test_an_admin_token_without_read_runs_the_store_but_is_not_handed_its_records(app):
+    """A token given the admin right without read exported every record of its principal (GET
+    /export, MCP memory_export) and read the audit trail: the admin right manages the store, it
+    does not stand in for read. The admin tools whose answer carries records now need read too;
+    the others (counts, tokens) still answer it. A full Antigravity sync (its crystals and
+    reflections) and recompress (titles before and after) need read as well."""
+    _rt, client = app
+    writer = create(client, principal="bot")["token"]
+    saved = client.post("/agentmemory/remember", json={"content": f"deploy runbook {MARK}"}, headers=as_(writer))
+    assert saved.status_code == 201
+    keeper = create(client, principal="bot", rights=["write", "admin"])["token"]
+    for method, path in (("GET", "/agentmemory/export"), ("GET", "/agentmemory/audit"),
+                         ("POST", "/agentmemory/antigravity/sync-all"), ("POST", "/agentmemory/recompress")):
+        refused = client.open(path, method=method, json={} if method == "POST" else None, headers=as_(keeper))
+        body = refused.get_json()
+        assert refused.status_code == 403 and body["code"] == "token_rights", (path, body)
+        assert "lacks the 'read' right" in body["error"] and MARK not in refused.get_data(as_text=True), body
+    for name in ("memory_export", "memory_audit"):
+        called = json.dumps(rpc(client, keeper, "tools/call", {"name": name, "arguments": {}}))
+        assert "token_rights" in called and MARK not in called, (name, called[:400])
+    assert client.get("/agentmemory/stats", headers=as_(keeper)).status_code == 200
+    assert client.get("/agentmemory/tokens", headers=as_(keeper)).status_code == 200
+    # With read as well, the export holds the principal's records, over REST and MCP.
+    full = create(client, principal="bot", rights=["read", "admin"])["token"]
+    exported = client.get("/agentmemory/export", headers=as_(full))
+    assert exported.status_code == 200 and MARK in json.dumps(exported.get_json()["memories"])
+    assert MARK in json.dumps(rpc(client, full, "tools/call", {"name": "memory_export", "arguments": {}}))
+
+
+def test_the_admin_right_is_for_tokens_valid_for_every_project(app, capsys, monkeypatch, tmp_path):
+    """A principal's admin token limited to alpha exported the principal's records of every
+    project (the export keeps to the principal, not to the token's projects) and could make
+    itself a token for every project. The admin right now needs a token for every project:
+    asking for one limited to some is a 400, and one stored before that rule keeps its other
+    rights but is refused its admin tools."""
+    rt, client = app
+    seed_two_projects(client)  # bot's beta records carry MARK; its alpha memory does not
+    asked = {"principal": "bot", "projects": ["alpha"], "rights": ["read", "admin"]}
+    refused = client.post("/agentmemory/tokens", json=asked, headers=as_(SECRET))
+    body = refused.get_json()
+    assert refused.status_code == 400 and body["details"]["field"] == "projects", body
+    assert "every project" in body["error"], body
+    assert not [t for t in client.get("/agentmemory/tokens", headers=as_(SECRET)).get_json()["tokens"]
+                if "admin" in t["rights"]]
+    legacy = principals.new_token()  # made before the rule: admin for alpha alone
+    record = {"principal": "bot", "kind": "agent", "projects": ["alpha"], "rights": ["read", "admin"],
+              "createdAt": rt.clock.iso()}
+    with rt.db.transaction("test_legacy_token") as tx:
+        tx.records.set(TOKENS, principals.hash_token(legacy), record, now=record["createdAt"])
+    exported = client.get("/agentmemory/export", headers=as_(legacy))
+    assert exported.status_code == 403 and exported.get_json()["code"] == "token_rights", exported.get_json()
+    assert "every project" in exported.get_json()["error"] and MARK not in exported.get_data(as_text=True)
+    called = json.dumps(rpc(client, legacy, "tools/call", {"name": "memory_export", "arguments": {}}))
+    assert "token_rights" in called and MARK not in called, called[:400]
+    widened = client.post("/agentmemory/tokens", json={"principal": "bot"}, headers=as_(legacy))
+    assert widened.status_code == 403 and widened.get_json()["code"] == "token_rights"
+    assert client.get("/agentmemory/counts", headers=as_(legacy)).get_json()["counts"]["memories"] == 1  # alpha's
+    # A token for every project with admin and read exports the principal's records of every project.
+    whole = create(client, principal="bot", rights=["read", "admin"])["token"]
+    assert MARK in json.dumps(client.get("/agentmemory/export", headers=as_(whole)).get_json()["memories"])
+    # The CLI refuses the combination with the same message.
+    monkeypatch.setenv("AGENTMEMORY_DATA_DIR", str(tmp_path / "cli"))
+    monkeypatch.setenv("EMBEDDING_PROVIDER", "none")
+    assert cli.main(["-q", "tokens", "create", "bot", "--project", "alpha", "--rights", "read,admin"]) == 1
+    assert "every project" in capsys.readouterr().err

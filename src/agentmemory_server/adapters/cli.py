@@ -649,7 +649,11 @@ def build_parser() -> argparse.ArgumentParser:
     toks.add_argument("principal", nargs="?", help="create: who it speaks for; revoke: the token id")
     toks.add_argument("--kind", choices=("person", "agent"), default="agent")
     toks.add_argument("--project", action="append", help="a project it may touch (repeat; default: all)")
-    toks.add_argument("--rights", default="read,write", help="comma-separated: read, write, admin")
+    toks.add_argument(
+        "--rights",
+        default="read,write",
+        help="comma-separated: read, write, admin (admin: only without --project; export and audit need read too)",
+    )
     toks.add_argument("--note", help="what the token is for")
     toks.set_defaults(run=cmd_tokens)
     for name, run, text in (

@@ -12,6 +12,15 @@ touch (``*`` = all) and its rights:
   acts as the server's host or on every principal's records (Antigravity sync reads the host's
   files; graph compaction rewrites every graph record).
 
+The admin right manages the store; it does not stand in for ``read``. An admin tool whose answer
+carries records (``ADMIN_READS``: the export, the audit trail, recompress's before-and-after
+titles, a full Antigravity sync's crystals and reflections) needs ``read`` as well, so a token
+given ``admin`` without ``read`` can run the store but is not handed its records. The admin right
+is for tokens valid for every project (``*``) only: admin tools act on the whole store (an
+import, the retention sweeps, new tokens for any project), so a token limited to alpha holding it
+would reach beta through them. ``token_record`` refuses the combination (400); a token stored
+before that rule keeps its other rights and is refused its admin tools (403).
+
 A caller with a principal token works in an isolated scope of its own, the proven isolated
 agent scope (``kernel/access.py``) with the principal as the agent: records it writes are
 stamped with it and it reads only those. A project outside its list is refused (403) whenever a
@@ -87,6 +96,11 @@ ADMIN_TOOLS = frozenset(
 )
 
 
+# Admin tools whose answer carries records (an export, audit entries naming what was written,
+# titles before and after, the crystals and reflections a sync made): they need ``read`` as well.
+ADMIN_READS = frozenset({"memory_export", "memory_audit", "recompress", "memory_antigravity_sync_all"})
+
+
 # Write tools that answer a caller without the read right in their own way (a hook's answer keeps
 # its client's format, without the context block) instead of with ``write_receipt``.
 OWN_WRITE_RECEIPT = frozenset({"hook_event"})
@@ -99,6 +113,13 @@ def right_needed(tool: Any) -> str:
     if tool.name in READ_TOOLS or (tool.routes and all(r.method == "GET" for r in tool.routes)):
         return "read"
     return "write"
+
+
+def rights_needed(tool: Any) -> tuple[str, ...]:
+    """Every right a registry tool needs: ``right_needed``'s, and ``read`` too for an admin tool
+    whose answer carries records (``ADMIN_READS``)."""
+    needed = right_needed(tool)
+    return (needed, "read") if tool.name in ADMIN_READS else (needed,)
 
 
 @dataclass(frozen=True)
@@ -116,7 +137,13 @@ class Principal:
         return self.token_id is None
 
     def may(self, right: str) -> bool:
-        return right in self.rights
+        """Whether the token holds ``right``; the admin right counts only on a token for every
+        project (a token stored before ``token_record`` refused the combination)."""
+        return right in self.rights and (right != "admin" or self.every_project)
+
+    @property
+    def every_project(self) -> bool:
+        return "*" in self.projects
 
     def allows_project(self, project: str | None) -> bool:
         return project is None or "*" in self.projects or project in self.projects
@@ -143,7 +170,17 @@ def token_record(principal: str, kind: str, projects: Iterable[str], rights: Ite
     if not chosen:
         raise InvalidInput(f"rights: one or more of {', '.join(RIGHTS)}", field="rights")
     listed = sorted({p.strip() for p in projects if p and p.strip()}) or ["*"]
+    if "admin" in chosen and "*" not in listed:
+        raise InvalidInput(
+            _ADMIN_NEEDS_EVERY_PROJECT + ": leave 'projects' out or drop the admin right", field="projects"
+        )
     return {"principal": principal, "kind": kind, "projects": listed, "rights": chosen, "createdAt": now}
+
+
+_ADMIN_NEEDS_EVERY_PROJECT = (
+    "the admin right is for a token valid for every project: admin tools (import, export, the retention "
+    "sweeps, tokens) act on the whole store"
+)
 
 
 def principal_of(record: dict[str, Any], token_id: str) -> Principal:
@@ -187,15 +224,24 @@ def authorize(principal: Principal | None, tool: Any, args: dict[str, Any]) -> N
     """Refuse a call the principal's token does not allow (403, counted by the caller)."""
     if principal is None or principal.is_admin_token:
         return
-    needed = right_needed(tool)
-    if not principal.may(needed):
-        raise Forbidden(
-            f"the token of {principal.name!r} lacks the {needed!r} right that {tool.name} needs",
-            code=errors.TOKEN_RIGHTS,
-        )
+    for needed in rights_needed(tool):
+        if not principal.may(needed):
+            raise _lacks(principal, needed, tool)
     project = args.get("project")
     if isinstance(project, str) and not principal.allows_project(project):
         raise _not_for_project(principal, project)
+
+
+def _lacks(principal: Principal, right: str, tool: Any) -> Forbidden:
+    """The refusal of a call needing a right the token does not hold, saying why when the token
+    lists it (an admin right on a token limited to some projects) or when an admin tool needs
+    ``read`` too."""
+    who = f"the token of {principal.name!r}"
+    if right in principal.rights:  # the admin right on a token limited to some projects
+        why = f"{who} is limited to projects {', '.join(principal.projects)}; {_ADMIN_NEEDS_EVERY_PROJECT}"
+        return Forbidden(f"{why}: create a token without projects for {tool.name}", code=errors.TOKEN_RIGHTS)
+    because = " (its answer carries records)" if right == "read" and tool.name in ADMIN_READS else ""
+    return Forbidden(f"{who} lacks the {right!r} right that {tool.name} needs{because}", code=errors.TOKEN_RIGHTS)
 
 
 def answers_with_receipt(principal: Principal | None, tool: Any) -> bool:

@@ -25,8 +25,16 @@ def public(key: str, record: dict[str, Any]) -> dict[str, Any]:
         ["principal"],
         principal=string("Who the token speaks for: a person's or an agent's name", max_length=64),
         kind=string("person or agent", enum=principals.KINDS, default="agent"),
-        projects=array(string(max_length=200), "Projects it may touch (default: all)", max_items=100),
-        rights=array(string(enum=principals.RIGHTS), "read, write, admin (default: read, write)", max_items=3),
+        projects=array(
+            string(max_length=200),
+            "Projects it may touch (default: all; a token with the admin right: all)",
+            max_items=100,
+        ),
+        rights=array(
+            string(enum=principals.RIGHTS),
+            "read, write, admin (default: read, write); admin tools that answer with records need read too",
+            max_items=3,
+        ),
         note=string("What it is for", min_length=0, max_length=200),
     ),
     http=[("POST", "/tokens", 201)],
