@@ -63,7 +63,15 @@ def in_token_projects(ctx: Ctx, record: dict[str, Any]) -> bool:
     """Whether the caller's API token is valid for the project of ``record`` (a record of no
     project, and any record for the admin secret, pass). A principal's records may lie in
     projects its other tokens (or the admin, writing as it) chose; a token limited to some
-    projects reaches only theirs, even by id."""
+    projects reaches only theirs, even by id.
+
+    A record of no project passes on purpose: it is the principal's global record. Hooks file
+    under a project (upstream's send one; ours take the working directory every client sends)
+    and a limited token's calls naming none get its project (``principals.scope_nested_call``),
+    so such a record comes from a token for every project that named none: a global memory,
+    lesson or slot, which every project's searches and context blocks use. A token for alpha is
+    the principal working on alpha and gets them as a token for every project would
+    (docs/deploy.md)."""
     principal = getattr(ctx, "principal", None)
     if principal is None or principal.is_admin_token:
         return True

@@ -25,6 +25,8 @@ A caller with a principal token works in an isolated scope of its own, the prove
 agent scope (``kernel/access.py``) with the principal as the agent: records it writes are
 stamped with it and it reads only those. A project outside its list is refused (403) whenever a
 call names one, and a record of such a project is out of reach by id too (``access.visible_to``).
+Records of no project are the principal's global records and reach each of its tokens, one
+limited to some projects too (``access.in_token_projects`` says why).
 Lookups are cached for ``CACHE_SECONDS`` per process, so a revoked token stops working on every
 node within that time (an open WebSocket checks its token again, ``adapters/stream.py``).
 """
