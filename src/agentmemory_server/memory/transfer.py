@@ -529,7 +529,7 @@ class ReplaceStream:
     Memory stays bounded: each batch is written and dropped (the transaction's list of changed
     keys is cut to what its audit row lists). With working memory in Redis, each batch's working
     memory goes into one stage, sealed and recorded for the swap in the same transaction
-    (``working/service.py``), deleted if it fails. Use ``replace_stream``."""
+    (``working/staged.py``), deleted if it fails. Use ``replace_stream``."""
 
     def __init__(self, ctx: Ctx, tx: UnitOfWork, outside: Any | None, stage: str | None):
         self.ctx, self.tx, self.outside, self.stage = ctx, tx, outside, stage
@@ -624,7 +624,7 @@ def _stage_working(
     """A replace into Redis: Redis has no part in the database's transaction, so the new working
     memory is written aside first (a Redis failure there changes nothing), the transaction records
     that the stage must be swapped in, and it is swapped in at once after the commit
-    (``working/service.py``). Returns the stage and the records left for the transaction."""
+    (``working/staged.py``). Returns the stage and the records left for the transaction."""
     entries = [v if stripped else strip_private_data(v) for s, _k, v in records if s == working_transfer.SECTION]
     stage = outside.stage_replace(entries)
     if stage is None:

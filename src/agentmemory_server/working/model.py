@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentmemory_server import errors
-from agentmemory_server.errors import CapacityExceeded, InvalidInput, NotFound, PayloadTooLarge
+from agentmemory_server.errors import AppError, CapacityExceeded, InvalidInput, NotFound, PayloadTooLarge
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.storage import codec
 
@@ -58,6 +58,31 @@ class ScopeCopy:
 
 class BackendDown(Exception):
     """The backend's server cannot be reached (connection refused, reset or timed out)."""
+
+
+def reason_of(exc: Exception) -> str:
+    """What a backend's failure says, for a log line or an error naming it."""
+    return exc.message if isinstance(exc, AppError) else str(exc)
+
+
+# -- an export's working-memory entry (memory/working_transfer.py), as a backend stores it --------
+
+
+def entry_scope(entry: dict[str, Any]) -> Scope:
+    return Scope(entry["project"], entry["agentId"], entry["sessionId"])
+
+
+def entry_copy(entry: dict[str, Any]) -> ScopeCopy:
+    """An export entry (values decoded) as a backend stores it (JSON text)."""
+    task = entry.get("task")
+    return ScopeCopy(
+        keys=[(item["key"], codec.dumps(item["value"]), item.get("expiresAt")) for item in entry.get("keys", [])],
+        task=(codec.dumps(task["state"]), task["version"]) if task else None,
+        scratch=[{"content": e["content"], "timestamp": e["timestamp"]} for e in entry.get("scratchpad", [])],
+        checkpoints=[
+            (c["id"], codec.dumps(c["meta"]), codec.dumps(c["snapshot"])) for c in entry.get("checkpoints", [])
+        ],
+    )
 
 
 # -- values ---------------------------------------------------------------------------------------

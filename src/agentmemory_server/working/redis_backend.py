@@ -513,7 +513,7 @@ class RedisBackend:
 
         self._transaction(attempt, k["kv"], k["exp"], k["task"], k["scratch"], k["cps"], k["cpseq"])
 
-    # ---- a replace import: staged under other keys, swapped in at once (see ``service.py``)
+    # ---- a replace import: staged under other keys, swapped in at once (see ``staged.py``)
     _PARTS = ("kv", "exp", "task", "scratch", "cps", "cpmeta", "cpdata", "cpseq")
 
     def staged(self, stage_id: str) -> RedisBackend:

@@ -24,17 +24,9 @@ failure leaves it in the database. The moved data is the newer, so its keys win;
 during the outage but still in Redis from before it comes back (no tombstones are kept).
 
 A ``replace`` import is all or nothing for working memory as for the records, although Redis takes
-no part in the database's transaction: the file's working memory is first written to Redis under
-staged keys no request reads (``stage_replace``; a Redis failure there changes nothing anywhere),
-the records' transaction records that the stage must be swapped in (``record_swap``: a row in the
-database, committed with the records), and after the commit one WATCH-guarded MULTI/EXEC deletes
-every scope and renames the stage's keys into their place (``finish_swap``). If the transaction
-fails, the stage is deleted and Redis keeps the old working memory. If Redis fails between the
-commit and the swap, the import says so, working memory is still the old one (never a mix) and the
-stage waits in Redis: the sweep or a heal swaps it in once Redis answers (``complete_swaps``),
-before anything written to the database during an outage moves there; diagnose reports it meanwhile.
-A replace import while the store is on the fallback records an empty stage (``record_redis_wipe``):
-Redis's old working memory is emptied on the return, or the heal would merge it back.
+no part in the database's transaction: its working memory is staged in Redis, then swapped in after
+the records' commit. staged.py (``ReplaceStages``) does it; this subsystem owns the backend it
+works on and is its entry point for memory/transfer.py, the sweep, diagnose and heal.
 """
 
 from __future__ import annotations
@@ -43,18 +35,25 @@ import functools
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Conflict, Unavailable
 from agentmemory_server.memory import working_transfer
-from agentmemory_server.storage import codec
 from agentmemory_server.storage.urls import without_password
-from agentmemory_server.working.model import SWEEP_SECONDS, BackendDown, Scope, ScopeCopy
+from agentmemory_server.working.model import (
+    SWEEP_SECONDS,
+    BackendDown,
+    Scope,
+    ScopeCopy,
+    entry_copy,
+    entry_scope,
+    reason_of,
+)
 from agentmemory_server.working.redis_backend import RedisBackend, probe
 from agentmemory_server.working.sqlite_backend import SqliteBackend
+from agentmemory_server.working.staged import ReplaceStages
 
 log = logging.getLogger("agentmemory.working")
 
@@ -62,35 +61,10 @@ log = logging.getLogger("agentmemory.working")
 # its end) may take to reach it. As for token revocations, a few seconds is the promise; reading
 # it on every call would add a database read to every Redis operation.
 FOLLOW_SECONDS = 5.0
-# A stage (a replace import's working memory, written aside) older than this that no committed
-# import waits for is left behind and deleted by the sweep. An import writes its stage, then its
-# transaction commits within seconds; an hour is far past any.
-STAGE_TTL_SECONDS = 3600.0
 HEAL_HINT = (
     "once Redis answers, POST /agentmemory/diagnostics/heal returns every process of every node to it "
     f"within {FOLLOW_SECONDS:g} s and moves the working memory written during the outage to Redis"
 )
-
-
-def _scope_of(entry: dict[str, Any]) -> Scope:
-    return Scope(entry["project"], entry["agentId"], entry["sessionId"])
-
-
-def _copy_of(entry: dict[str, Any]) -> ScopeCopy:
-    """An export entry (values decoded) as a backend stores it (JSON text)."""
-    task = entry.get("task")
-    return ScopeCopy(
-        keys=[(item["key"], codec.dumps(item["value"]), item.get("expiresAt")) for item in entry.get("keys", [])],
-        task=(codec.dumps(task["state"]), task["version"]) if task else None,
-        scratch=[{"content": e["content"], "timestamp": e["timestamp"]} for e in entry.get("scratchpad", [])],
-        checkpoints=[
-            (c["id"], codec.dumps(c["meta"]), codec.dumps(c["snapshot"])) for c in entry.get("checkpoints", [])
-        ],
-    )
-
-
-def _reason(exc: Exception) -> str:
-    return exc.message if isinstance(exc, AppError) else str(exc)
 
 
 def _entry_of(scope: Scope, copy: ScopeCopy) -> dict[str, Any]:
@@ -120,6 +94,7 @@ class WorkingMemory:
         # An admin command (role "tool") run where Redis cannot be reached says nothing about the
         # servers' Redis: it serves from the database itself but does not move the store there.
         self._may_mark = rt.role != "tool"
+        self.stages = ReplaceStages(self)  # a replace import's working memory, staged then swapped in
         if self.configured == "redis":
             self._connect_redis()
             self._follow_the_store()
@@ -292,6 +267,11 @@ class WorkingMemory:
         self._follow_the_store()
         return self.backend is not self.sqlite
 
+    def on_fallback(self) -> bool:
+        """Is the store configured for Redis but serving working memory from the database?"""
+        self._follow_the_store()
+        return self.configured == "redis" and self.backend is self.sqlite
+
     def export_entries(self, now: float, keep_agent: Callable[[str], bool]) -> list[dict[str, Any]]:
         """The export's entries of the working memory Redis holds (none once on the fallback:
         the database's tables are then read with the rest of the export)."""
@@ -319,7 +299,7 @@ class WorkingMemory:
                 if wipe:
                     backend.wipe_all()
                 for entry in entries:
-                    backend.load(_scope_of(entry), _copy_of(entry), keep_ours=strategy == "skip", now=now)
+                    backend.load(entry_scope(entry), entry_copy(entry), keep_ours=strategy == "skip", now=now)
                 return
             except BackendDown as exc:
                 self._fall_back(backend, exc)
@@ -360,7 +340,7 @@ class WorkingMemory:
         try:
             return mine.identity() == theirs.identity()
         except (BackendDown, AppError) as exc:
-            raise Unavailable(f"Redis failed: {_reason(exc)}", code=errors.WORKING_MEMORY_UNAVAILABLE) from None
+            raise Unavailable(f"Redis failed: {reason_of(exc)}", code=errors.WORKING_MEMORY_UNAVAILABLE) from None
 
     def held_entries(self, now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(the entries Redis holds, the entries the database's tables hold), every agent's; a
@@ -375,7 +355,7 @@ class WorkingMemory:
             copies = [(scope, backend.copy_scope(scope, now)) for scope in backend.held_scopes()]
         except (BackendDown, AppError) as exc:
             raise Unavailable(
-                f"reading working memory from {self.where()} failed: {_reason(exc)}",
+                f"reading working memory from {self.where()} failed: {reason_of(exc)}",
                 code=errors.WORKING_MEMORY_UNAVAILABLE,
             ) from None
         return [_entry_of(scope, copy) for scope, copy in copies if not copy.empty], stored
@@ -394,15 +374,16 @@ class WorkingMemory:
             return
         for done, entry in enumerate(entries):
             try:
-                backend.load(_scope_of(entry), _copy_of(entry), keep_ours=False, now=now)
+                backend.load(entry_scope(entry), entry_copy(entry), keep_ours=False, now=now)
             except (BackendDown, AppError) as exc:
                 raise Unavailable(
                     f"writing working memory to {self.where()} failed after {done} of {len(entries)} session "
-                    f"scope(s): {_reason(exc)}",
+                    f"scope(s): {reason_of(exc)}",
                     code=errors.WORKING_MEMORY_UNAVAILABLE,
                 ) from None
 
     # -- a replace import on Redis: staged, then swapped in once the records are committed ------
+    # staged.py does it; these are the entry points memory/transfer.py calls (see ReplaceStages).
 
     def where(self) -> str:
         """Where working memory lives, as shown (the password hidden)."""
@@ -412,166 +393,31 @@ class WorkingMemory:
         return f"Redis at {without_password(self.settings.redis_url)} (prefix {prefix})"
 
     def stage_replace(self, entries: list[dict[str, Any]]) -> str | None:
-        """Write a replace import's working memory to Redis under staged keys, where no request
-        reads it, before the records' transaction; returns the stage's id (None: working memory
-        lives in the database, which the records' transaction replaces itself).
-
-        :raise Unavailable: Redis failed; nothing was imported (the stage is deleted)."""
-        stage_id = self.open_stage()
-        if stage_id is not None:
-            self.add_to_stage(stage_id, entries)
-            self.seal_stage(stage_id)
-        return stage_id
+        return self.stages.stage_replace(entries)
 
     def open_stage(self) -> str | None:
-        """Begin a stage that ``add_to_stage`` fills a part at a time (a JSON Lines replace import,
-        batch by batch) and ``seal_stage`` closes; None: working memory lives in the database.
-
-        :raise Unavailable: Redis failed; nothing was imported."""
-        backend = self.backend
-        if backend is self.sqlite:
-            return None
-        stage_id = uuid.uuid4().hex
-        self._staging(backend, stage_id, lambda: backend.begin_stage(stage_id, self.rt.clock.time()))
-        return stage_id
+        return self.stages.open_stage()
 
     def add_to_stage(self, stage_id: str, entries: list[dict[str, Any]]) -> None:
-        """Write ``entries`` into the stage; its begin time is refreshed, so a long import's
-        stage is never taken for one left behind (STAGE_TTL_SECONDS)."""
-        backend = self._stage_backend(stage_id)
-        view, now = backend.staged(stage_id), self.rt.clock.time()
-
-        def load() -> None:
-            backend.begin_stage(stage_id, now)
-            for entry in entries:
-                view.load(_scope_of(entry), _copy_of(entry), keep_ours=False, now=now)
-
-        self._staging(backend, stage_id, load)
+        self.stages.add_to_stage(stage_id, entries)
 
     def seal_stage(self, stage_id: str) -> None:
-        """The stage is written whole: it is the working memory to swap in once the records commit."""
-        backend = self._stage_backend(stage_id)
-        self._staging(backend, stage_id, lambda: backend.seal_stage(stage_id, time.time_ns()))
-
-    def _stage_backend(self, stage_id: str) -> RedisBackend:
-        backend = self.backend
-        if backend is self.sqlite:  # Redis failed meanwhile: what was staged goes with the sweep (no swap waits)
-            raise self._stage_failed("the store fell back to the database meanwhile")
-        return backend
-
-    def _staging(self, backend: Any, stage_id: str, work: Callable[[], None]) -> None:
-        try:
-            work()
-        except (BackendDown, AppError) as exc:
-            self._discard(backend, stage_id)
-            raise self._stage_failed(_reason(exc)) from None
-
-    def _stage_failed(self, reason: str) -> Unavailable:
-        return Unavailable(
-            f"Redis failed while the replace import's working memory was written aside "
-            f"({self.where()}: {reason}); nothing was imported: the records and working memory are "
-            "as they were",
-            code=errors.WORKING_MEMORY_UNAVAILABLE,
-        )
+        self.stages.seal_stage(stage_id)
 
     def record_swap(self, tx: Any, stage_id: str) -> list[str]:
-        """In the records' transaction: once it commits, the stage must become the working memory
-        (``pending_swaps`` survive a Redis failure right after the commit). Returns the stages of
-        earlier imports this one supersedes."""
-        return SqliteBackend.record_swap(tx, stage_id, self.rt.clock.iso())
-
-    def on_fallback(self) -> bool:
-        """Is the store configured for Redis but serving working memory from the database?"""
-        self._follow_the_store()
-        return self.configured == "redis" and self.backend is self.sqlite
+        return self.stages.record_swap(tx, stage_id)
 
     def record_redis_wipe(self, tx: Any) -> None:
-        """In a replace import's transaction while the store is on the fallback: the database's
-        working memory is replaced, but Redis still holds the old, which the heal would merge
-        back. Recorded as an empty stage to swap in on the return to Redis, before what the
-        database holds then moves there."""
-        # The stages of earlier imports it supersedes are deleted by the sweep once Redis answers.
-        SqliteBackend.record_swap(tx, "empty-" + uuid.uuid4().hex, self.rt.clock.iso(), time.time_ns())
+        self.stages.record_redis_wipe(tx)
 
     def discard_stage(self, stage_id: str) -> None:
-        """The records' transaction failed: the stage goes, Redis keeps the old working memory."""
-        self._discard(self.backend, stage_id)
-
-    def _discard(self, backend: Any, stage_id: str) -> None:
-        if backend is self.sqlite:
-            return
-        try:
-            backend.discard(stage_id)
-        except (BackendDown, AppError) as exc:  # invisible to every reader; only takes room
-            log.warning(
-                "working memory: could not delete the staged keys %s:staged:%s* (%s)",
-                self.settings.working_memory_redis_prefix,
-                stage_id,
-                _reason(exc),
-            )
+        self.stages.discard_stage(stage_id)
 
     def finish_swap(self, stage_id: str, superseded: list[str]) -> None:
-        """After the records' commit: swap the stage in (one Redis transaction).
-
-        :raise Unavailable: Redis failed; the records are replaced, working memory is still the
-            old one and the new one waits in Redis, swapped in as soon as Redis answers."""
-        backend = self.backend
-        try:
-            if backend is self.sqlite:
-                raise BackendDown(self.fallback_reason or "on the database fallback")
-            outcome = backend.swap(stage_id)
-        except (BackendDown, AppError) as exc:
-            raise Unavailable(
-                f"the records were replaced, but Redis failed before the imported working memory replaced the old "
-                f"one ({self.where()}: {_reason(exc)}). Working memory is still the old one; the imported one is kept "
-                f"aside in Redis (stage {stage_id}) and replaces it as soon as Redis answers: the working_memory_sweep "
-                "tries every minute, POST /agentmemory/diagnostics/heal at once",
-                code=errors.WORKING_MEMORY_UNAVAILABLE,
-            ) from None
-        self._swap_done(stage_id, outcome, "")
-        for old in superseded:
-            self._discard(backend, old)
-
-    def _swap_done(self, stage_id: str, outcome: str, since: str) -> None:
-        if outcome == "missing":
-            log.error(
-                "working memory: the working memory of the replace import of %s (stage %s) is gone from Redis "
-                "(%s lost its data): the records are the import's, working memory is what Redis holds now",
-                since or "now",
-                stage_id,
-                self.where(),
-            )
-        try:
-            self.sqlite.clear_swap(stage_id)
-        except AppError as exc:  # the swap is done; the next sweep finds it done and clears it
-            log.warning("working memory: could not clear the finished swap %s (%s)", stage_id, exc.message)
+        self.stages.finish_swap(stage_id, superseded)
 
     def complete_swaps(self) -> int:
-        """Swap in the working memory of replace imports whose swap Redis failed; returns how
-        many were swapped. Before anything written to the database during an outage moves to
-        Redis, so that lands on the imported working memory, not on the old."""
-        backend = self.backend
-        if not isinstance(backend, RedisBackend):
-            return 0
-        done = 0
-        try:
-            pending = self.sqlite.pending_swaps()
-        except AppError:
-            return 0
-        for mark in pending:
-            try:
-                outcome = backend.swap(mark["stage"], mark.get("emptySeq"))
-            except (BackendDown, AppError) as exc:
-                log.warning("working memory: the pending swap %s failed again (%s)", mark["stage"], _reason(exc))
-                return done
-            self._swap_done(mark["stage"], outcome, mark.get("since", ""))
-            if outcome == "swapped":
-                log.warning(
-                    "working memory: the replace import of %s is complete: its working memory replaced the old one",
-                    mark.get("since"),
-                )
-                done += 1
-        return done
+        return self.stages.complete_swaps()
 
     def _audit(self, operation: str, scope: Scope, message: str) -> None:
         """Audit row for a destructive Redis operation (SQLite ones audit in their transaction)."""
@@ -587,7 +433,7 @@ class WorkingMemory:
         backend = self.backend
         if isinstance(backend, RedisBackend) and self._may_mark:
             self.complete_swaps()  # a replace import whose swap Redis failed
-            self._drop_stale_stages(backend, now)
+            self.stages.drop_stale_stages(backend, now)
             # Written to the database by a process that had not yet followed the heal.
             self._move_to_redis(backend)
         return removed
@@ -611,24 +457,7 @@ class WorkingMemory:
         return body
 
     def diagnose(self) -> list[dict[str, Any]]:
-        checks = self._diagnose_backend()
-        try:
-            waiting = self.sqlite.pending_swaps() if self.configured == "redis" else []
-        except AppError:
-            waiting = []
-        if waiting:
-            checks.append(
-                {
-                    "name": "working_memory_import_swap",
-                    "category": "working_memory",
-                    "status": "fail",
-                    "message": f"{len(waiting)} replace import(s) (since {waiting[0].get('since')}) replaced the "
-                    "records but not yet working memory: Redis failed before the swap",
-                    "fix": "once Redis answers, POST /agentmemory/diagnostics/heal (or wait for the minute's sweep)",
-                    "fixable": True,
-                }
-            )
-        return checks
+        return self._diagnose_backend() + self.stages.diagnose()
 
     def _diagnose_backend(self) -> list[dict[str, Any]]:
         self._follow_the_store()
@@ -675,7 +504,7 @@ class WorkingMemory:
         if self.configured != "redis" or not probe(self.settings.redis_url):
             return []
         if not self.using_fallback:
-            return self._heal_swaps(dry_run)
+            return self.stages.heal(dry_run)
         detail = {"name": "working_memory_backend", "category": "working_memory", "wouldFix": 1}
         if dry_run:
             return [{**detail, "fixed": 0}]
@@ -683,35 +512,6 @@ class WorkingMemory:
         self._mark_read_at = None
         self._follow_the_store()
         return [{**detail, "fixed": 0 if self.using_fallback else 1, "movedScopes": self.moved_at_return}]
-
-    def _drop_stale_stages(self, backend: RedisBackend, now: float) -> None:
-        """The stages no committed import waits for, begun over STAGE_TTL_SECONDS ago, go: an
-        import whose process died before its transaction ended, or whose stage could not be
-        deleted because Redis failed then, or one a later import superseded while Redis was down."""
-        try:
-            waiting = {mark["stage"] for mark in self.sqlite.pending_swaps()}
-            left = [s for s in backend.stages_begun_before(now - STAGE_TTL_SECONDS) if s not in waiting]
-            for stage_id in left:
-                backend.discard(stage_id)
-        except (BackendDown, AppError) as exc:
-            log.warning("working memory: could not look for stages left behind (%s)", _reason(exc))
-            return
-        if left:
-            log.warning(
-                "working memory: deleted %d staged replace import(s) left behind (no import waits for them)",
-                len(left),
-            )
-
-    def _heal_swaps(self, dry_run: bool) -> list[dict[str, Any]]:
-        """Replace imports whose working memory waits in Redis to be swapped in."""
-        try:
-            waiting = len(self.sqlite.pending_swaps())
-        except AppError:
-            return []
-        if not waiting:
-            return []
-        detail = {"name": "working_memory_import_swap", "category": "working_memory", "wouldFix": waiting}
-        return [{**detail, "fixed": 0 if dry_run else self.complete_swaps()}]
 
     def close(self) -> None:
         if self.backend is not self.sqlite:

@@ -208,7 +208,7 @@ class SqliteBackend:
         with self.db.transaction("working_fallback_end") as tx:
             return tx.working.kv_delete(FALLBACK_SCOPE, FALLBACK_KEY, 0.0)
 
-    # -- a replace import's working memory waiting to be swapped in on Redis (service.py)
+    # -- a replace import's working memory waiting to be swapped in on Redis (staged.py)
     @staticmethod
     def record_swap(tx: Any, stage_id: str, since: str, empty_seq: int | None = None) -> list[str]:
         """In a replace import's transaction: the stage ``stage_id`` must become Redis's working
