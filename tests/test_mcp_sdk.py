@@ -269,6 +269,32 @@ def test_sdk_stdio_tells_the_client_when_the_servers_lists_differ_from_the_ones_
     anyio.run(_told_when_the_server_is_up, server, core)
 
 
+async def _capabilities_in_both_eras(url: str) -> dict[str, dict[str, Any]]:
+    async with stdio_client(stdio_params(url)) as (read, write):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            assert init.protocol_version in mcp_protocol.HANDSHAKE_VERSIONS
+            legacy = init.capabilities.model_dump(by_alias=True, exclude_none=True)
+    async with Client(stdio_params(url)) as client:
+        assert client.protocol_version in mcp_protocol.MODERN_VERSIONS
+        modern = client.server_capabilities.model_dump(by_alias=True, exclude_none=True)
+    return {"legacy": legacy, "modern": modern}
+
+
+def test_sdk_stdio_advertises_only_what_it_serves_in_both_eras():
+    """On 2026-07-28 the shim said resources.subscribe true (the SDK derives it from
+    subscriptions/listen being served), but it never publishes a resource's update: a client
+    subscribing to agentmemory://status would wait forever. Both eras now say false, as the
+    server's /mcp does, and keep listChanged, which the shim does announce. No server is needed:
+    the shim answers its capabilities itself."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    said = anyio.run(_capabilities_in_both_eras, url)
+    served = {"tools": {"listChanged": True}, "resources": {"subscribe": False, "listChanged": True},
+              "prompts": {"listChanged": True}}
+    assert said == {"legacy": served, "modern": served}
+    assert mcp_protocol.CAPABILITIES["resources"]["subscribe"] is False  # the server's /mcp says the same
+
+
 async def _wrong_secret(url: str) -> None:
     async with stdio_client(stdio_params(url, "wrong")) as (read, write):
         async with ClientSession(read, write) as session:

@@ -440,8 +440,34 @@ def local_listing(path: str) -> Any:
     return {"tools": mcp_http.tool_list_for(which)}
 
 
+class ProxyServer(Server):
+    """The SDK's low-level Server, advertising only what this process serves.
+
+    On 2026-07-28 the SDK derives ``resources.subscribe`` from ``subscriptions/listen`` being
+    served (``server/discover`` said it true). This process serves that method to announce list
+    changes, but never publishes a resource's update: the server has no per-resource
+    subscriptions to forward (its own /mcp says ``subscribe: false``). A client told true would
+    subscribe to ``agentmemory://status`` and wait for updates that never come, so both eras
+    say false; ``listChanged`` stays as the SDK derives it."""
+
+    def get_capabilities(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
+        served = super().get_capabilities(
+            notification_options, experimental_capabilities, extensions, protocol_version=protocol_version
+        )
+        if served.resources is None:
+            return served
+        return served.model_copy(update={"resources": served.resources.model_copy(update={"subscribe": False})})
+
+
 def build_server() -> Server:
-    return Server(
+    return ProxyServer(
         "agentmemory",
         version=VERSION,
         title="agentmemory-python",
