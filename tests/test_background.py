@@ -222,6 +222,28 @@ def test_a_shared_periodic_jobs_error_says_when_and_is_marked_recovered_by_a_lat
     assert again["lastErrorAt"] >= recovered["recoveredAt"] and len(alerts()) == 1
 
 
+def test_a_shared_periodic_jobs_schedule_gives_its_times_as_iso_utc_as_the_rest_of_the_api(make_runtime):
+    """The shared schedule (background.periodic in /health) gave when a job runs next and last
+    ran only as epoch seconds, while every other time of the API, its own lastErrorAt included,
+    is ISO-8601 UTC. nextRunAt and lastRunAt now say them readably (null before the first run);
+    the epoch numbers stay for scripts. Runs on PostgreSQL too."""
+    from datetime import datetime
+
+    rt = make_runtime()
+    rt.every(3600, "nightly", lambda: None)
+    assert not rt._claim_periodic("nightly", 3600)  # first sight: the row exists, due in an hour
+    call = ToolCaller(rt)
+    entry = lambda: next(j for j in call("health")["background"]["periodic"] if j["name"] == "nightly")  # noqa: E731
+    seen = lambda at: datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()  # noqa: E731
+
+    before = entry()
+    assert before["lastRun"] is None and before["lastRunAt"] is None
+    assert before["nextRunAt"].endswith("Z") and abs(seen(before["nextRunAt"]) - before["nextRun"]) < 0.001
+    rt.jobs.run_now("nightly")
+    after = entry()
+    assert after["lastRunAt"].endswith("Z") and abs(seen(after["lastRunAt"]) - after["lastRun"]) < 0.001
+
+
 def test_periodic_jobs_run_once_per_database_across_workers(make_runtime):
     a = make_runtime()
     b = make_runtime()

@@ -26,13 +26,18 @@ ALIVE_WITHIN = WORKER_ALIVE_SECONDS  # a worker without a heartbeat for this lon
 
 
 def _periodic_entry(job: dict[str, Any]) -> dict[str, Any]:
-    """A periodic job's row as /health shows it: ``lastErrorAt`` and ``recoveredAt`` as ISO times,
-    like every other part's last error (``errors.LastError``); ``nextRun`` and ``lastRun`` stay
-    epoch seconds, as they always were."""
+    """A periodic job's row as /health shows it: its times as ISO-8601 UTC, like every other time
+    of the API (``lastErrorAt`` and ``recoveredAt`` as every part's last error, ``errors.LastError``).
+    ``nextRun`` and ``lastRun`` stay epoch seconds, as they always were, for whatever reads them;
+    ``nextRunAt`` and ``lastRunAt`` say the same for a reader."""
     for key in ("lastErrorAt", "recoveredAt"):
-        if job.get(key) is not None:
-            job[key] = iso(datetime.fromtimestamp(job[key], tz=UTC))
+        job[key] = _iso_of(job.get(key))
+    job["nextRunAt"], job["lastRunAt"] = _iso_of(job.get("nextRun")), _iso_of(job.get("lastRun"))
     return job
+
+
+def _iso_of(epoch: float | None) -> str | None:
+    return None if epoch is None else iso(datetime.fromtimestamp(epoch, tz=UTC))
 
 
 class BackgroundStatus:
