@@ -165,6 +165,43 @@ setInterval(() => {{}}, 1000);  // stay up like OpenCode does; the test stops th
     assert tool["files"] == ["a.ts"] and tool["raw"]["tool_input"] == {"filePath": "a.ts"}
 
 
+def test_opencode_plugin_forwards_only_the_session_events_it_maps(home: Path, server: LiveServer) -> None:
+    # OpenCode 1.18 hands a plugin's `event` hook every bus event: a headless `opencode run` of one
+    # prompt and one tool call gave it 40 (session.updated, session.status, session.diff,
+    # message.updated, message.part.updated, message.part.delta once per streamed chunk). Each one
+    # forwarded was stored as an `other` observation, and a message.updated was filed under its
+    # message's id (properties.info is a message there) as if it were a session.
+    assert connect(home, "opencode", server.url).returncode == 0
+    plugin = home / ".config" / "opencode" / "plugins" / "agentmemory.js"
+    events = [
+        {"type": "session.created", "properties": {"sessionID": "oc-only", "info": {"id": "oc-only", "directory": "/g"}}},
+        {"type": "session.updated", "properties": {"sessionID": "oc-only", "info": {"id": "oc-only", "title": "t"}}},
+        {"type": "session.status", "properties": {"sessionID": "oc-only", "status": {"type": "busy"}}},
+        {"type": "message.updated", "properties": {"sessionID": "oc-only", "info": {"id": "msg_1", "sessionID": "oc-only"}}},
+        {"type": "message.part.delta", "properties": {"sessionID": "oc-only", "messageID": "msg_1", "delta": "he"}},
+        {"type": "session.idle", "properties": {"sessionID": "oc-only"}},
+    ]
+    # fetch is wrapped only to count the plugin's posts and wait for each to be answered; they go
+    # to the real server unchanged
+    script = f"""
+const posted = [];
+const realFetch = globalThis.fetch;
+globalThis.fetch = (url, init) => {{ const p = realFetch(url, init); posted.push(p); return p; }};
+const {{ AgentMemory }} = await import({json.dumps(plugin.as_uri())});
+const hooks = await AgentMemory({{ directory: "/g" }});
+for (const event of {json.dumps(events)}) await hooks.event({{ event }});
+const answers = await Promise.all(posted);
+console.log(JSON.stringify(answers.map((r) => r.status)));
+"""
+    done = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True,
+                          timeout=60, env=env_for(home))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [200, 200]
+    # fire and forget: the two posts may land in either order
+    assert sorted(o["hookType"] for o in observations(server, "oc-only")) == ["session_start", "stop"]
+    assert observations(server, "msg_1") == []
+
+
 @pytest.mark.parametrize("client", sorted(client_schemas.VALIDATORS))
 def test_connect_writes_documented_config_and_disconnect_restores(home: Path, server: LiveServer, client: str) -> None:
     before = snapshot(home, folders=True)

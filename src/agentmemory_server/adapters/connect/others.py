@@ -11,6 +11,7 @@ from agentmemory_server.adapters.connect import jsonfile
 from agentmemory_server.adapters.connect.agents import root, stdio_server
 from agentmemory_server.adapters.connect.core import Edit, Options, ScopeError
 from agentmemory_server.adapters.connect.textblocks import owned, yaml_entry
+from agentmemory_server.capture.clients.opencode import EVENTS as OPENCODE_EVENTS
 
 
 def user_only(o: Options, client: str) -> None:
@@ -26,6 +27,9 @@ import { readFileSync } from "node:fs";
 
 const URL = __URL__;
 const SECRET_FILE = __SECRET_FILE__;
+// The bus events the server maps. OpenCode hands the event hook every bus event (message and part
+// updates, a delta per streamed chunk, status changes): forwarded, each became an observation.
+const SESSION_EVENTS = new Set(__SESSION_EVENTS__);
 
 function token() {
   if (process.env.AGENTMEMORY_SECRET) return process.env.AGENTMEMORY_SECRET;
@@ -45,8 +49,9 @@ export const AgentMemory = async ({ directory }) => {
   const args = new Map();
   return {
     event: async ({ event }) => {
+      if (!SESSION_EVENTS.has(event.type)) return;
       const info = event.properties?.info ?? {};
-      const sessionID = info.id ?? event.properties?.sessionID;
+      const sessionID = event.properties?.sessionID ?? info.id;
       if (!sessionID) return;
       send({ hook_event_name: event.type, session_id: sessionID, cwd: info.directory ?? directory,
              title: info.title, error: event.properties?.error });
@@ -68,10 +73,20 @@ export const AgentMemory = async ({ directory }) => {
 """
 
 
+def opencode_session_events() -> list[str]:
+    """The OpenCode bus events the plugin forwards: the ``session.*`` ones the server maps (the
+    others it maps, ``chat.message`` and ``tool.execute.after``, are hooks of their own)."""
+    return sorted(name for name in OPENCODE_EVENTS if name.startswith("session."))
+
+
 def opencode(o: Options) -> list[Edit]:
     base = o.home / ".config" / "opencode" if o.scope == "user" else o.cwd / ".opencode"
     secret_file = str(o.data_dir / "secret")
-    plugin = OPENCODE_PLUGIN.replace("__URL__", json.dumps(o.url)).replace("__SECRET_FILE__", json.dumps(secret_file))
+    plugin = (
+        OPENCODE_PLUGIN.replace("__URL__", json.dumps(o.url))
+        .replace("__SECRET_FILE__", json.dumps(secret_file))
+        .replace("__SESSION_EVENTS__", json.dumps(opencode_session_events()))
+    )
     edits = [owned(base / "plugins" / "agentmemory.js", plugin)]
     if o.mcp == "stdio":
         server = {
