@@ -98,7 +98,8 @@ def test_rest_and_mcp_end_to_end(live_server, request, working_backend):
     assert health["status"] == "healthy"
     assert health["working_memory"] == {"status": "ok", "backend": working_backend, "configuredBackend": working_backend,
                                         "usingFallback": False,
-                                        **({"redisUrl": env["REDIS_URL"]} if working_backend == "redis" else {})}
+                                        **({"redisUrl": env["REDIS_URL"], "lastError": None, "lastErrorAt": None,
+                                            "recoveredAt": None} if working_backend == "redis" else {})}
 
 
 def test_live_server_falls_back_when_redis_stops(live_server, own_redis):

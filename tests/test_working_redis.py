@@ -153,8 +153,12 @@ def test_health_of_a_process_without_working_memory_calls_reports_the_stores_fal
     assert idle("health")["working_memory"]["usingFallback"] is True
     own_redis.start()
     first("diagnostics_heal")
-    assert idle("health")["working_memory"] == {"status": "ok", "backend": "redis", "configuredBackend": "redis",
-                                                "usingFallback": False, "redisUrl": own_redis.url}
+    healed = idle("health")["working_memory"]
+    outage = {key: healed.pop(key) for key in ("lastError", "lastErrorAt", "recoveredAt")}
+    assert healed == {"status": "ok", "backend": "redis", "configuredBackend": "redis", "usingFallback": False,
+                      "redisUrl": own_redis.url}
+    # The process that only followed the store's fallback keeps it to read about, marked recovered.
+    assert outage["lastError"] and outage["recoveredAt"] >= outage["lastErrorAt"], outage
 
 
 def test_an_admin_command_that_cannot_reach_redis_leaves_the_servers_on_it(own_redis, make_runtime, monkeypatch):
@@ -204,11 +208,19 @@ def test_heal_moves_what_was_written_during_the_outage_to_redis(durable_redis, m
     call("memory_working_scratchpad", **s, operation="append", content="note during")
     during = call("memory_working_checkpoint", **s, operation="create", description="during")["checkpointId"]
     call("memory_working_set", sessionId="other", key="only", value="in the outage")
+    outage = call("health")["working_memory"]
+    assert outage["lastError"] == outage["fallbackReason"] and outage["lastErrorAt"] == outage["fallbackSince"]
+    assert outage["recoveredAt"] is None
     own_redis.start()
 
     healed = call("diagnostics_heal")
     detail = next(d for d in healed["details"] if d["name"] == "working_memory_backend")
     assert detail["fixed"] == 1 and detail["movedScopes"] == 2, detail
+    # The outage is still there to read about after the return, marked recovered.
+    after = call("health")["working_memory"]
+    assert after["status"] == "ok" and "fallbackReason" not in after
+    assert after["lastError"] == outage["lastError"] and after["lastErrorAt"] == outage["lastErrorAt"]
+    assert after["recoveredAt"] and after["recoveredAt"] >= after["lastErrorAt"], after
     values = call("memory_working_get", **s, operation="all")
     assert values["backend"] == "redis" and values["values"] == {
         "kept": "from before", "plan": "new plan", "during": {"n": 2}}

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agentmemory_server import errors
-from agentmemory_server.errors import AppError, Conflict, Unavailable
+from agentmemory_server.errors import AppError, Conflict, LastError, Unavailable
 from agentmemory_server.memory import working_transfer
 from agentmemory_server.storage.urls import without_password
 from agentmemory_server.working.model import (
@@ -87,6 +87,9 @@ class WorkingMemory:
         self.backend: Any = self.sqlite
         self.fallback_reason: str | None = None
         self.fallback_since: str | None = None
+        # Why and when working memory last left Redis, kept after the return (marked recovered), as
+        # every part's last error is; fallbackReason/fallbackSince say only the fallback now.
+        self.errors = LastError()
         self._lock = threading.Lock()
         self._following = threading.Lock()  # one thread of the process reads the mark and acts on it
         self._mark_read_at: float | None = None
@@ -161,6 +164,8 @@ class WorkingMemory:
                     self.fallback_reason,
                 )
             self.backend = self.sqlite
+            if first:
+                self.errors.failed(self.fallback_reason or "", self.fallback_since)
         if failed is not None:
             failed.close()
         if first:
@@ -205,6 +210,7 @@ class WorkingMemory:
             failed, self.backend = self.backend, self.sqlite
             self.fallback_reason = mark.get("reason") or "another process found Redis unavailable"
             self.fallback_since = mark.get("since") or self.rt.clock.iso()
+            self.errors.failed(self.fallback_reason, self.fallback_since)
         failed.close()
         log.error(
             "working memory: another process moved working memory to the SQLite fallback (the server's "
@@ -223,6 +229,7 @@ class WorkingMemory:
             return
         with self._lock:
             self.backend, self.fallback_reason, self.fallback_since = redis, None, None
+            self.errors.succeeded()
         log.info(
             "working memory: the fallback was healed; back on Redis at %s", without_password(self.settings.redis_url)
         )
@@ -448,6 +455,7 @@ class WorkingMemory:
         }
         if self.configured == "redis":
             body["redisUrl"] = without_password(self.settings.redis_url)
+            body |= self.errors.fields()
         if self.using_fallback:
             body.update(
                 fallbackReason=self.fallback_reason,
