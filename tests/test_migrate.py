@@ -336,3 +336,66 @@ def test_a_source_on_the_redis_fallback_is_refused_until_healed(make_runtime, re
         assert target.db.reader().records.scope_counts() == {}
     finally:
         source.close()
+
+
+# -- a refused migration leaves no new target behind ---------------------------------------------------
+
+def _tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+@pytest.mark.sqlite_only  # the CLI's source and target are SQLite files
+def test_a_refused_migration_leaves_no_target_it_created_and_an_old_target_as_it_was(make_runtime, redis_server,
+                                                                                     tmp_path):
+    """Each refusal before a record is written (a Redis that does not answer, on either side; a
+    source on the Redis fallback; an import holding the source): the SQLite file the run opened,
+    its sidecars, its generated secret and the directories made for it are gone again."""
+    from agentmemory_server.memory import transfer_lease
+
+    dead = f"redis://127.0.0.1:{__import__('conftest').free_port()}/0"
+    redis = _redis_settings(redis_server.url)
+    source = make_runtime(data_dir=str(tmp_path / "src"), database_url=None, **redis)
+    seed(source)
+    agentmemory = str(Path(sys.executable).with_name("agentmemory"))
+    env = {k: v for k, v in clean_environ().items() if k != "AGENTMEMORY_AUTH"}  # auth on: a secret is made
+    env.update({"AGENTMEMORY_DATA_DIR": str(tmp_path / "src"), "EMBEDDING_PROVIDER": "none",
+                "WORKING_MEMORY_BACKEND": "redis", "REDIS_URL": redis_server.url,
+                "WORKING_MEMORY_REDIS_PREFIX": redis["working_memory_redis_prefix"]})
+    old = make_runtime(data_dir=str(tmp_path / "old"), database_url=None)
+    ToolCaller(old)("memory_save", content="the old target's own memory")
+    old_records = {scope: dict(old.db.reader().records.iter_scope(scope)) for scope in
+                   old.db.reader().records.scope_counts()}
+    old.close()
+    old_tree = _tree(tmp_path / "old")
+
+    def refused(target: Path, *extra: str, env_change: dict | None = None) -> str:
+        done = subprocess.run([agentmemory, "--quiet", "migrate", "--to", str(target), *extra],
+                              env={**env, **(env_change or {})}, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0, done.stdout[-2000:]
+        return done.stderr
+
+    new = tmp_path / "new" / "deeper" / "target.db"
+    said = refused(new, "--to-redis", dead)
+    assert "target's working memory" in said and "does not answer" in said, said
+    assert not (tmp_path / "new").exists(), _tree(tmp_path / "new")
+    said = refused(new, env_change={"REDIS_URL": dead})
+    assert "source's working memory" in said and "does not answer" in said, said
+    assert not (tmp_path / "new").exists(), _tree(tmp_path / "new")
+    with transfer_lease.hold(source, operation="an import (replace) by the test"):
+        said = refused(new)
+    assert "an import (replace) by the test is running" in said, said
+    assert not (tmp_path / "new").exists(), _tree(tmp_path / "new")
+    # Beside files that were there first: only the run's own go, the others stay.
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "notes.txt").write_text("mine")
+    source.services["working_memory"].sqlite.mark_fallback("2026-12-07T10:00:00Z", "ConnectionError: refused")
+    said = refused(tmp_path / "shared" / "target.db")
+    assert "on the database fallback since 2026-12-07T10:00:00Z" in said, said
+    assert _tree(tmp_path / "shared") == ["notes.txt"]
+    # A target that was there before is left as it was: its files, and its records.
+    said = refused(tmp_path / "old" / "agentmemory.db")
+    assert "on the database fallback" in said, said
+    assert _tree(tmp_path / "old") == old_tree
+    again = make_runtime(data_dir=str(tmp_path / "old"), database_url=None)
+    assert {scope: dict(again.db.reader().records.iter_scope(scope)) for scope in
+            again.db.reader().records.scope_counts()} == old_records and old_records["mem:memories"]

@@ -213,12 +213,25 @@ def cmd_migrate(settings: Settings, opts: argparse.Namespace) -> Any:
     # role "tool": a Redis this command cannot reach must not move the servers' store to the fallback
     source = build_runtime(settings, role="tool")
     try:
-        target = build_runtime(target_settings, role="tool")
-        try:
-            data_dir = settings.database_path.parent
-            return migrate.migrate(source, target, data_dir, progress=_progress(opts.quiet), batch=opts.batch or 5000)
-        finally:
-            target.close()
+        # A refused run leaves no SQLite target it created (noted before opening it makes the file).
+        new_target = (
+            None
+            if target_settings.database_url
+            else migrate.NewTarget(target_settings.database_path, target_settings.secret_path)
+        )
+        with migrate.removed_unless_written(new_target):
+            target = build_runtime(target_settings, role="tool")
+            try:
+                return migrate.migrate(
+                    source,
+                    target,
+                    settings.database_path.parent,
+                    progress=_progress(opts.quiet),
+                    batch=opts.batch or 5000,
+                    new_target=new_target,
+                )
+            finally:
+                target.close()
     finally:
         source.close()
 

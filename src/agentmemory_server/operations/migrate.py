@@ -18,13 +18,23 @@ an error naming it, checked before anything is written, never a silent fallback 
 database's tables. A target that keeps it in the same Redis keys as the source (one server,
 database and prefix) shares it: nothing is copied onto itself. Writing it is a merge, so a run
 interrupted there is simply run again.
+
+A run refused before it writes a record (a Redis that does not answer, a source on the Redis
+fallback, an import or migration holding either store, ...) leaves no new SQLite target behind:
+``removed_unless_written`` takes away the database file and the sidecars that opening it made
+(``-wal``, ``-shm``, ``.writer-lock``, ``.startup-check``, ``.tantivy/``, the generated
+``secret``, the directories made for it). A target that was there before is left as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,24 +67,87 @@ def read_state(path: Path) -> dict[str, Any]:
         return {}
 
 
+class NewTarget:
+    """A SQLite target's files as they were before the run; ``written`` is set once the run
+    starts writing records into it (from then on it is kept, to resume into)."""
+
+    def __init__(self, database: Path, secret: Path):
+        self.database, self.secret = database, secret
+        self.existed = database.exists()
+        self.written = False
+        # The directories above the file that are not there yet: opening the store makes them.
+        self.missing_dirs = [d for d in database.parents if not d.exists()]
+        self.before = self._made_by_opening()
+
+    def _made_by_opening(self) -> set[Path]:
+        """The database file, its sidecars (``<db>-wal``, ``<db>.writer-lock``, ``<db>.tantivy``,
+        ...) and the generated secret, those there now."""
+        found = {self.secret} if self.secret.exists() else set()
+        parent, name = self.database.parent, self.database.name
+        if parent.is_dir():
+            found |= {
+                entry
+                for entry in parent.iterdir()
+                if entry.name == name or entry.name.startswith((f"{name}.", f"{name}-"))
+            }
+        return found
+
+    def remove_what_the_run_made(self) -> None:
+        """Remove the files and directories that opening the target made (run after it is
+        closed). Of a target that was there before, only a secret generated for it: its own
+        sidecars may be in use by a server of its own."""
+        made = self._made_by_opening() - self.before
+        if self.existed:
+            made &= {self.secret}
+        for path in sorted(made):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for directory in self.missing_dirs:  # deepest first; one holding anything else stays
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+
+
+@contextlib.contextmanager
+def removed_unless_written(target: NewTarget | None) -> Iterator[None]:
+    """Around opening, migrating into and closing a target: an error before the run wrote a
+    record into it (a refusal) removes the new SQLite target it leaves (``NewTarget``)."""
+    try:
+        yield
+    except BaseException:
+        if target is not None and not target.written:
+            target.remove_what_the_run_made()
+        raise
+
+
 def migrate(
-    source: Any, target: Any, data_dir: Path, *, progress: Progress = no_progress, batch: int = 5000
+    source: Any,
+    target: Any,
+    data_dir: Path,
+    *,
+    progress: Progress = no_progress,
+    batch: int = 5000,
+    new_target: NewTarget | None = None,
 ) -> dict[str, Any]:
     """Copy every record of the ``source`` runtime into the ``target`` runtime, resumably, and
-    verify the result. Returns counts, timings and the verification.
+    verify the result. Returns counts, timings and the verification. ``new_target`` is told
+    when the first record is about to be written (``removed_unless_written``).
 
     :raise Conflict: the verification found a difference (the spool and state are kept), or an
         import or another migration of either store runs (``transfer_lease``; nothing was done).
     """
+    # Checked before the leases: a refused run writes nothing into either store, not even a lease.
+    source.services["working_memory"].require_reachable("source", SOURCE_HINT)
+    target.services["working_memory"].require_reachable("target", TARGET_HINT)
     running = f"a migration from {source.db.location} to {target.db.location}"
     with transfer_lease.hold(source, target, operation=running):
-        return _migrate(source, target, data_dir, progress=progress, batch=batch)
+        return _migrate(source, target, data_dir, progress=progress, batch=batch, new_target=new_target)
 
 
-def _migrate(source: Any, target: Any, data_dir: Path, *, progress: Progress, batch: int) -> dict[str, Any]:
-    ours, theirs = source.services["working_memory"], target.services["working_memory"]
-    ours.require_reachable("source", SOURCE_HINT)  # before anything is written
-    theirs.require_reachable("target", TARGET_HINT)
+def _migrate(
+    source: Any, target: Any, data_dir: Path, *, progress: Progress, batch: int, new_target: NewTarget | None
+) -> dict[str, Any]:
     spool, state_path = spool_paths(data_dir)
     state = read_state(state_path)
     if state.get("source") != source.db.location or state.get("target") != target.db.location:
@@ -93,6 +166,8 @@ def _migrate(source: Any, target: Any, data_dir: Path, *, progress: Progress, ba
         state["imported"] = line
         state_path.write_text(json.dumps(state))
 
+    if new_target is not None:
+        new_target.written = True
     result = maintenance.import_lines(
         Ctx(target, source="cli"),
         spool,
