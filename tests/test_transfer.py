@@ -480,3 +480,22 @@ def test_an_import_while_another_holds_the_stores_lease_is_refused_with_409(call
             tx.working.kv_put_many(RESERVED_SCOPE, [(transfer_lease.LEASE_KEY, json.dumps(holder), None)], "x")
         assert client.post("/agentmemory/import", json=body).status_code == status
     assert [m["content"] for m in call("memory_export")["memories"]] == ["new widget note 0"]
+
+
+def test_a_streamed_replace_audits_its_change_count_not_a_target_count_it_cannot_know(call, tmp_path):
+    """A JSON Lines replace cuts its list of changes as it goes (bounded memory), so it cannot
+    tell distinct targets from a key written twice: its audit row counts changes
+    (``changeCount``), and claims no ``targetCount`` (a file naming each of 40 memories twice
+    changed 40 records, not 80)."""
+    from agentmemory_server.kernel.registry import Ctx
+    from agentmemory_server.operations import maintenance
+
+    memories = [_memory("twice", i) for i in range(40)]
+    path = _lines(tmp_path / "twice.jsonl", *memories, *memories)
+    result = maintenance.import_lines(Ctx(call.rt, source="cli"), path, "replace", batch=7)
+    assert result["imported"] == 80
+    assert call.rt.db.reader().records.scope_counts() == {"mem:memories": 40}
+    row = call.rt.db.reader().audit.page(operation="import", limit=1, offset=0)[0][0]
+    assert "targetCount" not in row["details"], row["details"]
+    assert row["details"]["changeCount"] == 81  # the wipe and 80 record writes
+    assert row["targetIds"][0] == "*/*" and len(row["targetIds"]) == 41  # the first 50 changes, each once

@@ -539,7 +539,7 @@ class ReplaceStream:
         self.held: list[dict[str, Any]] | None = [] if outside is not None and stage is None else None
         self.counts: dict[str, dict[str, int]] = {}
         self.records = 0
-        self.changed = 0
+        self.changed = 0  # the changes cut from the transaction's list (``cut``)
 
     def write(self, records: list[tuple[str, str, Any]], pictures: list[tuple[str, str, bytes]]) -> None:
         """One batch of validated, privacy-stripped records and the images they reference."""
@@ -559,10 +559,21 @@ class ReplaceStream:
             self.tx, records, "replace", counts, stripped=True, now=self.now, epoch=self.epoch, held=self.held
         )
         add_counts(self.counts, counts)
+        self.cut()
+
+    def cut(self) -> None:
+        """Keep the first 50 of the transaction's changes (what its audit row lists) and count
+        the rest: a set of every key the file names would grow with the file, so a key written
+        twice (a file naming it on two lines) is counted twice."""
         changed = self.tx.changed
         if len(changed) > 50:
             self.changed += len(changed) - 50
             del changed[50:]
+
+    def change_count(self) -> int:
+        """Every change the transaction recorded: the wipe, each record, image and working-memory
+        scope written (counted as often as written), not the number of distinct targets."""
+        return self.changed + len(self.tx.changed)
 
 
 @contextlib.contextmanager
@@ -581,8 +592,9 @@ def replace_stream(ctx: Ctx) -> Iterator[ReplaceStream]:
         swap.record(tx, seal=True)
         tx.audit_message = f"import (replace) of {stream.records} record(s)"
         tx.audit_details = {"strategy": "replace", "counts": stream.counts}
+        stream.cut()  # the audit row lists 50 and counts the rest, under a name saying what it counts
         if stream.changed:
-            tx.audit_details["targetCount"] = stream.changed + len(set(tx.changed))
+            tx.audit_details["changeCount"] = stream.change_count()
     if stage is None and outside is not None:
         outside.import_entries(stream.held or [], "replace", wipe=True)
 

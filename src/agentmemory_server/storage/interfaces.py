@@ -537,8 +537,11 @@ class UnitOfWork(Protocol):
     writable: bool
     audit_message: str | None
     audit_details: dict[str, Any]
-    # What the transaction changed, for its audit row (its first 50 entries are listed). A long
-    # transaction may cut it short and put the whole count in ``audit_details["targetCount"]``.
+    # What the transaction changed, for its audit row: its first 50 distinct entries are listed,
+    # and with more, ``audit_details["targetCount"]`` counts them all (distinct). A long
+    # transaction that cuts this list short as it goes (a streamed replace import) counts what it
+    # cut instead, in ``audit_details["changeCount"]``: every change, a target changed twice
+    # counted twice (a distinct count would hold every key of a file of any size).
     changed: list[str]
 
     def after_commit(self, fn: Callable[[], None]) -> None:

@@ -659,7 +659,7 @@ class Database:
         message = store.audit_message or f"{operation}: {len(targets)} record(s) changed"
         details = dict(store.audit_details)
         if len(targets) > 50:
-            details.setdefault("targetCount", len(targets))  # set already by a transaction that cut ``changed``
+            details["targetCount"] = len(targets)  # distinct; one that cut ``changed`` short has ``changeCount``
             targets = targets[:50]
         store.audit.insert(
             ts=self._now(), agent_id=agent_id, operation=operation, message=message, targets=targets, details=details
