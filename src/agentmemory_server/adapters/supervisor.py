@@ -22,7 +22,6 @@ crash, SIGKILL, the OOM killer) is restarted with the backoff.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -35,6 +34,7 @@ from typing import Any
 
 import agentmemory_server
 from agentmemory_server.kernel.settings import Settings
+from agentmemory_server.storage.file_locks import wait_for_lock
 
 log = logging.getLogger("agentmemory.supervisor")
 STOP_GRACE_SECONDS = 15.0
@@ -55,23 +55,18 @@ class Supervisor:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._lock_file: Any = None
+        self._lock_fd: int | None = None  # the spawn lock, once this process holds it
         self.standby = True  # another request process of this node holds the spawn lock
 
     def _take_spawn_lock(self) -> bool:
-        """Hold ``<db>.supervisor.lock`` (kept open for this process's life), or wait for it."""
+        """Hold ``<db>.supervisor.lock`` (its descriptor kept open until ``stop()``, or the
+        process's end), or wait for it; False when stopped meanwhile."""
         path = f"{self.settings.database_path}.supervisor.lock"
-        handle = open(path, "a+b")  # noqa: SIM115 - held until the process exits
-        while not self._stop.is_set():
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._stop.wait(STANDBY_POLL_SECONDS)
-                continue
-            self._lock_file, self.standby = handle, False
-            return True
-        handle.close()
-        return False
+        fd = wait_for_lock(path, self._stop, STANDBY_POLL_SECONDS)
+        if fd is None:
+            return False
+        self._lock_fd, self.standby = fd, False
+        return True
 
     def command(self) -> list[str]:
         """The worker's command line (run with ``worker_env()``)."""
@@ -155,9 +150,9 @@ class Supervisor:
                 proc.wait(timeout=5)
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the lock: another request process may spawn
-            self._lock_file = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock: another request process may spawn
+            self._lock_fd = None
 
 
 def start_for(settings: Settings, rt: Any) -> Supervisor | None:

@@ -20,7 +20,6 @@ leaves at once: on Linux the kernel sends it SIGTERM when the server that starte
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import logging
 import os
 import signal
@@ -33,6 +32,7 @@ from typing import Any
 from agentmemory_server import storage
 from agentmemory_server.adapters import logs
 from agentmemory_server.kernel.settings import Settings
+from agentmemory_server.storage.file_locks import wait_for_lock
 from agentmemory_server.wiring import build_runtime
 
 log = logging.getLogger("agentmemory.worker")
@@ -93,19 +93,16 @@ def _take_worker_lock(path: str, stop: threading.Event, orphaned: Callable[[], b
     the kernel releases the lock only once the process is gone), waiting while the previous
     worker of this node is still running. False when told to stop, or orphaned, meanwhile."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)  # a first start: the data directory may not exist yet
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     waited = False
-    while not stop.is_set() and not orphaned():
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not waited:
-                log.info("worker %d: waiting for the previous background worker of this node to stop", os.getpid())
-                waited = True
-            stop.wait(LOCK_POLL_SECONDS)
-            continue
-        if waited:
-            log.info("worker %d: the previous background worker has stopped; starting", os.getpid())
-        return True
-    os.close(fd)
-    return False
+
+    def say_waiting() -> None:
+        nonlocal waited
+        waited = True
+        log.info("worker %d: waiting for the previous background worker of this node to stop", os.getpid())
+
+    fd = wait_for_lock(path, stop, LOCK_POLL_SECONDS, give_up=orphaned, on_wait=say_waiting)
+    if fd is None:
+        return False
+    if waited:
+        log.info("worker %d: the previous background worker has stopped; starting", os.getpid())
+    return True  # fd stays open, unreferenced, until the process exits

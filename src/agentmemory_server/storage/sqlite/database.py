@@ -29,6 +29,7 @@ from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces
 from agentmemory_server.storage.blobs import BlobStore, images_dir
+from agentmemory_server.storage.file_locks import try_lock
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite import lexical_fts5
@@ -37,7 +38,7 @@ from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.capture import SqliteCaptureInbox
 from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES, WalCheckpointer, final_checkpoint
-from agentmemory_server.storage.sqlite.faults import CheckStamp, DamageMarker, FreeSpace, classify, damaged, try_lock
+from agentmemory_server.storage.sqlite.faults import CheckStamp, DamageMarker, FreeSpace, classify, damaged
 from agentmemory_server.storage.sqlite.group_commit import Queued, WriteQueue, run_group
 from agentmemory_server.storage.sqlite.images import SqliteImageIndex
 from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue

@@ -15,7 +15,6 @@ checkpoint and lets writes resume by themselves once space returns.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, InsufficientStorage, Unavailable
+from agentmemory_server.storage.file_locks import try_lock
 
 log = logging.getLogger("agentmemory.storage")
 RECENTLY_FULL_SECONDS = 30.0
@@ -313,16 +313,3 @@ class CheckStamp:
             os.pwrite(fd, data, 0)
         except OSError as exc:  # a full disk: the other processes check for themselves next time
             log.warning("could not record the integrity check's pass: %s", exc)
-
-
-def try_lock(path: Path) -> int | None:
-    """An exclusive ``flock`` on ``path`` (created if missing) if nobody holds it, as an open
-    descriptor: closing it, or the process dying, releases it. None when another holder has it;
-    OSError when the file cannot be created (a read-only directory)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd

@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 
 from agentmemory_server.errors import AppError, LastError
+from agentmemory_server.storage.file_locks import try_lock
 from agentmemory_server.storage.sqlite.ann import ENGINE, EXACT_LIMIT, AnnIndex, dot_rows
-from agentmemory_server.storage.sqlite.faults import FreeSpace, classify_os_error, try_lock
+from agentmemory_server.storage.sqlite.faults import FreeSpace, classify_os_error
 
 log = logging.getLogger("agentmemory.vectors")
 APPLY_CHUNK = 16  # rows added under the write lock at once: searches wait at most this long
