@@ -22,7 +22,7 @@ import requests
 
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.capture import spool
-from conftest import hook
+from conftest import hook, wait_for
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -189,3 +189,65 @@ def test_while_another_process_holds_the_write_lock_a_hook_is_answered_before_it
     assert drained["results"][0]["recovered"] == 2, drained
     stored = requests.get(server.api("/observations"), params={"sessionId": "cc-lock"}, timeout=10).json()
     assert sorted(o["hookType"] for o in stored["observations"]) == ["post_tool_use", "session_start"]
+
+
+def stored_sessions(get, sessions) -> list[str]:
+    return [s for s in sessions if get(f"/agentmemory/observations?sessionId={s}")["observations"]]
+
+
+def test_with_background_jobs_off_spooled_events_are_stored_after_a_write_commits_without_a_drain_call(make_runtime):
+    # Before, no worker ran to drain the spool: the events waited for a POST /capture/drain that
+    # nothing said was needed, possibly forever.
+    rt = make_runtime(lock_wait_seconds=0.2, capture_retry_interval_ms=200)
+    assert rt.settings.background_jobs is False
+    client = create_app(runtime=rt).test_client()
+    sessions = ("off-1", "off-2", "off-3")
+    with write_locked(rt):
+        for session in sessions:
+            kept = client.post("/agentmemory/observe", json=hook(session, content=f"kept for {session}"))
+            assert kept.status_code == 202 and kept.json["spooled"] is True, kept.json
+        spool_health = client.get("/agentmemory/health").json["capture_spool"]
+        assert (spool_health["events"], spool_health["drainedBy"]) == (3, "requests"), spool_health
+        alerts = [a for a in client.get("/agentmemory/status").json["alerts"] if "capture spool" in a["message"]]
+        assert "AGENTMEMORY_BACKGROUND_JOBS=false" in alerts[0]["fix"], alerts
+    # Reads alone do not drain (nothing says the database takes writes yet); a write that commits does.
+    assert len(spool_files(rt)) == 3
+    noted = client.post("/agentmemory/remember", json={"content": "The upload retries with backoff"})
+    assert noted.status_code in (200, 201), noted.json
+    wait_for(lambda: spool_files(rt) == [], timeout=20, message=lambda: f"still spooled: {spool_files(rt)}")
+    assert stored_sessions(lambda path: client.get(path).json, sessions) == list(sessions)
+    assert client.get("/agentmemory/health").json["capture_spool"]["events"] == 0
+
+
+def test_with_background_jobs_off_a_server_drains_what_waits_at_start_up(live_server):
+    """A real server process: events spooled while another process held the write lock, the
+    server stopped before any write committed again; started again, it stores them by itself."""
+    server = live_server(env={"AGENTMEMORY_BACKGROUND_JOBS": "false", "AGENTMEMORY_LOCK_WAIT_SECONDS": "0.2",
+                              "AGENTMEMORY_CAPTURE_RETRY_INTERVAL_MS": "500"})
+    folder = server.data_dir / spool.FOLDER
+    sessions = ("boot-1", "boot-2")
+    with write_locked(server.db_path):
+        for session in sessions:
+            kept = requests.post(server.api("/observe"), json=hook(session), timeout=30)
+            assert kept.status_code == 202 and kept.json()["spooled"] is True, kept.text
+        server.stop()
+    assert len(list(folder.glob("*.json"))) == 2  # nothing drained them before the stop
+    server.start()
+    wait_for(lambda: not list(folder.glob("*.json")), timeout=30,
+             message=lambda: f"still spooled: {os.listdir(folder)}\n{server.log()[-3000:]}")
+    get = lambda path: requests.get(server.url + path, timeout=10).json()  # noqa: E731
+    assert stored_sessions(get, sessions) == list(sessions)
+
+
+def test_events_waiting_with_no_live_worker_on_the_node_say_that_nothing_drains_them(make_runtime):
+    # AGENTMEMORY_BACKGROUND=external and no `agentmemory worker` started: the spool's events
+    # waited with /status saying they would be stored "within a retry interval".
+    rt = make_runtime(lock_wait_seconds=0.2, background_jobs=True, background="external")
+    rt.started_at -= 60  # past the time a worker starting with the server has to report
+    client = create_app(runtime=rt).test_client()
+    with write_locked(rt):
+        assert client.post("/agentmemory/observe", json=hook("orphan")).status_code == 202
+    spool_health = client.get("/agentmemory/health").json["capture_spool"]
+    assert (spool_health["drainedBy"], spool_health["status"]) == ("nobody", "degraded"), spool_health
+    alert = next(a for a in client.get("/agentmemory/status").json["alerts"] if "capture spool" in a["message"])
+    assert alert["message"].endswith("and nothing drains them") and "agentmemory worker" in alert["fix"], alert

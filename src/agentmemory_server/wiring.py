@@ -29,6 +29,7 @@ from agentmemory_server.capture import (
     retry,
     sessions,
     spool,
+    spool_drain,
 )
 from agentmemory_server.kernel import privacy, registry
 from agentmemory_server.kernel.hooks import Hooks
@@ -113,6 +114,7 @@ SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
     ("capture_spool", spool.CaptureSpool),
     ("capture", inbox.CaptureInbox),
     ("capture_retry", retry.RetryWorker),
+    ("capture_spool_drain", spool_drain.SpoolDrainer),  # with background jobs off: no worker drains
     ("session_finalizer", sessions.SessionFinalizer),
     ("vectors", vectors.VectorService),
     ("lessons", lessons.LessonService),

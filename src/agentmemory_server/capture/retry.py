@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -55,10 +56,13 @@ class RetryWorker:
         return drain_spool(Ctx(self.rt, source="capture_spool"))
 
 
-def drain_spool(ctx: Ctx) -> dict[str, int]:
-    """Store the events of this node's capture spool, oldest first, while the database takes them."""
+def drain_spool(ctx: Ctx, stop: threading.Event | None = None) -> dict[str, int]:
+    """Store the events of this node's capture spool, oldest first, while the database takes them
+    (and until ``stop`` is set: what is left waits for the next drain)."""
 
     def apply(record: dict[str, Any]) -> str:
+        if stop is not None and stop.is_set():
+            raise DatabaseStillDown("the process is stopping")
         work = _spooled_work(ctx, record)  # before anything is tried: a file that is no event is set aside
         try:
             return work()

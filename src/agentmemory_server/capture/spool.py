@@ -9,7 +9,8 @@ per event, made durable (fsync of the file and the folder) before the client hea
 ``spooled``.
 
 This node's background worker drains the spool every retry interval, oldest first, once the
-database takes writes again. Each event is stored exactly as ``/observe`` would have stored it
+database takes writes again; with background jobs off, the request processes drain it themselves
+(capture/spool_drain.py). Each event is stored exactly as ``/observe`` would have stored it
 (dedup by event id, so an event the client also resent is stored once). A turn end or session end
 whose event was spooled is spooled after it and runs after it. ``POST /capture/drain`` drains at
 once.
@@ -28,6 +29,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import threading
 import time
 from collections import Counter
@@ -37,6 +39,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError
+from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
 from agentmemory_server.kernel.registry import Ctx, Reply
 from agentmemory_server.kernel.util import process_alive
 
@@ -49,6 +52,8 @@ UNREADABLE = ".unreadable"
 LEASE_SECONDS = 300.0
 FORMAT = 1
 KINDS = ("observation", "sessionEnd")
+# Who drains the spool (health ``drainedBy``).
+WORKER, REQUESTS, NOBODY = "worker", "requests", "nobody"
 # What the database answers when it cannot take a write though this node's disk can: PostgreSQL
 # gone or busy, SQLite locked, a damaged file, a server stopping. Not a full or read-only disk:
 # the spool would fill the same disk, inside the reserve kept free on purpose. Not a bug either:
@@ -78,6 +83,7 @@ class CaptureSpool:
         self.max = rt.settings.capture_spool_max
         self.since_start: Counter = Counter()
         self._draining = threading.Lock()
+        self.last_kept = 0.0  # monotonic time this process last kept an event here (0: never)
 
     # -- keeping events ------------------------------------------------------------------------
 
@@ -131,6 +137,7 @@ class CaptureSpool:
                     f"{self.rt.settings.disk_reserve_mb} free"
                 )
             _write_durably(self.folder / name, data)
+            self.last_kept = time.monotonic()
         except OSError as exc:
             raise SpoolRefused(f"the capture spool could not be written: {exc}") from exc
 
@@ -217,6 +224,11 @@ class CaptureSpool:
         except FileNotFoundError:
             return []
 
+    def has_waiting(self, *, or_taken: bool = False) -> bool:
+        """Whether events wait here (``or_taken``: or files a process took for draining, which
+        a drain takes back when their process is gone)."""
+        return bool(self._names(WAITING) or (or_taken and self._draining_names()))
+
     def status(self) -> dict[str, Any]:
         waiting = self._names(WAITING)
         return {
@@ -231,10 +243,29 @@ class CaptureSpool:
     def health(self) -> dict[str, Any]:
         status = self.status()
         full = bool(self.max) and status["events"] >= self.max
+        drainer = self.drained_by(verify=bool(status["events"]))
+        stuck = bool(status["events"]) and drainer == NOBODY
         return {
-            "status": "degraded" if full or status["unreadable"] else "ok",
+            "status": "degraded" if full or status["unreadable"] or stuck else "ok",
             **{k: status[k] for k in ("events", "oldestAt", "unreadable", "max")},
+            "drainedBy": drainer,
         }
+
+    def drained_by(self, *, verify: bool) -> str:
+        """Who drains this node's spool: ``worker`` (every retry interval), ``requests`` (with
+        background jobs off, the request processes after a write commits: capture/spool_drain.py)
+        or ``nobody`` (``verify``: no background worker of this node has a fresh heartbeat)."""
+        settings = self.rt.settings
+        if not settings.background_jobs:
+            return REQUESTS
+        if not verify or settings.background == "inline" or time.time() - self.rt.started_at < WORKER_ALIVE_SECONDS:
+            return WORKER
+        try:
+            workers = self.rt.db.reader().jobs.workers(time.time() - WORKER_ALIVE_SECONDS)
+        except Exception:  # noqa: BLE001 - the database does not answer: which workers live is unknown
+            return WORKER
+        here = socket.gethostname()
+        return WORKER if any(w.get("host") == here for w in workers) else NOBODY
 
 
 def spool_service(ctx: Ctx) -> CaptureSpool:

@@ -13,7 +13,8 @@ periodic jobs):
   or a single-process deployment).
 
 ``AGENTMEMORY_BACKGROUND_JOBS=false`` turns every loop off (tests drive the work by hand, the
-CLI's admin commands do theirs and exit).
+CLI's admin commands do theirs and exit). Only the capture spool still drains: request processes
+do it after a write commits (capture/spool_drain.py), so hook events kept on disk are not left there.
 
 The **activity board** tells the worker when requests are being served: each request-serving
 process keeps a 24-byte file in ``<database>.activity/`` (requests in flight, monotonic time the

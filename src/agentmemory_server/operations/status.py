@@ -58,6 +58,27 @@ def _capture_alerts(capture: dict[str, Any]) -> list[dict[str, str]]:
     return alerts
 
 
+# What stores the events waiting in the capture spool, by who drains it (health ``drainedBy``).
+SPOOL_DRAINS = {
+    "worker": "bring the database back; they are stored within a retry interval, or POST /agentmemory/capture/drain",
+    "requests": "bring the database back; with background jobs off (AGENTMEMORY_BACKGROUND_JOBS=false) this "
+    "server stores them once one of its writes commits again (within a retry interval), or POST "
+    "/agentmemory/capture/drain",
+    "nobody": "no background worker of this node has reported for 30 s, so nothing drains them: start "
+    "`agentmemory worker` on this node (AGENTMEMORY_BACKGROUND=external) or check the server log for worker "
+    "crashes; POST /agentmemory/capture/drain stores them now",
+}
+
+
+def _spool_alerts(spool: dict[str, Any]) -> list[dict[str, str]]:
+    if not spool.get("events"):
+        return []
+    what = f"{spool['events']} hook event(s) wait on this node's disk (capture spool) for the database to take them"
+    if spool.get("drainedBy") == "nobody":
+        what += ", and nothing drains them"
+    return [_alert("warn", what, SPOOL_DRAINS.get(spool.get("drainedBy") or "worker", SPOOL_DRAINS["worker"]))]
+
+
 def _llm_alerts(llm: dict[str, Any]) -> list[dict[str, str]]:
     """A configured provider that cannot be used, and a used-up token budget: neither degrades
     the server (the deterministic paths answer), but both explain why nothing is model-written."""
@@ -140,15 +161,7 @@ def alerts_of(sections: dict[str, Any], *, for_principal: bool = False) -> list[
         )
     alerts += _capture_alerts(sections.get("capture") or {})
     alerts += _llm_alerts(sections.get("llm") or {})
-    spooled = (sections.get("capture_spool") or {}).get("events")
-    if spooled:
-        alerts.append(
-            _alert(
-                "warn",
-                f"{spooled} hook event(s) wait on this node's disk (capture spool) for the database to take them",
-                "bring the database back; they are stored within a retry interval, or POST /agentmemory/capture/drain",
-            )
-        )
+    alerts += _spool_alerts(sections.get("capture_spool") or {})
     images = sections.get("images") or {}
     if images.get("evicted"):
         alerts.append(

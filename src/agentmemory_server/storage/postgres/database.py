@@ -334,6 +334,7 @@ class PostgresDatabase:
         # of each waiting the pool's timeout out (longer than any hook waits for its answer).
         self._unanswered = False
         self.last_write = 0.0
+        self._commit_listeners: list[Callable[[], None]] = []  # on_commit
         self.bounds = QueueBounds(queue_limits or {})
         # This node's own disk (its Tantivy index): watched in /health, never a reason to refuse writes.
         self.space = FreeSpace(self.path, reserve=disk_reserve_bytes, warn=disk_warn_bytes)
@@ -569,6 +570,11 @@ class PostgresDatabase:
             self.lexical.notify()
         for fn in store._after_commit:
             fn()
+        for fn in self._commit_listeners:
+            fn()
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        self._commit_listeners.append(fn)
 
     def write(self, operation: str, work: Callable[[PostgresUnitOfWork], T], *, agent_id: str | None = None) -> T:
         """``work(tx)`` in its own write transaction (``transaction``; the interface lets SQLite

@@ -209,6 +209,7 @@ class Database:
         self._vector_indexes: dict[tuple[str, int], SqliteVectorIndex] = {}
         self._vector_indexes_lock = threading.Lock()
         self.last_write = 0.0  # monotonic time of the last commit that changed something
+        self._commit_listeners: list[Callable[[], None]] = []  # on_commit
         self.space = FreeSpace(self.path, reserve=reserve_bytes, warn=warn_bytes)
         self._damage: dict[str, Any] | None = None
         self._marker = DamageMarker(self.path)
@@ -527,6 +528,14 @@ class Database:
             self.lexical.notify()
         for fn in store._after_commit:
             fn()
+        self._tell_commit_listeners()
+
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        self._commit_listeners.append(fn)
+
+    def _tell_commit_listeners(self) -> None:
+        for fn in self._commit_listeners:
+            fn()
 
     def write(self, operation: str, work: Callable[[SqliteUnitOfWork], T], *, agent_id: str | None = None) -> T:
         """``work(tx)`` in a write transaction, as ``transaction`` (audit row, after-commit
@@ -546,7 +555,9 @@ class Database:
                 self._commit_group(self._queue.take(), deadline)
         finally:
             self._lock.release()
-        return queued.outcome()
+        result = queued.outcome()  # raises what failed it: then nothing was committed
+        self._tell_commit_listeners()
+        return result
 
     # A write waits for three locks in turn: this process's writer lock (held by a thread that may
     # itself wait for the others), the gate between the processes of this file, and SQLite's own
