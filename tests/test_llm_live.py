@@ -9,6 +9,7 @@ import requests
 
 from conftest import GEMINI_TEST_KEY, OPENAI_TEST_KEY, hook, post, wait_for
 from llm_support import responder, task_of
+from test_cli import cli
 
 
 def test_live_server_compresses_in_the_background_and_summarises_with_the_model(live_server, fake_gemini):
@@ -150,3 +151,31 @@ def test_the_consolidation_cooldown_holds_across_processes_and_restarts(live_ser
     end_a_session("third")
     assert queued_consolidation(server) > time.time() + 3000
     assert consolidations() == 1
+
+
+def test_recompress_with_model_sends_nothing_while_the_background_workers_breaker_is_open(live_server, fake_openai):
+    """``agentmemory recompress --with-model`` runs in a process of its own, whose breaker is
+    closed; the server's background worker (a process too) makes the background calls and holds
+    the breaker that opened on them. The run reads the worker's heartbeat and stops before its
+    first call, instead of paying a failed call per record until its own breaker opens."""
+    server = live_server(env={"AGENTMEMORY_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": fake_openai.base,
+                              "OPENAI_API_KEY": "oa-wrong-key-5e1d0c", "AGENTMEMORY_AUTO_COMPRESS": "true",
+                              "AGENTMEMORY_LLM_RETRY_BACKOFF_SECONDS": "0", "LLM_BREAKER_COOLDOWN_SECONDS": "600"})
+    for n in range(3):
+        body = hook("worker-down", data={"tool_name": "Edit", "tool_input": {"file_path": f"src/m{n}.py"},
+                                         "tool_output": f"edited {n}"})
+        assert post(server.api("/observe"), body).status_code == 201
+
+    def worker_breaker_open() -> bool:
+        workers = requests.get(server.api("/health"), timeout=10).json()["background"]["workers"]
+        return bool(workers) and workers[0]["llm"]["breaker"] == "open"
+
+    wait_for(worker_breaker_open, interval=0.2, message="the worker's breaker never opened on a wrong key")
+    sent = len(fake_openai.calls)
+    run = cli("-q", "recompress", "--with-model", env=server.env)
+    assert run.returncode == 1, run.stderr  # stopped because the provider is down
+    report = json.loads(run.stdout)
+    assert report["selected"]["observations"] == 3 and report["remaining"] == 3, report
+    assert report["stopped"] == {"reason": "providerDown", "message": "the model provider is down (its breaker is open)"}
+    assert sum(report["skipped"].values()) == 0, report  # no record was tried
+    assert len(fake_openai.calls) == sent  # nothing was sent to the provider
