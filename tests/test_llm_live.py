@@ -81,17 +81,24 @@ def test_live_server_with_an_openai_compatible_model(live_server, fake_openai):
     assert section["tokens"]["byFeature"]["compress"]["totalTokens"] == usage["total_tokens"]
 
 
-def test_health_shows_the_open_breaker_and_the_error_of_the_worker_that_makes_the_calls(live_server, fake_openai):
-    """In the default process mode the background worker makes every background call and holds
-    the breaker they wait on: a wrong key must show in /health and /status of the request
-    process a user asks, not only in the worker's heartbeat row."""
+def server_with_a_wrong_key_and_three_edits(live_server, fake_openai, session: str):
+    """A server whose background worker compresses three edits with a key the provider refuses:
+    its breaker opens on them (cooldown 10 minutes)."""
     server = live_server(env={"AGENTMEMORY_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": fake_openai.base,
                               "OPENAI_API_KEY": "oa-wrong-key-5e1d0c", "AGENTMEMORY_AUTO_COMPRESS": "true",
                               "AGENTMEMORY_LLM_RETRY_BACKOFF_SECONDS": "0", "LLM_BREAKER_COOLDOWN_SECONDS": "600"})
     for n in range(3):
-        body = hook("wrong-key", data={"tool_name": "Edit", "tool_input": {"file_path": f"src/m{n}.py"},
-                                       "tool_output": f"edited {n}"})
+        body = hook(session, data={"tool_name": "Edit", "tool_input": {"file_path": f"src/m{n}.py"},
+                                   "tool_output": f"edited {n}"})
         assert post(server.api("/observe"), body).status_code == 201
+    return server
+
+
+def test_health_shows_the_open_breaker_and_the_error_of_the_worker_that_makes_the_calls(live_server, fake_openai):
+    """In the default process mode the background worker makes every background call and holds
+    the breaker they wait on: a wrong key must show in /health and /status of the request
+    process a user asks, not only in the worker's heartbeat row."""
+    server = server_with_a_wrong_key_and_three_edits(live_server, fake_openai, "wrong-key")
 
     def health_once_the_worker_breaker_opened() -> dict | None:
         health = requests.get(server.api("/health"), timeout=10).json()
@@ -158,13 +165,7 @@ def test_recompress_with_model_sends_nothing_while_the_background_workers_breake
     closed; the server's background worker (a process too) makes the background calls and holds
     the breaker that opened on them. The run reads the worker's heartbeat and stops before its
     first call, instead of paying a failed call per record until its own breaker opens."""
-    server = live_server(env={"AGENTMEMORY_LLM_PROVIDER": "openai", "OPENAI_BASE_URL": fake_openai.base,
-                              "OPENAI_API_KEY": "oa-wrong-key-5e1d0c", "AGENTMEMORY_AUTO_COMPRESS": "true",
-                              "AGENTMEMORY_LLM_RETRY_BACKOFF_SECONDS": "0", "LLM_BREAKER_COOLDOWN_SECONDS": "600"})
-    for n in range(3):
-        body = hook("worker-down", data={"tool_name": "Edit", "tool_input": {"file_path": f"src/m{n}.py"},
-                                         "tool_output": f"edited {n}"})
-        assert post(server.api("/observe"), body).status_code == 201
+    server = server_with_a_wrong_key_and_three_edits(live_server, fake_openai, "worker-down")
 
     def worker_breaker_open() -> bool:
         workers = requests.get(server.api("/health"), timeout=10).json()["background"]["workers"]
