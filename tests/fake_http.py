@@ -10,11 +10,14 @@ text, user/assistant texts, the raw body). ``delay`` slows every generation down
 model); ``stall()`` holds every generation until ``release()`` (``entered`` is set when one
 arrives). Every request is recorded in ``calls`` (path, body, headers, and the 200 response).
 ``models``, when set, are the models served: a generation for any other gets the provider's 404
-(``unknown_model_code``), as a model name with a typo does.
+(``unknown_model_code``), as a model name with a typo does. A generation asked with ``"stream":
+true`` gets a 400 unless ``streaming`` is set; then the whole answer goes out as server-sent
+events, the chunks ``stream_events(body, answer)`` makes of it (an agent such as OpenCode asks
+for nothing else).
 
 A subclass says how its protocol looks: ``route(path)`` -> ``"generate"`` / ``"embed"`` / None,
 ``authorised(headers)``, ``error_body(status, message, code)``, ``prompt(body)``,
-``generation(body, reply)`` and ``embedding(body)``.
+``generation(body, reply)``, ``embedding(body)`` and, for ``streaming``, ``stream_events``.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class LoopbackModel:
         self.responder: Callable[[Prompt], Any] | None = None
         self.delay = 0.0
         self.models: set[str] | None = None
+        self.streaming = False
         self.entered = threading.Event()
         self._open = threading.Event()
         self._open.set()
@@ -140,6 +144,10 @@ class LoopbackModel:
     def embedding(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.error_body(404, "this fake serves no embeddings", None)
 
+    def stream_events(self, body: dict[str, Any], answer: dict[str, Any]) -> list[dict[str, Any]]:
+        """A whole generation answer as the events a streamed one sends, in order."""
+        raise NotImplementedError
+
     def model_of(self, path: str, body: dict[str, Any]) -> str | None:
         """The model a request names (in the body; Gemini: in the path)."""
         return body.get("model")
@@ -175,7 +183,7 @@ class LoopbackModel:
             return ErrorReply(404, self.error_body(404, message, self.unknown_model_code))
         if status != 200:
             return ErrorReply(status, self.error_body(status, "scripted failure", code), extra or {})
-        if kind == "generate" and body.get("stream"):  # the fakes serve whole answers only
+        if kind == "generate" and body.get("stream") and not self.streaming:  # whole answers unless asked
             return ErrorReply(400, self.error_body(400, "only stream: false is served", None))
         return None
 
@@ -213,7 +221,23 @@ class LoopbackModel:
                 if failure is not None:
                     return self._send(failure.status, failure.body, failure.headers)
                 record["response"] = fake._answer(kind, body)
+                if kind == "generate" and body.get("stream"):
+                    return self._send_events(fake.stream_events(body, record["response"]))
                 return self._send(200, record["response"])
+
+            def _send_events(self, events: list[dict[str, Any]]) -> None:
+                """Server-sent events, one ``data:`` line each, ended by ``data: [DONE]`` as OpenAI
+                ends a stream; the connection closes after them (no length is known up front)."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for event in events:
+                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
 
         return Handler
 
