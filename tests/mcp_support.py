@@ -201,7 +201,8 @@ def node_modules() -> Path:
     missing = [name for name in ("node", "npm") if shutil.which(name) is None]
     if missing:
         pytest.fail(f"{' and '.join(missing)} not found: install Node.js 18 or newer with npm (for example "
-                    "`apt-get install nodejs npm`); the upstream shim, hook-script and Inspector tests run them")
+                    "`apt-get install nodejs npm`); the upstream shim, hook-script, Inspector and OpenCode tests "
+                    "run them")
     cache = node_cache_dir()
     marker = cache / "node_modules" / ".agentmemory-packages"
     if not marker.exists() or marker.read_text().split() != NODE_PACKAGES:

@@ -32,7 +32,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   done
 fi
 
-# Node.js and npm run upstream's MCP shim, its Claude Code hook scripts and the MCP Inspector CLI.
+# Node.js and npm run upstream's MCP shim, its Claude Code hook scripts and the MCP Inspector CLI,
+# and install OpenCode (the opencode-ai package: one binary for this platform).
 # They are not apt-installed here (distributions and NodeSource package them differently).
 for cmd in node npm; do
   command -v "$cmd" >/dev/null || die "$cmd not found: install Node.js 18 or newer with npm (e.g. apt-get install nodejs npm, or from nodejs.org)"
@@ -45,7 +46,8 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 
-# The npm packages the MCP tests drive for real, installed once into a cache outside the repository.
+# The npm packages the MCP and OpenCode tests drive for real, installed once into a cache outside the
+# repository.
 NODE_CACHE_DIR="${AGENTMEMORY_TEST_NODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/agentmemory-python/node}"
 export AGENTMEMORY_TEST_NODE_CACHE="$NODE_CACHE_DIR"
 mapfile -t node_packages < tests/node-packages.txt
