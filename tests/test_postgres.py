@@ -426,3 +426,55 @@ def test_while_the_database_does_not_answer_requests_say_so_at_once_and_resume_w
     assert rt.db.reader().records.get("mem:test", "after") == {"n": 2}
     health, status = ToolCaller(rt).status("health")
     assert "error" not in health["db"] and health["counts"]["sessions"] == 0, health
+
+
+def test_a_store_opens_while_a_long_write_holds_its_records_and_its_new_index_is_made_at_the_next_start(
+        pg_cluster, tmp_path, caplog):
+    """Opening a store creates the record indexes it lacks (a newer version declares one), which
+    needs the records' table, and a replace import holds that table until it commits. Before, the
+    start waited for the whole import (and every other start waited for it, behind the migration
+    lock). Now it opens without the new index, says so, and the next start makes it."""
+    from agentmemory_server.kernel.scopes import RECORD_INDEXES
+    from agentmemory_server.storage.interfaces import RecordIndex
+    from agentmemory_server.storage.postgres.records import index_name
+    from test_transfer import _answered_within
+
+    url = pg_cluster.create_database()
+    newer = (*RECORD_INDEXES, RecordIndex("mem:memories", ("importance",)))
+
+    def open_store(name, indexes):
+        return PostgresDatabase(url, local_path=tmp_path / name / "x.db", now=Clock().iso, record_indexes=indexes,
+                                lexical_engine="builtin", background=False)
+
+    def indexed() -> bool:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = %s",
+                                (index_name(newer[-1]),)).fetchone()[0] == 1
+
+    importer = open_store("importer", RECORD_INDEXES)
+    holding, release = threading.Event(), threading.Event()
+
+    def long_import():
+        with importer.transaction("import") as tx:
+            tx.admin.wipe_records()  # as a replace import does first: the records' table is held until the commit
+            tx.records.set("mem:memories", "m1", {"id": "m1", "content": "imported"}, now="x")
+            holding.set()
+            release.wait(120)
+
+    writer = threading.Thread(target=long_import, daemon=True)
+    writer.start()
+    try:
+        assert holding.wait(30)
+        opened = _answered_within(60, lambda: open_store("during", newer))
+        assert opened.reader().records.get("mem:memories", "m1") is None  # it reads the store before the import
+        opened.close()
+    finally:
+        release.set()
+        writer.join(60)
+    try:
+        assert "record indexes not brought up to date" in caplog.text and not indexed()
+        open_store("after", newer).close()
+        assert indexed()
+    finally:
+        importer.close()
+        pg_cluster.drop_database(url)

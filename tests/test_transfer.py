@@ -499,3 +499,74 @@ def test_a_streamed_replace_audits_its_change_count_not_a_target_count_it_cannot
     assert "targetCount" not in row["details"], row["details"]
     assert row["details"]["changeCount"] == 81  # the wipe and 80 record writes
     assert row["targetIds"][0] == "*/*" and len(row["targetIds"]) == 41  # the first 50 changes, each once
+
+
+def _answered_within(seconds, work):
+    """``work()``'s result, or a failure when it has not returned within ``seconds`` (a hang:
+    nothing here takes more than a few seconds when it works)."""
+    import threading
+
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(result=work()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert "result" in done, f"no answer within {seconds} s: it waits for the import to end"
+    return done["result"]
+
+
+def test_while_a_replace_import_runs_reads_are_served_writes_get_a_prompt_503_and_hook_events_are_kept(
+    make_runtime, tmp_path
+):
+    """A JSON Lines replace import is one transaction that holds the store's write lock until it
+    commits (minutes for a large file). Meanwhile reads answer, a write waits at most
+    AGENTMEMORY_LOCK_WAIT_SECONDS and gets 503 database_busy with Retry-After, a hook event is
+    spooled (stored after the import), and a runtime (a server, a CLI command) opened meanwhile
+    opens. Before, on PostgreSQL, a write waited for the whole import (an agent's hook gave up
+    after 10-15 s and its event was lost), and a SQLite 503 had no Retry-After."""
+    import signal
+    from pathlib import Path
+
+    from agentmemory_server.adapters.web import create_app
+    from test_cli import _import_caught_midway, _memory_lines, env_of
+
+    rt = make_runtime(lock_wait_seconds=1)
+    client = create_app(runtime=rt).test_client()
+    assert client.post("/agentmemory/remember", json={"content": "the old note about upload retries"}).status_code == 201
+    same_store = {"database_url": rt.settings.database_url} if rt.settings.database_url else {"db_path": str(rt.db.path)}
+    new = _memory_lines(tmp_path / "new.jsonl", 6000, "new")
+    importer = _import_caught_midway(Path(rt.db.path), new, "--strategy", "replace", "--batch", "5", env=env_of(rt))
+    importer.send_signal(signal.SIGSTOP)  # held midway: its transaction and the write lock stay taken
+
+    def meanwhile():
+        edit = {"session_id": "cc-import", "cwd": "/home/u/shop", "hook_event_name": "PostToolUse",
+                "tool_name": "Edit", "tool_use_id": "t-1", "tool_response": {"success": True},
+                "tool_input": {"file_path": "/home/u/shop/src/retry.ts", "old_string": "a", "new_string": "b"}}
+        other = make_runtime(data_dir=str(tmp_path / "opened-meanwhile"), **same_store)
+        return {
+            "remember": client.post("/agentmemory/remember", json={"content": "remembered meanwhile"}),
+            "hook": client.post("/agentmemory/hooks/claude-code", json=edit),
+            "observe": client.post("/agentmemory/observe", json=hook("rest-import", content="observed meanwhile")),
+            "search": client.post("/agentmemory/smart-search", json={"query": "old note upload retries"}),
+            "opened": other.db.reader().records.count("mem:memories"),
+        }
+
+    try:
+        answers = _answered_within(60, meanwhile)
+    finally:
+        importer.send_signal(signal.SIGCONT)
+        _out, err = importer.communicate(timeout=120)
+    assert importer.returncode == 0, err
+    remember = answers["remember"]
+    assert remember.status_code == 503 and remember.json["code"] == "database_busy", remember.json
+    assert remember.headers["Retry-After"] == "1" and "write lock" in remember.json["error"], remember.json
+    assert answers["hook"].status_code == 200, answers["hook"].get_data(as_text=True)
+    assert answers["observe"].status_code == 202 and answers["observe"].json["spooled"] is True, answers["observe"].json
+    found = answers["search"]
+    assert found.status_code == 200 and "the old note" in json.dumps(found.json), found.json  # the store before the import
+    assert answers["opened"] == 1  # opened, reading the store as it was before the import
+    # After the import: the spooled events are stored (after the replace, so it did not wipe them).
+    assert rt.services["capture_retry"].drain_spool()["waiting"] == 0
+    assert client.get("/agentmemory/observations?sessionId=cc-import").json["observations"]
+    assert client.get("/agentmemory/observations?sessionId=rest-import").json["observations"]
+    assert client.post("/agentmemory/remember", json={"content": "remembered after"}).status_code == 201
+    assert rt.db.reader().records.count("mem:memories") == 6001

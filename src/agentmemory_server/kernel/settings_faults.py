@@ -54,10 +54,10 @@ FAULT_SETTINGS: tuple[Setting, ...] = (
         ("AGENTMEMORY_LOCK_WAIT_SECONDS",),
         5.0,
         _positive_float,
-        "SQLite: how long a request waits for the database's write lock (held by another process, such as a "
-        "`sqlite3` shell in a transaction) before it answers 503 `database_busy`; a hook event waits in the "
-        "capture spool instead. Keep it under your agents' hook timeouts (10-15 s). The background worker and "
-        "admin commands wait 30 s.",
+        "How long a request waits for the database's write lock (held by another writer: a replace import for "
+        "as long as it runs, a `sqlite3` shell in a transaction) before it answers 503 `database_busy` with "
+        "`Retry-After`; a hook event waits in the capture spool instead. SQLite and PostgreSQL alike. Keep it "
+        "under your agents' hook timeouts (10-15 s). The background worker and admin commands wait 30 s.",
     ),
     Setting(
         "startup_check_seconds",

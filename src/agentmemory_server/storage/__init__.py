@@ -63,8 +63,8 @@ def open_database(
     :param pool_size: PostgreSQL connections this process may open.
     :param node: PostgreSQL: this node's name among those sharing the database (default: host
         name and index directory).
-    :param lock_wait: SQLite: seconds a write waits for the write lock before ``database_busy``
-        (default 30).
+    :param lock_wait: seconds a write waits for the write lock (SQLite's, or the PostgreSQL
+        store's advisory lock) before ``database_busy`` (default 30).
     """
     builtin = lexical_engine in ("builtin", "fts5")
     if url:
@@ -85,6 +85,7 @@ def open_database(
             queue_limits=queue_limits,
             disk_reserve_bytes=reserve_bytes,
             disk_warn_bytes=warn_bytes,
+            lock_wait=lock_wait,
         )
     return SqliteDatabase(
         path,

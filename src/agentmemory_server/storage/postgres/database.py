@@ -6,7 +6,11 @@ worker's threads share a small pool. Every write transaction first takes one clu
 advisory lock (``WRITE_LOCK``): writes are serialised as they are on SQLite (one writer at a
 time, whatever the node), so every read-modify-write in the features stays correct without
 retries, and outbox sequence numbers commit in order (lexical_feed.py relies on it). A write
-transaction holds the lock for its few statements only; measured in bench/cluster.py.
+transaction holds the lock for its few statements only; measured in bench/cluster.py. One
+holds it for minutes: a replace import's single transaction. A writer waits for the lock at
+most ``lock_wait`` seconds (PostgreSQL's ``lock_timeout``), then fails with 503
+``database_busy``, as a SQLite writer does after its busy timeout: a request answers before its
+client gives up, and a hook event goes to the capture spool (bench/import_bystanders.py).
 
 The repositories (records.py, search_index.py, ...) hold every SQL statement; this module only
 connects, migrates and hands out units of work. A psycopg error becomes an ``AppError``: a
@@ -70,6 +74,14 @@ LEASE_LOCK = 0x616D_0004
 # (every write request is followed by one: bench/pg_statements.py).
 OWN_LOCKS = {"live_events": LIVE_LOCK, "transfer_lease": LEASE_LOCK}
 POOL_TIMEOUT_SECONDS = 30.0
+# How long a write waits for the write lock unless the opener says otherwise (``lock_wait``: a
+# request process waits less than its clients); SQLite's BUSY_TIMEOUT_SECONDS.
+LOCK_WAIT_SECONDS = 30.0
+# How long opening a store waits for a table lock its schema steps need (a migration's DDL, a
+# record index created or dropped) while another transaction holds the table: a replace import
+# holds the records' tables until it commits, and every other opener waits for MIGRATE_LOCK
+# meanwhile. A queued DDL lock also holds up the readers behind it, so the wait is short.
+SCHEMA_LOCK_WAIT_SECONDS = 5.0
 # How long a check waits to learn whether the database still answers (a server that is gone
 # refuses at once; a network that drops packets is given this long).
 PROBE_SECONDS = 2
@@ -297,6 +309,8 @@ class PostgresDatabase:
         counted per process, as on SQLite).
     :param disk_reserve_bytes: /health's disk is critical while less is free on this node's disk.
     :param disk_warn_bytes: /health's disk warns while less is free on this node's disk.
+    :param lock_wait: seconds a write waits for the write lock (another writer's transaction, a
+        replace import's for minutes) before it fails with 503 ``database_busy``.
     :raise SchemaTooNew: the database was written by a newer version of this server.
 
     Faults (``storage/postgres/faults.py``): damaged data reported by the server marks this
@@ -319,8 +333,10 @@ class PostgresDatabase:
         queue_limits: Mapping[str, int] | None = None,
         disk_reserve_bytes: int = 0,
         disk_warn_bytes: int = 0,
+        lock_wait: float | None = None,
     ):
         self.url = url
+        self.lock_wait = LOCK_WAIT_SECONDS if lock_wait is None else lock_wait
         self.location = without_password(url)
         self.path = Path(local_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -380,6 +396,7 @@ class PostgresDatabase:
             raise Unavailable(f"cannot connect to {self.location}: {exc}", code=errors.DATABASE_BUSY) from exc
         with conn:
             conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+            conn.execute(f"SET lock_timeout = '{int(SCHEMA_LOCK_WAIT_SECONDS * 1000)}ms'")
             conn.execute("CREATE TABLE IF NOT EXISTS agentmemory_schema (version INTEGER NOT NULL, id TEXT NOT NULL)")
             row = conn.execute("SELECT version, id FROM agentmemory_schema").fetchone()
             if row is None:
@@ -392,15 +409,41 @@ class PostgresDatabase:
                     f"{self.location} has schema version {version} but this server knows {len(MIGRATIONS)}; "
                     "upgrade agentmemory-python before opening it"
                 )
-            for number, (_name, fn) in enumerate(MIGRATIONS[version:], start=version + 1):
-                with conn.transaction():
-                    fn(conn)
-                    conn.execute("UPDATE agentmemory_schema SET version = %s", (number,))
+            for number, (name, fn) in enumerate(MIGRATIONS[version:], start=version + 1):
+                try:
+                    with conn.transaction():
+                        fn(conn)
+                        conn.execute("UPDATE agentmemory_schema SET version = %s", (number,))
+                except psycopg.errors.LockNotAvailable:
+                    raise self._schema_step_waits(f"schema migration {number} ({name})") from None
             if record_indexes is not None:  # (None: a tool's connection leaves them as they are)
-                ensure_indexes(TxConnection(conn), record_indexes)
+                self._ensure_indexes(conn, record_indexes)
             self._check_collation(conn)
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
         return str(database_id)
+
+    def _ensure_indexes(self, conn: psycopg.Connection, record_indexes: tuple[RecordIndex, ...]) -> None:
+        """The declared record indexes, or none of the missing ones this time when the records'
+        table is held (a replace import): they speed listings up, so the store opens without them
+        and the next start makes them (a start must not wait for the import to commit)."""
+        try:
+            ensure_indexes(TxConnection(conn), record_indexes)
+        except AppError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+                raise
+            log.warning(
+                "record indexes not brought up to date: another transaction (a replace import?) held the records' "
+                "table for over %g s; the next start does it",
+                SCHEMA_LOCK_WAIT_SECONDS,
+            )
+
+    def _schema_step_waits(self, step: str) -> Unavailable:
+        return Unavailable(
+            f"{step} of {self.location} waited over {SCHEMA_LOCK_WAIT_SECONDS:g} s for a table another transaction "
+            "holds (a replace import holds the records' tables until it commits); start again once it is done",
+            code=errors.DATABASE_BUSY,
+            retry_after=30,
+        )
 
     def _check_collation(self, conn: psycopg.Connection) -> None:
         row = conn.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()").fetchone()
@@ -538,7 +581,8 @@ class PostgresDatabase:
         if self.damage is not None:
             raise damaged(self.location, self.damage["problems"])
         lock = OWN_LOCKS.get(operation, WRITE_LOCK)
-        turn = self._writer_turn() if lock == WRITE_LOCK else nullcontext()
+        deadline = time.monotonic() + self.lock_wait
+        turn = self._writer_turn(deadline) if lock == WRITE_LOCK else nullcontext()
         with turn, self._connection() as conn, self._classified():
             # BEGIN and COMMIT are sent by hand: psycopg's transaction() in pipeline mode syncs
             # on entry and exit (four more round trips a write). The pipeline's exit sends the
@@ -548,7 +592,10 @@ class PostgresDatabase:
                     conn.execute("BEGIN")
                     # Waited for here (with BEGIN, one round trip), before the block runs: the
                     # write lock comes first in every thread's lock order.
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,)).fetchone()
+                    if lock == WRITE_LOCK:
+                        self._take_write_lock(conn, deadline)
+                    else:
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,)).fetchone()
                     store = self._unit(TxConnection(conn, pipelined=True), writable=True)
                     self._local.tx = store
                     try:
@@ -583,18 +630,42 @@ class PostgresDatabase:
             return work(tx)
 
     @contextmanager
-    def _writer_turn(self) -> Iterator[None]:
+    def _writer_turn(self, deadline: float) -> Iterator[None]:
         """This process's turn to write, taken before a pooled connection: the threads waiting
         for the cluster's write lock hold no connection meanwhile. Otherwise writers waiting for
         the lock could hold every connection while the lock holder waits for a thread that
         needs one to go on (a search holding the lexical engine's pending lock): a deadlock
-        only the pool timeout broke (bench/cluster.py, 10 clients: 18 requests/s)."""
-        if not self._write_mutex.acquire(timeout=POOL_TIMEOUT_SECONDS):
-            raise Unavailable("the database is busy writing; retry shortly", code=errors.DATABASE_BUSY)
+        only the pool timeout broke (bench/cluster.py, 10 clients: 18 requests/s). The wait for
+        it and for the write lock share one ``deadline``: the threads queued behind a writer
+        that waits for a long import's lock give up when it does, not one ``lock_wait`` each."""
+        if not self._write_mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise self._lock_taken()
         try:
             yield
         finally:
             self._write_mutex.release()
+
+    def _take_write_lock(self, conn: psycopg.Connection, deadline: float) -> None:
+        """The cluster's write lock, waited for until ``deadline`` (``lock_timeout``, for this
+        wait only: the transaction's own statements then wait as long as they need).
+
+        :raise Unavailable: another transaction (a replace import's) kept it (``database_busy``).
+        """
+        wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{wait_ms}ms",))
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,)).fetchone()
+        except psycopg.errors.LockNotAvailable:
+            raise self._lock_taken() from None
+        conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+
+    def _lock_taken(self) -> Unavailable:
+        return Unavailable(
+            f"the database's write lock stayed taken for over {self.lock_wait:g} s (another writer holds it, "
+            "such as a replace import, which holds it until it commits); retry shortly",
+            code=errors.DATABASE_BUSY,
+            retry_after=1,
+        )
 
     def _write_audit(self, store: PostgresUnitOfWork, operation: str, agent_id: str | None) -> None:
         targets = list(dict.fromkeys(store.changed))

@@ -72,8 +72,9 @@ class ProcessWriteGate:
             if time.monotonic() >= deadline:
                 raise Unavailable(
                     f"another process held the database's write lock ({self.path}) past this write's wait for it "
-                    f"({wait:.1f} s)",
+                    f"({wait:.1f} s); retry shortly",
                     code=errors.DATABASE_BUSY,
+                    retry_after=1,
                 )
             time.sleep(pause)
             pause = min(pause * 2, MAX_POLL_SECONDS)
