@@ -379,3 +379,58 @@ def test_a_failed_wal_checkpoint_is_kept_with_its_time_marks_storage_degraded_an
         assert "status" not in recovered and "error" not in recovered
     finally:
         db.close()
+
+
+def test_a_store_opens_while_another_process_holds_the_write_lock_and_makes_a_new_index_at_the_next_start(
+        tmp_path, caplog):
+    """A start that has a record index to make (a newer version declares one) needs the write lock,
+    which a replace import in another process holds until it commits. Before, the start failed
+    once its busy wait ran out ("database is locked"); now it opens without the index, says so,
+    and the next start makes it."""
+    from agentmemory_server.kernel.scopes import RECORD_INDEXES
+    from agentmemory_server.storage.interfaces import RecordIndex
+    from agentmemory_server.storage.sqlite.records import index_name
+
+    path = tmp_path / "x.db"
+    newer = (*RECORD_INDEXES, RecordIndex("mem:memories", ("importance",)))
+    Database(path, now=Clock().iso, background=False, record_indexes=RECORD_INDEXES).close()
+
+    def indexed() -> bool:
+        with sqlite3.connect(path) as conn:
+            return conn.execute("SELECT count(*) FROM sqlite_master WHERE name = ?",
+                                (index_name(newer[-1]),)).fetchone()[0] == 1
+
+    importer = sqlite3.connect(path, isolation_level=None)
+    importer.execute("BEGIN IMMEDIATE")  # as a replace import's one transaction holds it
+    importer.execute("DELETE FROM kv_store")
+    try:
+        opened = Database(path, now=Clock().iso, background=False, record_indexes=newer, lock_wait=0.3)
+        opened.close()
+    finally:
+        importer.execute("ROLLBACK")
+        importer.close()
+    assert "record indexes not brought up to date" in caplog.text and not indexed()
+    Database(path, now=Clock().iso, background=False, record_indexes=newer).close()
+    assert indexed()
+
+
+def test_a_migration_that_waits_past_the_lock_wait_for_an_import_is_refused_naming_it(tmp_path):
+    """A start that must migrate the schema while another process holds the write lock (a
+    replace import) is refused with database_busy naming the migration, not a bare "database is
+    locked" traceback."""
+    from agentmemory_server.errors import Unavailable
+
+    path = tmp_path / "x.db"
+    Database(path, now=Clock().iso, background=False).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")  # the last migration is still to run
+    importer = sqlite3.connect(path, isolation_level=None)
+    importer.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Unavailable) as refused:
+            Database(path, now=Clock().iso, background=False, lock_wait=0.3)
+    finally:
+        importer.execute("ROLLBACK")
+        importer.close()
+    assert refused.value.code == "database_busy" and refused.value.retry_after == 30
+    assert f"schema migration {len(MIGRATIONS)} of {path} waited over 0.3 s" in refused.value.message

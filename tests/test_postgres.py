@@ -478,3 +478,41 @@ def test_a_store_opens_while_a_long_write_holds_its_records_and_its_new_index_is
     finally:
         importer.close()
         pg_cluster.drop_database(url)
+
+
+def test_a_migration_that_waits_for_a_table_a_long_write_holds_is_refused_naming_it(pg_cluster, tmp_path):
+    """A start that must migrate the schema while a long transaction holds the table the migration
+    alters (a replace import holds the store's tables until it commits) waits a few seconds, then
+    is refused with database_busy naming the migration. Before, it waited for that transaction,
+    holding the migration lock, so every other start waited too. Once it is over, it migrates."""
+    from test_transfer import _answered_within
+
+    name = f"held7_{os.getpid()}"
+    pg_cluster._admin(f"CREATE DATABASE {name}")
+    url = pg_cluster.url_of(name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:  # schema 7: migration 8 alters periodic_jobs
+            conn.execute("CREATE TABLE agentmemory_schema (version INTEGER NOT NULL, id TEXT NOT NULL)")
+            for _name, migrate in pg_migrations.MIGRATIONS[:7]:
+                with conn.transaction():
+                    migrate(conn)
+            conn.execute("INSERT INTO agentmemory_schema VALUES (7, 'abcdef123456')")
+        with psycopg.connect(url) as writer:  # a long write's transaction, holding the table
+            writer.execute("INSERT INTO periodic_jobs (name, next_run) VALUES ('retention', 1900000000)")
+
+            def start():
+                try:
+                    PostgresDatabase(url, local_path=tmp_path / "x.db", now=Clock().iso, background=False).close()
+                except Unavailable as exc:
+                    return exc
+                return None
+
+            refused = _answered_within(60, start)
+            writer.rollback()
+        assert refused is not None and refused.code == "database_busy", refused
+        assert "schema migration 8 (periodic_error_times)" in refused.message and refused.retry_after == 30
+        db = PostgresDatabase(url, local_path=tmp_path / "x.db", now=Clock().iso, background=False)
+        assert db.schema_version == 8
+        db.close()
+    finally:
+        pg_cluster._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

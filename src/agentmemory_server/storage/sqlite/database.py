@@ -234,8 +234,7 @@ class Database:
             return  # served as it is: no migration, index or engine state is written into a damaged file
         self._migrate()
         if record_indexes is not None:
-            with self._lock:
-                ensure_indexes(self._writer, declared)
+            self._ensure_indexes(declared)
         stale = self._engine_switched(lexical_engine)
         if checkpoint_seconds > 0:  # a long-running process: commits leave WAL checkpoints to a thread
             self._writer.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_NET_PAGES}")
@@ -249,6 +248,24 @@ class Database:
                 stale=stale,
                 background=background,
             )
+
+    def _ensure_indexes(self, declared: tuple[RecordIndex, ...]) -> None:
+        """The declared record indexes, or none of the missing ones this time when another
+        process holds the write lock past this opener's busy wait (a replace import holds it until
+        it commits): they speed listings up, so the store opens without them and the next start
+        makes them (a start must not fail for an import)."""
+        with self._lock:
+            try:
+                ensure_indexes(self._writer, declared)
+            except sqlite3.OperationalError as exc:
+                fault = classify(exc, self.path)
+                if fault is None or fault.code != errors.DATABASE_BUSY:
+                    raise
+                log.warning(
+                    "record indexes not brought up to date: another process (a replace import?) held the write lock "
+                    "for over %g s; the next start does it",
+                    self.lock_wait,
+                )
 
     def _engine_switched(self, engine: str) -> bool:
         """Record which lexical engine serves writes; True when the Tantivy index may have missed
@@ -296,7 +313,7 @@ class Database:
             raise _too_new(self.path, version)
         while version < len(MIGRATIONS):
             with self._lock:
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin_migration(conn, version + 1)
                 try:
                     # Read again under the write lock: another process (a worker starting at the
                     # same moment) may have applied it meanwhile.
@@ -313,6 +330,22 @@ class Database:
     @property
     def schema_version(self) -> int:
         return self._writer.execute("PRAGMA user_version").fetchone()[0]
+
+    def _begin_migration(self, conn: sqlite3.Connection, number: int) -> None:
+        """:raise Unavailable: another process held the write lock past this opener's busy wait
+        (a replace import holds it until it commits): a clear refusal, not a traceback."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            fault = classify(exc, self.path)
+            if fault is None or fault.code != errors.DATABASE_BUSY:
+                raise
+            raise Unavailable(
+                f"schema migration {number} of {self.path} waited over {self.lock_wait:g} s for the write lock "
+                "another process holds (a replace import holds it until it commits); start again once it is done",
+                code=errors.DATABASE_BUSY,
+                retry_after=30,
+            ) from None
 
     # ---- faults: damage, full or read-only disks
     def _startup_check(self, budget_seconds: float) -> None:
