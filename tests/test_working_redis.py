@@ -494,6 +494,138 @@ def test_a_replace_import_on_the_fallback_is_not_undone_by_the_heal(durable_redi
     assert target.rt.services["working_memory"].sqlite.pending_swaps() == []
 
 
+def _second_process(make_runtime, tmp_path, first):
+    """Another process (a gunicorn worker, a node) on ``first``'s database and Redis keys."""
+    settings = first.rt.settings
+    return ToolCaller(make_runtime(data_dir=str(tmp_path / "old"), working_memory_backend="redis",
+                                   redis_url=settings.redis_url,
+                                   working_memory_redis_prefix=settings.working_memory_redis_prefix))
+
+
+def test_a_write_to_redis_after_a_replace_import_made_as_if_on_the_fallback_survives(
+        durable_redis, make_runtime, tmp_path, monkeypatch):
+    """The race: `healer` heals and serves from Redis again while `importer` has not yet looked at
+    the store's mark (it does every FOLLOW_SECONDS) and takes a replace import for one made on the
+    fallback, recording that Redis is to be emptied. A write to Redis through `healer` after that
+    import must not be emptied when `importer` (or a sweep) returns to Redis and does the wipe.
+    Here the import is refused (working memory is back in Redis: retry) and its retry replaces
+    Redis's working memory at once, before the write."""
+    from agentmemory_server import errors
+    from agentmemory_server.errors import AppError
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    healer, export = _replace_import_pair(make_runtime, tmp_path, durable_redis.url)
+    importer = _second_process(make_runtime, tmp_path, healer)
+    durable_redis.stop()
+    assert healer("memory_working_set", sessionId="c", key="during", value=1)["usingFallback"] is True
+    assert importer("memory_working_get", sessionId="c", key="during")["usingFallback"] is True
+    durable_redis.start()
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 3600.0)  # `importer` does not look again yet
+    healer("diagnostics_heal")
+    assert healer("memory_working_get", sessionId="c", key="during")["backend"] == "redis"
+    refusals = []
+    try:
+        importer("import", exportData=export, strategy="replace")
+    except AppError as refused:  # the mark was gone when the import's transaction looked
+        refusals.append(refused)
+        assert _store_state(healer)["records"] == OLD_STATE["records"]  # nothing was imported
+        importer("import", exportData=export, strategy="replace")
+    healer("memory_working_set", sessionId="a", key="after", value="the import")  # to Redis, after the import
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)  # `importer` looks at the mark now
+    importer("memory_working_get", sessionId="b", operation="all")
+    healer.rt.jobs.run_now("working_memory_sweep")
+    for process in (healer, importer):
+        got = process("memory_working_get", sessionId="a", key="after")
+        assert got["backend"] == "redis" and got.get("value") == "the import", got
+    assert _store_state(healer) == {**NEW_STATE, "a": {"new": "imported", "after": "the import"}}
+    assert healer.rt.services["working_memory"].sqlite.pending_swaps() == []
+    [refused] = refusals
+    assert refused.code == errors.WORKING_MEMORY_UNAVAILABLE and refused.retry_after == 1
+    assert "fallback was healed meanwhile" in refused.message and "Nothing was imported: retry" in refused.message
+
+
+def test_an_admin_command_that_cannot_reach_redis_refuses_a_replace_import_while_the_servers_use_it(
+        own_redis, make_runtime, tmp_path):
+    """`agentmemory import --strategy replace` run where the servers' Redis cannot be reached: the
+    servers still serve working memory from Redis, so recording it to be emptied later would delete
+    what they write meanwhile. Refused, and nothing changes."""
+    from agentmemory_server.errors import AppError
+    from agentmemory_server.wiring import build_runtime
+
+    server, export = _replace_import_pair(make_runtime, tmp_path, own_redis.url)
+    elsewhere = server.rt.settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    tool = build_runtime(elsewhere, role="tool")
+    said = "imported"
+    try:
+        ToolCaller(tool)("import", exportData=export, strategy="replace")
+    except AppError as refused:
+        said = refused.message
+    finally:
+        tool.close()
+    server("memory_working_set", sessionId="b", key="later", value="kept")
+    server.rt.jobs.run_now("working_memory_sweep")
+    assert server("memory_working_get", sessionId="b", key="later").get("value") == "kept"
+    assert _store_state(server) == {**OLD_STATE, "b": {"only": "old", "later": "kept"}}
+    assert server.rt.services["working_memory"].sqlite.pending_swaps() == []
+    assert "which this command cannot reach" in said and "Nothing was imported" in said, said
+
+
+def test_a_write_to_redis_as_a_process_returns_is_not_emptied_by_an_import_made_on_the_fallback(
+        durable_redis, make_runtime, tmp_path, monkeypatch):
+    """The race at the return: a replace import made on the fallback left Redis to be emptied.
+    A process returning to Redis serves from it (its other threads do) as soon as it has switched,
+    a moment before it empties Redis: a write landing in that moment must not be emptied with
+    Redis's old working memory. Here the heal empties Redis before it removes the mark, while
+    every process still serves from the database."""
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    importer, export = _replace_import_pair(make_runtime, tmp_path, durable_redis.url)
+    healer = _second_process(make_runtime, tmp_path, importer)
+    durable_redis.stop()
+    assert importer("memory_working_get", sessionId="a", operation="all")["usingFallback"] is True
+    importer("import", exportData=export, strategy="replace")
+    assert healer("memory_working_get", sessionId="a", operation="all")["values"] == NEW_STATE["a"]
+    durable_redis.start()
+    svc = healer.rt.services["working_memory"]
+    switched, wrote = svc.errors.succeeded, []
+
+    def another_thread_writes(*args, **kwargs) -> None:
+        # The last step of `healer`'s switch to Redis: from here its request threads serve from
+        # Redis (one writes now; `healer` is still returning, so it does not look at the mark).
+        switched(*args, **kwargs)
+        if svc.backend is not svc.sqlite and not wrote:
+            wrote.append(healer("memory_working_set", sessionId="a", key="after", value="the return"))
+
+    monkeypatch.setattr(svc.errors, "succeeded", another_thread_writes)
+    healer("diagnostics_heal")
+    assert wrote and wrote[0]["backend"] == "redis", wrote
+    for process in (healer, importer):
+        got = process("memory_working_get", sessionId="a", key="after")
+        assert got["backend"] == "redis" and got.get("value") == "the return", got
+    assert _store_state(importer) == {**NEW_STATE, "a": {"new": "imported", "after": "the return"}}
+    assert svc.sqlite.pending_swaps() == []
+
+
+def test_the_fallback_ends_only_once_no_imports_working_memory_waits_to_be_swapped_in(
+        durable_redis, make_runtime, tmp_path):
+    """The mark goes only in a transaction that finds no swap waiting: an import made on the
+    fallback that commits between the heal's swaps and its removal of the mark keeps the store on
+    the fallback until it is swapped in too (the heal tries again)."""
+    importer, export = _replace_import_pair(make_runtime, tmp_path, durable_redis.url)
+    durable_redis.stop()
+    assert importer("memory_working_get", sessionId="a", operation="all")["usingFallback"] is True
+    importer("import", exportData=export, strategy="replace")
+    durable_redis.start()
+    sqlite = importer.rt.services["working_memory"].sqlite
+    assert sqlite.clear_fallback_mark() is False
+    assert sqlite.fallback_mark() is not None and len(sqlite.pending_swaps()) == 1
+    healed = importer("diagnostics_heal")
+    assert any(d["name"] == "working_memory_backend" and d["fixed"] == 1 for d in healed["details"]), healed
+    assert sqlite.fallback_mark() is None and sqlite.pending_swaps() == []
+    assert _store_state(importer) == NEW_STATE
+
 def test_a_stage_no_import_waits_for_is_deleted_by_the_sweep(redis_server, make_runtime):
     """A process that died between writing a replace import's stage and its transaction leaves
     the stage in Redis; the sweep deletes it once it is an hour old (and not before: an import

@@ -25,8 +25,11 @@ during the outage but still in Redis from before it comes back (no tombstones ar
 
 A ``replace`` import is all or nothing for working memory as for the records, although Redis takes
 no part in the database's transaction: its working memory is staged in Redis, then swapped in after
-the records' commit. staged.py (``ReplaceStages``) does it; this subsystem owns the backend it
-works on and is its entry point for memory/transfer.py, the sweep, diagnose and heal.
+the records' commit. A swap empties every scope, so the heal does the ones still waiting (and a
+replace import's made on the fallback: an empty stage) before it removes the mark, while no process
+serves from Redis, and a returning process before it serves from Redis. staged.py
+(``ReplaceStages``) does it; this subsystem owns the backend it works on and is its entry point for
+memory/transfer.py, the sweep, diagnose and heal.
 """
 
 from __future__ import annotations
@@ -227,13 +230,16 @@ class WorkingMemory:
                 self.fallback_reason = str(exc)[:300] or type(exc).__name__
             self._mark_the_store()  # healed while Redis is down again: the store stays on the database
             return
+        # Before this process serves from Redis (its other threads would at once): a swap empties
+        # every scope, so it would delete what they wrote. The heal swapped them in already; this
+        # finds those whose swap Redis failed without the store falling back.
+        self.stages.complete_swaps(redis)
         with self._lock:
             self.backend, self.fallback_reason, self.fallback_since = redis, None, None
             self.errors.succeeded()
         log.info(
             "working memory: the fallback was healed; back on Redis at %s", without_password(self.settings.redis_url)
         )
-        self.complete_swaps()
         self.moved_at_return = self._move_to_redis(redis)
 
     def _move_to_redis(self, redis: RedisBackend) -> int:
@@ -275,9 +281,15 @@ class WorkingMemory:
         return self.backend is not self.sqlite
 
     def on_fallback(self) -> bool:
-        """Is the store configured for Redis but serving working memory from the database?"""
-        self._follow_the_store()
+        """Is the store configured for Redis but serving working memory from the database, as this
+        process last looked (``outside_database`` did, as the import began)? Asked inside a
+        replace import's transaction, where it must not look again: a return to Redis would move
+        working memory inside that transaction; ``record_redis_wipe`` checks the mark there."""
         return self.configured == "redis" and self.backend is self.sqlite
+
+    def look_again(self) -> None:
+        """Read the store's fallback mark at the next call, not FOLLOW_SECONDS after the last read."""
+        self._mark_read_at = None
 
     def export_entries(self, now: float, keep_agent: Callable[[str], bool]) -> list[dict[str, Any]]:
         """The export's entries of the working memory Redis holds (none once on the fallback:
@@ -511,15 +523,40 @@ class WorkingMemory:
         other one (every node's) within FOLLOW_SECONDS."""
         if self.configured != "redis" or not probe(self.settings.redis_url):
             return []
+        self.look_again()  # heal what the store is in, not what this process last saw
+        self._follow_the_store()
         if not self.using_fallback:
             return self.stages.heal(dry_run)
         detail = {"name": "working_memory_backend", "category": "working_memory", "wouldFix": 1}
         if dry_run:
             return [{**detail, "fixed": 0}]
-        self.sqlite.clear_fallback_mark()
-        self._mark_read_at = None
+        self._end_the_fallback()
+        self.look_again()
         self._follow_the_store()
         return [{**detail, "fixed": 0 if self.using_fallback else 1, "movedScopes": self.moved_at_return}]
+
+    def _end_the_fallback(self) -> None:
+        """Remove the store's fallback mark, once what replace imports left to swap in on Redis is
+        (one made on the fallback empties it): while the mark holds, every process serves from
+        the database, so emptying Redis deletes nothing written since. The removal is refused
+        while a swap waits (an import made on the fallback committed meanwhile: tried again);
+        if Redis fails a swap, the store stays on the fallback."""
+        try:
+            redis = RedisBackend(self.settings.redis_url, self.settings.working_memory_redis_prefix, audit=self._audit)
+        except BackendDown as exc:
+            log.warning("working memory: the fallback stays: Redis stopped answering (%s)", reason_of(exc))
+            return
+        try:
+            for _attempt in range(3):
+                self.stages.complete_swaps(redis)
+                if self.sqlite.clear_fallback_mark():
+                    return
+        finally:
+            redis.close()
+        log.warning(
+            "working memory: the fallback stays: a replace import's working memory could not be swapped in on "
+            "Redis (diagnose: working_memory_import_swap); heal again once it can"
+        )
 
     def close(self) -> None:
         if self.backend is not self.sqlite:

@@ -204,9 +204,23 @@ class SqliteBackend:
                 mark = codec.dumps({"since": since, "reason": reason})
                 tx.working.kv_put_many(FALLBACK_SCOPE, [(FALLBACK_KEY, mark, None)], self._iso())
 
+    @staticmethod
+    def marked(tx: Any) -> bool:
+        """In a write transaction: is the store on the fallback? Writes are serialised, so the
+        answer holds until the transaction commits (a heal's removal of the mark commits before
+        it or after it)."""
+        return tx.working.kv_get(FALLBACK_SCOPE, FALLBACK_KEY, 0.0) is not None
+
     def clear_fallback_mark(self) -> bool:
+        """End the fallback, unless a replace import's working memory still waits to be swapped in
+        on Redis (staged.py): that must be done first, while the mark keeps every process on the
+        database, or the swap would empty what processes back on Redis wrote meanwhile. Returns
+        whether the mark is gone."""
         with self.db.transaction("working_fallback_end") as tx:
-            return tx.working.kv_delete(FALLBACK_SCOPE, FALLBACK_KEY, 0.0)
+            if any(key.startswith(SWAP_KEY) for key, _v, _e in tx.working.kv_items(FALLBACK_SCOPE, 0.0, values=False)):
+                return False
+            tx.working.kv_delete(FALLBACK_SCOPE, FALLBACK_KEY, 0.0)
+            return True
 
     # -- a replace import's working memory waiting to be swapped in on Redis (staged.py)
     @staticmethod

@@ -11,7 +11,13 @@ commit and the swap, the import says so, working memory is still the old one (ne
 stage waits in Redis: the sweep or a heal swaps it in once Redis answers (``complete_swaps``),
 before anything written to the database during an outage moves there; diagnose reports it meanwhile.
 A replace import while the store is on the fallback records an empty stage (``record_redis_wipe``):
-Redis's old working memory is emptied on the return, or the heal would merge it back.
+Redis's old working memory is emptied by the heal, or the heal would merge it back. That wipe must
+not empty anything written to Redis after the import, so it is done while every process still
+serves from the database: the import records it only if its own transaction finds the store's
+fallback mark (else working memory is back in Redis: the import is refused, to retry), and the
+heal swaps every waiting stage in before it removes the mark, in a transaction that refuses while
+one waits (``SqliteBackend.clear_fallback_mark``); a process returning to Redis swaps in what is
+left before it serves from there.
 
 ``ReplaceStages`` does this for the ``working_memory`` subsystem (service.py), which owns the
 active backend (it changes on a fallback or a return to Redis) and delegates to it.
@@ -127,8 +133,31 @@ class ReplaceStages:
     def record_redis_wipe(self, tx: Any) -> None:
         """In a replace import's transaction while the store is on the fallback: the database's
         working memory is replaced, but Redis still holds the old, which the heal would merge
-        back. Recorded as an empty stage to swap in on the return to Redis, before what the
-        database holds then moves there."""
+        back. Recorded as an empty stage, swapped in by the heal before it ends the fallback.
+
+        :raise Unavailable: the store is not on the fallback (any more): this process took it
+            for on the fallback (it looks at the mark every FOLLOW_SECONDS), but a heal came
+            first, or it is an admin command that cannot reach the servers' Redis. Emptying
+            Redis later would delete what processes serving from it write after this import."""
+        if not SqliteBackend.marked(tx):
+            self.working.look_again()
+            where, there = self.working.where(), "not in the database this replace import was about to write it to"
+            if self.working.rt.role == "tool":
+                said = (
+                    f"working memory is kept in {where}, which this command cannot reach "
+                    f"({self.working.fallback_reason}), {there} (the servers are not on the fallback). Nothing was "
+                    "imported: retry it where Redis answers (on the server)"
+                )
+            else:
+                said = (
+                    f"the working-memory fallback was healed meanwhile: working memory is kept in {where} again, "
+                    f"{there}. Nothing was imported: retry it (it then replaces the working memory in Redis)"
+                )
+            raise Unavailable(
+                said,
+                code=errors.WORKING_MEMORY_UNAVAILABLE,
+                retry_after=1,
+            )
         # The stages of earlier imports it supersedes are deleted by the sweep once Redis answers.
         SqliteBackend.record_swap(tx, "empty-" + uuid.uuid4().hex, self.working.rt.clock.iso(), time.time_ns())
 
@@ -187,11 +216,13 @@ class ReplaceStages:
 
     # -- swaps Redis failed, and stages left behind: the sweep, heal and diagnose ----------------
 
-    def complete_swaps(self) -> int:
-        """Swap in the working memory of replace imports whose swap Redis failed; returns how
-        many were swapped. Before anything written to the database during an outage moves to
-        Redis, so that lands on the imported working memory, not on the old."""
-        backend = self.working.backend
+    def complete_swaps(self, backend: RedisBackend | None = None) -> int:
+        """Swap in the working memory of replace imports whose swap Redis failed, or made on the
+        fallback (an empty stage), on ``backend`` (default: the one working memory is served
+        from); returns how many were swapped. Before anything written to the database during an
+        outage moves to Redis, so that lands on the imported working memory, not on the old; and
+        by a heal before the fallback ends (``WorkingMemory.heal``)."""
+        backend = self.working.backend if backend is None else backend
         if not isinstance(backend, RedisBackend):
             return 0
         done = 0
