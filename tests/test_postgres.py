@@ -428,17 +428,20 @@ def test_while_the_database_does_not_answer_requests_say_so_at_once_and_resume_w
     assert "error" not in health["db"] and health["counts"]["sessions"] == 0, health
 
 
-def test_a_store_opens_while_a_long_write_holds_its_records_and_its_new_index_is_made_at_the_next_start(
-        pg_cluster, tmp_path, caplog):
+def test_a_store_opens_while_a_long_write_holds_its_records_and_makes_its_new_index_once_they_are_free(
+        pg_cluster, tmp_path, caplog, monkeypatch):
     """Opening a store creates the record indexes it lacks (a newer version declares one), which
     needs the records' table, and a replace import holds that table until it commits. Before, the
     start waited for the whole import (and every other start waited for it, behind the migration
-    lock). Now it opens without the new index, says so, and the next start makes it."""
+    lock). Now it opens without the new index and says so; and the running store makes it once
+    the import is over, without a restart (before: only the next start did, so a long-lived
+    server served listings without it until it was restarted)."""
     from agentmemory_server.kernel.scopes import RECORD_INDEXES
     from agentmemory_server.storage.interfaces import RecordIndex
     from agentmemory_server.storage.postgres.records import index_name
     from test_transfer import _answered_within
 
+    monkeypatch.setattr(pg_database, "INDEX_RETRY_SECONDS", 0.2, raising=False)  # not a minute, for the test
     url = pg_cluster.create_database()
     newer = (*RECORD_INDEXES, RecordIndex("mem:memories", ("importance",)))
 
@@ -463,19 +466,22 @@ def test_a_store_opens_while_a_long_write_holds_its_records_and_its_new_index_is
 
     writer = threading.Thread(target=long_import, daemon=True)
     writer.start()
+    opened = None
     try:
         assert holding.wait(30)
         opened = _answered_within(60, lambda: open_store("during", newer))
         assert opened.reader().records.get("mem:memories", "m1") is None  # it reads the store before the import
-        opened.close()
+        assert "record indexes not brought up to date" in caplog.text and not indexed()
     finally:
         release.set()
         writer.join(60)
     try:
-        assert "record indexes not brought up to date" in caplog.text and not indexed()
-        open_store("after", newer).close()
-        assert indexed()
+        # The same open store, not a new start, makes it once the import committed.
+        assert wait_for(indexed, timeout=60, interval=0.2, message="the running store never made its index")
+        assert not opened.owed_indexes
     finally:
+        if opened is not None:
+            opened.close()
         importer.close()
         pg_cluster.drop_database(url)
 

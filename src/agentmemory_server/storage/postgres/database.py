@@ -82,6 +82,10 @@ LOCK_WAIT_SECONDS = 30.0
 # holds the records' tables until it commits, and every other opener waits for MIGRATE_LOCK
 # meanwhile. A queued DDL lock also holds up the readers behind it, so the wait is short.
 SCHEMA_LOCK_WAIT_SECONDS = 5.0
+# How often a process that opened the store without some record index (SCHEMA_LOCK_WAIT_SECONDS
+# ran out: a replace import held the records' table) tries to make it again: a long-lived server
+# must not serve listings without it until it is restarted.
+INDEX_RETRY_SECONDS = 60.0
 # How long a check waits to learn whether the database still answers (a server that is gone
 # refuses at once; a network that drops packets is given this long).
 PROBE_SECONDS = 2
@@ -357,6 +361,9 @@ class PostgresDatabase:
         self.damage: dict[str, Any] | None = None
         self.last_check: dict[str, Any] | None = None
         declared = None if record_indexes is None else tuple(record_indexes)
+        # The record indexes this opener could not make (see make_owed_indexes); retried on a thread.
+        self.owed_indexes: tuple[RecordIndex, ...] = ()
+        self._retry_stop = threading.Event()
         self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         for spec in declared or ():
@@ -385,6 +392,10 @@ class PostgresDatabase:
                 background=background,
                 node=node or f"{socket.gethostname()}:{directory}",
             )
+        if self.owed_indexes:
+            threading.Thread(
+                target=self._make_owed_indexes_later, name="agentmemory-record-indexes", daemon=True
+            ).start()
 
     # ---- schema
     def _migrate(self, record_indexes: tuple[RecordIndex, ...] | None) -> str:
@@ -422,20 +433,52 @@ class PostgresDatabase:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
         return str(database_id)
 
-    def _ensure_indexes(self, conn: psycopg.Connection, record_indexes: tuple[RecordIndex, ...]) -> None:
+    def _ensure_indexes(self, conn: psycopg.Connection, record_indexes: tuple[RecordIndex, ...]) -> bool:
         """The declared record indexes, or none of the missing ones this time when the records'
         table is held (a replace import): they speed listings up, so the store opens without them
-        and the next start makes them (a start must not wait for the import to commit)."""
+        (a start must not wait for the import to commit) and owes them: a thread makes them once
+        the table is free (``make_owed_indexes``). False: they are owed."""
         try:
             ensure_indexes(TxConnection(conn), record_indexes)
         except AppError as exc:
             if not isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
                 raise
-            log.warning(
-                "record indexes not brought up to date: another transaction (a replace import?) held the records' "
-                "table for over %g s; the next start does it",
-                SCHEMA_LOCK_WAIT_SECONDS,
-            )
+            if not self.owed_indexes:
+                log.warning(
+                    "record indexes not brought up to date: another transaction (a replace import?) held the "
+                    "records' table for over %g s; tried again every %g s until it is free",
+                    SCHEMA_LOCK_WAIT_SECONDS,
+                    INDEX_RETRY_SECONDS,
+                )
+            self.owed_indexes = record_indexes
+            return False
+        self.owed_indexes = ()
+        return True
+
+    def make_owed_indexes(self) -> bool:
+        """Make the record indexes this store was opened without (its start found the records'
+        table held), if the table is free within SCHEMA_LOCK_WAIT_SECONDS; True when none is owed
+        any more. Under MIGRATE_LOCK, as at a start: a starting process may be making them too."""
+        if not self.owed_indexes:
+            return True
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+            try:
+                conn.execute(f"SET lock_timeout = '{int(SCHEMA_LOCK_WAIT_SECONDS * 1000)}ms'")
+                made = self._ensure_indexes(conn, self.owed_indexes)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+        if made:
+            log.info("record indexes brought up to date (the records' table was held when this process started)")
+        return made
+
+    def _make_owed_indexes_later(self) -> None:
+        while not self._retry_stop.wait(INDEX_RETRY_SECONDS):
+            try:
+                if self.make_owed_indexes():
+                    return
+            except Exception as exc:  # noqa: BLE001 - a database that does not answer: the next round tries again
+                log.warning("record indexes not brought up to date yet: %s", getattr(exc, "message", exc))
 
     def _schema_step_waits(self, step: str) -> Unavailable:
         return Unavailable(
@@ -789,6 +832,7 @@ class PostgresDatabase:
     def close(self) -> None:
         if self._closed:
             return
+        self._retry_stop.set()
         if self.lexical is not None:
             self.lexical.close()  # its last commit records progress in the database
         self._closed = True
