@@ -570,3 +570,90 @@ def test_while_a_replace_import_runs_reads_are_served_writes_get_a_prompt_503_an
     assert client.get("/agentmemory/observations?sessionId=rest-import").json["observations"]
     assert client.post("/agentmemory/remember", json={"content": "remembered after"}).status_code == 201
     assert rt.db.reader().records.count("mem:memories") == 6001
+
+
+def _holding_the_write_lock(rt):
+    """Start a long write transaction of ``rt``'s store on a thread, as a replace import's one
+    transaction: returns (held, release), ``held`` set once it holds the store's write lock."""
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def long_write():
+        with rt.db.transaction("import") as tx:
+            tx.records.set("mem:memories", "held", {"id": "held", "content": "held"}, now="2026-01-01T00:00:00Z")
+            held.set()
+            release.wait(120)
+
+    threading.Thread(target=long_write, daemon=True).start()
+    assert held.wait(60)
+    return held, release
+
+
+def test_a_periodic_run_the_database_kept_busy_is_kept_and_run_once_it_is_free_not_counted_a_failure(
+    make_runtime, caplog
+):
+    """A periodic job claimed its run, and then a replace import took the write lock: the job's
+    write answered database_busy. Before, that counted as the job's failure (its error stood in
+    /health), recording it failed with a traceback, and the run was lost until the next period
+    (a day for some jobs). Now the run is kept and done once the database takes writes again."""
+    import time
+
+    rt = make_runtime(lock_wait_seconds=1)
+    importer = make_runtime()
+    holding = {}
+    written = []
+
+    def sweep():
+        if not holding:
+            holding["release"] = _holding_the_write_lock(importer)[1]  # the import starts after the claim
+        with rt.db.transaction("sweep") as tx:
+            tx.records.set("mem:test", "swept", {"n": 1}, now="2026-01-01T00:00:00Z")
+        written.append(1)
+
+    rt.every(3600, "nightly", sweep)
+    with rt.db.transaction("due") as tx:  # the schedule says the run is due now
+        tx.jobs.claim_periodic("nightly", time.time(), 0, "earlier")
+    job = next(j for j in rt.jobs._jobs if j["name"] == "nightly")
+    try:
+        rt.jobs._due(job)  # claims the run; the job then finds the database busy
+    finally:
+        if "release" in holding:
+            holding["release"].set()
+    status = lambda: next(j for j in rt.jobs.status() if j["name"] == "nightly")  # noqa: E731
+    assert status()["errors"] == 0 and status()["lastError"] is None, status()
+    assert "Traceback" not in caplog.text and "recording background job" not in caplog.text, caplog.text
+    rt.jobs._due(job)  # its next poll, once the import is over: the kept run is done
+    assert written == [1] and status()["runs"] == 1, status()
+    assert rt.db.reader().records.get("mem:test", "swept") == {"n": 1}
+
+
+def test_while_an_import_keeps_the_worker_from_beating_health_says_it_waits_for_the_database(make_runtime):
+    """A worker beats by writing its heartbeat, which a replace import's transaction keeps it
+    from until it commits. Before, after 30 s /health said no background worker was alive (and
+    the capture spool that nobody drains it); now it names the worker as waiting for the
+    database (the import), degraded, and the spool as drained by it."""
+    import os
+    import socket
+    import time
+
+    from agentmemory_server.kernel.util import Clock
+    from agentmemory_server.memory import transfer_lease
+
+    rt = make_runtime(background_jobs=True, background="external")  # the worker is another process
+    rt.started_at -= 120  # past the start-up grace, when no worker counts as missing
+    began = time.time() - 40  # the import began 40 s ago
+    importer = make_runtime(clock=Clock(lambda: began))
+    with rt.db.transaction("worker_heartbeat") as tx:  # the worker's last beat, just before the import began
+        tx.jobs.worker_beat("node:4242:1", socket.gethostname(), os.getpid(), began - 600, began - 2, {"jobs": []})
+    with transfer_lease.hold(importer, operation="an import (replace)"):
+        during = ToolCaller(rt)("health")["background"]
+        drained_by = rt.services["capture_spool"].drained_by(verify=True)
+        check = next(c for c in rt.services["background"].diagnose() if c["name"] == "background-worker")
+    assert during["status"] == "degraded" and [w["id"] for w in during["workers"]] == ["node:4242:1"], during
+    assert "an import (replace) holds its write lock" in during["waitingFor"], during
+    assert drained_by == "worker"
+    assert "waiting for the database" in check["message"], check
+    after = ToolCaller(rt)("health")["background"]  # no import runs: a worker silent for 42 s is gone
+    assert after["workers"] == [] and after["waitingFor"] is None and after["status"] == "degraded"
+    assert rt.services["capture_spool"].drained_by(verify=True) == "nobody"

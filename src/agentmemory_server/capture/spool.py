@@ -42,6 +42,7 @@ from agentmemory_server.errors import AppError
 from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
 from agentmemory_server.kernel.registry import Ctx, Reply
 from agentmemory_server.kernel.util import process_alive
+from agentmemory_server.memory import transfer_lease
 
 log = logging.getLogger("agentmemory.capture")
 # Not "capture-spool": upstream's hook scripts keep their own spool there, in the same data dir.
@@ -261,7 +262,10 @@ class CaptureSpool:
         if not verify or settings.background == "inline" or time.time() - self.rt.started_at < WORKER_ALIVE_SECONDS:
             return WORKER
         try:
-            workers = self.rt.db.reader().jobs.workers(time.time() - WORKER_ALIVE_SECONDS)
+            store = self.rt.db.reader()
+            # A worker a replace import keeps from beating (and from draining) drains once it commits.
+            since, _holder = transfer_lease.heartbeats_since(store, WORKER_ALIVE_SECONDS)
+            workers = store.jobs.workers(since)
         except Exception:  # noqa: BLE001 - the database does not answer: which workers live is unknown
             return WORKER
         here = socket.gethostname()

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agentmemory_server import __version__
+from agentmemory_server import __version__, errors
 from agentmemory_server.errors import AppError, LastError, Unavailable
 from agentmemory_server.kernel import auth, background
 from agentmemory_server.kernel.bus import EventBus
@@ -98,7 +98,7 @@ class Jobs:
     def _due(self, job: dict[str, Any]) -> None:
         # Ask the database again within a minute at most: another worker may own the schedule.
         job["next"] = time.monotonic() + min(job["every"], 60.0)
-        if job["perNode"]:
+        if job["perNode"] or job.get("owed"):  # (owed: a run claimed here that the database kept busy)
             self.run(job)
             return
         try:
@@ -118,7 +118,11 @@ class Jobs:
             job["fn"]()
             job["runs"] += 1
             job["lastError"].succeeded()
+            job["owed"] = False
         except AppError as exc:  # a known condition (disk full, damaged file): one line, no traceback
+            if exc.code == errors.DATABASE_BUSY:
+                self._owe(job, exc)
+                return
             job["errors"] += 1
             error = exc.message[:300]  # the shared schedule records it too (it counted as a success)
             job["lastError"].failed(error)
@@ -128,13 +132,26 @@ class Jobs:
             error = str(exc)[:300]
             job["lastError"].failed(error)
             log.exception("background job %s failed", job["name"])
+        job["owed"] = False
         if self._claim is None or job["perNode"]:
             job["next"] = time.monotonic() + job["every"]
         if self._done is not None and not job["perNode"]:
             try:
                 self._done(job["name"], error)
+            except AppError as exc:  # busy or unreachable: the schedule misses one count, nothing more
+                log.warning("could not record background job %s's run: %s", job["name"], exc.message)
             except Exception:  # noqa: BLE001
                 log.exception("recording background job %s failed", job["name"])
+
+    def _owe(self, job: dict[str, Any], exc: AppError) -> None:
+        """The database stayed busy (another writer, such as a replace import, held its write lock
+        past the wait): not a failure of the job. The run is kept (this worker claimed it) and
+        tried again at its next poll, within a minute, without claiming it again; a job whose
+        period is longer would otherwise lose this run until the next period."""
+        if not job.get("owed"):
+            log.warning("background job %s waits for the database: %s", job["name"], exc.message)
+        job["owed"] = True
+        job["next"] = time.monotonic() + min(job["every"], 60.0)
 
     def run_now(self, name: str) -> None:
         for job in self._jobs:

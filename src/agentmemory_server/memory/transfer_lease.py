@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from agentmemory_server import errors
@@ -100,6 +101,28 @@ def _read(store: Any) -> dict[str, Any] | None:
     except ValueError:
         return None
     return holder if isinstance(holder, dict) else None
+
+
+def running(store: Any) -> dict[str, Any] | None:
+    """What holds this store's lease now (``operation``, ``since``, ``host``, ``pid``), or None."""
+    holder = _read(store)
+    return holder if _held(holder, time.time()) else None
+
+
+def heartbeats_since(store: Any, alive_seconds: float) -> tuple[float, dict[str, Any] | None]:
+    """The oldest worker heartbeat (epoch) that still counts its worker alive, and what holds
+    the lease (None). A worker beats by writing, and a replace import's one transaction keeps
+    every other writer out until it commits (minutes): while one runs, a worker that beat within
+    ``alive_seconds`` before it began is waiting for the database, not gone."""
+    cutoff = time.time() - alive_seconds
+    holder = running(store)
+    if holder is None:
+        return cutoff, None
+    try:
+        began = datetime.fromisoformat(str(holder.get("since"))).timestamp()
+    except ValueError:
+        return cutoff, holder
+    return min(cutoff, began - alive_seconds), holder
 
 
 def _refused(holder: dict[str, Any], wanted: str) -> Conflict:

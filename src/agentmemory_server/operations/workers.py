@@ -19,6 +19,7 @@ from typing import Any
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
 from agentmemory_server.kernel.util import WorkerFailures, iso
+from agentmemory_server.memory import transfer_lease
 
 log = logging.getLogger("agentmemory.background")
 BEAT_SECONDS = 5.0
@@ -85,15 +86,26 @@ class BackgroundStatus:
         settings = self.rt.settings
         store = self.rt.db.reader()
         workers = store.jobs.workers(time.time() - ALIVE_WITHIN)
+        waiting_for = None
+        if not workers:  # none has beaten lately: gone, or kept from writing by a replace import
+            since, holder = transfer_lease.heartbeats_since(store, ALIVE_WITHIN)
+            workers = store.jobs.workers(since) if holder is not None else []
+            if workers and holder is not None:
+                waiting_for = (
+                    f"the database: {holder.get('operation') or 'an import'} holds its write lock since "
+                    f"{holder.get('since')} (process {holder.get('pid')} on {holder.get('host')}); the worker's "
+                    "heartbeat and its work resume when it commits"
+                )
         supervisor = getattr(self.rt, "supervisor", None)
         expected = settings.background_jobs and settings.background != "inline"
         starting = time.time() - self.rt.started_at < ALIVE_WITHIN
-        status = "degraded" if expected and not workers and not starting else "healthy"
+        status = "degraded" if expected and (not workers or waiting_for) and not starting else "healthy"
         return {
             "status": status,
             "mode": settings.background if settings.background_jobs else "off",
             "runsHere": self.rt.runs_background,
             "workers": workers,
+            "waitingFor": waiting_for,
             "supervisor": supervisor.status() if supervisor is not None else None,
             "periodic": [_periodic_entry(job) for job in store.jobs.periodic_status()],
         }
@@ -101,18 +113,20 @@ class BackgroundStatus:
     def diagnose(self) -> list[dict[str, Any]]:
         health = self.health()
         ok = health["status"] == "healthy"
-        message = (
-            f"{len(health['workers'])} background worker(s) alive (mode {health['mode']})"
-            if ok
-            else f"no background worker has reported for {ALIVE_WITHIN:.0f} s (mode {health['mode']}): "
-            "embeddings, model jobs and sweeps wait"
-        )
-        fix = (
-            ""
-            if ok
-            else "start `agentmemory worker` (AGENTMEMORY_BACKGROUND=external) or check the server log for "
-            "worker crashes (process)"
-        )
+        if ok:
+            message, fix = f"{len(health['workers'])} background worker(s) alive (mode {health['mode']})", ""
+        elif health["waitingFor"]:
+            message = f"the background worker is waiting for {health['waitingFor']}"
+            fix = "nothing to do: embeddings, model jobs and sweeps wait for the import and then catch up"
+        else:
+            message = (
+                f"no background worker has reported for {ALIVE_WITHIN:.0f} s (mode {health['mode']}): "
+                "embeddings, model jobs and sweeps wait"
+            )
+            fix = (
+                "start `agentmemory worker` (AGENTMEMORY_BACKGROUND=external) or check the server log for "
+                "worker crashes (process)"
+            )
         return [
             {
                 "name": "background-worker",
