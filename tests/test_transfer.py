@@ -657,3 +657,36 @@ def test_while_an_import_keeps_the_worker_from_beating_health_says_it_waits_for_
     after = ToolCaller(rt)("health")["background"]  # no import runs: a worker silent for 42 s is gone
     assert after["workers"] == [] and after["waitingFor"] is None and after["status"] == "degraded"
     assert rt.services["capture_spool"].drained_by(verify=True) == "nobody"
+
+
+def test_a_model_job_whose_write_found_the_database_busy_is_kept_without_using_an_attempt(
+    llm_runtime, make_runtime, caplog
+):
+    """A model job ran and its write then found the write lock taken (a replace import began):
+    database_busy. Before, that was the job's own failure: a traceback in the log and one of its
+    few attempts used up (a long import could exhaust them and drop the job). Now it waits like a
+    job whose model is down: kept, retried later, no attempt used, no traceback."""
+    from agentmemory_server.models import llm, llm_jobs
+
+    rt = llm_runtime(lock_wait_seconds=1)
+    importer = make_runtime()
+    if "import-busy-test" not in llm_jobs.JOB_KINDS:
+
+        @llm_jobs.job_handler("import-busy-test")
+        def _write_while_an_import_holds_the_lock(ctx, ref, args):
+            release = _holding_the_write_lock(ctx.rt.test_importer)[1]
+            try:
+                with ctx.rt.db.transaction("job_write") as tx:
+                    tx.records.set("mem:test", ref, {"done": True}, now="2026-01-01T00:00:00Z")
+            finally:
+                release.set()
+
+    rt.test_importer = importer
+    runner = llm.service(rt).jobs
+    with rt.db.transaction("queue") as tx:
+        runner.enqueue(tx, "import-busy-test", "job-1")
+    assert runner.drain_once() == 1
+    with rt.db.transaction("look") as tx:  # claimed far ahead, to read what the job's row says now
+        kept = tx.jobs.claim(rt.clock.time() + 3600, 10, rt.clock.time() + 7200)
+    assert [(j["kind"], j["ref"], j["attempts"]) for j in kept] == [("import-busy-test", "job-1", 0)], kept
+    assert "LLM job import-busy-test job-1 failed" not in caplog.text and "Traceback" not in caplog.text

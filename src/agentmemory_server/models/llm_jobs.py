@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from agentmemory_server.errors import CapacityExceeded
+from agentmemory_server import errors
+from agentmemory_server.errors import AppError, CapacityExceeded
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
@@ -43,6 +44,7 @@ from agentmemory_server.threads import lower_thread_priority
 log = logging.getLogger("agentmemory.llm")
 JOB_BATCH = 8
 JOB_RETRY_CAP = 3600.0  # between tries of a job whose handler failed
+BUSY_RETRY_SECONDS = 30.0  # a job whose writes found the database busy (a replace import)
 OUTAGE_RETRY_CAP = 600.0  # between tries of a job waiting for the model: it runs at most 10 min after recovery
 OUTAGE_RETRY_MIN = 5.0
 # True while a background job runs on this thread: its model calls wait for the model, while an
@@ -191,6 +193,13 @@ class JobRunner:
             self._wait(ctx, job, kind, retry.reason, retry.not_before)
             return
         except Exception as exc:  # noqa: BLE001 - a job must never kill the worker
+            if isinstance(exc, AppError) and exc.code == errors.DATABASE_BUSY:
+                # Another writer (a replace import) held the database's write lock past the wait:
+                # not the job's fault, so it uses up no attempt and logs no traceback. If the
+                # database is still busy for this write too, the job's lease runs out and it is
+                # taken again then.
+                self._wait(ctx, job, kind, exc.message, self.rt.clock.time() + BUSY_RETRY_SECONDS)
+                return
             log.exception("LLM job %s %s failed", job["kind"], job["ref"])
             self._retry(ctx, job, kind, f"{type(exc).__name__}: {exc}")
             return
