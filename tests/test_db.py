@@ -381,16 +381,20 @@ def test_a_failed_wal_checkpoint_is_kept_with_its_time_marks_storage_degraded_an
         db.close()
 
 
-def test_a_store_opens_while_another_process_holds_the_write_lock_and_makes_a_new_index_at_the_next_start(
-        tmp_path, caplog):
+def test_a_store_opens_while_another_process_holds_the_write_lock_and_makes_a_new_index_once_it_is_free(
+        tmp_path, caplog, monkeypatch):
     """A start that has a record index to make (a newer version declares one) needs the write lock,
-    which a replace import in another process holds until it commits. Before, the start failed
-    once its busy wait ran out ("database is locked"); now it opens without the index, says so,
-    and the next start makes it."""
+    which a replace import in another process holds until it commits. Before cd9fbbb the start
+    failed once its busy wait ran out ("database is locked"); then it opened without the index
+    and only the next start made it, so a long-lived server served listings without it until it
+    was restarted. Now the open store makes it once the lock is free."""
     from agentmemory_server.kernel.scopes import RECORD_INDEXES
     from agentmemory_server.storage.interfaces import RecordIndex
+    from agentmemory_server.storage.sqlite import database as sqlite_database
     from agentmemory_server.storage.sqlite.records import index_name
+    from conftest import wait_for
 
+    monkeypatch.setattr(sqlite_database, "INDEX_RETRY_SECONDS", 0.2, raising=False)  # not a minute, for the test
     path = tmp_path / "x.db"
     newer = (*RECORD_INDEXES, RecordIndex("mem:memories", ("importance",)))
     Database(path, now=Clock().iso, background=False, record_indexes=RECORD_INDEXES).close()
@@ -403,15 +407,18 @@ def test_a_store_opens_while_another_process_holds_the_write_lock_and_makes_a_ne
     importer = sqlite3.connect(path, isolation_level=None)
     importer.execute("BEGIN IMMEDIATE")  # as a replace import's one transaction holds it
     importer.execute("DELETE FROM kv_store")
+    opened = None
     try:
         opened = Database(path, now=Clock().iso, background=False, record_indexes=newer, lock_wait=0.3)
-        opened.close()
+        assert "record indexes not brought up to date" in caplog.text and not indexed()
     finally:
         importer.execute("ROLLBACK")
         importer.close()
-    assert "record indexes not brought up to date" in caplog.text and not indexed()
-    Database(path, now=Clock().iso, background=False, record_indexes=newer).close()
-    assert indexed()
+    try:
+        assert wait_for(indexed, timeout=60, interval=0.2, message="the open store never made its index")
+        assert not opened.owed_indexes
+    finally:
+        opened.close()
 
 
 def test_a_migration_that_waits_past_the_lock_wait_for_an_import_is_refused_naming_it(tmp_path):

@@ -60,6 +60,10 @@ T = TypeVar("T")
 BUSY_TIMEOUT_SECONDS = 30.0
 # A write that waited longer than this for the locks before SQLite's gets its busy wait shortened.
 SHORTENED_AFTER_SECONDS = 0.05
+# How often a process that opened the store without some record index (another process held the
+# write lock past its busy wait: a replace import) tries to make it again: a long-lived server
+# must not serve listings without it until it is restarted.
+INDEX_RETRY_SECONDS = 60.0
 
 
 class SchemaTooNew(AppError):
@@ -230,6 +234,9 @@ class Database:
             into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
         self.lexical: TantivyLexical | None = None
         self.checkpointer: WalCheckpointer | None = None
+        # The record indexes this opener could not make (see make_owed_indexes); retried on a thread.
+        self.owed_indexes: tuple[RecordIndex, ...] = ()
+        self._retry_stop = threading.Event()
         if self.damage is not None:
             return  # served as it is: no migration, index or engine state is written into a damaged file
         self._migrate()
@@ -248,12 +255,17 @@ class Database:
                 stale=stale,
                 background=background,
             )
+        if self.owed_indexes:
+            threading.Thread(
+                target=self._make_owed_indexes_later, name="agentmemory-record-indexes", daemon=True
+            ).start()
 
-    def _ensure_indexes(self, declared: tuple[RecordIndex, ...]) -> None:
+    def _ensure_indexes(self, declared: tuple[RecordIndex, ...]) -> bool:
         """The declared record indexes, or none of the missing ones this time when another
         process holds the write lock past this opener's busy wait (a replace import holds it until
-        it commits): they speed listings up, so the store opens without them and the next start
-        makes them (a start must not fail for an import)."""
+        it commits): they speed listings up, so the store opens without them (a start must not
+        fail for an import) and owes them: a thread makes them once the lock is free
+        (``make_owed_indexes``). False: they are owed."""
         with self._lock:
             try:
                 ensure_indexes(self._writer, declared)
@@ -261,11 +273,36 @@ class Database:
                 fault = classify(exc, self.path)
                 if fault is None or fault.code != errors.DATABASE_BUSY:
                     raise
-                log.warning(
-                    "record indexes not brought up to date: another process (a replace import?) held the write lock "
-                    "for over %g s; the next start does it",
-                    self.lock_wait,
-                )
+                if not self.owed_indexes:
+                    log.warning(
+                        "record indexes not brought up to date: another process (a replace import?) held the write "
+                        "lock for over %g s; tried again every %g s until it is free",
+                        self.lock_wait,
+                        INDEX_RETRY_SECONDS,
+                    )
+                self.owed_indexes = declared
+                return False
+        self.owed_indexes = ()
+        return True
+
+    def make_owed_indexes(self) -> bool:
+        """Make the record indexes this store was opened without (another process held the write
+        lock at its start), if the lock is free within this opener's busy wait; True when none is
+        owed any more."""
+        if not self.owed_indexes or self._closed:
+            return True
+        made = self._ensure_indexes(self.owed_indexes)
+        if made:
+            log.info("record indexes brought up to date (the write lock was held when this process started)")
+        return made
+
+    def _make_owed_indexes_later(self) -> None:
+        while not self._retry_stop.wait(INDEX_RETRY_SECONDS):
+            try:
+                if self.make_owed_indexes():
+                    return
+            except Exception as exc:  # noqa: BLE001 - a full or damaged disk: the next round tries again
+                log.warning("record indexes not brought up to date yet: %s", getattr(exc, "message", exc))
 
     def _engine_switched(self, engine: str) -> bool:
         """Record which lexical engine serves writes; True when the Tantivy index may have missed
@@ -788,6 +825,7 @@ class Database:
         return False  # a local file: nothing waits on a server that may be gone
 
     def close(self) -> None:
+        self._retry_stop.set()
         with self._vector_indexes_lock:
             indexes, self._vector_indexes = list(self._vector_indexes.values()), {}
         if not self._closed:
