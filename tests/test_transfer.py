@@ -690,3 +690,35 @@ def test_a_model_job_whose_write_found_the_database_busy_is_kept_without_using_a
         kept = tx.jobs.claim(rt.clock.time() + 3600, 10, rt.clock.time() + 7200)
     assert [(j["kind"], j["ref"], j["attempts"]) for j in kept] == [("import-busy-test", "job-1", 0)], kept
     assert "LLM job import-busy-test job-1 failed" not in caplog.text and "Traceback" not in caplog.text
+
+
+def test_an_embedded_batch_whose_write_found_the_database_busy_is_stored_once_the_import_commits(make_runtime):
+    """The worker claimed a batch of the vector backlog and embedded it, and a replace import
+    took the write lock before the vectors were stored. Before, the batch was dropped with a
+    database_busy error and sat under its lease (10 minutes) before it was embedded again; now
+    it is stored as soon as the import commits."""
+    import threading
+
+    from agentmemory_server.retrieval import vectors
+
+    rt = make_runtime(embedding_provider="hash", lock_wait_seconds=1)
+    importer = make_runtime()
+    svc = vectors.service(rt)
+    ToolCaller(rt)("agent_observe", **hook("embed-busy", content="the deploy script failed on the staging cluster"))
+    assert rt.db.reader().vectors.backlog_stats()["pending"] == 1
+    taken = []
+
+    def after_the_claim():  # the batch's claim committed: the import begins, and commits a little later
+        if not taken:
+            taken.append(_holding_the_write_lock(importer)[1])
+            threading.Timer(2.0, taken[0].set).start()
+
+    rt.db.on_commit(after_the_claim)
+    try:
+        assert svc.drain_once() == 1
+    finally:
+        for release in taken:
+            release.set()
+    assert taken, "the import never held the lock"
+    svc.catch_up()  # (the index follower thread of a server)
+    assert rt.db.reader().vectors.backlog_stats()["pending"] == 0 and len(svc.index) == 1

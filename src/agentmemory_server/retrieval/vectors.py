@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from agentmemory_server import errors
 from agentmemory_server.errors import LastError, Unavailable
 from agentmemory_server.kernel import background
 from agentmemory_server.kernel.runtime import Runtime
@@ -148,6 +149,7 @@ class VectorService:
         self._cache_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._busy = WorkerFailures(log, "embedding batch (stored once the database takes writes)")
         self._index: VectorIndex | None = None
         self._threads: list[threading.Thread] = []
         # The model runs on a thread at the lowest priority, the backlog's transactions on the
@@ -374,20 +376,38 @@ class VectorService:
             with self.rt.db.transaction("embed_failed") as tx:
                 tx.vectors.backlog_failed(rowids, self.error, time.time() + delay)
             return len(rows)
-        stamp, stored = self.rt.clock.iso(), 0
-        with self.rt.db.transaction("embed") as tx:
-            for row, vector in zip(full, vectors, strict=True):
-                stored += tx.vectors.put(
-                    row["rowid"], self.embedder.model_id, to_blob(vector), self.embedder.dim, stamp
-                )
-            for row, packed in zip(tokened, tokens or [], strict=False):
-                tx.vectors.put_tokens(row["rowid"], late_interaction.MODEL_ID, packed)
-            tx.vectors.backlog_done(rowids, started)
+        stamp, embedder = self.rt.clock.iso(), self.embedder
+
+        def store() -> int:
+            stored = 0
+            with self.rt.db.transaction("embed") as tx:
+                for row, vector in zip(full, vectors, strict=True):
+                    stored += tx.vectors.put(row["rowid"], embedder.model_id, to_blob(vector), embedder.dim, stamp)
+                for row, packed in zip(tokened, tokens or [], strict=False):
+                    tx.vectors.put_tokens(row["rowid"], late_interaction.MODEL_ID, packed)
+                tx.vectors.backlog_done(rowids, started)
+            return stored
+
+        stored = self._once_the_database_takes_it(store)
         release_memory()
         self.embedded += stored
         self.error = None
         self.last_error.succeeded()
         return len(rows)
+
+    def _once_the_database_takes_it(self, write: Callable[[], int]) -> int:
+        """``write()``, tried again while the database stays busy (another writer, such as a
+        replace import, holds its write lock past the wait; each try waits for it): a batch
+        already embedded is stored as soon as the import commits, not left to its lease
+        (LEASE_SECONDS) and embedded again. Logged once a minute meanwhile."""
+        while True:
+            try:
+                return write()
+            except Unavailable as exc:
+                if exc.code != errors.DATABASE_BUSY or self._stop.is_set():
+                    raise
+                self._busy.failed(exc)
+                self._stop.wait(1.0)  # a busy answer that came at once (no database) does not spin
 
     def _embed_documents(self, texts: list[str], own: list[str]) -> tuple[Any, list[bytes] | None]:
         """The documents' vectors and (late interaction on) packed token vectors, computed on
