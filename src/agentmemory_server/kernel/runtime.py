@@ -36,7 +36,7 @@ from agentmemory_server.kernel.principals import TokenCache
 from agentmemory_server.kernel.scopes import RECORD_INDEXES
 from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
 from agentmemory_server.kernel.settings import Settings
-from agentmemory_server.kernel.util import Clock
+from agentmemory_server.kernel.util import Clock, WorkerFailures
 from agentmemory_server.storage import open_database
 from agentmemory_server.threads import lower_thread_priority
 
@@ -66,6 +66,9 @@ class Jobs:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._claim, self._done = claim, done
+        # A database that refuses writes (busy with a replace import, or not answering) refuses
+        # every job's claim: one line a minute for all of them, not one per job
+        self._claim_failures = WorkerFailures(log, "could not claim background job runs")
 
     def every(self, seconds: float, name: str, fn: Callable[[], Any], *, per_node: bool = False) -> None:
         """Run ``fn`` every ``seconds``: once per database, or with ``per_node`` in every process
@@ -103,8 +106,8 @@ class Jobs:
             return
         try:
             claimed = self._claim is None or self._claim(job["name"], job["every"])
-        except AppError as exc:  # the database does not answer, or is busy: one line, no traceback
-            log.warning("could not claim background job %s: %s", job["name"], exc.message)
+        except AppError as exc:  # the database does not answer, or is busy: no traceback
+            self._claim_failures.failed(exc)
             return
         except Exception:  # noqa: BLE001 - a database hiccup: try at the next poll
             log.exception("claiming background job %s failed", job["name"])

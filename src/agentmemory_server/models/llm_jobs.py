@@ -134,6 +134,8 @@ class JobRunner:
         self.paused, self.count = paused, count
         self._wake, self._stop = threading.Event(), threading.Event()
         self._shed_log = WorkerFailures(log, "LLM job queue")
+        # Shared by the worker threads: a busy database fails them all at once, one line a minute
+        self._batch_failures = WorkerFailures(log, "LLM job batch")
         self.threads: list[threading.Thread] = []
 
     def start(self, workers: int) -> None:
@@ -249,7 +251,7 @@ class JobRunner:
 
     def _work(self) -> None:
         lower_thread_priority()  # a job's own work (parsing, merging) yields to requests
-        failures = WorkerFailures(log, "LLM job batch")
+        failures = self._batch_failures
         while not self._stop.is_set():
             paused = self.paused()
             if paused is not None:  # claim nothing while the breaker is open: no job could run
