@@ -390,11 +390,11 @@ def test_a_store_opens_while_another_process_holds_the_write_lock_and_makes_a_ne
     was restarted. Now the open store makes it once the lock is free."""
     from agentmemory_server.kernel.scopes import RECORD_INDEXES
     from agentmemory_server.storage.interfaces import RecordIndex
-    from agentmemory_server.storage.sqlite import database as sqlite_database
+    from agentmemory_server.storage import owed_indexes
     from agentmemory_server.storage.sqlite.records import index_name
     from conftest import wait_for
 
-    monkeypatch.setattr(sqlite_database, "INDEX_RETRY_SECONDS", 0.2, raising=False)  # not a minute, for the test
+    monkeypatch.setattr(owed_indexes, "RETRY_SECONDS", 0.2)  # not a minute, for the test
     path = tmp_path / "x.db"
     newer = (*RECORD_INDEXES, RecordIndex("mem:memories", ("importance",)))
     Database(path, now=Clock().iso, background=False, record_indexes=RECORD_INDEXES).close()

@@ -437,11 +437,12 @@ def test_a_store_opens_while_a_long_write_holds_its_records_and_makes_its_new_in
     the import is over, without a restart (before: only the next start did, so a long-lived
     server served listings without it until it was restarted)."""
     from agentmemory_server.kernel.scopes import RECORD_INDEXES
+    from agentmemory_server.storage import owed_indexes
     from agentmemory_server.storage.interfaces import RecordIndex
     from agentmemory_server.storage.postgres.records import index_name
     from test_transfer import _answered_within
 
-    monkeypatch.setattr(pg_database, "INDEX_RETRY_SECONDS", 0.2, raising=False)  # not a minute, for the test
+    monkeypatch.setattr(owed_indexes, "RETRY_SECONDS", 0.2)  # not a minute, for the test
     url = pg_cluster.create_database()
     newer = (*RECORD_INDEXES, RecordIndex("mem:memories", ("importance",)))
 

@@ -35,7 +35,7 @@ from pgvector.psycopg import register_vector
 
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
-from agentmemory_server.storage import interfaces
+from agentmemory_server.storage import interfaces, owed_indexes
 from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
@@ -82,10 +82,6 @@ LOCK_WAIT_SECONDS = 30.0
 # holds the records' tables until it commits, and every other opener waits for MIGRATE_LOCK
 # meanwhile. A queued DDL lock also holds up the readers behind it, so the wait is short.
 SCHEMA_LOCK_WAIT_SECONDS = 5.0
-# How often a process that opened the store without some record index (SCHEMA_LOCK_WAIT_SECONDS
-# ran out: a replace import held the records' table) tries to make it again: a long-lived server
-# must not serve listings without it until it is restarted.
-INDEX_RETRY_SECONDS = 60.0
 # How long a check waits to learn whether the database still answers (a server that is gone
 # refuses at once; a network that drops packets is given this long).
 PROBE_SECONDS = 2
@@ -393,9 +389,7 @@ class PostgresDatabase:
                 node=node or f"{socket.gethostname()}:{directory}",
             )
         if self.owed_indexes:
-            threading.Thread(
-                target=self._make_owed_indexes_later, name="agentmemory-record-indexes", daemon=True
-            ).start()
+            owed_indexes.make_later(self.make_owed_indexes, self._retry_stop)
 
     # ---- schema
     def _migrate(self, record_indexes: tuple[RecordIndex, ...] | None) -> str:
@@ -448,7 +442,7 @@ class PostgresDatabase:
                     "record indexes not brought up to date: another transaction (a replace import?) held the "
                     "records' table for over %g s; tried again every %g s until it is free",
                     SCHEMA_LOCK_WAIT_SECONDS,
-                    INDEX_RETRY_SECONDS,
+                    owed_indexes.RETRY_SECONDS,
                 )
             self.owed_indexes = record_indexes
             return False
@@ -471,14 +465,6 @@ class PostgresDatabase:
         if made:
             log.info("record indexes brought up to date (the records' table was held when this process started)")
         return made
-
-    def _make_owed_indexes_later(self) -> None:
-        while not self._retry_stop.wait(INDEX_RETRY_SECONDS):
-            try:
-                if self.make_owed_indexes():
-                    return
-            except Exception as exc:  # noqa: BLE001 - a database that does not answer: the next round tries again
-                log.warning("record indexes not brought up to date yet: %s", getattr(exc, "message", exc))
 
     def _schema_step_waits(self, step: str) -> Unavailable:
         return Unavailable(

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
-from agentmemory_server.storage import interfaces
+from agentmemory_server.storage import interfaces, owed_indexes
 from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.file_locks import try_lock
 from agentmemory_server.storage.interfaces import RecordIndex
@@ -60,10 +60,6 @@ T = TypeVar("T")
 BUSY_TIMEOUT_SECONDS = 30.0
 # A write that waited longer than this for the locks before SQLite's gets its busy wait shortened.
 SHORTENED_AFTER_SECONDS = 0.05
-# How often a process that opened the store without some record index (another process held the
-# write lock past its busy wait: a replace import) tries to make it again: a long-lived server
-# must not serve listings without it until it is restarted.
-INDEX_RETRY_SECONDS = 60.0
 
 
 class SchemaTooNew(AppError):
@@ -256,9 +252,7 @@ class Database:
                 background=background,
             )
         if self.owed_indexes:
-            threading.Thread(
-                target=self._make_owed_indexes_later, name="agentmemory-record-indexes", daemon=True
-            ).start()
+            owed_indexes.make_later(self.make_owed_indexes, self._retry_stop)
 
     def _ensure_indexes(self, declared: tuple[RecordIndex, ...]) -> bool:
         """The declared record indexes, or none of the missing ones this time when another
@@ -278,7 +272,7 @@ class Database:
                         "record indexes not brought up to date: another process (a replace import?) held the write "
                         "lock for over %g s; tried again every %g s until it is free",
                         self.lock_wait,
-                        INDEX_RETRY_SECONDS,
+                        owed_indexes.RETRY_SECONDS,
                     )
                 self.owed_indexes = declared
                 return False
@@ -295,14 +289,6 @@ class Database:
         if made:
             log.info("record indexes brought up to date (the write lock was held when this process started)")
         return made
-
-    def _make_owed_indexes_later(self) -> None:
-        while not self._retry_stop.wait(INDEX_RETRY_SECONDS):
-            try:
-                if self.make_owed_indexes():
-                    return
-            except Exception as exc:  # noqa: BLE001 - a full or damaged disk: the next round tries again
-                log.warning("record indexes not brought up to date yet: %s", getattr(exc, "message", exc))
 
     def _engine_switched(self, engine: str) -> bool:
         """Record which lexical engine serves writes; True when the Tantivy index may have missed
