@@ -683,3 +683,72 @@ def test_a_json_lines_replace_import_is_staged_whole_and_a_late_failure_keeps_th
     assert [target("memory_working_get", sessionId=f"more{i}", operation="all")["values"] for i in range(4)] == [
         {"new": "imported"}] * 4
     assert _staged_keys(target) == [] and target.rt.services["working_memory"].sqlite.pending_swaps() == []
+
+
+def test_a_write_to_redis_before_its_scope_moves_is_not_overwritten_by_the_move(
+        durable_redis, make_runtime, monkeypatch):
+    """The race at the return: a process serves from Redis (its other threads do) as soon as it
+    has switched, before it moves what the outage left in the database. A key written to Redis in
+    that moment is newer than the moved one and stays; a key Redis held from before the outage is
+    still replaced by the moved one, and the task likewise."""
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    settings = {"working_memory_backend": "redis", "redis_url": durable_redis.url}
+    healer = ToolCaller(make_runtime(**settings))
+    s = {"sessionId": "s"}
+    healer("memory_working_set", **s, key="plan", value="before the outage")
+    healer("memory_working_set", **s, key="kept", value="before the outage")
+    healer("memory_working_task", **s, operation="set", taskId="t-before", totalSteps=3)
+    durable_redis.stop()
+    assert healer("memory_working_set", **s, key="plan", value="in the outage")["usingFallback"] is True
+    healer("memory_working_set", **s, key="kept", value="in the outage")
+    healer("memory_working_task", **s, operation="set", taskId="t-outage", totalSteps=3)
+    durable_redis.start()
+    svc = healer.rt.services["working_memory"]
+    switched, wrote = svc.errors.succeeded, []
+
+    def another_thread_writes(*args, **kwargs) -> None:
+        # The last step of `healer`'s switch to Redis, before its move: a request thread serves
+        # from Redis now and writes the scope the move has not reached yet.
+        switched(*args, **kwargs)
+        if svc.backend is not svc.sqlite and not wrote:
+            wrote.append(healer("memory_working_set", **s, key="plan", value="after the return"))
+            wrote.append(healer("memory_working_task", **s, operation="set", taskId="t-after", totalSteps=3))
+
+    monkeypatch.setattr(svc.errors, "succeeded", another_thread_writes)
+    healed = healer("diagnostics_heal")
+    assert wrote and wrote[0]["backend"] == "redis", wrote
+    detail = next(d for d in healed["details"] if d["name"] == "working_memory_backend")
+    assert detail["fixed"] == 1 and detail["movedScopes"] == 1, detail
+    values = healer("memory_working_get", **s, operation="all")
+    assert values["backend"] == "redis" and values["values"] == {
+        "plan": "after the return", "kept": "in the outage"}, values
+    task = healer("memory_working_task", **s, operation="get")
+    assert task["task"]["taskId"] == "t-after" and task["version"] == wrote[1]["version"], task
+    assert svc.sqlite.held_scopes() == []  # nothing left behind
+
+
+def test_a_write_to_redis_after_the_heal_is_not_overwritten_by_the_sweeps_move(
+        own_redis, make_runtime, monkeypatch):
+    """A process that had not yet followed the heal writes a key to the database; a process back
+    on Redis then writes the same key there. The sweep moves the first write to Redis: the
+    second, newer and already in Redis, stays; the late process's other key arrives."""
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    settings = {"working_memory_backend": "redis", "redis_url": own_redis.url}
+    first, slow = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
+    own_redis.stop()
+    assert first("memory_working_set", sessionId="s", key="a", value=1)["usingFallback"] is True
+    assert slow("memory_working_get", sessionId="s", key="a")["usingFallback"] is True
+    own_redis.start()
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 3600.0)  # `slow` will not look again soon
+    first("diagnostics_heal")
+    assert slow("memory_working_set", sessionId="s", key="k", value="slow, on the database")["backend"] == "sqlite"
+    slow("memory_working_set", sessionId="s", key="only", value="slow")
+    assert first("memory_working_set", sessionId="s", key="k", value="newer, on Redis")["backend"] == "redis"
+    first.rt.jobs.run_now("working_memory_sweep")
+    got = first("memory_working_get", sessionId="s", operation="all")
+    assert got["backend"] == "redis" and got["values"] == {"a": 1, "k": "newer, on Redis", "only": "slow"}, got
+    assert first.rt.services["working_memory"].sqlite.held_scopes() == []

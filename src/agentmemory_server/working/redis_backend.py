@@ -16,6 +16,11 @@ Key layout, with ``P`` the prefix (WORKING_MEMORY_REDIS_PREFIX) and ``T`` the sc
                        ``P:staged:I``, read by no request; ``P:staged:I:ready`` once written whole
     P:swapped    STRING the sequence number of the last stage swapped in (an older one never is)
     P:stages     HASH  stage id -> when its writing began (the sweep drops stages left behind)
+    P:returned   STRING the id of the last heal (the end of a fallback)
+    P:T:held     HASH  user key -> value JSON: what Redis held when that heal ended the fallback,
+                       plus what was moved in from the database since (``hold_for_return``)
+    P:T:heldat   HASH  return (the heal's id), task (the task version Redis then held, '' none);
+                       both expire after HOLD_SECONDS
 
 Expiry is ours, not Redis's: a key is gone once its ``exp`` score is <= now (the server clock),
 on every read, and the sweep deletes it. That keeps TTL semantics identical to the SQLite
@@ -107,6 +112,25 @@ return pruned
 """
 
 
+# KEYS kv, task, held, heldat; ARGV the heal's id, seconds to keep the copy.
+# Copies what the scope's keys and task hold now, as the fallback ends (see ``hold_for_return``).
+_HOLD = """
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[3], KEYS[4])
+for i = 1, #fields, 1000 do
+  redis.call('HSET', KEYS[3], unpack(fields, i, math.min(i + 999, #fields)))
+end
+local version = redis.call('HGET', KEYS[2], 'version') or ''
+redis.call('HSET', KEYS[4], 'return', ARGV[1], 'task', version)
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
+"""
+
+# How long the copy of what Redis held as a fallback ended is kept: processes follow the heal
+# within seconds and the sweep moves what a late one wrote to the database within a minute.
+HOLD_SECONDS = 3600
+
+
 def connect(url: str) -> redis.Redis:
     """A client that fails fast: redis-py 8 otherwise retries with backoff for seconds."""
     return redis.Redis.from_url(
@@ -171,6 +195,7 @@ class RedisBackend:
         self._set = self.r.register_script(_SET)
         self._purge = self.r.register_script(_SWEEP)
         self._checkpoint = self.r.register_script(_CHECKPOINT)
+        self._hold = self.r.register_script(_HOLD)
 
     # ---- keys
     def _token(self, scope: Scope) -> str:
@@ -393,24 +418,49 @@ class RedisBackend:
         return deleted
 
     # ---- moving a scope in from the database (the end of a fallback)
+    @property
+    def _returned(self) -> str:
+        return f"{self.prefix}:returned"  # the id of the last heal
+
     @_guarded
-    def absorb(self, scope: Scope, copy: ScopeCopy, *, scratch_cap: int, keep_checkpoints: int) -> None:
+    def hold_for_return(self, scopes: list[Scope], heal_id: str) -> None:
+        """Copy what Redis holds of each scope's keys and task as the fallback ends (the heal,
+        while every process still serves from the database): ``absorb`` then tells a key Redis
+        got after the return, which it keeps, from one it held before the outage, which the
+        moved one replaces."""
+        self.r.set(self._returned, heal_id)
+        for scope in scopes:
+            self._hold(
+                keys=[self._k(scope, part) for part in ("kv", "task", "held", "heldat")],
+                args=[heal_id, HOLD_SECONDS],
+            )
+
+    @_guarded
+    def absorb(self, scope: Scope, copy: ScopeCopy, *, scratch_cap: int, keep_checkpoints: int, now: float) -> None:
         """Add, in one transaction, a scope's working memory written to the database during a
-        Redis outage. It is the newer: its keys and task replace Redis's, its scratchpad entries
-        follow Redis's and its checkpoints Redis's (the usual caps then drop the oldest)."""
-        k = {p: self._k(scope, p) for p in ("kv", "exp", "task", "scratch", "cps", "cpmeta", "cpdata", "cpseq")}
+        Redis outage. It is newer than what Redis held before the outage: its keys and task
+        replace those, its scratchpad entries follow Redis's and its checkpoints Redis's (the
+        usual caps then drop the oldest). A key or task Redis got after the fallback ended (a
+        process back on Redis wrote it while this scope waited to move) is newer still and stays."""
+        parts = ("kv", "exp", "task", "scratch", "cps", "cpmeta", "cpdata", "cpseq", "held", "heldat")
+        k = {p: self._k(scope, p) for p in parts}
 
         def attempt(pipe: Any) -> None:
-            current = int(pipe.hget(k["task"], "version") or 0)
+            version = pipe.hget(k["task"], "version")
+            current = int(version or 0)
             seq = int(pipe.get(k["cpseq"]) or 0)
             held = [cid for cid in pipe.zrange(k["cps"], 0, -1) if cid not in {c[0] for c in copy.checkpoints}]
+            holding, keys, task = self._unchanged_since_return(pipe, k, copy, version, now)
             pipe.multi()
-            self._absorb_keys(pipe, k, copy.keys)
-            if copy.task is not None:
-                task, version = copy.task
+            self._absorb_keys(pipe, k, keys)
+            if task is not None:
+                moved_task, moved_version = task
                 # The version a client read during the outage stays valid, unless Redis's
                 # older task had got further: then a new one, so no stale version matches.
-                pipe.hset(k["task"], mapping={"task": task, "version": version if version > current else current + 1})
+                new_version = moved_version if moved_version > current else current + 1
+                pipe.hset(k["task"], mapping={"task": moved_task, "version": new_version})
+                if holding:  # what moves in is not a write made after the return
+                    pipe.hset(k["heldat"], "task", new_version)
             if copy.scratch:
                 pipe.rpush(k["scratch"], *[codec.dumps(e) for e in copy.scratch])
                 pipe.ltrim(k["scratch"], -scratch_cap, -1)
@@ -427,8 +477,34 @@ class RedisBackend:
                 pipe.hdel(k["cpmeta"], *pruned)
                 pipe.hdel(k["cpdata"], *pruned)
             pipe.sadd(self._scopes, self._token(scope))
+            if holding and keys:
+                pipe.hset(k["held"], mapping={key: value for key, value, _e in keys})
+                pipe.expire(k["held"], HOLD_SECONDS)
 
-        self._transaction(attempt, k["task"], k["cps"], k["cpseq"])
+        watched = ("kv", "exp", "task", "cps", "cpseq", "held", "heldat")
+        self._transaction(attempt, *[k[part] for part in watched], self._returned)
+
+    def _unchanged_since_return(
+        self, pipe: Any, k: dict[str, str], copy: ScopeCopy, version: str | None, now: float
+    ) -> tuple[bool, list[tuple[str, str, float | None]], tuple[str, int] | None]:
+        """(whether Redis holds a copy of the scope from the last heal, the moved keys and task
+        to write). With a copy: every key but those Redis holds with another live value than the
+        copy's (written after the return), and the task unless its version is not the copy's.
+        Without one (the scope had nothing in the database at the heal, or the copy expired): all."""
+        at = pipe.hgetall(k["heldat"])
+        if not at or at.get("return") != pipe.get(self._returned):
+            return False, copy.keys, copy.task
+        held = pipe.hgetall(k["held"])
+        expiry = dict(pipe.zrange(k["exp"], 0, -1, withscores=True))
+        names = [key for key, _v, _e in copy.keys]
+        found = dict(zip(names, pipe.hmget(k["kv"], names), strict=True)) if names else {}
+        keys = [
+            row
+            for row in copy.keys
+            if found[row[0]] is None or not _live(expiry.get(row[0]), now) or found[row[0]] == held.get(row[0])
+        ]
+        task = copy.task if (version or "") == at.get("task", "") else None
+        return True, keys, task
 
     @staticmethod
     def _absorb_keys(pipe: Any, k: dict[str, str], keys: list[tuple[str, str, float | None]]) -> None:

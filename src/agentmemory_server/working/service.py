@@ -20,8 +20,13 @@ What was written to the database meanwhile is then moved to Redis, so no session
 process as it returns, and by the sweep for writes of a process that had not yet followed the
 heal. Each scope moves in one database transaction that first checks the mark (a new fallback
 stops the move), hands the scope to Redis in one Redis transaction, then deletes it: a Redis
-failure leaves it in the database. The moved data is the newer, so its keys win; a key deleted
-during the outage but still in Redis from before it comes back (no tombstones are kept).
+failure leaves it in the database. The moved data is newer than what Redis held before the outage,
+so its keys and task replace those; a key deleted during the outage but still in Redis from before
+it comes back (no tombstones are kept). But a process back on Redis (another thread of the moving
+one, or another process that returned first) may write a scope before it moves: that write is
+newer still. So the heal, before it removes the mark, copies what Redis holds of every scope
+waiting in the database (``RedisBackend.hold_for_return``), and a move replaces only the keys and
+the task Redis still holds as copied (or as moved in since).
 
 A ``replace`` import is all or nothing for working memory as for the records, although Redis takes
 no part in the database's transaction: its working memory is staged in Redis, then swapped in after
@@ -38,6 +43,7 @@ import functools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -254,6 +260,7 @@ class WorkingMemory:
                 copy,
                 scratch_cap=settings.working_memory_max_items_per_session,
                 keep_checkpoints=settings.working_memory_max_checkpoints,
+                now=now,
             )
 
         try:
@@ -538,8 +545,10 @@ class WorkingMemory:
     def _end_the_fallback(self) -> None:
         """Remove the store's fallback mark, once what replace imports left to swap in on Redis is
         (one made on the fallback empties it): while the mark holds, every process serves from
-        the database, so emptying Redis deletes nothing written since. The removal is refused
-        while a swap waits (an import made on the fallback committed meanwhile: tried again);
+        the database, so emptying Redis deletes nothing written since. Then what Redis holds of
+        the scopes waiting in the database is copied (``hold_for_return``): a key a process back
+        on Redis writes before its scope moves is newer than the moved one and stays. The removal
+        is refused while a swap waits (an import made on the fallback committed meanwhile: tried again);
         if Redis fails a swap, the store stays on the fallback."""
         try:
             redis = RedisBackend(self.settings.redis_url, self.settings.working_memory_redis_prefix, audit=self._audit)
@@ -549,8 +558,13 @@ class WorkingMemory:
         try:
             for _attempt in range(3):
                 self.stages.complete_swaps(redis)
+                # After the swaps (they empty Redis), before any process serves from Redis again.
+                redis.hold_for_return(self.sqlite.held_scopes(), uuid.uuid4().hex)
                 if self.sqlite.clear_fallback_mark():
                     return
+        except BackendDown as exc:
+            log.warning("working memory: the fallback stays: Redis stopped answering (%s)", reason_of(exc))
+            return
         finally:
             redis.close()
         log.warning(
