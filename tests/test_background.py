@@ -257,6 +257,101 @@ def test_periodic_jobs_run_once_per_database_across_workers(make_runtime):
     assert status[0]["name"] == "nightly" and status[0]["runs"] == 1 and status[0]["holder"] == a.worker_id
 
 
+# A worker process that claims the due run of "nightly" (its claim lasting argv[3] seconds) and
+# is still in the middle of it when the test kills it.
+_CLAIMING_WORKER = """
+import os, sys, time
+from pathlib import Path
+from agentmemory_server.kernel import runtime
+from agentmemory_server.kernel.settings import Settings
+runtime.CLAIM_LEASE_SECONDS = float(sys.argv[3])
+settings = Settings.from_env(os.environ, data_dir=sys.argv[1], background_jobs=False, embedding_provider="none",
+                             auth="off")
+rt = runtime.Runtime(settings, role="worker")
+marker = Path(sys.argv[2])
+
+def nightly():
+    marker.write_text(rt.worker_id)
+    time.sleep(3600)
+
+rt.every(3600, "nightly", nightly)
+rt.jobs._due(rt.jobs._jobs[0])
+"""
+
+
+def _periodic_row(rt, name: str) -> dict:
+    return next(j for j in rt.db.reader().jobs.periodic_status() if j["name"] == name)
+
+
+def _make_due(rt, name: str) -> None:
+    assert not rt._claim_periodic(name, 3600)  # first sight: the row exists, due in an hour
+    with rt.db.transaction("test") as tx:
+        tx.conn.execute(f"UPDATE periodic_jobs SET next_run = 0 WHERE name = '{name}'")
+
+
+def test_a_periodic_run_whose_worker_was_killed_mid_run_is_run_by_another_worker_once_its_claim_lapses(
+        make_runtime, tmp_path):
+    """A worker claimed the due run of a daily job and was SIGKILLed in the middle of it (out of
+    memory, its node lost). The claim had moved the job's next run a period on, so nobody ran it
+    for a day. Now a claim lasts a lease its holder renews while it runs: once the dead worker's
+    lapses, another worker runs the job, and records the next run one period after its own claim.
+    Runs on PostgreSQL too (AGENTMEMORY_TEST_BACKEND=postgresql)."""
+    rt = make_runtime()
+    _make_due(rt, "nightly")
+    marker = tmp_path / "running"
+    url = rt.settings.database_url
+    env = {**clean_environ(), **({"AGENTMEMORY_DATABASE_URL": url} if url else {})}
+    worker = subprocess.Popen([sys.executable, "-c", _CLAIMING_WORKER, str(tmp_path / "data"), str(marker), "2"],
+                              env=env, cwd=str(SRC), start_new_session=True)
+    try:
+        killed = wait_for(lambda: marker.exists() and marker.read_text(), timeout=60, proc=worker,
+                          message="the worker never started the run")
+        assert _periodic_row(rt, "nightly")["holder"] == killed
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+    finally:
+        end_process_group(worker)
+    ran: list[float] = []
+    rt.every(3600, "nightly", lambda: ran.append(time.time()))
+    job = next(j for j in rt.jobs._jobs if j["name"] == "nightly")
+    wait_for(lambda: rt.jobs._due(job) or ran, timeout=60, interval=0.2,
+             message="the killed worker's run was not taken up by another worker (lost until the next period)")
+    row = _periodic_row(rt, "nightly")
+    assert ran and row["holder"] == rt.worker_id != killed and row["runs"] == 1, row
+    assert row["nextRun"] > ran[0] + 3500, row  # the next run is a period on, not a lease
+
+
+def test_a_periodic_run_longer_than_its_claim_keeps_other_workers_off_while_its_worker_lives(
+        make_runtime, monkeypatch):
+    """A claim lasts a few minutes, not the period: the worker renews it while the run goes on,
+    so a run longer than that is not run a second time by another worker; recording the run
+    sets the next one a period after the claim. Runs on PostgreSQL too."""
+    from agentmemory_server.kernel import runtime
+
+    monkeypatch.setattr(runtime, "CLAIM_LEASE_SECONDS", 3.0, raising=False)
+    a, b = make_runtime(), make_runtime()
+    started, release = threading.Event(), threading.Event()
+    a.every(3600, "nightly", lambda: (started.set(), release.wait(120)))
+    _make_due(a, "nightly")
+    job = next(j for j in a.jobs._jobs if j["name"] == "nightly")
+    runner = threading.Thread(target=a.jobs._due, args=(job,), daemon=True)
+    claimed_by = time.time()
+    runner.start()
+    try:
+        assert started.wait(30)
+        first_lease = _periodic_row(b, "nightly")["nextRun"]
+        assert first_lease < claimed_by + 600  # the claim lasts the lease, not the period
+        wait_for(lambda: _periodic_row(b, "nightly")["nextRun"] > first_lease + 3, timeout=60, interval=0.1,
+                 message="the running worker did not renew its claim past the first lease")
+        assert not b._claim_periodic("nightly", 3600)  # its run goes on: nobody else runs it
+    finally:
+        release.set()
+        runner.join(timeout=30)
+    row = _periodic_row(b, "nightly")
+    assert row["runs"] == 1 and row["nextRun"] > time.time() + 3500, row  # one period after the claim
+    assert not b._claim_periodic("nightly", 3600)
+
+
 def test_a_claimed_batch_of_a_dead_worker_is_taken_over(make_runtime):
     rt = make_runtime(embedding_provider="hash")
     registry_call = __import__("agentmemory_server.kernel.registry", fromlist=["call"])

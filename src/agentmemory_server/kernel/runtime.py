@@ -48,27 +48,109 @@ log = logging.getLogger("agentmemory")
 SubsystemFactory = Callable[["Runtime"], Any]
 
 
+# How long a claimed periodic run keeps the other workers off it (a job with a shorter period:
+# its period). The worker running it renews the claim every third of that, so a run may take
+# longer (a large local snapshot); a worker that dies mid-run (SIGKILL, out of memory, its node
+# lost) stops renewing, and any worker takes the run up once the claim lapses, instead of the
+# run being lost until the next period (a day for the daily jobs).
+CLAIM_LEASE_SECONDS = 300.0
+
+
+def claim_lease(every: float) -> float:
+    """How long a claim of a run of a job run every ``every`` seconds lasts unless renewed."""
+    return min(every, CLAIM_LEASE_SECONDS)
+
+
+class _ClaimKeeper:
+    """Renews the claim of the periodic run going on (jobs run one at a time, on one thread) on
+    a thread of its own, started with the first claimed run: a run may then outlast its lease."""
+
+    def __init__(self, hold: Callable[[str, float], bool], failures: WorkerFailures):
+        self._hold, self._failures = hold, failures
+        self._changed = threading.Condition()
+        self._job: dict[str, Any] | None = None  # the job whose claimed run is going on
+        self._renewing = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def keep(self, job: dict[str, Any]) -> None:
+        with self._changed:
+            self._job = job
+            self._changed.notify_all()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="agentmemory-job-claims", daemon=True)
+            self._thread.start()
+
+    def release(self) -> None:
+        """The run is over: no renewal starts after this, and one under way is waited for (landing
+        after the run is recorded, it would hold the next run for this worker until it lapsed)."""
+        with self._changed:
+            self._job = None
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: not self._renewing)
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
+    def _loop(self) -> None:
+        while (job := self._next_renewal()) is not None:
+            held = True
+            try:
+                held = self._hold(job["name"], job["every"])
+            except Exception as exc:  # noqa: BLE001 - a busy database: the claim may lapse, the run goes on
+                self._failures.failed(exc)
+            if not held:
+                log.warning("background job %s: its claim lapsed and another worker took the run up", job["name"])
+            with self._changed:
+                if not held and self._job is job:
+                    self._job = None  # the run goes on here, but its claim is the other worker's now
+                self._renewing = False
+                self._changed.notify_all()
+
+    def _next_renewal(self) -> dict[str, Any] | None:
+        """Wait until the run going on has had a third of its lease; None once stopped."""
+        with self._changed:
+            while not self._stopped:
+                job = self._job
+                if job is None:
+                    self._changed.wait()
+                    continue
+                wait = max(claim_lease(job["every"]) / 3, Jobs.POLL_SECONDS)
+                if not self._changed.wait_for(lambda: self._job is not job or self._stopped, wait):  # noqa: B023
+                    self._renewing = True
+                    return job
+        return None
+
+
 class Jobs:
     """Periodic background jobs on one daemon thread; a failing job is logged, never fatal.
 
     With ``claim`` (the runtime passes one backed by the database) a due run must be claimed
     first, so however many workers run, each run happens once per database, and a restart
-    neither repeats a run nor forgets the schedule. ``run_now`` runs a job here without asking."""
+    neither repeats a run nor forgets the schedule. A claim lasts ``claim_lease`` seconds and is
+    renewed (``hold``) while the run goes on; recording the run (``done``) schedules the next
+    one a period after the claim. A run whose worker died is taken up by any worker once its
+    claim lapses. ``run_now`` runs a job here without asking."""
 
     POLL_SECONDS = 0.5
 
     def __init__(
         self,
         claim: Callable[[str, float], bool] | None = None,
-        done: Callable[[str, str | None], None] | None = None,
+        done: Callable[[str, str | None, float | None], None] | None = None,
+        hold: Callable[[str, float], bool] | None = None,
     ) -> None:
         self._jobs: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._claim, self._done = claim, done
+        self._claim, self._done, self._hold = claim, done, hold
         # A database that refuses writes (busy with a replace import, or not answering) refuses
         # every job's claim: one line a minute for all of them, not one per job
         self._claim_failures = WorkerFailures(log, "could not claim background job runs")
+        renew_failures = WorkerFailures(log, "could not renew the claim of a background job run")
+        self._keeper = _ClaimKeeper(hold, renew_failures) if hold is not None else None
 
     def every(self, seconds: float, name: str, fn: Callable[[], Any], *, per_node: bool = False) -> None:
         """Run ``fn`` every ``seconds``: once per database, or with ``per_node`` in every process
@@ -83,6 +165,9 @@ class Jobs:
                 "runs": 0,
                 "errors": 0,
                 "lastError": LastError(),
+                "claimedAt": None,  # when this worker claimed the run it holds (epoch seconds)
+                "owed": False,  # a run claimed here that the database kept busy
+                "unrecorded": None,  # (error, next run) of a finished run the database kept busy
             }
         )
 
@@ -101,57 +186,102 @@ class Jobs:
     def _due(self, job: dict[str, Any]) -> None:
         # Ask the database again within a minute at most: another worker may own the schedule.
         job["next"] = time.monotonic() + min(job["every"], 60.0)
-        if job["perNode"] or job.get("owed"):  # (owed: a run claimed here that the database kept busy)
+        if job["perNode"] or self._claim is None:
             self.run(job)
             return
         try:
-            claimed = self._claim is None or self._claim(job["name"], job["every"])
+            if job["unrecorded"] is not None:
+                self._record(job)
+            taken = self._take(job)
         except AppError as exc:  # the database does not answer, or is busy: no traceback
             self._claim_failures.failed(exc)
             return
         except Exception:  # noqa: BLE001 - a database hiccup: try at the next poll
             log.exception("claiming background job %s failed", job["name"])
             return
-        if claimed:
+        if taken:
             self.run(job)
 
+    def _take(self, job: dict[str, Any]) -> bool:
+        """Claim the job's due run, or keep the claim of the run owed here."""
+        assert self._claim is not None
+        if job["owed"]:
+            if self._hold is None or self._hold(job["name"], job["every"]):
+                return True
+            # The database stayed busy past the claim, and another worker took the run up.
+            log.info("background job %s: another worker took up the run this one waited to do", job["name"])
+            job["owed"], job["claimedAt"] = False, None
+            return False
+        started = time.time()
+        if self._claim(job["name"], job["every"]):
+            job["claimedAt"] = started
+            return True
+        return False
+
     def run(self, job: dict[str, Any]) -> None:
-        error = None
+        claimed_at = job["claimedAt"]
+        keeper = self._keeper if claimed_at is not None and not job["perNode"] else None
+        if keeper is not None:
+            keeper.keep(job)
+        try:
+            finished, error = self._call(job)
+        finally:
+            if keeper is not None:
+                keeper.release()
+        if not finished:  # kept for the next poll (the database was busy)
+            return
+        job["owed"], job["claimedAt"] = False, None
+        if self._claim is None or job["perNode"]:
+            job["next"] = time.monotonic() + job["every"]
+        if self._done is not None and not job["perNode"]:
+            job["unrecorded"] = (error, None if claimed_at is None else claimed_at + job["every"])
+            try:
+                self._record(job)
+            except AppError as exc:  # busy or unreachable: recorded at the job's next poll
+                log.warning("could not record background job %s's run yet: %s", job["name"], exc.message)
+            except Exception:  # noqa: BLE001
+                job["unrecorded"] = None
+                log.exception("recording background job %s failed", job["name"])
+
+    def _call(self, job: dict[str, Any]) -> tuple[bool, str | None]:
+        """Run the job once: (False, None) when the database kept it busy (the run is owed),
+        else (True, its error for the shared schedule if it failed)."""
         try:
             job["fn"]()
-            job["runs"] += 1
-            job["lastError"].succeeded()
-            job["owed"] = False
         except AppError as exc:  # a known condition (disk full, damaged file): one line, no traceback
             if exc.code == errors.DATABASE_BUSY:
                 self._owe(job, exc)
-                return
+                return False, None
             job["errors"] += 1
             error = exc.message[:300]  # the shared schedule records it too (it counted as a success)
             job["lastError"].failed(error)
             log.warning("background job %s: %s", job["name"], exc.message)
+            return True, error
         except Exception as exc:  # noqa: BLE001 - a job must not kill the scheduler
             job["errors"] += 1
-            error = str(exc)[:300]
-            job["lastError"].failed(error)
+            job["lastError"].failed(str(exc)[:300])
             log.exception("background job %s failed", job["name"])
-        job["owed"] = False
-        if self._claim is None or job["perNode"]:
-            job["next"] = time.monotonic() + job["every"]
-        if self._done is not None and not job["perNode"]:
-            try:
-                self._done(job["name"], error)
-            except AppError as exc:  # busy or unreachable: the schedule misses one count, nothing more
-                log.warning("could not record background job %s's run: %s", job["name"], exc.message)
-            except Exception:  # noqa: BLE001
-                log.exception("recording background job %s failed", job["name"])
+            return True, str(exc)[:300]
+        job["runs"] += 1
+        job["lastError"].succeeded()
+        return True, None
+
+    def _record(self, job: dict[str, Any]) -> None:
+        """Count the finished run in the shared schedule and set its next one (a claimed run's:
+        a period after the claim)."""
+        assert self._done is not None
+        error, next_run = job["unrecorded"]
+        self._done(job["name"], error, next_run)
+        job["unrecorded"] = None
 
     def _owe(self, job: dict[str, Any], exc: AppError) -> None:
         """The database stayed busy (another writer, such as a replace import, held its write lock
         past the wait): not a failure of the job. The run is kept (this worker claimed it) and
-        tried again at its next poll, within a minute, without claiming it again; a job whose
-        period is longer would otherwise lose this run until the next period."""
-        if not job.get("owed"):
+        tried again at its next poll, within a minute, renewing its claim rather than claiming
+        it again; a job whose period is longer would otherwise lose this run until the next
+        period. Should the claim lapse meanwhile and another worker take the run up, it is that
+        worker's."""
+        if not job["owed"]:
             log.warning("background job %s waits for the database: %s", job["name"], exc.message)
         job["owed"] = True
         job["next"] = time.monotonic() + min(job["every"], 60.0)
@@ -172,6 +302,8 @@ class Jobs:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._keeper is not None:
+            self._keeper.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -242,7 +374,7 @@ class Runtime:
         self.activity = (
             background.ActivityBoard(settings.database_path) if role == "server" and settings.background_jobs else None
         )
-        self.jobs = Jobs(claim=self._claim_periodic, done=self._periodic_done)
+        self.jobs = Jobs(claim=self._claim_periodic, done=self._periodic_done, hold=self._hold_periodic)
         self.supervisor: Any = None  # the background worker's supervisor, when this server started one
         self.denials = auth.Denials()
         self.tokens = TokenCache()
@@ -266,11 +398,16 @@ class Runtime:
     def _claim_periodic(self, name: str, every: float) -> bool:
         now = time.time()
         with self.db.transaction("periodic_claim") as tx:
-            return tx.jobs.claim_periodic(name, now, now + every, self.worker_id)
+            return tx.jobs.claim_periodic(name, now, now + claim_lease(every), self.worker_id, first_run=now + every)
 
-    def _periodic_done(self, name: str, error: str | None) -> None:
+    def _hold_periodic(self, name: str, every: float) -> bool:
+        now = time.time()
+        with self.db.transaction("periodic_renew") as tx:
+            return tx.jobs.hold_periodic(name, now, now + claim_lease(every), self.worker_id)
+
+    def _periodic_done(self, name: str, error: str | None, next_run: float | None = None) -> None:
         with self.db.transaction("periodic_done") as tx:
-            tx.jobs.periodic_done(name, time.time(), error)
+            tx.jobs.periodic_done(name, time.time(), error, holder=self.worker_id, next_run=next_run)
 
     def every(self, seconds: float, name: str, fn: Callable[[], Any], *, per_node: bool = False) -> None:
         self.jobs.every(seconds, name, fn, per_node=per_node)

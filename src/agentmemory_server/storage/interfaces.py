@@ -370,15 +370,34 @@ class JobQueue(Protocol):
     """Durable background jobs keyed by (kind, ref), claimed with a lease; periodic jobs that
     run once per database whichever worker claims them; the heartbeats of background workers."""
 
-    def claim_periodic(self, name: str, now_epoch: float, next_run: float, holder: str) -> bool:
-        """Claim the run of periodic job ``name`` that is due at ``now_epoch``, moving its next
-        run to ``next_run``; False when it is not due or another worker claimed it first. A job
-        never seen is recorded as due at ``next_run``."""
+    def claim_periodic(
+        self, name: str, now_epoch: float, lease_until: float, holder: str, first_run: float | None = None
+    ) -> bool:
+        """Claim the run of periodic job ``name`` that is due at ``now_epoch`` for ``holder``:
+        its next run moves to ``lease_until``, when the claim lapses unless the holder renews it
+        (``hold_periodic``) or records the run (``periodic_done``). False when it is not due or
+        another worker claimed it first. A job never seen is recorded as due at ``first_run``
+        (default ``lease_until``)."""
         ...
 
-    def periodic_done(self, name: str, now_epoch: float, error: str | None) -> None:
+    def hold_periodic(self, name: str, now_epoch: float, lease_until: float, holder: str) -> bool:
+        """Renew ``holder``'s claim of ``name``'s run until ``lease_until``, or take the run up
+        if its claim lapsed (it is due); False when another worker has claimed it since."""
+        ...
+
+    def periodic_done(
+        self,
+        name: str,
+        now_epoch: float,
+        error: str | None,
+        *,
+        holder: str | None = None,
+        next_run: float | None = None,
+    ) -> None:
         """Count a finished run of ``name``: a failure records its message and time (``lastError``,
-        ``lastErrorAt``) and clears ``recoveredAt``; a success after a standing error sets it."""
+        ``lastErrorAt``) and clears ``recoveredAt``; a success after a standing error sets it.
+        With ``holder`` and ``next_run``: the run was claimed, and while ``holder`` still holds
+        the claim its next run moves to ``next_run`` (one period after the claim)."""
         ...
 
     def periodic_status(self) -> list[dict[str, Any]]: ...

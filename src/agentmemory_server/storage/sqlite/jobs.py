@@ -71,24 +71,51 @@ class SqliteJobQueue:
         }
 
     # ---- periodic jobs, once per database
-    def claim_periodic(self, name: str, now_epoch: float, next_run: float, holder: str) -> bool:
+    def claim_periodic(
+        self, name: str, now_epoch: float, lease_until: float, holder: str, first_run: float | None = None
+    ) -> bool:
+        """Claim the due run of ``name`` until ``lease_until`` (see ``JobQueue.claim_periodic``);
+        False when it is not due or another worker claimed it first."""
         # A job seen for the first time is due one period from now (as a timer would be).
         self.conn.execute(
             "INSERT INTO periodic_jobs (name, next_run) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-            (name, next_run),
+            (name, lease_until if first_run is None else first_run),
         )
         return (
             self.conn.execute(
                 "UPDATE periodic_jobs SET next_run = ?, holder = ? WHERE name = ? AND next_run <= ?",
-                (next_run, holder, name, now_epoch),
+                (lease_until, holder, name, now_epoch),
             ).rowcount
             == 1
         )
 
-    def periodic_done(self, name: str, now_epoch: float, error: str | None) -> None:
+    def hold_periodic(self, name: str, now_epoch: float, lease_until: float, holder: str) -> bool:
+        """Renew ``holder``'s claim (or take up a lapsed one); False: another worker claimed it since."""
+        return (
+            self.conn.execute(
+                "UPDATE periodic_jobs SET next_run = ?, holder = ? WHERE name = ? AND (holder = ? OR next_run <= ?)",
+                (lease_until, holder, name, holder, now_epoch),
+            ).rowcount
+            == 1
+        )
+
+    def periodic_done(
+        self,
+        name: str,
+        now_epoch: float,
+        error: str | None,
+        *,
+        holder: str | None = None,
+        next_run: float | None = None,
+    ) -> None:
         """Count a finished run. A failure keeps its message and time and clears any recovery; a
         success after an error not yet recovered from marks it recovered now (the message and its
-        time stay, so an outage can still be read about)."""
+        time stay, so an outage can still be read about). A claimed run's next one is due at
+        ``next_run``, unless another worker took the run up meanwhile (its claim stands)."""
+        if holder is not None and next_run is not None:
+            self.conn.execute(
+                "UPDATE periodic_jobs SET next_run = ? WHERE name = ? AND holder = ?", (next_run, name, holder)
+            )
         if error:
             self.conn.execute(
                 "UPDATE periodic_jobs SET runs = runs + 1, errors = errors + 1, last_run = ?, last_error = ?, "
