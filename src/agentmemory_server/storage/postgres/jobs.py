@@ -1,7 +1,8 @@
 """The durable queue of background model work on PostgreSQL (``llm_jobs``), periodic jobs run
 once per database (``periodic_jobs``) and the heartbeats of background workers (``workers``).
 Claims take their rows with ``FOR UPDATE SKIP LOCKED``, so workers on different nodes never claim
-the same job; a periodic run is claimed by one conditional update, so it runs on one node."""
+the same job; a periodic run is claimed by one conditional update, so it runs on one node, with a
+lease its node renews while it runs (one it left unfinished when it died is claimed again)."""
 
 from __future__ import annotations
 
