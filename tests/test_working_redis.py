@@ -242,17 +242,7 @@ def test_heal_moves_what_was_written_during_the_outage_to_redis(durable_redis, m
 
 def test_writes_of_a_process_that_had_not_yet_followed_the_heal_reach_redis_at_the_sweep(
         own_redis, make_runtime, monkeypatch):
-    from agentmemory_server.working import service as working_service
-
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
-    settings = {"working_memory_backend": "redis", "redis_url": own_redis.url}
-    first, slow = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
-    own_redis.stop()
-    assert first("memory_working_set", sessionId="s", key="a", value=1)["usingFallback"] is True
-    assert slow("memory_working_get", sessionId="s", key="a")["usingFallback"] is True
-    own_redis.start()
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 3600.0)  # `slow` will not look again soon
-    first("diagnostics_heal")
+    first, slow = _healed_while_one_process_has_not_followed(own_redis, make_runtime, monkeypatch)
     late = slow("memory_working_set", sessionId="s", key="late", value=2)
     assert late["backend"] == "sqlite"  # written to the database after the heal moved it
     assert first("memory_working_get", sessionId="s", key="late")["found"] is False
@@ -588,24 +578,17 @@ def test_a_write_to_redis_as_a_process_returns_is_not_emptied_by_an_import_made_
     importer("import", exportData=export, strategy="replace")
     assert healer("memory_working_get", sessionId="a", operation="all")["values"] == NEW_STATE["a"]
     durable_redis.start()
-    svc = healer.rt.services["working_memory"]
-    switched, wrote = svc.errors.succeeded, []
-
-    def another_thread_writes(*args, **kwargs) -> None:
-        # The last step of `healer`'s switch to Redis: from here its request threads serve from
-        # Redis (one writes now; `healer` is still returning, so it does not look at the mark).
-        switched(*args, **kwargs)
-        if svc.backend is not svc.sqlite and not wrote:
-            wrote.append(healer("memory_working_set", sessionId="a", key="after", value="the return"))
-
-    monkeypatch.setattr(svc.errors, "succeeded", another_thread_writes)
+    # From the last step of `healer`'s switch to Redis its request threads serve from Redis (one
+    # writes now; `healer` is still returning, so it does not look at the mark).
+    wrote = _write_as_the_switch_to_redis_ends(healer, monkeypatch, lambda: [
+        healer("memory_working_set", sessionId="a", key="after", value="the return")])
     healer("diagnostics_heal")
     assert wrote and wrote[0]["backend"] == "redis", wrote
     for process in (healer, importer):
         got = process("memory_working_get", sessionId="a", key="after")
         assert got["backend"] == "redis" and got.get("value") == "the return", got
     assert _store_state(importer) == {**NEW_STATE, "a": {"new": "imported", "after": "the return"}}
-    assert svc.sqlite.pending_swaps() == []
+    assert healer.rt.services["working_memory"].sqlite.pending_swaps() == []
 
 
 def test_the_fallback_ends_only_once_no_imports_working_memory_waits_to_be_swapped_in(
@@ -705,18 +688,11 @@ def test_a_write_to_redis_before_its_scope_moves_is_not_overwritten_by_the_move(
     healer("memory_working_set", **s, key="kept", value="in the outage")
     healer("memory_working_task", **s, operation="set", taskId="t-outage", totalSteps=3)
     durable_redis.start()
-    svc = healer.rt.services["working_memory"]
-    switched, wrote = svc.errors.succeeded, []
-
-    def another_thread_writes(*args, **kwargs) -> None:
-        # The last step of `healer`'s switch to Redis, before its move: a request thread serves
-        # from Redis now and writes the scope the move has not reached yet.
-        switched(*args, **kwargs)
-        if svc.backend is not svc.sqlite and not wrote:
-            wrote.append(healer("memory_working_set", **s, key="plan", value="after the return"))
-            wrote.append(healer("memory_working_task", **s, operation="set", taskId="t-after", totalSteps=3))
-
-    monkeypatch.setattr(svc.errors, "succeeded", another_thread_writes)
+    # At the last step of `healer`'s switch to Redis, before its move, a request thread serves
+    # from Redis and writes the scope the move has not reached yet.
+    wrote = _write_as_the_switch_to_redis_ends(healer, monkeypatch, lambda: [
+        healer("memory_working_set", **s, key="plan", value="after the return"),
+        healer("memory_working_task", **s, operation="set", taskId="t-after", totalSteps=3)])
     healed = healer("diagnostics_heal")
     assert wrote and wrote[0]["backend"] == "redis", wrote
     detail = next(d for d in healed["details"] if d["name"] == "working_memory_backend")
@@ -726,7 +702,7 @@ def test_a_write_to_redis_before_its_scope_moves_is_not_overwritten_by_the_move(
         "plan": "after the return", "kept": "in the outage"}, values
     task = healer("memory_working_task", **s, operation="get")
     assert task["task"]["taskId"] == "t-after" and task["version"] == wrote[1]["version"], task
-    assert svc.sqlite.held_scopes() == []  # nothing left behind
+    assert healer.rt.services["working_memory"].sqlite.held_scopes() == []  # nothing left behind
 
 
 def test_a_write_to_redis_after_the_heal_is_not_overwritten_by_the_sweeps_move(
@@ -734,6 +710,34 @@ def test_a_write_to_redis_after_the_heal_is_not_overwritten_by_the_sweeps_move(
     """A process that had not yet followed the heal writes a key to the database; a process back
     on Redis then writes the same key there. The sweep moves the first write to Redis: the
     second, newer and already in Redis, stays; the late process's other key arrives."""
+    first, slow = _healed_while_one_process_has_not_followed(own_redis, make_runtime, monkeypatch)
+    assert slow("memory_working_set", sessionId="s", key="k", value="slow, on the database")["backend"] == "sqlite"
+    slow("memory_working_set", sessionId="s", key="only", value="slow")
+    assert first("memory_working_set", sessionId="s", key="k", value="newer, on Redis")["backend"] == "redis"
+    first.rt.jobs.run_now("working_memory_sweep")
+    got = first("memory_working_get", sessionId="s", operation="all")
+    assert got["backend"] == "redis" and got["values"] == {"a": 1, "k": "newer, on Redis", "only": "slow"}, got
+    assert first.rt.services["working_memory"].sqlite.held_scopes() == []
+
+
+def _write_as_the_switch_to_redis_ends(process, monkeypatch, write) -> list:
+    """Run ``write()`` (another request thread of ``process``) once, at the last step of the
+    process's switch back to Redis (``errors.succeeded``); the list gets what it answered."""
+    svc = process.rt.services["working_memory"]
+    switched, wrote = svc.errors.succeeded, []
+
+    def another_thread_writes(*args, **kwargs) -> None:
+        switched(*args, **kwargs)
+        if svc.backend is not svc.sqlite and not wrote:
+            wrote.extend(write())
+
+    monkeypatch.setattr(svc.errors, "succeeded", another_thread_writes)
+    return wrote
+
+
+def _healed_while_one_process_has_not_followed(own_redis, make_runtime, monkeypatch):
+    """Two processes fall back while Redis is down (each wrote or read there); ``first`` heals
+    once it is back, and ``slow`` will not look at the store's mark again for an hour."""
     from agentmemory_server.working import service as working_service
 
     monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
@@ -743,12 +747,6 @@ def test_a_write_to_redis_after_the_heal_is_not_overwritten_by_the_sweeps_move(
     assert first("memory_working_set", sessionId="s", key="a", value=1)["usingFallback"] is True
     assert slow("memory_working_get", sessionId="s", key="a")["usingFallback"] is True
     own_redis.start()
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 3600.0)  # `slow` will not look again soon
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 3600.0)
     first("diagnostics_heal")
-    assert slow("memory_working_set", sessionId="s", key="k", value="slow, on the database")["backend"] == "sqlite"
-    slow("memory_working_set", sessionId="s", key="only", value="slow")
-    assert first("memory_working_set", sessionId="s", key="k", value="newer, on Redis")["backend"] == "redis"
-    first.rt.jobs.run_now("working_memory_sweep")
-    got = first("memory_working_get", sessionId="s", operation="all")
-    assert got["backend"] == "redis" and got["values"] == {"a": 1, "k": "newer, on Redis", "only": "slow"}, got
-    assert first.rt.services["working_memory"].sqlite.held_scopes() == []
+    return first, slow
