@@ -30,25 +30,22 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
 
-from agentmemory_server.errors import LastError
-from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.util import parse_time, truncate
 from agentmemory_server.models.accounting import ZERO_BUDGET, Accounting
 from agentmemory_server.models.breaker import CircuitBreaker
-from agentmemory_server.models.llm_jobs import JOB_KINDS, JobRunner, Retry, in_job, job_handler, queued_epoch
+from agentmemory_server.models.llm_health import LLMHealth, Usage
+from agentmemory_server.models.llm_jobs import JOB_KINDS, JobRunner, Retry, in_job, job_handler
 from agentmemory_server.models.model_config import FEATURES, PROVIDERS, Clients
 from agentmemory_server.providers.chat import USER, ChatRequest, Generation, Refusal, Turn
 from agentmemory_server.providers.http import ProviderHTTPError
@@ -118,91 +115,6 @@ def retry_for(failures: list[LLMError]) -> None:
     if failures:
         last = failures[-1]
         raise Retry(last.message, last.retry_at if isinstance(last, BreakerOpen) else None)
-
-
-# -- usage counters (since start; the durable per-day account is in accounting.py) -------------------
-
-
-class Usage:
-    """Counters shown in /health; thread-safe."""
-
-    FIELDS = (
-        "calls",
-        "succeeded",
-        "failed",
-        "refused",
-        "skippedBreakerOpen",
-        "skippedBudget",
-        "skippedLowValue",
-        "invalidOutputs",
-        "repaired",
-        "promptTokens",
-        "outputTokens",
-        "totalTokens",
-        "jobsDone",
-        "jobsRetried",
-        "jobsAbandoned",
-    )
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts = dict.fromkeys(self.FIELDS, 0)
-        self._reasons: dict[str, int] = {}
-        self.last_error = LastError()
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for name, n in counts.items():
-                self._counts[name] += n
-
-    def reason(self, name: str) -> None:
-        with self._lock:
-            self._reasons[name] = self._reasons.get(name, 0) + 1
-
-    def error(self, message: str, when: str) -> None:
-        self.last_error.failed(truncate(strip_text(message), 300), when)
-
-    def answered(self, when: str) -> None:
-        """The model answered: a standing last error is recovered from."""
-        self.last_error.succeeded(when)
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                **self._counts,
-                "lowValueReasons": dict(self._reasons),
-                **self.last_error.fields(),
-            }
-
-
-def merged_usage(own: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """This process's counters plus those the background workers report, and the newest last
-    error of them all (with its ``recoveredAt``). In the default process mode the worker makes
-    every background call, so a request process alone would show none of them."""
-    out = {**own, "lowValueReasons": dict(own["lowValueReasons"])}
-    for report in reports:
-        for name in Usage.FIELDS:
-            out[name] += int(report.get(name) or 0)
-        for reason, n in (report.get("lowValueReasons") or {}).items():
-            out["lowValueReasons"][reason] = out["lowValueReasons"].get(reason, 0) + int(n or 0)
-        if report.get("lastErrorAt") and report["lastErrorAt"] > (out["lastErrorAt"] or ""):
-            out["lastError"], out["lastErrorAt"] = report.get("lastError"), report["lastErrorAt"]
-            out["recoveredAt"] = report.get("recoveredAt")
-    return out
-
-
-_BREAKER_RANK = {CircuitBreaker.CLOSED: 0, CircuitBreaker.HALF_OPEN: 1, CircuitBreaker.OPEN: 2}
-
-
-def worst_breaker(own: dict[str, Any], reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """The breaker that holds back the most model work: this process's or a worker's. Each
-    process has its own breaker, and the worker's is the one the background jobs wait on."""
-    chosen = {**own, "process": "this"}
-    for report in reports:
-        detail = report.get("breakerDetail")
-        if isinstance(detail, dict) and _BREAKER_RANK.get(str(detail.get("state")), 0) > _BREAKER_RANK[chosen["state"]]:
-            chosen = {**detail, "process": "worker"}
-    return chosen
 
 
 # -- tasks: a JSON answer of a known shape ----------------------------------------------------------------
@@ -288,6 +200,7 @@ class LLMService:
         self.clients = Clients(s)
         self.accounting = Accounting(rt)
         self.jobs = JobRunner(rt, paused=self._paused, count=self.usage.add)
+        self.report = LLMHealth(self)
         if s.llm_daily_token_budget == 0 and self.has_model:
             log.warning("%s", ZERO_BUDGET)
         if s.background_jobs:
@@ -357,8 +270,7 @@ class LLMService:
         calls open, did not. A background job waits for the model instead (``in_job``)."""
         if in_job():
             return False
-        now, reports = self.rt.clock.time(), self._worker_reports()
-        breaker = worst_breaker(self.breaker.snapshot(), reports)
+        now, breaker = self.rt.clock.time(), self.report.breaker()
         parsed = parse_time(breaker.get("retryAt") or "")
         if breaker["state"] != CircuitBreaker.OPEN or parsed is None or parsed.timestamp() <= now:
             return False  # closed, or half-open: this call may be the trial
@@ -557,206 +469,27 @@ class LLMService:
         error, breaker and job threads. Request processes fold it into /health and diagnose."""
         return {
             **self.usage.snapshot(),
-            "httpRetries": self._http_retries(),
+            "httpRetries": self.http_retries(),
             "breaker": self.breaker.state,
             "breakerDetail": self.breaker.snapshot(),
             "workers": self.jobs.alive(),
         }
 
-    def _http_retries(self) -> int:
+    def http_retries(self) -> int:
         return self.clients.transport.retries if self.clients.transport else 0
 
-    def _worker_reports(self) -> list[dict[str, Any]]:
-        """The heartbeats of the live background workers (none where this process runs the jobs)."""
-        if self.rt.runs_background:
-            return []
-        since = time.time() - WORKER_ALIVE_SECONDS
-        return [w["llm"] for w in self.rt.db.reader().jobs.workers(since) if isinstance(w.get("llm"), dict)]
-
-    def mode(self, budget: dict[str, Any], breaker: dict[str, Any] | None = None) -> str:
-        if not self.has_model:
-            return "deterministic"
-        if budget["zero"]:
-            return "deterministic: the daily token budget is 0 (AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET)"
-        if budget["reached"]:
-            return f"deterministic until {budget['resetsAt']}: the daily token budget is used up"
-        if breaker is not None and breaker["state"] == CircuitBreaker.OPEN:
-            return f"deterministic until {breaker['retryAt']}: the model failed repeatedly (circuit breaker open)"
-        return "model with deterministic fallback"
-
     def health(self) -> dict[str, Any]:
-        reports = self._worker_reports()
-        breaker = worst_breaker(self.breaker.snapshot(), reports)
-        degraded = self.has_model and breaker["state"] != CircuitBreaker.CLOSED
-        tokens = self.accounting.report(FEATURES)
-        budget = tokens.pop("budget")
-        breaker_open = breaker["state"] == CircuitBreaker.OPEN
-        usage = merged_usage(self.usage.snapshot(), reports)
-        return {
-            "status": "degraded" if degraded else "healthy",
-            "provider": self.provider,
-            "model": self.clients.model_for(None),
-            "problem": self.clients.choice.problem,
-            "mode": self.mode(budget, breaker),
-            "features": {f: self.plan(f, budget, breaker_open) for f in FEATURES},
-            "breaker": breaker,
-            **usage,
-            "httpRetries": self._http_retries() + sum(int(r.get("httpRetries") or 0) for r in reports),
-            "tokens": tokens,
-            "budget": budget,
-            "jobs": self.jobs_report(breaker, usage["lastError"]),
-            "workers": self.jobs.alive() + sum(int(r.get("workers") or 0) for r in reports),
-        }
+        return self.report.health()
 
     def diagnose(self) -> list[dict[str, Any]]:
-        if not self.has_model:
-            return self._diagnose_without_model()
-        reports = self._worker_reports()
-        usage = merged_usage(self.usage.snapshot(), reports)
-        breaker = worst_breaker(self.breaker.snapshot(), reports)
-        checks = [
-            _check(
-                "llm-provider",
-                "pass",
-                f"{self.provider} model {self.clients.model_for(None)}: {usage['succeeded']} "
-                f"answer(s), {usage['failed']} failure(s) since start",
-                "",
-            )
-        ]
-        closed = breaker["state"] == CircuitBreaker.CLOSED
-        checks.append(
-            _check(
-                "llm-breaker",
-                "pass" if closed else "warn",
-                "circuit breaker closed"
-                if closed
-                else f"circuit breaker {breaker['state']} (last error: {usage['lastError']}); model "
-                f"features use their deterministic paths until {breaker['retryAt']}",
-                "" if closed else f"check the {self.provider} key, base URL and quota",
-            )
-        )
-        checks.append(self._budget_check(self.accounting.budget(FEATURES)))
-        jobs = self.jobs_report(breaker, usage["lastError"])
-        checks.append(
-            _check(
-                "llm-jobs",
-                "warn" if jobs["why"] else "pass",
-                jobs["why"] or f"{jobs['pending']} background model job(s) queued",
-                f"nothing is lost: they run by themselves once the {self.provider} model answers (each is kept "
-                f"{self.settings.llm_job_max_age_hours:g} h, AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS); check the "
-                "provider's key, base URL and quota"
-                if jobs["why"]
-                else "",
-            )
-        )
-        return checks
-
-    @staticmethod
-    def _budget_check(budget: dict[str, Any]) -> dict[str, Any]:
-        if budget["zero"]:
-            return _check("llm-budget", "warn", budget["zero"], "set AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET=unlimited")
-        capped = sorted(f for f, cap in budget["features"].items() if cap["reached"])
-        return _check(
-            "llm-budget",
-            "warn" if budget["reached"] or capped else "pass",
-            f"{budget['used']:,} tokens used today"
-            + (f" of {budget['daily']:,}" if budget["daily"] is not None else " (no daily budget)")
-            + (f"; used up, deterministic until {budget['resetsAt']}" if budget["reached"] else "")
-            + (f"; feature caps reached: {', '.join(capped)}" if capped else ""),
-            "raise AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET (or a feature's cap) or wait for midnight UTC"
-            if budget["reached"] or capped
-            else "",
-        )
-
-    def jobs_report(self, breaker: dict[str, Any], last_model_error: str | None) -> dict[str, Any]:
-        """The queue of model work: how much, how much waits to be tried again, since when and
-        why (``why``: one sentence for /status and diagnose: the breaker and the model's last
-        error), and its bound."""
-        jobs = self.rt.db.reader().jobs.stats()
-        since = queued_epoch(jobs.pop("oldestWaitingQueuedAt") or "")
-        age = max(0.0, self.rt.clock.time() - since) if since is not None else None
-        report = {
-            **jobs,
-            "oldestWaitingSince": _iso(since) if since is not None else None,
-            "oldestWaitingSeconds": round(age) if age is not None else None,
-            "maxAgeHours": self.settings.llm_job_max_age_hours,
-            "max": self.settings.llm_jobs_max,
-            "shed": self.rt.db.queue_stats().get("llm_jobs", {}).get("shed", 0),
-        }
-        # Waiting: put back after a try, or, while the breaker is open, every queued job (the
-        # workers claim none then, so the jobs queued since were never tried).
-        stalled = jobs["waiting"] or (jobs["pending"] and breaker["state"] == CircuitBreaker.OPEN)
-        report["why"] = self._waiting_why(report, breaker, last_model_error) if stalled else None
-        return report
-
-    @staticmethod
-    def _waiting_why(jobs: dict[str, Any], breaker: dict[str, Any], last_model_error: str | None) -> str:
-        """One sentence: how much model work waits, of which kinds, for how long, and why."""
-        kinds = ", ".join(f"{n} {k}" for k, n in sorted(jobs["byKind"].items()))
-        cause = {
-            CircuitBreaker.OPEN: f"the model failed repeatedly (circuit breaker open until {breaker['retryAt']})",
-            CircuitBreaker.HALF_OPEN: "the model failed repeatedly (circuit breaker half-open: the next call is "
-            "its trial)",
-        }.get(breaker["state"], "the model's last calls failed")
-        tried = (
-            f"; {jobs['waiting']} tried and put back, the oldest queued "
-            f"{_duration(jobs['oldestWaitingSeconds'] or 0)} ago"
-            if jobs["waiting"]
-            else ""
-        )
-        error = last_model_error or jobs["lastError"]
-        return f"{jobs['pending']} background model job(s) wait for the model ({kinds}{tried}): {cause}" + (
-            f"; last error: {error}" if error else ""
-        )
-
-    def _diagnose_without_model(self) -> list[dict[str, Any]]:
-        problem = self.clients.choice.problem
-        if problem:
-            return [_check("llm-provider", "warn", f"{problem}: every LLM feature runs deterministically", problem)]
-        checks = [
-            _check(
-                "llm-provider",
-                "pass",
-                "no model provider: compression, summaries, consolidation, "
-                "graph extraction, reflection and crystals run deterministically",
-                "",
-            )
-        ]
-        if self.settings.auto_compress:
-            checks.append(
-                _check(
-                    "llm-auto-compress",
-                    "warn",
-                    "AGENTMEMORY_AUTO_COMPRESS is on but no model provider is configured: observations "
-                    "keep the synthetic compression",
-                    "set AGENTMEMORY_LLM_PROVIDER and its key (or GEMINI_API_KEY), or turn "
-                    "AGENTMEMORY_AUTO_COMPRESS off",
-                )
-            )
-        return checks
+        return self.report.diagnose()
 
     def close(self) -> None:
         self.jobs.close()
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
-
-
-def _check(name: str, status: str, message: str, fix: str) -> dict[str, Any]:
-    return {"name": name, "category": "llm", "status": status, "message": message, "fix": fix, "fixable": False}
 
 
 def service(rt: Runtime) -> LLMService:
