@@ -441,3 +441,29 @@ def test_a_migration_that_waits_past_the_lock_wait_for_an_import_is_refused_nami
         importer.close()
     assert refused.value.code == "database_busy" and refused.value.retry_after == 30
     assert f"schema migration {len(MIGRATIONS)} of {path} waited over 0.3 s" in refused.value.message
+
+
+def test_a_write_another_process_keeps_waiting_is_what_background_work_recognises_as_busy(tmp_path):
+    """errors.is_database_busy is the one test the background writers (periodic jobs, LLM jobs,
+    the embedding backlog, capture) apply to a failed write: true for the refusal a write gets
+    while another process (a replace import) holds the write lock past the wait, false for any
+    other failure, which each of them must treat as a failure."""
+    from agentmemory_server import errors
+
+    path = tmp_path / "x.db"
+    db = Database(path, now=Clock().iso, background=False, lock_wait=0.2)
+    importer = sqlite3.connect(path, isolation_level=None)
+    importer.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(errors.AppError) as refused:
+            with db.transaction("remember") as tx:
+                tx.records.set("mem:memories", "m1", {"id": "m1"}, now="x")
+    finally:
+        importer.execute("ROLLBACK")
+        importer.close()
+        db.close()
+    assert errors.is_database_busy(refused.value), refused.value
+    assert not errors.is_database_busy(errors.Unavailable("the database server does not answer"))
+    assert not errors.is_database_busy(errors.InsufficientStorage("the disk is full"))
+    assert not errors.is_database_busy(sqlite3.OperationalError("database is locked"))  # not said by storage yet
+    assert not errors.is_database_busy(None)

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 
 @dataclass(frozen=True)
@@ -295,6 +295,13 @@ class InsufficientStorage(AppError):
 class RateLimited(AppError):
     status = 429
     code = RATE_LIMITED
+
+
+def is_database_busy(exc: BaseException | None) -> TypeGuard[AppError]:
+    """Whether ``exc`` says another writer (a replace import, another process) held the
+    database's write lock past this one's wait: not a failure of the work that ran into it,
+    which waits and goes on once the lock is free (each caller says how it waits)."""
+    return isinstance(exc, AppError) and exc.code == DATABASE_BUSY
 
 
 # Every message and detail a client sees passes this filter; ``wiring.py`` installs the privacy

@@ -64,7 +64,7 @@ class CaptureInbox:
     def note_busy(self, exc: Exception) -> bool:
         """Remember a write refused because the write lock stayed taken (``database_busy``);
         whether ``exc`` was one."""
-        if isinstance(exc, AppError) and exc.code == errors.DATABASE_BUSY:
+        if errors.is_database_busy(exc):
             self._busy = (time.monotonic(), exc)
             return True
         return False

@@ -249,7 +249,7 @@ class Jobs:
         try:
             job["fn"]()
         except AppError as exc:  # a known condition (disk full, damaged file): one line, no traceback
-            if exc.code == errors.DATABASE_BUSY:
+            if errors.is_database_busy(exc):
                 self._owe(job, exc)
                 return False, None
             job["errors"] += 1

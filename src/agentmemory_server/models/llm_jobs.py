@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentmemory_server import errors
-from agentmemory_server.errors import AppError, CapacityExceeded
+from agentmemory_server.errors import CapacityExceeded
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
@@ -195,7 +195,7 @@ class JobRunner:
             self._wait(ctx, job, kind, retry.reason, retry.not_before)
             return
         except Exception as exc:  # noqa: BLE001 - a job must never kill the worker
-            if isinstance(exc, AppError) and exc.code == errors.DATABASE_BUSY:
+            if errors.is_database_busy(exc):
                 # Another writer (a replace import) held the database's write lock past the wait:
                 # not the job's fault, so it uses up no attempt and logs no traceback. If the
                 # database is still busy for this write too, the job's lease runs out and it is

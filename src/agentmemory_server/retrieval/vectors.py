@@ -404,7 +404,7 @@ class VectorService:
             try:
                 return write()
             except Unavailable as exc:
-                if exc.code != errors.DATABASE_BUSY or self._stop.is_set():
+                if not errors.is_database_busy(exc) or self._stop.is_set():
                     raise
                 self._busy.failed(exc)
                 self._stop.wait(1.0)  # a busy answer that came at once (no database) does not spin
