@@ -467,3 +467,28 @@ def test_a_write_another_process_keeps_waiting_is_what_background_work_recognise
     assert not errors.is_database_busy(errors.InsufficientStorage("the disk is full"))
     assert not errors.is_database_busy(sqlite3.OperationalError("database is locked"))  # not said by storage yet
     assert not errors.is_database_busy(None)
+
+
+def test_the_guard_of_a_step_of_opening_refuses_only_a_lock_held_past_the_wait(tmp_path):
+    """The one guard both steps of opening that need the write lock run under (a schema
+    migration, the record indexes): a busy failure becomes the refusal naming the step, which a
+    migration lets through and the record indexes take as owed; any other failure goes through
+    as it was."""
+    from agentmemory_server import errors
+    from agentmemory_server.storage.owed_indexes import LockHeldAtOpen
+
+    path = tmp_path / "x.db"
+    db = Database(path, now=Clock().iso, background=False, lock_wait=0.3)
+    try:
+        with pytest.raises(LockHeldAtOpen) as refused:
+            with db._write_lock_waited("schema migration 9"):
+                raise sqlite3.OperationalError("database is locked")
+        assert errors.is_database_busy(refused.value) and refused.value.retry_after == 30
+        assert f"schema migration 9 of {path} waited over 0.3 s for the write lock" in refused.value.message
+        other = sqlite3.OperationalError("no such table: kv_store")
+        with pytest.raises(sqlite3.OperationalError) as passed:
+            with db._write_lock_waited("schema migration 9"):
+                raise other
+        assert passed.value is other
+    finally:
+        db.close()

@@ -523,3 +523,39 @@ def test_a_migration_that_waits_for_a_table_a_long_write_holds_is_refused_naming
         db.close()
     finally:
         pg_cluster._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_the_guard_of_a_step_of_opening_refuses_only_a_table_lock_held_past_the_wait(url, tmp_path):
+    """The one guard both steps of opening that wait for a table run under (a schema migration on
+    the bare connection, the record indexes through TxConnection, which turns psycopg's error
+    into an AppError caused by it): a lock not granted becomes the refusal naming the step, which
+    a migration lets through and the record indexes take as owed; any other failure, a lost
+    connection's database_busy included, goes through as it was."""
+    from agentmemory_server.errors import AppError
+    from agentmemory_server.storage.owed_indexes import LockHeldAtOpen
+
+    db = PostgresDatabase(url, local_path=tmp_path / "x.db", now=Clock().iso, lexical_engine="builtin",
+                          background=False)
+
+    def through_tx_connection(cause: Exception) -> AppError:
+        failure = Unavailable("the database is unavailable; retry shortly", code="database_busy")
+        failure.__cause__ = cause
+        return failure
+
+    try:
+        for held in (psycopg.errors.LockNotAvailable("lock timeout"),
+                     through_tx_connection(psycopg.errors.LockNotAvailable("lock timeout"))):
+            with pytest.raises(LockHeldAtOpen) as refused:
+                with db._table_lock_waited("schema migration 9 (later)"):
+                    raise held
+            assert refused.value.code == "database_busy" and refused.value.retry_after == 30
+            assert "schema migration 9 (later) of " in refused.value.message
+            assert "for a table another transaction holds" in refused.value.message
+        for other in (through_tx_connection(psycopg.OperationalError("server closed the connection")),
+                      psycopg.errors.UndefinedTable("no such table")):
+            with pytest.raises(type(other)) as passed:
+                with db._table_lock_waited("schema migration 9 (later)"):
+                    raise other
+            assert passed.value is other
+    finally:
+        db.close()

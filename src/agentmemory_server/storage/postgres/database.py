@@ -415,12 +415,9 @@ class PostgresDatabase:
                     "upgrade agentmemory-python before opening it"
                 )
             for number, (name, fn) in enumerate(MIGRATIONS[version:], start=version + 1):
-                try:
-                    with conn.transaction():
-                        fn(conn)
-                        conn.execute("UPDATE agentmemory_schema SET version = %s", (number,))
-                except psycopg.errors.LockNotAvailable:
-                    raise self._schema_step_waits(f"schema migration {number} ({name})") from None
+                with self._table_lock_waited(f"schema migration {number} ({name})"), conn.transaction():
+                    fn(conn)
+                    conn.execute("UPDATE agentmemory_schema SET version = %s", (number,))
             if record_indexes is not None:  # (None: a tool's connection leaves them as they are)
                 self._ensure_indexes(conn, record_indexes)
             self._check_collation(conn)
@@ -433,17 +430,11 @@ class PostgresDatabase:
         (a start must not wait for the import to commit) and owes them: a thread makes them once
         the table is free (``make_owed_indexes``). False: they are owed."""
         try:
-            ensure_indexes(TxConnection(conn), record_indexes)
-        except AppError as exc:
-            if not isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
-                raise
+            with self._table_lock_waited("making the record indexes"):
+                ensure_indexes(TxConnection(conn), record_indexes)
+        except owed_indexes.LockHeldAtOpen:
             if not self.owed_indexes:
-                log.warning(
-                    "record indexes not brought up to date: another transaction (a replace import?) held the "
-                    "records' table for over %g s; tried again every %g s until it is free",
-                    SCHEMA_LOCK_WAIT_SECONDS,
-                    owed_indexes.RETRY_SECONDS,
-                )
+                owed_indexes.announce_owed("another transaction", "the records' table", SCHEMA_LOCK_WAIT_SECONDS)
             self.owed_indexes = record_indexes
             return False
         self.owed_indexes = ()
@@ -463,16 +454,29 @@ class PostgresDatabase:
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
         if made:
-            log.info("record indexes brought up to date (the records' table was held when this process started)")
+            owed_indexes.announce_made("the records' table")
         return made
 
-    def _schema_step_waits(self, step: str) -> Unavailable:
-        return Unavailable(
-            f"{step} of {self.location} waited over {SCHEMA_LOCK_WAIT_SECONDS:g} s for a table another transaction "
-            "holds (a replace import holds the records' tables until it commits); start again once it is done",
-            code=errors.DATABASE_BUSY,
-            retry_after=30,
-        )
+    @contextmanager
+    def _table_lock_waited(self, step: str) -> Iterator[None]:
+        """Run ``step`` of opening the store (its statements wait SCHEMA_LOCK_WAIT_SECONDS for a
+        table's lock), on the bare connection or through ``TxConnection``.
+
+        :raise owed_indexes.LockHeldAtOpen: another transaction held a table it needs past that
+            wait (a replace import holds the records' tables until it commits): a clear refusal
+            naming the step, not a traceback.
+        """
+        try:
+            yield
+        except (psycopg.errors.LockNotAvailable, AppError) as exc:  # (TxConnection's AppError names its cause)
+            held = exc if isinstance(exc, psycopg.errors.LockNotAvailable) else exc.__cause__
+            if not isinstance(held, psycopg.errors.LockNotAvailable):
+                raise
+            raise owed_indexes.LockHeldAtOpen(
+                f"{step} of {self.location} waited over {SCHEMA_LOCK_WAIT_SECONDS:g} s for a table another "
+                "transaction holds (a replace import holds the records' tables until it commits); start again "
+                "once it is done"
+            ) from None
 
     def _check_collation(self, conn: psycopg.Connection) -> None:
         row = conn.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()").fetchone()

@@ -262,18 +262,11 @@ class Database:
         (``make_owed_indexes``). False: they are owed."""
         with self._lock:
             try:
-                ensure_indexes(self._writer, declared)
-            except sqlite3.OperationalError as exc:
-                fault = classify(exc, self.path)
-                if fault is None or fault.code != errors.DATABASE_BUSY:
-                    raise
+                with self._write_lock_waited("making the record indexes"):
+                    ensure_indexes(self._writer, declared)
+            except owed_indexes.LockHeldAtOpen:
                 if not self.owed_indexes:
-                    log.warning(
-                        "record indexes not brought up to date: another process (a replace import?) held the write "
-                        "lock for over %g s; tried again every %g s until it is free",
-                        self.lock_wait,
-                        owed_indexes.RETRY_SECONDS,
-                    )
+                    owed_indexes.announce_owed("another process", "the write lock", self.lock_wait)
                 self.owed_indexes = declared
                 return False
         self.owed_indexes = ()
@@ -287,7 +280,7 @@ class Database:
             return True
         made = self._ensure_indexes(self.owed_indexes)
         if made:
-            log.info("record indexes brought up to date (the write lock was held when this process started)")
+            owed_indexes.announce_made("the write lock")
         return made
 
     def _engine_switched(self, engine: str) -> bool:
@@ -336,7 +329,8 @@ class Database:
             raise _too_new(self.path, version)
         while version < len(MIGRATIONS):
             with self._lock:
-                self._begin_migration(conn, version + 1)
+                with self._write_lock_waited(f"schema migration {version + 1}"):
+                    conn.execute("BEGIN IMMEDIATE")
                 try:
                     # Read again under the write lock: another process (a worker starting at the
                     # same moment) may have applied it meanwhile.
@@ -354,20 +348,22 @@ class Database:
     def schema_version(self) -> int:
         return self._writer.execute("PRAGMA user_version").fetchone()[0]
 
-    def _begin_migration(self, conn: sqlite3.Connection, number: int) -> None:
-        """:raise Unavailable: another process held the write lock past this opener's busy wait
-        (a replace import holds it until it commits): a clear refusal, not a traceback."""
+    @contextmanager
+    def _write_lock_waited(self, step: str) -> Iterator[None]:
+        """Run ``step`` of opening the store, which needs the write lock.
+
+        :raise owed_indexes.LockHeldAtOpen: another process held the write lock past this
+            opener's busy wait (a replace import holds it until it commits): a clear refusal
+            naming the step, not a "database is locked" traceback.
+        """
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            yield
         except sqlite3.OperationalError as exc:
-            fault = classify(exc, self.path)
-            if fault is None or fault.code != errors.DATABASE_BUSY:
+            if not errors.is_database_busy(classify(exc, self.path)):
                 raise
-            raise Unavailable(
-                f"schema migration {number} of {self.path} waited over {self.lock_wait:g} s for the write lock "
-                "another process holds (a replace import holds it until it commits); start again once it is done",
-                code=errors.DATABASE_BUSY,
-                retry_after=30,
+            raise owed_indexes.LockHeldAtOpen(
+                f"{step} of {self.path} waited over {self.lock_wait:g} s for the write lock another process holds "
+                "(a replace import holds it until it commits); start again once it is done"
             ) from None
 
     # ---- faults: damage, full or read-only disks
