@@ -26,15 +26,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import ROOT, start_server  # noqa: E402
-from machine import describe, reference  # noqa: E402
+from ingest import start_server  # noqa: E402
+from machine import header  # noqa: E402
 
 CLI = str(Path(sys.executable).with_name("agentmemory"))
 LIMIT = 150.0
@@ -170,9 +169,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--records", type=int, default=30000)
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    ref = reference()
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit.strip()}, {args.backend}; {describe(ref)}")
+    commit, ref = header(args.backend)
     with tempfile.TemporaryDirectory(prefix="import-bystanders-") as tmp:
         data_dir = str(Path(tmp) / "data")
         store, drop = store_for(args.backend, data_dir)
@@ -243,7 +240,7 @@ def main() -> None:
             print(
                 json.dumps(
                     {
-                        "commit": commit.strip(),
+                        "commit": commit,
                         "backend": args.backend,
                         "records": args.records,
                         "importSeconds": round(imported_after, 2),

@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import ROOT, start_server  # noqa: E402
-from machine import describe, reference  # noqa: E402
+from ingest import start_server  # noqa: E402
+from machine import header  # noqa: E402
 from mcp_latency import percentiles  # noqa: E402
 
 CWD = "/work/shop"
@@ -56,9 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=6)
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    ref = reference()
-    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit.strip()}; {describe(ref)}")
+    commit, ref = header()
     with tempfile.TemporaryDirectory(prefix="locked-hooks-") as data_dir:
         proc, url = start_server(data_dir, threads=8, extra_env={"EMBEDDING_PROVIDER": "none"})
         try:
@@ -92,7 +88,7 @@ def main() -> None:
     print(f"waits: p50 {summary['p50_ms'] / 1000:.1f} s, p95 {summary['p95_ms'] / 1000:.1f} s; "
           f"{over} of {len(waits)} over the hook command's 10 s; stored after the lock: {len(stored)} observations "
           f"(the warm-up start included), spool drain recovered {drained['results'][0]['recovered']}")
-    print(json.dumps({"commit": commit.strip(), "events": len(waits), "waitsSeconds": [round(w, 2) for w in waits],
+    print(json.dumps({"commit": commit, "events": len(waits), "waitsSeconds": [round(w, 2) for w in waits],
                       **summary, "overTenSeconds": over, "stored": len(stored), **ref}))
 
 

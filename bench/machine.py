@@ -10,9 +10,13 @@ and reads the load average, so two runs can be compared, or told apart.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 LOOP = 10_000_000
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def python_loop_seconds(repeat: int = 3) -> float:
@@ -34,6 +38,15 @@ def reference() -> dict[str, float]:
 def describe(ref: dict[str, float]) -> str:
     return (f"machine: a {LOOP:,}-step Python loop takes {ref['pythonLoopSeconds']} s on one core "
             f"(lower is faster), load average {ref['loadAverage']}")
+
+
+def header(*about: str) -> tuple[str, dict[str, float]]:
+    """Print a bench's first line: when, which commit, what the run is (``about``: its backend...)
+    and how fast this machine is now. Returns the commit and ``reference()`` for its JSON line."""
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    commit, ref = git.stdout.strip(), reference()
+    print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {', '.join((commit, *about))}; {describe(ref)}")
+    return commit, ref
 
 
 if __name__ == "__main__":
