@@ -13,11 +13,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel import background
+from agentmemory_server.kernel.scopes import SESSIONS
 from agentmemory_server.retrieval import vectors
+from agentmemory_server.storage.sqlite import local_backup
 from conftest import SRC, ToolCaller, clean_environ, end_process_group, hook, post, wait_for
 
 
@@ -350,6 +353,165 @@ def test_a_periodic_run_longer_than_its_claim_keeps_other_workers_off_while_its_
     row = _periodic_row(b, "nightly")
     assert row["runs"] == 1 and row["nextRun"] > time.time() + 3500, row  # one period after the claim
     assert not b._claim_periodic("nightly", 3600)
+
+
+def test_a_finished_run_whose_claim_another_worker_took_up_is_not_recorded_over_its_run(make_runtime):
+    """Worker A's claim lapsed (it was stopped past its lease) and worker B took the run up and
+    recorded it. A's finish, recorded afterwards, still counted a second run and set the job's
+    last run and error over B's. Now it is refused: the schedule, the count and the outcome are
+    B's. Runs on PostgreSQL too (AGENTMEMORY_TEST_BACKEND=postgresql)."""
+    a, b = make_runtime(), make_runtime()
+    _make_due(a, "nightly")
+    a_claimed = time.time()
+    assert a._claim_periodic("nightly", 3600)
+    with a.db.transaction("test") as tx:  # A's lease lapsed: it did not renew it
+        tx.conn.execute("UPDATE periodic_jobs SET next_run = 0 WHERE name = 'nightly'")
+    b_claimed = time.time()
+    assert b._claim_periodic("nightly", 3600)
+    b._periodic_done("nightly", None, b_claimed + 3600)
+    refused = a._periodic_done("nightly", "disk on fire", a_claimed + 3600)
+    row = _periodic_row(a, "nightly")
+    assert (row["holder"], row["runs"], row["errors"], row["lastError"]) == (b.worker_id, 1, 0, None), row
+    assert row["nextRun"] == b_claimed + 3600 and refused is False, row
+
+
+# A worker process that claims the due run of the eviction sweep (its claim lasting argv[3]
+# seconds) and, once the sweep has read what it is to do, waits for the file argv[4]: the test
+# stops it (SIGSTOP) there, past its claim, and lets it go on (SIGCONT) once another worker ran
+# the sweep.
+_STALLED_EVICT_WORKER = """
+import os, sys, time
+from pathlib import Path
+from agentmemory_server.kernel import runtime
+from agentmemory_server.kernel.settings import Settings
+from agentmemory_server.memory import retention
+from agentmemory_server.wiring import build_runtime
+runtime.CLAIM_LEASE_SECONDS = float(sys.argv[3])
+settings = Settings.from_env(os.environ, data_dir=sys.argv[1], background_jobs=False, embedding_provider="none",
+                             auth="off")
+rt = build_runtime(settings, role="worker")
+reading, go = Path(sys.argv[2]), Path(sys.argv[4])
+read = retention._stale_sessions
+
+def read_then_wait(*args, **kwargs):
+    found = read(*args, **kwargs)
+    reading.write_text(rt.worker_id)
+    while not go.exists():
+        time.sleep(0.05)
+    return found
+
+retention._stale_sessions = read_then_wait
+rt.jobs._due(next(j for j in rt.jobs._jobs if j["name"] == "evict"))
+rt.close()
+"""
+
+
+def test_a_run_whose_worker_was_stopped_past_its_claim_does_not_do_the_work_again_when_it_wakes(
+        make_runtime, tmp_path):
+    """Worker A claimed the eviction sweep, read an idle session to summarise, and was stopped
+    (SIGSTOP) past its claim; worker B took the run up, summarised the session and recorded the
+    run. Woken (SIGCONT), A summarised the session a second time (a second model call where a
+    model is set) and recorded a second run over B's. Now A stops at its next checkpoint: the
+    session is summarised once, and the schedule is B's. Runs on PostgreSQL too."""
+    rt = make_runtime()
+    call = ToolCaller(rt)
+    call("agent_observe", **hook("idle", data={"tool_name": "Bash", "tool_input": {"command": "make release"}}))
+    with rt.db.transaction("test") as tx:  # the session has been idle for two months
+        session = tx.records.get(SESSIONS, "idle")
+        session["startedAt"] = session["updatedAt"] = "2020-01-01T00:00:00.000Z"
+        tx.records.set(SESSIONS, "idle", session, now=session["updatedAt"])
+    _make_due(rt, "evict")
+    reading, go = tmp_path / "reading", tmp_path / "go"
+    url = rt.settings.database_url
+    env = {**clean_environ(), **({"AGENTMEMORY_DATABASE_URL": url} if url else {})}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_EVICT_WORKER, str(tmp_path / "data"), str(reading), "2", str(go)],
+        env=env, cwd=str(SRC), start_new_session=True)
+    try:
+        stalled = wait_for(lambda: reading.exists() and reading.read_text(), timeout=60, proc=worker,
+                           message="the worker never read what its sweep was to do")
+        worker.send_signal(signal.SIGSTOP)
+        job = next(j for j in rt.jobs._jobs if j["name"] == "evict")
+        claimed_by = time.time()
+        wait_for(lambda: rt.jobs._due(job) or _periodic_row(rt, "evict")["runs"], timeout=60, interval=0.2,
+                 message="the stopped worker's run was not taken up once its claim lapsed")
+        assert call("session_get", sessionId="idle")["session"]["summary"]
+        go.touch()
+        worker.send_signal(signal.SIGCONT)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.send_signal(signal.SIGCONT)
+        end_process_group(worker)
+    assert call("memory_audit", operation="summarize")["total"] == 1  # the session was summarised once
+    row = _periodic_row(rt, "evict")
+    assert row["holder"] == rt.worker_id != stalled and row["runs"] == 1, row
+    assert row["nextRun"] >= claimed_by + job["every"], row  # a period after the second worker's claim
+
+
+def test_an_eviction_read_before_its_claim_was_taken_up_does_not_apply_that_reading(make_runtime, monkeypatch):
+    """Worker A's eviction sweep read its victims (one observation over the project's cap of 2)
+    and stalled past its claim. Meanwhile a user deleted another observation of the project and
+    worker B, taking the run up, found the project within its cap. A, going on, still deleted
+    its victim: the project fell below the cap. The sweep's delete now checks the claim inside its
+    transaction and writes nothing once the run is another worker's. Runs on PostgreSQL too."""
+    from agentmemory_server.memory import retention
+
+    a, b = make_runtime(max_obs_per_project=2), make_runtime(max_obs_per_project=2)
+    call = ToolCaller(a)
+    ids = [call("agent_observe", **hook("busy", timestamp=f"2026-11-0{i + 1}T10:00:00.000Z",
+                                        data={"tool_name": "Bash", "tool_input": {"command": f"deploy shard {i}"}}))
+           ["observationId"] for i in range(3)]
+    runner_name = "stalled-evict"
+    read_it, go_on = threading.Event(), threading.Event()
+    read = retention._stale_sessions
+
+    def read_then_stall(*args, **kwargs):  # after the victims were read, in A's run only
+        found = read(*args, **kwargs)
+        if threading.current_thread().name == runner_name:
+            read_it.set()
+            go_on.wait(60)
+        return found
+
+    monkeypatch.setattr(retention, "_stale_sessions", read_then_stall)
+    job_a, job_b = (next(j for j in rt.jobs._jobs if j["name"] == "evict") for rt in (a, b))
+    _make_due(a, "evict")
+    assert a.jobs._take(job_a)
+    runner = threading.Thread(target=a.jobs.run, args=(job_a,), name=runner_name, daemon=True)
+    runner.start()
+    try:
+        assert read_it.wait(30)
+        with a.db.transaction("test") as tx:  # A's claim lapses
+            tx.conn.execute("UPDATE periodic_jobs SET next_run = 0 WHERE name = 'evict'")
+        call("memory_forget", sessionId="busy", observationIds=[ids[2]])  # the user deletes one
+        b.jobs._due(job_b)  # B takes the run up: the project is within its cap
+        assert _periodic_row(b, "evict")["holder"] == b.worker_id
+    finally:
+        go_on.set()
+        runner.join(30)
+    left = [o["id"] for o in call("memory_observations", sessionId="busy")["observations"]]
+    assert sorted(left) == sorted(ids[:2]), left  # A's old reading evicted nothing
+    row = _periodic_row(a, "evict")
+    assert row["holder"] == b.worker_id and row["runs"] == 1, row
+
+
+@pytest.mark.sqlite_only  # local snapshots are of a SQLite file (PostgreSQL is backed up by its server)
+def test_a_local_snapshot_run_taken_up_by_another_worker_is_not_taken_again_by_the_first(make_runtime):
+    """Worker A claimed the local snapshot and stalled before taking it; worker B took the run up
+    and took the snapshot. A, going on, took a second one in the same period, which pushed a good
+    older snapshot out of the kept ones. A run now finds the period's snapshot written since it
+    was claimed and takes none, and its finish is not recorded over B's."""
+    a, b = make_runtime(local_backup_interval=3600), make_runtime(local_backup_interval=3600)
+    job_a, job_b = (next(j for j in rt.jobs._jobs if j["name"] == "local_backup") for rt in (a, b))
+    _make_due(a, "local_backup")
+    assert a.jobs._take(job_a)  # A claims the run, then stalls past its claim
+    with a.db.transaction("test") as tx:
+        tx.conn.execute("UPDATE periodic_jobs SET next_run = 0 WHERE name = 'local_backup'")
+    b.jobs._due(job_b)
+    assert len(local_backup.snapshots(b.services["backups"].directory)) == 1
+    a.jobs.run(job_a)  # A wakes and goes on with its run
+    assert len(local_backup.snapshots(a.services["backups"].directory)) == 1
+    row = _periodic_row(a, "local_backup")
+    assert row["holder"] == b.worker_id and row["runs"] == 1, row
 
 
 def test_a_claimed_batch_of_a_dead_worker_is_taken_over(make_runtime):

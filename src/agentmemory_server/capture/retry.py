@@ -160,6 +160,9 @@ def attempt(ctx: Ctx, entry: dict[str, Any], *, force: bool) -> str:
 def attempt_all(ctx: Ctx, entries: list[dict[str, Any]], *, force: bool) -> dict[str, int]:
     counts = {"matched": len(entries), "recovered": 0, "dead": 0, "waiting": 0}
     for entry in entries:
+        # The periodic run stops once another worker took it up: its entries were read before,
+        # and trying one again would spend an attempt the other run already spent.
+        ctx.rt.jobs.checkpoint()
         counts[attempt(ctx, entry, force=force)] += 1
     return counts
 

@@ -199,6 +199,9 @@ class SessionFinalizer:
         idle_before = iso(self.rt.clock.now() - timedelta(milliseconds=self.rt.settings.finalize_idle_ms))
         done = 0
         for session in due:
+            # Each session is completed once whichever run gets to it (its status is checked in
+            # the write); a run whose claim another worker took up leaves the rest to that run.
+            self.rt.jobs.checkpoint()
             try:
                 if complete_session(ctx, session["id"], reason="idle finalizer", idle_before=idle_before):
                     done += 1

@@ -61,6 +61,22 @@ def claim_lease(every: float) -> float:
     return min(every, CLAIM_LEASE_SECONDS)
 
 
+def held_until(job: dict[str, Any], renewed_at: float) -> float:
+    """Until when a claim renewed at ``renewed_at`` surely keeps other workers off the run: two
+    thirds of its lease, the last third left for the clocks of other nodes running ahead."""
+    return renewed_at + claim_lease(job["every"]) * 2 / 3
+
+
+class ClaimLost(Exception):
+    """Raised at a periodic job's checkpoint (``Jobs.checkpoint``, ``Jobs.fence``): this worker's
+    claim of the run lapsed (the worker was stopped or starved past its lease) and another worker
+    took the run up. The run stops here; the other worker's run is the one that counts."""
+
+    def __init__(self, name: str):
+        super().__init__(f"another worker took up the run of background job {name}")
+        self.name = name
+
+
 class _ClaimKeeper:
     """Renews the claim of the periodic run going on (jobs run one at a time, on one thread) on
     a thread of its own, started with the first claimed run: a run may then outlast its lease."""
@@ -98,10 +114,14 @@ class _ClaimKeeper:
         while (job := self._next_renewal()) is not None:
             held = True
             try:
+                renewed_at = time.time()
                 held = self._hold(job["name"], job["every"])
+                if held:
+                    job["heldUntil"] = held_until(job, renewed_at)
             except Exception as exc:  # noqa: BLE001 - a busy database: the claim may lapse, the run goes on
                 self._failures.failed(exc)
             if not held:
+                job["lost"] = True  # its next checkpoint stops the run; its finish is not recorded
                 log.warning("background job %s: its claim lapsed and another worker took the run up", job["name"])
             with self._changed:
                 if not held and self._job is job:
@@ -132,20 +152,27 @@ class Jobs:
     neither repeats a run nor forgets the schedule. A claim lasts ``claim_lease`` seconds and is
     renewed (``hold``) while the run goes on; recording the run (``done``) schedules the next
     one a period after the claim. A run whose worker died is taken up by any worker once its
-    claim lapses. ``run_now`` runs a job here without asking."""
+    claim lapses. ``run_now`` runs a job here without asking.
+
+    A worker stopped or starved past its lease (SIGSTOP, a stalled VM, a renewal thread that got
+    no CPU) finds on waking that another worker took its run up: its finish is not recorded
+    (``done`` refuses it), and a job stops at its next ``checkpoint`` (between steps) or ``fence``
+    (inside its write transaction) rather than doing the run's work a second time."""
 
     POLL_SECONDS = 0.5
 
     def __init__(
         self,
         claim: Callable[[str, float], bool] | None = None,
-        done: Callable[[str, str | None, float | None], None] | None = None,
+        done: Callable[[str, str | None, float | None], bool] | None = None,
         hold: Callable[[str, float], bool] | None = None,
+        holds: Callable[[Any, str], bool] | None = None,
     ) -> None:
         self._jobs: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._claim, self._done, self._hold = claim, done, hold
+        self._claim, self._done, self._hold, self._holds = claim, done, hold, holds
+        self._here = threading.local()  # the claimed run going on on this thread (``job``), if any
         # A database that refuses writes (busy with a replace import, or not answering) refuses
         # every job's claim: one line a minute for all of them, not one per job
         self._claim_failures = WorkerFailures(log, "could not claim background job runs")
@@ -166,6 +193,8 @@ class Jobs:
                 "errors": 0,
                 "lastError": LastError(),
                 "claimedAt": None,  # when this worker claimed the run it holds (epoch seconds)
+                "heldUntil": 0.0,  # until when that claim surely holds without asking (epoch seconds)
+                "lost": False,  # another worker took up the run claimed here
                 "owed": False,  # a run claimed here that the database kept busy
                 "unrecorded": None,  # (error, next run) of a finished run the database kept busy
             }
@@ -205,32 +234,40 @@ class Jobs:
     def _take(self, job: dict[str, Any]) -> bool:
         """Claim the job's due run, or keep the claim of the run owed here."""
         assert self._claim is not None
+        started = time.time()
         if job["owed"]:
             if self._hold is None or self._hold(job["name"], job["every"]):
+                job["heldUntil"] = held_until(job, started)
                 return True
             # The database stayed busy past the claim, and another worker took the run up.
             log.info("background job %s: another worker took up the run this one waited to do", job["name"])
             job["owed"], job["claimedAt"] = False, None
             return False
-        started = time.time()
         if self._claim(job["name"], job["every"]):
-            job["claimedAt"] = started
+            job["claimedAt"], job["heldUntil"], job["lost"] = started, held_until(job, started), False
             return True
         return False
 
     def run(self, job: dict[str, Any]) -> None:
         claimed_at = job["claimedAt"]
-        keeper = self._keeper if claimed_at is not None and not job["perNode"] else None
+        claimed = claimed_at is not None and not job["perNode"]
+        keeper = self._keeper if claimed else None
         if keeper is not None:
             keeper.keep(job)
+        self._here.job = job if claimed else None
         try:
             finished, error = self._call(job)
         finally:
+            self._here.job = None
             if keeper is not None:
                 keeper.release()
         if not finished:  # kept for the next poll (the database was busy)
             return
         job["owed"], job["claimedAt"] = False, None
+        if claimed and job["lost"]:
+            # The run is the other worker's now: it records it and sets the next one.
+            job["lost"] = False
+            return
         if self._claim is None or job["perNode"]:
             job["next"] = time.monotonic() + job["every"]
         if self._done is not None and not job["perNode"]:
@@ -248,6 +285,13 @@ class Jobs:
         else (True, its error for the shared schedule if it failed)."""
         try:
             job["fn"]()
+        except ClaimLost:
+            log.warning(
+                "background job %s: stopped, as another worker took its run up while this one was stopped "
+                "or starved past its claim",
+                job["name"],
+            )
+            return True, None
         except AppError as exc:  # a known condition (disk full, damaged file): one line, no traceback
             if errors.is_database_busy(exc):
                 self._owe(job, exc)
@@ -271,7 +315,8 @@ class Jobs:
         a period after the claim)."""
         assert self._done is not None
         error, next_run = job["unrecorded"]
-        self._done(job["name"], error, next_run)
+        if not self._done(job["name"], error, next_run):
+            log.warning("background job %s: its run was taken up by another worker, whose run is recorded", job["name"])
         job["unrecorded"] = None
 
     def _owe(self, job: dict[str, Any], exc: AppError) -> None:
@@ -285,6 +330,42 @@ class Jobs:
             log.warning("background job %s waits for the database: %s", job["name"], exc.message)
         job["owed"] = True
         job["next"] = time.monotonic() + min(job["every"], 60.0)
+
+    def checkpoint(self) -> None:
+        """A periodic job's check between steps (before a model call, a snapshot, each item of a
+        batch): raise ``ClaimLost`` when another worker took up the run going on on this thread.
+        The database is asked only once the claim's last renewal is two thirds of a lease old
+        (``held_until``), which a worker that was stopped or starved finds on waking. A no-op
+        outside a claimed run: a tool called by hand, a per-node job, ``run_now``."""
+        job = getattr(self._here, "job", None)
+        if job is None:
+            return
+        if not job["lost"] and time.time() >= job["heldUntil"] and self._hold is not None:
+            renewed_at = time.time()
+            if self._hold(job["name"], job["every"]):
+                job["heldUntil"] = held_until(job, renewed_at)
+            else:
+                job["lost"] = True
+        if job["lost"]:
+            raise ClaimLost(job["name"])
+
+    def fence(self, tx: Any) -> None:
+        """A periodic job's check inside its write transaction ``tx``: raise ``ClaimLost`` (which
+        rolls the transaction back) unless this worker still holds the run's claim. Claims are
+        written under the same write lock, so no other worker can take the run up between this
+        check and the commit: what the transaction writes is written by one run only. A no-op
+        outside a claimed run."""
+        job = getattr(self._here, "job", None)
+        if job is None or self._holds is None:
+            return
+        if job["lost"] or not self._holds(tx, job["name"]):
+            job["lost"] = True
+            raise ClaimLost(job["name"])
+
+    def claimed_at(self) -> float | None:
+        """When the run going on on this thread was claimed (epoch seconds); None outside one."""
+        job = getattr(self._here, "job", None)
+        return None if job is None else job["claimedAt"]
 
     def run_now(self, name: str) -> None:
         for job in self._jobs:
@@ -374,7 +455,9 @@ class Runtime:
         self.activity = (
             background.ActivityBoard(settings.database_path) if role == "server" and settings.background_jobs else None
         )
-        self.jobs = Jobs(claim=self._claim_periodic, done=self._periodic_done, hold=self._hold_periodic)
+        self.jobs = Jobs(
+            claim=self._claim_periodic, done=self._periodic_done, hold=self._hold_periodic, holds=self._holds_periodic
+        )
         self.supervisor: Any = None  # the background worker's supervisor, when this server started one
         self.denials = auth.Denials()
         self.tokens = TokenCache()
@@ -405,9 +488,12 @@ class Runtime:
         with self.db.transaction("periodic_renew") as tx:
             return tx.jobs.hold_periodic(name, now, now + claim_lease(every), self.worker_id)
 
-    def _periodic_done(self, name: str, error: str | None, next_run: float | None = None) -> None:
+    def _holds_periodic(self, tx: Any, name: str) -> bool:
+        return bool(tx.jobs.holds_periodic(name, self.worker_id))
+
+    def _periodic_done(self, name: str, error: str | None, next_run: float | None = None) -> bool:
         with self.db.transaction("periodic_done") as tx:
-            tx.jobs.periodic_done(name, time.time(), error, holder=self.worker_id, next_run=next_run)
+            return bool(tx.jobs.periodic_done(name, time.time(), error, holder=self.worker_id, next_run=next_run))
 
     def every(self, seconds: float, name: str, fn: Callable[[], Any], *, per_node: bool = False) -> None:
         self.jobs.every(seconds, name, fn, per_node=per_node)

@@ -157,6 +157,10 @@ def sweep_decay(ctx: Ctx, *, dry_run: bool = False) -> dict[str, Any]:
     now_ts, now = rt.clock.time(), rt.clock.iso()
     changed: list[dict[str, Any]] = []
     with rt.db.transaction("lesson_decay", agent_id=rt.settings.agent_id) as tx:
+        # The daily run: only while this worker still holds its claim. The decay is computed from
+        # each lesson's lastDecayedAt, so a second sweep finds nothing due anyway; the fence keeps
+        # a worker that lost its claim from writing (and auditing) a sweep over the other's.
+        rt.jobs.fence(tx)
         for lesson in visible_lessons(ctx, tx):
             if lesson.get("deleted") or not decay(lesson, now_ts, now):
                 continue

@@ -129,6 +129,9 @@ def auto_forget(ctx: Ctx, *, dry_run: bool = False) -> dict[str, Any]:
         return result
     now = rt.clock.iso()
     with rt.db.transaction("auto_forget", agent_id=rt.settings.agent_id) as tx:
+        # What goes was read before this transaction: a periodic run that lost its claim meanwhile
+        # (its worker stopped past the lease) would apply an old reading over the new run's.
+        rt.jobs.fence(tx)
         delete_memories(ctx, tx, sorted(expired_ids))
         for older, newer in pairs:
             older.update(isLatest=False, supersededBy=newer["id"], updatedAt=now)
@@ -203,9 +206,16 @@ def evict(ctx: Ctx, args: dict) -> dict[str, Any]:
     if dry_run:
         return result
     for session in unsummarised:
-        summaries.summarize(ctx, session["id"])
+        # A summary may cost a model call: a periodic run stops here once another worker took it
+        # up, and a session summarised since the reading above (by that run) is not done again.
+        rt.jobs.checkpoint()
+        if rt.db.reader().records.get(SUMMARIES, session["id"]) is None:
+            summaries.summarize(ctx, session["id"])
     if victims or memory_ids or empty:
         with rt.db.transaction("evict", agent_id=rt.settings.agent_id) as tx:
+            # The victims were counted before this transaction; a run that lost its claim since
+            # (another run evicted meanwhile) would evict below the caps.
+            rt.jobs.fence(tx)
             _delete_observations(ctx, tx, victims)
             delete_memories(ctx, tx, memory_ids)
             for session in empty:

@@ -33,6 +33,13 @@ class LocalBackups:
         if self.rt.db.damage is not None:
             self.last_error.failed("not taken: the database is damaged")
             return None
+        # A second snapshot in one period would push a good older one out of the kept ones: a
+        # run whose claim another worker took up stops here, and a run finds the period done
+        # when a snapshot was written since it was claimed (by the run that took it up).
+        self.rt.jobs.checkpoint()
+        if self._taken_since(self.rt.jobs.claimed_at()):
+            log.info("local snapshot not taken: one was written since this run was claimed")
+            return None
         try:
             self.last = local_backup.take(
                 self.rt.db.path,
@@ -46,6 +53,12 @@ class LocalBackups:
             return None
         self.last_error.succeeded()
         return self.last
+
+    def _taken_since(self, claimed_at: float | None) -> bool:
+        if claimed_at is None:  # not a claimed run: taken as asked
+            return False
+        newest = local_backup.newest_taken_at(self.directory)
+        return newest is not None and newest >= claimed_at - 0.001  # its name keeps milliseconds
 
     def health(self) -> dict[str, Any]:
         if not self.applies:

@@ -385,6 +385,12 @@ class JobQueue(Protocol):
         if its claim lapsed (it is due); False when another worker has claimed it since."""
         ...
 
+    def holds_periodic(self, name: str, holder: str) -> bool:
+        """Whether ``holder`` still holds the claim of ``name``'s run (lapsed or not: nobody took
+        it up). Read inside a write transaction, the answer stands until it commits: claims are
+        written under the same write lock."""
+        ...
+
     def periodic_done(
         self,
         name: str,
@@ -393,11 +399,13 @@ class JobQueue(Protocol):
         *,
         holder: str | None = None,
         next_run: float | None = None,
-    ) -> None:
+    ) -> bool:
         """Count a finished run of ``name``: a failure records its message and time (``lastError``,
         ``lastErrorAt``) and clears ``recoveredAt``; a success after a standing error sets it.
         With ``holder`` and ``next_run``: the run was claimed, and while ``holder`` still holds
-        the claim its next run moves to ``next_run`` (one period after the claim)."""
+        the claim its next run moves to ``next_run`` (one period after the claim). False, and
+        nothing recorded, when another worker has taken the run up since: its own run is the one
+        counted, and its claim sets the schedule."""
         ...
 
     def periodic_status(self) -> list[dict[str, Any]]: ...

@@ -101,6 +101,13 @@ class PgJobQueue:
             == 1
         )
 
+    def holds_periodic(self, name: str, holder: str) -> bool:
+        """Whether ``holder`` still holds the claim of ``name``'s run (see ``JobQueue.holds_periodic``)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM periodic_jobs WHERE name = %s AND holder = %s", (name, holder)
+        ).fetchone()
+        return row is not None
+
     def periodic_done(
         self,
         name: str,
@@ -109,27 +116,31 @@ class PgJobQueue:
         *,
         holder: str | None = None,
         next_run: float | None = None,
-    ) -> None:
+    ) -> bool:
         """Count a finished run. A failure keeps its message and time and clears any recovery; a
         success after an error not yet recovered from marks it recovered now (the message and its
         time stay, so an outage can still be read about). A claimed run's next one is due at
-        ``next_run``, unless another worker took the run up meanwhile (its claim stands)."""
+        ``next_run``; False, and nothing recorded, when another worker took the run up meanwhile
+        (its claim stands, and its run is the one counted)."""
         if holder is not None and next_run is not None:
-            self.conn.execute(
+            moved = self.conn.execute(
                 "UPDATE periodic_jobs SET next_run = %s WHERE name = %s AND holder = %s", (next_run, name, holder)
-            )
+            ).rowcount
+            if moved != 1:
+                return False
         if error:
             self.conn.execute(
                 "UPDATE periodic_jobs SET runs = runs + 1, errors = errors + 1, last_run = %s, last_error = %s, "
                 "last_error_at = %s, recovered_at = NULL WHERE name = %s",
                 (now_epoch, error[:300].replace("\x00", " "), now_epoch, name),
             )
-            return
+            return True
         self.conn.execute(
             "UPDATE periodic_jobs SET runs = runs + 1, last_run = %s, recovered_at = CASE "
             "WHEN last_error IS NOT NULL AND recovered_at IS NULL THEN %s ELSE recovered_at END WHERE name = %s",
             (now_epoch, now_epoch, name),
         )
+        return True
 
     def periodic_status(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(

@@ -256,6 +256,12 @@ def newest_good(directory: Path) -> tuple[Path, dict[str, Any]] | None:
     return None
 
 
+def newest_taken_at(directory: Path) -> float | None:
+    """When the newest local snapshot in ``directory`` was taken (epoch seconds, from its name)."""
+    found = snapshots(directory)
+    return _taken_at(found[0]) if found else None
+
+
 def _taken_at(snapshot: Path) -> float:
     stamp = snapshot.name[len(PREFIX) : -len(".db")]
     return datetime.strptime(stamp[:-1] + "+0000", "%Y%m%dT%H%M%S.%f%z").timestamp()
