@@ -375,6 +375,20 @@ def test_a_finished_run_whose_claim_another_worker_took_up_is_not_recorded_over_
     assert row["nextRun"] == b_claimed + 3600 and refused is False, row
 
 
+def test_two_runtimes_made_in_one_process_in_the_same_second_have_different_worker_ids(make_runtime):
+    """The worker id was host:pid:start second, so two runtimes of one process started in the
+    same second shared it, and with it their claims of periodic runs (either could renew or
+    record the other's). It now ends with a random part."""
+    for _attempt in range(5):
+        a, b = make_runtime(), make_runtime()
+        if int(a.started_at) == int(b.started_at):
+            break
+    assert int(a.started_at) == int(b.started_at)
+    assert a.worker_id != b.worker_id, (a.worker_id, b.worker_id)
+    host, pid = a.worker_id.split(":")[:2]
+    assert host and pid == str(os.getpid())  # still says where it runs
+
+
 # A worker process that claims the due run of the eviction sweep (its claim lasting argv[3]
 # seconds) and, once the sweep has read what it is to do, waits for the file argv[4]: the test
 # stops it (SIGSTOP) there, past its claim, and lets it go on (SIGCONT) once another worker ran

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -418,7 +419,11 @@ class Runtime:
         self.role = role
         self.runs_background = background.runs_loops(settings.background, settings.background_jobs, role)
         self.started_at = time.time()
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{int(self.started_at)}"
+        # host:pid:start second:random suffix. The suffix tells apart two runtimes of one process
+        # started in the same second (tests, an admin command beside its server), which would
+        # otherwise share their claims of periodic runs, and two containers that have the same
+        # host name and pid. Shown, never parsed: host and pid have columns of their own.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{int(self.started_at)}:{secrets.token_hex(3)}"
         self.db = open_database(
             settings.database_path,
             now=self.clock.iso,
