@@ -572,6 +572,50 @@ def test_while_a_replace_import_runs_reads_are_served_writes_get_a_prompt_503_an
     assert rt.db.reader().records.count("mem:memories") == 6001
 
 
+def test_a_write_refused_while_an_import_runs_names_the_import_not_only_the_write_lock(make_runtime, tmp_path):
+    """A write that waited out its lock wait behind a replace import answers 503 database_busy
+    with Retry-After, as before; before, its message named only the write lock ("stayed taken
+    for over 1 s"), so a client could not tell an import from a stuck lock. Now it names the
+    import from the store's lease (what, since when, which process), on REST and MCP alike."""
+    import signal
+    from pathlib import Path
+
+    from agentmemory_server.adapters.web import create_app
+    from test_cli import _import_caught_midway, _memory_lines, env_of
+
+    rt = make_runtime(lock_wait_seconds=1)
+    client = create_app(runtime=rt).test_client()
+    lines = _memory_lines(tmp_path / "new.jsonl", 6000, "new")
+    importer = _import_caught_midway(Path(rt.db.path), lines, "--strategy", "replace", "--batch", "5", env=env_of(rt))
+    importer.send_signal(signal.SIGSTOP)  # held midway: its transaction and the write lock stay taken
+    rpc_body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "memory_save", "arguments": {"content": "saved over MCP meanwhile"}}}
+    try:
+        answers = _answered_within(60, lambda: (
+            client.post("/agentmemory/remember", json={"content": "remembered meanwhile"}),
+            client.post("/mcp", json=rpc_body, headers={"Accept": "application/json, text/event-stream"}),
+        ))
+    finally:
+        importer.send_signal(signal.SIGCONT)
+        _out, err = importer.communicate(timeout=120)
+    assert importer.returncode == 0, err
+    rest, mcp = answers
+    assert rest.status_code == 503 and rest.json["code"] == "database_busy", rest.json
+    assert rest.headers["Retry-After"] == "1" and rest.json["details"]["retryAfterSeconds"] == 1, rest.json
+    held_by = rest.json["details"].get("heldBy")
+    assert held_by is not None, rest.json
+    assert (held_by["operation"], held_by["pid"]) == ("an import (replace) of new.jsonl", importer.pid), held_by
+    assert held_by["since"] and held_by["host"], held_by
+    message = rest.json["error"]
+    assert message.startswith("an import (replace) of new.jsonl is running on this store since"), message
+    assert f"process {importer.pid}" in message and "write lock" in message, message
+    tool = json.loads(mcp.json["result"]["content"][0]["text"])
+    assert mcp.json["result"]["isError"] is True and tool["code"] == "database_busy", mcp.json
+    assert tool["details"]["heldBy"]["pid"] == importer.pid, tool
+    # Once the import is over, nothing holds the lease: a write goes through.
+    assert client.post("/agentmemory/remember", json={"content": "remembered after"}).status_code == 201
+
+
 def _holding_the_write_lock(rt):
     """Start a long write transaction of ``rt``'s store on a thread, as a replace import's one
     transaction: returns (held, release), ``held`` set once it holds the store's write lock."""

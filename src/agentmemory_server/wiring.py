@@ -50,6 +50,7 @@ from agentmemory_server.memory import (
     slots,
     summaries,
     transfer,
+    transfer_lease,
 )
 from agentmemory_server.models import graph, llm, llm_steps
 from agentmemory_server.operations import (
@@ -142,6 +143,7 @@ HOOKS = Hooks(
     observe=(llm_steps.queue_compression,),
     remember=(relations.record_supersede_relation,),
     reindex=(maintenance.reembed_vectors,),
+    write_lock_holder=(transfer_lease.write_lock_holder,),
     context_blocks=(
         ("memories", memories.memories_block),
         ("relevant", context.relevant_records),

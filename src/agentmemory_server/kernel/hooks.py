@@ -13,6 +13,10 @@ an extension point runs ``ctx.rt.hooks.<point>`` in sequence.
   relation).
 - ``reindex(rt, progress)``: after ``reindex`` rebuilt the lexical index (vector re-embedding);
   returns a summary dict or None.
+- ``write_lock_holder(rt)``: what holds the store's write lock, when a feature knows (the import
+  lease of memory/transfer_lease.py): a dict (``operation``, ``since``, ``host``, ``pid``) or None.
+  A write refused with 503 ``database_busy`` names it (``registry.call``); it must answer without
+  waiting for the write lock.
 - ``context_blocks``: ``(name, provider)`` pairs; each provider turns a ``BlockRequest`` into
   context ``Block``s (pinned slots, profile, lessons, past sessions). Packing sorts blocks by
   recency, so this order only breaks ties.
@@ -55,6 +59,7 @@ ObserveHook = Callable[["Ctx", Any, dict[str, Any]], None]
 RememberHook = Callable[["Ctx", Any, dict[str, Any], "dict[str, Any] | None"], None]
 ReindexHook = Callable[[Any, Any], "dict[str, Any] | None"]
 BlockProvider = Callable[[BlockRequest], list[Block]]
+WriteLockHolder = Callable[[Any], "dict[str, Any] | None"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,4 @@ class Hooks:
     remember: tuple[RememberHook, ...] = ()
     reindex: tuple[ReindexHook, ...] = ()
     context_blocks: tuple[tuple[str, BlockProvider], ...] = ()
+    write_lock_holder: tuple[WriteLockHolder, ...] = ()

@@ -12,6 +12,7 @@ Registration keeps order and refuses duplicate names and duplicate (method, path
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,8 @@ import jsonschema
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, InvalidInput, NotFound
 from agentmemory_server.kernel import principals
+
+log = logging.getLogger("agentmemory.registry")
 
 # -- schema helpers (plain JSON Schema dicts) ------------------------------------------------------
 
@@ -394,7 +397,11 @@ def call(ctx: Ctx, name: str, args: dict[str, Any] | None) -> Any:
         principals.scope_call(ctx, tool_, prepared)
     try:
         result = tool_.handler(ctx, prepared)
-    except AppError:
+    except AppError as exc:
+        if exc.code == errors.DATABASE_BUSY:
+            named = naming_the_lock_holder(ctx.rt, exc)
+            if named is not exc:
+                raise named from exc
         raise
     except Exception as exc:
         # A storage failure outside a write transaction (a read of a damaged page, a busy file)
@@ -408,6 +415,32 @@ def call(ctx: Ctx, name: str, args: dict[str, Any] | None) -> Any:
             return Reply(principals.write_receipt(result.data), result.status)
         return principals.write_receipt(result)
     return result
+
+
+def naming_the_lock_holder(rt: Any, exc: AppError) -> AppError:
+    """A write refused with 503 ``database_busy`` says what holds the write lock when a feature
+    knows (a replace or merge import, ``agentmemory migrate``: ``Hooks.write_lock_holder``), so a
+    client learns that an import runs, not only that a lock was taken. Same code, status and
+    ``Retry-After``; ``details.heldBy`` names the holder. ``exc`` itself when nobody is named (and
+    never changed: a group commit hands one error to every write of its group)."""
+    for holder_of in rt.hooks.write_lock_holder:
+        try:
+            holder = holder_of(rt)
+        except Exception:  # noqa: BLE001 - explaining a 503 must not replace it with another error
+            log.debug("could not read what holds the write lock", exc_info=True)
+            continue
+        if holder:
+            what = holder.get("operation") or "an import"
+            where = f"process {holder.get('pid')} on {holder.get('host')}"
+            return AppError(
+                f"{what} is running on this store since {holder.get('since')} ({where}) and holds its write "
+                f"lock until it is done; {exc.message}",
+                code=exc.code,
+                status=exc.status,
+                details={**exc.details, "heldBy": holder},
+                retry_after=exc.retry_after,
+            )
+    return exc
 
 
 def run(handler: Callable[[Ctx, dict], Any], ctx: Ctx, args: dict[str, Any]) -> Any:

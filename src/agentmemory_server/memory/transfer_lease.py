@@ -109,6 +109,17 @@ def running(store: Any) -> dict[str, Any] | None:
     return holder if _held(holder, time.time()) else None
 
 
+def write_lock_holder(rt: Any) -> dict[str, Any] | None:
+    """What holds this store's lease now, as a write refused with 503 ``database_busy`` names it
+    (``Hooks.write_lock_holder``): ``operation``, ``since``, ``host``, ``pid``; None when no import
+    or migration runs. Read on this process's read connection, which never waits for the write
+    lock the holder keeps (SQLite's WAL, PostgreSQL's MVCC)."""
+    holder = running(rt.db.reader())
+    if holder is None:
+        return None
+    return {key: holder.get(key) for key in ("operation", "since", "host", "pid")}
+
+
 def heartbeats_since(store: Any, alive_seconds: float) -> tuple[float, dict[str, Any] | None]:
     """The oldest worker heartbeat (epoch) that still counts its worker alive, and what holds
     the lease (None). A worker beats by writing, and a replace import's one transaction keeps
