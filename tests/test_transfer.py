@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -701,6 +702,51 @@ def test_while_an_import_keeps_the_worker_from_beating_health_says_it_waits_for_
     after = ToolCaller(rt)("health")["background"]  # no import runs: a worker silent for 42 s is gone
     assert after["workers"] == [] and after["waitingFor"] is None and after["status"] == "degraded"
     assert rt.services["capture_spool"].drained_by(verify=True) == "nobody"
+
+
+def test_a_worker_killed_while_an_import_holds_the_store_is_gone_not_waiting(make_runtime):
+    """A real worker beat, then an import took the store and the worker was killed (SIGKILL).
+    Before, /health counted it as waiting for the import (its last beat came before the import
+    began) until the import ended, and the capture spool as drained by it: no sign that no worker
+    was alive. Now a worker whose process is gone on this host is not alive, waiting or not."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from agentmemory_server.kernel.util import Clock
+    from agentmemory_server.memory import transfer_lease
+    from conftest import wait_for
+    from test_cli import env_of
+
+    rt = make_runtime(background_jobs=True, background="external")  # the worker is another process
+    rt.started_at -= 120  # past the start-up grace, when no worker counts as missing
+    env = {**env_of(rt), "AGENTMEMORY_DATA_DIR": str(rt.settings.data_dir), "AGENTMEMORY_BACKGROUND": "external",
+           "EMBEDDING_PROVIDER": "none"}
+    worker = subprocess.Popen([sys.executable, "-m", "agentmemory_server.adapters.cli", "worker"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        beat = wait_for(lambda: [w for w in rt.db.reader().jobs.workers(0) if w["pid"] == worker.pid], timeout=60,
+                        interval=0.2, message="the worker never beat", proc=worker)[0]
+        worker.send_signal(signal.SIGKILL)  # dead, not yet reaped by its parent (this test)
+        os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOWAIT)
+        began = time.time() - 40  # the import began 40 s ago, 2 s after the worker's last beat
+        with rt.db.transaction("worker_heartbeat") as tx:
+            tx.jobs.worker_beat(beat["id"], beat["host"], beat["pid"], beat["startedAt"], began - 2, {"jobs": []})
+        importer = make_runtime(clock=Clock(lambda: began))
+        with transfer_lease.hold(importer, operation="an import (merge)"):
+            killed = ToolCaller(rt)("health")["background"]
+            drained_by = rt.services["capture_spool"].drained_by(verify=True)
+            worker.wait(timeout=10)  # reaped: its id is no process at all now
+            reaped = ToolCaller(rt)("health")["background"]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+    for during in (killed, reaped):
+        assert during["workers"] == [] and during["waitingFor"] is None, during
+        assert during["status"] == "degraded", during
+    assert drained_by != "worker"
 
 
 def test_a_model_job_whose_write_found_the_database_busy_is_kept_without_using_an_attempt(

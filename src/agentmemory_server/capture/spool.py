@@ -39,7 +39,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError
-from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
+from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS, still_running
 from agentmemory_server.kernel.registry import Ctx, Reply
 from agentmemory_server.kernel.util import process_alive
 from agentmemory_server.memory import transfer_lease
@@ -265,7 +265,7 @@ class CaptureSpool:
             store = self.rt.db.reader()
             # A worker a replace import keeps from beating (and from draining) drains once it commits.
             since, _holder = transfer_lease.heartbeats_since(store, WORKER_ALIVE_SECONDS)
-            workers = store.jobs.workers(since)
+            workers = still_running(store.jobs.workers(since))
         except Exception:  # noqa: BLE001 - the database does not answer: which workers live is unknown
             return WORKER
         here = socket.gethostname()

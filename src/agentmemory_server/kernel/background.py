@@ -31,11 +31,13 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from agentmemory_server.kernel.util import process_alive
 
@@ -44,6 +46,29 @@ ROLES = ("server", "worker", "tool")
 WORKER_ALIVE_SECONDS = 30.0
 # requests in flight, monotonic ns when the last one ended, embedding-backlog entries shed
 _SLOT = struct.Struct("<qqq")
+
+
+def process_ended(host: Any, pid: Any) -> bool:
+    """Whether the process ``pid`` of ``host`` is known to have ended: on this host no process
+    has that id any more, or only a zombie (killed, not yet reaped by its parent). False where
+    that is unknown (another host, no pid)."""
+    if host != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    if not process_alive(pid):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False  # no /proc to tell more: it runs
+    return state in ("Z", "X")
+
+
+def still_running(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The workers (rows of ``JobQueue.workers``) whose process is not known to have ended: a
+    worker killed on this host is gone at once, whatever its last heartbeat said (a replace
+    import keeps the live ones from beating, so their beats alone cannot tell)."""
+    return [worker for worker in workers if not process_ended(worker.get("host"), worker.get("pid"))]
 
 
 def runs_loops(background: str, background_jobs: bool, role: str) -> bool:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentmemory_server.errors import AppError
-from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS
+from agentmemory_server.kernel.background import WORKER_ALIVE_SECONDS, still_running
 from agentmemory_server.kernel.util import WorkerFailures, iso
 from agentmemory_server.memory import transfer_lease
 
@@ -85,11 +85,12 @@ class BackgroundStatus:
     def health(self) -> dict[str, Any]:
         settings = self.rt.settings
         store = self.rt.db.reader()
-        workers = store.jobs.workers(time.time() - ALIVE_WITHIN)
+        workers = still_running(store.jobs.workers(time.time() - ALIVE_WITHIN))
         waiting_for = None
         if not workers:  # none has beaten lately: gone, or kept from writing by a replace import
             since, holder = transfer_lease.heartbeats_since(store, ALIVE_WITHIN)
-            workers = store.jobs.workers(since) if holder is not None else []
+            # One that died meanwhile (killed on this host) waits for nothing: it is gone.
+            workers = still_running(store.jobs.workers(since)) if holder is not None else []
             if workers and holder is not None:
                 waiting_for = (
                     f"the database: {holder.get('operation') or 'an import'} holds its write lock since "
