@@ -239,15 +239,54 @@ def test_with_background_jobs_off_a_server_drains_what_waits_at_start_up(live_se
     assert stored_sessions(get, sessions) == list(sessions)
 
 
-def test_events_waiting_with_no_live_worker_on_the_node_say_that_nothing_drains_them(make_runtime):
-    # AGENTMEMORY_BACKGROUND=external and no `agentmemory worker` started: the spool's events
-    # waited with /status saying they would be stored "within a retry interval".
-    rt = make_runtime(lock_wait_seconds=0.2, background_jobs=True, background="external")
+def test_with_no_live_worker_on_the_node_request_processes_drain_the_spool_themselves(make_runtime):
+    # AGENTMEMORY_BACKGROUND=external and no `agentmemory worker` started. At first the spool's
+    # events waited with /status saying they would be stored "within a retry interval"; then it
+    # said `drainedBy: nobody` (two alerts besides the missing worker's) and still nothing stored
+    # them. Now the request processes drain it, as with background jobs off.
+    rt = make_runtime(lock_wait_seconds=0.2, background_jobs=True, background="external",
+                      capture_retry_interval_ms=200)
     rt.started_at -= 60  # past the time a worker starting with the server has to report
     client = create_app(runtime=rt).test_client()
     with write_locked(rt):
         assert client.post("/agentmemory/observe", json=hook("orphan")).status_code == 202
-    spool_health = client.get("/agentmemory/health").json["capture_spool"]
-    assert (spool_health["drainedBy"], spool_health["status"]) == ("nobody", "degraded"), spool_health
-    alert = next(a for a in client.get("/agentmemory/status").json["alerts"] if "capture spool" in a["message"])
-    assert alert["message"].endswith("and nothing drains them") and "agentmemory worker" in alert["fix"], alert
+    health = client.get("/agentmemory/health").json
+    spool_health = health["capture_spool"]
+    assert (spool_health["drainedBy"], spool_health["status"]) == ("requests", "ok"), spool_health
+    assert health["background"]["workers"] == [] and health["background"]["status"] == "degraded"
+    alerts = client.get("/agentmemory/status").json["alerts"]
+    degraded = [a["message"] for a in alerts if a["level"] == "error"]
+    assert len(degraded) == 1 and degraded[0].startswith("background is degraded"), alerts
+    spooled = next(a for a in alerts if "capture spool" in a["message"])
+    assert "no background worker alive" in spooled["fix"], spooled
+    noted = client.post("/agentmemory/remember", json={"content": "The upload retries with backoff"})
+    assert noted.status_code in (200, 201), noted.json
+    wait_for(lambda: spool_files(rt) == [], timeout=20, message=lambda: f"still spooled: {spool_files(rt)}")
+    assert stored_sessions(lambda path: client.get(path).json, ["orphan"]) == ["orphan"]
+
+
+def test_a_server_whose_worker_is_not_running_stores_spooled_events_itself(live_server):
+    """A real server with background jobs on and its worker not running (external, none started):
+    events spooled while the write lock was taken are stored by the server once a write of it
+    commits, and /health says ``drainedBy: requests``. Before, they waited for a drain call, with
+    ``drainedBy: nobody``."""
+    server = live_server(env={"AGENTMEMORY_BACKGROUND": "external", "AGENTMEMORY_LOCK_WAIT_SECONDS": "0.2",
+                              "AGENTMEMORY_CAPTURE_RETRY_INTERVAL_MS": "500"})
+    folder = server.data_dir / spool.FOLDER
+    sessions = ("lone-1", "lone-2")
+    with write_locked(server.db_path):
+        for session in sessions:
+            kept = requests.post(server.api("/observe"), json=hook(session), timeout=30)
+            assert kept.status_code == 202 and kept.json()["spooled"] is True, kept.text
+    health = lambda: requests.get(server.api("/health"), timeout=10).json()  # noqa: E731
+    # Once the start-up grace of a worker starting with the server is over (30 s):
+    spool_health = wait_for(lambda: (h := health())["background"]["status"] == "degraded" and h["capture_spool"],
+                            timeout=90, interval=0.5)
+    assert (spool_health["drainedBy"], spool_health["events"]) == ("requests", 2), spool_health
+    noted = requests.post(server.api("/remember"), json={"content": "The upload retries with backoff"}, timeout=30)
+    assert noted.status_code == 201, noted.text
+    wait_for(lambda: not list(folder.glob("*.json")), timeout=30,
+             message=lambda: f"still spooled: {os.listdir(folder)}\n{server.log()[-3000:]}")
+    get = lambda path: requests.get(server.url + path, timeout=10).json()  # noqa: E731
+    assert stored_sessions(get, sessions) == list(sessions)
+    assert health()["capture_spool"]["events"] == 0

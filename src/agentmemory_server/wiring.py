@@ -115,7 +115,7 @@ SUBSYSTEMS: tuple[tuple[str, SubsystemFactory], ...] = (
     ("capture_spool", spool.CaptureSpool),
     ("capture", inbox.CaptureInbox),
     ("capture_retry", retry.RetryWorker),
-    ("capture_spool_drain", spool_drain.SpoolDrainer),  # with background jobs off: no worker drains
+    ("capture_spool_drain", spool_drain.SpoolDrainer),  # where no worker drains: jobs off, or none alive
     ("session_finalizer", sessions.SessionFinalizer),
     ("vectors", vectors.VectorService),
     ("lessons", lessons.LessonService),

@@ -54,7 +54,7 @@ LEASE_SECONDS = 300.0
 FORMAT = 1
 KINDS = ("observation", "sessionEnd")
 # Who drains the spool (health ``drainedBy``).
-WORKER, REQUESTS, NOBODY = "worker", "requests", "nobody"
+WORKER, REQUESTS = "worker", "requests"
 # What the database answers when it cannot take a write though this node's disk can: PostgreSQL
 # gone or busy, SQLite locked, a damaged file, a server stopping. Not a full or read-only disk:
 # the spool would fill the same disk, inside the reserve kept free on purpose. Not a bug either:
@@ -245,17 +245,17 @@ class CaptureSpool:
         status = self.status()
         full = bool(self.max) and status["events"] >= self.max
         drainer = self.drained_by(verify=bool(status["events"]))
-        stuck = bool(status["events"]) and drainer == NOBODY
         return {
-            "status": "degraded" if full or status["unreadable"] or stuck else "ok",
+            "status": "degraded" if full or status["unreadable"] else "ok",
             **{k: status[k] for k in ("events", "oldestAt", "unreadable", "max")},
             "drainedBy": drainer,
         }
 
     def drained_by(self, *, verify: bool) -> str:
-        """Who drains this node's spool: ``worker`` (every retry interval), ``requests`` (with
-        background jobs off, the request processes after a write commits: capture/spool_drain.py)
-        or ``nobody`` (``verify``: no background worker of this node has a fresh heartbeat)."""
+        """Who drains this node's spool: ``worker`` (every retry interval) or ``requests`` (the
+        request processes after a write commits, capture/spool_drain.py: with background jobs
+        off, or, ``verify``, when no background worker of this node is alive; /health's
+        ``background`` says that worker is missing)."""
         settings = self.rt.settings
         if not settings.background_jobs:
             return REQUESTS
@@ -269,7 +269,7 @@ class CaptureSpool:
         except Exception:  # noqa: BLE001 - the database does not answer: which workers live is unknown
             return WORKER
         here = socket.gethostname()
-        return WORKER if any(w.get("host") == here for w in workers) else NOBODY
+        return WORKER if any(w.get("host") == here for w in workers) else REQUESTS
 
 
 def spool_service(ctx: Ctx) -> CaptureSpool:

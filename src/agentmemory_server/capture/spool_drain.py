@@ -1,11 +1,16 @@
 """Draining the capture spool where no background worker does: request processes with
-``AGENTMEMORY_BACKGROUND_JOBS=false``.
+``AGENTMEMORY_BACKGROUND_JOBS=false``, or with background jobs on while no worker of this node
+is alive (not started, crashed, killed).
 
 A node's background worker drains its capture spool every retry interval (capture/retry.py).
 With background jobs off there is no worker, and events spooled while the database refused
-writes used to wait for someone to call ``POST /capture/drain``, possibly forever. Here each
-request process drains the spool itself, on a thread of its own (never on a request's path, one
-drain at a time per process, at most one a retry interval):
+writes used to wait for someone to call ``POST /capture/drain``, possibly forever; so did they
+while the worker was missing (/health said ``drainedBy: nobody``). Here each request process
+drains the spool itself, on a thread of its own (never on a request's path, one drain at a time
+per process, at most one a retry interval). With background jobs on it first asks whether a
+worker of this node is alive (``CaptureSpool.drained_by``: a heartbeat row read, at most once a
+retry interval and only while events wait); a worker that comes back drains beside it (a file is
+taken by one process only):
 
 - at start-up, when events wait (kept before a restart, or by a process that died);
 - after a write of this process commits (the database takes writes again) while events wait:
@@ -24,7 +29,7 @@ import time
 from typing import Any
 
 from agentmemory_server.capture.retry import drain_spool
-from agentmemory_server.capture.spool import CaptureSpool
+from agentmemory_server.capture.spool import REQUESTS, CaptureSpool
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.util import WorkerFailures
 
@@ -33,13 +38,14 @@ JOIN_SECONDS = 10.0  # at close, how long a drain in hand has to put its file ba
 
 
 def drains_here(rt: Any) -> bool:
-    """Whether this process drains the spool itself: it serves requests and no worker runs."""
-    return rt.role == "server" and not rt.settings.background_jobs
+    """Whether this process may drain the spool itself: it serves requests and runs no
+    background loops (``inline``: its own loops drain it, capture/retry.py)."""
+    return rt.role == "server" and not rt.runs_background
 
 
 class SpoolDrainer:
-    """Subsystem ``capture_spool_drain``: the drains of this request process (none where a
-    background worker drains the spool)."""
+    """Subsystem ``capture_spool_drain``: the drains of this request process (none while a
+    background worker of this node drains the spool)."""
 
     def __init__(self, rt: Any):
         self.rt = rt
@@ -60,8 +66,13 @@ class SpoolDrainer:
 
     def start(self) -> None:
         """At start-up: drain what waits (events of a process that stopped, or died)."""
-        if self.enabled and self.spool.has_waiting(or_taken=True):
+        if self.enabled and self.spool.has_waiting(or_taken=True) and self._no_worker_drains():
             self._launch()
+
+    def _no_worker_drains(self) -> bool:
+        """True with background jobs off; with them on, when no worker of this node is alive to
+        drain the spool (its start-up grace over)."""
+        return self.spool.drained_by(verify=True) == REQUESTS
 
     def committed(self) -> None:
         """A write of this process committed: the database takes writes. Cheap unless events
@@ -74,7 +85,7 @@ class SpoolDrainer:
                 return
             now = time.monotonic()
             self._looked_at, self._next_look = now, now + self.spacing
-            if self._stop.is_set() or not self.spool.has_waiting():
+            if self._stop.is_set() or not self.spool.has_waiting() or not self._no_worker_drains():
                 return
             self._launch_locked()
 

@@ -61,12 +61,9 @@ def _capture_alerts(capture: dict[str, Any]) -> list[dict[str, str]]:
 # What stores the events waiting in the capture spool, by who drains it (health ``drainedBy``).
 SPOOL_DRAINS = {
     "worker": "bring the database back; they are stored within a retry interval, or POST /agentmemory/capture/drain",
-    "requests": "bring the database back; with background jobs off (AGENTMEMORY_BACKGROUND_JOBS=false) this "
-    "server stores them once one of its writes commits again (within a retry interval), or POST "
-    "/agentmemory/capture/drain",
-    "nobody": "no background worker of this node has reported for 30 s, so nothing drains them: start "
-    "`agentmemory worker` on this node (AGENTMEMORY_BACKGROUND=external) or check the server log for worker "
-    "crashes; POST /agentmemory/capture/drain stores them now",
+    "requests": "bring the database back; with background jobs off (AGENTMEMORY_BACKGROUND_JOBS=false), or no "
+    "background worker alive on this node, this server stores them once one of its writes commits again "
+    "(within a retry interval), or POST /agentmemory/capture/drain",
 }
 
 
@@ -74,8 +71,6 @@ def _spool_alerts(spool: dict[str, Any]) -> list[dict[str, str]]:
     if not spool.get("events"):
         return []
     what = f"{spool['events']} hook event(s) wait on this node's disk (capture spool) for the database to take them"
-    if spool.get("drainedBy") == "nobody":
-        what += ", and nothing drains them"
     return [_alert("warn", what, SPOOL_DRAINS.get(spool.get("drainedBy") or "worker", SPOOL_DRAINS["worker"]))]
 
 
