@@ -421,6 +421,51 @@ def test_a_store_opens_while_another_process_holds_the_write_lock_and_makes_a_ne
         opened.close()
 
 
+def test_the_owed_index_retry_skips_its_attempt_while_an_import_holds_the_write_lock(tmp_path):
+    """A store opened while a replace import held the write lock owes a record index and tries to
+    make it once a minute. Before, each attempt took this process's writer and then waited its
+    whole lock wait (30 s for a worker or a CLI command) for the import's lock, so the process's
+    own writes queued behind it, once a minute for as long as the import ran. Now an attempt that
+    finds the lock held gives up at once, and makes the index once the import is over."""
+    from agentmemory_server.kernel.scopes import RECORD_INDEXES
+    from agentmemory_server.storage.interfaces import RecordIndex
+    from agentmemory_server.storage.sqlite.records import index_name
+    from test_transfer import _answered_within
+
+    path = tmp_path / "x.db"
+    newer = (*RECORD_INDEXES, RecordIndex("mem:memories", ("importance",)))
+    opened = Database(path, now=Clock().iso, background=False, record_indexes=RECORD_INDEXES)  # 30 s lock wait
+    opened.owed_indexes = newer  # as a start that found the write lock held leaves it (see the test above)
+    importer = Database(path, now=Clock().iso, background=False)  # `agentmemory import`'s store
+    held, release = threading.Event(), threading.Event()
+
+    def replace_import():  # its one transaction holds the write lock until it commits
+        with importer.transaction("import") as tx:
+            tx.records.set("mem:memories", "new", {"id": "new", "content": "imported"}, now="2026-01-01T00:00:00Z")
+            held.set()
+            release.wait(120)
+
+    holder = threading.Thread(target=replace_import, daemon=True)
+    holder.start()
+    try:
+        assert held.wait(30)
+        assert _answered_within(10, opened.make_owed_indexes) is False  # before: 30 s with the writer taken
+        assert holder.is_alive() and opened.owed_indexes == newer  # the import still holds; still owed
+        assert opened._lock.acquire(blocking=False)  # the writer is free for this process's requests
+        opened._lock.release()
+    finally:
+        release.set()
+        holder.join(30)
+    try:
+        assert opened.make_owed_indexes() is True and not opened.owed_indexes
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = ?",
+                                (index_name(newer[-1]),)).fetchone()[0] == 1
+    finally:
+        opened.close()
+        importer.close()
+
+
 def test_a_migration_that_waits_past_the_lock_wait_for_an_import_is_refused_naming_it(tmp_path):
     """A start that must migrate the schema while another process holds the write lock (a
     replace import) is refused with database_busy naming the migration, not a bare "database is

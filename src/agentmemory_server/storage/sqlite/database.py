@@ -60,6 +60,11 @@ T = TypeVar("T")
 BUSY_TIMEOUT_SECONDS = 30.0
 # A write that waited longer than this for the locks before SQLite's gets its busy wait shortened.
 SHORTENED_AFTER_SECONDS = 0.05
+# How long the retry of owed record indexes waits for the write locks: a glance. Ordinary writes
+# hold them well under a millisecond; a replace import holds them until it commits (minutes), and
+# a retry that waited this process's lock wait for it held the writer meanwhile, so its requests'
+# writes queued behind the retry, once a minute for as long as the import ran.
+OWED_INDEXES_WAIT_SECONDS = 0.05
 
 
 class SchemaTooNew(AppError):
@@ -274,11 +279,19 @@ class Database:
 
     def make_owed_indexes(self) -> bool:
         """Make the record indexes this store was opened without (another process held the write
-        lock at its start), if the lock is free within this opener's busy wait; True when none is
-        owed any more."""
+        lock at its start), if the write locks are free at a glance (OWED_INDEXES_WAIT_SECONDS);
+        True when none is owed any more. While an import holds them the attempt is skipped
+        (False): it does not keep this process's writer from its requests for a lock wait."""
         if not self.owed_indexes or self._closed:
             return True
-        made = self._ensure_indexes(self.owed_indexes)
+        deadline = time.monotonic() + OWED_INDEXES_WAIT_SECONDS
+        try:
+            with self._writer_turn(deadline), self._other_processes_turn(deadline):
+                made = self._ensure_indexes(self.owed_indexes)
+        except Unavailable as exc:
+            if exc.code != errors.DATABASE_BUSY:
+                raise
+            return False  # the write lock is held (an import until it commits): the next retry
         if made:
             owed_indexes.announce_made("the write lock")
         return made
