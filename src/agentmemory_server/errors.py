@@ -72,7 +72,12 @@ UNSUPPORTED_MEDIA_TYPE = _declare(
     "unsupported_media_type", 415, "A request body must be sent as `Content-Type: application/json` (upstream 0.9.30)."
 )
 ORIGIN_NOT_ALLOWED = _declare("origin_not_allowed", 403, "A browser origin not listed in VIEWER_ALLOWED_ORIGINS.")
-DATABASE_BUSY = _declare("database_busy", 503, "The database stayed locked past the busy timeout; retry.")
+DATABASE_BUSY = _declare(
+    "database_busy",
+    503,
+    "The database stayed locked past the busy timeout; retry. While an import or migration holds it, "
+    "`details.heldBy` names it (`operation`, `since`, `host`, `pid`).",
+)
 DATABASE_CLOSED = _declare("database_closed", 503, "The server is shutting down.")
 SCHEMA_TOO_NEW = _declare("schema_too_new", 503, "The database was written by a newer version of this server.")
 DISK_FULL = _declare(
