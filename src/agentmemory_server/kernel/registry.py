@@ -398,10 +398,9 @@ def call(ctx: Ctx, name: str, args: dict[str, Any] | None) -> Any:
     try:
         result = tool_.handler(ctx, prepared)
     except AppError as exc:
-        if exc.code == errors.DATABASE_BUSY:
-            named = naming_the_lock_holder(ctx.rt, exc)
-            if named is not exc:
-                raise named from exc
+        named = naming_the_lock_holder(ctx.rt, exc)
+        if named is not exc:
+            raise named from exc
         raise
     except Exception as exc:
         # A storage failure outside a write transaction (a read of a damaged page, a busy file)
@@ -409,7 +408,7 @@ def call(ctx: Ctx, name: str, args: dict[str, Any] | None) -> Any:
         fault = ctx.rt.db.app_error(exc)
         if fault is None:
             raise
-        raise fault from exc
+        raise naming_the_lock_holder(ctx.rt, fault) from exc
     if principals.answers_with_receipt(ctx.principal, tool_):  # a write-only token reads nothing back
         if isinstance(result, Reply):
             return Reply(principals.write_receipt(result.data), result.status)
@@ -422,7 +421,10 @@ def naming_the_lock_holder(rt: Any, exc: AppError) -> AppError:
     knows (a replace or merge import, ``agentmemory migrate``: ``Hooks.write_lock_holder``), so a
     client learns that an import runs, not only that a lock was taken. Same code, status and
     ``Retry-After``; ``details.heldBy`` names the holder. ``exc`` itself when nobody is named (and
-    never changed: a group commit hands one error to every write of its group)."""
+    never changed: a group commit hands one error to every write of its group). Any other
+    error is ``exc`` itself."""
+    if exc.code != errors.DATABASE_BUSY:
+        return exc
     for holder_of in rt.hooks.write_lock_holder:
         try:
             holder = holder_of(rt)
