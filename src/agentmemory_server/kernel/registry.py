@@ -423,7 +423,7 @@ def naming_the_lock_holder(rt: Any, exc: AppError) -> AppError:
     ``Retry-After``; ``details.heldBy`` names the holder. ``exc`` itself when nobody is named (and
     never changed: a group commit hands one error to every write of its group). Any other
     error is ``exc`` itself."""
-    if exc.code != errors.DATABASE_BUSY:
+    if not errors.is_database_busy(exc):
         return exc
     for holder_of in rt.hooks.write_lock_holder:
         try:

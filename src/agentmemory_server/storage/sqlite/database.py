@@ -289,7 +289,7 @@ class Database:
             with self._writer_turn(deadline), self._other_processes_turn(deadline):
                 made = self._ensure_indexes(self.owed_indexes)
         except Unavailable as exc:
-            if exc.code != errors.DATABASE_BUSY:
+            if not errors.is_database_busy(exc):
                 raise
             return False  # the write lock is held (an import until it commits): the next retry
         if made:
