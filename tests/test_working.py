@@ -643,7 +643,7 @@ def test_a_scope_leaves_the_database_only_once_redis_has_it_and_never_during_a_f
     taken = []
     assert sqlite.hand_over(scope, 0.0, taken.append) is None and taken == []
     assert sqlite.held_scopes() == [scope]  # the fallback's own mark is not a scope
-    sqlite.clear_fallback_mark()
+    sqlite.clear_fallback_mark([scope])
     copy = sqlite.hand_over(scope, 0.0, taken.append)
     assert copy is not None and taken == [copy] and [key[:2] for key in copy.keys] == [("k", "1")]
     assert sqlite.held_scopes() == []

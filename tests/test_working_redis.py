@@ -240,16 +240,16 @@ def test_heal_moves_what_was_written_during_the_outage_to_redis(durable_redis, m
     assert call.rt.services["working_memory"].sqlite.held_scopes() == []  # nothing left behind
 
 
-def test_writes_of_a_process_that_had_not_yet_followed_the_heal_reach_redis_at_the_sweep(
-        own_redis, make_runtime, monkeypatch):
+def test_a_write_of_a_process_that_had_not_yet_followed_the_heal_goes_to_redis(own_redis, make_runtime, monkeypatch):
+    """Its write to the database finds the fallback healed (in its transaction): nothing is
+    written there, the process follows the heal at once and writes to Redis."""
     first, slow = _healed_while_one_process_has_not_followed(own_redis, make_runtime, monkeypatch)
     late = slow("memory_working_set", sessionId="s", key="late", value=2)
-    assert late["backend"] == "sqlite"  # written to the database after the heal moved it
-    assert first("memory_working_get", sessionId="s", key="late")["found"] is False
-    first.rt.jobs.run_now("working_memory_sweep")
+    assert late["backend"] == "redis" and late["usingFallback"] is False, late
     got = first("memory_working_get", sessionId="s", key="late")
     assert got["backend"] == "redis" and got["value"] == 2
     assert first("memory_working_get", sessionId="s", key="a")["value"] == 1
+    assert first.rt.services["working_memory"].sqlite.held_scopes() == []
 
 
 
@@ -602,7 +602,7 @@ def test_the_fallback_ends_only_once_no_imports_working_memory_waits_to_be_swapp
     importer("import", exportData=export, strategy="replace")
     durable_redis.start()
     sqlite = importer.rt.services["working_memory"].sqlite
-    assert sqlite.clear_fallback_mark() is False
+    assert sqlite.clear_fallback_mark(set()) is False
     assert sqlite.fallback_mark() is not None and len(sqlite.pending_swaps()) == 1
     healed = importer("diagnostics_heal")
     assert any(d["name"] == "working_memory_backend" and d["fixed"] == 1 for d in healed["details"]), healed
@@ -707,17 +707,131 @@ def test_a_write_to_redis_before_its_scope_moves_is_not_overwritten_by_the_move(
 
 def test_a_write_to_redis_after_the_heal_is_not_overwritten_by_the_sweeps_move(
         own_redis, make_runtime, monkeypatch):
-    """A process that had not yet followed the heal writes a key to the database; a process back
-    on Redis then writes the same key there. The sweep moves the first write to Redis: the
-    second, newer and already in Redis, stays; the late process's other key arrives."""
+    """A process that had not yet followed the heal writes a key (to Redis: its write to the
+    database finds the fallback healed); a process back on Redis then writes the same key there.
+    The second, newer, stays after the sweep; the late process's other key is there."""
     first, slow = _healed_while_one_process_has_not_followed(own_redis, make_runtime, monkeypatch)
-    assert slow("memory_working_set", sessionId="s", key="k", value="slow, on the database")["backend"] == "sqlite"
+    assert slow("memory_working_set", sessionId="s", key="k", value="slow, not yet following")["backend"] == "redis"
     slow("memory_working_set", sessionId="s", key="only", value="slow")
     assert first("memory_working_set", sessionId="s", key="k", value="newer, on Redis")["backend"] == "redis"
     first.rt.jobs.run_now("working_memory_sweep")
     got = first("memory_working_get", sessionId="s", operation="all")
     assert got["backend"] == "redis" and got["values"] == {"a": 1, "k": "newer, on Redis", "only": "slow"}, got
     assert first.rt.services["working_memory"].sqlite.held_scopes() == []
+
+
+def test_a_scope_first_written_to_the_database_as_the_heal_ends_the_fallback_keeps_a_later_write_to_redis(
+        durable_redis, make_runtime, monkeypatch):
+    """The heal copies what Redis holds of the scopes waiting in the database, then removes the
+    mark. A scope another process first writes to the database in between must have a copy too:
+    else its move replaces a key a process back on Redis wrote before it moved (here the healer's
+    own request thread, as its switch to Redis ends)."""
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    settings = {"working_memory_backend": "redis", "redis_url": durable_redis.url}
+    healer, other = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
+    n = {"sessionId": "n"}
+    durable_redis.stop()
+    assert healer("memory_working_set", sessionId="s", key="a", value=1)["usingFallback"] is True
+    assert other("memory_working_get", **n, key="k")["usingFallback"] is True
+    durable_redis.start()
+    sqlite = healer.rt.services["working_memory"].sqlite
+    end_the_fallback, written = sqlite.clear_fallback_mark, []
+
+    def another_process_writes_first(*args, **kwargs):
+        if not written:  # after the heal listed the waiting scopes, before the mark goes
+            written.extend([other("memory_working_set", **n, key="k", value="in the outage"),
+                            other("memory_working_set", **n, key="only", value="in the outage")])
+        return end_the_fallback(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite, "clear_fallback_mark", another_process_writes_first)
+    wrote = _write_as_the_switch_to_redis_ends(healer, monkeypatch, lambda: [
+        healer("memory_working_set", **n, key="k", value="after the return")])
+    healer("diagnostics_heal")
+    assert written[0]["backend"] == "sqlite" and wrote and wrote[0]["backend"] == "redis", (written, wrote)
+    got = healer("memory_working_get", **n, operation="all")
+    assert got["backend"] == "redis" and got["values"] == {"k": "after the return", "only": "in the outage"}, got
+    assert sqlite.held_scopes() == []
+
+
+def test_a_scope_first_written_after_the_heal_by_a_process_that_had_not_followed_keeps_a_later_write_to_redis(
+        own_redis, make_runtime, monkeypatch):
+    """A process that has not yet followed the heal writes a scope the database did not hold at
+    the heal (so Redis holds no copy of it); a process back on Redis then writes the same key.
+    The later write, on Redis, stays; the late process's other key is not lost either."""
+    first, slow = _healed_while_one_process_has_not_followed(own_redis, make_runtime, monkeypatch)
+    n = {"sessionId": "n"}
+    slow("memory_working_set", **n, key="k", value="slow, not yet following the heal")
+    slow("memory_working_set", **n, key="only", value="slow")
+    assert first("memory_working_set", **n, key="k", value="newer, on Redis")["backend"] == "redis"
+    first.rt.jobs.run_now("working_memory_sweep")
+    for process in (first, slow):
+        got = process("memory_working_get", **n, operation="all")
+        assert got["backend"] == "redis" and got["values"] == {"k": "newer, on Redis", "only": "slow"}, got
+    assert first.rt.services["working_memory"].sqlite.held_scopes() == []
+
+
+def test_a_merge_import_by_a_process_that_had_not_followed_the_heal_is_refused_and_its_retry_goes_to_redis(
+        own_redis, make_runtime, tmp_path, monkeypatch):
+    """The same for an import's working memory: a process that takes the store for still on the
+    fallback would write it to the database with no copy of what Redis holds. Its transaction
+    finds the mark gone: refused (nothing imported, Retry-After: 1); the retry writes to Redis,
+    and a later write to Redis stays."""
+    from agentmemory_server.errors import AppError
+
+    first, slow = _healed_while_one_process_has_not_followed(own_redis, make_runtime, monkeypatch)
+    source = ToolCaller(make_runtime(data_dir=str(tmp_path / "source")))
+    source("memory_working_set", sessionId="n", key="k", value="imported")
+    source("memory_working_set", sessionId="n", key="only", value="imported")
+    export = source("memory_export")
+    refusals = []
+    try:
+        slow("import", exportData=export, strategy="merge")
+    except AppError as refused:
+        refusals.append(refused)
+        slow("import", exportData=export, strategy="merge")
+    assert first("memory_working_set", sessionId="n", key="k", value="newer, on Redis")["backend"] == "redis"
+    first.rt.jobs.run_now("working_memory_sweep")
+    got = first("memory_working_get", sessionId="n", operation="all")
+    assert got["backend"] == "redis" and got["values"] == {"k": "newer, on Redis", "only": "imported"}, got
+    [refused] = refusals
+    assert refused.retry_after == 1 and "Nothing was imported: retry" in refused.message, refused.message
+
+
+def test_a_write_to_redis_by_a_process_that_had_not_followed_the_fallback_survives_a_replace_import_before_it(
+        durable_redis, make_runtime, tmp_path, monkeypatch):
+    """Redis fails for one process (`importer`) while another (`late`) has not yet looked at the
+    store's mark (it does every FOLLOW_SECONDS) and still writes to Redis. A replace import made
+    on the fallback empties Redis at the heal: a write `late` makes after that import must not be
+    emptied with it. So the import commits only once every process has followed the fallback
+    (here the seconds it waits for that pass at once: every process looks at its next call)."""
+    from agentmemory_server.working import service as working_service
+
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    importer, export = _replace_import_pair(make_runtime, tmp_path, durable_redis.url)
+    late = _second_process(make_runtime, tmp_path, importer)
+    assert late("memory_working_get", sessionId="b", operation="all")["backend"] == "redis"
+    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 3600.0)  # nobody looks at the mark for a while
+    durable_redis.stop()
+    assert importer("memory_working_get", sessionId="a", operation="all")["usingFallback"] is True
+    durable_redis.start()
+    svc, waited = importer.rt.services["working_memory"], []
+
+    def every_process_looks_meanwhile(seconds: float) -> None:
+        waited.append(seconds)
+        monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+        monkeypatch.setattr(working_service, "IN_FLIGHT_SECONDS", 0.0, raising=False)
+
+    monkeypatch.setattr(svc, "pause", every_process_looks_meanwhile, raising=False)
+    importer("import", exportData=export, strategy="replace")
+    late("memory_working_set", sessionId="b", key="after", value="the import")
+    importer("diagnostics_heal")
+    for process in (importer, late):
+        got = process("memory_working_get", sessionId="b", key="after")
+        assert got["backend"] == "redis" and got.get("value") == "the import", got
+    assert _store_state(importer) == {**NEW_STATE, "b": {"after": "the import"}}
+    assert waited, "the import did not wait for every process to follow the fallback"
 
 
 def _write_as_the_switch_to_redis_ends(process, monkeypatch, write) -> list:

@@ -498,6 +498,8 @@ def import_records(
     epoch = ctx.rt.clock.now().timestamp()
     wiping = strategy == "replace"
     outside = working_transfer.outside_database(ctx.rt)
+    if wiping and outside is None:
+        working_transfer.before_replace(ctx.rt)
     stage, total = None, len(records)
     if outside is not None and wiping:
         stage, records = _stage_working(outside, records, counts, stripped=stripped)
@@ -508,6 +510,8 @@ def import_records(
     ):
         if wiping:
             _wipe(ctx, tx, epoch, redis_too=outside is None)
+        elif outside is None and any(scope == working_transfer.SECTION for scope, _k, _v in records):
+            working_transfer.check_still_on_fallback(ctx.rt, tx)
         if pictures:
             for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
                 tx.images.put(image_id, mime, data, now)
@@ -581,6 +585,8 @@ def replace_stream(ctx: Ctx) -> Iterator[ReplaceStream]:
     """A ``ReplaceStream``: the store is wiped and the batches written in one transaction,
     committed when the block ends without an error; the counts are in ``.counts``."""
     outside = working_transfer.outside_database(ctx.rt)
+    if outside is None:
+        working_transfer.before_replace(ctx.rt)
     stage = outside.open_stage() if outside is not None else None
     with (
         _swapped_after_commit(outside, stage) as swap,

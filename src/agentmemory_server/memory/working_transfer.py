@@ -106,6 +106,24 @@ def on_redis_fallback(rt: Any) -> Any | None:
     return service if service is not None and service.on_fallback() else None
 
 
+def before_replace(rt: Any) -> None:
+    """Before a replace import's transaction while the store is on the Redis fallback: wait
+    until every process has followed the fallback (a few seconds at its start), so none writes to
+    Redis after the import, which empties Redis when the fallback is healed."""
+    service = on_redis_fallback(rt)
+    if service is not None:
+        service.await_followers()
+
+
+def check_still_on_fallback(rt: Any, tx: UnitOfWork) -> None:
+    """In an import's transaction that writes working memory to the database's tables: if this
+    process serves it from the Redis fallback, refuse once the fallback was healed (a process
+    that has not yet followed the heal must not write a scope Redis holds no copy of)."""
+    service = on_redis_fallback(rt)
+    if service is not None:
+        service.check_still_on_fallback(tx)
+
+
 # -- import --------------------------------------------------------------------------------------
 
 

@@ -60,6 +60,12 @@ class BackendDown(Exception):
     """The backend's server cannot be reached (connection refused, reset or timed out)."""
 
 
+class FallbackEnded(Exception):
+    """A write to the database's working memory found the store's fallback mark gone: the
+    fallback was healed and working memory lives in Redis again (the process had not followed
+    yet). Nothing was written; the subsystem follows and writes to Redis."""
+
+
 def reason_of(exc: Exception) -> str:
     """What a backend's failure says, for a log line or an error naming it."""
     return exc.message if isinstance(exc, AppError) else str(exc)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -54,6 +55,7 @@ from agentmemory_server.storage.urls import without_password
 from agentmemory_server.working.model import (
     SWEEP_SECONDS,
     BackendDown,
+    FallbackEnded,
     Scope,
     ScopeCopy,
     entry_copy,
@@ -70,6 +72,13 @@ log = logging.getLogger("agentmemory.working")
 # its end) may take to reach it. As for token revocations, a few seconds is the promise; reading
 # it on every call would add a database read to every Redis operation.
 FOLLOW_SECONDS = 5.0
+# A write another process sent to Redis just before it followed the fallback lands within this
+# (a Redis command takes milliseconds; this is the margin a replace import on the fallback keeps
+# on top of FOLLOW_SECONDS: ``await_followers``).
+IN_FLIGHT_SECONDS = 1.0
+# How often the heal tries to end the fallback when the mark's removal is refused (a replace
+# import's swap, or a scope first written to the database while it copied what Redis holds).
+END_ATTEMPTS = 10
 HEAL_HINT = (
     "once Redis answers, POST /agentmemory/diagnostics/heal returns every process of every node to it "
     f"within {FOLLOW_SECONDS:g} s and moves the working memory written during the outage to Redis"
@@ -107,6 +116,14 @@ class WorkingMemory:
         # servers' Redis: it serves from the database itself but does not move the store there.
         self._may_mark = rt.role != "tool"
         self.stages = ReplaceStages(self)  # a replace import's working memory, staged then swapped in
+        # A server process's write to the database's working memory checks the store's mark (the
+        # fallback may have been healed before this process followed: it then writes to Redis).
+        self.sqlite.follows_mark = self.configured == "redis" and self._may_mark
+        # When this process went onto the store's fallback (time.monotonic) and the mark it saw:
+        # a replace import on the fallback waits until every other process has followed it.
+        self._fell_back_at: float | None = None
+        self._mark_seen: dict[str, str] | None = None
+        self.pause = time.sleep
         if self.configured == "redis":
             self._connect_redis()
             self._follow_the_store()
@@ -138,9 +155,25 @@ class WorkingMemory:
         return out
 
     def run(self, op: Callable[[Any], Any]) -> Any:
-        """Run ``op(backend)``; if Redis is down, switch to SQLite (once, loudly) and rerun."""
+        """Run ``op(backend)``; if Redis is down, switch to SQLite (once, loudly) and rerun. A
+        write to the database that finds the fallback healed (this process had not followed it
+        yet) wrote nothing: the process follows now and reruns it on Redis."""
         self._follow_the_store()
-        backend = self.backend
+        try:
+            return self._run_on(self.backend, op)
+        except FallbackEnded:
+            self._follow_now()
+        try:
+            return self._run_on(self.backend, op)
+        except FallbackEnded:  # the database could not say where working memory lives now
+            raise Unavailable(
+                "the working-memory fallback was healed, but this process could not return to Redis yet; "
+                "nothing was written: retry",
+                code=errors.WORKING_MEMORY_UNAVAILABLE,
+                retry_after=1,
+            ) from None
+
+    def _run_on(self, backend: Any, op: Callable[[Any], Any]) -> Any:
         try:
             return op(backend)
         except BackendDown as exc:
@@ -172,6 +205,8 @@ class WorkingMemory:
                     without_password(self.settings.redis_url),
                     self.fallback_reason,
                 )
+            if first:
+                self._fell_back_at = time.monotonic()
             self.backend = self.sqlite
             if first:
                 self.errors.failed(self.fallback_reason or "", self.fallback_since)
@@ -179,6 +214,13 @@ class WorkingMemory:
             failed.close()
         if first:
             self._mark_the_store()
+            self._mark_seen = self._read_mark()
+
+    def _read_mark(self) -> dict[str, str] | None:
+        try:
+            return self.sqlite.fallback_mark()
+        except AppError:
+            return None
 
     def _mark_the_store(self) -> None:
         """Tell the other processes (and those started later) to serve from the database too."""
@@ -201,6 +243,19 @@ class WorkingMemory:
         if not self._following.acquire(blocking=False):
             return  # another thread is looking right now
         try:
+            self._look_at_the_mark(now)
+        finally:
+            self._following.release()
+
+    def _follow_now(self) -> None:
+        """Read the store's mark and act on it now, waiting for a thread of this process that is
+        doing so (returning to Redis, say) rather than going on where the process was."""
+        with self._following:
+            self._look_at_the_mark(time.monotonic())
+
+    def _look_at_the_mark(self, now: float) -> None:
+        """With ``_following`` held: follow the store's mark onto the database or back to Redis."""
+        try:
             self._mark_read_at = now
             mark = self.sqlite.fallback_mark()
             if mark is not None and self.backend is not self.sqlite:
@@ -209,14 +264,13 @@ class WorkingMemory:
                 self._return_to_redis()
         except AppError:
             return  # the database cannot say: keep serving where we are
-        finally:
-            self._following.release()
 
     def _follow_fallback(self, mark: dict[str, str]) -> None:
         with self._lock:
             if self.backend is self.sqlite:
                 return
             failed, self.backend = self.backend, self.sqlite
+            self._fell_back_at, self._mark_seen = time.monotonic(), mark
             self.fallback_reason = mark.get("reason") or "another process found Redis unavailable"
             self.fallback_since = mark.get("since") or self.rt.clock.iso()
             self.errors.failed(self.fallback_reason, self.fallback_since)
@@ -235,6 +289,8 @@ class WorkingMemory:
             with self._lock:
                 self.fallback_reason = str(exc)[:300] or type(exc).__name__
             self._mark_the_store()  # healed while Redis is down again: the store stays on the database
+            # Processes that returned meanwhile follow this new fallback only from now on.
+            self._fell_back_at, self._mark_seen = time.monotonic(), self._read_mark()
             return
         # Before this process serves from Redis (its other threads would at once): a swap empties
         # every scope, so it would delete what they wrote. The heal swapped them in already; this
@@ -293,6 +349,67 @@ class WorkingMemory:
         replace import's transaction, where it must not look again: a return to Redis would move
         working memory inside that transaction; ``record_redis_wipe`` checks the mark there."""
         return self.configured == "redis" and self.backend is self.sqlite
+
+    def await_followers(self) -> None:
+        """Before a replace import's transaction on the fallback: wait until every process of
+        every node has followed the store onto the database (FOLLOW_SECONDS after this process
+        saw the fallback begin, plus IN_FLIGHT_SECONDS for a write already on its way). Until then
+        a process that has not looked at the mark may still write to Redis, and the import's
+        emptying of Redis at the heal would delete that write, made after the import."""
+        mark = self._read_mark()
+        if mark is None:
+            return  # not on the fallback (any more): the import's transaction refuses
+        if mark != self._mark_seen or self._fell_back_at is None:  # a fallback this process had not seen
+            self._fell_back_at, self._mark_seen = time.monotonic(), mark
+        said = False
+        while (left := self._followers_due() - time.monotonic()) > 0:
+            if not said:
+                log.warning(
+                    "working memory: a replace import waits %.1f s for every process to follow the fallback "
+                    "(until then one may still write to Redis, which the import empties at the heal)",
+                    left,
+                )
+                said = True
+            self.pause(min(left, 0.25))
+
+    def check_followers(self, mark: dict[str, str]) -> None:
+        """In a replace import's transaction, which found the store's fallback ``mark``: refuse
+        unless every process has followed it (``await_followers`` waited for the mark this
+        process had seen; a different one is a new fallback, begun since).
+
+        :raise Unavailable: a process may still write to Redis (Retry-After: the seconds left)."""
+        if mark != self._mark_seen or self._fell_back_at is None:
+            self._fell_back_at, self._mark_seen = time.monotonic(), mark
+        left = self._followers_due() - time.monotonic()
+        if left > 0:
+            raise Unavailable(
+                f"working memory fell back to the database {mark.get('since')} and other processes may still "
+                f"write to Redis for {left:.1f} s (each follows within {FOLLOW_SECONDS:g} s); a replace import "
+                "now would delete what they write after it when the fallback is healed. Nothing was imported: retry",
+                code=errors.WORKING_MEMORY_UNAVAILABLE,
+                retry_after=max(1, math.ceil(left)),
+            )
+
+    def _followers_due(self) -> float:
+        """When every process will have followed the fallback this process is on (monotonic)."""
+        return (self._fell_back_at or 0.0) + FOLLOW_SECONDS + IN_FLIGHT_SECONDS
+
+    def check_still_on_fallback(self, tx: Any) -> None:
+        """In an import's transaction writing working memory to the database's tables while this
+        process serves it from the fallback (merge or skip; a replace: ``record_redis_wipe``).
+
+        :raise Unavailable: the fallback was healed before this process followed (it looks every
+            FOLLOW_SECONDS): working memory lives in Redis again, where a retry writes it."""
+        if not self.sqlite.follows_mark or SqliteBackend.marked(tx):
+            return
+        self.look_again()
+        raise Unavailable(
+            f"the working-memory fallback was healed meanwhile: working memory is kept in {self.where()} again, "
+            "not in the database this import was about to write it to. Nothing was imported: retry it (it then "
+            "writes the working memory to Redis)",
+            code=errors.WORKING_MEMORY_UNAVAILABLE,
+            retry_after=1,
+        )
 
     def look_again(self) -> None:
         """Read the store's fallback mark at the next call, not FOLLOW_SECONDS after the last read."""
@@ -549,28 +666,43 @@ class WorkingMemory:
         the scopes waiting in the database is copied (``hold_for_return``): a key a process back
         on Redis writes before its scope moves is newer than the moved one and stays. The removal
         is refused while a swap waits (an import made on the fallback committed meanwhile: tried again);
-        if Redis fails a swap, the store stays on the fallback."""
+        if Redis fails a swap, the store stays on the fallback. It is refused too while a scope waits
+        in the database that was not copied (first written there after the listing): that one is
+        copied and the removal tried again. After the removal no process writes to the database
+        (``SqliteBackend._tx`` refuses), so every scope that will move has its copy."""
         try:
             redis = RedisBackend(self.settings.redis_url, self.settings.working_memory_redis_prefix, audit=self._audit)
         except BackendDown as exc:
             log.warning("working memory: the fallback stays: Redis stopped answering (%s)", reason_of(exc))
             return
+        heal_id, copied = uuid.uuid4().hex, set[Scope]()
         try:
-            for _attempt in range(3):
-                self.stages.complete_swaps(redis)
+            for _attempt in range(END_ATTEMPTS):
+                if self.stages.complete_swaps(redis):
+                    copied = set()  # a swap emptied Redis: what was copied before it is gone
                 # After the swaps (they empty Redis), before any process serves from Redis again.
-                redis.hold_for_return(self.sqlite.held_scopes(), uuid.uuid4().hex)
-                if self.sqlite.clear_fallback_mark():
+                waiting = [scope for scope in self.sqlite.held_scopes() if scope not in copied]
+                redis.hold_for_return(waiting, heal_id)
+                copied.update(waiting)
+                if self.sqlite.clear_fallback_mark(copied):
                     return
+            swaps_wait = bool(self.sqlite.pending_swaps())
         except BackendDown as exc:
             log.warning("working memory: the fallback stays: Redis stopped answering (%s)", reason_of(exc))
             return
         finally:
             redis.close()
-        log.warning(
-            "working memory: the fallback stays: a replace import's working memory could not be swapped in on "
-            "Redis (diagnose: working_memory_import_swap); heal again once it can"
-        )
+        if swaps_wait:
+            log.warning(
+                "working memory: the fallback stays: a replace import's working memory could not be swapped in on "
+                "Redis (diagnose: working_memory_import_swap); heal again once it can"
+            )
+        else:
+            log.warning(
+                "working memory: the fallback stays: new sessions kept being written to the database while the heal "
+                "copied what Redis holds of them (%d tries); heal again",
+                END_ATTEMPTS,
+            )
 
     def close(self) -> None:
         if self.backend is not self.sqlite:

@@ -4,7 +4,8 @@ database (``storage.WorkingStore``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from agentmemory_server import errors
@@ -12,6 +13,7 @@ from agentmemory_server.errors import Conflict
 from agentmemory_server.storage import codec
 from agentmemory_server.storage.interfaces import Database
 from agentmemory_server.working.model import (
+    FallbackEnded,
     Scope,
     ScopeCopy,
     build_snapshot,
@@ -39,9 +41,21 @@ class SqliteBackend:
     def __init__(self, database: Database, clock_iso: Callable[[], str]):
         self.db = database
         self._iso = clock_iso
+        # Set by the subsystem when this is the fallback of a Redis store (a server process): a
+        # write then checks, in its transaction, that the store is still on the fallback.
+        self.follows_mark = False
 
-    def _tx(self, operation: str, scope: Scope):
-        return self.db.transaction(f"working_{operation}", agent_id=scope.agent)
+    @contextmanager
+    def _tx(self, operation: str, scope: Scope) -> Iterator[Any]:
+        """A request's write transaction. As the fallback of a Redis store it refuses
+        (``FallbackEnded``, nothing written) once the store's mark is gone: a process that has
+        not yet followed the heal must not write a scope to the database that Redis holds no
+        copy of (the heal copies only what waits in the database as it removes the mark, and
+        writes are serialised, so every scope written before the removal has one)."""
+        with self.db.transaction(f"working_{operation}", agent_id=scope.agent) as tx:
+            if self.follows_mark and not self.marked(tx):
+                raise FallbackEnded("the working-memory fallback was healed: working memory is in Redis again")
+            yield tx
 
     def set_key(self, scope: Scope, key: str, value: str, expires_at: float | None, now: float, max_keys: int) -> bool:
         with self._tx("set", scope) as tx:
@@ -168,8 +182,8 @@ class SqliteBackend:
         """Give the scope's working memory to ``deliver`` and remove it from the database, in one
         transaction: if ``deliver`` raises, nothing is removed. Refused (None, nothing moves)
         while the store is on the fallback: then the database is where working memory lives."""
-        with self._tx("move_to_redis", scope) as tx:
-            if tx.working.kv_get(FALLBACK_SCOPE, FALLBACK_KEY, 0.0) is not None:
+        with self.db.transaction("working_move_to_redis", agent_id=scope.agent) as tx:
+            if self.marked(tx):
                 return None
             task = tx.working.task_get(scope.key)
             checkpoints = []
@@ -209,15 +223,26 @@ class SqliteBackend:
         """In a write transaction: is the store on the fallback? Writes are serialised, so the
         answer holds until the transaction commits (a heal's removal of the mark commits before
         it or after it)."""
-        return tx.working.kv_get(FALLBACK_SCOPE, FALLBACK_KEY, 0.0) is not None
+        return SqliteBackend.mark_in(tx) is not None
 
-    def clear_fallback_mark(self) -> bool:
+    @staticmethod
+    def mark_in(tx: Any) -> dict[str, str] | None:
+        """In a write transaction: the store's fallback mark (``{since, reason}``), or None."""
+        row = tx.working.kv_get(FALLBACK_SCOPE, FALLBACK_KEY, 0.0)
+        return json.loads(row[0]) if row else None
+
+    def clear_fallback_mark(self, copied: Collection[Scope]) -> bool:
         """End the fallback, unless a replace import's working memory still waits to be swapped in
         on Redis (staged.py): that must be done first, while the mark keeps every process on the
-        database, or the swap would empty what processes back on Redis wrote meanwhile. Returns
-        whether the mark is gone."""
+        database, or the swap would empty what processes back on Redis wrote meanwhile. Refused
+        too while a scope waits in the database that is not in ``copied`` (the scopes of which
+        the heal copied what Redis holds): one first written after the heal listed them would
+        move with no copy, over what a process back on Redis wrote to it. Returns whether the
+        mark is gone."""
         with self.db.transaction("working_fallback_end") as tx:
             if any(key.startswith(SWAP_KEY) for key, _v, _e in tx.working.kv_items(FALLBACK_SCOPE, 0.0, values=False)):
+                return False
+            if any(Scope(*key) not in copied for key in tx.working.held_scopes() if key != FALLBACK_SCOPE):
                 return False
             tx.working.kv_delete(FALLBACK_SCOPE, FALLBACK_KEY, 0.0)
             return True

@@ -138,8 +138,11 @@ class ReplaceStages:
         :raise Unavailable: the store is not on the fallback (any more): this process took it
             for on the fallback (it looks at the mark every FOLLOW_SECONDS), but a heal came
             first, or it is an admin command that cannot reach the servers' Redis. Emptying
-            Redis later would delete what processes serving from it write after this import."""
-        if not SqliteBackend.marked(tx):
+            Redis later would delete what processes serving from it write after this import.
+            Or the store fell back so lately that a process may not have followed it yet
+            (``WorkingMemory.check_followers``; the import waited for that before it began)."""
+        mark = SqliteBackend.mark_in(tx)
+        if mark is None:
             self.working.look_again()
             where, there = self.working.where(), "not in the database this replace import was about to write it to"
             if self.working.rt.role == "tool":
@@ -158,6 +161,9 @@ class ReplaceStages:
                 code=errors.WORKING_MEMORY_UNAVAILABLE,
                 retry_after=1,
             )
+        # Emptying Redis at the heal must not delete what a process that had not yet followed the
+        # fallback writes there after this import: it commits only once every process has.
+        self.working.check_followers(mark)
         # The stages of earlier imports it supersedes are deleted by the sweep once Redis answers.
         SqliteBackend.record_swap(tx, "empty-" + uuid.uuid4().hex, self.working.rt.clock.iso(), time.time_ns())
 
