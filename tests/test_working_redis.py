@@ -834,6 +834,37 @@ def test_a_write_to_redis_by_a_process_that_had_not_followed_the_fallback_surviv
     assert waited, "the import did not wait for every process to follow the fallback"
 
 
+def test_a_replace_import_whose_transaction_finds_a_newer_fallback_than_it_waited_for_is_refused(
+        own_redis, make_runtime, tmp_path, monkeypatch):
+    """The import waited until every process had followed the fallback its process saw; if the
+    store was healed and fell back again before its transaction (another process's doing), the
+    processes may not have followed the new one yet: refused, saying how long to wait."""
+    from agentmemory_server.errors import AppError
+    from agentmemory_server.working import service as working_service
+
+    importer, export = _replace_import_pair(make_runtime, tmp_path, own_redis.url)
+    own_redis.stop()
+    assert importer("memory_working_get", sessionId="a", operation="all")["usingFallback"] is True
+    svc = importer.rt.services["working_memory"]
+    waited = getattr(svc, "await_followers", lambda: None)
+
+    def then_healed_and_fallen_back_again() -> None:
+        monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)  # the first fallback is old news
+        monkeypatch.setattr(working_service, "IN_FLIGHT_SECONDS", 0.0, raising=False)
+        waited()
+        monkeypatch.undo()
+        sqlite = svc.sqlite
+        assert sqlite.clear_fallback_mark(set(sqlite.held_scopes()))
+        sqlite.mark_fallback("2026-12-07T23:59:59Z", "Redis failed again for another node")
+
+    monkeypatch.setattr(svc, "await_followers", then_healed_and_fallen_back_again, raising=False)
+    with pytest.raises(AppError) as refused:
+        importer("import", exportData=export, strategy="replace")
+    assert refused.value.code == "working_memory_unavailable" and refused.value.retry_after >= 5
+    assert "Nothing was imported: retry" in refused.value.message, refused.value.message
+    assert importer("memory_export")["memories"][0]["content"] == "the old record"
+
+
 def _write_as_the_switch_to_redis_ends(process, monkeypatch, write) -> list:
     """Run ``write()`` (another request thread of ``process``) once, at the last step of the
     process's switch back to Redis (``errors.succeeded``); the list gets what it answered."""

@@ -17,22 +17,27 @@ while its siblings serve them from the database. The fallback ends when an opera
 returns to Redis within ``FOLLOW_SECONDS``.
 
 What was written to the database meanwhile is then moved to Redis, so no session loses it: by each
-process as it returns, and by the sweep for writes of a process that had not yet followed the
-heal. Each scope moves in one database transaction that first checks the mark (a new fallback
-stops the move), hands the scope to Redis in one Redis transaction, then deletes it: a Redis
-failure leaves it in the database. The moved data is newer than what Redis held before the outage,
-so its keys and task replace those; a key deleted during the outage but still in Redis from before
-it comes back (no tombstones are kept). But a process back on Redis (another thread of the moving
-one, or another process that returned first) may write a scope before it moves: that write is
-newer still. So the heal, before it removes the mark, copies what Redis holds of every scope
-waiting in the database (``RedisBackend.hold_for_return``), and a move replaces only the keys and
-the task Redis still holds as copied (or as moved in since).
+process as it returns, and by the sweep for anything left. Each scope moves in one database
+transaction that first checks the mark (a new fallback stops the move), hands the scope to Redis in
+one Redis transaction, then deletes it: a Redis failure leaves it in the database. The moved data
+is newer than what Redis held before the outage, so its keys and task replace those; a key deleted
+during the outage but still in Redis from before it comes back (no tombstones are kept). But a
+process back on Redis (another thread of the moving one, or another process that returned first)
+may write a scope before it moves: that write is newer still. So the heal, before it removes the
+mark, copies what Redis holds of every scope waiting in the database
+(``RedisBackend.hold_for_return``), and a move replaces only the keys and the task Redis still
+holds as copied (or as moved in since). Every scope that moves has a copy: the mark's removal is
+refused while one waits uncopied (``SqliteBackend.clear_fallback_mark``), and once it is gone a
+server process's write to the database refuses (``FallbackEnded``): the process follows the heal
+then and there and writes to Redis.
 
 A ``replace`` import is all or nothing for working memory as for the records, although Redis takes
 no part in the database's transaction: its working memory is staged in Redis, then swapped in after
 the records' commit. A swap empties every scope, so the heal does the ones still waiting (and a
 replace import's made on the fallback: an empty stage) before it removes the mark, while no process
-serves from Redis, and a returning process before it serves from Redis. staged.py
+serves from Redis, and a returning process before it serves from Redis; and a replace import on
+the fallback begins only once every process has followed it (``await_followers``), so none
+writes to Redis after it. staged.py
 (``ReplaceStages``) does it; this subsystem owns the backend it works on and is its entry point for
 memory/transfer.py, the sweep, diagnose and heal.
 """
