@@ -4,14 +4,18 @@ principal; the server's secret stays the admin token (upstream's hooks and shim 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from agentmemory_server.adapters import cli
 from agentmemory_server.adapters.web import create_app
-from agentmemory_server.kernel import principals
+from agentmemory_server.kernel import principals, registry
 from agentmemory_server.kernel.scopes import SESSIONS, TOKENS
-from conftest import hook
+from conftest import ToolCaller, hook
+from test_recompress import observe, store_as_an_older_server_did
 
 SECRET = "admin-secret-for-tokens"
 
@@ -435,3 +439,88 @@ def test_the_admin_right_is_for_tokens_valid_for_every_project(app, capsys, monk
     monkeypatch.setenv("EMBEDDING_PROVIDER", "none")
     assert cli.main(["-q", "tokens", "create", "bot", "--project", "alpha", "--rights", "read,admin"]) == 1
     assert "every project" in capsys.readouterr().err
+
+
+def test_a_registry_refuses_an_admin_tool_that_does_not_say_whether_its_answer_carries_records():
+    """Which admin tools also need read was a list kept by hand in principals.py (ADMIN_READS): a
+    new admin tool answering with records would have been forgotten there and handed its records
+    to a token with admin and not read. Each admin tool now says so where it is registered, and
+    the registry refuses one that does not, naming it; a tool that is not an admin tool may not
+    say it (it was then left out of principals.ADMIN_TOOLS)."""
+
+    def handler(ctx, args):
+        return {}
+
+    fresh = registry.Registry()
+    with pytest.raises(ValueError, match=r"admin tool 'memory_export' must declare answers_with_records"):
+        fresh.add(registry.Tool("memory_export", "Export everything", registry.params(), handler))
+    with pytest.raises(ValueError, match=r"tool 'weekly_digest' declares answers_with_records but is not an admin"):
+        fresh.add(registry.Tool("weekly_digest", "A digest", registry.params(), handler, answers_with_records=True))
+    added = fresh.add(registry.Tool("memory_export", "Export everything", registry.params(), handler,
+                                    answers_with_records=True))
+    assert principals.rights_needed(added) == ("admin", "read")
+    assert principals.rights_needed(replace(added, answers_with_records=False)) == ("admin",)
+
+
+# Each admin tool called on a store whose records all carry MARK, in an order that leaves each
+# one something to act on (the sweeps and deletes last); each entry makes its arguments from
+# what the earlier calls answered.
+ADMIN_CALLS: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
+    ("stats", lambda seen: {}),
+    ("tokens_create", lambda seen: {"principal": "keeper", "rights": ["admin"]}),
+    ("tokens_list", lambda seen: {}),
+    ("tokens_revoke", lambda seen: {"id": seen["tokens_create"]["id"]}),
+    ("diagnostics_heal", lambda seen: {}),
+    ("reindex", lambda seen: {}),
+    ("graph_compact", lambda seen: {}),
+    ("lesson_decay", lambda seen: {}),
+    ("memory_antigravity_sync", lambda seen: {"conversationId": "conv-other"}),
+    ("memory_antigravity_sync_all", lambda seen: {"conversationId": "conv-mark"}),
+    ("memory_export", lambda seen: {}),
+    ("memory_audit", lambda seen: {}),
+    ("recompress", lambda seen: {}),
+    ("import", lambda seen: {"exportData": seen["memory_export"], "strategy": "merge"}),
+    ("memory_governance_delete", lambda seen: {"memoryIds": [seen["memory"]], "reason": "test"}),
+    ("auto_forget", lambda seen: {}),
+    ("evict", lambda seen: {"maxObservationsPerProject": 1, "lowImportanceMaxDays": 1}),
+)
+
+
+def test_each_admin_tool_declares_whether_its_answer_carries_records_as_its_answer_does(make_runtime, tmp_path):
+    """Every admin tool registered is run on a store whose records all carry MARK; its answer
+    holds MARK exactly when it declares answers_with_records (the export, the audit trail,
+    recompress's titles, a full Antigravity sync's crystals and reflections), and a store-wide
+    count (stats), a token list or a sweep answering with ids does not. (The audit trail names
+    what was written: ids, session ids, projects, file paths, a deletion's reason.)"""
+    brain = tmp_path / "antigravity" / "brain"
+    for conversation in ("conv-mark", "conv-other"):
+        (brain / conversation).mkdir(parents=True)
+        (brain / conversation / "task.md").write_text(f"# Release plan {MARK}\n\n- [ ] TODO tag {MARK}\n")
+    rt = make_runtime(antigravity_dir=str(tmp_path / "antigravity"))
+    client = create_app(runtime=rt).test_client()
+    seen: dict[str, Any] = {}
+    saved = client.post("/agentmemory/remember", json={"content": f"deploy runbook {MARK}"})
+    assert saved.status_code == 201
+    seen["memory"] = saved.get_json()["memory"]["id"]
+    # The audit trail names what was written: here a deletion's reason quoting the record.
+    stale = client.post("/agentmemory/remember", json={"content": f"old runbook {MARK}"}).get_json()["memory"]["id"]
+    deleted = client.delete("/agentmemory/governance/memories",
+                            json={"memoryIds": [stale], "reason": f"replaced by the runbook 'deploy runbook {MARK}'"})
+    assert deleted.status_code == 200, deleted.get_json()
+    lesson = client.post("/agentmemory/lessons", json={"content": f"always tag {MARK}", "context": "release"})
+    assert lesson.status_code in (200, 201), lesson.get_json()
+    grep = {"tool_name": "Grep", "tool_input": {"pattern": MARK, "path": "src"},
+            "tool_response": {"mode": "files_with_matches", "filenames": ["src/a.ts", "src/b.ts"], "numFiles": 2}}
+    obs_id = observe(client, "old", 0, grep)
+    store_as_an_older_server_did(rt, "old", obs_id, title=f"Grep '{MARK}' in src: 1 matches")
+
+    admin_tools = {t.name for t in registry.REGISTRY.all() if principals.right_needed(t) == "admin"}
+    assert [name for name, _args in ADMIN_CALLS if name not in admin_tools] == []
+    assert sorted(admin_tools - {name for name, _args in ADMIN_CALLS}) == [], "a new admin tool: add it above"
+    declared = {name for name in admin_tools if registry.REGISTRY.get(name).answers_with_records}
+    assert declared == {"memory_export", "memory_audit", "recompress", "memory_antigravity_sync_all"}
+    for name, args_of in ADMIN_CALLS:
+        answer = ToolCaller(rt)(name, **args_of(seen))
+        seen[name] = answer
+        carries = MARK in json.dumps(answer)
+        assert carries == registry.REGISTRY.get(name).answers_with_records, (name, json.dumps(answer)[:600])

@@ -573,6 +573,12 @@ def _provider_was_down(result: dict[str, Any]) -> bool:
     return (result.get("stopped") or {}).get("reason") == "providerDown"
 
 
+def _admin_reads_text() -> str:
+    """Which admin tools need read too, as their registrations declare (``answers_with_records``)."""
+    named = ", ".join(t.name for t in registry.REGISTRY.all() if t.answers_with_records)
+    return f"{named} answer with records and need read too"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="agentmemory-python: the server and its admin commands")
     parser.add_argument("--db", help="database file (default: AGENTMEMORY_DB or <AGENTMEMORY_DATA_DIR>/agentmemory.db)")
@@ -665,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     toks.add_argument(
         "--rights",
         default="read,write",
-        help="comma-separated: read, write, admin (admin: only without --project; export and audit need read too)",
+        help=f"comma-separated: read, write, admin (admin: only without --project; {_admin_reads_text()})",
     )
     toks.add_argument("--note", help="what the token is for")
     toks.set_defaults(run=cmd_tokens)

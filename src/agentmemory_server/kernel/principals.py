@@ -13,9 +13,11 @@ touch (``*`` = all) and its rights:
   files; graph compaction rewrites every graph record).
 
 The admin right manages the store; it does not stand in for ``read``. An admin tool whose answer
-carries records (``ADMIN_READS``: the export, the audit trail, recompress's before-and-after
-titles, a full Antigravity sync's crystals and reflections) needs ``read`` as well, so a token
-given ``admin`` without ``read`` can run the store but is not handed its records. The admin right
+carries records (it says so where it is registered, ``@tool(..., answers_with_records=True)``:
+the export, the audit trail, recompress's before-and-after titles, a full Antigravity sync's
+crystals and reflections) needs ``read`` as well, so a token given ``admin`` without ``read`` can
+run the store but is not handed its records. The registry refuses an admin tool that does not
+say either way (``registry._check_records_declaration``). The admin right
 is for tokens valid for every project (``*``) only: admin tools act on the whole store (an
 import, the retention sweeps, new tokens for any project), so a token limited to alpha holding it
 would reach beta through them. ``token_record`` refuses the combination (400); a token stored
@@ -74,7 +76,8 @@ READ_TOOLS = frozenset(
         "memory_graph_query",
     }
 )
-# Tools that act on the whole store, on the server host's files, or on who may use it.
+# Tools that act on the whole store, on the server host's files, or on who may use it. Each
+# declares where it is registered whether its answer carries records (``answers_with_records``).
 ADMIN_TOOLS = frozenset(
     {
         "memory_antigravity_sync",
@@ -98,11 +101,6 @@ ADMIN_TOOLS = frozenset(
 )
 
 
-# Admin tools whose answer carries records (an export, audit entries naming what was written,
-# titles before and after, the crystals and reflections a sync made): they need ``read`` as well.
-ADMIN_READS = frozenset({"memory_export", "memory_audit", "recompress", "memory_antigravity_sync_all"})
-
-
 # Write tools that answer a caller without the read right in their own way (a hook's answer keeps
 # its client's format, without the context block) instead of with ``write_receipt``.
 OWN_WRITE_RECEIPT = frozenset({"hook_event"})
@@ -119,9 +117,13 @@ def right_needed(tool: Any) -> str:
 
 def rights_needed(tool: Any) -> tuple[str, ...]:
     """Every right a registry tool needs: ``right_needed``'s, and ``read`` too for an admin tool
-    whose answer carries records (``ADMIN_READS``)."""
+    whose answer carries records (its ``answers_with_records`` declaration)."""
     needed = right_needed(tool)
-    return (needed, "read") if tool.name in ADMIN_READS else (needed,)
+    return (needed, "read") if _admin_answering_records(tool) else (needed,)
+
+
+def _admin_answering_records(tool: Any) -> bool:
+    return right_needed(tool) == "admin" and bool(tool.answers_with_records)
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,7 @@ def _lacks(principal: Principal, right: str, tool: Any) -> Forbidden:
     if right in principal.rights:  # the admin right on a token limited to some projects
         why = f"{who} is limited to projects {', '.join(principal.projects)}; {_ADMIN_NEEDS_EVERY_PROJECT}"
         return Forbidden(f"{why}: create a token without projects for {tool.name}", code=errors.TOKEN_RIGHTS)
-    because = " (its answer carries records)" if right == "read" and tool.name in ADMIN_READS else ""
+    because = " (its answer carries records)" if right == "read" and _admin_answering_records(tool) else ""
     return Forbidden(f"{who} lacks the {right!r} right that {tool.name} needs{because}", code=errors.TOKEN_RIGHTS)
 
 

@@ -317,6 +317,7 @@ def lesson_delete(ctx: Ctx, args: dict) -> dict:
     params(dryRun=boolean("Report without changing anything", default=False)),
     http=[("POST", "/lessons/decay")],
     mcp=False,
+    answers_with_records=False,
 )
 def lesson_decay(ctx: Ctx, args: dict) -> dict:
     """Run the lesson decay sweep now (it also runs daily)."""

@@ -429,6 +429,7 @@ def memory_forget(ctx: Ctx, args: dict) -> dict:
     ),
     http=[("DELETE", "/governance/memories")],
     core=True,
+    answers_with_records=False,
 )
 def memory_governance_delete(ctx: Ctx, args: dict) -> dict:
     """Delete memories by id with an audited reason."""
@@ -467,6 +468,7 @@ def memory_governance_delete(ctx: Ctx, args: dict) -> dict:
     ),
     http=[("GET", "/audit")],
     core=True,
+    answers_with_records=True,
 )
 def memory_audit(ctx: Ctx, args: dict) -> dict:
     """The audit trail, newest first: one entry per change with its operation and targets."""

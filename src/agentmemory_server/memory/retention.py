@@ -242,7 +242,7 @@ def evict(ctx: Ctx, args: dict) -> dict[str, Any]:
 DRY_RUN = boolean("Report what would go without deleting anything", default=False)
 
 
-@tool("auto_forget", params(dryRun=DRY_RUN), http=[("POST", "/auto-forget")], mcp=False)
+@tool("auto_forget", params(dryRun=DRY_RUN), http=[("POST", "/auto-forget")], mcp=False, answers_with_records=False)
 def auto_forget_tool(ctx: Ctx, args: dict) -> dict:
     """Run auto-forget now: expired memories, near-duplicate memories demoted, old low-value observations."""
     return auto_forget(ctx, dry_run=args["dryRun"])
@@ -261,6 +261,7 @@ def auto_forget_tool(ctx: Ctx, args: dict) -> dict:
     ),
     http=[("POST", "/evict")],
     mcp=False,
+    answers_with_records=False,
 )
 def evict_tool(ctx: Ctx, args: dict) -> dict:
     """Enforce the retention caps now (per-project observation cap, old low-value records, stale sessions)."""

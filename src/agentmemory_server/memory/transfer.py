@@ -359,6 +359,7 @@ def write_export(
     ),
     http=[("GET", "/export")],
     core=True,
+    answers_with_records=True,
 )
 def memory_export(ctx: Ctx, args: dict) -> dict:
     """Export sessions, observations, memories, summaries, working memory and every other record as JSON."""
@@ -742,6 +743,7 @@ def import_result(strategy: str, counts: dict[str, dict[str, int]]) -> dict[str,
     ),
     http=[("POST", "/import")],
     mcp=False,
+    answers_with_records=False,
 )
 def import_tool(ctx: Ctx, args: dict) -> dict:
     """Import an export; re-indexes everything it writes."""

@@ -532,6 +532,7 @@ def graph_node(ctx: Ctx, args: dict) -> dict:
     ),
     http=[("POST", "/graph/compact")],
     mcp=False,
+    answers_with_records=False,
 )
 def graph_compact(ctx: Ctx, args: dict) -> dict:
     """Trim each node's or edge's provenance to 32 observation ids, the newest (upstream 0.9.30).

@@ -388,6 +388,7 @@ def memory_diagnose(ctx: Ctx, args: dict) -> dict:
     ),
     http=[("POST", "/diagnostics/heal")],
     mcp=False,
+    answers_with_records=False,
 )
 def diagnostics_heal(ctx: Ctx, args: dict) -> dict:
     """Fix what diagnostics marked fixable (re-index, remove orphans, recount, checkpoint, ...)."""

@@ -39,6 +39,7 @@ def public(key: str, record: dict[str, Any]) -> dict[str, Any]:
     ),
     http=[("POST", "/tokens", 201)],
     mcp=False,
+    answers_with_records=False,
 )
 def tokens_create(ctx: Ctx, args: dict) -> Reply:
     """Create an API token for a person or an agent; the token is in this answer only."""
@@ -56,14 +57,20 @@ def tokens_create(ctx: Ctx, args: dict) -> Reply:
     return Reply({"token": token, **public(key, record)}, 201)
 
 
-@tool("tokens_list", params(), http=[("GET", "/tokens")], mcp=False)
+@tool("tokens_list", params(), http=[("GET", "/tokens")], mcp=False, answers_with_records=False)
 def tokens_list(ctx: Ctx, args: dict) -> dict:
     """Every API token (never the token itself): id, principal, kind, projects, rights, state."""
     rows = ctx.rt.db.reader().records.list(TOKENS)
     return {"tokens": [public(key, record) for key, record in rows]}
 
 
-@tool("tokens_revoke", params(["id"], id=TOKEN_ID), http=[("POST", "/tokens/revoke")], mcp=False)
+@tool(
+    "tokens_revoke",
+    params(["id"], id=TOKEN_ID),
+    http=[("POST", "/tokens/revoke")],
+    mcp=False,
+    answers_with_records=False,
+)
 def tokens_revoke(ctx: Ctx, args: dict) -> dict:
     """Revoke an API token by id: refused at once in every process (a live event empties each
     one's token cache), at the latest when its cached entry expires (5 s)."""
