@@ -9,8 +9,9 @@ leaves the machine: HOME and the XDG folders are temporary, and OpenCode's netwo
 switched off (``OFFLINE`` says which and why). The run takes five to ten seconds.
 
 OpenCode also starts the MCP server connect configured (``agentmemory-mcp``) and offers its tools
-to the model. That is not asserted here: OpenCode gives a local MCP server 5 s, too little on a
-loaded machine, and a project config cannot raise it without repeating the whole entry.
+to the model (``agentmemory_memory_smart_search``, ...): the run checks that every tool the server
+lists reached the model. OpenCode gives a local MCP server 5 s to start unless its entry says
+otherwise, too little for the Python shim on a loaded machine; connect writes a ``timeout``.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def connect_opencode(home: Path, project: Path, url: str) -> None:
                           text=True, timeout=120, env=user_environment(home, project), cwd=project)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (home / ".config" / "opencode" / "plugins" / "agentmemory.js").is_file()
+    entry = json.loads((home / ".config" / "opencode" / "opencode.json").read_text())["mcp"]["agentmemory"]
+    assert entry["timeout"] >= 60_000, entry  # ms to start the stdio shim (OpenCode's default: 5000)
 
 
 def use_fake_model(project: Path, model: FakeOpenAI) -> None:
@@ -161,6 +164,16 @@ def stored(server: LiveServer, path: str, **params: Any) -> dict[str, Any]:
     return answer.json()
 
 
+def mcp_tools(server: LiveServer) -> set[str]:
+    """The tools the server lists to MCP clients (JSON-RPC ``tools/list`` over POST /mcp)."""
+    headers = {"Authorization": f"Bearer {SECRET}", "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2025-11-25"}
+    answer = requests.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                           headers=headers, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return {tool["name"] for tool in answer.json()["result"]["tools"]}
+
+
 def observations(server: LiveServer, session: str) -> list[dict[str, Any]]:
     return stored(server, "/observations", sessionId=session)["observations"]
 
@@ -181,6 +194,13 @@ def test_a_real_opencode_run_is_stored_as_one_session(tmp_path: Path, server: Li
     (prompt,) = [m["content"] for m in last_request if m["role"] == "user"]  # as OpenCode sent it to the model
     assert PROMPT in prompt  # (`opencode run` quotes a message argument that has spaces)
     assert [m["content"] for m in last_request if m["role"] == "tool"] == [f"{GREETING}\n"]  # bash ran
+    # OpenCode started the MCP server connect configured and offered the model its tools, each
+    # named after the entry: connect's `timeout` gave the stdio shim time to start.
+    offered = {tool["function"]["name"] for body in model.generations() for tool in body.get("tools") or []}
+    listed = {f"agentmemory_{name}" for name in mcp_tools(server)}
+    assert "agentmemory_memory_smart_search" in listed and listed <= offered, (
+        f"the model was not offered {sorted(listed - offered)}; offered {sorted(offered)}\n"
+        f"its log:\n{opencode_log(home)[-3000:]}")
 
     # The plugin posts fire and forget: the four may land in any order, a moment after the run ends.
     mapped = {"session_start", "prompt_submit", "post_tool_use", "stop"}

@@ -79,6 +79,13 @@ def opencode_session_events() -> list[str]:
     return sorted(name for name in OPENCODE_EVENTS if name.startswith("session."))
 
 
+# OpenCode's ``timeout`` of a local MCP server (ms) bounds its start as well as each request, and
+# defaults to 5 s: the stdio shim starts Python, which on a loaded machine takes longer, and the
+# server was then left out of the run (only its log says so). Above the shim's own wait for a
+# call (AGENTMEMORY_MCP_TIMEOUT, 120 s by default), so a slow call ends with the shim's error.
+OPENCODE_MCP_TIMEOUT_MS = 130_000
+
+
 def opencode(o: Options) -> list[Edit]:
     base = o.home / ".config" / "opencode" if o.scope == "user" else o.cwd / ".opencode"
     secret_file = str(o.data_dir / "secret")
@@ -94,6 +101,7 @@ def opencode(o: Options) -> list[Edit]:
             "command": [o.mcp_command],
             "environment": {"AGENTMEMORY_URL": o.url},
             "enabled": True,
+            "timeout": OPENCODE_MCP_TIMEOUT_MS,
         }
         config = base / "opencode.json" if o.scope == "user" else o.cwd / "opencode.json"
         edits.append(jsonfile.edit(config, *jsonfile.set_entry("mcp", "agentmemory", server)))
