@@ -114,9 +114,9 @@ def test_every_process_follows_one_processs_fallback_and_its_end(own_redis, make
     moves to the database; the other, which had no request during the outage, must not go on
     serving the same sessions from Redis once it is back, and neither may a process started later
     (a respawned worker). Heal, once Redis answers, brings every process back to it."""
-    from agentmemory_server.working import service as working_service
+    from agentmemory_server.working import fallback as working_fallback
 
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)  # each call looks (the product: 5 s)
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)  # each call looks (the product: 5 s)
     settings = {"working_memory_backend": "redis", "redis_url": own_redis.url}
     first, second = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
     s = {"sessionId": "shared"}
@@ -143,9 +143,9 @@ def test_every_process_follows_one_processs_fallback_and_its_end(own_redis, make
 
 def test_health_of_a_process_without_working_memory_calls_reports_the_stores_fallback(own_redis, make_runtime,
                                                                                      monkeypatch):
-    from agentmemory_server.working import service as working_service
+    from agentmemory_server.working import fallback as working_fallback
 
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)
     settings = {"working_memory_backend": "redis", "redis_url": own_redis.url}
     first, idle = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
     own_redis.stop()
@@ -163,9 +163,9 @@ def test_health_of_a_process_without_working_memory_calls_reports_the_stores_fal
 
 def test_an_admin_command_that_cannot_reach_redis_leaves_the_servers_on_it(own_redis, make_runtime, monkeypatch):
     from agentmemory_server.wiring import build_runtime
-    from agentmemory_server.working import service as working_service
+    from agentmemory_server.working import fallback as working_fallback
 
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)
     server = ToolCaller(make_runtime(working_memory_backend="redis", redis_url=own_redis.url))
     elsewhere = server.rt.settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
     tool = build_runtime(elsewhere, role="tool")  # `agentmemory ...` run on a machine without Redis
@@ -502,16 +502,16 @@ def test_a_write_to_redis_after_a_replace_import_made_as_if_on_the_fallback_surv
     Redis's working memory at once, before the write."""
     from agentmemory_server import errors
     from agentmemory_server.errors import AppError
-    from agentmemory_server.working import service as working_service
+    from agentmemory_server.working import fallback as working_fallback
 
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)
     healer, export = _replace_import_pair(make_runtime, tmp_path, durable_redis.url)
     importer = _second_process(make_runtime, tmp_path, healer)
     durable_redis.stop()
     assert healer("memory_working_set", sessionId="c", key="during", value=1)["usingFallback"] is True
     assert importer("memory_working_get", sessionId="c", key="during")["usingFallback"] is True
     durable_redis.start()
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 3600.0)  # `importer` does not look again yet
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 3600.0)  # `importer` does not look again yet
     healer("diagnostics_heal")
     assert healer("memory_working_get", sessionId="c", key="during")["backend"] == "redis"
     refusals = []
@@ -522,7 +522,7 @@ def test_a_write_to_redis_after_a_replace_import_made_as_if_on_the_fallback_surv
         assert _store_state(healer)["records"] == OLD_STATE["records"]  # nothing was imported
         importer("import", exportData=export, strategy="replace")
     healer("memory_working_set", sessionId="a", key="after", value="the import")  # to Redis, after the import
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)  # `importer` looks at the mark now
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)  # `importer` looks at the mark now
     importer("memory_working_get", sessionId="b", operation="all")
     healer.rt.jobs.run_now("working_memory_sweep")
     for process in (healer, importer):
@@ -568,9 +568,9 @@ def test_a_write_to_redis_as_a_process_returns_is_not_emptied_by_an_import_made_
     a moment before it empties Redis: a write landing in that moment must not be emptied with
     Redis's old working memory. Here the heal empties Redis before it removes the mark, while
     every process still serves from the database."""
-    from agentmemory_server.working import service as working_service
+    from agentmemory_server.working import fallback as working_fallback
 
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)
     importer, export = _replace_import_pair(make_runtime, tmp_path, durable_redis.url)
     healer = _second_process(make_runtime, tmp_path, importer)
     durable_redis.stop()
@@ -674,9 +674,9 @@ def test_a_write_to_redis_before_its_scope_moves_is_not_overwritten_by_the_move(
     has switched, before it moves what the outage left in the database. A key written to Redis in
     that moment is newer than the moved one and stays; a key Redis held from before the outage is
     still replaced by the moved one, and the task likewise."""
-    from agentmemory_server.working import service as working_service
+    from agentmemory_server.working import fallback as working_fallback
 
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)
     settings = {"working_memory_backend": "redis", "redis_url": durable_redis.url}
     healer = ToolCaller(make_runtime(**settings))
     s = {"sessionId": "s"}
@@ -726,9 +726,9 @@ def test_a_scope_first_written_to_the_database_as_the_heal_ends_the_fallback_kee
     mark. A scope another process first writes to the database in between must have a copy too:
     else its move replaces a key a process back on Redis wrote before it moved (here the healer's
     own request thread, as its switch to Redis ends)."""
-    from agentmemory_server.working import service as working_service
+    from agentmemory_server.working import fallback as working_fallback
 
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)
     settings = {"working_memory_backend": "redis", "redis_url": durable_redis.url}
     healer, other = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
     n = {"sessionId": "n"}
@@ -806,13 +806,13 @@ def test_a_write_to_redis_by_a_process_that_had_not_followed_the_fallback_surviv
     on the fallback empties Redis at the heal: a write `late` makes after that import must not be
     emptied with it. So the import commits only once every process has followed the fallback
     (here the seconds it waits for that pass at once: every process looks at its next call)."""
-    from agentmemory_server.working import service as working_service
+    from agentmemory_server.working import fallback as working_fallback
 
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)
     importer, export = _replace_import_pair(make_runtime, tmp_path, durable_redis.url)
     late = _second_process(make_runtime, tmp_path, importer)
     assert late("memory_working_get", sessionId="b", operation="all")["backend"] == "redis"
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 3600.0)  # nobody looks at the mark for a while
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 3600.0)  # nobody looks at the mark for a while
     durable_redis.stop()
     assert importer("memory_working_get", sessionId="a", operation="all")["usingFallback"] is True
     durable_redis.start()
@@ -820,10 +820,10 @@ def test_a_write_to_redis_by_a_process_that_had_not_followed_the_fallback_surviv
 
     def every_process_looks_meanwhile(seconds: float) -> None:
         waited.append(seconds)
-        monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
-        monkeypatch.setattr(working_service, "IN_FLIGHT_SECONDS", 0.0, raising=False)
+        monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)
+        monkeypatch.setattr(working_fallback, "IN_FLIGHT_SECONDS", 0.0, raising=False)
 
-    monkeypatch.setattr(svc, "pause", every_process_looks_meanwhile, raising=False)
+    monkeypatch.setattr(svc.fallback, "pause", every_process_looks_meanwhile)
     importer("import", exportData=export, strategy="replace")
     late("memory_working_set", sessionId="b", key="after", value="the import")
     importer("diagnostics_heal")
@@ -840,7 +840,7 @@ def test_a_replace_import_whose_transaction_finds_a_newer_fallback_than_it_waite
     store was healed and fell back again before its transaction (another process's doing), the
     processes may not have followed the new one yet: refused, saying how long to wait."""
     from agentmemory_server.errors import AppError
-    from agentmemory_server.working import service as working_service
+    from agentmemory_server.working import fallback as working_fallback
 
     importer, export = _replace_import_pair(make_runtime, tmp_path, own_redis.url)
     own_redis.stop()
@@ -849,8 +849,8 @@ def test_a_replace_import_whose_transaction_finds_a_newer_fallback_than_it_waite
     waited = getattr(svc, "await_followers", lambda: None)
 
     def then_healed_and_fallen_back_again() -> None:
-        monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)  # the first fallback is old news
-        monkeypatch.setattr(working_service, "IN_FLIGHT_SECONDS", 0.0, raising=False)
+        monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)  # the first fallback is old news
+        monkeypatch.setattr(working_fallback, "IN_FLIGHT_SECONDS", 0.0, raising=False)
         waited()
         monkeypatch.undo()
         sqlite = svc.sqlite
@@ -883,15 +883,15 @@ def _write_as_the_switch_to_redis_ends(process, monkeypatch, write) -> list:
 def _healed_while_one_process_has_not_followed(own_redis, make_runtime, monkeypatch):
     """Two processes fall back while Redis is down (each wrote or read there); ``first`` heals
     once it is back, and ``slow`` will not look at the store's mark again for an hour."""
-    from agentmemory_server.working import service as working_service
+    from agentmemory_server.working import fallback as working_fallback
 
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 0.0)
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)
     settings = {"working_memory_backend": "redis", "redis_url": own_redis.url}
     first, slow = ToolCaller(make_runtime(**settings)), ToolCaller(make_runtime(**settings))
     own_redis.stop()
     assert first("memory_working_set", sessionId="s", key="a", value=1)["usingFallback"] is True
     assert slow("memory_working_get", sessionId="s", key="a")["usingFallback"] is True
     own_redis.start()
-    monkeypatch.setattr(working_service, "FOLLOW_SECONDS", 3600.0)
+    monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 3600.0)
     first("diagnostics_heal")
     return first, slow

@@ -1,55 +1,25 @@
 """The ``working_memory`` subsystem: it picks a backend and falls back loudly.
 
-Fallback rule: with ``WORKING_MEMORY_BACKEND=redis``, an unreachable Redis at start-up or a
-connection failure later switches the process to the SQLite backend (the server's database). The
-switch is logged at ERROR and reported in every working-memory response (``usingFallback``), in
-/health (status ``degraded``) and by ``diagnose()``. It never switches back on its own: flipping
-back would hide whatever was written to the database during the outage, so a session's data would
-silently split across two stores.
-
-For the same reason the switch is the whole store's, not one process's: the first process to fall
-back records it in the database (``SqliteBackend.mark_fallback``), and every process of every node
-that shares the database follows the mark within ``FOLLOW_SECONDS``, a process started later (a
-respawned gunicorn worker, a restarted node) at once. Otherwise a worker that had no request
-during the outage, or one started after Redis came back, would serve the same sessions from Redis
-while its siblings serve them from the database. The fallback ends when an operator heals it
-(``POST /agentmemory/diagnostics/heal``) once Redis answers: the mark is removed and every process
-returns to Redis within ``FOLLOW_SECONDS``.
-
-What was written to the database meanwhile is then moved to Redis, so no session loses it: by each
-process as it returns, and by the sweep for anything left. Each scope moves in one database
-transaction that first checks the mark (a new fallback stops the move), hands the scope to Redis in
-one Redis transaction, then deletes it: a Redis failure leaves it in the database. The moved data
-is newer than what Redis held before the outage, so its keys and task replace those; a key deleted
-during the outage but still in Redis from before it comes back (no tombstones are kept). But a
-process back on Redis (another thread of the moving one, or another process that returned first)
-may write a scope before it moves: that write is newer still. So the heal, before it removes the
-mark, copies what Redis holds of every scope waiting in the database
-(``RedisBackend.hold_for_return``), and a move replaces only the keys and the task Redis still
-holds as copied (or as moved in since). Every scope that moves has a copy: the mark's removal is
-refused while one waits uncopied (``SqliteBackend.clear_fallback_mark``), and once it is gone a
-server process's write to the database refuses (``FallbackEnded``): the process follows the heal
-then and there and writes to Redis.
+With ``WORKING_MEMORY_BACKEND=redis`` working memory lives in Redis; if Redis cannot be reached, at
+start-up or later, the whole store (every process sharing the database) serves it from the SQLite
+backend (the server's database) until an operator heals the fallback once Redis answers, and what
+was written to the database meanwhile then moves to Redis. fallback.py (``RedisFallback``) keeps
+that life cycle: falling back, following the store's mark, returning to Redis and the heal's end of
+the fallback; its module docstring says why each step is as it is.
 
 A ``replace`` import is all or nothing for working memory as for the records, although Redis takes
 no part in the database's transaction: its working memory is staged in Redis, then swapped in after
-the records' commit. A swap empties every scope, so the heal does the ones still waiting (and a
-replace import's made on the fallback: an empty stage) before it removes the mark, while no process
-serves from Redis, and a returning process before it serves from Redis; and a replace import on
-the fallback begins only once every process has followed it (``await_followers``), so none
-writes to Redis after it. staged.py
-(``ReplaceStages``) does it; this subsystem owns the backend it works on and is its entry point for
-memory/transfer.py, the sweep, diagnose and heal.
+the records' commit. staged.py (``ReplaceStages``) does it.
+
+``WorkingMemory`` owns the active backend both work on (it changes on a fallback or a return to
+Redis), runs every operation on it (falling back when Redis fails) and is the entry point for the
+tools (tools.py), memory/transfer.py and ``agentmemory migrate``, the sweep, health, diagnose and
+heal.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
-import threading
-import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +27,7 @@ from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Conflict, LastError, Unavailable
 from agentmemory_server.memory import working_transfer
 from agentmemory_server.storage.urls import without_password
+from agentmemory_server.working.fallback import HEAL_HINT, RedisFallback
 from agentmemory_server.working.model import (
     SWEEP_SECONDS,
     BackendDown,
@@ -67,27 +38,12 @@ from agentmemory_server.working.model import (
     entry_scope,
     reason_of,
 )
-from agentmemory_server.working.redis_backend import RedisBackend, probe
+from agentmemory_server.working.redis_backend import RedisBackend
+from agentmemory_server.working.redis_keys import probe
 from agentmemory_server.working.sqlite_backend import SqliteBackend
 from agentmemory_server.working.staged import ReplaceStages
 
 log = logging.getLogger("agentmemory.working")
-
-# How often a process reads the store's fallback mark: how long another process's fallback (or
-# its end) may take to reach it. As for token revocations, a few seconds is the promise; reading
-# it on every call would add a database read to every Redis operation.
-FOLLOW_SECONDS = 5.0
-# A write another process sent to Redis just before it followed the fallback lands within this
-# (a Redis command takes milliseconds; this is the margin a replace import on the fallback keeps
-# on top of FOLLOW_SECONDS: ``await_followers``).
-IN_FLIGHT_SECONDS = 1.0
-# How often the heal tries to end the fallback when the mark's removal is refused (a replace
-# import's swap, or a scope first written to the database while it copied what Redis holds).
-END_ATTEMPTS = 10
-HEAL_HINT = (
-    "once Redis answers, POST /agentmemory/diagnostics/heal returns every process of every node to it "
-    f"within {FOLLOW_SECONDS:g} s and moves the working memory written during the outage to Redis"
-)
 
 
 def _entry_of(scope: Scope, copy: ScopeCopy) -> dict[str, Any]:
@@ -113,36 +69,28 @@ class WorkingMemory:
         # Why and when working memory last left Redis, kept after the return (marked recovered), as
         # every part's last error is; fallbackReason/fallbackSince say only the fallback now.
         self.errors = LastError()
-        self._lock = threading.Lock()
-        self._following = threading.Lock()  # one thread of the process reads the mark and acts on it
-        self._mark_read_at: float | None = None
-        self.moved_at_return = 0  # scopes this process moved from the database when it last returned to Redis
-        # An admin command (role "tool") run where Redis cannot be reached says nothing about the
-        # servers' Redis: it serves from the database itself but does not move the store there.
-        self._may_mark = rt.role != "tool"
+        self.fallback = RedisFallback(self)  # falling back, following the store's mark, the return
         self.stages = ReplaceStages(self)  # a replace import's working memory, staged then swapped in
         # A server process's write to the database's working memory checks the store's mark (the
         # fallback may have been healed before this process followed: it then writes to Redis).
-        self.sqlite.follows_mark = self.configured == "redis" and self._may_mark
-        # When this process went onto the store's fallback (time.monotonic) and the mark it saw:
-        # a replace import on the fallback waits until every other process has followed it.
-        self._fell_back_at: float | None = None
-        self._mark_seen: dict[str, str] | None = None
-        self.pause = time.sleep
+        self.sqlite.follows_mark = self.configured == "redis" and self.fallback.may_mark
         if self.configured == "redis":
             self._connect_redis()
-            self._follow_the_store()
+            self.fallback.follow_the_store()
         rt.every(SWEEP_SECONDS, "working_memory_sweep", self.sweep)
 
-    def _connect_redis(self) -> None:
+    def open_redis(self) -> RedisBackend:
+        """A new connection to the configured Redis.
 
+        :raise BackendDown: Redis does not answer."""
+        return RedisBackend(self.settings.redis_url, self.settings.working_memory_redis_prefix, audit=self._audit)
+
+    def _connect_redis(self) -> None:
         try:
-            self.backend = RedisBackend(
-                self.settings.redis_url, self.settings.working_memory_redis_prefix, audit=self._audit
-            )
+            self.backend = self.open_redis()
             log.info("working memory: Redis backend at %s", without_password(self.settings.redis_url))
         except BackendDown as exc:
-            self._fall_back(None, exc)
+            self.fallback.fall_back(None, exc)
 
     @property
     def using_fallback(self) -> bool:
@@ -163,11 +111,11 @@ class WorkingMemory:
         """Run ``op(backend)``; if Redis is down, switch to SQLite (once, loudly) and rerun. A
         write to the database that finds the fallback healed (this process had not followed it
         yet) wrote nothing: the process follows now and reruns it on Redis."""
-        self._follow_the_store()
+        self.fallback.follow_the_store()
         try:
             return self._run_on(self.backend, op)
         except FallbackEnded:
-            self._follow_now()
+            self.fallback.follow_now()
         try:
             return self._run_on(self.backend, op)
         except FallbackEnded:  # the database could not say where working memory lives now
@@ -184,168 +132,14 @@ class WorkingMemory:
         except BackendDown as exc:
             if backend is self.sqlite:
                 raise
-            self._fall_back(backend, exc)
+            self.fallback.fall_back(backend, exc)
             return op(self.sqlite)
-
-    def _fall_back(self, failed: Any, exc: Exception) -> None:
-        with self._lock:
-            first = self.fallback_reason is None
-            if first and not self._may_mark:
-                self.fallback_reason = str(exc)[:300] or type(exc).__name__
-                self.fallback_since = self.rt.clock.iso()
-                log.warning(
-                    "working memory: Redis at %s is unavailable (%s); this command reads and writes the "
-                    "database's working memory only (the servers' store is not moved to the fallback)",
-                    without_password(self.settings.redis_url),
-                    self.fallback_reason,
-                )
-            elif first:
-                self.fallback_reason = str(exc)[:300] or type(exc).__name__
-                self.fallback_since = self.rt.clock.iso()
-                log.error(
-                    "working memory: Redis at %s is unavailable (%s); using the SQLite "
-                    "fallback (the server's database) for every process sharing it, until "
-                    "POST /agentmemory/diagnostics/heal once Redis answers. Working memory written "
-                    "to Redis before now is not visible until then.",
-                    without_password(self.settings.redis_url),
-                    self.fallback_reason,
-                )
-            if first:
-                self._fell_back_at = time.monotonic()
-            self.backend = self.sqlite
-            if first:
-                self.errors.failed(self.fallback_reason or "", self.fallback_since)
-        if failed is not None:
-            failed.close()
-        if first:
-            self._mark_the_store()
-            self._mark_seen = self._read_mark()
-
-    def _read_mark(self) -> dict[str, str] | None:
-        try:
-            return self.sqlite.fallback_mark()
-        except AppError:
-            return None
-
-    def _mark_the_store(self) -> None:
-        """Tell the other processes (and those started later) to serve from the database too."""
-        if not self._may_mark:
-            return
-        try:
-            self.sqlite.mark_fallback(self.fallback_since or self.rt.clock.iso(), self.fallback_reason or "")
-        except AppError as exc:  # the database is down too: nothing is served from it anyway
-            log.warning("working memory: could not record the fallback in the database (%s)", exc.message)
-
-    def _follow_the_store(self) -> None:
-        """Serve from where the store's mark says working memory is (read at most every
-        FOLLOW_SECONDS): onto the database when another process fell back, back to Redis when
-        the fallback was healed."""
-        if self.configured != "redis":
-            return
-        now = time.monotonic()
-        if self._mark_read_at is not None and now - self._mark_read_at < FOLLOW_SECONDS:
-            return
-        if not self._following.acquire(blocking=False):
-            return  # another thread is looking right now
-        try:
-            self._look_at_the_mark(now)
-        finally:
-            self._following.release()
-
-    def _follow_now(self) -> None:
-        """Read the store's mark and act on it now, waiting for a thread of this process that is
-        doing so (returning to Redis, say) rather than going on where the process was."""
-        with self._following:
-            self._look_at_the_mark(time.monotonic())
-
-    def _look_at_the_mark(self, now: float) -> None:
-        """With ``_following`` held: follow the store's mark onto the database or back to Redis."""
-        try:
-            self._mark_read_at = now
-            mark = self.sqlite.fallback_mark()
-            if mark is not None and self.backend is not self.sqlite:
-                self._follow_fallback(mark)
-            elif mark is None and self.backend is self.sqlite and self._may_mark:
-                self._return_to_redis()
-        except AppError:
-            return  # the database cannot say: keep serving where we are
-
-    def _follow_fallback(self, mark: dict[str, str]) -> None:
-        with self._lock:
-            if self.backend is self.sqlite:
-                return
-            failed, self.backend = self.backend, self.sqlite
-            self._fell_back_at, self._mark_seen = time.monotonic(), mark
-            self.fallback_reason = mark.get("reason") or "another process found Redis unavailable"
-            self.fallback_since = mark.get("since") or self.rt.clock.iso()
-            self.errors.failed(self.fallback_reason, self.fallback_since)
-        failed.close()
-        log.error(
-            "working memory: another process moved working memory to the SQLite fallback (the server's "
-            "database) at %s (%s); this one follows it until POST /agentmemory/diagnostics/heal",
-            self.fallback_since,
-            self.fallback_reason,
-        )
-
-    def _return_to_redis(self) -> None:
-        try:
-            redis = RedisBackend(self.settings.redis_url, self.settings.working_memory_redis_prefix, audit=self._audit)
-        except BackendDown as exc:
-            with self._lock:
-                self.fallback_reason = str(exc)[:300] or type(exc).__name__
-            self._mark_the_store()  # healed while Redis is down again: the store stays on the database
-            # Processes that returned meanwhile follow this new fallback only from now on.
-            self._fell_back_at, self._mark_seen = time.monotonic(), self._read_mark()
-            return
-        # Before this process serves from Redis (its other threads would at once): a swap empties
-        # every scope, so it would delete what they wrote. The heal swapped them in already; this
-        # finds those whose swap Redis failed without the store falling back.
-        self.stages.complete_swaps(redis)
-        with self._lock:
-            self.backend, self.fallback_reason, self.fallback_since = redis, None, None
-            self.errors.succeeded()
-        log.info(
-            "working memory: the fallback was healed; back on Redis at %s", without_password(self.settings.redis_url)
-        )
-        self.moved_at_return = self._move_to_redis(redis)
-
-    def _move_to_redis(self, redis: RedisBackend) -> int:
-        """Move working memory held in the database to Redis, scope by scope; returns how many
-        scopes moved. Stops when the store falls back again (the database is then where it lives)."""
-        now, moved = self.rt.clock.time(), 0
-        settings = self.settings
-
-        def deliver(scope: Scope, copy: ScopeCopy) -> None:
-            redis.absorb(
-                scope,
-                copy,
-                scratch_cap=settings.working_memory_max_items_per_session,
-                keep_checkpoints=settings.working_memory_max_checkpoints,
-                now=now,
-            )
-
-        try:
-            for scope in self.sqlite.held_scopes():
-                if self.sqlite.hand_over(scope, now, functools.partial(deliver, scope)) is None:
-                    break
-                moved += 1
-        except BackendDown as exc:
-            self._fall_back(redis, exc)
-        except AppError as exc:  # the database cannot say: what is left there moves at the next sweep
-            log.warning("working memory: could not move the database's working memory to Redis (%s)", exc.message)
-        if moved:
-            log.warning(
-                "working memory: moved the working memory of %d session scope(s) written to the database "
-                "during the Redis outage to Redis",
-                moved,
-            )
-        return moved
 
     # -- export and import (memory/working_transfer.py) ------------------------------------------
 
     def outside_database(self) -> bool:
         """True while working memory lives in Redis, not in the database's tables."""
-        self._follow_the_store()
+        self.fallback.follow_the_store()
         return self.backend is not self.sqlite
 
     def on_fallback(self) -> bool:
@@ -355,70 +149,20 @@ class WorkingMemory:
         working memory inside that transaction; ``record_redis_wipe`` checks the mark there."""
         return self.configured == "redis" and self.backend is self.sqlite
 
+    # An import on the fallback: these are RedisFallback's (fallback.py), named here for
+    # memory/working_transfer.py and staged.py.
+
     def await_followers(self) -> None:
-        """Before a replace import's transaction on the fallback: wait until every process of
-        every node has followed the store onto the database (FOLLOW_SECONDS after this process
-        saw the fallback begin, plus IN_FLIGHT_SECONDS for a write already on its way). Until then
-        a process that has not looked at the mark may still write to Redis, and the import's
-        emptying of Redis at the heal would delete that write, made after the import."""
-        mark = self._read_mark()
-        if mark is None:
-            return  # not on the fallback (any more): the import's transaction refuses
-        if mark != self._mark_seen or self._fell_back_at is None:  # a fallback this process had not seen
-            self._fell_back_at, self._mark_seen = time.monotonic(), mark
-        said = False
-        while (left := self._followers_due() - time.monotonic()) > 0:
-            if not said:
-                log.warning(
-                    "working memory: a replace import waits %.1f s for every process to follow the fallback "
-                    "(until then one may still write to Redis, which the import empties at the heal)",
-                    left,
-                )
-                said = True
-            self.pause(min(left, 0.25))
+        self.fallback.await_followers()
 
     def check_followers(self, mark: dict[str, str]) -> None:
-        """In a replace import's transaction, which found the store's fallback ``mark``: refuse
-        unless every process has followed it (``await_followers`` waited for the mark this
-        process had seen; a different one is a new fallback, begun since).
-
-        :raise Unavailable: a process may still write to Redis (Retry-After: the seconds left)."""
-        if mark != self._mark_seen or self._fell_back_at is None:
-            self._fell_back_at, self._mark_seen = time.monotonic(), mark
-        left = self._followers_due() - time.monotonic()
-        if left > 0:
-            raise Unavailable(
-                f"working memory fell back to the database {mark.get('since')} and other processes may still "
-                f"write to Redis for {left:.1f} s (each follows within {FOLLOW_SECONDS:g} s); a replace import "
-                "now would delete what they write after it when the fallback is healed. Nothing was imported: retry",
-                code=errors.WORKING_MEMORY_UNAVAILABLE,
-                retry_after=max(1, math.ceil(left)),
-            )
-
-    def _followers_due(self) -> float:
-        """When every process will have followed the fallback this process is on (monotonic)."""
-        return (self._fell_back_at or 0.0) + FOLLOW_SECONDS + IN_FLIGHT_SECONDS
+        self.fallback.check_followers(mark)
 
     def check_still_on_fallback(self, tx: Any) -> None:
-        """In an import's transaction writing working memory to the database's tables while this
-        process serves it from the fallback (merge or skip; a replace: ``record_redis_wipe``).
-
-        :raise Unavailable: the fallback was healed before this process followed (it looks every
-            FOLLOW_SECONDS): working memory lives in Redis again, where a retry writes it."""
-        if not self.sqlite.follows_mark or SqliteBackend.marked(tx):
-            return
-        self.look_again()
-        raise Unavailable(
-            f"the working-memory fallback was healed meanwhile: working memory is kept in {self.where()} again, "
-            "not in the database this import was about to write it to. Nothing was imported: retry it (it then "
-            "writes the working memory to Redis)",
-            code=errors.WORKING_MEMORY_UNAVAILABLE,
-            retry_after=1,
-        )
+        self.fallback.check_still_on_fallback(tx)
 
     def look_again(self) -> None:
-        """Read the store's fallback mark at the next call, not FOLLOW_SECONDS after the last read."""
-        self._mark_read_at = None
+        self.fallback.look_again()
 
     def export_entries(self, now: float, keep_agent: Callable[[str], bool]) -> list[dict[str, Any]]:
         """The export's entries of the working memory Redis holds (none once on the fallback:
@@ -450,7 +194,7 @@ class WorkingMemory:
                     backend.load(entry_scope(entry), entry_copy(entry), keep_ours=strategy == "skip", now=now)
                 return
             except BackendDown as exc:
-                self._fall_back(backend, exc)
+                self.fallback.fall_back(backend, exc)
         with self.rt.db.transaction("import_working") as tx:
             for entry in entries:
                 working_transfer.write(tx, entry, strategy, now=now, stamp=self.rt.clock.iso())
@@ -579,15 +323,15 @@ class WorkingMemory:
         if self.backend is not self.sqlite:
             removed += self.run(lambda b: b.sweep(now) if b is not self.sqlite else 0)
         backend = self.backend
-        if isinstance(backend, RedisBackend) and self._may_mark:
+        if isinstance(backend, RedisBackend) and self.fallback.may_mark:
             self.complete_swaps()  # a replace import whose swap Redis failed
             self.stages.drop_stale_stages(backend, now)
             # Written to the database by a process that had not yet followed the heal.
-            self._move_to_redis(backend)
+            self.fallback.move_to_redis(backend)
         return removed
 
     def health(self) -> dict[str, Any]:
-        self._follow_the_store()  # a process with no working-memory call yet reports the store's state
+        self.fallback.follow_the_store()  # a process with no working-memory call yet reports the store's state
         body: dict[str, Any] = {
             "status": "degraded" if self.using_fallback else "ok",
             "backend": self.backend.name,
@@ -609,7 +353,7 @@ class WorkingMemory:
         return self._diagnose_backend() + self.stages.diagnose()
 
     def _diagnose_backend(self) -> list[dict[str, Any]]:
-        self._follow_the_store()
+        self.fallback.follow_the_store()
         check = {"name": "working_memory_backend", "category": "working_memory", "fixable": False}
         if self.configured == "sqlite":
             return [{**check, "status": "pass", "message": "SQLite backend (the server's database file)", "fix": None}]
@@ -652,62 +396,17 @@ class WorkingMemory:
         other one (every node's) within FOLLOW_SECONDS."""
         if self.configured != "redis" or not probe(self.settings.redis_url):
             return []
-        self.look_again()  # heal what the store is in, not what this process last saw
-        self._follow_the_store()
+        self.fallback.look_again()  # heal what the store is in, not what this process last saw
+        self.fallback.follow_the_store()
         if not self.using_fallback:
             return self.stages.heal(dry_run)
         detail = {"name": "working_memory_backend", "category": "working_memory", "wouldFix": 1}
         if dry_run:
             return [{**detail, "fixed": 0}]
-        self._end_the_fallback()
-        self.look_again()
-        self._follow_the_store()
-        return [{**detail, "fixed": 0 if self.using_fallback else 1, "movedScopes": self.moved_at_return}]
-
-    def _end_the_fallback(self) -> None:
-        """Remove the store's fallback mark, once what replace imports left to swap in on Redis is
-        (one made on the fallback empties it): while the mark holds, every process serves from
-        the database, so emptying Redis deletes nothing written since. Then what Redis holds of
-        the scopes waiting in the database is copied (``hold_for_return``): a key a process back
-        on Redis writes before its scope moves is newer than the moved one and stays. The removal
-        is refused while a swap waits (an import made on the fallback committed meanwhile: tried again);
-        if Redis fails a swap, the store stays on the fallback. It is refused too while a scope waits
-        in the database that was not copied (first written there after the listing): that one is
-        copied and the removal tried again. After the removal no process writes to the database
-        (``SqliteBackend._tx`` refuses), so every scope that will move has its copy."""
-        try:
-            redis = RedisBackend(self.settings.redis_url, self.settings.working_memory_redis_prefix, audit=self._audit)
-        except BackendDown as exc:
-            log.warning("working memory: the fallback stays: Redis stopped answering (%s)", reason_of(exc))
-            return
-        heal_id, copied = uuid.uuid4().hex, set[Scope]()
-        try:
-            for _attempt in range(END_ATTEMPTS):
-                if self.stages.complete_swaps(redis):
-                    copied = set()  # a swap emptied Redis: what was copied before it is gone
-                # After the swaps (they empty Redis), before any process serves from Redis again.
-                waiting = [scope for scope in self.sqlite.held_scopes() if scope not in copied]
-                redis.hold_for_return(waiting, heal_id)
-                copied.update(waiting)
-                if self.sqlite.clear_fallback_mark(copied):
-                    return
-            swaps_wait = bool(self.sqlite.pending_swaps())
-        except BackendDown as exc:
-            log.warning("working memory: the fallback stays: Redis stopped answering (%s)", reason_of(exc))
-            return
-        finally:
-            redis.close()
-        if swaps_wait:
-            log.warning(
-                "working memory: the fallback stays: a replace import's working memory could not be swapped in on "
-                "Redis (diagnose: working_memory_import_swap); heal again once it can"
-            )
-        else:
-            log.warning(
-                "working memory: the fallback stays: new sessions kept being written to the database while the heal "
-                "copied what Redis holds of them (%d tries); heal again",
-                END_ATTEMPTS,
-            )
+        self.fallback.end_the_fallback()
+        self.fallback.look_again()
+        self.fallback.follow_the_store()
+        return [{**detail, "fixed": 0 if self.using_fallback else 1, "movedScopes": self.fallback.moved_at_return}]
 
     def close(self) -> None:
         if self.backend is not self.sqlite:

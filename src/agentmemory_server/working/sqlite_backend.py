@@ -24,7 +24,7 @@ from agentmemory_server.working.model import (
     restored,
 )
 
-# Where the database says working memory moved to it from Redis (service.py: every process and
+# Where the database says working memory moved to it from Redis (fallback.py: every process and
 # node follows this mark). A key no request can write (user keys never start with '_') in a scope
 # no request can name (a request's project and session are never empty).
 FALLBACK_SCOPE = ("", "", "")
