@@ -25,7 +25,7 @@ from agentmemory_server.memory import transfer
 from agentmemory_server.kernel.scopes import MEMORIES
 from conftest import (HUB_REPO, SRC, ToolCaller, clean_environ, hook, post, seed_store, sqlite_table_counts,
                       sync_env, wait_for)
-from agentmemory_server.storage.sqlite.database import MIGRATIONS
+from agentmemory_server.storage.sqlite import MIGRATIONS
 
 # The console script `pip install .` gives (requirements-dev.txt installs the project editable).
 AGENTMEMORY = str(Path(sys.executable).with_name("agentmemory"))

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from agentmemory_server.storage.sqlite.database import MIGRATIONS, Database, SchemaTooNew
+from agentmemory_server.storage.sqlite import MIGRATIONS, Database, SchemaTooNew
 from agentmemory_server.kernel.util import Clock
 
 

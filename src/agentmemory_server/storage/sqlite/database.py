@@ -10,18 +10,19 @@ transaction that changes anything writes one ``audit_log`` row naming what it to
 mutation can forget to be audited. Search tables (``search_docs`` + the FTS5 ``search_fts``)
 live in the same file and change in the same transaction as the record they index. The
 repositories (records.py, search_index.py, ...) hold every SQL statement; this module only
-opens, migrates and hands out units of work.
+opens the file, hands out units of work (unit_of_work.py) and runs the write transactions. The
+schema checks and migrations at open are schema.py's; the integrity checks and the damage they
+find are integrity.py's.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,28 +30,20 @@ from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces, owed_indexes
 from agentmemory_server.storage.blobs import BlobStore, images_dir
-from agentmemory_server.storage.file_locks import try_lock
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
-from agentmemory_server.storage.sqlite import lexical_fts5
-from agentmemory_server.storage.sqlite.admin import SqliteAdmin
-from agentmemory_server.storage.sqlite.audit import SqliteAuditLog
+from agentmemory_server.storage.sqlite import lexical_fts5, schema
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
-from agentmemory_server.storage.sqlite.capture import SqliteCaptureInbox
 from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES, WalCheckpointer, final_checkpoint
-from agentmemory_server.storage.sqlite.faults import CheckStamp, DamageMarker, FreeSpace, classify, damaged
+from agentmemory_server.storage.sqlite.faults import FreeSpace, classify, damaged
 from agentmemory_server.storage.sqlite.group_commit import Queued, WriteQueue, run_group
-from agentmemory_server.storage.sqlite.images import SqliteImageIndex
-from agentmemory_server.storage.sqlite.jobs import SqliteJobQueue
+from agentmemory_server.storage.sqlite.integrity import IntegrityChecks
 from agentmemory_server.storage.sqlite.lexical_feed import SqliteFeeds
-from agentmemory_server.storage.sqlite.live import PollSignal, SqliteEventLog
-from agentmemory_server.storage.sqlite.migrations import MIGRATIONS
-from agentmemory_server.storage.sqlite.records import SqliteCaptureLog, SqliteRecords, ensure_indexes
-from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
-from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
+from agentmemory_server.storage.sqlite.live import PollSignal
+from agentmemory_server.storage.sqlite.records import ensure_indexes
+from agentmemory_server.storage.sqlite.schema import preflight
+from agentmemory_server.storage.sqlite.unit_of_work import SqliteUnitOfWork
 from agentmemory_server.storage.sqlite.vector_index import SqliteVectorIndex
-from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
-from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
 from agentmemory_server.storage.sqlite.write_gate import ProcessWriteGate
 
 log = logging.getLogger("agentmemory.storage")
@@ -65,94 +58,6 @@ SHORTENED_AFTER_SECONDS = 0.05
 # a retry that waited this process's lock wait for it held the writer meanwhile, so its requests'
 # writes queued behind the retry, once a minute for as long as the import ran.
 OWED_INDEXES_WAIT_SECONDS = 0.05
-
-
-class SchemaTooNew(AppError):
-    status = 503
-    code = errors.SCHEMA_TOO_NEW
-
-
-def preflight(path: Path) -> None:
-    """Check, before a server starts, that ``path`` can be served: not written by a newer schema,
-    and a SQLite database at all. A missing file is fine (it will be created).
-
-    :raise SchemaTooNew: written by a newer version of this server.
-    :raise AppError: ``database_damaged`` (not a database), ``storage_read_only``, ...
-    """
-    if not path.exists():
-        return
-    try:
-        conn = sqlite3.connect(str(path), timeout=30)
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise classify(exc, path) or exc from None
-    if version > len(MIGRATIONS):
-        raise _too_new(path, version)
-
-
-def _too_new(path: Path, version: int) -> SchemaTooNew:
-    return SchemaTooNew(
-        f"{path} has schema version {version} but this server knows {len(MIGRATIONS)}: it was written by a "
-        "newer agentmemory-python. Upgrade agentmemory-python before opening it (a downgrade would lose data); "
-        "nothing was changed",
-        details={"schemaVersion": version, "supported": len(MIGRATIONS)},
-    )
-
-
-class SqliteUnitOfWork:
-    """The repositories bound to one connection. One handed out by ``Database.transaction`` can
-    write and tracks what it changes for the audit row; one from ``Database.reader`` is read-only
-    (the connection is opened with ``mode=ro``)."""
-
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        *,
-        writable: bool,
-        engine: TantivyLexical | None = None,
-        vector_index: Any = None,
-        record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
-        prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
-        bounds: QueueBounds | None = None,
-        blobs: BlobStore,
-    ):
-        self.conn = conn
-        self.vector_index = vector_index  # Database.vector_index: the ANN behind vectors.search
-        self.writable = writable
-        self.record_indexes = record_indexes or {}  # scope -> the field lists of its declared indexes
-        self.prefix_indexes = prefix_indexes or {}  # scope prefix -> the same
-        self.lexical_changed = False  # the lexical outbox grew: wake the engine after commit
-        self.bounds = bounds or QueueBounds({})
-        self.changed: list[str] = []
-        self.audit_message: str | None = None
-        self.audit_details: dict[str, Any] = {}
-        self._after_commit: list[Callable[[], None]] = []
-        self.records = SqliteRecords(self)
-        self.events = SqliteCaptureLog(self)
-        self.inbox = SqliteCaptureInbox(self)
-        self.images = SqliteImageIndex(self, blobs)
-        self.vectors = SqliteVectorStore(self)
-        self.index = SqliteSearchIndex(self, self.vectors, engine)
-        self.audit = SqliteAuditLog(self)
-        self.jobs = SqliteJobQueue(self)
-        self.usage = SqliteModelUsage(self)
-        self.working = SqliteWorkingStore(self)
-        self.admin = SqliteAdmin(self, self.index)
-        self.live = SqliteEventLog(self)
-
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        self._after_commit.append(fn)
-
-    def touch(self, scope: str, key: str) -> None:
-        self.changed.append(f"{scope}/{key}")
-
-    def record_change(self, what: str, message: str | None = None) -> None:
-        self.changed.append(what)
-        if message:
-            self.audit_message = message
 
 
 class Database:
@@ -216,17 +121,14 @@ class Database:
         self.last_write = 0.0  # monotonic time of the last commit that changed something
         self._commit_listeners: list[Callable[[], None]] = []  # on_commit
         self.space = FreeSpace(self.path, reserve=reserve_bytes, warn=warn_bytes)
-        self._damage: dict[str, Any] | None = None
-        self._marker = DamageMarker(self.path)
-        self._check_stamp = CheckStamp(self.path)
-        self.last_check: dict[str, Any] | None = None
+        self.integrity = IntegrityChecks(self.path, now=now, connect_readonly=lambda: self._connect(readonly=True))
         preflight(self.path)  # before the writer switches the file to WAL: a newer file stays untouched
         try:
             self._writer = self._connect(readonly=False)
         except sqlite3.DatabaseError as exc:
             raise classify(exc, self.path) or exc from None
         if check_seconds > 0:
-            self._startup_check(check_seconds)
+            self.integrity.startup_check(check_seconds)
         declared = tuple(record_indexes or ())
         self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
@@ -336,166 +238,35 @@ class Database:
         return conn
 
     def _migrate(self) -> None:
-        conn = self._writer
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise _too_new(self.path, version)
-        while version < len(MIGRATIONS):
-            with self._lock:
-                with self._write_lock_waited(f"schema migration {version + 1}"):
-                    conn.execute("BEGIN IMMEDIATE")
-                try:
-                    # Read again under the write lock: another process (a worker starting at the
-                    # same moment) may have applied it meanwhile.
-                    version = conn.execute("PRAGMA user_version").fetchone()[0]
-                    if version < len(MIGRATIONS):
-                        MIGRATIONS[version][1](conn)
-                        version += 1
-                        conn.execute(f"PRAGMA user_version = {version}")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+        schema.migrate(self._writer, self.path, self._lock, self.lock_wait)
 
     @property
     def schema_version(self) -> int:
         return self._writer.execute("PRAGMA user_version").fetchone()[0]
 
-    @contextmanager
-    def _write_lock_waited(self, step: str) -> Iterator[None]:
-        """Run ``step`` of opening the store, which needs the write lock.
+    def _write_lock_waited(self, step: str) -> AbstractContextManager[None]:
+        """Run ``step`` of opening the store, which needs the write lock (``schema.write_lock_waited``)."""
+        return schema.write_lock_waited(self.path, self.lock_wait, step)
 
-        :raise owed_indexes.LockHeldAtOpen: another process held the write lock past this
-            opener's busy wait (a replace import holds it until it commits): a clear refusal
-            naming the step, not a "database is locked" traceback.
-        """
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            if not errors.is_database_busy(classify(exc, self.path)):
-                raise
-            raise owed_indexes.LockHeldAtOpen(
-                f"{step} of {self.path} waited over {self.lock_wait:g} s for the write lock another process holds "
-                "(a replace import holds it until it commits); start again once it is done"
-            ) from None
-
-    # ---- faults: damage, full or read-only disks
-    def _startup_check(self, budget_seconds: float) -> None:
-        """The integrity check at open, run by one of the processes that open the file together
-        (a server's request processes and its worker start within a second of each other): while
-        one runs it (an ``flock`` on ``<db>.startup-check``), the others skip it, and damage it
-        finds reaches them through the damage marker. When each ran its own, side by side on two
-        cores, they took about half a second of a start at 100k records (bench/first_search.py)."""
-        try:
-            fd = try_lock(Path(f"{self.path}.startup-check"))
-            if fd is None:
-                self.last_check = {
-                    "at": self._now(),
-                    "source": "start-up check",
-                    "seconds": 0.0,
-                    "result": "run by another process",
-                }
-                return
-        except OSError:
-            fd = None  # (a read-only directory: check without the lock)
-        try:
-            if self.run_integrity_check(budget_seconds, "start-up check") == ["ok"]:
-                self._marker.clear()  # restored or repaired since another process found damage
-        finally:
-            if fd is not None:
-                os.close(fd)
-
-    def periodic_integrity_check(self, budget_seconds: float, passed_within: float) -> list[str] | None:
-        """The periodic check, run by one of the processes using the file each interval instead of
-        by every one of them (a full read of the file each: 11 GB at 1M records). A process skips
-        its turn while another checks (``CheckStamp``'s lock), or when another's check passed less
-        than ``passed_within`` seconds ago; damage found reaches every process through the marker.
-
-        :return: the problems (``["ok"]`` when none, here or in the check taken over), or None
-            when the check did not finish or another process is running it."""
-        source = "periodic integrity check"
-        try:
-            fd = self._check_stamp.claim()
-        except OSError:  # (a read-only directory: check without the lock)
-            return self.run_integrity_check(budget_seconds, source)
-        if fd is None:
-            self.last_check = {"at": self._now(), "source": source, "seconds": 0.0, "result": "run by another process"}
-            return None
-        try:
-            if (passed := CheckStamp.passed_within(fd, passed_within)) is not None:
-                self.last_check = {**passed["check"], "byProcess": passed.get("pid")}
-                return ["ok"]
-            problems = self.run_integrity_check(budget_seconds, source)
-            if problems == ["ok"] and self.last_check is not None:
-                CheckStamp.record_pass(fd, self.last_check)
-            return problems
-        finally:
-            os.close(fd)
-
-    def run_integrity_check(self, budget_seconds: float, source: str) -> list[str] | None:
-        """``PRAGMA quick_check`` on a fresh connection (so it reads the file, not a cache),
-        stopped after ``budget_seconds``. Marks the database damaged when it finds problems.
-
-        :return: the problems (``["ok"]`` when none), or None when the budget ran out first.
-        """
-        started = time.monotonic()
-        problems: list[str] | None
-        try:
-            conn = self._connect(readonly=True)
-        except sqlite3.DatabaseError as exc:
-            problems = [str(exc)]
-        else:
-            # Stopped by a timer, not a progress handler: SQLite before 3.43 walks every b-tree's
-            # pages in one VM step, which no progress handler interrupts, so a 1 s budget took
-            # 2.7 s at 1M records. An interrupt reaches the walk itself.
-            stop = threading.Timer(budget_seconds, _interrupt, (conn,))
-            stop.daemon = True
-            stop.start()
-            try:
-                problems = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
-            except sqlite3.OperationalError as exc:
-                problems = None if "interrupt" in str(exc) else [str(exc)]
-            except sqlite3.DatabaseError as exc:
-                problems = [str(exc)]
-            finally:
-                stop.cancel()
-                stop.join()  # (a timer firing now must not meet a closed connection)
-                conn.close()
-        self.last_check = {
-            "at": self._now(),
-            "source": source,
-            "seconds": round(time.monotonic() - started, 3),
-            "result": "unfinished" if problems is None else "ok" if problems == ["ok"] else "damaged",
-        }
-        if problems is None:
-            log.warning("%s of %s did not finish within %gs; the next one will", source, self.path, budget_seconds)
-        elif problems != ["ok"]:
-            self.mark_damaged(problems, source)
-        return problems
-
+    # ---- faults: damage (integrity.py), full or read-only disks
     @property
     def damage(self) -> dict[str, Any] | None:
         """What made the file count as damaged (here or in another process), or None."""
-        if self._damage is None and (found := self._marker.poll()) is not None:
-            error = damaged(self.path, [str(p) for p in found["problems"]])
-            self._damage = {
-                "at": found.get("at") or self._now(),
-                "source": str(found.get("source") or "another process"),
-                "problems": error.details["problems"],
-                "fix": error.details["fix"],
-            }
-            log.error("%s found: %s. To recover: %s", self._damage["source"], error.message, error.details["fix"])
-        return self._damage
+        return self.integrity.damage
+
+    @property
+    def last_check(self) -> dict[str, Any] | None:
+        """This process's last integrity check (or the pass of another's it took over)."""
+        return self.integrity.last_check
+
+    def periodic_integrity_check(self, budget_seconds: float, passed_within: float) -> list[str] | None:
+        return self.integrity.periodic_check(budget_seconds, passed_within)
+
+    def run_integrity_check(self, budget_seconds: float, source: str) -> list[str] | None:
+        return self.integrity.run_check(budget_seconds, source)
 
     def mark_damaged(self, problems: list[str], source: str) -> None:
-        """Refuse every write from now on, in every process using the file (reads go on);
-        logged once with what to do."""
-        if self.damage is not None:
-            return
-        error = damaged(self.path, problems)
-        self._damage = {"at": self._now(), "source": source, "problems": problems[:20], "fix": error.details["fix"]}
-        self._marker.write(self._damage)
-        log.error("%s: %s. To recover: %s", source, error.message, error.details["fix"])
+        self.integrity.mark_damaged(problems, source)
 
     def app_error(self, exc: BaseException) -> AppError | None:
         """What a storage failure means to the client (None: not a storage failure). Damage
@@ -519,12 +290,7 @@ class Database:
 
     def storage_health(self) -> dict[str, Any]:
         """Disk space and integrity, for /health."""
-        disk = self.space.health()
-        damage = self.damage
-        integrity = {"status": "critical" if damage else "healthy", "lastCheck": self.last_check}
-        if damage:
-            integrity["damaged"] = damage
-        return {"disk": disk, "integrity": integrity}
+        return {"disk": self.space.health(), "integrity": self.integrity.health()}
 
     def _refuse_writes_if_unsafe(self) -> None:
         if self.damage is not None:
@@ -855,10 +621,6 @@ class Database:
                 self._writer.close()
             except sqlite3.Error:
                 pass
-
-
-def _interrupt(conn: sqlite3.Connection) -> None:
-    conn.interrupt()
 
 
 def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interfaces.Database:
