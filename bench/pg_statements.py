@@ -31,7 +31,7 @@ import scale  # noqa: E402
 
 from agentmemory_server.adapters.web import create_app  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
-from agentmemory_server.storage.postgres import database as pgdb  # noqa: E402
+from agentmemory_server.storage.postgres import connections as pgconn  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 
 COUNTS: Counter[str] = Counter()
@@ -51,10 +51,10 @@ def counting(cls: type, name: str, *counters: str) -> None:
 def count_round_trips() -> None:
     import psycopg
 
-    counting(pgdb.PooledReader, "execute", "statements", "round trips")
-    counting(pgdb.TxConnection, "execute", "statements")
-    counting(pgdb.PipelinedRows, "fetchone", "round trips")
-    counting(pgdb.PipelinedRows, "fetchall", "round trips")
+    counting(pgconn.PooledReader, "execute", "statements", "round trips")
+    counting(pgconn.TxConnection, "execute", "statements")
+    counting(pgconn.PipelinedRows, "fetchone", "round trips")
+    counting(pgconn.PipelinedRows, "fetchall", "round trips")
     original = psycopg.Connection.pipeline
 
     def pipeline(self):  # type: ignore[no-untyped-def]

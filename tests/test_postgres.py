@@ -24,7 +24,7 @@ from agentmemory_server.retrieval import search
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.storage.postgres import PostgresDatabase, database as pg_database
 from agentmemory_server.storage.postgres import migrations as pg_migrations
-from agentmemory_server.storage.postgres.database import SchemaTooNew
+from agentmemory_server.storage.postgres.schema import SchemaTooNew
 from agentmemory_server.storage.urls import without_password
 from conftest import LiveServer, ToolCaller, free_port, hook, post, wait_for
 
@@ -546,7 +546,7 @@ def test_the_guard_of_a_step_of_opening_refuses_only_a_table_lock_held_past_the_
         for held in (psycopg.errors.LockNotAvailable("lock timeout"),
                      through_tx_connection(psycopg.errors.LockNotAvailable("lock timeout"))):
             with pytest.raises(LockHeldAtOpen) as refused:
-                with db._table_lock_waited("schema migration 9 (later)"):
+                with db.schema.table_lock_waited("schema migration 9 (later)"):
                     raise held
             assert refused.value.code == "database_busy" and refused.value.retry_after == 30
             assert "schema migration 9 (later) of " in refused.value.message
@@ -554,7 +554,7 @@ def test_the_guard_of_a_step_of_opening_refuses_only_a_table_lock_held_past_the_
         for other in (through_tx_connection(psycopg.OperationalError("server closed the connection")),
                       psycopg.errors.UndefinedTable("no such table")):
             with pytest.raises(type(other)) as passed:
-                with db._table_lock_waited("schema migration 9 (later)"):
+                with db.schema.table_lock_waited("schema migration 9 (later)"):
                     raise other
             assert passed.value is other
     finally:

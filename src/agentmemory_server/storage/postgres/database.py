@@ -13,25 +13,25 @@ most ``lock_wait`` seconds (PostgreSQL's ``lock_timeout``), then fails with 503
 client gives up, and a hook event goes to the capture spool (bench/import_bystanders.py).
 
 The repositories (records.py, search_index.py, ...) hold every SQL statement; this module only
-connects, migrates and hands out units of work. A psycopg error becomes an ``AppError``: a
-value PostgreSQL cannot store is a 400, a lost or exhausted connection a 503.
+owns the pool, hands out units of work (unit_of_work.py) and runs the transactions. The schema
+at open is schema.py's; the connections the repositories run SQL through are connections.py's,
+where a psycopg error becomes an ``AppError`` (``translate``): a value PostgreSQL cannot store is
+a 400, a lost or exhausted connection a 503. The advisory lock keys are advisory_locks.py's.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
-from pgvector.psycopg import register_vector
 
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
@@ -39,21 +39,15 @@ from agentmemory_server.storage import interfaces, owed_indexes
 from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import RecordIndex
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
-from agentmemory_server.storage.postgres.admin import PgAdmin
-from agentmemory_server.storage.postgres.audit import PgAuditLog
-from agentmemory_server.storage.postgres.capture import PgCaptureInbox
-from agentmemory_server.storage.postgres.common import Result, SqlConn
+from agentmemory_server.storage.postgres.advisory_locks import LEASE_LOCK, LIVE_LOCK, WRITE_LOCK
+from agentmemory_server.storage.postgres.common import SqlConn
+from agentmemory_server.storage.postgres.connections import PooledReader, TxConnection, configure_connection, translate
 from agentmemory_server.storage.postgres.faults import classify, damaged, reason_of
-from agentmemory_server.storage.postgres.images import PgImageIndex
-from agentmemory_server.storage.postgres.jobs import PgJobQueue
 from agentmemory_server.storage.postgres.lexical_feed import PgFeeds
-from agentmemory_server.storage.postgres.live import NotifySignal, PgEventLog
-from agentmemory_server.storage.postgres.migrations import MIGRATIONS
-from agentmemory_server.storage.postgres.records import PgCaptureLog, PgRecords, ensure_indexes
-from agentmemory_server.storage.postgres.search_index import PgSearchIndex
-from agentmemory_server.storage.postgres.usage import PgModelUsage
-from agentmemory_server.storage.postgres.vectors import PgVectorIndex, PgVectorStore
-from agentmemory_server.storage.postgres.working import PgWorkingStore
+from agentmemory_server.storage.postgres.live import NotifySignal
+from agentmemory_server.storage.postgres.schema import Schema
+from agentmemory_server.storage.postgres.unit_of_work import PostgresUnitOfWork
+from agentmemory_server.storage.postgres.vectors import PgVectorIndex
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.faults import FreeSpace
 from agentmemory_server.storage.urls import without_password
@@ -61,13 +55,6 @@ from agentmemory_server.storage.urls import without_password
 log = logging.getLogger("agentmemory.postgres")
 T = TypeVar("T")
 
-# Advisory lock keys (one 64-bit namespace per database).
-WRITE_LOCK = 0x616D_0001
-MIGRATE_LOCK = 0x616D_0002
-LIVE_LOCK = 0x616D_0003
-# The import/migrate lease (memory/transfer_lease.py): refreshed while a long import's transaction
-# holds the write lock.
-LEASE_LOCK = 0x616D_0004
 # Transactions that order themselves under a lock of their own instead of the write lock: the
 # live event log's appends (kernel/bus.py) write no other table, and only their sequence
 # numbers must commit in order, so they neither wait for the record writers nor hold them up
@@ -77,225 +64,9 @@ POOL_TIMEOUT_SECONDS = 30.0
 # How long a write waits for the write lock unless the opener says otherwise (``lock_wait``: a
 # request process waits less than its clients); SQLite's BUSY_TIMEOUT_SECONDS.
 LOCK_WAIT_SECONDS = 30.0
-# How long opening a store waits for a table lock its schema steps need (a migration's DDL, a
-# record index created or dropped) while another transaction holds the table: a replace import
-# holds the records' tables until it commits, and every other opener waits for MIGRATE_LOCK
-# meanwhile. A queued DDL lock also holds up the readers behind it, so the wait is short.
-SCHEMA_LOCK_WAIT_SECONDS = 5.0
 # How long a check waits to learn whether the database still answers (a server that is gone
 # refuses at once; a network that drops packets is given this long).
 PROBE_SECONDS = 2
-
-
-class SchemaTooNew(AppError):
-    status = 503
-    code = errors.SCHEMA_TOO_NEW
-
-
-CONNECT_FIX = "start PostgreSQL, or correct AGENTMEMORY_DATABASE_URL (host, port, user, password, database)"
-
-
-def preflight(url: str) -> None:
-    """Check, before a server starts, that the database at ``url`` answers and was not written by
-    a newer version of this server: one clear refusal instead of every request process failing
-    to boot with a traceback each.
-
-    :raise Unavailable: the server cannot be reached or refuses the connection.
-    :raise SchemaTooNew: written by a newer version of this server.
-    """
-    location = without_password(url)
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-            exists = conn.execute("SELECT to_regclass('agentmemory_schema') IS NOT NULL").fetchone()
-            row = conn.execute("SELECT version FROM agentmemory_schema").fetchone() if exists and exists[0] else None
-    except psycopg.Error as exc:
-        reason = reason_of(exc)
-        raise Unavailable(
-            f"cannot connect to {location}: {reason}", code=errors.DATABASE_BUSY, details={"fix": CONNECT_FIX}
-        ) from None
-    if row is not None and row[0] > len(MIGRATIONS):
-        raise SchemaTooNew(
-            f"{location} has schema version {row[0]} but this server knows {len(MIGRATIONS)}",
-            details={"fix": "upgrade agentmemory-python before opening it"},
-        )
-
-
-def translate(exc: psycopg.Error) -> AppError:
-    return classify(exc, "the database") or Unavailable(
-        f"the database failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); retry shortly",
-        code=errors.DATABASE_BUSY,
-    )
-
-
-def configure_connection(conn: psycopg.Connection) -> None:
-    """Every pooled connection: pgvector's type, and HNSW scans that continue past the first
-    candidates while a filter (a project, an agent) drops them, so a filtered search still
-    returns its k rows (pgvector 0.8's iterative index scans)."""
-    register_vector(conn)
-    conn.execute("SET hnsw.iterative_scan = relaxed_order")
-    conn.execute("SET hnsw.ef_search = 100")
-    # psycopg prepares a statement run five times; PostgreSQL would then switch it to a generic
-    # plan, blind to the parameters: a project's newest rows became a sort of the whole project
-    # (bench/cluster.py at 100k: context p50 350 ms). Prepared statements still skip parsing.
-    conn.execute("SET plan_cache_mode = force_custom_plan")
-
-
-class Rows:
-    """The rows of one statement, fetched before its pooled connection went back."""
-
-    def __init__(self, rows: list[Any], rowcount: int):
-        self._rows = rows
-        self.rowcount = rowcount
-
-    def fetchone(self) -> Any:
-        return self._rows[0] if self._rows else None
-
-    def fetchall(self) -> list[Any]:
-        return self._rows
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._rows)
-
-
-class PooledReader:
-    """A connection-like object for readers: each statement borrows a pooled connection."""
-
-    def __init__(self, db: PostgresDatabase):
-        self._db = db
-
-    def execute(self, query: Any, params: Sequence[Any] | None = None) -> Result:
-        if not str(query).lstrip()[:6].upper() == "SELECT":
-            raise PermissionError(f"a reader cannot run {str(query)[:40]!r}; open a transaction to write")
-        try:
-            with self._db.pooled() as conn:
-                cur = conn.execute(query, params)
-                rows = cur.fetchall() if cur.description is not None else []
-                return Rows(rows, cur.rowcount)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
-
-class TxConnection:
-    """The connection of one transaction (or snapshot), with errors translated.
-
-    :param pipelined: the transaction runs in pipeline mode: a
-        statement is then sent without waiting for its answer, and the round trip is paid only
-        when a result is read (``fetch*``, ``rowcount``) or at commit. A write request's inserts
-        and updates travel together instead of one round trip each (bench/pg_statements.py).
-    """
-
-    def __init__(self, conn: psycopg.Connection, *, pipelined: bool = False):
-        self.raw = conn
-        self._pipelined = pipelined
-
-    def execute(self, query: Any, params: Sequence[Any] | None = None) -> Result:
-        try:
-            cursor = self.raw.execute(query, params)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-        if not self._pipelined:
-            return cursor
-        return PipelinedRows(cursor, self.raw)
-
-
-def _collect(conn: psycopg.Connection) -> None:
-    """Wait for what a failing pipelined transaction sent (its first error is being raised
-    already), so that leaving the pipeline finds nothing pending."""
-    try:
-        conn.execute("SELECT 1").fetchone()
-    except psycopg.Error:
-        pass
-
-
-def _roll_back(conn: psycopg.Connection) -> None:
-    """Roll back unless the server ended the failed transaction itself."""
-    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        try:
-            conn.execute("ROLLBACK")
-        except psycopg.Error:
-            pass  # a broken connection: the pool discards it
-
-
-class PipelinedRows:
-    """A statement sent in pipeline mode: reading its rows or its row count waits for the
-    answer; an error of any earlier statement surfaces here, translated."""
-
-    def __init__(self, cursor: psycopg.Cursor, conn: psycopg.Connection):
-        self._cursor = cursor
-        self._conn = conn
-
-    @property
-    def rowcount(self) -> int:
-        # The answers come in order: reading a later statement's waits for this one's too.
-        try:
-            self._conn.execute("SELECT 1").fetchone()
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-        return self._cursor.rowcount
-
-    def fetchone(self) -> Any:
-        try:
-            return self._cursor.fetchone()
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
-    def fetchall(self) -> list[Any]:
-        try:
-            return self._cursor.fetchall()
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.fetchall())
-
-
-class PostgresUnitOfWork:
-    """The repositories bound to one connection (a transaction's, or the pooled reader)."""
-
-    def __init__(
-        self,
-        conn: SqlConn,
-        *,
-        writable: bool,
-        engine: TantivyLexical | None = None,
-        bounds: QueueBounds | None = None,
-        record_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
-        prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
-        legacy_images: BlobStore,
-    ):
-        self.conn = conn
-        self.writable = writable
-        self.bounds = bounds or QueueBounds({})
-        self.record_indexes = record_indexes or {}
-        self.prefix_indexes = prefix_indexes or {}
-        self.lexical_changed = False
-        self.changed: list[str] = []
-        self.audit_message: str | None = None
-        self.audit_details: dict[str, Any] = {}
-        self._after_commit: list[Callable[[], None]] = []
-        self.records = PgRecords(self)
-        self.events = PgCaptureLog(self)
-        self.inbox = PgCaptureInbox(self)
-        self.images = PgImageIndex(self, legacy_images)
-        self.vectors = PgVectorStore(self)
-        self.index = PgSearchIndex(self, self.vectors, engine)
-        self.audit = PgAuditLog(self)
-        self.jobs = PgJobQueue(self)
-        self.usage = PgModelUsage(self)
-        self.working = PgWorkingStore(self)
-        self.admin = PgAdmin(self, self.index)
-        self.live = PgEventLog(self)
-
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        self._after_commit.append(fn)
-
-    def touch(self, scope: str, key: str) -> None:
-        self.changed.append(f"{scope}/{key}")
-
-    def record_change(self, what: str, message: str | None = None) -> None:
-        self.changed.append(what)
-        if message:
-            self.audit_message = message
 
 
 class PostgresDatabase:
@@ -357,8 +128,7 @@ class PostgresDatabase:
         self.damage: dict[str, Any] | None = None
         self.last_check: dict[str, Any] | None = None
         declared = None if record_indexes is None else tuple(record_indexes)
-        # The record indexes this opener could not make (see make_owed_indexes); retried on a thread.
-        self.owed_indexes: tuple[RecordIndex, ...] = ()
+        self.schema = Schema(url, self.location)  # migrations at open, record indexes made or owed
         self._retry_stop = threading.Event()
         self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
         self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
@@ -366,7 +136,7 @@ class PostgresDatabase:
             into = self._prefix_indexes if spec.prefix else self._record_indexes
             into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
         self._vector_indexes: dict[tuple[str, int], PgVectorIndex] = {}
-        database_id = self._migrate(declared)
+        database_id = self.schema.migrate(declared)
         self.pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -391,102 +161,14 @@ class PostgresDatabase:
         if self.owed_indexes:
             owed_indexes.make_later(self.make_owed_indexes, self._retry_stop)
 
-    # ---- schema
-    def _migrate(self, record_indexes: tuple[RecordIndex, ...] | None) -> str:
-        """Apply missing migrations and record indexes under an advisory lock; returns the
-        database's id (names this node's index directory, so two databases never share one)."""
-        try:
-            conn = psycopg.connect(self.url, autocommit=True)
-        except psycopg.Error as exc:
-            raise Unavailable(f"cannot connect to {self.location}: {exc}", code=errors.DATABASE_BUSY) from exc
-        with conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
-            conn.execute(f"SET lock_timeout = '{int(SCHEMA_LOCK_WAIT_SECONDS * 1000)}ms'")
-            conn.execute("CREATE TABLE IF NOT EXISTS agentmemory_schema (version INTEGER NOT NULL, id TEXT NOT NULL)")
-            row = conn.execute("SELECT version, id FROM agentmemory_schema").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO agentmemory_schema VALUES (0, %s)", (secrets.token_hex(6),))
-                row = conn.execute("SELECT version, id FROM agentmemory_schema").fetchone()
-            assert row is not None
-            version, database_id = row
-            if version > len(MIGRATIONS):
-                raise SchemaTooNew(
-                    f"{self.location} has schema version {version} but this server knows {len(MIGRATIONS)}; "
-                    "upgrade agentmemory-python before opening it"
-                )
-            for number, (name, fn) in enumerate(MIGRATIONS[version:], start=version + 1):
-                with self._table_lock_waited(f"schema migration {number} ({name})"), conn.transaction():
-                    fn(conn)
-                    conn.execute("UPDATE agentmemory_schema SET version = %s", (number,))
-            if record_indexes is not None:  # (None: a tool's connection leaves them as they are)
-                self._ensure_indexes(conn, record_indexes)
-            self._check_collation(conn)
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
-        return str(database_id)
-
-    def _ensure_indexes(self, conn: psycopg.Connection, record_indexes: tuple[RecordIndex, ...]) -> bool:
-        """The declared record indexes, or none of the missing ones this time when the records'
-        table is held (a replace import): they speed listings up, so the store opens without them
-        (a start must not wait for the import to commit) and owes them: a thread makes them once
-        the table is free (``make_owed_indexes``). False: they are owed."""
-        try:
-            with self._table_lock_waited("making the record indexes"):
-                ensure_indexes(TxConnection(conn), record_indexes)
-        except owed_indexes.LockHeldAtOpen:
-            if not self.owed_indexes:
-                owed_indexes.announce_owed("another transaction", "the records' table", SCHEMA_LOCK_WAIT_SECONDS)
-            self.owed_indexes = record_indexes
-            return False
-        self.owed_indexes = ()
-        return True
+    # ---- schema (schema.py)
+    @property
+    def owed_indexes(self) -> tuple[RecordIndex, ...]:
+        """The record indexes this opener could not make (see make_owed_indexes); retried on a thread."""
+        return self.schema.owed_indexes
 
     def make_owed_indexes(self) -> bool:
-        """Make the record indexes this store was opened without (its start found the records'
-        table held), if the table is free within SCHEMA_LOCK_WAIT_SECONDS; True when none is owed
-        any more. Under MIGRATE_LOCK, as at a start: a starting process may be making them too."""
-        if not self.owed_indexes:
-            return True
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
-            try:
-                conn.execute(f"SET lock_timeout = '{int(SCHEMA_LOCK_WAIT_SECONDS * 1000)}ms'")
-                made = self._ensure_indexes(conn, self.owed_indexes)
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
-        if made:
-            owed_indexes.announce_made("the records' table")
-        return made
-
-    @contextmanager
-    def _table_lock_waited(self, step: str) -> Iterator[None]:
-        """Run ``step`` of opening the store (its statements wait SCHEMA_LOCK_WAIT_SECONDS for a
-        table's lock), on the bare connection or through ``TxConnection``.
-
-        :raise owed_indexes.LockHeldAtOpen: another transaction held a table it needs past that
-            wait (a replace import holds the records' tables until it commits): a clear refusal
-            naming the step, not a traceback.
-        """
-        try:
-            yield
-        except (psycopg.errors.LockNotAvailable, AppError) as exc:  # (TxConnection's AppError names its cause)
-            held = exc if isinstance(exc, psycopg.errors.LockNotAvailable) else exc.__cause__
-            if not isinstance(held, psycopg.errors.LockNotAvailable):
-                raise
-            raise owed_indexes.LockHeldAtOpen(
-                f"{step} of {self.location} waited over {SCHEMA_LOCK_WAIT_SECONDS:g} s for a table another "
-                "transaction holds (a replace import holds the records' tables until it commits); start again "
-                "once it is done"
-            ) from None
-
-    def _check_collation(self, conn: psycopg.Connection) -> None:
-        row = conn.execute("SELECT datcollate FROM pg_database WHERE datname = current_database()").fetchone()
-        collation = row[0] if row else None
-        if collation not in ("C", "POSIX", "C.UTF-8", "C.utf8", "ucs_basic"):
-            log.warning(
-                "database collation is %s: record fields compare as JSON strings in that order; create the "
-                "database with LC_COLLATE 'C' (as SQLite compares) for identical listings",
-                collation,
-            )
+        return self.schema.make_owed_indexes()
 
     def _engine_switched(self, engine: str) -> bool:
         # Read first: the write transaction waits for the store's write lock, which a long write
@@ -827,6 +509,24 @@ class PostgresDatabase:
             self.lexical.close()  # its last commit records progress in the database
         self._closed = True
         self.pool.close()
+
+
+def _collect(conn: psycopg.Connection) -> None:
+    """Wait for what a failing pipelined transaction sent (its first error is being raised
+    already), so that leaving the pipeline finds nothing pending."""
+    try:
+        conn.execute("SELECT 1").fetchone()
+    except psycopg.Error:
+        pass
+
+
+def _roll_back(conn: psycopg.Connection) -> None:
+    """Roll back unless the server ended the failed transaction itself."""
+    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass  # a broken connection: the pool discards it
 
 
 def _implements_the_interface(unit: PostgresUnitOfWork, db: PostgresDatabase) -> interfaces.Database:

@@ -1,0 +1,136 @@
+"""The connections the PostgreSQL repositories run their SQL through, with psycopg's errors
+translated into ``AppError`` (``translate``).
+
+A reader borrows a pooled connection for one statement at a time (``PooledReader``, its rows
+fetched before the connection goes back: ``Rows``); a transaction keeps one connection
+(``TxConnection``), in pipeline mode for a write (``PipelinedRows``: a statement's answer is
+waited for only when it is read). ``configure_connection`` sets up every pooled connection.
+Kept apart from database.py, which owns the pool and runs the transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from agentmemory_server import errors
+from agentmemory_server.errors import AppError, Unavailable
+from agentmemory_server.storage.postgres.common import Result
+from agentmemory_server.storage.postgres.faults import classify
+
+if TYPE_CHECKING:
+    from agentmemory_server.storage.postgres.database import PostgresDatabase
+
+
+def translate(exc: psycopg.Error) -> AppError:
+    return classify(exc, "the database") or Unavailable(
+        f"the database failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); retry shortly",
+        code=errors.DATABASE_BUSY,
+    )
+
+
+def configure_connection(conn: psycopg.Connection) -> None:
+    """Every pooled connection: pgvector's type, and HNSW scans that continue past the first
+    candidates while a filter (a project, an agent) drops them, so a filtered search still
+    returns its k rows (pgvector 0.8's iterative index scans)."""
+    register_vector(conn)
+    conn.execute("SET hnsw.iterative_scan = relaxed_order")
+    conn.execute("SET hnsw.ef_search = 100")
+    # psycopg prepares a statement run five times; PostgreSQL would then switch it to a generic
+    # plan, blind to the parameters: a project's newest rows became a sort of the whole project
+    # (bench/cluster.py at 100k: context p50 350 ms). Prepared statements still skip parsing.
+    conn.execute("SET plan_cache_mode = force_custom_plan")
+
+
+class Rows:
+    """The rows of one statement, fetched before its pooled connection went back."""
+
+    def __init__(self, rows: list[Any], rowcount: int):
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self._rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._rows)
+
+
+class PooledReader:
+    """A connection-like object for readers: each statement borrows a pooled connection."""
+
+    def __init__(self, db: PostgresDatabase):
+        self._db = db
+
+    def execute(self, query: Any, params: Sequence[Any] | None = None) -> Result:
+        if not str(query).lstrip()[:6].upper() == "SELECT":
+            raise PermissionError(f"a reader cannot run {str(query)[:40]!r}; open a transaction to write")
+        try:
+            with self._db.pooled() as conn:
+                cur = conn.execute(query, params)
+                rows = cur.fetchall() if cur.description is not None else []
+                return Rows(rows, cur.rowcount)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+
+class TxConnection:
+    """The connection of one transaction (or snapshot), with errors translated.
+
+    :param pipelined: the transaction runs in pipeline mode: a
+        statement is then sent without waiting for its answer, and the round trip is paid only
+        when a result is read (``fetch*``, ``rowcount``) or at commit. A write request's inserts
+        and updates travel together instead of one round trip each (bench/pg_statements.py).
+    """
+
+    def __init__(self, conn: psycopg.Connection, *, pipelined: bool = False):
+        self.raw = conn
+        self._pipelined = pipelined
+
+    def execute(self, query: Any, params: Sequence[Any] | None = None) -> Result:
+        try:
+            cursor = self.raw.execute(query, params)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        if not self._pipelined:
+            return cursor
+        return PipelinedRows(cursor, self.raw)
+
+
+class PipelinedRows:
+    """A statement sent in pipeline mode: reading its rows or its row count waits for the
+    answer; an error of any earlier statement surfaces here, translated."""
+
+    def __init__(self, cursor: psycopg.Cursor, conn: psycopg.Connection):
+        self._cursor = cursor
+        self._conn = conn
+
+    @property
+    def rowcount(self) -> int:
+        # The answers come in order: reading a later statement's waits for this one's too.
+        try:
+            self._conn.execute("SELECT 1").fetchone()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        return self._cursor.rowcount
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cursor.fetchone()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cursor.fetchall()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
