@@ -1,9 +1,9 @@
 """The PostgreSQL schema, as an ordered list of migrations (like ``storage/sqlite/migrations.py``).
 
-``agentmemory_schema.version`` records how many have run. ``PostgresDatabase`` applies the rest
-at open under an advisory lock (nodes starting together migrate once), each migration in its own
-transaction, and refuses a database written by a newer schema. Never edit a released migration:
-add a new one at the end.
+``agentmemory_schema.version`` records how many have run. ``schema.Schema.migrate`` applies the
+rest when ``PostgresDatabase`` opens the database, under an advisory lock (nodes starting
+together migrate once), each migration in its own transaction, and refuses a database written by
+a newer schema. Never edit a released migration: add a new one at the end.
 
 The tables mirror the SQLite ones. Differences, and why:
 

@@ -1,8 +1,9 @@
 """The SQLite schema, as an ordered list of migrations.
 
-``PRAGMA user_version`` records how many have run; ``Database`` applies the rest at open, each in
-its own transaction, and refuses a file written by a newer schema. Never edit a released
-migration: add a new one at the end (tests open databases made by every earlier schema).
+``PRAGMA user_version`` records how many have run; ``schema.migrate`` applies the rest when
+``Database`` opens the file, each in its own transaction, and refuses a file written by a newer
+schema. Never edit a released migration: add a new one at the end (tests open databases made by
+every earlier schema).
 """
 
 from __future__ import annotations
