@@ -316,7 +316,7 @@ class PostgresDatabase:
                     try:
                         yield store
                         if store.changed:
-                            self._write_audit(store, operation, agent_id)
+                            store.write_audit(self._now(), operation, agent_id)
                         conn.execute("COMMIT")
                     except BaseException:
                         _collect(conn)
@@ -330,8 +330,7 @@ class PostgresDatabase:
             self.space.note_written()
         if store.lexical_changed and self.lexical is not None:
             self.lexical.notify()
-        for fn in store._after_commit:
-            fn()
+        store.run_after_commit()
         for fn in self._commit_listeners:
             fn()
 
@@ -380,17 +379,6 @@ class PostgresDatabase:
             "such as a replace import, which holds it until it commits); retry shortly",
             code=errors.DATABASE_BUSY,
             retry_after=1,
-        )
-
-    def _write_audit(self, store: PostgresUnitOfWork, operation: str, agent_id: str | None) -> None:
-        targets = list(dict.fromkeys(store.changed))
-        message = store.audit_message or f"{operation}: {len(targets)} record(s) changed"
-        details = dict(store.audit_details)
-        if len(targets) > 50:
-            details["targetCount"] = len(targets)  # distinct; one that cut ``changed`` short has ``changeCount``
-            targets = targets[:50]
-        store.audit.insert(
-            ts=self._now(), agent_id=agent_id, operation=operation, message=message, targets=targets, details=details
         )
 
     # ---- faults

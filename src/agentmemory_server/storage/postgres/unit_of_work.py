@@ -10,8 +10,7 @@ of repositories reads in one place.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 from agentmemory_server.storage.blobs import BlobStore
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
@@ -28,10 +27,13 @@ from agentmemory_server.storage.postgres.usage import PgModelUsage
 from agentmemory_server.storage.postgres.vectors import PgVectorStore
 from agentmemory_server.storage.postgres.working import PgWorkingStore
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
+from agentmemory_server.storage.unit_of_work import UnitOfWorkBase
 
 
-class PostgresUnitOfWork:
+class PostgresUnitOfWork(UnitOfWorkBase):
     """The repositories bound to one connection (a transaction's, or the pooled reader)."""
+
+    conn: SqlConn
 
     def __init__(
         self,
@@ -44,16 +46,9 @@ class PostgresUnitOfWork:
         prefix_indexes: Mapping[str, tuple[tuple[str, ...], ...]] | None = None,
         legacy_images: BlobStore,
     ):
-        self.conn = conn
-        self.writable = writable
-        self.bounds = bounds or QueueBounds({})
-        self.record_indexes = record_indexes or {}
-        self.prefix_indexes = prefix_indexes or {}
-        self.lexical_changed = False
-        self.changed: list[str] = []
-        self.audit_message: str | None = None
-        self.audit_details: dict[str, Any] = {}
-        self._after_commit: list[Callable[[], None]] = []
+        super().__init__(
+            conn, writable=writable, bounds=bounds, record_indexes=record_indexes, prefix_indexes=prefix_indexes
+        )
         self.records = PgRecords(self)
         self.events = PgCaptureLog(self)
         self.inbox = PgCaptureInbox(self)
@@ -66,14 +61,3 @@ class PostgresUnitOfWork:
         self.working = PgWorkingStore(self)
         self.admin = PgAdmin(self, self.index)
         self.live = PgEventLog(self)
-
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        self._after_commit.append(fn)
-
-    def touch(self, scope: str, key: str) -> None:
-        self.changed.append(f"{scope}/{key}")
-
-    def record_change(self, what: str, message: str | None = None) -> None:
-        self.changed.append(what)
-        if message:
-            self.audit_message = message

@@ -357,8 +357,7 @@ class Database:
                 self._local.tx = None
         if store.lexical_changed and self.lexical is not None:
             self.lexical.notify()
-        for fn in store._after_commit:
-            fn()
+        store.run_after_commit()
         self._tell_commit_listeners()
 
     def on_commit(self, fn: Callable[[], None]) -> None:
@@ -498,15 +497,7 @@ class Database:
                 log.warning("ROLLBACK failed after a failed transaction", exc_info=True)
 
     def _write_audit(self, store: SqliteUnitOfWork, operation: str, agent_id: str | None) -> None:
-        targets = list(dict.fromkeys(store.changed))
-        message = store.audit_message or f"{operation}: {len(targets)} record(s) changed"
-        details = dict(store.audit_details)
-        if len(targets) > 50:
-            details["targetCount"] = len(targets)  # distinct; one that cut ``changed`` short has ``changeCount``
-            targets = targets[:50]
-        store.audit.insert(
-            ts=self._now(), agent_id=agent_id, operation=operation, message=message, targets=targets, details=details
-        )
+        store.write_audit(self._now(), operation, agent_id)
 
     # ---- the nearest-neighbour index beside the file
     def vector_index(self, model: str, dim: int) -> SqliteVectorIndex:

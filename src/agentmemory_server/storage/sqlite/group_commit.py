@@ -55,8 +55,7 @@ class Queued(Generic[T]):
         return what its work returned."""
         if self.error is not None:
             raise self.error
-        for fn in self.unit._after_commit:
-            fn()
+        self.unit.run_after_commit()
         return self.result
 
 

@@ -11,7 +11,7 @@ in one place.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from agentmemory_server.storage.blobs import BlobStore
@@ -28,12 +28,15 @@ from agentmemory_server.storage.sqlite.search_index import SqliteSearchIndex
 from agentmemory_server.storage.sqlite.usage import SqliteModelUsage
 from agentmemory_server.storage.sqlite.vectors import SqliteVectorStore
 from agentmemory_server.storage.sqlite.working import SqliteWorkingStore
+from agentmemory_server.storage.unit_of_work import UnitOfWorkBase
 
 
-class SqliteUnitOfWork:
+class SqliteUnitOfWork(UnitOfWorkBase):
     """The repositories bound to one connection. One handed out by ``Database.transaction`` can
     write and tracks what it changes for the audit row; one from ``Database.reader`` is read-only
     (the connection is opened with ``mode=ro``)."""
+
+    conn: sqlite3.Connection
 
     def __init__(
         self,
@@ -47,17 +50,10 @@ class SqliteUnitOfWork:
         bounds: QueueBounds | None = None,
         blobs: BlobStore,
     ):
-        self.conn = conn
+        super().__init__(
+            conn, writable=writable, bounds=bounds, record_indexes=record_indexes, prefix_indexes=prefix_indexes
+        )
         self.vector_index = vector_index  # Database.vector_index: the ANN behind vectors.search
-        self.writable = writable
-        self.record_indexes = record_indexes or {}  # scope -> the field lists of its declared indexes
-        self.prefix_indexes = prefix_indexes or {}  # scope prefix -> the same
-        self.lexical_changed = False  # the lexical outbox grew: wake the engine after commit
-        self.bounds = bounds or QueueBounds({})
-        self.changed: list[str] = []
-        self.audit_message: str | None = None
-        self.audit_details: dict[str, Any] = {}
-        self._after_commit: list[Callable[[], None]] = []
         self.records = SqliteRecords(self)
         self.events = SqliteCaptureLog(self)
         self.inbox = SqliteCaptureInbox(self)
@@ -70,14 +66,3 @@ class SqliteUnitOfWork:
         self.working = SqliteWorkingStore(self)
         self.admin = SqliteAdmin(self, self.index)
         self.live = SqliteEventLog(self)
-
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        self._after_commit.append(fn)
-
-    def touch(self, scope: str, key: str) -> None:
-        self.changed.append(f"{scope}/{key}")
-
-    def record_change(self, what: str, message: str | None = None) -> None:
-        self.changed.append(what)
-        if message:
-            self.audit_message = message
