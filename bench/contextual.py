@@ -22,7 +22,7 @@ conversation is loaded (a fresh database per value, so the index really holds th
   of each it sees); ``EMBED_CONTEXT_CHARS`` caps the context part (the product's 200).
 
 The patches wrap module attributes the product calls through (``search.index_record``,
-``vectors.embedding_text``); at the default values they do exactly what the product does.
+``vectors_backlog.embedding_text``); at the default values they do exactly what the product does.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from agentmemory_server.retrieval import search, vectors
+from agentmemory_server.retrieval import search, vectors_backlog
 from agentmemory_server.retrieval.embeddings import from_blob, to_blob
 
 FORWARD_RECORDS = 0
@@ -41,10 +41,10 @@ VECTOR_SPAN = 1
 VECTOR_AFTER = 0.0
 EMBED_CONTEXT_FIRST = False
 CONTEXT_RANKING = 0.0
-EMBED_CONTEXT_CHARS = vectors.CONTEXT_EMBED_CHARS
+EMBED_CONTEXT_CHARS = vectors_backlog.CONTEXT_EMBED_CHARS
 
 _index_record = search.index_record
-_embedding_text = vectors.embedding_text
+_embedding_text = vectors_backlog.embedding_text
 _lexical_rankings = search.lexical_rankings
 CONTEXT_ONLY = (0.0, 0.0, 0.0, 0.0, 1.0)  # title, body, concepts, files, context
 
@@ -94,7 +94,7 @@ def _body(store: Any, row: dict[str, Any]) -> str:
 
 
 def embedding_text(title: str, body: str, concepts: str = "", context: str = "") -> str:
-    if not EMBED_CONTEXT_FIRST and EMBED_CONTEXT_CHARS == vectors.CONTEXT_EMBED_CHARS:
+    if not EMBED_CONTEXT_FIRST and EMBED_CONTEXT_CHARS == vectors_backlog.CONTEXT_EMBED_CHARS:
         return _embedding_text(title, body, concepts, context)
     own = _embedding_text(title, body, concepts, "")
     context = context[:EMBED_CONTEXT_CHARS]
@@ -135,5 +135,5 @@ def blend_vectors(rt: Any, service: Any) -> int:
 
 def install() -> None:
     search.index_record = index_record  # type: ignore[assignment]
-    vectors.embedding_text = embedding_text  # type: ignore[assignment]
+    vectors_backlog.embedding_text = embedding_text  # type: ignore[assignment]
     search.lexical_rankings = lexical_rankings  # type: ignore[assignment]

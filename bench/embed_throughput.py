@@ -5,7 +5,7 @@
 Texts are what the product embeds: records are written through the product's own tools into a
 temporary database (``agent_observe`` with coding-agent tool calls from bench/search_latency.py,
 and LoCoMo conversation turns written as bench/locomo.py writes them), then taken from the
-embedding backlog and turned into text by ``vectors.embedding_text``, exactly as the worker does.
+embedding backlog and turned into text by ``vectors_backlog.embedding_text``, exactly as the worker does.
 Each option embeds every text in this process (documents, as the background worker does) after a
 short warm-up; it prints records/s (wall clock: what "records/s on 2 cores" means), records per
 CPU-second (steadier on a shared machine) and the process's peak RSS. With ``--quality`` each
@@ -41,8 +41,8 @@ from agentmemory_server.kernel.registry import Ctx  # noqa: E402
 from agentmemory_server.kernel.settings import Settings  # noqa: E402
 from agentmemory_server.retrieval.late_interaction import LateEncoder  # noqa: E402
 from agentmemory_server.retrieval.local_models import LocalEmbedder  # noqa: E402
-from agentmemory_server.retrieval.vectors import embedding_text  # noqa: E402
-from agentmemory_server.retrieval import vectors  # noqa: E402
+from agentmemory_server.retrieval.vectors_backlog import embedding_text  # noqa: E402
+from agentmemory_server.retrieval import vectors_backlog  # noqa: E402
 from agentmemory_server.wiring import build_runtime  # noqa: E402
 
 CORES = os.cpu_count() or 1
@@ -189,12 +189,12 @@ def main() -> None:
                         help="also embed this many LoCoMo questions one at a time (query latency, 1 thread)")
     parser.add_argument("--context-chars", type=int,
                         help="embed this many characters of a record's session context (the product's "
-                             "vectors.CONTEXT_EMBED_CHARS; 0: the record alone)")
+                             "vectors_backlog.CONTEXT_EMBED_CHARS; 0: the record alone)")
     parser.add_argument("--late", action="store_true",
                         help="also compute each record's late-interaction token vectors, as the worker does")
     opts = parser.parse_args()
     if opts.context_chars is not None:
-        vectors.CONTEXT_EMBED_CHARS = opts.context_chars
+        vectors_backlog.CONTEXT_EMBED_CHARS = opts.context_chars
     names = list(OPTIONS)
     chosen = names if opts.options == "all" else [names[int(n) - 1] for n in opts.options.split(",")]
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {commit()}, {CORES} cores, "

@@ -137,14 +137,14 @@ _hybrid = search.hybrid
 def doc_text(store: Any, hit: dict, rec: dict) -> str:
     """The record as the cross-encoder reads it, or ("embedded") the text its dense vector reads."""
     if DOC_TEXT == "embedded":
-        from agentmemory_server.retrieval import vectors
+        from agentmemory_server.retrieval import vectors_backlog
 
         row = store.conn.execute(
             "SELECT f.title, f.body, f.concepts, f.context FROM search_docs d JOIN search_fts f ON f.rowid = d.id "
             "WHERE d.doc_id = ?",
             (hit["doc_id"],),
         ).fetchone()
-        return vectors.embedding_text(*row)
+        return vectors_backlog.embedding_text(*row)
     return recall.record_text(hit, rec)
 
 

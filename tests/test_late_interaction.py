@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.retrieval import late_interaction, recall, vectors
+from agentmemory_server.retrieval import late_interaction, recall, vectors, vectors_backlog
 from test_vectors import note, smart
 
 RECORDS = [
@@ -193,7 +193,7 @@ def test_a_damaged_model_turns_late_interaction_off_and_embedding_goes_on(make_r
 
 
 def test_a_long_backlog_gets_dense_vectors_first_and_token_vectors_after(make_runtime, monkeypatch):
-    monkeypatch.setattr(vectors, "LATE_DEFER_BACKLOG", 4)
+    monkeypatch.setattr(vectors_backlog, "LATE_DEFER_BACKLOG", 4)
     rt = make_runtime(embedding_provider="hash", embed_batch_size=3)
     for i, text in enumerate(RECORDS):
         note(rt, f"s{i}", text)
@@ -238,7 +238,7 @@ def test_a_reconcile_reads_what_is_missing_first_and_queues_it_in_short_transact
                                                                                      monkeypatch):
     before = make_runtime(embedding_provider="hash", data_dir=str(tmp_path / "d"), search_late_interaction=False)
     _seed(before)  # every record has its vector, none its token vectors
-    monkeypatch.setattr(vectors, "RECONCILE_CHUNK", 3)
+    monkeypatch.setattr(vectors_backlog, "RECONCILE_CHUNK", 3)
     after = make_runtime(embedding_provider="hash", data_dir=str(tmp_path / "d"))
     svc, opened = vectors.service(after), []
     transaction = after.db.transaction
@@ -267,7 +267,7 @@ def test_a_reconcile_reads_what_is_missing_first_and_queues_it_in_short_transact
 def test_a_reconcile_stops_reading_once_the_backlog_is_full(make_runtime, tmp_path, monkeypatch):
     before = make_runtime(embedding_provider="hash", data_dir=str(tmp_path / "d"), search_late_interaction=False)
     _seed(before)  # 10 records without token vectors
-    monkeypatch.setattr(vectors, "RECONCILE_CHUNK", 3)
+    monkeypatch.setattr(vectors_backlog, "RECONCILE_CHUNK", 3)
     after = make_runtime(embedding_provider="hash", data_dir=str(tmp_path / "d"), embed_backlog_max=4)
     svc, reads = vectors.service(after), []
     missing_rowids = type(after.db.reader().vectors).missing_rowids

@@ -8,7 +8,7 @@ import pytest
 from agentmemory_server.kernel import registry
 from agentmemory_server.retrieval import search
 from agentmemory_server.storage.sqlite import lexical_fts5
-from agentmemory_server.retrieval import vectors
+from agentmemory_server.retrieval import vectors, vectors_backlog
 from agentmemory_server.kernel.registry import Ctx
 
 
@@ -147,8 +147,8 @@ def test_each_embedded_batch_hands_freed_memory_back(make_runtime, monkeypatch):
     for i in range(5):
         note(rt, f"s{i}", f"record {i}")
     calls = []
-    monkeypatch.setattr(vectors, "release_memory", lambda: calls.append(1))
+    monkeypatch.setattr(vectors_backlog, "release_memory", lambda: calls.append(1))
     assert vectors.service(rt).drain() == 5 and len(calls) == 3  # batches of 2, 2, 1
     monkeypatch.undo()
-    assert vectors._TRIM is not None  # glibc's malloc_trim was found (Linux)
-    assert vectors.release_memory() is None
+    assert vectors_backlog._TRIM is not None  # glibc's malloc_trim was found (Linux)
+    assert vectors_backlog.release_memory() is None
