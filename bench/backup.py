@@ -39,9 +39,9 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 from agentmemory_server.wiring import build_runtime
 from agentmemory_server.kernel.settings import Settings
-from agentmemory_server.memory import transfer
+from agentmemory_server.memory import transfer, transfer_sinks
 rt = build_runtime(Settings.from_env({}, db_path=sys.argv[2], background_jobs=False))
-sink = transfer.TreeSink()
+sink = transfer_sinks.TreeSink()
 transfer.write_export(rt.db.reader(), sink, exported_at="now", now=0.0)
 text = json.dumps(sink.result)
 rt.close()

@@ -118,7 +118,7 @@ def test_a_killed_migration_to_postgresql_resumes_and_keeps_every_record(make_ru
     import time
 
     from agentmemory_server.kernel.registry import Ctx
-    from agentmemory_server.memory import transfer
+    from agentmemory_server.memory import transfer_import
 
     source_dir = tmp_path / "sqlite"
     source = make_runtime(data_dir=str(source_dir), database_url=None)
@@ -128,7 +128,7 @@ def test_a_killed_migration_to_postgresql_resumes_and_keeps_every_record(make_ru
               "title": f"bulk step {i}", "narrative": f"the osprey pipeline step {i} " + "detail " * 40,
               "timestamp": f"2026-11-01T10:{i // 60 % 60:02d}:{i % 60:02d}.000Z", "project": "alpha"})
             for i in range(4000)]
-    transfer.import_records(Ctx(source, source="test"), bulk, "merge")
+    transfer_import.import_records(Ctx(source, source="test"), bulk, "merge")
     url = pg_cluster.create_database()
     agentmemory = str(Path(sys.executable).with_name("agentmemory"))
     command = [agentmemory, "--quiet", "migrate", "--to", url, "--batch", "100"]

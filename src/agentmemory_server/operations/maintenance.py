@@ -29,7 +29,7 @@ from agentmemory_server.kernel.access import agent_filter, isolated
 from agentmemory_server.kernel.privacy import strip_private_data
 from agentmemory_server.kernel.registry import Ctx, params, tool
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, is_obs_scope
-from agentmemory_server.memory import transfer, working_transfer
+from agentmemory_server.memory import transfer, transfer_import, transfer_sinks, working_transfer
 from agentmemory_server.models import llm
 from agentmemory_server.retrieval import search, vectors
 from agentmemory_server.storage.interfaces import UnitOfWork as Store
@@ -182,12 +182,12 @@ def stream_export(
     """Write the same document as ``GET /export`` to ``out`` (``transfer.write_export``, the one
     export implementation), inside one read transaction: a consistent export while the server
     keeps writing. In isolated agent scope only this AGENT_ID's records, as over HTTP.
-    ``lines``: JSON Lines, one record a line (``transfer.JsonLinesSink``). ``with_working=False``:
+    ``lines``: JSON Lines, one record a line (``transfer_sinks.JsonLinesSink``). ``with_working=False``:
     without working memory (``migrate`` moves it itself)."""
     agent = agent_filter(Ctx(rt, source="cli"))
     with rt.db.snapshot_reader() as store:
         bar = progress("export", sum(store.records.scope_counts().values()))
-        sink = transfer.JsonLinesSink(out) if lines else transfer.JsonTextSink(out)
+        sink = transfer_sinks.JsonLinesSink(out) if lines else transfer_sinks.JsonTextSink(out)
         try:
             summary = transfer.write_export(
                 store,
@@ -245,15 +245,15 @@ def import_document(
     totals: dict[str, dict[str, int]] = {}
     pictures = transfer.export_images(document)
     if pictures:  # first, so the records that reference them find them
-        transfer.add_counts(totals, transfer.import_records(ctx, [], strategy, pictures=pictures))
+        transfer_import.add_counts(totals, transfer_import.import_records(ctx, [], strategy, pictures=pictures))
     try:
         for rows in chunked(records, batch):
-            transfer.add_counts(totals, transfer.import_records(ctx, rows, strategy))
+            transfer_import.add_counts(totals, transfer_import.import_records(ctx, rows, strategy))
             bar.update(len(rows))
     finally:
         bar.close()
     ctx.rt.publish("import", {"strategy": strategy, "counts": totals})
-    return transfer.import_result(strategy, totals)
+    return transfer_import.import_result(strategy, totals)
 
 
 # A JSON Lines import bigger than this parses and strips its lines in a second process while this
@@ -374,13 +374,13 @@ def _check_complete(path: Path, handle: BinaryIO) -> None:
     stdout), and importing it would leave a store with only its first part."""
     last = _last_line(handle)
     try:
-        end = json.loads(last).get(transfer.END_KEY)
+        end = json.loads(last).get(transfer_sinks.END_KEY)
     except (ValueError, AttributeError):
         end = None
     if not isinstance(end, dict) or not isinstance(end.get("lines"), int):
         shown = last[:80].decode("utf-8", "replace") + ("..." if len(last) > 80 else "")
         raise InvalidInput(
-            f'{path} looks truncated: its header says it ends with the line {{"{transfer.END_KEY}": ...}} '
+            f'{path} looks truncated: its header says it ends with the line {{"{transfer_sinks.END_KEY}": ...}} '
             f"that `agentmemory export --jsonl` writes after the last record, but its last line is {shown!r}. "
             "The file was cut off (a copy or download that stopped, a full disk, an export that was killed); "
             "nothing was imported. Export it again, or copy the whole file."
@@ -407,12 +407,12 @@ def import_lines(
     merge and skip commit batch by batch: a line that does not hold valid records stops the
     import there, naming the line, and the batches before it stay written (both are idempotent,
     so run it again once the file is fixed). ``replace`` is all or nothing: the wipe and every
-    batch go into one transaction (``transfer.replace_stream``), so any failure leaves the old
+    batch go into one transaction (``transfer_import.replace_stream``), so any failure leaves the old
     store; the server's writers wait meanwhile (up to their lock wait, then 503 ``database_busy``)."""
     bar = progress("import", path.stat().st_size)
     try:
         with _cyclic_gc_paused(), ctx.rt.db.bulk_load(), open(path, "rb") as handle:
-            if _read_header(path, handle).get(transfer.END_MARKER):  # exports from before it have no end line
+            if _read_header(path, handle).get(transfer_sinks.END_MARKER):  # exports from before it have no end line
                 _check_complete(path, handle)
                 handle.readline()  # past the header again
             chunks = _parsed_chunks(path, handle, batch, skip_lines)
@@ -424,7 +424,7 @@ def import_lines(
         bar.close()
     ctx.rt.db.flush()  # hand the search engine everything now rather than on its next tick
     ctx.rt.publish("import", {"strategy": strategy, "counts": totals})
-    return transfer.import_result(strategy, totals)
+    return transfer_import.import_result(strategy, totals)
 
 
 def _merge_lines(
@@ -438,8 +438,8 @@ def _merge_lines(
     totals: dict[str, dict[str, int]] = {}
     for (records, pictures, problem, size), last_line in chunks:
         if records or pictures:
-            transfer.add_counts(
-                totals, transfer.import_records(ctx, records, strategy, stripped=True, pictures=pictures)
+            transfer_import.add_counts(
+                totals, transfer_import.import_records(ctx, records, strategy, stripped=True, pictures=pictures)
             )
             # Tantivy indexes this batch on its own thread while the next one is written.
             ctx.rt.db.flush(commit=False)
@@ -457,7 +457,7 @@ def _replace_lines(
     """replace: one transaction over every batch (the search engine is fed after the commit:
     it must never index records a rollback takes back)."""
     last = 0
-    with transfer.replace_stream(ctx) as stream:
+    with transfer_import.replace_stream(ctx) as stream:
         for (records, pictures, problem, size), last_line in chunks:
             stream.write(records, pictures)
             if problem:

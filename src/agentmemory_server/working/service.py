@@ -13,8 +13,8 @@ the records' commit. staged.py (``ReplaceStages``) does it.
 
 ``WorkingMemory`` owns the active backend both work on (it changes on a fallback or a return to
 Redis), runs every operation on it (falling back when Redis fails) and is the entry point for the
-tools (tools.py), memory/transfer.py and ``agentmemory migrate``, the sweep, health, diagnose and
-heal.
+tools (tools.py), memory/transfer.py and transfer_import.py (export, import) and ``agentmemory
+migrate``, the sweep, health, diagnose and heal.
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ class WorkingMemory:
                 ) from None
 
     # -- a replace import on Redis: staged, then swapped in once the records are committed ------
-    # staged.py does it; these are the entry points memory/transfer.py calls (see ReplaceStages).
+    # staged.py does it; these are the entry points memory/transfer_import.py calls (see ReplaceStages).
 
     def where(self) -> str:
         """Where working memory lives, as shown (the password hidden)."""
