@@ -446,18 +446,20 @@ def test_a_registry_refuses_an_admin_tool_that_does_not_say_whether_its_answer_c
     new admin tool answering with records would have been forgotten there and handed its records
     to a token with admin and not read. Each admin tool now says so where it is registered, and
     the registry refuses one that does not, naming it; a tool that is not an admin tool may not
-    say it (it was then left out of principals.ADMIN_TOOLS)."""
+    say it, and a right that does not exist is refused."""
 
     def handler(ctx, args):
         return {}
 
     fresh = registry.Registry()
     with pytest.raises(ValueError, match=r"admin tool 'memory_export' must declare answers_with_records"):
-        fresh.add(registry.Tool("memory_export", "Export everything", registry.params(), handler))
+        fresh.add(registry.Tool("memory_export", "Export everything", registry.params(), handler, right="admin"))
+    with pytest.raises(ValueError, match=r"tool 'memory_export' declares right='owner'"):
+        fresh.add(registry.Tool("memory_export", "Export everything", registry.params(), handler, right="owner"))
     with pytest.raises(ValueError, match=r"tool 'weekly_digest' declares answers_with_records but is not an admin"):
         fresh.add(registry.Tool("weekly_digest", "A digest", registry.params(), handler, answers_with_records=True))
     added = fresh.add(registry.Tool("memory_export", "Export everything", registry.params(), handler,
-                                    answers_with_records=True))
+                                    right="admin", answers_with_records=True))
     assert principals.rights_needed(added) == ("admin", "read")
     assert principals.rights_needed(replace(added, answers_with_records=False)) == ("admin",)
 

@@ -315,7 +315,13 @@ SYNC_ARGS = params(
 )
 
 
-@tool("memory_antigravity_sync", SYNC_ARGS, http=[("POST", "/antigravity/sync")], answers_with_records=False)
+@tool(
+    "memory_antigravity_sync",
+    SYNC_ARGS,
+    http=[("POST", "/antigravity/sync")],
+    answers_with_records=False,
+    right="admin",
+)
 def memory_antigravity_sync(ctx: Ctx, args: dict) -> dict:
     """Import Google Antigravity conversations (brain/<id>/ artifacts and logs) as sessions;
     unchanged files are skipped."""
@@ -323,7 +329,13 @@ def memory_antigravity_sync(ctx: Ctx, args: dict) -> dict:
     return sync(ctx, args.get("conversationId"), project).as_dict()
 
 
-@tool("memory_antigravity_sync_all", SYNC_ARGS, http=[("POST", "/antigravity/sync-all")], answers_with_records=True)
+@tool(
+    "memory_antigravity_sync_all",
+    SYNC_ARGS,
+    http=[("POST", "/antigravity/sync-all")],
+    answers_with_records=True,
+    right="admin",
+)
 def memory_antigravity_sync_all(ctx: Ctx, args: dict) -> dict:
     """Sync Antigravity conversations, then crystallize and reflect every synced session."""
     result = memory_antigravity_sync(ctx, args)

@@ -243,7 +243,7 @@ def memory_sessions(ctx: Ctx, args: dict) -> dict:
     return {"sessions": _with_summaries(store, sessions), **page_info(sessions, total, args["offset"], args["limit"])}
 
 
-@tool("memory_sessions_list", SESSION_LIST)
+@tool("memory_sessions_list", SESSION_LIST, right="read")
 def memory_sessions_list(ctx: Ctx, args: dict) -> dict:
     """List sessions (alias of memory_sessions for clients of the original design)."""
     return memory_sessions(ctx, args)

@@ -17,7 +17,7 @@ carries records (it says so where it is registered, ``@tool(..., answers_with_re
 the export, the audit trail, recompress's before-and-after titles, a full Antigravity sync's
 crystals and reflections) needs ``read`` as well, so a token given ``admin`` without ``read`` can
 run the store but is not handed its records. The registry refuses an admin tool that does not
-say either way (``registry._check_records_declaration``). The admin right
+say either way (``registry._check_rights_declaration``). The admin right
 is for tokens valid for every project (``*``) only: admin tools act on the whole store (an
 import, the retention sweeps, new tokens for any project), so a token limited to alpha holding it
 would reach beta through them. ``token_record`` refuses the combination (400); a token stored
@@ -56,61 +56,19 @@ KINDS = ("person", "agent")
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9_.@\-]{1,64}$")
 TOKEN_PREFIX = "amk_"
 
-# Tools that change nothing although they are reached by POST (searches and packing context).
-READ_TOOLS = frozenset(
-    {
-        "context",
-        "memory_recall",
-        "memory_smart_search",
-        "memory_timeline",
-        "file_context",
-        "memory_lesson_recall",
-        "memory_lesson_search",
-        "memory_sessions_list",
-        "memory_diagnose",
-        "patterns",
-        "mcp_resource_read",
-        "mcp_prompt_get",
-        "memory_working_get",
-        "memory_working_stats",
-        "memory_graph_query",
-    }
-)
-# Tools that act on the whole store, on the server host's files, or on who may use it. Each
-# declares where it is registered whether its answer carries records (``answers_with_records``).
-ADMIN_TOOLS = frozenset(
-    {
-        "memory_antigravity_sync",
-        "memory_antigravity_sync_all",
-        "graph_compact",
-        "import",
-        "memory_export",
-        "reindex",
-        "recompress",
-        "stats",
-        "memory_audit",
-        "diagnostics_heal",
-        "memory_governance_delete",
-        "auto_forget",
-        "evict",
-        "lesson_decay",
-        "tokens_create",
-        "tokens_list",
-        "tokens_revoke",
-    }
-)
-
-
 # Write tools that answer a caller without the read right in their own way (a hook's answer keeps
 # its client's format, without the context block) instead of with ``write_receipt``.
 OWN_WRITE_RECEIPT = frozenset({"hook_event"})
 
 
 def right_needed(tool: Any) -> str:
-    """``read``, ``write`` or ``admin`` for a registry tool."""
-    if tool.name in ADMIN_TOOLS:
-        return "admin"
-    if tool.name in READ_TOOLS or (tool.routes and all(r.method == "GET" for r in tool.routes)):
+    """``read``, ``write`` or ``admin`` for a registry tool: the right it declares where it is
+    registered (``@tool(..., right=...)``: a search reached by POST reads, a tool acting on the
+    whole store is an admin tool), else ``read`` for a tool reached only by GET and ``write`` for
+    any other."""
+    if tool.right is not None:
+        return str(tool.right)
+    if tool.routes and all(r.method == "GET" for r in tool.routes):
         return "read"
     return "write"
 

@@ -2,9 +2,11 @@
 
 REST routes, MCP (HTTP and stdio), the WebSocket and the CLI all dispatch through ``call()``;
 there is no second path. A tool declares its REST bindings (``http``), whether MCP clients see
-it (``mcp``) and whether it belongs to the ``core`` subset; an admin tool
-(``principals.ADMIN_TOOLS``) also declares whether its answer carries records
-(``answers_with_records``), which decides whether it needs the ``read`` right too. Arguments are coerced once (strings
+it (``mcp``), whether it belongs to the ``core`` subset and the right a token needs to call it
+(``right``: ``read`` for a search reached by POST, ``admin`` for a tool that acts on the whole store;
+left out, a tool reached only by GET reads and any other writes). An admin tool also declares
+whether its answer carries records (``answers_with_records``), which decides whether it needs the
+``read`` right too. Arguments are coerced once (strings
 from query strings and MCP clients become ints, booleans and lists; a comma-separated string is
 a list) and validated once against the schema before the handler runs.
 
@@ -168,6 +170,9 @@ class Tool:
     mcp: bool = True
     core: bool = False
     content: tuple[str, ...] = ()  # media types a REST answer may have besides JSON (see Reply)
+    # The right a token needs (principals.right_needed): None means read for a tool reached only
+    # by GET, write for any other.
+    right: str | None = None
     # Admin tools only: whether the answer carries records (then the read right is needed too).
     answers_with_records: bool | None = None
     validator: Any = field(default=None, compare=False, repr=False)
@@ -203,7 +208,7 @@ class Registry:
             if key in self._routes:
                 raise ValueError(f"{route.method} {route.path} already bound to {self._routes[key]}")
             self._routes[key] = tool.name
-        _check_records_declaration(tool)
+        _check_rights_declaration(tool)
         jsonschema.Draft202012Validator.check_schema(tool.schema)
         validator = jsonschema.Draft202012Validator(tool.schema)
         tool = replace(tool, validator=validator)
@@ -243,13 +248,14 @@ class Registry:
         return self._tools[name] if name else None
 
 
-def _check_records_declaration(tool: Tool) -> None:
-    """Refuse an admin tool that does not say whether its answer carries records: left unsaid, a
-    new admin tool answering with records would be handed to a token holding ``admin`` without
-    ``read``. A non-admin tool may not say it (a read tool needs ``read`` anyway; a write tool
-    answers a caller without ``read`` with a receipt), so a declaration there means the tool
-    was left out of ``principals.ADMIN_TOOLS``."""
-    is_admin = tool.name in principals.ADMIN_TOOLS
+def _check_rights_declaration(tool: Tool) -> None:
+    """Refuse a right that does not exist, and an admin tool that does not say whether its answer
+    carries records: left unsaid, a new admin tool answering with records would be handed to a
+    token holding ``admin`` without ``read``. Any other tool may not say it (a read tool needs
+    ``read`` anyway; a write tool answers a caller without ``read`` with a receipt)."""
+    if tool.right not in (None, *principals.RIGHTS):
+        raise ValueError(f"tool {tool.name!r} declares right={tool.right!r}: one of {', '.join(principals.RIGHTS)}")
+    is_admin = tool.right == "admin"
     if is_admin and tool.answers_with_records is None:
         raise ValueError(
             f"admin tool {tool.name!r} must declare answers_with_records=True or False: whether its answer "
@@ -258,7 +264,7 @@ def _check_records_declaration(tool: Tool) -> None:
     if not is_admin and tool.answers_with_records is not None:
         raise ValueError(
             f"tool {tool.name!r} declares answers_with_records but is not an admin tool: only admin tools "
-            "declare it (add the tool to principals.ADMIN_TOOLS if it is one)"
+            '(right="admin") declare it'
         )
 
 
@@ -274,13 +280,14 @@ def tool(
     core: bool = False,
     description: str | None = None,
     content: tuple[str, ...] = (),
+    right: str | None = None,
     answers_with_records: bool | None = None,
 ) -> Callable:
     """Register ``fn(ctx, args)`` as a tool. ``http`` items are (method, path[, status]);
     ``content`` lists media types its REST answer may have besides JSON (``Reply.content``);
-    ``answers_with_records`` is required of an admin tool and refused on any other
-    (``Tool.answers_with_records``). The description defaults to the first paragraph of the
-    docstring."""
+    ``right`` is the right a token needs (``Tool.right``); ``answers_with_records`` is required
+    of an admin tool and refused on any other (``Tool.answers_with_records``). The description
+    defaults to the first paragraph of the docstring."""
 
     def register(fn: Callable) -> Callable:
         doc = description or " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
@@ -297,6 +304,7 @@ def tool(
                 mcp=mcp,
                 core=core,
                 content=content,
+                right=right,
                 answers_with_records=answers_with_records,
             )
         )

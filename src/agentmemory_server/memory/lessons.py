@@ -262,7 +262,7 @@ _RECALL = {
 }
 
 
-@tool("memory_lesson_recall", params(["query"], **_RECALL), http=[("POST", "/lessons/recall")])
+@tool("memory_lesson_recall", params(["query"], **_RECALL), http=[("POST", "/lessons/recall")], right="read")
 def memory_lesson_recall(ctx: Ctx, args: dict) -> dict:
     """Lessons relevant to a query, ranked by relevance x confidence x recency (each with a score)."""
     return {"success": True, "lessons": lesson_ranking.rank_lessons(ctx, args)}
@@ -277,6 +277,7 @@ def memory_lesson_recall(ctx: Ctx, args: dict) -> dict:
         tags=_TAGS,
     ),
     http=[("POST", "/lessons/search")],
+    right="read",
 )
 def memory_lesson_search(ctx: Ctx, args: dict) -> dict:
     """Search lessons by text, optionally only one source or tags; ranked like memory_lesson_recall."""
@@ -318,6 +319,7 @@ def lesson_delete(ctx: Ctx, args: dict) -> dict:
     http=[("POST", "/lessons/decay")],
     mcp=False,
     answers_with_records=False,
+    right="admin",
 )
 def lesson_decay(ctx: Ctx, args: dict) -> dict:
     """Run the lesson decay sweep now (it also runs daily)."""

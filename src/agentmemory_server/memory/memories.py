@@ -430,6 +430,7 @@ def memory_forget(ctx: Ctx, args: dict) -> dict:
     http=[("DELETE", "/governance/memories")],
     core=True,
     answers_with_records=False,
+    right="admin",
 )
 def memory_governance_delete(ctx: Ctx, args: dict) -> dict:
     """Delete memories by id with an audited reason."""
@@ -469,6 +470,7 @@ def memory_governance_delete(ctx: Ctx, args: dict) -> dict:
     http=[("GET", "/audit")],
     core=True,
     answers_with_records=True,
+    right="admin",
 )
 def memory_audit(ctx: Ctx, args: dict) -> dict:
     """The audit trail, newest first: one entry per change with its operation and targets."""

@@ -70,6 +70,7 @@ def detect(store: Any, project: str | None, agent_id: str | None, limit: int) ->
     ),
     http=[("POST", "/patterns")],
     mcp=False,
+    right="read",
 )
 def patterns(ctx: Ctx, args: dict) -> dict:
     """Recurring errors, files, commands and concepts seen in at least two sessions."""

@@ -242,7 +242,14 @@ def evict(ctx: Ctx, args: dict) -> dict[str, Any]:
 DRY_RUN = boolean("Report what would go without deleting anything", default=False)
 
 
-@tool("auto_forget", params(dryRun=DRY_RUN), http=[("POST", "/auto-forget")], mcp=False, answers_with_records=False)
+@tool(
+    "auto_forget",
+    params(dryRun=DRY_RUN),
+    http=[("POST", "/auto-forget")],
+    mcp=False,
+    answers_with_records=False,
+    right="admin",
+)
 def auto_forget_tool(ctx: Ctx, args: dict) -> dict:
     """Run auto-forget now: expired memories, near-duplicate memories demoted, old low-value observations."""
     return auto_forget(ctx, dry_run=args["dryRun"])
@@ -262,6 +269,7 @@ def auto_forget_tool(ctx: Ctx, args: dict) -> dict:
     http=[("POST", "/evict")],
     mcp=False,
     answers_with_records=False,
+    right="admin",
 )
 def evict_tool(ctx: Ctx, args: dict) -> dict:
     """Enforce the retention caps now (per-project observation cap, old low-value records, stale sessions)."""

@@ -222,6 +222,7 @@ def write_export(
     http=[("GET", "/export")],
     core=True,
     answers_with_records=True,
+    right="admin",
 )
 def memory_export(ctx: Ctx, args: dict) -> dict:
     """Export sessions, observations, memories, summaries, working memory and every other record as JSON."""
@@ -354,6 +355,7 @@ def import_export(ctx: Ctx, export: dict[str, Any], strategy: str) -> dict[str, 
     http=[("POST", "/import")],
     mcp=False,
     answers_with_records=False,
+    right="admin",
 )
 def import_tool(ctx: Ctx, args: dict) -> dict:
     """Import an export; re-indexes everything it writes."""

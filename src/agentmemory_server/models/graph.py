@@ -429,6 +429,7 @@ def _edge_view(e: dict) -> dict[str, Any]:
         agentId=AGENT_ID,
     ),
     http=[("GET", "/graph"), ("POST", "/graph/query")],
+    right="read",
 )
 def memory_graph_query(ctx: Ctx, args: dict) -> dict:
     """The knowledge graph (entities and relations extracted from sessions) as nodes and edges,
@@ -533,6 +534,7 @@ def graph_node(ctx: Ctx, args: dict) -> dict:
     http=[("POST", "/graph/compact")],
     mcp=False,
     answers_with_records=False,
+    right="admin",
 )
 def graph_compact(ctx: Ctx, args: dict) -> dict:
     """Trim each node's or edge's provenance to 32 observation ids, the newest (upstream 0.9.30).

@@ -364,6 +364,7 @@ _STATE_FIELDS = ("name", "category", "status", "fixable")
     ),
     http=[("POST", "/diagnostics")],
     core=True,
+    right="read",
 )
 def memory_diagnose(ctx: Ctx, args: dict) -> dict:
     """Health checks over every subsystem: database integrity, search index against records,
@@ -389,6 +390,7 @@ def memory_diagnose(ctx: Ctx, args: dict) -> dict:
     http=[("POST", "/diagnostics/heal")],
     mcp=False,
     answers_with_records=False,
+    right="admin",
 )
 def diagnostics_heal(ctx: Ctx, args: dict) -> dict:
     """Fix what diagnostics marked fixable (re-index, remove orphans, recount, checkpoint, ...)."""

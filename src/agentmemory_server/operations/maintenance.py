@@ -506,13 +506,13 @@ def stats(rt: Any) -> dict[str, Any]:
 # -- the same operations as tools (admin routes; the CLI calls the functions above directly) --------
 
 
-@tool("stats", params(), http=[("GET", "/stats")], mcp=False, answers_with_records=False)
+@tool("stats", params(), http=[("GET", "/stats")], mcp=False, answers_with_records=False, right="admin")
 def stats_tool(ctx: Ctx, args: dict) -> dict[str, Any]:
     """Record counts per scope and per indexed kind, table sizes, database and WAL size, schema."""
     return stats(ctx.rt)
 
 
-@tool("reindex", params(), http=[("POST", "/reindex")], mcp=False, answers_with_records=False)
+@tool("reindex", params(), http=[("POST", "/reindex")], mcp=False, answers_with_records=False, right="admin")
 def reindex_tool(ctx: Ctx, args: dict) -> dict[str, Any]:
     """Rebuild the search index from the records and queue every record for a new vector (the
     background worker embeds them); for big stores prefer ``agentmemory reindex``, which shows

@@ -207,6 +207,7 @@ def _result(tally: Counter[str], shown: list[dict[str, Any]], failed: list[str],
     http=[("POST", "/recompress")],
     mcp=False,
     answers_with_records=True,
+    right="admin",
 )
 def recompress_tool(ctx: Ctx, args: dict) -> dict[str, Any]:
     """Compress every stored observation again with the server's current capture code (titles,

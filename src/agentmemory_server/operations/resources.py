@@ -173,6 +173,7 @@ def mcp_resources(ctx: Ctx, args: dict) -> dict:
     params(["uri"], uri=string("Resource URI", max_length=2048)),
     http=[("POST", "/mcp/resources/read")],
     mcp=False,
+    right="read",
 )
 def mcp_resource_read(ctx: Ctx, args: dict) -> dict:
     """Read an MCP resource: {uri} -> {contents:[{uri, mimeType, text}]}."""
@@ -302,6 +303,7 @@ def mcp_prompts(ctx: Ctx, args: dict) -> dict:
     params(["name"], name=string("Prompt name", max_length=128), arguments=obj("Prompt arguments (strings)")),
     http=[("POST", "/mcp/prompts/get")],
     mcp=False,
+    right="read",
 )
 def mcp_prompt_get(ctx: Ctx, args: dict) -> dict:
     """Render an MCP prompt: {name, arguments} -> {messages:[{role, content:{type, text}}]}."""

@@ -40,6 +40,7 @@ def public(key: str, record: dict[str, Any]) -> dict[str, Any]:
     http=[("POST", "/tokens", 201)],
     mcp=False,
     answers_with_records=False,
+    right="admin",
 )
 def tokens_create(ctx: Ctx, args: dict) -> Reply:
     """Create an API token for a person or an agent; the token is in this answer only."""
@@ -57,7 +58,7 @@ def tokens_create(ctx: Ctx, args: dict) -> Reply:
     return Reply({"token": token, **public(key, record)}, 201)
 
 
-@tool("tokens_list", params(), http=[("GET", "/tokens")], mcp=False, answers_with_records=False)
+@tool("tokens_list", params(), http=[("GET", "/tokens")], mcp=False, answers_with_records=False, right="admin")
 def tokens_list(ctx: Ctx, args: dict) -> dict:
     """Every API token (never the token itself): id, principal, kind, projects, rights, state."""
     rows = ctx.rt.db.reader().records.list(TOKENS)
@@ -70,6 +71,7 @@ def tokens_list(ctx: Ctx, args: dict) -> dict:
     http=[("POST", "/tokens/revoke")],
     mcp=False,
     answers_with_records=False,
+    right="admin",
 )
 def tokens_revoke(ctx: Ctx, args: dict) -> dict:
     """Revoke an API token by id: refused at once in every process (a live event empties each

@@ -66,6 +66,7 @@ def compile_context(
     ),
     http=[("POST", "/context")],
     mcp=False,
+    right="read",
 )
 def context_tool(ctx: Ctx, args: dict) -> dict:
     """Compile the context block for a session: pinned slots, observations relevant to its first

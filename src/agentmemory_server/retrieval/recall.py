@@ -257,6 +257,7 @@ def apply_budget(results: list[dict], budget: int | None) -> tuple[list[dict], i
     ),
     http=[("POST", "/search")],
     core=True,
+    right="read",
 )
 def memory_recall(ctx: Ctx, args: dict) -> dict:
     """Search observations and memories (hybrid BM25 + vectors when available; says which mode ran)."""
@@ -404,6 +405,7 @@ def attach_lessons(ctx: Ctx, query: str, project: str | None, limit: int) -> lis
     ),
     http=[("POST", "/smart-search")],
     core=True,
+    right="read",
 )
 def memory_smart_search(ctx: Ctx, args: dict) -> dict:
     """Hybrid search (BM25 + vectors, fused) returning compact rows; expandIds returns full records."""

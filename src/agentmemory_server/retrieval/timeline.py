@@ -45,6 +45,7 @@ def _anchor(ctx: Ctx, args: dict[str, Any], filters: dict[str, Any]) -> tuple[st
         after=integer("Observations after the anchor", minimum=0, maximum=100, default=5),
     ),
     http=[("POST", "/timeline")],
+    right="read",
 )
 def memory_timeline(ctx: Ctx, args: dict) -> dict:
     """Observations around an anchor (a time, or the best match for some words), in time order."""
@@ -155,6 +156,7 @@ FILES_ARG = array(string(max_length=1024), "File paths", max_items=50)
     ),
     http=[("POST", "/file-context")],
     mcp=False,
+    right="read",
 )
 def file_context(ctx: Ctx, args: dict) -> dict:
     """Past observations about some files (other sessions), as a short text."""

@@ -169,6 +169,7 @@ def memory_working_set(ctx: Ctx, args: dict) -> Any:
         pattern={**PATTERN, "description": "For list: " + PATTERN["description"], "default": "*"},
     ),
     http=[("GET", "/working/get"), ("POST", "/working/get")],
+    right="read",
 )
 def memory_working_get(ctx: Ctx, args: dict) -> Any:
     """Read working memory: one key (with a default), whether a key exists, key names matching
@@ -441,7 +442,7 @@ def working_checkpoints_list(ctx: Ctx, args: dict) -> Any:
 # -- stats ---------------------------------------------------------------------------------------------
 
 
-@tool("memory_working_stats", wm_params(), http=[("GET", "/working/stats"), ("POST", "/working/stats")])
+@tool("memory_working_stats", wm_params(), http=[("GET", "/working/stats"), ("POST", "/working/stats")], right="read")
 def memory_working_stats(ctx: Ctx, args: dict) -> Any:
     """Working-memory statistics of a session: backend (and whether it is the SQLite fallback),
     total and user keys, checkpoints, scratchpad entries, whether task state is set, limits."""
