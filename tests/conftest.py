@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 
 from agentmemory_server.kernel import registry
+from agentmemory_server.adapters.logs import STACK_DUMP_SIGNAL
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.runtime import Runtime
@@ -363,9 +364,56 @@ def end_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: 
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
+            report_stuck(proc.pid, sig, grace)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
     kill_orphans(proc.pid)
+
+
+def report_stuck(pgid: int, sig: int, grace: float) -> str:
+    """Say on the terminal (past capturing, so a passing test shows it too) which processes of group
+    ``pgid`` are still running ``grace`` seconds after ``sig``, with their threads' stacks: our
+    server processes write them to their log on STACK_DUMP_SIGNAL (adapters/logs.py), and the
+    new part of each one's stderr file is quoted. A stop that waits should name its culprit.
+    Returns what it said."""
+    stuck, logs = [], {}
+    for pid in group_members(pgid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            log = Path(os.readlink(f"/proc/{pid}/fd/2"))
+        except OSError:  # it ended meanwhile
+            continue
+        stuck.append(f"{pid} ({command.strip()[:200]})")
+        if log.is_file():
+            logs.setdefault(log, log.stat().st_size)
+        os.kill(pid, STACK_DUMP_SIGNAL)
+    time.sleep(1.0)  # faulthandler writes at once; the processes may be short of CPU
+    report = [f"\n!! process group {pgid}: still running {grace:g} s after signal {sig} (SIGKILL follows): "
+              + ", ".join(stuck)]
+    for log, size in logs.items():
+        with open(log, "rb") as f:
+            f.seek(size)
+            report.append(f"-- their stacks, from {log}:\n" + f.read().decode(errors="replace")[-20000:])
+    say_on_terminal("\n".join(report))
+    return "\n".join(report)
+
+
+_config: Any = None
+
+
+def pytest_configure(config: Any) -> None:
+    global _config
+    _config = config
+
+
+def say_on_terminal(text: str) -> None:
+    """Write ``text`` on pytest's terminal at once, past output capturing (which would show it only
+    for a failed test)."""
+    reporter = _config.pluginmanager.get_plugin("terminalreporter") if _config is not None else None
+    if reporter is None:
+        sys.__stderr__.write(text + "\n")
+    else:
+        reporter.write_line(text)
 
 
 def kill_orphans(pgid: int) -> None:

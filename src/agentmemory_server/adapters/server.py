@@ -31,6 +31,7 @@ SHUTDOWN_GRACE_SECONDS = 20
 
 def serve(settings: Settings, *, dev: bool = False) -> None:
     logs.configure(settings.log_level)
+    logs.dump_stacks_on_signal()
     # Before gunicorn forks: every log line of every process, ours or a library's, is redacted.
     privacy.redact_logs([*settings.secret_values(), os.environ.get("HF_TOKEN")])
     if dev:

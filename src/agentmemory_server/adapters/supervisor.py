@@ -35,6 +35,7 @@ from typing import Any
 import agentmemory_server
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.storage.file_locks import wait_for_lock
+from agentmemory_server.threads import SignalSafeFlag
 
 log = logging.getLogger("agentmemory.supervisor")
 STOP_GRACE_SECONDS = 15.0
@@ -52,7 +53,8 @@ class Supervisor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.last_exit: dict[str, Any] | None = None
-        self._stop = threading.Event()
+        # Set by stopping() from a signal handler, where an Event could deadlock (SignalSafeFlag).
+        self._stop = SignalSafeFlag()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None  # the spawn lock, once this process holds it
@@ -133,8 +135,9 @@ class Supervisor:
 
     def stopping(self) -> None:
         """This process heard a stop signal: the worker's exit from now on is part of the stop.
-        Safe in a signal handler (sets an event nobody in the main thread waits on); ``stop()``
-        still ends the worker and releases the spawn lock."""
+        Called from a signal handler, so it takes no lock (a second signal can arrive while the
+        first one's handler runs, or while ``stop()`` runs); ``stop()`` still ends the worker and
+        releases the spawn lock."""
         self._stop.set()
 
     def stop(self) -> None:

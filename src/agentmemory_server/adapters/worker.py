@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from agentmemory_server import storage
 from agentmemory_server.adapters import logs
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.storage.file_locks import wait_for_lock
+from agentmemory_server.threads import SignalSafeFlag
 from agentmemory_server.wiring import build_runtime
 
 log = logging.getLogger("agentmemory.worker")
@@ -42,7 +42,8 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 def run_worker(settings: Settings, *, parent_pid: int | None = None) -> int:
     logs.configure(settings.log_level)
-    stop = threading.Event()
+    logs.dump_stacks_on_signal()
+    stop = SignalSafeFlag()  # set by the signal handler, where an Event could deadlock
 
     def orphaned() -> bool:
         return parent_pid is not None and os.getppid() != parent_pid
@@ -88,7 +89,7 @@ def _stop_with_parent() -> None:
         log.debug("worker %d: PR_SET_PDEATHSIG unavailable (%s)", os.getpid(), exc)
 
 
-def _take_worker_lock(path: str, stop: threading.Event, orphaned: Callable[[], bool]) -> bool:
+def _take_worker_lock(path: str, stop: SignalSafeFlag, orphaned: Callable[[], bool]) -> bool:
     """Hold ``path`` exclusively until this process has exited (a bare descriptor, never closed:
     the kernel releases the lock only once the process is gone), waiting while the previous
     worker of this node is still running. False when told to stop, or orphaned, meanwhile."""

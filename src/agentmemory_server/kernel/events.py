@@ -24,6 +24,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.errors import CapacityExceeded
+from agentmemory_server.threads import SignalSafeFlag
 
 # Every event type the server publishes, with what its ``record`` is. README's event table is
 # generated from this, and publishing any other type is a programming error.
@@ -95,7 +96,7 @@ class Hub:
         self.dropped_clients = 0
         self.refused_clients = 0
         self.sockets = 0
-        self.stopping = threading.Event()
+        self.stopping = SignalSafeFlag()  # set by close(), from a SIGTERM handler
         self._listeners: dict[str, list[Callable[[Any], None]]] = {}
 
     def listen(self, event_type: str, react: Callable[[Any], None]) -> None:

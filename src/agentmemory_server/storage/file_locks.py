@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import fcntl
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
+
+
+class StopMark(Protocol):
+    """What ``wait_for_lock`` needs of its ``stop``: a ``threading.Event`` or a
+    ``threads.SignalSafeFlag`` (one a signal handler sets)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
 
 
 def try_lock(path: Path) -> int | None:
@@ -28,7 +37,7 @@ def try_lock(path: Path) -> int | None:
 
 def wait_for_lock(
     path: Path | str,
-    stop: threading.Event,
+    stop: StopMark,
     poll_seconds: float,
     *,
     give_up: Callable[[], bool] = lambda: False,

@@ -95,6 +95,7 @@ from agentmemory_server.storage.sqlite.backup_hub import (  # noqa: F401
     hub_errors,
     image_operations,
 )
+from agentmemory_server.threads import SignalSafeFlag
 
 HISTORY_PREFIX = "backups/agentmemory-"
 log = logging.getLogger("agentmemory.sync")
@@ -423,13 +424,13 @@ def _backup_logged(cfg: Config, when: str) -> bool:
     return False
 
 
-def run_loop(cfg: Config, stop: threading.Event | None = None) -> int:
+def run_loop(cfg: Config, stop: threading.Event | SignalSafeFlag | None = None) -> int:
     """Back up every ``cfg.interval`` seconds until SIGTERM/SIGINT (or ``stop``), then once more.
 
     :return: 0, or 1 when the final backup failed.
     """
     cfg.require_repo()
-    stop = stop or threading.Event()
+    stop = stop or SignalSafeFlag()  # set by the signal handlers below, where an Event could deadlock
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
