@@ -89,11 +89,13 @@ def server(tmp_path: Path):
 
 
 def user_environment(home: Path, cwd: Path) -> dict[str, str]:
-    """The environment of a user whose HOME (and every XDG folder) is ``home``, in a shell whose
-    working directory is ``cwd`` (OpenCode takes its project folder from PWD, as shells set it)."""
+    """The environment of a user whose HOME (and every XDG folder, and TMPDIR) is in ``home``, in a
+    shell whose working directory is ``cwd`` (OpenCode takes its project folder from PWD, as shells
+    set it). Without TMPDIR, OpenCode leaves an empty ``/tmp/opencode`` behind."""
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
     return {**clean_environ(), "HOME": str(home), "PWD": str(cwd), "XDG_CONFIG_HOME": str(home / ".config"),
             "XDG_DATA_HOME": str(home / ".local" / "share"), "XDG_STATE_HOME": str(home / ".local" / "state"),
-            "XDG_CACHE_HOME": str(home / ".cache")}
+            "XDG_CACHE_HOME": str(home / ".cache"), "TMPDIR": str(home / "tmp")}
 
 
 def connect_opencode(home: Path, project: Path, url: str) -> None:
@@ -189,6 +191,8 @@ def test_a_real_opencode_run_is_stored_as_one_session(tmp_path: Path, server: Li
     use_fake_model(project, model)
 
     out = opencode_run(binary, home, project)
+    # Its temporary folder went to the test's TMPDIR, not to the machine's /tmp.
+    assert (home / "tmp" / "opencode").is_dir(), sorted(p.name for p in (home / "tmp").iterdir())
     (session,) = run_session_ids(out)  # OpenCode's own id for the run's session
     last_request = model.generations()[-1]["messages"]
     (prompt,) = [m["content"] for m in last_request if m["role"] == "user"]  # as OpenCode sent it to the model
