@@ -399,3 +399,26 @@ def test_a_refused_migration_leaves_no_target_it_created_and_an_old_target_as_it
     again = make_runtime(data_dir=str(tmp_path / "old"), database_url=None)
     assert {scope: dict(again.db.reader().records.iter_scope(scope)) for scope in
             again.db.reader().records.scope_counts()} == old_records and old_records["mem:memories"]
+
+
+
+def test_a_refused_migration_called_from_python_leaves_no_target_it_created(make_runtime, tmp_path):
+    """``migrate.migrate`` given the target's settings opens the target itself, as the CLI does,
+    and a refusal takes away what opening it made: the file, its sidecars, its generated secret
+    and its directories. The same call, once nothing refuses, migrates and keeps the target."""
+    from agentmemory_server.errors import AppError
+    from agentmemory_server.kernel.settings import Settings
+    from conftest import free_port
+
+    source = make_runtime(data_dir=str(tmp_path / "src"), database_url=None)
+    seed(source)
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    target = Settings.from_env({}, data_dir=str(tmp_path / "new" / "deeper"), background_jobs=False,
+                               embedding_provider="none", **_redis_settings(dead))  # auth on: a secret is made
+    with pytest.raises(AppError, match="target's working memory .* does not answer"):
+        migrate.migrate(source, target, tmp_path / "src")
+    assert not (tmp_path / "new").exists(), _tree(tmp_path / "new")
+
+    result = migrate.migrate(source, target.replace(working_memory_backend="sqlite"), tmp_path / "src")
+    assert result["verified"]["ok"] and result["records"] > 0, result
+    assert {"agentmemory.db", "secret"} <= set(_tree(tmp_path / "new" / "deeper")), _tree(tmp_path / "new")

@@ -213,25 +213,14 @@ def cmd_migrate(settings: Settings, opts: argparse.Namespace) -> Any:
     # role "tool": a Redis this command cannot reach must not move the servers' store to the fallback
     source = build_runtime(settings, role="tool")
     try:
-        # A refused run leaves no SQLite target it created (noted before opening it makes the file).
-        new_target = (
-            None
-            if target_settings.database_url
-            else migrate.NewTarget(target_settings.database_path, target_settings.secret_path)
+        # migrate opens the target from its settings: a refused run leaves no SQLite target it created.
+        return migrate.migrate(
+            source,
+            target_settings,
+            settings.database_path.parent,
+            progress=_progress(opts.quiet),
+            batch=opts.batch or 5000,
         )
-        with migrate.removed_unless_written(new_target):
-            target = build_runtime(target_settings, role="tool")
-            try:
-                return migrate.migrate(
-                    source,
-                    target,
-                    settings.database_path.parent,
-                    progress=_progress(opts.quiet),
-                    batch=opts.batch or 5000,
-                    new_target=new_target,
-                )
-            finally:
-                target.close()
     finally:
         source.close()
 

@@ -471,7 +471,8 @@ class Runtime:
         self.hub.listen("token", lambda _record: self.tokens.forget())
         self.limiter = build_limiter(settings)
         self.services: dict[str, Any] = {}
-        for name, factory in subsystems:
+        self._subsystems = tuple(subsystems)  # for built_alike
+        for name, factory in self._subsystems:
             if name in self.services:
                 raise ValueError(f"duplicate subsystem {name!r}")
             self.services[name] = factory(self)
@@ -482,6 +483,11 @@ class Runtime:
                 start()
         if self.runs_background:
             self.jobs.start()
+
+    def built_alike(self, settings: Settings, *, role: str) -> Runtime:
+        """Another runtime with this one's hooks, subsystems and clock, on ``settings``: how a
+        feature opens a second store (``agentmemory migrate``'s target) without the wiring."""
+        return Runtime(settings, hooks=self.hooks, subsystems=self._subsystems, clock=self.clock, role=role)
 
     def _claim_periodic(self, name: str, every: float) -> bool:
         now = time.time()

@@ -24,6 +24,8 @@ fallback, an import or migration holding either store, ...) leaves no new SQLite
 ``removed_unless_written`` takes away the database file and the sidecars that opening it made
 (``-wal``, ``-shm``, ``.writer-lock``, ``.startup-check``, ``.tantivy/``, the generated
 ``secret``, the directories made for it). A target that was there before is left as it was.
+That is done by ``migrate`` itself whenever it opens the target (its ``target`` is the target's
+Settings, as from the CLI); a target runtime a Python caller opened is the caller's to remove.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from typing import Any
 
 from agentmemory_server.errors import AppError, Conflict, Unavailable
 from agentmemory_server.kernel.registry import Ctx
+from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.memory import transfer_lease, working_transfer
 from agentmemory_server.operations import maintenance
 from agentmemory_server.operations.maintenance import Progress, no_progress
@@ -128,15 +131,32 @@ def migrate(
     *,
     progress: Progress = no_progress,
     batch: int = 5000,
-    new_target: NewTarget | None = None,
 ) -> dict[str, Any]:
-    """Copy every record of the ``source`` runtime into the ``target`` runtime, resumably, and
-    verify the result. Returns counts, timings and the verification. ``new_target`` is told
-    when the first record is about to be written (``removed_unless_written``).
+    """Copy every record of the ``source`` runtime into the ``target`` store, resumably, and
+    verify the result. Returns counts, timings and the verification.
 
+    :param target: the target's ``Settings``: opened here as ``source`` was built (role tool:
+        a Redis that does not answer is an error, never a fallback), closed at the end, and
+        removed again if it is a SQLite file this run created and the run is refused before it
+        writes a record. Or a runtime the caller opened (and closes, and removes if it wants).
     :raise Conflict: the verification found a difference (the spool and state are kept), or an
         import or another migration of either store runs (``transfer_lease``; nothing was done).
     """
+    if not isinstance(target, Settings):
+        return _migrate_leased(source, target, data_dir, progress=progress, batch=batch, new_target=None)
+    # Noted before opening it makes the file, its sidecars, its secret and its directories.
+    new_target = None if target.database_url else NewTarget(target.database_path, target.secret_path)
+    with removed_unless_written(new_target):
+        opened = source.built_alike(target, role="tool")
+        try:
+            return _migrate_leased(source, opened, data_dir, progress=progress, batch=batch, new_target=new_target)
+        finally:
+            opened.close()
+
+
+def _migrate_leased(
+    source: Any, target: Any, data_dir: Path, *, progress: Progress, batch: int, new_target: NewTarget | None
+) -> dict[str, Any]:
     # Checked before the leases: a refused run writes nothing into either store, not even a lease.
     source.services["working_memory"].require_reachable("source", SOURCE_HINT)
     target.services["working_memory"].require_reachable("target", TARGET_HINT)
