@@ -91,6 +91,38 @@ def test_an_interrupted_migration_resumes_where_it_stopped(make_runtime, tmp_pat
     assert result["import"]["imported"] < total  # only the lines after the stored ones were written again
 
 
+def test_a_target_deleted_by_hand_after_an_interrupted_run_is_migrated_whole_by_the_next_run(make_runtime, tmp_path):
+    """The state of a run interrupted part-way says how many lines its target holds. Deleted by
+    hand, that target is made again at the same place by the next run, which must start over:
+    before, it skipped the lines the deleted target had held and the verification failed."""
+    import shutil
+
+    source = make_runtime(data_dir=str(tmp_path / "src"), database_url=None)
+    seed(source)
+    target = make_runtime(data_dir=str(tmp_path / "dst"), database_url=None)
+    spool, state_path = migrate.spool_paths(tmp_path / "src")
+    with open(spool, "w", encoding="utf-8") as out:  # interrupted by a damaged line in the middle
+        maintenance.stream_export(source, out, lines=True)
+    lines = spool.read_text().splitlines(keepends=True)
+    middle = len(lines) // 2
+    good, lines[middle] = lines[middle], "{not json\n"
+    spool.write_text("".join(lines))
+    state_path.write_text(json.dumps({"source": source.db.location, "target": target.db.location,
+                                      "exported": True, "imported": 0}))
+    with pytest.raises(InvalidInput, match=f"line {middle + 1}"):
+        migrate.migrate(source, target, tmp_path / "src", batch=3)
+    assert json.loads(state_path.read_text())["imported"] > 0
+    lines[middle] = good
+    spool.write_text("".join(lines))
+    target.close()
+    shutil.rmtree(tmp_path / "dst")
+
+    again = make_runtime(data_dir=str(tmp_path / "dst"), database_url=None)
+    result = migrate.migrate(source, again, tmp_path / "src", batch=3)
+    total = sum(source.db.reader().records.scope_counts().values())
+    assert result["verified"]["ok"] and result["import"]["imported"] == total, result["import"]
+    assert not state_path.exists() and not spool.exists()
+
 def test_a_difference_fails_the_verification(make_runtime, tmp_path):
     source = make_runtime(data_dir=str(tmp_path / "a"), database_url=None)
     seed(source)

@@ -6,7 +6,10 @@ The records travel as the JSON Lines export (``maintenance.stream_export``) and 
 the JSON Lines import (``maintenance.import_lines``, strategy merge), so a migration is exactly
 an export and an import, with the same validation. The export is spooled to a file in the data
 directory first; a state file beside it records how many lines the target already holds, so an
-interrupted migration resumes where it stopped (merge makes a repeated batch harmless). Then
+interrupted migration resumes where it stopped (merge makes a repeated batch harmless). The state
+names the target by an id the run stores in it (``target_id``): a target deleted by hand and made
+again by the next run has none, so that run starts over instead of skipping lines the old target
+held. Then
 the record counts of every scope are compared and a sample of records is read back from both
 stores and compared, and so is every scope of working memory. Search rows are rebuilt by the
 import; vectors are queued and embedded by the target's background worker.
@@ -36,6 +39,7 @@ import os
 import random
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,7 @@ from agentmemory_server.errors import AppError, Conflict, Unavailable
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.memory import transfer_lease, working_transfer
+from agentmemory_server.memory.working_transfer import RESERVED_SCOPE
 from agentmemory_server.operations import maintenance
 from agentmemory_server.operations.maintenance import Progress, no_progress
 
@@ -57,6 +62,10 @@ RERUN = (
     "Every record is in the target; run the same `agentmemory migrate` again once Redis answers: it resumes, and "
     "working memory written again doubles nothing"
 )
+
+
+# Where a target keeps the id its migration state names it by: the store's own state, which never travels.
+TARGET_ID_KEY = "_migration_target"
 
 
 def spool_paths(data_dir: Path) -> tuple[Path, Path]:
@@ -170,7 +179,12 @@ def _migrate(
 ) -> dict[str, Any]:
     spool, state_path = spool_paths(data_dir)
     state = read_state(state_path)
-    if state.get("source") != source.db.location or state.get("target") != target.db.location:
+    target_id = stored_target_id(target)
+    if (
+        state.get("source") != source.db.location
+        or state.get("target") != target.db.location
+        or state.get("targetId") != target_id  # another target at that place: this one holds nothing of it
+    ):
         state = {"source": source.db.location, "target": target.db.location, "exported": False, "imported": 0}
     started = time.perf_counter()
     if not state["exported"] or not spool.exists():
@@ -188,6 +202,8 @@ def _migrate(
 
     if new_target is not None:
         new_target.written = True
+    state["targetId"] = target_id or store_target_id(target)
+    state_path.write_text(json.dumps(state))
     result = maintenance.import_lines(
         Ctx(target, source="cli"),
         spool,
@@ -216,6 +232,20 @@ def _migrate(
         "recordsPerSecond": round(records / max(imported - started, 1e-9)),
         "verified": check,
     }
+
+
+def stored_target_id(target: Any) -> str | None:
+    """The id a migration stored in ``target`` (None: no migration has written into it yet)."""
+    row = target.db.reader().working.kv_get(RESERVED_SCOPE, TARGET_ID_KEY, 0.0)
+    return None if row is None else str(json.loads(row[0]))
+
+
+def store_target_id(target: Any) -> str:
+    """Give ``target`` an id of its own for the migration state to name it by; returns it."""
+    target_id = uuid.uuid4().hex
+    with target.db.transaction("migrate_target_id") as tx:
+        tx.working.kv_put_many(RESERVED_SCOPE, [(TARGET_ID_KEY, json.dumps(target_id), None)], target.clock.iso())
+    return target_id
 
 
 def verify(source: Any, target: Any, sample: int = SAMPLE) -> dict[str, Any]:
