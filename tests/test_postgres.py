@@ -370,6 +370,31 @@ def test_hook_events_wait_on_disk_while_the_database_does_not_answer_and_are_sto
     pg_cluster.drop_database(url)
 
 
+def test_a_hook_event_that_finds_every_connection_in_use_as_the_database_goes_away_is_spooled_without_the_pools_wait(
+    pg_cluster, make_runtime
+):
+    # Before, a request that came in while the database was gone but before any thread had found a
+    # broken connection (none idle: every one in use) waited for the pool's whole timeout, 30 s,
+    # longer than any hook waits for its answer; now each second of its wait asks whether the
+    # database answers. (The bound below is half the pool's timeout: the answer takes about 1 s.)
+    url = pg_cluster.create_database()
+    rt = make_runtime(database_url=url, database_pool=2)
+    client = create_app(runtime=rt).test_client()
+    assert client.post("/agentmemory/observe", json=hook("busy-pg", content="before")).status_code == 201
+    held = [rt.db.pool.getconn() for _ in range(rt.db.pool.max_size)]  # other requests' connections
+    try:
+        pg_cluster.drop_database(url)
+        started = time.monotonic()
+        noted = client.post("/agentmemory/observe", json=hook("busy-pg", content="noted while it was gone"))
+        waited = time.monotonic() - started
+    finally:
+        for conn in held:
+            rt.db.pool.putconn(conn)
+    assert noted.status_code == 202 and noted.json["spooled"] is True, noted.json
+    assert "does not answer" in noted.json["error"], noted.json
+    assert waited < pg_database.POOL_TIMEOUT_SECONDS / 2, f"answered after {waited:.1f} s"
+
+
 def test_the_capture_spool_keeps_the_disk_reserve_free(pg_cluster, make_runtime, tmp_path):
     # The database is elsewhere, so only the spool writes on this disk; past the reserve it refuses.
     url = pg_cluster.create_database()

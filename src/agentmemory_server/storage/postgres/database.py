@@ -61,6 +61,11 @@ T = TypeVar("T")
 # (every write request is followed by one: bench/pg_statements.py).
 OWN_LOCKS = {"live_events": LIVE_LOCK, "transfer_lease": LEASE_LOCK}
 POOL_TIMEOUT_SECONDS = 30.0
+# A wait for a pooled connection is taken in turns this long; after a turn without one, the
+# database is asked whether it answers (``pooled``): a dropped database or a stopped server ends
+# the wait at once with the reason, not at POOL_TIMEOUT_SECONDS (the pool, which tries to
+# reconnect in the background, hands out nothing meanwhile).
+CHECKOUT_TURN_SECONDS = 1.0
 # How long a write waits for the write lock unless the opener says otherwise (``lock_wait``: a
 # request process waits less than its clients); SQLite's BUSY_TIMEOUT_SECONDS.
 LOCK_WAIT_SECONDS = 30.0
@@ -247,24 +252,43 @@ class PostgresDatabase:
 
     @contextmanager
     def pooled(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection, waiting up to POOL_TIMEOUT_SECONDS for one.
+        """A pooled connection, waiting up to POOL_TIMEOUT_SECONDS for one while the database
+        answers (``_checkout``).
 
         :raise Unavailable: none came free (``database_busy``), or the database does not answer
             (``unavailable``, with its reason; at once while it still does not).
         """
         if self._unanswered:
             self._refuse_if_unanswered()
+        conn = self._checkout()
         try:
-            with self.pool.connection(timeout=POOL_TIMEOUT_SECONDS) as conn:
+            with conn:  # as the pool's own connection(): commit, or roll back on an error
                 try:
                     yield conn
                 except BaseException:
                     if conn.broken:  # the server went away under it, or ended it: does it answer?
                         self._unanswered = self._unanswered_reason() is not None
                     raise
-        except psycopg_pool.PoolTimeout as exc:
-            self._refuse_if_unanswered()
-            raise Unavailable("no database connection free; retry shortly", code=errors.DATABASE_BUSY) from exc
+        finally:
+            self.pool.putconn(conn)  # a broken one is replaced by the pool
+
+    def _checkout(self) -> psycopg.Connection:
+        """A connection from the pool, waited for in turns of CHECKOUT_TURN_SECONDS up to
+        POOL_TIMEOUT_SECONDS. After each turn without one, whether the database answers: a
+        thread that came in before another found the database gone (and so before the
+        ``_unanswered`` mark) would otherwise wait the pool's whole timeout.
+
+        :raise Unavailable: the database does not answer, or no connection came free in time.
+        """
+        deadline = time.monotonic() + POOL_TIMEOUT_SECONDS
+        while True:
+            turn = max(0.001, min(CHECKOUT_TURN_SECONDS, deadline - time.monotonic()))
+            try:
+                return self.pool.getconn(timeout=turn)
+            except psycopg_pool.PoolTimeout as exc:
+                self._refuse_if_unanswered()
+                if time.monotonic() >= deadline:
+                    raise Unavailable("no database connection free; retry shortly", code=errors.DATABASE_BUSY) from exc
 
     def _refuse_if_unanswered(self) -> None:
         reason = self._unanswered_reason()
