@@ -373,29 +373,39 @@ def end_process_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace: 
 def report_stuck(pgid: int, sig: int, grace: float) -> str:
     """Say on the terminal (past capturing, so a passing test shows it too) which processes of group
     ``pgid`` are still running ``grace`` seconds after ``sig``, with their threads' stacks: our
-    server processes write them to their log on STACK_DUMP_SIGNAL (adapters/logs.py), and the
-    new part of each one's stderr file is quoted. A stop that waits should name its culprit.
-    Returns what it said."""
-    stuck, logs = [], {}
+    server processes write them to their log on STACK_DUMP_SIGNAL (adapters/logs.py). One process
+    at a time, so that their dumps into a shared log do not interleave; each one's is quoted under
+    its pid. A stop that waits should name its culprit. Returns what it said."""
+    report = [f"\n!! process group {pgid}: still running {grace:g} s after signal {sig} (SIGKILL follows)"]
     for pid in group_members(pgid):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             log = Path(os.readlink(f"/proc/{pid}/fd/2"))
         except OSError:  # it ended meanwhile
             continue
-        stuck.append(f"{pid} ({command.strip()[:200]})")
-        if log.is_file():
-            logs.setdefault(log, log.stat().st_size)
-        os.kill(pid, STACK_DUMP_SIGNAL)
-    time.sleep(1.0)  # faulthandler writes at once; the processes may be short of CPU
-    report = [f"\n!! process group {pgid}: still running {grace:g} s after signal {sig} (SIGKILL follows): "
-              + ", ".join(stuck)]
-    for log, size in logs.items():
-        with open(log, "rb") as f:
-            f.seek(size)
-            report.append(f"-- their stacks, from {log}:\n" + f.read().decode(errors="replace")[-20000:])
+        report.append(f"-- {pid} ({command.strip()[:200]}); its stacks, from {log}:")
+        report.append(_dump_stacks(pid, log) if log.is_file() else "(its stderr is no file)")
     say_on_terminal("\n".join(report))
     return "\n".join(report)
+
+
+def _dump_stacks(pid: int, log: Path) -> str:
+    """What ``pid`` wrote to ``log`` on STACK_DUMP_SIGNAL: faulthandler writes at once, but a process
+    short of CPU may take its time, so until the log has grown and then stayed still for 0.5 s
+    (5 s at most)."""
+    size = log.stat().st_size
+    os.kill(pid, STACK_DUMP_SIGNAL)
+    deadline, last, still_since = time.monotonic() + 5, size, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = log.stat().st_size
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif now > size and time.monotonic() - still_since >= 0.5:
+            break
+    with open(log, "rb") as f:
+        f.seek(size)
+        return f.read().decode(errors="replace")[-20000:] or "(nothing written)"
 
 
 _config: Any = None
