@@ -219,6 +219,13 @@ def test_with_background_jobs_off_spooled_events_are_stored_after_a_write_commit
     assert client.get("/agentmemory/health").json["capture_spool"]["events"] == 0
 
 
+def spool_hook_events(server, sessions):
+    """Send one hook event per session while the write lock is taken: each is spooled (202)."""
+    for session in sessions:
+        kept = requests.post(server.api("/observe"), json=hook(session), timeout=30)
+        assert kept.status_code == 202 and kept.json()["spooled"] is True, kept.text
+
+
 def test_with_background_jobs_off_a_server_drains_what_waits_at_start_up(live_server):
     """A real server process: events spooled while another process held the write lock, the
     server stopped before any write committed again; started again, it stores them by itself."""
@@ -227,9 +234,7 @@ def test_with_background_jobs_off_a_server_drains_what_waits_at_start_up(live_se
     folder = server.data_dir / spool.FOLDER
     sessions = ("boot-1", "boot-2")
     with write_locked(server.db_path):
-        for session in sessions:
-            kept = requests.post(server.api("/observe"), json=hook(session), timeout=30)
-            assert kept.status_code == 202 and kept.json()["spooled"] is True, kept.text
+        spool_hook_events(server, sessions)
         server.stop()
     assert len(list(folder.glob("*.json"))) == 2  # nothing drained them before the stop
     server.start()
@@ -275,9 +280,7 @@ def test_a_server_whose_worker_is_not_running_stores_spooled_events_itself(live_
     folder = server.data_dir / spool.FOLDER
     sessions = ("lone-1", "lone-2")
     with write_locked(server.db_path):
-        for session in sessions:
-            kept = requests.post(server.api("/observe"), json=hook(session), timeout=30)
-            assert kept.status_code == 202 and kept.json()["spooled"] is True, kept.text
+        spool_hook_events(server, sessions)
     health = lambda: requests.get(server.api("/health"), timeout=10).json()  # noqa: E731
     # Once the start-up grace of a worker starting with the server is over (30 s):
     spool_health = wait_for(lambda: (h := health())["background"]["status"] == "degraded" and h["capture_spool"],
