@@ -4,6 +4,10 @@ Every setting has a name (the attribute on ``Settings``), the environment variab
 from (first one set wins), a default, a type and a help line. The same table drives parsing,
 ``GET /agentmemory/config`` (secrets hidden) and the configuration table in README.md, which
 ``python src/docs.py`` regenerates and a test keeps in sync.
+
+Some groups of the table live in modules of their own (``settings_capture``,
+``settings_working``, ``settings_llm``, ``settings_faults``) and are spliced into ``SETTINGS``
+where their blocks sit, so the order of the table (and of README's) does not depend on the split.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from agentmemory_server.kernel.setting_types import (
     _non_negative_int,
     _optional_str,
     _positive_int,
-    redis_url,
 )
+from agentmemory_server.kernel.settings_capture import CAPTURE_SETTINGS, HOOK_SETTINGS
 from agentmemory_server.kernel.settings_faults import FAULT_SETTINGS
 from agentmemory_server.kernel.settings_llm import LLM_SETTINGS
+from agentmemory_server.kernel.settings_working import WORKING_MEMORY_SETTINGS
 
 # Request processes chosen when AGENTMEMORY_WORKERS is 0. Each holds its own query embedder
 # (~100 MB) and searcher, and SQLite takes one writer at a time, so past a few processes a
@@ -235,96 +240,11 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "Project name given to imported Antigravity sessions (a sync may override it).",
     ),
-    # -- capture straight from coding agents (capture/client_hooks.py, `agentmemory connect`)
-    Setting(
-        "hook_context",
-        ("AGENTMEMORY_HOOK_CONTEXT",),
-        "all",
-        _choice("all", "session", "off"),
-        "What `POST /agentmemory/hooks/<client>` hands back to the agent: `all` = the context block at "
-        "session start and the memories relevant to each prompt, `session` = only at session start, "
-        "`off` = nothing (capture only).",
-    ),
-    Setting(
-        "hook_prompt_budget",
-        ("AGENTMEMORY_HOOK_PROMPT_BUDGET",),
-        400,
-        _positive_int,
-        "Token budget of the memories a prompt hook gets back (tokens ~ chars / 3).",
-    ),
-    Setting(
-        "hook_max_body_bytes",
-        ("AGENTMEMORY_HOOK_MAX_BODY_BYTES",),
-        16_777_216,
-        _positive_int,
-        "Largest accepted raw hook payload (hooks post whole tool outputs; they are clipped to "
-        "AGENTMEMORY_CAPTURE_OUTPUT_MAX before storing).",
-    ),
+    *HOOK_SETTINGS,
     Setting(
         "log_level", ("AGENTMEMORY_LOG_LEVEL",), "info", _choice("debug", "info", "warning", "error"), "Log verbosity."
     ),
-    # -- working memory (working.py)
-    Setting(
-        "working_memory_backend",
-        ("WORKING_MEMORY_BACKEND",),
-        "sqlite",
-        _choice("sqlite", "redis"),
-        "Working-memory store: `sqlite` (the database file) or `redis` (REDIS_URL). An unreachable "
-        "Redis moves every process sharing the database to SQLite until healed (POST /diagnostics/heal), "
-        "reported in stats, /health and diagnose.",
-    ),
-    Setting(
-        "redis_url",
-        ("REDIS_URL",),
-        "redis://127.0.0.1:6379/0",
-        redis_url,
-        "Redis for WORKING_MEMORY_BACKEND=redis and AGENTMEMORY_RATE_LIMIT_STORE=redis (connect timeout 0.5 s, "
-        "no retries).",
-        secret=True,
-    ),
-    Setting(
-        "working_memory_redis_prefix",
-        ("WORKING_MEMORY_REDIS_PREFIX",),
-        "agentmemory:wm",
-        str,
-        "Prefix of every Redis key the working memory writes.",
-    ),
-    Setting(
-        "working_memory_default_ttl_seconds",
-        ("WORKING_MEMORY_DEFAULT_TTL_SECONDS",),
-        86400,
-        _non_negative_int,
-        "TTL of a working-memory key set without ttlSeconds; 0 = keys never expire.",
-    ),
-    Setting(
-        "working_memory_max_keys",
-        ("WORKING_MEMORY_MAX_KEYS_PER_SESSION",),
-        1000,
-        _positive_int,
-        "Live keys per working-memory scope; a new key beyond it is a 409, nothing is evicted.",
-    ),
-    Setting(
-        "working_memory_max_items_per_session",
-        ("WORKING_MEMORY_MAX_ITEMS_PER_SESSION",),
-        100,
-        _positive_int,
-        "Scratchpad entries kept per scope; the oldest are dropped (and counted).",
-    ),
-    Setting(
-        "working_memory_max_checkpoints",
-        ("WORKING_MEMORY_MAX_CHECKPOINTS_PER_SESSION",),
-        20,
-        _positive_int,
-        "Checkpoints kept per scope; creating one more prunes the oldest (listed "
-        "in the reply). Checkpoints never count against keys and never expire.",
-    ),
-    Setting(
-        "working_memory_summarize_on_end",
-        ("WORKING_MEMORY_SUMMARIZE_ON_END",),
-        False,
-        _bool,
-        "On session end, save what its working memory holds as a long-term memory.",
-    ),
+    *WORKING_MEMORY_SETTINGS,
     Setting(
         "embedding_provider",
         ("EMBEDDING_PROVIDER",),
@@ -469,94 +389,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Eviction keeps at most this many observations per project (lowest importance, then oldest, go first).",
     ),
     *LLM_SETTINGS,
-    # -- capture (capture/observe.py, capture/inbox.py, capture/images.py, capture/sessions.py)
-    Setting(
-        "capture_allow",
-        ("AGENTMEMORY_CAPTURE_ALLOW",),
-        "",
-        str,
-        "Only tools matching these names are captured (comma or space separated, `*` globs; "
-        "`mcp__server__tool` also matches by its last part). Set, it replaces every deny rule.",
-    ),
-    Setting(
-        "capture_deny",
-        ("AGENTMEMORY_CAPTURE_DENY",),
-        "",
-        str,
-        "Tools never captured, besides the built-in `memory_*`, `toolsearch`, `listmcpresources`, "
-        "`fetchmcpresource`. A refused event is kept in the capture inbox as `filtered` (GET /capture).",
-    ),
-    Setting(
-        "capture_output_max",
-        ("AGENTMEMORY_CAPTURE_OUTPUT_MAX",),
-        8000,
-        _positive_int,
-        "A tool's output (tool_output / tool_response / tool_result) is cut to this many characters "
-        "with a `[...truncated]` marker, as upstream's hooks do; so is each long string of a raw hook "
-        "payload (`/hooks/<client>`: tool output, file contents).",
-    ),
-    Setting(
-        "capture_max_attempts",
-        ("AGENTMEMORY_CAPTURE_MAX_ATTEMPTS",),
-        5,
-        _positive_int,
-        "Attempts to store a hook event whose processing failed before it becomes a dead letter.",
-    ),
-    Setting(
-        "capture_retry_interval_ms",
-        ("AGENTMEMORY_CAPTURE_RETRY_INTERVAL_MS",),
-        10_000,
-        _positive_int,
-        "First retry delay of a failed hook event (doubles per attempt, at most 15 minutes).",
-    ),
-    Setting(
-        "capture_inbox_max",
-        ("AGENTMEMORY_CAPTURE_INBOX_MAX",),
-        10_000,
-        _positive_int,
-        "Hook events waiting for a retry; when full, a failing event gets 503 (hooks keep it and resend).",
-    ),
-    Setting(
-        "capture_spool_max",
-        ("AGENTMEMORY_CAPTURE_SPOOL_MAX",),
-        10_000,
-        _non_negative_int,
-        "Hook events kept on this node's disk (`<data dir>/server-spool/`) while the database cannot take "
-        "them, not even into the capture inbox (PostgreSQL down, SQLite locked); stored once it can. "
-        "0 turns the spool off (such events get 503).",
-    ),
-    Setting(
-        "capture_dead_max",
-        ("AGENTMEMORY_CAPTURE_DEAD_MAX",),
-        1000,
-        _positive_int,
-        "Dead letters and filtered events kept each (the oldest go first).",
-    ),
-    Setting(
-        "finalize_idle_ms",
-        ("AGENTMEMORY_FINALIZE_IDLE_MS",),
-        120_000,
-        _positive_int,
-        "A session whose turn ended (`/session/end` with `final:false`, upstream's Stop hook) is "
-        "completed once it has been idle this long; a new observation reopens a completed session.",
-    ),
-    Setting(
-        "image_store_max_bytes",
-        ("AGENTMEMORY_IMAGE_STORE_MAX_BYTES",),
-        524_288_000,
-        _positive_int,
-        "Quota of the image store (`images/` beside a SQLite database; the `images` table on PostgreSQL). "
-        "Above it the oldest images are evicted (their records keep the reference and say so); "
-        "unreferenced images go after 30 s.",
-    ),
-    Setting(
-        "import_root",
-        ("AGENTMEMORY_IMPORT_ROOT",),
-        None,
-        _optional_str,
-        "The only directory (besides the data directory) from which the server reads a file a client "
-        "names, such as an `image_path` in a hook payload. Unset: only the data directory.",
-    ),
+    *CAPTURE_SETTINGS,
     # -- live stream and viewer (events.py, app.py, live.py)
     Setting(
         "max_viewers",
