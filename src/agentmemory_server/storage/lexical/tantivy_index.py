@@ -18,6 +18,9 @@ are answered by the database's own full-text engine meanwhile (``search`` return
 applier also checks now and then that the index holds exactly one document per active search
 row; a difference (a lost segment, a bug) is repaired by a rebuild while the old index keeps
 answering.
+
+The index's fields, how a row becomes a document and how filters become queries are in
+``tantivy_schema``; this module holds the engine's state and what it does with it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ from agentmemory_server.errors import LastError, Unavailable
 from agentmemory_server.similarity import band_keys
 from agentmemory_server.storage.interfaces import Doc
 from agentmemory_server.storage.lexical.feed import LexicalFeed
+from agentmemory_server.storage.lexical.tantivy_schema import (
+    ANALYZER,
+    META_ROWID,
+    build_analyzer,
+    build_schema,
+    document,
+    rowid_query,
+    with_filters,
+)
 from agentmemory_server.storage.lexical.tantivy_tail import (
     COLUMNS,
     FILES,
@@ -51,8 +63,6 @@ from agentmemory_server.storage.lexical.tantivy_tail import (
 
 log = logging.getLogger("agentmemory.lexical")
 
-ANALYZER = "agentmemory_en"
-META_ROWID = 0  # the document that carries the applied outbox sequence
 COMMIT_SECONDS = 1.0
 APPLY_BATCH = 5000
 # A commit costs an fsync and a segment: catching up commits once a second, or at this many changes.
@@ -97,41 +107,6 @@ class FeedSource(Protocol):
     def snapshot(self) -> AbstractContextManager[LexicalFeed]:
         """A feed whose queries all see one state (comparing the index with the records)."""
         ...
-
-
-def build_schema() -> tantivy.Schema:
-    builder = tantivy.SchemaBuilder()
-    builder.add_unsigned_field("rowid", indexed=True, fast=True)
-    builder.add_unsigned_field("meta_seq", fast=True)
-    builder.add_text_field(WEIGHTED, tokenizer_name=ANALYZER, index_option="freq")
-    builder.add_text_field(FILES, tokenizer_name=ANALYZER, index_option="position")
-    builder.add_unsigned_field(NEAR_DUP, indexed=True)
-    for name in ("kind", "type", "project", "agent_id", "session_id"):
-        builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
-    builder.add_unsigned_field("global", indexed=True)
-    builder.add_unsigned_field("month", indexed=True)
-    builder.add_integer_field("ts_ms", indexed=True, fast=True)
-    return builder.build()
-
-
-def build_analyzer() -> tantivy.TextAnalyzer:
-    """Words (Unicode letters and digits), lower-cased, accents folded, English-stemmed: the
-    same treatment FTS5's porter/unicode61/remove_diacritics tokenizer gives."""
-    return (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-        .filter(tantivy.Filter.remove_long(40))
-        .filter(tantivy.Filter.lowercase())
-        .filter(tantivy.Filter.ascii_fold())
-        .filter(tantivy.Filter.stemmer("english"))
-        .build()
-    )
-
-
-def ts_millis(ts: str | None) -> int:
-    try:
-        return int(datetime.fromisoformat((ts or "").replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return 0
 
 
 class TantivyLexical:
@@ -211,9 +186,7 @@ class TantivyLexical:
             self._view = None
 
     def _rowid_query(self, rowid: int) -> tantivy.Query:
-        # A term query, not delete_documents_by_term: the latter takes a Python int as an i64
-        # term and silently matches nothing in a u64 field.
-        return tantivy.Query.term_query(self.schema, "rowid", rowid)
+        return rowid_query(self.schema, rowid)
 
     def analyze(self, text: str) -> list[str]:
         return self.analyzer.analyze(text) if text else []
@@ -318,7 +291,7 @@ class TantivyLexical:
         clauses = [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, NEAR_DUP, key)) for key in keys]
         # Only signed records hold band keys: a kinds filter naming just those would add nothing.
         engine_filters = {k: v for k, v in filters.items() if k != "kinds" or not set(v or ()) <= SIGNED_KINDS}
-        query = self._with_filters(tantivy.Query.boolean_query(clauses), engine_filters)
+        query = with_filters(self.schema, tantivy.Query.boolean_query(clauses), engine_filters)
         scored = self._top(searcher, query, hidden, limit, few=True)
         scored += [(float(shared), doc.rowid) for shared, doc in tail]
         return self._docs(feed, scored)
@@ -351,7 +324,8 @@ class TantivyLexical:
         # Filters are Must clauses scoring 0, so scores equal the unfiltered query's. (Ranking
         # the unfiltered query, which block-max WAND prunes, for more hits and filtering them
         # was measured slower at 100k records with common-word queries: bench/scale.py corpus.)
-        scored = self._top(searcher, self._with_filters(tantivy.Query.boolean_query(clauses), filters), hidden, limit)
+        query = with_filters(self.schema, tantivy.Query.boolean_query(clauses), filters)
+        scored = self._top(searcher, query, hidden, limit)
         scored += [(score, doc.rowid) for score, doc in tail]
         scored.sort(key=lambda pair: -pair[0])
         return self._docs(feed, scored[:limit])
@@ -377,45 +351,6 @@ class TantivyLexical:
             for (score, _a), rowid in zip(found.hits, rowids, strict=True)
             if isinstance(rowid, int) and rowid not in hidden
         ][:limit]
-
-    def _with_filters(self, text: tantivy.Query, filters: Mapping[str, Any]) -> tantivy.Query:
-        """The text query restricted by the index filters (see ``SearchIndex``); filters score 0."""
-        must: list[tantivy.Query] = []
-        must_not: list[tantivy.Query] = []
-        for key, name in (("kinds", "kind"), ("types", "type"), ("session_ids", "session_id"), ("months", "month")):
-            if filters.get(key) is not None and (key == "session_ids" or filters.get(key)):
-                values = [int(v) for v in filters[key]] if name == "month" else [str(v) for v in filters[key]]
-                must.append(self._one_of(name, values or [""]))
-        if filters.get("project") is not None:
-            must.append(
-                tantivy.Query.boolean_query(
-                    [
-                        (tantivy.Occur.Should, tantivy.Query.term_query(self.schema, "project", filters["project"])),
-                        (tantivy.Occur.Should, tantivy.Query.term_query(self.schema, "global", 1)),
-                    ]
-                )
-            )
-        if filters.get("agent_id") is not None:
-            must.append(tantivy.Query.term_query(self.schema, "agent_id", filters["agent_id"]))
-        if filters.get("exclude_session") is not None:
-            must_not.append(tantivy.Query.term_query(self.schema, "session_id", filters["exclude_session"]))
-        if filters.get("since") is not None or filters.get("until") is not None:
-            low = ts_millis(filters["since"]) if filters.get("since") else None
-            high = ts_millis(filters["until"]) if filters.get("until") else None
-            must.append(tantivy.Query.range_query(self.schema, "ts_ms", tantivy.FieldType.Integer, low, high))
-        if not must and not must_not:
-            return text
-        clauses = [(tantivy.Occur.Must, text)]
-        clauses += [(tantivy.Occur.Must, tantivy.Query.const_score_query(q, 0.0)) for q in must]
-        clauses += [(tantivy.Occur.MustNot, q) for q in must_not]
-        return tantivy.Query.boolean_query(clauses)
-
-    def _one_of(self, name: str, values: list[Any]) -> tantivy.Query:
-        # One value is a term query: a term-set query costs about 0.1 ms more per search, whatever
-        # it matches (measured at 20k records, a fifth of a remember's near-duplicate lookup).
-        if len(values) == 1:
-            return tantivy.Query.term_query(self.schema, name, values[0])
-        return tantivy.Query.term_set_query(self.schema, name, values)
 
     def _docs(self, feed: LexicalFeed, scored: list[tuple[float, int]]) -> list[Doc]:
         if not scored:
@@ -587,36 +522,7 @@ class TantivyLexical:
                 writer.delete_documents_by_query(self._rowid_query(rowid))
                 row = rows.get(rowid)
                 if row is not None and row[7]:  # stored and active
-                    writer.add_document(self._document(row))
-
-    def _document(self, row: Sequence[Any]) -> tantivy.Document:
-        rowid, kind, type_, project, agent_id, session_id, ts, _active, is_global = row[:9]
-        doc = tantivy.Document()
-        doc.add_unsigned("rowid", int(rowid))
-        texts = dict(zip(COLUMNS, row[9:], strict=True))
-        weighted = " ".join(" ".join([texts[c]] * self.repeats[c]) for c in COLUMNS if texts[c])
-        if weighted:
-            doc.add_text(WEIGHTED, weighted)
-        if texts[FILES]:
-            doc.add_text(FILES, texts[FILES])
-        if kind in SIGNED_KINDS:
-            for key in band_keys(texts["body"] or ""):
-                doc.add_unsigned(NEAR_DUP, key)
-        for name, value in (
-            ("kind", kind),
-            ("type", type_),
-            ("project", project),
-            ("agent_id", agent_id),
-            ("session_id", session_id),
-        ):
-            if value is not None:
-                doc.add_text(name, str(value))
-        doc.add_unsigned("global", 1 if is_global else 0)
-        month = (ts or "")[5:7]
-        if month.isdigit():
-            doc.add_unsigned("month", int(month))
-        doc.add_integer("ts_ms", ts_millis(ts))
-        return doc
+                    writer.add_document(document(row, self.repeats))
 
     def _commit(self, writer: tantivy.IndexWriter) -> None:
         writer.delete_documents_by_query(self._rowid_query(META_ROWID))
@@ -647,7 +553,7 @@ class TantivyLexical:
         after = 0
         while rows := feed.documents_after(after, APPLY_BATCH):
             for row in rows:
-                writer.add_document(self._document(row))
+                writer.add_document(document(row, self.repeats))
             after = rows[-1][0]
             self.building["done"] += len(rows)
             if self._stop.is_set():
