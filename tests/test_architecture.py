@@ -139,7 +139,7 @@ def test_the_sql_finder_sees_sql_in_fstrings(tmp_path):
 # Ceilings, not the aim: AGENTS.md asks for modules under ~600 lines and functions under ~40. A
 # module past the ceiling is split into coherent modules (as storage/*/database.py, working/ and
 # memory/transfer.py were), not let grow into a god module; lower these as the code allows.
-MODULE_LINES_MAX = 720
+MODULE_LINES_MAX = 650
 FUNCTION_LINES_MAX = 120
 
 
