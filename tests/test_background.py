@@ -725,3 +725,28 @@ def test_a_closing_runtime_keeps_the_activity_board_until_its_services_have_stop
     board = rt.activity.path
     rt.close()
     assert seen == [True] and not board.exists()
+
+
+def test_a_worker_row_whose_pid_now_names_a_process_started_after_it_counts_as_ended(make_runtime):
+    """A worker row keeps its pid after the worker died; once the system gives that pid to
+    another process, the pid is alive but the worker is not. Before, ``still_running`` kept
+    such a row (a spool waiting on a worker that no longer exists, a health page counting it).
+    Now a process that started after the row's ``startedAt`` (the worker runtime's start, later
+    than its own process's) is another process. A live process started before its row stays."""
+    import socket
+
+    rt = make_runtime()
+    host = socket.gethostname()
+    later = subprocess.Popen(["sleep", "60"])  # a live process started after the rows below
+    try:
+        with rt.db.transaction("beats") as tx:
+            now = time.time()
+            tx.jobs.worker_beat("reused", host, later.pid, now - 3600, now, {"role": "worker"})
+            tx.jobs.worker_beat("ours", host, os.getpid(), rt.started_at, now, {"role": "worker"})
+        rows = rt.db.reader().jobs.workers(time.time() - 60)
+        assert {row["id"] for row in rows} == {"reused", "ours"}, rows
+        running = background.still_running(rows)
+        assert [row["id"] for row in running] == ["ours"], running
+    finally:
+        later.kill()
+        later.wait()

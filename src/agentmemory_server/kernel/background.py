@@ -48,27 +48,58 @@ WORKER_ALIVE_SECONDS = 30.0
 _SLOT = struct.Struct("<qqq")
 
 
-def process_ended(host: Any, pid: Any) -> bool:
+# How much later than a worker row's ``startedAt`` its process may seem to have started and
+# still be that process: the boot time in /proc/stat is whole seconds and process start times
+# are clock ticks, so the start time read back is only good to about a second.
+START_TIME_SLACK_SECONDS = 5.0
+
+
+def process_ended(host: Any, pid: Any, started_at: Any = None) -> bool:
     """Whether the process ``pid`` of ``host`` is known to have ended: on this host no process
-    has that id any more, or only a zombie (killed, not yet reaped by its parent). False where
-    that is unknown (another host, no pid)."""
+    has that id any more, or only a zombie (killed, not yet reaped by its parent), or the
+    process that has it now started after ``started_at`` (epoch seconds, when the ended one's
+    runtime started, which is after its process did): the id was reused by another process.
+    False where that is unknown (another host, no pid)."""
     if host != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
         return False
     if not process_alive(pid):
         return True
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
         return False  # no /proc to tell more: it runs
-    return state in ("Z", "X")
+    if fields[:1] and fields[0] in ("Z", "X"):
+        return True
+    began = process_start_epoch(fields)
+    if began is None or not isinstance(started_at, (int, float)):
+        return False
+    return began > started_at + START_TIME_SLACK_SECONDS
+
+
+def process_start_epoch(stat_fields_after_name: list[str]) -> float | None:
+    """When a process started, in epoch seconds, from the fields of its /proc/PID/stat after
+    the command name (field 22 of the file, ``starttime``, is clock ticks since boot; the boot
+    time is ``btime`` of /proc/stat). None when either cannot be read."""
+    try:
+        ticks = int(stat_fields_after_name[19])  # field 22; the list starts at field 3 (state)
+        with open("/proc/stat", encoding="ascii", errors="replace") as stat:
+            boot = next(int(line.split()[1]) for line in stat if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def still_running(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The workers (rows of ``JobQueue.workers``) whose process is not known to have ended: a
     worker killed on this host is gone at once, whatever its last heartbeat said (a replace
-    import keeps the live ones from beating, so their beats alone cannot tell)."""
-    return [worker for worker in workers if not process_ended(worker.get("host"), worker.get("pid"))]
+    import keeps the live ones from beating, so their beats alone cannot tell), and so is one
+    whose pid now belongs to a process started after the worker's runtime (a reused pid)."""
+    return [
+        worker
+        for worker in workers
+        if not process_ended(worker.get("host"), worker.get("pid"), worker.get("startedAt"))
+    ]
 
 
 def runs_loops(background: str, background_jobs: bool, role: str) -> bool:
