@@ -93,3 +93,102 @@ def test_a_node_that_does_not_stop_is_named_with_each_processs_stacks_and_the_du
     assert "src/app.py" in report and "agentmemory_server.adapters.cli" in report
     assert requests.get(server.api("/livez"), timeout=10).status_code == 200  # each goes on
     assert sorted(group_members(server.proc.pid)) == pids
+
+
+def _voluntary_switches(native_id: int) -> int:
+    """How often the thread ``native_id`` of this process gave up the CPU by itself (each sleep
+    or blocking call that had to wait counts one)."""
+    with open(f"/proc/self/task/{native_id}/status", encoding="ascii") as status:
+        line = next(line for line in status if line.startswith("voluntary_ctxt_switches:"))
+    return int(line.split()[1])
+
+
+def _waiting_thread(flag):
+    """A thread blocked in ``flag.wait(60)``; returns (thread, its native id, its answers)."""
+    import threading
+
+    answers, started = [], threading.Event()
+
+    def waiter():
+        answers.append(threading.get_native_id())
+        started.set()
+        answers.append(flag.wait(60))
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    assert started.wait(30)
+    return thread, answers[0], answers
+
+
+def _asleep(native_id: int) -> bool:
+    with open(f"/proc/self/task/{native_id}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "S"
+
+
+def test_a_stop_mark_waiter_sleeps_without_waking_until_a_signal_handler_sets_it():
+    """A thread waiting on a stop mark (the supervisor's, the worker's, hf_sync's) used to wake
+    every 50 ms to look at it: 20 wake-ups a second of every idle waiter. Now it sleeps in poll()
+    on a pipe the signal handler writes one byte to: over a second of waiting it does not wake
+    (its voluntary context switches stay put), and a SIGUSR1 whose handler sets the mark wakes
+    it, the wait answering True."""
+    import time
+
+    from agentmemory_server.threads import SignalSafeFlag
+
+    flag = SignalSafeFlag()
+    thread, native_id, answers = _waiting_thread(flag)
+    assert wait_for(lambda: _asleep(native_id), timeout=30)
+    before = _voluntary_switches(native_id)
+    time.sleep(1.0)  # a span to count wake-ups over, not a timed assertion
+    woken = _voluntary_switches(native_id) - before
+    assert woken <= 2, f"an idle waiter woke {woken} times in a second"
+    previous = signal.signal(signal.SIGUSR1, lambda *_: flag.set())
+    try:
+        signal.raise_signal(signal.SIGUSR1)
+        thread.join(30)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert not thread.is_alive() and answers[1:] == [True], answers
+    assert flag.is_set() and flag.wait(0)
+
+
+def test_a_forked_child_s_stop_mark_is_its_own_and_its_idle_waiter_sleeps_too(tmp_path):
+    """The mark's pipe is made by the first wait; a child forked afterwards (gunicorn forks its
+    request processes from the arbiter) gets a pipe of its own: the parent's stop does not set
+    the child's mark nor wake its waiter over and over, and the child's own stop still wakes it."""
+    import os
+    import time
+
+    from agentmemory_server.threads import SignalSafeFlag
+
+    flag = SignalSafeFlag()
+    assert flag.wait(0.01) is False  # the pipe now exists, before the fork
+    report = tmp_path / "child.json"
+    to_child_read, to_child_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        code = 1
+        try:
+            os.close(to_child_write)
+            thread, native_id, answers = _waiting_thread(flag)
+            assert os.read(to_child_read, 1) == b"s"  # the parent has set its mark
+            assert wait_for(lambda: _asleep(native_id), timeout=30)
+            before = _voluntary_switches(native_id)
+            time.sleep(1.0)
+            woken = _voluntary_switches(native_id) - before
+            set_by_parent = flag.is_set()
+            flag.set()
+            thread.join(30)
+            report.write_text(json.dumps({"woken": woken, "setByParent": set_by_parent, "answers": answers[1:]}))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(to_child_read)
+    flag.set()
+    os.write(to_child_write, b"s")
+    os.close(to_child_write)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    seen = json.loads(report.read_text())
+    assert seen["setByParent"] is False and seen["answers"] == [True], seen
+    assert seen["woken"] <= 2, f"the child's idle waiter woke {seen['woken']} times in a second"
