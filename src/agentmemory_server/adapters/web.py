@@ -381,6 +381,7 @@ def _http_error_body(exc: HTTPException) -> dict[str, Any]:
 def _register_error_handlers(app: Flask, rt: Runtime) -> None:
     @app.errorhandler(AppError)
     def _app_error(exc: AppError) -> Response:
+        exc = registry.naming_the_lock_holder(rt, exc)
         response = render_error(exc.to_dict())
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
@@ -547,8 +548,11 @@ def _ws_request(rt: Runtime, raw: Any, remote: str | None = None) -> dict[str, A
         data, _status = registry.unwrap(result)
         return {"id": request_id, "ok": True, "result": data}
     except AppError as exc:
-        return {"id": request_id, **exc.to_dict()}
-    except Exception:
+        return {"id": request_id, **registry.naming_the_lock_holder(rt, exc).to_dict()}
+    except Exception as exc:
+        fault = rt.db.app_error(exc)  # a storage failure the client can act on, as on REST
+        if fault is not None:
+            return {"id": request_id, **registry.naming_the_lock_holder(rt, fault).to_dict()}
         log.exception("unhandled error answering a WebSocket call")
         return {"id": request_id, **errors.envelope(500, "internal error; see the server log", errors.INTERNAL_ERROR)}
 

@@ -459,8 +459,10 @@ def naming_the_lock_holder(rt: Any, exc: AppError) -> AppError:
     client learns that an import runs, not only that a lock was taken. Same code, status and
     ``Retry-After``; ``details.heldBy`` names the holder. ``exc`` itself when nobody is named (and
     never changed: a group commit hands one error to every write of its group). Any other
-    error is ``exc`` itself."""
-    if not errors.is_database_busy(exc):
+    error is ``exc`` itself, and so is a 503 that already names its holder: the adapters' error
+    rendering (REST, MCP over HTTP, the WebSocket) passes every error through here once more, for
+    those raised outside this module's ``call``."""
+    if not errors.is_database_busy(exc) or "heldBy" in exc.details:
         return exc
     for holder_of in rt.hooks.write_lock_holder:
         try:
