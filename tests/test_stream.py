@@ -428,3 +428,32 @@ def test_a_socket_closed_here_before_its_reader_registers_it_ends_the_reader_wit
     finally:
         peer.close()
         ours.detach()  # its descriptor is already closed
+
+
+def test_a_call_over_the_socket_refused_while_an_import_runs_names_the_import(live_server, tmp_path):
+    """A write over the viewer's WebSocket that waited out its lock wait behind a replace import
+    (a real CLI import, paused with SIGSTOP while it holds the write lock) answers the same
+    503 ``database_busy`` envelope as REST: its message and ``details.heldBy`` name the import
+    (what, which process), not only the write lock."""
+    from test_cli import _import_caught_midway, _memory_lines, env_of  # noqa: F401 - the import's set-up
+    from test_transfer import _answered_within
+
+    server = live_server(env={"AGENTMEMORY_LOCK_WAIT_SECONDS": "1", "AGENTMEMORY_BACKGROUND_JOBS": "false"})
+    lines = _memory_lines(tmp_path / "new.jsonl", 6000, "new")
+    with connect(ws_url(server), open_timeout=10) as ws:
+        assert recv(ws)["type"] == "hello"
+        importer = _import_caught_midway(server.db_path, lines, "--strategy", "replace", "--batch", "5")
+        importer.send_signal(signal.SIGSTOP)  # held midway: its transaction and the write lock stay taken
+        try:
+            ws.send(json.dumps({"id": 7, "tool": "memory_save", "args": {"content": "saved over the socket"}}))
+            answer = _answered_within(60, lambda: next(
+                message for message in iter(lambda: recv(ws, 60), None) if message.get("id") == 7))
+        finally:
+            importer.send_signal(signal.SIGCONT)
+            _out, err = importer.communicate(timeout=120)
+    assert importer.returncode == 0, err
+    assert answer["ok"] is False and (answer["status"], answer["code"]) == (503, "database_busy"), answer
+    held_by = answer["details"].get("heldBy")
+    assert held_by is not None and held_by["pid"] == importer.pid, answer
+    assert held_by["operation"] == "an import (replace) of new.jsonl", held_by
+    assert answer["error"].startswith("an import (replace) of new.jsonl is running on this store since"), answer
