@@ -812,3 +812,39 @@ def test_an_embedded_batch_whose_write_found_the_database_busy_is_stored_once_th
     assert taken, "the import never held the lock"
     svc.catch_up()  # (the index follower thread of a server)
     assert rt.db.reader().vectors.backlog_stats()["pending"] == 0 and len(svc.index) == 1
+
+
+def test_a_busy_write_outside_a_tool_call_names_the_import_through_the_apps_error_handler(make_runtime, tmp_path):
+    """The naming of the import was done inside ``registry.call`` only: a route of the app that
+    writes without going through a tool (here one the test adds, writing through the runtime's
+    store as an adapter would) got the 503 with the bare write-lock message. The app's error
+    handler (where its catch-all for raw storage errors ends too) now names the import for every
+    route, on SQLite and PostgreSQL."""
+    import signal
+    from pathlib import Path
+
+    from agentmemory_server.adapters.web import create_app
+    from test_cli import _import_caught_midway, _memory_lines, env_of
+
+    rt = make_runtime(lock_wait_seconds=1)
+    app = create_app(runtime=rt)
+
+    def write_outside_a_tool():
+        with rt.db.transaction("adapter") as tx:
+            tx.records.set("mem:test", "x", {"id": "x"}, now="2026-01-01T00:00:00Z")
+        return {"ok": True}
+
+    app.add_url_rule("/agentmemory/test-write", "test_write", write_outside_a_tool, methods=["POST"])
+    client = app.test_client()
+    lines = _memory_lines(tmp_path / "new.jsonl", 6000, "new")
+    importer = _import_caught_midway(Path(rt.db.path), lines, "--strategy", "replace", "--batch", "5", env=env_of(rt))
+    importer.send_signal(signal.SIGSTOP)
+    try:
+        answer = _answered_within(60, lambda: client.post("/agentmemory/test-write", json={}))
+    finally:
+        importer.send_signal(signal.SIGCONT)
+        _out, err = importer.communicate(timeout=120)
+    assert importer.returncode == 0, err
+    assert answer.status_code == 503 and answer.json["code"] == "database_busy", answer.json
+    assert answer.json["details"].get("heldBy", {}).get("pid") == importer.pid, answer.json
+    assert answer.json["error"].startswith("an import (replace) of new.jsonl is running"), answer.json
