@@ -682,6 +682,7 @@ def test_while_an_import_keeps_the_worker_from_beating_health_says_it_waits_for_
     import socket
     import time
 
+    from agentmemory_server.kernel import background
     from agentmemory_server.kernel.util import Clock
     from agentmemory_server.memory import transfer_lease
 
@@ -689,8 +690,11 @@ def test_while_an_import_keeps_the_worker_from_beating_health_says_it_waits_for_
     rt.started_at -= 120  # past the start-up grace, when no worker counts as missing
     began = time.time() - 40  # the import began 40 s ago
     importer = make_runtime(clock=Clock(lambda: began))
-    with rt.db.transaction("worker_heartbeat") as tx:  # the worker's last beat, just before the import began
-        tx.jobs.worker_beat("node:4242:1", socket.gethostname(), os.getpid(), began - 600, began - 2, {"jobs": []})
+    # The worker's last beat, just before the import began; the worker is this live process (its
+    # runtime started after the process did: an earlier start would be another process's pid).
+    started = background.process_start_epoch(os.getpid()) + 1
+    with rt.db.transaction("worker_heartbeat") as tx:
+        tx.jobs.worker_beat("node:4242:1", socket.gethostname(), os.getpid(), started, began - 2, {"jobs": []})
     with transfer_lease.hold(importer, operation="an import (replace)"):
         during = ToolCaller(rt)("health")["background"]
         drained_by = rt.services["capture_spool"].drained_by(verify=True)

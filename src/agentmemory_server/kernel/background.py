@@ -71,13 +71,23 @@ def process_ended(host: Any, pid: Any, started_at: Any = None) -> bool:
         return False  # no /proc to tell more: it runs
     if fields[:1] and fields[0] in ("Z", "X"):
         return True
-    began = process_start_epoch(fields)
+    began = _start_epoch(fields)
     if began is None or not isinstance(started_at, (int, float)):
         return False
     return began > started_at + START_TIME_SLACK_SECONDS
 
 
-def process_start_epoch(stat_fields_after_name: list[str]) -> float | None:
+def process_start_epoch(pid: int) -> float | None:
+    """When process ``pid`` of this host started, in epoch seconds (None: unknown, or no such
+    process)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return _start_epoch(stat.read().rsplit(")", 1)[1].split())
+    except (OSError, IndexError):
+        return None
+
+
+def _start_epoch(stat_fields_after_name: list[str]) -> float | None:
     """When a process started, in epoch seconds, from the fields of its /proc/PID/stat after
     the command name (field 22 of the file, ``starttime``, is clock ticks since boot; the boot
     time is ``btime`` of /proc/stat). None when either cannot be read."""
