@@ -39,6 +39,7 @@ from agentmemory_server.kernel.search_fields import TEXT_WEIGHTS
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.kernel.util import Clock, WorkerFailures
 from agentmemory_server.storage import open_database
+from agentmemory_server.storage.interfaces import Database
 from agentmemory_server.threads import lower_thread_priority
 
 VERSION = __version__
@@ -390,6 +391,45 @@ class Jobs:
             self._thread.join(timeout=5)
 
 
+def _worker_id(started_at: float) -> str:
+    """host:pid:start second:random suffix. The suffix tells apart two runtimes of one process
+    started in the same second (tests, an admin command beside its server), which would otherwise
+    share their claims of periodic runs, and two containers that have the same host name and pid.
+    Shown, never parsed: host and pid have columns of their own."""
+    return f"{socket.gethostname()}:{os.getpid()}:{int(started_at)}:{secrets.token_hex(3)}"
+
+
+def _open_store(settings: Settings, clock: Clock, role: str) -> Database:
+    """The runtime's database, tuned to what the process's role does with it."""
+    return open_database(
+        settings.database_path,
+        now=clock.iso,
+        record_indexes=RECORD_INDEXES,
+        reserve_bytes=settings.disk_reserve_mb * MB,
+        warn_bytes=settings.disk_warn_mb * MB,
+        check_seconds=settings.startup_check_seconds,
+        fsync_every_commit=settings.durability == "disk",
+        # Long-running processes leave WAL checkpoints to a thread of their own. A worker
+        # that let its commits checkpoint held the write lock 10-30 ms per batch under
+        # load: the WAL is past SQLite's 1,000-page threshold most of the time then.
+        checkpoint_seconds=settings.wal_checkpoint_seconds
+        if settings.background_jobs and role in ("server", "worker")
+        else 0.0,
+        queue_limits={"embed_backlog": settings.embed_backlog_max, "llm_jobs": settings.llm_jobs_max},
+        lexical_engine=settings.lexical_engine,
+        lexical_weights=TEXT_WEIGHTS,
+        # Derived indexes are kept up to date by request processes: a worker at the lowest
+        # priority holding Tantivy's writer lock would leave searches a growing pending tail.
+        background=settings.background_jobs and role == "server",
+        url=settings.database_url,
+        pool_size=settings.database_pool,
+        node=settings.node_id,
+        # A request answers before its client gives up (hooks wait 10-15 s; their events go
+        # to the capture spool); the worker and admin commands can afford to wait longer.
+        lock_wait=settings.lock_wait_seconds if role == "server" else None,
+    )
+
+
 class Runtime:
     """Everything a handler may need, built once per server process (see ``wiring.build_runtime``).
 
@@ -419,38 +459,8 @@ class Runtime:
         self.role = role
         self.runs_background = background.runs_loops(settings.background, settings.background_jobs, role)
         self.started_at = time.time()
-        # host:pid:start second:random suffix. The suffix tells apart two runtimes of one process
-        # started in the same second (tests, an admin command beside its server), which would
-        # otherwise share their claims of periodic runs, and two containers that have the same
-        # host name and pid. Shown, never parsed: host and pid have columns of their own.
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{int(self.started_at)}:{secrets.token_hex(3)}"
-        self.db = open_database(
-            settings.database_path,
-            now=self.clock.iso,
-            record_indexes=RECORD_INDEXES,
-            reserve_bytes=settings.disk_reserve_mb * MB,
-            warn_bytes=settings.disk_warn_mb * MB,
-            check_seconds=settings.startup_check_seconds,
-            fsync_every_commit=settings.durability == "disk",
-            # Long-running processes leave WAL checkpoints to a thread of their own. A worker
-            # that let its commits checkpoint held the write lock 10-30 ms per batch under
-            # load: the WAL is past SQLite's 1,000-page threshold most of the time then.
-            checkpoint_seconds=settings.wal_checkpoint_seconds
-            if settings.background_jobs and role in ("server", "worker")
-            else 0.0,
-            queue_limits={"embed_backlog": settings.embed_backlog_max, "llm_jobs": settings.llm_jobs_max},
-            lexical_engine=settings.lexical_engine,
-            lexical_weights=TEXT_WEIGHTS,
-            # Derived indexes are kept up to date by request processes: a worker at the lowest
-            # priority holding Tantivy's writer lock would leave searches a growing pending tail.
-            background=settings.background_jobs and role == "server",
-            url=settings.database_url,
-            pool_size=settings.database_pool,
-            node=settings.node_id,
-            # A request answers before its client gives up (hooks wait 10-15 s; their events go
-            # to the capture spool); the worker and admin commands can afford to wait longer.
-            lock_wait=settings.lock_wait_seconds if role == "server" else None,
-        )
+        self.worker_id = _worker_id(self.started_at)
+        self.db = _open_store(settings, self.clock, role)
         self.hub = Hub(
             queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
         )
@@ -470,19 +480,26 @@ class Runtime:
         # arrives (the bus tails the database), rather than when the cached entry expires.
         self.hub.listen("token", lambda _record: self.tokens.forget())
         self.limiter = build_limiter(settings)
-        self.services: dict[str, Any] = {}
         self._subsystems = tuple(subsystems)  # for built_alike
+        self.services: dict[str, Any] = {}
+        self._build_subsystems()
+        self._start_services()
+        if self.runs_background:
+            self.jobs.start()
+
+    def _build_subsystems(self) -> None:
+        # In order, onto self.services: a factory may use the subsystems built before it.
         for name, factory in self._subsystems:
             if name in self.services:
                 raise ValueError(f"duplicate subsystem {name!r}")
             self.services[name] = factory(self)
+
+    def _start_services(self) -> None:
         # Threads start once every subsystem exists: the work they pick up may need any of them.
         for service in self.services.values():
             start = getattr(service, "start", None)
             if callable(start):
                 start()
-        if self.runs_background:
-            self.jobs.start()
 
     def built_alike(self, settings: Settings, *, role: str) -> Runtime:
         """Another runtime with this one's hooks, subsystems and clock, on ``settings``: how a

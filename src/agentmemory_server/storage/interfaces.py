@@ -52,6 +52,7 @@ from agentmemory_server.storage.interfaces_records import (
     Records,
     Where,
     equal,
+    indexed_fields,
 )
 from agentmemory_server.storage.interfaces_search import Doc, SearchIndex, VectorIndex, VectorStore
 
@@ -80,6 +81,7 @@ __all__ = [
     "Where",
     "WorkingStore",
     "equal",
+    "indexed_fields",
 ]
 
 # Working memory is addressed by (project, agent, session).

@@ -43,6 +43,16 @@ class RecordIndex:
     prefix: bool = False
 
 
+def indexed_fields(indexes: Iterable[RecordIndex], *, prefix: bool) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """The field lists indexed per scope, among the ``prefix`` indexes or the others: the lookup
+    the record stores use to pick an index for a query."""
+    fields: dict[str, tuple[tuple[str, ...], ...]] = {}
+    for spec in indexes:
+        if spec.prefix == prefix:
+            fields[spec.scope] = (*fields.get(spec.scope, ()), tuple(spec.fields))
+    return fields
+
+
 class Records(Protocol):
     """The records: JSON values under (scope, key)."""
 

@@ -37,7 +37,7 @@ from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces, owed_indexes
 from agentmemory_server.storage.blobs import BlobStore, images_dir
-from agentmemory_server.storage.interfaces import RecordIndex
+from agentmemory_server.storage.interfaces import RecordIndex, indexed_fields
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.postgres.advisory_locks import LEASE_LOCK, LIVE_LOCK, WRITE_LOCK
 from agentmemory_server.storage.postgres.common import SqlConn
@@ -72,6 +72,18 @@ LOCK_WAIT_SECONDS = 30.0
 # How long a check waits to learn whether the database still answers (a server that is gone
 # refuses at once; a network that drops packets is given this long).
 PROBE_SECONDS = 2
+
+
+def _open_pool(url: str, pool_size: int) -> psycopg_pool.ConnectionPool:
+    return psycopg_pool.ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max(2, pool_size),
+        kwargs={"autocommit": True},
+        configure=configure_connection,
+        name="agentmemory",
+        open=True,
+    )
 
 
 class PostgresDatabase:
@@ -135,36 +147,32 @@ class PostgresDatabase:
         declared = None if record_indexes is None else tuple(record_indexes)
         self.schema = Schema(url, self.location)  # migrations at open, record indexes made or owed
         self._retry_stop = threading.Event()
-        self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
-        self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
-        for spec in declared or ():
-            into = self._prefix_indexes if spec.prefix else self._record_indexes
-            into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
+        self._record_indexes = indexed_fields(declared or (), prefix=False)
+        self._prefix_indexes = indexed_fields(declared or (), prefix=True)
         self._vector_indexes: dict[tuple[str, int], PgVectorIndex] = {}
         database_id = self.schema.migrate(declared)
-        self.pool = psycopg_pool.ConnectionPool(
-            url,
-            min_size=1,
-            max_size=max(2, pool_size),
-            kwargs={"autocommit": True},
-            configure=configure_connection,
-            name="agentmemory",
-            open=True,
-        )
+        self.pool = _open_pool(url, pool_size)
         self.lexical: TantivyLexical | None = None
         stale = self._engine_switched(lexical_engine)
         if lexical_engine == "tantivy":
-            directory = self.path.parent / f"tantivy-{database_id}"
-            self.lexical = TantivyLexical(
-                directory,
-                PgFeeds(self),
-                weights=lexical_weights or {},
-                stale=stale,
-                background=background,
-                node=node or f"{socket.gethostname()}:{directory}",
-            )
+            self.lexical = self._open_tantivy(database_id, lexical_weights, stale, background, node)
         if self.owed_indexes:
             owed_indexes.make_later(self.make_owed_indexes, self._retry_stop)
+
+    def _open_tantivy(
+        self, database_id: str, weights: Mapping[str, float] | None, stale: bool, background: bool, node: str | None
+    ) -> TantivyLexical:
+        """This node's Tantivy index, in a directory named after the database it indexes (so a
+        node pointed at another database does not search the first one's index)."""
+        directory = self.path.parent / f"tantivy-{database_id}"
+        return TantivyLexical(
+            directory,
+            PgFeeds(self),
+            weights=weights or {},
+            stale=stale,
+            background=background,
+            node=node or f"{socket.gethostname()}:{directory}",
+        )
 
     # ---- schema (schema.py)
     @property

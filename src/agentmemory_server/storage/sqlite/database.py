@@ -30,7 +30,7 @@ from agentmemory_server import errors
 from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces, owed_indexes
 from agentmemory_server.storage.blobs import BlobStore, images_dir
-from agentmemory_server.storage.interfaces import RecordIndex
+from agentmemory_server.storage.interfaces import RecordIndex, indexed_fields
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite import lexical_fts5, schema
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
@@ -109,32 +109,13 @@ class Database:
         self.location = str(self.path)
         self.blobs = BlobStore(images_dir(self.path))  # the bytes of the images (ImageIndex)
         self._now = now
-        self._lock = threading.RLock()
-        self._gate = ProcessWriteGate(self.path, timeout=self.lock_wait)  # orders other processes' writers too
-        self._queue = WriteQueue()  # ``write`` calls waiting for a thread to commit them
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
-        self._closed = False
-        self._vector_indexes: dict[tuple[str, int], SqliteVectorIndex] = {}
-        self._vector_indexes_lock = threading.Lock()
-        self.last_write = 0.0  # monotonic time of the last commit that changed something
-        self._commit_listeners: list[Callable[[], None]] = []  # on_commit
+        self._init_connection_state()
         self.space = FreeSpace(self.path, reserve=reserve_bytes, warn=warn_bytes)
         self.integrity = IntegrityChecks(self.path, now=now, connect_readonly=lambda: self._connect(readonly=True))
-        preflight(self.path)  # before the writer switches the file to WAL: a newer file stays untouched
-        try:
-            self._writer = self._connect(readonly=False)
-        except sqlite3.DatabaseError as exc:
-            raise classify(exc, self.path) or exc from None
-        if check_seconds > 0:
-            self.integrity.startup_check(check_seconds)
+        self._writer = self._open_writer(check_seconds)
         declared = tuple(record_indexes or ())
-        self._record_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
-        self._prefix_indexes: dict[str, tuple[tuple[str, ...], ...]] = {}
-        for spec in declared:
-            into = self._prefix_indexes if spec.prefix else self._record_indexes
-            into[spec.scope] = (*into.get(spec.scope, ()), tuple(spec.fields))
+        self._record_indexes = indexed_fields(declared, prefix=False)
+        self._prefix_indexes = indexed_fields(declared, prefix=True)
         self.lexical: TantivyLexical | None = None
         self.checkpointer: WalCheckpointer | None = None
         # The record indexes this opener could not make (see make_owed_indexes); retried on a thread.
@@ -147,19 +128,49 @@ class Database:
             self._ensure_indexes(declared)
         stale = self._engine_switched(lexical_engine)
         if checkpoint_seconds > 0:  # a long-running process: commits leave WAL checkpoints to a thread
-            self._writer.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_NET_PAGES}")
-            self.checkpointer = WalCheckpointer(lambda: self._connect(readonly=False), interval=checkpoint_seconds)
-            self.checkpointer.start()
+            self._start_checkpointer(checkpoint_seconds)
         if lexical_engine == "tantivy":
-            self.lexical = TantivyLexical(
-                Path(f"{self.path}.tantivy"),
-                SqliteFeeds(self),
-                weights=lexical_weights or {},
-                stale=stale,
-                background=background,
-            )
+            self.lexical = self._open_tantivy(lexical_weights, stale, background)
         if self.owed_indexes:
             owed_indexes.make_later(self.make_owed_indexes, self._retry_stop)
+
+    def _open_tantivy(self, weights: Mapping[str, float] | None, stale: bool, background: bool) -> TantivyLexical:
+        """The Tantivy index beside the file (``stale``: rebuilt, the engine was switched)."""
+        return TantivyLexical(
+            Path(f"{self.path}.tantivy"), SqliteFeeds(self), weights=weights or {}, stale=stale, background=background
+        )
+
+    def _init_connection_state(self) -> None:
+        """The locks, queues and per-thread connections that order this process's readers and
+        writer (and, through the gate, other processes' writers)."""
+        self._lock = threading.RLock()
+        self._gate = ProcessWriteGate(self.path, timeout=self.lock_wait)  # orders other processes' writers too
+        self._queue = WriteQueue()  # ``write`` calls waiting for a thread to commit them
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._vector_indexes: dict[tuple[str, int], SqliteVectorIndex] = {}
+        self._vector_indexes_lock = threading.Lock()
+        self.last_write = 0.0  # monotonic time of the last commit that changed something
+        self._commit_listeners: list[Callable[[], None]] = []  # on_commit
+
+    def _open_writer(self, check_seconds: float) -> sqlite3.Connection:
+        """The writer's connection, after the checks that must see the file as it was found."""
+        preflight(self.path)  # before the writer switches the file to WAL: a newer file stays untouched
+        try:
+            writer = self._connect(readonly=False)
+        except sqlite3.DatabaseError as exc:
+            raise classify(exc, self.path) or exc from None
+        if check_seconds > 0:
+            self.integrity.startup_check(check_seconds)
+        return writer
+
+    def _start_checkpointer(self, every: float) -> None:
+        # The commits keep checkpointing only as a safety net past SAFETY_NET_PAGES (a stalled thread).
+        self._writer.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_NET_PAGES}")
+        self.checkpointer = WalCheckpointer(lambda: self._connect(readonly=False), interval=every)
+        self.checkpointer.start()
 
     def _ensure_indexes(self, declared: tuple[RecordIndex, ...]) -> bool:
         """The declared record indexes, or none of the missing ones this time when another
