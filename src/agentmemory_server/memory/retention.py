@@ -164,19 +164,32 @@ def _stale_sessions(ctx: Ctx, store, days: int) -> tuple[list[dict], list[dict]]
     return empty, unsummarised
 
 
-def evict(ctx: Ctx, args: dict) -> dict[str, Any]:
-    rt, agent, dry_run = ctx.rt, agent_filter(ctx), args["dryRun"]
-    store = rt.db.reader()
-    over_cap: list[dict] = []
+def _over_cap(store: UnitOfWork, agent: str | None, cap: int) -> list[dict]:
+    """The lowest-value observations of each project past its cap."""
+    over: list[dict] = []
     for project, count in store.index.group_counts("project", {"kinds": ["observation"], "agent_id": agent}).items():
-        if project is not None and count > args["maxObservationsPerProject"]:
-            over_cap += observations_where(
-                store,
-                project=project,
-                agent_id=agent,
-                lowest_value_first=True,
-                limit=count - args["maxObservationsPerProject"],
+        if project is not None and count > cap:
+            over += observations_where(
+                store, project=project, agent_id=agent, lowest_value_first=True, limit=count - cap
             )
+    return over
+
+
+def _evictable_memories(ctx: Ctx, store: UnitOfWork, agent: str | None) -> list[str]:
+    """Expired memories, and versions superseded more than 90 days ago."""
+    expired = expired_memories(store, ctx.rt.clock.iso(), agent)
+    superseded = store.records.query(
+        MEMORIES,
+        [Where("isLatest", "=", False), Where("updatedAt", "<", _cutoff(ctx, 90)), *equal(agentId=agent)],
+        limit=BATCH,
+    )
+    return sorted({m["id"] for m in expired + superseded})
+
+
+def evict(ctx: Ctx, args: dict) -> dict[str, Any]:
+    rt, agent = ctx.rt, agent_filter(ctx)
+    store = rt.db.reader()
+    over_cap = _over_cap(store, agent, args["maxObservationsPerProject"])
     low = observations_where(
         store,
         before=_cutoff(ctx, args["lowImportanceMaxDays"]),
@@ -185,17 +198,11 @@ def evict(ctx: Ctx, args: dict) -> dict[str, Any]:
         limit=BATCH,
     )
     victims = list({o["id"]: o for o in over_cap + low}.values())
-    expired = expired_memories(store, rt.clock.iso(), agent)
-    superseded = store.records.query(
-        MEMORIES,
-        [Where("isLatest", "=", False), Where("updatedAt", "<", _cutoff(ctx, 90)), *equal(agentId=agent)],
-        limit=BATCH,
-    )
+    memory_ids = _evictable_memories(ctx, store, agent)
     empty, unsummarised = _stale_sessions(ctx, store, args["staleSessionDays"])
-    memory_ids = sorted({m["id"] for m in expired + superseded})
     result = {
         "success": True,
-        "dryRun": dry_run,
+        "dryRun": args["dryRun"],
         "observations": len(victims),
         "overCap": len(over_cap),
         "lowImportance": len(low),
@@ -203,38 +210,43 @@ def evict(ctx: Ctx, args: dict) -> dict[str, Any]:
         "emptySessions": [s["id"] for s in empty],
         "summarised": [s["id"] for s in unsummarised],
     }
-    if dry_run:
+    if args["dryRun"]:
         return result
-    for session in unsummarised:
-        # A summary may cost a model call: a periodic run stops here once another worker took it
-        # up, and a session summarised since the reading above (by that run) is not done again.
-        rt.jobs.checkpoint()
-        if rt.db.reader().records.get(SUMMARIES, session["id"]) is None:
-            summaries.summarize(ctx, session["id"])
+    _summarize_idle(ctx, unsummarised)
     if victims or memory_ids or empty:
-        with rt.db.transaction("evict", agent_id=rt.settings.agent_id) as tx:
-            # The victims were counted before this transaction; a run that lost its claim since
-            # (another run evicted meanwhile) would evict below the caps.
-            rt.jobs.fence(tx)
-            _delete_observations(ctx, tx, victims)
-            delete_memories(ctx, tx, memory_ids)
-            for session in empty:
-                tx.records.delete(SESSIONS, session["id"])
-            tx.audit_details = {
-                "observations": len(victims),
-                "memories": memory_ids[:100],
-                "emptySessions": result["emptySessions"][:100],
-            }
-        rt.publish(
-            "forget",
-            {
-                "reason": "evict",
-                "memoryIds": memory_ids,
-                "observations": len(victims),
-                "sessions": result["emptySessions"],
-            },
-        )
+        _delete_evicted(ctx, victims, memory_ids, empty)
     return result
+
+
+def _summarize_idle(ctx: Ctx, sessions: list[dict]) -> None:
+    for session in sessions:
+        # A summary may cost a model call: a periodic run stops here once another worker took it
+        # up, and a session summarised since evict read it (by that run) is not done again.
+        ctx.rt.jobs.checkpoint()
+        if ctx.rt.db.reader().records.get(SUMMARIES, session["id"]) is None:
+            summaries.summarize(ctx, session["id"])
+
+
+def _delete_evicted(ctx: Ctx, victims: list[dict], memory_ids: list[str], empty: list[dict]) -> None:
+    rt = ctx.rt
+    session_ids = [s["id"] for s in empty]
+    with rt.db.transaction("evict", agent_id=rt.settings.agent_id) as tx:
+        # The victims were counted before this transaction; a run that lost its claim since
+        # (another run evicted meanwhile) would evict below the caps.
+        rt.jobs.fence(tx)
+        _delete_observations(ctx, tx, victims)
+        delete_memories(ctx, tx, memory_ids)
+        for session_id in session_ids:
+            tx.records.delete(SESSIONS, session_id)
+        tx.audit_details = {
+            "observations": len(victims),
+            "memories": memory_ids[:100],
+            "emptySessions": session_ids[:100],
+        }
+    rt.publish(
+        "forget",
+        {"reason": "evict", "memoryIds": memory_ids, "observations": len(victims), "sessions": session_ids},
+    )
 
 
 # -- tools and timers -----------------------------------------------------------------------------------
