@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentmemory_server.kernel.access import token_principal
 from agentmemory_server.kernel.auth import is_loopback
@@ -49,6 +49,71 @@ def _sample(items: list, n: int = 5) -> str:
 def stored_observation_counts(store: UnitOfWork) -> dict[str, int]:
     """Observations actually stored per session id."""
     return {session_of(scope): n for scope, n in store.records.scope_counts(OBSERVATIONS_PREFIX).items()}
+
+
+class Finding(NamedTuple):
+    """A check over one list ``DatabaseChecks._found`` collects: it passes when the list is empty.
+    ``wrong`` is formatted with ``n`` (how many) and ``sample`` (the first few)."""
+
+    name: str
+    category: str
+    key: str
+    wrong: str
+    right: str
+    fix: str
+    severity: str = "fail"
+
+    def check(self, found: list) -> dict[str, Any]:
+        message = self.wrong.format(n=len(found), sample=_sample(found)) if found else self.right
+        return check(self.name, self.category, not found, message, fix=self.fix, fixable=True, severity=self.severity)
+
+
+# Every one is repaired by heal.
+FINDINGS = (
+    Finding(
+        "search_rows_missing",
+        "search",
+        "unindexed",
+        wrong="{n} record(s) have no search row: {sample}",
+        right="every indexed record has a search row",
+        fix="heal re-indexes them",
+    ),
+    Finding(
+        "search_rows_orphaned",
+        "search",
+        "orphans",
+        wrong="{n} search row(s) point at deleted records: {sample}",
+        right="every search row has its record",
+        fix="heal removes them",
+        severity="warn",
+    ),
+    Finding(
+        "search_text_missing",
+        "search",
+        "no_text",
+        wrong="{n} search row(s) have no full-text entry",
+        right="every search row has its full-text entry",
+        fix="heal re-indexes them",
+    ),
+    Finding(
+        "search_text_orphaned",
+        "search",
+        "stray_text",
+        wrong="{n} full-text entries have no search row",
+        right="no stray full-text entries",
+        fix="heal removes them",
+        severity="warn",
+    ),
+    Finding(
+        "session_counts",
+        "sessions",
+        "drift",
+        wrong="{n} session(s) report a wrong observationCount: {sample}",
+        right="session observation counts match",
+        fix="heal recounts them",
+        severity="warn",
+    ),
+)
 
 
 class DatabaseChecks:
@@ -122,63 +187,8 @@ class DatabaseChecks:
         if self.rt.db.damage is not None:  # the other checks read the damaged file: they would only add noise
             return [integrity, *self._disk()]
         found = self._found()
-        checks = [integrity]
-        unindexed = [f"{s}/{k}" for s, k, _v in found["unindexed"]]
-        checks += [
-            check(
-                "search_rows_missing",
-                "search",
-                not unindexed,
-                f"{len(unindexed)} record(s) have no search row: {_sample(unindexed)}"
-                if unindexed
-                else "every indexed record has a search row",
-                fix="heal re-indexes them",
-                fixable=True,
-            ),
-            check(
-                "search_rows_orphaned",
-                "search",
-                not found["orphans"],
-                f"{len(found['orphans'])} search row(s) point at deleted records: {_sample(found['orphans'])}"
-                if found["orphans"]
-                else "every search row has its record",
-                fix="heal removes them",
-                fixable=True,
-                severity="warn",
-            ),
-            check(
-                "search_text_missing",
-                "search",
-                not found["no_text"],
-                f"{len(found['no_text'])} search row(s) have no full-text entry"
-                if found["no_text"]
-                else "every search row has its full-text entry",
-                fix="heal re-indexes them",
-                fixable=True,
-            ),
-            check(
-                "search_text_orphaned",
-                "search",
-                not found["stray_text"],
-                f"{len(found['stray_text'])} full-text entries have no search row"
-                if found["stray_text"]
-                else "no stray full-text entries",
-                fix="heal removes them",
-                fixable=True,
-                severity="warn",
-            ),
-            check(
-                "session_counts",
-                "sessions",
-                not found["drift"],
-                f"{len(found['drift'])} session(s) report a wrong observationCount: {_sample(found['drift'])}"
-                if found["drift"]
-                else "session observation counts match",
-                fix="heal recounts them",
-                fixable=True,
-                severity="warn",
-            ),
-        ]
+        found["unindexed"] = [f"{s}/{k}" for s, k, _v in found["unindexed"]]
+        checks = [integrity, *(finding.check(found[finding.key]) for finding in FINDINGS)]
         return checks + [self._lexical()] + self._disk() + self._config()
 
     def _lexical(self) -> dict[str, Any]:

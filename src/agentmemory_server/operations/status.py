@@ -129,54 +129,78 @@ DETAILS_PRINCIPAL = (
 def alerts_of(sections: dict[str, Any], *, for_principal: bool = False) -> list[dict[str, str]]:
     """What is wrong, each with its fix, from the health sections (``for_principal``: those a
     principal's token is shown, whose fix cannot be read in /health by that token)."""
-    alerts: list[dict[str, str]] = []
-    denied = (sections.get("auth") or {}).get("denied", 0)
-    if denied:
-        last = sections["auth"].get("lastDenied")  # left out for a principal's token
-        latest = f" (latest: {last.get('reason')} {last.get('path')})" if last else ""
-        alerts.append(
-            _alert(
-                "warn",
-                f"{denied} request(s) refused without a valid token since start{latest}; hook scripts exit 0 on "
-                "a 401, so their events were lost",
-                "give clients AGENTMEMORY_SECRET (or let them read the server's secret file)",
-            )
+    return [
+        *_auth_alerts(sections.get("auth") or {}),
+        *_rate_limit_alerts(sections.get("rateLimit") or {}),
+        *_capture_alerts(sections.get("capture") or {}),
+        *_llm_alerts(sections.get("llm") or {}),
+        *_spool_alerts(sections.get("capture_spool") or {}),
+        *_image_alerts(sections.get("images") or {}),
+        *_vector_alerts(sections.get("vectors") or {}),
+        *_periodic_alerts(sections.get("background") or {}),
+        *_unhealthy_alerts(sections, DETAILS_PRINCIPAL if for_principal else DETAILS_ADMIN),
+    ]
+
+
+def _auth_alerts(auth: dict[str, Any]) -> list[dict[str, str]]:
+    denied = auth.get("denied", 0)
+    if not denied:
+        return []
+    last = auth.get("lastDenied")  # left out for a principal's token
+    latest = f" (latest: {last.get('reason')} {last.get('path')})" if last else ""
+    return [
+        _alert(
+            "warn",
+            f"{denied} request(s) refused without a valid token since start{latest}; hook scripts exit 0 on "
+            "a 401, so their events were lost",
+            "give clients AGENTMEMORY_SECRET (or let them read the server's secret file)",
         )
-    limited = (sections.get("rateLimit") or {}).get("limited", 0)
-    if limited:
-        last = (sections["rateLimit"].get("lastLimited") or {}) or {}
-        alerts.append(
-            _alert(
-                "warn",
-                f"{limited} write(s) refused by the rate limit since start (latest: {last.get('what')}); "
-                "hook scripts before 0.9.30 drop an event answered 429",
-                "raise AGENTMEMORY_RATE_LIMIT / AGENTMEMORY_RATE_BURST, or find the client that floods "
-                "(GET /agentmemory/health rateLimit.limitedByClient)",
-            )
+    ]
+
+
+def _rate_limit_alerts(rate_limit: dict[str, Any]) -> list[dict[str, str]]:
+    limited = rate_limit.get("limited", 0)
+    if not limited:
+        return []
+    last = rate_limit.get("lastLimited") or {}
+    return [
+        _alert(
+            "warn",
+            f"{limited} write(s) refused by the rate limit since start (latest: {last.get('what')}); "
+            "hook scripts before 0.9.30 drop an event answered 429",
+            "raise AGENTMEMORY_RATE_LIMIT / AGENTMEMORY_RATE_BURST, or find the client that floods "
+            "(GET /agentmemory/health rateLimit.limitedByClient)",
         )
-    alerts += _capture_alerts(sections.get("capture") or {})
-    alerts += _llm_alerts(sections.get("llm") or {})
-    alerts += _spool_alerts(sections.get("capture_spool") or {})
-    images = sections.get("images") or {}
-    if images.get("evicted"):
-        alerts.append(
-            _alert(
-                "info",
-                f"{images['evicted']} image(s) were evicted by the image store quota",
-                "raise AGENTMEMORY_IMAGE_STORE_MAX_BYTES to keep more images",
-            )
+    ]
+
+
+def _image_alerts(images: dict[str, Any]) -> list[dict[str, str]]:
+    if not images.get("evicted"):
+        return []
+    return [
+        _alert(
+            "info",
+            f"{images['evicted']} image(s) were evicted by the image store quota",
+            "raise AGENTMEMORY_IMAGE_STORE_MAX_BYTES to keep more images",
         )
-    vectors = sections.get("vectors") or {}
-    if vectors.get("backlog"):
-        alerts.append(
-            _alert(
-                "info",
-                f"{vectors['backlog']} record(s) wait for an embedding; search uses BM25 for them meanwhile",
-                "nothing to do: the embedding worker drains it in the background",
-            )
+    ]
+
+
+def _vector_alerts(vectors: dict[str, Any]) -> list[dict[str, str]]:
+    if not vectors.get("backlog"):
+        return []
+    return [
+        _alert(
+            "info",
+            f"{vectors['backlog']} record(s) wait for an embedding; search uses BM25 for them meanwhile",
+            "nothing to do: the embedding worker drains it in the background",
         )
-    alerts += _periodic_alerts(sections.get("background") or {})
-    details = DETAILS_PRINCIPAL if for_principal else DETAILS_ADMIN
+    ]
+
+
+def _unhealthy_alerts(sections: dict[str, Any], details: str) -> list[dict[str, str]]:
+    """Every part whose status is not healthy, pointing at where its details can be read."""
+    alerts = []
     for name, section in sections.items():
         if isinstance(section, dict) and section.get("status") in ("degraded", "critical", "error"):
             detail = unrecovered(section) or section.get("error") or section.get("status")
