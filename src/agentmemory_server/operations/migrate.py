@@ -178,22 +178,11 @@ def _migrate(
     source: Any, target: Any, data_dir: Path, *, progress: Progress, batch: int, new_target: NewTarget | None
 ) -> dict[str, Any]:
     spool, state_path = spool_paths(data_dir)
-    state = read_state(state_path)
     target_id = stored_target_id(target)
-    if (
-        state.get("source") != source.db.location
-        or state.get("target") != target.db.location
-        or state.get("targetId") != target_id  # another target at that place: this one holds nothing of it
-    ):
-        state = {"source": source.db.location, "target": target.db.location, "exported": False, "imported": 0}
+    state = _resumable_state(read_state(state_path), source, target, target_id)
     started = time.perf_counter()
     if not state["exported"] or not spool.exists():
-        partial = spool.with_name(spool.name + ".partial")
-        with open(partial, "w", encoding="utf-8") as out:
-            state["export"] = maintenance.stream_export(source, out, progress=progress, lines=True, with_working=False)
-        partial.replace(spool)
-        state.update(exported=True, imported=0)
-        state_path.write_text(json.dumps(state))
+        _export_to_spool(source, spool, state, state_path, progress)
     exported = time.perf_counter()
 
     def remember(line: int) -> None:
@@ -232,6 +221,28 @@ def _migrate(
         "recordsPerSecond": round(records / max(imported - started, 1e-9)),
         "verified": check,
     }
+
+
+def _resumable_state(state: dict[str, Any], source: Any, target: Any, target_id: str | None) -> dict[str, Any]:
+    """The state file's progress when it is of this source and this very target, else a fresh start."""
+    if (
+        state.get("source") != source.db.location
+        or state.get("target") != target.db.location
+        or state.get("targetId") != target_id  # another target at that place: this one holds nothing of it
+    ):
+        return {"source": source.db.location, "target": target.db.location, "exported": False, "imported": 0}
+    return state
+
+
+def _export_to_spool(source: Any, spool: Path, state: dict[str, Any], state_path: Path, progress: Progress) -> None:
+    """Export the source into the spool file, which appears only once complete (a partial file
+    is never taken for an export), and record it in the state file."""
+    partial = spool.with_name(spool.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as out:
+        state["export"] = maintenance.stream_export(source, out, progress=progress, lines=True, with_working=False)
+    partial.replace(spool)
+    state.update(exported=True, imported=0)
+    state_path.write_text(json.dumps(state))
 
 
 def stored_target_id(target: Any) -> str | None:

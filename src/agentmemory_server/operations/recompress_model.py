@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from agentmemory_server.errors import InvalidInput
@@ -82,18 +83,8 @@ def recompress_with_model(
     if not svc.has_model:
         why = svc.clients.choice.problem or "AGENTMEMORY_LLM_PROVIDER is none (or auto without a Gemini key)"
         raise InvalidInput(f"recompress --with-model needs a model provider: {why}")
-    after = None
-    if since is not None:
-        after = parse_time(since)
-        if after is None:
-            raise InvalidInput(f"--since: {since!r} is not a date or an ISO-8601 time (e.g. 2026-11-01)")
-    features = [feature for feature in ("compress", "summaries") if svc.uses_model(feature)]
-    off = {feature: f"{FLAGS[feature]} is off" for feature in FLAGS if feature not in features}
-    if not features:
-        raise InvalidInput(
-            "recompress --with-model redoes compressions (AGENTMEMORY_AUTO_COMPRESS) and session summaries "
-            "(AGENTMEMORY_LLM_SUMMARIES): both are off"
-        )
+    after = _parsed_since(since)
+    features = _features_to_redo(svc)
     ctx = Ctx(rt, source="cli")
     items = _selected(rt, features, project, after, limit, other_models)
     estimate = _estimate(ctx, items)
@@ -103,15 +94,9 @@ def recompress_with_model(
         "otherModels": other_models,
         "provider": svc.provider,
         "models": {feature: svc.clients.model_for(feature) for feature in features},
-        "featuresOff": off,
-        "selected": {
-            "observations": sum(i.kind == OBSERVATION for i in items),
-            "summaries": sum(i.kind == SUMMARY for i in items),
-        },
-        "selectedFromOtherModels": {
-            "observations": sum(i.kind == OBSERVATION and i.by_model for i in items),
-            "summaries": sum(i.kind == SUMMARY and i.by_model for i in items),
-        },
+        "featuresOff": {feature: f"{FLAGS[feature]} is off" for feature in FLAGS if feature not in features},
+        "selected": _counts(items),
+        "selectedFromOtherModels": _counts([i for i in items if i.by_model]),
         "estimate": estimate,
         "budget": {key: budget[key] for key in ("daily", "used", "left", "resetsAt")},
         "fitsInBudget": _fits(svc, budget, estimate),
@@ -119,6 +104,33 @@ def recompress_with_model(
     if dry_run:
         return result
     return {**result, **_run(ctx, items, progress, other_models)}
+
+
+def _parsed_since(since: str | None) -> datetime | None:
+    if since is None:
+        return None
+    after = parse_time(since)
+    if after is None:
+        raise InvalidInput(f"--since: {since!r} is not a date or an ISO-8601 time (e.g. 2026-11-01)")
+    return after
+
+
+def _features_to_redo(svc: llm.LLMService) -> list[str]:
+    """The features this run redoes: those of the two that are on and use the model."""
+    features = [feature for feature in ("compress", "summaries") if svc.uses_model(feature)]
+    if not features:
+        raise InvalidInput(
+            "recompress --with-model redoes compressions (AGENTMEMORY_AUTO_COMPRESS) and session summaries "
+            "(AGENTMEMORY_LLM_SUMMARIES): both are off"
+        )
+    return features
+
+
+def _counts(items: list[Item]) -> dict[str, int]:
+    return {
+        "observations": sum(i.kind == OBSERVATION for i in items),
+        "summaries": sum(i.kind == SUMMARY for i in items),
+    }
 
 
 def _selected(
