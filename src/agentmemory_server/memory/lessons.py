@@ -109,11 +109,7 @@ def save_lesson(
         lesson = tx.records.get(LESSONS, lid)
         if lesson is not None and not lesson.get("deleted"):
             action = "strengthened"
-            reinforce(lesson, now)
-            if context_text and not lesson.get("context"):
-                lesson["context"] = context_text
-            lesson["tags"] = list(dict.fromkeys((lesson.get("tags") or []) + tags))
-            lesson["sourceIds"] = list(dict.fromkeys((lesson.get("sourceIds") or []) + (source_ids or [])))
+            _strengthen(lesson, now, context_text=context_text, tags=tags, source_ids=source_ids or [])
         else:
             action = "created"
             lesson = {
@@ -128,15 +124,28 @@ def save_lesson(
                 "createdAt": now,
                 "updatedAt": now,
                 "decayRate": DECAY_RATE,
+                **_owner_fields(project, agent),
             }
-            for key, value in (("project", (project or "").strip() or None), ("agentId", agent)):
-                if value:
-                    lesson[key] = value
         tx.records.set(LESSONS, lid, lesson, now=now)
         search.index_record(tx, "lesson", lesson)
         tx.audit_message = f"lesson {action}: {lid}"
         tx.after_commit(lambda: rt.publish("lesson", lesson))
     return action, lesson
+
+
+def _strengthen(lesson: dict[str, Any], now: str, *, context_text: str, tags: list[str], source_ids: list[str]) -> None:
+    """The same lesson learned again: more confidence, and what the new saving adds to it."""
+    reinforce(lesson, now)
+    if context_text and not lesson.get("context"):
+        lesson["context"] = context_text
+    lesson["tags"] = list(dict.fromkeys((lesson.get("tags") or []) + tags))
+    lesson["sourceIds"] = list(dict.fromkeys((lesson.get("sourceIds") or []) + source_ids))
+
+
+def _owner_fields(project: str | None, agent: str | None) -> dict[str, str]:
+    """A new lesson's project and agent, each only when it has one."""
+    fields = {"project": (project or "").strip() or None, "agentId": agent}
+    return {key: value for key, value in fields.items() if value}
 
 
 def _live_lesson(ctx: Ctx, tx, lesson_id_: str) -> dict[str, Any]:

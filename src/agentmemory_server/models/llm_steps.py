@@ -488,6 +488,19 @@ def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
     groups, svc = payload["groups"], _model(ctx, "consolidation")
     if not groups or svc is None:
         return None
+    task, prompt = _consolidate_task(len(groups)), _group_blocks(ctx, groups)
+    watched = llm.passing_failure_count()
+    answer = svc.answer(task, prompt)
+    if answer is None:
+        if watched is not None and (llm.passing_failure_count() or 0) > watched:
+            # A job waits for the model: write nothing now, so its next try pays only for these groups.
+            raise Deferred(f"consolidation of {payload.get('project') or '(no project)'} waits for the model")
+        return None
+    return [_memory_draft(group, item) for (_key, group), item in zip(groups, answer["memories"], strict=True)]
+
+
+def _consolidate_task(group_count: int) -> Task:
+    """Exactly one memory per group, in the groups' order (the answer is zipped with them)."""
     memory = _object(
         ["title", "content", "type", "concepts", "facts"],
         title=_text(120),
@@ -496,17 +509,21 @@ def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
         concepts=_strings(10, 80),
         facts=_strings(5, 300, 6),
     )
-    task = Task(
+    return Task(
         "consolidate",
         "You turn groups of related observations from an AI coding agent's sessions "
         "into long-term memories: for each group one memory (title, content that generalises the "
         "group, type, concepts) and up to five standalone facts worth keeping. One memory per group, "
         "in the given order.",
         _object(
-            ["memories"], memories={"type": "array", "items": memory, "minItems": len(groups), "maxItems": len(groups)}
+            ["memories"], memories={"type": "array", "items": memory, "minItems": group_count, "maxItems": group_count}
         ),
         feature="consolidation",
     )
+
+
+def _group_blocks(ctx: Ctx, groups: list) -> str:
+    """Each group's most important observations, the prompt budget shared between the groups."""
     per_group = max(400, _budget(ctx) // len(groups))
     blocks = []
     for n, (key, group) in enumerate(groups, 1):
@@ -517,27 +534,19 @@ def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
                 per_group,
             )
         )
-    watched = llm.passing_failure_count()
-    answer = svc.answer(task, "\n\n".join(blocks))
-    if answer is None:
-        if watched is not None and (llm.passing_failure_count() or 0) > watched:
-            # A job waits for the model: write nothing now, so its next try pays only for these groups.
-            raise Deferred(f"consolidation of {payload.get('project') or '(no project)'} waits for the model")
-        return None
-    drafts = []
-    for (_key, group), item in zip(groups, answer["memories"], strict=True):
-        drafts.append(
-            {
-                "title": truncate(" ".join(item["title"].split()), 80),
-                "content": item["content"],
-                "type": item["type"],
-                "concepts": item["concepts"],
-                "facts": item["facts"],
-                "files": list(dict.fromkeys(f for o in group for f in o.get("files") or []))[:10],
-                "sourceObservationIds": sorted(o["id"] for o in group),
-            }
-        )
-    return drafts
+    return "\n\n".join(blocks)
+
+
+def _memory_draft(group: list[dict], item: dict) -> dict[str, Any]:
+    return {
+        "title": truncate(" ".join(item["title"].split()), 80),
+        "content": item["content"],
+        "type": item["type"],
+        "concepts": item["concepts"],
+        "facts": item["facts"],
+        "files": list(dict.fromkeys(f for o in group for f in o.get("files") or []))[:10],
+        "sourceObservationIds": sorted(o["id"] for o in group),
+    }
 
 
 # -- session end: the background jobs ------------------------------------------------------------------------------
