@@ -187,16 +187,7 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
     input_text = stringify(f["toolInput"])
     prompt = stringify(f["userPrompt"])
 
-    # what an event without a tool says: its label, its words, else its error ("rate limited")
-    says = f["label"] or f["said"] or (None if tool_name else tool_output_text(f["toolOutput"], as_json=False))
-    if prompt:
-        title = prompt
-    elif says:
-        # "stop: Fixed the flaky test ...", "notification: Claude needs your permission ...": a
-        # list of events titled only by their hook says nothing about them
-        title = f"{hook_type}: {stringify(says)}"
-    else:
-        title = tool_name or hook_type
+    title = _plain_title(hook_type, f, tool_name, prompt)
     parts = [prompt, input_text, stringify(f["toolOutput"]), stringify(f["message"])]
     narrative = " | ".join(p for p in parts if p)
     if tool_name and not prompt:
@@ -228,6 +219,19 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         compressed["toolName"] = tool_name
         compressed["contentHash"] = content_hash(hook_type, f, obs_type)
     return compressed
+
+
+def _plain_title(hook_type: str, f: dict[str, Any], tool_name: str | None, prompt: str) -> str:
+    """An event's title before a tool's description replaces it: its prompt, else what an event
+    without a tool says (its label, its words, else its error: "rate limited"), else a name."""
+    says = f["label"] or f["said"] or (None if tool_name else tool_output_text(f["toolOutput"], as_json=False))
+    if prompt:
+        return prompt
+    if says:
+        # "stop: Fixed the flaky test ...", "notification: Claude needs your permission ...": a
+        # list of events titled only by their hook says nothing about them
+        return f"{hook_type}: {stringify(says)}"
+    return tool_name or hook_type
 
 
 def content_hash(hook_type: str, fields: dict[str, Any], obs_type: str) -> str:
