@@ -65,15 +65,9 @@ class VectorService(EmbeddingBacklog):
         self.provider = choose_provider(rt.settings)
         self.error: str | None = None  # the embedder's error while it stands (cleared by a success)
         self.last_error = LastError()  # kept after recovery, for /health
-        self.embedder: Embedder | None = None
         # A request process embeds only queries (one thread); the worker embeds documents.
         documents = rt.runs_background or not rt.settings.background_jobs or rt.role == "tool"
-        try:
-            self.embedder = make_embedder(rt.settings, documents=documents)
-        except Unavailable as exc:  # a broken provider degrades search to BM25, never start-up
-            self.error = exc.message
-            self.last_error.failed(exc.message)
-            log.warning("embeddings disabled: %s", exc.message)
+        self.embedder = self._make_embedder(documents)
         self.late = self._late_encoder(documents)
         if self.embedder is None:  # nothing here would ever drain the backlog: queue nothing
             rt.db.close_queue("embed_backlog")
@@ -98,12 +92,25 @@ class VectorService(EmbeddingBacklog):
             if not rt.settings.background_jobs:
                 self.catch_up()  # no follower thread: tests see a complete index at once
         self.load_seconds = round(time.perf_counter() - started, 3)
-        if self.embedder is None:
-            return
-        if rt.role == "server" and rt.settings.background_jobs:
+        if self.embedder is not None:
+            self._start_threads()
+
+    def _make_embedder(self, documents: bool) -> Embedder | None:
+        try:
+            return make_embedder(self.rt.settings, documents=documents)
+        except Unavailable as exc:  # a broken provider degrades search to BM25, never start-up
+            self.error = exc.message
+            self.last_error.failed(exc.message)
+            log.warning("embeddings disabled: %s", exc.message)
+            return None
+
+    def _start_threads(self) -> None:
+        """The index follower (and the query models' warm-up) where requests are served, the
+        backlog worker where the background loops run."""
+        if self.rt.role == "server" and self.rt.settings.background_jobs:
             self._start(self._follow, "agentmemory-vector-follower")
             self._encode_soon(lambda _text: self._warm_query_models(), "")
-        if rt.runs_background:
+        if self.rt.runs_background:
             self._start(self._work, "agentmemory-embed")
 
     def _late_encoder(self, documents: bool) -> late_interaction.LateEncoder | None:

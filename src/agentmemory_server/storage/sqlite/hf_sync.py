@@ -335,13 +335,7 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
                 log.info("local database already contains remote backup %s: nothing to restore", meta["id"])
                 images = fetch_images(hub, head, files, db, Path(scratch) / "images")
                 return {"status": "up-to-date", "id": meta["id"], "images": images}
-            if db_in_use(db):
-                raise SyncError(f"{db} is open in another process (is the server running?); stop it first")
-            path = hub.download(LATEST, head, Path(scratch) / "db")
-            if meta is not None and meta.get("sha256") != sha256_file(path):
-                raise SyncError(f"downloaded {LATEST} does not match the sha256 in {META}; not installed")
-            info = inspect(path)
-            kept = install(path, db)
+            info, kept = _download_and_install(hub, head, db, meta, Path(scratch) / "db")
             images = fetch_images(hub, head, files, db, Path(scratch) / "images")
         remote_id = meta["id"] if meta else f"unversioned-{info['sha256'][:12]}"
         state.save(fingerprint=_quick_hash(db), sha256=info["sha256"], remoteId=remote_id, pendingId=None)
@@ -362,6 +356,20 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
         "reason": reason,
         "images": images,
     }
+
+
+def _download_and_install(
+    hub: Hub, head: str, db: Path, meta: dict[str, Any] | None, scratch: Path
+) -> tuple[dict[str, Any], Path | None]:
+    """Put the latest backup in place of ``db`` once it is checked (the database is closed, the
+    download matches its metadata's sha256); returns its description and where the old file was kept."""
+    if db_in_use(db):
+        raise SyncError(f"{db} is open in another process (is the server running?); stop it first")
+    path = hub.download(LATEST, head, scratch)
+    if meta is not None and meta.get("sha256") != sha256_file(path):
+        raise SyncError(f"downloaded {LATEST} does not match the sha256 in {META}; not installed")
+    info = inspect(path)
+    return info, install(path, db)
 
 
 def latest_backup_time(cfg: Config) -> float | None:
