@@ -249,6 +249,12 @@ def _write_records(
         tally["imported"] += 1
     tx.records.set_many(written, now=now)
     search.index_records(tx, to_index)
+    _put_new_events(tx, events, now)
+
+
+def _put_new_events(tx: UnitOfWork, events: list[tuple[str, str, str]], now: str) -> None:
+    """Record the imported observations' capture events, each event id once: those the store
+    already knows, or that come twice in the batch, are left out."""
     known = tx.events.known([event_id for event_id, _sid, _key in events])
     new = []
     for event in events:

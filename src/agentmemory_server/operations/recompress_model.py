@@ -249,14 +249,7 @@ def _run(ctx: Ctx, items: list[Item], progress: Progress, other_models: bool) ->
                 log.warning("recompress: the model call for %s %s failed: %s", item.kind, item.record_id, exc.message)
                 tally["failed"] += 1
             else:
-                if outcome in (llm_steps.COMPRESSED, SUMMARY):
-                    tally["observations" if item.kind == OBSERVATION else "summaries"] += 1
-                    if item.project:
-                        projects.add(item.project)
-                elif outcome in (llm_steps.GONE, llm_steps.MODEL_WRITTEN, None):
-                    tally["alreadyDone"] += 1
-                else:
-                    tally["lowValue"] += 1
+                _count_outcome(tally, projects, item, outcome)
             done += 1
             bar.update(1)
     finally:
@@ -269,6 +262,18 @@ def _run(ctx: Ctx, items: list[Item], progress: Progress, other_models: bool) ->
         "remaining": len(items) - done,
         "stopped": stopped,
     }
+
+
+def _count_outcome(tally: Counter[str], projects: set[str], item: Item, outcome: str | None) -> None:
+    """Count what redoing ``item`` did, and note the project the model wrote into (its profile is dropped)."""
+    if outcome in (llm_steps.COMPRESSED, SUMMARY):
+        tally["observations" if item.kind == OBSERVATION else "summaries"] += 1
+        if item.project:
+            projects.add(item.project)
+    elif outcome in (llm_steps.GONE, llm_steps.MODEL_WRITTEN, None):
+        tally["alreadyDone"] += 1
+    else:
+        tally["lowValue"] += 1
 
 
 def _redo(ctx: Ctx, item: Item, other_models: bool) -> str | None:
