@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from agentmemory_server.storage.interfaces import Database, RecordIndex
 from agentmemory_server.storage.sqlite import Database as SqliteDatabase
@@ -67,46 +66,42 @@ def open_database(
     :param lock_wait: seconds a write waits for the write lock (SQLite's, or the PostgreSQL
         store's advisory lock) before ``database_busy`` (default 30).
     """
-    # What both backends take alike; each adds its own below.
-    shared: dict[str, Any] = {
-        "now": now,
-        "record_indexes": record_indexes,
-        "queue_limits": queue_limits,
-        "lexical_weights": lexical_weights,
-        "background": background,
-        "lock_wait": lock_wait,
-    }
     builtin = lexical_engine in ("builtin", "fts5")
     if url:
-        return _open_postgres(
+        if not is_postgres_url(url):
+            raise ValueError(f"AGENTMEMORY_DATABASE_URL must start with postgresql://, got {url.split(':')[0]!r}")
+        from agentmemory_server.storage.postgres import PostgresDatabase
+
+        return PostgresDatabase(
             url,
             local_path=path,
+            now=now,
+            record_indexes=record_indexes,
             lexical_engine="builtin" if builtin else lexical_engine,
+            lexical_weights=lexical_weights,
+            background=background,
             pool_size=pool_size,
             node=node,
+            queue_limits=queue_limits,
             disk_reserve_bytes=reserve_bytes,
             disk_warn_bytes=warn_bytes,
-            **shared,
+            lock_wait=lock_wait,
         )
     return SqliteDatabase(
         path,
+        now=now,
+        record_indexes=record_indexes,
         reserve_bytes=reserve_bytes,
         warn_bytes=warn_bytes,
         check_seconds=check_seconds,
         fsync_every_commit=fsync_every_commit,
         checkpoint_seconds=checkpoint_seconds,
+        queue_limits=queue_limits,
         lexical_engine="fts5" if builtin else lexical_engine,
-        **shared,
+        lexical_weights=lexical_weights,
+        background=background,
+        lock_wait=lock_wait,
     )
-
-
-def _open_postgres(url: str, **options: Any) -> Database:
-    """The PostgreSQL store; its driver is imported only when one is configured."""
-    if not is_postgres_url(url):
-        raise ValueError(f"AGENTMEMORY_DATABASE_URL must start with postgresql://, got {url.split(':')[0]!r}")
-    from agentmemory_server.storage.postgres import PostgresDatabase
-
-    return PostgresDatabase(url, **options)
 
 
 def preflight(path: Path, url: str | None = None) -> None:
