@@ -416,7 +416,10 @@ def test_a_store_opens_while_another_process_holds_the_write_lock_and_makes_a_ne
         importer.close()
     try:
         assert wait_for(indexed, timeout=60, interval=0.2, message="the open store never made its index")
-        assert not opened.owed_indexes
+        # The index is visible once its transaction commits; the store notes it is owed no more
+        # just after, on the retry thread.
+        assert wait_for(lambda: not opened.owed_indexes, timeout=10, interval=0.05,
+                        message="the index was made but the store still counts it owed")
     finally:
         opened.close()
 
