@@ -189,3 +189,73 @@ def test_health_keeps_a_model_outages_last_error_marked_recovered_and_status_ale
         pass
     again = call("health")["llm"]
     assert again["recoveredAt"] is None and again["lastErrorAt"] == clock.clock.iso()
+
+
+def _write_lock_held_by(other_rt):
+    """Start a long write transaction of ``other_rt``'s store on a thread (as a replace import's
+    one transaction) and return once it holds the store's write lock; the function returned
+    releases it and waits until that transaction has committed."""
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def long_write():
+        with other_rt.db.transaction("import") as tx:
+            tx.records.set("mem:memories", "held", {"id": "held", "content": "held"}, now="2026-01-01T00:00:00Z")
+            held.set()
+            release.wait(120)
+
+    holder = threading.Thread(target=long_write, daemon=True)
+    holder.start()
+    assert held.wait(60)
+
+    def free():
+        release.set()
+        holder.join(60)
+        assert not holder.is_alive()
+
+    return free
+
+
+def test_a_job_past_its_maximum_age_whose_write_found_the_database_busy_is_kept_and_runs_once_it_is_free(
+        llm_runtime, make_runtime, fake_gemini):
+    """A compress job older than AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS (the server was down for hours)
+    got its model answer, and its write then found the write lock taken (a replace import began).
+    Before, the busy database went to the outage wait, which gives up a job past its maximum age:
+    the model's answer was thrown away and the job dropped (jobsAbandoned). The maximum age is for
+    model outages: now the job is kept, tried again 30 s later, and stores the model's answer."""
+    from agentmemory_server.models import llm_jobs
+
+    clock = ManualClock()
+    rt = llm_runtime(clock=clock.clock, auto_compress=True, llm_job_max_age_hours=2, lock_wait_seconds=1)
+    rt.test_importer = make_runtime()  # another writer on the same store
+    call, svc = ToolCaller(rt), llm.service(rt)
+    fake_gemini.responder = responder()
+    if "compress-during-import" not in llm_jobs.JOB_KINDS:
+
+        @llm_jobs.job_handler("compress-during-import")
+        def _compress_while_an_import_takes_the_lock(ctx, ref, args):
+            """The real compress job; the first run's store write meets an import's write lock."""
+            importer, ctx.rt.test_importer = ctx.rt.test_importer, None
+            free = _write_lock_held_by(importer) if importer is not None else None
+            try:
+                llm_jobs.JOB_KINDS["compress"].run(ctx, ref, args)
+            finally:
+                if free is not None:
+                    free()
+
+    call("agent_observe", **edit("s1", "src/a.py", "2026-11-01T10:00:00Z"))
+    with rt.db.transaction("requeue") as tx:  # the observation's compress job, run through the wrapper above
+        [job] = tx.jobs.claim(clock.now + 60, 10, clock.now + 120)
+        tx.jobs.done(job["kind"], job["ref"], job["queuedAt"])
+        svc.jobs.enqueue(tx, "compress-during-import", job["ref"], job["args"])
+    clock.advance(3 * 3600)  # queued 3 h ago: past its maximum age of 2 h
+    assert svc.drain() == 1
+    assert len(fake_gemini.generations()) == 1  # the model answered; the write met the lock
+    assert svc.usage.snapshot()["jobsAbandoned"] == 0, svc.usage.snapshot()
+    assert rt.db.reader().jobs.stats()["pending"] == 1 and methods(call) == [None]
+    assert svc.drain() == 0  # not before the busy database's retry delay
+    clock.advance(llm_jobs.BUSY_RETRY_SECONDS)
+    assert svc.drain() == 1
+    assert methods(call) == ["gemini"] and rt.db.reader().jobs.stats()["pending"] == 0
+    assert svc.usage.snapshot()["jobsAbandoned"] == 0

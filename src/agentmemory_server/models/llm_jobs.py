@@ -6,7 +6,7 @@ never loses work that was promised); worker threads (``AGENTMEMORY_LLM_WORKERS``
 whose worker died runs again when it expires) and run the handler registered with
 ``@job_handler(kind)``.
 
-Two ways a job does not finish, kept apart because an outage is ordinary and a bug is not:
+Three ways a job does not finish, kept apart because an outage is ordinary and a bug is not:
 
 - **The model is unreachable** (the breaker is open, or the handler raised ``Retry``: an HTTP
   error after its retries, a timeout). The job stays queued and is tried again with a backoff
@@ -14,6 +14,9 @@ Two ways a job does not finish, kept apart because an outage is ordinary and a b
   attempts, so an outage of minutes or hours loses nothing. While the breaker is open the
   workers claim nothing (only the breaker's trial call goes out). Only a job older than
   ``AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS`` (a day) is given up.
+- **Its write found the database busy** (another writer, a replace import, held the write lock
+  past the wait). The job stays queued, is tried again after ``BUSY_RETRY_SECONDS`` and uses up
+  no attempt, whatever its age: the maximum age is for model outages, not for the store's.
 - **The handler raised anything else** (a bug, bad data): retried with doubling backoff at most
   ``AGENTMEMORY_LLM_JOB_ATTEMPTS`` times.
 
@@ -200,7 +203,7 @@ class JobRunner:
                 # not the job's fault, so it uses up no attempt and logs no traceback. If the
                 # database is still busy for this write too, the job's lease runs out and it is
                 # taken again then.
-                self._wait(ctx, job, kind, exc.message, self.rt.clock.time() + BUSY_RETRY_SECONDS)
+                self._wait_for_database(job, exc.message)
                 return
             log.exception("LLM job %s %s failed", job["kind"], job["ref"])
             self._retry(ctx, job, kind, f"{type(exc).__name__}: {exc}")
@@ -222,6 +225,15 @@ class JobRunner:
             self._give_up(ctx, job, kind, f"still waiting for the model after {age / 3600:.1f} h: {reason}")
             return
         next_try = max(now + outage_delay(age), not_before or 0.0)
+        with self.rt.db.transaction("llm_job_wait") as tx:
+            tx.jobs.retry(job["kind"], job["ref"], strip_text(reason), next_try, counted=False)
+        self.count(jobsRetried=1)
+
+    def _wait_for_database(self, job: dict[str, Any], reason: str) -> None:
+        """The job's write found the database busy: keep the job and try it again after
+        BUSY_RETRY_SECONDS, using up no attempt, whatever its age. The maximum age bounds a wait for
+        the model, which has answered by now; a busy database is no sign the model is gone."""
+        next_try = self.rt.clock.time() + BUSY_RETRY_SECONDS
         with self.rt.db.transaction("llm_job_wait") as tx:
             tx.jobs.retry(job["kind"], job["ref"], strip_text(reason), next_try, counted=False)
         self.count(jobsRetried=1)
