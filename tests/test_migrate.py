@@ -123,6 +123,46 @@ def test_a_target_deleted_by_hand_after_an_interrupted_run_is_migrated_whole_by_
     assert result["verified"]["ok"] and result["import"]["imported"] == total, result["import"]
     assert not state_path.exists() and not spool.exists()
 
+def test_a_state_file_without_a_target_id_is_not_resumed_into_a_target_made_again(make_runtime, tmp_path, caplog):
+    """A state file written before targets got an id counts the lines its target holds but names
+    no target. Before, a target deleted by hand and made again (no id either) matched it: the next
+    run skipped the lines the deleted target had held and the verification failed. Now a state
+    without an id proves nothing about the target, so the run starts over, saying why."""
+    import shutil
+
+    source = make_runtime(data_dir=str(tmp_path / "src"), database_url=None)
+    seed(source)
+    target = make_runtime(data_dir=str(tmp_path / "dst"), database_url=None)
+    spool, state_path = migrate.spool_paths(tmp_path / "src")
+    with open(spool, "w", encoding="utf-8") as out:  # interrupted by a damaged line in the middle
+        maintenance.stream_export(source, out, lines=True)
+    lines = spool.read_text().splitlines(keepends=True)
+    middle = len(lines) // 2
+    good, lines[middle] = lines[middle], "{not json\n"
+    spool.write_text("".join(lines))
+    state_path.write_text(json.dumps({"source": source.db.location, "target": target.db.location,
+                                      "exported": True, "imported": 0}))
+    with pytest.raises(InvalidInput, match=f"line {middle + 1}"):
+        migrate.migrate(source, target, tmp_path / "src", batch=3)
+    state = json.loads(state_path.read_text())
+    assert state["imported"] > 0 and state["targetId"]
+    del state["targetId"]  # as a state file of a version before the target id looks
+    state_path.write_text(json.dumps(state))
+    lines[middle] = good
+    spool.write_text("".join(lines))
+    target.close()
+    shutil.rmtree(tmp_path / "dst")
+
+    again = make_runtime(data_dir=str(tmp_path / "dst"), database_url=None)
+    with caplog.at_level("WARNING", logger="agentmemory.migrate"):
+        result = migrate.migrate(source, again, tmp_path / "src", batch=3)
+    total = sum(source.db.reader().records.scope_counts().values())
+    assert result["verified"]["ok"] and result["import"]["imported"] == total, result["import"]
+    assert f"counts {state['imported']} lines imported but names no target id" in caplog.text, caplog.text
+    assert "starting over and migrating the target whole" in caplog.text
+    assert not state_path.exists() and not spool.exists()
+
+
 def test_a_difference_fails_the_verification(make_runtime, tmp_path):
     source = make_runtime(data_dir=str(tmp_path / "a"), database_url=None)
     seed(source)

@@ -9,7 +9,8 @@ directory first; a state file beside it records how many lines the target alread
 interrupted migration resumes where it stopped (merge makes a repeated batch harmless). The state
 names the target by an id the run stores in it (``target_id``): a target deleted by hand and made
 again by the next run has none, so that run starts over instead of skipping lines the old target
-held. Then
+held. So does a run whose state file counts imported lines but names no target (written before
+targets got an id): nothing shows the target there now holds them. Then
 the record counts of every scope are compared and a sample of records is read back from both
 stores and compared, and so is every scope of working memory. Search rows are rebuilt by the
 import; vectors are queued and embedded by the target's background worker.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -52,6 +54,7 @@ from agentmemory_server.memory.working_transfer import RESERVED_SCOPE
 from agentmemory_server.operations import maintenance
 from agentmemory_server.operations.maintenance import Progress, no_progress
 
+log = logging.getLogger("agentmemory.migrate")
 SAMPLE = 200
 SOURCE_HINT = (
     "Start it, or set WORKING_MEMORY_BACKEND=sqlite to migrate without the working memory it holds (then lost to "
@@ -179,7 +182,7 @@ def _migrate(
 ) -> dict[str, Any]:
     spool, state_path = spool_paths(data_dir)
     target_id = stored_target_id(target)
-    state = _resumable_state(read_state(state_path), source, target, target_id)
+    state = _resumable_state(state_path, source, target, target_id)
     started = time.perf_counter()
     if not state["exported"] or not spool.exists():
         _export_to_spool(source, spool, state, state_path, progress)
@@ -223,14 +226,33 @@ def _migrate(
     }
 
 
-def _resumable_state(state: dict[str, Any], source: Any, target: Any, target_id: str | None) -> dict[str, Any]:
+def _resumable_state(state_path: Path, source: Any, target: Any, target_id: str | None) -> dict[str, Any]:
     """The state file's progress when it is of this source and this very target, else a fresh start."""
-    if (
-        state.get("source") != source.db.location
-        or state.get("target") != target.db.location
-        or state.get("targetId") != target_id  # another target at that place: this one holds nothing of it
-    ):
-        return {"source": source.db.location, "target": target.db.location, "exported": False, "imported": 0}
+    state = read_state(state_path)
+    fresh = {"source": source.db.location, "target": target.db.location, "exported": False, "imported": 0}
+    if state.get("source") != source.db.location or state.get("target") != target.db.location:
+        return fresh
+    if not state.get("targetId"):
+        if not state.get("imported"):
+            return state  # its export, if made, is the source's; it counts no line into any target
+        # Written before the target got an id (by an older version): nothing proves the target
+        # there now is the one holding the lines it counts (it may have been deleted and made again).
+        log.warning(
+            "migrate: the state file %s counts %s lines imported but names no target id, so nothing shows that "
+            "%s is the target that holds them; starting over and migrating the target whole",
+            state_path,
+            state["imported"],
+            target.db.location,
+        )
+        return fresh
+    if state["targetId"] != target_id:  # another target at that place: this one holds nothing of it
+        log.warning(
+            "migrate: %s is not the target the state file %s describes (the id stored in it is not the one the "
+            "state names); starting over and migrating the target whole",
+            target.db.location,
+            state_path,
+        )
+        return fresh
     return state
 
 
