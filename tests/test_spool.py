@@ -293,3 +293,36 @@ def test_a_server_whose_worker_is_not_running_stores_spooled_events_itself(live_
     get = lambda path: requests.get(server.url + path, timeout=10).json()  # noqa: E731
     assert stored_sessions(get, sessions) == list(sessions)
     assert health()["capture_spool"]["events"] == 0
+
+
+def test_agentmemory_status_with_no_server_up_says_nothing_drains_the_spool_until_one_starts(locked_app, tmp_path):
+    """The real CLI, its data dir holding events a server spooled before it stopped, and no server
+    answering. A server's /health says who drains its spool (``worker`` or ``requests``); with no
+    server up, nothing does, and `agentmemory status` now says so (``drainedBy: none``, the events
+    wait until a server starts) instead of leaving the spool out."""
+    from conftest import clean_environ, free_port
+
+    rt, client = locked_app
+    with write_locked(rt):
+        for session in ("down-1", "down-2"):
+            assert client.post("/agentmemory/observe", json=hook(session)).status_code == 202
+    assert client.get("/agentmemory/health").json["capture_spool"]["drainedBy"] == "requests"  # a server's answer
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**clean_environ(), "HOME": str(home), "AGENTMEMORY_DATA_DIR": str(rt.settings.data_dir),
+           "AGENTMEMORY_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+
+    def status(*args):
+        done = subprocess.run([sys.executable, "-m", "agentmemory_server.adapters.cli", "status", *args], env=env,
+                              capture_output=True, text=True, timeout=120, cwd=home)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    report = json.loads(status("--json"))
+    assert report["server"].startswith("not reachable"), report
+    waiting = report["captureSpool"]
+    assert (waiting["events"], waiting["drainedBy"]) == (2, "none"), waiting
+    assert waiting["folder"] == str(rt.services["capture_spool"].folder) and waiting["oldestAt"], waiting
+    assert "nothing stores them until a server starts" in waiting["hint"], waiting
+    said = status()
+    assert f"2 hook event(s) in {waiting['folder']} (capture spool, drained by none)" in said, said

@@ -3,6 +3,7 @@
     agentmemory connect CLIENT [--scope user|project] [--mcp stdio|http|none] [--yes] [--dry-run]
     agentmemory disconnect CLIENT                   remove what connect wrote (originals restored)
     agentmemory status [--json]                     which agents are connected; does the server answer
+                                                    (if not: what waits in its capture spool)
     agentmemory hook ...                            the hook command of agents that run commands
     agentmemory service install|uninstall|status    run the server at login (systemd / launchd)
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.adapters import connect, hook_client, hook_spool, service
+from agentmemory_server.capture import spool
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import auth
 from agentmemory_server.kernel.settings import Settings
@@ -95,13 +97,31 @@ def _status_servers(settings: Settings, opts: argparse.Namespace, clients: list[
     return {"url": url, "server": servers[url], "servers": servers}
 
 
+SPOOL_WAITS = (
+    "events the server kept on disk while its database refused writes wait there: nothing stores them until a "
+    "server starts on this data directory (`agentmemory serve`), which stores them once its database takes writes"
+)
+
+
+def _server_spool(settings: Settings, server: str) -> dict[str, Any] | None:
+    """With no server answering, the capture spool of this data directory as its files show it:
+    no process drains it until a server starts here (``drainedBy: none``). A server that answers
+    says who drains its spool in its own /health (``worker`` or ``requests``)."""
+    if not server.startswith(hook_client.NOT_REACHABLE):
+        return None
+    return {**spool.waiting_without_a_server(settings.data_path), "hint": SPOOL_WAITS}
+
+
 def cmd_status(settings: Settings, opts: argparse.Namespace) -> Any:
     clients = connect.status(_connect_options(settings, opts))
+    servers = _status_servers(settings, opts, clients)
     report: dict[str, Any] = {
-        **_status_servers(settings, opts, clients),
+        **servers,
         "clients": clients,
         "hookEventsWaiting": hook_spool.count(hook_client.spool_folder(settings)),
     }
+    if (server_spool := _server_spool(settings, servers["server"])) is not None:
+        report["captureSpool"] = server_spool
     if opts.json:
         return report
     for address, state in report["servers"].items():
@@ -112,6 +132,11 @@ def cmd_status(settings: Settings, opts: argparse.Namespace) -> Any:
             f"  {report['hookEventsWaiting']} hook event(s) wait in {hook_client.spool_folder(settings)}: "
             "the next hook call that reaches the server sends them "
             f"(or run `agentmemory hook-drain --url {report['url']}`)"
+        )
+    if server_spool and server_spool["events"]:
+        print(
+            f"  {server_spool['events']} hook event(s) in {server_spool['folder']} (capture spool, drained by none): "
+            f"{SPOOL_WAITS}"
         )
     for row in report["clients"]:
         state = "connected" if row["connected"] else "-"

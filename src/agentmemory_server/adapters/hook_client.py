@@ -30,6 +30,7 @@ from agentmemory_server.kernel.settings import Settings, SettingsError
 # What a client reads as "nothing to do" (Cline requires ``cancel``; the others take ``{}``).
 NEUTRAL = {"cline": '{"cancel":false}'}
 MAX_STDIN_BYTES = 64 << 20
+NOT_REACHABLE = "not reachable"  # how a ``probe`` line of a server that did not answer begins
 
 
 def local_url(settings: Settings) -> str:
@@ -164,7 +165,7 @@ def probe(url: str, token: str | None, timeout: float = 3.0) -> str:
             return "up, but it refuses this machine's token (401): check AGENTMEMORY_SECRET / the secret file"
         return f"up (HTTP {exc.code})" + health_note(exc.read())
     except (OSError, ValueError) as exc:
-        return f"not reachable ({exc}): start it with `agentmemory serve` or `agentmemory service install`"
+        return f"{NOT_REACHABLE} ({exc}): start it with `agentmemory serve` or `agentmemory service install`"
 
 
 def health_note(body: bytes) -> str:

@@ -53,8 +53,8 @@ UNREADABLE = ".unreadable"
 LEASE_SECONDS = 300.0
 FORMAT = 1
 KINDS = ("observation", "sessionEnd")
-# Who drains the spool (health ``drainedBy``).
-WORKER, REQUESTS = "worker", "requests"
+# Who drains the spool (health ``drainedBy``); ``none``: no server answers (``agentmemory status``).
+WORKER, REQUESTS, NONE = "worker", "requests", "none"
 # What the database answers when it cannot take a write though this node's disk can: PostgreSQL
 # gone or busy, SQLite locked, a damaged file, a server stopping. Not a full or read-only disk:
 # the spool would fill the same disk, inside the reserve kept free on purpose. Not a bug either:
@@ -212,18 +212,10 @@ class CaptureSpool:
     # -- reports -------------------------------------------------------------------------------
 
     def _names(self, suffix: str) -> list[str]:
-        """Files ending in ``suffix``; files being written (``.*.tmp``) only when asked for."""
-        try:
-            found = os.listdir(self.folder)
-        except FileNotFoundError:
-            return []
-        return sorted(n for n in found if n.endswith(suffix) and (suffix == ".tmp" or not n.startswith(".")))
+        return _names_in(self.folder, suffix)
 
     def _draining_names(self) -> list[str]:
-        try:
-            return sorted(n for n in os.listdir(self.folder) if DRAINING in n and not n.startswith("."))
-        except FileNotFoundError:
-            return []
+        return _draining_names_in(self.folder)
 
     def has_waiting(self, *, or_taken: bool = False) -> bool:
         """Whether events wait here (``or_taken``: or files a process took for draining, which
@@ -270,6 +262,37 @@ class CaptureSpool:
             return WORKER
         here = socket.gethostname()
         return WORKER if any(w.get("host") == here for w in workers) else REQUESTS
+
+
+def _names_in(folder: Path, suffix: str) -> list[str]:
+    """Files ending in ``suffix``; files being written (``.*.tmp``) only when asked for."""
+    try:
+        found = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in found if n.endswith(suffix) and (suffix == ".tmp" or not n.startswith(".")))
+
+
+def _draining_names_in(folder: Path) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(folder) if DRAINING in n and not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def waiting_without_a_server(data_path: Path) -> dict[str, Any]:
+    """The spool of the data directory ``data_path`` as its files show it, for ``agentmemory
+    status`` when no server answers: nothing drains it then (``drainedBy: none``), its events wait
+    until a server starts on that data directory. Files a stopped process took for draining are
+    counted too: the next drain takes them back."""
+    folder = data_path / FOLDER
+    waiting = _names_in(folder, WAITING)
+    return {
+        "folder": str(folder),
+        "events": len(waiting) + len(_draining_names_in(folder)),
+        "oldestAt": _spooled_at(folder / waiting[0]) if waiting else None,
+        "drainedBy": NONE,
+    }
 
 
 def spool_service(ctx: Ctx) -> CaptureSpool:
