@@ -3,7 +3,9 @@ request process twice, the group's SIGTERM then gunicorn's) and must still let t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -192,3 +194,50 @@ def test_a_forked_child_s_stop_mark_is_its_own_and_its_idle_waiter_sleeps_too(tm
     seen = json.loads(report.read_text())
     assert seen["setByParent"] is False and seen["answers"] == [True], seen
     assert seen["woken"] <= 2, f"the child's idle waiter woke {seen['woken']} times in a second"
+
+
+def test_a_background_worker_that_does_not_stop_is_killed_by_its_request_process_within_gunicorns_grace(
+        live_server):
+    """A request process stopped its background worker only once its requests were done, and gave
+    it 15 s after that (then 5 s more after SIGKILL): with a request in flight for a few seconds,
+    a worker that did not stop took the request process past gunicorn's 20 s graceful timeout,
+    and gunicorn SIGKILLed it before it had closed its runtime. Now the worker is asked to stop at
+    the signal and killed, by the request process, within its share of the grace counted from the
+    signal. Here the worker is SIGSTOPped (it cannot stop by itself) and a write waits 8 s for a
+    write lock this test holds while the node is stopped."""
+    import sqlite3
+    import threading
+
+    from agentmemory_server.kernel import background
+    from conftest import post
+
+    server = live_server(env={"AGENTMEMORY_LOCK_WAIT_SECONDS": "8"})
+    worker = wait_for(lambda: requests.get(server.api("/health"), timeout=10).json()["background"]["workers"],
+                      timeout=30, interval=0.2, message="the background worker never started")[0]["pid"]
+    os.kill(worker, signal.SIGSTOP)  # from here it cannot act on a SIGTERM
+    holder = sqlite3.connect(server.db_path, timeout=30, isolation_level=None)
+    answers: list[int] = []
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, as a `sqlite3` shell in a transaction holds it
+        writer = threading.Thread(target=lambda: answers.append(
+            post(server.api("/remember"), {"content": "the canary fleet rolls out at noon"}).status_code))
+        writer.start()
+        wait_for(lambda: background.busy(server.db_path, 0.0), timeout=30, message="the write never arrived")
+        os.killpg(server.proc.pid, signal.SIGTERM)  # the node's stop (systemd, kill -TERM -<pgid>)
+        writer.join(60)
+        holder.rollback()
+        code = server.proc.wait(timeout=60)
+    finally:
+        holder.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGCONT)
+    log = server.log()
+    assert answers == [503], (answers, log[-3000:])  # the write waited out its 8 s: it was in flight
+    assert f"background worker {worker} did not stop within" in log and "killed it (SIGKILL)" in log, log[-3000:]
+    # gunicorn let its request process exit by itself: it killed nothing (its log says so only when
+    # it reaps the killed process in time; the WAL below says it either way)
+    assert "was sent SIGKILL" not in log and "WORKER TIMEOUT" not in log, log[-3000:]
+    assert code == 0 and not os.path.exists(f"/proc/{worker}/stat"), (code, log[-3000:])
+    # and it closed its runtime: the WAL was checkpointed into the database file
+    wal = server.db_path.with_name(server.db_path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, (wal.stat().st_size, log[-3000:])

@@ -17,16 +17,13 @@ from flask import Flask
 from agentmemory_server import storage
 from agentmemory_server.adapters import logs
 from agentmemory_server.adapters.connections import ConnectionBoard, GuardedThreadWorker
-from agentmemory_server.adapters.supervisor import start_for
+from agentmemory_server.adapters.supervisor import SHUTDOWN_GRACE_SECONDS, start_for
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import auth, privacy
 from agentmemory_server.kernel.settings import Settings, SettingsError
 
 log = logging.getLogger("agentmemory.http")
-# After a SIGTERM, how long a request process has to finish its requests and close its runtime
-# before gunicorn kills it.
-SHUTDOWN_GRACE_SECONDS = 20
 
 
 def serve(settings: Settings, *, dev: bool = False) -> None:
@@ -94,6 +91,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "worker_connections": settings.max_connections + 1,
         "http_protocols": "h1",  # the gate reads HTTP/1 heads; no h2c prior knowledge
         "timeout": 120,
+        # The background worker's stop is a share of this (supervisor.WORKER_STOP_SECONDS).
         "graceful_timeout": SHUTDOWN_GRACE_SECONDS,
         "keepalive": settings.keepalive_seconds,
         "control_socket_disable": True,
@@ -120,7 +118,8 @@ def _free_board_slot(_server: Any, worker: Any) -> None:
 def _hook_stop_signals(worker: Any) -> None:
     """Before gunicorn's own handlers: on a stop signal (SIGTERM: graceful; SIGINT, SIGQUIT:
     quick) the supervisor learns the process is stopping, so the background worker's exit (it
-    got the same signal when the whole process group did) is not taken for a crash; on SIGTERM
+    got the same signal when the whole process group did) is not taken for a crash, and asks the
+    worker to stop then (its share of the graceful timeout counts from the signal); on SIGTERM
     open viewer streams are told to close (1001) before gunicorn's graceful wait, which
     otherwise waits for every open WebSocket until graceful_timeout."""
     rt = worker.wsgi.extensions["agentmemory"]
@@ -142,7 +141,8 @@ def _stop_handler(rt: Any, previous: Any) -> Any:
 
 
 def _shutdown(rt: Any, supervisor: Any) -> None:
-    """Stop the background worker, then close the runtime (saves the vector index)."""
+    """Stop the background worker (killed if it outlives its share of the graceful timeout,
+    ``supervisor.WORKER_STOP_SECONDS``), then close the runtime (saves the vector index)."""
     if supervisor is not None:
         supervisor.stop()
     rt.close()

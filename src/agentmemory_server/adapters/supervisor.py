@@ -2,9 +2,16 @@
 
 With ``AGENTMEMORY_BACKGROUND=process`` (the default) the request-serving process starts
 ``agentmemory worker --parent-pid <its pid>`` on the same database, restarts it when it exits
-(after 1 s, doubling up to 30 s while it keeps dying young), and stops it on shutdown: SIGTERM,
-then SIGKILL after a grace period. Nothing queued is lost when the worker dies: the backlog and
+(after 1 s, doubling up to 30 s while it keeps dying young), and stops it on shutdown: SIGTERM
+when the request process hears its own stop signal, SIGKILL (logged) if it is still running
+``WORKER_STOP_SECONDS`` after that. Nothing queued is lost when the worker dies: the backlog and
 the model jobs are durable and their leases expire or are taken over by the next worker.
+
+The whole stop of a request process (its requests finished, this worker stopped, its runtime
+closed) must fit in ``SHUTDOWN_GRACE_SECONDS``, gunicorn's graceful timeout (``server.py`` sets
+it from this constant): past it gunicorn SIGKILLs the request process, and whatever it was
+finishing (the vector index being saved, the WAL checkpoint) is cut. So the worker's share is
+counted from the signal, not from when the requests are done, and is a part of that constant.
 
 With several gunicorn worker processes (AGENTMEMORY_WORKERS) each has a supervisor, but only the
 one holding ``<db>.supervisor.lock`` (an exclusive ``flock``) spawns: one background worker per
@@ -38,7 +45,14 @@ from agentmemory_server.storage.file_locks import wait_for_lock
 from agentmemory_server.threads import SignalSafeFlag
 
 log = logging.getLogger("agentmemory.supervisor")
-STOP_GRACE_SECONDS = 15.0
+# After a stop signal, how long a request process has to finish its requests, stop its background
+# worker and close its runtime before gunicorn SIGKILLs it (gunicorn's graceful_timeout).
+SHUTDOWN_GRACE_SECONDS = 20  # whole seconds: gunicorn takes an int
+# Counted from that signal, when the background worker must be gone: it is asked to stop at the
+# signal and SIGKILLed KILL_WAIT_SECONDS before this if it has not exited. The rest of the grace is
+# for closing the runtime, with a margin before gunicorn's SIGKILL.
+WORKER_STOP_SECONDS = SHUTDOWN_GRACE_SECONDS * 0.6
+KILL_WAIT_SECONDS = 1.0  # reaping a SIGKILLed process is immediate; this is only a bound
 MAX_BACKOFF_SECONDS = 30.0
 HEALTHY_AFTER_SECONDS = 60.0  # a worker that lived this long resets the backoff
 STANDBY_POLL_SECONDS = 2.0
@@ -55,6 +69,7 @@ class Supervisor:
         self.last_exit: dict[str, Any] | None = None
         # Set by stopping() from a signal handler, where an Event could deadlock (SignalSafeFlag).
         self._stop = SignalSafeFlag()
+        self._stop_heard_at: float | None = None  # time.monotonic() when stopping() was first called
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None  # the spawn lock, once this process holds it
@@ -134,28 +149,57 @@ class Supervisor:
         }
 
     def stopping(self) -> None:
-        """This process heard a stop signal: the worker's exit from now on is part of the stop.
-        Called from a signal handler, so it takes no lock (a second signal can arrive while the
-        first one's handler runs, or while ``stop()`` runs); ``stop()`` still ends the worker and
-        releases the spawn lock."""
+        """This process heard a stop signal: the worker's exit from now on is part of the stop, and
+        the worker is asked to stop now (SIGTERM), so its share of the graceful timeout runs while
+        the requests in flight finish. Called from a signal handler, so it takes no lock (a second
+        signal can arrive while the first one's handler runs, or while ``stop()`` runs; sending a
+        signal waits for nothing); ``stop()`` still ends the worker and releases the spawn lock."""
+        if self._stop_heard_at is None:
+            self._stop_heard_at = time.monotonic()
         self._stop.set()
+        proc = self.proc
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)  # no-op once the watcher has reaped it
 
-    def stop(self) -> None:
+    def stop(self, within: float = WORKER_STOP_SECONDS) -> None:
+        """End the worker and release the spawn lock. The worker is gone ``within`` seconds of the
+        stop signal this process heard (``stopping()``), or of now when it heard none: a worker
+        still running ``KILL_WAIT_SECONDS`` before then is SIGKILLed, and that is logged."""
         with self._lock:
             self._stop.set()
             proc = self.proc
+        deadline = (self._stop_heard_at or time.monotonic()) + within
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            _end_by(proc, deadline, within - KILL_WAIT_SECONDS)
+        if self._thread is not None:  # it only has to notice the stop, or the worker's exit
+            self._thread.join(timeout=max(KILL_WAIT_SECONDS, deadline - time.monotonic()))
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock: another request process may spawn
             self._lock_fd = None
+
+
+def _end_by(proc: subprocess.Popen[bytes], deadline: float, allowed: float) -> None:
+    """Wait for ``proc`` (already sent SIGTERM) to exit, SIGKILLing it in time to be gone by
+    ``deadline`` (time.monotonic(); ``allowed`` seconds after the stop, for the log); a worker that finishes its batch too slowly, or is hung or
+    stopped (SIGSTOP), is killed here rather than left for gunicorn to kill this process."""
+    try:
+        proc.wait(timeout=max(0.0, deadline - KILL_WAIT_SECONDS - time.monotonic()))
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    log.warning(
+        "background worker %d did not stop within %.0f s of the stop; killed it (SIGKILL), so the server "
+        "stops within its %.0f s grace; its jobs' leases let the next worker take them over",
+        proc.pid,
+        allowed,
+        SHUTDOWN_GRACE_SECONDS,
+    )
+    proc.kill()
+    try:
+        proc.wait(timeout=KILL_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        log.error("background worker %d is still there %.0f s after SIGKILL", proc.pid, KILL_WAIT_SECONDS)
 
 
 def start_for(settings: Settings, rt: Any) -> Supervisor | None:
