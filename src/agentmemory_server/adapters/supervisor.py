@@ -181,8 +181,9 @@ class Supervisor:
 
 def _end_by(proc: subprocess.Popen[bytes], deadline: float, allowed: float) -> None:
     """Wait for ``proc`` (already sent SIGTERM) to exit, SIGKILLing it in time to be gone by
-    ``deadline`` (time.monotonic(); ``allowed`` seconds after the stop, for the log); a worker that finishes its batch too slowly, or is hung or
-    stopped (SIGSTOP), is killed here rather than left for gunicorn to kill this process."""
+    ``deadline`` (time.monotonic(); ``allowed`` seconds after the stop, for the log). A worker
+    that finishes its batch too slowly, hangs or is stopped (SIGSTOP) is killed here, rather than
+    left to outlast gunicorn's grace, which would kill this process before it has closed."""
     try:
         proc.wait(timeout=max(0.0, deadline - KILL_WAIT_SECONDS - time.monotonic()))
         return
