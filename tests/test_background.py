@@ -528,6 +528,59 @@ def test_a_local_snapshot_run_taken_up_by_another_worker_is_not_taken_again_by_t
     assert row["holder"] == b.worker_id and row["runs"] == 1, row
 
 
+@pytest.mark.sqlite_only  # local snapshots are of a SQLite file (PostgreSQL is backed up by its server)
+def test_a_snapshot_taken_by_a_run_that_stalled_before_recording_it_is_not_taken_again_by_the_run_that_took_it_up(
+        make_runtime, monkeypatch):
+    """Worker A's local snapshot run took its snapshot and stalled before recording the run; its
+    claim lapsed and worker B took the run up. B looked only for a snapshot taken since its own
+    claim, found none, and took a second one, which pushed the oldest good snapshot out of the
+    three kept. Now a run looks for one taken since its period began (its due time): B takes
+    none, records the run, and every older snapshot is kept. The next period's run takes one."""
+    a, b = make_runtime(local_backup_interval=3600), make_runtime(local_backup_interval=3600)
+    folder = a.services["backups"].directory
+    keep = a.settings.local_backup_keep
+    older = [local_backup.take(a.db.path, folder, keep=keep, reserve_bytes=0)["file"]
+             for _ in range(keep - 1)]  # earlier periods' snapshots: room for one more in the kept ones
+    assert not a._claim_periodic("local_backup", 3600)  # first sight: the row exists, due in an hour
+    due = time.time()  # the run is due now, after the earlier periods' snapshots
+    with a.db.transaction("test") as tx:
+        tx.conn.execute("UPDATE periodic_jobs SET next_run = ? WHERE name = 'local_backup'", (due,))
+    taken, go_on = threading.Event(), threading.Event()
+    take = local_backup.take
+
+    def take_then_stall(*args, **kwargs):  # A's run: its snapshot is written, then it stalls
+        found = take(*args, **kwargs)
+        if threading.current_thread().name == "stalled-backup":
+            taken.set()
+            go_on.wait(60)
+        return found
+
+    monkeypatch.setattr(local_backup, "take", take_then_stall)
+    job_a, job_b = (next(j for j in rt.jobs._jobs if j["name"] == "local_backup") for rt in (a, b))
+    assert a.jobs._take(job_a)
+    runner = threading.Thread(target=a.jobs.run, args=(job_a,), name="stalled-backup", daemon=True)
+    runner.start()
+    try:
+        assert taken.wait(30)
+        stalled = [str(p) for p in local_backup.snapshots(folder)]
+        assert len(stalled) == keep and set(older) < set(stalled), stalled
+        with a.db.transaction("test") as tx:  # A's claim lapses (its lease's end is past)
+            tx.conn.execute("UPDATE periodic_jobs SET next_run = ? WHERE name = 'local_backup'", (time.time(),))
+        b.jobs._due(job_b)  # B takes the run up
+        assert [str(p) for p in local_backup.snapshots(folder)] == stalled  # no second snapshot, none pushed out
+        row = _periodic_row(b, "local_backup")
+        assert row["holder"] == b.worker_id and row["runs"] == 1 and not row["lastError"], row  # B recorded it
+    finally:
+        go_on.set()
+        runner.join(30)
+    assert [str(p) for p in local_backup.snapshots(folder)] == stalled
+    with b.db.transaction("test") as tx:  # the next period
+        tx.conn.execute("UPDATE periodic_jobs SET next_run = ? WHERE name = 'local_backup'", (time.time(),))
+    b.jobs._due(job_b)
+    now_kept = [str(p) for p in local_backup.snapshots(folder)]
+    assert len(now_kept) == keep and now_kept[1:] == stalled[:-1], now_kept  # a new one; the oldest goes
+
+
 def test_a_claimed_batch_of_a_dead_worker_is_taken_over(make_runtime):
     rt = make_runtime(embedding_provider="hash")
     registry_call = __import__("agentmemory_server.kernel.registry", fromlist=["call"])

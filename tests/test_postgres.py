@@ -78,12 +78,13 @@ def test_a_schema_7_database_upgrades_with_nothing_lost_and_its_periodic_schedul
                          "VALUES ('retention', 1900000000, 'host:1:2', 7, 2, 1899990000, 'OSError: disk full')")
         db = PostgresDatabase(url, local_path=tmp_path / "x.db", now=Clock().iso, background=False)
         try:
-            assert db.schema_version == len(pg_migrations.MIGRATIONS) == 8
+            assert db.schema_version == len(pg_migrations.MIGRATIONS) == 9
             assert db.reader().records.get("mem:memories", "m1") == {"id": "m1"}
             assert db.reader().jobs.periodic_status() == [
                 {"name": "retention", "nextRun": 1_900_000_000.0, "holder": "host:1:2", "runs": 7, "errors": 2,
                  "lastRun": 1_899_990_000.0, "lastError": "OSError: disk full", "lastErrorAt": None,
                  "recoveredAt": None}]
+            assert db.reader().jobs.periodic_due_at("retention") == 1_900_000_000.0  # migration 9: due at its next run
             with db.transaction("test") as tx:
                 tx.jobs.periodic_done("retention", 1_900_000_005.0, None)
             (retention,) = db.reader().jobs.periodic_status()
@@ -548,7 +549,7 @@ def test_a_migration_that_waits_for_a_table_a_long_write_holds_is_refused_naming
         assert refused is not None and refused.code == "database_busy", refused
         assert "schema migration 8 (periodic_error_times)" in refused.message and refused.retry_after == 30
         db = PostgresDatabase(url, local_path=tmp_path / "x.db", now=Clock().iso, background=False)
-        assert db.schema_version == 8
+        assert db.schema_version == len(pg_migrations.MIGRATIONS)
         db.close()
     finally:
         pg_cluster._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -153,6 +153,31 @@ def test_the_periodic_schedule_keeps_its_rows_and_gains_error_times_in_the_upgra
         store.close()
 
 
+def test_the_periodic_schedule_gains_each_runs_due_time_in_the_upgrade_from_v17(tmp_path):
+    """Schema 18 keeps when a job's run became due (its period's start), which a claim's lease used
+    to overwrite in next_run. A row of schema 17 is due at its next_run; a claim keeps that time,
+    and recording the run sets the next one's."""
+    db = tmp_path / "agentmemory.db"
+    shutil.copyfile(FIXTURES / "v17.db", db)
+    conn = sqlite3.connect(db)  # as schema 17's code left it
+    conn.execute("INSERT INTO periodic_jobs (name, next_run, holder, runs, errors) "
+                 "VALUES ('local_backup', 1900000000.0, 'host:1:2', 4, 0)")
+    conn.commit()
+    conn.close()
+    store = open_database(db, now=lambda: "2026-12-07T00:00:00.000Z")
+    try:
+        assert store.reader().jobs.periodic_due_at("local_backup") == 1_900_000_000.0
+        with store.transaction("test") as tx:
+            assert tx.jobs.claim_periodic("local_backup", 1_900_000_010.0, 1_900_000_310.0, "host:3:4")
+        assert store.reader().jobs.periodic_due_at("local_backup") == 1_900_000_000.0  # not the lease's end
+        with store.transaction("test") as tx:
+            assert tx.jobs.periodic_done("local_backup", 1_900_000_020.0, None, holder="host:3:4",
+                                         next_run=1_900_003_610.0)
+        assert store.reader().jobs.periodic_due_at("local_backup") == 1_900_003_610.0
+    finally:
+        store.close()
+
+
 def test_a_database_from_a_newer_release_is_refused_and_left_untouched(tmp_path):
     server = LiveServer(tmp_path, {}, [], start=False)
     server.data_dir.mkdir(parents=True)

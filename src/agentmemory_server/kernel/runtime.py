@@ -169,11 +169,13 @@ class Jobs:
         done: Callable[[str, str | None, float | None], bool] | None = None,
         hold: Callable[[str, float], bool] | None = None,
         holds: Callable[[Any, str], bool] | None = None,
+        due_at: Callable[[str], float | None] | None = None,
     ) -> None:
         self._jobs: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._claim, self._done, self._hold, self._holds = claim, done, hold, holds
+        self._due_at = due_at  # when a job's run now due or under way became due, from the shared schedule
         self._here = threading.local()  # the claimed run going on on this thread (``job``), if any
         # A database that refuses writes (busy with a replace import, or not answering) refuses
         # every job's claim: one line a minute for all of them, not one per job
@@ -369,6 +371,17 @@ class Jobs:
         job = getattr(self._here, "job", None)
         return None if job is None else job["claimedAt"]
 
+    def period_began(self) -> float | None:
+        """When the period of the claimed run going on on this thread began: when the run became
+        due, never after its claim. A run taken up after another worker's claim lapsed has the
+        period of that claim, so work the other worker did before stalling counts as this
+        period's (a local snapshot). None outside a claimed run."""
+        job = getattr(self._here, "job", None)
+        if job is None or job["claimedAt"] is None:
+            return None
+        due = self._due_at(job["name"]) if self._due_at is not None else None
+        return job["claimedAt"] if due is None else min(due, job["claimedAt"])
+
     def run_now(self, name: str) -> None:
         for job in self._jobs:
             if job["name"] == name:
@@ -471,7 +484,11 @@ class Runtime:
             background.ActivityBoard(settings.database_path) if role == "server" and settings.background_jobs else None
         )
         self.jobs = Jobs(
-            claim=self._claim_periodic, done=self._periodic_done, hold=self._hold_periodic, holds=self._holds_periodic
+            claim=self._claim_periodic,
+            done=self._periodic_done,
+            hold=self._hold_periodic,
+            holds=self._holds_periodic,
+            due_at=self._periodic_due_at,
         )
         self.supervisor: Any = None  # the background worker's supervisor, when this server started one
         self.denials = auth.Denials()
@@ -515,6 +532,9 @@ class Runtime:
         now = time.time()
         with self.db.transaction("periodic_renew") as tx:
             return tx.jobs.hold_periodic(name, now, now + claim_lease(every), self.worker_id)
+
+    def _periodic_due_at(self, name: str) -> float | None:
+        return self.db.reader().jobs.periodic_due_at(name)
 
     def _holds_periodic(self, tx: Any, name: str) -> bool:
         return bool(tx.jobs.holds_periodic(name, self.worker_id))

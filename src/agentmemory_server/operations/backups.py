@@ -5,9 +5,11 @@ an HF dataset. ``agentmemory backup --local`` takes one any time (storage/sqlite
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from agentmemory_server.errors import LastError
+from agentmemory_server.kernel.util import iso
 from agentmemory_server.storage.sqlite import local_backup
 from agentmemory_server.storage.sqlite.hf_sync import SyncError
 
@@ -35,10 +37,14 @@ class LocalBackups:
             return None
         # A second snapshot in one period would push a good older one out of the kept ones: a
         # run whose claim another worker took up stops here, and a run finds the period done
-        # when a snapshot was written since it was claimed (by the run that took it up).
+        # when a snapshot was taken since the period began (its due time): by the run that took
+        # this one up, or by a run that took it and stalled before recording the run, whose
+        # claim this one took up. The run is then recorded, with no snapshot.
         self.rt.jobs.checkpoint()
-        if self._taken_since(self.rt.jobs.claimed_at()):
-            log.info("local snapshot not taken: one was written since this run was claimed")
+        began = self.rt.jobs.period_began()
+        if began is not None and self._taken_since(began):  # None: not a claimed run, taken as asked
+            since = iso(datetime.fromtimestamp(began, tz=UTC))
+            log.info("local snapshot not taken: one was taken since this run's period began (%s)", since)
             return None
         try:
             self.last = local_backup.take(
@@ -54,11 +60,9 @@ class LocalBackups:
         self.last_error.succeeded()
         return self.last
 
-    def _taken_since(self, claimed_at: float | None) -> bool:
-        if claimed_at is None:  # not a claimed run: taken as asked
-            return False
+    def _taken_since(self, began: float) -> bool:
         newest = local_backup.newest_taken_at(self.directory)
-        return newest is not None and newest >= claimed_at - 0.001  # its name keeps milliseconds
+        return newest is not None and newest >= began - 0.001  # its name keeps milliseconds
 
     def health(self) -> dict[str, Any]:
         if not self.applies:

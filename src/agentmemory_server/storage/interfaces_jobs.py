@@ -49,6 +49,12 @@ class JobQueue(Protocol):
         if its claim lapsed (it is due); False when another worker has claimed it since."""
         ...
 
+    def periodic_due_at(self, name: str) -> float | None:
+        """When the run of ``name`` now due, or under way, became due (epoch seconds): its period's
+        start. Claims, renewals and take-ups keep it (``next_run`` moves to each lease's end);
+        recording a claimed run sets it to the next run's time. None: a job never seen."""
+        ...
+
     def holds_periodic(self, name: str, holder: str) -> bool:
         """Whether ``holder`` still holds the claim of ``name``'s run (lapsed or not: nobody took
         it up). Read inside a write transaction, the answer stands until it commits: claims are

@@ -77,29 +77,40 @@ class PgJobQueue:
     ) -> bool:
         """Claim the due run of ``name`` until ``lease_until`` (see ``JobQueue.claim_periodic``);
         False when it is not due or another worker claimed it first."""
-        # A job seen for the first time is due one period from now (as a timer would be).
+        # A job seen for the first time is due one period from now (as a timer would be). A claim
+        # (or a renewal, or a take-up) keeps when the run became due (``due_at``, its period's
+        # start): the right-hand sides read the row as it was, and the run was due no later than
+        # the ``next_run`` it was found due at (a take-up finds the lapsed lease's end there).
+        due = lease_until if first_run is None else first_run
         self.conn.execute(
-            "INSERT INTO periodic_jobs (name, next_run) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
-            (name, lease_until if first_run is None else first_run),
+            "INSERT INTO periodic_jobs (name, next_run, due_at) VALUES (%s, %s, %s) ON CONFLICT (name) DO NOTHING",
+            (name, due, due),
         )
         return (
             self.conn.execute(
-                "UPDATE periodic_jobs SET next_run = %s, holder = %s WHERE name = %s AND next_run <= %s",
+                "UPDATE periodic_jobs SET due_at = LEAST(due_at, next_run), next_run = %s, holder = %s "
+                "WHERE name = %s AND next_run <= %s",
                 (lease_until, holder, name, now_epoch),
             ).rowcount
             == 1
         )
 
     def hold_periodic(self, name: str, now_epoch: float, lease_until: float, holder: str) -> bool:
-        """Renew ``holder``'s claim (or take up a lapsed one); False: another worker claimed it since."""
+        """Renew ``holder``'s claim (or take up a lapsed one); False: another worker claimed it since.
+        The run's due time is kept, as by ``claim_periodic``."""
         return (
             self.conn.execute(
-                "UPDATE periodic_jobs SET next_run = %s, holder = %s "
+                "UPDATE periodic_jobs SET due_at = LEAST(due_at, next_run), next_run = %s, holder = %s "
                 "WHERE name = %s AND (holder = %s OR next_run <= %s)",
                 (lease_until, holder, name, holder, now_epoch),
             ).rowcount
             == 1
         )
+
+    def periodic_due_at(self, name: str) -> float | None:
+        """When the run of ``name`` now due or under way became due (see ``JobQueue.periodic_due_at``)."""
+        row = self.conn.execute("SELECT due_at FROM periodic_jobs WHERE name = %s", (name,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def holds_periodic(self, name: str, holder: str) -> bool:
         """Whether ``holder`` still holds the claim of ``name``'s run (see ``JobQueue.holds_periodic``)."""
@@ -124,7 +135,8 @@ class PgJobQueue:
         (its claim stands, and its run is the one counted)."""
         if holder is not None and next_run is not None:
             moved = self.conn.execute(
-                "UPDATE periodic_jobs SET next_run = %s WHERE name = %s AND holder = %s", (next_run, name, holder)
+                "UPDATE periodic_jobs SET next_run = %s, due_at = %s WHERE name = %s AND holder = %s",
+                (next_run, next_run, name, holder),
             ).rowcount
             if moved != 1:
                 return False

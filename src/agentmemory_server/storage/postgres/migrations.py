@@ -368,3 +368,16 @@ def _m008_periodic_error_times(conn: Any) -> None:
         ALTER TABLE periodic_jobs ADD COLUMN recovered_at DOUBLE PRECISION
         """,
     )
+
+
+@migration("periodic_due_times")
+def _m009_periodic_due_times(conn: Any) -> None:
+    # When the run now due (or under way) became due, its period's start, as on SQLite (its
+    # migration 18).
+    run_script(
+        conn,
+        """
+        ALTER TABLE periodic_jobs ADD COLUMN due_at DOUBLE PRECISION;
+        UPDATE periodic_jobs SET due_at = next_run
+        """,
+    )

@@ -515,3 +515,18 @@ def _m017_periodic_error_times(conn: sqlite3.Connection) -> None:
         ALTER TABLE periodic_jobs ADD COLUMN recovered_at REAL;
         """,
     )
+
+
+@migration("periodic_due_times")
+def _m018_periodic_due_times(conn: sqlite3.Connection) -> None:
+    # When the run now due (or under way) became due: its period's start. A claim moves next_run to
+    # the end of its lease, so a run taken up after another worker's claim lapsed could not tell
+    # when its period began (a local snapshot run: one taken since then means its work is done).
+    # A row claimed at the upgrade gets its lease's end: that one run is judged as before.
+    run_script(
+        conn,
+        """
+        ALTER TABLE periodic_jobs ADD COLUMN due_at REAL;
+        UPDATE periodic_jobs SET due_at = next_run;
+        """,
+    )
