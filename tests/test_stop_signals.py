@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -214,11 +215,10 @@ def test_a_background_worker_that_does_not_stop_is_killed_by_its_request_process
     server = live_server(env={"AGENTMEMORY_LOCK_WAIT_SECONDS": "8"})
     worker = wait_for(lambda: requests.get(server.api("/health"), timeout=10).json()["background"]["workers"],
                       timeout=30, interval=0.2, message="the background worker never started")[0]["pid"]
-    os.kill(worker, signal.SIGSTOP)  # from here it cannot act on a SIGTERM
-    holder = sqlite3.connect(server.db_path, timeout=30, isolation_level=None)
+    holder = sqlite3.connect(server.db_path, timeout=1, isolation_level=None)
     answers: list[int] = []
     try:
-        holder.execute("BEGIN IMMEDIATE")  # the write lock, as a `sqlite3` shell in a transaction holds it
+        _stop_outside_its_writes(worker, holder)  # from here it cannot act on a SIGTERM
         writer = threading.Thread(target=lambda: answers.append(
             post(server.api("/remember"), {"content": "the canary fleet rolls out at noon"}).status_code))
         writer.start()
@@ -241,3 +241,20 @@ def test_a_background_worker_that_does_not_stop_is_killed_by_its_request_process
     # and it closed its runtime: the WAL was checkpointed into the database file
     wal = server.db_path.with_name(server.db_path.name + "-wal")
     assert not wal.exists() or wal.stat().st_size == 0, (wal.stat().st_size, log[-3000:])
+
+
+def _stop_outside_its_writes(pid: int, holder) -> None:
+    """SIGSTOP the worker ``pid``, then take the write lock on ``holder`` (as a `sqlite3` shell in
+    a transaction holds it). A worker stopped inside one of its own write transactions would hold
+    the lock until the end: let it run a moment and stop it again."""
+    import sqlite3
+
+    for _ in range(50):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError:  # "database is locked": stopped while writing
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.1)
+    raise AssertionError("the worker held the write lock each time it was stopped")

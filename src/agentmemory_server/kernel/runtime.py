@@ -366,11 +366,6 @@ class Jobs:
             job["lost"] = True
             raise ClaimLost(job["name"])
 
-    def claimed_at(self) -> float | None:
-        """When the run going on on this thread was claimed (epoch seconds); None outside one."""
-        job = getattr(self._here, "job", None)
-        return None if job is None else job["claimedAt"]
-
     def period_began(self) -> float | None:
         """When the period of the claimed run going on on this thread began: when the run became
         due, never after its claim. A run taken up after another worker's claim lapsed has the
