@@ -23,6 +23,7 @@ from agentmemory_server.kernel.util import Clock
 from agentmemory_server.retrieval import search
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.storage.postgres import PostgresDatabase, database as pg_database
+from agentmemory_server.storage.postgres import faults as pg_faults
 from agentmemory_server.storage.postgres import migrations as pg_migrations
 from agentmemory_server.storage.postgres.schema import SchemaTooNew
 from agentmemory_server.storage.urls import without_password
@@ -353,7 +354,7 @@ def test_hook_events_wait_on_disk_while_the_database_does_not_answer_and_are_sto
     assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
     noted = client.post("/agentmemory/observe", json=hook("rest-pg", content="noted while it was gone"))
     assert noted.status_code == 202 and noted.json["spooled"] is True, noted.json
-    assert "does not answer" in noted.json["error"] or "unavailable" in noted.json["error"], noted.json
+    assert "does not answer" in noted.json["error"], noted.json
     health = client.get("/agentmemory/health")
     assert health.status_code == 503 and health.json["capture_spool"]["events"] == 5, health.json
     assert rt.services["capture_retry"].drain_spool()["waiting"] == 5  # still gone: they wait
@@ -405,11 +406,11 @@ def test_the_capture_spool_keeps_the_disk_reserve_free(pg_cluster, make_runtime,
         pg_cluster.drop_database(url)
         filler = faults.fill(disk, leave_bytes=3 * faults.MB)
         refused = client.post("/agentmemory/observe", json=hook("reserve", content="no room for it"))
-        # The drop ends the pooled connections: the request meets one of them ("server closed the
-        # connection") or finds the database already marked gone ("does not answer"), whichever
-        # came first. Either way a 503 to retry, and nothing spooled past the reserve.
-        assert refused.status_code == 503 and refused.json["code"] in ("database_busy", "unavailable"), refused.json
-        assert "unavailable" in refused.json["error"] or "does not answer" in refused.json["error"], refused.json
+        # The drop ends the pooled connections: the request meets one of them or finds the database
+        # already marked gone, whichever came first; either way the same 503 (before, the first
+        # was database_busy, "the database is unavailable (...)"), and nothing spooled past the reserve.
+        assert refused.status_code == 503 and refused.json["code"] == "unavailable", refused.json
+        assert "does not answer: " in refused.json["error"] and refused.headers["Retry-After"] == "5", refused.json
         assert rt.services["capture_spool"].status()["events"] == 0 and faults.free_bytes(disk) > 2 * faults.MB
         filler.unlink()
         kept = client.post("/agentmemory/observe", json=hook("reserve", content="room again"))
@@ -456,6 +457,73 @@ def test_while_the_database_does_not_answer_requests_say_so_at_once_and_resume_w
     assert rt.db.reader().records.get("mem:test", "after") == {"n": 2}
     health, status = ToolCaller(rt).status("health")
     assert "error" not in health["db"] and health["counts"]["sessions"] == 0, health
+
+
+def _bare_store(url: str, tmp_path: Path) -> PostgresDatabase:
+    """A store with no thread of its own (no Tantivy applier): only the test's requests use its pool."""
+    return PostgresDatabase(url, local_path=tmp_path / "x.db", now=Clock().iso, lexical_engine="builtin",
+                            background=False)
+
+
+def test_the_request_that_meets_a_dropped_database_first_is_refused_as_every_later_one_is(pg_cluster, tmp_path):
+    """An outage gives one answer, whichever request meets it first. Before, a request on a pooled
+    connection the outage had ended answered 503 database_busy ("the database is unavailable (...)",
+    which reads as another writer's lock), and only the requests after it 503 unavailable ("...
+    does not answer"): which one a client saw was a race between its request and the others'."""
+    url = pg_cluster.create_database()
+    db = _bare_store(url, tmp_path)
+    try:
+        with db.transaction("t") as tx:
+            tx.records.set("mem:test", "kept", {"n": 1}, now="t")
+        assert db.pool.get_stats()["pool_available"] >= 1  # idle in the pool, to be met by the next request
+        pg_cluster.drop_database(url)  # WITH (FORCE): ends the pool's connections
+        refusals = []
+        for request in ("write", "read", "write"):  # the first meets a connection the drop ended
+            with pytest.raises(Unavailable) as refused:
+                if request == "read":
+                    db.reader().records.get("mem:test", "kept")
+                else:
+                    with db.transaction("t") as tx:
+                        tx.records.set("mem:test", "lost", {"n": 0}, now="t")
+            refusals.append(refused.value)
+        assert [r.code for r in refusals] == ["unavailable"] * 3, [(r.code, r.message) for r in refusals]
+        assert {r.retry_after for r in refusals} == {pg_faults.GONE_RETRY_SECONDS}
+        assert len({r.message for r in refusals}) == 1, [r.message for r in refusals]
+        assert f"{db.location} does not answer: connection failed: " in refusals[0].message, refusals[0].message
+    finally:
+        db.close()
+        pg_cluster.drop_database(url)
+
+
+def test_a_request_on_a_connection_an_administrator_ended_is_refused_unavailable_and_the_next_is_served(
+        pg_cluster, url, tmp_path):
+    """pg_terminate_backend (or a restart that is already over) ends the pool's idle connections
+    while the database still answers. Before, each of them failed a request of its own with 503
+    database_busy; now the first is refused 503 unavailable naming what happened, with
+    Retry-After, and the pool's other connections from before are replaced at once."""
+    db = _bare_store(url, tmp_path)
+    name = url.split("?", 1)[0].rsplit("/", 1)[1]
+    try:
+        with db.transaction("t") as tx:
+            tx.records.set("mem:test", "kept", {"n": 1}, now="t")
+        held = [db.pool.getconn() for _ in range(3)]  # three idle connections in the pool
+        for conn in held:
+            db.pool.putconn(conn)
+        with psycopg.connect(pg_cluster.admin_url, autocommit=True) as admin:
+            ended = admin.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+                                  "WHERE datname = %s", (name,)).fetchone()[0]
+        assert ended >= 3, ended
+        with pytest.raises(Unavailable) as refused:
+            db.reader().records.get("mem:test", "kept")
+        assert (refused.value.code, refused.value.retry_after) == ("unavailable", 1), refused.value.to_dict()
+        assert "does not answer on this request's connection (AdminShutdown: terminating connection due to " \
+               "administrator command), though it takes new ones: retry" in refused.value.message, refused.value.message
+        assert db.reader().records.get("mem:test", "kept") == {"n": 1}
+        with db.transaction("t") as tx:
+            tx.records.set("mem:test", "after", {"n": 2}, now="t")
+        assert db.reader().records.get("mem:test", "after") == {"n": 2}
+    finally:
+        db.close()
 
 
 def test_a_store_opens_while_a_long_write_holds_its_records_and_makes_its_new_index_once_they_are_free(
@@ -560,7 +628,7 @@ def test_the_guard_of_a_step_of_opening_refuses_only_a_table_lock_held_past_the_
     the bare connection, the record indexes through TxConnection, which turns psycopg's error
     into an AppError caused by it): a lock not granted becomes the refusal naming the step, which
     a migration lets through and the record indexes take as owed; any other failure, a lost
-    connection's database_busy included, goes through as it was."""
+    connection's included, goes through as it was."""
     from agentmemory_server.errors import AppError
     from agentmemory_server.storage.owed_indexes import LockHeldAtOpen
 
@@ -568,7 +636,8 @@ def test_the_guard_of_a_step_of_opening_refuses_only_a_table_lock_held_past_the_
                           background=False)
 
     def through_tx_connection(cause: Exception) -> AppError:
-        failure = Unavailable("the database is unavailable; retry shortly", code="database_busy")
+        failure = pg_faults.classify(cause, "the database")
+        assert failure is not None
         failure.__cause__ = cause
         return failure
 

@@ -61,7 +61,12 @@ EXPORT_TOO_LARGE = _declare(
     "GET /export would answer more than AGENTMEMORY_MAX_EXPORT_BYTES; `details` say where it stopped "
     "(page it with maxSessions/offset, or stream it with `agentmemory export`).",
 )
-UNAVAILABLE = _declare("unavailable", 503, "A dependency is down or the server is stopping; retry later.")
+UNAVAILABLE = _declare(
+    "unavailable",
+    503,
+    "A dependency is down (PostgreSQL that does not answer: the message names why, with `Retry-After`) or the "
+    "server is stopping; retry later.",
+)
 INTERNAL_ERROR = _declare("internal_error", 500, "A bug: the server log has the traceback.")
 
 # -- transport ------------------------------------------------------------------------------------

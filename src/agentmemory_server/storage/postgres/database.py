@@ -42,7 +42,7 @@ from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.postgres.advisory_locks import LEASE_LOCK, LIVE_LOCK, WRITE_LOCK
 from agentmemory_server.storage.postgres.common import SqlConn
 from agentmemory_server.storage.postgres.connections import PooledReader, TxConnection, configure_connection, translate
-from agentmemory_server.storage.postgres.faults import classify, damaged, reason_of
+from agentmemory_server.storage.postgres.faults import classify, damaged, gone, reason_of
 from agentmemory_server.storage.postgres.lexical_feed import PgFeeds
 from agentmemory_server.storage.postgres.live import NotifySignal
 from agentmemory_server.storage.postgres.schema import Schema
@@ -264,7 +264,8 @@ class PostgresDatabase:
         answers (``_checkout``).
 
         :raise Unavailable: none came free (``database_busy``), or the database does not answer
-            (``unavailable``, with its reason; at once while it still does not).
+            (``unavailable``, with its reason; at once while it still does not), or it ended this
+            connection (``unavailable``: ``_connection_ended``).
         """
         if self._unanswered:
             self._refuse_if_unanswered()
@@ -273,12 +274,35 @@ class PostgresDatabase:
             with conn:  # as the pool's own connection(): commit, or roll back on an error
                 try:
                     yield conn
-                except BaseException:
+                except Exception as exc:
                     if conn.broken:  # the server went away under it, or ended it: does it answer?
-                        self._unanswered = self._unanswered_reason() is not None
+                        raise self._connection_ended(exc) from exc
                     raise
         finally:
             self.pool.putconn(conn)  # a broken one is replaced by the pool
+
+    def _connection_ended(self, failure: Exception) -> Unavailable:
+        """The refusal of a request whose connection the server ended or lost (``failure``).
+
+        While the database does not answer (stopped, dropped, unreachable), the same refusal
+        every request gets until it does (``_refuse_if_unanswered``): which request meets the
+        outage first, one on a connection it ended or one after, is a race a client must not see
+        (before, the first answered 503 ``database_busy``, which reads as another writer's lock).
+        When it answers again (an administrator ended the connection, or a restart is over), the
+        pool's idle connections from before were most likely ended too: they are replaced now,
+        rather than each failing a request of its own.
+        """
+        reason = self._unanswered_reason()
+        self._unanswered = reason is not None
+        if reason is not None:
+            return gone(self.location, reason)
+        self.pool.check()
+        cause = (failure.__cause__ if isinstance(failure, AppError) else None) or failure  # psycopg's own error
+        return Unavailable(
+            f"{self.location} does not answer on this request's connection ({type(cause).__name__}: "
+            f"{reason_of(cause)}), though it takes new ones: retry",
+            retry_after=1,
+        )
 
     def _checkout(self) -> psycopg.Connection:
         """A connection from the pool, waited for in turns of CHECKOUT_TURN_SECONDS up to
@@ -306,7 +330,7 @@ class PostgresDatabase:
             self._unanswered = False
             return
         self._unanswered = True
-        raise Unavailable(f"{self.location} does not answer: {reason}; retry when it is back")
+        raise gone(self.location, reason)
 
     def _unanswered_reason(self) -> str | None:
         """Why a new connection to the database fails, or None when it answers."""

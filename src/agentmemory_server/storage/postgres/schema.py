@@ -61,9 +61,7 @@ def preflight(url: str) -> None:
             row = conn.execute("SELECT version FROM agentmemory_schema").fetchone() if exists and exists[0] else None
     except psycopg.Error as exc:
         reason = reason_of(exc)
-        raise Unavailable(
-            f"cannot connect to {location}: {reason}", code=errors.DATABASE_BUSY, details={"fix": CONNECT_FIX}
-        ) from None
+        raise Unavailable(f"cannot connect to {location}: {reason}", details={"fix": CONNECT_FIX}) from None
     if row is not None and row[0] > len(MIGRATIONS):
         raise SchemaTooNew(
             f"{location} has schema version {row[0]} but this server knows {len(MIGRATIONS)}",
@@ -87,7 +85,7 @@ class Schema:
         try:
             conn = psycopg.connect(self.url, autocommit=True)
         except psycopg.Error as exc:
-            raise Unavailable(f"cannot connect to {self.location}: {exc}", code=errors.DATABASE_BUSY) from exc
+            raise Unavailable(f"cannot connect to {self.location}: {reason_of(exc)}") from exc
         with conn:
             conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
             conn.execute(f"SET lock_timeout = '{int(SCHEMA_LOCK_WAIT_SECONDS * 1000)}ms'")
