@@ -25,6 +25,7 @@ from agentmemory_server.errors import Unavailable
 from agentmemory_server.storage.postgres import PostgresDatabase, database as pg_database
 from agentmemory_server.storage.postgres import faults as pg_faults
 from agentmemory_server.storage.postgres import migrations as pg_migrations
+from agentmemory_server.storage.postgres import schema as pg_schema
 from agentmemory_server.storage.postgres.schema import SchemaTooNew
 from agentmemory_server.storage.urls import without_password
 from conftest import LiveServer, ToolCaller, free_port, hook, post, wait_for
@@ -583,6 +584,72 @@ def test_a_store_opens_while_a_long_write_holds_its_records_and_makes_its_new_in
             opened.close()
         importer.close()
         pg_cluster.drop_database(url)
+
+
+def test_the_owed_index_retry_skips_its_attempt_while_a_start_or_a_long_write_holds_what_it_needs(
+        url, tmp_path, monkeypatch):
+    """A store opened while a replace import held the records' table owes a record index and tries
+    to make it once a minute. Before, each attempt waited without limit for the migration lock (a
+    start holds it while it migrates), then waited for the records' table (5 s) holding that lock,
+    so a start waited behind it. Now, as on SQLite, an attempt that finds either held gives up at
+    once having done nothing, and makes the index once both are free. (Each holder below lets go
+    only after the attempt returned, or after 30 s: an attempt that waited for it would then make
+    the index and return True.)"""
+    from agentmemory_server.kernel.scopes import RECORD_INDEXES
+    from agentmemory_server.storage.interfaces import RecordIndex
+    from agentmemory_server.storage.postgres.advisory_locks import MIGRATE_LOCK
+    from agentmemory_server.storage.postgres.records import index_name
+
+    # The start's own wait for a table, which the retry used to wait too: longer than the test.
+    monkeypatch.setattr(pg_schema, "SCHEMA_LOCK_WAIT_SECONDS", 600.0)
+    newer = (*RECORD_INDEXES, RecordIndex("mem:memories", ("importance",)))
+    opened = _bare_store(url, tmp_path)
+    opened.schema.owed_indexes = newer  # as a start that found the records' table held leaves it
+
+    def indexed() -> bool:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = %s",
+                                (index_name(newer[-1]),)).fetchone()[0] == 1
+
+    def attempt_while(holding: threading.Event, release: threading.Event) -> bool:
+        assert holding.wait(30)
+        answer: dict[str, bool] = {}
+        attempt = threading.Thread(target=lambda: answer.update(made=opened.make_owed_indexes()), daemon=True)
+        attempt.start()
+        attempt.join(30)
+        release.set()
+        attempt.join(60)
+        return answer["made"]
+
+    def migrating_start(holding: threading.Event, release: threading.Event) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+            holding.set()
+            release.wait(120)
+
+    importer = _bare_store(url, tmp_path / "importer")
+
+    def long_import(holding: threading.Event, release: threading.Event) -> None:
+        with importer.transaction("import") as tx:
+            tx.admin.wipe_records()  # as a replace import does first: the records' table is held until the commit
+            holding.set()
+            release.wait(120)
+
+    try:
+        for holder in (migrating_start, long_import):
+            holding, release = threading.Event(), threading.Event()
+            thread = threading.Thread(target=holder, args=(holding, release), daemon=True)
+            thread.start()
+            try:
+                assert attempt_while(holding, release) is False, holder.__name__
+            finally:
+                release.set()
+                thread.join(60)
+            assert opened.owed_indexes == newer and not indexed(), holder.__name__  # nothing done; still owed
+        assert opened.make_owed_indexes() is True and not opened.owed_indexes and indexed()
+    finally:
+        opened.close()
+        importer.close()
 
 
 def test_a_migration_that_waits_for_a_table_a_long_write_holds_is_refused_naming_it(pg_cluster, tmp_path):

@@ -36,6 +36,12 @@ log = logging.getLogger("agentmemory.postgres")
 # holds the records' tables until it commits, and every other opener waits for MIGRATE_LOCK
 # meanwhile. A queued DDL lock also holds up the readers behind it, so the wait is short.
 SCHEMA_LOCK_WAIT_SECONDS = 5.0
+# How long the retry of owed record indexes waits for the records' table: a glance, as SQLite's
+# retry waits for its write locks (OWED_INDEXES_WAIT_SECONDS there). Ordinary writes hold the table
+# for milliseconds; a replace import holds it until it commits (minutes), and a retry that waited
+# SCHEMA_LOCK_WAIT_SECONDS for it held MIGRATE_LOCK meanwhile (a start waited behind it), once a
+# minute for as long as the import ran.
+OWED_INDEXES_WAIT_SECONDS = 0.05
 
 
 class SchemaTooNew(AppError):
@@ -129,14 +135,18 @@ class Schema:
 
     def make_owed_indexes(self) -> bool:
         """Make the record indexes this store was opened without (its start found the records'
-        table held), if the table is free within SCHEMA_LOCK_WAIT_SECONDS; True when none is owed
-        any more. Under MIGRATE_LOCK, as at a start: a starting process may be making them too."""
+        table held), if the table is free at a glance (OWED_INDEXES_WAIT_SECONDS); True when none
+        is owed any more. Under MIGRATE_LOCK, as at a start, taken only if free: a starting
+        process holds it while it migrates (and may be making them too). While either is held the
+        attempt is skipped (False), and the next retry tries again."""
         if not self.owed_indexes:
             return True
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+            taken = conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATE_LOCK,)).fetchone()
+            if not (taken and taken[0]):
+                return False  # a start migrates now (and may make them itself): the next retry
             try:
-                conn.execute(f"SET lock_timeout = '{int(SCHEMA_LOCK_WAIT_SECONDS * 1000)}ms'")
+                conn.execute(f"SET lock_timeout = '{max(1, int(OWED_INDEXES_WAIT_SECONDS * 1000))}ms'")
                 made = self._ensure_indexes(conn, self.owed_indexes)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
