@@ -28,6 +28,7 @@ import jsonschema
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, InvalidInput, NotFound
 from agentmemory_server.kernel import principals
+from agentmemory_server.kernel.schema_check import compile_acceptor
 
 log = logging.getLogger("agentmemory.registry")
 
@@ -176,6 +177,8 @@ class Tool:
     # Admin tools only: whether the answer carries records (then the read right is needed too).
     answers_with_records: bool | None = None
     validator: Any = field(default=None, compare=False, repr=False)
+    # schema_check.compile_acceptor of the schema: a fast yes, or "ask the validator"
+    accepts: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -211,7 +214,7 @@ class Registry:
         _check_rights_declaration(tool)
         jsonschema.Draft202012Validator.check_schema(tool.schema)
         validator = jsonschema.Draft202012Validator(tool.schema)
-        tool = replace(tool, validator=validator)
+        tool = replace(tool, validator=validator, accepts=compile_acceptor(tool.schema))
         self._tools[tool.name] = tool
         return tool
 
@@ -386,6 +389,8 @@ def prepare_args(tool_: Tool, args: dict[str, Any]) -> dict[str, Any]:
             del out[key]  # null means "not given", as upstream's optional fields
         if key not in out and "default" in prop:
             out[key] = prop["default"]
+    if tool_.accepts is not None and tool_.accepts(out):
+        return out  # the usual case, checked without walking the schema (same answer: schema_check.py)
     errors = sorted(tool_.validator.iter_errors(out), key=lambda e: (list(e.path), e.validator))
     if errors:
         raise _schema_error(errors[0])
