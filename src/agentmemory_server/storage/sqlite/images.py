@@ -20,6 +20,13 @@ class SqliteImageIndex:
         self.unit = unit
         self.conn = unit.conn
         self.blobs = blobs
+        # Search rows this unit inserted and has linked nothing to: a link row references an
+        # existing search row and is deleted with it (foreign key), so such a row has none, and
+        # linking no image to it needs no statement (every observe without an image).
+        self._new_rows: set[int] = set()
+
+    def note_new_row(self, doc_rowid: int) -> None:
+        self._new_rows.add(doc_rowid)
 
     def put(self, image_id: str, mime: str, data: bytes, now: str) -> None:
         """Keep an image (again): its file first, then its row; an evicted image is kept once more."""
@@ -40,6 +47,9 @@ class SqliteImageIndex:
 
     def link(self, doc_rowid: int, image_ids: Sequence[str]) -> None:
         """The images search row ``doc_rowid`` references are exactly ``image_ids``."""
+        if not image_ids and doc_rowid in self._new_rows:
+            return
+        self._new_rows.discard(doc_rowid)
         current = {
             r[0] for r in self.conn.execute("SELECT image_id FROM image_links WHERE doc_rowid = ?", (doc_rowid,))
         }
@@ -56,6 +66,7 @@ class SqliteImageIndex:
         query a chunk and writing only the rows whose set changes (a bulk import's records
         mostly have no image and had none)."""
         current: dict[int, set[str]] = {rowid: set() for rowid, _ids in links}
+        self._new_rows.difference_update(current)
         for chunk, marks in in_chunks(current):
             rows = self.conn.execute(f"SELECT doc_rowid, image_id FROM image_links WHERE doc_rowid IN ({marks})", chunk)
             for rowid, image_id in rows:

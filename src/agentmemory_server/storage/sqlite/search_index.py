@@ -14,6 +14,7 @@ from typing import Any, Literal
 from agentmemory_server.storage.interfaces import Doc
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite.common import Unit, in_chunks, loads
+from agentmemory_server.storage.sqlite.images import SqliteImageIndex
 from agentmemory_server.storage.sqlite.lexical_feed import NOW_EPOCH, SqliteLexicalFeed
 from agentmemory_server.storage.sqlite.lexical_fts5 import Fts5Lexical, doc_filters
 
@@ -25,6 +26,8 @@ ROWID_COLUMNS = ("rowid", *ROW_COLUMNS)
 
 
 INSERT_DOC = f"INSERT INTO search_docs (doc_id, {', '.join(DOC_FIELDS)}) VALUES (?, {', '.join('?' * len(DOC_FIELDS))})"
+# A new doc's row in one statement (no row back: the doc_id has one already, which is updated).
+INSERT_NEW_DOC = INSERT_DOC + " ON CONFLICT (doc_id) DO NOTHING RETURNING id"
 INSERT_DOC_WITH_ID = (
     f"INSERT INTO search_docs (id, doc_id, {', '.join(DOC_FIELDS)}) VALUES (?, ?, {', '.join('?' * len(DOC_FIELDS))})"
 )
@@ -70,11 +73,12 @@ def _stamp() -> str:
 class SqliteSearchIndex:
     """:param engine: the Tantivy engine, or None when FTS5 answers every lexical search."""
 
-    def __init__(self, unit: Unit, vectors: Any, engine: TantivyLexical | None):
+    def __init__(self, unit: Unit, vectors: Any, engine: TantivyLexical | None, images: SqliteImageIndex):
         self.unit = unit
         self.conn = unit.conn
         self._vectors = vectors
         self._engine = engine
+        self._images = images  # told of the rows made here, which cannot have image links yet
 
     def _changed(self, rowid: int) -> None:
         """Feed the lexical engine kept outside SQLite (same transaction as the change)."""
@@ -88,14 +92,17 @@ class SqliteSearchIndex:
 
     # ---- writes
     def upsert(self, doc: Doc, text: Mapping[str, str]) -> int:
-        row = self.conn.execute("SELECT id FROM search_docs WHERE doc_id = ?", (doc["doc_id"],)).fetchone()
+        """Index one record. The insert is tried first: most upserts are of a new record (every
+        observe), which then costs one statement, not a lookup and an insert."""
         values = _doc_values(doc)
-        if row:
-            rowid = row[0]
+        made = self.conn.execute(INSERT_NEW_DOC, (doc["doc_id"], *values)).fetchall()
+        if made:
+            rowid = made[0][0]
+            self._images.note_new_row(rowid)
+        else:
+            rowid = self.conn.execute("SELECT id FROM search_docs WHERE doc_id = ?", (doc["doc_id"],)).fetchone()[0]
             self.conn.execute(UPDATE_DOC, (*values, rowid))
             self.conn.execute(DELETE_TEXT, (rowid,))
-        else:
-            rowid = self.conn.execute(INSERT_DOC, (doc["doc_id"], *values)).lastrowid
         self.conn.execute(INSERT_TEXT, (rowid, *_text_values(text)))
         self._vectors.backlog_put(rowid, _stamp())  # every (re-)indexed record needs a (new) vector
         self._changed(int(rowid))
@@ -174,13 +181,14 @@ class SqliteSearchIndex:
 
     def text_before(self, session_id: str, ts: str, doc_id: str, count: int = 1) -> list[str]:
         """Bodies of the ``count`` records just before (ts, doc_id) in a session, nearest first."""
-        row = self.conn.execute("SELECT id FROM search_docs WHERE doc_id = ?", (doc_id,)).fetchone()
-        rowid = row[0] if row else 2**62
+        # The record's own rowid breaks ties of ts (2**62, past every rowid, when it has none yet:
+        # the usual new observation), looked up inside the one statement.
         rows = self.conn.execute(
             "SELECT f.body FROM search_docs d JOIN search_fts f ON f.rowid = d.id "
-            "WHERE d.session_id = ? AND d.doc_id != ? AND (d.ts < ? OR (d.ts = ? AND d.id < ?)) "
+            "WHERE d.session_id = ? AND d.doc_id != ? AND (d.ts < ? OR (d.ts = ? AND d.id < "
+            "coalesce((SELECT id FROM search_docs WHERE doc_id = ?), 4611686018427387904))) "
             "ORDER BY d.ts DESC, d.id DESC LIMIT ?",
-            (session_id, doc_id, ts, ts, rowid, count),
+            (session_id, doc_id, ts, ts, doc_id, count),
         )
         return [r[0] for r in rows]
 

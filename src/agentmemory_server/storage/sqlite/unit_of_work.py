@@ -59,7 +59,7 @@ class SqliteUnitOfWork(UnitOfWorkBase):
         self.inbox = SqliteCaptureInbox(self)
         self.images = SqliteImageIndex(self, blobs)
         self.vectors = SqliteVectorStore(self)
-        self.index = SqliteSearchIndex(self, self.vectors, engine)
+        self.index = SqliteSearchIndex(self, self.vectors, engine, self.images)
         self.audit = SqliteAuditLog(self)
         self.jobs = SqliteJobQueue(self)
         self.usage = SqliteModelUsage(self)
