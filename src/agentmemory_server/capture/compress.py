@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 from agentmemory_server.capture.describe import describe, patch_text, patched_files
@@ -69,9 +70,22 @@ _IMPORTANCE = {"error": 7, "file_edit": 6, "file_write": 6, "decision": 7, "file
 LIFECYCLE_IMPORTANCE = 2
 
 
+# A session calls a handful of tools thousands of times: what a name normalises and classifies to
+# is worked out once per name (pure functions of the name). The caches are bounded in entries,
+# and hold only names of a usual length, so a client's odd names cannot make them big.
+CACHED_NAME_CHARS = 256
+
+
 def normalise_tool_name(name: str) -> str:
+    return _normalised(name) if len(name) <= CACHED_NAME_CHARS else _normalise(name)
+
+
+def _normalise(name: str) -> str:
     spaced = _CAMEL.sub("_", name.strip())
     return "_".join(w for w in _SEPARATORS.sub("_", spaced).lower().split("_") if w)
+
+
+_normalised = lru_cache(maxsize=1024)(_normalise)
 
 
 def _word_matches(word: str, normalised: str) -> bool:
@@ -84,11 +98,19 @@ def classify(hook_type: str, tool_name: str | None) -> str:
         return _HOOK_TYPES[hook_type]
     if not tool_name:
         return "other"
+    return _tool_type_cached(tool_name) if len(tool_name) <= CACHED_NAME_CHARS else _tool_type(tool_name)
+
+
+def _tool_type(tool_name: str) -> str:
+    """The observation type a tool's name says (``_TOOL_WORD_TYPES``)."""
     normalised = normalise_tool_name(tool_name)
     for words, obs_type in _TOOL_WORD_TYPES:
         if any(_word_matches(w, normalised) for w in words):
             return obs_type
     return "other"
+
+
+_tool_type_cached = lru_cache(maxsize=1024)(_tool_type)
 
 
 def _searches_text(tool_name: str | None) -> bool:
