@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from agentmemory_server.kernel.hook_types import KNOWN_HOOK_TYPES
@@ -81,6 +82,11 @@ class ToolFilter:
         """Why the tool is not captured (the matching rule), or None to capture it."""
         if not isinstance(tool_name, str) or not tool_name.strip():
             return None
+        if len(tool_name) <= CACHED_NAME_CHARS:
+            return _refusal(self, tool_name)
+        return self._refusal(tool_name)
+
+    def _refusal(self, tool_name: str) -> str | None:
         if self.allow:
             return None if any(_matches(tool_name, p) for p in self.allow) else "not in AGENTMEMORY_CAPTURE_ALLOW"
         rule = next((p for p in self.deny if _matches(tool_name, p)), None)
@@ -90,6 +96,13 @@ class ToolFilter:
 
     def describe(self) -> dict[str, Any]:
         return {"allow": list(self.allow), "deny": list(self.deny)}
+
+
+# Every observe asks about its tool, and a session uses a handful of tools thousands of times:
+# the answer (a pure function of the filter's rules and the name) is kept for names of a usual
+# length, a bounded number of them.
+CACHED_NAME_CHARS = 256
+_refusal = lru_cache(maxsize=1024)(ToolFilter._refusal)
 
 
 def cut_output(value: Any, limit: int) -> tuple[Any, int]:
