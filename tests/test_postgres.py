@@ -21,6 +21,7 @@ from agentmemory_server.adapters.server import SHUTDOWN_GRACE_SECONDS
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.kernel.util import Clock
 from agentmemory_server.retrieval import search
+from agentmemory_server import errors
 from agentmemory_server.errors import Unavailable
 from agentmemory_server.storage.postgres import PostgresDatabase, database as pg_database
 from agentmemory_server.storage.postgres import faults as pg_faults
@@ -496,35 +497,163 @@ def test_the_request_that_meets_a_dropped_database_first_is_refused_as_every_lat
         pg_cluster.drop_database(url)
 
 
-def test_a_request_on_a_connection_an_administrator_ended_is_refused_unavailable_and_the_next_is_served(
-        pg_cluster, url, tmp_path):
-    """pg_terminate_backend (or a restart that is already over) ends the pool's idle connections
-    while the database still answers. Before, each of them failed a request of its own with 503
-    database_busy; now the first is refused 503 unavailable naming what happened, with
-    Retry-After, and the pool's other connections from before are replaced at once."""
-    db = _bare_store(url, tmp_path)
+def _end_every_connection_of(pg_cluster, url: str, pool=None, idle: int = 3, pool_only: bool = False) -> int:
+    """pg_terminate_backend on every connection to ``url``'s database, as a PostgreSQL restart
+    ends them; first, with ``pool``, ``idle`` connections left idle in it to be met next. With
+    ``pool_only``, only those: a runtime's event listener, whose own connection a restart ends
+    too, reconnects and reads, and that read (run again on a fresh connection) replaces the
+    pool's idle connections before a job meets one. Returns how many were ended."""
+    pids: list[int] = []
+    if pool is not None:
+        held = [pool.getconn() for _ in range(idle)]
+        pids = [conn.info.backend_pid for conn in held]
+        for conn in held:
+            pool.putconn(conn)
     name = url.split("?", 1)[0].rsplit("/", 1)[1]
+    with psycopg.connect(pg_cluster.admin_url, autocommit=True) as admin:
+        return admin.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+                             "WHERE datname = %s AND pid <> pg_backend_pid() AND (NOT %s OR pid = ANY(%s))",
+                             (name, pool_only, pids)).fetchone()[0]
+
+
+def test_a_read_on_a_connection_an_administrator_ended_runs_again_and_a_write_on_one_is_refused(
+        pg_cluster, url, tmp_path, caplog):
+    """pg_terminate_backend (or a restart that is already over) ends the pool's idle connections
+    while the database still answers. A read that meets one runs again, once, on a fresh
+    connection: a restart is invisible to it (before, it was refused 503 unavailable). A write
+    transaction that meets one is not run again (it could have committed before its connection
+    broke): refused 503 unavailable naming what happened, with Retry-After, nothing written; and
+    the pool's other connections from before are replaced at once, so the next write is served."""
+    db = _bare_store(url, tmp_path)
     try:
         with db.transaction("t") as tx:
             tx.records.set("mem:test", "kept", {"n": 1}, now="t")
-        held = [db.pool.getconn() for _ in range(3)]  # three idle connections in the pool
-        for conn in held:
-            db.pool.putconn(conn)
-        with psycopg.connect(pg_cluster.admin_url, autocommit=True) as admin:
-            ended = admin.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
-                                  "WHERE datname = %s", (name,)).fetchone()[0]
-        assert ended >= 3, ended
-        with pytest.raises(Unavailable) as refused:
-            db.reader().records.get("mem:test", "kept")
+        assert _end_every_connection_of(pg_cluster, url, db.pool) >= 3
+        with pytest.raises(Unavailable) as refused, db.transaction("t") as tx:
+            tx.records.set("mem:test", "lost", {"n": 0}, now="t")
         assert (refused.value.code, refused.value.retry_after) == ("unavailable", 1), refused.value.to_dict()
-        assert "does not answer on this request's connection (AdminShutdown: terminating connection due to " \
-               "administrator command), though it takes new ones: retry" in refused.value.message, refused.value.message
-        assert db.reader().records.get("mem:test", "kept") == {"n": 1}
+        # In pipeline mode libpq reports the end as "server closed the connection unexpectedly".
+        assert "does not answer on this request's connection (" in refused.value.message, refused.value.message
+        assert refused.value.message.endswith("), though it takes new ones: retry"), refused.value.message
         with db.transaction("t") as tx:
             tx.records.set("mem:test", "after", {"n": 2}, now="t")
+        assert _end_every_connection_of(pg_cluster, url, db.pool) >= 3
+        with caplog.at_level("INFO", logger="agentmemory.postgres"):
+            assert db.reader().records.get("mem:test", "kept") == {"n": 1}  # before: 503 unavailable
+        assert "a read runs again on a fresh connection: " in caplog.text, caplog.text
         assert db.reader().records.get("mem:test", "after") == {"n": 2}
+        assert db.reader().records.get("mem:test", "lost") is None
     finally:
         db.close()
+
+
+def test_a_read_whose_database_is_gone_is_refused_at_once_and_not_run_again(pg_cluster, tmp_path, caplog):
+    """The read's one retry is for a connection the server ended while the database answers;
+    a read whose database is gone (dropped here, a stopped server alike) is refused 503
+    unavailable "does not answer" with Retry-After at once, never run again."""
+    url = pg_cluster.create_database()
+    db = _bare_store(url, tmp_path)
+    try:
+        with db.transaction("t") as tx:
+            tx.records.set("mem:test", "kept", {"n": 1}, now="t")
+        assert db.pool.get_stats()["pool_available"] >= 1  # idle in the pool, to be met by the read
+        pg_cluster.drop_database(url)
+        with caplog.at_level("INFO", logger="agentmemory.postgres"), pytest.raises(Unavailable) as refused:
+            db.reader().records.get("mem:test", "kept")
+        assert (refused.value.code, refused.value.retry_after) == ("unavailable", pg_faults.GONE_RETRY_SECONDS)
+        assert f"{db.location} does not answer: connection failed: " in refused.value.message, refused.value.message
+        assert not isinstance(refused.value, pg_faults.ConnectionEnded) and errors.is_store_outage(refused.value)
+        assert "runs again" not in caplog.text, caplog.text
+        # What a background job waits for at no cost: the store's outage, never another dependency's
+        # 503 unavailable (a model provider's, Redis's), which is the job's own failure.
+        assert errors.waits_for_the_store(refused.value)
+        assert not errors.waits_for_the_store(Unavailable("the model provider does not answer", retry_after=5))
+        assert not errors.waits_for_the_store(Unavailable("Redis failed", code=errors.WORKING_MEMORY_UNAVAILABLE))
+        assert not errors.waits_for_the_store(Unavailable("the embedder failed", code=errors.EMBEDDING_FAILED))
+    finally:
+        db.close()
+
+
+def test_a_postgresql_restart_is_invisible_to_searches_and_lists(pg_cluster, url, make_runtime):
+    """A restart (its connections ended, here by pg_terminate_backend) while every pooled
+    connection sat idle. Before, the first request after it was refused 503 unavailable ("does
+    not answer on this request's connection"); now the read runs again on a fresh connection
+    and the request answers 200 with its records."""
+    rt = make_runtime(database_url=url)
+    client = create_app(runtime=rt).test_client()
+    saved = client.post("/agentmemory/remember", json={"content": "the invoice parser drops trailing zeros"})
+    assert saved.status_code in (200, 201), saved.json
+    memory_id = saved.json["memory"]["id"] if "memory" in saved.json else saved.json["id"]
+    assert _end_every_connection_of(pg_cluster, url, rt.db.pool) >= 3
+    listed = client.get("/agentmemory/memories")
+    assert listed.status_code == 200, listed.json
+    assert [m["id"] for m in listed.json["memories"]] == [memory_id], listed.json
+    assert _end_every_connection_of(pg_cluster, url, rt.db.pool) >= 3
+    found = client.post("/agentmemory/search", json={"query": "invoice parser"})
+    assert found.status_code == 200, found.json
+    assert memory_id in str(found.json), found.json
+
+
+def test_a_model_job_whose_write_meets_a_restart_is_kept_without_using_an_attempt(
+        pg_cluster, url, llm_runtime, caplog):
+    """A model job's write met a connection a PostgreSQL restart had ended: 503 unavailable from
+    the store. Before, that was the job's own failure: a traceback and one of its few attempts
+    used up (an outage of a few minutes could exhaust them and drop the job). Now it waits for the
+    store as it waits for a busy one: kept, retried later, no attempt used, no traceback."""
+    from agentmemory_server.models import llm, llm_jobs
+
+    rt = llm_runtime(database_url=url)
+    if "store-restart-test" not in llm_jobs.JOB_KINDS:
+
+        @llm_jobs.job_handler("store-restart-test")
+        def _write_after_a_restart(ctx, ref, args):
+            assert _end_every_connection_of(*ctx.rt.test_restart, pool_only=True) >= 3
+            with ctx.rt.db.transaction("job_write") as tx:
+                tx.records.set("mem:test", ref, {"done": True}, now="2026-01-01T00:00:00Z")
+
+    rt.test_restart = (pg_cluster, url, rt.db.pool)
+    runner = llm.service(rt).jobs
+    with rt.db.transaction("queue") as tx:
+        runner.enqueue(tx, "store-restart-test", "job-1")
+    assert runner.drain_once() == 1
+    with rt.db.transaction("look") as tx:  # claimed far ahead, to read what the job's row says now
+        kept = tx.jobs.claim(rt.clock.time() + 3600, 10, rt.clock.time() + 7200)
+    assert [(j["kind"], j["ref"], j["attempts"]) for j in kept] == [("store-restart-test", "job-1", 0)], kept
+    waiting = rt.db.reader().jobs.stats()
+    assert waiting["pending"] == 1 and "does not answer on this request's connection" in waiting["lastError"], waiting
+    assert "LLM job store-restart-test job-1 failed" not in caplog.text and "Traceback" not in caplog.text
+    assert rt.db.reader().records.get("mem:test", "job-1") is None
+
+
+def test_a_periodic_run_that_meets_a_restart_is_kept_and_done_at_its_next_poll_not_counted_a_failure(
+        pg_cluster, url, make_runtime, caplog):
+    """A periodic job claimed its run, and its write then met a connection a PostgreSQL restart
+    had ended. Before, that counted as the job's failure (its error in /health, recorded in the
+    shared schedule) and the run was over until the next period; now the run is owed, as when
+    the database is busy, and done at the job's next poll."""
+    rt = make_runtime(database_url=url)
+    restarted = []
+    written = []
+
+    def sweep():
+        if not restarted:
+            restarted.append(_end_every_connection_of(pg_cluster, url, rt.db.pool, pool_only=True))
+        with rt.db.transaction("sweep") as tx:
+            tx.records.set("mem:test", "swept", {"n": 1}, now="2026-01-01T00:00:00Z")
+        written.append(1)
+
+    rt.every(3600, "nightly", sweep)
+    with rt.db.transaction("due") as tx:  # the schedule says the run is due now
+        tx.jobs.claim_periodic("nightly", time.time(), 0, "earlier")
+    job = next(j for j in rt.jobs._jobs if j["name"] == "nightly")
+    rt.jobs._due(job)  # claims the run; its write then meets the restart
+    status = lambda: next(j for j in rt.jobs.status() if j["name"] == "nightly")  # noqa: E731
+    assert restarted and restarted[0] >= 3, restarted
+    assert written == [] and status()["errors"] == 0 and status()["lastError"] is None, status()
+    assert "waits for the database" in caplog.text and "Traceback" not in caplog.text, caplog.text
+    rt.jobs._due(job)  # its next poll: the kept run is done
+    assert written == [1] and status()["runs"] == 1, status()
+    assert rt.db.reader().records.get("mem:test", "swept") == {"n": 1}
 
 
 def test_a_store_opens_while_a_long_write_holds_its_records_and_makes_its_new_index_once_they_are_free(

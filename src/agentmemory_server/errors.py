@@ -294,6 +294,14 @@ class Unavailable(AppError):
     code = UNAVAILABLE
 
 
+class StoreOutage(Unavailable):
+    """The store does not answer (a PostgreSQL server stopped or restarting, its database
+    dropped, or the connection ended under the request): 503 ``unavailable`` like any other
+    dependency that is down, with ``Retry-After``. Raised by storage only, so that a background
+    job tells the store's outage apart from a model provider's or Redis's ``unavailable`` (the
+    same code): the job waits for the store, at no cost, rather than failing."""
+
+
 class InsufficientStorage(AppError):
     """The disk is full: nothing was written; retry once space is freed."""
 
@@ -312,6 +320,19 @@ def is_database_busy(exc: BaseException | None) -> TypeGuard[AppError]:
     database's write lock past this one's wait: not a failure of the work that ran into it,
     which waits and goes on once the lock is free (each caller says how it waits)."""
     return isinstance(exc, AppError) and exc.code == DATABASE_BUSY
+
+
+def is_store_outage(exc: BaseException | None) -> TypeGuard[StoreOutage]:
+    """Whether ``exc`` says the store does not answer (``StoreOutage``), whatever ran into it."""
+    return isinstance(exc, StoreOutage)
+
+
+def waits_for_the_store(exc: BaseException | None) -> TypeGuard[AppError]:
+    """Whether ``exc`` is a wait for the store, not a failure of the work that ran into it: its
+    write lock held past the wait (``is_database_busy``) or the store not answering
+    (``is_store_outage``). A background job that meets it waits and goes on, using up none of
+    its tries."""
+    return is_database_busy(exc) or is_store_outage(exc)
 
 
 # Every message and detail a client sees passes this filter; ``wiring.py`` installs the privacy

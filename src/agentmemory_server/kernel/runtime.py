@@ -199,7 +199,7 @@ class Jobs:
                 "claimedAt": None,  # when this worker claimed the run it holds (epoch seconds)
                 "heldUntil": 0.0,  # until when that claim surely holds without asking (epoch seconds)
                 "lost": False,  # another worker took up the run claimed here
-                "owed": False,  # a run claimed here that the database kept busy
+                "owed": False,  # a run claimed here that the database kept busy (or did not answer)
                 "unrecorded": None,  # (error, next run) of a finished run the database kept busy
             }
         )
@@ -265,7 +265,7 @@ class Jobs:
             self._here.job = None
             if keeper is not None:
                 keeper.release()
-        if not finished:  # kept for the next poll (the database was busy)
+        if not finished:  # kept for the next poll (the database was busy or did not answer)
             return
         job["owed"], job["claimedAt"] = False, None
         if claimed and job["lost"]:
@@ -285,7 +285,7 @@ class Jobs:
                 log.exception("recording background job %s failed", job["name"])
 
     def _call(self, job: dict[str, Any]) -> tuple[bool, str | None]:
-        """Run the job once: (False, None) when the database kept it busy (the run is owed),
+        """Run the job once: (False, None) when the database kept it busy or did not answer (the run is owed),
         else (True, its error for the shared schedule if it failed)."""
         try:
             job["fn"]()
@@ -297,7 +297,7 @@ class Jobs:
             )
             return True, None
         except AppError as exc:  # a known condition (disk full, damaged file): one line, no traceback
-            if errors.is_database_busy(exc):
+            if errors.waits_for_the_store(exc):  # busy, or not answering: the run waits for it
                 self._owe(job, exc)
                 return False, None
             job["errors"] += 1
@@ -325,11 +325,11 @@ class Jobs:
 
     def _owe(self, job: dict[str, Any], exc: AppError) -> None:
         """The database stayed busy (another writer, such as a replace import, held its write lock
-        past the wait): not a failure of the job. The run is kept (this worker claimed it) and
-        tried again at its next poll, within a minute, renewing its claim rather than claiming
-        it again; a job whose period is longer would otherwise lose this run until the next
-        period. Should the claim lapse meanwhile and another worker take the run up, it is that
-        worker's."""
+        past the wait) or did not answer (a PostgreSQL restart or outage): not a failure of the
+        job. The run is kept (this worker claimed it) and tried again at its next poll, within a
+        minute, renewing its claim rather than claiming it again; a job whose period is longer
+        would otherwise lose this run until the next period. Should the claim lapse meanwhile and
+        another worker take the run up, it is that worker's."""
         if not job["owed"]:
             log.warning("background job %s waits for the database: %s", job["name"], exc.message)
         job["owed"] = True

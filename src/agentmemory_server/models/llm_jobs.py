@@ -47,7 +47,7 @@ from agentmemory_server.threads import lower_thread_priority
 log = logging.getLogger("agentmemory.llm")
 JOB_BATCH = 8
 JOB_RETRY_CAP = 3600.0  # between tries of a job whose handler failed
-BUSY_RETRY_SECONDS = 30.0  # a job whose writes found the database busy (a replace import)
+BUSY_RETRY_SECONDS = 30.0  # a job that found the database busy (a replace import) or not answering
 OUTAGE_RETRY_CAP = 600.0  # between tries of a job waiting for the model: it runs at most 10 min after recovery
 OUTAGE_RETRY_MIN = 5.0
 # True while a background job runs on this thread: its model calls wait for the model, while an
@@ -198,11 +198,12 @@ class JobRunner:
             self._wait(ctx, job, kind, retry.reason, retry.not_before)
             return
         except Exception as exc:  # noqa: BLE001 - a job must never kill the worker
-            if errors.is_database_busy(exc):
-                # Another writer (a replace import) held the database's write lock past the wait:
-                # not the job's fault, so it uses up no attempt and logs no traceback. If the
-                # database is still busy for this write too, the job's lease runs out and it is
-                # taken again then.
+            if errors.waits_for_the_store(exc):
+                # Another writer (a replace import) held the database's write lock past the wait,
+                # or the store did not answer (a PostgreSQL restart or outage): not the job's
+                # fault, so it uses up no attempt and logs no traceback. If the database is still
+                # busy or gone for this write too, the job's lease runs out and it is taken again
+                # then.
                 self._wait_for_database(job, exc.message)
                 return
             log.exception("LLM job %s %s failed", job["kind"], job["ref"])
@@ -230,9 +231,10 @@ class JobRunner:
         self.count(jobsRetried=1)
 
     def _wait_for_database(self, job: dict[str, Any], reason: str) -> None:
-        """The job's write found the database busy: keep the job and try it again after
-        BUSY_RETRY_SECONDS, using up no attempt, whatever its age. The maximum age bounds a wait for
-        the model, which has answered by now; a busy database is no sign the model is gone."""
+        """The job found the database busy or not answering (``errors.waits_for_the_store``):
+        keep the job and try it again after BUSY_RETRY_SECONDS, using up no attempt, whatever its
+        age. The maximum age bounds a wait for the model, which has answered by now; a busy or
+        restarting database is no sign the model is gone."""
         next_try = self.rt.clock.time() + BUSY_RETRY_SECONDS
         with self.rt.db.transaction("llm_job_wait") as tx:
             tx.jobs.retry(job["kind"], job["ref"], strip_text(reason), next_try, counted=False)

@@ -2,7 +2,8 @@
 translated into ``AppError`` (``translate``).
 
 A reader borrows a pooled connection for one statement at a time (``PooledReader``, its rows
-fetched before the connection goes back: ``Rows``); a transaction keeps one connection
+fetched before the connection goes back: ``Rows``; run again once on a fresh connection when the
+server had ended the first: ``PostgresDatabase.read``); a transaction keeps one connection
 (``TxConnection``), in pipeline mode for a write (``PipelinedRows``: a statement's answer is
 waited for only when it is read). ``configure_connection`` sets up every pooled connection.
 Kept apart from database.py, which owns the pool and runs the transactions.
@@ -71,11 +72,13 @@ class PooledReader:
     def execute(self, query: Any, params: Sequence[Any] | None = None) -> Result:
         if not str(query).lstrip()[:6].upper() == "SELECT":
             raise PermissionError(f"a reader cannot run {str(query)[:40]!r}; open a transaction to write")
+
+        def statement(conn: psycopg.Connection) -> Rows:
+            cur = conn.execute(query, params)
+            return Rows(cur.fetchall() if cur.description is not None else [], cur.rowcount)
+
         try:
-            with self._db.pooled() as conn:
-                cur = conn.execute(query, params)
-                rows = cur.fetchall() if cur.description is not None else []
-                return Rows(rows, cur.rowcount)
+            return self._db.read(statement)  # run again once if the server had ended its connection
         except psycopg.Error as exc:
             raise translate(exc) from exc
 

@@ -34,7 +34,7 @@ import psycopg
 import psycopg_pool
 
 from agentmemory_server import errors
-from agentmemory_server.errors import AppError, Unavailable
+from agentmemory_server.errors import AppError, StoreOutage, Unavailable
 from agentmemory_server.storage import interfaces, owed_indexes
 from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import RecordIndex, indexed_fields
@@ -42,7 +42,14 @@ from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.postgres.advisory_locks import LEASE_LOCK, LIVE_LOCK, WRITE_LOCK
 from agentmemory_server.storage.postgres.common import SqlConn
 from agentmemory_server.storage.postgres.connections import PooledReader, TxConnection, configure_connection, translate
-from agentmemory_server.storage.postgres.faults import classify, damaged, gone, reason_of
+from agentmemory_server.storage.postgres.faults import (
+    ConnectionEnded,
+    classify,
+    connection_ended,
+    damaged,
+    gone,
+    reason_of,
+)
 from agentmemory_server.storage.postgres.lexical_feed import PgFeeds
 from agentmemory_server.storage.postgres.live import NotifySignal
 from agentmemory_server.storage.postgres.schema import Schema
@@ -281,7 +288,29 @@ class PostgresDatabase:
         finally:
             self.pool.putconn(conn)  # a broken one is replaced by the pool
 
-    def _connection_ended(self, failure: Exception) -> Unavailable:
+    def read(self, statement: Callable[[psycopg.Connection], T]) -> T:
+        """``statement(conn)``, one read-only statement (a reader's: ``PooledReader``) on a
+        pooled connection, run once more on a fresh connection when the server had ended the
+        first while the database answers again (``ConnectionEnded``: pg_terminate_backend, a
+        restart that is over): a PostgreSQL restart is invisible to reads. By then
+        ``_connection_ended`` has replaced the pool's other idle connections from before.
+
+        Safe for a read only: it runs in autocommit and changes nothing, so running it again
+        cannot do anything twice, whether its connection ended while idle in the pool (the
+        restart's case) or under it. A write's transaction is not run again (it could have
+        committed before its connection broke): it is refused, 503 ``unavailable``. Once only,
+        and never while the database does not answer (``gone``, at once, no retry loop): a
+        second ended connection is refused as the first would have been.
+        """
+        try:
+            with self.pooled() as conn:
+                return statement(conn)
+        except ConnectionEnded as ended:
+            log.info("a read runs again on a fresh connection: %s", ended.message)
+        with self.pooled() as conn:
+            return statement(conn)
+
+    def _connection_ended(self, failure: Exception) -> StoreOutage:
         """The refusal of a request whose connection the server ended or lost (``failure``).
 
         While the database does not answer (stopped, dropped, unreachable), the same refusal
@@ -298,11 +327,7 @@ class PostgresDatabase:
             return gone(self.location, reason)
         self.pool.check()
         cause = (failure.__cause__ if isinstance(failure, AppError) else None) or failure  # psycopg's own error
-        return Unavailable(
-            f"{self.location} does not answer on this request's connection ({type(cause).__name__}: "
-            f"{reason_of(cause)}), though it takes new ones: retry",
-            retry_after=1,
-        )
+        return connection_ended(self.location, cause)
 
     def _checkout(self) -> psycopg.Connection:
         """A connection from the pool, waited for in turns of CHECKOUT_TURN_SECONDS up to

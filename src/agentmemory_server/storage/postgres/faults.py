@@ -16,7 +16,7 @@ import psycopg_pool
 from psycopg import errors as pg_errors
 
 from agentmemory_server import errors
-from agentmemory_server.errors import AppError, InsufficientStorage, InvalidInput, Unavailable
+from agentmemory_server.errors import AppError, InsufficientStorage, InvalidInput, StoreOutage, Unavailable
 
 RESTORE_HINT = (
     "the PostgreSQL server reports damaged data: check its logs, run amcheck/REINDEX there, or restore the "
@@ -49,11 +49,28 @@ ENDED_BY_THE_SERVER = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "2
 POOL_ERRORS = (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed, psycopg_pool.TooManyRequests)
 
 
-def gone(location: str, reason: str) -> Unavailable:
+def gone(location: str, reason: str) -> StoreOutage:
     """The refusal of every request while the database does not answer, whichever meets the
     outage first: a request on a connection the outage ended says the same as one that finds
     the database already known to be gone (``PostgresDatabase.pooled``)."""
-    return Unavailable(f"{location} does not answer: {reason}; retry when it is back", retry_after=GONE_RETRY_SECONDS)
+    return StoreOutage(f"{location} does not answer: {reason}; retry when it is back", retry_after=GONE_RETRY_SECONDS)
+
+
+class ConnectionEnded(StoreOutage):
+    """The server ended or lost the request's pooled connection (pg_terminate_backend, a restart
+    that is over by now) while the database itself answers a new connection. A read-only
+    statement that meets it runs again once on a fresh connection (``PostgresDatabase.read``);
+    a write is refused with it (503 ``unavailable``, ``Retry-After: 1``)."""
+
+
+def connection_ended(location: str, failure: BaseException) -> ConnectionEnded:
+    """The refusal of a request whose connection ended (``failure``, psycopg's own error) while
+    the database still takes new connections."""
+    return ConnectionEnded(
+        f"{location} does not answer on this request's connection ({type(failure).__name__}: "
+        f"{reason_of(failure)}), though it takes new ones: retry",
+        retry_after=1,
+    )
 
 
 def connection_failed(exc: BaseException) -> bool:
