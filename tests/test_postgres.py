@@ -543,6 +543,9 @@ def test_a_read_on_a_connection_an_administrator_ended_runs_again_and_a_write_on
         assert "a read runs again on a fresh connection: " in caplog.text, caplog.text
         assert db.reader().records.get("mem:test", "after") == {"n": 2}
         assert db.reader().records.get("mem:test", "lost") is None
+        assert _end_every_connection_of(pg_cluster, url, db.pool) >= 3
+        with db.snapshot_reader() as snapshot:  # an export's one transaction: its BEGIN runs again
+            assert snapshot.records.get("mem:test", "kept") == {"n": 1}
     finally:
         db.close()
 

@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -240,12 +240,31 @@ class PostgresDatabase:
         if outer is not None:
             yield outer
             return
-        with self._connection() as conn:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        with self._begun("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") as conn:
             try:
                 yield self._unit(TxConnection(conn), writable=False)
             finally:
                 conn.execute("COMMIT")
+
+    @contextmanager
+    def _begun(self, begin: str) -> Iterator[psycopg.Connection]:
+        """A pooled connection on which the read-only transaction ``begin`` started, with
+        ``read``'s one retry: a connection the server had ended fails at its BEGIN, before
+        anything of the transaction ran, so a fresh one is taken (``ConnectionEnded`` only; a
+        database that does not answer is refused at once)."""
+        for last_try in (False, True):
+            try:
+                with ExitStack() as stack:
+                    conn = stack.enter_context(self._connection())
+                    conn.execute(begin)
+                    held = stack.pop_all()  # kept past this block: released when the caller is done
+                break
+            except ConnectionEnded as ended:
+                if last_try:
+                    raise
+                log.info("a read runs again on a fresh connection: %s", ended.message)
+        with held:
+            yield conn
 
     @contextmanager
     def _classified(self) -> Iterator[None]:
