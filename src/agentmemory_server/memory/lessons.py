@@ -112,25 +112,40 @@ def save_lesson(
             _strengthen(lesson, now, context_text=context_text, tags=tags, source_ids=source_ids or [])
         else:
             action = "created"
-            lesson = {
-                "id": lid,
-                "content": content,
-                "context": context_text,
-                "confidence": DEFAULT_CONFIDENCE if confidence is None else confidence,
-                "reinforcements": 0,
-                "source": source,
-                "sourceIds": list(source_ids or []),
-                "tags": tags,
-                "createdAt": now,
-                "updatedAt": now,
-                "decayRate": DECAY_RATE,
-                **_owner_fields(project, agent),
-            }
+            lesson = _new_lesson(lid, now, content, context_text, confidence, source, source_ids or [], tags)
+            lesson.update(_owner_fields(project, agent))
         tx.records.set(LESSONS, lid, lesson, now=now)
         search.index_record(tx, "lesson", lesson)
         tx.audit_message = f"lesson {action}: {lid}"
         tx.after_commit(lambda: rt.publish("lesson", lesson))
     return action, lesson
+
+
+def _new_lesson(
+    lid: str,
+    now: str,
+    content: str,
+    context_text: str,
+    confidence: float | None,
+    source: str,
+    source_ids: list[str],
+    tags: list[str],
+) -> dict[str, Any]:
+    """A lesson as first saved (its owner's fields follow): not yet reinforced, at the default
+    confidence unless one is given."""
+    return {
+        "id": lid,
+        "content": content,
+        "context": context_text,
+        "confidence": DEFAULT_CONFIDENCE if confidence is None else confidence,
+        "reinforcements": 0,
+        "source": source,
+        "sourceIds": list(source_ids),
+        "tags": tags,
+        "createdAt": now,
+        "updatedAt": now,
+        "decayRate": DECAY_RATE,
+    }
 
 
 def _strengthen(lesson: dict[str, Any], now: str, *, context_text: str, tags: list[str], source_ids: list[str]) -> None:
