@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -174,31 +174,9 @@ def memory_save(ctx: Ctx, args: dict) -> Reply:
     content = strip_text(args["content"]).strip()
     if not content:
         raise InvalidInput("'content' must not be blank", field="content")
-    now_dt = rt.clock.now()
     project = args["project"]
     agent = stamp_agent(ctx, args["agentId"])
-    memory: dict[str, Any] = {
-        "id": new_id("mem"),
-        "type": args["type"],
-        "title": truncate(strip_text(args.get("title") or " ".join(content.split())), 80),
-        "content": content,
-        "concepts": strip_private_data(args.get("concepts") or []),
-        "files": args.get("files") or [],
-        "sessionIds": [args["sessionId"]] if args.get("sessionId") else [],
-        "strength": 7,
-        "version": 1,
-        "isLatest": True,
-        **(_WRITER.get() or {}),
-    }
-    for key, value in (
-        ("project", project),
-        ("agentId", agent),
-        ("sourceObservationIds", args.get("sourceObservationIds")),
-    ):
-        if value:
-            memory[key] = value
-    if args["ttlDays"]:
-        memory["forgetAfter"] = iso(now_dt + timedelta(days=args["ttlDays"]))
+    memory = _new_memory(args, content, agent, rt.clock.now())
     # The near-duplicate search, most of remember's work, runs on a reader: the writer lock
     # (cluster-wide on PostgreSQL) is held only for the writes and a check of what changed since.
     agents = agent_filter(ctx)
@@ -216,6 +194,34 @@ def memory_save(ctx: Ctx, args: dict) -> Reply:
     if args["truncatedChars"]:
         reply["truncated"] = {"fields": ["content"], "chars": args["truncatedChars"]}
     return Reply(reply, 201)
+
+
+def _new_memory(args: dict, content: str, agent: str | None, now_dt: datetime) -> dict[str, Any]:
+    """The memory remember saves, from its coerced arguments: version 1, the latest; project,
+    agent and source observations only when given; a forget date when it has a time to live."""
+    memory: dict[str, Any] = {
+        "id": new_id("mem"),
+        "type": args["type"],
+        "title": truncate(strip_text(args.get("title") or " ".join(content.split())), 80),
+        "content": content,
+        "concepts": strip_private_data(args.get("concepts") or []),
+        "files": args.get("files") or [],
+        "sessionIds": [args["sessionId"]] if args.get("sessionId") else [],
+        "strength": 7,
+        "version": 1,
+        "isLatest": True,
+        **(_WRITER.get() or {}),
+    }
+    for key, value in (
+        ("project", args["project"]),
+        ("agentId", agent),
+        ("sourceObservationIds", args.get("sourceObservationIds")),
+    ):
+        if value:
+            memory[key] = value
+    if args["ttlDays"]:
+        memory["forgetAfter"] = iso(now_dt + timedelta(days=args["ttlDays"]))
+    return memory
 
 
 @dataclass
@@ -393,17 +399,7 @@ def memory_forget(ctx: Ctx, args: dict) -> dict:
             result["memories"] = len(deleted)
             not_found += missing
         if sid:
-            whole = not args.get("observationIds")
-            session = tx.records.get(SESSIONS, sid)
-            deleted, missing = delete_observations(ctx, tx, sid, None if whole else args["observationIds"])
-            result["observations"] = len(deleted)
-            not_found += missing
-            if whole:
-                if session is not None and visible_to(ctx, session):
-                    result["sessions"] = int(tx.records.delete(SESSIONS, sid))
-                    result["summaries"] = int(tx.records.delete(SUMMARIES, sid))
-                elif not deleted:
-                    not_found.append(sid)
+            not_found += _forget_in_session(ctx, tx, sid, args.get("observationIds"), result)
         tx.audit_details = {"deleted": result, "notFound": not_found[:100], "failed": len(failures)}
     total = sum(result.values())
     if total:
@@ -418,6 +414,24 @@ def memory_forget(ctx: Ctx, args: dict) -> dict:
     if failures:
         reply["failures"] = failures
     return reply
+
+
+def _forget_in_session(
+    ctx: Ctx, tx: Any, sid: str, observation_ids: list[str] | None, result: dict[str, Any]
+) -> list[str]:
+    """Delete the given observations of a session, or (none given) all of them with the session
+    and its summary; counts go into ``result``. Returns the ids not found."""
+    whole = not observation_ids
+    session = tx.records.get(SESSIONS, sid)
+    deleted, not_found = delete_observations(ctx, tx, sid, None if whole else observation_ids)
+    result["observations"] = len(deleted)
+    if whole:
+        if session is not None and visible_to(ctx, session):
+            result["sessions"] = int(tx.records.delete(SESSIONS, sid))
+            result["summaries"] = int(tx.records.delete(SUMMARIES, sid))
+        elif not deleted:
+            not_found.append(sid)
+    return not_found
 
 
 @tool(
