@@ -362,18 +362,7 @@ class VectorService(EmbeddingBacklog):
 
     def diagnose(self) -> list[dict[str, Any]]:
         if self.embedder is None:
-            ok = self.provider == "none"
-            return [
-                _check(
-                    "vector-provider",
-                    "pass" if ok else "fail",
-                    "embeddings off (EMBEDDING_PROVIDER=none): search is BM25 only"
-                    if ok
-                    else f"embedding provider {self.provider!r} unavailable: {self.error}",
-                    "install requirements.txt or set the provider's key",
-                    False,
-                )
-            ]
+            return [self._no_embedder_check()]
         store = self.rt.db.reader()
         stats, counts = store.vectors.backlog_stats(), store.vectors.counts()
         current = f"{self.model}/{self.embedder.dim}"
@@ -383,14 +372,7 @@ class VectorService(EmbeddingBacklog):
         tokens = store.vectors.missing(self.embedder.model_id, self.tokens_model) - missing if self.late else 0
         return [
             _check("vector-provider", "pass", f"{self.provider}: {self.model} ({self.embedder.dim}-d)", "", False),
-            _check(
-                "vector-backlog",
-                "warn" if stats["failing"] else "pass",
-                f"{stats['pending']} record(s) waiting for a vector, {stats['failing']} failing"
-                + (f" (last error: {stats['lastError']})" if stats["lastError"] else ""),
-                "check the provider; failed rows are retried with backoff",
-                False,
-            ),
+            _backlog_check(stats),
             _check(
                 "vector-missing",
                 "fail" if missing else "warn" if tokens else "pass",
@@ -408,6 +390,19 @@ class VectorService(EmbeddingBacklog):
             ),
             self._index_check(counts.get(current, 0)),
         ]
+
+    def _no_embedder_check(self) -> dict[str, Any]:
+        """Embeddings off on purpose (a pass), or a provider that could not be loaded (a failure)."""
+        ok = self.provider == "none"
+        return _check(
+            "vector-provider",
+            "pass" if ok else "fail",
+            "embeddings off (EMBEDDING_PROVIDER=none): search is BM25 only"
+            if ok
+            else f"embedding provider {self.provider!r} unavailable: {self.error}",
+            "install requirements.txt or set the provider's key",
+            False,
+        )
 
     def _index_check(self, stored: int) -> dict[str, Any]:
         """Does this process's search index hold exactly the stored vectors?"""
@@ -480,6 +475,18 @@ def nearest_wanted(limit: int, filters: dict[str, Any]) -> int:
     if any(key not in INDEX_FILTERS and value not in (None, [], ()) for key, value in filters.items()):
         return max(limit * 2, limit + 20)
     return limit + max(10, limit // 10)
+
+
+def _backlog_check(stats: dict[str, Any]) -> dict[str, Any]:
+    """The records waiting for a vector and those failing, with the last error when there is one."""
+    return _check(
+        "vector-backlog",
+        "warn" if stats["failing"] else "pass",
+        f"{stats['pending']} record(s) waiting for a vector, {stats['failing']} failing"
+        + (f" (last error: {stats['lastError']})" if stats["lastError"] else ""),
+        "check the provider; failed rows are retried with backoff",
+        False,
+    )
 
 
 def _check(name: str, status: str, message: str, fix: str, fixable: bool) -> dict[str, Any]:

@@ -256,13 +256,7 @@ class EmbeddingBacklog(ABC):
         try:
             vectors, tokens = self._embed_documents(texts, own)
         except Exception as exc:  # noqa: BLE001 - provider errors become a retry with backoff
-            attempts = max(r["attempts"] for r in rows) + 1
-            delay = min(RETRY_CAP_SECONDS, 5.0 * 2**attempts)
-            self.failed_batches += 1
-            self.error = f"{type(exc).__name__}: {exc}"[:300]
-            self.last_error.failed(self.error)
-            with self.rt.db.transaction("embed_failed") as tx:
-                tx.vectors.backlog_failed(rowids, self.error, time.time() + delay)
+            self._batch_failed(rows, exc)
             return len(rows)
         stamp, embedder = self.rt.clock.iso(), self.embedder
 
@@ -276,12 +270,27 @@ class EmbeddingBacklog(ABC):
                 tx.vectors.backlog_done(rowids, started)
             return stored
 
-        stored = self._once_the_database_takes_it(store)
+        self._batch_stored(self._once_the_database_takes_it(store))
+        return len(rows)
+
+    def _batch_stored(self, stored: int) -> None:
+        """After a batch's vectors are written: the provider's memory given back, the count and
+        the error state brought up to date."""
         release_memory()
         self.embedded += stored
         self.error = None
         self.last_error.succeeded()
-        return len(rows)
+
+    def _batch_failed(self, rows: list[dict[str, Any]], exc: Exception) -> None:
+        """Record the provider's error and put the batch back, due again after a backoff that
+        doubles with its most retried row's attempts."""
+        attempts = max(r["attempts"] for r in rows) + 1
+        delay = min(RETRY_CAP_SECONDS, 5.0 * 2**attempts)
+        self.failed_batches += 1
+        self.error = f"{type(exc).__name__}: {exc}"[:300]
+        self.last_error.failed(self.error)
+        with self.rt.db.transaction("embed_failed") as tx:
+            tx.vectors.backlog_failed([r["rowid"] for r in rows], self.error, time.time() + delay)
 
     def _once_the_database_takes_it(self, write: Callable[[], int]) -> int:
         """``write()``, tried again while the database stays busy (another writer, such as a
