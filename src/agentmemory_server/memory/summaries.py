@@ -290,7 +290,21 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
         parts.append(changed_files(changed, cwd, shown=6) + ".")
     if errors:
         parts.append(f"{plural(len(errors), 'failure')}; last: {describe(errors[-1], cwd=cwd)}.")
-    notable = sorted(
+    if notable := _notable(observations):
+        parts.append("Notable: " + "; ".join(describe(o, 120, cwd) for o in notable).rstrip(".") + ".")
+    decisions = [o.get("title", "") for o in observations if o.get("type") in ("decision", "discovery")]
+    return {
+        "title": truncate(" ".join(title.split()), 80),
+        "narrative": " ".join(parts),
+        "keyDecisions": [truncate(d, 200) for d in decisions[:10]],
+        "filesModified": changed[:30],
+        "concepts": _concepts(observations),
+    }
+
+
+def _notable(observations: list[dict]) -> list[dict]:
+    """The three most important observations of real work that did not fail and say something."""
+    return sorted(
         (
             o
             for o in observations
@@ -301,19 +315,13 @@ def synthetic_summary(session: dict[str, Any], observations: list[dict]) -> dict
         ),
         key=lambda o: -int(o.get("importance") or 0),
     )[:3]
-    if notable:
-        parts.append("Notable: " + "; ".join(describe(o, 120, cwd) for o in notable).rstrip(".") + ".")
-    decisions = [o.get("title", "") for o in observations if o.get("type") in ("decision", "discovery")]
-    concepts = list(
-        dict.fromkeys([c for o in observations for c in o.get("concepts") or []] + top_terms(observations))
-    )[:12]
-    return {
-        "title": truncate(" ".join(title.split()), 80),
-        "narrative": " ".join(parts),
-        "keyDecisions": [truncate(d, 200) for d in decisions[:10]],
-        "filesModified": changed[:30],
-        "concepts": concepts,
-    }
+
+
+def _concepts(observations: list[dict]) -> list[str]:
+    """The observations' own concepts, then their top terms; twelve at most, each once."""
+    return list(dict.fromkeys([c for o in observations for c in o.get("concepts") or []] + top_terms(observations)))[
+        :12
+    ]
 
 
 # -- writing summaries -------------------------------------------------------------------------------------
