@@ -259,24 +259,9 @@ def reflect_project(ctx: Ctx, project: str | None, max_clusters: int) -> dict[st
             fresh = {**_insight(ctx, project, terms, members, draft), **writer}
             existing = tx.records.get(INSIGHTS, fresh["id"])
             if existing and not existing.get("deleted"):
-                reinforce(existing, now)
-                existing.pop("model", None)  # who wrote the content now: ``writer``
-                existing.update(
-                    {k: fresh[k] for k in ("content", "sourceMemoryIds", "sourceLessonIds", "sourceCrystalIds")},
-                    **writer,
-                )
-                insight, reinforced = existing, reinforced + 1
+                insight, reinforced = _reinforced(existing, fresh, writer, now), reinforced + 1
             else:
-                insight = {
-                    **fresh,
-                    "reinforcements": 0,
-                    "createdAt": now,
-                    "updatedAt": now,
-                    "decayRate": 0.05,
-                    **({"project": project} if project else {}),
-                    **({"agentId": agent} if agent else {}),
-                }
-                new += 1
+                insight, new = _first_seen(fresh, now, project, agent), new + 1
             tx.records.set(INSIGHTS, insight["id"], insight, now=now)
             saved.append(insight)
     return {
@@ -288,6 +273,30 @@ def reflect_project(ctx: Ctx, project: str | None, max_clusters: int) -> dict[st
         "usedFallback": method is None,
         **writer,
         "insights": saved,
+    }
+
+
+def _reinforced(existing: dict[str, Any], fresh: dict[str, Any], writer: dict[str, Any], now: str) -> dict[str, Any]:
+    """A stored insight found again: reinforced, its content and sources the fresh draft's."""
+    reinforce(existing, now)
+    existing.pop("model", None)  # who wrote the content now: ``writer``
+    existing.update(
+        {k: fresh[k] for k in ("content", "sourceMemoryIds", "sourceLessonIds", "sourceCrystalIds")},
+        **writer,
+    )
+    return existing
+
+
+def _first_seen(fresh: dict[str, Any], now: str, project: str | None, agent: str | None) -> dict[str, Any]:
+    """A new insight: not yet reinforced, with its project and agent when it has them."""
+    return {
+        **fresh,
+        "reinforcements": 0,
+        "createdAt": now,
+        "updatedAt": now,
+        "decayRate": 0.05,
+        **({"project": project} if project else {}),
+        **({"agentId": agent} if agent else {}),
     }
 
 
