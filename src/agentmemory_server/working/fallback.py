@@ -337,6 +337,23 @@ class RedisFallback:
 
     # -- the heal ------------------------------------------------------------------------------
 
+    def _remove_the_mark(self, redis: RedisBackend) -> bool:
+        """``end_the_fallback``'s tries (at most ``END_ATTEMPTS``): the waiting swaps, then the
+        copy of what Redis holds of the scopes waiting in the database, then the removal.
+        True once the mark is removed."""
+        working = self.working
+        heal_id, copied = uuid.uuid4().hex, set[Scope]()
+        for _attempt in range(END_ATTEMPTS):
+            if working.stages.complete_swaps(redis):
+                copied = set()  # a swap emptied Redis: what was copied before it is gone
+            # After the swaps (they empty Redis), before any process serves from Redis again.
+            waiting = [scope for scope in working.sqlite.held_scopes() if scope not in copied]
+            redis.hold_for_return(waiting, heal_id)
+            copied.update(waiting)
+            if working.sqlite.clear_fallback_mark(copied):
+                return True
+        return False
+
     def end_the_fallback(self) -> None:
         """Remove the store's fallback mark, once what replace imports left to swap in on Redis is
         (one made on the fallback empties it): while the mark holds, every process serves from
@@ -354,17 +371,9 @@ class RedisFallback:
         except BackendDown as exc:
             log.warning("working memory: the fallback stays: Redis stopped answering (%s)", reason_of(exc))
             return
-        heal_id, copied = uuid.uuid4().hex, set[Scope]()
         try:
-            for _attempt in range(END_ATTEMPTS):
-                if working.stages.complete_swaps(redis):
-                    copied = set()  # a swap emptied Redis: what was copied before it is gone
-                # After the swaps (they empty Redis), before any process serves from Redis again.
-                waiting = [scope for scope in working.sqlite.held_scopes() if scope not in copied]
-                redis.hold_for_return(waiting, heal_id)
-                copied.update(waiting)
-                if working.sqlite.clear_fallback_mark(copied):
-                    return
+            if self._remove_the_mark(redis):
+                return
             swaps_wait = bool(working.sqlite.pending_swaps())
         except BackendDown as exc:
             log.warning("working memory: the fallback stays: Redis stopped answering (%s)", reason_of(exc))

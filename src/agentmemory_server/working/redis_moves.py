@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Self, cast
 
 from agentmemory_server.storage import codec
@@ -87,28 +87,11 @@ class ScopeMoves(RedisKeys):
             pipe.multi()
             self._absorb_keys(pipe, k, keys)
             if task is not None:
-                moved_task, moved_version = task
-                # The version a client read during the outage stays valid, unless Redis's
-                # older task had got further: then a new one, so no stale version matches.
-                new_version = moved_version if moved_version > current else current + 1
-                pipe.hset(k["task"], mapping={"task": moved_task, "version": new_version})
-                if holding:  # what moves in is not a write made after the return
-                    pipe.hset(k["heldat"], "task", new_version)
+                self._absorb_task(pipe, k, task, current, holding)
             if copy.scratch:
                 pipe.rpush(k["scratch"], *[codec.dumps(e) for e in copy.scratch])
                 pipe.ltrim(k["scratch"], -scratch_cap, -1)
-            for checkpoint_id, meta, snapshot in copy.checkpoints:
-                seq += 1
-                pipe.zadd(k["cps"], {checkpoint_id: seq})
-                pipe.hset(k["cpmeta"], checkpoint_id, meta)
-                pipe.hset(k["cpdata"], checkpoint_id, snapshot)
-                pipe.set(k["cpseq"], seq)
-            every = held + [c[0] for c in copy.checkpoints]
-            pruned = every[: max(0, len(every) - keep_checkpoints)]
-            if pruned:
-                pipe.zrem(k["cps"], *pruned)
-                pipe.hdel(k["cpmeta"], *pruned)
-                pipe.hdel(k["cpdata"], *pruned)
+            self._absorb_checkpoints(pipe, k, copy.checkpoints, held, seq, keep_checkpoints)
             pipe.sadd(self._scopes, self._token(scope))
             if holding and keys:
                 pipe.hset(k["held"], mapping={key: value for key, value, _e in keys})
@@ -116,6 +99,36 @@ class ScopeMoves(RedisKeys):
 
         watched = ("kv", "exp", "task", "cps", "cpseq", "held", "heldat")
         self._transaction(attempt, *[k[part] for part in watched], self._returned)
+
+    @staticmethod
+    def _absorb_task(pipe: Any, k: dict[str, str], task: tuple[str, int], current: int, holding: bool) -> None:
+        """Queue the moved task in place of Redis's (at version ``current``)."""
+        moved_task, moved_version = task
+        # The version a client read during the outage stays valid, unless Redis's
+        # older task had got further: then a new one, so no stale version matches.
+        new_version = moved_version if moved_version > current else current + 1
+        pipe.hset(k["task"], mapping={"task": moved_task, "version": new_version})
+        if holding:  # what moves in is not a write made after the return
+            pipe.hset(k["heldat"], "task", new_version)
+
+    @staticmethod
+    def _absorb_checkpoints(
+        pipe: Any, k: dict[str, str], moved: list[tuple[str, str, str]], held: list[str], seq: int, keep: int
+    ) -> None:
+        """Queue the moved checkpoints after the ``held`` ones Redis has (numbered on from
+        ``seq``), then drop the oldest beyond ``keep``."""
+        for checkpoint_id, meta, snapshot in moved:
+            seq += 1
+            pipe.zadd(k["cps"], {checkpoint_id: seq})
+            pipe.hset(k["cpmeta"], checkpoint_id, meta)
+            pipe.hset(k["cpdata"], checkpoint_id, snapshot)
+            pipe.set(k["cpseq"], seq)
+        every = held + [c[0] for c in moved]
+        pruned = every[: max(0, len(every) - keep)]
+        if pruned:
+            pipe.zrem(k["cps"], *pruned)
+            pipe.hdel(k["cpmeta"], *pruned)
+            pipe.hdel(k["cpdata"], *pruned)
 
     def _unchanged_since_return(
         self, pipe: Any, k: dict[str, str], copy: ScopeCopy, version: str | None, now: float
@@ -277,15 +290,7 @@ class ScopeMoves(RedisKeys):
             if last is not None and int(last) >= int(seq):
                 return "superseded"
             live = list(pipe.smembers(self._scopes))
-            moved = [
-                (f"{stage.prefix}:{token}:{part}", f"{self.prefix}:{token}:{part}")
-                for token in pipe.smembers(stage._scopes)
-                for part in self._PARTS
-            ]
-            probe = self.r.pipeline(transaction=False)  # one round trip, not one a key (the stage is ours alone)
-            for src, _dst in moved:
-                probe.exists(src)
-            present = [pair for pair, found in zip(moved, probe.execute(), strict=True) if found]
+            present = self._stage_keys_held(stage, pipe.smembers(stage._scopes))
             pipe.multi()
             doomed = [f"{self.prefix}:{token}:{part}" for token in live for part in self._PARTS]
             for i in range(0, len(doomed), 1000):
@@ -304,6 +309,18 @@ class ScopeMoves(RedisKeys):
         if outcome == "superseded":
             self.discard(stage_id)
         return outcome
+
+    def _stage_keys_held(self, stage: ScopeMoves, tokens: Iterable[str]) -> list[tuple[str, str]]:
+        """(stage key, live key) of every part the stage holds for the scopes ``tokens``."""
+        moved = [
+            (f"{stage.prefix}:{token}:{part}", f"{self.prefix}:{token}:{part}")
+            for token in tokens
+            for part in self._PARTS
+        ]
+        probe = self.r.pipeline(transaction=False)  # one round trip, not one a key (the stage is ours alone)
+        for src, _dst in moved:
+            probe.exists(src)
+        return [pair for pair, found in zip(moved, probe.execute(), strict=True) if found]
 
     @guarded
     def discard(self, stage_id: str) -> None:
