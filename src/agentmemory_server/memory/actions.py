@@ -160,25 +160,7 @@ def memory_action_create(ctx: Ctx, args: dict) -> Reply:
     """Create an action with optional parent and edges; an unmet `requires` edge starts it blocked."""
     rt, now = ctx.rt, ctx.rt.clock.iso()
     agent = stamp_agent(ctx, None)
-    action = {
-        "id": new_id("act"),
-        "title": strip_text(args["title"]),
-        "description": strip_text(args.get("description") or ""),
-        "priority": clamp_priority(args.get("priority")),
-        "createdAt": now,
-        "updatedAt": now,
-        "createdBy": args.get("createdBy") or agent or "agent",
-        "tags": args.get("tags") or [],
-        "sourceObservationIds": args.get("sourceObservationIds") or [],
-        "sourceMemoryIds": args.get("sourceMemoryIds") or [],
-    }
-    for key in ("assignedTo", "project", "parentId"):
-        if args.get(key):
-            action[key] = args[key]
-    if args.get("metadata"):
-        action["metadata"] = strip_private_data(args["metadata"])
-    if agent:
-        action["agentId"] = agent
+    action = _new_action(args, agent, now)
     wanted = [(e["type"], e["targetActionId"], f"edges[{i}]") for i, e in enumerate(args.get("edges") or [])]
     wanted += [("requires", t, f"requires[{i}]") for i, t in enumerate(args.get("requires") or [])]
     with rt.db.transaction("action_create", agent_id=agent) as tx:
@@ -199,6 +181,30 @@ def memory_action_create(ctx: Ctx, args: dict) -> Reply:
         tx.audit_message = f"action created: {action['id']} ({len(edges)} edge(s))"
     rt.publish("action", action)
     return Reply({"success": True, "action": action, "edges": edges}, 201)
+
+
+def _new_action(args: dict, agent: str | None, now: str) -> dict[str, Any]:
+    """The action as created, before its status: the optional fields only when given."""
+    action = {
+        "id": new_id("act"),
+        "title": strip_text(args["title"]),
+        "description": strip_text(args.get("description") or ""),
+        "priority": clamp_priority(args.get("priority")),
+        "createdAt": now,
+        "updatedAt": now,
+        "createdBy": args.get("createdBy") or agent or "agent",
+        "tags": args.get("tags") or [],
+        "sourceObservationIds": args.get("sourceObservationIds") or [],
+        "sourceMemoryIds": args.get("sourceMemoryIds") or [],
+    }
+    for key in ("assignedTo", "project", "parentId"):
+        if args.get(key):
+            action[key] = args[key]
+    if args.get("metadata"):
+        action["metadata"] = strip_private_data(args["metadata"])
+    if agent:
+        action["agentId"] = agent
+    return action
 
 
 def _unblock_dependants(graph: Graph, done_id: str) -> list[dict[str, Any]]:
