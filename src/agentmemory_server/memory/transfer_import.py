@@ -51,14 +51,8 @@ def import_records(
         _swapped_after_commit(outside, stage) as swap,
         ctx.rt.db.transaction("import", agent_id=ctx.rt.settings.agent_id) as tx,
     ):
-        if wiping:
-            _wipe(ctx, tx, epoch, redis_too=outside is None)
-        elif outside is None and any(scope == working_transfer.SECTION for scope, _k, _v in records):
-            working_transfer.check_still_on_fallback(ctx.rt, tx)
-        if pictures:
-            for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
-                tx.images.put(image_id, mime, data, now)
-            counts["images"] = {"imported": len(pictures), "skipped": 0}
+        _wipe_or_check_fallback(ctx, tx, records, epoch, wiping=wiping, outside=outside)
+        _put_pictures(tx, pictures, counts, now)
         _write_records(tx, records, strategy, counts, stripped=stripped, now=now, epoch=epoch, held=held)
         swap.record(tx)
         tx.audit_message = f"import ({strategy}) of {total} record(s)"
@@ -67,6 +61,26 @@ def import_records(
         # Written once the records are committed (a merge's entries, scope by scope).
         outside.import_entries(held or [], strategy, wipe=wiping)
     return counts
+
+
+def _wipe_or_check_fallback(
+    ctx: Ctx, tx: UnitOfWork, records: list[tuple[str, str, Any]], epoch: float, *, wiping: bool, outside: Any | None
+) -> None:
+    """Before the records are written: a replace wipes the store (and Redis's working memory
+    unless it is outside the database); a merge or skip of working memory into the database
+    checks the store is still on the Redis fallback."""
+    if wiping:
+        _wipe(ctx, tx, epoch, redis_too=outside is None)
+    elif outside is None and any(scope == working_transfer.SECTION for scope, _k, _v in records):
+        working_transfer.check_still_on_fallback(ctx.rt, tx)
+
+
+def _put_pictures(tx: UnitOfWork, pictures: list[tuple[str, str, bytes]] | None, counts: dict, now: str) -> None:
+    """The images the records reference, counted under ``images``."""
+    if pictures:
+        for image_id, mime, data in pictures:  # inside the transaction: the sweep waits for it
+            tx.images.put(image_id, mime, data, now)
+        counts["images"] = {"imported": len(pictures), "skipped": 0}
 
 
 class ReplaceStream:
@@ -98,10 +112,7 @@ class ReplaceStream:
             if entries:
                 counts[working_transfer.SECTION] = {"imported": len(entries), "skipped": 0}
                 records = [r for r in records if r[0] != working_transfer.SECTION]
-        if pictures:
-            for image_id, mime, data in pictures:
-                self.tx.images.put(image_id, mime, data, self.now)
-            counts["images"] = {"imported": len(pictures), "skipped": 0}
+        _put_pictures(self.tx, pictures, counts, self.now)
         _write_records(
             self.tx, records, "replace", counts, stripped=True, now=self.now, epoch=self.epoch, held=self.held
         )
@@ -233,23 +244,30 @@ def _write_records(
         if not stripped:
             value = strip_private_data(value)
         if scope == working_transfer.SECTION:
-            if held is not None:
-                held.append(value)
-            else:
-                working_transfer.write(tx, value, strategy, now=epoch, stamp=now)
-            tally["imported"] += 1
-            continue
-        written.append((scope, key, value))
-        kind = search.kind_for_scope(scope)
-        if kind and isinstance(value, dict):
-            to_index.append((kind, value))
-        event_id = value.get("eventId") if is_obs_scope(scope) and isinstance(value, dict) else None
-        if event_id:
-            events.append((event_id, value["sessionId"], key))
+            _write_working_entry(tx, value, strategy, held, now=now, epoch=epoch)
+        else:
+            written.append((scope, key, value))
+            kind = search.kind_for_scope(scope)
+            if kind and isinstance(value, dict):
+                to_index.append((kind, value))
+            event_id = value.get("eventId") if is_obs_scope(scope) and isinstance(value, dict) else None
+            if event_id:
+                events.append((event_id, value["sessionId"], key))
         tally["imported"] += 1
     tx.records.set_many(written, now=now)
     search.index_records(tx, to_index)
     _put_new_events(tx, events, now)
+
+
+def _write_working_entry(
+    tx: UnitOfWork, value: Any, strategy: str, held: list[dict[str, Any]] | None, *, now: str, epoch: float
+) -> None:
+    """A working memory entry: into ``held`` when working memory lives outside the database
+    (written after the commit), else into the working-memory tables."""
+    if held is not None:
+        held.append(value)
+    else:
+        working_transfer.write(tx, value, strategy, now=epoch, stamp=now)
 
 
 def _put_new_events(tx: UnitOfWork, events: list[tuple[str, str, str]], now: str) -> None:
