@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -300,23 +301,26 @@ def write_session_graph(ctx: Ctx, session: dict[str, Any], found: Extraction) ->
         _drop_stale(
             tx, sid, tx.records.get(CONTRIBUTIONS, sid) or {}, set(node_ids.values()) | set(edge_ids.values()), now
         )
-        tx.records.set(
-            CONTRIBUTIONS,
-            sid,
-            {
-                "sessionId": sid,
-                **found.writer,
-                "nodeIds": sorted(node_ids.values()),
-                "edgeIds": sorted(edge_ids.values()),
-                "extractedAt": now,
-                **owner,
-            },
-            now=now,
-        )
+        contribution = _contribution(sid, found.writer, node_ids.values(), edge_ids.values(), now, owner)
+        tx.records.set(CONTRIBUTIONS, sid, contribution, now=now)
         tx.audit_message = f"graph of session {sid}: {len(node_ids)} node(s), {len(edge_ids)} edge(s)"
     result = {"sessionId": sid, **found.writer, "nodes": len(node_ids), "edges": len(edge_ids)}
     rt.publish("graph", result)
     return result
+
+
+def _contribution(
+    sid: str, writer: dict[str, Any], node_ids: Iterable[str], edge_ids: Iterable[str], now: str, owner: dict[str, Any]
+) -> dict[str, Any]:
+    """The session's share of the graph, as recorded: who extracted it, its nodes and edges."""
+    return {
+        "sessionId": sid,
+        **writer,
+        "nodeIds": sorted(node_ids),
+        "edgeIds": sorted(edge_ids),
+        "extractedAt": now,
+        **owner,
+    }
 
 
 def extract_session(ctx: Ctx, session_id: str, *, use_model: bool, wait_for_model: bool = False) -> dict:

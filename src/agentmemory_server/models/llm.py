@@ -295,14 +295,7 @@ class LLMService:
         client = self.clients.client(feature)
         if client is None:
             raise LLMError(self.clients.choice.problem or "no model provider is configured")
-        blocked = self.accounting.blocked(feature)
-        if blocked is not None:
-            self.usage.add(skippedBudget=1)
-            self.accounting.skipped(client.provider, client.model, feature, budget=1)
-            raise BudgetReached(blocked)
-        if not self.breaker.acquire():
-            self.usage.add(skippedBreakerOpen=1)
-            raise BreakerOpen(self.breaker.retry_at())
+        self._admit(client, feature)
         verdict = False
         try:
             self.usage.add(calls=1)
@@ -334,6 +327,18 @@ class LLMService:
         finally:
             if not verdict:
                 self.breaker.release()
+
+    def _admit(self, client: Any, feature: str) -> None:
+        """Let a call through the budget, then the breaker (which it then holds until a verdict).
+        :raise BudgetReached, BreakerOpen: counted as skipped; nothing is sent."""
+        blocked = self.accounting.blocked(feature)
+        if blocked is not None:
+            self.usage.add(skippedBudget=1)
+            self.accounting.skipped(client.provider, client.model, feature, budget=1)
+            raise BudgetReached(blocked)
+        if not self.breaker.acquire():
+            self.usage.add(skippedBreakerOpen=1)
+            raise BreakerOpen(self.breaker.retry_at())
 
     def _account(self, client: Any, feature: str, started: float, prompt: int = 0, output: int = 0, failed: int = 0):
         latency = (time.perf_counter() - started) * 1000

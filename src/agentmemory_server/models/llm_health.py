@@ -177,33 +177,36 @@ class LLMHealth:
                 "",
             )
         ]
-        closed = breaker["state"] == CircuitBreaker.CLOSED
-        checks.append(
-            _check(
-                "llm-breaker",
-                "pass" if closed else "warn",
-                "circuit breaker closed"
-                if closed
-                else f"circuit breaker {breaker['state']} (last error: {usage['lastError']}); model "
-                f"features use their deterministic paths until {breaker['retryAt']}",
-                "" if closed else f"check the {self.llm.provider} key, base URL and quota",
-            )
-        )
+        checks.append(self._breaker_check(breaker, usage["lastError"]))
         checks.append(self._budget_check(self.llm.accounting.budget(FEATURES)))
-        jobs = self.jobs_report(breaker, usage["lastError"])
-        checks.append(
-            _check(
-                "llm-jobs",
-                "warn" if jobs["why"] else "pass",
-                jobs["why"] or f"{jobs['pending']} background model job(s) queued",
-                f"nothing is lost: they run by themselves once the {self.llm.provider} model answers (each is kept "
-                f"{self.llm.settings.llm_job_max_age_hours:g} h, AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS); check the "
-                "provider's key, base URL and quota"
-                if jobs["why"]
-                else "",
-            )
-        )
+        checks.append(self._jobs_check(self.jobs_report(breaker, usage["lastError"])))
         return checks
+
+    def _breaker_check(self, breaker: dict[str, Any], last_error: str | None) -> dict[str, Any]:
+        """Closed (a pass), or open or half-open with the model's last error (a warning)."""
+        closed = breaker["state"] == CircuitBreaker.CLOSED
+        return _check(
+            "llm-breaker",
+            "pass" if closed else "warn",
+            "circuit breaker closed"
+            if closed
+            else f"circuit breaker {breaker['state']} (last error: {last_error}); model "
+            f"features use their deterministic paths until {breaker['retryAt']}",
+            "" if closed else f"check the {self.llm.provider} key, base URL and quota",
+        )
+
+    def _jobs_check(self, jobs: dict[str, Any]) -> dict[str, Any]:
+        """The queued model work: a warning, saying why, while it waits for the model."""
+        return _check(
+            "llm-jobs",
+            "warn" if jobs["why"] else "pass",
+            jobs["why"] or f"{jobs['pending']} background model job(s) queued",
+            f"nothing is lost: they run by themselves once the {self.llm.provider} model answers (each is kept "
+            f"{self.llm.settings.llm_job_max_age_hours:g} h, AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS); check the "
+            "provider's key, base URL and quota"
+            if jobs["why"]
+            else "",
+        )
 
     @staticmethod
     def _budget_check(budget: dict[str, Any]) -> dict[str, Any]:

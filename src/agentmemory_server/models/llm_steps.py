@@ -344,19 +344,32 @@ def summarize_with_model(ctx: Ctx, session_id: str, other_models: bool = False) 
         current = tx.records.get(SUMMARIES, session_id)
         if not replaceable(current):
             return None  # deleted, or the configured model wrote it meanwhile
-        summary = {
-            **current,
-            **fallback,
-            **{k: v for k, v in answer.items() if k in fallback and v},
-            "observationCount": len(observations),
-            "method": svc.provider,
-            **({"model": model} if model else {}),
-        }
+        summary = _merged_summary(current, fallback, answer, len(observations), svc.provider, model)
         tx.records.set(SUMMARIES, session_id, summary, now=rt.clock.iso())
         was = "the deterministic one" if current.get("method") == SYNTHETIC else "another model's"
         tx.audit_message = f"model summary of session {session_id} replaced {was}"
         tx.after_commit(lambda: rt.publish("summary", summary))
     return summary
+
+
+def _merged_summary(
+    current: dict[str, Any],
+    fallback: dict[str, Any],
+    answer: dict[str, Any],
+    observation_count: int,
+    provider: str | None,
+    model: str | None,
+) -> dict[str, Any]:
+    """The stored summary with the deterministic fields made again and the model's non-empty
+    answers over them, marked as the model's."""
+    return {
+        **current,
+        **fallback,
+        **{k: v for k, v in answer.items() if k in fallback and v},
+        "observationCount": observation_count,
+        "method": provider,
+        **({"model": model} if model else {}),
+    }
 
 
 def summary_prompt(ctx: Ctx, session: dict[str, Any], observations: list[dict]) -> str:
