@@ -187,24 +187,11 @@ def _migrate(
     if not state["exported"] or not spool.exists():
         _export_to_spool(source, spool, state, state_path, progress)
     exported = time.perf_counter()
-
-    def remember(line: int) -> None:
-        state["imported"] = line
-        state_path.write_text(json.dumps(state))
-
     if new_target is not None:
         new_target.written = True
     state["targetId"] = target_id or store_target_id(target)
     state_path.write_text(json.dumps(state))
-    result = maintenance.import_lines(
-        Ctx(target, source="cli"),
-        spool,
-        "merge",
-        batch=batch,
-        progress=progress,
-        skip_lines=int(state.get("imported") or 0),
-        on_batch=remember,
-    )
+    result = _import_spool(target, spool, state, state_path, batch=batch, progress=progress)
     working = move_working(source, target)
     imported = time.perf_counter()
     check = verify(source, target)
@@ -224,6 +211,27 @@ def _migrate(
         "recordsPerSecond": round(records / max(imported - started, 1e-9)),
         "verified": check,
     }
+
+
+def _import_spool(
+    target: Any, spool: Path, state: dict[str, Any], state_path: Path, *, batch: int, progress: Progress
+) -> dict[str, Any]:
+    """Merge the spool's lines into the target from the line the last run reached, saving the
+    line reached after each batch (a stopped run resumes there)."""
+
+    def remember(line: int) -> None:
+        state["imported"] = line
+        state_path.write_text(json.dumps(state))
+
+    return maintenance.import_lines(
+        Ctx(target, source="cli"),
+        spool,
+        "merge",
+        batch=batch,
+        progress=progress,
+        skip_lines=int(state.get("imported") or 0),
+        on_batch=remember,
+    )
 
 
 def _resumable_state(state_path: Path, source: Any, target: Any, target_id: str | None) -> dict[str, Any]:

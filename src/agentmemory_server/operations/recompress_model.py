@@ -232,24 +232,8 @@ def _run(ctx: Ctx, items: list[Item], progress: Progress, other_models: bool) ->
             if svc.provider_down():  # the server's worker found it down: send nothing
                 stopped = {"reason": "providerDown", "message": "the model provider is down (its breaker is open)"}
                 break
-            try:
-                outcome = _redo(ctx, item, other_models)
-            except llm.BudgetReached as exc:
-                stopped = {"reason": "budget", "message": exc.message}
+            if (stopped := _redo_counted(ctx, item, other_models, tally, projects)) is not None:
                 break
-            except llm.BreakerOpen as exc:
-                stopped = {"reason": "providerDown", "message": f"{exc.message}: the provider failed repeatedly"}
-                break
-            except (llm.InvalidOutput, llm.ModelRefused) as exc:
-                log.warning(
-                    "recompress: the model gave no usable answer for %s %s: %s", item.kind, item.record_id, exc.message
-                )
-                tally["noAnswer"] += 1
-            except llm.LLMError as exc:  # after its retries; the breaker stops the run if it goes on
-                log.warning("recompress: the model call for %s %s failed: %s", item.kind, item.record_id, exc.message)
-                tally["failed"] += 1
-            else:
-                _count_outcome(tally, projects, item, outcome)
             done += 1
             bar.update(1)
     finally:
@@ -262,6 +246,27 @@ def _run(ctx: Ctx, items: list[Item], progress: Progress, other_models: bool) ->
         "remaining": len(items) - done,
         "stopped": stopped,
     }
+
+
+def _redo_counted(
+    ctx: Ctx, item: Item, other_models: bool, tally: Counter[str], projects: set[str]
+) -> dict[str, str] | None:
+    """Redo one item and count what came of it; returns why the run stops, if it must."""
+    try:
+        outcome = _redo(ctx, item, other_models)
+    except llm.BudgetReached as exc:
+        return {"reason": "budget", "message": exc.message}
+    except llm.BreakerOpen as exc:
+        return {"reason": "providerDown", "message": f"{exc.message}: the provider failed repeatedly"}
+    except (llm.InvalidOutput, llm.ModelRefused) as exc:
+        log.warning("recompress: the model gave no usable answer for %s %s: %s", item.kind, item.record_id, exc.message)
+        tally["noAnswer"] += 1
+    except llm.LLMError as exc:  # after its retries; the breaker stops the run if it goes on
+        log.warning("recompress: the model call for %s %s failed: %s", item.kind, item.record_id, exc.message)
+        tally["failed"] += 1
+    else:
+        _count_outcome(tally, projects, item, outcome)
+    return None
 
 
 def _count_outcome(tally: Counter[str], projects: set[str], item: Item, outcome: str | None) -> None:

@@ -86,23 +86,8 @@ def _llm_alerts(llm: dict[str, Any]) -> list[dict[str, str]]:
                 "set the key, or AGENTMEMORY_LLM_PROVIDER=none if no model is wanted; then restart",
             )
         )
-    budget = llm.get("budget") or {}
-    capped = sorted(name for name, cap in (budget.get("features") or {}).items() if cap.get("reached"))
-    if budget.get("zero"):  # a deployment that set 0 for "no limit", as it once meant, learns here
-        alerts.append(_alert("warn", budget["zero"], "set AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET=unlimited and restart"))
-    elif budget.get("reached") or capped:
-        what = (
-            f"the daily model token budget ({budget['daily']:,}) is used up"
-            if budget.get("reached")
-            else f"the daily token cap of {', '.join(capped)} is used up"
-        )
-        alerts.append(
-            _alert(
-                "info",
-                f"{what}: those model features run deterministically until {budget.get('resetsAt')}",
-                "raise AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET (or the feature's cap) and restart, or wait",
-            )
-        )
+    if budget_alert := _llm_budget_alert(llm.get("budget") or {}):
+        alerts.append(budget_alert)
     jobs = llm.get("jobs") or {}
     if jobs.get("why"):
         alerts.append(
@@ -115,6 +100,25 @@ def _llm_alerts(llm: dict[str, Any]) -> list[dict[str, str]]:
             )
         )
     return alerts
+
+
+def _llm_budget_alert(budget: dict[str, Any]) -> dict[str, str] | None:
+    """A token budget set to 0, or the daily budget or a feature's cap used up; else None."""
+    capped = sorted(name for name, cap in (budget.get("features") or {}).items() if cap.get("reached"))
+    if budget.get("zero"):  # a deployment that set 0 for "no limit", as it once meant, learns here
+        return _alert("warn", budget["zero"], "set AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET=unlimited and restart")
+    if not (budget.get("reached") or capped):
+        return None
+    what = (
+        f"the daily model token budget ({budget['daily']:,}) is used up"
+        if budget.get("reached")
+        else f"the daily token cap of {', '.join(capped)} is used up"
+    )
+    return _alert(
+        "info",
+        f"{what}: those model features run deterministically until {budget.get('resetsAt')}",
+        "raise AGENTMEMORY_LLM_DAILY_TOKEN_BUDGET (or the feature's cap) and restart, or wait",
+    )
 
 
 # Where the details of a part that is not healthy are: /health shows them to the admin secret; a
