@@ -259,22 +259,24 @@ def sync_file(ctx: Ctx, conv: str, path: Path, root: Path, project: str, report:
             obs = _observation(conv, rel, index, heading, body, mtime, project, version)
             reply = store_observation(ctx, obs, None)
             ids.append(reply.data["observationId"])
-        tx.records.set(
-            STATE,
-            rel,
-            {
-                "sha256": digest,
-                "size": len(raw),
-                "sessionId": sid,
-                "generation": generation,
-                "observationIds": ids,
-                "syncedAt": ctx.rt.clock.iso(),
-            },
-            now=ctx.rt.clock.iso(),
-        )
+        synced = _synced_state(digest, len(raw), sid, generation, ids, ctx.rt.clock.iso())
+        tx.records.set(STATE, rel, synced, now=ctx.rt.clock.iso())
         tx.audit_message = f"antigravity sync of {rel}: {len(ids)} observation(s)"
     report.ingested.append(rel)
     report.observations += len(ids)
+
+
+def _synced_state(digest: str, size: int, sid: str, generation: int, ids: list[str], synced_at: str) -> dict[str, Any]:
+    """What is kept of a file synced: its content's hash (an unchanged file is skipped next
+    time), its generation and the observations made from it (replaced when it changes)."""
+    return {
+        "sha256": digest,
+        "size": size,
+        "sessionId": sid,
+        "generation": generation,
+        "observationIds": ids,
+        "syncedAt": synced_at,
+    }
 
 
 def sync(ctx: Ctx, conversation: str | None, project: str) -> SyncReport:

@@ -225,14 +225,8 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         "facts": [],
         "narrative": truncate(narrative, 400),
         "concepts": [],
-        "files": list(
-            dict.fromkeys(extract_files(f["toolInput"], tool_name) + failed_at(obs_type, f["toolOutput"], f["said"]))
-        ),
-        "importance": (
-            LIFECYCLE_IMPORTANCE
-            if hook_type in LIFECYCLE_HOOKS or obs_type == "notification"
-            else _IMPORTANCE.get(obs_type, 5)
-        ),
+        "files": _files_named(f, tool_name, obs_type),
+        "importance": _importance(hook_type, obs_type),
         "confidence": 0.3,
     }
     if input_text:
@@ -241,6 +235,20 @@ def synthetic_compression(hook_type: str, data: Any) -> dict[str, Any]:
         compressed["toolName"] = tool_name
         compressed["contentHash"] = content_hash(hook_type, f, obs_type)
     return compressed
+
+
+def _files_named(f: dict[str, Any], tool_name: str | None, obs_type: str) -> list[str]:
+    """The files the tool's input names, then those a failure points at; each once."""
+    return list(
+        dict.fromkeys(extract_files(f["toolInput"], tool_name) + failed_at(obs_type, f["toolOutput"], f["said"]))
+    )
+
+
+def _importance(hook_type: str, obs_type: str) -> int:
+    """Life-cycle events and notifications rank low; the rest by their type."""
+    if hook_type in LIFECYCLE_HOOKS or obs_type == "notification":
+        return LIFECYCLE_IMPORTANCE
+    return _IMPORTANCE.get(obs_type, 5)
 
 
 def _plain_title(hook_type: str, f: dict[str, Any], tool_name: str | None, prompt: str) -> str:
