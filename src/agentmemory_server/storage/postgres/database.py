@@ -407,10 +407,7 @@ class PostgresDatabase:
                     conn.execute("BEGIN")
                     # Waited for here (with BEGIN, one round trip), before the block runs: the
                     # write lock comes first in every thread's lock order.
-                    if lock == WRITE_LOCK:
-                        self._take_write_lock(conn, deadline)
-                    else:
-                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,)).fetchone()
+                    self._take_lock(conn, lock, deadline)
                     store = self._unit(TxConnection(conn, pipelined=True), writable=True)
                     self._local.tx = store
                     try:
@@ -428,6 +425,18 @@ class PostgresDatabase:
                 raise
             self.last_write = time.monotonic()
             self.space.note_written()
+        self._after_commit(store)
+
+    def _take_lock(self, conn: psycopg.Connection, lock: int, deadline: float) -> None:
+        """The transaction's advisory lock: the store's write lock, or an operation's own."""
+        if lock == WRITE_LOCK:
+            self._take_write_lock(conn, deadline)
+        else:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock,)).fetchone()
+
+    def _after_commit(self, store: PostgresUnitOfWork) -> None:
+        """Once a transaction committed: the lexical index told, the block's after-commit work
+        and the commit listeners run."""
         if store.lexical_changed and self.lexical is not None:
             self.lexical.notify()
         store.run_after_commit()

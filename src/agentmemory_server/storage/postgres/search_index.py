@@ -85,12 +85,7 @@ class PgSearchIndex:
         row, and one round trip: the rowids of new rows follow the order of ``rows``."""
         if not rows:
             return []
-        columns: list[list[Any]] = [[doc["doc_id"] for doc, _text in rows]]
-        for name in DOC_FIELDS:
-            if name in ("active", "global"):
-                columns.append([bool(doc.get(name, name == "active")) for doc, _text in rows])
-            else:
-                columns.append([doc.get(name) for doc, _text in rows])
+        columns = _doc_columns(rows)
         types = ["text[]" if name not in ("active", "global") else "boolean[]" for name in DOC_FIELDS]
         arrays = ", ".join(f"%s::{t}" for t in ["text[]", *types])
         names = ", ".join(("doc_id", *DOC_FIELDS))
@@ -289,3 +284,15 @@ class PgSearchIndex:
         if removed:
             self.unit.record_change(f"search_text/{removed} row(s)")
         return removed
+
+
+def _doc_columns(rows: Sequence[tuple[Doc, Mapping[str, str]]]) -> list[list[Any]]:
+    """The batch's documents as columns (doc_id, then ``DOC_FIELDS``), for ``unnest``: the two
+    flags as booleans (``active`` true unless given)."""
+    columns: list[list[Any]] = [[doc["doc_id"] for doc, _text in rows]]
+    for name in DOC_FIELDS:
+        if name in ("active", "global"):
+            columns.append([bool(doc.get(name, name == "active")) for doc, _text in rows])
+        else:
+            columns.append([doc.get(name) for doc, _text in rows])
+    return columns

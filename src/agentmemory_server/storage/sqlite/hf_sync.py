@@ -339,6 +339,13 @@ def restore(cfg: Config, *, force: bool = False) -> dict[str, Any]:
             images = fetch_images(hub, head, files, db, Path(scratch) / "images")
         remote_id = meta["id"] if meta else f"unversioned-{info['sha256'][:12]}"
         state.save(fingerprint=_quick_hash(db), sha256=info["sha256"], remoteId=remote_id, pendingId=None)
+    return _restored(db, remote_id, info, kept, reason, images)
+
+
+def _restored(
+    db: Path, remote_id: str, info: dict[str, Any], kept: Path | None, reason: str | None, images: dict[str, int]
+) -> dict[str, Any]:
+    """Log a restore done and say what it installed."""
     log.info(
         "restored backup %s into %s (%d bytes, schema %s): %s",
         remote_id,

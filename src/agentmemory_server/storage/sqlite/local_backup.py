@@ -292,6 +292,11 @@ def restore_last_good(db: Path, directory: Path, hub: hf_sync.Config | None, *, 
         result = hf_sync.restore(hub, force=True)
         return {**result, "source": "hf", "reason": reason}
     snapshot, info = local
+    return _restore_snapshot(db, directory, snapshot, info, reason)
+
+
+def _restore_snapshot(db: Path, directory: Path, snapshot: Path, info: dict[str, Any], reason: str) -> dict[str, Any]:
+    """Install a copy of the local ``snapshot`` (with its images) in place of ``db``."""
     # The folder's lock too: a snapshot taken meanwhile (`backup --local`) must not prune the images read here.
     with (
         file_lock(db),
