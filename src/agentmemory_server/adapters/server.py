@@ -32,26 +32,13 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
     # Before gunicorn forks: every log line of every process, ours or a library's, is redacted.
     privacy.redact_logs([*settings.secret_values(), os.environ.get("HF_TOKEN")])
     if dev:
-        app = create_app(settings)
-        rt = app.extensions["agentmemory"]
-        supervisor = start_for(settings, rt)
-        try:
-            app.run(host=settings.host, port=settings.port, threaded=True)
-        finally:
-            _shutdown(rt, supervisor)
+        _serve_dev(settings)
         return
     from gunicorn.app.base import BaseApplication
 
     # Resolved before the fork: each process's runtime must know it has siblings (the event bus).
     settings = settings.replace(workers=settings.worker_processes)
-
-    if not settings.max_viewers or settings.max_viewers > settings.threads - 4:
-        log.warning(
-            "AGENTMEMORY_MAX_VIEWERS=%s with AGENTMEMORY_THREADS=%s: open viewers can take every "
-            "thread and stall REST calls; keep viewers at least 4 below threads",
-            settings.max_viewers,
-            settings.threads,
-        )
+    _warn_if_viewers_can_take_every_thread(settings)
 
     class GunicornServer(BaseApplication):
         def load_config(self) -> None:
@@ -70,6 +57,28 @@ def serve(settings: Settings, *, dev: bool = False) -> None:
             return app
 
     GunicornServer().run()
+
+
+def _serve_dev(settings: Settings) -> None:
+    """Flask's development server, with the background work a gunicorn server would start."""
+    app = create_app(settings)
+    rt = app.extensions["agentmemory"]
+    supervisor = start_for(settings, rt)
+    try:
+        app.run(host=settings.host, port=settings.port, threaded=True)
+    finally:
+        _shutdown(rt, supervisor)
+
+
+def _warn_if_viewers_can_take_every_thread(settings: Settings) -> None:
+    """Each open viewer holds a thread for its WebSocket; REST calls need some left over."""
+    if not settings.max_viewers or settings.max_viewers > settings.threads - 4:
+        log.warning(
+            "AGENTMEMORY_MAX_VIEWERS=%s with AGENTMEMORY_THREADS=%s: open viewers can take every "
+            "thread and stall REST calls; keep viewers at least 4 below threads",
+            settings.max_viewers,
+            settings.threads,
+        )
 
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:

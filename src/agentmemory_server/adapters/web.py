@@ -125,6 +125,16 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     app.teardown_request(_forget_caller)
     app.after_request(lambda response: _security_headers(response, allowed_origins))
     _register_error_handlers(app, rt)
+    _register_tool_routes(app, rt)
+    _register_mcp_http(app, rt)
+    _register_stream(app, rt)
+    _register_viewer(app, rt)
+    _register_openapi(app, rt)
+    return app
+
+
+def _register_tool_routes(app: Flask, rt: Runtime) -> None:
+    """Every REST route the registry's tools declare, each endpoint named tool:method."""
     for tool in registry.REGISTRY.all():
         for route in tool.routes:
             app.add_url_rule(
@@ -133,11 +143,6 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
                 view_func=_tool_view(rt, tool, route.status),
                 methods=[route.method],
             )
-    _register_mcp_http(app, rt)
-    _register_stream(app, rt)
-    _register_viewer(app, rt)
-    _register_openapi(app, rt)
-    return app
 
 
 def _count_activity(app: Flask, board: Any) -> None:
