@@ -419,8 +419,8 @@ def memory_forget(ctx: Ctx, args: dict) -> dict:
 def _forget_in_session(
     ctx: Ctx, tx: Any, sid: str, observation_ids: list[str] | None, result: dict[str, Any]
 ) -> list[str]:
-    """Delete the given observations of a session, or (none given) all of them with the session
-    and its summary; counts go into ``result``. Returns the ids not found."""
+    """Forget the given observations of a session, or (none given) all of them with the session
+    and its summary, counted in ``result``. Returns the ids not found."""
     whole = not observation_ids
     session = tx.records.get(SESSIONS, sid)
     deleted, not_found = delete_observations(ctx, tx, sid, None if whole else observation_ids)
