@@ -97,6 +97,17 @@ fi
 # tests the first pass ran on SQLite only. The modules in conftest.BOTH_BACKENDS, the
 # postgresql_only tests and those that start their own PostgreSQL servers ran on it in the first
 # pass already, and the second leaves them out (conftest.pytest_collection_modifyitems).
-python -m pytest
-echo "again on PostgreSQL: AGENTMEMORY_TEST_BACKEND=postgresql python -m pytest -q -k postgresql"
-AGENTMEMORY_TEST_BACKEND=postgresql exec python -m pytest -q -k postgresql
+#
+# Both passes run test files side by side in AGENTMEMORY_TEST_WORKERS processes (pytest-xdist;
+# default 2, 0 runs them one by one in this process). Most of a test's time is spent waiting for
+# the servers, databases and browsers it starts, not computing: with two files at a time the
+# suite takes half the time on 2 cores. A file stays on one worker (--dist loadfile), so its
+# module fixtures start once; every worker starts its own redis-server and PostgreSQL when it
+# needs them, and every test already picks free ports and its own directories.
+workers="${AGENTMEMORY_TEST_WORKERS:-2}"
+[[ "$workers" =~ ^[0-9]+$ ]] || die "AGENTMEMORY_TEST_WORKERS must be a whole number (0: no workers), got '$workers'"
+parallel=(-n "$workers")
+[ "$workers" -gt 0 ] && parallel+=(--dist loadfile)
+python -m pytest "${parallel[@]}"
+echo "again on PostgreSQL: AGENTMEMORY_TEST_BACKEND=postgresql python -m pytest -q -k postgresql ${parallel[*]}"
+AGENTMEMORY_TEST_BACKEND=postgresql exec python -m pytest -q -k postgresql "${parallel[@]}"
