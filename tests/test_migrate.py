@@ -97,23 +97,9 @@ def test_a_target_deleted_by_hand_after_an_interrupted_run_is_migrated_whole_by_
     before, it skipped the lines the deleted target had held and the verification failed."""
     import shutil
 
-    source = make_runtime(data_dir=str(tmp_path / "src"), database_url=None)
-    seed(source)
-    target = make_runtime(data_dir=str(tmp_path / "dst"), database_url=None)
-    spool, state_path = migrate.spool_paths(tmp_path / "src")
-    with open(spool, "w", encoding="utf-8") as out:  # interrupted by a damaged line in the middle
-        maintenance.stream_export(source, out, lines=True)
-    lines = spool.read_text().splitlines(keepends=True)
-    middle = len(lines) // 2
-    good, lines[middle] = lines[middle], "{not json\n"
-    spool.write_text("".join(lines))
-    state_path.write_text(json.dumps({"source": source.db.location, "target": target.db.location,
-                                      "exported": True, "imported": 0}))
-    with pytest.raises(InvalidInput, match=f"line {middle + 1}"):
-        migrate.migrate(source, target, tmp_path / "src", batch=3)
+    source, target, spool, state_path, good = _a_run_interrupted_by_a_damaged_line(make_runtime, tmp_path)
     assert json.loads(state_path.read_text())["imported"] > 0
-    lines[middle] = good
-    spool.write_text("".join(lines))
+    spool.write_text(spool.read_text().replace("{not json\n", good))
     target.close()
     shutil.rmtree(tmp_path / "dst")
 
@@ -130,26 +116,12 @@ def test_a_state_file_without_a_target_id_is_not_resumed_into_a_target_made_agai
     without an id proves nothing about the target, so the run starts over, saying why."""
     import shutil
 
-    source = make_runtime(data_dir=str(tmp_path / "src"), database_url=None)
-    seed(source)
-    target = make_runtime(data_dir=str(tmp_path / "dst"), database_url=None)
-    spool, state_path = migrate.spool_paths(tmp_path / "src")
-    with open(spool, "w", encoding="utf-8") as out:  # interrupted by a damaged line in the middle
-        maintenance.stream_export(source, out, lines=True)
-    lines = spool.read_text().splitlines(keepends=True)
-    middle = len(lines) // 2
-    good, lines[middle] = lines[middle], "{not json\n"
-    spool.write_text("".join(lines))
-    state_path.write_text(json.dumps({"source": source.db.location, "target": target.db.location,
-                                      "exported": True, "imported": 0}))
-    with pytest.raises(InvalidInput, match=f"line {middle + 1}"):
-        migrate.migrate(source, target, tmp_path / "src", batch=3)
+    source, target, spool, state_path, good = _a_run_interrupted_by_a_damaged_line(make_runtime, tmp_path)
     state = json.loads(state_path.read_text())
     assert state["imported"] > 0 and state["targetId"]
     del state["targetId"]  # as a state file of a version before the target id looks
     state_path.write_text(json.dumps(state))
-    lines[middle] = good
-    spool.write_text("".join(lines))
+    spool.write_text(spool.read_text().replace("{not json\n", good))
     target.close()
     shutil.rmtree(tmp_path / "dst")
 
@@ -494,3 +466,24 @@ def test_a_refused_migration_called_from_python_leaves_no_target_it_created(make
     result = migrate.migrate(source, target.replace(working_memory_backend="sqlite"), tmp_path / "src")
     assert result["verified"]["ok"] and result["records"] > 0, result
     assert {"agentmemory.db", "secret"} <= set(_tree(tmp_path / "new" / "deeper")), _tree(tmp_path / "new")
+
+
+def _a_run_interrupted_by_a_damaged_line(make_runtime, tmp_path):
+    """A SQLite source migrated to a SQLite target by a run that stopped at a damaged line in the
+    middle of its spooled export, having imported the batches before it. Returns the good line
+    too, for the test to put back."""
+    source = make_runtime(data_dir=str(tmp_path / "src"), database_url=None)
+    seed(source)
+    target = make_runtime(data_dir=str(tmp_path / "dst"), database_url=None)
+    spool, state_path = migrate.spool_paths(tmp_path / "src")
+    with open(spool, "w", encoding="utf-8") as out:
+        maintenance.stream_export(source, out, lines=True)
+    lines = spool.read_text().splitlines(keepends=True)
+    middle = len(lines) // 2
+    good, lines[middle] = lines[middle], "{not json\n"
+    spool.write_text("".join(lines))
+    state_path.write_text(json.dumps({"source": source.db.location, "target": target.db.location,
+                                      "exported": True, "imported": 0}))
+    with pytest.raises(InvalidInput, match=f"line {middle + 1}"):
+        migrate.migrate(source, target, tmp_path / "src", batch=3)
+    return source, target, spool, state_path, good
