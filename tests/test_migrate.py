@@ -109,6 +109,7 @@ def test_a_target_deleted_by_hand_after_an_interrupted_run_is_migrated_whole_by_
     assert result["verified"]["ok"] and result["import"]["imported"] == total, result["import"]
     assert not state_path.exists() and not spool.exists()
 
+
 def test_a_state_file_without_a_target_id_is_not_resumed_into_a_target_made_again(make_runtime, tmp_path, caplog):
     """A state file written before targets got an id counts the lines its target holds but names
     no target. Before, a target deleted by hand and made again (no id either) matched it: the next
