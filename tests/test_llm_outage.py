@@ -259,3 +259,42 @@ def test_a_job_past_its_maximum_age_whose_write_found_the_database_busy_is_kept_
     assert svc.drain() == 1
     assert methods(call) == ["gemini"] and rt.db.reader().jobs.stats()["pending"] == 0
     assert svc.usage.snapshot()["jobsAbandoned"] == 0
+
+
+def test_a_job_past_its_maximum_age_that_never_gets_past_a_busy_store_uses_up_its_attempts_and_ends(
+        llm_runtime, make_runtime, fake_gemini):
+    """The store's waits cost a young job no attempt. Past its maximum age each one costs an
+    attempt, so a job whose write the store keeps refusing as busy (a long import, or a bug the
+    store reports as busy) ends after AGENTMEMORY_LLM_JOB_ATTEMPTS instead of being tried every
+    30 s for ever. Before, such a job was kept with no attempt used, whatever its age."""
+    from agentmemory_server.models import llm_jobs
+
+    clock = ManualClock()
+    rt = llm_runtime(clock=clock.clock, auto_compress=True, llm_job_max_age_hours=2, lock_wait_seconds=1,
+                     llm_job_attempts=2)
+    rt.test_importer = make_runtime()  # another writer on the same store
+    call, svc = ToolCaller(rt), llm.service(rt)
+    fake_gemini.responder = responder()
+    if "compress-always-busy" not in llm_jobs.JOB_KINDS:
+
+        @llm_jobs.job_handler("compress-always-busy")
+        def _compress_while_another_writer_always_holds_the_lock(ctx, ref, args):
+            """The real compress job, whose store write meets another writer's lock on every run."""
+            free = _write_lock_held_by(ctx.rt.test_importer)
+            try:
+                llm_jobs.JOB_KINDS["compress"].run(ctx, ref, args)
+            finally:
+                free()
+
+    call("agent_observe", **edit("s1", "src/a.py", "2026-11-01T10:00:00Z"))
+    with rt.db.transaction("requeue") as tx:  # the observation's compress job, run through the handler above
+        [job] = tx.jobs.claim(clock.now + 60, 10, clock.now + 120)
+        tx.jobs.done(job["kind"], job["ref"], job["queuedAt"])
+        svc.jobs.enqueue(tx, "compress-always-busy", job["ref"], job["args"])
+    clock.advance(3 * 3600)  # queued 3 h ago: past its maximum age of 2 h
+    for _ in range(2):
+        assert svc.drain() == 1
+        clock.advance(llm_jobs.JOB_RETRY_CAP)
+    assert len(fake_gemini.generations()) == 2  # the model answered each time; each write met the lock
+    assert svc.usage.snapshot()["jobsAbandoned"] == 1, svc.usage.snapshot()
+    assert rt.db.reader().jobs.stats()["pending"] == 0 and methods(call) == [None]

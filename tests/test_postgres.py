@@ -4,6 +4,7 @@ Everything else runs on both backends through the shared suites (conftest.BOTH_B
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -857,3 +858,28 @@ def test_the_guard_of_a_step_of_opening_refuses_only_a_table_lock_held_past_the_
             assert passed.value is other
     finally:
         db.close()
+
+
+def test_a_statement_sent_after_an_earlier_one_failed_in_its_pipeline_is_not_taken_for_an_outage(pg_cluster):
+    """psycopg raises PipelineAborted, an OperationalError with no SQLSTATE, for a statement sent
+    after an earlier one of the same pipeline failed: a fault of the code that went on, on a
+    healthy connection. Before, every OperationalError without a SQLSTATE counted as a lost
+    connection: a store outage ("does not answer"), which model jobs and periodic runs wait out
+    for ever instead of counting an attempt."""
+    import psycopg
+
+    url = pg_cluster.create_database()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE once (k int PRIMARY KEY)")
+            conn.execute("INSERT INTO once VALUES (1)")
+            with pytest.raises(psycopg.errors.PipelineAborted) as aborted, conn.pipeline():
+                with contextlib.suppress(psycopg.errors.UniqueViolation):
+                    conn.execute("INSERT INTO once VALUES (1)").fetchone()
+                conn.execute("SELECT 2").fetchone()
+            assert conn.execute("SELECT 3").fetchone() == (3,)  # the connection itself is fine
+        assert not pg_faults.connection_failed(aborted.value)
+        refusal = pg_faults.classify(aborted.value, "the database")
+        assert not errors.waits_for_the_store(refusal), refusal
+    finally:
+        pg_cluster.drop_database(url)

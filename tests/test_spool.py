@@ -309,8 +309,9 @@ def test_agentmemory_status_with_no_server_up_says_nothing_drains_the_spool_unti
     assert client.get("/agentmemory/health").json["capture_spool"]["drainedBy"] == "requests"  # a server's answer
     home = tmp_path / "home"
     home.mkdir()
+    port = free_port()  # nothing listens there
     env = {**clean_environ(), "HOME": str(home), "AGENTMEMORY_DATA_DIR": str(rt.settings.data_dir),
-           "AGENTMEMORY_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+           "PORT": str(port)}
 
     def status(*args):
         done = subprocess.run([sys.executable, "-m", "agentmemory_server.adapters.cli", "status", *args], env=env,
@@ -326,3 +327,7 @@ def test_agentmemory_status_with_no_server_up_says_nothing_drains_the_spool_unti
     assert "nothing stores them until a server starts" in waiting["hint"], waiting
     said = status()
     assert f"2 hook event(s) in {waiting['folder']} (capture spool, drained by none)" in said, said
+    # Agents that use another server (a team's) are not served from this directory's spool, and
+    # a server running here may be draining it: nothing is said of it then.
+    env["AGENTMEMORY_URL"] = f"http://127.0.0.1:{free_port()}"
+    assert "captureSpool" not in json.loads(status("--json"))

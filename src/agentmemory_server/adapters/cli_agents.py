@@ -103,11 +103,13 @@ SPOOL_WAITS = (
 )
 
 
-def _server_spool(settings: Settings, server: str) -> dict[str, Any] | None:
-    """With no server answering, the capture spool of this data directory as its files show it:
-    no process drains it until a server starts here (``drainedBy: none``). A server that answers
-    says who drains its spool in its own /health (``worker`` or ``requests``)."""
-    if not server.startswith(hook_client.NOT_REACHABLE):
+def _server_spool(settings: Settings, servers: dict[str, Any]) -> dict[str, Any] | None:
+    """With this machine's server not answering, the capture spool of its data directory as its
+    files show it: no process drains it until a server starts here (``drainedBy: none``). Not
+    when the agents use another server (a team's): this directory's spool is then not theirs,
+    and a server running here may be draining it. A server that answers says who drains its
+    spool in its own /health (``worker`` or ``requests``)."""
+    if servers["url"] != hook_client.local_url(settings) or not servers["server"].startswith(hook_client.NOT_REACHABLE):
         return None
     return {**spool.waiting_without_a_server(settings.data_path), "hint": SPOOL_WAITS}
 
@@ -120,7 +122,7 @@ def cmd_status(settings: Settings, opts: argparse.Namespace) -> Any:
         "clients": clients,
         "hookEventsWaiting": hook_spool.count(hook_client.spool_folder(settings)),
     }
-    if (server_spool := _server_spool(settings, servers["server"])) is not None:
+    if (server_spool := _server_spool(settings, servers)) is not None:
         report["captureSpool"] = server_spool
     if opts.json:
         return report
@@ -133,11 +135,8 @@ def cmd_status(settings: Settings, opts: argparse.Namespace) -> Any:
             "the next hook call that reaches the server sends them "
             f"(or run `agentmemory hook-drain --url {report['url']}`)"
         )
-    if server_spool and server_spool["events"]:
-        print(
-            f"  {server_spool['events']} hook event(s) in {server_spool['folder']} (capture spool, drained by none): "
-            f"{SPOOL_WAITS}"
-        )
+    if server_spool and (waiting := server_spool["events"] + server_spool["taken"]):
+        print(f"  {waiting} hook event(s) in {server_spool['folder']} (capture spool, drained by none): {SPOOL_WAITS}")
     for row in report["clients"]:
         state = "connected" if row["connected"] else "-"
         print(f"  {row['client']:<12} {state:<10} {', '.join(row['files'])}")

@@ -119,6 +119,8 @@ class Supervisor:
                 if self._stop.is_set():
                     return
                 self.proc = proc = self._spawn()
+            if self._stop.is_set():  # a stop signal came while it was spawned: stopping() saw no proc
+                proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
             code = proc.wait()
             lived = time.monotonic() - started

@@ -284,12 +284,13 @@ def waiting_without_a_server(data_path: Path) -> dict[str, Any]:
     """The spool of the data directory ``data_path`` as its files show it, for ``agentmemory
     status`` when no server answers: nothing drains it then (``drainedBy: none``), its events wait
     until a server starts on that data directory. Files a stopped process took for draining are
-    counted too: the next drain takes them back."""
+    counted apart (``taken``): the next drain takes them back."""
     folder = data_path / FOLDER
     waiting = _names_in(folder, WAITING)
     return {
         "folder": str(folder),
-        "events": len(waiting) + len(_draining_names_in(folder)),
+        "events": len(waiting),  # as /health counts them
+        "taken": len(_draining_names_in(folder)),  # by a process that stopped while draining them
         "oldestAt": _spooled_at(folder / waiting[0]) if waiting else None,
         "drainedBy": NONE,
     }

@@ -370,12 +370,16 @@ class Jobs:
         """When the period of the claimed run going on on this thread began: when the run became
         due, never after its claim. A run taken up after another worker's claim lapsed has the
         period of that claim, so work the other worker did before stalling counts as this
-        period's (a local snapshot). None outside a claimed run."""
+        period's (a local snapshot). A due time more than a period before the claim is not
+        taken: one left by a version that did not record it, or a run long overdue (the node was
+        down), whose work done before then belongs to an earlier period. None outside a claimed
+        run."""
         job = getattr(self._here, "job", None)
         if job is None or job["claimedAt"] is None:
             return None
+        claimed = job["claimedAt"]
         due = self._due_at(job["name"]) if self._due_at is not None else None
-        return job["claimedAt"] if due is None else min(due, job["claimedAt"])
+        return claimed if due is None else min(max(due, claimed - job["every"]), claimed)
 
     def run_now(self, name: str) -> None:
         for job in self._jobs:

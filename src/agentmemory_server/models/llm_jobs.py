@@ -14,9 +14,12 @@ Three ways a job does not finish, kept apart because an outage is ordinary and a
   attempts, so an outage of minutes or hours loses nothing. While the breaker is open the
   workers claim nothing (only the breaker's trial call goes out). Only a job older than
   ``AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS`` (a day) is given up.
-- **Its write found the database busy** (another writer, a replace import, held the write lock
-  past the wait). The job stays queued, is tried again after ``BUSY_RETRY_SECONDS`` and uses up
-  no attempt, whatever its age: the maximum age is for model outages, not for the store's.
+- **Its write found the store busy or not answering** (another writer, a replace import, held
+  the write lock past the wait; PostgreSQL restarted or is down: ``errors.waits_for_the_store``).
+  The job stays queued and is tried again after ``BUSY_RETRY_SECONDS``, using up no attempt
+  while it is younger than the maximum age: the model has answered, and the store's wait is not
+  the job's fault. Past the maximum age each such wait uses up an attempt, so a failure that only
+  looks like the store's (a bug the store reports as busy) still ends.
 - **The handler raised anything else** (a bug, bad data): retried with doubling backoff at most
   ``AGENTMEMORY_LLM_JOB_ATTEMPTS`` times.
 
@@ -204,7 +207,7 @@ class JobRunner:
                 # fault, so it uses up no attempt and logs no traceback. If the database is still
                 # busy or gone for this write too, the job's lease runs out and it is taken again
                 # then.
-                self._wait_for_database(job, exc.message)
+                self._wait_for_database(ctx, job, kind, exc.message)
                 return
             log.exception("LLM job %s %s failed", job["kind"], job["ref"])
             self._retry(ctx, job, kind, f"{type(exc).__name__}: {exc}")
@@ -230,11 +233,16 @@ class JobRunner:
             tx.jobs.retry(job["kind"], job["ref"], strip_text(reason), next_try, counted=False)
         self.count(jobsRetried=1)
 
-    def _wait_for_database(self, job: dict[str, Any], reason: str) -> None:
+    def _wait_for_database(self, ctx: Ctx, job: dict[str, Any], kind: JobKind | None, reason: str) -> None:
         """The job found the database busy or not answering (``errors.waits_for_the_store``):
-        keep the job and try it again after BUSY_RETRY_SECONDS, using up no attempt, whatever its
-        age. The maximum age bounds a wait for the model, which has answered by now; a busy or
-        restarting database is no sign the model is gone."""
+        keep the job and try it again after BUSY_RETRY_SECONDS, using up no attempt. A busy or
+        restarting database is no sign the model is gone, so its wait does not give the job up at
+        the maximum age as a model outage does; past that age it uses up attempts instead, so a
+        job that never gets past the store (a bug it reports as busy) still ends."""
+        since = queued_epoch(job["queuedAt"])
+        if since is not None and self.rt.clock.time() - since >= self.max_age():
+            self._retry(ctx, job, kind, f"the store refused its write past the job's maximum age: {reason}")
+            return
         next_try = self.rt.clock.time() + BUSY_RETRY_SECONDS
         with self.rt.db.transaction("llm_job_wait") as tx:
             tx.jobs.retry(job["kind"], job["ref"], strip_text(reason), next_try, counted=False)

@@ -82,7 +82,9 @@ def connection_failed(exc: BaseException) -> bool:
         return False
     sqlstate = exc.sqlstate
     if sqlstate is None:
-        return isinstance(exc, psycopg.OperationalError)
+        # A statement sent after an earlier one failed in the same pipeline (PipelineAborted) is
+        # a fault of the code that went on, on a healthy connection: not an outage to wait out.
+        return isinstance(exc, psycopg.OperationalError) and not isinstance(exc, pg_errors.PipelineAborted)
     return sqlstate.startswith("08") or sqlstate in ENDED_BY_THE_SERVER
 
 
