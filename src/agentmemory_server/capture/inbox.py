@@ -40,8 +40,9 @@ from agentmemory_server.kernel.util import iso, truncate
 log = logging.getLogger("agentmemory.capture")
 STATUSES = ("pending", "dead", "filtered")
 MAX_BACKOFF_SECONDS = 15 * 60
-# How long a process sends events straight to the spool after its write found the lock taken,
-# unless one of its writes commits sooner (background threads commit every few seconds).
+# How long a process sends events straight to the spool after its write found the lock taken or
+# the store not answering, unless one of its writes commits sooner (background threads commit
+# every few seconds).
 BUSY_MEMORY_SECONDS = 30.0
 
 
@@ -58,22 +59,25 @@ class CaptureInbox:
         self.dead_max = settings.capture_dead_max
         self.since_start: Counter = Counter()
         # The last time a write of this process found the database's write lock taken past its
-        # wait (monotonic), and that error: events spool straight away for as long again.
+        # wait, or the store not answering (monotonic), and that error: events spool straight
+        # away for as long again.
         self._busy: tuple[float, AppError] | None = None
 
     def note_busy(self, exc: Exception) -> bool:
-        """Remember a write refused because the write lock stayed taken (``database_busy``);
-        whether ``exc`` was one."""
-        if errors.is_database_busy(exc):
+        """Remember a write refused because the store could not take it (``waits_for_the_store``:
+        its write lock stayed taken, ``database_busy``, or it does not answer, a PostgreSQL
+        restart or outage); whether ``exc`` was one."""
+        if errors.waits_for_the_store(exc):
             self._busy = (time.monotonic(), exc)
             return True
         return False
 
     def recently_busy(self) -> AppError | None:
-        """The busy error of the last BUSY_MEMORY_SECONDS, if no write of this process has
-        committed since: another wait for the same lock would most likely end the same way, after
-        the client has given up. Its events wait in the spool meanwhile (drained within the retry
-        interval once the database takes them)."""
+        """The busy or outage error of the last BUSY_MEMORY_SECONDS, if no write of this process
+        has committed since: another wait for the same lock would most likely end the same way,
+        after the client has given up, and a store that did not answer is most likely still
+        restarting. Its events wait in the spool meanwhile (drained within the retry interval
+        once the database takes them)."""
         if self._busy is None:
             return None
         at, exc = self._busy
@@ -147,8 +151,9 @@ class CaptureInbox:
         """Keep an event whose storing failed, for the background retry. When the database cannot
         take it either, it waits in this node's capture spool; 503 when neither can keep it."""
         if self.note_busy(exc):
-            # The inbox is in the same database, behind the same lock: another wait would end
-            # the same way, long after the agent's hook gave up. The spool keeps it at once.
+            # The inbox is in the same database, behind the same lock (or as unreachable):
+            # another try would end the same way, after the agent's hook gave up. The spool
+            # keeps it at once.
             return self._spool(ctx, prepared, agent_given, exc, exc)
         try:
             entry = self.put_pending(ctx, prepared, agent_given, exc)

@@ -4,9 +4,9 @@ Indexing a record queues it on ``embed_backlog`` (the search index's storage doe
 record's own transaction). Where the background loops run (``kernel/background.py``), the
 worker thread here claims a batch with a lease, embeds it on a low-priority model thread, and
 stores the vectors (and, with late interaction on, the token vectors) in a short transaction,
-tried again while another writer holds the database. It paces itself by the machine's request
-load, queues again what the bounded backlog shed or a long backlog left without token vectors
-(``reconcile``), and retries a failed batch with backoff.
+tried again while another writer holds the database or the store does not answer. It paces
+itself by the machine's request load, queues again what the bounded backlog shed or a long
+backlog left without token vectors (``reconcile``), and retries a failed batch with backoff.
 
 ``EmbeddingBacklog`` is a part of ``vectors.VectorService``, kept apart because request
 processes never run it: the service inherits it and provides the state it declares below (the
@@ -293,18 +293,20 @@ class EmbeddingBacklog(ABC):
             tx.vectors.backlog_failed([r["rowid"] for r in rows], self.error, time.time() + delay)
 
     def _once_the_database_takes_it(self, write: Callable[[], int]) -> int:
-        """``write()``, tried again while the database stays busy (another writer, such as a
-        replace import, holds its write lock past the wait; each try waits for it): a batch
-        already embedded is stored as soon as the import commits, not left to its lease
-        (LEASE_SECONDS) and embedded again. Logged once a minute meanwhile."""
+        """``write()``, tried again while the store cannot take it (``errors.waits_for_the_store``):
+        another writer, such as a replace import, holds its write lock past the wait (each try
+        waits for it), or the store does not answer (a PostgreSQL restart, or its connection
+        ended under the write). A batch already embedded is stored as soon as the store takes
+        it, not left to its lease (LEASE_SECONDS) and embedded again, and is no failed batch of
+        the embedder's. Logged once a minute meanwhile."""
         while True:
             try:
                 return write()
             except Unavailable as exc:
-                if not errors.is_database_busy(exc) or self._stop.is_set():
+                if not errors.waits_for_the_store(exc) or self._stop.is_set():
                     raise
                 self._busy.failed(exc)
-                self._stop.wait(1.0)  # a busy answer that came at once (no database) does not spin
+                self._stop.wait(1.0)  # an answer that came at once (no database) does not spin
 
     def _embed_documents(self, texts: list[str], own: list[str]) -> tuple[Any, list[bytes] | None]:
         """The documents' vectors and (late interaction on) packed token vectors, computed on

@@ -16,7 +16,9 @@ The repositories (records.py, search_index.py, ...) hold every SQL statement; th
 owns the pool, hands out units of work (unit_of_work.py) and runs the transactions. The schema
 at open is schema.py's; the connections the repositories run SQL through are connections.py's,
 where a psycopg error becomes an ``AppError`` (``translate``): a value PostgreSQL cannot store is
-a 400, a lost or exhausted connection a 503. The advisory lock keys are advisory_locks.py's.
+a 400, a lost or exhausted connection a 503. How a transaction starts (again, once, on a fresh
+connection when the server had ended the first) and rolls back is transactions.py's. The
+advisory lock keys are advisory_locks.py's.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from agentmemory_server.storage.postgres.faults import (
 from agentmemory_server.storage.postgres.lexical_feed import PgFeeds
 from agentmemory_server.storage.postgres.live import NotifySignal
 from agentmemory_server.storage.postgres.schema import Schema
+from agentmemory_server.storage.postgres.transactions import collect, rolled_back_on_failure, started
 from agentmemory_server.storage.postgres.unit_of_work import PostgresUnitOfWork
 from agentmemory_server.storage.postgres.vectors import PgVectorIndex
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
@@ -248,22 +251,16 @@ class PostgresDatabase:
 
     @contextmanager
     def _begun(self, begin: str) -> Iterator[psycopg.Connection]:
-        """A pooled connection on which the read-only transaction ``begin`` started, with
-        ``read``'s one retry: a connection the server had ended fails at its BEGIN, before
-        anything of the transaction ran, so a fresh one is taken (``ConnectionEnded`` only; a
-        database that does not answer is refused at once)."""
-        for last_try in (False, True):
-            try:
-                with ExitStack() as stack:
-                    conn = stack.enter_context(self._connection())
-                    conn.execute(begin)
-                    held = stack.pop_all()  # kept past this block: released when the caller is done
-                break
-            except ConnectionEnded as ended:
-                if last_try:
-                    raise
-                log.info("a read runs again on a fresh connection: %s", ended.message)
-        with held:
+        """A pooled connection on which the read-only transaction ``begin`` started
+        (``transactions.started``: once more on a fresh connection when the server had ended
+        the first)."""
+
+        def start(stack: ExitStack) -> psycopg.Connection:
+            conn = stack.enter_context(self._connection())
+            conn.execute(begin)
+            return conn
+
+        with started(start, "a read") as conn:
             yield conn
 
     @contextmanager
@@ -316,8 +313,9 @@ class PostgresDatabase:
 
         Safe for a read only: it runs in autocommit and changes nothing, so running it again
         cannot do anything twice, whether its connection ended while idle in the pool (the
-        restart's case) or under it. A write's transaction is not run again (it could have
-        committed before its connection broke): it is refused, 503 ``unavailable``. Once only,
+        restart's case) or under it. A write's block is not run again (it could have committed
+        before its connection broke): only its BEGIN and lock are (``_write_begun``), and a
+        connection ended under the block is refused, 503 ``unavailable``. Once only,
         and never while the database does not answer (``gone``, at once, no retry loop): a
         second ended connection is refused as the first would have been.
         """
@@ -398,34 +396,51 @@ class PostgresDatabase:
         lock = OWN_LOCKS.get(operation, WRITE_LOCK)
         deadline = time.monotonic() + self.lock_wait
         turn = self._writer_turn(deadline) if lock == WRITE_LOCK else nullcontext()
-        with turn, self._connection() as conn, self._classified():
-            # BEGIN and COMMIT are sent by hand: psycopg's transaction() in pipeline mode syncs
-            # on entry and exit (four more round trips a write). The pipeline's exit sends the
-            # COMMIT and waits for it (Pipeline.sync() can stall with megabytes unsent).
-            try:
-                with conn.pipeline():
-                    conn.execute("BEGIN")
-                    # Waited for here (with BEGIN, one round trip), before the block runs: the
-                    # write lock comes first in every thread's lock order.
-                    self._take_lock(conn, lock, deadline)
-                    store = self._unit(TxConnection(conn, pipelined=True), writable=True)
-                    self._local.tx = store
-                    try:
-                        yield store
-                        if store.changed:
-                            store.write_audit(self._now(), operation, agent_id)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        _collect(conn)
-                        raise
-                    finally:
-                        self._local.tx = None
-            except BaseException:
-                _roll_back(conn)
-                raise
+        with turn:
+            with self._write_begun(lock, deadline) as conn:
+                store = self._unit(TxConnection(conn, pipelined=True), writable=True)
+                self._local.tx = store
+                try:
+                    yield store
+                    if store.changed:
+                        store.write_audit(self._now(), operation, agent_id)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    collect(conn)
+                    raise
+                finally:
+                    self._local.tx = None
+            # Leaving _write_begun's pipeline sent the COMMIT and waited for it.
             self.last_write = time.monotonic()
             self.space.note_written()
         self._after_commit(store)
+
+    @contextmanager
+    def _write_begun(self, lock: int, deadline: float) -> Iterator[psycopg.Connection]:
+        """A pooled connection in pipeline mode on which a write transaction began and took
+        ``lock`` (``transactions.started``: once more on a fresh connection when a PostgreSQL
+        restart had ended the first while it sat idle, so the first write after a restart is
+        served). Its failures, and those of the caller's block run inside it, are rolled back
+        and become their AppError (a connection ended under the block: 503 ``unavailable``,
+        never retried: the block could have committed before its connection broke)."""
+
+        def start(stack: ExitStack) -> psycopg.Connection:
+            conn = stack.enter_context(self._connection())
+            stack.enter_context(self._classified())
+            stack.enter_context(rolled_back_on_failure(conn))
+            # BEGIN and COMMIT are sent by hand: psycopg's transaction() in pipeline mode syncs
+            # on entry and exit (four more round trips a write). The pipeline's exit sends the
+            # COMMIT and waits for it (Pipeline.sync() can stall with megabytes unsent).
+            stack.enter_context(conn.pipeline())
+            conn.execute("BEGIN")
+            # Waited for here (with BEGIN, one round trip), before the block runs: the write
+            # lock comes first in every thread's lock order, and a connection the server ended
+            # fails here, while nothing of the block was sent.
+            self._take_lock(conn, lock, deadline)
+            return conn
+
+        with started(start, "a write transaction") as conn:
+            yield conn
 
     def _take_lock(self, conn: psycopg.Connection, lock: int, deadline: float) -> None:
         """The transaction's advisory lock: the store's write lock, or an operation's own."""
@@ -606,24 +621,6 @@ class PostgresDatabase:
             self.lexical.close()  # its last commit records progress in the database
         self._closed = True
         self.pool.close()
-
-
-def _collect(conn: psycopg.Connection) -> None:
-    """Wait for what a failing pipelined transaction sent (its first error is being raised
-    already), so that leaving the pipeline finds nothing pending."""
-    try:
-        conn.execute("SELECT 1").fetchone()
-    except psycopg.Error:
-        pass
-
-
-def _roll_back(conn: psycopg.Connection) -> None:
-    """Roll back unless the server ended the failed transaction itself."""
-    if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        try:
-            conn.execute("ROLLBACK")
-        except psycopg.Error:
-            pass  # a broken connection: the pool discards it
 
 
 def _implements_the_interface(unit: PostgresUnitOfWork, db: PostgresDatabase) -> interfaces.Database:

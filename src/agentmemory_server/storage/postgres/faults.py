@@ -59,8 +59,10 @@ def gone(location: str, reason: str) -> StoreOutage:
 class ConnectionEnded(StoreOutage):
     """The server ended or lost the request's pooled connection (pg_terminate_backend, a restart
     that is over by now) while the database itself answers a new connection. A read-only
-    statement that meets it runs again once on a fresh connection (``PostgresDatabase.read``);
-    a write is refused with it (503 ``unavailable``, ``Retry-After: 1``)."""
+    statement that meets it runs again once on a fresh connection (``PostgresDatabase.read``),
+    and so does a transaction that meets it on its BEGIN or its lock, before anything of its
+    work ran (``transactions.started``); a write whose connection ended under its work is
+    refused with it (503 ``unavailable``, ``Retry-After: 1``)."""
 
 
 def connection_ended(location: str, failure: BaseException) -> ConnectionEnded:
