@@ -753,6 +753,23 @@ def llm_runtime(make_runtime, fake_gemini):
 
     return make
 
+def jobs_waiting(rt: Runtime) -> list[tuple[str, str, int]]:
+    """The model jobs queued in ``rt``'s store as (kind, ref, attempts), read by claiming them far
+    ahead (a claim is what lists them): for tests, after a job was run and kept."""
+    with rt.db.transaction("look") as tx:
+        kept = tx.jobs.claim(rt.clock.time() + 3600, 10, rt.clock.time() + 7200)
+    return [(j["kind"], j["ref"], j["attempts"]) for j in kept]
+
+def periodic_run_due_now(rt: Runtime, name: str, fn: Callable[[], None]) -> tuple[dict[str, Any], Callable[[], dict]]:
+    """Register ``fn`` as ``rt``'s hourly periodic job ``name`` and mark its run due now in the
+    shared schedule; returns the job (``rt.jobs._due(job)`` claims and runs it, as a poll does)
+    and a function reading the job's status."""
+    rt.every(3600, name, fn)
+    with rt.db.transaction("due") as tx:
+        tx.jobs.claim_periodic(name, time.time(), 0, "earlier")
+    job = next(j for j in rt.jobs._jobs if j["name"] == name)
+    return job, lambda: next(j for j in rt.jobs.status() if j["name"] == name)
+
 
 # -- the LLM layer with every provider: loopback fakes of OpenAI-compatible and Anthropic APIs --------
 

@@ -65,26 +65,11 @@ def test_a_sqlite_store_moves_to_postgresql_and_back(make_runtime, pg_cluster, t
 
 
 def test_an_interrupted_migration_resumes_where_it_stopped(make_runtime, tmp_path):
-    source = make_runtime(data_dir=str(tmp_path / "src"), database_url=None)
-    seed(source)
-    target = make_runtime(data_dir=str(tmp_path / "dst"), database_url=None)
-    spool, state_path = migrate.spool_paths(tmp_path / "src")
-    # An import that stops part-way: a damaged line in the middle of the spooled export.
-    with open(spool, "w", encoding="utf-8") as out:
-        maintenance.stream_export(source, out, lines=True)
-    lines = spool.read_text().splitlines(keepends=True)
-    middle = len(lines) // 2
-    good = lines[middle]
-    lines[middle] = "{not json\n"
-    spool.write_text("".join(lines))
-    state_path.write_text(json.dumps({"source": source.db.location, "target": target.db.location,
-                                      "exported": True, "imported": 0}))
-    with pytest.raises(InvalidInput, match=f"line {middle + 1}"):
-        migrate.migrate(source, target, tmp_path / "src", batch=3)
+    source, target, spool, state_path, good = _a_run_interrupted_by_a_damaged_line(make_runtime, tmp_path)
     done = json.loads(state_path.read_text())["imported"]
-    assert 0 < done <= middle
-    lines[middle] = good
-    spool.write_text("".join(lines))
+    damaged_at = spool.read_text().splitlines().index("{not json")
+    assert 0 < done <= damaged_at
+    spool.write_text(spool.read_text().replace("{not json\n", good))
     result = migrate.migrate(source, target, tmp_path / "src", batch=3)
     assert result["verified"]["ok"]
     total = sum(source.db.reader().records.scope_counts().values())

@@ -30,7 +30,7 @@ from agentmemory_server.storage.postgres import migrations as pg_migrations
 from agentmemory_server.storage.postgres import schema as pg_schema
 from agentmemory_server.storage.postgres.schema import SchemaTooNew
 from agentmemory_server.storage.urls import without_password
-from conftest import LiveServer, ToolCaller, free_port, hook, post, wait_for
+from conftest import LiveServer, ToolCaller, free_port, hook, jobs_waiting, periodic_run_due_now, post, wait_for
 
 
 @pytest.fixture
@@ -728,9 +728,7 @@ def test_a_model_job_whose_write_meets_a_restart_is_kept_without_using_an_attemp
     with rt.db.transaction("queue") as tx:
         runner.enqueue(tx, "store-restart-test", "job-1")
     assert runner.drain_once() == 1
-    with rt.db.transaction("look") as tx:  # claimed far ahead, to read what the job's row says now
-        kept = tx.jobs.claim(rt.clock.time() + 3600, 10, rt.clock.time() + 7200)
-    assert [(j["kind"], j["ref"], j["attempts"]) for j in kept] == [("store-restart-test", "job-1", 0)], kept
+    assert jobs_waiting(rt) == [("store-restart-test", "job-1", 0)]
     waiting = rt.db.reader().jobs.stats()
     assert waiting["pending"] == 1 and "does not answer on this request's connection" in waiting["lastError"], waiting
     assert "LLM job store-restart-test job-1 failed" not in caplog.text and "Traceback" not in caplog.text
@@ -754,12 +752,8 @@ def test_a_periodic_run_that_meets_a_restart_is_kept_and_done_at_its_next_poll_n
             tx.records.set("mem:test", "swept", {"n": 1}, now="2026-01-01T00:00:00Z")
         written.append(1)
 
-    rt.every(3600, "nightly", sweep)
-    with rt.db.transaction("due") as tx:  # the schedule says the run is due now
-        tx.jobs.claim_periodic("nightly", time.time(), 0, "earlier")
-    job = next(j for j in rt.jobs._jobs if j["name"] == "nightly")
+    job, status = periodic_run_due_now(rt, "nightly", sweep)
     rt.jobs._due(job)  # claims the run; its write then meets the restart
-    status = lambda: next(j for j in rt.jobs.status() if j["name"] == "nightly")  # noqa: E731
     assert restarted == [True], restarted
     assert written == [] and status()["errors"] == 0 and status()["lastError"] is None, status()
     assert "waits for the database" in caplog.text and "Traceback" not in caplog.text, caplog.text

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import ToolCaller, hook
+from conftest import ToolCaller, hook, jobs_waiting, periodic_run_due_now
 
 
 def seed(client, call):
@@ -656,16 +656,12 @@ def test_a_periodic_run_the_database_kept_busy_is_kept_and_run_once_it_is_free_n
             tx.records.set("mem:test", "swept", {"n": 1}, now="2026-01-01T00:00:00Z")
         written.append(1)
 
-    rt.every(3600, "nightly", sweep)
-    with rt.db.transaction("due") as tx:  # the schedule says the run is due now
-        tx.jobs.claim_periodic("nightly", time.time(), 0, "earlier")
-    job = next(j for j in rt.jobs._jobs if j["name"] == "nightly")
+    job, status = periodic_run_due_now(rt, "nightly", sweep)
     try:
         rt.jobs._due(job)  # claims the run; the job then finds the database busy
     finally:
         if "release" in holding:
             holding["release"].set()
-    status = lambda: next(j for j in rt.jobs.status() if j["name"] == "nightly")  # noqa: E731
     assert status()["errors"] == 0 and status()["lastError"] is None, status()
     assert "Traceback" not in caplog.text and "recording background job" not in caplog.text, caplog.text
     rt.jobs._due(job)  # its next poll, once the import is over: the kept run is done
@@ -780,9 +776,7 @@ def test_a_model_job_whose_write_found_the_database_busy_is_kept_without_using_a
     with rt.db.transaction("queue") as tx:
         runner.enqueue(tx, "import-busy-test", "job-1")
     assert runner.drain_once() == 1
-    with rt.db.transaction("look") as tx:  # claimed far ahead, to read what the job's row says now
-        kept = tx.jobs.claim(rt.clock.time() + 3600, 10, rt.clock.time() + 7200)
-    assert [(j["kind"], j["ref"], j["attempts"]) for j in kept] == [("import-busy-test", "job-1", 0)], kept
+    assert jobs_waiting(rt) == [("import-busy-test", "job-1", 0)]
     assert "LLM job import-busy-test job-1 failed" not in caplog.text and "Traceback" not in caplog.text
 
 
