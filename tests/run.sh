@@ -55,8 +55,12 @@ marker="$NODE_CACHE_DIR/node_modules/.agentmemory-packages"
 if [ "$(cat "$marker" 2>/dev/null)" != "$(printf '%s\n' "${node_packages[@]}")" ]; then
   echo "installing npm packages for the MCP tests into $NODE_CACHE_DIR"
   mkdir -p "$NODE_CACHE_DIR"
-  npm install --no-audit --no-fund --loglevel=error --prefix "$NODE_CACHE_DIR" "${node_packages[@]}" >/dev/null \
-    || die "npm install failed for: ${node_packages[*]}"
+  # opencode-ai's install step runs the binary once, which leaves /tmp/opencode behind: give the
+  # install a temporary directory of its own, removed after it.
+  npm_tmp="$(mktemp -d)"
+  TMPDIR="$npm_tmp" npm install --no-audit --no-fund --loglevel=error --prefix "$NODE_CACHE_DIR" "${node_packages[@]}" >/dev/null \
+    || { rm -rf "$npm_tmp"; die "npm install failed for: ${node_packages[*]}"; }
+  rm -rf "$npm_tmp"
   printf '%s\n' "${node_packages[@]}" > "$marker"
 fi
 
