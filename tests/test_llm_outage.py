@@ -217,6 +217,16 @@ def _write_lock_held_by(other_rt):
     return free
 
 
+def _observe_with_its_compress_job_run_as(call, svc, clock, kind):
+    """Observe an edit, then queue its compress job again under the job kind ``kind`` (a test's
+    wrapper around the real compress handler)."""
+    call("agent_observe", **edit("s1", "src/a.py", "2026-11-01T10:00:00Z"))
+    with svc.rt.db.transaction("requeue") as tx:
+        [job] = tx.jobs.claim(clock.now + 60, 10, clock.now + 120)
+        tx.jobs.done(job["kind"], job["ref"], job["queuedAt"])
+        svc.jobs.enqueue(tx, kind, job["ref"], job["args"])
+
+
 def test_a_job_past_its_maximum_age_whose_write_found_the_database_busy_is_kept_and_runs_once_it_is_free(
         llm_runtime, make_runtime, fake_gemini):
     """A compress job older than AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS (the server was down for hours)
@@ -244,11 +254,7 @@ def test_a_job_past_its_maximum_age_whose_write_found_the_database_busy_is_kept_
                 if free is not None:
                     free()
 
-    call("agent_observe", **edit("s1", "src/a.py", "2026-11-01T10:00:00Z"))
-    with rt.db.transaction("requeue") as tx:  # the observation's compress job, run through the wrapper above
-        [job] = tx.jobs.claim(clock.now + 60, 10, clock.now + 120)
-        tx.jobs.done(job["kind"], job["ref"], job["queuedAt"])
-        svc.jobs.enqueue(tx, "compress-during-import", job["ref"], job["args"])
+    _observe_with_its_compress_job_run_as(call, svc, clock, "compress-during-import")  # the wrapper above
     clock.advance(3 * 3600)  # queued 3 h ago: past its maximum age of 2 h
     assert svc.drain() == 1
     assert len(fake_gemini.generations()) == 1  # the model answered; the write met the lock
@@ -286,11 +292,7 @@ def test_a_job_past_its_maximum_age_that_never_gets_past_a_busy_store_uses_up_it
             finally:
                 free()
 
-    call("agent_observe", **edit("s1", "src/a.py", "2026-11-01T10:00:00Z"))
-    with rt.db.transaction("requeue") as tx:  # the observation's compress job, run through the handler above
-        [job] = tx.jobs.claim(clock.now + 60, 10, clock.now + 120)
-        tx.jobs.done(job["kind"], job["ref"], job["queuedAt"])
-        svc.jobs.enqueue(tx, "compress-always-busy", job["ref"], job["args"])
+    _observe_with_its_compress_job_run_as(call, svc, clock, "compress-always-busy")  # the handler above
     clock.advance(3 * 3600)  # queued 3 h ago: past its maximum age of 2 h
     for _ in range(2):
         assert svc.drain() == 1
