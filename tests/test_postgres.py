@@ -30,7 +30,7 @@ from agentmemory_server.storage.postgres import migrations as pg_migrations
 from agentmemory_server.storage.postgres import schema as pg_schema
 from agentmemory_server.storage.postgres.schema import SchemaTooNew
 from agentmemory_server.storage.urls import without_password
-from conftest import LiveServer, ToolCaller, free_port, hook, jobs_waiting, periodic_run_due_now, post, wait_for
+from conftest import LiveServer, ManualClock, ToolCaller, free_port, hook, jobs_waiting, periodic_run_due_now, post, wait_for
 
 
 @pytest.fixture
@@ -380,9 +380,11 @@ def test_after_an_event_the_store_did_not_answer_the_next_ones_go_to_the_spool_w
     """An event whose write met the store not answering went to the spool. Before, only a lock
     held past the wait was remembered so: each later event tried the database again (and logged
     its failure) while the outage lasted. Now an outage is remembered the same way: this
-    process's next events go to the spool at once, for up to 30 s or until a write commits."""
+    process's next events go to the spool at once, for up to 30 s or until a write commits.
+    The runtime's clock stands still: no event's turn to try the store comes (one a second
+    after the failure, test_spool.py)."""
     url = pg_cluster.create_database()
-    rt = make_runtime(database_url=url)
+    rt = make_runtime(database_url=url, clock=Clock(lambda: 1_800_000_000.0))
     client = create_app(runtime=rt).test_client()
     assert client.post("/agentmemory/observe", json=hook("gone-pg", content="before")).status_code == 201
     pg_cluster.drop_database(url)
@@ -394,6 +396,48 @@ def test_after_an_event_the_store_did_not_answer_the_next_ones_go_to_the_spool_w
     tried = [r.getMessage() for r in caplog.records if r.getMessage().startswith("storing observation ")]
     assert len(tried) == 1, tried  # the first event only; before: one per event
     assert rt.services["capture_spool"].status()["events"] == 3
+
+
+def test_once_the_store_answers_again_an_event_a_second_or_two_later_is_stored_directly_not_spooled(
+        pg_cluster, make_runtime, caplog):
+    """Before, after an event met the store not answering, every event of the process went to
+    the spool for 30 s (or until another write committed), though the database was back within a
+    second. Now one event tries the store a second after the failure, the next one 2 s after
+    that try failed, and so on; the first that is stored lets the others through. Time is the
+    runtime's clock, moved by hand."""
+    url = pg_cluster.create_database()
+    name = url.split("?", 1)[0].rsplit("/", 1)[1]
+    manual = ManualClock(start=time.time())
+    rt = make_runtime(database_url=url, clock=manual.clock)
+    client = create_app(runtime=rt).test_client()
+
+    def observe(session):
+        return client.post("/agentmemory/observe", json=hook(session, content=f"note of {session}"))
+
+    def tries():
+        return sum(r.getMessage().startswith("storing observation ") for r in caplog.records)
+
+    assert observe("pg-0").status_code == 201
+    pg_cluster.drop_database(url)
+    steps = []
+    with caplog.at_level("WARNING", logger="agentmemory.capture"):
+        for session, moved in (("pg-1", 0), ("pg-2", 0.5), ("pg-3", 0.6), ("pg-4", 1.0)):
+            manual.advance(moved)
+            answer = observe(session)
+            steps.append((session, answer.status_code, answer.json.get("spooled"), tries()))
+        pg_cluster._admin(f"CREATE DATABASE {name} TEMPLATE {pg_cluster.TEMPLATE}")  # back, though empty
+        manual.advance(1.5)  # 2.5 s after the try that failed: the next one is due
+        back = [observe("pg-5"), observe("pg-6")]
+    assert steps == [("pg-1", 202, True, 1), ("pg-2", 202, True, 1), ("pg-3", 202, True, 2),
+                     ("pg-4", 202, True, 2)], steps
+    assert [a.status_code for a in back] == [201, 201], [a.json for a in back]  # stored directly
+    # The commit showed the database takes writes: the spool drains by itself (background jobs off).
+    spool = rt.services["capture_spool"]
+    wait_for(lambda: spool.status()["events"] == 0, timeout=20, message=lambda: f"still spooled: {spool.status()}")
+    sessions = [f"pg-{i}" for i in range(1, 7)]
+    stored = [s for s in sessions if client.get(f"/agentmemory/observations?sessionId={s}").json["observations"]]
+    assert stored == sessions, stored
+    pg_cluster.drop_database(url)
 
 
 def test_a_hook_event_that_finds_every_connection_in_use_as_the_database_goes_away_is_spooled_without_the_pools_wait(

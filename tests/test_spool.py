@@ -22,7 +22,7 @@ import requests
 
 from agentmemory_server.adapters.web import create_app
 from agentmemory_server.capture import spool
-from conftest import hook, wait_for
+from conftest import ManualClock, hook, wait_for
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -97,6 +97,56 @@ def test_events_wait_on_disk_while_the_database_is_locked_and_are_stored_in_orde
     assert client.get("/agentmemory/observations?sessionId=rest-1").json["observations"][0]["narrative"]
     # The client resending its event later is a duplicate, not a second copy.
     assert client.post("/agentmemory/observe", json=hook("rest-1", content="a note while locked")).status_code == 200
+
+
+def test_after_the_lock_is_let_go_an_event_a_second_or_two_later_is_stored_directly_not_spooled(make_runtime, caplog):
+    """Before, once a write found the lock taken, every event of the process went to the spool
+    for 30 s or until some other write committed, though the lock was let go long before: they
+    waited for the next drain. Now one event at a time tries the store, a second after the
+    failure, then 2, 4... s after each failed try (the others spool without a try meanwhile);
+    the first that is stored lets the next ones through, and the spool drains. Time is the
+    runtime's clock, moved by hand; the tries are the log lines of the writes that failed."""
+    manual = ManualClock(start=time.time())
+    rt = make_runtime(clock=manual.clock, lock_wait_seconds=0.2, capture_retry_interval_ms=200)
+    client = create_app(runtime=rt).test_client()
+
+    def observe(session: str):
+        return client.post("/agentmemory/observe", json=hook(session, content=f"note of {session}"))
+
+    def tries() -> int:
+        return sum(r.getMessage().startswith("storing observation ") for r in caplog.records)
+
+    def spooled(answer) -> bool:
+        return answer.status_code == 202 and answer.json.get("spooled") is True
+
+    steps = []  # (session, seconds moved before it, spooled, writes tried so far)
+    with caplog.at_level("WARNING", logger="agentmemory.capture"):
+        with write_locked(rt):
+            for session, moved in (("p-1", 0), ("p-2", 0.5), ("p-3", 0.6), ("p-4", 1.5), ("p-5", 0.6), ("p-6", 3.0)):
+                manual.advance(moved)
+                steps.append((session, moved, spooled(observe(session)), tries()))
+        # The lock is let go; no write commits: only a probe finds out, 4 s after the last failed one.
+        manual.advance(0.5)
+        steps.append(("p-7", 0.5, spooled(observe("p-7")), tries()))
+        manual.advance(1.5)
+        answers = {s: observe(s) for s in ("p-8", "p-9")}
+    assert steps == [
+        ("p-1", 0, True, 1),  # the write that found the lock taken
+        ("p-2", 0.5, True, 1),  # spooled without a try
+        ("p-3", 0.6, True, 2),  # a second on: it tries the store, and fails
+        ("p-4", 1.5, True, 2),  # the next try is due 2 s after that one
+        ("p-5", 0.6, True, 3),  # it is: it fails too
+        ("p-6", 3.0, True, 3),  # the next is due 4 s after that one
+        ("p-7", 0.5, True, 3),  # the lock is let go, but no try is due yet
+    ], steps
+    assert answers["p-8"].status_code == 201, answers["p-8"].json  # its turn: stored directly, not spooled
+    assert answers["p-9"].status_code == 201, answers["p-9"].json  # and every event after it
+    assert rt.services["capture"].since_start["storeProbes"] == 3
+    # The commit showed the database takes writes: the spool drains by itself (background jobs off).
+    wait_for(lambda: spool_files(rt) == [], timeout=20, message=lambda: f"still spooled: {spool_files(rt)}")
+    sessions = [f"p-{i}" for i in range(1, 10)]
+    assert stored_sessions(lambda path: client.get(path).json, sessions) == sessions
+    assert observe("p-4").status_code == 200  # stored once: a resend is a duplicate
 
 
 def test_a_full_or_switched_off_spool_leaves_the_503(locked_app):

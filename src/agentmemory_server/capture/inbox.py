@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,8 +44,25 @@ STATUSES = ("pending", "dead", "filtered")
 MAX_BACKOFF_SECONDS = 15 * 60
 # How long a process sends events straight to the spool after its write found the lock taken or
 # the store not answering, unless one of its writes commits sooner (background threads commit
-# every few seconds).
+# every few seconds) or one of its events, sent to try the store, is stored (a probe, below).
 BUSY_MEMORY_SECONDS = 30.0
+# Meanwhile one event at a time tries the store (the others go to the spool): the first a second
+# after the failure, each next one twice as long after the last one failed, up to
+# PROBE_MAX_SECONDS. A store back after a short restart takes events again within a second or
+# two, not 30; one that stays down is asked about once every PROBE_MAX_SECONDS by one event.
+PROBE_FIRST_SECONDS = 1.0
+PROBE_MAX_SECONDS = 16.0
+
+
+@dataclass
+class _Outage:
+    """What this process knows of a store that did not take its last write."""
+
+    noted: float  # monotonic: the last time a write of this process found it so
+    error: AppError  # what that write heard (the spooled events' reason)
+    wait: float  # seconds from a failed probe to the next one (doubling, up to PROBE_MAX_SECONDS)
+    next_probe: float  # rt.clock time from which the next event may try the store
+    prober: int | None = None  # the thread whose event tries the store now, if any
 
 
 class CaptureInbox:
@@ -58,33 +77,68 @@ class CaptureInbox:
         self.inbox_max = settings.capture_inbox_max
         self.dead_max = settings.capture_dead_max
         self.since_start: Counter = Counter()
-        # The last time a write of this process found the database's write lock taken past its
-        # wait, or the store not answering (monotonic), and that error: events spool straight
-        # away for as long again.
-        self._busy: tuple[float, AppError] | None = None
+        # The store did not take a write of this process (its write lock stayed taken past the
+        # wait, or it did not answer): events spool straight away, but for the probes.
+        self._outage: _Outage | None = None
+        self._outage_lock = threading.Lock()  # request threads share it
 
     def note_busy(self, exc: Exception) -> bool:
         """Remember a write refused because the store could not take it (``waits_for_the_store``:
         its write lock stayed taken, ``database_busy``, or it does not answer, a PostgreSQL
-        restart or outage); whether ``exc`` was one."""
+        restart or outage); whether ``exc`` was one. A probe that failed so sets the next one
+        back by the probes' (growing) wait."""
         if errors.waits_for_the_store(exc):
-            self._busy = (time.monotonic(), exc)
+            self._note_outage(exc)
             return True
         return False
+
+    def _note_outage(self, exc: AppError) -> None:
+        with self._outage_lock:
+            outage, now = self._outage, self.rt.clock.time()
+            if outage is None:
+                self._outage = _Outage(time.monotonic(), exc, PROBE_FIRST_SECONDS, now + PROBE_FIRST_SECONDS)
+                return
+            outage.noted, outage.error = time.monotonic(), exc
+            if outage.prober == threading.get_ident():
+                outage.prober, outage.next_probe = None, now + outage.wait
 
     def recently_busy(self) -> AppError | None:
         """The busy or outage error of the last BUSY_MEMORY_SECONDS, if no write of this process
         has committed since: another wait for the same lock would most likely end the same way,
         after the client has given up, and a store that did not answer is most likely still
         restarting. Its events wait in the spool meanwhile (drained within the retry interval
-        once the database takes them)."""
-        if self._busy is None:
-            return None
-        at, exc = self._busy
-        if time.monotonic() - at > BUSY_MEMORY_SECONDS or self.rt.db.last_write > at:
-            self._busy = None
-            return None
-        return exc
+        once the database takes them). None also for the one event whose turn it is to try the
+        store (``probe_over`` ends its turn): it finds out whether the store answers again."""
+        with self._outage_lock:
+            outage = self._outage
+            if outage is None:
+                return None
+            if time.monotonic() - outage.noted > BUSY_MEMORY_SECONDS or self.rt.db.last_write > outage.noted:
+                self._outage = None
+                return None
+            now = self.rt.clock.time()
+            if outage.prober is not None or now < outage.next_probe:
+                return outage.error
+            outage.prober, outage.wait = threading.get_ident(), min(outage.wait * 2, PROBE_MAX_SECONDS)
+            outage.next_probe = now + outage.wait  # until it fails (``note_busy``) or is over
+        self.since_start["storeProbes"] += 1
+        return None
+
+    def store_answered(self, tried_at: float) -> None:
+        """An event that began trying the store at ``tried_at`` (monotonic) was stored, or found
+        stored (a duplicate, which commits nothing): the store takes writes again, and the
+        events after it try it directly (the spool drains after a commit, or at the worker's next
+        retry interval)."""
+        with self._outage_lock:
+            if self._outage is not None and self._outage.noted < tried_at:
+                self._outage = None
+
+    def probe_over(self) -> None:
+        """The event of this thread tried the store (if it was its turn): the next event may try
+        it once the wait is over, whatever this one met (a refusal that was not the store's)."""
+        with self._outage_lock:
+            if self._outage is not None and self._outage.prober == threading.get_ident():
+                self._outage.prober = None
 
     def spool_while_busy(self, ctx: Ctx, prepared: Any, agent_given: str | None, busy: AppError) -> Reply | None:
         """Keep an event in the spool without waiting for the lock again; None when the spool

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,15 +138,25 @@ def agent_observe(ctx: Ctx, args: dict) -> Reply:
     refused = inbox_service(ctx).tool_filter.refuses(prepared.tool_name)
     if refused:
         return inbox_service(ctx).keep_filtered(ctx, prepared.obs, args.get("agentId"), refused)
-    busy = inbox_service(ctx).recently_busy()
+    inbox = inbox_service(ctx)
+    busy = inbox.recently_busy()
     if busy is not None:
-        kept = inbox_service(ctx).spool_while_busy(ctx, prepared, args.get("agentId"), busy)
+        kept = inbox.spool_while_busy(ctx, prepared, args.get("agentId"), busy)
         if kept is not None:
             return kept
     try:
-        return store_observation(ctx, prepared.obs, args.get("agentId"), prepared=prepared)
+        return _store_or_keep(ctx, prepared, args.get("agentId"))
+    finally:
+        inbox.probe_over()  # when this event was the one trying the store after it failed
+
+
+def _store_or_keep(ctx: Ctx, prepared: Prepared, agent_given: str | None) -> Reply:
+    """Store the event, or keep it for a retry (the inbox, or the spool) when storing failed."""
+    tried_at = time.monotonic()
+    try:
+        stored = store_observation(ctx, prepared.obs, agent_given, prepared=prepared)
     except CapacityExceeded as exc:
-        inbox_service(ctx).keep_dead(ctx, prepared, args.get("agentId"), exc.message)
+        inbox_service(ctx).keep_dead(ctx, prepared, agent_given, exc.message)
         exc.details = {**exc.details, "eventId": prepared.obs["eventId"], "keptInCaptureInbox": True}
         raise
     except AppError as exc:
@@ -153,10 +164,12 @@ def agent_observe(ctx: Ctx, args: dict) -> Reply:
             raise  # the request itself is wrong (or refused): the client hears why
         # The database is busy, gone or refusing writes: keep the event for a retry.
         log.warning("storing observation %s failed (%s); kept for a retry", prepared.obs["eventId"], exc.message)
-        return inbox_service(ctx).keep_for_retry(ctx, prepared, args.get("agentId"), exc)
+        return inbox_service(ctx).keep_for_retry(ctx, prepared, agent_given, exc)
     except Exception as exc:  # noqa: BLE001 - a failure to store must not lose the event
         log.exception("storing observation %s failed; kept for a retry", prepared.obs["eventId"])
-        return inbox_service(ctx).keep_for_retry(ctx, prepared, args.get("agentId"), exc)
+        return inbox_service(ctx).keep_for_retry(ctx, prepared, agent_given, exc)
+    inbox_service(ctx).store_answered(tried_at)  # stored, or a duplicate: the store takes writes
+    return stored
 
 
 def prepare(ctx: Ctx, args: dict) -> Prepared:
