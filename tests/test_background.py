@@ -324,6 +324,33 @@ def test_a_periodic_run_whose_worker_was_killed_mid_run_is_run_by_another_worker
     assert row["nextRun"] > ran[0] + 3500, row  # the next run is a period on, not a lease
 
 
+def test_a_worker_refused_a_claim_polls_again_when_it_lapses_not_up_to_a_minute_later(make_runtime, monkeypatch):
+    """Worker A claimed a daily job's due run and died (it never renews the claim). Worker B,
+    refused the claim, asked again a minute later, whatever the claim's lease: the run started
+    up to its lease plus 60 s late. Now B polls again when the schedule says the claim lapses
+    (``next_run``), and takes the run up at that poll: once, as a claim is one conditional
+    write. Runs on PostgreSQL too (AGENTMEMORY_TEST_BACKEND=postgresql)."""
+    from agentmemory_server.kernel import runtime
+
+    monkeypatch.setattr(runtime, "CLAIM_LEASE_SECONDS", 2.0, raising=False)
+    a, b = make_runtime(), make_runtime()
+    _make_due(a, "nightly")
+    assert a._claim_periodic("nightly", 3600)  # and A dies: its claim lapses in 2 s
+    lapses = _periodic_row(b, "nightly")["nextRun"]
+    ran: list[str] = []
+    b.every(3600, "nightly", lambda: ran.append(b.worker_id))
+    job = next(j for j in b.jobs._jobs if j["name"] == "nightly")
+    b.jobs._due(job)  # B's poll: refused, A's claim holds
+    assert not ran
+    polls_at = job["next"] - time.monotonic() + time.time()  # B's next poll, in epoch seconds
+    assert abs(polls_at - lapses) < 1.0, (polls_at - lapses)  # before: a minute after the refusal
+    wait_for(lambda: time.monotonic() >= job["next"], timeout=30, interval=0.1)  # as B's loop waits
+    b.jobs._due(job)
+    row = _periodic_row(b, "nightly")
+    assert ran == [b.worker_id] and (row["holder"], row["runs"]) == (b.worker_id, 1), (ran, row)
+    assert not a._periodic_done("nightly", None, lapses + 3600)  # A's finish, were it to wake, is refused
+
+
 def test_a_periodic_run_longer_than_its_claim_keeps_other_workers_off_while_its_worker_lives(
         make_runtime, monkeypatch):
     """A claim lasts a few minutes, not the period: the worker renews it while the run goes on,

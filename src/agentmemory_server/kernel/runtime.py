@@ -154,7 +154,9 @@ class Jobs:
     neither repeats a run nor forgets the schedule. A claim lasts ``claim_lease`` seconds and is
     renewed (``hold``) while the run goes on; recording the run (``done``) schedules the next
     one a period after the claim. A run whose worker died is taken up by any worker once its
-    claim lapses. ``run_now`` runs a job here without asking.
+    claim lapses: a worker whose claim was refused polls the job again when the schedule says
+    it may next be claimed (``next_run``: its next run, or when the claim holding it lapses),
+    if that comes before its usual poll a minute on. ``run_now`` runs a job here without asking.
 
     A worker stopped or starved past its lease (SIGSTOP, a stalled VM, a renewal thread that got
     no CPU) finds on waking that another worker took its run up: its finish is not recorded
@@ -170,12 +172,14 @@ class Jobs:
         hold: Callable[[str, float], bool] | None = None,
         holds: Callable[[Any, str], bool] | None = None,
         due_at: Callable[[str], float | None] | None = None,
+        next_run: Callable[[str], float | None] | None = None,
     ) -> None:
         self._jobs: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._claim, self._done, self._hold, self._holds = claim, done, hold, holds
         self._due_at = due_at  # when a job's run now due or under way became due, from the shared schedule
+        self._next_run = next_run  # when a job may next be claimed, from the shared schedule
         self._here = threading.local()  # the claimed run going on on this thread (``job``), if any
         # A database that refuses writes (busy with a replace import, or not answering) refuses
         # every job's claim: one line a minute for all of them, not one per job
@@ -250,7 +254,21 @@ class Jobs:
         if self._claim(job["name"], job["every"]):
             job["claimedAt"], job["heldUntil"], job["lost"] = started, held_until(job, started), False
             return True
+        self._poll_when_claimable(job)
         return False
+
+    def _poll_when_claimable(self, job: dict[str, Any]) -> None:
+        """After a refused claim: poll the job again when its run may next be claimed, if that
+        is before the usual poll (a minute on at most). Another worker's claim lapses at the
+        end of its lease, so a run whose worker died is taken up at the first poll after that,
+        not up to a minute later. Safe to ask early: a claim is one conditional write under the
+        write lock, granted to one worker only, and only once the claim it replaces has lapsed."""
+        if self._next_run is None:
+            return
+        claimable = self._next_run(job["name"])
+        if claimable is not None:
+            wait = max(claimable - time.time(), self.POLL_SECONDS)
+            job["next"] = min(job["next"], time.monotonic() + wait)
 
     def run(self, job: dict[str, Any]) -> None:
         claimed_at = job["claimedAt"]
@@ -488,6 +506,7 @@ class Runtime:
             hold=self._hold_periodic,
             holds=self._holds_periodic,
             due_at=self._periodic_due_at,
+            next_run=self._periodic_next_run,
         )
         self.supervisor: Any = None  # the background worker's supervisor, when this server started one
         self.denials = auth.Denials()
@@ -534,6 +553,9 @@ class Runtime:
 
     def _periodic_due_at(self, name: str) -> float | None:
         return self.db.reader().jobs.periodic_due_at(name)
+
+    def _periodic_next_run(self, name: str) -> float | None:
+        return self.db.reader().jobs.periodic_next_run(name)
 
     def _holds_periodic(self, tx: Any, name: str) -> bool:
         return bool(tx.jobs.holds_periodic(name, self.worker_id))

@@ -55,6 +55,11 @@ class JobQueue(Protocol):
         recording a claimed run sets it to the next run's time. None: a job never seen."""
         ...
 
+    def periodic_next_run(self, name: str) -> float | None:
+        """When ``name`` may next be claimed (epoch seconds): its next run's time, or while a
+        run goes on, when its claim lapses unless renewed. None: a job never seen."""
+        ...
+
     def holds_periodic(self, name: str, holder: str) -> bool:
         """Whether ``holder`` still holds the claim of ``name``'s run (lapsed or not: nobody took
         it up). Read inside a write transaction, the answer stands until it commits: claims are

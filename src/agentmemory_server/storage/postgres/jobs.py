@@ -112,6 +112,11 @@ class PgJobQueue:
         row = self.conn.execute("SELECT due_at FROM periodic_jobs WHERE name = %s", (name,)).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
+    def periodic_next_run(self, name: str) -> float | None:
+        """When ``name`` may next be claimed (see ``JobQueue.periodic_next_run``)."""
+        row = self.conn.execute("SELECT next_run FROM periodic_jobs WHERE name = %s", (name,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def holds_periodic(self, name: str, holder: str) -> bool:
         """Whether ``holder`` still holds the claim of ``name``'s run (see ``JobQueue.holds_periodic``)."""
         row = self.conn.execute(
