@@ -30,6 +30,7 @@ from agentmemory_server.errors import AppError, NotFound
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import PROJECT, Ctx, params, string, tool
+from agentmemory_server.kernel.schema_check import ecma_pattern
 from agentmemory_server.kernel.scopes import ANTIGRAVITY as STATE
 from agentmemory_server.kernel.util import iso, truncate
 from agentmemory_server.memory import crystals, reflect
@@ -292,9 +293,8 @@ def sync(ctx: Ctx, conversation: str | None, project: str) -> SyncReport:
         if not conv_dirs[0].is_dir() or not _inside(conv_dirs[0], root):
             raise NotFound(f"conversation {conversation!r} not found under {brain}", code=errors.CONVERSATION_NOT_FOUND)
     else:
-        conv_dirs = [
-            p for p in sorted(brain.iterdir()) if p.is_dir() and re.match(_CONVERSATION_ID, p.name) and _inside(p, root)
-        ]
+        named = ecma_pattern(_CONVERSATION_ID)  # the tool's own pattern, with JSON Schema's '$'
+        conv_dirs = [p for p in sorted(brain.iterdir()) if p.is_dir() and named.match(p.name) and _inside(p, root)]
     for conv_dir in conv_dirs:
         report.conversations.append(conv_dir.name)
         for path in conversation_files(conv_dir, root, report):

@@ -53,7 +53,7 @@ from agentmemory_server.kernel.scopes import TOKENS
 CACHE_SECONDS = 5.0
 RIGHTS = ("read", "write", "admin")
 KINDS = ("person", "agent")
-_PRINCIPAL = re.compile(r"^[A-Za-z0-9_.@\-]{1,64}$")
+_PRINCIPAL = re.compile(r"^[A-Za-z0-9_.@\-]{1,64}\Z")  # \Z: "$" would let a final newline through
 TOKEN_PREFIX = "amk_"
 
 # Write tools that answer a caller without the read right in their own way (a hook's answer keeps

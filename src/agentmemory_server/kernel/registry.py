@@ -28,7 +28,7 @@ import jsonschema
 from agentmemory_server import errors
 from agentmemory_server.errors import AppError, InvalidInput, NotFound
 from agentmemory_server.kernel import principals
-from agentmemory_server.kernel.schema_check import compile_acceptor
+from agentmemory_server.kernel.schema_check import SchemaValidator, compile_acceptor
 
 log = logging.getLogger("agentmemory.registry")
 
@@ -212,8 +212,8 @@ class Registry:
                 raise ValueError(f"{route.method} {route.path} already bound to {self._routes[key]}")
             self._routes[key] = tool.name
         _check_rights_declaration(tool)
-        jsonschema.Draft202012Validator.check_schema(tool.schema)
-        validator = jsonschema.Draft202012Validator(tool.schema)
+        SchemaValidator.check_schema(tool.schema)
+        validator = SchemaValidator(tool.schema)  # ECMA's '$' in patterns, as the acceptor (schema_check.py)
         tool = replace(tool, validator=validator, accepts=compile_acceptor(tool.schema))
         self._tools[tool.name] = tool
         return tool

@@ -8,16 +8,60 @@ keyword it does not know, the registry asks jsonschema, whose errors (and so the
 field) are the only ones a client sees. So it must never accept what jsonschema refuses, and
 may, at worst, send a valid call the slow way (an integer sent as 3.0, a number that is not an
 int or a float).
+
+Both run a schema's ``pattern`` the way JSON Schema means it (``ecma_pattern``): an ECMA-262
+regex, whose ``$`` matches only at the very end of the string. Python's ``$`` also matches
+before a final newline, so with ``re.search`` an id pattern ``^[^\\x00-\\x1f\\x7f]+$`` let
+``"abc\\n"`` through as a project, session id or key. The schemas keep the ECMA spelling (the
+OpenAPI document publishes them, and ``\\Z`` is no ECMA syntax); ``SchemaValidator`` is
+jsonschema's Draft 2020-12 validator with its ``pattern`` keyword run through ``ecma_pattern``.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import jsonschema
+from jsonschema import validators
+
 Acceptor = Callable[[Any], bool]
+
+
+@functools.cache
+def ecma_pattern(pattern: str) -> re.Pattern[str]:
+    """``pattern`` (an ECMA-262 regex, as JSON Schema's ``pattern`` is) compiled for Python with
+    ECMA's meaning of ``$``: every ``$`` that is an assertion (not escaped, not inside a character
+    class) becomes ``\\Z``, the very end of the string. The rest of the syntax the schemas use
+    means the same in both."""
+    out: list[str] = []
+    in_class = escaped = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "$":
+            char = "\\Z"
+        out.append(char)
+    return re.compile("".join(out))
+
+
+def _pattern_keyword(validator: Any, pattern: str, instance: Any, _schema: Any) -> Iterator[jsonschema.ValidationError]:
+    """jsonschema's ``pattern`` keyword (its own error message), with ``ecma_pattern``'s ``$``."""
+    if validator.is_type(instance, "string") and not ecma_pattern(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# The validator of tool arguments (registry.py) and of a model's structured answers (llm.py).
+SchemaValidator: Any = validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern_keyword})
 
 # Keywords that only annotate: they never make a value invalid.
 _ANNOTATIONS = frozenset({"description", "default", "title", "examples"})
@@ -94,7 +138,7 @@ def _string_checks(schema: dict) -> list[Callable[[Any], bool]]:
         lo, hi = low or 0, high
         checks.append(lambda v: not isinstance(v, str) or (lo <= len(v) and (hi is None or len(v) <= hi)))
     if "pattern" in schema:
-        search = re.compile(schema["pattern"]).search
+        search = ecma_pattern(schema["pattern"]).search
         checks.append(lambda v: not isinstance(v, str) or search(v) is not None)
     if "enum" in schema:
         allowed = schema["enum"]

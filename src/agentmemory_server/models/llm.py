@@ -37,10 +37,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
-
 from agentmemory_server.kernel.privacy import strip_private_data, strip_text
 from agentmemory_server.kernel.runtime import Runtime
+from agentmemory_server.kernel.schema_check import SchemaValidator
 from agentmemory_server.kernel.util import parse_time, truncate
 from agentmemory_server.models.accounting import ZERO_BUDGET, Accounting
 from agentmemory_server.models.breaker import CircuitBreaker
@@ -143,7 +142,7 @@ def validate_answer(task: Task, text: str) -> tuple[Any, list[str]]:
         value = json.loads(fenced.group(1) if fenced else text)
     except ValueError as exc:
         return None, [f"the answer is not valid JSON ({exc})"]
-    validator = jsonschema.Draft202012Validator(task.schema)
+    validator = SchemaValidator(task.schema)
     errors = [
         f"{'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {truncate(e.message, 200)}"
         for e in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 IMAGES_DIR = "images"
-_NAME = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[0-9a-f]{64}\Z")  # \Z: "$" would let a final newline through
 
 
 def images_dir(database_path: Path) -> Path:
