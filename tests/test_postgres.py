@@ -1029,3 +1029,78 @@ def test_a_statement_sent_after_an_earlier_one_failed_in_its_pipeline_is_not_tak
         assert not errors.waits_for_the_store(refusal), refusal
     finally:
         pg_cluster.drop_database(url)
+
+
+# -- a failure that is no wait: a bug, 500 internal_error, never database_busy ------------------------------
+
+def _alter(url: str, statement: str) -> None:
+    """``statement`` run on the store's database through a connection of its own, as an
+    administrator would (the server's pool does not know)."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(statement)
+
+
+def test_a_statement_the_schema_refuses_is_a_500_internal_error_not_database_busy(url, make_runtime, caplog):
+    """A violated CHECK constraint (IntegrityError) or a column that is not there
+    (ProgrammingError) is a bug: retrying cannot help. Before, any psycopg error faults.classify
+    did not know became 503 database_busy, "retry shortly": clients retried it for ever. Now it is
+    the app's answer to an unexpected error, its traceback logged."""
+    rt = make_runtime(database_url=url)
+    client = create_app(runtime=rt).test_client()
+    scope = {"project": "p", "sessionId": "s1"}
+    assert client.post("/agentmemory/working/set", json={**scope, "key": "fine", "value": 1}).status_code == 200
+    _alter(url, "ALTER TABLE wm_kv ADD CONSTRAINT test_refused CHECK (key <> 'refused')")
+    internal = {"ok": False, "error": "internal error; see the server log", "code": "internal_error", "status": 500}
+    answer = client.post("/agentmemory/working/set", json={**scope, "key": "refused", "value": 1})
+    assert (answer.status_code, answer.json) == (500, internal), answer.json
+    assert "Retry-After" not in answer.headers
+    assert "unhandled error on POST /agentmemory/working/set" in caplog.text and "CheckViolation" in caplog.text
+    caplog.clear()
+    _alter(url, "ALTER TABLE wm_kv RENAME COLUMN updated_at TO updated_at_gone")
+    answer = client.post("/agentmemory/working/set", json={**scope, "key": "other", "value": 1})
+    assert (answer.status_code, answer.json) == (500, internal), answer.json
+    assert "UndefinedColumn" in caplog.text and "Traceback" in caplog.text
+
+
+def test_a_model_job_whose_write_is_refused_by_the_schema_uses_an_attempt_rather_than_waiting(
+        url, llm_runtime, caplog):
+    """A model job's write that violates a constraint is the job's failure: one attempt used,
+    its traceback logged. Before, it was taken for a busy store: kept with no attempt used, and
+    met again at every try until the job's maximum age."""
+    from agentmemory_server.models import llm, llm_jobs
+
+    rt = llm_runtime(database_url=url)
+    if "store-refuses-test" not in llm_jobs.JOB_KINDS:
+
+        @llm_jobs.job_handler("store-refuses-test")
+        def _write_refused(ctx, ref, args):
+            with ctx.rt.db.transaction("job_write") as tx:
+                tx.records.set("mem:test", ref, {"done": True}, now="2026-01-01T00:00:00Z")
+
+    _alter(url, "ALTER TABLE kv_store ADD CONSTRAINT test_refused CHECK (key <> 'job-1')")
+    runner = llm.service(rt).jobs
+    with rt.db.transaction("queue") as tx:
+        runner.enqueue(tx, "store-refuses-test", "job-1")
+    assert runner.drain_once() == 1
+    assert jobs_waiting(rt) == [("store-refuses-test", "job-1", 1)]
+    assert "LLM job store-refuses-test job-1 failed" in caplog.text and "CheckViolation" in caplog.text
+    assert "database_busy" not in caplog.text and "retry shortly" not in caplog.text
+
+
+def test_a_periodic_run_whose_write_is_refused_by_the_schema_counts_a_failure_rather_than_waiting(
+        url, make_runtime, caplog):
+    """A periodic run that meets a violated constraint failed: its error counted and shown, the
+    run over until its next period. Before, it was owed as if the database were busy, and tried
+    again at every poll."""
+    rt = make_runtime(database_url=url)
+    _alter(url, "ALTER TABLE kv_store ADD CONSTRAINT test_refused CHECK (key <> 'swept')")
+
+    def sweep():
+        with rt.db.transaction("sweep") as tx:
+            tx.records.set("mem:test", "swept", {"n": 1}, now="2026-01-01T00:00:00Z")
+
+    job, status = periodic_run_due_now(rt, "nightly", sweep)
+    rt.jobs._due(job)
+    assert status()["errors"] == 1 and "violates check constraint" in (status()["lastError"] or ""), status()
+    assert not job["owed"], job
+    assert "background job nightly failed" in caplog.text and "waits for the database" not in caplog.text

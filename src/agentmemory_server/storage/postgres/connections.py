@@ -1,5 +1,5 @@
 """The connections the PostgreSQL repositories run their SQL through, with psycopg's errors
-translated into ``AppError`` (``translate``).
+translated into ``AppError`` where they stand for one (``raise_translated``).
 
 A reader borrows a pooled connection for one statement at a time (``PooledReader``, its rows
 fetched before the connection goes back: ``Rows``; run again once on a fresh connection when the
@@ -12,13 +12,11 @@ Kept apart from database.py, which owns the pool and runs the transactions.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 from pgvector.psycopg import register_vector
 
-from agentmemory_server import errors
-from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage.postgres.common import Result
 from agentmemory_server.storage.postgres.faults import classify
 
@@ -26,11 +24,24 @@ if TYPE_CHECKING:
     from agentmemory_server.storage.postgres.database import PostgresDatabase
 
 
-def translate(exc: psycopg.Error) -> AppError:
-    return classify(exc, "the database") or Unavailable(
-        f"the database failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); retry shortly",
-        code=errors.DATABASE_BUSY,
-    )
+def raise_translated(exc: psycopg.Error) -> NoReturn:
+    """Raise the ``AppError`` a psycopg failure stands for (``faults.classify``: a lock wait, the
+    server gone, its disk full, a value it cannot store...), else the failure itself.
+
+    What ``classify`` does not know is a fault of this code, not of the store: a statement the
+    schema refuses (ProgrammingError: a column or table missing), a violated constraint
+    (IntegrityError: a CHECK, NOT NULL or foreign key), the server's InternalError or a
+    NotSupportedError. Retrying it cannot help, so it is not ``database_busy``: raised as it is,
+    it reaches the adapters' handler of unexpected errors (500 ``internal_error``, the traceback
+    logged once) and a background job counts it a failure instead of waiting for the store
+    (``errors.waits_for_the_store``), as SQLite's unclassified errors do. A unique violation is
+    no race between two writers here: every write transaction holds the cluster's write lock
+    (database.py) and the upserts say ON CONFLICT, so one is a bug too.
+    """
+    error = classify(exc, "the database")
+    if error is None:
+        raise exc
+    raise error from exc
 
 
 def configure_connection(conn: psycopg.Connection) -> None:
@@ -80,7 +91,7 @@ class PooledReader:
         try:
             return self._db.read(statement)  # run again once if the server had ended its connection
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            raise_translated(exc)
 
 
 class TxConnection:
@@ -100,7 +111,7 @@ class TxConnection:
         try:
             cursor = self.raw.execute(query, params)
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            raise_translated(exc)
         if not self._pipelined:
             return cursor
         return PipelinedRows(cursor, self.raw)
@@ -120,20 +131,20 @@ class PipelinedRows:
         try:
             self._conn.execute("SELECT 1").fetchone()
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            raise_translated(exc)
         return self._cursor.rowcount
 
     def fetchone(self) -> Any:
         try:
             return self._cursor.fetchone()
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            raise_translated(exc)
 
     def fetchall(self) -> list[Any]:
         try:
             return self._cursor.fetchall()
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            raise_translated(exc)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())

@@ -15,10 +15,11 @@ client gives up, and a hook event goes to the capture spool (bench/import_bystan
 The repositories (records.py, search_index.py, ...) hold every SQL statement; this module only
 owns the pool, hands out units of work (unit_of_work.py) and runs the transactions. The schema
 at open is schema.py's; the connections the repositories run SQL through are connections.py's,
-where a psycopg error becomes an ``AppError`` (``translate``): a value PostgreSQL cannot store is
-a 400, a lost or exhausted connection a 503. How a transaction starts (again, once, on a fresh
-connection when the server had ended the first) and rolls back is transactions.py's. The
-advisory lock keys are advisory_locks.py's.
+where a psycopg error becomes an ``AppError`` (``raise_translated``): a value PostgreSQL cannot
+store is a 400, a lost or exhausted connection a 503, and a failure ``faults.classify`` does not
+know (a bug: a statement the schema refuses, a violated constraint) stays psycopg's own error, a
+500. How a transaction starts (again, once, on a fresh connection when the server had ended the
+first) and rolls back is transactions.py's. The advisory lock keys are advisory_locks.py's.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ from agentmemory_server.storage.interfaces import RecordIndex, indexed_fields
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.postgres.advisory_locks import LEASE_LOCK, LIVE_LOCK, WRITE_LOCK
 from agentmemory_server.storage.postgres.common import SqlConn
-from agentmemory_server.storage.postgres.connections import PooledReader, TxConnection, configure_connection, translate
+from agentmemory_server.storage.postgres.connections import (
+    PooledReader,
+    TxConnection,
+    configure_connection,
+    raise_translated,
+)
 from agentmemory_server.storage.postgres.faults import (
     ConnectionEnded,
     classify,
@@ -269,7 +275,10 @@ class PostgresDatabase:
         try:
             yield
         except psycopg.Error as exc:
-            raise self.app_error(exc) or translate(exc) from exc
+            error = self.app_error(exc)
+            if error is None:
+                raise  # a bug, not a busy store (connections.raise_translated)
+            raise error from exc
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -279,7 +288,7 @@ class PostgresDatabase:
             with self.pooled() as conn:
                 yield conn
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            raise_translated(exc)
 
     @contextmanager
     def pooled(self) -> Iterator[psycopg.Connection]:

@@ -6,7 +6,9 @@ The server owns its disk and its pages, so the faults a node sees are: the serve
 lock contention or the pool exhausted (503 ``database_busy``, retry shortly), and the server
 unreachable, stopped, its database dropped or the connection ended (503 ``unavailable``, "does not
 answer", ``Retry-After``: ``gone``). A value the server cannot store (a data exception) is the
-client's 400.
+client's 400. Anything else (``classify`` answers None: a statement the schema refuses, a
+violated constraint, the server's internal error) is a bug, not a wait: it goes through as
+psycopg's own error, a 500 ``internal_error`` (``connections.raise_translated``).
 """
 
 from __future__ import annotations
