@@ -11,12 +11,13 @@ Kept apart from database.py, which owns the pool and runs the transactions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 from pgvector.psycopg import register_vector
 
+from agentmemory_server.errors import AppError
 from agentmemory_server.storage.postgres.common import Result
 from agentmemory_server.storage.postgres.faults import classify
 
@@ -24,9 +25,10 @@ if TYPE_CHECKING:
     from agentmemory_server.storage.postgres.database import PostgresDatabase
 
 
-def raise_translated(exc: psycopg.Error) -> NoReturn:
-    """Raise the ``AppError`` a psycopg failure stands for (``faults.classify``: a lock wait, the
-    server gone, its disk full, a value it cannot store...), else the failure itself.
+def raise_translated(exc: psycopg.Error, meaning: Callable[[psycopg.Error], AppError | None] | None = None) -> NoReturn:
+    """Raise the ``AppError`` a psycopg failure stands for (``meaning``, by default
+    ``faults.classify``: a lock wait, the server gone, its disk full, a value it cannot store...),
+    else the failure itself.
 
     What ``classify`` does not know is a fault of this code, not of the store: a statement the
     schema refuses (ProgrammingError: a column or table missing), a violated constraint
@@ -38,7 +40,7 @@ def raise_translated(exc: psycopg.Error) -> NoReturn:
     no race between two writers here: every write transaction holds the cluster's write lock
     (database.py) and the upserts say ON CONFLICT, so one is a bug too.
     """
-    error = classify(exc, "the database")
+    error = meaning(exc) if meaning is not None else classify(exc, "the database")
     if error is None:
         raise exc
     raise error from exc

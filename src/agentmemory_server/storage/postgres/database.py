@@ -16,10 +16,9 @@ The repositories (records.py, search_index.py, ...) hold every SQL statement; th
 owns the pool, hands out units of work (unit_of_work.py) and runs the transactions. The schema
 at open is schema.py's; the connections the repositories run SQL through are connections.py's,
 where a psycopg error becomes an ``AppError`` (``raise_translated``): a value PostgreSQL cannot
-store is a 400, a lost or exhausted connection a 503, and a failure ``faults.classify`` does not
-know (a bug: a statement the schema refuses, a violated constraint) stays psycopg's own error, a
-500. How a transaction starts (again, once, on a fresh connection when the server had ended the
-first) and rolls back is transactions.py's. The advisory lock keys are advisory_locks.py's.
+store is a 400, a lost or exhausted connection a 503, a bug (a violated constraint...) a 500. How
+a transaction starts (again, once, on a fresh connection when the server had ended the first) and
+rolls back is transactions.py's. The advisory lock keys are advisory_locks.py's.
 """
 
 from __future__ import annotations
@@ -275,10 +274,7 @@ class PostgresDatabase:
         try:
             yield
         except psycopg.Error as exc:
-            error = self.app_error(exc)
-            if error is None:
-                raise  # a bug, not a busy store (connections.raise_translated)
-            raise error from exc
+            raise_translated(exc, self.app_error)  # app_error: damage found by the commit is marked too
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
