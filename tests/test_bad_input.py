@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 import requests
 
-from conftest import hook, post
+from conftest import ToolCaller, hook, post
 
 MB = 1024 * 1024
 
@@ -62,6 +62,13 @@ CASES = [
     ("POST", "/session/start", json.dumps({}).encode()),
     ("POST", "/mcp/call", json.dumps({"name": 5}).encode()),
     ("POST", "/mcp/call", json.dumps({"name": "memory_save", "arguments": [1]}).encode()),
+    # Found by the bad-input sweep: a 500 (the stack overflowed walking the value after parsing),
+    # a 503 (1e400 decodes to infinity, which no store can write) and a NaN query parameter that
+    # passed every range check.
+    ("POST", "/observe", b'{"sessionId": "deep", "data": {"tool_input": ' + b"[" * 500 + b"]" * 500 + b"}}"),
+    ("POST", "/working/set", b'{"sessionId": "w", "key": "k", "value": ' + b"[" * 900 + b"]" * 900 + b"}"),
+    ("POST", "/observe", b'{"sessionId": "inf", "data": {"tool_input": {"n": 1e400}}}'),
+    ("GET", "/lessons?minConfidence=NaN", b""),
 ]
 
 
@@ -106,6 +113,15 @@ def test_path_like_and_injection_ids_are_just_strings(server, sid):
     assert r.status_code == 404
 
 
+def test_a_nul_in_the_path_or_query_reaches_the_route_cleaned_on_a_real_server(server):
+    """gunicorn hands %00 to the app as it is; the route sees the id without it, as in a body."""
+    saved = post(server.api("/remember"), {"content": "nul path", "project": "nul\x00proj"}).json()["memory"]
+    got = requests.get(server.api(f"/memories/{saved['id'][:4]}%00{saved['id'][4:]}"), timeout=30)
+    assert got.status_code == 200 and got.json()["memory"]["id"] == saved["id"], got.text[:300]
+    listed = requests.get(server.api("/memories?project=nul%00proj"), timeout=30).json()["memories"]
+    assert [m["id"] for m in listed] == [saved["id"]]
+
+
 def test_data_intact_after_the_barrage(server):
     assert requests.get(server.api("/observations"), params={"sessionId": "keep"}).json()["total"] == 1
     assert post(server.api("/search"), {"query": "baseline"}).json()["count"] == 2
@@ -113,3 +129,109 @@ def test_data_intact_after_the_barrage(server):
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
     assert "Traceback" not in server.log()
+
+
+# -- the sweep's findings on both backends (the `client` tests run in the PostgreSQL pass too) --------
+
+
+def test_nesting_and_infinite_numbers_are_refused_naming_the_field(client):
+    deep = client.post("/agentmemory/observe", data=b'{"sessionId": "deep", "data": {"tool_input": ' + b"[" * 500
+                       + b"]" * 500 + b"}}", content_type="application/json")
+    assert deep.status_code == 400, deep.json
+    assert deep.json["details"]["field"].startswith("data.tool_input.0.0") and "nested deeper" in deep.json["error"]
+    inf = client.post("/agentmemory/observe", data=b'{"sessionId": "inf", "data": {"tool_input": {"n": 1e400}}}',
+                      content_type="application/json")
+    assert inf.status_code == 400 and inf.json["details"]["field"] == "data.tool_input.n", inf.json
+    for sid in ("deep", "inf"):  # nothing half-written, nothing left for a retry
+        assert client.get(f"/agentmemory/observations?sessionId={sid}").json["total"] == 0
+    assert client.get("/agentmemory/capture").json["total"] == 0
+
+
+def test_a_nul_in_the_query_string_or_path_is_dropped_as_in_a_body(client):
+    saved = client.post("/agentmemory/remember", json={"content": "zebra facts", "project": "a\x00b"}).json["memory"]
+    assert saved["project"] == "ab"
+    listed = client.get("/agentmemory/memories?project=a%00b").json["memories"]
+    assert [m["id"] for m in listed] == [saved["id"]]
+    got = client.get(f"/agentmemory/memories/{saved['id'][:4]}%00{saved['id'][4:]}")
+    assert got.status_code == 200 and got.json["memory"]["id"] == saved["id"], got.json
+
+
+def test_a_nan_query_number_is_refused(client):
+    r = client.get("/agentmemory/lessons?minConfidence=NaN")
+    assert r.status_code == 400 and r.json["details"]["field"] == "minConfidence", r.json
+
+
+def test_json_text_inside_a_hook_is_decoded_as_strictly_as_the_body(client):
+    """Cursor sends an MCP tool's arguments as JSON text; a NaN, 1e400, a lone surrogate or deep
+    nesting there reached the store (a 503, a 500, an observation no listing could answer)."""
+    texts = {"nan": '{"a": NaN}', "inf": '{"a": 1e400}', "lone": '{"a": "x\\ud800y"}', "nul": '{"a": "x\\u0000y"}',
+             "deep": "[" * 5000 + "]" * 5000}
+    for name, text in texts.items():
+        body = {"hook_event_name": "afterMCPExecution", "conversation_id": f"emb-{name}", "generation_id": name,
+                "tool_name": "t", "tool_input": text, "result_json": text, "workspace_roots": ["/w"]}
+        r = client.post("/agentmemory/hooks/cursor", json=body)
+        assert r.status_code == 200, (name, r.status_code, r.data[:200])
+        listed = client.get(f"/agentmemory/observations?sessionId=emb-{name}")
+        assert listed.status_code == 200 and listed.json["total"] == 1, (name, listed.data[:200])
+        stored = listed.json["observations"][0]["raw"]["tool_input"]
+        if name in ("nan", "inf", "deep"):
+            assert isinstance(stored, str) and stored[:8] == text[:8]  # kept as text (a long one clipped)
+        else:
+            assert stored == {"a": "x?y" if name == "lone" else "xy"}
+
+
+def test_an_object_argument_given_as_json_text_is_decoded_strictly(client):
+    nan = client.post("/agentmemory/actions", json={"title": "t", "metadata": '{"a": NaN}'})
+    assert nan.status_code == 400 and nan.json["details"]["field"] == "metadata", nan.json
+    lone = client.post("/agentmemory/actions", json={"title": "t", "metadata": '{"a": "x\\ud800y"}'})
+    assert lone.status_code == 201 and lone.json["action"]["metadata"] == {"a": "x?y"}, lone.json
+    listed = client.get("/agentmemory/actions")
+    assert listed.status_code == 200 and [a["title"] for a in listed.json["actions"]] == ["t"], listed.data[:300]
+
+
+def test_a_lone_surrogate_already_stored_does_not_break_its_listing(rt, client):
+    # An in-process call is not cleaned as a request is: a record as a store written before the
+    # cleaning (or by a path that misses it) holds it.
+    ToolCaller(rt)("memory_action_create", title="old \ud800 record")
+    r = client.get("/agentmemory/actions")
+    assert r.status_code == 200, r.data[:300]
+    assert json.loads(r.data)["actions"][0]["title"] == "old \ud800 record"
+
+
+@pytest.mark.parametrize("body", [b'{"content": "plain"}', None], ids=["labelled", "compressed"])
+def test_a_compressed_body_is_refused_with_its_header_named(client, body):
+    import gzip
+
+    data = body or gzip.compress(b'{"content": "compressed"}')
+    r = client.post("/agentmemory/remember", data=data, headers={"Content-Type": "application/json",
+                                                                 "Content-Encoding": "gzip"})
+    assert r.status_code == 415 and r.json["details"]["header"] == "Content-Encoding", r.json
+    assert client.get("/agentmemory/memories").json["memories"] == []
+
+
+def test_mcp_parse_errors_say_what_is_wrong(client):
+    cases = {b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"x": NaN}}': "NaN",
+             b'{"jsonrpc": "2.0", "id": 1e400, "method": "tools/list"}': "'id' is a number out of range",
+             b"[" * 5000 + b"]" * 5000: "nested too deeply", b"\xff": "not valid UTF-8"}
+    for raw, says in cases.items():
+        r = client.post("/mcp", data=raw, headers={"Content-Type": "application/json",
+                                                   "Accept": "application/json, text/event-stream"})
+        assert r.status_code == 400 and says in r.json["error"]["message"], (raw[:40], r.json)
+
+
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def test_an_observation_kept_at_the_nesting_limit_imports_again(client):
+    body = b'{"sessionId": "edge", "data": {"tool_name": "Bash", "tool_input": ' + b"[" * 98 + b"]" * 98 + b"}}"
+    assert client.post("/agentmemory/observe", data=body, content_type="application/json").status_code == 201
+    exported = client.get("/agentmemory/export").json
+    assert _depth({"exportData": exported}) > 100  # the document wraps it deeper than a request may nest
+    r = client.post("/agentmemory/import", json={"exportData": exported, "strategy": "replace"})
+    assert r.status_code == 200, r.json
+    assert client.get("/agentmemory/observations?sessionId=edge").json["total"] == 1

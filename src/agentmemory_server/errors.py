@@ -74,7 +74,10 @@ METHOD_NOT_ALLOWED = _declare("method_not_allowed", 405, "The route exists but n
 NOT_ACCEPTABLE = _declare("not_acceptable", 406, "`/mcp` answers application/json only; send a matching Accept.")
 HTTP_ERROR = _declare("http_error", 400, "Another HTTP-level refusal (the message says which).")
 UNSUPPORTED_MEDIA_TYPE = _declare(
-    "unsupported_media_type", 415, "A request body must be sent as `Content-Type: application/json` (upstream 0.9.30)."
+    "unsupported_media_type",
+    415,
+    "A request body must be sent as `Content-Type: application/json` (upstream 0.9.30), uncompressed (no "
+    "`Content-Encoding`).",
 )
 ORIGIN_NOT_ALLOWED = _declare("origin_not_allowed", 403, "A browser origin not listed in VIEWER_ALLOWED_ORIGINS.")
 DATABASE_BUSY = _declare(

@@ -31,7 +31,7 @@ from agentmemory_server.adapters.origins import LOOPBACK, origin_allowed  # noqa
 from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import registry, scopes
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.kernel.util import clean_json
+from agentmemory_server.kernel.util import MAX_JSON_DEPTH, WRAPPING_DEPTH, UnstorableJson, clean_json
 
 log = logging.getLogger("agentmemory.mcp")
 
@@ -456,10 +456,21 @@ def _request_id(message: Any) -> Any:
 
 
 def _parse(raw: bytes) -> Any:
+    """The body as JSON, or a parse error that says what is wrong with it."""
     try:
-        return clean_json(json.loads(raw.decode("utf-8"), parse_constant=_reject_constant))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise RpcError(PARSE_ERROR, "Parse error: the body is not valid UTF-8 JSON") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RpcError(PARSE_ERROR, "Parse error: the body is not valid UTF-8") from None
+    try:
+        # a tool's arguments sit inside the envelope (params.arguments), an import's under exportData
+        return clean_json(json.loads(text, parse_constant=_reject_constant), max_depth=MAX_JSON_DEPTH + WRAPPING_DEPTH)
+    except RecursionError:
+        raise RpcError(PARSE_ERROR, "Parse error: the body is nested too deeply") from None
+    except UnstorableJson as exc:
+        where = f"'{exc.field}'" if exc.field else "the body"
+        raise RpcError(PARSE_ERROR, f"Parse error: {where} {exc.problem}") from None
+    except ValueError as exc:
+        raise RpcError(PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc})") from None
 
 
 def _reject_constant(name: str) -> Any:

@@ -30,7 +30,7 @@ from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings
-from agentmemory_server.kernel.util import clean_json
+from agentmemory_server.kernel.util import MAX_JSON_DEPTH, WRAPPING_DEPTH, UnstorableJson, clean_json
 from agentmemory_server.wiring import build_runtime
 
 PREFIX = "/agentmemory"
@@ -57,9 +57,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json(raw: bytes, what: str = "request body") -> Any:
-    """Strict JSON: UTF-8 only, no NaN/Infinity, bounded nesting; lone surrogates and NULs are
-    cleaned so nothing un-storable reaches the database."""
+def parse_json(raw: bytes, what: str = "request body", max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity (nor a number that overflows to it), bounded
+    nesting; lone surrogates and NULs are cleaned so nothing un-storable reaches the database."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -70,27 +70,50 @@ def parse_json(raw: bytes, what: str = "request body") -> Any:
         raise InvalidInput(f"{what} is nested too deeply") from None
     except ValueError as exc:
         raise InvalidInput(f"malformed JSON in {what}: {exc}") from None
-    return clean_json(value)
+    try:
+        return clean_json(value, max_depth=max_depth)
+    except UnstorableJson as exc:
+        raise unstorable(exc, what) from None
+
+
+def unstorable(exc: UnstorableJson, what: str) -> InvalidInput:
+    """The 400 for a body we parsed but cannot keep, naming the field (``data.tool_input.n``)."""
+    if not exc.field:
+        return InvalidInput(f"{what} {exc.problem}")
+    return InvalidInput(f"'{exc.field}' {exc.problem}", field=exc.field)
 
 
 def json_body() -> dict[str, Any]:
     raw = request.get_data(cache=True)
     if not raw.strip():
         return {}
-    value = parse_json(raw)
+    # an import's document wraps the observations it carries in a few levels of its own
+    wrapped = request.path == f"{PREFIX}/import"
+    value = parse_json(raw, max_depth=MAX_JSON_DEPTH + (WRAPPING_DEPTH if wrapped else 0))
     if not isinstance(value, dict):
         raise InvalidInput("request body must be a JSON object")
     return value
 
 
 def query_args() -> dict[str, Any]:
-    return {k: (v if len(v) > 1 else v[0]) for k, v in request.args.lists()}
+    """The query string's parameters, cleaned as a body's strings are: a NUL (``%00``), which
+    PostgreSQL text cannot hold, is dropped, so both backends answer the same."""
+    return clean_json({k: (v if len(v) > 1 else v[0]) for k, v in request.args.lists()})
 
 
 def respond(data: Any, status: int) -> Response:
-    return Response(
-        json.dumps(data, ensure_ascii=False, separators=(",", ":")), status=status, mimetype="application/json"
-    )
+    return Response(json_bytes(data), status=status, mimetype="application/json")
+
+
+def json_bytes(data: Any) -> bytes:
+    """``data`` as UTF-8 JSON. A lone surrogate that reached the store before requests were
+    cleaned (or through a path that does not clean) cannot be UTF-8: the answer then escapes
+    every non-ASCII character (``\\ud800``) rather than failing on every read of that record."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 # -- app factory ------------------------------------------------------------------------------------
@@ -232,6 +255,7 @@ def _require_json_body() -> None:
     chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if not (request.content_length or chunked):
         return
+    _refuse_encoded_body()
     mimetype = request.mimetype or ""
     if mimetype == "application/json" or mimetype.endswith("+json"):
         return
@@ -239,6 +263,21 @@ def _require_json_body() -> None:
         f"send the body as 'Content-Type: application/json' (got {mimetype or 'no Content-Type'!r})",
         code=errors.UNSUPPORTED_MEDIA_TYPE,
         status=415,
+    )
+
+
+def _refuse_encoded_body() -> None:
+    """We read bodies as they arrive: a compressed one would fail as "not valid UTF-8", and a
+    plain one labelled compressed would be taken as it is. Either way the header is wrong, so
+    say so."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return
+    raise AppError(
+        f"send the body uncompressed (Content-Encoding {encoding!r} is not accepted)",
+        code=errors.UNSUPPORTED_MEDIA_TYPE,
+        status=415,
+        details={"header": "Content-Encoding"},
     )
 
 
@@ -284,7 +323,7 @@ def _tool_view(rt: Runtime, tool: Tool, default_status: int):
         args = query_args()
         if request.method != "GET":
             args.update(json_body())
-        args.update(path_args)
+        args.update(clean_json(path_args))  # /memories/<id>: cleaned as the query string is
         result = registry.call(Ctx(rt, source="rest"), tool.name, args)
         data, status = registry.unwrap(result)
         content = result.content if isinstance(result, registry.Reply) else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ from agentmemory_server import errors
 from agentmemory_server.errors import AppError, InvalidInput, NotFound
 from agentmemory_server.kernel import principals
 from agentmemory_server.kernel.schema_check import SchemaValidator, compile_acceptor
+from agentmemory_server.kernel.util import loads_clean
 
 log = logging.getLogger("agentmemory.registry")
 
@@ -331,9 +333,11 @@ def _main_type(schema: dict) -> str | None:
 
 
 def _decoded(text: str, kind: type) -> Any:
-    """``text`` parsed as JSON when it is a JSON value of ``kind``, else None."""
+    """``text`` parsed as JSON when it is a JSON value of ``kind``, else None. Parsed as strictly
+    as a request body (a NaN, a lone surrogate or 5,000 levels of nesting here reached the store,
+    or overflowed the stack)."""
     try:
-        value = json.loads(text)
+        value = loads_clean(text)
     except ValueError:
         return None
     return value if isinstance(value, kind) else None
@@ -346,9 +350,11 @@ def _coerce_text(text: str, kind: str | None, schema: dict) -> Any:
         return int(text)
     if kind == "number":
         try:
-            return int(text) if _INT.match(text) else float(text)
+            number = int(text) if _INT.match(text) else float(text)
         except ValueError:
             return _UNCHANGED
+        # "NaN" and "inf" parse as floats, and NaN passes every minimum/maximum check
+        return number if isinstance(number, int) or math.isfinite(number) else _UNCHANGED
     if kind == "boolean" and text.lower() in _TRUE | _FALSE:
         return text.lower() in _TRUE
     if kind == "array":

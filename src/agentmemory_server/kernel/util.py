@@ -165,15 +165,89 @@ def clean_text(value: str) -> str:
         return value.encode("utf-8", "replace").decode("utf-8")
 
 
-def clean_json(value: Any, depth: int = 0) -> Any:
-    """Apply ``clean_text`` to every string (keys too) of a decoded JSON value."""
+# How deep a request's JSON may nest. The JSON parser itself goes to about 1,000 levels, but the
+# code that walks a value afterwards (this cleaning, the capture filters, the storage encoders)
+# recurses too, and a few hundred levels already overflowed Python's stack there (a 500). No real
+# hook payload or tool argument comes near 100.
+MAX_JSON_DEPTH = 100
+# The levels an export document (and the JSON-RPC envelope of a tool call) wraps around a stored
+# value: an observation kept at the limit must still import again.
+WRAPPING_DEPTH = 16
+
+
+class UnstorableJson(ValueError):
+    """A decoded JSON value we cannot keep: nested deeper than ``MAX_JSON_DEPTH``, or a number
+    JSON cannot write back (``1e400`` decodes to infinity). ``path`` is where, as keys and indexes
+    from the top."""
+
+    def __init__(self, problem: str, path: tuple[str | int, ...] = ()):
+        super().__init__(problem)
+        self.problem = problem
+        self.path = path
+
+    @property
+    def field(self) -> str:
+        """The path as ``data.tool_input.n``; a long one (the nesting case) keeps its first steps."""
+        shown = self.path if len(self.path) <= 8 else (*self.path[:4], "...")
+        return ".".join(str(p) for p in shown)
+
+
+def clean_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Apply ``clean_text`` to every string (keys too) of a decoded JSON value; raise
+    ``UnstorableJson`` for one nested too deeply or holding a number out of JSON's range."""
+    try:
+        return _clean(value, 0, max_depth)
+    except UnstorableJson as exc:
+        # the walk stays plain comprehensions; where the problem is gets found by one more walk
+        raise UnstorableJson(exc.problem, _problem_path(value, 0, max_depth) or ()) from None
+
+
+def _clean(value: Any, depth: int, max_depth: int) -> Any:
     if isinstance(value, str):
         return clean_text(value)
+    if _problem(value, depth, max_depth):
+        raise UnstorableJson(_problem(value, depth, max_depth))
     if isinstance(value, list):
-        return [clean_json(v, depth + 1) for v in value]
+        return [_clean(v, depth + 1, max_depth) for v in value]
     if isinstance(value, dict):
-        return {clean_text(str(k)): clean_json(v, depth + 1) for k, v in value.items()}
+        return {clean_text(str(k)): _clean(v, depth + 1, max_depth) for k, v in value.items()}
     return value
+
+
+def _problem(value: Any, depth: int, max_depth: int) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "is a number out of range (it overflows to infinity)"
+    if isinstance(value, (list, dict)) and depth >= max_depth:
+        return f"is nested deeper than {max_depth} levels"
+    return ""
+
+
+def _problem_path(value: Any, depth: int, max_depth: int) -> tuple[str | int, ...] | None:
+    """The keys and indexes to the first unstorable part of ``value``, or None."""
+    if _problem(value, depth, max_depth):
+        return ()
+    items = enumerate(value) if isinstance(value, list) else value.items() if isinstance(value, dict) else ()
+    for key, item in items:
+        found = _problem_path(item, depth + 1, max_depth)
+        if found is not None:
+            return (key, *found)
+    return None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_clean(text: str) -> Any:
+    """JSON text found inside a request (a tool's arguments sent as a string, an object-typed
+    argument given as text) decoded as strictly as the body was: no NaN/Infinity, bounded
+    nesting, NULs and lone surrogates cleaned. Raises ``ValueError`` (``UnstorableJson`` among
+    them) when the text cannot be kept as a value, so callers keep it as text or refuse it."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise UnstorableJson("is nested too deeply") from None
+    return clean_json(value)
 
 
 def as_list(value: Any) -> list:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentmemory_server.errors import InvalidInput
-from agentmemory_server.kernel.util import truncate
+from agentmemory_server.kernel.util import loads_clean, truncate
 
 # Lifecycle meanings of an event for the session it belongs to.
 START = "start"  # a session starts or resumes: reopen it and answer with the context block
@@ -134,9 +134,9 @@ def parse_json_text(value: Any) -> Any:
     """Some clients send tool arguments as a JSON string; the parsed value when it is one."""
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
-            return json.loads(value)
+            return loads_clean(value)  # as strict as the body: no NaN, NUL, lone surrogate, deep nesting
         except ValueError:
-            return value
+            return value  # kept as the text it came as
     return value
 
 
