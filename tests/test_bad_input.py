@@ -122,6 +122,31 @@ def test_a_nul_in_the_path_or_query_reaches_the_route_cleaned_on_a_real_server(s
     assert [m["id"] for m in listed] == [saved["id"]]
 
 
+def _raw_exchange(server, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("chunks", [b"zz\r\n{}\r\n0\r\n\r\n", b"11\r\n{\"content\":\"ck\"}\r\n0\r\n\r\n"],
+                         ids=["bad size", "size past the data"])
+def test_a_malformed_chunked_body_is_a_400_not_a_500(server, chunks):
+    head = (b"POST /agentmemory/remember HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    answer = _raw_exchange(server, head + chunks)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 400"), answer[:300]
+    body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert body["code"] == "http_error" and "malformed" in body["error"], body
+    good = _raw_exchange(server, head + b"10\r\n{\"content\":\"ok\"}\r\n0\r\n\r\n")
+    assert good.startswith(b"HTTP/1.1 201"), good[:300]  # a well-formed chunked body is stored
+
+
 def test_data_intact_after_the_barrage(server):
     assert requests.get(server.api("/observations"), params={"sessionId": "keep"}).json()["total"] == 1
     assert post(server.api("/search"), {"query": "baseline"}).json()["count"] == 2

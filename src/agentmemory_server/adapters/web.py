@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from flask_sock import Sock
+from gunicorn.http.errors import ParseException as GunicornParseError
 from werkzeug.exceptions import HTTPException
 
 from agentmemory_server import errors
@@ -446,6 +447,15 @@ def _register_error_handlers(app: Flask, rt: Runtime) -> None:
         # A body over the preread limit stalled mid-read (the socket timeout of the connection worker).
         message = f"the request body did not arrive within {rt.settings.request_timeout:g}s"
         response = render_error(errors.envelope(408, message, errors.REQUEST_TIMEOUT))
+        response.headers["Connection"] = "close"
+        return response
+
+    @app.errorhandler(GunicornParseError)
+    def _malformed_body(exc: GunicornParseError) -> Response:
+        # gunicorn reads a chunked body only as the route reads it, so a malformed one fails
+        # inside the route; the connection's framing is lost, so it is closed.
+        message = f"the request body is malformed: {strip_text(str(exc))}"
+        response = render_error(errors.envelope(400, message, errors.HTTP_ERROR))
         response.headers["Connection"] = "close"
         return response
 
