@@ -20,7 +20,7 @@ from agentmemory_server.errors import Unavailable
 from agentmemory_server.kernel import background
 from agentmemory_server.kernel.scopes import SESSIONS
 from agentmemory_server.retrieval import vectors
-from agentmemory_server.storage.sqlite import local_backup
+from agentmemory_server.storage.sqlite import hf_sync, local_backup
 from conftest import SRC, ToolCaller, clean_environ, end_process_group, hook, post, wait_for
 
 
@@ -606,6 +606,54 @@ def test_a_snapshot_taken_by_a_run_that_stalled_before_recording_it_is_not_taken
     b.jobs._due(job_b)
     now_kept = [str(p) for p in local_backup.snapshots(folder)]
     assert len(now_kept) == keep and now_kept[1:] == stalled[:-1], now_kept  # a new one; the oldest goes
+
+
+def _due_since(rt, name: str, due: float) -> None:
+    """The shared schedule as a node that went down leaves it: the run of ``name`` was claimed by
+    one of its workers, whose claim lapsed at ``due``; the run has been due since."""
+    with rt.db.transaction("test") as tx:
+        tx.jobs.claim_periodic(name, time.time(), due, "a worker of a node that went down")
+    assert rt.db.reader().jobs.periodic_due_at(name) == due
+
+
+def test_a_periodic_run_long_overdue_has_the_period_before_its_claim_not_the_time_it_became_due(make_runtime):
+    """A run due a day ago (its node was down; or a due time an older version left) is claimed
+    now. The work it looks back at (a local snapshot taken since its period began) is of the
+    period that ends at its claim, not of the whole day since it became due. Before,
+    ``period_began`` gave the due time, a day back. Runs on PostgreSQL too
+    (AGENTMEMORY_TEST_BACKEND=postgresql)."""
+    rt = make_runtime()
+    seen: list[tuple[float | None, float]] = []
+    rt.every(3600, "nightly", lambda: seen.append((rt.jobs.period_began(), job["claimedAt"])))
+    job = next(j for j in rt.jobs._jobs if j["name"] == "nightly")
+    _due_since(rt, "nightly", time.time() - 86400)
+    rt.jobs._due(job)
+    [(began, claimed)] = seen
+    assert began == claimed - 3600, (began, claimed)
+    assert _periodic_row(rt, "nightly")["holder"] == rt.worker_id
+
+
+@pytest.mark.sqlite_only  # local snapshots are of a SQLite file (PostgreSQL is backed up by its server)
+def test_a_local_snapshot_run_long_overdue_takes_a_snapshot_though_an_earlier_period_took_one_since_it_was_due(
+        make_runtime):
+    """The hourly local snapshot's run has been due for a day (the node was down) and a snapshot
+    was taken two hours ago (by hand, or before the node went down). The run claimed now takes a
+    snapshot: the one of two hours ago is an earlier period's. Before, the run's period began
+    when it became due, the old snapshot counted as this period's, and none was taken, though
+    the newest one kept was two hours old."""
+    rt = make_runtime(local_backup_interval=3600)
+    folder = rt.services["backups"].directory
+    taken = Path(local_backup.take(rt.db.path, folder, keep=rt.settings.local_backup_keep, reserve_bytes=0)["file"])
+    two_hours_ago = folder / f"{local_backup.PREFIX}{hf_sync.stamp(time.time() - 7200)}.db"
+    taken.rename(two_hours_ago)  # its name says when it was taken
+    assert local_backup.snapshots(folder) == [two_hours_ago]
+    _due_since(rt, "local_backup", time.time() - 86400)
+    rt.jobs._due(next(j for j in rt.jobs._jobs if j["name"] == "local_backup"))
+    kept = local_backup.snapshots(folder)
+    assert len(kept) == 2 and kept[1] == two_hours_ago, kept  # a new one, taken now
+    assert local_backup.newest_taken_at(folder) > time.time() - 600, kept
+    row = _periodic_row(rt, "local_backup")
+    assert row["holder"] == rt.worker_id and row["runs"] == 1 and not row["lastError"], row
 
 
 def test_a_claimed_batch_of_a_dead_worker_is_taken_over(make_runtime):
