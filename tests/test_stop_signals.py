@@ -258,3 +258,35 @@ def _stop_outside_its_writes(pid: int, holder) -> None:
             os.kill(pid, signal.SIGCONT)
             time.sleep(0.1)
     raise AssertionError("the worker held the write lock each time it was stopped")
+
+
+def test_a_background_worker_spawned_as_the_stop_signal_came_is_asked_to_stop_at_once(tmp_path):
+    """The node's stop signal can come while the supervisor is spawning a worker: ``stopping()``
+    (the signal handler's part, which takes no lock) finds no worker recorded yet and sends
+    nothing. Before, that worker then ran on, unasked, until ``stop()`` once the requests were
+    done, its share of the graceful timeout spent. Now the watcher, once it has recorded the
+    worker, sees the stop and sends it SIGTERM itself. Here the signal is heard between the
+    worker's start and its recording (the supervisor's own code otherwise, a real child process),
+    and nobody calls ``stop()`` until the watcher has seen the worker exit."""
+    from agentmemory_server.adapters.supervisor import Supervisor
+    from agentmemory_server.kernel.settings import Settings
+
+    class StopHeardWhileSpawning(Supervisor):
+        def command(self) -> list[str]:  # a worker that ends only on a signal, and starts at once
+            return [sys.executable, "-c", "import time; time.sleep(600)"]
+
+        def _spawn(self):
+            proc = super()._spawn()
+            self.stopping()  # the stop signal, before the watcher has recorded this worker
+            return proc
+
+    settings = Settings.from_env({}, data_dir=str(tmp_path / "data"), background_jobs=False, auth="off")
+    settings.database_path.parent.mkdir(parents=True, exist_ok=True)
+    supervisor = StopHeardWhileSpawning(settings).start()
+    try:
+        supervisor._thread.join(30)  # a bound only: it ends as soon as the worker has exited
+        assert not supervisor._thread.is_alive(), "the worker spawned as the stop came was left running"
+        assert supervisor.last_exit["code"] == -signal.SIGTERM, supervisor.last_exit  # asked, not killed
+        assert supervisor.starts == 1 and supervisor.proc.poll() is not None
+    finally:
+        supervisor.stop(within=5)
