@@ -12,7 +12,7 @@ live in the same file and change in the same transaction as the record they inde
 repositories (records.py, search_index.py, ...) hold every SQL statement; this module only
 opens the file, hands out units of work (unit_of_work.py) and runs the write transactions. The
 schema checks and migrations at open are schema.py's; the integrity checks and the damage they
-find are integrity.py's.
+find are integrity.py's; the file's facts and its closing are lifecycle.py's.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from agentmemory_server.storage.interfaces import RecordIndex, indexed_fields
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite import lexical_fts5, schema
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
-from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES, WalCheckpointer, final_checkpoint
+from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES, WalCheckpointer
 from agentmemory_server.storage.sqlite.faults import FreeSpace, classify, damaged
 from agentmemory_server.storage.sqlite.group_commit import Queued, WriteQueue, run_group
 from agentmemory_server.storage.sqlite.integrity import IntegrityChecks
 from agentmemory_server.storage.sqlite.lexical_feed import SqliteFeeds
-from agentmemory_server.storage.sqlite.live import PollSignal
+from agentmemory_server.storage.sqlite.lifecycle import FileLifecycle
 from agentmemory_server.storage.sqlite.records import ensure_indexes
 from agentmemory_server.storage.sqlite.schema import preflight
 from agentmemory_server.storage.sqlite.unit_of_work import SqliteUnitOfWork
@@ -60,7 +60,7 @@ SHORTENED_AFTER_SECONDS = 0.05
 OWED_INDEXES_WAIT_SECONDS = 0.05
 
 
-class Database:
+class Database(FileLifecycle):
     """Owns the SQLite file.
 
     :param path: database file; parent directories are created.
@@ -531,98 +531,6 @@ class Database:
     def _write_statement(self, sql: str, params: tuple) -> None:
         with self.transaction("vector_index") as tx:
             tx.conn.execute(sql, params)
-
-    # ---- file facts and lifecycle
-    def file_sizes(self) -> dict[str, int]:
-        sizes = {}
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(str(self.path) + suffix)
-            sizes["db" if not suffix else suffix[1:]] = p.stat().st_size if p.exists() else 0
-        return sizes
-
-    def health(self) -> dict[str, Any]:
-        """The state of the storage's derived indexes (for /health)."""
-        lexical = self.lexical.health() if self.lexical is not None else {"engine": "fts5", "state": "ready"}
-        if self.checkpointer is None:
-            return {"lexical": lexical}
-        section: dict[str, Any] = {"lexical": lexical, "walCheckpoints": self.checkpointer.health()}
-        if self.checkpointer.failing:  # /status alerts on it; the WAL grows meanwhile
-            section |= {"status": "degraded", "error": f"WAL checkpoints fail: {section['walCheckpoints']['error']}"}
-        return section
-
-    def event_signal(self) -> PollSignal:
-        return PollSignal()
-
-    def verify_index(self) -> None:
-        """Ask the derived indexes to check themselves against the records soon (and repair)."""
-        if self.lexical is not None:
-            self.lexical.request_verify()
-
-    def flush(self, *, commit: bool = True) -> None:
-        """Bring derived indexes up to date with the records now (admin commands, benchmarks);
-        ``commit`` False: without making that durable yet (see ``Database.flush``)."""
-        if self.lexical is not None:
-            self.lexical.flush(commit=commit)
-
-    def checkpoint(self) -> None:
-        with self._lock:
-            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    @contextmanager
-    def bulk_load(self) -> Iterator[None]:
-        """While a bulk import runs, commits copy the WAL into the file only every
-        SAFETY_NET_PAGES (as a server's do) rather than at SQLite's default of ~1,000 pages,
-        which a batch of 5,000 records passes each time: the index pages every batch changes
-        were copied once a batch. Commits stay exactly as durable."""
-        with self._lock:
-            before = self._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-            if 0 < before < SAFETY_NET_PAGES:
-                self._writer.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_NET_PAGES}")
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._writer.execute(f"PRAGMA wal_autocheckpoint = {before}")
-
-    def drop_connections_if_unreachable(self) -> bool:
-        return False  # a local file: nothing waits on a server that may be gone
-
-    def close(self) -> None:
-        self._retry_stop.set()
-        with self._vector_indexes_lock:
-            indexes, self._vector_indexes = list(self._vector_indexes.values()), {}
-        if not self._closed:
-            for index in indexes:  # saved while the database is still open (log pruning)
-                index.close()
-        if self.lexical is not None and not self._closed:
-            self.lexical.close()  # its last commit needs the database still open
-        if self.checkpointer is not None:
-            self.checkpointer.stop()  # before the final checkpoint, which empties the WAL
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            with self._readers_lock:
-                for conn in self._readers:
-                    try:
-                        conn.close()
-                    except sqlite3.Error:
-                        pass
-                self._readers.clear()
-            try:
-                self._writer.execute("PRAGMA optimize")
-                if self.last_write:
-                    final_checkpoint(self._writer, self.path)
-                else:  # wrote nothing: never wait for another process's writer (a long replace import)
-                    self._writer.execute("PRAGMA busy_timeout = 0")
-                    self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:
-                log.warning("closing %s: the WAL could not be checkpointed: %s", self.path, exc)
-            self._gate.close()
-            try:
-                self._writer.close()
-            except sqlite3.Error:
-                pass
 
 
 def _implements_the_interface(unit: SqliteUnitOfWork, db: Database) -> interfaces.Database:
