@@ -24,7 +24,7 @@ from agentmemory_server.kernel.util import Clock
 from agentmemory_server.retrieval import search, vectors
 from agentmemory_server import errors
 from agentmemory_server.errors import Unavailable
-from agentmemory_server.storage.postgres import PostgresDatabase, database as pg_database
+from agentmemory_server.storage.postgres import PostgresDatabase, pool as pg_pool
 from agentmemory_server.storage.postgres import faults as pg_faults
 from agentmemory_server.storage.postgres import migrations as pg_migrations
 from agentmemory_server.storage.postgres import schema as pg_schema
@@ -462,7 +462,7 @@ def test_a_hook_event_that_finds_every_connection_in_use_as_the_database_goes_aw
             rt.db.pool.putconn(conn)
     assert noted.status_code == 202 and noted.json["spooled"] is True, noted.json
     assert "does not answer" in noted.json["error"], noted.json
-    assert waited < pg_database.POOL_TIMEOUT_SECONDS / 2, f"answered after {waited:.1f} s"
+    assert waited < pg_pool.POOL_TIMEOUT_SECONDS / 2, f"answered after {waited:.1f} s"
 
 
 def test_the_capture_spool_keeps_the_disk_reserve_free(pg_cluster, make_runtime, tmp_path):
@@ -491,7 +491,7 @@ def test_while_the_database_does_not_answer_requests_say_so_at_once_and_resume_w
 ):
     # Each request used to wait the pool's 30 s and then report "no database connection free",
     # which reads as a busy pool, not as a database that is gone; hooks give up after 10-15 s.
-    monkeypatch.setattr(pg_database, "POOL_TIMEOUT_SECONDS", 600.0)  # a wait would outlast the test's timeout
+    monkeypatch.setattr(pg_pool, "POOL_TIMEOUT_SECONDS", 600.0)  # a wait would outlast the test's timeout
     url = pg_cluster.create_database()
     name = url.split("?", 1)[0].rsplit("/", 1)[1]
     rt = make_runtime(database_url=url)
@@ -518,7 +518,7 @@ def test_while_the_database_does_not_answer_requests_say_so_at_once_and_resume_w
     assert status == 503 and health["status"] == "critical", health
     assert "does not answer" in health["db"]["error"] and "counts" not in health, health
     pg_cluster._admin(f"CREATE DATABASE {name} TEMPLATE {pg_cluster.TEMPLATE}")  # back, though empty
-    monkeypatch.setattr(pg_database, "POOL_TIMEOUT_SECONDS", 30.0)
+    monkeypatch.setattr(pg_pool, "POOL_TIMEOUT_SECONDS", 30.0)
     assert rt.db.reader().records.get("mem:test", "kept") is None
     with rt.db.transaction("t") as tx:
         tx.records.set("mem:test", "after", {"n": 2}, now="t")

@@ -18,7 +18,8 @@ at open is schema.py's; the connections the repositories run SQL through are con
 where a psycopg error becomes an ``AppError`` (``raise_translated``): a value PostgreSQL cannot
 store is a 400, a lost or exhausted connection a 503, a bug (a violated constraint...) a 500. How
 a transaction starts (again, once, on a fresh connection when the server had ended the first) and
-rolls back is transactions.py's. The advisory lock keys are advisory_locks.py's.
+rolls back is transactions.py's. The advisory lock keys are advisory_locks.py's. The pool, the
+wait for a connection and the check whether the database answers are pool.py's.
 """
 
 from __future__ import annotations
@@ -33,32 +34,23 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-import psycopg_pool
 
 from agentmemory_server import errors
-from agentmemory_server.errors import AppError, StoreOutage, Unavailable
+from agentmemory_server.errors import AppError, Unavailable
 from agentmemory_server.storage import interfaces, owed_indexes
 from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import RecordIndex, indexed_fields
 from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.postgres.advisory_locks import LEASE_LOCK, LIVE_LOCK, WRITE_LOCK
 from agentmemory_server.storage.postgres.common import SqlConn
-from agentmemory_server.storage.postgres.connections import (
-    PooledReader,
-    TxConnection,
-    configure_connection,
-    raise_translated,
-)
+from agentmemory_server.storage.postgres.connections import PooledReader, TxConnection, raise_translated
 from agentmemory_server.storage.postgres.faults import (
-    ConnectionEnded,
     classify,
-    connection_ended,
     damaged,
-    gone,
-    reason_of,
 )
 from agentmemory_server.storage.postgres.lexical_feed import PgFeeds
 from agentmemory_server.storage.postgres.live import NotifySignal
+from agentmemory_server.storage.postgres.pool import PoolCheckout, open_pool
 from agentmemory_server.storage.postgres.schema import Schema
 from agentmemory_server.storage.postgres.transactions import collect, rolled_back_on_failure, started
 from agentmemory_server.storage.postgres.unit_of_work import PostgresUnitOfWork
@@ -75,33 +67,12 @@ T = TypeVar("T")
 # numbers must commit in order, so they neither wait for the record writers nor hold them up
 # (every write request is followed by one: bench/pg_statements.py).
 OWN_LOCKS = {"live_events": LIVE_LOCK, "transfer_lease": LEASE_LOCK}
-POOL_TIMEOUT_SECONDS = 30.0
-# A wait for a pooled connection is taken in turns this long; after a turn without one, the
-# database is asked whether it answers (``pooled``): a dropped database or a stopped server ends
-# the wait at once with the reason, not at POOL_TIMEOUT_SECONDS (the pool, which tries to
-# reconnect in the background, hands out nothing meanwhile).
-CHECKOUT_TURN_SECONDS = 1.0
 # How long a write waits for the write lock unless the opener says otherwise (``lock_wait``: a
 # request process waits less than its clients); SQLite's BUSY_TIMEOUT_SECONDS.
 LOCK_WAIT_SECONDS = 30.0
-# How long a check waits to learn whether the database still answers (a server that is gone
-# refuses at once; a network that drops packets is given this long).
-PROBE_SECONDS = 2
 
 
-def _open_pool(url: str, pool_size: int) -> psycopg_pool.ConnectionPool:
-    return psycopg_pool.ConnectionPool(
-        url,
-        min_size=1,
-        max_size=max(2, pool_size),
-        kwargs={"autocommit": True},
-        configure=configure_connection,
-        name="agentmemory",
-        open=True,
-    )
-
-
-class PostgresDatabase:
+class PostgresDatabase(PoolCheckout):
     """Owns the pool for one PostgreSQL database.
 
     :param url: ``postgresql://user:password@host:port/dbname`` (libpq URI or key=value).
@@ -166,7 +137,7 @@ class PostgresDatabase:
         self._prefix_indexes = indexed_fields(declared or (), prefix=True)
         self._vector_indexes: dict[tuple[str, int], PgVectorIndex] = {}
         database_id = self.schema.migrate(declared)
-        self.pool = _open_pool(url, pool_size)
+        self.pool = open_pool(url, pool_size)
         self.lexical: TantivyLexical | None = None
         stale = self._engine_switched(lexical_engine)
         if lexical_engine == "tantivy":
@@ -285,108 +256,6 @@ class PostgresDatabase:
                 yield conn
         except psycopg.Error as exc:
             raise_translated(exc)
-
-    @contextmanager
-    def pooled(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection, waiting up to POOL_TIMEOUT_SECONDS for one while the database
-        answers (``_checkout``).
-
-        :raise Unavailable: none came free (``database_busy``), or the database does not answer
-            (``unavailable``, with its reason; at once while it still does not), or it ended this
-            connection (``unavailable``: ``_connection_ended``).
-        """
-        if self._unanswered:
-            self._refuse_if_unanswered()
-        conn = self._checkout()
-        try:
-            with conn:  # as the pool's own connection(): commit, or roll back on an error
-                try:
-                    yield conn
-                except Exception as exc:
-                    if conn.broken:  # the server went away under it, or ended it: does it answer?
-                        raise self._connection_ended(exc) from exc
-                    raise
-        finally:
-            self.pool.putconn(conn)  # a broken one is replaced by the pool
-
-    def read(self, statement: Callable[[psycopg.Connection], T]) -> T:
-        """``statement(conn)``, one read-only statement (a reader's: ``PooledReader``) on a
-        pooled connection, run once more on a fresh connection when the server had ended the
-        first while the database answers again (``ConnectionEnded``: pg_terminate_backend, a
-        restart that is over): a PostgreSQL restart is invisible to reads. By then
-        ``_connection_ended`` has replaced the pool's other idle connections from before.
-
-        Safe for a read only: it runs in autocommit and changes nothing, so running it again
-        cannot do anything twice, whether its connection ended while idle in the pool (the
-        restart's case) or under it. A write's block is not run again (it could have committed
-        before its connection broke): only its BEGIN and lock are (``_write_begun``), and a
-        connection ended under the block is refused, 503 ``unavailable``. Once only,
-        and never while the database does not answer (``gone``, at once, no retry loop): a
-        second ended connection is refused as the first would have been.
-        """
-        try:
-            with self.pooled() as conn:
-                return statement(conn)
-        except ConnectionEnded as ended:
-            log.info("a read runs again on a fresh connection: %s", ended.message)
-        with self.pooled() as conn:
-            return statement(conn)
-
-    def _connection_ended(self, failure: Exception) -> StoreOutage:
-        """The refusal of a request whose connection the server ended or lost (``failure``).
-
-        While the database does not answer (stopped, dropped, unreachable), the same refusal
-        every request gets until it does (``_refuse_if_unanswered``): which request meets the
-        outage first, one on a connection it ended or one after, is a race a client must not see
-        (before, the first answered 503 ``database_busy``, which reads as another writer's lock).
-        When it answers again (an administrator ended the connection, or a restart is over), the
-        pool's idle connections from before were most likely ended too: they are replaced now,
-        rather than each failing a request of its own.
-        """
-        reason = self._unanswered_reason()
-        self._unanswered = reason is not None
-        if reason is not None:
-            return gone(self.location, reason)
-        self.pool.check()
-        cause = (failure.__cause__ if isinstance(failure, AppError) else None) or failure  # psycopg's own error
-        return connection_ended(self.location, cause)
-
-    def _checkout(self) -> psycopg.Connection:
-        """A connection from the pool, waited for in turns of CHECKOUT_TURN_SECONDS up to
-        POOL_TIMEOUT_SECONDS. After each turn without one, whether the database answers: a
-        thread that came in before another found the database gone (and so before the
-        ``_unanswered`` mark) would otherwise wait the pool's whole timeout.
-
-        :raise Unavailable: the database does not answer, or no connection came free in time.
-        """
-        deadline = time.monotonic() + POOL_TIMEOUT_SECONDS
-        while True:
-            turn = max(0.001, min(CHECKOUT_TURN_SECONDS, deadline - time.monotonic()))
-            try:
-                return self.pool.getconn(timeout=turn)
-            except psycopg_pool.PoolTimeout as exc:
-                self._refuse_if_unanswered()
-                if time.monotonic() >= deadline:
-                    raise Unavailable("no database connection free; retry shortly", code=errors.DATABASE_BUSY) from exc
-
-    def _refuse_if_unanswered(self) -> None:
-        reason = self._unanswered_reason()
-        if reason is None:
-            if self._unanswered:  # back: the pool's idle connections from before are dead
-                self.pool.check()
-            self._unanswered = False
-            return
-        self._unanswered = True
-        raise gone(self.location, reason)
-
-    def _unanswered_reason(self) -> str | None:
-        """Why a new connection to the database fails, or None when it answers."""
-        try:
-            with psycopg.connect(self.url, autocommit=True, connect_timeout=PROBE_SECONDS) as conn:
-                conn.execute("SELECT 1")
-            return None
-        except psycopg.Error as exc:
-            return reason_of(exc)
 
     @contextmanager
     def transaction(self, operation: str, *, agent_id: str | None = None) -> Iterator[PostgresUnitOfWork]:
@@ -606,17 +475,6 @@ class PostgresDatabase:
     def bulk_load(self) -> AbstractContextManager[None]:
         """Nothing to tune: the batches are already a few statements each."""
         return nullcontext()
-
-    def drop_connections_if_unreachable(self) -> bool:
-        # A dropped database or a stopped server: every thread waiting for a pooled connection
-        # would wait POOL_TIMEOUT_SECONDS, and the lexical applier's and the event bus's are
-        # joined at shutdown. Closing the pool wakes them with PoolClosed.
-        reason = self._unanswered_reason()
-        if reason is None:
-            return False
-        log.warning("shutting down without %s, which does not answer: %s", self.location, reason)
-        self.pool.close(timeout=0.5)
-        return True
 
     def close(self) -> None:
         if self._closed:
