@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from fake_http import Prompt
 
-# Phrases of each task's system instruction (models/llm_steps.py, models/graph.py, models/llm.py).
+# Phrases of each task's system instruction (models/llm_steps.py, llm_compress.py, graph.py, llm.py).
 TASK_PHRASES = (("compact memory record", "compress"), ("summarise one working session", "summarize"),
                 ("distil finished work", "crystallize"), ("memory slots", "reflect"),
                 ("insight behind each cluster", "insights"), ("into long-term memories", "consolidate"),

@@ -52,7 +52,7 @@ from agentmemory_server.memory import (
     transfer,
     transfer_lease,
 )
-from agentmemory_server.models import graph, llm, llm_steps
+from agentmemory_server.models import graph, llm, llm_compress, llm_steps
 from agentmemory_server.operations import (
     backups,
     diagnose,
@@ -98,6 +98,7 @@ FEATURE_MODULES: tuple[ModuleType, ...] = (
     patterns,
     resources,
     llm,
+    llm_compress,
     llm_steps,
     graph,
     overview,
@@ -140,7 +141,7 @@ HOOKS = Hooks(
         llm_steps.queue_session_model_work,
         graph.queue_graph_extraction,
     ),
-    observe=(llm_steps.queue_compression,),
+    observe=(llm_compress.queue_compression,),
     remember=(relations.record_supersede_relation,),
     reindex=(maintenance.reembed_vectors,),
     write_lock_holder=(transfer_lease.write_lock_holder,),

@@ -1,14 +1,7 @@
-"""What the LLM layer does with the model: compression, summaries, reflection, insights, crystals
-and consolidation, each in front of its deterministic path.
+"""What the LLM layer does with the model: summaries, reflection, insights, crystals and
+consolidation, each in front of its deterministic path (an observation's compression is
+llm_compress.py's; the JSON Schema fragments of the answers are answer_schemas.py's).
 
-- **Compression** (``AGENTMEMORY_AUTO_COMPRESS``). ``observe`` stores the synthetic compression
-  at once and, in the same transaction, queues a ``compress`` job (an ``observe`` hook).
-  The worker first drops low-value observations (triage.py: empty, trivial, repeated, re-read
-  unchanged; counted, no call made), then asks the model for ``{type, title, facts, narrative,
-  concepts, files, importance}``, validated against a schema with one repair round; a valid
-  answer replaces those fields (``method``: the provider, e.g. ``"openai"``), re-indexes the
-  record (which re-queues its embedding) and publishes ``observation_updated``. Anything else
-  (including a used-up token budget) leaves the synthetic record as it is.
 - **Model steps** (``model_steps.py``): ``summarize``, ``crystallize``, ``reflect``,
   ``insights`` and ``consolidate`` are registered once per provider (``@provider_step``); the
   step of the configured provider asks the model when the feature's flag is on, so the result's
@@ -28,40 +21,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from agentmemory_server.capture.compress import OBSERVATION_TYPES
 from agentmemory_server.errors import AppError
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.model_steps import SYNTHETIC, Deferred, Step, model_step
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.kernel.scopes import CONSOLIDATION_RUNS, SESSIONS, SUMMARIES, obs_scope
-from agentmemory_server.kernel.util import stringify, truncate
+from agentmemory_server.kernel.scopes import CONSOLIDATION_RUNS, SESSIONS, SUMMARIES
+from agentmemory_server.kernel.util import truncate
 from agentmemory_server.memory import consolidate, reflect, summaries
 from agentmemory_server.memory.memories import MEMORY_TYPES
 from agentmemory_server.memory.slots import DEFAULT_SIZE as SLOT_SIZE
 from agentmemory_server.models import llm
+from agentmemory_server.models.answer_schemas import object_field, string_list, text_field
 from agentmemory_server.models.llm import Task
-from agentmemory_server.models.triage import low_value_reason
-from agentmemory_server.retrieval import search
 
-RAW_CHARS = 6000  # of a hook payload sent for compression
 LINE_CHARS = 300  # per observation in a session prompt
 HEADER_ROOM = 2000  # prompt characters kept for headers next to the observation lines
-
-
-def _strings(max_items: int, max_length: int, min_length: int = 1) -> dict[str, Any]:
-    return {
-        "type": "array",
-        "maxItems": max_items,
-        "items": {"type": "string", "minLength": min_length, "maxLength": max_length},
-    }
-
-
-def _text(max_length: int) -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": max_length}
-
-
-def _object(required: list[str], **properties: dict) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": properties}
 
 
 # -- prompts ------------------------------------------------------------------------------------------------
@@ -110,6 +84,24 @@ def model_of(ctx: Ctx, feature: str) -> str | None:
     return llm.service(ctx.rt).clients.model_for(feature)
 
 
+def written_by_model(obs: dict[str, Any]) -> bool:
+    """Did a model write this observation's compression? The capture's deterministic compression
+    carries no ``method`` and no ``compressedAt``; a model's carries both (``method``: the provider,
+    ``model``: the model's name, recorded since models are)."""
+    return bool(obs.get("compressedAt")) or obs.get("method") in llm.PROVIDERS
+
+
+def by_another_model(record: dict[str, Any], provider: str | None, model: str | None) -> bool:
+    """Was this model-written record (an observation's compression, a summary) written by a
+    provider or model other than ``provider``/``model`` (the ones configured now)? A record
+    from before models were recorded (a ``method`` but no ``model``) counts as another model's
+    only when its provider differs: which of the provider's models wrote it is not known."""
+    if record.get("method") != provider:
+        return True
+    recorded = record.get("model")
+    return recorded is not None and recorded != model
+
+
 def _only_for(provider: str, fn: Step) -> Step:
     def step(ctx: Ctx, payload: dict) -> Any:
         return fn(ctx, payload) if llm.service(ctx.rt).provider == provider else None
@@ -144,143 +136,6 @@ def session_prompt(ctx: Ctx, session: dict[str, Any], observations: list[dict], 
     )
 
 
-# -- compression -----------------------------------------------------------------------------------------
-
-COMPRESS = Task(
-    "compress",
-    "You turn one event recorded from an AI coding agent's session into a compact memory record. "
-    "type: the kind of event. title: what happened, at most 80 characters. facts: short standalone "
-    "facts worth remembering later (may be empty). narrative: one to three sentences. concepts: the key "
-    "technical concepts, lower case. files: file paths the event involves. importance: 1 (noise) to 10 "
-    "(a decision or failure the next session must know). Never repeat secrets, tokens or passwords.",
-    _object(
-        ["type", "title", "facts", "narrative", "concepts", "files", "importance"],
-        type={"enum": list(OBSERVATION_TYPES)},
-        title=_text(120),
-        facts=_strings(12, 400),
-        narrative=_text(3000),
-        concepts=_strings(15, 80),
-        files=_strings(30, 512),
-        importance={"type": "integer", "minimum": 1, "maximum": 10},
-    ),
-    feature="compress",
-)
-
-
-def compress_prompt(obs: dict[str, Any]) -> str:
-    head = [
-        f"hookType: {obs.get('hookType')}",
-        f"project: {obs.get('project') or '(none)'}",
-        f"time: {obs.get('timestamp')}",
-    ]
-    if obs.get("toolName"):
-        head.append(f"tool: {obs['toolName']}")
-    raw = obs.get("raw")
-    body = truncate(stringify(raw) if raw not in (None, "", {}) else obs.get("narrative") or "", RAW_CHARS)
-    return "\n".join(head) + f"\nevent data (JSON; secrets already redacted):\n{body}"
-
-
-def apply_compression(ctx: Ctx, session_id: str, obs_id: str, answer: dict[str, Any]) -> dict | None:
-    """Replace an observation's synthetic fields with the model's, re-index it (its embedding is
-    re-queued by the index hook) and publish the update. None when the record is gone."""
-    rt = ctx.rt
-    with rt.db.transaction("llm_compress", agent_id=rt.settings.agent_id) as tx:
-        obs = tx.records.get(obs_scope(session_id), obs_id)
-        if obs is None:
-            return None
-        # An agent's own concepts (agent_observe notes) stay; the model's are added.
-        concepts = list(
-            dict.fromkeys(" ".join(str(c).lower().split()) for c in (obs.get("concepts") or []) + answer["concepts"])
-        )[:30]
-        obs.update(
-            type=answer["type"],
-            title=truncate(" ".join(answer["title"].split()), 80),
-            facts=answer["facts"],
-            narrative=answer["narrative"],
-            concepts=concepts,
-            files=list(dict.fromkeys((obs.get("files") or []) + answer["files"]))[:50],
-            importance=answer["importance"],
-            confidence=0.8,
-            method=llm.service(rt).provider,
-            model=model_of(ctx, "compress"),
-            compressedAt=rt.clock.iso(),
-        )
-        tx.records.set(obs_scope(session_id), obs_id, obs, now=obs["compressedAt"])
-        search.index_record(tx, "observation", obs)
-        tx.audit_message = f"model compression of {obs_id}"
-        tx.after_commit(lambda: rt.publish("observation_updated", obs))
-    vectors = rt.services.get("vectors")
-    if vectors is not None:
-        vectors.notify()
-    return obs
-
-
-def queue_compression(ctx: Ctx, tx: Any, obs: dict[str, Any]) -> None:
-    svc = llm.service(ctx.rt)
-    if svc.uses_model("compress"):
-        svc.enqueue(tx, "compress", obs["id"], {"sessionId": obs["sessionId"]})
-
-
-def written_by_model(obs: dict[str, Any]) -> bool:
-    """Did a model write this observation's compression? The capture's deterministic compression
-    carries no ``method`` and no ``compressedAt``; a model's carries both (``method``: the provider,
-    ``model``: the model's name, recorded since models are)."""
-    return bool(obs.get("compressedAt")) or obs.get("method") in llm.PROVIDERS
-
-
-def by_another_model(record: dict[str, Any], provider: str | None, model: str | None) -> bool:
-    """Was this model-written record (an observation's compression, a summary) written by a
-    provider or model other than ``provider``/``model`` (the ones configured now)? A record
-    from before models were recorded (a ``method`` but no ``model``) counts as another model's
-    only when its provider differs: which of the provider's models wrote it is not known."""
-    if record.get("method") != provider:
-        return True
-    recorded = record.get("model")
-    return recorded is not None and recorded != model
-
-
-# What ``compress_with_model`` did besides compressing.
-COMPRESSED, GONE, MODEL_WRITTEN = "compressed", "gone", "modelWritten"
-
-
-def compress_with_model(ctx: Ctx, session_id: str, obs_id: str, other_models: bool = False) -> str:
-    """Ask the model for one stored observation's compression and store it (``COMPRESSED``);
-    or, without a call, ``GONE`` (deleted), ``MODEL_WRITTEN`` (a model's already; with
-    ``other_models``, only the configured model's: ``by_another_model``) or the low-value reason
-    it is skipped for (triage.py; counted).
-
-    :raise llm.LLMError: no valid answer (BudgetReached, BreakerOpen: nothing was sent); the
-        deterministic record stands."""
-    svc, store = llm.service(ctx.rt), ctx.rt.db.reader()
-    obs = store.records.get(obs_scope(session_id), obs_id)
-    if obs is None:
-        return GONE
-    if written_by_model(obs) and not (
-        other_models and by_another_model(obs, svc.provider, svc.clients.model_for("compress"))
-    ):
-        return MODEL_WRITTEN
-    reason = low_value_reason(store, obs) if ctx.rt.settings.compress_skip_low_value else None
-    if reason is not None:
-        svc.skip_low_value("compress", reason)
-        return reason
-    answer = svc.generate_json(COMPRESS, compress_prompt(obs))
-    return COMPRESSED if apply_compression(ctx, session_id, obs_id, answer) is not None else GONE
-
-
-@llm.job_handler("compress")
-def _compress_job(ctx: Ctx, obs_id: str, args: dict) -> None:
-    if not llm.service(ctx.rt).uses_model("compress"):
-        return  # turned off since it was queued: the synthetic record stands
-    try:
-        compress_with_model(ctx, args["sessionId"], obs_id)
-    except llm.BreakerOpen as exc:
-        raise llm.Retry(exc.message, exc.retry_at) from None
-    except (llm.InvalidOutput, llm.ModelRefused, llm.BudgetReached):
-        return  # no better answer for this one today: keep the synthetic compression
-    except llm.LLMError as exc:
-        raise llm.Retry(exc.message) from None
-
-
 # -- summaries and crystals ---------------------------------------------------------------------------------
 
 SUMMARY = Task(
@@ -289,13 +144,13 @@ SUMMARY = Task(
     "asked, what was done and changed, what failed and what is still open. title: at most 80 characters. "
     "narrative: a short paragraph. keyDecisions: decisions taken. filesModified: files changed. "
     "concepts: key technical concepts, lower case.",
-    _object(
+    object_field(
         ["title", "narrative"],
-        title=_text(120),
-        narrative=_text(4000),
-        keyDecisions=_strings(15, 300),
-        filesModified=_strings(50, 512),
-        concepts=_strings(15, 80),
+        title=text_field(120),
+        narrative=text_field(4000),
+        keyDecisions=string_list(15, 300),
+        filesModified=string_list(50, 512),
+        concepts=string_list(15, 80),
     ),
     feature="summaries",
 )
@@ -381,12 +236,12 @@ CRYSTAL = Task(
     "You distil finished work of an AI coding agent into a digest: narrative (what was achieved), "
     "keyOutcomes (concrete results), filesAffected, and lessons (reusable rules learned, each one "
     "sentence that stands on its own; empty when nothing was learned).",
-    _object(
+    object_field(
         ["narrative", "keyOutcomes", "filesAffected", "lessons"],
-        narrative=_text(4000),
-        keyOutcomes=_strings(20, 300),
-        filesAffected=_strings(50, 512),
-        lessons=_strings(10, 300, 6),
+        narrative=text_field(4000),
+        keyOutcomes=string_list(20, 300),
+        filesAffected=string_list(50, 512),
+        lessons=string_list(10, 300, 6),
     ),
     feature="crystallize",
 )
@@ -437,12 +292,12 @@ def reflect_step(ctx: Ctx, payload: dict) -> dict | None:
         "You maintain an AI coding agent's memory slots from what happened in a session. "
         f"{REFLECT_RULES} Return the complete new content of each slot that should change (keep what "
         "is still true), and leave out slots that need no change.",
-        _object(
+        object_field(
             ["slots"],
             slots={
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {label: _text(SLOT_SIZE) for label in current},
+                "properties": {label: text_field(SLOT_SIZE) for label in current},
             },
         ),
         feature="reflect",
@@ -461,10 +316,10 @@ def insights_step(ctx: Ctx, payload: dict) -> list | None:
     clusters, svc = payload["clusters"], _model(ctx, "reflect")
     if not clusters or svc is None:
         return None
-    item = _object(
+    item = object_field(
         ["title", "content", "confidence"],
-        title=_text(120),
-        content=_text(1000),
+        title=text_field(120),
+        content=text_field(1000),
         confidence={"type": "number", "minimum": 0, "maximum": 1},
     )
     task = Task(
@@ -472,7 +327,7 @@ def insights_step(ctx: Ctx, payload: dict) -> list | None:
         "You find the insight behind each cluster of related notes from an AI coding "
         "agent's memory: one title, a content of one to three sentences that generalises the notes, "
         "and a confidence between 0 and 1. One insight per cluster, in the given order.",
-        _object(
+        object_field(
             ["insights"],
             insights={"type": "array", "items": item, "minItems": len(clusters), "maxItems": len(clusters)},
         ),
@@ -514,13 +369,13 @@ def consolidate_step(ctx: Ctx, payload: dict) -> list | None:
 
 def _consolidate_task(group_count: int) -> Task:
     """Exactly one memory per group, in the groups' order (the answer is zipped with them)."""
-    memory = _object(
+    memory = object_field(
         ["title", "content", "type", "concepts", "facts"],
-        title=_text(120),
-        content=_text(4000),
+        title=text_field(120),
+        content=text_field(4000),
         type={"enum": list(MEMORY_TYPES)},
-        concepts=_strings(10, 80),
-        facts=_strings(5, 300, 6),
+        concepts=string_list(10, 80),
+        facts=string_list(5, 300, 6),
     )
     return Task(
         "consolidate",
@@ -528,7 +383,7 @@ def _consolidate_task(group_count: int) -> Task:
         "into long-term memories: for each group one memory (title, content that generalises the "
         "group, type, concepts) and up to five standalone facts worth keeping. One memory per group, "
         "in the given order.",
-        _object(
+        object_field(
             ["memories"], memories={"type": "array", "items": memory, "minItems": group_count, "maxItems": group_count}
         ),
         feature="consolidation",

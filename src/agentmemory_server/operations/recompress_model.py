@@ -4,7 +4,7 @@ An observation captured while no model was configured (or while the model was do
 used up, or ``AGENTMEMORY_AUTO_COMPRESS`` off) keeps the capture's deterministic compression,
 and a session summary written then keeps ``method: synthetic``. Configuring a model later
 upgrades only what is captured from then on; this run asks the model for the records stored
-before: each selected observation's compression (``llm_steps.compress_with_model``, when
+before: each selected observation's compression (``llm_compress.compress_with_model``, when
 ``AGENTMEMORY_AUTO_COMPRESS`` is on) and each selected session's summary
 (``llm_steps.summarize_with_model``, when ``AGENTMEMORY_LLM_SUMMARIES`` is on), a session's
 observations before its summary, so the summary reads the model's compressions.
@@ -43,7 +43,7 @@ from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.scopes import OBSERVATIONS_PREFIX, PROFILES, SESSIONS, SUMMARIES, obs_scope, session_of
 from agentmemory_server.kernel.util import parse_time
 from agentmemory_server.memory import summaries
-from agentmemory_server.models import llm, llm_steps
+from agentmemory_server.models import llm, llm_compress, llm_steps
 from agentmemory_server.operations.maintenance import Progress, no_progress
 
 log = logging.getLogger("agentmemory.recompress")
@@ -183,7 +183,7 @@ def _estimate(ctx: Ctx, items: list[Item]) -> dict[str, Any]:
     answer) would cost a second call."""
     svc, reader = llm.service(ctx.rt), ctx.rt.db.reader()
     systems = {
-        "compress": len(svc.system_text(llm_steps.COMPRESS)),
+        "compress": len(svc.system_text(llm_compress.COMPRESS)),
         "summaries": len(svc.system_text(llm_steps.SUMMARY)),
     }
     per: dict[str, Counter[str]] = {"compress": Counter(), "summaries": Counter()}
@@ -191,7 +191,7 @@ def _estimate(ctx: Ctx, items: list[Item]) -> dict[str, Any]:
         if item.kind == OBSERVATION:
             feature = "compress"
             obs = reader.records.get(obs_scope(item.session_id), item.record_id) or {}
-            chars = len(llm_steps.compress_prompt(obs))
+            chars = len(llm_compress.compress_prompt(obs))
         else:
             feature = "summaries"
             session = reader.records.get(SESSIONS, item.session_id) or {"id": item.session_id}
@@ -271,11 +271,11 @@ def _redo_counted(
 
 def _count_outcome(tally: Counter[str], projects: set[str], item: Item, outcome: str | None) -> None:
     """Count what redoing ``item`` did, and note the project the model wrote into (its profile is dropped)."""
-    if outcome in (llm_steps.COMPRESSED, SUMMARY):
+    if outcome in (llm_compress.COMPRESSED, SUMMARY):
         tally["observations" if item.kind == OBSERVATION else "summaries"] += 1
         if item.project:
             projects.add(item.project)
-    elif outcome in (llm_steps.GONE, llm_steps.MODEL_WRITTEN, None):
+    elif outcome in (llm_compress.GONE, llm_compress.MODEL_WRITTEN, None):
         tally["alreadyDone"] += 1
     else:
         tally["lowValue"] += 1
@@ -283,7 +283,7 @@ def _count_outcome(tally: Counter[str], projects: set[str], item: Item, outcome:
 
 def _redo(ctx: Ctx, item: Item, other_models: bool) -> str | None:
     if item.kind == OBSERVATION:
-        return llm_steps.compress_with_model(ctx, item.session_id, item.record_id, other_models)
+        return llm_compress.compress_with_model(ctx, item.session_id, item.record_id, other_models)
     redone = llm_steps.summarize_with_model(ctx, item.session_id, other_models)
     return SUMMARY if redone is not None else None
 
