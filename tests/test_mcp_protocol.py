@@ -14,7 +14,7 @@ import pytest
 
 from mcp_types.methods import validate_server_result
 
-from agentmemory_server.adapters import mcp_http as mp
+from agentmemory_server.adapters import mcp_http as mp, mcp_sessions
 from agentmemory_server.kernel.util import Clock
 from mcp_support import call_order, check_result, client_poster, sample_args, seed, tool_error
 from agentmemory_server.adapters.web import create_app
@@ -114,19 +114,19 @@ def test_a_session_ended_in_one_process_is_ended_in_every_process(make_runtime):
 def test_the_store_keeps_only_the_newest_ended_sessions(make_runtime):
     ticks = iter(range(1_790_000_000, 1_790_001_000))  # a second a call: the order of ending is plain
     rt = make_runtime(clock=Clock(lambda: float(next(ticks))))
-    sessions = mp.Sessions(capacity=3, db=rt.db, now=rt.clock.iso)
+    sessions = mcp_sessions.Sessions(capacity=3, db=rt.db, now=rt.clock.iso)
     ids = [sessions.open("2025-06-18") for _ in range(5)]
     assert all(sessions.end(sid) for sid in ids)
-    fresh = mp.Sessions(capacity=3, db=rt.db, now=rt.clock.iso)  # another process: only the store
+    fresh = mcp_sessions.Sessions(capacity=3, db=rt.db, now=rt.clock.iso)  # another process: only the store
     assert [fresh.version(sid) for sid in ids] == ["2025-06-18", "2025-06-18", None, None, None]
 
 
 def test_session_ids_say_their_version_and_ended_ones_are_remembered_within_a_bound():
-    sessions = mp.Sessions(capacity=2)
+    sessions = mcp_sessions.Sessions(capacity=2)
     ids = [sessions.open(version) for version in mp.HANDSHAKE_VERSIONS]
     assert all(len(sid) == 32 and int(sid, 16) >= 0 for sid in ids) and len(set(ids)) == len(ids)
-    assert [mp.Sessions().version(sid) for sid in ids] == list(mp.HANDSHAKE_VERSIONS)  # any process reads them
-    assert mp.Sessions().version("0" * 32) is None and mp.Sessions().version("not-ours") is None
+    assert [mcp_sessions.Sessions().version(sid) for sid in ids] == list(mp.HANDSHAKE_VERSIONS)  # any process reads them
+    assert mcp_sessions.Sessions().version("0" * 32) is None and mcp_sessions.Sessions().version("not-ours") is None
     first, second, third = (sessions.open("2025-11-25") for _ in range(3))
     assert all(sessions.end(sid) for sid in (first, second, third)) and not sessions.end(third)
     assert sessions.version(third) is None and sessions.version(second) is None

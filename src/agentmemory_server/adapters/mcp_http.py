@@ -11,7 +11,8 @@ server answers with a ``Mcp-Session-Id`` (optional for the client to send back; 
 is a 404 so the client re-initialises). JSON-RPC batches exist only in 2025-03-26. Revision
 2026-07-28 has no handshake: every request carries ``MCP-Protocol-Version``, ``Mcp-Method``
 (and ``Mcp-Name``) headers and a ``params._meta`` envelope, ``server/discover`` replaces
-``initialize``, results carry ``resultType`` and list/read results carry cache hints.
+``initialize``, results carry ``resultType`` and list/read results carry cache hints. The list
+of revisions and the handshake-era sessions are mcp_sessions.py's.
 """
 
 from __future__ import annotations
@@ -19,27 +20,26 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
-import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agentmemory_server import errors
+from agentmemory_server.adapters.mcp_sessions import (
+    BATCH_VERSIONS,
+    DEFAULT_VERSION,
+    HANDSHAKE_VERSIONS,
+    MODERN_VERSIONS,
+    SUPPORTED_VERSIONS,
+    sessions_of,
+)
 from agentmemory_server.adapters.origins import LOOPBACK, origin_allowed  # noqa: F401 - re-exported for callers
 from agentmemory_server.errors import AppError, InvalidInput
-from agentmemory_server.kernel import registry, scopes
+from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.registry import Ctx
 from agentmemory_server.kernel.util import MAX_JSON_DEPTH, WRAPPING_DEPTH, UnstorableJson, clean_json
 
 log = logging.getLogger("agentmemory.mcp")
-
-HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")  # newest first
-MODERN_VERSIONS = ("2026-07-28",)
-SUPPORTED_VERSIONS = HANDSHAKE_VERSIONS + MODERN_VERSIONS
-BATCH_VERSIONS = ("2025-03-26",)  # batching was added in 2025-03-26 and removed in 2025-06-18
-DEFAULT_VERSION = "2025-03-26"  # what the spec says to assume when a request names none
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
     -32700,
@@ -119,92 +119,6 @@ def call_tool(rt: Any, name: Any, arguments: Any, source: str) -> dict[str, Any]
     except AppError as exc:
         return {"content": [{"type": "text", "text": registry.error_text(exc)}], "isError": True}
     return {"content": [{"type": "text", "text": registry.mcp_text(result)}]}
-
-
-# -- sessions ------------------------------------------------------------------------------------------
-
-
-class Sessions:
-    """Handshake-era sessions. A session only remembers the negotiated version (for batching), so
-    its id carries it: 24 random hex digits, then the version's eight digits (2025-03-26:
-    ``20250326``). Any request process of any node reads an id another one issued; gunicorn's
-    workers and a team's nodes share no memory, and a table per process answered 404 to every
-    request that reached another process (the client's new initialize, landing anywhere, did not
-    help). An id that names no version we speak is unknown (404: initialize again).
-
-    DELETE ends a session everywhere: the ended id is a record in the shared store
-    (``MCP_ENDED_SESSIONS``), which every process reads for a request that carries an id it has
-    not seen ended (the spec says an ended session MUST get 404, on whichever process a request
-    lands). The newest ``capacity`` ended ids are kept, in the store and in each process's memory;
-    without a store (``db`` None) the process's memory is all there is.
-    """
-
-    def __init__(self, capacity: int = 1000, db: Any = None, now: Callable[[], str] | None = None):
-        self.capacity = capacity
-        self.db = db
-        self.now = now
-        self._ended: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def open(self, version: str) -> str:
-        return uuid.uuid4().hex[:24] + version.replace("-", "")
-
-    def version(self, sid: str) -> str | None:
-        """The session's version, or None when the id is not one of ours or was ended."""
-        digits = sid[-8:]
-        version = f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
-        if len(sid) != 32 or version not in HANDSHAKE_VERSIONS:
-            return None
-        with self._lock:
-            if sid in self._ended:
-                return None
-        if self._ended_elsewhere(sid):
-            self._remember(sid)
-            return None
-        return version
-
-    def end(self, sid: str) -> bool:
-        if self.version(sid) is None:
-            return False
-        if self.db is not None:
-            self.db.write("mcp_session_end", lambda tx: self._record_end(tx, sid))
-        self._remember(sid)
-        return True
-
-    def _ended_elsewhere(self, sid: str) -> bool:
-        if self.db is None:
-            return False
-        try:
-            return self.db.reader().records.get(scopes.MCP_ENDED_SESSIONS, sid) is not None
-        except AppError as exc:
-            # The store being down must not take MCP down with it: this process's own view stands.
-            log.debug("could not read the ended MCP sessions: %s", exc)
-            return False
-
-    def _record_end(self, tx: Any, sid: str) -> None:
-        assert self.now is not None
-        tx.records.set(scopes.MCP_ENDED_SESSIONS, sid, {"sessionId": sid, "endedAt": self.now()}, now=self.now())
-        over = tx.records.count(scopes.MCP_ENDED_SESSIONS) - self.capacity
-        if over > 0:
-            oldest = tx.records.query(scopes.MCP_ENDED_SESSIONS, order_by=[("endedAt", False)], limit=over)
-            for record in oldest:
-                tx.records.delete(scopes.MCP_ENDED_SESSIONS, record["sessionId"])
-
-    def _remember(self, sid: str) -> None:
-        with self._lock:
-            self._ended[sid] = None
-            while len(self._ended) > self.capacity:
-                self._ended.popitem(last=False)
-
-    def health(self) -> dict[str, Any]:
-        return {"status": "ok", "ended": len(self._ended), "versions": list(SUPPORTED_VERSIONS)}
-
-
-def sessions_of(rt: Any) -> Sessions:
-    sessions = rt.services.get("mcp_sessions")
-    if sessions is None:
-        sessions = rt.services.setdefault("mcp_sessions", Sessions(db=rt.db, now=rt.clock.iso))
-    return sessions
 
 
 # -- JSON-RPC plumbing ------------------------------------------------------------------------------------
