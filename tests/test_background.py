@@ -265,9 +265,9 @@ def test_periodic_jobs_run_once_per_database_across_workers(make_runtime):
 _CLAIMING_WORKER = """
 import os, sys, time
 from pathlib import Path
-from agentmemory_server.kernel import runtime
+from agentmemory_server.kernel import periodic, runtime
 from agentmemory_server.kernel.settings import Settings
-runtime.CLAIM_LEASE_SECONDS = float(sys.argv[3])
+periodic.CLAIM_LEASE_SECONDS = float(sys.argv[3])
 settings = Settings.from_env(os.environ, data_dir=sys.argv[1], background_jobs=False, embedding_provider="none",
                              auth="off")
 rt = runtime.Runtime(settings, role="worker")
@@ -356,9 +356,9 @@ def test_a_periodic_run_longer_than_its_claim_keeps_other_workers_off_while_its_
     """A claim lasts a few minutes, not the period: the worker renews it while the run goes on,
     so a run longer than that is not run a second time by another worker; recording the run
     sets the next one a period after the claim. Runs on PostgreSQL too."""
-    from agentmemory_server.kernel import runtime
+    from agentmemory_server.kernel import periodic
 
-    monkeypatch.setattr(runtime, "CLAIM_LEASE_SECONDS", 3.0, raising=False)
+    monkeypatch.setattr(periodic, "CLAIM_LEASE_SECONDS", 3.0)
     a, b = make_runtime(), make_runtime()
     started, release = threading.Event(), threading.Event()
     a.every(3600, "nightly", lambda: (started.set(), release.wait(120)))
@@ -423,11 +423,11 @@ def test_two_runtimes_made_in_one_process_in_the_same_second_have_different_work
 _STALLED_EVICT_WORKER = """
 import os, sys, time
 from pathlib import Path
-from agentmemory_server.kernel import runtime
+from agentmemory_server.kernel import periodic
 from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.memory import retention
 from agentmemory_server.wiring import build_runtime
-runtime.CLAIM_LEASE_SECONDS = float(sys.argv[3])
+periodic.CLAIM_LEASE_SECONDS = float(sys.argv[3])
 settings = Settings.from_env(os.environ, data_dir=sys.argv[1], background_jobs=False, embedding_provider="none",
                              auth="off")
 rt = build_runtime(settings, role="worker")
