@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from agentmemory_server.kernel.hook_types import KNOWN_HOOK_TYPES
-from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.retrieval.stopwords import STOPWORDS
 
 # Words of the titles, narratives and summaries this server writes (capture/describe.py,
 # compress.py, summaries.py, consolidate.py, crystals.py, client_hooks.py).

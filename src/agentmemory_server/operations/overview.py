@@ -18,7 +18,7 @@ from agentmemory_server.kernel.scopes import MEMORIES, SESSIONS
 from agentmemory_server.kernel.util import iso, parse_time
 from agentmemory_server.operations import health
 from agentmemory_server.retrieval import search
-from agentmemory_server.retrieval.search import STOPWORDS
+from agentmemory_server.retrieval.stopwords import STOPWORDS
 
 INGEST_WINDOW_MINUTES = 60
 INGEST_SCAN_LIMIT = 5000  # audit rows read per operation; a busier hour is reported as capped
