@@ -3,11 +3,11 @@
 Views only parse, authenticate and delegate: every REST route is generated from the tools'
 ``http`` bindings and dispatched through ``registry.call``. ``python src/app.py`` serves the
 app with gunicorn's gthread worker (flask-sock needs it; waitress cannot serve WebSockets).
+The checks before every request and the headers after it are web_guards.py's.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import secrets
@@ -22,11 +22,22 @@ from werkzeug.exceptions import HTTPException
 from agentmemory_server import errors
 from agentmemory_server.adapters import mcp_http as mcp_protocol
 from agentmemory_server.adapters import openapi
-from agentmemory_server.adapters.origins import origin_allowed, parse_allowed
+from agentmemory_server.adapters.origins import parse_allowed
 from agentmemory_server.adapters.stream import ReaderThread, StreamSession
-from agentmemory_server.errors import AppError, Forbidden, InvalidInput, Unauthorized
+from agentmemory_server.adapters.web_guards import (
+    HOOKS_PATH,
+    PREFIX,
+    STREAM_PATH,
+    VIEWER_PATHS,
+    discard_body,
+    forget_caller,
+    guard,
+    is_upgrade,
+    security_headers,
+)
+from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import principals, registry
-from agentmemory_server.kernel.limits import caller_key, client_key
+from agentmemory_server.kernel.limits import caller_key
 from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
 from agentmemory_server.kernel.runtime import Runtime
@@ -34,20 +45,12 @@ from agentmemory_server.kernel.settings import Settings
 from agentmemory_server.kernel.util import MAX_JSON_DEPTH, WRAPPING_DEPTH, UnstorableJson, clean_json
 from agentmemory_server.wiring import build_runtime
 
-PREFIX = "/agentmemory"
-VIEWER_PATHS = ("/viewer", f"{PREFIX}/viewer")
-# The viewer page holds no data (it asks for the token itself), so it is open like /livez.
-OPEN_PATHS = {f"{PREFIX}/livez", *VIEWER_PATHS}
-STREAM_PATH = "/stream/mem-live/viewer"
 VIEWER_FILE = Path(__file__).resolve().parent.parent / "viewer" / "index.html"
 NONCE_MARK = "__CSP_NONCE__"
 AUTH_MARK = "__AUTH_MODE__"
 # Pings let the socket notice a peer that vanished without closing (and free its thread).
 WS_PING_SECONDS = 25
 MCP_PATH = "/mcp"
-HOOKS_PATH = f"{PREFIX}/hooks/"
-# Requests that count against the client's write rate limit (AGENTMEMORY_RATE_LIMIT).
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 log = logging.getLogger("agentmemory.http")
 
 
@@ -145,9 +148,9 @@ def create_app(settings: Settings | dict | None = None, *, runtime: Runtime | No
     allowed_origins = parse_allowed(rt.settings.viewer_allowed_origins)
     if rt.activity is not None:  # the background worker backs off while requests are served
         _count_activity(app, rt.activity)
-    app.before_request(lambda: _guard(rt, allowed_origins))
-    app.teardown_request(_forget_caller)
-    app.after_request(lambda response: _security_headers(response, allowed_origins))
+    app.before_request(lambda: guard(rt, allowed_origins))
+    app.teardown_request(forget_caller)
+    app.after_request(lambda response: security_headers(response, allowed_origins))
     _register_error_handlers(app, rt)
     _register_tool_routes(app, rt)
     _register_mcp_http(app, rt)
@@ -173,7 +176,7 @@ def _count_activity(app: Flask, board: Any) -> None:
     """Requests in flight on the activity board; an open viewer WebSocket is not a request."""
 
     def begin() -> None:
-        if not _is_upgrade():
+        if not is_upgrade():
             board.begin()
             g.activity_counted = True
 
@@ -183,140 +186,6 @@ def _count_activity(app: Flask, board: Any) -> None:
 
     app.before_request(begin)
     app.teardown_request(end)
-
-
-def _guard(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
-    """Before every request: the body limit of its route, the browser-origin policy, then auth
-    (the WebSocket may authenticate with its first message instead), the rate limit and JSON.
-
-    A refusal here comes before anything read the body: it is read and dropped first (up to a
-    bound), or a client still sending a big body sees a reset connection instead of the 401/429."""
-    try:
-        return _checks(rt, allowed_origins)
-    except AppError:
-        if request.method in WRITE_METHODS and not discard_body():
-            g.close_connection = True
-        raise
-
-
-def _checks(rt: Runtime, allowed_origins: tuple[str, ...]) -> Response | None:
-    request.max_content_length = body_limit(rt.settings, request.path)
-    origin = request.headers.get("Origin")
-    if not origin_allowed(origin, request.host, rt.settings.host, allowed_origins):
-        raise Forbidden(
-            f"browser origin {origin!r} may not call this server; list it in VIEWER_ALLOWED_ORIGINS to allow it",
-            code=errors.ORIGIN_NOT_ALLOWED,
-        )
-    if request.method == "OPTIONS":
-        return Response(status=204)  # a CORS preflight; headers are added after the request
-    if request.path in OPEN_PATHS:
-        return None
-    header = request.headers.get("Authorization")
-    token = request.args.get("token") if request.path == STREAM_PATH else None
-    if request.path == STREAM_PATH and not (header or token) and _is_upgrade():
-        g.stream_authenticated = False  # the first message must be {"type":"auth","token":...}
-        return None
-    presented = None
-    if rt.settings.secret:
-        presented = token or (header[7:].strip() if header and header[:7].lower() == "bearer " else None)
-        principal = principals.authenticate(rt, presented)
-        if principal is None:
-            rt.deny("missing token" if not (header or token) else "wrong token", request.path, request.remote_addr)
-            raise unauthorized()
-        g.principal_reset = principals.CALLER.set(principal)
-        g.presented_token = presented  # an open WebSocket checks it again (a revocation)
-    g.stream_authenticated = True
-    if request.method in WRITE_METHODS:
-        rt.limiter.take(client_key(presented, request.remote_addr), f"{request.method} {request.path}")
-    _require_json_body()
-    return None
-
-
-def body_limit(settings: Settings, path: str) -> int:
-    """The largest body a route accepts: imports and raw agent hooks carry more than a tool call."""
-    if path == f"{PREFIX}/import":
-        return settings.max_import_bytes
-    if path.startswith(HOOKS_PATH):
-        return settings.hook_max_body_bytes
-    return settings.max_body_bytes
-
-
-def _forget_caller(_exc: BaseException | None) -> None:
-    reset = g.pop("principal_reset", None)
-    if reset is not None:
-        principals.CALLER.reset(reset)
-
-
-def _require_json_body() -> None:
-    """Upstream 0.9.30: a write with a body must say it is JSON. A browser can send a "simple"
-    cross-site request (form or text/plain, no preflight) to a local server; it cannot send
-    application/json without asking first."""
-    if request.method not in WRITE_METHODS:
-        return
-    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
-    if not (request.content_length or chunked):
-        return
-    _refuse_encoded_body()
-    mimetype = request.mimetype or ""
-    if mimetype == "application/json" or mimetype.endswith("+json"):
-        return
-    raise AppError(
-        f"send the body as 'Content-Type: application/json' (got {mimetype or 'no Content-Type'!r})",
-        code=errors.UNSUPPORTED_MEDIA_TYPE,
-        status=415,
-    )
-
-
-def _refuse_encoded_body() -> None:
-    """We read bodies as they arrive: a compressed one would fail as "not valid UTF-8", and a
-    plain one labelled compressed would be taken as it is. Either way the header is wrong, so
-    say so."""
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding in ("", "identity"):
-        return
-    raise AppError(
-        f"send the body uncompressed (Content-Encoding {encoding!r} is not accepted)",
-        code=errors.UNSUPPORTED_MEDIA_TYPE,
-        status=415,
-        details={"header": "Content-Encoding"},
-    )
-
-
-def _security_headers(response: Response, allowed_origins: tuple[str, ...]) -> Response:
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Cache-Control", "no-store")
-    origin = request.headers.get("Origin", "").rstrip("/")
-    # CORS only for origins listed in VIEWER_ALLOWED_ORIGINS: closed by default.
-    if origin and ("*" in allowed_origins or origin in allowed_origins):
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Headers"] = (
-            "Authorization, Content-Type, Mcp-Session-Id, MCP-Protocol-Version"
-        )
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-        response.headers["Access-Control-Max-Age"] = "600"
-        response.headers.add("Vary", "Origin")
-    return response
-
-
-def _is_upgrade() -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket"
-
-
-def unauthorized() -> Unauthorized:
-    return Unauthorized(
-        "unauthorized: send 'Authorization: Bearer <token>' (AGENTMEMORY_SECRET, the token in the server's "
-        "secret file, ~/.agentmemory/secret by default, or an API token from `agentmemory tokens create`)"
-    )
-
-
-def check_auth(secret: str | None, header: str | None, token: str | None = None) -> None:
-    """Bearer auth against the server's secret alone, with a constant-time comparison; a no-op
-    when no secret is configured."""
-    if not secret:
-        return
-    presented = header or (f"Bearer {token}" if token else "")
-    if not hmac.compare_digest(presented.encode("utf-8", "replace"), f"Bearer {secret}".encode()):
-        raise unauthorized()
 
 
 def _tool_view(rt: Runtime, tool: Tool, default_status: int):
@@ -355,35 +224,6 @@ def _content_response(content: tuple[bytes | str, str], status: int) -> Response
             "frame-ancestors 'none'"
         )
     return response
-
-
-# A body over the limit is still read (and thrown away) up to this many bytes before the 413 is
-# sent: a client that is still sending when the server answers and closes sees a reset
-# connection (EPIPE) instead of the answer. Past it the connection is closed after the answer.
-DISCARD_LIMIT = 256 * 1024 * 1024
-DISCARD_CHUNK = 1 << 16
-
-
-def discard_body(limit: int = DISCARD_LIMIT) -> bool:
-    """Read and drop what is left of the request body (at most ``limit`` bytes); True when the
-    whole body was read, so the connection can stay open."""
-    stream = request.environ.get("wsgi.input")
-    if stream is None:
-        return True
-    remaining = request.content_length
-    read = 0
-    while read < limit:
-        want = DISCARD_CHUNK if remaining is None else min(DISCARD_CHUNK, remaining - read)
-        if want <= 0:
-            return True
-        try:
-            chunk = stream.read(want)
-        except (OSError, ValueError):
-            return False
-        if not chunk:
-            return True
-        read += len(chunk)
-    return False
 
 
 # HTTP-level refusals (routing, body limits) and the catalogue code each one gets.
