@@ -30,7 +30,8 @@ process, on the database from the settings (AGENTMEMORY_DB / AGENTMEMORY_DATA_DI
 Safe beside a running server on the same file: work runs in short transactions (a ``replace``
 import is one) and waits for the server's writer instead of failing; an import or migrate holds
 the store's lease (``memory/transfer_lease.py``), so a second one exits 1 saying what runs.
-Progress bars go to stderr (``--quiet`` turns them off); results go to stdout as JSON.
+Progress bars go to stderr (``--quiet`` turns them off); results go to stdout as JSON, or as
+the tables of cli_tables.py (``stats`` and ``llm test`` without ``--json``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Any
 
 from agentmemory_server import errors
 from agentmemory_server.adapters import cli_agents
+from agentmemory_server.adapters.cli_tables import print_llm_test, print_stats
 from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import auth, privacy, registry
 from agentmemory_server.kernel.registry import Ctx
@@ -309,39 +311,6 @@ def cmd_restore(settings: Settings, opts: argparse.Namespace) -> Any:
     return hf_sync.restore(_sync_config(settings), force=opts.force)
 
 
-def _print_stats(result: dict[str, Any]) -> None:
-    db = result["db"]
-    print(
-        f"database   {db['path']}  schema v{db['schemaVersion']}  "
-        f"{db['sizeBytes']:,} bytes + WAL {db['walBytes']:,} bytes"
-    )
-    print("records by scope:")
-    for scope, n in result["scopes"].items():
-        print(f"  {scope:<24} {n:>10,}")
-    print(f"  (observations in {result['sessionsWithObservations']:,} session(s))")
-    print("indexed for search:")
-    for kind, n in sorted(result["indexed"].items()):
-        print(f"  {kind:<24} {n:>10,}")
-    _print_tokens(result["llm"])
-
-
-def _print_tokens(report: dict[str, Any]) -> None:
-    budget = report["budget"]
-    limit = f"budget {budget['daily']:,}/day" if budget["daily"] is not None else "no daily budget"
-    print(f"model tokens per UTC day ({limit}; resets {budget['resetsAt']}):")
-    for day in report["byDay"]:
-        print(f"  {day['day']:<12} {day['totalTokens']:>12,} tokens {day['calls']:>7,} calls")
-    print(f"today ({report['day']}) by feature:")
-    if not report["byFeature"]:
-        print("  (no model calls)")
-    for feature, row in report["byFeature"].items():
-        skipped = row["skippedBudget"] + row["skippedLowValue"]
-        print(
-            f"  {feature:<14} {row['totalTokens']:>10,} tokens {row['calls']:>6,} calls "
-            f"{row['failed']:>4,} failed {skipped:>6,} skipped"
-        )
-
-
 # -- agentmemory llm ... (model provider commands) ------------------------------------------------------
 
 
@@ -352,39 +321,6 @@ def cmd_llm_test(settings: Settings, opts: argparse.Namespace) -> Any:
 def llm_test_failed(result: dict[str, Any]) -> bool:
     requests = [result["request"] or {}, *result.get("otherModels", [])]
     return not all(request.get("ok") for request in requests)
-
-
-def _print_llm_request(request: dict[str, Any]) -> None:
-    model = request["model"] + (f" ({', '.join(request['features'])})" if request.get("features") else "")
-    if request["ok"]:
-        valid = "valid JSON" if request["validJson"] else f"not the asked JSON: {request['answer']!r}"
-        print(
-            f"request    ok: {model} answered in {request['latencyMs']} ms "
-            f"({request['promptTokens']} prompt + {request['completionTokens']} completion tokens, {valid})"
-        )
-    else:
-        print(f"request    FAILED: {model}: {request['error']}")
-
-
-def _print_llm_test(result: dict[str, Any]) -> None:
-    if result["provider"] is None:
-        print("provider   none: every LLM feature runs deterministically (set AGENTMEMORY_LLM_PROVIDER)")
-    else:
-        print(f"provider   {result['provider']}  {result['baseUrl'] or ''}")
-    if result["problem"]:
-        print(f"problem    {result['problem']}")
-    for request in [result["request"], *result.get("otherModels", [])]:
-        if request is not None:
-            _print_llm_request(request)
-    print(f"{'feature':<14} {'enabled':<8} {'model call':<11} {'provider':<10} {'model':<28} budget left today")
-    for feature, plan in result["features"].items():
-        left = "no limit" if plan["budgetLeft"] is None else f"{plan['budgetLeft']:,}"
-        if plan["budgetReached"]:
-            left += " (reached)"
-        print(
-            f"{feature:<14} {'yes' if plan['enabled'] else 'no':<8} {'yes' if plan['usesModel'] else 'no':<11} "
-            f"{plan['provider'] or '-':<10} {plan['model'] or '-':<28} {left}"
-        )
 
 
 def _records(what: str) -> Callable[[str], int]:
@@ -541,7 +477,7 @@ def _add_llm_commands(commands: Any) -> None:
     sub = group.add_subparsers(dest="llm_command", required=True, metavar="llm_command")
     test = sub.add_parser("test", help="one tiny request: latency, and each feature's provider, model and budget")
     test.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    test.set_defaults(run=cmd_llm_test, show=_print_llm_test, failed=llm_test_failed)
+    test.set_defaults(run=cmd_llm_test, show=print_llm_test, failed=llm_test_failed)
 
 
 def settings_for(opts: argparse.Namespace) -> Settings:
@@ -579,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.command == "export" and opts.output in (None, "-"):
         print(json.dumps(result), file=sys.stderr)
     elif opts.command == "stats" and not opts.json:
-        _print_stats(result)
+        print_stats(result)
     elif getattr(opts, "show", None) and not opts.json:
         opts.show(result)
     else:
