@@ -10,7 +10,7 @@ import sys
 
 from agentmemory_server.retrieval import search
 from agentmemory_server.similarity import BANDS, band_keys, jaccard
-from agentmemory_server.storage.lexical import tantivy_index, tantivy_schema, tantivy_tail
+from agentmemory_server.storage.lexical import tantivy_schema, tantivy_search, tantivy_tail
 from conftest import SRC, ToolCaller
 
 VOCABULARY = [f"term{i}" for i in range(5000)]
@@ -117,7 +117,7 @@ def test_an_index_with_other_band_keys_is_rebuilt_with_these(make_runtime, tmp_p
     near-duplicates by BM25 meanwhile."""
     data = str(tmp_path / "upgrade")
     with monkeypatch.context() as older:
-        older.setattr(tantivy_index, "NEAR_DUP", "near_dup_v0")
+        older.setattr(tantivy_search, "NEAR_DUP", "near_dup_v0")
         older.setattr(tantivy_schema, "NEAR_DUP", "near_dup_v0")
         older.setattr(tantivy_tail, "NEAR_DUP", "near_dup_v0")
         rt = make_runtime(data_dir=data)
