@@ -137,9 +137,10 @@ def test_the_sql_finder_sees_sql_in_fstrings(tmp_path):
 
 
 # Ceilings, not the aim: AGENTS.md asks for modules under ~600 lines and functions under ~40. A
-# module past the ceiling is split into coherent modules (as storage/*/database.py, working/ and
-# memory/transfer.py were), not let grow into a god module; lower these as the code allows.
-MODULE_LINES_MAX = 650
+# module past the ceiling is split into coherent modules (as storage/*/database.py, working/,
+# memory/transfer.py, kernel/runtime.py and models/llm_steps.py were), not let grow into a god
+# module; lower these as the code allows (every module was at most 560 lines when this became 600).
+MODULE_LINES_MAX = 600
 FUNCTION_LINES_MAX = 120
 
 
