@@ -12,7 +12,8 @@ live in the same file and change in the same transaction as the record they inde
 repositories (records.py, search_index.py, ...) hold every SQL statement; this module only
 opens the file, hands out units of work (unit_of_work.py) and runs the write transactions. The
 schema checks and migrations at open are schema.py's; the integrity checks and the damage they
-find are integrity.py's; the file's facts and its closing are lifecycle.py's.
+find are integrity.py's, and how the database reports them (with a full or read-only disk)
+storage_faults.py's; the file's facts and its closing are lifecycle.py's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agentmemory_server import errors
-from agentmemory_server.errors import AppError, Unavailable
+from agentmemory_server.errors import Unavailable
 from agentmemory_server.storage import interfaces, owed_indexes
 from agentmemory_server.storage.blobs import BlobStore, images_dir
 from agentmemory_server.storage.interfaces import RecordIndex, indexed_fields
@@ -35,13 +36,14 @@ from agentmemory_server.storage.lexical.tantivy_index import TantivyLexical
 from agentmemory_server.storage.sqlite import lexical_fts5, schema
 from agentmemory_server.storage.sqlite.bounds import QueueBounds
 from agentmemory_server.storage.sqlite.checkpoint import SAFETY_NET_PAGES, WalCheckpointer
-from agentmemory_server.storage.sqlite.faults import FreeSpace, classify, damaged
+from agentmemory_server.storage.sqlite.faults import FreeSpace, classify
 from agentmemory_server.storage.sqlite.group_commit import Queued, WriteQueue, run_group
 from agentmemory_server.storage.sqlite.integrity import IntegrityChecks
 from agentmemory_server.storage.sqlite.lexical_feed import SqliteFeeds
 from agentmemory_server.storage.sqlite.lifecycle import FileLifecycle
 from agentmemory_server.storage.sqlite.records import ensure_indexes
 from agentmemory_server.storage.sqlite.schema import preflight
+from agentmemory_server.storage.sqlite.storage_faults import StorageFaults
 from agentmemory_server.storage.sqlite.unit_of_work import SqliteUnitOfWork
 from agentmemory_server.storage.sqlite.vector_index import SqliteVectorIndex
 from agentmemory_server.storage.sqlite.write_gate import ProcessWriteGate
@@ -60,7 +62,7 @@ SHORTENED_AFTER_SECONDS = 0.05
 OWED_INDEXES_WAIT_SECONDS = 0.05
 
 
-class Database(FileLifecycle):
+class Database(StorageFaults, FileLifecycle):
     """Owns the SQLite file.
 
     :param path: database file; parent directories are created.
@@ -258,55 +260,6 @@ class Database(FileLifecycle):
     def _write_lock_waited(self, step: str) -> AbstractContextManager[None]:
         """Run ``step`` of opening the store, which needs the write lock (``schema.write_lock_waited``)."""
         return schema.write_lock_waited(self.path, self.lock_wait, step)
-
-    # ---- faults: damage (integrity.py), full or read-only disks
-    @property
-    def damage(self) -> dict[str, Any] | None:
-        """What made the file count as damaged (here or in another process), or None."""
-        return self.integrity.damage
-
-    @property
-    def last_check(self) -> dict[str, Any] | None:
-        """This process's last integrity check (or the pass of another's it took over)."""
-        return self.integrity.last_check
-
-    def periodic_integrity_check(self, budget_seconds: float, passed_within: float) -> list[str] | None:
-        return self.integrity.periodic_check(budget_seconds, passed_within)
-
-    def run_integrity_check(self, budget_seconds: float, source: str) -> list[str] | None:
-        return self.integrity.run_check(budget_seconds, source)
-
-    def mark_damaged(self, problems: list[str], source: str) -> None:
-        self.integrity.mark_damaged(problems, source)
-
-    def app_error(self, exc: BaseException) -> AppError | None:
-        """What a storage failure means to the client (None: not a storage failure). Damage
-        found this way marks the database damaged."""
-        error = classify(exc, self.path)
-        if error is not None and error.code == errors.DATABASE_DAMAGED:
-            self.mark_damaged(error.details["problems"], "a query")
-        elif error is not None and error.code == errors.DISK_FULL:
-            self.space.note_full()
-        elif error is not None and error.code == errors.STORAGE_READ_ONLY:
-            self.space.read_only_seen = True
-        return error
-
-    def close_queue(self, name: str) -> None:
-        """Accept no entries into queue ``name`` from now on (see ``QueueBounds.close``)."""
-        self.bounds.close(name)
-
-    def queue_stats(self) -> dict[str, Any]:
-        """Size, bound and entries shed of each bounded queue."""
-        return self.bounds.stats()
-
-    def storage_health(self) -> dict[str, Any]:
-        """Disk space and integrity, for /health."""
-        return {"disk": self.space.health(), "integrity": self.integrity.health()}
-
-    def _refuse_writes_if_unsafe(self) -> None:
-        if self.damage is not None:
-            raise damaged(self.path, self.damage["problems"])
-        self.space.check_write()
 
     def reader(self) -> SqliteUnitOfWork:
         """A read-only Store on this thread's own connection (inside a write transaction on
