@@ -118,16 +118,35 @@ class Database(StorageFaults, FileLifecycle):
         declared = tuple(record_indexes or ())
         self._record_indexes = indexed_fields(declared, prefix=False)
         self._prefix_indexes = indexed_fields(declared, prefix=True)
+        self._init_derived_state()
+        if self.damage is not None:
+            return  # served as it is: no migration, index or engine state is written into a damaged file
+        indexes = None if record_indexes is None else declared
+        self._migrate_and_start(indexes, lexical_engine, lexical_weights, background, checkpoint_seconds)
+
+    def _init_derived_state(self) -> None:
+        """The Tantivy index, the WAL checkpointer and the record indexes owed, none yet: a sound
+        file gets them in ``_migrate_and_start``, a damaged one never."""
         self.lexical: TantivyLexical | None = None
         self.checkpointer: WalCheckpointer | None = None
         # The record indexes this opener could not make (see make_owed_indexes); retried on a thread.
         self.owed_indexes: tuple[RecordIndex, ...] = ()
         self._retry_stop = threading.Event()
-        if self.damage is not None:
-            return  # served as it is: no migration, index or engine state is written into a damaged file
+
+    def _migrate_and_start(
+        self,
+        indexes: tuple[RecordIndex, ...] | None,
+        lexical_engine: str,
+        lexical_weights: Mapping[str, float] | None,
+        background: bool,
+        checkpoint_seconds: float,
+    ) -> None:
+        """On a sound file: migrate it, make the declared record ``indexes`` (None: leave them as
+        they are), record the lexical engine, then start the WAL checkpointer, the Tantivy index
+        and the retry of the record indexes owed, in that order."""
         self._migrate()
-        if record_indexes is not None:
-            self._ensure_indexes(declared)
+        if indexes is not None:
+            self._ensure_indexes(indexes)
         stale = self._engine_switched(lexical_engine)
         if checkpoint_seconds > 0:  # a long-running process: commits leave WAL checkpoints to a thread
             self._start_checkpointer(checkpoint_seconds)
