@@ -116,15 +116,7 @@ class PostgresDatabase(PoolCheckout):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.legacy_images = BlobStore(images_dir(self.path))  # image bytes stored before migration 6
         self._now = now
-        self._local = threading.local()
-        self._write_mutex = threading.Lock()
-        self._closed = False
-        # Set when a connection broke or a wait for one ran out, and the database then did not
-        # answer a check: until it answers again, requests fail at once with the reason instead
-        # of each waiting the pool's timeout out (longer than any hook waits for its answer).
-        self._unanswered = False
-        self.last_write = 0.0
-        self._commit_listeners: list[Callable[[], None]] = []  # on_commit
+        self._init_process_state()
         self.bounds = QueueBounds(queue_limits or {})
         # This node's own disk (its Tantivy index): watched in /health, never a reason to refuse writes.
         self.space = FreeSpace(self.path, reserve=disk_reserve_bytes, warn=disk_warn_bytes)
@@ -138,10 +130,31 @@ class PostgresDatabase(PoolCheckout):
         self._vector_indexes: dict[tuple[str, int], PgVectorIndex] = {}
         database_id = self.schema.migrate(declared)
         self.pool = open_pool(url, pool_size)
+        self._start_lexical(database_id, lexical_engine, lexical_weights, background, node)
+
+    def _init_process_state(self) -> None:
+        """This process's own state: its threads' transactions, its writers' turn, whether it is
+        closed or the database stopped answering, its last write and commit listeners."""
+        self._local = threading.local()
+        self._write_mutex = threading.Lock()
+        self._closed = False
+        # Set when a connection broke or a wait for one ran out, and the database then did not
+        # answer a check: until it answers again, requests fail at once with the reason instead
+        # of each waiting the pool's timeout out (longer than any hook waits for its answer).
+        self._unanswered = False
+        self.last_write = 0.0
+        self._commit_listeners: list[Callable[[], None]] = []  # on_commit
+
+    def _start_lexical(
+        self, database_id: str, engine: str, weights: Mapping[str, float] | None, background: bool, node: str | None
+    ) -> None:
+        """Record the lexical ``engine`` (the units of work of that transaction have no Tantivy
+        index yet), open this node's Tantivy index when it is the engine, then retry the record
+        indexes owed on a thread."""
         self.lexical: TantivyLexical | None = None
-        stale = self._engine_switched(lexical_engine)
-        if lexical_engine == "tantivy":
-            self.lexical = self._open_tantivy(database_id, lexical_weights, stale, background, node)
+        stale = self._engine_switched(engine)
+        if engine == "tantivy":
+            self.lexical = self._open_tantivy(database_id, weights, stale, background, node)
         if self.owed_indexes:
             owed_indexes.make_later(self.make_owed_indexes, self._retry_stop)
 

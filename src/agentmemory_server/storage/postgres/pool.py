@@ -58,7 +58,7 @@ class PoolCheckout:
     url: str
     location: str
     pool: psycopg_pool.ConnectionPool
-    _unanswered: bool  # the database did not answer the last check (see PostgresDatabase.__init__)
+    _unanswered: bool  # the database did not answer the last check (see PostgresDatabase._init_process_state)
 
     @contextmanager
     def pooled(self) -> Iterator[psycopg.Connection]:
