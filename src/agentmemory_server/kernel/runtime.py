@@ -120,23 +120,8 @@ class Runtime:
         self.started_at = time.time()
         self.worker_id = _worker_id(self.started_at)
         self.db = _open_store(settings, self.clock, role)
-        self.hub = Hub(
-            queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
-        )
-        # Several processes (workers, nodes) share events through the database (kernel/bus.py).
-        self.bus = EventBus(self.db, self.hub) if settings.database_url or settings.workers > 1 else None
-        # Request-serving processes post their load on the board the background worker reads.
-        self.activity = (
-            background.ActivityBoard(settings.database_path) if role == "server" and settings.background_jobs else None
-        )
-        self.jobs = Jobs(
-            claim=self._claim_periodic,
-            done=self._periodic_done,
-            hold=self._hold_periodic,
-            holds=self._holds_periodic,
-            due_at=self._periodic_due_at,
-            next_run=self._periodic_next_run,
-        )
+        self._init_events(settings, role)
+        self.jobs = self._periodic_jobs()
         self.supervisor: Any = None  # the background worker's supervisor, when this server started one
         self.denials = auth.Denials()
         self.tokens = TokenCache()
@@ -150,6 +135,31 @@ class Runtime:
         self._start_services()
         if self.runs_background:
             self.jobs.start()
+
+    def _init_events(self, settings: Settings, role: str) -> None:
+        """The live-event hub, the bus that shares events between processes, and the activity
+        board of a request-serving process."""
+        self.hub = Hub(
+            queue_size=settings.viewer_queue_size, max_clients=settings.max_viewers, replay_size=settings.viewer_replay
+        )
+        # Several processes (workers, nodes) share events through the database (kernel/bus.py).
+        self.bus = EventBus(self.db, self.hub) if settings.database_url or settings.workers > 1 else None
+        # Request-serving processes post their load on the board the background worker reads.
+        self.activity = (
+            background.ActivityBoard(settings.database_path) if role == "server" and settings.background_jobs else None
+        )
+
+    def _periodic_jobs(self) -> Jobs:
+        """The periodic jobs, their runs claimed in the database (one run per period, whichever
+        worker takes it)."""
+        return Jobs(
+            claim=self._claim_periodic,
+            done=self._periodic_done,
+            hold=self._hold_periodic,
+            holds=self._holds_periodic,
+            due_at=self._periodic_due_at,
+            next_run=self._periodic_next_run,
+        )
 
     def _build_subsystems(self) -> None:
         # In order, onto self.services: a factory may use the subsystems built before it.
