@@ -179,14 +179,7 @@ def prepare(ctx: Ctx, args: dict) -> Prepared:
     hook, original = filters.classify_hook_type(args["hookType"])
     client_ts = args.get("timestamp") or ""
     timestamp = normalise_time(client_ts, rt.clock)
-    note = {k: args[k] for k in ("content", "title", "type", "files", "concepts") if args.get(k)}
-    if hook == "observation":
-        if not args.get("content") and args.get("data") in (None, "", {}):
-            raise InvalidInput("an observation needs 'content' or 'data'", field="content")
-        # An agent's note: its own fields win, and data comes along under them.
-        payload: Any = with_note(args.get("data"), note, note_wins=bool(note.get("content")))
-    else:
-        payload = with_note(args.get("data"), note)
+    payload = _payload(hook, args)
     reader = images.confined_reader(_readable_roots(ctx), settings.max_body_bytes)
     found = images.extract_images(payload, reader)  # before stripping: base64 is not text
     limits = {"output_max": settings.capture_output_max, "field_max": settings.max_field_chars}
@@ -207,6 +200,29 @@ def prepare(ctx: Ctx, args: dict) -> Prepared:
         **compressed,
         "raw": raw,
     }
+    _note_capture(obs, original, found, raw, trimmed)
+    return Prepared(obs, found.images, trimmed, compressed.get("toolName"))
+
+
+def _payload(hook: str, args: dict) -> Any:
+    """The event's payload: its ``data`` with the note fields sent beside it (content, title,
+    type, files, concepts). An agent's own observation needs content or data."""
+    note = {k: args[k] for k in ("content", "title", "type", "files", "concepts") if args.get(k)}
+    if hook == "observation":
+        if not args.get("content") and args.get("data") in (None, "", {}):
+            raise InvalidInput("an observation needs 'content' or 'data'", field="content")
+        # An agent's note: its own fields win, and data comes along under them.
+        payload: Any = with_note(args.get("data"), note, note_wins=bool(note.get("content")))
+    else:
+        payload = with_note(args.get("data"), note)
+    return payload
+
+
+def _note_capture(
+    obs: dict[str, Any], original: str | None, found: images.Extraction, raw: Any, trimmed: filters.Trimmed
+) -> None:
+    """What capturing did to the event, on the observation: the hook type the client sent when
+    it was mapped, the images taken out of it, the fields trimmed."""
     if original is not None:
         obs["originalHookType"] = original
     if found.images:
@@ -215,7 +231,6 @@ def prepare(ctx: Ctx, args: dict) -> Prepared:
         obs["modality"] = images.modality(raw, found.images)
     if trimmed.fields:
         obs["truncated"] = {"fields": trimmed.fields[:20], "chars": trimmed.chars}
-    return Prepared(obs, found.images, trimmed, compressed.get("toolName"))
 
 
 def with_note(data: Any, note: dict[str, Any], *, note_wins: bool = False) -> Any:
