@@ -330,9 +330,9 @@ def test_a_worker_refused_a_claim_polls_again_when_it_lapses_not_up_to_a_minute_
     up to its lease plus 60 s late. Now B polls again when the schedule says the claim lapses
     (``next_run``), and takes the run up at that poll: once, as a claim is one conditional
     write. Runs on PostgreSQL too (AGENTMEMORY_TEST_BACKEND=postgresql)."""
-    from agentmemory_server.kernel import runtime
+    from agentmemory_server.kernel import periodic
 
-    monkeypatch.setattr(runtime, "CLAIM_LEASE_SECONDS", 2.0, raising=False)
+    monkeypatch.setattr(periodic, "CLAIM_LEASE_SECONDS", 2.0)
     a, b = make_runtime(), make_runtime()
     _make_due(a, "nightly")
     assert a._claim_periodic("nightly", 3600)  # and A dies: its claim lapses in 2 s
