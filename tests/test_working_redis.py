@@ -821,7 +821,7 @@ def test_a_write_to_redis_by_a_process_that_had_not_followed_the_fallback_surviv
     def every_process_looks_meanwhile(seconds: float) -> None:
         waited.append(seconds)
         monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)
-        monkeypatch.setattr(working_fallback, "IN_FLIGHT_SECONDS", 0.0, raising=False)
+        monkeypatch.setattr(working_fallback, "IN_FLIGHT_SECONDS", 0.0)
 
     monkeypatch.setattr(svc.fallback, "pause", every_process_looks_meanwhile)
     importer("import", exportData=export, strategy="replace")
@@ -850,14 +850,14 @@ def test_a_replace_import_whose_transaction_finds_a_newer_fallback_than_it_waite
 
     def then_healed_and_fallen_back_again() -> None:
         monkeypatch.setattr(working_fallback, "FOLLOW_SECONDS", 0.0)  # the first fallback is old news
-        monkeypatch.setattr(working_fallback, "IN_FLIGHT_SECONDS", 0.0, raising=False)
+        monkeypatch.setattr(working_fallback, "IN_FLIGHT_SECONDS", 0.0)
         waited()
         monkeypatch.undo()
         sqlite = svc.sqlite
         assert sqlite.clear_fallback_mark(set(sqlite.held_scopes()))
         sqlite.mark_fallback("2026-12-07T23:59:59Z", "Redis failed again for another node")
 
-    monkeypatch.setattr(svc, "await_followers", then_healed_and_fallen_back_again, raising=False)
+    monkeypatch.setattr(svc, "await_followers", then_healed_and_fallen_back_again)
     with pytest.raises(AppError) as refused:
         importer("import", exportData=export, strategy="replace")
     assert refused.value.code == "working_memory_unavailable" and refused.value.retry_after >= 5
