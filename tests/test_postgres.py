@@ -1050,15 +1050,21 @@ def test_a_statement_the_schema_refuses_is_a_500_internal_error_not_database_bus
     scope = {"project": "p", "sessionId": "s1"}
     assert client.post("/agentmemory/working/set", json={**scope, "key": "fine", "value": 1}).status_code == 200
     _alter(url, "ALTER TABLE wm_kv ADD CONSTRAINT test_refused CHECK (key <> 'refused')")
-    internal = {"ok": False, "error": "internal error; see the server log", "code": "internal_error", "status": 500}
+
+    def internal(answer) -> dict:  # the envelope of a bug, naming its logged errorId
+        error_id = answer.json["details"]["errorId"]
+        assert f"errorId={error_id}" in caplog.text
+        return {"ok": False, "error": f"internal error; see the server log for errorId={error_id}",
+                "code": "internal_error", "status": 500, "details": {"errorId": error_id}}
+
     answer = client.post("/agentmemory/working/set", json={**scope, "key": "refused", "value": 1})
-    assert (answer.status_code, answer.json) == (500, internal), answer.json
+    assert (answer.status_code, answer.json) == (500, internal(answer)), answer.json
     assert "Retry-After" not in answer.headers
     assert "unhandled error on POST /agentmemory/working/set" in caplog.text and "CheckViolation" in caplog.text
     caplog.clear()
     _alter(url, "ALTER TABLE wm_kv RENAME COLUMN updated_at TO updated_at_gone")
     answer = client.post("/agentmemory/working/set", json={**scope, "key": "other", "value": 1})
-    assert (answer.status_code, answer.json) == (500, internal), answer.json
+    assert (answer.status_code, answer.json) == (500, internal(answer)), answer.json
     assert "UndefinedColumn" in caplog.text and "Traceback" in caplog.text
 
 

@@ -364,8 +364,9 @@ def test_an_unexpected_exception_on_a_call_answers_an_error(rt):
         tx.records.set("mem:lessons", lesson["id"], lesson, now="x")
         search.index_record(tx, "lesson", lesson)
     reply = _ws_request(rt, json.dumps({"id": "q1", "tool": "memory_lesson_recall", "args": {"query": "cache"}}))
-    assert reply == {"id": "q1", "ok": False, "error": "internal error; see the server log",
-                     "code": "internal_error", "status": 500}
+    error_id = reply["details"]["errorId"]
+    assert reply == {"id": "q1", "ok": False, "error": f"internal error; see the server log for errorId={error_id}",
+                     "code": "internal_error", "status": 500, "details": {"errorId": error_id}}
     assert _ws_request(rt, '{"id": 2, "tool": "memory_sessions"}')["ok"] is True
 
 

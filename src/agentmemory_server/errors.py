@@ -12,6 +12,9 @@ its transport's envelope, and every envelope carries the same body::
 - MCP tools: a result with ``isError: true`` whose text is that body;
 - JSON-RPC (``POST /mcp``): a JSON-RPC error whose ``data`` is that body.
 
+An unexpected error (a bug) is the 500 ``internal_error`` of ``unexpected``, whose
+``details.errorId`` is also on the log line of its traceback.
+
 ``error`` stays a plain string because upstream agentmemory clients print ``body.error``.
 Callers may add keys but must not remove these. Every ``code`` is declared in ``CATALOGUE``
 (README's error-code table is generated from it and a test checks the code uses no other).
@@ -19,6 +22,8 @@ Callers may add keys but must not remove these. Every ``code`` is declared in ``
 
 from __future__ import annotations
 
+import logging
+import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,7 +72,11 @@ UNAVAILABLE = _declare(
     "A dependency is down (PostgreSQL that does not answer: the message names why, with `Retry-After`) or the "
     "server is stopping; retry later.",
 )
-INTERNAL_ERROR = _declare("internal_error", 500, "A bug: the server log has the traceback.")
+INTERNAL_ERROR = _declare(
+    "internal_error",
+    500,
+    "A bug: the server log has the traceback on the line naming `details.errorId` (`errorId=<id>`).",
+)
 
 # -- transport ------------------------------------------------------------------------------------
 METHOD_NOT_ALLOWED = _declare("method_not_allowed", 405, "The route exists but not with this HTTP method.")
@@ -356,6 +365,19 @@ def envelope(status: int, message: str, code: str, details: dict[str, Any] | Non
     if details:
         body["details"] = _redact(details)
     return body
+
+
+def unexpected(log: logging.Logger, what: str, *args: Any) -> dict[str, Any]:
+    """Log the exception being handled (``what % args``, then its traceback) and return the
+    500 ``internal_error`` envelope that names it. Called from an ``except`` block.
+
+    The answer and the log line share a short random ``errorId`` (``details.errorId``, and
+    ``errorId=<id>`` in the log line and the message, which clients print): on a busy server
+    an operator finds the traceback of the request a user reports by that id alone."""
+    error_id = secrets.token_hex(6)
+    log.exception(what + " errorId=%s", *args, error_id, stacklevel=2)  # the caller's line, not this one
+    message = f"internal error; see the server log for errorId={error_id}"
+    return envelope(500, message, INTERNAL_ERROR, {"errorId": error_id})
 
 
 def error_body(status: int, message: str, code: str) -> dict[str, Any]:

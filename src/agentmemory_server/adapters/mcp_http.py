@@ -336,8 +336,8 @@ def dispatch(call: Call) -> dict[str, Any]:
     except AppError as exc:
         raise _from_app_error(exc) from None
     except Exception:
-        log.exception("MCP method %s failed", call.method)
-        raise RpcError(INTERNAL_ERROR, "internal error; see the server log") from None
+        data = errors.unexpected(log, "MCP method %s failed", call.method)
+        raise RpcError(INTERNAL_ERROR, data["error"], data) from None
     return _modern_result(call, result) if call.modern else result
 
 

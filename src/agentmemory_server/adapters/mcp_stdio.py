@@ -69,10 +69,21 @@ log = logging.getLogger("agentmemory.mcp_stdio")
 class ProxyError(Exception):
     """The server could not be reached or answered an error; the message says what to do."""
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None, *, unreachable: bool = False):
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        code: str | None = None,
+        *,
+        unreachable: bool = False,
+        envelope: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status, self.code = status, code
         self.unreachable = unreachable  # no server answered at all (nothing listens, or no route to it)
+        # The server's error envelope, when it answered one: a JSON-RPC error's ``data``, so the
+        # client reads its ``code`` and ``details`` (a 500's ``errorId``) as over the server's /mcp.
+        self.envelope = envelope
 
 
 def _env(name: str) -> str | None:
@@ -164,7 +175,8 @@ def _http_error(method: str, path: str, response: requests.Response, payload: An
         )
         return ProxyError(f"agentmemory server at {base_url()} refused the request (401): {hint}", 401, code)
     text = detail if isinstance(detail, str) else response.text[:300]
-    return ProxyError(f"{method} {path} failed with HTTP {status}: {text}", status, code)
+    envelope = payload if isinstance(detail, str) and isinstance(code, str) else None
+    return ProxyError(f"{method} {path} failed with HTTP {status}: {text}", status, code, envelope=envelope)
 
 
 async def call_server(
@@ -187,7 +199,7 @@ async def call_server(
 def _rpc_error(exc: ProxyError) -> MCPError:
     # Unknown names and URIs are invalid params, as the SDK's own servers answer them.
     code = types.INVALID_PARAMS if exc.status in (400, 404) else types.INTERNAL_ERROR
-    return MCPError(code, str(exc))
+    return MCPError(code, str(exc), exc.envelope)
 
 
 # -- listings: the server's, else what it listed last, else this package's ------------------------
@@ -271,7 +283,7 @@ class Listings:
             listed = as_listed(route, data)
         except ProxyError as exc:
             if not exc.unreachable:  # a server answered: its error is the truth, not our guess at its list
-                raise MCPError(types.INTERNAL_ERROR, f"cannot list {what}: {exc}") from None
+                raise MCPError(types.INTERNAL_ERROR, f"cannot list {what}: {exc}", exc.envelope) from None
             data, listed = await anyio.to_thread.run_sync(self._without_server, url, route, str(exc), what)
             self.given[route] = listed
             self._wake.set()

@@ -304,8 +304,9 @@ def _register_error_handlers(app: Flask, rt: Runtime) -> None:
         fault = rt.db.app_error(exc)  # disk full, read-only, damaged or busy storage: the client can act on it
         if fault is not None:
             return _app_error(fault)
-        log.exception("unhandled error on %s %s", request.method, strip_text(request.path))
-        return render_error(errors.envelope(500, "internal error; see the server log", errors.INTERNAL_ERROR))
+        return render_error(
+            errors.unexpected(log, "unhandled error on %s %s", request.method, strip_text(request.path))
+        )
 
 
 # -- MCP over HTTP: upstream's simple JSON routes and the Streamable HTTP endpoint ---------------------
@@ -447,8 +448,7 @@ def _ws_request(rt: Runtime, raw: Any, remote: str | None = None) -> dict[str, A
         fault = rt.db.app_error(exc)  # a storage failure the client can act on, as on REST
         if fault is not None:
             return {"id": request_id, **registry.naming_the_lock_holder(rt, fault).to_dict()}
-        log.exception("unhandled error answering a WebSocket call")
-        return {"id": request_id, **errors.envelope(500, "internal error; see the server log", errors.INTERNAL_ERROR)}
+        return {"id": request_id, **errors.unexpected(log, "unhandled error answering a WebSocket call")}
 
 
 # -- the viewer page -------------------------------------------------------------------------------------
