@@ -219,3 +219,38 @@ def test_requests_through_the_gate_are_plain_http(tmp_path):
             _unread.pop(sock.fileno(), None)
             sock.close()
         server.stop()
+
+
+def test_a_failure_outside_the_app_is_a_json_500_naming_the_error_id_logged_with_its_traceback(caplog):
+    """gunicorn's handler of a request that failed outside the app (not the client's fault: a bug
+    in the worker or gunicorn) answered its HTML 500 page and logged a traceback nothing tied to
+    the answer. The worker's ``handle_error`` runs as gthread calls it, inside the ``except`` of a
+    real failure, on one end of a socket pair; its only stand-in is ``self`` (gunicorn's config
+    and logger, without a running worker)."""
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    from agentmemory_server.adapters.connections import GuardedThreadWorker
+
+    cfg = Config()
+    worker = SimpleNamespace(cfg=cfg, log=Logger(cfg))
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        try:
+            {}["a key the worker's code expected"]
+        except KeyError as exc:
+            GuardedThreadWorker.handle_error(worker, None, ours, ("127.0.0.1", 5), exc)
+        ours.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := theirs.recv(65536):
+            answer += chunk
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n") and b"Connection: close" in head, answer
+    body = json.loads(payload)
+    error_id = body["details"]["errorId"]
+    assert body == {"ok": False, "error": f"internal error; see the server log for errorId={error_id}",
+                    "code": "internal_error", "status": 500, "details": {"errorId": error_id}}
+    logged = [r for r in caplog.records if f"errorId={error_id}" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info and logged[0].exc_info[0] is KeyError, caplog.text

@@ -81,7 +81,12 @@ INTERNAL_ERROR = _declare(
 # -- transport ------------------------------------------------------------------------------------
 METHOD_NOT_ALLOWED = _declare("method_not_allowed", 405, "The route exists but not with this HTTP method.")
 NOT_ACCEPTABLE = _declare("not_acceptable", 406, "`/mcp` answers application/json only; send a matching Accept.")
-HTTP_ERROR = _declare("http_error", 400, "Another HTTP-level refusal (the message says which).")
+HTTP_ERROR = _declare(
+    "http_error",
+    400,
+    "Another HTTP-level refusal (the message says which), also a request the HTTP parser refused before the app "
+    "ran, with the parser's status (a request line over 4094 bytes 414, too many or too long headers 431).",
+)
 UNSUPPORTED_MEDIA_TYPE = _declare(
     "unsupported_media_type",
     415,

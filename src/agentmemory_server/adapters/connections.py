@@ -25,27 +25,41 @@ unseen in the listen backlog. Threads only ever run requests whose bytes are alr
 bounded reads of large bodies), so idle, slow and half-sent connections cannot starve the pool.
 
 The worker is per process: with N gunicorn workers each has its own cap and pool.
+
+A request gunicorn's parser refuses before the app runs (a request line over 4094 bytes, a bad
+Content-Length, too many headers...) is answered with our JSON error envelope, not gunicorn's
+HTML page (``handle_error``), with gunicorn's status and ``Connection: close``.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import mmap
 import os
 import select
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections import deque
+from datetime import datetime
 from functools import partial
 from typing import Any
 
+from gunicorn import util as gunicorn_util
+from gunicorn.http import errors as parse_errors
+from gunicorn.http.wsgi import Response as GunicornResponse
+from gunicorn.http.wsgi import default_environ
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from agentmemory_server import errors
+from agentmemory_server.kernel.privacy import strip_text
+
+log = logging.getLogger("agentmemory.http")
 
 MAX_HEAD_BYTES = 65536  # a larger head goes to the parser, which answers 431/400
 RECV_BYTES = 65536
@@ -117,6 +131,73 @@ def _response(status: int, reason: str, body: dict[str, Any], retry_after: int |
         head.append(f"Retry-After: {retry_after}")
     head += ["Connection: close", "", ""]
     return "\r\n".join(head).encode() + payload
+
+
+# The requests gunicorn's parser refuses as the client's fault, with the status and reason it
+# answers them with (gunicorn 27.x, ``Worker.handle_error``); first match wins. A header the app
+# tried to send (InvalidResponseHeader*, subclasses of the header errors) is no client's fault.
+_REFUSALS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str], ...] = (
+    ((parse_errors.InvalidResponseHeader, parse_errors.InvalidResponseHeaderName), 0, ""),
+    (parse_errors.LimitRequestLine, 414, "URI Too Long"),
+    (parse_errors.LimitRequestHeaders, 431, "Request Header Fields Too Large"),
+    (parse_errors.ExpectationFailed, 417, "Expectation Failed"),
+    (parse_errors.UnsupportedTransferCoding, 501, "Not Implemented"),
+    # A SCRIPT_NAME (header from a trusted proxy, or environment) the path does not start with:
+    # the deployment's fault, not a bug, so gunicorn logs no traceback; its status is kept.
+    (parse_errors.ConfigurationProblem, 500, "Internal Server Error"),
+    ((parse_errors.ForbiddenProxyRequest, ssl.SSLError), 403, "Forbidden"),
+    (
+        (
+            parse_errors.InvalidRequestLine,
+            parse_errors.InvalidRequestMethod,
+            parse_errors.InvalidHTTPVersion,
+            parse_errors.InvalidHeader,
+            parse_errors.InvalidHeaderName,
+            parse_errors.InvalidProxyLine,
+            parse_errors.InvalidSchemeHeaders,
+            parse_errors.ObsoleteFolding,
+            parse_errors.InvalidH2CPreface,
+            parse_errors.InvalidChunkSize,
+            parse_errors.ChunkMissingTerminator,
+            parse_errors.InvalidChunkExtension,
+        ),
+        400,
+        "Bad Request",
+    ),
+)
+MAX_QUOTED_CHARS = 200  # of the refused request quoted back in the message
+
+
+def refusal_status(exc: BaseException) -> tuple[int, str] | None:
+    """gunicorn's status and reason for a request its parser refused as the client's fault;
+    None for anything else (a bug, or the app's own fault)."""
+    for kinds, status, reason in _REFUSALS:
+        if isinstance(exc, kinds):
+            return (status, reason) if status else None
+    return None
+
+
+def refusal_message(exc: BaseException, cfg: Any) -> str:
+    """What is wrong with a refused request, for the client (``cfg``: gunicorn's limits)."""
+    if isinstance(exc, parse_errors.LimitRequestLine):
+        problem = f"the request line is {exc.size} bytes, over the limit of {exc.max_size}"
+    elif isinstance(exc, parse_errors.LimitRequestHeaders):
+        problem = (
+            f"a request header is over {cfg.limit_request_field_size} bytes"
+            if "size" in exc.msg
+            else f"the request has more than {cfg.limit_request_fields} headers"
+        )
+    elif isinstance(exc, parse_errors.InvalidHeader) and isinstance(exc.hdr, str):
+        problem = f"the {exc.hdr.title()} header is not valid"
+    elif isinstance(exc, parse_errors.ConfigurationProblem):
+        return f"the request does not fit the server's configuration: {_quoted(str(exc.info))}"
+    else:
+        problem = str(exc)
+    return f"malformed request: {_quoted(problem)}"
+
+
+def _quoted(text: str) -> str:
+    return text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + "..."
 
 
 def request_ready(buffer: bytes | bytearray, preread_bytes: int) -> bool:
@@ -271,6 +352,39 @@ class GuardedThreadWorker(ThreadWorker):
             {"retryAfterSeconds": 1},
         )
         self._close_after(sock, _response(503, "Service Unavailable", body, retry_after=1))
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's answer to a request that failed outside the app, in our envelope instead
+        of its HTML page: a request its parser refused (the client's fault: gunicorn's status,
+        code ``http_error``, a message naming the problem, a warning line without a traceback),
+        or an unexpected failure (500 ``internal_error`` naming the ``errorId`` logged with its
+        traceback). Always ``Connection: close``; gunicorn closes the connection after this."""
+        started = datetime.now()
+        addr = addr or ("", -1)  # a unix socket
+        refused = refusal_status(exc)
+        if refused is not None:
+            status, reason = refused
+            body = errors.envelope(status, refusal_message(exc, self.cfg), errors.HTTP_ERROR)
+            self.log.warning("Invalid request from ip=%s: %s", addr[0], strip_text(str(exc))[:MAX_QUOTED_CHARS])
+            if req is None and isinstance(exc, parse_errors.InvalidHeader):
+                req = getattr(exc, "req", None)  # for the access log, as gunicorn does
+        else:
+            status, reason = 500, "Internal Server Error"
+            what = f"{req.method} {strip_text(req.uri)}" if hasattr(req, "uri") and hasattr(req, "method") else "?"
+            body = errors.unexpected(log, "error handling request %s", what)
+        if req is not None:
+            self._log_access(req, client, addr, status, reason, started)
+        try:
+            gunicorn_util.write_nonblock(client, _response(status, reason, body))
+        except Exception:  # noqa: BLE001 - the client went away; nothing to tell
+            self.log.debug("Failed to send error message.")
+
+    def _log_access(self, req: Any, client: Any, addr: Any, status: int, reason: str, started: datetime) -> None:
+        environ = default_environ(req, client, self.cfg)
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = addr[0], str(addr[1])
+        response = GunicornResponse(req, client, self.cfg)
+        response.status = f"{status} {reason}"
+        self.log.access(response, req, environ, datetime.now() - started)
 
     def _close_after(self, sock: socket.socket, response: bytes) -> None:
         """Send a short answer without blocking, then drain what the client sent so closing does
