@@ -254,11 +254,37 @@ def test_an_object_argument_given_as_json_text_is_decoded_strictly(client):
 
 def test_a_lone_surrogate_already_stored_does_not_break_its_listing(rt, client):
     # An in-process call is not cleaned as a request is: a record as a store written before the
-    # cleaning (or by a path that misses it) holds it.
+    # cleaning (or by a path that misses it) holds it. It is sent as "?", as a request's would
+    # have been stored: an escaped lone surrogate is refused by strict JSON parsers.
     ToolCaller(rt)("memory_action_create", title="old \ud800 record")
     r = client.get("/agentmemory/actions")
     assert r.status_code == 200, r.data[:300]
-    assert json.loads(r.data)["actions"][0]["title"] == "old \ud800 record"
+    assert b"\\ud800" not in r.data
+    assert json.loads(r.data.decode("utf-8", "strict"))["actions"][0]["title"] == "old ? record"
+
+
+def test_a_tools_arguments_over_mcp_nest_no_deeper_than_a_rest_body(client):
+    """An MCP message is parsed with room for its JSON-RPC envelope; a tool's arguments are held
+    to a REST body's limit. Before, an observation sent through MCP could nest 14 levels deeper
+    than one sent over REST, and its export then nested too deeply for the import to take."""
+
+    def observe_over_mcp(session: str, levels: int):
+        tool_input = "[" * levels + "]" * levels
+        raw = ('{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "agent_observe", '
+               f'"arguments": {{"sessionId": "{session}", "data": {{"tool_name": "Bash", "tool_input": {tool_input}}}}}}}}}')
+        return client.post("/mcp", data=raw, headers={"Content-Type": "application/json",
+                                                       "Accept": "application/json, text/event-stream"})
+
+    refused = observe_over_mcp("too-deep", 104)
+    message = refused.json["error"]["message"]
+    assert message.startswith("'data.tool_input.") and message.endswith("is nested deeper than 100 levels"), message
+    assert client.get("/agentmemory/observations?sessionId=too-deep").json["total"] == 0
+    kept = observe_over_mcp("at-the-limit", 98)
+    assert kept.status_code == 200 and not kept.json["result"].get("isError"), kept.json
+    exported = client.get("/agentmemory/export").json
+    r = client.post("/agentmemory/import", json={"exportData": exported, "strategy": "replace"})
+    assert r.status_code == 200, r.json
+    assert client.get("/agentmemory/observations?sessionId=at-the-limit").json["total"] == 1
 
 
 @pytest.mark.parametrize("body", [b'{"content": "plain"}', None], ids=["labelled", "compressed"])

@@ -1068,6 +1068,18 @@ def test_a_statement_the_schema_refuses_is_a_500_internal_error_not_database_bus
     assert "UndefinedColumn" in caplog.text and "Traceback" in caplog.text
 
 
+def test_an_integrity_check_that_meets_a_statement_the_schema_refuses_is_left_unfinished(url, make_runtime, caplog):
+    """A check that fails for a reason that is no damage (a column renamed under it: psycopg's own
+    error since such errors are no longer called busy) is not a finding: the check is left
+    unfinished with its traceback logged, nothing is marked damaged, and no exception reaches the
+    periodic check or `diagnose` that ran it."""
+    rt = make_runtime(database_url=url)
+    _alter(url, "ALTER TABLE kv_store RENAME COLUMN raw TO raw_gone")
+    assert rt.db.run_integrity_check(5, "test") is None
+    assert rt.db.last_check["result"] == "unfinished" and rt.db.damage is None
+    assert "UndefinedColumn" in caplog.text
+
+
 def test_a_model_job_whose_write_is_refused_by_the_schema_uses_an_attempt_rather_than_waiting(
         url, llm_runtime, caplog):
     """A model job's write that violates a constraint is the job's failure: one attempt used,

@@ -16,7 +16,7 @@ import requests
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import hook, post, wait_for
+from conftest import ToolCaller, hook, post, wait_for
 from agentmemory_server.errors import CapacityExceeded
 from agentmemory_server.kernel.events import Hub
 from agentmemory_server.kernel.util import Clock
@@ -458,3 +458,28 @@ def test_a_call_over_the_socket_refused_while_an_import_runs_names_the_import(li
     assert held_by is not None and held_by["pid"] == importer.pid, answer
     assert held_by["operation"] == "an import (replace) of new.jsonl", held_by
     assert answer["error"].startswith("an import (replace) of new.jsonl is running on this store since"), answer
+
+
+def test_a_record_stored_with_a_lone_surrogate_reaches_the_viewer_with_it_replaced(tmp_path, live_server):
+    """A record stored before requests were cleaned (here: made in process, where nothing cleans)
+    can hold a lone surrogate, which UTF-8 cannot carry. Before, publishing it failed to encode
+    on the socket: the viewer's stream ended, and its replay failed the same way at every
+    reconnection. It is sent with the surrogate replaced by "?", as a request's would be stored."""
+    from agentmemory_server.kernel.settings import Settings
+    from agentmemory_server.wiring import build_runtime
+
+    data_dir = tmp_path / "stored-before"
+    rt = build_runtime(Settings.from_env({}, data_dir=str(data_dir), auth="off", embedding_provider="none",
+                                         background_jobs=False))
+    try:
+        action_id = ToolCaller(rt)("memory_action_create", title="old \ud800 record")["action"]["id"]
+    finally:
+        rt.close()
+    server = live_server(env={"AGENTMEMORY_DATA_DIR": str(data_dir)})
+    with connect(ws_url(server), open_timeout=10) as ws:
+        recv(ws)
+        r = post(server.api("/actions/update"), {"actionId": action_id, "status": "done"})
+        assert r.status_code == 200, r.text
+        assert next_event(ws, "action")["record"]["title"] == "old ? record"
+        post(server.api("/actions"), {"title": "after it"})
+        assert next_event(ws, "action")["record"]["title"] == "after it"  # the stream goes on

@@ -114,11 +114,22 @@ def call_tool(rt: Any, name: Any, arguments: Any, source: str) -> dict[str, Any]
         arguments = {}
     if not isinstance(arguments, dict):
         raise InvalidInput("'arguments' must be an object", field="arguments")
+    _refuse_deeper_than_a_body(arguments)
     try:
         result = registry.call(Ctx(rt, source=source), name, arguments)
     except AppError as exc:
         return {"content": [{"type": "text", "text": registry.error_text(exc)}], "isError": True}
     return {"content": [{"type": "text", "text": registry.mcp_text(result)}]}
+
+
+def _refuse_deeper_than_a_body(arguments: dict[str, Any]) -> None:
+    """A REST body's nesting limit, for a tool's arguments. The message was parsed with room
+    for its JSON-RPC envelope, which an observation sent through MCP must not use: its export
+    would nest too deeply for the import to take it again."""
+    try:
+        clean_json(arguments, max_depth=MAX_JSON_DEPTH)
+    except UnstorableJson as exc:
+        raise InvalidInput(f"'{exc.field}' {exc.problem}", field=exc.field) from None
 
 
 # -- JSON-RPC plumbing ------------------------------------------------------------------------------------
@@ -376,7 +387,7 @@ def _parse(raw: bytes) -> Any:
     except UnicodeDecodeError:
         raise RpcError(PARSE_ERROR, "Parse error: the body is not valid UTF-8") from None
     try:
-        # a tool's arguments sit inside the envelope (params.arguments), an import's under exportData
+        # a tool's arguments sit inside the envelope (params.arguments): call_tool holds them to a body's limit
         return clean_json(json.loads(text, parse_constant=_reject_constant), max_depth=MAX_JSON_DEPTH + WRAPPING_DEPTH)
     except RecursionError:
         raise RpcError(PARSE_ERROR, "Parse error: the body is nested too deeply") from None

@@ -50,6 +50,7 @@ from agentmemory_server.kernel.events import (
     CLOSE_TRY_AGAIN,
     Subscription,
 )
+from agentmemory_server.kernel.util import clean_text
 
 AUTH_TIMEOUT = 10.0
 RECHECK_SECONDS = 1.0  # how often an open socket's token is looked up again (a revocation)
@@ -280,7 +281,9 @@ class StreamSession:
         return record.get("agentId") == settings.agent_id
 
     def _send(self, message: dict[str, Any]) -> None:
-        self.ws.send(json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+        # clean_text: a record stored with a lone surrogate (before requests were cleaned) would
+        # fail to encode, end the viewer's stream and fail again on its replay at reconnection.
+        self.ws.send(clean_text(json.dumps(message, ensure_ascii=False, separators=(",", ":"))))
 
     def _close(self, code: int, reason: str) -> None:
         try:

@@ -42,7 +42,7 @@ from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings
-from agentmemory_server.kernel.util import MAX_JSON_DEPTH, WRAPPING_DEPTH, UnstorableJson, clean_json
+from agentmemory_server.kernel.util import MAX_JSON_DEPTH, WRAPPING_DEPTH, UnstorableJson, clean_json, clean_text
 from agentmemory_server.wiring import build_runtime
 
 VIEWER_FILE = Path(__file__).resolve().parent.parent / "viewer" / "index.html"
@@ -111,13 +111,14 @@ def respond(data: Any, status: int) -> Response:
 
 def json_bytes(data: Any) -> bytes:
     """``data`` as UTF-8 JSON. A lone surrogate that reached the store before requests were
-    cleaned (or through a path that does not clean) cannot be UTF-8: the answer then escapes
-    every non-ASCII character (``\\ud800``) rather than failing on every read of that record."""
+    cleaned (or through a path that does not clean) cannot be UTF-8: it is sent as ``?``, as a
+    request's would have been stored, rather than failing every read of that record (an escaped
+    ``\\ud800`` is refused by strict parsers, Rust's serde_json among them)."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        return clean_text(text).encode("utf-8")
 
 
 # -- app factory ------------------------------------------------------------------------------------

@@ -224,6 +224,8 @@ class Runtime:
                 tx.audit_details = summary
         except AppError as exc:  # a full disk must not turn a 401 into a 507; the count stays in /health
             log.warning("could not audit refused requests: %s", exc.message)
+        except Exception:  # noqa: BLE001 - nor may a bug turn it into a 500
+            log.exception("could not audit refused requests")
 
     def _storage_health(self) -> dict[str, Any]:
         try:

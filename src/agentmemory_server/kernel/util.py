@@ -203,14 +203,20 @@ def clean_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 
 def _clean(value: Any, depth: int, max_depth: int) -> Any:
+    # Every hook event's body passes here: each check is made only where it can fail (the depth
+    # on a list or an object, finiteness on a float), so a string costs one isinstance.
     if isinstance(value, str):
         return clean_text(value)
-    if _problem(value, depth, max_depth):
-        raise UnstorableJson(_problem(value, depth, max_depth))
     if isinstance(value, list):
+        if depth >= max_depth:
+            raise UnstorableJson(_problem(value, depth, max_depth))
         return [_clean(v, depth + 1, max_depth) for v in value]
     if isinstance(value, dict):
+        if depth >= max_depth:
+            raise UnstorableJson(_problem(value, depth, max_depth))
         return {clean_text(str(k)): _clean(v, depth + 1, max_depth) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnstorableJson(_problem(value, depth, max_depth))
     return value
 
 

@@ -199,6 +199,8 @@ class Lease:
                     self._put(tx)
             except AppError as exc:  # a busy or lost database: the process check still holds it here
                 log.info("transfer lease: could not refresh its expiry (%s)", exc.message)
+            except Exception:  # noqa: BLE001 - a bug must not end the refreshes: the lease would lapse mid-import
+                log.exception("transfer lease: refreshing its expiry failed; trying again")
 
     def release(self) -> None:
         self._stop.set()

@@ -409,6 +409,9 @@ class PostgresDatabase(PoolCheckout):
             # Only damage met by the check is a finding; a database that is busy, out of disk or
             # does not answer leaves the check unfinished.
             problems = [exc.message] if exc.code == errors.DATABASE_DAMAGED else None
+        except psycopg.Error:  # what classify does not know (an internal error...): not a finding
+            log.exception("the integrity check failed; it is left unfinished")
+            problems = None
         self.last_check = {
             "at": self._now(),
             "source": source,
