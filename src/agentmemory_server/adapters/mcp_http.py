@@ -37,7 +37,13 @@ from agentmemory_server.adapters.origins import LOOPBACK, origin_allowed  # noqa
 from agentmemory_server.errors import AppError, InvalidInput
 from agentmemory_server.kernel import registry
 from agentmemory_server.kernel.registry import Ctx
-from agentmemory_server.kernel.util import MAX_JSON_DEPTH, WRAPPING_DEPTH, UnstorableJson, clean_json
+from agentmemory_server.kernel.util import (
+    MAX_JSON_DEPTH,
+    WRAPPING_DEPTH,
+    UnstorableJson,
+    clean_json,
+    reject_json_constant,
+)
 
 log = logging.getLogger("agentmemory.mcp")
 
@@ -388,7 +394,9 @@ def _parse(raw: bytes) -> Any:
         raise RpcError(PARSE_ERROR, "Parse error: the body is not valid UTF-8") from None
     try:
         # a tool's arguments sit inside the envelope (params.arguments): call_tool holds them to a body's limit
-        return clean_json(json.loads(text, parse_constant=_reject_constant), max_depth=MAX_JSON_DEPTH + WRAPPING_DEPTH)
+        return clean_json(
+            json.loads(text, parse_constant=reject_json_constant), max_depth=MAX_JSON_DEPTH + WRAPPING_DEPTH
+        )
     except RecursionError:
         raise RpcError(PARSE_ERROR, "Parse error: the body is nested too deeply") from None
     except UnstorableJson as exc:
@@ -396,10 +404,6 @@ def _parse(raw: bytes) -> Any:
         raise RpcError(PARSE_ERROR, f"Parse error: {where} {exc.problem}") from None
     except ValueError as exc:
         raise RpcError(PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc})") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def serve_message(

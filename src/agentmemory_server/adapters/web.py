@@ -42,7 +42,14 @@ from agentmemory_server.kernel.privacy import strip_text
 from agentmemory_server.kernel.registry import Ctx, Tool
 from agentmemory_server.kernel.runtime import Runtime
 from agentmemory_server.kernel.settings import Settings
-from agentmemory_server.kernel.util import MAX_JSON_DEPTH, WRAPPING_DEPTH, UnstorableJson, clean_json, clean_text
+from agentmemory_server.kernel.util import (
+    MAX_JSON_DEPTH,
+    WRAPPING_DEPTH,
+    UnstorableJson,
+    clean_json,
+    clean_text,
+    reject_json_constant,
+)
 from agentmemory_server.wiring import build_runtime
 
 VIEWER_FILE = Path(__file__).resolve().parent.parent / "viewer" / "index.html"
@@ -57,10 +64,6 @@ log = logging.getLogger("agentmemory.http")
 # -- request parsing ------------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_json(raw: bytes, what: str = "request body", max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Strict JSON: UTF-8 only, no NaN/Infinity (nor a number that overflows to it), bounded
     nesting; lone surrogates and NULs are cleaned so nothing un-storable reaches the database."""
@@ -69,7 +72,7 @@ def parse_json(raw: bytes, what: str = "request body", max_depth: int = MAX_JSON
     except UnicodeDecodeError:
         raise InvalidInput(f"{what} is not valid UTF-8") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=reject_json_constant)
     except RecursionError:
         raise InvalidInput(f"{what} is nested too deeply") from None
     except ValueError as exc:
@@ -264,6 +267,14 @@ def _http_error_body(exc: HTTPException) -> dict[str, Any]:
     return errors.envelope(status, message, HTTP_ERROR_CODES.get(status, errors.HTTP_ERROR))
 
 
+def _closing(body: dict[str, Any]) -> Response:
+    """An error answer after which the connection is closed: the rest of the request's body
+    cannot be told from the next request."""
+    response = render_error(body)
+    response.headers["Connection"] = "close"
+    return response
+
+
 def _register_error_handlers(app: Flask, rt: Runtime) -> None:
     @app.errorhandler(AppError)
     def _app_error(exc: AppError) -> Response:
@@ -287,18 +298,14 @@ def _register_error_handlers(app: Flask, rt: Runtime) -> None:
     def _timeout(exc: TimeoutError) -> Response:
         # A body over the preread limit stalled mid-read (the socket timeout of the connection worker).
         message = f"the request body did not arrive within {rt.settings.request_timeout:g}s"
-        response = render_error(errors.envelope(408, message, errors.REQUEST_TIMEOUT))
-        response.headers["Connection"] = "close"
-        return response
+        return _closing(errors.envelope(408, message, errors.REQUEST_TIMEOUT))
 
     @app.errorhandler(GunicornParseError)
     def _malformed_body(exc: GunicornParseError) -> Response:
         # gunicorn reads a chunked body only as the route reads it, so a malformed one fails
         # inside the route; the connection's framing is lost, so it is closed.
         message = f"the request body is malformed: {strip_text(str(exc))}"
-        response = render_error(errors.envelope(400, message, errors.HTTP_ERROR))
-        response.headers["Connection"] = "close"
-        return response
+        return _closing(errors.envelope(400, message, errors.HTTP_ERROR))
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Response:

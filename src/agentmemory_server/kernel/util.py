@@ -240,7 +240,8 @@ def _problem_path(value: Any, depth: int, max_depth: int) -> tuple[str | int, ..
     return None
 
 
-def _reject_constant(name: str) -> Any:
+def reject_json_constant(name: str) -> Any:
+    """``json.loads``'s ``parse_constant``: NaN and Infinity are not JSON, whatever Python allows."""
     raise ValueError(f"{name} is not valid JSON")
 
 
@@ -250,7 +251,7 @@ def loads_clean(text: str) -> Any:
     nesting, NULs and lone surrogates cleaned. Raises ``ValueError`` (``UnstorableJson`` among
     them) when the text cannot be kept as a value, so callers keep it as text or refuse it."""
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=reject_json_constant)
     except RecursionError:
         raise UnstorableJson("is nested too deeply") from None
     return clean_json(value)
