@@ -201,7 +201,7 @@ def test_nesting_and_infinite_numbers_are_refused_naming_the_field(client):
     deep = client.post("/agentmemory/observe", data=b'{"sessionId": "deep", "data": {"tool_input": ' + b"[" * 500
                        + b"]" * 500 + b"}}", content_type="application/json")
     assert deep.status_code == 400, deep.json
-    assert deep.json["details"]["field"].startswith("data.tool_input.0.0") and "nested deeper" in deep.json["error"]
+    assert deep.json["details"]["field"] == "data.tool_input.0.0..." and "nested deeper" in deep.json["error"], deep.json
     inf = client.post("/agentmemory/observe", data=b'{"sessionId": "inf", "data": {"tool_input": {"n": 1e400}}}',
                       content_type="application/json")
     assert inf.status_code == 400 and inf.json["details"]["field"] == "data.tool_input.n", inf.json

@@ -188,8 +188,9 @@ class UnstorableJson(ValueError):
     @property
     def field(self) -> str:
         """The path as ``data.tool_input.n``; a long one (the nesting case) keeps its first steps."""
-        shown = self.path if len(self.path) <= 8 else (*self.path[:4], "...")
-        return ".".join(str(p) for p in shown)
+        if len(self.path) <= 8:
+            return ".".join(str(p) for p in self.path)
+        return ".".join(str(p) for p in self.path[:4]) + "..."
 
 
 def clean_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> Any:
