@@ -911,6 +911,9 @@ def test_the_owed_index_retry_skips_its_attempt_while_a_start_or_a_long_write_ho
     def long_import(holding: threading.Event, release: threading.Event) -> None:
         with importer.transaction("import") as tx:
             tx.admin.wipe_records()  # as a replace import does first: the records' table is held until the commit
+            # A write transaction pipelines its statements: the DELETEs may still sit in the
+            # client's buffer. A read waits for them, so the server holds the table from here.
+            tx.admin.table_counts()
             holding.set()
             release.wait(120)
 
