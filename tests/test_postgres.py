@@ -840,6 +840,7 @@ def test_a_store_opens_while_a_long_write_holds_its_records_and_makes_its_new_in
         with importer.transaction("import") as tx:
             tx.admin.wipe_records()  # as a replace import does first: the records' table is held until the commit
             tx.records.set("mem:memories", "m1", {"id": "m1", "content": "imported"}, now="x")
+            tx.admin.table_counts()  # a read waits for the pipelined writes: the table is held from here
             holding.set()
             release.wait(120)
 
