@@ -227,6 +227,18 @@ def _observe_with_its_compress_job_run_as(call, svc, clock, kind):
         svc.jobs.enqueue(tx, kind, job["ref"], job["args"])
 
 
+def _old_job_beside_another_writer(llm_runtime, make_runtime, fake_gemini, **settings):
+    """A runtime on a manual clock whose compress jobs may be 2 h old at most and whose writes
+    wait 1 s for the lock, with another writer on the same store (``rt.test_importer``) and the
+    fake model answering: (clock, rt, call, svc)."""
+    clock = ManualClock()
+    rt = llm_runtime(clock=clock.clock, auto_compress=True, llm_job_max_age_hours=2, lock_wait_seconds=1,
+                     **settings)
+    rt.test_importer = make_runtime()  # another writer on the same store
+    fake_gemini.responder = responder()
+    return clock, rt, ToolCaller(rt), llm.service(rt)
+
+
 def test_a_job_past_its_maximum_age_whose_write_found_the_database_busy_is_kept_and_runs_once_it_is_free(
         llm_runtime, make_runtime, fake_gemini):
     """A compress job older than AGENTMEMORY_LLM_JOB_MAX_AGE_HOURS (the server was down for hours)
@@ -236,11 +248,7 @@ def test_a_job_past_its_maximum_age_whose_write_found_the_database_busy_is_kept_
     model outages: now the job is kept, tried again 30 s later, and stores the model's answer."""
     from agentmemory_server.models import llm_jobs
 
-    clock = ManualClock()
-    rt = llm_runtime(clock=clock.clock, auto_compress=True, llm_job_max_age_hours=2, lock_wait_seconds=1)
-    rt.test_importer = make_runtime()  # another writer on the same store
-    call, svc = ToolCaller(rt), llm.service(rt)
-    fake_gemini.responder = responder()
+    clock, rt, call, svc = _old_job_beside_another_writer(llm_runtime, make_runtime, fake_gemini)
     if "compress-during-import" not in llm_jobs.JOB_KINDS:
 
         @llm_jobs.job_handler("compress-during-import")
@@ -275,12 +283,8 @@ def test_a_job_past_its_maximum_age_that_never_gets_past_a_busy_store_uses_up_it
     30 s for ever. Before, such a job was kept with no attempt used, whatever its age."""
     from agentmemory_server.models import llm_jobs
 
-    clock = ManualClock()
-    rt = llm_runtime(clock=clock.clock, auto_compress=True, llm_job_max_age_hours=2, lock_wait_seconds=1,
-                     llm_job_attempts=2)
-    rt.test_importer = make_runtime()  # another writer on the same store
-    call, svc = ToolCaller(rt), llm.service(rt)
-    fake_gemini.responder = responder()
+    clock, rt, call, svc = _old_job_beside_another_writer(llm_runtime, make_runtime, fake_gemini,
+                                                          llm_job_attempts=2)
     if "compress-always-busy" not in llm_jobs.JOB_KINDS:
 
         @llm_jobs.job_handler("compress-always-busy")
